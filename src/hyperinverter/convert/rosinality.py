@@ -1,0 +1,188 @@
+"""rosinality/stylegan2-pytorch ``.pt`` <-> our (NVIDIA-named) generator state dict.
+
+The key map is generated from the generator config, one row per tensor, each with a rule; the rules
+are the verified ones (no spatial flip, filters /4, shape squeezes). Tests check the generated map
+against the reference tables for 32 px and 256 px.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..models.stylegan2.generator import GeneratorConfig
+from ..ops.filters import setup_filter
+from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    rosinality: str | None  # None: the tensor exists only in the NVIDIA layout (derivable buffer)
+    nvidia: str
+    rule: str
+    optional: bool = False  # rosinality files may lack it (blur kernels, noise buffers, latent_avg)
+
+
+# rosinality tensor -> NVIDIA tensor, and back.
+_FORWARD: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda t: t,
+    "squeeze_dim0": lambda t: t[0],
+    "reshape_to_0d": lambda t: t.reshape([]),
+    "squeeze_dims01": lambda t: t[0, 0],
+    "flatten_1_3_1_1_to_3": lambda t: t.reshape(-1),
+    "divide_by_4": lambda t: t / 4,
+}
+_BACKWARD: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda t: t,
+    "squeeze_dim0": lambda t: t.unsqueeze(0),
+    "reshape_to_0d": lambda t: t.reshape(1),
+    "squeeze_dims01": lambda t: t[None, None],
+    "flatten_1_3_1_1_to_3": lambda t: t.reshape(1, -1, 1, 1),
+    "divide_by_4": lambda t: t * 4,
+}
+
+
+def key_map(config: GeneratorConfig) -> list[KeyRule]:
+    """Every generator tensor with its rosinality name and conversion rule, in rosinality order."""
+    rows: list[KeyRule] = []
+    for i in range(config.mapping_layers):
+        for p in ("weight", "bias"):
+            rows.append(KeyRule(f"style.{i + 1}.{p}", f"mapping.fc{i}.{p}", "identity"))
+    rows.append(KeyRule("latent_avg", "mapping.w_avg", "identity", optional=True))
+    rows.append(KeyRule("input.input", "synthesis.b4.const", "squeeze_dim0"))
+
+    def conv_rows(rosi: str, nv: str, noise_index: int, upsampling: bool) -> None:
+        rows.extend([
+            KeyRule(f"{rosi}.conv.weight", f"{nv}.weight", "squeeze_dim0"),
+            KeyRule(f"{rosi}.conv.modulation.weight", f"{nv}.affine.weight", "identity"),
+            KeyRule(f"{rosi}.conv.modulation.bias", f"{nv}.affine.bias", "identity"),
+        ])
+        if config.use_noise:
+            rows.append(KeyRule(f"{rosi}.noise.weight", f"{nv}.noise_strength", "reshape_to_0d"))
+        rows.append(KeyRule(f"{rosi}.activate.bias", f"{nv}.bias", "identity"))
+        if config.use_noise:
+            rows.append(KeyRule(f"noises.noise_{noise_index}", f"{nv}.noise_const", "squeeze_dims01", optional=True))
+        if upsampling:
+            rows.append(KeyRule(f"{rosi}.conv.blur.kernel", f"{nv}.resample_filter", "divide_by_4", optional=True))
+        else:
+            rows.append(KeyRule(None, f"{nv}.resample_filter", "const_setup_filter"))
+
+    def torgb_rows(rosi: str, nv: str) -> None:
+        rows.extend([
+            KeyRule(f"{rosi}.conv.weight", f"{nv}.weight", "squeeze_dim0"),
+            KeyRule(f"{rosi}.conv.modulation.weight", f"{nv}.affine.weight", "identity"),
+            KeyRule(f"{rosi}.conv.modulation.bias", f"{nv}.affine.bias", "identity"),
+            KeyRule(f"{rosi}.bias", f"{nv}.bias", "flatten_1_3_1_1_to_3"),
+        ])
+
+    conv_rows("conv1", "synthesis.b4.conv1", 0, upsampling=False)
+    torgb_rows("to_rgb1", "synthesis.b4.torgb")
+    rows.append(KeyRule(None, "synthesis.b4.resample_filter", "const_setup_filter"))
+    for i in range(int(math.log2(config.resolution)) - 2):
+        res = 2 ** (i + 3)
+        nv = f"synthesis.b{res}"
+        conv_rows(f"convs.{2 * i}", f"{nv}.conv0", 2 * i + 1, upsampling=True)
+        conv_rows(f"convs.{2 * i + 1}", f"{nv}.conv1", 2 * i + 2, upsampling=False)
+        torgb_rows(f"to_rgbs.{i}", f"{nv}.torgb")
+        rows.append(KeyRule(f"to_rgbs.{i}.upsample.kernel", f"{nv}.resample_filter", "divide_by_4", optional=True))
+    return rows
+
+
+def infer_config(g_ema: Mapping[str, torch.Tensor]) -> GeneratorConfig:
+    """Read resolution, widths and mapping depth off a rosinality ``g_ema`` state dict."""
+    try:
+        w_dim = g_ema["style.1.weight"].shape[0]
+        z_dim = g_ema["style.1.weight"].shape[1]
+        const = g_ema["input.input"]
+        img_channels = g_ema["to_rgb1.conv.weight"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"not a rosinality StyleGAN2 generator: missing {e.args[0]!r}") from None
+    mapping_layers = sum(1 for k in g_ema if k.startswith("style.") and k.endswith(".weight"))
+    num_blocks = sum(1 for k in g_ema if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
+    resolution = 2 ** (num_blocks + 2)
+    channels = {4: const.shape[1]}
+    for i in range(num_blocks):
+        channels[2 ** (i + 3)] = g_ema[f"convs.{2 * i}.conv.weight"].shape[1]
+    channel_max = max(channels.values())
+    capped = [r for r, c in channels.items() if c < channel_max]
+    channel_base = min(capped) * channels[min(capped)] if capped else channel_max * resolution
+    config = GeneratorConfig(
+        resolution=resolution, img_channels=img_channels, z_dim=z_dim, w_dim=w_dim,
+        mapping_layers=mapping_layers, channel_base=channel_base, channel_max=channel_max,
+        use_noise="conv1.noise.weight" in g_ema,
+    )
+    derived = {r: config.channels(r) for r in channels}
+    if derived != channels:
+        raise CheckpointError(
+            f"rosinality generator channel widths {channels} do not follow min(base // res, max); "
+            "such a layout is not supported"
+        )
+    return config
+
+
+def _missing_unexpected_error(what: str, missing: list[str], unexpected: list[str]) -> CheckpointError:
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys: {unexpected}")
+    return CheckpointError(f"{what} does not match the generator layout; " + "; ".join(parts))
+
+
+def to_nvidia(
+    g_ema: Mapping[str, torch.Tensor],
+    config: GeneratorConfig,
+    *,
+    latent_avg: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """rosinality ``g_ema`` (+ ``latent_avg``) -> our state dict.
+
+    Returns the state dict and the NVIDIA names that the file did not provide (optional buffers the
+    caller must fill). Any required key missing, any unknown key, or any shape mismatch is an error.
+    """
+    rows = key_map(config)
+    source = dict(g_ema)
+    if latent_avg is not None:
+        source["latent_avg"] = latent_avg.reshape(-1)
+    known = {r.rosinality for r in rows if r.rosinality is not None}
+    unexpected = sorted(k for k in source if k not in known)
+    missing = sorted(r.rosinality for r in rows if r.rosinality and not r.optional and r.rosinality not in source)
+    if missing or unexpected:
+        raise _missing_unexpected_error("rosinality checkpoint", missing, unexpected)
+
+    out: dict[str, torch.Tensor] = {}
+    absent: list[str] = []
+    filt = setup_filter(config.resample_filter)
+    for r in rows:
+        if r.rosinality is None:
+            out[r.nvidia] = filt.clone()
+        elif r.rosinality in source:
+            out[r.nvidia] = _FORWARD[r.rule](source[r.rosinality]).float().contiguous()
+        else:
+            absent.append(r.nvidia)
+    return out, absent
+
+
+def from_nvidia(state_dict: Mapping[str, torch.Tensor], config: GeneratorConfig) -> dict[str, torch.Tensor]:
+    """Our state dict -> rosinality ``g_ema`` plus ``latent_avg`` under its own key."""
+    out = {}
+    for r in key_map(config):
+        if r.rosinality is None:
+            continue
+        if r.nvidia not in state_dict:
+            raise CheckpointError(f"state dict lacks {r.nvidia!r}")
+        out[r.rosinality] = _BACKWARD[r.rule](state_dict[r.nvidia]).contiguous()
+    return out
+
+
+def is_standard_layout(config: GeneratorConfig) -> bool:
+    """True if rosinality's own ``Generator(size, style_dim, n_mlp, channel_multiplier)`` builds it."""
+    if config.img_channels != 3 or config.channel_max != 512 or config.z_dim != config.w_dim:
+        return False
+    return config.channel_base in (16384 * m for m in (1, 2))

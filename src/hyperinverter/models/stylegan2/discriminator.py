@@ -1,0 +1,156 @@
+"""StyleGAN2 discriminator, ``resnet`` architecture, NVIDIA parameter names (``b{R}.conv0``, ``b4.fc``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...ops.filters import setup_filter
+from .layers import Conv2dLayer, FullyConnectedLayer
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    resolution: int
+    img_channels: int = 3
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: float | None = None
+    mbstd_group_size: int = 4
+    mbstd_num_channels: int = 1
+    resample_filter: tuple[float, ...] = (1, 3, 3, 1)
+
+    def __post_init__(self) -> None:
+        res = self.resolution
+        if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
+            raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
+        object.__setattr__(self, "resample_filter", tuple(float(t) for t in self.resample_filter))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resample_filter"] = list(self.resample_filter)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiscriminatorConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown discriminator config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if k == "resample_filter" else v for k, v in d.items()})
+
+
+class DiscriminatorBlock(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        tmp_channels: int,
+        out_channels: int,
+        *,
+        img_channels: int,
+        conv_clamp: float | None,
+        resample_filter: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        common = dict(conv_clamp=conv_clamp, resample_filter=resample_filter)
+        self.fromrgb = (
+            Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", **common) if in_channels == 0 else None
+        )
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", **common)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, **common)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, **common)
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None) -> torch.Tensor:
+        if self.fromrgb is not None:
+            x = self.fromrgb(img)
+        y = self.skip(x, gain=float(np.sqrt(0.5)))
+        x = self.conv0(x)
+        x = self.conv1(x, gain=float(np.sqrt(0.5)))
+        return y + x
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) -> torch.Tensor:
+    """Append the per-group standard deviation as extra feature maps (NVIDIA ``MinibatchStdLayer``)."""
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    while n % g:  # batches that do not divide into groups use the largest group size that fits
+        g -= 1
+    f = num_channels
+    y = x.reshape(g, -1, f, c // f, h, w)
+    y = (y - y.mean(dim=0)).square().mean(dim=0)
+    y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])
+    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
+    return torch.cat([x, y], dim=1)
+
+
+class DiscriminatorEpilogue(nn.Module):
+    def __init__(self, in_channels: int, *, mbstd_group_size: int, mbstd_num_channels: int,
+                 conv_clamp: float | None, resample_filter: tuple[float, ...]) -> None:
+        super().__init__()
+        self.mbstd_group_size = mbstd_group_size
+        self.mbstd_num_channels = mbstd_num_channels
+        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
+                                conv_clamp=conv_clamp, resample_filter=resample_filter)
+        self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
+        self.out = FullyConnectedLayer(in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mbstd_num_channels > 0:
+            x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
+        x = self.conv(x)
+        return self.out(self.fc(x.flatten(1)))
+
+
+class Discriminator(nn.Module):
+    """Image ``[B, C, R, R]`` in [-1, 1] -> realness logit ``[B, 1]``."""
+
+    def __init__(
+        self,
+        *,
+        resolution: int,
+        img_channels: int = 3,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        conv_clamp: float | None = None,
+        mbstd_group_size: int = 4,
+        mbstd_num_channels: int = 1,
+        resample_filter: tuple[float, ...] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.config = DiscriminatorConfig(
+            resolution=resolution, img_channels=img_channels, channel_base=channel_base,
+            channel_max=channel_max, conv_clamp=conv_clamp, mbstd_group_size=mbstd_group_size,
+            mbstd_num_channels=mbstd_num_channels, resample_filter=tuple(resample_filter),
+        )
+        self.resolution = resolution
+        self.img_channels = img_channels
+        log2 = int(math.log2(resolution))
+        self.block_resolutions = [2**i for i in range(log2, 2, -1)]
+        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions + [4]}
+        for res in self.block_resolutions:
+            block = DiscriminatorBlock(
+                channels[res] if res < resolution else 0, channels[res], channels[res // 2],
+                img_channels=img_channels, conv_clamp=conv_clamp, resample_filter=tuple(resample_filter),
+            )
+            setattr(self, f"b{res}", block)
+        self.b4 = DiscriminatorEpilogue(
+            channels[4], mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels,
+            conv_clamp=conv_clamp, resample_filter=tuple(resample_filter),
+        )
+
+    @classmethod
+    def from_config(cls, config: DiscriminatorConfig) -> Discriminator:
+        return cls(**asdict(config))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        assert img.ndim == 4 and img.shape[1:] == (self.img_channels, self.resolution, self.resolution), (
+            f"expected [B,{self.img_channels},{self.resolution},{self.resolution}], got {tuple(img.shape)}"
+        )
+        x = None
+        for res in self.block_resolutions:
+            x = getattr(self, f"b{res}")(x, img)
+        return self.b4(x)

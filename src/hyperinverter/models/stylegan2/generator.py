@@ -1,0 +1,415 @@
+"""StyleGAN2 generator (config-f ``skip`` architecture) with per-sample weight offsets.
+
+Parameter names are NVIDIA's (``mapping.fc0``, ``synthesis.b64.conv0.affine``, ``torgb``,
+``noise_strength``, ``w_avg``), so stylegan2-ada / stylegan3-repo StyleGAN2 checkpoints load with an
+identity key map, and rosinality checkpoints through ``hyperinverter.convert.rosinality``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ...ops.filters import setup_filter, upsample2d
+from ..weight_delta import WeightDelta
+from .layers import FullyConnectedLayer, PerSampleKernel, SynthesisLayer, ToRGBLayer
+
+logger = logging.getLogger(__name__)
+
+NoiseMode = Literal["const", "random", "none"]
+KernelChoice = Literal["auto", "grouped", "loop"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything needed to build a ``Generator``; saved as JSON next to the weights."""
+
+    resolution: int
+    img_channels: int = 3
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    w_avg_beta: float = 0.995
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: float | None = None
+    use_noise: bool = True
+    resample_filter: tuple[float, ...] = (1, 3, 3, 1)
+
+    def __post_init__(self) -> None:
+        res = self.resolution
+        if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
+            raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
+        for name in ("img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.channels(r) for r in self.block_resolutions) < 1:
+            raise ValueError(f"channel_base {self.channel_base} is too small for resolution {res}")
+        object.__setattr__(self, "resample_filter", tuple(float(t) for t in self.resample_filter))
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    def channels(self, res: int) -> int:
+        return min(self.channel_base // res, self.channel_max)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resample_filter"] = list(self.resample_filter)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GeneratorConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if k == "resample_filter" else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class SynthesisLayerInfo:
+    """One modulated layer of the synthesis network, in forward order."""
+
+    name: str  # "b8.conv0", "b8.torgb"
+    kind: Literal["conv", "torgb"]
+    resolution: int
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    w_index: int  # the row of ws that styles it
+    weight_shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        shape = (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+        object.__setattr__(self, "weight_shape", shape)
+
+
+class MappingNetwork(nn.Module):
+    """z -> w: 2nd-moment normalisation, then ``num_layers`` lrelu FC layers at reduced lr."""
+
+    def __init__(
+        self,
+        *,
+        z_dim: int,
+        w_dim: int,
+        num_ws: int,
+        num_layers: int = 8,
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float = 0.995,
+    ) -> None:
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws = z_dim, w_dim, num_ws
+        self.num_layers = num_layers
+        self.w_avg_beta = w_avg_beta
+        features = [z_dim] + [w_dim] * num_layers
+        for i in range(num_layers):
+            layer = FullyConnectedLayer(
+                features[i], features[i + 1], activation="lrelu", lr_multiplier=lr_multiplier
+            )
+            setattr(self, f"fc{i}", layer)
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        *,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_w_avg: bool = False,
+    ) -> torch.Tensor:
+        """``z: [B, z_dim]`` -> ``ws: [B, num_ws, w_dim]`` (one w broadcast to every layer)."""
+        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [B,{self.z_dim}], got {tuple(z.shape)}"
+        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        if update_w_avg:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        return truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
+
+
+def truncate(
+    ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None
+) -> torch.Tensor:
+    """The truncation trick ``w_avg + psi·(w - w_avg)`` on the first ``cutoff`` layers (all if None)."""
+    if psi == 1:
+        return ws
+    cutoff = ws.shape[1] if cutoff is None else cutoff
+    out = ws.clone()
+    out[:, :cutoff] = w_avg.lerp(ws[:, :cutoff], psi)
+    return out
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: [const |] conv0 (up 2) -> conv1 -> torgb, skip architecture."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        use_noise: bool,
+        conv_clamp: float | None,
+        resample_filter: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        common = dict(w_dim=w_dim, resolution=resolution, use_noise=use_noise, conv_clamp=conv_clamp,
+                      resample_filter=resample_filter)
+        if resolution == 4:
+            self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
+            self.conv0 = None
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, **common)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, **common)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
+        self.num_conv = 1 if resolution == 4 else 2
+        self.num_torgb = 1
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        *,
+        prefix: str,
+        weight_delta: WeightDelta | None,
+        noise_mode: NoiseMode,
+        per_sample_kernel: PerSampleKernel,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def offsets(name: str, layer: nn.Module) -> dict:
+            if weight_delta is None:
+                return {}
+            return dict(
+                weight=weight_delta.apply(f"{prefix}.{name}.weight", layer.weight),
+                affine_weight=weight_delta.apply(f"{prefix}.{name}.affine.weight", layer.affine.weight),
+            )
+
+        w_iter = iter(ws.unbind(dim=1))
+        if self.conv0 is None:
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+        else:
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, per_sample_kernel=per_sample_kernel,
+                           **offsets("conv0", self.conv0))
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, per_sample_kernel=per_sample_kernel,
+                       **offsets("conv1", self.conv1))
+        y = self.torgb(x, next(w_iter), per_sample_kernel=per_sample_kernel, **offsets("torgb", self.torgb))
+        img = y if img is None else upsample2d(img, self.resample_filter) + y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws ``[B, num_ws, w_dim]`` (+ optional per-sample ``WeightDelta``) -> image ``[B, C, R, R]``."""
+
+    def __init__(
+        self,
+        *,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        channel_base: int,
+        channel_max: int,
+        use_noise: bool = True,
+        conv_clamp: float | None = None,
+        resample_filter: tuple[float, ...] = (1, 3, 3, 1),
+        per_sample_kernel: KernelChoice = "auto",
+    ) -> None:
+        super().__init__()
+        self.w_dim, self.resolution, self.img_channels = w_dim, resolution, img_channels
+        self.block_resolutions = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
+        self.per_sample_kernel = per_sample_kernel
+        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            block = SynthesisBlock(
+                channels[max(res // 2, 4)] if res > 4 else 0,
+                channels[res],
+                w_dim=w_dim,
+                resolution=res,
+                img_channels=img_channels,
+                use_noise=use_noise,
+                conv_clamp=conv_clamp,
+                resample_filter=resample_filter,
+            )
+            setattr(self, f"b{res}", block)
+            self.num_ws += block.num_conv
+        self.num_ws += 1  # the last torgb
+        self._layers = self._enumerate_layers()
+        self._offsettable = {
+            name: tuple(p.shape) for name, p in self.named_parameters()
+            if any(name == f"{info.name}.{suffix}" for info in self._layers for suffix in ("weight", "affine.weight"))
+        }
+
+    def blocks(self) -> Iterator[tuple[int, SynthesisBlock]]:
+        for res in self.block_resolutions:
+            yield res, getattr(self, f"b{res}")
+
+    def _enumerate_layers(self) -> list[SynthesisLayerInfo]:
+        infos, w_idx = [], 0
+        for res, block in self.blocks():
+            names = (["conv0"] if block.conv0 is not None else []) + ["conv1", "torgb"]
+            for j, name in enumerate(names):
+                layer = getattr(block, name)
+                infos.append(SynthesisLayerInfo(
+                    name=f"b{res}.{name}",
+                    kind="torgb" if name == "torgb" else "conv",
+                    resolution=res,
+                    in_channels=layer.weight.shape[1],
+                    out_channels=layer.weight.shape[0],
+                    kernel_size=layer.weight.shape[-1],
+                    w_index=w_idx + j,
+                ))
+            w_idx += block.num_conv
+        return infos
+
+    def layers(self) -> list[SynthesisLayerInfo]:
+        """Every modulated layer (convs and toRGBs) in forward order."""
+        return list(self._layers)
+
+    def offsettable_parameters(self) -> dict[str, tuple[int, ...]]:
+        """Parameters that accept per-sample offsets, ``name -> shape``, read from the modules."""
+        return dict(self._offsettable)
+
+    def _check_delta(self, delta: WeightDelta, batch: int) -> None:
+        for name, t in delta.items():
+            shape = self._offsettable.get(name)
+            if shape is None:
+                raise KeyError(
+                    f"WeightDelta names {name!r}, which is not an offsettable synthesis parameter "
+                    f"(valid names look like {next(iter(self._offsettable))!r})"
+                )
+            if tuple(t.shape) != (batch, *shape):
+                raise ValueError(f"WeightDelta[{name!r}] has shape {tuple(t.shape)}, expected {(batch, *shape)}")
+
+    def resolve_kernel(self, device: torch.device) -> PerSampleKernel:
+        if self.per_sample_kernel != "auto":
+            return self.per_sample_kernel
+        # Measured in benchmarks/bench_kernels.py: grouped conv is the fast path on GPUs; on CPUs a
+        # loop of per-sample convs beats it once channel counts are large.
+        return "grouped" if device.type == "cuda" else "loop"
+
+    def forward(
+        self,
+        ws: torch.Tensor,
+        *,
+        weight_delta: WeightDelta | None = None,
+        noise_mode: NoiseMode = "const",
+    ) -> torch.Tensor:
+        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), (
+            f"ws must be [B,{self.num_ws},{self.w_dim}], got {tuple(ws.shape)}"
+        )
+        if weight_delta is not None:
+            self._check_delta(weight_delta, ws.shape[0])
+        kernel = self.resolve_kernel(ws.device)
+        x = img = None
+        w_idx = 0
+        for res, block in self.blocks():
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta,
+                           noise_mode=noise_mode, per_sample_kernel=kernel)
+            w_idx += block.num_conv
+        return img
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: ``mapping`` (z -> ws) and ``synthesis`` (ws -> image).
+
+    Building never loads weights; use ``hyperinverter.convert.load_generator`` for files.
+    """
+
+    def __init__(
+        self,
+        *,
+        resolution: int,
+        img_channels: int = 3,
+        z_dim: int = 512,
+        w_dim: int = 512,
+        mapping_layers: int = 8,
+        mapping_lr_multiplier: float = 0.01,
+        w_avg_beta: float = 0.995,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        conv_clamp: float | None = None,
+        use_noise: bool = True,
+        resample_filter: tuple[float, ...] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.config = GeneratorConfig(
+            resolution=resolution, img_channels=img_channels, z_dim=z_dim, w_dim=w_dim,
+            mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
+            w_avg_beta=w_avg_beta, channel_base=channel_base, channel_max=channel_max,
+            conv_clamp=conv_clamp, use_noise=use_noise, resample_filter=tuple(resample_filter),
+        )
+        self.synthesis = SynthesisNetwork(
+            w_dim=w_dim, resolution=resolution, img_channels=img_channels, channel_base=channel_base,
+            channel_max=channel_max, use_noise=use_noise, conv_clamp=conv_clamp,
+            resample_filter=tuple(resample_filter),
+        )
+        self.mapping = MappingNetwork(
+            z_dim=z_dim, w_dim=w_dim, num_ws=self.synthesis.num_ws, num_layers=mapping_layers,
+            lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta,
+        )
+
+    @classmethod
+    def from_config(cls, config: GeneratorConfig) -> Generator:
+        return cls(**asdict(config))
+
+    @property
+    def num_ws(self) -> int:
+        return self.synthesis.num_ws
+
+    @property
+    def w_dim(self) -> int:
+        return self.mapping.w_dim
+
+    @property
+    def z_dim(self) -> int:
+        return self.mapping.z_dim
+
+    @property
+    def resolution(self) -> int:
+        return self.synthesis.resolution
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        return self.mapping.w_avg
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        *,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        noise_mode: NoiseMode = "const",
+        weight_delta: WeightDelta | None = None,
+    ) -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, weight_delta=weight_delta, noise_mode=noise_mode)
+
+    @torch.no_grad()
+    def compute_w_avg(self, num_samples: int = 10_000, *, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+        """Mean of mapping(z) over seeded samples, for checkpoints that lack ``w_avg``."""
+        gen = torch.Generator().manual_seed(seed)
+        device = self.w_avg.device
+        total = torch.zeros(self.w_dim, dtype=torch.float64, device=device)
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            z = torch.randn(n, self.z_dim, generator=gen).to(device)
+            total += self.mapping(z)[:, 0].double().sum(dim=0)
+        return (total / num_samples).float()

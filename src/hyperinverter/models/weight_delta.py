@@ -1,0 +1,98 @@
+"""Per-sample generator weight offsets: HyperInverter's θ+Δθ and HyperStyle's θ·(1+Δθ)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+DeltaMode = Literal["add", "scale"]
+
+
+@dataclass(frozen=True)
+class WeightDelta(Mapping[str, torch.Tensor]):
+    """Offsets for a subset of synthesis parameters, one per sample.
+
+    ``tensors`` maps a synthesis parameter name (``"b8.conv0.weight"``, as in
+    ``Generator.synthesis.offsettable_parameters()``) to a tensor ``[B, *param_shape]``.
+    ``mode="add"`` means ``θ + Δθ`` (HyperInverter, PTI); ``mode="scale"`` means ``θ · (1 + Δθ)``
+    (HyperStyle). Offsets apply to the raw stored parameter, before any equalised-lr gain.
+    """
+
+    tensors: Mapping[str, torch.Tensor]
+    mode: DeltaMode = "add"
+    _batch_size: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("add", "scale"):
+            raise ValueError(f"WeightDelta mode must be 'add' or 'scale', got {self.mode!r}")
+        if not self.tensors:
+            raise ValueError("WeightDelta needs at least one tensor")
+        sizes = {name: t.shape[0] for name, t in self.tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"WeightDelta tensors disagree on the batch size: {sizes}")
+        object.__setattr__(self, "tensors", dict(self.tensors))
+        object.__setattr__(self, "_batch_size", next(iter(sizes.values())))
+
+    # Mapping interface -------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    # Application -------------------------------------------------------------------------------
+    def apply(self, name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample parameter ``[B, *param.shape]`` for ``name``, or None if it has no offset."""
+        delta = self.tensors.get(name)
+        if delta is None:
+            return None
+        delta = delta.to(param.dtype)
+        if self.mode == "add":
+            return param.unsqueeze(0) + delta
+        return param.unsqueeze(0) * (1 + delta)
+
+    # Batch manipulation ------------------------------------------------------------------------
+    def _map(self, fn) -> WeightDelta:
+        return WeightDelta({k: fn(v) for k, v in self.tensors.items()}, mode=self.mode)
+
+    def select(self, index: int | slice | Sequence[int] | torch.Tensor) -> WeightDelta:
+        """Samples at ``index`` (an int keeps a batch dimension of 1)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return self._map(lambda t: t[index])
+
+    def to(self, *args, **kwargs) -> WeightDelta:
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def detach(self) -> WeightDelta:
+        return self._map(lambda t: t.detach())
+
+    def lerp(self, other: WeightDelta, t: float) -> WeightDelta:
+        """Elementwise ``(1-t)·self + t·other``; both must offset the same parameters in the same mode."""
+        if self.mode != other.mode or set(self) != set(other):
+            raise ValueError("can only interpolate WeightDeltas with the same mode and parameter names")
+        return WeightDelta({k: torch.lerp(v, other[k].to(v), t) for k, v in self.tensors.items()}, self.mode)
+
+    @staticmethod
+    def cat(deltas: Iterable[WeightDelta]) -> WeightDelta:
+        deltas = list(deltas)
+        if not deltas:
+            raise ValueError("nothing to concatenate")
+        first = deltas[0]
+        for d in deltas[1:]:
+            if d.mode != first.mode or set(d) != set(first):
+                raise ValueError("can only concatenate WeightDeltas with the same mode and parameter names")
+        return WeightDelta({k: torch.cat([d[k] for d in deltas]) for k in first}, mode=first.mode)
+
+    def numel_per_sample(self) -> int:
+        return sum(t[0].numel() for t in self.tensors.values())
