@@ -1,0 +1,294 @@
+"""Read and write StyleGAN2 files in every supported format.
+
+Formats:
+- ``hyperinverter``: a folder (``config.json`` + ``model.safetensors``), or a GAN folder holding
+  ``generator/`` and optionally ``discriminator/``; a lone ``.safetensors`` file with our metadata.
+- ``rosinality``: ``.pt`` with ``g_ema`` and ``latent_avg``; read with ``weights_only=True``.
+- ``nvidia``: stylegan2-ada / stylegan3-repo StyleGAN2 ``.pkl``; read by the whitelisting unpickler.
+
+The configuration is read from the file; loading is strict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..io.checkpoints import (
+    CONFIG_NAME,
+    atomic_write_bytes,
+    load_state_dict_strict,
+    read_component,
+    replace_directory,
+    save_component,
+)
+from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from . import rosinality
+from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+GeneratorFormat = Literal["hyperinverter", "rosinality", "nvidia"]
+GENERATOR_TYPE = "stylegan2-generator"
+DISCRIMINATOR_TYPE = "stylegan2-discriminator"
+
+
+@dataclass
+class LoadedGAN:
+    """A generator (EMA weights) and, when the file has one, its discriminator."""
+
+    generator: Generator
+    discriminator: Discriminator | None
+    source_format: GeneratorFormat
+
+
+def detect_format(path: Path) -> GeneratorFormat:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file or folder: {path}")
+    if path.is_dir() or path.suffix == ".safetensors":
+        return "hyperinverter"
+    if path.suffix == ".pkl":
+        return "nvidia"
+    if path.suffix in (".pt", ".pth", ".ckpt"):
+        return "rosinality"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
+        return "nvidia"
+    return "rosinality"
+
+
+# --- hyperinverter ----------------------------------------------------------------------------------
+
+
+def _load_ours(path: Path, with_discriminator: bool) -> LoadedGAN:
+    path = Path(path)
+    gen_path = path / "generator" if (path / "generator" / CONFIG_NAME).is_file() else path
+    header, sd = read_component(gen_path)
+    if header["model_type"] != GENERATOR_TYPE:
+        raise CheckpointError(f"{gen_path} holds a {header['model_type']!r}, not a {GENERATOR_TYPE!r}")
+    G = Generator.from_config(GeneratorConfig.from_dict(header["config"]))
+    load_state_dict_strict(G, sd, source=str(gen_path))
+    D = None
+    d_path = path / "discriminator"
+    if with_discriminator and (d_path / CONFIG_NAME).is_file():
+        d_header, d_sd = read_component(d_path)
+        D = Discriminator.from_config(DiscriminatorConfig.from_dict(d_header["config"]))
+        load_state_dict_strict(D, d_sd, source=str(d_path))
+    return LoadedGAN(G, D, "hyperinverter")
+
+
+def save_gan(
+    path: Path,
+    generator: Generator,
+    discriminator: Discriminator | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    extras: dict | None = None,
+) -> None:
+    """Write our format. Without a discriminator, ``path`` is a plain generator folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    gen_dir = tmp / "generator" if discriminator is not None else tmp
+    save_component(gen_dir, generator.state_dict(), model_type=GENERATOR_TYPE,
+                   config=generator.config.to_dict(), extras=extras, dtype=dtype)
+    if discriminator is not None:
+        save_component(tmp / "discriminator", discriminator.state_dict(), model_type=DISCRIMINATOR_TYPE,
+                       config=discriminator.config.to_dict(), dtype=dtype)
+    replace_directory(tmp, path)
+
+
+# --- rosinality -------------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path) -> dict:
+    # rosinality train.py checkpoints hold an argparse.Namespace; allow that plain data class only.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing to load {path}: it needs more than plain tensors ({e})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {e}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def _fill_absent(G: Generator, sd: dict[str, torch.Tensor], absent: list[str], source: str) -> None:
+    """Buffers that rosinality files may lack: w_avg is computed, noise is seeded, filters are known."""
+    if not absent:
+        return
+    fresh = G.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    for name in absent:
+        if name.endswith("noise_const"):
+            sd[name] = torch.randn(fresh[name].shape, generator=gen)
+        elif name.endswith("resample_filter"):
+            sd[name] = fresh[name]
+        elif name == "mapping.w_avg":
+            sd[name] = torch.zeros_like(fresh[name])
+    noise = [n for n in absent if n.endswith("noise_const")]
+    if noise:
+        logger.warning("%s has no noise buffers; using seeded random constant noise for %d layers", source, len(noise))
+    load_state_dict_strict(G, sd, source=source)
+    if "mapping.w_avg" in absent:
+        logger.warning("%s has no latent_avg; computing w_avg from 10,000 seeded samples", source)
+        G.mapping.w_avg.copy_(G.compute_w_avg())
+
+
+def _load_rosinality(path: Path) -> LoadedGAN:
+    ckpt = _torch_load(path)
+    if "g_ema" not in ckpt:
+        if "state_dict" in ckpt:
+            raise CheckpointError(
+                f"{path} looks like an encoder checkpoint (keys {sorted(ckpt)}); load it as an inverter, not a generator"
+            )
+        raise CheckpointError(f"{path} is not a rosinality generator: no 'g_ema' among its keys {sorted(ckpt)}")
+    g_ema = ckpt["g_ema"]
+    config = rosinality.infer_config(g_ema)
+    sd, absent = rosinality.to_nvidia(g_ema, config, latent_avg=ckpt.get("latent_avg"))
+    G = Generator.from_config(config)
+    _fill_absent(G, sd, absent, str(path))
+    if not absent:
+        load_state_dict_strict(G, sd, source=str(path))
+    return LoadedGAN(G, None, "rosinality")
+
+
+def save_rosinality(path: Path, generator: Generator) -> None:
+    """Write ``{"g_ema", "latent_avg"}`` that rosinality-based tools (pSp, e4e, HyperStyle) read."""
+    if not rosinality.is_standard_layout(generator.config):
+        logger.warning(
+            "this generator's widths (base %d, max %d, %d channels) are not expressible by rosinality's "
+            "Generator(size, channel_multiplier); tools must build it with matching widths",
+            generator.config.channel_base, generator.config.channel_max, generator.config.img_channels,
+        )
+    g_ema = rosinality.from_nvidia(generator.state_dict(), generator.config)
+    latent_avg = g_ema.pop("latent_avg")
+    buf = io.BytesIO()
+    torch.save({"g_ema": g_ema, "latent_avg": latent_avg}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+# --- NVIDIA -----------------------------------------------------------------------------------------
+
+
+def _nv_generator_config(kwargs: dict, source: str) -> GeneratorConfig:
+    synth = dict(kwargs.get("synthesis_kwargs") or {})
+    # The stylegan3 repo passes synthesis arguments flat (**synthesis_kwargs).
+    for key in ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture",
+                "resample_filter", "use_noise", "activation"):
+        if key in kwargs and key not in synth:
+            synth[key] = kwargs[key]
+    mapping = dict(kwargs.get("mapping_kwargs") or {})
+    if kwargs.get("c_dim", 0):
+        raise CheckpointError(f"{source}: conditional generators (c_dim={kwargs['c_dim']}) are not supported")
+    if synth.get("architecture", "skip") != "skip":
+        raise CheckpointError(f"{source}: only the 'skip' generator architecture is supported, got {synth['architecture']!r}")
+    if synth.get("activation", "lrelu") != "lrelu" or mapping.get("activation", "lrelu") != "lrelu":
+        raise CheckpointError(f"{source}: only lrelu activations are supported")
+    if mapping.get("embed_features") is not None or mapping.get("layer_features") not in (None, kwargs["w_dim"]):
+        raise CheckpointError(f"{source}: custom mapping feature widths are not supported")
+    return GeneratorConfig(
+        resolution=int(kwargs["img_resolution"]),
+        img_channels=int(kwargs["img_channels"]),
+        z_dim=int(kwargs["z_dim"]),
+        w_dim=int(kwargs["w_dim"]),
+        mapping_layers=int(mapping.get("num_layers", 8)),
+        mapping_lr_multiplier=float(mapping.get("lr_multiplier", 0.01)),
+        w_avg_beta=float(mapping.get("w_avg_beta", 0.995) or 0.995),
+        channel_base=int(synth.get("channel_base", 32768)),
+        channel_max=int(synth.get("channel_max", 512)),
+        conv_clamp=None if synth.get("conv_clamp") is None else float(synth["conv_clamp"]),
+        use_noise=bool(synth.get("use_noise", True)),
+        resample_filter=tuple(synth.get("resample_filter", (1, 3, 3, 1))),
+    )
+
+
+def _nv_discriminator_config(kwargs: dict, source: str) -> DiscriminatorConfig:
+    if kwargs.get("c_dim", 0):
+        raise CheckpointError(f"{source}: conditional discriminators are not supported")
+    if kwargs.get("architecture", "resnet") != "resnet":
+        raise CheckpointError(f"{source}: only the 'resnet' discriminator architecture is supported")
+    epilogue = dict(kwargs.get("epilogue_kwargs") or {})
+    block = dict(kwargs.get("block_kwargs") or {})
+    return DiscriminatorConfig(
+        resolution=int(kwargs["img_resolution"]),
+        img_channels=int(kwargs["img_channels"]),
+        channel_base=int(kwargs.get("channel_base", 32768)),
+        channel_max=int(kwargs.get("channel_max", 512)),
+        conv_clamp=None if kwargs.get("conv_clamp") is None else float(kwargs["conv_clamp"]),
+        mbstd_group_size=int(epilogue.get("mbstd_group_size", 4) or 4),
+        mbstd_num_channels=int(epilogue.get("mbstd_num_channels", 1)),
+        resample_filter=tuple(block.get("resample_filter", kwargs.get("resample_filter", (1, 3, 3, 1)))),
+    )
+
+
+def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
+    from .nvidia_pickle import load_nvidia_pickle
+
+    nets = load_nvidia_pickle(path)
+    g = nets["G_ema"]
+    if any(".input." in k or k.startswith("synthesis.input") for k in g.state_dict):
+        raise CheckpointError(f"{path} holds a StyleGAN3 generator; only StyleGAN2 is supported")
+    G = Generator.from_config(_nv_generator_config(g.init_kwargs, str(path)))
+    load_state_dict_strict(G, g.state_dict, source=f"{path} [G_ema]")
+    D = None
+    if with_discriminator and "D" in nets:
+        d = nets["D"]
+        D = Discriminator.from_config(_nv_discriminator_config(d.init_kwargs, str(path)))
+        load_state_dict_strict(D, d.state_dict, source=f"{path} [D]")
+    return LoadedGAN(G, D, "nvidia")
+
+
+# --- entry points -----------------------------------------------------------------------------------
+
+
+def load_gan(path: str | Path, *, with_discriminator: bool = False, device: str | torch.device = "cpu") -> LoadedGAN:
+    """Load a generator (and optionally its discriminator) from any supported format, on ``device``."""
+    path = Path(path)
+    fmt = detect_format(path)
+    logger.info("loading %s generator from %s", fmt, path)
+    if fmt == "hyperinverter":
+        gan = _load_ours(path, with_discriminator)
+    elif fmt == "nvidia":
+        gan = _load_nvidia(path, with_discriminator)
+    else:
+        gan = _load_rosinality(path)
+        if with_discriminator:
+            logger.warning("%s: discriminators are read from NVIDIA pickles and our format only", path)
+    gan.generator.eval().requires_grad_(False).to(device)
+    if gan.discriminator is not None:
+        gan.discriminator.eval().requires_grad_(False).to(device)
+    return gan
+
+
+def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> Generator:
+    return load_gan(path, device=device).generator
+
+
+def convert_generator(src: str | Path, dst: str | Path, *, to: GeneratorFormat | None = None) -> GeneratorFormat:
+    """Convert ``src`` (any format) to ``dst``; the target format follows ``dst``'s suffix unless given."""
+    dst = Path(dst)
+    if to is None:
+        to = "rosinality" if dst.suffix in (".pt", ".pth") else "nvidia" if dst.suffix == ".pkl" else "hyperinverter"
+    if to == "nvidia":
+        raise CheckpointError("writing NVIDIA pickles is not supported (they embed NVIDIA's source code); "
+                              "write our format or rosinality .pt")
+    gan = load_gan(src, with_discriminator=(to == "hyperinverter"))
+    if to == "rosinality":
+        save_rosinality(dst, gan.generator)
+    else:
+        save_gan(dst, gan.generator, gan.discriminator)
+    return to

@@ -1,0 +1,73 @@
+"""Image <-> tensor conversion. The one place that knows value ranges: tensors are [-1, 1], NCHW."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoints import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[N,C,H,W]`` in [-1,1] -> ``uint8 [N,H,W,C]``."""
+    assert images.ndim == 4, f"expected [N,C,H,W], got {tuple(images.shape)}"
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arrays = tensor_to_uint8(images)
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+
+
+def make_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Tile ``[N,C,H,W]`` into one ``[1,C,H',W']`` image, ``nrow`` images per row."""
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[i].detach().float().cpu()
+    return grid[None]
+
+
+def save_image(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
+    """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix."""
+    path = Path(path)
+    if isinstance(image, torch.Tensor):
+        image = tensor_to_pil(image if image.ndim == 4 else image[None])[0]
+    buf = io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    image.save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int = 3) -> torch.Tensor:
+    """PIL image of any mode -> ``[1,channels,H,W]`` in [-1,1], resized (Lanczos) to ``size`` if given."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.LANCZOS)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).float()
+    x = x[..., None] if x.ndim == 2 else x
+    return (x.permute(2, 0, 1)[None] / 127.5) - 1
+
+
+def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: int = 80) -> Path:
+    """``[1,C,H,W]`` frames in [-1,1] -> looping GIF, written atomically."""
+    pil = [tensor_to_pil(f if f.ndim == 4 else f[None])[0].convert("RGB") for f in frames]
+    buf = io.BytesIO()
+    pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)

@@ -1,0 +1,139 @@
+"""Training checkpoints in one safetensors file: weights, optimiser, grad scaler, RNG and progress.
+
+No pickle anywhere: optimiser states are flattened into tensors plus JSON metadata. Files are
+written atomically, the last ``keep`` are kept, and resuming takes the newest readable one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from ..convert.errors import CheckpointError
+from ..io.checkpoints import atomic_save_file, load_state_dict_strict
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"checkpoint-(\d{8})\.safetensors$")
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    sd = opt.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.state.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    meta[prefix] = {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(prefix: str, tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    head = f"{prefix}.state."
+    for name, value in tensors.items():
+        if name.startswith(head):
+            idx, key = name[len(head) :].split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta[prefix]["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta[prefix]["param_groups"]}
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: dict[str, Any] | None = None,
+    keep: int = 3,
+) -> Path:
+    """Write ``directory/checkpoint-{step}.safetensors`` atomically and prune to the newest ``keep``."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"step": step, "progress": progress or {}, "modules": sorted(modules)}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            tensors[f"module.{name}.{key}"] = value
+    for name, opt in (optimizers or {}).items():
+        _flatten_optimizer(f"optim.{name}", opt, tensors, meta)
+    if scaler is not None and scaler.is_enabled():
+        meta["scaler"] = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    path = directory / f"checkpoint-{step:08d}.safetensors"
+    # safetensors refuses shared storage; clone so every entry owns its memory.
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    atomic_save_file(tensors, path, metadata={"training": json.dumps(meta)})
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _NAME.search(p.name))
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    restore_rng: bool = True,
+) -> tuple[int, dict[str, Any]]:
+    """Restore everything saved by ``save_checkpoint``; returns ``(step, progress)``. Strict."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["training"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable training checkpoint: {e}") from None
+    if set(meta["modules"]) != set(modules):
+        raise CheckpointError(f"{path} holds modules {meta['modules']}, expected {sorted(modules)}")
+    for name, module in modules.items():
+        head = f"module.{name}."
+        sd = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+        load_state_dict_strict(module, sd, source=f"{path} [{name}]")
+    for name, opt in (optimizers or {}).items():
+        prefix = f"optim.{name}"
+        if prefix not in meta:
+            raise CheckpointError(f"{path} has no optimiser state for {name!r}")
+        opt.load_state_dict(_unflatten_optimizer(prefix, tensors, meta))
+    if scaler is not None and "scaler" in meta:
+        scaler.load_state_dict(meta["scaler"])
+    if restore_rng:
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    return int(meta["step"]), meta["progress"]
+
+
+def resume_latest(directory: Path, **kwargs) -> tuple[int, dict[str, Any]] | None:
+    """Load the newest readable checkpoint in ``directory``; a corrupt newest one falls back to older."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            result = load_checkpoint(path, **kwargs)
+        except CheckpointError as e:
+            logger.warning("skipping unreadable checkpoint %s: %s", path, e)
+            continue
+        logger.info("resumed from %s (step %d)", path, result[0])
+        return result
+    return None

@@ -1,0 +1,133 @@
+"""What every trainer shares: the run folder, logging of scalars and image grids, deterministic batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io.checkpoints import atomic_write_bytes
+from ..io.images import make_grid, save_image
+from .config import to_yaml
+from .distributed import DistributedContext
+
+logger = logging.getLogger(__name__)
+
+
+class RunLogger:
+    """Rank 0 writes ``stats.jsonl``, PNG grids and (if installed) TensorBoard events; others write nothing."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            except ImportError:
+                logger.info("tensorboard is not installed (pip install 'hyperinverter[train]'); logging to stats.jsonl only")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": time.time(), **{k: float(v) for k, v in values.items()}}
+        with open(self.run_dir / "stats.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, float(v), step)
+
+    def images(self, step: int, name: str, images: torch.Tensor, *, nrow: int | None = None) -> None:
+        if not self.enabled:
+            return
+        grid = make_grid(images, nrow=nrow)
+        save_image(grid, self.run_dir / "samples" / f"{name}-{step:08d}.png")
+        if self._tb is not None:
+            self._tb.add_image(name, ((grid[0] + 1) / 2).clamp(0, 1), step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path:
+    """Create the run folder and store the resolved config next to the checkpoints."""
+    run_dir = Path(run_dir)
+    if ctx.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.yaml", to_yaml(config).encode())
+    ctx.barrier()
+    return run_dir
+
+
+class BatchSampler:
+    """Deterministic, resumable epochs: a seeded permutation per epoch, consumed in global batches.
+
+    ``position`` counts the samples consumed so far and is all a checkpoint needs to resume exactly.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int, position: int = 0) -> None:
+        if num_items < 1:
+            raise ValueError("the dataset is empty")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.position = position
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.num_items, generator=gen), epoch
+        return self._perm
+
+    def next(self) -> torch.Tensor:
+        """The next ``batch_size`` global indices (crossing epoch boundaries as needed)."""
+        out = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(self.position, self.num_items)
+            take = min(self.batch_size - len(out), self.num_items - offset)
+            out.extend(self._permutation(epoch)[offset : offset + take].tolist())
+            self.position += take
+        return torch.tensor(out)
+
+
+def preload_uint8(dataset, *, progress: bool = True) -> torch.Tensor:
+    """Materialise a dataset of ``[C,R,R]`` tensors in [-1,1] as one ``uint8 [N,C,R,R]`` tensor."""
+    from tqdm.auto import tqdm
+
+    items = [dataset[i] for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress,
+                                      mininterval=2.0)]
+    x = torch.stack(items)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A fresh RNG for (seed, step, stream): randomness that does not depend on resume or rank."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63))
+
+
+def random_hflip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=gen) < 0.5
+    out = images.clone()
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def format_eta(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0)))
+
+
+def mean_dict(records: Sequence[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in records for k in r}
+    return {k: float(np.mean([r[k] for r in records if k in r])) for k in keys}

@@ -1,0 +1,192 @@
+"""Generator/discriminator files: our format, rosinality .pt, NVIDIA .pkl, conversion, strictness, safety."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from hyperinverter.cli.main import main
+from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.convert.gan_files import load_gan, save_gan, save_rosinality
+from hyperinverter.models.stylegan2 import Discriminator
+from nvidia_pickle_writer import write_nvidia_pickle
+
+
+def same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture
+def tiny_discriminator():
+    torch.manual_seed(1)
+    return Discriminator(resolution=32, channel_base=256, channel_max=16).eval()
+
+
+def nv_generator_kwargs(G):
+    c = G.config
+    return dict(z_dim=c.z_dim, c_dim=0, w_dim=c.w_dim, img_resolution=c.resolution, img_channels=c.img_channels,
+                mapping_kwargs=dict(num_layers=c.mapping_layers, lr_multiplier=0.01, w_avg_beta=0.995),
+                channel_base=c.channel_base, channel_max=c.channel_max, num_fp16_res=0, conv_clamp=None,
+                architecture="skip")
+
+
+def nv_discriminator_kwargs(D):
+    c = D.config
+    return dict(c_dim=0, img_resolution=c.resolution, img_channels=c.img_channels, architecture="resnet",
+                channel_base=c.channel_base, channel_max=c.channel_max, num_fp16_res=0, conv_clamp=None,
+                cmap_dim=None, block_kwargs={}, mapping_kwargs={},
+                epilogue_kwargs=dict(mbstd_group_size=4, mbstd_num_channels=1))
+
+
+def buffers(module):
+    return {name for name, _ in module.named_buffers()}
+
+
+def write_nv(path, G, D=None, state_dict=None):
+    nets = {"G_ema": ("Generator", nv_generator_kwargs(G), state_dict or G.state_dict(), buffers(G)),
+            "G": ("Generator", nv_generator_kwargs(G), G.state_dict(), buffers(G))}
+    if D is not None:
+        nets["D"] = ("Discriminator", nv_discriminator_kwargs(D), D.state_dict(), buffers(D))
+    write_nvidia_pickle(path, nets)
+
+
+def test_our_format_round_trip_is_exact(tmp_path, tiny_generator, tiny_discriminator):
+    save_gan(tmp_path / "gan", tiny_generator, tiny_discriminator)
+    gan = load_gan(tmp_path / "gan", with_discriminator=True)
+    assert same_state(gan.generator, tiny_generator) and same_state(gan.discriminator, tiny_discriminator)
+    # the lone safetensors file is self-describing
+    assert same_state(load_gan(tmp_path / "gan" / "generator" / "model.safetensors").generator, tiny_generator)
+
+
+def test_fp16_storage_loads_as_float32(tmp_path, tiny_generator):
+    save_gan(tmp_path / "g16", tiny_generator, dtype=torch.float16)
+    G = load_gan(tmp_path / "g16").generator
+    assert G.mapping.fc0.weight.dtype == torch.float32
+    assert torch.allclose(G.mapping.fc0.weight, tiny_generator.mapping.fc0.weight, rtol=1e-3, atol=1e-3)
+
+
+def test_rosinality_export_round_trip_is_exact(tmp_path, tiny_generator):
+    save_rosinality(tmp_path / "g.pt", tiny_generator)
+    ckpt = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert set(ckpt) == {"g_ema", "latent_avg"}
+    assert ckpt["g_ema"]["conv1.conv.weight"].shape == (1, 16, 16, 3, 3)
+    assert torch.equal(ckpt["g_ema"]["convs.0.conv.blur.kernel"].sum(), torch.tensor(4.0))
+    assert same_state(load_gan(tmp_path / "g.pt").generator, tiny_generator)
+
+
+def test_nvidia_pickle_loads_generator_and_discriminator(tmp_path, tiny_generator, tiny_discriminator):
+    write_nv(tmp_path / "net.pkl", tiny_generator, tiny_discriminator)
+    gan = load_gan(tmp_path / "net.pkl", with_discriminator=True)
+    assert gan.source_format == "nvidia"
+    assert same_state(gan.generator, tiny_generator)
+    assert same_state(gan.discriminator, tiny_discriminator)
+    logits = gan.discriminator(torch.randn(4, 3, 32, 32))
+    assert logits.shape == (4, 1)
+
+
+def test_discriminator_has_nvidia_key_names(tiny_discriminator):
+    keys = set(tiny_discriminator.state_dict())
+    for k in ["b32.fromrgb.weight", "b32.fromrgb.bias", "b32.conv0.weight", "b32.conv1.weight", "b32.skip.weight",
+              "b32.resample_filter", "b8.conv1.resample_filter", "b4.conv.weight", "b4.fc.weight", "b4.out.weight",
+              "b4.out.bias"]:
+        assert k in keys, k
+    assert "b16.fromrgb.weight" not in keys and "b8.skip.bias" not in keys
+    assert tiny_discriminator.state_dict()["b4.conv.weight"].shape == (16, 17, 3, 3)  # + mbstd channel
+
+
+def test_rosinality_missing_unexpected_and_misshaped_keys_are_named(tmp_path, tiny_generator):
+    save_rosinality(tmp_path / "g.pt", tiny_generator)
+    ckpt = torch.load(tmp_path / "g.pt", weights_only=True)
+    broken = dict(ckpt["g_ema"])
+    del broken["convs.1.conv.modulation.bias"]
+    broken["convs.99.conv.weight"] = torch.zeros(1)
+    torch.save({"g_ema": broken, "latent_avg": ckpt["latent_avg"]}, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match=r"convs\.1\.conv\.modulation\.bias") as e:
+        load_gan(tmp_path / "broken.pt")
+    assert "convs.99.conv.weight" in str(e.value)
+
+    misshaped = dict(ckpt["g_ema"])
+    misshaped["convs.2.activate.bias"] = torch.zeros(7)
+    torch.save({"g_ema": misshaped, "latent_avg": ckpt["latent_avg"]}, tmp_path / "misshaped.pt")
+    with pytest.raises(CheckpointError, match=r"synthesis\.b16\.conv0\.bias"):
+        load_gan(tmp_path / "misshaped.pt")
+
+
+def test_rosinality_without_optional_buffers(tmp_path, tiny_generator):
+    save_rosinality(tmp_path / "g.pt", tiny_generator)
+    ckpt = torch.load(tmp_path / "g.pt", weights_only=True)
+    g_ema = {k: v for k, v in ckpt["g_ema"].items() if not k.endswith("kernel") and not k.startswith("noises.")}
+    torch.save({"g_ema": g_ema}, tmp_path / "old.pt")
+    G = load_gan(tmp_path / "old.pt").generator
+    assert torch.equal(G.synthesis.b8.conv0.resample_filter, tiny_generator.synthesis.b8.conv0.resample_filter)
+    expected_w_avg = tiny_generator.compute_w_avg()
+    assert torch.allclose(G.w_avg, expected_w_avg)
+
+
+def test_our_format_mismatch_names_keys(tmp_path, tiny_generator):
+    from safetensors.torch import load_file, save_file
+
+    save_gan(tmp_path / "g", tiny_generator)
+    sd = load_file(tmp_path / "g" / "model.safetensors")
+    sd.pop("synthesis.b8.torgb.bias")
+    sd["synthesis.b8.extra"] = torch.zeros(1)
+    save_file(sd, tmp_path / "g" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"synthesis\.b8\.torgb\.bias.*synthesis\.b8\.extra"):
+        load_gan(tmp_path / "g")
+
+
+def test_nvidia_mismatch_names_keys(tmp_path, tiny_generator):
+    sd = dict(tiny_generator.state_dict())
+    sd.pop("mapping.fc1.bias")
+    write_nv(tmp_path / "bad.pkl", tiny_generator, state_dict=sd)
+    with pytest.raises(CheckpointError, match=r"mapping\.fc1\.bias"):
+        load_gan(tmp_path / "bad.pkl")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"G_ema": _Payload(marker)}, f)
+    with pytest.raises(ValueError, match="system"):
+        load_gan(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    torch.save({"g_ema": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_gan(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_corrupt_and_unknown_files(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        load_gan(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no 'g_ema'"):
+        load_gan(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        load_gan(tmp_path / "missing.pt")
+
+
+def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys):
+    write_nv(tmp_path / "net.pkl", tiny_generator)
+    assert main(["convert", str(tmp_path / "net.pkl"), str(tmp_path / "ours")]) == 0
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "rosi.pt")]) == 0
+    assert same_state(load_gan(tmp_path / "rosi.pt").generator, tiny_generator)
+    assert main(["generate", "--model", str(tmp_path / "rosi.pt"), "--seeds", "0-5", "--out",
+                 str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
+    assert main(["generate", "--model", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no such model" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Generator trainer: the loss falls on a fixed batch, resume is exact, torchrun ranks equal one process."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from hyperinverter.io.images import save_image
+from hyperinverter.models.stylegan2 import Generator
+from hyperinverter.training.checkpointing import list_checkpoints
+from hyperinverter.training.gan import GeneratorTrainingConfig, train_generator
+
+TINY = dict(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=128, channel_max=8)
+
+
+def teacher_generator():
+    torch.manual_seed(1234)
+    return Generator(**TINY).eval()
+
+
+def teacher_images(n=16):
+    with torch.no_grad():
+        x = teacher_generator()(torch.randn(n, 8, generator=torch.Generator().manual_seed(5))).clamp(-1, 1)
+    return ((x + 1) * 127.5).round().to(torch.uint8)
+
+
+def config(run_dir, **kw):
+    base = dict(run_dir=str(run_dir), data="unused", steps=4, batch_size=8, log_every=1, sample_every=1000,
+                checkpoint_every=2, tensorboard=False, progress=False, r1_interval=2, **TINY)
+    base.update(kw)
+    return GeneratorTrainingConfig(**base)
+
+
+def test_distillation_loss_falls_on_a_fixed_teacher(tmp_path):
+    teacher = teacher_generator()
+    cfg = config(tmp_path / "run", steps=60, distill_teacher="fixed", distill_steps=60, distill_lr=0.01,
+                 distill_train_d=False, log_every=10, checkpoint_every=1000)
+    result = train_generator(cfg, images=teacher_images(), teacher=lambda z: teacher(z))
+    losses = [h["loss/distill"] for h in result.history]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_discriminator_loss_falls_on_a_fixed_batch(tmp_path):
+    cfg = config(tmp_path / "run", steps=40, batch_size=8, lr_g=0.0, lr_d=0.01, log_every=10, checkpoint_every=1000)
+    result = train_generator(cfg, images=teacher_images(8))
+    losses = [h["loss/D"] for h in result.history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert (tmp_path / "run" / "final" / "generator" / "model.safetensors").is_file()
+
+
+def test_resume_reaches_the_same_parameters(tmp_path):
+    images = teacher_images()
+    kw = dict(style_mixing=0.5, pl_weight=1.0, pl_interval=2, hflip=True)
+    train_generator(config(tmp_path / "straight", steps=6, **kw), images=images)
+    train_generator(config(tmp_path / "resumed", steps=4, **kw), images=images)  # "interrupted" after step 4
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")][-1].endswith("00000004.safetensors")
+    train_generator(config(tmp_path / "resumed", steps=6, **kw), images=images)
+    a = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-00000006.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoints" / "checkpoint-00000006.safetensors")
+    for k in a:
+        if k.startswith(("module.", "optim.")):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoints_are_pruned_and_corrupt_latest_falls_back(tmp_path):
+    images = teacher_images()
+    train_generator(config(tmp_path / "run", steps=8, checkpoint_every=1, keep_checkpoints=2), images=images)
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["checkpoint-00000007.safetensors", "checkpoint-00000008.safetensors"]
+    ckpts[-1].write_bytes(b"truncated")
+    result = train_generator(config(tmp_path / "run", steps=9, checkpoint_every=1, keep_checkpoints=2), images=images)
+    assert result.history[0]["step"] == 8  # resumed from step 7, redid step 8
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    """2 CPU processes (gloo) hold identical parameters, equal to one process with the same global batch."""
+    data = tmp_path / "data"
+    for i, img in enumerate(teacher_images(16)):
+        save_image((img.float() / 127.5 - 1)[None], data / f"{i:03d}.png")
+    overrides = [f"data={data}", "resolution=16", "z_dim=8", "w_dim=8", "mapping_layers=1", "channel_base=128",
+                 "channel_max=8", "steps=3", "batch_size=8", "r1_interval=2", "noise_mode=const", "val_fraction=0.0",
+                 "checkpoint_every=3", "tensorboard=false", "progress=false", "device=cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={_free_port()}", "-m", "hyperinverter.cli.main", "train", "generator"]
+    subprocess.run(torchrun + [f"run_dir={tmp_path / 'ddp'}"] + overrides, check=True, env=env, timeout=240,
+                   capture_output=True)
+    single = [sys.executable, "-m", "hyperinverter.cli.main", "train", "generator"]
+    subprocess.run(single + [f"run_dir={tmp_path / 'single'}"] + overrides, check=True, env=env, timeout=240,
+                   capture_output=True)
+    a = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000003.safetensors")
+    b = load_file(tmp_path / "single" / "checkpoints" / "checkpoint-00000003.safetensors")
+    params = [k for k in a if k.startswith(("module.G.", "module.D.")) and "w_avg" not in k]
+    assert params
+    for k in params:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
