@@ -155,7 +155,8 @@ def build_network(
                 state = _module_state(EasyDict())
                 nodes[key] = state
                 parent = nodes[".".join(parts[: depth - 1])]
-                parent["_modules"][parts[depth - 1]] = FakePersistent(_class_name(parts[:depth]), state, module_src)
+                child = FakePersistent(_class_name(parts[:depth]), state, module_src)
+                parent["_modules"][parts[depth - 1]] = child
         return nodes[".".join(parts)]
 
     def place(full_name: str, value: torch.Tensor | None, persistent: bool) -> None:
@@ -171,7 +172,7 @@ def build_network(
             if parents and param is not None and leaf == "weight" and param.ndim >= 2:
                 # NVIDIA layers keep their gains as numpy.float64 attributes.
                 state["weight_gain"] = np.float64(1 / math.sqrt(param[0].numel()))
-                state["_init_kwargs"].update(in_features=int(param.shape[1]), out_features=int(param.shape[0]))
+                state["_init_kwargs"].update(in_features=param.shape[1], out_features=param.shape[0])
 
     for name, value in state_dict.items():
         place(name, value, persistent=True)
@@ -214,7 +215,9 @@ def write_nvidia_pickle(
         pickle.dump(top, f, protocol=protocol)
 
 
-def write_pti_checkpoint(path: str | Path, network: NetworkSpec, *, module_src: str = DEFAULT_MODULE_SRC) -> None:
+def write_pti_checkpoint(
+    path: str | Path, network: NetworkSpec, *, module_src: str = DEFAULT_MODULE_SRC
+) -> None:
     """``torch.save(G)`` of one persistent network, as PTI writes its tuned generators (zip archive)."""
     class_name, init_kwargs, state_dict, buffer_names = network
     root = build_network(class_name, init_kwargs, state_dict, set(buffer_names), module_src=module_src)

@@ -29,7 +29,8 @@ class _Layer(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(out_f, in_f))
         self.bias = torch.nn.Parameter(torch.randn(out_f))
-        self.register_buffer("resample_filter", torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])))
+        f = torch.tensor([1.0, 3, 3, 1])
+        self.register_buffer("resample_filter", torch.outer(f, f) / 64)
         self.register_buffer("scratch", torch.ones(2), persistent=False)
         self.register_buffer("unused", None)
 
@@ -167,7 +168,11 @@ class _Payload:
         return (subprocess.call, (["touch", self.marker],))
 
 
-PAYLOAD_GLOBALS = {"os.system": f"{os.system.__module__}.system", "eval": "builtins.eval", "subprocess": "subprocess.call"}
+PAYLOAD_GLOBALS = {
+    "os.system": f"{os.system.__module__}.system",  # posix.system on Linux
+    "eval": "builtins.eval",
+    "subprocess": "subprocess.call",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(PAYLOAD_GLOBALS))
@@ -181,7 +186,8 @@ def test_malicious_globals_are_refused_and_never_run(tmp_path, net, kind, where)
             pickle.dump({"G_ema": payload}, f)
     else:
         write_nvidia_pickle(path, {"G_ema": _spec(net, init_kwargs={"z_dim": 3, "evil": payload})})
-    with pytest.raises(UnsafePickleError, match=f"refusing to load '{PAYLOAD_GLOBALS[kind]}' from .*evil.pkl"):
+    expected = f"refusing to load '{PAYLOAD_GLOBALS[kind]}' from .*evil.pkl"
+    with pytest.raises(UnsafePickleError, match=expected):
         load_nvidia_pickle(path)
     assert not marker.exists()
     # the payload is live: stock unpickling would have run it
@@ -261,7 +267,8 @@ class _TensorGadget:
         (_TensorGadget((2,), (1,), offset=3), CheckpointError, "reaches past its storage"),
         (_TensorGadget((2,), (-1,), offset=3), CheckpointError, "invalid tensor geometry"),
         # BUILD on a tensor would call Tensor.__setstate__ -> set_(), an unchecked re-view of memory
-        (_TensorGadget((2,), (1,), build_state=(torch.zeros(1), 0, (10**6,), (1,))), UnsafePickleError, "state"),
+        (_TensorGadget((2,), (1,), build_state=(torch.zeros(1), 0, (10**6,), (1,))), UnsafePickleError,
+         "state"),
     ],
 )
 def test_tensor_records_are_bounds_checked(tmp_path, net, gadget, error, message):
@@ -297,7 +304,8 @@ def test_unsupported_persistence_version(tmp_path, net):
 def test_missing_g_ema_names_the_keys(tmp_path, net):
     path = tmp_path / "no_g_ema.pkl"
     write_nvidia_pickle(path, {"G": _spec(net), "D": _spec(net.mapping, "Discriminator", {})})
-    with pytest.raises(ValueError, match=r"no_g_ema\.pkl has no 'G_ema'.*'D'.*'G'.*'augment_pipe'.*'training_set_kwargs'"):
+    expected = r"no_g_ema\.pkl has no 'G_ema'.*'D'.*'G'.*'augment_pipe'.*'training_set_kwargs'"
+    with pytest.raises(ValueError, match=expected):
         load_nvidia_pickle(path)
 
 

@@ -72,11 +72,13 @@ class _Sealed:
     __slots__ = ()
 
     def __setstate__(self, state: object) -> None:
-        raise UnsafePickleError(f"unexpected object state for a {type(self).__name__} in an NVIDIA network pickle")
+        raise UnsafePickleError(
+            f"unexpected object state for a {type(self).__name__} in an NVIDIA network pickle"
+        )
 
 
 class PersistentNode(_Sealed):
-    """One ``torch_utils.persistence`` object: class name, its ``__dict__`` and its source text (never run)."""
+    """One ``torch_utils.persistence`` object: class name, ``__dict__`` and source text (never run)."""
 
     __slots__ = ("class_name", "module_src", "state")
 
@@ -183,7 +185,9 @@ StorageLoader = Callable[[tuple], _StorageRef]
 class _WhitelistUnpickler(pickle.Unpickler):
     """Resolves only whitelisted globals, each to a stand-in; ``source`` names the file in errors."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str, storage_loader: StorageLoader | None = None) -> None:
+    def __init__(
+        self, file: io.BufferedIOBase, source: str, storage_loader: StorageLoader | None = None
+    ) -> None:
         super().__init__(file)
         self._source = source
         self._storage_loader = storage_loader
@@ -241,13 +245,15 @@ class _WhitelistUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise UnsafePickleError(
-            f"refusing to load '{module}.{name}' from {self._source}: not an allowed global in an NVIDIA network pickle"
+            f"refusing to load '{module}.{name}' from {self._source}: "
+            "not an allowed global in an NVIDIA network pickle"
         )
 
     def persistent_load(self, pid: object) -> object:
         if self._storage_loader is None:
             raise UnsafePickleError(
-                f"refusing persistent id {pid!r} in {self._source}: plain NVIDIA network pickles do not use them"
+                f"refusing persistent id {pid!r} in {self._source}: "
+                "plain NVIDIA network pickles do not use them"
             )
         return self._storage_loader(pid)
 
@@ -273,7 +279,9 @@ class _WhitelistUnpickler(pickle.Unpickler):
         if state is None:
             state = {}
         if not isinstance(class_name, str) or not isinstance(state, dict):
-            raise self._fail(f"malformed persistent object (class_name={class_name!r}, state {type(state).__name__})")
+            raise self._fail(
+                f"malformed persistent object (class_name={class_name!r}, state {type(state).__name__})"
+            )
         return PersistentNode(class_name, module_src if isinstance(module_src, str) else "", dict(state))
 
     def _load_from_bytes(self, data: object) -> _StorageRef:
@@ -310,7 +318,8 @@ class _WhitelistUnpickler(pickle.Unpickler):
         metadata: object = None,
     ) -> _LoadedTensor:
         shape, strides = _int_tuple(size), _int_tuple(stride)
-        if not isinstance(storage, _StorageRef) or not _is_int(storage_offset) or shape is None or strides is None:
+        well_typed = isinstance(storage, _StorageRef) and _is_int(storage_offset)
+        if not well_typed or shape is None or strides is None:
             raise self._fail(
                 f"malformed tensor record (storage {type(storage).__name__}, offset {storage_offset!r}, "
                 f"size {size!r}, stride {stride!r})"
@@ -331,7 +340,9 @@ class _WhitelistUnpickler(pickle.Unpickler):
         tensor = torch.empty(0, dtype=storage.dtype).set_(storage.untyped, offset, shape, strides)
         return _LoadedTensor(tensor)
 
-    def _rebuild_parameter(self, data: object, requires_grad: object, backward_hooks: object) -> _LoadedTensor:
+    def _rebuild_parameter(
+        self, data: object, requires_grad: object, backward_hooks: object
+    ) -> _LoadedTensor:
         if not isinstance(data, _LoadedTensor):
             raise self._fail(f"parameter data is a {type(data).__name__}, not a tensor")
         return data  # we only need the values; Parameter-ness and hooks are dropped
@@ -342,7 +353,9 @@ class _WhitelistUnpickler(pickle.Unpickler):
         # The stock function setattr()s every entry of `state` on the parameter; we drop it.
         return self._rebuild_parameter(data, requires_grad, backward_hooks)
 
-    def _rebuild_from_type_v2(self, func: object, new_type: object, args: object, state: object) -> _LoadedTensor:
+    def _rebuild_from_type_v2(
+        self, func: object, new_type: object, args: object, state: object
+    ) -> _LoadedTensor:
         if not any(func is f for f in self._tensor_builders):
             raise UnsafePickleError(
                 f"refusing _rebuild_from_type_v2 with inner function {func!r} in {self._source}: "
@@ -393,7 +406,9 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
     except (CheckpointError, OSError):
         raise
     except Exception as e:  # a damaged file fails in many ways inside pickle/zipfile
-        raise CheckpointError(f"{path} is not a readable NVIDIA network pickle: {type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{path} is not a readable NVIDIA network pickle: {type(e).__name__}: {e}"
+        ) from e
 
     if is_zip and isinstance(root, PersistentNode):
         root = {"G_ema": root}
@@ -419,9 +434,8 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
         )
         if node.state.get("_init_args"):
             logger.warning("%s [%s]: positional constructor arguments are ignored", path, key)
-    logger.info(
-        "read %s: %s", path, ", ".join(f"{k} ({n.class_name}, {len(n.state_dict)} tensors)" for k, n in networks.items())
-    )
+    summary = ", ".join(f"{k} ({n.class_name}, {len(n.state_dict)} tensors)" for k, n in networks.items())
+    logger.info("read %s: %s", path, summary)
     return networks
 
 
@@ -444,7 +458,9 @@ def _read_zip_archive(path: Path) -> object:
         names = archive.namelist()
         pickles = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
         if len(pickles) != 1:
-            raise CheckpointError(f"{path} is a zip archive but not a torch.save file ({len(pickles)} data.pkl records)")
+            raise CheckpointError(
+                f"{path} is a zip archive but not a torch.save file ({len(pickles)} data.pkl records)"
+            )
         prefix = pickles[0][: -len("data.pkl")]
         if any(n.startswith(prefix + "code/") for n in names):
             raise CheckpointError(f"{path} is a TorchScript archive, not a pickled network")
@@ -452,13 +468,18 @@ def _read_zip_archive(path: Path) -> object:
         if byteorder_record in names:
             order = archive.read(byteorder_record).decode("ascii", "replace").strip()
             if order != sys.byteorder:
-                raise CheckpointError(f"{path} was written on a {order}-endian machine; this one is {sys.byteorder}")
+                raise CheckpointError(
+                    f"{path} was written on a {order}-endian machine; this one is {sys.byteorder}"
+                )
 
+        records = set(names)
         untyped_by_key: dict[str, torch.UntypedStorage] = {}
 
         def load_storage(pid: tuple) -> _StorageRef:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
-                raise UnsafePickleError(f"refusing persistent id {pid!r} in {path}: only tensor storages are allowed")
+                raise UnsafePickleError(
+                    f"refusing persistent id {pid!r} in {path}: only tensor storages are allowed"
+                )
             _, storage_type, key, _location, numel = pid  # location ignored: everything loads on CPU
             if not isinstance(storage_type, _Marker) or storage_type.dtype is None:
                 raise CheckpointError(f"{path}: storage record of unknown type {storage_type!r}")
@@ -467,17 +488,20 @@ def _read_zip_archive(path: Path) -> object:
             dtype = storage_type.dtype
             if key not in untyped_by_key:
                 record = f"{prefix}data/{key}"
-                if record not in names:
+                if record not in records:
                     raise CheckpointError(f"{path}: storage record {record!r} is missing")
                 data = archive.read(record)
                 nbytes = numel * dtype.itemsize
                 if len(data) < nbytes:
-                    raise CheckpointError(f"{path}: storage record {record!r} has {len(data)} bytes, expected {nbytes}")
+                    raise CheckpointError(
+                        f"{path}: storage record {record!r} has {len(data)} bytes, expected {nbytes}"
+                    )
                 untyped_by_key[key] = _bytes_to_storage(data[:nbytes])
             return _StorageRef(untyped_by_key[key], dtype)
 
         with archive.open(pickles[0]) as f:
-            return _WhitelistUnpickler(io.BytesIO(f.read()), source=str(path), storage_loader=load_storage).load()
+            data_pkl = io.BytesIO(f.read())
+        return _WhitelistUnpickler(data_pkl, source=str(path), storage_loader=load_storage).load()
 
 
 def _bytes_to_storage(data: bytes) -> torch.UntypedStorage:
@@ -489,7 +513,9 @@ def _bytes_to_storage(data: bytes) -> torch.UntypedStorage:
 # --- flattening ---------------------------------------------------------------------------------------
 
 
-def _flatten(node: PersistentNode, prefix: str, out: dict[str, torch.Tensor], where: str, path_ids: set[int]) -> None:
+def _flatten(
+    node: PersistentNode, prefix: str, out: dict[str, torch.Tensor], where: str, path_ids: set[int]
+) -> None:
     """Same walk and order as ``nn.Module.state_dict()``: parameters, persistent buffers, then children."""
     if id(node) in path_ids:
         raise CheckpointError(f"{where}: module {prefix.rstrip('.') or '<root>'} contains itself")
@@ -508,7 +534,9 @@ def _flatten(node: PersistentNode, prefix: str, out: dict[str, torch.Tensor], wh
         if child is None:
             continue
         if not isinstance(child, PersistentNode):
-            raise CheckpointError(f"{where}: submodule {prefix}{name} is a {type(child).__name__}, not a network module")
+            raise CheckpointError(
+                f"{where}: submodule {prefix}{name} is a {type(child).__name__}, not a network module"
+            )
         path_ids.add(id(node))
         _flatten(child, f"{prefix}{name}.", out, where, path_ids)
         path_ids.discard(id(node))
