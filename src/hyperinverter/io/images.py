@@ -71,3 +71,58 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: i
     pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """An input image is missing, unreadable, truncated or degenerate; the message names the file."""
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image fully (so truncation is caught now), apply its EXIF orientation, return RGB/L/RGBA-safe PIL.
+
+    Transparent images are composited on white; palette, 16-bit and CMYK modes are converted to RGB.
+    """
+    from PIL import ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+    if im.width < 1 or im.height < 1:
+        raise ImageReadError(f"{path}: the image is empty ({im.width}x{im.height})")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    if im.mode not in ("RGB", "L"):
+        im = im.convert("RGB") if im.mode not in ("I;16", "I", "F") else _high_bit_depth_to_l(im)
+    return im.convert("RGB") if im.mode == "RGBA" else im
+
+
+def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
+    arr = np.asarray(im, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image paths; missing inputs are errors."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    return found

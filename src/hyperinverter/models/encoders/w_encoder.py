@@ -1,0 +1,56 @@
+"""E1, the Phase I encoder: one image -> one offset in W (pSp ``...EncoderUsingLastLayerIntoW``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..stylegan2.layers import FullyConnectedLayer
+from .backbones import DEFAULT_WIDTHS, BackboneKind, TrunkHost, build_backbone
+
+
+class WEncoder(TrunkHost):
+    """Trunk -> global average pool -> equalised-lr ``linear`` -> w offset ``[B,w_dim]``; the caller adds ``w_avg``.
+
+    State-dict keys are the official ones, so a pSp/HyperInverter W-encoder's ``encoder.*`` keys load after
+    stripping the prefix: ``input_layer``, ``body``, ``linear`` (``backbone="ir_se"``, pSp
+    ``BackboneEncoderUsingLastLayerIntoW``) or ``conv1``, ``bn1``, ``relu``, ``body``, ``linear``
+    (``backbone="resnet"``, ``ResNetEncoderUsingLastLayerIntoW``).
+
+    Args:
+        backbone: ``"ir_se"`` (faces) or ``"resnet"`` (churches).
+        depth: 50/100/152 for IR-SE, 18/34 for ResNet; ``None`` means 50 / 34. Ignored when ``units`` is given.
+        units: residual units per stage (4 stages), e.g. ``(1, 1, 1, 1)`` for tiny models.
+        widths: channels per stage; the official ones are ``(64, 128, 256, 512)``.
+        in_channels: image channels (3; 1 for grayscale data; 6 for image pairs).
+        w_dim: size of W (512 for the official generators).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: BackboneKind = "ir_se",
+        depth: int | None = None,
+        units: Sequence[int] | None = None,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        in_channels: int = 3,
+        w_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        self.backbone_kind = backbone
+        self.w_dim = w_dim
+        self._adopt_backbone(
+            build_backbone(kind=backbone, depth=depth, units=units, widths=widths, in_channels=in_channels)
+        )
+        self.in_channels = in_channels
+        self.linear = FullyConnectedLayer(self.backbone.out_channels, w_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B,in_channels,H,W]`` in [-1,1], ``H``, ``W`` multiples of 16 (official: 256) -> ``[B,w_dim]``."""
+        features = self.backbone(x)  # [B,C,H/16,W/16]
+        pooled = F.adaptive_avg_pool2d(features, 1).flatten(1)
+        w = self.linear(pooled)
+        assert w.shape == (x.shape[0], self.w_dim), f"w {tuple(w.shape)}"
+        return w

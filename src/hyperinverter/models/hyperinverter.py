@@ -1,0 +1,98 @@
+"""HyperInverter (Dat et al., CVPR 2022): a W encoder, then hypernetworks that predict residual weights.
+
+Phase I: ``w = E1(x) + w_avg`` broadcast to every layer; ``x_w = G(w)``.
+Phase II: ``Δθ = H(E2(x_w), E2(x))``; the result is ``G(w; θ + Δθ)``. Only encoders run at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stylegan2 import Generator
+from .weight_delta import WeightDelta
+
+
+@dataclass
+class HyperInverterOutput:
+    """``ws: [B,num_ws,w_dim]``; ``w_image``: Phase I image; ``image``: final image (both ``[B,C,R,R]``)."""
+
+    ws: torch.Tensor
+    w_image: torch.Tensor
+    weight_delta: WeightDelta | None
+    image: torch.Tensor
+
+
+def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``), as the official code does before both encoders."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class HyperInverter(nn.Module):
+    """E1 (``w_encoder``), E2 (``feature_encoder``) and one hypernetwork per target layer around a frozen G.
+
+    ``w_encoder``: ``[B,C,S,S] -> [B,w_dim]`` offset from ``w_avg``. ``feature_encoder``:
+    ``[B,C,S,S] -> [B,n,C_f,s,s]``. ``hypernetwork``: ``(features of x_w, features of x) -> WeightDelta``.
+    The generator is a frozen submodule; it is saved and loaded as its own component.
+    """
+
+    def __init__(
+        self,
+        *,
+        generator: Generator,
+        w_encoder: nn.Module,
+        feature_encoder: nn.Module | None = None,
+        hypernetwork: nn.Module | None = None,
+        encoder_resolution: int = 256,
+    ) -> None:
+        super().__init__()
+        if (feature_encoder is None) != (hypernetwork is None):
+            raise ValueError("Phase II needs both a feature encoder and a hypernetwork (or neither, for Phase I only)")
+        self.generator = generator.eval().requires_grad_(False)
+        self.w_encoder = w_encoder
+        self.feature_encoder = feature_encoder
+        self.hypernetwork = hypernetwork
+        self.encoder_resolution = encoder_resolution
+
+    @property
+    def has_phase2(self) -> bool:
+        return self.hypernetwork is not None
+
+    def train(self, mode: bool = True) -> HyperInverter:
+        super().train(mode)
+        self.generator.eval()  # G is frozen: never in training mode
+        return self
+
+    def encode_w(self, x: torch.Tensor) -> torch.Tensor:
+        """Phase I: images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]`` (one w on every layer)."""
+        G = self.generator
+        assert x.ndim == 4 and x.shape[1] == G.config.img_channels, (
+            f"expected [B,{G.config.img_channels},H,W] images, got {tuple(x.shape)}"
+        )
+        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution)) + G.w_avg
+        assert w.shape == (x.shape[0], G.w_dim), f"W encoder returned {tuple(w.shape)}"
+        return w[:, None].repeat(1, G.num_ws, 1)
+
+    def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor) -> WeightDelta:
+        """Phase II: Δθ from the input and its Phase I image; E2 runs once on both (shared weights)."""
+        assert self.feature_encoder is not None and self.hypernetwork is not None, "this model has no Phase II"
+        size = self.encoder_resolution
+        both = torch.cat([resize_for_encoder(w_image, size), resize_for_encoder(x, size)])
+        features = self.feature_encoder(both)
+        image_features, input_features = features.chunk(2)
+        return self.hypernetwork(image_features, input_features)
+
+    def forward(self, x: torch.Tensor, *, phase2: bool = True) -> HyperInverterOutput:
+        ws = self.encode_w(x)
+        with torch.no_grad():
+            w_image = self.generator.synthesis(ws, noise_mode="const")
+        if not (phase2 and self.has_phase2):
+            return HyperInverterOutput(ws=ws, w_image=w_image, weight_delta=None, image=w_image)
+        delta = self.predict_delta(x, w_image)
+        image = self.generator.synthesis(ws, weight_delta=delta, noise_mode="const")
+        return HyperInverterOutput(ws=ws, w_image=w_image, weight_delta=delta, image=image)
