@@ -98,4 +98,10 @@ def _train(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _train, _demo]
+def _inversion(sub) -> None:
+    from .inversion_commands import register
+
+    register(sub)
+
+
+REGISTRY = [_generate, _convert, _inversion, _train, _demo]

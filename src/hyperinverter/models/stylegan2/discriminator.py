@@ -146,11 +146,19 @@ class Discriminator(nn.Module):
     def from_config(cls, config: DiscriminatorConfig) -> Discriminator:
         return cls(**asdict(config))
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every resolution block, ``[B, C_r, r, r]`` for r = R/2 ... 4 (for perceptual losses)."""
+        self._check(img)
+        x, feats = None, []
+        for res in self.block_resolutions:
+            x = getattr(self, f"b{res}")(x, img)
+            feats.append(x)
+        return feats
+
+    def _check(self, img: torch.Tensor) -> None:
         assert img.ndim == 4 and img.shape[1:] == (self.img_channels, self.resolution, self.resolution), (
             f"expected [B,{self.img_channels},{self.resolution},{self.resolution}], got {tuple(img.shape)}"
         )
-        x = None
-        for res in self.block_resolutions:
-            x = getattr(self, f"b{res}")(x, img)
-        return self.b4(x)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.b4(self.features(img)[-1])

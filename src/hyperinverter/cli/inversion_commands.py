@@ -1,0 +1,215 @@
+"""``invert``, ``edit``, ``interpolate``, ``export-generator``, ``models``, ``download``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="pipeline folder or catalogue name (see `hyperinverter models`)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """Output names after the inputs; inputs sharing a stem get their parent folder prefixed."""
+    stems = [p.stem for p in paths]
+    out = []
+    for p, s in zip(paths, stems):
+        out.append(f"{p.parent.name}_{s}" if stems.count(s) > 1 else s)
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser("invert", help="invert photos: reconstruction, comparison strip and w/Δθ per image",
+                       description="Invert images (files or folders). Per input NAME, writes NAME.png (the result), "
+                       "NAME_compare.png (input | Phase I | HyperInverter) and NAME.safetensors (w and Δθ). "
+                       "An unreadable image is reported and skipped.")
+    p.add_argument("inputs", nargs="+", type=Path)
+    _add_model(p)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--phase1-only", action="store_true", help="stop after Phase I (W encoder only)")
+    p.set_defaults(func=run_invert)
+
+    p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
+    p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`")
+    _add_model(p)
+    p.add_argument("--direction", required=True, type=Path, help="InterFaceGAN .pt/.npy, GANSpace .pt, or ours")
+    p.add_argument("--strength", type=float, nargs="+", default=None,
+                   help="one or more strengths (GANSpace: the value the coordinate is set to)")
+    p.add_argument("--component", type=int, help="GANSpace component index")
+    p.add_argument("--layers", help="GANSpace layer range START:END")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=run_edit)
+
+    p = sub.add_parser("interpolate", help="interpolate two real images (w and Δθ): PNG strip and GIF")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    _add_model(p)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--out", required=True, type=Path, help="output stem: writes OUT.png and OUT.gif")
+    p.set_defaults(func=run_interpolate)
+
+    p = sub.add_parser("export-generator", help="write θ+Δθ of one image as a standalone generator file")
+    p.add_argument("input", type=Path, help="an image or a .safetensors file written by `invert`")
+    _add_model(p)
+    p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
+    p.set_defaults(func=run_export)
+
+    p = sub.add_parser("models", help="list bundled and downloadable models")
+    p.set_defaults(func=run_models)
+
+    p = sub.add_parser("download", help="fetch a catalogue model into the cache and verify its sha256")
+    p.add_argument("name")
+    p.set_defaults(func=run_download)
+
+
+def _load_pipeline(args):
+    from ..pipeline import InversionPipeline
+
+    return InversionPipeline.from_pretrained(args.model, device=args.device)
+
+
+def _result_for(pipe, path: Path):
+    """An ``InversionResult`` for an image (inverted now) or an inversion file (loaded)."""
+    from ..inversion.base import InversionResult
+    from ..inversion.files import load_inversion
+
+    if path.suffix == ".safetensors":
+        ws, delta, _ = load_inversion(path)
+        ws = ws.to(pipe.device)
+        delta = delta.to(pipe.device) if delta is not None else None
+        image = pipe.render(ws, delta)
+        return InversionResult(ws=ws, image=image, weight_delta=delta)
+    return pipe.invert([path])
+
+
+def run_invert(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..inversion.files import save_inversion
+    from ..io.images import ImageReadError, find_images, make_grid, pil_to_tensor, read_image, save_image
+
+    pipe = _load_pipeline(args)
+    G = pipe.generator
+    paths = find_images(args.inputs)
+    if not paths:
+        print("error: no images found in the inputs", file=sys.stderr)
+        return 2
+    names = dict(zip(paths, _unique_stems(paths)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    good, bad = [], []
+    for path in paths:
+        try:
+            good.append((path, pil_to_tensor(read_image(path), size=G.resolution, channels=G.config.img_channels)))
+        except ImageReadError as e:
+            bad.append(str(e))
+            print(f"skipped {e}", file=sys.stderr)
+    timings: dict[str, float] = {}
+    for start in tqdm(range(0, len(good), args.batch_size), desc="invert", unit="batch", disable=not good):
+        chunk = good[start : start + args.batch_size]
+        x = torch.cat([t for _, t in chunk])
+        result = pipe.invert(x, batch_size=args.batch_size, phase2=not args.phase1_only)
+        for k, v in result.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+        for i, (path, _) in enumerate(chunk):
+            one = result.select(i).to("cpu")
+            name = names[path]
+            save_image(one.image, args.out / f"{name}.png")
+            panels = torch.cat([x[i : i + 1], one.w_image, one.image])
+            save_image(make_grid(panels, nrow=3), args.out / f"{name}_compare.png")
+            save_inversion(args.out / f"{name}.safetensors", one, source=str(path), model=str(args.model))
+    per_image = sum(timings.values()) / max(len(good), 1)
+    print(f"inverted {len(good)} image(s) into {args.out} ({per_image:.3f} s/image); skipped {len(bad)}")
+    return 0 if good or not bad else 1
+
+
+def _direction(args):
+    from ..editing.directions import load_direction
+
+    start = end = None
+    if args.layers:
+        try:
+            start, end = (int(v) for v in args.layers.split(":"))
+        except ValueError:
+            raise ValueError(f"--layers must look like START:END, got {args.layers!r}") from None
+    first = args.strength[0] if args.strength else None
+    return load_direction(args.direction, index=args.component, start=start, end=end, strength=first)
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io.images import make_grid, save_image
+
+    pipe = _load_pipeline(args)
+    direction = _direction(args)
+    strengths = args.strength or [None]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in args.inputs:
+        result = _result_for(pipe, path)
+        edits = [pipe.edit(result, direction, s) for s in strengths]
+        for s, img in zip(strengths, edits):
+            label = "default" if s is None else f"{s:+g}"
+            save_image(img, args.out / f"{path.stem}_{direction.name}_{label}.png")
+        save_image(make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1),
+                   args.out / f"{path.stem}_{direction.name}_strip.png")
+    print(f"wrote edits of {len(args.inputs)} input(s) along {direction.name!r} to {args.out}")
+    return 0
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    from ..io.images import make_grid, save_gif, save_image
+
+    pipe = _load_pipeline(args)
+    frames = pipe.interpolate(_result_for(pipe, args.a), _result_for(pipe, args.b), steps=args.steps).cpu()
+    out = args.out.with_suffix("")
+    save_image(make_grid(frames, nrow=len(frames)), out.with_suffix(".png"))
+    save_gif(list(frames) + list(frames.flip(0)), out.with_suffix(".gif"))
+    print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.gif')}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..convert.gan_files import save_gan, save_rosinality
+    from ..inversion.base import InversionResult
+    from ..inversion.export import bake_weight_delta
+    from ..inversion.files import save_inversion
+
+    pipe = _load_pipeline(args)
+    result = _result_for(pipe, args.input)
+    if result.weight_delta is None:
+        raise ValueError("this inversion has no Δθ (a Phase I model?): the generator would be unchanged")
+    baked = bake_weight_delta(pipe.generator, result.weight_delta.select(0)).cpu()
+    if args.out.suffix in (".pt", ".pth"):
+        save_rosinality(args.out, baked)
+    else:
+        save_gan(args.out, baked)
+    # The baked generator renders the image from the inverted code (no offsets any more): store that code too.
+    latent = args.out.with_name(args.out.stem + "_ws.safetensors")
+    save_inversion(latent, InversionResult(ws=result.ws[:1].cpu(), image=result.image[:1].cpu()),
+                   source=str(args.input), model=str(args.out))
+    print(f"wrote the image-specific generator to {args.out} and its code (ws) to {latent}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from ..hub import cache_dir, catalogue_rows
+
+    rows = catalogue_rows()
+    print(f"{'name':32} {'kind':26} {'status':12} {'size':10} {'sha256':15} file")
+    for r in rows:
+        print(f"{r['name']:32} {r['kind']:26} {r['status']:12} {r['size']:10} {r['sha256']:15} {r['file']}")
+    print(f"\ncache: {cache_dir()} (set HYPERINVERTER_CACHE to move it)")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from ..hub import download
+
+    path = download(args.name)
+    print(f"{args.name}: {path}")
+    return 0

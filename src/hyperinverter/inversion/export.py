@@ -1,0 +1,24 @@
+"""Bake one image's Δθ into a standalone generator that any StyleGAN2 tool can read."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..models.stylegan2 import Generator
+from ..models.weight_delta import WeightDelta
+
+
+@torch.no_grad()
+def bake_weight_delta(G: Generator, delta: WeightDelta) -> Generator:
+    """A copy of ``G`` whose synthesis parameters are θ+Δθ (or θ·(1+Δθ)) for the single sample in ``delta``."""
+    if delta.batch_size != 1:
+        raise ValueError(f"bake one image's offsets at a time, got a batch of {delta.batch_size}")
+    baked = copy.deepcopy(G)
+    params = dict(baked.synthesis.named_parameters())
+    for name in delta:
+        if name not in params:
+            raise KeyError(f"the generator has no synthesis parameter {name!r}")
+        params[name].copy_(delta.apply(name, params[name])[0])
+    return baked
