@@ -1,0 +1,110 @@
+"""FFHQ-style face alignment from 68 landmarks, with the transform kept for pasting edits back.
+
+The crop is the FFHQ recipe: an oriented square centred a little below the eyes, sized from the
+eye-to-eye and eye-to-mouth distances, rotated so that the eyes are level. Regions outside the photo
+are filled by reflection (FFHQ additionally blurs them; we keep plain reflection).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+logger = logging.getLogger(__name__)
+
+
+class NoFaceFoundError(ValueError):
+    """No face was detected in an image."""
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """An aligned crop and where it came from.
+
+    ``quad``: the crop's corners in the source photo (top-left, bottom-left, bottom-right, top-right),
+    ``[4, 2]`` in pixels. ``affine``: the 2x3 matrix that maps a crop pixel ``(u, v, 1)`` to source
+    coordinates. ``source_size``: ``(width, height)`` of the photo. ``landmarks``: ``[68, 2]`` in the photo.
+    """
+
+    image: Image.Image
+    quad: np.ndarray
+    affine: np.ndarray
+    source_size: tuple[int, int]
+    landmarks: np.ndarray
+
+
+def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
+    """68 landmarks ``[68, 2]`` (x, y) -> the FFHQ crop quad ``[4, 2]``."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"expected 68 (x, y) landmarks, got shape {lm.shape}")
+    eye_left, eye_right = lm[36:42].mean(axis=0), lm[42:48].mean(axis=0)
+    eye_avg = (eye_left + eye_right) / 2
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (lm[48] + lm[54]) / 2
+    eye_to_mouth = mouth_avg - eye_avg
+    # x: the crop's horizontal half-axis; tilted by both the eye line and the face's vertical axis.
+    x = eye_to_eye - np.flipud(eye_to_mouth) * np.array([-1.0, 1.0])
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = np.flipud(x) * np.array([-1.0, 1.0])
+    c = eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+
+
+def quad_affine(quad: np.ndarray, size: int) -> np.ndarray:
+    """The 2x3 map from crop pixels (0..size) to source coordinates for ``quad``."""
+    top_left, bottom_left, _, top_right = np.asarray(quad, dtype=np.float64)
+    ex = (top_right - top_left) / size
+    ey = (bottom_left - top_left) / size
+    return np.array([[ex[0], ey[0], top_left[0]], [ex[1], ey[1], top_left[1]]])
+
+
+def align_from_landmarks(photo: Image.Image, landmarks: np.ndarray, *, size: int = 1024) -> AlignedFace:
+    """Warp ``photo`` so that the face with ``landmarks`` fills a ``size`` x ``size`` FFHQ-style crop."""
+    photo = photo.convert("RGB")
+    quad = ffhq_quad(landmarks)
+    affine = quad_affine(quad, size)
+    # Shrink first when the crop is much larger than the output, so the warp does not alias.
+    side = np.hypot(*(quad[3] - quad[0]))
+    shrink = int(np.floor(side / size * 0.5))
+    source, scale = photo, 1.0
+    if shrink > 1:
+        scale = 1.0 / shrink
+        source = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
+                              Image.LANCZOS)
+    # Reflect-pad enough that the whole quad lies inside the padded image.
+    q = quad * scale
+    pad = int(np.ceil(max(0.0, -q.min(), q[:, 0].max() - source.width, q[:, 1].max() - source.height))) + 2
+    arr = np.asarray(source)
+    if pad > 0:
+        arr = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # numpy repeats reflections as needed
+        q = q + pad
+    padded = Image.fromarray(arr)
+    local = quad_affine(q, size)
+    crop = padded.transform((size, size), Image.AFFINE, tuple(local.flatten()), resample=Image.BICUBIC)
+    return AlignedFace(image=crop, quad=quad, affine=affine, source_size=photo.size,
+                       landmarks=np.asarray(landmarks, dtype=np.float64))
+
+
+def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, feather: float = 0.05) -> Image.Image:
+    """Put an edited aligned crop back into the photo it came from, with a feathered border."""
+    photo = photo.convert("RGB")
+    size = edited.width
+    if edited.size != (size, size):
+        raise ValueError(f"edited crops must be square, got {edited.size}")
+    # Source pixel -> crop pixel: the inverse of the crop's affine (rescaled to the edited crop's size).
+    forward = quad_affine(face.quad, size)
+    matrix = np.vstack([forward, [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(matrix)[:2]
+    warped = edited.convert("RGB").transform(photo.size, Image.AFFINE, tuple(inverse.flatten()),
+                                             resample=Image.BICUBIC)
+    mask = Image.new("L", (size, size), 0)
+    border = max(1, int(size * feather))
+    mask.paste(255, (border, border, size - border, size - border))
+    mask = mask.filter(ImageFilter.GaussianBlur(border / 2))
+    mask = mask.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BILINEAR)
+    return Image.composite(warped, photo, mask)

@@ -1,0 +1,59 @@
+"""68-point landmarks with dlib (``pip install 'hyperinverter[align]'``): HOG face detector + shape predictor."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .ffhq import AlignedFace, NoFaceFoundError, align_from_landmarks
+
+logger = logging.getLogger(__name__)
+
+PREDICTOR_NAME = "shape_predictor_68_face_landmarks.dat"
+
+
+def find_predictor(path: str | Path | None = None) -> Path:
+    """The 68-landmark model: an explicit path, the ``face-recognition-models`` package, or Debian's copy."""
+    candidates = [Path(path)] if path else []
+    spec = importlib.util.find_spec("face_recognition_models")  # locate without importing (it needs pkg_resources)
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(spec.submodule_search_locations[0]) / "models" / PREDICTOR_NAME)
+    candidates.append(Path("/usr/share/dlib") / PREDICTOR_NAME)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{PREDICTOR_NAME} not found (looked in {[str(c) for c in candidates]}); "
+                            "install it with `pip install 'hyperinverter[align]'` or `apt-get install libdlib-data`")
+
+
+class Dlib68Detector:
+    """Detects every face and returns its 68 landmarks ``[68, 2]`` (x, y), largest face first."""
+
+    def __init__(self, predictor_path: str | Path | None = None, *, upsample: int = 1) -> None:
+        try:
+            import dlib
+        except ImportError:
+            raise ImportError("face alignment needs dlib: `pip install 'hyperinverter[align]'` "
+                              "(installs the dlib-bin wheel; do not also install `dlib`)") from None
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(find_predictor(predictor_path)))
+        self.upsample = upsample
+
+    def __call__(self, image: Image.Image) -> list[np.ndarray]:
+        rgb = np.asarray(image.convert("RGB"))
+        faces = sorted(self._detector(rgb, self.upsample), key=lambda r: r.width() * r.height(), reverse=True)
+        return [np.array([[p.x, p.y] for p in self._predictor(rgb, face).parts()], dtype=np.float64)
+                for face in faces]
+
+
+def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 1024, source: str = "image") -> list[AlignedFace]:
+    """Every face in ``photo``, FFHQ-aligned to ``size``; raises ``NoFaceFoundError`` if there is none."""
+    landmarks = detector(photo)
+    if not landmarks:
+        raise NoFaceFoundError(f"{source}: no face found")
+    logger.info("%s: %d face(s)", source, len(landmarks))
+    return [align_from_landmarks(photo, lm, size=size) for lm in landmarks]

@@ -1,0 +1,71 @@
+"""FFHQ alignment geometry, paste-back, and dlib detection on a real photo when dlib is installed."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from hyperinverter.align import NoFaceFoundError, align_from_landmarks, ffhq_quad, paste_back
+
+
+def synthetic_landmarks(cx=200.0, cy=180.0, eye_dist=60.0, angle_deg=0.0):
+    """68 points whose eyes and mouth corners sit where the FFHQ recipe reads them."""
+    lm = np.zeros((68, 2))
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    pts = {"eye_l": (-eye_dist / 2, 0), "eye_r": (eye_dist / 2, 0), "mouth_l": (-25, 70), "mouth_r": (25, 70)}
+    place = {k: rot @ np.array(v) + [cx, cy] for k, v in pts.items()}
+    lm[36:42] = place["eye_l"]
+    lm[42:48] = place["eye_r"]
+    lm[48] = place["mouth_l"]
+    lm[54] = place["mouth_r"]
+    return lm
+
+
+def test_quad_is_a_square_around_the_face():
+    quad = ffhq_quad(synthetic_landmarks())
+    sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)
+    assert np.allclose(sides, sides[0])
+    assert quad[:, 0].min() < 200 - 30 and quad[:, 0].max() > 200 + 30  # contains both eyes
+    with pytest.raises(ValueError, match="68"):
+        ffhq_quad(np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("angle", [0.0, 25.0])
+def test_alignment_puts_the_eyes_level_at_fixed_positions(angle):
+    photo = Image.new("RGB", (400, 400), "white")
+    lm = synthetic_landmarks(angle_deg=angle)
+    draw = ImageDraw.Draw(photo)
+    for eye in (lm[36], lm[42]):
+        draw.ellipse([eye[0] - 4, eye[1] - 4, eye[0] + 4, eye[1] + 4], fill="black")
+    face = align_from_landmarks(photo, lm, size=256)
+    dark = np.argwhere(np.asarray(face.image.convert("L")) < 100)
+    left, right = dark[dark[:, 1] < 128], dark[dark[:, 1] >= 128]
+    (ly, lx), (ry, rx) = left.mean(axis=0), right.mean(axis=0)
+    assert abs(ly - ry) < 2  # eyes level after de-rotation
+    assert abs((lx + rx) / 2 - 128) < 2  # centred horizontally
+    # the same eye positions whatever the rotation of the photo
+    assert abs(rx - lx - 256 * 60 / (np.hypot(*(face.quad[3] - face.quad[0])))) < 2
+
+
+def test_crop_outside_the_photo_is_filled_and_paste_back_round_trips():
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    face = align_from_landmarks(photo, synthetic_landmarks(cx=60, cy=60), size=128)  # quad leaves the photo
+    assert face.image.size == (128, 128)
+    back = paste_back(photo, face.image, face)
+    diff = np.abs(np.asarray(back, dtype=float) - np.asarray(photo, dtype=float))
+    assert back.size == photo.size and diff.mean() < 3
+
+
+def test_dlib_finds_and_aligns_a_real_face_or_says_none():
+    pytest.importorskip("dlib")
+    skimage_data = pytest.importorskip("skimage.data")
+    from hyperinverter.align import Dlib68Detector, align_faces
+
+    detector = Dlib68Detector()
+    photo = Image.fromarray(skimage_data.astronaut())
+    faces = align_faces(photo, detector, size=256)
+    assert faces[0].image.size == (256, 256)
+    assert 150 < faces[0].landmarks[:, 0].mean() < 280  # the astronaut's face, largest first
+    with pytest.raises(NoFaceFoundError, match="no face"):
+        align_faces(Image.new("RGB", (200, 200), "gray"), detector, source="blank.png")
