@@ -1,0 +1,72 @@
+"""Reconstruction metrics, per image: MSE, PSNR, SSIM, MS-SSIM (and LPIPS / identity through their modules).
+
+Images are ``[B,C,H,W]`` in [-1,1]. MSE is computed in that range (the L2 of the papers); PSNR, SSIM and
+MS-SSIM on [0,1] with the standard Gaussian window (11 taps, sigma 1.5) and constants of Wang et al.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x - y).square().flatten(1).mean(dim=1)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    err = (((x + 1) / 2).clamp(0, 1) - ((y + 1) / 2).clamp(0, 1)).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(1 / err.clamp_min(1e-12))
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-coords.square() / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g).expand(channels, 1, size, size)
+
+
+def _ssim_parts(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = x.shape[1]
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x = F.conv2d(x, window, groups=c)
+    mu_y = F.conv2d(y, window, groups=c)
+    sxx = F.conv2d(x * x, window, groups=c) - mu_x.square()
+    syy = F.conv2d(y * y, window, groups=c) - mu_y.square()
+    sxy = F.conv2d(x * y, window, groups=c) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)
+    return (luminance * cs).flatten(1).mean(dim=1), cs.flatten(1).mean(dim=1)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM per image (valid windows only); the window shrinks for images smaller than it."""
+    x, y = ((x + 1) / 2).clamp(0, 1).double(), ((y + 1) / 2).clamp(0, 1).double()
+    size = min(window_size, x.shape[-1], x.shape[-2])
+    window = _gaussian_window(size, sigma * size / window_size, x.shape[1], x.device, x.dtype)
+    return _ssim_parts(x, y, window)[0].float()
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch.Tensor:
+    """Multi-scale SSIM; uses as many of the 5 scales as the image size allows (weights renormalised)."""
+    x, y = ((x + 1) / 2).clamp(0, 1).double(), ((y + 1) / 2).clamp(0, 1).double()
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and min(x.shape[-2:]) // 2**scales >= window_size:
+        scales += 1
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
+    weights = weights / weights.sum()
+    window = _gaussian_window(min(window_size, *x.shape[-2:]), 1.5, x.shape[1], x.device, x.dtype)
+    values = []
+    for s in range(scales):
+        full, cs = _ssim_parts(x, y, window)
+        values.append((full if s == scales - 1 else cs).clamp_min(1e-8))
+        if s < scales - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    stacked = torch.stack(values, dim=1)
+    return torch.prod(stacked ** weights[None], dim=1).float()
+
+
+PIXEL_METRICS = {"mse": mse, "psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}
