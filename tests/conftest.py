@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import torch
 # Test helpers (recipe regeneration, NVIDIA pickle writer) live next to the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "2")))
 
 
 @pytest.fixture

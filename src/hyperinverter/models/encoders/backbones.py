@@ -2,15 +2,15 @@
 
 Parameter names are those of the public checkpoints, so foreign weights map without renaming:
 
-* ``IRSEBackbone``: ``input_layer.{0,1,2}``, ``body.{n}.shortcut_layer.*``, ``body.{n}.res_layer.*`` and, for the
-  ArcFace network, ``output_layer.{0,3,4}`` (TreB1eN ``model_ir_se50.pth``, pSp's ``Backbone``).
+* ``IRSEBackbone``: ``input_layer.{0,1,2}``, ``body.{n}.shortcut_layer.*``, ``body.{n}.res_layer.*``
+  and, for the ArcFace network, ``output_layer.{0,3,4}`` (TreB1eN ``model_ir_se50.pth``, pSp's ``Backbone``).
 * ``ResNetBackbone``: ``conv1``, ``bn1``, ``relu`` (a PReLU), ``body.{n}`` = torchvision ``BasicBlock`` keys
   (pSp's ``ResNet*EncoderUsingLastLayerIntoW`` and HyperInverter's church encoders).
 
-Both have four stages whose outputs have strides 2, 4, 8 and 16 w.r.t. the input, and both expose the outputs of
-the last three stages as the FPN taps ``c1`` (stride 4), ``c2`` (stride 8) and ``c3`` (stride 16, the final
-feature). For the official 256 px configs these are body indices 6, 20, 23 (IR-SE50) and 6, 12, 15 (ResNet-34),
-derived here from the stage structure so that tiny variants get the right taps too.
+Both have four stages whose outputs have strides 2, 4, 8 and 16 w.r.t. the input, and both expose the
+outputs of the last three stages as the FPN taps ``c1`` (stride 4), ``c2`` (stride 8) and ``c3`` (stride 16,
+the final feature). For the official 256 px configs these are body indices 6, 20, 23 (IR-SE50) and 6, 12, 15
+(ResNet-34), derived here from the stage structure so that tiny variants get the right taps too.
 """
 
 from __future__ import annotations
@@ -36,17 +36,25 @@ DEFAULT_DEPTH: dict[str, int] = {"ir_se": 50, "resnet": 34}
 class BackboneFeatures(NamedTuple):
     """The FPN taps of a backbone for an input ``[B,C,H,W]`` (``H``, ``W`` multiples of 16).
 
-    ``c1: [B,C1,H/4,W/4]``, ``c2: [B,C2,H/8,W/8]``, ``c3: [B,C3,H/16,W/16]``; ``c3`` is the final trunk output.
-    For a 256 input that is 64², 32² and 16².
+    ``c1: [B,C1,H/4,W/4]``, ``c2: [B,C2,H/8,W/8]``, ``c3: [B,C3,H/16,W/16]``; ``c3`` is the final trunk
+    output. For a 256 input that is 64², 32² and 16².
     """
 
     c1: torch.Tensor
     c2: torch.Tensor
     c3: torch.Tensor
 
+    @property
+    def final(self) -> torch.Tensor:
+        """The trunk's final feature ``[B,C3,H/16,W/16]`` (the same tensor as ``c3``)."""
+        return self.c3
+
 
 def _stage_config(
-    units: Sequence[int], widths: Sequence[int], table: dict[int, tuple[int, int, int, int]], depth: int | None
+    units: Sequence[int] | None,
+    widths: Sequence[int],
+    table: dict[int, tuple[int, int, int, int]],
+    depth: int | None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if units is None:
         if depth not in table:
@@ -94,7 +102,7 @@ class Backbone(nn.Module):
         )
 
     def forward_taps(self, x: torch.Tensor) -> BackboneFeatures:
-        """``x: [B,in_channels,H,W]`` -> ``BackboneFeatures(c1 [B,C1,H/4,W/4], c2 [..,H/8,..], c3 [..,H/16,..])``."""
+        """``x: [B,in_channels,H,W]`` -> ``BackboneFeatures``: c1 ``[B,C1,H/4,W/4]``, c2 /8, c3 /16."""
         self.check_input(x)
         x = self.stem(x)
         taps = []
@@ -113,7 +121,7 @@ class Backbone(nn.Module):
         return self.body(self.stem(x))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # IR-SE
 
 
@@ -135,8 +143,8 @@ class SEModule(nn.Module):
 class IRUnit(nn.Module):
     """One ``bottleneck_IR`` / ``bottleneck_IR_SE`` unit: ``res_layer(x) + shortcut_layer(x)``.
 
-    ``res_layer`` = BN, conv3x3, PReLU, conv3x3 (stride ``stride``), BN[, SE]. The shortcut is a parameter-free
-    ``MaxPool2d(1, stride)`` when the width is unchanged, else a strided 1x1 conv + BN.
+    ``res_layer`` = BN, conv3x3, PReLU, conv3x3 (stride ``stride``), BN[, SE]. The shortcut is a
+    parameter-free ``MaxPool2d(1, stride)`` when the width is unchanged, else a strided 1x1 conv + BN.
     """
 
     def __init__(
@@ -168,13 +176,13 @@ class IRUnit(nn.Module):
 class IRSEBackbone(Backbone):
     """IR-SE trunk (ArcFace / pSp ``Backbone``): ``input_layer`` + ``body.{0..N-1}`` [+ ``output_layer``].
 
-    ``input_layer`` is conv3x3 (``in_channels``->widths[0], stride 1, no bias), BN, PReLU; every stage starts with
-    a stride-2 unit, so the final feature of a ``[B,C,256,256]`` input is ``[B,widths[3],16,16]``.
+    ``input_layer`` is conv3x3 (``in_channels``->widths[0], stride 1, no bias), BN, PReLU; every stage starts
+    with a stride-2 unit, so the final feature of a ``[B,C,256,256]`` input is ``[B,widths[3],16,16]``.
 
     With ``output_layer=True`` this is the ArcFace identity network (``model_ir_se50.pth``): BN2d, Dropout,
     Flatten, Linear(widths[3]·s·s -> embedding_dim) with ``s = embedding_input_size // 16``, BN1d; use
-    :meth:`embed` on ``[B,3,112,112]`` faces. ``se=False`` gives the plain IR network (CurricularFace IR-101 is
-    ``depth=100, se=False, output_affine=False``).
+    :meth:`embed` on ``[B,3,112,112]`` faces. ``se=False`` gives the plain IR network (CurricularFace IR-101
+    is ``depth=100, se=False, output_affine=False``).
     """
 
     def __init__(
@@ -202,7 +210,7 @@ class IRSEBackbone(Backbone):
         )
         body: list[nn.Module] = []
         previous = widths_t[0]
-        for n_units, width in zip(units_t, widths_t):
+        for n_units, width in zip(units_t, widths_t, strict=True):
             for i in range(n_units):
                 body.append(
                     IRUnit(
@@ -231,25 +239,32 @@ class IRSEBackbone(Backbone):
         else:
             self.output_layer = None
 
+    @classmethod
+    def arcface(cls, *, depth: int = 50, drop_ratio: float = 0.6) -> IRSEBackbone:
+        """The ArcFace identity network of ``model_ir_se50.pth`` (random weights; 112 px RGB faces, 512-d)."""
+        return cls(depth=depth, output_layer=True, embedding_input_size=112, drop_ratio=drop_ratio)
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_layer(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """ArcFace embedding: ``x: [B,in_channels,s,s]`` (``s = embedding_input_size``, 112) -> unit-norm ``[B,D]``."""
+        """ArcFace embedding: ``x: [B,in_channels,s,s]`` (``s = embedding_input_size``) -> unit ``[B,D]``."""
         assert self.output_layer is not None, "built without output_layer; pass output_layer=True"
         s = self.embedding_input_size
-        assert x.shape[1:] == (self.in_channels, s, s), f"expected [B,{self.in_channels},{s},{s}], got {tuple(x.shape)}"
+        assert x.shape[1:] == (self.in_channels, s, s), (
+            f"expected [B,{self.in_channels},{s},{s}], got {tuple(x.shape)}"
+        )
         e = self.output_layer(self.forward(x))
         # Plain x/|x| (no eps), as the original l2_norm.
         return e / e.norm(dim=1, keepdim=True)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # ResNet
 
 
 class BasicBlock(nn.Module):
-    """torchvision ``BasicBlock`` (same keys): conv3x3(stride)-BN-ReLU-conv3x3-BN + identity/downsample, ReLU."""
+    """torchvision ``BasicBlock`` (same keys): conv3x3(stride)-BN-ReLU-conv3x3-BN + shortcut, ReLU."""
 
     def __init__(self, *, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -274,10 +289,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNetBackbone(Backbone):
-    """ResNet trunk without max-pool (pSp / HyperInverter church encoders): ``conv1``, ``bn1``, ``relu``, ``body``.
+    """ResNet trunk without max-pool (pSp / HyperInverter church encoders): ``conv1``, ``bn1``, ``relu``,
+    ``body``.
 
-    ``conv1`` is 7x7 stride 2 (``in_channels``->widths[0], no bias), ``relu`` a PReLU(widths[0]); ``body.{n}`` are
-    the torchvision ``layer1..layer4`` BasicBlocks flattened in order (stage 1 stride 1, stages 2-4 stride 2).
+    ``conv1`` is 7x7 stride 2 (``in_channels``->widths[0], no bias), ``relu`` a PReLU(widths[0]); ``body.{n}``
+    are the torchvision ``layer1..layer4`` BasicBlocks flattened in order (stage 1 stride 1, the others 2).
     ``[B,C,256,256]`` -> final feature ``[B,widths[3],16,16]``.
     """
 
@@ -297,7 +313,7 @@ class ResNetBackbone(Backbone):
         self.relu = nn.PReLU(widths_t[0])
         body: list[nn.Module] = []
         previous = widths_t[0]
-        for stage, (n_units, width) in enumerate(zip(units_t, widths_t)):
+        for stage, (n_units, width) in enumerate(zip(units_t, widths_t, strict=True)):
             for i in range(n_units):
                 stride = 2 if (i == 0 and stage > 0) else 1
                 body.append(BasicBlock(in_channels=previous, out_channels=width, stride=stride))
@@ -308,7 +324,7 @@ class ResNetBackbone(Backbone):
         return self.relu(self.bn1(self.conv1(x)))
 
     def stage_of(self, index: int) -> tuple[int, int]:
-        """``body`` index -> (stage, block within stage), e.g. 7 -> (2, 0) for ResNet-34 (torchvision ``layer3.0``)."""
+        """``body`` index -> (stage, block in stage); ResNet-34: 7 -> (2, 0), torchvision ``layer3.0``."""
         start = 0
         for stage, n in enumerate(self.units):
             if index < start + n:
@@ -325,20 +341,24 @@ def build_backbone(
     widths: Sequence[int] = DEFAULT_WIDTHS,
     in_channels: int = 3,
 ) -> Backbone:
-    """An encoder trunk by kind (``"ir_se"`` or ``"resnet"``). ``depth`` defaults to 50 / 34; ``units`` overrides it."""
+    """An encoder trunk by kind (``"ir_se"``/``"resnet"``); depth defaults to 50 / 34, units override it."""
     if kind == "ir_se":
-        return IRSEBackbone(depth=depth or DEFAULT_DEPTH[kind], units=units, widths=widths, in_channels=in_channels)
+        return IRSEBackbone(
+            depth=depth or DEFAULT_DEPTH[kind], units=units, widths=widths, in_channels=in_channels
+        )
     if kind == "resnet":
-        return ResNetBackbone(depth=depth or DEFAULT_DEPTH[kind], units=units, widths=widths, in_channels=in_channels)
+        return ResNetBackbone(
+            depth=depth or DEFAULT_DEPTH[kind], units=units, widths=widths, in_channels=in_channels
+        )
     raise ValueError(f"unknown backbone kind {kind!r}; expected 'ir_se' or 'resnet'")
 
 
 class TrunkHost(nn.Module):
     """Base for encoders whose state-dict keys are the trunk's own, without a ``backbone.`` prefix.
 
-    The official checkpoints store ``input_layer.*``/``body.*`` (or ``conv1``/``bn1``/``relu``/``body``) at the top
-    level next to the encoder's heads, so the trunk's children are registered directly on the host. ``backbone``
-    stays reachable (same module objects, not a registered child) to run its forward.
+    The official checkpoints store ``input_layer.*``/``body.*`` (or ``conv1``/``bn1``/``relu``/``body``) at
+    the top level next to the encoder's heads, so the trunk's children are registered directly on the host.
+    ``backbone`` stays reachable (same module objects, not a registered child) to run its forward.
     """
 
     backbone: Backbone
@@ -347,7 +367,9 @@ class TrunkHost(nn.Module):
         object.__setattr__(self, "backbone", backbone)  # not registered: its children are, below
         for name, child in backbone.named_children():
             self.add_module(name, child)
-        assert not list(backbone.named_parameters(recurse=False)) and not list(backbone.named_buffers(recurse=False))
+        assert not list(backbone.named_parameters(recurse=False)) and not list(
+            backbone.named_buffers(recurse=False)
+        )
 
     def train(self, mode: bool = True) -> TrunkHost:
         super().train(mode)

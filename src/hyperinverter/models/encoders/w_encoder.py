@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ...config_base import SerializableConfig
 from ..stylegan2.layers import FullyConnectedLayer
 from .backbones import DEFAULT_WIDTHS, BackboneKind, TrunkHost, build_backbone
 
 
+@dataclass(frozen=True)
+class WEncoderConfig(SerializableConfig):
+    backbone: BackboneKind = "ir_se"
+    depth: int | None = None
+    units: tuple[int, ...] | None = None
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    in_channels: int = 3
+    w_dim: int = 512
+
+
 class WEncoder(TrunkHost):
-    """Trunk -> global average pool -> equalised-lr ``linear`` -> w offset ``[B,w_dim]``; the caller adds ``w_avg``.
+    """Trunk -> global average pool -> equalised-lr ``linear`` -> w offset ``[B,w_dim]``; caller adds w_avg.
 
     State-dict keys are the official ones, so a pSp/HyperInverter W-encoder's ``encoder.*`` keys load after
     stripping the prefix: ``input_layer``, ``body``, ``linear`` (``backbone="ir_se"``, pSp
@@ -21,7 +33,7 @@ class WEncoder(TrunkHost):
 
     Args:
         backbone: ``"ir_se"`` (faces) or ``"resnet"`` (churches).
-        depth: 50/100/152 for IR-SE, 18/34 for ResNet; ``None`` means 50 / 34. Ignored when ``units`` is given.
+        depth: 50/100/152 for IR-SE, 18/34 for ResNet; ``None`` means 50 / 34. Ignored if ``units`` is given.
         units: residual units per stage (4 stages), e.g. ``(1, 1, 1, 1)`` for tiny models.
         widths: channels per stage; the official ones are ``(64, 128, 256, 512)``.
         in_channels: image channels (3; 1 for grayscale data; 6 for image pairs).
@@ -39,6 +51,8 @@ class WEncoder(TrunkHost):
         w_dim: int = 512,
     ) -> None:
         super().__init__()
+        self.config = WEncoderConfig(backbone=backbone, depth=depth, units=None if units is None else tuple(units),
+                                     widths=tuple(widths), in_channels=in_channels, w_dim=w_dim)
         self.backbone_kind = backbone
         self.w_dim = w_dim
         self._adopt_backbone(
@@ -47,8 +61,14 @@ class WEncoder(TrunkHost):
         self.in_channels = in_channels
         self.linear = FullyConnectedLayer(self.backbone.out_channels, w_dim)
 
+    config_class = WEncoderConfig
+
+    @classmethod
+    def from_config(cls, config: WEncoderConfig) -> WEncoder:
+        return cls(**asdict(config))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: [B,in_channels,H,W]`` in [-1,1], ``H``, ``W`` multiples of 16 (official: 256) -> ``[B,w_dim]``."""
+        """``x: [B,in_channels,H,W]`` in [-1,1], H and W multiples of 16 (official 256) -> ``[B,w_dim]``."""
         features = self.backbone(x)  # [B,C,H/16,W/16]
         pooled = F.adaptive_avg_pool2d(features, 1).flatten(1)
         w = self.linear(pooled)

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter
 from .layers import Conv2dLayer, FullyConnectedLayer
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(SerializableConfig):
     resolution: int
     img_channels: int = 3
     channel_base: int = 32768
@@ -29,18 +30,6 @@ class DiscriminatorConfig:
         if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
             raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
         object.__setattr__(self, "resample_filter", tuple(float(t) for t in self.resample_filter))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["resample_filter"] = list(self.resample_filter)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DiscriminatorConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown discriminator config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if k == "resample_filter" else v for k, v in d.items()})
 
 
 class DiscriminatorBlock(nn.Module):

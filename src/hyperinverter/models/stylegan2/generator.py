@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
 from ..weight_delta import WeightDelta
 from .layers import FullyConnectedLayer, PerSampleKernel, SynthesisLayer, ToRGBLayer
@@ -27,7 +28,7 @@ KernelChoice = Literal["auto", "grouped", "loop"]
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(SerializableConfig):
     """Everything needed to build a ``Generator``; saved as JSON next to the weights."""
 
     resolution: int
@@ -64,18 +65,6 @@ class GeneratorConfig:
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["resample_filter"] = list(self.resample_filter)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GeneratorConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if k == "resample_filter" else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)

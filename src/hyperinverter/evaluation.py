@@ -1,0 +1,88 @@
+"""The evaluation protocol: invert a held-out set, score Phase I and the final result on the same images.
+
+Reported per method: MSE (on [-1,1], the papers' L2), PSNR, SSIM, MS-SSIM, optionally LPIPS and identity
+similarity, and seconds per image. Every number is a mean over images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .io.checkpoints import atomic_write_bytes
+from .metrics import PIXEL_METRICS
+from .pipeline import InversionPipeline
+
+logger = logging.getLogger(__name__)
+
+PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (reconstruction, target) -> [B]
+HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "id_sim": True}
+
+
+@dataclass
+class EvaluationReport:
+    dataset: str
+    num_images: int
+    metrics: dict[str, dict[str, float]]  # method -> metric -> mean
+    seconds_per_image: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        names = sorted({m for values in self.metrics.values() for m in values}, key=list(HIGHER_IS_BETTER).index)
+        arrows = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in names}
+        lines = [f"Dataset: {self.dataset} ({self.num_images} images)", "",
+                 "| method | " + " | ".join(f"{m} {arrows[m]}" for m in names) + " | s/image |",
+                 "|---|" + "---|" * (len(names) + 1)]
+        for method, values in self.metrics.items():
+            cells = [f"{values[m]:.4f}" if m in values else "–" for m in names]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {self.seconds_per_image.get(method, 0):.4f} |")
+        lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        atomic_write_bytes(path.with_suffix(".json"), (json.dumps(asdict(self), indent=2) + "\n").encode())
+        atomic_write_bytes(path.with_suffix(".md"), self.to_markdown().encode())
+
+
+@torch.no_grad()
+def evaluate(
+    pipeline: InversionPipeline,
+    images: torch.Tensor,
+    *,
+    dataset: str,
+    batch_size: int = 32,
+    extra_metrics: dict[str, PairMetric] | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Score Phase I (``w_image``) and the final image against ``images`` (``[N,C,R,R]`` in [-1,1])."""
+    metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
+    sums: dict[str, dict[str, float]] = {"phase1": {}, "hyperinverter": {}}
+    timings = {"phase1": 0.0, "hyperinverter": 0.0}
+    n = images.shape[0]
+    for start in tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress):
+        x = images[start : start + batch_size].to(pipeline.device)
+        t0 = time.perf_counter()
+        result = pipeline.invert(x, batch_size=batch_size)
+        timings["phase1"] += result.timings["phase1"]
+        timings["hyperinverter"] += result.timings["phase1"] + result.timings["phase2"]
+        del t0
+        for method, output in (("phase1", result.w_image), ("hyperinverter", result.image)):
+            for name, fn in metrics.items():
+                sums[method][name] = sums[method].get(name, 0.0) + float(fn(output, x).sum())
+    means = {method: {k: v / n for k, v in values.items()} for method, values in sums.items()}
+    return EvaluationReport(dataset=dataset, num_images=n, metrics=means,
+                            seconds_per_image={k: v / n for k, v in timings.items()})
+
+
+def phase2_beats_phase1(report: EvaluationReport) -> dict[str, bool]:
+    """For each metric, whether the final result is better than Phase I."""
+    p1, p2 = report.metrics["phase1"], report.metrics["hyperinverter"]
+    return {m: (p2[m] > p1[m]) if HIGHER_IS_BETTER[m] else (p2[m] < p1[m]) for m in p1}

@@ -1,0 +1,125 @@
+"""Image encoders: E1 (``WEncoder``, image -> w), E2 (``LayerWiseEncoder``, image -> per-layer feature maps).
+
+Presets: ``ENCODER_PRESETS["ffhq"]`` (IR-SE50, 18 styles), ``["church"]`` (ResNet-34, 14 styles), ``["tiny"]``
+and ``["tiny_resnet"]`` (4 one-unit stages of widths 8..64, 64 px input, 8 styles: tests and demo models).
+Building a model never loads weights; foreign weights go through ``hyperinverter.convert.backbones``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .backbones import (
+    IR_UNITS,
+    RESNET_BLOCKS,
+    Backbone,
+    BackboneFeatures,
+    BackboneKind,
+    BasicBlock,
+    IRSEBackbone,
+    IRUnit,
+    ResNetBackbone,
+    SEModule,
+    build_backbone,
+)
+from .feature_encoder import LayerWiseEncoder, StyleBlock
+from .w_encoder import WEncoder
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    """Everything needed to build a matching E1/E2 pair. ``units=None``: the stage counts of ``depth``."""
+
+    backbone: BackboneKind
+    depth: int
+    units: tuple[int, int, int, int] | None = None
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    in_channels: int = 3
+    input_size: int = 256
+    w_dim: int = 512
+    n_styles: int = 18
+    feature_channels: int = 512
+    feature_size: int = 8
+    coarse_end: int = 3
+    middle_end: int = 7
+
+    def build_w_encoder(self) -> WEncoder:
+        """E1 with random weights."""
+        return WEncoder(
+            backbone=self.backbone,
+            depth=self.depth,
+            units=self.units,
+            widths=self.widths,
+            in_channels=self.in_channels,
+            w_dim=self.w_dim,
+        )
+
+    def build_feature_encoder(self) -> LayerWiseEncoder:
+        """E2 with random weights."""
+        return LayerWiseEncoder(
+            backbone=self.backbone,
+            depth=self.depth,
+            units=self.units,
+            widths=self.widths,
+            in_channels=self.in_channels,
+            input_size=self.input_size,
+            n_styles=self.n_styles,
+            feature_channels=self.feature_channels,
+            feature_size=self.feature_size,
+            coarse_end=self.coarse_end,
+            middle_end=self.middle_end,
+        )
+
+
+def _tiny(preset: EncoderPreset) -> EncoderPreset:
+    # The official topology (1/2/3 convs per head) scaled down; fits a 32 px, w_dim 16 generator.
+    return dataclasses.replace(
+        preset,
+        units=(1, 1, 1, 1),
+        widths=(8, 16, 32, 64),
+        input_size=64,
+        w_dim=16,
+        n_styles=8,
+        feature_channels=16,
+        feature_size=2,
+    )
+
+
+# Official HyperInverter faces (FFHQ 1024: 18 styles) and churches (LSUN 256: 14 styles), and tiny versions.
+_FFHQ = EncoderPreset(backbone="ir_se", depth=50, n_styles=18)
+_CHURCH = EncoderPreset(backbone="resnet", depth=34, n_styles=14)
+ENCODER_PRESETS: dict[str, EncoderPreset] = {
+    "ffhq": _FFHQ,
+    "church": _CHURCH,
+    "tiny": _tiny(_FFHQ),
+    "tiny_resnet": _tiny(_CHURCH),
+}
+
+
+def encoder_preset(name: str, **overrides: object) -> EncoderPreset:
+    """A preset by name, with fields replaced, e.g. ``encoder_preset("tiny", in_channels=1, n_styles=10)``."""
+    if name not in ENCODER_PRESETS:
+        raise KeyError(f"unknown encoder preset {name!r}; known: {sorted(ENCODER_PRESETS)}")
+    return dataclasses.replace(ENCODER_PRESETS[name], **overrides)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "ENCODER_PRESETS",
+    "IR_UNITS",
+    "RESNET_BLOCKS",
+    "Backbone",
+    "BackboneFeatures",
+    "BackboneKind",
+    "BasicBlock",
+    "EncoderPreset",
+    "IRSEBackbone",
+    "IRUnit",
+    "LayerWiseEncoder",
+    "ResNetBackbone",
+    "SEModule",
+    "StyleBlock",
+    "WEncoder",
+    "build_backbone",
+    "encoder_preset",
+]

@@ -1,0 +1,185 @@
+"""E2, the Phase II encoder: one ``[C,S,S]`` feature map per style slot (HyperInverter ``LayerWiseEncoder``).
+
+It is pSp's ``GradualStyleEncoder`` without the map-to-vector ends: FPN over the trunk taps, then one
+``StyleBlock`` per style slot that halves the resolution down to ``feature_size`` with stride-2 convs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...config_base import SerializableConfig
+from .backbones import DEFAULT_WIDTHS, BackboneKind, TrunkHost, build_backbone
+
+logger = logging.getLogger(__name__)
+
+Level = Literal["coarse", "middle", "fine"]
+# Stride of the map each level's heads read, relative to the input: c3, p2, p1.
+_LEVEL_STRIDE: dict[str, int] = {"coarse": 16, "middle": 8, "fine": 4}
+
+
+class StyleBlock(nn.Module):
+    """``num_convs`` x (Conv3x3 stride 2 with bias, LeakyReLU(0.01)); keys ``convs.0``, ``convs.2``, ...
+
+    ``[B,C,S·2^n,S·2^n] -> [B,C,S,S]`` with ``n = num_convs``.
+    """
+
+    def __init__(self, *, channels: int, num_convs: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(num_convs):
+            layers += [nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.01)]
+        self.convs = nn.Sequential(*layers)
+        self.num_convs = num_convs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear (``align_corners=True``, as pSp) resize of ``x`` to ``y``'s size, plus ``y``."""
+    return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
+
+
+@dataclass(frozen=True)
+class LayerWiseEncoderConfig(SerializableConfig):
+    backbone: BackboneKind = "ir_se"
+    depth: int | None = None
+    units: tuple[int, ...] | None = None
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    in_channels: int = 3
+    input_size: int = 256
+    n_styles: int = 18
+    feature_channels: int = 512
+    feature_size: int = 8
+    coarse_end: int = 3
+    middle_end: int = 7
+
+
+class LayerWiseEncoder(TrunkHost):
+    """Trunk + FPN + ``n_styles`` heads: ``[B,in_channels,R,R] -> [B,n_styles,C,S,S]``.
+
+    Head ``i`` reads ``c3`` (stride 16) if ``i < coarse_end``, ``p2 = up(c3) + latlayer1(c2)`` (stride 8)
+    if ``i < middle_end``, else ``p1 = up(p2) + latlayer2(c1)`` (stride 4), and halves it down to ``S``. The
+    official config (R=256, C=512, S=8, split 3/7) thus has 1, 2 and 3 convs per coarse, middle and fine head;
+    with fewer styles the split is simply cut off (e.g. 8 styles: 3 coarse, 4 middle, 1 fine).
+
+    Keys: trunk keys (see ``WEncoder``), ``latlayer1`` (1x1, C2->C), ``latlayer2`` (1x1, C1->C),
+    ``styles.{i}.convs.{0,2,4}``. Two deviations, both absent from the official configs so their keys stay
+    identical: when the trunk's ``c3`` width differs from ``C`` (tiny trunks) a 1x1 ``c3_proj`` maps it to
+    ``C`` before the FPN; and a lateral layer is only built if some head reads its level (no unused
+    parameters).
+
+    Args:
+        backbone, depth, units, widths, in_channels: the trunk, as for ``WEncoder``.
+        input_size: R, the (square) input side, a multiple of 16; fixes the number of convs per head.
+        n_styles: number of heads (``2·log2(G resolution) - 2``: 18 for 1024 px, 14 for 256 px).
+        feature_channels: C, channels of every output map (512).
+        feature_size: S, side of every output map (8).
+        coarse_end, middle_end: heads ``[0, coarse_end)`` are coarse, ``[coarse_end, middle_end)`` middle.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: BackboneKind = "ir_se",
+        depth: int | None = None,
+        units: Sequence[int] | None = None,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        in_channels: int = 3,
+        input_size: int = 256,
+        n_styles: int = 18,
+        feature_channels: int = 512,
+        feature_size: int = 8,
+        coarse_end: int = 3,
+        middle_end: int = 7,
+    ) -> None:
+        super().__init__()
+        if not 0 <= coarse_end <= middle_end:
+            raise ValueError(f"need 0 <= coarse_end <= middle_end, got {coarse_end}, {middle_end}")
+        if n_styles < 1:
+            raise ValueError(f"n_styles must be positive, got {n_styles}")
+        if input_size % 16 != 0 or input_size < 16:
+            raise ValueError(f"input_size must be a positive multiple of 16, got {input_size}")
+        self.config = LayerWiseEncoderConfig(
+            backbone=backbone, depth=depth, units=None if units is None else tuple(units), widths=tuple(widths),
+            in_channels=in_channels, input_size=input_size, n_styles=n_styles, feature_channels=feature_channels,
+            feature_size=feature_size, coarse_end=coarse_end, middle_end=middle_end,
+        )
+        self.backbone_kind = backbone
+        self.in_channels = in_channels
+        self.input_size = input_size
+        self.n_styles = n_styles
+        self.feature_channels = feature_channels
+        self.feature_size = feature_size
+        self.coarse_end = coarse_end
+        self.middle_end = middle_end
+        self._adopt_backbone(
+            build_backbone(kind=backbone, depth=depth, units=units, widths=widths, in_channels=in_channels)
+        )
+
+        self.levels: tuple[Level, ...] = tuple(self.level_of(i) for i in range(n_styles))
+        c1_channels, c2_channels, c3_channels = self.backbone.tap_channels
+        if c3_channels != feature_channels:
+            self.c3_proj: nn.Conv2d | None = nn.Conv2d(c3_channels, feature_channels, kernel_size=1)
+            logger.debug("c3 has %d channels, heads take %d: adding c3_proj", c3_channels, feature_channels)
+        else:
+            self.c3_proj = None
+        uses_p2 = any(level != "coarse" for level in self.levels)
+        uses_p1 = "fine" in self.levels
+        self.latlayer1 = nn.Conv2d(c2_channels, feature_channels, kernel_size=1) if uses_p2 else None
+        self.latlayer2 = nn.Conv2d(c1_channels, feature_channels, kernel_size=1) if uses_p1 else None
+
+        self.styles = nn.ModuleList()
+        for level in self.levels:
+            side = input_size // _LEVEL_STRIDE[level]
+            ratio = side // feature_size
+            if side % feature_size != 0 or ratio < 1 or ratio & (ratio - 1):
+                raise ValueError(
+                    f"{level} heads read {side}x{side} maps, which cannot be halved down to "
+                    f"{feature_size}x{feature_size} (input_size={input_size})"
+                )
+            self.styles.append(StyleBlock(channels=feature_channels, num_convs=int(math.log2(ratio))))
+
+    config_class = LayerWiseEncoderConfig
+
+    @classmethod
+    def from_config(cls, config: LayerWiseEncoderConfig) -> LayerWiseEncoder:
+        return cls(**asdict(config))
+
+    def level_of(self, index: int) -> Level:
+        """Which FPN level head ``index`` reads: ``"coarse"`` (c3), ``"middle"`` (p2) or ``"fine"`` (p1)."""
+        if index < self.coarse_end:
+            return "coarse"
+        return "middle" if index < self.middle_end else "fine"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B,in_channels,R,R]`` in [-1,1] (``R = input_size``) -> ``[B,n_styles,C,S,S]``."""
+        r = self.input_size
+        assert x.ndim == 4 and x.shape[1:] == (self.in_channels, r, r), (
+            f"expected [B,{self.in_channels},{r},{r}], got {tuple(x.shape)}"
+        )
+        c1, c2, c3 = self.backbone.forward_taps(x)
+        if self.c3_proj is not None:
+            c3 = self.c3_proj(c3)
+        maps = {"coarse": c3}
+        if self.latlayer1 is not None:
+            maps["middle"] = _upsample_add(c3, self.latlayer1(c2))
+        if self.latlayer2 is not None:
+            maps["fine"] = _upsample_add(maps["middle"], self.latlayer2(c1))
+        out = torch.stack(
+            [head(maps[level]) for head, level in zip(self.styles, self.levels, strict=True)], dim=1
+        )
+        s = self.feature_size
+        assert out.shape == (x.shape[0], self.n_styles, self.feature_channels, s, s), (
+            f"features {tuple(out.shape)}"
+        )
+        return out
