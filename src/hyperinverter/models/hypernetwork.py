@@ -1,0 +1,183 @@
+"""Phase II hypernetworks: one ``WeightRegressor`` per target generator parameter (HyperInverter §3.3).
+
+For target ℓ with E2 feature index i(ℓ): fuse the two 8x8 maps (features of the Phase I image first, then of
+the input) with 1x1 conv + InstanceNorm + ReLU, reduce them with a small conv stack to a D-dim code z, and map z
+through the factorised linear mapper ``(z @ w1 + b1).view(B, I, D) @ w2 + b2`` to a full residual ``Δθ_ℓ``.
+The final ``view`` to ``[B, O, I, k, k]`` is the official raw reshape (not a permute), so released weights give
+identical Δθ. Targets, shapes and routing are read from the generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..config_base import SerializableConfig
+from .stylegan2.generator import Generator, SynthesisNetwork
+from .weight_delta import WeightDelta
+
+logger = logging.getLogger(__name__)
+
+TargetSet = Literal["conv_without_bias", "conv_without_bias_without_torgb", "all_without_bias"]
+TARGET_SETS: tuple[str, ...] = ("conv_without_bias", "conv_without_bias_without_torgb", "all_without_bias")
+
+
+@dataclass(frozen=True)
+class TargetSpec(SerializableConfig):
+    """A parameter the hypernetwork predicts: synthesis name, shape, and which E2 feature map drives it."""
+
+    name: str
+    shape: tuple[int, ...]
+    feature_index: int
+
+
+def feature_index(layer_name: str, resolution: int) -> int:
+    """E2 feature routing of the official code: b4.conv1 -> 0, b4.torgb -> 1; at R >= 8 conv0 -> 2·log2R-4,
+    conv1 and torgb -> 2·log2R-3. (Not the generator's own w index, which differs for conv0.)"""
+    kind = layer_name.split(".")[1]
+    if resolution == 4:
+        return 0 if kind == "conv1" else 1
+    log2 = int(math.log2(resolution))
+    return 2 * log2 - 4 if kind == "conv0" else 2 * log2 - 3
+
+
+def targets_from_generator(synthesis: SynthesisNetwork, targets: TargetSet = "conv_without_bias") -> list[TargetSpec]:
+    """The official target sets, with shapes read from the synthesis network's parameters."""
+    if targets not in TARGET_SETS:
+        raise ValueError(f"unknown target set {targets!r}; known: {list(TARGET_SETS)}")
+    shapes = synthesis.offsettable_parameters()
+    specs = []
+    for layer in synthesis.layers():
+        if targets == "conv_without_bias_without_torgb" and layer.kind == "torgb":
+            continue
+        index = feature_index(layer.name, layer.resolution)
+        specs.append(TargetSpec(f"{layer.name}.weight", shapes[f"{layer.name}.weight"], index))
+        if targets == "all_without_bias":
+            specs.append(TargetSpec(f"{layer.name}.affine.weight", shapes[f"{layer.name}.affine.weight"], index))
+    return specs
+
+
+class WeightRegressor(nn.Module):
+    """Two feature maps ``[B,C,S,S]`` -> a residual for one parameter ``[B, *shape]``.
+
+    Conv weights ``[O,I,k,k]`` and affine weights ``[O,I]`` (treated as k = 1) are both supported.
+    """
+
+    def __init__(self, *, shape: Sequence[int], feature_channels: int = 512, feature_size: int = 8,
+                 hidden_dim: int = 128, inner_channels: int = 64) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 4:
+            out_ch, in_ch, kh, kw = shape
+            assert kh == kw, f"square kernels only, got {shape}"
+        elif len(shape) == 2:
+            (out_ch, in_ch), kw = shape, 1
+        else:
+            raise ValueError(f"can only regress conv [O,I,k,k] or linear [O,I] weights, got {shape}")
+        n_down = int(math.log2(feature_size))
+        if feature_size < 2 or 2**n_down != feature_size:
+            raise ValueError(f"feature_size must be a power of two >= 2, got {feature_size}")
+        self.shape, self.in_ch, self.out_ch, self.k = shape, in_ch, out_ch, kw
+        self.feature_channels, self.feature_size, self.hidden_dim = feature_channels, feature_size, hidden_dim
+        self.fusion = nn.Sequential(nn.Conv2d(2 * feature_channels, feature_channels, 1),
+                                    nn.InstanceNorm2d(feature_channels), nn.ReLU())
+        layers: list[nn.Module] = [nn.Conv2d(feature_channels, inner_channels, 3, padding=1), nn.ReLU()]
+        for i in range(n_down):  # each stride-2 4x4 conv halves S; the last one emits the D-dim code
+            out = hidden_dim if i == n_down - 1 else inner_channels
+            layers += [nn.Conv2d(inner_channels, out, 4, stride=2, padding=1), nn.ReLU()]
+        self.feature_extractor = nn.Sequential(*layers)
+        self.w1 = nn.Parameter(torch.empty(hidden_dim, in_ch * hidden_dim))
+        self.b1 = nn.Parameter(torch.zeros(in_ch * hidden_dim))
+        self.w2 = nn.Parameter(torch.empty(hidden_dim, out_ch * kw * kw))
+        self.b2 = nn.Parameter(torch.zeros(out_ch * kw * kw))
+        nn.init.kaiming_normal_(self.w1)
+        nn.init.kaiming_normal_(self.w2)
+
+    def forward(self, image_features: torch.Tensor, input_features: torch.Tensor) -> torch.Tensor:
+        b = image_features.shape[0]
+        fused = self.fusion(torch.cat([image_features, input_features], dim=1))
+        z = self.feature_extractor(fused).flatten(1)  # [B, D]
+        assert z.shape == (b, self.hidden_dim), f"feature extractor gave {tuple(z.shape)}"
+        a = (z @ self.w1 + self.b1).view(b, self.in_ch, self.hidden_dim)
+        m = a @ self.w2 + self.b2  # [B, I, O·k·k]
+        return m.reshape(b, *self.shape)  # the official raw view: the "I" axis is not re-ordered
+
+
+@dataclass(frozen=True)
+class HyperNetworkConfig(SerializableConfig):
+    targets: tuple[TargetSpec, ...]
+    feature_channels: int = 512
+    feature_size: int = 8
+    hidden_dim: int = 128
+    inner_channels: int = 64
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["targets"] = [t.to_dict() for t in self.targets]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HyperNetworkConfig:
+        data = dict(data)
+        data["targets"] = tuple(TargetSpec.from_dict(t) for t in data.get("targets", ()))
+        return super().from_dict(data)
+
+
+class HyperNetwork(nn.Module):
+    """All regressors: ``(E2(x_w), E2(x))``, each ``[B,n,C,S,S]`` -> ``WeightDelta`` (additive)."""
+
+    config_class = HyperNetworkConfig
+
+    def __init__(self, *, targets: Sequence[TargetSpec], feature_channels: int = 512, feature_size: int = 8,
+                 hidden_dim: int = 128, inner_channels: int = 64) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("a hypernetwork needs at least one target")
+        self.config = HyperNetworkConfig(tuple(targets), feature_channels, feature_size, hidden_dim, inner_channels)
+        self.targets = tuple(targets)
+        self.num_features = max(t.feature_index for t in targets) + 1
+        self.weight_regressors = nn.ModuleDict({
+            t.name.replace(".", "_"): WeightRegressor(shape=t.shape, feature_channels=feature_channels,
+                                                      feature_size=feature_size, hidden_dim=hidden_dim,
+                                                      inner_channels=inner_channels)
+            for t in targets
+        })
+
+    @classmethod
+    def from_config(cls, config: HyperNetworkConfig) -> HyperNetwork:
+        return cls(targets=config.targets, feature_channels=config.feature_channels,
+                   feature_size=config.feature_size, hidden_dim=config.hidden_dim,
+                   inner_channels=config.inner_channels)
+
+    @classmethod
+    def from_generator(cls, generator: Generator | SynthesisNetwork, *, targets: TargetSet = "conv_without_bias",
+                       feature_channels: int = 512, feature_size: int = 8, hidden_dim: int = 128,
+                       inner_channels: int = 64) -> HyperNetwork:
+        synthesis = generator.synthesis if isinstance(generator, Generator) else generator
+        return cls(targets=targets_from_generator(synthesis, targets), feature_channels=feature_channels,
+                   feature_size=feature_size, hidden_dim=hidden_dim, inner_channels=inner_channels)
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def forward(self, image_features: torch.Tensor, input_features: torch.Tensor) -> WeightDelta:
+        c = self.config
+        expected = (self.num_features, c.feature_channels, c.feature_size, c.feature_size)
+        for name, f in (("image_features", image_features), ("input_features", input_features)):
+            assert f.ndim == 5 and tuple(f.shape[1:]) >= (self.num_features,) and tuple(f.shape[2:]) == expected[1:], (
+                f"{name} must be [B,>={self.num_features},{c.feature_channels},{c.feature_size},{c.feature_size}], "
+                f"got {tuple(f.shape)}"
+            )
+        assert image_features.shape == input_features.shape
+        deltas = {}
+        for t in self.targets:
+            regressor = self.weight_regressors[t.name.replace(".", "_")]
+            deltas[t.name] = regressor(image_features[:, t.feature_index], input_features[:, t.feature_index])
+        return WeightDelta(deltas, mode="add")
