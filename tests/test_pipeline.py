@@ -1,0 +1,101 @@
+"""InversionPipeline end to end on tiny models: batching, save/load, edit, interpolate, and the CLI."""
+
+import pytest
+import torch
+from PIL import Image
+
+from hyperinverter.cli.main import main
+from hyperinverter.convert.gan_files import load_gan
+from hyperinverter.editing import LinearDirection, save_direction
+from hyperinverter.inversion.files import load_inversion
+from hyperinverter.models.encoders import encoder_preset
+from hyperinverter.models.hyperinverter import HyperInverter
+from hyperinverter.models.hypernetwork import HyperNetwork
+from hyperinverter.pipeline import InversionPipeline
+
+
+@pytest.fixture
+def pipeline(tiny_generator):
+    torch.manual_seed(3)
+    preset = encoder_preset("tiny")
+    H = HyperNetwork.from_generator(tiny_generator, feature_channels=16, feature_size=2, hidden_dim=8,
+                                    inner_channels=8)
+    with torch.no_grad():  # small, non-zero offsets
+        for name, p in H.named_parameters():
+            if name.endswith(("w1", "w2")):
+                p.mul_(0.1)
+    model = HyperInverter(generator=tiny_generator, w_encoder=preset.build_w_encoder(),
+                          feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
+    return InversionPipeline(model, device="cpu")
+
+
+def images(n, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_batch_equals_single_inversions(pipeline):
+    x = images(4)
+    batched = pipeline.invert(x, batch_size=4)
+    singles = [pipeline.invert(x[i : i + 1], batch_size=1) for i in range(4)]
+    for i, one in enumerate(singles):
+        assert (batched.image[i] - one.image[0]).abs().max() <= 1e-5
+        assert (batched.ws[i] - one.ws[0]).abs().max() <= 1e-5
+        for k in one.weight_delta:
+            assert (batched.weight_delta[k][i] - one.weight_delta[k][0]).abs().max() <= 1e-5
+    assert set(batched.timings) == {"phase1", "phase2"}
+    assert not torch.allclose(batched.image, batched.w_image)  # Phase II changes the image
+
+
+def test_save_and_load_pretrained(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "pipe")
+    again = InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu")
+    x = images(2)
+    assert torch.allclose(pipeline.invert(x).image, again.invert(x).image, atol=1e-6)
+    assert (tmp_path / "pipe" / "hypernetwork" / "model.safetensors").is_file()
+
+
+def test_edit_reuses_delta_and_interpolation_ends(pipeline):
+    result = pipeline.invert(images(2))
+    d = LinearDirection(torch.randn(1, 16))
+    assert torch.allclose(pipeline.edit(result, d, 0.0), result.image, atol=1e-6)
+    edited = pipeline.edit(result, d, 2.0)
+    expected = pipeline.render(result.ws + 2.0 * d.vector, result.weight_delta)
+    assert torch.allclose(edited, expected, atol=1e-6)
+    frames = pipeline.interpolate(result.select(0), result.select(1), steps=5)
+    assert frames.shape == (5, 3, 32, 32)
+    assert torch.allclose(frames[0], result.image[0], atol=1e-5)
+    assert torch.allclose(frames[-1], result.image[1], atol=1e-5)
+
+
+def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
+    pipeline.save_pretrained(tmp_path / "model")
+    inputs = tmp_path / "photos"
+    (inputs / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "b.jpg", "sub/a.png"]):
+        arr = (torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
+        Image.fromarray(arr).save(inputs / name)
+    (inputs / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    assert main(["invert", str(inputs), "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "broken.png" in err
+    names = sorted(p.name for p in out.iterdir())
+    assert "b.png" in names and "b_compare.png" in names and "photos_a.safetensors" in names and "sub_a.png" in names
+    ws, delta, meta = load_inversion(out / "b.safetensors")
+    assert ws.shape == (1, 8, 16) and delta.mode == "add" and meta["source"].endswith("b.jpg")
+
+    save_direction(LinearDirection(torch.randn(1, 16), name="dir"), tmp_path / "dir.safetensors")
+    assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction",
+                 str(tmp_path / "dir.safetensors"), "--strength", "-2", "2", "--out", str(tmp_path / "edits")]) == 0
+    assert (tmp_path / "edits" / "b_dir_+2.png").is_file() and (tmp_path / "edits" / "b_dir_strip.png").is_file()
+
+    assert main(["interpolate", str(out / "b.safetensors"), str(inputs / "a.png"), "--model", str(tmp_path / "model"),
+                 "--steps", "4", "--out", str(tmp_path / "lerp")]) == 0
+    assert (tmp_path / "lerp.png").is_file() and (tmp_path / "lerp.gif").is_file()
+
+    assert main(["export-generator", str(out / "b.safetensors"), "--model", str(tmp_path / "model"),
+                 "--out", str(tmp_path / "b_generator.pt")]) == 0
+    baked = load_gan(tmp_path / "b_generator.pt").generator
+    ws2, _, _ = load_inversion(tmp_path / "b_generator_ws.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(baked.synthesis(ws2), pipeline.render(ws, delta), atol=1e-5)
