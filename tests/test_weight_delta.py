@@ -56,10 +56,10 @@ def test_zero_delta_changes_nothing(tiny_generator, mode):
 
 
 @pytest.mark.parametrize("mode", ["add", "scale"])
-@pytest.mark.parametrize("kernel", ["grouped", "loop"])
+@pytest.mark.parametrize("kernel", ["auto", "batched", "grouped", "loop"])
 def test_batched_deltas_equal_separate_reference_runs(tiny_generator, mode, kernel):
     G = tiny_generator
-    G.synthesis.per_sample_kernel = kernel
+    G.synthesis.kernel = kernel
     ws = torch.randn(4, G.num_ws, G.w_dim)  # a W+ code: every layer different
     delta = random_delta(G, 4, mode=mode)
     with torch.no_grad():
@@ -69,6 +69,17 @@ def test_batched_deltas_equal_separate_reference_runs(tiny_generator, mode, kern
     # and the offsets matter: different samples differ from the plain generator
     with torch.no_grad():
         assert (batched - G.synthesis(ws)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kernel", ["batched", "grouped", "loop"])
+def test_every_kernel_gives_the_same_image(tiny_generator, kernel):
+    G = tiny_generator
+    ws = torch.randn(3, G.num_ws, G.w_dim)
+    with torch.no_grad():
+        G.synthesis.kernel = "batched"
+        reference = G.synthesis(ws)
+        G.synthesis.kernel = kernel
+        assert (G.synthesis(ws) - reference).abs().max() <= 1e-5
 
 
 def test_subset_of_layers(tiny_generator):

@@ -19,12 +19,14 @@ from torch import nn
 from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
 from ..weight_delta import WeightDelta
-from .layers import FullyConnectedLayer, PerSampleKernel, SynthesisLayer, ToRGBLayer
+from .layers import ConvKernel, FullyConnectedLayer, SynthesisLayer, ToRGBLayer
 
 logger = logging.getLogger(__name__)
 
 NoiseMode = Literal["const", "random", "none"]
-KernelChoice = Literal["auto", "grouped", "loop"]
+# On CPUs, from this resolution up the per-sample fused kernel beats the batched one (benchmarks/bench_kernels.py).
+LOOP_FROM_RESOLUTION = 64
+KernelChoice = Literal["auto", "batched", "grouped", "loop"]
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class SynthesisBlock(nn.Module):
         prefix: str,
         weight_delta: WeightDelta | None,
         noise_mode: NoiseMode,
-        per_sample_kernel: PerSampleKernel,
+        choose_kernel,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def offsets(name: str, layer: nn.Module) -> dict:
             if weight_delta is None:
@@ -193,12 +195,16 @@ class SynthesisBlock(nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         if self.conv0 is None:
             x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = x.contiguous(memory_format=torch.channels_last)
         else:
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, per_sample_kernel=per_sample_kernel,
-                           **offsets("conv0", self.conv0))
-        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, per_sample_kernel=per_sample_kernel,
-                       **offsets("conv1", self.conv1))
-        y = self.torgb(x, next(w_iter), per_sample_kernel=per_sample_kernel, **offsets("torgb", self.torgb))
+            kw = offsets("conv0", self.conv0)
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, **kw,
+                           kernel=choose_kernel(kw.get("weight"), self.resolution, x))
+        kw = offsets("conv1", self.conv1)
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, **kw,
+                       kernel=choose_kernel(kw.get("weight"), self.resolution, x))
+        kw = offsets("torgb", self.torgb)
+        y = self.torgb(x, next(w_iter), **kw, kernel=choose_kernel(kw.get("weight"), self.resolution, x))
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img
 
@@ -217,12 +223,12 @@ class SynthesisNetwork(nn.Module):
         use_noise: bool = True,
         conv_clamp: float | None = None,
         resample_filter: tuple[float, ...] = (1, 3, 3, 1),
-        per_sample_kernel: KernelChoice = "auto",
+        kernel: KernelChoice = "auto",
     ) -> None:
         super().__init__()
         self.w_dim, self.resolution, self.img_channels = w_dim, resolution, img_channels
         self.block_resolutions = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
-        self.per_sample_kernel = per_sample_kernel
+        self.kernel = kernel
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         self.num_ws = 0
         for res in self.block_resolutions:
@@ -286,12 +292,19 @@ class SynthesisNetwork(nn.Module):
             if tuple(t.shape) != (batch, *shape):
                 raise ValueError(f"WeightDelta[{name!r}] has shape {tuple(t.shape)}, expected {(batch, *shape)}")
 
-    def resolve_kernel(self, device: torch.device) -> PerSampleKernel:
-        if self.per_sample_kernel != "auto":
-            return self.per_sample_kernel
-        # Measured in benchmarks/bench_kernels.py: grouped conv is the fast path on GPUs; on CPUs a
-        # loop of per-sample convs beats it once channel counts are large.
-        return "grouped" if device.type == "cuda" else "loop"
+    def choose_kernel(self, per_sample_weight: torch.Tensor | None, resolution: int, x: torch.Tensor) -> ConvKernel:
+        """The modulated-conv kernel for one layer. ``"auto"`` follows benchmarks/results/kernels-*.md:
+        on GPUs the fused grouped conv; on CPUs one conv per sample for single images, per-sample weights
+        and high resolutions, and the batched non-fused conv for shared weights at low resolution."""
+        if self.kernel != "auto":
+            if self.kernel == "batched" and per_sample_weight is not None:
+                return "loop"
+            return self.kernel
+        if x.device.type == "cuda":
+            return "grouped"
+        if per_sample_weight is not None or x.shape[0] == 1 or resolution >= LOOP_FROM_RESOLUTION:
+            return "loop"
+        return "batched"
 
     def forward(
         self,
@@ -305,13 +318,12 @@ class SynthesisNetwork(nn.Module):
         )
         if weight_delta is not None:
             self._check_delta(weight_delta, ws.shape[0])
-        kernel = self.resolve_kernel(ws.device)
         x = img = None
         w_idx = 0
         for res, block in self.blocks():
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta,
-                           noise_mode=noise_mode, per_sample_kernel=kernel)
+                           noise_mode=noise_mode, choose_kernel=self.choose_kernel)
             w_idx += block.num_conv
         return img
 

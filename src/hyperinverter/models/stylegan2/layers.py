@@ -16,7 +16,7 @@ from torch import nn
 
 from ...ops.filters import setup_filter, upfirdn2d
 
-PerSampleKernel = Literal["grouped", "loop"]
+ConvKernel = Literal["batched", "grouped", "loop"]
 LRELU_GAIN = math.sqrt(2.0)
 
 
@@ -77,25 +77,38 @@ class FullyConnectedLayer(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
 
 
-def _grouped_conv(
-    x: torch.Tensor, w: torch.Tensor, *, up: int, padding: int, kernel: PerSampleKernel
-) -> torch.Tensor:
-    """Convolve sample b of ``x: [B,I,H,W]`` with its own weight ``w[b]: [O,I,k,k]``."""
-    b, i = x.shape[:2]
-    o, k = w.shape[1], w.shape[-1]
-    if kernel == "loop":
-        if up > 1:
-            outs = [F.conv_transpose2d(x[j : j + 1], w[j].transpose(0, 1), stride=up) for j in range(b)]
-        else:
-            outs = [F.conv2d(x[j : j + 1], w[j], padding=padding) for j in range(b)]
-        return torch.cat(outs)
-    x = x.reshape(1, b * i, *x.shape[2:])
-    if up > 1:
-        w = w.transpose(1, 2).reshape(b * i, o, k, k)
-        x = F.conv_transpose2d(x, w, stride=up, groups=b)
-    else:
-        x = F.conv2d(x, w.reshape(b * o, i, k, k), padding=padding, groups=b)
-    return x.reshape(b, o, *x.shape[2:])
+def _inplace_ok(x: torch.Tensor) -> bool:
+    """In-place epilogues save whole passes over large activations, but only when autograd is not recording."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _blur_after_transpose(x: torch.Tensor, f: torch.Tensor, *, up: int, kernel_size: int,
+                          bias: torch.Tensor | None) -> torch.Tensor:
+    """The FIR filter that follows a stride-``up`` transposed conv (2H+k-2 -> 2H), with an optional bias.
+
+    A depthwise conv with symmetric padding: on CPUs it is several times faster in channels-last layout.
+    """
+    fw = f.shape[-1]
+    p = (fw - up) - (kernel_size - 1)
+    pad0, pad1 = (p + 1) // 2 + up - 1, p // 2 + up - 1
+    c = x.shape[1]
+    taps = (f * (up * up)).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, fw, fw)
+    if pad0 != pad1:
+        return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=up * up) + (
+            0 if bias is None else bias.reshape(1, -1, 1, 1))
+    return F.conv2d(x, taps, bias=bias, padding=pad0, groups=c)
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, *, up: int, bias: torch.Tensor | None, groups: int = 1,
+          f: torch.Tensor | None = None) -> torch.Tensor:
+    """One convolution ``w: [O·g, I, k, k]``: plain, or transposed stride-``up`` followed by the FIR filter."""
+    k = w.shape[-1]
+    if up == 1:
+        return F.conv2d(x, w, bias=bias, padding=k // 2, groups=groups)
+    o = w.shape[0] // groups
+    wt = w.reshape(groups, o, -1, k, k).transpose(1, 2).reshape(-1, o, k, k)  # [g·I, O, k, k]
+    y = F.conv_transpose2d(x, wt, stride=up, groups=groups)
+    return _blur_after_transpose(y, f, up=up, kernel_size=k, bias=bias)
 
 
 def modulated_conv2d(
@@ -106,53 +119,55 @@ def modulated_conv2d(
     demodulate: bool = True,
     up: int = 1,
     resample_filter: torch.Tensor | None = None,
-    per_sample_kernel: PerSampleKernel = "grouped",
+    bias: torch.Tensor | None = None,
+    gain: float = 1.0,
+    kernel: ConvKernel = "batched",
 ) -> torch.Tensor:
-    """StyleGAN2 modulated convolution.
+    """StyleGAN2 modulated convolution: ``gain · (conv(x, modulate(weight, styles)) + bias)``.
 
-    ``x: [B,I,H,W]``; ``styles: [B,I]``; ``weight: [O,I,k,k]`` shared by the batch, or ``[B,O,I,k,k]``
-    per sample. Shared weights take the non-fused path (scale activations, one ordinary conv, scale
-    outputs), which is mathematically identical and much faster than grouped convolution on CPUs.
-    ``up=2`` is a transposed stride-2 conv followed by the FIR filter, as in both official codes.
+    ``x: [B,I,H,W]``; ``styles: [B,I]``; ``weight: [O,I,k,k]`` shared by the batch, or ``[B,O,I,k,k]`` per
+    sample. ``up=2`` is a transposed stride-2 conv followed by the FIR filter, as in both official codes.
+    Kernels (same result, different speed; see benchmarks/bench_kernels.py):
+
+    - ``"batched"`` (shared weights only): scale activations by the styles, one ordinary conv over the batch,
+      scale the outputs by the demodulation coefficients (NVIDIA's non-fused path);
+    - ``"grouped"``: modulate a weight per sample and run one grouped conv (rosinality's fused path);
+    - ``"loop"``: modulate a weight per sample and run one conv per sample; no passes over the activations
+      for modulation at all, so it wins on CPUs at high resolution and for single images.
     """
     batch, in_channels = x.shape[:2]
     per_sample = weight.ndim == 5
-    out_channels, _, kh, kw = weight.shape[-4:]
+    out_channels, _, k, _ = weight.shape[-4:]
     assert styles.shape == (batch, in_channels), f"styles {tuple(styles.shape)} != {(batch, in_channels)}"
     assert weight.shape[-3] == in_channels, f"weight {tuple(weight.shape)} does not take {in_channels} channels"
     if per_sample:
         assert weight.shape[0] == batch, f"per-sample weight batch {weight.shape[0]} != input batch {batch}"
-    padding = kw // 2
+        assert kernel != "batched", "per-sample weights need the 'grouped' or 'loop' kernel"
+    bias = None if bias is None else (bias * gain).to(x.dtype)
 
-    dcoefs = None
-    if demodulate:
-        if per_sample:
-            w_sq = weight.square().sum(dim=[3, 4])  # [B,O,I]
-            dcoefs = (torch.bmm(w_sq, styles.square().unsqueeze(2)).squeeze(2) + 1e-8).rsqrt()
-        else:
+    if kernel == "batched":
+        y = _conv(x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1), weight.to(x.dtype), up=up, bias=None,
+                  f=resample_filter)
+        scale = torch.full((batch, out_channels), gain, dtype=x.dtype, device=x.device)
+        if demodulate:
             w_sq = weight.square().sum(dim=[2, 3])  # [O,I]
-            dcoefs = (styles.square() @ w_sq.t() + 1e-8).rsqrt()  # [B,O]
+            scale = scale * (styles.square() @ w_sq.t() + 1e-8).rsqrt().to(x.dtype)
+        scale = scale.reshape(batch, out_channels, 1, 1)
+        if bias is None:
+            return y.mul_(scale) if _inplace_ok(y) else y * scale
+        return torch.addcmul(bias.reshape(1, -1, 1, 1), y, scale)
 
-    x = x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1)
-    weight = weight.to(x.dtype)
-    if per_sample:
-        x = _grouped_conv(x, weight, up=up, padding=padding, kernel=per_sample_kernel)
-    elif up > 1:
-        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=up)
-    else:
-        x = F.conv2d(x, weight, padding=padding)
-
-    if up > 1:
-        # Transposed conv gives 2H+k-2; the FIR filter brings it back to 2H, centred.
-        assert resample_filter is not None
-        fw = resample_filter.shape[-1]
-        p = (fw - up) - (kw - 1)
-        pad0, pad1 = (p + 1) // 2 + up - 1, p // 2 + up - 1
-        x = upfirdn2d(x, resample_filter, padding=(pad0, pad1, pad0, pad1), gain=up * up)
-
-    if dcoefs is not None:
-        x = x * dcoefs.to(x.dtype).reshape(batch, out_channels, 1, 1)
-    return x
+    # Fused: fold styles, demodulation and gain into one weight per sample.
+    w = (weight if per_sample else weight.unsqueeze(0)) * styles.reshape(batch, 1, in_channels, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    w = (w * gain).to(x.dtype)
+    if kernel == "grouped" and batch > 1:
+        y = _conv(x.reshape(1, batch * in_channels, *x.shape[2:]), w.reshape(batch * out_channels, in_channels, k, k),
+                  up=up, bias=None if bias is None else bias.repeat(batch), groups=batch, f=resample_filter)
+        return y.reshape(batch, out_channels, *y.shape[2:])
+    outs = [_conv(x[j : j + 1], w[j], up=up, bias=bias, f=resample_filter) for j in range(batch)]
+    return outs[0] if batch == 1 else torch.cat(outs)
 
 
 class SynthesisLayer(nn.Module):
@@ -194,28 +209,28 @@ class SynthesisLayer(nn.Module):
         noise_mode: str = "const",
         weight: torch.Tensor | None = None,
         affine_weight: torch.Tensor | None = None,
-        per_sample_kernel: PerSampleKernel = "grouped",
+        kernel: ConvKernel = "batched",
     ) -> torch.Tensor:
         styles = self.affine(w, affine_weight)
-        x = modulated_conv2d(
-            x,
-            self.weight if weight is None else weight,
-            styles,
-            up=self.up,
-            resample_filter=self.resample_filter,
-            per_sample_kernel=per_sample_kernel,
-        )
+        # lrelu(g·v) = g·lrelu(v) for g > 0: the activation gain folds into the conv, the bias into its epilogue.
+        x = modulated_conv2d(x, self.weight if weight is None else weight, styles, up=self.up,
+                             resample_filter=self.resample_filter, bias=self.bias, gain=LRELU_GAIN, kernel=kernel)
         assert x.shape[2] == self.resolution, f"{x.shape[2]} != {self.resolution}"
+        inplace = _inplace_ok(x)
         if self.use_noise and noise_mode != "none":
             if noise_mode == "random":
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device)
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
             elif noise_mode == "const":
-                noise = self.noise_const
+                noise = self.noise_const.to(x.dtype)
             else:
                 raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
-            x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
-        clamp = self.conv_clamp * LRELU_GAIN if self.conv_clamp is not None else None
-        return bias_act(x, self.bias, activation="lrelu", gain=LRELU_GAIN, clamp=clamp)
+            noise = noise * (self.noise_strength.to(x.dtype) * LRELU_GAIN)
+            x = x.add_(noise) if inplace else x + noise
+        x = F.leaky_relu(x, 0.2, inplace=inplace)
+        if self.conv_clamp is not None:
+            clamp = self.conv_clamp * LRELU_GAIN
+            x = x.clamp_(-clamp, clamp) if inplace else x.clamp(-clamp, clamp)
+        return x
 
 
 class ToRGBLayer(nn.Module):
@@ -240,17 +255,15 @@ class ToRGBLayer(nn.Module):
         *,
         weight: torch.Tensor | None = None,
         affine_weight: torch.Tensor | None = None,
-        per_sample_kernel: PerSampleKernel = "grouped",
+        kernel: ConvKernel = "batched",
     ) -> torch.Tensor:
         styles = self.affine(w, affine_weight) * self.weight_gain
-        x = modulated_conv2d(
-            x,
-            self.weight if weight is None else weight,
-            styles,
-            demodulate=False,
-            per_sample_kernel=per_sample_kernel,
-        )
-        return bias_act(x, self.bias, clamp=self.conv_clamp)
+        x = modulated_conv2d(x, self.weight if weight is None else weight, styles, demodulate=False,
+                             bias=self.bias, kernel=kernel)
+        if self.conv_clamp is not None:
+            x = x.clamp_(-self.conv_clamp, self.conv_clamp) if _inplace_ok(x) else x.clamp(-self.conv_clamp,
+                                                                                             self.conv_clamp)
+        return x
 
 
 class Conv2dLayer(nn.Module):
