@@ -47,7 +47,8 @@ def build_model(hidden_dim: int):
         for name, p in model.hypernetwork.named_parameters():
             if name.endswith(("w1", "w2")):
                 p.mul_(0.05)
-    return model.eval().requires_grad_(False)
+    # The layout InversionPipeline uses.
+    return model.to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 def conv_gflops(device: torch.device, repeats: int = 5) -> float:
