@@ -318,6 +318,15 @@ class SynthesisNetwork(nn.Module):
         )
         if weight_delta is not None:
             self._check_delta(weight_delta, ws.shape[0])
+        if self.kernel == "auto" and ws.device.type != "cuda" and weight_delta is not None and ws.shape[0] > 1:
+            # Per-sample weights on CPUs: run each sample through the whole network with its fused weights.
+            # Same result, but no grouped conv and no concatenation of full-resolution activations per layer
+            # (measured in benchmarks/results/: batch 4 then costs what batch 1 does per image).
+            return torch.cat([self._synthesize(ws[i : i + 1], weight_delta.select(i), noise_mode)
+                              for i in range(ws.shape[0])])
+        return self._synthesize(ws, weight_delta, noise_mode)
+
+    def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode) -> torch.Tensor:
         x = img = None
         w_idx = 0
         for res, block in self.blocks():
