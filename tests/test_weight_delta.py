@@ -157,3 +157,19 @@ def test_invalid_configs_raise():
         Generator(resolution=48)
     with pytest.raises(ValueError, match="too small"):
         Generator(resolution=64, channel_base=32, channel_max=8)
+
+
+def test_cpu_split_schedule_matches_batched_at_high_resolution():
+    """At >= 64 px a CPU batch continues sample by sample; the image must not change."""
+    torch.manual_seed(0)
+    G = Generator(resolution=128, z_dim=8, w_dim=8, mapping_layers=1, channel_base=512, channel_max=8).eval()
+    ws = torch.randn(3, G.num_ws, G.w_dim)
+    delta = random_delta(G, 3, names=["b64.conv0.weight", "b128.torgb.weight"])
+    with torch.no_grad():
+        G.synthesis.kernel = "batched"
+        expected = G.synthesis(ws), G.synthesis(ws, weight_delta=delta)
+        G.synthesis.kernel = "auto"
+        assert G.synthesis._split_resolution(ws, None) == 64
+        got = G.synthesis(ws), G.synthesis(ws, weight_delta=delta)
+    for a, b in zip(expected, got):
+        assert (a - b).abs().max() <= 1e-5

@@ -318,18 +318,32 @@ class SynthesisNetwork(nn.Module):
         )
         if weight_delta is not None:
             self._check_delta(weight_delta, ws.shape[0])
-        if self.kernel == "auto" and ws.device.type != "cuda" and weight_delta is not None and ws.shape[0] > 1:
-            # Per-sample weights on CPUs: run each sample through the whole network with its fused weights.
-            # Same result, but no grouped conv and no concatenation of full-resolution activations per layer
-            # (measured in benchmarks/results/: batch 4 then costs what batch 1 does per image).
-            return torch.cat([self._synthesize(ws[i : i + 1], weight_delta.select(i), noise_mode)
-                              for i in range(ws.shape[0])])
         return self._synthesize(ws, weight_delta, noise_mode)
 
-    def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode) -> torch.Tensor:
-        x = img = None
-        w_idx = 0
-        for res, block in self.blocks():
+    def _split_resolution(self, ws: torch.Tensor, weight_delta: WeightDelta | None) -> int | None:
+        """From which block on a CPU batch continues sample by sample (None: never).
+
+        Low-resolution blocks have many channels and few pixels: batched GEMMs win there. From
+        ``LOOP_FROM_RESOLUTION`` on (and everywhere with per-sample weights) each sample's fused conv is
+        faster, and running the rest of the network per sample avoids concatenating full-resolution
+        activations after every layer (benchmarks/results/: batch 4 then costs no more per image than batch 1).
+        """
+        if self.kernel != "auto" or ws.device.type == "cuda" or ws.shape[0] == 1:
+            return None
+        return self.block_resolutions[0] if weight_delta is not None else LOOP_FROM_RESOLUTION
+
+    def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode,
+                    x: torch.Tensor | None = None, img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+        split = self._split_resolution(ws, weight_delta)
+        w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.block_resolutions[:start])
+        for i, (res, block) in enumerate(list(self.blocks())[start:], start=start):
+            if split is not None and res >= split:
+                return torch.cat([
+                    self._synthesize(ws[j : j + 1], None if weight_delta is None else weight_delta.select(j),
+                                     noise_mode, None if x is None else x[j : j + 1],
+                                     None if img is None else img[j : j + 1], start=i)
+                    for j in range(ws.shape[0])
+                ])
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta,
                            noise_mode=noise_mode, choose_kernel=self.choose_kernel)
