@@ -85,10 +85,17 @@ class HyperInverter(nn.Module):
         """Phase II: Δθ from the input and its Phase I image; E2 runs once on both (shared weights)."""
         assert self.feature_encoder is not None and self.hypernetwork is not None, "this model has no Phase II"
         size = self.encoder_resolution
-        both = torch.cat([resize_for_encoder(w_image, size), resize_for_encoder(x, size)])
-        features = self.feature_encoder(both)
-        image_features, input_features = features.chunk(2)
-        return self.hypernetwork(image_features, input_features)
+        w_image, x = resize_for_encoder(w_image, size), resize_for_encoder(x, size)
+        # One E2 call per chunk of samples, on both images of each sample (shared weights). On CPUs one sample
+        # per call is fastest: larger batches push E2's full-width 64x64 maps out of cache
+        # (benchmarks/results/hyperinverter-ffhq1024-cpu.md).
+        chunk = x.shape[0] if x.device.type == "cuda" else 1
+        image_features, input_features = [], []
+        for i in range(0, x.shape[0], chunk):
+            f_w, f_x = self.feature_encoder(torch.cat([w_image[i : i + chunk], x[i : i + chunk]])).chunk(2)
+            image_features.append(f_w)
+            input_features.append(f_x)
+        return self.hypernetwork(torch.cat(image_features), torch.cat(input_features))
 
     def forward(self, x: torch.Tensor, *, phase2: bool = True) -> HyperInverterOutput:
         ws = self.encode_w(x)
