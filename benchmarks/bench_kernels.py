@@ -52,14 +52,14 @@ def main() -> None:
             styles = torch.randn(batch, channels, device=device)
             weight = torch.randn(channels, channels, 3, 3, device=device)
             per_sample = weight[None].repeat(batch, 1, 1, 1, 1)
+            x = x.contiguous(memory_format=torch.channels_last)
+            common = dict(up=up, resample_filter=filt, bias=torch.zeros(channels, device=device), gain=2**0.5)
             with torch.no_grad():
-                shared = timed(lambda: modulated_conv2d(x, weight, styles, up=up, resample_filter=filt), device, args.repeats)
-                grouped = timed(lambda: modulated_conv2d(x, per_sample, styles, up=up, resample_filter=filt,
-                                                         per_sample_kernel="grouped"), device, args.repeats)
-                loop = timed(lambda: modulated_conv2d(x, per_sample, styles, up=up, resample_filter=filt,
-                                                      per_sample_kernel="loop"), device, args.repeats)
-            best = "loop" if loop < grouped else "grouped"
-            rows.append((batch, channels, res, up, shared, grouped, loop, best))
+                shared = {k: timed(lambda: modulated_conv2d(x, weight, styles, kernel=k, **common), device, args.repeats)
+                          for k in ("batched", "grouped", "loop")}
+                per = {k: timed(lambda: modulated_conv2d(x, per_sample, styles, kernel=k, **common), device, args.repeats)
+                       for k in ("grouped", "loop")}
+            rows.append((batch, channels, res, up, shared, per))
             print(rows[-1])
     lines = [
         f"# Per-sample modulated conv kernels on {device.type} ({platform.processor() or platform.machine()}, "
@@ -68,11 +68,15 @@ def main() -> None:
         f"Command: `python benchmarks/bench_kernels.py --device {args.device} --batch-sizes {args.batch_sizes} "
         f"--repeats {args.repeats}`",
         "",
-        "| batch | channels | input res | up | shared weights (ms) | per-sample grouped (ms) | per-sample loop (ms) | faster per-sample kernel |",
-        "|---|---|---|---|---|---|---|---|",
+        "Times in ms for one modulated 3x3 conv (bias, gain, demodulation included), channels-last input.",
+        "",
+        "| batch | channels | input res | up | shared: batched | shared: grouped | shared: loop | per-sample: grouped | per-sample: loop | best shared | best per-sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for b, c, r, u, s, g, lo, best in rows:
-        lines.append(f"| {b} | {c} | {r} | {u} | {s * 1e3:.1f} | {g * 1e3:.1f} | {lo * 1e3:.1f} | {best} |")
+    for b, c, r, u, sh, per in rows:
+        best_s, best_p = min(sh, key=sh.get), min(per, key=per.get)
+        lines.append(f"| {b} | {c} | {r} | {u} | " + " | ".join(f"{sh[k] * 1e3:.1f}" for k in ("batched", "grouped", "loop"))
+                     + " | " + " | ".join(f"{per[k] * 1e3:.1f}" for k in ("grouped", "loop")) + f" | {best_s} | {best_p} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
