@@ -104,4 +104,10 @@ def _inversion(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _inversion, _train, _demo]
+def _data(sub) -> None:
+    from .data_commands import register
+
+    register(sub)
+
+
+REGISTRY = [_generate, _convert, _inversion, _data, _train, _demo]

