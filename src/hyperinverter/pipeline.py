@@ -42,6 +42,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def save_pipeline(model: HyperInverter, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write a pipeline folder atomically (built in a temporary folder, then moved into place)."""
+    from .convert.gan_files import save_gan
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    save_gan(tmp / "generator", model.generator, dtype=dtype)
+    components = ["generator", "w_encoder"]
+    save_component_module(tmp / "w_encoder", model.w_encoder, dtype=dtype)
+    if model.has_phase2:
+        save_component_module(tmp / "feature_encoder", model.feature_encoder, dtype=dtype)
+        save_component_module(tmp / "hypernetwork", model.hypernetwork, dtype=dtype)
+        components += ["feature_encoder", "hypernetwork"]
+    index = {"format": PIPELINE_FORMAT, "format_version": 1, "method": "hyperinverter",
+             "encoder_resolution": model.encoder_resolution, "components": components}
+    atomic_write_bytes(tmp / "pipeline.json", (json.dumps(index, indent=2) + "\n").encode())
+    replace_directory(tmp, path)
+    return path
+
+
 class InversionPipeline:
     """HyperInverter inference: ``invert`` -> ``InversionResult``; ``edit`` and ``interpolate`` reuse Δθ."""
 
@@ -77,25 +98,7 @@ class InversionPipeline:
         return cls(model, device=device)
 
     def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        """Write the pipeline folder atomically (built in a temporary folder, then moved into place)."""
-        from .convert.gan_files import save_gan
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        model = self.model
-        save_gan(tmp / "generator", model.generator, dtype=dtype)
-        components = ["generator", "w_encoder"]
-        save_component_module(tmp / "w_encoder", model.w_encoder, dtype=dtype)
-        if model.has_phase2:
-            save_component_module(tmp / "feature_encoder", model.feature_encoder, dtype=dtype)
-            save_component_module(tmp / "hypernetwork", model.hypernetwork, dtype=dtype)
-            components += ["feature_encoder", "hypernetwork"]
-        index = {"format": PIPELINE_FORMAT, "format_version": 1, "method": "hyperinverter",
-                 "encoder_resolution": model.encoder_resolution, "components": components}
-        atomic_write_bytes(tmp / "pipeline.json", (json.dumps(index, indent=2) + "\n").encode())
-        replace_directory(tmp, path)
-        return path
+        return save_pipeline(self.model, path, dtype=dtype)
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Sequence[Image.Image | str | Path]) -> torch.Tensor:

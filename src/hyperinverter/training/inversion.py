@@ -26,7 +26,7 @@ from ..device import resolve_device
 from ..models.encoders import LayerWiseEncoder, WEncoder
 from ..models.hyperinverter import HyperInverter
 from ..models.hypernetwork import HyperNetwork
-from ..pipeline import InversionPipeline
+from ..pipeline import InversionPipeline, save_pipeline
 from .checkpointing import resume_latest, save_checkpoint
 from .distributed import init_distributed, local_device
 from .run import BatchSampler, RunLogger, mean_dict, prepare_run_dir, random_hflip, step_generator, uint8_to_float
@@ -224,7 +224,6 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
     run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
     n_show = min(8, len(val_images) if val_images is not None else len(images))
     show = uint8_to_float((val_images if val_images is not None else images)[:n_show]).to(device)
-    pipeline = InversionPipeline(model, device=device)
 
     def validate() -> float:
         model.eval()
@@ -324,7 +323,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
             if val < best_val:
                 best_val = val
                 if ctx.is_main:
-                    pipeline.save_pretrained(best_path)
+                    save_pipeline(model, best_path)
         if done % cfg.sample_every == 0 or done == cfg.steps:
             model.eval()
             with torch.no_grad():
@@ -341,7 +340,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
     run_log.close()
     final = None
     if ctx.is_main:
-        final = pipeline.save_pretrained(run_dir / "final")
+        final = save_pipeline(model, run_dir / "final")
     ctx.barrier()
     return InversionTrainingResult(run_dir, final, best_path if best_path.exists() else None, cfg.steps, history)
 
