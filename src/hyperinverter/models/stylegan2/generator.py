@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 NoiseMode = Literal["const", "random", "none"]
 # On CPUs, from this resolution up the per-sample fused kernel beats the batched one (benchmarks/bench_kernels.py).
 LOOP_FROM_RESOLUTION = 64
+# On CPUs, a batch continues sample by sample from the first block whose activations per sample reach this many
+# elements: there, concatenating per-sample outputs after every layer costs more than the per-sample loop.
+SPLIT_FROM_ELEMENTS = 2**20
 KernelChoice = Literal["auto", "batched", "grouped", "loop"]
 
 
@@ -323,14 +326,18 @@ class SynthesisNetwork(nn.Module):
     def _split_resolution(self, ws: torch.Tensor, weight_delta: WeightDelta | None) -> int | None:
         """From which block on a CPU batch continues sample by sample (None: never).
 
-        Low-resolution blocks have many channels and few pixels: batched GEMMs win there. From
-        ``LOOP_FROM_RESOLUTION`` on (and everywhere with per-sample weights) each sample's fused conv is
-        faster, and running the rest of the network per sample avoids concatenating full-resolution
-        activations after every layer (benchmarks/results/: batch 4 then costs no more per image than batch 1).
+        Below that block layers run batched (shared weights) or as a per-layer loop of fused convs (per-sample
+        weights). From the first block whose per-sample activations reach ``SPLIT_FROM_ELEMENTS``, running the
+        rest of the network per sample avoids concatenating large activations after every layer
+        (benchmarks/results/: batch 4 then costs no more per image than batch 1 at 1024 px). Small generators
+        never split: for them the Python overhead of a per-sample network pass dominates.
         """
         if self.kernel != "auto" or ws.device.type == "cuda" or ws.shape[0] == 1:
             return None
-        return self.block_resolutions[0] if weight_delta is not None else LOOP_FROM_RESOLUTION
+        for res, block in self.blocks():
+            if block.conv1.out_channels * res * res >= SPLIT_FROM_ELEMENTS:
+                return res
+        return None
 
     def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode,
                     x: torch.Tensor | None = None, img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
