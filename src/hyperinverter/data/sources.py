@@ -111,7 +111,7 @@ def load_fashion_mnist(split: str = "train", root: Path = FASHION_ROOT) -> tuple
 
 def fashion32(images: np.ndarray) -> torch.Tensor:
     """uint8 ``[N,28,28]`` -> ``[N,1,32,32]`` in [-1,1], padded with 2 black pixels per side."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()[:, None] / 127.5 - 1
+    x = torch.from_numpy(np.array(images, dtype=np.float32))[:, None] / 127.5 - 1
     return nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
 
 
@@ -120,7 +120,7 @@ def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress:
     for i, img in enumerate(tqdm(images, desc=f"writing {out_dir}", disable=not progress, mininterval=2.0)):
         path = out_dir / f"{start_index + i:06d}.png"
         if not path.exists():
-            save_image(img[None], path)
+            save_image(img[None], path, durable=False)  # regenerable: skip the per-file fsync
             written += 1
     return written
 

@@ -42,7 +42,7 @@ def make_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2
     return grid[None]
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
+def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True) -> Path:
     """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix."""
     path = Path(path)
     if isinstance(image, torch.Tensor):
@@ -50,7 +50,7 @@ def save_image(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
     buf = io.BytesIO()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
     image.save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), durable=durable)
     return path
 
 
