@@ -99,9 +99,10 @@ def _train(sub) -> None:
 
 
 def _inversion(sub) -> None:
-    from .inversion_commands import register
+    from .inversion_commands import register, register_evaluate
 
     register(sub)
+    register_evaluate(sub)
 
 
 def _data(sub) -> None:

@@ -58,6 +58,14 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
     p.set_defaults(func=run_export)
 
+    p = sub.add_parser("import-official", help="convert a released HyperInverter (or pSp/e4e W-encoder) checkpoint "
+                       "and its generator into a pipeline folder")
+    p.add_argument("checkpoint", type=Path, help="hyper_inverter_*.pt, or a W-encoder .pt with --w-encoder-only")
+    p.add_argument("--generator", required=True, type=Path, help="the NVIDIA .pkl it was trained with (or any format)")
+    p.add_argument("--w-encoder-only", action="store_true", help="the checkpoint is a pSp/e4e W encoder (Phase I)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=run_import_official)
+
     p = sub.add_parser("models", help="list bundled and downloadable models")
     p.set_defaults(func=run_models)
 
@@ -196,6 +204,17 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_official(args: argparse.Namespace) -> int:
+    from ..convert.official import load_official_hyperinverter, load_psp_w_encoder
+    from ..pipeline import save_pipeline
+
+    load = load_psp_w_encoder if args.w_encoder_only else load_official_hyperinverter
+    model = load(args.checkpoint, args.generator)
+    save_pipeline(model, args.out)
+    print(f"wrote the pipeline to {args.out}; use it with --model {args.out}")
+    return 0
+
+
 def run_models(args: argparse.Namespace) -> int:
     from ..hub import cache_dir, catalogue_rows
 
@@ -212,4 +231,45 @@ def run_download(args: argparse.Namespace) -> int:
 
     path = download(args.name)
     print(f"{args.name}: {path}")
+    return 0
+
+
+def register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score Phase I and HyperInverter on a held-out image folder",
+                       description="Inverts every image of DATA and reports MSE, PSNR, SSIM, MS-SSIM (and identity "
+                       "similarity with SFace when --identity is given) for Phase I and the final result.")
+    p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
+    _add_model(p)
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--out", required=True, type=Path, help="report stem: writes OUT.md and OUT.json")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..data.folder import ImageFolderDataset
+    from ..evaluation import evaluate, phase2_beats_phase1
+    from ..training.run import preload_uint8, uint8_to_float
+
+    pipe = _load_pipeline(args)
+    G = pipe.generator
+    dataset = ImageFolderDataset(args.data, resolution=G.resolution, channels=G.config.img_channels, split="all")
+    images = uint8_to_float(preload_uint8(dataset))
+    if args.max_images:
+        images = images[: args.max_images]
+    extra = {}
+    if args.identity:
+        from ..losses.identity import identity_similarity
+        from ..models.sface import load_sface
+
+        embedder = load_sface(device=pipe.device)
+        extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b)
+    report = evaluate(pipe, images, dataset=str(args.data), batch_size=args.batch_size, extra_metrics=extra)
+    report.notes.append(f"model: {args.model}")
+    report.save(args.out)
+    print(report.to_markdown())
+    better = phase2_beats_phase1(report)
+    print("HyperInverter beats Phase I on: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in better.items()))
+    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
     return 0

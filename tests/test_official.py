@@ -1,0 +1,88 @@
+"""Released-checkpoint layouts (HyperInverter .pt + NVIDIA pickle, pSp W encoder) load strictly and exactly."""
+
+import pytest
+import torch
+
+from hyperinverter.cli.main import main
+from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.convert.official import load_official_hyperinverter, load_psp_w_encoder
+from hyperinverter.models.encoders import LayerWiseEncoder, WEncoder
+from hyperinverter.models.hypernetwork import HyperNetwork
+from hyperinverter.pipeline import InversionPipeline
+from nvidia_pickle_writer import write_nvidia_pickle
+
+TRUNK = dict(units=(1, 2, 1, 1), widths=(8, 16, 32, 64))
+
+
+def official_checkpoint(G, backbone="ir_se", targets="conv_without_bias", seed=0):
+    """A state dict in the released layout, with tiny shapes: w_encoder., w_bar_encoder., hypernet., discriminator."""
+    torch.manual_seed(seed)
+    e1 = WEncoder(backbone=backbone, **TRUNK, w_dim=G.w_dim)
+    e2 = LayerWiseEncoder(backbone=backbone, **TRUNK, input_size=64, n_styles=G.num_ws, feature_channels=64,
+                          feature_size=2)
+    h = HyperNetwork.from_generator(G, targets=targets, feature_channels=64, feature_size=2, hidden_dim=8,
+                                    inner_channels=8)
+    sd = {**{f"w_encoder.{k}": v for k, v in e1.state_dict().items()},
+          **{f"w_bar_encoder.{k}": v for k, v in e2.state_dict().items()},
+          **{f"hypernet.{k}": v for k, v in h.state_dict().items()},
+          "discriminator.b4.out.weight": torch.zeros(1, 16)}
+    opts = {"dataset_type": "ffhq_encode", "encoder_type": "LayerWiseEncoder", "output_size": G.resolution,
+            "target_shape_name": targets, "hidden_dim": 8, "batch_size": 8}
+    return {"state_dict": sd, "opts": opts}, (e1, e2, h)
+
+
+def nv_pickle(path, G):
+    c = G.config
+    kwargs = dict(z_dim=c.z_dim, c_dim=0, w_dim=c.w_dim, img_resolution=c.resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=c.mapping_layers),
+                  synthesis_kwargs=dict(channel_base=c.channel_base, channel_max=c.channel_max, architecture="skip"))
+    buffers = {n for n, _ in G.named_buffers()}
+    write_nvidia_pickle(path, {"G_ema": ("Generator", kwargs, G.state_dict(), buffers)})
+
+
+@pytest.mark.parametrize("backbone,targets", [("ir_se", "conv_without_bias"), ("resnet", "all_without_bias")])
+def test_released_layout_round_trip_is_exact(tmp_path, tiny_generator, backbone, targets):
+    ckpt, (e1, e2, h) = official_checkpoint(tiny_generator, backbone, targets)
+    torch.save(ckpt, tmp_path / "hyper_inverter.pt")
+    nv_pickle(tmp_path / "G.pkl", tiny_generator)
+    model = load_official_hyperinverter(tmp_path / "hyper_inverter.pt", tmp_path / "G.pkl", encoder_resolution=64)
+    for ours, theirs in ((model.w_encoder, e1), (model.feature_encoder, e2), (model.hypernetwork, h)):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert model.hypernetwork.target_names == h.target_names
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.isfinite(model(x).image).all()
+    # and through the CLI into a pipeline folder
+    assert main(["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
+                 "--out", str(tmp_path / "pipe")]) == 0
+    assert InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu").model.has_phase2
+
+
+def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
+    ckpt, _ = official_checkpoint(tiny_generator)
+    nv_pickle(tmp_path / "G.pkl", tiny_generator)
+    broken = dict(ckpt["state_dict"])
+    broken.pop("hypernet.weight_regressors.b16_conv1_weight.b2")
+    torch.save({"state_dict": broken, "opts": ckpt["opts"]}, tmp_path / "a.pt")
+    with pytest.raises(CheckpointError, match="b16_conv1_weight.b2"):
+        load_official_hyperinverter(tmp_path / "a.pt", tmp_path / "G.pkl", encoder_resolution=64)
+    stray = dict(ckpt["state_dict"], **{"latent_avg_extra": torch.zeros(1)})
+    torch.save({"state_dict": stray, "opts": ckpt["opts"]}, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match="latent_avg_extra"):
+        load_official_hyperinverter(tmp_path / "b.pt", tmp_path / "G.pkl", encoder_resolution=64)
+    wrong = dict(ckpt["opts"], output_size=1024)
+    torch.save({"state_dict": ckpt["state_dict"], "opts": wrong}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="1024px"):
+        load_official_hyperinverter(tmp_path / "c.pt", tmp_path / "G.pkl", encoder_resolution=64)
+
+
+def test_psp_w_encoder_checkpoint(tmp_path, tiny_generator):
+    torch.manual_seed(1)
+    e1 = WEncoder(**TRUNK, w_dim=16)
+    sd = {**{f"encoder.{k}": v for k, v in e1.state_dict().items()},
+          **{f"decoder.{k}": torch.zeros(1) for k in ("style.1.weight",)}}
+    torch.save({"state_dict": sd, "opts": {"learn_in_w": True}, "latent_avg": torch.zeros(16)}, tmp_path / "w.pt")
+    model = load_psp_w_encoder(tmp_path / "w.pt", tiny_generator, encoder_resolution=64)
+    assert not model.has_phase2
+    assert all(torch.equal(a, b) for a, b in zip(model.w_encoder.state_dict().values(), e1.state_dict().values()))
