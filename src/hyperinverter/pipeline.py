@@ -42,8 +42,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save_pipeline(model: HyperInverter, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write a pipeline folder atomically (built in a temporary folder, then moved into place)."""
+def save_pipeline(model: HyperInverter, path: str | Path, *, dtype: torch.dtype | None = None,
+                  align_scale: float = 1.0) -> Path:
+    """Write a pipeline folder atomically (built in a temporary folder, then moved into place).
+
+    ``align_scale``: the face-crop scale (see :func:`hyperinverter.align.ffhq_quad`) that matches the
+    framing of the training images; 1.0 is FFHQ's.
+    """
     from .convert.gan_files import save_gan
 
     path = Path(path)
@@ -57,7 +62,7 @@ def save_pipeline(model: HyperInverter, path: str | Path, *, dtype: torch.dtype 
         save_component_module(tmp / "hypernetwork", model.hypernetwork, dtype=dtype)
         components += ["feature_encoder", "hypernetwork"]
     index = {"format": PIPELINE_FORMAT, "format_version": 1, "method": "hyperinverter",
-             "encoder_resolution": model.encoder_resolution, "components": components}
+             "encoder_resolution": model.encoder_resolution, "align_scale": align_scale, "components": components}
     atomic_write_bytes(tmp / "pipeline.json", (json.dumps(index, indent=2) + "\n").encode())
     replace_directory(tmp, path)
     return path
@@ -66,8 +71,9 @@ def save_pipeline(model: HyperInverter, path: str | Path, *, dtype: torch.dtype 
 class InversionPipeline:
     """HyperInverter inference: ``invert`` -> ``InversionResult``; ``edit`` and ``interpolate`` reuse Δθ."""
 
-    def __init__(self, model: HyperInverter, *, device: str | torch.device = "auto") -> None:
+    def __init__(self, model: HyperInverter, *, device: str | torch.device = "auto", align_scale: float = 1.0) -> None:
         self.device = resolve_device(device)
+        self.align_scale = align_scale
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
         self.model = model.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
@@ -95,10 +101,10 @@ class InversionPipeline:
         model = HyperInverter(generator=generator, w_encoder=parts["w_encoder"],
                               feature_encoder=parts.get("feature_encoder"), hypernetwork=parts.get("hypernetwork"),
                               encoder_resolution=int(index["encoder_resolution"]))
-        return cls(model, device=device)
+        return cls(model, device=device, align_scale=float(index.get("align_scale", 1.0)))
 
     def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        return save_pipeline(self.model, path, dtype=dtype)
+        return save_pipeline(self.model, path, dtype=dtype, align_scale=self.align_scale)
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Sequence[Image.Image | str | Path]) -> torch.Tensor:

@@ -1,7 +1,14 @@
 """FFHQ-style face alignment (dlib 68 landmarks) and pasting edited crops back."""
 
-from .ffhq import AlignedFace, NoFaceFoundError, align_from_landmarks, ffhq_quad, paste_back
+from .ffhq import (
+           AlignedFace,
+           NoFaceFoundError,
+           align_from_landmarks,
+           ffhq_quad,
+           paste_back,
+           paste_back_placement,
+)
 from .landmarks import Dlib68Detector, align_faces, find_predictor
 
 __all__ = ["AlignedFace", "Dlib68Detector", "NoFaceFoundError", "align_faces", "align_from_landmarks",
-           "ffhq_quad", "find_predictor", "paste_back"]
+           "ffhq_quad", "find_predictor", "paste_back", "paste_back_placement"]

@@ -35,9 +35,19 @@ class AlignedFace:
     source_size: tuple[int, int]
     landmarks: np.ndarray
 
+    def placement(self) -> dict:
+        """What :func:`paste_back` needs, as plain JSON-able data (kept in inversion files)."""
+        return {"quad": self.quad.tolist(), "source_size": list(self.source_size)}
 
-def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
-    """68 landmarks ``[68, 2]`` (x, y) -> the FFHQ crop quad ``[4, 2]``."""
+
+def ffhq_quad(landmarks: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
+    """68 landmarks ``[68, 2]`` (x, y) -> the FFHQ crop quad ``[4, 2]``.
+
+    ``scale`` < 1 crops tighter around the same centre: models trained on faces framed tighter than FFHQ
+    (our faces-64) store the scale that matches their training crops.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (68, 2):
         raise ValueError(f"expected 68 (x, y) landmarks, got shape {lm.shape}")
@@ -49,7 +59,7 @@ def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     # x: the crop's horizontal half-axis; tilted by both the eye line and the face's vertical axis.
     x = eye_to_eye - np.flipud(eye_to_mouth) * np.array([-1.0, 1.0])
     x /= np.hypot(*x)
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8) * scale
     y = np.flipud(x) * np.array([-1.0, 1.0])
     c = eye_avg + eye_to_mouth * 0.1
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
@@ -63,10 +73,11 @@ def quad_affine(quad: np.ndarray, size: int) -> np.ndarray:
     return np.array([[ex[0], ey[0], top_left[0]], [ex[1], ey[1], top_left[1]]])
 
 
-def align_from_landmarks(photo: Image.Image, landmarks: np.ndarray, *, size: int = 1024) -> AlignedFace:
+def align_from_landmarks(photo: Image.Image, landmarks: np.ndarray, *, size: int = 1024,
+                         scale: float = 1.0) -> AlignedFace:
     """Warp ``photo`` so that the face with ``landmarks`` fills a ``size`` x ``size`` FFHQ-style crop."""
     photo = photo.convert("RGB")
-    quad = ffhq_quad(landmarks)
+    quad = ffhq_quad(landmarks, scale=scale)
     affine = quad_affine(quad, size)
     # Shrink first when the crop is much larger than the output, so the warp does not alias.
     side = np.hypot(*(quad[3] - quad[0]))
@@ -108,3 +119,17 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     mask = mask.filter(ImageFilter.GaussianBlur(border / 2))
     mask = mask.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BILINEAR)
     return Image.composite(warped, photo, mask)
+
+
+def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,
+                         feather: float = 0.05) -> Image.Image:
+    """:func:`paste_back` from a stored :meth:`AlignedFace.placement` (the photo must be the one aligned)."""
+    if tuple(placement["source_size"]) != photo.size:
+        raise ValueError(f"the photo is {photo.size[0]}x{photo.size[1]}, but the face was aligned in a "
+                         f"{placement['source_size'][0]}x{placement['source_size'][1]} photo")
+    quad = np.asarray(placement["quad"], dtype=np.float64)
+    assert quad.shape == (4, 2), f"a placement quad is [4, 2], got {quad.shape}"
+    face = AlignedFace(image=edited, quad=quad, affine=quad_affine(quad, edited.width), source_size=photo.size,
+                       landmarks=np.zeros((68, 2)))
+    return paste_back(photo, edited, face, feather=feather)
+

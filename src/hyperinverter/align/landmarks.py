@@ -50,10 +50,14 @@ class Dlib68Detector:
                 for face in faces]
 
 
-def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 1024, source: str = "image") -> list[AlignedFace]:
-    """Every face in ``photo``, FFHQ-aligned to ``size``; raises ``NoFaceFoundError`` if there is none."""
+def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 1024, scale: float = 1.0,
+                source: str = "image") -> list[AlignedFace]:
+    """Every face in ``photo``, FFHQ-aligned to ``size`` (crop ``scale`` as in :func:`ffhq_quad`).
+
+    Raises ``NoFaceFoundError`` if there is none.
+    """
     landmarks = detector(photo)
     if not landmarks:
         raise NoFaceFoundError(f"{source}: no face found")
     logger.info("%s: %d face(s)", source, len(landmarks))
-    return [align_from_landmarks(photo, lm, size=size) for lm in landmarks]
+    return [align_from_landmarks(photo, lm, size=size, scale=scale) for lm in landmarks]

@@ -12,25 +12,20 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """Output names after the inputs; inputs sharing a stem get their parent folder prefixed."""
-    stems = [p.stem for p in paths]
-    out = []
-    for p, s in zip(paths, stems):
-        out.append(f"{p.parent.name}_{s}" if stems.count(s) > 1 else s)
-    return out
-
-
 def register(sub) -> None:
     p = sub.add_parser("invert", help="invert photos: reconstruction, comparison strip and w/Δθ per image",
                        description="Invert images (files or folders). Per input NAME, writes NAME.png (the result), "
                        "NAME_compare.png (input | Phase I | HyperInverter) and NAME.safetensors (w and Δθ). "
-                       "An unreadable image is reported and skipped.")
+                       "An unreadable image, or one without a face under --align, is reported and skipped. "
+                       "Under torchrun each rank inverts every WORLD_SIZE-th file.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--phase1-only", action="store_true", help="stop after Phase I (W encoder only)")
+    p.add_argument("--align", action="store_true",
+                   help="find every face (dlib 68 landmarks) and FFHQ-align it at the model's crop scale; the "
+                   "placement is kept so that `edit --paste-back` can put edits back into the photo")
     p.set_defaults(func=run_invert)
 
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
@@ -41,6 +36,9 @@ def register(sub) -> None:
                    help="one or more strengths (GANSpace: the value the coordinate is set to)")
     p.add_argument("--component", type=int, help="GANSpace component index")
     p.add_argument("--layers", help="GANSpace layer range START:END")
+    p.add_argument("--paste-back", action="store_true",
+                   help="for inversion files of aligned faces (`invert --align`), also write the photo with the "
+                   "edited face pasted back")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_edit)
 
@@ -81,58 +79,41 @@ def _load_pipeline(args):
 
 
 def _result_for(pipe, path: Path):
-    """An ``InversionResult`` for an image (inverted now) or an inversion file (loaded)."""
+    """(``InversionResult``, placement or None) for an image (inverted now) or an inversion file (loaded)."""
     from ..inversion.base import InversionResult
     from ..inversion.files import load_inversion
 
     if path.suffix == ".safetensors":
-        ws, delta, _ = load_inversion(path)
+        ws, delta, meta = load_inversion(path)
         ws = ws.to(pipe.device)
         delta = delta.to(pipe.device) if delta is not None else None
         image = pipe.render(ws, delta)
-        return InversionResult(ws=ws, image=image, weight_delta=delta)
-    return pipe.invert([path])
+        return InversionResult(ws=ws, image=image, weight_delta=delta), meta
+    return pipe.invert([path]), {"placement": None, "source": str(path)}
 
 
 def run_invert(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..inversion.files import save_inversion
-    from ..io.images import ImageReadError, find_images, make_grid, pil_to_tensor, read_image, save_image
+    from ..inversion.batch import invert_files
+    from ..io.images import find_images
 
     pipe = _load_pipeline(args)
-    G = pipe.generator
     paths = find_images(args.inputs)
     if not paths:
         print("error: no images found in the inputs", file=sys.stderr)
         return 2
-    names = dict(zip(paths, _unique_stems(paths)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    good, bad = [], []
-    for path in paths:
-        try:
-            good.append((path, pil_to_tensor(read_image(path), size=G.resolution, channels=G.config.img_channels)))
-        except ImageReadError as e:
-            bad.append(str(e))
-            print(f"skipped {e}", file=sys.stderr)
-    timings: dict[str, float] = {}
-    for start in tqdm(range(0, len(good), args.batch_size), desc="invert", unit="batch", disable=not good):
-        chunk = good[start : start + args.batch_size]
-        x = torch.cat([t for _, t in chunk])
-        result = pipe.invert(x, batch_size=args.batch_size, phase2=not args.phase1_only)
-        for k, v in result.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-        for i, (path, _) in enumerate(chunk):
-            one = result.select(i).to("cpu")
-            name = names[path]
-            save_image(one.image, args.out / f"{name}.png")
-            panels = torch.cat([x[i : i + 1], one.w_image, one.image])
-            save_image(make_grid(panels, nrow=3), args.out / f"{name}_compare.png")
-            save_inversion(args.out / f"{name}.safetensors", one, source=str(path), model=str(args.model))
-    per_image = sum(timings.values()) / max(len(good), 1)
-    print(f"inverted {len(good)} image(s) into {args.out} ({per_image:.3f} s/image); skipped {len(bad)}")
-    return 0 if good or not bad else 1
+    detector = None
+    if args.align:
+        from ..align import Dlib68Detector
+
+        detector = Dlib68Detector()
+    report = invert_files(pipe, paths, args.out, batch_size=args.batch_size, phase2=not args.phase1_only,
+                          detector=detector, model_name=str(args.model))
+    for reason in report.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    rank = f"rank {report.rank}/{report.world_size}: " if report.world_size > 1 else ""
+    print(f"{rank}inverted {len(report.written)} picture(s) into {args.out} ({report.seconds_per_image:.3f} "
+          f"s/image); skipped {len(report.skipped)}")
+    return 0 if report.written or not report.skipped else 1
 
 
 def _direction(args):
@@ -151,18 +132,27 @@ def _direction(args):
 def run_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.images import make_grid, save_image
+    from ..io.images import make_grid, read_image, save_image, tensor_to_pil
 
     pipe = _load_pipeline(args)
     direction = _direction(args)
     strengths = args.strength or [None]
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.inputs:
-        result = _result_for(pipe, path)
+        result, meta = _result_for(pipe, path)
         edits = [pipe.edit(result, direction, s) for s in strengths]
         for s, img in zip(strengths, edits):
             label = "default" if s is None else f"{s:+g}"
             save_image(img, args.out / f"{path.stem}_{direction.name}_{label}.png")
+            if args.paste_back:
+                if meta["placement"] is None:
+                    print(f"{path}: no face placement (invert it with --align to paste back)", file=sys.stderr)
+                    continue
+                from ..align import paste_back_placement
+
+                photo = read_image(meta["source"])
+                pasted = paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"), meta["placement"])
+                save_image(pasted, args.out / f"{path.stem}_{direction.name}_{label}_photo.png")
         save_image(make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1),
                    args.out / f"{path.stem}_{direction.name}_strip.png")
     print(f"wrote edits of {len(args.inputs)} input(s) along {direction.name!r} to {args.out}")
@@ -173,7 +163,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     from ..io.images import make_grid, save_gif, save_image
 
     pipe = _load_pipeline(args)
-    frames = pipe.interpolate(_result_for(pipe, args.a), _result_for(pipe, args.b), steps=args.steps).cpu()
+    frames = pipe.interpolate(_result_for(pipe, args.a)[0], _result_for(pipe, args.b)[0], steps=args.steps).cpu()
     out = args.out.with_suffix("")
     save_image(make_grid(frames, nrow=len(frames)), out.with_suffix(".png"))
     save_gif(list(frames) + list(frames.flip(0)), out.with_suffix(".gif"))
@@ -188,7 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..inversion.files import save_inversion
 
     pipe = _load_pipeline(args)
-    result = _result_for(pipe, args.input)
+    result, _ = _result_for(pipe, args.input)
     if result.weight_delta is None:
         raise ValueError("this inversion has no Δθ (a Phase I model?): the generator would be unchanged")
     baked = bake_weight_delta(pipe.generator, result.weight_delta.select(0)).cpu()

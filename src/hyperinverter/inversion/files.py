@@ -17,12 +17,16 @@ from .base import InversionResult
 _DELTA = "delta."
 
 
-def save_inversion(path: str | Path, result: InversionResult, *, source: str = "", model: str = "") -> Path:
-    """Store one image's codes (``ws [1,num_ws,w_dim]``) and Δθ (``delta.<param> [1,*shape]``)."""
+def save_inversion(path: str | Path, result: InversionResult, *, source: str = "", model: str = "",
+                   placement: dict | None = None) -> Path:
+    """Store one image's codes (``ws [1,num_ws,w_dim]``) and Δθ (``delta.<param> [1,*shape]``).
+
+    ``placement``: where the aligned face sits in the ``source`` photo (see ``AlignedFace.placement``).
+    """
     if len(result) != 1:
         raise ValueError("save_inversion stores one image; select it first")
     tensors = {"ws": result.ws}
-    meta = {"source": source, "model": model, "mode": None}
+    meta = {"source": source, "model": model, "mode": None, "placement": placement}
     if result.weight_delta is not None:
         meta["mode"] = result.weight_delta.mode
         tensors.update({_DELTA + k: v for k, v in result.weight_delta.items()})
@@ -31,7 +35,7 @@ def save_inversion(path: str | Path, result: InversionResult, *, source: str = "
 
 
 def load_inversion(path: str | Path) -> tuple[torch.Tensor, WeightDelta | None, dict]:
-    """-> (ws, weight_delta or None, metadata)."""
+    """-> (ws, weight_delta or None, metadata: source, model, mode and placement)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["inversion"])
@@ -40,4 +44,5 @@ def load_inversion(path: str | Path) -> tuple[torch.Tensor, WeightDelta | None, 
         raise CheckpointError(f"{path} is not an inversion file: {e}") from None
     deltas = {k[len(_DELTA):]: v for k, v in tensors.items() if k.startswith(_DELTA)}
     delta = WeightDelta(deltas, mode=meta["mode"]) if deltas else None
+    meta.setdefault("placement", None)  # files written before placements were kept
     return tensors["ws"], delta, meta

@@ -99,8 +99,9 @@ class HyperInverter(nn.Module):
 
     def forward(self, x: torch.Tensor, *, phase2: bool = True) -> HyperInverterOutput:
         ws = self.encode_w(x)
-        with torch.no_grad():
-            w_image = self.generator.synthesis(ws, noise_mode="const")
+        # No no_grad here: Phase I trains E1 through this image. G is frozen, so when E1 is frozen too
+        # (Phase II) autograd records nothing for it anyway.
+        w_image = self.generator.synthesis(ws, noise_mode="const")
         if not (phase2 and self.has_phase2):
             return HyperInverterOutput(ws=ws, w_image=w_image, weight_delta=None, image=w_image)
         delta = self.predict_delta(x, w_image)

@@ -1,0 +1,119 @@
+"""Batch inversion of files: bad files reported, torchrun sharding disjoint and complete, aligned faces with
+their placement, `edit --paste-back`, and the pipeline's own crop scale."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hyperinverter.align import ffhq_quad
+from hyperinverter.cli.main import main
+from hyperinverter.demo import SAMPLES_DIR
+from hyperinverter.editing import LinearDirection, save_direction
+from hyperinverter.inversion.batch import invert_files, rank_shard
+from hyperinverter.inversion.files import load_inversion
+from hyperinverter.pipeline import InversionPipeline
+
+
+def write_photos(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = (torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()
+        Image.fromarray(arr).save(folder / f"p{i}.png")
+    return sorted(folder.iterdir())
+
+
+def face_landmarks(cx, cy, s=1.0):
+    """68 plausible landmarks: eyes at 36..47, mouth corners 48 and 54, the rest near the centre."""
+    lm = np.tile([cx, cy], (68, 1)).astype(float)
+    lm[36:42] = [cx - 15 * s, cy - 10 * s]
+    lm[42:48] = [cx + 15 * s, cy - 10 * s]
+    lm[48], lm[54] = [cx - 10 * s, cy + 20 * s], [cx + 10 * s, cy + 20 * s]
+    return lm
+
+
+class TwoFaces:
+    """A stand-in detector: two faces per photo, the larger first, like Dlib68Detector."""
+
+    def __call__(self, image):
+        return [face_landmarks(60, 60, 1.2), face_landmarks(130, 70, 0.8)]
+
+
+def test_rank_shard_is_disjoint_and_complete():
+    items = list(range(11))
+    shares = [rank_shard(items, {"RANK": str(r), "WORLD_SIZE": "3"})[0] for r in range(3)]
+    assert sorted(sum(shares, [])) == items and all(len(s) >= 3 for s in shares)
+    assert rank_shard(items, {})[0] == items
+    with pytest.raises(ValueError, match="outside"):
+        rank_shard(items, {"RANK": "3", "WORLD_SIZE": "3"})
+
+
+def test_bad_files_are_reported_and_the_rest_written(pipeline, tmp_path):
+    paths = write_photos(tmp_path / "in", 3)
+    broken = tmp_path / "in" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    report = invert_files(pipeline, [*paths, broken], tmp_path / "out", batch_size=2, progress=False)
+    assert len(report.written) == 3 and len(report.skipped) == 1 and "broken.jpg" in report.skipped[0]
+    ws, delta, meta = load_inversion(tmp_path / "out" / "p1.safetensors")
+    assert ws.shape == (1, 8, 16) and delta is not None and meta["placement"] is None
+    # Same results as inverting the batch at once: batching of files does not change the numbers.
+    x = pipeline.prepare(paths)
+    assert torch.allclose(pipeline.render(ws, delta), pipeline.invert(x).select(1).image, atol=1e-5)
+
+
+def test_torchrun_ranks_split_the_files(pipeline, tmp_path, monkeypatch):
+    paths = write_photos(tmp_path / "in", 5)
+    outputs = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        report = invert_files(pipeline, paths, tmp_path / "out", progress=False)
+        assert (report.rank, report.world_size) == (rank, 2)
+        outputs.append({p.name for p in report.written})
+    assert not outputs[0] & outputs[1]
+    assert outputs[0] | outputs[1] == {f"p{i}.safetensors" for i in range(5)}
+
+
+def test_aligned_faces_keep_their_placement_and_paste_back(pipeline, tmp_path):
+    photo = Image.fromarray((np.random.default_rng(0).random((160, 200, 3)) * 255).astype(np.uint8))
+    photo.save(tmp_path / "group.png")
+    report = invert_files(pipeline, [tmp_path / "group.png"], tmp_path / "out", detector=TwoFaces(), progress=False)
+    assert sorted(p.name for p in report.written) == ["group-face0.safetensors", "group-face1.safetensors"]
+    _, _, meta = load_inversion(tmp_path / "out" / "group-face1.safetensors")
+    assert meta["source"].endswith("group.png") and meta["placement"]["source_size"] == [200, 160]
+    assert np.allclose(meta["placement"]["quad"], ffhq_quad(face_landmarks(130, 70, 0.8)))
+
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(LinearDirection(torch.randn(1, 16), name="dir"), tmp_path / "dir.safetensors")
+    assert main(["edit", str(tmp_path / "out" / "group-face1.safetensors"), "--model", str(tmp_path / "model"),
+                 "--direction", str(tmp_path / "dir.safetensors"), "--strength", "3", "--paste-back",
+                 "--out", str(tmp_path / "edits"), "--device", "cpu"]) == 0
+    pasted = Image.open(tmp_path / "edits" / "group-face1_dir_+3_photo.png")
+    assert pasted.size == photo.size
+    diff = np.abs(np.asarray(pasted, dtype=float) - np.asarray(photo, dtype=float)).sum(-1)
+    x0, y0 = meta["placement"]["quad"][0]
+    assert diff[int(y0) + 30, int(x0) + 30] > 0  # inside the face: changed
+    assert diff[150, 5] == 0  # far from it: untouched
+
+
+def test_the_pipeline_keeps_its_crop_scale(pipeline, tmp_path):
+    pipeline.align_scale = 0.8
+    pipeline.save_pretrained(tmp_path / "model")
+    again = InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    assert again.align_scale == 0.8
+    tight, loose = ffhq_quad(face_landmarks(60, 60), scale=0.8), ffhq_quad(face_landmarks(60, 60))
+    assert np.allclose(tight.mean(0), loose.mean(0))  # same centre
+    assert np.isclose(np.linalg.norm(tight[3] - tight[0]), 0.8 * np.linalg.norm(loose[3] - loose[0]))
+
+
+def test_cli_align_on_a_real_photo(pipeline, tmp_path, capsys):
+    """dlib finds the astronaut's face; a blank photo is reported as having none and the run goes on."""
+    pipeline.save_pretrained(tmp_path / "model")
+    Image.new("RGB", (120, 120), "gray").save(tmp_path / "blank.png")
+    out = tmp_path / "out"
+    assert main(["invert", str(SAMPLES_DIR / "astronaut.jpg"), str(tmp_path / "blank.png"), "--align",
+                 "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"]) == 0
+    assert "blank.png: no face found" in capsys.readouterr().err
+    _, _, meta = load_inversion(out / "astronaut-face0.safetensors")  # the largest face first
+    quad = np.asarray(meta["placement"]["quad"])
+    assert 150 < quad[:, 0].mean() < 300 and meta["placement"]["source_size"] == [512, 512]
