@@ -104,3 +104,30 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert params
     for k in params:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_streaming_from_disk_equals_preloading(tmp_path):
+    """`preload: false` reads each batch from disk and trains exactly as the preloaded run."""
+    images = teacher_images()
+    for i, x in enumerate(images):
+        save_image(x[None].float() / 127.5 - 1, tmp_path / "data" / f"{i:03d}.png")
+    for preload in (True, False):
+        train_generator(config(tmp_path / f"preload-{preload}", data=str(tmp_path / "data"), preload=preload))
+    a = load_file(tmp_path / "preload-True" / "checkpoints" / "checkpoint-00000004.safetensors")
+    b = load_file(tmp_path / "preload-False" / "checkpoints" / "checkpoint-00000004.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_streaming_replaces_an_unreadable_file(tmp_path):
+    from hyperinverter.data.folder import ImageFolderDataset
+    from hyperinverter.training.run import StreamedImages
+
+    for i, x in enumerate(teacher_images(3)):
+        save_image(x[None].float() / 127.5 - 1, tmp_path / f"{i}.png")
+    (tmp_path / "1b-broken.png").write_bytes(b"not a png")  # sorts between 1.png and 2.png
+    images = StreamedImages(ImageFolderDataset(tmp_path, resolution=16, split="all"))
+    batch = images[torch.tensor([0, 2, 2])]
+    assert batch.shape == (3, 3, 16, 16) and images.shape == (4, 3, 16, 16)
+    assert torch.equal(batch[1], images[torch.tensor([3])][0])  # the broken file's slot holds the next file

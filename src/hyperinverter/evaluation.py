@@ -35,6 +35,7 @@ class EvaluationReport:
     notes: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
+        bars = quality_bars(self) if {"phase1", "hyperinverter"} <= self.metrics.keys() else {}
         names = sorted({m for values in self.metrics.values() for m in values}, key=list(HIGHER_IS_BETTER).index)
         arrows = {m: "↑" if HIGHER_IS_BETTER[m] else "↓" for m in names}
         lines = [f"Dataset: {self.dataset} ({self.num_images} images)", "",
@@ -43,6 +44,10 @@ class EvaluationReport:
         for method, values in self.metrics.items():
             cells = [f"{values[m]:.4f}" if m in values else "–" for m in names]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {self.seconds_per_image.get(method, 0):.4f} |")
+        if "mse" in self.metrics.get("phase1", {}):
+            p1, p2 = self.metrics["phase1"]["mse"], self.metrics["hyperinverter"]["mse"]
+            lines += ["", f"MSE change from Phase I: {(p2 - p1) / p1:+.1%}", ""]
+            lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in bars.items()]
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -82,7 +87,10 @@ def evaluate(
                             seconds_per_image={k: v / n for k, v in timings.items()})
 
 
-def phase2_beats_phase1(report: EvaluationReport) -> dict[str, bool]:
-    """For each metric, whether the final result is better than Phase I."""
+def quality_bars(report: EvaluationReport, *, min_mse_reduction: float = 0.4) -> dict[str, bool]:
+    """The bundled models' bars: the final result beats Phase I on every metric, and MSE falls by at least
+    ``min_mse_reduction`` (a fraction of Phase I's MSE)."""
     p1, p2 = report.metrics["phase1"], report.metrics["hyperinverter"]
-    return {m: (p2[m] > p1[m]) if HIGHER_IS_BETTER[m] else (p2[m] < p1[m]) for m in p1}
+    bars = {f"{m} better": (p2[m] > p1[m]) if HIGHER_IS_BETTER[m] else (p2[m] < p1[m]) for m in p1}
+    bars[f"mse at least {min_mse_reduction:.0%} lower"] = p2["mse"] <= (1 - min_mse_reduction) * p1["mse"]
+    return bars

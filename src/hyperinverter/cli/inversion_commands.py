@@ -239,7 +239,7 @@ def register_evaluate(sub) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..data.folder import ImageFolderDataset
-    from ..evaluation import evaluate, phase2_beats_phase1
+    from ..evaluation import evaluate, quality_bars
     from ..training.run import preload_uint8, uint8_to_float
 
     pipe = _load_pipeline(args)
@@ -259,7 +259,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report.notes.append(f"model: {args.model}")
     report.save(args.out)
     print(report.to_markdown())
-    better = phase2_beats_phase1(report)
-    print("HyperInverter beats Phase I on: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in better.items()))
+    bars = quality_bars(report)
+    print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
     return 0

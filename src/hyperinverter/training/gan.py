@@ -29,7 +29,7 @@ from .run import (
     RunLogger,
     mean_dict,
     prepare_run_dir,
-    preload_uint8,
+    training_images,
     random_hflip,
     step_generator,
     uint8_to_float,
@@ -160,7 +160,7 @@ def _load_images(cfg: GeneratorTrainingConfig) -> torch.Tensor:
     dataset = ImageFolderDataset(cfg.data, resolution=cfg.resolution, channels=cfg.img_channels, split="train",
                                  val_fraction=cfg.val_fraction, seed=cfg.seed)
     logger.info("training images: %s", dataset)
-    return preload_uint8(dataset, progress=cfg.progress)
+    return training_images(dataset, preload=cfg.preload, progress=cfg.progress)
 
 
 def train_generator(

@@ -110,6 +110,38 @@ def preload_uint8(dataset, *, progress: bool = True) -> torch.Tensor:
     return torch.stack(items)
 
 
+class StreamedImages:
+    """A data set read from disk batch by batch (``preload: false``), indexed like a preloaded tensor.
+
+    ``images[indices]`` and ``images[:n]`` give ``uint8 [B,C,R,R]``. An unreadable file is replaced by the next
+    readable one (see ``ImageFolderDataset.__getitem__``), so a batch always has its full size.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    dtype = torch.uint8
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), self.dataset.channels, self.dataset.resolution, self.dataset.resolution)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        indices = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        return torch.stack([((self.dataset[i].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8) for i in indices])
+
+
+def training_images(dataset, *, preload: bool, progress: bool = True) -> torch.Tensor | StreamedImages:
+    """All of ``dataset`` in memory as uint8 (fast, the default), or streamed from disk for large sets."""
+    if preload:
+        return preload_uint8(dataset, progress=progress)
+    logger.info("streaming %s from disk", dataset)
+    return StreamedImages(dataset)
+
+
 def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 127.5 - 1
 

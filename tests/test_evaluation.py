@@ -1,0 +1,44 @@
+"""The evaluation protocol: per-method means over a held-out folder, the quality bars, the CLI report."""
+
+import json
+
+import torch
+
+from hyperinverter.cli.main import main
+from hyperinverter.evaluation import EvaluationReport, evaluate, quality_bars
+from hyperinverter.io.images import save_image
+from hyperinverter.metrics import PIXEL_METRICS
+
+
+def test_means_match_a_direct_computation(pipeline):
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    report = evaluate(pipeline, x, dataset="random", batch_size=2, progress=False)
+    result = pipeline.invert(x)
+    for method, output in (("phase1", result.w_image), ("hyperinverter", result.image)):
+        for name, fn in PIXEL_METRICS.items():
+            assert abs(report.metrics[method][name] - float(fn(output, x).mean())) < 1e-4, (method, name)
+    assert report.num_images == 5 and report.seconds_per_image["hyperinverter"] > 0
+
+
+def test_quality_bars():
+    def report(p2_mse, p2_ssim):
+        return EvaluationReport("d", 1, {"phase1": {"mse": 0.10, "ssim": 0.5},
+                                         "hyperinverter": {"mse": p2_mse, "ssim": p2_ssim}}, {})
+
+    assert all(quality_bars(report(0.05, 0.6)).values())
+    bars = quality_bars(report(0.07, 0.6))  # better, but only 30% lower MSE
+    assert bars["mse better"] and not bars["mse at least 40% lower"]
+    assert not quality_bars(report(0.05, 0.4))["ssim better"]
+    assert "- [ ] mse at least 40% lower" in report(0.07, 0.6).to_markdown()
+
+
+def test_cli_writes_the_report(pipeline, tmp_path, capsys):
+    pipeline.save_pretrained(tmp_path / "model")
+    for i in range(3):
+        save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1,
+                   tmp_path / "held-out" / f"{i}.png")
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"),
+                 "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["num_images"] == 3 and set(saved["metrics"]) == {"phase1", "hyperinverter"}
+    assert "quality bars:" in capsys.readouterr().out and "MSE change" in (tmp_path / "report.md").read_text()
