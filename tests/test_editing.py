@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from hyperinverter.editing import GANSpaceDirection, LinearDirection, compute_ganspace, load_direction, save_direction
+from hyperinverter.editing import (
+    GANSpaceDirection,
+    LinearDirection,
+    compute_ganspace,
+    load_direction,
+    save_direction,
+)
 from hyperinverter.editing.ganspace import GANSpaceBasis
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from hyperinverter.convert.errors import CheckpointError
 from hyperinverter.io.checkpoints import load_state_dict_strict
 from hyperinverter.models.hypernetwork import HyperNetwork, HyperNetworkConfig, WeightRegressor
 from hyperinverter.models.stylegan2 import Generator
-from hyperinverter.convert.errors import CheckpointError
 
 
 def features(n, c=16, s=4, batch=2, seed=0):

@@ -1,6 +1,5 @@
 """InversionPipeline end to end on tiny models: batching, save/load, edit, interpolate, and the CLI."""
 
-import pytest
 import torch
 from PIL import Image
 

@@ -1,7 +1,6 @@
 """Generator trainer: the loss falls on a fixed batch, resume is exact, torchrun ranks equal one process."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -76,3 +76,74 @@ def test_phase1_resume_is_exact(tmp_path, gan_dir, images):
 def test_phase2_needs_a_phase1_model(tmp_path, gan_dir, images):
     with pytest.raises(ValueError, match="Phase I"):
         train_hypernetwork(config(tmp_path / "x", gan_dir), images=images, val_images=images[:2])
+
+
+def test_phase1_trains_e1_through_its_image_in_bf16(tmp_path, gan_dir, images):
+    """Image losses alone (no synthetic pairs, no latent loss) must reach E1, also under bf16 autocast."""
+    p1 = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=40, precision="bf16"), images=images,
+                         val_images=images[:4])
+    l2 = [h["loss/l2"] for h in p1.history if "loss/l2" in h]
+    assert l2[-1] < 0.7 * l2[0], l2
+    assert not any("loss/latent" in h for h in p1.history)
+
+
+def test_loss_options(gan_dir):
+    from hyperinverter.training.inversion import ReconstructionLoss
+
+    x, y = torch.rand(2, 4, 3, 32, 32) * 2 - 1
+    cfg = config("unused", gan_dir, loss_resolution=16)
+    _, parts = ReconstructionLoss(cfg, None, torch.device("cpu"))(x, y)
+    pooled = torch.nn.functional.mse_loss(torch.nn.functional.avg_pool2d(x, 2), torch.nn.functional.avg_pool2d(y, 2))
+    assert abs(parts["loss/l2"] - float(pooled)) < 1e-6
+    with pytest.raises(ValueError, match="precision"):
+        config("unused", gan_dir, precision="fp8")
+    with pytest.raises(ValueError, match="id_samples"):
+        config("unused", gan_dir, id_samples=0)
+
+
+def test_torchrun_phase2_two_ranks_equal_one_process(tmp_path, gan_dir, images):
+    """2 CPU ranks (gloo) end with the same parameters as 1 process whose 2 micro-batches are the ranks' shards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from hyperinverter.io.images import save_image
+
+    p1 = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=2), images=images, val_images=images[:2])
+    for i, img in enumerate(images):
+        save_image((img.float() / 127.5 - 1)[None], tmp_path / "data" / f"{i:03d}.png")
+    overrides = [f"data={tmp_path / 'data'}", f"generator={gan_dir}", f"w_encoder={p1.final_model}", "steps=3",
+                 "batch_size=8", "lr=0.002", "hflip=false", "val_fraction=0.0", "checkpoint_every=1",
+                 "tensorboard=false", "progress=false", "device=cpu", "encoder_resolution=64",
+                 "backbone_units=[1,1,1,1]", "backbone_widths=[8,16,32,64]", "feature_channels=16", "feature_size=2",
+                 "hidden_dim=8", "regressor_width=8"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cli = ["-m", "hyperinverter.cli.main", "train", "hypernetwork"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={port}", *cli]
+    subprocess.run([*torchrun, f"run_dir={tmp_path / 'ddp'}", *overrides], check=True, env=env, timeout=240,
+                   capture_output=True)
+    subprocess.run([sys.executable, *cli, f"run_dir={tmp_path / 'single'}", "grad_accum=2", *overrides], check=True,
+                   env=env, timeout=240, capture_output=True)
+    a = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000003.safetensors")
+    b = load_file(tmp_path / "single" / "checkpoints" / "checkpoint-00000003.safetensors")
+    params = [k for k in a if k.startswith("module.trainable.") and not k.endswith(("running_mean", "running_var",
+                                                                                     "num_batches_tracked"))]
+    assert len(params) > 10
+    for k in params:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    first = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000001.safetensors")
+    assert any(not torch.equal(first[k], a[k]) for k in params)  # training moved them
+
+
+def test_clear_errors_for_a_missing_discriminator_and_a_used_run_dir(tmp_path, gan_dir, images, tiny_generator):
+    save_gan(tmp_path / "g-only", tiny_generator)
+    with pytest.raises(ValueError, match="no discriminator"):
+        train_w_encoder(config(tmp_path / "a", tmp_path / "g-only", dfeat_weight=0.5), images=images)
+    train_w_encoder(config(tmp_path / "b", gan_dir, steps=2, checkpoint_every=1), images=images, val_images=images[:2])
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train_w_encoder(config(tmp_path / "b", gan_dir, steps=2, resume=False), images=images)

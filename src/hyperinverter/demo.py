@@ -38,6 +38,7 @@ class DemoReport:
     out_dir: Path
     items: list[DemoItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # bundled models that are not installed
     seconds: float = 0.0
 
 
@@ -86,19 +87,8 @@ Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p
     return path
 
 
-def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model: str = "faces-64",
-             fashion_model: str = "fashion-32", frames: int = 5, num_fashion: int = 4) -> DemoReport:
-    from .hub import resolve_model
-
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = DemoReport(out_dir=out_dir)
-
-    # Faces: align every face in the bundled photos, invert with faces-64.
-    faces_dir = resolve_model(faces_model)
-    faces = InversionPipeline.from_pretrained(faces_dir, device=device)
-    res = faces.generator.resolution
+def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames: int, title: str) -> None:
+    """Align every face in the bundled photos (as `invert --align` does) and invert it."""
     try:
         from .align import Dlib68Detector
 
@@ -107,32 +97,53 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
         detector = None
         report.skipped.append(f"face alignment unavailable ({e}); photos are only centre-cropped")
     photos = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    # The same reader as `invert --align`: every face, cropped at the model's own scale.
-    pictures, skipped = read_pictures(photos, [p.stem for p in photos], resolution=res, channels=3,
-                                      detector=detector, align_scale=faces.align_scale)
+    pictures, skipped = read_pictures(photos, [p.stem for p in photos], resolution=pipe.generator.resolution,
+                                      channels=3, detector=detector, align_scale=pipe.align_scale)
     report.skipped += skipped
-    crops = [(p.name, p.image) for p in pictures]
-    directions = _directions(faces_dir)
-    for i, (name, x) in enumerate(crops):
-        partner = crops[(i + 1) % len(crops)][1] if len(crops) > 1 else x.flip(-1)
-        panels, labels = _strip(faces, x.to(faces.device), partner.to(faces.device), directions, frames)
-        picture = save_image(make_grid(panels, nrow=len(panels)), out_dir / f"face_{name}.png")
-        report.items.append(DemoItem(f"{name} (faces-64)", picture, " | ".join(labels)))
+    directions = _directions(model_dir)
+    for i, picture in enumerate(pictures):
+        partner = pictures[(i + 1) % len(pictures)].image if len(pictures) > 1 else picture.image.flip(-1)
+        panels, labels = _strip(pipe, picture.image.to(pipe.device), partner.to(pipe.device), directions, frames)
+        path = save_image(make_grid(panels, nrow=len(panels)), report.out_dir / f"face_{picture.name}.png")
+        report.items.append(DemoItem(f"{picture.name} ({title})", path, " | ".join(labels)))
 
-    # Fashion: held-out test images (never used in training), inverted with fashion-32.
-    fashion_dir = resolve_model(fashion_model)
-    fashion = InversionPipeline.from_pretrained(fashion_dir, device=device)
-    test_images = sorted((fashion_dir / "examples").glob("*.png"))[:num_fashion]
-    if not test_images:
-        report.skipped.append(f"{fashion_dir / 'examples'} has no test images")
-    tensors = [pil_to_tensor(Image.open(p), size=fashion.generator.resolution, channels=1) for p in test_images]
-    directions = _directions(fashion_dir)
-    for i, (p, x) in enumerate(zip(test_images, tensors)):
+
+def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames: int, title: str,
+              count: int) -> None:
+    """Invert the model's held-out examples (test images never used in training or model selection)."""
+    paths = sorted((model_dir / "examples").glob("*.png"))[:count]
+    if not paths:
+        report.skipped.append(f"{model_dir / 'examples'} has no held-out images")
+        return
+    G = pipe.generator
+    tensors = [pil_to_tensor(Image.open(p), size=G.resolution, channels=G.config.img_channels) for p in paths]
+    directions = _directions(model_dir)
+    for i, (path, x) in enumerate(zip(paths, tensors)):
         partner = tensors[(i + 1) % len(tensors)]
-        panels, labels = _strip(fashion, x.to(fashion.device), partner.to(fashion.device), directions, frames)
-        picture = save_image(make_grid(panels, nrow=len(panels)), out_dir / f"fashion_{p.stem}.png")
-        report.items.append(DemoItem(f"Fashion-MNIST test image {p.stem} (fashion-32)", picture, " | ".join(labels)))
+        panels, labels = _strip(pipe, x.to(pipe.device), partner.to(pipe.device), directions, frames)
+        picture = save_image(make_grid(panels, nrow=len(panels)), report.out_dir / f"{title}_{path.stem}.png")
+        report.items.append(DemoItem(f"held-out image {path.stem} ({title})", picture, " | ".join(labels)))
 
+
+def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model: str = "faces-64",
+             fashion_model: str = "fashion-32", frames: int = 5, num_examples: int = 4) -> DemoReport:
+    """Run every bundled model that is installed; a missing one is reported in ``report.missing``."""
+    from .hub import resolve_model
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = DemoReport(out_dir=out_dir)
+    for name, run in ((faces_model, lambda pipe, d: _faces(report, pipe, d, frames, name)),
+                      (fashion_model, lambda pipe, d: _examples(report, pipe, d, frames, name, num_examples))):
+        try:
+            model_dir = resolve_model(name)
+        except FileNotFoundError as e:
+            report.missing.append(str(e))
+            continue
+        pipe = InversionPipeline.from_pretrained(model_dir, device=device)
+        run(pipe, model_dir)
     report.seconds = time.perf_counter() - start
-    _write_index(report)
+    if report.items:
+        _write_index(report)
     return report

@@ -7,6 +7,7 @@ temporary file, are checked against the hash, and only then moved into the cache
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -66,7 +67,9 @@ CATALOGUE: tuple[Artifact, ...] = (
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("HYPERINVERTER_CACHE", Path.home() / ".cache" / "hyperinverter"))
+    """``$HYPERINVERTER_CACHE`` if set (and not empty), else ``~/.cache/hyperinverter``."""
+    env = os.environ.get("HYPERINVERTER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hyperinverter"
 
 
 def get_artifact(name: str) -> Artifact:
@@ -84,13 +87,40 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verify(path: Path, artifact: Artifact) -> None:
+def _mismatch(path: Path, artifact: Artifact) -> str | None:
+    """Why ``path`` is not ``artifact`` (size or sha256 differ), or None if it matches what is known."""
+    size = path.stat().st_size
+    wrong_size = artifact.size_bytes is not None and size != artifact.size_bytes
     if artifact.sha256 is None:
-        return
+        return f"has {size} bytes, but {artifact.name} has {artifact.size_bytes}" if wrong_size else None
     actual = sha256_of(path)
-    if actual != artifact.sha256:
-        raise ValueError(f"{path} has sha256 {actual}, but {artifact.name} must have {artifact.sha256}; "
-                         "delete it and download again")
+    if not wrong_size and actual == artifact.sha256.lower():
+        return None
+    expected_size = f", {artifact.size_bytes} bytes" if artifact.size_bytes is not None else ""
+    return f"has sha256 {actual} ({size} bytes), but {artifact.name} must have sha256 {artifact.sha256}{expected_size}"
+
+
+def _where(artifact: Artifact) -> str:
+    parts = [p for p in (artifact.url, artifact.source) if p]
+    return " or ".join(parts) if parts else "its publisher"
+
+
+def _manual(artifact: Artifact, target: Path) -> str:
+    return (f"download {artifact.filename} by hand from {_where(artifact)} and put it at {target} "
+            "(or set HYPERINVERTER_CACHE to use another folder)")
+
+
+def _verify_cached(path: Path, artifact: Artifact) -> None:
+    """Accept a cached (downloaded or hand-placed) file, or move it aside and raise ValueError naming both hashes.
+
+    A rejected file is renamed to ``<file>.rejected`` so that it is never picked up (or listed) as valid.
+    """
+    problem = _mismatch(path, artifact)
+    if problem is None:
+        return
+    rejected = path.with_name(path.name + ".rejected")
+    os.replace(path, rejected)
+    raise ValueError(f"{path} {problem}; moved it to {rejected} so it is not used. {_manual(artifact, path)}")
 
 
 def resolve_model(name: str) -> Path:
@@ -103,38 +133,48 @@ def resolve_model(name: str) -> Path:
         return path
     path = cache_dir() / artifact.filename
     if not path.exists():
-        raise FileNotFoundError(f"{name} is not downloaded: run `hyperinverter download {name}`, or put "
-                                f"{artifact.filename} ({artifact.source or artifact.url}) at {path}")
-    _verify(path, artifact)
+        raise FileNotFoundError(f"{name} is not downloaded: run `hyperinverter download {name}`, or "
+                                f"{_manual(artifact, path)}")
+    _verify_cached(path, artifact)
     return path
 
 
 def download(name: str, *, timeout: float = 60.0) -> Path:
-    """Fetch ``name`` into the cache and verify its hash; offline, explain where to put the file by hand."""
+    """Fetch ``name`` into the cache and verify it; offline, explain where to put the file by hand.
+
+    The bytes go to a temporary file in the cache folder, which is checked against the known size/sha256
+    and only then renamed onto the final name: the cache never holds a partial or unverified file.
+    A file already in the cache (e.g. placed by hand) is verified instead of downloaded again.
+    """
     artifact = get_artifact(name)
     if artifact.bundled:
         return resolve_model(name)
     target = cache_dir() / artifact.filename
     if target.exists():
-        _verify(target, artifact)
+        _verify_cached(target, artifact)
         return target
-    manual = (f"download {artifact.filename} by hand from {artifact.source or artifact.url} and put it at "
-              f"{target} (or set HYPERINVERTER_CACHE)")
     if artifact.url is None:
-        raise FileNotFoundError(f"{name} has no direct download link; {manual}")
+        raise FileNotFoundError(f"{name} has no direct download link; {_manual(artifact, target)}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{artifact.filename}.", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{artifact.filename}.", suffix=".part")
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(artifact.url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        _verify(Path(tmp), artifact)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(artifact.url, timeout=timeout) as response:
+                shutil.copyfileobj(response, out)
+                out.flush()
+                os.fsync(out.fileno())
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
+            raise FileNotFoundError(f"could not download {name} from {artifact.url} ({e}); "
+                                    f"{_manual(artifact, target)}") from None
+        problem = _mismatch(tmp, artifact)
+        if problem is not None:
+            raise ValueError(f"the file downloaded from {artifact.url} {problem}; nothing was written to "
+                             f"{target}. {_manual(artifact, target)}")
         os.replace(tmp, target)
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise FileNotFoundError(f"could not download {name} ({e}); {manual}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("downloaded %s to %s", name, target)
     return target
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
 
-import torch
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -69,26 +68,17 @@ def _demo(sub) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    # Until the bundled models land, the demo exercises the real generator, converters and
-    # per-sample weight offsets on a small generator that it builds from a fixed seed.
-    from ..convert.gan_files import load_generator, save_gan
-    from ..device import resolve_device
-    from ..generate import generate_images
-    from ..io.images import make_grid, save_image
-    from ..models.stylegan2 import Generator
+    from ..demo import run_demo as demo
 
-    device = resolve_device(args.device)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    G = Generator(resolution=64, z_dim=64, w_dim=64, mapping_layers=2, channel_base=2048, channel_max=64)
-    save_gan(out / "seeded-generator", G)
-    G = load_generator(out / "seeded-generator", device=device)
-    images = generate_images(G, range(16))
-    save_image(make_grid(images, nrow=8), out / "samples.png")
-    print(f"demo: a seeded (untrained) 64px StyleGAN2 wrote {out / 'samples.png'} "
-          f"and its weights to {out / 'seeded-generator'} in {time.perf_counter() - start:.1f}s")
+    report = demo(args.out, device=args.device)
+    for reason in report.skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    for reason in report.missing:
+        print(f"not run: {reason}", file=sys.stderr)
+    if not report.items:
+        print("demo: no bundled model is installed, nothing to show", file=sys.stderr)
+        return 1
+    print(f"demo: {len(report.items)} picture(s) in {report.seconds:.1f} s; open {args.out / 'index.html'}")
     return 0
 
 

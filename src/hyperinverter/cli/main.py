@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (FileNotFoundError, ImportError, ValueError, KeyError, RuntimeError) as e:
         # Library errors carry the full explanation; show it without a traceback unless -vv.
         if args.verbose >= 2:
             raise

@@ -29,6 +29,12 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+# mkstemp/mkdtemp create private (0600/0700) entries; published files get the modes a plain open() would give.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
@@ -44,6 +50,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,6 +65,7 @@ def atomic_save_file(tensors: Mapping[str, torch.Tensor], path: Path, metadata: 
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -141,6 +149,7 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
 def replace_directory(tmp_dir: Path, target: Path) -> None:
     """Move a fully written ``tmp_dir`` to ``target``, replacing an existing folder last."""
     target = Path(target)
+    os.chmod(tmp_dir, DIR_MODE)
     if target.exists():
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -23,15 +23,16 @@ from ..convert.gan_files import load_gan, save_gan
 from ..device import resolve_device
 from ..models.stylegan2 import Discriminator, Generator
 from .checkpointing import resume_latest, save_checkpoint
-from .distributed import DistributedContext, init_distributed, local_device
+from .distributed import init_distributed, local_device
 from .run import (
     BatchSampler,
     RunLogger,
+    autocast,
     mean_dict,
     prepare_run_dir,
-    training_images,
     random_hflip,
     step_generator,
+    training_images,
     uint8_to_float,
 )
 
@@ -113,11 +114,6 @@ def build_teacher(name: str, device: torch.device) -> tuple[Teacher, int]:
 def requires_grad(module: torch.nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
-
-
-def _autocast(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _mix_styles(G: Generator, z: torch.Tensor, prob: float, gen: torch.Generator, update_w_avg: bool) -> torch.Tensor:
@@ -258,7 +254,7 @@ def train_generator(
                 group.update(g_sched.params())
         for m in range(cfg.grad_accum):
             zm = z[m * micro : (m + 1) * micro]
-            with _autocast(device, cfg.precision):
+            with autocast(device, cfg.precision):
                 if distilling:
                     with torch.no_grad():
                         target = teacher(zm)
@@ -297,7 +293,7 @@ def train_generator(
             opt_d.zero_grad(set_to_none=True)
             for m in range(cfg.grad_accum):
                 sl = slice(m * micro, (m + 1) * micro)
-                with _autocast(device, cfg.precision):
+                with autocast(device, cfg.precision):
                     with torch.no_grad():
                         fake = G.synthesis(_mix_styles(G, z_d[sl], cfg.style_mixing, gen, update_w_avg=False),
                                            noise_mode=cfg.noise_mode)

@@ -29,7 +29,18 @@ from ..models.hypernetwork import HyperNetwork
 from ..pipeline import InversionPipeline, save_pipeline
 from .checkpointing import resume_latest, save_checkpoint
 from .distributed import init_distributed, local_device
-from .run import BatchSampler, RunLogger, mean_dict, prepare_run_dir, random_hflip, step_generator, uint8_to_float
+from .run import (
+    PRECISIONS,
+    BatchSampler,
+    RunLogger,
+    autocast,
+    mean_dict,
+    prepare_run_dir,
+    random_hflip,
+    step_generator,
+    training_images,
+    uint8_to_float,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +69,16 @@ class InversionTrainingConfig:
     lpips_weight: float = 0.0
     lpips_net: str = "alex"
     id_weight: float = 0.0
-    id_model: str = "sface"
+    id_model: str = "sface"  # "sface" (offline, needs the [id] extra) or "arcface" (model_ir_se50.pth)
+    id_model_path: str | None = None  # the SFace ONNX / ArcFace .pth file; None = the default location
+    # Face box (top, bottom, left, right) as fractions of the image: the pSp/FFHQ crop (35:223, 32:220 at
+    # 256 px, = losses.identity.FFHQ_CROP); None = the whole image (for faces framed tighter than FFHQ).
+    id_crop: tuple[float, float, float, float] | None = (35 / 256, 223 / 256, 32 / 256, 220 / 256)
+    id_samples: int | None = None  # identity loss on the first N samples of each batch only (it is costly on CPU)
     dfeat_weight: float = 0.0  # discriminator-feature perceptual loss (offline)
+    # Compare images average-pooled to this size (the official code pools to 256 before L2, LPIPS and ID);
+    # None = full resolution. The adversarial loss always sees full resolution.
+    loss_resolution: int | None = None
     latent_weight: float = 1.0  # Phase I, synthetic pairs only
     synthetic_fraction: float = 0.0  # Phase I: share of each batch made of synthetic pairs
     adv_weight: float = 0.0  # Phase II adversarial stage
@@ -86,6 +105,7 @@ class InversionTrainingConfig:
     resume: bool = True
     progress: bool = True
     tensorboard: bool = True
+    preload: bool = True  # False: read each batch from disk (data sets larger than memory)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -94,6 +114,10 @@ class InversionTrainingConfig:
             raise ValueError("synthetic_fraction must be in [0, 1]")
         if self.adv_weight > 0 and self.adv_start is None:
             raise ValueError("adv_weight > 0 needs adv_start (the step where the adversarial stage begins)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.id_samples is not None and self.id_samples < 1:
+            raise ValueError("id_samples must be >= 1 (or None for the whole batch)")
 
 
 @dataclass
@@ -122,13 +146,10 @@ class ReconstructionLoss(torch.nn.Module):
 
             self.lpips = LPIPS.from_files(cfg.lpips_net).to(device)
         if cfg.id_weight > 0:
-            from ..losses.identity import IdentityLoss
+            from ..losses.identity import IdentityLoss, load_identity_embedder
 
-            if cfg.id_model != "sface":
-                raise ValueError(f"id_model {cfg.id_model!r}: only 'sface' is wired into training so far")
-            from ..models.sface import load_sface
-
-            self.identity = IdentityLoss(load_sface(device=device)).to(device)
+            embedder = load_identity_embedder(cfg.id_model, device, path=cfg.id_model_path)
+            self.identity = IdentityLoss(embedder, crop=cfg.id_crop).to(device)
         if cfg.dfeat_weight > 0:
             if discriminator is None:
                 raise ValueError("dfeat_weight > 0 needs a generator file that holds its discriminator")
@@ -138,28 +159,34 @@ class ReconstructionLoss(torch.nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
+        # Losses in fp32 whatever the autocast: small differences of nearly equal images lose bits in bf16.
+        output, target = output.float(), target.float()
+        full_output, full_target = output, target  # the discriminator features need its own resolution
+        if cfg.loss_resolution is not None and output.shape[-1] > cfg.loss_resolution:
+            output = F.adaptive_avg_pool2d(output, cfg.loss_resolution)
+            target = F.adaptive_avg_pool2d(target, cfg.loss_resolution)
         parts: dict[str, torch.Tensor] = {"l2": F.mse_loss(output, target)}
         total = cfg.l2_weight * parts["l2"]
         if self.lpips is not None:
             parts["lpips"] = self.lpips(output, target).mean()
             total = total + cfg.lpips_weight * parts["lpips"]
         if self.identity is not None:
-            parts["id"] = self.identity(output, target).mean()
+            n = cfg.id_samples or output.shape[0]
+            parts["id"] = self.identity(output[:n], target[:n]).mean()
             total = total + cfg.id_weight * parts["id"]
         if self.dfeat is not None:
-            parts["dfeat"] = self.dfeat(output, target).mean()
+            parts["dfeat"] = self.dfeat(full_output, full_target).mean()
             total = total + cfg.dfeat_weight * parts["dfeat"]
         return total, {f"loss/{k}": float(v.detach()) for k, v in parts.items()}
 
 
 def _load_split(cfg: InversionTrainingConfig, resolution: int, channels: int, split: str) -> torch.Tensor:
     from ..data.folder import ImageFolderDataset
-    from .run import preload_uint8
-
     dataset = ImageFolderDataset(cfg.data, resolution=resolution, channels=channels, split=split,
                                  val_fraction=cfg.val_fraction, seed=cfg.seed)
     logger.info("%s images: %s", split, dataset)
-    return preload_uint8(dataset, progress=cfg.progress)
+    # The validation split is small and read every val_every steps: always in memory.
+    return training_images(dataset, preload=cfg.preload or split == "val", progress=cfg.progress)
 
 
 def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | None,
@@ -171,6 +198,9 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
 
     need_d = cfg.dfeat_weight > 0 or (phase == 2 and cfg.adv_weight > 0)
     gan = load_gan(cfg.generator, with_discriminator=need_d, device=device)
+    if need_d and gan.discriminator is None:
+        raise ValueError(f"{cfg.generator} holds no discriminator, but dfeat_weight > 0 or the adversarial stage needs "
+                         "one: use our GAN folder or an NVIDIA pickle with D")
     G = gan.generator
     channels = G.config.img_channels
     if phase == 1:
@@ -204,10 +234,12 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d * ratio, betas=(0.0, 0.99**ratio))
     modules = {"trainable": trainable, **({"D": D} if D is not None else {})}
     optimizers = {"main": opt, **({"D": opt_d} if opt_d is not None else {})}
+    # Loss scaling only where fp16 gradients can underflow (CUDA); bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
 
     start_step, position, best_val = 0, 0, float("inf")
     if cfg.resume:
-        resumed = resume_latest(run_dir / "checkpoints", modules=modules, optimizers=optimizers)
+        resumed = resume_latest(run_dir / "checkpoints", modules=modules, optimizers=optimizers, scaler=scaler)
         if resumed is not None:
             start_step, progress = resumed
             position, best_val = progress["position"], progress.get("best_val", float("inf"))
@@ -265,8 +297,11 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
 
         opt.zero_grad(set_to_none=True)
         for m in range(cfg.grad_accum):
-            sl = slice(m * micro, (m + 1) * micro)
-            out = model(x[sl])
+            # Strided like the rank shards: a micro-batch holds the same samples as a rank would, so BatchNorm
+            # statistics (and thus the gradients) of 1 process x N micro-batches equal N ranks x 1.
+            sl = slice(m, None, cfg.grad_accum)
+            with autocast(device, cfg.precision):
+                out = model(x[sl])
             loss, parts = criterion(out.image, x[sl])
             stats.update(parts)
             if phase == 1 and w_target is not None and bool(is_syn[sl].any()):
@@ -277,25 +312,32 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
             if adversarial:
                 requires = [p.requires_grad for p in D.parameters()]
                 D.requires_grad_(False)
-                adv = F.softplus(-D(out.image)).mean()
+                with autocast(device, cfg.precision):
+                    adv = F.softplus(-D(out.image)).float().mean()
                 for p, r in zip(D.parameters(), requires):
                     p.requires_grad_(r)
                 loss = loss + cfg.adv_weight * adv
                 stats["loss/adv"] = float(adv.detach())
-            (loss / cfg.grad_accum).backward()
+            scaler.scale(loss / cfg.grad_accum).backward()
             stats["loss/total"] = float(loss.detach())
+        scaler.unscale_(opt)
         ctx.all_reduce_gradients(trainable.parameters())
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
 
         if adversarial:
             D.requires_grad_(True)
             opt_d.zero_grad(set_to_none=True)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, cfg.precision):
                 fake = model(x).image
-            d_loss = F.softplus(D(fake)).mean() + F.softplus(-D(x)).mean()
-            d_loss.backward()
+            with autocast(device, cfg.precision):
+                # The official Phase II discriminator loss carries a factor 1/2.
+                d_loss = 0.5 * (F.softplus(D(fake)).float().mean() + F.softplus(-D(x)).float().mean())
+            scaler.scale(d_loss).backward()
+            scaler.unscale_(opt_d)
             ctx.all_reduce_gradients(D.parameters())
-            opt_d.step()
+            scaler.step(opt_d)
+            scaler.update()
             stats["loss/D"] = float(d_loss.detach())
             if step % cfg.r1_interval == 0:
                 opt_d.zero_grad(set_to_none=True)
@@ -333,7 +375,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ctx.check_in_sync(trainable, "trainable")
             if ctx.is_main:
-                save_checkpoint(run_dir / "checkpoints", done, modules=modules, optimizers=optimizers,
+                save_checkpoint(run_dir / "checkpoints", done, modules=modules, optimizers=optimizers, scaler=scaler,
                                 progress={"position": sampler.position, "best_val": best_val},
                                 keep=cfg.keep_checkpoints)
     bar.close()

@@ -61,8 +61,13 @@ class RunLogger:
 def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path:
     """Create the run folder and store the resolved config next to the checkpoints."""
     run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    if not getattr(config, "resume", True) and checkpoints.is_dir() and any(checkpoints.glob("*.safetensors")):
+        # Starting afresh next to an old run's checkpoints would mix the two runs when pruning and resuming.
+        raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with resume: true, or choose "
+                         "a new run_dir")
     if ctx.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", to_yaml(config).encode())
     ctx.barrier()
     return run_dir
@@ -140,6 +145,17 @@ def training_images(dataset, *, preload: bool, progress: bool = True) -> torch.T
         return preload_uint8(dataset, progress=progress)
     logger.info("streaming %s from disk", dataset)
     return StreamedImages(dataset)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed precision for the forward passes: ``fp32`` (off), ``bf16`` or ``fp16``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def uint8_to_float(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,796 @@
+"""Package the finished demo runs of one domain into a bundled model folder.
+
+    python scripts/package_bundled.py --domain fashion32 --runs runs --out src/hyperinverter/bundled/fashion-32 \\
+        --examples data/fashion32/test [--metrics eval/fashion-32.md] [--device cpu]
+
+It reads ``<runs>/<domain>-generator/final`` (our GAN folder, with its discriminator),
+``<runs>/<domain>-w-encoder/best`` (Phase I) and ``<runs>/<domain>-hypernetwork/best`` (Phase II, whose W
+encoder must be the Phase I model), and writes::
+
+    pipeline.json generator/ w_encoder/ feature_encoder/ hypernetwork/   the Phase II model, weights in fp16
+    directions/*.safetensors   named GANSpace edits (DIRECTIONS below)
+    ganspace_sheet.png         the first 8 principal components at strengths -s..+s, to name them by eye
+    examples/*.png             held-out images (never training images)
+    samples.png                64 generator samples (seeds 0-63, truncation 0.7)
+    configs/*.yaml             each run's resolved config
+    MODEL_CARD.md              data, licence, commands, steps, CPU hours, validation losses, sizes, evaluation
+
+The folder is built in a hidden temporary folder next to the target, checked (the fp16 model reloads and
+matches the fp32 model; all bundled models together stay within the size budget), and only then swapped in:
+an interrupted or failed packaging leaves the previous folder (or none) in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from hyperinverter.convert.gan_files import load_gan
+from hyperinverter.data.sources import FACES64_LICENSE, FASHION_LICENSE
+from hyperinverter.device import resolve_device
+from hyperinverter.editing.directions import GANSpaceDirection, load_direction, save_direction
+from hyperinverter.editing.ganspace import GANSpaceBasis, compute_ganspace
+from hyperinverter.generate import generate_images, z_from_seeds
+from hyperinverter.io.checkpoints import atomic_write_bytes, replace_directory
+from hyperinverter.io.images import IMAGE_SUFFIXES, make_grid, read_image, save_image, tensor_to_pil
+from hyperinverter.models.hyperinverter import HyperInverter
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+from hyperinverter.pipeline import InversionPipeline, save_pipeline
+
+logger = logging.getLogger("package_bundled")
+
+# Named GANSpace edits per domain: name -> (component index, layer range "start:end", strength).
+# GANSpace *sets* the component's coordinate (in units of its std) to ``strength`` on those layers.
+# The names are placeholders: pick real ones by looking at ganspace_sheet.png, then package again.
+# fashion32 has 8 ws (32 px), faces64 has 10 (64 px).
+DIRECTIONS: dict[str, dict[str, tuple[int, str, float]]] = {
+    "fashion32": {
+        "pc0": (0, "0:8", 3.0),
+        "pc1": (1, "0:8", 3.0),
+        "pc2-coarse": (2, "0:4", 3.0),
+        "pc3-fine": (3, "4:8", 3.0),
+    },
+    "faces64": {
+        "pc0": (0, "0:10", 3.0),
+        "pc1": (1, "0:10", 3.0),
+        "pc2-coarse": (2, "0:5", 3.0),
+        "pc3-fine": (3, "5:10", 3.0),
+    },
+}
+
+BUDGET_MB = 80.0  # all bundled models together
+SAMPLE_SEEDS = tuple(range(64))
+SAMPLE_TRUNCATION = 0.7
+SHEET_COMPONENTS = 8
+SHEET_SEEDS = (0, 1, 2)
+SHEET_STRENGTH = 3.0
+SHEET_STEPS = 5
+FP16_ATOL = 0.05  # max |fp16 - fp32| on images in [-1, 1]
+FP16_MEAN_ATOL = 0.005  # mean |fp16 - fp32|
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    bundle_name: str
+    title: str
+    data_description: str
+    license: str
+    default_examples: str
+    # How the training and held-out images were written; {train}, {examples} and {n} are filled in.
+    data_commands: tuple[str, ...]
+    directions: dict[str, tuple[int, str, float]] = field(default_factory=dict)
+
+
+DOMAINS: dict[str, DomainSpec] = {
+    "fashion32": DomainSpec(
+        bundle_name="fashion-32",
+        title="32x32 grayscale Fashion-MNIST",
+        data_description=(
+            "Fashion-MNIST (Zalando Research), read from Debian's `dataset-fashion-mnist`: the 60,000 training "
+            "images, 28x28 grayscale padded to 32x32 with 2 black pixels per side. The 10,000 test images are "
+            "never used in training; `examples/` holds some of them."),
+        license=FASHION_LICENSE,
+        default_examples="data/fashion32/test",
+        data_commands=("hyperinverter data fashion32 --out {train} --split train",
+                       "hyperinverter data fashion32 --out {examples} --split test"),
+        directions=DIRECTIONS["fashion32"],
+    ),
+    "faces64": DomainSpec(
+        bundle_name="faces-64",
+        title="64x64 RGB synthetic faces",
+        data_description=(
+            "64x64 synthetic faces: samples of the pretrained DCGAN shipped in `gan-face-generate` 1.1.1 (trained "
+            "on Microsoft DigiFace-1M), image i = DCGAN(z_i) with z_i seeded by i. Training uses seeds [0, N); "
+            "the held-out set (500 seeds from 1,000,000) is never used in training; `examples/` holds some of it."),
+        license=FACES64_LICENSE,
+        default_examples="data/faces64/heldout",
+        data_commands=("hyperinverter data faces64 --out {train} --n {n}",
+                       "hyperinverter data faces64 --out {examples} --heldout"),
+        directions=DIRECTIONS["faces64"],
+    ),
+}
+
+RUN_KINDS = ("generator", "w-encoder", "hypernetwork")
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What the model card says about one training run, read from its ``config.yaml`` and ``stats.jsonl``."""
+
+    kind: str  # generator | w-encoder | hypernetwork
+    run_dir: Path
+    config: dict[str, Any]
+    steps_done: int
+    steps_planned: int | None
+    first_time: float | None
+    last_time: float | None
+    hours: float
+    final_losses: dict[str, float]
+    val_final: tuple[int, float] | None  # (step, val/loss) of the last validation
+    val_best: tuple[int, float] | None  # (step, val/loss) of the best validation: the shipped `best` model
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_planned is None or self.steps_done >= self.steps_planned
+
+
+def run_dirs(runs: Path, domain: str) -> dict[str, Path]:
+    return {kind: Path(runs) / f"{domain}-{kind}" for kind in RUN_KINDS}
+
+
+def model_dirs(runs: Path, domain: str) -> dict[str, Path]:
+    """The folder each run contributes: the generator's ``final``, the two inversion runs' ``best``."""
+    dirs = run_dirs(runs, domain)
+    return {"generator": dirs["generator"] / "final", "w-encoder": dirs["w-encoder"] / "best",
+            "hypernetwork": dirs["hypernetwork"] / "best"}
+
+
+def read_stats(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``stats.jsonl`` (a torn last line from a killed run is skipped)."""
+    records = []
+    if not Path(path).is_file():
+        return records
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d is not JSON; skipped", path, i + 1)
+            continue
+        if isinstance(record, dict) and "step" in record and "time" in record:
+            records.append(record)
+    return records
+
+
+def training_hours(records: Sequence[dict[str, Any]], *, batch_size: int | None, log_every: int = 50) -> float:
+    """Hours of training computation, robust to resumes and to idle gaps between sessions.
+
+    With ``speed/img_per_s`` and the batch size, each logging window took ``steps · batch / speed`` seconds
+    (validation, sampling and checkpoint writes included). A resume shows as a step that does not advance; its
+    window is then ``log_every`` steps (or up to the step). Without speeds: the time between consecutive
+    records, where a gap slower than 10x the median pace (an idle machine) counts at the median pace.
+    """
+    scalar = [r for r in records if "speed/img_per_s" in r]
+    if scalar and batch_size:
+        seconds, prev = 0.0, 0
+        for r in scalar:
+            step = int(r["step"])
+            steps = step - prev if step > prev else min(step, log_every)
+            seconds += steps * batch_size / max(float(r["speed/img_per_s"]), 1e-9)
+            prev = step
+        return seconds / 3600
+    if len(records) < 2:
+        return 0.0
+    pairs = [(b["step"] - a["step"], b["time"] - a["time"]) for a, b in itertools.pairwise(records)]
+    paces = [t / s for s, t in pairs if s > 0 and t > 0]
+    if not paces:
+        return 0.0
+    pace = statistics.median(paces)
+    seconds = sum((t if t <= 10 * pace * s else pace * s) if s > 0 else (t if 0 <= t < 10 * pace * log_every else 0.0)
+                  for s, t in pairs)
+    seconds += pace * min(int(records[0]["step"]), log_every)  # the first window, before the first record
+    return seconds / 3600
+
+
+def summarize_run(kind: str, run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: is it a run folder of `hyperinverter train {kind}`?")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    records = read_stats(run_dir / "stats.jsonl")
+    if not records:
+        logger.warning("%s has no stats.jsonl records: steps and hours are unknown", run_dir)
+    scalar = [r for r in records if "val/loss" not in r]
+    val = [(int(r["step"]), float(r["val/loss"])) for r in records if "val/loss" in r]
+    final_losses = {k: float(v) for k, v in (scalar[-1] if scalar else {}).items() if k.startswith("loss/")}
+    times = [float(r["time"]) for r in records]
+    planned = config.get("steps")
+    return RunSummary(
+        kind=kind, run_dir=run_dir, config=config,
+        steps_done=max((int(r["step"]) for r in records), default=0),
+        steps_planned=int(planned) if planned is not None else None,
+        first_time=min(times, default=None), last_time=max(times, default=None),
+        hours=training_hours(records, batch_size=config.get("batch_size"), log_every=int(config.get("log_every", 50))),
+        final_losses=final_losses,
+        val_final=val[-1] if val else None,
+        val_best=min(val, key=lambda sv: sv[1]) if val else None,
+    )
+
+
+def _config_class(kind: str):
+    if kind == "generator":
+        from hyperinverter.training.gan import GeneratorTrainingConfig
+
+        return GeneratorTrainingConfig
+    from hyperinverter.training.inversion import InversionTrainingConfig
+
+    return InversionTrainingConfig
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def training_command(kind: str, resolved: dict[str, Any], repo_config: Path | None) -> str:
+    """``hyperinverter train KIND --config REPO_CONFIG key=value ...``: the overrides that turn the repository's
+    config (plus the trainer's defaults) into the run's resolved config. ``None`` or a missing file: the
+    resolved config copied into the bundle (``configs/KIND.yaml``) is the command's config."""
+    if repo_config is None or not Path(repo_config).is_file():
+        return f"hyperinverter train {kind} --config configs/{kind}.yaml   # the copy in this folder"
+    effective: dict[str, Any] = {}
+    for f in dataclasses.fields(_config_class(kind)):
+        if f.default is not dataclasses.MISSING:
+            effective[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            effective[f.name] = f.default_factory()
+    effective.update(yaml.safe_load(Path(repo_config).read_text()) or {})
+    overrides = []
+    for key, value in resolved.items():
+        if key not in effective or _plain(effective[key]) != _plain(value):
+            text = yaml.safe_dump(_plain(value), default_flow_style=True).strip()
+            text = text[: -len("...")].strip() if text.endswith("...") else text
+            overrides.append(shlex.quote(f"{key}={text}"))
+    return " ".join([f"hyperinverter train {kind} --config {repo_config.as_posix()}", *overrides])
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def load_models(runs: Path, domain: str, *, device: str | torch.device = "cpu") -> HyperInverter:
+    """The Phase II ``best`` model (fp32), checked to hold the Phase I ``best`` W encoder and the final generator."""
+    dirs = model_dirs(runs, domain)
+    for kind, path in dirs.items():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} does not exist: the {kind} run of {domain} has not finished "
+                                    f"(run `hyperinverter train {kind} --config configs/{domain}/{kind}.yaml`)")
+    model = InversionPipeline.from_pretrained(dirs["hypernetwork"], device=device).model
+    if not model.has_phase2:
+        raise ValueError(f"{dirs['hypernetwork']} is a Phase I model; the bundle needs the Phase II model")
+    phase1 = InversionPipeline.from_pretrained(dirs["w-encoder"], device="cpu").model
+    if not _same_weights(model.w_encoder, phase1.w_encoder):
+        raise ValueError(f"the W encoder inside {dirs['hypernetwork']} is not the Phase I model {dirs['w-encoder']}: "
+                         "Phase II was trained on another Phase I run")
+    gan = load_gan(dirs["generator"], with_discriminator=True)
+    if gan.discriminator is None:
+        logger.warning("%s has no discriminator (expected from the generator trainer)", dirs["generator"])
+    if not _same_weights(model.generator, gan.generator):
+        raise ValueError(f"the generator inside {dirs['hypernetwork']} is not {dirs['generator']}: "
+                         "the inversion runs were trained on another generator")
+    return model.eval()
+
+
+@torch.no_grad()
+def verify_fp16(reference: InversionPipeline, folder: Path, images: torch.Tensor, *, device: str | torch.device,
+                atol: float = FP16_ATOL, mean_atol: float = FP16_MEAN_ATOL) -> dict[str, float]:
+    """Reload ``folder`` with ``InversionPipeline.from_pretrained`` and compare it with the fp32 ``reference``.
+
+    Checks that every floating tensor came back as float32 and that the fp16-stored model's Phase I and final
+    images match the fp32 model's within ``atol`` (max) and ``mean_atol`` (mean). Returns the differences.
+    """
+    loaded = InversionPipeline.from_pretrained(folder, device=device)
+    wrong = sorted(k for k, v in loaded.model.state_dict().items() if v.is_floating_point() and v.dtype != torch.float32)
+    if wrong:
+        raise ValueError(f"{folder} loaded with non-fp32 tensors: {wrong[:5]}")
+    a, b = reference.invert(images), loaded.invert(images)
+    diffs = {
+        "ws_max": float((a.ws - b.ws).abs().max()),
+        "w_image_max": float((a.w_image - b.w_image).abs().max()),
+        "image_max": float((a.image - b.image).abs().max()),
+        "image_mean": float((a.image - b.image).abs().mean()),
+        "phase2_effect_mean": float((a.image - a.w_image).abs().mean()),
+    }
+    if not all(math.isfinite(v) for v in diffs.values()):
+        raise ValueError(f"the fp16 model of {folder} gives non-finite outputs: {diffs}")
+    if max(diffs["w_image_max"], diffs["image_max"]) > atol or diffs["image_mean"] > mean_atol:
+        raise ValueError(f"the fp16 model of {folder} differs from the fp32 model by more than fp16 rounding "
+                         f"(max {atol}, mean {mean_atol}): {diffs}")
+    return diffs
+
+
+# --- directions, sheet, samples, examples ------------------------------------------------------------
+
+
+def parse_layers(spec: str, num_ws: int) -> tuple[int, int]:
+    try:
+        start, end = (int(p) for p in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"layer range {spec!r} must look like 'start:end'") from None
+    if not 0 <= start < end <= num_ws:
+        raise ValueError(f"layer range {spec!r} does not fit a generator with {num_ws} ws")
+    return start, end
+
+
+def build_directions(basis: GANSpaceBasis, specs: dict[str, tuple[int, str, float]],
+                     num_ws: int) -> list[GANSpaceDirection]:
+    out = []
+    for name, (index, layers, strength) in specs.items():
+        start, end = parse_layers(layers, num_ws)
+        out.append(GANSpaceDirection(basis, int(index), start, end, float(strength), name=name))
+    return out
+
+
+def write_directions(directions: Sequence[GANSpaceDirection], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in directions:
+        path = save_direction(d, folder / f"{d.name}.safetensors")
+        again = load_direction(path)
+        if not isinstance(again, GANSpaceDirection) or (again.index, again.start, again.end) != (d.index, d.start,
+                                                                                                 d.end):
+            raise ValueError(f"{path} does not read back as the direction it was written from")
+        paths.append(path)
+    return paths
+
+
+def _label_font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+@torch.no_grad()
+def render_ganspace_sheet(G: Generator, basis: GANSpaceBasis, path: Path, *, components: int = SHEET_COMPONENTS,
+                          seeds: Sequence[int] = SHEET_SEEDS, strength: float = SHEET_STRENGTH,
+                          steps: int = SHEET_STEPS, truncation_psi: float = SAMPLE_TRUNCATION) -> Path:
+    """A labelled sheet: one row per component; per seed, the original and the coordinate set to -s..+s on
+    every layer."""
+    from PIL import Image, ImageDraw
+
+    device = G.w_avg.device
+    ws = G.mapping(z_from_seeds(seeds, G.z_dim).to(device), truncation_psi=truncation_psi)
+    values = torch.linspace(-strength, strength, steps).tolist()
+    tile = max(G.resolution, 64)
+    pad, label_w, header_h, gap = 2, 150, 34, 10
+    n = min(components, basis.num_components)
+    per_seed = (steps + 1) * (tile + pad)
+    width = label_w + len(seeds) * (per_seed + gap)
+    height = header_h + n * (tile + pad)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _label_font(12)
+    original = [im.convert("RGB").resize((tile, tile), Image.NEAREST)
+                for im in tensor_to_pil(G.synthesis(ws, noise_mode="const"))]
+    draw.text((4, 2), "coordinate set to", fill="black", font=font)
+    draw.text((4, 18), f"value on layers 0:{G.num_ws}", fill="black", font=font)
+    for s, seed in enumerate(seeds):
+        x0 = label_w + s * (per_seed + gap)
+        draw.text((x0, 2), f"seed {seed}", fill="black", font=font)
+        for j, label in enumerate(["orig"] + [f"{v:+.1f}" for v in values]):
+            draw.text((x0 + j * (tile + pad) + 2, 18), label, fill="black", font=font)
+    for i in range(n):
+        y0 = header_h + i * (tile + pad)
+        draw.text((4, y0 + tile // 2 - 14), f"PC{i}", fill="black", font=_label_font(16))
+        draw.text((4, y0 + tile // 2 + 4), f"std {float(basis.std[i]):.3g}", fill="black", font=font)
+        direction = GANSpaceDirection(basis, i, 0, G.num_ws, strength, name=f"pc{i}")
+        edits = [tensor_to_pil(G.synthesis(direction.apply(ws, v), noise_mode="const")) for v in values]
+        for s in range(len(seeds)):
+            x0 = label_w + s * (per_seed + gap)
+            row = [original[s]] + [e[s].convert("RGB").resize((tile, tile), Image.NEAREST) for e in edits]
+            for j, im in enumerate(row):
+                sheet.paste(im, (x0 + j * (tile + pad), y0))
+    save_image(sheet, path)
+    return path
+
+
+def write_samples(G: Generator, path: Path, *, seeds: Sequence[int] = SAMPLE_SEEDS,
+                  truncation_psi: float = SAMPLE_TRUNCATION) -> Path:
+    images = generate_images(G, list(seeds), truncation_psi=truncation_psi, noise_mode="const")
+    return save_image(make_grid(images, nrow=8), path)
+
+
+def _dataset_meta(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "dataset.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def select_examples(examples: Path, training_data: Sequence[Path], *, count: int = 8) -> list[Path]:
+    """Up to ``count`` images of the held-out folder ``examples``, refusing anything that is training data.
+
+    Refused: a folder inside (or containing) a training data folder, a folder whose ``dataset.json`` says
+    ``split: train``, and seed ranges that overlap the training data's. With labels in ``dataset.json``,
+    the first image of each label is taken first, so the examples cover the classes.
+    """
+    examples = Path(examples)
+    if not examples.is_dir():
+        raise FileNotFoundError(f"examples folder {examples} does not exist (write the held-out images first)")
+    for data in training_data:
+        if _overlaps(examples, data):
+            raise ValueError(f"examples folder {examples} overlaps the training data {data}: use held-out images")
+    meta = _dataset_meta(examples)
+    if meta.get("split") == "train":
+        raise ValueError(f"{examples}/dataset.json says split 'train': use the test / held-out images")
+    if "seeds" in meta:
+        lo, hi = meta["seeds"]
+        for data in training_data:
+            train_meta = _dataset_meta(data)
+            if "seeds" in train_meta and lo < train_meta["seeds"][1] and train_meta["seeds"][0] < hi:
+                raise ValueError(f"the seeds {meta['seeds']} of {examples} overlap the training seeds "
+                                 f"{train_meta['seeds']} of {data}")
+    files = sorted(p for p in examples.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images in {examples}")
+    labels = meta.get("labels")
+    chosen: list[Path] = []
+    if isinstance(labels, list) and len(labels) == len(files):
+        seen = set()
+        for p, label in zip(files, labels):
+            if label not in seen and len(chosen) < count:
+                seen.add(label)
+                chosen.append(p)
+    chosen += [p for p in files if p not in chosen][: count - len(chosen)]
+    return sorted(chosen)
+
+
+def copy_examples(files: Sequence[Path], folder: Path) -> list[Path]:
+    """Copy images as PNG (PNG files byte for byte, other formats re-encoded), keeping their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in files:
+        dst = folder / f"{src.stem}.png"
+        if dst.exists():
+            raise ValueError(f"two examples are named {src.stem}: rename one")
+        if src.suffix.lower() == ".png":
+            shutil.copyfile(src, dst)
+        else:
+            save_image(read_image(src), dst)
+        out.append(dst)
+    return out
+
+
+# --- model card --------------------------------------------------------------------------------------
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _when(t: float | None) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if t is not None else "?"
+
+
+def _fmt_losses(losses: dict[str, float]) -> str:
+    return ", ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in sorted(losses.items())) or "–"
+
+
+def write_model_card(folder: Path, *, domain: str, spec: DomainSpec, summaries: dict[str, RunSummary],
+                     commands: dict[str, str], data_commands: Sequence[str], examples_dir: Path,
+                     examples: Sequence[Path], directions: Sequence[GANSpaceDirection], ganspace_samples: int,
+                     fp16: dict[str, float], metrics: str | None, generator: GeneratorConfig) -> Path:
+    """``MODEL_CARD.md``: everything about where the bundled model comes from and how good it is."""
+    name = spec.bundle_name
+    lines = [
+        f"# {name}: HyperInverter for {spec.title}",
+        "",
+        (f"A small HyperInverter (Dat et al., CVPR 2022) trained on CPU with this repository: a StyleGAN2 generator, "
+        f"its W encoder (Phase I) and the hypernetworks that predict residual generator weights (Phase II). "
+        f"Load it with `InversionPipeline.from_pretrained(\"{name}\")`; it is what `hyperinverter demo` runs."),
+        "",
+        "## Data and licence",
+        "",
+        f"- Data: {spec.data_description}",
+        f"- Licence of the data, and so of these weights and images: {spec.license}.",
+        "- Code: MIT.",
+        (f"- `examples/`: {len(examples)} held-out images from `{examples_dir.as_posix()}` "
+        f"({', '.join(p.name for p in examples)}); none is a training image."),
+        "",
+        "## Training",
+        "",
+        "Run from the repository root, in this order:",
+        "",
+        "```bash",
+        *data_commands,
+        *(commands[k] for k in RUN_KINDS),
+        "```",
+        "",
+        ("Each run's resolved configuration is in `configs/` (copied from its run folder); "
+        "`hyperinverter train KIND --config configs/KIND.yaml` with it repeats the run exactly. "
+        "The trainers resume from their checkpoints, so an interrupted run is continued by the same command."),
+        "",
+        "| run | shipped | steps done / planned | training hours (CPU) | first – last log |",
+        "|---|---|---|---|---|",
+    ]
+    shipped = {"generator": "`final` (EMA generator)", "w-encoder": "`best` (lowest val loss)",
+               "hypernetwork": "`best` (lowest val loss)"}
+    total_hours = 0.0
+    devices = ", ".join(sorted({str(summaries[k].config.get("device")) for k in RUN_KINDS}))
+    for kind in RUN_KINDS:
+        s = summaries[kind]
+        total_hours += s.hours
+        planned = s.steps_planned if s.steps_planned is not None else "?"
+        lines.append(f"| {kind} | {shipped[kind]} | {s.steps_done} / {planned}"
+                     f"{'' if s.finished else ' (not finished)'} | {s.hours:.2f} | "
+                     f"{_when(s.first_time)} – {_when(s.last_time)} |")
+    lines += [
+        f"| total | | | {total_hours:.2f} | |",
+        "",
+        ("Training hours are the wall-clock time of the training process summed over its logging windows "
+        "(`steps x batch / images per second` from `stats.jsonl`), so idle time between resumed sessions is not "
+        f"counted. Devices (from the configs): {devices}."),
+        "",
+        "## Final losses",
+        "",
+        "| run | validation loss: final (step) | validation loss: best (step) = shipped | last training losses |",
+        "|---|---|---|---|",
+    ]
+    for kind in RUN_KINDS:
+        s = summaries[kind]
+        vf = f"{s.val_final[1]:.5f} ({s.val_final[0]})" if s.val_final else "– (no validation split)"
+        vb = f"{s.val_best[1]:.5f} ({s.val_best[0]})" if s.val_best else "–"
+        lines.append(f"| {kind} | {vf} | {vb} | {_fmt_losses(s.final_losses)} |")
+    lines += [
+        "",
+        ("The validation loss is the training loss (weighted L2 + perceptual terms, see the configs) on the "
+        "validation split of the training folder (`val_fraction`), computed on the final HyperInverter image."),
+        "",
+        "## Packaging",
+        "",
+        (f"- Generator: {generator.resolution} px, {generator.img_channels} channel(s), z {generator.z_dim}, "
+        f"w {generator.w_dim}, {generator.num_ws} ws; the discriminator is not shipped."),
+        ("- Weights stored in fp16 and cast back to fp32 when loaded. On the examples, the fp16 model differs from "
+        f"the fp32 one by at most {fp16['image_max']:.4f} (mean {fp16['image_mean']:.5f}) on the final image and "
+        f"{fp16['w_image_max']:.4f} on the Phase I image (pixel values in [-1, 1]); for scale, Phase II changes "
+        f"the image by {fp16['phase2_effect_mean']:.3g} on average."),
+        (f"- `samples.png`: generator samples for seeds {SAMPLE_SEEDS[0]}-{SAMPLE_SEEDS[-1]} at truncation "
+        f"{SAMPLE_TRUNCATION} (`hyperinverter generate --model {name} --seeds 0-63 --trunc {SAMPLE_TRUNCATION}`)."),
+        "",
+        "## Edit directions",
+        "",
+        (f"GANSpace principal directions of W, computed from the generator itself (PCA of {ganspace_samples:,} "
+        "mapped codes, seed 0, no truncation). An edit sets the component's coordinate, in units of its standard "
+        "deviation, to the strength on the given layers; the image's residual weights are reused unchanged. "
+        "The names are placeholders until someone names the components by eye from `ganspace_sheet.png` "
+        f"(the first {SHEET_COMPONENTS} components at -{SHEET_STRENGTH:g}..+{SHEET_STRENGTH:g} on every layer)."),
+        "",
+        "| file | component | layers | strength | component std |",
+        "|---|---|---|---|---|",
+        *(f"| `directions/{d.name}.safetensors` | {d.index} | {d.start}:{d.end} | {d.default_strength:g} | "
+          f"{float(d.basis.std[d.index]):.4g} |" for d in directions),
+        "",
+        "## Files",
+        "",
+        "| file | size |",
+        "|---|---|",
+    ]
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md")
+    lines += [f"| `{p.relative_to(folder).as_posix()}` | {_size(p.stat().st_size)} |" for p in files]
+    weights = sum(p.stat().st_size for p in files if p.suffix == ".safetensors")
+    lines += [f"| all files (without this card) | {_size(sum(p.stat().st_size for p in files))} |",
+              f"| of which weights (`*.safetensors`) | {_size(weights)} |", "", "## Evaluation", ""]
+    if metrics:
+        lines.append(metrics.rstrip())
+    else:
+        lines += ["Not evaluated yet. Run",
+                  "",
+                  "```bash",
+                  f"hyperinverter evaluate --data {examples_dir.as_posix()} --model {name} --out eval/{name}",
+                  "```",
+                  "",
+                  f"and package again with `--metrics eval/{name}.md` to put its table here."]
+    path = folder / "MODEL_CARD.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+# --- the whole packaging -----------------------------------------------------------------------------
+
+
+@dataclass
+class PackageResult:
+    out: Path
+    size_bytes: int
+    total_bytes: int  # this folder and the other bundled models next to it
+    fp16: dict[str, float]
+
+
+def _data_paths(summaries: dict[str, RunSummary]) -> list[Path]:
+    return sorted({Path(s.config["data"]) for s in summaries.values() if s.config.get("data")})
+
+
+def _fill_data_commands(spec: DomainSpec, train: Path | None, examples: Path) -> list[str]:
+    n = _dataset_meta(train).get("count", 30000) if train is not None else 30000
+    train_text = train.as_posix() if train is not None else "DATA"
+    return [c.format(train=train_text, examples=examples.as_posix(), n=n) for c in spec.data_commands]
+
+
+def _make_readable(folder: Path) -> None:
+    """Temporary files and folders are private (0600/0700); shipped ones must be readable by everyone."""
+    os.chmod(folder, 0o755)
+    for p in folder.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def sibling_bundles(out: Path) -> list[Path]:
+    """The other bundled model folders next to ``out`` (folders holding a ``pipeline.json``)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name != out.name
+                  and (p / "pipeline.json").is_file())
+
+
+def package(
+    domain: str,
+    runs: str | Path,
+    out: str | Path,
+    *,
+    examples: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    metrics: str | Path | None = None,
+    directions: dict[str, tuple[int, str, float]] | None = None,
+    repo_configs: str | Path | None = "configs",
+    num_examples: int = 8,
+    ganspace_samples: int = 100_000,
+    ganspace_components: int = 80,
+    budget_mb: float = BUDGET_MB,
+) -> PackageResult:
+    """Build the bundled model folder ``out`` for ``domain`` from the runs under ``runs`` (see the module doc).
+
+    ``repo_configs``: the folder holding ``<domain>/<kind>.yaml``, used to write the training commands as
+    config + overrides (``None``: the commands point at the copied resolved configs).
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {sorted(DOMAINS)}")
+    spec = DOMAINS[domain]
+    runs, out = Path(runs), Path(out)
+    if out.name != spec.bundle_name:
+        logger.warning("%s is not named %s: `resolve_model(%r)` will not find it", out, spec.bundle_name,
+                       spec.bundle_name)
+    device = resolve_device(device)
+    specs = spec.directions if directions is None else directions
+    metrics_text = Path(metrics).read_text() if metrics is not None else None
+
+    dirs = run_dirs(runs, domain)
+    summaries = {kind: summarize_run(kind, dirs[kind]) for kind in RUN_KINDS}
+    for s in summaries.values():
+        if not s.finished:
+            logger.warning("%s stopped at step %d of %s: packaging an unfinished run", s.run_dir, s.steps_done,
+                           s.steps_planned)
+    model = load_models(runs, domain, device=device)
+    reference = InversionPipeline(model, device=device)
+    G = reference.generator
+    examples_dir = Path(examples if examples is not None else spec.default_examples)
+    example_files = select_examples(examples_dir, _data_paths(summaries), count=num_examples)
+    train_data = summaries["generator"].config.get("data")
+    data_commands = _fill_data_commands(spec, Path(train_data) if train_data else None, examples_dir)
+    commands = {kind: training_command(kind, summaries[kind].config,
+                                       Path(repo_configs) / domain / f"{kind}.yaml" if repo_configs else None)
+                for kind in RUN_KINDS}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        # 1. the pipeline in fp16, reloaded and compared with the fp32 model
+        save_pipeline(model, tmp / "_pipeline", dtype=torch.float16)
+        for item in (tmp / "_pipeline").iterdir():
+            os.replace(item, tmp / item.name)
+        (tmp / "_pipeline").rmdir()
+        copied = copy_examples(example_files, tmp / "examples")
+        fp16 = verify_fp16(reference, tmp, reference.prepare(copied), device=device)
+        logger.info("fp16 model reloads; differences to fp32: %s", fp16)
+
+        # 2. GANSpace directions and the sheet to name them
+        basis = compute_ganspace(G, num_samples=ganspace_samples, num_components=min(ganspace_components, G.w_dim))
+        named = build_directions(basis, specs, G.num_ws)
+        write_directions(named, tmp / "directions")
+        render_ganspace_sheet(G, basis, tmp / "ganspace_sheet.png")
+
+        # 3.-4. samples (examples were copied above)
+        write_samples(G, tmp / "samples.png")
+
+        # 5. configs and the model card
+        (tmp / "configs").mkdir()
+        for kind in RUN_KINDS:
+            shutil.copyfile(dirs[kind] / "config.yaml", tmp / "configs" / f"{kind}.yaml")
+        write_model_card(tmp, domain=domain, spec=spec, summaries=summaries, commands=commands,
+                         data_commands=data_commands, examples_dir=examples_dir, examples=copied,
+                         directions=named, ganspace_samples=ganspace_samples, fp16=fp16, metrics=metrics_text,
+                         generator=G.config)
+        _make_readable(tmp)
+
+        size = folder_size(tmp)
+        total = size + sum(folder_size(p) for p in sibling_bundles(out))
+        if total > budget_mb * 1e6:
+            raise ValueError(f"the bundled models would take {total / 1e6:.1f} MB (this one {size / 1e6:.1f} MB), "
+                             f"over the {budget_mb:g} MB budget")
+        replace_directory(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote %s (%.1f MB)", out, size / 1e6)
+    return PackageResult(out=out, size_bytes=size, total_bytes=total, fp16=fp16)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Turn the finished runs of a demo domain into its bundled model.")
+    parser.add_argument("--domain", required=True, choices=sorted(DOMAINS))
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder of the run folders (default runs)")
+    parser.add_argument("--out", type=Path, required=True, help="e.g. src/hyperinverter/bundled/fashion-32")
+    parser.add_argument("--examples", type=Path, default=None,
+                        help="held-out image folder (default: data/fashion32/test or data/faces64/heldout)")
+    parser.add_argument("--metrics", type=Path, default=None, help="`hyperinverter evaluate` table (OUT.md)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = package(args.domain, args.runs, args.out, examples=args.examples, device=args.device,
+                         metrics=args.metrics)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"packaged {args.domain} into {result.out}: {result.size_bytes / 1e6:.1f} MB; all bundled models "
+          f"{result.total_bytes / 1e6:.1f} MB of {BUDGET_MB:g} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

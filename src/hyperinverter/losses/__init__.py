@@ -1,0 +1,1 @@
+"""Training losses: LPIPS, identity (SFace / ArcFace), discriminator features."""

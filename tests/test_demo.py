@@ -1,0 +1,52 @@
+"""`hyperinverter demo` on tiny stand-ins of the bundled models: aligned faces, held-out examples, edits,
+interpolations and the index page; a missing bundled model is reported and the rest still runs."""
+
+import torch
+
+from hyperinverter import hub
+from hyperinverter.cli.main import main
+from hyperinverter.editing import LinearDirection, save_direction
+from hyperinverter.io.images import save_image
+from hyperinverter.models.encoders import encoder_preset
+from hyperinverter.models.hyperinverter import HyperInverter
+from hyperinverter.models.hypernetwork import HyperNetwork
+from hyperinverter.models.stylegan2 import Generator
+from hyperinverter.pipeline import save_pipeline
+
+
+def tiny_bundle(folder, channels, *, examples=0):
+    torch.manual_seed(channels)
+    G = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16,
+                  img_channels=channels)
+    preset = encoder_preset("tiny", in_channels=channels, n_styles=G.num_ws)
+    H = HyperNetwork.from_generator(G, feature_channels=16, feature_size=2, hidden_dim=8, inner_channels=8)
+    model = HyperInverter(generator=G, w_encoder=preset.build_w_encoder(),
+                          feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
+    save_pipeline(model, folder)
+    save_direction(LinearDirection(torch.randn(1, 16), name="dir", default_strength=2.0), folder / "directions" / "dir.safetensors")
+    for i in range(examples):
+        save_image(torch.rand(1, channels, 32, 32) * 2 - 1, folder / "examples" / f"{i:05d}.png")
+
+
+def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
+    tiny_bundle(tmp_path / "bundled" / "faces-64", 3)
+    tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=3)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    assert str(out / "index.html") in capsys.readouterr().out
+    faces = sorted(p.name for p in out.glob("face_*.png"))
+    assert "face_astronaut-face0.png" in faces and any("obama" in f for f in faces)  # dlib found the faces
+    assert len(list(out.glob("fashion-32_*.png"))) == 3
+    page = (out / "index.html").read_text()
+    assert page.count("<figure>") == len(faces) + 3 and "edit: dir" in page
+
+
+def test_a_missing_bundled_model_is_reported(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
+    tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=2)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    assert "not run: the bundled model 'faces-64' is missing" in capsys.readouterr().err
+    assert len(list((tmp_path / "demo").glob("*.png"))) == 2
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "nothing")
+    assert main(["demo", "--out", str(tmp_path / "demo2"), "--device", "cpu"]) == 1

@@ -1,0 +1,190 @@
+"""The YAML presets under configs/: every file parses strictly into its trainer's config, and the official
+Phase II presets hold the numbers of the official HyperInverter scripts.
+
+The official numbers are those of the shipped training scripts as read from VinAIResearch/HyperInverter
+(sample_scripts/*.sh, training/coach.py); they are quoted in the team's reference note on the official code
+(section 4, "Hyperparameters of the shipped scripts").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hyperinverter.cli.main import main
+from hyperinverter.training.config import ConfigError, load_config
+from hyperinverter.training.gan import GeneratorTrainingConfig
+from hyperinverter.training.inversion import InversionTrainingConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = {"ffhq-1024": CONFIGS / "ffhq-1024.yaml", "church-256": CONFIGS / "church-256.yaml"}
+PATH_KEYS = ("data", "generator", "w_encoder")
+
+# File name -> the trainer (`hyperinverter train NAME`) it is written for.
+TRAINER_OF_STEM = {"generator": "generator", "w-encoder": "w-encoder", "hypernetwork": "hypernetwork",
+                   "ffhq-1024": "hypernetwork", "church-256": "hypernetwork"}
+CONFIG_CLASS = {"generator": GeneratorTrainingConfig, "w-encoder": InversionTrainingConfig,
+                "hypernetwork": InversionTrainingConfig}
+
+ALL_YAML = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+
+
+def _id(path: Path) -> str:
+    return path.relative_to(CONFIGS).as_posix()
+
+
+def test_the_presets_exist():
+    assert all(p.is_file() for p in PRESETS.values())
+    assert set(PRESETS.values()) <= set(ALL_YAML)
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=_id)
+def test_every_yaml_parses_into_its_config_without_unknown_keys(path):
+    stem = path.stem
+    assert stem in TRAINER_OF_STEM, f"{_id(path)}: add its trainer to TRAINER_OF_STEM in this test"
+    cls = CONFIG_CLASS[TRAINER_OF_STEM[stem]]
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict) and data, f"{_id(path)} is not a mapping"
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert not set(data) - fields, f"{_id(path)}: unknown keys {sorted(set(data) - fields)}"
+    cfg = load_config(cls, path)  # strict: types checked, __post_init__ run
+    for key, value in data.items():
+        got = getattr(cfg, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+
+
+def test_unknown_keys_are_rejected():
+    # The strictness the test above relies on.
+    with pytest.raises(ConfigError, match="hidden_dims"):
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["hidden_dims=64"])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_paths_are_placeholders_that_overrides_replace(name, tmp_path):
+    cfg = load_config(InversionTrainingConfig, PRESETS[name])
+    for key in PATH_KEYS:
+        assert getattr(cfg, key).startswith("/path/to/"), f"{name}: {key} should be a placeholder"
+    overrides = [f"{key}={tmp_path / key}" for key in PATH_KEYS] + ["steps=10"]
+    cfg = load_config(InversionTrainingConfig, PRESETS[name], overrides)
+    assert [getattr(cfg, key) for key in PATH_KEYS] == [str(tmp_path / key) for key in PATH_KEYS]
+    assert cfg.steps == 10
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_cli_hands_the_preset_to_the_hypernetwork_trainer(name, tmp_path, monkeypatch, capsys):
+    from hyperinverter.training import inversion
+
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        return inversion.InversionTrainingResult(tmp_path, tmp_path / "final", None, cfg.steps)
+
+    monkeypatch.setattr(inversion, "train_hypernetwork", fake_train)
+    code = main(["train", "hypernetwork", "--config", str(PRESETS[name]), f"data={tmp_path}", "w_encoder=e1/"])
+    assert code == 0
+    (cfg,) = seen
+    assert cfg.data == str(tmp_path) and cfg.w_encoder == "e1/"
+    assert cfg == load_config(InversionTrainingConfig, PRESETS[name], [f"data={tmp_path}", "w_encoder=e1/"])
+
+
+# Official Phase II numbers (reference note, section 4 table; D = hidden_dim of the released scripts).
+OFFICIAL_COMMON = {
+    "steps": 500_000,
+    "loss_resolution": 256,  # L2, LPIPS and ID on AdaptiveAvgPool2d(256) images
+    "l2_weight": 1.0,
+    "lpips_weight": 0.8,
+    "lpips_net": "alex",
+    "lr": 1e-4,
+    "lr_d": 1e-4,
+    "r1_interval": 16,
+    "batch_size": 8,
+    "hidden_dim": 128,
+    "targets": "conv_without_bias",
+    "feature_channels": 512,
+    "feature_size": 8,
+    "regressor_width": 64,
+    "val_every": 1000,
+    "checkpoint_every": 5000,
+    "seed": 2107,
+    "hflip": True,
+}
+OFFICIAL = {
+    "ffhq-1024": {**OFFICIAL_COMMON, "backbone": "ir_se", "backbone_depth": 50, "id_weight": 0.1,
+                  "adv_weight": 0.005, "adv_start": 200_000, "r1_gamma": 10.0},
+    # MoCo (0.5) is not implemented here: no identity term for churches.
+    "church-256": {**OFFICIAL_COMMON, "backbone": "resnet", "backbone_depth": 34, "id_weight": 0.0,
+                   "adv_weight": 0.15, "adv_start": 100_000, "r1_gamma": 100.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_preset_holds_the_official_numbers(name):
+    cfg = load_config(InversionTrainingConfig, PRESETS[name])
+    for key, value in OFFICIAL[name].items():
+        assert getattr(cfg, key) == value, f"{name}: {key} = {getattr(cfg, key)!r}, official {value!r}"
+    assert cfg.backbone_widths == (64, 128, 256, 512)
+    assert cfg.grad_accum == 1
+    assert cfg.dfeat_weight == 0.0  # official losses only; the offline substitute is opt-in
+    assert 0 < cfg.val_fraction <= 0.05  # model selection on a validation split, never the test set
+
+
+def test_ffhq_identity_term_is_the_official_arcface_on_the_psp_crop():
+    from hyperinverter.losses.identity import FFHQ_CROP, IDENTITY_MODELS
+
+    cfg = load_config(InversionTrainingConfig, PRESETS["ffhq-1024"])
+    assert cfg.id_model == "arcface" and cfg.id_model in IDENTITY_MODELS
+    assert cfg.id_weight == 0.1 and cfg.id_samples is None
+    assert cfg.id_crop == FFHQ_CROP
+    # At the official 256 px loss resolution the crop is exactly pSp's x[:, :, 35:223, 32:220].
+    top, bottom, left, right = (round(f * cfg.loss_resolution) for f in cfg.id_crop)
+    assert (top, bottom, left, right) == (35, 223, 32, 220)
+    # The offline switch the header offers is a valid config too.
+    assert load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["id_model=sface"]).id_model == "sface"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_header_lists_the_deviations(name):
+    header = "\n".join(line for line in PRESETS[name].read_text().splitlines() if line.startswith("#"))
+    assert "Deviations from the official code" in header
+    for topic in ("validation split", "LPIPS needs local files", "batch stays 8", "random weights", "memory",
+                  "preload"):
+        assert topic in header, f"{name}: the header does not mention {topic!r}"
+    assert ("MoCo" in header) == (name == "church-256")
+    assert "SFace" in header
+
+
+# Trainable parameters of the official architectures at D=128, in millions (reference note, section 3.3,
+# derived from the official code): (E2, hypernetworks, number of target layers).
+OFFICIAL_SIZES = {"ffhq-1024": (1024, 135.0, 184.7, 26), "church-256": (256, 97.0, 171.6, 20)}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SIZES))
+def test_preset_builds_the_official_architecture(name):
+    import torch
+
+    from hyperinverter.models.encoders import LayerWiseEncoder
+    from hyperinverter.models.hypernetwork import HyperNetwork
+    from hyperinverter.models.stylegan2 import Generator
+    from hyperinverter.training.inversion import _backbone_kwargs
+
+    resolution, e2_millions, hyper_millions, n_targets = OFFICIAL_SIZES[name]
+    cfg = load_config(InversionTrainingConfig, PRESETS[name])
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        G = Generator(resolution=resolution, channel_base=32768, channel_max=512)  # StyleGAN2 config-f
+        # Built as the Phase II trainer builds them (E1's input size is 256 for the official W encoders).
+        e2 = LayerWiseEncoder(**_backbone_kwargs(cfg, 3), input_size=256, n_styles=G.num_ws,
+                              feature_channels=cfg.feature_channels, feature_size=cfg.feature_size)
+        hyper = HyperNetwork.from_generator(G, targets=cfg.targets, feature_channels=cfg.feature_channels,
+                                            feature_size=cfg.feature_size, hidden_dim=cfg.hidden_dim,
+                                            inner_channels=cfg.regressor_width)
+
+    def millions(module):
+        return round(sum(p.numel() for p in module.parameters()) / 1e6, 1)
+
+    assert millions(e2) == e2_millions
+    assert millions(hyper) == hyper_millions
+    assert len(hyper.config.targets) == n_targets
