@@ -86,10 +86,14 @@ class HyperInverter(nn.Module):
         assert self.feature_encoder is not None and self.hypernetwork is not None, "this model has no Phase II"
         size = self.encoder_resolution
         w_image, x = resize_for_encoder(w_image, size), resize_for_encoder(x, size)
-        # One E2 call per chunk of samples, on both images of each sample (shared weights). On CPUs one sample
-        # per call is fastest: larger batches push E2's full-width 64x64 maps out of cache
-        # (benchmarks/results/hyperinverter-ffhq1024-cpu.md).
-        chunk = x.shape[0] if x.device.type == "cuda" else 1
+        if self.feature_encoder.training:
+            # Two calls, as the official trainer does: BatchNorm statistics of the inputs and of the Phase I
+            # images stay separate, and every sample of the batch counts (no per-sample chunks).
+            return self.hypernetwork(self.feature_encoder(w_image), self.feature_encoder(x))
+        # Inference: one E2 call per chunk on both images of each sample (shared weights, same result). On CPUs
+        # one sample per call is fastest at full size: larger batches push E2's full-width 64x64 maps out of
+        # cache (benchmarks/results/hyperinverter-ffhq1024-cpu.md); small encoders run the whole batch.
+        chunk = 1 if x.device.type == "cpu" and size >= 256 else x.shape[0]
         image_features, input_features = [], []
         for i in range(0, x.shape[0], chunk):
             f_w, f_x = self.feature_encoder(torch.cat([w_image[i : i + chunk], x[i : i + chunk]])).chunk(2)
