@@ -68,3 +68,23 @@ def test_dlib_finds_and_aligns_a_real_face_or_says_none():
     assert 150 < faces[0].landmarks[:, 0].mean() < 280  # the astronaut's face, largest first
     with pytest.raises(NoFaceFoundError, match="no face"):
         align_faces(Image.new("RGB", (200, 200), "gray"), detector, source="blank.png")
+
+
+def test_crop_scale_is_the_median_image_to_crop_ratio():
+    from hyperinverter.align import measure_crop_scale
+
+    # Three faces of growing size on 256-px images (64 px upscaled 4x) and one image without a face: the
+    # median image/crop ratio is the middle face's.
+    faces = iter([synthetic_landmarks(128, 110, d) for d in (60.0, 80.0)] + [[], synthetic_landmarks(128, 110, 70.0)])
+
+    def detector(image):
+        assert image.size == (256, 256)
+        lm = next(faces)
+        return [lm] if len(lm) else []
+
+    result = measure_crop_scale([Image.new("RGB", (64, 64))] * 4, detector)
+    quad = ffhq_quad(synthetic_landmarks(128, 110, 70.0))
+    assert result.faces_found == 3 and result.images == 4
+    assert np.isclose(result.scale, 256 / np.hypot(*(quad[3] - quad[0])))
+    with pytest.raises(NoFaceFoundError):
+        measure_crop_scale([Image.new("RGB", (64, 64))], lambda image: [])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .ffhq import AlignedFace, NoFaceFoundError, align_from_landmarks
+from .ffhq import AlignedFace, NoFaceFoundError, align_from_landmarks, ffhq_quad
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +63,30 @@ def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 102
         raise NoFaceFoundError(f"{source}: no face found")
     logger.info("%s: %d face(s)", source, len(landmarks))
     return [align_from_landmarks(photo, lm, size=size, scale=scale) for lm in landmarks]
+
+
+@dataclass(frozen=True)
+class CropScale:
+    """The ``align_scale`` that frames photos like a model's training images, and how it was measured."""
+
+    scale: float
+    faces_found: int
+    images: int
+
+
+def measure_crop_scale(images: Sequence[Image.Image], detector: Dlib68Detector, *, upscale: int = 4) -> CropScale:
+    """Median ratio of a training image's side to the FFHQ crop of its own face.
+
+    A model trained on faces framed tighter than FFHQ (a ratio below 1) needs photos cropped tighter by that
+    ratio. Small images are upscaled first, since the HOG detector misses faces under ~80 px.
+    """
+    ratios = []
+    for image in images:
+        big = image.convert("RGB").resize((image.width * upscale, image.height * upscale), Image.BICUBIC)
+        found = detector(big)
+        if found:
+            quad = ffhq_quad(found[0])
+            ratios.append(big.width / float(np.hypot(*(quad[3] - quad[0]))))
+    if not ratios:
+        raise NoFaceFoundError(f"no face found in any of the {len(images)} images")
+    return CropScale(scale=float(np.median(ratios)), faces_found=len(ratios), images=len(images))
