@@ -130,3 +130,18 @@ def test_streaming_replaces_an_unreadable_file(tmp_path):
     batch = images[torch.tensor([0, 2, 2])]
     assert batch.shape == (3, 3, 16, 16) and images.shape == (4, 3, 16, 16)
     assert torch.equal(batch[1], images[torch.tensor([3])][0])  # the broken file's slot holds the next file
+
+
+def test_cli_resume_flags(tmp_path, monkeypatch):
+    """`--no-resume` refuses a used run folder; `--resume` (the default) continues it."""
+    from hyperinverter.cli.main import main
+    from hyperinverter.training import gan
+
+    seen = []
+    monkeypatch.setattr(gan, "train_generator", lambda cfg: seen.append(cfg.resume) or gan.GeneratorTrainingResult(
+        tmp_path, None, cfg.steps))
+    args = ["train", "generator", f"run_dir={tmp_path}", "data=unused", "resolution=16", "steps=1"]
+    assert main([*args[:2], "--no-resume", *args[2:]]) == 0
+    assert main([*args[:2], "--resume", *args[2:]]) == 0
+    assert main(args) == 0
+    assert seen == [False, True, True]

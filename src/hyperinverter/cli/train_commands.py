@@ -23,6 +23,9 @@ def register(sub) -> None:
         q = kinds.add_parser(name, help=help_text,
                              description=f"{help_text}. Runs under torchrun for several processes/GPUs.")
         q.add_argument("--config", type=Path, help="YAML config (see configs/)")
+        q.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                       help="continue from the run folder's latest readable checkpoint (the default), or refuse "
+                       "to start over a run folder that has checkpoints (--no-resume)")
         q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=1000 lr_g=0.002")
         q.set_defaults(func=run_train, trainer_name=name)
 
@@ -34,7 +37,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     module_name, cls_name, fn_name, _ = TRAINERS[args.trainer_name]
     module = importlib.import_module(module_name)
-    cfg = load_config(getattr(module, cls_name), args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"resume={str(args.resume).lower()}")
+    cfg = load_config(getattr(module, cls_name), args.config, overrides)
     result = getattr(module, fn_name)(cfg)
     if result.final_model is not None:
         print(f"trained {result.steps} steps; model written to {result.final_model}")
