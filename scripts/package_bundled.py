@@ -97,6 +97,7 @@ class DomainSpec:
     # How the training and held-out images were written; {train}, {examples} and {n} are filled in.
     data_commands: tuple[str, ...]
     directions: dict[str, tuple[int, str, float]] = field(default_factory=dict)
+    faces: bool = False  # photos are FFHQ-aligned before inversion: measure the crop scale of the training faces
 
 
 DOMAINS: dict[str, DomainSpec] = {
@@ -125,6 +126,7 @@ DOMAINS: dict[str, DomainSpec] = {
         data_commands=("hyperinverter data faces64 --out {train} --n {n}",
                        "hyperinverter data faces64 --out {examples} --heldout"),
         directions=DIRECTIONS["faces64"],
+        faces=True,
     ),
 }
 
@@ -676,6 +678,18 @@ def sibling_bundles(out: Path) -> list[Path]:
                   and (p / "pipeline.json").is_file())
 
 
+def measure_training_crop_scale(train_dir: Path, *, count: int = 300):
+    """The ``align_scale`` of a face model: see :func:`hyperinverter.align.measure_crop_scale`."""
+    from PIL import Image
+
+    from hyperinverter.align import Dlib68Detector, measure_crop_scale
+
+    files = sorted(p for p in Path(train_dir).rglob("*.png"))[:count]
+    if not files:
+        raise FileNotFoundError(f"no training images under {train_dir} to measure the face crop scale on")
+    return measure_crop_scale([Image.open(p) for p in files], Dlib68Detector())
+
+
 def package(
     domain: str,
     runs: str | Path,
@@ -728,7 +742,8 @@ def package(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         # 1. the pipeline in fp16, reloaded and compared with the fp32 model
-        save_pipeline(model, tmp / "_pipeline", dtype=torch.float16)
+        crop = measure_training_crop_scale(Path(train_data)) if spec.faces else None
+        save_pipeline(model, tmp / "_pipeline", dtype=torch.float16, align_scale=crop.scale if crop else 1.0)
         for item in (tmp / "_pipeline").iterdir():
             os.replace(item, tmp / item.name)
         (tmp / "_pipeline").rmdir()
@@ -753,6 +768,13 @@ def package(
                          data_commands=data_commands, examples_dir=examples_dir, examples=copied,
                          directions=named, ganspace_samples=ganspace_samples, fp16=fp16, metrics=metrics_text,
                          generator=G.config)
+        if crop is not None:
+            with open(tmp / "MODEL_CARD.md", "a") as card:
+                card.write(f"\n## Face alignment\n\nPhotos are FFHQ-aligned (dlib 68 landmarks) with crop scale "
+                           f"{crop.scale:.3f} (`align_scale` in `pipeline.json`): the median ratio of a training "
+                           f"image's side to the FFHQ crop of its own face, measured on {crop.images} training "
+                           f"images ({crop.faces_found} faces found). The DCGAN faces are framed tighter than "
+                           f"FFHQ's, so photos are cropped tighter to match.\n")
         _make_readable(tmp)
 
         size = folder_size(tmp)
