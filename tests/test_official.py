@@ -56,7 +56,11 @@ def test_released_layout_round_trip_is_exact(tmp_path, tiny_generator, backbone,
     # and through the CLI into a pipeline folder
     assert main(["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
                  "--out", str(tmp_path / "pipe")]) == 0
-    assert InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu").model.has_phase2
+    imported = InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu")
+    assert imported.model.encoder_resolution == 64  # read from the checkpoint: E2's maps fit the hypernetworks
+    with torch.no_grad():
+        fresh = load_official_hyperinverter(tmp_path / "hyper_inverter.pt", tmp_path / "G.pkl").eval()
+        assert torch.allclose(imported.model(x).image, fresh(x).image, atol=1e-5)
 
 
 def test_released_layout_errors_name_keys(tmp_path, tiny_generator):

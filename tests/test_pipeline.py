@@ -1,5 +1,6 @@
 """InversionPipeline end to end on tiny models: batching, save/load, edit, interpolate, and the CLI."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -80,3 +81,14 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     ws2, _, _ = load_inversion(tmp_path / "b_generator_ws.safetensors")
     with torch.no_grad():
         assert torch.allclose(baked.synthesis(ws2), pipeline.render(ws, delta), atol=1e-5)
+
+
+def test_parts_of_another_generator_are_refused(pipeline, tmp_path):
+    from hyperinverter.convert.gan_files import save_gan
+    from hyperinverter.models.stylegan2 import Generator
+
+    pipeline.save_pretrained(tmp_path / "model")
+    other = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=512, channel_max=32)
+    save_gan(tmp_path / "model" / "generator", other)  # wider convs: every Δθ shape is wrong
+    with pytest.raises(ValueError, match=r"predicts b8.conv0.weight as \[16, 16, 3, 3\], the generator's is \[32, 32"):
+        InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")

@@ -68,7 +68,13 @@ def w_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str) ->
     return encoder
 
 
-def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, input_size: int, source: str) -> LayerWiseEncoder:
+def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str, input_size: int | None = None,
+                                    feature_size: int | None = None) -> LayerWiseEncoder:
+    """Build a ``LayerWiseEncoder`` shaped like ``sd`` and load it strictly.
+
+    The state dict does not say the input size: give it, or the feature size its consumer expects (each head
+    halves the FPN's 1/16-scale map once per stride-2 conv, so either one fixes the other).
+    """
     from ..io.checkpoints import load_state_dict_strict
 
     n_styles = len({int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k))})
@@ -76,6 +82,10 @@ def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, input_siz
         raise CheckpointError(f"{source}: no styles.N.* heads: not a layer-wise encoder")
     convs0 = sorted(int(m.group(1)) for k in sd if (m := re.match(r"styles\.0\.convs\.(\d+)\.weight", k)))
     feature_channels = (sd["styles.0.convs.0.weight"].shape[0] if convs0 else sd["latlayer1.weight"].shape[0])
+    if (input_size is None) == (feature_size is None):
+        raise ValueError("give exactly one of input_size and feature_size")
+    if input_size is None:
+        input_size = feature_size * 16 * 2 ** len(convs0)
     feature_size = input_size // 16 // 2 ** len(convs0)
     encoder = LayerWiseEncoder(**_trunk_spec(sd), input_size=input_size, n_styles=n_styles,
                                feature_channels=feature_channels, feature_size=feature_size)
@@ -110,8 +120,12 @@ def hypernetwork_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Gene
 
 
 def load_official_hyperinverter(checkpoint: str | Path, generator: str | Path | Generator, *,
-                                encoder_resolution: int = 256) -> HyperInverter:
-    """A released ``hyper_inverter_*.pt`` plus its generator (NVIDIA ``.pkl`` or any format we read)."""
+                                encoder_resolution: int | None = None) -> HyperInverter:
+    """A released ``hyper_inverter_*.pt`` plus its generator (NVIDIA ``.pkl`` or any format we read).
+
+    ``encoder_resolution``: None reads it from the checkpoint (the size at which E2's maps fit the
+    hypernetworks; 256 for the released models).
+    """
     checkpoint = Path(checkpoint)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
@@ -126,12 +140,15 @@ def load_official_hyperinverter(checkpoint: str | Path, generator: str | Path | 
     if size is not None and int(size) != G.resolution:
         raise CheckpointError(f"{checkpoint} was trained for {size}px but the generator makes {G.resolution}px")
     w_encoder = w_encoder_from_state_dict(_strip(sd, "w_encoder."), source=f"{checkpoint} [w_encoder]")
-    feature_encoder = feature_encoder_from_state_dict(_strip(sd, "w_bar_encoder."), input_size=encoder_resolution,
+    hypernetwork = hypernetwork_from_state_dict(_strip(sd, "hypernet."), G, source=f"{checkpoint} [hypernet]")
+    size = ({"input_size": encoder_resolution} if encoder_resolution is not None
+            else {"feature_size": hypernetwork.config.feature_size})
+    feature_encoder = feature_encoder_from_state_dict(_strip(sd, "w_bar_encoder."), **size,
                                                       source=f"{checkpoint} [w_bar_encoder]")
+    encoder_resolution = feature_encoder.config.input_size
     if feature_encoder.n_styles != G.num_ws:
         raise CheckpointError(f"{checkpoint}: E2 has {feature_encoder.n_styles} heads, the generator "
                               f"{G.num_ws} style inputs: wrong generator for this checkpoint?")
-    hypernetwork = hypernetwork_from_state_dict(_strip(sd, "hypernet."), G, source=f"{checkpoint} [hypernet]")
     if w_encoder.w_dim != G.w_dim:
         raise CheckpointError(f"{checkpoint}: W encoder makes {w_encoder.w_dim}-d codes, the generator takes {G.w_dim}")
     logger.info("loaded %s (%s, %d targets, D=%d)", checkpoint, w_encoder.config.backbone,

@@ -36,6 +36,43 @@ def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder: nn.Module | None = None,
+                     hypernetwork: nn.Module | None = None) -> None:
+    """Raise ``ValueError`` naming every way the parts of a model do not fit together.
+
+    Parts trained for another generator (other resolution, widths, W size or channels) would otherwise fail
+    deep inside a forward pass, or worse, run with shapes that happen to broadcast.
+    """
+    problems = []
+
+    def check(what: str, got: object, want: object) -> None:
+        if got != want:
+            problems.append(f"{what} is {got}, the generator needs {want}")
+
+    G = generator
+    config = getattr(w_encoder, "config", None)
+    if config is not None:
+        check("the W encoder's input channels", config.in_channels, G.config.img_channels)
+        check("the W encoder's w_dim", config.w_dim, G.w_dim)
+    config = getattr(feature_encoder, "config", None)
+    if config is not None:
+        check("E2's input channels", config.in_channels, G.config.img_channels)
+    if hypernetwork is not None:
+        shapes = G.synthesis.offsettable_parameters()
+        for t in hypernetwork.targets:
+            if t.name not in shapes:
+                problems.append(f"the hypernetwork predicts {t.name}, which the generator does not have")
+            elif tuple(t.shape) != tuple(shapes[t.name]):
+                problems.append(f"the hypernetwork predicts {t.name} as {list(t.shape)}, the generator's is "
+                                f"{list(shapes[t.name])}")
+        if config is not None:
+            check("E2's feature maps", config.n_styles >= hypernetwork.num_features, True)
+            check("E2's feature channels", config.feature_channels, hypernetwork.config.feature_channels)
+            check("E2's feature size", config.feature_size, hypernetwork.config.feature_size)
+    if problems:
+        raise ValueError("the model's parts do not fit together:\n  " + "\n  ".join(problems))
+
+
 class HyperInverter(nn.Module):
     """E1 (``w_encoder``), E2 (``feature_encoder``) and one hypernetwork per target layer around a frozen G.
 
@@ -56,6 +93,7 @@ class HyperInverter(nn.Module):
         super().__init__()
         if (feature_encoder is None) != (hypernetwork is None):
             raise ValueError("Phase II needs both a feature encoder and a hypernetwork (or neither, for Phase I only)")
+        check_compatible(generator, w_encoder, feature_encoder, hypernetwork)
         self.generator = generator.eval().requires_grad_(False)
         self.w_encoder = w_encoder
         self.feature_encoder = feature_encoder
