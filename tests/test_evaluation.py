@@ -32,13 +32,15 @@ def test_quality_bars():
     assert "- [ ] mse at least 40% lower" in report(0.07, 0.6).to_markdown()
 
 
-def test_cli_writes_the_report(pipeline, tmp_path, capsys):
+def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYPERINVERTER_CACHE", str(tmp_path / "cache"))  # SFace is converted into it
     pipeline.save_pretrained(tmp_path / "model")
     for i in range(3):
         save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1,
                    tmp_path / "held-out" / f"{i}.png")
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"),
-                 "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+                 "--identity", "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["num_images"] == 3 and set(saved["metrics"]) == {"phase1", "hyperinverter"}
+    assert -1 <= saved["metrics"]["hyperinverter"]["id_sim"] <= 1
     assert "quality bars:" in capsys.readouterr().out and "MSE change" in (tmp_path / "report.md").read_text()

@@ -268,3 +268,14 @@ def test_arcface_key_errors_and_missing_file(arcface_file, tmp_path, monkeypatch
     assert str(tmp_path / "cache" / "model_ir_se50.pth") in str(err.value)
     with pytest.raises(ValueError, match="unknown identity model 'facenet'"):
         load_identity_embedder("facenet", "cpu")
+
+
+def test_crop_follows_the_alignment_scale():
+    from hyperinverter.losses.identity import FFHQ_CROP, crop_for_align_scale
+
+    assert crop_for_align_scale(FFHQ_CROP, 1.0) == pytest.approx(FFHQ_CROP)
+    top, bottom, left, right = crop_for_align_scale(FFHQ_CROP, 0.8)  # tighter frame: the face fills more of it
+    assert top == pytest.approx((35 / 256 - 0.1) / 0.8) and right == pytest.approx((220 / 256 - 0.1) / 0.8)
+    assert crop_for_align_scale(FFHQ_CROP, 0.5) == (0.0, 1.0, 0.0, 1.0)  # clipped to the image
+    with pytest.raises(ValueError):
+        crop_for_align_scale(FFHQ_CROP, 0.0)

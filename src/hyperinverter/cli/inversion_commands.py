@@ -250,11 +250,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         images = images[: args.max_images]
     extra = {}
     if args.identity:
-        from ..losses.identity import identity_similarity
-        from ..models.sface import load_sface
+        from ..losses.identity import FFHQ_CROP, crop_for_align_scale, identity_similarity, load_identity_embedder
 
-        embedder = load_sface(device=pipe.device)
-        extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b)
+        embedder = load_identity_embedder("sface", pipe.device)
+        crop = crop_for_align_scale(FFHQ_CROP, pipe.align_scale)  # the face box of this model's framing
+        extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b, crop=crop)
     report = evaluate(pipe, images, dataset=str(args.data), batch_size=args.batch_size, extra_metrics=extra)
     report.notes.append(f"model: {args.model}")
     report.save(args.out)

@@ -51,6 +51,18 @@ def _check_crop(crop: CropBox) -> CropBox:
     return top, bottom, left, right
 
 
+def crop_for_align_scale(crop: CropBox, align_scale: float) -> CropBox:
+    """The face box ``crop`` (defined on FFHQ-framed images) on images aligned with ``align_scale``.
+
+    An image aligned at scale s shows the centred fraction s of the FFHQ frame, so a point at fraction f of
+    the FFHQ frame sits at ``(f - (1 - s) / 2) / s``; the box is clipped to the image.
+    """
+    if not align_scale > 0:
+        raise ValueError(f"align_scale must be > 0, got {align_scale}")
+    offset = (1 - align_scale) / 2
+    return _check_crop(tuple(min(1.0, max(0.0, (f - offset) / align_scale)) for f in crop))
+
+
 def face_crop(x: torch.Tensor, crop: CropBox | None, *, size: int = EMBEDDER_INPUT_SIZE) -> torch.Tensor:
     """``x: [B,3,H,W]`` -> the face box ``crop`` (fractions; None = all) resized to ``[B,3,size,size]``.
 
