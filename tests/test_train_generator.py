@@ -145,3 +145,14 @@ def test_cli_resume_flags(tmp_path, monkeypatch):
     assert main([*args[:2], "--resume", *args[2:]]) == 0
     assert main(args) == 0
     assert seen == [False, True, True]
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    import json
+
+    images = teacher_images()
+    train_generator(config(tmp_path / "run", steps=5), images=images)  # checkpoint at 4, logged up to 5
+    (tmp_path / "run" / "stats.jsonl").open("a").write('{"step": 5, "loss/G"')  # and a line torn by a crash
+    train_generator(config(tmp_path / "run", steps=6), images=images)  # resumes at 4
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

@@ -221,7 +221,7 @@ def train_generator(
         raise ValueError(f"per-rank batch {local_bs} is not divisible by grad_accum={cfg.grad_accum}")
     micro = local_bs // cfg.grad_accum
     sampler = BatchSampler(len(images), cfg.batch_size, seed=cfg.seed, position=position)
-    run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
+    run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard, start_step=start_step)
     sample_z = torch.randn(16, G.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345)).to(device)
 
     history: list[dict[str, float]] = []

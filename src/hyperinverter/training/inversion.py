@@ -253,7 +253,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
     if micro * cfg.grad_accum != local_bs:
         raise ValueError(f"per-rank batch {local_bs} is not divisible by grad_accum={cfg.grad_accum}")
     sampler = BatchSampler(len(images), cfg.batch_size, seed=cfg.seed, position=position)
-    run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
+    run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard, start_step=start_step)
     n_show = min(8, len(val_images) if val_images is not None else len(images))
     show = uint8_to_float((val_images if val_images is not None else images)[:n_show]).to(device)
 

@@ -23,10 +23,12 @@ logger = logging.getLogger(__name__)
 class RunLogger:
     """Rank 0 writes ``stats.jsonl``, PNG grids and (if installed) TensorBoard events; others write nothing."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = True, start_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
+        if enabled:
+            self._forget_after(start_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -34,6 +36,22 @@ class RunLogger:
                 self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
             except ImportError:
                 logger.info("tensorboard is not installed (pip install 'hyperinverter[train]'); logging to stats.jsonl only")
+
+    def _forget_after(self, step: int) -> None:
+        """Drop records past ``step``: a run resumed from an older checkpoint logs those steps again."""
+        path = self.run_dir / "stats.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line torn by a crash mid-write
+        if len(kept) != len(lines):
+            atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
