@@ -62,11 +62,10 @@ logger = logging.getLogger("package_bundled")
 # The names are placeholders: pick real ones by looking at ganspace_sheet.png, then package again.
 # fashion32 has 8 ws (32 px), faces64 has 10 (64 px).
 DIRECTIONS: dict[str, dict[str, tuple[int, str, float]]] = {
+    # Named by eye from sheets of PC0-7 on layers 3:8 (appearance; on all layers the PCs change the class).
     "fashion32": {
-        "pc0": (0, "0:8", 3.0),
-        "pc1": (1, "0:8", 3.0),
-        "pc2-coarse": (2, "0:4", 3.0),
-        "pc3-fine": (3, "4:8", 3.0),
+        "brightness": (0, "3:8", 3.0),  # -3 dark, +3 bright, same garment
+        "print": (1, "3:8", 3.0),  # +3 adds stripes and prints, -3 plain
     },
     "faces64": {
         "pc0": (0, "0:10", 3.0),
