@@ -156,3 +156,13 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     train_generator(config(tmp_path / "run", steps=6), images=images)  # resumes at 4
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resuming_with_another_model_is_refused(tmp_path):
+    import pytest
+
+    from hyperinverter.training.checkpointing import CheckpointMismatchError
+
+    train_generator(config(tmp_path / "run", steps=2), images=teacher_images())
+    with pytest.raises(CheckpointMismatchError, match="another configuration"):
+        train_generator(config(tmp_path / "run", steps=4, channel_max=16), images=teacher_images())

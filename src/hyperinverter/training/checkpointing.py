@@ -105,17 +105,21 @@ def load_checkpoint(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not a readable training checkpoint: {e}") from None
-    if set(meta["modules"]) != set(modules):
-        raise CheckpointError(f"{path} holds modules {meta['modules']}, expected {sorted(modules)}")
-    for name, module in modules.items():
-        head = f"module.{name}."
-        sd = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
-        load_state_dict_strict(module, sd, source=f"{path} [{name}]")
-    for name, opt in (optimizers or {}).items():
-        prefix = f"optim.{name}"
-        if prefix not in meta:
-            raise CheckpointError(f"{path} has no optimiser state for {name!r}")
-        opt.load_state_dict(_unflatten_optimizer(prefix, tensors, meta))
+    try:
+        if set(meta["modules"]) != set(modules):
+            raise CheckpointError(f"{path} holds modules {meta['modules']}, expected {sorted(modules)}")
+        for name, module in modules.items():
+            head = f"module.{name}."
+            sd = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+            load_state_dict_strict(module, sd, source=f"{path} [{name}]")
+        for name, opt in (optimizers or {}).items():
+            prefix = f"optim.{name}"
+            if prefix not in meta:
+                raise CheckpointError(f"{path} has no optimiser state for {name!r}")
+            opt.load_state_dict(_unflatten_optimizer(prefix, tensors, meta))
+    except CheckpointError as e:
+        raise CheckpointMismatchError(f"{e}. The run folder belongs to a run with another configuration: resume "
+                                      "it with that configuration, or start this one in a new run_dir") from None
     if scaler is not None and "scaler" in meta:
         scaler.load_state_dict(meta["scaler"])
     if restore_rng:
@@ -126,11 +130,20 @@ def load_checkpoint(
     return int(meta["step"]), meta["progress"]
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A readable training checkpoint whose modules or optimisers do not fit the model being trained."""
+
+
 def resume_latest(directory: Path, **kwargs) -> tuple[int, dict[str, Any]] | None:
-    """Load the newest readable checkpoint in ``directory``; a corrupt newest one falls back to older."""
+    """Load the newest readable checkpoint in ``directory``; a corrupt newest one falls back to older.
+
+    A readable checkpoint of a different model raises :class:`CheckpointMismatchError`.
+    """
     for path in reversed(list_checkpoints(directory)):
         try:
             result = load_checkpoint(path, **kwargs)
+        except CheckpointMismatchError:
+            raise  # readable but of another model: falling back or starting afresh would lose the run
         except CheckpointError as e:
             logger.warning("skipping unreadable checkpoint %s: %s", path, e)
             continue
