@@ -147,3 +147,23 @@ def test_clear_errors_for_a_missing_discriminator_and_a_used_run_dir(tmp_path, g
     train_w_encoder(config(tmp_path / "b", gan_dir, steps=2, checkpoint_every=1), images=images, val_images=images[:2])
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train_w_encoder(config(tmp_path / "b", gan_dir, steps=2, resume=False), images=images)
+
+
+def test_encoders_start_from_a_pretrained_trunk(tmp_path, gan_dir, images):
+    """backbone_init loads an IR-SE file (ArcFace layout) into the trained encoder's trunk, strictly."""
+    from hyperinverter.models.encoders import WEncoder
+
+    torch.manual_seed(123)
+    donor = WEncoder(backbone="ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64), in_channels=3, w_dim=16)
+    trunk = {k: v for k, v in donor.state_dict().items() if k.startswith(("input_layer.", "body."))}
+    torch.save(trunk, tmp_path / "trunk.pth")
+    result = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1, lr=0.0, backbone_init=str(tmp_path / "trunk.pth")),
+                             images=images, val_images=images[:2])
+    trained = InversionPipeline.from_pretrained(result.final_model, device="cpu").model.w_encoder.state_dict()
+    for k, v in trunk.items():
+        if "running" not in k and "num_batches" not in k:  # BN statistics move even at lr 0
+            assert torch.equal(trained[k], v), k
+    torch.save({**trunk, "extra.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="extra.weight"):
+        train_w_encoder(config(tmp_path / "p2", gan_dir, steps=1, backbone_init=str(tmp_path / "bad.pth")),
+                        images=images, val_images=images[:2])

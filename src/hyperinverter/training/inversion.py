@@ -57,6 +57,9 @@ class InversionTrainingConfig:
     backbone_depth: int | None = None
     backbone_units: tuple[int, int, int, int] | None = None
     backbone_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    # Pretrained trunk for the encoder being trained (the official code starts E1/E2 from the ArcFace IR-SE50,
+    # model_ir_se50.pth, or from torchvision's ImageNet ResNet-34); None = random initialisation.
+    backbone_init: str | None = None
     # Phase II
     w_encoder: str | None = None  # the Phase I pipeline folder (required for Phase II)
     feature_channels: int = 512
@@ -180,6 +183,17 @@ class ReconstructionLoss(torch.nn.Module):
         return total, {f"loss/{k}": float(v.detach()) for k, v in parts.items()}
 
 
+def _init_backbone(encoder: torch.nn.Module, cfg: InversionTrainingConfig) -> None:
+    """Load ``cfg.backbone_init`` into the encoder's trunk (strictly; a 1-channel stem sums the RGB kernel)."""
+    if cfg.backbone_init is None:
+        return
+    from ..convert.backbones import load_ir_se_trunk, load_torchvision_resnet
+
+    load = load_ir_se_trunk if cfg.backbone == "ir_se" else load_torchvision_resnet
+    skipped = load(encoder, cfg.backbone_init, adapt_input_channels=True)
+    logger.info("encoder trunk initialised from %s (skipped %d file keys)", cfg.backbone_init, len(skipped))
+
+
 def _load_split(cfg: InversionTrainingConfig, resolution: int, channels: int, split: str) -> torch.Tensor:
     from ..data.folder import ImageFolderDataset
     dataset = ImageFolderDataset(cfg.data, resolution=resolution, channels=channels, split=split,
@@ -207,6 +221,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
         model = HyperInverter(generator=G, w_encoder=WEncoder(**_backbone_kwargs(cfg, channels), w_dim=G.w_dim),
                               encoder_resolution=cfg.encoder_resolution)
         trainable = model.w_encoder
+        _init_backbone(model.w_encoder, cfg)
     else:
         if cfg.w_encoder is None:
             raise ValueError("Phase II needs w_encoder: the folder of a trained Phase I model")
@@ -214,6 +229,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
         feature_encoder = LayerWiseEncoder(**_backbone_kwargs(cfg, channels), input_size=phase1.encoder_resolution,
                                            n_styles=G.num_ws, feature_channels=cfg.feature_channels,
                                            feature_size=cfg.feature_size)
+        _init_backbone(feature_encoder, cfg)
         hypernetwork = HyperNetwork.from_generator(G, targets=cfg.targets, feature_channels=cfg.feature_channels,
                                                    feature_size=cfg.feature_size, hidden_dim=cfg.hidden_dim,
                                                    inner_channels=cfg.regressor_width)
