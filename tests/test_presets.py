@@ -150,7 +150,7 @@ def test_ffhq_identity_term_is_the_official_arcface_on_the_psp_crop():
 def test_header_lists_the_deviations(name):
     header = "\n".join(line for line in PRESETS[name].read_text().splitlines() if line.startswith("#"))
     assert "Deviations from the official code" in header
-    for topic in ("validation split", "LPIPS needs local files", "batch stays 8", "random weights", "memory",
+    for topic in ("validation split", "LPIPS needs local files", "batch stays 8", "backbone_init", "memory",
                   "preload"):
         assert topic in header, f"{name}: the header does not mention {topic!r}"
     assert ("MoCo" in header) == (name == "church-256")
