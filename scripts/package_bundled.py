@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -606,8 +607,11 @@ def write_model_card(folder: Path, *, domain: str, spec: DomainSpec, summaries: 
         (f"GANSpace principal directions of W, computed from the generator itself (PCA of {ganspace_samples:,} "
         "mapped codes, seed 0, no truncation). An edit sets the component's coordinate, in units of its standard "
         "deviation, to the strength on the given layers; the image's residual weights are reused unchanged. "
-        "The names are placeholders until someone names the components by eye from `ganspace_sheet.png` "
-        f"(the first {SHEET_COMPONENTS} components at -{SHEET_STRENGTH:g}..+{SHEET_STRENGTH:g} on every layer)."),
+        + ("The names are placeholders until someone names the components by eye "
+           if any(re.fullmatch(r"pc\d+(-\w+)?", d.name) for d in directions)
+           else "They were named by eye from edits of the first components on several layer ranges; ")
+        + f"`ganspace_sheet.png` shows the first {SHEET_COMPONENTS} components at "
+        f"-{SHEET_STRENGTH:g}..+{SHEET_STRENGTH:g} on every layer, where they mostly change the kind of object."),
         "",
         "| file | component | layers | strength | component std |",
         "|---|---|---|---|---|",
