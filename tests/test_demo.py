@@ -46,7 +46,7 @@ def test_a_missing_bundled_model_is_reported(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
     tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=2)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
-    assert "not run: the bundled model 'faces-64' is missing" in capsys.readouterr().err
+    assert "not run: the bundled model 'faces-64' is not in this installation" in capsys.readouterr().err
     assert len(list((tmp_path / "demo").glob("*.png"))) == 2
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "nothing")
     assert main(["demo", "--out", str(tmp_path / "demo2"), "--device", "cpu"]) == 1

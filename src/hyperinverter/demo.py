@@ -24,6 +24,7 @@ from .pipeline import InversionPipeline
 logger = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).parent / "bundled" / "samples"
+DISPLAY_SIZE = 128  # pictures show each panel at least this many pixels wide
 
 
 @dataclass
@@ -60,7 +61,10 @@ def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, dire
     lerp = pipe.interpolate(me, other, steps=frames)
     panels += list(lerp[1:-1].split(1))
     labels += [f"interp {i}/{frames - 1}" for i in range(1, frames - 1)]
-    return torch.cat([p.cpu() for p in panels]), labels
+    panels = torch.cat([p.cpu() for p in panels])
+    # Small models make small images: enlarge (nearest, so no detail is invented) to be seen without zooming.
+    scale = max(1, DISPLAY_SIZE // panels.shape[-1])
+    return torch.nn.functional.interpolate(panels, scale_factor=scale, mode="nearest"), labels
 
 
 def _write_index(report: DemoReport) -> Path:

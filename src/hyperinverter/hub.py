@@ -129,7 +129,7 @@ def resolve_model(name: str) -> Path:
     if artifact.bundled:
         path = BUNDLED_DIR / artifact.filename
         if not path.exists():
-            raise FileNotFoundError(f"the bundled model {name!r} is missing from {path}; reinstall hyperinverter")
+            raise FileNotFoundError(f"the bundled model {name!r} is not in this installation (no {path})")
         return path
     path = cache_dir() / artifact.filename
     if not path.exists():
