@@ -138,15 +138,17 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(out_dir=out_dir)
-    for name, run in ((faces_model, lambda pipe, d: _faces(report, pipe, d, frames, name)),
-                      (fashion_model, lambda pipe, d: _examples(report, pipe, d, frames, name, num_examples))):
+    for model, photos in ((faces_model, True), (fashion_model, False)):
         try:
-            model_dir = resolve_model(name)
+            model_dir = resolve_model(model)
         except FileNotFoundError as e:
             report.missing.append(str(e))
             continue
         pipe = InversionPipeline.from_pretrained(model_dir, device=device)
-        run(pipe, model_dir)
+        if photos:  # a face model: the bundled photos, aligned
+            _faces(report, pipe, model_dir, frames, model)
+        else:
+            _examples(report, pipe, model_dir, frames, model, num_examples)
     report.seconds = time.perf_counter() - start
     if report.items:
         _write_index(report)
