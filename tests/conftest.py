@@ -8,7 +8,9 @@ import torch
 # Test helpers (recipe regeneration, NVIDIA pickle writer) live next to the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "2")))
+# One thread by default: the test models are tiny, so more threads only add synchronisation, and on a busy
+# machine (a training run beside the tests) two threads each waiting for the other made the suite 4x slower.
+torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "1")))
 
 
 @pytest.fixture
