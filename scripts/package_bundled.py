@@ -49,9 +49,10 @@ from hyperinverter.data.sources import FACES64_LICENSE, FASHION_LICENSE
 from hyperinverter.device import resolve_device
 from hyperinverter.editing.directions import GANSpaceDirection, load_direction, save_direction
 from hyperinverter.editing.ganspace import GANSpaceBasis, compute_ganspace
-from hyperinverter.generate import generate_images, z_from_seeds
+from hyperinverter.editing.sheet import parse_layer_range, render_ganspace_sheet
+from hyperinverter.generate import generate_images
 from hyperinverter.io.checkpoints import atomic_write_bytes, replace_directory
-from hyperinverter.io.images import IMAGE_SUFFIXES, make_grid, read_image, save_image, tensor_to_pil
+from hyperinverter.io.images import IMAGE_SUFFIXES, make_grid, read_image, save_image
 from hyperinverter.models.hyperinverter import HyperInverter
 from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.pipeline import InversionPipeline, save_pipeline
@@ -344,21 +345,11 @@ def verify_fp16(reference: InversionPipeline, folder: Path, images: torch.Tensor
 # --- directions, sheet, samples, examples ------------------------------------------------------------
 
 
-def parse_layers(spec: str, num_ws: int) -> tuple[int, int]:
-    try:
-        start, end = (int(p) for p in spec.split(":"))
-    except ValueError:
-        raise ValueError(f"layer range {spec!r} must look like 'start:end'") from None
-    if not 0 <= start < end <= num_ws:
-        raise ValueError(f"layer range {spec!r} does not fit a generator with {num_ws} ws")
-    return start, end
-
-
 def build_directions(basis: GANSpaceBasis, specs: dict[str, tuple[int, str, float]],
                      num_ws: int) -> list[GANSpaceDirection]:
     out = []
     for name, (index, layers, strength) in specs.items():
-        start, end = parse_layers(layers, num_ws)
+        start, end = parse_layer_range(layers, num_ws)
         out.append(GANSpaceDirection(basis, int(index), start, end, float(strength), name=name))
     return out
 
@@ -374,59 +365,6 @@ def write_directions(directions: Sequence[GANSpaceDirection], folder: Path) -> l
             raise ValueError(f"{path} does not read back as the direction it was written from")
         paths.append(path)
     return paths
-
-
-def _label_font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-@torch.no_grad()
-def render_ganspace_sheet(G: Generator, basis: GANSpaceBasis, path: Path, *, components: int = SHEET_COMPONENTS,
-                          seeds: Sequence[int] = SHEET_SEEDS, strength: float = SHEET_STRENGTH,
-                          steps: int = SHEET_STEPS, truncation_psi: float = SAMPLE_TRUNCATION) -> Path:
-    """A labelled sheet: one row per component; per seed, the original and the coordinate set to -s..+s on
-    every layer."""
-    from PIL import Image, ImageDraw
-
-    device = G.w_avg.device
-    ws = G.mapping(z_from_seeds(seeds, G.z_dim).to(device), truncation_psi=truncation_psi)
-    values = torch.linspace(-strength, strength, steps).tolist()
-    tile = max(G.resolution, 64)
-    pad, label_w, header_h, gap = 2, 150, 34, 10
-    n = min(components, basis.num_components)
-    per_seed = (steps + 1) * (tile + pad)
-    width = label_w + len(seeds) * (per_seed + gap)
-    height = header_h + n * (tile + pad)
-    sheet = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = _label_font(12)
-    original = [im.convert("RGB").resize((tile, tile), Image.NEAREST)
-                for im in tensor_to_pil(G.synthesis(ws, noise_mode="const"))]
-    draw.text((4, 2), "coordinate set to", fill="black", font=font)
-    draw.text((4, 18), f"value on layers 0:{G.num_ws}", fill="black", font=font)
-    for s, seed in enumerate(seeds):
-        x0 = label_w + s * (per_seed + gap)
-        draw.text((x0, 2), f"seed {seed}", fill="black", font=font)
-        for j, label in enumerate(["orig"] + [f"{v:+.1f}" for v in values]):
-            draw.text((x0 + j * (tile + pad) + 2, 18), label, fill="black", font=font)
-    for i in range(n):
-        y0 = header_h + i * (tile + pad)
-        draw.text((4, y0 + tile // 2 - 14), f"PC{i}", fill="black", font=_label_font(16))
-        draw.text((4, y0 + tile // 2 + 4), f"std {float(basis.std[i]):.3g}", fill="black", font=font)
-        direction = GANSpaceDirection(basis, i, 0, G.num_ws, strength, name=f"pc{i}")
-        edits = [tensor_to_pil(G.synthesis(direction.apply(ws, v), noise_mode="const")) for v in values]
-        for s in range(len(seeds)):
-            x0 = label_w + s * (per_seed + gap)
-            row = [original[s]] + [e[s].convert("RGB").resize((tile, tile), Image.NEAREST) for e in edits]
-            for j, im in enumerate(row):
-                sheet.paste(im, (x0 + j * (tile + pad), y0))
-    save_image(sheet, path)
-    return path
 
 
 def write_samples(G: Generator, path: Path, *, seeds: Sequence[int] = SAMPLE_SEEDS,
@@ -758,7 +696,8 @@ def package(
         basis = compute_ganspace(G, num_samples=ganspace_samples, num_components=min(ganspace_components, G.w_dim))
         named = build_directions(basis, specs, G.num_ws)
         write_directions(named, tmp / "directions")
-        render_ganspace_sheet(G, basis, tmp / "ganspace_sheet.png")
+        render_ganspace_sheet(G, basis, tmp / "ganspace_sheet.png", components=SHEET_COMPONENTS, seeds=SHEET_SEEDS,
+                              strength=SHEET_STRENGTH, steps=SHEET_STEPS, truncation_psi=SAMPLE_TRUNCATION)
 
         # 3.-4. samples (examples were copied above)
         write_samples(G, tmp / "samples.png")

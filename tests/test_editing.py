@@ -78,3 +78,60 @@ def test_direction_files_round_trip_and_foreign_formats(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError):
         load_direction(tmp_path / "bad.pt")
+
+
+def test_parse_layer_range():
+    from hyperinverter.editing.sheet import parse_layer_range
+
+    assert parse_layer_range("3:8", 10) == (3, 8)
+    assert parse_layer_range(":", 10) == (0, 10)
+    assert parse_layer_range("2:", 10) == (2, 10)
+    for bad in ("5:5", "0:11", "x:3", "3"):
+        with pytest.raises(ValueError, match="layer range"):
+            parse_layer_range(bad, 10)
+
+
+def test_ganspace_sheet_edits_only_its_layers(tiny_generator, tmp_path):
+    """The sheet's tiles for a layer range equal G(direction.apply(w)) on those layers (rendered, not faked)."""
+    from PIL import Image
+
+    from hyperinverter.editing.sheet import render_ganspace_sheet
+    from hyperinverter.generate import z_from_seeds
+    from hyperinverter.io.images import tensor_to_pil
+
+    G = tiny_generator
+    basis = compute_ganspace(G, num_samples=2000, num_components=4)
+    path = render_ganspace_sheet(G, basis, tmp_path / "sheet.png", components=[2], layers=(1, 3), seeds=[5],
+                                 strength=2.0, steps=3, truncation_psi=1.0)
+    sheet = Image.open(path).convert("RGB")
+    tile, pad, label_w, header_h = 64, 2, 150, 34
+    assert sheet.size == (label_w + 4 * (tile + pad) + 10, header_h + tile + pad)
+    with torch.no_grad():
+        ws = G.mapping(z_from_seeds([5], G.z_dim))
+        edited = GANSpaceDirection(basis, 2, 1, 3, 2.0).apply(ws, 2.0)
+        expected = tensor_to_pil(G.synthesis(edited, noise_mode="const"))[0].resize((tile, tile), Image.NEAREST)
+    x0 = label_w + 3 * (tile + pad)  # orig, -2, 0, +2
+    got = sheet.crop((x0, header_h, x0 + tile, header_h + tile))
+    assert np.abs(np.asarray(got, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+    with pytest.raises(ValueError, match="out of range"):
+        render_ganspace_sheet(G, basis, tmp_path / "bad.png", components=[4])
+
+
+def test_ganspace_command_writes_sheet_and_named_directions(tiny_generator, tmp_path):
+    from hyperinverter.cli.main import main
+    from hyperinverter.convert.gan_files import save_gan
+
+    save_gan(tmp_path / "gan", tiny_generator)
+    out = tmp_path / "dirs" / "sheet.png"
+    args = ["ganspace", "--model", str(tmp_path / "gan"), "--out", str(out), "--samples", "2000",
+            "--components", "0-1", "--layers", "1:4", "--save", "first=0:0:3", "--save", "second=1:2:5:1.5"]
+    assert main(args) == 0
+    assert out.is_file()
+    first, second = load_direction(out.parent / "first.safetensors"), load_direction(out.parent / "second.safetensors")
+    assert (first.index, first.start, first.end, first.default_strength) == (0, 0, 3, 3.0)
+    assert (second.index, second.start, second.end, second.default_strength) == (1, 2, 5, 1.5)
+    assert torch.allclose(first.basis.comp, second.basis.comp)
+    # A layer range outside the generator is refused before anything is written.
+    assert main(["ganspace", "--model", str(tmp_path / "gan"), "--out", str(tmp_path / "x.png"),
+                 "--save", f"bad=0:0:{tiny_generator.num_ws + 1}"]) != 0
+    assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "x.png").exists()

@@ -60,6 +60,73 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_path(spec: str) -> Path:
+    """A generator file/folder, a pipeline folder (its generator), or a bundled/catalogue model name."""
+    path = Path(spec)
+    if not path.exists():
+        from ..hub import resolve_model
+
+        path = resolve_model(spec)
+    return path / "generator" if (path / "pipeline.json").is_file() else path
+
+
+def _parse_saved_direction(text: str) -> tuple[str, int, str, float | None]:
+    """``NAME=PC:START:END[:STRENGTH]`` (e.g. ``smile=3:2:6:2.5``)."""
+    name, sep, rest = text.partition("=")
+    parts = rest.split(":")
+    if not sep or not name or len(parts) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PC:START:END[:STRENGTH], e.g. smile=3:2:6:2.5")
+    try:
+        return name, int(parts[0]), f"{parts[1]}:{parts[2]}", float(parts[3]) if len(parts) == 4 else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: PC must be an integer and STRENGTH a number") from None
+
+
+def _ganspace(sub) -> None:
+    p = sub.add_parser(
+        "ganspace",
+        help="GANSpace principal directions of a generator: a sheet to name them by eye, and direction files",
+        description="PCA of w = mapping(z) over seeded samples (GANSpace). Writes a labelled sheet (one row per "
+        "component: each seed with the coordinate set to -s..+s on the chosen layers) and, for every --save, a "
+        "direction file that `edit` and the demo read.",
+    )
+    p.add_argument("--model", required=True,
+                   help="generator (any supported format), pipeline folder, or bundled model name (e.g. faces-64)")
+    p.add_argument("--out", type=Path, default=Path("ganspace_sheet.png"), help="the sheet (PNG)")
+    p.add_argument("--components", default="0-7", help="components on the sheet, e.g. '0-7' or '0,3,5' (default 0-7)")
+    p.add_argument("--layers", default=":", help="layer range START:END the sheet edits (default: every layer)")
+    p.add_argument("--seeds", default="0-2", help="seeds of the sheet's samples (default 0-2)")
+    p.add_argument("--strength", type=float, default=3.0, help="the sheet's range -s..+s in stds (default 3)")
+    p.add_argument("--trunc", type=float, default=0.7, help="truncation psi of the sheet's samples (default 0.7)")
+    p.add_argument("--samples", type=int, default=100_000, help="w samples for the PCA (default 100000)")
+    p.add_argument("--save", action="append", default=[], type=_parse_saved_direction, metavar="NAME=PC:START:END[:S]",
+                   help="also write NAME.safetensors next to the sheet: component PC on layers START:END, "
+                   "default strength S (default --strength); repeatable")
+    _add_device(p)
+    p.set_defaults(func=run_ganspace)
+
+
+def run_ganspace(args: argparse.Namespace) -> int:
+    from ..convert.gan_files import load_generator
+    from ..device import resolve_device
+    from ..editing import GANSpaceDirection, compute_ganspace, save_direction
+    from ..editing.sheet import parse_layer_range, render_ganspace_sheet
+    from ..generate import parse_seeds
+
+    G = load_generator(_generator_path(args.model), device=resolve_device(args.device))
+    layers = parse_layer_range(args.layers, G.num_ws)
+    saved = [(name, pc, parse_layer_range(spec, G.num_ws), s) for name, pc, spec, s in args.save]
+    basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)
+    sheet = render_ganspace_sheet(G, basis, args.out, components=parse_seeds(args.components), layers=layers,
+                                  seeds=parse_seeds(args.seeds), strength=args.strength, truncation_psi=args.trunc)
+    print(f"wrote the sheet of layers {layers[0]}:{layers[1]} to {sheet}")
+    for name, pc, (start, end), strength in saved:
+        direction = GANSpaceDirection(basis, pc, start, end, args.strength if strength is None else strength,
+                                      name=name)
+        print(f"wrote {save_direction(direction, args.out.parent / f'{name}.safetensors')}")
+    return 0
+
+
 def _demo(sub) -> None:
     p = sub.add_parser("demo", help="the out-of-the-box demo (see README)")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
@@ -101,4 +168,4 @@ def _data(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _inversion, _data, _train, _demo]
+REGISTRY = [_generate, _convert, _ganspace, _inversion, _data, _train, _demo]
