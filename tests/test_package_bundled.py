@@ -173,6 +173,7 @@ def test_examples_samples_sheet_and_card(bundle, runs):
     assert "0.40000 (50)" in card and "0.45000 (100)" in card  # best and final validation loss
     assert "`hypernetwork/model.safetensors`" in card and "## Evaluation" in card
     assert "| phase1 | 0.1234 |" in card
+    assert "What was chosen, and why:" in card and pb.DOMAINS["fashion32"].recipe[0] in card
 
 
 def test_interrupted_packaging_leaves_no_partial_folder(runs, monkeypatch):
