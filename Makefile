@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 # Packages whose declared dependencies would pull torchvision (a CUDA torch) or wandb; we only read their files.
 NO_DEPS := gan-face-generate==1.1.1 lpips==0.1.4
 
-.PHONY: demo test bench evaluate data install clean
+.PHONY: demo test web bench evaluate data install clean
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,14 +22,22 @@ $(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) -e ".[dev,align,id,train]"
+	$(PIP) -e ".[dev,align,id,train,web]"
 	$(PIP) --no-deps $(NO_DEPS)
+	touch $@
+
+$(VENV)/.installed-web: pyproject.toml $(VENV)/.torch
+	$(PIP) -e ".[align,web]"
 	touch $@
 
 install: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/hyperinverter demo --out out/demo
+
+# The web demo on the bundled models: http://127.0.0.1:7860 (WEB_ARGS="--host 0.0.0.0 --port 8080" to change).
+web: $(VENV)/.installed-web
+	$(BIN)/hyperinverter web $(WEB_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -28,7 +28,7 @@ from .device import resolve_device
 from .editing.directions import Direction
 from .inversion.base import InversionResult
 from .io.checkpoints import atomic_write_bytes, replace_directory
-from .io.images import pil_to_tensor
+from .io.images import center_square, pil_to_tensor
 from .models.hyperinverter import HyperInverter
 from .models.weight_delta import WeightDelta
 
@@ -110,6 +110,8 @@ class InversionPipeline:
     def prepare(self, images: torch.Tensor | Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """PIL images or paths -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and channel count.
 
+        A non-square image gives its centred square (never squashed); align faces first for face models.
+
         Tensors are passed through (they must already be in [-1,1] with the generator's channel count).
         """
         G = self.generator
@@ -122,7 +124,7 @@ class InversionPipeline:
                     from .io.images import read_image
 
                     item = read_image(item)
-                tensors.append(pil_to_tensor(item, size=G.resolution, channels=G.config.img_channels))
+                tensors.append(pil_to_tensor(center_square(item), size=G.resolution, channels=G.config.img_channels))
             x = torch.cat(tensors)
         if x.shape[1] != G.config.img_channels:
             raise ValueError(f"images have {x.shape[1]} channels; this generator makes {G.config.img_channels}")
@@ -171,15 +173,16 @@ class InversionPipeline:
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:
         """Lerp both ``ws`` and every layer's Δθ from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
-        if len(a) != 1 or len(b) != 1:
-            raise ValueError("interpolate takes one image per end point")
         if steps < 2:
             raise ValueError("steps must be >= 2")
-        frames = []
-        for t in torch.linspace(0, 1, steps).tolist():
-            ws = torch.lerp(a.ws, b.ws, t)
-            delta = None
-            if a.weight_delta is not None and b.weight_delta is not None:
-                delta = a.weight_delta.lerp(b.weight_delta, t)
-            frames.append(self.render(ws, delta))
-        return torch.cat(frames)
+        return torch.cat([self.blend(a, b, t) for t in torch.linspace(0, 1, steps).tolist()])
+
+    @torch.no_grad()
+    def blend(self, a: InversionResult, b: InversionResult, t: float) -> torch.Tensor:
+        """The image at fraction ``t`` of the way from ``a`` to ``b`` (codes and Δθ lerped) -> ``[1,C,R,R]``."""
+        if len(a) != 1 or len(b) != 1:
+            raise ValueError("interpolate takes one image per end point")
+        delta = None
+        if a.weight_delta is not None and b.weight_delta is not None:
+            delta = a.weight_delta.lerp(b.weight_delta, t)
+        return self.render(torch.lerp(a.ws, b.ws, t), delta)

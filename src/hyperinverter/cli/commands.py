@@ -149,6 +149,31 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web(sub) -> None:
+    p = sub.add_parser("web", help="the web demo: upload a photo, invert, edit, interpolate (needs the web extra)",
+                       description="Serve a Gradio page on this machine: upload a photo (every face is aligned), see "
+                       "input | Phase I | HyperInverter, edit along the model's directions (pasted back into the "
+                       "photo if asked), and interpolate towards a second photo.")
+    p.add_argument("--model", action="append", default=None,
+                   help="pipeline folder or catalogue name; repeatable (default: every installed bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    _add_device(p)
+    p.set_defaults(func=run_web)
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from ..hub import BUNDLED_DIR, CATALOGUE
+    from ..web import SAMPLES_DIR, build_app
+
+    models = args.model or [a.name for a in CATALOGUE if a.bundled and (BUNDLED_DIR / a.filename).exists()]
+    examples = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    app = build_app(models, device=args.device, examples=examples)
+    print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    app.launch(server_name=args.host, server_port=args.port, show_error=True)
+    return 0
+
+
 def _train(sub) -> None:
     from .train_commands import register
 
@@ -168,4 +193,4 @@ def _data(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _ganspace, _inversion, _data, _train, _demo]
+REGISTRY = [_generate, _convert, _ganspace, _inversion, _data, _train, _demo, _web]

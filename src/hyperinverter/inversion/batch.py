@@ -24,7 +24,7 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from ..io.images import ImageReadError, make_grid, pil_to_tensor, read_image, save_image
+from ..io.images import ImageReadError, center_square, make_grid, pil_to_tensor, read_image, save_image
 from .files import save_inversion
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: in
         try:
             photo = read_image(path)
             if detector is None:
-                pictures.append(Picture(name, path, pil_to_tensor(photo, size=resolution, channels=channels)))
+                pictures.append(Picture(name, path, pil_to_tensor(center_square(photo), size=resolution,
+                                                                  channels=channels)))
                 continue
             faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=str(path))
         except (ImageReadError, NoFaceFoundError) as e:

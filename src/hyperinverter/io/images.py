@@ -54,6 +54,14 @@ def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: 
     return path
 
 
+def center_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of ``image`` (models take square inputs; resizing a non-square photo would
+    squash it)."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image if image.width == image.height else image.crop((left, top, left + side, top + side))
+
+
 def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int = 3) -> torch.Tensor:
     """PIL image of any mode -> ``[1,channels,H,W]`` in [-1,1], resized (Lanczos) to ``size`` if given."""
     image = image.convert("L" if channels == 1 else "RGB")

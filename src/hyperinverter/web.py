@@ -1,0 +1,251 @@
+"""The web demo (``hyperinverter web``): upload a photo, see Phase I and HyperInverter, edit it, interpolate.
+
+:class:`WebSession` is the logic, plain Python on the pipeline (tested without a browser); :func:`build_app`
+wires sessions to a Gradio page (the optional ``web`` extra). Everything runs on the machine that serves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .editing.directions import Direction, load_direction
+from .inversion.base import InversionResult
+from .io.images import make_grid, pil_to_tensor, tensor_to_pil
+from .pipeline import InversionPipeline
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_DIR = Path(__file__).parent / "bundled" / "samples"
+
+
+@dataclass
+class WebInversion:
+    """One inverted face (or whole image): its model-size input, the result, and where it sits in its photo."""
+
+    label: str
+    input: torch.Tensor  # [1,C,R,R] in [-1,1]
+    result: InversionResult  # one sample
+    photo: Image.Image | None = None  # the photo it was aligned from, for pasting edits back
+    placement: dict | None = None
+
+
+def model_directions(model_dir: Path) -> dict[str, Direction]:
+    """The named directions shipped in a model folder's ``directions/`` (none if it has no such folder)."""
+    folder = Path(model_dir) / "directions"
+    found = [load_direction(p) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
+    return {d.name: d for d in found}
+
+
+class WebSession:
+    """Invert, edit and interpolate with one pipeline, returning display-ready PIL images."""
+
+    def __init__(self, pipe: InversionPipeline, directions: Mapping[str, Direction] | None = None, *,
+                 detector=None, display_size: int = 256) -> None:
+        self.pipe = pipe
+        self.directions = dict(directions or {})
+        self.detector = detector  # a face detector for alignment (None: alignment unavailable)
+        self.display_size = display_size
+
+    @classmethod
+    def from_model(cls, model: str | Path, *, device: str | torch.device = "auto", display_size: int = 256,
+                   ) -> WebSession:
+        """A pipeline folder or catalogue name, with its shipped directions and (if installed) dlib alignment."""
+        path = Path(model)
+        if not path.exists():
+            from .hub import resolve_model
+
+            path = resolve_model(str(model))
+        detector = None
+        try:
+            from .align import Dlib68Detector
+
+            detector = Dlib68Detector(upsample=1)
+        except (ImportError, FileNotFoundError) as e:
+            logger.warning("face alignment unavailable (%s)", e)
+        return cls(InversionPipeline.from_pretrained(path, device=device), model_directions(path),
+                   detector=detector, display_size=display_size)
+
+    @property
+    def resolution(self) -> int:
+        return self.pipe.generator.resolution
+
+    def invert(self, photo: Image.Image, *, align: bool) -> list[WebInversion]:
+        """Every face of ``photo`` FFHQ-aligned (``align``), or its centred square, inverted in one batch.
+
+        Raises ``NoFaceFoundError`` when aligning a photo without a face, ``RuntimeError`` when alignment
+        is asked for but dlib is not installed.
+        """
+        from .io.images import ImageReadError
+
+        if photo is None or photo.width < 1 or photo.height < 1:
+            raise ImageReadError("no image given")
+        G = self.pipe.generator
+        channels = G.config.img_channels
+        photo = photo.convert("RGB") if photo.mode not in ("RGB", "L") else photo
+        if align:
+            if self.detector is None:
+                raise RuntimeError("face alignment needs dlib: pip install 'hyperinverter[align]'")
+            from .align import align_faces
+
+            # Aligned at 4x the model's size, then downsampled, so the warp does not alias.
+            faces = align_faces(photo, self.detector, size=4 * G.resolution, scale=self.pipe.align_scale,
+                                source="the photo")
+            inputs = [pil_to_tensor(f.image, size=G.resolution, channels=channels) for f in faces]
+            placements = [f.placement() for f in faces]
+            labels = [f"face {i + 1}" for i in range(len(faces))] if len(faces) > 1 else ["face"]
+        else:
+            inputs = [self.pipe.prepare([photo]).cpu()]
+            placements, labels = [None], ["image"]
+        batch = torch.cat(inputs)
+        result = self.pipe.invert(batch)
+        return [WebInversion(label, batch[i : i + 1], result.select(i), photo if placement else None, placement)
+                for i, (label, placement) in enumerate(zip(labels, placements))]
+
+    def to_display(self, images: torch.Tensor, *, nrow: int | None = None) -> Image.Image:
+        """``[N,C,R,R]`` -> one image, enlarged (nearest, so no detail is invented) to about display_size."""
+        scale = max(1, self.display_size // images.shape[-1])
+        images = torch.nn.functional.interpolate(images.cpu(), scale_factor=scale, mode="nearest")
+        return tensor_to_pil(make_grid(images, nrow=nrow or len(images)))[0].convert("RGB")
+
+    def comparison(self, item: WebInversion) -> Image.Image:
+        """input | Phase I | HyperInverter."""
+        r = item.result
+        w_image = r.w_image if r.w_image is not None else r.image
+        return self.to_display(torch.cat([item.input.cpu(), w_image.cpu(), r.image.cpu()]))
+
+    def edit(self, item: WebInversion, direction: str, strength: float, *, paste_back: bool = False) -> Image.Image:
+        """The edited image (the codes move, Δθ is reused); pasted back into the photo if asked and aligned."""
+        if direction not in self.directions:
+            raise KeyError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
+        edited = self.pipe.edit(item.result, self.directions[direction], strength)
+        if paste_back and item.placement is not None and item.photo is not None:
+            from .align import paste_back_placement
+
+            face = tensor_to_pil(edited.cpu())[0].convert("RGB")
+            return paste_back_placement(item.photo.convert("RGB"), face, item.placement)
+        return self.to_display(edited)
+
+    def interpolate(self, a: WebInversion, b: WebInversion, t: float) -> Image.Image:
+        """The image at fraction ``t`` from ``a`` to ``b``, codes and residual weights interpolated."""
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        return self.to_display(self.pipe.blend(a.result, b.result, t))
+
+
+# --- the Gradio page ---------------------------------------------------------------------------------------
+
+
+def build_app(models: Sequence[str], *, device: str | torch.device = "auto", examples: Sequence[Path] = ()):
+    """A Gradio ``Blocks`` page over the given models (pipeline folders or catalogue names), loaded on first use."""
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise ImportError("the web demo needs Gradio: pip install 'hyperinverter[web]'") from e
+    from .align import NoFaceFoundError
+    from .convert.errors import CheckpointError
+    from .io.images import ImageReadError
+
+    if not models:
+        raise ValueError("no model to serve: give --model, or install a bundled model")
+    sessions: dict[str, WebSession] = {}
+
+    def session(name: str) -> WebSession:
+        if name not in sessions:
+            try:
+                sessions[name] = WebSession.from_model(name, device=device)
+            except (FileNotFoundError, CheckpointError) as e:
+                raise gr.Error(f"cannot load {name}: {e}") from None
+        return sessions[name]
+
+    def user_error(e: Exception):
+        return gr.Error(str(e).strip("'\""))
+
+    def on_model(name):
+        s = session(name)
+        names = sorted(s.directions)
+        return (gr.update(choices=names, value=names[0] if names else None),
+                gr.update(value=s.pipe.generator.config.img_channels == 3 and s.detector is not None))
+
+    def on_invert(name, photo, align):
+        s = session(name)
+        try:
+            found = s.invert(photo, align=align)
+        except (NoFaceFoundError, ImageReadError, RuntimeError) as e:
+            raise user_error(e) from None
+        labels = [it.label for it in found]
+        note = f"{len(found)} face(s) found" if align else "inverted the centred square of the photo"
+        return found, s.comparison(found[0]), gr.update(choices=labels, value=labels[0]), note
+
+    def pick(found, label):
+        return next((it for it in found if it.label == label), found[0])
+
+    # Edits and blends follow every change of their inputs; before anything is inverted they show nothing.
+    def on_pick(name, found, label):
+        return session(name).comparison(pick(found, label)) if found else None
+
+    def on_edit(name, found, label, direction, strength, paste):
+        if not found or not direction:
+            return None
+        return session(name).edit(pick(found, label), direction, strength, paste_back=paste)
+
+    def on_second(name, photo, align):
+        if photo is None:
+            return None
+        try:
+            return session(name).invert(photo, align=align)[0]
+        except (NoFaceFoundError, ImageReadError, RuntimeError) as e:
+            raise user_error(e) from None
+
+    def on_blend(name, found, label, other, t):
+        if not found or other is None:
+            return None
+        return session(name).interpolate(pick(found, label), other, t)
+
+    with gr.Blocks(title="hyperinverter") as app:
+        gr.Markdown("# HyperInverter\nPhase I finds one code *w*; Phase II predicts residual generator weights "
+                    "Δθ, and the result is G(w; θ+Δθ). Edits move *w* and keep Δθ. Runs on this machine.")
+        items = gr.State(None)
+        second = gr.State(None)
+        with gr.Row():
+            model = gr.Dropdown(list(models), value=models[0], label="model")
+            align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)")
+        with gr.Row():
+            photo = gr.Image(type="pil", label="photo")
+            compare = gr.Image(type="pil", format="png", label="input | Phase I (W) | HyperInverter",
+                               interactive=False)
+        with gr.Row():
+            run = gr.Button("Invert", variant="primary")
+            face = gr.Dropdown([], label="face")
+            status = gr.Markdown()
+        if examples:
+            gr.Examples([[str(p)] for p in examples], inputs=[photo])
+        gr.Markdown("## Edit")
+        with gr.Row():
+            direction = gr.Dropdown([], label="direction")
+            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.5, label="strength (GANSpace: the coordinate's value)")
+            paste = gr.Checkbox(value=False, label="paste back into the photo")
+        edited = gr.Image(type="pil", format="png", label="edited", interactive=False)
+        gr.Markdown("## Interpolate (codes and residual weights)")
+        with gr.Row():
+            photo_b = gr.Image(type="pil", label="second photo")
+            t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t")
+            blended = gr.Image(type="pil", format="png", label="blend", interactive=False)
+
+        edit_inputs = [model, items, face, direction, strength, paste]
+        blend_inputs = [model, items, face, second, t]
+        app.load(on_model, [model], [direction, align])
+        model.change(on_model, [model], [direction, align])
+        run.click(on_invert, [model, photo, align], [items, compare, face, status]).then(
+            on_edit, edit_inputs, [edited]).then(on_blend, blend_inputs, [blended])
+        face.change(on_pick, [model, items, face], [compare]).then(on_edit, edit_inputs, [edited])
+        for trigger in (direction.change, strength.release, paste.change):
+            trigger(on_edit, edit_inputs, [edited])
+        photo_b.change(on_second, [model, photo_b, align], [second]).then(on_blend, blend_inputs, [blended])
+        t.release(on_blend, blend_inputs, [blended])
+    return app
