@@ -114,6 +114,11 @@ def test_cli_align_on_a_real_photo(pipeline, tmp_path, capsys):
     assert main(["invert", str(SAMPLES_DIR / "astronaut.jpg"), str(tmp_path / "blank.png"), "--align",
                  "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"]) == 0
     assert "blank.png: no face found" in capsys.readouterr().err
-    _, _, meta = load_inversion(out / "astronaut-face0.safetensors")  # the largest face first
+    _, _, meta = load_inversion(out / "astronaut.safetensors")  # one face: the patch on her suit scores too low
     quad = np.asarray(meta["placement"]["quad"])
     assert 150 < quad[:, 0].mean() < 300 and meta["placement"]["source_size"] == [512, 512]
+    # dlib's own threshold takes the patch as a second face: both are written, the largest first.
+    assert main(["invert", str(SAMPLES_DIR / "astronaut.jpg"), "--align", "--min-face-score", "0",
+                 "--model", str(tmp_path / "model"), "--out", str(tmp_path / "all"), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.safetensors")) == ["astronaut-face0.safetensors",
+                                                                               "astronaut-face1.safetensors"]

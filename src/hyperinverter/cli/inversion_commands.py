@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--align", action="store_true",
                    help="find every face (dlib 68 landmarks) and FFHQ-align it at the model's crop scale; the "
                    "placement is kept so that `edit --paste-back` can put edits back into the photo")
+    p.add_argument("--min-face-score", type=float, default=0.5,
+                   help="with --align, the lowest dlib detection score kept (default 0.5 drops face-like patterns; "
+                   "0 is dlib's own threshold, for small or blurry faces)")
     p.set_defaults(func=run_invert)
 
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
@@ -105,7 +108,7 @@ def run_invert(args: argparse.Namespace) -> int:
     if args.align:
         from ..align import Dlib68Detector
 
-        detector = Dlib68Detector()
+        detector = Dlib68Detector(min_score=args.min_face_score)
     report = invert_files(pipe, paths, args.out, batch_size=args.batch_size, phase2=not args.phase1_only,
                           detector=detector, model_name=str(args.model))
     for reason in report.skipped:
