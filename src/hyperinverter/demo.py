@@ -18,7 +18,7 @@ from PIL import Image
 from .editing.directions import load_direction
 from .inversion.batch import read_pictures
 from .io.checkpoints import atomic_write_bytes
-from .io.images import make_grid, pil_to_tensor, save_image
+from .io.images import labelled_row, pil_to_tensor, save_image
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames:
     for i, picture in enumerate(pictures):
         partner = pictures[(i + 1) % len(pictures)].image if len(pictures) > 1 else picture.image.flip(-1)
         panels, labels = _strip(pipe, picture.image.to(pipe.device), partner.to(pipe.device), directions, frames)
-        path = save_image(make_grid(panels, nrow=len(panels)), report.out_dir / f"face_{picture.name}.png")
+        path = save_image(labelled_row(panels, labels), report.out_dir / f"face_{picture.name}.png")
         report.items.append(DemoItem(f"{picture.name} ({title})", path, " | ".join(labels)))
 
 
@@ -125,7 +125,7 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
     for i, (path, x) in enumerate(zip(paths, tensors)):
         partner = tensors[(i + 1) % len(tensors)]
         panels, labels = _strip(pipe, x.to(pipe.device), partner.to(pipe.device), directions, frames)
-        picture = save_image(make_grid(panels, nrow=len(panels)), report.out_dir / f"{title}_{path.stem}.png")
+        picture = save_image(labelled_row(panels, labels), report.out_dir / f"{title}_{path.stem}.png")
         report.items.append(DemoItem(f"held-out image {path.stem} ({title})", picture, " | ".join(labels)))
 
 

@@ -54,7 +54,7 @@ class Dlib68Detector:
 
     def __call__(self, image: Image.Image) -> list[np.ndarray]:
         rgb = np.asarray(image.convert("RGB"))
-        boxes, scores, _ = self._detector.run(rgb, self.upsample, self.min_score)
+        boxes, _scores, _kinds = self._detector.run(rgb, self.upsample, self.min_score)
         faces = sorted(boxes, key=lambda r: r.width() * r.height(), reverse=True)
         return [np.array([[p.x, p.y] for p in self._predictor(rgb, face).parts()], dtype=np.float64)
                 for face in faces]

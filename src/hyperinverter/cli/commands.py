@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 
-
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto (default), cpu, cuda, cuda:1, mps")
 

@@ -253,7 +253,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         images = images[: args.max_images]
     extra = {}
     if args.identity:
-        from ..losses.identity import FFHQ_CROP, crop_for_align_scale, identity_similarity, load_identity_embedder
+        from ..losses.identity import (
+            FFHQ_CROP,
+            crop_for_align_scale,
+            identity_similarity,
+            load_identity_embedder,
+        )
 
         embedder = load_identity_embedder("sface", pipe.device)
         crop = crop_for_align_scale(FFHQ_CROP, pipe.align_scale)  # the face box of this model's framing

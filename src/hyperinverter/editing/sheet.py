@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..generate import z_from_seeds
-from ..io.images import save_image, tensor_to_pil
+from ..io.images import label_font, save_image, tensor_to_pil
 from ..models.stylegan2 import Generator
 from .directions import GANSpaceDirection
 from .ganspace import GANSpaceBasis
@@ -25,15 +25,6 @@ def parse_layer_range(spec: str, num_ws: int) -> tuple[int, int]:
     if not 0 <= start < end <= num_ws:
         raise ValueError(f"layer range {spec!r} does not fit a generator with {num_ws} ws (0:{num_ws})")
     return start, end
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
 
 
 @torch.no_grad()
@@ -69,7 +60,7 @@ def render_ganspace_sheet(
     sheet = Image.new("RGB", (label_w + len(seeds) * (per_seed + gap), header_h + len(indices) * (tile + pad)),
                       "white")
     draw = ImageDraw.Draw(sheet)
-    font = _font(12)
+    font = label_font(12)
 
     def tiles(images: torch.Tensor) -> list:
         return [im.convert("RGB").resize((tile, tile), Image.NEAREST) for im in tensor_to_pil(images)]
@@ -84,7 +75,7 @@ def render_ganspace_sheet(
             draw.text((x0 + j * (tile + pad) + 2, 18), label, fill="black", font=font)
     for row, i in enumerate(indices):
         y0 = header_h + row * (tile + pad)
-        draw.text((4, y0 + tile // 2 - 14), f"PC{i}", fill="black", font=_font(16))
+        draw.text((4, y0 + tile // 2 - 14), f"PC{i}", fill="black", font=label_font(16))
         draw.text((4, y0 + tile // 2 + 4), f"std {float(basis.std[i]):.3g}", fill="black", font=font)
         direction = GANSpaceDirection(basis, i, start, end, strength, name=f"pc{i}")
         edits = [tiles(G.synthesis(direction.apply(ws, v), noise_mode="const")) for v in values]

@@ -42,6 +42,39 @@ def make_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2
     return grid[None]
 
 
+def label_font(size: int):
+    """Pillow's default font at ``size`` px (the fixed bitmap font on Pillow without FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def labelled_row(images: torch.Tensor, labels: Sequence[str], *, padding: int = 2,
+                 font_size: int = 12) -> Image.Image:
+    """``[N,C,H,W]`` side by side (as :func:`make_grid` with one row) under a header naming each column."""
+    from PIL import ImageDraw
+
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    row = tensor_to_pil(make_grid(images, nrow=len(images), padding=padding))[0].convert("RGB")
+    header = font_size + 8
+    out = Image.new("RGB", (row.width, row.height + header), "white")
+    out.paste(row, (0, header))
+    draw = ImageDraw.Draw(out)
+    font = label_font(font_size)
+    width = images.shape[-1]
+    for i, label in enumerate(labels):
+        left = padding + i * (width + padding)
+        text = label
+        while text and draw.textlength(text, font=font) > width - 2:  # shorten to fit the column
+            text = text[:-1]
+        draw.text((left + (width - draw.textlength(text, font=font)) / 2, 3), text, fill="black", font=font)
+    return out
+
+
 def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True) -> Path:
     """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix."""
     path = Path(path)
