@@ -61,7 +61,7 @@ logger = logging.getLogger("package_bundled")
 
 # Named GANSpace edits per domain: name -> (component index, layer range "start:end", strength).
 # GANSpace *sets* the component's coordinate (in units of its std) to ``strength`` on those layers.
-# The names are placeholders: pick real ones by looking at ganspace_sheet.png, then package again.
+# Name them from `hyperinverter ganspace --layers START:END` sheets of the finished generator, then package.
 # fashion32 has 8 ws (32 px), faces64 has 10 (64 px).
 DIRECTIONS: dict[str, dict[str, tuple[int, str, float]]] = {
     # Named by eye from sheets of PC0-7 on layers 3:8 (appearance; on all layers the PCs change the class).
@@ -69,11 +69,12 @@ DIRECTIONS: dict[str, dict[str, tuple[int, str, float]]] = {
         "brightness": (0, "3:8", 3.0),  # -3 dark, +3 bright, same garment
         "print": (1, "3:8", 3.0),  # +3 adds stripes and prints, -3 plain
     },
+    # Named by eye from `hyperinverter ganspace` sheets of PC0-7 on layers 0:4, 4:7 and 7:10 (seeds 0-6).
     "faces64": {
-        "pc0": (0, "0:10", 3.0),
-        "pc1": (1, "0:10", 3.0),
-        "pc2-coarse": (2, "0:5", 3.0),
-        "pc3-fine": (3, "5:10", 3.0),
+        "hair": (3, "0:4", 3.0),  # +3 darker, fuller hair or a fringe; -3 bald or light hair
+        "head-turn": (2, "0:4", -3.0),  # -3 turns the head to the side; +3 faces the camera
+        "lighting": (0, "4:7", 3.0),  # +3 a brighter face, -3 a darker one
+        "warm-tint": (1, "7:10", -3.0),  # -3 warm yellow light, +3 cool blue light
     },
 }
 
