@@ -69,12 +69,14 @@ DIRECTIONS: dict[str, dict[str, tuple[int, str, float]]] = {
         "brightness": (0, "3:8", 3.0),  # -3 dark, +3 bright, same garment
         "print": (1, "3:8", 3.0),  # +3 adds stripes and prints, -3 plain
     },
-    # Named by eye from `hyperinverter ganspace` sheets of PC0-7 on layers 0:4, 4:7 and 7:10 (seeds 0-6).
+    # Named by eye from `hyperinverter ganspace` sheets of PC0-7 on layers 0:4, 4:7 and 7:10 (seeds 0-6), and
+    # checked on the inverted sample photos at -3..+3: beyond about 2 stds the photos' edits lose their detail.
+    # The demo shows the first two by name.
     "faces64": {
-        "hair": (3, "0:4", 3.0),  # +3 darker, fuller hair or a fringe; -3 bald or light hair
-        "head-turn": (2, "0:4", -3.0),  # -3 turns the head to the side; +3 faces the camera
-        "lighting": (0, "4:7", 3.0),  # +3 a brighter face, -3 a darker one
-        "warm-tint": (1, "7:10", -3.0),  # -3 warm yellow light, +3 cool blue light
+        "hair": (3, "0:4", 2.0),  # +2 darker, fuller hair or a fringe; -2 light hair
+        "light-warm": (1, "7:10", -2.0),  # -2 warm yellow light; +2 cool blue light
+        "shade": (0, "4:7", -2.0),  # -2 a darker, more contrasted face; +2 a brighter one
+        "turn": (2, "0:4", -2.0),  # -2 turns the head to the side (washed out on photos); +2 faces the camera
     },
 }
 
