@@ -103,6 +103,8 @@ class DomainSpec:
     directions: dict[str, tuple[int, str, float]] = field(default_factory=dict)
     faces: bool = False  # photos are FFHQ-aligned before inversion: measure the crop scale of the training faces
     recipe: tuple[str, ...] = ()  # the model card's "what was chosen and why", one bullet each
+    limitations: tuple[str, ...] = ()  # what the model cannot do, one bullet each
+    directions_note: str = ""  # what the named directions do, after the sheet's description
 
 
 DOMAINS: dict[str, DomainSpec] = {
@@ -118,6 +120,8 @@ DOMAINS: dict[str, DomainSpec] = {
         data_commands=("hyperinverter data fashion32 --out {train} --split train",
                        "hyperinverter data fashion32 --out {examples} --split test"),
         directions=DIRECTIONS["fashion32"],
+        directions_note="On every layer the components mostly change the kind of object, so the named ones act "
+                        "on layers 3:8, where they change its appearance.",
         recipe=(
             "Generator: adversarial training from scratch (non-saturating loss, lazy R1, EMA, style mixing), no "
             "warm start: at 32x32 grayscale with widths capped at 64 a step of batch 32 costs about 1.3 s on "
@@ -143,6 +147,8 @@ DOMAINS: dict[str, DomainSpec] = {
         data_commands=("hyperinverter data faces64 --out {train} --n {n}",
                        "hyperinverter data faces64 --out {examples} --heldout"),
         directions=DIRECTIONS["faces64"],
+        directions_note="Layers 0:4 hold the head's pose and hair, 7:10 the colour of the light. The strengths "
+                        "were checked on the inverted sample photos: beyond about 2 stds their edits lose detail.",
         faces=True,
         recipe=(
             "Generator widths (w 128, channels capped at 64, z 100 so that it reads the DCGAN's z) were sized from "
@@ -164,6 +170,14 @@ DOMAINS: dict[str, DomainSpec] = {
             "identity loss embeds the whole image, not FFHQ's face box.",
             "Model selection (the shipped `best` encoders) uses a validation split of the training images only; "
             "the held-out seeds are never read in training.",
+        ),
+        limitations=(
+            "Trained only on synthetic faces from a small DCGAN, at 64x64: on real photos (the demo's) it "
+            "reconstructs the colours, lighting and layout of the face but not the person's identity; the "
+            "evaluation below is on held-out synthetic faces. It is a CPU demo of the method, not a face model "
+            "to use on people.",
+            "The generator's own samples are rough (smeared details); edits beyond about 2 stds lose detail on "
+            "inverted photos.",
         ),
     ),
 }
@@ -567,6 +581,7 @@ def write_model_card(folder: Path, *, domain: str, spec: DomainSpec, summaries: 
         ("The validation loss is the training loss (weighted L2 + perceptual terms, see the configs) on the "
         "validation split of the training folder (`val_fraction`), computed on the final HyperInverter image."),
         "",
+        *(["## Limitations", "", *(f"- {item}" for item in spec.limitations), ""] if spec.limitations else []),
         "## Packaging",
         "",
         (f"- Generator: {generator.resolution} px, {generator.img_channels} channel(s), z {generator.z_dim}, "
@@ -585,9 +600,10 @@ def write_model_card(folder: Path, *, domain: str, spec: DomainSpec, summaries: 
         "deviation, to the strength on the given layers; the image's residual weights are reused unchanged. "
         + ("The names are placeholders until someone names the components by eye "
            if any(re.fullmatch(r"pc\d+(-\w+)?", d.name) for d in directions)
-           else "They were named by eye from edits of the first components on several layer ranges; ")
+           else "They were named by eye from edits of the first components on several layer ranges "
+                "(`hyperinverter ganspace --layers START:END`); ")
         + f"`ganspace_sheet.png` shows the first {SHEET_COMPONENTS} components at "
-        f"-{SHEET_STRENGTH:g}..+{SHEET_STRENGTH:g} on every layer, where they mostly change the kind of object."),
+        f"-{SHEET_STRENGTH:g}..+{SHEET_STRENGTH:g} on every layer. {spec.directions_note}".rstrip()),
         "",
         "| file | component | layers | strength | component std |",
         "|---|---|---|---|---|",
