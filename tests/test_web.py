@@ -83,3 +83,9 @@ def test_the_page_builds_over_a_pipeline_folder(pipeline, tmp_path):
     assert isinstance(app, gr.Blocks)
     with pytest.raises(ValueError, match="no model"):
         build_app([])
+
+
+def test_a_transparent_upload_is_composited_on_white(session, pipeline):
+    rgba = Image.new("RGBA", (50, 50), (0, 0, 0, 0))  # fully transparent black
+    (item,) = session.invert(rgba, align=False)
+    assert torch.allclose(item.input, torch.ones_like(item.input))  # white, as read_image does for files

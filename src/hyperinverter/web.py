@@ -16,7 +16,7 @@ from PIL import Image
 
 from .editing.directions import Direction, load_direction
 from .inversion.base import InversionResult
-from .io.images import make_grid, pil_to_tensor, tensor_to_pil
+from .io.images import make_grid, pil_to_tensor, plain_mode, tensor_to_pil
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class WebSession:
             raise ImageReadError("no image given")
         G = self.pipe.generator
         channels = G.config.img_channels
-        photo = photo.convert("RGB") if photo.mode not in ("RGB", "L") else photo
+        photo = plain_mode(photo)  # e.g. a transparent PNG: composited on white, as files are
         if align:
             if self.detector is None:
                 raise RuntimeError("face alignment needs dlib: pip install 'hyperinverter[align]'")

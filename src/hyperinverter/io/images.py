@@ -139,6 +139,11 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
     if im.width < 1 or im.height < 1:
         raise ImageReadError(f"{path}: the image is empty ({im.width}x{im.height})")
+    return plain_mode(im)
+
+
+def plain_mode(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB or L: transparency is composited on white; palette, CMYK, 16-bit etc. converted."""
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
