@@ -29,7 +29,7 @@ def test_unaligned_photo_is_its_centred_square(session, pipeline):
     picture = photo()
     (item,) = session.invert(picture, align=False)
     R = pipeline.generator.resolution
-    assert item.label == "image" and item.placement is None and item.input.shape == (1, 3, R, R)
+    assert item.label == "photo" and item.placement is None and item.input.shape == (1, 3, R, R)
     assert torch.equal(item.input, pil_to_tensor(center_square(picture), size=R))
     assert center_square(picture).size == (600, 600)
     reference = pipeline.invert(item.input)
@@ -41,7 +41,7 @@ def test_unaligned_photo_is_its_centred_square(session, pipeline):
 def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
     picture = photo()
     items = session.invert(picture, align=True)
-    assert [it.label for it in items] == ["face 1", "face 2"]
+    assert [it.label for it in items] == ["photo-face0", "photo-face1"]
     assert all(it.placement is not None and it.photo is picture for it in items)
     edited = session.edit(items[0], "up", 2.0)
     expected = session.to_display(pipeline.edit(items[0].result, session.directions["up"], 2.0))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .editing.directions import Direction, load_direction
 from .inversion.base import InversionResult
-from .io.images import make_grid, pil_to_tensor, plain_mode, tensor_to_pil
+from .io.images import make_grid, plain_mode, tensor_to_pil
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,6 @@ class WebSession:
         return cls(InversionPipeline.from_pretrained(path, device=device), model_directions(path),
                    detector=detector, display_size=display_size)
 
-    @property
-    def resolution(self) -> int:
-        return self.pipe.generator.resolution
-
     def invert(self, photo: Image.Image, *, align: bool) -> list[WebInversion]:
         """Every face of ``photo`` FFHQ-aligned (``align``), or its centred square, inverted in one batch.
 
@@ -85,27 +81,19 @@ class WebSession:
 
         if photo is None or photo.width < 1 or photo.height < 1:
             raise ImageReadError("no image given")
-        G = self.pipe.generator
-        channels = G.config.img_channels
-        photo = plain_mode(photo)  # e.g. a transparent PNG: composited on white, as files are
-        if align:
-            if self.detector is None:
-                raise RuntimeError("face alignment needs dlib: pip install 'hyperinverter[align]'")
-            from .align import align_faces
+        from .inversion.batch import photo_pictures
 
-            # Aligned at 4x the model's size, then downsampled, so the warp does not alias.
-            faces = align_faces(photo, self.detector, size=4 * G.resolution, scale=self.pipe.align_scale,
-                                source="the photo")
-            inputs = [pil_to_tensor(f.image, size=G.resolution, channels=channels) for f in faces]
-            placements = [f.placement() for f in faces]
-            labels = [f"face {i + 1}" for i in range(len(faces))] if len(faces) > 1 else ["face"]
-        else:
-            inputs = [self.pipe.prepare([photo]).cpu()]
-            placements, labels = [None], ["image"]
-        batch = torch.cat(inputs)
+        G = self.pipe.generator
+        if align and self.detector is None:
+            raise RuntimeError("face alignment needs dlib: pip install 'hyperinverter[align]'")
+        photo = plain_mode(photo)  # e.g. a transparent PNG: composited on white, as files are
+        pictures = photo_pictures(photo, "photo", Path("the photo"), resolution=G.resolution,
+                                  channels=G.config.img_channels, detector=self.detector if align else None,
+                                  align_scale=self.pipe.align_scale)
+        batch = torch.cat([p.image for p in pictures])
         result = self.pipe.invert(batch)
-        return [WebInversion(label, batch[i : i + 1], result.select(i), photo if placement else None, placement)
-                for i, (label, placement) in enumerate(zip(labels, placements))]
+        return [WebInversion(p.name, batch[i : i + 1], result.select(i), photo if p.placement else None, p.placement)
+                for i, p in enumerate(pictures)]
 
     def to_display(self, images: torch.Tensor, *, nrow: int | None = None) -> Image.Image:
         """``[N,C,R,R]`` -> one image, enlarged (nearest, so no detail is invented) to about display_size."""

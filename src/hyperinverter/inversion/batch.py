@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..io.images import ImageReadError, center_square, make_grid, pil_to_tensor, read_image, save_image
@@ -68,32 +69,36 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
 
 
+def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: int, channels: int, detector=None,
+                   align_scale: float = 1.0) -> list[Picture]:
+    """One photo -> what gets inverted: with a ``detector`` every face, FFHQ-aligned at ``align_scale`` (named
+    ``name`` or ``name-faceI``); without one, its centred square. Raises ``NoFaceFoundError``.
+
+    Aligned crops are made at 4x the model's resolution, then downsampled, so the warp does not alias.
+    """
+    if detector is None:
+        return [Picture(name, source, pil_to_tensor(center_square(photo), size=resolution, channels=channels))]
+    from ..align import align_faces
+
+    faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=str(source))
+    return [Picture(name if len(faces) == 1 else f"{name}-face{i}", source,
+                    pil_to_tensor(face.image, size=resolution, channels=channels), face.placement())
+            for i, face in enumerate(faces)]
+
+
 def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: int, channels: int,
                   detector=None, align_scale: float = 1.0) -> tuple[list[Picture], list[str]]:
-    """Read ``paths`` into pictures; with a ``detector`` every face of each photo becomes one picture.
-
-    Returns (pictures, skipped reasons). Aligned crops are made at 4x the model's resolution, then
-    downsampled, so the warp does not alias.
-    """
-    from ..align import NoFaceFoundError, align_faces
+    """Read ``paths`` into pictures (see :func:`photo_pictures`) -> (pictures, reasons for skipped files)."""
+    from ..align import NoFaceFoundError
 
     pictures, skipped = [], []
     for path, name in zip(paths, names):
         try:
-            photo = read_image(path)
-            if detector is None:
-                pictures.append(Picture(name, path, pil_to_tensor(center_square(photo), size=resolution,
-                                                                  channels=channels)))
-                continue
-            faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=str(path))
+            pictures += photo_pictures(read_image(path), name, path, resolution=resolution, channels=channels,
+                                       detector=detector, align_scale=align_scale)
         except (ImageReadError, NoFaceFoundError) as e:
             logger.warning("skipped %s", e)
             skipped.append(str(e))
-            continue
-        for i, face in enumerate(faces):
-            suffix = "" if len(faces) == 1 else f"-face{i}"
-            pictures.append(Picture(name + suffix, path, pil_to_tensor(face.image, size=resolution, channels=channels),
-                                    face.placement()))
     return pictures, skipped
 
 
