@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .editing.directions import load_direction
+from .editing.directions import load_model_directions
+from .hub import sample_photos
 from .inversion.batch import read_pictures
 from .io.checkpoints import atomic_write_bytes
 from .io.images import labelled_row, pil_to_tensor, save_image
@@ -23,7 +24,6 @@ from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_DIR = Path(__file__).parent / "bundled" / "samples"
 DISPLAY_SIZE = 128  # pictures show each panel at least this many pixels wide
 
 
@@ -41,11 +41,6 @@ class DemoReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # bundled models that are not installed
     seconds: float = 0.0
-
-
-def _directions(model_dir: Path) -> list:
-    folder = model_dir / "directions"
-    return [load_direction(p) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
 
 
 def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, directions: list,
@@ -93,18 +88,16 @@ Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p
 
 def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames: int, title: str) -> None:
     """Align every face in the bundled photos (as `invert --align` does) and invert it."""
-    try:
-        from .align import Dlib68Detector
+    from .align import optional_detector
 
-        detector = Dlib68Detector(upsample=1)
-    except (ImportError, FileNotFoundError) as e:
-        detector = None
-        report.skipped.append(f"face alignment unavailable ({e}); photos are only centre-cropped")
-    photos = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    detector, why_not = optional_detector()
+    if why_not:
+        report.skipped.append(f"{why_not}; photos are only centre-cropped")
+    photos = sample_photos()
     pictures, skipped = read_pictures(photos, [p.stem for p in photos], resolution=pipe.generator.resolution,
                                       channels=3, detector=detector, align_scale=pipe.align_scale)
     report.skipped += skipped
-    directions = _directions(model_dir)
+    directions = list(load_model_directions(model_dir).values())
     for i, picture in enumerate(pictures):
         partner = pictures[(i + 1) % len(pictures)].image if len(pictures) > 1 else picture.image.flip(-1)
         panels, labels = _strip(pipe, picture.image.to(pipe.device), partner.to(pipe.device), directions, frames)
@@ -121,7 +114,7 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
         return
     G = pipe.generator
     tensors = [pil_to_tensor(Image.open(p), size=G.resolution, channels=G.config.img_channels) for p in paths]
-    directions = _directions(model_dir)
+    directions = list(load_model_directions(model_dir).values())
     for i, (path, x) in enumerate(zip(paths, tensors)):
         partner = tensors[(i + 1) % len(tensors)]
         panels, labels = _strip(pipe, x.to(pipe.device), partner.to(pipe.device), directions, frames)

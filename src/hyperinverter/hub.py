@@ -20,6 +20,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
+SAMPLES_DIR = BUNDLED_DIR / "samples"
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,17 @@ def _verify_cached(path: Path, artifact: Artifact) -> None:
     rejected = path.with_name(path.name + ".rejected")
     os.replace(path, rejected)
     raise ValueError(f"{path} {problem}; moved it to {rejected} so it is not used. {_manual(artifact, path)}")
+
+
+def local_model_path(name_or_path: str | Path) -> Path:
+    """An existing path as it is; otherwise a catalogue name, resolved by :func:`resolve_model`."""
+    path = Path(name_or_path)
+    return path if path.exists() else resolve_model(str(name_or_path))
+
+
+def sample_photos() -> list[Path]:
+    """The bundled real photos (public domain, see ``bundled/samples/LICENSES.md``) the demos align and invert."""
+    return sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
 
 
 def resolve_model(name: str) -> Path:

@@ -85,11 +85,9 @@ class InversionPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device = "auto") -> InversionPipeline:
         """Load a pipeline folder, or a catalogue name (bundled or downloaded models)."""
-        path = Path(name_or_path)
-        if not path.exists():
-            from .hub import resolve_model
+        from .hub import local_model_path
 
-            path = resolve_model(str(name_or_path))
+        path = local_model_path(name_or_path)
         index_path = path / "pipeline.json"
         if not index_path.is_file():
             raise CheckpointError(f"{path} is not a pipeline folder: it has no pipeline.json")

@@ -14,15 +14,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .editing.directions import Direction, load_direction
+from .editing.directions import Direction, load_model_directions
 from .inversion.base import InversionResult
-from .io.images import make_grid, plain_mode, tensor_to_pil
+from .io.images import ImageReadError, make_grid, plain_mode, tensor_to_pil
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
-
-SAMPLES_DIR = Path(__file__).parent / "bundled" / "samples"
-
 
 @dataclass
 class WebInversion:
@@ -33,13 +30,6 @@ class WebInversion:
     result: InversionResult  # one sample
     photo: Image.Image | None = None  # the photo it was aligned from, for pasting edits back
     placement: dict | None = None
-
-
-def model_directions(model_dir: Path) -> dict[str, Direction]:
-    """The named directions shipped in a model folder's ``directions/`` (none if it has no such folder)."""
-    folder = Path(model_dir) / "directions"
-    found = [load_direction(p) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
-    return {d.name: d for d in found}
 
 
 class WebSession:
@@ -56,19 +46,14 @@ class WebSession:
     def from_model(cls, model: str | Path, *, device: str | torch.device = "auto", display_size: int = 256,
                    ) -> WebSession:
         """A pipeline folder or catalogue name, with its shipped directions and (if installed) dlib alignment."""
-        path = Path(model)
-        if not path.exists():
-            from .hub import resolve_model
+        from .align import optional_detector
+        from .hub import local_model_path
 
-            path = resolve_model(str(model))
-        detector = None
-        try:
-            from .align import Dlib68Detector
-
-            detector = Dlib68Detector(upsample=1)
-        except (ImportError, FileNotFoundError) as e:
-            logger.warning("face alignment unavailable (%s)", e)
-        return cls(InversionPipeline.from_pretrained(path, device=device), model_directions(path),
+        path = local_model_path(model)
+        detector, why_not = optional_detector()
+        if why_not:
+            logger.warning(why_not)
+        return cls(InversionPipeline.from_pretrained(path, device=device), load_model_directions(path),
                    detector=detector, display_size=display_size)
 
     def invert(self, photo: Image.Image, *, align: bool) -> list[WebInversion]:
@@ -77,8 +62,6 @@ class WebSession:
         Raises ``NoFaceFoundError`` when aligning a photo without a face, ``RuntimeError`` when alignment
         is asked for but dlib is not installed.
         """
-        from .io.images import ImageReadError
-
         if photo is None or photo.width < 1 or photo.height < 1:
             raise ImageReadError("no image given")
         from .inversion.batch import photo_pictures
@@ -137,7 +120,6 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         raise ImportError("the web demo needs Gradio: pip install 'hyperinverter[web]'") from e
     from .align import NoFaceFoundError
     from .convert.errors import CheckpointError
-    from .io.images import ImageReadError
 
     if not models:
         raise ValueError("no model to serve: give --model, or install a bundled model")

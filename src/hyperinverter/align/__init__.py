@@ -8,7 +8,15 @@ from .ffhq import (
            paste_back,
            paste_back_placement,
 )
-from .landmarks import CropScale, Dlib68Detector, align_faces, find_predictor, measure_crop_scale
+from .landmarks import (
+           CropScale,
+           Dlib68Detector,
+           align_faces,
+           find_predictor,
+           measure_crop_scale,
+           optional_detector,
+)
 
 __all__ = ["AlignedFace", "CropScale", "Dlib68Detector", "NoFaceFoundError", "align_faces", "align_from_landmarks",
-           "ffhq_quad", "find_predictor", "paste_back", "measure_crop_scale", "paste_back_placement"]
+           "ffhq_quad", "find_predictor", "paste_back", "measure_crop_scale", "optional_detector",
+           "paste_back_placement"]

@@ -60,6 +60,14 @@ class Dlib68Detector:
                 for face in faces]
 
 
+def optional_detector(**kwargs) -> tuple[Dlib68Detector | None, str | None]:
+    """A :class:`Dlib68Detector`, or ``(None, why not)`` when dlib or its model file is not installed."""
+    try:
+        return Dlib68Detector(**kwargs), None
+    except (ImportError, FileNotFoundError) as e:
+        return None, f"face alignment unavailable ({e})"
+
+
 def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 1024, scale: float = 1.0,
                 source: str = "image") -> list[AlignedFace]:
     """Every face in ``photo``, FFHQ-aligned to ``size`` (crop ``scale`` as in :func:`ffhq_quad`).

@@ -61,11 +61,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _generator_path(spec: str) -> Path:
     """A generator file/folder, a pipeline folder (its generator), or a bundled/catalogue model name."""
-    path = Path(spec)
-    if not path.exists():
-        from ..hub import resolve_model
+    from ..hub import local_model_path
 
-        path = resolve_model(spec)
+    path = local_model_path(spec)
     return path / "generator" if (path / "pipeline.json").is_file() else path
 
 
@@ -162,12 +160,11 @@ def _web(sub) -> None:
 
 
 def run_web(args: argparse.Namespace) -> int:
-    from ..hub import BUNDLED_DIR, CATALOGUE
-    from ..web import SAMPLES_DIR, build_app
+    from ..hub import BUNDLED_DIR, CATALOGUE, sample_photos
+    from ..web import build_app
 
     models = args.model or [a.name for a in CATALOGUE if a.bundled and (BUNDLED_DIR / a.filename).exists()]
-    examples = sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    app = build_app(models, device=args.device, examples=examples)
+    app = build_app(models, device=args.device, examples=sample_photos())
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
     app.launch(server_name=args.host, server_port=args.port, show_error=True)
     return 0

@@ -119,15 +119,11 @@ def run_invert(args: argparse.Namespace) -> int:
     return 0 if report.written or not report.skipped else 1
 
 
-def _direction(args):
+def _direction(args, num_ws: int):
     from ..editing.directions import load_direction
+    from ..editing.sheet import parse_layer_range
 
-    start = end = None
-    if args.layers:
-        try:
-            start, end = (int(v) for v in args.layers.split(":"))
-        except ValueError:
-            raise ValueError(f"--layers must look like START:END, got {args.layers!r}") from None
+    start, end = parse_layer_range(args.layers, num_ws) if args.layers else (None, None)
     first = args.strength[0] if args.strength else None
     return load_direction(args.direction, index=args.component, start=start, end=end, strength=first)
 
@@ -138,7 +134,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..io.images import make_grid, read_image, save_image, tensor_to_pil
 
     pipe = _load_pipeline(args)
-    direction = _direction(args)
+    direction = _direction(args, pipe.generator.num_ws)
     strengths = args.strength or [None]
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.inputs:

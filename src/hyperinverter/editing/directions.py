@@ -154,6 +154,13 @@ def load_direction(
     raise CheckpointError(f"{path} holds a {type(obj).__name__}; expected a direction tensor or a GANSpace dict")
 
 
+def load_model_directions(model_dir: str | Path) -> dict[str, LinearDirection | GANSpaceDirection]:
+    """The named directions a model folder ships in ``directions/*.safetensors``, by file name order."""
+    folder = Path(model_dir) / "directions"
+    found = [load_direction(p) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
+    return {d.name: d for d in found}
+
+
 def _ganspace(basis: GANSpaceBasis, spec: dict, name: str, path: Path) -> GANSpaceDirection:
     missing = [k for k in ("index", "start", "end", "strength") if spec.get(k) is None]
     if missing:
