@@ -107,6 +107,12 @@ class DomainSpec:
     directions_note: str = ""  # what the named directions do, after the sheet's description
 
 
+# Both domains train Phase I the same way.
+PHASE1_RECIPE = (
+    "Phase I: half of every batch are synthetic pairs (w, G(w)) with a loss on w as well as on the image: the "
+    "generator is known, so these pairs give the encoder exact targets in W and keep its codes where the generator "
+    "was trained; the other half are real training images.")
+
 DOMAINS: dict[str, DomainSpec] = {
     "fashion32": DomainSpec(
         bundle_name="fashion-32",
@@ -126,9 +132,7 @@ DOMAINS: dict[str, DomainSpec] = {
             "Generator: adversarial training from scratch (non-saturating loss, lazy R1, EMA, style mixing), no "
             "warm start: at 32x32 grayscale with widths capped at 64 a step of batch 32 costs about 1.3 s on "
             "one core, so 5000 steps took 1.8 CPU hours.",
-            "Phase I: half of every batch are synthetic pairs (w, G(w)) with a loss on w as well as on the image: "
-            "the generator is known, so these pairs give the encoder exact targets in W and keep its codes where "
-            "the generator was trained; the other half are real training images.",
+            PHASE1_RECIPE,
             "Phase II: the official schedule (L2 + perceptual loss, then the adversarial loss with the generator's "
             "own discriminator for the last quarter). The perceptual loss uses the discriminator's features, "
             "since LPIPS' VGG weights cannot be installed offline (`docs/losses.md`).",
@@ -162,8 +166,7 @@ DOMAINS: dict[str, DomainSpec] = {
             "the shipped generator was trained with it.",
             "Length: 4500 steps were planned; the samples were still rough, and every further 1000 steps had "
             "visibly sharpened them, so the run was continued to 7000 steps (same command, resumed).",
-            "Phase I: half of every batch are synthetic pairs (w, G(w)) with a loss on w as well as on the image, "
-            "so that the encoder gets exact targets in W; the other half are real training images.",
+            PHASE1_RECIPE,
             "Phase II: L2 + discriminator-feature perceptual loss + SFace identity loss, then the adversarial stage "
             "for the last quarter (the official schedule). SFace runs on 2 of the 8 samples of a batch, since on "
             "a CPU it costs about as much as the rest of the step. The DCGAN faces fill the whole frame, so the "
