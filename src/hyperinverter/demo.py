@@ -19,7 +19,7 @@ from .editing.directions import load_model_directions
 from .hub import sample_photos
 from .inversion.batch import read_pictures
 from .io.checkpoints import atomic_write_bytes
-from .io.images import labelled_row, pil_to_tensor, save_image
+from .io.images import enlarge_nearest, labelled_row, pil_to_tensor, save_image
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, dire
     labels += [f"interp {i}/{frames - 1}" for i in range(1, frames - 1)]
     panels = torch.cat([p.cpu() for p in panels])
     # Small models make small images: enlarge (nearest, so no detail is invented) to be seen without zooming.
-    scale = max(1, DISPLAY_SIZE // panels.shape[-1])
-    return torch.nn.functional.interpolate(panels, scale_factor=scale, mode="nearest"), labels
+    return enlarge_nearest(panels, DISPLAY_SIZE), labels
 
 
 def _write_index(report: DemoReport) -> Path:

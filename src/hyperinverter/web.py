@@ -16,7 +16,7 @@ from PIL import Image
 
 from .editing.directions import Direction, load_model_directions
 from .inversion.base import InversionResult
-from .io.images import ImageReadError, make_grid, plain_mode, tensor_to_pil
+from .io.images import ImageReadError, enlarge_nearest, make_grid, plain_mode, tensor_to_pil
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,10 @@ class WebSession:
         return [WebInversion(p.name, batch[i : i + 1], result.select(i), photo if p.placement else None, p.placement)
                 for i, p in enumerate(pictures)]
 
-    def to_display(self, images: torch.Tensor, *, nrow: int | None = None) -> Image.Image:
-        """``[N,C,R,R]`` -> one image, enlarged (nearest, so no detail is invented) to about display_size."""
-        scale = max(1, self.display_size // images.shape[-1])
-        images = torch.nn.functional.interpolate(images.cpu(), scale_factor=scale, mode="nearest")
-        return tensor_to_pil(make_grid(images, nrow=nrow or len(images)))[0].convert("RGB")
+    def to_display(self, images: torch.Tensor) -> Image.Image:
+        """``[N,C,R,R]`` -> one row, enlarged to about display_size."""
+        images = enlarge_nearest(images.cpu(), self.display_size)
+        return tensor_to_pil(make_grid(images, nrow=len(images)))[0].convert("RGB")
 
     def comparison(self, item: WebInversion) -> Image.Image:
         """input | Phase I | HyperInverter."""

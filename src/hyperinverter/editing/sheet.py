@@ -78,9 +78,11 @@ def render_ganspace_sheet(
         draw.text((4, y0 + tile // 2 - 14), f"PC{i}", fill="black", font=label_font(16))
         draw.text((4, y0 + tile // 2 + 4), f"std {float(basis.std[i]):.3g}", fill="black", font=font)
         direction = GANSpaceDirection(basis, i, start, end, strength, name=f"pc{i}")
-        edits = [tiles(G.synthesis(direction.apply(ws, v), noise_mode="const")) for v in values]
+        # Every value for every seed in one synthesis call: tile v * len(seeds) + s.
+        edits = tiles(G.synthesis(torch.cat([direction.apply(ws, v) for v in values]), noise_mode="const"))
         for s in range(len(seeds)):
             x0 = label_w + s * (per_seed + gap)
-            for j, im in enumerate([original[s]] + [e[s] for e in edits]):
+            row = [original[s]] + [edits[v * len(seeds) + s] for v in range(len(values))]
+            for j, im in enumerate(row):
                 sheet.paste(im, (x0 + j * (tile + pad), y0))
     return save_image(sheet, path)

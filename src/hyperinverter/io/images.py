@@ -42,6 +42,13 @@ def make_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2
     return grid[None]
 
 
+def enlarge_nearest(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N,C,R,R]`` enlarged by the integer factor that brings R to about ``size`` (nearest: small models'
+    images are shown without invented detail)."""
+    scale = max(1, size // images.shape[-1])
+    return torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+
+
 def label_font(size: int):
     """Pillow's default font at ``size`` px (the fixed bitmap font on Pillow without FreeType)."""
     from PIL import ImageFont
