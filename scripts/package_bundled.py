@@ -35,7 +35,6 @@ import shlex
 import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from hyperinverter.editing.directions import GANSpaceDirection, load_direction, 
 from hyperinverter.editing.ganspace import GANSpaceBasis, compute_ganspace
 from hyperinverter.editing.sheet import parse_layer_range, render_ganspace_sheet
 from hyperinverter.generate import generate_images
-from hyperinverter.io.checkpoints import atomic_write_bytes, replace_directory
+from hyperinverter.io.files import atomic_write_bytes, staged_directory
 from hyperinverter.io.images import IMAGE_SUFFIXES, make_grid, read_image, save_image
 from hyperinverter.models.hyperinverter import HyperInverter
 from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
@@ -737,9 +736,7 @@ def package(
                                        Path(repo_configs) / domain / f"{kind}.yaml" if repo_configs else None)
                 for kind in RUN_KINDS}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with staged_directory(out, "pipeline") as tmp:
         # 1. the pipeline in fp16, reloaded and compared with the fp32 model
         crop = measure_training_crop_scale(Path(train_data)) if spec.faces else None
         save_pipeline(model, tmp / "_pipeline", dtype=torch.float16, align_scale=crop.scale if crop else 1.0)
@@ -782,10 +779,6 @@ def package(
         if total > budget_mb * 1e6:
             raise ValueError(f"the bundled models would take {total / 1e6:.1f} MB (this one {size / 1e6:.1f} MB), "
                              f"over the {budget_mb:g} MB budget")
-        replace_directory(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote %s (%.1f MB)", out, size / 1e6)
     return PackageResult(out=out, size_bytes=size, total_bytes=total, fp16=fp16)
 

@@ -53,7 +53,7 @@ def test_bad_files_are_reported_and_the_rest_written(pipeline, tmp_path):
     broken = tmp_path / "in" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not a jpeg")
     report = invert_files(pipeline, [*paths, broken], tmp_path / "out", batch_size=2, progress=False)
-    assert len(report.written) == 3 and len(report.skipped) == 1 and "broken.jpg" in report.skipped[0]
+    assert len(report.written) == 3 and len(report.failed) == 1 and "broken.jpg" in str(report.failed[0])
     ws, delta, meta = load_inversion(tmp_path / "out" / "p1.safetensors")
     assert ws.shape == (1, 8, 16) and delta is not None and meta["placement"] is None
     # Same results as inverting the batch at once: batching of files does not change the numbers.
@@ -107,12 +107,13 @@ def test_the_pipeline_keeps_its_crop_scale(pipeline, tmp_path):
 
 
 def test_cli_align_on_a_real_photo(pipeline, tmp_path, capsys):
-    """dlib finds the astronaut's face; a blank photo is reported as having none and the run goes on."""
+    """dlib finds the astronaut's face; a blank photo is reported as having none, the run goes on and its exit
+    status says that an input failed."""
     pipeline.save_pretrained(tmp_path / "model")
     Image.new("RGB", (120, 120), "gray").save(tmp_path / "blank.png")
     out = tmp_path / "out"
     assert main(["invert", str(SAMPLES_DIR / "astronaut.jpg"), str(tmp_path / "blank.png"), "--align",
-                 "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"]) == 0
+                 "--model", str(tmp_path / "model"), "--out", str(out), "--device", "cpu"]) == 1
     assert "blank.png: no face found" in capsys.readouterr().err
     _, _, meta = load_inversion(out / "astronaut.safetensors")  # one face: the patch on her suit scores too low
     quad = np.asarray(meta["placement"]["quad"])

@@ -17,7 +17,7 @@ from hyperinverter.convert.backbones import (
     read_state_dict,
     torchvision_resnet_key_map,
 )
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.models.encoders import (
     ENCODER_PRESETS,
     IRSEBackbone,
@@ -432,5 +432,5 @@ def test_read_state_dict_rejects_non_tensors(tmp_path):
         read_state_dict({"a": torch.zeros(1), "opts": {"x": 1}})
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="junk.pt: is not a readable torch checkpoint"):
         read_state_dict(path)

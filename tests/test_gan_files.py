@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hyperinverter.cli.main import main
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.gan_files import load_gan, save_gan, save_rosinality
 from hyperinverter.models.stylegan2 import Discriminator
 from nvidia_pickle_writer import write_nvidia_pickle
@@ -70,7 +70,7 @@ def test_fp16_storage_loads_as_float32(tmp_path, tiny_generator):
 def test_rosinality_export_round_trip_is_exact(tmp_path, tiny_generator):
     save_rosinality(tmp_path / "g.pt", tiny_generator)
     ckpt = torch.load(tmp_path / "g.pt", weights_only=True)
-    assert set(ckpt) == {"g_ema", "latent_avg"}
+    assert set(ckpt) == {"g_ema", "latent_avg", "hyperinverter"}  # the last marks files we may overwrite
     assert ckpt["g_ema"]["conv1.conv.weight"].shape == (1, 16, 16, 3, 3)
     assert torch.equal(ckpt["g_ema"]["convs.0.conv.blur.kernel"].sum(), torch.tensor(4.0))
     assert same_state(load_gan(tmp_path / "g.pt").generator, tiny_generator)

@@ -217,7 +217,7 @@ def test_unknown_name_lists_the_known_names(cache, capsys):
     assert "no-such-model" in err
     for artifact in hub.CATALOGUE:
         assert artifact.name in err
-    with pytest.raises(KeyError, match="stylegan2-ffhq-config-f"):
+    with pytest.raises(ValueError, match="no-such-model: unknown model; known: .*stylegan2-ffhq-config-f"):
         hub.resolve_model("no-such-model")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.io.checkpoints import load_state_dict_strict
 from hyperinverter.models.hypernetwork import HyperNetwork, HyperNetworkConfig, WeightRegressor
 from hyperinverter.models.stylegan2 import Generator

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from hyperinverter.convert import sface_onnx
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.hub import BUNDLED_DIR, sha256_of
 from hyperinverter.losses.identity import (
     FFHQ_CROP,

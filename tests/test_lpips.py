@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.losses.lpips import (
     BACKBONE_FILES,
     LPIPS,

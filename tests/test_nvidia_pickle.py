@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.nvidia_pickle import PickledNetwork, UnsafePickleError, load_nvidia_pickle
 from nvidia_pickle_writer import (
     build_network,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hyperinverter.cli.main import main
-from hyperinverter.convert.errors import CheckpointError
+from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.official import load_official_hyperinverter, load_psp_w_encoder
 from hyperinverter.models.encoders import LayerWiseEncoder, WEncoder
 from hyperinverter.models.hypernetwork import HyperNetwork

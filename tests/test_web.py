@@ -42,7 +42,7 @@ def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
     picture = photo()
     items = session.invert(picture, align=True)
     assert [it.label for it in items] == ["photo-face0", "photo-face1"]
-    assert all(it.placement is not None and it.photo is picture for it in items)
+    assert all(it.placement is not None and np.array_equal(np.asarray(it.photo), np.asarray(picture)) for it in items)
     edited = session.edit(items[0], "up", 2.0)
     expected = session.to_display(pipeline.edit(items[0].result, session.directions["up"], 2.0))
     assert np.array_equal(np.asarray(edited), np.asarray(expected))
@@ -51,7 +51,7 @@ def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
     assert pasted.size == picture.size
     changed = np.abs(np.asarray(pasted, dtype=int) - np.asarray(picture, dtype=int)).sum(axis=2) > 0
     assert changed[250, 200] and not changed[5, 5]  # inside the first face's crop, not in the corner
-    with pytest.raises(KeyError, match="unknown direction"):
+    with pytest.raises(ValueError, match="unknown direction"):
         session.edit(items[0], "smile", 1.0)
 
 
@@ -71,7 +71,7 @@ def test_bad_inputs_say_what_is_wrong(session, pipeline):
     faceless = WebSession(pipeline, detector=lambda image: [])
     with pytest.raises(NoFaceFoundError, match="no face"):
         faceless.invert(photo(), align=True)
-    with pytest.raises(RuntimeError, match="needs dlib"):
+    with pytest.raises(ImportError, match="needs dlib"):
         WebSession(pipeline).invert(photo(), align=True)
 
 

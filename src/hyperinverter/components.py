@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert.errors import CheckpointError
-from .io.checkpoints import load_state_dict_strict, read_component, save_component
+from .errors import CheckpointError
+from .io.checkpoints import config_from_header, instantiate_strict, read_component, save_component
 
 
 def _registry() -> dict[str, type[nn.Module]]:
@@ -41,8 +41,7 @@ def load_component(directory: Path) -> nn.Module:
     registry = _registry()
     cls = registry.get(header["model_type"])
     if cls is None:
-        raise CheckpointError(f"{directory} holds an unknown component type {header['model_type']!r}; "
+        raise CheckpointError(directory, f"holds an unknown component type {header['model_type']!r}; "
                               f"known: {sorted(registry)}")
-    module = cls.from_config(cls.config_class.from_dict(header["config"]))
-    load_state_dict_strict(module, state_dict, source=str(directory))
-    return module
+    config = config_from_header(cls.config_class, header, source=Path(directory))
+    return instantiate_strict(lambda: cls.from_config(config), state_dict, source=str(directory))

@@ -1,36 +1,123 @@
-"""One ``to_dict``/``from_dict`` for every model config dataclass (JSON-friendly, strict on unknown keys)."""
+"""The one dict <-> dataclass codec for every config (model configs in JSON, training configs in YAML).
+
+Decoding is strict: an unknown key, a missing required key or a value of the wrong type is a ``ConfigError``
+naming the key path (``hypernetwork.targets[3].shape``), never a crash deeper in a constructor.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-T = TypeVar("T", bound="SerializableConfig")
+from .errors import ConfigError
+
+T = TypeVar("T")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
+def _decode_value(value: Any, annotation: Any, key: str) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode_value(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: {value!r} does not fit {_describe(annotation)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis or origin is list:
+            inner = args[0] if args else Any
+            items = [_decode_value(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple and args:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            items = [_decode_value(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            items = list(value)
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(annotation):
+        return decode(annotation, value, prefix=f"{key}.")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
     return value
 
 
+def _describe(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def decode(cls: type[T], data: Any, *, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; every problem is a ``ConfigError`` naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config keys {[prefix + str(k) for k in unknown]}; valid: {sorted(fields)}")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and n not in data]
+    if required:
+        raise ConfigError(f"missing config keys {[prefix + k for k in required]}")
+    kwargs = {name: _decode_value(value, hints[name], prefix + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def encode(config: Any) -> Any:
+    """A dataclass (or value) -> plain JSON/YAML data: nested dataclasses become mappings, tuples lists."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: encode(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [encode(v) for v in config]
+    if isinstance(config, dict):
+        return {k: encode(v) for k, v in config.items()}
+    return config
+
+
 class SerializableConfig:
-    """Mixin for frozen config dataclasses: tuples become lists in JSON and come back as tuples."""
+    """Mixin for frozen model-config dataclasses: ``to_dict`` / ``from_dict`` through the one codec."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return encode(self)
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for name, value in data.items():
-            is_tuple = typing.get_origin(hints[name]) is tuple or any(
-                typing.get_origin(a) is tuple for a in typing.get_args(hints[name]))
-            kwargs[name] = tuple(value) if is_tuple and isinstance(value, list) else value
-        return cls(**kwargs)
+        return decode(cls, data)

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .editing.directions import load_model_directions
 from .hub import sample_photos
 from .inversion.batch import read_pictures
-from .io.checkpoints import atomic_write_bytes
-from .io.images import enlarge_nearest, labelled_row, pil_to_tensor, save_image
+from .io.files import atomic_write_bytes
+from .io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
         report.skipped.append(f"{model_dir / 'examples'} has no held-out images")
         return
     G = pipe.generator
-    tensors = [pil_to_tensor(Image.open(p), size=G.resolution, channels=G.config.img_channels) for p in paths]
+    tensors = [pil_to_tensor(read_image(p), size=G.resolution, channels=G.config.img_channels) for p in paths]
     directions = list(load_model_directions(model_dir).values())
     for i, (path, x) in enumerate(zip(paths, tensors)):
         partner = tensors[(i + 1) % len(tensors)]

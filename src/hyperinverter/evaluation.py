@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io.checkpoints import atomic_write_bytes
+from .io.files import atomic_write_bytes
 from .metrics import PIXEL_METRICS
 from .pipeline import InversionPipeline
 

@@ -10,8 +10,11 @@ import torch
 from .models.stylegan2 import Generator
 
 
+MAX_SEEDS = 100_000
+
+
 def parse_seeds(spec: str) -> list[int]:
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (at most ``MAX_SEEDS`` of them)."""
     seeds: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -21,6 +24,8 @@ def parse_seeds(spec: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise ValueError(f"bad seed range {part!r}: end before start")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise ValueError(f"seed range {spec!r} asks for more than {MAX_SEEDS} seeds")
         seeds.extend(range(lo, hi + 1))
     return seeds
 

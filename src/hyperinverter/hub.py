@@ -6,6 +6,7 @@ temporary file, are checked against the hash, and only then moved into the cache
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -16,6 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def get_artifact(name: str) -> Artifact:
     for artifact in CATALOGUE:
         if artifact.name == name:
             return artifact
-    raise KeyError(f"unknown model {name!r}; known: {[a.name for a in CATALOGUE]} (or give a path)")
+    raise InputError(name, f"unknown model; known: {[a.name for a in CATALOGUE]} (or give a path)")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -124,10 +127,42 @@ def _verify_cached(path: Path, artifact: Artifact) -> None:
     raise ValueError(f"{path} {problem}; moved it to {rejected} so it is not used. {_manual(artifact, path)}")
 
 
-def local_model_path(name_or_path: str | Path) -> Path:
-    """An existing path as it is; otherwise a catalogue name, resolved by :func:`resolve_model`."""
-    path = Path(name_or_path)
-    return path if path.exists() else resolve_model(str(name_or_path))
+def _is_model(path: Path) -> bool:
+    """Whether ``path`` is something a model could be loaded from (not, e.g., a folder of outputs)."""
+    if path.is_dir():
+        return (path / "pipeline.json").is_file() or (path / "config.json").is_file() or \
+            (path / "generator" / "config.json").is_file()
+    return path.is_file() and path.suffix in (".pkl", ".pt", ".pth", ".safetensors")
+
+
+def local_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A catalogue name -> its bundled or cached file (:func:`resolve_model`); anything else is a path.
+
+    A ``Path``, or text with a folder separator (``./faces-64``, ``runs/best``), is always a path. A bare name that
+    the catalogue knows is the catalogue's, so a folder of results named like a model never hides it; if a model
+    of the same name also lies in the current folder, the name is ambiguous and the error says so.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return _existing(Path(name_or_path))
+    text = os.fspath(name_or_path)
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    if any(sep in text for sep in separators) or text in (".", ".."):
+        return _existing(Path(text))
+    if text not in {a.name for a in CATALOGUE}:
+        return _existing(Path(text))
+    local = Path(text)
+    if _is_model(local):
+        raise InputError(text, f"is ambiguous: it names the catalogue model {text} and the model "
+                         f"{local.resolve()} in this folder; write ./{text} for the folder, or move it")
+    return resolve_model(text)
+
+
+def _existing(path: Path) -> Path:
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, "no such model file or folder (catalogue names: "
+                                f"{', '.join(a.name for a in CATALOGUE if a.bundled)}, ...; see `hyperinverter "
+                                "models`)", str(path))
+    return path
 
 
 def sample_photos() -> list[Path]:

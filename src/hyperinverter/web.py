@@ -16,7 +16,8 @@ from PIL import Image
 
 from .editing.directions import Direction, load_model_directions
 from .inversion.base import InversionResult
-from .io.images import ImageReadError, enlarge_nearest, make_grid, plain_mode, tensor_to_pil
+from .errors import ImageReadError
+from .io.images import enlarge_nearest, make_grid, read_image, tensor_to_pil
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -56,20 +57,22 @@ class WebSession:
         return cls(InversionPipeline.from_pretrained(path, device=device), load_model_directions(path),
                    detector=detector, display_size=display_size)
 
-    def invert(self, photo: Image.Image, *, align: bool) -> list[WebInversion]:
-        """Every face of ``photo`` FFHQ-aligned (``align``), or its centred square, inverted in one batch.
+    def invert(self, photo: Image.Image | str | Path, *, align: bool) -> list[WebInversion]:
+        """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), or its centred
+        square, inverted in one batch.
 
-        Raises ``NoFaceFoundError`` when aligning a photo without a face, ``RuntimeError`` when alignment
-        is asked for but dlib is not installed.
+        Raises ``ImageReadError`` for an upload that is not a readable image, ``NoFaceFoundError`` when aligning a
+        photo without a face, ``ImportError`` when alignment is asked for but dlib is not installed.
         """
-        if photo is None or photo.width < 1 or photo.height < 1:
-            raise ImageReadError("no image given")
+        if photo is None:
+            raise ImageReadError("the upload", "no image given")
         from .inversion.batch import photo_pictures
 
         G = self.pipe.generator
         if align and self.detector is None:
-            raise RuntimeError("face alignment needs dlib: pip install 'hyperinverter[align]'")
-        photo = plain_mode(photo)  # e.g. a transparent PNG: composited on white, as files are
+            raise ImportError("face alignment needs dlib: pip install 'hyperinverter[align]'")
+        # The same reading rules as files (EXIF, transparency, 16-bit ...); errors never show server paths.
+        photo = read_image(photo, name="the uploaded photo")
         pictures = photo_pictures(photo, "photo", Path("the photo"), resolution=G.resolution,
                                   channels=G.config.img_channels, detector=self.detector if align else None,
                                   align_scale=self.pipe.align_scale)
@@ -92,7 +95,7 @@ class WebSession:
     def edit(self, item: WebInversion, direction: str, strength: float, *, paste_back: bool = False) -> Image.Image:
         """The edited image (the codes move, Δθ is reused); pasted back into the photo if asked and aligned."""
         if direction not in self.directions:
-            raise KeyError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
+            raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
         edited = self.pipe.edit(item.result, self.directions[direction], strength)
         if paste_back and item.placement is not None and item.photo is not None:
             from .align import paste_back_placement
@@ -118,7 +121,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     except ImportError as e:
         raise ImportError("the web demo needs Gradio: pip install 'hyperinverter[web]'") from e
     from .align import NoFaceFoundError
-    from .convert.errors import CheckpointError
+    from .errors import CheckpointError
 
     if not models:
         raise ValueError("no model to serve: give --model, or install a bundled model")
@@ -145,7 +148,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         s = session(name)
         try:
             found = s.invert(photo, align=align)
-        except (NoFaceFoundError, ImageReadError, RuntimeError) as e:
+        except (NoFaceFoundError, ImageReadError, ImportError) as e:
             raise user_error(e) from None
         labels = [it.label for it in found]
         note = f"{len(found)} face(s) found" if align else "inverted the centred square of the photo"
@@ -168,7 +171,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return None
         try:
             return session(name).invert(photo, align=align)[0]
-        except (NoFaceFoundError, ImageReadError, RuntimeError) as e:
+        except (NoFaceFoundError, ImageReadError, ImportError) as e:
             raise user_error(e) from None
 
     def on_blend(name, found, label, other, t):
@@ -185,7 +188,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             model = gr.Dropdown(list(models), value=models[0], label="model")
             align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)")
         with gr.Row():
-            photo = gr.Image(type="pil", label="photo")
+            photo = gr.Image(type="filepath", label="photo")
             compare = gr.Image(type="pil", format="png", label="input | Phase I (W) | HyperInverter",
                                interactive=False)
         with gr.Row():
@@ -202,7 +205,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         edited = gr.Image(type="pil", format="png", label="edited", interactive=False)
         gr.Markdown("## Interpolate (codes and residual weights)")
         with gr.Row():
-            photo_b = gr.Image(type="pil", label="second photo")
+            photo_b = gr.Image(type="filepath", label="second photo")
             t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t")
             blended = gr.Image(type="pil", format="png", label="blend", interactive=False)
 

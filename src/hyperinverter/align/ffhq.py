@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
-class NoFaceFoundError(ValueError):
+class NoFaceFoundError(InputError):
     """No face was detected in an image."""
 
 

@@ -6,20 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from .arguments import add_device, finite_float, port, positive_float, positive_int
 
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="torch device: auto (default), cpu, cuda, cuda:1, mps")
 
 
 def _generate(sub) -> None:
     p = sub.add_parser("generate", help="render samples from a generator file (any supported format)")
-    p.add_argument("--model", required=True, type=Path, help="generator: our folder/.safetensors, rosinality .pt or NVIDIA .pkl")
+    p.add_argument("--model", required=True,
+                   help="generator: our folder/.safetensors, rosinality .pt, NVIDIA .pkl, a pipeline folder or a "
+                   "bundled model name")
     p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,4,9-12' (default 0-15)")
-    p.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1.0: none)")
+    p.add_argument("--trunc", type=finite_float, default=1.0, help="truncation psi (default 1.0: none)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="output image (a grid of all seeds)")
-    p.add_argument("--batch-size", type=int, default=16)
-    _add_device(p)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    add_device(p)
     p.set_defaults(func=run_generate)
 
 
@@ -28,11 +29,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..generate import generate_images, parse_seeds
     from ..io.images import make_grid, save_image
+    from ..pipeline import ensure_finite
 
     seeds = parse_seeds(args.seeds)
-    G = load_generator(args.model, device=resolve_device(args.device))
+    G = load_generator(_generator_path(args.model), device=resolve_device(args.device))
     images = generate_images(G, seeds, truncation_psi=args.trunc, noise_mode=args.noise_mode,
                              batch_size=args.batch_size)
+    ensure_finite(images, f"the samples of {args.model}")
     save_image(make_grid(images), args.out)
     print(f"wrote {len(seeds)} samples ({G.resolution}x{G.resolution}) to {args.out}")
     return 0
@@ -74,8 +77,9 @@ def _parse_saved_direction(text: str) -> tuple[str, int, str, float | None]:
     if not sep or not name or len(parts) not in (3, 4):
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PC:START:END[:STRENGTH], e.g. smile=3:2:6:2.5")
     try:
-        return name, int(parts[0]), f"{parts[1]}:{parts[2]}", float(parts[3]) if len(parts) == 4 else None
-    except ValueError:
+        strength = finite_float(parts[3]) if len(parts) == 4 else None
+        return name, int(parts[0]), f"{parts[1]}:{parts[2]}", strength
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"{text!r}: PC must be an integer and STRENGTH a number") from None
 
 
@@ -93,13 +97,15 @@ def _ganspace(sub) -> None:
     p.add_argument("--components", default="0-7", help="components on the sheet, e.g. '0-7' or '0,3,5' (default 0-7)")
     p.add_argument("--layers", default=":", help="layer range START:END the sheet edits (default: every layer)")
     p.add_argument("--seeds", default="0-2", help="seeds of the sheet's samples (default 0-2)")
-    p.add_argument("--strength", type=float, default=3.0, help="the sheet's range -s..+s in stds (default 3)")
-    p.add_argument("--trunc", type=float, default=0.7, help="truncation psi of the sheet's samples (default 0.7)")
-    p.add_argument("--samples", type=int, default=100_000, help="w samples for the PCA (default 100000)")
+    p.add_argument("--strength", type=positive_float, default=3.0,
+                   help="the sheet's range -s..+s in stds (default 3)")
+    p.add_argument("--trunc", type=finite_float, default=0.7,
+                   help="truncation psi of the sheet's samples (default 0.7)")
+    p.add_argument("--samples", type=positive_int, default=100_000, help="w samples for the PCA (default 100000)")
     p.add_argument("--save", action="append", default=[], type=_parse_saved_direction, metavar="NAME=PC:START:END[:S]",
                    help="also write NAME.safetensors next to the sheet: component PC on layers START:END, "
                    "default strength S (default --strength); repeatable")
-    _add_device(p)
+    add_device(p)
     p.set_defaults(func=run_ganspace)
 
 
@@ -127,7 +133,7 @@ def run_ganspace(args: argparse.Namespace) -> int:
 def _demo(sub) -> None:
     p = sub.add_parser("demo", help="the out-of-the-box demo (see README)")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
-    _add_device(p)
+    add_device(p)
     p.set_defaults(func=run_demo)
 
 
@@ -154,8 +160,8 @@ def _web(sub) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="pipeline folder or catalogue name; repeatable (default: every installed bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    _add_device(p)
+    p.add_argument("--port", type=port, default=7860)
+    add_device(p)
     p.set_defaults(func=run_web)
 
 

@@ -1,4 +1,5 @@
-"""``invert``, ``edit``, ``interpolate``, ``export-generator``, ``models``, ``download``."""
+"""``invert``, ``edit``, ``interpolate``, ``export-generator``, ``import-official``, ``models``, ``download``,
+``evaluate``."""
 
 from __future__ import annotations
 
@@ -6,27 +7,42 @@ import argparse
 import sys
 from pathlib import Path
 
+from .arguments import add_device, finite_float, positive_int
+
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="pipeline folder or catalogue name (see `hyperinverter models`)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--model", required=True,
+                   help="a catalogue name (see `hyperinverter models`) or a pipeline folder (./name for a folder "
+                   "in the current directory)")
+    add_device(p)
+
+
+def _steps(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"an interpolation needs at least 2 steps, got {value}")
+    return value
 
 
 def register(sub) -> None:
     p = sub.add_parser("invert", help="invert photos: reconstruction, comparison strip and w/Δθ per image",
                        description="Invert images (files or folders). Per input NAME, writes NAME.png (the result), "
-                       "NAME_compare.png (input | Phase I | HyperInverter) and NAME.safetensors (w and Δθ). "
-                       "An unreadable image, or one without a face under --align, is reported and skipped. "
-                       "Under torchrun each rank inverts every WORLD_SIZE-th file.")
+                       "NAME_compare.png (input | Phase I | HyperInverter) and NAME.safetensors (w and Δθ); the "
+                       "three appear together. A bad input (unreadable, no face under --align) is reported and the "
+                       "run goes on; the exit status is 1 if any input failed. Running the same command again "
+                       "skips the inputs already done (an interrupted run resumes). Under torchrun each rank "
+                       "inverts every WORLD_SIZE-th file.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", required=True, type=Path, help="the folder for the results")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--overwrite", action="store_true",
+                   help="invert again the inputs whose results are already in --out (default: skip them)")
     p.add_argument("--phase1-only", action="store_true", help="stop after Phase I (W encoder only)")
     p.add_argument("--align", action="store_true",
                    help="find every face (dlib 68 landmarks) and FFHQ-align it at the model's crop scale; the "
                    "placement is kept so that `edit --paste-back` can put edits back into the photo")
-    p.add_argument("--min-face-score", type=float, default=0.5,
+    p.add_argument("--min-face-score", type=finite_float, default=0.5,
                    help="with --align, the lowest dlib detection score kept (default 0.5 drops face-like patterns; "
                    "0 is dlib's own threshold, for small or blurry faces)")
     p.set_defaults(func=run_invert)
@@ -35,25 +51,29 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`")
     _add_model(p)
     p.add_argument("--direction", required=True, type=Path, help="InterFaceGAN .pt/.npy, GANSpace .pt, or ours")
-    p.add_argument("--strength", type=float, nargs="+", default=None,
+    p.add_argument("--strength", type=finite_float, nargs="+", default=None,
                    help="one or more strengths (GANSpace: the value the coordinate is set to)")
     p.add_argument("--component", type=int, help="GANSpace component index")
     p.add_argument("--layers", help="GANSpace layer range START:END")
     p.add_argument("--paste-back", action="store_true",
                    help="for inversion files of aligned faces (`invert --align`), also write the photo with the "
                    "edited face pasted back")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="the folder for the edits")
     p.set_defaults(func=run_edit)
 
     p = sub.add_parser("interpolate", help="interpolate two real images (w and Δθ): PNG strip and GIF")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     _add_model(p)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=_steps, default=8)
     p.add_argument("--out", required=True, type=Path, help="output stem: writes OUT.png and OUT.gif")
     p.set_defaults(func=run_interpolate)
 
-    p = sub.add_parser("export-generator", help="write θ+Δθ of one image as a standalone generator file")
+    p = sub.add_parser("export-generator", help="write θ+Δθ of one image as a standalone generator",
+                       description="Bake one image's Δθ into the generator. '.pt' writes a rosinality file holding "
+                       "g_ema, latent_avg and the image's codes as 'ws'; anything else writes our generator folder "
+                       "with the codes in ws.safetensors. An existing output is replaced only if hyperinverter "
+                       "wrote it.")
     p.add_argument("input", type=Path, help="an image or a .safetensors file written by `invert`")
     _add_model(p)
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
@@ -82,121 +102,166 @@ def _load_pipeline(args):
 
 
 def _result_for(pipe, path: Path):
-    """(``InversionResult``, placement or None) for an image (inverted now) or an inversion file (loaded)."""
-    from ..inversion.base import InversionResult
-    from ..inversion.files import load_inversion
-
+    """(``InversionResult``, record) for an inversion file (checked against the model) or an image (inverted)."""
     if path.suffix == ".safetensors":
-        ws, delta, meta = load_inversion(path)
-        ws = ws.to(pipe.device)
-        delta = delta.to(pipe.device) if delta is not None else None
-        image = pipe.render(ws, delta)
-        return InversionResult(ws=ws, image=image, weight_delta=delta), meta
+        return pipe.load_result(path)
     return pipe.invert([path]), {"placement": None, "source": str(path)}
 
 
+def _report_failures(failures) -> None:
+    for error in failures:
+        print(f"failed: {error}", file=sys.stderr)
+
+
 def run_invert(args: argparse.Namespace) -> int:
-    from ..inversion.batch import invert_files
+    import os
+
+    from ..inversion.batch import check_output_folder, invert_files
     from ..io.images import find_images
 
-    pipe = _load_pipeline(args)
-    paths = find_images(args.inputs)
-    if not paths:
-        print("error: no images found in the inputs", file=sys.stderr)
+    check_output_folder(args.out)
+    found = find_images(args.inputs)
+    if not found.paths and not found.problems:
+        print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
         return 2
     detector = None
-    if args.align:
+    if args.align and found.paths:
         from ..align import Dlib68Detector
 
         detector = Dlib68Detector(min_score=args.min_face_score)
-    report = invert_files(pipe, paths, args.out, batch_size=args.batch_size, phase2=not args.phase1_only,
-                          detector=detector, model_name=str(args.model))
-    for reason in report.skipped:
-        print(f"skipped {reason}", file=sys.stderr)
+    pipe = _load_pipeline(args) if found.paths else None
+    failures = list(found.problems) if os.environ.get("RANK", "0") == "0" else []
+    if pipe is None:
+        _report_failures(failures)
+        print(f"inverted nothing: none of the {len(failures)} input(s) can be read", file=sys.stderr)
+        return 1
+    report = invert_files(pipe, found.paths, args.out, batch_size=args.batch_size, phase2=not args.phase1_only,
+                          detector=detector, model_name=str(args.model), overwrite=args.overwrite)
+    failures += report.failed
+    _report_failures(failures)
     rank = f"rank {report.rank}/{report.world_size}: " if report.world_size > 1 else ""
-    print(f"{rank}inverted {len(report.written)} picture(s) into {args.out} ({report.seconds_per_image:.3f} "
-          f"s/image); skipped {len(report.skipped)}")
-    return 0 if report.written or not report.skipped else 1
+    print(f"{rank}wrote {len(report.written)} picture(s) into {args.out} ({report.seconds_per_image:.3f} s/image); "
+          f"{len(report.skipped)} input(s) already done, {len(failures)} failed")
+    return 1 if failures else 0
 
 
-def _direction(args, num_ws: int):
+def _direction(args, generator):
+    import torch
+
     from ..editing.directions import load_direction
     from ..editing.sheet import parse_layer_range
+    from ..errors import InputError
 
-    start, end = parse_layer_range(args.layers, num_ws) if args.layers else (None, None)
+    start, end = parse_layer_range(args.layers, generator.num_ws) if args.layers else (None, None)
     first = args.strength[0] if args.strength else None
-    return load_direction(args.direction, index=args.component, start=start, end=end, strength=first)
+    direction = load_direction(args.direction, index=args.component, start=start, end=end, strength=first)
+    try:  # does it fit this model's codes? (once, before any image is processed)
+        direction.apply(generator.w_avg[None, None].expand(1, generator.num_ws, -1).to(torch.float32))
+    except ValueError as e:
+        raise InputError(args.direction, f"does not fit model {args.model} ({e})") from None
+    return direction
 
 
 def run_edit(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import InputError, OutputError
     from ..io.images import make_grid, read_image, save_image, tensor_to_pil
 
+    if args.out.exists() and not args.out.is_dir():
+        raise OutputError(args.out, "exists and is not a folder; give a folder for the edits")
     pipe = _load_pipeline(args)
-    direction = _direction(args, pipe.generator.num_ws)
+    direction = _direction(args, pipe.generator)
     strengths = args.strength or [None]
     args.out.mkdir(parents=True, exist_ok=True)
+    failures, done = [], 0
     for path in args.inputs:
-        result, meta = _result_for(pipe, path)
+        try:
+            result, record = _result_for(pipe, path)
+        except InputError as e:
+            failures.append(e)
+            continue
         edits = [pipe.edit(result, direction, s) for s in strengths]
         for s, img in zip(strengths, edits):
             label = "default" if s is None else f"{s:+g}"
             save_image(img, args.out / f"{path.stem}_{direction.name}_{label}.png")
             if args.paste_back:
-                if meta["placement"] is None:
-                    print(f"{path}: no face placement (invert it with --align to paste back)", file=sys.stderr)
-                    continue
+                if record["placement"] is None:
+                    failures.append(InputError(path, "has no face placement (invert it with --align to paste back)"))
+                    break
                 from ..align import paste_back_placement
 
-                photo = read_image(meta["source"])
-                pasted = paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"), meta["placement"])
+                try:
+                    photo = read_image(record["source"])
+                    pasted = paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"),
+                                                  record["placement"])
+                except InputError as e:
+                    failures.append(InputError(path, f"cannot paste back into its photo ({e})"))
+                    break
+                except ValueError as e:
+                    failures.append(InputError(path, f"cannot paste back into its photo {record['source']} ({e})"))
+                    break
                 save_image(pasted, args.out / f"{path.stem}_{direction.name}_{label}_photo.png")
         save_image(make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1),
                    args.out / f"{path.stem}_{direction.name}_strip.png")
-    print(f"wrote edits of {len(args.inputs)} input(s) along {direction.name!r} to {args.out}")
-    return 0
+        done += 1
+    _report_failures(failures)
+    print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {len(failures)} failed")
+    return 1 if failures else 0
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
-    from ..io.images import make_grid, save_gif, save_image
+    from ..io.files import atomic_write_group
+    from ..io.images import gif_bytes, image_bytes, make_grid
 
     pipe = _load_pipeline(args)
     frames = pipe.interpolate(_result_for(pipe, args.a)[0], _result_for(pipe, args.b)[0], steps=args.steps).cpu()
-    out = args.out.with_suffix("")
-    save_image(make_grid(frames, nrow=len(frames)), out.with_suffix(".png"))
-    save_gif(list(frames) + list(frames.flip(0)), out.with_suffix(".gif"))
-    print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.gif')}")
+    out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif") else args.out
+    png, gif = out.with_name(out.name + ".png"), out.with_name(out.name + ".gif")
+    atomic_write_group([(png, image_bytes(make_grid(frames, nrow=len(frames)))),
+                        (gif, gif_bytes(list(frames) + list(frames.flip(0))))])
+    print(f"wrote {png} and {gif}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..convert.gan_files import save_gan, save_rosinality
+    from ..convert.gan_files import check_rosinality_replaceable, save_gan, save_rosinality
+    from ..errors import InputError
     from ..inversion.base import InversionResult
     from ..inversion.export import bake_weight_delta
-    from ..inversion.files import save_inversion
+    from ..inversion.files import inversion_bytes
+    from ..io.files import check_replaceable
 
+    rosinality = args.out.suffix in (".pt", ".pth")
+    if rosinality:  # refuse an output that is not ours before any work
+        check_rosinality_replaceable(args.out)
+    else:
+        check_replaceable(args.out, "generator")
     pipe = _load_pipeline(args)
     result, _ = _result_for(pipe, args.input)
     if result.weight_delta is None:
-        raise ValueError("this inversion has no Δθ (a Phase I model?): the generator would be unchanged")
+        raise InputError(args.input, "has no Δθ (a Phase I model?): the exported generator would be unchanged")
     baked = bake_weight_delta(pipe.generator, result.weight_delta.select(0)).cpu()
-    if args.out.suffix in (".pt", ".pth"):
-        save_rosinality(args.out, baked)
+    ws = result.ws[:1].cpu()
+    # The baked generator renders the image from the inverted code (no offsets any more): the code goes with it,
+    # in the same atomic write.
+    if rosinality:
+        save_rosinality(args.out, baked, extras={"ws": ws})
+        print(f"wrote the image-specific generator and its code ('ws') to {args.out}")
     else:
-        save_gan(args.out, baked)
-    # The baked generator renders the image from the inverted code (no offsets any more): store that code too.
-    latent = args.out.with_name(args.out.stem + "_ws.safetensors")
-    save_inversion(latent, InversionResult(ws=result.ws[:1].cpu(), image=result.image[:1].cpu()),
-                   source=str(args.input), model=str(args.out))
-    print(f"wrote the image-specific generator to {args.out} and its code (ws) to {latent}")
+        codes = inversion_bytes(InversionResult(ws=ws, image=result.image[:1].cpu()), source=args.input,
+                                model=str(args.out))
+        save_gan(args.out, baked, files={"ws.safetensors": codes})
+        print(f"wrote the image-specific generator to {args.out}, with its code in {args.out / 'ws.safetensors'}")
     return 0
 
 
 def run_import_official(args: argparse.Namespace) -> int:
     from ..convert.official import load_official_hyperinverter, load_psp_w_encoder
+    from ..io.files import check_replaceable
     from ..pipeline import save_pipeline
 
+    check_replaceable(args.out, "pipeline")
     load = load_psp_w_encoder if args.w_encoder_only else load_official_hyperinverter
     model = load(args.checkpoint, args.generator)
     save_pipeline(model, args.out)
@@ -226,11 +291,12 @@ def run_download(args: argparse.Namespace) -> int:
 def register_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score Phase I and HyperInverter on a held-out image folder",
                        description="Inverts every image of DATA and reports MSE, PSNR, SSIM, MS-SSIM (and identity "
-                       "similarity with SFace when --identity is given) for Phase I and the final result.")
+                       "similarity with SFace when --identity is given) for Phase I and the final result. "
+                       "Unreadable images are listed in the report and left out; the exit status is then 1.")
     p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
     _add_model(p)
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-images", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
     p.add_argument("--out", required=True, type=Path, help="report stem: writes OUT.md and OUT.json")
     p.set_defaults(func=run_evaluate)
@@ -245,6 +311,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     G = pipe.generator
     dataset = ImageFolderDataset(args.data, resolution=G.resolution, channels=G.config.img_channels, split="all")
     images = uint8_to_float(preload_uint8(dataset))
+    failures = list(dataset.errors.values())
     if args.max_images:
         images = images[: args.max_images]
     extra = {}
@@ -261,9 +328,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b, crop=crop)
     report = evaluate(pipe, images, dataset=str(args.data), batch_size=args.batch_size, extra_metrics=extra)
     report.notes.append(f"model: {args.model}")
+    report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)
     print(report.to_markdown())
     bars = quality_bars(report)
     print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
+    _report_failures(failures)
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
-    return 0
+    return 1 if failures else 0

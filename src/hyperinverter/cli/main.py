@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
+from ..errors import InputError, describe_os_error
 from . import commands
 
 Command = Callable[[argparse.Namespace], int]
@@ -24,7 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in commands.REGISTRY:
         register(sub)
+    _verbosity_everywhere(parser)
     return parser
+
+
+def _verbosity_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``-v`` and ``-q`` also after the subcommand (``hyperinverter invert ... -v``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                 help="more log output; -v also shows the traceback of an internal error")
+                sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                 help="only warnings and errors")
+                _verbosity_everywhere(sub)
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -34,7 +48,33 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def expected_error(error: BaseException) -> str | None:
+    """The one-line message for an error a user can meet and fix (bad input, a missing file or extra, memory),
+    or None for a bug."""
+    import torch
+
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, OSError):
+        return describe_os_error(error)
+    if isinstance(error, torch.OutOfMemoryError):
+        return f"out of memory ({str(error).splitlines()[0]}); try a smaller --batch-size or another --device"
+    if isinstance(error, (ImportError, ValueError, MemoryError)):
+        return str(error) or type(error).__name__
+    return None
+
+
+def _tolerant_streams() -> None:
+    """Print any file name, also one that is not valid UTF-8 (escaped), instead of failing on it."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Exit status: 0 done, 1 done but some inputs failed, 2 an error (one line on stderr,
+    naming the file and the cause), 3 an internal error (a bug: ``-v`` shows its traceback), 130 interrupted."""
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
@@ -43,12 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ImportError, ValueError, KeyError, RuntimeError) as e:
-        # Library errors carry the full explanation; show it without a traceback unless -vv.
-        if args.verbose >= 2:
+    except Exception as e:  # noqa: BLE001 - the one place where every error becomes a message
+        message = expected_error(e)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"error: internal error ({type(e).__name__}: {e}); this is a bug in hyperinverter: run the command "
+              "again with -v for the traceback, and please report it", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..models.encoders.backbones import Backbone, IRSEBackbone, ResNetBackbone, TrunkHost
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..io.checkpoints import load_weights_only
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +34,15 @@ _MAX_LISTED = 12
 
 def read_state_dict(source: StateDictSource) -> dict[str, torch.Tensor]:
     """A state dict from a path (``torch.load`` to CPU, weights only) or a mapping; unwraps ``state_dict``."""
-    if isinstance(source, Mapping):
-        data: object = source
-    else:
-        try:
-            data = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # corrupt file, or pickled objects other than tensors/containers
-            raise CheckpointError(
-                f"cannot read {os.fspath(source)!r} as a weights-only torch file: {err}"
-            ) from err
+    where = None if isinstance(source, Mapping) else os.fspath(source)
+    data = source if isinstance(source, Mapping) else load_weights_only(source)
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping):
-        raise CheckpointError(f"expected a state dict (a mapping of tensors), got {type(data).__name__}")
-    not_tensors = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
+        raise CheckpointError(where, f"expected a state dict (a mapping of tensors), got {type(data).__name__}")
+    not_tensors = [str(k) for k, v in data.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
     if not_tensors:
-        raise CheckpointError(f"not a state dict: non-tensor entries {_listing(not_tensors)}")
+        raise CheckpointError(where, f"not a state dict: non-tensor entries {_listing(not_tensors)}")
     return dict(data)
 
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import pickle
-import tempfile
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +22,19 @@ from typing import Literal
 
 import torch
 
+from ..errors import CheckpointError, OutputError
 from ..io.checkpoints import (
     CONFIG_NAME,
-    atomic_write_bytes,
+    config_from_header,
+    instantiate_strict,
     load_state_dict_strict,
+    load_weights_only,
     read_component,
-    replace_directory,
     save_component,
 )
+from ..io.files import atomic_write_bytes, check_replaceable, staged_directory
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from . import rosinality
-from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +77,17 @@ def _load_ours(path: Path, with_discriminator: bool) -> LoadedGAN:
     gen_path = path / "generator" if (path / "generator" / CONFIG_NAME).is_file() else path
     header, sd = read_component(gen_path)
     if header["model_type"] != GENERATOR_TYPE:
-        raise CheckpointError(f"{gen_path} holds a {header['model_type']!r}, not a {GENERATOR_TYPE!r}")
-    G = Generator.from_config(GeneratorConfig.from_dict(header["config"]))
-    load_state_dict_strict(G, sd, source=str(gen_path))
+        raise CheckpointError(gen_path, f"holds a {header['model_type']!r}, not a {GENERATOR_TYPE!r}")
+    config = config_from_header(GeneratorConfig, header, source=gen_path)
+    G = instantiate_strict(lambda: Generator.from_config(config), sd, source=str(gen_path))
     D = None
     d_path = path / "discriminator"
     if with_discriminator and (d_path / CONFIG_NAME).is_file():
         d_header, d_sd = read_component(d_path)
-        D = Discriminator.from_config(DiscriminatorConfig.from_dict(d_header["config"]))
-        load_state_dict_strict(D, d_sd, source=str(d_path))
+        if d_header["model_type"] != DISCRIMINATOR_TYPE:
+            raise CheckpointError(d_path, f"holds a {d_header['model_type']!r}, not a {DISCRIMINATOR_TYPE!r}")
+        d_config = config_from_header(DiscriminatorConfig, d_header, source=d_path)
+        D = instantiate_strict(lambda: Discriminator.from_config(d_config), d_sd, source=str(d_path))
     return LoadedGAN(G, D, "hyperinverter")
 
 
@@ -95,18 +98,22 @@ def save_gan(
     *,
     dtype: torch.dtype | None = None,
     extras: dict | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> None:
-    """Write our format. Without a discriminator, ``path`` is a plain generator folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    gen_dir = tmp / "generator" if discriminator is not None else tmp
-    save_component(gen_dir, generator.state_dict(), model_type=GENERATOR_TYPE,
-                   config=generator.config.to_dict(), extras=extras, dtype=dtype)
-    if discriminator is not None:
-        save_component(tmp / "discriminator", discriminator.state_dict(), model_type=DISCRIMINATOR_TYPE,
-                       config=discriminator.config.to_dict(), dtype=dtype)
-    replace_directory(tmp, path)
+    """Write our format. Without a discriminator, ``path`` is a plain generator folder.
+
+    An existing folder at ``path`` is replaced only if it is a generator we wrote; ``files`` (name -> bytes) are
+    written into the folder too, in the same atomic step (``export-generator`` adds the image's codes).
+    """
+    with staged_directory(path, "generator") as tmp:
+        gen_dir = tmp / "generator" if discriminator is not None else tmp
+        save_component(gen_dir, generator.state_dict(), model_type=GENERATOR_TYPE,
+                       config=generator.config.to_dict(), extras=extras, dtype=dtype)
+        if discriminator is not None:
+            save_component(tmp / "discriminator", discriminator.state_dict(), model_type=DISCRIMINATOR_TYPE,
+                           config=discriminator.config.to_dict(), dtype=dtype)
+        for name, data in (files or {}).items():
+            atomic_write_bytes(tmp / name, data)
 
 
 # --- rosinality -------------------------------------------------------------------------------------
@@ -114,15 +121,9 @@ def save_gan(
 
 def _torch_load(path: Path) -> dict:
     # rosinality train.py checkpoints hold an argparse.Namespace; allow that plain data class only.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refusing to load {path}: it needs more than plain tensors ({e})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {e}") from None
+    obj = load_weights_only(path, allowed_globals=[argparse.Namespace])
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
 
 
@@ -150,15 +151,20 @@ def _fill_absent(G: Generator, sd: dict[str, torch.Tensor], absent: list[str], s
 
 def _load_rosinality(path: Path) -> LoadedGAN:
     ckpt = _torch_load(path)
+    keys = sorted(map(str, ckpt))[:12]
     if "g_ema" not in ckpt:
         if "state_dict" in ckpt:
-            raise CheckpointError(
-                f"{path} looks like an encoder checkpoint (keys {sorted(ckpt)}); load it as an inverter, not a generator"
-            )
-        raise CheckpointError(f"{path} is not a rosinality generator: no 'g_ema' among its keys {sorted(ckpt)}")
-    g_ema = ckpt["g_ema"]
-    config = rosinality.infer_config(g_ema)
-    sd, absent = rosinality.to_nvidia(g_ema, config, latent_avg=ckpt.get("latent_avg"))
+            raise CheckpointError(path, f"looks like an encoder checkpoint (keys {keys}); give it to "
+                                  "import-official, not as a generator")
+        raise CheckpointError(path, f"is not a rosinality generator: no 'g_ema' among its keys {keys}")
+    latent_avg = ckpt.get("latent_avg")
+    if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
+        raise CheckpointError(path, f"its 'latent_avg' is a {type(latent_avg).__name__}, not a tensor")
+    try:
+        config = rosinality.infer_config(ckpt["g_ema"])
+        sd, absent = rosinality.to_nvidia(ckpt["g_ema"], config, latent_avg=latent_avg)
+    except (CheckpointError, ValueError) as e:
+        raise CheckpointError(path, str(e)) from None
     G = Generator.from_config(config)
     _fill_absent(G, sd, absent, str(path))
     if not absent:
@@ -166,8 +172,29 @@ def _load_rosinality(path: Path) -> LoadedGAN:
     return LoadedGAN(G, None, "rosinality")
 
 
-def save_rosinality(path: Path, generator: Generator) -> None:
-    """Write ``{"g_ema", "latent_avg"}`` that rosinality-based tools (pSp, e4e, HyperStyle) read."""
+ROSINALITY_MARKER = "hyperinverter"  # a key rosinality-based tools ignore: marks the files we wrote
+
+
+def check_rosinality_replaceable(path: Path) -> None:
+    """Raise ``OutputError`` if ``path`` exists and is not a rosinality file that we wrote (never overwrite a
+    user's own checkpoint, e.g. the original a conversion started from)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() or path.is_symlink():
+        raise OutputError(path, "exists and is not a plain file; a rosinality generator is one .pt file")
+    try:
+        ours = ROSINALITY_MARKER in _torch_load(path)
+    except CheckpointError:
+        ours = False
+    if not ours:
+        raise OutputError(path, "exists and hyperinverter did not write it; nothing was changed: choose a new name")
+
+
+def save_rosinality(path: Path, generator: Generator, *, extras: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``{"g_ema", "latent_avg"}`` that rosinality-based tools (pSp, e4e, HyperStyle) read, plus
+    ``extras`` (``export-generator`` adds the image's codes as ``ws``)."""
+    check_rosinality_replaceable(path)
     if not rosinality.is_standard_layout(generator.config):
         logger.warning(
             "this generator's widths (base %d, max %d, %d channels) are not expressible by rosinality's "
@@ -177,7 +204,8 @@ def save_rosinality(path: Path, generator: Generator) -> None:
     g_ema = rosinality.from_nvidia(generator.state_dict(), generator.config)
     latent_avg = g_ema.pop("latent_avg")
     buf = io.BytesIO()
-    torch.save({"g_ema": g_ema, "latent_avg": latent_avg}, buf)
+    torch.save({"g_ema": g_ema, "latent_avg": latent_avg, **(extras or {}),
+                ROSINALITY_MARKER: {"format_version": 1}}, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -242,13 +270,19 @@ def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
     g = nets["G_ema"]
     if any(".input." in k or k.startswith("synthesis.input") for k in g.state_dict):
         raise CheckpointError(f"{path} holds a StyleGAN3 generator; only StyleGAN2 is supported")
-    G = Generator.from_config(_nv_generator_config(g.init_kwargs, str(path)))
-    load_state_dict_strict(G, g.state_dict, source=f"{path} [G_ema]")
+    try:
+        g_config = _nv_generator_config(g.init_kwargs, str(path))
+        d_config = _nv_discriminator_config(nets["D"].init_kwargs, str(path)) \
+            if with_discriminator and "D" in nets else None
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # constructor arguments missing or of the wrong type
+        raise CheckpointError(path, f"its networks' constructor arguments are not StyleGAN2's ({e!r})") from None
+    G = instantiate_strict(lambda: Generator.from_config(g_config), g.state_dict, source=f"{path} [G_ema]")
     D = None
-    if with_discriminator and "D" in nets:
-        d = nets["D"]
-        D = Discriminator.from_config(_nv_discriminator_config(d.init_kwargs, str(path)))
-        load_state_dict_strict(D, d.state_dict, source=f"{path} [D]")
+    if d_config is not None:
+        D = instantiate_strict(lambda: Discriminator.from_config(d_config), nets["D"].state_dict,
+                               source=f"{path} [D]")
     return LoadedGAN(G, D, "nvidia")
 
 
@@ -284,8 +318,13 @@ def convert_generator(src: str | Path, dst: str | Path, *, to: GeneratorFormat |
     if to is None:
         to = "rosinality" if dst.suffix in (".pt", ".pth") else "nvidia" if dst.suffix == ".pkl" else "hyperinverter"
     if to == "nvidia":
-        raise CheckpointError("writing NVIDIA pickles is not supported (they embed NVIDIA's source code); "
+        raise CheckpointError(dst, "writing NVIDIA pickles is not supported (they embed NVIDIA's source code); "
                               "write our format or rosinality .pt")
+    # Refuse an output that is not ours before the (possibly long) read of the source.
+    if to == "rosinality":
+        check_rosinality_replaceable(dst)
+    else:
+        check_replaceable(dst, "generator")
     gan = load_gan(src, with_discriminator=(to == "hyperinverter"))
     if to == "rosinality":
         save_rosinality(dst, gan.generator)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray

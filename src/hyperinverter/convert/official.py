@@ -20,8 +20,9 @@ from ..models.encoders import LayerWiseEncoder, WEncoder
 from ..models.hyperinverter import HyperInverter
 from ..models.hypernetwork import HyperNetwork
 from ..models.stylegan2 import Generator
+from ..io.checkpoints import load_weights_only
 from .backbones import read_state_dict
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .gan_files import load_gan
 
 logger = logging.getLogger(__name__)
@@ -127,17 +128,27 @@ def load_official_hyperinverter(checkpoint: str | Path, generator: str | Path | 
     hypernetworks; 256 for the released models).
     """
     checkpoint = Path(checkpoint)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_weights_only(checkpoint)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{checkpoint} is not a HyperInverter checkpoint: no 'state_dict'")
+        raise CheckpointError(checkpoint, "is not a HyperInverter checkpoint: no 'state_dict'")
+    try:
+        return _hyperinverter_from(checkpoint, ckpt, generator, encoder_resolution)
+    except (KeyError, IndexError, TypeError) as e:  # a tensor the layout needs is absent or of another rank
+        raise CheckpointError(checkpoint, f"does not have the layout of a HyperInverter checkpoint ({e!r})") from None
+
+
+def _hyperinverter_from(checkpoint: Path, ckpt: Mapping, generator: str | Path | Generator,
+                        encoder_resolution: int | None) -> HyperInverter:
     sd = read_state_dict(ckpt)
     opts = ckpt.get("opts") or {}
+    if not isinstance(opts, Mapping):
+        raise CheckpointError(checkpoint, f"its 'opts' is a {type(opts).__name__}, not a mapping")
     unexpected = sorted(k for k in sd if not k.startswith(KNOWN_PREFIXES))
     if unexpected:
         raise CheckpointError(f"{checkpoint}: unexpected keys {unexpected[:12]} (known prefixes: {KNOWN_PREFIXES})")
     G = generator if isinstance(generator, Generator) else load_gan(generator).generator
     size = opts.get("output_size")
-    if size is not None and int(size) != G.resolution:
+    if size is not None and size != G.resolution:
         raise CheckpointError(f"{checkpoint} was trained for {size}px but the generator makes {G.resolution}px")
     w_encoder = w_encoder_from_state_dict(_strip(sd, "w_encoder."), source=f"{checkpoint} [w_encoder]")
     hypernetwork = hypernetwork_from_state_dict(_strip(sd, "hypernet."), G, source=f"{checkpoint} [hypernet]")
@@ -162,6 +173,14 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
     """A pSp/e4e-style W-encoder checkpoint (``encoder.*`` keys; ``decoder.*`` ignored) as a Phase-I-only model."""
     checkpoint = Path(checkpoint)
     sd = read_state_dict(checkpoint)
+    try:
+        return _psp_w_encoder_from(checkpoint, sd, generator, encoder_resolution)
+    except (KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(checkpoint, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
+
+
+def _psp_w_encoder_from(checkpoint: Path, sd: dict, generator: str | Path | Generator,
+                        encoder_resolution: int) -> HyperInverter:
     extra = sorted(k for k in sd if not k.startswith(("encoder.", "decoder.")))
     if extra:
         raise CheckpointError(f"{checkpoint}: unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")

@@ -16,7 +16,7 @@ import torch
 
 from ..models.stylegan2.generator import GeneratorConfig
 from ..ops.filters import setup_filter
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -96,19 +96,28 @@ def key_map(config: GeneratorConfig) -> list[KeyRule]:
 
 def infer_config(g_ema: Mapping[str, torch.Tensor]) -> GeneratorConfig:
     """Read resolution, widths and mapping depth off a rosinality ``g_ema`` state dict."""
-    try:
-        w_dim = g_ema["style.1.weight"].shape[0]
-        z_dim = g_ema["style.1.weight"].shape[1]
-        const = g_ema["input.input"]
-        img_channels = g_ema["to_rgb1.conv.weight"].shape[1]
-    except KeyError as e:
-        raise CheckpointError(f"not a rosinality StyleGAN2 generator: missing {e.args[0]!r}") from None
+    if not isinstance(g_ema, Mapping) or not all(isinstance(v, torch.Tensor) for v in g_ema.values()):
+        raise CheckpointError("its 'g_ema' is not a state dict of tensors")
+    expected_ndim = {"style.1.weight": 2, "input.input": 4, "to_rgb1.conv.weight": 5}
+    for key, ndim in expected_ndim.items():
+        if key not in g_ema:
+            raise CheckpointError(f"not a rosinality StyleGAN2 generator: missing {key!r}")
+        if g_ema[key].ndim != ndim:
+            raise CheckpointError(f"not a rosinality StyleGAN2 generator: {key!r} has shape "
+                                  f"{list(g_ema[key].shape)}, expected {ndim} dimensions")
+    w_dim, z_dim = g_ema["style.1.weight"].shape
+    const = g_ema["input.input"]
+    img_channels = g_ema["to_rgb1.conv.weight"].shape[1]
     mapping_layers = sum(1 for k in g_ema if k.startswith("style.") and k.endswith(".weight"))
     num_blocks = sum(1 for k in g_ema if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
     resolution = 2 ** (num_blocks + 2)
     channels = {4: const.shape[1]}
     for i in range(num_blocks):
-        channels[2 ** (i + 3)] = g_ema[f"convs.{2 * i}.conv.weight"].shape[1]
+        weight = g_ema.get(f"convs.{2 * i}.conv.weight")
+        if weight is None or weight.ndim != 5:
+            raise CheckpointError(f"not a rosinality StyleGAN2 generator: 'convs.{2 * i}.conv.weight' is missing or "
+                                  "not [1, out, in, k, k]")
+        channels[2 ** (i + 3)] = weight.shape[1]
     channel_max = max(channels.values())
     capped = [r for r, c in channels.items() if c < channel_max]
     channel_base = min(capped) * channels[min(capped)] if capped else channel_max * resolution
@@ -163,7 +172,11 @@ def to_nvidia(
         if r.rosinality is None:
             out[r.nvidia] = filt.clone()
         elif r.rosinality in source:
-            out[r.nvidia] = _FORWARD[r.rule](source[r.rosinality]).float().contiguous()
+            try:
+                out[r.nvidia] = _FORWARD[r.rule](source[r.rosinality]).float().contiguous()
+            except (IndexError, RuntimeError) as e:
+                raise CheckpointError(f"rosinality tensor {r.rosinality!r} of shape {list(source[r.rosinality].shape)} "
+                                      f"does not fit the generator layout ({e})") from None
         else:
             absent.append(r.nvidia)
     return out, absent

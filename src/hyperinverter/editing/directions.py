@@ -10,19 +10,19 @@ layer range and value are chosen by the caller), and our ``.safetensors`` direct
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from ..convert.errors import CheckpointError
-from ..io.checkpoints import atomic_save_file
+from ..errors import SchemaError
+from ..io.checkpoints import load_weights_only, read_metadata_json, read_safetensors, save_safetensors
 from .ganspace import GANSpaceBasis
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ class LinearDirection:
     default_strength: float = 3.0
 
     def __post_init__(self) -> None:
-        assert self.vector.ndim == 2, f"direction must be [1|num_ws, w_dim], got {tuple(self.vector.shape)}"
+        if self.vector.ndim != 2:
+            raise ValueError(f"direction {self.name!r} must be [1|num_ws, w_dim], got {tuple(self.vector.shape)}")
 
     def apply(self, ws: torch.Tensor, strength: float | None = None) -> torch.Tensor:
         strength = self.default_strength if strength is None else strength
@@ -88,21 +89,54 @@ class GANSpaceDirection:
         return out
 
 
-def _load_torch(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means the file is not a plain tensor file
-        raise CheckpointError(f"cannot read direction file {path}: {e}") from None
+def _vector(tensor: object, path: Path) -> torch.Tensor:
+    """A direction tensor -> ``[rows, w_dim]``: ``[w_dim]``, ``[rows, w_dim]`` and ``[1, rows, w_dim]`` are read."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        raise SchemaError(path, f"a direction must be a float tensor, got {getattr(tensor, 'dtype', type(tensor))}")
+    vector = tensor.float()
+    if vector.ndim == 3 and vector.shape[0] == 1:  # [1, num_ws, w_dim]
+        vector = vector[0]
+    if vector.ndim == 1:
+        vector = vector[None]
+    if vector.ndim != 2 or vector.numel() == 0:
+        raise SchemaError(path, f"a direction must be [w_dim], [rows, w_dim] or [1, rows, w_dim], got "
+                          f"{list(tensor.shape)}")
+    if not bool(torch.isfinite(vector).all()):
+        raise SchemaError(path, "the direction holds NaN or infinite values")
+    if vector.shape[0] > 1 and torch.allclose(vector, vector[:1].expand_as(vector)):
+        vector = vector[:1]  # e.g. pose.pt: identical rows, a plain W direction
+    return vector
 
 
-def _basis_from_pca_dict(d: dict, path: Path) -> GANSpaceBasis:
-    missing = {"comp", "mean", "std"} - set(d)
-    if missing:
-        raise CheckpointError(f"{path} is not a GANSpace file: missing {sorted(missing)}")
-    comp = torch.as_tensor(d["comp"]).float()
-    comp = comp.reshape(comp.shape[0], -1)
-    return GANSpaceBasis(comp=comp, mean=torch.as_tensor(d["mean"]).float().reshape(-1),
-                         std=torch.as_tensor(d["std"]).float().reshape(-1))
+def _basis(comp: object, mean: object, std: object, path: Path) -> GANSpaceBasis:
+    """A GANSpace basis from its three tensors, each checked: ``comp [n, w_dim]`` (or ``[n, 1, w_dim]``),
+    ``mean [w_dim]`` (or ``[1, w_dim]``), ``std [n]`` positive."""
+    tensors = {"comp": comp, "mean": mean, "std": std}
+    for key, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise SchemaError(path, f"GANSpace {key!r} must be a finite float tensor")
+    comp_t = comp.float().reshape(comp.shape[0], -1) if comp.ndim >= 2 else None
+    if comp_t is None or comp.ndim > 3 or (comp.ndim == 3 and comp.shape[1] != 1):
+        raise SchemaError(path, f"GANSpace 'comp' must be [n, w_dim] or [n, 1, w_dim], got {list(comp.shape)}")
+    mean_t, std_t = mean.float().reshape(-1), std.float().reshape(-1)
+    n, w_dim = comp_t.shape
+    if mean_t.shape != (w_dim,) or std_t.shape != (n,):
+        raise SchemaError(path, f"GANSpace sizes do not agree: comp is [{n}, {w_dim}], so mean must have {w_dim} "
+                          f"values (it has {mean_t.numel()}) and std {n} (it has {std_t.numel()})")
+    if bool((std_t <= 0).any()):
+        raise SchemaError(path, "GANSpace 'std' must be positive")
+    return GANSpaceBasis(comp=comp_t, mean=mean_t, std=std_t)
+
+
+def _number(meta: dict, key: str, path: Path, kind: type, default=None):
+    value = meta.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or \
+            (kind is float and not math.isfinite(value)):
+        raise SchemaError(path, f"'{key}' must be {'a finite number' if kind is float else 'an integer'}, "
+                          f"got {value!r}")
+    return kind(value)
 
 
 def load_direction(
@@ -114,44 +148,58 @@ def load_direction(
     end: int | None = None,
     strength: float | None = None,
 ) -> LinearDirection | GANSpaceDirection:
-    """Read a direction file of any supported format. GANSpace bases need ``index``, ``start``, ``end``
-    and ``strength`` unless the file (ours) records them."""
+    """Read a direction file of any supported format; every problem names the file and the field.
+
+    GANSpace bases need ``index``, ``start``, ``end`` and ``strength`` unless the file (ours) records them.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such direction file: {path}")
+        raise FileNotFoundError(errno.ENOENT, "no such direction file", str(path))
     name = name or path.stem
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("direction", "{}"))
-        tensors = load_file(str(path))
+        tensors, metadata = read_safetensors(path)
+        meta = read_metadata_json(path, metadata, "direction", "a direction file")
         kind = meta.get("kind")
+        stored_name = meta.get("name", name)
+        if not isinstance(stored_name, str):
+            raise SchemaError(path, f"'name' must be a string, got {stored_name!r}")
+        wanted = {"linear": ("vector",), "ganspace": ("comp", "mean", "std")}.get(kind)
+        if wanted is None:
+            raise SchemaError(path, f"'kind' must be 'linear' or 'ganspace', got {kind!r}")
+        absent = [k for k in wanted if k not in tensors]
+        if absent:
+            raise SchemaError(path, f"a {kind} direction file needs the tensors {absent}")
         if kind == "linear":
-            return LinearDirection(tensors["vector"], name=meta.get("name", name),
-                                   default_strength=strength if strength is not None else meta.get("strength", 3.0))
-        if kind == "ganspace":
-            basis = GANSpaceBasis(tensors["comp"], tensors["mean"], tensors["std"])
-            spec = {k: meta.get(k) for k in ("index", "start", "end", "strength")}
-            spec.update({k: v for k, v in dict(index=index, start=start, end=end, strength=strength).items()
-                         if v is not None})
-            return _ganspace(basis, spec, meta.get("name", name), path)
-        raise CheckpointError(f"{path} has no direction metadata (kind must be 'linear' or 'ganspace')")
+            default = _number(meta, "strength", path, float, 3.0)
+            return LinearDirection(_vector(tensors["vector"], path), name=stored_name,
+                                   default_strength=strength if strength is not None else default)
+        spec = {"index": _number(meta, "index", path, int), "start": _number(meta, "start", path, int),
+                "end": _number(meta, "end", path, int), "strength": _number(meta, "strength", path, float)}
+        spec.update({k: v for k, v in dict(index=index, start=start, end=end, strength=strength).items()
+                     if v is not None})
+        return _ganspace(_basis(tensors["comp"], tensors["mean"], tensors["std"], path), spec, stored_name, path)
     if path.suffix == ".npy":
-        vector = torch.from_numpy(np.load(path, allow_pickle=False)).float()
-        return LinearDirection(vector.reshape(-1, vector.shape[-1]), name=name,
-                               default_strength=3.0 if strength is None else strength)
-    obj = _load_torch(path)
-    if isinstance(obj, torch.Tensor):
-        vector = obj.float()
-        if vector.ndim == 3:  # [1, num_ws, w_dim]
-            vector = vector[0]
-        vector = vector.reshape(-1, vector.shape[-1])
-        if vector.shape[0] > 1 and torch.allclose(vector, vector[:1].expand_as(vector)):
-            vector = vector[:1]  # e.g. pose.pt: identical rows, a plain W direction
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as e:  # e.g. an object array, which only pickle could read
+            raise SchemaError(path, f"is not a plain numeric .npy array ({e}); pickled arrays are refused") from None
+        except OSError as e:
+            raise SchemaError(path, f"is not a readable .npy file ({e})") from None
+        if array.dtype.kind not in "fiu":
+            raise SchemaError(path, f"a direction must hold numbers, got dtype {array.dtype}")
+        vector = _vector(torch.from_numpy(array.astype(np.float32)), path)
         return LinearDirection(vector, name=name, default_strength=3.0 if strength is None else strength)
+    obj = load_weights_only(path)
+    if isinstance(obj, torch.Tensor):
+        return LinearDirection(_vector(obj, path), name=name, default_strength=3.0 if strength is None else strength)
     if isinstance(obj, dict):
-        basis = _basis_from_pca_dict(obj, path)
+        missing = {"comp", "mean", "std"} - set(obj)
+        if missing:
+            raise SchemaError(path, f"is not a GANSpace file: missing {sorted(missing)}")
+        basis = _basis(*(torch.as_tensor(obj[k]) if isinstance(obj[k], np.ndarray) else obj[k]
+                         for k in ("comp", "mean", "std")), path)
         return _ganspace(basis, dict(index=index, start=start, end=end, strength=strength), name, path)
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}; expected a direction tensor or a GANSpace dict")
+    raise SchemaError(path, f"holds a {type(obj).__name__}; expected a direction tensor or a GANSpace dict")
 
 
 def load_model_directions(model_dir: str | Path) -> dict[str, LinearDirection | GANSpaceDirection]:
@@ -164,10 +212,13 @@ def load_model_directions(model_dir: str | Path) -> dict[str, LinearDirection | 
 def _ganspace(basis: GANSpaceBasis, spec: dict, name: str, path: Path) -> GANSpaceDirection:
     missing = [k for k in ("index", "start", "end", "strength") if spec.get(k) is None]
     if missing:
-        raise ValueError(f"{path} is a GANSpace basis: give {missing} (component index, layer range start:end, "
-                         "and the value to set the coordinate to)")
-    return GANSpaceDirection(basis, int(spec["index"]), int(spec["start"]), int(spec["end"]),
-                             float(spec["strength"]), name=name)
+        raise SchemaError(path, f"is a GANSpace basis: give {missing} (component index, layer range start:end, "
+                          "and the value to set the coordinate to)")
+    try:
+        return GANSpaceDirection(basis, int(spec["index"]), int(spec["start"]), int(spec["end"]),
+                                 float(spec["strength"]), name=name)
+    except ValueError as e:
+        raise SchemaError(path, str(e)) from None
 
 
 def save_direction(direction: LinearDirection | GANSpaceDirection, path: str | Path) -> Path:
@@ -180,5 +231,5 @@ def save_direction(direction: LinearDirection | GANSpaceDirection, path: str | P
         meta = {"kind": "ganspace", "name": direction.name, "index": direction.index, "start": direction.start,
                 "end": direction.end, "strength": direction.default_strength}
         tensors = {"comp": direction.basis.comp, "mean": direction.basis.mean, "std": direction.basis.std}
-    atomic_save_file(tensors, path, metadata={"direction": json.dumps(meta)})
+    save_safetensors(path, tensors, metadata={"direction": json.dumps(meta)})
     return path

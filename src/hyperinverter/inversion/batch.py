@@ -1,14 +1,19 @@
 """Invert a set of image files (or every face in them) and write the results, one batch in memory at a time.
 
-For each picture, named after its file (``photo`` or ``photo-face1`` when aligned), it writes:
+For each picture, named after its file (``photo``, or ``photo-face1`` when a photo has several faces), it writes:
 
 * ``NAME.png``: the reconstruction;
 * ``NAME_compare.png``: input | Phase I | final;
 * ``NAME.safetensors``: ``ws`` and Δθ (see :mod:`hyperinverter.inversion.files`), with the face placement
   when the input was aligned, so that a later edit can be pasted back into the photo.
 
-A file that cannot be read, or has no face when aligning, is reported and skipped; the run goes on. Under
-``torchrun`` every rank takes every ``WORLD_SIZE``-th file, so the ranks' outputs are disjoint and complete.
+The three files appear together (written unnamed and flushed, then named, the inversion file last), so a run
+killed at any moment leaves only complete pictures. Re-running the same command skips every input whose pictures
+are all there, made by the same model with the same options; ``overwrite=True`` redoes them.
+
+A bad input (unreadable, no face when aligning, non-finite result, an output that would overwrite an input) is
+reported once with its cause, and the run goes on. Under ``torchrun`` every rank takes every ``WORLD_SIZE``-th
+file, so the ranks' outputs are disjoint and complete.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..io.images import ImageReadError, center_square, make_grid, pil_to_tensor, read_image, save_image
-from .files import save_inversion
+from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
+from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
+from ..io.files import atomic_write_group, remove_stale_temporaries
+from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
+from .files import inversion_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +43,33 @@ T = TypeVar("T")
 
 @dataclass
 class Picture:
-    """One image to invert: ``image [1,C,R,R]`` in [-1,1]; ``placement`` where the face sits in its photo."""
+    """One image to invert: ``image [1,C,R,R]`` in [-1,1]; ``placement`` where the face sits in its photo;
+    ``index`` of ``count`` pictures taken from the same photo."""
 
     name: str
     source: Path
     image: torch.Tensor
     placement: dict | None = None
+    index: int = 0
+    count: int = 1
 
 
 @dataclass
 class BatchInversionReport:
+    """What a batch inversion did: the inversion files it ``written``, the inputs it ``skipped`` because their
+    pictures were already complete, and the inputs that ``failed`` (each an error naming the file and cause)."""
+
     out_dir: Path
-    written: list[Path] = field(default_factory=list)  # the inversion files, one per picture
-    skipped: list[str] = field(default_factory=list)  # "file: reason"
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[InputError] = field(default_factory=list)
     seconds_per_image: float = 0.0
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
 
 
 def rank_shard(items: Sequence[T], env: Mapping[str, str] | None = None) -> tuple[list[T], int, int]:
@@ -69,6 +88,16 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
 
 
+def picture_name(name: str, index: int, count: int) -> str:
+    """``photo`` for the only picture of a photo, ``photo-faceI`` for one of several faces."""
+    return name if count == 1 else f"{name}-face{index}"
+
+
+def output_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    """A picture's reconstruction, comparison strip and inversion file, in the order they are made visible."""
+    return out_dir / f"{name}.png", out_dir / f"{name}_compare.png", out_dir / f"{name}.safetensors"
+
+
 def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: int, channels: int, detector=None,
                    align_scale: float = 1.0) -> list[Picture]:
     """One photo -> what gets inverted: with a ``detector`` every face, FFHQ-aligned at ``align_scale`` (named
@@ -80,70 +109,136 @@ def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: i
         return [Picture(name, source, pil_to_tensor(center_square(photo), size=resolution, channels=channels))]
     from ..align import align_faces
 
-    faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=str(source))
-    return [Picture(name if len(faces) == 1 else f"{name}-face{i}", source,
-                    pil_to_tensor(face.image, size=resolution, channels=channels), face.placement())
+    faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=os.fsdecode(source))
+    return [Picture(picture_name(name, i, len(faces)), source,
+                    pil_to_tensor(face.image, size=resolution, channels=channels), face.placement(), i, len(faces))
             for i, face in enumerate(faces)]
 
 
 def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: int, channels: int,
-                  detector=None, align_scale: float = 1.0) -> tuple[list[Picture], list[str]]:
-    """Read ``paths`` into pictures (see :func:`photo_pictures`) -> (pictures, reasons for skipped files)."""
-    from ..align import NoFaceFoundError
-
-    pictures, skipped = [], []
+                  detector=None, align_scale: float = 1.0) -> tuple[list[Picture], list[InputError]]:
+    """Read ``paths`` into pictures (see :func:`photo_pictures`) -> (pictures, an error for each failed file)."""
+    pictures, failed = [], []
     for path, name in zip(paths, names):
         try:
             pictures += photo_pictures(read_image(path), name, path, resolution=resolution, channels=channels,
                                        detector=detector, align_scale=align_scale)
-        except (ImageReadError, NoFaceFoundError) as e:
-            logger.warning("skipped %s", e)
-            skipped.append(str(e))
-    return pictures, skipped
+        except InputError as e:
+            failed.append(e)
+        except Exception as e:  # noqa: BLE001 - one file must not end a batch of thousands; the cause is reported
+            logger.debug("reading %s failed", path, exc_info=True)
+            failed.append(InputError(path, f"could not be prepared ({type(e).__name__}: {e})"))
+    return pictures, failed
+
+
+def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, phase2: bool) -> bool:
+    """Whether a previous run left every picture of the input ``name``, made by this model with these options."""
+
+    def record(picture: str) -> dict | None:
+        path = output_paths(out_dir, picture)[2]
+        if not path.is_file():
+            return None
+        try:
+            meta = read_metadata_json(path, read_safetensors_metadata(path), "inversion", "an inversion file")
+        except (CheckpointError, SchemaError, OSError):
+            return None
+        return meta
+
+    def matches(meta: dict | None) -> bool:
+        return (meta is not None and meta.get("generator") == fingerprint
+                and (meta.get("placement") is not None) == aligned and (meta.get("mode") is not None) == phase2)
+
+    first = record(name) or record(picture_name(name, 0, 2))
+    if not matches(first):
+        return False
+    picture = first.get("picture")
+    count = picture["count"] if isinstance(picture, dict) and isinstance(picture.get("count"), int) else 1
+    names = [picture_name(name, i, count) for i in range(count)]
+    return all(matches(record(n)) and all(p.is_file() for p in output_paths(out_dir, n)) for n in names)
+
+
+def check_output_folder(out_dir: Path) -> Path:
+    """Create ``out_dir`` if needed; an existing file there, or an unwritable folder, is an ``OutputError``."""
+    out_dir = Path(out_dir)
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise OutputError(out_dir, "exists and is not a folder; give a folder for the results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(out_dir, "permission denied: cannot write into this folder")
+    return out_dir
 
 
 def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, batch_size: int = 4, phase2: bool = True,
-                 detector=None, model_name: str = "", shard: bool = True,
-                 progress: bool = True) -> BatchInversionReport:
+                 detector=None, model_name: str = "", shard: bool = True, progress: bool = True,
+                 overwrite: bool = False) -> BatchInversionReport:
     """Invert every file of ``inputs`` (already expanded, see :func:`hyperinverter.io.images.find_images`).
 
     ``detector``: a face detector (e.g. :class:`hyperinverter.align.Dlib68Detector`) to align every face at the
     pipeline's ``align_scale``; None feeds whole images. ``shard``: split the files across torchrun ranks.
+    ``overwrite``: redo inputs whose pictures a previous run already wrote.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out_dir = check_output_folder(Path(out_dir))
+    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
     paths = list(inputs)
     names = unique_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
     report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
+    phase2 = phase2 and pipe.model.has_phase2
+    aligned = detector is not None
+    todo = []
+    for path, name in pairs:
+        if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, phase2=phase2):
+            report.skipped.append(path)
+        else:
+            todo.append((path, name))
+    if report.skipped:
+        logger.info("%d input(s) already inverted in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
+    inputs_on_disk = {p.resolve() for p in paths if p.exists()}
     G = pipe.generator
     seconds, count = 0.0, 0
-    bar = tqdm(total=len(pairs), desc="invert", unit="file", disable=not progress or not pairs)
+    bar = tqdm(total=len(todo), desc="invert", unit="file", disable=not progress or not todo)
     # Files are read one batch at a time, so a large folder never sits in memory.
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        pictures, skipped = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
-                                          channels=G.config.img_channels, detector=detector,
-                                          align_scale=pipe.align_scale)
-        report.skipped += skipped
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
+                                         channels=G.config.img_channels, detector=detector,
+                                         align_scale=pipe.align_scale)
+        report.failed += failed
         bar.update(len(chunk))
         if not pictures:
             continue
         x = torch.cat([p.image for p in pictures])
         t0 = time.perf_counter()
-        result = pipe.invert(x, batch_size=batch_size, phase2=phase2).to("cpu")
+        result = pipe.invert(x, batch_size=batch_size, phase2=phase2, check_finite=False).to("cpu")
         seconds += time.perf_counter() - t0
         count += len(pictures)
+        # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
+        bad_sources = {pictures[i].source for i in range(len(pictures))
+                       if not bool(torch.isfinite(result.image[i]).all())}
+        for source in sorted(bad_sources):
+            report.failed.append(NonFiniteError(source, "the model gave NaN or infinite values for it"))
         for i, picture in enumerate(pictures):
+            if picture.source in bad_sources:
+                continue
+            targets = output_paths(out_dir, picture.name)
+            clash = [t for t in targets if t.exists() and t.resolve() in inputs_on_disk]
+            if clash:
+                report.failed.append(OutputError(picture.source, f"its result would overwrite the input {clash[0]}; "
+                                                 "give another --out"))
+                continue
             one = result.select(i)
-            save_image(one.image, out_dir / f"{picture.name}.png")
             panels = torch.cat([x[i : i + 1], one.w_image, one.image])
-            save_image(make_grid(panels, nrow=3), out_dir / f"{picture.name}_compare.png")
-            report.written.append(save_inversion(out_dir / f"{picture.name}.safetensors", one,
-                                                 source=str(picture.source), model=model_name,
-                                                 placement=picture.placement))
+            record = inversion_bytes(one, source=picture.source, model=model_name, generator=pipe.fingerprint,
+                                     placement=picture.placement,
+                                     picture={"index": picture.index, "count": picture.count})
+            atomic_write_group([(targets[0], image_bytes(one.image)),
+                                (targets[1], image_bytes(make_grid(panels, nrow=3))),
+                                (targets[2], record)])
+            report.written.append(targets[2])
     bar.close()
     report.seconds_per_image = seconds / max(count, 1)
-    logger.info("rank %d/%d: inverted %d picture(s) into %s, skipped %d", rank, world, count, out_dir,
-                len(report.skipped))
+    logger.info("rank %d/%d: inverted %d picture(s) into %s; %d input(s) already done, %d failed", rank, world,
+                len(report.written), out_dir, len(report.skipped), len(report.failed))
     return report

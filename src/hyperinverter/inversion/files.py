@@ -1,48 +1,163 @@
-"""Per-image inversion files: ``ws`` and every Δθ tensor in one safetensors file, written atomically."""
+"""Per-image inversion files: ``ws`` and every Δθ tensor in one safetensors file, with a checked record.
+
+Tensors: ``ws [1, num_ws, w_dim]`` and ``delta.<synthesis parameter> [1, *shape]``. Metadata ``inversion``: the
+``source`` image, the ``model`` name, the ``generator`` fingerprint (see :func:`generator_fingerprint`), the
+offset ``mode``, the face ``placement`` in the source photo (or null), and ``picture`` (this face's index and
+the number of faces found in the photo, so that a resumed batch knows whether a photo is complete).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
-from ..convert.errors import CheckpointError
-from ..io.checkpoints import atomic_save_file
+from ..errors import SchemaError
+from ..io.checkpoints import encode_safetensors, read_metadata_json, read_safetensors, save_safetensors
 from ..models.weight_delta import WeightDelta
 from .base import InversionResult
 
 _DELTA = "delta."
 
 
-def save_inversion(path: str | Path, result: InversionResult, *, source: str = "", model: str = "",
-                   placement: dict | None = None) -> Path:
-    """Store one image's codes (``ws [1,num_ws,w_dim]``) and Δθ (``delta.<param> [1,*shape]``).
+def generator_fingerprint(generator: torch.nn.Module) -> str:
+    """A short hash of a generator's config and weights: inversion files record it, so that a file is never
+    rendered by a generator it was not made for (its codes and Δθ would give a meaningless image)."""
+    digest = hashlib.sha256(json.dumps(generator.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(generator.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
-    ``placement``: where the aligned face sits in the ``source`` photo (see ``AlignedFace.placement``).
-    """
+
+@dataclass(frozen=True)
+class InversionRecord:
+    """The checked metadata of an inversion file."""
+
+    source: str
+    model: str
+    generator: str | None
+    mode: str | None
+    placement: dict | None
+    picture: dict | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "model": self.model, "generator": self.generator, "mode": self.mode,
+                "placement": self.placement, "picture": self.picture}
+
+
+def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", model: str = "",
+                    generator: str | None = None, placement: dict | None = None,
+                    picture: dict | None = None) -> bytes:
+    """The bytes of one image's inversion file (to write it together with its pictures)."""
     if len(result) != 1:
-        raise ValueError("save_inversion stores one image; select it first")
+        raise ValueError("an inversion file stores one image; select it first")
     tensors = {"ws": result.ws}
-    meta = {"source": source, "model": model, "mode": None, "placement": placement}
+    mode = None
     if result.weight_delta is not None:
-        meta["mode"] = result.weight_delta.mode
+        mode = result.weight_delta.mode
         tensors.update({_DELTA + k: v for k, v in result.weight_delta.items()})
-    atomic_save_file(tensors, Path(path), metadata={"inversion": json.dumps(meta)})
-    return Path(path)
+    record = InversionRecord(os.fsdecode(source), model, generator, mode, placement, picture)
+    _check_placement(record.placement, Path("<new inversion file>"))
+    return encode_safetensors(tensors, {"inversion": json.dumps(record.as_dict())})
 
 
-def load_inversion(path: str | Path) -> tuple[torch.Tensor, WeightDelta | None, dict]:
-    """-> (ws, weight_delta or None, metadata: source, model, mode and placement)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["inversion"])
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not an inversion file: {e}") from None
-    deltas = {k[len(_DELTA):]: v for k, v in tensors.items() if k.startswith(_DELTA)}
-    delta = WeightDelta(deltas, mode=meta["mode"]) if deltas else None
-    meta.setdefault("placement", None)  # files written before placements were kept
-    return tensors["ws"], delta, meta
+def save_inversion(path: str | os.PathLike, result: InversionResult, **record: Any) -> Path:
+    """Store one image's codes and Δθ atomically; ``record``: see :func:`inversion_bytes`."""
+    from ..io.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, inversion_bytes(result, **record))
+
+
+def _check_placement(placement: object, path: Path) -> None:
+    if placement is None:
+        return
+    if not isinstance(placement, dict) or set(placement) != {"quad", "source_size"}:
+        raise SchemaError(path, "'placement' must be null or {quad: 4 [x, y] points, source_size: [width, height]}")
+    quad, size = placement["quad"], placement["source_size"]
+    if not (isinstance(quad, list) and len(quad) == 4 and all(
+            isinstance(p, list) and len(p) == 2 and all(_finite_number(v) for v in p) for p in quad)):
+        raise SchemaError(path, f"'placement.quad' must be 4 [x, y] pairs of finite numbers, got {quad!r}")
+    if not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise SchemaError(path, f"'placement.source_size' must be [width, height] in pixels, got {size!r}")
+
+
+def _finite_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _record(meta: Mapping[str, Any], path: Path) -> InversionRecord:
+    def text(key: str) -> str:
+        value = meta.get(key, "")
+        if not isinstance(value, str):
+            raise SchemaError(path, f"'{key}' must be a string, got {value!r}")
+        return value
+
+    generator = meta.get("generator")
+    if generator is not None and not isinstance(generator, str):
+        raise SchemaError(path, f"'generator' must be a string, got {generator!r}")
+    mode = meta.get("mode")
+    if mode not in (None, "add", "scale"):
+        raise SchemaError(path, f"'mode' must be null, 'add' or 'scale', got {mode!r}")
+    picture = meta.get("picture")
+    if picture is not None and not (isinstance(picture, dict) and set(picture) == {"index", "count"}
+                                    and all(isinstance(picture[k], int) for k in picture)
+                                    and 0 <= picture["index"] < picture["count"]):
+        raise SchemaError(path, f"'picture' must be null or {{index, count}} with 0 <= index < count, got {picture!r}")
+    _check_placement(meta.get("placement"), path)
+    return InversionRecord(text("source"), text("model"), generator, mode, meta.get("placement"), picture)
+
+
+def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta | None, dict[str, Any]]:
+    """-> (ws, Δθ or None, record as a dict: source, model, generator, mode, placement, picture). Checked."""
+    path = Path(path)
+    tensors, metadata = read_safetensors(path)
+    record = _record(read_metadata_json(path, metadata, "inversion", "an inversion file (written by `invert`)"),
+                     path)
+    ws = tensors.pop("ws", None)
+    if ws is None:
+        raise SchemaError(path, "has no 'ws' tensor")
+    if ws.ndim != 3 or ws.shape[0] != 1 or not ws.is_floating_point():
+        raise SchemaError(path, f"'ws' must be a float tensor [1, num_ws, w_dim], got {ws.dtype} {tuple(ws.shape)}")
+    foreign = sorted(k for k in tensors if not k.startswith(_DELTA))
+    if foreign:
+        raise SchemaError(path, f"holds tensors that are neither 'ws' nor 'delta.*': {foreign[:8]}")
+    deltas = {k[len(_DELTA):]: v.float() for k, v in tensors.items()}
+    bad = sorted(k for k, v in deltas.items() if v.ndim < 2 or v.shape[0] != 1)
+    if bad:
+        raise SchemaError(path, f"Δθ tensors must be [1, *parameter shape]: {bad[:8]}")
+    if (record.mode is None) != (not deltas):
+        raise SchemaError(path, f"'mode' is {record.mode!r} but the file has {len(deltas)} Δθ tensors")
+    non_finite = sorted(k for k, v in {"ws": ws, **tensors}.items() if not bool(torch.isfinite(v).all()))
+    if non_finite:
+        raise SchemaError(path, f"holds NaN or infinite values in {non_finite[:8]}")
+    delta = WeightDelta(deltas, mode=record.mode) if deltas else None
+    return ws.float(), delta, record.as_dict()
+
+
+def check_fits(path: str | os.PathLike, ws: torch.Tensor, delta: WeightDelta | None, record: Mapping[str, Any],
+               generator: torch.nn.Module, *, model: str, fingerprint: str) -> None:
+    """Raise ``SchemaError`` unless an inversion file can be rendered by ``generator`` (the model ``model``)."""
+    path = Path(path)
+    made_by = f"model {record['model']!r}" if record.get("model") else "another model"
+    expected = (generator.num_ws, generator.w_dim)
+    if tuple(ws.shape[1:]) != expected:
+        raise SchemaError(path, f"was inverted with {made_by}: its codes are {list(ws.shape[1:])}, but {model} "
+                          f"takes {list(expected)}")
+    if delta is not None:
+        shapes = generator.synthesis.offsettable_parameters()
+        wrong = [name for name, t in delta.items() if tuple(t.shape[1:]) != tuple(shapes.get(name, ()))]
+        if wrong:
+            raise SchemaError(path, f"was inverted with {made_by}: its Δθ does not fit {model}'s generator "
+                              f"({wrong[:4]})")
+    if record.get("generator") not in (None, fingerprint):
+        raise SchemaError(path, f"was inverted with {made_by} (generator {record['generator']}), not with {model} "
+                          f"(generator {fingerprint}); use it with --model {record['model'] or 'that model'}")

@@ -1,6 +1,8 @@
-"""Our own weight format: a folder with ``config.json`` and ``model.safetensors``; atomic writes; strict loads.
+"""Our own weight format, and the one strict way to put weights into a module.
 
-The config is also stored in the safetensors metadata, so a lone ``.safetensors`` file is self-describing.
+A component is a folder with ``config.json`` and ``model.safetensors``; the config is also stored in the
+safetensors metadata, so a lone ``.safetensors`` file is self-describing. Every safetensors file of ours
+(components, inversion files, directions, training checkpoints) is read and written here.
 """
 
 from __future__ import annotations
@@ -8,132 +10,163 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping
+import pickle
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..convert.errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteWeightsError, SchemaError
+from .files import _PROC_FD, COMPONENT_FORMAT, COMPONENT_INDEX, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "hyperinverter"
+FORMAT = COMPONENT_FORMAT
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
+CONFIG_NAME = COMPONENT_INDEX
 WEIGHTS_NAME = "model.safetensors"
+M = TypeVar("M", bound=nn.Module)
 
 
-# mkstemp/mkdtemp create private (0600/0700) entries; published files get the modes a plain open() would give.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+# --- safetensors files ----------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The bytes of a safetensors file (for writing several files as one group)."""
+    return safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                             metadata=dict(metadata) if metadata else None)
 
-    ``durable=False`` skips the fsync: still never a partial file, but a power cut may lose the newest write
-    (right for thousands of regenerable dataset files, wrong for checkpoints).
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                     metadata: Mapping[str, str] | None = None, *, durable: bool = True) -> Path:
+    """Write a safetensors file atomically (and durably unless told otherwise)."""
+    return atomic_write_bytes(path, encode_safetensors(tensors, metadata), durable=durable)
+
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own bound
+
+
+def _parse_header(head: bytes, read_rest: Callable[[int], bytes], path: Path) -> dict[str, str]:
+    if len(head) < 8:
+        raise CheckpointError(path, "is not a safetensors file (shorter than its 8-byte header size)")
+    (size,) = struct.unpack("<Q", head[:8])
+    if size > MAX_HEADER_BYTES:
+        raise CheckpointError(path, f"is not a safetensors file (declares a {size}-byte header)")
+    raw = read_rest(size)
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise CheckpointError(path, f"is not a safetensors file (its header is not JSON: {e})") from None
+    if len(raw) != size or not isinstance(header, dict):
+        raise CheckpointError(path, "is not a safetensors file (truncated or malformed header)")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(path, "has malformed safetensors metadata")
+    return metadata
+
+
+def _metadata_of(data: bytes, path: Path) -> dict[str, str]:
+    return _parse_header(data[:8], lambda n: data[8 : 8 + n], path)
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Only the metadata of a safetensors file (its header), without reading the tensors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _parse_header(f.read(8), f.read, path)
+    except IsADirectoryError:
+        raise CheckpointError(path, "is a folder, not a .safetensors file") from None
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata). Any file name works, also one that is not valid UTF-8."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            text = os.fspath(path)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # the Rust reader takes UTF-8 names only: read it through our open file
+                text = str(_PROC_FD / str(f.fileno())) if _PROC_FD.is_dir() else ""
+            if text:
+                with safe_open(text, framework="pt") as st:
+                    return {k: st.get_tensor(k) for k in st.keys()}, dict(st.metadata() or {})
+            data = f.read()
+            return load_safetensors_bytes(data), _metadata_of(data, path)
+    except IsADirectoryError:
+        raise CheckpointError(path, "is a folder, not a .safetensors file") from None
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (SafetensorError, OSError, ValueError, struct.error) as e:
+        raise CheckpointError(path, f"is not a readable safetensors file ({e})") from None
+
+
+def read_metadata_json(path: Path, metadata: Mapping[str, str], key: str, what: str) -> dict[str, Any]:
+    """The JSON object stored under ``key`` in a safetensors file's metadata, or ``SchemaError``."""
+    if key not in metadata:
+        raise SchemaError(path, f"is not {what}: its metadata has no {key!r} record")
+    try:
+        value = json.loads(metadata[key])
+    except ValueError as e:
+        raise SchemaError(path, f"its {key!r} metadata is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise SchemaError(path, f"its {key!r} metadata must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type] = ()) -> Any:
+    """``torch.load(weights_only=True)`` to the CPU: tensors and plain containers only, never code from the file.
+
+    Every way a file can fail (truncated, not a torch file, pickled objects) is a ``CheckpointError``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_file(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.save_file`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_component(
-    directory: Path,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    model_type: str,
-    config: dict[str, Any],
-    extras: dict[str, Any] | None = None,
-    dtype: torch.dtype | None = None,
-) -> None:
-    """Write ``directory/{config.json, model.safetensors}``; floating tensors are cast to ``dtype`` if given."""
-    directory = Path(directory)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type,
-              "config": config, "extras": extras or {}}
-    tensors = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()
-    }
-    atomic_save_file(tensors, directory / WEIGHTS_NAME, metadata={"hyperinverter": json.dumps(header)})
-    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
-
-
-def read_component(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a component folder or a lone ``.safetensors`` file -> (header, float32 state dict)."""
-    path = Path(path)
     if path.is_dir():
-        cfg_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        if not cfg_path.is_file() or not weights_path.is_file():
-            raise CheckpointError(f"{path} is not a hyperinverter model folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            header = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
-    else:
-        weights_path, header = path, None
+        raise CheckpointError(path, "is a folder, not a torch checkpoint file")
     try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from None
-    if header is None:
-        from safetensors import safe_open
-
-        with safe_open(str(weights_path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "hyperinverter" not in meta:
-            raise CheckpointError(f"{weights_path} carries no hyperinverter config in its metadata")
-        header = json.loads(meta["hyperinverter"])
-    if header.get("format") != FORMAT or "model_type" not in header or "config" not in header:
-        raise CheckpointError(f"{path} has no valid hyperinverter header (format/model_type/config)")
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer hyperinverter (format v{header['format_version']})")
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    return header, tensors
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(path, _unpickling_cause(str(e))) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
+            IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
+        raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict(strict=True)`` that names every missing, unexpected and mis-shaped key."""
+def _unpickling_cause(message: str) -> str:
+    """torch's long weights-only message -> what went wrong: code the file asks to run, or a damaged file."""
+    paragraphs = [p.strip() for p in message.split("\n\n") if p.strip()]
+    skip = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    detail = " ".join(p for p in paragraphs if not p.startswith(skip))
+    detail = detail.split("WeightsUnpickler error:", 1)[-1].strip()
+    if "GLOBAL" in detail or "global" in detail:
+        return f"refusing to load it: it asks to run code, not only to hold tensors ({detail})"
+    return f"is not a readable torch checkpoint ({detail or 'unpickling failed'})"
+
+
+# --- strict loading ---------------------------------------------------------------------------------------
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected, mis-shaped and non-finite tensor."""
     expected = module.state_dict()
     missing = sorted(k for k in expected if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in expected)
-    misshaped = sorted(
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    )
+    misshaped = sorted(f"{k}: file {_shape(state_dict[k])} vs model {_shape(v)}"
+                       for k, v in expected.items() if k in state_dict and _shape(state_dict[k]) != _shape(v))
     problems = []
     if missing:
         problems.append(f"missing keys: {missing}")
@@ -142,19 +175,93 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
     if misshaped:
         problems.append(f"mis-shaped keys: {misshaped}")
     if problems:
-        raise CheckpointError(f"{source} does not match {type(module).__name__}: " + "; ".join(problems))
+        raise CheckpointError(source, f"does not match {type(module).__name__}: " + "; ".join(problems))
+    non_finite = sorted(k for k, v in state_dict.items()
+                        if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if non_finite:
+        raise NonFiniteWeightsError(source, f"holds NaN or infinite values in {non_finite[:12]}"
+                              + (f" and {len(non_finite) - 12} more tensors" if len(non_finite) > 12 else ""))
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict(strict=True)`` that first names every missing, unexpected, mis-shaped and non-finite
+    tensor (``source`` says where the weights came from)."""
+    check_state_dict(module, state_dict, source=source)
     module.load_state_dict(dict(state_dict), strict=True)
 
 
-def replace_directory(tmp_dir: Path, target: Path) -> None:
-    """Move a fully written ``tmp_dir`` to ``target``, replacing an existing folder last."""
-    target = Path(target)
-    os.chmod(tmp_dir, DIR_MODE)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp_dir, target)
-        shutil.rmtree(old, ignore_errors=True)
+def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Tensor], *, source: str) -> M:
+    """``build()`` a module and load ``state_dict`` into it strictly, without first allocating random weights.
+
+    The module is built on the meta device and checked against the file before any memory is allocated, so a
+    config that does not fit its weights (or asks for absurd sizes) fails fast and cheaply.
+    """
+    with torch.device("meta"):
+        module = build()
+    check_state_dict(module, state_dict, source=source)
+    module = module.to_empty(device="cpu")
+    module.load_state_dict(dict(state_dict), strict=True)
+    return module
+
+
+# --- component folders ------------------------------------------------------------------------------------
+
+
+def save_component(directory: Path, state_dict: Mapping[str, torch.Tensor], *, model_type: str,
+                   config: dict[str, Any], extras: dict[str, Any] | None = None,
+                   dtype: torch.dtype | None = None) -> None:
+    """Write ``directory/{config.json, model.safetensors}``; floating tensors are cast to ``dtype`` if given."""
+    directory = Path(directory)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type,
+              "config": config, "extras": extras or {}}
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()}
+    save_safetensors(directory / WEIGHTS_NAME, tensors, metadata={"hyperinverter": json.dumps(header)})
+    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
+
+
+def _check_header(header: object, where: Path) -> dict[str, Any]:
+    if not isinstance(header, dict):
+        raise SchemaError(where, f"must hold a JSON object, got {type(header).__name__}")
+    if header.get("format") != FORMAT:
+        raise SchemaError(where, f"'format' must be {FORMAT!r}, got {header.get('format')!r}: not a hyperinverter "
+                          "model file")
+    version = header.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SchemaError(where, f"'format_version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise SchemaError(where, f"was written by a newer hyperinverter (format v{version}; this one reads "
+                          f"v{FORMAT_VERSION})")
+    if not isinstance(header.get("model_type"), str):
+        raise SchemaError(where, f"'model_type' must be a string, got {header.get('model_type')!r}")
+    if not isinstance(header.get("config"), dict):
+        raise SchemaError(where, f"'config' must be a JSON object, got {type(header.get('config')).__name__}")
+    return header
+
+
+def read_component(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a component folder or a lone ``.safetensors`` file -> (checked header, float32 state dict)."""
+    path = Path(path)
+    if path.is_dir():
+        cfg_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not cfg_path.is_file() or not weights_path.is_file():
+            raise CheckpointError(path, f"is not a hyperinverter model folder: it needs {CONFIG_NAME} and "
+                                  f"{WEIGHTS_NAME}")
+        try:
+            header = json.loads(cfg_path.read_bytes())
+        except ValueError as e:
+            raise SchemaError(cfg_path, f"is not valid JSON ({e})") from None
+        header = _check_header(header, cfg_path)
+        tensors, _ = read_safetensors(weights_path)
     else:
-        os.replace(tmp_dir, target)
+        tensors, metadata = read_safetensors(path)
+        header = _check_header(read_metadata_json(path, metadata, "hyperinverter", "a hyperinverter model file"),
+                               path)
+    return header, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def config_from_header(config_class: type, header: Mapping[str, Any], *, source: Path) -> Any:
+    """``config_class.from_dict(header["config"])``, with any problem reported against ``source``."""
+    try:
+        return config_class.from_dict(header["config"])
+    except (TypeError, ValueError) as e:
+        raise SchemaError(source, f"its config does not describe a valid {config_class.__name__}: {e}") from None

@@ -5,14 +5,19 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoints import atomic_write_bytes
+from ..errors import ImageReadError
+from .files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +87,18 @@ def labelled_row(images: torch.Tensor, labels: Sequence[str], *, padding: int = 
     return out
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True) -> Path:
-    """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix."""
-    path = Path(path)
+def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png") -> bytes:
+    """A ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, encoded in the format ``suffix`` names."""
     if isinstance(image, torch.Tensor):
         image = tensor_to_pil(image if image.ndim == 4 else image[None])[0]
     buf = io.BytesIO()
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
-    image.save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue(), durable=durable)
-    return path
+    image.save(buf, format={".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(suffix.lower(), "PNG"))
+    return buf.getvalue()
+
+
+def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True) -> Path:
+    """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix."""
+    return atomic_write_bytes(path, image_bytes(image, Path(path).suffix), durable=durable)
 
 
 def center_square(image: Image.Image) -> Image.Image:
@@ -112,70 +119,180 @@ def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int 
     return (x.permute(2, 0, 1)[None] / 127.5) - 1
 
 
-def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: int = 80) -> Path:
-    """``[1,C,H,W]`` frames in [-1,1] -> looping GIF, written atomically."""
+def gif_bytes(frames: Sequence[torch.Tensor], *, duration_ms: int = 80) -> bytes:
+    """``[1,C,H,W]`` / ``[C,H,W]`` frames in [-1,1] -> a looping GIF."""
     pil = [tensor_to_pil(f if f.ndim == 4 else f[None])[0].convert("RGB") for f in frames]
     buf = io.BytesIO()
     pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    return buf.getvalue()
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: int = 80) -> Path:
+    """``[1,C,H,W]`` frames in [-1,1] -> looping GIF, written atomically."""
+    return atomic_write_bytes(path, gif_bytes(frames, duration_ms=duration_ms))
 
 
-class ImageReadError(ValueError):
-    """An input image is missing, unreadable, truncated or degenerate; the message names the file."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Pillow's own decompression-bomb limit (about 89 megapixels): enough for any camera, and the bound of what a
+# batch job decodes without being asked. The web page sets a lower one.
+DEFAULT_MAX_PIXELS = 89_478_485
+ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image fully (so truncation is caught now), apply its EXIF orientation, return RGB/L/RGBA-safe PIL.
+def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               ) -> Image.Image:
+    """The one way from a file, an upload's bytes or a PIL image to a plain RGB or L image.
 
-    Transparent images are composited on white; palette, 16-bit and CMYK modes are converted to RGB.
+    Decodes fully (so truncation is caught now), applies the EXIF orientation, composites transparency on
+    white, and maps every other mode (palette, CMYK, YCbCr, 16-bit and float) to RGB or L. Any failure is an
+    ``ImageReadError`` naming ``name`` (default: the path) and the cause; Pillow's warnings are logged with the
+    name, never raised as Python warnings. ``max_pixels``: larger images are refused before decoding.
     """
-    from PIL import ImageOps, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    try:
-        with Image.open(path) as im:
+    label = name if name is not None else (os.fsdecode(source) if isinstance(source, (str, os.PathLike))
+                                           else "the image")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if isinstance(source, Image.Image):
+                im = source
+            else:
+                if isinstance(source, (str, os.PathLike)):
+                    path = Path(source)
+                    if path.is_dir():
+                        raise ImageReadError(label, "is a folder, not an image file")
+                    if not path.exists():
+                        cause = "is a broken symbolic link" if path.is_symlink() else "no such file"
+                        raise ImageReadError(label, cause)
+                    im = Image.open(path)
+                else:
+                    im = Image.open(io.BytesIO(source))
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageReadError(label, f"is {im.width}x{im.height} pixels, more than the limit of "
+                                     f"{max_pixels:,} pixels")
             im.load()
-            im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: not a readable image ({e})") from None
-    if im.width < 1 or im.height < 1:
-        raise ImageReadError(f"{path}: the image is empty ({im.width}x{im.height})")
-    return plain_mode(im)
+            if im.width < 1 or im.height < 1:
+                raise ImageReadError(label, f"the image is empty ({im.width}x{im.height})")
+            im = _upright(im, label)
+            im = plain_mode(im)
+        except ImageReadError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageReadError(label, "not a readable image (unknown or corrupt format)") from None
+        except Image.DecompressionBombError as e:
+            raise ImageReadError(label, f"refused as a decompression bomb ({e})") from None
+        except PermissionError:
+            raise ImageReadError(label, "permission denied") from None
+        except MemoryError:
+            raise ImageReadError(label, "too large to decode in memory") from None
+        except Exception as e:  # noqa: BLE001 - a hostile file fails inside Pillow's decoders in many ways
+            cause = str(e) or type(e).__name__
+            raise ImageReadError(label, f"not a readable image ({cause})") from None
+    for w in caught:
+        logger.warning("%s: %s", label, w.message)
+    return im
+
+
+def _upright(im: Image.Image, label: str) -> Image.Image:
+    """Apply the EXIF orientation; a corrupt EXIF block is ignored (logged), not a reason to lose the image."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - malformed EXIF fails in several ways
+        logger.warning("%s: ignoring its unreadable EXIF orientation (%s)", label, e)
+        return im
 
 
 def plain_mode(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB or L: transparency is composited on white; palette, CMYK, 16-bit etc. converted."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    """Any PIL mode -> RGB or L: transparency is composited on white; palette, CMYK, YCbCr, LAB and HSV become
+    RGB; 1-bit, 16-bit, 32-bit and float grayscale become L (see :func:`_grayscale_to_l`)."""
+    if im.mode in ("RGB", "L"):
+        return im
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    if im.mode not in ("RGB", "L"):
-        im = im.convert("RGB") if im.mode not in ("I;16", "I", "F") else _high_bit_depth_to_l(im)
-    return im.convert("RGB") if im.mode == "RGBA" else im
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        return _grayscale_to_l(im)
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode == "LAB":
+        from PIL import ImageCms
+
+        return ImageCms.applyTransform(im, ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"))
+    return im.convert("RGB")
 
 
-def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
-    arr = np.asarray(im, dtype=np.float64)
+def _grayscale_to_l(im: Image.Image) -> Image.Image:
+    """16-bit (``I;16``, ``I;16B``, ...), 32-bit integer (``I``) and float (``F``) grayscale -> 8-bit L.
+
+    Integer images are scaled by the range their values fit (8, 16 or 32 bits), so a dark 16-bit image stays
+    dark; float images in [0, 1] are scaled by 255, other floats by their own range.
+    """
+    arr = np.asarray(im).astype(np.float64)
+    if not np.isfinite(arr).all():
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if im.mode == "F":
+        if lo >= 0 and hi <= 1:
+            scaled = arr * 255
+        elif lo >= 0 and hi <= 255:
+            scaled = arr
+        else:
+            scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+    elif im.mode.startswith("I;16") or (lo >= 0 and hi <= 65535 and hi > 255):
+        scaled = arr / 257
+    elif lo >= 0 and hi <= 255:
+        scaled = arr
+    else:
+        scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(scaled, 0, 255).round().astype(np.uint8), mode="L")
 
 
-def find_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image paths; missing inputs are errors."""
-    found: list[Path] = []
+@dataclass(frozen=True)
+class FoundImages:
+    """What :func:`find_images` found: the image files, and the inputs that cannot be images (with why)."""
+
+    paths: list[Path]
+    problems: list[ImageReadError]
+
+
+def find_images(inputs: Sequence[str | os.PathLike]) -> FoundImages:
+    """Expand files and folders (recursively, sorted) into image paths, once each.
+
+    Inputs that cannot be images are returned as problems, not dropped: a missing input, a broken symbolic
+    link or a folder with an image suffix. Files named explicitly are kept whatever their suffix (reading them
+    says whether they are images); in folders, only files with an image suffix are taken.
+    """
+    paths: list[Path] = []
+    problems: list[ImageReadError] = []
+    seen: set[Path] = set()
+
+    def take(p: Path) -> None:
+        key = p.resolve() if p.exists() else p.absolute()
+        if key not in seen:
+            seen.add(key)
+            paths.append(p)
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+            for q in sorted(p.rglob("*")):
+                if q.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if q.is_file():
+                    take(q)
+                elif q.is_dir():
+                    problems.append(ImageReadError(q, "is a folder, not an image file (the images in it are "
+                                                      "inverted)"))
+                elif q.is_symlink():
+                    problems.append(ImageReadError(q, "is a broken symbolic link"))
         elif p.exists():
-            found.append(p)
+            take(p)
         else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
-    return found
+            problems.append(ImageReadError(p, "is a broken symbolic link" if p.is_symlink() else "no such file or "
+                                           "folder"))
+    return FoundImages(paths, problems)

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..convert.errors import CheckpointError
 from ..io.checkpoints import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -205,8 +204,10 @@ class LPIPS(nn.Module):
         if not hd_path.is_file():
             raise FileNotFoundError(f"LPIPS {net} heads file {hd_path} is missing (given as heads_path); "
                                     f"download {HEADS_URL.format(net=net)} by hand and pass its path")
-        model.net.load_torchvision_state_dict(_load_tensors(bb_path), source=str(bb_path))
-        model.load_heads_state_dict(_load_tensors(hd_path), source=str(hd_path))
+        from ..convert.backbones import read_state_dict
+
+        model.net.load_torchvision_state_dict(read_state_dict(bb_path), source=str(bb_path))
+        model.load_heads_state_dict(read_state_dict(hd_path), source=str(hd_path))
         logger.info("LPIPS %s: backbone %s, heads %s", net, bb_path, hd_path)
         return model
 
@@ -267,11 +268,4 @@ def find_heads_file(net: str) -> Path:
     return path
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors (got {type(obj).__name__})")
-    return dict(obj)
 

@@ -117,17 +117,6 @@ class HyperNetworkConfig(SerializableConfig):
     hidden_dim: int = 128
     inner_channels: int = 64
 
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["targets"] = [t.to_dict() for t in self.targets]
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> HyperNetworkConfig:
-        data = dict(data)
-        data["targets"] = tuple(TargetSpec.from_dict(t) for t in data.get("targets", ()))
-        return super().from_dict(data)
-
 
 class HyperNetwork(nn.Module):
     """All regressors: ``(E2(x_w), E2(x))``, each ``[B,n,C,S,S]`` -> ``WeightDelta`` (additive)."""

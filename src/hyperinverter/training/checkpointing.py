@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from ..convert.errors import CheckpointError
-from ..io.checkpoints import atomic_save_file, load_state_dict_strict
+from ..errors import CheckpointError, NonFiniteWeightsError
+from ..io.checkpoints import load_state_dict_strict, read_metadata_json, read_safetensors, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +75,8 @@ def save_checkpoint(
     path = directory / f"checkpoint-{step:08d}.safetensors"
     # safetensors refuses shared storage; clone so every entry owns its memory.
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    atomic_save_file(tensors, path, metadata={"training": json.dumps(meta)})
+    # Durable (file and folder flushed) before any older checkpoint is deleted: a power cut keeps one.
+    save_safetensors(path, tensors, metadata={"training": json.dumps(meta)})
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -100,11 +99,13 @@ def load_checkpoint(
 ) -> tuple[int, dict[str, Any]]:
     """Restore everything saved by ``save_checkpoint``; returns ``(step, progress)``. Strict."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["training"])
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not a readable training checkpoint: {e}") from None
+        tensors, metadata = read_safetensors(path)
+        meta = read_metadata_json(path, metadata, "training", "a training checkpoint")
+        if not isinstance(meta.get("modules"), list) or not isinstance(meta.get("step"), int) \
+                or "rng.torch" not in tensors:
+            raise CheckpointError(path, "is not a complete training checkpoint (no modules, step or RNG state)")
+    except OSError as e:
+        raise CheckpointError(path, f"is not a readable training checkpoint ({e})") from None
     try:
         if set(meta["modules"]) != set(modules):
             raise CheckpointError(f"{path} holds modules {meta['modules']}, expected {sorted(modules)}")
@@ -117,6 +118,8 @@ def load_checkpoint(
             if prefix not in meta:
                 raise CheckpointError(f"{path} has no optimiser state for {name!r}")
             opt.load_state_dict(_unflatten_optimizer(prefix, tensors, meta))
+    except NonFiniteWeightsError:
+        raise  # a diverged run: resume_latest falls back to an older checkpoint
     except CheckpointError as e:
         raise CheckpointMismatchError(f"{e}. The run folder belongs to a run with another configuration: resume "
                                       "it with that configuration, or start this one in a new run_dir") from None

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.checkpoints import atomic_write_bytes
+from ..errors import ImageReadError
+from ..io.files import atomic_write_bytes
 from ..io.images import make_grid, save_image
 from .config import to_yaml
 from .distributed import DistributedContext
@@ -129,7 +130,7 @@ def preload_uint8(dataset, *, progress: bool = True) -> torch.Tensor:
              for x in tqdm(dataset.iter_valid(), total=len(dataset), desc="loading images", disable=not progress,
                            mininterval=2.0)]
     if not items:
-        raise RuntimeError(f"no readable images in {dataset}")
+        raise ImageReadError(dataset.root, "holds no readable image")
     return torch.stack(items)
 
 

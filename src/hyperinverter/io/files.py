@@ -1,0 +1,326 @@
+"""Writing files and folders so that a reader never sees half of one, a power cut loses nothing already
+reported as written, and nothing that hyperinverter did not write is ever deleted.
+
+Files are written unnamed (Linux ``O_TMPFILE``) or under a hidden temporary name, flushed to disk, and only then
+given their name, so a process killed at any instant leaves either the old file or the new one; the folder is
+flushed too, so the new name survives a power cut. Folder outputs (pipelines, generators) are built beside
+their target and swapped in; an existing folder is replaced only when it is one of ours of the same kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_INDEX = "pipeline.json"
+PIPELINE_FORMAT = "hyperinverter-pipeline"
+COMPONENT_INDEX = "config.json"
+COMPONENT_FORMAT = "hyperinverter"
+# What a bundled pipeline folder holds besides its index and components (scripts/package_bundled.py).
+PIPELINE_EXTRAS = frozenset({"MODEL_CARD.md", "configs", "directions", "examples", "ganspace_sheet.png",
+                             "samples.png"})
+# A generator folder: one component, or a GAN folder with generator/ and discriminator/; `export-generator`
+# adds the image's codes.
+GENERATOR_ENTRIES = frozenset({"config.json", "model.safetensors", "generator", "discriminator", "ws.safetensors"})
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.partial$")
+_PROC_FD = Path("/proc/self/fd")
+
+
+def _temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a folder's entries (new names, renames) to disk; a no-op where the platform cannot."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems do not fsync folders
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _StagedFile:
+    """Bytes written and flushed, not yet visible under their name (``temp`` None: an unnamed O_TMPFILE)."""
+
+    fd: int
+    temp: Path | None
+
+    def discard(self) -> None:
+        os.close(self.fd)
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+
+
+_AT_FDCWD, _AT_EMPTY_PATH, _AT_SYMLINK_FOLLOW = -100, 0x1000, 0x400
+_UNNAMED_SUPPORT: dict[int, bool] = {}  # file system (st_dev) -> can an O_TMPFILE file be given a name there?
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (``FileExistsError`` if taken).
+
+    ``linkat(fd, "", AT_EMPTY_PATH)`` works for the file's opener on Linux >= 6.10 (and for root before); older
+    kernels take the ``/proc/self/fd`` route."""
+    target = os.fsencode(path)
+    if _libc().linkat(fd, b"", _AT_FDCWD, target, _AT_EMPTY_PATH) == 0:
+        return
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        raise FileExistsError(code, os.strerror(code), os.fsdecode(target))
+    os.link(_PROC_FD / str(fd), path, follow_symlinks=True)
+
+
+def _unnamed_supported(directory: Path) -> bool:
+    """Whether files in ``directory`` can be written unnamed (``O_TMPFILE``) and named later; probed once per
+    file system."""
+    if not hasattr(os, "O_TMPFILE"):
+        return False
+    device = os.stat(directory).st_dev
+    if device not in _UNNAMED_SUPPORT:
+        probe = _temp_sibling(Path(directory) / "probe")
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o666)
+            try:
+                _link_unnamed(fd, probe)
+                probe.unlink()
+                _UNNAMED_SUPPORT[device] = True
+            finally:
+                os.close(fd)
+        except (OSError, AttributeError):
+            _UNNAMED_SUPPORT[device] = False
+    return _UNNAMED_SUPPORT[device]
+
+
+def _stage(path: Path, data: bytes, durable: bool) -> _StagedFile:
+    if _unnamed_supported(path.parent):
+        # mode 0666 & ~umask, like open(); a process killed before the file is named leaves nothing behind
+        staged = _StagedFile(os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666), None)
+    else:
+        temp = _temp_sibling(path)
+        staged = _StagedFile(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), temp)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(staged.fd, view):]
+        if durable:
+            os.fsync(staged.fd)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def _publish(staged: _StagedFile, path: Path) -> None:
+    try:
+        if staged.temp is not None:
+            os.replace(staged.temp, path)
+            return
+        try:
+            _link_unnamed(staged.fd, path)
+        except FileExistsError:  # replacing a file: name it beside, then rename over (atomic)
+            temp = _temp_sibling(path)
+            _link_unnamed(staged.fd, temp)
+            os.replace(temp, path)
+    finally:
+        os.close(staged.fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
+    """Write ``data`` to ``path``: readers see the old file or the whole new one, never a part.
+
+    ``durable=False`` skips the flushes: still never a partial file, but a power cut may lose the newest write
+    (right for thousands of regenerable dataset files, wrong for checkpoints and results).
+    """
+    return atomic_write_group([(Path(path), data)], durable=durable)[0]
+
+
+def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True) -> list[Path]:
+    """Write several files so that they appear together: all are written and flushed under no name first,
+    then named one after the other (microseconds apart), the last one last.
+
+    Readers that treat the last file as the group's commit record (as resumable batch inversion does) never
+    see a group without all of its files.
+    """
+    paths = [Path(p) for p, _ in files]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    staged: list[_StagedFile] = []
+    try:
+        for path, (_, data) in zip(paths, files):
+            staged.append(_stage(path, data, durable))
+    except BaseException:
+        for s in staged:
+            s.discard()
+        raise
+    for i, (s, path) in enumerate(zip(staged, paths)):
+        try:
+            _publish(s, path)
+        except BaseException:
+            for rest in staged[i + 1:]:
+                rest.discard()
+            raise
+    if durable:
+        for folder in {p.parent for p in paths}:
+            fsync_directory(folder)
+    return paths
+
+
+def remove_stale_temporaries(directory: Path, *, of: str | None = None) -> int:
+    """Delete the hidden temporary files and folders that a killed hyperinverter left in ``directory`` (only
+    those of the output named ``of``, if given). Only names of exactly the form we create
+    (``.NAME.<16 hex digits>.partial``) are touched."""
+    removed = 0
+    for entry in Path(directory).iterdir() if Path(directory).is_dir() else ():
+        match = _TEMP.match(entry.name)
+        if match is None or (of is not None and match.group("name") != of):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+# --- folder outputs ------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def output_kind(folder: Path) -> str | None:
+    """``"pipeline"`` or ``"generator"`` when ``folder`` is one of our outputs of that kind, else None."""
+    folder = Path(folder)
+    index = _read_json(folder / PIPELINE_INDEX)
+    if index is not None and index.get("format") == PIPELINE_FORMAT:
+        return "pipeline"
+    for config in (folder / COMPONENT_INDEX, folder / "generator" / COMPONENT_INDEX):
+        header = _read_json(config)
+        if header is not None and header.get("format") == COMPONENT_FORMAT and \
+                header.get("model_type") == "stylegan2-generator":
+            return "generator"
+    return None
+
+
+def _owned_entries(folder: Path, kind: str) -> frozenset[str]:
+    if kind == "pipeline":
+        components = (_read_json(folder / PIPELINE_INDEX) or {}).get("components")
+        listed = {c for c in components if isinstance(c, str)} if isinstance(components, list) else set()
+        return frozenset({PIPELINE_INDEX} | listed | PIPELINE_EXTRAS)
+    return GENERATOR_ENTRIES
+
+
+def check_replaceable(target: Path, kind: str) -> None:
+    """Raise ``OutputError`` unless ``target`` is absent, an empty folder, or our own ``kind`` output holding
+    nothing of anyone else's. Nothing is touched."""
+    target = Path(target)
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink():
+        raise OutputError(target, "is a symbolic link; give the folder it points to, or another path")
+    if not target.is_dir():
+        raise OutputError(target, f"exists and is not a folder; a {kind} is written as a folder")
+    entries = sorted(e.name for e in target.iterdir())
+    if not entries:
+        return
+    found = output_kind(target)
+    if found is None:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise OutputError(target, f"is a folder that hyperinverter did not write (it holds {shown}); nothing was "
+                          "changed: choose a new output path")
+    if found != kind:
+        raise OutputError(target, f"holds a {found}, not a {kind}; nothing was changed: choose a new output path")
+    foreign = [e for e in entries if e not in _owned_entries(target, kind)]
+    if foreign:
+        raise OutputError(target, f"is a {kind} folder that also holds files hyperinverter did not write "
+                          f"({', '.join(foreign[:5])}); nothing was changed: move them, or choose a new path")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), os.fsdecode(b))
+
+
+def replace_directory(built: Path, target: Path, kind: str) -> None:
+    """Move the fully written folder ``built`` to ``target``, replacing only our own ``kind`` output there.
+
+    At every instant ``target`` is the complete old folder or the complete new one: the two are exchanged in
+    one step where the OS allows (else the old one is renamed aside first), and the old one is deleted last.
+    """
+    built, target = Path(built), Path(target)
+    check_replaceable(target, kind)
+    if not os.path.lexists(target):
+        os.rename(built, target)
+    elif _exchange(built, target):
+        shutil.rmtree(built)  # now the old folder
+    else:
+        aside = _temp_sibling(target)
+        os.rename(target, aside)
+        os.rename(built, target)
+        shutil.rmtree(aside)
+    fsync_directory(target.parent)
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Build a folder output beside ``target`` and swap it in when the block succeeds::
+
+        with staged_directory(out, "generator") as folder:
+            write files into folder
+
+    The target is checked first (before any work) and again at the swap; on failure the half-built folder is
+    removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    check_replaceable(target, kind)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target.parent, of=target.name)
+    built = _temp_sibling(target)
+    built.mkdir(0o777)
+    try:
+        yield built
+        replace_directory(built, target, kind)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+
