@@ -13,13 +13,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "1")))
 
 
-@pytest.fixture
-def tiny_generator():
+def build_tiny_generator(seed: int = 0, *, channel_base: int = 256):
     """A 32px generator with small widths and W dims, deterministic weights."""
     from hyperinverter.models.stylegan2 import Generator
 
-    torch.manual_seed(0)
-    G = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16)
+    torch.manual_seed(seed)
+    G = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=channel_base, channel_max=16)
     # Non-zero noise strengths and biases, so that those paths are exercised.
     with torch.no_grad():
         for name, p in G.named_parameters():
@@ -29,7 +28,11 @@ def tiny_generator():
 
 
 @pytest.fixture
-def pipeline(tiny_generator):
+def tiny_generator():
+    return build_tiny_generator()
+
+
+def build_tiny_pipeline(tiny_generator):
     """A tiny HyperInverter pipeline (random encoders, small non-zero offsets) on the tiny generator."""
     from hyperinverter.models.encoders import encoder_preset
     from hyperinverter.models.hyperinverter import HyperInverter
@@ -47,3 +50,8 @@ def pipeline(tiny_generator):
     model = HyperInverter(generator=tiny_generator, w_encoder=preset.build_w_encoder(),
                           feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
     return InversionPipeline(model, device="cpu")
+
+
+@pytest.fixture
+def pipeline(tiny_generator):
+    return build_tiny_pipeline(tiny_generator)

@@ -80,6 +80,9 @@ class GANSpaceDirection:
         strength = self.default_strength if strength is None else strength
         if self.end > ws.shape[1]:
             raise ValueError(f"direction {self.name!r} edits layers {self.start}:{self.end} but codes have {ws.shape[1]}")
+        if ws.shape[2] != self.basis.comp.shape[1]:
+            raise ValueError(f"direction {self.name!r} is a basis of {self.basis.comp.shape[1]}-d codes, but the codes "
+                             f"are {ws.shape[2]}-d")
         comp = self.basis.comp[self.index].to(ws)
         std = self.basis.std[self.index].to(ws)
         coord = ((ws[:, 0] - self.basis.mean.to(ws)) @ comp) / std  # [B]

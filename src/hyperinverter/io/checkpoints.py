@@ -260,7 +260,9 @@ def read_component(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
 
 
 def config_from_header(config_class: type, header: Mapping[str, Any], *, source: Path) -> Any:
-    """``config_class.from_dict(header["config"])``, with any problem reported against ``source``."""
+    """``config_class.from_dict(header["config"])``, with any problem reported against ``source`` (the
+    component's ``config.json`` when ``source`` is its folder)."""
+    source = source / CONFIG_NAME if source.is_dir() else source
     try:
         return config_class.from_dict(header["config"])
     except (TypeError, ValueError) as e:

@@ -37,7 +37,7 @@ def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder: nn.Module | None = None,
-                     hypernetwork: nn.Module | None = None) -> None:
+                     hypernetwork: nn.Module | None = None, encoder_resolution: int | None = None) -> None:
     """Raise ``ValueError`` naming every way the parts of a model do not fit together.
 
     Parts trained for another generator (other resolution, widths, W size or channels) would otherwise fail
@@ -57,6 +57,9 @@ def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder
     config = getattr(feature_encoder, "config", None)
     if config is not None:
         check("E2's input channels", config.in_channels, G.config.img_channels)
+        if encoder_resolution is not None and config.input_size != encoder_resolution:
+            problems.append(f"E2 was built for {config.input_size}-px inputs, but the encoders are fed "
+                            f"{encoder_resolution}-px images")
     if hypernetwork is not None:
         shapes = G.synthesis.offsettable_parameters()
         for t in hypernetwork.targets:
@@ -93,7 +96,7 @@ class HyperInverter(nn.Module):
         super().__init__()
         if (feature_encoder is None) != (hypernetwork is None):
             raise ValueError("Phase II needs both a feature encoder and a hypernetwork (or neither, for Phase I only)")
-        check_compatible(generator, w_encoder, feature_encoder, hypernetwork)
+        check_compatible(generator, w_encoder, feature_encoder, hypernetwork, encoder_resolution)
         self.generator = generator.eval().requires_grad_(False)
         self.w_encoder = w_encoder
         self.feature_encoder = feature_encoder

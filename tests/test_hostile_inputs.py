@@ -1,0 +1,507 @@
+"""The hostile corpus (docs/reliability.md): for every kind of bad input, the right outcome.
+
+A bad image fails alone, named with its cause, and the batch goes on with exit status 1; an odd but valid image
+is read right; a bad model, checkpoint, config, direction or inversion file is one line ``error: <file>: <cause>``
+with exit status 2; nothing prints a traceback; no folder hyperinverter did not write is ever changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_generator, build_tiny_pipeline
+from PIL import Image
+
+import hostile
+from hyperinverter.cli.main import main
+from hyperinverter.editing import GANSpaceBasis, GANSpaceDirection, LinearDirection, save_direction
+from hyperinverter.errors import ImageReadError, NonFiniteError
+from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
+from hyperinverter.io.images import read_image
+from hyperinverter.pipeline import InversionPipeline
+
+
+def cli(capsys, *argv) -> SimpleNamespace:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return SimpleNamespace(code=code, out=out, err=err)
+
+
+def tree_digest(folder: Path) -> str:
+    """Names, sizes and contents of everything under ``folder``."""
+    digest = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        digest.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny model, a second one with the same shapes and other weights, photos, inversions and a direction."""
+    root = tmp_path_factory.mktemp("world")
+    build_tiny_pipeline(build_tiny_generator()).save_pretrained(root / "model")
+    build_tiny_pipeline(build_tiny_generator(seed=7)).save_pretrained(root / "other")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(2):
+        hostile.photo(i).save(photos / f"p{i}.png")
+    for model in ("model", "other"):
+        assert main(["invert", str(photos), "--model", str(root / model), "--out", str(root / f"inv-{model}"),
+                     "--device", "cpu"]) == 0
+    save_direction(LinearDirection(torch.randn(1, 16), name="up"), root / "up.safetensors")
+    return SimpleNamespace(root=root, model=root / "model", other=root / "other", photos=photos,
+                           inv=root / "inv-model" / "p0.safetensors", inv_other=root / "inv-other" / "p0.safetensors",
+                           direction=root / "up.safetensors")
+
+
+# --- images that cannot be read: each fails alone, the good ones are written -----------------------------------
+
+BAD_IMAGES = [
+    (hostile.empty_file, "not a readable image"),
+    (hostile.random_bytes_jpg, "not a readable image"),
+    (hostile.truncated_png, "not a readable image"),
+    (hostile.truncated_jpeg, "not a readable image"),
+    (hostile.ztxt_bomb, "Decompressed data too large"),
+    (hostile.iccp_bomb, "Decompressed data too large"),
+    (hostile.pixel_bomb_header, "bomb|more than the limit"),
+    (hostile.tiff_bad_width, "not a readable image"),
+    (hostile.text_as_png, "not a readable image"),
+    (hostile.html_as_jpg, "not a readable image"),
+    (hostile.zero_size_gif, "not a readable image|empty"),
+]
+
+
+@pytest.mark.parametrize("build, cause", BAD_IMAGES, ids=[b.__name__ for b, _ in BAD_IMAGES])
+def test_a_bad_image_fails_alone(world, tmp_path, capsys, build, cause):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    hostile.photo(3).save(folder / "good.png")
+    bad = build(folder)
+    with pytest.raises(ImageReadError, match=cause) as caught:
+        read_image(bad)
+    assert caught.value.source == str(bad)
+    result = cli(capsys, "invert", folder, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu")
+    assert result.code == 1
+    assert f"failed: {bad}: " in result.err and result.err.count(str(bad)) == 1  # reported once
+    assert (tmp_path / "out" / "good.safetensors").is_file() and (tmp_path / "out" / "good.png").is_file()
+    assert not (tmp_path / "out" / f"{bad.stem}.png").exists()
+    assert "1 failed" in result.out
+
+
+def test_pillow_warnings_never_escape(tmp_path, recwarn):
+    read_image(hostile.corrupt_exif_jpeg(tmp_path))
+    assert not [w for w in recwarn if "PIL" in str(w.filename) or "Image" in str(w.category)]
+
+
+# --- odd images that must be read right -------------------------------------------------------------------------
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int64)
+
+
+ODD_IMAGES = [
+    (hostile.tiff_16bit_big_endian, lambda im: im.mode == "L" and _pixels(im).min() == 0 and _pixels(im).max() == 255
+     and 120 < _pixels(im).mean() < 135),  # the whole ramp, not clipped to white
+    (hostile.png_16bit, lambda im: im.mode == "L" and 120 < _pixels(im).mean() < 135),
+    (hostile.tiff_float, lambda im: im.mode == "L" and _pixels(im).max() == 255 and 120 < _pixels(im).mean() < 135),
+    (hostile.cmyk_jpeg, lambda im: im.mode == "RGB" and _pixels(im)[20, 20, 0] > 200 and _pixels(im)[20, 20, 1] < 60),
+    (hostile.palette_transparent, lambda im: im.mode == "RGB" and tuple(_pixels(im)[0, 0]) == (255, 255, 255)
+     and tuple(_pixels(im)[20, 20]) == (255, 0, 0)),
+    (hostile.rgba_half_transparent, lambda im: im.mode == "RGB" and (_pixels(im) == 255).all()),
+    (hostile.la_image, lambda im: im.mode == "RGB" and (_pixels(im) == 30).all()),
+    (hostile.one_bit, lambda im: im.mode == "L" and (_pixels(im) == 255).all()),
+    (hostile.exif_rotated_jpeg, lambda im: im.size == (30, 60) and _pixels(im)[2, 15, 0] > 200
+     and _pixels(im)[2, 15, 1] < 80),  # upright: the red band is now at the top
+    (hostile.corrupt_exif_jpeg, lambda im: im.size == (32, 32)),
+    (hostile.animated_gif, lambda im: im.mode == "RGB" and im.size == (30, 30)),
+    (hostile.one_pixel, lambda im: im.size == (1, 1)),
+    (hostile.sliver, lambda im: im.size == (1, 500)),
+    (hostile.upper_case_suffix, lambda im: im.size == (48, 40)),
+]
+
+
+@pytest.mark.parametrize("build, check", ODD_IMAGES, ids=[b.__name__ for b, _ in ODD_IMAGES])
+def test_an_odd_image_is_read_right(tmp_path, build, check):
+    image = read_image(build(tmp_path))
+    assert image.mode in ("RGB", "L") and check(image)
+
+
+def test_odd_images_all_invert(world, tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for build, _ in ODD_IMAGES:
+        build(folder)
+    result = cli(capsys, "invert", folder, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == len(ODD_IMAGES)
+
+
+def test_folder_entries_that_cannot_be_images_are_reported(world, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    hostile.photo(0).save(folder / "good.png")
+    (folder / "trap.png").mkdir()  # a folder with an image's name
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link
+    missing = tmp_path / "missing.png"
+    result = cli(capsys, "invert", folder, missing, "--model", world.model, "--out", tmp_path / "out",
+                 "--device", "cpu")
+    assert result.code == 1
+    assert f"{folder / 'trap.png'}: is a folder" in result.err
+    assert f"{folder / 'gone.jpg'}: is a broken symbolic link" in result.err
+    assert f"{missing}: no such file" in result.err
+    assert (tmp_path / "out" / "good.safetensors").is_file()
+
+
+def test_non_utf8_file_names_invert_and_edit(world, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9-\xff.png")  # not valid UTF-8
+    hostile.photo(0).save(folder / name)
+    out = tmp_path / "out"
+    assert cli(capsys, "invert", folder, "--model", world.model, "--out", out, "--device", "cpu").code == 0
+    inversion = out / (Path(name).stem + ".safetensors")
+    assert inversion.is_file()
+    result = cli(capsys, "edit", inversion, "--model", world.model, "--direction", world.direction,
+                 "--strength", "1", "--out", tmp_path / "edits", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert len(list((tmp_path / "edits").iterdir())) == 2
+
+
+# --- models: every broken part is one line naming the file and the cause ------------------------------------------
+
+
+def _broken_copy(world, tmp_path, edit) -> Path:
+    model = tmp_path / "broken"
+    shutil.copytree(world.model, model)
+    edit(model)
+    return model
+
+
+def _corrupt_tensor(path: Path, key: str, value: float) -> None:
+    tensors, metadata = read_safetensors(path)
+    tensors[key] = tensors[key].clone().fill_(value)
+    save_safetensors(path, tensors, metadata)
+
+
+BAD_MODELS = [
+    ("pipeline-not-json", lambda m: (m / "pipeline.json").write_text("{not json"), "pipeline.json",
+     "is not valid JSON"),
+    ("components-not-a-list", lambda m: hostile.set_json(m / "pipeline.json", lambda d: d.update(components="w")),
+     "pipeline.json", "'components' must be a list"),
+    ("unknown-component", lambda m: hostile.set_json(m / "pipeline.json",
+                                                     lambda d: d["components"].append("decoder")),
+     "pipeline.json", "unknown parts \\['decoder'\\]"),
+    ("encoder-resolution-100000", lambda m: hostile.set_json(m / "pipeline.json",
+                                                             lambda d: d.update(encoder_resolution=100000)),
+     "pipeline.json", "'encoder_resolution' must be a multiple of 16"),
+    ("encoder-resolution-text", lambda m: hostile.set_json(m / "pipeline.json",
+                                                           lambda d: d.update(encoder_resolution="256")),
+     "pipeline.json", "'encoder_resolution'"),
+    ("not-a-pipeline", lambda m: hostile.set_json(m / "pipeline.json", lambda d: d.update(format="other")),
+     "pipeline.json", "'format' must be 'hyperinverter-pipeline'"),
+    ("component-folder-missing", lambda m: shutil.rmtree(m / "hypernetwork"), "broken",
+     "lists \\['hypernetwork'\\], which are not there"),
+    ("config-not-json", lambda m: (m / "w_encoder" / "config.json").write_text("]["), "w_encoder/config.json",
+     "is not valid JSON"),
+    ("config-wrong-type", lambda m: hostile.set_json(m / "generator" / "config.json",
+                                                     lambda d: d["config"].update(z_dim="sixteen")),
+     "generator/config.json", "z_dim: expected an integer"),
+    ("config-unknown-key", lambda m: hostile.set_json(m / "w_encoder" / "config.json",
+                                                      lambda d: d["config"].update(colour="blue")),
+     "w_encoder/config.json", "unknown config keys \\['colour'\\]"),
+    ("config-shape-lie", lambda m: hostile.set_json(m / "generator" / "config.json",
+                                                    lambda d: d["config"].update(channel_max=4096, channel_base=10**7)),
+     "generator", "mis-shaped keys"),
+    ("config-unknown-type", lambda m: hostile.set_json(m / "hypernetwork" / "config.json",
+                                                       lambda d: d.update(model_type="mystery")),
+     "hypernetwork", "unknown component type 'mystery'"),
+    ("weights-truncated", lambda m: (m / "w_encoder" / "model.safetensors").write_bytes(
+        (m / "w_encoder" / "model.safetensors").read_bytes()[:500]), "w_encoder/model.safetensors",
+     "not a readable safetensors file"),
+    ("weights-nan", lambda m: _corrupt_tensor(m / "generator" / "model.safetensors", "synthesis.b8.conv0.weight",
+                                              float("nan")), "generator", "NaN or infinite values in "
+                                                                          "\\['synthesis.b8.conv0.weight'\\]"),
+    ("weights-inf", lambda m: _corrupt_tensor(m / "hypernetwork" / "model.safetensors",
+                                              next(iter(read_safetensors(m / "hypernetwork" / "model.safetensors")[0])),
+                                              float("inf")), "hypernetwork", "NaN or infinite values"),
+]
+
+
+@pytest.mark.parametrize("edit, where, cause", [c[1:] for c in BAD_MODELS], ids=[c[0] for c in BAD_MODELS])
+def test_a_broken_model_is_one_line(world, tmp_path, capsys, edit, where, cause):
+    model = _broken_copy(world, tmp_path, edit)
+    result = cli(capsys, "invert", world.photos, "--model", model, "--out", tmp_path / "out", "--device", "cpu")
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {model}") and where in lines[0], result.err
+    assert __import__("re").search(cause, lines[0]), lines[0]
+
+
+def test_checkpoints_that_must_be_refused(world, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    g_ema = __import__("hyperinverter.convert.rosinality", fromlist=["from_nvidia"]).from_nvidia(
+        build_tiny_generator().state_dict(), build_tiny_generator().config)
+    g_ema.pop("latent_avg")
+    cases = [
+        (["generate", "--model", hostile.rosinality_with_flat_mapping(tmp_path, g_ema), "--out", tmp_path / "g.png"],
+         "flat-mapping.pt", "'style.1.weight' has shape \\[256\\], expected 2 dimensions"),
+        (["generate", "--model", hostile.classifier_pt(tmp_path), "--out", tmp_path / "g.png"],
+         "classifier.pt", "not a rosinality generator"),
+        (["generate", "--model", hostile.malicious_pt(tmp_path, marker), "--out", tmp_path / "g.png"],
+         "evil.pt", "refusing to load it"),
+        (["convert", hostile.malicious_pkl(tmp_path, marker), tmp_path / "converted"], "evil.pkl", "system"),
+        (["import-official", hostile.malicious_pt(tmp_path, marker), "--generator", world.model / "generator",
+          "--out", tmp_path / "imported"], "evil.pt", "refusing to load it"),
+        (["import-official", hostile.truncated_pt(tmp_path), "--generator", world.model / "generator",
+          "--out", tmp_path / "imported"], "truncated.pt", "not a readable torch checkpoint"),
+        (["import-official", hostile.classifier_pt(tmp_path), "--generator", world.model / "generator",
+          "--out", tmp_path / "imported"], "classifier.pt", "not a HyperInverter checkpoint"),
+        (["convert", hostile.write(tmp_path, "junk.pkl", b"\x80\x04junk"), tmp_path / "c"], "junk.pkl",
+         "not a readable NVIDIA network pickle"),
+    ]
+    for argv, where, cause in cases:
+        result = cli(capsys, *argv)
+        assert result.code == 2, (argv, result.err)
+        line = result.err.strip()
+        assert line.startswith("error: ") and where in line and __import__("re").search(cause, line), line
+        assert not marker.exists()
+    assert not (tmp_path / "imported").exists() and not (tmp_path / "converted").exists()
+
+
+# --- directions ---------------------------------------------------------------------------------------------------
+
+
+def _direction_file(folder: Path, name: str, tensors: dict, meta: dict) -> Path:
+    return save_safetensors(folder / f"{name}.safetensors", tensors, {"direction": json.dumps(meta)})
+
+
+def test_bad_directions_are_one_line(world, tmp_path, capsys):
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    torch.save({"comp": torch.randn(4, 1, 16), "mean": torch.randn(1, 12), "std": torch.ones(4)},
+               tmp_path / "mismatch.pt")
+    cases = {
+        _direction_file(tmp_path, "scalar", {"vector": torch.tensor(1.0)}, {"kind": "linear"}): "got \\[\\]",
+        tmp_path / "pickled.npy": "pickled arrays are refused",
+        tmp_path / "mismatch.pt": "mean must have 16 values \\(it has 12\\)",
+        _direction_file(tmp_path, "wide", {"vector": torch.randn(1, 32)}, {"kind": "linear"}): "does not fit",
+        _direction_file(tmp_path, "nan", {"vector": torch.full((1, 16), float("nan"))}, {"kind": "linear"}): "NaN",
+        _direction_file(tmp_path, "nokind", {"vector": torch.randn(1, 16)}, {"name": "x"}): "'kind' must be",
+        _direction_file(tmp_path, "badstrength", {"vector": torch.randn(1, 16)},
+                        {"kind": "linear", "strength": "lots"}): "'strength' must be a finite number",
+        hostile.write(tmp_path, "broken.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"): "safetensors",
+    }
+    for path, cause in cases.items():
+        result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", path,
+                     "--out", tmp_path / "edits", "--device", "cpu")
+        assert result.code == 2, (path, result.err)
+        line = result.err.strip()
+        assert line.startswith(f"error: {path}") and __import__("re").search(cause, line), line
+
+
+def test_a_1d_direction_is_a_w_direction(world, tmp_path, capsys):
+    vector = torch.randn(16)
+    path = _direction_file(tmp_path, "flat", {"vector": vector}, {"kind": "linear"})
+    result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", path, "--strength", "2",
+                 "--out", tmp_path / "edits", "--device", "cpu")
+    assert result.code == 0, result.err
+    pipe = InversionPipeline.from_pretrained(world.model, device="cpu")
+    loaded, _ = pipe.load_result(world.inv)
+    expected = pipe.render(loaded.ws + 2 * vector, loaded.weight_delta)
+    written = torch.from_numpy(np.asarray(Image.open(tmp_path / "edits" / "p0_flat_+2.png"), dtype=np.float32))
+    assert torch.allclose(written / 127.5 - 1, expected[0].permute(1, 2, 0).clamp(-1, 1), atol=1 / 127)
+    basis = GANSpaceBasis(torch.eye(16)[:4], torch.zeros(16), torch.ones(4))
+    with pytest.raises(ValueError, match="layers 0:99"):
+        GANSpaceDirection(basis, 0, 0, 99, 1.0).apply(loaded.ws)
+
+
+# --- inversion files ------------------------------------------------------------------------------------------------
+
+
+def _rewrite_record(source: Path, target: Path, edit) -> Path:
+    tensors, metadata = read_safetensors(source)
+    record = json.loads(metadata["inversion"])
+    edit(record, tensors)
+    return save_safetensors(target, tensors, {"inversion": json.dumps(record)})
+
+
+def test_bad_inversion_files(world, tmp_path, capsys):
+    cases = {
+        world.inv_other: "was inverted with model .* \\(generator [0-9a-f]+\\), not with",
+        _rewrite_record(world.inv, tmp_path / "placement.safetensors",
+                        lambda r, t: r.update(placement={"quad": [[0, 0]], "source_size": [1, 1]})):
+            "'placement.quad' must be 4",
+        _rewrite_record(world.inv, tmp_path / "nan.safetensors",
+                        lambda r, t: t["ws"].fill_(float("nan"))): "NaN or infinite values in \\['ws'\\]",
+        _rewrite_record(world.inv, tmp_path / "mode.safetensors", lambda r, t: r.update(mode="multiply")):
+            "'mode' must be",
+        _rewrite_record(world.inv, tmp_path / "shape.safetensors",
+                        lambda r, t: t.update(ws=torch.zeros(1, 3, 16))): "its codes are \\[3, 16\\]",
+        hostile.write(tmp_path, "cut.safetensors", world.inv.read_bytes()[:200]): "safetensors",
+        world.direction: "is not an inversion file",
+    }
+    for path, cause in cases.items():
+        result = cli(capsys, "edit", path, "--model", world.model, "--direction", world.direction,
+                     "--out", tmp_path / "edits", "--device", "cpu")
+        assert result.code == 1, (path, result.err)  # a bad input among inputs: reported, the run goes on
+        line = result.err.strip()
+        assert line.startswith(f"failed: {path}") and __import__("re").search(cause, line), line
+        result = cli(capsys, "interpolate", world.inv, path, "--model", world.model, "--out", tmp_path / "lerp",
+                     "--device", "cpu")
+        assert result.code == 2 and result.err.startswith(f"error: {path}"), result.err
+
+
+def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
+    placement = {"quad": [[0, 0], [0, 10], [10, 10], [10, 0]], "source_size": [640, 480]}
+    gone = _rewrite_record(world.inv, tmp_path / "gone.safetensors",
+                           lambda r, t: r.update(placement=placement, source=str(tmp_path / "deleted.jpg")))
+    wrong_size = _rewrite_record(world.inv, tmp_path / "size.safetensors",
+                                 lambda r, t: r.update(placement=placement, source=str(world.photos / "p0.png")))
+    result = cli(capsys, "edit", gone, wrong_size, world.inv, "--model", world.model, "--direction", world.direction,
+                 "--paste-back", "--out", tmp_path / "edits", "--device", "cpu")
+    assert result.code == 1
+    assert f"failed: {gone}: cannot paste back" in result.err and "deleted.jpg: no such file" in result.err
+    assert f"failed: {wrong_size}: cannot paste back" in result.err and "48x40" in result.err
+    assert f"failed: {world.inv}: has no face placement" in result.err
+
+
+# --- numbers and output paths ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["invert", "x.png", "--model", "m", "--out", "o", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["invert", "x.png", "--model", "m", "--out", "o", "--batch-size", "-1"], "--batch-size: must be at least 1"),
+    (["invert", "x.png", "--model", "m", "--out", "o", "--batch-size", "two"], "is not an integer"),
+    (["generate", "--model", "m", "--trunc", "nan"], "--trunc: must be a finite number"),
+    (["generate", "--model", "m", "--trunc", "inf"], "--trunc: must be a finite number"),
+    (["interpolate", "a", "b", "--model", "m", "--out", "o", "--steps", "1"], "at least 2 steps"),
+    (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--strength", "nan"], "finite"),
+    (["web", "--port", "70000"], "at most 65535"),
+    (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--max-images", "0"], "at least 1"),
+])
+def test_bad_numbers_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seed_ranges_are_bounded(world, tmp_path, capsys):
+    result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-999999999", "--out", tmp_path / "g.png")
+    assert result.code == 2 and "more than 100000 seeds" in result.err
+
+
+def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):
+    afile = tmp_path / "results.txt"
+    afile.write_text("keep me")
+    result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", afile, "--device", "cpu")
+    assert result.code == 2 and f"error: {afile}: exists and is not a folder" in result.err
+    result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", afile / "sub", "--device", "cpu")
+    assert result.code == 2 and result.err.startswith("error: ") and "not a directory" in result.err
+    assert afile.read_text() == "keep me"
+
+
+def test_an_output_never_overwrites_an_input(world, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    hostile.photo(0).save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    result = cli(capsys, "invert", folder, "--model", world.model, "--out", folder, "--device", "cpu")
+    assert result.code == 1 and "would overwrite the input" in result.err
+    assert (folder / "a.png").read_bytes() == before
+
+
+def test_user_folders_are_never_touched(world, tmp_path, capsys):
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.txt").write_text("three years of work")
+    (user / "figures").mkdir()
+    (user / "figures" / "plot.png").write_bytes(b"png")
+    before = tree_digest(user)
+    commands = [
+        ["convert", world.model / "generator", user],
+        ["export-generator", world.inv, "--model", world.model, "--out", user, "--device", "cpu"],
+        ["import-official", world.inv, "--generator", world.model / "generator", "--out", user],
+    ]
+    for argv in commands:
+        result = cli(capsys, *argv)
+        assert result.code == 2 and f"error: {user}: is a folder that hyperinverter did not write" in result.err
+        assert tree_digest(user) == before
+    with pytest.raises(ValueError, match="did not write"):
+        InversionPipeline.from_pretrained(world.model, device="cpu").save_pretrained(user)
+    assert tree_digest(user) == before
+    # Our own output of the same kind is replaced; one of another kind is not; a user file inside ours stops it.
+    assert cli(capsys, "convert", world.model / "generator", tmp_path / "gen").code == 0
+    assert cli(capsys, "convert", world.other / "generator", tmp_path / "gen").code == 0
+    result = cli(capsys, "convert", world.model / "generator", world.model)
+    assert result.code == 2 and "holds a pipeline, not a generator" in result.err
+    (tmp_path / "gen" / "notes.txt").write_text("mine")
+    result = cli(capsys, "convert", world.model / "generator", tmp_path / "gen")
+    assert result.code == 2 and "also holds files hyperinverter did not write (notes.txt)" in result.err
+    # A rosinality file that we did not write is never overwritten.
+    (tmp_path / "original.pt").write_bytes(b"the user's own checkpoint")
+    result = cli(capsys, "convert", world.model / "generator", tmp_path / "original.pt")
+    assert result.code == 2 and "did not write it" in result.err
+    assert (tmp_path / "original.pt").read_bytes() == b"the user's own checkpoint"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]  # nothing left behind
+
+
+# --- names -------------------------------------------------------------------------------------------------------------
+
+
+def test_an_output_folder_never_hides_a_catalogue_model(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", "faces-64", "--device", "cpu")
+    assert result.code == 0
+    pipe = InversionPipeline.from_pretrained("faces-64", device="cpu")  # the bundled model, not ./faces-64
+    assert pipe.generator.resolution == 64
+    shutil.copytree(world.model, tmp_path / "fashion-32")  # a model folder with a catalogue name: ambiguous
+    result = cli(capsys, "invert", world.photos, "--model", "fashion-32", "--out", "o", "--device", "cpu")
+    assert result.code == 2 and "is ambiguous" in result.err and "./fashion-32" in result.err
+    assert InversionPipeline.from_pretrained("./fashion-32", device="cpu").generator.resolution == 32
+
+
+# --- no silent NaN --------------------------------------------------------------------------------------------------
+
+
+def test_non_finite_outputs_are_errors(world, tmp_path):
+    pipe = InversionPipeline.from_pretrained(world.model, device="cpu")
+    with torch.no_grad():
+        pipe.generator.synthesis.b4.const.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="NaN or infinite"):
+        pipe.invert(torch.zeros(1, 3, 32, 32))
+    report = __import__("hyperinverter.inversion.batch", fromlist=["invert_files"]).invert_files(
+        pipe, sorted(world.photos.iterdir()), tmp_path / "out", progress=False)
+    assert len(report.failed) == 2 and not report.written
+    assert all("NaN or infinite" in str(e) for e in report.failed)
+
+
+def test_evaluate_reports_and_leaves_out_bad_images(world, tmp_path, capsys):
+    data = tmp_path / "heldout"
+    data.mkdir()
+    for i in range(3):
+        hostile.photo(i).save(data / f"{i}.png")
+    bad = hostile.ztxt_bomb(data)
+    result = cli(capsys, "evaluate", "--data", data, "--model", world.model, "--out", tmp_path / "report",
+                 "--device", "cpu")
+    assert result.code == 1 and f"failed: {bad}: " in result.err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_images"] == 3 and any(str(bad) in note for note in report["notes"])
+
+
+def test_encoder_resolution_must_fit_e2(world, tmp_path, capsys):
+    model = _broken_copy(world, tmp_path, lambda m: hostile.set_json(
+        m / "pipeline.json", lambda d: d.update(encoder_resolution=128)))
+    result = cli(capsys, "invert", world.photos, "--model", model, "--out", tmp_path / "out", "--device", "cpu")
+    assert result.code == 2 and "E2 was built for 64-px inputs, but the encoders are fed 128-px images" in result.err
