@@ -25,13 +25,14 @@ OFFICIAL = {"s_per_image_b1": 4.7, "s_per_image_b4": 6.2, "peak_gb_b1": 3.1, "gf
 
 
 def build_model(hidden_dim: int):
-    from hyperinverter.models.encoders import encoder_preset
     from hyperinverter.models.hyperinverter import HyperInverter
+
+    from hyperinverter.models.encoders import encoder_preset
     from hyperinverter.models.hypernetwork import HyperNetwork
-    from hyperinverter.models.stylegan2 import Generator
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 
     torch.manual_seed(0)
-    G = Generator(resolution=1024)
+    G = Generator(GeneratorConfig(resolution=1024))
     with torch.no_grad():
         G.mapping.w_avg.normal_(0, 0.5)
     preset = encoder_preset("ffhq")

@@ -52,7 +52,6 @@ from hyperinverter.editing.sheet import parse_layer_range, render_ganspace_sheet
 from hyperinverter.generate import generate_images
 from hyperinverter.io.files import atomic_write_bytes, staged_directory
 from hyperinverter.io.images import IMAGE_SUFFIXES, make_grid, read_image, save_image
-from hyperinverter.models.hyperinverter import HyperInverter
 from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.pipeline import InversionPipeline, save_pipeline
 
@@ -344,17 +343,19 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def load_models(runs: Path, domain: str, *, device: str | torch.device = "cpu") -> HyperInverter:
-    """The Phase II ``best`` model (fp32), checked to hold the Phase I ``best`` W encoder and the final generator."""
+def load_models(runs: Path, domain: str, *, device: str | torch.device = "cpu") -> InversionPipeline:
+    """The Phase II ``best`` pipeline (fp32), checked to hold the Phase I ``best`` W encoder and the final
+    generator."""
     dirs = model_dirs(runs, domain)
     for kind, path in dirs.items():
         if not path.is_dir():
             raise FileNotFoundError(f"{path} does not exist: the {kind} run of {domain} has not finished "
                                     f"(run `hyperinverter train {kind} --config configs/{domain}/{kind}.yaml`)")
-    model = InversionPipeline.from_pretrained(dirs["hypernetwork"], device=device).model
-    if not model.has_phase2:
+    pipe = InversionPipeline.from_pretrained(dirs["hypernetwork"], device=device)
+    if "hyperinverter" not in pipe.methods:
         raise ValueError(f"{dirs['hypernetwork']} is a Phase I model; the bundle needs the Phase II model")
-    phase1 = InversionPipeline.from_pretrained(dirs["w-encoder"], device="cpu").model
+    model = pipe.inverter("hyperinverter")
+    phase1 = InversionPipeline.from_pretrained(dirs["w-encoder"], device="cpu").inverter("phase1")
     if not _same_weights(model.w_encoder, phase1.w_encoder):
         raise ValueError(f"the W encoder inside {dirs['hypernetwork']} is not the Phase I model {dirs['w-encoder']}: "
                          "Phase II was trained on another Phase I run")
@@ -364,7 +365,8 @@ def load_models(runs: Path, domain: str, *, device: str | torch.device = "cpu") 
     if not _same_weights(model.generator, gan.generator):
         raise ValueError(f"the generator inside {dirs['hypernetwork']} is not {dirs['generator']}: "
                          "the inversion runs were trained on another generator")
-    return model.eval()
+    pipe.default_method = "hyperinverter"
+    return pipe
 
 
 @torch.no_grad()
@@ -376,16 +378,17 @@ def verify_fp16(reference: InversionPipeline, folder: Path, images: torch.Tensor
     images match the fp32 model's within ``atol`` (max) and ``mean_atol`` (mean). Returns the differences.
     """
     loaded = InversionPipeline.from_pretrained(folder, device=device)
-    wrong = sorted(k for k, v in loaded.model.state_dict().items() if v.is_floating_point() and v.dtype != torch.float32)
+    wrong = sorted(k for m in loaded.methods.values() for k, v in m.state_dict().items()
+                   if v.is_floating_point() and v.dtype != torch.float32)
     if wrong:
         raise ValueError(f"{folder} loaded with non-fp32 tensors: {wrong[:5]}")
     a, b = reference.invert(images), loaded.invert(images)
     diffs = {
         "ws_max": float((a.ws - b.ws).abs().max()),
-        "w_image_max": float((a.w_image - b.w_image).abs().max()),
+        "w_image_max": float((a.initial_image - b.initial_image).abs().max()),
         "image_max": float((a.image - b.image).abs().max()),
         "image_mean": float((a.image - b.image).abs().mean()),
-        "phase2_effect_mean": float((a.image - a.w_image).abs().mean()),
+        "phase2_effect_mean": float((a.image - a.initial_image).abs().mean()),
     }
     if not all(math.isfinite(v) for v in diffs.values()):
         raise ValueError(f"the fp16 model of {folder} gives non-finite outputs: {diffs}")
@@ -725,8 +728,7 @@ def package(
         if not s.finished:
             logger.warning("%s stopped at step %d of %s: packaging an unfinished run", s.run_dir, s.steps_done,
                            s.steps_planned)
-    model = load_models(runs, domain, device=device)
-    reference = InversionPipeline(model, device=device)
+    reference = load_models(runs, domain, device=device)
     G = reference.generator
     examples_dir = Path(examples if examples is not None else spec.default_examples)
     example_files = select_examples(examples_dir, _data_paths(summaries), count=num_examples)
@@ -739,7 +741,8 @@ def package(
     with staged_directory(out, "pipeline") as tmp:
         # 1. the pipeline in fp16, reloaded and compared with the fp32 model
         crop = measure_training_crop_scale(Path(train_data)) if spec.faces else None
-        save_pipeline(model, tmp / "_pipeline", dtype=torch.float16, align_scale=crop.scale if crop else 1.0)
+        save_pipeline(reference.methods, tmp / "_pipeline", default_method="hyperinverter", dtype=torch.float16,
+                      align_scale=crop.scale if crop else 1.0)
         for item in (tmp / "_pipeline").iterdir():
             os.replace(item, tmp / item.name)
         (tmp / "_pipeline").rmdir()

@@ -15,10 +15,10 @@ torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "1")))
 
 def build_tiny_generator(seed: int = 0, *, channel_base: int = 256):
     """A 32px generator with small widths and W dims, deterministic weights."""
-    from hyperinverter.models.stylegan2 import Generator
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 
     torch.manual_seed(seed)
-    G = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=channel_base, channel_max=16)
+    G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=channel_base, channel_max=16))
     # Non-zero noise strengths and biases, so that those paths are exercised.
     with torch.no_grad():
         for name, p in G.named_parameters():
@@ -34,8 +34,9 @@ def tiny_generator():
 
 def build_tiny_pipeline(tiny_generator):
     """A tiny HyperInverter pipeline (random encoders, small non-zero offsets) on the tiny generator."""
+    from hyperinverter.methods.hyperinverter import HyperInverter
+    from hyperinverter.methods.phase1 import Phase1
     from hyperinverter.models.encoders import encoder_preset
-    from hyperinverter.models.hyperinverter import HyperInverter
     from hyperinverter.models.hypernetwork import HyperNetwork
     from hyperinverter.pipeline import InversionPipeline
 
@@ -47,9 +48,10 @@ def build_tiny_pipeline(tiny_generator):
         for name, p in H.named_parameters():
             if name.endswith(("w1", "w2")):
                 p.mul_(0.1)
-    model = HyperInverter(generator=tiny_generator, w_encoder=preset.build_w_encoder(),
+    model = HyperInverter(tiny_generator, w_encoder=preset.build_w_encoder(),
                           feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
-    return InversionPipeline(model, device="cpu")
+    phase1 = Phase1(tiny_generator, w_encoder=model.w_encoder, encoder_resolution=64)
+    return InversionPipeline({"phase1": phase1, "hyperinverter": model}, default_method="hyperinverter", device="cpu")
 
 
 @pytest.fixture

@@ -7,22 +7,22 @@ from hyperinverter import hub
 from hyperinverter.cli.main import main
 from hyperinverter.editing import LinearDirection, save_direction
 from hyperinverter.io.images import save_image
+from hyperinverter.methods.hyperinverter import HyperInverter
 from hyperinverter.models.encoders import encoder_preset
-from hyperinverter.models.hyperinverter import HyperInverter
 from hyperinverter.models.hypernetwork import HyperNetwork
-from hyperinverter.models.stylegan2 import Generator
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.pipeline import save_pipeline
 
 
 def tiny_bundle(folder, channels, *, examples=0):
     torch.manual_seed(channels)
-    G = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16,
-                  img_channels=channels)
+    G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16,
+                  img_channels=channels))
     preset = encoder_preset("tiny", in_channels=channels, n_styles=G.num_ws)
     H = HyperNetwork.from_generator(G, feature_channels=16, feature_size=2, hidden_dim=8, inner_channels=8)
-    model = HyperInverter(generator=G, w_encoder=preset.build_w_encoder(),
+    model = HyperInverter(G, w_encoder=preset.build_w_encoder(),
                           feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
-    save_pipeline(model, folder)
+    save_pipeline(model, folder)  # HyperInverter alone: its first pass is in its results
     save_direction(LinearDirection(torch.randn(1, 16), name="dir", default_strength=2.0), folder / "directions" / "dir.safetensors")
     for i in range(examples):
         save_image(torch.rand(1, channels, 32, 32) * 2 - 1, folder / "examples" / f"{i:05d}.png")

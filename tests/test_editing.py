@@ -119,7 +119,7 @@ def test_ganspace_sheet_edits_only_its_layers(tiny_generator, tmp_path):
 
 def test_ganspace_command_writes_sheet_and_named_directions(tiny_generator, tmp_path):
     from hyperinverter.cli.main import main
-    from hyperinverter.convert.gan_files import save_gan
+    from hyperinverter.io.gan import save_gan
 
     save_gan(tmp_path / "gan", tiny_generator)
     out = tmp_path / "dirs" / "sheet.png"

@@ -20,10 +20,12 @@ from hyperinverter.convert.backbones import (
 from hyperinverter.errors import CheckpointError
 from hyperinverter.models.encoders import (
     ENCODER_PRESETS,
+    FeatureEncoder,
+    FeatureEncoderConfig,
     IRSEBackbone,
-    LayerWiseEncoder,
     ResNetBackbone,
     WEncoder,
+    WEncoderConfig,
     encoder_preset,
 )
 
@@ -105,7 +107,7 @@ def psp_resnet_trunk_layout(blocks, widths, in_channels=3):
 
 
 def heads_layout(n_styles, c=512, tap_channels=(128, 256, 512)):
-    """HyperInverter LayerWiseEncoder heads: latlayer1/2 and styles.{j}.convs.{0,2,4} (1/2/3 convs)."""
+    """HyperInverter FeatureEncoder heads: latlayer1/2 and styles.{j}.convs.{0,2,4} (1/2/3 convs)."""
     s = {
         "latlayer1.weight": (c, tap_channels[1], 1, 1),
         "latlayer1.bias": (c,),
@@ -236,15 +238,15 @@ def test_small_style_counts_build_only_what_they_use(n_styles):
 
 
 def test_custom_split_and_feature_size():
-    e2 = LayerWiseEncoder(
+    e2 = FeatureEncoder(FeatureEncoderConfig(
         units=TINY_UNITS, widths=TINY_WIDTHS, input_size=64, n_styles=6, feature_channels=8, feature_size=4,
         coarse_end=1, middle_end=2,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert e2.levels == ("coarse", "middle", "fine", "fine", "fine", "fine")
     assert [len(h.convs) // 2 for h in e2.styles] == [0, 1, 2, 2, 2, 2]
     assert e2(torch.randn(1, 3, 64, 64)).shape == (1, 6, 8, 4, 4)
     with pytest.raises(ValueError, match="cannot be halved"):
-        LayerWiseEncoder(units=TINY_UNITS, widths=TINY_WIDTHS, input_size=64, feature_size=8)
+        FeatureEncoder(FeatureEncoderConfig(units=TINY_UNITS, widths=TINY_WIDTHS, input_size=64, feature_size=8))
 
 
 def test_c3_projection_only_when_widths_differ():
@@ -418,7 +420,7 @@ def test_full_size_psp_w_encoder_layout_loads(tmp_path):
     layout = {**ir_se_layout(IR50, OFFICIAL_WIDTHS), "linear.weight": (512, 512), "linear.bias": (512,)}
     state = {f"encoder.{k}": v for k, v in random_state(layout).items()}
     with torch.device("meta"):
-        e1 = WEncoder(backbone="ir_se", depth=50, w_dim=512)
+        e1 = WEncoder(WEncoderConfig(backbone="ir_se", depth=50, w_dim=512))
     e1 = e1.to_empty(device="cpu")
     load_prefixed_state_dict(e1, {"state_dict": state, "opts": {}})
     assert torch.equal(e1.linear.weight, state["encoder.linear.weight"])

@@ -14,7 +14,7 @@ def test_means_match_a_direct_computation(pipeline):
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     report = evaluate(pipeline, x, dataset="random", batch_size=2, progress=False)
     result = pipeline.invert(x)
-    for method, output in (("phase1", result.w_image), ("hyperinverter", result.image)):
+    for method, output in (("phase1", result.initial_image), ("hyperinverter", result.image)):
         for name, fn in PIXEL_METRICS.items():
             assert abs(report.metrics[method][name] - float(fn(output, x).mean())) < 1e-4, (method, name)
     assert report.num_images == 5 and report.seconds_per_image["hyperinverter"] > 0

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from hyperinverter.cli.main import main
+from hyperinverter.convert.gan_files import load_gan, save_rosinality
 from hyperinverter.errors import CheckpointError
-from hyperinverter.convert.gan_files import load_gan, save_gan, save_rosinality
-from hyperinverter.models.stylegan2 import Discriminator
+from hyperinverter.io.gan import save_gan
+from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
 from nvidia_pickle_writer import write_nvidia_pickle
 
 
@@ -21,7 +22,7 @@ def same_state(a, b):
 @pytest.fixture
 def tiny_discriminator():
     torch.manual_seed(1)
-    return Discriminator(resolution=32, channel_base=256, channel_max=16).eval()
+    return Discriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=16)).eval()
 
 
 def nv_generator_kwargs(G):

@@ -7,7 +7,7 @@ import torch
 
 from hyperinverter.convert import rosinality
 from hyperinverter.convert.gan_files import load_gan
-from hyperinverter.models.stylegan2 import Generator, truncate
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig, truncate
 from nvidia_pickle_writer import write_nvidia_pickle
 from rosinality_recipe import FIXTURES, build_rosinality_checkpoint
 
@@ -94,11 +94,11 @@ def test_both_layouts_give_the_same_image(rosi_file, nvidia_file, reference):
 def test_key_map_equals_verified_reference_table(size):
     """Our generated rosinality<->NVIDIA map reproduces the reference table row by row, with shapes."""
     table = json.loads((FIXTURES / f"rosi_to_nvidia_mapping_{size}.json").read_text())["table"]
-    config = Generator(resolution=size, channel_base=32768 if size == 256 else 16384).config
+    config = Generator(GeneratorConfig(resolution=size, channel_base=32768 if size == 256 else 16384)).config
     ours = {(r.rosinality, r.nvidia): r.rule for r in rosinality.key_map(config)}
     ref = {(row["rosi"], row["nvidia"]): row["rule"] for row in table}
     ref = {k: ("const_setup_filter" if v == "const_setup_filter_1331" else v) for k, v in ref.items()}
     assert ours == ref
-    shapes = {k: tuple(v.shape) for k, v in Generator.from_config(config).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in Generator(config).state_dict().items()}
     for row in table:
         assert shapes[row["nvidia"]] == tuple(row["nvidia_shape"]), row["nvidia"]

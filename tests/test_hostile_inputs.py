@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_generator, build_tiny_pipeline
 from PIL import Image
 
 import hostile
+from conftest import build_tiny_generator, build_tiny_pipeline
 from hyperinverter.cli.main import main
 from hyperinverter.editing import GANSpaceBasis, GANSpaceDirection, LinearDirection, save_direction
 from hyperinverter.errors import ImageReadError, NonFiniteError
@@ -198,17 +198,31 @@ def _corrupt_tensor(path: Path, key: str, value: float) -> None:
 BAD_MODELS = [
     ("pipeline-not-json", lambda m: (m / "pipeline.json").write_text("{not json"), "pipeline.json",
      "is not valid JSON"),
-    ("components-not-a-list", lambda m: hostile.set_json(m / "pipeline.json", lambda d: d.update(components="w")),
-     "pipeline.json", "'components' must be a list"),
-    ("unknown-component", lambda m: hostile.set_json(m / "pipeline.json",
-                                                     lambda d: d["components"].append("decoder")),
-     "pipeline.json", "unknown parts \\['decoder'\\]"),
-    ("encoder-resolution-100000", lambda m: hostile.set_json(m / "pipeline.json",
-                                                             lambda d: d.update(encoder_resolution=100000)),
+    ("components-not-a-mapping", lambda m: hostile.set_json(
+        m / "pipeline.json", lambda d: d["methods"]["hyperinverter"].update(components="w")),
+     "pipeline.json", "'methods.hyperinverter' must be \\{components"),
+    ("unknown-method", lambda m: hostile.set_json(
+        m / "pipeline.json", lambda d: d["methods"].update(mystery={"components": {}})),
+     "pipeline.json", "unknown method 'mystery'"),
+    ("method-lacks-a-component", lambda m: hostile.set_json(
+        m / "pipeline.json", lambda d: d["methods"]["hyperinverter"]["components"].pop("hypernetwork")),
+     "pipeline.json", "'methods.hyperinverter' lacks the components \\['hypernetwork'\\]"),
+    ("encoder-resolution-100000", lambda m: hostile.set_json(
+        m / "pipeline.json", lambda d: d["methods"]["hyperinverter"]["settings"].update(encoder_resolution=100000)),
      "pipeline.json", "'encoder_resolution' must be a multiple of 16"),
-    ("encoder-resolution-text", lambda m: hostile.set_json(m / "pipeline.json",
-                                                           lambda d: d.update(encoder_resolution="256")),
+    ("encoder-resolution-text", lambda m: hostile.set_json(
+        m / "pipeline.json", lambda d: d["methods"]["phase1"]["settings"].update(encoder_resolution="256")),
      "pipeline.json", "'encoder_resolution'"),
+    ("format-1-components-not-a-list", lambda m: (m / "pipeline.json").write_text(json.dumps(
+        {"format": "hyperinverter-pipeline", "format_version": 1, "encoder_resolution": 64, "components": "w"})),
+     "pipeline.json", "'components' must be a list of names"),
+    ("format-1-unknown-component", lambda m: (m / "pipeline.json").write_text(json.dumps(
+        {"format": "hyperinverter-pipeline", "encoder_resolution": 64,
+         "components": ["generator", "w_encoder", "decoder"]})),
+     "pipeline.json", "unknown parts \\['decoder'\\]"),
+    ("default-method-unknown", lambda m: hostile.set_json(m / "pipeline.json",
+                                                          lambda d: d.update(default_method="pti")),
+     "pipeline.json", "'default_method' 'pti' is not one of its methods"),
     ("not-a-pipeline", lambda m: hostile.set_json(m / "pipeline.json", lambda d: d.update(format="other")),
      "pipeline.json", "'format' must be 'hyperinverter-pipeline'"),
     ("component-folder-missing", lambda m: shutil.rmtree(m / "hypernetwork"), "broken",
@@ -500,8 +514,9 @@ def test_evaluate_reports_and_leaves_out_bad_images(world, tmp_path, capsys):
     assert report["num_images"] == 3 and any(str(bad) in note for note in report["notes"])
 
 
-def test_encoder_resolution_must_fit_e2(world, tmp_path, capsys):
+def test_encoder_resolution_must_fit_the_feature_encoder(world, tmp_path, capsys):
     model = _broken_copy(world, tmp_path, lambda m: hostile.set_json(
-        m / "pipeline.json", lambda d: d.update(encoder_resolution=128)))
+        m / "pipeline.json", lambda d: d["methods"]["hyperinverter"]["settings"].update(encoder_resolution=128)))
     result = cli(capsys, "invert", world.photos, "--model", model, "--out", tmp_path / "out", "--device", "cpu")
-    assert result.code == 2 and "E2 was built for 64-px inputs, but the encoders are fed 128-px images" in result.err
+    assert result.code == 2 and "feature encoder was built for 64-px inputs, but the encoders are fed 128-px" \
+        in result.err

@@ -6,7 +6,7 @@ import torch
 from hyperinverter.errors import CheckpointError
 from hyperinverter.io.checkpoints import load_state_dict_strict
 from hyperinverter.models.hypernetwork import HyperNetwork, HyperNetworkConfig, WeightRegressor
-from hyperinverter.models.stylegan2 import Generator
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 
 
 def features(n, c=16, s=4, batch=2, seed=0):
@@ -86,12 +86,12 @@ def test_bad_feature_shapes_are_rejected(tiny_generator):
 
 def test_official_parameter_counts():
     with torch.device("meta"):
-        G = Generator(resolution=1024)
+        G = Generator(GeneratorConfig(resolution=1024))
         for hidden, expected in ((128, 184_665_563), (256, 642_351_195)):
             H = HyperNetwork.from_generator(G, hidden_dim=hidden)
             assert sum(p.numel() for p in H.parameters()) == expected
         assert sum(torch.Size(t.shape).numel() for t in H.targets) == 23_592_864
-        G256 = Generator(resolution=256)
+        G256 = Generator(GeneratorConfig(resolution=256))
         assert sum(torch.Size(t.shape).numel() for t in HyperNetwork.from_generator(G256).targets) == 23_454_336
 
 
@@ -126,5 +126,5 @@ def test_official_regressor_keys_at_full_size():
 
 def test_config_round_trip(tiny_generator):
     H = tiny(tiny_generator, targets="all_without_bias")
-    again = HyperNetwork.from_config(HyperNetworkConfig.from_dict(H.config.to_dict()))
+    again = HyperNetwork(HyperNetworkConfig.from_dict(H.config.to_dict()))
     assert again.target_names == H.target_names

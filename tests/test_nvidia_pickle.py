@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.nvidia_pickle import PickledNetwork, UnsafePickleError, load_nvidia_pickle
+from hyperinverter.errors import CheckpointError
 from nvidia_pickle_writer import (
     build_network,
     fake_nvidia_modules,

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hyperinverter.cli.main import main
-from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.official import load_official_hyperinverter, load_psp_w_encoder
-from hyperinverter.models.encoders import LayerWiseEncoder, WEncoder
+from hyperinverter.errors import CheckpointError
+from hyperinverter.models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
 from hyperinverter.models.hypernetwork import HyperNetwork
 from hyperinverter.pipeline import InversionPipeline
 from nvidia_pickle_writer import write_nvidia_pickle
@@ -17,16 +17,16 @@ TRUNK = dict(units=(1, 2, 1, 1), widths=(8, 16, 32, 64))
 def official_checkpoint(G, backbone="ir_se", targets="conv_without_bias", seed=0):
     """A state dict in the released layout, with tiny shapes: w_encoder., w_bar_encoder., hypernet., discriminator."""
     torch.manual_seed(seed)
-    e1 = WEncoder(backbone=backbone, **TRUNK, w_dim=G.w_dim)
-    e2 = LayerWiseEncoder(backbone=backbone, **TRUNK, input_size=64, n_styles=G.num_ws, feature_channels=64,
-                          feature_size=2)
+    e1 = WEncoder(WEncoderConfig(backbone=backbone, **TRUNK, w_dim=G.w_dim))
+    e2 = FeatureEncoder(FeatureEncoderConfig(backbone=backbone, **TRUNK, input_size=64, n_styles=G.num_ws, feature_channels=64,
+                          feature_size=2))
     h = HyperNetwork.from_generator(G, targets=targets, feature_channels=64, feature_size=2, hidden_dim=8,
                                     inner_channels=8)
     sd = {**{f"w_encoder.{k}": v for k, v in e1.state_dict().items()},
           **{f"w_bar_encoder.{k}": v for k, v in e2.state_dict().items()},
           **{f"hypernet.{k}": v for k, v in h.state_dict().items()},
           "discriminator.b4.out.weight": torch.zeros(1, 16)}
-    opts = {"dataset_type": "ffhq_encode", "encoder_type": "LayerWiseEncoder", "output_size": G.resolution,
+    opts = {"dataset_type": "ffhq_encode", "encoder_type": "FeatureEncoder", "output_size": G.resolution,
             "target_shape_name": targets, "hidden_dim": 8, "batch_size": 8}
     return {"state_dict": sd, "opts": opts}, (e1, e2, h)
 
@@ -57,10 +57,10 @@ def test_released_layout_round_trip_is_exact(tmp_path, tiny_generator, backbone,
     assert main(["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
                  "--out", str(tmp_path / "pipe")]) == 0
     imported = InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu")
-    assert imported.model.encoder_resolution == 64  # read from the checkpoint: E2's maps fit the hypernetworks
-    with torch.no_grad():
-        fresh = load_official_hyperinverter(tmp_path / "hyper_inverter.pt", tmp_path / "G.pkl").eval()
-        assert torch.allclose(imported.model(x).image, fresh(x).image, atol=1e-5)
+    # The input size is read from the checkpoint: the feature encoder's maps fit the hypernetworks.
+    assert imported.inverter("hyperinverter").encoder_resolution == 64
+    fresh = load_official_hyperinverter(tmp_path / "hyper_inverter.pt", tmp_path / "G.pkl").eval()
+    assert torch.allclose(imported.invert(x).image, fresh.invert(x).image, atol=1e-5)
 
 
 def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
@@ -83,10 +83,10 @@ def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
 
 def test_psp_w_encoder_checkpoint(tmp_path, tiny_generator):
     torch.manual_seed(1)
-    e1 = WEncoder(**TRUNK, w_dim=16)
+    e1 = WEncoder(WEncoderConfig(**TRUNK, w_dim=16))
     sd = {**{f"encoder.{k}": v for k, v in e1.state_dict().items()},
           **{f"decoder.{k}": torch.zeros(1) for k in ("style.1.weight",)}}
     torch.save({"state_dict": sd, "opts": {"learn_in_w": True}, "latent_avg": torch.zeros(16)}, tmp_path / "w.pt")
     model = load_psp_w_encoder(tmp_path / "w.pt", tiny_generator, encoder_resolution=64)
-    assert not model.has_phase2
+    assert model.name == "phase1"
     assert all(torch.equal(a, b) for a, b in zip(model.w_encoder.state_dict().values(), e1.state_dict().values()))

@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from hyperinverter.convert.gan_files import save_gan
 from hyperinverter.data.sources import FASHION_LICENSE
 from hyperinverter.editing import GANSpaceDirection, load_direction
+from hyperinverter.io.gan import save_gan
+from hyperinverter.methods.hyperinverter import HyperInverter
+from hyperinverter.methods.phase1 import Phase1
 from hyperinverter.models.encoders import encoder_preset
-from hyperinverter.models.hyperinverter import HyperInverter
 from hyperinverter.models.hypernetwork import HyperNetwork
-from hyperinverter.models.stylegan2 import Discriminator, Generator
+from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from hyperinverter.pipeline import InversionPipeline, save_pipeline
 from hyperinverter.training.config import to_yaml
 from hyperinverter.training.gan import GeneratorTrainingConfig
@@ -61,11 +62,11 @@ def runs(tmp_path_factory, one_thread):
     resolved configs and stats; plus a training folder and a held-out folder of images."""
     root = tmp_path_factory.mktemp("pkg")
     torch.manual_seed(0)
-    G = Generator(resolution=32, img_channels=1, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256,
-                  channel_max=16).eval()
+    G = Generator(GeneratorConfig(resolution=32, img_channels=1, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256,
+                  channel_max=16)).eval()
     with torch.no_grad():  # a w_avg away from zero, as after training
         G.mapping.w_avg.copy_(G.mapping(torch.randn(256, 16))[:, 0].mean(0))
-    D = Discriminator(resolution=32, img_channels=1, channel_base=256, channel_max=16)
+    D = Discriminator(DiscriminatorConfig(resolution=32, img_channels=1, channel_base=256, channel_max=16))
     preset = encoder_preset("tiny", in_channels=1)
     E1 = preset.build_w_encoder()
     H = HyperNetwork.from_generator(G, feature_channels=16, feature_size=2, hidden_dim=8, inner_channels=8)
@@ -75,9 +76,11 @@ def runs(tmp_path_factory, one_thread):
                 p.mul_(0.1)
     run = root / "runs"
     save_gan(run / "fashion32-generator" / "final", G, D)
-    save_pipeline(HyperInverter(generator=G, w_encoder=E1, encoder_resolution=64), run / "fashion32-w-encoder" / "best")
-    save_pipeline(HyperInverter(generator=G, w_encoder=E1, feature_encoder=preset.build_feature_encoder(),
-                                hypernetwork=H, encoder_resolution=64), run / "fashion32-hypernetwork" / "best")
+    phase1 = Phase1(G, w_encoder=E1, encoder_resolution=64)
+    save_pipeline(phase1, run / "fashion32-w-encoder" / "best")
+    save_pipeline({"phase1": phase1, "hyperinverter": HyperInverter(
+        G, w_encoder=E1, feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)},
+        run / "fashion32-hypernetwork" / "best", default_method="hyperinverter")
 
     train, heldout = root / "data" / "train", root / "data" / "test"
     for folder, split in ((train, "train"), (heldout, "test")):
@@ -127,15 +130,16 @@ def bundle(runs):
 
 def test_bundle_loads_and_fp16_matches_fp32(bundle, runs):
     pipe = InversionPipeline.from_pretrained(bundle, device="cpu")
-    assert all(v.dtype == torch.float32 for v in pipe.model.state_dict().values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for m in pipe.methods.values() for v in m.state_dict().values()
+               if v.is_floating_point())
     with safe_open(str(bundle / "hypernetwork" / "model.safetensors"), framework="pt") as f:
         names = list(f.keys())
         assert {f.get_tensor(k).dtype for k in names} == {torch.float16}  # stored in fp16
     reference = InversionPipeline.from_pretrained(runs["runs"] / "fashion32-hypernetwork" / "best", device="cpu")
     examples = sorted((bundle / "examples").glob("*.png"))
     a, b = reference.invert(examples), pipe.invert(examples)
-    assert (a.image - b.image).abs().max() < 1e-2 and (a.w_image - b.w_image).abs().max() < 1e-2
-    assert not torch.equal(a.image, a.w_image)  # Phase II is part of the bundle
+    assert (a.image - b.image).abs().max() < 1e-2 and (a.initial_image - b.initial_image).abs().max() < 1e-2
+    assert not torch.equal(a.image, a.initial_image)  # Phase II is part of the bundle
     assert not any(p.name.startswith(".") for p in bundle.parent.iterdir())  # no temporary folders left
     assert (bundle / "pipeline.json").stat().st_mode & 0o777 == 0o644
 

@@ -25,7 +25,7 @@ def test_batch_equals_single_inversions(pipeline):
         for k in one.weight_delta:
             assert (batched.weight_delta[k][i] - one.weight_delta[k][0]).abs().max() <= 1e-5
     assert set(batched.timings) == {"phase1", "phase2"}
-    assert not torch.allclose(batched.image, batched.w_image)  # Phase II changes the image
+    assert not torch.allclose(batched.image, batched.initial_image)  # Phase II changes the image
 
 
 def test_save_and_load_pretrained(pipeline, tmp_path):
@@ -85,11 +85,11 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
 
 
 def test_parts_of_another_generator_are_refused(pipeline, tmp_path):
-    from hyperinverter.convert.gan_files import save_gan
-    from hyperinverter.models.stylegan2 import Generator
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 
     pipeline.save_pretrained(tmp_path / "model")
-    other = Generator(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=512, channel_max=32)
+    other = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=512, channel_max=32))
     save_gan(tmp_path / "model" / "generator", other)  # wider convs: every Δθ shape is wrong
     with pytest.raises(ValueError, match=r"predicts b8.conv0.weight as \[16, 16, 3, 3\], the generator's is \[32, 32"):
         InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")

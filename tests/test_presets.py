@@ -166,18 +166,18 @@ OFFICIAL_SIZES = {"ffhq-1024": (1024, 135.0, 184.7, 26), "church-256": (256, 97.
 def test_preset_builds_the_official_architecture(name):
     import torch
 
-    from hyperinverter.models.encoders import LayerWiseEncoder
+    from hyperinverter.models.encoders import FeatureEncoder, FeatureEncoderConfig
     from hyperinverter.models.hypernetwork import HyperNetwork
-    from hyperinverter.models.stylegan2 import Generator
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
     from hyperinverter.training.inversion import _backbone_kwargs
 
     resolution, e2_millions, hyper_millions, n_targets = OFFICIAL_SIZES[name]
     cfg = load_config(InversionTrainingConfig, PRESETS[name])
     with torch.device("meta"):  # shapes only: nothing is allocated
-        G = Generator(resolution=resolution, channel_base=32768, channel_max=512)  # StyleGAN2 config-f
+        G = Generator(GeneratorConfig(resolution=resolution, channel_base=32768, channel_max=512))  # StyleGAN2 config-f
         # Built as the Phase II trainer builds them (E1's input size is 256 for the official W encoders).
-        e2 = LayerWiseEncoder(**_backbone_kwargs(cfg, 3), input_size=256, n_styles=G.num_ws,
-                              feature_channels=cfg.feature_channels, feature_size=cfg.feature_size)
+        e2 = FeatureEncoder(FeatureEncoderConfig(**_backbone_kwargs(cfg, 3), input_size=256, n_styles=G.num_ws,
+                              feature_channels=cfg.feature_channels, feature_size=cfg.feature_size))
         hyper = HyperNetwork.from_generator(G, targets=cfg.targets, feature_channels=cfg.feature_channels,
                                             feature_size=cfg.feature_size, hidden_dim=cfg.hidden_dim,
                                             inner_channels=cfg.regressor_width)

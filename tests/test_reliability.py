@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_generator, build_tiny_pipeline
 from PIL import Image
-from test_batch_inversion import TwoFaces, write_photos
 
 import hostile
+from conftest import build_tiny_generator, build_tiny_pipeline
 from hyperinverter.cli.main import main
-from hyperinverter.convert.gan_files import save_gan
 from hyperinverter.inversion.batch import invert_files
 from hyperinverter.inversion.files import load_inversion
 from hyperinverter.io import files
+from hyperinverter.io.gan import save_gan
 from hyperinverter.training.checkpointing import list_checkpoints, save_checkpoint
+from test_batch_inversion import TwoFaces, write_photos
 
 
 def test_invert_resumes_and_redoes_only_what_is_missing(pipeline, tmp_path):
@@ -38,7 +38,7 @@ def test_invert_resumes_and_redoes_only_what_is_missing(pipeline, tmp_path):
     # Another model's results, or other options, are not this run's results: they are redone.
     other = build_tiny_pipeline(build_tiny_generator(seed=5))
     assert len(invert_files(other, paths, out, progress=False).written) == 3
-    assert len(invert_files(other, paths, out, progress=False, phase2=False).written) == 3
+    assert len(invert_files(other, paths, out, progress=False, method="phase1").written) == 3
 
 
 def test_a_photo_with_several_faces_is_done_only_when_every_face_is(pipeline, tmp_path):

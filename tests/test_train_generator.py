@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from hyperinverter.io.images import save_image
-from hyperinverter.models.stylegan2 import Generator
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.training.checkpointing import list_checkpoints
 from hyperinverter.training.gan import GeneratorTrainingConfig, train_generator
 
@@ -18,7 +18,7 @@ TINY = dict(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=128,
 
 def teacher_generator():
     torch.manual_seed(1234)
-    return Generator(**TINY).eval()
+    return Generator(GeneratorConfig(**TINY)).eval()
 
 
 def teacher_images(n=16):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hyperinverter.convert.gan_files import save_gan
-from hyperinverter.models.stylegan2 import Discriminator
+from hyperinverter.io.gan import save_gan
+from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
 from hyperinverter.pipeline import InversionPipeline
 from hyperinverter.training.inversion import InversionTrainingConfig, train_hypernetwork, train_w_encoder
 
@@ -15,7 +15,7 @@ ENCODER = dict(encoder_resolution=64, backbone="ir_se", backbone_units=(1, 1, 1,
 @pytest.fixture
 def gan_dir(tmp_path, tiny_generator):
     torch.manual_seed(2)
-    D = Discriminator(resolution=32, channel_base=256, channel_max=16)
+    D = Discriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=16))
     save_gan(tmp_path / "gan", tiny_generator, D)
     return tmp_path / "gan"
 
@@ -56,7 +56,7 @@ def test_phase1_then_phase2_losses_fall(tmp_path, gan_dir, images):
     x = images.float() / 127.5 - 1
     result = pipe.invert(x)
     assert result.weight_delta is not None
-    phase1_mse = (result.w_image - x).square().mean()
+    phase1_mse = (result.initial_image - x).square().mean()
     final_mse = (result.image - x).square().mean()
     assert final_mse < phase1_mse  # Phase II improves on Phase I on the images it was trained on
 
@@ -151,15 +151,15 @@ def test_clear_errors_for_a_missing_discriminator_and_a_used_run_dir(tmp_path, g
 
 def test_encoders_start_from_a_pretrained_trunk(tmp_path, gan_dir, images):
     """backbone_init loads an IR-SE file (ArcFace layout) into the trained encoder's trunk, strictly."""
-    from hyperinverter.models.encoders import WEncoder
+    from hyperinverter.models.encoders import WEncoder, WEncoderConfig
 
     torch.manual_seed(123)
-    donor = WEncoder(backbone="ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64), in_channels=3, w_dim=16)
+    donor = WEncoder(WEncoderConfig(backbone="ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64), in_channels=3, w_dim=16))
     trunk = {k: v for k, v in donor.state_dict().items() if k.startswith(("input_layer.", "body."))}
     torch.save(trunk, tmp_path / "trunk.pth")
     result = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1, lr=0.0, backbone_init=str(tmp_path / "trunk.pth")),
                              images=images, val_images=images[:2])
-    trained = InversionPipeline.from_pretrained(result.final_model, device="cpu").model.w_encoder.state_dict()
+    trained = InversionPipeline.from_pretrained(result.final_model, device="cpu").inverter().w_encoder.state_dict()
     for k, v in trunk.items():
         if "running" not in k and "num_batches" not in k:  # BN statistics move even at lr 0
             assert torch.equal(trained[k], v), k

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_align import synthetic_landmarks
 
 from hyperinverter.align import NoFaceFoundError
 from hyperinverter.editing import LinearDirection
 from hyperinverter.io.images import ImageReadError, center_square, pil_to_tensor
 from hyperinverter.web import WebSession, build_app
+from test_align import synthetic_landmarks
 
 
 def photo(width=800, height=600, seed=0):

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from hyperinverter.models.stylegan2 import Generator
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.models.weight_delta import WeightDelta
 
 
@@ -137,14 +137,19 @@ def test_weight_delta_batch_ops(tiny_generator):
     both = WeightDelta.cat([a, b])
     assert both.batch_size == 4
     assert torch.equal(both.select(2)["b8.conv0.weight"], b["b8.conv0.weight"][:1])
-    mid = a.lerp(b, 0.5)
+    mid = WeightDelta.blend(a, b, 0.5)
     assert torch.allclose(mid["b4.conv1.weight"], (a["b4.conv1.weight"] + b["b4.conv1.weight"]) / 2)
+    # A missing side (a W method's result) counts as no offset; the kinds of offset must agree.
+    assert torch.allclose(WeightDelta.blend(a, None, 0.25)["b4.conv1.weight"], 0.75 * a["b4.conv1.weight"])
+    assert WeightDelta.blend(None, None, 0.5) is None
+    with pytest.raises(ValueError, match="cannot interpolate 'add' and 'scale'"):
+        WeightDelta.blend(a, WeightDelta(dict(b), mode="scale"), 0.5)
 
 
 @pytest.mark.parametrize("resolution,channels", [(8, 1), (16, 3), (64, 1)])
 def test_any_resolution_and_channel_count(resolution, channels):
-    G = Generator(resolution=resolution, img_channels=channels, z_dim=8, w_dim=8, mapping_layers=1,
-                  channel_base=64 * resolution, channel_max=8, conv_clamp=256)
+    G = Generator(GeneratorConfig(resolution=resolution, img_channels=channels, z_dim=8, w_dim=8, mapping_layers=1,
+                  channel_base=64 * resolution, channel_max=8, conv_clamp=256))
     with torch.no_grad():
         img = G(torch.randn(2, 8), noise_mode="random")
     assert img.shape == (2, channels, resolution, resolution)
@@ -154,15 +159,15 @@ def test_any_resolution_and_channel_count(resolution, channels):
 
 def test_invalid_configs_raise():
     with pytest.raises(ValueError, match="power of two"):
-        Generator(resolution=48)
+        Generator(GeneratorConfig(resolution=48))
     with pytest.raises(ValueError, match="too small"):
-        Generator(resolution=64, channel_base=32, channel_max=8)
+        Generator(GeneratorConfig(resolution=64, channel_base=32, channel_max=8))
 
 
 def test_cpu_split_schedule_matches_batched_at_high_resolution():
     """A CPU batch continues sample by sample from large activations on; the image must not change."""
     torch.manual_seed(0)
-    G = Generator(resolution=512, z_dim=8, w_dim=8, mapping_layers=1, channel_base=2048, channel_max=8).eval()
+    G = Generator(GeneratorConfig(resolution=512, z_dim=8, w_dim=8, mapping_layers=1, channel_base=2048, channel_max=8)).eval()
     ws = torch.randn(3, G.num_ws, G.w_dim)
     delta = random_delta(G, 3, names=["b64.conv0.weight", "b512.torgb.weight"])
     with torch.no_grad():

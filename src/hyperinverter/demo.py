@@ -44,11 +44,17 @@ class DemoReport:
 
 def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, directions: list,
            frames: int) -> tuple[torch.Tensor, list[str]]:
-    """input | Phase I | HyperInverter | edits... | interpolation frames to ``partner``: ``[n,C,R,R]``."""
+    """input | first pass (if the method has one) | result | edits... | interpolation frames to ``partner``:
+    ``[n,C,R,R]``, with the column labels."""
+    method = pipe.inverter()
     result = pipe.invert(torch.cat([x, partner]))
     me, other = result.select(0), result.select(1)
-    panels = [x, me.w_image, me.image]
-    labels = ["input", "Phase I (W)", "HyperInverter"]
+    panels, labels = [x], ["input"]
+    if me.initial_image is not None:
+        panels.append(me.initial_image)
+        labels.append(method.initial_label or "first pass")
+    panels.append(me.image)
+    labels.append(method.label)
     for d in directions[:2]:
         panels.append(pipe.edit(me, d))
         labels.append(f"edit: {d.name}")

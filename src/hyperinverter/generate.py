@@ -9,7 +9,6 @@ import torch
 
 from .models.stylegan2 import Generator
 
-
 MAX_SEEDS = 100_000
 
 

@@ -1,46 +1,50 @@
-"""``InversionPipeline``: load a HyperInverter model, invert images, edit, interpolate. Device-generic.
+"""``InversionPipeline``: a generator and the inversion methods trained for it; invert, edit, interpolate.
 
-A saved pipeline is a folder::
+A saved pipeline (a bundle) is a folder::
 
-    pipeline.json            {"format": "hyperinverter-pipeline", "encoder_resolution": ..., "components": [...]}
-    generator/               config.json + model.safetensors (the frozen StyleGAN2)
-    w_encoder/               Phase I encoder E1
-    feature_encoder/         Phase II encoder E2 (absent for a Phase-I-only model)
-    hypernetwork/            the per-layer hypernetworks
+    pipeline.json     {"format": "hyperinverter-pipeline", "format_version": 2, "generator": "generator",
+                       "default_method": "hyperinverter", "align_scale": 1.0,
+                       "methods": {"phase1": {"components": {"w_encoder": "w_encoder"},
+                                              "settings": {"encoder_resolution": 256}},
+                                   "hyperinverter": {"components": {"w_encoder": "w_encoder",
+                                                                    "feature_encoder": "feature_encoder",
+                                                                    "hypernetwork": "hypernetwork"}, ...}}}
+    generator/        config.json + model.safetensors (the frozen StyleGAN2)
+    w_encoder/ ...    one folder per component (config.json + model.safetensors); methods may share one
+
+Methods that need no components (optimisation) run on any bundle. Folders written before format 2 (one
+HyperInverter, ``"components": [...]``) are read as the ``phase1`` and ``hyperinverter`` methods they hold.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 
-from .components import load_component, save_component_module
 from .convert.gan_files import load_gan
 from .device import resolve_device
 from .editing.directions import Direction
 from .errors import CheckpointError, NonFiniteError, SchemaError
-from .inversion.base import InversionResult
+from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
-from .models.hyperinverter import HyperInverter
+from .methods import InversionResult, Inverter, get_method, registered_methods
+from .models.stylegan2 import Generator
 from .models.weight_delta import WeightDelta
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_COMPONENTS = ("generator", "w_encoder", "feature_encoder", "hypernetwork")
+FORMAT_VERSION = 2
 MAX_ENCODER_RESOLUTION = 2048
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def non_finite_samples(images: torch.Tensor) -> list[int]:
@@ -57,34 +61,49 @@ def ensure_finite(images: torch.Tensor, what: str) -> torch.Tensor:
     return images
 
 
-def save_pipeline(model: HyperInverter, path: str | Path, *, dtype: torch.dtype | None = None,
-                  align_scale: float = 1.0) -> Path:
-    """Write a pipeline folder atomically (built beside ``path``, then swapped in).
+# --- the bundle index ---------------------------------------------------------------------------------------
 
-    An existing folder at ``path`` is replaced only if it is a pipeline we wrote; anything else is an error and
-    is left untouched. ``align_scale``: the face-crop scale (see :func:`hyperinverter.align.ffhq_quad`) that
-    matches the framing of the training images; 1.0 is FFHQ's.
-    """
-    from .convert.gan_files import save_gan
 
-    with staged_directory(path, "pipeline") as tmp:
-        save_gan(tmp / "generator", model.generator, dtype=dtype)
-        components = ["generator", "w_encoder"]
-        save_component_module(tmp / "w_encoder", model.w_encoder, dtype=dtype)
-        if model.has_phase2:
-            save_component_module(tmp / "feature_encoder", model.feature_encoder, dtype=dtype)
-            save_component_module(tmp / "hypernetwork", model.hypernetwork, dtype=dtype)
-            components += ["feature_encoder", "hypernetwork"]
-        index = {"format": PIPELINE_FORMAT, "format_version": 1, "method": "hyperinverter",
-                 "encoder_resolution": model.encoder_resolution, "align_scale": align_scale,
-                 "components": components}
-        atomic_write_bytes(tmp / PIPELINE_INDEX, (json.dumps(index, indent=2) + "\n").encode())
-    return Path(path)
+def _check_settings(settings: object, where: str, path: Path) -> dict:
+    if not isinstance(settings, dict):
+        raise SchemaError(path, f"{where} must be a JSON object, got {settings!r}")
+    size = settings.get("encoder_resolution")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool)
+                             or not 16 <= size <= MAX_ENCODER_RESOLUTION or size % 16):
+        raise SchemaError(path, f"'encoder_resolution' must be a multiple of 16 from 16 to "
+                          f"{MAX_ENCODER_RESOLUTION}, got {size!r}")
+    return settings
+
+
+def _upgrade_v1(index: dict, path: Path) -> dict:
+    """A format-1 index (one HyperInverter: ``components`` list, ``encoder_resolution``) as format 2."""
+    components = index.get("components")
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise SchemaError(path, f"'components' must be a list of names, got {components!r}")
+    known = ("generator", "w_encoder", "feature_encoder", "hypernetwork")
+    unknown = sorted(set(components) - set(known))
+    if unknown:
+        raise SchemaError(path, f"'components' names unknown parts {unknown}; known: {list(known)}")
+    for needed in ("generator", "w_encoder"):
+        if needed not in components:
+            raise SchemaError(path, f"'components' must include {needed!r}, got {components}")
+    if ("feature_encoder" in components) != ("hypernetwork" in components):
+        raise SchemaError(path, "'components' must list both feature_encoder and hypernetwork, or neither")
+    if index.get("method", "hyperinverter") != "hyperinverter":
+        raise SchemaError(path, f"'method' {index.get('method')!r} is not one a format-1 pipeline can hold")
+    settings = _check_settings({"encoder_resolution": index.get("encoder_resolution")}, "the settings", path)
+    methods = {"phase1": {"components": {"w_encoder": "w_encoder"}, "settings": settings}}
+    if "hypernetwork" in components:
+        methods["hyperinverter"] = {"components": {c: c for c in known[1:]}, "settings": settings}
+    return {"format": PIPELINE_FORMAT, "format_version": FORMAT_VERSION, "generator": "generator",
+            "default_method": "hyperinverter" if "hyperinverter" in methods else "phase1",
+            "align_scale": index.get("align_scale", 1.0), "methods": methods}
 
 
 def read_pipeline_index(folder: Path) -> dict:
-    """``pipeline.json`` of ``folder``, checked field by field; every problem names the file and the field."""
-    path = Path(folder) / PIPELINE_INDEX
+    """``pipeline.json`` of ``folder`` as a checked format-2 index; every problem names the file and the field."""
+    folder = Path(folder)
+    path = folder / PIPELINE_INDEX
     if not path.is_file():
         raise CheckpointError(folder, f"is not a pipeline folder: it has no {PIPELINE_INDEX}")
     try:
@@ -96,53 +115,122 @@ def read_pipeline_index(folder: Path) -> dict:
     if index.get("format") != PIPELINE_FORMAT:
         raise SchemaError(path, f"'format' must be {PIPELINE_FORMAT!r}, got {index.get('format')!r}")
     version = index.get("format_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version > 1:
-        raise SchemaError(path, f"'format_version' {version!r} is not one this hyperinverter reads (1)")
-    if index.get("method", "hyperinverter") != "hyperinverter":
-        raise SchemaError(path, f"'method' {index.get('method')!r} is not a method this hyperinverter knows")
-    size = index.get("encoder_resolution")
-    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= MAX_ENCODER_RESOLUTION \
-            or size % 16:
-        raise SchemaError(path, f"'encoder_resolution' must be a multiple of 16 from 16 to "
-                          f"{MAX_ENCODER_RESOLUTION}, got {size!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise SchemaError(path, f"'format_version' {version!r} is not one this hyperinverter reads "
+                          f"(1 to {FORMAT_VERSION})")
+    if version == 1:
+        index = _upgrade_v1(index, path)
     scale = index.get("align_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < 10):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 10:
         raise SchemaError(path, f"'align_scale' must be a number in (0, 10), got {scale!r}")
-    components = index.get("components")
-    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
-        raise SchemaError(path, f"'components' must be a list of names, got {components!r}")
-    unknown = sorted(set(components) - set(PIPELINE_COMPONENTS))
-    if unknown:
-        raise SchemaError(path, f"'components' names unknown parts {unknown}; known: {list(PIPELINE_COMPONENTS)}")
-    for needed in ("generator", "w_encoder"):
-        if needed not in components:
-            raise SchemaError(path, f"'components' must include {needed!r}, got {components}")
-    if ("feature_encoder" in components) != ("hypernetwork" in components):
-        raise SchemaError(path, "'components' must list both feature_encoder and hypernetwork, or neither")
-    absent = [c for c in components if not (Path(folder) / c).is_dir()]
+    methods = index.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        raise SchemaError(path, f"'methods' must map method names to their parts, got {methods!r}")
+    folders = {index.get("generator")}
+    for name, entry in methods.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("components", {}), dict):
+            raise SchemaError(path, f"'methods.{name}' must be {{components: {{role: folder}}, settings: {{...}}}}")
+        _check_settings(entry.get("settings", {}), f"'methods.{name}.settings'", path)
+        folders |= set(entry.get("components", {}).values())
+    if index.get("default_method") not in methods:
+        raise SchemaError(path, f"'default_method' {index.get('default_method')!r} is not one of its methods "
+                          f"{sorted(methods)}")
+    bad = sorted(str(f) for f in folders if not isinstance(f, str) or "/" in f or f.startswith("."))
+    if bad:
+        raise SchemaError(path, f"component folders must be plain names, got {bad}")
+    absent = sorted(f for f in folders if not (folder / f).is_dir())
     if absent:
         raise CheckpointError(folder, f"is incomplete: pipeline.json lists {absent}, which are not there")
     return index
 
 
-class InversionPipeline:
-    """HyperInverter inference: ``invert`` -> ``InversionResult``; ``edit`` and ``interpolate`` reuse Δθ.
+def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.PathLike, *,
+                  default_method: str | None = None, dtype: torch.dtype | None = None,
+                  align_scale: float = 1.0) -> Path:
+    """Write a bundle atomically (built beside ``path``, then swapped in); the modules are not changed.
 
-    ``name``: how the model was asked for (a catalogue name or a path); inversion files record it.
+    An existing folder at ``path`` is replaced only if it is a pipeline we wrote; anything else is an error and
+    is left untouched. Components shared by several methods are written once; methods that need no components
+    are not stored (they run on any bundle). ``dtype``: store floating weights in it (e.g. ``torch.float16``).
+    """
+    from .io.gan import save_gan
+
+    methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
+    stored = {name: m for name, m in methods.items() if m.components}
+    if not stored:
+        raise ValueError("none of these methods has trained parts to save")
+    generator = next(iter(stored.values())).generator
+    with staged_directory(path, "pipeline") as tmp:
+        save_gan(tmp / "generator", generator, dtype=dtype)
+        folders: dict[int, str] = {}  # id(component) -> its folder
+        entries = {}
+        for name, method in stored.items():
+            components = {}
+            for role, module in method.parts().items():
+                if id(module) not in folders:
+                    folder = role if role not in folders.values() else f"{name}_{role}"
+                    save_component_module(tmp / folder, module, dtype=dtype)
+                    folders[id(module)] = folder
+                components[role] = folders[id(module)]
+            entries[name] = {"components": components, "settings": method.settings()}
+        default = default_method if default_method in entries else next(iter(entries))
+        index = {"format": PIPELINE_FORMAT, "format_version": FORMAT_VERSION, "generator": "generator",
+                 "default_method": default, "align_scale": align_scale, "methods": entries}
+        atomic_write_bytes(tmp / PIPELINE_INDEX, (json.dumps(index, indent=2) + "\n").encode())
+    return Path(path)
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------
+
+
+class InversionPipeline:
+    """A generator and the methods trained for it: ``invert`` -> ``InversionResult``; ``edit``, ``interpolate``
+    and ``render`` work the same for every method (codes move, the image's own offsets stay).
+
+    ``methods``: one inverter, or several by name, all over the same generator. ``default_method``: the one
+    ``invert`` uses unless told (default: the first). ``name``: how the model was asked for (a catalogue name or
+    a path); inversion files record it. ``align_scale``: the face-crop scale that matches the training framing.
     """
 
-    def __init__(self, model: HyperInverter, *, device: str | torch.device = "auto", align_scale: float = 1.0,
-                 name: str = "") -> None:
+    def __init__(self, methods: Inverter | Mapping[str, Inverter], *, default_method: str | None = None,
+                 device: str | torch.device = "auto", align_scale: float = 1.0, name: str = "") -> None:
+        methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
+        if not methods:
+            raise ValueError("a pipeline needs at least one method")
+        generators = {id(m.generator) for m in methods.values()}
+        if len(generators) != 1:
+            raise ValueError("every method of a pipeline must share one generator")
         self.device = resolve_device(device)
         self.align_scale = align_scale
         self.name = name
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
+        self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
+                        for k, m in methods.items()}
+        self.default_method = default_method or next(iter(methods))
+        if self.default_method not in self.available_methods():
+            raise ValueError(f"method {self.default_method!r} is not available here; available: "
+                             f"{', '.join(self.available_methods())}")
         self._fingerprint: str | None = None
 
     @property
-    def generator(self):
-        return self.model.generator
+    def generator(self) -> Generator:
+        return next(iter(self.methods.values())).generator
+
+    def available_methods(self) -> list[str]:
+        """The bundle's methods, then the registered methods that need no trained parts (they run anywhere)."""
+        free = [n for n, cls in registered_methods().items() if not cls.components and n not in self.methods]
+        return list(self.methods) + sorted(free)
+
+    def inverter(self, method: str | None = None) -> Inverter:
+        """The method ``method`` (default: the pipeline's default)."""
+        name = method or self.default_method
+        if name not in self.methods:
+            cls = get_method(name)
+            if cls.components:
+                raise ValueError(f"this model has no trained {name} (it needs {', '.join(cls.components)}); "
+                                 f"available: {', '.join(self.available_methods())}")
+            self.methods[name] = cls(self.generator).to(self.device).eval()
+        return self.methods[name]
 
     @property
     def fingerprint(self) -> str:
@@ -155,34 +243,50 @@ class InversionPipeline:
 
     # --- loading and saving ----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device = "auto") -> InversionPipeline:
-        """Load a pipeline folder, or a catalogue name (bundled or downloaded models)."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, method: str | None = None,
+                        device: str | torch.device = "auto") -> InversionPipeline:
+        """Load a bundle folder, or a catalogue name (bundled or downloaded models). ``method``: the default
+        method from now on (default: the bundle's own)."""
         from .hub import local_model_path
 
         path = local_model_path(name_or_path)
         index = read_pipeline_index(path)
-        generator = load_gan(path / "generator").generator
-        parts = {name: load_component(path / name) for name in index["components"] if name != "generator"}
-        try:
-            model = HyperInverter(generator=generator, w_encoder=parts["w_encoder"],
-                                  feature_encoder=parts.get("feature_encoder"),
-                                  hypernetwork=parts.get("hypernetwork"),
-                                  encoder_resolution=index["encoder_resolution"])
-        except ValueError as e:
-            raise CheckpointError(path, str(e)) from None
-        return cls(model, device=device, align_scale=float(index.get("align_scale", 1.0)),
-                   name=os.fsdecode(name_or_path))
+        generator = load_gan(path / index["generator"]).generator
+        loaded: dict[str, nn.Module] = {}  # folder -> component, so that shared components load once
+        methods = {}
+        for name, entry in index["methods"].items():
+            try:
+                method_class = get_method(name)
+            except ValueError as e:
+                raise SchemaError(path / PIPELINE_INDEX, str(e)) from None
+            parts = {}
+            for role, folder in entry.get("components", {}).items():
+                if folder not in loaded:
+                    loaded[folder] = load_component(path / folder)
+                parts[role] = loaded[folder]
+            missing = sorted(set(method_class.components) - set(parts))
+            if missing:
+                raise SchemaError(path / PIPELINE_INDEX, f"'methods.{name}' lacks the components {missing}")
+            try:
+                methods[name] = method_class.from_parts(generator, parts, entry.get("settings", {}))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
+        methods = {n: methods[n] for n in index["methods"]}
+        return cls(methods, default_method=method or index["default_method"], device=device,
+                   align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path))
 
-    def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        return save_pipeline(self.model, path, dtype=dtype, align_scale=self.align_scale)
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+        """Write the bundle (see :func:`save_pipeline`)."""
+        return save_pipeline(self.methods, path, default_method=self.default_method, dtype=dtype,
+                             align_scale=self.align_scale)
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """PIL images or paths -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and channel count.
 
         Files go through :func:`hyperinverter.io.images.read_image`. A non-square image gives its centred square
-        (never squashed); align faces first for face models. Tensors are passed through (they must already be in
-        [-1,1] with the generator's channel count).
+        (never squashed); align faces first for face models. Tensors are passed through (they must already be
+        ``[B,C,R,R]`` in [-1,1] with the generator's channel count and resolution).
         """
         G = self.generator
         if isinstance(images, torch.Tensor):
@@ -193,46 +297,29 @@ class InversionPipeline:
             if not tensors:
                 raise ValueError("no images given")
             x = torch.cat(tensors)
-        if x.ndim != 4 or x.shape[1] != G.config.img_channels:
-            raise ValueError(f"images must be [B,{G.config.img_channels},H,W] for this generator, got "
+        expected = (G.config.img_channels, G.resolution, G.resolution)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] for this generator, got "
                              f"{tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(None, "the input images hold NaN or infinite values")
         return x.to(self.device, torch.float32)
 
     # --- inference --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def invert(
-        self,
-        images: torch.Tensor | Sequence[Image.Image | str | Path],
-        *,
-        batch_size: int = 8,
-        phase2: bool = True,
-        check_finite: bool = True,
-    ) -> InversionResult:
-        """Invert ``images``; the batch is split into chunks of ``batch_size`` (results do not depend on it).
+    def invert(self, images: torch.Tensor | Sequence[Image.Image | str | Path], *, method: str | None = None,
+               batch_size: int = 8, check_finite: bool = True, **options: Any) -> InversionResult:
+        """Invert ``images`` with ``method`` (default: the pipeline's), in chunks of ``batch_size`` (results do
+        not depend on it). ``options``: the method's own (see ``hyperinverter methods``).
 
-        A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns it,
-        for callers that report such samples one by one).
+        A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
+        it, for callers that report such samples one by one).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        inverter = self.inverter(method)
         x = self.prepare(images)
-        results = []
-        for start in range(0, x.shape[0], batch_size):
-            chunk = x[start : start + batch_size]
-            t0 = time.perf_counter()
-            ws = self.model.encode_w(chunk)
-            w_image = self.generator.synthesis(ws, noise_mode="const")
-            _sync(self.device)
-            t1 = time.perf_counter()
-            delta, image = None, w_image
-            if phase2 and self.model.has_phase2:
-                delta = self.model.predict_delta(chunk, w_image)
-                image = self.generator.synthesis(ws, weight_delta=delta, noise_mode="const")
-            _sync(self.device)
-            t2 = time.perf_counter()
-            results.append(InversionResult(ws=ws, image=image, weight_delta=delta, w_image=w_image,
-                                           timings={"phase1": t1 - t0, "phase2": t2 - t1}))
-        result = InversionResult.cat(results)
+        result = InversionResult.cat([inverter.invert(x[i : i + batch_size], **options)
+                                      for i in range(0, x.shape[0], batch_size)])
         if check_finite:
             ensure_finite(result.image, "the reconstruction")
         return result
@@ -242,7 +329,7 @@ class InversionPipeline:
         images = self.generator.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images, "the rendered image")
 
-    def load_result(self, path: str | Path) -> tuple[InversionResult, dict]:
+    def load_result(self, path: str | os.PathLike) -> tuple[InversionResult, dict]:
         """An inversion file (written by ``invert``) rendered by this model -> (result, its record).
 
         A file made with another model (other code or Δθ shapes, or another generator's fingerprint) is an error
@@ -259,27 +346,30 @@ class InversionPipeline:
 
     @torch.no_grad()
     def edit(self, result: InversionResult, direction: Direction, strength: float | None = None) -> torch.Tensor:
-        """Edit the codes only and render with the image's own Δθ (as in the paper)."""
+        """Edit the codes only and render with the image's own Δθ (as in the papers)."""
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         return self.render(ws, delta)
 
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:
-        """Lerp both ``ws`` and every layer's Δθ from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
+        """Lerp both ``ws`` and every offset from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
         if steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
         return torch.cat([self.blend(a, b, t) for t in torch.linspace(0, 1, steps).tolist()])
 
     @torch.no_grad()
     def blend(self, a: InversionResult, b: InversionResult, t: float) -> torch.Tensor:
-        """The image at fraction ``t`` of the way from ``a`` to ``b`` (codes and Δθ lerped) -> ``[1,C,R,R]``."""
+        """The image at fraction ``t`` of the way from ``a`` to ``b`` (codes and offsets lerped) -> ``[1,C,R,R]``.
+
+        When only one end has offsets (a W method and HyperInverter, say), the other end counts as no offset.
+        """
         if len(a) != 1 or len(b) != 1:
             raise ValueError("interpolate takes one image per end point")
         if a.ws.shape != b.ws.shape:
             raise ValueError(f"the two end points come from different models (codes {tuple(a.ws.shape)} and "
                              f"{tuple(b.ws.shape)})")
-        delta = None
-        if a.weight_delta is not None and b.weight_delta is not None:
-            delta = a.weight_delta.lerp(b.weight_delta, t)
+        if not 0.0 <= t <= 1.0 or not math.isfinite(t):
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        delta = WeightDelta.blend(a.weight_delta, b.weight_delta, t)
         return self.render(torch.lerp(a.ws, b.ws.to(a.ws), t), delta)

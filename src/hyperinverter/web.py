@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from .editing.directions import Direction, load_model_directions
-from .inversion.base import InversionResult
 from .errors import ImageReadError
 from .io.images import enlarge_nearest, make_grid, read_image, tensor_to_pil
+from .methods import InversionResult
 from .pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,15 @@ class WebSession:
         images = enlarge_nearest(images.cpu(), self.display_size)
         return tensor_to_pil(make_grid(images, nrow=len(images)))[0].convert("RGB")
 
+    def comparison_labels(self) -> list[str]:
+        method = self.pipe.inverter()
+        return ["input"] + ([method.initial_label or "first pass"] if method.initial_label else []) + [method.label]
+
     def comparison(self, item: WebInversion) -> Image.Image:
-        """input | Phase I | HyperInverter."""
+        """input | the method's first pass (if it has one) | its result."""
         r = item.result
-        w_image = r.w_image if r.w_image is not None else r.image
-        return self.to_display(torch.cat([item.input.cpu(), w_image.cpu(), r.image.cpu()]))
+        panels = [item.input, r.initial_image, r.image] if r.initial_image is not None else [item.input, r.image]
+        return self.to_display(torch.cat([p.cpu() for p in panels]))
 
     def edit(self, item: WebInversion, direction: str, strength: float, *, paste_back: bool = False) -> Image.Image:
         """The edited image (the codes move, Δθ is reused); pasted back into the photo if asked and aligned."""
@@ -142,7 +146,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         s = session(name)
         names = sorted(s.directions)
         return (gr.update(choices=names, value=names[0] if names else None),
-                gr.update(value=s.pipe.generator.config.img_channels == 3 and s.detector is not None))
+                gr.update(value=s.pipe.generator.config.img_channels == 3 and s.detector is not None),
+                gr.update(label=" | ".join(s.comparison_labels())))
 
     def on_invert(name, photo, align):
         s = session(name)
@@ -211,8 +216,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
         edit_inputs = [model, items, face, direction, strength, paste]
         blend_inputs = [model, items, face, second, t]
-        app.load(on_model, [model], [direction, align])
-        model.change(on_model, [model], [direction, align])
+        app.load(on_model, [model], [direction, align, compare])
+        model.change(on_model, [model], [direction, align, compare])
         run.click(on_invert, [model, photo, align], [items, compare, face, status]).then(
             on_edit, edit_inputs, [edited]).then(on_blend, blend_inputs, [blended])
         face.change(on_pick, [model, items, face], [compare]).then(on_edit, edit_inputs, [edited])

@@ -9,7 +9,6 @@ from pathlib import Path
 from .arguments import add_device, finite_float, port, positive_float, positive_int
 
 
-
 def _generate(sub) -> None:
     p = sub.add_parser("generate", help="render samples from a generator file (any supported format)")
     p.add_argument("--model", required=True,

@@ -17,6 +17,22 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     add_device(p)
 
 
+def _option(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. iterations=3")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _add_method(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default=None,
+                   help="the inversion method (default: the model's own; see `hyperinverter methods`)")
+    p.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                   help="an option of the method, e.g. iterations=3 (repeatable; see `hyperinverter methods`)")
+
+
 def _steps(text: str) -> int:
     value = positive_int(text)
     if value < 2:
@@ -38,7 +54,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--overwrite", action="store_true",
                    help="invert again the inputs whose results are already in --out (default: skip them)")
-    p.add_argument("--phase1-only", action="store_true", help="stop after Phase I (W encoder only)")
+    _add_method(p)
+    p.add_argument("--phase1-only", action="store_const", dest="method", const="phase1",
+                   help="the same as --method phase1 (the W encoder alone)")
     p.add_argument("--align", action="store_true",
                    help="find every face (dlib 68 landmarks) and FFHQ-align it at the model's crop scale; the "
                    "placement is kept so that `edit --paste-back` can put edits back into the photo")
@@ -50,6 +68,7 @@ def register(sub) -> None:
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
     p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`")
     _add_model(p)
+    _add_method(p)
     p.add_argument("--direction", required=True, type=Path, help="InterFaceGAN .pt/.npy, GANSpace .pt, or ours")
     p.add_argument("--strength", type=finite_float, nargs="+", default=None,
                    help="one or more strengths (GANSpace: the value the coordinate is set to)")
@@ -65,6 +84,7 @@ def register(sub) -> None:
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     _add_model(p)
+    _add_method(p)
     p.add_argument("--steps", type=_steps, default=8)
     p.add_argument("--out", required=True, type=Path, help="output stem: writes OUT.png and OUT.gif")
     p.set_defaults(func=run_interpolate)
@@ -76,6 +96,7 @@ def register(sub) -> None:
                        "wrote it.")
     p.add_argument("input", type=Path, help="an image or a .safetensors file written by `invert`")
     _add_model(p)
+    _add_method(p)
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
     p.set_defaults(func=run_export)
 
@@ -90,6 +111,9 @@ def register(sub) -> None:
     p = sub.add_parser("models", help="list bundled and downloadable models")
     p.set_defaults(func=run_models)
 
+    p = sub.add_parser("methods", help="list the inversion methods, what each needs and its options")
+    p.set_defaults(func=run_methods)
+
     p = sub.add_parser("download", help="fetch a catalogue model into the cache and verify its sha256")
     p.add_argument("name")
     p.set_defaults(func=run_download)
@@ -98,14 +122,20 @@ def register(sub) -> None:
 def _load_pipeline(args):
     from ..pipeline import InversionPipeline
 
-    return InversionPipeline.from_pretrained(args.model, device=args.device)
+    pipe = InversionPipeline.from_pretrained(args.model, device=args.device)
+    method = getattr(args, "method", None)
+    if method is not None:
+        pipe.inverter(method)  # an unknown or unavailable method is an error now, before any work
+        pipe.default_method = method
+    return pipe
 
 
-def _result_for(pipe, path: Path):
-    """(``InversionResult``, record) for an inversion file (checked against the model) or an image (inverted)."""
+def _result_for(pipe, path: Path, args):
+    """(``InversionResult``, record) for an inversion file (checked against the model) or an image (inverted
+    with ``--method`` and its ``--option``s)."""
     if path.suffix == ".safetensors":
         return pipe.load_result(path)
-    return pipe.invert([path]), {"placement": None, "source": str(path)}
+    return pipe.invert([path], **dict(getattr(args, "option", []))), {"placement": None, "source": str(path)}
 
 
 def _report_failures(failures) -> None:
@@ -135,7 +165,7 @@ def run_invert(args: argparse.Namespace) -> int:
         _report_failures(failures)
         print(f"inverted nothing: none of the {len(failures)} input(s) can be read", file=sys.stderr)
         return 1
-    report = invert_files(pipe, found.paths, args.out, batch_size=args.batch_size, phase2=not args.phase1_only,
+    report = invert_files(pipe, found.paths, args.out, options=dict(args.option), batch_size=args.batch_size,
                           detector=detector, model_name=str(args.model), overwrite=args.overwrite)
     failures += report.failed
     _report_failures(failures)
@@ -177,7 +207,7 @@ def run_edit(args: argparse.Namespace) -> int:
     failures, done = [], 0
     for path in args.inputs:
         try:
-            result, record = _result_for(pipe, path)
+            result, record = _result_for(pipe, path, args)
         except InputError as e:
             failures.append(e)
             continue
@@ -215,7 +245,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
     from ..io.images import gif_bytes, image_bytes, make_grid
 
     pipe = _load_pipeline(args)
-    frames = pipe.interpolate(_result_for(pipe, args.a)[0], _result_for(pipe, args.b)[0], steps=args.steps).cpu()
+    frames = pipe.interpolate(_result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0],
+                              steps=args.steps).cpu()
     out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif") else args.out
     png, gif = out.with_name(out.name + ".png"), out.with_name(out.name + ".gif")
     atomic_write_group([(png, image_bytes(make_grid(frames, nrow=len(frames)))),
@@ -225,12 +256,12 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..convert.gan_files import check_rosinality_replaceable, save_gan, save_rosinality
-    from ..errors import InputError
-    from ..inversion.base import InversionResult
+    from ..convert.gan_files import check_rosinality_replaceable, save_rosinality
     from ..inversion.export import bake_weight_delta
     from ..inversion.files import inversion_bytes
     from ..io.files import check_replaceable
+    from ..io.gan import save_gan
+    from ..methods import InversionResult
 
     rosinality = args.out.suffix in (".pt", ".pth")
     if rosinality:  # refuse an output that is not ours before any work
@@ -238,10 +269,9 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         check_replaceable(args.out, "generator")
     pipe = _load_pipeline(args)
-    result, _ = _result_for(pipe, args.input)
-    if result.weight_delta is None:
-        raise InputError(args.input, "has no Δθ (a Phase I model?): the exported generator would be unchanged")
-    baked = bake_weight_delta(pipe.generator, result.weight_delta.select(0)).cpu()
+    result, _ = _result_for(pipe, args.input, args)
+    # A method without offsets exports the generator unchanged, with the image's codes beside it.
+    baked = bake_weight_delta(pipe.generator, result.weight_delta.select(0) if result.weight_delta else None).cpu()
     ws = result.ws[:1].cpu()
     # The baked generator renders the image from the inverted code (no offsets any more): the code goes with it,
     # in the same atomic write.
@@ -280,6 +310,16 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_methods(args: argparse.Namespace) -> int:
+    from ..methods import registered_methods
+
+    for name, cls in sorted(registered_methods().items()):
+        needs = ", ".join(cls.components) if cls.components else "nothing trained (runs on any generator)"
+        options = ", ".join(f"{k}={v!r}" for k, v in cls.options.items()) or "none"
+        print(f"{name}: {cls.label}. {cls.summary}\n    needs: {needs}\n    options: {options}")
+    return 0
+
+
 def run_download(args: argparse.Namespace) -> int:
     from ..hub import download
 
@@ -289,15 +329,17 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def register_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score Phase I and HyperInverter on a held-out image folder",
-                       description="Inverts every image of DATA and reports MSE, PSNR, SSIM, MS-SSIM (and identity "
-                       "similarity with SFace when --identity is given) for Phase I and the final result. "
+    p = sub.add_parser("evaluate", help="score every method of a model on a held-out image folder",
+                       description="Inverts every image of DATA with each method and reports MSE, PSNR, SSIM, "
+                       "MS-SSIM (and identity similarity with SFace when --identity is given) and seconds per image. "
                        "Unreadable images are listed in the report and left out; the exit status is then 1.")
     p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
     _add_model(p)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
+                   help="comma-separated methods to score (default: every trained method of the model)")
     p.add_argument("--out", required=True, type=Path, help="report stem: writes OUT.md and OUT.json")
     p.set_defaults(func=run_evaluate)
 
@@ -326,13 +368,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         embedder = load_identity_embedder("sface", pipe.device)
         crop = crop_for_align_scale(FFHQ_CROP, pipe.align_scale)  # the face box of this model's framing
         extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b, crop=crop)
-    report = evaluate(pipe, images, dataset=str(args.data), batch_size=args.batch_size, extra_metrics=extra)
+    for method in args.methods or []:
+        pipe.inverter(method)  # an unknown or unavailable method is an error before any work
+    report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
+                      extra_metrics=extra)
     report.notes.append(f"model: {args.model}")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)
     print(report.to_markdown())
-    bars = quality_bars(report)
-    print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
+    if {"phase1", "hyperinverter"} <= report.metrics.keys():
+        bars = quality_bars(report)
+        print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
     _report_failures(failures)
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
     return 1 if failures else 0

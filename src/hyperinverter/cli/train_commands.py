@@ -12,7 +12,7 @@ TRAINERS = {
     "w-encoder": ("hyperinverter.training.inversion", "InversionTrainingConfig", "train_w_encoder",
                   "Phase I: the W encoder E1"),
     "hypernetwork": ("hyperinverter.training.inversion", "InversionTrainingConfig", "train_hypernetwork",
-                     "Phase II: E2 and the hypernetworks, E1 and G frozen"),
+                     "Phase II: the feature encoder and the hypernetworks, E1 and G frozen"),
 }
 
 

@@ -5,7 +5,7 @@ Every loader maps keys explicitly, checks names and shapes before touching the m
 ``torch.load(..., weights_only=True)``: nothing is unpickled beyond tensors and plain containers.
 
 * ``load_ir_se_trunk``: TreB1eN/pSp ``model_ir_se50.pth`` (a plain state dict) into the ``input_layer`` and
-  ``body`` of an ``IRSEBackbone``, ``WEncoder`` or ``LayerWiseEncoder`` (and into ``output_layer`` if the
+  ``body`` of an ``IRSEBackbone``, ``WEncoder`` or ``FeatureEncoder`` (and into ``output_layer`` if the
   target has one).
 * ``load_torchvision_resnet``: torchvision ``resnet34-333f7ec4.pth`` (``conv1``, ``bn1``, ``layer{1..4}.{j}``,
   ``fc``) into the ``conv1``/``bn1``/``body.{n}`` of a ResNet trunk; ``relu`` (a PReLU) has no counterpart.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ..models.encoders.backbones import Backbone, IRSEBackbone, ResNetBackbone, TrunkHost
 from ..errors import CheckpointError
 from ..io.checkpoints import load_weights_only
+from ..models.encoders.backbones import Backbone, IRSEBackbone, ResNetBackbone, TrunkHost
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def load_ir_se_trunk(
 ) -> list[str]:
     """Load an ArcFace/pSp IR-SE state dict (e.g. ``model_ir_se50.pth``) into ``target``'s trunk, strictly.
 
-    ``target``: an ``IRSEBackbone`` or an encoder on one (``WEncoder``/``LayerWiseEncoder`` with ``"ir_se"``).
+    ``target``: an ``IRSEBackbone`` or an encoder on one (``WEncoder``/``FeatureEncoder`` with ``"ir_se"``).
     Every ``input_layer.*``/``body.*`` tensor of the target must be in the file with the same shape and vice
     versa; ``output_layer.*`` is loaded too if the target has an output layer, else skipped. Any other key is
     an error. With ``adapt_input_channels`` a 1- or >3-channel target takes the RGB stem kernel (summed, or
@@ -210,7 +210,7 @@ def load_torchvision_resnet(
 def load_prefixed_state_dict(target: nn.Module, source: StateDictSource, *, prefix: str = "encoder") -> None:
     """Strictly load the ``<prefix>.*`` tensors of a (pSp-style) checkpoint into ``target``, prefix stripped.
 
-    ``prefix="encoder"`` for pSp/e4e/HyperInverter W-encoder files, ``"w_bar_encoder"`` for E2 inside a
+    ``prefix="encoder"`` for pSp/e4e/HyperInverter W-encoder files, ``"w_bar_encoder"`` for the feature encoder inside a
     HyperInverter checkpoint. Other prefixes are ignored; under the prefix, keys must match exactly.
     """
     state = read_state_dict(source)

@@ -23,24 +23,15 @@ from typing import Literal
 import torch
 
 from ..errors import CheckpointError, OutputError
-from ..io.checkpoints import (
-    CONFIG_NAME,
-    config_from_header,
-    instantiate_strict,
-    load_state_dict_strict,
-    load_weights_only,
-    read_component,
-    save_component,
-)
-from ..io.files import atomic_write_bytes, check_replaceable, staged_directory
+from ..io.checkpoints import instantiate_strict, load_state_dict_strict, load_weights_only
+from ..io.files import atomic_write_bytes, check_replaceable
+from ..io.gan import load_gan_folder, save_gan
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from . import rosinality
 
 logger = logging.getLogger(__name__)
 
 GeneratorFormat = Literal["hyperinverter", "rosinality", "nvidia"]
-GENERATOR_TYPE = "stylegan2-generator"
-DISCRIMINATOR_TYPE = "stylegan2-discriminator"
 
 
 @dataclass
@@ -67,53 +58,6 @@ def detect_format(path: Path) -> GeneratorFormat:
     if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
         return "nvidia"
     return "rosinality"
-
-
-# --- hyperinverter ----------------------------------------------------------------------------------
-
-
-def _load_ours(path: Path, with_discriminator: bool) -> LoadedGAN:
-    path = Path(path)
-    gen_path = path / "generator" if (path / "generator" / CONFIG_NAME).is_file() else path
-    header, sd = read_component(gen_path)
-    if header["model_type"] != GENERATOR_TYPE:
-        raise CheckpointError(gen_path, f"holds a {header['model_type']!r}, not a {GENERATOR_TYPE!r}")
-    config = config_from_header(GeneratorConfig, header, source=gen_path)
-    G = instantiate_strict(lambda: Generator.from_config(config), sd, source=str(gen_path))
-    D = None
-    d_path = path / "discriminator"
-    if with_discriminator and (d_path / CONFIG_NAME).is_file():
-        d_header, d_sd = read_component(d_path)
-        if d_header["model_type"] != DISCRIMINATOR_TYPE:
-            raise CheckpointError(d_path, f"holds a {d_header['model_type']!r}, not a {DISCRIMINATOR_TYPE!r}")
-        d_config = config_from_header(DiscriminatorConfig, d_header, source=d_path)
-        D = instantiate_strict(lambda: Discriminator.from_config(d_config), d_sd, source=str(d_path))
-    return LoadedGAN(G, D, "hyperinverter")
-
-
-def save_gan(
-    path: Path,
-    generator: Generator,
-    discriminator: Discriminator | None = None,
-    *,
-    dtype: torch.dtype | None = None,
-    extras: dict | None = None,
-    files: dict[str, bytes] | None = None,
-) -> None:
-    """Write our format. Without a discriminator, ``path`` is a plain generator folder.
-
-    An existing folder at ``path`` is replaced only if it is a generator we wrote; ``files`` (name -> bytes) are
-    written into the folder too, in the same atomic step (``export-generator`` adds the image's codes).
-    """
-    with staged_directory(path, "generator") as tmp:
-        gen_dir = tmp / "generator" if discriminator is not None else tmp
-        save_component(gen_dir, generator.state_dict(), model_type=GENERATOR_TYPE,
-                       config=generator.config.to_dict(), extras=extras, dtype=dtype)
-        if discriminator is not None:
-            save_component(tmp / "discriminator", discriminator.state_dict(), model_type=DISCRIMINATOR_TYPE,
-                           config=discriminator.config.to_dict(), dtype=dtype)
-        for name, data in (files or {}).items():
-            atomic_write_bytes(tmp / name, data)
 
 
 # --- rosinality -------------------------------------------------------------------------------------
@@ -165,7 +109,7 @@ def _load_rosinality(path: Path) -> LoadedGAN:
         sd, absent = rosinality.to_nvidia(ckpt["g_ema"], config, latent_avg=latent_avg)
     except (CheckpointError, ValueError) as e:
         raise CheckpointError(path, str(e)) from None
-    G = Generator.from_config(config)
+    G = Generator(config)
     _fill_absent(G, sd, absent, str(path))
     if not absent:
         load_state_dict_strict(G, sd, source=str(path))
@@ -278,10 +222,10 @@ def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
         raise
     except (KeyError, TypeError, ValueError) as e:  # constructor arguments missing or of the wrong type
         raise CheckpointError(path, f"its networks' constructor arguments are not StyleGAN2's ({e!r})") from None
-    G = instantiate_strict(lambda: Generator.from_config(g_config), g.state_dict, source=f"{path} [G_ema]")
+    G = instantiate_strict(lambda: Generator(g_config), g.state_dict, source=f"{path} [G_ema]")
     D = None
     if d_config is not None:
-        D = instantiate_strict(lambda: Discriminator.from_config(d_config), nets["D"].state_dict,
+        D = instantiate_strict(lambda: Discriminator(d_config), nets["D"].state_dict,
                                source=f"{path} [D]")
     return LoadedGAN(G, D, "nvidia")
 
@@ -295,7 +239,7 @@ def load_gan(path: str | Path, *, with_discriminator: bool = False, device: str 
     fmt = detect_format(path)
     logger.info("loading %s generator from %s", fmt, path)
     if fmt == "hyperinverter":
-        gan = _load_ours(path, with_discriminator)
+        gan = LoadedGAN(*load_gan_folder(path, with_discriminator=with_discriminator), "hyperinverter")
     elif fmt == "nvidia":
         gan = _load_nvidia(path, with_discriminator)
     else:

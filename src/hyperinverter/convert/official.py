@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ..models.encoders import LayerWiseEncoder, WEncoder
-from ..models.hyperinverter import HyperInverter
+from ..errors import CheckpointError
+from ..io.checkpoints import load_weights_only
+from ..methods.hyperinverter import HyperInverter
+from ..methods.phase1 import Phase1
+from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
 from ..models.stylegan2 import Generator
-from ..io.checkpoints import load_weights_only
 from .backbones import read_state_dict
-from ..errors import CheckpointError
 from .gan_files import load_gan
 
 logger = logging.getLogger(__name__)
@@ -64,14 +65,14 @@ def w_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str) ->
 
     if "linear.weight" not in sd:
         raise CheckpointError(f"{source}: no linear.weight: not a W encoder (pSp/e4e W+ encoders are not W encoders)")
-    encoder = WEncoder(**_trunk_spec(sd), w_dim=sd["linear.weight"].shape[0])
+    encoder = WEncoder(WEncoderConfig(**_trunk_spec(sd), w_dim=sd["linear.weight"].shape[0]))
     load_state_dict_strict(encoder, sd, source=source)
     return encoder
 
 
 def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str, input_size: int | None = None,
-                                    feature_size: int | None = None) -> LayerWiseEncoder:
-    """Build a ``LayerWiseEncoder`` shaped like ``sd`` and load it strictly.
+                                    feature_size: int | None = None) -> FeatureEncoder:
+    """Build a ``FeatureEncoder`` shaped like ``sd`` and load it strictly.
 
     The state dict does not say the input size: give it, or the feature size its consumer expects (each head
     halves the FPN's 1/16-scale map once per stride-2 conv, so either one fixes the other).
@@ -80,7 +81,7 @@ def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: s
 
     n_styles = len({int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k))})
     if n_styles == 0:
-        raise CheckpointError(f"{source}: no styles.N.* heads: not a layer-wise encoder")
+        raise CheckpointError(f"{source}: no styles.N.* heads: not a feature encoder")
     convs0 = sorted(int(m.group(1)) for k in sd if (m := re.match(r"styles\.0\.convs\.(\d+)\.weight", k)))
     feature_channels = (sd["styles.0.convs.0.weight"].shape[0] if convs0 else sd["latlayer1.weight"].shape[0])
     if (input_size is None) == (feature_size is None):
@@ -88,8 +89,8 @@ def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: s
     if input_size is None:
         input_size = feature_size * 16 * 2 ** len(convs0)
     feature_size = input_size // 16 // 2 ** len(convs0)
-    encoder = LayerWiseEncoder(**_trunk_spec(sd), input_size=input_size, n_styles=n_styles,
-                               feature_channels=feature_channels, feature_size=feature_size)
+    encoder = FeatureEncoder(FeatureEncoderConfig(**_trunk_spec(sd), input_size=input_size, n_styles=n_styles,
+                               feature_channels=feature_channels, feature_size=feature_size))
     load_state_dict_strict(encoder, sd, source=source)
     return encoder
 
@@ -164,13 +165,13 @@ def _hyperinverter_from(checkpoint: Path, ckpt: Mapping, generator: str | Path |
         raise CheckpointError(f"{checkpoint}: W encoder makes {w_encoder.w_dim}-d codes, the generator takes {G.w_dim}")
     logger.info("loaded %s (%s, %d targets, D=%d)", checkpoint, w_encoder.config.backbone,
                 len(hypernetwork.targets), hypernetwork.config.hidden_dim)
-    return HyperInverter(generator=G, w_encoder=w_encoder, feature_encoder=feature_encoder,
+    return HyperInverter(G, w_encoder=w_encoder, feature_encoder=feature_encoder,
                          hypernetwork=hypernetwork, encoder_resolution=encoder_resolution)
 
 
 def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator, *,
-                       encoder_resolution: int = 256) -> HyperInverter:
-    """A pSp/e4e-style W-encoder checkpoint (``encoder.*`` keys; ``decoder.*`` ignored) as a Phase-I-only model."""
+                       encoder_resolution: int = 256) -> Phase1:
+    """A pSp/e4e-style W-encoder checkpoint (``encoder.*`` keys; ``decoder.*`` ignored) as the ``phase1`` method."""
     checkpoint = Path(checkpoint)
     sd = read_state_dict(checkpoint)
     try:
@@ -180,7 +181,7 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
 
 
 def _psp_w_encoder_from(checkpoint: Path, sd: dict, generator: str | Path | Generator,
-                        encoder_resolution: int) -> HyperInverter:
+                        encoder_resolution: int) -> Phase1:
     extra = sorted(k for k in sd if not k.startswith(("encoder.", "decoder.")))
     if extra:
         raise CheckpointError(f"{checkpoint}: unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
@@ -188,4 +189,4 @@ def _psp_w_encoder_from(checkpoint: Path, sd: dict, generator: str | Path | Gene
     encoder = w_encoder_from_state_dict(_strip(sd, "encoder."), source=f"{checkpoint} [encoder]")
     if encoder.w_dim != G.w_dim:
         raise CheckpointError(f"{checkpoint}: W encoder makes {encoder.w_dim}-d codes, the generator takes {G.w_dim}")
-    return HyperInverter(generator=G, w_encoder=encoder, encoder_resolution=encoder_resolution)
+    return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution)

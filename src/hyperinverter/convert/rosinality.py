@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import CheckpointError
 from ..models.stylegan2.generator import GeneratorConfig
 from ..ops.filters import setup_filter
-from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from ..hub import cache_dir as default_cache_dir
 from ..hub import sha256_of
 from ..io.checkpoints import read_safetensors, save_safetensors
 from ..models.sface import CACHE_FILENAME, SFace
-from ..errors import CheckpointError
 
 if TYPE_CHECKING:
     import onnx

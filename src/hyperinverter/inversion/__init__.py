@@ -1,5 +1,1 @@
-"""Every inversion method behind one interface: ``invert(images) -> InversionResult``."""
-
-from .base import InversionResult, Inverter
-
-__all__ = ["InversionResult", "Inverter"]
+"""Using any inversion method on files: batch inversion of folders, inversion files, exported generators."""

@@ -3,7 +3,7 @@
 For each picture, named after its file (``photo``, or ``photo-face1`` when a photo has several faces), it writes:
 
 * ``NAME.png``: the reconstruction;
-* ``NAME_compare.png``: input | Phase I | final;
+* ``NAME_compare.png``: input | the method's first pass (if it has one) | final;
 * ``NAME.safetensors``: ``ws`` and Δθ (see :mod:`hyperinverter.inversion.files`), with the face placement
   when the input was aligned, so that a later edit can be pasted back into the photo.
 
@@ -131,8 +131,9 @@ def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: in
     return pictures, failed
 
 
-def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, phase2: bool) -> bool:
-    """Whether a previous run left every picture of the input ``name``, made by this model with these options."""
+def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str) -> bool:
+    """Whether a previous run left every picture of the input ``name``, made by this model and method with
+    these options."""
 
     def record(picture: str) -> dict | None:
         path = output_paths(out_dir, picture)[2]
@@ -145,8 +146,8 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, phase
         return meta
 
     def matches(meta: dict | None) -> bool:
-        return (meta is not None and meta.get("generator") == fingerprint
-                and (meta.get("placement") is not None) == aligned and (meta.get("mode") is not None) == phase2)
+        return (meta is not None and meta.get("generator") == fingerprint and meta.get("method") == method
+                and (meta.get("placement") is not None) == aligned)
 
     first = record(name) or record(picture_name(name, 0, 2))
     if not matches(first):
@@ -168,10 +169,12 @@ def check_output_folder(out_dir: Path) -> Path:
     return out_dir
 
 
-def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, batch_size: int = 4, phase2: bool = True,
-                 detector=None, model_name: str = "", shard: bool = True, progress: bool = True,
+def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: str | None = None,
+                 options: Mapping[str, object] | None = None, batch_size: int = 4, detector=None,
+                 model_name: str = "", shard: bool = True, progress: bool = True,
                  overwrite: bool = False) -> BatchInversionReport:
-    """Invert every file of ``inputs`` (already expanded, see :func:`hyperinverter.io.images.find_images`).
+    """Invert every file of ``inputs`` (already expanded, see :func:`hyperinverter.io.images.find_images`) with
+    ``method`` (default: the pipeline's) and its ``options``.
 
     ``detector``: a face detector (e.g. :class:`hyperinverter.align.Dlib68Detector`) to align every face at the
     pipeline's ``align_scale``; None feeds whole images. ``shard``: split the files across torchrun ranks.
@@ -185,11 +188,11 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, batch_siz
     names = unique_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
     report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
-    phase2 = phase2 and pipe.model.has_phase2
+    method = pipe.inverter(method).name
     aligned = detector is not None
     todo = []
     for path, name in pairs:
-        if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, phase2=phase2):
+        if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method):
             report.skipped.append(path)
         else:
             todo.append((path, name))
@@ -211,7 +214,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, batch_siz
             continue
         x = torch.cat([p.image for p in pictures])
         t0 = time.perf_counter()
-        result = pipe.invert(x, batch_size=batch_size, phase2=phase2, check_finite=False).to("cpu")
+        result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False, **(options or {})).to("cpu")
         seconds += time.perf_counter() - t0
         count += len(pictures)
         # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
@@ -229,8 +232,10 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, batch_siz
                                                  "give another --out"))
                 continue
             one = result.select(i)
-            panels = torch.cat([x[i : i + 1], one.w_image, one.image])
-            record = inversion_bytes(one, source=picture.source, model=model_name, generator=pipe.fingerprint,
+            panels = torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None else [])
+                               + [one.image])
+            record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
+                                     generator=pipe.fingerprint,
                                      placement=picture.placement,
                                      picture={"index": picture.index, "count": picture.count})
             atomic_write_group([(targets[0], image_bytes(one.image)),

@@ -11,14 +11,17 @@ from ..models.weight_delta import WeightDelta
 
 
 @torch.no_grad()
-def bake_weight_delta(G: Generator, delta: WeightDelta) -> Generator:
-    """A copy of ``G`` whose synthesis parameters are θ+Δθ (or θ·(1+Δθ)) for the single sample in ``delta``."""
+def bake_weight_delta(G: Generator, delta: WeightDelta | None) -> Generator:
+    """A copy of ``G`` whose synthesis parameters are θ+Δθ (or θ·(1+Δθ)) for the single sample in ``delta``
+    (None: an unchanged copy, for methods without offsets)."""
+    baked = copy.deepcopy(G)
+    if delta is None:
+        return baked
     if delta.batch_size != 1:
         raise ValueError(f"bake one image's offsets at a time, got a batch of {delta.batch_size}")
-    baked = copy.deepcopy(G)
     params = dict(baked.synthesis.named_parameters())
     for name in delta:
         if name not in params:
-            raise KeyError(f"the generator has no synthesis parameter {name!r}")
+            raise ValueError(f"the generator has no synthesis parameter {name!r}")
         params[name].copy_(delta.apply(name, params[name])[0])
     return baked

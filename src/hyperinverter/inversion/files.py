@@ -1,8 +1,8 @@
 """Per-image inversion files: ``ws`` and every Δθ tensor in one safetensors file, with a checked record.
 
 Tensors: ``ws [1, num_ws, w_dim]`` and ``delta.<synthesis parameter> [1, *shape]``. Metadata ``inversion``: the
-``source`` image, the ``model`` name, the ``generator`` fingerprint (see :func:`generator_fingerprint`), the
-offset ``mode``, the face ``placement`` in the source photo (or null), and ``picture`` (this face's index and
+``source`` image, the ``model`` name, the inversion ``method``, the ``generator`` fingerprint (see
+:func:`generator_fingerprint`), the offset ``mode``, the face ``placement`` in the source photo (or null), and ``picture`` (this face's index and
 the number of faces found in the photo, so that a resumed batch knows whether a photo is complete).
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from ..errors import SchemaError
-from ..io.checkpoints import encode_safetensors, read_metadata_json, read_safetensors, save_safetensors
+from ..io.checkpoints import encode_safetensors, read_metadata_json, read_safetensors
+from ..methods.base import InversionResult
 from ..models.weight_delta import WeightDelta
-from .base import InversionResult
 
 _DELTA = "delta."
 
@@ -43,17 +43,18 @@ class InversionRecord:
 
     source: str
     model: str
+    method: str
     generator: str | None
     mode: str | None
     placement: dict | None
     picture: dict | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "model": self.model, "generator": self.generator, "mode": self.mode,
-                "placement": self.placement, "picture": self.picture}
+        return {"source": self.source, "model": self.model, "method": self.method, "generator": self.generator,
+                "mode": self.mode, "placement": self.placement, "picture": self.picture}
 
 
-def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", model: str = "",
+def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", model: str = "", method: str = "",
                     generator: str | None = None, placement: dict | None = None,
                     picture: dict | None = None) -> bytes:
     """The bytes of one image's inversion file (to write it together with its pictures)."""
@@ -64,7 +65,7 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
     if result.weight_delta is not None:
         mode = result.weight_delta.mode
         tensors.update({_DELTA + k: v for k, v in result.weight_delta.items()})
-    record = InversionRecord(os.fsdecode(source), model, generator, mode, placement, picture)
+    record = InversionRecord(os.fsdecode(source), model, method, generator, mode, placement, picture)
     _check_placement(record.placement, Path("<new inversion file>"))
     return encode_safetensors(tensors, {"inversion": json.dumps(record.as_dict())})
 
@@ -113,11 +114,13 @@ def _record(meta: Mapping[str, Any], path: Path) -> InversionRecord:
                                     and 0 <= picture["index"] < picture["count"]):
         raise SchemaError(path, f"'picture' must be null or {{index, count}} with 0 <= index < count, got {picture!r}")
     _check_placement(meta.get("placement"), path)
-    return InversionRecord(text("source"), text("model"), generator, mode, meta.get("placement"), picture)
+    return InversionRecord(text("source"), text("model"), text("method"), generator, mode, meta.get("placement"),
+                           picture)
 
 
 def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta | None, dict[str, Any]]:
-    """-> (ws, Δθ or None, record as a dict: source, model, generator, mode, placement, picture). Checked."""
+    """-> (ws, Δθ or None, record as a dict: source, model, method, generator, mode, placement, picture).
+    Checked."""
     path = Path(path)
     tensors, metadata = read_safetensors(path)
     record = _record(read_metadata_json(path, metadata, "inversion", "an inversion file (written by `invert`)"),

@@ -234,8 +234,15 @@ def output_kind(folder: Path) -> str | None:
 
 def _owned_entries(folder: Path, kind: str) -> frozenset[str]:
     if kind == "pipeline":
-        components = (_read_json(folder / PIPELINE_INDEX) or {}).get("components")
-        listed = {c for c in components if isinstance(c, str)} if isinstance(components, list) else set()
+        index = _read_json(folder / PIPELINE_INDEX) or {}
+        listed = {index["generator"]} if isinstance(index.get("generator"), str) else set()
+        components = index.get("components")  # format 1: a list of folders
+        if isinstance(components, list):
+            listed |= {c for c in components if isinstance(c, str)}
+        methods = index.get("methods")  # format 2: each method's role -> folder
+        for entry in methods.values() if isinstance(methods, dict) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("components"), dict):
+                listed |= {f for f in entry["components"].values() if isinstance(f, str)}
         return frozenset({PIPELINE_INDEX} | listed | PIPELINE_EXTRAS)
     return GENERATOR_ENTRIES
 

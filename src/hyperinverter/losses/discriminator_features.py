@@ -29,7 +29,7 @@ class DiscriminatorFeatureLoss(nn.Module):
     def __init__(self, discriminator: Discriminator, *, blocks: Sequence[int] | None = None) -> None:
         super().__init__()
         self.discriminator = copy.deepcopy(discriminator).eval().requires_grad_(False)
-        n = len(self.discriminator.block_resolutions)
+        n = len(self.discriminator.config.block_resolutions)
         self.blocks = tuple(range(n)) if blocks is None else tuple(blocks)
         if not self.blocks or min(self.blocks) < 0 or max(self.blocks) >= n:
             raise ValueError(f"blocks must index the {n} discriminator blocks, got {self.blocks}")

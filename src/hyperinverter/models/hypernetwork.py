@@ -1,6 +1,6 @@
 """Phase II hypernetworks: one ``WeightRegressor`` per target generator parameter (HyperInverter §3.3).
 
-For target ℓ with E2 feature index i(ℓ): fuse the two 8x8 maps (features of the Phase I image first, then of
+For target ℓ with feature index i(ℓ): fuse the two 8x8 maps (features of the Phase I image first, then of
 the input) with 1x1 conv + InstanceNorm + ReLU, reduce them with a small conv stack to a D-dim code z, and map z
 through the factorised linear mapper ``(z @ w1 + b1).view(B, I, D) @ w2 + b2`` to a full residual ``Δθ_ℓ``.
 The final ``view`` to ``[B, O, I, k, k]`` is the official raw reshape (not a permute), so released weights give
@@ -30,7 +30,7 @@ TARGET_SETS: tuple[str, ...] = ("conv_without_bias", "conv_without_bias_without_
 
 @dataclass(frozen=True)
 class TargetSpec(SerializableConfig):
-    """A parameter the hypernetwork predicts: synthesis name, shape, and which E2 feature map drives it."""
+    """A parameter the hypernetwork predicts: synthesis name, shape, and which feature map drives it."""
 
     name: str
     shape: tuple[int, ...]
@@ -38,7 +38,7 @@ class TargetSpec(SerializableConfig):
 
 
 def feature_index(layer_name: str, resolution: int) -> int:
-    """E2 feature routing of the official code: b4.conv1 -> 0, b4.torgb -> 1; at R >= 8 conv0 -> 2·log2R-4,
+    """Feature routing of the official code: b4.conv1 -> 0, b4.torgb -> 1; at R >= 8 conv0 -> 2·log2R-4,
     conv1 and torgb -> 2·log2R-3. (Not the generator's own w index, which differs for conv0.)"""
     kind = layer_name.split(".")[1]
     if resolution == 4:
@@ -119,38 +119,38 @@ class HyperNetworkConfig(SerializableConfig):
 
 
 class HyperNetwork(nn.Module):
-    """All regressors: ``(E2(x_w), E2(x))``, each ``[B,n,C,S,S]`` -> ``WeightDelta`` (additive)."""
+    """All regressors: ``(F(x_w), F(x))``, each ``[B,n,C,S,S]`` -> ``WeightDelta`` (additive)."""
 
     config_class = HyperNetworkConfig
 
-    def __init__(self, *, targets: Sequence[TargetSpec], feature_channels: int = 512, feature_size: int = 8,
-                 hidden_dim: int = 128, inner_channels: int = 64) -> None:
+    def __init__(self, config: HyperNetworkConfig) -> None:
         super().__init__()
-        if not targets:
+        if not config.targets:
             raise ValueError("a hypernetwork needs at least one target")
-        self.config = HyperNetworkConfig(tuple(targets), feature_channels, feature_size, hidden_dim, inner_channels)
-        self.targets = tuple(targets)
-        self.num_features = max(t.feature_index for t in targets) + 1
+        self.config = c = config
         self.weight_regressors = nn.ModuleDict({
-            t.name.replace(".", "_"): WeightRegressor(shape=t.shape, feature_channels=feature_channels,
-                                                      feature_size=feature_size, hidden_dim=hidden_dim,
-                                                      inner_channels=inner_channels)
-            for t in targets
+            t.name.replace(".", "_"): WeightRegressor(shape=t.shape, feature_channels=c.feature_channels,
+                                                      feature_size=c.feature_size, hidden_dim=c.hidden_dim,
+                                                      inner_channels=c.inner_channels)
+            for t in c.targets
         })
 
-    @classmethod
-    def from_config(cls, config: HyperNetworkConfig) -> HyperNetwork:
-        return cls(targets=config.targets, feature_channels=config.feature_channels,
-                   feature_size=config.feature_size, hidden_dim=config.hidden_dim,
-                   inner_channels=config.inner_channels)
+    @property
+    def targets(self) -> tuple[TargetSpec, ...]:
+        return self.config.targets
+
+    @property
+    def num_features(self) -> int:
+        """How many feature maps it reads (one more than the highest ``feature_index``)."""
+        return max(t.feature_index for t in self.config.targets) + 1
 
     @classmethod
     def from_generator(cls, generator: Generator | SynthesisNetwork, *, targets: TargetSet = "conv_without_bias",
                        feature_channels: int = 512, feature_size: int = 8, hidden_dim: int = 128,
                        inner_channels: int = 64) -> HyperNetwork:
         synthesis = generator.synthesis if isinstance(generator, Generator) else generator
-        return cls(targets=targets_from_generator(synthesis, targets), feature_channels=feature_channels,
-                   feature_size=feature_size, hidden_dim=hidden_dim, inner_channels=inner_channels)
+        return cls(HyperNetworkConfig(tuple(targets_from_generator(synthesis, targets)), feature_channels,
+                                      feature_size, hidden_dim, inner_channels))
 
     @property
     def target_names(self) -> list[str]:

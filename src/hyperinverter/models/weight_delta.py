@@ -77,11 +77,22 @@ class WeightDelta(Mapping[str, torch.Tensor]):
     def detach(self) -> WeightDelta:
         return self._map(lambda t: t.detach())
 
-    def lerp(self, other: WeightDelta, t: float) -> WeightDelta:
-        """Elementwise ``(1-t)·self + t·other``; both must offset the same parameters in the same mode."""
-        if self.mode != other.mode or set(self) != set(other):
-            raise ValueError("can only interpolate WeightDeltas with the same mode and parameter names")
-        return WeightDelta({k: torch.lerp(v, other[k].to(v), t) for k, v in self.tensors.items()}, self.mode)
+    @staticmethod
+    def blend(a: WeightDelta | None, b: WeightDelta | None, t: float) -> WeightDelta | None:
+        """Elementwise ``(1-t)·a + t·b``. A parameter that one side does not offset (or a side that is None)
+        counts as a zero offset, which is "unchanged" in both modes; the two sides must share their mode."""
+        if a is None and b is None:
+            return None
+        if a is not None and b is not None and a.mode != b.mode:
+            raise ValueError(f"cannot interpolate {a.mode!r} and {b.mode!r} offsets (different methods' kinds of Δθ)")
+        mode = (a if a is not None else b).mode
+        out = {}
+        for name in dict.fromkeys([*(a or {}), *(b or {})]):
+            ref = a[name] if a is not None and name in a else b[name]
+            start = a[name] if a is not None and name in a else torch.zeros_like(ref)
+            end = b[name].to(ref) if b is not None and name in b else torch.zeros_like(ref)
+            out[name] = torch.lerp(start, end, t)
+        return WeightDelta(out, mode=mode)
 
     @staticmethod
     def cat(deltas: Iterable[WeightDelta]) -> WeightDelta:
@@ -93,6 +104,3 @@ class WeightDelta(Mapping[str, torch.Tensor]):
             if d.mode != first.mode or set(d) != set(first):
                 raise ValueError("can only concatenate WeightDeltas with the same mode and parameter names")
         return WeightDelta({k: torch.cat([d[k] for d in deltas]) for k in first}, mode=first.mode)
-
-    def numel_per_sample(self) -> int:
-        return sum(t[0].numel() for t in self.tensors.values())

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..convert.gan_files import load_gan, save_gan
+from ..convert.gan_files import load_gan
 from ..device import resolve_device
-from ..models.stylegan2 import Discriminator, Generator
+from ..io.gan import save_gan
+from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .checkpointing import resume_latest, save_checkpoint
 from .distributed import init_distributed, local_device
 from .run import (
@@ -176,13 +177,13 @@ def train_generator(
         G = gan.generator.train().requires_grad_(True)
         D = gan.discriminator
     else:
-        G = Generator(resolution=cfg.resolution, img_channels=cfg.img_channels, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
-                      mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base, channel_max=cfg.channel_max)
+        G = Generator(GeneratorConfig(resolution=cfg.resolution, img_channels=cfg.img_channels, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
+                      mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base, channel_max=cfg.channel_max))
         D = None
     if D is None:
-        D = Discriminator(resolution=cfg.resolution, img_channels=cfg.img_channels,
+        D = Discriminator(DiscriminatorConfig(resolution=cfg.resolution, img_channels=cfg.img_channels,
                           channel_base=cfg.d_channel_base or cfg.channel_base,
-                          channel_max=cfg.d_channel_max or cfg.channel_max)
+                          channel_max=cfg.d_channel_max or cfg.channel_max))
     G, D = G.to(device).train(), D.to(device).train().requires_grad_(True)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     ctx.broadcast_parameters(G)

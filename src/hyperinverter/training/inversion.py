@@ -2,7 +2,7 @@
 
 Phase I (``train_w_encoder``): E1 with L2 + perceptual + identity losses on real images, optionally mixed
 with synthetic pairs ``(w, G(w))`` and a latent loss, since G is known.
-Phase II (``train_hypernetwork``): E1 and G frozen; E2 and the hypernetworks learn with L2 + perceptual +
+Phase II (``train_hypernetwork``): E1 and G frozen; the feature encoder and the hypernetworks learn with L2 + perceptual +
 identity, then (from ``adv_start``) a non-saturating adversarial loss against the generator's own
 discriminator, fine-tuned with lazy R1, as in the official schedule.
 
@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from ..convert.gan_files import load_gan
 from ..device import resolve_device
-from ..models.encoders import LayerWiseEncoder, WEncoder
-from ..models.hyperinverter import HyperInverter
+from ..methods.hyperinverter import HyperInverter
+from ..methods.phase1 import Phase1
+from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
 from ..pipeline import InversionPipeline, save_pipeline
 from .checkpointing import resume_latest, save_checkpoint
@@ -57,7 +58,7 @@ class InversionTrainingConfig:
     backbone_depth: int | None = None
     backbone_units: tuple[int, int, int, int] | None = None
     backbone_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
-    # Pretrained trunk for the encoder being trained (the official code starts E1/E2 from the ArcFace IR-SE50,
+    # Pretrained trunk for the encoder being trained (the official code starts both encoders from the ArcFace IR-SE50,
     # model_ir_se50.pth, or from torchvision's ImageNet ResNet-34); None = random initialisation.
     backbone_init: str | None = None
     # Phase II
@@ -203,6 +204,12 @@ def _load_split(cfg: InversionTrainingConfig, resolution: int, channels: int, sp
     return training_images(dataset, preload=cfg.preload or split == "val", progress=cfg.progress)
 
 
+def _with_phase1(model: Phase1) -> dict[str, Phase1]:
+    """The methods a trained model's bundle holds: Phase I alone, and HyperInverter when Phase II is trained."""
+    phase1 = Phase1(model.generator, w_encoder=model.w_encoder, encoder_resolution=model.encoder_resolution)
+    return {"phase1": phase1} if type(model) is Phase1 else {"phase1": phase1, model.name: model}
+
+
 def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | None,
          val_images: torch.Tensor | None) -> InversionTrainingResult:
     device = resolve_device(local_device(cfg.device))
@@ -218,22 +225,22 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
     G = gan.generator
     channels = G.config.img_channels
     if phase == 1:
-        model = HyperInverter(generator=G, w_encoder=WEncoder(**_backbone_kwargs(cfg, channels), w_dim=G.w_dim),
-                              encoder_resolution=cfg.encoder_resolution)
+        model = Phase1(G, w_encoder=WEncoder(WEncoderConfig(**_backbone_kwargs(cfg, channels), w_dim=G.w_dim)),
+                       encoder_resolution=cfg.encoder_resolution)
         trainable = model.w_encoder
         _init_backbone(model.w_encoder, cfg)
     else:
         if cfg.w_encoder is None:
             raise ValueError("Phase II needs w_encoder: the folder of a trained Phase I model")
-        phase1 = InversionPipeline.from_pretrained(cfg.w_encoder, device=device).model
-        feature_encoder = LayerWiseEncoder(**_backbone_kwargs(cfg, channels), input_size=phase1.encoder_resolution,
+        phase1 = InversionPipeline.from_pretrained(cfg.w_encoder, device=device).inverter("phase1")
+        feature_encoder = FeatureEncoder(FeatureEncoderConfig(**_backbone_kwargs(cfg, channels), input_size=phase1.encoder_resolution,
                                            n_styles=G.num_ws, feature_channels=cfg.feature_channels,
-                                           feature_size=cfg.feature_size)
+                                           feature_size=cfg.feature_size))
         _init_backbone(feature_encoder, cfg)
         hypernetwork = HyperNetwork.from_generator(G, targets=cfg.targets, feature_channels=cfg.feature_channels,
                                                    feature_size=cfg.feature_size, hidden_dim=cfg.hidden_dim,
                                                    inner_channels=cfg.regressor_width)
-        model = HyperInverter(generator=G, w_encoder=phase1.w_encoder.requires_grad_(False),
+        model = HyperInverter(G, w_encoder=phase1.w_encoder.requires_grad_(False),
                               feature_encoder=feature_encoder, hypernetwork=hypernetwork,
                               encoder_resolution=phase1.encoder_resolution)
         trainable = torch.nn.ModuleDict({"feature_encoder": feature_encoder, "hypernetwork": hypernetwork})
@@ -381,13 +388,14 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
             if val < best_val:
                 best_val = val
                 if ctx.is_main:
-                    save_pipeline(model, best_path)
+                    save_pipeline(_with_phase1(model), best_path, default_method=model.name)
         if done % cfg.sample_every == 0 or done == cfg.steps:
             model.eval()
             with torch.no_grad():
                 out = model(show)
             trainable.train()
-            run_log.images(done, "input-phase1-final", torch.cat([show, out.w_image, out.image]), nrow=n_show)
+            first = out.initial_image if out.initial_image is not None else out.image
+            run_log.images(done, "input-phase1-final", torch.cat([show, first, out.image]), nrow=n_show)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             ctx.check_in_sync(trainable, "trainable")
             if ctx.is_main:
@@ -398,7 +406,7 @@ def _fit(cfg: InversionTrainingConfig, phase: int, *, images: torch.Tensor | Non
     run_log.close()
     final = None
     if ctx.is_main:
-        final = save_pipeline(model, run_dir / "final")
+        final = save_pipeline(_with_phase1(model), run_dir / "final", default_method=model.name)
     ctx.barrier()
     return InversionTrainingResult(run_dir, final, best_path if best_path.exists() else None, cfg.steps, history)
 
@@ -411,5 +419,5 @@ def train_w_encoder(cfg: InversionTrainingConfig, *, images: torch.Tensor | None
 
 def train_hypernetwork(cfg: InversionTrainingConfig, *, images: torch.Tensor | None = None,
                        val_images: torch.Tensor | None = None) -> InversionTrainingResult:
-    """Phase II: train E2 and the hypernetworks with E1 and G frozen."""
+    """Phase II: train the feature encoder and the hypernetworks with E1 and G frozen."""
     return _fit(cfg, 2, images=images, val_images=val_images)

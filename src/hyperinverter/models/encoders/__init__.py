@@ -1,4 +1,4 @@
-"""Image encoders: E1 (``WEncoder``, image -> w), E2 (``LayerWiseEncoder``, image -> per-layer feature maps).
+"""Image encoders: ``WEncoder`` (E1: image -> w) and ``FeatureEncoder`` (image -> per-layer feature maps).
 
 Presets: ``ENCODER_PRESETS["ffhq"]`` (IR-SE50, 18 styles), ``["church"]`` (ResNet-34, 14 styles), ``["tiny"]``
 and ``["tiny_resnet"]`` (4 one-unit stages of widths 8..64, 64 px input, 8 styles: tests and demo models).
@@ -23,13 +23,14 @@ from .backbones import (
     SEModule,
     build_backbone,
 )
-from .feature_encoder import LayerWiseEncoder, StyleBlock
-from .w_encoder import WEncoder
+from .feature_encoder import FeatureEncoder, FeatureEncoderConfig, StyleBlock
+from .w_encoder import WEncoder, WEncoderConfig
 
 
 @dataclass(frozen=True)
 class EncoderPreset:
-    """Everything needed to build a matching E1/E2 pair. ``units=None``: the stage counts of ``depth``."""
+    """Everything needed to build a matching W encoder and feature encoder (``units=None``: the stage counts of
+    ``depth``)."""
 
     backbone: BackboneKind
     depth: int
@@ -44,32 +45,24 @@ class EncoderPreset:
     coarse_end: int = 3
     middle_end: int = 7
 
+    def w_encoder_config(self) -> WEncoderConfig:
+        return WEncoderConfig(backbone=self.backbone, depth=self.depth, units=self.units, widths=self.widths,
+                              in_channels=self.in_channels, w_dim=self.w_dim)
+
+    def feature_encoder_config(self) -> FeatureEncoderConfig:
+        return FeatureEncoderConfig(backbone=self.backbone, depth=self.depth, units=self.units, widths=self.widths,
+                                    in_channels=self.in_channels, input_size=self.input_size,
+                                    n_styles=self.n_styles, feature_channels=self.feature_channels,
+                                    feature_size=self.feature_size, coarse_end=self.coarse_end,
+                                    middle_end=self.middle_end)
+
     def build_w_encoder(self) -> WEncoder:
         """E1 with random weights."""
-        return WEncoder(
-            backbone=self.backbone,
-            depth=self.depth,
-            units=self.units,
-            widths=self.widths,
-            in_channels=self.in_channels,
-            w_dim=self.w_dim,
-        )
+        return WEncoder(self.w_encoder_config())
 
-    def build_feature_encoder(self) -> LayerWiseEncoder:
-        """E2 with random weights."""
-        return LayerWiseEncoder(
-            backbone=self.backbone,
-            depth=self.depth,
-            units=self.units,
-            widths=self.widths,
-            in_channels=self.in_channels,
-            input_size=self.input_size,
-            n_styles=self.n_styles,
-            feature_channels=self.feature_channels,
-            feature_size=self.feature_size,
-            coarse_end=self.coarse_end,
-            middle_end=self.middle_end,
-        )
+    def build_feature_encoder(self) -> FeatureEncoder:
+        """The feature encoder with random weights."""
+        return FeatureEncoder(self.feature_encoder_config())
 
 
 def _tiny(preset: EncoderPreset) -> EncoderPreset:
@@ -115,11 +108,13 @@ __all__ = [
     "EncoderPreset",
     "IRSEBackbone",
     "IRUnit",
-    "LayerWiseEncoder",
+    "FeatureEncoder",
+    "FeatureEncoderConfig",
     "ResNetBackbone",
     "SEModule",
     "StyleBlock",
     "WEncoder",
+    "WEncoderConfig",
     "build_backbone",
     "encoder_preset",
 ]

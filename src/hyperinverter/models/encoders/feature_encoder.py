@@ -1,4 +1,4 @@
-"""E2, the Phase II encoder: one ``[C,S,S]`` feature map per style slot (HyperInverter ``LayerWiseEncoder``).
+"""The feature encoder (E2 in the paper), Phase II's encoder: one ``[C,S,S]`` feature map per style slot.
 
 It is pSp's ``GradualStyleEncoder`` without the map-to-vector ends: FPN over the trunk taps, then one
 ``StyleBlock`` per style slot that halves the resolution down to ``feature_size`` with stride-2 convs.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -50,7 +49,7 @@ def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class LayerWiseEncoderConfig(SerializableConfig):
+class FeatureEncoderConfig(SerializableConfig):
     backbone: BackboneKind = "ir_se"
     depth: int | None = None
     units: tuple[int, ...] | None = None
@@ -63,8 +62,16 @@ class LayerWiseEncoderConfig(SerializableConfig):
     coarse_end: int = 3
     middle_end: int = 7
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.coarse_end <= self.middle_end:
+            raise ValueError(f"need 0 <= coarse_end <= middle_end, got {self.coarse_end}, {self.middle_end}")
+        if self.n_styles < 1:
+            raise ValueError(f"n_styles must be positive, got {self.n_styles}")
+        if self.input_size % 16 != 0 or self.input_size < 16:
+            raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
 
-class LayerWiseEncoder(TrunkHost):
+
+class FeatureEncoder(TrunkHost):
     """Trunk + FPN + ``n_styles`` heads: ``[B,in_channels,R,R] -> [B,n_styles,C,S,S]``.
 
     Head ``i`` reads ``c3`` (stride 16) if ``i < coarse_end``, ``p2 = up(c3) + latlayer1(c2)`` (stride 8)
@@ -78,94 +85,60 @@ class LayerWiseEncoder(TrunkHost):
     ``C`` before the FPN; and a lateral layer is only built if some head reads its level (no unused
     parameters).
 
-    Args:
-        backbone, depth, units, widths, in_channels: the trunk, as for ``WEncoder``.
-        input_size: R, the (square) input side, a multiple of 16; fixes the number of convs per head.
-        n_styles: number of heads (``2·log2(G resolution) - 2``: 18 for 1024 px, 14 for 256 px).
-        feature_channels: C, channels of every output map (512).
-        feature_size: S, side of every output map (8).
-        coarse_end, middle_end: heads ``[0, coarse_end)`` are coarse, ``[coarse_end, middle_end)`` middle.
+    The config: ``backbone``, ``depth``, ``units``, ``widths``, ``in_channels``: the trunk, as for ``WEncoder``;
+    ``input_size`` R, the (square) input side, a multiple of 16, which fixes the number of convs per head;
+    ``n_styles`` the number of heads (``2·log2(G resolution) - 2``: 18 for 1024 px, 14 for 256 px);
+    ``feature_channels`` C, the channels of every output map (512); ``feature_size`` S, the side of every output
+    map (8); ``coarse_end``, ``middle_end``: heads ``[0, coarse_end)`` are coarse, ``[coarse_end, middle_end)``
+    middle.
     """
 
-    def __init__(
-        self,
-        *,
-        backbone: BackboneKind = "ir_se",
-        depth: int | None = None,
-        units: Sequence[int] | None = None,
-        widths: Sequence[int] = DEFAULT_WIDTHS,
-        in_channels: int = 3,
-        input_size: int = 256,
-        n_styles: int = 18,
-        feature_channels: int = 512,
-        feature_size: int = 8,
-        coarse_end: int = 3,
-        middle_end: int = 7,
-    ) -> None:
-        super().__init__()
-        if not 0 <= coarse_end <= middle_end:
-            raise ValueError(f"need 0 <= coarse_end <= middle_end, got {coarse_end}, {middle_end}")
-        if n_styles < 1:
-            raise ValueError(f"n_styles must be positive, got {n_styles}")
-        if input_size % 16 != 0 or input_size < 16:
-            raise ValueError(f"input_size must be a positive multiple of 16, got {input_size}")
-        self.config = LayerWiseEncoderConfig(
-            backbone=backbone, depth=depth, units=None if units is None else tuple(units), widths=tuple(widths),
-            in_channels=in_channels, input_size=input_size, n_styles=n_styles, feature_channels=feature_channels,
-            feature_size=feature_size, coarse_end=coarse_end, middle_end=middle_end,
-        )
-        self.backbone_kind = backbone
-        self.in_channels = in_channels
-        self.input_size = input_size
-        self.n_styles = n_styles
-        self.feature_channels = feature_channels
-        self.feature_size = feature_size
-        self.coarse_end = coarse_end
-        self.middle_end = middle_end
-        self._adopt_backbone(
-            build_backbone(kind=backbone, depth=depth, units=units, widths=widths, in_channels=in_channels)
-        )
+    config_class = FeatureEncoderConfig
 
-        self.levels: tuple[Level, ...] = tuple(self.level_of(i) for i in range(n_styles))
+    def __init__(self, config: FeatureEncoderConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self._adopt_backbone(build_backbone(kind=c.backbone, depth=c.depth, units=c.units, widths=c.widths,
+                                            in_channels=c.in_channels))
+        self.levels: tuple[Level, ...] = tuple(self.level_of(i) for i in range(c.n_styles))
         c1_channels, c2_channels, c3_channels = self.backbone.tap_channels
-        if c3_channels != feature_channels:
-            self.c3_proj: nn.Conv2d | None = nn.Conv2d(c3_channels, feature_channels, kernel_size=1)
-            logger.debug("c3 has %d channels, heads take %d: adding c3_proj", c3_channels, feature_channels)
+        if c3_channels != c.feature_channels:
+            self.c3_proj: nn.Conv2d | None = nn.Conv2d(c3_channels, c.feature_channels, kernel_size=1)
+            logger.debug("c3 has %d channels, heads take %d: adding c3_proj", c3_channels, c.feature_channels)
         else:
             self.c3_proj = None
         uses_p2 = any(level != "coarse" for level in self.levels)
         uses_p1 = "fine" in self.levels
-        self.latlayer1 = nn.Conv2d(c2_channels, feature_channels, kernel_size=1) if uses_p2 else None
-        self.latlayer2 = nn.Conv2d(c1_channels, feature_channels, kernel_size=1) if uses_p1 else None
+        self.latlayer1 = nn.Conv2d(c2_channels, c.feature_channels, kernel_size=1) if uses_p2 else None
+        self.latlayer2 = nn.Conv2d(c1_channels, c.feature_channels, kernel_size=1) if uses_p1 else None
 
         self.styles = nn.ModuleList()
         for level in self.levels:
-            side = input_size // _LEVEL_STRIDE[level]
-            ratio = side // feature_size
-            if side % feature_size != 0 or ratio < 1 or ratio & (ratio - 1):
+            side = c.input_size // _LEVEL_STRIDE[level]
+            ratio = side // c.feature_size
+            if side % c.feature_size != 0 or ratio < 1 or ratio & (ratio - 1):
                 raise ValueError(
                     f"{level} heads read {side}x{side} maps, which cannot be halved down to "
-                    f"{feature_size}x{feature_size} (input_size={input_size})"
+                    f"{c.feature_size}x{c.feature_size} (input_size={c.input_size})"
                 )
-            self.styles.append(StyleBlock(channels=feature_channels, num_convs=int(math.log2(ratio))))
+            self.styles.append(StyleBlock(channels=c.feature_channels, num_convs=int(math.log2(ratio))))
 
-    config_class = LayerWiseEncoderConfig
-
-    @classmethod
-    def from_config(cls, config: LayerWiseEncoderConfig) -> LayerWiseEncoder:
-        return cls(**asdict(config))
+    @property
+    def n_styles(self) -> int:
+        return self.config.n_styles
 
     def level_of(self, index: int) -> Level:
         """Which FPN level head ``index`` reads: ``"coarse"`` (c3), ``"middle"`` (p2) or ``"fine"`` (p1)."""
-        if index < self.coarse_end:
+        if index < self.config.coarse_end:
             return "coarse"
-        return "middle" if index < self.middle_end else "fine"
+        return "middle" if index < self.config.middle_end else "fine"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B,in_channels,R,R]`` in [-1,1] (``R = input_size``) -> ``[B,n_styles,C,S,S]``."""
-        r = self.input_size
-        assert x.ndim == 4 and x.shape[1:] == (self.in_channels, r, r), (
-            f"expected [B,{self.in_channels},{r},{r}], got {tuple(x.shape)}"
+        c = self.config
+        r = c.input_size
+        assert x.ndim == 4 and x.shape[1:] == (c.in_channels, r, r), (
+            f"expected [B,{c.in_channels},{r},{r}], got {tuple(x.shape)}"
         )
         c1, c2, c3 = self.backbone.forward_taps(x)
         if self.c3_proj is not None:
@@ -178,8 +151,8 @@ class LayerWiseEncoder(TrunkHost):
         out = torch.stack(
             [head(maps[level]) for head, level in zip(self.styles, self.levels, strict=True)], dim=1
         )
-        s = self.feature_size
-        assert out.shape == (x.shape[0], self.n_styles, self.feature_channels, s, s), (
+        s = c.feature_size
+        assert out.shape == (x.shape[0], c.n_styles, c.feature_channels, s, s), (
             f"features {tuple(out.shape)}"
         )
         return out

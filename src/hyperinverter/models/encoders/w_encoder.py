@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,41 +30,25 @@ class WEncoder(TrunkHost):
     ``BackboneEncoderUsingLastLayerIntoW``) or ``conv1``, ``bn1``, ``relu``, ``body``, ``linear``
     (``backbone="resnet"``, ``ResNetEncoderUsingLastLayerIntoW``).
 
-    Args:
-        backbone: ``"ir_se"`` (faces) or ``"resnet"`` (churches).
-        depth: 50/100/152 for IR-SE, 18/34 for ResNet; ``None`` means 50 / 34. Ignored if ``units`` is given.
-        units: residual units per stage (4 stages), e.g. ``(1, 1, 1, 1)`` for tiny models.
-        widths: channels per stage; the official ones are ``(64, 128, 256, 512)``.
-        in_channels: image channels (3; 1 for grayscale data; 6 for image pairs).
-        w_dim: size of W (512 for the official generators).
+    The config: ``backbone`` ``"ir_se"`` (faces) or ``"resnet"`` (churches); ``depth`` 50/100/152 for IR-SE, 18/34
+    for ResNet (``None`` means 50 / 34; ignored if ``units`` is given); ``units`` residual units per stage (4
+    stages), e.g. ``(1, 1, 1, 1)`` for tiny models; ``widths`` channels per stage (officially
+    ``(64, 128, 256, 512)``); ``in_channels`` image channels (3; 1 for grayscale data; 6 for image pairs); ``w_dim``
+    the size of W (512 for the official generators).
     """
-
-    def __init__(
-        self,
-        *,
-        backbone: BackboneKind = "ir_se",
-        depth: int | None = None,
-        units: Sequence[int] | None = None,
-        widths: Sequence[int] = DEFAULT_WIDTHS,
-        in_channels: int = 3,
-        w_dim: int = 512,
-    ) -> None:
-        super().__init__()
-        self.config = WEncoderConfig(backbone=backbone, depth=depth, units=None if units is None else tuple(units),
-                                     widths=tuple(widths), in_channels=in_channels, w_dim=w_dim)
-        self.backbone_kind = backbone
-        self.w_dim = w_dim
-        self._adopt_backbone(
-            build_backbone(kind=backbone, depth=depth, units=units, widths=widths, in_channels=in_channels)
-        )
-        self.in_channels = in_channels
-        self.linear = FullyConnectedLayer(self.backbone.out_channels, w_dim)
 
     config_class = WEncoderConfig
 
-    @classmethod
-    def from_config(cls, config: WEncoderConfig) -> WEncoder:
-        return cls(**asdict(config))
+    def __init__(self, config: WEncoderConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self._adopt_backbone(build_backbone(kind=c.backbone, depth=c.depth, units=c.units, widths=c.widths,
+                                            in_channels=c.in_channels))
+        self.linear = FullyConnectedLayer(self.backbone.out_channels, c.w_dim)
+
+    @property
+    def w_dim(self) -> int:
+        return self.config.w_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B,in_channels,H,W]`` in [-1,1], H and W multiples of 16 (official 256) -> ``[B,w_dim]``."""

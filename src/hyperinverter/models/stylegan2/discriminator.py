@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +30,14 @@ class DiscriminatorConfig(SerializableConfig):
         if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
             raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
         object.__setattr__(self, "resample_filter", tuple(float(t) for t in self.resample_filter))
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        """The resolutions of the blocks, from the input down to 8 (the epilogue works at 4)."""
+        return [2**i for i in range(int(math.log2(self.resolution)), 2, -1)]
+
+    def channels(self, res: int) -> int:
+        return min(self.channel_base // res, self.channel_max)
 
 
 class DiscriminatorBlock(nn.Module):
@@ -95,59 +103,36 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Image ``[B, C, R, R]`` in [-1, 1] -> realness logit ``[B, 1]``."""
+    """Image ``[B, C, R, R]`` in [-1, 1] -> realness logit ``[B, 1]``. Built from its config, which it keeps."""
 
-    def __init__(
-        self,
-        *,
-        resolution: int,
-        img_channels: int = 3,
-        channel_base: int = 32768,
-        channel_max: int = 512,
-        conv_clamp: float | None = None,
-        mbstd_group_size: int = 4,
-        mbstd_num_channels: int = 1,
-        resample_filter: tuple[float, ...] = (1, 3, 3, 1),
-    ) -> None:
+    config_class = DiscriminatorConfig
+
+    def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
-        self.config = DiscriminatorConfig(
-            resolution=resolution, img_channels=img_channels, channel_base=channel_base,
-            channel_max=channel_max, conv_clamp=conv_clamp, mbstd_group_size=mbstd_group_size,
-            mbstd_num_channels=mbstd_num_channels, resample_filter=tuple(resample_filter),
-        )
-        self.resolution = resolution
-        self.img_channels = img_channels
-        log2 = int(math.log2(resolution))
-        self.block_resolutions = [2**i for i in range(log2, 2, -1)]
-        channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions + [4]}
-        for res in self.block_resolutions:
+        self.config = c = config
+        for res in c.block_resolutions:
             block = DiscriminatorBlock(
-                channels[res] if res < resolution else 0, channels[res], channels[res // 2],
-                img_channels=img_channels, conv_clamp=conv_clamp, resample_filter=tuple(resample_filter),
+                c.channels(res) if res < c.resolution else 0, c.channels(res), c.channels(res // 2),
+                img_channels=c.img_channels, conv_clamp=c.conv_clamp, resample_filter=c.resample_filter,
             )
             setattr(self, f"b{res}", block)
         self.b4 = DiscriminatorEpilogue(
-            channels[4], mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels,
-            conv_clamp=conv_clamp, resample_filter=tuple(resample_filter),
+            c.channels(4), mbstd_group_size=c.mbstd_group_size, mbstd_num_channels=c.mbstd_num_channels,
+            conv_clamp=c.conv_clamp, resample_filter=c.resample_filter,
         )
-
-    @classmethod
-    def from_config(cls, config: DiscriminatorConfig) -> Discriminator:
-        return cls(**asdict(config))
 
     def features(self, img: torch.Tensor) -> list[torch.Tensor]:
         """The output of every resolution block, ``[B, C_r, r, r]`` for r = R/2 ... 4 (for perceptual losses)."""
         self._check(img)
         x, feats = None, []
-        for res in self.block_resolutions:
+        for res in self.config.block_resolutions:
             x = getattr(self, f"b{res}")(x, img)
             feats.append(x)
         return feats
 
     def _check(self, img: torch.Tensor) -> None:
-        assert img.ndim == 4 and img.shape[1:] == (self.img_channels, self.resolution, self.resolution), (
-            f"expected [B,{self.img_channels},{self.resolution},{self.resolution}], got {tuple(img.shape)}"
-        )
+        c, r = self.config.img_channels, self.config.resolution
+        assert img.ndim == 4 and img.shape[1:] == (c, r, r), f"expected [B,{c},{r},{r}], got {tuple(img.shape)}"
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.b4(self.features(img)[-1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -91,29 +91,17 @@ class SynthesisLayerInfo:
 
 
 class MappingNetwork(nn.Module):
-    """z -> w: 2nd-moment normalisation, then ``num_layers`` lrelu FC layers at reduced lr."""
+    """z -> w: 2nd-moment normalisation, then ``mapping_layers`` lrelu FC layers at reduced lr."""
 
-    def __init__(
-        self,
-        *,
-        z_dim: int,
-        w_dim: int,
-        num_ws: int,
-        num_layers: int = 8,
-        lr_multiplier: float = 0.01,
-        w_avg_beta: float = 0.995,
-    ) -> None:
+    def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
-        self.z_dim, self.w_dim, self.num_ws = z_dim, w_dim, num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-        features = [z_dim] + [w_dim] * num_layers
-        for i in range(num_layers):
-            layer = FullyConnectedLayer(
-                features[i], features[i + 1], activation="lrelu", lr_multiplier=lr_multiplier
-            )
+        self.config = config
+        features = [config.z_dim] + [config.w_dim] * config.mapping_layers
+        for i in range(config.mapping_layers):
+            layer = FullyConnectedLayer(features[i], features[i + 1], activation="lrelu",
+                                        lr_multiplier=config.mapping_lr_multiplier)
             setattr(self, f"fc{i}", layer)
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+        self.register_buffer("w_avg", torch.zeros(config.w_dim))
 
     def forward(
         self,
@@ -124,13 +112,14 @@ class MappingNetwork(nn.Module):
         update_w_avg: bool = False,
     ) -> torch.Tensor:
         """``z: [B, z_dim]`` -> ``ws: [B, num_ws, w_dim]`` (one w broadcast to every layer)."""
-        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [B,{self.z_dim}], got {tuple(z.shape)}"
+        c = self.config
+        assert z.ndim == 2 and z.shape[1] == c.z_dim, f"z must be [B,{c.z_dim}], got {tuple(z.shape)}"
         x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
-        for i in range(self.num_layers):
+        for i in range(c.mapping_layers):
             x = getattr(self, f"fc{i}")(x)
         if update_w_avg:
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, c.w_avg_beta))
+        ws = x.unsqueeze(1).repeat(1, c.num_ws, 1)
         return truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
 
 
@@ -215,47 +204,34 @@ class SynthesisBlock(nn.Module):
 class SynthesisNetwork(nn.Module):
     """ws ``[B, num_ws, w_dim]`` (+ optional per-sample ``WeightDelta``) -> image ``[B, C, R, R]``."""
 
-    def __init__(
-        self,
-        *,
-        w_dim: int,
-        resolution: int,
-        img_channels: int,
-        channel_base: int,
-        channel_max: int,
-        use_noise: bool = True,
-        conv_clamp: float | None = None,
-        resample_filter: tuple[float, ...] = (1, 3, 3, 1),
-        kernel: KernelChoice = "auto",
-    ) -> None:
+    def __init__(self, config: GeneratorConfig, *, kernel: KernelChoice = "auto") -> None:
         super().__init__()
-        self.w_dim, self.resolution, self.img_channels = w_dim, resolution, img_channels
-        self.block_resolutions = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
+        self.config = c = config
         self.kernel = kernel
-        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
-        self.num_ws = 0
-        for res in self.block_resolutions:
+        for res in c.block_resolutions:
             block = SynthesisBlock(
-                channels[max(res // 2, 4)] if res > 4 else 0,
-                channels[res],
-                w_dim=w_dim,
+                c.channels(max(res // 2, 4)) if res > 4 else 0,
+                c.channels(res),
+                w_dim=c.w_dim,
                 resolution=res,
-                img_channels=img_channels,
-                use_noise=use_noise,
-                conv_clamp=conv_clamp,
-                resample_filter=resample_filter,
+                img_channels=c.img_channels,
+                use_noise=c.use_noise,
+                conv_clamp=c.conv_clamp,
+                resample_filter=c.resample_filter,
             )
             setattr(self, f"b{res}", block)
-            self.num_ws += block.num_conv
-        self.num_ws += 1  # the last torgb
         self._layers = self._enumerate_layers()
         self._offsettable = {
             name: tuple(p.shape) for name, p in self.named_parameters()
             if any(name == f"{info.name}.{suffix}" for info in self._layers for suffix in ("weight", "affine.weight"))
         }
 
+    @property
+    def num_ws(self) -> int:
+        return self.config.num_ws
+
     def blocks(self) -> Iterator[tuple[int, SynthesisBlock]]:
-        for res in self.block_resolutions:
+        for res in self.config.block_resolutions:
             yield res, getattr(self, f"b{res}")
 
     def _enumerate_layers(self) -> list[SynthesisLayerInfo]:
@@ -316,8 +292,9 @@ class SynthesisNetwork(nn.Module):
         weight_delta: WeightDelta | None = None,
         noise_mode: NoiseMode = "const",
     ) -> torch.Tensor:
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), (
-            f"ws must be [B,{self.num_ws},{self.w_dim}], got {tuple(ws.shape)}"
+        c = self.config
+        assert ws.ndim == 3 and ws.shape[1:] == (c.num_ws, c.w_dim), (
+            f"ws must be [B,{c.num_ws},{c.w_dim}], got {tuple(ws.shape)}"
         )
         if weight_delta is not None:
             self._check_delta(weight_delta, ws.shape[0])
@@ -342,7 +319,7 @@ class SynthesisNetwork(nn.Module):
     def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode,
                     x: torch.Tensor | None = None, img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
         split = self._split_resolution(ws, weight_delta)
-        w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.block_resolutions[:start])
+        w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.config.block_resolutions[:start])
         for i, (res, block) in enumerate(list(self.blocks())[start:], start=start):
             if split is not None and res >= split:
                 return torch.cat([
@@ -359,63 +336,32 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    """StyleGAN2 generator: ``mapping`` (z -> ws) and ``synthesis`` (ws -> image).
+    """StyleGAN2 generator: ``mapping`` (z -> ws) and ``synthesis`` (ws -> image). Built from its config, which it
+    keeps; building never loads weights (``hyperinverter.convert.gan_files.load_generator`` reads files)."""
 
-    Building never loads weights; use ``hyperinverter.convert.load_generator`` for files.
-    """
+    config_class = GeneratorConfig
 
-    def __init__(
-        self,
-        *,
-        resolution: int,
-        img_channels: int = 3,
-        z_dim: int = 512,
-        w_dim: int = 512,
-        mapping_layers: int = 8,
-        mapping_lr_multiplier: float = 0.01,
-        w_avg_beta: float = 0.995,
-        channel_base: int = 32768,
-        channel_max: int = 512,
-        conv_clamp: float | None = None,
-        use_noise: bool = True,
-        resample_filter: tuple[float, ...] = (1, 3, 3, 1),
-    ) -> None:
+    def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
-        self.config = GeneratorConfig(
-            resolution=resolution, img_channels=img_channels, z_dim=z_dim, w_dim=w_dim,
-            mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
-            w_avg_beta=w_avg_beta, channel_base=channel_base, channel_max=channel_max,
-            conv_clamp=conv_clamp, use_noise=use_noise, resample_filter=tuple(resample_filter),
-        )
-        self.synthesis = SynthesisNetwork(
-            w_dim=w_dim, resolution=resolution, img_channels=img_channels, channel_base=channel_base,
-            channel_max=channel_max, use_noise=use_noise, conv_clamp=conv_clamp,
-            resample_filter=tuple(resample_filter),
-        )
-        self.mapping = MappingNetwork(
-            z_dim=z_dim, w_dim=w_dim, num_ws=self.synthesis.num_ws, num_layers=mapping_layers,
-            lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta,
-        )
-
-    @classmethod
-    def from_config(cls, config: GeneratorConfig) -> Generator:
-        return cls(**asdict(config))
+        self.config = config
+        self.synthesis = SynthesisNetwork(config)
+        self.mapping = MappingNetwork(config)
 
     @property
     def num_ws(self) -> int:
-        return self.synthesis.num_ws
+        return self.config.num_ws
 
     @property
     def w_dim(self) -> int:
-        return self.mapping.w_dim
+        return self.config.w_dim
 
     @property
     def z_dim(self) -> int:
-        return self.mapping.z_dim
+        return self.config.z_dim
 
     @property
     def resolution(self) -> int:
-        return self.synthesis.resolution
+        return self.config.resolution
 
     @property
     def w_avg(self) -> torch.Tensor:

@@ -1,0 +1,194 @@
+"""The contract every inversion method shares, so that editing, files, metrics, benchmarks and apps treat them
+alike.
+
+A method is an :class:`Inverter`: a module over a frozen generator that turns images into an
+:class:`InversionResult` (codes, optional generator offsets, the reconstruction, and what it made on the way).
+Its trainable parts are *components* (saved as folders of a pipeline bundle); its per-call choices are keyword
+*options* with the official defaults; its fixed architecture choices are *settings* stored in the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..models.stylegan2 import Generator
+from ..models.weight_delta import WeightDelta
+
+
+@dataclass
+class InversionResult:
+    """What an inverter returns for a batch of B images.
+
+    ``ws``: ``[B, num_ws, w_dim]`` codes (W-space methods repeat one w over all rows).
+    ``image``: the reconstruction ``[B, C, R, R]`` in [-1, 1].
+    ``weight_delta``: per-sample generator offsets (additive or multiplicative), or None.
+    ``initial_image``: the method's first pass, when it has one (HyperInverter's Phase I image, the W-encoder
+    start of an iterative method).
+    ``steps``: the images of every iteration or stage, in order (iterative and multi-stage methods), each
+    ``[B, C, R, R]``; empty for single-pass methods.
+    ``timings``: seconds per stage, summed over the batch.
+    """
+
+    ws: torch.Tensor
+    image: torch.Tensor
+    weight_delta: WeightDelta | None = None
+    initial_image: torch.Tensor | None = None
+    steps: list[torch.Tensor] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        b = self.ws.shape[0]
+        assert self.ws.ndim == 3, f"ws must be [B,num_ws,w_dim], got {tuple(self.ws.shape)}"
+        assert self.image.ndim == 4 and self.image.shape[0] == b, "image must be [B,C,R,R] with the batch of ws"
+        if self.weight_delta is not None:
+            assert self.weight_delta.batch_size == b, "weight_delta and ws disagree on the batch size"
+        for extra in ([self.initial_image] if self.initial_image is not None else []) + list(self.steps):
+            assert extra.shape == self.image.shape, f"intermediate images must be {tuple(self.image.shape)}"
+
+    def __len__(self) -> int:
+        return self.ws.shape[0]
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.timings.values())
+
+    def _map(self, fn, delta_fn) -> InversionResult:
+        return InversionResult(
+            ws=fn(self.ws), image=fn(self.image),
+            weight_delta=delta_fn(self.weight_delta) if self.weight_delta is not None else None,
+            initial_image=fn(self.initial_image) if self.initial_image is not None else None,
+            steps=[fn(s) for s in self.steps], timings=dict(self.timings))
+
+    def select(self, index: int | slice) -> InversionResult:
+        """Samples at ``index`` (an int keeps a batch dimension of 1)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return self._map(lambda t: t[index], lambda d: d.select(index))
+
+    def to(self, device: torch.device | str) -> InversionResult:
+        return self._map(lambda t: t.to(device), lambda d: d.to(device))
+
+    @staticmethod
+    def cat(results: list[InversionResult]) -> InversionResult:
+        def cat_optional(items):
+            return torch.cat(items) if items and all(i is not None for i in items) else None
+
+        deltas = [r.weight_delta for r in results]
+        timings: dict[str, float] = {}
+        for r in results:
+            for k, v in r.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        n_steps = min(len(r.steps) for r in results)
+        return InversionResult(
+            ws=torch.cat([r.ws for r in results]),
+            image=torch.cat([r.image for r in results]),
+            weight_delta=WeightDelta.cat(deltas) if all(d is not None for d in deltas) else None,
+            initial_image=cat_optional([r.initial_image for r in results]),
+            steps=[torch.cat([r.steps[i] for r in results]) for i in range(n_steps)],
+            timings=timings,
+        )
+
+
+class Stopwatch:
+    """Seconds per named stage, with the device synchronised so that GPU work is counted where it happens."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.laps: dict[str, float] = {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+class Inverter(nn.Module):
+    """An inversion method over a frozen generator.
+
+    Subclasses set the class attributes, hold their trainable networks as submodules, and implement
+    :meth:`forward` (differentiable, used by training) which :meth:`invert` runs without gradients.
+
+    Class attributes:
+        name: the registry name (``hyperinverter``, ``phase1``, ...).
+        label: how people call it in tables and pictures.
+        initial_label: the name of ``InversionResult.initial_image`` in pictures, or None if it has none.
+        components: the roles of the trainable networks a bundle stores for it (``()``: it needs none and runs
+            on any generator, like optimisation).
+        options: the keyword options of :meth:`invert`, with the official defaults.
+        summary: one line for ``hyperinverter methods``.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    initial_label: ClassVar[str | None] = None
+    components: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[Mapping[str, Any]] = {}
+    summary: ClassVar[str] = ""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Inverter:
+        super().train(mode)
+        self.generator.eval()  # the generator is frozen: never in training mode
+        return self
+
+    # --- what a bundle stores ---------------------------------------------------------------------------
+    def parts(self) -> dict[str, nn.Module]:
+        """The trainable networks, by role (``components``), as a bundle saves them."""
+        return {role: getattr(self, role) for role in self.components}
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able architecture choices a bundle stores beside the parts (e.g. the encoders' input size)."""
+        return {}
+
+    @classmethod
+    def create(cls, generator: Generator, *, preset: str = "tiny") -> Inverter:
+        """An untrained instance sized for ``generator`` (the networks of ``preset``), to train or to test with.
+        Methods without trained parts need nothing but the generator."""
+        if cls.components:
+            raise NotImplementedError(f"{cls.__name__} must say how to build its untrained parts (create)")
+        return cls(generator)
+
+    @classmethod
+    def from_parts(cls, generator: Generator, parts: Mapping[str, nn.Module], settings: Mapping[str, Any]) -> Inverter:
+        """Rebuild the method from its loaded parts and settings (the inverse of :meth:`parts`/:meth:`settings`)."""
+        return cls(generator, **parts, **settings)
+
+    # --- inversion --------------------------------------------------------------------------------------
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` completed with the defaults; an unknown option is a ``ValueError`` naming the known ones."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{self.name} has no option {unknown}; its options: {dict(self.options) or 'none'}")
+        return {**self.options, **options}
+
+    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
+        raise NotImplementedError
+
+    def invert(self, images: torch.Tensor, **options) -> InversionResult:
+        """Images ``[B, C, R, R]`` in [-1, 1] at the generator's resolution -> their inversion, with timings."""
+        G = self.generator
+        expected = (G.config.img_channels, G.resolution, G.resolution)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"{self.name} inverts images [B, {', '.join(map(str, expected))}], got "
+                             f"{tuple(images.shape)}")
+        options = self.check_options(options)
+        stopwatch = Stopwatch(images.device)
+        with torch.no_grad():
+            result = self(images, stopwatch=stopwatch, **options)
+        result.timings = dict(stopwatch.laps)
+        return result

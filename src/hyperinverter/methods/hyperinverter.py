@@ -1,0 +1,116 @@
+"""``hyperinverter`` (Dat et al., CVPR 2022): a W encoder, then hypernetworks that predict residual weights.
+
+Phase I: ``w = E1(x) + w_avg`` on every layer; ``x_w = G(w)`` (see :mod:`.phase1`).
+Phase II: ``Δθ = H(F(x_w), F(x))``; the result is ``G(w; θ + Δθ)``. Only encoders run at inference.
+F is the feature encoder (:class:`hyperinverter.models.encoders.FeatureEncoder`, E2 in the paper), H the
+per-layer hypernetworks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.encoders import encoder_preset
+from ..models.hypernetwork import HyperNetwork, TargetSet
+from ..models.stylegan2 import Generator
+from ..models.weight_delta import WeightDelta
+from . import register_method
+from .base import InversionResult, Stopwatch
+from .phase1 import Phase1, check_w_encoder, encoder_fit, raise_if, resize_for_encoder
+
+
+def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder: nn.Module,
+                     hypernetwork: nn.Module, encoder_resolution: int) -> list[str]:
+    """Every way the parts of a HyperInverter do not fit together (empty if they fit).
+
+    Parts trained for another generator (other resolution, widths, W size or channels) would otherwise fail
+    deep inside a forward pass, or worse, run with shapes that happen to broadcast.
+    """
+    problems = check_w_encoder(generator, w_encoder)
+    G = generator
+    config = getattr(feature_encoder, "config", None)
+    if config is not None:
+        if config.in_channels != G.config.img_channels:
+            problems.append(f"the feature encoder's input channels are {config.in_channels}, the generator makes "
+                            f"{G.config.img_channels}")
+        if config.input_size != encoder_resolution:
+            problems.append(f"the feature encoder was built for {config.input_size}-px inputs, but the encoders are fed "
+                            f"{encoder_resolution}-px images")
+    shapes = G.synthesis.offsettable_parameters()
+    for t in hypernetwork.targets:
+        if t.name not in shapes:
+            problems.append(f"the hypernetwork predicts {t.name}, which the generator does not have")
+        elif tuple(t.shape) != tuple(shapes[t.name]):
+            problems.append(f"the hypernetwork predicts {t.name} as {list(t.shape)}, the generator's is "
+                            f"{list(shapes[t.name])}")
+    if config is not None:
+        if config.n_styles < hypernetwork.num_features:
+            problems.append(f"the feature encoder makes {config.n_styles} feature maps, the hypernetwork reads "
+                            f"{hypernetwork.num_features}")
+        for field in ("feature_channels", "feature_size"):
+            if getattr(config, field) != getattr(hypernetwork.config, field):
+                problems.append(f"the feature encoder's {field} is {getattr(config, field)}, the hypernetwork's "
+                                f"{getattr(hypernetwork.config, field)}")
+    return problems
+
+
+@register_method
+class HyperInverter(Phase1):
+    """E1 (``w_encoder``), the feature encoder (``feature_encoder``) and one hypernetwork per target layer around a frozen G.
+
+    ``feature_encoder``: ``[B,C,S,S] -> [B,n,C_f,s,s]``. ``hypernetwork``: ``(features of x_w, features of x)
+    -> WeightDelta`` (additive). ``encoder_resolution``: the side S both encoders read.
+    """
+
+    name = "hyperinverter"
+    label = "HyperInverter"
+    initial_label = "Phase I (W)"
+    components = ("w_encoder", "feature_encoder", "hypernetwork")
+    summary = "W code from E1, then residual generator weights from per-layer hypernetworks (CVPR 2022)"
+
+    def __init__(self, generator: Generator, *, w_encoder: nn.Module, feature_encoder: nn.Module,
+                 hypernetwork: nn.Module, encoder_resolution: int = 256) -> None:
+        super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution)
+        raise_if(check_compatible(generator, w_encoder, feature_encoder, hypernetwork, encoder_resolution))
+        self.feature_encoder = feature_encoder
+        self.hypernetwork = hypernetwork
+
+    @classmethod
+    def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None,
+               targets: TargetSet = "conv_without_bias", hidden_dim: int = 8,
+               inner_channels: int = 8) -> HyperInverter:
+        """Untrained encoders from an ``encoder_preset`` and hypernetworks, sized for ``generator``."""
+        spec = encoder_preset(preset, **encoder_fit(generator, encoder_resolution))
+        hypernetwork = HyperNetwork.from_generator(generator, targets=targets, feature_channels=spec.feature_channels,
+                                                   feature_size=spec.feature_size, hidden_dim=hidden_dim,
+                                                   inner_channels=inner_channels)
+        return cls(generator, w_encoder=spec.build_w_encoder(), feature_encoder=spec.build_feature_encoder(),
+                   hypernetwork=hypernetwork, encoder_resolution=spec.input_size)
+
+    def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor) -> WeightDelta:
+        """Phase II: Δθ from the input and its Phase I image; the feature encoder runs on both (shared weights)."""
+        size = self.encoder_resolution
+        w_image, x = resize_for_encoder(w_image, size), resize_for_encoder(x, size)
+        if self.feature_encoder.training:
+            # Two calls, as the official trainer does: BatchNorm statistics of the inputs and of the Phase I
+            # images stay separate, and every sample of the batch counts (no per-sample chunks).
+            return self.hypernetwork(self.feature_encoder(w_image), self.feature_encoder(x))
+        # Inference: one feature-encoder call per chunk on both images of each sample (shared weights, same result). On CPUs
+        # one sample per call is fastest at full size: larger batches push the feature encoder's full-width 64x64 maps out of
+        # cache (benchmarks/results/hyperinverter-ffhq1024-cpu.md); small encoders run the whole batch.
+        chunk = 1 if x.device.type == "cpu" and size >= 256 else x.shape[0]
+        image_features, input_features = [], []
+        for i in range(0, x.shape[0], chunk):
+            f_w, f_x = self.feature_encoder(torch.cat([w_image[i : i + chunk], x[i : i + chunk]])).chunk(2)
+            image_features.append(f_w)
+            input_features.append(f_x)
+        return self.hypernetwork(torch.cat(image_features), torch.cat(input_features))
+
+    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None) -> InversionResult:
+        phase1 = super().forward(images, stopwatch=stopwatch)
+        delta = self.predict_delta(images, phase1.image)
+        image = self.generator.synthesis(phase1.ws, weight_delta=delta, noise_mode="const")
+        if stopwatch is not None:
+            stopwatch.lap("phase2")
+        return InversionResult(ws=phase1.ws, image=image, weight_delta=delta, initial_image=phase1.image)

@@ -1,0 +1,96 @@
+"""``phase1``: a W encoder alone. One code ``w = E1(x) + w_avg`` on every layer, rendered by the generator.
+
+This is HyperInverter's Phase I, and any pSp/e4e-style encoder into W (``...EncoderUsingLastLayerIntoW``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.encoders import encoder_preset
+from ..models.stylegan2 import Generator
+from . import register_method
+from .base import InversionResult, Inverter, Stopwatch
+
+
+def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``), as the official code does before its encoders.
+
+    The result is channels-last: the encoders' convolutions run measurably faster in that layout.
+    """
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def check_w_encoder(generator: Generator, w_encoder: nn.Module) -> list[str]:
+    """What does not fit between a W encoder and the generator (empty if it fits)."""
+    config = getattr(w_encoder, "config", None)
+    if config is None:
+        return []
+    problems = []
+    if config.in_channels != generator.config.img_channels:
+        problems.append(f"the W encoder takes {config.in_channels}-channel images, the generator makes "
+                        f"{generator.config.img_channels}")
+    if config.w_dim != generator.w_dim:
+        problems.append(f"the W encoder makes {config.w_dim}-d codes, the generator takes {generator.w_dim}")
+    return problems
+
+
+def encoder_fit(generator: Generator, encoder_resolution: int | None = None) -> dict:
+    """The ``encoder_preset`` overrides that size encoders for ``generator`` (channels, W size, style rows)."""
+    fit = dict(in_channels=generator.config.img_channels, w_dim=generator.w_dim, n_styles=generator.num_ws)
+    return fit if encoder_resolution is None else {**fit, "input_size": encoder_resolution}
+
+
+def raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("the model's parts do not fit together:\n  " + "\n  ".join(problems))
+
+
+@register_method
+class Phase1(Inverter):
+    """E1 (``w_encoder``, ``[B,C,S,S] -> [B,w_dim]``, an offset from ``w_avg``) around a frozen generator.
+
+    ``encoder_resolution``: the side S the images are resized to before the encoder (256 officially).
+    """
+
+    name = "phase1"
+    label = "Phase I (W)"
+    components = ("w_encoder",)
+    summary = "a W encoder alone: one code w on every layer (HyperInverter's Phase I, or a pSp/e4e W encoder)"
+
+    def __init__(self, generator: Generator, *, w_encoder: nn.Module, encoder_resolution: int = 256) -> None:
+        super().__init__(generator)
+        raise_if(check_w_encoder(generator, w_encoder))
+        self.w_encoder = w_encoder
+        self.encoder_resolution = encoder_resolution
+
+    @classmethod
+    def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> Phase1:
+        """An untrained encoder from an ``encoder_preset`` sized for ``generator``."""
+        spec = encoder_preset(preset, **encoder_fit(generator, encoder_resolution))
+        return cls(generator, w_encoder=spec.build_w_encoder(), encoder_resolution=spec.input_size)
+
+    def settings(self) -> dict:
+        return {"encoder_resolution": self.encoder_resolution}
+
+    def encode_w(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]`` (one w on every layer)."""
+        G = self.generator
+        assert x.ndim == 4 and x.shape[1] == G.config.img_channels, (
+            f"expected [B,{G.config.img_channels},H,W] images, got {tuple(x.shape)}"
+        )
+        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution)) + G.w_avg
+        assert w.shape == (x.shape[0], G.w_dim), f"W encoder returned {tuple(w.shape)}"
+        return w[:, None].repeat(1, G.num_ws, 1)
+
+    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None) -> InversionResult:
+        ws = self.encode_w(images)
+        # No no_grad here: Phase I trains E1 through this image (G is frozen, so it records nothing for G).
+        image = self.generator.synthesis(ws, noise_mode="const")
+        if stopwatch is not None:
+            stopwatch.lap("phase1")
+        return InversionResult(ws=ws, image=image)

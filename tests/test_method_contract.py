@@ -1,0 +1,121 @@
+"""The contract every registered inversion method keeps, checked on a tiny instance of each (like diffusers'
+``PipelineTesterMixin``): a new method gets all of these by registering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import build_tiny_generator
+
+from hyperinverter.editing import LinearDirection
+from hyperinverter.errors import NonFiniteError
+from hyperinverter.inversion.batch import invert_files
+from hyperinverter.inversion.export import bake_weight_delta
+from hyperinverter.io.images import save_image
+from hyperinverter.methods import registered_methods
+from hyperinverter.pipeline import InversionPipeline
+
+METHODS = sorted(registered_methods())
+
+
+@pytest.fixture(params=METHODS)
+def pipe(request):
+    torch.manual_seed(0)
+    G = build_tiny_generator()
+    method = registered_methods()[request.param].create(G, preset="tiny")
+    return InversionPipeline(method, device="cpu", name=f"tiny-{request.param}")
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_the_registry_holds_the_paper_methods():
+    assert {"phase1", "hyperinverter"} <= set(METHODS)
+    for name, cls in registered_methods().items():
+        assert cls.name == name and cls.label and cls.summary
+        json.dumps(dict(cls.options))  # option -> its official default, plain data (shown by `methods`, stored)
+
+
+def test_the_result_keeps_its_shapes(pipe):
+    G = pipe.generator
+    result = pipe.invert(images(2))
+    assert result.ws.shape == (2, G.num_ws, G.w_dim) and result.image.shape == (2, 3, 32, 32)
+    if result.weight_delta is not None:
+        shapes = G.synthesis.offsettable_parameters()
+        assert all(tuple(t.shape) == (2, *shapes[name]) for name, t in result.weight_delta.items())
+    for extra in [result.initial_image, *result.steps]:
+        assert extra is None or extra.shape == result.image.shape
+    assert (result.initial_image is not None) == (pipe.inverter().initial_label is not None)
+    assert result.timings and all(v >= 0 for v in result.timings.values())
+    assert torch.allclose(pipe.render(result.ws, result.weight_delta), result.image, atol=1e-5)
+
+
+def test_batch_equals_single(pipe):
+    x = images(3)
+    batched = pipe.invert(x, batch_size=3)
+    for i in range(3):
+        single = pipe.invert(x[i : i + 1])
+        assert torch.allclose(single.ws, batched.ws[i : i + 1], atol=1e-5)
+        assert torch.allclose(single.image, batched.image[i : i + 1], atol=1e-4)
+
+
+def test_save_then_load_gives_the_same_result(pipe, tmp_path):
+    x = images(2)
+    before = pipe.invert(x)
+    if not pipe.inverter().components:
+        return  # nothing to store: it runs on any bundle
+    pipe.save_pretrained(tmp_path / "bundle")
+    name = pipe.default_method
+    loaded = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+    assert name in loaded.methods and loaded.default_method == name
+    after = loaded.invert(x)
+    assert torch.allclose(before.ws, after.ws, atol=1e-6) and torch.allclose(before.image, after.image, atol=1e-6)
+
+
+def test_an_edit_of_strength_zero_is_the_reconstruction(pipe):
+    result = pipe.invert(images(2))
+    direction = LinearDirection(torch.randn(1, pipe.generator.w_dim))
+    assert torch.allclose(pipe.edit(result, direction, 0.0), result.image, atol=1e-5)
+    assert not torch.allclose(pipe.edit(result, direction, 3.0), result.image, atol=1e-3)
+
+
+def test_interpolation_ends_are_the_reconstructions(pipe):
+    result = pipe.invert(images(2))
+    frames = pipe.interpolate(result.select(0), result.select(1), steps=3)
+    assert torch.allclose(frames[0], result.image[0], atol=1e-5)
+    assert torch.allclose(frames[-1], result.image[1], atol=1e-5)
+
+
+def test_an_exported_generator_renders_the_reconstruction(pipe):
+    result = pipe.invert(images(1))
+    baked = bake_weight_delta(pipe.generator, result.weight_delta)
+    with torch.no_grad():
+        assert torch.allclose(baked.synthesis(result.ws), result.image, atol=1e-5)
+
+
+def test_inversion_files_render_the_reconstruction(pipe, tmp_path):
+    x = images(2)
+    for i in range(2):
+        save_image(x[i], tmp_path / "in" / f"{i}.png")
+    report = invert_files(pipe, sorted((tmp_path / "in").iterdir()), tmp_path / "out", progress=False)
+    assert len(report.written) == 2 and report.ok
+    loaded, record = pipe.load_result(report.written[1])
+    assert record["method"] == pipe.default_method
+    expected = pipe.invert(sorted((tmp_path / "in").iterdir())[1:])  # the same PNG, read back
+    assert torch.allclose(loaded.image, expected.image, atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors(pipe):
+    with pytest.raises(ValueError, match=r"images must be \[B, 3, 32, 32\]"):
+        pipe.invert(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\]"):
+        pipe.inverter().invert(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(NonFiniteError, match="NaN"):
+        pipe.invert(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="has no option \\['colour'\\]"):
+        pipe.invert(images(1), colour="blue")
+    with pytest.raises(ValueError, match="unknown method 'no-such-method'"):
+        pipe.invert(images(1), method="no-such-method")
