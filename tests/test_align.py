@@ -59,7 +59,7 @@ def test_crop_outside_the_photo_is_filled_and_paste_back_round_trips():
 
 def test_dlib_finds_and_aligns_a_real_face_or_says_none():
     from hyperinverter.align import Dlib68Detector, align_faces
-    from hyperinverter.hub import SAMPLES_DIR
+    from hyperinverter.apps import SAMPLES_DIR
 
     detector = Dlib68Detector()  # the test install has the align extra: a missing dlib is a failure here
     photo = Image.open(SAMPLES_DIR / "astronaut.jpg")

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from hyperinverter.align import ffhq_quad
+from hyperinverter.apps import SAMPLES_DIR
 from hyperinverter.cli.main import main
 from hyperinverter.editing import LinearDirection, save_direction
-from hyperinverter.hub import SAMPLES_DIR
 from hyperinverter.inversion.batch import invert_files, rank_shard
 from hyperinverter.inversion.files import load_inversion
 from hyperinverter.pipeline import InversionPipeline

@@ -3,7 +3,7 @@ interpolations and the index page; a missing bundled model is reported and the r
 
 import torch
 
-from hyperinverter import hub
+from hyperinverter import catalogue
 from hyperinverter.cli.main import main
 from hyperinverter.editing import LinearDirection, save_direction
 from hyperinverter.io.images import save_image
@@ -29,7 +29,7 @@ def tiny_bundle(folder, channels, *, examples=0):
 
 
 def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
+    monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "bundled")
     tiny_bundle(tmp_path / "bundled" / "faces-64", 3)
     tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=3)
     out = tmp_path / "demo"
@@ -43,10 +43,10 @@ def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
 
 
 def test_a_missing_bundled_model_is_reported(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
+    monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "bundled")
     tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=2)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     assert "not run: the bundled model 'faces-64' is not in this installation" in capsys.readouterr().err
     assert len(list((tmp_path / "demo").glob("*.png"))) == 2
-    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "nothing")
     assert main(["demo", "--out", str(tmp_path / "demo2"), "--device", "cpu"]) == 1

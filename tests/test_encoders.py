@@ -24,6 +24,7 @@ from hyperinverter.models.encoders import (
     FeatureEncoderConfig,
     IRSEBackbone,
     ResNetBackbone,
+    TrunkConfig,
     WEncoder,
     WEncoderConfig,
     encoder_preset,
@@ -239,14 +240,14 @@ def test_small_style_counts_build_only_what_they_use(n_styles):
 
 def test_custom_split_and_feature_size():
     e2 = FeatureEncoder(FeatureEncoderConfig(
-        units=TINY_UNITS, widths=TINY_WIDTHS, input_size=64, n_styles=6, feature_channels=8, feature_size=4,
+        trunk=TrunkConfig(units=TINY_UNITS, widths=TINY_WIDTHS), input_size=64, n_styles=6, feature_channels=8, feature_size=4,
         coarse_end=1, middle_end=2,
     ))  # fmt: skip
     assert e2.levels == ("coarse", "middle", "fine", "fine", "fine", "fine")
     assert [len(h.convs) // 2 for h in e2.styles] == [0, 1, 2, 2, 2, 2]
     assert e2(torch.randn(1, 3, 64, 64)).shape == (1, 6, 8, 4, 4)
     with pytest.raises(ValueError, match="cannot be halved"):
-        FeatureEncoder(FeatureEncoderConfig(units=TINY_UNITS, widths=TINY_WIDTHS, input_size=64, feature_size=8))
+        FeatureEncoder(FeatureEncoderConfig(trunk=TrunkConfig(units=TINY_UNITS, widths=TINY_WIDTHS), input_size=64, feature_size=8))
 
 
 def test_c3_projection_only_when_widths_differ():
@@ -323,12 +324,12 @@ def test_ir_se_loading_errors_name_the_keys(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_ir_se_trunk(backbone, bad)
     message = str(err.value)
-    assert "missing keys [body.1.res_layer.3.weight]" in message
-    assert "unexpected keys [body.9.res_layer.1.weight]" in message
+    assert "missing keys: ['body.1.res_layer.3.weight']" in message
+    assert "unexpected keys: ['body.9.res_layer.1.weight']" in message
     assert "input_layer.2.weight: file (5,) vs model (8,)" in message
     assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())  # nothing was loaded
 
-    with pytest.raises(CheckpointError, match="unexpected keys \\[extra.weight\\]"):
+    with pytest.raises(CheckpointError, match="unexpected keys: \\['extra.weight'\\]"):
         load_ir_se_trunk(backbone, {**state, "extra.weight": torch.zeros(1)})
     with pytest.raises(TypeError, match="IR-SE trunk"):
         load_ir_se_trunk(encoder_preset("tiny_resnet").build_w_encoder(), state)
@@ -372,10 +373,10 @@ def test_torchvision_resnet34_maps_onto_the_body(tmp_path):
     tiny_state = random_state(torchvision_resnet_layout(TINY_UNITS, TINY_WIDTHS))
     path = tmp_path / "resnet.pth"
     torch.save({**tiny_state, "layer5.0.conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match="no counterpart: \\[layer5.0.conv1.weight\\]"):
+    with pytest.raises(CheckpointError, match="no counterpart: \\['layer5.0.conv1.weight'\\]"):
         load_torchvision_resnet(tiny, path)
     del tiny_state["layer2.0.downsample.1.running_mean"]
-    with pytest.raises(CheckpointError, match="missing keys \\[body.1.downsample.1.running_mean\\]"):
+    with pytest.raises(CheckpointError, match="missing keys: \\['body.1.downsample.1.running_mean'\\]"):
         load_torchvision_resnet(tiny, tiny_state)
 
 
@@ -408,7 +409,7 @@ def test_psp_style_checkpoints_round_trip(tmp_path, preset):
     state["encoder.linear.extra"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as err:
         load_prefixed_state_dict(e1, state, prefix="encoder")
-    assert "missing keys [linear.bias]" in str(err.value) and "unexpected keys [linear.extra]" in str(
+    assert "missing keys: ['linear.bias']" in str(err.value) and "unexpected keys: ['linear.extra']" in str(
         err.value
     )
     with pytest.raises(CheckpointError, match="no keys with prefix 'hypernet.'"):
@@ -420,7 +421,7 @@ def test_full_size_psp_w_encoder_layout_loads(tmp_path):
     layout = {**ir_se_layout(IR50, OFFICIAL_WIDTHS), "linear.weight": (512, 512), "linear.bias": (512,)}
     state = {f"encoder.{k}": v for k, v in random_state(layout).items()}
     with torch.device("meta"):
-        e1 = WEncoder(WEncoderConfig(backbone="ir_se", depth=50, w_dim=512))
+        e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig("ir_se", 50), w_dim=512))
     e1 = e1.to_empty(device="cpu")
     load_prefixed_state_dict(e1, {"state_dict": state, "opts": {}})
     assert torch.equal(e1.linear.weight, state["encoder.linear.weight"])
@@ -430,7 +431,7 @@ def test_full_size_psp_w_encoder_layout_loads(tmp_path):
 
 
 def test_read_state_dict_rejects_non_tensors(tmp_path):
-    with pytest.raises(CheckpointError, match="non-tensor entries \\[opts\\]"):
+    with pytest.raises(CheckpointError, match="non-tensor entries \\['opts'\\]"):
         read_state_dict({"a": torch.zeros(1), "opts": {"x": 1}})
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a torch file")

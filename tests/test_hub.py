@@ -1,4 +1,4 @@
-"""The model catalogue (``hyperinverter.hub``) and the ``models`` / ``download`` commands.
+"""The model catalogue (``hyperinverter.catalogue``), the downloader and the ``models`` / ``download`` commands.
 
 The network is never touched: an autouse fixture makes every ``urlopen`` (and any socket connection) fail,
 and the "successful download" test serves bytes from memory. The cache is a temporary folder chosen
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperinverter import hub
+from hyperinverter import catalogue as hub
+from hyperinverter import download as downloader
 from hyperinverter.cli.main import main
 
 PAYLOAD = b"pretend generator weights\n" * 1000
@@ -147,7 +148,7 @@ def test_download_without_a_link_explains_the_manual_route(cache, offline, capsy
     assert offline == []  # nothing to fetch, so no network attempt at all
     assert artifact.filename in err and artifact.source in err and str(cache / artifact.filename) in err
     with pytest.raises(FileNotFoundError, match="by hand"):
-        hub.download(artifact.name)
+        downloader.download(artifact.name)
 
 
 def test_resolve_missing_file_names_download_command_and_path(cache, fake_catalogue):
@@ -185,7 +186,7 @@ def test_hand_placed_file_with_a_wrong_hash_is_rejected(cache, fake_catalogue, o
         assert code == 2
     else:
         with pytest.raises(ValueError) as e:
-            (hub.resolve_model if entry == "resolve" else hub.download)("manual-gen")
+            (hub.resolve_model if entry == "resolve" else downloader.download)("manual-gen")
         message = str(e.value)
     assert bad_sha in message and PAYLOAD_SHA in message
     assert str(target) in message
@@ -273,14 +274,14 @@ def test_download_is_written_atomically_and_verified(cache, fake_catalogue, monk
     assert files_in(cache) == [FAKE.filename]  # the temporary file is gone
     assert hub.resolve_model("fake-gen") == target
     # A second download finds the verified file and does not fetch again.
-    assert hub.download("fake-gen") == target and urls == [URL]
+    assert downloader.download("fake-gen") == target and urls == [URL]
 
 
 def test_download_with_a_wrong_hash_keeps_nothing(cache, fake_catalogue, monkeypatch):
     bad = PAYLOAD[:-3] + b"xyz"
     serve(monkeypatch, bad)
     with pytest.raises(ValueError) as e:
-        hub.download("fake-gen")
+        downloader.download("fake-gen")
     assert hashlib.sha256(bad).hexdigest() in str(e.value) and PAYLOAD_SHA in str(e.value)
     assert URL in str(e.value) and str(cache / FAKE.filename) in str(e.value)
     assert files_in(cache) == []
@@ -289,7 +290,7 @@ def test_download_with_a_wrong_hash_keeps_nothing(cache, fake_catalogue, monkeyp
 def test_interrupted_download_keeps_nothing(cache, fake_catalogue, monkeypatch):
     serve(monkeypatch, PAYLOAD, fail_after=len(PAYLOAD) // 2)
     with pytest.raises(FileNotFoundError) as e:
-        hub.download("fake-gen")
+        downloader.download("fake-gen")
     assert "connection dropped" in str(e.value) and str(cache / FAKE.filename) in str(e.value)
     assert files_in(cache) == []
 
@@ -297,5 +298,5 @@ def test_interrupted_download_keeps_nothing(cache, fake_catalogue, monkeypatch):
 def test_bundled_models_resolve_without_the_cache(cache):
     for artifact in hub.CATALOGUE:
         if artifact.bundled and (hub.BUNDLED_DIR / artifact.filename).exists():
-            assert hub.download(artifact.name) == hub.BUNDLED_DIR / artifact.filename
+            assert downloader.download(artifact.name) == hub.BUNDLED_DIR / artifact.filename
     assert not cache.exists()

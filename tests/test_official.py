@@ -6,7 +6,13 @@ import torch
 from hyperinverter.cli.main import main
 from hyperinverter.convert.official import load_official_hyperinverter, load_psp_w_encoder
 from hyperinverter.errors import CheckpointError
-from hyperinverter.models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
+from hyperinverter.models.encoders import (
+    FeatureEncoder,
+    FeatureEncoderConfig,
+    TrunkConfig,
+    WEncoder,
+    WEncoderConfig,
+)
 from hyperinverter.models.hypernetwork import HyperNetwork
 from hyperinverter.pipeline import InversionPipeline
 from nvidia_pickle_writer import write_nvidia_pickle
@@ -17,8 +23,8 @@ TRUNK = dict(units=(1, 2, 1, 1), widths=(8, 16, 32, 64))
 def official_checkpoint(G, backbone="ir_se", targets="conv_without_bias", seed=0):
     """A state dict in the released layout, with tiny shapes: w_encoder., w_bar_encoder., hypernet., discriminator."""
     torch.manual_seed(seed)
-    e1 = WEncoder(WEncoderConfig(backbone=backbone, **TRUNK, w_dim=G.w_dim))
-    e2 = FeatureEncoder(FeatureEncoderConfig(backbone=backbone, **TRUNK, input_size=64, n_styles=G.num_ws, feature_channels=64,
+    e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig(backbone, **TRUNK), w_dim=G.w_dim))
+    e2 = FeatureEncoder(FeatureEncoderConfig(trunk=TrunkConfig(backbone, **TRUNK), input_size=64, n_styles=G.num_ws, feature_channels=64,
                           feature_size=2))
     h = HyperNetwork.from_generator(G, targets=targets, feature_channels=64, feature_size=2, hidden_dim=8,
                                     inner_channels=8)
@@ -83,7 +89,7 @@ def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
 
 def test_psp_w_encoder_checkpoint(tmp_path, tiny_generator):
     torch.manual_seed(1)
-    e1 = WEncoder(WEncoderConfig(**TRUNK, w_dim=16))
+    e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig(**TRUNK), w_dim=16))
     sd = {**{f"encoder.{k}": v for k, v in e1.state_dict().items()},
           **{f"decoder.{k}": torch.zeros(1) for k in ("style.1.weight",)}}
     torch.save({"state_dict": sd, "opts": {"learn_in_w": True}, "latent_avg": torch.zeros(16)}, tmp_path / "w.pt")

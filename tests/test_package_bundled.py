@@ -93,7 +93,7 @@ def runs(tmp_path_factory, one_thread):
         (folder / "dataset.json").write_text(json.dumps({"split": split, "labels": labels}))
 
     common = {"data": str(train), "log_every": 50, "device": "cpu"}
-    gen_cfg = GeneratorTrainingConfig(run_dir=str(run / "fashion32-generator"), resolution=32, img_channels=1,
+    gen_cfg = GeneratorTrainingConfig(run_dir=str(run / "fashion32-generator"), generator=G.config,
                                       steps=200, batch_size=BATCH, **common)
     inv = dict(generator=str(run / "fashion32-generator" / "final"), steps=100, batch_size=BATCH,
                encoder_resolution=64, **common)

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from hyperinverter.cli.main import main
+from hyperinverter.config_base import encode
+from hyperinverter.models.encoders import TrunkConfig
 from hyperinverter.training.config import ConfigError, load_config
 from hyperinverter.training.gan import GeneratorTrainingConfig
 from hyperinverter.training.inversion import InversionTrainingConfig
@@ -51,9 +53,10 @@ def test_every_yaml_parses_into_its_config_without_unknown_keys(path):
     fields = {f.name for f in dataclasses.fields(cls)}
     assert not set(data) - fields, f"{_id(path)}: unknown keys {sorted(set(data) - fields)}"
     cfg = load_config(cls, path)  # strict: types checked, __post_init__ run
+    plain = encode(cfg)  # nested configs as mappings, tuples as lists
     for key, value in data.items():
-        got = getattr(cfg, key)
-        assert (list(got) if isinstance(got, tuple) else got) == value, key
+        got = plain[key]
+        assert (got if not isinstance(value, dict) else {k: got[k] for k in value}) == value, key
 
 
 def test_unknown_keys_are_rejected():
@@ -75,15 +78,16 @@ def test_preset_paths_are_placeholders_that_overrides_replace(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_cli_hands_the_preset_to_the_hypernetwork_trainer(name, tmp_path, monkeypatch, capsys):
-    from hyperinverter.training import inversion
+    from hyperinverter.training import TRAINERS, Trainer
+    from hyperinverter.training.loop import TrainingResult
 
     seen = []
 
     def fake_train(cfg):
         seen.append(cfg)
-        return inversion.InversionTrainingResult(tmp_path, tmp_path / "final", None, cfg.steps)
+        return TrainingResult(tmp_path, tmp_path / "final", None, cfg.steps)
 
-    monkeypatch.setattr(inversion, "train_hypernetwork", fake_train)
+    monkeypatch.setitem(TRAINERS, "hypernetwork", Trainer("", lambda: (InversionTrainingConfig, fake_train)))
     code = main(["train", "hypernetwork", "--config", str(PRESETS[name]), f"data={tmp_path}", "w_encoder=e1/"])
     assert code == 0
     (cfg,) = seen
@@ -113,10 +117,10 @@ OFFICIAL_COMMON = {
     "hflip": True,
 }
 OFFICIAL = {
-    "ffhq-1024": {**OFFICIAL_COMMON, "backbone": "ir_se", "backbone_depth": 50, "id_weight": 0.1,
+    "ffhq-1024": {**OFFICIAL_COMMON, "trunk": TrunkConfig("ir_se", 50), "id_weight": 0.1,
                   "adv_weight": 0.005, "adv_start": 200_000, "r1_gamma": 10.0},
     # MoCo (0.5) is not implemented here: no identity term for churches.
-    "church-256": {**OFFICIAL_COMMON, "backbone": "resnet", "backbone_depth": 34, "id_weight": 0.0,
+    "church-256": {**OFFICIAL_COMMON, "trunk": TrunkConfig("resnet", 34), "id_weight": 0.0,
                    "adv_weight": 0.15, "adv_start": 100_000, "r1_gamma": 100.0},
 }
 
@@ -126,7 +130,7 @@ def test_preset_holds_the_official_numbers(name):
     cfg = load_config(InversionTrainingConfig, PRESETS[name])
     for key, value in OFFICIAL[name].items():
         assert getattr(cfg, key) == value, f"{name}: {key} = {getattr(cfg, key)!r}, official {value!r}"
-    assert cfg.backbone_widths == (64, 128, 256, 512)
+    assert cfg.trunk.widths == (64, 128, 256, 512)
     assert cfg.grad_accum == 1
     assert cfg.dfeat_weight == 0.0  # official losses only; the offline substitute is opt-in
     assert 0 < cfg.val_fraction <= 0.05  # model selection on a validation split, never the test set
@@ -169,15 +173,14 @@ def test_preset_builds_the_official_architecture(name):
     from hyperinverter.models.encoders import FeatureEncoder, FeatureEncoderConfig
     from hyperinverter.models.hypernetwork import HyperNetwork
     from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
-    from hyperinverter.training.inversion import _backbone_kwargs
 
     resolution, e2_millions, hyper_millions, n_targets = OFFICIAL_SIZES[name]
     cfg = load_config(InversionTrainingConfig, PRESETS[name])
     with torch.device("meta"):  # shapes only: nothing is allocated
         G = Generator(GeneratorConfig(resolution=resolution, channel_base=32768, channel_max=512))  # StyleGAN2 config-f
         # Built as the Phase II trainer builds them (E1's input size is 256 for the official W encoders).
-        e2 = FeatureEncoder(FeatureEncoderConfig(**_backbone_kwargs(cfg, 3), input_size=256, n_styles=G.num_ws,
-                              feature_channels=cfg.feature_channels, feature_size=cfg.feature_size))
+        e2 = FeatureEncoder(FeatureEncoderConfig(trunk=cfg.trunk, input_size=256, n_styles=G.num_ws,
+                                                 feature_channels=cfg.feature_channels, feature_size=cfg.feature_size))
         hyper = HyperNetwork.from_generator(G, targets=cfg.targets, feature_channels=cfg.feature_channels,
                                             feature_size=cfg.feature_size, hidden_dim=cfg.hidden_dim,
                                             inner_channels=cfg.regressor_width)

@@ -27,9 +27,10 @@ def teacher_images(n=16):
     return ((x + 1) * 127.5).round().to(torch.uint8)
 
 
-def config(run_dir, **kw):
+def config(run_dir, *, channel_max=8, **kw):
     base = dict(run_dir=str(run_dir), data="unused", steps=4, batch_size=8, log_every=1, sample_every=1000,
-                checkpoint_every=2, tensorboard=False, progress=False, r1_interval=2, **TINY)
+                checkpoint_every=2, tensorboard=False, progress=False, r1_interval=2,
+                generator=GeneratorConfig(**{**TINY, "channel_max": channel_max}))
     base.update(kw)
     return GeneratorTrainingConfig(**base)
 
@@ -86,8 +87,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     data = tmp_path / "data"
     for i, img in enumerate(teacher_images(16)):
         save_image((img.float() / 127.5 - 1)[None], data / f"{i:03d}.png")
-    overrides = [f"data={data}", "resolution=16", "z_dim=8", "w_dim=8", "mapping_layers=1", "channel_base=128",
-                 "channel_max=8", "steps=3", "batch_size=8", "r1_interval=2", "noise_mode=const", "val_fraction=0.0",
+    overrides = [f"data={data}", "generator.resolution=16", "generator.z_dim=8", "generator.w_dim=8",
+                 "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "steps=3", "batch_size=8", "r1_interval=2", "noise_mode=const", "val_fraction=0.0",
                  "checkpoint_every=3", "tensorboard=false", "progress=false", "device=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -138,9 +139,12 @@ def test_cli_resume_flags(tmp_path, monkeypatch):
     from hyperinverter.training import gan
 
     seen = []
-    monkeypatch.setattr(gan, "train_generator", lambda cfg: seen.append(cfg.resume) or gan.GeneratorTrainingResult(
-        tmp_path, None, cfg.steps))
-    args = ["train", "generator", f"run_dir={tmp_path}", "data=unused", "resolution=16", "steps=1"]
+    from hyperinverter.training import TRAINERS, Trainer
+    from hyperinverter.training.loop import TrainingResult
+
+    monkeypatch.setitem(TRAINERS, "generator", Trainer("", lambda: (
+        gan.GeneratorTrainingConfig, lambda cfg: seen.append(cfg.resume) or TrainingResult(tmp_path, None, None, 1))))
+    args = ["train", "generator", f"run_dir={tmp_path}", "data=unused", "generator.resolution=16", "steps=1"]
     assert main([*args[:2], "--no-resume", *args[2:]]) == 0
     assert main([*args[:2], "--resume", *args[2:]]) == 0
     assert main(args) == 0

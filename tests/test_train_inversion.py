@@ -5,11 +5,12 @@ import torch
 from safetensors.torch import load_file
 
 from hyperinverter.io.gan import save_gan
+from hyperinverter.models.encoders import TrunkConfig
 from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
 from hyperinverter.pipeline import InversionPipeline
 from hyperinverter.training.inversion import InversionTrainingConfig, train_hypernetwork, train_w_encoder
 
-ENCODER = dict(encoder_resolution=64, backbone="ir_se", backbone_units=(1, 1, 1, 1), backbone_widths=(8, 16, 32, 64))
+ENCODER = dict(encoder_resolution=64, trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)))
 
 
 @pytest.fixture
@@ -88,11 +89,9 @@ def test_phase1_trains_e1_through_its_image_in_bf16(tmp_path, gan_dir, images):
 
 
 def test_loss_options(gan_dir):
-    from hyperinverter.training.inversion import ReconstructionLoss
-
     x, y = torch.rand(2, 4, 3, 32, 32) * 2 - 1
     cfg = config("unused", gan_dir, loss_resolution=16)
-    _, parts = ReconstructionLoss(cfg, None, torch.device("cpu"))(x, y)
+    _, parts = cfg.reconstruction_loss(None, torch.device("cpu"))(x, y)
     pooled = torch.nn.functional.mse_loss(torch.nn.functional.avg_pool2d(x, 2), torch.nn.functional.avg_pool2d(y, 2))
     assert abs(parts["loss/l2"] - float(pooled)) < 1e-6
     with pytest.raises(ValueError, match="precision"):
@@ -116,7 +115,7 @@ def test_torchrun_phase2_two_ranks_equal_one_process(tmp_path, gan_dir, images):
     overrides = [f"data={tmp_path / 'data'}", f"generator={gan_dir}", f"w_encoder={p1.final_model}", "steps=3",
                  "batch_size=8", "lr=0.002", "hflip=false", "val_fraction=0.0", "checkpoint_every=1",
                  "tensorboard=false", "progress=false", "device=cpu", "encoder_resolution=64",
-                 "backbone_units=[1,1,1,1]", "backbone_widths=[8,16,32,64]", "feature_channels=16", "feature_size=2",
+                 "trunk.units=[1,1,1,1]", "trunk.widths=[8,16,32,64]", "feature_channels=16", "feature_size=2",
                  "hidden_dim=8", "regressor_width=8"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,7 +153,7 @@ def test_encoders_start_from_a_pretrained_trunk(tmp_path, gan_dir, images):
     from hyperinverter.models.encoders import WEncoder, WEncoderConfig
 
     torch.manual_seed(123)
-    donor = WEncoder(WEncoderConfig(backbone="ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64), in_channels=3, w_dim=16))
+    donor = WEncoder(WEncoderConfig(trunk=ENCODER["trunk"], in_channels=3, w_dim=16))
     trunk = {k: v for k, v in donor.state_dict().items() if k.startswith(("input_layer.", "body."))}
     torch.save(trunk, tmp_path / "trunk.pth")
     result = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1, lr=0.0, backbone_init=str(tmp_path / "trunk.pth")),

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from hyperinverter.align import NoFaceFoundError
+from hyperinverter.apps.web import WebSession, build_app
 from hyperinverter.editing import LinearDirection
 from hyperinverter.io.images import ImageReadError, center_square, pil_to_tensor
-from hyperinverter.web import WebSession, build_app
 from test_align import synthetic_landmarks
 
 

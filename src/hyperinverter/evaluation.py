@@ -7,7 +7,6 @@ similarity, and seconds per image. Every number is a mean over images.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +17,6 @@ from tqdm.auto import tqdm
 from .io.files import atomic_write_bytes
 from .metrics import PIXEL_METRICS
 from .pipeline import InversionPipeline
-
-logger = logging.getLogger(__name__)
 
 PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (reconstruction, target) -> [B]
 HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "id_sim": True}

@@ -19,7 +19,6 @@ HyperInverter, ``"components": [...]``) are read as the ``phase1`` and ``hyperin
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -40,8 +39,6 @@ from .io.images import center_square, pil_to_tensor, read_image
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Generator
 from .models.weight_delta import WeightDelta
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MAX_ENCODER_RESOLUTION = 2048
@@ -247,7 +244,7 @@ class InversionPipeline:
                         device: str | torch.device = "auto") -> InversionPipeline:
         """Load a bundle folder, or a catalogue name (bundled or downloaded models). ``method``: the default
         method from now on (default: the bundle's own)."""
-        from .hub import local_model_path
+        from .catalogue import local_model_path
 
         path = local_model_path(name_or_path)
         index = read_pipeline_index(path)

@@ -7,15 +7,12 @@ are filled by reflection (FFHQ additionally blurs them; we keep plain reflection
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from ..errors import InputError
-
-logger = logging.getLogger(__name__)
 
 
 class NoFaceFoundError(InputError):

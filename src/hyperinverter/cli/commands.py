@@ -63,7 +63,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _generator_path(spec: str) -> Path:
     """A generator file/folder, a pipeline folder (its generator), or a bundled/catalogue model name."""
-    from ..hub import local_model_path
+    from ..catalogue import local_model_path
 
     path = local_model_path(spec)
     return path / "generator" if (path / "pipeline.json").is_file() else path
@@ -137,7 +137,7 @@ def _demo(sub) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo as demo
+    from ..apps.demo import run_demo as demo
 
     report = demo(args.out, device=args.device)
     for reason in report.skipped:
@@ -165,10 +165,11 @@ def _web(sub) -> None:
 
 
 def run_web(args: argparse.Namespace) -> int:
-    from ..hub import BUNDLED_DIR, CATALOGUE, sample_photos
-    from ..web import build_app
+    from ..apps import sample_photos
+    from ..apps.web import build_app
+    from ..catalogue import installed_bundles
 
-    models = args.model or [a.name for a in CATALOGUE if a.bundled and (BUNDLED_DIR / a.filename).exists()]
+    models = args.model or installed_bundles()
     app = build_app(models, device=args.device, examples=sample_photos())
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
     app.launch(server_name=args.host, server_port=args.port, show_error=True)

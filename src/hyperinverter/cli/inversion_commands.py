@@ -300,7 +300,7 @@ def run_import_official(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from ..hub import cache_dir, catalogue_rows
+    from ..catalogue import cache_dir, catalogue_rows
 
     rows = catalogue_rows()
     print(f"{'name':32} {'kind':26} {'status':12} {'size':10} {'sha256':15} file")
@@ -321,7 +321,7 @@ def run_methods(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ..hub import download
+    from ..download import download
 
     path = download(args.name)
     print(f"{args.name}: {path}")

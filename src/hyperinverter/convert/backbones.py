@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io.checkpoints import load_weights_only
+from ..io.checkpoints import key_problems, listing, load_weights_only
 from ..models.encoders.backbones import Backbone, IRSEBackbone, ResNetBackbone, TrunkHost
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,8 @@ def read_state_dict(source: StateDictSource) -> dict[str, torch.Tensor]:
         raise CheckpointError(where, f"expected a state dict (a mapping of tensors), got {type(data).__name__}")
     not_tensors = [str(k) for k, v in data.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
     if not_tensors:
-        raise CheckpointError(where, f"not a state dict: non-tensor entries {_listing(not_tensors)}")
+        raise CheckpointError(where, f"not a state dict: non-tensor entries {listing(not_tensors)}")
     return dict(data)
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED])
-    return f"[{shown}{', ...' if len(keys) > _MAX_LISTED else ''}] ({len(keys)})"
 
 
 def _trunk_of(target: nn.Module) -> Backbone:
@@ -88,20 +83,8 @@ def _load_checked(
     ``num_batches_tracked`` buffers may be absent (files saved before PyTorch 0.4.1); they keep their values.
     """
     own = target.state_dict()
-    missing = [k for k in own if expected(k) and k not in mapped and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in mapped if k not in own or not expected(k)]
-    mis_shaped = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in mapped.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_listing(unexpected)}")
-    if mis_shaped:
-        problems.append(f"shape mismatches {_listing(mis_shaped)}")
+    problems = key_problems({k: v for k, v in own.items() if expected(k)}, mapped,
+                            may_lack=lambda k: k.endswith(".num_batches_tracked"))
     if problems:
         raise CheckpointError(f"{what} does not fit {type(target).__name__}: " + "; ".join(problems))
     result = target.load_state_dict(dict(mapped), strict=False)
@@ -185,7 +168,7 @@ def load_torchvision_resnet(
     unknown = sorted(k for k in state if k not in key_map and k not in skipped)
     if unknown:
         raise CheckpointError(
-            f"torchvision ResNet state dict has keys with no counterpart: {_listing(unknown)}"
+            f"torchvision ResNet state dict has keys with no counterpart: {listing(unknown)}"
         )
     mapped = {key_map[k]: v for k, v in state.items() if k in key_map}
 
@@ -218,6 +201,6 @@ def load_prefixed_state_dict(target: nn.Module, source: StateDictSource, *, pref
     stripped = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
     if not stripped:
         prefixes = sorted({k.split(".", 1)[0] for k in state})
-        raise CheckpointError(f"no keys with prefix {head!r}; the file has prefixes {_listing(prefixes)}")
+        raise CheckpointError(f"no keys with prefix {head!r}; the file has prefixes {listing(prefixes)}")
     _load_checked(target, stripped, expected=lambda k: True, what=f"'{prefix}.*' state dict")
     logger.info("loaded %d '%s.*' tensors into %s", len(stripped), prefix, type(target).__name__)

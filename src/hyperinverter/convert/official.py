@@ -20,7 +20,7 @@ from ..errors import CheckpointError
 from ..io.checkpoints import load_weights_only
 from ..methods.hyperinverter import HyperInverter
 from ..methods.phase1 import Phase1
-from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
+from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, TrunkConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
 from ..models.stylegan2 import Generator
 from .backbones import read_state_dict
@@ -36,7 +36,7 @@ def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 def _trunk_spec(sd: Mapping[str, torch.Tensor]) -> dict:
-    """Backbone kind, units per stage, widths and input channels from a trunk state dict."""
+    """The trunk (kind, units per stage, widths) and input channels of a trunk state dict, as config fields."""
     bodies = sorted({int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k))})
     if not bodies:
         raise CheckpointError("no trunk found (no body.N.* keys)")
@@ -56,7 +56,7 @@ def _trunk_spec(sd: Mapping[str, torch.Tensor]) -> dict:
     ends = starts[1:] + [len(bodies)]
     units = tuple(e - s for s, e in zip(starts, ends))
     widths = tuple(outs[s] for s in starts)
-    return dict(backbone=kind, units=units, widths=widths, in_channels=int(in_channels))
+    return {"trunk": TrunkConfig(kind, units=units, widths=widths), "in_channels": int(in_channels)}
 
 
 def w_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str) -> WEncoder:
@@ -90,7 +90,7 @@ def feature_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: s
         input_size = feature_size * 16 * 2 ** len(convs0)
     feature_size = input_size // 16 // 2 ** len(convs0)
     encoder = FeatureEncoder(FeatureEncoderConfig(**_trunk_spec(sd), input_size=input_size, n_styles=n_styles,
-                               feature_channels=feature_channels, feature_size=feature_size))
+                                                  feature_channels=feature_channels, feature_size=feature_size))
     load_state_dict_strict(encoder, sd, source=source)
     return encoder
 
@@ -163,7 +163,7 @@ def _hyperinverter_from(checkpoint: Path, ckpt: Mapping, generator: str | Path |
                               f"{G.num_ws} style inputs: wrong generator for this checkpoint?")
     if w_encoder.w_dim != G.w_dim:
         raise CheckpointError(f"{checkpoint}: W encoder makes {w_encoder.w_dim}-d codes, the generator takes {G.w_dim}")
-    logger.info("loaded %s (%s, %d targets, D=%d)", checkpoint, w_encoder.config.backbone,
+    logger.info("loaded %s (%s, %d targets, D=%d)", checkpoint, w_encoder.config.trunk.backbone,
                 len(hypernetwork.targets), hypernetwork.config.hidden_dim)
     return HyperInverter(G, w_encoder=w_encoder, feature_encoder=feature_encoder,
                          hypernetwork=hypernetwork, encoder_resolution=encoder_resolution)

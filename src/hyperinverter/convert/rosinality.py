@@ -7,7 +7,6 @@ against the reference tables for 32 px and 256 px.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,10 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CheckpointError
+from ..io.checkpoints import key_problems
 from ..models.stylegan2.generator import GeneratorConfig
 from ..ops.filters import setup_filter
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,15 +133,6 @@ def infer_config(g_ema: Mapping[str, torch.Tensor]) -> GeneratorConfig:
     return config
 
 
-def _missing_unexpected_error(what: str, missing: list[str], unexpected: list[str]) -> CheckpointError:
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {missing}")
-    if unexpected:
-        parts.append(f"unexpected keys: {unexpected}")
-    return CheckpointError(f"{what} does not match the generator layout; " + "; ".join(parts))
-
-
 def to_nvidia(
     g_ema: Mapping[str, torch.Tensor],
     config: GeneratorConfig,
@@ -159,11 +148,11 @@ def to_nvidia(
     source = dict(g_ema)
     if latent_avg is not None:
         source["latent_avg"] = latent_avg.reshape(-1)
-    known = {r.rosinality for r in rows if r.rosinality is not None}
-    unexpected = sorted(k for k in source if k not in known)
-    missing = sorted(r.rosinality for r in rows if r.rosinality and not r.optional and r.rosinality not in source)
-    if missing or unexpected:
-        raise _missing_unexpected_error("rosinality checkpoint", missing, unexpected)
+    optional = {r.rosinality for r in rows if r.optional}
+    problems = key_problems({r.rosinality: None for r in rows if r.rosinality is not None}, source,
+                            may_lack=optional.__contains__)
+    if problems:
+        raise CheckpointError("the rosinality checkpoint does not match the generator layout; " + "; ".join(problems))
 
     out: dict[str, torch.Tensor] = {}
     absent: list[str] = []

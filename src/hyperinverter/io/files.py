@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import errno
 import json
-import logging
 import os
 import re
 import secrets
@@ -23,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
-
-logger = logging.getLogger(__name__)
 
 PIPELINE_INDEX = "pipeline.json"
 PIPELINE_FORMAT = "hyperinverter-pipeline"

@@ -17,10 +17,7 @@ import torch
 from torch import nn
 
 from ..models.stylegan2 import Discriminator
-
-
-def _unit_normalise(f: torch.Tensor) -> torch.Tensor:
-    return f / (f.square().sum(dim=1, keepdim=True).sqrt() + 1e-10)
+from .lpips import unit_normalise
 
 
 class DiscriminatorFeatureLoss(nn.Module):
@@ -45,5 +42,5 @@ class DiscriminatorFeatureLoss(nn.Module):
         total = x.new_zeros(x.shape[0])
         for i in self.blocks:
             fx, fy = feats[i].chunk(2)
-            total = total + (_unit_normalise(fx) - _unit_normalise(fy)).square().sum(dim=1).mean(dim=[1, 2])
+            total = total + (unit_normalise(fx) - unit_normalise(fy)).square().sum(dim=1).mean(dim=[1, 2])
         return total

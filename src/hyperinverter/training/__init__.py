@@ -1,0 +1,41 @@
+"""Trainers, all on the one loop of :mod:`.loop`. ``TRAINERS``: the ones the command line offers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A trainer the CLI offers: ``load()`` -> (its config class, its train function), imported on use."""
+
+    help: str
+    load: Callable[[], tuple[type, Callable[..., Any]]]
+
+
+def _generator():
+    from .gan import GeneratorTrainingConfig, train_generator
+
+    return GeneratorTrainingConfig, train_generator
+
+
+def _w_encoder():
+    from .inversion import InversionTrainingConfig, train_w_encoder
+
+    return InversionTrainingConfig, train_w_encoder
+
+
+def _hypernetwork():
+    from .inversion import InversionTrainingConfig, train_hypernetwork
+
+    return InversionTrainingConfig, train_hypernetwork
+
+
+TRAINERS: dict[str, Trainer] = {
+    "generator": Trainer("StyleGAN2 for a small domain (optionally warm-started by distillation)", _generator),
+    "w-encoder": Trainer("HyperInverter Phase I: the W encoder E1", _w_encoder),
+    "hypernetwork": Trainer("HyperInverter Phase II: the feature encoder and the hypernetworks, E1 and G frozen",
+                            _hypernetwork),
+}

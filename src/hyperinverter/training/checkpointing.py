@@ -1,4 +1,4 @@
-"""Training checkpoints in one safetensors file: weights, optimiser, grad scaler, RNG and progress.
+"""Training checkpoints in one safetensors file: weights, optimiser, grad scaler and progress.
 
 No pickle anywhere: optimiser states are flattened into tensors plus JSON metadata. Files are
 written atomically, the last ``keep`` are kept, and resuming takes the newest readable one.
@@ -68,10 +68,6 @@ def save_checkpoint(
         _flatten_optimizer(f"optim.{name}", opt, tensors, meta)
     if scaler is not None and scaler.is_enabled():
         meta["scaler"] = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
     path = directory / f"checkpoint-{step:08d}.safetensors"
     # safetensors refuses shared storage; clone so every entry owns its memory.
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
@@ -95,15 +91,13 @@ def load_checkpoint(
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    restore_rng: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """Restore everything saved by ``save_checkpoint``; returns ``(step, progress)``. Strict."""
     try:
         tensors, metadata = read_safetensors(path)
         meta = read_metadata_json(path, metadata, "training", "a training checkpoint")
-        if not isinstance(meta.get("modules"), list) or not isinstance(meta.get("step"), int) \
-                or "rng.torch" not in tensors:
-            raise CheckpointError(path, "is not a complete training checkpoint (no modules, step or RNG state)")
+        if not isinstance(meta.get("modules"), list) or not isinstance(meta.get("step"), int):
+            raise CheckpointError(path, "is not a complete training checkpoint (no modules or step)")
     except OSError as e:
         raise CheckpointError(path, f"is not a readable training checkpoint ({e})") from None
     try:
@@ -125,11 +119,6 @@ def load_checkpoint(
                                       "it with that configuration, or start this one in a new run_dir") from None
     if scaler is not None and "scaler" in meta:
         scaler.load_state_dict(meta["scaler"])
-    if restore_rng:
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     return int(meta["step"]), meta["progress"]
 
 

@@ -193,10 +193,6 @@ def random_hflip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def format_eta(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0)))
-
-
 def mean_dict(records: Sequence[dict[str, float]]) -> dict[str, float]:
     keys = {k for r in records for k in r}
     return {k: float(np.mean([r[k] for r in records if k in r])) for k in keys}

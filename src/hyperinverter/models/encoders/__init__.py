@@ -21,6 +21,7 @@ from .backbones import (
     IRUnit,
     ResNetBackbone,
     SEModule,
+    TrunkConfig,
     build_backbone,
 )
 from .feature_encoder import FeatureEncoder, FeatureEncoderConfig, StyleBlock
@@ -29,13 +30,9 @@ from .w_encoder import WEncoder, WEncoderConfig
 
 @dataclass(frozen=True)
 class EncoderPreset:
-    """Everything needed to build a matching W encoder and feature encoder (``units=None``: the stage counts of
-    ``depth``)."""
+    """Everything needed to build a matching W encoder and feature encoder: their trunk and sizes."""
 
-    backbone: BackboneKind
-    depth: int
-    units: tuple[int, int, int, int] | None = None
-    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    trunk: TrunkConfig
     in_channels: int = 3
     input_size: int = 256
     w_dim: int = 512
@@ -46,12 +43,10 @@ class EncoderPreset:
     middle_end: int = 7
 
     def w_encoder_config(self) -> WEncoderConfig:
-        return WEncoderConfig(backbone=self.backbone, depth=self.depth, units=self.units, widths=self.widths,
-                              in_channels=self.in_channels, w_dim=self.w_dim)
+        return WEncoderConfig(trunk=self.trunk, in_channels=self.in_channels, w_dim=self.w_dim)
 
     def feature_encoder_config(self) -> FeatureEncoderConfig:
-        return FeatureEncoderConfig(backbone=self.backbone, depth=self.depth, units=self.units, widths=self.widths,
-                                    in_channels=self.in_channels, input_size=self.input_size,
+        return FeatureEncoderConfig(trunk=self.trunk, in_channels=self.in_channels, input_size=self.input_size,
                                     n_styles=self.n_styles, feature_channels=self.feature_channels,
                                     feature_size=self.feature_size, coarse_end=self.coarse_end,
                                     middle_end=self.middle_end)
@@ -69,8 +64,7 @@ def _tiny(preset: EncoderPreset) -> EncoderPreset:
     # The official topology (1/2/3 convs per head) scaled down; fits a 32 px, w_dim 16 generator.
     return dataclasses.replace(
         preset,
-        units=(1, 1, 1, 1),
-        widths=(8, 16, 32, 64),
+        trunk=dataclasses.replace(preset.trunk, units=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
         input_size=64,
         w_dim=16,
         n_styles=8,
@@ -80,8 +74,8 @@ def _tiny(preset: EncoderPreset) -> EncoderPreset:
 
 
 # Official HyperInverter faces (FFHQ 1024: 18 styles) and churches (LSUN 256: 14 styles), and tiny versions.
-_FFHQ = EncoderPreset(backbone="ir_se", depth=50, n_styles=18)
-_CHURCH = EncoderPreset(backbone="resnet", depth=34, n_styles=14)
+_FFHQ = EncoderPreset(trunk=TrunkConfig("ir_se", 50), n_styles=18)
+_CHURCH = EncoderPreset(trunk=TrunkConfig("resnet", 34), n_styles=14)
 ENCODER_PRESETS: dict[str, EncoderPreset] = {
     "ffhq": _FFHQ,
     "church": _CHURCH,
@@ -113,6 +107,7 @@ __all__ = [
     "ResNetBackbone",
     "SEModule",
     "StyleBlock",
+    "TrunkConfig",
     "WEncoder",
     "WEncoderConfig",
     "build_backbone",

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...config_base import SerializableConfig
 
 BackboneKind = Literal["ir_se", "resnet"]
 
@@ -353,6 +356,31 @@ def build_backbone(
     raise ValueError(f"unknown backbone kind {kind!r}; expected 'ir_se' or 'resnet'")
 
 
+@dataclass(frozen=True)
+class TrunkConfig(SerializableConfig):
+    """An encoder trunk: ``backbone`` ``"ir_se"`` (faces) or ``"resnet"`` (churches); ``depth`` 50/100/152 for IR-SE,
+    18/34 for ResNet (None: 50 / 34; ignored when ``units`` is given); ``units`` residual units per stage (4
+    stages, e.g. ``(1, 1, 1, 1)`` for tiny models); ``widths`` channels per stage (officially 64..512)."""
+
+    backbone: BackboneKind = "ir_se"
+    depth: int | None = None
+    units: tuple[int, ...] | None = None
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+
+    def build(self, in_channels: int) -> Backbone:
+        return build_backbone(kind=self.backbone, depth=self.depth, units=self.units, widths=self.widths,
+                              in_channels=in_channels)
+
+    @staticmethod
+    def nest(data: dict) -> dict:
+        """An encoder config's dict with the trunk fields at the top (files written before the trunk was a
+        section of its own) -> the nested layout."""
+        flat = {k: data[k] for k in ("backbone", "depth", "units", "widths") if k in data}
+        if not flat:
+            return data
+        return {**{k: v for k, v in data.items() if k not in flat}, "trunk": flat}
+
+
 class TrunkHost(nn.Module):
     """Base for encoders whose state-dict keys are the trunk's own, without a ``backbone.`` prefix.
 
@@ -362,6 +390,9 @@ class TrunkHost(nn.Module):
     """
 
     backbone: Backbone
+
+    def _adopt_trunk(self, trunk: TrunkConfig, in_channels: int) -> None:
+        self._adopt_backbone(trunk.build(in_channels))
 
     def _adopt_backbone(self, backbone: Backbone) -> None:
         object.__setattr__(self, "backbone", backbone)  # not registered: its children are, below

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config_base import SerializableConfig
-from .backbones import DEFAULT_WIDTHS, BackboneKind, TrunkHost, build_backbone
+from .backbones import TrunkConfig, TrunkHost
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FeatureEncoderConfig(SerializableConfig):
-    backbone: BackboneKind = "ir_se"
-    depth: int | None = None
-    units: tuple[int, ...] | None = None
-    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    trunk: TrunkConfig = TrunkConfig()
     in_channels: int = 3
     input_size: int = 256
     n_styles: int = 18
@@ -70,6 +67,10 @@ class FeatureEncoderConfig(SerializableConfig):
         if self.input_size % 16 != 0 or self.input_size < 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
 
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureEncoderConfig:
+        return super().from_dict(TrunkConfig.nest(data))
+
 
 class FeatureEncoder(TrunkHost):
     """Trunk + FPN + ``n_styles`` heads: ``[B,in_channels,R,R] -> [B,n_styles,C,S,S]``.
@@ -85,7 +86,7 @@ class FeatureEncoder(TrunkHost):
     ``C`` before the FPN; and a lateral layer is only built if some head reads its level (no unused
     parameters).
 
-    The config: ``backbone``, ``depth``, ``units``, ``widths``, ``in_channels``: the trunk, as for ``WEncoder``;
+    The config: the ``trunk`` and ``in_channels``, as for ``WEncoder``;
     ``input_size`` R, the (square) input side, a multiple of 16, which fixes the number of convs per head;
     ``n_styles`` the number of heads (``2·log2(G resolution) - 2``: 18 for 1024 px, 14 for 256 px);
     ``feature_channels`` C, the channels of every output map (512); ``feature_size`` S, the side of every output
@@ -98,8 +99,7 @@ class FeatureEncoder(TrunkHost):
     def __init__(self, config: FeatureEncoderConfig) -> None:
         super().__init__()
         self.config = c = config
-        self._adopt_backbone(build_backbone(kind=c.backbone, depth=c.depth, units=c.units, widths=c.widths,
-                                            in_channels=c.in_channels))
+        self._adopt_trunk(c.trunk, c.in_channels)
         self.levels: tuple[Level, ...] = tuple(self.level_of(i) for i in range(c.n_styles))
         c1_channels, c2_channels, c3_channels = self.backbone.tap_channels
         if c3_channels != c.feature_channels:

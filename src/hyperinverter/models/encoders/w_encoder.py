@@ -9,17 +9,18 @@ import torch.nn.functional as F
 
 from ...config_base import SerializableConfig
 from ..stylegan2.layers import FullyConnectedLayer
-from .backbones import DEFAULT_WIDTHS, BackboneKind, TrunkHost, build_backbone
+from .backbones import TrunkConfig, TrunkHost
 
 
 @dataclass(frozen=True)
 class WEncoderConfig(SerializableConfig):
-    backbone: BackboneKind = "ir_se"
-    depth: int | None = None
-    units: tuple[int, ...] | None = None
-    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    trunk: TrunkConfig = TrunkConfig()
     in_channels: int = 3
     w_dim: int = 512
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WEncoderConfig:
+        return super().from_dict(TrunkConfig.nest(data))
 
 
 class WEncoder(TrunkHost):
@@ -30,11 +31,8 @@ class WEncoder(TrunkHost):
     ``BackboneEncoderUsingLastLayerIntoW``) or ``conv1``, ``bn1``, ``relu``, ``body``, ``linear``
     (``backbone="resnet"``, ``ResNetEncoderUsingLastLayerIntoW``).
 
-    The config: ``backbone`` ``"ir_se"`` (faces) or ``"resnet"`` (churches); ``depth`` 50/100/152 for IR-SE, 18/34
-    for ResNet (``None`` means 50 / 34; ignored if ``units`` is given); ``units`` residual units per stage (4
-    stages), e.g. ``(1, 1, 1, 1)`` for tiny models; ``widths`` channels per stage (officially
-    ``(64, 128, 256, 512)``); ``in_channels`` image channels (3; 1 for grayscale data; 6 for image pairs); ``w_dim``
-    the size of W (512 for the official generators).
+    The config: the ``trunk`` (see :class:`TrunkConfig`); ``in_channels`` image channels (3; 1 for grayscale data;
+    6 for image pairs); ``w_dim`` the size of W (512 for the official generators).
     """
 
     config_class = WEncoderConfig
@@ -42,8 +40,7 @@ class WEncoder(TrunkHost):
     def __init__(self, config: WEncoderConfig) -> None:
         super().__init__()
         self.config = c = config
-        self._adopt_backbone(build_backbone(kind=c.backbone, depth=c.depth, units=c.units, widths=c.widths,
-                                            in_channels=c.in_channels))
+        self._adopt_trunk(c.trunk, c.in_channels)
         self.linear = FullyConnectedLayer(self.backbone.out_channels, c.w_dim)
 
     @property

@@ -7,7 +7,6 @@ identity key map, and rosinality checkpoints through ``hyperinverter.convert.ros
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
 from ..weight_delta import WeightDelta
 from .layers import ConvKernel, FullyConnectedLayer, SynthesisLayer, ToRGBLayer
-
-logger = logging.getLogger(__name__)
 
 NoiseMode = Literal["const", "random", "none"]
 # On CPUs, from this resolution up the per-sample fused kernel beats the batched one (benchmarks/bench_kernels.py).
@@ -174,6 +171,7 @@ class SynthesisBlock(nn.Module):
         prefix: str,
         weight_delta: WeightDelta | None,
         noise_mode: NoiseMode,
+        noise_generator: torch.Generator | None,
         choose_kernel,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def offsets(name: str, layer: nn.Module) -> dict:
@@ -190,10 +188,10 @@ class SynthesisBlock(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         else:
             kw = offsets("conv0", self.conv0)
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, **kw,
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, noise_generator=noise_generator, **kw,
                            kernel=choose_kernel(kw.get("weight"), self.resolution, x))
         kw = offsets("conv1", self.conv1)
-        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, **kw,
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, noise_generator=noise_generator, **kw,
                        kernel=choose_kernel(kw.get("weight"), self.resolution, x))
         kw = offsets("torgb", self.torgb)
         y = self.torgb(x, next(w_iter), **kw, kernel=choose_kernel(kw.get("weight"), self.resolution, x))
@@ -291,14 +289,16 @@ class SynthesisNetwork(nn.Module):
         *,
         weight_delta: WeightDelta | None = None,
         noise_mode: NoiseMode = "const",
+        noise_generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        """``noise_generator``: where ``noise_mode="random"`` draws from (default: the global RNG)."""
         c = self.config
         assert ws.ndim == 3 and ws.shape[1:] == (c.num_ws, c.w_dim), (
             f"ws must be [B,{c.num_ws},{c.w_dim}], got {tuple(ws.shape)}"
         )
         if weight_delta is not None:
             self._check_delta(weight_delta, ws.shape[0])
-        return self._synthesize(ws, weight_delta, noise_mode)
+        return self._synthesize(ws, weight_delta, noise_mode, noise_generator)
 
     def _split_resolution(self, ws: torch.Tensor, weight_delta: WeightDelta | None) -> int | None:
         """From which block on a CPU batch continues sample by sample (None: never).
@@ -317,20 +317,21 @@ class SynthesisNetwork(nn.Module):
         return None
 
     def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode,
-                    x: torch.Tensor | None = None, img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+                    noise_generator: torch.Generator | None, x: torch.Tensor | None = None,
+                    img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
         split = self._split_resolution(ws, weight_delta)
         w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.config.block_resolutions[:start])
         for i, (res, block) in enumerate(list(self.blocks())[start:], start=start):
             if split is not None and res >= split:
                 return torch.cat([
                     self._synthesize(ws[j : j + 1], None if weight_delta is None else weight_delta.select(j),
-                                     noise_mode, None if x is None else x[j : j + 1],
+                                     noise_mode, noise_generator, None if x is None else x[j : j + 1],
                                      None if img is None else img[j : j + 1], start=i)
                     for j in range(ws.shape[0])
                 ])
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
-            x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta,
-                           noise_mode=noise_mode, choose_kernel=self.choose_kernel)
+            x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta, noise_mode=noise_mode,
+                           noise_generator=noise_generator, choose_kernel=self.choose_kernel)
             w_idx += block.num_conv
         return img
 

@@ -207,6 +207,7 @@ class SynthesisLayer(nn.Module):
         w: torch.Tensor,
         *,
         noise_mode: str = "const",
+        noise_generator: torch.Generator | None = None,
         weight: torch.Tensor | None = None,
         affine_weight: torch.Tensor | None = None,
         kernel: ConvKernel = "batched",
@@ -218,8 +219,10 @@ class SynthesisLayer(nn.Module):
         assert x.shape[2] == self.resolution, f"{x.shape[2]} != {self.resolution}"
         inplace = _inplace_ok(x)
         if self.use_noise and noise_mode != "none":
-            if noise_mode == "random":
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            if noise_mode == "random":  # from ``noise_generator`` when given (reproducible), else the global RNG
+                where = noise_generator.device if noise_generator is not None else x.device
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=noise_generator,
+                                    device=where, dtype=x.dtype).to(x.device)
             elif noise_mode == "const":
                 noise = self.noise_const.to(x.dtype)
             else:

@@ -7,21 +7,18 @@ and an ``index.html`` that shows them all. Everything is computed here, on the m
 from __future__ import annotations
 
 import html
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .editing.directions import load_model_directions
-from .hub import sample_photos
-from .inversion.batch import read_pictures
-from .io.files import atomic_write_bytes
-from .io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
-from .pipeline import InversionPipeline
-
-logger = logging.getLogger(__name__)
+from ..editing.directions import load_model_directions
+from ..inversion.batch import read_pictures
+from ..io.files import atomic_write_bytes
+from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
+from ..pipeline import InversionPipeline
+from . import sample_photos
 
 DISPLAY_SIZE = 128  # pictures show each panel at least this many pixels wide
 
@@ -92,7 +89,7 @@ Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p
 
 def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames: int, title: str) -> None:
     """Align every face in the bundled photos (as `invert --align` does) and invert it."""
-    from .align import optional_detector
+    from ..align import optional_detector
 
     detector, why_not = optional_detector()
     if why_not:
@@ -129,7 +126,7 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
 def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model: str = "faces-64",
              fashion_model: str = "fashion-32", frames: int = 5, num_examples: int = 4) -> DemoReport:
     """Run every bundled model that is installed; a missing one is reported in ``report.missing``."""
-    from .hub import resolve_model
+    from ..catalogue import resolve_model
 
     start = time.perf_counter()
     out_dir = Path(out_dir)

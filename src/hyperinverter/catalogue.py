@@ -1,20 +1,16 @@
-"""The model catalogue: bundled models, and files that can be downloaded (or placed by hand) into a cache.
+"""The model catalogue: bundled models, and files that can be downloaded (see :mod:`.download`) or placed by hand
+into a cache; which of them are here, and what a model name means.
 
-Every record names its file, licence and, where known, size and sha256. Downloads go through a
-temporary file, are checked against the hash, and only then moved into the cache.
+Every record names its file, licence and, where known, size and sha256; a cached file is checked against them
+before it is used.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import http.client
 import logging
 import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +19,6 @@ from .errors import InputError
 logger = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-SAMPLES_DIR = BUNDLED_DIR / "samples"
 
 
 @dataclass(frozen=True)
@@ -165,11 +160,6 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def sample_photos() -> list[Path]:
-    """The bundled real photos (public domain, see ``bundled/samples/LICENSES.md``) the demos align and invert."""
-    return sorted(p for p in SAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-
-
 def resolve_model(name: str) -> Path:
     """A catalogue name -> a local path: bundled folder, or a cached (verified) file."""
     artifact = get_artifact(name)
@@ -186,43 +176,9 @@ def resolve_model(name: str) -> Path:
     return path
 
 
-def download(name: str, *, timeout: float = 60.0) -> Path:
-    """Fetch ``name`` into the cache and verify it; offline, explain where to put the file by hand.
-
-    The bytes go to a temporary file in the cache folder, which is checked against the known size/sha256
-    and only then renamed onto the final name: the cache never holds a partial or unverified file.
-    A file already in the cache (e.g. placed by hand) is verified instead of downloaded again.
-    """
-    artifact = get_artifact(name)
-    if artifact.bundled:
-        return resolve_model(name)
-    target = cache_dir() / artifact.filename
-    if target.exists():
-        _verify_cached(target, artifact)
-        return target
-    if artifact.url is None:
-        raise FileNotFoundError(f"{name} has no direct download link; {_manual(artifact, target)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{artifact.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(artifact.url, timeout=timeout) as response:
-                shutil.copyfileobj(response, out)
-                out.flush()
-                os.fsync(out.fileno())
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
-            raise FileNotFoundError(f"could not download {name} from {artifact.url} ({e}); "
-                                    f"{_manual(artifact, target)}") from None
-        problem = _mismatch(tmp, artifact)
-        if problem is not None:
-            raise ValueError(f"the file downloaded from {artifact.url} {problem}; nothing was written to "
-                             f"{target}. {_manual(artifact, target)}")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.info("downloaded %s to %s", name, target)
-    return target
+def installed_bundles() -> list[str]:
+    """The names of the bundled models that this installation holds."""
+    return [a.name for a in CATALOGUE if a.bundled and (BUNDLED_DIR / a.filename).exists()]
 
 
 def catalogue_rows() -> list[dict[str, str]]:

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .editing.directions import Direction, load_model_directions
-from .errors import ImageReadError
-from .io.images import enlarge_nearest, make_grid, read_image, tensor_to_pil
-from .methods import InversionResult
-from .pipeline import InversionPipeline
+from ..editing.directions import Direction, load_model_directions
+from ..errors import ImageReadError
+from ..io.images import enlarge_nearest, make_grid, read_image, tensor_to_pil
+from ..methods import InversionResult
+from ..pipeline import InversionPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class WebSession:
     def from_model(cls, model: str | Path, *, device: str | torch.device = "auto", display_size: int = 256,
                    ) -> WebSession:
         """A pipeline folder or catalogue name, with its shipped directions and (if installed) dlib alignment."""
-        from .align import optional_detector
-        from .hub import local_model_path
+        from ..align import optional_detector
+        from ..catalogue import local_model_path
 
         path = local_model_path(model)
         detector, why_not = optional_detector()
@@ -66,7 +66,7 @@ class WebSession:
         """
         if photo is None:
             raise ImageReadError("the upload", "no image given")
-        from .inversion.batch import photo_pictures
+        from ..inversion.batch import photo_pictures
 
         G = self.pipe.generator
         if align and self.detector is None:
@@ -102,7 +102,7 @@ class WebSession:
             raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
         edited = self.pipe.edit(item.result, self.directions[direction], strength)
         if paste_back and item.placement is not None and item.photo is not None:
-            from .align import paste_back_placement
+            from ..align import paste_back_placement
 
             face = tensor_to_pil(edited.cpu())[0].convert("RGB")
             return paste_back_placement(item.photo.convert("RGB"), face, item.placement)
@@ -124,8 +124,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         import gradio as gr
     except ImportError as e:
         raise ImportError("the web demo needs Gradio: pip install 'hyperinverter[web]'") from e
-    from .align import NoFaceFoundError
-    from .errors import CheckpointError
+    from ..align import NoFaceFoundError
+    from ..errors import CheckpointError
 
     if not models:
         raise ValueError("no model to serve: give --model, or install a bundled model")

@@ -1,0 +1,208 @@
+"""What every encoder trainer shares, on the shared loop: an inversion method's trainable parts learn to
+reconstruct real images through a frozen generator.
+
+:class:`EncoderTask` runs a phase ``encoder`` (the reconstruction loss of :class:`ReconstructionLoss`, plus a
+latent loss on synthetic pairs ``(w, G(w))`` when asked, plus the generator-side adversarial term once the
+adversarial stage starts) and, for the adversarial stage, ``D`` and ``D_r1`` on a fine-tuned copy of the
+generator's own discriminator. The best model is chosen on a validation split of the training folder, never on
+the test set. A method's trainer builds the method and hands it to the task.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..convert.gan_files import LoadedGAN, load_gan
+from ..losses.reconstruction import ReconstructionLoss
+from ..methods import Inverter
+from ..models.encoders import TrunkConfig
+from ..pipeline import save_pipeline
+from .loop import Batch, Phase, RunConfig, TrainingTask, lazy_adam
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EncoderTrainingConfig(RunConfig):
+    """The run, the frozen generator, the encoders' trunk, the losses (with their weights) and the optional
+    synthetic pairs and adversarial stage."""
+
+    generator: str  # our GAN folder (with its discriminator for dfeat/adversarial terms) or an NVIDIA pickle
+    encoder_resolution: int = 256
+    trunk: TrunkConfig = TrunkConfig()
+    # A pretrained trunk for the encoder being trained (the official code starts its encoders from the ArcFace
+    # IR-SE50, model_ir_se50.pth, or from torchvision's ImageNet ResNet-34); None = random initialisation.
+    backbone_init: str | None = None
+    # losses
+    l2_weight: float = 1.0
+    lpips_weight: float = 0.0
+    lpips_net: str = "alex"
+    id_weight: float = 0.0
+    id_model: str = "sface"  # "sface" (offline, needs the [id] extra) or "arcface" (model_ir_se50.pth)
+    id_model_path: str | None = None  # the SFace ONNX / ArcFace .pth file; None = the default location
+    # Face box (top, bottom, left, right) as fractions of the image: the pSp/FFHQ crop (35:223, 32:220 at
+    # 256 px, = losses.identity.FFHQ_CROP); None = the whole image (for faces framed tighter than FFHQ).
+    id_crop: tuple[float, float, float, float] | None = (35 / 256, 223 / 256, 32 / 256, 220 / 256)
+    id_samples: int | None = None  # identity loss on the first N samples of each batch only (it is costly on CPU)
+    dfeat_weight: float = 0.0  # discriminator-feature perceptual loss (offline)
+    # Compare images average-pooled to this size (the official code pools to 256 before L2, LPIPS and ID);
+    # None = full resolution. The adversarial loss always sees full resolution.
+    loss_resolution: int | None = None
+    latent_weight: float = 1.0  # synthetic pairs only
+    synthetic_fraction: float = 0.0  # share of each batch made of synthetic pairs (w, G(w)), where G is known
+    adv_weight: float = 0.0  # the adversarial stage
+    adv_start: int | None = None
+    lr_d: float = 1e-4
+    r1_gamma: float = 10.0
+    r1_interval: int = 16
+    lr: float = 1e-4
+    hflip: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.synthetic_fraction <= 1:
+            raise ValueError("synthetic_fraction must be in [0, 1]")
+        if self.adv_weight > 0 and self.adv_start is None:
+            raise ValueError("adv_weight > 0 needs adv_start (the step where the adversarial stage begins)")
+        if self.id_samples is not None and self.id_samples < 1:
+            raise ValueError("id_samples must be >= 1 (or None for the whole batch)")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adv_weight > 0
+
+    def load_generator(self, device: torch.device, *, adversarial: bool) -> LoadedGAN:
+        """The frozen generator, with its discriminator when a loss term needs it."""
+        need_d = self.dfeat_weight > 0 or adversarial
+        gan = load_gan(self.generator, with_discriminator=need_d, device=device)
+        if need_d and gan.discriminator is None:
+            raise ValueError(f"{self.generator} holds no discriminator, but dfeat_weight > 0 or the adversarial stage "
+                             "needs one: use our GAN folder or an NVIDIA pickle with D")
+        return gan
+
+    def reconstruction_loss(self, discriminator: nn.Module | None, device: torch.device) -> ReconstructionLoss:
+        return ReconstructionLoss(l2_weight=self.l2_weight, lpips_weight=self.lpips_weight, lpips_net=self.lpips_net,
+                                  id_weight=self.id_weight, id_model=self.id_model, id_model_path=self.id_model_path,
+                                  id_crop=self.id_crop, id_samples=self.id_samples, dfeat_weight=self.dfeat_weight,
+                                  discriminator=discriminator, loss_resolution=self.loss_resolution, device=device)
+
+    def init_trunk(self, encoder: nn.Module) -> None:
+        """Load ``backbone_init`` into ``encoder``'s trunk (strictly; a 1-channel stem sums the RGB kernel)."""
+        if self.backbone_init is None:
+            return
+        from ..convert.backbones import load_ir_se_trunk, load_torchvision_resnet
+
+        load = load_ir_se_trunk if self.trunk.backbone == "ir_se" else load_torchvision_resnet
+        skipped = load(encoder, self.backbone_init, adapt_input_channels=True)
+        logger.info("encoder trunk initialised from %s (skipped %d file keys)", self.backbone_init, len(skipped))
+
+
+class EncoderTask(TrainingTask):
+    """Train ``trainable`` (a part of ``method``) through the frozen generator; save ``bundle`` as the model.
+
+    ``synthetic``: whether the config's synthetic pairs apply (HyperInverter's Phase I uses them; its Phase II
+    does not).
+    """
+
+    validates = True
+
+    def __init__(self, cfg: EncoderTrainingConfig, device: torch.device, *, method: Inverter, trainable: nn.Module,
+                 gan: LoadedGAN, bundle: dict[str, Inverter], synthetic: bool = True) -> None:
+        self.cfg, self.device, self.method, self.trainable, self.bundle = cfg, device, method.to(device), trainable, bundle
+        self.name = f"train {method.name}"
+        G = method.generator
+        self.resolution, self.channels = G.resolution, G.config.img_channels
+        self.synthetic_fraction = cfg.synthetic_fraction if synthetic else 0.0
+        self.criterion = cfg.reconstruction_loss(gan.discriminator, device)
+        self.optimizer = torch.optim.Adam(trainable.parameters(), lr=cfg.lr)
+        self.modules: dict[str, nn.Module] = {"trainable": trainable}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
+        self.D = None
+        if cfg.adversarial:
+            self.D = copy.deepcopy(gan.discriminator).to(device)
+            self.opt_d = lazy_adam(self.D.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), reg_interval=cfg.r1_interval)
+            self.modules["D"], self.optimizers["D"] = self.D, self.opt_d
+
+    def phases(self) -> list[Phase]:
+        phases = [Phase("encoder", self.trainable, self.optimizer)]
+        if self.D is not None:
+            start = self.cfg.adv_start
+            phases += [Phase("D", self.D, self.opt_d, start=start),
+                       Phase("D_r1", self.D, self.opt_d, interval=self.cfg.r1_interval, start=start, regulariser=True)]
+        return phases
+
+    def batch(self, real: torch.Tensor, gen: torch.Generator, step: int) -> Batch:
+        """The real images, the last ``synthetic_fraction`` of them replaced by pairs ``(G(w), w)``."""
+        n = real.shape[0]
+        n_syn = round(self.synthetic_fraction * n)
+        if not n_syn:
+            return {"x": real}
+        G = self.method.generator
+        z = torch.randn(n_syn, G.z_dim, generator=gen)
+        with torch.no_grad():
+            w = G.mapping(z.to(self.device))
+            synthetic = G.synthesis(w, noise_mode="const").cpu()
+        w_target = torch.zeros(n, *w.shape[1:])
+        w_target[n - n_syn :] = w.cpu()
+        return {"x": torch.cat([real[: n - n_syn], synthetic]), "is_synthetic": torch.arange(n) >= n - n_syn,
+                "w_target": w_target}
+
+    def loss(self, phase: Phase, batch: Batch, *, step: int, gen: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, x = self.cfg, batch["x"]
+        if phase.name == "encoder":
+            out = self.method(x)
+            loss, stats = self.criterion(out.image, x)
+            synthetic = batch.get("is_synthetic")
+            if synthetic is not None and bool(synthetic.any()):
+                latent = F.mse_loss(out.ws[synthetic], batch["w_target"][synthetic])
+                loss = loss + cfg.latent_weight * latent
+                stats["loss/latent"] = float(latent.detach())
+            if self.D is not None and step >= cfg.adv_start:
+                adv = F.softplus(-self.D(out.image)).float().mean()
+                loss = loss + cfg.adv_weight * adv
+                stats["loss/adv"] = float(adv.detach())
+            stats["loss/total"] = float(loss.detach())
+            return loss, stats
+        if phase.name == "D":
+            with torch.no_grad():
+                fake = self.method(x).image
+            # The official discriminator loss of the adversarial stage carries a factor 1/2.
+            loss = 0.5 * (F.softplus(self.D(fake)).float().mean() + F.softplus(-self.D(x)).float().mean())
+            return loss, {"loss/D": float(loss.detach())}
+        if phase.name == "D_r1":
+            real = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.D(real).sum(), real, create_graph=True)
+            r1 = grad.square().sum(dim=[1, 2, 3]).mean()
+            return r1 * (cfg.r1_gamma / 2), {"loss/r1": float(r1.detach())}
+        raise ValueError(f"unknown phase {phase.name!r}")
+
+    @torch.no_grad()
+    def validation_loss(self, images: torch.Tensor) -> float:
+        self.method.eval()
+        total = 0.0
+        for i in range(0, len(images), 16):
+            x = images[i : i + 16].float().div(127.5).sub(1).to(self.device)
+            total += float(self.criterion(self.method(x).image, x)[0]) * len(x)
+        self.trainable.train()
+        return total / len(images)
+
+    @torch.no_grad()
+    def samples(self, images: torch.Tensor) -> tuple[str, torch.Tensor, int]:
+        """input | the method's first pass | its result, for a few held-out images."""
+        self.method.eval()
+        x = images[:8].float().div(127.5).sub(1).to(self.device)
+        out = self.method(x)
+        self.trainable.train()
+        first = out.initial_image if out.initial_image is not None else out.image
+        return "input-first-final", torch.cat([x, first, out.image]), len(x)
+
+    def save(self, path: Path) -> Path:
+        return save_pipeline(self.bundle, path, default_method=self.method.name)

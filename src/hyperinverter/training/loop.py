@@ -1,0 +1,324 @@
+"""The one training loop, shared by every trainer through small per-method step functions.
+
+As in stylegan3's ``training_loop`` with ``loss.accumulate_gradients(phase, ...)``: a trainer is a
+:class:`TrainingTask` that names its modules and optimisers, lists its :class:`Phase` s (one optimiser update each:
+the generator, its path-length regulariser, the discriminator, R1, an encoder ...) and computes the loss of a
+phase on a micro-batch. The loop does the rest, once for all: the run folder, deterministic and resumable batches,
+torchrun data parallelism (strided rank shards and micro-batches, gradient all-reduce), precision and gradient
+scaling, lazy regularisation, logging, image grids, validation and best-model selection, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..device import resolve_device
+from .checkpointing import resume_latest, save_checkpoint
+from .distributed import DistributedContext, init_distributed, local_device
+from .run import (
+    PRECISIONS,
+    BatchSampler,
+    RunLogger,
+    autocast,
+    mean_dict,
+    prepare_run_dir,
+    random_hflip,
+    step_generator,
+    training_images,
+    uint8_to_float,
+)
+
+logger = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """What every training run shares (the trainers' configs extend it): where, on what, how long, in which
+    precision, and how often to log, validate, draw samples and write checkpoints."""
+
+    run_dir: str
+    data: str
+    steps: int
+    batch_size: int = 8
+    grad_accum: int = 1  # micro-batches per step: same result, less memory
+    hflip: bool = False
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    val_fraction: float = 0.05  # a deterministic share of the training folder held out for model selection
+    val_every: int = 500
+    val_max_images: int = 256
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: bool = True
+    progress: bool = True
+    tensorboard: bool = True
+    preload: bool = True  # False: read each batch from disk (data sets larger than memory)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("val_every", "log_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Phase:
+    """One optimiser update of a step.
+
+    ``module`` holds the parameters it updates (they alone require gradients while it runs). It runs when
+    ``start <= step < end`` and ``step % interval == 0``. A ``regulariser`` phase (R1, path length) runs in fp32 on
+    the whole local batch once, and its loss is multiplied by ``interval`` (lazy regularisation); other phases
+    run under the run's precision over its micro-batches.
+    """
+
+    name: str
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    interval: int = 1
+    start: int = 0
+    end: int | None = None
+    regulariser: bool = False
+
+    def active(self, step: int) -> bool:
+        return self.start <= step and (self.end is None or step < self.end) and step % self.interval == 0
+
+
+def lazy_adam(params: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+              reg_interval: int = 0, eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam for a module regularised every ``reg_interval`` steps: lr and betas are rescaled by
+    ``interval / (interval + 1)`` so that the regularised updates keep their strength (StyleGAN2)."""
+    ratio = reg_interval / (reg_interval + 1) if reg_interval > 0 else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(betas[0] ** ratio, betas[1] ** ratio), eps=eps)
+
+
+class TrainingTask:
+    """A trainer's own part: what it trains and the losses of its phases. The loop calls, per step:
+    ``before_step`` -> ``batch`` -> for each active phase, ``loss`` on each micro-batch -> ``after_step``.
+
+    Attributes set by subclasses: ``modules`` (saved in checkpoints), ``optimizers`` (saved in checkpoints),
+    ``resolution`` and ``channels`` (of the training images), ``name`` (for the progress bar).
+    """
+
+    name: str = "train"
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    resolution: int
+    channels: int
+    validates: bool = False  # whether it has a validation loss (then the best model is kept)
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def batch(self, real: torch.Tensor, gen: torch.Generator, step: int) -> Batch:
+        """The global batch of a step (every entry ``[batch_size, ...]``, on the CPU) from the real images."""
+        return {"real": real}
+
+    def loss(self, phase: Phase, batch: Batch, *, step: int, gen: torch.Generator
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of ``phase`` on a micro-batch (entries on the device), and the numbers to log."""
+        raise NotImplementedError
+
+    def before_step(self, step: int) -> None:
+        """Called before a step's phases (e.g. a learning-rate change at a stage boundary)."""
+
+    def after_step(self, step: int, batch: Batch) -> None:
+        """Called after a step's phases (e.g. the EMA of the generator)."""
+
+    def state(self) -> dict[str, Any]:
+        """Numbers to keep in checkpoints besides the modules (e.g. images seen so far)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` on resume."""
+
+    def validation_loss(self, images: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def samples(self, images: torch.Tensor) -> tuple[str, torch.Tensor, int] | None:
+        """(name, images in [-1, 1], images per row) to log as a picture, or None; ``images``: a few uint8 images
+        (held-out ones when there is a validation split)."""
+        return None
+
+    def save(self, path: Path) -> Path:
+        """Write the trained model (the run's ``final`` or ``best``) and return where."""
+        raise NotImplementedError
+
+
+@dataclass
+class TrainingResult:
+    run_dir: Path
+    final_model: Path | None
+    best_model: Path | None
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def load_split(cfg: RunConfig, resolution: int, channels: int, split: str):
+    """The ``train`` or ``val`` split of ``cfg.data`` as uint8 ``[N,C,R,R]`` (or streamed, see ``preload``)."""
+    from ..data.folder import ImageFolderDataset
+
+    dataset = ImageFolderDataset(cfg.data, resolution=resolution, channels=channels, split=split,
+                                 val_fraction=cfg.val_fraction, seed=cfg.seed)
+    logger.info("%s images: %s", split, dataset)
+    # The validation split is small and read every val_every steps: always in memory.
+    return training_images(dataset, preload=cfg.preload or split == "val", progress=cfg.progress)
+
+
+def _slices(batch: Batch, parts: int) -> list[Batch]:
+    """Strided micro-batches, like the rank shards: micro-batch m of one process holds what rank m of ``parts``
+    ranks would, so BatchNorm statistics (and thus the gradients) of 1 process x N micro-batches equal N ranks."""
+    return [{k: v[m::parts] for k, v in batch.items()} for m in range(parts)]
+
+
+def _trainable(phases: list[Phase]) -> list[nn.Module]:
+    seen: dict[int, nn.Module] = {}
+    for phase in phases:
+        seen.setdefault(id(phase.module), phase.module)
+    return list(seen.values())
+
+
+def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig, ctx: DistributedContext,
+               device: torch.device, scaler: torch.amp.GradScaler, trainable: list[nn.Module], step: int,
+               gen: torch.Generator) -> dict[str, float]:
+    for module in trainable:
+        module.requires_grad_(module is phase.module)
+    phase.optimizer.zero_grad(set_to_none=True)
+    stats: dict[str, float] = {}
+    if phase.regulariser:  # fp32, the whole local batch once, lazily weighted
+        loss, stats = task.loss(phase, batch, step=step, gen=gen)
+        (loss * phase.interval).backward()
+        ctx.all_reduce_gradients(phase.module.parameters())
+        phase.optimizer.step()
+        return stats
+    micro = _slices(batch, cfg.grad_accum)
+    for part in micro:
+        with autocast(device, cfg.precision):
+            loss, parts = task.loss(phase, part, step=step, gen=gen)
+        scaler.scale(loss.float() / len(micro)).backward()
+        stats.update(parts)
+    scaler.unscale_(phase.optimizer)
+    ctx.all_reduce_gradients(phase.module.parameters())
+    scaler.step(phase.optimizer)
+    scaler.update()
+    return stats
+
+
+def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], TrainingTask], *,
+        images: torch.Tensor | None = None, val_images: torch.Tensor | None = None) -> TrainingResult:
+    """Train the task that ``build(device, ctx)`` makes, per ``cfg``; resume its run folder if it has checkpoints.
+
+    ``images``/``val_images`` (uint8 ``[N,C,R,R]``) bypass ``cfg.data``. Networks are initialised from ``cfg.seed``
+    without touching the caller's random state; every later random draw comes from per-step generators, so a
+    resumed run continues exactly, and ranks agree.
+    """
+    device = resolve_device(local_device(cfg.device))
+    ctx = init_distributed(device)
+    run_dir = prepare_run_dir(Path(cfg.run_dir), cfg, ctx)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        task = build(device, ctx)
+    phases = task.phases()
+    trainable = _trainable(phases)
+    for module in trainable:
+        module.train()
+        ctx.broadcast_parameters(module)
+    # Loss scaling only where fp16 gradients can underflow (CUDA); bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
+
+    start_step, position, best_val = 0, 0, math.inf
+    if cfg.resume:
+        resumed = resume_latest(run_dir / "checkpoints", modules=task.modules, optimizers=task.optimizers,
+                                scaler=scaler)
+        if resumed is not None:
+            start_step, progress = resumed
+            position, best_val = progress["position"], progress.get("best_val", math.inf)
+            task.load_state(progress.get("task", {}))
+
+    if images is None:
+        images = load_split(cfg, task.resolution, task.channels, "train")
+    if val_images is None and task.validates and cfg.val_fraction > 0:
+        val_images = load_split(cfg, task.resolution, task.channels, "val")
+    shape = (task.channels, task.resolution, task.resolution)
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
+        raise ValueError(f"training images must be uint8 [N,{','.join(map(str, shape))}], got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    local_bs = ctx.local_batch_size(cfg.batch_size)
+    if local_bs % cfg.grad_accum:
+        raise ValueError(f"per-rank batch {local_bs} is not divisible by grad_accum={cfg.grad_accum}")
+    sampler = BatchSampler(len(images), cfg.batch_size, seed=cfg.seed, position=position)
+    run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard, start_step=start_step)
+
+    history: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []
+    best_path = run_dir / "best"
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main),
+               desc=task.name, mininterval=5.0)
+    t0 = time.perf_counter()
+    for step in range(start_step, cfg.steps):
+        gen = step_generator(cfg.seed, step)
+        real = uint8_to_float(images[sampler.next()])
+        if cfg.hflip:
+            real = random_hflip(real, gen)
+        batch = {k: ctx.shard(v).to(device) for k, v in task.batch(real, gen, step).items()}
+        task.before_step(step)
+        stats: dict[str, float] = {}
+        for phase in phases:
+            if phase.active(step):
+                stats.update(_run_phase(phase, batch, task, cfg=cfg, ctx=ctx, device=device, scaler=scaler,
+                                        trainable=trainable, step=step, gen=gen))
+        task.after_step(step, batch)
+
+        window.append(stats)
+        done = step + 1
+        bar.update(1)
+        last = done == cfg.steps
+        if done % cfg.log_every == 0 or last:
+            summary = mean_dict(window)
+            summary["speed/img_per_s"] = cfg.batch_size * len(window) / max(time.perf_counter() - t0, 1e-9)
+            t0, window = time.perf_counter(), []
+            history.append({"step": done, **summary})
+            run_log.scalars(done, summary)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in summary.items()}, refresh=False)
+        if val_images is not None and (done % cfg.val_every == 0 or last):
+            val = task.validation_loss(val_images[: cfg.val_max_images])
+            history.append({"step": done, "val/loss": val})
+            run_log.scalars(done, {"val/loss": val})
+            if val < best_val:
+                best_val = val
+                if ctx.is_main:
+                    task.save(best_path)
+        if done % cfg.sample_every == 0 or last:
+            picture = task.samples(val_images if val_images is not None else images[: cfg.batch_size])
+            if picture is not None:
+                run_log.images(done, picture[0], picture[1], nrow=picture[2])
+        if done % cfg.checkpoint_every == 0 or last:
+            for i, module in enumerate(trainable):
+                ctx.check_in_sync(module, f"trained module {i}")
+            if ctx.is_main:
+                save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
+                                scaler=scaler, keep=cfg.keep_checkpoints,
+                                progress={"position": sampler.position, "best_val": best_val, "task": task.state()})
+    bar.close()
+    run_log.close()
+    final = task.save(run_dir / "final") if ctx.is_main else None
+    ctx.barrier()
+    return TrainingResult(run_dir, final, best_path if best_path.exists() else None, cfg.steps, history)
