@@ -25,8 +25,7 @@ OFFICIAL = {"s_per_image_b1": 4.7, "s_per_image_b4": 6.2, "peak_gb_b1": 3.1, "gf
 
 
 def build_model(hidden_dim: int):
-    from hyperinverter.models.hyperinverter import HyperInverter
-
+    from hyperinverter.methods.hyperinverter import HyperInverter
     from hyperinverter.models.encoders import encoder_preset
     from hyperinverter.models.hypernetwork import HyperNetwork
     from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
@@ -37,7 +36,7 @@ def build_model(hidden_dim: int):
         G.mapping.w_avg.normal_(0, 0.5)
     preset = encoder_preset("ffhq")
     model = HyperInverter(
-        generator=G,
+        G,
         w_encoder=preset.build_w_encoder(),
         feature_encoder=preset.build_feature_encoder(),
         hypernetwork=HyperNetwork.from_generator(G, hidden_dim=hidden_dim),

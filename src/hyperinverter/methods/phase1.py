@@ -11,7 +11,7 @@ from torch import nn
 
 from ..models.encoders import encoder_preset
 from ..models.stylegan2 import Generator
-from . import register_method
+from .registry import register_method
 from .base import InversionResult, Inverter, Stopwatch
 
 
