@@ -281,7 +281,7 @@ def test_checkpoints_that_must_be_refused(world, tmp_path, capsys):
         (["import-official", hostile.truncated_pt(tmp_path), "--generator", world.model / "generator",
           "--out", tmp_path / "imported"], "truncated.pt", "not a readable torch checkpoint"),
         (["import-official", hostile.classifier_pt(tmp_path), "--generator", world.model / "generator",
-          "--out", tmp_path / "imported"], "classifier.pt", "not a HyperInverter checkpoint"),
+          "--out", tmp_path / "imported"], "classifier.pt", "not a released inversion checkpoint"),
         (["convert", hostile.write(tmp_path, "junk.pkl", b"\x80\x04junk"), tmp_path / "c"], "junk.pkl",
          "not a readable NVIDIA network pickle"),
     ]

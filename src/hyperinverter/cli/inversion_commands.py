@@ -100,11 +100,17 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import-official", help="convert a released HyperInverter (or pSp/e4e W-encoder) checkpoint "
-                       "and its generator into a pipeline folder")
-    p.add_argument("checkpoint", type=Path, help="hyper_inverter_*.pt, or a W-encoder .pt with --w-encoder-only")
-    p.add_argument("--generator", required=True, type=Path, help="the NVIDIA .pkl it was trained with (or any format)")
-    p.add_argument("--w-encoder-only", action="store_true", help="the checkpoint is a pSp/e4e W encoder (Phase I)")
+    p = sub.add_parser("import-official", help="convert a released checkpoint (HyperInverter, HyperStyle, a pSp/e4e W "
+                       "encoder) and its generator into a bundle",
+                       description="The kind of checkpoint is recognised from its keys. The generator comes from "
+                       "--generator, else from the decoder inside the checkpoint (pSp-family files hold one).")
+    p.add_argument("checkpoint", type=Path,
+                   help="hyper_inverter_*.pt, hyperstyle_ffhq.pt (with --w-encoder), or a pSp-style W encoder .pt")
+    p.add_argument("--generator", type=Path, default=None,
+                   help="the generator it was trained with (NVIDIA .pkl or any format); needed for HyperInverter")
+    p.add_argument("--w-encoder", type=Path, default=None,
+                   help="HyperStyle's W encoder (faces_w_encoder.pt), which starts its iterations")
+    p.add_argument("--w-encoder-only", action="store_true", help=argparse.SUPPRESS)  # recognised from the keys now
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_import_official)
 
@@ -287,15 +293,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import_official(args: argparse.Namespace) -> int:
-    from ..convert.official import load_official_hyperinverter, load_psp_w_encoder
+    from ..convert.official import import_official
     from ..io.files import check_replaceable
     from ..pipeline import save_pipeline
 
     check_replaceable(args.out, "pipeline")
-    load = load_psp_w_encoder if args.w_encoder_only else load_official_hyperinverter
-    model = load(args.checkpoint, args.generator)
-    save_pipeline(model, args.out)
-    print(f"wrote the pipeline to {args.out}; use it with --model {args.out}")
+    methods = import_official(args.checkpoint, generator=args.generator, w_encoder=args.w_encoder)
+    main = next(reversed(methods))  # the released method itself; phase1 is its first pass
+    save_pipeline(methods, args.out, default_method=main)
+    print(f"wrote a bundle with {', '.join(methods)} to {args.out}; use it with --model {args.out}")
     return 0
 
 

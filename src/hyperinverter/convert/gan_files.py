@@ -71,7 +71,7 @@ def _torch_load(path: Path) -> dict:
     return obj
 
 
-def _fill_absent(G: Generator, sd: dict[str, torch.Tensor], absent: list[str], source: str) -> None:
+def fill_absent(G: Generator, sd: dict[str, torch.Tensor], absent: list[str], source: str) -> None:
     """Buffers that rosinality files may lack: w_avg is computed, noise is seeded, filters are known."""
     if not absent:
         return
@@ -110,7 +110,7 @@ def _load_rosinality(path: Path) -> LoadedGAN:
     except (CheckpointError, ValueError) as e:
         raise CheckpointError(path, str(e)) from None
     G = Generator(config)
-    _fill_absent(G, sd, absent, str(path))
+    fill_absent(G, sd, absent, str(path))
     if not absent:
         load_state_dict_strict(G, sd, source=str(path))
     return LoadedGAN(G, None, "rosinality")

@@ -1,4 +1,4 @@
-"""Released HyperInverter checkpoints and pSp/e4e-style W-encoder checkpoints -> our modules.
+"""Released HyperInverter and HyperStyle checkpoints and pSp/e4e-style W-encoder checkpoints -> our methods.
 
 A HyperInverter file is ``{"state_dict": ..., "opts": {...}}`` with the prefixes ``w_encoder.`` (E1),
 ``w_bar_encoder.`` (E2), ``hypernet.weight_regressors.<param_with_underscores>.`` and ``discriminator.``;
@@ -12,16 +12,20 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from ..io.checkpoints import load_weights_only
+from ..io.checkpoints import instantiate_strict, load_weights_only
+from ..methods import Inverter
 from ..methods.hyperinverter import HyperInverter
+from ..methods.hyperstyle import HyperStyle
 from ..methods.phase1 import Phase1
 from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, TrunkConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
+from ..models.hyperstyle import HyperStyleConfig, HyperStyleNet, hyperstyle_targets
 from ..models.stylegan2 import Generator
 from .backbones import read_state_dict
 from .gan_files import load_gan
@@ -169,24 +173,198 @@ def _hyperinverter_from(checkpoint: Path, ckpt: Mapping, generator: str | Path |
                          hypernetwork=hypernetwork, encoder_resolution=encoder_resolution)
 
 
-def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator, *,
-                       encoder_resolution: int = 256) -> Phase1:
-    """A pSp/e4e-style W-encoder checkpoint (``encoder.*`` keys; ``decoder.*`` ignored) as the ``phase1`` method."""
-    checkpoint = Path(checkpoint)
-    sd = read_state_dict(checkpoint)
-    try:
-        return _psp_w_encoder_from(checkpoint, sd, generator, encoder_resolution)
-    except (KeyError, IndexError, TypeError) as e:
-        raise CheckpointError(checkpoint, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
+# --- the pSp family (pSp, e4e, HyperStyle): {"state_dict": prefix.* tensors, "opts": {...}, "latent_avg": ...} ---
 
 
-def _psp_w_encoder_from(checkpoint: Path, sd: dict, generator: str | Path | Generator,
-                        encoder_resolution: int) -> Phase1:
-    extra = sorted(k for k in sd if not k.startswith(("encoder.", "decoder.")))
+@dataclass
+class PspFile:
+    """A pSp-family checkpoint: its state dict, ``opts`` and ``latent_avg`` (``[w_dim]``: the rows of a
+    ``[num_ws, w_dim]`` average are the same)."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    opts: dict
+    latent_avg: torch.Tensor | None
+
+    @classmethod
+    def read(cls, path: str | Path) -> PspFile:
+        path = Path(path)
+        ckpt = load_weights_only(path)
+        if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+            raise CheckpointError(path, "is not a released inversion checkpoint (HyperInverter, HyperStyle, pSp, "
+                                  "e4e): it has no 'state_dict'")
+        opts = ckpt.get("opts") or {}
+        if not isinstance(opts, Mapping):
+            raise CheckpointError(path, f"its 'opts' is a {type(opts).__name__}, not a mapping")
+        latent_avg = ckpt.get("latent_avg")
+        if latent_avg is not None:
+            if not isinstance(latent_avg, torch.Tensor) or latent_avg.ndim not in (1, 2):
+                raise CheckpointError(path, "its 'latent_avg' must be a [w_dim] or [num_ws, w_dim] tensor")
+            latent_avg = latent_avg.float().reshape(-1, latent_avg.shape[-1])
+            if not torch.allclose(latent_avg, latent_avg[:1].expand_as(latent_avg)):
+                raise CheckpointError(path, "its 'latent_avg' rows differ: a W+ average, not a W encoder's")
+            latent_avg = latent_avg[0]
+        return cls(path, read_state_dict(ckpt), dict(opts), latent_avg)
+
+    def part(self, prefix: str) -> dict[str, torch.Tensor]:
+        return _strip(self.state_dict, prefix)
+
+    def generator(self, given: str | Path | Generator | None) -> Generator:
+        """``given`` (any generator file, or a module), else the rosinality ``decoder.*`` inside the file."""
+        if isinstance(given, Generator):
+            return given
+        if given is not None:
+            return load_gan(given).generator
+        decoder = self.part("decoder.")
+        if not decoder:
+            raise CheckpointError(self.path, "holds no decoder (generator): give the generator it was trained with "
+                                  "(--generator)")
+        from . import rosinality
+
+        try:
+            config = rosinality.infer_config(decoder)
+            sd, absent = rosinality.to_nvidia(decoder, config, latent_avg=self.latent_avg)
+        except ValueError as e:
+            raise CheckpointError(self.path, f"its decoder: {e}") from None
+        from .gan_files import fill_absent
+
+        G = Generator(config)
+        fill_absent(G, sd, absent, f"{self.path} [decoder]")
+        return G.eval().requires_grad_(False)
+
+
+def w_encoder_with_average(psp: PspFile, *, own_latent_avg: bool) -> WEncoder:
+    """The ``encoder.*`` W encoder of a pSp-family file; ``own_latent_avg``: it keeps the file's ``latent_avg`` as
+    the code its offsets start from (HyperStyle, e4e), else the generator's ``w_avg`` is used (HyperInverter)."""
+    sd = psp.part("encoder.")
+    if own_latent_avg:
+        if psp.latent_avg is None:
+            raise CheckpointError(psp.path, "has no latent_avg, which this encoder's codes are offsets from")
+        sd = {**sd, "latent_avg": psp.latent_avg}
+    return w_encoder_from_state_dict(sd, source=f"{psp.path} [encoder]")
+
+
+def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator | None = None, *,
+                       encoder_resolution: int = 256, own_latent_avg: bool = False) -> Phase1:
+    """A pSp/e4e-style W-encoder checkpoint (``encoder.*``, ``decoder.*``, ``latent_avg``) as the ``phase1``
+    method; the generator is ``generator`` or, when not given, the file's own decoder."""
+    psp = PspFile.read(checkpoint)
+    extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
     if extra:
-        raise CheckpointError(f"{checkpoint}: unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
-    G = generator if isinstance(generator, Generator) else load_gan(generator).generator
-    encoder = w_encoder_from_state_dict(_strip(sd, "encoder."), source=f"{checkpoint} [encoder]")
+        raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
+    try:
+        G = psp.generator(generator)
+        encoder = w_encoder_with_average(psp, own_latent_avg=own_latent_avg)
+    except (KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(psp.path, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
     if encoder.w_dim != G.w_dim:
-        raise CheckpointError(f"{checkpoint}: W encoder makes {encoder.w_dim}-d codes, the generator takes {G.w_dim}")
+        raise CheckpointError(psp.path, f"its W encoder makes {encoder.w_dim}-d codes, the generator takes {G.w_dim}")
     return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution)
+
+
+def _layers_to_tune(opts: Mapping, source: Path) -> tuple[int, ...] | None:
+    value = opts.get("layers_to_tune")
+    if value is None:
+        return None
+    try:
+        layers = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip())
+    except (TypeError, ValueError):
+        raise CheckpointError(source, f"its opts 'layers_to_tune' is not a list of layer indices: {value!r}") from None
+    return layers
+
+
+def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Generator, *, opts: Mapping,
+                               source: Path) -> HyperStyleNet:
+    """Build a HyperStyle hypernetwork shaped like ``sd`` (keys without ``hypernet.``) and load it strictly.
+
+    The shared hypernetwork is stored once per block that uses it and once as ``shared_weight_hypernet``; every
+    copy must be the same tensor."""
+    shared_keys = sorted(k for k in sd if re.match(r"(refinement_blocks\.\d+\.hypernet|shared_weight_hypernet)\.", k))
+    for name in ("w1", "b1", "w2", "b2"):
+        copies = [k for k in shared_keys if k.endswith(f".{name}")]
+        differing = [k for k in copies if not torch.equal(sd[k], sd[copies[0]])]
+        if differing:
+            raise CheckpointError(source, f"the copies of the shared hypernetwork differ: {differing[:4]} vs "
+                                  f"{copies[0]}")
+    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"refinement_blocks\.(\d+)\.", k))})
+    layers = _layers_to_tune(opts, source)
+    if layers is not None and sorted(set(layers)) != blocks:
+        raise CheckpointError(source, f"its opts tune layers {sorted(set(layers))}, but it holds refinement blocks "
+                              f"{blocks}")
+    spec = _trunk_spec(sd)
+    if spec["trunk"].backbone != "resnet" or spec["in_channels"] != 6:
+        raise CheckpointError(source, "its trunk is not HyperStyle's 6-channel ResNet")
+    separable = any(".output.0.make_kernel_in." in k for k in sd) or "Separable" in str(opts.get("encoder_type", ""))
+    targets = hyperstyle_targets(generator, tuple(blocks))
+    shared = [t.index for t in targets if t.shared]
+    plain = [t.index for t in targets if not t.shared]
+    code_dim = sd["shared_weight_hypernet.w1"].shape[0] if shared else spec["trunk"].widths[-1]
+    hyper_inner = sd[f"refinement_blocks.{shared[0]}.convs.0.weight"].shape[0] if shared else 128
+    refine_inner = sd[f"refinement_blocks.{plain[0]}.convs.0.weight"].shape[0] if plain else 256
+    config = HyperStyleConfig(targets, spec["trunk"], int(opts.get("hypernet_input_size", 256)), code_dim,
+                              hyper_inner, refine_inner, separable)
+    return instantiate_strict(lambda: HyperStyleNet(config), sd, source=f"{source} [hypernet]")
+
+
+def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, generator: str | Path | Generator | None = None,
+                             ) -> HyperStyle:
+    """A released ``hyperstyle_ffhq.pt`` and its W encoder (``faces_w_encoder.pt``) as the ``hyperstyle`` method.
+
+    The generator is ``generator``, else the ``decoder.*`` of either file. The W encoder's codes start from the
+    HyperStyle file's ``latent_avg`` (the one its hypernetwork was trained with), else the W encoder file's.
+    """
+    psp = PspFile.read(checkpoint)
+    encoder_file = PspFile.read(w_encoder)
+    extra = sorted(k for k in psp.state_dict if not k.startswith(("hypernet.", "decoder.")))
+    if extra:
+        raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (a HyperStyle file holds hypernet.* and "
+                              "decoder.*)")
+    try:
+        G = psp.generator(generator) if generator is not None or psp.part("decoder.") else encoder_file.generator(None)
+        size = psp.opts.get("output_size")
+        if size is not None and size != G.resolution:
+            raise CheckpointError(psp.path, f"was trained for {size}px but the generator makes {G.resolution}px")
+        if psp.latent_avg is not None:
+            if encoder_file.latent_avg is not None and not torch.allclose(psp.latent_avg, encoder_file.latent_avg):
+                logger.warning("%s and %s hold different latent_avg; using the HyperStyle file's", psp.path,
+                               encoder_file.path)
+            encoder_file.latent_avg = psp.latent_avg
+        encoder = w_encoder_with_average(encoder_file, own_latent_avg=True)
+        hypernetwork = hyperstyle_from_state_dict(psp.part("hypernet."), G, opts=psp.opts, source=psp.path)
+    except (KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(psp.path, f"does not have the layout of a HyperStyle checkpoint ({e!r})") from None
+    logger.info("loaded %s: %d tuned layers (%d shared), W encoder %s", psp.path, len(hypernetwork.config.targets),
+                sum(t.shared for t in hypernetwork.config.targets), encoder_file.path)
+    return HyperStyle(G, w_encoder=encoder, hypernetwork=hypernetwork,
+                      encoder_resolution=hypernetwork.config.input_size)
+
+
+def import_official(checkpoint: str | Path, *, generator: str | Path | Generator | None = None,
+                    w_encoder: str | Path | None = None) -> dict[str, Inverter]:
+    """Recognise a released checkpoint from its keys and return the methods a bundle of it holds:
+
+    * HyperInverter (``w_encoder.*``, ``w_bar_encoder.*``, ``hypernet.weight_regressors.*``) -> ``phase1`` and
+      ``hyperinverter`` (the generator must be given: it is not inside);
+    * HyperStyle (``hypernet.refinement_blocks.*``) -> ``phase1`` (its W encoder) and ``hyperstyle``; its W encoder
+      file must be given (``w_encoder``);
+    * a pSp-style W encoder (``encoder.linear.*``) -> ``phase1``.
+    """
+    path = Path(checkpoint)
+    keys = set(PspFile.read(path).state_dict) if path.is_file() else set()
+    if any(k.startswith(("hypernet.weight_regressors.", "w_bar_encoder.")) for k in keys):
+        if generator is None:
+            raise CheckpointError(path, "is a HyperInverter checkpoint, which holds no generator: give --generator")
+        model = load_official_hyperinverter(path, generator)
+        return {"phase1": Phase1(model.generator, w_encoder=model.w_encoder,
+                                 encoder_resolution=model.encoder_resolution), "hyperinverter": model}
+    if any(k.startswith(("hypernet.refinement_blocks.", "hypernet.shared_weight_hypernet.")) for k in keys):
+        if w_encoder is None:
+            raise CheckpointError(path, "is a HyperStyle checkpoint: give its W encoder file too (--w-encoder, e.g. "
+                                  "faces_w_encoder.pt)")
+        model = load_official_hyperstyle(path, w_encoder, generator)
+        return {"phase1": Phase1(model.generator, w_encoder=model.w_encoder,
+                                 encoder_resolution=model.encoder_resolution), "hyperstyle": model}
+    if "encoder.linear.weight" in keys:
+        return {"phase1": load_psp_w_encoder(path, generator)}
+    raise CheckpointError(path, "is not a checkpoint this version recognises (HyperInverter, HyperStyle, or a "
+                          f"pSp-style W encoder); its keys start with {sorted({k.split('.')[0] for k in keys})[:8]}")

@@ -211,6 +211,34 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
     return module
 
 
+def unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``module``'s state with every shared tensor once -> (tensors, aliases: other name -> stored name).
+
+    A parameter shared by several submodules (HyperStyle's shared hypernetwork) appears under each of their names
+    in ``state_dict``; files store it once."""
+    first: dict[int, str] = {}
+    tensors, aliases = {}, {}
+    for name, value in module.state_dict(keep_vars=True).items():
+        if id(value) in first:
+            aliases[name] = first[id(value)]
+        else:
+            first[id(value)] = name
+            tensors[name] = value.detach()
+    return tensors, aliases
+
+
+def with_aliases(tensors: dict[str, torch.Tensor], aliases: object, source: Path) -> dict[str, torch.Tensor]:
+    """``tensors`` with the names of :func:`unique_state`'s aliases filled in again (checked)."""
+    if not aliases:
+        return tensors
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise SchemaError(source, "'aliases' must map tensor names to stored tensor names")
+    unknown = sorted(v for v in aliases.values() if v not in tensors)
+    if unknown:
+        raise SchemaError(source, f"'aliases' point to tensors the file does not hold: {listing(unknown)}")
+    return {**tensors, **{alias: tensors[stored] for alias, stored in aliases.items()}}
+
+
 # --- component folders ------------------------------------------------------------------------------------
 
 
@@ -263,6 +291,7 @@ def read_component(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
         tensors, metadata = read_safetensors(path)
         header = _check_header(read_metadata_json(path, metadata, "hyperinverter", "a hyperinverter model file"),
                                path)
+    tensors = with_aliases(tensors, (header.get("extras") or {}).get("aliases"), path)
     return header, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
 
 

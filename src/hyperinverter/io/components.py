@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .checkpoints import config_from_header, instantiate_strict, read_component, save_component
+from .checkpoints import config_from_header, instantiate_strict, read_component, save_component, unique_state
 
 
 def component_types() -> dict[str, type[nn.Module]]:
@@ -21,10 +21,11 @@ def component_types() -> dict[str, type[nn.Module]]:
     # Imported here so that reading this module stays cheap and free of import cycles.
     from ..models.encoders import FeatureEncoder, WEncoder
     from ..models.hypernetwork import HyperNetwork
+    from ..models.hyperstyle import HyperStyleNet
     from ..models.stylegan2 import Discriminator, Generator
 
     return {"stylegan2-generator": Generator, "stylegan2-discriminator": Discriminator, "w-encoder": WEncoder,
-            "feature-encoder": FeatureEncoder, "hypernetwork": HyperNetwork}
+            "feature-encoder": FeatureEncoder, "hypernetwork": HyperNetwork, "hyperstyle-hypernetwork": HyperStyleNet}
 
 
 # Type names written by earlier versions, still read.
@@ -41,8 +42,9 @@ def model_type_of(module: nn.Module) -> str:
 def save_component_module(directory: Path, module: nn.Module, *, dtype: torch.dtype | None = None,
                           extras: dict | None = None) -> None:
     """Write ``module`` (its config and weights; floating tensors cast to ``dtype`` if given) as a component."""
-    save_component(directory, module.state_dict(), model_type=model_type_of(module), config=module.config.to_dict(),
-                   extras=extras, dtype=dtype)
+    tensors, aliases = unique_state(module)  # a shared parameter is stored once
+    save_component(directory, tensors, model_type=model_type_of(module), config=module.config.to_dict(),
+                   extras={**(extras or {}), **({"aliases": aliases} if aliases else {})}, dtype=dtype)
 
 
 def load_component(directory: Path, *, expect: str | None = None) -> nn.Module:

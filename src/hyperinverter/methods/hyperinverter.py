@@ -15,9 +15,9 @@ from ..models.encoders import encoder_preset
 from ..models.hypernetwork import HyperNetwork, TargetSet
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
-from .registry import register_method
 from .base import InversionResult, Stopwatch
 from .phase1 import Phase1, check_w_encoder, encoder_fit, raise_if, resize_for_encoder
+from .registry import register_method
 
 
 def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder: nn.Module,

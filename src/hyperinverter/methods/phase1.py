@@ -11,8 +11,8 @@ from torch import nn
 
 from ..models.encoders import encoder_preset
 from ..models.stylegan2 import Generator
-from .registry import register_method
 from .base import InversionResult, Inverter, Stopwatch
+from .registry import register_method
 
 
 def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -83,7 +83,8 @@ class Phase1(Inverter):
         assert x.ndim == 4 and x.shape[1] == G.config.img_channels, (
             f"expected [B,{G.config.img_channels},H,W] images, got {tuple(x.shape)}"
         )
-        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution)) + G.w_avg
+        average = self.w_encoder.latent_avg if self.w_encoder.config.own_latent_avg else G.w_avg
+        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution)) + average
         assert w.shape == (x.shape[0], G.w_dim), f"W encoder returned {tuple(w.shape)}"
         return w[:, None].repeat(1, G.num_ws, 1)
 

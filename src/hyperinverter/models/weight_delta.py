@@ -77,6 +77,15 @@ class WeightDelta(Mapping[str, torch.Tensor]):
     def detach(self) -> WeightDelta:
         return self._map(lambda t: t.detach())
 
+    def plus(self, other: WeightDelta) -> WeightDelta:
+        """Offsets summed parameter by parameter (a parameter only one side offsets keeps that side's); both in
+        the same mode. HyperStyle accumulates its iterations this way."""
+        if self.mode != other.mode:
+            raise ValueError(f"cannot add {self.mode!r} and {other.mode!r} offsets")
+        names = dict.fromkeys([*self, *other])
+        return WeightDelta({k: self[k] + other[k] if k in self and k in other else (self[k] if k in self else other[k])
+                            for k in names}, mode=self.mode)
+
     @staticmethod
     def blend(a: WeightDelta | None, b: WeightDelta | None, t: float) -> WeightDelta | None:
         """Elementwise ``(1-t)·a + t·b``. A parameter that one side does not offset (or a side that is None)

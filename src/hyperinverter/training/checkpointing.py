@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, NonFiniteWeightsError
-from ..io.checkpoints import load_state_dict_strict, read_metadata_json, read_safetensors, save_safetensors
+from ..io.checkpoints import (
+    load_state_dict_strict,
+    read_metadata_json,
+    read_safetensors,
+    save_safetensors,
+    unique_state,
+    with_aliases,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +68,11 @@ def save_checkpoint(
     directory = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"step": step, "progress": progress or {}, "modules": sorted(modules)}
+    meta["aliases"] = {}
     for name, module in modules.items():
-        for key, value in module.state_dict().items():
-            tensors[f"module.{name}.{key}"] = value
+        state, aliases = unique_state(module)  # a shared parameter once
+        tensors.update({f"module.{name}.{key}": value for key, value in state.items()})
+        meta["aliases"].update({f"module.{name}.{key}": f"module.{name}.{value}" for key, value in aliases.items()})
     for name, opt in (optimizers or {}).items():
         _flatten_optimizer(f"optim.{name}", opt, tensors, meta)
     if scaler is not None and scaler.is_enabled():
@@ -100,6 +109,7 @@ def load_checkpoint(
             raise CheckpointError(path, "is not a complete training checkpoint (no modules or step)")
     except OSError as e:
         raise CheckpointError(path, f"is not a readable training checkpoint ({e})") from None
+    tensors = with_aliases(tensors, meta.get("aliases"), path)
     try:
         if set(meta["modules"]) != set(modules):
             raise CheckpointError(f"{path} holds modules {meta['modules']}, expected {sorted(modules)}")

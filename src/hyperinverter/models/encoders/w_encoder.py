@@ -17,6 +17,9 @@ class WEncoderConfig(SerializableConfig):
     trunk: TrunkConfig = TrunkConfig()
     in_channels: int = 3
     w_dim: int = 512
+    # A released encoder trained against its own average code (pSp/e4e/HyperStyle ``latent_avg``) keeps it as the
+    # buffer ``latent_avg``; otherwise its codes are offsets from the generator's ``w_avg``.
+    own_latent_avg: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> WEncoderConfig:
@@ -32,7 +35,8 @@ class WEncoder(TrunkHost):
     (``backbone="resnet"``, ``ResNetEncoderUsingLastLayerIntoW``).
 
     The config: the ``trunk`` (see :class:`TrunkConfig`); ``in_channels`` image channels (3; 1 for grayscale data;
-    6 for image pairs); ``w_dim`` the size of W (512 for the official generators).
+    6 for image pairs); ``w_dim`` the size of W (512 for the official generators); ``own_latent_avg``: the
+    encoder carries the average code its offsets start from (released encoders), else the generator's is used.
     """
 
     config_class = WEncoderConfig
@@ -42,6 +46,8 @@ class WEncoder(TrunkHost):
         self.config = c = config
         self._adopt_trunk(c.trunk, c.in_channels)
         self.linear = FullyConnectedLayer(self.backbone.out_channels, c.w_dim)
+        if c.own_latent_avg:
+            self.register_buffer("latent_avg", torch.zeros(c.w_dim))
 
     @property
     def w_dim(self) -> int:
