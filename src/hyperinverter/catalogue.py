@@ -152,6 +152,12 @@ def local_model_path(name_or_path: str | os.PathLike) -> Path:
     return resolve_model(text)
 
 
+def generator_path(spec: str | os.PathLike) -> Path:
+    """A generator file or folder, a bundle (its generator), or a catalogue name -> the generator's path."""
+    path = local_model_path(spec)
+    return path / "generator" if (path / "pipeline.json").is_file() else path
+
+
 def _existing(path: Path) -> Path:
     if not os.path.lexists(path):
         raise FileNotFoundError(errno.ENOENT, "no such model file or folder (catalogue names: "

@@ -177,6 +177,14 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
     return Path(path)
 
 
+def check_same_architecture(generator: Generator, other: Generator) -> None:
+    """``ValueError`` unless ``other`` takes the same codes and offsets as ``generator`` (e.g. a fine-tuned copy)."""
+    if other.config.to_dict() != generator.config.to_dict():
+        differing = sorted(k for k, v in generator.config.to_dict().items() if other.config.to_dict().get(k) != v)
+        raise ValueError(f"the other generator has another architecture ({', '.join(differing)} differ): offsets "
+                         "predicted for this one cannot be applied to it")
+
+
 # --- the pipeline -------------------------------------------------------------------------------------------
 
 
@@ -322,9 +330,30 @@ class InversionPipeline:
         return result
 
     @torch.no_grad()
-    def render(self, ws: torch.Tensor, weight_delta: WeightDelta | None = None) -> torch.Tensor:
-        images = self.generator.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
+    def render(self, ws: torch.Tensor, weight_delta: WeightDelta | None = None, *,
+               generator: Generator | None = None) -> torch.Tensor:
+        """Codes (and offsets) -> images, by this pipeline's generator or another one of the same architecture."""
+        G = self.generator if generator is None else generator
+        images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images, "the rendered image")
+
+    def adapt(self, result: InversionResult, generator: Generator, *, min_resolution: int | None = None
+              ) -> torch.Tensor:
+        """Domain adaptation (HyperStyle §5): the inversion's codes and offsets, predicted with this pipeline's
+        generator, rendered by ``generator``, a fine-tuned copy of it (a style, another domain).
+
+        As the official script, only the offsets of the synthesis convs at ``min_resolution`` and above are kept
+        (default: an eighth of the resolution, so 128-1024 px for a 1024-px generator; coarse layers and ToRGBs
+        come from ``generator`` alone).
+        """
+        check_same_architecture(self.generator, generator)
+        generator = generator.to(self.device).eval()
+        min_resolution = min_resolution or self.generator.resolution // 8
+        delta = result.weight_delta
+        if delta is not None:
+            delta = delta.only(f"{layer.name}.weight" for layer in self.generator.synthesis.layers()
+                               if layer.kind == "conv" and layer.resolution >= min_resolution)
+        return self.render(result.ws, None if delta is None else delta.to(self.device), generator=generator)
 
     def load_result(self, path: str | os.PathLike) -> tuple[InversionResult, dict]:
         """An inversion file (written by ``invert``) rendered by this model -> (result, its record).

@@ -24,6 +24,7 @@ def _generate(sub) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from ..catalogue import generator_path
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
     from ..generate import generate_images, parse_seeds
@@ -31,7 +32,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..pipeline import ensure_finite
 
     seeds = parse_seeds(args.seeds)
-    G = load_generator(_generator_path(args.model), device=resolve_device(args.device))
+    G = load_generator(generator_path(args.model), device=resolve_device(args.device))
     images = generate_images(G, seeds, truncation_psi=args.trunc, noise_mode=args.noise_mode,
                              batch_size=args.batch_size)
     ensure_finite(images, f"the samples of {args.model}")
@@ -59,14 +60,6 @@ def run_convert(args: argparse.Namespace) -> int:
     fmt = convert_generator(args.src, args.dst, to=args.to)
     print(f"wrote {fmt} generator to {args.dst}")
     return 0
-
-
-def _generator_path(spec: str) -> Path:
-    """A generator file/folder, a pipeline folder (its generator), or a bundled/catalogue model name."""
-    from ..catalogue import local_model_path
-
-    path = local_model_path(spec)
-    return path / "generator" if (path / "pipeline.json").is_file() else path
 
 
 def _parse_saved_direction(text: str) -> tuple[str, int, str, float | None]:
@@ -109,13 +102,14 @@ def _ganspace(sub) -> None:
 
 
 def run_ganspace(args: argparse.Namespace) -> int:
+    from ..catalogue import generator_path
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
     from ..editing import GANSpaceDirection, compute_ganspace, save_direction
     from ..editing.sheet import parse_layer_range, render_ganspace_sheet
     from ..generate import parse_seeds
 
-    G = load_generator(_generator_path(args.model), device=resolve_device(args.device))
+    G = load_generator(generator_path(args.model), device=resolve_device(args.device))
     layers = parse_layer_range(args.layers, G.num_ws)
     saved = [(name, pc, parse_layer_range(spec, G.num_ws), s) for name, pc, spec, s in args.save]
     basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)

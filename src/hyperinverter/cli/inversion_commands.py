@@ -60,6 +60,13 @@ def register(sub) -> None:
     p.add_argument("--align", action="store_true",
                    help="find every face (dlib 68 landmarks) and FFHQ-align it at the model's crop scale; the "
                    "placement is kept so that `edit --paste-back` can put edits back into the photo")
+    p.add_argument("--render-with", default=None, metavar="GENERATOR",
+                   help="domain adaptation: also render each inversion with this generator, a fine-tuned copy of the "
+                   "model's (any generator file, bundle or catalogue name), keeping the offsets of the fine layers "
+                   "only, as HyperStyle's script does; writes NAME_adapted.png")
+    p.add_argument("--adapt-from", type=positive_int, default=None, metavar="RESOLUTION",
+                   help="with --render-with, the lowest resolution whose conv offsets are kept (default: 1/8 of the "
+                   "generator's)")
     p.add_argument("--min-face-score", type=finite_float, default=0.5,
                    help="with --align, the lowest dlib detection score kept (default 0.5 drops face-like patterns; "
                    "0 is dlib's own threshold, for small or blurry faces)")
@@ -152,6 +159,7 @@ def _report_failures(failures) -> None:
 def run_invert(args: argparse.Namespace) -> int:
     import os
 
+    from ..errors import InputError
     from ..inversion.batch import check_output_folder, invert_files
     from ..io.images import find_images
 
@@ -171,8 +179,23 @@ def run_invert(args: argparse.Namespace) -> int:
         _report_failures(failures)
         print(f"inverted nothing: none of the {len(failures)} input(s) can be read", file=sys.stderr)
         return 1
+    adapt = None
+    if args.render_with is not None:
+        from ..catalogue import generator_path
+        from ..convert.gan_files import load_generator
+        from ..pipeline import check_same_architecture
+
+        other = load_generator(generator_path(args.render_with))
+        try:
+            check_same_architecture(pipe.generator, other)
+        except ValueError as e:
+            raise InputError(args.render_with, str(e)) from None
+
+        def adapt(result):
+            return pipe.adapt(result, other, min_resolution=args.adapt_from)
+
     report = invert_files(pipe, found.paths, args.out, options=dict(args.option), batch_size=args.batch_size,
-                          detector=detector, model_name=str(args.model), overwrite=args.overwrite)
+                          detector=detector, model_name=str(args.model), overwrite=args.overwrite, adapt=adapt)
     failures += report.failed
     _report_failures(failures)
     rank = f"rank {report.rank}/{report.world_size}: " if report.world_size > 1 else ""

@@ -71,10 +71,15 @@ def _torch_load(path: Path) -> dict:
     return obj
 
 
-def fill_absent(G: Generator, sd: dict[str, torch.Tensor], absent: list[str], source: str) -> None:
-    """Buffers that rosinality files may lack: w_avg is computed, noise is seeded, filters are known."""
-    if not absent:
-        return
+def rosinality_generator(g_ema: dict[str, torch.Tensor], latent_avg: torch.Tensor | None, source: str) -> Generator:
+    """A generator from a rosinality ``g_ema`` state dict (and ``latent_avg``), loaded strictly. Buffers such files
+    may lack are filled: noise is seeded, filters are known, ``w_avg`` is computed from the mapping."""
+    try:
+        config = rosinality.infer_config(g_ema)
+        sd, absent = rosinality.to_nvidia(g_ema, config, latent_avg=latent_avg)
+    except ValueError as e:
+        raise CheckpointError(source, str(e)) from None
+    G = Generator(config)
     fresh = G.state_dict()
     gen = torch.Generator().manual_seed(0)
     for name in absent:
@@ -91,6 +96,7 @@ def fill_absent(G: Generator, sd: dict[str, torch.Tensor], absent: list[str], so
     if "mapping.w_avg" in absent:
         logger.warning("%s has no latent_avg; computing w_avg from 10,000 seeded samples", source)
         G.mapping.w_avg.copy_(G.compute_w_avg())
+    return G
 
 
 def _load_rosinality(path: Path) -> LoadedGAN:
@@ -104,16 +110,7 @@ def _load_rosinality(path: Path) -> LoadedGAN:
     latent_avg = ckpt.get("latent_avg")
     if latent_avg is not None and not isinstance(latent_avg, torch.Tensor):
         raise CheckpointError(path, f"its 'latent_avg' is a {type(latent_avg).__name__}, not a tensor")
-    try:
-        config = rosinality.infer_config(ckpt["g_ema"])
-        sd, absent = rosinality.to_nvidia(ckpt["g_ema"], config, latent_avg=latent_avg)
-    except (CheckpointError, ValueError) as e:
-        raise CheckpointError(path, str(e)) from None
-    G = Generator(config)
-    fill_absent(G, sd, absent, str(path))
-    if not absent:
-        load_state_dict_strict(G, sd, source=str(path))
-    return LoadedGAN(G, None, "rosinality")
+    return LoadedGAN(rosinality_generator(ckpt["g_ema"], latent_avg, str(path)), None, "rosinality")
 
 
 ROSINALITY_MARKER = "hyperinverter"  # a key rosinality-based tools ignore: marks the files we wrote

@@ -69,7 +69,8 @@ def w_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str) ->
 
     if "linear.weight" not in sd:
         raise CheckpointError(f"{source}: no linear.weight: not a W encoder (pSp/e4e W+ encoders are not W encoders)")
-    encoder = WEncoder(WEncoderConfig(**_trunk_spec(sd), w_dim=sd["linear.weight"].shape[0]))
+    encoder = WEncoder(WEncoderConfig(**_trunk_spec(sd), w_dim=sd["linear.weight"].shape[0],
+                                      own_latent_avg="latent_avg" in sd))
     load_state_dict_strict(encoder, sd, source=source)
     return encoder
 
@@ -219,18 +220,9 @@ class PspFile:
         if not decoder:
             raise CheckpointError(self.path, "holds no decoder (generator): give the generator it was trained with "
                                   "(--generator)")
-        from . import rosinality
+        from .gan_files import rosinality_generator
 
-        try:
-            config = rosinality.infer_config(decoder)
-            sd, absent = rosinality.to_nvidia(decoder, config, latent_avg=self.latent_avg)
-        except ValueError as e:
-            raise CheckpointError(self.path, f"its decoder: {e}") from None
-        from .gan_files import fill_absent
-
-        G = Generator(config)
-        fill_absent(G, sd, absent, f"{self.path} [decoder]")
-        return G.eval().requires_grad_(False)
+        return rosinality_generator(decoder, self.latent_avg, f"{self.path} [decoder]").eval().requires_grad_(False)
 
 
 def w_encoder_with_average(psp: PspFile, *, own_latent_avg: bool) -> WEncoder:
@@ -292,8 +284,10 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
         raise CheckpointError(source, f"its opts tune layers {sorted(set(layers))}, but it holds refinement blocks "
                               f"{blocks}")
     spec = _trunk_spec(sd)
-    if spec["trunk"].backbone != "resnet" or spec["in_channels"] != 6:
-        raise CheckpointError(source, "its trunk is not HyperStyle's 6-channel ResNet")
+    channels = 2 * generator.config.img_channels
+    if spec["trunk"].backbone != "resnet" or spec["in_channels"] != channels:
+        raise CheckpointError(source, f"its trunk is not HyperStyle's {channels}-channel ResNet (it reads "
+                              f"{spec['in_channels']} channels)")
     separable = any(".output.0.make_kernel_in." in k for k in sd) or "Separable" in str(opts.get("encoder_type", ""))
     targets = hyperstyle_targets(generator, tuple(blocks))
     shared = [t.index for t in targets if t.shared]
@@ -302,7 +296,7 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
     hyper_inner = sd[f"refinement_blocks.{shared[0]}.convs.0.weight"].shape[0] if shared else 128
     refine_inner = sd[f"refinement_blocks.{plain[0]}.convs.0.weight"].shape[0] if plain else 256
     config = HyperStyleConfig(targets, spec["trunk"], int(opts.get("hypernet_input_size", 256)), code_dim,
-                              hyper_inner, refine_inner, separable)
+                              hyper_inner, refine_inner, separable, generator.config.img_channels)
     return instantiate_strict(lambda: HyperStyleNet(config), sd, source=f"{source} [hypernet]")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -34,6 +34,7 @@ from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, S
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import atomic_write_group, remove_stale_temporaries
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
+from ..methods import InversionResult
 from .files import inversion_bytes
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,12 @@ def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: in
     return pictures, failed
 
 
-def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str) -> bool:
+def adapted_path(out_dir: Path, name: str) -> Path:
+    """A picture's rendering by another generator (domain adaptation), when one is asked for."""
+    return out_dir / f"{name}_adapted.png"
+
+
+def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, adapted: bool) -> bool:
     """Whether a previous run left every picture of the input ``name``, made by this model and method with
     these options."""
 
@@ -155,7 +161,8 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, metho
     picture = first.get("picture")
     count = picture["count"] if isinstance(picture, dict) and isinstance(picture.get("count"), int) else 1
     names = [picture_name(name, i, count) for i in range(count)]
-    return all(matches(record(n)) and all(p.is_file() for p in output_paths(out_dir, n)) for n in names)
+    return all(matches(record(n)) and all(p.is_file() for p in output_paths(out_dir, n))
+               and (not adapted or adapted_path(out_dir, n).is_file()) for n in names)
 
 
 def check_output_folder(out_dir: Path) -> Path:
@@ -172,13 +179,16 @@ def check_output_folder(out_dir: Path) -> Path:
 def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: str | None = None,
                  options: Mapping[str, object] | None = None, batch_size: int = 4, detector=None,
                  model_name: str = "", shard: bool = True, progress: bool = True,
-                 overwrite: bool = False) -> BatchInversionReport:
+                 overwrite: bool = False, adapt: Callable[[InversionResult], torch.Tensor] | None = None
+                 ) -> BatchInversionReport:
     """Invert every file of ``inputs`` (already expanded, see :func:`hyperinverter.io.images.find_images`) with
     ``method`` (default: the pipeline's) and its ``options``.
 
     ``detector``: a face detector (e.g. :class:`hyperinverter.align.Dlib68Detector`) to align every face at the
     pipeline's ``align_scale``; None feeds whole images. ``shard``: split the files across torchrun ranks.
-    ``overwrite``: redo inputs whose pictures a previous run already wrote.
+    ``overwrite``: redo inputs whose pictures a previous run already wrote. ``adapt``: also render each inversion
+    another way (e.g. :meth:`InversionPipeline.adapt` with a fine-tuned generator), written as ``NAME_adapted.png``
+    and shown last in the comparison strip.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -192,7 +202,8 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     aligned = detector is not None
     todo = []
     for path, name in pairs:
-        if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method):
+        if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
+                                      adapted=adapt is not None):
             report.skipped.append(path)
         else:
             todo.append((path, name))
@@ -232,14 +243,16 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                                                  "give another --out"))
                 continue
             one = result.select(i)
+            adapted = adapt(one).cpu() if adapt is not None else None
             panels = torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None else [])
-                               + [one.image])
+                               + [one.image] + ([adapted] if adapted is not None else []))
             record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
                                      generator=pipe.fingerprint,
                                      placement=picture.placement,
                                      picture={"index": picture.index, "count": picture.count})
-            atomic_write_group([(targets[0], image_bytes(one.image)),
-                                (targets[1], image_bytes(make_grid(panels, nrow=3))),
+            extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
+            atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
+                                (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
                                 (targets[2], record)])
             report.written.append(targets[2])
     bar.close()

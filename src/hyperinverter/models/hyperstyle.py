@@ -72,7 +72,8 @@ def hyperstyle_targets(generator: Generator, layers: tuple[int, ...] | None = No
 
 @dataclass(frozen=True)
 class HyperStyleConfig(SerializableConfig):
-    """``targets``: the tuned layers. ``trunk``: the ResNet trunk (6 input channels). ``input_size``: the side of
+    """``targets``: the tuned layers. ``trunk``: the ResNet trunk (reads ``2·image_channels``: target and current
+    image; 6 for RGB). ``input_size``: the side of
     the trunk's input (256 officially; its features are 1/16 of it). ``code_dim``: the code of the shared
     hypernetwork (the trunk's width, 512). ``hyper_inner`` / ``refine_inner``: widths inside the refinement blocks
     (128 / 256). ``separable``: the separable variant of the non-shared blocks."""
@@ -84,6 +85,7 @@ class HyperStyleConfig(SerializableConfig):
     hyper_inner: int = 128
     refine_inner: int = 256
     separable: bool = False
+    image_channels: int = 3
 
     def __post_init__(self) -> None:
         side = self.feature_size
@@ -208,7 +210,7 @@ class HyperStyleNet(TrunkHost):
         self.config = c = config
         if c.trunk.backbone != "resnet":
             raise ValueError(f"HyperStyle's trunk is a ResNet, got {c.trunk.backbone!r}")
-        self._adopt_trunk(c.trunk, 6)
+        self._adopt_trunk(c.trunk, 2 * c.image_channels)
         channels, side = c.feature_channels, c.feature_size
         shared = [t for t in c.targets if t.shared]
         self.shared_weight_hypernet = None
@@ -233,12 +235,13 @@ class HyperStyleNet(TrunkHost):
                        trunk: TrunkConfig = TrunkConfig("resnet", 34), input_size: int = 256, code_dim: int | None = None,
                        hyper_inner: int = 128, refine_inner: int = 256, separable: bool = False) -> HyperStyleNet:
         return cls(HyperStyleConfig(hyperstyle_targets(generator, layers), trunk, input_size,
-                                    code_dim or trunk.widths[-1], hyper_inner, refine_inner, separable))
+                                    code_dim or trunk.widths[-1], hyper_inner, refine_inner, separable,
+                                    generator.config.img_channels))
 
     def forward(self, pair: torch.Tensor) -> WeightDelta:
         c = self.config
-        s = c.input_size
-        assert pair.ndim == 4 and pair.shape[1:] == (6, s, s), f"expected [B,6,{s},{s}] (x, ŷ), got {tuple(pair.shape)}"
+        s, n = c.input_size, 2 * c.image_channels
+        assert pair.ndim == 4 and pair.shape[1:] == (n, s, s), f"expected [B,{n},{s},{s}] (x, ŷ), got {tuple(pair.shape)}"
         features = self.backbone(pair)
         assert features.shape[1:] == (c.feature_channels, c.feature_size, c.feature_size), (
             f"trunk features {tuple(features.shape)}"

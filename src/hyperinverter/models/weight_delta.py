@@ -77,6 +77,12 @@ class WeightDelta(Mapping[str, torch.Tensor]):
     def detach(self) -> WeightDelta:
         return self._map(lambda t: t.detach())
 
+    def only(self, names: Iterable[str]) -> WeightDelta | None:
+        """The offsets of the parameters in ``names`` (None if there are none)."""
+        wanted = set(names)
+        keep = {k: v for k, v in self.tensors.items() if k in wanted}
+        return WeightDelta(keep, mode=self.mode) if keep else None
+
     def plus(self, other: WeightDelta) -> WeightDelta:
         """Offsets summed parameter by parameter (a parameter only one side offsets keeps that side's); both in
         the same mode. HyperStyle accumulates its iterations this way."""

@@ -33,9 +33,16 @@ def _hypernetwork():
     return InversionTrainingConfig, train_hypernetwork
 
 
+def _hyperstyle():
+    from .hyperstyle import HyperStyleTrainingConfig, train_hyperstyle
+
+    return HyperStyleTrainingConfig, train_hyperstyle
+
+
 TRAINERS: dict[str, Trainer] = {
     "generator": Trainer("StyleGAN2 for a small domain (optionally warm-started by distillation)", _generator),
     "w-encoder": Trainer("HyperInverter Phase I: the W encoder E1", _w_encoder),
     "hypernetwork": Trainer("HyperInverter Phase II: the feature encoder and the hypernetworks, E1 and G frozen",
                             _hypernetwork),
+    "hyperstyle": Trainer("HyperStyle: its hypernetwork on a frozen W encoder (a Phase I bundle)", _hyperstyle),
 }

@@ -21,10 +21,11 @@ from torch import nn
 
 from ..convert.gan_files import LoadedGAN, load_gan
 from ..losses.reconstruction import ReconstructionLoss
-from ..methods import Inverter
+from ..methods import InversionResult, Inverter
 from ..models.encoders import TrunkConfig
 from ..pipeline import save_pipeline
 from .loop import Batch, Phase, RunConfig, TrainingTask, lazy_adam
+from .optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class EncoderTrainingConfig(RunConfig):
     r1_gamma: float = 10.0
     r1_interval: int = 16
     lr: float = 1e-4
+    optimizer: str = "adam"  # "adam" (HyperInverter's) or "ranger" (the pSp family's: pSp, e4e, HyperStyle)
     hflip: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +75,8 @@ class EncoderTrainingConfig(RunConfig):
             raise ValueError("adv_weight > 0 needs adv_start (the step where the adversarial stage begins)")
         if self.id_samples is not None and self.id_samples < 1:
             raise ValueError("id_samples must be >= 1 (or None for the whole batch)")
+        if self.optimizer not in ("adam", "ranger"):
+            raise ValueError(f"optimizer must be adam or ranger, got {self.optimizer!r}")
 
     @property
     def adversarial(self) -> bool:
@@ -108,20 +112,22 @@ class EncoderTask(TrainingTask):
     """Train ``trainable`` (a part of ``method``) through the frozen generator; save ``bundle`` as the model.
 
     ``synthetic``: whether the config's synthetic pairs apply (HyperInverter's Phase I uses them; its Phase II
-    does not).
+    does not). ``options``: the method's options when it is run whole (validation, pictures).
     """
 
     validates = True
 
     def __init__(self, cfg: EncoderTrainingConfig, device: torch.device, *, method: Inverter, trainable: nn.Module,
-                 gan: LoadedGAN, bundle: dict[str, Inverter], synthetic: bool = True) -> None:
+                 gan: LoadedGAN, bundle: dict[str, Inverter], synthetic: bool = True,
+                 options: dict | None = None) -> None:
         self.cfg, self.device, self.method, self.trainable, self.bundle = cfg, device, method.to(device), trainable, bundle
+        self.options = method.check_options(options or {})  # the method's options in validation and pictures
         self.name = f"train {method.name}"
         G = method.generator
         self.resolution, self.channels = G.resolution, G.config.img_channels
         self.synthetic_fraction = cfg.synthetic_fraction if synthetic else 0.0
         self.criterion = cfg.reconstruction_loss(gan.discriminator, device)
-        self.optimizer = torch.optim.Adam(trainable.parameters(), lr=cfg.lr)
+        self.optimizer = make_optimizer(cfg.optimizer, trainable.parameters(), lr=cfg.lr)
         self.modules: dict[str, nn.Module] = {"trainable": trainable}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
         self.D = None
@@ -158,8 +164,7 @@ class EncoderTask(TrainingTask):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, x = self.cfg, batch["x"]
         if phase.name == "encoder":
-            out = self.method(x)
-            loss, stats = self.criterion(out.image, x)
+            loss, stats, out = self.reconstruction(x)
             synthetic = batch.get("is_synthetic")
             if synthetic is not None and bool(synthetic.any()):
                 latent = F.mse_loss(out.ws[synthetic], batch["w_target"][synthetic])
@@ -173,7 +178,7 @@ class EncoderTask(TrainingTask):
             return loss, stats
         if phase.name == "D":
             with torch.no_grad():
-                fake = self.method(x).image
+                fake = self.method(x, **self.options).image
             # The official discriminator loss of the adversarial stage carries a factor 1/2.
             loss = 0.5 * (F.softplus(self.D(fake)).float().mean() + F.softplus(-self.D(x)).float().mean())
             return loss, {"loss/D": float(loss.detach())}
@@ -184,13 +189,20 @@ class EncoderTask(TrainingTask):
             return r1 * (cfg.r1_gamma / 2), {"loss/r1": float(r1.detach())}
         raise ValueError(f"unknown phase {phase.name!r}")
 
+    def reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
+        """The reconstruction loss of the method's result on ``x`` (a method with a training scheme of its own
+        overrides this), its parts, and the result."""
+        out = self.method(x, **self.options)
+        loss, stats = self.criterion(out.image, x)
+        return loss, stats, out
+
     @torch.no_grad()
     def validation_loss(self, images: torch.Tensor) -> float:
         self.method.eval()
         total = 0.0
         for i in range(0, len(images), 16):
             x = images[i : i + 16].float().div(127.5).sub(1).to(self.device)
-            total += float(self.criterion(self.method(x).image, x)[0]) * len(x)
+            total += float(self.criterion(self.method(x, **self.options).image, x)[0]) * len(x)
         self.trainable.train()
         return total / len(images)
 
@@ -199,7 +211,7 @@ class EncoderTask(TrainingTask):
         """input | the method's first pass | its result, for a few held-out images."""
         self.method.eval()
         x = images[:8].float().div(127.5).sub(1).to(self.device)
-        out = self.method(x)
+        out = self.method(x, **self.options)
         self.trainable.train()
         first = out.initial_image if out.initial_image is not None else out.image
         return "input-first-final", torch.cat([x, first, out.image]), len(x)

@@ -33,9 +33,12 @@ Teacher = Callable[[torch.Tensor], torch.Tensor]
 class GeneratorTrainingConfig(RunConfig):
     """The run (see :class:`RunConfig`), the networks (their own configs, nested) and the optimisation."""
 
-    generator: GeneratorConfig
+    generator: GeneratorConfig | None = None  # the architecture (not needed with init_from, which has its own)
     discriminator: DiscriminatorConfig | None = None  # default: the generator's resolution, channels and widths
     init_from: str | None = None  # start from an existing generator file (any format; its own architecture)
+    # False: G stays as it is (from init_from) and only D trains: a discriminator for a generator that has none
+    # (the discriminator-feature loss and the adversarial stages of the encoder trainers need one).
+    train_generator: bool = True
     batch_size: int = 16
     val_fraction: float = 0.02  # held out of training; a generator has no validation loss
     lr_g: float = 0.0025
@@ -60,11 +63,15 @@ class GeneratorTrainingConfig(RunConfig):
         super().__post_init__()
         if self.distill_steps and not self.distill_teacher:
             raise ValueError("distill_steps > 0 needs distill_teacher")
+        if self.generator is None and not self.init_from:
+            raise ValueError("give the generator's architecture (generator:), or a file to start from (init_from)")
+        if not self.train_generator and not self.init_from:
+            raise ValueError("train_generator: false keeps the generator of init_from: give init_from")
         if self.noise_mode not in ("random", "const", "none"):
             raise ValueError(f"noise_mode must be random, const or none, got {self.noise_mode!r}")
 
-    def discriminator_config(self) -> DiscriminatorConfig:
-        g = self.generator
+    def discriminator_config(self, g: GeneratorConfig) -> DiscriminatorConfig:
+        """The discriminator's architecture: the config's own, else the generator ``g``'s widths."""
         return self.discriminator or DiscriminatorConfig(resolution=g.resolution, img_channels=g.img_channels,
                                                          channel_base=g.channel_base, channel_max=g.channel_max)
 
@@ -108,7 +115,7 @@ class GANTask(TrainingTask):
         else:
             G, D = Generator(cfg.generator), None
         if D is None:
-            D = Discriminator(cfg.discriminator_config())
+            D = Discriminator(cfg.discriminator_config(G.config))
         self.G, self.D = G.to(device).train(), D.to(device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.resolution, self.channels = self.G.resolution, self.G.config.img_channels
@@ -131,6 +138,10 @@ class GANTask(TrainingTask):
     def phases(self) -> list[Phase]:
         cfg, n = self.cfg, self.cfg.distill_steps
         phases = []
+        if not cfg.train_generator:
+            self.G.requires_grad_(False)
+            return [Phase("D", self.D, self.opt_d)] + (
+                [Phase("D_r1", self.D, self.opt_d, interval=cfg.r1_interval, regulariser=True)] if cfg.r1_gamma > 0 else [])
         if n:
             phases.append(Phase("G_distill", self.G, self.opt_g, end=n))
         phases.append(Phase("G", self.G, self.opt_g, start=n))
@@ -194,6 +205,8 @@ class GANTask(TrainingTask):
     def after_step(self, step: int, batch: Batch) -> None:
         cfg = self.cfg
         self.cur_nimg += cfg.batch_size
+        if not cfg.train_generator:
+            return  # G_ema is G, unchanged
         ema_nimg = cfg.ema_kimg * 1000
         if cfg.ema_rampup is not None:
             ema_nimg = min(ema_nimg, self.cur_nimg * cfg.ema_rampup)

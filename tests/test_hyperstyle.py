@@ -1,0 +1,284 @@
+"""HyperStyle: multiplicative offsets, the shared hypernetwork, the official layer table, released layouts, the
+iterations, training and resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import build_tiny_generator
+
+from hyperinverter.cli.main import main
+from hyperinverter.convert.rosinality import from_nvidia
+from hyperinverter.errors import CheckpointError
+from hyperinverter.io.components import load_component, save_component_module
+from hyperinverter.methods.hyperstyle import HyperStyle
+from hyperinverter.methods.phase1 import Phase1
+from hyperinverter.models.encoders import WEncoder, WEncoderConfig
+from hyperinverter.models.hyperstyle import OFFICIAL_LAYERS, OFFICIAL_SHARED, HyperStyleNet, hyperstyle_targets
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+from hyperinverter.models.weight_delta import WeightDelta
+from hyperinverter.pipeline import InversionPipeline, save_pipeline
+from hyperinverter.training.optim import Ranger
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture
+def method(tiny_generator):
+    torch.manual_seed(0)
+    return HyperStyle.create(tiny_generator).eval()
+
+
+def test_multiplicative_offsets_against_per_sample_generators(tiny_generator):
+    G = tiny_generator
+    shapes = G.synthesis.offsettable_parameters()
+    gen = torch.Generator().manual_seed(1)
+    delta = WeightDelta({name: 0.3 * torch.randn(2, *shapes[name], generator=gen)
+                         for name in ("b4.conv1.weight", "b16.conv0.weight", "b32.torgb.weight")}, mode="scale")
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=gen))
+    with torch.no_grad():
+        batched = G.synthesis(ws, weight_delta=delta)
+        for b in range(2):
+            single = copy.deepcopy(G)
+            params = dict(single.synthesis.named_parameters())
+            for name, d in delta.items():
+                params[name].mul_(1 + d[b])  # θ·(1+Δ) on the raw stored weight
+            assert torch.allclose(single.synthesis(ws[b : b + 1]), batched[b : b + 1], atol=1e-5)
+
+
+def test_the_shared_hypernet_is_one_parameter(method, tmp_path):
+    net = method.hypernetwork
+    shared = [t for t in net.config.targets if t.shared]
+    assert len(shared) >= 2
+    for t in shared:
+        assert net.refinement_blocks[str(t.index)].hypernet is net.shared_weight_hypernet
+    unique = {id(p) for p in net.parameters()}
+    assert len(unique) == len(list(net.parameters()))  # parameters() lists the shared ones once
+    state = net.state_dict()
+    for t in shared:  # ... while the state dict names them under every block, as the official files do
+        assert state[f"refinement_blocks.{t.index}.hypernet.w1"].data_ptr() == state["shared_weight_hypernet.w1"].data_ptr()
+    save_component_module(tmp_path / "net", net)
+    from hyperinverter.io.checkpoints import read_safetensors
+
+    stored, _ = read_safetensors(tmp_path / "net" / "model.safetensors")
+    assert not any(".hypernet." in k for k in stored)  # stored once
+    again = load_component(tmp_path / "net")
+    assert again.refinement_blocks[str(shared[0].index)].hypernet is again.shared_weight_hypernet
+    assert torch.equal(again.shared_weight_hypernet.w2, net.shared_weight_hypernet.w2)
+
+
+# The official table (weight_formats §4.4): index -> (synthesis layer, weight shape) at 1024, config-f.
+TABLE_1024 = {0: ("b4.conv1", (512, 512)), 1: ("b4.torgb", (3, 512)), 2: ("b8.conv0", (512, 512)),
+              3: ("b8.conv1", (512, 512)), 4: ("b8.torgb", (3, 512)), 11: ("b64.conv0", (512, 512)),
+              14: ("b128.conv0", (256, 512)), 15: ("b128.conv1", (256, 256)), 17: ("b256.conv0", (128, 256)),
+              20: ("b512.conv0", (64, 128)), 23: ("b1024.conv0", (32, 64)), 24: ("b1024.conv1", (32, 32)),
+              25: ("b1024.torgb", (3, 32))}
+
+
+@pytest.mark.parametrize("resolution", [256, 1024])
+def test_the_official_layer_table(resolution):
+    with torch.device("meta"):
+        G = Generator(GeneratorConfig(resolution=resolution, channel_base=32768))
+    every = {t.index: t for t in hyperstyle_targets(G, ())}
+    assert len(every) == {256: 20, 1024: 26}[resolution]
+    for index, (layer, (out_ch, in_ch)) in TABLE_1024.items():
+        if index < len(every) and (resolution == 1024 or index < 14):
+            assert every[index].name == f"{layer}.weight" and every[index].shape[:2] == (out_ch, in_ch), index
+    default = hyperstyle_targets(G)
+    assert [t.index for t in default] == [i for i in OFFICIAL_LAYERS if i < len(every)]
+    assert {t.index for t in default if t.shared} == set(OFFICIAL_SHARED)
+    assert all(t.shape[2] == 3 for t in default)  # no ToRGB by default
+
+
+def test_full_size_parameter_count():
+    """The official faces network (1024, default layers): ≈332.7M trainable parameters (methods_baselines §1.3)."""
+    with torch.device("meta"):
+        G = Generator(GeneratorConfig(resolution=1024, channel_base=32768))
+        net = HyperStyleNet.from_generator(G)
+    millions = sum(p.numel() for p in net.parameters()) / 1e6
+    trunk = sum(p.numel() for n, p in net.named_parameters() if n.startswith(("conv1", "bn1", "relu", "body"))) / 1e6
+    assert round(trunk, 2) == 21.29 and round(millions, 1) == 332.7
+
+
+def test_delta_accumulates_over_iterations(method):
+    x = images(2)
+    from hyperinverter.methods.hyperstyle import pool_to
+
+    size = method.hypernetwork.config.input_size  # the hypernetwork reads 64 px: x and ŷ are resized to it
+    with torch.no_grad():
+        result = method.invert(x, iterations=2)
+        first = method.hypernetwork(torch.cat([pool_to(x, size), pool_to(result.initial_image, size)], 1))
+        second = method.hypernetwork(torch.cat([pool_to(x, size), pool_to(result.steps[0], size)], 1))
+    assert len(result.steps) == 2 and torch.equal(result.steps[-1], result.image)
+    assert result.weight_delta.mode == "scale"
+    for name in first:
+        assert torch.allclose(result.weight_delta[name], first[name] + second[name], atol=1e-6)
+    assert torch.allclose(method.generator.synthesis(result.ws, weight_delta=first), result.steps[0], atol=1e-5)
+    assert torch.equal(result.ws, method.encode_w(x))  # the codes never change
+    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+        method.invert(x, iterations=0)
+
+
+def test_grayscale_generators_read_two_channels():
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(resolution=32, img_channels=1, z_dim=16, w_dim=16, mapping_layers=2,
+                                  channel_base=256, channel_max=16)).eval()
+    method = HyperStyle.create(G).eval()
+    assert method.hypernetwork.config.image_channels == 1
+    assert method.hypernetwork.conv1.in_channels == 2  # the target and the current image, one channel each
+    with torch.no_grad():
+        result = method.invert(torch.rand(2, 1, 32, 32) * 2 - 1, iterations=2)
+    assert result.image.shape == (2, 1, 32, 32)
+
+
+def _official_files(tmp_path, method, latent_avg):
+    """A released-layout hyperstyle .pt and its W encoder .pt, from our weights (the official key names)."""
+    G = method.generator
+    decoder = from_nvidia(G.state_dict(), G.config)
+    decoder.pop("latent_avg")
+    hyper = {f"hypernet.{k}": v.clone() for k, v in method.hypernetwork.state_dict().items()}
+    opts = {"layers_to_tune": ",".join(str(t.index) for t in method.hypernetwork.config.targets),
+            "encoder_type": "SharedWeightsHyperNetResNet", "output_size": G.resolution, "n_iters_per_batch": 5,
+            "hypernet_input_size": method.hypernetwork.config.input_size}
+    rows = latent_avg[None].repeat(G.num_ws, 1)
+    torch.save({"state_dict": {**hyper, **{f"decoder.{k}": v for k, v in decoder.items()}}, "opts": opts,
+                "latent_avg": rows}, tmp_path / "hyperstyle_ffhq.pt")
+    encoder = {f"encoder.{k}": v for k, v in method.w_encoder.state_dict().items()}
+    torch.save({"state_dict": {**encoder, **{f"decoder.{k}": v for k, v in decoder.items()}}, "opts": {},
+                "latent_avg": rows}, tmp_path / "faces_w_encoder.pt")
+    return tmp_path / "hyperstyle_ffhq.pt", tmp_path / "faces_w_encoder.pt"
+
+
+def test_released_files_load_strictly_and_round_trip(method, tmp_path, capsys):
+    latent_avg = torch.randn(method.generator.w_dim)
+    hs_file, w_file = _official_files(tmp_path, method, latent_avg)
+    assert main(["import-official", str(hs_file), "--w-encoder", str(w_file), "--out", str(tmp_path / "bundle")]) == 0
+    pipe = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+    assert pipe.default_method == "hyperstyle" and set(pipe.methods) == {"phase1", "hyperstyle"}
+    # The reference: our method with the file's average code.
+    encoder = WEncoder(WEncoderConfig.from_dict({**method.w_encoder.config.to_dict(), "own_latent_avg": True}))
+    encoder.load_state_dict({**method.w_encoder.state_dict(), "latent_avg": latent_avg})
+    reference = HyperStyle(method.generator, w_encoder=encoder.eval(), hypernetwork=method.hypernetwork,
+                           encoder_resolution=method.encoder_resolution)
+    x = images(2)
+    expected, got = reference.invert(x, iterations=3), pipe.invert(x, iterations=3)
+    assert torch.allclose(expected.ws, got.ws, atol=1e-5) and torch.allclose(expected.image, got.image, atol=1e-4)
+    # Strict: the copies of the shared hypernetwork must agree, and every key must be known.
+    ckpt = torch.load(hs_file, weights_only=True)
+    shared_copy = next(k for k in ckpt["state_dict"] if ".hypernet.w1" in k)
+    ckpt["state_dict"][shared_copy] = ckpt["state_dict"][shared_copy] + 1
+    torch.save(ckpt, tmp_path / "tampered.pt")
+    result = main(["import-official", str(tmp_path / "tampered.pt"), "--w-encoder", str(w_file), "--out",
+                   str(tmp_path / "b2")])
+    assert result == 2 and "copies of the shared hypernetwork differ" in capsys.readouterr().err
+    ckpt = torch.load(hs_file, weights_only=True)
+    ckpt["state_dict"]["hypernet.refinement_blocks.0.extra"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "extra.pt")
+    assert main(["import-official", str(tmp_path / "extra.pt"), "--w-encoder", str(w_file), "--out",
+                 str(tmp_path / "b3")]) == 2
+    assert "unexpected keys: ['refinement_blocks.0.extra']" in capsys.readouterr().err
+    assert main(["import-official", str(hs_file), "--out", str(tmp_path / "b4")]) == 2
+    assert "give its W encoder file too" in capsys.readouterr().err
+
+
+def test_training_lowers_the_loss_and_resumes_exactly(tiny_generator, tmp_path):
+    from safetensors.torch import load_file
+
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.models.encoders import TrunkConfig
+    from hyperinverter.training.hyperstyle import HyperStyleTrainingConfig, train_hyperstyle
+
+    torch.manual_seed(4)
+    save_gan(tmp_path / "gan", tiny_generator)
+    save_pipeline(Phase1.create(tiny_generator), tmp_path / "phase1")
+    with torch.no_grad():
+        x = tiny_generator(torch.randn(8, 16, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    data = ((x + 1) * 127.5).round().to(torch.uint8)
+
+    def config(run, steps, lr=1e-3, **kw):
+        return HyperStyleTrainingConfig(
+            run_dir=str(tmp_path / run), data="unused", generator=str(tmp_path / "gan"),
+            w_encoder=str(tmp_path / "phase1"), steps=steps, batch_size=4, n_iters_per_batch=2, lr=lr,
+            trunk=TrunkConfig("resnet", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)), input_size=64,
+            hyper_inner=8, refine_inner=8, hflip=False, log_every=5, val_every=1000, sample_every=1000,
+            checkpoint_every=2, progress=False, tensorboard=False, device="cpu", **kw)
+
+    result = train_hyperstyle(config("fit", 40, lr=5e-3), images=data, val_images=data[:4])
+    losses = [h["loss/l2"] for h in result.history if "loss/l2" in h]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert any("loss/iteration_2" in h for h in result.history)
+    bundle = InversionPipeline.from_pretrained(result.final_model, device="cpu")
+    assert bundle.default_method == "hyperstyle" and "phase1" in bundle.methods
+
+    train_hyperstyle(config("a", 6), images=data, val_images=data[:4])
+    train_hyperstyle(config("b", 4), images=data, val_images=data[:4])
+    train_hyperstyle(config("b", 6), images=data, val_images=data[:4])
+    a = load_file(tmp_path / "a" / "checkpoints" / "checkpoint-00000006.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "checkpoint-00000006.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ranger_centralises_gradients_and_looks_ahead():
+    """Ranger = RAdam on centralised gradients, with a Lookahead every k steps: checked against a plain RAdam."""
+    torch.manual_seed(0)
+    target = torch.randn(4, 3)
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    twin = torch.nn.Parameter(weight.detach().clone())  # plain RAdam on centralised gradients, no lookahead
+    ranger = Ranger([weight], lr=0.1, k=3, alpha=0.5)
+    radam = torch.optim.RAdam([twin], lr=0.1, betas=(0.95, 0.999), eps=1e-5)
+    start = weight.detach().clone()
+    for step in range(1, 4):
+        for p, opt in ((weight, ranger), (twin, radam)):
+            opt.zero_grad()
+            (p - target).square().sum().backward()
+            if opt is radam:
+                p.grad.sub_(p.grad.mean(dim=1, keepdim=True))
+            opt.step()
+        if step < 3:
+            assert torch.allclose(weight, twin)  # the same steps until the lookahead
+        assert torch.allclose(weight.grad.mean(dim=1), torch.zeros(4), atol=1e-6)  # centralised
+    slow = start + 0.5 * (twin.detach() - start)  # step 3: halfway back from where RAdam went
+    assert torch.allclose(weight.detach(), slow) and torch.allclose(ranger.state[weight]["slow"], slow)
+    assert ranger.state_dict()["state"][0]["lookahead_step"] == 3
+
+
+def test_domain_adaptation_renders_with_a_fine_tuned_generator(method, tmp_path, capsys):
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.io.images import save_image
+
+    pipe = InversionPipeline(method, device="cpu")
+    pipe.save_pretrained(tmp_path / "bundle")
+    styled = copy.deepcopy(method.generator)  # a stand-in for a fine-tuned copy
+    with torch.no_grad():
+        for name, p in styled.synthesis.named_parameters():
+            if name.endswith(".bias"):
+                p.add_(0.3)
+    save_gan(tmp_path / "styled", styled)
+    x = images(1)
+    save_image(x, tmp_path / "in" / "face.png")
+    assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--render-with",
+                 str(tmp_path / "styled"), "--adapt-from", "16", "--option", "iterations=2", "--out",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "face_adapted.png").is_file()
+    result = pipe.invert([tmp_path / "in" / "face.png"], iterations=2)
+    adapted = pipe.adapt(result, styled, min_resolution=16)
+    fine = {f"{layer.name}.weight" for layer in styled.synthesis.layers()
+            if layer.kind == "conv" and layer.resolution >= 16}
+    expected = styled.synthesis(result.ws, weight_delta=result.weight_delta.only(fine))
+    assert torch.allclose(adapted, expected, atol=1e-6)
+    assert not torch.allclose(adapted, pipe.render(result.ws, result.weight_delta), atol=1e-2)
+    written = torch.from_numpy(__import__("numpy").asarray(__import__("PIL.Image").Image.open(
+        tmp_path / "out" / "face_adapted.png"), dtype="float32")).permute(2, 0, 1)[None] / 127.5 - 1
+    assert torch.allclose(written, adapted.clamp(-1, 1), atol=1 / 127)
+    other = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=512,
+                                      channel_max=32))
+    save_gan(tmp_path / "wide", other)
+    assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--render-with",
+                 str(tmp_path / "wide"), "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 2
+    assert "another architecture (channel_base, channel_max differ)" in capsys.readouterr().err
