@@ -296,13 +296,9 @@ def summarize_run(kind: str, run_dir: Path) -> RunSummary:
 
 
 def _config_class(kind: str):
-    if kind == "generator":
-        from hyperinverter.training.gan import GeneratorTrainingConfig
+    from hyperinverter.training import TRAINERS
 
-        return GeneratorTrainingConfig
-    from hyperinverter.training.inversion import InversionTrainingConfig
-
-    return InversionTrainingConfig
+    return TRAINERS[kind].load()[0]
 
 
 def _plain(value: Any) -> Any:
@@ -371,18 +367,21 @@ def load_models(runs: Path, domain: str, *, device: str | torch.device = "cpu") 
 
 @torch.no_grad()
 def verify_fp16(reference: InversionPipeline, folder: Path, images: torch.Tensor, *, device: str | torch.device,
-                atol: float = FP16_ATOL, mean_atol: float = FP16_MEAN_ATOL) -> dict[str, float]:
+                method: str | None = None, atol: float = FP16_ATOL, mean_atol: float = FP16_MEAN_ATOL
+                ) -> dict[str, float]:
     """Reload ``folder`` with ``InversionPipeline.from_pretrained`` and compare it with the fp32 ``reference``.
 
     Checks that every floating tensor came back as float32 and that the fp16-stored model's Phase I and final
-    images match the fp32 model's within ``atol`` (max) and ``mean_atol`` (mean). Returns the differences.
+    images match the fp32 model's within ``atol`` (max) and ``mean_atol`` (mean), for ``method`` (default: the
+    reference's default). Returns the differences.
     """
     loaded = InversionPipeline.from_pretrained(folder, device=device)
     wrong = sorted(k for m in loaded.methods.values() for k, v in m.state_dict().items()
                    if v.is_floating_point() and v.dtype != torch.float32)
     if wrong:
         raise ValueError(f"{folder} loaded with non-fp32 tensors: {wrong[:5]}")
-    a, b = reference.invert(images), loaded.invert(images)
+    method = method or reference.default_method
+    a, b = reference.invert(images, method=method), loaded.invert(images, method=method)
     diffs = {
         "ws_max": float((a.ws - b.ws).abs().max()),
         "w_image_max": float((a.initial_image - b.initial_image).abs().max()),
@@ -678,6 +677,18 @@ def sibling_bundles(out: Path) -> list[Path]:
                   and (p / "pipeline.json").is_file())
 
 
+def finish_staged_bundle(tmp: Path, out: Path, budget_mb: float) -> tuple[int, int]:
+    """Make the staged folder ``tmp`` (to become ``out``) readable and check the size budget of all bundled models
+    together -> (its size, the total) in bytes."""
+    _make_readable(tmp)
+    size = folder_size(tmp)
+    total = size + sum(folder_size(p) for p in sibling_bundles(out))
+    if total > budget_mb * 1e6:
+        raise ValueError(f"the bundled models would take {total / 1e6:.1f} MB (this one {size / 1e6:.1f} MB), "
+                         f"over the {budget_mb:g} MB budget")
+    return size, total
+
+
 def measure_training_crop_scale(train_dir: Path, *, count: int = 300):
     """The ``align_scale`` of a face model: see :func:`hyperinverter.align.measure_crop_scale`."""
     from PIL import Image
@@ -775,13 +786,7 @@ def package(
                            f"image's side to the FFHQ crop of its own face, measured on {crop.images} training "
                            f"images ({crop.faces_found} faces found). The DCGAN faces are framed tighter than "
                            f"FFHQ's, so photos are cropped tighter to match.\n")
-        _make_readable(tmp)
-
-        size = folder_size(tmp)
-        total = size + sum(folder_size(p) for p in sibling_bundles(out))
-        if total > budget_mb * 1e6:
-            raise ValueError(f"the bundled models would take {total / 1e6:.1f} MB (this one {size / 1e6:.1f} MB), "
-                             f"over the {budget_mb:g} MB budget")
+        size, total = finish_staged_bundle(tmp, out, budget_mb)
     logger.info("wrote %s (%.1f MB)", out, size / 1e6)
     return PackageResult(out=out, size_bytes=size, total_bytes=total, fp16=fp16)
 

@@ -95,3 +95,27 @@ def test_real_sources_when_installed():
     if sources.FASHION_ROOT.is_dir():
         images, labels = sources.load_fashion_mnist("test")
         assert images.shape == (10000, 28, 28) and labels.max() == 9
+
+
+def test_stylised_copies_keep_names_report_bad_files_and_resume(odd_folder, tmp_path, capsys):
+    from hyperinverter.cli.main import main
+    from hyperinverter.data.sources import pencil_sketch
+
+    flat = Image.new("RGB", (16, 16), (90, 120, 30))
+    assert np.asarray(pencil_sketch(flat)).min() == 255  # no edges, no strokes: white paper
+    edge = Image.fromarray(np.repeat(np.r_[np.zeros(8), np.full(8, 255)][None, :, None], 16, 0).repeat(3, 2)
+                           .astype(np.uint8))
+    assert np.asarray(pencil_sketch(edge))[:, 7].mean() < 200  # a stroke along the edge
+
+    out = tmp_path / "sketch"
+    assert main(["data", "stylise", str(odd_folder), "--out", str(out)]) == 1  # corrupt.jpg failed
+    assert "1 unreadable" in capsys.readouterr().out
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["deep16.png", "gray.png", "nested/alpha.png", "nested/deeper/w.png", "nested/pal.png",
+                       "rgb.png"]
+    assert Image.open(out / "gray.png").mode == "RGB" and Image.open(out / "rgb.png").size == (60, 40)
+    before = (out / "rgb.png").stat().st_mtime_ns
+    assert main(["data", "stylise", str(odd_folder), "--out", str(out)]) == 1
+    assert (out / "rgb.png").stat().st_mtime_ns == before  # resumed: finished files are kept
+    assert main(["data", "stylise", str(odd_folder), "--out", str(odd_folder)]) == 2  # never over its sources
+    assert main(["data", "stylise", str(odd_folder), "--out", str(out), "--style", "oil"]) == 2

@@ -7,16 +7,19 @@ import copy
 
 import pytest
 import torch
-from conftest import build_tiny_generator
 
 from hyperinverter.cli.main import main
 from hyperinverter.convert.rosinality import from_nvidia
-from hyperinverter.errors import CheckpointError
 from hyperinverter.io.components import load_component, save_component_module
 from hyperinverter.methods.hyperstyle import HyperStyle
 from hyperinverter.methods.phase1 import Phase1
 from hyperinverter.models.encoders import WEncoder, WEncoderConfig
-from hyperinverter.models.hyperstyle import OFFICIAL_LAYERS, OFFICIAL_SHARED, HyperStyleNet, hyperstyle_targets
+from hyperinverter.models.hyperstyle import (
+    OFFICIAL_LAYERS,
+    OFFICIAL_SHARED,
+    HyperStyleNet,
+    hyperstyle_targets,
+)
 from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.models.weight_delta import WeightDelta
 from hyperinverter.pipeline import InversionPipeline, save_pipeline

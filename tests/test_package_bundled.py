@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from hyperinverter.convert.gan_files import load_gan
 from hyperinverter.data.sources import FASHION_LICENSE
 from hyperinverter.editing import GANSpaceDirection, load_direction
 from hyperinverter.io.gan import save_gan
@@ -221,3 +222,82 @@ def test_training_hours_from_stats():
     # without speeds: consecutive times, an idle gap counted at the median pace (2 s/step)
     plain = [{"step": s, "time": t} for s, t in ((50, 100), (100, 200), (150, 9e5), (200, 9e5 + 100))]
     assert pb.training_hours(plain, batch_size=None) == pytest.approx(400 / 3600)
+
+
+def _load_add_method():
+    path = SCRIPT.parent / "add_method_to_bundle.py"
+    spec = importlib.util.spec_from_file_location("add_method_to_bundle", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _hyperstyle_run(root: Path, bundle: Path, runs, *, other_encoder: bool = False) -> Path:
+    """A tiny HyperStyle run folder trained (here: built) on the bundle's own W encoder and generator."""
+    from hyperinverter.methods.hyperstyle import HyperStyle
+    from hyperinverter.models.encoders import TrunkConfig
+    from hyperinverter.models.hyperstyle import HyperStyleNet
+    from hyperinverter.training.hyperstyle import HyperStyleTrainingConfig
+
+    phase1 = InversionPipeline.from_pretrained(bundle, device="cpu").inverter("phase1")
+    G, E1 = phase1.generator, phase1.w_encoder
+    if other_encoder:
+        E1 = encoder_preset("tiny", in_channels=1).build_w_encoder()
+    torch.manual_seed(3)
+    trunk = TrunkConfig("resnet", units=(1, 1, 1, 1), widths=(8, 16, 32, 64))
+    H = HyperStyleNet.from_generator(G, trunk=trunk, input_size=64, hyper_inner=8, refine_inner=8)
+    method = HyperStyle(G, w_encoder=E1, hypernetwork=H, encoder_resolution=64)
+    run = root / ("hs-other" if other_encoder else "hs")
+    save_pipeline({"phase1": Phase1(G, w_encoder=E1, encoder_resolution=64), "hyperstyle": method}, run / "best",
+                  default_method="hyperstyle")
+    cfg = HyperStyleTrainingConfig(run_dir=str(run), data=str(runs["train"]), generator=str(bundle),
+                                   w_encoder=str(bundle), steps=100, batch_size=BATCH, trunk=trunk, device="cpu")
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    _write_stats(run, [_scalar(50, 3000.0, l2=0.3), {"step": 50, "time": 3010.0, "val/loss": 0.30},
+                       _scalar(100, 3100.0, l2=0.2), {"step": 100, "time": 3110.0, "val/loss": 0.25}])
+    return run
+
+
+def test_a_method_trained_later_joins_the_bundle(bundle, runs, tmp_path):
+    import shutil
+
+    am = _load_add_method()
+    target = tmp_path / "bundled" / "fashion-32"
+    shutil.copytree(bundle, target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    run = _hyperstyle_run(tmp_path, target, runs)
+    generator = runs["runs"] / "fashion32-generator" / "final"
+    assert am.main(["--bundle", str(target), "--run", str(run), "--method", "hyperstyle", "--examples",
+                    str(runs["heldout"]), "--extra-generator", f"tuned_generator={generator}"]) == 0
+
+    index = json.loads((target / "pipeline.json").read_text())
+    assert list(index["methods"]) == ["phase1", "hyperinverter", "hyperstyle"]
+    assert index["default_method"] == "hyperinverter"
+    assert index["methods"]["hyperstyle"]["components"] == {"w_encoder": "w_encoder",
+                                                            "hypernetwork": "hyperstyle_hypernetwork"}
+    for path, data in before.items():  # everything else is kept as it was
+        if path.name not in ("pipeline.json", "MODEL_CARD.md"):
+            assert (target / path).read_bytes() == data, path
+    card = (target / "MODEL_CARD.md").read_text()
+    assert card.startswith(before[Path("MODEL_CARD.md")].decode())
+    assert "## HyperStyle (added after packaging)" in card and "hyperinverter train hyperstyle" in card
+    assert "| hyperstyle | `best` (lowest val loss) | 100 / 100 |" in card and "0.25000 (100)" in card
+    assert "`hyperstyle_hypernetwork/model.safetensors`" in card and "`tuned_generator/`" in card
+    assert (target / "configs" / "hyperstyle.yaml").is_file()
+
+    pipe = InversionPipeline.from_pretrained(target, device="cpu")
+    reference = InversionPipeline.from_pretrained(run / "best", device="cpu")
+    examples = sorted((target / "examples").glob("*.png"))[:3]
+    a, b = reference.invert(examples, method="hyperstyle"), pipe.invert(examples, method="hyperstyle")
+    assert (a.image - b.image).abs().max() < 1e-2 and len(b.steps) == 5
+    assert pipe.methods["hyperstyle"].w_encoder is pipe.methods["phase1"].w_encoder
+    assert load_gan(target / "tuned_generator").generator.resolution == 32
+
+    # a run from another W encoder, or a method the bundle holds, is refused and changes nothing
+    kept = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    other = _hyperstyle_run(tmp_path, target, runs, other_encoder=True)
+    with pytest.raises(ValueError, match="W encoder is not the bundle's"):
+        am.add_method(bundle, other, "hyperstyle", examples=runs["heldout"])
+    with pytest.raises(ValueError, match="already holds"):
+        am.add_method(target, run, "hyperstyle", examples=runs["heldout"])
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == kept

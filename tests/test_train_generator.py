@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -170,3 +171,32 @@ def test_resuming_with_another_model_is_refused(tmp_path):
     train_generator(config(tmp_path / "run", steps=2), images=teacher_images())
     with pytest.raises(CheckpointMismatchError, match="another configuration"):
         train_generator(config(tmp_path / "run", steps=4, channel_max=16), images=teacher_images())
+
+
+def test_a_stylised_fine_tune_keeps_the_mapping_and_learns_the_style(tmp_path):
+    from hyperinverter.convert.gan_files import load_gan
+    from hyperinverter.data.sources import stylise_images
+    from hyperinverter.io.gan import save_gan
+
+    start = teacher_generator()
+    save_gan(tmp_path / "start", start)
+    cfg = config(tmp_path / "run", steps=40, init_from=str(tmp_path / "start"), generator=None, freeze_mapping=True,
+                 distill_teacher="stylised:sketch", distill_steps=40, distill_lr=0.01, distill_train_d=False,
+                 log_every=10, checkpoint_every=1000, ema_kimg=0.0)
+    result = train_generator(cfg, images=teacher_images())
+    losses = [h["loss/distill"] for h in result.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+    tuned = load_gan(tmp_path / "run" / "final").generator
+    for name, p in start.mapping.state_dict().items():
+        assert torch.equal(tuned.mapping.state_dict()[name], p), name  # every w keeps its meaning
+    ws = start.mapping(torch.randn(16, 8, generator=torch.Generator().manual_seed(9)))
+    with torch.no_grad():
+        target = stylise_images(start.synthesis(ws), "sketch")
+        before = (start.synthesis(ws) - target).abs().mean()
+        after = (tuned.synthesis(ws) - target).abs().mean()
+    assert after < 0.8 * before  # paired: G'(w) moved towards sketch(G(w)) for the same w
+    with pytest.raises(ValueError, match="give init_from"):
+        config(tmp_path / "bad", freeze_mapping=True)
+    with pytest.raises(ValueError, match="unknown style"):
+        train_generator(config(tmp_path / "bad2", init_from=str(tmp_path / "start"), generator=None,
+                               distill_teacher="stylised:oil", distill_steps=2), images=teacher_images())

@@ -24,7 +24,8 @@ BUNDLED_DIR = Path(__file__).parent / "bundled"
 @dataclass(frozen=True)
 class Artifact:
     name: str
-    kind: str  # "pipeline" | "generator" | "w-encoder" | "hyperinverter-checkpoint" | "backbone" | "directions"
+    kind: str  # "pipeline" | "generator" | "w-encoder" | "hyperinverter-checkpoint" | "hyperstyle-checkpoint" |
+    # "backbone" | "directions"
     description: str
     filename: str
     license: str
@@ -38,6 +39,9 @@ class Artifact:
 CATALOGUE: tuple[Artifact, ...] = (
     Artifact("faces-64", "pipeline", "HyperInverter for 64x64 synthetic faces, trained here on CPU (bundled)",
              "faces-64", "research only (DigiFace-1M chain; see its MODEL_CARD.md)", bundled=True),
+    Artifact("faces-64-sketch", "generator", "faces-64's generator fine-tuned to pencil sketches: HyperStyle's "
+             "domain adaptation (`invert --render-with faces-64-sketch`), made here (bundled)",
+             "faces-64/sketch_generator", "research only (as faces-64)", bundled=True),
     Artifact("fashion-32", "pipeline", "HyperInverter for 32x32 Fashion-MNIST, trained here on CPU (bundled)",
              "fashion-32", "MIT (Fashion-MNIST)", bundled=True),
     Artifact("stylegan2-ffhq-config-f", "generator", "official StyleGAN2 FFHQ 1024 config-f, NVIDIA pickle",
@@ -62,6 +66,10 @@ CATALOGUE: tuple[Artifact, ...] = (
     Artifact("hyperinverter-church-d128", "hyperinverter-checkpoint", "official HyperInverter Church, lightweight",
              "hyper_inverter_psp_church_lightweight.pt", "VinAI HyperInverter licence",
              source="VinAIResearch/HyperInverter MODEL_ZOO.md"),
+    Artifact("hyperstyle-ffhq", "hyperstyle-checkpoint", "official HyperStyle FFHQ (hypernetwork + generator)",
+             "hyperstyle_ffhq.pt", "MIT (yuval-alaluf/hyperstyle)", source="yuval-alaluf/hyperstyle README"),
+    Artifact("hyperstyle-faces-w-encoder", "w-encoder", "official HyperStyle W encoder for faces (its start)",
+             "faces_w_encoder.pt", "MIT (yuval-alaluf/hyperstyle)", source="yuval-alaluf/hyperstyle README"),
 )
 
 

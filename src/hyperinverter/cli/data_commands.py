@@ -1,9 +1,11 @@
-"""``hyperinverter data faces64|fashion32``: write the demo domains' images from offline sources."""
+"""``hyperinverter data faces64|fashion32|stylise``: write the demo domains' images from offline sources."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from .arguments import positive_int
 
 
 def register(sub) -> None:
@@ -21,6 +23,12 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("--split", choices=["train", "test"], default="train")
     q.set_defaults(func=run_fashion32)
+    q = kinds.add_parser("stylise", help="a stylised copy of an image folder (the target of a fine-tuned generator)")
+    q.add_argument("source", type=Path, help="the folder of images to stylise")
+    q.add_argument("--out", required=True, type=Path)
+    q.add_argument("--style", default="sketch", help="the style (default sketch: a pencil-sketch rendering)")
+    q.add_argument("--n", type=positive_int, default=None, help="only the first N images (sorted by name)")
+    q.set_defaults(func=run_stylise)
 
 
 def run_faces64(args: argparse.Namespace) -> int:
@@ -43,3 +51,13 @@ def run_fashion32(args: argparse.Namespace) -> int:
     out = sources.write_fashion32(args.out, args.split)
     print(f"wrote the Fashion-MNIST {args.split} split to {out}")
     return 0
+
+
+def run_stylise(args: argparse.Namespace) -> int:
+    from ..data import sources
+
+    if not args.source.is_dir():
+        raise FileNotFoundError(f"{args.source}: not a folder")
+    out, failed = sources.write_stylised(args.source, args.out, args.style, limit=args.n)
+    print(f"wrote {args.style} renderings of {args.source} to {out}" + (f" ({failed} unreadable)" if failed else ""))
+    return 1 if failed else 0

@@ -5,6 +5,8 @@
   Training uses seeds ``[0, N)``; the held-out set uses 500 seeds from 1,000,000.
 - ``fashion32``: Debian's ``dataset-fashion-mnist`` (60,000 train / 10,000 test, 28x28), padded to 32x32 with
   2 black pixels per side (the objects keep their size and the black background, unlike a resize).
+- a stylised copy of a folder (``sketch``: a pencil-sketch rendering), the target domain of a fine-tuned
+  generator for HyperStyle's domain adaptation.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..generate import z_from_seeds
 from ..io.files import atomic_write_bytes
-from ..io.images import save_image
+from ..io.images import find_images, pil_to_tensor, read_image, save_image, tensor_to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +159,58 @@ def write_fashion32(out_dir: str | Path, split: str = "train", *, progress: bool
             "labels": labels.tolist()}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta) + "\n").encode())
     return out_dir
+
+
+def pencil_sketch(image: Image.Image) -> Image.Image:
+    """A pencil sketch of ``image`` (RGB out): the colour-dodge of the grey image with its blurred negative, which
+    leaves white where the image is flat and grey strokes along its edges."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    blurred_negative = np.asarray(ImageOps.invert(image.convert("L")).filter(ImageFilter.GaussianBlur(3)),
+                                  dtype=np.float32)
+    dodge = np.clip(grey * 255.0 / np.maximum(255.0 - blurred_negative, 1.0), 0, 255)
+    return Image.fromarray(dodge.round().astype(np.uint8)).convert("RGB")
+
+
+STYLES = {"sketch": pencil_sketch}
+
+
+def stylise_images(images: torch.Tensor, style: str) -> torch.Tensor:
+    """``[N,C,H,W]`` images in [-1,1] rendered in ``style`` (the same shape, channels and range)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
+    channels = images.shape[1]
+    out = [pil_to_tensor(STYLES[style](im), channels=channels) for im in tensor_to_pil(images.detach().cpu())]
+    return torch.cat(out).to(images.device)
+
+
+def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sketch", *, limit: int | None = None,
+                   progress: bool = True) -> tuple[Path, int]:
+    """Write ``style`` renderings of the images in ``source_dir`` (the first ``limit``, sorted) to ``out_dir``
+    under the same names, as PNG; resumable (existing outputs are kept). Returns the folder and the number of
+    source images that could not be read (each is logged)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if source_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"the stylised images would overwrite their sources in {source_dir}")
+    found = find_images([source_dir])
+    paths = found.paths[:limit] if limit is not None else found.paths
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = len(found.problems)
+    for problem in found.problems:
+        logger.warning("skipped %s", problem)
+    for path in tqdm(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
+        target = out_dir / path.relative_to(source_dir).with_suffix(".png")
+        if target.exists():
+            continue
+        try:
+            image = read_image(path)
+        except InputError as e:
+            logger.warning("skipped %s", e)
+            failed += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_image(STYLES[style](image), target, durable=False)  # regenerable: skip the per-file fsync
+    meta = {"source": str(source_dir), "style": style, "count": len(paths) - failed}
+    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return out_dir, failed

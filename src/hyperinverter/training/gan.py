@@ -53,7 +53,10 @@ class GeneratorTrainingConfig(RunConfig):
     ema_kimg: float = 10.0
     ema_rampup: float | None = 0.05
     noise_mode: str = "random"  # per-pixel noise while training; "const" makes multi-process runs bit-comparable
-    # distillation warm start: regress G(z) onto teacher(z) for the first distill_steps
+    # Train the synthesis network only (as StyleGAN-NADA and toonification fine-tunes do): every w keeps its
+    # meaning, so codes and offsets found with the starting generator carry over to the fine-tuned one.
+    freeze_mapping: bool = False
+    # distillation: regress G(z) onto teacher(z) for the first distill_steps (see build_teacher for the teachers)
     distill_teacher: str | None = None
     distill_steps: int = 0
     distill_lr: float = 0.002
@@ -67,6 +70,10 @@ class GeneratorTrainingConfig(RunConfig):
             raise ValueError("give the generator's architecture (generator:), or a file to start from (init_from)")
         if not self.train_generator and not self.init_from:
             raise ValueError("train_generator: false keeps the generator of init_from: give init_from")
+        if self.freeze_mapping and not self.init_from:
+            raise ValueError("freeze_mapping keeps the mapping of init_from: give init_from")
+        if self.distill_teacher and self.distill_teacher.startswith("stylised:") and not self.init_from:
+            raise ValueError(f"the teacher {self.distill_teacher!r} stylises the starting generator: give init_from")
         if self.noise_mode not in ("random", "const", "none"):
             raise ValueError(f"noise_mode must be random, const or none, got {self.noise_mode!r}")
 
@@ -76,14 +83,27 @@ class GeneratorTrainingConfig(RunConfig):
                                                          channel_base=g.channel_base, channel_max=g.channel_max)
 
 
-def build_teacher(name: str, device: torch.device) -> tuple[Teacher, int]:
-    """A teacher generator by name -> (z -> images in [-1,1], z_dim)."""
+def build_teacher(name: str, device: torch.device, start: Generator | None = None) -> tuple[Teacher, int]:
+    """A teacher by name -> (z -> images in [-1,1], z_dim).
+
+    ``dcgan-faces64``: the pretrained DCGAN that made the faces64 data. ``stylised:STYLE`` (e.g.
+    ``stylised:sketch``): the starting generator ``start`` (a frozen copy), its images rendered in ``STYLE``; with
+    ``freeze_mapping`` the student learns G'(w) = STYLE(G(w)) for the same w (paired, so exactly aligned).
+    """
     if name == "dcgan-faces64":
         from ..data.sources import load_dcgan_faces
 
         net = load_dcgan_faces(device=device)
         return (lambda z: net(z[:, :, None, None])), 100
-    raise ValueError(f"unknown distillation teacher {name!r}; known: ['dcgan-faces64']")
+    if name.startswith("stylised:") and start is not None:
+        from ..data.sources import STYLES, stylise_images
+
+        style = name.removeprefix("stylised:")
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r} in teacher {name!r} (known: {', '.join(STYLES)})")
+        frozen = copy.deepcopy(start).eval().requires_grad_(False)
+        return (lambda z: stylise_images(frozen.synthesis(frozen.mapping(z)), style)), frozen.z_dim
+    raise ValueError(f"unknown distillation teacher {name!r}; known: dcgan-faces64, stylised:STYLE (with init_from)")
 
 
 def mix_styles(G: Generator, z: torch.Tensor, prob: float, gen: torch.Generator, *,
@@ -117,11 +137,13 @@ class GANTask(TrainingTask):
         if D is None:
             D = Discriminator(cfg.discriminator_config(G.config))
         self.G, self.D = G.to(device).train(), D.to(device).train()
+        if cfg.freeze_mapping:
+            self.G.mapping.requires_grad_(False)  # no phase trains it (the G phases train G.synthesis)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.resolution, self.channels = self.G.resolution, self.G.config.img_channels
         self.teacher = teacher
         if cfg.distill_steps and teacher is None:
-            self.teacher, teacher_z = build_teacher(cfg.distill_teacher, device)
+            self.teacher, teacher_z = build_teacher(cfg.distill_teacher, device, self.G)
             if teacher_z != self.G.z_dim:
                 raise ValueError(f"teacher {cfg.distill_teacher!r} takes z of {teacher_z} dims but z_dim={self.G.z_dim}")
         self.opt_g = lazy_adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas,
@@ -137,16 +159,17 @@ class GANTask(TrainingTask):
 
     def phases(self) -> list[Phase]:
         cfg, n = self.cfg, self.cfg.distill_steps
+        trained_g = self.G.synthesis if cfg.freeze_mapping else self.G
         phases = []
         if not cfg.train_generator:
             self.G.requires_grad_(False)
             return [Phase("D", self.D, self.opt_d)] + (
                 [Phase("D_r1", self.D, self.opt_d, interval=cfg.r1_interval, regulariser=True)] if cfg.r1_gamma > 0 else [])
         if n:
-            phases.append(Phase("G_distill", self.G, self.opt_g, end=n))
-        phases.append(Phase("G", self.G, self.opt_g, start=n))
+            phases.append(Phase("G_distill", trained_g, self.opt_g, end=n))
+        phases.append(Phase("G", trained_g, self.opt_g, start=n))
         if cfg.pl_weight > 0:
-            phases.append(Phase("G_pl", self.G, self.opt_g, interval=cfg.pl_interval, start=n, regulariser=True))
+            phases.append(Phase("G_pl", trained_g, self.opt_g, interval=cfg.pl_interval, start=n, regulariser=True))
         d_start = 0 if cfg.distill_train_d else n
         phases.append(Phase("D", self.D, self.opt_d, start=d_start))
         if cfg.r1_gamma > 0:
@@ -172,11 +195,11 @@ class GANTask(TrainingTask):
         if phase.name == "G_distill":
             with torch.no_grad():
                 target = self.teacher(batch["z"])
-            fake = G.synthesis(G.mapping(batch["z"], update_w_avg=True))
+            fake = G.synthesis(G.mapping(batch["z"], update_w_avg=not cfg.freeze_mapping))
             loss = F.l1_loss(fake, target) + F.mse_loss(fake, target)
             return loss, {"loss/distill": float(loss.detach())}
         if phase.name == "G":
-            ws = mix_styles(G, batch["z"], cfg.style_mixing, gen, update_w_avg=True)
+            ws = mix_styles(G, batch["z"], cfg.style_mixing, gen, update_w_avg=not cfg.freeze_mapping)
             loss = F.softplus(-D(G.synthesis(ws, **noise))).mean()
             return loss, {"loss/G": float(loss.detach())}
         if phase.name == "G_pl":
