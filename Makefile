@@ -22,7 +22,7 @@ $(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) -e ".[dev,align,id,train,web]"
+	$(PIP) -e ".[dev,align,id,train,web,plot]"
 	$(PIP) --no-deps $(NO_DEPS)
 	touch $@
 

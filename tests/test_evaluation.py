@@ -44,3 +44,34 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
     assert saved["num_images"] == 3 and set(saved["metrics"]) == {"phase1", "hyperinverter"}
     assert -1 <= saved["metrics"]["hyperinverter"]["id_sim"] <= 1
     assert "quality bars:" in capsys.readouterr().out and "MSE change" in (tmp_path / "report.md").read_text()
+
+
+def test_iterative_methods_are_scored_at_every_iteration(tiny_generator, tmp_path):
+    from PIL import Image
+
+    from hyperinverter.methods.hyperstyle import HyperStyle
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.pipeline import InversionPipeline
+
+    torch.manual_seed(0)
+    styled = HyperStyle.create(tiny_generator).eval()
+    phase1 = Phase1(tiny_generator, w_encoder=styled.w_encoder, encoder_resolution=styled.encoder_resolution)
+    pipe = InversionPipeline({"phase1": phase1, "hyperstyle": styled}, device="cpu")
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    report = evaluate(pipe, x, dataset="random", batch_size=2, progress=False)
+    assert set(report.iterations) == {"hyperstyle"}  # phase1 has no iterations
+    steps = report.iterations["hyperstyle"]
+    result = pipe.invert(x, method="hyperstyle")
+    assert len(steps) == 5
+    for t, values in enumerate(steps):
+        assert abs(values["mse"] - float(PIXEL_METRICS["mse"](result.steps[t], x).mean())) < 1e-4
+    assert steps[-1]["mse"] == report.metrics["hyperstyle"]["mse"]
+    seconds = [v["seconds"] for v in steps]
+    assert all(a < b for a, b in zip(seconds, seconds[1:]))  # each iteration costs time
+    assert abs(seconds[-1] - report.seconds_per_image["hyperstyle"]) < 1e-9
+    markdown = report.to_markdown()
+    assert "Per iteration, hyperstyle" in markdown and "| 5 |" in markdown
+    image = Image.open(report.plot(tmp_path / "report.png"))
+    assert image.size[0] > 600 and image.size[1] > 300
+    report.save(tmp_path / "report")
+    assert len(json.loads((tmp_path / "report.json").read_text())["iterations"]["hyperstyle"]) == 5

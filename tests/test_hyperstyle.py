@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hyperinverter.cli.main import main
+from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.rosinality import from_nvidia
 from hyperinverter.io.components import load_component, save_component_module
 from hyperinverter.methods.hyperstyle import HyperStyle
@@ -285,3 +286,42 @@ def test_domain_adaptation_renders_with_a_fine_tuned_generator(method, tmp_path,
     assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--render-with",
                  str(tmp_path / "wide"), "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 2
     assert "another architecture (channel_base, channel_max differ)" in capsys.readouterr().err
+
+
+def test_training_starts_from_a_torchvision_resnet_file(tiny_generator, tmp_path):
+    """backbone_init: a torchvision-layout ResNet file (3-channel stem) loads strictly into the 6-channel trunk:
+    its RGB filters on the target's channels, the rest of the stem keeps its own initialisation."""
+    from hyperinverter.convert.backbones import _trunk_of, torchvision_resnet_key_map
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.models.encoders import TrunkConfig
+    from hyperinverter.training.hyperstyle import HyperStyleTrainingConfig, train_hyperstyle
+
+    trunk = TrunkConfig("resnet", units=(1, 1, 1, 1), widths=(8, 16, 32, 64))
+    torch.manual_seed(7)
+    donor = WEncoder(WEncoderConfig(trunk=trunk, in_channels=3, w_dim=16))
+    ours = donor.state_dict()
+    file = {tv: ours[key].clone() for tv, key in torchvision_resnet_key_map(_trunk_of(donor)).items()}
+    file["fc.weight"] = torch.zeros(10, 64)  # the classifier, skipped
+    torch.save(file, tmp_path / "resnet.pth")
+    save_gan(tmp_path / "gan", tiny_generator)
+    save_pipeline(Phase1.create(tiny_generator), tmp_path / "phase1")
+    data = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    cfg = HyperStyleTrainingConfig(
+        run_dir=str(tmp_path / "run"), data="unused", generator=str(tmp_path / "gan"),
+        w_encoder=str(tmp_path / "phase1"), steps=1, batch_size=4, n_iters_per_batch=1, lr=0.0, trunk=trunk,
+        input_size=64, hyper_inner=8, refine_inner=8, backbone_init=str(tmp_path / "resnet.pth"),
+        val_every=1000, sample_every=1000, progress=False, tensorboard=False, device="cpu")
+    result = train_hyperstyle(cfg, images=data, val_images=data[:2])
+    net = InversionPipeline.from_pretrained(result.final_model, device="cpu").inverter("hyperstyle").hypernetwork
+    trained = net.state_dict()
+    assert torch.equal(trained["conv1.weight"][:, :3], ours["conv1.weight"])  # RGB filters on x
+    assert not torch.equal(trained["conv1.weight"][:, 3:], ours["conv1.weight"])  # ŷ's channels: own init
+    for tv, key in torchvision_resnet_key_map(_trunk_of(donor)).items():
+        if key != "conv1.weight" and "running" not in key and "num_batches" not in key:
+            assert torch.equal(trained[key], ours[key]), key
+    file["layer1.0.conv1.weight"] = file["layer1.0.conv1.weight"][:, :4]  # a file of another network
+    torch.save(file, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="layer1.0.conv1.weight|body.0.conv1.weight"):
+        train_hyperstyle(HyperStyleTrainingConfig(**{**cfg.__dict__, "run_dir": str(tmp_path / "bad"),
+                                                     "backbone_init": str(tmp_path / "bad.pth")}),
+                         images=data, val_images=data[:2])

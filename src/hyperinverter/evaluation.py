@@ -1,11 +1,14 @@
 """The evaluation protocol: invert a held-out set with every method, score each on the same images.
 
 Reported per method: MSE (on [-1,1], the papers' L2), PSNR, SSIM, MS-SSIM, optionally LPIPS and identity
-similarity, and seconds per image. Every number is a mean over images.
+similarity, and seconds per image. Every number is a mean over images. Iterative methods (a result with
+``steps``) are also scored at every iteration, with the seconds per image it takes to get there; the plot shows
+quality against iterations and against time for every method.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +32,8 @@ class EvaluationReport:
     metrics: dict[str, dict[str, float]]  # method -> metric -> mean
     seconds_per_image: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    # iterative methods: method -> one {metric: mean, "seconds": s/image to reach it} per iteration
+    iterations: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
         bars = quality_bars(self) if {"phase1", "hyperinverter"} <= self.metrics.keys() else {}
@@ -41,11 +46,65 @@ class EvaluationReport:
             cells = [f"{values[m]:.4f}" if m in values else "–" for m in names]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {self.seconds_per_image.get(method, 0):.4f} |")
         if "mse" in self.metrics.get("phase1", {}):
-            p1, p2 = self.metrics["phase1"]["mse"], self.metrics["hyperinverter"]["mse"]
-            lines += ["", f"MSE change from Phase I: {(p2 - p1) / p1:+.1%}", ""]
+            p1 = self.metrics["phase1"]["mse"]
+            changes = [f"{m} {(v['mse'] - p1) / p1:+.1%}" for m, v in self.metrics.items()
+                       if m != "phase1" and "mse" in v]
+            if changes:
+                lines += ["", f"MSE change from Phase I (the W encoder): {', '.join(changes)}", ""]
             lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in bars.items()]
+        for method, steps in self.iterations.items():
+            lines += ["", f"Per iteration, {method} (seconds: per image, to reach that iteration):", "",
+                      "| iteration | " + " | ".join(f"{m} {arrows[m]}" for m in names) + " | s/image |",
+                      "|---|" + "---|" * (len(names) + 1)]
+            for t, values in enumerate(steps, start=1):
+                cells = [f"{values[m]:.4f}" if m in values else "–" for m in names]
+                seconds = f"{values['seconds']:.4f}" if "seconds" in values else "–"
+                lines.append(f"| {t} | " + " | ".join(cells) + f" | {seconds} |")
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path, metric: str = "mse") -> Path:
+        """``metric`` against the iteration (iterative methods; the others as levels) and against seconds per
+        image (every method), as a PNG (needs matplotlib: the ``plot`` extra)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
+        fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+        colours = dict(zip(self.metrics, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+        most = max((len(v) for v in self.iterations.values()), default=1)
+        for method, values in self.metrics.items():
+            if metric not in values:
+                continue
+            steps = self.iterations.get(method)
+            if steps:
+                ts = range(1, len(steps) + 1)
+                by_step.plot(ts, [v[metric] for v in steps], "o-", color=colours[method], label=method)
+                if all("seconds" in v for v in steps):
+                    by_time.plot([v["seconds"] for v in steps], [v[metric] for v in steps], "o-",
+                                 color=colours[method], label=method)
+                    for t, v in zip(ts, steps):
+                        by_time.annotate(str(t), (v["seconds"], v[metric]), fontsize=7, xytext=(3, 3),
+                                         textcoords="offset points")
+            else:
+                by_step.axhline(values[metric], color=colours[method], ls="--", label=method)
+                by_time.plot([self.seconds_per_image.get(method, 0.0)], [values[metric]], "s",
+                             color=colours[method], label=method)
+        by_step.set(xlabel="iteration", ylabel=f"{metric} ({arrow})", xticks=range(1, most + 1),
+                    title="quality by iteration")
+        by_time.set(xlabel="seconds per image", ylabel=metric, xscale="log", title="quality against time")
+        for ax in (by_step, by_time):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{self.dataset} ({self.num_images} images)", fontsize=9)
+        path = Path(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+        plt.close(fig)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
 
     def save(self, path: Path) -> None:
         path = Path(path)
@@ -68,6 +127,7 @@ def evaluate(
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     methods = list(methods or pipeline.methods)
     sums: dict[str, dict[str, float]] = {m: {} for m in methods}
+    step_sums: dict[str, list[dict[str, float]]] = {}
     seconds = dict.fromkeys(methods, 0.0)
     n = images.shape[0]
     for start in tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress):
@@ -78,9 +138,33 @@ def evaluate(
             with torch.no_grad():
                 for name, fn in metrics.items():
                     sums[method][name] = sums[method].get(name, 0.0) + float(fn(result.image, x).sum())
+                if result.steps:
+                    per_step = step_sums.setdefault(method, [{} for _ in result.steps])
+                    arrival = _step_seconds(result)
+                    for t, image in enumerate(result.steps):
+                        for name, fn in metrics.items():
+                            per_step[t][name] = per_step[t].get(name, 0.0) + float(fn(image, x).sum())
+                        if arrival is not None:
+                            per_step[t]["seconds"] = per_step[t].get("seconds", 0.0) + arrival[t]
     means = {method: {k: v / n for k, v in values.items()} for method, values in sums.items()}
+    iterations = {method: [{k: v / n for k, v in step.items()} for step in steps]
+                  for method, steps in step_sums.items()}
     return EvaluationReport(dataset=dataset, num_images=n, metrics=means,
-                            seconds_per_image={k: v / n for k, v in seconds.items()})
+                            seconds_per_image={k: v / n for k, v in seconds.items()}, iterations=iterations)
+
+
+def _step_seconds(result) -> list[float] | None:
+    """Seconds (summed over the batch) to reach each of ``result.steps``: the method laps its stopwatch once
+    per step, last, so the last ``len(steps)`` timings are the steps'. None if the timings do not say."""
+    laps = list(result.timings.values())
+    if len(laps) < len(result.steps):
+        return None
+    before = sum(laps[: len(laps) - len(result.steps)])
+    arrival, total = [], before
+    for lap in laps[len(laps) - len(result.steps):]:
+        total += lap
+        arrival.append(total)
+    return arrival
 
 
 def quality_bars(report: EvaluationReport, *, min_mse_reduction: float = 0.4) -> dict[str, bool]:

@@ -405,6 +405,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)
     print(report.to_markdown())
+    try:
+        print(f"plotted {report.plot(args.out.with_suffix('.png'))}")
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
     if {"phase1", "hyperinverter"} <= report.metrics.keys():
         bars = quality_bars(report)
         print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
