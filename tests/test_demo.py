@@ -14,7 +14,7 @@ from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 from hyperinverter.pipeline import save_pipeline
 
 
-def tiny_bundle(folder, channels, *, examples=0):
+def tiny_bundle(folder, channels, *, examples=0, with_hyperstyle=False):
     torch.manual_seed(channels)
     G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16,
                   img_channels=channels))
@@ -22,7 +22,19 @@ def tiny_bundle(folder, channels, *, examples=0):
     H = HyperNetwork.from_generator(G, feature_channels=16, feature_size=2, hidden_dim=8, inner_channels=8)
     model = HyperInverter(G, w_encoder=preset.build_w_encoder(),
                           feature_encoder=preset.build_feature_encoder(), hypernetwork=H, encoder_resolution=64)
-    save_pipeline(model, folder)  # HyperInverter alone: its first pass is in its results
+    if with_hyperstyle:  # as the bundled models: phase1, hyperinverter and hyperstyle on one W encoder
+        from hyperinverter.methods.hyperstyle import HyperStyle
+        from hyperinverter.methods.phase1 import Phase1
+        from hyperinverter.models.hyperstyle import HyperStyleNet
+
+        styled = HyperStyle(G, w_encoder=model.w_encoder, hypernetwork=HyperStyleNet.from_generator(
+            G, trunk=HyperStyle.create(G).hypernetwork.config.trunk, input_size=64, hyper_inner=8, refine_inner=8),
+            encoder_resolution=64)
+        phase1 = Phase1(G, w_encoder=model.w_encoder, encoder_resolution=64)
+        save_pipeline({"phase1": phase1, "hyperinverter": model, "hyperstyle": styled}, folder,
+                      default_method="hyperinverter")
+    else:
+        save_pipeline(model, folder)  # HyperInverter alone: its first pass is in its results
     save_direction(LinearDirection(torch.randn(1, 16), name="dir", default_strength=2.0), folder / "directions" / "dir.safetensors")
     for i in range(examples):
         save_image(torch.rand(1, channels, 32, 32) * 2 - 1, folder / "examples" / f"{i:05d}.png")
@@ -31,7 +43,7 @@ def tiny_bundle(folder, channels, *, examples=0):
 def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "bundled")
     tiny_bundle(tmp_path / "bundled" / "faces-64", 3)
-    tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=3)
+    tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=3, with_hyperstyle=True)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
@@ -40,6 +52,9 @@ def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
     assert len(list(out.glob("fashion-32_*.png"))) == 3
     page = (out / "index.html").read_text()
     assert page.count("<figure>") == len(faces) + 3 and "edit: dir" in page
+    # the bundle's other method gets a column; phase1, HyperInverter's own first pass, does not get a second one
+    assert "input | Phase I (W) | HyperInverter | HyperStyle | edit: dir" in page
+    assert "input | Phase I (W) | HyperInverter | edit: dir" in page  # faces-64 here holds HyperInverter alone
 
 
 def test_a_missing_bundled_model_is_reported(tmp_path, monkeypatch, capsys):

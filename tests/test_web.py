@@ -89,3 +89,26 @@ def test_a_transparent_upload_is_composited_on_white(session, pipeline):
     rgba = Image.new("RGBA", (50, 50), (0, 0, 0, 0))  # fully transparent black
     (item,) = session.invert(rgba, align=False)
     assert torch.allclose(item.input, torch.ones_like(item.input))  # white, as read_image does for files
+
+
+def test_any_method_of_the_model_inverts_and_blends_only_with_itself(session, pipeline, tiny_generator):
+    from hyperinverter.methods.hyperstyle import HyperStyle
+    from hyperinverter.pipeline import InversionPipeline
+
+    assert session.methods()[0] == pipeline.default_method and "phase1" in session.methods()
+    (first,) = session.invert(photo(seed=3), align=False, method="phase1")
+    assert first.method == "phase1" and first.result.weight_delta is None
+    assert torch.allclose(first.result.image, pipeline.invert(first.input, method="phase1").image, atol=1e-5)
+    phase1 = pipeline.inverter("phase1")
+    assert session.comparison_labels("phase1") == ["input", phase1.label]  # no first pass before it
+    (other,) = session.invert(photo(seed=4), align=False)
+    with pytest.raises(ValueError, match="invert both with one method"):
+        session.interpolate(first, other, 0.5)
+
+    torch.manual_seed(0)
+    styled = WebSession(InversionPipeline({"hyperstyle": HyperStyle.create(tiny_generator).eval()}, device="cpu"),
+                        display_size=64)
+    assert styled.comparison_labels() == ["input", "W encoder", "HyperStyle"]
+    (item,) = styled.invert(photo(seed=5), align=False)
+    assert item.result.weight_delta.mode == "scale" and len(item.result.steps) == 5
+    assert styled.comparison(item).size[0] == 3 * (2 * 32 + 2) + 2

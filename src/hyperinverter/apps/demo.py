@@ -1,7 +1,7 @@
 """The out-of-the-box demo: align real photos, invert them with the bundled models, edit, interpolate.
 
-For each input it writes one picture: input | Phase I | HyperInverter | two edits | interpolation frames,
-and an ``index.html`` that shows them all. Everything is computed here, on the machine that runs it.
+For each input it writes one picture: input | Phase I | HyperInverter | the model's other methods (HyperStyle) |
+two edits | interpolation frames, and an ``index.html`` that shows them all. Everything is computed here, on the machine that runs it.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class DemoReport:
 
 def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, directions: list,
            frames: int) -> tuple[torch.Tensor, list[str]]:
-    """input | first pass (if the method has one) | result | edits... | interpolation frames to ``partner``:
-    ``[n,C,R,R]``, with the column labels."""
+    """input | first pass (if the method has one) | result | the model's other methods | edits... |
+    interpolation frames to ``partner``: ``[n,C,R,R]``, with the column labels."""
     method = pipe.inverter()
     result = pipe.invert(torch.cat([x, partner]))
     me, other = result.select(0), result.select(1)
@@ -52,6 +52,9 @@ def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, dire
         labels.append(method.initial_label or "first pass")
     panels.append(me.image)
     labels.append(method.label)
+    for name in _other_methods(pipe):
+        panels.append(pipe.invert(x, method=name).image)
+        labels.append(pipe.inverter(name).label)
     for d in directions[:2]:
         panels.append(pipe.edit(me, d))
         labels.append(f"edit: {d.name}")
@@ -61,6 +64,14 @@ def _strip(pipe: InversionPipeline, x: torch.Tensor, partner: torch.Tensor, dire
     panels = torch.cat([p.cpu() for p in panels])
     # Small models make small images: enlarge (nearest, so no detail is invented) to be seen without zooming.
     return enlarge_nearest(panels, DISPLAY_SIZE), labels
+
+
+def _other_methods(pipe: InversionPipeline) -> list[str]:
+    """The model's trained methods beyond its default, except those that are a part of the default (their image
+    is its first pass, e.g. ``phase1`` under ``hyperinverter``)."""
+    default = {id(m) for m in pipe.inverter().parts().values()}
+    return [name for name, m in pipe.methods.items()
+            if name != pipe.default_method and m.components and not {id(p) for p in m.parts().values()} <= default]
 
 
 def _write_index(report: DemoReport) -> Path:
@@ -76,7 +87,9 @@ def _write_index(report: DemoReport) -> Path:
 figure{{margin:0 0 2em}}figcaption{{font-size:0.9em;color:#333}}</style>
 <h1>HyperInverter demo</h1>
 <p>Each row: input | Phase I (one code in W) | HyperInverter (W code + predicted residual weights) |
-two edits of the W code with the same residual weights | interpolation of code and weights towards the next input.
+the model's other methods (HyperStyle: the same W code, multiplicative weight offsets refined over 5 iterations) |
+two edits of HyperInverter's W code with the same residual weights | interpolation of code and weights towards the
+next input.
 Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p>
 {rows}
 {f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else ""}

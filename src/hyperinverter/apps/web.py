@@ -1,4 +1,5 @@
-"""The web demo (``hyperinverter web``): upload a photo, see Phase I and HyperInverter, edit it, interpolate.
+"""The web demo (``hyperinverter web``): upload a photo, invert it with any method of the model, edit it,
+interpolate.
 
 :class:`WebSession` is the logic, plain Python on the pipeline (tested without a browser); :func:`build_app`
 wires sessions to a Gradio page (the optional ``web`` extra). Everything runs on the machine that serves it.
@@ -29,6 +30,7 @@ class WebInversion:
     label: str
     input: torch.Tensor  # [1,C,R,R] in [-1,1]
     result: InversionResult  # one sample
+    method: str  # the method that inverted it
     photo: Image.Image | None = None  # the photo it was aligned from, for pasting edits back
     placement: dict | None = None
 
@@ -57,9 +59,15 @@ class WebSession:
         return cls(InversionPipeline.from_pretrained(path, device=device), load_model_directions(path),
                    detector=detector, display_size=display_size)
 
-    def invert(self, photo: Image.Image | str | Path, *, align: bool) -> list[WebInversion]:
+    def methods(self) -> list[str]:
+        """The methods this model runs, its default first."""
+        names = self.pipe.available_methods()
+        return [self.pipe.default_method] + [n for n in names if n != self.pipe.default_method]
+
+    def invert(self, photo: Image.Image | str | Path, *, align: bool, method: str | None = None
+               ) -> list[WebInversion]:
         """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), or its centred
-        square, inverted in one batch.
+        square, inverted in one batch by ``method`` (default: the model's).
 
         Raises ``ImageReadError`` for an upload that is not a readable image, ``NoFaceFoundError`` when aligning a
         photo without a face, ``ImportError`` when alignment is asked for but dlib is not installed.
@@ -77,17 +85,18 @@ class WebSession:
                                   channels=G.config.img_channels, detector=self.detector if align else None,
                                   align_scale=self.pipe.align_scale)
         batch = torch.cat([p.image for p in pictures])
-        result = self.pipe.invert(batch)
-        return [WebInversion(p.name, batch[i : i + 1], result.select(i), photo if p.placement else None, p.placement)
-                for i, p in enumerate(pictures)]
+        method = method or self.pipe.default_method
+        result = self.pipe.invert(batch, method=method)
+        return [WebInversion(p.name, batch[i : i + 1], result.select(i), method, photo if p.placement else None,
+                             p.placement) for i, p in enumerate(pictures)]
 
     def to_display(self, images: torch.Tensor) -> Image.Image:
         """``[N,C,R,R]`` -> one row, enlarged to about display_size."""
         images = enlarge_nearest(images.cpu(), self.display_size)
         return tensor_to_pil(make_grid(images, nrow=len(images)))[0].convert("RGB")
 
-    def comparison_labels(self) -> list[str]:
-        method = self.pipe.inverter()
+    def comparison_labels(self, method: str | None = None) -> list[str]:
+        method = self.pipe.inverter(method)
         return ["input"] + ([method.initial_label or "first pass"] if method.initial_label else []) + [method.label]
 
     def comparison(self, item: WebInversion) -> Image.Image:
@@ -109,9 +118,13 @@ class WebSession:
         return self.to_display(edited)
 
     def interpolate(self, a: WebInversion, b: WebInversion, t: float) -> Image.Image:
-        """The image at fraction ``t`` from ``a`` to ``b``, codes and residual weights interpolated."""
+        """The image at fraction ``t`` from ``a`` to ``b``, codes and residual weights interpolated (both
+        inverted by the same method: additive and multiplicative offsets do not mix)."""
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t must be in [0, 1], got {t}")
+        if a.method != b.method:
+            raise ValueError(f"the two photos were inverted by {a.method} and {b.method}: invert both with one "
+                             "method")
         return self.to_display(self.pipe.blend(a.result, b.result, t))
 
 
@@ -147,17 +160,26 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         names = sorted(s.directions)
         return (gr.update(choices=names, value=names[0] if names else None),
                 gr.update(value=s.pipe.generator.config.img_channels == 3 and s.detector is not None),
-                gr.update(label=" | ".join(s.comparison_labels())))
+                gr.update(label=" | ".join(s.comparison_labels())),
+                gr.update(choices=s.methods(), value=s.pipe.default_method))
 
-    def on_invert(name, photo, align):
+    def on_method(name, method):
+        return gr.update(label=" | ".join(session(name).comparison_labels(method)))
+
+    def on_invert(name, method, photo, align):
         s = session(name)
         try:
-            found = s.invert(photo, align=align)
+            found = s.invert(photo, align=align, method=method)
         except (NoFaceFoundError, ImageReadError, ImportError) as e:
             raise user_error(e) from None
         labels = [it.label for it in found]
         note = f"{len(found)} face(s) found" if align else "inverted the centred square of the photo"
         return found, s.comparison(found[0]), gr.update(choices=labels, value=labels[0]), note
+
+    def on_reinvert(name, method, photo, align):
+        if photo is None:
+            return None, None, gr.update(), ""
+        return on_invert(name, method, photo, align)
 
     def pick(found, label):
         return next((it for it in found if it.label == label), found[0])
@@ -171,26 +193,32 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return None
         return session(name).edit(pick(found, label), direction, strength, paste_back=paste)
 
-    def on_second(name, photo, align):
+    def on_second(name, method, photo, align):
         if photo is None:
             return None
         try:
-            return session(name).invert(photo, align=align)[0]
+            return session(name).invert(photo, align=align, method=method)[0]
         except (NoFaceFoundError, ImageReadError, ImportError) as e:
             raise user_error(e) from None
 
     def on_blend(name, found, label, other, t):
         if not found or other is None:
             return None
-        return session(name).interpolate(pick(found, label), other, t)
+        try:
+            return session(name).interpolate(pick(found, label), other, t)
+        except ValueError as e:
+            raise user_error(e) from None
 
     with gr.Blocks(title="hyperinverter") as app:
         gr.Markdown("# HyperInverter\nPhase I finds one code *w*; Phase II predicts residual generator weights "
-                    "Δθ, and the result is G(w; θ+Δθ). Edits move *w* and keep Δθ. Runs on this machine.")
+                    "Δθ, and the result is G(w; θ+Δθ). Edits move *w* and keep Δθ. Every method of the model can "
+                    "be chosen (HyperStyle: multiplicative offsets refined over iterations). Runs on this "
+                    "machine.")
         items = gr.State(None)
         second = gr.State(None)
         with gr.Row():
             model = gr.Dropdown(list(models), value=models[0], label="model")
+            method = gr.Dropdown([], label="method")
             align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)")
         with gr.Row():
             photo = gr.Image(type="filepath", label="photo")
@@ -216,13 +244,19 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
         edit_inputs = [model, items, face, direction, strength, paste]
         blend_inputs = [model, items, face, second, t]
-        app.load(on_model, [model], [direction, align, compare])
-        model.change(on_model, [model], [direction, align, compare])
-        run.click(on_invert, [model, photo, align], [items, compare, face, status]).then(
+        app.load(on_model, [model], [direction, align, compare, method])
+        model.change(on_model, [model], [direction, align, compare, method])
+        # Another method inverts what is on the page again (both photos: blends need one method).
+        method.change(on_method, [model, method], [compare]).then(
+            on_reinvert, [model, method, photo, align], [items, compare, face, status]).then(
+            on_second, [model, method, photo_b, align], [second]).then(
+            on_edit, edit_inputs, [edited]).then(on_blend, blend_inputs, [blended])
+        run.click(on_invert, [model, method, photo, align], [items, compare, face, status]).then(
             on_edit, edit_inputs, [edited]).then(on_blend, blend_inputs, [blended])
         face.change(on_pick, [model, items, face], [compare]).then(on_edit, edit_inputs, [edited])
         for trigger in (direction.change, strength.release, paste.change):
             trigger(on_edit, edit_inputs, [edited])
-        photo_b.change(on_second, [model, photo_b, align], [second]).then(on_blend, blend_inputs, [blended])
+        photo_b.change(on_second, [model, method, photo_b, align], [second]).then(on_blend, blend_inputs,
+                                                                                     [blended])
         t.release(on_blend, blend_inputs, [blended])
     return app
