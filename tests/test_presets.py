@@ -17,8 +17,8 @@ import yaml
 from hyperinverter.cli.main import main
 from hyperinverter.config_base import encode
 from hyperinverter.models.encoders import TrunkConfig
+from hyperinverter.training import TRAINERS
 from hyperinverter.training.config import ConfigError, load_config
-from hyperinverter.training.gan import GeneratorTrainingConfig
 from hyperinverter.training.inversion import InversionTrainingConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -27,9 +27,9 @@ PATH_KEYS = ("data", "generator", "w_encoder")
 
 # File name -> the trainer (`hyperinverter train NAME`) it is written for.
 TRAINER_OF_STEM = {"generator": "generator", "w-encoder": "w-encoder", "hypernetwork": "hypernetwork",
-                   "ffhq-1024": "hypernetwork", "church-256": "hypernetwork"}
-CONFIG_CLASS = {"generator": GeneratorTrainingConfig, "w-encoder": InversionTrainingConfig,
-                "hypernetwork": InversionTrainingConfig}
+                   "ffhq-1024": "hypernetwork", "church-256": "hypernetwork", "hyperstyle": "hyperstyle",
+                   "discriminator": "generator", "sketch-generator": "generator"}
+CONFIG_CLASS = {name: trainer.load()[0] for name, trainer in TRAINERS.items()}
 
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
 
