@@ -23,7 +23,6 @@ an interrupted or failed packaging leaves the previous folder (or none) in place
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 import yaml
 
+from hyperinverter.config_base import decode, encode
 from hyperinverter.convert.gan_files import load_gan
 from hyperinverter.data.sources import FACES64_LICENSE, FASHION_LICENSE
 from hyperinverter.device import resolve_device
@@ -315,13 +315,8 @@ def training_command(kind: str, resolved: dict[str, Any], repo_config: Path | No
     resolved config copied into the bundle (``configs/KIND.yaml``) is the command's config."""
     if repo_config is None or not Path(repo_config).is_file():
         return f"hyperinverter train {kind} --config configs/{kind}.yaml   # the copy in this folder"
-    effective: dict[str, Any] = {}
-    for f in dataclasses.fields(_config_class(kind)):
-        if f.default is not dataclasses.MISSING:
-            effective[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            effective[f.name] = f.default_factory()
-    effective.update(yaml.safe_load(Path(repo_config).read_text()) or {})
+    # The repository config as the trainer reads it: nested configs get their defaults too.
+    effective = encode(decode(_config_class(kind), yaml.safe_load(Path(repo_config).read_text()) or {}))
     overrides = []
     for key, value in resolved.items():
         if key not in effective or _plain(effective[key]) != _plain(value):

@@ -67,6 +67,7 @@ class EvaluationReport:
         """``metric`` against the iteration (iterative methods; the others as levels) and against seconds per
         image (every method), as a PNG (needs matplotlib: the ``plot`` extra)."""
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -95,6 +96,11 @@ class EvaluationReport:
         by_step.set(xlabel="iteration", ylabel=f"{metric} ({arrow})", xticks=range(1, most + 1),
                     title="quality by iteration")
         by_time.set(xlabel="seconds per image", ylabel=metric, xscale="log", title="quality against time")
+        # Plain numbers, and only the 2s and 5s between decades (every minor label collides).
+        plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
+        some = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if f"{x:e}"[0] in "25" else "")
+        by_time.xaxis.set_major_formatter(plain)
+        by_time.xaxis.set_minor_formatter(some)
         for ax in (by_step, by_time):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
