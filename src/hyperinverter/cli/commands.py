@@ -148,7 +148,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def _web(sub) -> None:
     p = sub.add_parser("web", help="the web demo: upload a photo, invert, edit, interpolate (needs the web extra)",
                        description="Serve a Gradio page on this machine: upload a photo (every face is aligned), see "
-                       "input | Phase I | HyperInverter, edit along the model's directions (pasted back into the "
+                       "input | Phase I | the chosen method's result (any trained method of the model), edit along the "
+                       "model's directions (pasted back into the "
                        "photo if asked), and interpolate towards a second photo.")
     p.add_argument("--model", action="append", default=None,
                    help="pipeline folder or catalogue name; repeatable (default: every installed bundled model)")
