@@ -89,7 +89,8 @@ def sample_dcgan_faces(net: DCGANFaceGenerator, seeds: Sequence[int], *, batch_s
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: install Fashion-MNIST with `apt-get install dataset-fashion-mnist`")
-    data = gzip.open(path).read()
+    with gzip.open(path) as f:
+        data = f.read()
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise ValueError(f"{path}: bad IDX magic number {found:#x}, expected {magic:#x}")
