@@ -107,12 +107,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import-official", help="convert a released checkpoint (HyperInverter, HyperStyle, a pSp/e4e W "
-                       "encoder) and its generator into a bundle",
+    p = sub.add_parser("import-official", help="convert a released checkpoint (HyperInverter, HyperStyle, pSp, e4e, a "
+                       "pSp-style W encoder) and its generator into a bundle",
                        description="The kind of checkpoint is recognised from its keys. The generator comes from "
                        "--generator, else from the decoder inside the checkpoint (pSp-family files hold one).")
     p.add_argument("checkpoint", type=Path,
-                   help="hyper_inverter_*.pt, hyperstyle_ffhq.pt (with --w-encoder), or a pSp-style W encoder .pt")
+                   help="hyper_inverter_*.pt, hyperstyle_ffhq.pt (with --w-encoder), psp_ffhq_encode.pt, "
+                   "e4e_ffhq_encode.pt, or a pSp-style W encoder .pt")
     p.add_argument("--generator", type=Path, default=None,
                    help="the generator it was trained with (NVIDIA .pkl or any format); needed for HyperInverter")
     p.add_argument("--w-encoder", type=Path, default=None,

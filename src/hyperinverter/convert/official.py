@@ -23,7 +23,16 @@ from ..methods import Inverter
 from ..methods.hyperinverter import HyperInverter
 from ..methods.hyperstyle import HyperStyle
 from ..methods.phase1 import Phase1
-from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, TrunkConfig, WEncoder, WEncoderConfig
+from ..methods.psp import E4E, PSP
+from ..models.encoders import (
+    FeatureEncoder,
+    FeatureEncoderConfig,
+    StyleCodeEncoder,
+    StyleCodeEncoderConfig,
+    TrunkConfig,
+    WEncoder,
+    WEncoderConfig,
+)
 from ..models.hypernetwork import HyperNetwork
 from ..models.hyperstyle import HyperStyleConfig, HyperStyleNet, hyperstyle_targets
 from ..models.stylegan2 import Generator
@@ -254,6 +263,67 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
     return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution)
 
 
+# opts['encoder_type'] -> our forward (pSp and e4e files share one key set)
+STYLE_CODE_ENCODER_TYPES = {"GradualStyleEncoder": "psp", "Encoder4Editing": "e4e"}
+
+
+def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str, mode: str,
+                                       latent_avg: torch.Tensor | None = None) -> StyleCodeEncoder:
+    """Build a pSp/e4e W+ encoder shaped like ``sd`` and load it strictly.
+
+    The input size and the level split are read from the heads: a head on c3 (1/16 of the input) has
+    ``log2(input/16)`` convs, one on p2 one more, one on p1 two more. ``latent_avg`` (``[w_dim]``): the code the
+    offsets start from, kept in the encoder.
+    """
+    n_styles = len({int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k))})
+    if n_styles == 0 or "styles.0.linear.weight" not in sd:
+        raise CheckpointError(f"{source}: no styles.N.linear heads: not a pSp/e4e W+ encoder")
+    convs = [len([k for k in sd if re.fullmatch(rf"styles\.{i}\.convs\.\d+\.weight", k)]) for i in range(n_styles)]
+    first = convs[0]
+    levels = [c - first for c in convs]  # 0 coarse, 1 middle, 2 fine
+    if levels != sorted(levels) or not set(levels) <= {0, 1, 2}:
+        raise CheckpointError(f"{source}: head conv counts {convs} are not coarse, then middle, then fine heads")
+    w_dim, feature_channels = sd["styles.0.linear.weight"].shape
+    config = StyleCodeEncoderConfig(**_trunk_spec(sd), input_size=16 * 2 ** first, n_styles=n_styles,
+                                    feature_channels=int(feature_channels), coarse_end=levels.count(0),
+                                    middle_end=levels.count(0) + levels.count(1), w_dim=int(w_dim), mode=mode,
+                                    own_latent_avg=latent_avg is not None)
+    if latent_avg is not None:
+        sd = {**sd, "latent_avg": latent_avg.reshape(1, -1).expand(n_styles, -1).clone()}
+    return instantiate_strict(lambda: StyleCodeEncoder(config), dict(sd), source=source)
+
+
+def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator | None = None) -> PSP:
+    """A released pSp or e4e W+ encoder (``encoder.*`` with ``styles.*``, ``decoder.*``, ``latent_avg``, ``opts``)
+    as the ``psp`` or ``e4e`` method, chosen by ``opts['encoder_type']``; the generator is ``generator`` or, when
+    not given, the file's own decoder. Codes start from the file's ``latent_avg`` when ``start_from_latent_avg``
+    (always for e4e), else they are absolute, as in the official forward."""
+    psp = PspFile.read(checkpoint)
+    extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
+    if extra:
+        raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
+    encoder_type = psp.opts.get("encoder_type")
+    mode = STYLE_CODE_ENCODER_TYPES.get(encoder_type)
+    if mode is None:
+        raise CheckpointError(psp.path, f"its opts['encoder_type'] is {encoder_type!r}; a W+ encoder file has one of "
+                              f"{sorted(STYLE_CODE_ENCODER_TYPES)}")
+    from_average = mode == "e4e" or bool(psp.opts.get("start_from_latent_avg", False))
+    G = psp.generator(generator)
+    if from_average and psp.latent_avg is None:
+        raise CheckpointError(psp.path, "has no latent_avg, which its codes are offsets from")
+    average = psp.latent_avg if from_average else torch.zeros(G.w_dim)
+    try:
+        encoder = style_code_encoder_from_state_dict(psp.part("encoder."), source=f"{psp.path} [encoder]", mode=mode,
+                                                     latent_avg=average)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(psp.path, f"does not have the layout of a pSp/e4e checkpoint ({e})") from None
+    if (encoder.config.n_styles, encoder.w_dim) != (G.num_ws, G.w_dim):
+        raise CheckpointError(psp.path, f"its encoder makes [{encoder.config.n_styles}, {encoder.w_dim}] codes, the "
+                              f"generator takes [{G.num_ws}, {G.w_dim}]")
+    method = E4E if mode == "e4e" else PSP
+    return method(G, style_encoder=encoder.eval(), encoder_resolution=encoder.config.input_size)
+
+
 def _layers_to_tune(opts: Mapping, source: Path) -> tuple[int, ...] | None:
     value = opts.get("layers_to_tune")
     if value is None:
@@ -341,7 +411,9 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
       ``hyperinverter`` (the generator must be given: it is not inside);
     * HyperStyle (``hypernet.refinement_blocks.*``) -> ``phase1`` (its W encoder) and ``hyperstyle``; its W encoder
       file must be given (``w_encoder``);
-    * a pSp-style W encoder (``encoder.linear.*``) -> ``phase1``.
+    * a pSp-style W encoder (``encoder.linear.*``) -> ``phase1``;
+    * a pSp or e4e W+ encoder (``encoder.styles.*``) -> ``psp`` or ``e4e`` (by ``opts['encoder_type']``), with the
+      generator from the file's decoder unless one is given.
     """
     path = Path(checkpoint)
     keys = set(PspFile.read(path).state_dict) if path.is_file() else set()
@@ -360,5 +432,8 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
                                  encoder_resolution=model.encoder_resolution), "hyperstyle": model}
     if "encoder.linear.weight" in keys:
         return {"phase1": load_psp_w_encoder(path, generator)}
-    raise CheckpointError(path, "is not a checkpoint this version recognises (HyperInverter, HyperStyle, or a "
-                          f"pSp-style W encoder); its keys start with {sorted({k.split('.')[0] for k in keys})[:8]}")
+    if "encoder.styles.0.linear.weight" in keys:
+        model = load_psp_encoder(path, generator)
+        return {model.name: model}
+    raise CheckpointError(path, "is not a checkpoint this version recognises (HyperInverter, HyperStyle, pSp, e4e, "
+                          f"or a pSp-style W encoder); its keys start with {sorted({k.split('.')[0] for k in keys})[:8]}")

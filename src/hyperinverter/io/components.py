@@ -19,13 +19,14 @@ from .checkpoints import config_from_header, instantiate_strict, read_component,
 def component_types() -> dict[str, type[nn.Module]]:
     """``model_type`` -> class, for every network our folders hold."""
     # Imported here so that reading this module stays cheap and free of import cycles.
-    from ..models.encoders import FeatureEncoder, WEncoder
+    from ..models.encoders import FeatureEncoder, StyleCodeEncoder, WEncoder
     from ..models.hypernetwork import HyperNetwork
     from ..models.hyperstyle import HyperStyleNet
     from ..models.stylegan2 import Discriminator, Generator
 
     return {"stylegan2-generator": Generator, "stylegan2-discriminator": Discriminator, "w-encoder": WEncoder,
-            "feature-encoder": FeatureEncoder, "hypernetwork": HyperNetwork, "hyperstyle-hypernetwork": HyperStyleNet}
+            "feature-encoder": FeatureEncoder, "style-code-encoder": StyleCodeEncoder, "hypernetwork": HyperNetwork,
+            "hyperstyle-hypernetwork": HyperStyleNet}
 
 
 # Type names written by earlier versions, still read.

@@ -26,7 +26,8 @@ def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def check_w_encoder(generator: Generator, w_encoder: nn.Module) -> list[str]:
-    """What does not fit between a W encoder and the generator (empty if it fits)."""
+    """What does not fit between an image encoder (``config.in_channels``, ``config.w_dim``) and the generator
+    (empty if it fits)."""
     config = getattr(w_encoder, "config", None)
     if config is None:
         return []

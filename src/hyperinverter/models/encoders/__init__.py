@@ -1,4 +1,5 @@
-"""Image encoders: ``WEncoder`` (E1: image -> w) and ``FeatureEncoder`` (image -> per-layer feature maps).
+"""Image encoders: ``WEncoder`` (E1: image -> w), ``FeatureEncoder`` (image -> per-layer feature maps) and
+``StyleCodeEncoder`` (pSp / e4e: image -> one code row per layer).
 
 Presets: ``ENCODER_PRESETS["ffhq"]`` (IR-SE50, 18 styles), ``["church"]`` (ResNet-34, 14 styles), ``["tiny"]``
 and ``["tiny_resnet"]`` (4 one-unit stages of widths 8..64, 64 px input, 8 styles: tests and demo models).
@@ -25,6 +26,7 @@ from .backbones import (
     build_backbone,
 )
 from .feature_encoder import FeatureEncoder, FeatureEncoderConfig, StyleBlock
+from .style_code_encoder import StyleCodeEncoder, StyleCodeEncoderConfig, StyleCodeMode
 from .w_encoder import WEncoder, WEncoderConfig
 
 
@@ -51,6 +53,12 @@ class EncoderPreset:
                                     feature_size=self.feature_size, coarse_end=self.coarse_end,
                                     middle_end=self.middle_end)
 
+    def style_code_encoder_config(self, mode: StyleCodeMode) -> StyleCodeEncoderConfig:
+        return StyleCodeEncoderConfig(trunk=self.trunk, in_channels=self.in_channels, input_size=self.input_size,
+                                      n_styles=self.n_styles, feature_channels=self.feature_channels,
+                                      coarse_end=self.coarse_end, middle_end=self.middle_end, w_dim=self.w_dim,
+                                      mode=mode)
+
     def build_w_encoder(self) -> WEncoder:
         """E1 with random weights."""
         return WEncoder(self.w_encoder_config())
@@ -58,6 +66,10 @@ class EncoderPreset:
     def build_feature_encoder(self) -> FeatureEncoder:
         """The feature encoder with random weights."""
         return FeatureEncoder(self.feature_encoder_config())
+
+    def build_style_code_encoder(self, mode: StyleCodeMode) -> StyleCodeEncoder:
+        """A pSp (``mode="psp"``) or e4e (``"e4e"``) W+ encoder with random weights."""
+        return StyleCodeEncoder(self.style_code_encoder_config(mode))
 
 
 def _tiny(preset: EncoderPreset) -> EncoderPreset:
@@ -107,6 +119,9 @@ __all__ = [
     "ResNetBackbone",
     "SEModule",
     "StyleBlock",
+    "StyleCodeEncoder",
+    "StyleCodeEncoderConfig",
+    "StyleCodeMode",
     "TrunkConfig",
     "WEncoder",
     "WEncoderConfig",

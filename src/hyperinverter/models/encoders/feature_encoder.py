@@ -133,8 +133,9 @@ class FeatureEncoder(TrunkHost):
             return "coarse"
         return "middle" if index < self.config.middle_end else "fine"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: [B,in_channels,R,R]`` in [-1,1] (``R = input_size``) -> ``[B,n_styles,C,S,S]``."""
+    def level_maps(self, x: torch.Tensor) -> dict[Level, torch.Tensor]:
+        """The FPN maps the heads read: ``coarse`` (c3), ``middle`` (p2) and ``fine`` (p1) where some head reads
+        them; ``x: [B,in_channels,R,R]`` (``R = input_size``)."""
         c = self.config
         r = c.input_size
         assert x.ndim == 4 and x.shape[1:] == (c.in_channels, r, r), (
@@ -143,11 +144,17 @@ class FeatureEncoder(TrunkHost):
         c1, c2, c3 = self.backbone.forward_taps(x)
         if self.c3_proj is not None:
             c3 = self.c3_proj(c3)
-        maps = {"coarse": c3}
+        maps: dict[Level, torch.Tensor] = {"coarse": c3}
         if self.latlayer1 is not None:
             maps["middle"] = _upsample_add(c3, self.latlayer1(c2))
         if self.latlayer2 is not None:
             maps["fine"] = _upsample_add(maps["middle"], self.latlayer2(c1))
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B,in_channels,R,R]`` in [-1,1] (``R = input_size``) -> ``[B,n_styles,C,S,S]``."""
+        c = self.config
+        maps = self.level_maps(x)
         out = torch.stack(
             [head(maps[level]) for head, level in zip(self.styles, self.levels, strict=True)], dim=1
         )
