@@ -47,7 +47,7 @@ from hyperinverter.pipeline import InversionPipeline, read_pipeline_index, save_
 
 logger = logging.getLogger("add_method_to_bundle")
 
-TRAINER = {"hyperstyle": "hyperstyle"}  # method -> `hyperinverter train` kind
+TRAINER = {"hyperstyle": "hyperstyle", "psp": "psp", "e4e": "psp"}  # method -> `hyperinverter train` kind
 
 
 def _same_stored_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

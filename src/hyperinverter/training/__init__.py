@@ -39,10 +39,17 @@ def _hyperstyle():
     return HyperStyleTrainingConfig, train_hyperstyle
 
 
+def _psp():
+    from .psp import PspTrainingConfig, train_psp
+
+    return PspTrainingConfig, train_psp
+
+
 TRAINERS: dict[str, Trainer] = {
     "generator": Trainer("StyleGAN2 for a small domain (optionally warm-started by distillation)", _generator),
     "w-encoder": Trainer("HyperInverter Phase I: the W encoder E1", _w_encoder),
     "hypernetwork": Trainer("HyperInverter Phase II: the feature encoder and the hypernetworks, E1 and G frozen",
                             _hypernetwork),
     "hyperstyle": Trainer("HyperStyle: its hypernetwork on a frozen W encoder (a Phase I bundle)", _hyperstyle),
+    "psp": Trainer("pSp or e4e (mode: e4e): a W+ encoder, G frozen", _psp),
 }

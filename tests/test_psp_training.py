@@ -1,0 +1,77 @@
+"""pSp's and e4e's trainer: the loss falls, e4e's progressive schedule, delta regulariser and latent
+discriminator (with R1) run, and a run resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyperinverter.io.gan import save_gan
+from hyperinverter.models.encoders import TrunkConfig
+from hyperinverter.pipeline import InversionPipeline
+from hyperinverter.training import TRAINERS
+from hyperinverter.training.psp import LatentDiscriminator, PspTrainingConfig, train_psp
+
+
+@pytest.fixture
+def setup(tiny_generator, tmp_path):
+    torch.manual_seed(4)
+    save_gan(tmp_path / "gan", tiny_generator)
+    with torch.no_grad():
+        x = tiny_generator(torch.randn(8, 16, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    data = ((x + 1) * 127.5).round().to(torch.uint8)
+
+    def config(run, steps, lr=1e-3, **kw):
+        return PspTrainingConfig(
+            run_dir=str(tmp_path / run), data="unused", generator=str(tmp_path / "gan"), steps=steps, batch_size=4,
+            lr=lr, optimizer="adam", trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+            encoder_resolution=64, hflip=False, log_every=1, val_every=1000, sample_every=1000, checkpoint_every=2,
+            progress=False, tensorboard=False, device="cpu", **kw)
+
+    return config, data, tmp_path
+
+
+def test_psp_training_lowers_the_loss(setup):
+    config, data, _ = setup
+    result = train_psp(config("psp", 30, lr=3e-3, w_norm_weight=1e-3), images=data, val_images=data[:4])
+    losses = [h["loss/l2"] for h in result.history if "loss/l2" in h]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert all("loss/w_norm" in h for h in result.history if "loss/l2" in h)
+    pipe = InversionPipeline.from_pretrained(result.final_model, device="cpu")
+    assert pipe.default_method == "psp"
+
+
+def test_e4e_schedule_regulariser_and_latent_discriminator(setup):
+    config, data, _ = setup
+    cfg = config("e4e", 8, mode="e4e", progressive_start=2, progressive_step_every=2, w_adv_weight=0.1,
+                 w_r1_interval=4, delta_reg_weight=1e-2)
+    assert [cfg.stage(s, 7) for s in (0, 1, 2, 3, 4, 6, 13, 14)] == [0, 0, 1, 1, 2, 3, 6, None]
+    result = train_psp(cfg, images=data, val_images=data[:4])
+    by_step = {int(h["step"]) - 1: h for h in result.history if "loss/l2" in h}  # logged after the step
+    assert [by_step[s]["stage"] for s in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert "loss/delta" not in by_step[0] and by_step[2]["loss/delta"] > 0  # no deltas at stage 0
+    assert all("loss/W_D" in h and "loss/w_adv" in h for h in by_step.values())
+    assert [s for s, h in by_step.items() if "loss/W_r1" in h] == [0, 4]
+    assert InversionPipeline.from_pretrained(result.final_model, device="cpu").default_method == "e4e"
+
+
+def test_e4e_resumes_exactly(setup):
+    from safetensors.torch import load_file
+
+    config, data, tmp_path = setup
+    kw = dict(mode="e4e", progressive_start=1, progressive_step_every=2, w_adv_weight=0.1, w_r1_interval=2)
+    train_psp(config("a", 6, **kw), images=data, val_images=data[:4])
+    train_psp(config("b", 4, **kw), images=data, val_images=data[:4])
+    train_psp(config("b", 6, **kw), images=data, val_images=data[:4])
+    a = load_file(tmp_path / "a" / "checkpoints" / "checkpoint-00000006.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "checkpoint-00000006.safetensors")
+    assert a.keys() == b.keys() and any("W_D" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_config_rejects_e4e_options_for_psp_and_the_trainer_is_offered():
+    with pytest.raises(ValueError, match="e4e"):
+        PspTrainingConfig(run_dir="r", data="d", generator="g", steps=1, progressive_start=10)
+    assert "psp" in TRAINERS
+    assert LatentDiscriminator(16)(torch.zeros(5, 16)).shape == (5,)
