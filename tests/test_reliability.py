@@ -201,3 +201,22 @@ def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):
     fresh = torch.nn.Linear(2, 2)
     step, _ = resume_latest(tmp_path, modules={"m": fresh})
     assert step == 1 and torch.isfinite(fresh.weight).all()
+
+
+def test_a_pipeline_folder_may_hold_our_own_extra_generators(tmp_path, tiny_generator):
+    """A bundle's extra generator (e.g. a fine-tuned copy for domain adaptation) is ours: the folder can be
+    replaced; a foreign folder beside it still makes the folder untouchable."""
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io.files import check_replaceable
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.pipeline import save_pipeline
+
+    folder = tmp_path / "bundle"
+    save_pipeline(Phase1.create(tiny_generator), folder)
+    save_gan(folder / "sketch_generator", tiny_generator)
+    check_replaceable(folder, "pipeline")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "thesis.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes"):
+        check_replaceable(folder, "pipeline")

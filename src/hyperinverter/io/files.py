@@ -240,6 +240,10 @@ def _owned_entries(folder: Path, kind: str) -> frozenset[str]:
         for entry in methods.values() if isinstance(methods, dict) else ():
             if isinstance(entry, dict) and isinstance(entry.get("components"), dict):
                 listed |= {f for f in entry["components"].values() if isinstance(f, str)}
+        # Generators stored beside the methods (a fine-tuned copy for domain adaptation) are ours when their
+        # own header says so.
+        listed |= {e.name for e in folder.iterdir()
+                   if e.is_dir() and not e.is_symlink() and output_kind(e) == "generator"}
         return frozenset({PIPELINE_INDEX} | listed | PIPELINE_EXTRAS)
     return GENERATOR_ENTRIES
 
