@@ -12,6 +12,13 @@ The configurations are the papers' released ones:
 - ``hyperinverter``: IR-SE50 E1 and E2 at 256 px, hypernetworks of hidden size D=128 on every layer.
 - ``hyperstyle``: the IR-SE50 W encoder, the ResNet-34 hypernetwork at 256 px with the released layer set (the 17
   3x3 convs, no ToRGB; 332.7M parameters), 5 iterations.
+- ``psp``, ``e4e``: the GradualStyleEncoder / Encoder4Editing on the IR-SE50 trunk at 256 px.
+- ``w-opt``, ``wplus-opt``, ``pti``: optimisation, timed over a few steps (with the official perceptual distance's
+  network, random weights) and reported per step and per image for the official step counts (W 1000, W+ 2000,
+  PTI 450 pivot + 350 tuning steps; PTI's early stop can end tuning sooner).
+
+    python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,w-opt,wplus-opt,pti --device cpu \
+        --repeats 2 --optimization-batches 1
 """
 
 from __future__ import annotations
@@ -63,7 +70,37 @@ def build_hyperstyle(G):
     return model, {"iterations": 5}
 
 
-BUILDERS = {"hyperinverter": build_hyperinverter, "hyperstyle": build_hyperstyle}
+def build_style_code_encoder(mode: str):
+    def builder(G):
+        from hyperinverter.methods import get_method
+
+        return get_method(mode).create(G, preset="ffhq"), {}  # the released GradualStyleEncoder / Encoder4Editing
+    return builder
+
+
+# Optimisation runs this many steps per measurement; the tables give seconds per step and, from them, per image
+# for the official step counts (PTI: its pivot's and its tuning's).
+MEASURED_STEPS = 2
+OFFICIAL_STEPS = {"w-opt": {"optimise": 1000}, "wplus-opt": {"optimise": 2000}, "pti": {"pivot": 450, "tune": 350}}
+
+
+def build_optimization(name: str):
+    def builder(G):
+        from hyperinverter.losses.lpips import LPIPS
+        from hyperinverter.methods import get_method
+
+        model = get_method(name)(G)
+        # The official distance's cost (LPIPS-VGG for the projector, -AlexNet for PTI) with random weights: the
+        # files are not installed here, and timings do not depend on the values.
+        model.use_distance(f"lpips-{model.lpips_net} (random weights)", LPIPS(model.lpips_net))
+        steps = {"pivot_steps": MEASURED_STEPS, "steps": MEASURED_STEPS} if name == "pti" else {"steps": MEASURED_STEPS}
+        return model, steps
+    return builder
+
+
+BUILDERS = {"hyperinverter": build_hyperinverter, "hyperstyle": build_hyperstyle,
+            "psp": build_style_code_encoder("psp"), "e4e": build_style_code_encoder("e4e"),
+            **{name: build_optimization(name) for name in OFFICIAL_STEPS}}
 
 
 def build(method: str):
@@ -119,6 +156,7 @@ def _sync(device: torch.device) -> None:
 
 def measure(method: str, batch: int, device_name: str, repeats: int) -> dict:
     from hyperinverter.device import resolve_device
+    from hyperinverter.methods import Stopwatch
 
     device = resolve_device(device_name)
     model, options = build(method)
@@ -130,16 +168,26 @@ def measure(method: str, batch: int, device_name: str, repeats: int) -> dict:
         for _ in range(repeats):
             _sync(device)
             t = time.perf_counter()
-            out = model(x, **options)
+            stopwatch = Stopwatch(device)
+            out = model(x, stopwatch=stopwatch, **options)
             _sync(device)
             times.append(time.perf_counter() - t)
     assert torch.isfinite(out.image).all()
+    if method in OFFICIAL_STEPS:  # seconds per step and per image (official steps), from the stage timings
+        per_step = {stage: stopwatch.laps[stage] / MEASURED_STEPS / batch for stage in OFFICIAL_STEPS[method]}
+        official = sum(per_step[stage] * n for stage, n in OFFICIAL_STEPS[method].items())
+        times = [official * batch]  # the table's runs column: the official run, whole batch
     result = {"method": method, "batch": batch, "runs": times, "median": statistics.median(times),
               "s_per_image": statistics.median(times) / batch, "peak_gb": peak_rss_gb(),
               "conv_gflops": conv_gflops(device), "load": os.getloadavg()[0],
               "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if method in OFFICIAL_STEPS:
+        result.update(s_per_image=official, median=official * batch, s_per_step=per_step)
     if batch == 1:
         result["gflop_per_image"] = count_gflops(model, options, device)
+        if method in OFFICIAL_STEPS:  # counted over MEASURED_STEPS of every stage: scale to the official run
+            measured = sum(MEASURED_STEPS for _ in OFFICIAL_STEPS[method])
+            result["gflop_per_image"] *= sum(OFFICIAL_STEPS[method].values()) / measured
     return result
 
 
@@ -149,16 +197,16 @@ def method_report(method: str, results: list[dict], args: argparse.Namespace) ->
     lines = [
         f"# {method} ffhq-1024 on {args.device}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, fp32, no_grad, seeded random weights, "
-        f"{results[0]['parameters_m']:.1f}M parameters.",
+        f"{results[0]['parameters_m']:.1f}M parameters."),
         f"Command: `{args.command}`",
         "",
         f"Counted work: **{gflop:.1f} GFLOP / image** (FlopCounterMode, multiply-add = 2 FLOPs"
         + (f"; official {official['gflop_per_image']}" if official else "") + ").",
         "",
-        "| batch | s / image (median) | runs (s, whole batch) | peak RSS | conv GFLOP/s (same run) | FLOP floor s/img | "
-        "ratio to floor |",
+        ("| batch | s / image (median) | runs (s, whole batch) | peak RSS | conv GFLOP/s (same run) | FLOP floor s/img | "
+        "ratio to floor |"),
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -189,19 +237,27 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
         "",
         f"One run of `{args.command}`; each row a separate process. Seeded random weights, fp32, no_grad.",
         "",
-        "| method | parameters | GFLOP / image | batch | s / image | peak RSS | ratio to floor |",
-        "|---|---|---|---|---|---|---|",
+        "| method | parameters | GFLOP / image | batch | s / image | s / step (per image) | peak RSS | ratio to floor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, rows in results.items():
         gflop = rows[0]["gflop_per_image"]
         for r in rows:
             floor = gflop / r["conv_gflops"]
+            steps = ", ".join(f"{k} {v:.2f}" for k, v in r.get("s_per_step", {}).items()) or "–"
             lines.append(f"| {method} | {r['parameters_m']:.1f}M | {gflop:.1f} | {r['batch']} | "
-                         f"**{r['s_per_image']:.2f}** | {r['peak_gb']:.2f} GB | {r['s_per_image'] / floor:.2f}× |")
+                         f"**{r['s_per_image']:.2f}** | {steps} | {r['peak_gb']:.2f} GB | "
+                         f"{r['s_per_image'] / floor:.2f}× |")
+    if "hyperinverter" in results:
+        hi = results["hyperinverter"][0]["s_per_image"]
+        slower = [f"{m} {rows[0]['s_per_image'] / hi:,.0f}×" for m, rows in results.items() if m in OFFICIAL_STEPS]
+        if slower:
+            lines += ["", "Time per image relative to HyperInverter at batch 1 (official step counts): "
+                      + ", ".join(slower) + "."]
     if {"hyperinverter", "hyperstyle"} <= results.keys():
         hi, hs = results["hyperinverter"], results["hyperstyle"]
-        lines += ["", f"HyperStyle / HyperInverter: {hs[0]['gflop_per_image'] / hi[0]['gflop_per_image']:.2f}× the "
-                  f"FLOPs, {hs[0]['s_per_image'] / hi[0]['s_per_image']:.2f}× the time at batch 1."]
+        lines += ["", (f"HyperStyle / HyperInverter: {hs[0]['gflop_per_image'] / hi[0]['gflop_per_image']:.2f}× the "
+                  f"FLOPs, {hs[0]['s_per_image'] / hi[0]['s_per_image']:.2f}× the time at batch 1.")]
     return lines
 
 
@@ -211,6 +267,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--optimization-batches", default="1",
+                        help="batches for w-opt, wplus-opt and pti (each step is a full forward and backward pass)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,10 +280,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(BUILDERS)}")
     args.command = (f"python benchmarks/bench_fullsize.py --methods {args.methods} --device {args.device} "
-                    f"--repeats {args.repeats} --batches {args.batches}")
+                    f"--repeats {args.repeats} --batches {args.batches} "
+                    f"--optimization-batches {args.optimization_batches}")
     results: dict[str, list[dict]] = {}
     for method in methods:
-        for batch in [int(b) for b in args.batches.split(",")]:
+        batches = args.optimization_batches if method in OFFICIAL_STEPS else args.batches
+        for batch in [int(b) for b in batches.split(",")]:
             cmd = [sys.executable, __file__, "--worker", method, str(batch), "--device", args.device,
                    "--repeats", str(args.repeats)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]

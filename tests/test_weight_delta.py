@@ -1,4 +1,5 @@
-"""Per-sample weight offsets: zero is a no-op, batching equals separate runs, both modes, gradients."""
+"""Per-sample offsets on every synthesis parameter and noise buffer: zero is a no-op, batching equals separate runs,
+both modes, gradients."""
 
 import copy
 
@@ -38,9 +39,13 @@ def test_offsettable_parameters_are_read_from_the_generator(tiny_generator):
     assert len(layers) == 1 + 1 + 3 * 3  # b4: conv1, torgb; b8..b32: conv0, conv1, torgb
     assert [layer.name for layer in layers[:5]] == ["b4.conv1", "b4.torgb", "b8.conv0", "b8.conv1", "b8.torgb"]
     assert [layer.w_index for layer in layers[:5]] == [0, 1, 1, 2, 3]
-    assert set(shapes) == {f"{layer.name}.{s}" for layer in layers for s in ("weight", "affine.weight")}
+    # every synthesis parameter (PTI tunes them all) and the noise buffers (the projector optimises them)
+    noise = {f"{layer.name}.noise_const" for layer in layers if layer.kind == "conv"}
+    assert set(shapes) == {k.removeprefix("synthesis.") for k in params if k.startswith("synthesis.")} | noise
+    assert {"b4.const", "b8.conv0.bias", "b8.conv0.affine.bias", "b8.conv0.noise_strength", "b8.torgb.bias"} <= set(shapes)
+    buffers = dict(tiny_generator.named_buffers())
     for name, shape in shapes.items():
-        assert tuple(params[f"synthesis.{name}"].shape) == shape
+        assert tuple({**params, **buffers}[f"synthesis.{name}"].shape) == shape
     for layer in layers:
         assert shapes[f"{layer.name}.weight"] == layer.weight_shape
 
@@ -110,7 +115,9 @@ def test_multiplicative_mode_is_theta_times_one_plus_delta(tiny_generator):
 def test_gradients_reach_delta_and_codes(tiny_generator):
     G = tiny_generator
     ws = G.mapping(torch.randn(2, 16)).detach().requires_grad_(True)
-    delta = random_delta(G, 2, names=["b8.conv0.weight", "b32.conv1.weight", "b4.torgb.weight", "b16.conv1.affine.weight"])
+    delta = random_delta(G, 2, names=["b8.conv0.weight", "b32.conv1.weight", "b4.torgb.weight", "b16.conv1.affine.weight",
+                                      "b4.const", "b8.conv0.bias", "b16.torgb.bias", "b8.conv1.affine.bias",
+                                      "b32.torgb.affine.bias", "b16.conv0.noise_strength", "b16.conv0.noise_const"])
     for t in delta.values():
         t.requires_grad_(True)
     G.synthesis(ws, weight_delta=delta).square().mean().backward()
@@ -122,8 +129,8 @@ def test_gradients_reach_delta_and_codes(tiny_generator):
 def test_bad_deltas_are_rejected(tiny_generator):
     G = tiny_generator
     ws = G.mapping(torch.randn(2, 16))
-    with pytest.raises(KeyError, match="b4.conv1.bias"):
-        G.synthesis(ws, weight_delta=WeightDelta({"b4.conv1.bias": torch.zeros(2, 16)}))
+    with pytest.raises(KeyError, match="b4.conv1.resample_filter"):
+        G.synthesis(ws, weight_delta=WeightDelta({"b4.conv1.resample_filter": torch.zeros(2, 4, 4)}))
     with pytest.raises(ValueError, match="expected"):
         G.synthesis(ws, weight_delta=random_delta(G, 3, names=["b8.conv1.weight"]))
     with pytest.raises(ValueError, match="batch size"):

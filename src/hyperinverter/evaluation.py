@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -127,9 +128,12 @@ def evaluate(
     batch_size: int = 32,
     extra_metrics: dict[str, PairMetric] | None = None,
     progress: bool = True,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EvaluationReport:
     """Score every method of ``methods`` (default: the pipeline's trained ones) on ``images`` (``[N,C,R,R]`` in
-    [-1,1]): the mean of each metric over the images, and seconds per image."""
+    [-1,1]): the mean of each metric over the images, and seconds per image. ``options``: per method, the options
+    of its ``invert``."""
+    options = options or {}
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     methods = list(methods or pipeline.methods)
     sums: dict[str, dict[str, float]] = {m: {} for m in methods}
@@ -139,7 +143,7 @@ def evaluate(
     for start in tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress):
         x = images[start : start + batch_size].to(pipeline.device)
         for method in methods:
-            result = pipeline.invert(x, method=method, batch_size=batch_size)
+            result = pipeline.invert(x, method=method, batch_size=batch_size, **options.get(method, {}))
             seconds[method] += result.seconds
             with torch.no_grad():
                 for name, fn in metrics.items():

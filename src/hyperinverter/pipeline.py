@@ -37,7 +37,7 @@ from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
 from .methods import InversionResult, Inverter, get_method, registered_methods
-from .models.stylegan2 import Generator
+from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
 
 FORMAT_VERSION = 2
@@ -124,6 +124,8 @@ def read_pipeline_index(folder: Path) -> dict:
     if not isinstance(methods, dict) or not methods:
         raise SchemaError(path, f"'methods' must map method names to their parts, got {methods!r}")
     folders = {index.get("generator")}
+    if "discriminator" in index:  # the domain's discriminator: the offline perceptual distance of optimisation
+        folders.add(index["discriminator"])
     for name, entry in methods.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("components", {}), dict):
             raise SchemaError(path, f"'methods.{name}' must be {{components: {{role: folder}}, settings: {{...}}}}")
@@ -143,12 +145,14 @@ def read_pipeline_index(folder: Path) -> dict:
 
 def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.PathLike, *,
                   default_method: str | None = None, dtype: torch.dtype | None = None,
-                  align_scale: float = 1.0) -> Path:
+                  align_scale: float = 1.0, discriminator: Discriminator | None = None) -> Path:
     """Write a bundle atomically (built beside ``path``, then swapped in); the modules are not changed.
 
     An existing folder at ``path`` is replaced only if it is a pipeline we wrote; anything else is an error and
     is left untouched. Components shared by several methods are written once; methods that need no components
     are not stored (they run on any bundle). ``dtype``: store floating weights in it (e.g. ``torch.float16``).
+    ``discriminator``: the domain's discriminator, which optimisation methods use as their perceptual distance
+    when LPIPS is not installed.
     """
     from .io.gan import save_gan
 
@@ -173,6 +177,9 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
         default = default_method if default_method in entries else next(iter(entries))
         index = {"format": PIPELINE_FORMAT, "format_version": FORMAT_VERSION, "generator": "generator",
                  "default_method": default, "align_scale": align_scale, "methods": entries}
+        if discriminator is not None:
+            save_component_module(tmp / "discriminator", discriminator, dtype=dtype)
+            index["discriminator"] = "discriminator"
         atomic_write_bytes(tmp / PIPELINE_INDEX, (json.dumps(index, indent=2) + "\n").encode())
     return Path(path)
 
@@ -198,7 +205,8 @@ class InversionPipeline:
     """
 
     def __init__(self, methods: Inverter | Mapping[str, Inverter], *, default_method: str | None = None,
-                 device: str | torch.device = "auto", align_scale: float = 1.0, name: str = "") -> None:
+                 device: str | torch.device = "auto", align_scale: float = 1.0, name: str = "",
+                 discriminator: Discriminator | None = None) -> None:
         methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
         if not methods:
             raise ValueError("a pipeline needs at least one method")
@@ -208,6 +216,7 @@ class InversionPipeline:
         self.device = resolve_device(device)
         self.align_scale = align_scale
         self.name = name
+        self.discriminator = None if discriminator is None else discriminator.to(self.device).eval().requires_grad_(False)
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
         self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
                         for k, m in methods.items()}
@@ -234,7 +243,8 @@ class InversionPipeline:
             if cls.components:
                 raise ValueError(f"this model has no trained {name} (it needs {', '.join(cls.components)}); "
                                  f"available: {', '.join(self.available_methods())}")
-            self.methods[name] = cls(self.generator).to(self.device).eval()
+            extra = {"discriminator": self.discriminator} if cls.accepts_discriminator else {}
+            self.methods[name] = cls(self.generator, **extra).to(self.device).eval()
         return self.methods[name]
 
     @property
@@ -277,13 +287,17 @@ class InversionPipeline:
             except (TypeError, ValueError) as e:
                 raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
         methods = {n: methods[n] for n in index["methods"]}
+        discriminator = None
+        if "discriminator" in index:
+            discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
         return cls(methods, default_method=method or index["default_method"], device=device,
-                   align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path))
+                   align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path),
+                   discriminator=discriminator)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
         return save_pipeline(self.methods, path, default_method=self.default_method, dtype=dtype,
-                             align_scale=self.align_scale)
+                             align_scale=self.align_scale, discriminator=self.discriminator)
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Sequence[Image.Image | str | Path]) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""``invert``, ``edit``, ``interpolate``, ``export-generator``, ``import-official``, ``models``, ``download``,
-``evaluate``."""
+"""``invert``, ``edit``, ``interpolate``, ``export-generator``, ``import-official``, ``import-pti``, ``models``,
+``download``, ``evaluate``."""
 
 from __future__ import annotations
 
@@ -121,6 +121,18 @@ def register(sub) -> None:
     p.add_argument("--w-encoder-only", action="store_true", help=argparse.SUPPRESS)  # recognised from the keys now
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=run_import_official)
+
+    p = sub.add_parser("import-pti", help="turn an official PTI result (tuned generator + pivot) into an inversion "
+                       "file of a model",
+                       description="PTI saves a tuned generator per image (torch.save of NVIDIA's network, read "
+                       "without running code from it) and a pivot code. The tuned generator minus the model's "
+                       "generator (its original) becomes the image's Δθ; the file then works with edit, interpolate "
+                       "and export-generator like any inversion.")
+    p.add_argument("tuned", type=Path, help="checkpoints/model_<run>_<image>.pt written by PTI")
+    p.add_argument("--pivot", required=True, type=Path, help="embeddings/<image>/PTI/0.pt written by PTI")
+    _add_model(p)
+    p.add_argument("--out", required=True, type=Path, help="the inversion file to write (.safetensors)")
+    p.set_defaults(func=run_import_pti)
 
     p = sub.add_parser("models", help="list bundled and downloadable models")
     p.set_defaults(func=run_models)
@@ -329,6 +341,19 @@ def run_import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_pti(args: argparse.Namespace) -> int:
+    from ..convert.pti import load_pti_inversion
+    from ..inversion.files import save_inversion
+
+    pipe = _load_pipeline(args)
+    result = load_pti_inversion(args.tuned, args.pivot, pipe.generator)
+    save_inversion(args.out, result.to("cpu"), source=args.tuned, model=str(args.model), method="pti",
+                   generator=pipe.fingerprint)
+    print(f"wrote {args.out}: the pivot and Δθ on {len(result.weight_delta)} parameters; use it with --model "
+          f"{args.model}")
+    return 0
+
+
 def run_models(args: argparse.Namespace) -> int:
     from ..catalogue import cache_dir, catalogue_rows
 
@@ -370,8 +395,19 @@ def register_evaluate(sub) -> None:
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
     p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
                    help="comma-separated methods to score (default: every trained method of the model)")
+    p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
+                   help="an option of one method, e.g. wplus-opt.steps=500 (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="report stem: writes OUT.md and OUT.json")
     p.set_defaults(func=run_evaluate)
+
+
+def _method_option(text: str) -> tuple[str, str, object]:
+    """``METHOD.KEY=VALUE`` -> (method, key, value)."""
+    key, value = _option(text)
+    method, dot, key = key.rpartition(".")
+    if not dot or not method or not key:
+        raise argparse.ArgumentTypeError(f"expected METHOD.KEY=VALUE (e.g. pti.steps=100), got {text!r}")
+    return method, key, value
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -398,10 +434,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         embedder = load_identity_embedder("sface", pipe.device)
         crop = crop_for_align_scale(FFHQ_CROP, pipe.align_scale)  # the face box of this model's framing
         extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b, crop=crop)
-    for method in args.methods or []:
+    options: dict[str, dict] = {}
+    for method, key, value in args.option:
+        options.setdefault(method, {})[key] = value
+    for method in [*(args.methods or []), *options]:
         pipe.inverter(method)  # an unknown or unavailable method is an error before any work
+    for method, chosen in options.items():
+        pipe.inverter(method).check_options(chosen)
     report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
-                      extra_metrics=extra)
+                      extra_metrics=extra, options=options)
+    report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+                     for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)

@@ -52,12 +52,22 @@ def detect_format(path: Path) -> GeneratorFormat:
     if path.suffix == ".pkl":
         return "nvidia"
     if path.suffix in (".pt", ".pth", ".ckpt"):
-        return "rosinality"
+        return "nvidia" if _is_pickled_persistent_module(path) else "rosinality"
     with open(path, "rb") as f:
         head = f.read(2)
     if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
         return "nvidia"
     return "rosinality"
+
+
+def _is_pickled_persistent_module(path: Path) -> bool:
+    """A torch zip archive of a whole NVIDIA network (PTI's ``torch.save(G)``), not of a state dict: its pickle
+    names NVIDIA's persistence module. Only the pickle's bytes are searched; nothing is unpickled."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        return len(pickles) == 1 and b"torch_utils.persistence" in archive.read(pickles[0])
 
 
 # --- rosinality -------------------------------------------------------------------------------------

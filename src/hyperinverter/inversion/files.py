@@ -134,7 +134,7 @@ def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta |
     if foreign:
         raise SchemaError(path, f"holds tensors that are neither 'ws' nor 'delta.*': {foreign[:8]}")
     deltas = {k[len(_DELTA):]: v.float() for k, v in tensors.items()}
-    bad = sorted(k for k, v in deltas.items() if v.ndim < 2 or v.shape[0] != 1)
+    bad = sorted(k for k, v in deltas.items() if v.ndim < 1 or v.shape[0] != 1)
     if bad:
         raise SchemaError(path, f"Δθ tensors must be [1, *parameter shape]: {bad[:8]}")
     if (record.mode is None) != (not deltas):

@@ -128,6 +128,8 @@ class Inverter(nn.Module):
             on any generator, like optimisation).
         options: the keyword options of :meth:`invert`, with the official defaults.
         summary: one line for ``hyperinverter methods``.
+        accepts_discriminator: it takes the domain's discriminator (``discriminator=``) when the model ships one
+            (optimisation methods compare discriminator features when LPIPS is not installed).
     """
 
     name: ClassVar[str]
@@ -136,6 +138,7 @@ class Inverter(nn.Module):
     components: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[Mapping[str, Any]] = {}
     summary: ClassVar[str] = ""
+    accepts_discriminator: ClassVar[bool] = False
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()

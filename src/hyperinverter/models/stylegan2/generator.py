@@ -18,7 +18,14 @@ from torch import nn
 from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
 from ..weight_delta import WeightDelta
-from .layers import ConvKernel, FullyConnectedLayer, SynthesisLayer, ToRGBLayer
+from .layers import (
+    SYNTHESIS_LAYER_OFFSETS,
+    TORGB_LAYER_OFFSETS,
+    ConvKernel,
+    FullyConnectedLayer,
+    SynthesisLayer,
+    ToRGBLayer,
+)
 
 NoiseMode = Literal["const", "random", "none"]
 # On CPUs, from this resolution up the per-sample fused kernel beats the batched one (benchmarks/bench_kernels.py).
@@ -128,7 +135,7 @@ def truncate(
         return ws
     cutoff = ws.shape[1] if cutoff is None else cutoff
     out = ws.clone()
-    out[:, :cutoff] = w_avg.lerp(ws[:, :cutoff], psi)
+    out[:, :cutoff] = w_avg.to(ws.dtype).lerp(ws[:, :cutoff], psi)  # ws may be bf16 under autocast
     return out
 
 
@@ -150,8 +157,8 @@ class SynthesisBlock(nn.Module):
         super().__init__()
         self.resolution = resolution
         self.register_buffer("resample_filter", setup_filter(resample_filter))
-        common = dict(w_dim=w_dim, resolution=resolution, use_noise=use_noise, conv_clamp=conv_clamp,
-                      resample_filter=resample_filter)
+        common = {"w_dim": w_dim, "resolution": resolution, "use_noise": use_noise, "conv_clamp": conv_clamp,
+                      "resample_filter": resample_filter}
         if resolution == 4:
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
             self.conv0 = None
@@ -177,14 +184,15 @@ class SynthesisBlock(nn.Module):
         def offsets(name: str, layer: nn.Module) -> dict:
             if weight_delta is None:
                 return {}
-            return dict(
-                weight=weight_delta.apply(f"{prefix}.{name}.weight", layer.weight),
-                affine_weight=weight_delta.apply(f"{prefix}.{name}.affine.weight", layer.affine.weight),
-            )
+            kinds = SYNTHESIS_LAYER_OFFSETS if isinstance(layer, SynthesisLayer) else TORGB_LAYER_OFFSETS
+            return {kw: weight_delta.apply(f"{prefix}.{name}.{param}", layer.get_parameter(param)
+                                           if param != "noise_const" else layer.noise_const)
+                    for kw, param in kinds.items() if f"{prefix}.{name}.{param}" in weight_delta}
 
         w_iter = iter(ws.unbind(dim=1))
         if self.conv0 is None:
-            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            const = None if weight_delta is None else weight_delta.apply(f"{prefix}.const", self.const)
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1) if const is None else const
             x = x.contiguous(memory_format=torch.channels_last)
         else:
             kw = offsets("conv0", self.conv0)
@@ -219,10 +227,10 @@ class SynthesisNetwork(nn.Module):
             )
             setattr(self, f"b{res}", block)
         self._layers = self._enumerate_layers()
-        self._offsettable = {
-            name: tuple(p.shape) for name, p in self.named_parameters()
-            if any(name == f"{info.name}.{suffix}" for info in self._layers for suffix in ("weight", "affine.weight"))
-        }
+        # Every parameter of the synthesis network, and its noise buffers, accept per-sample offsets.
+        self._offsettable = {name: tuple(p.shape) for name, p in self.named_parameters()}
+        self._offsettable.update({name: tuple(b.shape) for name, b in self.named_buffers()
+                                  if name.endswith(".noise_const")})
 
     @property
     def num_ws(self) -> int:
@@ -255,7 +263,9 @@ class SynthesisNetwork(nn.Module):
         return list(self._layers)
 
     def offsettable_parameters(self) -> dict[str, tuple[int, ...]]:
-        """Parameters that accept per-sample offsets, ``name -> shape``, read from the modules."""
+        """What accepts per-sample offsets, ``name -> shape``, read from the modules: every parameter (modulated
+        weights and biases, affine weights and biases, noise strengths, the const input) and the ``noise_const``
+        buffers (projection optimises them per image)."""
         return dict(self._offsettable)
 
     def _check_delta(self, delta: WeightDelta, batch: int) -> None:

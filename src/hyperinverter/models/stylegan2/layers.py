@@ -62,14 +62,18 @@ class FullyConnectedLayer(nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """``x: [B, in]``. ``weight``, if given, is a per-sample weight ``[B, out, in]``."""
-        bias = self.bias * self.bias_gain if self.bias is not None else None
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x: [B, in]``. ``weight`` / ``bias``, if given, are per-sample ``[B, out, in]`` / ``[B, out]``."""
+        bias = self.bias if bias is None else bias
+        bias = bias * self.bias_gain if bias is not None else None
         if weight is None:
             x = F.linear(x, self.weight * self.weight_gain)
         else:
             x = torch.bmm(weight * self.weight_gain, x.unsqueeze(2)).squeeze(2)
         if self.activation == "lrelu":
+            if bias is not None and bias.ndim == 2:  # per sample
+                x, bias = x + bias, None
             return bias_act(x, bias, activation="lrelu", gain=LRELU_GAIN)
         return x + bias if bias is not None else x
 
@@ -84,7 +88,7 @@ def _inplace_ok(x: torch.Tensor) -> bool:
 
 def _blur_after_transpose(x: torch.Tensor, f: torch.Tensor, *, up: int, kernel_size: int,
                           bias: torch.Tensor | None) -> torch.Tensor:
-    """The FIR filter that follows a stride-``up`` transposed conv (2H+k-2 -> 2H), with an optional bias.
+    """The FIR filter that follows a stride-``up`` transposed conv (2H+k-2 -> 2H), with an optional bias ``[C]``.
 
     A depthwise conv with symmetric padding: on CPUs it is several times faster in channels-last layout.
     """
@@ -126,7 +130,7 @@ def modulated_conv2d(
     """StyleGAN2 modulated convolution: ``gain · (conv(x, modulate(weight, styles)) + bias)``.
 
     ``x: [B,I,H,W]``; ``styles: [B,I]``; ``weight: [O,I,k,k]`` shared by the batch, or ``[B,O,I,k,k]`` per
-    sample. ``up=2`` is a transposed stride-2 conv followed by the FIR filter, as in both official codes.
+    sample; ``bias: [O]`` shared, or ``[B,O]`` per sample. ``up=2`` is a transposed stride-2 conv followed by the FIR filter, as in both official codes.
     Kernels (same result, different speed; see benchmarks/bench_kernels.py):
 
     - ``"batched"`` (shared weights only): scale activations by the styles, one ordinary conv over the batch,
@@ -143,6 +147,9 @@ def modulated_conv2d(
     if per_sample:
         assert weight.shape[0] == batch, f"per-sample weight batch {weight.shape[0]} != input batch {batch}"
         assert kernel != "batched", "per-sample weights need the 'grouped' or 'loop' kernel"
+    per_sample_bias = bias is not None and bias.ndim == 2
+    if per_sample_bias:
+        assert bias.shape == (batch, out_channels), f"per-sample bias {tuple(bias.shape)} != {(batch, out_channels)}"
     bias = None if bias is None else (bias * gain).to(x.dtype)
 
     if kernel == "batched":
@@ -155,7 +162,7 @@ def modulated_conv2d(
         scale = scale.reshape(batch, out_channels, 1, 1)
         if bias is None:
             return y.mul_(scale) if _inplace_ok(y) else y * scale
-        return torch.addcmul(bias.reshape(1, -1, 1, 1), y, scale)
+        return torch.addcmul(bias.reshape(-1 if per_sample_bias else 1, out_channels, 1, 1), y, scale)
 
     # Fused: fold styles, demodulation and gain into one weight per sample.
     w = (weight if per_sample else weight.unsqueeze(0)) * styles.reshape(batch, 1, in_channels, 1, 1)
@@ -163,11 +170,26 @@ def modulated_conv2d(
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
     w = (w * gain).to(x.dtype)
     if kernel == "grouped" and batch > 1:
+        grouped_bias = None if bias is None else bias.reshape(-1) if per_sample_bias else bias.repeat(batch)
         y = _conv(x.reshape(1, batch * in_channels, *x.shape[2:]), w.reshape(batch * out_channels, in_channels, k, k),
-                  up=up, bias=None if bias is None else bias.repeat(batch), groups=batch, f=resample_filter)
+                  up=up, bias=grouped_bias, groups=batch, f=resample_filter)
         return y.reshape(batch, out_channels, *y.shape[2:])
-    outs = [_conv(x[j : j + 1], w[j], up=up, bias=bias, f=resample_filter) for j in range(batch)]
+    outs = [_conv(x[j : j + 1], w[j], up=up, bias=bias[j] if per_sample_bias else bias, f=resample_filter)
+            for j in range(batch)]
     return outs[0] if batch == 1 else torch.cat(outs)
+
+
+# What a modulated layer takes per sample: keyword -> the parameter (or buffer) name under the layer.
+TORGB_LAYER_OFFSETS = {"weight": "weight", "bias": "bias", "affine_weight": "affine.weight",
+                       "affine_bias": "affine.bias"}
+SYNTHESIS_LAYER_OFFSETS = {**TORGB_LAYER_OFFSETS, "noise_strength": "noise_strength", "noise_const": "noise_const"}
+
+
+def _check_per_sample(per_sample: dict[str, torch.Tensor | None], known: dict[str, str]) -> dict[str, torch.Tensor]:
+    unknown = sorted(set(per_sample) - set(known))
+    if unknown:
+        raise TypeError(f"unknown per-sample replacements {unknown}; known: {sorted(known)}")
+    return {k: v for k, v in per_sample.items() if v is not None}
 
 
 class SynthesisLayer(nn.Module):
@@ -208,14 +230,16 @@ class SynthesisLayer(nn.Module):
         *,
         noise_mode: str = "const",
         noise_generator: torch.Generator | None = None,
-        weight: torch.Tensor | None = None,
-        affine_weight: torch.Tensor | None = None,
         kernel: ConvKernel = "batched",
+        **per_sample: torch.Tensor,
     ) -> torch.Tensor:
-        styles = self.affine(w, affine_weight)
+        """``per_sample``: per-sample replacements ``[B, *shape]`` of ``weight``, ``bias``, ``affine_weight``,
+        ``affine_bias``, ``noise_strength`` and the ``noise_const`` buffer (see ``SynthesisNetwork``)."""
+        p = _check_per_sample(per_sample, SYNTHESIS_LAYER_OFFSETS)
+        styles = self.affine(w, p.get("affine_weight"), p.get("affine_bias"))
         # lrelu(g·v) = g·lrelu(v) for g > 0: the activation gain folds into the conv, the bias into its epilogue.
-        x = modulated_conv2d(x, self.weight if weight is None else weight, styles, up=self.up,
-                             resample_filter=self.resample_filter, bias=self.bias, gain=LRELU_GAIN, kernel=kernel)
+        x = modulated_conv2d(x, p.get("weight", self.weight), styles, up=self.up, resample_filter=self.resample_filter,
+                             bias=p.get("bias", self.bias), gain=LRELU_GAIN, kernel=kernel)
         assert x.shape[2] == self.resolution, f"{x.shape[2]} != {self.resolution}"
         inplace = _inplace_ok(x)
         if self.use_noise and noise_mode != "none":
@@ -224,10 +248,12 @@ class SynthesisLayer(nn.Module):
                 noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=noise_generator,
                                     device=where, dtype=x.dtype).to(x.device)
             elif noise_mode == "const":
-                noise = self.noise_const.to(x.dtype)
+                noise = p["noise_const"].unsqueeze(1) if "noise_const" in p else self.noise_const
+                noise = noise.to(x.dtype)
             else:
                 raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
-            noise = noise * (self.noise_strength.to(x.dtype) * LRELU_GAIN)
+            strength = p["noise_strength"].reshape(-1, 1, 1, 1) if "noise_strength" in p else self.noise_strength
+            noise = noise * (strength.to(x.dtype) * LRELU_GAIN)
             x = x.add_(noise) if inplace else x + noise
         x = F.leaky_relu(x, 0.2, inplace=inplace)
         if self.conv_clamp is not None:
@@ -256,13 +282,14 @@ class ToRGBLayer(nn.Module):
         x: torch.Tensor,
         w: torch.Tensor,
         *,
-        weight: torch.Tensor | None = None,
-        affine_weight: torch.Tensor | None = None,
         kernel: ConvKernel = "batched",
+        **per_sample: torch.Tensor,
     ) -> torch.Tensor:
-        styles = self.affine(w, affine_weight) * self.weight_gain
-        x = modulated_conv2d(x, self.weight if weight is None else weight, styles, demodulate=False,
-                             bias=self.bias, kernel=kernel)
+        """``per_sample``: per-sample ``weight``, ``bias``, ``affine_weight``, ``affine_bias`` (``[B, *shape]``)."""
+        p = _check_per_sample(per_sample, TORGB_LAYER_OFFSETS)
+        styles = self.affine(w, p.get("affine_weight"), p.get("affine_bias")) * self.weight_gain
+        x = modulated_conv2d(x, p.get("weight", self.weight), styles, demodulate=False, bias=p.get("bias", self.bias),
+                             kernel=kernel)
         if self.conv_clamp is not None:
             x = x.clamp_(-self.conv_clamp, self.conv_clamp) if _inplace_ok(x) else x.clamp(-self.conv_clamp,
                                                                                              self.conv_clamp)
