@@ -57,3 +57,15 @@ def build_tiny_pipeline(tiny_generator):
 @pytest.fixture
 def pipeline(tiny_generator):
     return build_tiny_pipeline(tiny_generator)
+
+
+@pytest.fixture
+def tiny_gan_data(tiny_generator, tmp_path):
+    """For trainer tests: the tiny generator saved as a GAN folder, and 8 of its images as uint8 training data."""
+    from hyperinverter.io.gan import save_gan
+
+    torch.manual_seed(4)
+    save_gan(tmp_path / "gan", tiny_generator)
+    with torch.no_grad():
+        x = tiny_generator(torch.randn(8, 16, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    return tmp_path / "gan", ((x + 1) * 127.5).round().to(torch.uint8)

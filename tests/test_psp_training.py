@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperinverter.io.gan import save_gan
 from hyperinverter.models.encoders import TrunkConfig
 from hyperinverter.pipeline import InversionPipeline
 from hyperinverter.training import TRAINERS
@@ -14,16 +13,12 @@ from hyperinverter.training.psp import LatentDiscriminator, PspTrainingConfig, t
 
 
 @pytest.fixture
-def setup(tiny_generator, tmp_path):
-    torch.manual_seed(4)
-    save_gan(tmp_path / "gan", tiny_generator)
-    with torch.no_grad():
-        x = tiny_generator(torch.randn(8, 16, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
-    data = ((x + 1) * 127.5).round().to(torch.uint8)
+def setup(tiny_gan_data, tmp_path):
+    gan, data = tiny_gan_data
 
     def config(run, steps, lr=1e-3, **kw):
         return PspTrainingConfig(
-            run_dir=str(tmp_path / run), data="unused", generator=str(tmp_path / "gan"), steps=steps, batch_size=4,
+            run_dir=str(tmp_path / run), data="unused", generator=str(gan), steps=steps, batch_size=4,
             lr=lr, optimizer="adam", trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
             encoder_resolution=64, hflip=False, log_every=1, val_every=1000, sample_every=1000, checkpoint_every=2,
             progress=False, tensorboard=False, device="cpu", **kw)

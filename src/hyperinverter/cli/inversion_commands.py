@@ -446,6 +446,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
+    report.notes.append("command: `hyperinverter " + " ".join(sys.argv[1:]) + "`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)
     print(report.to_markdown())

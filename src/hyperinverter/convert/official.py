@@ -20,11 +20,15 @@ import torch
 from ..errors import CheckpointError
 from ..io.checkpoints import instantiate_strict, load_weights_only
 from ..methods import Inverter
+from ..methods.e2style import E2Style
 from ..methods.hyperinverter import HyperInverter
 from ..methods.hyperstyle import HyperStyle
 from ..methods.phase1 import Phase1
 from ..methods.psp import E4E, PSP
 from ..models.encoders import (
+    E2StyleConfig,
+    E2StyleEncoderConfig,
+    E2StyleEncoders,
     FeatureEncoder,
     FeatureEncoderConfig,
     StyleCodeEncoder,
@@ -324,6 +328,66 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     return method(G, style_encoder=encoder.eval(), encoder_resolution=encoder.config.input_size)
 
 
+# --- E2Style: {"state_dict": encoder_firststage.*, encoder_refinestage_list.{i}.*, decoder.*; "latent_avg"; "opts"} ---
+
+
+def e2style_encoders_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str,
+                                     latent_avg: torch.Tensor) -> E2StyleEncoders:
+    """E2Style's stage encoders shaped like ``sd`` (``encoder_firststage.*``, ``encoder_refinestage_list.{i}.*``),
+    loaded strictly. The trunk and each head's rows and pooling are read from the tensors; the input size is the
+    official 256 (nothing in the weights fixes it); the unused fourth trunk stage must be there, as the official files
+    hold it."""
+    first = _strip(sd, "encoder_firststage.")
+    if "output_layer_3.3.weight" not in first:
+        raise CheckpointError(f"{source}: no encoder_firststage.output_layer_3: not an E2Style checkpoint")
+    trunk = _trunk_spec(first)
+    heads = []
+    for name, width in zip(("output_layer_3", "output_layer_4", "output_layer_5"),
+                           (trunk["trunk"].widths[2], trunk["trunk"].widths[1], trunk["trunk"].widths[0])):
+        out_features, in_features = first[f"{name}.3.weight"].shape
+        pool = round((in_features / width) ** 0.5)
+        if pool * pool * width != in_features:
+            raise CheckpointError(f"{source}: {name} reads {in_features} features, not a square pooling of {width} "
+                                  "channels")
+        heads.append((pool, out_features))
+    w_dim = int(latent_avg.shape[-1])
+    if any(rows % w_dim for _, rows in heads):
+        raise CheckpointError(f"{source}: head outputs {[r for _, r in heads]} are not whole rows of {w_dim}")
+    rows = tuple(r // w_dim for _, r in heads)
+    refine = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder_refinestage_list\.(\d+)\.", k))})
+    if refine != list(range(len(refine))):
+        raise CheckpointError(f"{source}: refinement stages {refine} are not numbered 0..n-1")
+    config = E2StyleConfig(encoder=E2StyleEncoderConfig(
+        **trunk, input_size=256, n_styles=sum(rows), w_dim=w_dim, pool_sizes=tuple(p for p, _ in heads),
+        head_rows=rows), stages=1 + len(refine))
+    average = latent_avg.reshape(1, -1).expand(sum(rows), -1).clone()
+    return instantiate_strict(lambda: E2StyleEncoders(config), {**sd, "latent_avg": average}, source=source)
+
+
+def load_official_e2style(checkpoint: str | Path, generator: str | Path | Generator | None = None) -> E2Style:
+    """A released E2Style checkpoint (every stage in one file, the decoder inside) as the ``e2style`` method; the
+    generator is ``generator`` or, when not given, the file's own decoder. A generator with fewer rows than the
+    file's 18 uses the first ``num_ws`` of them, as the official code does."""
+    psp = PspFile.read(checkpoint)
+    extra = sorted(k for k in psp.state_dict
+                   if not k.startswith(("encoder_firststage.", "encoder_refinestage_list.", "decoder.")))
+    if extra:
+        raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder_firststage.*, "
+                              "encoder_refinestage_list.*, decoder.*)")
+    if psp.latent_avg is None:
+        raise CheckpointError(psp.path, "has no latent_avg, which E2Style's codes start from")
+    G = psp.generator(generator)
+    encoders_sd = {k: v for k, v in psp.state_dict.items() if not k.startswith("decoder.")}
+    try:
+        encoders = e2style_encoders_from_state_dict(encoders_sd, source=str(psp.path), latent_avg=psp.latent_avg)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(psp.path, f"does not have the layout of an E2Style checkpoint ({e})") from None
+    model = E2Style(G, encoders=encoders.eval(), encoder_resolution=encoders.input_size)
+    logger.info("loaded %s: E2Style with %d stages, rows per head %s", psp.path, encoders.stages,
+                encoders.config.encoder.rows)
+    return model
+
+
 def _layers_to_tune(opts: Mapping, source: Path) -> tuple[int, ...] | None:
     value = opts.get("layers_to_tune")
     if value is None:
@@ -413,7 +477,8 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
       file must be given (``w_encoder``);
     * a pSp-style W encoder (``encoder.linear.*``) -> ``phase1``;
     * a pSp or e4e W+ encoder (``encoder.styles.*``) -> ``psp`` or ``e4e`` (by ``opts['encoder_type']``), with the
-      generator from the file's decoder unless one is given.
+      generator from the file's decoder unless one is given;
+    * E2Style (``encoder_firststage.*``, ``encoder_refinestage_list.*``) -> ``e2style``, likewise.
     """
     path = Path(checkpoint)
     keys = set(PspFile.read(path).state_dict) if path.is_file() else set()
@@ -435,5 +500,8 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
     if "encoder.styles.0.linear.weight" in keys:
         model = load_psp_encoder(path, generator)
         return {model.name: model}
+    if "encoder_firststage.output_layer_3.3.weight" in keys:
+        model = load_official_e2style(path, generator)
+        return {model.name: model}
     raise CheckpointError(path, "is not a checkpoint this version recognises (HyperInverter, HyperStyle, pSp, e4e, "
-                          f"or a pSp-style W encoder); its keys start with {sorted({k.split('.')[0] for k in keys})[:8]}")
+                          f"E2Style, or a pSp-style W encoder); its keys start with {sorted({k.split('.')[0] for k in keys})[:8]}")

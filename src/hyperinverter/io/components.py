@@ -19,14 +19,14 @@ from .checkpoints import config_from_header, instantiate_strict, read_component,
 def component_types() -> dict[str, type[nn.Module]]:
     """``model_type`` -> class, for every network our folders hold."""
     # Imported here so that reading this module stays cheap and free of import cycles.
-    from ..models.encoders import FeatureEncoder, StyleCodeEncoder, WEncoder
+    from ..models.encoders import E2StyleEncoders, FeatureEncoder, StyleCodeEncoder, WEncoder
     from ..models.hypernetwork import HyperNetwork
     from ..models.hyperstyle import HyperStyleNet
     from ..models.stylegan2 import Discriminator, Generator
 
     return {"stylegan2-generator": Generator, "stylegan2-discriminator": Discriminator, "w-encoder": WEncoder,
             "feature-encoder": FeatureEncoder, "style-code-encoder": StyleCodeEncoder, "hypernetwork": HyperNetwork,
-            "hyperstyle-hypernetwork": HyperStyleNet}
+            "hyperstyle-hypernetwork": HyperStyleNet, "e2style-encoders": E2StyleEncoders}
 
 
 # Type names written by earlier versions, still read.

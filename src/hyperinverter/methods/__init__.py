@@ -5,7 +5,7 @@ A method is one module that defines an :class:`Inverter` subclass and registers 
 batch inversion, files, editing, evaluation, the CLI, the demo and the web page) works for any registered method.
 """
 
-from . import hyperinverter, hyperstyle, phase1, projector, psp, pti  # noqa: F401  (the built-in methods register themselves)
+from . import e2style, hyperinverter, hyperstyle, phase1, projector, psp, pti  # noqa: F401  (the built-in methods register themselves)
 from .base import InversionResult, Inverter, Stopwatch
 from .registry import get_method, register_method, registered_methods
 

@@ -89,6 +89,20 @@ class SFace(nn.Module):
         x = self.dropout(self.head_bn(x)).flatten(1)  # [B,50176], NCHW flattening order as ONNX Flatten
         return self.embedding_bn(self.fc(x))
 
+    def feature_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x: [B,3,112,112]`` RGB in [-1,1] -> the ends of the 56, 28, 14 and 7 px stages and the un-normalised
+        embedding: the five levels of E2Style's multi-layer identity loss, SFace's counterpart of IR-SE50's."""
+        h = self.stem(((x + 1.0) * 127.5 - 127.5) * 0.0078125)  # as raw_features normalises its pixels
+        levels = []
+        for index, unit in enumerate(self.units):
+            h = unit(h)
+            next_stride = SFACE_UNITS[index + 1][0] if index + 1 < len(SFACE_UNITS) else 2
+            if next_stride == 2 and h.shape[-1] < INPUT_SIZE:  # the last unit at this resolution
+                levels.append(h)
+        embedding = self.embedding_bn(self.fc(self.dropout(self.head_bn(h)).flatten(1)))
+        assert [f.shape[-1] for f in levels] == [56, 28, 14, 7], [tuple(f.shape) for f in levels]
+        return [*levels, embedding]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B,3,112,112]`` RGB in [-1,1] -> unit-norm ``[B,128]``."""
         return F.normalize(self.raw_features((x + 1.0) * 127.5), dim=1)

@@ -45,6 +45,12 @@ def _psp():
     return PspTrainingConfig, train_psp
 
 
+def _e2style():
+    from .e2style import E2StyleTrainingConfig, train_e2style
+
+    return E2StyleTrainingConfig, train_e2style
+
+
 TRAINERS: dict[str, Trainer] = {
     "generator": Trainer("StyleGAN2 for a small domain (optionally warm-started by distillation)", _generator),
     "w-encoder": Trainer("HyperInverter Phase I: the W encoder E1", _w_encoder),
@@ -52,4 +58,6 @@ TRAINERS: dict[str, Trainer] = {
                             _hypernetwork),
     "hyperstyle": Trainer("HyperStyle: its hypernetwork on a frozen W encoder (a Phase I bundle)", _hyperstyle),
     "psp": Trainer("pSp or e4e (mode: e4e): a W+ encoder, G frozen", _psp),
+    "e2style": Trainer("E2Style: one stage per run (stage > 1 refines init_from's frozen stages); a restoration "
+                       "task (inpainting, sr4, colorization...) with 'task'", _e2style),
 }

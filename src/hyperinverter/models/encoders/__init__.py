@@ -1,5 +1,5 @@
-"""Image encoders: ``WEncoder`` (E1: image -> w), ``FeatureEncoder`` (image -> per-layer feature maps) and
-``StyleCodeEncoder`` (pSp / e4e: image -> one code row per layer).
+"""Image encoders: ``WEncoder`` (E1: image -> w), ``FeatureEncoder`` (image -> per-layer feature maps),
+``StyleCodeEncoder`` (pSp / e4e: image -> one code row per layer) and ``E2StyleEncoders`` (E2Style's stages).
 
 Presets: ``ENCODER_PRESETS["ffhq"]`` (IR-SE50, 18 styles), ``["church"]`` (ResNet-34, 14 styles), ``["tiny"]``
 and ``["tiny_resnet"]`` (4 one-unit stages of widths 8..64, 64 px input, 8 styles: tests and demo models).
@@ -25,6 +25,7 @@ from .backbones import (
     TrunkConfig,
     build_backbone,
 )
+from .e2style import E2StyleConfig, E2StyleEncoder, E2StyleEncoderConfig, E2StyleEncoders
 from .feature_encoder import FeatureEncoder, FeatureEncoderConfig, StyleBlock
 from .style_code_encoder import StyleCodeEncoder, StyleCodeEncoderConfig, StyleCodeMode
 from .w_encoder import WEncoder, WEncoderConfig
@@ -71,6 +72,15 @@ class EncoderPreset:
         """A pSp (``mode="psp"``) or e4e (``"e4e"``) W+ encoder with random weights."""
         return StyleCodeEncoder(self.style_code_encoder_config(mode))
 
+    def e2style_config(self, stages: int = 3) -> E2StyleConfig:
+        return E2StyleConfig(encoder=E2StyleEncoderConfig(trunk=self.trunk, in_channels=self.in_channels,
+                                                          input_size=self.input_size, n_styles=self.n_styles,
+                                                          w_dim=self.w_dim), stages=stages)
+
+    def build_e2style_encoders(self, stages: int = 3) -> E2StyleEncoders:
+        """E2Style's stage encoders with random weights (and a zero ``latent_avg``)."""
+        return E2StyleEncoders(self.e2style_config(stages))
+
 
 def _tiny(preset: EncoderPreset) -> EncoderPreset:
     # The official topology (1/2/3 convs per head) scaled down; fits a 32 px, w_dim 16 generator.
@@ -111,6 +121,10 @@ __all__ = [
     "BackboneFeatures",
     "BackboneKind",
     "BasicBlock",
+    "E2StyleConfig",
+    "E2StyleEncoder",
+    "E2StyleEncoderConfig",
+    "E2StyleEncoders",
     "EncoderPreset",
     "IRSEBackbone",
     "IRUnit",

@@ -1,0 +1,124 @@
+"""The degradations of E2Style's restoration tasks (its ``datasets/augmentations.py`` and transforms), on batches
+``[B,C,H,W]`` in [-1, 1]: the network learns to invert the degraded image to the clean one.
+
+- ``inpainting``: a black filled triangle, vertices (x, y) at 256 px: a = (35 or 220, 35), b = (35 or 70, 220),
+  c = (b.x + 150, 220), each choice uniform; scaled to the image size;
+- ``sr{f}`` (super-resolution ×f): anti-aliased bicubic down-sampling by f (the a = −0.5 cubic stretched over 4·f
+  taps, reflect padding, stride f), then bilinear up-sampling back to the size;
+- ``colorization``: grey replicated over the channels, with the official weights: the official code converts an RGB
+  array with OpenCV's BGR-to-grey, so the weights are 0.114 R + 0.587 G + 0.299 B;
+- ``denoising``: half of the samples Gaussian noise (variance 0.01 on [0, 1]), the others salt and pepper (5 %).
+
+Every function takes a ``torch.Generator`` so that training batches are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+GREY_WEIGHTS_OFFICIAL = (0.114, 0.587, 0.299)  # R, G, B: cv2.COLOR_BGR2GRAY applied to RGB
+SR_FACTORS = (2, 4, 8, 16)
+
+
+def _uniform_choice(gen: torch.Generator, options: tuple) -> object:
+    return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+
+def triangle_mask(size: int, gen: torch.Generator) -> torch.Tensor:
+    """``[size, size]`` bool, True inside the official random triangle (defined at 256 px)."""
+    a = (_uniform_choice(gen, (35, 220)), 35)
+    bx = _uniform_choice(gen, (35, 70))
+    b, c = (bx, 220), (bx + 150, 220)
+    scale = size / 256
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / scale  # pixel centres in 256-px units
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+
+    def side(p, q):  # sign of the cross product: which side of the edge p->q
+        return (x - p[0]) * (q[1] - p[1]) - (y - p[1]) * (q[0] - p[0])
+
+    s1, s2, s3 = side(a, b), side(b, c), side(c, a)
+    return ((s1 >= 0) & (s2 >= 0) & (s3 >= 0)) | ((s1 <= 0) & (s2 <= 0) & (s3 <= 0))
+
+
+def inpainting(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image with its own black triangle."""
+    masks = torch.stack([triangle_mask(x.shape[-1], gen) for _ in range(x.shape[0])]).to(x.device)
+    return x.masked_fill(masks[:, None], -1.0)
+
+
+def cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel (a = −0.5: bicubic)."""
+    t = t.abs()
+    return torch.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                       torch.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, torch.zeros_like(t)))
+
+
+def bicubic_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Anti-aliased bicubic down-sampling by an integer ``factor``: the cubic stretched by ``factor`` (4·factor taps),
+    reflect padding, stride ``factor``; separable."""
+    if factor == 1:
+        return x
+    taps = 4 * factor
+    offsets = torch.arange(taps, dtype=torch.float64) - (taps - 1) / 2  # output pixel centre between taps
+    weights = cubic(offsets / factor)
+    weights = (weights / weights.sum()).to(x.dtype).to(x.device)
+    c = x.shape[1]
+    pad = (taps - factor) // 2
+    h = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    h = F.conv2d(h, weights.reshape(1, 1, 1, taps).expand(c, 1, 1, taps), stride=(1, factor), groups=c)
+    h = F.conv2d(h, weights.reshape(1, 1, taps, 1).expand(c, 1, taps, 1), stride=(factor, 1), groups=c)
+    return h
+
+
+def super_resolution(factor: int) -> Degradation:
+    """Down-sampling by ``factor``, then bilinear up-sampling back: the low-resolution input at full size."""
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"super-resolution factors are powers of two, got {factor}")
+
+    def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if x.shape[-1] % factor:
+            raise ValueError(f"a {x.shape[-1]}-px image cannot be down-sampled by {factor}")
+        low = bicubic_downsample(x, factor)
+        return F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return degrade
+
+
+def colorization(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Grey (the official channel weights), replicated over the channels."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.tensor(GREY_WEIGHTS_OFFICIAL, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True).expand_as(x).contiguous()
+
+
+def denoising(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian noise (σ² = 0.01 on [0, 1]) on a random half of the samples, salt and pepper (5 %) on the others."""
+    unit = (x + 1) / 2
+    gaussian = torch.rand(x.shape[0], generator=gen) < 0.5
+    noisy = unit + torch.randn(unit.shape, generator=gen).to(x.device) * math.sqrt(0.01)
+    hit = torch.rand(unit.shape[0], 1, *unit.shape[2:], generator=gen).to(x.device) < 0.05
+    salt = (torch.rand(hit.shape, generator=gen) < 0.5).to(x.device)
+    peppered = torch.where(hit, salt.to(x.dtype).expand_as(unit), unit)
+    out = torch.where(gaussian.to(x.device).reshape(-1, 1, 1, 1), noisy.clamp(0, 1), peppered)
+    return out * 2 - 1
+
+
+DEGRADATIONS: dict[str, Degradation] = {
+    "inpainting": inpainting,
+    "colorization": colorization,
+    "denoising": denoising,
+    **{f"sr{f}": super_resolution(f) for f in SR_FACTORS},
+}
+
+
+def get_degradation(name: str) -> Degradation:
+    """A degradation by task name (``inpainting``, ``colorization``, ``denoising``, ``sr2`` .. ``sr16``)."""
+    if name not in DEGRADATIONS:
+        raise ValueError(f"unknown restoration task {name!r}; known: {sorted(DEGRADATIONS)}")
+    return DEGRADATIONS[name]

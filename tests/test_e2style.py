@@ -1,0 +1,214 @@
+"""E2Style: heads on the right taps with the official pooling, the refinement input, strict loading of the released
+layout, rows for smaller generators."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyperinverter.models.encoders import (
+    E2StyleConfig,
+    E2StyleEncoder,
+    E2StyleEncoderConfig,
+    E2StyleEncoders,
+    TrunkConfig,
+    encoder_preset,
+)
+from hyperinverter.models.encoders.e2style import split_rows
+
+# The official trunk layout (IR-SE50 units 3/4/14/3) at small widths: the same keys and taps, cheap to run at 256.
+SLIM_IRSE50 = TrunkConfig("ir_se", units=(3, 4, 14, 3), widths=(4, 8, 12, 16))
+
+
+def slim_encoder(**overrides) -> E2StyleEncoder:
+    torch.manual_seed(0)
+    config = E2StyleEncoderConfig(trunk=SLIM_IRSE50, input_size=256, n_styles=18, w_dim=8, **overrides)
+    encoder = E2StyleEncoder(config).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return encoder
+
+
+def official_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Adaptive average pooling written out: window i covers [floor(i·n/size), ceil((i+1)·n/size))."""
+    n = x.shape[-1]
+    out = torch.empty(*x.shape[:2], size, size)
+    for i in range(size):
+        r0, r1 = (i * n) // size, math.ceil((i + 1) * n / size)
+        for j in range(size):
+            c0, c1 = (j * n) // size, math.ceil((j + 1) * n / size)
+            out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(dim=(2, 3))
+    return out
+
+
+def test_the_official_pooling_windows_overlap_and_differ():
+    windows = [((i * 32) // 7, math.ceil((i + 1) * 32 / 7)) for i in range(7)]
+    assert windows[:2] == [(0, 5), (4, 10)]  # as the issue says: 32 -> 7 takes [0,5), [4,10), ...
+    assert len({b - a for a, b in windows}) > 1
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(F.adaptive_avg_pool2d(x, 7), official_pool(x, 7))
+
+
+def test_rows_come_from_the_right_taps_deepest_first():
+    encoder = slim_encoder()
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        codes = encoder(x)
+        # plain reference: run the trunk unit by unit, tap the ends of stages 1-3 (body 2, 6, 20)
+        h = encoder.input_layer(x)
+        taps = {}
+        for i in range(21):
+            h = encoder.body[i](h)
+            taps[i] = h
+        assert taps[2].shape[-1] == 128 and taps[6].shape[-1] == 64 and taps[20].shape[-1] == 32
+        expected = []
+        for head, tap, rows in ((encoder.output_layer_3, taps[20], 9), (encoder.output_layer_4, taps[6], 5),
+                                (encoder.output_layer_5, taps[2], 4)):
+            pooled = official_pool(head[0](tap), 7).flatten(1)
+            expected.append(F.linear(pooled, head[3].weight, head[3].bias).reshape(2, rows, 8))
+    torch.testing.assert_close(codes, torch.cat(expected, dim=1), rtol=1e-4, atol=1e-5)
+    # stage 4 (body 21-23) is built, for the released files, but never runs
+    assert len(encoder.body) == 24
+    before = codes.clone()
+    with torch.no_grad():
+        for p in encoder.body[21:].parameters():
+            p.add_(1.0)
+        torch.testing.assert_close(encoder(x), before)
+
+
+def test_head_keys_and_shapes_are_the_official_ones():
+    with torch.device("meta"):
+        encoder = E2StyleEncoder(E2StyleEncoderConfig())  # IR-SE50 at 256, 18 rows of 512
+    shapes = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    assert shapes["output_layer_3.3.weight"] == (9 * 512, 256 * 49)
+    assert shapes["output_layer_4.3.weight"] == (5 * 512, 128 * 49)
+    assert shapes["output_layer_5.3.weight"] == (4 * 512, 64 * 49)
+    assert shapes["output_layer_5.0.running_var"] == (64,)
+    assert shapes["input_layer.0.weight"] == (64, 3, 3, 3) and "body.23.res_layer.0.weight" in shapes
+    with torch.device("meta"):
+        refine = E2StyleEncoders(E2StyleConfig(stages=3))
+    assert refine.state_dict()["encoder_refinestage_list.1.input_layer.0.weight"].shape == (64, 6, 3, 3)
+    assert refine.state_dict()["latent_avg"].shape == (18, 512)
+
+
+def test_rows_split_in_the_official_proportion_and_paper_pooling_is_an_option():
+    assert split_rows(18) == (9, 5, 4)
+    assert split_rows(10) == (5, 3, 2) and split_rows(8) == (4, 2, 2) and sum(split_rows(14)) == 14
+    encoder = slim_encoder(pool_sizes=(7, 5, 3))
+    assert encoder.output_layer_4[3].in_features == 8 * 25 and encoder.output_layer_5[3].in_features == 4 * 9
+    with pytest.raises(ValueError, match="sum to n_styles"):
+        E2StyleEncoderConfig(trunk=SLIM_IRSE50, n_styles=18, head_rows=(9, 5, 3))
+
+
+def test_refinement_input_is_the_image_then_the_pooled_previous_image_unclamped():
+    torch.manual_seed(0)
+    config = E2StyleConfig(encoder=E2StyleEncoderConfig(trunk=SLIM_IRSE50, input_size=64, n_styles=18, w_dim=8),
+                           stages=3)
+    encoders = E2StyleEncoders(config).eval()
+    seen = []
+    encoders.encoder_refinestage_list[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    x = torch.randn(2, 3, 64, 64)
+    previous = torch.randn(2, 3, 256, 256) * 3  # beyond [-1, 1]: the official code does not clamp
+    codes = torch.randn(2, 18, 8)
+    with torch.no_grad():
+        out = encoders.refine_codes(2, codes, x, previous)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], torch.cat([x, F.adaptive_avg_pool2d(previous, 64)], dim=1))
+    assert seen[0][:, 3:].abs().max() > 1
+    with torch.no_grad():
+        torch.testing.assert_close(out, codes + encoders.encoder_refinestage_list[1](seen[0]))
+
+
+def test_every_stage_image_is_kept_and_stages_is_an_option(tiny_generator):
+    from hyperinverter.methods.e2style import E2Style
+
+    method = E2Style.create(tiny_generator, stages=3).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    result = method.invert(x)
+    assert len(result.steps) == 3 and torch.equal(result.steps[-1], result.image)
+    assert torch.equal(result.initial_image, result.steps[0])
+    assert list(result.timings) == ["stage 1", "stage 2", "stage 3"]
+    two = method.invert(x, stages=2)
+    torch.testing.assert_close(two.image, result.steps[1])
+    with pytest.raises(ValueError, match="between 1 and the 3"):
+        method.invert(x, stages=4)
+
+
+# --- the released layout ------------------------------------------------------------------------------------
+
+
+def released_file(path, generator, *, stages: int = 3, n_styles: int = 18, seed: int = 0):
+    """An E2Style checkpoint in the released layout: every stage (full IR-SE50 key set incl. stage 4, slim widths),
+    the rosinality ``decoder.*``, ``latent_avg`` [18, w_dim] and ``opts``."""
+    from hyperinverter.convert.rosinality import from_nvidia
+
+    torch.manual_seed(seed)
+    config = E2StyleConfig(encoder=E2StyleEncoderConfig(trunk=SLIM_IRSE50, input_size=256, n_styles=n_styles,
+                                                        w_dim=generator.w_dim), stages=stages)
+    encoders = E2StyleEncoders(config).eval()
+    latent_avg = torch.randn(generator.w_dim)
+    decoder = from_nvidia(generator.state_dict(), generator.config)
+    decoder.pop("latent_avg")
+    state = {k: v.clone() for k, v in encoders.state_dict().items() if k != "latent_avg"}
+    ckpt = {"state_dict": {**state, **{f"decoder.{k}": v for k, v in decoder.items()}},
+            "latent_avg": latent_avg[None].repeat(n_styles, 1),
+            "opts": {"training_stage": stages, "start_from_latent_avg": True, "output_size": generator.resolution}}
+    torch.save(ckpt, path)
+    with torch.no_grad():
+        encoders.latent_avg.copy_(latent_avg.expand(n_styles, -1))
+    return path, encoders
+
+
+def test_released_file_loads_strictly_and_feeds_the_first_num_ws_rows(tiny_generator, tmp_path):
+    from hyperinverter.cli.main import main
+    from hyperinverter.pipeline import InversionPipeline
+
+    path, encoders = released_file(tmp_path / "e2style_inversion.pt", tiny_generator)
+    assert main(["import-official", str(path), "--out", str(tmp_path / "bundle")]) == 0  # the decoder is inside
+    pipe = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+    assert set(pipe.methods) == {"e2style"} and pipe.inverter().encoders.stages == 3
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    result = pipe.invert(x)
+    G = pipe.generator
+    # the official forward written out: 18 rows accumulate; the 32-px generator reads the first 8
+    with torch.no_grad():
+        x256 = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)
+        codes = encoders.encoder_firststage(x256) + encoders.latent_avg
+        image = G.synthesis(codes[:, : G.num_ws])
+        for stage in encoders.encoder_refinestage_list:
+            up = F.interpolate(image, size=(256, 256), mode="bilinear", align_corners=False)
+            codes = codes + stage(torch.cat([x256, up], dim=1))
+            image = G.synthesis(codes[:, : G.num_ws])
+    assert codes.shape[1] == 18 and G.num_ws == 8
+    torch.testing.assert_close(result.ws, codes[:, :8], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(result.image, image, rtol=1e-4, atol=1e-4)
+
+
+def test_released_file_problems_are_named(tiny_generator, tmp_path):
+    from hyperinverter.convert.official import load_official_e2style
+    from hyperinverter.errors import CheckpointError
+
+    path, _ = released_file(tmp_path / "e2style.pt", tiny_generator)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["state_dict"]["encoder_refinestage_list.0.body.22.res_layer.1.weight"]  # the unused stage 4 too
+    ckpt["state_dict"]["encoder_firststage.output_layer_6.weight"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match=r"encoder_refinestage_list\.0\.body\.22\.res_layer\.1\.weight") as info:
+        load_official_e2style(tmp_path / "broken.pt")
+    assert "output_layer_6" in str(info.value)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["latent_avg"]
+    torch.save(ckpt, tmp_path / "no-average.pt")
+    with pytest.raises(CheckpointError, match="latent_avg"):
+        load_official_e2style(tmp_path / "no-average.pt")
+
+
+def test_the_tiny_preset_builds_e2style_for_any_generator(tiny_generator):
+    encoders = encoder_preset("tiny", n_styles=tiny_generator.num_ws, w_dim=tiny_generator.w_dim).build_e2style_encoders(2)
+    assert encoders.config.encoder.rows == (4, 2, 2) and encoders.stages == 2

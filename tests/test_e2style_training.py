@@ -1,0 +1,179 @@
+"""E2Style's trainer and its restoration tasks: stage 1 learns, stage 2 trains only its new encoder (earlier stages
+frozen, BatchNorm statistics kept), the multi-layer losses, and each degradation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyperinverter.data.degradations import (
+    GREY_WEIGHTS_OFFICIAL,
+    bicubic_downsample,
+    colorization,
+    denoising,
+    get_degradation,
+    inpainting,
+    triangle_mask,
+)
+from hyperinverter.models.encoders import TrunkConfig
+from hyperinverter.pipeline import InversionPipeline
+from hyperinverter.training import TRAINERS
+from hyperinverter.training.e2style import E2StyleTrainingConfig, train_e2style
+
+
+@pytest.fixture
+def setup(tiny_gan_data, tmp_path):
+    gan, data = tiny_gan_data
+
+    def config(run, steps, **kw):
+        defaults = dict(run_dir=str(tmp_path / run), data="unused", generator=str(gan), steps=steps,
+                        batch_size=4, lr=3e-3, optimizer="adam",
+                        trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)), encoder_resolution=64,
+                        hflip=False, log_every=1, val_every=1000, sample_every=1000, checkpoint_every=1000,
+                        progress=False, tensorboard=False, device="cpu")
+        return E2StyleTrainingConfig(**{**defaults, **kw})
+
+    return config, data, tmp_path
+
+
+def test_stage_one_learns_and_stage_two_trains_only_its_own_encoder(setup):
+    config, data, tmp_path = setup
+    assert "e2style" in TRAINERS
+    first = train_e2style(config("stage1", 25), images=data, val_images=data[:4])
+    losses = [h["loss/l2"] for h in first.history if "loss/l2" in h]
+    assert losses[-1] < 0.7 * losses[0], losses
+    stage1 = InversionPipeline.from_pretrained(first.final_model, device="cpu").inverter("e2style").encoders
+    assert stage1.stages == 1
+    with pytest.raises(ValueError, match="init_from"):
+        config("stage2", 4, stage=2)
+    second = train_e2style(config("stage2", 6, stage=2, init_from=str(first.final_model)), images=data,
+                           val_images=data[:4])
+    pipe = InversionPipeline.from_pretrained(second.final_model, device="cpu")
+    stage2 = pipe.inverter("e2style").encoders
+    assert stage2.stages == 2
+    # stage 1 is frozen: its weights and its BatchNorm running statistics did not move
+    for key, value in stage1.state_dict().items():
+        assert torch.equal(stage2.state_dict()[key], value), key
+    # the new stage did train: its weights left their initialisation (the run's seed builds the same start)
+    with torch.random.fork_rng():
+        torch.manual_seed(config("x", 1).seed)
+        from hyperinverter.training.e2style import e2style_task
+        start = e2style_task(config("fresh", 1, stage=2, init_from=str(first.final_model)), torch.device("cpu"), None)
+    initial = start.trainable.state_dict()
+    moved = [k for k, v in stage2.encoder_refinestage_list[0].state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, initial[k])]
+    assert moved and stage2.encoder_refinestage_list[0].input_layer[0].weight.shape[1] == 6
+    result = pipe.invert(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert len(result.steps) == 2
+    with pytest.raises(ValueError, match="holds 2 E2Style stages"):
+        train_e2style(config("stage2-again", 2, stage=2, init_from=str(second.final_model)), images=data)
+
+
+def test_restoration_training_degrades_the_input_and_targets_the_clean_image(setup):
+    config, data, _ = setup
+    result = train_e2style(config("sr", 3, task="sr4"), images=data, val_images=data[:4])
+    assert all(math.isfinite(h["loss/l2"]) for h in result.history if "loss/l2" in h)
+    with pytest.raises(ValueError, match="unknown restoration task"):
+        config("bad", 1, task="sr3")
+
+
+def test_multilayer_identity_levels_and_loss():
+    from hyperinverter.losses.identity import load_identity_embedder
+    from hyperinverter.losses.multilayer import MultiLayerLoss, cosine_distance_sum
+
+    torch.manual_seed(0)
+    net = load_identity_embedder("sface")  # the real weights: random ones let the deep activations vanish
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    levels = net.feature_levels(x)
+    assert [tuple(f.shape[1:]) for f in levels[:4]] == [(128, 56, 56), (256, 28, 28), (512, 14, 14), (1024, 7, 7)]
+    with torch.no_grad():
+        assert torch.allclose(F.normalize(levels[-1], dim=1), net(x), atol=1e-5)  # the embedding, un-normalised
+    loss = MultiLayerLoss(net, net.feature_levels, lambda t: t)
+    assert torch.allclose(loss(x, x), torch.zeros(2), atol=1e-4)  # float rounding of cosines over 10^5 values
+    y = torch.rand(2, 3, 112, 112) * 2 - 1
+    expected = cosine_distance_sum(net.feature_levels(y), net.feature_levels(x))
+    assert torch.allclose(loss(y, x), expected) and (expected > 0).all()
+
+
+def test_parsing_unet_layout_levels_and_strict_loading(tmp_path):
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.models.parsing import ParsingUNet, load_parsing_unet
+
+    torch.manual_seed(0)
+    unet = ParsingUNet().eval()
+    keys = set(unet.state_dict())
+    assert {"conv1.conv1.0.weight", "conv1.conv1.1.running_var", "center.conv2.1.weight", "up_concat4.up.weight",
+            "up_concat1.conv.conv2.0.bias", "final.weight"} <= keys
+    assert not any(k.startswith("up_concat1.conv.conv1.1") for k in keys)  # no BN in the up path
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        levels = unet.feature_levels(x)
+        assert [tuple(f.shape[1:]) for f in levels] == [(16, 128, 128), (32, 64, 64), (64, 32, 32), (128, 16, 16),
+                                                        (256, 16, 16)]
+        assert unet(x).shape == (1, 19, 256, 256)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in unet.state_dict().items()}}, tmp_path / "parsing.pth")
+    loaded = load_parsing_unet(tmp_path / "parsing.pth")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), unet(x))
+    state = unet.state_dict()
+    del state["final.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match="final.bias"):
+        load_parsing_unet(tmp_path / "broken.pth")
+    with pytest.raises(FileNotFoundError, match="parsing.pth"):
+        load_parsing_unet(tmp_path / "missing.pth")
+
+
+# --- degradations -------------------------------------------------------------------------------------------
+
+
+def test_inpainting_triangles_are_the_official_ones():
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        mask = triangle_mask(256, gen)
+        rows = mask.any(dim=1).nonzero().flatten()
+        cols = mask.any(dim=0).nonzero().flatten()
+        # the apex is at y = 35 and the base at y = 220; the base is 150 px wide, starting at x = 35 or 70
+        assert abs(int(rows.min()) - 35) <= 1 and abs(int(rows.max()) - 219) <= 1
+        base = mask[219].nonzero().flatten()
+        assert int(base.min()) in (35, 36, 70, 71) and 148 <= int(base.max()) - int(base.min()) <= 151
+        seen.add((int(cols.min()) < 50, int(base.min()) > 60))
+    assert len(seen) >= 3  # the random vertex choices all occur
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = inpainting(x, torch.Generator().manual_seed(1))
+    hole = out == -1
+    assert hole.any() and torch.equal(out[~hole], x[~hole])
+
+
+def test_super_resolution_is_antialiased_bicubic_then_bilinear_back():
+    x = torch.rand(2, 3, 64, 64)
+    low = bicubic_downsample(x, 4)
+    assert low.shape == (2, 3, 16, 16)
+    flat = torch.full((1, 1, 32, 32), 0.3)
+    assert torch.allclose(bicubic_downsample(flat, 2), torch.full((1, 1, 16, 16), 0.3), atol=1e-6)
+    # a 2x2 checkerboard averages out: anti-aliasing, not point sampling
+    checker = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float()[None, None]
+    assert (bicubic_downsample(checker, 2) - 0.5).abs().max() < 0.05
+    degraded = get_degradation("sr4")(x, torch.Generator())
+    torch.testing.assert_close(degraded, F.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False))
+    with pytest.raises(ValueError, match="cannot be down-sampled"):
+        get_degradation("sr16")(torch.rand(1, 3, 40, 40), torch.Generator())
+
+
+def test_colorization_uses_the_official_channel_weights_and_denoising_mixes_two_noises():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    grey = colorization(x)
+    r, g, b = GREY_WEIGHTS_OFFICIAL
+    torch.testing.assert_close(grey[:, 0], r * x[:, 0] + g * x[:, 1] + b * x[:, 2])
+    assert torch.equal(grey[:, 0], grey[:, 2])
+    noisy = denoising(torch.zeros(64, 3, 32, 32), torch.Generator().manual_seed(0))
+    assert noisy.min() >= -1 and noisy.max() <= 1
+    unit = (noisy + 1) / 2
+    salt_and_pepper = ((unit == 0) | (unit == 1) | (unit == 0.5)).flatten(1).all(dim=1)
+    assert 10 < int(salt_and_pepper.sum()) < 54  # about half of the samples
+    gaussian = unit[~salt_and_pepper]
+    assert abs(float(gaussian.sub(0.5).std()) - 0.1) < 0.01  # σ² = 0.01
