@@ -43,7 +43,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,w-opt,wplus-opt,pti --repeats 2
+	$(BIN)/python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti --repeats 2
 	$(BIN)/python benchmarks/bench_kernels.py
 
 # The demo domains' data (Debian's Fashion-MNIST package needs apt; the faces come from a pip package).

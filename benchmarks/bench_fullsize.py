@@ -13,11 +13,12 @@ The configurations are the papers' released ones:
 - ``hyperstyle``: the IR-SE50 W encoder, the ResNet-34 hypernetwork at 256 px with the released layer set (the 17
   3x3 convs, no ToRGB; 332.7M parameters), 5 iterations.
 - ``psp``, ``e4e``: the GradualStyleEncoder / Encoder4Editing on the IR-SE50 trunk at 256 px.
+- ``e2style``: three stages of the shallow IR-SE50 encoder with the efficient heads, at 256 px.
 - ``w-opt``, ``wplus-opt``, ``pti``: optimisation, timed over a few steps (with the official perceptual distance's
   network, random weights) and reported per step and per image for the official step counts (W 1000, W+ 2000,
   PTI 450 pivot + 350 tuning steps; PTI's early stop can end tuning sooner).
 
-    python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,w-opt,wplus-opt,pti --device cpu \
+    python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti --device cpu \
         --repeats 2 --optimization-batches 1
 """
 
@@ -98,8 +99,14 @@ def build_optimization(name: str):
     return builder
 
 
+def build_e2style(G):
+    from hyperinverter.methods.e2style import E2Style
+
+    return E2Style.create(G, preset="ffhq", stages=3), {}  # the released layout: IR-SE50 at 256, 3 stages
+
+
 BUILDERS = {"hyperinverter": build_hyperinverter, "hyperstyle": build_hyperstyle,
-            "psp": build_style_code_encoder("psp"), "e4e": build_style_code_encoder("e4e"),
+            "psp": build_style_code_encoder("psp"), "e4e": build_style_code_encoder("e4e"), "e2style": build_e2style,
             **{name: build_optimization(name) for name in OFFICIAL_STEPS}}
 
 

@@ -232,7 +232,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--methods", default="hyperinverter,hyperstyle,psp,e4e,w-opt,wplus-opt,pti")
+    parser.add_argument("--methods", default="hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default="kernels,precision,speed,ddp")
     parser.add_argument("--ddp-steps", type=int, default=6)

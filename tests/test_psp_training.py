@@ -70,3 +70,16 @@ def test_config_rejects_e4e_options_for_psp_and_the_trainer_is_offered():
         PspTrainingConfig(run_dir="r", data="d", generator="g", steps=1, progressive_start=10)
     assert "psp" in TRAINERS
     assert LatentDiscriminator(16)(torch.zeros(5, 16)).shape == (5,)
+
+
+def test_the_latent_pool_fills_then_swaps_half_the_codes():
+    from hyperinverter.training.psp import LatentPool
+
+    pool = LatentPool(4, 2)
+    first = torch.arange(8.0).reshape(4, 2)
+    assert torch.equal(pool.query(first, torch.ones(4), torch.zeros(4, dtype=torch.long)), first)  # filling
+    assert int(pool.filled) == 4 and torch.equal(pool.codes, first)
+    new = torch.full((2, 2), -1.0)
+    out = pool.query(new, torch.tensor([0.9, 0.1]), torch.tensor([2, 0]))
+    assert torch.equal(out[0], first[2]) and torch.equal(out[1], new[1])  # swapped; kept
+    assert torch.equal(pool.codes[2], new[0]) and torch.equal(pool.codes[0], first[0])

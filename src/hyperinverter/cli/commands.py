@@ -184,10 +184,16 @@ def _inversion(sub) -> None:
     register_evaluate(sub)
 
 
+def _applications(sub) -> None:
+    from .application_commands import register
+
+    register(sub)
+
+
 def _data(sub) -> None:
     from .data_commands import register
 
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _ganspace, _inversion, _data, _train, _demo, _web]
+REGISTRY = [_generate, _convert, _ganspace, _inversion, _applications, _data, _train, _demo, _web]

@@ -53,13 +53,21 @@ class E2Style(Inverter):
     summary = ("a shallow IR-SE encoder with efficient heads predicting W+ codes, refined by feed-forward stages "
                "(E2Style, 'A Simple Baseline for StyleGAN Inversion')")
 
-    def __init__(self, generator: Generator, *, encoders: E2StyleEncoders, encoder_resolution: int = 256) -> None:
+    def __init__(self, generator: Generator, *, encoders: E2StyleEncoders, encoder_resolution: int = 256,
+                 task: str | None = None) -> None:
+        """``task``: the restoration task the encoders were trained for (``sr4``, ``inpainting``, ...; see
+        ``hyperinverter.data.degradations``), None for inversion."""
         super().__init__(generator)
         raise_if(check_e2style_encoders(generator, encoders))
         if encoders.input_size != encoder_resolution:
             raise ValueError(f"the encoders were built for {encoders.input_size}-px inputs, not {encoder_resolution}")
+        if task is not None:
+            from ..data.degradations import get_degradation
+
+            get_degradation(task)
         self.encoders = encoders
         self.encoder_resolution = encoder_resolution
+        self.task = task
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None,
@@ -72,7 +80,7 @@ class E2Style(Inverter):
         return cls(generator, encoders=encoders, encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        return {"encoder_resolution": self.encoder_resolution}
+        return {"encoder_resolution": self.encoder_resolution, **({"task": self.task} if self.task else {})}
 
     def check_stages(self, stages: int | None) -> int:
         trained = self.encoders.stages

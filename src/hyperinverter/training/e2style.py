@@ -9,7 +9,8 @@ from SFace, and the parsing loss is off unless ``parsing_model_path`` names the 
 log and the model card say so.
 
 ``task``: a restoration task (``inpainting``, ``sr2``..``sr16``, ``colorization``, ``denoising``): the input is
-degraded on the fly and the clean image is the target.
+degraded on the fly and the clean image is the target (official extra for super-resolution: the w-norm
+regulariser, ``w_norm_weight`` 0.005).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
     multilayer_id_weight: float = 0.0  # official 0.5
     parsing_weight: float = 0.0  # official 1.0
     parsing_model_path: str | None = None
+    w_norm_weight: float = 0.0  # official 0.005 for super-resolution (and sketch / segmentation), 0 for inversion
     task: str | None = None
 
     def __post_init__(self) -> None:
@@ -134,6 +136,10 @@ class E2StyleTask(EncoderTask):
             identity = self.multilayer_id(out.image[:n], target[:n]).mean()
             loss = loss + cfg.multilayer_id_weight * identity
             stats["loss/multilayer_id"] = float(identity.detach())
+        if cfg.w_norm_weight > 0:
+            w_norm = (out.ws - self.method.generator.w_avg).flatten(1).norm(dim=1).mean()
+            loss = loss + cfg.w_norm_weight * w_norm
+            stats["loss/w_norm"] = float(w_norm.detach())
         if self.parsing is not None:
             parsing = self.parsing(out.image, target).mean()
             loss = loss + cfg.parsing_weight * parsing
@@ -162,7 +168,11 @@ def e2style_task(cfg: E2StyleTrainingConfig, device: torch.device, ctx: Distribu
         with torch.no_grad():
             encoders.latent_avg.copy_(G.w_avg.expand_as(encoders.latent_avg))
     else:
-        previous = InversionPipeline.from_pretrained(cfg.init_from, device=device).inverter("e2style").encoders
+        previous_method = InversionPipeline.from_pretrained(cfg.init_from, device=device).inverter("e2style")
+        if previous_method.task != cfg.task:
+            raise ValueError(f"{cfg.init_from} was trained for task {previous_method.task!r}, this stage for "
+                             f"{cfg.task!r}")
+        previous = previous_method.encoders
         if previous.stages != cfg.stage - 1:
             raise ValueError(f"{cfg.init_from} holds {previous.stages} E2Style stages; stage {cfg.stage} refines "
                              f"a model of {cfg.stage - 1}")
@@ -175,7 +185,7 @@ def e2style_task(cfg: E2StyleTrainingConfig, device: torch.device, ctx: Distribu
     encoders.requires_grad_(False).eval()  # earlier stages: frozen, BatchNorm on its running statistics
     trainable = encoders.stage(cfg.stage - 1).requires_grad_(True)
     cfg.init_trunk(trainable)
-    method = E2Style(G, encoders=encoders, encoder_resolution=cfg.encoder_resolution)
+    method = E2Style(G, encoders=encoders, encoder_resolution=cfg.encoder_resolution, task=cfg.task)
     return E2StyleTask(cfg, device, method=method, trainable=trainable, gan=gan, bundle={"e2style": method},
                        synthetic=False)
 

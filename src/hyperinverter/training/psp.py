@@ -10,8 +10,9 @@ e4e adds, as its official coach:
 - the delta regulariser ``Σ_{i=1..stage} mean_b ‖w_i − w_0‖₂``;
 - the latent discriminator on W (an MLP: 3 × [Linear, LeakyReLU(0.2)] + Linear, plain Adam at lr 2e-5) fed real
   codes ``mapping(z)`` against the encoder's codes, with its R1 penalty every 16 steps, and the encoder's
-  non-saturating loss on every active row. One deviation: instead of the official pool of 50 past codes, each fake
-  is one active row of the current batch, picked at random per sample.
+  non-saturating loss on every active row. Its fakes go through the official pool of past codes (``w_pool_size``
+  50, the README's ``--use_w_pool``): one random active row per sample; once the pool is full, each is swapped with
+  probability 1/2 for a stored code, which it replaces. Without the pool (``w_pool_size: 0``) the fakes are row 0.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class PspTrainingConfig(EncoderTrainingConfig):
     w_discriminator_lr: float = 2e-5
     w_r1_gamma: float = 10.0
     w_r1_interval: int = 16
+    w_pool_size: int = 50  # 0: no pool (the fakes are row 0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,6 +89,33 @@ class LatentDiscriminator(nn.Module):
         return self.net(w).squeeze(1)
 
 
+class LatentPool(nn.Module):
+    """e4e's pool of past fake codes (CycleGAN's image pool), kept in buffers so that a resumed run continues it:
+    until the pool is full every code goes in and is returned as it is; then each code is, with probability 1/2,
+    returned as a random stored code that it replaces, else returned as it is."""
+
+    def __init__(self, size: int, w_dim: int) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("codes", torch.zeros(size, w_dim))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def query(self, codes: torch.Tensor, coins: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``codes [N, w_dim]``; ``coins [N]`` uniform in [0, 1); ``slots [N]`` stored indices (drawn by the caller)."""
+        out = codes.clone()
+        for i, code in enumerate(codes):
+            filled = int(self.filled)
+            if filled < self.size:
+                self.codes[filled] = code
+                self.filled += 1
+            elif coins[i] > 0.5:
+                slot = int(slots[i])
+                out[i] = self.codes[slot]
+                self.codes[slot] = code
+        return out
+
+
 class PspTask(EncoderTask):
     """The reconstruction phase with pSp's and e4e's latent terms, and e4e's latent discriminator phases."""
 
@@ -94,11 +123,14 @@ class PspTask(EncoderTask):
         super().__init__(cfg, device, **kwargs)
         self.encoder: StyleCodeEncoder = self.trainable
         self.max_stage = self.encoder.config.n_styles - 1
-        self.W_D = None
+        self.W_D = self.pool = None
         if cfg.w_adv_weight > 0:
             self.W_D = LatentDiscriminator(self.encoder.w_dim).to(device)
             self.opt_wd = torch.optim.Adam(self.W_D.parameters(), lr=cfg.w_discriminator_lr)
             self.modules["W_D"], self.optimizers["W_D"] = self.W_D, self.opt_wd
+            if cfg.w_pool_size > 0:
+                self.pool = LatentPool(cfg.w_pool_size, self.encoder.w_dim).to(device)
+                self.modules["W_pool"] = self.pool
 
     def phases(self) -> list[Phase]:
         phases = super().phases()
@@ -117,6 +149,8 @@ class PspTask(EncoderTask):
             G = self.method.generator
             batch["z"] = torch.randn(real.shape[0], G.z_dim, generator=gen)
             batch["row"] = torch.rand(real.shape[0], generator=gen)  # which active row each fake code is
+            batch["pool_coin"] = torch.rand(real.shape[0], generator=gen)
+            batch["pool_slot"] = torch.randint(max(self.cfg.w_pool_size, 1), (real.shape[0],), generator=gen)
         return batch
 
     def _real_w(self, z: torch.Tensor) -> torch.Tensor:
@@ -128,9 +162,13 @@ class PspTask(EncoderTask):
         if phase.name == "W_D":
             with torch.no_grad():
                 ws = self.method.encode(batch["x"])
-            active = self.encoder.active_deltas()
-            rows = (batch["row"] * (active + 1)).long().clamp(max=active)
-            fake = ws[torch.arange(len(ws), device=ws.device), rows]
+            if self.pool is None:
+                fake = ws[:, 0]
+            else:
+                active = self.encoder.active_deltas()
+                rows = (batch["row"] * (active + 1)).long().clamp(max=active)
+                fake = self.pool.query(ws[torch.arange(len(ws), device=ws.device), rows], batch["pool_coin"],
+                                       batch["pool_slot"])
             loss = F.softplus(-self.W_D(self._real_w(batch["z"]))).mean() + F.softplus(self.W_D(fake)).mean()
             return loss, {"loss/W_D": float(loss.detach())}
         if phase.name == "W_D_r1":

@@ -1,0 +1,76 @@
+"""E2Style's applications: restoration with a task-trained model, face swapping; API and CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyperinverter.cli.main import main
+from hyperinverter.data.degradations import get_degradation
+from hyperinverter.io.images import save_image
+from hyperinverter.methods.e2style import E2Style
+from hyperinverter.pipeline import InversionPipeline
+from hyperinverter.restoration import face_mask, face_swap, restore
+
+
+@pytest.fixture
+def sr_pipe(tiny_generator, tmp_path):
+    torch.manual_seed(0)
+    encoders = E2Style.create(tiny_generator, stages=2).encoders
+    method = E2Style(tiny_generator, encoders=encoders, encoder_resolution=64, task="sr4")
+    InversionPipeline(method, device="cpu").save_pretrained(tmp_path / "sr4")
+    return InversionPipeline.from_pretrained(tmp_path / "sr4", device="cpu"), tmp_path
+
+
+def images(n=2, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_the_task_is_kept_in_the_bundle_and_restoration_reads_the_degraded_image(sr_pipe):
+    pipe, _ = sr_pipe
+    assert pipe.inverter().task == "sr4"
+    x = images()
+    out = restore(pipe, x, simulate=True, seed=3)
+    expected = get_degradation("sr4")(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(out.degraded, expected)
+    torch.testing.assert_close(out.result.image, pipe.invert(expected).image)
+    plain = restore(pipe, expected)  # an already degraded input is read as it is
+    torch.testing.assert_close(plain.result.image, out.result.image)
+    with pytest.raises(ValueError, match="unknown restoration task"):
+        E2Style(pipe.generator, encoders=pipe.inverter().encoders, encoder_resolution=64, task="sr3")
+
+
+def test_restoration_needs_a_task_model(pipeline):
+    with pytest.raises(ValueError, match="not trained for a restoration task"):
+        restore(pipeline, images())
+
+
+def test_face_mask_and_swap_composite(sr_pipe):
+    pipe, _ = sr_pipe
+    mask = face_mask(64)
+    assert mask.shape == (1, 1, 64, 64) and mask.min() == 0 and mask.max() == 1
+    assert mask[0, 0, 32, 32] == 1 and mask[0, 0, 0, 0] == 0 and mask[0, 0, 63, 63] == 0
+    assert ((mask > 0) & (mask < 1)).any()  # feathered
+    source, target = images(1, 1), images(1, 2)
+    swap = face_swap(pipe, source, target)
+    inside, outside = swap.mask[0, 0] == 1, swap.mask[0, 0] == 0
+    assert torch.equal(swap.composite[..., inside], source[..., inside])
+    assert torch.equal(swap.composite[..., outside], target[..., outside])
+    torch.testing.assert_close(swap.result.image, pipe.invert(swap.composite).image)
+    with pytest.raises(ValueError, match="same shape"):
+        face_swap(pipe, source, images(2))
+
+
+def test_restore_and_swap_commands(sr_pipe, pipeline, capsys):
+    pipe, tmp_path = sr_pipe
+    for i in range(2):
+        save_image(images(1, i)[0], tmp_path / "in" / f"{i}.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    code = main(["restore", str(tmp_path / "in"), "--model", str(tmp_path / "sr4"), "--simulate", "--device", "cpu",
+                 "--out", str(tmp_path / "out")])
+    assert code == 1  # the broken input failed, the others were restored
+    assert "broken.png" in capsys.readouterr().err
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"0.png", "0_compare.png", "1.png", "1_compare.png"}
+    code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
+                 str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap.png")])
+    assert code == 0 and (tmp_path / "swap.png").is_file() and (tmp_path / "swap_compare.png").is_file()
