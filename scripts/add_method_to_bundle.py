@@ -47,7 +47,7 @@ from hyperinverter.pipeline import InversionPipeline, read_pipeline_index, save_
 
 logger = logging.getLogger("add_method_to_bundle")
 
-TRAINER = {"hyperstyle": "hyperstyle", "psp": "psp", "e4e": "psp"}  # method -> `hyperinverter train` kind
+TRAINER = {"hyperstyle": "hyperstyle", "psp": "psp", "e4e": "psp", "e2style": "e2style"}  # method -> `hyperinverter train` kind
 
 
 def _same_stored_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -139,7 +139,7 @@ def add_method(bundle_dir: Path, run_dir: Path, method: str, *, examples: Path, 
     reference = InversionPipeline(methods, default_method=method, device=device)
     with staged_directory(bundle_dir, "pipeline") as tmp:
         save_pipeline(methods, tmp / "_pipeline", default_method=bundle.default_method, dtype=torch.float16,
-                      align_scale=float(index.get("align_scale", 1.0)))
+                      align_scale=float(index.get("align_scale", 1.0)), discriminator=bundle.discriminator)
         written = set()
         for item in (tmp / "_pipeline").iterdir():
             os.replace(item, tmp / item.name)

@@ -303,3 +303,17 @@ def test_import_pti_writes_an_inversion_file_the_model_renders(G, tmp_path, caps
     loaded, record = pipe.load_result(out)
     assert record["method"] == "pti"
     assert torch.allclose(loaded.image, ours.image, atol=1e-5)
+
+
+def test_a_bundle_with_its_discriminator_saves_over_itself_and_hands_it_to_optimisation(tmp_path):
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
+    from hyperinverter.pipeline import InversionPipeline
+
+    G = build_tiny_generator()
+    D = Discriminator(DiscriminatorConfig(resolution=G.resolution, channel_base=256, channel_max=32))
+    InversionPipeline(Phase1.create(G), device="cpu", discriminator=D).save_pretrained(tmp_path / "bundle")
+    pipe = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+    assert pipe.discriminator is not None
+    pipe.save_pretrained(tmp_path / "bundle")  # its own discriminator folder is ours: replaced, not refused
+    assert pipe.inverter("w-opt").distance("auto", torch.device("cpu"))[0] in ("dfeat", "lpips-vgg")

@@ -232,7 +232,7 @@ def output_kind(folder: Path) -> str | None:
 def _owned_entries(folder: Path, kind: str) -> frozenset[str]:
     if kind == "pipeline":
         index = _read_json(folder / PIPELINE_INDEX) or {}
-        listed = {index["generator"]} if isinstance(index.get("generator"), str) else set()
+        listed = {index[key] for key in ("generator", "discriminator") if isinstance(index.get(key), str)}
         components = index.get("components")  # format 1: a list of folders
         if isinstance(components, list):
             listed |= {c for c in components if isinstance(c, str)}

@@ -5,7 +5,8 @@ The official recipe (``../shared/reference/methods_baselines.md`` §4):
 1. **Pivot**: the projector in W with PTI's settings: 450 steps, lr 0.01, w statistics from 600 samples. Its
    optimised noise maps are thrown away: tuning and rendering use the generator's own noise buffers.
 2. **Tuning**: every synthesis parameter, Adam lr 3e-4, up to 350 steps, loss L2 + LPIPS-alex between
-   G(w_p) and the image; an image stops (before its update) once its LPIPS is ≤ 0.06.
+   G(w_p) and the image at full resolution (the pivot's projector compares 256-px copies; tuning does not); an
+   image stops (before its update) once its LPIPS is ≤ 0.06.
 3. **Locality regulariser** (the paper's §3.3): each step one z is mapped with ψ = 0.5, the code moved to
    distance α = 30 from the pivot along it, ``w_r = w_p + α·(w_z − w_p)/‖w_z − w_p‖``, and the tuned generator
    must keep the original's image there (0.1·L2 + 0.1·LPIPS, noise off). The official repository ships it
@@ -27,14 +28,7 @@ import torch.nn.functional as F
 
 from ..models.weight_delta import WeightDelta
 from .base import InversionResult, Stopwatch
-from .projector import (
-    OptimizationMethod,
-    PerImageRandom,
-    ProjectorSettings,
-    pooled_for_distance,
-    project,
-    step_progress,
-)
+from .projector import OptimizationMethod, PerImageRandom, ProjectorSettings, project, step_progress
 from .registry import register_method
 
 
@@ -91,7 +85,6 @@ class PTI(OptimizationMethod):
         optimizer = torch.optim.Adam(delta.values(), lr=o["learning_rate"])
         rng = PerImageRandom(images, o["seed"] + 1)
         active = torch.ones(batch, dtype=torch.bool, device=device)
-        target_small = pooled_for_distance(images)
         bar, advance = step_progress(o["progress"], o["steps"], "PTI tuning")
         with torch.enable_grad(), bar:
             for step in range(o["steps"]):
@@ -99,7 +92,7 @@ class PTI(OptimizationMethod):
                 out = G.synthesis(pivot, weight_delta=tuned, noise_mode="const")
                 per_image = o["l2_weight"] * (out - images).square().mean(dim=(1, 2, 3))
                 if distance is not None:
-                    perceptual = distance(pooled_for_distance(out), target_small)
+                    perceptual = distance(out, images)  # official: full resolution, no resize
                     per_image = per_image + o["perceptual_weight"] * perceptual
                     if early_stop:  # official: measured before the update, and the update is skipped
                         active &= perceptual.detach() > o["early_stop_lpips"]
@@ -132,6 +125,5 @@ class PTI(OptimizationMethod):
         changed = G.synthesis(w_r, weight_delta=tuned, noise_mode="none")
         loss = o["locality_l2_weight"] * F.mse_loss(changed, original, reduction="none").mean(dim=(1, 2, 3))
         if distance is not None:
-            loss = loss + o["locality_perceptual_weight"] * distance(pooled_for_distance(changed),
-                                                                     pooled_for_distance(original))
+            loss = loss + o["locality_perceptual_weight"] * distance(changed, original)
         return loss
