@@ -42,6 +42,9 @@ CATALOGUE: tuple[Artifact, ...] = (
     Artifact("faces-64-sketch", "generator", "faces-64's generator fine-tuned to pencil sketches: HyperStyle's "
              "domain adaptation (`invert --render-with faces-64-sketch`), made here (bundled)",
              "faces-64/sketch_generator", "research only (as faces-64)", bundled=True),
+    Artifact("faces-64-sr4", "pipeline", "E2Style super-resolution x4 on faces-64's generator (16 -> 64 px), trained "
+             "here on CPU (bundled; `hyperinverter restore`)", "faces-64-sr4", "research only (as faces-64)",
+             bundled=True),
     Artifact("fashion-32", "pipeline", "HyperInverter for 32x32 Fashion-MNIST, trained here on CPU (bundled)",
              "fashion-32", "MIT (Fashion-MNIST)", bundled=True),
     Artifact("stylegan2-ffhq-config-f", "generator", "official StyleGAN2 FFHQ 1024 config-f, NVIDIA pickle",
