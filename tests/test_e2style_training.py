@@ -29,18 +29,18 @@ def setup(tiny_gan_data, tmp_path):
     gan, data = tiny_gan_data
 
     def config(run, steps, **kw):
-        defaults = dict(run_dir=str(tmp_path / run), data="unused", generator=str(gan), steps=steps,
-                        batch_size=4, lr=3e-3, optimizer="adam",
-                        trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)), encoder_resolution=64,
-                        hflip=False, log_every=1, val_every=1000, sample_every=1000, checkpoint_every=1000,
-                        progress=False, tensorboard=False, device="cpu")
+        defaults = {"run_dir": str(tmp_path / run), "data": "unused", "generator": str(gan), "steps": steps,
+                    "batch_size": 4, "lr": 3e-3, "optimizer": "adam",
+                    "trunk": TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+                    "encoder_resolution": 64, "hflip": False, "log_every": 1, "val_every": 1000, "sample_every": 1000,
+                    "checkpoint_every": 1000, "progress": False, "tensorboard": False, "device": "cpu"}
         return E2StyleTrainingConfig(**{**defaults, **kw})
 
     return config, data, tmp_path
 
 
 def test_stage_one_learns_and_stage_two_trains_only_its_own_encoder(setup):
-    config, data, tmp_path = setup
+    config, data, _ = setup
     assert "e2style" in TRAINERS
     first = train_e2style(config("stage1", 25), images=data, val_images=data[:4])
     losses = [h["loss/l2"] for h in first.history if "loss/l2" in h]

@@ -29,7 +29,8 @@ PATH_KEYS = ("data", "generator", "w_encoder")
 TRAINER_OF_STEM = {"generator": "generator", "w-encoder": "w-encoder", "hypernetwork": "hypernetwork",
                    "ffhq-1024": "hypernetwork", "church-256": "hypernetwork", "hyperstyle": "hyperstyle",
                    "discriminator": "generator", "sketch-generator": "generator", "psp": "psp", "e4e": "psp",
-                   **{f"e2style-{run}": "e2style" for run in ("stage1", "stage2", "stage3", "sr4")}}
+                   **{f"e2style-{run}": "e2style" for run in ("stage1", "stage2", "stage3", "sr2", "sr4", "sr8", "sr16",
+                                                                "inpainting", "colorization", "denoising")}}
 CONFIG_CLASS = {name: trainer.load()[0] for name, trainer in TRAINERS.items()}
 
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))

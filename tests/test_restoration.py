@@ -61,8 +61,8 @@ def test_face_mask_and_swap_composite(sr_pipe):
         face_swap(pipe, source, images(2))
 
 
-def test_restore_and_swap_commands(sr_pipe, pipeline, capsys):
-    pipe, tmp_path = sr_pipe
+def test_restore_and_swap_commands(sr_pipe, capsys):
+    _, tmp_path = sr_pipe
     for i in range(2):
         save_image(images(1, i)[0], tmp_path / "in" / f"{i}.png")
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
