@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from hyperinverter.cli.main import main
@@ -75,3 +76,55 @@ def test_iterative_methods_are_scored_at_every_iteration(tiny_generator, tmp_pat
     assert image.size[0] > 600 and image.size[1] > 300
     report.save(tmp_path / "report")
     assert len(json.loads((tmp_path / "report.json").read_text())["iterations"]["hyperstyle"]) == 5
+
+
+# --- two folders ----------------------------------------------------------------------------------------------
+
+
+def _write_pairs(tmp_path, n=3, noise=0.1):
+
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        gt = torch.rand(3, 16, 16, generator=gen) * 2 - 1
+        save_image(gt, tmp_path / "gt" / f"{i:03d}.png")
+        save_image((gt + noise * torch.randn(3, 16, 16, generator=gen)).clamp(-1, 1), tmp_path / "pred" / f"{i:03d}.png")
+
+
+def test_two_folders_are_paired_by_name_and_scored(tmp_path, capsys):
+    from hyperinverter.evaluation import evaluate_folders
+    from hyperinverter.io.images import pil_to_tensor, read_image
+
+    _write_pairs(tmp_path)
+    report, problems = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+    assert not problems and report.num_images == 3
+    x = torch.cat([pil_to_tensor(read_image(tmp_path / "pred" / f"{i:03d}.png")) for i in range(3)])
+    y = torch.cat([pil_to_tensor(read_image(tmp_path / "gt" / f"{i:03d}.png")) for i in range(3)])
+    for name, fn in PIXEL_METRICS.items():
+        assert report.metrics["pred"][name] == pytest.approx(float(fn(x, y).mean()), rel=1e-5)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report.md").is_file() and "| pred |" in capsys.readouterr().out
+
+
+def test_mismatched_folders_are_an_error_naming_the_files(tmp_path, capsys):
+    from hyperinverter.evaluation import FolderPairs
+
+    _write_pairs(tmp_path)
+    (tmp_path / "pred" / "002.png").rename(tmp_path / "pred" / "009.png")
+    with pytest.raises(ValueError, match=r"1 only in .*pred \(009\); 1 only in .*gt \(002\)"):
+        FolderPairs.match(tmp_path / "pred", tmp_path / "gt")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "do not hold the same images" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_pair_of_other_sizes_or_an_unreadable_file_is_reported_and_left_out(tmp_path):
+    from hyperinverter.evaluation import evaluate_folders
+
+    _write_pairs(tmp_path)
+    save_image(torch.zeros(3, 8, 8), tmp_path / "pred" / "001.png")
+    (tmp_path / "pred" / "000.png").write_bytes(b"broken")
+    report, problems = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+    assert report.num_images == 1 and len(problems) == 2
+    assert any("000.png" in p for p in problems) and any("is not the ground truth's" in p for p in problems)

@@ -45,7 +45,8 @@ class EvaluationReport:
                  "|---|" + "---|" * (len(names) + 1)]
         for method, values in self.metrics.items():
             cells = [f"{values[m]:.4f}" if m in values else "–" for m in names]
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {self.seconds_per_image.get(method, 0):.4f} |")
+            seconds = f"{self.seconds_per_image[method]:.4f}" if method in self.seconds_per_image else "–"
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds} |")
         if "mse" in self.metrics.get("phase1", {}):
             p1 = self.metrics["phase1"]["mse"]
             changes = [f"{m} {(v['mse'] - p1) / p1:+.1%}" for m, v in self.metrics.items()
@@ -184,3 +185,102 @@ def quality_bars(report: EvaluationReport, *, min_mse_reduction: float = 0.4) ->
     bars = {f"{m} better": (p2[m] > p1[m]) if HIGHER_IS_BETTER[m] else (p2[m] < p1[m]) for m in p1}
     bars[f"mse at least {min_mse_reduction:.0%} lower"] = p2["mse"] <= (1 - min_mse_reduction) * p1["mse"]
     return bars
+
+
+# --- two folders ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FolderPairs:
+    """Images of a prediction folder and a ground-truth folder, paired by their path relative to the folder
+    without the suffix (``a/001.png`` pairs with ``a/001.jpg``)."""
+
+    pairs: list[tuple[Path, Path]]
+
+    @classmethod
+    def match(cls, pred: Path, gt: Path) -> FolderPairs:
+        """Pair every image; a set that does not match (an image on one side only, or two images with one name)
+        is a ``ValueError`` naming the files, before any work."""
+        from .io.images import find_images
+
+        def keyed(folder: Path) -> dict[str, Path]:
+            found = find_images([folder])
+            if found.problems:
+                raise ValueError("; ".join(str(p) for p in found.problems[:5]))
+            keys: dict[str, Path] = {}
+            for path in found.paths:
+                key = path.relative_to(folder).with_suffix("").as_posix()
+                if key in keys:
+                    raise ValueError(f"{folder}: {keys[key].name} and {path.name} have the same name: which one is "
+                                     "meant is ambiguous")
+                keys[key] = path
+            if not keys:
+                raise ValueError(f"{folder}: no images")
+            return keys
+
+        pred, gt = Path(pred), Path(gt)
+        a, b = keyed(pred), keyed(gt)
+        only_pred, only_gt = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        if only_pred or only_gt:
+            parts = []
+            if only_pred:
+                parts.append(f"{len(only_pred)} only in {pred} ({', '.join(only_pred[:5])})")
+            if only_gt:
+                parts.append(f"{len(only_gt)} only in {gt} ({', '.join(only_gt[:5])})")
+            raise ValueError("the folders do not hold the same images: " + "; ".join(parts))
+        return cls([(a[k], b[k]) for k in sorted(a)])
+
+
+def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetric] | None = None,
+                     batch_size: int = 32, progress: bool = True) -> tuple[EvaluationReport, list[str]]:
+    """Score the images of ``pred`` against the same-named images of ``gt`` (:class:`FolderPairs`).
+
+    Each pair is compared at the ground truth's size (a prediction of another size is an error for that pair,
+    reported, and left out). Returns the report (one row, ``pred``) and the problems.
+    """
+    from .io.images import pil_to_tensor, read_image
+
+    metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
+    pairs = FolderPairs.match(Path(pred), Path(gt)).pairs
+    sums: dict[str, float] = {}
+    problems: list[str] = []
+    count = 0
+    batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def flush() -> None:
+        nonlocal count
+        if not batch:
+            return
+        by_shape: dict[tuple, list] = {}
+        for x, y in batch:
+            by_shape.setdefault(tuple(y.shape), []).append((x, y))
+        for group in by_shape.values():
+            x = torch.cat([g[0] for g in group])
+            y = torch.cat([g[1] for g in group])
+            for name, fn in metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(fn(x, y).sum())
+            count += len(group)
+        batch.clear()
+
+    for pred_path, gt_path in tqdm(pairs, desc="evaluate folders", disable=not progress):
+        try:
+            target = pil_to_tensor(read_image(gt_path))
+            output = pil_to_tensor(read_image(pred_path), channels=target.shape[1])
+        except (OSError, ValueError) as e:
+            problems.append(str(e))
+            continue
+        if output.shape != target.shape:
+            problems.append(f"{pred_path}: its size {tuple(output.shape[2:])} is not the ground truth's "
+                            f"{tuple(target.shape[2:])} ({gt_path})")
+            continue
+        batch.append((output, target))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if count == 0:
+        raise ValueError(f"no pair of {pred} and {gt} could be compared: {problems[:3]}")
+    report = EvaluationReport(dataset=f"{pred} against {gt}", num_images=count,
+                              metrics={"pred": {k: v / count for k, v in sums.items()}},
+                              seconds_per_image={}, notes=[f"left out: {p}" for p in problems])
+    return report, problems
+

@@ -10,8 +10,8 @@ from pathlib import Path
 from .arguments import add_device, finite_float, positive_int
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
+def _add_model(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
                    help="a catalogue name (see `hyperinverter models`) or a pipeline folder (./name for a folder "
                    "in the current directory)")
     add_device(p)
@@ -384,12 +384,17 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def register_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score every method of a model on a held-out image folder",
+    p = sub.add_parser("evaluate", help="score every method of a model on a held-out image folder, or any two "
+                       "folders of images",
                        description="Inverts every image of DATA with each method and reports MSE, PSNR, SSIM, "
                        "MS-SSIM (and identity similarity with SFace when --identity is given) and seconds per image. "
-                       "Unreadable images are listed in the report and left out; the exit status is then 1.")
-    p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
-    _add_model(p)
+                       "With --pred and --gt instead, scores the images of PRED against the same-named images of GT "
+                       "(any method's outputs, also from other code); folders that do not hold the same names are an "
+                       "error. Unreadable images are listed in the report and left out; the exit status is then 1.")
+    p.add_argument("--data", type=Path, help="held-out image folder (never the training data)")
+    p.add_argument("--pred", type=Path, help="a folder of predictions, to score against --gt (no model needed)")
+    p.add_argument("--gt", type=Path, help="the ground-truth folder for --pred: files paired by name")
+    _add_model(p, required=False)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
@@ -411,6 +416,43 @@ def _method_option(text: str) -> tuple[str, str, object]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if (args.pred is None) != (args.gt is None):
+        print("error: --pred and --gt go together", file=sys.stderr)
+        return 2
+    if args.pred is not None:
+        if args.model is not None or args.data is not None:
+            print("error: give either --pred and --gt, or --model and --data", file=sys.stderr)
+            return 2
+        return _evaluate_folders(args)
+    if args.model is None or args.data is None:
+        print("error: evaluate needs --model and --data (or --pred and --gt)", file=sys.stderr)
+        return 2
+    return _evaluate_model(args)
+
+
+def _evaluate_folders(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_folders
+
+    extra = {}
+    if args.identity:
+        from ..losses.identity import identity_similarity, load_identity_embedder
+
+        embedder = load_identity_embedder("sface", "cpu")
+        extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b)
+    try:
+        report, problems = evaluate_folders(args.pred, args.gt, extra_metrics=extra, batch_size=args.batch_size)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report.notes.append("command: `hyperinverter " + " ".join(sys.argv[1:]) + "`")
+    report.save(args.out)
+    print(report.to_markdown())
+    _report_failures(problems)
+    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
+    return 1 if problems else 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
     from ..data.folder import ImageFolderDataset
     from ..evaluation import evaluate, quality_bars
     from ..training.run import preload_uint8, uint8_to_float
