@@ -128,3 +128,15 @@ def test_a_pair_of_other_sizes_or_an_unreadable_file_is_reported_and_left_out(tm
     report, problems = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
     assert report.num_images == 1 and len(problems) == 2
     assert any("000.png" in p for p in problems) and any("is not the ground truth's" in p for p in problems)
+
+
+def test_lpips_is_reported_unavailable_offline_never_dropped(tmp_path, monkeypatch):
+    from hyperinverter.evaluation import lpips_metric
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))  # no backbone file there
+    metrics, note = lpips_metric()
+    assert metrics == {} and note.startswith("LPIPS-alex: unavailable here") and "alexnet" in note
+    _write_pairs(tmp_path)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--out", str(tmp_path / "report")]) == 0
+    assert "LPIPS-alex: unavailable here" in (tmp_path / "report.md").read_text()

@@ -187,6 +187,23 @@ def quality_bars(report: EvaluationReport, *, min_mse_reduction: float = 0.4) ->
     return bars
 
 
+def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple[dict[str, PairMetric], str | None]:
+    """The paper's LPIPS (AlexNet) as a metric when its files are installed: ``({"lpips": fn}, None)``; else
+    ``({}, note)``, the note saying that it is unavailable and why (a report never drops it silently)."""
+    from .losses.lpips import LPIPS
+
+    try:
+        network = LPIPS.from_files(net).to(device).eval()
+    except FileNotFoundError as e:
+        return {}, f"LPIPS-{net}: unavailable here ({e})"
+
+    def metric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        small = (lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 256)) if a.shape[-1] > 256 else (lambda t: t)
+        return network(small(a), small(b))  # the papers compare 256-px images
+
+    return {"lpips": metric}, None
+
+
 # --- two folders ----------------------------------------------------------------------------------------------
 
 

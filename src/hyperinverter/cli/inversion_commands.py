@@ -431,9 +431,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_folders(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_folders
+    from ..evaluation import evaluate_folders, lpips_metric
 
-    extra = {}
+    extra, lpips_note = lpips_metric()
     if args.identity:
         from ..losses.identity import identity_similarity, load_identity_embedder
 
@@ -445,6 +445,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report.notes.append("command: `hyperinverter " + " ".join(sys.argv[1:]) + "`")
+    report.notes += [lpips_note] if lpips_note else []
     report.save(args.out)
     print(report.to_markdown())
     _report_failures(problems)
@@ -454,7 +455,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..data.folder import ImageFolderDataset
-    from ..evaluation import evaluate, quality_bars
+    from ..evaluation import evaluate, lpips_metric, quality_bars
     from ..training.run import preload_uint8, uint8_to_float
 
     pipe = _load_pipeline(args)
@@ -464,7 +465,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     failures = list(dataset.errors.values())
     if args.max_images:
         images = images[: args.max_images]
-    extra = {}
+    extra, lpips_note = lpips_metric(pipe.device)
     if args.identity:
         from ..losses.identity import (
             FFHQ_CROP,
@@ -488,6 +489,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
+    report.notes += [lpips_note] if lpips_note else []
     report.notes.append("command: `hyperinverter " + " ".join(sys.argv[1:]) + "`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)
