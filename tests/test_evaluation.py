@@ -140,3 +140,30 @@ def test_lpips_is_reported_unavailable_offline_never_dropped(tmp_path, monkeypat
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                  "--out", str(tmp_path / "report")]) == 0
     assert "LPIPS-alex: unavailable here" in (tmp_path / "report.md").read_text()
+
+
+def test_ground_truth_editability_compares_edits_with_the_generators_own(pipeline):
+    from hyperinverter.editing import LinearDirection
+    from hyperinverter.evaluation import ground_truth_editability
+
+    G = pipeline.generator
+    gen = torch.Generator().manual_seed(5)
+    directions = {"a": LinearDirection(torch.randn(1, G.w_dim, generator=gen), name="a"),
+                  "b": LinearDirection(torch.randn(1, G.w_dim, generator=gen), name="b")}
+    methods = ["phase1", "hyperinverter"]
+    report = ground_truth_editability(pipeline, directions, methods=methods, num_images=6, strengths=(-1.0, 1.0),
+                                      batch_size=4)
+    assert set(report.metrics) == set(methods) and report.num_images == 6
+    for method in methods:  # the overall mean is the mean of the directions' means
+        for metric in ("mse", "ssim"):
+            by_direction = [report.by_direction[method][d][metric] for d in directions]
+            assert report.metrics[method][metric] == pytest.approx(sum(by_direction) / 2, rel=1e-6)
+    # strength 0: the "edit" is the reconstruction of the generated image, scored against that image
+    zero = ground_truth_editability(pipeline, {"a": directions["a"]}, methods=["hyperinverter"], num_images=6,
+                                    strengths=(0.0,), batch_size=4)
+    with torch.no_grad():
+        z = torch.randn(6, G.z_dim, generator=torch.Generator().manual_seed(0))
+        x = pipeline.render(G.mapping(z))
+        expected = float(PIXEL_METRICS["mse"](pipeline.invert(x, method="hyperinverter").image, x).mean())
+    assert zero.metrics["hyperinverter"]["mse"] == pytest.approx(expected, rel=1e-5)
+    assert "| hyperinverter |" in report.to_markdown()

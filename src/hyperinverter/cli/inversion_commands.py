@@ -398,6 +398,9 @@ def register_evaluate(sub) -> None:
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--editability", type=positive_int, default=None, metavar="N",
+                   help="also measure ground-truth editability on N images the generator makes from known codes, "
+                   "with the model's directions (writes OUT-editability.md/.json)")
     p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
                    help="comma-separated methods to score (default: every trained method of the model)")
     p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
@@ -501,6 +504,30 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     if {"phase1", "hyperinverter"} <= report.metrics.keys():
         bars = quality_bars(report)
         print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
+    if args.editability:
+        _editability(args, pipe, report, extra, options)
     _report_failures(failures)
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
     return 1 if failures else 0
+
+
+def _editability(args: argparse.Namespace, pipe, report, extra: dict, options: dict) -> None:
+    import dataclasses
+    import json
+
+    from ..catalogue import local_model_path
+    from ..editing.directions import load_model_directions
+    from ..evaluation import ground_truth_editability
+    from ..io.files import atomic_write_bytes
+
+    directions = load_model_directions(local_model_path(args.model))
+    if not directions:
+        print(f"no editability: {args.model} ships no directions", file=sys.stderr)
+        return
+    result = ground_truth_editability(pipe, directions, methods=list(report.metrics), num_images=args.editability,
+                                      extra_metrics=extra, batch_size=args.batch_size, options=options)
+    stem = args.out.with_name(args.out.name + "-editability")
+    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(dataclasses.asdict(result), indent=2) + "\n").encode())
+    atomic_write_bytes(stem.with_suffix(".md"), result.to_markdown().encode())
+    print(result.to_markdown())
+    print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
