@@ -21,7 +21,7 @@ import torch
 from hyperinverter.catalogue import generator_path
 from hyperinverter.convert.gan_files import load_generator
 from hyperinverter.data.sources import stylise_images
-from hyperinverter.io.images import enlarge_nearest, find_images, labelled_row, make_grid, save_image
+from hyperinverter.io.images import find_images, labelled_columns, save_image
 from hyperinverter.pipeline import InversionPipeline
 
 
@@ -41,9 +41,7 @@ def figure(model: str, render_with: str, images: list[Path], *, style: str = "sk
             "HyperStyle, G'": pipe.adapt(styled, tuned),
             "HyperInverter, G'": pipe.adapt(hyperinverter, tuned),
         }
-    size = x.shape[-1] * scale
-    strips = [make_grid(enlarge_nearest(c.cpu().clamp(-1, 1), size), nrow=1) for c in columns.values()]
-    return labelled_row(torch.cat(strips), list(columns))
+    return labelled_columns(columns, scale=scale)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hyperinverter.io.images import enlarge_nearest, find_images, labelled_row, make_grid, save_image
+from hyperinverter.io.images import find_images, labelled_columns, save_image
 from hyperinverter.pipeline import InversionPipeline
 from hyperinverter.restoration import face_swap, restore
 
@@ -36,9 +36,7 @@ def figure(images: list[Path], *, sr_model: str = "faces-64-sr4", model: str = "
             "next face pasted": swap.composite,
             "swap (E2Style)": swap.result.image,
         }
-    size = x.shape[-1] * scale
-    strips = [make_grid(enlarge_nearest(c.cpu().clamp(-1, 1), size), nrow=1) for c in columns.values()]
-    return labelled_row(torch.cat(strips), list(columns))
+    return labelled_columns(columns, scale=scale)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,14 @@ def labelled_row(images: torch.Tensor, labels: Sequence[str], *, padding: int = 
     return out
 
 
+
+def labelled_columns(columns: dict[str, torch.Tensor], *, scale: int = 2) -> Image.Image:
+    """Figures of a few images: ``label -> [N,C,R,R]`` in [-1,1], one labelled column each (an image per row),
+    enlarged ``scale`` times by nearest neighbour."""
+    size = next(iter(columns.values())).shape[-1] * scale
+    strips = [make_grid(enlarge_nearest(c.cpu().clamp(-1, 1), size), nrow=1) for c in columns.values()]
+    return labelled_row(torch.cat(strips), list(columns))
+
 def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png") -> bytes:
     """A ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, encoded in the format ``suffix`` names."""
     if isinstance(image, torch.Tensor):
