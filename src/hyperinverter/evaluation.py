@@ -23,7 +23,8 @@ from .metrics import PIXEL_METRICS
 from .pipeline import InversionPipeline
 
 PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (reconstruction, target) -> [B]
-HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "id_sim": True}
+HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "inception_dist": False,
+                    "id_sim": True}
 
 
 @dataclass
@@ -269,6 +270,28 @@ def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple
         return network(small(a), small(b))  # the papers compare 256-px images
 
     return {"lpips": metric}, None
+
+
+def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | None = 1.0
+                    ) -> tuple[dict[str, PairMetric], str]:
+    """Identity similarity (cosine of face embeddings, higher is better) as the papers measure it: CurricularFace
+    IR-101 when ``CurricularFace_Backbone.pth`` is in the model cache, else SFace (offline). The face is the crop
+    of the FFHQ framing at ``align_scale`` (None: the whole image); the papers re-align with MTCNN instead.
+    Returns the metric and a note that says which network it is."""
+    from .losses.identity import FFHQ_CROP, crop_for_align_scale, identity_similarity, load_identity_embedder
+
+    try:
+        embedder, name = load_identity_embedder("curricularface", device), "CurricularFace IR-101 (the papers')"
+    except FileNotFoundError:
+        embedder, name = load_identity_embedder("sface", device), ("SFace, offline (CurricularFace, the papers', "
+                                                                   "is not in the model cache)")
+    crop = None if align_scale is None else crop_for_align_scale(FFHQ_CROP, align_scale)
+
+    def metric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return identity_similarity(embedder, a, b, crop=crop)
+
+    where = "the whole image" if crop is None else "the face crop of the model's framing"
+    return {"id_sim": metric}, f"identity: {name}, cosine similarity on {where}"
 
 
 # --- two folders ----------------------------------------------------------------------------------------------

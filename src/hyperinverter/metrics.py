@@ -1,7 +1,12 @@
 """Reconstruction metrics, per image: MSE, PSNR, SSIM, MS-SSIM (and LPIPS / identity through their modules).
 
-Images are ``[B,C,H,W]`` in [-1,1]. MSE is computed in that range (the L2 of the papers); PSNR, SSIM and
-MS-SSIM on [0,1] with the standard Gaussian window (11 taps, sigma 1.5) and constants of Wang et al.
+Images are ``[B,C,H,W]`` in [-1,1]. MSE is computed in that range on images of at most 256 px (the L2 of the
+papers, which resize to 256; larger images are average-pooled); PSNR, SSIM and
+MS-SSIM on [0,1] at full resolution, with the standard Gaussian window (11 taps, sigma 1.5) and constants of
+Wang et al. They are ``piq``'s definitions (``piq.psnr``; ``piq.ssim`` with ``downsample=False``;
+``piq.multi_scale_ssim``), tested against ``piq`` itself. Where ``piq`` refuses an image as too small, ours
+still answers: SSIM shrinks its window, MS-SSIM uses the scales that fit (their weights renormalised, as
+``piq`` does for given ``scale_weights``).
 """
 
 from __future__ import annotations
@@ -10,13 +15,18 @@ import torch
 import torch.nn.functional as F
 
 
+PAPER_RESOLUTION = 256  # the papers' L2 and LPIPS compare 256-px images
+
+
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] > PAPER_RESOLUTION:
+        x, y = F.adaptive_avg_pool2d(x, PAPER_RESOLUTION), F.adaptive_avg_pool2d(y, PAPER_RESOLUTION)
     return (x - y).square().flatten(1).mean(dim=1)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     err = (((x + 1) / 2).clamp(0, 1) - ((y + 1) / 2).clamp(0, 1)).square().flatten(1).mean(dim=1)
-    return 10 * torch.log10(1 / err.clamp_min(1e-12))
+    return -10 * torch.log10(err + 1e-8)  # piq's epsilon: identical images score 80 dB
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
@@ -27,6 +37,7 @@ def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> t
 
 
 def _ssim_parts(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and contrast-structure per image and channel (``[B,C]``), over the valid windows."""
     c = x.shape[1]
     c1, c2 = 0.01**2, 0.03**2
     mu_x = F.conv2d(x, window, groups=c)
@@ -36,7 +47,7 @@ def _ssim_parts(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple
     sxy = F.conv2d(x * y, window, groups=c) - mu_x * mu_y
     cs = (2 * sxy + c2) / (sxx + syy + c2)
     luminance = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)
-    return (luminance * cs).flatten(1).mean(dim=1), cs.flatten(1).mean(dim=1)
+    return (luminance * cs).mean(dim=(-2, -1)), cs.mean(dim=(-2, -1))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -44,29 +55,34 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: floa
     x, y = ((x + 1) / 2).clamp(0, 1).double(), ((y + 1) / 2).clamp(0, 1).double()
     size = min(window_size, x.shape[-1], x.shape[-2])
     window = _gaussian_window(size, sigma * size / window_size, x.shape[1], x.device, x.dtype)
-    return _ssim_parts(x, y, window)[0].float()
+    return _ssim_parts(x, y, window)[0].mean(dim=1).float()
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch.Tensor:
-    """Multi-scale SSIM; uses as many of the 5 scales as the image size allows (weights renormalised)."""
+    """Multi-scale SSIM per image: per channel, the product over scales of contrast-structure (SSIM at the
+    coarsest scale) to the scale's weight, then the mean over channels. An odd side is padded by replicating its
+    first row or column before each 2x2 average. Uses as many of the 5 scales as the image size allows."""
     x, y = ((x + 1) / 2).clamp(0, 1).double(), ((y + 1) / 2).clamp(0, 1).double()
+    size = min(window_size, *x.shape[-2:])
     scales = 1
-    while scales < len(MS_SSIM_WEIGHTS) and min(x.shape[-2:]) // 2**scales >= window_size:
+    while scales < len(MS_SSIM_WEIGHTS) and min(x.shape[-2:]) >= (size - 1) * 2**scales + 1:
         scales += 1
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
     weights = weights / weights.sum()
-    window = _gaussian_window(min(window_size, *x.shape[-2:]), 1.5, x.shape[1], x.device, x.dtype)
+    window = _gaussian_window(size, 1.5 * size / window_size, x.shape[1], x.device, x.dtype)
     values = []
     for s in range(scales):
+        if s > 0:
+            pad = max(x.shape[-2] % 2, x.shape[-1] % 2)
+            x = F.avg_pool2d(F.pad(x, [pad, 0, pad, 0], mode="replicate"), 2)
+            y = F.avg_pool2d(F.pad(y, [pad, 0, pad, 0], mode="replicate"), 2)
         full, cs = _ssim_parts(x, y, window)
-        values.append((full if s == scales - 1 else cs).clamp_min(1e-8))
-        if s < scales - 1:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    stacked = torch.stack(values, dim=1)
-    return torch.prod(stacked ** weights[None], dim=1).float()
+        values.append(full if s == scales - 1 else cs)
+    stacked = torch.stack(values).relu()  # [scales, B, C]
+    return torch.prod(stacked ** weights[:, None, None], dim=0).mean(dim=1).float()
 
 
 PIXEL_METRICS = {"mse": mse, "psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}

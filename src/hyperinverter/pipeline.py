@@ -19,6 +19,7 @@ HyperInverter, ``"components": [...]``) are read as the ``phase1`` and ``hyperin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ from .io.images import center_square, pil_to_tensor, read_image
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MAX_ENCODER_RESOLUTION = 2048
@@ -190,6 +193,33 @@ def check_same_architecture(generator: Generator, other: Generator) -> None:
         differing = sorted(k for k, v in generator.config.to_dict().items() if other.config.to_dict().get(k) != v)
         raise ValueError(f"the other generator has another architecture ({', '.join(differing)} differ): offsets "
                          "predicted for this one cannot be applied to it")
+
+
+def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *, source: str,
+                 atol: float = 1e-5) -> dict[str, Inverter]:
+    """``methods`` and those of ``new`` (imported with their own copy of the generator) that ``methods`` lacks,
+    over ``methods``' generator. A name already there keeps its method: every release ships its own Phase I, and
+    the bundle's stays (a method that starts from its own W encoder, like HyperStyle, keeps it inside). The
+    copies must hold the same weights (within ``atol``: releases store one generator in several layouts), else a
+    ``CheckpointError`` names the parameter that differs most. ``mapping.w_avg`` is not compared: the pSp family
+    stores its own average code beside the decoder, not in it."""
+    generator = next(iter(methods.values())).generator
+    joined = dict(methods)
+    for name, method in new.items():
+        if name in joined:
+            logger.info("%s: keeping the bundle's %s", source, name)
+            continue
+        check_same_architecture(generator, method.generator)
+        ours, theirs = generator.state_dict(), method.generator.state_dict()
+        gaps = {k: float((ours[k].float() - theirs[k].to(ours[k].device).float()).abs().max())
+                for k in ours if k != "mapping.w_avg"}
+        worst = max(gaps, key=gaps.get)
+        if gaps[worst] > atol:
+            raise CheckpointError(source, f"was trained with another generator than the bundle's ({worst} differs by "
+                                  f"{gaps[worst]:.3g}): import it into a bundle of its own")
+        method.generator = generator
+        joined[name] = method
+    return joined
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------

@@ -7,14 +7,22 @@ import argparse
 import math
 
 
-def positive_int(text: str) -> int:
+def _integer_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _integer_at_least(text, 0)
 
 
 def finite_float(text: str) -> float:

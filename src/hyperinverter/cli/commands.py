@@ -184,6 +184,12 @@ def _inversion(sub) -> None:
     register_evaluate(sub)
 
 
+def _benchmark(sub) -> None:
+    from .benchmark_commands import register
+
+    register(sub)
+
+
 def _applications(sub) -> None:
     from .application_commands import register
 
@@ -196,4 +202,4 @@ def _data(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _ganspace, _inversion, _applications, _data, _train, _demo, _web]
+REGISTRY = [_generate, _convert, _ganspace, _inversion, _benchmark, _applications, _data, _train, _demo, _web]

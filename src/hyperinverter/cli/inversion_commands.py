@@ -110,7 +110,9 @@ def register(sub) -> None:
     p = sub.add_parser("import-official", help="convert a released checkpoint (HyperInverter, HyperStyle, pSp, e4e, a "
                        "pSp-style W encoder) and its generator into a bundle",
                        description="The kind of checkpoint is recognised from its keys. The generator comes from "
-                       "--generator, else from the decoder inside the checkpoint (pSp-family files hold one).")
+                       "--generator, else from the decoder inside the checkpoint (pSp-family files hold one). With "
+                       "--add, the methods join an existing bundle whose generator is the same (its weights are "
+                       "compared), so that one model holds every released method of a domain (for `benchmark`).")
     p.add_argument("checkpoint", type=Path,
                    help="hyper_inverter_*.pt, hyperstyle_ffhq.pt (with --w-encoder), psp_ffhq_encode.pt, "
                    "e4e_ffhq_encode.pt, or a pSp-style W encoder .pt")
@@ -120,6 +122,8 @@ def register(sub) -> None:
                    help="HyperStyle's W encoder (faces_w_encoder.pt), which starts its iterations")
     p.add_argument("--w-encoder-only", action="store_true", help=argparse.SUPPRESS)  # recognised from the keys now
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--add", action="store_true",
+                   help="add the methods to the bundle at --out (same generator) instead of writing a new one")
     p.set_defaults(func=run_import_official)
 
     p = sub.add_parser("import-pti", help="turn an official PTI result (tuned generator + pivot) into an inversion "
@@ -336,8 +340,20 @@ def run_import_official(args: argparse.Namespace) -> int:
     check_replaceable(args.out, "pipeline")
     methods = import_official(args.checkpoint, generator=args.generator, w_encoder=args.w_encoder)
     main = next(reversed(methods))  # the released method itself; phase1 is its first pass
-    save_pipeline(methods, args.out, default_method=main)
-    print(f"wrote a bundle with {', '.join(methods)} to {args.out}; use it with --model {args.out}")
+    if not args.add:
+        save_pipeline(methods, args.out, default_method=main)
+        print(f"wrote a bundle with {', '.join(methods)} to {args.out}; use it with --model {args.out}")
+        return 0
+    from ..pipeline import InversionPipeline, join_methods
+
+    bundle = InversionPipeline.from_pretrained(args.out, device="cpu")
+    joined = join_methods(bundle.methods, methods, source=str(args.checkpoint))
+    save_pipeline(joined, args.out, default_method=bundle.default_method, align_scale=bundle.align_scale,
+                  discriminator=bundle.discriminator)
+    added = [m for m in methods if m not in bundle.methods]
+    kept = [m for m in methods if m in bundle.methods]
+    print(f"added {', '.join(added) or 'nothing'} to {args.out}" + (f" (kept the bundle's {', '.join(kept)})" if kept
+                                                                      else "") + f"; it holds {', '.join(joined)}")
     return 0
 
 
@@ -433,22 +449,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return _evaluate_model(args)
 
 
+def _standard_metrics(device, *, identity: bool, align_scale: float | None) -> tuple[dict, list[str]]:
+    """The protocol's metrics beside the pixel ones: LPIPS-alex and the Inception distance (each, when its file is
+    missing, replaced by a note saying so), and identity similarity if asked. Returns (metrics, notes)."""
+    from ..evaluation import identity_metric, lpips_metric
+    from ..inception_metrics import inception_metric
+
+    extra, notes = {}, []
+    for metric, note in (lpips_metric(device), inception_metric(device)):
+        extra.update(metric)
+        notes += [note] if note else []
+    if identity:
+        metric, note = identity_metric(device, align_scale=align_scale)
+        extra.update(metric)
+        notes.append(note)
+    return extra, notes
+
+
 def _evaluate_folders(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_folders, lpips_metric
+    from ..evaluation import evaluate_folders
 
-    extra, lpips_note = lpips_metric()
-    if args.identity:
-        from ..losses.identity import identity_similarity, load_identity_embedder
-
-        embedder = load_identity_embedder("sface", "cpu")
-        extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b)
+    extra, notes = _standard_metrics("cpu", identity=args.identity, align_scale=None)
     try:
         report, problems = evaluate_folders(args.pred, args.gt, extra_metrics=extra, batch_size=args.batch_size)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report.notes.append("command: `hyperinverter " + " ".join(sys.argv[1:]) + "`")
-    report.notes += [lpips_note] if lpips_note else []
+    report.notes.append(f"command: `{args.command}`")
+    report.notes += notes
     report.save(args.out)
     print(report.to_markdown())
     _report_failures(problems)
@@ -458,7 +486,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..data.folder import ImageFolderDataset
-    from ..evaluation import evaluate, lpips_metric, quality_bars
+    from ..evaluation import evaluate, quality_bars
     from ..training.run import preload_uint8, uint8_to_float
 
     pipe = _load_pipeline(args)
@@ -468,18 +496,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     failures = list(dataset.errors.values())
     if args.max_images:
         images = images[: args.max_images]
-    extra, lpips_note = lpips_metric(pipe.device)
-    if args.identity:
-        from ..losses.identity import (
-            FFHQ_CROP,
-            crop_for_align_scale,
-            identity_similarity,
-            load_identity_embedder,
-        )
-
-        embedder = load_identity_embedder("sface", pipe.device)
-        crop = crop_for_align_scale(FFHQ_CROP, pipe.align_scale)  # the face box of this model's framing
-        extra["id_sim"] = lambda a, b: identity_similarity(embedder, a, b, crop=crop)
+    extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
     options: dict[str, dict] = {}
     for method, key, value in args.option:
         options.setdefault(method, {})[key] = value
@@ -492,8 +509,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
-    report.notes += [lpips_note] if lpips_note else []
-    report.notes.append("command: `hyperinverter " + " ".join(sys.argv[1:]) + "`")
+    report.notes += notes
+    report.notes.append(f"command: `{args.command}`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     report.save(args.out)
     print(report.to_markdown())

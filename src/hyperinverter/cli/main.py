@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command as typed, for reports that record how they were made.
+    args.command = "hyperinverter " + shlex.join(map(str, sys.argv[1:] if argv is None else argv))
     _configure_logging(args.verbose, args.quiet)
     try:
         return int(args.func(args) or 0)

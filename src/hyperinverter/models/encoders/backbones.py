@@ -247,6 +247,13 @@ class IRSEBackbone(Backbone):
         """The ArcFace identity network of ``model_ir_se50.pth`` (random weights; 112 px RGB faces, 512-d)."""
         return cls(depth=depth, output_layer=True, embedding_input_size=112, drop_ratio=drop_ratio)
 
+    @classmethod
+    def curricularface(cls) -> IRSEBackbone:
+        """The CurricularFace identity network of ``CurricularFace_Backbone.pth`` (IR-101 without SE, output BN1d
+        without affine; random weights; 112 px RGB faces, 512-d): the papers' identity metric."""
+        return cls(depth=100, se=False, output_layer=True, embedding_input_size=112, drop_ratio=0.4,
+                   output_affine=False)
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_layer(x)
 

@@ -1,0 +1,557 @@
+"""The benchmark report: every method of a model on one held-out folder, and the paper's trade-off between
+reconstruction quality, editability and time.
+
+One run inverts the same images with every method and writes, to ``OUT/``:
+
+- ``benchmark.md``: the table (every metric, seconds per image, peak memory, parameters), FID/KID, ground-truth
+  editability, the paper's claims checked one by one, and how the run was made (command, machine, version,
+  seed, settings);
+- ``benchmark.json``: every number;
+- ``tradeoff.png``: quality against seconds per image, one point per method (the paper's Figure 1);
+- ``examples.png``: inputs, and each method's reconstruction and edit of them.
+
+Per-image optimisation methods cost minutes per image on a CPU, so they invert the first ``optimisation_images``
+of the images that the encoder methods invert. The main table scores every method on the images that all of them
+inverted, so that its rows compare; the encoders' FID/KID over all their images is a second table.
+
+Work is stored per method and batch in ``OUT/work/`` (atomically), so an interrupted run resumes where it
+stopped. A run with other settings, another model or other images refuses to reuse that work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import InputError
+from .evaluation import HIGHER_IS_BETTER, EditabilityReport, PairMetric, ground_truth_editability
+from .io.checkpoints import read_safetensors, save_safetensors
+from .io.files import atomic_write_bytes
+from .metrics import PIXEL_METRICS
+from .pipeline import InversionPipeline
+
+logger = logging.getLogger(__name__)
+
+WORK_FORMAT = "hyperinverter-benchmark-work-v1"
+# The paper's W+ encoders, and the slow methods HyperInverter claims to be >= 100x faster than.
+WPLUS_ENCODERS = ("psp", "e4e")
+SLOW_METHODS = ("wplus-opt", "pti")
+METRIC_LABELS = {"mse": "MSE", "inception_dist": "Inception dist.", "lpips": "LPIPS-alex", "psnr": "PSNR",
+                 "ssim": "SSIM", "ms_ssim": "MS-SSIM", "id_sim": "identity"}
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What a run does; two runs with equal settings on the same model and images give comparable rows."""
+
+    methods: tuple[str, ...]
+    images: int = 64  # images each trained method (an encoder) inverts
+    optimisation_images: int = 16  # the first of those, inverted by each per-image optimisation method
+    batch_size: int = 16
+    editability_images: int = 8  # generated images for ground-truth editability (0: not measured)
+    example_images: int = 4
+    direction: str | None = None  # the edit of the examples; default: the model's first direction
+    seed: int = 0
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per method, options of its invert
+
+    def images_for(self, pipeline: InversionPipeline, method: str) -> int:
+        optimises = not type(pipeline.inverter(method)).components  # nothing trained: it optimises per image
+        return min(self.images, self.optimisation_images) if optimises else self.images
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists, as read back
+
+
+@dataclass
+class MethodRun:
+    """One method's stored work: reconstructions ``[N,C,R,R]``, edits of the example images, time and memory."""
+
+    images: torch.Tensor
+    edits: torch.Tensor
+    seconds: float
+    peak_memory_mb: float
+    parameters: int
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.images.shape[0]
+
+
+# --- memory ---------------------------------------------------------------------------------------------------
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory while in the block, in MB: CUDA's allocator peak on a GPU; on a CPU the process's resident set,
+    sampled every few milliseconds by a thread (its lifetime peak, VmHWM, would carry the earlier methods')."""
+
+    def __init__(self, device: torch.device, interval: float = 0.002) -> None:
+        self.device, self.interval = torch.device(device), interval
+        self.mb = self.start_mb = float("nan")
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034 - final class
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        self._start = _resident_bytes()
+        self._peak = self._start or 0
+        self.start_mb = self._peak / 2**20 if self._start is not None else float("nan")
+        self._stop = threading.Event()
+        if self._start is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _resident_bytes() or 0)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._start is not None:
+            self._stop.set()
+            self._thread.join()
+            self.mb = max(self._peak, _resident_bytes() or 0) / 2**20
+
+
+# --- running ---------------------------------------------------------------------------------------------------
+
+
+class BenchmarkWork:
+    """``OUT/work``: the settings a run was started with, and one file per method and batch."""
+
+    def __init__(self, out: Path) -> None:
+        self.folder = Path(out) / "work"
+
+    def claim(self, identity: Mapping[str, Any]) -> None:
+        """Start a new run, or resume one with the same identity (settings, model, images); else refuse."""
+        path = self.folder / "run.json"
+        if path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise InputError(path, f"is not a readable benchmark record ({e})") from e
+            if stored.get("format") != WORK_FORMAT:
+                raise InputError(path, f"is not a {WORK_FORMAT} record")
+            changed = sorted(k for k in identity if stored.get(k) != identity[k])
+            if changed:
+                raise InputError(self.folder, f"holds a run with other {', '.join(changed)}; give another --out "
+                                 "(or move this folder away) to start a new run")
+            logger.info("resuming the benchmark in %s", self.folder)
+            return
+        atomic_write_bytes(path, (json.dumps({"format": WORK_FORMAT, **identity}, indent=2) + "\n").encode())
+
+    def batch_path(self, method: str, index: int) -> Path:
+        return self.folder / method / f"batch-{index:04d}.safetensors"
+
+    def editability_path(self, method: str) -> Path:
+        return self.folder / method / "editability.json"
+
+
+def _batch_record(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+    tensors, metadata = read_safetensors(path)
+    return tensors, json.loads(metadata.get("record", "{}"))
+
+
+def run_method(pipeline: InversionPipeline, method: str, inputs: torch.Tensor, work: BenchmarkWork,
+               settings: BenchmarkSettings, direction: Any | None, progress: tqdm | None = None) -> MethodRun:
+    """Invert ``inputs`` with ``method`` batch by batch, each batch stored as soon as it is done (resume)."""
+    inverter = pipeline.inverter(method)
+    options = dict(settings.options.get(method, {}))
+    batches, seconds, peak = [], 0.0, 0.0
+    edits = torch.zeros(0, *inputs.shape[1:])
+    for index, start in enumerate(range(0, inputs.shape[0], settings.batch_size)):
+        path = work.batch_path(method, index)
+        record = _batch_record(path)
+        if record is None:
+            x = inputs[start : start + settings.batch_size].to(pipeline.device)
+            torch.manual_seed(settings.seed + index)
+            with PeakMemory(pipeline.device) as memory:
+                result = pipeline.invert(x, method=method, batch_size=settings.batch_size, **options)
+            tensors = {"images": result.image.float().cpu().contiguous()}
+            examples = max(0, min(settings.example_images - start, x.shape[0]))
+            if direction is not None and examples:
+                edited = pipeline.edit(result.select(slice(0, examples)), direction)
+                tensors["edits"] = edited.float().cpu().contiguous()
+            meta = {"seconds": result.seconds, "peak_memory_mb": memory.mb}
+            save_safetensors(path, tensors, {"record": json.dumps(meta)})
+            record = tensors, meta
+        tensors, meta = record
+        batches.append(tensors["images"])
+        if "edits" in tensors:
+            edits = torch.cat([edits, tensors["edits"]])
+        seconds += float(meta["seconds"])
+        peak = max(peak, float(meta["peak_memory_mb"]))
+        if progress is not None:
+            progress.update(1)
+    parameters = sum(p.numel() for part in inverter.parts().values() for p in part.parameters())
+    return MethodRun(torch.cat(batches), edits, seconds, peak, parameters)
+
+
+def run_editability(pipeline: InversionPipeline, method: str, directions: Mapping[str, Any], work: BenchmarkWork,
+                    settings: BenchmarkSettings, extra_metrics: Mapping[str, PairMetric]) -> EditabilityReport:
+    path = work.editability_path(method)
+    if path.is_file():
+        return EditabilityReport(**json.loads(path.read_text()))
+    report = ground_truth_editability(pipeline, directions, methods=[method],
+                                      num_images=settings.editability_images, seed=settings.seed,
+                                      extra_metrics=dict(extra_metrics), batch_size=settings.batch_size,
+                                      options=settings.options)
+    atomic_write_bytes(path, (json.dumps(dataclasses.asdict(report)) + "\n").encode())
+    return report
+
+
+# --- scoring ---------------------------------------------------------------------------------------------------
+
+
+def score(reconstructions: torch.Tensor, inputs: torch.Tensor, metrics: Mapping[str, PairMetric],
+          batch_size: int) -> dict[str, float]:
+    """The mean of every metric over the images."""
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            a, b = reconstructions[start : start + batch_size], inputs[start : start + batch_size]
+            for name, fn in metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(fn(a, b).sum())
+    return {name: total / inputs.shape[0] for name, total in sums.items()}
+
+
+@dataclass
+class BenchmarkReport:
+    """Every number of a run, and the text that explains it."""
+
+    model: str
+    data: str
+    settings: dict[str, Any]
+    common_images: int
+    metrics: dict[str, dict[str, float]]  # method -> metric -> mean over the common images
+    distribution: dict[str, dict[str, float]]  # method -> fid, kid, kid_std over the common images
+    distribution_at_scale: dict[str, dict[str, float]]  # methods that inverted more images: the same over them
+    seconds_per_image: dict[str, float]
+    peak_memory_mb: dict[str, float]
+    parameters: dict[str, int]
+    images_per_method: dict[str, int]
+    editability: dict[str, dict[str, float]]  # method -> metric -> mean (ground truth edits)
+    editability_setup: dict[str, Any]
+    claims: list[dict[str, Any]]
+    notes: list[str]
+    provenance: dict[str, Any]
+
+    # --- text ---
+    def to_markdown(self) -> str:
+        p = self.provenance
+        most = max(self.images_per_method.values())
+        lines = [f"# Benchmark: {self.model} on {self.data}", "",
+                 (f"{self.common_images} held-out images, inverted by every method; the encoders inverted {most}. "
+                  f"Made by `{p['command']}`."), ""]
+        names = [m for m in METRIC_LABELS if any(m in v for v in self.metrics.values())]
+        arrows = {m: "↑" if HIGHER_IS_BETTER.get(m, False) else "↓" for m in names}
+        fid = bool(self.distribution)
+        lines += ["| method | " + " | ".join(f"{METRIC_LABELS[m]} {arrows[m]}" for m in names)
+                  + (" | FID ↓ | KID×10³ ↓" if fid else "") + " | s / image | peak memory | trained parameters |",
+                  "|---|" + "---|" * (len(names) + 3 + 2 * fid)]
+        for method, values in self.metrics.items():
+            d = self.distribution.get(method, {})
+            cells = [_cell(values.get(m)) for m in names]
+            cells += [_cell(d.get("fid"), 2), _kid(d)] if fid else []
+            cells += [_seconds(self.seconds_per_image[method]), f"{self.peak_memory_mb[method]:.0f} MB",
+                      _count(self.parameters[method])]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        memory = "GPU memory allocated" if self.provenance["device"].startswith("cuda") else "resident memory (RSS)"
+        lines += ["", (f"Seconds per image at batch size {self.settings['batch_size']}; peak memory: the process's "
+                       f"peak {memory} while the method ran (the models of the whole bundle included).")]
+        if fid:
+            lines += ["", (f"FID and KID compare the {self.common_images} reconstructions with their inputs through "
+                           "the FID Inception-v3 network. FID over so few images is biased upward; compare it between "
+                           "rows of one table only. KID is unbiased (± its standard deviation over subsets).")]
+        if self.distribution_at_scale:
+            n = max(self.images_per_method.values())
+            lines += ["", f"The encoders over all {n} images:", "", "| method | FID ↓ | KID×10³ ↓ |", "|---|---|---|"]
+            lines += [f"| {m} | {_cell(d.get('fid'), 2)} | {_kid(d)} |" for m, d in self.distribution_at_scale.items()]
+        if self.editability:
+            e = self.editability_setup
+            enames = [m for m in METRIC_LABELS if any(m in v for v in self.editability.values())]
+            lines += ["", "## Ground-truth editability", "",
+                      (f"{e['images']} images generated from known codes w*, inverted, edited along "
+                       f"{', '.join(e['directions'])} with strengths {e['strengths']}, each compared with the true "
+                       "edit G(w* + αd). Lower distance: the method's codes keep their edits."), "",
+                      "| method | " + " | ".join(f"{METRIC_LABELS[m]} {arrows.get(m, '')}" for m in enames) + " |",
+                      "|---|" + "---|" * len(enames)]
+            lines += [f"| {m} | " + " | ".join(_cell(v.get(k)) for k in enames) + " |"
+                      for m, v in self.editability.items()]
+        if self.claims:
+            lines += ["", "## The paper's claims on this domain", ""]
+            lines += [f"- **{'confirmed' if c['holds'] else 'refuted'}**: {c['claim']}. {c['evidence']}"
+                      for c in self.claims]
+        lines += ["", "## How it was made", "",
+                  f"- command: `{p['command']}`",
+                  f"- hyperinverter {p['version']}, torch {p['torch']}, Python {p['python']}",
+                  f"- machine: {p['machine']}", f"- device: {p['device']}",
+                  f"- seed {self.settings['seed']}, batch size {self.settings['batch_size']}, date {p['date']}",
+                  f"- images: the first {most} of {self.data} by name (names' sha256 {p['images_sha256'][:16]})",
+                  "- images per method: " + ", ".join(f"{m} {n}" for m, n in self.images_per_method.items())]
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def save(self, out: Path) -> None:
+        out = Path(out)
+        atomic_write_bytes(out / "benchmark.json", (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
+        atomic_write_bytes(out / "benchmark.md", self.to_markdown().encode())
+
+    # --- pictures ---
+    def plot(self, path: Path) -> Path:
+        """Quality against seconds per image (log axis), one point per method: MSE, and the perceptual distance
+        beside it when one was measured."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        perceptual = next((m for m in ("lpips", "inception_dist") if all(m in v for v in self.metrics.values())),
+                          None)
+        panels = ["mse"] + ([perceptual] if perceptual else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), constrained_layout=True,
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], panels):
+            for method, values in self.metrics.items():
+                x, y = self.seconds_per_image[method], values[metric]
+                ax.scatter([x], [y], s=40)
+                ax.annotate(method, (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+            ax.set(xscale="log", xlabel="seconds per image (log)", ylabel=f"{METRIC_LABELS[metric]} (lower is better)",
+                   title=f"{METRIC_LABELS[metric]} against time")
+            ax.grid(alpha=0.3, which="both")
+        fig.suptitle(f"{self.model}: {self.common_images} held-out images ({self.provenance['device']})", fontsize=9)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+        plt.close(fig)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _cell(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _kid(d: Mapping[str, float]) -> str:
+    return f"{d['kid'] * 1e3:.2f} ± {d['kid_std'] * 1e3:.2f}" if "kid" in d else "–"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.4f}" if s < 1 else f"{s:.1f}"
+
+
+def _count(n: int) -> str:
+    return "none (optimises per image)" if n == 0 else f"{n / 1e6:.2f} M"
+
+
+def example_figure(inputs: torch.Tensor, runs: Mapping[str, MethodRun], edit_label: str | None) -> Any:
+    """Columns: the input, then each method. Rows: the example images reconstructed, then the same images edited
+    (the input column repeats the inputs beside the edits)."""
+    from .io.images import labelled_columns
+
+    k = min(run.edits.shape[0] for run in runs.values()) if edit_label else 0
+    n = k or min(4, *(run.images.shape[0] for run in runs.values()))  # without edits, a few reconstructions
+    columns = {"input": torch.cat([inputs[:n], inputs[:k]])}
+    for method, run in runs.items():
+        columns[method] = torch.cat([run.images[:n], run.edits[:k]])
+    return labelled_columns(columns, scale=max(2, math.ceil(96 / inputs.shape[-1])))  # room for the labels
+
+
+# --- the claims ----------------------------------------------------------------------------------------------------
+
+
+def check_claims(report: BenchmarkReport) -> list[dict[str, Any]]:
+    """The paper's claims that this run can test, each with its verdict and the numbers behind it."""
+    claims: list[dict[str, Any]] = []
+    m, hi = report.metrics, "hyperinverter"
+    if hi not in m:
+        return claims
+    perceptual = next((k for k in ("lpips", "inception_dist") if k in m[hi]), None)
+    for rival in ["phase1", *WPLUS_ENCODERS]:
+        if rival not in m:
+            continue
+        checks = [k for k in ("mse", perceptual, "ssim") if k and k in m[rival]]
+        verdicts = []
+        for k in checks:
+            better = m[hi][k] > m[rival][k] if HIGHER_IS_BETTER[k] else m[hi][k] < m[rival][k]
+            change = (m[hi][k] - m[rival][k]) / abs(m[rival][k])
+            verdicts.append((better, f"{METRIC_LABELS[k]} {m[hi][k]:.4f} vs {m[rival][k]:.4f} ({change:+.1%})"))
+        claims.append({"claim": f"HyperInverter beats {rival} on {', '.join(METRIC_LABELS[k] for k in checks)}",
+                       "holds": all(v for v, _ in verdicts), "evidence": "; ".join(t for _, t in verdicts)})
+    t = report.seconds_per_image
+    for rival in SLOW_METHODS:
+        if rival in t:
+            ratio = t[rival] / t[hi]
+            claims.append({"claim": f"HyperInverter is at least 100× faster than {rival}", "holds": ratio >= 100,
+                           "evidence": f"{t[rival]:.2f} s against {t[hi]:.4f} s per image: {ratio:,.0f}×"})
+    e = report.editability
+    if hi in e and "mse" in e[hi]:
+        if "phase1" in e:
+            ratio = e[hi]["mse"] / e["phase1"]["mse"]
+            claims.append({"claim": "HyperInverter's ground-truth editability stays near Phase I's (edit MSE within "
+                                    "1.25× of it)", "holds": ratio <= 1.25,
+                           "evidence": f"edit MSE {e[hi]['mse']:.4f} against {e['phase1']['mse']:.4f} ({ratio:.2f}×)"})
+        if "wplus-opt" in e:
+            ours, theirs = e[hi]["mse"], e["wplus-opt"]["mse"]
+            claims.append({"claim": "HyperInverter's ground-truth editability is better than W+ optimisation's",
+                           "holds": ours < theirs,
+                           "evidence": f"edit MSE {ours:.4f} against {theirs:.4f} ({(ours - theirs) / theirs:+.1%})"})
+    return claims
+
+
+# --- the whole run ---------------------------------------------------------------------------------------------------
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, {platform.system()}"
+
+
+def load_images(folder: Path, count: int, *, resolution: int, channels: int
+                ) -> tuple[torch.Tensor, list[str], list[InputError]]:
+    """The first ``count`` readable images of ``folder`` by name, as 8-bit pixels like a saved image (the same
+    preparation as ``evaluate``): ``([N,C,R,R]`` in [-1,1], their relative names, the unreadable files)."""
+    from .data.folder import ImageFolderDataset
+    from .errors import ImageReadError
+
+    dataset = ImageFolderDataset(folder, resolution=resolution, channels=channels, split="all")
+    loaded, names, failures = [], [], []
+    for index, path in enumerate(dataset.files):
+        if len(loaded) == count:
+            break
+        try:
+            loaded.append(dataset.load(index))
+        except ImageReadError as e:
+            failures.append(e)
+            continue
+        names.append(path.relative_to(dataset.root).as_posix())
+    if not loaded:
+        raise ImageReadError(folder, "holds no readable image")
+    pixels = torch.stack([((x.clamp(-1, 1) + 1) * 127.5).round() for x in loaded])
+    return pixels / 127.5 - 1, names, failures
+
+
+def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
+                   settings: BenchmarkSettings, direction: Any | None, progress: bool = True) -> dict[str, MethodRun]:
+    """Invert ``inputs`` with every method of ``settings`` (the expensive part of a run), stored in ``OUT/work``
+    batch by batch; what is stored already is read back, not redone."""
+    count = min(settings.images, inputs.shape[0])
+    images_per_method = {m: min(count, settings.images_for(pipeline, m)) for m in settings.methods}
+    work = BenchmarkWork(out)
+    work.claim({"settings": settings.to_json(), "model": pipeline.fingerprint,
+                "images_sha256": _names_digest(names[:count])})
+    total = sum(math.ceil(n / settings.batch_size) for n in images_per_method.values())
+    runs: dict[str, MethodRun] = {}
+    with tqdm(total=total, desc="benchmark", unit="batch", disable=not progress) as bar:
+        for method in settings.methods:
+            bar.set_postfix_str(method)
+            runs[method] = run_method(pipeline, method, inputs[: images_per_method[method]], work, settings,
+                                      direction, bar)
+    return runs
+
+
+def _names_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
+                  settings: BenchmarkSettings, model: str, data: str, command: str,
+                  directions: Mapping[str, Any], extra_metrics: Mapping[str, PairMetric] | None = None,
+                  distribution: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+                  notes: Sequence[str] = (), progress: bool = True) -> BenchmarkReport:
+    """Run (or resume) the benchmark of ``settings.methods`` on ``inputs`` (``[N,C,R,R]`` in [-1,1], the files
+    ``names``) and write the report to ``out``. ``extra_metrics``: pair metrics beside MSE/PSNR/SSIM/MS-SSIM
+    (perceptual, identity); ``distribution(reconstructions, inputs)``: FID/KID, when available."""
+    out, started = Path(out), time.perf_counter()
+    if settings.direction is not None and settings.direction not in directions:
+        raise InputError(model, f"has no direction {settings.direction!r}; it has {sorted(directions) or 'none'}")
+    direction_name = settings.direction or next(iter(directions), None)
+    direction = directions.get(direction_name) if direction_name else None
+    count = min(settings.images, inputs.shape[0])
+    inputs, names = inputs[:count], list(names[:count])
+    runs = run_inversions(pipeline, inputs, names, out, settings=settings, direction=direction, progress=progress)
+    images_per_method = {m: r.images.shape[0] for m, r in runs.items()}
+    work = BenchmarkWork(out)
+    metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
+    common = min(images_per_method.values())
+    scores = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size) for m, r in runs.items()}
+    spread, at_scale = {}, {}
+    if distribution is not None:
+        for m, r in tqdm(runs.items(), desc="FID/KID", disable=not progress):
+            spread[m] = distribution(r.images[:common], inputs[:common])
+            if r.images.shape[0] > common:
+                at_scale[m] = distribution(r.images, inputs[: r.images.shape[0]])
+
+    editability: dict[str, dict[str, float]] = {}
+    setup: dict[str, Any] = {}
+    if settings.editability_images and directions:
+        for method in tqdm(settings.methods, desc="editability", disable=not progress):
+            report = run_editability(pipeline, method, directions, work, settings, extra_metrics or {})
+            editability[method] = report.metrics[method]
+            setup = {"images": report.num_images, "directions": report.directions, "strengths": report.strengths}
+
+    provenance = {"command": command, "version": __version__, "torch": torch.__version__,
+                  "python": platform.python_version(), "machine": machine_description(),
+                  "device": str(pipeline.device), "date": datetime.date.today().isoformat(),
+                  "images_sha256": _names_digest(names)}
+    all_notes = list(notes)
+    if direction is not None:
+        k = min(settings.example_images, *images_per_method.values())
+        all_notes.append(f"examples.png: rows 1–{k} are reconstructions, the next {k} the same "
+                         f"images edited along {direction_name!r} at its default strength, each method keeping its "
+                         "own offsets")
+    for method, chosen in settings.options.items():
+        all_notes.append(f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items()))
+    report = BenchmarkReport(
+        model=model, data=data, settings=settings.to_json(), common_images=common, metrics=scores,
+        distribution=spread, distribution_at_scale=at_scale,
+        seconds_per_image={m: r.seconds_per_image for m, r in runs.items()},
+        peak_memory_mb={m: r.peak_memory_mb for m, r in runs.items()},
+        parameters={m: r.parameters for m, r in runs.items()}, images_per_method=images_per_method,
+        editability=editability, editability_setup=setup, claims=[], notes=all_notes, provenance=provenance)
+    report.claims = check_claims(report)
+    report.save(out)
+    try:
+        report.plot(out / "tradeoff.png")
+    except ImportError:
+        logger.warning("no trade-off plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
+    figure = example_figure(inputs, runs, direction_name)
+    buffer = io.BytesIO()
+    figure.save(buffer, format="PNG")
+    atomic_write_bytes(out / "examples.png", buffer.getvalue())
+    logger.info("benchmark written to %s in %.0f s", out, time.perf_counter() - started)
+    return report

