@@ -22,9 +22,12 @@ $(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
 	$(PIP) -e ".[align]"
 	touch $@
 
+# The browser test drives Debian's chromium through its chromedriver (no browser download).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) -e ".[dev,align,id,train,web,plot]"
+	$(PIP) -e ".[dev,align,id,train,web,plot,video]"
 	$(PIP) --no-deps $(NO_DEPS)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	touch $@
 
 $(VENV)/.installed-web: pyproject.toml $(VENV)/.torch
@@ -68,7 +71,7 @@ evaluate: data
 BENCH_OPTIONS := --images 500 --optimisation-images 32 --editability 8 --option w-opt.steps=300 \
 	--option wplus-opt.steps=500 --option pti.pivot_steps=150 --option pti.steps=100
 benchmark: data
-	$(BIN)/hyperinverter benchmark --model faces-64 --data data/faces64/heldout --identity $(BENCH_OPTIONS) \
+	$(BIN)/hyperinverter benchmark --model faces-64 --data data/faces64/heldout --identity --direction hair $(BENCH_OPTIONS) \
 		--out docs/benchmarks/faces-64
 	$(BIN)/hyperinverter benchmark --model fashion-32 --data data/fashion32/test $(BENCH_OPTIONS) \
 		--out docs/benchmarks/fashion-32

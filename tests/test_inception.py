@@ -331,3 +331,21 @@ def test_pool_features_batches_and_dtype(network):
     batched = pool_features(network, [images[:1], images[1:]], batch_size=8)
     assert whole.shape == (3, 2048) and whole.dtype == np.float64
     np.testing.assert_allclose(whole, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_distribution_metric_computes_the_references_features_once(fid_cache, monkeypatch):
+    from hyperinverter import inception_metrics
+
+    monkeypatch.setenv("HYPERINVERTER_CACHE", str(fid_cache[0]))
+    measure, note = inception_metrics.distribution_metric(num_subsets=5)
+    assert note is None
+    calls = []
+    real = inception_metrics.pool_features
+    monkeypatch.setattr(inception_metrics, "pool_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    references = smooth_images(6, 32, seed=1)
+    first = measure(smooth_images(6, 32, seed=2), references)
+    second = measure(smooth_images(6, 32, seed=3), references.clone())  # equal values: the features are reused
+    assert len(calls) == 3 and first["images"] == second["images"] == 6
+    assert first["fid"] != second["fid"]
+    measure(smooth_images(6, 32, seed=3), smooth_images(6, 32, seed=4))  # other references: computed again
+    assert len(calls) == 5

@@ -71,10 +71,26 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction",
                  str(tmp_path / "dir.safetensors"), "--strength", "-2", "2", "--out", str(tmp_path / "edits")]) == 0
     assert (tmp_path / "edits" / "b_dir_+2.png").is_file() and (tmp_path / "edits" / "b_dir_strip.png").is_file()
+    # By name, from the model's own catalogue; an unknown name lists what the model has.
+    save_direction(LinearDirection(torch.randn(1, 16), name="lift"), tmp_path / "model" / "directions" / "lift.safetensors")
+    assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction", "lift",
+                 "--out", str(tmp_path / "edits")]) == 0
+    assert (tmp_path / "edits" / "b_lift_default.png").is_file()
+    assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction", "smile",
+                 "--out", str(tmp_path / "edits")]) == 2
+    assert "it has: lift" in capsys.readouterr().err
 
     assert main(["interpolate", str(out / "b.safetensors"), str(inputs / "a.png"), "--model", str(tmp_path / "model"),
                  "--steps", "4", "--out", str(tmp_path / "lerp")]) == 0
     assert (tmp_path / "lerp.png").is_file() and (tmp_path / "lerp.gif").is_file()
+    from hyperinverter.io.video import video_backend
+
+    if video_backend() == "av":  # the video extra: 4 frames there and back, at the model's 32 px
+        import av
+
+        with av.open(str(tmp_path / "lerp.mp4")) as container:
+            frames = list(container.decode(video=0))
+        assert len(frames) == 8 and (frames[0].width, frames[0].height) == (32, 32)
 
     assert main(["export-generator", str(out / "b.safetensors"), "--model", str(tmp_path / "model"),
                  "--out", str(tmp_path / "b_generator.pt")]) == 0

@@ -29,7 +29,8 @@ def test_unaligned_photo_is_its_centred_square(session, pipeline):
     picture = photo()
     (item,) = session.invert(picture, align=False)
     R = pipeline.generator.resolution
-    assert item.label == "photo" and item.placement is None and item.input.shape == (1, 3, R, R)
+    assert item.label == "the photo" and item.placement is None and item.input.shape == (1, 3, R, R)
+    assert item.stem == "photo_hyperinverter" and item.seconds > 0
     assert torch.equal(item.input, pil_to_tensor(center_square(picture), size=R))
     assert center_square(picture).size == (600, 600)
     reference = pipeline.invert(item.input)
@@ -40,8 +41,10 @@ def test_unaligned_photo_is_its_centred_square(session, pipeline):
 
 def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
     picture = photo()
-    items = session.invert(picture, align=True)
-    assert [it.label for it in items] == ["photo-face0", "photo-face1"]
+    items = session.invert(picture, align=True, name="group photo.jpg")
+    assert [it.label for it in items] == ["face 1 of 2 (from the left)", "face 2 of 2 (from the left)"]
+    assert [it.stem for it in items] == ["group-photo_face1_hyperinverter", "group-photo_face2_hyperinverter"]
+    assert items[0].placement["quad"][0][0] < items[1].placement["quad"][0][0]  # left to right
     assert all(it.placement is not None and np.array_equal(np.asarray(it.photo), np.asarray(picture)) for it in items)
     edited = session.edit(items[0], "up", 2.0)
     expected = session.to_display(pipeline.edit(items[0].result, session.directions["up"], 2.0))
@@ -112,3 +115,85 @@ def test_any_method_of_the_model_inverts_and_blends_only_with_itself(session, pi
     (item,) = styled.invert(photo(seed=5), align=False)
     assert item.result.weight_delta.mode == "scale" and len(item.result.steps) == 5
     assert styled.comparison(item).size[0] == 3 * (2 * 32 + 2) + 2
+
+
+def test_uploads_over_the_limits_are_refused_and_large_photos_downscaled(pipeline, tmp_path):
+    from hyperinverter.apps.limits import WebLimits
+
+    limits = WebLimits(max_upload_mb=0.05, max_pixels=1_000_000, detect_side=300)
+    s = WebSession(pipeline, limits=limits, display_size=64)
+    big_file = tmp_path / "noise.png"
+    photo(400, 300).save(big_file)  # ~360 kB of noise
+    with pytest.raises(ImageReadError, match="is 0.3 MB; this server takes photos up to 0.05 MB") as err:
+        s.invert(str(big_file), align=False)
+    assert str(tmp_path) not in str(err.value)  # never a server path
+    huge = Image.new("RGB", (1200, 1000), "gray")  # 1.2 MP of flat grey: small as a file, over the pixel limit
+    huge.save(tmp_path / "huge.png")
+    with pytest.raises(ImageReadError, match="1200x1000 pixels, more than the limit"):
+        s.invert(str(tmp_path / "huge.png"), align=False)
+    seen = []
+    detecting = WebSession(pipeline, detector=lambda image: seen.append(image.size) or [], limits=limits)
+    with pytest.raises(NoFaceFoundError):
+        detecting.invert(Image.new("RGB", (900, 600), "gray"), align=True)
+    assert seen == [(300, 200)]  # downscaled before detection, aspect kept
+
+
+def test_a_not_image_upload_names_the_upload_not_the_server_path(session, tmp_path):
+    from hyperinverter.apps.web import user_message
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageReadError) as err:
+        session.invert(str(text), align=False)
+    message = user_message(err.value)
+    assert message.startswith("the uploaded file: not a readable image") and str(tmp_path) not in message
+    internal = user_message(RuntimeError(f"{tmp_path}/secret failed"))
+    assert str(tmp_path) not in internal and "RuntimeError" in internal
+
+
+def test_a_slow_method_reports_progress_and_can_be_cancelled(session):
+    from hyperinverter.apps.web import Cancelled
+
+    steps = []
+    (item,) = session.invert(photo(seed=6), align=False, method="w-opt",
+                             progress=lambda step, total: steps.append((step, total)))
+    assert item.method == "w-opt" and steps and steps[-1][0] == steps[-1][1]
+
+    def stop_at_three(step, total):
+        if step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        session.invert(photo(seed=6), align=False, method="w-opt", progress=stop_at_three)
+
+
+def test_result_files_are_unique_per_request_and_swept_when_old(tmp_path):
+    import os
+    import time
+
+    from hyperinverter.apps.web import ResultFiles
+
+    files = ResultFiles(keep_seconds=1000)
+    a = files.write("same.png", b"1")
+    b = files.write("same.png", b"1")  # one name, one content: two files, so neither is rewritten while sent
+    assert a != b and os.path.basename(a) == os.path.basename(b) == "same.png"
+    old = time.time() - 2000
+    os.utime(os.path.dirname(a), (old, old))
+    assert files.sweep(now=time.time() + 61) == 1 and not os.path.exists(a) and os.path.exists(b)
+
+
+def test_the_model_card_says_what_the_model_is_and_where_it_is_weak():
+    from hyperinverter.apps.web import model_card_summary
+    from hyperinverter.catalogue import local_model_path
+
+    card = model_card_summary(local_model_path("faces-64"))
+    assert card.startswith("**faces-64") and "synthetic faces" in card and "Where it is weak" in card
+    assert "identity" in card
+
+
+def test_a_users_state_keeps_the_uploads_path_not_the_photo(session, tmp_path):
+    path = tmp_path / "group.png"
+    photo().save(path)
+    items = session.invert(str(path), align=True, name=path.name)
+    assert items[0].photo == str(path)  # read again to paste back: a state holds no full-size photo
+    assert session.edit(items[0], "up", 1.0, paste_back=True).size == (800, 600)

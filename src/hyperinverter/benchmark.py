@@ -468,12 +468,13 @@ def load_images(folder: Path, count: int, *, resolution: int, channels: int
 def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
                    settings: BenchmarkSettings, direction: Any | None, progress: bool = True) -> dict[str, MethodRun]:
     """Invert ``inputs`` with every method of ``settings`` (the expensive part of a run), stored in ``OUT/work``
-    batch by batch; what is stored already is read back, not redone."""
+    batch by batch; what is stored already is read back, not redone. ``direction`` edits the example images."""
     count = min(settings.images, inputs.shape[0])
     images_per_method = {m: min(count, settings.images_for(pipeline, m)) for m in settings.methods}
     work = BenchmarkWork(out)
     work.claim({"settings": settings.to_json(), "model": pipeline.fingerprint,
-                "images_sha256": _names_digest(names[:count])})
+                "images_sha256": _names_digest(names[:count]),
+                "example_edit": None if direction is None else direction.name})
     total = sum(math.ceil(n / settings.batch_size) for n in images_per_method.values())
     runs: dict[str, MethodRun] = {}
     with tqdm(total=total, desc="benchmark", unit="batch", disable=not progress) as bar:
@@ -508,7 +509,8 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
     work = BenchmarkWork(out)
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     common = min(images_per_method.values())
-    scores = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size) for m, r in runs.items()}
+    scores = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size)
+              for m, r in tqdm(runs.items(), desc="scoring", disable=not progress)}
     spread, at_scale = {}, {}
     if distribution is not None:
         for m, r in tqdm(runs.items(), desc="FID/KID", disable=not progress):

@@ -226,8 +226,8 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
 
 
 class InversionPipeline:
-    """A generator and the methods trained for it: ``invert`` -> ``InversionResult``; ``edit``, ``interpolate``
-    and ``render`` work the same for every method (codes move, the image's own offsets stay).
+    """A generator and the methods trained for it: ``invert`` -> ``InversionResult``; ``edit``, ``interpolate``,
+    ``mix`` and ``render`` work the same for every method (codes move, the image's own offsets stay).
 
     ``methods``: one inverter, or several by name, all over the same generator. ``default_method``: the one
     ``invert`` uses unless told (default: the first). ``name``: how the model was asked for (a catalogue name or
@@ -443,3 +443,30 @@ class InversionPipeline:
             raise ValueError(f"t must be in [0, 1], got {t}")
         delta = WeightDelta.blend(a.weight_delta, b.weight_delta, t)
         return self.render(torch.lerp(a.ws, b.ws.to(a.ws), t), delta)
+
+    @torch.no_grad()
+    def mix(self, a: InversionResult, b: InversionResult, start: int, end: int) -> torch.Tensor:
+        """Style mixing: ``a``'s codes with rows ``start:end`` taken from ``b``, rendered with ``a``'s own
+        generator offsets -> ``[B,C,R,R]``.
+
+        These are the semantics of editing with kept offsets: the offsets (Δθ, and the noise of methods that fit
+        it) were fitted to ``a``'s photo and stay with it, and ``b`` contributes codes only (coarse rows carry pose
+        and shape, fine rows colour and texture). ``b`` holds one image (mixed into every sample of ``a``) or as
+        many as ``a``.
+        """
+        num_ws = a.ws.shape[1]
+        for name, value in (("start", start), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"the layer range's {name} must be an integer, got {value!r}")
+        if not 0 <= start < end <= num_ws:
+            raise ValueError(f"layer range {start}:{end} is empty or outside the codes' rows 0:{num_ws} (it needs "
+                             f"0 <= start < end <= {num_ws})")
+        if a.ws.shape[1:] != b.ws.shape[1:]:
+            raise ValueError(f"the two images come from different models (codes {tuple(a.ws.shape[1:])} and "
+                             f"{tuple(b.ws.shape[1:])})")
+        if len(b) not in (1, len(a)):
+            raise ValueError(f"mix takes one image for b, or as many as a ({len(a)}); got {len(b)}")
+        ws = a.ws.to(self.device).clone()
+        ws[:, start:end] = b.ws[:, start:end].to(ws)
+        delta = a.weight_delta.to(self.device) if a.weight_delta is not None else None
+        return self.render(ws, delta)

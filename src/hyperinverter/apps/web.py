@@ -1,14 +1,26 @@
-"""The web demo (``hyperinverter web``): upload a photo, invert it with any method of the model, edit it,
-interpolate.
+"""The web page (``hyperinverter web``): upload a photo, invert it with any method of the model (the optimisation
+ones with a progress bar and a Cancel button), edit it, paste the edit back, mix styles, interpolate.
 
 :class:`WebSession` is the logic, plain Python on the pipeline (tested without a browser); :func:`build_app`
-wires sessions to a Gradio page (the optional ``web`` extra). Everything runs on the machine that serves it.
+wires it to a Gradio page (the optional ``web`` extra), which a test drives in headless Chromium. Everything runs
+on the machine that serves it: Gradio's analytics are off, and uploads, results and per-user state are deleted
+after ``WebLimits.keep_seconds``.
+
+What a shared server needs is in :class:`WebLimits`: an upload limit in bytes and in pixels, large photos
+downscaled before face detection, and a queue that runs at most ``concurrency`` requests on the models at once.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
-from collections.abc import Mapping, Sequence
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,39 +28,62 @@ import torch
 from PIL import Image
 
 from ..editing.directions import Direction, load_model_directions
-from ..errors import ImageReadError
-from ..io.images import enlarge_nearest, make_grid, read_image, tensor_to_pil
+from ..errors import ImageReadError, InputError
+from ..io.files import atomic_write_bytes
+from ..io.images import enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
+from .limits import WebLimits
+
+DEFAULT_LIMITS = WebLimits()
 
 logger = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The user pressed Cancel while a slow method ran."""
+
 
 @dataclass
 class WebInversion:
     """One inverted face (or whole image): its model-size input, the result, and where it sits in its photo."""
 
-    label: str
+    label: str  # what the page calls it ("face 1 of 2 (from the left)")
+    stem: str  # what its downloads are called ("astronaut_face1_hyperinverter")
     input: torch.Tensor  # [1,C,R,R] in [-1,1]
     result: InversionResult  # one sample
     method: str  # the method that inverted it
-    photo: Image.Image | None = None  # the photo it was aligned from, for pasting edits back
+    seconds: float  # its share of the method's time
+    # The photo it was aligned from, for pasting edits back: the upload's path (read again when pasting, so that
+    # a user's state stays small), or the image itself when the caller gave one.
+    photo: Image.Image | str | None = None
     placement: dict | None = None
 
 
+def _safe_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem).strip("-.")
+    return stem[:60] or "photo"
+
+
 class WebSession:
-    """Invert, edit and interpolate with one pipeline, returning display-ready PIL images."""
+    """Invert, edit, mix and interpolate with one pipeline, returning display-ready PIL images."""
 
     def __init__(self, pipe: InversionPipeline, directions: Mapping[str, Direction] | None = None, *,
-                 detector=None, display_size: int = 256) -> None:
+                 detector=None, display_size: int = 256, limits: WebLimits = DEFAULT_LIMITS, card: str = "",
+                 examples: Sequence[Path] = ()) -> None:
         self.pipe = pipe
         self.directions = dict(directions or {})
         self.detector = detector  # a face detector for alignment (None: alignment unavailable)
         self.display_size = display_size
+        self.limits = limits
+        self.card = card  # what the model is and where it is weak, in Markdown
+        self.examples = list(examples)  # in-domain held-out images the model ships
 
     @classmethod
     def from_model(cls, model: str | Path, *, device: str | torch.device = "auto", display_size: int = 256,
-                   ) -> WebSession:
-        """A pipeline folder or catalogue name, with its shipped directions and (if installed) dlib alignment."""
+                   limits: WebLimits = DEFAULT_LIMITS) -> WebSession:
+        """A pipeline folder or catalogue name, with its directions, its card, its held-out examples and (if
+        installed) dlib alignment."""
         from ..align import optional_detector
         from ..catalogue import local_model_path
 
@@ -56,39 +91,78 @@ class WebSession:
         detector, why_not = optional_detector()
         if why_not:
             logger.warning(why_not)
+        examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
         return cls(InversionPipeline.from_pretrained(path, device=device), load_model_directions(path),
-                   detector=detector, display_size=display_size)
+                   detector=detector, display_size=display_size, limits=limits, card=model_card_summary(path),
+                   examples=examples)
+
+    @property
+    def takes_faces(self) -> bool:
+        """Whether photos of people are this model's input (RGB, aligned like FFHQ)."""
+        return self.pipe.generator.config.img_channels == 3 and self.detector is not None
 
     def methods(self) -> list[str]:
         """The methods this model runs, its default first."""
         names = self.pipe.available_methods()
         return [self.pipe.default_method] + [n for n in names if n != self.pipe.default_method]
 
-    def invert(self, photo: Image.Image | str | Path, *, align: bool, method: str | None = None
-               ) -> list[WebInversion]:
-        """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), or its centred
-        square, inverted in one batch by ``method`` (default: the model's).
+    def read_upload(self, photo: Image.Image | str | Path | None) -> Image.Image:
+        """An upload as a plain image within the limits; a photo larger than ``detect_side`` is downscaled (its
+        faces are found, aligned and pasted back at that size). Errors never show server paths."""
+        return self.read_upload_with(photo, self.limits)
 
-        Raises ``ImageReadError`` for an upload that is not a readable image, ``NoFaceFoundError`` when aligning a
-        photo without a face, ``ImportError`` when alignment is asked for but dlib is not installed.
-        """
+    @staticmethod
+    def read_upload_with(photo: Image.Image | str | Path | None, limits: WebLimits) -> Image.Image:
         if photo is None:
             raise ImageReadError("the upload", "no image given")
+        limit = limits.max_upload_mb * 2**20
+        if isinstance(photo, (str, Path)) and Path(photo).is_file() and Path(photo).stat().st_size > limit:
+            size = Path(photo).stat().st_size / 2**20
+            raise ImageReadError("the uploaded file", f"is {size:.1f} MB; this server takes photos up to "
+                                 f"{limits.max_upload_mb:g} MB")
+        image = read_image(photo, name="the uploaded file", max_pixels=limits.max_pixels)
+        side = limits.detect_side
+        if max(image.size) > side:
+            logger.info("downscaling a %dx%d upload to at most %d px", *image.size, side)
+            image = image.copy()
+            image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        return image
+
+    def invert(self, photo: Image.Image | str | Path | None, *, align: bool, method: str | None = None,
+               progress: Callable[[int, int], None] | None = None, name: str = "photo") -> list[WebInversion]:
+        """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), left to right, or
+        its centred square, inverted in one batch by ``method`` (default: the model's). ``progress(step,
+        total)`` is called by iterative optimisation methods; it may raise (:class:`Cancelled`) to stop them.
+
+        Raises ``ImageReadError`` for an upload that is not a readable image or is over the limits,
+        ``NoFaceFoundError`` when aligning a photo without a face, ``ImportError`` when alignment is asked for but
+        dlib is not installed.
+        """
         from ..inversion.batch import photo_pictures
 
-        G = self.pipe.generator
         if align and self.detector is None:
             raise ImportError("face alignment needs dlib: pip install 'hyperinverter[align]'")
-        # The same reading rules as files (EXIF, transparency, 16-bit ...); errors never show server paths.
-        photo = read_image(photo, name="the uploaded photo")
-        pictures = photo_pictures(photo, "photo", Path("the photo"), resolution=G.resolution,
+        image = self.read_upload(photo)
+        G = self.pipe.generator
+        pictures = photo_pictures(image, "photo", Path("the photo"), resolution=G.resolution,
                                   channels=G.config.img_channels, detector=self.detector if align else None,
                                   align_scale=self.pipe.align_scale)
+        # Left to right, as a person reads the photo (the detector's order is by size).
+        pictures.sort(key=lambda p: sum(x for x, _ in p.placement["quad"]) if p.placement else 0.0)
         batch = torch.cat([p.image for p in pictures])
         method = method or self.pipe.default_method
-        result = self.pipe.invert(batch, method=method)
-        return [WebInversion(p.name, batch[i : i + 1], result.select(i), method, photo if p.placement else None,
-                             p.placement) for i, p in enumerate(pictures)]
+        inverter = self.pipe.inverter(method)
+        options = {"progress": progress} if progress is not None and "progress" in inverter.options else {}
+        result = self.pipe.invert(batch, method=method, **options)
+        stem, n = _safe_stem(name), len(pictures)
+        items = []
+        for i, p in enumerate(pictures):
+            label = "the photo" if not p.placement else (f"face {i + 1} of {n} (from the left)" if n > 1 else "face")
+            file_stem = f"{stem}_face{i + 1}_{method}" if p.placement and n > 1 else f"{stem}_{method}"
+            source = str(photo) if isinstance(photo, (str, Path)) else image
+            items.append(WebInversion(label, file_stem, batch[i : i + 1], result.select(i), method,
+                                      result.seconds / n, source if p.placement else None, p.placement))
+        return items
 
     def to_display(self, images: torch.Tensor) -> Image.Image:
         """``[N,C,R,R]`` -> one row, enlarged to about display_size."""
@@ -114,8 +188,13 @@ class WebSession:
             from ..align import paste_back_placement
 
             face = tensor_to_pil(edited.cpu())[0].convert("RGB")
-            return paste_back_placement(item.photo.convert("RGB"), face, item.placement)
+            photo = item.photo if isinstance(item.photo, Image.Image) else self.read_upload(item.photo)
+            return paste_back_placement(photo.convert("RGB"), face, item.placement)
         return self.to_display(edited)
+
+    def mix(self, a: WebInversion, b: WebInversion, start: int, end: int) -> Image.Image:
+        """``a`` with the codes of layers ``start:end`` taken from ``b`` (style mixing; ``a`` keeps its offsets)."""
+        return self.to_display(self.pipe.mix(a.result, b.result, start, end))
 
     def interpolate(self, a: WebInversion, b: WebInversion, t: float) -> Image.Image:
         """The image at fraction ``t`` from ``a`` to ``b``, codes and residual weights interpolated (both
@@ -128,11 +207,97 @@ class WebSession:
         return self.to_display(self.pipe.blend(a.result, b.result, t))
 
 
-# --- the Gradio page ---------------------------------------------------------------------------------------
+def model_card_summary(folder: Path) -> str:
+    """The start of a model's ``MODEL_CARD.md`` for the page: its title and first paragraph, what it was trained
+    on, and its limitations (where it is weak)."""
+    path = Path(folder) / "MODEL_CARD.md"
+    if not path.is_file():
+        return f"**{Path(folder).name}**: no model card."
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip().lower()
+        elif line.startswith("# ") and not current:
+            sections.setdefault("title", []).append(line[2:].strip())
+        else:
+            sections.setdefault(current, []).append(line)
+    intro = next((p for p in "\n".join(sections.get("", [])).split("\n\n") if p.strip()), "")
+    first_sentence = re.split(r"(?<=[.])\s", intro.strip(), maxsplit=1)[0]
+    data = next((line for line in sections.get("data and licence", []) if line.startswith("- Data:")), "")
+    weak = [line for line in sections.get("limitations", []) if line.startswith("- ")]
+    parts = [f"**{' '.join(sections.get('title', [Path(folder).name]))}**. {first_sentence}"]
+    if data:
+        parts.append(data)
+    parts += ["**Where it is weak:**", *weak] if weak else []
+    return "\n\n".join(parts[:1]) + "\n\n" + "\n".join(parts[1:])
 
 
-def build_app(models: Sequence[str], *, device: str | torch.device = "auto", examples: Sequence[Path] = ()):
-    """A Gradio ``Blocks`` page over the given models (pipeline folders or catalogue names), loaded on first use."""
+# --- result files -----------------------------------------------------------------------------------------------
+
+
+class ResultFiles:
+    """The files the page hands out (results to show and download), with meaningful names, written atomically
+    into a folder of our own; each request gets its own subfolder, so a file being sent is never rewritten
+    (Gradio's cache keys PIL outputs by content, and two requests with one result shared one file). Files older
+    than ``keep_seconds`` are deleted, and the folder when the server stops."""
+
+    def __init__(self, keep_seconds: int) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="hyperinverter-web-"))
+        self.keep_seconds = keep_seconds
+        self._lock = threading.Lock()
+        self._last_sweep = time.monotonic()
+        atexit.register(shutil.rmtree, self.folder, True)
+
+    def write(self, name: str, data: bytes) -> str:
+        self.sweep()
+        path = self.folder / uuid.uuid4().hex / name
+        path.parent.mkdir()
+        atomic_write_bytes(path, data, durable=False)
+        return str(path)
+
+    def image(self, name: str, image: Image.Image | torch.Tensor) -> str:
+        return self.write(f"{name}.png", image_bytes(image, ".png"))
+
+    def sweep(self, *, now: float | None = None) -> int:
+        """Delete the request folders older than ``keep_seconds`` (at most once a minute); returns how many."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if now - self._last_sweep < 60 and now >= self._last_sweep:
+                return 0
+            self._last_sweep = now
+        removed = 0
+        for child in self.folder.iterdir():
+            try:
+                if now - child.stat().st_mtime > self.keep_seconds:
+                    shutil.rmtree(child)
+                    removed += 1
+            except FileNotFoundError:  # another request swept it
+                continue
+        return removed
+
+
+# --- the Gradio page ---------------------------------------------------------------------------------------------
+
+
+def user_message(e: BaseException) -> str:
+    """What the page says about a failed request: our errors as they are (they name the upload, never a server
+    path); anything else as its kind only, its details in the server log."""
+    if isinstance(e, Cancelled):
+        return "Cancelled."
+    if isinstance(e, (InputError, ImportError, ValueError)):
+        return str(e).strip("'\"")
+    logger.exception("the web page hit an internal error")
+    return f"Internal error ({type(e).__name__}); the server log has the details."
+
+
+def build_app(models: Sequence[str], *, device: str | torch.device = "auto", examples: Sequence[Path] = (),
+              limits: WebLimits = DEFAULT_LIMITS):
+    """A Gradio ``Blocks`` page over the given models (pipeline folders or catalogue names), loaded on first use.
+    ``examples``: real photos offered after each face model's own held-out images."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before Gradio is imported: nothing leaves
     try:
         import gradio as gr
     except ImportError as e:
@@ -142,121 +307,250 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     if not models:
         raise ValueError("no model to serve: give --model, or install a bundled model")
+    models = list(models)
+    from ..catalogue import local_model_path
+
+    # The example images (held-out ones inside each model, the bundled photos) are served from where they lie.
+    gr.set_static_paths([str(local_model_path(m)) for m in models] + [str(Path(p).parent) for p in examples])
     sessions: dict[str, WebSession] = {}
+    loading = threading.Lock()
+    files = ResultFiles(limits.keep_seconds)
+    cancel_flags: dict[str, threading.Event] = {}
+    expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
     def session(name: str) -> WebSession:
-        if name not in sessions:
-            try:
-                sessions[name] = WebSession.from_model(name, device=device)
-            except (FileNotFoundError, CheckpointError) as e:
-                raise gr.Error(f"cannot load {name}: {e}") from None
-        return sessions[name]
+        with loading:
+            if name not in sessions:
+                try:
+                    sessions[name] = WebSession.from_model(name, device=device, limits=limits)
+                except (FileNotFoundError, CheckpointError) as e:
+                    raise gr.Error(f"cannot load {name}: {e}") from None
+            return sessions[name]
 
-    def user_error(e: Exception):
-        return gr.Error(str(e).strip("'\""))
+    def fresh(name: str, key: str | None = None) -> dict:
+        """A user's state: what they inverted, with which model (cleared when the model changes), and the key of
+        their Cancel button."""
+        return {"model": name, "items": [], "second": None, "key": key or uuid.uuid4().hex}
 
-    def on_model(name):
+    def pick(state: dict, label: str | None) -> WebInversion | None:
+        items = state["items"] if state else []
+        return next((it for it in items if it.label == label), items[0] if items else None)
+
+    def downloads(s: WebSession, item: WebInversion) -> list[str]:
+        from ..inversion.files import inversion_bytes
+
+        record = inversion_bytes(item.result.to("cpu"), source=item.stem, model=s.pipe.name, method=item.method,
+                                 generator=s.pipe.fingerprint, placement=item.placement)
+        return [files.image(item.stem, item.result.image.cpu()), files.image(f"{item.stem}_compare",
+                                                                            s.comparison(item)),
+                files.write(f"{item.stem}.safetensors", record)]
+
+    # --- handlers: each returns every output it owns, so a failure clears what would be stale ---
+    def on_model(name, state):
         s = session(name)
         names = sorted(s.directions)
-        return (gr.update(choices=names, value=names[0] if names else None),
-                gr.update(value=s.pipe.generator.config.img_channels == 3 and s.detector is not None),
-                gr.update(label=" | ".join(s.comparison_labels())),
-                gr.update(choices=s.methods(), value=s.pipe.default_method))
+        num_ws = s.pipe.generator.num_ws
+        real = [str(p) for p in examples] if s.takes_faces else []
+        return (fresh(name, (state or {}).get("key")), gr.update(choices=names, value=names[0] if names else None),
+                gr.update(value=s.takes_faces, interactive=s.detector is not None),
+                gr.update(value=None, label=" | ".join(s.comparison_labels())),
+                gr.update(choices=s.methods(), value=s.pipe.default_method), s.card,
+                gr.Dataset(samples=[[str(p)] for p in s.examples], visible=bool(s.examples)),
+                gr.Dataset(samples=[[p] for p in real], visible=bool(real)), gr.update(visible=bool(real)),
+                gr.update(choices=[], value=None), "", None, None, None, None, None,
+                gr.update(maximum=num_ws, value=min(num_ws, max(1, num_ws // 2))),
+                gr.update(maximum=num_ws, value=num_ws))
+
+    def on_preview(photo):
+        """The upload as the page shows it (downscaled like every upload), or what is wrong with it."""
+        if photo is None:
+            return None, ""
+        try:
+            image = WebSession.read_upload_with(photo, limits)
+        except expected as e:
+            return None, f"**{user_message(e)}**"
+        image.thumbnail((512, 512))
+        return files.image(_safe_stem(Path(photo).name), image), ""
 
     def on_method(name, method):
         return gr.update(label=" | ".join(session(name).comparison_labels(method)))
 
-    def on_invert(name, method, photo, align):
+    def on_invert(name, method, photo, align, state, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        s = session(name)
+        key = (state or {}).get("key") or uuid.uuid4().hex
+        flag = cancel_flags.setdefault(key, threading.Event())
+        flag.clear()
+
+        def report(step: int, total: int) -> None:
+            if flag.is_set():
+                raise Cancelled
+            progress((step, total), desc=f"{method}: step")
+
+        state = fresh(name, key) | {"second": state.get("second") if state and state.get("model") == name else None}
+        try:
+            found = s.invert(photo, align=align, method=method, progress=report,
+                             name=Path(photo).name if isinstance(photo, str) else "photo")
+        except expected as e:
+            message = user_message(e)
+            gr.Warning(message)
+            return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
+        except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
+            message = user_message(e)
+            return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
+        state["items"] = found
+        labels = [it.label for it in found]
+        where = f"{len(found)} face(s), left to right" if align else "the centred square of the photo"
+        label = s.pipe.inverter(method).label
+        status = f"{label}: **{sum(it.seconds for it in found):.2f} s** for {where}"
+        first = found[0]
+        return (state, files.image(f"{first.stem}_compare", s.comparison(first)),
+                gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None)
+
+    def on_cancel(state):
+        if state and state.get("key"):
+            cancel_flags.setdefault(state["key"], threading.Event()).set()
+
+    def on_pick(name, state, label):
+        item = pick(state, label)
+        if item is None:
+            return None, None
+        s = session(name)
+        return files.image(f"{item.stem}_compare", s.comparison(item)), downloads(s, item)
+
+    def on_edit(name, state, label, direction, strength, paste):
+        item = pick(state, label)
+        if item is None or not direction:
+            return None
         s = session(name)
         try:
-            found = s.invert(photo, align=align, method=method)
-        except (NoFaceFoundError, ImageReadError, ImportError) as e:
-            raise user_error(e) from None
-        labels = [it.label for it in found]
-        note = f"{len(found)} face(s) found" if align else "inverted the centred square of the photo"
-        return found, s.comparison(found[0]), gr.update(choices=labels, value=labels[0]), note
-
-    def on_reinvert(name, method, photo, align):
-        if photo is None:
-            return None, None, gr.update(), ""
-        return on_invert(name, method, photo, align)
-
-    def pick(found, label):
-        return next((it for it in found if it.label == label), found[0])
-
-    # Edits and blends follow every change of their inputs; before anything is inverted they show nothing.
-    def on_pick(name, found, label):
-        return session(name).comparison(pick(found, label)) if found else None
-
-    def on_edit(name, found, label, direction, strength, paste):
-        if not found or not direction:
+            image = s.edit(item, direction, strength, paste_back=paste)
+        except expected as e:
+            gr.Warning(user_message(e))
             return None
-        return session(name).edit(pick(found, label), direction, strength, paste_back=paste)
+        suffix = "_photo" if paste and item.placement is not None else ""
+        return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image)
 
-    def on_second(name, method, photo, align):
+    def on_second(name, method, photo, align, state):
+        state = state if state and state.get("model") == name else fresh(name, (state or {}).get("key"))
+        state = dict(state, second=None)
         if photo is None:
+            return state
+        try:
+            state["second"] = session(name).invert(photo, align=align, method=method,
+                                                   name=Path(photo).name if isinstance(photo, str) else "photo")[0]
+        except expected as e:
+            gr.Warning(user_message(e))
+        return state
+
+    def on_blend(name, state, label, t):
+        item, other = pick(state, label), (state or {}).get("second")
+        if item is None or other is None:
             return None
         try:
-            return session(name).invert(photo, align=align, method=method)[0]
-        except (NoFaceFoundError, ImageReadError, ImportError) as e:
-            raise user_error(e) from None
+            image = session(name).interpolate(item, other, t)
+        except expected as e:
+            gr.Warning(user_message(e))
+            return None
+        return files.image(f"{item.stem}_to_{other.stem}_t{t:g}", image)
 
-    def on_blend(name, found, label, other, t):
-        if not found or other is None:
+    def on_mix(name, state, label, start, end):
+        item, other = pick(state, label), (state or {}).get("second")
+        if item is None or other is None:
             return None
         try:
-            return session(name).interpolate(pick(found, label), other, t)
-        except ValueError as e:
-            raise user_error(e) from None
+            image = session(name).mix(item, other, int(start), int(end))
+        except expected as e:
+            gr.Warning(user_message(e))
+            return None
+        return files.image(f"{item.stem}_mix{int(start)}-{int(end)}_{other.stem}", image)
 
-    with gr.Blocks(title="hyperinverter") as app:
-        gr.Markdown("# HyperInverter\nPhase I finds one code *w*; Phase II predicts residual generator weights "
-                    "Δθ, and the result is G(w; θ+Δθ). Edits move *w* and keep Δθ. Every method of the model can "
-                    "be chosen (HyperStyle: multiplicative offsets refined over iterations). Runs on this "
-                    "machine.")
-        items = gr.State(None)
-        second = gr.State(None)
+    with gr.Blocks(title="hyperinverter", analytics_enabled=False,
+                   delete_cache=(max(60, limits.keep_seconds // 4), limits.keep_seconds)) as app:
+        gr.Markdown("# hyperinverter\nInvert a photo into the model's StyleGAN2 generator with any of its methods, "
+                    "then edit it. Runs on this machine: nothing is sent elsewhere, and uploads and results are "
+                    f"deleted after {limits.keep_seconds // 60} minutes.")
+        state = gr.State(None, time_to_live=limits.keep_seconds)
         with gr.Row():
-            model = gr.Dropdown(list(models), value=models[0], label="model")
-            method = gr.Dropdown([], label="method")
+            model = gr.Dropdown(models, value=models[0], label="model", elem_id="model")
+            # Choices come with the model (on_model); the handlers check values, so API clients may send any.
+            method = gr.Dropdown([], label="method (W / W+ / PTI optimise: slow, with a progress bar)",
+                                 allow_custom_value=True, elem_id="method")
             align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)")
+        card = gr.Markdown(elem_id="model-card")
         with gr.Row():
-            photo = gr.Image(type="filepath", label="photo")
-            compare = gr.Image(type="pil", format="png", label="input | Phase I (W) | HyperInverter",
-                               interactive=False)
+            with gr.Column():
+                # A file field, not an image field: what is uploaded is read by our code, so a file that is not
+                # an image gets our message (Gradio's image field fails before any handler, naming a server path).
+                photo = gr.File(label="photo", file_types=["image"], type="filepath", elem_id="photo")
+                preview = gr.Image(type="filepath", label="your photo", interactive=False, elem_id="preview",
+                                   height=200)
+            compare = gr.Image(type="filepath", format="png", label="input | result", interactive=False,
+                               elem_id="compare")
         with gr.Row():
-            run = gr.Button("Invert", variant="primary")
-            face = gr.Dropdown([], label="face")
-            status = gr.Markdown()
-        if examples:
-            gr.Examples([[str(p)] for p in examples], inputs=[photo])
+            run = gr.Button("Invert", variant="primary", elem_id="invert")
+            stop = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            face = gr.Dropdown([], label="face", elem_id="face", allow_custom_value=True)
+        status = gr.Markdown(elem_id="status")
+        result_files = gr.File(label="downloads: result, comparison, inversion file (w and Δθ)",
+                               file_count="multiple", interactive=False)
+        gr.Markdown("**Examples from the model's own held-out data** (what it was trained for):")
+        in_domain = gr.Dataset(components=[preview], samples=[], label="held-out examples", elem_id="in-domain")
+        real_note = gr.Markdown("**Real photos**: outside the training data of the bundled faces model (64-px "
+                                "synthetic faces): expect the colours, light and layout of the face, not the "
+                                "person's identity.", visible=False)
+        real = gr.Dataset(components=[preview], samples=[], label="real photos", visible=False, elem_id="real")
         gr.Markdown("## Edit")
         with gr.Row():
-            direction = gr.Dropdown([], label="direction")
-            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.5, label="strength (GANSpace: the coordinate's value)")
+            direction = gr.Dropdown([], label="direction", allow_custom_value=True, elem_id="direction")
+            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.5, label="strength (GANSpace: the coordinate's value)",
+                                 elem_id="strength")
             paste = gr.Checkbox(value=False, label="paste back into the photo")
-        edited = gr.Image(type="pil", format="png", label="edited", interactive=False)
-        gr.Markdown("## Interpolate (codes and residual weights)")
+        edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
+        gr.Markdown("## A second photo: interpolate (codes and residual weights) and mix styles")
         with gr.Row():
-            photo_b = gr.Image(type="filepath", label="second photo")
-            t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t")
-            blended = gr.Image(type="pil", format="png", label="blend", interactive=False)
+            photo_b = gr.File(label="second photo", file_types=["image"], type="filepath", elem_id="photo-b")
+            with gr.Column():
+                t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t")
+                blended = gr.Image(type="filepath", format="png", label="blend", interactive=False)
+            with gr.Column():
+                start = gr.Slider(0, 18, value=4, step=1, label="mix from layer")
+                end = gr.Slider(0, 18, value=18, step=1, label="to layer (exclusive)")
+                mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
+                                 "second", interactive=False)
 
-        edit_inputs = [model, items, face, direction, strength, paste]
-        blend_inputs = [model, items, face, second, t]
-        app.load(on_model, [model], [direction, align, compare, method])
-        model.change(on_model, [model], [direction, align, compare, method])
-        # Another method inverts what is on the page again (both photos: blends need one method).
-        method.change(on_method, [model, method], [compare]).then(
-            on_reinvert, [model, method, photo, align], [items, compare, face, status]).then(
-            on_second, [model, method, photo_b, align], [second]).then(
-            on_edit, edit_inputs, [edited]).then(on_blend, blend_inputs, [blended])
-        run.click(on_invert, [model, method, photo, align], [items, compare, face, status]).then(
-            on_edit, edit_inputs, [edited]).then(on_blend, blend_inputs, [blended])
-        face.change(on_pick, [model, items, face], [compare]).then(on_edit, edit_inputs, [edited])
-        for trigger in (direction.change, strength.release, paste.change):
-            trigger(on_edit, edit_inputs, [edited])
-        photo_b.change(on_second, [model, method, photo_b, align], [second]).then(on_blend, blend_inputs,
-                                                                                     [blended])
-        t.release(on_blend, blend_inputs, [blended])
+        model_outputs = [state, direction, align, compare, method, card, in_domain, real, real_note, face, status,
+                         edited, blended, mixed, result_files, start, end]
+        edit_inputs = [model, state, face, direction, strength, paste]
+        blend_inputs = [model, state, face, t]
+        mix_inputs = [model, state, face, start, end]
+        invert_outputs = [state, compare, face, status, result_files, edited, blended, mixed]
+        # One public API endpoint per action (what `gradio_client` and the load benchmark call); the chained
+        # repeats that keep the page consistent are callable but undocumented.
+        queued = {"concurrency_id": "models"}
+        quiet = {"concurrency_id": "models", "api_visibility": "undocumented"}
+        app.load(on_model, [model, state], model_outputs, api_name="model")
+        model.change(on_model, [model, state], model_outputs, api_visibility="undocumented")
+        in_domain.click(lambda sample: sample[0], [in_domain], [photo], api_visibility="undocumented")
+        real.click(lambda sample: sample[0], [real], [photo], api_visibility="undocumented")
+        photo.change(on_preview, [photo], [preview, status], api_name="preview", **queued)
+        inverting = run.click(on_invert, [model, method, photo, align, state], invert_outputs, api_name="invert",
+                              **queued)
+        inverting.then(on_edit, edit_inputs, [edited], **quiet).then(
+            on_blend, blend_inputs, [blended], **quiet).then(on_mix, mix_inputs, [mixed], **quiet)
+        stop.click(on_cancel, [state], None, queue=False, api_name="cancel")
+        method.change(on_method, [model, method], [compare], api_visibility="undocumented")
+        face.change(on_pick, [model, state, face], [compare, result_files], api_name="pick", **queued).then(
+            on_edit, edit_inputs, [edited], **quiet)
+        # .change (not .release): arrow keys move a slider too; only the last value waits in the queue.
+        strength.change(on_edit, edit_inputs, [edited], api_name="edit", trigger_mode="always_last", **queued)
+        for trigger in (direction.change, paste.change):
+            trigger(on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
+        photo_b.change(on_second, [model, method, photo_b, align, state], [state], api_name="second",
+                       **queued).then(on_blend, blend_inputs, [blended], **quiet).then(
+            on_mix, mix_inputs, [mixed], **quiet)
+        t.change(on_blend, blend_inputs, [blended], api_name="blend", trigger_mode="always_last", **queued)
+        start.change(on_mix, mix_inputs, [mixed], api_name="mix", trigger_mode="always_last", **queued)
+        end.change(on_mix, mix_inputs, [mixed], trigger_mode="always_last", **quiet)
+    app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
+    app.hyperinverter_files = files  # for tests and the server's clean-up
     return app

@@ -146,28 +146,53 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _web(sub) -> None:
-    p = sub.add_parser("web", help="the web demo: upload a photo, invert, edit, interpolate (needs the web extra)",
-                       description="Serve a Gradio page on this machine: upload a photo (every face is aligned), see "
-                       "input | Phase I | the chosen method's result (any trained method of the model), edit along the "
-                       "model's directions (pasted back into the "
-                       "photo if asked), and interpolate towards a second photo.")
+    from ..apps.limits import WebLimits
+
+    defaults = WebLimits()
+    p = sub.add_parser("web", help="the web page: upload a photo, invert with any method, edit, mix, interpolate "
+                       "(needs the web extra)",
+                       description="Serve a Gradio page on this machine: upload a photo (every face is aligned), "
+                       "invert it with any method of the model (the optimisation ones with a progress bar and "
+                       "Cancel), see its time, edit along the model's directions (pasted back into the photo if "
+                       "asked), mix styles with and interpolate towards a second photo, and download the results "
+                       "and the inversion file. Analytics are off; uploads and results are deleted after "
+                       "--keep-minutes.")
     p.add_argument("--model", action="append", default=None,
                    help="pipeline folder or catalogue name; repeatable (default: every installed bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port, default=7860)
+    p.add_argument("--max-upload-mb", type=positive_float, default=defaults.max_upload_mb,
+                   help=f"largest upload in MB (default {defaults.max_upload_mb:g})")
+    p.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels,
+                   help=f"largest photo in pixels, refused before decoding (default {defaults.max_pixels:,})")
+    p.add_argument("--detect-side", type=positive_int, default=defaults.detect_side,
+                   help=f"photos whose longest side is larger are downscaled to it before face detection "
+                   f"(default {defaults.detect_side})")
+    p.add_argument("--concurrency", type=positive_int, default=defaults.concurrency,
+                   help=f"requests that run a model at once; the others wait in the queue (default "
+                   f"{defaults.concurrency})")
+    p.add_argument("--queue-size", type=positive_int, default=defaults.queue_size,
+                   help=f"requests that may wait; more are refused with a message (default {defaults.queue_size})")
+    p.add_argument("--keep-minutes", type=positive_int, default=defaults.keep_seconds // 60,
+                   help=f"uploads, results and a closed page's state are deleted after this (default "
+                   f"{defaults.keep_seconds // 60})")
     add_device(p)
     p.set_defaults(func=run_web)
 
 
 def run_web(args: argparse.Namespace) -> int:
     from ..apps import sample_photos
-    from ..apps.web import build_app
+    from ..apps.web import WebLimits, build_app
     from ..catalogue import installed_bundles
 
+    limits = WebLimits(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, detect_side=args.detect_side,
+                       concurrency=args.concurrency, queue_size=args.queue_size,
+                       keep_seconds=60 * args.keep_minutes)
     models = args.model or installed_bundles()
-    app = build_app(models, device=args.device, examples=sample_photos())
+    app = build_app(models, device=args.device, examples=sample_photos(), limits=limits)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
-    app.launch(server_name=args.host, server_port=args.port, show_error=True)
+    app.launch(server_name=args.host, server_port=args.port, show_error=False,
+               max_file_size=f"{args.max_upload_mb:g}mb")
     return 0
 
 
@@ -190,6 +215,18 @@ def _benchmark(sub) -> None:
     register(sub)
 
 
+def _directions(sub) -> None:
+    from .direction_commands import register
+
+    register(sub)
+
+
+def _mixing(sub) -> None:
+    from .mixing_commands import register
+
+    register(sub)
+
+
 def _applications(sub) -> None:
     from .application_commands import register
 
@@ -202,4 +239,4 @@ def _data(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _ganspace, _inversion, _benchmark, _applications, _data, _train, _demo, _web]
+REGISTRY = [_generate, _convert, _ganspace, _directions, _inversion, _mixing, _benchmark, _applications, _data, _train, _demo, _web]

@@ -76,7 +76,9 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`")
     _add_model(p)
     _add_method(p)
-    p.add_argument("--direction", required=True, type=Path, help="InterFaceGAN .pt/.npy, GANSpace .pt, or ours")
+    p.add_argument("--direction", required=True,
+                   help="a direction of the model by name (see `hyperinverter directions list`), or a file: "
+                   "InterFaceGAN .pt/.npy, GANSpace .pt, a StyleCLIP mapper .pt, or ours")
     p.add_argument("--strength", type=finite_float, nargs="+", default=None,
                    help="one or more strengths (GANSpace: the value the coordinate is set to)")
     p.add_argument("--component", type=int, help="GANSpace component index")
@@ -87,13 +89,15 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="the folder for the edits")
     p.set_defaults(func=run_edit)
 
-    p = sub.add_parser("interpolate", help="interpolate two real images (w and Δθ): PNG strip and GIF")
+    p = sub.add_parser("interpolate", help="interpolate two real images (w and Δθ): PNG strip, GIF and MP4")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     _add_model(p)
     _add_method(p)
     p.add_argument("--steps", type=_steps, default=8)
-    p.add_argument("--out", required=True, type=Path, help="output stem: writes OUT.png and OUT.gif")
+    p.add_argument("--fps", type=positive_int, default=8, help="frames per second of the MP4 (default 8)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output stem: writes OUT.png, OUT.gif and, with the video extra (PyAV), OUT.mp4")
     p.set_defaults(func=run_interpolate)
 
     p = sub.add_parser("export-generator", help="write θ+Δθ of one image as a standalone generator",
@@ -224,13 +228,15 @@ def run_invert(args: argparse.Namespace) -> int:
 def _direction(args, generator):
     import torch
 
-    from ..editing.directions import load_direction
+    from ..catalogue import local_model_path
+    from ..editing.catalogue import resolve_direction
     from ..editing.sheet import parse_layer_range
     from ..errors import InputError
 
     start, end = parse_layer_range(args.layers, generator.num_ws) if args.layers else (None, None)
     first = args.strength[0] if args.strength else None
-    direction = load_direction(args.direction, index=args.component, start=start, end=end, strength=first)
+    direction = resolve_direction(local_model_path(args.model), args.direction, index=args.component, start=start,
+                                  end=end, strength=first)
     try:  # does it fit this model's codes? (once, before any image is processed)
         direction.apply(generator.w_avg[None, None].expand(1, generator.num_ws, -1).to(torch.float32))
     except ValueError as e:
@@ -287,17 +293,25 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
     from ..io.files import atomic_write_group
     from ..io.images import gif_bytes, image_bytes, make_grid
+    from ..io.video import mp4_bytes, video_backend
 
     pipe = _load_pipeline(args)
     frames = pipe.interpolate(_result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0],
                               steps=args.steps).cpu()
-    out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif") else args.out
-    png, gif = out.with_name(out.name + ".png"), out.with_name(out.name + ".gif")
-    atomic_write_group([(png, image_bytes(make_grid(frames, nrow=len(frames)))),
-                        (gif, gif_bytes(list(frames) + list(frames.flip(0))))])
-    print(f"wrote {png} and {gif}")
+    out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif", ".mp4") else args.out
+    there_and_back = list(frames) + list(frames.flip(0))
+    written = [(out.with_name(out.name + ".png"), image_bytes(make_grid(frames, nrow=len(frames)))),
+               (out.with_name(out.name + ".gif"), gif_bytes(there_and_back))]
+    if video_backend() is not None:
+        written.append((out.with_name(out.name + ".mp4"), mp4_bytes(torch.stack(there_and_back), args.fps)))
+    atomic_write_group(written)
+    print("wrote " + ", ".join(str(path) for path, _ in written))
+    if video_backend() is None:
+        print("no MP4: install the video extra (pip install 'hyperinverter[video]')")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Latent edits that reuse an image's generator offsets: InterFaceGAN, GANSpace."""
 
+from .boundaries import TrainedBoundary, read_labels, save_boundary, train_boundary, train_from_labels
+from .catalogue import CatalogueEntry, direction_catalogue, resolve_direction
 from .directions import Direction, GANSpaceDirection, LinearDirection, load_direction, save_direction
 from .ganspace import GANSpaceBasis, compute_ganspace
 
-__all__ = ["Direction", "GANSpaceBasis", "GANSpaceDirection", "LinearDirection", "compute_ganspace",
-           "load_direction", "save_direction"]
+__all__ = ["CatalogueEntry", "Direction", "GANSpaceBasis", "GANSpaceDirection", "LinearDirection", "TrainedBoundary",
+           "compute_ganspace", "direction_catalogue", "load_direction", "read_labels", "resolve_direction",
+           "save_boundary", "save_direction", "train_boundary", "train_from_labels"]

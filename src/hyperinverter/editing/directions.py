@@ -5,7 +5,8 @@ HyperInverter and HyperStyle papers.
 
 Files read: InterFaceGAN ``.pt`` tensors ``[1, w_dim]`` or ``[1, num_ws, w_dim]`` (and ``.npy`` boundaries),
 GANSpace ``.pt`` dicts ``{comp: [n,1,w_dim], mean: [1,w_dim], std: [n]}`` (a basis: the component,
-layer range and value are chosen by the caller), and our ``.safetensors`` direction files.
+layer range and value are chosen by the caller), official StyleCLIP latent mappers (``w + α·M(w)``, see
+:mod:`hyperinverter.editing.styleclip`), and our ``.safetensors`` direction files.
 """
 
 from __future__ import annotations
@@ -190,6 +191,14 @@ def load_direction(
         vector = _vector(torch.from_numpy(array.astype(np.float32)), path)
         return LinearDirection(vector, name=name, default_strength=3.0 if strength is None else strength)
     obj = load_weights_only(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and any(
+            str(k).startswith("mapper.") for k in obj["state_dict"]):
+        from .styleclip import (  # an official StyleCLIP latent mapper
+            DEFAULT_STRENGTH,
+            load_styleclip_direction,
+        )
+
+        return load_styleclip_direction(path, name=name, strength=DEFAULT_STRENGTH if strength is None else strength)
     if isinstance(obj, torch.Tensor):
         return LinearDirection(_vector(obj, path), name=name, default_strength=3.0 if strength is None else strength)
     if isinstance(obj, dict):

@@ -1,0 +1,17 @@
+"""What one request to the web page may cost a shared server (light to import: the CLI reads the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WebLimits:
+    """What one request may cost a shared server. Every field is a ``hyperinverter web`` flag."""
+
+    max_upload_mb: float = 20.0  # bytes of one upload
+    max_pixels: int = 40_000_000  # pixels of one decoded photo (Pillow's own bomb limit is higher)
+    detect_side: int = 2048  # photos larger than this (longest side) are downscaled before face detection
+    concurrency: int = 1  # requests that run a model at once; the others wait in the queue
+    queue_size: int = 32  # requests that may wait; more are refused at once with a message
+    keep_seconds: int = 3600  # uploads, result files and a closed page's state are deleted after this

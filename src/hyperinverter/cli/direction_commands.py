@@ -1,0 +1,180 @@
+"""``directions train|label|list``: edit directions that users make themselves, and a model's catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .arguments import nonnegative_float, nonnegative_int, positive_int
+from .inversion_commands import _add_model
+
+TRAIN_DESCRIPTION = """\
+Fit a linear classifier (L2-regularised logistic regression) that separates the samples with much of an
+attribute from those with little, on their W codes (or W+ rows); its unit normal is the direction. The accuracy
+on a seeded held-out split is printed and stored in the file."""
+
+LABELS_FORMAT = """\
+labels CSV: one row per sample after a header row. Either a `seed` column (the code is regenerated from the
+model's mapping network: z = torch.randn(z_dim) of torch.Generator().manual_seed(seed), w = mapping(z); an
+optional `trunc` column gives the truncation psi, default 1) or a `codes` column (an inversion .safetensors
+written by `hyperinverter invert`, relative to the CSV's folder, made with the same model). Every other column
+is an attribute: a number per row, empty for "not labelled". A column of only 0 and 1 is a binary label; any
+other is a score whose top and bottom --fraction are the two classes (InterFaceGAN's recipe)."""
+
+
+def _fraction(text: str) -> float:
+    value = nonnegative_float(text)
+    if not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be in (0, 0.5], got {value:g}")
+    return value
+
+
+def _test_fraction(text: str) -> float:
+    value = nonnegative_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value:g}")
+    return value
+
+
+def _layers(text: str) -> str:
+    if text.count(":") != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected START:END, e.g. 0:4")
+    return text
+
+
+def register(sub) -> None:
+    p = sub.add_parser("directions", help="train edit directions from labels, label faces, list a model's directions",
+                       description="Edit directions that you make yourself (InterFaceGAN boundaries from labelled "
+                       "samples), and the directions a model ships.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    q = actions.add_parser("train", help="an InterFaceGAN boundary from a labels CSV: a linear classifier on the "
+                           "codes, whose unit normal is the edit",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=TRAIN_DESCRIPTION + "\n\n" + LABELS_FORMAT)
+    _add_model(q)
+    q.add_argument("--labels", required=True, type=Path, help="the labels CSV (format below)")
+    q.add_argument("--attribute", required=True, help="the column to train")
+    q.add_argument("--condition", action="append", default=[], metavar="OTHER",
+                   help="keep this attribute unchanged (InterFaceGAN's conditional edit: its normal is projected "
+                   "off): another column of the CSV, a direction file, or a direction of the model; repeatable")
+    q.add_argument("--space", choices=["w", "wplus"], default="w",
+                   help="w (default): the classifier reads w (the mean of the rows of --layers); wplus: the rows "
+                   "of --layers side by side")
+    q.add_argument("--layers", type=_layers, default=None, metavar="START:END",
+                   help="the layers the direction edits (and the classifier reads); default: all")
+    q.add_argument("--fraction", type=_fraction, default=0.3,
+                   help="for a continuous score, the top and bottom fraction used as the classes (default 0.3)")
+    q.add_argument("--test-fraction", type=_test_fraction, default=0.2,
+                   help="the share of the samples held out to measure the accuracy (default 0.2)")
+    q.add_argument("--seed", type=nonnegative_int, default=0, help="the seed of the held-out split (default 0)")
+    q.add_argument("--strength", type=nonnegative_float, default=None,
+                   help="the default strength stored in the file (default: 2 standard deviations of the codes "
+                   "along the direction)")
+    q.add_argument("--name", default=None, help="the direction's name (default: the attribute)")
+    q.add_argument("--out", type=Path, default=None,
+                   help="the direction file to write (default: ATTRIBUTE.safetensors in the current folder)")
+    q.set_defaults(func=run_train)
+
+    q = actions.add_parser("label", help="label a face model's samples with landmark attributes (yaw, mouth and "
+                           "eye opening) for `directions train`",
+                           description="Generate the samples of seeds S..S+N-1, find the 68 dlib landmarks (small "
+                           "images are upscaled first) and write one CSV row per sample with a face: seed, trunc, "
+                           "yaw (nose-tip offset from the face's midline over the outer eye-corner distance; "
+                           "positive: the nose points to the image's right), mouth_open (inner-lip gap over mouth "
+                           "width) and eyes_open (mean eye aspect ratio). Samples without a face are skipped and "
+                           "counted. Needs `pip install 'hyperinverter[align]'`.")
+    _add_model(q)
+    q.add_argument("--samples", required=True, type=positive_int, help="how many samples to generate")
+    q.add_argument("--seed", type=nonnegative_int, default=0, help="the first seed (default 0)")
+    q.add_argument("--trunc", type=nonnegative_float, default=1.0,
+                   help="truncation psi of the samples (default 1: none; recorded in the CSV)")
+    q.add_argument("--upscale", type=positive_int, default=4,
+                   help="upscale factor (Lanczos) before detection; the detector misses faces under ~80 px")
+    q.add_argument("--min-face-score", type=nonnegative_float, default=0.0,
+                   help="the lowest dlib detection score kept (default 0, dlib's own: samples are small)")
+    q.add_argument("--batch-size", type=positive_int, default=32)
+    q.add_argument("--out", required=True, type=Path, help="the labels CSV to write")
+    q.set_defaults(func=run_label)
+
+    q = actions.add_parser("list", help="a model's directions: name, kind, layers, default strength and, for "
+                           "trained ones, attribute and held-out accuracy")
+    q.add_argument("--model", required=True, help="a catalogue name or a model folder")
+    q.set_defaults(func=run_list)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..editing.boundaries import save_boundary, train_from_labels
+    from ..errors import OutputError
+
+    out = args.out if args.out is not None else Path(f"{args.name or args.attribute}.safetensors")
+    if out.suffix != ".safetensors":
+        raise OutputError(out, "a direction file must end in .safetensors")
+    if out.is_dir():
+        raise OutputError(out, "is a folder; give the direction file to write")
+    result = train_from_labels(args.model, args.labels, args.attribute, conditions=args.condition, space=args.space,
+                               layers=args.layers, fraction=args.fraction, test_fraction=args.test_fraction,
+                               seed=args.seed, strength=args.strength, name=args.name, device=args.device)
+    save_boundary(result, out)
+    start, end = result.layers
+    print(f"{result.attribute}: held-out accuracy {result.accuracy:.3f} on {result.num_test} samples (trained on "
+          f"{result.num_train}; training accuracy {result.train_accuracy:.3f})")
+    for condition in result.conditions:
+        print(f"  conditioned on {condition} (cosine before projection {result.condition_cosines[condition]:+.3f})")
+    if result.conditions:
+        print(f"  without the conditions the held-out accuracy is {result.accuracy_unconditioned:.3f}")
+    print(f"wrote {out}: {result.space} direction on layers {start}:{end}, default strength {result.direction.default_strength:g}")
+    return 0
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from ..align import Dlib68Detector
+    from ..catalogue import generator_path
+    from ..convert.gan_files import load_generator
+    from ..device import resolve_device
+    from ..editing.attributes import label_samples, write_labels_csv
+    from ..errors import OutputError
+
+    if args.out.is_dir():
+        raise OutputError(args.out, "is a folder; give the CSV file to write")
+    detector = Dlib68Detector(min_score=args.min_face_score, upsample=0)
+    G = load_generator(generator_path(args.model), device=resolve_device(args.device)).eval()
+    seeds = range(args.seed, args.seed + args.samples)
+    report = label_samples(G, seeds, detector, truncation_psi=args.trunc, upscale=args.upscale,
+                           batch_size=args.batch_size, progress=sys.stderr.isatty())
+    if not report.rows:
+        print(f"labelled nothing: no face found in any of the {report.samples} samples (try a larger --upscale "
+              "or --trunc 0.7)", file=sys.stderr)
+        return 1
+    write_labels_csv(args.out, report)
+    print(f"wrote {args.out}: {len(report.rows)} labelled sample(s) of {report.samples} (seeds {seeds.start}-"
+          f"{seeds.stop - 1}); {len(report.skipped)} without a face were skipped")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from ..catalogue import local_model_path
+    from ..editing.catalogue import direction_catalogue
+
+    entries = direction_catalogue(args.model)
+    if not entries:
+        print(f"{args.model} has no directions (its folder {local_model_path(args.model)} has no "
+              "directions/*.safetensors)")
+        return 0
+    header = ("name", "kind", "layers", "strength", "attribute", "held-out accuracy")
+    rows = []
+    for e in entries:
+        if e.error is not None:
+            rows.append((e.name, "unreadable", "-", "-", "-", "-"))
+            continue
+        rows.append((e.name, e.kind, e.describe_layers(), f"{e.strength:g}", e.attribute or "-",
+                     f"{e.accuracy:.3f}" if e.accuracy is not None else "-"))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    bad = [e for e in entries if e.error is not None]
+    for e in bad:
+        print(f"failed: {e.error}", file=sys.stderr)
+    return 1 if bad else 0
+

@@ -1,0 +1,365 @@
+"""Directions users make themselves: InterFaceGAN boundaries from labels, landmark attributes, the catalogue."""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hyperinverter.cli.main import main
+from hyperinverter.editing import (
+    GANSpaceBasis,
+    GANSpaceDirection,
+    LinearDirection,
+    load_direction,
+    save_direction,
+)
+from hyperinverter.editing.attributes import (
+    LabelReport,
+    head_yaw,
+    label_samples,
+    labels_csv_bytes,
+    landmark_attributes,
+    measure_edit_response,
+    measure_images,
+    mouth_opening,
+)
+from hyperinverter.editing.boundaries import (
+    binary_classes,
+    project_off,
+    read_labels,
+    save_boundary,
+    train_boundary,
+    train_from_labels,
+)
+from hyperinverter.editing.catalogue import direction_catalogue, resolve_direction
+from hyperinverter.errors import InputError, SchemaError
+
+BUNDLED_FACE = Path(__file__).parents[1] / "src/hyperinverter/bundled/faces-64/examples/000000.png"
+
+
+def _synthetic(n=1500, num_ws=6, w_dim=16, noise=0.3, seed=0):
+    """W codes (identical rows) and a score that is a known linear function of w plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, w_dim, generator=gen) * 2 + 1
+    normal = torch.randn(w_dim, generator=gen)
+    normal /= normal.norm()
+    score = (w @ normal) + noise * torch.randn(n, generator=gen)
+    return w[:, None].repeat(1, num_ws, 1), score.numpy(), normal
+
+
+def _cos(a, b):
+    return float(a.flatten().double() @ b.flatten().double() / (a.norm() * b.norm()))
+
+
+# --- boundaries ---------------------------------------------------------------------------------------------------
+
+
+def test_the_trained_normal_is_the_true_one():
+    codes, score, normal = _synthetic()
+    result = train_boundary(codes, score, attribute="a")
+    vector = result.direction.vector
+    assert vector.shape == (1, 16) and abs(float(vector.norm()) - 1) < 1e-5
+    assert _cos(vector[0], normal) > 0.95  # the direction points to more of the attribute
+    assert result.accuracy > 0.95 and result.num_test == 180 and result.num_train == 720  # 2 x 30 % of 1500
+    # default strength: two standard deviations of the codes along the direction (w has std 2 per axis)
+    assert 0.5 * 2 * 2 < result.direction.default_strength < 1.5 * 2 * 2
+    # a noisy attribute is harder to predict
+    noisy = train_boundary(*_synthetic(noise=4.0)[:2], attribute="a")
+    assert noisy.accuracy < result.accuracy
+
+
+def test_binary_columns_and_fractions():
+    index, labels = binary_classes(np.array([0, 1, np.nan, 1, 0, 0]))
+    assert index.tolist() == [0, 1, 3, 4, 5] and labels.tolist() == [0, 1, 1, 0, 0]
+    index, labels = binary_classes(np.arange(10.0)[::-1], fraction=0.2)
+    assert sorted(index[labels == 1].tolist()) == [0, 1] and sorted(index[labels == 0].tolist()) == [8, 9]
+    with pytest.raises(ValueError, match="fraction"):
+        binary_classes(np.arange(10.0), fraction=0.7)
+    codes, score, normal = _synthetic()
+    result = train_boundary(codes, (score > np.median(score)).astype(float), attribute="a")
+    assert _cos(result.direction.vector[0], normal) > 0.9 and result.accuracy > 0.9
+
+
+def test_conditioning_makes_the_direction_orthogonal_to_the_condition():
+    codes, score, normal = _synthetic()
+    gen = torch.Generator().manual_seed(5)
+    other = torch.randn(16, generator=gen)
+    condition = (other / other.norm() + normal) / 2  # correlated with the attribute
+    condition /= condition.norm()
+    result = train_boundary(codes, score, attribute="a", conditions={"c": condition[None]})
+    vector = result.direction.vector[0]
+    assert abs(_cos(vector, condition)) < 1e-5 and abs(float(vector.norm()) - 1) < 1e-5
+    assert result.condition_cosines["c"] > 0.5 and result.conditions == ("c",)
+    assert result.accuracy_unconditioned > 0.95 and result.accuracy > 0.6
+    assert result.metadata()["conditions"] == ["c"]
+    # two conditions: orthogonal to both (InterFaceGAN's general case)
+    second = torch.randn(16, generator=gen)
+    both = project_off(normal, [condition, second])
+    assert abs(float(both @ condition.double())) < 1e-9 and abs(float(both @ second.double())) < 1e-9
+    with pytest.raises(ValueError, match="span of the conditions"):
+        project_off(normal, [normal, second])
+
+
+def test_wplus_and_layer_ranges():
+    codes, score, normal = _synthetic()
+    w = train_boundary(codes, score, attribute="a", space="w", layers=(2, 5))
+    assert w.direction.vector.shape == (6, 16)
+    assert torch.all(w.direction.vector[[0, 1, 5]] == 0) and _cos(w.direction.vector[3], normal) > 0.95
+    wplus = train_boundary(codes, score, attribute="a", space="wplus", layers=(1, 5))
+    vector = wplus.direction.vector
+    assert vector.shape == (6, 16) and torch.all(vector[[0, 5]] == 0)
+    assert _cos(vector[1:5].sum(0), normal) > 0.9
+    # scaled so that a direction with identical rows edits like the W direction: each row has ~unit norm
+    assert abs(float(vector[1:5].norm()) - 2) < 1e-4
+    with pytest.raises(ValueError, match="layer range"):
+        train_boundary(codes, score, attribute="a", layers=(3, 9))
+
+
+# --- the labels CSV -----------------------------------------------------------------------------------------------
+
+
+def _w(G, seeds, psi=1.0):
+    from hyperinverter.generate import z_from_seeds
+
+    with torch.no_grad():
+        return G.mapping(z_from_seeds(seeds, G.z_dim), truncation_psi=psi)[:, 0].double()
+
+
+def test_train_from_labels_of_seeds(tiny_generator, tmp_path):
+    G = tiny_generator
+    seeds = list(range(600))
+    w = _w(G, seeds, 0.8)
+    normal = torch.randn(G.w_dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    score = ((w - w.mean(0)) / w.std(0)) @ normal  # a linear function of w, in the units of the codes
+    other = (w - w.mean(0)) @ torch.randn(G.w_dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    lines = ["seed,trunc,smile,other"] + [f"{s},0.8,{a:.6f},{b:.6f}" for s, a, b in zip(seeds, score, other)]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    result = train_from_labels(G, csv, "smile")
+    assert result.accuracy > 0.9
+    true = normal / w.std(0)
+    assert _cos(result.direction.vector[0], true) > 0.9
+    conditioned = train_from_labels(G, csv, "smile", conditions=["other"])
+    other_alone = train_from_labels(G, csv, "other").direction.vector[0]
+    assert abs(_cos(conditioned.direction.vector[0], other_alone)) < 1e-5
+    # the file: an ordinary linear direction with the training record in its metadata
+    path = save_boundary(conditioned, tmp_path / "smile.safetensors")
+    loaded = load_direction(path)
+    assert isinstance(loaded, LinearDirection) and torch.equal(loaded.vector, conditioned.direction.vector)
+    # a direction file as a condition
+    save_direction(LinearDirection(other_alone[None].float(), name="o"), tmp_path / "o.safetensors")
+    from_file = train_from_labels(G, csv, "smile", conditions=[str(tmp_path / "o.safetensors")])
+    assert abs(_cos(from_file.direction.vector[0], other_alone)) < 1e-5
+    with pytest.raises(InputError, match="no column 'age'.*'other', 'smile'"):
+        train_from_labels(G, csv, "age")
+    with pytest.raises(InputError, match=r"^age: is not a column of .*labels\.csv \(its attributes: smile, other\)"):
+        train_from_labels(G, csv, "smile", conditions=["age"])
+    with pytest.raises(InputError, match="cannot be conditioned on itself"):
+        train_from_labels(G, csv, "smile", conditions=["smile"])
+
+
+def test_train_from_inversion_files(tiny_generator, tmp_path):
+    from hyperinverter.inversion.files import generator_fingerprint, save_inversion
+    from hyperinverter.methods import InversionResult
+
+    G = tiny_generator
+    w = _w(G, range(200)).float()
+    image = torch.zeros(1, 3, 32, 32)
+    rows = ["codes,label"]
+    for i, code in enumerate(w):
+        save_inversion(tmp_path / f"{i}.safetensors", InversionResult(code[None, None].repeat(1, G.num_ws, 1), image),
+                       model="tiny", generator=generator_fingerprint(G))
+        rows.append(f"{i}.safetensors,{int(code[0] > w[:, 0].median())}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = train_from_labels(G, tmp_path / "labels.csv", "label")
+    assert result.accuracy > 0.85 and abs(result.direction.vector[0, 0]) > 0.8  # the first axis
+    save_inversion(tmp_path / "wide.safetensors", InversionResult(torch.zeros(1, G.num_ws, 8), image))
+    (tmp_path / "bad.csv").write_text("codes,label\n0.safetensors,1\nwide.safetensors,0\n")
+    with pytest.raises(InputError, match=r"bad\.csv: row 3: .*wide\.safetensors: .*codes are \[\d+, 8\]"):
+        train_from_labels(G, tmp_path / "bad.csv", "label")
+    (tmp_path / "gone.csv").write_text("codes,label\n0.safetensors,1\nmissing.safetensors,0\n")
+    with pytest.raises(InputError, match=r"gone\.csv: row 3: the codes file .*missing\.safetensors does not exist"):
+        train_from_labels(G, tmp_path / "gone.csv", "label")
+
+
+@pytest.mark.parametrize("text, cause", [
+    ("seed,a\n1,0.5\nx,0.2\n", r"row 3: seed 'x' is not an integer"),
+    ("seed,a\n1,0.5\n2,high\n", r"row 3: 'a' is 'high', not a number"),
+    ("seed,a\n1,0.5\n2,nan\n", r"row 3: 'a' is 'nan'; leave the cell empty"),
+    ("seed,a\n1,0.5\n\n2,0.1,7\n", r"row 4: has 3 cells, the header 2"),
+    ("seed,a\n1,0.5\n1,0.2\n", r"row 3: seed '1' repeats row 2"),
+    ("seed,a\n-4,0.5\n", r"row 2: seed -4 is out of range"),
+    ("name,a\nx,1\n", r"row 1: the header needs exactly one of the columns 'seed'"),
+    ("seed,codes,a\n1,x,1\n", r"row 1: the header needs exactly one"),
+    ("seed\n1\n", r"row 1: no attribute column"),
+    ("seed,a,a\n1,2,3\n", r"row 1: the header has repeated column names \['a'\]"),
+    ("seed,a\n", r"has a header but no rows"),
+    ("", r"is empty"),
+])
+def test_bad_labels_name_the_file_and_the_row(tmp_path, text, cause):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(SchemaError, match=re.escape(str(path)) + ": " + cause):
+        read_labels(path)
+
+
+def test_empty_cells_are_unlabelled(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("seed,a,b\n1,0.5,\n2,,1\n3,0.1,0\n")
+    table = read_labels(path)
+    assert table.seeds == [1, 2, 3] and table.truncations == [1.0, 1.0, 1.0] and table.lines == [2, 3, 4]
+    assert np.isnan(table.attributes["a"][1]) and np.isnan(table.attributes["b"][0])
+
+
+# --- landmark attributes ------------------------------------------------------------------------------------------
+
+
+def _frontal_face() -> np.ndarray:
+    """A symmetric frontal face in dlib's 68-point order, closed mouth, eyes with aspect ratio 0.3."""
+    p = np.zeros((68, 2))
+    for i in range(17):  # jaw: a U, symmetric about x = 0
+        angle = math.pi * i / 16
+        p[i] = [-50 * math.cos(angle), 60 * math.sin(angle)]
+    p[17:22] = [[-40 + 7 * i, -30] for i in range(5)]
+    p[22:27] = [[12 + 7 * i, -30] for i in range(5)]
+    p[27:31] = [[0, -20 + 7 * i] for i in range(4)]  # nose bridge, tip = 30 at (0, 1)
+    p[31:36] = [[-10 + 5 * i, 8] for i in range(5)]
+
+    def eye(cx):  # corners 20 apart, lids 6 apart: EAR = (6 + 6) / (2 * 20) = 0.3
+        return [[cx - 10, -15], [cx - 3, -18], [cx + 3, -18], [cx + 10, -15], [cx + 3, -12], [cx - 3, -12]]
+
+    p[36:42], p[42:48] = eye(-25), eye(25)
+    p[48:60] = [[20 * math.cos(math.pi + 2 * math.pi * i / 12), 30 + 6 * math.sin(math.pi + 2 * math.pi * i / 12)]
+                for i in range(12)]  # outer lips: corners 48 (x=-20) and 54 (x=+20)
+    p[60:68] = [[-12, 30], [-5, 30], [0, 30], [5, 30], [12, 30], [5, 30], [0, 30], [-5, 30]]  # closed
+    return p
+
+
+def test_landmark_attributes_on_a_known_face():
+    face = _frontal_face()
+    values = landmark_attributes(face)
+    assert abs(values["yaw"]) < 1e-12 and values["mouth_open"] == 0 and abs(values["eyes_open"] - 0.3) < 1e-12
+    turned = face.copy()
+    turned[30, 0] += 10  # nose tip towards the image's right, by 1/7 of the 70-px outer eye-corner span
+    assert abs(head_yaw(turned) - 10 / 70) < 1e-12
+    turned[30, 0] -= 20
+    assert head_yaw(turned) < 0
+    rolled = face @ np.array([[math.cos(0.4), math.sin(0.4)], [-math.sin(0.4), math.cos(0.4)]]) * 3
+    assert abs(head_yaw(rolled)) < 1e-12  # measured along the eye line: roll and scale do not matter
+    opened = face.copy()
+    opened[[61, 62, 63], 1] -= 4
+    opened[[65, 66, 67], 1] += 4  # gap 8 over width 40
+    assert abs(mouth_opening(opened) - 0.2) < 1e-12
+    with pytest.raises(ValueError, match="68"):
+        landmark_attributes(face[:5])
+
+
+def test_labels_skip_samples_without_a_face(tiny_generator, tmp_path):
+    face = _frontal_face() + 64
+    calls = []
+
+    def detector(image):  # a face in every other sample
+        calls.append(image.size)
+        return [face] if len(calls) % 2 else []
+
+    report = label_samples(tiny_generator, range(10, 16), detector, truncation_psi=0.7, upscale=3, batch_size=4)
+    assert calls[0] == (96, 96)  # 32 px upscaled x3
+    assert [r["seed"] for r in report.rows] == [10, 12, 14] and report.skipped == [11, 13, 15]
+    assert report.samples == 6
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(labels_csv_bytes(report))
+    table = read_labels(csv)
+    assert table.seeds == [10, 12, 14] and table.truncations == [0.7] * 3
+    assert np.allclose(table.attributes["eyes_open"], 0.3) and np.allclose(table.attributes["yaw"], 0)
+    assert labels_csv_bytes(LabelReport([])).decode() == "seed,trunc,yaw,mouth_open,eyes_open\n"
+
+
+def test_edit_response_of_a_null_edit(tiny_generator):
+    face = _frontal_face()
+
+    def detector(image):  # the nose follows the image's brightness
+        moved = face.copy()
+        moved[30, 0] += float(np.asarray(image, dtype=np.float64).mean()) / 10
+        return [moved]
+
+    null = LinearDirection(torch.zeros(1, tiny_generator.w_dim), name="null")
+    response = measure_edit_response(tiny_generator, null, [1, 2, 3], [-1, 0, 1], detector, upscale=1)
+    assert response["yaw"].samples == 3 and abs(response["yaw"].slope) < 1e-12
+    brighter = LinearDirection(torch.randn(1, tiny_generator.w_dim, generator=torch.Generator().manual_seed(0)))
+    moved = measure_edit_response(tiny_generator, brighter, [1, 2, 3], [-1, 0, 1], detector, upscale=1)
+    assert moved["yaw"].slope != 0 and moved["eyes_open"].slope == 0 and 0 <= moved["yaw"].r2 <= 1
+
+
+def test_dlib_measures_a_bundled_face():
+    from hyperinverter.align import optional_detector
+
+    detector, why = optional_detector(min_score=0.0, upsample=0)
+    if detector is None:
+        pytest.skip(why)
+    from hyperinverter.io.images import pil_to_tensor, read_image
+
+    (found,) = measure_images(pil_to_tensor(read_image(BUNDLED_FACE)), detector, upscale=4)
+    assert found is not None
+    assert -0.5 < found["yaw"] < 0.5 and 0 <= found["mouth_open"] < 0.5 and 0.1 < found["eyes_open"] < 0.5
+
+
+# --- the catalogue and the command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_with_directions(tiny_generator, tmp_path):
+    from hyperinverter.io.gan import save_gan
+
+    folder = save_gan(tmp_path / "model", tiny_generator)
+    codes, score, _ = _synthetic(num_ws=tiny_generator.num_ws)
+    save_boundary(train_boundary(codes, score, attribute="smile"), folder / "directions" / "smile.safetensors")
+    basis = GANSpaceBasis(torch.eye(16)[:4], torch.zeros(16), torch.ones(4))
+    save_direction(GANSpaceDirection(basis, 1, 0, 3, -2.0, name="turn"), folder / "directions" / "pc1.safetensors")
+    return folder
+
+
+def test_catalogue_and_resolve(model_with_directions, tmp_path):
+    entries = direction_catalogue(model_with_directions)
+    assert [(e.name, e.kind, e.layers, e.attribute) for e in entries] == [("turn", "ganspace", (0, 3), None),
+                                                                          ("smile", "linear", None, "smile")]
+    assert entries[1].accuracy > 0.9 and entries[0].strength == -2.0
+    assert resolve_direction(model_with_directions, "smile", strength=5.0).default_strength == 5.0
+    assert resolve_direction(model_with_directions, "pc1").name == "turn"  # by the file's name too
+    by_path = resolve_direction(model_with_directions, model_with_directions / "directions" / "pc1.safetensors",
+                                index=2, start=1, end=2, strength=1.0)
+    assert (by_path.index, by_path.start, by_path.end) == (2, 1, 2)
+    with pytest.raises(InputError, match=r"^age: is neither a direction of model .*\(it has: turn, smile\)"):
+        resolve_direction(model_with_directions, "age")
+    with pytest.raises(FileNotFoundError):
+        resolve_direction(model_with_directions, tmp_path / "nowhere.safetensors")
+
+
+def test_directions_commands(model_with_directions, tiny_generator, tmp_path, capsys):
+    assert main(["directions", "list", "--model", str(model_with_directions)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "kind", "layers", "strength", "attribute", "held-out", "accuracy"]
+    assert out[1].split() == ["turn", "ganspace", "0:3", "-2", "-", "-"]
+    assert out[2].split()[:3] == ["smile", "linear", "all"] and out[2].split()[4] == "smile"
+    assert float(out[2].split()[5]) > 0.9
+
+    w = _w(tiny_generator, range(300))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("seed,a\n" + "".join(f"{s},{float(v):.5f}\n" for s, v in enumerate(w[:, 3] - w[:, 5])))
+    target = model_with_directions / "directions" / "a.safetensors"
+    code = main(["directions", "train", "--model", str(model_with_directions), "--labels", str(csv), "--attribute",
+                 "a", "--condition", "smile", "--layers", "0:4", "--out", str(target), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0 and re.search(r"a: held-out accuracy (0\.9\d\d|1\.000) on 36 samples", printed), printed
+    assert "conditioned on smile" in printed and "layers 0:4" in printed
+    vector = load_direction(target).vector
+    assert vector.shape == (tiny_generator.num_ws, 16) and torch.all(vector[4:] == 0)
+    assert main(["directions", "list", "--model", str(model_with_directions)]) == 0
+    assert any(line.split()[:3] == ["a", "linear", "0:4"] for line in capsys.readouterr().out.splitlines())
+
+    csv.write_text("seed,a\n1,0.5\n2,oops\n")
+    assert main(["directions", "train", "--model", str(model_with_directions), "--labels", str(csv), "--attribute",
+                 "a", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {csv}: row 3: 'a' is 'oops', not a number"

@@ -1,0 +1,153 @@
+"""The web page in a real browser: Debian's headless Chromium driven by Selenium, as a new user would use it.
+
+Served in-process on a free loopback port over the two bundled models. ``make test`` installs ``chromium`` and
+``chromium-driver`` (apt) and Selenium (the ``dev`` extra); without them this module is skipped, saying why.
+Set ``HYPERINVERTER_SCREENSHOT=path.png`` to keep a screenshot of the page after an inversion and an edit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+if CHROMIUM is None or DRIVER is None:
+    pytest.skip("needs Debian's chromium and chromium-driver (make test installs them)", allow_module_level=True)
+
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from hyperinverter.apps import sample_photos
+from hyperinverter.catalogue import installed_bundles
+
+TIMEOUT = 90  # seconds for one step: the first inversion loads the model on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    from hyperinverter.apps.web import build_app
+
+    models = [m for m in ("faces-64", "fashion-32") if m in installed_bundles()]
+    if len(models) < 2:
+        pytest.skip("needs both bundled models")
+    app = build_app(models, device="cpu", examples=sample_photos())
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # no driver download: Debian's
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition, what: str, timeout: float = TIMEOUT):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+    except TimeoutException:
+        raise AssertionError(f"timed out waiting for {what}; the status says "
+                             f"{text_of(driver, '#status')!r}") from None
+
+
+def text_of(driver, selector: str) -> str:
+    found = driver.find_elements(By.CSS_SELECTOR, selector)
+    return found[0].text if found else ""
+
+
+def image_src(driver, selector: str) -> str | None:
+    found = driver.find_elements(By.CSS_SELECTOR, f"{selector} img")
+    return found[0].get_attribute("src") if found else None
+
+
+def upload(driver, selector: str, path: Path) -> None:
+    """Put a file into a file field, removing the file it holds first (its × button), as a user does."""
+    held = driver.find_elements(By.CSS_SELECTOR, f'{selector} button[aria-label="Clear"]')
+    if held:
+        held[0].click()
+    field = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"{selector} input[type=file]"),
+                 f"the upload field of {selector}")[0]
+    field.send_keys(str(path))
+
+
+def invert_and_wait(driver, previous_status: str = "") -> str:
+    driver.find_element(By.CSS_SELECTOR, "#invert").click()
+    return wait(driver, lambda d: (s := text_of(d, "#status")) and s != previous_status and " s " in s and s,
+                "the inversion's time in the status")
+
+
+def choose(driver, selector: str, option: str) -> None:
+    """Pick ``option`` in a Gradio dropdown the way a user does: open it, click the entry."""
+    driver.find_element(By.CSS_SELECTOR, f"{selector} input").click()
+    entry = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'li[role=option][aria-label="{option}"]'),
+                 f"the entry {option!r}")[0]
+    entry.click()
+
+
+def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_path):
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
+    assert "Where it is weak" in text_of(driver, "#model-card")
+
+    # 1. Upload a bundled photo and invert it.
+    photo = next(p for p in sample_photos() if "astronaut" in p.name)
+    upload(driver, "#photo", photo)
+    wait(driver, lambda d: image_src(d, "#preview"), "the uploaded photo's preview")
+    status = invert_and_wait(driver)
+    assert "HyperInverter" in status
+    wait(driver, lambda d: image_src(d, "#compare"), "the comparison image")
+    first_edit = wait(driver, lambda d: image_src(d, "#edited"), "the edited image")
+
+    # 2. Move the strength slider with the keyboard: the edit follows.
+    slider = driver.find_element(By.CSS_SELECTOR, "#strength input[type=range]")
+    slider.click()
+    slider.send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
+    wait(driver, lambda d: (src := image_src(d, "#edited")) and src != first_edit, "the edit to change")
+    if os.environ.get("HYPERINVERTER_SCREENSHOT"):
+        time.sleep(1)
+        driver.save_screenshot(os.environ["HYPERINVERTER_SCREENSHOT"])
+
+    # 3. Switch model: the old results are gone, and an in-domain example inverts.
+    choose(driver, "#model", "fashion-32")
+    wait(driver, lambda d: "fashion-32" in text_of(d, "#model-card"), "the fashion-32 model card")
+    wait(driver, lambda d: not image_src(d, "#compare"), "the previous model's result to be cleared")
+    driver.find_element(By.CSS_SELECTOR, "#in-domain button").click()  # its first held-out example
+    wait(driver, lambda d: image_src(d, "#preview"), "the example in the photo field")
+    status = invert_and_wait(driver)
+    assert "HyperInverter" in status and "error" not in status.lower()
+
+    # 4. A file that is not an image: a clear message, no server path, and no stale result on screen.
+    bad = tmp_path / "holiday.png"
+    bad.write_text("this is not a picture")
+    upload(driver, "#photo", bad)
+    message = wait(driver, lambda d: (s := text_of(d, "#status")) and "not a readable image" in s and s,
+                   "the bad-file message on upload")
+    assert "/tmp" not in message and str(tmp_path) not in message
+    driver.find_element(By.CSS_SELECTOR, "#invert").click()  # inverting it anyway: the same message, nothing stale
+    wait(driver, lambda d: not image_src(d, "#compare") and "not a readable image" in text_of(d, "#status"),
+         "the stale result to be cleared")
+    assert "/tmp" not in text_of(driver, "#status")
