@@ -76,7 +76,7 @@ def client_session(url: str, photo: Path, align: bool, requests: int) -> list[tu
     out = []
     start = time.perf_counter()
     try:
-        compare, face, status, _files, *_ = client.predict(model, "hyperinverter", handle_file(str(photo)), align,
+        compare, face, status, _files, *_ = client.predict(model, "hyperinverter", handle_file(str(photo)), align, None,
                                                            api_name="/invert")
         decoded(compare)
         error = None if re.search(r"\d s\b", status) else f"status: {status}"

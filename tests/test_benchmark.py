@@ -135,3 +135,32 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
         del block
     assert idle.mb >= idle.start_mb > 0 and idle.mb - idle.start_mb < 16
     assert busy.mb - busy.start_mb >= 48
+
+
+def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
+    """FID/KID features are computed once per method (an interrupted or repeated run does not redo them), the
+    rows compare the common images, and the written report loads back equal."""
+    import numpy as np
+
+    from hyperinverter.benchmark import BenchmarkSettings, run_benchmark
+
+    calls = []
+
+    def extract(images):  # a stand-in for the Inception features: per image, deterministic
+        calls.append(images.shape[0])
+        return images.flatten(1)[:, :8].double().numpy() + np.arange(8)
+
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = BenchmarkSettings(methods=("phase1", "hyperinverter", "w-opt"), images=6, optimisation_images=3,
+                                 batch_size=3, editability_images=0, options={"w-opt": {"steps": 2}})
+    names = [f"{i}.png" for i in range(6)]
+    first = run_benchmark(pipeline, x, names, tmp_path / "r", settings=settings, model="m", data="d", command="c",
+                          directions={}, features=extract, progress=False)
+    assert sorted(calls) == [3, 6, 6, 6]  # the inputs, then each method once
+    assert first.distribution["w-opt"]["images"] == 3 and first.distribution_at_scale["phase1"]["images"] == 6
+    calls.clear()
+    again = run_benchmark(pipeline, x, names, tmp_path / "r", settings=settings, model="m", data="d", command="c",
+                          directions={}, features=extract, progress=False)
+    assert calls == [] and again.distribution == first.distribution
+    loaded = BenchmarkReport.load(tmp_path / "r")
+    assert loaded.to_markdown() == first.to_markdown()

@@ -333,19 +333,13 @@ def test_pool_features_batches_and_dtype(network):
     np.testing.assert_allclose(whole, batched, rtol=1e-5, atol=1e-6)
 
 
-def test_distribution_metric_computes_the_references_features_once(fid_cache, monkeypatch):
+def test_feature_extractor_gives_the_pool_features_or_says_why_not(fid_cache, network, monkeypatch, tmp_path):
     from hyperinverter import inception_metrics
 
     monkeypatch.setenv("HYPERINVERTER_CACHE", str(fid_cache[0]))
-    measure, note = inception_metrics.distribution_metric(num_subsets=5)
+    extract, note = inception_metrics.feature_extractor()
     assert note is None
-    calls = []
-    real = inception_metrics.pool_features
-    monkeypatch.setattr(inception_metrics, "pool_features", lambda *a, **k: calls.append(1) or real(*a, **k))
-    references = smooth_images(6, 32, seed=1)
-    first = measure(smooth_images(6, 32, seed=2), references)
-    second = measure(smooth_images(6, 32, seed=3), references.clone())  # equal values: the features are reused
-    assert len(calls) == 3 and first["images"] == second["images"] == 6
-    assert first["fid"] != second["fid"]
-    measure(smooth_images(6, 32, seed=3), smooth_images(6, 32, seed=4))  # other references: computed again
-    assert len(calls) == 5
+    images = smooth_images(3, 32, seed=1)
+    np.testing.assert_allclose(extract(images), pool_features(network, images), rtol=1e-6)
+    missing, note = inception_metrics.feature_extractor(path=tmp_path / "missing.pt")
+    assert missing is None and "FID/KID: unavailable" in note

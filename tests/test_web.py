@@ -84,6 +84,8 @@ def test_the_page_builds_over_a_pipeline_folder(pipeline, tmp_path):
     folder = pipeline.save_pretrained(tmp_path / "model")
     app = build_app([str(folder)], device="cpu")
     assert isinstance(app, gr.Blocks)
+    on_model = next(f for f in app.fns.values() if f.name == "on_model")
+    assert len(on_model.fn(str(folder), None)) == len(on_model.outputs)  # one value per output, none shifted
     with pytest.raises(ValueError, match="no model"):
         build_app([])
 

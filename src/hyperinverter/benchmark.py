@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import InputError
 from .evaluation import HIGHER_IS_BETTER, EditabilityReport, PairMetric, ground_truth_editability
+from .inception_metrics import fid_kid
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes
 from .metrics import PIXEL_METRICS
@@ -175,6 +177,18 @@ class BenchmarkWork:
     def editability_path(self, method: str) -> Path:
         return self.folder / method / "editability.json"
 
+    def features(self, name: str, images: torch.Tensor, extract: Callable[[torch.Tensor], np.ndarray]
+                 ) -> np.ndarray:
+        """The Inception features of ``images`` (a method's reconstructions, or the inputs), computed once."""
+        path = self.folder / name / "inception-features.safetensors"
+        if path.is_file():
+            stored, _ = read_safetensors(path)
+            if stored["features"].shape[0] == images.shape[0]:
+                return stored["features"].double().numpy()
+        computed = extract(images)
+        save_safetensors(path, {"features": torch.from_numpy(np.ascontiguousarray(computed))})
+        return computed
+
 
 def _batch_record(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     if not path.is_file():
@@ -293,7 +307,10 @@ class BenchmarkReport:
         if fid:
             lines += ["", (f"FID and KID compare the {self.common_images} reconstructions with their inputs through "
                            "the FID Inception-v3 network. FID over so few images is biased upward; compare it between "
-                           "rows of one table only. KID is unbiased (± its standard deviation over subsets).")]
+                           "rows of one table only. KID is NVIDIA's unbiased estimate over subsets of up to 1000 "
+                           "images (± the spread over subsets); with fewer images every subset is the whole set, so "
+                           "there is no spread, and the estimate can fall slightly below zero when the two sets are "
+                           "close.")]
         if self.distribution_at_scale:
             n = max(self.images_per_method.values())
             lines += ["", f"The encoders over all {n} images:", "", "| method | FID ↓ | KID×10³ ↓ |", "|---|---|---|"]
@@ -322,6 +339,15 @@ class BenchmarkReport:
                   "- images per method: " + ", ".join(f"{m} {n}" for m, n in self.images_per_method.items())]
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+    @classmethod
+    def load(cls, out: Path) -> BenchmarkReport:
+        """The report a run wrote to ``out`` (``benchmark.json``)."""
+        path = Path(out) / "benchmark.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise InputError(path, f"is not a benchmark report ({e})") from None
 
     def save(self, out: Path) -> None:
         out = Path(out)
@@ -362,7 +388,11 @@ def _cell(value: float | None, digits: int = 4) -> str:
 
 
 def _kid(d: Mapping[str, float]) -> str:
-    return f"{d['kid'] * 1e3:.2f} ± {d['kid_std'] * 1e3:.2f}" if "kid" in d else "–"
+    if "kid" not in d:
+        return "–"
+    # Subsets of all the images are one subset (their spread is rounding): no ± then.
+    spread = f" ± {d['kid_std'] * 1e3:.2f}" if d.get("kid_std", 0.0) * 1e3 >= 0.005 else ""
+    return f"{d['kid'] * 1e3:.2f}{spread}"
 
 
 def _seconds(s: float) -> str:
@@ -492,11 +522,12 @@ def _names_digest(names: Sequence[str]) -> str:
 def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
                   settings: BenchmarkSettings, model: str, data: str, command: str,
                   directions: Mapping[str, Any], extra_metrics: Mapping[str, PairMetric] | None = None,
-                  distribution: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+                  features: Callable[[torch.Tensor], np.ndarray] | None = None,
                   notes: Sequence[str] = (), progress: bool = True) -> BenchmarkReport:
     """Run (or resume) the benchmark of ``settings.methods`` on ``inputs`` (``[N,C,R,R]`` in [-1,1], the files
     ``names``) and write the report to ``out``. ``extra_metrics``: pair metrics beside MSE/PSNR/SSIM/MS-SSIM
-    (perceptual, identity); ``distribution(reconstructions, inputs)``: FID/KID, when available."""
+    (perceptual, identity); ``features(images)``: per-image Inception features for FID/KID, when available
+    (kept in ``OUT/work``, so that a resumed run does not compute them again)."""
     out, started = Path(out), time.perf_counter()
     if settings.direction is not None and settings.direction not in directions:
         raise InputError(model, f"has no direction {settings.direction!r}; it has {sorted(directions) or 'none'}")
@@ -512,11 +543,13 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
     scores = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size)
               for m, r in tqdm(runs.items(), desc="scoring", disable=not progress)}
     spread, at_scale = {}, {}
-    if distribution is not None:
+    if features is not None:
+        real = work.features("inputs", inputs, features)
         for m, r in tqdm(runs.items(), desc="FID/KID", disable=not progress):
-            spread[m] = distribution(r.images[:common], inputs[:common])
+            mine = work.features(m, r.images, features)
+            spread[m] = fid_kid(mine[:common], real[:common])
             if r.images.shape[0] > common:
-                at_scale[m] = distribution(r.images, inputs[: r.images.shape[0]])
+                at_scale[m] = fid_kid(mine, real[: r.images.shape[0]])
 
     editability: dict[str, dict[str, float]] = {}
     setup: dict[str, Any] = {}

@@ -212,28 +212,15 @@ def fid_kid(pred_feats: Features, real_feats: Features, *,
     return {"fid": fid, "kid": kid, "kid_std": kid_std, "images": len(pred), "reference_images": len(real)}
 
 
-def distribution_metric(device: torch.device | str = "cpu", *, path: str | os.PathLike | None = None,
-                        batch_size: int = 32, num_subsets: int = 100, subset_size: int = 1000
-                        ) -> tuple[Callable[[torch.Tensor, torch.Tensor], dict[str, float | int]] | None, str | None]:
-    """FID/KID of a set of images against their references (``[N,C,R,R]`` in [-1,1], as 8-bit images) when the
-    Inception file is installed: ``(fn, None)``; else ``(None, note)`` saying that they are unavailable and why."""
+def feature_extractor(device: torch.device | str = "cpu", *, path: str | os.PathLike | None = None,
+                      batch_size: int = 32) -> tuple[Callable[[torch.Tensor], np.ndarray] | None, str | None]:
+    """The Inception pool features of images (``[N,C,R,R]`` in [-1,1], as 8-bit images) -> ``[N,2048]``, for FID
+    and KID (:func:`fid_kid`), when the file is installed: ``(fn, None)``; else ``(None, note)`` saying that they
+    are unavailable and why. Per image, so features of a set are the features of its images (and can be kept)."""
     from .convert.fid_inception import load_fid_inception
 
     try:
         network = load_fid_inception(device, path)
     except FileNotFoundError as e:
         return None, f"FID/KID: unavailable here ({e})"
-
-    reference: list[tuple[torch.Tensor, np.ndarray]] = []  # the last reference set and its features
-
-    def features_of_references(references: torch.Tensor) -> np.ndarray:
-        # A benchmark compares every method with the same inputs: their features are computed once.
-        if not reference or reference[0][0].shape != references.shape or not torch.equal(reference[0][0], references):
-            reference[:] = [(references.clone(), pool_features(network, references.to(device), batch_size))]
-        return reference[0][1]
-
-    def measure(images: torch.Tensor, references: torch.Tensor) -> dict[str, float | int]:
-        return fid_kid(pool_features(network, images.to(device), batch_size), features_of_references(references),
-                       num_subsets=num_subsets, subset_size=subset_size)
-
-    return measure, None
+    return (lambda images: pool_features(network, images.to(device), batch_size)), None

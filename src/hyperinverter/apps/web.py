@@ -228,9 +228,10 @@ def model_card_summary(folder: Path) -> str:
     weak = [line for line in sections.get("limitations", []) if line.startswith("- ")]
     parts = [f"**{' '.join(sections.get('title', [Path(folder).name]))}**. {first_sentence}"]
     if data:
-        parts.append(data)
-    parts += ["**Where it is weak:**", *weak] if weak else []
-    return "\n\n".join(parts[:1]) + "\n\n" + "\n".join(parts[1:])
+        parts.append("**Trained on:** " + data.removeprefix("- Data:").strip())
+    if weak:
+        parts.append("**Where it is weak:**\n\n" + "\n".join(weak))
+    return "\n\n".join(parts)
 
 
 # --- result files -----------------------------------------------------------------------------------------------
@@ -357,9 +358,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 gr.update(choices=s.methods(), value=s.pipe.default_method), s.card,
                 gr.Dataset(samples=[[str(p)] for p in s.examples], visible=bool(s.examples)),
                 gr.Dataset(samples=[[p] for p in real], visible=bool(real)), gr.update(visible=bool(real)),
-                gr.update(choices=[], value=None), "", None, None, None, None, None,
+                gr.update(choices=[], value=None), "", None, None, None, None,
                 gr.update(maximum=num_ws, value=min(num_ws, max(1, num_ws // 2))),
-                gr.update(maximum=num_ws, value=num_ws))
+                gr.update(maximum=num_ws, value=num_ws), None)
 
     def on_preview(photo):
         """The upload as the page shows it (downscaled like every upload), or what is wrong with it."""
@@ -375,7 +376,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     def on_method(name, method):
         return gr.update(label=" | ".join(session(name).comparison_labels(method)))
 
-    def on_invert(name, method, photo, align, state, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+    def on_invert(name, method, photo, align, state, photo_b, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
         s = session(name)
         key = (state or {}).get("key") or uuid.uuid4().hex
         flag = cancel_flags.setdefault(key, threading.Event())
@@ -398,6 +399,12 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             message = user_message(e)
             return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
         state["items"] = found
+        second = state.get("second")
+        if photo_b is not None and (second is None or second.method != found[0].method):
+            try:  # blends and mixes need both photos inverted by one method
+                state["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name)[0]
+            except expected as e:
+                gr.Warning(f"the second photo: {user_message(e)}")
         labels = [it.label for it in found]
         where = f"{len(found)} face(s), left to right" if align else "the centred square of the photo"
         label = s.pipe.inverter(method).label
@@ -519,7 +526,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                  "second", interactive=False)
 
         model_outputs = [state, direction, align, compare, method, card, in_domain, real, real_note, face, status,
-                         edited, blended, mixed, result_files, start, end]
+                         edited, blended, mixed, result_files, start, end, photo_b]
         edit_inputs = [model, state, face, direction, strength, paste]
         blend_inputs = [model, state, face, t]
         mix_inputs = [model, state, face, start, end]
@@ -533,8 +540,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         in_domain.click(lambda sample: sample[0], [in_domain], [photo], api_visibility="undocumented")
         real.click(lambda sample: sample[0], [real], [photo], api_visibility="undocumented")
         photo.change(on_preview, [photo], [preview, status], api_name="preview", **queued)
-        inverting = run.click(on_invert, [model, method, photo, align, state], invert_outputs, api_name="invert",
-                              **queued)
+        inverting = run.click(on_invert, [model, method, photo, align, state, photo_b], invert_outputs,
+                              api_name="invert", **queued)
         inverting.then(on_edit, edit_inputs, [edited], **quiet).then(
             on_blend, blend_inputs, [blended], **quiet).then(on_mix, mix_inputs, [mixed], **quiet)
         stop.click(on_cancel, [state], None, queue=False, api_name="cancel")

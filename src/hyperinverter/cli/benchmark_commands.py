@@ -48,7 +48,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     from ..benchmark import BenchmarkSettings, load_images, run_benchmark
     from ..catalogue import local_model_path
     from ..editing.directions import load_model_directions
-    from ..inception_metrics import distribution_metric
+    from ..inception_metrics import feature_extractor
 
     pipe = _load_pipeline(args)
     G = pipe.generator
@@ -64,7 +64,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     images, names, failures = load_images(args.data, args.images, resolution=G.resolution,
                                           channels=G.config.img_channels)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
-    distribution, note = distribution_metric(pipe.device)
+    features, note = feature_extractor(pipe.device)
     notes += [note] if note else []
     notes += [f"left out (unreadable): {e}" for e in failures]
 
@@ -74,7 +74,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         options=options)
     report = run_benchmark(pipe, images, names, args.out, settings=settings, model=args.model, data=str(args.data),
                            command=args.command, directions=load_model_directions(local_model_path(args.model)),
-                           extra_metrics=extra, distribution=distribution, notes=notes)
+                           extra_metrics=extra, features=features, notes=notes)
     print(report.to_markdown())
     _report_failures(failures)
     print(f"wrote {args.out}/benchmark.md, benchmark.json, tradeoff.png and examples.png")
