@@ -199,3 +199,27 @@ def test_a_users_state_keeps_the_uploads_path_not_the_photo(session, tmp_path):
     items = session.invert(str(path), align=True, name=path.name)
     assert items[0].photo == str(path)  # read again to paste back: a state holds no full-size photo
     assert session.edit(items[0], "up", 1.0, paste_back=True).size == (800, 600)
+
+
+def test_the_server_keeps_a_bounded_number_of_pages_results():
+    from hyperinverter.apps.web import UserResults, token
+
+    results = UserResults(capacity=2, keep_seconds=3600)
+    a = results.entry(None, "m")
+    a["items"] = ["a's inversion"]
+    b = results.entry(None, "m")
+    assert results.entry(token(a), "m")["items"] == ["a's inversion"]  # found again by its key; now most recent
+    results.entry(None, "m")  # a third page: the least recently used (b) is dropped
+    assert len(results) == 2 and results.entry(token(b), "m")["items"] == []
+    assert results.entry(token(a), "other model")["items"] == []  # results of another model do not apply
+
+
+def test_settle_memory_trims_the_heap_where_glibc_allows():
+    import platform
+
+    from hyperinverter.apps.web import settle_memory
+
+    trimmed = settle_memory()
+    assert isinstance(trimmed, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert settle_memory(arenas=8)  # mallopt accepts the cap

@@ -21,7 +21,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (th
 if CHROMIUM is None or DRIVER is None:
     pytest.skip("needs Debian's chromium and chromium-driver (make test installs them)", allow_module_level=True)
 
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -67,7 +67,9 @@ def browser():
 
 def wait(driver, condition, what: str, timeout: float = TIMEOUT):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+        # The page re-renders while it updates: an element can go stale between finding and reading it.
+        return WebDriverWait(driver, timeout, poll_frequency=0.25,
+                             ignored_exceptions=[StaleElementReferenceException]).until(lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what}; the status says "
                              f"{text_of(driver, '#status')!r}") from None

@@ -15,3 +15,4 @@ class WebLimits:
     concurrency: int = 1  # requests that run a model at once; the others wait in the queue
     queue_size: int = 32  # requests that may wait; more are refused at once with a message
     keep_seconds: int = 3600  # uploads, result files and a closed page's state are deleted after this
+    max_pages: int = 64  # pages whose inversions the server keeps (the least recently used are dropped)

@@ -4,7 +4,7 @@ ones with a progress bar and a Cancel button), edit it, paste the edit back, mix
 :class:`WebSession` is the logic, plain Python on the pipeline (tested without a browser); :func:`build_app`
 wires it to a Gradio page (the optional ``web`` extra), which a test drives in headless Chromium. Everything runs
 on the machine that serves it: Gradio's analytics are off, and uploads, results and per-user state are deleted
-after ``WebLimits.keep_seconds``.
+after ``WebLimits.keep_seconds``; the results of at most ``WebLimits.max_pages`` pages are kept.
 
 What a shared server needs is in :class:`WebLimits`: an upload limit in bytes and in pixels, large photos
 downscaled before face detection, and a queue that runs at most ``concurrency`` requests on the models at once.
@@ -267,6 +267,7 @@ class ResultFiles:
             if now - self._last_sweep < 60 and now >= self._last_sweep:
                 return 0
             self._last_sweep = now
+        settle_memory()  # once a minute, give the heap that requests freed back to the system
         removed = 0
         for child in self.folder.iterdir():
             try:
@@ -278,7 +279,63 @@ class ResultFiles:
         return removed
 
 
+class UserResults:
+    """What each open page has inverted, kept on the server under the page's key: at most ``capacity`` pages,
+    each for ``keep_seconds`` after its last use (the least recently used go first). Gradio's own per-page state
+    holds only the key, so memory is bounded by the capacity, not by the number of visitors."""
+
+    def __init__(self, capacity: int, keep_seconds: int) -> None:
+        from collections import OrderedDict
+
+        self.capacity, self.keep_seconds = capacity, keep_seconds
+        self._entries: OrderedDict[str, tuple[float, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def entry(self, token: dict | None, model: str) -> dict:
+        """The page's results for ``model`` (a new, empty entry when it has none, or had another model's)."""
+        key = (token or {}).get("key") or uuid.uuid4().hex
+        now = time.monotonic()
+        with self._lock:
+            for old in [k for k, (used, _) in self._entries.items() if now - used > self.keep_seconds]:
+                del self._entries[old]
+            _, entry = self._entries.pop(key, (now, None))
+            if entry is None or entry["model"] != model:
+                entry = {"key": key, "model": model, "items": [], "second": None}
+            self._entries[key] = (now, entry)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def token(entry: dict) -> dict:
+    """What Gradio keeps for a page: the key to its results, and their model."""
+    return {"key": entry["key"], "model": entry["model"]}
+
+
 # --- the Gradio page ---------------------------------------------------------------------------------------------
+
+
+def settle_memory(*, arenas: int | None = None) -> bool:
+    """Keep a long-running server's memory from creeping up with its request threads (glibc only; elsewhere a
+    no-op that returns False). ``arenas``: cap glibc's per-thread malloc arenas (call before the threads start;
+    each thread's arena otherwise keeps the memory it once held); without it, return freed heap memory to the
+    system (``malloc_trim``)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is None or not hasattr(libc, "mallopt"):
+            return False
+        if arenas is not None:
+            return bool(libc.mallopt(-8, arenas))  # M_ARENA_MAX
+        return bool(libc.malloc_trim(0))
+    except OSError:
+        return False
 
 
 def user_message(e: BaseException) -> str:
@@ -317,6 +374,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     loading = threading.Lock()
     files = ResultFiles(limits.keep_seconds)
     cancel_flags: dict[str, threading.Event] = {}
+    results = UserResults(limits.max_pages, limits.keep_seconds)
     expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
     def session(name: str) -> WebSession:
@@ -328,13 +386,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                     raise gr.Error(f"cannot load {name}: {e}") from None
             return sessions[name]
 
-    def fresh(name: str, key: str | None = None) -> dict:
-        """A user's state: what they inverted, with which model (cleared when the model changes), and the key of
-        their Cancel button."""
-        return {"model": name, "items": [], "second": None, "key": key or uuid.uuid4().hex}
-
-    def pick(state: dict, label: str | None) -> WebInversion | None:
-        items = state["items"] if state else []
+    def pick(entry: dict, label: str | None) -> WebInversion | None:
+        items = entry["items"]
         return next((it for it in items if it.label == label), items[0] if items else None)
 
     def downloads(s: WebSession, item: WebInversion) -> list[str]:
@@ -352,7 +405,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         names = sorted(s.directions)
         num_ws = s.pipe.generator.num_ws
         real = [str(p) for p in examples] if s.takes_faces else []
-        return (fresh(name, (state or {}).get("key")), gr.update(choices=names, value=names[0] if names else None),
+        entry = results.entry(state, name)
+        entry.update(items=[], second=None)  # a new page, or another model: nothing of before applies
+        return (token(entry), gr.update(choices=names, value=names[0] if names else None),
                 gr.update(value=s.takes_faces, interactive=s.detector is not None),
                 gr.update(value=None, label=" | ".join(s.comparison_labels())),
                 gr.update(choices=s.methods(), value=s.pipe.default_method), s.card,
@@ -378,8 +433,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_invert(name, method, photo, align, state, photo_b, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
         s = session(name)
-        key = (state or {}).get("key") or uuid.uuid4().hex
-        flag = cancel_flags.setdefault(key, threading.Event())
+        entry = results.entry(state, name)
+        flag = cancel_flags.setdefault(entry["key"], threading.Event())
         flag.clear()
 
         def report(step: int, total: int) -> None:
@@ -387,22 +442,26 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 raise Cancelled
             progress((step, total), desc=f"{method}: step")
 
-        state = fresh(name, key) | {"second": state.get("second") if state and state.get("model") == name else None}
+        entry["items"] = []
+        state = token(entry)
         try:
             found = s.invert(photo, align=align, method=method, progress=report,
                              name=Path(photo).name if isinstance(photo, str) else "photo")
         except expected as e:
+            cancel_flags.pop(entry["key"], None)
             message = user_message(e)
             gr.Warning(message)
             return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
         except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
+            cancel_flags.pop(entry["key"], None)
             message = user_message(e)
             return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
-        state["items"] = found
-        second = state.get("second")
+        cancel_flags.pop(entry["key"], None)
+        entry["items"] = found
+        second = entry["second"]
         if photo_b is not None and (second is None or second.method != found[0].method):
             try:  # blends and mixes need both photos inverted by one method
-                state["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name)[0]
+                entry["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name)[0]
             except expected as e:
                 gr.Warning(f"the second photo: {user_message(e)}")
         labels = [it.label for it in found]
@@ -414,18 +473,19 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None)
 
     def on_cancel(state):
-        if state and state.get("key"):
-            cancel_flags.setdefault(state["key"], threading.Event()).set()
+        flag = cancel_flags.get((state or {}).get("key", ""))
+        if flag is not None:  # an inversion of this page is running
+            flag.set()
 
     def on_pick(name, state, label):
-        item = pick(state, label)
+        item = pick(results.entry(state, name), label)
         if item is None:
             return None, None
         s = session(name)
         return files.image(f"{item.stem}_compare", s.comparison(item)), downloads(s, item)
 
     def on_edit(name, state, label, direction, strength, paste):
-        item = pick(state, label)
+        item = pick(results.entry(state, name), label)
         if item is None or not direction:
             return None
         s = session(name)
@@ -438,19 +498,20 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image)
 
     def on_second(name, method, photo, align, state):
-        state = state if state and state.get("model") == name else fresh(name, (state or {}).get("key"))
-        state = dict(state, second=None)
+        entry = results.entry(state, name)
+        entry["second"] = None
         if photo is None:
-            return state
+            return token(entry)
         try:
-            state["second"] = session(name).invert(photo, align=align, method=method,
+            entry["second"] = session(name).invert(photo, align=align, method=method,
                                                    name=Path(photo).name if isinstance(photo, str) else "photo")[0]
         except expected as e:
             gr.Warning(user_message(e))
-        return state
+        return token(entry)
 
     def on_blend(name, state, label, t):
-        item, other = pick(state, label), (state or {}).get("second")
+        entry = results.entry(state, name)
+        item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
             return None
         try:
@@ -461,7 +522,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return files.image(f"{item.stem}_to_{other.stem}_t{t:g}", image)
 
     def on_mix(name, state, label, start, end):
-        item, other = pick(state, label), (state or {}).get("second")
+        entry = results.entry(state, name)
+        item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
             return None
         try:
@@ -559,5 +621,5 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         start.change(on_mix, mix_inputs, [mixed], api_name="mix", trigger_mode="always_last", **queued)
         end.change(on_mix, mix_inputs, [mixed], trigger_mode="always_last", **quiet)
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
-    app.hyperinverter_files = files  # for tests and the server's clean-up
+    app.hyperinverter_files, app.hyperinverter_results = files, results  # for tests
     return app

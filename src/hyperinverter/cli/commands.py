@@ -173,6 +173,9 @@ def _web(sub) -> None:
                    f"{defaults.concurrency})")
     p.add_argument("--queue-size", type=positive_int, default=defaults.queue_size,
                    help=f"requests that may wait; more are refused with a message (default {defaults.queue_size})")
+    p.add_argument("--max-pages", type=positive_int, default=defaults.max_pages,
+                   help=f"pages whose inversions are kept in memory; the least recently used are dropped (default "
+                   f"{defaults.max_pages})")
     p.add_argument("--keep-minutes", type=positive_int, default=defaults.keep_seconds // 60,
                    help=f"uploads, results and a closed page's state are deleted after this (default "
                    f"{defaults.keep_seconds // 60})")
@@ -182,12 +185,14 @@ def _web(sub) -> None:
 
 def run_web(args: argparse.Namespace) -> int:
     from ..apps import sample_photos
-    from ..apps.web import WebLimits, build_app
+    from ..apps.web import WebLimits, build_app, settle_memory
+
+    settle_memory(arenas=2)  # before Gradio starts its request threads
     from ..catalogue import installed_bundles
 
     limits = WebLimits(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, detect_side=args.detect_side,
                        concurrency=args.concurrency, queue_size=args.queue_size,
-                       keep_seconds=60 * args.keep_minutes)
+                       keep_seconds=60 * args.keep_minutes, max_pages=args.max_pages)
     models = args.model or installed_bundles()
     app = build_app(models, device=args.device, examples=sample_photos(), limits=limits)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
