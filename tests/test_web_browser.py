@@ -153,3 +153,17 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     wait(driver, lambda d: not image_src(d, "#compare") and "not a readable image" in text_of(d, "#status"),
          "the stale result to be cleared")
     assert "/tmp" not in text_of(driver, "#status")
+
+
+def test_a_slow_method_shows_progress_and_cancels(server, browser):
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
+    driver.find_element(By.CSS_SELECTOR, "#in-domain button").click()  # a held-out face
+    wait(driver, lambda d: image_src(d, "#preview"), "the example in the photo field")
+    choose(driver, "#method", "w-opt")  # W optimisation: 1000 steps by default
+    driver.find_element(By.CSS_SELECTOR, "#invert").click()
+    wait(driver, lambda d: "w-opt: step" in d.find_element(By.TAG_NAME, "body").text, "the progress bar")
+    driver.find_element(By.CSS_SELECTOR, "#cancel").click()
+    wait(driver, lambda d: "Cancelled" in text_of(d, "#status"), "the cancellation", timeout=30)
+    assert not image_src(driver, "#compare")
