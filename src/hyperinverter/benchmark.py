@@ -42,7 +42,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import InputError
-from .evaluation import HIGHER_IS_BETTER, EditabilityReport, PairMetric, ground_truth_editability
+from .evaluation import (
+    HIGHER_IS_BETTER,
+    EditabilityReport,
+    PairMetric,
+    add_metric_sums,
+    ground_truth_editability,
+)
 from .inception_metrics import fid_kid
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes
@@ -251,13 +257,11 @@ def run_editability(pipeline: InversionPipeline, method: str, directions: Mappin
 def score(reconstructions: torch.Tensor, inputs: torch.Tensor, metrics: Mapping[str, PairMetric],
           batch_size: int) -> dict[str, float]:
     """The mean of every metric over the images."""
-    sums: dict[str, float] = {}
-    with torch.no_grad():
-        for start in range(0, inputs.shape[0], batch_size):
-            a, b = reconstructions[start : start + batch_size], inputs[start : start + batch_size]
-            for name, fn in metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(fn(a, b).sum())
-    return {name: total / inputs.shape[0] for name, total in sums.items()}
+    totals: dict[str, float] = {}
+    for start in range(0, inputs.shape[0], batch_size):
+        add_metric_sums(totals, reconstructions[start : start + batch_size], inputs[start : start + batch_size],
+                        metrics)
+    return {name: total / inputs.shape[0] for name, total in totals.items()}
 
 
 @dataclass
@@ -471,30 +475,6 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, {platform.system()}"
 
 
-def load_images(folder: Path, count: int, *, resolution: int, channels: int
-                ) -> tuple[torch.Tensor, list[str], list[InputError]]:
-    """The first ``count`` readable images of ``folder`` by name, as 8-bit pixels like a saved image (the same
-    preparation as ``evaluate``): ``([N,C,R,R]`` in [-1,1], their relative names, the unreadable files)."""
-    from .data.folder import ImageFolderDataset
-    from .errors import ImageReadError
-
-    dataset = ImageFolderDataset(folder, resolution=resolution, channels=channels, split="all")
-    loaded, names, failures = [], [], []
-    for index, path in enumerate(dataset.files):
-        if len(loaded) == count:
-            break
-        try:
-            loaded.append(dataset.load(index))
-        except ImageReadError as e:
-            failures.append(e)
-            continue
-        names.append(path.relative_to(dataset.root).as_posix())
-    if not loaded:
-        raise ImageReadError(folder, "holds no readable image")
-    pixels = torch.stack([((x.clamp(-1, 1) + 1) * 127.5).round() for x in loaded])
-    return pixels / 127.5 - 1, names, failures
-
-
 def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
                    settings: BenchmarkSettings, direction: Any | None, progress: bool = True) -> dict[str, MethodRun]:
     """Invert ``inputs`` with every method of ``settings`` (the expensive part of a run), stored in ``OUT/work``
@@ -533,11 +513,11 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         raise InputError(model, f"has no direction {settings.direction!r}; it has {sorted(directions) or 'none'}")
     direction_name = settings.direction or next(iter(directions), None)
     direction = directions.get(direction_name) if direction_name else None
-    count = min(settings.images, inputs.shape[0])
-    inputs, names = inputs[:count], list(names[:count])
     runs = run_inversions(pipeline, inputs, names, out, settings=settings, direction=direction, progress=progress)
     images_per_method = {m: r.images.shape[0] for m, r in runs.items()}
-    work = BenchmarkWork(out)
+    count = max(images_per_method.values())
+    inputs, names = inputs[:count], list(names[:count])
+    work = BenchmarkWork(out)  # what run_inversions claimed
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     common = min(images_per_method.values())
     scores = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size)

@@ -27,6 +27,29 @@ HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "
                     "id_sim": True}
 
 
+def add_metric_sums(totals: dict[str, float], output: torch.Tensor, target: torch.Tensor,
+                    metrics: Mapping[str, PairMetric]) -> None:
+    """Add each metric's sum over the images of ``output`` against ``target`` to ``totals`` (means are taken once
+    every image is in: batches of any size weigh by their images)."""
+    with torch.no_grad():
+        for name, fn in metrics.items():
+            totals[name] = totals.get(name, 0.0) + float(fn(output, target).sum())
+
+
+def load_heldout_images(folder: Path, *, resolution: int, channels: int, count: int | None = None
+                        ) -> tuple[torch.Tensor, list[str], list[Exception]]:
+    """The first ``count`` (default: all) readable images of ``folder`` by name, as 8-bit pixels like a saved
+    image: (``[N,C,R,R]`` in [-1,1], their names relative to ``folder``, the unreadable files met)."""
+    from .data.folder import ImageFolderDataset
+    from .training.run import preload_uint8, uint8_to_float
+
+    dataset = ImageFolderDataset(folder, resolution=resolution, channels=channels, split="all")
+    images = uint8_to_float(preload_uint8(dataset, limit=count))
+    # Unreadable files are recorded as they are met, so the first readable ones are the ones loaded.
+    readable = [p for i, p in enumerate(dataset.files) if i not in dataset.errors][: images.shape[0]]
+    return images, [p.relative_to(dataset.root).as_posix() for p in readable], list(dataset.errors.values())
+
+
 @dataclass
 class EvaluationReport:
     dataset: str
@@ -147,17 +170,14 @@ def evaluate(
         for method in methods:
             result = pipeline.invert(x, method=method, batch_size=batch_size, **options.get(method, {}))
             seconds[method] += result.seconds
-            with torch.no_grad():
-                for name, fn in metrics.items():
-                    sums[method][name] = sums[method].get(name, 0.0) + float(fn(result.image, x).sum())
-                if result.steps:
-                    per_step = step_sums.setdefault(method, [{} for _ in result.steps])
-                    arrival = _step_seconds(result)
-                    for t, image in enumerate(result.steps):
-                        for name, fn in metrics.items():
-                            per_step[t][name] = per_step[t].get(name, 0.0) + float(fn(image, x).sum())
-                        if arrival is not None:
-                            per_step[t]["seconds"] = per_step[t].get("seconds", 0.0) + arrival[t]
+            add_metric_sums(sums[method], result.image, x, metrics)
+            if result.steps:
+                per_step = step_sums.setdefault(method, [{} for _ in result.steps])
+                arrival = _step_seconds(result)
+                for t, image in enumerate(result.steps):
+                    add_metric_sums(per_step[t], image, x, metrics)
+                    if arrival is not None:
+                        per_step[t]["seconds"] = per_step[t].get("seconds", 0.0) + arrival[t]
     means = {method: {k: v / n for k, v in values.items()} for method, values in sums.items()}
     iterations = {method: [{k: v / n for k, v in step.items()} for step in steps]
                   for method, steps in step_sums.items()}
@@ -241,11 +261,11 @@ def ground_truth_editability(pipeline: InversionPipeline, directions: Mapping[st
                 truth = pipeline.render(direction.apply(ws, strength))
                 for method, result in results.items():
                     edited = pipeline.edit(result, direction, strength)
-                    for metric, fn in metrics.items():
-                        value = float(fn(edited, truth).sum())
-                        sums[method][metric] = sums[method].get(metric, 0.0) + value
-                        d = per_direction[method][name]
-                        d[metric] = d.get(metric, 0.0) + value
+                    add_metric_sums(per_direction[method][name], edited, truth, metrics)
+    for method, by_direction in per_direction.items():  # the overall sums are the directions' sums added up
+        for values in by_direction.values():
+            for metric, value in values.items():
+                sums[method][metric] = sums[method].get(metric, 0.0) + value
     total = num_images * len(directions) * len(strengths)
     per = num_images * len(strengths)
     return EditabilityReport(
@@ -362,10 +382,7 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
         for x, y in batch:
             by_shape.setdefault(tuple(y.shape), []).append((x, y))
         for group in by_shape.values():
-            x = torch.cat([g[0] for g in group])
-            y = torch.cat([g[1] for g in group])
-            for name, fn in metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(fn(x, y).sum())
+            add_metric_sums(sums, torch.cat([g[0] for g in group]), torch.cat([g[1] for g in group]), metrics)
             count += len(group)
         batch.clear()
 

@@ -65,6 +65,25 @@ def _safe_stem(name: str) -> str:
     return stem[:60] or "photo"
 
 
+def read_upload(photo: Image.Image | str | Path | None, limits: WebLimits) -> Image.Image:
+    """An upload as a plain image within ``limits``; a photo larger than ``detect_side`` is downscaled (its faces
+    are found, aligned and pasted back at that size). Errors never show server paths."""
+    if photo is None:
+        raise ImageReadError("the upload", "no image given")
+    limit = limits.max_upload_mb * 2**20
+    if isinstance(photo, (str, Path)) and Path(photo).is_file() and Path(photo).stat().st_size > limit:
+        size = Path(photo).stat().st_size / 2**20
+        raise ImageReadError("the uploaded file", f"is {size:.1f} MB; this server takes photos up to "
+                             f"{limits.max_upload_mb:g} MB")
+    image = read_image(photo, name="the uploaded file", max_pixels=limits.max_pixels)
+    side = limits.detect_side
+    if max(image.size) > side:
+        logger.info("downscaling a %dx%d upload to at most %d px", *image.size, side)
+        image = image.copy()
+        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return image
+
+
 class WebSession:
     """Invert, edit, mix and interpolate with one pipeline, returning display-ready PIL images."""
 
@@ -106,28 +125,6 @@ class WebSession:
         names = self.pipe.available_methods()
         return [self.pipe.default_method] + [n for n in names if n != self.pipe.default_method]
 
-    def read_upload(self, photo: Image.Image | str | Path | None) -> Image.Image:
-        """An upload as a plain image within the limits; a photo larger than ``detect_side`` is downscaled (its
-        faces are found, aligned and pasted back at that size). Errors never show server paths."""
-        return self.read_upload_with(photo, self.limits)
-
-    @staticmethod
-    def read_upload_with(photo: Image.Image | str | Path | None, limits: WebLimits) -> Image.Image:
-        if photo is None:
-            raise ImageReadError("the upload", "no image given")
-        limit = limits.max_upload_mb * 2**20
-        if isinstance(photo, (str, Path)) and Path(photo).is_file() and Path(photo).stat().st_size > limit:
-            size = Path(photo).stat().st_size / 2**20
-            raise ImageReadError("the uploaded file", f"is {size:.1f} MB; this server takes photos up to "
-                                 f"{limits.max_upload_mb:g} MB")
-        image = read_image(photo, name="the uploaded file", max_pixels=limits.max_pixels)
-        side = limits.detect_side
-        if max(image.size) > side:
-            logger.info("downscaling a %dx%d upload to at most %d px", *image.size, side)
-            image = image.copy()
-            image.thumbnail((side, side), Image.Resampling.LANCZOS)
-        return image
-
     def invert(self, photo: Image.Image | str | Path | None, *, align: bool, method: str | None = None,
                progress: Callable[[int, int], None] | None = None, name: str = "photo") -> list[WebInversion]:
         """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), left to right, or
@@ -142,7 +139,7 @@ class WebSession:
 
         if align and self.detector is None:
             raise ImportError("face alignment needs dlib: pip install 'hyperinverter[align]'")
-        image = self.read_upload(photo)
+        image = read_upload(photo, self.limits)
         G = self.pipe.generator
         pictures = photo_pictures(image, "photo", Path("the photo"), resolution=G.resolution,
                                   channels=G.config.img_channels, detector=self.detector if align else None,
@@ -188,7 +185,7 @@ class WebSession:
             from ..align import paste_back_placement
 
             face = tensor_to_pil(edited.cpu())[0].convert("RGB")
-            photo = item.photo if isinstance(item.photo, Image.Image) else self.read_upload(item.photo)
+            photo = item.photo if isinstance(item.photo, Image.Image) else read_upload(item.photo, self.limits)
             return paste_back_placement(photo.convert("RGB"), face, item.placement)
         return self.to_display(edited)
 
@@ -422,7 +419,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if photo is None:
             return None, ""
         try:
-            image = WebSession.read_upload_with(photo, limits)
+            image = read_upload(photo, limits)
         except expected as e:
             return None, f"**{user_message(e)}**"
         image.thumbnail((512, 512))
@@ -447,16 +444,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         try:
             found = s.invert(photo, align=align, method=method, progress=report,
                              name=Path(photo).name if isinstance(photo, str) else "photo")
-        except expected as e:
-            cancel_flags.pop(entry["key"], None)
-            message = user_message(e)
-            gr.Warning(message)
-            return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
         except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
-            cancel_flags.pop(entry["key"], None)
             message = user_message(e)
+            if isinstance(e, expected):
+                gr.Warning(message)
             return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
-        cancel_flags.pop(entry["key"], None)
+        finally:
+            cancel_flags.pop(entry["key"], None)
         entry["items"] = found
         second = entry["second"]
         if photo_b is not None and (second is None or second.method != found[0].method):

@@ -45,9 +45,10 @@ def register(sub) -> None:
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
-    from ..benchmark import BenchmarkSettings, load_images, run_benchmark
+    from ..benchmark import BenchmarkSettings, run_benchmark
     from ..catalogue import local_model_path
     from ..editing.directions import load_model_directions
+    from ..evaluation import load_heldout_images
     from ..inception_metrics import feature_extractor
 
     pipe = _load_pipeline(args)
@@ -61,8 +62,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     for method, chosen in options.items():
         pipe.inverter(method).check_options(chosen)
 
-    images, names, failures = load_images(args.data, args.images, resolution=G.resolution,
-                                          channels=G.config.img_channels)
+    images, names, failures = load_heldout_images(args.data, resolution=G.resolution,
+                                                  channels=G.config.img_channels, count=args.images)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
     features, note = feature_extractor(pipe.device)
     notes += [note] if note else []

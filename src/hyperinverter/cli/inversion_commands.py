@@ -499,17 +499,12 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    from ..data.folder import ImageFolderDataset
-    from ..evaluation import evaluate, quality_bars
-    from ..training.run import preload_uint8, uint8_to_float
+    from ..evaluation import evaluate, load_heldout_images, quality_bars
 
     pipe = _load_pipeline(args)
     G = pipe.generator
-    dataset = ImageFolderDataset(args.data, resolution=G.resolution, channels=G.config.img_channels, split="all")
-    images = uint8_to_float(preload_uint8(dataset))
-    failures = list(dataset.errors.values())
-    if args.max_images:
-        images = images[: args.max_images]
+    images, _, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
+                                              count=args.max_images)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
     options: dict[str, dict] = {}
     for method, key, value in args.option:

@@ -122,13 +122,17 @@ class BatchSampler:
         return torch.tensor(out)
 
 
-def preload_uint8(dataset, *, progress: bool = True) -> torch.Tensor:
-    """Materialise an ``ImageFolderDataset`` as one ``uint8 [N,C,R,R]`` tensor; unreadable files are skipped."""
+def preload_uint8(dataset, *, progress: bool = True, limit: int | None = None) -> torch.Tensor:
+    """Materialise an ``ImageFolderDataset`` as one ``uint8 [N,C,R,R]`` tensor; unreadable files are skipped.
+    ``limit``: stop after that many readable images (the first ones, in the dataset's order)."""
+    from itertools import islice
+
     from tqdm.auto import tqdm
 
+    total = len(dataset) if limit is None else min(limit, len(dataset))
     items = [((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-             for x in tqdm(dataset.iter_valid(), total=len(dataset), desc="loading images", disable=not progress,
-                           mininterval=2.0)]
+             for x in tqdm(islice(dataset.iter_valid(), limit), total=total, desc="loading images",
+                           disable=not progress, mininterval=2.0)]
     if not items:
         raise ImageReadError(dataset.root, "holds no readable image")
     return torch.stack(items)
