@@ -42,12 +42,47 @@ OFFICIAL = {"hyperinverter": {"s_per_image_b1": 4.7, "s_per_image_b4": 6.2, "pea
                               "gflop_per_image": 662.7}}
 
 
-def _small_outputs(module: torch.nn.Module, names: tuple[str, ...], factor: float = 0.05) -> None:
-    """Keep activations O(1) with random weights (as the official measurement did): small hypernet outputs."""
+# Δθ of a trained model's size, so that precision changes show (seeded weights alone make Δθ ~1e-6 and hide them).
+# Medians over the bundled models' layers on 32 held-out images each (benchmarks/calibrate_delta.py):
+# HyperInverter's additive Δθ is 0.35 (faces-64) and 0.40 (fashion-32) of each weight's RMS; HyperStyle's
+# multiplicative Δ after 5 iterations has an RMS of 0.32 and 0.22, so about 0.27 / 5 per iteration.
+DELTA_TO_WEIGHT_RMS = 0.35
+HYPERSTYLE_STEP_RMS = 0.27 / 5
+
+
+def _scale_(tensors, factor: float) -> None:
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith(names):
-                p.mul_(factor)
+        for t in tensors:
+            t.mul_(factor)
+
+
+def calibrate_hyperinverter(model, x: torch.Tensor) -> None:
+    """Scale each regressor's last linear map (Δθ is linear in it) so that RMS(Δθ) = 0.35 · RMS(θ) on ``x``."""
+    with torch.no_grad():
+        delta = model(x).weight_delta
+    weights = dict(model.generator.synthesis.named_parameters())
+    for t in model.hypernetwork.targets:
+        ratio = float(delta[t.name].square().mean().sqrt() / weights[t.name].square().mean().sqrt())
+        regressor = model.hypernetwork.weight_regressors[t.name.replace(".", "_")]
+        _scale_([regressor.w2, regressor.b2], DELTA_TO_WEIGHT_RMS / ratio)
+
+
+def calibrate_hyperstyle(model, x: torch.Tensor) -> None:
+    """Scale the refinement heads so that one iteration's Δ has an RMS of 0.054 (0.27 after five)."""
+    net = model.hypernetwork
+    size = net.config.input_size
+    pair = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        delta = net(torch.cat([pair, pair], dim=1))
+    rms = {t.name: float(delta[t.name].square().mean().sqrt()) for t in net.config.targets}
+    shared = [rms[t.name] for t in net.config.targets if t.shared]
+    if shared:
+        hyper = net.shared_weight_hypernet
+        _scale_([hyper.w1, hyper.b1], HYPERSTYLE_STEP_RMS / statistics.median(shared))
+    for t in net.config.targets:
+        if not t.shared:
+            head = net.refinement_blocks[str(t.index)].output[-1]
+            _scale_(list(head.parameters()), HYPERSTYLE_STEP_RMS / rms[t.name])
 
 
 def build_hyperinverter(G):
@@ -58,7 +93,7 @@ def build_hyperinverter(G):
     preset = encoder_preset("ffhq")
     model = HyperInverter(G, w_encoder=preset.build_w_encoder(), feature_encoder=preset.build_feature_encoder(),
                           hypernetwork=HyperNetwork.from_generator(G, hidden_dim=128), encoder_resolution=256)
-    _small_outputs(model.hypernetwork, ("w1", "w2"))
+    calibrate_hyperinverter(model.eval(), sample_images(G, 1))
     return model, {}
 
 
@@ -67,8 +102,16 @@ def build_hyperstyle(G):
 
     model = HyperStyle.create(G, preset="ffhq")
     assert sum(p.numel() for p in model.hypernetwork.parameters()) / 1e6 > 332  # the released size
-    _small_outputs(model.hypernetwork, ("w1", "b1", *(f"output.{i}.{p}" for i in (0, 1) for p in ("weight", "bias"))))
+    calibrate_hyperstyle(model.eval(), sample_images(G, 1))
     return model, {"iterations": 5}
+
+
+def sample_images(G, n: int, seed: int = 0) -> torch.Tensor:
+    """The generator's own images as inputs (in [-1, 1]): realistic activations for the encoders."""
+    device = G.w_avg.device
+    with torch.no_grad():
+        z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+        return G(z, noise_mode="const").clamp(-1, 1)
 
 
 def build_style_code_encoder(mode: str):
@@ -122,21 +165,28 @@ def build(method: str):
     return model.to(memory_format=torch.channels_last).eval().requires_grad_(False), options
 
 
-def conv_gflops(device: torch.device, repeats: int = 5) -> float:
-    """Throughput of the kernel that dominates: conv2d 512->512 3x3 on 64x64, batch 4."""
-    x = torch.randn(4, 512, 64, 64, device=device)
-    w = torch.randn(512, 512, 3, 3, device=device)
-    flops = 2 * 4 * 512 * 512 * 9 * 64 * 64
-    times = []
-    with torch.no_grad():
-        torch.nn.functional.conv2d(x, w, padding=1)
-        for _ in range(repeats):
-            _sync(device)
-            t = time.perf_counter()
-            torch.nn.functional.conv2d(x, w, padding=1)
-            _sync(device)
-            times.append(time.perf_counter() - t)
-    return flops / statistics.median(times) / 1e9
+def conv_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """The best throughput of the kernel that dominates, conv2d 512->512 3x3 on 64x64, over batch 1 and 4 and
+    both layouts (the FLOP floor divides by it)."""
+    from hyperinverter.precision import reduced_precision
+
+    best = 0.0
+    for batch in (1, 4):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(batch, 512, 64, 64, device=device).contiguous(memory_format=layout)
+            w = torch.randn(512, 512, 3, 3, device=device).contiguous(memory_format=layout)
+            flops = 2 * batch * 512 * 512 * 9 * 64 * 64
+            times = []
+            with torch.no_grad(), reduced_precision(device, dtype):
+                torch.nn.functional.conv2d(x, w, padding=1)
+                for _ in range(repeats):
+                    _sync(device)
+                    t = time.perf_counter()
+                    torch.nn.functional.conv2d(x, w, padding=1)
+                    _sync(device)
+                    times.append(time.perf_counter() - t)
+            best = max(best, flops / statistics.median(times) / 1e9)
+    return best
 
 
 def count_gflops(model, options: dict, device: torch.device) -> float:
@@ -156,41 +206,75 @@ def peak_rss_gb() -> float:
     return float("nan")
 
 
+def reset_peak_rss() -> None:
+    """Restart VmHWM from the current resident set (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def page_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def measure(method: str, batch: int, device_name: str, repeats: int) -> dict:
+def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name: str = "fp32",
+            reuse_memory: bool = True, compile_model: bool = False) -> dict:
     from hyperinverter.device import resolve_device
+    from hyperinverter.memory import reuse_freed_memory
     from hyperinverter.methods import Stopwatch
+    from hyperinverter.precision import reduced_precision, resolve_dtype
 
     device = resolve_device(device_name)
+    dtype = resolve_dtype(dtype_name, device)
     model, options = build(method)
     model = model.to(device)
-    x = torch.randn(batch, 3, 1024, 1024, device=device).clamp(-1, 1)
-    times = []
-    with torch.no_grad():
-        model(x, **options)  # warm-up
+    load_peak = peak_rss_gb()
+    if reuse_memory and device.type == "cpu":
+        reuse_freed_memory()  # what InversionPipeline does on a CPU, once its weights are loaded
+    reset_peak_rss()  # from here on, the peak is the inference's
+    runner = torch.compile(model) if compile_model else model
+    x = sample_images(model.generator, batch, seed=1).to(device)
+    times, faults = [], []
+    with torch.no_grad(), reduced_precision(device, dtype):
+        start = time.perf_counter()
+        runner(x, **options)  # warm-up (and compilation)
+        warmup = time.perf_counter() - start
         for _ in range(repeats):
             _sync(device)
-            t = time.perf_counter()
+            f, t = page_faults(), time.perf_counter()
             stopwatch = Stopwatch(device)
-            out = model(x, stopwatch=stopwatch, **options)
+            out = runner(x, stopwatch=stopwatch, **options)
             _sync(device)
             times.append(time.perf_counter() - t)
+            faults.append(page_faults() - f)
+    peak = peak_rss_gb()  # before anything else runs in this process
     assert torch.isfinite(out.image).all()
+    result = {"method": method, "batch": batch, "dtype": dtype_name, "reuse_memory": reuse_memory,
+              "load_peak_gb": load_peak,
+              "compile": compile_model, "warmup_s": warmup, "runs": times, "median": statistics.median(times),
+              "s_per_image": statistics.median(times) / batch, "peak_gb": peak,
+              "page_faults_per_image": statistics.median(faults) / batch,
+              "stages": {k: v / batch for k, v in stopwatch.laps.items()},
+              "conv_gflops": conv_gflops(device), "load": os.getloadavg()[0],
+              "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if dtype != torch.float32:
+        result["conv_gflops_reduced"] = conv_gflops(device, dtype)
+        if method not in OFFICIAL_STEPS:  # the quality cost against fp32 on the same input, realistic Δθ
+            with torch.no_grad():
+                reference = model(x, **options).image.float()
+            change = (out.image.float() - reference).abs()
+            result.update(mean_abs_change=float(change.mean()), max_abs_change=float(change.max()))
     if method in OFFICIAL_STEPS:  # seconds per step and per image (official steps), from the stage timings
         per_step = {stage: stopwatch.laps[stage] / MEASURED_STEPS / batch for stage in OFFICIAL_STEPS[method]}
         official = sum(per_step[stage] * n for stage, n in OFFICIAL_STEPS[method].items())
-        times = [official * batch]  # the table's runs column: the official run, whole batch
-    result = {"method": method, "batch": batch, "runs": times, "median": statistics.median(times),
-              "s_per_image": statistics.median(times) / batch, "peak_gb": peak_rss_gb(),
-              "conv_gflops": conv_gflops(device), "load": os.getloadavg()[0],
-              "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
-    if method in OFFICIAL_STEPS:
-        result.update(s_per_image=official, median=official * batch, s_per_step=per_step)
-    if batch == 1:
+        result.update(s_per_image=official, median=official * batch, s_per_step=per_step, runs=[official * batch])
+    if batch == 1 and dtype == torch.float32:
         result["gflop_per_image"] = count_gflops(model, options, device)
         if method in OFFICIAL_STEPS:  # counted over MEASURED_STEPS of every stage: scale to the official run
             measured = sum(MEASURED_STEPS for _ in OFFICIAL_STEPS[method])
@@ -198,73 +282,128 @@ def measure(method: str, batch: int, device_name: str, repeats: int) -> dict:
     return result
 
 
+def variant(r: dict) -> str:
+    """How a row ran, beyond method and batch: the dtype, and what differs from the package's defaults."""
+    notes = [r["dtype"]] + (["plain malloc"] if not r["reuse_memory"] else []) + (["compiled"] if r["compile"] else [])
+    return ", ".join(notes)
+
+
+def floor_ratio(r: dict, gflop: float) -> float:
+    """Seconds per image over the FLOP floor (counted work / the best conv throughput of the row's dtype)."""
+    return r["s_per_image"] / (gflop / r.get("conv_gflops_reduced", r["conv_gflops"]))
+
+
+def stage_table(rows: list[dict]) -> list[str]:
+    stages = list(dict.fromkeys(k for r in rows for k in r["stages"]))
+    lines = ["| variant | batch | " + " | ".join(stages) + " | total |", "|---|---|" + "---|" * (len(stages) + 1)]
+    for r in rows:
+        cells = " | ".join(f"{r['stages'].get(k, float('nan')):.3f}" for k in stages)
+        lines.append(f"| {variant(r)} | {r['batch']} | {cells} | {sum(r['stages'].values()):.3f} |")
+    return lines
+
+
 def method_report(method: str, results: list[dict], args: argparse.Namespace) -> list[str]:
-    gflop = results[0]["gflop_per_image"]
+    gflop = next(r["gflop_per_image"] for r in results if "gflop_per_image" in r)
     official = OFFICIAL.get(method, {})
     lines = [
         f"# {method} ffhq-1024 on {args.device}",
         "",
         (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, fp32, no_grad, seeded random weights, "
-        f"{results[0]['parameters_m']:.1f}M parameters."),
+         f"{torch.get_num_threads()} threads, no_grad, seeded random weights with Δθ of a trained model's size, "
+         f"{results[0]['parameters_m']:.1f}M parameters."),
         f"Command: `{args.command}`",
         "",
         f"Counted work: **{gflop:.1f} GFLOP / image** (FlopCounterMode, multiply-add = 2 FLOPs"
         + (f"; official {official['gflop_per_image']}" if official else "") + ").",
         "",
-        ("| batch | s / image (median) | runs (s, whole batch) | peak RSS | conv GFLOP/s (same run) | FLOP floor s/img | "
-        "ratio to floor |"),
-        "|---|---|---|---|---|---|---|",
+        ("| variant | batch | s / image (median) | runs (s, whole batch) | page faults / image | peak RSS (loading) | "
+         "best conv GFLOP/s (same run) | FLOP floor s/img | ratio to floor |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        floor = gflop / r["conv_gflops"]
+        best = r.get("conv_gflops_reduced", r["conv_gflops"])
         runs = ", ".join(f"{t:.2f}" for t in r["runs"])
-        lines.append(f"| {r['batch']} | **{r['s_per_image']:.2f}** | {runs} | {r['peak_gb']:.2f} GB | "
-                     f"{r['conv_gflops']:.0f} | {floor:.2f} | {r['s_per_image'] / floor:.2f}× |")
-    b1 = next((r for r in results if r["batch"] == 1), None)
-    b4 = next((r for r in results if r["batch"] == 4), None)
-    lines += ["", "Checks:", ""]
-    if b1:
-        floor = gflop / b1["conv_gflops"]
-        lines.append(f"- within 2× of the floor at batch 1: {'yes' if b1['s_per_image'] <= 2 * floor else 'NO'} "
-                     f"({b1['s_per_image'] / floor:.2f}×)")
-    if b1 and b4:
-        lines.append(f"- batch 4 no slower per image than batch 1: "
-                     f"{'yes' if b4['s_per_image'] <= b1['s_per_image'] * 1.02 else 'NO'} "
-                     f"({b4['s_per_image']:.2f} vs {b1['s_per_image']:.2f} s)")
-    if official:
-        lines.append(f"- the official code on its machine: {official['s_per_image_b1']} s/img at batch 1, "
-                     f"{official['s_per_image_b4']} s at batch 4, {official['peak_gb_b1']} GB")
+        lines.append(f"| {variant(r)} | {r['batch']} | **{r['s_per_image']:.2f}** | {runs} | "
+                     f"{r['page_faults_per_image'] / 1e3:.0f}k | {r['peak_gb']:.2f} GB ({r['load_peak_gb']:.2f}) | "
+                     f"{best:.0f} | "
+                     f"{gflop / best:.2f} | {floor_ratio(r, gflop):.2f}× |")
+    if any(len(r["stages"]) > 1 for r in results):
+        lines += ["", "Seconds per image by stage (the method's stopwatch, last timed run):", "", *stage_table(results)]
     return lines
+
+
+def _row(rows: list[dict], dtype: str, batch: int) -> dict | None:
+    return next((r for r in rows if r["dtype"] == dtype and r["batch"] == batch and r["reuse_memory"]
+                 and not r["compile"]), None)
 
 
 def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:
     lines = [
         f"# Full-size methods side by side, ffhq-1024 on {args.device}",
         "",
-        f"One run of `{args.command}`; each row a separate process. Seeded random weights, fp32, no_grad.",
+        f"One run of `{args.command}`; each row a separate process, on {os.cpu_count()} cores "
+        f"({platform.machine()}, torch {torch.__version__}). Seeded random weights; HyperInverter's and HyperStyle's "
+        "offsets scaled to a trained model's size (`calibrate_delta.py`), so that precision changes show. The FLOP "
+        "floor is the counted work over the best 512→512 3×3 conv throughput of the row's dtype in the same process.",
         "",
-        "| method | parameters | GFLOP / image | batch | s / image | s / step (per image) | peak RSS | ratio to floor |",
-        "|---|---|---|---|---|---|---|---|",
+        ("| method | parameters | GFLOP / image | variant | batch | s / image | s / step (per image) | peak RSS | "
+         "page faults / image | ratio to floor | bf16: mean / max image change |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, rows in results.items():
-        gflop = rows[0]["gflop_per_image"]
+        gflop = next(r["gflop_per_image"] for r in rows if "gflop_per_image" in r)
         for r in rows:
-            floor = gflop / r["conv_gflops"]
             steps = ", ".join(f"{k} {v:.2f}" for k, v in r.get("s_per_step", {}).items()) or "–"
-            lines.append(f"| {method} | {r['parameters_m']:.1f}M | {gflop:.1f} | {r['batch']} | "
+            change = (f"{r['mean_abs_change']:.4f} / {r['max_abs_change']:.3f}" if "mean_abs_change" in r else "–")
+            lines.append(f"| {method} | {r['parameters_m']:.1f}M | {gflop:.1f} | {variant(r)} | {r['batch']} | "
                          f"**{r['s_per_image']:.2f}** | {steps} | {r['peak_gb']:.2f} GB | "
-                         f"{r['s_per_image'] / floor:.2f}× |")
-    if "hyperinverter" in results:
-        hi = results["hyperinverter"][0]["s_per_image"]
-        slower = [f"{m} {rows[0]['s_per_image'] / hi:,.0f}×" for m, rows in results.items() if m in OFFICIAL_STEPS]
+                         f"{r['page_faults_per_image'] / 1e3:.0f}k | {floor_ratio(r, gflop):.2f}× | {change} |")
+    lines += ["", "## Findings", ""]
+    hi = results.get("hyperinverter", [])
+    if _row(hi, "fp32", 1):
+        gflop = next(r["gflop_per_image"] for r in hi if "gflop_per_image" in r)
+        b1, b4 = _row(hi, "fp32", 1), _row(hi, "fp32", 4)
+        lines.append(f"- HyperInverter fp32, ratio to the floor: {floor_ratio(b1, gflop):.2f}× at batch 1"
+                     + (f", {floor_ratio(b4, gflop):.2f}× at batch 4 ({b4['s_per_image']:.2f} vs "
+                        f"{b1['s_per_image']:.2f} s per image)" if b4 else "")
+                     + f"; target 1.3×. Peak RSS at batch 1: {b1['peak_gb']:.2f} GB (target 2.0 GB).")
+        plain = next((r for r in hi if not r["reuse_memory"] and r["batch"] == 1), None)
+        if plain:
+            lines.append(f"- Page faults: with glibc's default (a fresh mmap per large block) {plain['s_per_image']:.2f} s "
+                         f"and {plain['page_faults_per_image'] / 1e3:.0f}k faults per image, peak "
+                         f"{plain['peak_gb']:.2f} GB; with the package's heap reuse {b1['s_per_image']:.2f} s, "
+                         f"{b1['page_faults_per_image'] / 1e3:.0f}k faults, {b1['peak_gb']:.2f} GB.")
+    for method, rows in results.items():
+        for batch in (1, 4):
+            full, reduced = _row(rows, "fp32", batch), next((r for r in rows if r["dtype"] != "fp32"
+                                                             and r["batch"] == batch and not r["compile"]), None)
+            if full and reduced:
+                lines.append(f"- {method} {reduced['dtype']} at batch {batch}: {reduced['s_per_image']:.2f} s, "
+                             f"{reduced['s_per_image'] / full['s_per_image']:.2f} of fp32's time"
+                             + (f"; image change mean {reduced['mean_abs_change']:.4f}, max "
+                                f"{reduced['max_abs_change']:.3f}" if "mean_abs_change" in reduced else "") + ".")
+        compiled = next((r for r in rows if r["compile"]), None)
+        plain_row = _row(rows, compiled["dtype"], compiled["batch"]) if compiled else None
+        if compiled and plain_row:
+            lines.append(f"- {method} with torch.compile ({variant(compiled)}, batch {compiled['batch']}): "
+                         f"{compiled['s_per_image']:.2f} s against {plain_row['s_per_image']:.2f} s eager, after a "
+                         f"{compiled['warmup_s']:.0f} s first call.")
+    if _row(hi, "fp32", 1):
+        base = _row(hi, "fp32", 1)["s_per_image"]
+        slower = [f"{m} {_row(rows, 'fp32', 1)['s_per_image'] / base:,.0f}×" for m, rows in results.items()
+                  if m in OFFICIAL_STEPS and _row(rows, "fp32", 1)]
         if slower:
-            lines += ["", "Time per image relative to HyperInverter at batch 1 (official step counts): "
-                      + ", ".join(slower) + "."]
-    if {"hyperinverter", "hyperstyle"} <= results.keys():
-        hi, hs = results["hyperinverter"], results["hyperstyle"]
-        lines += ["", (f"HyperStyle / HyperInverter: {hs[0]['gflop_per_image'] / hi[0]['gflop_per_image']:.2f}× the "
-                  f"FLOPs, {hs[0]['s_per_image'] / hi[0]['s_per_image']:.2f}× the time at batch 1.")]
+            lines.append("- Time per image relative to HyperInverter at batch 1, fp32 (official step counts): "
+                         + ", ".join(slower) + ".")
+    if "hyperstyle" in results and _row(hi, "fp32", 1) and _row(results["hyperstyle"], "fp32", 1):
+        hs, h1 = results["hyperstyle"], hi
+        g_hs = next(r["gflop_per_image"] for r in hs if "gflop_per_image" in r)
+        g_hi = next(r["gflop_per_image"] for r in h1 if "gflop_per_image" in r)
+        lines.append(f"- HyperStyle / HyperInverter: {g_hs / g_hi:.2f}× the FLOPs, "
+                     f"{_row(hs, 'fp32', 1)['s_per_image'] / _row(h1, 'fp32', 1)['s_per_image']:.2f}× the time at "
+                     "batch 1.")
+    if hi:
+        lines += ["", "## HyperInverter by stage (seconds per image)", "", *stage_table(hi)]
     return lines
 
 
@@ -274,41 +413,56 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--optimization-batches", default="1",
                         help="batches for w-opt, wplus-opt and pti (each step is a full forward and backward pass)")
+    parser.add_argument("--plain-malloc", default="hyperinverter",
+                        help="methods also measured at fp32, batch 1, without the package's heap reuse")
+    parser.add_argument("--compile", default="", help="methods also measured under torch.compile (fp32, batch 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.repeats)))
+        method, batch, dtype, reuse, compiled = args.worker
+        print(json.dumps(measure(method, int(batch), args.device, args.repeats, dtype, reuse == "1", compiled == "1")))
         return
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in BUILDERS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(BUILDERS)}")
+    plain_malloc = args.plain_malloc or '""'
     args.command = (f"python benchmarks/bench_fullsize.py --methods {args.methods} --device {args.device} "
-                    f"--repeats {args.repeats} --batches {args.batches} "
-                    f"--optimization-batches {args.optimization_batches}")
+                    f"--repeats {args.repeats} --batches {args.batches} --dtypes {args.dtypes} "
+                    f"--optimization-batches {args.optimization_batches} --plain-malloc {plain_malloc}"
+                    + (f" --compile {args.compile}" if args.compile else ""))
     results: dict[str, list[dict]] = {}
     for method in methods:
         batches = args.optimization_batches if method in OFFICIAL_STEPS else args.batches
-        for batch in [int(b) for b in batches.split(",")]:
-            cmd = [sys.executable, __file__, "--worker", method, str(batch), "--device", args.device,
-                   "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            results.setdefault(method, []).append(json.loads(out))
-            print(results[method][-1], flush=True)
-        if "gflop_per_image" not in results[method][0]:
-            raise SystemExit("batch 1 must come first: it counts the FLOPs")
+        runs = [(int(b), dtype, "1", "0") for dtype in args.dtypes.split(",") for b in batches.split(",")]
+        if method in args.plain_malloc.split(","):
+            runs.append((1, "fp32", "0", "0"))
+        if method in args.compile.split(","):
+            runs.append((1, "fp32", "1", "1"))
+        for batch, dtype, reuse, compiled in runs:
+            cmd = [sys.executable, __file__, "--worker", method, str(batch), dtype, reuse, compiled,
+                   "--device", args.device, "--repeats", str(args.repeats)]
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{method} batch {batch} {dtype}: failed\n{done.stderr[-2000:]}", file=sys.stderr, flush=True)
+                continue
+            results.setdefault(method, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[method][-1]), flush=True)
+        if method in results and not any("gflop_per_image" in r for r in results[method]):
+            raise SystemExit(f"{method}: the fp32 batch-1 row counts the FLOPs and it did not run")
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"fullsize-ffhq1024-{args.device}.json").write_text(json.dumps(results, indent=1) + "\n")
     for method, rows in results.items():
         path = args.out / f"{method}-ffhq1024-{args.device}.md"
         path.write_text("\n".join(method_report(method, rows, args)) + "\n")
         print(f"wrote {path}")
-    if len(results) > 1:
-        path = args.out / f"fullsize-ffhq1024-{args.device}.md"
-        path.write_text("\n".join(comparison(results, args)) + "\n")
-        print(f"wrote {path}")
+    path = args.out / f"fullsize-ffhq1024-{args.device}.md"
+    path.write_text("\n".join(comparison(results, args)) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

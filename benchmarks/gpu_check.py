@@ -4,12 +4,13 @@
 
 Sections (each reported even if another fails):
 
+0. ``tests``: the test suite's CUDA-marked tests (``tests/test_cuda.py``; through pytest where it is installed).
 1. ``kernels``: the synthesis network with per-sample offsets on every parameter and noise buffer (both modes), on
    CUDA (the fused grouped-conv kernel ``auto`` picks there) against the CPU path: max |difference|.
-2. ``precision``: the full-size (1024) generator under ``torch.autocast`` bf16 and fp16, with realistic offsets
-   (Δθ of 2 % of each weight's RMS): mean and max |image change| against fp32.
-3. ``speed``: every method at full size (seeded random weights, batch 1 and 4, fp32 and bf16 autocast): s/image,
-   s/step for optimisation, peak GPU memory.
+2. ``speed``: every method at full size (seeded random weights, HyperInverter's and HyperStyle's offsets scaled to
+   a trained model's size), batch 1 and 4, in fp32, bf16 and fp16 through the package's precision policy:
+   s/image, s/step for optimisation, peak GPU memory, and the image change against fp32.
+3. ``compile``: HyperInverter under ``torch.compile`` against eager, batch 1 and 4.
 4. ``ddp``: a few Phase II training steps in bf16 under ``torchrun`` with the nccl backend (one process per GPU;
    with one GPU this checks the nccl path, not the scaling).
 
@@ -81,70 +82,69 @@ def check_kernels(report: dict) -> None:
     report["kernels"] = rows
 
 
-def full_generator():
-    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+def check_tests(report: dict) -> None:
+    """tests/test_cuda.py through pytest, or called directly where pytest is missing."""
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import test_cuda
 
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(resolution=1024))
-    with torch.no_grad():
-        G.mapping.w_avg.normal_(0, 0.5)
-    return G.eval().requires_grad_(False)
+        report["tests"] = {"runner": "direct", "outcomes": test_cuda.run_without_pytest()}
+        return
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "test_cuda.py")], check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, cwd=ROOT)
+    report["tests"] = {"runner": "pytest", "returncode": done.returncode, "tail": (done.stdout + done.stderr)[-1500:]}
 
 
-def check_precision(report: dict) -> None:
-    G = full_generator().cuda().to(memory_format=torch.channels_last)
-    z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(1)).cuda()
-    delta = random_delta(G, 4, "add").only([n for n in G.synthesis.offsettable_parameters()
-                                            if not n.endswith("noise_const")]).to("cuda")
-    rows = []
-    with torch.no_grad():
-        ws = G.mapping(z)
-        reference = G.synthesis(ws, weight_delta=delta)
-        for dtype in (torch.bfloat16, torch.float16):
-            with torch.autocast("cuda", dtype=dtype):
-                out = G.synthesis(ws, weight_delta=delta).float()
-            change = (out - reference).abs()
-            rows.append({"dtype": str(dtype).removeprefix("torch."), "mean_abs_change": float(change.mean()),
-                         "max_abs_change": float(change.max()), "finite": bool(torch.isfinite(out).all())})
-    report["precision"] = rows
+def _time(model, x, options: dict, dtype: torch.dtype, repeats: int):
+    from hyperinverter.methods import Stopwatch
+    from hyperinverter.precision import reduced_precision
+
+    times, out, laps = [], None, {}
+    with torch.no_grad(), reduced_precision(x.device, dtype):
+        model(x, **options)  # warm-up (cuDNN autotuning, allocator, compilation)
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            stopwatch = Stopwatch(x.device)
+            out = model(x, stopwatch=stopwatch, **options)
+            sync()
+            times.append(time.perf_counter() - start)
+            laps = stopwatch.laps
+    return statistics.median(times), out, laps
 
 
 def check_speed(report: dict, methods: list[str], repeats: int) -> None:
     import bench_fullsize as bench
 
-    from hyperinverter.methods import Stopwatch
+    from hyperinverter.precision import PRECISIONS
 
-    rows = []
+    rows = report.setdefault("speed", [])
     for method in methods:
         model, options = bench.build(method)
         model = model.cuda()
         for batch in (1, 4):
-            for dtype in ("fp32", "bf16"):
-                x = torch.randn(batch, 3, 1024, 1024, device="cuda").clamp(-1, 1)
-                torch.cuda.reset_peak_memory_stats()
-                context = torch.autocast("cuda", dtype=torch.bfloat16) if dtype == "bf16" else _null()
-                times, out, laps = [], None, {}
+            x = bench.sample_images(model.generator, batch, seed=1).cuda()
+            reference = None
+            for name in ("fp32", "bf16", "fp16"):
                 try:
-                    with torch.no_grad(), context:
-                        model(x, **options)  # warm-up (cuDNN autotuning, allocator)
-                        warmup_peak = torch.cuda.max_memory_allocated()
-                        torch.cuda.reset_peak_memory_stats()
-                        for _ in range(repeats):
-                            sync()
-                            start = time.perf_counter()
-                            stopwatch = Stopwatch(x.device)
-                            out = model(x, stopwatch=stopwatch, **options)
-                            sync()
-                            times.append(time.perf_counter() - start)
-                            laps = stopwatch.laps
+                    seconds, out, laps = _time(model, x, options, PRECISIONS[name], repeats)
                 except Exception as e:  # noqa: BLE001  (a report, not a test: record and go on)
-                    rows.append({"method": method, "batch": batch, "dtype": dtype, "error": repr(e)[:300]})
+                    rows.append({"method": method, "batch": batch, "dtype": name, "error": repr(e)[:300]})
                     continue
-                row = {"method": method, "batch": batch, "dtype": dtype,
-                       "s_per_image": statistics.median(times) / batch,
+                image = out.image.float()
+                row = {"method": method, "batch": batch, "dtype": name, "s_per_image": seconds / batch,
                        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1024**3,
-                       "warmup_peak_gpu_gb": warmup_peak / 1024**3,
-                       "finite": bool(torch.isfinite(out.image).all())}
+                       "finite": bool(torch.isfinite(image).all()),
+                       "stages": {k: v / batch for k, v in laps.items()}}
+                if name == "fp32":
+                    reference = image
+                elif reference is not None and method not in bench.OFFICIAL_STEPS:
+                    change = (image - reference).abs()
+                    row.update(mean_abs_change=float(change.mean()), max_abs_change=float(change.max()))
                 if method in bench.OFFICIAL_STEPS:
                     per_step = {k: laps[k] / bench.MEASURED_STEPS / batch for k in bench.OFFICIAL_STEPS[method]}
                     row["s_per_step"] = per_step
@@ -153,15 +153,26 @@ def check_speed(report: dict, methods: list[str], repeats: int) -> None:
                 print(json.dumps(row), flush=True)
         del model
         torch.cuda.empty_cache()
-    report["speed"] = rows
 
 
-class _null:
-    def __enter__(self):
-        return self
+def check_compile(report: dict, repeats: int) -> None:
+    import bench_fullsize as bench
 
-    def __exit__(self, *exc):
-        return False
+    from hyperinverter.precision import PRECISIONS
+
+    model, options = bench.build("hyperinverter")
+    model = model.cuda()
+    compiled = torch.compile(model)
+    rows = report.setdefault("compile", [])
+    for batch in (1, 4):
+        x = bench.sample_images(model.generator, batch, seed=1).cuda()
+        for name in ("fp32", "bf16"):
+            eager, _, _ = _time(model, x, options, PRECISIONS[name], repeats)
+            start = time.perf_counter()
+            fast, _, _ = _time(compiled, x, options, PRECISIONS[name], repeats)
+            rows.append({"batch": batch, "dtype": name, "eager_s_per_image": eager / batch,
+                         "compiled_s_per_image": fast / batch, "first_call_s": time.perf_counter() - start})
+            print(json.dumps(rows[-1]), flush=True)
 
 
 def check_ddp(report: dict, steps: int, device: str = "cuda") -> None:
@@ -198,27 +209,36 @@ def check_ddp(report: dict, steps: int, device: str = "cuda") -> None:
 
 def markdown(report: dict) -> str:
     lines = [f"# GPU check: {report['device']}", "", f"torch {report['torch']}, {report['when']}", ""]
+    if "tests" in report:
+        t = report["tests"]
+        lines += ["## CUDA-marked tests", ""]
+        if t["runner"] == "pytest":
+            lines += [f"pytest exit status {t['returncode']}", "", "```", t["tail"][-600:].strip(), "```"]
+        else:
+            lines += [f"- {name}: {outcome}" for name, outcome in t["outcomes"].items()]
     if "kernels" in report:
-        lines += ["## Per-sample offsets on CUDA vs the CPU path", "", "| resolution | mode | kernel | max abs diff |",
+        lines += ["", "## Per-sample offsets on CUDA vs the CPU path", "", "| resolution | mode | kernel | max abs diff |",
                   "|---|---|---|---|"]
         lines += [f"| {r['resolution']} | {r['mode']} | {r['kernel']} | {r['max_abs_diff']:.2e} |"
                   for r in report["kernels"]]
-    if "precision" in report:
-        lines += ["", "## Reduced precision, 1024 generator with Δθ (2 % of each weight's RMS)", "",
-                  "| dtype | mean abs change | max abs change | finite |", "|---|---|---|---|"]
-        lines += [f"| {r['dtype']} | {r['mean_abs_change']:.4f} | {r['max_abs_change']:.4f} | {r['finite']} |"
-                  for r in report["precision"]]
     if "speed" in report:
-        lines += ["", "## Full size (1024), seeded random weights", "",
-                  "| method | batch | dtype | s / image | s / step (per image) | peak GPU memory | peak in warm-up |",
+        header = ("| method | batch | dtype | s / image | s / step (per image) | peak GPU memory | "
+                  "mean / max image change vs fp32 |")
+        lines += ["", "## Full size (1024), seeded random weights, offsets of a trained model's size", "", header,
                   "|---|---|---|---|---|---|---|"]
         for r in report["speed"]:
             if "error" in r:
-                lines.append(f"| {r['method']} | {r['batch']} | {r['dtype']} | error: {r['error'][:80]} | | |")
+                lines.append(f"| {r['method']} | {r['batch']} | {r['dtype']} | error: {r['error'][:80]} | | | |")
                 continue
             steps = ", ".join(f"{k} {v:.4f}" for k, v in r.get("s_per_step", {}).items()) or "–"
+            change = f"{r['mean_abs_change']:.4f} / {r['max_abs_change']:.3f}" if "mean_abs_change" in r else "–"
             lines.append(f"| {r['method']} | {r['batch']} | {r['dtype']} | {r['s_per_image']:.4f} | {steps} | "
-                         f"{r['peak_gpu_gb']:.2f} GB | {r.get('warmup_peak_gpu_gb', float('nan')):.2f} GB |")
+                         f"{r['peak_gpu_gb']:.2f} GB | {change} |")
+    if "compile" in report:
+        header = "| batch | dtype | eager s / image | compiled s / image | first call (s) |"
+        lines += ["", "## torch.compile, HyperInverter", "", header, "|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['dtype']} | {r['eager_s_per_image']:.4f} | {r['compiled_s_per_image']:.4f} | "
+                  f"{r['first_call_s']:.0f} |" for r in report["compile"]]
     if "ddp" in report:
         d = report["ddp"]
         lines += ["", "## Phase II under torchrun (nccl, bf16)", "",
@@ -234,17 +254,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--methods", default="hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sections", default="kernels,precision,speed,ddp")
+    parser.add_argument("--sections", default="tests,kernels,speed,compile,ddp")
     parser.add_argument("--ddp-steps", type=int, default=6)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device here")
     torch.backends.cudnn.benchmark = True
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-              "when": time.strftime("%Y-%m-%d %H:%M"), "errors": {}}
-    checks = {"kernels": lambda: check_kernels(report), "precision": lambda: check_precision(report),
+              "when": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "errors": {}}
+    checks = {"tests": lambda: check_tests(report), "kernels": lambda: check_kernels(report),
               "speed": lambda: check_speed(report, args.methods.split(","), args.repeats),
-              "ddp": lambda: check_ddp(report, args.ddp_steps)}
+              "compile": lambda: check_compile(report, args.repeats), "ddp": lambda: check_ddp(report, args.ddp_steps)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sections.split(","):
         start = time.perf_counter()
@@ -252,6 +272,7 @@ def main() -> None:
             checks[name]()
         except Exception:  # noqa: BLE001  (report every section)
             report["errors"][name] = traceback.format_exc()
+        report.setdefault("seconds", {})[name] = time.perf_counter() - start
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
         (args.out / "gpu_check.md").write_text(markdown(report))

@@ -90,6 +90,17 @@ def test_the_page_builds_over_a_pipeline_folder(pipeline, tmp_path):
         build_app([])
 
 
+def test_the_page_runs_its_models_in_the_chosen_precision(pipeline, tmp_path):
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    s = WebSession.from_model(folder, device="cpu", dtype="bf16")
+    assert s.pipe.dtype == torch.bfloat16
+    (item,) = s.invert(photo(), align=False)
+    assert item.result.image.dtype == torch.float32
+    # Models load on first use, so a precision the device cannot run is refused before serving.
+    with pytest.raises(ValueError, match="fp16 runs on GPUs only"):
+        build_app([str(folder)], device="cpu", dtype="fp16")
+
+
 def test_a_transparent_upload_is_composited_on_white(session, pipeline):
     rgba = Image.new("RGBA", (50, 50), (0, 0, 0, 0))  # fully transparent black
     (item,) = session.invert(rgba, align=False)

@@ -15,7 +15,10 @@ of the images that the encoder methods invert. The main table scores every metho
 inverted, so that its rows compare; the encoders' FID/KID over all their images is a second table.
 
 Work is stored per method and batch in ``OUT/work/`` (atomically), so an interrupted run resumes where it
-stopped. A run with other settings, another model or other images refuses to reuse that work.
+stopped. A run with other settings, another model, other images or another precision refuses to reuse that work.
+
+The methods run in the pipeline's precision (``InversionPipeline(dtype=...)``, ``--dtype``), which the report
+records with the device.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ from .evaluation import (
 from .inception_metrics import fid_kid
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes
+from .memory import trim
 from .metrics import PIXEL_METRICS
 from .pipeline import InversionPipeline
+from .precision import dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +120,11 @@ def _resident_bytes() -> int | None:
 
 class PeakMemory:
     """Peak memory while in the block, in MB: CUDA's allocator peak on a GPU; on a CPU the process's resident set,
-    sampled every few milliseconds by a thread (its lifetime peak, VmHWM, would carry the earlier methods')."""
+    sampled every few milliseconds by a thread (its lifetime peak, VmHWM, would carry the earlier methods').
+
+    On a CPU the heap's free memory is given back first: the package keeps freed blocks mapped for speed
+    (:mod:`hyperinverter.memory`), and a block would otherwise reuse them unseen, or start from another's.
+    """
 
     def __init__(self, device: torch.device, interval: float = 0.002) -> None:
         self.device, self.interval = torch.device(device), interval
@@ -127,6 +136,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
             return self
+        trim()
         self._start = _resident_bytes()
         self._peak = self._start or 0
         self.start_mb = self._peak / 2**20 if self._start is not None else float("nan")
@@ -169,6 +179,7 @@ class BenchmarkWork:
                 raise InputError(path, f"is not a readable benchmark record ({e})") from e
             if stored.get("format") != WORK_FORMAT:
                 raise InputError(path, f"is not a {WORK_FORMAT} record")
+            stored.setdefault("dtype", "fp32")  # runs from before reduced precision ran in fp32
             changed = sorted(k for k in identity if stored.get(k) != identity[k])
             if changed:
                 raise InputError(self.folder, f"holds a run with other {', '.join(changed)}; give another --out "
@@ -338,6 +349,7 @@ class BenchmarkReport:
                   f"- command: `{p['command']}`",
                   f"- hyperinverter {p['version']}, torch {p['torch']}, Python {p['python']}",
                   f"- machine: {p['machine']}", f"- device: {p['device']}",
+                  f"- precision: {p.get('dtype', 'fp32')}",
                   f"- seed {self.settings['seed']}, batch size {self.settings['batch_size']}, date {p['date']}",
                   f"- images: the first {most} of {self.data} by name (names' sha256 {p['images_sha256'][:16]})",
                   "- images per method: " + ", ".join(f"{m} {n}" for m, n in self.images_per_method.items())]
@@ -380,7 +392,8 @@ class BenchmarkReport:
             ax.set(xscale="log", xlabel="seconds per image (log)", ylabel=f"{METRIC_LABELS[metric]} (lower is better)",
                    title=f"{METRIC_LABELS[metric]} against time")
             ax.grid(alpha=0.3, which="both")
-        fig.suptitle(f"{self.model}: {self.common_images} held-out images ({self.provenance['device']})", fontsize=9)
+        fig.suptitle(f"{self.model}: {self.common_images} held-out images ({self.provenance['device']}, "
+                     f"{self.provenance.get('dtype', 'fp32')})", fontsize=9)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=120)
         plt.close(fig)
@@ -484,7 +497,7 @@ def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Seq
     work = BenchmarkWork(out)
     work.claim({"settings": settings.to_json(), "model": pipeline.fingerprint,
                 "images_sha256": _names_digest(names[:count]),
-                "example_edit": None if direction is None else direction.name})
+                "example_edit": None if direction is None else direction.name, "dtype": dtype_name(pipeline.dtype)})
     total = sum(math.ceil(n / settings.batch_size) for n in images_per_method.values())
     runs: dict[str, MethodRun] = {}
     with tqdm(total=total, desc="benchmark", unit="batch", disable=not progress) as bar:
@@ -505,9 +518,9 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
                   features: Callable[[torch.Tensor], np.ndarray] | None = None,
                   notes: Sequence[str] = (), progress: bool = True) -> BenchmarkReport:
     """Run (or resume) the benchmark of ``settings.methods`` on ``inputs`` (``[N,C,R,R]`` in [-1,1], the files
-    ``names``) and write the report to ``out``. ``extra_metrics``: pair metrics beside MSE/PSNR/SSIM/MS-SSIM
-    (perceptual, identity); ``features(images)``: per-image Inception features for FID/KID, when available
-    (kept in ``OUT/work``, so that a resumed run does not compute them again)."""
+    ``names``) in the pipeline's precision and write the report to ``out``. ``extra_metrics``: pair metrics beside
+    MSE/PSNR/SSIM/MS-SSIM (perceptual, identity); ``features(images)``: per-image Inception features for FID/KID,
+    when available (kept in ``OUT/work``, so that a resumed run does not compute them again)."""
     out, started = Path(out), time.perf_counter()
     if settings.direction is not None and settings.direction not in directions:
         raise InputError(model, f"has no direction {settings.direction!r}; it has {sorted(directions) or 'none'}")
@@ -541,7 +554,8 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
 
     provenance = {"command": command, "version": __version__, "torch": torch.__version__,
                   "python": platform.python_version(), "machine": machine_description(),
-                  "device": str(pipeline.device), "date": datetime.date.today().isoformat(),
+                  "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
+                  "date": datetime.date.today().isoformat(),
                   "images_sha256": _names_digest(names)}
     all_notes = list(notes)
     if direction is not None:

@@ -37,9 +37,11 @@ from .errors import CheckpointError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
+from .memory import reuse_freed_memory
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
+from .precision import reduced_precision, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -232,11 +234,13 @@ class InversionPipeline:
     ``methods``: one inverter, or several by name, all over the same generator. ``default_method``: the one
     ``invert`` uses unless told (default: the first). ``name``: how the model was asked for (a catalogue name or
     a path); inversion files record it. ``align_scale``: the face-crop scale that matches the training framing.
+    ``dtype``: the precision inversion and rendering run in: ``"fp32"`` (default), ``"bf16"`` (CPUs with native
+    bf16, GPUs) or ``"fp16"`` (GPUs); see :mod:`hyperinverter.precision`. Images and codes come out in fp32.
     """
 
     def __init__(self, methods: Inverter | Mapping[str, Inverter], *, default_method: str | None = None,
                  device: str | torch.device = "auto", align_scale: float = 1.0, name: str = "",
-                 discriminator: Discriminator | None = None) -> None:
+                 discriminator: Discriminator | None = None, dtype: str | torch.dtype = "fp32") -> None:
         methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
         if not methods:
             raise ValueError("a pipeline needs at least one method")
@@ -244,6 +248,9 @@ class InversionPipeline:
         if len(generators) != 1:
             raise ValueError("every method of a pipeline must share one generator")
         self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # no page faults on every pass's large activations (hyperinverter.memory)
         self.align_scale = align_scale
         self.name = name
         self.discriminator = None if discriminator is None else discriminator.to(self.device).eval().requires_grad_(False)
@@ -289,7 +296,7 @@ class InversionPipeline:
     # --- loading and saving ----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, method: str | None = None,
-                        device: str | torch.device = "auto") -> InversionPipeline:
+                        device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32") -> InversionPipeline:
         """Load a bundle folder, or a catalogue name (bundled or downloaded models). ``method``: the default
         method from now on (default: the bundle's own)."""
         from .catalogue import local_model_path
@@ -322,7 +329,7 @@ class InversionPipeline:
             discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
         return cls(methods, default_method=method or index["default_method"], device=device,
                    align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path),
-                   discriminator=discriminator)
+                   discriminator=discriminator, dtype=dtype)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
@@ -356,9 +363,11 @@ class InversionPipeline:
 
     # --- inference --------------------------------------------------------------------------------------
     def invert(self, images: torch.Tensor | Sequence[Image.Image | str | Path], *, method: str | None = None,
-               batch_size: int = 8, check_finite: bool = True, **options: Any) -> InversionResult:
+               batch_size: int = 8, check_finite: bool = True, dtype: str | torch.dtype | None = None,
+               **options: Any) -> InversionResult:
         """Invert ``images`` with ``method`` (default: the pipeline's), in chunks of ``batch_size`` (results do
-        not depend on it). ``options``: the method's own (see ``hyperinverter methods``).
+        not depend on it). ``options``: the method's own (see ``hyperinverter methods``). ``dtype``: this call's
+        precision (default: the pipeline's ``dtype``).
 
         A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
         it, for callers that report such samples one by one).
@@ -367,7 +376,8 @@ class InversionPipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         inverter = self.inverter(method)
         x = self.prepare(images)
-        result = InversionResult.cat([inverter.invert(x[i : i + batch_size], **options)
+        dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)
+        result = InversionResult.cat([inverter.invert(x[i : i + batch_size], dtype=dtype, **options)
                                       for i in range(0, x.shape[0], batch_size)])
         if check_finite:
             ensure_finite(result.image, "the reconstruction")
@@ -378,8 +388,9 @@ class InversionPipeline:
                generator: Generator | None = None) -> torch.Tensor:
         """Codes (and offsets) -> images, by this pipeline's generator or another one of the same architecture."""
         G = self.generator if generator is None else generator
-        images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
-        return ensure_finite(images, "the rendered image")
+        with reduced_precision(self.device, self.dtype):
+            images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
+        return ensure_finite(images.float(), "the rendered image")
 
     def adapt(self, result: InversionResult, generator: Generator, *, min_resolution: int | None = None
               ) -> torch.Tensor:

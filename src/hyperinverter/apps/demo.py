@@ -137,8 +137,10 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
 
 
 def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model: str = "faces-64",
-             fashion_model: str = "fashion-32", frames: int = 5, num_examples: int = 4) -> DemoReport:
-    """Run every bundled model that is installed; a missing one is reported in ``report.missing``."""
+             fashion_model: str = "fashion-32", frames: int = 5, num_examples: int = 4,
+             dtype: str | torch.dtype = "fp32") -> DemoReport:
+    """Run every bundled model that is installed; a missing one is reported in ``report.missing``. ``dtype``: the
+    precision the models run in (see :class:`~hyperinverter.pipeline.InversionPipeline`)."""
     from ..catalogue import resolve_model
 
     start = time.perf_counter()
@@ -151,7 +153,7 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
         except FileNotFoundError as e:
             report.missing.append(str(e))
             continue
-        pipe = InversionPipeline.from_pretrained(model_dir, device=device)
+        pipe = InversionPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
         if photos:  # a face model: the bundled photos, aligned
             _faces(report, pipe, model_dir, frames, model)
         else:

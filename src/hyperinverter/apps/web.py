@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .. import memory
 from ..editing.directions import Direction, load_model_directions
 from ..errors import ImageReadError, InputError
 from ..io.files import atomic_write_bytes
@@ -100,9 +101,9 @@ class WebSession:
 
     @classmethod
     def from_model(cls, model: str | Path, *, device: str | torch.device = "auto", display_size: int = 256,
-                   limits: WebLimits = DEFAULT_LIMITS) -> WebSession:
+                   limits: WebLimits = DEFAULT_LIMITS, dtype: str | torch.dtype = "fp32") -> WebSession:
         """A pipeline folder or catalogue name, with its directions, its card, its held-out examples and (if
-        installed) dlib alignment."""
+        installed) dlib alignment. ``dtype``: the precision it runs in (see :class:`InversionPipeline`)."""
         from ..align import optional_detector
         from ..catalogue import local_model_path
 
@@ -111,7 +112,7 @@ class WebSession:
         if why_not:
             logger.warning(why_not)
         examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
-        return cls(InversionPipeline.from_pretrained(path, device=device), load_model_directions(path),
+        return cls(InversionPipeline.from_pretrained(path, device=device, dtype=dtype), load_model_directions(path),
                    detector=detector, display_size=display_size, limits=limits, card=model_card_summary(path),
                    examples=examples)
 
@@ -317,22 +318,9 @@ def token(entry: dict) -> dict:
 
 def settle_memory(*, arenas: int | None = None) -> bool:
     """Keep a long-running server's memory from creeping up with its request threads (glibc only; elsewhere a
-    no-op that returns False). ``arenas``: cap glibc's per-thread malloc arenas (call before the threads start;
-    each thread's arena otherwise keeps the memory it once held); without it, return freed heap memory to the
-    system (``malloc_trim``)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is None or not hasattr(libc, "mallopt"):
-            return False
-        if arenas is not None:
-            return bool(libc.mallopt(-8, arenas))  # M_ARENA_MAX
-        return bool(libc.malloc_trim(0))
-    except OSError:
-        return False
+    no-op that returns False). ``arenas``: cap glibc's per-thread malloc arenas (call before the threads start);
+    without it, give freed heap memory back to the system (:mod:`hyperinverter.memory`)."""
+    return memory.cap_arenas(arenas) if arenas is not None else memory.trim()
 
 
 def user_message(e: BaseException) -> str:
@@ -347,9 +335,10 @@ def user_message(e: BaseException) -> str:
 
 
 def build_app(models: Sequence[str], *, device: str | torch.device = "auto", examples: Sequence[Path] = (),
-              limits: WebLimits = DEFAULT_LIMITS):
+              limits: WebLimits = DEFAULT_LIMITS, dtype: str | torch.dtype = "fp32"):
     """A Gradio ``Blocks`` page over the given models (pipeline folders or catalogue names), loaded on first use.
-    ``examples``: real photos offered after each face model's own held-out images."""
+    ``examples``: real photos offered after each face model's own held-out images. ``dtype``: the precision the
+    models run in: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPUs)."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before Gradio is imported: nothing leaves
@@ -362,6 +351,11 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     if not models:
         raise ValueError("no model to serve: give --model, or install a bundled model")
+    from ..device import resolve_device
+    from ..precision import resolve_dtype
+
+    # Models load on first use: a precision the device cannot run (fp16 on a CPU) is refused now, not then.
+    dtype = resolve_dtype(dtype, resolve_device(device))
     models = list(models)
     from ..catalogue import local_model_path
 
@@ -378,7 +372,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         with loading:
             if name not in sessions:
                 try:
-                    sessions[name] = WebSession.from_model(name, device=device, limits=limits)
+                    sessions[name] = WebSession.from_model(name, device=device, limits=limits, dtype=dtype)
                 except (FileNotFoundError, CheckpointError) as e:
                     raise gr.Error(f"cannot load {name}: {e}") from None
             return sessions[name]
@@ -391,7 +385,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         from ..inversion.files import inversion_bytes
 
         record = inversion_bytes(item.result.to("cpu"), source=item.stem, model=s.pipe.name, method=item.method,
-                                 generator=s.pipe.fingerprint, placement=item.placement)
+                                 generator=s.pipe.fingerprint, placement=item.placement, dtype=s.pipe.dtype)
         return [files.image(item.stem, item.result.image.cpu()), files.image(f"{item.stem}_compare",
                                                                             s.comparison(item)),
                 files.write(f"{item.stem}.safetensors", record)]

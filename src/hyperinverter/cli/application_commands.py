@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .arguments import add_dtype
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _report_failures
 
 
@@ -18,6 +19,7 @@ def register(sub) -> None:
                        "status is 1 if any input failed.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
+    add_dtype(p)
     _add_method(p)
     p.add_argument("--simulate", action="store_true",
                    help="the inputs are clean: degrade them first with the model's task (seeded), to compare")
@@ -32,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("source", type=Path)
     p.add_argument("target", type=Path)
     _add_model(p)
+    add_dtype(p)
     _add_method(p)
     p.add_argument("--out", required=True, type=Path, help="the result image (.png)")
     p.set_defaults(func=run_swap)

@@ -58,3 +58,9 @@ def port(text: str) -> int:
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto (default), cpu, cuda, cuda:1, mps")
+
+
+def add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="precision the networks run in: fp32 (default), bf16 (CPUs with native bf16, GPUs) or fp16 "
+                   "(GPUs); results are fp32 either way")

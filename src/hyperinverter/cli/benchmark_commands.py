@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import nonnegative_int, positive_int
+from .arguments import add_dtype, nonnegative_int, positive_int
 from .inversion_commands import (
     _add_model,
     _load_pipeline,
@@ -27,6 +27,7 @@ def register(sub) -> None:
                     "status is then 1.")
     p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
     _add_model(p)
+    add_dtype(p)
     p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
                    help="comma-separated methods (default: the model's trained methods, then the optimisation ones)")
     p.add_argument("--images", type=positive_int, default=64, help="images each trained method inverts")

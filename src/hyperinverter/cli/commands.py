@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_device, finite_float, port, positive_float, positive_int
+from .arguments import add_device, add_dtype, finite_float, port, positive_float, positive_int
 
 
 def _generate(sub) -> None:
@@ -127,13 +127,14 @@ def _demo(sub) -> None:
     p = sub.add_parser("demo", help="the out-of-the-box demo (see README)")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     add_device(p)
+    add_dtype(p)
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..apps.demo import run_demo as demo
 
-    report = demo(args.out, device=args.device)
+    report = demo(args.out, device=args.device, dtype=args.dtype)
     for reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     for reason in report.missing:
@@ -180,6 +181,7 @@ def _web(sub) -> None:
                    help=f"uploads, results and a closed page's state are deleted after this (default "
                    f"{defaults.keep_seconds // 60})")
     add_device(p)
+    add_dtype(p)
     p.set_defaults(func=run_web)
 
 
@@ -194,7 +196,7 @@ def run_web(args: argparse.Namespace) -> int:
                        concurrency=args.concurrency, queue_size=args.queue_size,
                        keep_seconds=60 * args.keep_minutes, max_pages=args.max_pages)
     models = args.model or installed_bundles()
-    app = build_app(models, device=args.device, examples=sample_photos(), limits=limits)
+    app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
     app.launch(server_name=args.host, server_port=args.port, show_error=False,
                max_file_size=f"{args.max_upload_mb:g}mb")

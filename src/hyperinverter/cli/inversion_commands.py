@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_device, finite_float, positive_int
+from .arguments import add_device, add_dtype, finite_float, positive_int
 
 
 def _add_model(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -50,6 +50,7 @@ def register(sub) -> None:
                        "inverts every WORLD_SIZE-th file.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
+    add_dtype(p)
     p.add_argument("--out", required=True, type=Path, help="the folder for the results")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--overwrite", action="store_true",
@@ -75,6 +76,7 @@ def register(sub) -> None:
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
     p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`")
     _add_model(p)
+    add_dtype(p)
     _add_method(p)
     p.add_argument("--direction", required=True,
                    help="a direction of the model by name (see `hyperinverter directions list`), or a file: "
@@ -93,6 +95,7 @@ def register(sub) -> None:
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     _add_model(p)
+    add_dtype(p)
     _add_method(p)
     p.add_argument("--steps", type=_steps, default=8)
     p.add_argument("--fps", type=positive_int, default=8, help="frames per second of the MP4 (default 8)")
@@ -107,6 +110,7 @@ def register(sub) -> None:
                        "wrote it.")
     p.add_argument("input", type=Path, help="an image or a .safetensors file written by `invert`")
     _add_model(p)
+    add_dtype(p)
     _add_method(p)
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
     p.set_defaults(func=run_export)
@@ -156,7 +160,8 @@ def register(sub) -> None:
 def _load_pipeline(args):
     from ..pipeline import InversionPipeline
 
-    pipe = InversionPipeline.from_pretrained(args.model, device=args.device)
+    # Commands without --dtype (import-pti only reads the generator) load in fp32.
+    pipe = InversionPipeline.from_pretrained(args.model, device=args.device, dtype=getattr(args, "dtype", "fp32"))
     method = getattr(args, "method", None)
     if method is not None:
         pipe.inverter(method)  # an unknown or unavailable method is an error now, before any work
@@ -167,9 +172,12 @@ def _load_pipeline(args):
 def _result_for(pipe, path: Path, args):
     """(``InversionResult``, record) for an inversion file (checked against the model) or an image (inverted
     with ``--method`` and its ``--option``s)."""
+    from ..precision import dtype_name
+
     if path.suffix == ".safetensors":
         return pipe.load_result(path)
-    return pipe.invert([path], **dict(getattr(args, "option", []))), {"placement": None, "source": str(path)}
+    return pipe.invert([path], **dict(getattr(args, "option", []))), {"placement": None, "source": str(path),
+                                                                       "dtype": dtype_name(pipe.dtype)}
 
 
 def _report_failures(failures) -> None:
@@ -329,7 +337,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         check_replaceable(args.out, "generator")
     pipe = _load_pipeline(args)
-    result, _ = _result_for(pipe, args.input, args)
+    result, record = _result_for(pipe, args.input, args)
     # A method without offsets exports the generator unchanged, with the image's codes beside it.
     baked = bake_weight_delta(pipe.generator, result.weight_delta.select(0) if result.weight_delta else None).cpu()
     ws = result.ws[:1].cpu()
@@ -340,7 +348,7 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"wrote the image-specific generator and its code ('ws') to {args.out}")
     else:
         codes = inversion_bytes(InversionResult(ws=ws, image=result.image[:1].cpu()), source=args.input,
-                                model=str(args.out))
+                                model=str(args.out), dtype=record["dtype"])
         save_gan(args.out, baked, files={"ws.safetensors": codes})
         print(f"wrote the image-specific generator to {args.out}, with its code in {args.out / 'ws.safetensors'}")
     return 0
@@ -425,6 +433,7 @@ def register_evaluate(sub) -> None:
     p.add_argument("--pred", type=Path, help="a folder of predictions, to score against --gt (no model needed)")
     p.add_argument("--gt", type=Path, help="the ground-truth folder for --pred: files paired by name")
     _add_model(p, required=False)
+    add_dtype(p)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
@@ -500,6 +509,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, load_heldout_images, quality_bars
+    from ..precision import dtype_name
 
     pipe = _load_pipeline(args)
     G = pipe.generator
@@ -518,6 +528,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
+    report.notes.append(f"precision: {dtype_name(pipe.dtype)}")
     report.notes += notes
     report.notes.append(f"command: `{args.command}`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]

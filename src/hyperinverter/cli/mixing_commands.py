@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .arguments import add_dtype
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _result_for
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -32,6 +33,7 @@ def register(sub) -> None:
                    ".safetensors file written by `invert`")
     p.add_argument("b", type=Path, help="the image that gives the codes of the layer range (image or .safetensors)")
     _add_model(p)
+    add_dtype(p)
     _add_method(p)
     p.add_argument("--layers", required=True, action="append", type=_layer_spec, metavar="START:END",
                    help="the W+ rows taken from B, e.g. 0:4 (coarse) or 8: (fine); repeatable, one mix per range")

@@ -9,7 +9,8 @@ For each picture, named after its file (``photo``, or ``photo-face1`` when a pho
 
 The three files appear together (written unnamed and flushed, then named, the inversion file last), so a run
 killed at any moment leaves only complete pictures. Re-running the same command skips every input whose pictures
-are all there, made by the same model with the same options; ``overwrite=True`` redoes them.
+are all there, made by the same model with the same options and precision (``dtype``, which the inversion file
+records); ``overwrite=True`` redoes them.
 
 A bad input (unreadable, no face when aligning, non-finite result, an output that would overwrite an input) is
 reported once with its cause, and the run goes on. Under ``torchrun`` every rank takes every ``WORLD_SIZE``-th
@@ -35,6 +36,7 @@ from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import atomic_write_group, remove_stale_temporaries
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
+from ..precision import dtype_name
 from .files import inversion_bytes
 
 logger = logging.getLogger(__name__)
@@ -137,9 +139,10 @@ def adapted_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}_adapted.png"
 
 
-def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, adapted: bool) -> bool:
+def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, adapted: bool,
+             dtype: str) -> bool:
     """Whether a previous run left every picture of the input ``name``, made by this model and method with
-    these options."""
+    these options, in this precision."""
 
     def record(picture: str) -> dict | None:
         path = output_paths(out_dir, picture)[2]
@@ -153,7 +156,7 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, metho
 
     def matches(meta: dict | None) -> bool:
         return (meta is not None and meta.get("generator") == fingerprint and meta.get("method") == method
-                and (meta.get("placement") is not None) == aligned)
+                and (meta.get("placement") is not None) == aligned and meta.get("dtype", "fp32") == dtype)
 
     first = record(name) or record(picture_name(name, 0, 2))
     if not matches(first):
@@ -182,7 +185,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                  overwrite: bool = False, adapt: Callable[[InversionResult], torch.Tensor] | None = None
                  ) -> BatchInversionReport:
     """Invert every file of ``inputs`` (already expanded, see :func:`hyperinverter.io.images.find_images`) with
-    ``method`` (default: the pipeline's) and its ``options``.
+    ``method`` (default: the pipeline's) and its ``options``, in the pipeline's precision (``pipe.dtype``).
 
     ``detector``: a face detector (e.g. :class:`hyperinverter.align.Dlib68Detector`) to align every face at the
     pipeline's ``align_scale``; None feeds whole images. ``shard``: split the files across torchrun ranks.
@@ -200,10 +203,11 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
     method = pipe.inverter(method).name
     aligned = detector is not None
+    dtype = dtype_name(pipe.dtype)
     todo = []
     for path, name in pairs:
         if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
-                                      adapted=adapt is not None):
+                                      adapted=adapt is not None, dtype=dtype):
             report.skipped.append(path)
         else:
             todo.append((path, name))
@@ -249,7 +253,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
             record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
                                      generator=pipe.fingerprint,
                                      placement=picture.placement,
-                                     picture={"index": picture.index, "count": picture.count})
+                                     picture={"index": picture.index, "count": picture.count}, dtype=dtype)
             extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
             atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
                                 (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),

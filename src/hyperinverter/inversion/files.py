@@ -3,7 +3,9 @@
 Tensors: ``ws [1, num_ws, w_dim]`` and ``delta.<synthesis parameter> [1, *shape]``. Metadata ``inversion``: the
 ``source`` image, the ``model`` name, the inversion ``method``, the ``generator`` fingerprint (see
 :func:`generator_fingerprint`), the offset ``mode``, the face ``placement`` in the source photo (or null), and ``picture`` (this face's index and
-the number of faces found in the photo, so that a resumed batch knows whether a photo is complete).
+the number of faces found in the photo, so that a resumed batch knows whether a photo is complete), and the
+``dtype`` the networks ran in (``fp32``, ``bf16`` or ``fp16``; a file without it was made before reduced precision
+existed, so in fp32). Its tensors are fp32 whatever the ``dtype``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..errors import SchemaError
 from ..io.checkpoints import encode_safetensors, read_metadata_json, read_safetensors
 from ..methods.base import InversionResult
 from ..models.weight_delta import WeightDelta
+from ..precision import PRECISIONS, dtype_name
 
 _DELTA = "delta."
 
@@ -48,16 +51,18 @@ class InversionRecord:
     mode: str | None
     placement: dict | None
     picture: dict | None
+    dtype: str = "fp32"  # the precision that made it (see hyperinverter.precision)
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "model": self.model, "method": self.method, "generator": self.generator,
-                "mode": self.mode, "placement": self.placement, "picture": self.picture}
+                "mode": self.mode, "placement": self.placement, "picture": self.picture, "dtype": self.dtype}
 
 
 def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", model: str = "", method: str = "",
                     generator: str | None = None, placement: dict | None = None,
-                    picture: dict | None = None) -> bytes:
-    """The bytes of one image's inversion file (to write it together with its pictures)."""
+                    picture: dict | None = None, dtype: str | torch.dtype = "fp32") -> bytes:
+    """The bytes of one image's inversion file (to write it together with its pictures). ``dtype``: the precision
+    the inversion ran in (the pipeline's ``dtype``)."""
     if len(result) != 1:
         raise ValueError("an inversion file stores one image; select it first")
     tensors = {"ws": result.ws}
@@ -65,7 +70,8 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
     if result.weight_delta is not None:
         mode = result.weight_delta.mode
         tensors.update({_DELTA + k: v for k, v in result.weight_delta.items()})
-    record = InversionRecord(os.fsdecode(source), model, method, generator, mode, placement, picture)
+    record = InversionRecord(os.fsdecode(source), model, method, generator, mode, placement, picture,
+                             dtype_name(dtype))
     _check_placement(record.placement, Path("<new inversion file>"))
     return encode_safetensors(tensors, {"inversion": json.dumps(record.as_dict())})
 
@@ -114,12 +120,15 @@ def _record(meta: Mapping[str, Any], path: Path) -> InversionRecord:
                                     and 0 <= picture["index"] < picture["count"]):
         raise SchemaError(path, f"'picture' must be null or {{index, count}} with 0 <= index < count, got {picture!r}")
     _check_placement(meta.get("placement"), path)
+    dtype = meta.get("dtype", "fp32")  # files from before reduced precision have none: they were made in fp32
+    if not isinstance(dtype, str) or dtype not in PRECISIONS:
+        raise SchemaError(path, f"'dtype' must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
     return InversionRecord(text("source"), text("model"), text("method"), generator, mode, meta.get("placement"),
-                           picture)
+                           picture, dtype)
 
 
 def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta | None, dict[str, Any]]:
-    """-> (ws, Δθ or None, record as a dict: source, model, method, generator, mode, placement, picture).
+    """-> (ws, Δθ or None, record as a dict: source, model, method, generator, mode, placement, picture, dtype).
     Checked."""
     path = Path(path)
     tensors, metadata = read_safetensors(path)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
+from ..precision import reduced_precision, resolve_dtype
 
 
 @dataclass
@@ -73,6 +74,10 @@ class InversionResult:
 
     def to(self, device: torch.device | str) -> InversionResult:
         return self._map(lambda t: t.to(device), lambda d: d.to(device))
+
+    def float(self) -> InversionResult:
+        """Every tensor in fp32 (what ran under reduced precision leaves this way)."""
+        return self._map(lambda t: t.float(), lambda d: d.to(torch.float32))
 
     @staticmethod
     def cat(results: list[InversionResult]) -> InversionResult:
@@ -182,16 +187,22 @@ class Inverter(nn.Module):
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
         raise NotImplementedError
 
-    def invert(self, images: torch.Tensor, **options) -> InversionResult:
-        """Images ``[B, C, R, R]`` in [-1, 1] at the generator's resolution -> their inversion, with timings."""
+    def invert(self, images: torch.Tensor, *, dtype: str | torch.dtype | None = None, **options) -> InversionResult:
+        """Images ``[B, C, R, R]`` in [-1, 1] at the generator's resolution -> their inversion, with timings.
+
+        ``dtype``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPUs): the precision the networks run in
+        (:mod:`hyperinverter.precision`); the result is fp32 either way.
+        """
         G = self.generator
         expected = (G.config.img_channels, G.resolution, G.resolution)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"{self.name} inverts images [B, {', '.join(map(str, expected))}], got "
                              f"{tuple(images.shape)}")
         options = self.check_options(options)
+        dtype = resolve_dtype(dtype, images.device)
         stopwatch = Stopwatch(images.device)
-        with torch.no_grad():
+        with torch.no_grad(), reduced_precision(images.device, dtype):
             result = self(images, stopwatch=stopwatch, **options)
+        result = result.float()
         result.timings = dict(stopwatch.laps)
         return result

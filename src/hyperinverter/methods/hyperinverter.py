@@ -88,7 +88,8 @@ class HyperInverter(Phase1):
         return cls(generator, w_encoder=spec.build_w_encoder(), feature_encoder=spec.build_feature_encoder(),
                    hypernetwork=hypernetwork, encoder_resolution=spec.input_size)
 
-    def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor) -> WeightDelta:
+    def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor, stopwatch: Stopwatch | None = None
+                      ) -> WeightDelta:
         """Phase II: Δθ from the input and its Phase I image; the feature encoder runs on both (shared weights)."""
         size = self.encoder_resolution
         w_image, x = resize_for_encoder(w_image, size), resize_for_encoder(x, size)
@@ -105,12 +106,17 @@ class HyperInverter(Phase1):
             f_w, f_x = self.feature_encoder(torch.cat([w_image[i : i + chunk], x[i : i + chunk]])).chunk(2)
             image_features.append(f_w)
             input_features.append(f_x)
-        return self.hypernetwork(torch.cat(image_features), torch.cat(input_features))
+        if stopwatch is not None:
+            stopwatch.lap("feature_encoder")
+        delta = self.hypernetwork(torch.cat(image_features), torch.cat(input_features))
+        if stopwatch is not None:
+            stopwatch.lap("hypernetworks")
+        return delta
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None) -> InversionResult:
         phase1 = super().forward(images, stopwatch=stopwatch)
-        delta = self.predict_delta(images, phase1.image)
+        delta = self.predict_delta(images, phase1.image, stopwatch)
         image = self.generator.synthesis(phase1.ws, weight_delta=delta, noise_mode="const")
         if stopwatch is not None:
-            stopwatch.lap("phase2")
+            stopwatch.lap("synthesis")
         return InversionResult(ws=phase1.ws, image=image, weight_delta=delta, initial_image=phase1.image)

@@ -91,8 +91,10 @@ class Phase1(Inverter):
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None) -> InversionResult:
         ws = self.encode_w(images)
+        if stopwatch is not None:
+            stopwatch.lap("w_encoder")
         # No no_grad here: Phase I trains E1 through this image (G is frozen, so it records nothing for G).
         image = self.generator.synthesis(ws, noise_mode="const")
         if stopwatch is not None:
-            stopwatch.lap("phase1")
+            stopwatch.lap("w_image")
         return InversionResult(ws=ws, image=image)

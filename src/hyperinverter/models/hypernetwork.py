@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config_base import SerializableConfig
+from ..precision import full_precision
 from .stylegan2.generator import Generator, SynthesisNetwork
 from .weight_delta import WeightDelta
 
@@ -163,7 +164,11 @@ class HyperNetwork(nn.Module):
             )
         assert image_features.shape == input_features.shape
         deltas = {}
-        for t in self.targets:
-            regressor = self.weight_regressors[t.name.replace(".", "_")]
-            deltas[t.name] = regressor(image_features[:, t.feature_index], input_features[:, t.feature_index])
+        # Δθ in fp32 under reduced precision: it cost a tenth of the bf16 gain and a sixth of its error at full
+        # size (benchmarks/results/precision-*.md; hyperinverter.precision).
+        with full_precision(image_features.device):
+            image_features, input_features = image_features.float(), input_features.float()
+            for t in self.targets:
+                regressor = self.weight_regressors[t.name.replace(".", "_")]
+                deltas[t.name] = regressor(image_features[:, t.feature_index], input_features[:, t.feature_index])
         return WeightDelta(deltas, mode="add")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config_base import SerializableConfig
+from ..precision import full_precision
 from .encoders.backbones import TrunkConfig, TrunkHost
 from .stylegan2.generator import Generator
 from .stylegan2.layers import FullyConnectedLayer
@@ -246,7 +247,9 @@ class HyperStyleNet(TrunkHost):
         assert features.shape[1:] == (c.feature_channels, c.feature_size, c.feature_size), (
             f"trunk features {tuple(features.shape)}"
         )
-        deltas = {t.name: self.refinement_blocks[str(t.index)](features) for t in c.targets}
+        with full_precision(features.device):  # Δθ in fp32 under reduced precision, as HyperInverter's
+            features = features.float()
+            deltas = {t.name: self.refinement_blocks[str(t.index)](features) for t in c.targets}
         for t in c.targets:
             assert deltas[t.name].shape[1:] == t.shape, f"{t.name}: {tuple(deltas[t.name].shape)} vs {t.shape}"
         return WeightDelta(deltas, mode="scale")

@@ -7,6 +7,7 @@ identity key map, and rosinality checkpoints through ``hyperinverter.convert.ros
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import nn
 
 from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
+from ...precision import full_precision
 from ..weight_delta import WeightDelta
 from .layers import (
     SYNTHESIS_LAYER_OFFSETS,
@@ -28,6 +30,8 @@ from .layers import (
 )
 
 NoiseMode = Literal["const", "random", "none"]
+# Under bf16/fp16 autocast, blocks up to this resolution run in fp32 (benchmarks/results/precision-*.md).
+FP32_UP_TO_RESOLUTION = 128
 # On CPUs, from this resolution up the per-sample fused kernel beats the batched one (benchmarks/bench_kernels.py).
 LOOP_FROM_RESOLUTION = 64
 # On CPUs, a batch continues sample by sample from the first block whose activations per sample reach this many
@@ -118,9 +122,11 @@ class MappingNetwork(nn.Module):
         """``z: [B, z_dim]`` -> ``ws: [B, num_ws, w_dim]`` (one w broadcast to every layer)."""
         c = self.config
         assert z.ndim == 2 and z.shape[1] == c.z_dim, f"z must be [B,{c.z_dim}], got {tuple(z.shape)}"
-        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
-        for i in range(c.mapping_layers):
-            x = getattr(self, f"fc{i}")(x)
+        with full_precision(z.device):  # small, and every code comes from it: fp32 under reduced precision
+            z = z.float()
+            x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+            for i in range(c.mapping_layers):
+                x = getattr(self, f"fc{i}")(x)
         if update_w_avg:
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, c.w_avg_beta))
         ws = x.unsqueeze(1).repeat(1, c.num_ws, 1)
@@ -203,7 +209,8 @@ class SynthesisBlock(nn.Module):
                        kernel=choose_kernel(kw.get("weight"), self.resolution, x))
         kw = offsets("torgb", self.torgb)
         y = self.torgb(x, next(w_iter), **kw, kernel=choose_kernel(kw.get("weight"), self.resolution, x))
-        img = y if img is None else upsample2d(img, self.resample_filter) + y
+        with full_precision(y.device):  # the RGB skip sum accumulates every block's output: fp32
+            img = y.float() if img is None else upsample2d(img, self.resample_filter) + y.float()
         return x, img
 
 
@@ -340,8 +347,13 @@ class SynthesisNetwork(nn.Module):
                     for j in range(ws.shape[0])
                 ])
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
-            x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta, noise_mode=noise_mode,
-                           noise_generator=noise_generator, choose_kernel=self.choose_kernel)
+            # Under reduced precision the coarse blocks stay fp32: their rounding errors grow through every block
+            # above them, and they hold a tenth of the work (hyperinverter.precision).
+            coarse = res <= FP32_UP_TO_RESOLUTION
+            with full_precision(ws.device) if coarse else contextlib.nullcontext():
+                x = x.float() if coarse and x is not None else x
+                x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta, noise_mode=noise_mode,
+                               noise_generator=noise_generator, choose_kernel=self.choose_kernel)
             w_idx += block.num_conv
         return img
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops.filters import setup_filter, upfirdn2d
+from ...precision import full_precision
 
 ConvKernel = Literal["batched", "grouped", "loop"]
 LRELU_GAIN = math.sqrt(2.0)
@@ -155,17 +156,18 @@ def modulated_conv2d(
     if kernel == "batched":
         y = _conv(x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1), weight.to(x.dtype), up=up, bias=None,
                   f=resample_filter)
-        scale = torch.full((batch, out_channels), gain, dtype=x.dtype, device=x.device)
-        if demodulate:
-            w_sq = weight.square().sum(dim=[2, 3])  # [O,I]
-            scale = scale * (styles.square() @ w_sq.t() + 1e-8).rsqrt().to(x.dtype)
-        scale = scale.reshape(batch, out_channels, 1, 1)
+        with full_precision(x.device):  # demodulation in fp32 under reduced precision (see hyperinverter.precision)
+            scale = torch.full((batch, out_channels), gain, dtype=torch.float32, device=x.device)
+            if demodulate:
+                w_sq = weight.float().square().sum(dim=[2, 3])  # [O,I]
+                scale = scale * (styles.float().square() @ w_sq.t() + 1e-8).rsqrt()
+        scale = scale.to(y.dtype).reshape(batch, out_channels, 1, 1)
         if bias is None:
             return y.mul_(scale) if _inplace_ok(y) else y * scale
         return torch.addcmul(bias.reshape(-1 if per_sample_bias else 1, out_channels, 1, 1), y, scale)
 
-    # Fused: fold styles, demodulation and gain into one weight per sample.
-    w = (weight if per_sample else weight.unsqueeze(0)) * styles.reshape(batch, 1, in_channels, 1, 1)
+    # Fused: fold styles, demodulation and gain into one weight per sample (in fp32: elementwise, no autocast).
+    w = (weight if per_sample else weight.unsqueeze(0)).float() * styles.float().reshape(batch, 1, in_channels, 1, 1)
     if demodulate:
         w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
     w = (w * gain).to(x.dtype)
@@ -236,7 +238,8 @@ class SynthesisLayer(nn.Module):
         """``per_sample``: per-sample replacements ``[B, *shape]`` of ``weight``, ``bias``, ``affine_weight``,
         ``affine_bias``, ``noise_strength`` and the ``noise_const`` buffer (see ``SynthesisNetwork``)."""
         p = _check_per_sample(per_sample, SYNTHESIS_LAYER_OFFSETS)
-        styles = self.affine(w, p.get("affine_weight"), p.get("affine_bias"))
+        with full_precision(x.device):  # the styles scale every weight of the layer: fp32 (hyperinverter.precision)
+            styles = self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias"))
         # lrelu(g·v) = g·lrelu(v) for g > 0: the activation gain folds into the conv, the bias into its epilogue.
         x = modulated_conv2d(x, p.get("weight", self.weight), styles, up=self.up, resample_filter=self.resample_filter,
                              bias=p.get("bias", self.bias), gain=LRELU_GAIN, kernel=kernel)
@@ -287,7 +290,8 @@ class ToRGBLayer(nn.Module):
     ) -> torch.Tensor:
         """``per_sample``: per-sample ``weight``, ``bias``, ``affine_weight``, ``affine_bias`` (``[B, *shape]``)."""
         p = _check_per_sample(per_sample, TORGB_LAYER_OFFSETS)
-        styles = self.affine(w, p.get("affine_weight"), p.get("affine_bias")) * self.weight_gain
+        with full_precision(x.device):
+            styles = self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias")) * self.weight_gain
         x = modulated_conv2d(x, p.get("weight", self.weight), styles, demodulate=False, bias=p.get("bias", self.bias),
                              kernel=kernel)
         if self.conv_clamp is not None:
