@@ -1,11 +1,16 @@
-"""Full-size methods at ffhq-1024 on this machine: seconds per image at batch 1 and 4, peak memory, and the ratio
-to the FLOP floor (counted FLOPs / conv throughput measured in the same run).
+"""Full-size methods at ffhq-1024 on this machine, in fp32 and bf16: seconds per image at batch 1 and 4, peak memory,
+page faults, the ratio to the FLOP floor, and the image change of bf16 against fp32.
 
     python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle --device cpu
 
-Each (method, batch) runs in its own subprocess, so the peak resident memory (VmHWM) belongs to that measurement
-alone. Weights are seeded random: timings do not depend on their values. One results file per method
-(``results/<method>-ffhq1024-<device>.md``) and one side-by-side table (``results/fullsize-ffhq1024-<device>.md``).
+Each (method, batch, dtype) runs in its own subprocess. The peak resident memory (VmHWM) is reset once the weights
+are loaded, so it is the inference's (the loading peak is reported beside it). The package's CPU heap reuse
+(:mod:`hyperinverter.memory`) is on, as in every pipeline; ``--plain-malloc`` adds rows without it. The FLOP floor is
+the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the row's dtype, measured in the same
+process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
+are scaled to a trained model's size so that precision changes show. One results file per method
+(``results/<method>-ffhq1024-<device>.md``) and one side-by-side table (``results/fullsize-ffhq1024-<device>.md``,
+with its ``.json``).
 
 The configurations are the papers' released ones:
 
@@ -18,8 +23,8 @@ The configurations are the papers' released ones:
   network, random weights) and reported per step and per image for the official step counts (W 1000, W+ 2000,
   PTI 450 pivot + 350 tuning steps; PTI's early stop can end tuning sooner).
 
-    python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti --device cpu \
-        --repeats 2 --optimization-batches 1
+    python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \
+        --repeats 2 --dtypes fp32,bf16 --plain-malloc hyperinverter        # make bench
 """
 
 from __future__ import annotations
@@ -341,10 +346,11 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
     lines = [
         f"# Full-size methods side by side, ffhq-1024 on {args.device}",
         "",
-        f"One run of `{args.command}`; each row a separate process, on {os.cpu_count()} cores "
-        f"({platform.machine()}, torch {torch.__version__}). Seeded random weights; HyperInverter's and HyperStyle's "
-        "offsets scaled to a trained model's size (`calibrate_delta.py`), so that precision changes show. The FLOP "
-        "floor is the counted work over the best 512→512 3×3 conv throughput of the row's dtype in the same process.",
+        (f"One run of `{args.command}`; each row a separate process, on {os.cpu_count()} cores "
+         f"({platform.machine()}, torch {torch.__version__}). Seeded random weights; HyperInverter's and HyperStyle's "
+         "offsets scaled to a trained model's size (`calibrate_delta.py`), so that precision changes show. The FLOP "
+         "floor is the counted work over the best 512→512 3×3 conv throughput of the row's dtype in the same "
+         "process."),
         "",
         ("| method | parameters | GFLOP / image | variant | batch | s / image | s / step (per image) | peak RSS | "
          "page faults / image | ratio to floor | bf16: mean / max image change |"),

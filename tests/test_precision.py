@@ -187,3 +187,13 @@ def test_a_benchmark_records_its_precision_and_refuses_another_one(pipeline, tmp
     pipeline.dtype = torch.float32
     with pytest.raises(InputError, match="holds a run with other dtype"):
         bench()
+
+
+@pytest.mark.slow  # a cold torch.compile takes minutes on 2 cores
+def test_a_compiled_method_gives_the_eager_result(pipeline):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    eager = pipeline.invert(x, method="hyperinverter")
+    pipeline.compile("hyperinverter")
+    compiled = pipeline.invert(x, method="hyperinverter")
+    assert (compiled.image - eager.image).abs().max() < 1e-4
+    assert all((compiled.weight_delta[k] - eager.weight_delta[k]).abs().max() < 1e-4 for k in eager.weight_delta)

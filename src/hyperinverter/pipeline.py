@@ -284,6 +284,13 @@ class InversionPipeline:
             self.methods[name] = cls(self.generator, **extra).to(self.device).eval()
         return self.methods[name]
 
+    def compile(self, method: str | None = None) -> None:
+        """Run ``method`` (default: the pipeline's) through ``torch.compile`` from now on: same results (to float
+        rounding), its first call compiles (minutes cold, seconds once cached), later calls are faster. On a CPU it
+        pays off from about 100 batches of the bundled models (``benchmarks/results/compile-cpu.md``); nothing
+        needs it."""
+        self.inverter(method).compile()
+
     @property
     def fingerprint(self) -> str:
         """The generator's fingerprint (:func:`hyperinverter.inversion.files.generator_fingerprint`)."""
