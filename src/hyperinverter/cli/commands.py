@@ -188,8 +188,10 @@ def _web(sub) -> None:
 def run_web(args: argparse.Namespace) -> int:
     from ..apps import sample_photos
     from ..apps.web import WebLimits, build_app, settle_memory
+    from ..memory import keep_memory_bounded
 
     settle_memory(arenas=2)  # before Gradio starts its request threads
+    keep_memory_bounded()  # a server's memory must level off: no heap reuse (hyperinverter.memory)
     from ..catalogue import installed_bundles
 
     limits = WebLimits(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, detect_side=args.detect_side,
