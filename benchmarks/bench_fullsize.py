@@ -133,6 +133,13 @@ MEASURED_STEPS = 2
 OFFICIAL_STEPS = {"w-opt": {"optimise": 1000}, "wplus-opt": {"optimise": 2000}, "pti": {"pivot": 450, "tune": 350}}
 
 
+def official_run_seconds(method: str, laps: dict[str, float], batch: int) -> tuple[dict[str, float], float]:
+    """From the stopwatch laps of ``MEASURED_STEPS`` steps per stage: seconds per step of each stage (per image),
+    and seconds per image for the official step counts."""
+    per_step = {stage: laps[stage] / MEASURED_STEPS / batch for stage in OFFICIAL_STEPS[method]}
+    return per_step, sum(per_step[stage] * n for stage, n in OFFICIAL_STEPS[method].items())
+
+
 def build_optimization(name: str):
     def builder(G):
         from hyperinverter.losses.lpips import LPIPS
@@ -275,9 +282,8 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
                 reference = model(x, **options).image.float()
             change = (out.image.float() - reference).abs()
             result.update(mean_abs_change=float(change.mean()), max_abs_change=float(change.max()))
-    if method in OFFICIAL_STEPS:  # seconds per step and per image (official steps), from the stage timings
-        per_step = {stage: stopwatch.laps[stage] / MEASURED_STEPS / batch for stage in OFFICIAL_STEPS[method]}
-        official = sum(per_step[stage] * n for stage, n in OFFICIAL_STEPS[method].items())
+    if method in OFFICIAL_STEPS:
+        per_step, official = official_run_seconds(method, stopwatch.laps, batch)
         result.update(s_per_image=official, median=official * batch, s_per_step=per_step, runs=[official * batch])
     if batch == 1 and dtype == torch.float32:
         result["gflop_per_image"] = count_gflops(model, options, device)

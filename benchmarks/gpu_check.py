@@ -146,9 +146,7 @@ def check_speed(report: dict, methods: list[str], repeats: int) -> None:
                     change = (image - reference).abs()
                     row.update(mean_abs_change=float(change.mean()), max_abs_change=float(change.max()))
                 if method in bench.OFFICIAL_STEPS:
-                    per_step = {k: laps[k] / bench.MEASURED_STEPS / batch for k in bench.OFFICIAL_STEPS[method]}
-                    row["s_per_step"] = per_step
-                    row["s_per_image"] = sum(per_step[k] * n for k, n in bench.OFFICIAL_STEPS[method].items())
+                    row["s_per_step"], row["s_per_image"] = bench.official_run_seconds(method, laps, batch)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         del model
