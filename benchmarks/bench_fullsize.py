@@ -201,12 +201,19 @@ def conv_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeat
     return best
 
 
-def count_gflops(model, options: dict, device: torch.device) -> float:
+def count_gflops(model, options: dict, device: torch.device, bands: bool = False) -> float:
+    """The counted work of one image. By default with whole maps: the algorithm's work, without the rows that
+    CPU bands recompute at their edges (``bands=True`` counts those too)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    synthesis = model.generator.synthesis
     x = torch.randn(1, 3, 1024, 1024, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, **options)
+    previous, synthesis.bands = synthesis.bands, bands
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x, **options)
+    finally:
+        synthesis.bands = previous
     return counter.get_total_flops() / 1e9
 
 
@@ -236,7 +243,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name: str = "fp32",
-            reuse_memory: bool = True, compile_model: bool = False) -> dict:
+            reuse_memory: bool = True, compile_model: bool = False, bands: bool = True) -> dict:
     from hyperinverter.device import resolve_device
     from hyperinverter.memory import reuse_freed_memory
     from hyperinverter.methods import Stopwatch
@@ -246,6 +253,7 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     dtype = resolve_dtype(dtype_name, device)
     model, options = build(method)
     model = model.to(device)
+    model.generator.synthesis.bands = bands
     load_peak = peak_rss_gb()
     if reuse_memory and device.type == "cpu":
         reuse_freed_memory()  # what InversionPipeline does on a CPU, once its weights are loaded
@@ -257,7 +265,9 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
         start = time.perf_counter()
         runner(x, **options)  # warm-up (and compilation)
         warmup = time.perf_counter() - start
+        out = None
         for _ in range(repeats):
+            out = None  # the peak is one inversion's: the previous result is not held through the next
             _sync(device)
             f, t = page_faults(), time.perf_counter()
             stopwatch = Stopwatch(device)
@@ -267,7 +277,7 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
             faults.append(page_faults() - f)
     peak = peak_rss_gb()  # before anything else runs in this process
     assert torch.isfinite(out.image).all()
-    result = {"method": method, "batch": batch, "dtype": dtype_name, "reuse_memory": reuse_memory,
+    result = {"method": method, "batch": batch, "dtype": dtype_name, "reuse_memory": reuse_memory, "bands": bands,
               "load_peak_gb": load_peak,
               "compile": compile_model, "warmup_s": warmup, "runs": times, "median": statistics.median(times),
               "s_per_image": statistics.median(times) / batch, "peak_gb": peak,
@@ -287,6 +297,8 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
         result.update(s_per_image=official, median=official * batch, s_per_step=per_step, runs=[official * batch])
     if batch == 1 and dtype == torch.float32:
         result["gflop_per_image"] = count_gflops(model, options, device)
+        if bands and device.type == "cpu":
+            result["gflop_per_image_banded"] = count_gflops(model, options, device, bands=True)
         if method in OFFICIAL_STEPS:  # counted over MEASURED_STEPS of every stage: scale to the official run
             measured = sum(MEASURED_STEPS for _ in OFFICIAL_STEPS[method])
             result["gflop_per_image"] *= sum(OFFICIAL_STEPS[method].values()) / measured
@@ -295,7 +307,8 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
 
 def variant(r: dict) -> str:
     """How a row ran, beyond method and batch: the dtype, and what differs from the package's defaults."""
-    notes = [r["dtype"]] + (["plain malloc"] if not r["reuse_memory"] else []) + (["compiled"] if r["compile"] else [])
+    notes = ([r["dtype"]] + (["plain malloc"] if not r["reuse_memory"] else [])
+             + (["whole maps"] if not r.get("bands", True) else []) + (["compiled"] if r["compile"] else []))
     return ", ".join(notes)
 
 
@@ -345,7 +358,7 @@ def method_report(method: str, results: list[dict], args: argparse.Namespace) ->
 
 def _row(rows: list[dict], dtype: str, batch: int) -> dict | None:
     return next((r for r in rows if r["dtype"] == dtype and r["batch"] == batch and r["reuse_memory"]
-                 and not r["compile"]), None)
+                 and r.get("bands", True) and not r["compile"]), None)
 
 
 def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:
@@ -379,6 +392,13 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
                      + (f", {floor_ratio(b4, gflop):.2f}× at batch 4 ({b4['s_per_image']:.2f} vs "
                         f"{b1['s_per_image']:.2f} s per image)" if b4 else "")
                      + f"; target 1.3×. Peak RSS at batch 1: {b1['peak_gb']:.2f} GB (target 2.0 GB).")
+        whole = next((r for r in hi if not r.get("bands", True)), None)
+        if whole:
+            lines.append(f"- Bands (CPU synthesis of the high-resolution blocks a band of rows at a time): peak "
+                         f"{b1['peak_gb']:.2f} GB and {b1['s_per_image']:.2f} s per image; with whole maps "
+                         f"{whole['peak_gb']:.2f} GB and {whole['s_per_image']:.2f} s. The rows bands recompute at "
+                         f"their edges: {b1.get('gflop_per_image_banded', gflop) - gflop:.1f} GFLOP per image "
+                         "(not in the floor).")
         plain = next((r for r in hi if not r["reuse_memory"] and r["batch"] == 1), None)
         if plain:
             lines.append(f"- Page faults: with glibc's default (a fresh mmap per large block) {plain['s_per_image']:.2f} s "
@@ -430,33 +450,40 @@ def main() -> None:
                         help="batches for w-opt, wplus-opt and pti (each step is a full forward and backward pass)")
     parser.add_argument("--plain-malloc", default="hyperinverter",
                         help="methods also measured at fp32, batch 1, without the package's heap reuse")
+    parser.add_argument("--whole-maps", default="hyperinverter",
+                        help="methods also measured at fp32, batch 1, without CPU bands (whole-map synthesis)")
     parser.add_argument("--compile", default="", help="methods also measured under torch.compile (fp32, batch 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--worker", nargs=5, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        method, batch, dtype, reuse, compiled = args.worker
-        print(json.dumps(measure(method, int(batch), args.device, args.repeats, dtype, reuse == "1", compiled == "1")))
+        method, batch, dtype, reuse, compiled, bands = args.worker
+        print(json.dumps(measure(method, int(batch), args.device, args.repeats, dtype, reuse == "1", compiled == "1",
+                                 bands == "1")))
         return
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in BUILDERS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(BUILDERS)}")
     plain_malloc = args.plain_malloc or '""'
+    whole_maps = args.whole_maps or '""'
     args.command = (f"python benchmarks/bench_fullsize.py --methods {args.methods} --device {args.device} "
                     f"--repeats {args.repeats} --batches {args.batches} --dtypes {args.dtypes} "
-                    f"--optimization-batches {args.optimization_batches} --plain-malloc {plain_malloc}"
+                    f"--optimization-batches {args.optimization_batches} --plain-malloc {plain_malloc} "
+                    f"--whole-maps {whole_maps}"
                     + (f" --compile {args.compile}" if args.compile else ""))
     results: dict[str, list[dict]] = {}
     for method in methods:
         batches = args.optimization_batches if method in OFFICIAL_STEPS else args.batches
-        runs = [(int(b), dtype, "1", "0") for dtype in args.dtypes.split(",") for b in batches.split(",")]
+        runs = [(int(b), dtype, "1", "0", "1") for dtype in args.dtypes.split(",") for b in batches.split(",")]
         if method in args.plain_malloc.split(","):
-            runs.append((1, "fp32", "0", "0"))
+            runs.append((1, "fp32", "0", "0", "1"))
+        if method in args.whole_maps.split(","):
+            runs.append((1, "fp32", "1", "0", "0"))
         if method in args.compile.split(","):
-            runs.append((1, "fp32", "1", "1"))
-        for batch, dtype, reuse, compiled in runs:
-            cmd = [sys.executable, __file__, "--worker", method, str(batch), dtype, reuse, compiled,
+            runs.append((1, "fp32", "1", "1", "1"))
+        for batch, dtype, reuse, compiled, bands in runs:
+            cmd = [sys.executable, __file__, "--worker", method, str(batch), dtype, reuse, compiled, bands,
                    "--device", args.device, "--repeats", str(args.repeats)]
             done = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if done.returncode != 0:

@@ -73,3 +73,10 @@ def full_precision(device: torch.device | str) -> Iterator[None]:
         return
     with torch.autocast(device_type, enabled=False):
         yield
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution of ``x`` produces here: autocast's where it is on, else ``x``'s."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype

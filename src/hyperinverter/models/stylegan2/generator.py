@@ -37,6 +37,13 @@ LOOP_FROM_RESOLUTION = 64
 # On CPUs, a batch continues sample by sample from the first block whose activations per sample reach this many
 # elements: there, concatenating per-sample outputs after every layer costs more than the per-sample loop.
 SPLIT_FROM_ELEMENTS = 2**20
+# On CPUs, inference runs a block band by band (``FoldedLayer``) from the first block whose feature maps per sample
+# reach BAND_FROM_BYTES, in bands of about BAND_BYTES per map. A band's intermediates are all a block needs at a
+# time, so no whole high-resolution intermediate (the transposed conv's output, the blurred map, the last block's
+# features) is ever held. Full-size HyperInverter: peak 2.31 -> 2.16 GB, and 2.53 -> 2.10 s per image, in one run
+# (benchmarks/results/hyperinverter-bands/; the synthesis alone, timed apart, was as fast either way).
+BAND_FROM_BYTES = 2**25
+BAND_BYTES = 2**23
 KernelChoice = Literal["auto", "batched", "grouped", "loop"]
 
 
@@ -186,7 +193,12 @@ class SynthesisBlock(nn.Module):
         noise_mode: NoiseMode,
         noise_generator: torch.Generator | None,
         choose_kernel,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        band_rows: int | None = None,
+        keep_features: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``band_rows``: compute this block a band of that many output rows at a time (one sample, no autograd;
+        see ``FoldedLayer``). ``keep_features=False``: the caller needs only the image (the last block); banded,
+        the features are then never held whole."""
         def offsets(name: str, layer: nn.Module) -> dict:
             if weight_delta is None:
                 return {}
@@ -195,6 +207,11 @@ class SynthesisBlock(nn.Module):
                                            if param != "noise_const" else layer.noise_const)
                     for kw, param in kinds.items() if f"{prefix}.{name}.{param}" in weight_delta}
 
+        if band_rows is not None:
+            layers = [(name, getattr(self, name)) for name in ("conv0", "conv1", "torgb")]
+            return self._forward_in_bands(x, img, ws, [offsets(name, layer) for name, layer in layers],
+                                          noise_mode=noise_mode, noise_generator=noise_generator,
+                                          band_rows=band_rows, keep_features=keep_features)
         w_iter = iter(ws.unbind(dim=1))
         if self.conv0 is None:
             const = None if weight_delta is None else weight_delta.apply(f"{prefix}.const", self.const)
@@ -213,6 +230,35 @@ class SynthesisBlock(nn.Module):
             img = y.float() if img is None else upsample2d(img, self.resample_filter) + y.float()
         return x, img
 
+    def _forward_in_bands(self, x: torch.Tensor, img: torch.Tensor, ws: torch.Tensor, offsets: list[dict], *,
+                          noise_mode: NoiseMode, noise_generator: torch.Generator | None, band_rows: int,
+                          keep_features: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The same block, band by band: conv0 computes the rows conv1 reads, conv1 and torgb this band's rows.
+        What bands recompute at their edges: conv0's two halo rows, and the transposed conv's rows under them."""
+        assert self.conv0 is not None and img is not None and x.shape[0] == 1, "bands: one sample, after b4"
+        assert not (torch.is_grad_enabled() and (x.requires_grad or ws.requires_grad)), "bands record no autograd"
+        w0, w1, w2 = ws.unbind(dim=1)
+        conv0 = self.conv0.fold(w0, x, noise_mode=noise_mode, noise_generator=noise_generator, **offsets[0])
+        conv1 = self.conv1.fold(w1, x, noise_mode=noise_mode, noise_generator=noise_generator, **offsets[1])
+        torgb = self.torgb.fold(w2, x, **offsets[2])
+        size = self.resolution
+        features = None
+        with full_precision(img.device):
+            img = upsample2d(img, self.resample_filter)
+        for start in range(0, size, band_rows):
+            stop = min(start + band_rows, size)
+            first, last = conv1.input_rows(start, stop, size)
+            h = conv1.rows(conv0.rows(x, first, last), start, stop, first_row=first, input_height=size)
+            if keep_features:
+                if features is None:
+                    features = torch.empty((1, h.shape[1], size, size), dtype=h.dtype, device=h.device,
+                                           memory_format=torch.channels_last)
+                features[:, :, start:stop] = h
+            y = torgb.rows(h, 0, stop - start)
+            with full_precision(img.device):
+                img[:, :, start:stop] += y.float()
+        return features, img
+
 
 class SynthesisNetwork(nn.Module):
     """ws ``[B, num_ws, w_dim]`` (+ optional per-sample ``WeightDelta``) -> image ``[B, C, R, R]``."""
@@ -221,6 +267,7 @@ class SynthesisNetwork(nn.Module):
         super().__init__()
         self.config = c = config
         self.kernel = kernel
+        self.bands = True  # CPU inference runs the high-resolution blocks in bands (``band_rows``); False: whole maps
         for res in c.block_resolutions:
             block = SynthesisBlock(
                 c.channels(max(res // 2, 4)) if res > 4 else 0,
@@ -333,12 +380,25 @@ class SynthesisNetwork(nn.Module):
                 return res
         return None
 
+    def band_rows(self, block: SynthesisBlock, x: torch.Tensor | None) -> int | None:
+        """How many output rows per band ``block`` runs in (None: whole maps). Bands are for CPU inference of one
+        sample (``_split_resolution`` gives large batches that shape) at the resolutions where maps are large; with
+        autograd on (training, projection) the whole-map path runs."""
+        if (not self.bands or self.kernel != "auto" or x is None or x.device.type != "cpu" or x.shape[0] != 1
+                or block.conv0 is None or torch.is_grad_enabled()):
+            return None
+        row_bytes = block.conv1.out_channels * block.resolution * x.element_size()
+        if row_bytes * block.resolution < BAND_FROM_BYTES:
+            return None
+        return min(max(BAND_BYTES // row_bytes, 4), block.resolution)
+
     def _synthesize(self, ws: torch.Tensor, weight_delta: WeightDelta | None, noise_mode: NoiseMode,
                     noise_generator: torch.Generator | None, x: torch.Tensor | None = None,
                     img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
         split = self._split_resolution(ws, weight_delta)
         w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.config.block_resolutions[:start])
-        for i, (res, block) in enumerate(list(self.blocks())[start:], start=start):
+        blocks = list(self.blocks())
+        for i, (res, block) in enumerate(blocks[start:], start=start):
             if split is not None and res >= split:
                 return torch.cat([
                     self._synthesize(ws[j : j + 1], None if weight_delta is None else weight_delta.select(j),
@@ -353,7 +413,8 @@ class SynthesisNetwork(nn.Module):
             with full_precision(ws.device) if coarse else contextlib.nullcontext():
                 x = x.float() if coarse and x is not None else x
                 x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta, noise_mode=noise_mode,
-                               noise_generator=noise_generator, choose_kernel=self.choose_kernel)
+                               noise_generator=noise_generator, choose_kernel=self.choose_kernel,
+                               band_rows=self.band_rows(block, x), keep_features=i < len(blocks) - 1)
             w_idx += block.num_conv
         return img
 

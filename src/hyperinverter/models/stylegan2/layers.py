@@ -7,6 +7,7 @@ time, exactly as in both official implementations, so checkpoints map 1:1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops.filters import setup_filter, upfirdn2d
-from ...precision import full_precision
+from ...precision import compute_dtype, full_precision
 
 ConvKernel = Literal["batched", "grouped", "loop"]
 LRELU_GAIN = math.sqrt(2.0)
@@ -116,6 +117,17 @@ def _conv(x: torch.Tensor, w: torch.Tensor, *, up: int, bias: torch.Tensor | Non
     return _blur_after_transpose(y, f, up=up, kernel_size=k, bias=bias)
 
 
+def fused_weight(weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool, gain: float,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Styles, demodulation and gain folded into one weight per sample: ``[B,O,I,k,k]`` (computed in fp32: it is
+    elementwise, outside autocast's reach, and cheap)."""
+    batch, in_channels = styles.shape
+    w = (weight if weight.ndim == 5 else weight.unsqueeze(0)).float() * styles.float().reshape(batch, 1, in_channels, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    return (w * gain).to(dtype)
+
+
 def modulated_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -166,11 +178,7 @@ def modulated_conv2d(
             return y.mul_(scale) if _inplace_ok(y) else y * scale
         return torch.addcmul(bias.reshape(-1 if per_sample_bias else 1, out_channels, 1, 1), y, scale)
 
-    # Fused: fold styles, demodulation and gain into one weight per sample (in fp32: elementwise, no autocast).
-    w = (weight if per_sample else weight.unsqueeze(0)).float() * styles.float().reshape(batch, 1, in_channels, 1, 1)
-    if demodulate:
-        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-    w = (w * gain).to(x.dtype)
+    w = fused_weight(weight, styles, demodulate=demodulate, gain=gain, dtype=x.dtype)
     if kernel == "grouped" and batch > 1:
         grouped_bias = None if bias is None else bias.reshape(-1) if per_sample_bias else bias.repeat(batch)
         y = _conv(x.reshape(1, batch * in_channels, *x.shape[2:]), w.reshape(batch * out_channels, in_channels, k, k),
@@ -179,6 +187,91 @@ def modulated_conv2d(
     outs = [_conv(x[j : j + 1], w[j], up=up, bias=bias[j] if per_sample_bias else bias, f=resample_filter)
             for j in range(batch)]
     return outs[0] if batch == 1 else torch.cat(outs)
+
+
+class FoldedLayer:
+    """One sample's modulated layer with its styles folded into the weight, computed a band of rows at a time.
+
+    A band never holds a whole high-resolution intermediate (the transposed conv's output, the blurred map, the
+    next conv's output); see ``SynthesisNetwork.band_rows``. A band is exact: it reads every input row its outputs
+    depend on and pads only at the image's own edges, as the whole-map path does.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, up: int = 1,
+                 resample_filter: torch.Tensor | None = None,
+                 epilogue: Callable[[torch.Tensor, slice], torch.Tensor] = lambda y, rows: y) -> None:
+        out_channels, _, k, k2 = weight.shape
+        assert k == k2 and k % 2 == 1, f"square odd kernels only, got {tuple(weight.shape)}"
+        assert bias is None or bias.shape == (out_channels,), f"bias {tuple(bias.shape)} != ({out_channels},)"
+        assert (up > 1) == (resample_filter is not None), "an up-sampling layer needs its filter, and only it"
+        self.weight, self.bias, self.up, self.epilogue = weight, bias, up, epilogue
+        self.kernel_size = k
+        if up > 1:
+            # The transposed conv's weight, and the filter after it (as ``_conv`` / ``_blur_after_transpose``).
+            self.transposed_weight = weight.transpose(0, 1)
+            fw = resample_filter.shape[-1]
+            p = (fw - up) - (k - 1)
+            self.blur_pad = ((p + 1) // 2 + up - 1, p // 2 + up - 1)
+            self.blur_taps = (resample_filter * (up * up)).flip([0, 1])[None, None].expand(out_channels, 1, fw, fw)
+
+    def output_height(self, input_height: int) -> int:
+        return input_height * self.up
+
+    def input_rows(self, start: int, stop: int, input_height: int) -> tuple[int, int]:
+        """The input rows that output rows ``[start, stop)`` read (clipped to the image)."""
+        if self.up == 1:
+            pad = self.kernel_size // 2
+            return max(start - pad, 0), min(stop + pad, input_height)
+        first, last = self._transposed_rows(start, stop, input_height)
+        return self._transposed_inputs(first, last, input_height)
+
+    def rows(self, x: torch.Tensor, start: int, stop: int, *, first_row: int = 0,
+             input_height: int | None = None) -> torch.Tensor:
+        """Output rows ``[start, stop)`` from ``x``, which holds the input's rows ``[first_row, first_row + x.shape[2])``
+        of an input ``input_height`` rows tall (default: ``x`` is the whole input)."""
+        height = x.shape[2] if input_height is None else input_height
+        i0, i1 = self.input_rows(start, stop, height)
+        assert first_row <= i0 and i1 <= first_row + x.shape[2], (
+            f"rows [{start}, {stop}) need input rows [{i0}, {i1}), x holds [{first_row}, {first_row + x.shape[2]})")
+        x = x[:, :, i0 - first_row : i1 - first_row]
+        if self.up == 1:
+            pad = self.kernel_size // 2
+            x = _pad_rows(x, top=pad - (start - i0), bottom=stop + pad - i1)
+            y = F.conv2d(x, self.weight.to(x.dtype), bias=self.bias, padding=(0, pad))
+        else:
+            first, last = self._transposed_rows(start, stop, height)
+            u = F.conv_transpose2d(x, self.transposed_weight.to(x.dtype), stride=self.up)  # rows up·i0 onwards
+            total = self.up * (height - 1) + self.kernel_size
+            lo, hi = max(first, 0), min(last, total)
+            u = _pad_rows(u[:, :, lo - self.up * i0 : hi - self.up * i0], top=lo - first, bottom=last - hi)
+            pad0, pad1 = self.blur_pad
+            taps = self.blur_taps.to(u.dtype)
+            if pad0 == pad1:
+                y = F.conv2d(u, taps, bias=self.bias, padding=(0, pad0), groups=u.shape[1])
+            else:
+                y = F.conv2d(F.pad(u, (pad0, pad1, 0, 0)), taps, bias=self.bias, groups=u.shape[1])
+        assert y.shape[2] == stop - start, f"{y.shape[2]} rows for [{start}, {stop})"
+        return self.epilogue(y, slice(start, stop))
+
+    def _transposed_rows(self, start: int, stop: int, input_height: int) -> tuple[int, int]:
+        """The rows ``[first, last)`` of the transposed conv's output that the filter reads for output rows
+        ``[start, stop)``; rows outside ``[0, up·(H-1)+k)`` are the filter's zero padding."""
+        fw = self.blur_taps.shape[-1]
+        return start - self.blur_pad[0], stop - self.blur_pad[0] + fw - 1
+
+    def _transposed_inputs(self, first: int, last: int, input_height: int) -> tuple[int, int]:
+        """Input rows of transposed-conv rows ``[first, last)``: row y reads inputs i with up·i <= y < up·i + k."""
+        total = self.up * (input_height - 1) + self.kernel_size
+        lo, hi = max(first, 0), min(last, total)
+        return max(-((self.kernel_size - 1 - lo) // self.up), 0), min((hi - 1) // self.up + 1, input_height)
+
+
+def _pad_rows(x: torch.Tensor, *, top: int, bottom: int) -> torch.Tensor:
+    """Zero rows above and below (the image's edge inside a band); keeps the memory format."""
+    assert top >= 0 and bottom >= 0, (top, bottom)
+    if top == 0 and bottom == 0:
+        return x
+    return F.pad(x, (0, 0, top, bottom))
 
 
 # What a modulated layer takes per sample: keyword -> the parameter (or buffer) name under the layer.
@@ -238,25 +331,53 @@ class SynthesisLayer(nn.Module):
         """``per_sample``: per-sample replacements ``[B, *shape]`` of ``weight``, ``bias``, ``affine_weight``,
         ``affine_bias``, ``noise_strength`` and the ``noise_const`` buffer (see ``SynthesisNetwork``)."""
         p = _check_per_sample(per_sample, SYNTHESIS_LAYER_OFFSETS)
-        with full_precision(x.device):  # the styles scale every weight of the layer: fp32 (hyperinverter.precision)
-            styles = self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias"))
-        # lrelu(g·v) = g·lrelu(v) for g > 0: the activation gain folds into the conv, the bias into its epilogue.
-        x = modulated_conv2d(x, p.get("weight", self.weight), styles, up=self.up, resample_filter=self.resample_filter,
-                             bias=p.get("bias", self.bias), gain=LRELU_GAIN, kernel=kernel)
+        x = modulated_conv2d(x, p.get("weight", self.weight), self._styles(w, p), up=self.up,
+                             resample_filter=self.resample_filter, bias=p.get("bias", self.bias), gain=LRELU_GAIN,
+                             kernel=kernel)
         assert x.shape[2] == self.resolution, f"{x.shape[2]} != {self.resolution}"
+        return self._epilogue(x, self._noise(x, noise_mode, noise_generator, p))
+
+    def fold(self, w: torch.Tensor, x: torch.Tensor, *, noise_mode: str = "const",
+             noise_generator: torch.Generator | None = None, **per_sample: torch.Tensor) -> FoldedLayer:
+        """This layer for the one sample of ``w: [1, w_dim]``, styles folded into its weight, to be run band by band
+        on ``x`` (its input, or a band of it: only its dtype and device are read). Same arguments as ``forward``."""
+        p = _check_per_sample(per_sample, SYNTHESIS_LAYER_OFFSETS)
+        assert w.shape[0] == 1, f"fold takes one sample, got {w.shape[0]}"
+        weight = fused_weight(p.get("weight", self.weight), self._styles(w, p), demodulate=True, gain=LRELU_GAIN,
+                              dtype=x.dtype)[0]
+        bias = (p.get("bias", self.bias).reshape(-1) * LRELU_GAIN).to(x.dtype)
+        # Drawn (or read) whole, once, in the dtype of the conv's output, as ``forward`` does; bands slice it.
+        out = x.new_empty(1, 0, self.resolution, self.resolution, dtype=compute_dtype(x))
+        noise = self._noise(out, noise_mode, noise_generator, p)
+        noise = None if noise is None else noise.reshape(1, 1, self.resolution, self.resolution)
+        return FoldedLayer(weight, bias, up=self.up, resample_filter=self.resample_filter if self.up > 1 else None,
+                           epilogue=lambda y, rows: self._epilogue(y, None if noise is None else noise[:, :, rows]))
+
+    def _styles(self, w: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        with full_precision(w.device):  # the styles scale every weight of the layer: fp32 (hyperinverter.precision)
+            return self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias"))
+
+    def _noise(self, x: torch.Tensor, noise_mode: str, noise_generator: torch.Generator | None,
+               p: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The noise this layer adds to its output ``x`` (``[B|1, 1, R, R]``, scaled), or None."""
+        if not self.use_noise or noise_mode == "none":
+            return None
+        if noise_mode == "random":  # from ``noise_generator`` when given (reproducible), else the global RNG
+            where = noise_generator.device if noise_generator is not None else x.device
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=noise_generator,
+                                device=where, dtype=x.dtype).to(x.device)
+        elif noise_mode == "const":
+            noise = p["noise_const"].unsqueeze(1) if "noise_const" in p else self.noise_const
+            noise = noise.to(x.dtype)
+        else:
+            raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
+        strength = p["noise_strength"].reshape(-1, 1, 1, 1) if "noise_strength" in p else self.noise_strength
+        return noise * (strength.to(x.dtype) * LRELU_GAIN)
+
+    def _epilogue(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """Noise, activation (its gain is folded into the conv) and clamp, in place when autograd allows."""
         inplace = _inplace_ok(x)
-        if self.use_noise and noise_mode != "none":
-            if noise_mode == "random":  # from ``noise_generator`` when given (reproducible), else the global RNG
-                where = noise_generator.device if noise_generator is not None else x.device
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=noise_generator,
-                                    device=where, dtype=x.dtype).to(x.device)
-            elif noise_mode == "const":
-                noise = p["noise_const"].unsqueeze(1) if "noise_const" in p else self.noise_const
-                noise = noise.to(x.dtype)
-            else:
-                raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
-            strength = p["noise_strength"].reshape(-1, 1, 1, 1) if "noise_strength" in p else self.noise_strength
-            noise = noise * (strength.to(x.dtype) * LRELU_GAIN)
+        if noise is not None:
             x = x.add_(noise) if inplace else x + noise
         x = F.leaky_relu(x, 0.2, inplace=inplace)
         if self.conv_clamp is not None:
@@ -290,14 +411,28 @@ class ToRGBLayer(nn.Module):
     ) -> torch.Tensor:
         """``per_sample``: per-sample ``weight``, ``bias``, ``affine_weight``, ``affine_bias`` (``[B, *shape]``)."""
         p = _check_per_sample(per_sample, TORGB_LAYER_OFFSETS)
-        with full_precision(x.device):
-            styles = self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias")) * self.weight_gain
-        x = modulated_conv2d(x, p.get("weight", self.weight), styles, demodulate=False, bias=p.get("bias", self.bias),
-                             kernel=kernel)
-        if self.conv_clamp is not None:
-            x = x.clamp_(-self.conv_clamp, self.conv_clamp) if _inplace_ok(x) else x.clamp(-self.conv_clamp,
-                                                                                             self.conv_clamp)
-        return x
+        x = modulated_conv2d(x, p.get("weight", self.weight), self._styles(w, p), demodulate=False,
+                             bias=p.get("bias", self.bias), kernel=kernel)
+        return self._clamp(x)
+
+    def fold(self, w: torch.Tensor, x: torch.Tensor, **per_sample: torch.Tensor) -> FoldedLayer:
+        """This layer for the one sample of ``w: [1, w_dim]``, to be run band by band (see ``SynthesisLayer.fold``)."""
+        p = _check_per_sample(per_sample, TORGB_LAYER_OFFSETS)
+        assert w.shape[0] == 1, f"fold takes one sample, got {w.shape[0]}"
+        weight = fused_weight(p.get("weight", self.weight), self._styles(w, p), demodulate=False, gain=1.0,
+                              dtype=x.dtype)[0]
+        return FoldedLayer(weight, p.get("bias", self.bias).reshape(-1).to(x.dtype),
+                           epilogue=lambda y, rows: self._clamp(y))
+
+    def _styles(self, w: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        with full_precision(w.device):
+            return self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias")) * self.weight_gain
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_clamp is None:
+            return x
+        return x.clamp_(-self.conv_clamp, self.conv_clamp) if _inplace_ok(x) else x.clamp(-self.conv_clamp,
+                                                                                            self.conv_clamp)
 
 
 class Conv2dLayer(nn.Module):
