@@ -88,17 +88,27 @@ def _inplace_ok(x: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and x.requires_grad)
 
 
+def _blur_padding(f: torch.Tensor, *, up: int, kernel_size: int) -> tuple[int, int]:
+    """The filter's padding (before, after) that maps a transposed conv's ``up·(H-1)+k`` rows to ``up·H``."""
+    p = (f.shape[-1] - up) - (kernel_size - 1)
+    return (p + 1) // 2 + up - 1, p // 2 + up - 1
+
+
+def _blur_taps(f: torch.Tensor, *, up: int, channels: int) -> torch.Tensor:
+    """The filter as depthwise conv2d weights ``[C, 1, fw, fw]`` (flipped: conv2d correlates), with the up gain."""
+    fw = f.shape[-1]
+    return (f * (up * up)).flip([0, 1])[None, None].expand(channels, 1, fw, fw)
+
+
 def _blur_after_transpose(x: torch.Tensor, f: torch.Tensor, *, up: int, kernel_size: int,
                           bias: torch.Tensor | None) -> torch.Tensor:
     """The FIR filter that follows a stride-``up`` transposed conv (2H+k-2 -> 2H), with an optional bias ``[C]``.
 
     A depthwise conv with symmetric padding: on CPUs it is several times faster in channels-last layout.
     """
-    fw = f.shape[-1]
-    p = (fw - up) - (kernel_size - 1)
-    pad0, pad1 = (p + 1) // 2 + up - 1, p // 2 + up - 1
+    pad0, pad1 = _blur_padding(f, up=up, kernel_size=kernel_size)
     c = x.shape[1]
-    taps = (f * (up * up)).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, fw, fw)
+    taps = _blur_taps(f, up=up, channels=c).to(x.dtype)
     if pad0 != pad1:
         return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=up * up) + (
             0 if bias is None else bias.reshape(1, -1, 1, 1))
@@ -209,10 +219,8 @@ class FoldedLayer:
         if up > 1:
             # The transposed conv's weight, and the filter after it (as ``_conv`` / ``_blur_after_transpose``).
             self.transposed_weight = weight.transpose(0, 1)
-            fw = resample_filter.shape[-1]
-            p = (fw - up) - (k - 1)
-            self.blur_pad = ((p + 1) // 2 + up - 1, p // 2 + up - 1)
-            self.blur_taps = (resample_filter * (up * up)).flip([0, 1])[None, None].expand(out_channels, 1, fw, fw)
+            self.blur_pad = _blur_padding(resample_filter, up=up, kernel_size=k)
+            self.blur_taps = _blur_taps(resample_filter, up=up, channels=out_channels)
 
     def output_height(self, input_height: int) -> int:
         return input_height * self.up
@@ -222,8 +230,7 @@ class FoldedLayer:
         if self.up == 1:
             pad = self.kernel_size // 2
             return max(start - pad, 0), min(stop + pad, input_height)
-        first, last = self._transposed_rows(start, stop, input_height)
-        return self._transposed_inputs(first, last, input_height)
+        return self._transposed_inputs(*self._transposed_rows(start, stop), input_height)
 
     def rows(self, x: torch.Tensor, start: int, stop: int, *, first_row: int = 0,
              input_height: int | None = None) -> torch.Tensor:
@@ -239,10 +246,9 @@ class FoldedLayer:
             x = _pad_rows(x, top=pad - (start - i0), bottom=stop + pad - i1)
             y = F.conv2d(x, self.weight.to(x.dtype), bias=self.bias, padding=(0, pad))
         else:
-            first, last = self._transposed_rows(start, stop, height)
+            first, last = self._transposed_rows(start, stop)
             u = F.conv_transpose2d(x, self.transposed_weight.to(x.dtype), stride=self.up)  # rows up·i0 onwards
-            total = self.up * (height - 1) + self.kernel_size
-            lo, hi = max(first, 0), min(last, total)
+            lo, hi = max(first, 0), min(last, self._transposed_height(height))
             u = _pad_rows(u[:, :, lo - self.up * i0 : hi - self.up * i0], top=lo - first, bottom=last - hi)
             pad0, pad1 = self.blur_pad
             taps = self.blur_taps.to(u.dtype)
@@ -253,7 +259,10 @@ class FoldedLayer:
         assert y.shape[2] == stop - start, f"{y.shape[2]} rows for [{start}, {stop})"
         return self.epilogue(y, slice(start, stop))
 
-    def _transposed_rows(self, start: int, stop: int, input_height: int) -> tuple[int, int]:
+    def _transposed_height(self, input_height: int) -> int:
+        return self.up * (input_height - 1) + self.kernel_size
+
+    def _transposed_rows(self, start: int, stop: int) -> tuple[int, int]:
         """The rows ``[first, last)`` of the transposed conv's output that the filter reads for output rows
         ``[start, stop)``; rows outside ``[0, up·(H-1)+k)`` are the filter's zero padding."""
         fw = self.blur_taps.shape[-1]
@@ -261,8 +270,7 @@ class FoldedLayer:
 
     def _transposed_inputs(self, first: int, last: int, input_height: int) -> tuple[int, int]:
         """Input rows of transposed-conv rows ``[first, last)``: row y reads inputs i with up·i <= y < up·i + k."""
-        total = self.up * (input_height - 1) + self.kernel_size
-        lo, hi = max(first, 0), min(last, total)
+        lo, hi = max(first, 0), min(last, self._transposed_height(input_height))
         return max(-((self.kernel_size - 1 - lo) // self.up), 0), min((hi - 1) // self.up + 1, input_height)
 
 
