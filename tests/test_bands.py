@@ -1,5 +1,6 @@
-"""CPU inference runs the high-resolution synthesis blocks band by band: every band is exact, and the banded
-network gives the whole-map network's image for every noise mode, per-sample offsets, clamping and bf16."""
+"""CPU inference runs the high-resolution synthesis blocks band by band, chained: every band is exact, the banded
+network gives the whole-map network's image for every noise mode, per-sample offsets, clamping and bf16, and a
+chain never holds a whole map of its upstream blocks."""
 
 import itertools
 
@@ -62,11 +63,16 @@ def synthesize(G, ws, *, bands: bool, band_bytes: int = 1, **options):
         generator_module.BAND_FROM_BYTES, generator_module.BAND_BYTES = previous
 
 
-@pytest.mark.parametrize(("noise_mode", "dtype", "with_delta"),
-                         [("const", torch.float32, False), ("const", torch.float32, True),
-                          ("random", torch.float32, True), ("none", torch.float32, False),
-                          ("const", torch.bfloat16, True), ("random", torch.bfloat16, False)])
-def test_banded_synthesis_gives_the_whole_map_image(banded_generator, noise_mode, dtype, with_delta):
+# fp32_up_to: the blocks up to 128 px (all of this generator's) form one fp32 chain; up to 16 px, an fp32 chain
+# (b8, b16) hands its whole features to a second chain (b32, b64) that runs under autocast.
+@pytest.mark.parametrize(("noise_mode", "dtype", "with_delta", "fp32_up_to"),
+                         [("const", torch.float32, False, 128), ("const", torch.float32, True, 128),
+                          ("random", torch.float32, True, 128), ("none", torch.float32, False, 128),
+                          ("const", torch.bfloat16, True, 128), ("random", torch.bfloat16, False, 128),
+                          ("const", torch.bfloat16, True, 16), ("random", torch.bfloat16, True, 16)])
+def test_banded_synthesis_gives_the_whole_map_image(banded_generator, monkeypatch, noise_mode, dtype, with_delta,
+                                                    fp32_up_to):
+    monkeypatch.setattr(generator_module, "FP32_UP_TO_RESOLUTION", fp32_up_to)
     G = banded_generator
     ws = torch.randn(1, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
     shapes = G.synthesis.offsettable_parameters()
@@ -114,3 +120,47 @@ def test_gradients_are_unchanged_where_bands_are_allowed(banded_generator):
     ws.grad = None
     synthesize(G, ws, bands=False).square().mean().backward()
     assert torch.equal(banded_grad, ws.grad)
+
+
+def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monkeypatch):
+    """Chained, the blocks before the last one are computed a band at a time and kept only until the next band
+    has read them: none of them ever holds its whole map, and each computes every row exactly once."""
+    G = banded_generator
+    computed, kept = {}, {}
+    compute, rows = generator_module.BlockRows._compute, generator_module.BlockRows.rows
+
+    def recording_compute(self, start, stop):
+        computed.setdefault(self.height, []).append((start, stop))
+        return compute(self, start, stop)
+
+    def recording_rows(self, start, stop):
+        band = rows(self, start, stop)
+        kept[self.height] = max(kept.get(self.height, 0), self._kept.shape[2])
+        return band
+
+    monkeypatch.setattr(generator_module.BlockRows, "_compute", recording_compute)
+    monkeypatch.setattr(generator_module.BlockRows, "rows", recording_rows)
+    ws = torch.randn(1, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        synthesize(G, ws, bands=True, band_bytes=4 * 1024)  # each block's rows are 1 KiB here: 4-row bands
+    assert sorted(computed) == [8, 16, 32, 64]
+    for height, bands in computed.items():
+        assert bands[0][0] == 0 and bands[-1][1] == height
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bands)), f"{height}-px rows computed twice or never"
+    for height in (16, 32):  # upstream blocks: at most a band, the halo the next block reads twice, and a band
+        assert kept[height] <= 3 * 4 and kept[height] < height, (height, kept[height])
+
+
+def test_block_rows_are_asked_for_top_to_bottom(banded_generator):
+    G = banded_generator
+    block = G.synthesis.b16
+    x = torch.randn(1, block.conv0.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
+    ws = torch.randn(1, 3, G.w_dim)
+    with torch.no_grad():
+        rows = block.rows_source(generator_module.WholeRows(x), ws, prefix="b16", weight_delta=None,
+                                 noise_mode="const", noise_generator=None, band_rows=4)
+        rows.rows(6, 10)
+        with pytest.raises(AssertionError, match="top to bottom"):
+            rows.rows(2, 4)
+        with pytest.raises(AssertionError, match="never computed"):
+            rows.finish(torch.zeros(1, 3, 8, 8), block.resample_filter)

@@ -11,19 +11,20 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
 from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
-from ...precision import full_precision
+from ...precision import compute_dtype, full_precision
 from ..weight_delta import WeightDelta
 from .layers import (
     SYNTHESIS_LAYER_OFFSETS,
     TORGB_LAYER_OFFSETS,
     ConvKernel,
+    FoldedLayer,
     FullyConnectedLayer,
     SynthesisLayer,
     ToRGBLayer,
@@ -37,13 +38,14 @@ LOOP_FROM_RESOLUTION = 64
 # On CPUs, a batch continues sample by sample from the first block whose activations per sample reach this many
 # elements: there, concatenating per-sample outputs after every layer costs more than the per-sample loop.
 SPLIT_FROM_ELEMENTS = 2**20
-# On CPUs, inference runs a block band by band (``FoldedLayer``) from the first block whose feature maps per sample
-# reach BAND_FROM_BYTES, in bands of about BAND_BYTES per map. A band's intermediates are all a block needs at a
-# time, so no whole high-resolution intermediate (the transposed conv's output, the blurred map, the last block's
-# features) is ever held. Full-size HyperInverter: peak 2.31 -> 2.16 GB, and 2.53 -> 2.10 s per image, in one run
-# (benchmarks/results/hyperinverter-bands/; the synthesis alone, timed apart, was as fast either way).
+# On CPUs, inference runs the blocks whose feature maps per sample reach BAND_FROM_BYTES band by band, as one chain
+# (``BlockRows``), in bands of about BAND_BYTES per map: the last block's bands pull the rows they read through the
+# blocks before it, so no whole high-resolution map (the 512- and 1024-px features, the transposed conv's output,
+# the blurred map) is ever held. Full-size HyperInverter, batch 1 (benchmarks/results/hyperinverter-chain/): peak
+# 2.31 GB with whole maps, 2.16 with a band loop per block, 1.94 chained in 4 MB bands, at the same speed (8 MB and
+# 2 MB bands were no faster).
 BAND_FROM_BYTES = 2**25
-BAND_BYTES = 2**23
+BAND_BYTES = 2**22
 KernelChoice = Literal["auto", "batched", "grouped", "loop"]
 
 
@@ -193,71 +195,128 @@ class SynthesisBlock(nn.Module):
         noise_mode: NoiseMode,
         noise_generator: torch.Generator | None,
         choose_kernel,
-        band_rows: int | None = None,
-        keep_features: bool = True,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``band_rows``: compute this block a band of that many output rows at a time (one sample, no autograd;
-        see ``FoldedLayer``). ``keep_features=False``: the caller needs only the image (the last block); banded,
-        the features are then never held whole."""
-        def offsets(name: str, layer: nn.Module) -> dict:
-            if weight_delta is None:
-                return {}
-            kinds = SYNTHESIS_LAYER_OFFSETS if isinstance(layer, SynthesisLayer) else TORGB_LAYER_OFFSETS
-            return {kw: weight_delta.apply(f"{prefix}.{name}.{param}", layer.get_parameter(param)
-                                           if param != "noise_const" else layer.noise_const)
-                    for kw, param in kinds.items() if f"{prefix}.{name}.{param}" in weight_delta}
-
-        if band_rows is not None:
-            layers = [(name, getattr(self, name)) for name in ("conv0", "conv1", "torgb")]
-            return self._forward_in_bands(x, img, ws, [offsets(name, layer) for name, layer in layers],
-                                          noise_mode=noise_mode, noise_generator=noise_generator,
-                                          band_rows=band_rows, keep_features=keep_features)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w_iter = iter(ws.unbind(dim=1))
         if self.conv0 is None:
             const = None if weight_delta is None else weight_delta.apply(f"{prefix}.const", self.const)
             x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1) if const is None else const
             x = x.contiguous(memory_format=torch.channels_last)
         else:
-            kw = offsets("conv0", self.conv0)
+            kw = self.layer_offsets("conv0", prefix, weight_delta)
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, noise_generator=noise_generator, **kw,
                            kernel=choose_kernel(kw.get("weight"), self.resolution, x))
-        kw = offsets("conv1", self.conv1)
+        kw = self.layer_offsets("conv1", prefix, weight_delta)
         x = self.conv1(x, next(w_iter), noise_mode=noise_mode, noise_generator=noise_generator, **kw,
                        kernel=choose_kernel(kw.get("weight"), self.resolution, x))
-        kw = offsets("torgb", self.torgb)
+        kw = self.layer_offsets("torgb", prefix, weight_delta)
         y = self.torgb(x, next(w_iter), **kw, kernel=choose_kernel(kw.get("weight"), self.resolution, x))
         with full_precision(y.device):  # the RGB skip sum accumulates every block's output: fp32
             img = y.float() if img is None else upsample2d(img, self.resample_filter) + y.float()
         return x, img
 
-    def _forward_in_bands(self, x: torch.Tensor, img: torch.Tensor, ws: torch.Tensor, offsets: list[dict], *,
-                          noise_mode: NoiseMode, noise_generator: torch.Generator | None, band_rows: int,
-                          keep_features: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The same block, band by band: conv0 computes the rows conv1 reads, conv1 and torgb this band's rows.
-        What bands recompute at their edges: conv0's two halo rows, and the transposed conv's rows under them."""
-        assert self.conv0 is not None and img is not None and x.shape[0] == 1, "bands: one sample, after b4"
-        assert not (torch.is_grad_enabled() and (x.requires_grad or ws.requires_grad)), "bands record no autograd"
+    def layer_offsets(self, name: str, prefix: str, weight_delta: WeightDelta | None) -> dict[str, torch.Tensor]:
+        """The per-sample replacements ``weight_delta`` gives layer ``name``'s parameters (θ+Δθ, ...), made when
+        the layer is about to run; empty without a WeightDelta."""
+        if weight_delta is None:
+            return {}
+        layer = getattr(self, name)
+        kinds = SYNTHESIS_LAYER_OFFSETS if isinstance(layer, SynthesisLayer) else TORGB_LAYER_OFFSETS
+        key = f"{prefix}.{name}"
+        return {kw: weight_delta.apply(f"{key}.{param}", layer.get_parameter(param)
+                                       if param != "noise_const" else layer.noise_const)
+                for kw, param in kinds.items() if f"{key}.{param}" in weight_delta}
+
+    def rows_source(self, source: RowSource, ws: torch.Tensor, *, prefix: str, weight_delta: WeightDelta | None,
+                    noise_mode: NoiseMode, noise_generator: torch.Generator | None, band_rows: int) -> BlockRows:
+        """This block for one sample as a source of its output rows, computed band by band from ``source``'s
+        (see ``BlockRows``; no autograd)."""
+        assert self.conv0 is not None and ws.shape[0] == 1, "bands: one sample, after b4"
+        assert not (torch.is_grad_enabled() and ws.requires_grad), "bands record no autograd"
         w0, w1, w2 = ws.unbind(dim=1)
-        conv0 = self.conv0.fold(w0, x, noise_mode=noise_mode, noise_generator=noise_generator, **offsets[0])
-        conv1 = self.conv1.fold(w1, x, noise_mode=noise_mode, noise_generator=noise_generator, **offsets[1])
-        torgb = self.torgb.fold(w2, x, **offsets[2])
-        size = self.resolution
-        features = None
+        like = source.like  # the input's dtype and device
+
+        def fold(name: str, w: torch.Tensor, **noise) -> FoldedLayer:
+            return getattr(self, name).fold(w, like, **noise, **self.layer_offsets(name, prefix, weight_delta))
+        return BlockRows(
+            fold("conv0", w0, noise_mode=noise_mode, noise_generator=noise_generator),
+            fold("conv1", w1, noise_mode=noise_mode, noise_generator=noise_generator),
+            fold("torgb", w2), source, height=self.resolution, img_channels=self.torgb.out_channels, band_rows=band_rows)
+
+
+class RowSource(Protocol):
+    """Rows ``[start, stop)`` of a one-sample feature map ``[1, C, H, W]``, asked for in non-decreasing order."""
+
+    height: int
+    like: torch.Tensor  # an empty tensor of the map's dtype and device
+
+    def rows(self, start: int, stop: int) -> torch.Tensor: ...
+
+
+class WholeRows:
+    """A map already held whole."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        assert x.ndim == 4 and x.shape[0] == 1, f"one sample's map [1, C, H, W], got {tuple(x.shape)}"
+        self.x, self.height, self.like = x, x.shape[2], x[:, :, :0]
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.x[:, :, start:stop]
+
+
+class BlockRows:
+    """One synthesis block of one sample, band by band: conv0 computes the rows conv1 reads, conv1 and torgb the
+    band's rows. Chained (a block's source is the previous block's ``BlockRows``), the high-resolution blocks never
+    hold a whole feature map: each computes rows when the next first asks for them, a band at least, and keeps
+    them only until a later request has passed them.
+
+    What bands recompute at their edges: conv0's two halo rows, and the transposed conv's rows under them. The
+    block's RGB output is written to ``rgb`` as its rows are computed; the skip image is summed once every row is
+    there (``finish``), as ``upsample2d(img) + rgb``, the whole-map block's expression.
+    """
+
+    def __init__(self, conv0: FoldedLayer, conv1: FoldedLayer, torgb: FoldedLayer, source: RowSource, *,
+                 height: int, img_channels: int, band_rows: int) -> None:
+        assert conv0.output_height(source.height) == height, f"{source.height} rows do not make {height}"
+        self.conv0, self.conv1, self.torgb, self.source = conv0, conv1, torgb, source
+        self.height, self.band_rows = height, band_rows
+        self.like = source.like.new_empty(0, dtype=compute_dtype(source.like))
+        self.rgb = source.like.new_empty((1, img_channels, height, height), dtype=torch.float32)
+        self._kept, self._kept_from = None, 0  # the rows computed and still needed, from row _kept_from on
+        self._asked_from = 0
+
+    @property
+    def computed(self) -> int:
+        """How many rows (from the top) have been computed."""
+        return self._kept_from + (0 if self._kept is None else self._kept.shape[2])
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        assert self._asked_from <= start < stop <= self.height, (
+            f"rows [{start}, {stop}) asked for after rows from {self._asked_from} on (bands run top to bottom)")
+        self._asked_from = start
+        done = self.computed
+        if stop > done:
+            new = self._compute(done, min(max(stop, done + self.band_rows), self.height))
+            if self._kept is not None and start < done:  # rows asked for again (the next block's halo)
+                new = torch.cat([self._kept[:, :, start - self._kept_from :], new], dim=2)
+            self._kept, self._kept_from = new, min(start, done)
+        return self._kept[:, :, start - self._kept_from : stop - self._kept_from]
+
+    def _compute(self, start: int, stop: int) -> torch.Tensor:
+        first, last = self.conv1.input_rows(start, stop, self.height)
+        i0, i1 = self.conv0.input_rows(first, last, self.source.height)
+        h = self.conv0.rows(self.source.rows(i0, i1), first, last, first_row=i0, input_height=self.source.height)
+        h = self.conv1.rows(h, start, stop, first_row=first, input_height=self.height)
+        y = self.torgb.rows(h, 0, stop - start)
+        with full_precision(y.device):
+            self.rgb[:, :, start:stop] = y
+        return h
+
+    def finish(self, img: torch.Tensor, resample_filter: torch.Tensor) -> torch.Tensor:
+        """The skip image after this block, from the image before it (once every row has been computed)."""
+        assert self.computed == self.height, f"rows from {self.computed} on were never computed"
+        self._kept = None
         with full_precision(img.device):
-            img = upsample2d(img, self.resample_filter)
-        for start in range(0, size, band_rows):
-            stop = min(start + band_rows, size)
-            first, last = conv1.input_rows(start, stop, size)
-            h = conv1.rows(conv0.rows(x, first, last), start, stop, first_row=first, input_height=size)
-            if keep_features:
-                if features is None:
-                    features = torch.empty((1, h.shape[1], size, size), dtype=h.dtype, device=h.device,
-                                           memory_format=torch.channels_last)
-                features[:, :, start:stop] = h
-            y = torgb.rows(h, 0, stop - start)
-            with full_precision(img.device):
-                img[:, :, start:stop] += y.float()
-        return features, img
+            return upsample2d(img, resample_filter) + self.rgb
 
 
 class SynthesisNetwork(nn.Module):
@@ -381,9 +440,9 @@ class SynthesisNetwork(nn.Module):
         return None
 
     def band_rows(self, block: SynthesisBlock, x: torch.Tensor | None) -> int | None:
-        """How many output rows per band ``block`` runs in (None: whole maps). Bands are for CPU inference of one
-        sample (``_split_resolution`` gives large batches that shape) at the resolutions where maps are large; with
-        autograd on (training, projection) the whole-map path runs."""
+        """How many output rows per band ``block`` runs in (None: whole maps), for input like ``x``. Bands are for
+        CPU inference of one sample (``_split_resolution`` gives large batches that shape) at the resolutions
+        where maps are large; with autograd on (training, projection) the whole-map path runs."""
         if (not self.bands or self.kernel != "auto" or x is None or x.device.type != "cpu" or x.shape[0] != 1
                 or block.conv0 is None or torch.is_grad_enabled()):
             return None
@@ -396,9 +455,14 @@ class SynthesisNetwork(nn.Module):
                     noise_generator: torch.Generator | None, x: torch.Tensor | None = None,
                     img: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
         split = self._split_resolution(ws, weight_delta)
-        w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.config.block_resolutions[:start])
         blocks = list(self.blocks())
-        for i, (res, block) in enumerate(blocks[start:], start=start):
+        first_ws = [0]
+        for _, block in blocks:
+            first_ws.append(first_ws[-1] + block.num_conv)
+        noise = {"noise_mode": noise_mode, "noise_generator": noise_generator}
+        i = start
+        while i < len(blocks):
+            res, block = blocks[i]
             if split is not None and res >= split:
                 return torch.cat([
                     self._synthesize(ws[j : j + 1], None if weight_delta is None else weight_delta.select(j),
@@ -406,17 +470,61 @@ class SynthesisNetwork(nn.Module):
                                      None if img is None else img[j : j + 1], start=i)
                     for j in range(ws.shape[0])
                 ])
-            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             # Under reduced precision the coarse blocks stay fp32: their rounding errors grow through every block
             # above them, and they hold a tenth of the work (hyperinverter.precision).
             coarse = res <= FP32_UP_TO_RESOLUTION
             with full_precision(ws.device) if coarse else contextlib.nullcontext():
                 x = x.float() if coarse and x is not None else x
-                x, img = block(x, img, block_ws, prefix=f"b{res}", weight_delta=weight_delta, noise_mode=noise_mode,
-                               noise_generator=noise_generator, choose_kernel=self.choose_kernel,
-                               band_rows=self.band_rows(block, x), keep_features=i < len(blocks) - 1)
-            w_idx += block.num_conv
+                chain = self._band_chain(blocks, i, x, coarse)
+                if chain:
+                    x, img = self._synthesize_in_bands(chain, x, img, ws, first_ws, weight_delta, noise,
+                                                       keep_features=i + len(chain) < len(blocks))
+                    i += len(chain)
+                    continue
+                x, img = block(x, img, ws.narrow(1, first_ws[i], block.num_conv + block.num_torgb),
+                               prefix=f"b{res}", weight_delta=weight_delta, choose_kernel=self.choose_kernel, **noise)
+            i += 1
         return img
+
+    def _band_chain(self, blocks: list[tuple[int, SynthesisBlock]], i: int, x: torch.Tensor | None,
+                    coarse: bool) -> list[tuple[int, int, SynthesisBlock]]:
+        """The blocks from ``i`` on that run in bands as one chain, ``(index, band rows, block)``: those with a
+        band size, as many as follow each other at the same precision."""
+        chain = []
+        for j in range(i, len(blocks)):
+            res, block = blocks[j]
+            rows = self.band_rows(block, x)
+            if rows is None or (res <= FP32_UP_TO_RESOLUTION) != coarse:
+                break
+            chain.append((j, rows, block))
+        return chain
+
+    def _synthesize_in_bands(self, chain: list[tuple[int, int, SynthesisBlock]], x: torch.Tensor,
+                             img: torch.Tensor, ws: torch.Tensor, first_ws: list[int],
+                             weight_delta: WeightDelta | None, noise: dict,
+                             keep_features: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A chain of blocks, band by band (``BlockRows``): the last block's bands pull the rows they read through
+        the blocks before it. ``keep_features``: the last block's features are needed whole (the chain does not
+        end the network); otherwise they are never held whole, and None is returned for them."""
+        stages: list[BlockRows] = []
+        source: RowSource = WholeRows(x)
+        for j, rows, block in chain:
+            block_ws = ws.narrow(1, first_ws[j], block.num_conv + block.num_torgb)
+            source = block.rows_source(source, block_ws, prefix=f"b{block.resolution}", weight_delta=weight_delta,
+                                       band_rows=rows, **noise)
+            stages.append(source)
+        last, size = stages[-1], stages[-1].height
+        features = None
+        for start in range(0, size, last.band_rows):
+            h = last.rows(start, min(start + last.band_rows, size))
+            if keep_features:
+                if features is None:
+                    features = torch.empty((1, h.shape[1], size, size), dtype=h.dtype, device=h.device,
+                                           memory_format=torch.channels_last)
+                features[:, :, start : start + h.shape[2]] = h
+        for stage, (_, _, block) in zip(stages, chain, strict=True):
+            img = stage.finish(img, block.resample_filter)
+        return features, img
 
 
 class Generator(nn.Module):
