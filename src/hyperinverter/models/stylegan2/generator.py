@@ -280,7 +280,8 @@ class BlockRows:
         self.conv0, self.conv1, self.torgb, self.source = conv0, conv1, torgb, source
         self.height, self.band_rows = height, band_rows
         self.like = source.like.new_empty(0, dtype=compute_dtype(source.like))
-        self.rgb = source.like.new_empty((1, img_channels, height, height), dtype=torch.float32)
+        self.rgb = torch.empty((1, img_channels, height, height), dtype=torch.float32, device=source.like.device,
+                               memory_format=torch.channels_last)  # as the skip image (a torgb output)
         self._kept, self._kept_from = None, 0  # the rows computed and still needed, from row _kept_from on
         self._asked_from = 0
 
