@@ -43,7 +43,7 @@ def upfirdn2d(
     """Upsample (zero insertion), pad, FIR-filter (true convolution) and downsample ``x: [N,C,H,W]``.
 
     ``padding`` is ``(x0, x1, y0, y1)``; negative values crop. The filter ``f: [fh,fw]`` is applied per
-    channel with gain ``gain``. The output has ``x``'s memory format.
+    channel with gain ``gain``. The output keeps ``x``'s memory format (it is a view where the padding crops).
 
     Computed without the zero-inserted map: up-sampling is a depthwise transposed conv with stride ``up`` (it
     scatters each input pixel through the filter, which is the full convolution of the zero-inserted map), and
