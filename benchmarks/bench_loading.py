@@ -23,23 +23,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from bench_fullsize import build, peak_rss_gb, reset_peak_rss
+
 
 def write_bundle(path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_fullsize import build
-
     from hyperinverter.pipeline import save_pipeline
 
     model, _ = build("hyperinverter")
     save_pipeline(model, path)
-
-
-def vm_hwm_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
 
 
 def worker(bundle: Path) -> dict:
@@ -49,19 +41,18 @@ def worker(bundle: Path) -> dict:
     start = time.perf_counter()
     pipeline = InversionPipeline.from_pretrained(bundle, method="hyperinverter", device="cpu")
     load_s = time.perf_counter() - start
-    load_peak = vm_hwm_gb()
+    load_peak = peak_rss_gb()
     model = pipeline.inverter("hyperinverter")
     weights_gb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1024**3
     x = torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with open("/proc/self/clear_refs", "w") as f:  # VmHWM restarts from the resident set after loading
-        f.write("5")
+    reset_peak_rss()  # from the resident set after loading
     start = time.perf_counter()
     result = pipeline.invert(x)
     invert_s = time.perf_counter() - start
     assert torch.isfinite(result.image).all()
     return {"package": str(Path(hyperinverter.__file__).parent), "weights_gb": weights_gb, "load_s": load_s,
-            "load_peak_gb": load_peak, "inversion_peak_gb": vm_hwm_gb(),
-            "process_peak_gb": max(load_peak, vm_hwm_gb()), "first_inversion_s": invert_s}
+            "load_peak_gb": load_peak, "inversion_peak_gb": peak_rss_gb(),
+            "process_peak_gb": max(load_peak, peak_rss_gb()), "first_inversion_s": invert_s}
 
 
 def _describe(src: str | None) -> str:
