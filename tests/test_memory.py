@@ -42,3 +42,57 @@ def test_a_bounded_process_ignores_later_reuse_and_restores_glibc(monkeypatch):
     finally:
         monkeypatch.setattr(memory, "_bounded", False)
         memory.reuse_freed_memory()  # as the rest of the test process had it
+
+
+def test_file_pages_are_dropped_only_where_they_are_a_files(tmp_path):
+    """A memory-mapped checkpoint's pages leave the resident set and read back unchanged; anonymous memory (which
+    MADV_DONTNEED would zero) is never touched."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    weights = torch.randn(4 * 2**20)  # 16 MB
+    save_file({"w": weights}, tmp_path / "w.safetensors")
+    with safe_open(tmp_path / "w.safetensors", framework="pt") as f:
+        mapped = f.get_tensor("w")
+    anonymous = weights.clone()
+    assert torch.equal(mapped, weights)  # every page read: resident
+    pages = memory.FilePages()
+    before = resident_mb()
+    assert pages.drop(mapped)
+    assert resident_mb() < before - 8
+    assert torch.equal(mapped, weights)  # read back from the page cache
+    assert not pages.drop(anonymous)
+    assert torch.equal(anonymous, weights)
+
+
+def test_loading_a_component_holds_its_weights_once(tmp_path):
+    """Checked, copied and converted to channels-last, a component's weights are resident once when loading ends:
+    not beside the file's pages, nor in a heap that kept what the copies freed. In a fresh process, as a user's."""
+    import subprocess
+
+    script = f"""
+import torch
+from pathlib import Path
+import hyperinverter.memory as memory
+from hyperinverter.io.components import load_component, save_component_module
+from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+path = Path({str(tmp_path)!r}) / "g"
+G = Generator(GeneratorConfig(resolution=256, channel_max=256))
+weights_mb = sum(t.numel() * t.element_size() for t in G.state_dict().values()) / 2**20
+save_component_module(path, G)
+del G
+memory.map_large_blocks()
+load_component(path).to(memory_format=torch.channels_last)  # warm-up: what the first load imports is not weights
+memory.trim()
+before = resident_mb()
+loaded = load_component(path).to(memory_format=torch.channels_last)
+print(weights_mb, resident_mb() - before)
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    weights_mb, grown_mb = map(float, out.split()[-2:])
+    assert weights_mb > 20 and grown_mb < 1.3 * weights_mb, (grown_mb, weights_mb)

@@ -37,7 +37,7 @@ from .errors import CheckpointError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
-from .memory import reuse_freed_memory, trim
+from .memory import map_large_blocks, reuse_freed_memory, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
@@ -311,6 +311,7 @@ class InversionPipeline:
         method from now on (default: the bundle's own)."""
         from .catalogue import local_model_path
 
+        map_large_blocks()  # what loading frees goes back to the system (hyperinverter.memory)
         path = local_model_path(name_or_path)
         index = read_pipeline_index(path)
         generator = load_gan(path / index["generator"]).generator
