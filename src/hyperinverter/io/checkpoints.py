@@ -205,25 +205,31 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
     module.load_state_dict(dict(state_dict), strict=True)
 
 
-def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Tensor], *, source: str) -> M:
+def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Tensor], *, source: str,
+                       fresh_from_file: bool = False) -> M:
     """``build()`` a module and load ``state_dict`` into it strictly, without first allocating random weights.
 
     The module is built on the meta device and checked against the file before any memory is allocated, so a
     config that does not fit its weights (or asks for absurd sizes) fails fast and cheaply.
+
+    ``fresh_from_file``: ``state_dict`` is a safetensors file's tensors as read (``read_safetensors``), unchanged.
+    Such tensors are the file's memory map, whose pages join the resident set as they are read, beside the weights
+    they are copied into; each tensor's pages are then dropped once it is checked, and again once copied, so one
+    copy of the weights is resident, not two (a full-size bundle: peak 2.42 -> 1.76 GB while loading, with
+    ``memory.map_large_blocks``). Dropped pages read back from the file, so a tensor changed in place would lose
+    its changes: only a caller that just read the file passes True.
     """
     with torch.device("meta"):
         module = build()
-    # A safetensors file is read in place (memory-mapped): its pages join the resident set as they are read, beside
-    # the weights they are copied into. Dropping each tensor's pages once it is checked, and again once copied,
-    # keeps one copy of the weights resident, not two (a full-size bundle: peak 2.42 -> 1.76 GB while loading, with ``memory.map_large_blocks``).
-    pages = FilePages()
+    pages = FilePages() if fresh_from_file else None
     check_state_dict(module, state_dict, source=source, pages=pages)
     module = module.to_empty(device="cpu")
     targets = module.state_dict(keep_vars=True)  # the keys and shapes are the file's (checked above)
     with torch.no_grad():
         for name, tensor in state_dict.items():
             targets[name].copy_(tensor)
-            pages.drop(tensor)
+            if pages is not None:
+                pages.drop(tensor)
     return module
 
 

@@ -60,4 +60,4 @@ def load_component(directory: Path, *, expect: str | None = None) -> nn.Module:
     if expect is not None and model_type != expect:
         raise CheckpointError(directory, f"holds a {model_type!r}, not a {expect!r}")
     config = config_from_header(cls.config_class, header, source=Path(directory))
-    return instantiate_strict(lambda: cls(config), state_dict, source=str(directory))
+    return instantiate_strict(lambda: cls(config), state_dict, source=str(directory), fresh_from_file=True)
