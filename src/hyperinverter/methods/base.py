@@ -81,6 +81,11 @@ class InversionResult:
 
     @staticmethod
     def cat(results: list[InversionResult]) -> InversionResult:
+        """One result for the batches in ``results``, in order (one result is returned as it is: a full-size
+        HyperInverter's Δθ is 90 MB per image, and a copy of it made the peak of a pipeline's inversion)."""
+        if len(results) == 1:
+            return results[0]
+
         def cat_optional(items):
             return torch.cat(items) if items and all(i is not None for i in items) else None
 
