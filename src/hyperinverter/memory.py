@@ -7,6 +7,9 @@ glibc serves each large block (a full-size activation is 64-134 MB) with a fresh
 pages that are already mapped. The cost is that the heap keeps its high-water mark, and that fragmentation can
 grow it slowly under a mix of requests: a long-running server calls :func:`keep_memory_bounded` first (the web
 page does, and trims the heap once a minute).
+
+Loading holds the weights once: :func:`map_large_blocks` returns what the copies free to the system, and
+:class:`FilePages` drops a memory-mapped checkpoint's pages once they are copied.
 """
 
 from __future__ import annotations

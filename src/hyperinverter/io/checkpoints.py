@@ -187,13 +187,13 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     problems = key_problems(module.state_dict(), state_dict)
     if problems:
         raise CheckpointError(source, f"does not match {type(module).__name__}: " + "; ".join(problems))
-
-    def finite(v: torch.Tensor) -> bool:
-        ok = not v.is_floating_point() or bool(torch.isfinite(v).all())
+    non_finite = []
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            non_finite.append(name)
         if pages is not None:
-            pages.drop(v)
-        return ok
-    non_finite = sorted(k for k, v in state_dict.items() if not finite(v))
+            pages.drop(tensor)
+    non_finite.sort()
     if non_finite:
         raise NonFiniteWeightsError(source, f"holds NaN or infinite values in {listing(non_finite)}")
 

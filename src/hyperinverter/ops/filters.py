@@ -63,14 +63,14 @@ def upfirdn2d(
         # rows in.
         y = F.conv_transpose2d(x, kernel[None, None].expand(c, 1, fh, fw), stride=up, groups=c)
         top, left = fh - 1 - py0, fw - 1 - px0
-        y = _pad_or_crop(y, -left, left + out_w - y.shape[3], -top, top + out_h - y.shape[2])
+        y = pad_or_crop(y, -left, left + out_w - y.shape[3], -top, top + out_h - y.shape[2])
         return y[:, :, ::down, ::down] if down > 1 else y
-    x = _pad_or_crop(x, px0, px1, py0, py1)
+    x = pad_or_crop(x, px0, px1, py0, py1)
     # conv2d correlates; flip to convolve (the usual filters are symmetric, but be exact).
     return F.conv2d(x, kernel.flip([0, 1])[None, None].expand(c, 1, fh, fw), stride=down, groups=c)
 
 
-def _pad_or_crop(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+def pad_or_crop(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
     """Zero padding where an amount is positive, cropping (a view, no copy) where it is negative."""
     x = x[:, :, max(-top, 0) : x.shape[2] - max(-bottom, 0), max(-left, 0) : x.shape[3] - max(-right, 0)]
     pads = [max(left, 0), max(right, 0), max(top, 0), max(bottom, 0)]

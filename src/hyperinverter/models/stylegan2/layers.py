@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...ops.filters import setup_filter, upfirdn2d
+from ...ops.filters import pad_or_crop, setup_filter, upfirdn2d
 from ...precision import compute_dtype, full_precision
 
 ConvKernel = Literal["batched", "grouped", "loop"]
@@ -243,13 +243,13 @@ class FoldedLayer:
         x = x[:, :, i0 - first_row : i1 - first_row]
         if self.up == 1:
             pad = self.kernel_size // 2
-            x = _pad_rows(x, top=pad - (start - i0), bottom=stop + pad - i1)
+            x = pad_or_crop(x, 0, 0, pad - (start - i0), stop + pad - i1)  # zeros at the image's edges
             y = F.conv2d(x, self.weight.to(x.dtype), bias=self.bias, padding=(0, pad))
         else:
             first, last = self._transposed_rows(start, stop)
             u = F.conv_transpose2d(x, self.transposed_weight.to(x.dtype), stride=self.up)  # rows up·i0 onwards
             lo, hi = max(first, 0), min(last, self._transposed_height(height))
-            u = _pad_rows(u[:, :, lo - self.up * i0 : hi - self.up * i0], top=lo - first, bottom=last - hi)
+            u = pad_or_crop(u[:, :, lo - self.up * i0 : hi - self.up * i0], 0, 0, lo - first, last - hi)
             pad0, pad1 = self.blur_pad
             taps = self.blur_taps.to(u.dtype)
             if pad0 == pad1:
@@ -272,14 +272,6 @@ class FoldedLayer:
         """Input rows of transposed-conv rows ``[first, last)``: row y reads inputs i with up·i <= y < up·i + k."""
         lo, hi = max(first, 0), min(last, self._transposed_height(input_height))
         return max(-((self.kernel_size - 1 - lo) // self.up), 0), min((hi - 1) // self.up + 1, input_height)
-
-
-def _pad_rows(x: torch.Tensor, *, top: int, bottom: int) -> torch.Tensor:
-    """Zero rows above and below (the image's edge inside a band); keeps the memory format."""
-    assert top >= 0 and bottom >= 0, (top, bottom)
-    if top == 0 and bottom == 0:
-        return x
-    return F.pad(x, (0, 0, top, bottom))
 
 
 # What a modulated layer takes per sample: keyword -> the parameter (or buffer) name under the layer.
