@@ -128,3 +128,23 @@ def test_config_round_trip(tiny_generator):
     H = tiny(tiny_generator, targets="all_without_bias")
     again = HyperNetwork(HyperNetworkConfig.from_dict(H.config.to_dict()))
     assert again.target_names == H.target_names
+
+
+def test_feature_encoder_chunks_give_the_whole_batch_result(tiny_generator, monkeypatch):
+    """Inference runs the feature encoder a chunk of samples per call; the offsets must not depend on the chunks."""
+    import hyperinverter.methods.hyperinverter as hi
+    from conftest import build_tiny_pipeline
+
+    assert hi.feature_encoder_chunk(torch.device("cpu"), 256, 9) == 4
+    assert hi.feature_encoder_chunk(torch.device("cpu"), 256, 3) == 3
+    assert hi.feature_encoder_chunk(torch.device("cpu"), 64, 9) == 9
+    assert hi.feature_encoder_chunk(torch.device("cuda"), 256, 9) == 9
+    model = build_tiny_pipeline(tiny_generator).methods["hyperinverter"].eval()
+    x, w_image = torch.rand(5, 3, 64, 64) * 2 - 1, torch.rand(5, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        whole = model.predict_delta(x, w_image)
+        monkeypatch.setattr(hi, "feature_encoder_chunk", lambda device, resolution, batch: 2)  # chunks of 2, 2, 1
+        chunked = model.predict_delta(x, w_image)
+    assert whole.keys() == chunked.keys()
+    for name in whole.keys():
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-5, atol=1e-6)
