@@ -87,6 +87,26 @@ def test_every_kernel_gives_the_same_image(tiny_generator, kernel):
         assert (G.synthesis(ws) - reference).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("kernel", ["batched", "grouped", "loop"])
+def test_up_sampling_weights_keep_their_layout_and_any_layout_gives_the_same_image(tiny_generator, kernel):
+    """Up-sampling layers store θ so that the transposed conv's [I, O, k, k] view is channels-last, through module
+    conversions; the layout is a matter of speed only: θ in the plain layout gives the same image, with offsets."""
+    from hyperinverter.models.stylegan2.layers import SynthesisLayer
+
+    G = copy.deepcopy(tiny_generator).to(memory_format=torch.channels_last)
+    G.synthesis.kernel = kernel
+    ups = [m for m in G.synthesis.modules() if isinstance(m, SynthesisLayer) and m.up > 1]
+    assert ups and all(m.weight.transpose(0, 1).is_contiguous(memory_format=torch.channels_last) for m in ups)
+    ws, delta = torch.randn(3, G.num_ws, G.w_dim), random_delta(G, 3)
+    with torch.no_grad():
+        images = G.synthesis(ws), G.synthesis(ws, weight_delta=delta)
+        for m in ups:
+            m.weight.data = m.weight.data.contiguous()
+        plain = G.synthesis(ws), G.synthesis(ws, weight_delta=delta)
+    for a, b in zip(images, plain):
+        assert (a - b).abs().max() <= 1e-5
+
+
 def test_subset_of_layers(tiny_generator):
     G = tiny_generator
     ws = G.mapping(torch.randn(2, 16))
