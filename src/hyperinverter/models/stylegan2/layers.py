@@ -327,16 +327,14 @@ class SynthesisLayer(nn.Module):
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
-        self._keep_weight_layout()
-
-    def _keep_weight_layout(self) -> None:
-        if self.up > 1:
-            self.weight.data = transposed_conv_layout(self.weight.data)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 (nn.Module's signature)
-        """Conversions (``.to(memory_format=...)``, ``.to(device)``) keep the up-sampling weight's layout."""
+        """Module conversions (``.to(device, memory_format=...)``, which an InversionPipeline makes) store an
+        up-sampling layer's weight in ``transposed_conv_layout``. Not at construction: an early copy of a large
+        mapped block moves glibc's mmap threshold, and every later weight then lands in the heap."""
         super()._apply(fn, recurse)
-        self._keep_weight_layout()
+        if self.up > 1:
+            self.weight.data = transposed_conv_layout(self.weight.data)
         return self
 
     def forward(
