@@ -166,20 +166,20 @@ BUILDERS = {"hyperinverter": build_hyperinverter, "hyperstyle": build_hyperstyle
 
 
 def build(method: str):
-    from hyperinverter.memory import map_large_blocks, trim
+    from hyperinverter.memory import large_blocks_mapped, trim
     from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
 
     # The memory policy of InversionPipeline.from_pretrained: large blocks get mappings of their own while the model
     # is made and converted, and what that freed goes back (heap reuse comes on with the run). Without it, glibc's
     # moving threshold put parameter copies in the heap, which the conversion then left full of holes.
-    map_large_blocks()
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(resolution=1024))
-    with torch.no_grad():
-        G.mapping.w_avg.normal_(0, 0.5)
-    model, options = BUILDERS[method](G)
-    # The layout InversionPipeline uses.
-    model = model.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+    with large_blocks_mapped():
+        torch.manual_seed(0)
+        G = Generator(GeneratorConfig(resolution=1024))
+        with torch.no_grad():
+            G.mapping.w_avg.normal_(0, 0.5)
+        model, options = BUILDERS[method](G)
+        # The layout InversionPipeline uses.
+        model = model.to(memory_format=torch.channels_last).eval().requires_grad_(False)
     trim()
     return model, options
 

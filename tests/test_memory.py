@@ -4,6 +4,7 @@ How many page faults the reuse saves depends on the heap's layout, so it is meas
 passes (``benchmarks/bench_fullsize.py``: the page-fault column and the plain-malloc row), not here.
 """
 
+import subprocess
 import sys
 
 import pytest
@@ -68,7 +69,6 @@ def test_file_pages_are_dropped_only_where_they_are_a_files(tmp_path):
 def test_loading_a_component_holds_its_weights_once(tmp_path):
     """Checked, copied and converted to channels-last, a component's weights are resident once when loading ends:
     not beside the file's pages, nor in a heap that kept what the copies freed. In a fresh process, as a user's."""
-    import subprocess
 
     script = f"""
 import torch
@@ -86,13 +86,45 @@ G = Generator(GeneratorConfig(resolution=256, channel_max=256))
 weights_mb = sum(t.numel() * t.element_size() for t in G.state_dict().values()) / 2**20
 save_component_module(path, G)
 del G
-memory.map_large_blocks()
-load_component(path).to(memory_format=torch.channels_last)  # warm-up: what the first load imports is not weights
-memory.trim()
-before = resident_mb()
-loaded = load_component(path).to(memory_format=torch.channels_last)
+with memory.large_blocks_mapped():
+    load_component(path).to(memory_format=torch.channels_last)  # warm-up: what the first load imports is not weights
+    memory.trim()
+    before = resident_mb()
+    loaded = load_component(path).to(memory_format=torch.channels_last)
 print(weights_mb, resident_mb() - before)
 """
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     weights_mb, grown_mb = map(float, out.split()[-2:])
     assert weights_mb > 20 and grown_mb < 1.3 * weights_mb, (grown_mb, weights_mb)
+
+
+def test_loading_maps_large_blocks_and_leaves_a_threshold_that_reuses_activations(tmp_path):
+    """Within ``large_blocks_mapped`` a 4 MB block is a mapping of its own; after it, glibc's moving threshold is off
+    for good, and the block comes from the heap again (left at 1 MB, every later activation was a fresh mapping)."""
+    script = """
+import ctypes, torch
+import hyperinverter.memory as memory
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+
+def mapped_while_held(nbytes):
+    before = libc.mallinfo2().hblkhd
+    block = torch.empty(nbytes // 4)
+    return libc.mallinfo2().hblkhd - before >= nbytes
+
+with memory.large_blocks_mapped() as active:
+    inside = mapped_while_held(4 * 2**20)
+print(active, inside, mapped_while_held(4 * 2**20), mapped_while_held(64 * 2**20))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if result.returncode != 0 and "mallinfo2" in result.stderr:
+        pytest.skip("this C library has no mallinfo2")
+    assert result.returncode == 0, result.stderr
+    active, inside, after_small, after_large = result.stdout.split()[-4:]
+    if active != "True":
+        pytest.skip("this C library does not take mallopt")
+    assert (inside, after_small, after_large) == ("True", "False", "True")

@@ -37,7 +37,7 @@ from .errors import CheckpointError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
-from .memory import map_large_blocks, reuse_freed_memory, trim
+from .memory import large_blocks_mapped, reuse_freed_memory, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
@@ -311,36 +311,36 @@ class InversionPipeline:
         method from now on (default: the bundle's own)."""
         from .catalogue import local_model_path
 
-        map_large_blocks()  # what loading frees goes back to the system (hyperinverter.memory)
-        path = local_model_path(name_or_path)
-        index = read_pipeline_index(path)
-        generator = load_gan(path / index["generator"]).generator
-        loaded: dict[str, nn.Module] = {}  # folder -> component, so that shared components load once
-        methods = {}
-        for name, entry in index["methods"].items():
-            try:
-                method_class = get_method(name)
-            except ValueError as e:
-                raise SchemaError(path / PIPELINE_INDEX, str(e)) from None
-            parts = {}
-            for role, folder in entry.get("components", {}).items():
-                if folder not in loaded:
-                    loaded[folder] = load_component(path / folder)
-                parts[role] = loaded[folder]
-            missing = sorted(set(method_class.components) - set(parts))
-            if missing:
-                raise SchemaError(path / PIPELINE_INDEX, f"'methods.{name}' lacks the components {missing}")
-            try:
-                methods[name] = method_class.from_parts(generator, parts, entry.get("settings", {}))
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
-        methods = {n: methods[n] for n in index["methods"]}
-        discriminator = None
-        if "discriminator" in index:
-            discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
-        return cls(methods, default_method=method or index["default_method"], device=device,
-                   align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path),
-                   discriminator=discriminator, dtype=dtype)
+        with large_blocks_mapped():  # what loading frees goes back to the system (hyperinverter.memory)
+            path = local_model_path(name_or_path)
+            index = read_pipeline_index(path)
+            generator = load_gan(path / index["generator"]).generator
+            loaded: dict[str, nn.Module] = {}  # folder -> component, so that shared components load once
+            methods = {}
+            for name, entry in index["methods"].items():
+                try:
+                    method_class = get_method(name)
+                except ValueError as e:
+                    raise SchemaError(path / PIPELINE_INDEX, str(e)) from None
+                parts = {}
+                for role, folder in entry.get("components", {}).items():
+                    if folder not in loaded:
+                        loaded[folder] = load_component(path / folder)
+                    parts[role] = loaded[folder]
+                missing = sorted(set(method_class.components) - set(parts))
+                if missing:
+                    raise SchemaError(path / PIPELINE_INDEX, f"'methods.{name}' lacks the components {missing}")
+                try:
+                    methods[name] = method_class.from_parts(generator, parts, entry.get("settings", {}))
+                except (TypeError, ValueError) as e:
+                    raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
+            methods = {n: methods[n] for n in index["methods"]}
+            discriminator = None
+            if "discriminator" in index:
+                discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
+            return cls(methods, default_method=method or index["default_method"], device=device,
+                       align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path),
+                       discriminator=discriminator, dtype=dtype)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""

@@ -216,7 +216,7 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
     Such tensors are the file's memory map, whose pages join the resident set as they are read, beside the weights
     they are copied into; each tensor's pages are then dropped once it is checked, and again once copied, so one
     copy of the weights is resident, not two (a full-size bundle: peak 2.42 -> 1.76 GB while loading, with
-    ``memory.map_large_blocks``). Dropped pages read back from the file, so a tensor changed in place would lose
+    ``memory.large_blocks_mapped``). Dropped pages read back from the file, so a tensor changed in place would lose
     its changes: only a caller that just read the file passes True.
     """
     with torch.device("meta"):
