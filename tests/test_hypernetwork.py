@@ -146,5 +146,5 @@ def test_feature_encoder_chunks_give_the_whole_batch_result(tiny_generator, monk
         monkeypatch.setattr(hi, "feature_encoder_chunk", lambda device, resolution, batch: 2)  # chunks of 2, 2, 1
         chunked = model.predict_delta(x, w_image)
     assert whole.keys() == chunked.keys()
-    for name in whole.keys():
+    for name in whole:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-5, atol=1e-6)

@@ -328,7 +328,7 @@ class SynthesisLayer(nn.Module):
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 (nn.Module's signature)
+    def _apply(self, fn, recurse: bool = True):
         """Module conversions (``.to(device, memory_format=...)``, which an InversionPipeline makes) store an
         up-sampling layer's weight in ``transposed_conv_layout``. Not at construction: an early copy of a large
         mapped block moves glibc's mmap threshold, and every later weight then lands in the heap."""
