@@ -312,35 +312,41 @@ class InversionPipeline:
         from .catalogue import local_model_path
 
         with large_blocks_mapped():  # what loading frees goes back to the system (hyperinverter.memory)
-            path = local_model_path(name_or_path)
-            index = read_pipeline_index(path)
-            generator = load_gan(path / index["generator"]).generator
-            loaded: dict[str, nn.Module] = {}  # folder -> component, so that shared components load once
-            methods = {}
-            for name, entry in index["methods"].items():
-                try:
-                    method_class = get_method(name)
-                except ValueError as e:
-                    raise SchemaError(path / PIPELINE_INDEX, str(e)) from None
-                parts = {}
-                for role, folder in entry.get("components", {}).items():
-                    if folder not in loaded:
-                        loaded[folder] = load_component(path / folder)
-                    parts[role] = loaded[folder]
-                missing = sorted(set(method_class.components) - set(parts))
-                if missing:
-                    raise SchemaError(path / PIPELINE_INDEX, f"'methods.{name}' lacks the components {missing}")
-                try:
-                    methods[name] = method_class.from_parts(generator, parts, entry.get("settings", {}))
-                except (TypeError, ValueError) as e:
-                    raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
-            methods = {n: methods[n] for n in index["methods"]}
-            discriminator = None
-            if "discriminator" in index:
-                discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
-            return cls(methods, default_method=method or index["default_method"], device=device,
-                       align_scale=float(index.get("align_scale", 1.0)), name=os.fsdecode(name_or_path),
-                       discriminator=discriminator, dtype=dtype)
+            return cls._load(local_model_path(name_or_path), pipeline_name=os.fsdecode(name_or_path), method=method,
+                             device=device, dtype=dtype)
+
+    @classmethod
+    def _load(cls, path: Path, *, pipeline_name: str, method: str | None, device: str | torch.device,
+              dtype: str | torch.dtype) -> InversionPipeline:
+        """``from_pretrained``'s work on a bundle folder, inside its memory policy."""
+        index = read_pipeline_index(path)
+        generator = load_gan(path / index["generator"]).generator
+        loaded: dict[str, nn.Module] = {}  # folder -> component, so that shared components load once
+        methods = {}
+        for name, entry in index["methods"].items():
+            try:
+                method_class = get_method(name)
+            except ValueError as e:
+                raise SchemaError(path / PIPELINE_INDEX, str(e)) from None
+            parts = {}
+            for role, folder in entry.get("components", {}).items():
+                if folder not in loaded:
+                    loaded[folder] = load_component(path / folder)
+                parts[role] = loaded[folder]
+            missing = sorted(set(method_class.components) - set(parts))
+            if missing:
+                raise SchemaError(path / PIPELINE_INDEX, f"'methods.{name}' lacks the components {missing}")
+            try:
+                methods[name] = method_class.from_parts(generator, parts, entry.get("settings", {}))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
+        methods = {n: methods[n] for n in index["methods"]}
+        discriminator = None
+        if "discriminator" in index:
+            discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
+        return cls(methods, default_method=method or index["default_method"], device=device,
+                   align_scale=float(index.get("align_scale", 1.0)), name=pipeline_name,
+                   discriminator=discriminator, dtype=dtype)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
