@@ -50,7 +50,7 @@ test: $(VENV)/.installed-test
 # the modulated-conv kernels (benchmarks/results/; about 40 minutes on 2 cores).
 bench: data
 	$(BIN)/python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \
-		--repeats 2 --dtypes fp32,bf16 --plain-malloc hyperinverter
+		--repeats 2 --rounds 2 --dtypes fp32,bf16 --plain-malloc hyperinverter
 	$(BIN)/python benchmarks/bench_precision.py --out benchmarks/results/precision --optimisation-images 4
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/profile_hyperinverter.py --batch 1
 	$(BIN)/python benchmarks/bench_kernels.py

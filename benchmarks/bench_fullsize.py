@@ -3,7 +3,9 @@ page faults, the ratio to the FLOP floor, and the image change of bf16 against f
 
     python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle --device cpu
 
-Each (method, batch, dtype) runs in its own subprocess. The peak resident memory (VmHWM) is reset once the weights
+Each (method, batch, dtype) runs in its own subprocess; with ``--rounds N``, in N of them, run round-robin with the
+method's other rows so that the machine's drift over minutes (whole inversions here moved 16-22 % between runs half an
+hour apart) falls on every row alike, and the row pools their timed passes. The peak resident memory (VmHWM) is reset once the weights
 are loaded, so it is the inference's (the loading peak is reported beside it). The package's CPU heap reuse
 (:mod:`hyperinverter.memory`) is on, as in every pipeline; ``--plain-malloc`` adds rows without it. The FLOP floor is
 the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the row's dtype, measured in the same
@@ -24,7 +26,7 @@ The configurations are the papers' released ones:
   PTI 450 pivot + 350 tuning steps; PTI's early stop can end tuning sooner).
 
     python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \
-        --repeats 2 --dtypes fp32,bf16 --plain-malloc hyperinverter        # make bench
+        --repeats 2 --rounds 2 --dtypes fp32,bf16 --plain-malloc hyperinverter        # make bench
 """
 
 from __future__ import annotations
@@ -250,7 +252,8 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name: str = "fp32",
-            reuse_memory: bool = True, compile_model: bool = False, bands: bool = True) -> dict:
+            reuse_memory: bool = True, compile_model: bool = False, bands: bool = True,
+            count_work: bool = True) -> dict:
     from hyperinverter.device import resolve_device
     from hyperinverter.memory import reuse_freed_memory
     from hyperinverter.methods import Stopwatch
@@ -302,7 +305,7 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     if method in OFFICIAL_STEPS:
         per_step, official = official_run_seconds(method, stopwatch.laps, batch)
         result.update(s_per_image=official, median=official * batch, s_per_step=per_step, runs=[official * batch])
-    if batch == 1 and dtype == torch.float32:
+    if batch == 1 and dtype == torch.float32 and count_work:
         result["gflop_per_image"] = count_gflops(model, options, device)
         if bands and device.type == "cpu":
             result["gflop_per_image_banded"] = count_gflops(model, options, device, bands=True)
@@ -310,6 +313,29 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
             measured = sum(MEASURED_STEPS for _ in OFFICIAL_STEPS[method])
             result["gflop_per_image"] *= sum(OFFICIAL_STEPS[method].values()) / measured
     return result
+
+
+def pool(rounds: list[dict]) -> dict:
+    """One row from its rounds (processes run round-robin with the method's other rows, so that the machine's
+    drift over minutes falls on every row alike): every timed pass pooled, the median of each round's best conv,
+    faults and stages, the highest peaks."""
+    row = dict(rounds[0])
+    if len(rounds) == 1:
+        return row
+    row["runs"] = [t for r in rounds for t in r["runs"]]
+    row["median"] = statistics.median(row["runs"])
+    row["s_per_image"] = row["median"] / row["batch"]
+    for key in ("peak_gb", "load_peak_gb", "load", "mean_abs_change", "max_abs_change"):
+        if key in row:
+            row[key] = max(r[key] for r in rounds)
+    for key in ("conv_gflops", "conv_gflops_reduced", "page_faults_per_image"):
+        if key in row:
+            row[key] = statistics.median(r[key] for r in rounds)
+    for key in ("stages", "s_per_step"):
+        if key in row:
+            row[key] = {k: statistics.median(r[key][k] for r in rounds) for k in row[key]}
+    row["rounds"] = len(rounds)
+    return row
 
 
 def variant(r: dict) -> str:
@@ -342,7 +368,8 @@ def method_report(method: str, results: list[dict], args: argparse.Namespace) ->
         (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
          f"{torch.get_num_threads()} threads, no_grad, seeded random weights with Δθ of a trained model's size, "
          f"{results[0]['parameters_m']:.1f}M parameters."),
-        f"Command: `{args.command}`",
+        f"Command: `{args.command}`"
+        + ("" if args.rounds == 1 else f" (each row pools {args.rounds} processes, run round-robin with the others)."),
         "",
         f"Counted work: **{gflop:.1f} GFLOP / image** (FlopCounterMode, multiply-add = 2 FLOPs"
         + (f"; official {official['gflop_per_image']}" if official else "") + ").",
@@ -372,7 +399,11 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
     lines = [
         f"# Full-size methods side by side, ffhq-1024 on {args.device}",
         "",
-        (f"One run of `{args.command}`; each row a separate process, on {os.cpu_count()} cores "
+        (f"One run of `{args.command}`; each row "
+         + ("a separate process" if args.rounds == 1 else
+            f"{args.rounds} separate processes, run round-robin with the method's other rows (times: the median of "
+            "their pooled passes; floor: the median of their best convs; peak: the highest)")
+         + f", on {os.cpu_count()} cores "
          f"({platform.machine()}, torch {torch.__version__}). Seeded random weights; HyperInverter's and HyperStyle's "
          "offsets scaled to a trained model's size (`calibrate_delta.py`), so that precision changes show. The FLOP "
          "floor is the counted work over the best 512→512 3×3 conv throughput of the row's dtype in the same "
@@ -462,13 +493,17 @@ def main() -> None:
                         help="methods also measured at fp32, batch 1, without CPU bands (whole-map synthesis)")
     parser.add_argument("--compile", default="", help="methods also measured under torch.compile (fp32, batch 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--worker", nargs=6, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="processes per row, run round-robin with the method's other rows; a row pools their runs")
+    parser.add_argument("--worker", nargs=7, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        method, batch, dtype, reuse, compiled, bands = args.worker
+        method, batch, dtype, reuse, compiled, bands, count_work = args.worker
         print(json.dumps(measure(method, int(batch), args.device, args.repeats, dtype, reuse == "1", compiled == "1",
-                                 bands == "1")))
+                                 bands == "1", count_work == "1")))
         return
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in BUILDERS]
     if unknown:
@@ -476,7 +511,7 @@ def main() -> None:
     plain_malloc = args.plain_malloc or '""'
     whole_maps = args.whole_maps or '""'
     args.command = (f"python benchmarks/bench_fullsize.py --methods {args.methods} --device {args.device} "
-                    f"--repeats {args.repeats} --batches {args.batches} --dtypes {args.dtypes} "
+                    f"--repeats {args.repeats} --rounds {args.rounds} --batches {args.batches} --dtypes {args.dtypes} "
                     f"--optimization-batches {args.optimization_batches} --plain-malloc {plain_malloc} "
                     f"--whole-maps {whole_maps}"
                     + (f" --compile {args.compile}" if args.compile else ""))
@@ -490,15 +525,23 @@ def main() -> None:
             runs.append((1, "fp32", "1", "0", "0"))
         if method in args.compile.split(","):
             runs.append((1, "fp32", "1", "1", "1"))
-        for batch, dtype, reuse, compiled, bands in runs:
-            cmd = [sys.executable, __file__, "--worker", method, str(batch), dtype, reuse, compiled, bands,
-                   "--device", args.device, "--repeats", str(args.repeats)]
-            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{method} batch {batch} {dtype}: failed\n{done.stderr[-2000:]}", file=sys.stderr, flush=True)
-                continue
-            results.setdefault(method, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[method][-1]), flush=True)
+        rounds: dict[tuple, list[dict]] = {spec: [] for spec in runs}
+        for _ in range(args.rounds):
+            for spec in runs:
+                batch, dtype, reuse, compiled, bands = spec
+                count_work = "0" if rounds[spec] else "1"  # the counted work is the same in every round
+                cmd = [sys.executable, __file__, "--worker", method, str(batch), dtype, reuse, compiled, bands,
+                       count_work, "--device", args.device, "--repeats", str(args.repeats)]
+                done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"{method} batch {batch} {dtype}: failed\n{done.stderr[-2000:]}", file=sys.stderr,
+                          flush=True)
+                    continue
+                rounds[spec].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rounds[spec][-1]), flush=True)
+        pooled = [pool(done_rounds) for done_rounds in rounds.values() if done_rounds]
+        if pooled:
+            results[method] = pooled
         if method in results and not any("gflop_per_image" in r for r in results[method]):
             raise SystemExit(f"{method}: the fp32 batch-1 row counts the FLOPs and it did not run")
     args.out.mkdir(parents=True, exist_ok=True)
