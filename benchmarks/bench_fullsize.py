@@ -26,7 +26,8 @@ The configurations are the papers' released ones:
   PTI 450 pivot + 350 tuning steps; PTI's early stop can end tuning sooner).
 
     python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \
-        --repeats 2 --rounds 2 --dtypes fp32,bf16 --plain-malloc hyperinverter        # make bench
+        --repeats 2 --rounds 2 --dtypes fp32,bf16 --plain-malloc hyperinverter \
+        --bundled-precision benchmarks/results/precision.json        # make bench, after bench_precision.py
 """
 
 from __future__ import annotations
@@ -473,8 +474,32 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
         lines.append(f"- HyperStyle / HyperInverter: {g_hs / g_hi:.2f}× the FLOPs, "
                      f"{_row(hs, 'fp32', 1)['s_per_image'] / _row(h1, 'fp32', 1)['s_per_image']:.2f}× the time at "
                      "batch 1.")
+    if args.bundled_precision:
+        lines += ["", *bundled_precision(args.bundled_precision)]
     if hi:
         lines += ["", "## HyperInverter by stage (seconds per image)", "", *stage_table(hi)]
+    return lines
+
+
+def bundled_precision(path: Path) -> list[str]:
+    """The quality cost of bf16 on the bundled domains' held-out sets, from ``bench_precision.py``'s results."""
+    rows = json.loads(path.read_text())
+    lines = [f"## bf16 on the bundled domains' held-out sets (`bench_precision.py`: `{path}`)",
+             "", "Target: mean |image change| ≤ 0.01 and MSE change ≤ 2 % against fp32.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        of_model = [r for r in rows if r["model"] == model]
+        worst_change = max(of_model, key=lambda r: r["mean_abs_change"])
+        worst_mse = max(of_model, key=lambda r: r["mse_change"])
+        failing = [r["method"] for r in of_model if not r["passes"]]
+        hyper = next((r for r in of_model if r["method"] == "hyperinverter"), None)
+        lines.append(
+            f"- {model} ({len(of_model)} methods, up to {max(r['images'] for r in of_model)} held-out images): "
+            + (f"HyperInverter mean change {hyper['mean_abs_change']:.4f}, MSE {hyper['mse_change']:+.2%}; " if hyper
+               else "")
+            + f"largest mean change {worst_change['mean_abs_change']:.4f} ({worst_change['method']}), largest MSE "
+            f"change {worst_mse['mse_change']:+.2%} ({worst_mse['method']}); "
+            + (f"**over the target: {', '.join(failing)}**; fp32 stays their default" if failing
+               else "every method meets the target") + ".")
     return lines
 
 
@@ -493,6 +518,8 @@ def main() -> None:
                         help="methods also measured at fp32, batch 1, without CPU bands (whole-map synthesis)")
     parser.add_argument("--compile", default="", help="methods also measured under torch.compile (fp32, batch 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--bundled-precision", type=Path,
+                        help="bench_precision.py's JSON from the same run: its bf16 costs go into the side-by-side file")
     parser.add_argument("--rounds", type=int, default=1,
                         help="processes per row, run round-robin with the method's other rows; a row pools their runs")
     parser.add_argument("--worker", nargs=7, default=None, help=argparse.SUPPRESS)
@@ -504,6 +531,8 @@ def main() -> None:
         return
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.bundled_precision and not args.bundled_precision.is_file():
+        parser.error(f"--bundled-precision: {args.bundled_precision} does not exist (run bench_precision.py first)")
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in BUILDERS]
     if unknown:
@@ -514,7 +543,8 @@ def main() -> None:
                     f"--repeats {args.repeats} --rounds {args.rounds} --batches {args.batches} --dtypes {args.dtypes} "
                     f"--optimization-batches {args.optimization_batches} --plain-malloc {plain_malloc} "
                     f"--whole-maps {whole_maps}"
-                    + (f" --compile {args.compile}" if args.compile else ""))
+                    + (f" --compile {args.compile}" if args.compile else "")
+                    + (f" --bundled-precision {args.bundled_precision}" if args.bundled_precision else ""))
     results: dict[str, list[dict]] = {}
     for method in methods:
         batches = args.optimization_batches if method in OFFICIAL_STEPS else args.batches
