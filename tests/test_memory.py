@@ -128,3 +128,30 @@ print(active, inside, mapped_while_held(4 * 2**20), mapped_while_held(64 * 2**20
     if active != "True":
         pytest.skip("this C library does not take mallopt")
     assert (inside, after_small, after_large) == ("True", "False", "True")
+
+
+def test_reuse_keeps_a_freed_heap_top_of_any_size():
+    """A freed top of the heap over 2 GB stays mapped too: a backward pass at full size frees that much (PTI's bf16
+    tuning). With the largest int threshold (2 GB) glibc gave it back, and every step faulted it in again: 2.1M page
+    faults in two steps. malloc itself, so that nothing else lands above the blocks; untouched pages, so the program
+    break shows it without making memory resident."""
+    script = """
+import ctypes
+import hyperinverter.memory as memory
+
+libc = ctypes.CDLL("libc.so.6")
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+print(memory.reuse_freed_memory())
+blocks = [libc.malloc(100 * 2**20) for _ in range(25)]  # from the heap: reuse allows no mappings
+held = libc.sbrk(0)
+for block in reversed(blocks):  # top down, as a backward pass frees activations: the free top grows to 2.5 GB
+    libc.free(block)
+print(held - libc.sbrk(0))
+"""
+    result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    active, given_back = result.stdout.split()[-2:]
+    if active != "True":
+        pytest.skip("this C library does not take mallopt")
+    assert int(given_back) == 0
