@@ -47,7 +47,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every method at full size (fp32 and bf16, batch 1 and 4), the quality cost of bf16 on both bundled domains, and
-# the modulated-conv kernels (benchmarks/results/; about 70 minutes on 2 cores).
+# the modulated-conv kernels (benchmarks/results/; about 40 minutes on 2 cores).
 bench: data
 	$(BIN)/python benchmarks/bench_precision.py --out benchmarks/results/precision --optimisation-images 4
 	$(BIN)/python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \

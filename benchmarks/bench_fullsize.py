@@ -4,12 +4,12 @@ page faults, the ratio to the FLOP floor, and the image change of bf16 against f
     python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle --device cpu
 
 Each (method, batch, dtype) runs in its own subprocess; with ``--rounds N``, in N of them, run round-robin with the
-method's other rows so that the machine's drift over minutes (whole inversions here moved 16-22 % between runs half an
-hour apart) falls on every row alike, and the row pools their timed passes. The peak resident memory (VmHWM) is reset once the weights
-are loaded, so it is the inference's (the loading peak is reported beside it). The package's CPU heap reuse
-(:mod:`hyperinverter.memory`) is on, as in every pipeline; ``--plain-malloc`` adds rows without it. The FLOP floor is
-the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the row's dtype, measured in the same
-process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
+method's other rows so that the machine's drift over minutes (whole inversions here moved 16-22 % between runs half
+an hour apart) falls on every row alike, and the row pools their timed passes. The peak resident memory (VmHWM) is
+reset once the weights are loaded, so it is the inference's (the loading peak is reported beside it). The
+package's CPU heap reuse (:mod:`hyperinverter.memory`) is on, as in every pipeline; ``--plain-malloc`` adds rows
+without it. The FLOP floor is the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the
+row's dtype, measured in the same process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
 are scaled to a trained model's size so that precision changes show. One results file per method
 (``results/<method>-ffhq1024-<device>.md``) and one side-by-side table (``results/fullsize-ffhq1024-<device>.md``,
 with its ``.json``).

@@ -133,8 +133,8 @@ print(active, inside, mapped_while_held(4 * 2**20), mapped_while_held(64 * 2**20
 def test_reuse_keeps_a_freed_heap_top_of_any_size():
     """A freed top of the heap over 2 GB stays mapped too: a backward pass at full size frees that much (PTI's bf16
     tuning). With the largest int threshold (2 GB) glibc gave it back, and every step faulted it in again: 2.1M page
-    faults in two steps. malloc itself, so that nothing else lands above the blocks; untouched pages, so the program
-    break shows it without making memory resident."""
+    faults in two steps. The blocks come from malloc directly, so that nothing else lands above them, and their pages
+    are never touched: the program break shows a trim without making memory resident."""
     script = """
 import ctypes
 import hyperinverter.memory as memory
