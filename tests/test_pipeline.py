@@ -109,3 +109,34 @@ def test_parts_of_another_generator_are_refused(pipeline, tmp_path):
     save_gan(tmp_path / "model" / "generator", other)  # wider convs: every Δθ shape is wrong
     with pytest.raises(ValueError, match=r"predicts b8.conv0.weight as \[16, 16, 3, 3\], the generator's is \[32, 32"):
         InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
+
+
+@pytest.mark.parametrize("first", ["invert", "render"])
+def test_the_first_pass_maps_large_blocks_and_heap_reuse_follows_it(tiny_generator, monkeypatch, first):
+    """On a CPU, a pipeline's first pass (an inversion or a rendering) runs with its large blocks mapped on their
+    own, so that the long-lived blocks it leaves behind do not split the heap; heap reuse comes on after it."""
+    import contextlib
+
+    import hyperinverter.memory as memory
+    import hyperinverter.pipeline as pipeline_module
+    from conftest import build_tiny_pipeline
+
+    entered = []
+
+    @contextlib.contextmanager
+    def spy(threshold=2**20):
+        entered.append(memory._reusing)
+        yield False
+
+    reused = []
+    monkeypatch.setattr(pipeline_module, "large_blocks_mapped", spy)
+    monkeypatch.setattr(pipeline_module, "reuse_freed_memory", lambda: reused.append(len(entered)) or True)
+    pipe = build_tiny_pipeline(tiny_generator)
+    assert entered == [] and reused == []  # building a pipeline turns nothing on
+    ws = pipe.invert(images(1)).ws if first == "invert" else tiny_generator.mapping(torch.randn(1, 16))
+    if first == "render":
+        pipe.render(ws)
+    assert entered == [memory._reusing] and reused == [1]  # heap reuse after the first pass, once
+    pipe.invert(images(2))
+    pipe.render(ws)
+    assert len(entered) == 1 and reused == [1]

@@ -55,8 +55,8 @@ def _glibc() -> ctypes.CDLL | None:
 def reuse_freed_memory() -> bool:
     """Serve large blocks from the heap and keep freed memory mapped, for the whole process (idempotent).
 
-    InversionPipeline calls this when it runs on a CPU. Returns whether it is in effect (False without glibc, or
-    after :func:`keep_memory_bounded`).
+    InversionPipeline calls this when it runs on a CPU, after its first pass. Returns whether it is in effect (False
+    without glibc, or after :func:`keep_memory_bounded`).
     """
     libc = _glibc()
     if libc is None or _bounded:

@@ -18,11 +18,12 @@ HyperInverter, ``"components": [...]``) are read as the ``phase1`` and ``hyperin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,10 +257,10 @@ class InversionPipeline:
         self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
                         for k, m in methods.items()}
         if self.device.type == "cpu":
-            # Loading and the conversion above free as much as the weights take; the heap keeps freed memory from
-            # now on, so give that back first (full-size HyperInverter: 2.32 -> 1.73 GB resident after loading).
+            # Loading and the conversion above free as much as the weights take; give that back before the heap
+            # keeps freed memory (full-size HyperInverter: 2.32 -> 1.73 GB resident after loading).
             trim()
-            reuse_freed_memory()  # no page faults on every pass's large activations (hyperinverter.memory)
+        self._reuse_pending = self.device.type == "cpu"  # heap reuse comes on after the first pass (_first_pass)
         self.default_method = default_method or next(iter(methods))
         if self.default_method not in self.available_methods():
             raise ValueError(f"method {self.default_method!r} is not available here; available: "
@@ -394,8 +395,9 @@ class InversionPipeline:
         inverter = self.inverter(method)
         x = self.prepare(images)
         dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)
-        result = InversionResult.cat([inverter.invert(x[i : i + batch_size], dtype=dtype, **options)
-                                      for i in range(0, x.shape[0], batch_size)])
+        with self._first_pass():
+            result = InversionResult.cat([inverter.invert(x[i : i + batch_size], dtype=dtype, **options)
+                                          for i in range(0, x.shape[0], batch_size)])
         if check_finite:
             ensure_finite(result.image, "the reconstruction")
         return result
@@ -405,9 +407,30 @@ class InversionPipeline:
                generator: Generator | None = None) -> torch.Tensor:
         """Codes (and offsets) -> images, by this pipeline's generator or another one of the same architecture."""
         G = self.generator if generator is None else generator
-        with reduced_precision(self.device, self.dtype):
+        with self._first_pass(), reduced_precision(self.device, self.dtype):
             images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images.float(), "the rendered image")
+
+    @contextlib.contextmanager
+    def _first_pass(self) -> Iterator[None]:
+        """The CPU heap policy around inference (:mod:`hyperinverter.memory`): the first pass runs with its large
+        blocks mapped and unmapped on their own, then the heap keeps freed memory for every later pass, so that
+        those fault nothing in.
+
+        A first pass leaves long-lived blocks behind (oneDNN's kernels and caches, lazily made objects: 23 MB at
+        full size). With heap reuse already on, they settled between the pass's activations and split the heap that
+        later passes reuse: a full-size HyperInverter process peaked at 2.03-2.19 GB, against 1.95-1.99 with them
+        made first (a heap of 589 against 391 MB; ``benchmarks/bench_loading.py``). The first pass pays for it with
+        the page faults that reuse saves: 1.2-1.4M at full size, 2-3 s once. A threshold of 8 MB instead of 1 MB
+        faulted half as much, and peaked at 1.99-2.01 GB."""
+        if not self._reuse_pending:
+            yield
+            return
+        with large_blocks_mapped():
+            yield
+        self._reuse_pending = False
+        trim()
+        reuse_freed_memory()  # no page faults on every later pass's large activations
 
     def adapt(self, result: InversionResult, generator: Generator, *, min_resolution: int | None = None
               ) -> torch.Tensor:
