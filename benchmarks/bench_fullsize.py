@@ -274,13 +274,15 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     times, faults = [], []
     with torch.no_grad(), reduced_precision(device, dtype):
         start = time.perf_counter()
-        # The warm-up (and compilation) is a CPU pipeline's first pass: large blocks mapped, heap reuse after it.
+        # The warm-up (and compilation) is a CPU pipeline's first pass: large blocks mapped, heap reuse after it;
+        # then one pass that grows the heap the timed ones reuse (a pipeline's second).
         with large_blocks_mapped() if reuse else contextlib.nullcontext():
             runner(x, **options)
         warmup = time.perf_counter() - start
         if reuse:
             trim()
             reuse_freed_memory()
+            runner(x, **options)
         out = None
         for _ in range(repeats):
             out = None  # the peak is one inversion's: the previous result is not held through the next
