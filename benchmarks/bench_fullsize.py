@@ -257,7 +257,7 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
             reuse_memory: bool = True, compile_model: bool = False, bands: bool = True,
             count_work: bool = True) -> dict:
     from hyperinverter.device import resolve_device
-    from hyperinverter.memory import large_blocks_mapped, reuse_freed_memory, trim
+    from hyperinverter.memory import first_pass_mapped
     from hyperinverter.methods import Stopwatch
     from hyperinverter.precision import reduced_precision, resolve_dtype
 
@@ -276,12 +276,10 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
         start = time.perf_counter()
         # The warm-up (and compilation) is a CPU pipeline's first pass: large blocks mapped, heap reuse after it;
         # then one pass that grows the heap the timed ones reuse (a pipeline's second).
-        with large_blocks_mapped() if reuse else contextlib.nullcontext():
+        with first_pass_mapped() if reuse else contextlib.nullcontext():
             runner(x, **options)
         warmup = time.perf_counter() - start
         if reuse:
-            trim()
-            reuse_freed_memory()
             runner(x, **options)
         out = None
         for _ in range(repeats):

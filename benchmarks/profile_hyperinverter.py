@@ -26,15 +26,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hyperinverter-profile-cpu.md"))
     args = parser.parse_args()
-    from hyperinverter.memory import large_blocks_mapped, reuse_freed_memory, trim
+    from hyperinverter.memory import first_pass_mapped
 
     model, _ = bench.build("hyperinverter")
     x = bench.sample_images(model.generator, args.batch, seed=1)
     with torch.no_grad():
-        with large_blocks_mapped():  # the warm-up is a CPU pipeline's first pass: heap reuse after it
+        with first_pass_mapped():  # the warm-up is a CPU pipeline's first pass: heap reuse after it
             model(x)
-        trim()
-        reuse_freed_memory()
         with FlopCounterMode(display=False) as counter:
             model(x)
         conv_flops = sum(v for k, v in counter.get_flop_counts()["Global"].items()

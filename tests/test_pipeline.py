@@ -117,9 +117,8 @@ def test_the_first_pass_maps_large_blocks_and_heap_reuse_follows_it(tiny_generat
     own, so that the long-lived blocks it leaves behind do not split the heap; heap reuse comes on after it."""
     import contextlib
 
-    import hyperinverter.memory as memory
-    import hyperinverter.pipeline as pipeline_module
     from conftest import build_tiny_pipeline
+    from hyperinverter import memory
 
     entered = []
 
@@ -129,8 +128,8 @@ def test_the_first_pass_maps_large_blocks_and_heap_reuse_follows_it(tiny_generat
         yield False
 
     reused = []
-    monkeypatch.setattr(pipeline_module, "large_blocks_mapped", spy)
-    monkeypatch.setattr(pipeline_module, "reuse_freed_memory", lambda: reused.append(len(entered)) or True)
+    monkeypatch.setattr(memory, "large_blocks_mapped", spy)
+    monkeypatch.setattr(memory, "reuse_freed_memory", lambda: reused.append(len(entered)) or True)
     pipe = build_tiny_pipeline(tiny_generator)
     assert entered == [] and reused == []  # building a pipeline turns nothing on
     ws = pipe.invert(images(1)).ws if first == "invert" else tiny_generator.mapping(torch.randn(1, 16))

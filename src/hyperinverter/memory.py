@@ -101,6 +101,24 @@ def large_blocks_mapped(threshold: int = 2**20) -> Iterator[bool]:
             libc.mallopt(_M_MMAP_THRESHOLD, _MOVING_THRESHOLD_MAX)
 
 
+@contextlib.contextmanager
+def first_pass_mapped() -> Iterator[None]:
+    """Around a CPU process's first pass of inference: its large blocks mapped and unmapped on their own
+    (:func:`large_blocks_mapped`), then what it freed given back and :func:`reuse_freed_memory` on for every later
+    pass, so that those fault nothing in.
+
+    A first pass leaves long-lived blocks behind (oneDNN's kernels and caches, lazily made objects: 23 MB at full
+    size). With heap reuse already on, they settled between the pass's activations and split the heap that later
+    passes reuse: a full-size HyperInverter process peaked at 2.03-2.19 GB, against 1.95-1.99 with them made first
+    (a heap of 589 against 391 MB; ``benchmarks/bench_loading.py``). The first pass pays for it with the page
+    faults that reuse saves: 1.2-1.4M at full size, 2-3 s once. A threshold of 8 MB instead of 1 MB faulted half as
+    much, and peaked at 1.99-2.01 GB."""
+    with large_blocks_mapped():
+        yield
+    trim()
+    reuse_freed_memory()
+
+
 def cap_arenas(arenas: int) -> bool:
     """Cap glibc's per-thread malloc arenas (call before the threads start: each thread's arena otherwise keeps
     the memory it once held)."""

@@ -38,7 +38,7 @@ from .errors import CheckpointError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
-from .memory import large_blocks_mapped, reuse_freed_memory, trim
+from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
@@ -413,24 +413,14 @@ class InversionPipeline:
 
     @contextlib.contextmanager
     def _first_pass(self) -> Iterator[None]:
-        """The CPU heap policy around inference (:mod:`hyperinverter.memory`): the first pass runs with its large
-        blocks mapped and unmapped on their own, then the heap keeps freed memory for every later pass, so that
-        those fault nothing in.
-
-        A first pass leaves long-lived blocks behind (oneDNN's kernels and caches, lazily made objects: 23 MB at
-        full size). With heap reuse already on, they settled between the pass's activations and split the heap that
-        later passes reuse: a full-size HyperInverter process peaked at 2.03-2.19 GB, against 1.95-1.99 with them
-        made first (a heap of 589 against 391 MB; ``benchmarks/bench_loading.py``). The first pass pays for it with
-        the page faults that reuse saves: 1.2-1.4M at full size, 2-3 s once. A threshold of 8 MB instead of 1 MB
-        faulted half as much, and peaked at 1.99-2.01 GB."""
+        """The CPU heap policy around inference: this pipeline's first pass in :func:`memory.first_pass_mapped`,
+        later ones with heap reuse (no page faults on their large activations)."""
         if not self._reuse_pending:
             yield
             return
-        with large_blocks_mapped():
+        with first_pass_mapped():
             yield
         self._reuse_pending = False
-        trim()
-        reuse_freed_memory()  # no page faults on every later pass's large activations
 
     def adapt(self, result: InversionResult, generator: Generator, *, min_resolution: int | None = None
               ) -> torch.Tensor:
