@@ -8,7 +8,8 @@ method's other rows so that the machine's drift over minutes (whole inversions h
 an hour apart) falls on every row alike, and the row pools their timed passes. The peak resident memory (VmHWM) is
 reset once the weights are loaded, so it is the inference's (the loading peak is reported beside it). The
 package's CPU heap reuse (:mod:`hyperinverter.memory`) is on, as in every pipeline; ``--plain-malloc`` adds rows
-without it. The FLOP floor is the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the
+without it. On a CPU in fp32 the trained parts' large conv weights are packed for oneDNN at their first call, as in a
+pipeline loaded from a bundle (:mod:`hyperinverter.ops.prepacked`); ``--plain-weights`` adds rows without. The FLOP floor is the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the
 row's dtype, measured in the same process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
 are scaled to a trained model's size so that precision changes show. One results file per method
 (``results/<method>-ffhq1024-<device>.md``) and one side-by-side table (``results/fullsize-ffhq1024-<device>.md``,
@@ -255,10 +256,11 @@ def _sync(device: torch.device) -> None:
 
 def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name: str = "fp32",
             reuse_memory: bool = True, compile_model: bool = False, bands: bool = True,
-            count_work: bool = True) -> dict:
+            count_work: bool = True, prepack: bool = True) -> dict:
     from hyperinverter.device import resolve_device
     from hyperinverter.memory import first_pass_mapped
     from hyperinverter.methods import Stopwatch
+    from hyperinverter.ops.prepacked import parameter_count, prepack_convolutions
     from hyperinverter.precision import reduced_precision, resolve_dtype
 
     device = resolve_device(device_name)
@@ -266,6 +268,12 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     model, options = build(method)
     model = model.to(device)
     model.generator.synthesis.bands = bands
+    # As a pipeline from a bundle runs: on a CPU in fp32 the trained parts' large conv weights pack at their first
+    # call (in the warm-up below); torch.compile packs them its own way.
+    prepack = prepack and device.type == "cpu" and dtype == torch.float32 and not compile_model
+    if prepack:
+        for part in model.parts().values():
+            prepack_convolutions(part)
     load_peak = peak_rss_gb()
     reuse = reuse_memory and device.type == "cpu"
     reset_peak_rss()  # from here on, the peak is the inference's
@@ -294,13 +302,13 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     peak = peak_rss_gb()  # before anything else runs in this process
     assert torch.isfinite(out.image).all()
     result = {"method": method, "batch": batch, "dtype": dtype_name, "reuse_memory": reuse_memory, "bands": bands,
-              "load_peak_gb": load_peak,
+              "prepack": prepack, "load_peak_gb": load_peak,
               "compile": compile_model, "warmup_s": warmup, "runs": times, "median": statistics.median(times),
               "s_per_image": statistics.median(times) / batch, "peak_gb": peak,
               "page_faults_per_image": statistics.median(faults) / batch,
               "stages": {k: v / batch for k, v in stopwatch.laps.items()},
               "conv_gflops": conv_gflops(device), "load": os.getloadavg()[0],
-              "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+              "parameters_m": parameter_count(model) / 1e6}
     if dtype != torch.float32:
         result["conv_gflops_reduced"] = conv_gflops(device, dtype)
         if method not in OFFICIAL_STEPS:  # the quality cost against fp32 on the same input, realistic Δθ
@@ -346,8 +354,11 @@ def pool(rounds: list[dict]) -> dict:
 
 def variant(r: dict) -> str:
     """How a row ran, beyond method and batch: the dtype, and what differs from the package's defaults."""
+    packed_by_default = r["dtype"] == "fp32" and not r["compile"]
     notes = ([r["dtype"]] + (["plain malloc"] if not r["reuse_memory"] else [])
-             + (["whole maps"] if not r.get("bands", True) else []) + (["compiled"] if r["compile"] else []))
+             + (["whole maps"] if not r.get("bands", True) else [])
+             + (["plain weights"] if packed_by_default and not r.get("prepack", True) else [])
+             + (["compiled"] if r["compile"] else []))
     return ", ".join(notes)
 
 
@@ -397,8 +408,8 @@ def method_report(method: str, results: list[dict], args: argparse.Namespace) ->
 
 
 def _row(rows: list[dict], dtype: str, batch: int) -> dict | None:
-    return next((r for r in rows if r["dtype"] == dtype and r["batch"] == batch and r["reuse_memory"]
-                 and r.get("bands", True) and not r["compile"]), None)
+    """The row that ran as a pipeline runs (no variant beyond the dtype)."""
+    return next((r for r in rows if r["dtype"] == dtype and r["batch"] == batch and variant(r) == dtype), None)
 
 
 def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:
@@ -450,6 +461,14 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
                          f"and {plain['page_faults_per_image'] / 1e3:.0f}k faults per image, peak "
                          f"{plain['peak_gb']:.2f} GB; with the package's heap reuse {b1['s_per_image']:.2f} s, "
                          f"{b1['page_faults_per_image'] / 1e3:.0f}k faults, {b1['peak_gb']:.2f} GB.")
+        unpacked = next((r for r in hi if "plain weights" in variant(r)), None)
+        if unpacked:
+            stages = ", ".join(f"{k} {unpacked['stages'][k]:.3f} → {b1['stages'][k]:.3f} s" for k in b1["stages"]
+                               if k in unpacked["stages"])
+            lines.append(f"- Large conv weights packed for oneDNN at their first call (`hyperinverter.ops.prepacked`), "
+                         f"as a CPU fp32 pipeline does: {b1['s_per_image']:.2f} s per image, peak {b1['peak_gb']:.2f} "
+                         f"GB; with plain weights, reordered at every call, {unpacked['s_per_image']:.2f} s, peak "
+                         f"{unpacked['peak_gb']:.2f} GB (by stage, plain → packed: {stages}).")
     for method, rows in results.items():
         for batch in (1, 4):
             full, reduced = _row(rows, "fp32", batch), next((r for r in rows if r["dtype"] != "fp32"
@@ -521,18 +540,20 @@ def main() -> None:
                         help="methods also measured at fp32, batch 1, without the package's heap reuse")
     parser.add_argument("--whole-maps", default="hyperinverter",
                         help="methods also measured at fp32, batch 1, without CPU bands (whole-map synthesis)")
+    parser.add_argument("--plain-weights", default="hyperinverter",
+                        help="methods also measured at fp32, batch 1, without packing the large conv weights")
     parser.add_argument("--compile", default="", help="methods also measured under torch.compile (fp32, batch 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--bundled-precision", type=Path,
                         help="bench_precision.py's JSON from the same run: its bf16 costs go into the side-by-side file")
     parser.add_argument("--rounds", type=int, default=1,
                         help="processes per row, run round-robin with the method's other rows; a row pools their runs")
-    parser.add_argument("--worker", nargs=7, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=8, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        method, batch, dtype, reuse, compiled, bands, count_work = args.worker
+        method, batch, dtype, reuse, compiled, bands, prepack, count_work = args.worker
         print(json.dumps(measure(method, int(batch), args.device, args.repeats, dtype, reuse == "1", compiled == "1",
-                                 bands == "1", count_work == "1")))
+                                 bands == "1", count_work == "1", prepack == "1")))
         return
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -544,29 +565,33 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; known: {', '.join(BUILDERS)}")
     plain_malloc = args.plain_malloc or '""'
     whole_maps = args.whole_maps or '""'
+    plain_weights = args.plain_weights or '""'
     args.command = (f"python benchmarks/bench_fullsize.py --methods {args.methods} --device {args.device} "
                     f"--repeats {args.repeats} --rounds {args.rounds} --batches {args.batches} --dtypes {args.dtypes} "
                     f"--optimization-batches {args.optimization_batches} --plain-malloc {plain_malloc} "
-                    f"--whole-maps {whole_maps}"
+                    f"--whole-maps {whole_maps} --plain-weights {plain_weights}"
                     + (f" --compile {args.compile}" if args.compile else "")
                     + (f" --bundled-precision {args.bundled_precision}" if args.bundled_precision else ""))
     results: dict[str, list[dict]] = {}
     for method in methods:
         batches = args.optimization_batches if method in OFFICIAL_STEPS else args.batches
-        runs = [(int(b), dtype, "1", "0", "1") for dtype in args.dtypes.split(",") for b in batches.split(",")]
+        # (batch, dtype, heap reuse, compiled, bands, packed weights)
+        runs = [(int(b), dtype, "1", "0", "1", "1") for dtype in args.dtypes.split(",") for b in batches.split(",")]
         if method in args.plain_malloc.split(","):
-            runs.append((1, "fp32", "0", "0", "1"))
+            runs.append((1, "fp32", "0", "0", "1", "1"))
         if method in args.whole_maps.split(","):
-            runs.append((1, "fp32", "1", "0", "0"))
+            runs.append((1, "fp32", "1", "0", "0", "1"))
+        if method in args.plain_weights.split(","):
+            runs.append((1, "fp32", "1", "0", "1", "0"))
         if method in args.compile.split(","):
-            runs.append((1, "fp32", "1", "1", "1"))
+            runs.append((1, "fp32", "1", "1", "1", "1"))
         rounds: dict[tuple, list[dict]] = {spec: [] for spec in runs}
         for _ in range(args.rounds):
             for spec in runs:
-                batch, dtype, reuse, compiled, bands = spec
+                batch, dtype, reuse, compiled, bands, prepack = spec
                 count_work = "0" if rounds[spec] else "1"  # the counted work is the same in every round
                 cmd = [sys.executable, __file__, "--worker", method, str(batch), dtype, reuse, compiled, bands,
-                       count_work, "--device", args.device, "--repeats", str(args.repeats)]
+                       prepack, count_work, "--device", args.device, "--repeats", str(args.repeats)]
                 done = subprocess.run(cmd, check=False, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"{method} batch {batch} {dtype}: failed\n{done.stderr[-2000:]}", file=sys.stderr,

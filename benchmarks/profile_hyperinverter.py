@@ -3,7 +3,8 @@ convolution kernels and their throughput, against the FLOP floor.
 
     python benchmarks/profile_hyperinverter.py --batch 1 --out benchmarks/results/hyperinverter-profile-cpu.md
 
-Same model as ``bench_fullsize.py`` (seeded weights, offsets of a trained model's size, fp32, heap reuse on).
+Same model as ``bench_fullsize.py`` (seeded weights, offsets of a trained model's size, fp32, heap reuse on, large
+conv weights packed at their first call).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::slow_conv_transpose2d",
-            "aten::mkldnn_convolution_transpose", "aten::_convolution")
+            "aten::mkldnn_convolution_transpose", "aten::_convolution", "mkldnn::_convolution_pointwise")
 
 
 def main() -> None:
@@ -27,8 +28,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hyperinverter-profile-cpu.md"))
     args = parser.parse_args()
     from hyperinverter.memory import first_pass_mapped
+    from hyperinverter.ops.prepacked import prepack_convolutions
 
     model, _ = bench.build("hyperinverter")
+    for part in model.parts().values():  # as a CPU fp32 pipeline from a bundle runs it
+        prepack_convolutions(part)
     x = bench.sample_images(model.generator, args.batch, seed=1)
     with torch.no_grad():
         with first_pass_mapped():  # the warm-up is a CPU pipeline's first pass: heap reuse after it

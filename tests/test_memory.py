@@ -155,3 +155,42 @@ print(held - libc.sbrk(0))
     if active != "True":
         pytest.skip("this C library does not take mallopt")
     assert int(given_back) == 0
+
+
+def test_kept_apart_maps_large_blocks_while_the_heap_is_reused_and_nests_in_a_first_pass():
+    """Weights packed in the middle of a pass outlive it: inside ``kept_apart`` a 4 MB block gets a mapping of its
+    own even with heap reuse on (which otherwise serves everything from the heap), and heap reuse is back after it.
+    Inside ``large_blocks_mapped`` it changes nothing, and the outer threshold holds after it."""
+    script = """
+import ctypes, torch
+import hyperinverter.memory as memory
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+held = []
+
+def mapped(nbytes):
+    before = libc.mallinfo2().hblkhd
+    held.append(torch.empty(nbytes // 4))
+    return libc.mallinfo2().hblkhd - before >= nbytes
+
+with memory.large_blocks_mapped():
+    with memory.kept_apart():
+        nested = mapped(4 * 2**20)
+    after_nested = mapped(4 * 2**20)
+active = memory.reuse_freed_memory()
+with memory.kept_apart():
+    apart = mapped(4 * 2**20)
+print(active, nested, after_nested, apart, mapped(4 * 2**20), mapped(64 * 2**20))
+"""
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+    if result.returncode != 0 and "mallinfo2" in result.stderr:
+        pytest.skip("this C library has no mallinfo2")
+    assert result.returncode == 0, result.stderr
+    active, *mapped = result.stdout.split()[-6:]
+    if active != "True":
+        pytest.skip("this C library does not take mallopt")
+    assert mapped == ["True", "True", "True", "False", "False"]

@@ -57,6 +57,7 @@ from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes
 from .memory import trim
 from .metrics import PIXEL_METRICS
+from .ops.prepacked import parameter_count
 from .pipeline import InversionPipeline
 from .precision import dtype_name
 
@@ -245,7 +246,7 @@ def run_method(pipeline: InversionPipeline, method: str, inputs: torch.Tensor, w
         peak = max(peak, float(meta["peak_memory_mb"]))
         if progress is not None:
             progress.update(1)
-    parameters = sum(p.numel() for part in inverter.parts().values() for p in part.parameters())
+    parameters = sum(parameter_count(part) for part in inverter.parts().values())
     return MethodRun(torch.cat(batches), edits, seconds, peak, parameters)
 
 

@@ -38,6 +38,7 @@ _MOVING_THRESHOLD_MAX = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX (64-bit
 
 _bounded = False  # set by keep_memory_bounded: reuse_freed_memory does nothing from then on
 _reusing = False  # reuse_freed_memory changed glibc's settings
+_mapping = False  # large_blocks_mapped or kept_apart has lowered the mmap threshold
 
 
 @functools.cache
@@ -92,13 +93,43 @@ def large_blocks_mapped(threshold: int = 2**20) -> Iterator[bool]:
     faulted in page by page: without heap reuse (``keep_memory_bounded``, the web page) a full-size HyperInverter
     image took 4.0 s and 1.5M page faults. Yields whether it is in effect (not while :func:`reuse_freed_memory` is).
     """
+    global _mapping
+    if _mapping:  # an outer one is in effect
+        yield True
+        return
     libc = _glibc()
-    active = libc is not None and not _reusing and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    active = _mapping = libc is not None and not _reusing and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
     try:
         yield active
     finally:
         if active:
+            _mapping = False
             libc.mallopt(_M_MMAP_THRESHOLD, _MOVING_THRESHOLD_MAX)
+
+
+@contextlib.contextmanager
+def kept_apart(threshold: int = 2**20) -> Iterator[None]:
+    """Within: blocks from ``threshold`` bytes up get a mapping of their own, whatever the heap policy is, for
+    blocks made in the middle of a pass that outlive it (weights packed at their first call,
+    :mod:`hyperinverter.ops.prepacked`). From a heap that is reused, each would sit between activations freed
+    around it and split the space the next pass reuses. Nests inside :func:`large_blocks_mapped` (and so inside a
+    first pass) without changing it."""
+    global _mapping
+    libc = _glibc()
+    if libc is None or _mapping:
+        yield
+        return
+    if not _reusing:
+        with large_blocks_mapped(threshold):
+            yield
+        return
+    _mapping = bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX))
+    try:
+        yield
+    finally:
+        _mapping = False
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MOVING_THRESHOLD_MAX)
 
 
 @contextlib.contextmanager

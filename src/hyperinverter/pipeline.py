@@ -42,6 +42,7 @@ from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
+from .ops.prepacked import prepack_convolutions, unpack_convolutions
 from .precision import reduced_precision, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -237,11 +238,16 @@ class InversionPipeline:
     a path); inversion files record it. ``align_scale``: the face-crop scale that matches the training framing.
     ``dtype``: the precision inversion and rendering run in: ``"fp32"`` (default), ``"bf16"`` (CPUs with native
     bf16, GPUs) or ``"fp16"`` (GPUs); see :mod:`hyperinverter.precision`. Images and codes come out in fp32.
+    ``prepack``: on a CPU in fp32, the trained parts' large convolution weights stay in oneDNN's layout from their
+    first call on, instead of being reordered at every call (:mod:`hyperinverter.ops.prepacked`). The modules
+    change in place, so ``from_pretrained`` does it for what it loads; a pipeline over modules that still train
+    should not.
     """
 
     def __init__(self, methods: Inverter | Mapping[str, Inverter], *, default_method: str | None = None,
                  device: str | torch.device = "auto", align_scale: float = 1.0, name: str = "",
-                 discriminator: Discriminator | None = None, dtype: str | torch.dtype = "fp32") -> None:
+                 discriminator: Discriminator | None = None, dtype: str | torch.dtype = "fp32",
+                 prepack: bool = False) -> None:
         methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
         if not methods:
             raise ValueError("a pipeline needs at least one method")
@@ -257,6 +263,10 @@ class InversionPipeline:
         self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
                         for k, m in methods.items()}
         if self.device.type == "cpu":
+            if prepack and self.dtype == torch.float32:
+                for method in self.methods.values():
+                    for part in method.parts().values():
+                        prepack_convolutions(part)
             # Loading and the conversion above free as much as the weights take; give that back before the heap
             # keeps freed memory (full-size HyperInverter: 2.32 -> 1.73 GB resident after loading).
             trim()
@@ -293,7 +303,9 @@ class InversionPipeline:
         rounding), its first call compiles (minutes cold, seconds once cached), later calls are faster. On a CPU it
         pays off from about 100 batches of the bundled models (``benchmarks/results/compile-cpu.md``); nothing
         needs it."""
-        self.inverter(method).compile()
+        inverter = self.inverter(method)
+        unpack_convolutions(inverter)  # inductor's freezing packs the weights in its own way
+        inverter.compile()
 
     @property
     def fingerprint(self) -> str:
@@ -307,18 +319,20 @@ class InversionPipeline:
     # --- loading and saving ----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, method: str | None = None,
-                        device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32") -> InversionPipeline:
+                        device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32",
+                        prepack: bool = True) -> InversionPipeline:
         """Load a bundle folder, or a catalogue name (bundled or downloaded models). ``method``: the default
-        method from now on (default: the bundle's own)."""
+        method from now on (default: the bundle's own). ``prepack``: see the class; the first inversion pays for the
+        packing (full-size HyperInverter: about 0.7 s), every later one gains."""
         from .catalogue import local_model_path
 
         with large_blocks_mapped():  # what loading frees goes back to the system (hyperinverter.memory)
             return cls._load(local_model_path(name_or_path), pipeline_name=os.fsdecode(name_or_path), method=method,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, prepack=prepack)
 
     @classmethod
     def _load(cls, path: Path, *, pipeline_name: str, method: str | None, device: str | torch.device,
-              dtype: str | torch.dtype) -> InversionPipeline:
+              dtype: str | torch.dtype, prepack: bool) -> InversionPipeline:
         """``from_pretrained``'s work on a bundle folder, inside its memory policy."""
         index = read_pipeline_index(path)
         generator = load_gan(path / index["generator"]).generator
@@ -347,7 +361,7 @@ class InversionPipeline:
             discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
         return cls(methods, default_method=method or index["default_method"], device=device,
                    align_scale=float(index.get("align_scale", 1.0)), name=pipeline_name,
-                   discriminator=discriminator, dtype=dtype)
+                   discriminator=discriminator, dtype=dtype, prepack=prepack)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
