@@ -54,7 +54,7 @@ bench: data
 		--repeats 2 --rounds 2 --dtypes fp32,bf16 --plain-malloc hyperinverter \
 		--bundled-precision benchmarks/results/precision.json
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/profile_hyperinverter.py --batch 1
-	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_prepacked.py
+	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_prepacked.py --pairs 8
 	$(BIN)/python benchmarks/bench_kernels.py
 
 # The demo domains' data (Debian's Fashion-MNIST package needs apt; the faces come from a pip package).

@@ -5,7 +5,9 @@
 Every convolution of the trained parts (E1, E2, hypernetworks) at batch 1 is recorded with its input shape; each
 distinct shape is then timed with the plain weight (reordered by oneDNN at every call) and with one packed for it
 (``hyperinverter.ops.prepacked``), cycling over a few weights so that they are not in cache, as in a pass. The table
-says which the package packs (weights of ``PACK_FROM_BYTES`` and up) and what the pass gains per image.
+says which the package packs (weights of ``PACK_FROM_BYTES`` and up) and what the pass gains per image. Then whole
+inversions, plain and packed alternating in one process (ABBA), so that the machine's drift, which moves whole
+inversions by 10-20 % between processes, falls on both alike.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -42,6 +45,40 @@ def recorded_shapes() -> collections.Counter:
     for h in hooks:
         h.remove()
     return seen
+
+
+def alternating_passes(pairs: int) -> dict[str, dict[str, float]]:
+    """Whole batch-1 inversions with plain and with packed weights, in ABBA order in one process: the median
+    seconds per pass and per stage of each. Both sets of weights are held (the memory is not a pipeline's)."""
+    from hyperinverter.memory import first_pass_mapped
+    from hyperinverter.methods import Stopwatch
+    from hyperinverter.ops.prepacked import PrepackedConv2d, packable
+
+    model, _ = bench.build("hyperinverter")
+    x = bench.sample_images(model.generator, 1, seed=1)
+    swaps = [(parent, name, child, PrepackedConv2d(child)) for part in model.parts().values()
+             for parent in part.modules() for name, child in parent.named_children() if packable(child)]
+
+    def use(mode: str) -> None:
+        for parent, name, plain, packed in swaps:
+            setattr(parent, name, packed if mode == "packed" else plain)
+
+    passes: dict[str, list[dict[str, float]]] = {"plain": [], "packed": []}
+    with torch.no_grad():
+        use("packed")
+        with first_pass_mapped():  # a pipeline's first pass: the weights pack in it
+            model(x)
+        for mode in ("packed", "plain"):  # the heap's growth, as a pipeline's second pass
+            use(mode)
+            model(x)
+        for i in range(2 * pairs):
+            mode = ("plain", "packed", "packed", "plain")[i % 4]
+            use(mode)
+            stopwatch = Stopwatch(torch.device("cpu"))
+            start = time.perf_counter()
+            model(x, stopwatch=stopwatch)
+            passes[mode].append({"pass": time.perf_counter() - start, **stopwatch.laps})
+    return {mode: {k: statistics.median(p[k] for p in runs) for k in runs[0]} for mode, runs in passes.items()}
 
 
 def seconds(fn, repeats: int) -> float:
@@ -76,6 +113,7 @@ def time_shape(c_in: int, c_out: int, k: int, s: int, p: int, shape: tuple[int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prepacked-cpu.md"))
+    parser.add_argument("--pairs", type=int, default=8, help="plain and packed passes each, alternating")
     args = parser.parse_args()
     from hyperinverter.ops.prepacked import PACK_FROM_BYTES
 
@@ -91,15 +129,21 @@ def main() -> None:
             gain_packed += gain if chosen else 0.0
             rows.append(f"| {c_in}→{c_out} | {k}×{k} | {s} | {tuple(shape)} | {weight_bytes / 2**20:.2f} | {calls} | "
                         f"{plain_ms:.3f} | {packed_ms:.3f} | {gain:+.2f} | {'yes' if chosen else 'no'} |")
+    passes = alternating_passes(args.pairs)
+    plain, packed = passes["plain"], passes["packed"]
+    stages = ", ".join(f"{k} {plain[k]:.3f} → {packed[k]:.3f}" for k in plain if k != "pass")
     lines = [
         "# Plain or packed conv weights, at full-size HyperInverter's shapes (CPU, fp32)", "",
-        (f"`python benchmarks/bench_prepacked.py --out {args.out}` on {platform.machine()}, torch {torch.__version__}, "
+        (f"`python benchmarks/bench_prepacked.py --out {args.out} --pairs {args.pairs}` on {platform.machine()}, torch {torch.__version__}, "
          f"{torch.get_num_threads()} threads. Each shape: {CYCLED_WEIGHTS} weights cycled (not in cache, as in a "
          "pass), milliseconds per call; E2 runs the image and the W-image as a batch of 2."),
         "",
         (f"- Packing the weights of {PACK_FROM_BYTES / 2**20:.0f} MiB and up (the package's rule) saves "
          f"**{gain_packed:.0f} ms per image** in these calls; packing every weight would save {gain_all:.0f} ms "
          "(the small ones lose or gain microseconds)."),
+        (f"- Whole inversions at batch 1, {args.pairs} plain and {args.pairs} packed, alternating (ABBA) in one "
+         f"process: **{plain['pass']:.2f} → {packed['pass']:.2f} s** per image (medians; by stage, plain → packed: "
+         f"{stages} s)."),
         "",
         ("| conv | kernel | stride | input | weight MiB | calls / image | plain ms | packed ms | gain ms / image | "
          "packed by the package |"),
