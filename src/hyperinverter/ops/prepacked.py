@@ -4,8 +4,8 @@ PyTorch hands oneDNN a plain weight on every call, and oneDNN reorders it into i
 convolves: one more pass over the weight per call, on a weight that is no longer in cache. For encoders (fixed
 weights, small maps) that pass is a good part of a large layer's time. Measured at full-size HyperInverter's own
 shapes on this repository's 2-core CPU (``benchmarks/results/prepacked-cpu.md``): the stride-2 512-channel heads of E2
-on 16-px maps took 2.72 ms plain and 1.67 packed, a 1x1 1024->512 conv of the hypernetworks 0.36 and 0.19; convs
-with small weights gained nothing or lost (64->64 3x3 on 256 px: 23.9 ms plain, 25.5 packed), so only weights from
+on 16-px maps took 2.12 ms plain and 1.45 packed, a 1x1 1024->512 conv of the hypernetworks 0.31 and 0.18; convs
+with small weights gained nothing or lost (64->64 3x3 on 256 px: 9.9 ms plain, 10.9 packed), so only weights from
 :data:`PACK_FROM_BYTES` up are packed. inductor's freezing does the same for compiled models; this does it in eager
 mode.
 
@@ -47,8 +47,10 @@ if available():
         return conv_flop_count(x_shape, w_shape, out_shape)
 
 
-def packable(conv: nn.Module, min_bytes: int = PACK_FROM_BYTES) -> bool:
-    """A plain, zero-padded, ungrouped CPU fp32 ``nn.Conv2d`` whose weight holds ``min_bytes`` or more."""
+def packable(conv: nn.Module, min_bytes: int | None = None) -> bool:
+    """A plain, zero-padded, ungrouped CPU fp32 ``nn.Conv2d`` whose weight holds ``min_bytes`` (default:
+    :data:`PACK_FROM_BYTES`) or more."""
+    min_bytes = PACK_FROM_BYTES if min_bytes is None else min_bytes
     return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and conv.weight.device.type == "cpu"
             and conv.weight.dtype == torch.float32 and conv.weight.numel() * 4 >= min_bytes)
@@ -58,8 +60,8 @@ class PrepackedConv2d(nn.Module):
     """An ``nn.Conv2d`` (groups 1, zero padding) for inference whose CPU fp32 weight lives in oneDNN's layout.
 
     The layout oneDNN picks depends on the input's size: a weight packed without one, or for another size, can be
-    far slower than a plain one (a 1x1 1024->512 conv on an 8x8 map: 0.19 ms packed for it, 0.36 plain, 9.9 ms
-    packed for 4x4). So the weight is packed at the first call, for that call's size, and again when a call comes
+    far slower than a plain one (a 1x1 1024->512 conv packed for 8x8 maps took 0.19 ms on them, 0.36 plain, but
+    9.9 ms on 4x4 maps, 0.27 plain). So the weight is packed at the first call, for that call's size, and again when a call comes
     with another height or width. The batch does not matter: a weight packed for a batch of 2 ran as fast at 1, 4
     and 8 as one packed for them.
     """
@@ -192,7 +194,6 @@ def prepack_convolutions(module: nn.Module, min_bytes: int | None = None) -> int
     keeps its weight in oneDNN's layout only. Returns how many were swapped (0 without oneDNN)."""
     if not available():
         return 0
-    min_bytes = PACK_FROM_BYTES if min_bytes is None else min_bytes
     count = _swap(module, PrepackedConv2d, lambda m: packable(m, min_bytes))
     logger.debug("%d convolutions of %s pack their weights", count, type(module).__name__)
     return count
