@@ -8,9 +8,10 @@ method's other rows so that the machine's drift over minutes (whole inversions h
 an hour apart) falls on every row alike, and the row pools their timed passes. The peak resident memory (VmHWM) is
 reset once the weights are loaded, so it is the inference's (the loading peak is reported beside it). The
 package's CPU heap reuse (:mod:`hyperinverter.memory`) is on, as in every pipeline; ``--plain-malloc`` adds rows
-without it. On a CPU in fp32 the trained parts' large conv weights are packed for oneDNN at their first call, as in a
-pipeline loaded from a bundle (:mod:`hyperinverter.ops.prepacked`); ``--plain-weights`` adds rows without. The FLOP floor is the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the
-row's dtype, measured in the same process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
+without it. On a CPU in fp32 the trained parts' large conv weights are packed for oneDNN at their first call, as in
+a pipeline loaded from a bundle (:mod:`hyperinverter.ops.prepacked`); ``--plain-weights`` adds rows without. The
+FLOP floor is the counted work (FlopCounterMode) over the best 512→512 3×3 conv throughput of the row's dtype,
+measured in the same process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
 are scaled to a trained model's size so that precision changes show. One results file per method
 (``results/<method>-ffhq1024-<device>.md``) and one side-by-side table (``results/fullsize-ffhq1024-<device>.md``,
 with its ``.json``).
@@ -272,8 +273,7 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     # call (in the warm-up below); torch.compile packs them its own way.
     prepack = prepack and device.type == "cpu" and dtype == torch.float32 and not compile_model
     if prepack:
-        for part in model.parts().values():
-            prepack_convolutions(part)
+        prepack_convolutions(*model.parts().values())
     load_peak = peak_rss_gb()
     reuse = reuse_memory and device.type == "cpu"
     reset_peak_rss()  # from here on, the peak is the inference's

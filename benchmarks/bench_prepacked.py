@@ -21,7 +21,6 @@ from pathlib import Path
 
 import bench_fullsize as bench
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 CYCLED_WEIGHTS = 4
@@ -90,20 +89,21 @@ def seconds(fn, repeats: int) -> float:
 
 
 def time_shape(c_in: int, c_out: int, k: int, s: int, p: int, shape: tuple[int, ...]) -> tuple[float, float]:
-    """Milliseconds per call with plain and with packed weights, over CYCLED_WEIGHTS of them."""
-    weights = [(torch.randn(c_out, c_in, k, k) * 0.02).contiguous(memory_format=torch.channels_last)
-               for _ in range(CYCLED_WEIGHTS)]
-    bias = torch.randn(c_out)
+    """Milliseconds per call of ``nn.Conv2d`` and of :class:`PrepackedConv2d`, over CYCLED_WEIGHTS weights."""
+    from hyperinverter.ops.prepacked import PrepackedConv2d
+
+    plain = [nn.Conv2d(c_in, c_out, k, stride=s, padding=p).to(memory_format=torch.channels_last).eval()
+             for _ in range(CYCLED_WEIGHTS)]
+    packed = [PrepackedConv2d(conv) for conv in plain]
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-    packed = [torch._C._nn.mkldnn_reorder_conv2d_weight(w.contiguous().to_mkldnn(), [p, p], [s, s], [1, 1], 1,
-                                                        list(shape)) for w in weights]
+    for conv in packed:
+        conv(x)  # packs, for this input size
 
     def plain_calls():
-        return [F.conv2d(x, w, bias, s, p) for w in weights]
+        return [conv(x) for conv in plain]
 
     def packed_calls():
-        return [torch.ops.mkldnn._convolution_pointwise(x, w, bias, [p, p], [s, s], [1, 1], 1, "none", [], "")
-                for w in packed]
+        return [conv(x) for conv in packed]
 
     repeats = max(1, int(0.02 / max(seconds(plain_calls, 1) / CYCLED_WEIGHTS, 1e-5)))
     return (seconds(plain_calls, repeats) / CYCLED_WEIGHTS * 1e3,

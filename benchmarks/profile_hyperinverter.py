@@ -31,8 +31,7 @@ def main() -> None:
     from hyperinverter.ops.prepacked import prepack_convolutions
 
     model, _ = bench.build("hyperinverter")
-    for part in model.parts().values():  # as a CPU fp32 pipeline from a bundle runs it
-        prepack_convolutions(part)
+    prepack_convolutions(*model.parts().values())  # as a CPU fp32 pipeline from a bundle runs it
     x = bench.sample_images(model.generator, args.batch, seed=1)
     with torch.no_grad():
         with first_pass_mapped():  # the warm-up is a CPU pipeline's first pass: heap reuse after it

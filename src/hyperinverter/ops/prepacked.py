@@ -4,10 +4,10 @@ PyTorch hands oneDNN a plain weight on every call, and oneDNN reorders it into i
 convolves: one more pass over the weight per call, on a weight that is no longer in cache. For encoders (fixed
 weights, small maps) that pass is a good part of a large layer's time. Measured at full-size HyperInverter's own
 shapes on this repository's 2-core CPU (``benchmarks/results/prepacked-cpu.md``): the stride-2 512-channel heads of E2
-on 16-px maps took 2.12 ms plain and 1.45 packed, a 1x1 1024->512 conv of the hypernetworks 0.31 and 0.18; convs
-with small weights gained nothing or lost (64->64 3x3 on 256 px: 9.9 ms plain, 10.9 packed), so only weights from
-:data:`PACK_FROM_BYTES` up are packed. inductor's freezing does the same for compiled models; this does it in eager
-mode.
+on 16-px maps took 2.00 ms plain and 1.50 packed, a 1x1 1024->512 conv of the hypernetworks 0.33 and 0.18; convs
+with small weights gained nothing or lost (128->128 3x3, stride 2, on 128 px: 5.7 ms plain, 8.2 packed), so only
+weights from :data:`PACK_FROM_BYTES` up are packed. inductor's freezing does the same for compiled models; this does
+it in eager mode.
 
 A :class:`PrepackedConv2d` packs its weight at its first call, for that call's input size, and from then on holds
 it in oneDNN's layout only (no second copy). It reads and writes ``state_dict`` with ``nn.Conv2d``'s keys and plain
@@ -188,14 +188,15 @@ def _swap(module: nn.Module, convert, condition) -> int:
     return count
 
 
-def prepack_convolutions(module: nn.Module, min_bytes: int | None = None) -> int:
-    """Swap every :func:`packable` ``nn.Conv2d`` under ``module`` whose weight holds ``min_bytes`` (default:
-    :data:`PACK_FROM_BYTES`) or more for a :class:`PrepackedConv2d`, for inference: from its first call on, each
-    keeps its weight in oneDNN's layout only. Returns how many were swapped (0 without oneDNN)."""
+def prepack_convolutions(*modules: nn.Module, min_bytes: int | None = None) -> int:
+    """Swap every :func:`packable` ``nn.Conv2d`` under ``modules`` (a method's trained parts, say) whose weight holds
+    ``min_bytes`` (default: :data:`PACK_FROM_BYTES`) or more for a :class:`PrepackedConv2d`, for inference: from its
+    first call on, each keeps its weight in oneDNN's layout only. Returns how many were swapped (0 without
+    oneDNN)."""
     if not available():
         return 0
-    count = _swap(module, PrepackedConv2d, lambda m: packable(m, min_bytes))
-    logger.debug("%d convolutions of %s pack their weights", count, type(module).__name__)
+    count = sum(_swap(module, PrepackedConv2d, lambda m: packable(m, min_bytes)) for module in modules)
+    logger.debug("%d convolutions of %s pack their weights", count, ", ".join(type(m).__name__ for m in modules))
     return count
 
 
