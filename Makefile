@@ -47,7 +47,8 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every method at full size (fp32 and bf16, batch 1 and 4), the quality cost of bf16 on both bundled domains, and
-# the modulated-conv kernels (benchmarks/results/; about 80 minutes on 2 cores).
+# the modulated-conv kernels, packed conv weights and the hypernetworks' products (benchmarks/results/; about
+# 70 minutes on 2 cores).
 bench: data
 	$(BIN)/python benchmarks/bench_precision.py --out benchmarks/results/precision --optimisation-images 4
 	$(BIN)/python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \
@@ -55,6 +56,7 @@ bench: data
 		--bundled-precision benchmarks/results/precision.json
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/profile_hyperinverter.py --batch 1
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_prepacked.py --pairs 8
+	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_matmul.py --pairs 6 --hyperstyle-pairs 3
 	$(BIN)/python benchmarks/bench_kernels.py
 
 # The demo domains' data (Debian's Fashion-MNIST package needs apt; the faces come from a pip package).

@@ -230,6 +230,44 @@ def count_gflops(model, options: dict, device: torch.device, bands: bool = False
     return counter.get_total_flops() / 1e9
 
 
+def seconds(fn, repeats: int) -> float:
+    """Seconds per call of ``fn`` over ``repeats`` calls, after one untimed."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def alternating_passes(model, x: torch.Tensor, options: dict, use, modes: tuple[str, str],
+                       pairs: int) -> dict[str, dict[str, float]]:
+    """Whole inversions of ``x`` in two modes, ABBA order in one process, so that the machine's drift (whole
+    inversions moved by 10-25 % between processes) falls on both alike: the median seconds per image of each pass
+    and of each stage. ``use(mode)`` switches ``model`` to a mode. The first pass is a CPU pipeline's (large blocks
+    mapped, heap reuse after it) in the second mode; one more pass in each grows the heap the timed ones reuse."""
+    from hyperinverter.memory import first_pass_mapped
+    from hyperinverter.methods import Stopwatch
+
+    batch = x.shape[0]
+    passes: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    with torch.no_grad():
+        use(modes[1])
+        with first_pass_mapped():
+            model(x, **options)
+        for mode in reversed(modes):
+            use(mode)
+            model(x, **options)
+        for i in range(2 * pairs):
+            mode = modes[(0, 1, 1, 0)[i % 4]]
+            use(mode)
+            stopwatch = Stopwatch(torch.device("cpu"))
+            start = time.perf_counter()
+            model(x, stopwatch=stopwatch, **options)
+            laps = {"pass": time.perf_counter() - start, **stopwatch.laps}
+            passes[mode].append({k: v / batch for k, v in laps.items()})
+    return {mode: {k: statistics.median(p[k] for p in runs) for k in runs[0]} for mode, runs in passes.items()}
+
+
 def peak_rss_gb() -> float:
     with open("/proc/self/status") as f:
         for line in f:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import bench_fullsize as bench
@@ -49,11 +47,9 @@ def recorded_shapes() -> collections.Counter:
 def alternating_passes(pairs: int) -> dict[str, dict[str, float]]:
     """Whole batch-1 inversions with plain and with packed weights, in ABBA order in one process: the median
     seconds per pass and per stage of each. Both sets of weights are held (the memory is not a pipeline's)."""
-    from hyperinverter.memory import first_pass_mapped
-    from hyperinverter.methods import Stopwatch
     from hyperinverter.ops.prepacked import PrepackedConv2d, packable
 
-    model, _ = bench.build("hyperinverter")
+    model, options = bench.build("hyperinverter")
     x = bench.sample_images(model.generator, 1, seed=1)
     swaps = [(parent, name, child, PrepackedConv2d(child)) for part in model.parts().values()
              for parent in part.modules() for name, child in parent.named_children() if packable(child)]
@@ -62,30 +58,8 @@ def alternating_passes(pairs: int) -> dict[str, dict[str, float]]:
         for parent, name, plain, packed in swaps:
             setattr(parent, name, packed if mode == "packed" else plain)
 
-    passes: dict[str, list[dict[str, float]]] = {"plain": [], "packed": []}
-    with torch.no_grad():
-        use("packed")
-        with first_pass_mapped():  # a pipeline's first pass: the weights pack in it
-            model(x)
-        for mode in ("packed", "plain"):  # the heap's growth, as a pipeline's second pass
-            use(mode)
-            model(x)
-        for i in range(2 * pairs):
-            mode = ("plain", "packed", "packed", "plain")[i % 4]
-            use(mode)
-            stopwatch = Stopwatch(torch.device("cpu"))
-            start = time.perf_counter()
-            model(x, stopwatch=stopwatch)
-            passes[mode].append({"pass": time.perf_counter() - start, **stopwatch.laps})
-    return {mode: {k: statistics.median(p[k] for p in runs) for k in runs[0]} for mode, runs in passes.items()}
-
-
-def seconds(fn, repeats: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+    # The weights pack in the first pass, as in a pipeline's.
+    return bench.alternating_passes(model, x, options, use, ("plain", "packed"), pairs)
 
 
 def time_shape(c_in: int, c_out: int, k: int, s: int, p: int, shape: tuple[int, ...]) -> tuple[float, float]:
@@ -105,9 +79,9 @@ def time_shape(c_in: int, c_out: int, k: int, s: int, p: int, shape: tuple[int, 
     def packed_calls():
         return [conv(x) for conv in packed]
 
-    repeats = max(1, int(0.02 / max(seconds(plain_calls, 1) / CYCLED_WEIGHTS, 1e-5)))
-    return (seconds(plain_calls, repeats) / CYCLED_WEIGHTS * 1e3,
-            seconds(packed_calls, repeats) / CYCLED_WEIGHTS * 1e3)
+    repeats = max(1, int(0.02 / max(bench.seconds(plain_calls, 1) / CYCLED_WEIGHTS, 1e-5)))
+    return (bench.seconds(plain_calls, repeats) / CYCLED_WEIGHTS * 1e3,
+            bench.seconds(packed_calls, repeats) / CYCLED_WEIGHTS * 1e3)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config_base import SerializableConfig
+from ..ops.matmul import addmm
 from ..precision import full_precision
 from .stylegan2.generator import Generator, SynthesisNetwork
 from .weight_delta import WeightDelta
@@ -104,7 +105,7 @@ class WeightRegressor(nn.Module):
         assert z.shape == (b, self.hidden_dim), f"feature extractor gave {tuple(z.shape)}"
         # Bias adds inside the matrix products (addmm): one pass less over Δθ, the largest tensor made here.
         a = torch.addmm(self.b1, z, self.w1).view(b * self.in_ch, self.hidden_dim)
-        m = torch.addmm(self.b2, a, self.w2)  # [B·I, O·k·k]
+        m = addmm(self.b2, a, self.w2)  # [B·I, O·k·k]: oneDNN's kernel for large layers on CPUs (ops.matmul)
         return m.view(b, *self.shape)  # the official raw view: the "I" axis is not re-ordered
 
 

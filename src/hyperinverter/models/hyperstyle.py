@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config_base import SerializableConfig
+from ..ops.matmul import addmm
 from ..precision import full_precision
 from .encoders.backbones import TrunkConfig, TrunkHost
 from .stylegan2.generator import Generator
@@ -127,8 +128,9 @@ class SharedWeightsHypernet(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
-        h = (z @ self.w2 + self.b2).view(b, self.in_channels, self.z_dim)
-        return (h @ self.w1 + self.b1).view(b, self.out_channels, self.in_channels, self.k, self.k)
+        h = (z @ self.w2 + self.b2).view(b * self.in_channels, self.z_dim)
+        kernel = addmm(self.b1, h, self.w1)  # [B·in, out·f·f]: oneDNN's kernel for large layers on CPUs (ops.matmul)
+        return kernel.view(b, self.out_channels, self.in_channels, self.k, self.k)
 
 
 class HyperRefinementBlock(nn.Module):

@@ -1,0 +1,54 @@
+"""``bias + a @ b`` for the hypernetworks' large products, by oneDNN's convolution on CPUs.
+
+A hypernetwork's last product maps a code per input channel to a layer's whole kernel: ``[B·I, D] @ [D, O·k·k]``,
+9.4 MB of output for a 512-channel layer. PyTorch hands fp32 products on a CPU to MKL's sgemm, which ran these at
+180-215 GFLOP/s on this repository's 2-core CPU; the same product as a 1x1 convolution over an ``[M, 1]`` map in
+channels-last layout, whose output memory is exactly the row-major ``[M, N]`` result, ran at 255-440 through oneDNN
+(``benchmarks/bench_matmul.py``, ``benchmarks/results/matmul-cpu.md``). The convolution reorders ``b`` on every call,
+so it only pays from :data:`CONVOLVE_FROM_ROWS` rows of ``a`` and :data:`CONVOLVE_FROM_MACS` multiply-adds up; below
+that (and for a code times a weight, one row) sgemm stays faster.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Measured per shape (K of 128 and 512, M of 1-2048, N of 3-65536): with fewer rows the per-call reorder of b made the
+# convolution slower (M=128, N=4608, K=128: 1.41 ms against 1.04); with fewer multiply-adds it gained nothing.
+CONVOLVE_FROM_ROWS = 256
+CONVOLVE_FROM_MACS = 2**24
+
+
+def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`addmm` runs ``a @ b`` as a oneDNN convolution: CPU fp32 inference (no autograd, no autocast) on a
+    product from :data:`CONVOLVE_FROM_ROWS` rows and :data:`CONVOLVE_FROM_MACS` multiply-adds up."""
+    tensors = (a, b) if bias is None else (a, b, bias)
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.is_available():
+        return False
+    (m, k), n = a.shape, b.shape[1]
+    return m >= CONVOLVE_FROM_ROWS and m * n * k >= CONVOLVE_FROM_MACS
+
+
+def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ b`` as ``torch.addmm`` (``a: [M, K]``, ``b: [K, N]``, ``bias: [N]`` or None), a contiguous
+    ``[M, N]``; large CPU fp32 products run through oneDNN (see the module docstring)."""
+    assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0], f"cannot multiply {tuple(a.shape)} @ {tuple(b.shape)}"
+    assert bias is None or bias.shape == (b.shape[1],), f"bias {tuple(bias.shape)} != ({b.shape[1]},)"
+    if not convolves(a, b, bias):
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+    return addmm_by_convolution(bias, a, b)
+
+
+def addmm_by_convolution(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ b`` as a 1x1 convolution (whatever its size): ``a``'s rows as the pixels of a ``[1, K, M, 1]`` map
+    in channels-last layout, ``b`` as ``N`` filters of ``K`` channels. The output keeps the input's layout, so its
+    memory is the row-major ``[M, N]`` product and the final reshape is a view."""
+    (m, k), n = a.shape, b.shape[1]
+    x = a.contiguous().view(1, m, 1, k).permute(0, 3, 1, 2)
+    y = F.conv2d(x, b.t()[:, :, None, None], bias)  # [1, N, M, 1]
+    return y.permute(0, 2, 3, 1).reshape(m, n)
