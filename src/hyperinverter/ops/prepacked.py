@@ -4,8 +4,9 @@ PyTorch hands oneDNN a plain weight on every call, and oneDNN reorders it into i
 convolves: one more pass over the weight per call, on a weight that is no longer in cache. For encoders (fixed
 weights, small maps) that pass is a good part of a large layer's time. Measured at full-size HyperInverter's own
 shapes on this repository's 2-core CPU (``benchmarks/results/prepacked-cpu.md``): the stride-2 512-channel heads of E2
-on 16-px maps took 2.00 ms plain and 1.50 packed, a 1x1 1024->512 conv of the hypernetworks 0.33 and 0.18; convs
-with small weights gained nothing or lost (128->128 3x3, stride 2, on 128 px: 5.7 ms plain, 8.2 packed), so only
+on 16-px maps took 2.26 ms plain and 1.57 packed, a 1x1 1024->512 conv of the hypernetworks 0.34 and 0.18; convs
+with small weights gained little or lost (the SE blocks' 1x1 convs at batch 1: 0.006 ms plain, 0.025-0.032 packed;
+128->128 3x3, stride 2, on 128 px: 5.7 ms plain and 8.2 packed in one run, 5.3 and 5.1 in the next), so only
 weights from :data:`PACK_FROM_BYTES` up are packed. inductor's freezing does the same for compiled models; this does
 it in eager mode.
 
