@@ -52,6 +52,11 @@ def test_convolves_only_where_it_was_measured_to_win():
         assert not convolves(big[1].bfloat16(), big[2].bfloat16())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not convolves(*big[1:])  # autocast decides the dtype: leave it torch's product
+        enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+        try:
+            assert not convolves(*big[1:])  # oneDNN switched off: no convolution to win with
+        finally:
+            torch.backends.mkldnn.enabled = enabled
     a = big[1].clone().requires_grad_()
     assert not convolves(a, big[2])  # autograd records torch's product
     with torch.no_grad():

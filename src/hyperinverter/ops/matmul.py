@@ -29,8 +29,8 @@ def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.is_available():
-        return False
+    if torch.is_autocast_enabled("cpu") or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False  # without oneDNN, PyTorch's own convolution would be slower than sgemm
     (m, k), n = a.shape, b.shape[1]
     return m >= CONVOLVE_FROM_ROWS and m * n * k >= CONVOLVE_FROM_MACS
 
