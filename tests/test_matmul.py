@@ -110,3 +110,17 @@ def test_hypernetworks_give_the_plain_products_delta(monkeypatch, batch):
         torch.testing.assert_close(delta, regressor(*features), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(kernel, hypernet(z), rtol=1e-5, atol=1e-5)
     assert len(calls) == 2 and delta.shape == (batch, 288, 256, 3, 3) and kernel.shape == (batch, 64, 512, 3, 3)
+
+
+@needs_onednn
+@pytest.mark.slow  # a cold torch.compile: 13 s on 2 cores, and inductor needs a C++ compiler
+def test_a_compiled_regressor_gives_the_eager_delta():
+    torch.manual_seed(0)
+    regressor = WeightRegressor(shape=(288, 256, 3, 3), feature_channels=8, feature_size=2, hidden_dim=128,
+                                inner_channels=4).eval()
+    features = torch.randn(2, 1, 8, 2, 2)
+    with torch.no_grad():
+        assert convolves(torch.empty(256, 128), regressor.w2)  # the oneDNN path is the one compiled
+        eager = regressor(*features)
+        compiled = torch.compile(regressor)(*features)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
