@@ -2,10 +2,10 @@
 
     python benchmarks/bench_matmul.py --out benchmarks/results/matmul-cpu.md
 
-Every product that full-size HyperInverter (batch 1 and 4) and HyperStyle (batch 1) hand to ``ops.matmul.addmm`` is
-recorded with its shape; each distinct shape is then timed both ways, cycling over a few right-hand sides so that
-they are not in cache, as in a pass, and a grid around the package's rule (rows, multiply-adds) shows where it
-holds. Then whole inversions with each kernel, alternating in one process (ABBA).
+Whole inversions of full-size HyperInverter (batch 1 and 4) and HyperStyle (batch 1) with each kernel, alternating
+in one process (ABBA), recording every product they hand to ``ops.matmul.addmm``; each distinct shape is then timed
+both ways, cycling over a few right-hand sides so that they are not in cache, as in a pass, and a grid around the
+package's rule (rows, multiply-adds) shows where it holds.
 """
 
 from __future__ import annotations
@@ -23,28 +23,6 @@ CYCLED_OPERANDS = 4
 # four images' channels.
 GRID = [(m, k, n) for k in (128, 512) for m, n in ((1, 65536), (64, 4608), (128, 1152), (128, 4608), (256, 288),
                                                      (256, 576), (256, 4608), (512, 1152), (2048, 4608))]
-
-
-def recorded_products(method: str, batch: int) -> collections.Counter:
-    """(M, K, N) -> calls per pass, for the products one inversion hands to ``ops.matmul.addmm``."""
-    from hyperinverter.ops import matmul
-
-    model, options = bench.build(method)
-    x = bench.sample_images(model.generator, batch, seed=1)
-    seen: collections.Counter = collections.Counter()
-    original = matmul.convolves
-
-    def record(a, b, bias=None):
-        seen[(a.shape[0], a.shape[1], b.shape[1])] += 1
-        return original(a, b, bias)
-
-    matmul.convolves = record
-    try:
-        with torch.no_grad():
-            model(x, **options)
-    finally:
-        matmul.convolves = original
-    return seen
 
 
 def time_product(m: int, k: int, n: int) -> tuple[float, float]:
@@ -65,22 +43,33 @@ def time_product(m: int, k: int, n: int) -> tuple[float, float]:
             bench.seconds(convolution, repeats) / CYCLED_OPERANDS * 1e3)
 
 
-def alternating_passes(method: str, batch: int, pairs: int) -> dict[str, dict[str, float]]:
+def alternating_passes(method: str, batch: int, pairs: int) -> tuple[dict[str, dict[str, float]], dict]:
+    """Whole inversions with each kernel, alternating (``bench_fullsize.alternating_passes``), and the products
+    they hand to ``ops.matmul.addmm``: (M, K, N) -> calls per pass (every pass makes the same calls)."""
     from hyperinverter.ops import matmul
     from hyperinverter.ops.prepacked import prepack_convolutions
 
     model, options = bench.build(method)
     prepack_convolutions(*model.parts().values())  # as a CPU fp32 pipeline from a bundle runs it
     x = bench.sample_images(model.generator, batch, seed=1)
-    rows = matmul.CONVOLVE_FROM_ROWS
+    rows, convolves = matmul.CONVOLVE_FROM_ROWS, matmul.convolves
+    seen: collections.Counter = collections.Counter()
 
     def use(mode: str) -> None:
         matmul.CONVOLVE_FROM_ROWS = rows if mode == "oneDNN" else 2**62
 
+    def record(a, b, bias=None):
+        seen[(a.shape[0], a.shape[1], b.shape[1])] += 1
+        return convolves(a, b, bias)
+
+    matmul.convolves = record
     try:
-        return bench.alternating_passes(model, x, options, use, ("sgemm", "oneDNN"), pairs)
+        passes = bench.alternating_passes(model, x, options, use, ("sgemm", "oneDNN"), pairs)
     finally:
-        matmul.CONVOLVE_FROM_ROWS = rows
+        matmul.CONVOLVE_FROM_ROWS, matmul.convolves = rows, convolves
+    count = 3 + 2 * pairs  # the first pass, one more in each mode, the timed ones
+    assert all(n % count == 0 for n in seen.values()), f"passes made different products: {seen}"
+    return passes, {shape: n // count for shape, n in seen.items()}
 
 
 def row(m: int, k: int, n: int, calls: int | None = None, batch: int = 1) -> tuple[str, float]:
@@ -115,14 +104,12 @@ def main() -> None:
               f"{torch.get_num_threads()} threads. Products ``bias + a @ b`` with ``a: [M, K]``, ``b: [K, N]``; "
               f"{CYCLED_OPERANDS} right-hand sides cycled (not in cache, as in a pass). The package's rule: oneDNN "
               f"from {CONVOLVE_FROM_ROWS} rows and {CONVOLVE_FROM_MACS / 2**20:.0f} Mi multiply-adds up."), ""]
-    products = {(method, batch): recorded_products(method, batch)
-                for method, batch in (("hyperinverter", 1), ("hyperinverter", 4), ("hyperstyle", 1))}
     # Whole passes first: their first pass turns the package's heap reuse on, and the products below are timed with
     # it, as in a pipeline (without it each large output was a fresh mapping, faulted in page by page).
-    summary, sections = [], []
+    summary, sections, products = [], [], {}
     for method, batch, pairs in (("hyperinverter", 1, args.pairs), ("hyperinverter", 4, args.pairs),
                                  ("hyperstyle", 1, args.hyperstyle_pairs)):
-        passes = alternating_passes(method, batch, pairs)
+        passes, products[method, batch] = alternating_passes(method, batch, pairs)
         sgemm, onednn = passes["sgemm"], passes["oneDNN"]
         stages = ", ".join(f"{k} {sgemm[k]:.3f} → {onednn[k]:.3f}" for k in sgemm if k != "pass")
         summary.append(f"- Whole {method} inversions at batch {batch}, {pairs} with each kernel alternating (ABBA) in "
