@@ -126,12 +126,18 @@ def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monke
     """Chained, the blocks before the last one are computed a band at a time and kept only until the next band
     has read them: none of them ever holds its whole map, and each computes every row exactly once."""
     G = banded_generator
-    computed, kept = {}, {}
+    computed, kept, upsampled = {}, {}, {}
     compute, rows = generator_module.BlockRows._compute, generator_module.BlockRows.rows
+    compute_upsampled = generator_module.UpsampledRows._compute
 
     def recording_compute(self, start, stop):
         computed.setdefault(self.height, []).append((start, stop))
         return compute(self, start, stop)
+
+    def recording_upsampled(self, start, stop):
+        i0, i1 = self.layer.upsampled_inputs(start, stop, self.source.height)
+        upsampled.setdefault(self.height, []).append((start, stop, i0, i1))
+        return compute_upsampled(self, start, stop)
 
     def recording_rows(self, start, stop):
         band = rows(self, start, stop)
@@ -140,6 +146,7 @@ def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monke
 
     monkeypatch.setattr(generator_module.BlockRows, "_compute", recording_compute)
     monkeypatch.setattr(generator_module.BlockRows, "rows", recording_rows)
+    monkeypatch.setattr(generator_module.UpsampledRows, "_compute", recording_upsampled)
     ws = torch.randn(1, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         synthesize(G, ws, bands=True, band_bytes=4 * 1024)  # each block's rows are 1 KiB here: 4-row bands
@@ -147,6 +154,13 @@ def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monke
     for height, bands in computed.items():
         assert bands[0][0] == 0 and bands[-1][1] == height
         assert all(a[1] == b[0] for a, b in itertools.pairwise(bands)), f"{height}-px rows computed twice or never"
+    # The transposed convs' rows too (R+1 of them in an R-px block); and a band's transposed conv reads one input
+    # row before its own, the one the previous band's last row shares (a 3x3 kernel at stride 2).
+    assert sorted(upsampled) == [height + 1 for height in (8, 16, 32, 64)]
+    for height, bands in upsampled.items():
+        assert bands[0][0] == 0 and bands[-1][1] == height
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bands)), f"{height} upsampled rows computed twice"
+        assert all(b[2] == a[3] - 1 for a, b in itertools.pairwise(bands)), f"{height}: input halo of one row"
     for height in (16, 32):  # upstream blocks: at most a band, the halo the next block reads twice, and a band
         assert kept[height] <= 3 * 4 and kept[height] < height, (height, kept[height])
 

@@ -29,6 +29,7 @@ from hyperinverter.models.encoders import (
     WEncoderConfig,
     encoder_preset,
 )
+from hyperinverter.models.encoders.backbones import IRUnit
 
 OFFICIAL_WIDTHS = (64, 128, 256, 512)
 
@@ -437,3 +438,17 @@ def test_read_state_dict_rejects_non_tensors(tmp_path):
     path.write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="junk.pt: is not a readable torch checkpoint"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_ir_unit_of_unchanged_width_adds_its_input_unconverted(stride):
+    """The parameter-free shortcut (``MaxPool2d(1, stride)`` officially) is the input itself, subsampled at stride
+    2; at stride 1 it runs as the identity, without a copy."""
+    torch.manual_seed(0)
+    unit = IRUnit(in_channels=16, out_channels=16, stride=stride).eval()
+    assert not list(unit.shortcut_layer.parameters())
+    x = torch.randn(2, 16, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), unit.res_layer(x) + x[:, :, ::stride, ::stride], rtol=0, atol=0)
+        if stride == 1:
+            assert unit.shortcut_layer(x) is x

@@ -264,25 +264,15 @@ class WholeRows:
         return self.x[:, :, start:stop]
 
 
-class BlockRows:
-    """One synthesis block of one sample, band by band: conv0 computes the rows conv1 reads, conv1 and torgb the
-    band's rows. Chained (a block's source is the previous block's ``BlockRows``), the high-resolution blocks never
-    hold a whole feature map: each computes rows when the next first asks for them, a band at least, and keeps
-    them only until a later request has passed them.
+class KeptRows:
+    """Rows of a one-sample map computed on demand from ``source``, top to bottom (``_compute``): a request computes
+    the rows past those computed so far, a band at least, and rows are kept only until a later request has passed
+    them. So each row is computed once, while the rows a consumer reads across a band's edge (its halo) are
+    there for the next band."""
 
-    What bands recompute at their edges: conv0's two halo rows, and the transposed conv's rows under them. The
-    block's RGB output is written to ``rgb`` as its rows are computed; the skip image is summed once every row is
-    there (``finish``), as ``upsample2d(img) + rgb``, the whole-map block's expression.
-    """
-
-    def __init__(self, conv0: FoldedLayer, conv1: FoldedLayer, torgb: FoldedLayer, source: RowSource, *,
-                 height: int, img_channels: int, band_rows: int) -> None:
-        assert conv0.output_height(source.height) == height, f"{source.height} rows do not make {height}"
-        self.conv0, self.conv1, self.torgb, self.source = conv0, conv1, torgb, source
-        self.height, self.band_rows = height, band_rows
+    def __init__(self, source: RowSource, *, height: int, band_rows: int) -> None:
+        self.source, self.height, self.band_rows = source, height, band_rows
         self.like = source.like.new_empty(0, dtype=compute_dtype(source.like))
-        self.rgb = torch.empty((1, img_channels, height, height), dtype=torch.float32, device=source.like.device,
-                               memory_format=torch.channels_last)  # as the skip image (a torgb output)
         self._kept, self._kept_from = None, 0  # the rows computed and still needed, from row _kept_from on
         self._asked_from = 0
 
@@ -298,15 +288,59 @@ class BlockRows:
         done = self.computed
         if stop > done:
             new = self._compute(done, min(max(stop, done + self.band_rows), self.height))
-            if self._kept is not None and start < done:  # rows asked for again (the next block's halo)
+            if self._kept is not None and start < done:  # rows asked for again (the consumer's halo)
                 new = torch.cat([self._kept[:, :, start - self._kept_from :], new], dim=2)
             self._kept, self._kept_from = new, min(start, done)
         return self._kept[:, :, start - self._kept_from : stop - self._kept_from]
 
     def _compute(self, start: int, stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class UpsampledRows(KeptRows):
+    """An up-sampling layer's transposed-conv rows (``FoldedLayer.upsampled_rows``), each computed once.
+
+    The FIR filter after the transposed conv reads a few rows past each band's edges. Recomputed, they made a
+    band's transposed conv read 20 input rows for 16 new ones; kept, it reads 17. Full-size synthesis, batch 1,
+    on a CPU: 8 ms less per pass (12 passes each way, alternating in one process), the same image to the bit.
+    """
+
+    def __init__(self, layer: FoldedLayer, source: RowSource, *, band_rows: int) -> None:
+        super().__init__(source, height=layer.upsampled_height(source.height), band_rows=band_rows)
+        self.layer = layer
+
+    def _compute(self, start: int, stop: int) -> torch.Tensor:
+        i0, i1 = self.layer.upsampled_inputs(start, stop, self.source.height)
+        return self.layer.upsampled_rows(self.source.rows(i0, i1), start, stop, first_row=i0,
+                                         input_height=self.source.height)
+
+
+class BlockRows(KeptRows):
+    """One synthesis block of one sample, band by band: conv0's transposed conv computes the rows its filter reads
+    (``UpsampledRows``), the filter the rows conv1 reads, conv1 and torgb the band's rows. Chained (a block's
+    source is the previous block's ``BlockRows``), the high-resolution blocks never hold a whole feature map: each
+    computes rows when the next first asks for them, a band at least, and keeps them only until a later request
+    has passed them.
+
+    What bands recompute at their edges: conv0's filtered rows under conv1's halo (two per band). The block's RGB
+    output is written to ``rgb`` as its rows are computed; the skip image is summed once every row is there
+    (``finish``), as ``upsample2d(img) + rgb``, the whole-map block's expression.
+    """
+
+    def __init__(self, conv0: FoldedLayer, conv1: FoldedLayer, torgb: FoldedLayer, source: RowSource, *,
+                 height: int, img_channels: int, band_rows: int) -> None:
+        assert conv0.output_height(source.height) == height, f"{source.height} rows do not make {height}"
+        self.upsampled = UpsampledRows(conv0, source, band_rows=band_rows)
+        super().__init__(self.upsampled, height=height, band_rows=band_rows)
+        self.conv0, self.conv1, self.torgb, self.input_height = conv0, conv1, torgb, source.height
+        self.rgb = torch.empty((1, img_channels, height, height), dtype=torch.float32, device=source.like.device,
+                               memory_format=torch.channels_last)  # as the skip image (a torgb output)
+
+    def _compute(self, start: int, stop: int) -> torch.Tensor:
         first, last = self.conv1.input_rows(start, stop, self.height)
-        i0, i1 = self.conv0.input_rows(first, last, self.source.height)
-        h = self.conv0.rows(self.source.rows(i0, i1), first, last, first_row=i0, input_height=self.source.height)
+        lo, hi = self.conv0.filter_inputs(first, last, self.input_height)
+        h = self.conv0.filtered_rows(self.upsampled.rows(lo, hi), first, last, first_row=lo,
+                                     input_height=self.input_height)
         h = self.conv1.rows(h, start, stop, first_row=first, input_height=self.height)
         y = self.torgb.rows(h, 0, stop - start)
         with full_precision(y.device):

@@ -215,6 +215,10 @@ class FoldedLayer:
     A band never holds a whole high-resolution intermediate (the transposed conv's output, the blurred map, the
     next conv's output); see ``SynthesisNetwork.band_rows``. A band is exact: it reads every input row its outputs
     depend on and pads only at the image's own edges, as the whole-map path does.
+
+    An up-sampling layer is two steps that also run on their own: the transposed conv (``upsampled_rows``) and the
+    FIR filter with bias and epilogue (``filtered_rows``). A chain keeps the transposed conv's rows between bands
+    (``generator.BlockRows``), so that the rows the filter reads across a band's edge are computed once.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, up: int = 1,
@@ -240,48 +244,75 @@ class FoldedLayer:
         if self.up == 1:
             pad = self.kernel_size // 2
             return max(start - pad, 0), min(stop + pad, input_height)
-        return self._transposed_inputs(*self._transposed_rows(start, stop), input_height)
+        return self.upsampled_inputs(*self.filter_inputs(start, stop, input_height), input_height)
 
     def rows(self, x: torch.Tensor, start: int, stop: int, *, first_row: int = 0,
              input_height: int | None = None) -> torch.Tensor:
         """Output rows ``[start, stop)`` from ``x``, which holds the input's rows ``[first_row, first_row + x.shape[2])``
         of an input ``input_height`` rows tall (default: ``x`` is the whole input)."""
         height = x.shape[2] if input_height is None else input_height
+        if self.up > 1:
+            lo, hi = self.filter_inputs(start, stop, height)
+            u = self.upsampled_rows(x, lo, hi, first_row=first_row, input_height=height)
+            return self.filtered_rows(u, start, stop, first_row=lo, input_height=height)
         i0, i1 = self.input_rows(start, stop, height)
-        assert first_row <= i0 and i1 <= first_row + x.shape[2], (
-            f"rows [{start}, {stop}) need input rows [{i0}, {i1}), x holds [{first_row}, {first_row + x.shape[2]})")
-        x = x[:, :, i0 - first_row : i1 - first_row]
-        if self.up == 1:
-            pad = self.kernel_size // 2
-            x = pad_or_crop(x, 0, 0, pad - (start - i0), stop + pad - i1)  # zeros at the image's edges
-            y = F.conv2d(x, self.weight.to(x.dtype), bias=self.bias, padding=(0, pad))
-        else:
-            first, last = self._transposed_rows(start, stop)
-            u = F.conv_transpose2d(x, self.transposed_weight.to(x.dtype), stride=self.up)  # rows up·i0 onwards
-            lo, hi = max(first, 0), min(last, self._transposed_height(height))
-            u = pad_or_crop(u[:, :, lo - self.up * i0 : hi - self.up * i0], 0, 0, lo - first, last - hi)
-            pad0, pad1 = self.blur_pad
-            taps = self.blur_taps.to(u.dtype)
-            if pad0 == pad1:
-                y = F.conv2d(u, taps, bias=self.bias, padding=(0, pad0), groups=u.shape[1])
-            else:
-                y = F.conv2d(F.pad(u, (pad0, pad1, 0, 0)), taps, bias=self.bias, groups=u.shape[1])
+        x = _held_rows(x, first_row, (i0, i1), start, stop)
+        pad = self.kernel_size // 2
+        x = pad_or_crop(x, 0, 0, pad - (start - i0), stop + pad - i1)  # zeros at the image's edges
+        y = F.conv2d(x, self.weight.to(x.dtype), bias=self.bias, padding=(0, pad))
         assert y.shape[2] == stop - start, f"{y.shape[2]} rows for [{start}, {stop})"
         return self.epilogue(y, slice(start, stop))
 
-    def _transposed_height(self, input_height: int) -> int:
+    # The two steps of an up-sampling layer -------------------------------------------------------------------
+    def upsampled_height(self, input_height: int) -> int:
+        """Rows of the transposed conv's output: ``up·(H-1)+k``."""
         return self.up * (input_height - 1) + self.kernel_size
 
-    def _transposed_rows(self, start: int, stop: int) -> tuple[int, int]:
-        """The rows ``[first, last)`` of the transposed conv's output that the filter reads for output rows
-        ``[start, stop)``; rows outside ``[0, up·(H-1)+k)`` are the filter's zero padding."""
-        fw = self.blur_taps.shape[-1]
-        return start - self.blur_pad[0], stop - self.blur_pad[0] + fw - 1
+    def upsampled_inputs(self, start: int, stop: int, input_height: int) -> tuple[int, int]:
+        """The input rows that transposed-conv rows ``[start, stop)`` read: row y reads inputs i with
+        ``up·i <= y < up·i + k``."""
+        return max(-((self.kernel_size - 1 - start) // self.up), 0), min((stop - 1) // self.up + 1, input_height)
 
-    def _transposed_inputs(self, first: int, last: int, input_height: int) -> tuple[int, int]:
-        """Input rows of transposed-conv rows ``[first, last)``: row y reads inputs i with up·i <= y < up·i + k."""
-        lo, hi = max(first, 0), min(last, self._transposed_height(input_height))
-        return max(-((self.kernel_size - 1 - lo) // self.up), 0), min((hi - 1) // self.up + 1, input_height)
+    def upsampled_rows(self, x: torch.Tensor, start: int, stop: int, *, first_row: int,
+                       input_height: int) -> torch.Tensor:
+        """Transposed-conv rows ``[start, stop)`` (within ``[0, upsampled_height)``) from the input rows in ``x``."""
+        assert 0 <= start < stop <= self.upsampled_height(input_height), f"rows [{start}, {stop})"
+        i0, _ = bounds = self.upsampled_inputs(start, stop, input_height)
+        x = _held_rows(x, first_row, bounds, start, stop)
+        u = F.conv_transpose2d(x, self.transposed_weight.to(x.dtype), stride=self.up)  # rows up·i0 onwards
+        return u[:, :, start - self.up * i0 : stop - self.up * i0]
+
+    def filter_inputs(self, start: int, stop: int, input_height: int) -> tuple[int, int]:
+        """The transposed conv's rows that the filter reads for output rows ``[start, stop)``, clipped to the rows
+        it has (the filter pads with zeros beyond them)."""
+        fw = self.blur_taps.shape[-1]
+        return max(start - self.blur_pad[0], 0), min(stop - self.blur_pad[0] + fw - 1,
+                                                     self.upsampled_height(input_height))
+
+    def filtered_rows(self, u: torch.Tensor, start: int, stop: int, *, first_row: int,
+                      input_height: int) -> torch.Tensor:
+        """Output rows ``[start, stop)``: the FIR filter, bias and epilogue over the transposed conv's rows held in
+        ``u`` (from row ``first_row`` on) of an input ``input_height`` rows tall."""
+        lo, hi = self.filter_inputs(start, stop, input_height)
+        u = _held_rows(u, first_row, (lo, hi), start, stop)
+        fw, (pad0, pad1) = self.blur_taps.shape[-1], self.blur_pad
+        u = pad_or_crop(u, 0, 0, lo - (start - pad0), (stop - pad0 + fw - 1) - hi)
+        taps = self.blur_taps.to(u.dtype)
+        if pad0 == pad1:
+            y = F.conv2d(u, taps, bias=self.bias, padding=(0, pad0), groups=u.shape[1])
+        else:
+            y = F.conv2d(F.pad(u, (pad0, pad1, 0, 0)), taps, bias=self.bias, groups=u.shape[1])
+        assert y.shape[2] == stop - start, f"{y.shape[2]} rows for [{start}, {stop})"
+        return self.epilogue(y, slice(start, stop))
+
+
+def _held_rows(x: torch.Tensor, first_row: int, rows: tuple[int, int], start: int, stop: int) -> torch.Tensor:
+    """Rows ``[i0, i1)`` of a map of which ``x`` holds the rows from ``first_row`` on (a view); they are what output
+    rows ``[start, stop)`` read."""
+    i0, i1 = rows
+    assert first_row <= i0 and i1 <= first_row + x.shape[2], (
+        f"rows [{start}, {stop}) need input rows [{i0}, {i1}), x holds [{first_row}, {first_row + x.shape[2]})")
+    return x[:, :, i0 - first_row : i1 - first_row]
 
 
 # What a modulated layer takes per sample: keyword -> the parameter (or buffer) name under the layer.
