@@ -4,7 +4,7 @@ A hypernetwork's last product maps a code per input channel to a layer's whole k
 9.4 MB of output for a 512-channel layer. PyTorch hands fp32 products on a CPU to MKL's sgemm; the same product as
 a 1x1 convolution over an ``[M, 1]`` map in channels-last layout, whose output memory is exactly the row-major
 ``[M, N]`` result, runs through oneDNN. On this repository's 2-core CPU, for the products the rule below takes,
-sgemm ran at 104-206 GFLOP/s and the convolution at 139-428 over two runs (``benchmarks/bench_matmul.py``,
+sgemm ran at 104-211 GFLOP/s and the convolution at 139-428 over three runs (``benchmarks/bench_matmul.py``,
 ``benchmarks/results/matmul-cpu.md``). The convolution reorders ``b`` on every call, so it only pays from
 :data:`CONVOLVE_FROM_ROWS` rows of ``a`` and :data:`CONVOLVE_FROM_MACS` multiply-adds up; below that (and for a code
 times a weight, one row) sgemm stays faster.

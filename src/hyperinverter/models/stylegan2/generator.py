@@ -41,10 +41,11 @@ SPLIT_FROM_ELEMENTS = 2**20
 # On CPUs, inference runs the blocks whose feature maps per sample reach BAND_FROM_BYTES band by band, as one chain
 # (``BlockRows``), in bands of about BAND_BYTES per map: the last block's bands pull the rows they read through the
 # blocks before it, so no whole high-resolution map (the 512- and 1024-px features, the transposed conv's output,
-# the blurred map) is ever held. Full-size HyperInverter, batch 1, fp32: peak 1.92 GB chained against 2.21-2.24 GB
-# with whole maps (over the 2 GB target); in the last five runs of make bench, bands took 1.82-1.92 s per image and
-# whole maps 1.78-1.92, faster in four of them by up to 0.12 s (benchmarks/results/fullsize-ffhq1024-cpu.md).
-# Bands of 8 and 2 MB were no faster than 4 MB, and 8 MB ones peaked 30 MB higher.
+# the blurred map) is ever held. Full-size HyperInverter, batch 1, fp32: peak 1.92-1.94 GB chained against
+# 2.21-2.24 GB with whole maps (over the 2 GB target); in the last six runs of make bench, bands took 1.82-1.92 s per
+# image and whole maps 1.75-1.92, faster in five of them by up to 0.12 s (benchmarks/results/fullsize-ffhq1024-cpu.md).
+# Bands of 2 and 8 MB were no faster than 4 MB, before and after UpsampledRows (16 MB: slower than 8), and 8 MB ones
+# peaked 30 MB higher.
 BAND_FROM_BYTES = 2**25
 BAND_BYTES = 2**22
 KernelChoice = Literal["auto", "batched", "grouped", "loop"]
