@@ -127,7 +127,7 @@ def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monke
     has read them: none of them ever holds its whole map, and each computes every row exactly once."""
     G = banded_generator
     computed, kept, upsampled = {}, {}, {}
-    compute, rows = generator_module.BlockRows._compute, generator_module.BlockRows.rows
+    compute, rows = generator_module.BlockRows._compute, generator_module.KeptRows.rows
     compute_upsampled = generator_module.UpsampledRows._compute
 
     def recording_compute(self, start, stop):
@@ -141,11 +141,12 @@ def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monke
 
     def recording_rows(self, start, stop):
         band = rows(self, start, stop)
-        kept[self.height] = max(kept.get(self.height, 0), self._kept.shape[2])
+        key = (type(self).__name__, self.height)
+        kept[key] = max(kept.get(key, 0), self._kept.shape[2])
         return band
 
     monkeypatch.setattr(generator_module.BlockRows, "_compute", recording_compute)
-    monkeypatch.setattr(generator_module.BlockRows, "rows", recording_rows)
+    monkeypatch.setattr(generator_module.KeptRows, "rows", recording_rows)
     monkeypatch.setattr(generator_module.UpsampledRows, "_compute", recording_upsampled)
     ws = torch.randn(1, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -162,7 +163,9 @@ def test_a_chain_holds_only_bands_of_its_upstream_blocks(banded_generator, monke
         assert all(a[1] == b[0] for a, b in itertools.pairwise(bands)), f"{height} upsampled rows computed twice"
         assert all(b[2] == a[3] - 1 for a, b in itertools.pairwise(bands)), f"{height}: input halo of one row"
     for height in (16, 32):  # upstream blocks: at most a band, the halo the next block reads twice, and a band
-        assert kept[height] <= 3 * 4 and kept[height] < height, (height, kept[height])
+        assert kept["BlockRows", height] <= 3 * 4 and kept["BlockRows", height] < height, kept
+    for height in (17, 33, 65):  # the transposed convs' rows: what a band's filter reads (a band, conv1's halo of
+        assert kept["UpsampledRows", height] <= 4 + 2 + 3 < height, kept  # 2 rows and the filter's 3), no more
 
 
 def test_block_rows_are_asked_for_top_to_bottom(banded_generator):

@@ -441,7 +441,7 @@ def test_read_state_dict_rejects_non_tensors(tmp_path):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_an_ir_unit_of_unchanged_width_adds_its_input_unconverted(stride):
+def test_an_ir_unit_of_unchanged_width_adds_its_input_unchanged(stride):
     """The parameter-free shortcut (``MaxPool2d(1, stride)`` officially) is the input itself, subsampled at stride
     2; at stride 1 it runs as the identity, without a copy."""
     torch.manual_seed(0)
