@@ -331,17 +331,16 @@ class BlockRows(KeptRows):
     def __init__(self, conv0: FoldedLayer, conv1: FoldedLayer, torgb: FoldedLayer, source: RowSource, *,
                  height: int, img_channels: int, band_rows: int) -> None:
         assert conv0.output_height(source.height) == height, f"{source.height} rows do not make {height}"
-        self.upsampled = UpsampledRows(conv0, source, band_rows=band_rows)
-        super().__init__(self.upsampled, height=height, band_rows=band_rows)
-        self.conv0, self.conv1, self.torgb, self.input_height = conv0, conv1, torgb, source.height
+        super().__init__(UpsampledRows(conv0, source, band_rows=band_rows), height=height, band_rows=band_rows)
+        self.conv0, self.conv1, self.torgb = conv0, conv1, torgb
         self.rgb = torch.empty((1, img_channels, height, height), dtype=torch.float32, device=source.like.device,
                                memory_format=torch.channels_last)  # as the skip image (a torgb output)
 
     def _compute(self, start: int, stop: int) -> torch.Tensor:
+        upsampled, input_height = self.source, self.source.source.height  # conv0's transposed-conv rows; its input's
         first, last = self.conv1.input_rows(start, stop, self.height)
-        lo, hi = self.conv0.filter_inputs(first, last, self.input_height)
-        h = self.conv0.filtered_rows(self.upsampled.rows(lo, hi), first, last, first_row=lo,
-                                     input_height=self.input_height)
+        lo, hi = self.conv0.filter_inputs(first, last, input_height)
+        h = self.conv0.filtered_rows(upsampled.rows(lo, hi), first, last, first_row=lo, input_height=input_height)
         h = self.conv1.rows(h, start, stop, first_row=first, input_height=self.height)
         y = self.torgb.rows(h, 0, stop - start)
         with full_precision(y.device):
