@@ -1,5 +1,6 @@
-"""``ops.matmul.addmm``: torch.addmm's result whichever kernel runs it; oneDNN's convolution only where it was measured
-to win (large CPU fp32 products without autograd); the hypernetworks' Δθ through it equals the plain product's."""
+"""``ops.matmul.addmm``: torch.addmm's result whichever kernel runs it; oneDNN's convolution and inner product only
+where they were measured to win (CPU fp32 products without autograd: large ones, and those whose ``b`` is stored
+transposed); the hypernetworks' Δθ through it equals the plain product's."""
 
 import pytest
 import torch
@@ -8,7 +9,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from hyperinverter.models.hypernetwork import WeightRegressor
 from hyperinverter.models.hyperstyle import SharedWeightsHypernet
 from hyperinverter.ops import matmul
-from hyperinverter.ops.matmul import addmm, addmm_by_convolution, convolves
+from hyperinverter.ops.matmul import (
+    addmm,
+    addmm_by_convolution,
+    convolves,
+    inner_product_applies,
+    transposed_storage,
+)
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
 
@@ -26,7 +33,7 @@ def test_same_product_as_torch_whichever_kernel(m, k, n, with_bias):
     bias = bias if with_bias else None
     expected = a @ b if bias is None else torch.addmm(bias, a, b)
     with torch.no_grad():
-        for got in (addmm(bias, a, b), addmm_by_convolution(bias, a, b)):
+        for got in (addmm(bias, a, b), addmm_by_convolution(bias, a, b), addmm(bias, a, transposed_storage(b))):
             assert got.shape == (m, n) and got.is_contiguous()
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4 * k**0.5)
 
@@ -61,6 +68,24 @@ def test_convolves_only_where_it_was_measured_to_win():
     assert not convolves(a, big[2])  # autograd records torch's product
     with torch.no_grad():
         assert convolves(a, big[2])
+
+
+@needs_onednn
+def test_inner_product_only_for_a_transposed_b_at_inference():
+    bias, a, b = operands(4, 128, 9000)
+    b_t = transposed_storage(b)
+    assert torch.equal(b_t, b) and b_t.t().is_contiguous() and not b_t.is_contiguous()
+    with torch.no_grad():
+        assert inner_product_applies(a, b_t, bias) and inner_product_applies(a[:1], b_t)
+        assert not inner_product_applies(a, b, bias)  # the plain layout: sgemm
+        assert not inner_product_applies(a.bfloat16(), b_t.bfloat16())  # fp32 only
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not inner_product_applies(a, b_t)
+        big_a = torch.randn(512, 128)
+        assert convolves(big_a, b_t) and not inner_product_applies(big_a, b_t)  # the convolution takes it
+    assert not inner_product_applies(a, b_t.clone().requires_grad_())  # autograd records torch's product
+    with torch.no_grad():
+        torch.testing.assert_close(addmm(bias, a, b_t), torch.addmm(bias, a, b), rtol=1e-5, atol=1e-4 * 128**0.5)
 
 
 @needs_onednn
@@ -100,16 +125,33 @@ def test_hypernetworks_give_the_plain_products_delta(monkeypatch, batch):
     hypernet = SharedWeightsHypernet(z_dim=64, in_channels=512, out_channels=64).eval()
     features = torch.randn(2, batch, 8, 2, 2)
     z = torch.randn(batch, 64)
-    calls = []
-    original = matmul.addmm_by_convolution
+    calls, inner_products = [], []
+    original, original_rule = matmul.addmm_by_convolution, matmul.inner_product_applies
     monkeypatch.setattr(matmul, "addmm_by_convolution", lambda *args: (calls.append(args[1].shape), original(*args))[1])
+    monkeypatch.setattr(matmul, "inner_product_applies",
+                        lambda a, b, bias=None: (applies := original_rule(a, b, bias)) and inner_products.append(b.shape)
+                        or applies)
     with torch.no_grad():
         delta, kernel = regressor(*features), hypernet(z)
         assert calls == [(batch * 256, 128), (batch * 512, 64)]
+        assert inner_products == [(128, 256 * 128)]  # the code times w1, stored transposed
         monkeypatch.setattr(matmul, "CONVOLVE_FROM_ROWS", 10**9)  # torch's product everywhere
+        monkeypatch.setattr(matmul, "inner_product_applies", lambda a, b, bias=None: False)
         torch.testing.assert_close(delta, regressor(*features), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(kernel, hypernet(z), rtol=1e-5, atol=1e-5)
     assert len(calls) == 2 and delta.shape == (batch, 288, 256, 3, 3) and kernel.shape == (batch, 64, 512, 3, 3)
+
+
+def test_regressor_checkpoints_keep_the_official_layout_and_load_into_the_fast_one():
+    """w1 is held transposed (ops.matmul), but its key, shape and values are the official ``[D, I·D]``; a contiguous
+    checkpoint loads into that layout."""
+    source = WeightRegressor(shape=(16, 8, 3, 3), feature_channels=8, feature_size=2, hidden_dim=4, inner_channels=4)
+    target = WeightRegressor(shape=(16, 8, 3, 3), feature_channels=8, feature_size=2, hidden_dim=4, inner_channels=4)
+    assert source.w1.shape == (4, 8 * 4) and source.w1.t().is_contiguous()
+    state = {k: v.detach().contiguous() for k, v in source.state_dict().items()}  # as a safetensors file holds it
+    target.load_state_dict(state, strict=True)
+    assert torch.equal(target.w1, source.w1) and target.w1.t().is_contiguous()
+    assert target.to(torch.float64).w1.t().is_contiguous()
 
 
 @needs_onednn
@@ -121,6 +163,7 @@ def test_a_compiled_regressor_gives_the_eager_delta():
     features = torch.randn(2, 1, 8, 2, 2)
     with torch.no_grad():
         assert convolves(torch.empty(256, 128), regressor.w2)  # the oneDNN path is the one compiled
+        assert inner_product_applies(torch.empty(1, 128), regressor.w1)  # in eager mode; compiled, inductor's
         eager = regressor(*features)
         compiled = torch.compile(regressor)(*features)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

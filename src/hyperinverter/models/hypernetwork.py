@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config_base import SerializableConfig
-from ..ops.matmul import addmm
+from ..ops.matmul import addmm, transposed_storage
 from ..precision import full_precision
 from .stylegan2.generator import Generator, SynthesisNetwork
 from .weight_delta import WeightDelta
@@ -91,12 +91,14 @@ class WeightRegressor(nn.Module):
             out = hidden_dim if i == n_down - 1 else inner_channels
             layers += [nn.Conv2d(inner_channels, out, 4, stride=2, padding=1), nn.ReLU()]
         self.feature_extractor = nn.Sequential(*layers)
-        self.w1 = nn.Parameter(torch.empty(hidden_dim, in_ch * hidden_dim))
+        w1 = nn.init.kaiming_normal_(torch.empty(hidden_dim, in_ch * hidden_dim))
+        # A code times w1 reads all of it (up to 33.5 MB per layer). Stored transposed, as a linear layer's [I·D, D]
+        # weight with the official [D, I·D] shape and values (checkpoints are unchanged), it is read by oneDNN on
+        # every core where sgemv read it on one (ops.matmul).
+        self.w1 = nn.Parameter(transposed_storage(w1))
         self.b1 = nn.Parameter(torch.zeros(in_ch * hidden_dim))
-        self.w2 = nn.Parameter(torch.empty(hidden_dim, out_ch * kw * kw))
+        self.w2 = nn.Parameter(nn.init.kaiming_normal_(torch.empty(hidden_dim, out_ch * kw * kw)))
         self.b2 = nn.Parameter(torch.zeros(out_ch * kw * kw))
-        nn.init.kaiming_normal_(self.w1)
-        nn.init.kaiming_normal_(self.w2)
 
     def forward(self, image_features: torch.Tensor, input_features: torch.Tensor) -> torch.Tensor:
         b = image_features.shape[0]
@@ -104,7 +106,7 @@ class WeightRegressor(nn.Module):
         z = self.feature_extractor(fused).flatten(1)  # [B, D]
         assert z.shape == (b, self.hidden_dim), f"feature extractor gave {tuple(z.shape)}"
         # Bias adds inside the matrix products (addmm): one pass less over Δθ, the largest tensor made here.
-        a = torch.addmm(self.b1, z, self.w1).view(b * self.in_ch, self.hidden_dim)
+        a = addmm(self.b1, z, self.w1).view(b * self.in_ch, self.hidden_dim)
         m = addmm(self.b2, a, self.w2)  # [B·I, O·k·k]: oneDNN's kernel for large layers on CPUs (ops.matmul)
         return m.view(b, *self.shape)  # the official raw view: the "I" axis is not re-ordered
 

@@ -8,6 +8,13 @@ sgemm ran at 104-211 GFLOP/s and the convolution at 139-428 over three runs (``b
 ``benchmarks/results/matmul-cpu.md``). The convolution reorders ``b`` on every call, so it only pays from
 :data:`CONVOLVE_FROM_ROWS` rows of ``a`` and :data:`CONVOLVE_FROM_MACS` multiply-adds up; below that (and for a code
 times a weight, one row) sgemm stays faster.
+
+A code times a weight (``[B, K] @ [K, N]``, few rows, a large ``b``) is bound by reading ``b``. MKL's sgemv reads it on
+one core; oneDNN's inner product on both, when ``b`` is stored transposed (``b.t()`` contiguous, the ``[N, K]``
+weight of a linear layer). Per hypernetwork ``w1`` (``K`` 128, ``N`` 65,536) on this repository's 2-core CPU:
+1.48 ms by sgemm from the plain layout, 0.75 by oneDNN from the transposed one at one row; 5.0 and 2.5 at four
+rows, 8.7 and 3.6 at 32 (sgemm from the transposed layout: 3.5, 3.4 and 6.7). So :func:`addmm` hands a transposed
+``b`` to oneDNN whenever it applies (:func:`inner_product_applies`).
 """
 
 from __future__ import annotations
@@ -22,28 +29,51 @@ CONVOLVE_FROM_ROWS = 256
 CONVOLVE_FROM_MACS = 2**24
 
 
-def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether :func:`addmm` runs ``a @ b`` as a oneDNN convolution: CPU fp32 inference (no autograd, no autocast) on a
-    product from :data:`CONVOLVE_FROM_ROWS` rows and :data:`CONVOLVE_FROM_MACS` multiply-adds up."""
+def _onednn_inference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """CPU fp32 inference (no autograd, no autocast) with oneDNN enabled: where its kernels may take a product."""
     tensors = (a, b) if bias is None else (a, b, bias)
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    if torch.is_autocast_enabled("cpu") or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    return not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`addmm` runs ``a @ b`` as a oneDNN convolution: CPU fp32 inference (no autograd, no autocast) on a
+    product from :data:`CONVOLVE_FROM_ROWS` rows and :data:`CONVOLVE_FROM_MACS` multiply-adds up."""
+    if not _onednn_inference(a, b, bias):
         return False  # without oneDNN, PyTorch's own convolution would be slower than sgemm
     (m, k), n = a.shape, b.shape[1]
     return m >= CONVOLVE_FROM_ROWS and m * n * k >= CONVOLVE_FROM_MACS
 
 
+def inner_product_applies(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`addmm` runs ``a @ b`` as oneDNN's inner product: eager CPU fp32 inference on a ``b`` stored
+    transposed (``b.t()`` contiguous), where a convolution does not take the product (see the module docstring)."""
+    if torch.compiler.is_compiling():
+        return False  # inductor lowers this op only for weights frozen into the graph; it picks its own kernel
+    return (b.t().is_contiguous() and not b.is_contiguous() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and _onednn_inference(a, b, bias) and not convolves(a, b, bias))
+
+
+def transposed_storage(b: torch.Tensor) -> torch.Tensor:
+    """``b: [K, N]`` (same values) stored as the transposed view of a contiguous ``[N, K]``: the layout in which
+    :func:`addmm` reads a large ``b`` fastest for few rows of ``a``."""
+    return b.t().contiguous().t()
+
+
 def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``bias + a @ b`` as ``torch.addmm`` (``a: [M, K]``, ``b: [K, N]``, ``bias: [N]`` or None), a contiguous
-    ``[M, N]``; large CPU fp32 products run through oneDNN (see the module docstring)."""
+    ``[M, N]``; large CPU fp32 products, and those with a transposed ``b``, run through oneDNN (see the module
+    docstring)."""
     assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0], f"cannot multiply {tuple(a.shape)} @ {tuple(b.shape)}"
     assert bias is None or bias.shape == (b.shape[1],), f"bias {tuple(bias.shape)} != ({b.shape[1]},)"
-    if not convolves(a, b, bias):
-        return a @ b if bias is None else torch.addmm(bias, a, b)
-    return addmm_by_convolution(bias, a, b)
+    if convolves(a, b, bias):
+        return addmm_by_convolution(bias, a, b)
+    if inner_product_applies(a, b, bias):
+        return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
+    return a @ b if bias is None else torch.addmm(bias, a, b)
 
 
 def addmm_by_convolution(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
