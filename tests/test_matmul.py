@@ -14,6 +14,7 @@ from hyperinverter.ops.matmul import (
     addmm_by_convolution,
     convolves,
     inner_product_applies,
+    kernel,
     transposed_storage,
 )
 
@@ -76,16 +77,15 @@ def test_inner_product_only_for_a_transposed_b_at_inference():
     b_t = transposed_storage(b)
     assert torch.equal(b_t, b) and b_t.t().is_contiguous() and not b_t.is_contiguous()
     with torch.no_grad():
-        assert inner_product_applies(a, b_t, bias) and inner_product_applies(a[:1], b_t)
-        assert not inner_product_applies(a, b, bias)  # the plain layout: sgemm
-        assert not inner_product_applies(a.bfloat16(), b_t.bfloat16())  # fp32 only
+        assert kernel(a, b_t, bias) == kernel(a[:1], b_t) == "inner_product"
+        assert kernel(a, b, bias) == "torch"  # the plain layout: sgemm
+        assert kernel(a.bfloat16(), b_t.bfloat16()) == "torch"  # fp32 only
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not inner_product_applies(a, b_t)
+            assert kernel(a, b_t) == "torch"
         big_a = torch.randn(512, 128)
-        assert convolves(big_a, b_t) and not inner_product_applies(big_a, b_t)  # the convolution takes it
-    assert not inner_product_applies(a, b_t.clone().requires_grad_())  # autograd records torch's product
-    with torch.no_grad():
+        assert inner_product_applies(big_a, b_t) and kernel(big_a, b_t) == "convolution"  # the convolution first
         torch.testing.assert_close(addmm(bias, a, b_t), torch.addmm(bias, a, b), rtol=1e-5, atol=1e-4 * 128**0.5)
+    assert kernel(a, b_t.clone().requires_grad_()) == "torch"  # autograd records torch's product
 
 
 @needs_onednn
@@ -125,21 +125,17 @@ def test_hypernetworks_give_the_plain_products_delta(monkeypatch, batch):
     hypernet = SharedWeightsHypernet(z_dim=64, in_channels=512, out_channels=64).eval()
     features = torch.randn(2, batch, 8, 2, 2)
     z = torch.randn(batch, 64)
-    calls, inner_products = [], []
-    original, original_rule = matmul.addmm_by_convolution, matmul.inner_product_applies
-    monkeypatch.setattr(matmul, "addmm_by_convolution", lambda *args: (calls.append(args[1].shape), original(*args))[1])
-    monkeypatch.setattr(matmul, "inner_product_applies",
-                        lambda a, b, bias=None: (applies := original_rule(a, b, bias)) and inner_products.append(b.shape)
-                        or applies)
+    chosen, original = [], matmul.kernel
+    monkeypatch.setattr(matmul, "kernel", lambda a, b, bias=None: chosen.append((a.shape[0], original(a, b, bias)))
+                        or chosen[-1][1])
     with torch.no_grad():
-        delta, kernel = regressor(*features), hypernet(z)
-        assert calls == [(batch * 256, 128), (batch * 512, 64)]
-        assert inner_products == [(128, 256 * 128)]  # the code times w1, stored transposed
-        monkeypatch.setattr(matmul, "CONVOLVE_FROM_ROWS", 10**9)  # torch's product everywhere
-        monkeypatch.setattr(matmul, "inner_product_applies", lambda a, b, bias=None: False)
+        delta, shared_kernel = regressor(*features), hypernet(z)
+        # The code times w1 (stored transposed), then codes per input channel times w2; HyperStyle's kernel product.
+        assert chosen == [(batch, "inner_product"), (batch * 256, "convolution"), (batch * 512, "convolution")]
+        monkeypatch.setattr(matmul, "kernel", lambda a, b, bias=None: "torch")  # torch's product everywhere
         torch.testing.assert_close(delta, regressor(*features), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(kernel, hypernet(z), rtol=1e-5, atol=1e-5)
-    assert len(calls) == 2 and delta.shape == (batch, 288, 256, 3, 3) and kernel.shape == (batch, 64, 512, 3, 3)
+        torch.testing.assert_close(shared_kernel, hypernet(z), rtol=1e-5, atol=1e-5)
+    assert len(chosen) == 3 and delta.shape == (batch, 288, 256, 3, 3) and shared_kernel.shape == (batch, 64, 512, 3, 3)
 
 
 def test_regressor_checkpoints_keep_the_official_layout_and_load_into_the_fast_one():
@@ -163,7 +159,7 @@ def test_a_compiled_regressor_gives_the_eager_delta():
     features = torch.randn(2, 1, 8, 2, 2)
     with torch.no_grad():
         assert convolves(torch.empty(256, 128), regressor.w2)  # the oneDNN path is the one compiled
-        assert inner_product_applies(torch.empty(1, 128), regressor.w1)  # in eager mode; compiled, inductor's
+        assert kernel(torch.empty(1, 128), regressor.w1) == "inner_product"  # in eager mode; compiled, inductor's
         eager = regressor(*features)
         compiled = torch.compile(regressor)(*features)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

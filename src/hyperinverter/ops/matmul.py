@@ -1,4 +1,4 @@
-"""``bias + a @ b`` for the hypernetworks' large products, by oneDNN's convolution on CPUs.
+"""``bias + a @ b`` for the hypernetworks' products, by the kernel measured fastest for each on CPUs (:func:`kernel`).
 
 A hypernetwork's last product maps a code per input channel to a layer's whole kernel: ``[B·I, D] @ [D, O·k·k]``,
 9.4 MB of output for a 512-channel layer. PyTorch hands fp32 products on a CPU to MKL's sgemm; the same product as
@@ -6,18 +6,18 @@ a 1x1 convolution over an ``[M, 1]`` map in channels-last layout, whose output m
 ``[M, N]`` result, runs through oneDNN. On this repository's 2-core CPU, for the products the rule below takes,
 sgemm ran at 104-211 GFLOP/s and the convolution at 139-428 over three runs (``benchmarks/bench_matmul.py``,
 ``benchmarks/results/matmul-cpu.md``). The convolution reorders ``b`` on every call, so it only pays from
-:data:`CONVOLVE_FROM_ROWS` rows of ``a`` and :data:`CONVOLVE_FROM_MACS` multiply-adds up; below that (and for a code
-times a weight, one row) sgemm stays faster.
+:data:`CONVOLVE_FROM_ROWS` rows of ``a`` and :data:`CONVOLVE_FROM_MACS` multiply-adds up.
 
-A code times a weight (``[B, K] @ [K, N]``, few rows, a large ``b``) is bound by reading ``b``. MKL's sgemv reads it on
-one core; oneDNN's inner product on both, when ``b`` is stored transposed (``b.t()`` contiguous, the ``[N, K]``
-weight of a linear layer). Per hypernetwork ``w1`` (``K`` 128, ``N`` 65,536) on this repository's 2-core CPU:
-1.48 ms by sgemm from the plain layout, 0.75 by oneDNN from the transposed one at one row; 5.0 and 2.5 at four
-rows, 8.7 and 3.6 at 32 (sgemm from the transposed layout: 3.5, 3.4 and 6.7). So :func:`addmm` hands a transposed
-``b`` to oneDNN whenever it applies (:func:`inner_product_applies`).
+A code times a weight (``[B, K] @ [K, N]``, few rows, a large ``b``) is bound by reading ``b``: MKL's sgemv reads it
+on one core, oneDNN's inner product on every core when ``b`` is stored transposed (``b.t()`` contiguous, the
+``[N, K]`` weight of a linear layer; :func:`transposed_storage`). Per HyperInverter ``w1`` (``K`` 128, ``N``
+65,536) on the same CPU: 1.48 ms by sgemm from the plain layout, 0.75 by oneDNN from the transposed one at one row;
+5.0 and 2.5 at four rows, 8.7 and 3.6 at 32 (sgemm from the transposed layout: 3.5, 3.4 and 6.7).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +49,24 @@ def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
 
 
 def inner_product_applies(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether :func:`addmm` runs ``a @ b`` as oneDNN's inner product: eager CPU fp32 inference on a ``b`` stored
-    transposed (``b.t()`` contiguous), where a convolution does not take the product (see the module docstring)."""
+    """Whether oneDNN's inner product can take ``a @ b``: eager CPU fp32 inference on a ``b`` stored transposed
+    (``b.t()`` contiguous; see the module docstring)."""
     if torch.compiler.is_compiling():
         return False  # inductor lowers this op only for weights frozen into the graph; it picks its own kernel
     return (b.t().is_contiguous() and not b.is_contiguous() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and _onednn_inference(a, b, bias) and not convolves(a, b, bias))
+            and _onednn_inference(a, b, bias))
+
+
+Kernel = Literal["convolution", "inner_product", "torch"]
+
+
+def kernel(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> Kernel:
+    """The kernel :func:`addmm` runs ``bias + a @ b`` with: oneDNN's convolution for large products
+    (:func:`convolves`), else oneDNN's inner product for a ``b`` stored transposed (:func:`inner_product_applies`),
+    else PyTorch's product (MKL's sgemm on CPUs)."""
+    if convolves(a, b, bias):
+        return "convolution"
+    return "inner_product" if inner_product_applies(a, b, bias) else "torch"
 
 
 def transposed_storage(b: torch.Tensor) -> torch.Tensor:
@@ -65,15 +77,21 @@ def transposed_storage(b: torch.Tensor) -> torch.Tensor:
 
 def addmm(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``bias + a @ b`` as ``torch.addmm`` (``a: [M, K]``, ``b: [K, N]``, ``bias: [N]`` or None), a contiguous
-    ``[M, N]``; large CPU fp32 products, and those with a transposed ``b``, run through oneDNN (see the module
-    docstring)."""
+    ``[M, N]``, by the kernel :func:`kernel` picks."""
     assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0], f"cannot multiply {tuple(a.shape)} @ {tuple(b.shape)}"
     assert bias is None or bias.shape == (b.shape[1],), f"bias {tuple(bias.shape)} != ({b.shape[1]},)"
-    if convolves(a, b, bias):
+    chosen = kernel(a, b, bias)
+    if chosen == "convolution":
         return addmm_by_convolution(bias, a, b)
-    if inner_product_applies(a, b, bias):
-        return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
+    if chosen == "inner_product":
+        return addmm_by_inner_product(bias, a, b)
     return a @ b if bias is None else torch.addmm(bias, a, b)
+
+
+def addmm_by_inner_product(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``bias + a @ b`` as oneDNN's inner product (a linear layer whose ``[N, K]`` weight is ``b.t()``); fastest for a
+    ``b`` stored transposed, where no copy is made."""
+    return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
 
 
 def addmm_by_convolution(bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
