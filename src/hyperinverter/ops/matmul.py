@@ -11,8 +11,10 @@ sgemm ran at 104-211 GFLOP/s and the convolution at 139-428 over three runs (``b
 A code times a weight (``[B, K] @ [K, N]``, few rows, a large ``b``) is bound by reading ``b``: MKL's sgemv reads it
 on one core, oneDNN's inner product on every core when ``b`` is stored transposed (``b.t()`` contiguous, the
 ``[N, K]`` weight of a linear layer; :func:`transposed_storage`). Per HyperInverter ``w1`` (``K`` 128, ``N``
-65,536) on the same CPU: 1.48 ms by sgemm from the plain layout, 0.75 by oneDNN from the transposed one at one row;
-5.0 and 2.5 at four rows, 8.7 and 3.6 at 32 (sgemm from the transposed layout: 3.5, 3.4 and 6.7).
+65,536) on the same CPU, sgemm from the plain layout against oneDNN from the transposed one: 1.30 against 0.83 ms
+at one row, 4.99 against 2.06 at four, 7.18 against 2.88 at 32 (``make bench``); at one row the gain depends on the
+hour (1.48 against 0.75 ms in one probe, 1.38 against 1.45 in another). sgemm from the transposed layout was
+slower at one row (3.5 ms) and between the two at four and more.
 """
 
 from __future__ import annotations
