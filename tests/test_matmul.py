@@ -130,12 +130,14 @@ def test_hypernetworks_give_the_plain_products_delta(monkeypatch, batch):
                         or chosen[-1][1])
     with torch.no_grad():
         delta, shared_kernel = regressor(*features), hypernet(z)
-        # The code times w1 (stored transposed), then codes per input channel times w2; HyperStyle's kernel product.
-        assert chosen == [(batch, "inner_product"), (batch * 256, "convolution"), (batch * 512, "convolution")]
+        # The code times w1 (stored transposed), then codes per input channel times w2; HyperStyle's code times w2
+        # (stored transposed), then its kernel product.
+        assert chosen == [(batch, "inner_product"), (batch * 256, "convolution"), (batch, "inner_product"),
+                          (batch * 512, "convolution")]
         monkeypatch.setattr(matmul, "kernel", lambda a, b, bias=None: "torch")  # torch's product everywhere
         torch.testing.assert_close(delta, regressor(*features), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(shared_kernel, hypernet(z), rtol=1e-5, atol=1e-5)
-    assert len(chosen) == 3 and delta.shape == (batch, 288, 256, 3, 3) and shared_kernel.shape == (batch, 64, 512, 3, 3)
+    assert len(chosen) == 4 and delta.shape == (batch, 288, 256, 3, 3) and shared_kernel.shape == (batch, 64, 512, 3, 3)
 
 
 def test_regressor_checkpoints_keep_the_official_layout_and_load_into_the_fast_one():

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..config_base import SerializableConfig
-from ..ops.matmul import addmm
+from ..ops.matmul import addmm, transposed_storage
 from ..precision import full_precision
 from .encoders.backbones import TrunkConfig, TrunkHost
 from .stylegan2.generator import Generator
@@ -121,14 +121,16 @@ class SharedWeightsHypernet(nn.Module):
     def __init__(self, *, z_dim: int, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         self.z_dim, self.in_channels, self.out_channels, self.k = z_dim, in_channels, out_channels, kernel_size
-        self.w2 = nn.Parameter(torch.fmod(torch.randn(z_dim, in_channels * z_dim) / 40, 2))
+        # z times w2 reads all of w2 (512 MB at z = in = 512), 45 times per full-size image: stored transposed, with
+        # the official shape and values, oneDNN reads it on every core (ops.matmul; as HyperInverter's w1).
+        self.w2 = nn.Parameter(transposed_storage(torch.fmod(torch.randn(z_dim, in_channels * z_dim) / 40, 2)))
         self.b2 = nn.Parameter(torch.fmod(torch.randn(in_channels * z_dim) / 40, 2))
         self.w1 = nn.Parameter(torch.fmod(torch.randn(z_dim, out_channels * kernel_size**2) / 40, 2))
         self.b1 = nn.Parameter(torch.fmod(torch.randn(out_channels * kernel_size**2) / 40, 2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
-        h = (z @ self.w2 + self.b2).view(b * self.in_channels, self.z_dim)
+        h = addmm(self.b2, z, self.w2).view(b * self.in_channels, self.z_dim)
         kernel = addmm(self.b1, h, self.w1)  # [B·in, out·f·f]: oneDNN's kernel for large layers on CPUs (ops.matmul)
         return kernel.view(b, self.out_channels, self.in_channels, self.k, self.k)
 
