@@ -36,18 +36,15 @@ def time_product(m: int, k: int, n: int, onednn: str = "convolution") -> tuple[f
 
     a = torch.randn(m, k)
     operands = [(torch.randn(n), torch.randn(k, n)) for _ in range(CYCLED_OPERANDS)]
+    inner = onednn == "inner_product"
+    multiply = addmm_by_inner_product if inner else addmm_by_convolution
+    onednn_operands = [(bias, transposed_storage(b) if inner else b) for bias, b in operands]
 
     def sgemm():
         return [torch.addmm(bias, a, b) for bias, b in operands]
 
-    if onednn == "inner_product":
-        transposed = [(bias, transposed_storage(b)) for bias, b in operands]
-
-        def onednn_kernel():
-            return [addmm_by_inner_product(bias, a, b) for bias, b in transposed]
-    else:
-        def onednn_kernel():
-            return [addmm_by_convolution(bias, a, b) for bias, b in operands]
+    def onednn_kernel():
+        return [multiply(bias, a, b) for bias, b in onednn_operands]
 
     repeats = max(1, int(0.05 / max(bench.seconds(sgemm, 1), 1e-5)))
     return (bench.seconds(sgemm, repeats) / CYCLED_OPERANDS * 1e3,
@@ -66,7 +63,7 @@ def alternating_passes(method: str, batch: int, pairs: int) -> tuple[dict[str, d
     x = bench.sample_images(model.generator, batch, seed=1)
     kernel = matmul.kernel
     # The weights stored transposed for the inner product, and the same values in the official layout.
-    transposed = [p for p in model.parameters() if p.dim() == 2 and p.t().is_contiguous() and not p.is_contiguous()]
+    transposed = [p for p in model.parameters() if matmul.stored_transposed(p)]
     layouts = {"oneDNN": [p.data for p in transposed], "sgemm": [p.data.contiguous() for p in transposed]}
     seen: collections.Counter = collections.Counter()
 

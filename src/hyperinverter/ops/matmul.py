@@ -56,8 +56,7 @@ def inner_product_applies(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor |
     (``b.t()`` contiguous; see the module docstring)."""
     if torch.compiler.is_compiling():
         return False  # inductor lowers this op only for weights frozen into the graph; it picks its own kernel
-    return (b.t().is_contiguous() and not b.is_contiguous() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and _onednn_inference(a, b, bias))
+    return stored_transposed(b) and hasattr(torch.ops.mkldnn, "_linear_pointwise") and _onednn_inference(a, b, bias)
 
 
 Kernel = Literal["convolution", "inner_product", "torch"]
@@ -70,6 +69,11 @@ def kernel(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -
     if convolves(a, b, bias):
         return "convolution"
     return "inner_product" if inner_product_applies(a, b, bias) else "torch"
+
+
+def stored_transposed(b: torch.Tensor) -> bool:
+    """Whether the matrix ``b`` is held as the transposed view of a contiguous one (:func:`transposed_storage`)."""
+    return b.dim() == 2 and b.t().is_contiguous() and not b.is_contiguous()
 
 
 def transposed_storage(b: torch.Tensor) -> torch.Tensor:
