@@ -209,10 +209,11 @@ def test_pti_locality_regulariser_is_active(G):
     kept = method.tune(x, pivot, dict(options, locality_regularization=True), None, early_stop=False)
     from hyperinverter.methods.projector import PerImageRandom
 
-    # measured at other random codes than tuning drew
-    change_free = method.locality_loss(pivot, free, options, None, PerImageRandom(x, 99))
-    change_kept = method.locality_loss(pivot, kept, options, None, PerImageRandom(x, 99))
-    assert change_kept < 0.5 * change_free, (change_kept, change_free)
+    # Measured at eight other random codes than tuning drew. The ratio is about a half, but it moves with float
+    # rounding (0.42-0.54 between equivalent kernels; at one code 0.34-0.58): without the regulariser it is 1.
+    change_free = sum(method.locality_loss(pivot, free, options, None, PerImageRandom(x, 90 + i)) for i in range(8))
+    change_kept = sum(method.locality_loss(pivot, kept, options, None, PerImageRandom(x, 90 + i)) for i in range(8))
+    assert change_kept < 0.75 * change_free, (change_kept, change_free)
     with torch.enable_grad():
         delta = WeightDelta({n: t.clone().requires_grad_(True) for n, t in free.items()})
         method.locality_loss(pivot, delta, options, None, PerImageRandom(x, 1)).sum().backward()

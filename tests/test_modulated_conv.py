@@ -1,0 +1,83 @@
+"""The modulated conv's weight paths: the fused weight in every layout, the kept demodulation sums, and the kernel a
+single image gets."""
+
+import pytest
+import torch
+
+from hyperinverter.models.stylegan2.generator import SINGLE_BATCHED_UP_TO_RESOLUTION
+from hyperinverter.models.stylegan2.layers import demodulation_sums, fused_weight, transposed_conv_layout
+
+
+def official_fused_weight(weight, styles, *, demodulate, gain):
+    """NVIDIA's ``modulated_conv2d`` (fused path), step by step."""
+    w = (weight if weight.ndim == 5 else weight.unsqueeze(0)) * styles.reshape(styles.shape[0], 1, -1, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    return w * gain
+
+
+LAYOUTS = {
+    "contiguous": lambda w: w.contiguous(),
+    "channels_last": lambda w: w.contiguous(memory_format=torch.channels_last),
+    "transposed_conv": transposed_conv_layout,
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize(("demodulate", "gain"), [(True, 2**0.5), (False, 1.0), (False, 0.5)])
+def test_fused_weight_equals_the_official_steps_with_their_gradients(layout, per_sample, demodulate, gain):
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 16, 24, 3, 3, generator=gen) if per_sample else torch.randn(16, 24, 3, 3, generator=gen)
+    weight = (torch.stack([LAYOUTS[layout](w) for w in weight]) if per_sample else LAYOUTS[layout](weight))
+    styles = torch.randn(3, 24, generator=gen)
+    before = weight.clone()
+    with torch.no_grad():
+        got = fused_weight(weight, styles, demodulate=demodulate, gain=gain, dtype=torch.float32)
+    expected = official_fused_weight(weight, styles, demodulate=demodulate, gain=gain)
+    assert got.shape == (3, 16, 24, 3, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(weight, before)  # scaled in place: its own new tensor, never the weight
+    # with autograd: the same values and gradients (no in-place step on what the backward pass reads)
+    w1, s1 = weight.clone().requires_grad_(), styles.clone().requires_grad_()
+    w2, s2 = weight.clone().requires_grad_(), styles.clone().requires_grad_()
+    probe = torch.randn(expected.shape, generator=gen)
+    (fused_weight(w1, s1, demodulate=demodulate, gain=gain, dtype=torch.float32) * probe).sum().backward()
+    (official_fused_weight(w2, s2, demodulate=demodulate, gain=gain) * probe).sum().backward()
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_demodulation_sums_are_kept_per_version_of_the_weight():
+    weight = torch.randn(8, 6, 3, 3)
+    sums = demodulation_sums(weight)
+    torch.testing.assert_close(sums, weight.square().sum(dim=[2, 3]))
+    assert demodulation_sums(weight) is sums  # kept
+    with torch.no_grad():
+        weight.mul_(2)  # changed in place: a new version
+    torch.testing.assert_close(demodulation_sums(weight), 4 * sums)
+    param = torch.nn.Parameter(torch.randn(8, 6, 3, 3), requires_grad=False)
+    first = demodulation_sums(param)
+    param.data = torch.randn(8, 6, 3, 3)  # new values under the same parameter (a module conversion does this)
+    torch.testing.assert_close(demodulation_sums(param), param.square().sum(dim=[2, 3]))
+    assert not torch.equal(demodulation_sums(param), first)
+    trained = torch.nn.Parameter(torch.randn(8, 6, 3, 3))  # tracked by autograd: computed, differentiable
+    assert demodulation_sums(trained).grad_fn is not None
+    assert demodulation_sums(trained) is not demodulation_sums(trained)
+
+
+def test_a_single_image_takes_the_batched_kernel_at_low_resolution_without_autograd(tiny_generator):
+    G = tiny_generator
+    x = torch.randn(1, 8, 8, 8)
+    choose = G.synthesis.choose_kernel
+    with torch.no_grad():
+        assert choose(None, SINGLE_BATCHED_UP_TO_RESOLUTION, x) == "batched"
+        assert choose(None, 2 * SINGLE_BATCHED_UP_TO_RESOLUTION, x) == "loop"
+        assert choose(torch.randn(1, 4, 8, 3, 3), 8, x) == "loop"  # per-sample weights
+    assert choose(None, 8, x) == "loop"  # with autograd: fused, as before
+    ws = torch.randn(1, G.num_ws, G.w_dim)
+    with torch.no_grad():
+        single = G.synthesis(ws)
+    fused = G.synthesis(ws)
+    assert fused.requires_grad
+    assert (single - fused.detach()).abs().max() <= 1e-5
