@@ -209,7 +209,8 @@ def modulated_conv2d(
       scale the outputs by the demodulation coefficients (NVIDIA's non-fused path);
     - ``"grouped"``: modulate a weight per sample and run one grouped conv (rosinality's fused path);
     - ``"loop"``: modulate a weight per sample and run one conv per sample; no passes over the activations
-      for modulation at all, so it wins on CPUs at high resolution and for single images.
+      for modulation at all, so it wins on CPUs at high resolution and for per-sample weights (a single image's
+      shared low-resolution layers run batched where autograd is off: ``generator.SINGLE_BATCHED_UP_TO_RESOLUTION``).
     """
     batch, in_channels = x.shape[:2]
     per_sample = weight.ndim == 5
