@@ -99,11 +99,14 @@ def test_gradients_flow_through_the_fallback():
 
 
 @needs_onednn
-def test_flop_count_is_the_product():
-    bias, a, b = operands(512, 128, 4608)
+@pytest.mark.parametrize(("m", "transposed"), [(512, False), (4, True)])  # the convolution, the inner product
+def test_flop_count_is_the_product(m, transposed):
+    bias, a, b = operands(m, 128, 4608)
+    b = transposed_storage(b) if transposed else b
+    assert kernel(a, b, bias) == ("inner_product" if transposed else "convolution")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         addmm(bias, a, b)
-    assert counter.get_total_flops() == 2 * 512 * 128 * 4608
+    assert counter.get_total_flops() == 2 * m * 128 * 4608
 
 
 def test_shape_mismatches_are_refused():
