@@ -31,6 +31,8 @@ from torch.utils.flop_counter import register_flop_formula
 # it gained little or lost.
 CONVOLVE_FROM_ROWS = 256
 CONVOLVE_FROM_MACS = 2**24
+# Whether this PyTorch build has oneDNN's inner product (checked once: inner_product_applies runs per product).
+HAS_INNER_PRODUCT = hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _onednn_inference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -57,10 +59,10 @@ def inner_product_applies(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor |
     (``b.t()`` contiguous; see the module docstring)."""
     if torch.compiler.is_compiling():
         return False  # inductor lowers this op only for weights frozen into the graph; it picks its own kernel
-    return stored_transposed(b) and hasattr(torch.ops.mkldnn, "_linear_pointwise") and _onednn_inference(a, b, bias)
+    return stored_transposed(b) and HAS_INNER_PRODUCT and _onednn_inference(a, b, bias)
 
 
-if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+if HAS_INNER_PRODUCT:
     # FlopCounterMode counts aten's products; count the inner product alike (the benchmarks' work figures: without
     # this, HyperStyle's count missed 12.1 GFLOP per image). The formula reads the default overload's arguments.
     @register_flop_formula(torch.ops.mkldnn._linear_pointwise)

@@ -175,16 +175,18 @@ def demodulation_sums(weight: torch.Tensor) -> torch.Tensor:
     For a weight that autograd does not track (inference), computed once per version of its values and kept: a
     pass over a 512-channel 3x3 weight takes about 1 ms on a CPU, as long as the conv itself at 8 px.
     """
-    if weight.requires_grad or weight.is_inference() or torch.compiler.is_compiling():
-        # training changes it every step, inference tensors have no version counter, and a compiled graph
-        # computes it once per call (no Python state in the graph)
-        return weight.float().square().sum(dim=[2, 3])
-    key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, weight.shape)
-    kept = _demodulation_sums.get(weight)
-    if kept is None or kept[0] != key:
-        kept = key, weight.float().square().sum(dim=[2, 3])
-        _demodulation_sums[weight] = kept
-    return kept[1]
+    # Not kept: training changes the weight every step, inference tensors have no version counter, and a compiled
+    # graph computes the sums once per call (no Python state in the graph).
+    keep = not (weight.requires_grad or weight.is_inference() or torch.compiler.is_compiling())
+    if keep:
+        key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, weight.shape)
+        kept = _demodulation_sums.get(weight)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+    sums = weight.float().square().sum(dim=[2, 3])
+    if keep:
+        _demodulation_sums[weight] = key, sums
+    return sums
 
 
 def modulated_conv2d(
