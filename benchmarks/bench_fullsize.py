@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -415,12 +414,14 @@ def stage_table(rows: list[dict]) -> list[str]:
 
 
 def method_report(method: str, results: list[dict], args: argparse.Namespace) -> list[str]:
+    from hyperinverter.benchmark import cpu_description
+
     gflop = next(r["gflop_per_image"] for r in results if "gflop_per_image" in r)
     official = OFFICIAL.get(method, {})
     lines = [
         f"# {method} ffhq-1024 on {args.device}",
         "",
-        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        (f"Machine: {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
          f"{torch.get_num_threads()} threads, no_grad, seeded random weights with Δθ of a trained model's size, "
          f"{results[0]['parameters_m']:.1f}M parameters."),
         f"Command: `{args.command}`"
@@ -451,6 +452,8 @@ def _row(rows: list[dict], dtype: str, batch: int) -> dict | None:
 
 
 def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:
+    from hyperinverter.benchmark import cpu_description
+
     lines = [
         f"# Full-size methods side by side, ffhq-1024 on {args.device}",
         "",
@@ -459,7 +462,7 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
             f"{args.rounds} separate processes, run round-robin with the method's other rows (times: the median of "
             "their pooled passes; floor: the median of their best convs; peak: the highest)")
          + f", on {os.cpu_count()} cores "
-         f"({platform.machine()}, torch {torch.__version__}). Seeded random weights; HyperInverter's and HyperStyle's "
+         f"({cpu_description()}, torch {torch.__version__}). Seeded random weights; HyperInverter's and HyperStyle's "
          "offsets scaled to a trained model's size (`calibrate_delta.py`), so that precision changes show. The FLOP "
          "floor is the counted work over the best 512→512 3×3 conv throughput of the row's dtype in the same "
          "process."),

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from hyperinverter.benchmark import cpu_description
 from hyperinverter.evaluation import load_heldout_images
 from hyperinverter.inception_metrics import inception_metric
 from hyperinverter.metrics import mse
@@ -75,7 +75,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "# bf16 against fp32 on the bundled domains' held-out images",
         "",
-        (f"Made by `{args.command}` on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        (f"Made by `{args.command}` on {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__} "
          f"(native bf16: {'yes' if cpu_has_native_bf16() else 'no'}). Encoders: the first {args.images} held-out "
          f"images; optimisation (steps of `make benchmark`): the first {args.optimisation_images}. "
          f"Target: mean |image change| ≤ {MEAN_CHANGE_TARGET} (pixels in [-1, 1]) and MSE change ≤ "

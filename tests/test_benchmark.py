@@ -169,3 +169,15 @@ def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
     assert calls == [] and again.distribution == first.distribution
     loaded = BenchmarkReport.load(tmp_path / "r")
     assert loaded.to_markdown() == first.to_markdown()
+
+
+def test_cpu_description_names_family_model_and_extensions():
+    from hyperinverter.benchmark import cpu_description
+
+    cpuinfo = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+               "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+               "processor\t: 1\nmodel name\t: another\nflags\t\t: fpu\n")
+    assert cpu_description(cpuinfo) == "Intel(R) Xeon(R) Processor (family 6, model 207; AVX-512, AVX-512 BF16, AMX)"
+    older = "cpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu avx avx2\n"
+    assert cpu_description(older) == "AMD EPYC 7B12 (family 23, model 49; AVX2)"
+    assert cpu_description("model name\t: Neoverse\n") == "Neoverse"  # no family, no x86 flags

@@ -479,14 +479,42 @@ def check_claims(report: BenchmarkReport) -> list[dict[str, Any]]:
 # --- the whole run ---------------------------------------------------------------------------------------------------
 
 
+# CPU flags that decide which kernels run (and so what a CPU timing means), in the words a report uses.
+_CPU_FEATURES: tuple[tuple[str, str], ...] = (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"),
+                                             ("amx_tile", "AMX"), ("avx2", "AVX2"))
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU as a timing report should name it: the model name, and on x86 its family and model numbers (a VM's
+    model name is often generic: "Intel(R) Xeon(R) Processor") and the vector extensions the kernels use, e.g.
+    ``"Intel(R) Xeon(R) Processor (family 6, model 207; AVX-512, AVX-512 BF16, AMX)"``. ``cpuinfo``: the text of
+    ``/proc/cpuinfo`` (read when None; without it, ``platform``'s name for the processor)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']}, model {fields['model']}")
+    flags = set(fields.get("flags", "").split())
+    extensions = [label for flag, label in _CPU_FEATURES if flag in flags]
+    if "AVX-512" in extensions and "AVX2" in extensions:
+        extensions.remove("AVX2")  # implied
+    if extensions:
+        details.append(", ".join(extensions))
+    return f"{name} ({'; '.join(details)})" if details else name
+
+
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, {platform.system()}"
+    return f"{cpu_description()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, {platform.system()}"
 
 
 def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
