@@ -10,12 +10,12 @@ difference between the two results, and how many batches it takes to win the com
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from hyperinverter.benchmark import cpu_description
 from hyperinverter.pipeline import InversionPipeline
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     payback = f"{(first - steady) / saved:,.0f}" if saved > 0 else "never"
     lines = [f"# torch.compile on {args.model} {args.method}, batch {args.batch}, CPU", ""]
     lines.append(f"`python benchmarks/bench_compile.py --model {args.model} --data {args.data} --method {args.method} "
-                 f"--batch {args.batch} --out {args.out}` on {platform.machine()}, torch {torch.__version__}.")
+                 f"--batch {args.batch} --out {args.out}` on {cpu_description()}, torch {torch.__version__}.")
     lines += ["", ("| eager s / batch | compiled: first call (s) | compiled s / batch | max difference | "
                    "batches to win the compilation back |"), "|---|---|---|---|---|",
               f"| {eager:.3f} | {first:.1f} | {steady:.3f} | {difference:.1e} | {payback} |"]

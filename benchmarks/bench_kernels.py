@@ -9,12 +9,12 @@ weights through one grouped convolution, and per-sample weights through a loop o
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from hyperinverter.benchmark import cpu_description
 from hyperinverter.device import resolve_device
 from hyperinverter.models.stylegan2.layers import modulated_conv2d
 from hyperinverter.ops.filters import setup_filter
@@ -62,7 +62,7 @@ def main() -> None:
             rows.append((batch, channels, res, up, shared, per))
             print(rows[-1])
     lines = [
-        f"# Per-sample modulated conv kernels on {device.type} ({platform.processor() or platform.machine()}, "
+        f"# Per-sample modulated conv kernels on {device.type} ({cpu_description()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__})",
         "",
         f"Command: `python benchmarks/bench_kernels.py --device {args.device} --batch-sizes {args.batch_sizes} "

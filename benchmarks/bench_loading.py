@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -95,8 +94,11 @@ def main() -> None:
                 rows.append({"src": _describe(src), **json.loads(out.strip().splitlines()[-1])})
                 print(json.dumps(rows[-1]), flush=True)
     command = f"python benchmarks/bench_loading.py {' '.join(sys.argv[1:])}"
+    # Imported only now: a worker (this script with --worker) imports the package it measures, maybe another checkout's.
+    from hyperinverter.benchmark import cpu_description
+
     lines = ["# Loading a full-size HyperInverter bundle, and the whole process's peak", "",
-             (f"`{command}` on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. Each row a "
+             (f"`{command}` on {cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}. Each row a "
               "fresh process: `InversionPipeline.from_pretrained` on a saved ffhq-1024 bundle (seeded random "
               "weights), then one 1024-px image inverted with HyperInverter in fp32."), "",
              ("| package | weights | load s | peak RSS while loading | peak RSS while inverting | "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import platform
 from pathlib import Path
 
 import bench_fullsize as bench
@@ -108,6 +107,8 @@ def row(m: int, k: int, n: int, chosen: str | None = None, calls: int | None = N
 
 
 def main() -> None:
+    from hyperinverter.benchmark import cpu_description
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/matmul-cpu.md"))
     parser.add_argument("--pairs", type=int, default=6, help="HyperInverter passes of each kernel, alternating")
@@ -119,7 +120,7 @@ def main() -> None:
     header = ["| M | K | N | calls per pass | sgemm ms (GFLOP/s) | oneDNN ms (GFLOP/s) | speed-up | the package runs |"]
     lines = ["# The hypernetworks' products: MKL's sgemm or oneDNN (CPU, fp32)", "",
              (f"`python benchmarks/bench_matmul.py --out {args.out} --pairs {args.pairs} --hyperstyle-pairs "
-              f"{args.hyperstyle_pairs}` on {platform.machine()}, torch {torch.__version__}, "
+              f"{args.hyperstyle_pairs}` on {cpu_description()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads. Products ``bias + a @ b`` with ``a: [M, K]``, ``b: [K, N]``; "
               f"{CYCLED_OPERANDS} right-hand sides cycled (not in cache, as in a pass). The package's rules: "
               f"oneDNN's 1x1 convolution from {CONVOLVE_FROM_ROWS} rows and "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import platform
 from pathlib import Path
 
 import bench_fullsize as bench
@@ -85,6 +84,8 @@ def time_shape(c_in: int, c_out: int, k: int, s: int, p: int, shape: tuple[int, 
 
 
 def main() -> None:
+    from hyperinverter.benchmark import cpu_description
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prepacked-cpu.md"))
     parser.add_argument("--pairs", type=int, default=8, help="plain and packed passes each, alternating")
@@ -108,7 +109,7 @@ def main() -> None:
     stages = ", ".join(f"{k} {plain[k]:.3f} → {packed[k]:.3f}" for k in plain if k != "pass")
     lines = [
         "# Plain or packed conv weights, at full-size HyperInverter's shapes (CPU, fp32)", "",
-        (f"`python benchmarks/bench_prepacked.py --out {args.out} --pairs {args.pairs}` on {platform.machine()}, torch {torch.__version__}, "
+        (f"`python benchmarks/bench_prepacked.py --out {args.out} --pairs {args.pairs}` on {cpu_description()}, torch {torch.__version__}, "
          f"{torch.get_num_threads()} threads. Each shape: {CYCLED_WEIGHTS} weights cycled (not in cache, as in a "
          "pass), milliseconds per call; E2 runs the image and the W-image as a batch of 2."),
         "",

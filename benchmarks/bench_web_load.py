@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import socket
 import statistics
@@ -102,6 +101,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
+    from hyperinverter.benchmark import cpu_description
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=5)
@@ -156,7 +157,7 @@ def main() -> None:
     every = [item for r in rounds for item in r["results"]]
     errors = [e for *_, e in every if e]
     summary = {"command": "python benchmarks/bench_web_load.py " + " ".join(sys.argv[1:]),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+               "machine": f"{cpu_description()}, {os.cpu_count()} CPUs",
                "clients": args.clients, "requests_per_client": args.requests, "rounds": args.rounds,
                "server_concurrency": args.concurrency, "requests": len(every), "errors": len(errors),
                "error_examples": errors[:5], "memory_after_warmup_mb": started_mb,

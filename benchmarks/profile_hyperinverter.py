@@ -10,7 +10,6 @@ conv weights packed at their first call).
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import bench_fullsize as bench
@@ -23,6 +22,8 @@ CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten:
 
 
 def main() -> None:
+    from hyperinverter.benchmark import cpu_description
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hyperinverter-profile-cpu.md"))
@@ -51,7 +52,7 @@ def main() -> None:
     per_image, floor = total_flops / args.batch, total_flops / args.batch / best
     lines = [f"# Full-size HyperInverter, batch {args.batch}, fp32: where the time goes", ""]
     lines.append(f"`python benchmarks/profile_hyperinverter.py --batch {args.batch} --out {args.out}` on "
-                 f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads. One profiled "
+                 f"{cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} threads. One profiled "
                  "pass after a warm-up.")
     lines.append("")
     lines.append(f"- counted work: {per_image:.1f} GFLOP per image, of which convolutions "

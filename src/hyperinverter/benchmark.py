@@ -479,9 +479,8 @@ def check_claims(report: BenchmarkReport) -> list[dict[str, Any]]:
 # --- the whole run ---------------------------------------------------------------------------------------------------
 
 
-# CPU flags that decide which kernels run (and so what a CPU timing means), in the words a report uses.
-_CPU_FEATURES: tuple[tuple[str, str], ...] = (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"),
-                                             ("amx_tile", "AMX"), ("avx2", "AVX2"))
+# CPU flags beyond the vector width that decide which kernels run (and so what a CPU timing means), as reports name them.
+_CPU_EXTENSIONS: tuple[tuple[str, str], ...] = (("avx512_bf16", "AVX-512 BF16"), ("amx_tile", "AMX"))
 
 
 def cpu_description(cpuinfo: str | None = None) -> str:
@@ -505,9 +504,8 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     if "cpu family" in fields and "model" in fields:
         details.append(f"family {fields['cpu family']}, model {fields['model']}")
     flags = set(fields.get("flags", "").split())
-    extensions = [label for flag, label in _CPU_FEATURES if flag in flags]
-    if "AVX-512" in extensions and "AVX2" in extensions:
-        extensions.remove("AVX2")  # implied
+    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    extensions = ([widest] if widest else []) + [label for flag, label in _CPU_EXTENSIONS if flag in flags]
     if extensions:
         details.append(", ".join(extensions))
     return f"{name} ({'; '.join(details)})" if details else name
