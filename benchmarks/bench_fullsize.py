@@ -14,7 +14,7 @@ FLOP floor is the counted work (FlopCounterMode) over the best 512→512 3×3 co
 measured in the same process. Weights are seeded random: timings do not depend on their values; HyperInverter's and HyperStyle's offsets
 are scaled to a trained model's size so that precision changes show. One results file per method
 (``results/<method>-ffhq1024-<device>.md``) and one side-by-side table (``results/fullsize-ffhq1024-<device>.md``,
-with its ``.json``).
+with its ``.json`` and a picture, ``.png``; ``--plot-from JSON`` redraws a saved run's picture).
 
 The configurations are the papers' released ones:
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -451,6 +452,72 @@ def _row(rows: list[dict], dtype: str, batch: int) -> dict | None:
     return next((r for r in rows if r["dtype"] == dtype and r["batch"] == batch and variant(r) == dtype), None)
 
 
+STAGE_LABELS = {"w_encoder": "E1", "w_image": "W-image", "feature_encoder": "E2 (both images)",
+                "hypernetworks": "hypernetworks", "synthesis": "final synthesis"}
+
+
+def plot_speed(results: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """The run at a glance (PNG): HyperInverter's seconds per image by stage against its fp32 FLOP floor and the
+    1.3× target, and every method's seconds per image at batch 1, fp32 and bf16 (log scale)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hyperinverter.io.files import atomic_write_bytes
+
+    fig, (by_stage, by_method) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True,
+                                              gridspec_kw={"width_ratios": [1.1, 1]})
+    rows = results.get("hyperinverter", [])
+    shown = [(f"{dtype}, batch {batch}", r) for dtype in ("fp32", "bf16") for batch in (1, 4)
+             if (r := _row(rows, dtype, batch))]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for y, (label, r) in enumerate(reversed(shown)):
+        left = 0.0
+        for i, (stage, seconds) in enumerate(r["stages"].items()):
+            by_stage.barh(y, seconds, left=left, color=colours[i % len(colours)],
+                          label=STAGE_LABELS.get(stage, stage) if y == 0 else None)
+            left += seconds
+        by_stage.annotate(f"{r['s_per_image']:.2f} s (median)", (left, y), xytext=(4, 0), textcoords="offset points",
+                          va="center", fontsize=8, bbox={"fc": "white", "ec": "none", "pad": 1})
+    if shown:
+        fp32 = _row(rows, "fp32", 1)
+        if fp32 is not None:
+            floor = fp32["gflop_per_image"] / fp32["conv_gflops"]
+            by_stage.axvline(floor, color="black", lw=1)
+            by_stage.axvline(1.3 * floor, color="black", lw=1, ls="--")
+            by_stage.annotate("fp32 FLOP floor", (floor, len(shown) - 0.3), fontsize=7, ha="right", xytext=(-2, 0),
+                              textcoords="offset points")
+            by_stage.annotate("1.3× the floor", (1.3 * floor, len(shown) - 0.3), fontsize=7, xytext=(2, 0),
+                              textcoords="offset points")
+        by_stage.set_yticks(range(len(shown)), [label for label, _ in reversed(shown)])
+        by_stage.set(xlim=(0, 1.3 * max(sum(r["stages"].values()) for _, r in shown)), ylim=(-0.6, len(shown) - 0.05))
+        by_stage.legend(fontsize=7, loc="lower right")
+    by_stage.set(xlabel="seconds per image (stages: the last timed pass)", title="HyperInverter at full size, by stage")
+    methods = [m for m in results if _row(results[m], "fp32", 1)]
+    for k, dtype in enumerate(("fp32", "bf16")):
+        seconds = [(_row(results[m], dtype, 1) or {}).get("s_per_image", float("nan")) for m in methods]
+        ys = [len(methods) - 1 - i + (0.2 if k == 0 else -0.2) for i in range(len(methods))]
+        by_method.barh(ys, seconds, height=0.4, color=colours[k], label=dtype)
+        for y, s in zip(ys, seconds, strict=True):
+            if not math.isnan(s):
+                by_method.annotate(f"{s:,.0f}" if s >= 100 else f"{s:.2f}", (s, y), xytext=(3, 0),
+                                   textcoords="offset points", va="center", fontsize=7)
+    by_method.set_yticks(range(len(methods)), list(reversed(methods)))
+    by_method.set(xscale="log", xlabel="seconds per image, batch 1 (log)", title="every method at full size")
+    by_method.legend(fontsize=8, loc="upper right")
+    for ax in (by_stage, by_method):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:
     from hyperinverter.benchmark import cpu_description
 
@@ -479,7 +546,7 @@ def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list
             lines.append(f"| {method} | {r['parameters_m']:.1f}M | {gflop:.1f} | {variant(r)} | {r['batch']} | "
                          f"**{r['s_per_image']:.2f}** | {steps} | {r['peak_gb']:.2f} GB | "
                          f"{r['page_faults_per_image'] / 1e3:.0f}k | {floor_ratio(r, gflop):.2f}× | {change} |")
-    lines += ["", "## Findings", ""]
+    lines += ["", f"![by stage and by method](fullsize-ffhq1024-{args.device}.png)", "", "## Findings", ""]
     hi = results.get("hyperinverter", [])
     if _row(hi, "fp32", 1):
         gflop = next(r["gflop_per_image"] for r in hi if "gflop_per_image" in r)
@@ -589,8 +656,16 @@ def main() -> None:
                         help="bench_precision.py's JSON from the same run: its bf16 costs go into the side-by-side file")
     parser.add_argument("--rounds", type=int, default=1,
                         help="processes per row, run round-robin with the method's other rows; a row pools their runs")
+    parser.add_argument("--plot-from", type=Path, metavar="JSON",
+                        help="only draw the picture of a saved run (its fullsize-*.json), as a PNG beside it")
     parser.add_argument("--worker", nargs=8, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plot_from is not None:
+        if not args.plot_from.is_file():
+            parser.error(f"--plot-from: {args.plot_from} does not exist")
+        results = json.loads(args.plot_from.read_text())
+        print(f"wrote {plot_speed(results, args.plot_from.with_suffix('.png'), f'the run in {args.plot_from}')}")
+        return
     if args.worker is not None:
         method, batch, dtype, reuse, compiled, bands, prepack, count_work = args.worker
         print(json.dumps(measure(method, int(batch), args.device, args.repeats, dtype, reuse == "1", compiled == "1",
@@ -654,6 +729,9 @@ def main() -> None:
     path = args.out / f"fullsize-ffhq1024-{args.device}.md"
     path.write_text("\n".join(comparison(results, args)) + "\n")
     print(f"wrote {path}")
+    from hyperinverter.benchmark import cpu_description
+
+    print(f"wrote {plot_speed(results, path.with_suffix('.png'), f'{args.device}: {cpu_description()}')}")
 
 
 if __name__ == "__main__":

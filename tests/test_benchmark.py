@@ -4,7 +4,10 @@ redoing work, a run with other settings refuses the stored work, and the claims 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +184,31 @@ def test_cpu_description_names_family_model_and_extensions():
     older = "cpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu avx avx2\n"
     assert cpu_description(older) == "AMD EPYC 7B12 (family 23, model 49; AVX2)"
     assert cpu_description("model name\t: Neoverse\n") == "Neoverse"  # no family, no x86 flags
+
+
+def _fullsize_row(dtype: str, batch: int, seconds: float) -> dict:
+    """A row as ``benchmarks/bench_fullsize.py`` writes it (the keys its report and picture read)."""
+    return {"dtype": dtype, "batch": batch, "reuse_memory": True, "bands": True, "prepack": True, "compile": False,
+            "s_per_image": seconds, "gflop_per_image": 662.5, "conv_gflops": 400.0,
+            "stages": {"w_encoder": 0.1 * seconds, "w_image": 0.2 * seconds, "feature_encoder": 0.4 * seconds,
+                       "hypernetworks": 0.05 * seconds, "synthesis": 0.25 * seconds}}
+
+
+def test_fullsize_benchmark_draws_a_saved_run(tmp_path):
+    from PIL import Image
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_fullsize.py"
+    saved = tmp_path / "fullsize-ffhq1024-cpu.json"
+    saved.write_text(json.dumps({
+        "hyperinverter": [_fullsize_row("fp32", 1, 2.2), _fullsize_row("fp32", 4, 2.1), _fullsize_row("bf16", 1, 1.1)],
+        "psp": [_fullsize_row("fp32", 1, 1.2)],
+    }))
+    done = subprocess.run([sys.executable, str(script), "--plot-from", str(saved)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    with Image.open(saved.with_suffix(".png")) as picture:
+        assert picture.format == "PNG" and picture.width > 1000 and picture.height > 400
+
+    missing = subprocess.run([sys.executable, str(script), "--plot-from", str(tmp_path / "absent.json")],
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode == 2 and "absent.json does not exist" in missing.stderr
