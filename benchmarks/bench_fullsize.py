@@ -663,8 +663,13 @@ def main() -> None:
     if args.plot_from is not None:
         if not args.plot_from.is_file():
             parser.error(f"--plot-from: {args.plot_from} does not exist")
-        results = json.loads(args.plot_from.read_text())
-        print(f"wrote {plot_speed(results, args.plot_from.with_suffix('.png'), f'the run in {args.plot_from}')}")
+        try:
+            results = json.loads(args.plot_from.read_text())
+            png = plot_speed(results, args.plot_from.with_suffix(".png"), f"the run in {args.plot_from}")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            parser.error(f"--plot-from: {args.plot_from} is not a results file of this script "
+                         f"({type(e).__name__}: {e})")
+        print(f"wrote {png}")
         return
     if args.worker is not None:
         method, batch, dtype, reuse, compiled, bands, prepack, count_work = args.worker

@@ -212,3 +212,9 @@ def test_fullsize_benchmark_draws_a_saved_run(tmp_path):
     missing = subprocess.run([sys.executable, str(script), "--plot-from", str(tmp_path / "absent.json")],
                              capture_output=True, text=True, check=False)
     assert missing.returncode == 2 and "absent.json does not exist" in missing.stderr
+    for name, text in (("truncated.json", '{"hyperinverter": [{"dtype": '), ("other.json", '{"hyperinverter": [{}]}')):
+        (tmp_path / name).write_text(text)
+        bad = subprocess.run([sys.executable, str(script), "--plot-from", str(tmp_path / name)], capture_output=True,
+                             text=True, check=False)
+        assert bad.returncode == 2 and f"{name} is not a results file of this script" in bad.stderr, bad.stderr
+        assert not (tmp_path / name).with_suffix(".png").exists()
