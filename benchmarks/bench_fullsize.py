@@ -326,12 +326,13 @@ def measure(method: str, batch: int, device_name: str, repeats: int, dtype_name:
     with torch.no_grad(), reduced_precision(device, dtype):
         start = time.perf_counter()
         # The warm-up (and compilation) is a CPU pipeline's first pass: large blocks mapped, heap reuse after it;
-        # then one pass that grows the heap the timed ones reuse (a pipeline's second).
+        # then one pass that grows the heap the timed ones reuse (a pipeline's second). Both are called as the timed
+        # passes are, with a stopwatch: a compiled model compiled again for its laps in the first timed pass.
         with first_pass_mapped() if reuse else contextlib.nullcontext():
-            runner(x, **options)
+            runner(x, stopwatch=Stopwatch(device), **options)
         warmup = time.perf_counter() - start
         if reuse:
-            runner(x, **options)
+            runner(x, stopwatch=Stopwatch(device), **options)
         out = None
         for _ in range(repeats):
             out = None  # the peak is one inversion's: the previous result is not held through the next
