@@ -483,7 +483,7 @@ def plot_speed(results: dict[str, list[dict]], path: Path, title: str) -> Path:
     for y, (label, r) in enumerate(reversed(shown)):
         left = 0.0
         for i, (stage, seconds) in enumerate(r["stages"].items()):
-            by_stage.barh(y, seconds, left=left, color=colours[i % len(colours)],
+            by_stage.barh(y, seconds, left=left, height=0.6, color=colours[i % len(colours)],
                           label=STAGE_LABELS.get(stage, stage) if y == 0 else None)
             left += seconds
         by_stage.annotate(f"{r['s_per_image']:.2f} s (median)", (left, y), xytext=(4, 0), textcoords="offset points",
@@ -505,10 +505,13 @@ def plot_speed(results: dict[str, list[dict]], path: Path, title: str) -> Path:
         by_stage.legend(fontsize=7, loc="lower right")
     by_stage.set(xlabel="seconds per image (stages: the last timed pass)", title="HyperInverter at full size, by stage")
     methods = [m for m in results if _row(results[m], "fp32", 1)]
-    for k, dtype in enumerate(("fp32", "bf16")):
+    dtypes = [d for d in ("fp32", "bf16") if any(_row(results[m], d, 1) for m in methods)]
+    height = 0.8 / max(len(dtypes), 1)
+    for k, dtype in enumerate(dtypes):
         seconds = [(_row(results[m], dtype, 1) or {}).get("s_per_image", float("nan")) for m in methods]
-        ys = [len(methods) - 1 - i + (0.2 if k == 0 else -0.2) for i in range(len(methods))]
-        by_method.barh(ys, seconds, height=0.4, color=colours[k], label=dtype)
+        offset = (len(dtypes) - 1) / 2 * height - k * height  # the dtypes' bars side by side around the tick
+        ys = [len(methods) - 1 - i + offset for i in range(len(methods))]
+        by_method.barh(ys, seconds, height=height, color=colours[k], label=dtype)
         for y, s in zip(ys, seconds, strict=True):
             if not math.isnan(s):
                 by_method.annotate(f"{s:,.0f}" if s >= 100 else f"{s:.2f}", (s, y), xytext=(3, 0),
