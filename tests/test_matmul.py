@@ -163,8 +163,9 @@ def test_a_compiled_regressor_gives_the_eager_delta():
                                 inner_channels=4).eval()
     features = torch.randn(2, 1, 8, 2, 2)
     with torch.no_grad():
-        assert convolves(torch.empty(256, 128), regressor.w2)  # the oneDNN path is the one compiled
-        assert kernel(torch.empty(1, 128), regressor.w1) == "inner_product"  # in eager mode; compiled, inductor's
+        # Eagerly, oneDNN's convolution and inner product; compiled, inductor's kernels for aten's product.
+        assert convolves(torch.empty(256, 128), regressor.w2)
+        assert kernel(torch.empty(1, 128), regressor.w1) == "inner_product"
         eager = regressor(*features)
         compiled = torch.compile(regressor)(*features)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

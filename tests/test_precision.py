@@ -189,6 +189,29 @@ def test_a_benchmark_records_its_precision_and_refuses_another_one(pipeline, tmp
         bench()
 
 
+@pytest.mark.parametrize(("batch", "bands"), [(1, False), (2, False), (1, True)])
+def test_hyperinverter_traces_as_one_graph(pipeline, batch, bands, monkeypatch):
+    """Under torch.compile a whole inversion is one graph, bands (a CPU's single image at full size) included. A check
+    that Dynamo cannot trace (``is_inference``, ``torch.backends.mkldnn.is_available``) broke it inside every
+    modulated layer and hypernetwork: the pieces were compiled again for each layer's shapes until Dynamo's
+    recompile limit, after which they ran eagerly."""
+    from hyperinverter.models.stylegan2 import generator
+    from hyperinverter.ops.prepacked import unpack_convolutions
+
+    if bands:  # the tiny generator's maps in bands of 4 rows
+        monkeypatch.setattr(generator, "BAND_FROM_BYTES", 0)
+        monkeypatch.setattr(generator, "BAND_BYTES", 1)
+
+    inverter = pipeline.inverter("hyperinverter")
+    unpack_convolutions(inverter)  # as InversionPipeline.compile does
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(inverter)(x)
+    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
 @pytest.mark.slow  # a cold torch.compile takes minutes on 2 cores
 def test_a_compiled_method_gives_the_eager_result(pipeline):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

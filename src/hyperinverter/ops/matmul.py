@@ -36,7 +36,12 @@ HAS_INNER_PRODUCT = hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _onednn_inference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """CPU fp32 inference (no autograd, no autocast) with oneDNN enabled: where its kernels may take a product."""
+    """Eager CPU fp32 inference (no autograd, no autocast) with oneDNN enabled: where its kernels may take a product.
+
+    Not under ``torch.compile``: inductor picks its own kernel for aten's product, and the checks below would
+    break the graph (Dynamo does not trace ``torch.backends.mkldnn.is_available``)."""
+    if torch.compiler.is_compiling():
+        return False
     tensors = (a, b) if bias is None else (a, b, bias)
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
         return False
@@ -57,8 +62,6 @@ def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
 def inner_product_applies(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether oneDNN's inner product can take ``a @ b``: eager CPU fp32 inference on a ``b`` stored transposed
     (``b.t()`` contiguous; see the module docstring)."""
-    if torch.compiler.is_compiling():
-        return False  # inductor lowers this op only for weights frozen into the graph; it picks its own kernel
     return stored_transposed(b) and HAS_INNER_PRODUCT and _onednn_inference(a, b, bias)
 
 

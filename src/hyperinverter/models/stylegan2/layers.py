@@ -175,9 +175,10 @@ def demodulation_sums(weight: torch.Tensor) -> torch.Tensor:
     For a weight that autograd does not track (inference), computed once per version of its values and kept: a
     pass over a 512-channel 3x3 weight takes about 1 ms on a CPU, as long as the conv itself at 8 px.
     """
-    # Not kept: training changes the weight every step, inference tensors have no version counter, and a compiled
-    # graph computes the sums once per call (no Python state in the graph).
-    keep = not (weight.requires_grad or weight.is_inference() or torch.compiler.is_compiling())
+    # Not kept: a compiled graph computes the sums once per call (no Python state in the graph; checked first, as
+    # Dynamo cannot trace is_inference), training changes the weight every step, and inference tensors have no
+    # version counter.
+    keep = not (torch.compiler.is_compiling() or weight.requires_grad or weight.is_inference())
     if keep:
         key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, weight.shape)
         kept = _demodulation_sums.get(weight)
