@@ -301,8 +301,8 @@ class InversionPipeline:
         """Run ``method`` (default: the pipeline's) through ``torch.compile`` from now on: same results (to float
         rounding), its first call compiles (minutes cold, seconds once cached), later calls are faster. On a CPU it
         pays off from about 100 batches of the bundled models (``benchmarks/results/compile-cpu.md``); at full size
-        (ffhq-1024) HyperInverter took only 4 % less, and 0.4 GB more memory
-        (``benchmarks/results/hyperinverter-compile-6cb2df1-xeon``). Nothing needs it."""
+        (ffhq-1024) HyperInverter took only 3 % less, and 0.4 GB more memory
+        (``benchmarks/results/hyperinverter-compile-717cd43-xeon``). Nothing needs it."""
         inverter = self.inverter(method)
         unpack_convolutions(inverter)  # inductor's freezing packs the weights in its own way
         inverter.compile()

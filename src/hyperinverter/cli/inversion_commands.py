@@ -56,8 +56,8 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="run the method through torch.compile: the first batch then takes seconds to minutes. On a "
                    "CPU later batches of the bundled models take about 1.2-1.4x less, so it pays off from about 100 "
-                   "batches (benchmarks/results/compile-cpu.md); at full size (ffhq-1024) only about 4%% less, with "
-                   "0.4 GB more memory (benchmarks/results/hyperinverter-compile-6cb2df1-xeon)")
+                   "batches (benchmarks/results/compile-cpu.md); at full size (ffhq-1024) only about 3%% less, with "
+                   "0.4 GB more memory (benchmarks/results/hyperinverter-compile-717cd43-xeon)")
     p.add_argument("--overwrite", action="store_true",
                    help="invert again the inputs whose results are already in --out (default: skip them)")
     _add_method(p)
