@@ -300,11 +300,12 @@ class InversionPipeline:
     def compile(self, method: str | None = None) -> None:
         """Run ``method`` (default: the pipeline's) through ``torch.compile`` from now on: same results (to float
         rounding), its first call compiles (minutes cold, seconds once cached), later calls are faster. On a CPU it
-        pays off from about 100 batches of the bundled models (``benchmarks/results/compile-cpu.md``); at full size
+        runs the bundled models about 1.5× faster and pays off from about 70 batches once inductor's cache holds
+        the model's kernels, 800 the first time (``benchmarks/results/compile-cpu.md``); at full size
         (ffhq-1024) HyperInverter took only 3 % less, and 0.4 GB more memory
         (``benchmarks/results/hyperinverter-compile-717cd43-xeon``). Nothing needs it."""
         inverter = self.inverter(method)
-        unpack_convolutions(inverter)  # inductor's freezing packs the weights in its own way
+        unpack_convolutions(inverter)  # compiled, inductor picks the convolutions' kernels; a packed weight is opaque
         inverter.compile()
 
     @property

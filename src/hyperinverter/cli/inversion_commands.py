@@ -55,8 +55,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--compile", action="store_true",
                    help="run the method through torch.compile: the first batch then takes seconds to minutes. On a "
-                   "CPU later batches of the bundled models take about 1.2-1.4x less, so it pays off from about 100 "
-                   "batches (benchmarks/results/compile-cpu.md); at full size (ffhq-1024) only about 3%% less, with "
+                   "CPU later batches of the bundled models take about 1.5x less, so it pays off from about 70 "
+                   "batches once inductor's cache holds the model's kernels, 800 the first time "
+                   "(benchmarks/results/compile-cpu.md); at full size (ffhq-1024) only about 3%% less, with "
                    "0.4 GB more memory (benchmarks/results/hyperinverter-compile-717cd43-xeon)")
     p.add_argument("--overwrite", action="store_true",
                    help="invert again the inputs whose results are already in --out (default: skip them)")

@@ -202,7 +202,7 @@ def prepack_convolutions(*modules: nn.Module, min_bytes: int | None = None) -> i
 
 
 def unpack_convolutions(module: nn.Module) -> int:
-    """Undo :func:`prepack_convolutions` (before ``torch.compile``, whose freezing packs in its own way, or
+    """Undo :func:`prepack_convolutions` (before ``torch.compile``, which picks the convolutions' kernels itself, or
     training)."""
     return _swap(module, PrepackedConv2d.to_conv2d, lambda m: isinstance(m, PrepackedConv2d))
 
