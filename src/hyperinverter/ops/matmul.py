@@ -51,8 +51,8 @@ def _onednn_inference(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | Non
 
 
 def convolves(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether :func:`addmm` runs ``a @ b`` as a oneDNN convolution: CPU fp32 inference (no autograd, no autocast) on a
-    product from :data:`CONVOLVE_FROM_ROWS` rows and :data:`CONVOLVE_FROM_MACS` multiply-adds up."""
+    """Whether :func:`addmm` runs ``a @ b`` as a oneDNN convolution: eager CPU fp32 inference (no autograd, no
+    autocast) on a product from :data:`CONVOLVE_FROM_ROWS` rows and :data:`CONVOLVE_FROM_MACS` multiply-adds up."""
     if not _onednn_inference(a, b, bias):
         return False  # without oneDNN, PyTorch's own convolution would be slower than sgemm
     (m, k), n = a.shape, b.shape[1]
