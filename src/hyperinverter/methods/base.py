@@ -118,6 +118,7 @@ class Stopwatch:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    @torch.compiler.disable  # compiled, a lap splits the graph (it reads the host's clock): without Dynamo's warning
     def lap(self, name: str) -> None:
         now = self._now()
         self.laps[name] = self.laps.get(name, 0.0) + now - self._last
