@@ -465,14 +465,12 @@ STAGE_LABELS = {"w_encoder": "E1", "w_image": "W-image", "feature_encoder": "E2 
 def plot_speed(results: dict[str, list[dict]], path: Path, title: str) -> Path:
     """The run at a glance (PNG): HyperInverter's seconds per image by stage against its fp32 FLOP floor and the
     target ratio, and every method's seconds per image at batch 1, fp32 and bf16 (log scale)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyperinverter.io.files import atomic_write_bytes
+    from hyperinverter.io.files import atomic_write_figure
 
     fig, (by_stage, by_method) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True,
                                               gridspec_kw={"width_ratios": [1.1, 1]})
@@ -522,11 +520,7 @@ def plot_speed(results: dict[str, list[dict]], path: Path, title: str) -> Path:
     for ax in (by_stage, by_method):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return atomic_write_figure(path, fig)
 
 
 def comparison(results: dict[str, list[dict]], args: argparse.Namespace) -> list[str]:

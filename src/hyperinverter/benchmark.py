@@ -54,7 +54,7 @@ from .evaluation import (
 )
 from .inception_metrics import fid_kid
 from .io.checkpoints import read_safetensors, save_safetensors
-from .io.files import atomic_write_bytes
+from .io.files import atomic_write_bytes, atomic_write_figure
 from .memory import trim
 from .metrics import PIXEL_METRICS
 from .ops.prepacked import parameter_count
@@ -395,10 +395,7 @@ class BenchmarkReport:
             ax.grid(alpha=0.3, which="both")
         fig.suptitle(f"{self.model}: {self.common_images} held-out images ({self.provenance['device']}, "
                      f"{self.provenance.get('dtype', 'fp32')})", fontsize=9)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
-        plt.close(fig)
-        return atomic_write_bytes(path, buffer.getvalue())
+        return atomic_write_figure(path, fig)
 
 
 def _cell(value: float | None, digits: int = 4) -> str:

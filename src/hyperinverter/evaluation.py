@@ -8,7 +8,6 @@ quality against iterations and against time for every method.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .io.files import atomic_write_bytes
+from .io.files import atomic_write_bytes, atomic_write_figure
 from .metrics import PIXEL_METRICS
 from .pipeline import InversionPipeline
 
@@ -131,12 +130,7 @@ class EvaluationReport:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"{self.dataset} ({self.num_images} images)", fontsize=9)
-        path = Path(path)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
-        plt.close(fig)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        return atomic_write_figure(path, fig)
 
     def save(self, path: Path) -> None:
         path = Path(path)

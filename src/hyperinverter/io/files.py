@@ -156,6 +156,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
     return atomic_write_group([(Path(path), data)], durable=durable)[0]
 
 
+def atomic_write_figure(path: str | os.PathLike, fig, *, dpi: int = 120) -> Path:
+    """A matplotlib figure written to ``path`` as a PNG, atomically (:func:`atomic_write_bytes`), and closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True) -> list[Path]:
     """Write several files so that they appear together: all are written and flushed under no name first,
     then named one after the other (microseconds apart), the last one last.

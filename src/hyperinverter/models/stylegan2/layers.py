@@ -178,16 +178,14 @@ def demodulation_sums(weight: torch.Tensor) -> torch.Tensor:
     # Not kept: a compiled graph computes the sums once per call (no Python state in the graph; checked first, as
     # Dynamo cannot trace is_inference), training changes the weight every step, and inference tensors have no
     # version counter.
-    keep = not (torch.compiler.is_compiling() or weight.requires_grad or weight.is_inference())
-    if keep:
-        key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, weight.shape)
-        kept = _demodulation_sums.get(weight)
-        if kept is not None and kept[0] == key:
-            return kept[1]
-    sums = weight.float().square().sum(dim=[2, 3])
-    if keep:
-        _demodulation_sums[weight] = key, sums
-    return sums
+    if torch.compiler.is_compiling() or weight.requires_grad or weight.is_inference():
+        return weight.float().square().sum(dim=[2, 3])
+    key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, weight.shape)
+    kept = _demodulation_sums.get(weight)
+    if kept is None or kept[0] != key:
+        kept = key, weight.float().square().sum(dim=[2, 3])
+        _demodulation_sums[weight] = kept
+    return kept[1]
 
 
 def modulated_conv2d(
