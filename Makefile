@@ -46,15 +46,16 @@ web: $(VENV)/.installed-web
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Every method at full size (fp32 and bf16, batch 1 and 4), the quality cost of bf16 on both bundled domains, and
-# the modulated-conv kernels, packed conv weights and the hypernetworks' products (benchmarks/results/; about
-# 70 minutes on 2 cores).
+# Every method at full size (fp32 and bf16, batch 1 and 4), the quality cost of bf16 on both bundled domains, where
+# HyperInverter's time goes and how close its kernels let it come to the FLOP floor, and the modulated-conv kernels,
+# packed conv weights and the hypernetworks' products (benchmarks/results/; about 75 minutes on 2 cores).
 bench: data
 	$(BIN)/python benchmarks/bench_precision.py --out benchmarks/results/precision --optimisation-images 4
 	$(BIN)/python benchmarks/bench_fullsize.py --methods hyperinverter,hyperstyle,psp,e4e,e2style,w-opt,wplus-opt,pti \
 		--repeats 2 --rounds 2 --dtypes fp32,bf16 --plain-malloc hyperinverter \
 		--bundled-precision benchmarks/results/precision.json
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/profile_hyperinverter.py --batch 1
+	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_kernel_ceiling.py --rounds 7
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_prepacked.py --pairs 8
 	PYTHONPATH=benchmarks $(BIN)/python benchmarks/bench_matmul.py --pairs 6 --hyperstyle-pairs 3
 	$(BIN)/python benchmarks/bench_kernels.py

@@ -3,6 +3,7 @@ redoing work, a run with other settings refuses the stored work, and the claims 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -218,3 +219,35 @@ def test_fullsize_benchmark_draws_a_saved_run(tmp_path):
                              text=True, check=False)
         assert bad.returncode == 2 and f"{name} is not a results file of this script" in bad.stderr, bad.stderr
         assert not (tmp_path / name).with_suffix(".png").exists()
+
+
+def test_kernel_ceiling_records_every_counted_flop_by_stage(pipeline, monkeypatch):
+    """bench_kernel_ceiling.py: the kernels it times hold all the work FlopCounterMode counts, each call is given
+    its stage, and every distinct call runs again alone (on fresh tensors, broadcast arguments included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_kernel_ceiling as ceiling
+
+    model = pipeline.methods["hyperinverter"]
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    monkeypatch.setattr(ceiling.bench, "conv_gflops", lambda device: 100.0)  # the floor's conv is not under test
+    rounds = [ceiling.run_round(model, x, {}, repeats=1, fma_binary=None) for _ in range(2)]
+
+    calls = rounds[0]["calls"]
+    assert sum(c.gflop for c in calls) == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-9)
+    assert {c.stage for c in calls} == set(ceiling.STAGES)
+    assert set(rounds[0]["alone"]) == {c.key for c in calls} and min(rounds[0]["alone"].values()) > 0
+    kinds = {c.kind for c in calls}
+    assert {"transposed 3×3, stride 2", "depthwise 4×4 (FIR filter)", "3×3, stride 1"} <= kinds, kinds
+
+    broadcast = ceiling.TensorSpec((4, 1, 3, 3), (0, 9, 3, 1), torch.float32).make()
+    assert broadcast.stride() == (0, 9, 3, 1) and torch.isfinite(broadcast).all()
+
+    lines = ceiling.report(rounds, counter.get_total_flops() / 1e9,
+                           argparse.Namespace(rounds=2, repeats=1, out=Path("ceiling.md")))
+    stage_rows = [line for line in lines if line.startswith("| ") and line.split(" | ")[0][2:] in ceiling.STAGES]
+    assert len(stage_rows) == len(ceiling.STAGES)
+    assert any("No C compiler" in line for line in lines)  # fma_binary=None: said, not guessed
