@@ -214,6 +214,50 @@ def run_round(model, x, options: dict, repeats: int, fma_binary: Path | None) ->
             "alone": alone, "best_conv": best_conv, "fma_peak": fma_peak_gflops(fma_binary)}
 
 
+def plot_budget(r: dict, gflop: float, path: Path, title: str) -> Path:
+    """One round at a glance (PNG): the whole inversion (floor: the counted ``gflop``) and each stage (floor: its
+    kernels' work, band edges included) as its FLOP floor, what its kernels take over the floor, and everything
+    else, with the target for the whole."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hyperinverter.io.files import atomic_write_figure
+
+    rows = []
+    for stage in STAGES:
+        stage_calls = [c for c in r["calls"] if c.stage == stage]
+        rows.append((bench.STAGE_LABELS[stage], sum(c.gflop for c in stage_calls) / r["best_conv"],
+                     sum(c.seconds for c in stage_calls), r["stages"][stage]))
+    whole = ("whole inversion", gflop / r["best_conv"], sum(row[2] for row in rows), r["plain"])
+    fig, ax = plt.subplots(figsize=(10, 3.6), constrained_layout=True)
+    parts = (("FLOP floor", "0.7"), ("kernels over the floor", "tab:orange"), ("everything else", "tab:red"))
+    for y, (name, floor, kernels, total) in enumerate(reversed([whole, *rows])):
+        widths = (floor, max(kernels - floor, 0.0), max(total - max(kernels, floor), 0.0))
+        left = 0.0
+        for (label, colour), width in zip(parts, widths, strict=True):
+            ax.barh(y, width, left=left, height=0.6, color=colour, label=label if y == 0 else None)
+            left += width
+        ax.annotate(f"{total / floor:.2f}× its floor", (left, y), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    top, target = len(rows), bench.FLOOR_RATIO_TARGET * whole[1]
+    ax.vlines(target, top - 0.4, top + 0.5, colors="black", linestyles="--", lw=1.2)
+    ax.annotate(f"target: {bench.FLOOR_RATIO_TARGET}× the floor", (target, top + 0.5), xytext=(0, 1),
+                textcoords="offset points", fontsize=7, ha="center", va="bottom")
+    ax.set_yticks(range(len(rows) + 1), [row[0] for row in reversed([whole, *rows])])
+    ax.set(xlabel="seconds per image", xlim=(0, 1.2 * r["plain"]), ylim=(-0.6, top + 0.9),
+           title=f"{title}\nthe median round; the floor's conv at {r['best_conv']:.0f} GFLOP/s")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return atomic_write_figure(path, fig)
+
+
+def median_round(ratios: list[float]) -> int:
+    """The index of the round whose whole inversion is the median one (the upper middle of an even count)."""
+    return sorted(range(len(ratios)), key=lambda i: ratios[i])[len(ratios) // 2]
+
+
 def _median_range(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
@@ -254,9 +298,11 @@ def report(rounds: list[dict], gflop: float, args: argparse.Namespace) -> list[s
     else:
         lines.append("- No C compiler found: the cores' multiply-add peak was not measured.")
 
-    middle = sorted(range(len(rounds)), key=lambda i: whole[i])[len(rounds) // 2]
+    middle = median_round(whole)
     r = rounds[middle]
     lines += ["", f"## The median round ({whole[middle]:.2f}× the floor), by stage", "",
+              (f"![the median round: each stage's floor, its kernels' time over it, and the rest]"
+               f"({args.out.with_suffix('.png').name})"), "",
               ("| stage | time (s) | its floor (s) | time / floor | kernels in place (s) | kernels alone (s) | "
               "rest (s) |"), "|---|---|---|---|---|---|---|"]
     for stage in STAGES:
@@ -306,6 +352,9 @@ def main() -> None:
         fma_binary = build_fma_peak(Path(workdir))
         rounds = [run_round(model, x, options, args.repeats, fma_binary) for _ in range(args.rounds)]
     lines = report(rounds, gflop, args)
+    middle = median_round([r["plain"] / (gflop / r["best_conv"]) for r in rounds])
+    plot_budget(rounds[middle], gflop, args.out.with_suffix(".png"),
+                "Full-size HyperInverter, batch 1, fp32, against its FLOP floor")
     atomic_write_bytes(args.out, "\n".join(lines).encode())
     print("\n".join(lines))
 

@@ -221,7 +221,7 @@ def test_fullsize_benchmark_draws_a_saved_run(tmp_path):
         assert not (tmp_path / name).with_suffix(".png").exists()
 
 
-def test_kernel_ceiling_records_every_counted_flop_by_stage(pipeline, monkeypatch):
+def test_kernel_ceiling_records_every_counted_flop_by_stage(pipeline, monkeypatch, tmp_path):
     """bench_kernel_ceiling.py: the kernels it times hold all the work FlopCounterMode counts, each call is given
     its stage, and every distinct call runs again alone (on fresh tensors, broadcast arguments included)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -251,3 +251,10 @@ def test_kernel_ceiling_records_every_counted_flop_by_stage(pipeline, monkeypatc
     stage_rows = [line for line in lines if line.startswith("| ") and line.split(" | ")[0][2:] in ceiling.STAGES]
     assert len(stage_rows) == len(ceiling.STAGES)
     assert any("No C compiler" in line for line in lines)  # fma_binary=None: said, not guessed
+
+    from PIL import Image
+
+    picture = ceiling.plot_budget(rounds[ceiling.median_round([r["plain"] for r in rounds])],
+                                  counter.get_total_flops() / 1e9, tmp_path / "ceiling.png", "tiny")
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.width > 800
