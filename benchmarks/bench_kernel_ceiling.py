@@ -164,9 +164,9 @@ def seconds_alone(recipes: dict[tuple, tuple], repeats: int) -> dict[tuple, floa
 
 
 def build_fma_peak(workdir: Path) -> Path | None:
-    """``fma_peak.c`` compiled with the C compiler found (None: no compiler, or it failed)."""
+    """``fma_peak.c`` compiled with the C compiler found (None: a CPU without AVX-512, no compiler, or it failed)."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
+    if compiler is None or torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None
     binary = workdir / "fma_peak"
     built = subprocess.run([compiler, "-O2", "-mavx512f", "-fopenmp", str(HERE / "fma_peak.c"), "-o", str(binary)],
@@ -178,8 +178,8 @@ def fma_peak_gflops(binary: Path | None) -> float | None:
     if binary is None:
         return None
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    return float(subprocess.run([str(binary), "50000000"], env=env, capture_output=True, text=True,
-                                check=True).stdout.strip())
+    run = subprocess.run([str(binary), "50000000"], env=env, capture_output=True, text=True, check=False)
+    return float(run.stdout) if run.returncode == 0 else None
 
 
 def run_round(model, x, options: dict, repeats: int, fma_binary: Path | None) -> dict:
@@ -296,7 +296,8 @@ def report(rounds: list[dict], gflop: float, args: argparse.Namespace) -> list[s
             f"the whole inversion, memory-bound work included, to average about "
             f"{statistics.median(shares) / target:.0%} of the arithmetic peak.")
     else:
-        lines.append("- No C compiler found: the cores' multiply-add peak was not measured.")
+        lines.append("- The cores' multiply-add peak was not measured (`fma_peak.c` needs AVX-512 and a C compiler with "
+                     "OpenMP).")
 
     middle = median_round(whole)
     r = rounds[middle]
