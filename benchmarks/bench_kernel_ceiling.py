@@ -9,8 +9,8 @@ packed) inverts one image in fp32, in rounds. Each round runs
 2. a pass with every convolution and matrix product timed in place, by stage and by kind of kernel;
 3. each distinct kernel call again on its own, warm, on fresh tensors of the same shapes and strides (median of
    ``--repeats``): the time the pass's kernels take when nothing else runs;
-4. the FLOP floor's conv (the best 512→512 3×3 conv, as in ``bench_fullsize.py``) and, where a C compiler is found,
-   the cores' fp32 multiply-add peak (``fma_peak.c``).
+4. the FLOP floor's conv (the best 512→512 3×3 conv, as in ``bench_fullsize.py``) and, on an AVX-512 CPU with a C
+   compiler, the cores' fp32 multiply-add peak (``fma_peak.c``).
 
 The machine's speed drifts by ±10 % within minutes, so every ratio is taken within its round and the report gives
 the rounds' median (and range).
