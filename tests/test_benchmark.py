@@ -226,7 +226,7 @@ def test_kernel_ceiling_records_every_counted_flop_by_stage(pipeline, monkeypatc
     its stage, and every distinct call runs again alone (on fresh tensors, broadcast arguments included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import bench_kernel_ceiling as ceiling
 
     model = pipeline.methods["hyperinverter"]
