@@ -195,6 +195,21 @@ def build(method: str):
     return model, options
 
 
+def warmed_up_on_cpu(method: str, batch: int = 1) -> tuple:
+    """``method``'s full-size model as a CPU fp32 pipeline from a bundle runs it, with ``batch`` inputs: large conv
+    weights packed, and one pass made (a pipeline's first: large blocks mapped, heap reuse after it). Returns the
+    model, its options and the inputs."""
+    from hyperinverter.memory import first_pass_mapped
+    from hyperinverter.ops.prepacked import prepack_convolutions
+
+    model, options = build(method)
+    prepack_convolutions(*model.parts().values())
+    x = sample_images(model.generator, batch, seed=1)
+    with torch.no_grad(), first_pass_mapped():
+        model(x, **options)
+    return model, options, x
+
+
 def conv_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
     """The best throughput of the kernel that dominates, conv2d 512->512 3x3 on 64x64, over batch 1 and 4 and
     both layouts (the FLOP floor divides by it)."""

@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("w_encoder", "w_image", "feature_encoder", "hypernetworks", "synthesis")
+STAGES = tuple(bench.STAGE_LABELS)  # HyperInverter's stopwatch laps, in order
 
 KERNELS = {torch.ops.aten.convolution.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
 if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
@@ -225,11 +225,7 @@ def plot_budget(r: dict, gflop: float, path: Path, title: str) -> Path:
 
     from hyperinverter.io.files import atomic_write_figure
 
-    rows = []
-    for stage in STAGES:
-        stage_calls = [c for c in r["calls"] if c.stage == stage]
-        rows.append((bench.STAGE_LABELS[stage], sum(c.gflop for c in stage_calls) / r["best_conv"],
-                     sum(c.seconds for c in stage_calls), r["stages"][stage]))
+    rows = [(bench.STAGE_LABELS[stage], *stage_budget(r, stage)[:2], r["stages"][stage]) for stage in STAGES]
     whole = ("whole inversion", gflop / r["best_conv"], sum(row[2] for row in rows), r["plain"])
     fig, ax = plt.subplots(figsize=(10, 3.6), constrained_layout=True)
     parts = (("FLOP floor", "0.7"), ("kernels over the floor", "tab:orange"), ("everything else", "tab:red"))
@@ -253,6 +249,19 @@ def plot_budget(r: dict, gflop: float, path: Path, title: str) -> Path:
     return atomic_write_figure(path, fig)
 
 
+def whole_ratios(rounds: list[dict], gflop: float) -> list[float]:
+    """Each round's plain inversion over its own FLOP floor (``gflop`` over the round's best conv)."""
+    return [r["plain"] / (gflop / r["best_conv"]) for r in rounds]
+
+
+def stage_budget(r: dict, stage: str) -> tuple[float, float, float]:
+    """A stage of round ``r``: its kernels' work over the round's best conv (its floor, in seconds), and its kernels'
+    seconds in place and alone."""
+    calls = [c for c in r["calls"] if c.stage == stage]
+    return (sum(c.gflop for c in calls) / r["best_conv"], sum(c.seconds for c in calls),
+            sum(r["alone"][c.key] for c in calls))
+
+
 def median_round(ratios: list[float]) -> int:
     """The index of the round whose whole inversion is the median one (the upper middle of an even count)."""
     return sorted(range(len(ratios)), key=lambda i: ratios[i])[len(ratios) // 2]
@@ -267,7 +276,7 @@ def report(rounds: list[dict], gflop: float, args: argparse.Namespace) -> list[s
 
     target = bench.FLOOR_RATIO_TARGET
     floors = [gflop / r["best_conv"] for r in rounds]
-    whole = [r["plain"] / f for r, f in zip(rounds, floors)]
+    whole = whole_ratios(rounds, gflop)
     placed = [sum(c.seconds for c in r["calls"]) / f for r, f in zip(rounds, floors)]
     alone = [sum(r["alone"][c.key] for c in r["calls"]) / f for r, f in zip(rounds, floors)]
     rest = [w - p for w, p in zip(whole, placed)]
@@ -307,9 +316,7 @@ def report(rounds: list[dict], gflop: float, args: argparse.Namespace) -> list[s
               ("| stage | time (s) | its floor (s) | time / floor | kernels in place (s) | kernels alone (s) | "
               "rest (s) |"), "|---|---|---|---|---|---|---|"]
     for stage in STAGES:
-        stage_calls = [c for c in r["calls"] if c.stage == stage]
-        floor = sum(c.gflop for c in stage_calls) / r["best_conv"]
-        in_place, solo = sum(c.seconds for c in stage_calls), sum(r["alone"][c.key] for c in stage_calls)
+        floor, in_place, solo = stage_budget(r, stage)
         t = r["stages"][stage]
         lines.append(f"| {stage} | {t:.3f} | {floor:.3f} | {t / floor:.2f}× | {in_place:.3f} | {solo:.3f} | "
                      f"{t - in_place:.3f} |")
@@ -332,8 +339,6 @@ def report(rounds: list[dict], gflop: float, args: argparse.Namespace) -> list[s
 
 def main() -> None:
     from hyperinverter.io.files import atomic_write_bytes
-    from hyperinverter.memory import first_pass_mapped
-    from hyperinverter.ops.prepacked import prepack_convolutions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -341,19 +346,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/kernel-ceiling-cpu.md"))
     args = parser.parse_args()
 
-    model, options = bench.build("hyperinverter")
-    prepack_convolutions(*model.parts().values())  # as a CPU fp32 pipeline from a bundle runs it
-    x = bench.sample_images(model.generator, 1, seed=1)
+    model, options, x = bench.warmed_up_on_cpu("hyperinverter")
     gflop = bench.count_gflops(model, options, torch.device("cpu"))
     with torch.no_grad():
-        with first_pass_mapped():  # a CPU pipeline's first pass: heap reuse after it
-            model(x, **options)
-        model(x, **options)
+        model(x, **options)  # a pipeline's second pass, which grows the heap the later ones reuse
     with tempfile.TemporaryDirectory() as workdir:
         fma_binary = build_fma_peak(Path(workdir))
         rounds = [run_round(model, x, options, args.repeats, fma_binary) for _ in range(args.rounds)]
     lines = report(rounds, gflop, args)
-    middle = median_round([r["plain"] / (gflop / r["best_conv"]) for r in rounds])
+    middle = median_round(whole_ratios(rounds, gflop))
     plot_budget(rounds[middle], gflop, args.out.with_suffix(".png"),
                 "Full-size HyperInverter, batch 1, fp32, against its FLOP floor")
     atomic_write_bytes(args.out, "\n".join(lines).encode())

@@ -28,15 +28,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hyperinverter-profile-cpu.md"))
     args = parser.parse_args()
-    from hyperinverter.memory import first_pass_mapped
-    from hyperinverter.ops.prepacked import prepack_convolutions
-
-    model, _ = bench.build("hyperinverter")
-    prepack_convolutions(*model.parts().values())  # as a CPU fp32 pipeline from a bundle runs it
-    x = bench.sample_images(model.generator, args.batch, seed=1)
+    model, _, x = bench.warmed_up_on_cpu("hyperinverter", args.batch)  # as a CPU fp32 pipeline from a bundle runs it
     with torch.no_grad():
-        with first_pass_mapped():  # the warm-up is a CPU pipeline's first pass: heap reuse after it
-            model(x)
         with FlopCounterMode(display=False) as counter:
             model(x)
         conv_flops = sum(v for k, v in counter.get_flop_counts()["Global"].items()
