@@ -7,6 +7,7 @@ with exit status 2; nothing prints a traceback; no folder hyperinverter did not 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -102,6 +103,34 @@ def test_a_bad_image_fails_alone(world, tmp_path, capsys, build, cause):
 def test_pillow_warnings_never_escape(tmp_path, recwarn):
     read_image(hostile.corrupt_exif_jpeg(tmp_path))
     assert not [w for w in recwarn if "PIL" in str(w.filename) or "Image" in str(w.category)]
+
+
+def _open_files() -> set[str]:
+    """The files this process has open (Linux; empty elsewhere)."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        try:
+            names.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # (the listing's own descriptor is gone)
+            pass
+    return names
+
+
+@pytest.mark.parametrize("build", [hostile.animated_gif, hostile.palette_transparent, hostile.truncated_png],
+                         ids=lambda b: b.__name__)
+def test_reading_leaves_no_file_open(tmp_path, build, caplog):
+    # A multi-frame file keeps its file open after load(); left to the garbage collector, Python's ResourceWarning
+    # about it reached the user's log as a warning about their image.
+    path = build(tmp_path)
+    with caplog.at_level("WARNING"):
+        try:
+            image = read_image(path)
+            assert image.mode in ("RGB", "L") and np.asarray(image).size > 0  # the result is still usable
+        except ImageReadError:
+            pass
+        assert str(path.resolve()) not in _open_files()
+        gc.collect()
+    assert not [r for r in caplog.records if "unclosed" in r.getMessage()]
 
 
 # --- odd images that must be read right -------------------------------------------------------------------------

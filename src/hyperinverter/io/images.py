@@ -160,6 +160,8 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
 
     label = name if name is not None else (os.fsdecode(source) if isinstance(source, (str, os.PathLike))
                                            else "the image")
+    opened: Image.Image | None = None  # what this call opened: closed unless it is the result
+    result: Image.Image | None = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -173,9 +175,9 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                     if not path.exists():
                         cause = "is a broken symbolic link" if path.is_symlink() else "no such file"
                         raise ImageReadError(label, cause)
-                    im = Image.open(path)
+                    im = opened = Image.open(path)
                 else:
-                    im = Image.open(io.BytesIO(source))
+                    im = opened = Image.open(io.BytesIO(source))
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageReadError(label, f"is {im.width}x{im.height} pixels, more than the limit of "
                                      f"{max_pixels:,} pixels")
@@ -184,6 +186,9 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                 raise ImageReadError(label, f"the image is empty ({im.width}x{im.height})")
             im = _upright(im, label)
             im = plain_mode(im)
+            if im is opened and getattr(opened, "fp", None) is not None:
+                im = opened.copy()  # a multi-frame file (GIF, TIFF) keeps its file open for its other frames
+            result = im
         except ImageReadError:
             raise
         except UnidentifiedImageError:
@@ -197,9 +202,12 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
         except Exception as e:  # noqa: BLE001 - a hostile file fails inside Pillow's decoders in many ways
             cause = str(e) or type(e).__name__
             raise ImageReadError(label, f"not a readable image ({cause})") from None
+        finally:
+            if opened is not None and opened is not result:  # (the image returned may be the one opened)
+                opened.close()
     for w in caught:
         logger.warning("%s: %s", label, w.message)
-    return im
+    return result
 
 
 def _upright(im: Image.Image, label: str) -> Image.Image:
