@@ -440,6 +440,31 @@ def test_bad_numbers_are_usage_errors(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device, cause", [
+    ("foo", "invalid device 'foo'"),
+    ("meta", "invalid device 'meta': hyperinverter runs on cpu, cuda, mps, xpu"),
+    ("cuda", "CUDA is not available on this machine"),
+    ("mps", "MPS (Apple) is not available on this machine"),  # was an internal error
+    ("xpu", "XPU (Intel GPU) is not available on this machine"),  # was an internal error
+])
+def test_a_device_this_machine_lacks_is_one_line(world, tmp_path, capsys, monkeypatch, device, cause):
+    for backend in (torch.cuda, torch.backends.mps, torch.xpu):  # (as on a machine without them)
+        monkeypatch.setattr(backend, "is_available", lambda: False)
+    result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", tmp_path / "out", "--device", device)
+    assert result.code == 2 and result.err.startswith("error: ") and result.err.count("\n") == 1
+    assert cause in result.err and "internal error" not in result.err
+
+
+def test_a_device_index_past_the_machine_s_devices_is_refused(monkeypatch):
+    from hyperinverter.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"'cuda:2' requested but this machine has 2 CUDA device\(s\) \(indices 0 to 1\)"):
+        resolve_device("cuda:2")
+
+
 def test_seed_ranges_are_bounded(world, tmp_path, capsys):
     result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-999999999", "--out", tmp_path / "g.png")
     assert result.code == 2 and "more than 100000 seeds" in result.err

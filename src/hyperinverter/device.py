@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import torch
 
+# The device types hyperinverter runs on -> their name in messages.
+DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS (Apple)", "xpu": "XPU (Intel GPU)"}
+
+
+def _available(device_type: str) -> bool:
+    if device_type == "cpu":
+        return True
+    if device_type == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    backend = getattr(torch, device_type, None)
+    return backend is not None and backend.is_available()
+
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device`` and checked."""
+    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device`` and checked: a type
+    hyperinverter runs on, present on this machine, and an index this machine has. Errors are ``ValueError``s
+    that name the device and the cause."""
     if isinstance(spec, torch.device):
         return spec
     if spec in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _available("mps"):
             return torch.device("mps")
         return torch.device("cpu")
     try:
         device = torch.device(spec)
     except RuntimeError as e:
         raise ValueError(f"invalid device {spec!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
+    name = DEVICE_NAMES.get(device.type)
+    if name is None:
+        raise ValueError(f"invalid device {spec!r}: hyperinverter runs on {', '.join(DEVICE_NAMES)} (or auto)")
+    if not _available(device.type):
+        raise ValueError(f"device {spec!r} requested but {name} is not available on this machine")
+    if device.index is not None and device.type in ("cuda", "xpu"):
+        count = getattr(torch, device.type).device_count()
+        if device.index >= count:
+            raise ValueError(f"device {spec!r} requested but this machine has {count} {name} device(s) "
+                             f"(indices 0 to {count - 1})")
     return device
