@@ -3,6 +3,8 @@ discriminator (with R1) run, and a run resumes exactly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -83,3 +85,19 @@ def test_the_latent_pool_fills_then_swaps_half_the_codes():
     out = pool.query(new, torch.tensor([0.9, 0.1]), torch.tensor([2, 0]))
     assert torch.equal(out[0], first[2]) and torch.equal(out[1], new[1])  # swapped; kept
     assert torch.equal(pool.codes[2], new[0]) and torch.equal(pool.codes[0], first[0])
+
+
+def test_the_frozen_generator_may_be_named_as_a_model(setup, pipeline):
+    # As every command's --model: a generator file or folder, a bundle (its generator) or a catalogue name.
+    config, _, tmp_path = setup
+    bundle = pipeline.save_pretrained(tmp_path / "bundle")
+
+    def frozen(generator):
+        cfg = dataclasses.replace(config("r", 1), generator=generator)
+        return cfg.load_generator(torch.device("cpu"), adversarial=False).generator
+
+    reference = pipeline.generator.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in frozen(str(bundle)).state_dict().items())
+    assert frozen("faces-64").config.resolution == 64
+    with pytest.raises(FileNotFoundError, match="catalogue names: faces-64"):
+        frozen(str(tmp_path / "missing"))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..catalogue import generator_path
 from ..convert.gan_files import LoadedGAN, load_gan
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
@@ -35,7 +36,9 @@ class EncoderTrainingConfig(RunConfig):
     """The run, the frozen generator, the encoders' trunk, the losses (with their weights) and the optional
     synthetic pairs and adversarial stage."""
 
-    generator: str  # our GAN folder (with its discriminator for dfeat/adversarial terms) or an NVIDIA pickle
+    # Any generator file or folder, a bundle or a catalogue name (our GAN folder or an NVIDIA pickle has the
+    # discriminator that the dfeat and adversarial terms need).
+    generator: str
     encoder_resolution: int = 256
     trunk: TrunkConfig = TrunkConfig()
     # A pretrained trunk for the encoder being trained (the official code starts its encoders from the ArcFace
@@ -85,7 +88,8 @@ class EncoderTrainingConfig(RunConfig):
     def load_generator(self, device: torch.device, *, adversarial: bool) -> LoadedGAN:
         """The frozen generator, with its discriminator when a loss term needs it."""
         need_d = self.dfeat_weight > 0 or adversarial
-        gan = load_gan(self.generator, with_discriminator=need_d, device=device)
+        # A generator file or folder, a bundle or a catalogue name, as a command's --model takes.
+        gan = load_gan(generator_path(self.generator), with_discriminator=need_d, device=device)
         if need_d and gan.discriminator is None:
             raise ValueError(f"{self.generator} holds no discriminator, but dfeat_weight > 0 or the adversarial stage "
                              "needs one: use our GAN folder or an NVIDIA pickle with D")

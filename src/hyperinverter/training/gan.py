@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..catalogue import generator_path
 from ..convert.gan_files import load_gan
 from ..io.gan import save_gan
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
@@ -35,7 +36,7 @@ class GeneratorTrainingConfig(RunConfig):
 
     generator: GeneratorConfig | None = None  # the architecture (not needed with init_from, which has its own)
     discriminator: DiscriminatorConfig | None = None  # default: the generator's resolution, channels and widths
-    init_from: str | None = None  # start from an existing generator file (any format; its own architecture)
+    init_from: str | None = None  # start from an existing generator (any file, a bundle or a catalogue name)
     # False: G stays as it is (from init_from) and only D trains: a discriminator for a generator that has none
     # (the discriminator-feature loss and the adversarial stages of the encoder trainers need one).
     train_generator: bool = True
@@ -130,7 +131,7 @@ class GANTask(TrainingTask):
                  teacher: Teacher | None = None) -> None:
         self.cfg, self.device, self.ctx = cfg, device, ctx
         if cfg.init_from:
-            gan = load_gan(cfg.init_from, with_discriminator=True)
+            gan = load_gan(generator_path(cfg.init_from), with_discriminator=True)  # (as a --model takes)
             G, D = gan.generator, gan.discriminator
         else:
             G, D = Generator(cfg.generator), None
