@@ -455,6 +455,26 @@ def test_a_device_this_machine_lacks_is_one_line(world, tmp_path, capsys, monkey
     assert cause in result.err and "internal error" not in result.err
 
 
+@pytest.mark.parametrize("method, option, cause", [
+    ("hyperinverter", "colour=red", "hyperinverter has no option ['colour']"),
+    ("w-opt", "steps=0", "steps must be a positive integer, got 0"),
+    ("wplus-opt", "perceptual=ssim", "perceptual must be auto, lpips-vgg, lpips-alex, dfeat or none, got 'ssim'"),
+    ("pti", "pivot_steps=0", "the pivot's projection: steps must be a positive integer, got 0 (PTI's pivot_*"),
+    ("pti", "steps=-1", "steps must be a whole number of tuning steps (0 or more), got -1"),
+])
+def test_a_bad_option_fails_before_any_image(world, tmp_path, capsys, monkeypatch, method, option, cause):
+    import hyperinverter.inversion.batch as batch
+
+    read = []
+    monkeypatch.setattr(batch, "read_image", lambda path, *a, **k: read.append(path) or Image.new("RGB", (8, 8)))
+    out = tmp_path / "out"
+    result = cli(capsys, "invert", world.photos, "--model", world.model, "--method", method, "--option", option,
+                 "--out", out, "--device", "cpu")
+    assert result.code == 2 and result.err == f"error: {cause}" + result.err.split(cause, 1)[1], result.err
+    assert result.err.count("\n") == 1 and "invert:" not in result.err  # no progress bar before it
+    assert not read and not list(out.iterdir())
+
+
 def test_a_device_index_past_the_machine_s_devices_is_refused(monkeypatch):
     from hyperinverter.device import resolve_device
 

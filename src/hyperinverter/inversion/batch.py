@@ -201,7 +201,9 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     names = unique_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
     report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
-    method = pipe.inverter(method).name
+    inverter = pipe.inverter(method)
+    inverter.check_options(options or {})  # a bad option fails now, not after the first batch is read
+    method = inverter.name
     aligned = detector is not None
     dtype = dtype_name(pipe.dtype)
     todo = []

@@ -184,7 +184,8 @@ class Inverter(nn.Module):
 
     # --- inversion --------------------------------------------------------------------------------------
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` completed with the defaults; an unknown option is a ``ValueError`` naming the known ones."""
+        """``options`` completed with the defaults; an unknown option, or (where a method checks them) a bad value, is
+        a ``ValueError`` naming it. Cheap: batch jobs call it before their first image."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ValueError(f"{self.name} has no option {unknown}; its options: {dict(self.options) or 'none'}")

@@ -82,6 +82,11 @@ class E2Style(Inverter):
     def settings(self) -> dict:
         return {"encoder_resolution": self.encoder_resolution, **({"task": self.task} if self.task else {})}
 
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = super().check_options(options)
+        self.check_stages(options["stages"])
+        return options
+
     def check_stages(self, stages: int | None) -> int:
         trained = self.encoders.stages
         if stages is None:

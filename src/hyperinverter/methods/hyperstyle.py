@@ -7,6 +7,9 @@ multiplicatively over several iterations; the codes never change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,10 +102,16 @@ class HyperStyle(Phase1):
                 stopwatch.lap(f"iteration {t}")
         return InversionResult(ws=ws, image=image, weight_delta=delta, initial_image=start, steps=steps)
 
-    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None,
-                iterations: int = 5) -> InversionResult:
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = super().check_options(options)
+        iterations = options["iterations"]
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        return options
+
+    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None,
+                iterations: int = 5) -> InversionResult:
+        self.check_options({"iterations": iterations})
         with torch.no_grad():  # the W encoder is frozen in HyperStyle, in training too
             ws = self.encode_w(images)
             start = self.generator.synthesis(ws, noise_mode="const")

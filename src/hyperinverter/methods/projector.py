@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -68,8 +68,7 @@ def perceptual_distance(choice: PerceptualChoice, *, lpips_net: str, discriminat
         return "dfeat", DiscriminatorFeatureLoss(discriminator).to(device)
     if choice == "none":
         return "none", None
-    if choice != "auto":
-        raise ValueError(f"perceptual must be auto, lpips-vgg, lpips-alex, dfeat or none, got {choice!r}")
+    check_perceptual(choice)
     try:
         return f"lpips-{lpips_net}", LPIPS.from_files(lpips_net).to(device)
     except FileNotFoundError as e:
@@ -78,6 +77,12 @@ def perceptual_distance(choice: PerceptualChoice, *, lpips_net: str, discriminat
             return perceptual_distance("dfeat", lpips_net=lpips_net, discriminator=discriminator, device=device)
         logger.warning("LPIPS-%s is not installed and the model ships no discriminator: optimising L2 alone", lpips_net)
         return "none", None
+
+
+def check_perceptual(choice: str) -> None:
+    if choice not in get_args(PerceptualChoice):
+        *others, last = get_args(PerceptualChoice)
+        raise ValueError(f"perceptual must be {', '.join(others)} or {last}, got {choice!r}")
 
 
 def pooled_for_distance(images: torch.Tensor, size: int = 256) -> torch.Tensor:
@@ -271,9 +276,14 @@ class OptimizationMethod(Inverter):
         official settings."""
         return cls(generator, defaults=cls.tiny_options if preset == "tiny" else None)
 
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = super().check_options(options)
+        check_perceptual(options["perceptual"])
+        return options
+
     def use_distance(self, name: str, module: nn.Module | None) -> None:
         """Compare images with ``module`` (``(x, y) -> [B]``) from now on, whatever the ``perceptual`` option."""
-        self._distances = dict.fromkeys(("auto", "lpips-vgg", "lpips-alex", "dfeat", "none"), (name, module))
+        self._distances = dict.fromkeys(get_args(PerceptualChoice), (name, module))
 
     def distance(self, choice: PerceptualChoice, device: torch.device) -> tuple[str, nn.Module | None]:
         """The perceptual distance for ``choice``, built once."""
@@ -308,10 +318,20 @@ class WProjection(OptimizationMethod):
     space: ClassVar[Space] = "w"
     options: ClassVar[Mapping[str, Any]] = {"steps": 1000, **_PROJECTOR_OPTIONS}
 
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = super().check_options(options)
+        self.settings_of(options)
+        return options
+
+    def settings_of(self, options: Mapping[str, Any]) -> ProjectorSettings:
+        """The projector's settings from checked options (``ProjectorSettings`` checks their values)."""
+        return ProjectorSettings(space=self.space, **{k: v for k, v in options.items()
+                                                      if k not in ("progress", "perceptual")})
+
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
         options = self.check_options(options)
-        progress, choice = options.pop("progress"), options.pop("perceptual")
-        settings = ProjectorSettings(space=self.space, **options)
+        progress, choice = options["progress"], options["perceptual"]
+        settings = self.settings_of(options)
         _, distance = self.distance(choice, images.device)
         w_stats = self.w_statistics(settings.w_avg_samples)
         if stopwatch is not None:

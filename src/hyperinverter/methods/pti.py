@@ -50,13 +50,29 @@ class PTI(OptimizationMethod):
         "progress": True,
     }
 
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = super().check_options(options)
+        try:
+            self.pivot_settings(options)
+        except ValueError as e:
+            raise ValueError(f"the pivot's projection: {e} (PTI's pivot_* options)") from None
+        steps = options["steps"]
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps must be a whole number of tuning steps (0 or more), got {steps!r}")
+        return options
+
+    @staticmethod
+    def pivot_settings(o: Mapping[str, Any]) -> ProjectorSettings:
+        """The W projection that finds the pivot, from checked options (``ProjectorSettings`` checks them)."""
+        return ProjectorSettings(space="w", steps=o["pivot_steps"], learning_rate=o["pivot_learning_rate"],
+                                 w_avg_samples=o["pivot_w_avg_samples"], perceptual_weight=o["perceptual_weight"],
+                                 seed=o["seed"])
+
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
         o = self.check_options(options)
         G, device, _batch = self.generator, images.device, images.shape[0]
         distance_name, distance = self.distance(o["perceptual"], device)
-        pivot_settings = ProjectorSettings(space="w", steps=o["pivot_steps"], learning_rate=o["pivot_learning_rate"],
-                                           w_avg_samples=o["pivot_w_avg_samples"],
-                                           perceptual_weight=o["perceptual_weight"], seed=o["seed"])
+        pivot_settings = self.pivot_settings(o)
         w_stats = self.w_statistics(pivot_settings.w_avg_samples)
         if stopwatch is not None:
             stopwatch.lap("setup")
