@@ -506,8 +506,46 @@ def test_an_output_never_overwrites_an_input(world, tmp_path, capsys):
     hostile.photo(0).save(folder / "a.png")
     before = (folder / "a.png").read_bytes()
     result = cli(capsys, "invert", folder, "--model", world.model, "--out", folder, "--device", "cpu")
-    assert result.code == 1 and "would overwrite the input" in result.err
+    assert result.code == 1 and "writing the result would replace it" in result.err
     assert (folder / "a.png").read_bytes() == before
+    # Every command that writes beside its inputs (restore and swap: tests/test_restoration.py).
+    hostile.photo(1).save(folder / "b.png")
+    shutil.copy(world.inv, folder / "c.safetensors")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = cli(capsys, "interpolate", folder / "a.png", folder / "b.png", "--model", world.model,
+                 "--out", folder / "a", "--device", "cpu")
+    assert result.code == 2 and "is the input" in result.err, result.err
+    result = cli(capsys, "mix", folder / "a.png", folder / "b.png", "--model", world.model, "--layers", "0:2",
+                 "--out", folder / "b.png", "--device", "cpu")
+    assert result.code == 2 and "is the input" in result.err, result.err
+    (folder / "a_up_+1.png").write_bytes((folder / "b.png").read_bytes())  # an input named as a.png's edit
+    before["a_up_+1.png"] = (folder / "a_up_+1.png").read_bytes()
+    result = cli(capsys, "edit", folder / "a.png", folder / "a_up_+1.png", "--model", world.model,
+                 "--direction", world.direction, "--strength", "1", "--out", folder, "--device", "cpu")
+    assert result.code == 1 and f"failed: {folder / 'a_up_+1.png'}: is the input" in result.err, result.err
+    generator = world.model / "generator"
+    result = cli(capsys, "convert", generator, generator)
+    assert result.code == 2 and "is the input" in result.err, result.err
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_output_names_are_unique_whatever_the_inputs(world, tmp_path, capsys):
+    # x/p.png and y/p.png become x_p and y_p; beside an input x_p.png, one of them was written over the other.
+    from hyperinverter.inversion.batch import unique_stems
+
+    paths = [Path("x/p.png"), Path("y/p.png"), Path("x_p.png"), Path("x_p_2.png"), Path("z/q.png")]
+    names = unique_stems(paths)
+    assert len(set(names)) == len(names) and names[0] == "x_p" and names[1] == "y_p" and names[4] == "q"
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        hostile.photo(0).save(tmp_path / folder / "p.png")
+    shutil.copy(world.inv, tmp_path / "x_p.safetensors")
+    result = cli(capsys, "edit", tmp_path / "x" / "p.png", tmp_path / "y" / "p.png", tmp_path / "x_p.safetensors",
+                 "--model", world.model, "--direction", world.direction, "--strength", "1", "--out",
+                 tmp_path / "edits", "--device", "cpu")
+    assert result.code == 0
+    assert len(list((tmp_path / "edits").glob("*_strip.png"))) == 3
 
 
 def test_user_folders_are_never_touched(world, tmp_path, capsys):

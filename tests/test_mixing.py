@@ -101,7 +101,7 @@ def test_cli_errors(model_and_photos, tmp_path, capsys):
     assert main([*base, "--layers", "2:99", "--out", str(tmp_path / "x.png")]) == 2
     assert "layer range '2:99' does not fit a generator with 8 ws" in capsys.readouterr().err
     assert main([*base, "--layers", "0:2", "--out", str(a)]) == 2
-    assert "is one of the inputs" in capsys.readouterr().err
+    assert "is the input" in capsys.readouterr().err
     (tmp_path / "folder.png").mkdir()
     assert main([*base, "--layers", "0:2", "--out", str(tmp_path / "folder.png")]) == 2
     assert "is a folder" in capsys.readouterr().err

@@ -74,3 +74,32 @@ def test_restore_and_swap_commands(sr_pipe, capsys):
     code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
                  str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap.png")])
     assert code == 0 and (tmp_path / "swap.png").is_file() and (tmp_path / "swap_compare.png").is_file()
+
+
+def test_restore_and_swap_never_replace_an_input(sr_pipe, capsys):
+    # They wrote over their inputs: restore into the input folder replaced NAME.png, swap --out TARGET replaced it.
+    _, tmp_path = sr_pipe
+    folder = tmp_path / "photos"
+    for i in range(2):
+        save_image(images(1, i)[0], folder / f"{i}.png")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code = main(["restore", str(folder), "--model", str(tmp_path / "sr4"), "--device", "cpu", "--out", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("writing the result would replace it") == 2
+    assert err.count("failed: ") == 2 and "failed: failed" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    code = main(["swap", str(folder / "0.png"), str(folder / "1.png"), "--model", str(tmp_path / "sr4"),
+                 "--device", "cpu", "--out", str(folder / "1.png")])
+    assert code == 2 and "is the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_restore_names_each_failure_once(sr_pipe, capsys):
+    _, tmp_path = sr_pipe
+    (tmp_path / "in").mkdir()
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not an image")
+    code = main(["restore", str(broken), "--model", str(tmp_path / "sr4"), "--device", "cpu",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count(str(broken)) == 1, err  # was "failed: PATH: PATH: not a readable image"

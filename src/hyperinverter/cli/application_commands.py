@@ -42,13 +42,19 @@ def register(sub) -> None:
 
 def run_restore(args: argparse.Namespace) -> int:
     import torch
+    from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..io.files import atomic_write_group
+    from ..inversion.batch import check_output_folder, unique_stems
+    from ..io.files import InputFiles, atomic_write_group
     from ..io.images import find_images, image_bytes, make_grid
     from ..restoration import restoration_task, restore
 
     found = find_images(args.inputs)
+    if not found.paths and not found.problems:
+        print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
+        return 2
+    out_dir = check_output_folder(args.out)
     failures = list(found.problems)
     pipe = _load_pipeline(args)
     task = restoration_task(pipe)
@@ -56,19 +62,23 @@ def run_restore(args: argparse.Namespace) -> int:
         print(f"error: {args.model}: its {pipe.default_method} was not trained for a restoration task "
               "(train one with `hyperinverter train e2style` and task: sr4, ...)", file=sys.stderr)
         return 2
-    written = 0
-    for path in found.paths:
+    inputs, written = InputFiles(found.paths), 0
+    for path, name in tqdm(list(zip(found.paths, unique_stems(found.paths))), desc="restore", unit="file",
+                           disable=not found.paths):
+        targets = [out_dir / f"{name}.png", out_dir / f"{name}_compare.png"]
         try:
+            inputs.check_outputs(targets)
             x = pipe.prepare([path])
-        except (InputError, OSError) as e:  # an unreadable image: reported, the run goes on
-            failures.append(f"{path}: {e}")
+        except InputError as e:  # an unreadable image, or an output that would replace an input: the run goes on
+            failures.append(e)
+            continue
+        except OSError as e:
+            failures.append(InputError(path, str(e)))
             continue
         out = restore(pipe, x, simulate=args.simulate)
         panels = [out.degraded, out.result.image] + ([x.to(out.degraded.device)] if args.simulate else [])
-        stem = args.out / path.stem
-        atomic_write_group([(stem.with_suffix(".png"), image_bytes(out.result.image[0])),
-                            (stem.with_name(stem.name + "_compare.png"),
-                             image_bytes(make_grid(torch.cat(panels), nrow=len(panels))))])
+        atomic_write_group([(targets[0], image_bytes(out.result.image[0])),
+                            (targets[1], image_bytes(make_grid(torch.cat(panels), nrow=len(panels))))])
         written += 1
     _report_failures(failures)
     print(f"restored {written} image(s) ({task}) into {args.out}; {len(failures)} failed")
@@ -78,16 +88,17 @@ def run_restore(args: argparse.Namespace) -> int:
 def run_swap(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.files import atomic_write_group
+    from ..io.files import InputFiles, atomic_write_group
     from ..io.images import image_bytes, make_grid
     from ..restoration import face_swap
 
+    out = args.out if args.out.suffix else args.out.with_suffix(".png")
+    compare = out.with_name(out.stem + "_compare.png")
+    InputFiles([args.source, args.target]).check_outputs([out, compare])
     pipe = _load_pipeline(args)
     source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
     swap = face_swap(pipe, source, target)
-    out = args.out if args.out.suffix else args.out.with_suffix(".png")
     panels = torch.cat([source, target, swap.composite, swap.result.image])
-    atomic_write_group([(out, image_bytes(swap.result.image[0])),
-                        (out.with_name(out.stem + "_compare.png"), image_bytes(make_grid(panels, nrow=4)))])
-    print(f"wrote {out} and {out.with_name(out.stem + '_compare.png')}")
+    atomic_write_group([(out, image_bytes(swap.result.image[0])), (compare, image_bytes(make_grid(panels, nrow=4)))])
+    print(f"wrote {out} and {compare}")
     return 0

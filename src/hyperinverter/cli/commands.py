@@ -56,7 +56,9 @@ def _convert(sub) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     from ..convert.gan_files import convert_generator
+    from ..io.files import InputFiles
 
+    InputFiles([args.src]).check_outputs([args.dst], hint="give another DST")
     fmt = convert_generator(args.src, args.dst, to=args.to)
     print(f"wrote {fmt} generator to {args.dst}")
     return 0

@@ -264,6 +264,8 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import InputError, OutputError
+    from ..inversion.batch import unique_stems
+    from ..io.files import InputFiles
     from ..io.images import make_grid, read_image, save_image, tensor_to_pil
 
     if args.out.exists() and not args.out.is_dir():
@@ -271,18 +273,22 @@ def run_edit(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
     strengths = args.strength or [None]
+    labels = ["default" if s is None else f"{s:+g}" for s in strengths]
     args.out.mkdir(parents=True, exist_ok=True)
+    inputs = InputFiles(args.inputs)
     failures, done = [], 0
-    for path in args.inputs:
+    for path, name in zip(args.inputs, unique_stems(args.inputs)):  # (inputs sharing a stem: their folder too)
+        stem = args.out / f"{name}_{direction.name}"
         try:
+            inputs.check_outputs([Path(f"{stem}_{label}{end}") for label in labels for end in (".png", "_photo.png")]
+                                 + [Path(f"{stem}_strip.png")])
             result, record = _result_for(pipe, path, args)
         except InputError as e:
             failures.append(e)
             continue
         edits = [pipe.edit(result, direction, s) for s in strengths]
-        for s, img in zip(strengths, edits):
-            label = "default" if s is None else f"{s:+g}"
-            save_image(img, args.out / f"{path.stem}_{direction.name}_{label}.png")
+        for label, img in zip(labels, edits):
+            save_image(img, Path(f"{stem}_{label}.png"))
             if args.paste_back:
                 if record["placement"] is None:
                     failures.append(InputError(path, "has no face placement (invert it with --align to paste back)"))
@@ -299,9 +305,8 @@ def run_edit(args: argparse.Namespace) -> int:
                 except ValueError as e:
                     failures.append(InputError(path, f"cannot paste back into its photo {record['source']} ({e})"))
                     break
-                save_image(pasted, args.out / f"{path.stem}_{direction.name}_{label}_photo.png")
-        save_image(make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1),
-                   args.out / f"{path.stem}_{direction.name}_strip.png")
+                save_image(pasted, Path(f"{stem}_{label}_photo.png"))
+        save_image(make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1), Path(f"{stem}_strip.png"))
         done += 1
     _report_failures(failures)
     print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {len(failures)} failed")
@@ -311,19 +316,21 @@ def run_edit(args: argparse.Namespace) -> int:
 def run_interpolate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.files import atomic_write_group
+    from ..io.files import InputFiles, atomic_write_group
     from ..io.images import gif_bytes, image_bytes, make_grid
     from ..io.video import mp4_bytes, video_backend
 
+    out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif", ".mp4") else args.out
+    targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
+    InputFiles([args.a, args.b]).check_outputs(targets.values())
     pipe = _load_pipeline(args)
     frames = pipe.interpolate(_result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0],
                               steps=args.steps).cpu()
-    out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif", ".mp4") else args.out
     there_and_back = list(frames) + list(frames.flip(0))
-    written = [(out.with_name(out.name + ".png"), image_bytes(make_grid(frames, nrow=len(frames)))),
-               (out.with_name(out.name + ".gif"), gif_bytes(there_and_back))]
+    written = [(targets[".png"], image_bytes(make_grid(frames, nrow=len(frames)))),
+               (targets[".gif"], gif_bytes(there_and_back))]
     if video_backend() is not None:
-        written.append((out.with_name(out.name + ".mp4"), mp4_bytes(torch.stack(there_and_back), args.fps)))
+        written.append((targets[".mp4"], mp4_bytes(torch.stack(there_and_back), args.fps)))
     atomic_write_group(written)
     print("wrote " + ", ".join(str(path) for path, _ in written))
     if video_backend() is None:

@@ -45,6 +45,7 @@ def register(sub) -> None:
 def _outputs(args: argparse.Namespace, ranges: list[tuple[int, int]]) -> tuple[list[Path], Path]:
     """(one path per range, the strip's path); an output that is an input or a folder is an error."""
     from ..errors import OutputError
+    from ..io.files import InputFiles
 
     out = args.out or Path(f"{args.a.stem}_{args.b.stem}_mix.png")
     if out.suffix.lower() not in IMAGE_SUFFIXES:
@@ -52,12 +53,10 @@ def _outputs(args: argparse.Namespace, ranges: list[tuple[int, int]]) -> tuple[l
     stem, suffix = out.name[: -len(out.suffix)], out.suffix
     mixes = [out] if len(ranges) == 1 else [out.with_name(f"{stem}_{s}-{e}{suffix}") for s, e in ranges]
     strip = out.with_name(f"{stem}_strip{suffix}")
-    inputs = {args.a.resolve(), args.b.resolve()}
     for path in [*mixes, strip]:
         if path.is_dir():
             raise OutputError(path, "is a folder; give a file name for the mix (--out)")
-        if path.resolve() in inputs:
-            raise OutputError(path, "is one of the inputs; give another --out")
+    InputFiles([args.a, args.b]).check_outputs([*mixes, strip])
     return mixes, strip
 
 

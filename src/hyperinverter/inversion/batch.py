@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
-from ..io.files import atomic_write_group, remove_stale_temporaries
+from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
@@ -86,9 +87,19 @@ def rank_shard(items: Sequence[T], env: Mapping[str, str] | None = None) -> tupl
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names after the inputs; inputs sharing a stem get their parent folder prefixed."""
-    stems = [p.stem for p in paths]
-    return [f"{p.parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    """Output names after the inputs, one per input and all different: inputs sharing a stem get their parent
+    folder prefixed, and a name still taken (``x/p.png`` beside ``x_p.png``) gets ``_2``, ``_3``, ..."""
+    counts = Counter(p.stem for p in paths)
+    names, taken = [], set()
+    for p in paths:
+        name = f"{p.parent.name}_{p.stem}" if counts[p.stem] > 1 else p.stem
+        candidate, k = name, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        taken.add(candidate)
+        names.append(candidate)
+    return names
 
 
 def picture_name(name: str, index: int, count: int) -> str:
@@ -215,7 +226,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
             todo.append((path, name))
     if report.skipped:
         logger.info("%d input(s) already inverted in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
-    inputs_on_disk = {p.resolve() for p in paths if p.exists()}
+    inputs_on_disk = InputFiles(paths)
     G = pipe.generator
     seconds, count = 0.0, 0
     bar = tqdm(total=len(todo), desc="invert", unit="file", disable=not progress or not todo)
@@ -243,10 +254,10 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
             if picture.source in bad_sources:
                 continue
             targets = output_paths(out_dir, picture.name)
-            clash = [t for t in targets if t.exists() and t.resolve() in inputs_on_disk]
-            if clash:
-                report.failed.append(OutputError(picture.source, f"its result would overwrite the input {clash[0]}; "
-                                                 "give another --out"))
+            try:
+                inputs_on_disk.check_outputs(targets)
+            except OutputError as e:
+                report.failed.append(e)
                 continue
             one = result.select(i)
             adapted = adapt(one).cpu() if adapt is not None else None

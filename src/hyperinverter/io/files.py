@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,33 @@ GENERATOR_ENTRIES = frozenset({"config.json", "model.safetensors", "generator", 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.partial$")
 _PROC_FD = Path("/proc/self/fd")
+
+
+class InputFiles:
+    """The files a command reads, known by identity (device and inode, so that any path or link to one counts):
+    its results never replace what they were made from."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
+        self._by_identity: dict[tuple[int, int], Path] = {}
+        for path in paths:
+            identity = _identity(path)
+            if identity is not None:
+                self._by_identity.setdefault(identity, Path(path))
+
+    def check_outputs(self, outputs: Iterable[str | os.PathLike], *, hint: str = "give another --out") -> None:
+        """An output that is one of the inputs is an ``OutputError`` naming both."""
+        for output in outputs:
+            source = self._by_identity.get(_identity(output))
+            if source is not None:
+                raise OutputError(output, f"is the input {source}: writing the result would replace it; {hint}")
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # not there (yet), or a name the OS refuses
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _temp_sibling(path: Path) -> Path:
