@@ -24,8 +24,9 @@ import hostile
 from conftest import build_tiny_generator, build_tiny_pipeline
 from hyperinverter.cli.main import main
 from hyperinverter.editing import GANSpaceBasis, GANSpaceDirection, LinearDirection, save_direction
-from hyperinverter.errors import ImageReadError, NonFiniteError
+from hyperinverter.errors import ImageReadError, NonFiniteError, OutputError
 from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
+from hyperinverter.io.files import atomic_write_bytes
 from hyperinverter.io.images import read_image
 from hyperinverter.pipeline import InversionPipeline
 
@@ -463,7 +464,7 @@ def test_a_device_this_machine_lacks_is_one_line(world, tmp_path, capsys, monkey
     ("pti", "steps=-1", "steps must be a whole number of tuning steps (0 or more), got -1"),
 ])
 def test_a_bad_option_fails_before_any_image(world, tmp_path, capsys, monkeypatch, method, option, cause):
-    import hyperinverter.inversion.batch as batch
+    from hyperinverter.inversion import batch
 
     read = []
     monkeypatch.setattr(batch, "read_image", lambda path, *a, **k: read.append(path) or Image.new("RGB", (8, 8)))
@@ -498,6 +499,20 @@ def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):
     result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", afile / "sub", "--device", "cpu")
     assert result.code == 2 and result.err.startswith("error: ") and "not a directory" in result.err
     assert afile.read_text() == "keep me"
+
+
+def test_an_image_output_never_replaces_another_kind_of_file(world, tmp_path, capsys):
+    # `generate --out notes.txt` wrote PNG bytes over the text file; over a folder, the error named a temporary.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-1", "--out", notes)
+    assert result.code == 0 and f"to {notes}.png" in result.out and notes.read_text() == "keep me"
+    assert Image.open(f"{notes}.png").format == "PNG"
+    result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-1", "--out", notes / "sub" / "x.png")
+    assert result.code == 2 and result.err == f"error: {notes / 'sub' / 'x.png'}: cannot be written: {notes} is a file, not a folder\n"
+    with pytest.raises(OutputError, match="is a folder; give a file name"):
+        atomic_write_bytes(tmp_path, b"data")
+    assert notes.read_text() == "keep me" and not list(tmp_path.glob(".*partial"))
 
 
 def test_an_output_never_overwrites_an_input(world, tmp_path, capsys):

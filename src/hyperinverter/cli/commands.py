@@ -28,7 +28,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
     from ..generate import generate_images, parse_seeds
-    from ..io.images import make_grid, save_image
+    from ..io.images import image_output_path, make_grid, save_image
     from ..pipeline import ensure_finite
 
     seeds = parse_seeds(args.seeds)
@@ -36,8 +36,8 @@ def run_generate(args: argparse.Namespace) -> int:
     images = generate_images(G, seeds, truncation_psi=args.trunc, noise_mode=args.noise_mode,
                              batch_size=args.batch_size)
     ensure_finite(images, f"the samples of {args.model}")
-    save_image(make_grid(images), args.out)
-    print(f"wrote {len(seeds)} samples ({G.resolution}x{G.resolution}) to {args.out}")
+    out = save_image(make_grid(images), image_output_path(args.out))
+    print(f"wrote {len(seeds)} samples ({G.resolution}x{G.resolution}) to {out}")
     return 0
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 from .arguments import add_dtype
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _result_for
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
 
 def _layer_spec(text: str) -> str:
     """``START:END`` checked for its form here (a usage error); the range is checked against the model later."""
@@ -46,10 +44,9 @@ def _outputs(args: argparse.Namespace, ranges: list[tuple[int, int]]) -> tuple[l
     """(one path per range, the strip's path); an output that is an input or a folder is an error."""
     from ..errors import OutputError
     from ..io.files import InputFiles
+    from ..io.images import image_output_path
 
-    out = args.out or Path(f"{args.a.stem}_{args.b.stem}_mix.png")
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
-        out = out.with_name(out.name + ".png")
+    out = image_output_path(args.out or Path(f"{args.a.stem}_{args.b.stem}_mix.png"))
     stem, suffix = out.name[: -len(out.suffix)], out.suffix
     mixes = [out] if len(ranges) == 1 else [out.with_name(f"{stem}_{s}-{e}{suffix}") for s, e in ranges]
     strip = out.with_name(f"{stem}_strip{suffix}")

@@ -204,7 +204,13 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     """
     paths = [Path(p) for p, _ in files]
     for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_dir():
+            raise OutputError(p, "is a folder; give a file name")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((q for q in reversed(p.parents) if q.exists() and not q.is_dir()), p.parent)
+            raise OutputError(p, f"cannot be written: {blocker} is a file, not a folder") from None
     staged: list[_StagedFile] = []
     try:
         for path, (_, data) in zip(paths, files):

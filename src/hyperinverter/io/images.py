@@ -95,13 +95,25 @@ def labelled_columns(columns: dict[str, torch.Tensor], *, scale: int = 2) -> Ima
     strips = [make_grid(enlarge_nearest(c.cpu().clamp(-1, 1), size), nrow=1) for c in columns.values()]
     return labelled_row(torch.cat(strips), list(columns))
 
+# The image formats results are written in, by suffix; any other suffix gets PNG.
+WRITTEN_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png") -> bytes:
     """A ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, encoded in the format ``suffix`` names."""
     if isinstance(image, torch.Tensor):
         image = tensor_to_pil(image if image.ndim == 4 else image[None])[0]
     buf = io.BytesIO()
-    image.save(buf, format={".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(suffix.lower(), "PNG"))
+    image.save(buf, format=WRITTEN_FORMATS.get(suffix.lower(), "PNG"))
     return buf.getvalue()
+
+
+def image_output_path(path: str | os.PathLike) -> Path:
+    """Where an image result asked for at ``path`` is written: ``path`` if its suffix names a format results are
+    written in (``WRITTEN_FORMATS``), else ``path`` + ``.png``, so that ``--out notes.txt`` never replaces a
+    text file with a PNG."""
+    path = Path(path)
+    return path if path.suffix.lower() in WRITTEN_FORMATS else path.with_name(path.name + ".png")
 
 
 def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True) -> Path:
