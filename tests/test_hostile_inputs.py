@@ -508,6 +508,9 @@ def test_an_image_output_never_replaces_another_kind_of_file(world, tmp_path, ca
     result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-1", "--out", notes)
     assert result.code == 0 and f"to {notes}.png" in result.out and notes.read_text() == "keep me"
     assert Image.open(f"{notes}.png").format == "PNG"
+    result = cli(capsys, "ganspace", "--model", world.model, "--out", tmp_path / "sheet.txt", "--samples", "64",
+                 "--components", "0-1", "--seeds", "0-1")
+    assert result.code == 0 and (tmp_path / "sheet.txt.png").is_file()
     result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-1", "--out", notes / "sub" / "x.png")
     assert result.code == 2 and result.err == f"error: {notes / 'sub' / 'x.png'}: cannot be written: {notes} is a file, not a folder\n"
     with pytest.raises(OutputError, match="is a folder; give a file name"):

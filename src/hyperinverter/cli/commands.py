@@ -110,13 +110,15 @@ def run_ganspace(args: argparse.Namespace) -> int:
     from ..editing import GANSpaceDirection, compute_ganspace, save_direction
     from ..editing.sheet import parse_layer_range, render_ganspace_sheet
     from ..generate import parse_seeds
+    from ..io.images import image_output_path
 
     G = load_generator(generator_path(args.model), device=resolve_device(args.device))
     layers = parse_layer_range(args.layers, G.num_ws)
     saved = [(name, pc, parse_layer_range(spec, G.num_ws), s) for name, pc, spec, s in args.save]
     basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)
-    sheet = render_ganspace_sheet(G, basis, args.out, components=parse_seeds(args.components), layers=layers,
-                                  seeds=parse_seeds(args.seeds), strength=args.strength, truncation_psi=args.trunc)
+    sheet = render_ganspace_sheet(G, basis, image_output_path(args.out), components=parse_seeds(args.components),
+                                  layers=layers, seeds=parse_seeds(args.seeds), strength=args.strength,
+                                  truncation_psi=args.trunc)
     print(f"wrote the sheet of layers {layers[0]}:{layers[1]} to {sheet}")
     for name, pc, (start, end), strength in saved:
         direction = GANSpaceDirection(basis, pc, start, end, args.strength if strength is None else strength,
