@@ -89,10 +89,10 @@ def run_swap(args: argparse.Namespace) -> int:
     import torch
 
     from ..io.files import InputFiles, atomic_write_group
-    from ..io.images import image_bytes, make_grid
+    from ..io.images import image_bytes, image_output_path, make_grid
     from ..restoration import face_swap
 
-    out = args.out if args.out.suffix else args.out.with_suffix(".png")
+    out = image_output_path(args.out)
     compare = out.with_name(out.stem + "_compare.png")
     InputFiles([args.source, args.target]).check_outputs([out, compare])
     pipe = _load_pipeline(args)
