@@ -28,6 +28,25 @@ def test_batch_equals_single_inversions(pipeline):
     assert not torch.allclose(batched.image, batched.initial_image)  # Phase II changes the image
 
 
+def test_the_inputs_a_user_hands_over(pipeline, tmp_path, caplog):
+    import hyperinverter
+
+    assert hyperinverter.InversionPipeline is InversionPipeline  # the package's own entry point
+    x = images(1)
+    as_uint8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # as torchvision.io.read_image gives
+    torch.testing.assert_close(pipeline.prepare(as_uint8), as_uint8.float() / 127.5 - 1)
+    Image.fromarray(as_uint8[0].permute(1, 2, 0).numpy()).save(tmp_path / "one.png")
+    by_path = pipeline.prepare(tmp_path / "one.png")  # one path, not a sequence of characters
+    assert by_path.shape == (1, 3, 32, 32)
+    assert torch.equal(pipeline.prepare(str(tmp_path / "one.png")), by_path)
+    assert torch.equal(pipeline.prepare(Image.open(tmp_path / "one.png")), by_path)
+    with pytest.raises(ValueError, match="no images given"):
+        pipeline.prepare(x[:0])
+    with caplog.at_level("WARNING"):
+        pipeline.prepare(x * 255)
+    assert "inversion expects [-1, 1]" in caplog.text
+
+
 def test_save_and_load_pretrained(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path / "pipe")
     again = InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu")

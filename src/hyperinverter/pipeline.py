@@ -371,16 +371,26 @@ class InversionPipeline:
                              align_scale=self.align_scale, discriminator=self.discriminator)
 
     # --- inputs -----------------------------------------------------------------------------------------
-    def prepare(self, images: torch.Tensor | Sequence[Image.Image | str | Path]) -> torch.Tensor:
-        """PIL images or paths -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and channel count.
+    def prepare(self, images: torch.Tensor | Image.Image | str | Path | Sequence[Image.Image | str | Path]
+                ) -> torch.Tensor:
+        """An image, a path, or a sequence of them -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and
+        channel count.
 
         Files go through :func:`hyperinverter.io.images.read_image`. A non-square image gives its centred square
-        (never squashed); align faces first for face models. Tensors are passed through (they must already be
-        ``[B,C,R,R]`` in [-1,1] with the generator's channel count and resolution).
+        (never squashed); align faces first for face models. Tensors are passed through: ``[B,C,R,R]`` (or one
+        ``[C,R,R]``) with the generator's channel count and resolution, floats in [-1,1] or ``uint8`` in [0, 255].
         """
         G = self.generator
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]  # one image (a string is not a sequence of paths)
         if isinstance(images, torch.Tensor):
             x = images if images.ndim == 4 else images[None]
+            if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
+                x = x.float() / 127.5 - 1
+            elif x.numel() and float(x.detach().abs().max()) > 1.5:
+                logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
+                               "converted; for floats in [0, 255] or [0, 1], rescale first)",
+                               float(x.detach().abs().max()))
         else:
             tensors = [pil_to_tensor(center_square(read_image(item)), size=G.resolution,
                                      channels=G.config.img_channels) for item in images]
@@ -391,6 +401,8 @@ class InversionPipeline:
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] for this generator, got "
                              f"{tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("no images given (an empty batch)")
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteError(None, "the input images hold NaN or infinite values")
         return x.to(self.device, torch.float32)
