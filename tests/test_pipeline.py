@@ -7,6 +7,7 @@ from PIL import Image
 from hyperinverter.cli.main import main
 from hyperinverter.convert.gan_files import load_gan
 from hyperinverter.editing import LinearDirection, save_direction
+from hyperinverter.errors import InputError
 from hyperinverter.inversion.files import load_inversion
 from hyperinverter.pipeline import InversionPipeline
 
@@ -62,10 +63,27 @@ def test_edit_reuses_delta_and_interpolation_ends(pipeline):
     edited = pipeline.edit(result, d, 2.0)
     expected = pipeline.render(result.ws + 2.0 * d.vector, result.weight_delta)
     assert torch.allclose(edited, expected, atol=1e-6)
+    # The same edit named as `edit --direction` takes it, or given as a vector.
+    assert torch.equal(pipeline.edit(result, d.vector[0], 2.0), edited)
+    with pytest.raises(ValueError, match="finite"):
+        pipeline.edit(result, d, float("nan"))
     frames = pipeline.interpolate(result.select(0), result.select(1), steps=5)
     assert frames.shape == (5, 3, 32, 32)
     assert torch.allclose(frames[0], result.image[0], atol=1e-5)
     assert torch.allclose(frames[-1], result.image[1], atol=1e-5)
+
+
+def test_a_loaded_bundle_edits_by_its_direction_names(pipeline, tmp_path):
+    d = LinearDirection(torch.randn(1, 16), name="up", default_strength=2.0)
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(d, tmp_path / "model" / "directions" / "up.safetensors")
+    loaded = InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    result = loaded.invert(images(1))
+    torch.testing.assert_close(loaded.edit(result, "up"), loaded.edit(result, d))
+    torch.testing.assert_close(loaded.edit(result, tmp_path / "model" / "directions" / "up.safetensors", 1.0),
+                               loaded.edit(result, d, 1.0))
+    with pytest.raises(InputError, match=r"it has: up"):
+        loaded.edit(result, "down")
 
 
 def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):

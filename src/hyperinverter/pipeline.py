@@ -33,7 +33,7 @@ from torch import nn
 
 from .convert.gan_files import load_gan
 from .device import resolve_device
-from .editing.directions import Direction
+from .editing.directions import Direction, LinearDirection
 from .errors import CheckpointError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
@@ -258,6 +258,7 @@ class InversionPipeline:
         self.dtype = resolve_dtype(dtype, self.device)
         self.align_scale = align_scale
         self.name = name
+        self.folder: Path | None = None  # the bundle folder it was loaded from (its directions), if any
         self.discriminator = None if discriminator is None else discriminator.to(self.device).eval().requires_grad_(False)
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
         self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
@@ -361,9 +362,11 @@ class InversionPipeline:
         discriminator = None
         if "discriminator" in index:
             discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
-        return cls(methods, default_method=method or index["default_method"], device=device,
+        pipe = cls(methods, default_method=method or index["default_method"], device=device,
                    align_scale=float(index.get("align_scale", 1.0)), name=pipeline_name,
                    discriminator=discriminator, dtype=dtype, prepack=prepack)
+        pipe.folder = path
+        return pipe
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
@@ -484,8 +487,22 @@ class InversionPipeline:
         return InversionResult(ws=ws, image=self.render(ws, delta), weight_delta=delta), record
 
     @torch.no_grad()
-    def edit(self, result: InversionResult, direction: Direction, strength: float | None = None) -> torch.Tensor:
-        """Edit the codes only and render with the image's own Δθ (as in the papers)."""
+    def edit(self, result: InversionResult, direction: Direction | str | os.PathLike | torch.Tensor,
+             strength: float | None = None) -> torch.Tensor:
+        """Edit the codes only and render with the image's own Δθ (as in the papers).
+
+        ``direction``: a direction object; the name of one this bundle ships (``hyperinverter directions list``)
+        or a direction file, as ``edit --direction`` takes; or a vector ``[w_dim]`` / ``[1|num_ws, w_dim]`` added
+        ``strength`` times (default 1)."""
+        if strength is not None and not math.isfinite(strength):
+            raise ValueError(f"strength must be a finite number, got {strength}")
+        if isinstance(direction, torch.Tensor):
+            vector = direction.detach().float().reshape(1, -1) if direction.ndim == 1 else direction.detach().float()
+            direction = LinearDirection(vector, default_strength=1.0)
+        elif isinstance(direction, (str, os.PathLike)):
+            from .editing.catalogue import resolve_direction
+
+            direction = resolve_direction(self.folder, direction)
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         return self.render(ws, delta)
