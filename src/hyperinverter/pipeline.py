@@ -390,10 +390,9 @@ class InversionPipeline:
             x = images if images.ndim == 4 else images[None]
             if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
                 x = x.float() / 127.5 - 1
-            elif x.numel() and float(x.detach().abs().max()) > 1.5:
+            elif x.numel() and (peak := float(x.detach().abs().max())) > 1.5:
                 logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
-                               "converted; for floats in [0, 255] or [0, 1], rescale first)",
-                               float(x.detach().abs().max()))
+                               "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
         else:
             tensors = [pil_to_tensor(center_square(read_image(item)), size=G.resolution,
                                      channels=G.config.img_channels) for item in images]

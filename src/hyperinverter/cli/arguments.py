@@ -57,7 +57,8 @@ def port(text: str) -> int:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="torch device: auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps or xpu")
+    p.add_argument("--device", default="auto",
+                   help="torch device: auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps or xpu")
 
 
 def add_dtype(p: argparse.ArgumentParser) -> None:

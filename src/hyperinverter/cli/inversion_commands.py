@@ -274,13 +274,14 @@ def run_edit(args: argparse.Namespace) -> int:
     direction = _direction(args, pipe.generator)
     strengths = args.strength or [None]
     labels = ["default" if s is None else f"{s:+g}" for s in strengths]
+    endings = (".png", "_photo.png") if args.paste_back else (".png",)
     args.out.mkdir(parents=True, exist_ok=True)
     inputs = InputFiles(args.inputs)
     failures, done = [], 0
     for path, name in zip(args.inputs, unique_stems(args.inputs)):  # (inputs sharing a stem: their folder too)
         stem = args.out / f"{name}_{direction.name}"
         try:
-            inputs.check_outputs([Path(f"{stem}_{label}{end}") for label in labels for end in (".png", "_photo.png")]
+            inputs.check_outputs([Path(f"{stem}_{label}{end}") for label in labels for end in endings]
                                  + [Path(f"{stem}_strip.png")])
             result, record = _result_for(pipe, path, args)
         except InputError as e:
