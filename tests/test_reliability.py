@@ -132,6 +132,31 @@ def test_atomic_writes_flush_the_file_and_its_folder(tmp_path, monkeypatch):
     assert oct((tmp_path / "a.bin").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+def test_a_full_disk_names_the_file_and_leaves_nothing(pipeline, tmp_path, monkeypatch, capsys):
+    import errno
+
+    (tmp_path / "b.bin").write_bytes(b"old")
+    photos = tmp_path / "photos"
+    write_photos(photos, 1)
+    pipeline.save_pretrained(tmp_path / "model")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as os.write reports it: no file name
+
+    monkeypatch.setattr(files.os, "write", full)
+    with pytest.raises(OSError) as caught:
+        files.atomic_write_bytes(tmp_path / "b.bin", b"new")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "b.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "model", "photos"]  # no temporary left
+    assert (tmp_path / "b.bin").read_bytes() == b"old"
+    # The command's one line names the file (it said only "error: no space left on device").
+    code = main(["invert", str(photos), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"\nerror: {tmp_path / 'out'}" in err and err.rstrip().endswith("no space left on device")
+    assert not list((tmp_path / "out").iterdir())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -229,50 +229,51 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     inputs_on_disk = InputFiles(paths)
     G = pipe.generator
     seconds, count = 0.0, 0
-    bar = tqdm(total=len(todo), desc="invert", unit="file", disable=not progress or not todo)
-    # Files are read one batch at a time, so a large folder never sits in memory.
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
-                                         channels=G.config.img_channels, detector=detector,
-                                         align_scale=pipe.align_scale)
-        report.failed += failed
-        bar.update(len(chunk))
-        if not pictures:
-            continue
-        x = torch.cat([p.image for p in pictures])
-        t0 = time.perf_counter()
-        result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False, **(options or {})).to("cpu")
-        seconds += time.perf_counter() - t0
-        count += len(pictures)
-        # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
-        bad_sources = {pictures[i].source for i in range(len(pictures))
-                       if not bool(torch.isfinite(result.image[i]).all())}
-        for source in sorted(bad_sources):
-            report.failed.append(NonFiniteError(source, "the model gave NaN or infinite values for it"))
-        for i, picture in enumerate(pictures):
-            if picture.source in bad_sources:
+    # Files are read one batch at a time, so a large folder never sits in memory. The bar closes on an error too,
+    # so that the error starts a line of its own.
+    with tqdm(total=len(todo), desc="invert", unit="file", disable=not progress or not todo) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
+                                             channels=G.config.img_channels, detector=detector,
+                                             align_scale=pipe.align_scale)
+            report.failed += failed
+            bar.update(len(chunk))
+            if not pictures:
                 continue
-            targets = output_paths(out_dir, picture.name)
-            try:
-                inputs_on_disk.check_outputs(targets)
-            except OutputError as e:
-                report.failed.append(e)
-                continue
-            one = result.select(i)
-            adapted = adapt(one).cpu() if adapt is not None else None
-            panels = torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None else [])
-                               + [one.image] + ([adapted] if adapted is not None else []))
-            record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
-                                     generator=pipe.fingerprint,
-                                     placement=picture.placement,
-                                     picture={"index": picture.index, "count": picture.count}, dtype=dtype)
-            extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
-            atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
-                                (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
-                                (targets[2], record)])
-            report.written.append(targets[2])
-    bar.close()
+            x = torch.cat([p.image for p in pictures])
+            t0 = time.perf_counter()
+            result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False,
+                                 **(options or {})).to("cpu")
+            seconds += time.perf_counter() - t0
+            count += len(pictures)
+            # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
+            bad_sources = {pictures[i].source for i in range(len(pictures))
+                           if not bool(torch.isfinite(result.image[i]).all())}
+            for source in sorted(bad_sources):
+                report.failed.append(NonFiniteError(source, "the model gave NaN or infinite values for it"))
+            for i, picture in enumerate(pictures):
+                if picture.source in bad_sources:
+                    continue
+                targets = output_paths(out_dir, picture.name)
+                try:
+                    inputs_on_disk.check_outputs(targets)
+                except OutputError as e:
+                    report.failed.append(e)
+                    continue
+                one = result.select(i)
+                adapted = adapt(one).cpu() if adapt is not None else None
+                panels = torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None else [])
+                                   + [one.image] + ([adapted] if adapted is not None else []))
+                record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
+                                         generator=pipe.fingerprint,
+                                         placement=picture.placement,
+                                         picture={"index": picture.index, "count": picture.count}, dtype=dtype)
+                extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
+                atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
+                                    (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
+                                    (targets[2], record)])
+                report.written.append(targets[2])
     report.seconds_per_image = seconds / max(count, 1)
     logger.info("rank %d/%d: inverted %d picture(s) into %s; %d input(s) already done, %d failed", rank, world,
                 len(report.written), out_dir, len(report.skipped), len(report.failed))

@@ -153,6 +153,11 @@ def _stage(path: Path, data: bytes, durable: bool) -> _StagedFile:
             view = view[os.write(staged.fd, view):]
         if durable:
             os.fsync(staged.fd)
+    except OSError as e:
+        staged.discard()
+        if e.filename is None:  # write and fsync name no file: a full disk would be reported without its path
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+        raise
     except BaseException:
         staged.discard()
         raise
