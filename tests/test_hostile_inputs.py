@@ -476,6 +476,18 @@ def test_a_bad_option_fails_before_any_image(world, tmp_path, capsys, monkeypatc
     assert not read and not list(out.iterdir())
 
 
+def test_an_error_starts_its_own_line_after_a_progress_bar(world, tmp_path, capsys):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=3, desc="work", file=sys.stderr)  # as a command's bar, interrupted by the error
+    bar.update(1)
+    result = cli(capsys, "interpolate", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--model", world.model,
+                 "--out", tmp_path / "lerp", "--device", "cpu")
+    assert result.code == 2 and "\nerror: " in result.err and bar.disable  # closed
+
+
 def test_a_device_index_past_the_machine_s_devices_is_refused(monkeypatch):
     from hyperinverter.device import resolve_device
 

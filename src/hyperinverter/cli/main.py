@@ -72,6 +72,14 @@ def _tolerant_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def _close_progress_bars() -> None:
+    """End the progress bars an error interrupted, so that its message starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit status: 0 done, 1 done but some inputs failed, 2 an error (one line on stderr,
     naming the file and the cause), 3 an internal error (a bug: ``-v`` shows its traceback), 130 interrupted."""
@@ -84,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the one place where every error becomes a message
+        _close_progress_bars()
         message = expected_error(e)
         if message is not None:
             print(f"error: {message}", file=sys.stderr)
