@@ -215,6 +215,33 @@ def test_a_bad_training_config_names_the_file(tmp_path, capsys):
     assert main(["train", "w-encoder", "--config", str(config), "steps=ten"]) == 2
 
 
+def test_training_never_writes_into_a_user_folder(tmp_path):
+    # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
+    # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.
+    from hyperinverter.errors import OutputError
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.run import prepare_run_dir
+
+    user = tmp_path / "project"
+    user.mkdir()
+    (user / "config.yaml").write_text("my: notes\n")
+    (user / "stats.jsonl").write_text("not ours\n")
+    ctx = DistributedContext()
+    config = {"run_dir": str(user), "steps": 1}
+    with pytest.raises(OutputError, match="holds files that are not a training run's"):
+        prepare_run_dir(user, config, ctx)
+    assert sorted(p.name for p in user.iterdir()) == ["config.yaml", "stats.jsonl"]
+    assert (user / "config.yaml").read_text() == "my: notes\n"
+    with pytest.raises(OutputError, match="is a file"):
+        prepare_run_dir(user / "stats.jsonl", config, ctx)
+    run = prepare_run_dir(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "steps": 1}, ctx)  # new: made
+    (run / "stats.jsonl").write_text("{}\n")
+    assert prepare_run_dir(run, {"run_dir": str(run), "steps": 2}, ctx) == run  # ours: taken up again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_run_dir(empty, {"run_dir": str(empty)}, ctx) == empty
+
+
 def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):
     from hyperinverter.training.checkpointing import resume_latest
 

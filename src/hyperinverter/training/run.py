@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, OutputError
 from ..io.files import atomic_write_bytes
 from ..io.images import make_grid, save_image
 from .config import to_yaml
@@ -77,9 +77,28 @@ class RunLogger:
             self._tb.close()
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` may be a run folder: empty, or one that training made (its ``config.yaml`` is a training
+    config, which names its ``run_dir``; or only ``checkpoints/``, as a run killed before writing its config)."""
+    import yaml
+
+    entries = {entry.name for entry in folder.iterdir()}
+    if not entries or entries == {"checkpoints"}:
+        return True
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and "run_dir" in config
+
+
 def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path:
-    """Create the run folder and store the resolved config next to the checkpoints."""
+    """Create the run folder and store the resolved config next to the checkpoints. A folder that holds other
+    files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl, samples/, best/ and final/."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or not is_run_folder(run_dir)):
+        cause = "is a file" if not run_dir.is_dir() else "holds files that are not a training run's"
+        raise OutputError(run_dir, f"{cause}; give a new or empty folder as run_dir")
     checkpoints = run_dir / "checkpoints"
     if not getattr(config, "resume", True) and checkpoints.is_dir() and any(checkpoints.glob("*.safetensors")):
         # Starting afresh next to an old run's checkpoints would mix the two runs when pruning and resuming.
