@@ -55,6 +55,14 @@ def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
     # the bundle's other method gets a column; phase1, HyperInverter's own first pass, does not get a second one
     assert "input | Phase I (W) | HyperInverter | HyperStyle | edit: dir" in page
     assert "input | Phase I (W) | HyperInverter | edit: dir" in page  # faces-64 here holds HyperInverter alone
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0  # an earlier demo's folder: written again
+    # A folder of the user's is refused as it is (the demo wrote its index.html over theirs).
+    user = tmp_path / "site"
+    user.mkdir()
+    (user / "index.html").write_text("mine")
+    assert main(["demo", "--out", str(user), "--device", "cpu"]) == 2
+    assert "holds files that are not an earlier demo's" in capsys.readouterr().err
+    assert [p.name for p in user.iterdir()] == ["index.html"] and (user / "index.html").read_text() == "mine"
 
 
 def test_a_missing_bundled_model_is_reported(tmp_path, monkeypatch, capsys):

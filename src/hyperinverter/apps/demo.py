@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..editing.directions import load_model_directions
+from ..errors import OutputError
 from ..inversion.batch import read_pictures
 from ..io.files import atomic_write_bytes
 from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
@@ -74,6 +75,26 @@ def _other_methods(pipe: InversionPipeline) -> list[str]:
             if name != pipe.default_method and m.components and not {id(p) for p in m.parts().values()} <= default]
 
 
+# What marks a folder as an earlier demo's (its index.html), which a new demo may write over.
+DEMO_TITLE = "<title>hyperinverter demo</title>"
+
+
+def check_demo_folder(out_dir: Path) -> None:
+    """``out_dir`` may take the demo: new, empty, or an earlier demo's (it writes index.html and face_*.png there)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputError(out_dir, "is a file; give a folder for the demo (--out)")
+    if not any(out_dir.iterdir()):
+        return
+    try:
+        ours = DEMO_TITLE in (out_dir / "index.html").read_text(errors="replace")[:4096]
+    except OSError:
+        ours = False
+    if not ours:
+        raise OutputError(out_dir, "holds files that are not an earlier demo's; give a new or empty folder (--out)")
+
+
 def _write_index(report: DemoReport) -> Path:
     rows = "\n".join(
         f'<figure><img src="{html.escape(item.picture.name)}" alt="{html.escape(item.title)}">'
@@ -82,7 +103,7 @@ def _write_index(report: DemoReport) -> Path:
     )
     skipped = "".join(f"<li>{html.escape(s)}</li>" for s in report.skipped)
     page = f"""<!doctype html>
-<html lang="en"><meta charset="utf-8"><title>hyperinverter demo</title>
+<html lang="en"><meta charset="utf-8">{DEMO_TITLE}
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}img{{image-rendering:pixelated;width:100%}}
 figure{{margin:0 0 2em}}figcaption{{font-size:0.9em;color:#333}}</style>
 <h1>HyperInverter demo</h1>
@@ -145,6 +166,7 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    check_demo_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(out_dir=out_dir)
     for model, photos in ((faces_model, True), (fashion_model, False)):
