@@ -119,3 +119,32 @@ def test_stylised_copies_keep_names_report_bad_files_and_resume(odd_folder, tmp_
     assert (out / "rgb.png").stat().st_mtime_ns == before  # resumed: finished files are kept
     assert main(["data", "stylise", str(odd_folder), "--out", str(odd_folder)]) == 2  # never over its sources
     assert main(["data", "stylise", str(odd_folder), "--out", str(out), "--style", "oil"]) == 2
+
+
+def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, monkeypatch):
+    # The writers keep existing files as already written and write dataset.json: into a user's folder, a user's
+    # 000001.png became part of the dataset and their dataset.json was replaced.
+    from hyperinverter.data import sources
+    from hyperinverter.errors import OutputError
+
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "000001.png").write_bytes(b"mine")
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"not this dataset's \(000001.png\)"):  # not a sketch of odd_folder's
+        sources.write_stylised(odd_folder, user)
+    monkeypatch.setattr(sources, "load_fashion_mnist", lambda split: (np.zeros((3, 28, 28), np.uint8), np.zeros(3)))
+    with pytest.raises(OutputError, match=r"not this dataset's \(notes.txt\)"):
+        sources.write_fashion32(user, progress=False)
+    (user / "notes.txt").unlink()
+    (user / "dataset.json").write_text('{"mine": true}')
+    with pytest.raises(OutputError, match="not one hyperinverter wrote"):
+        sources.write_fashion32(user, progress=False)
+    assert sorted(p.name for p in user.iterdir()) == ["000001.png", "dataset.json"]
+    assert (user / "dataset.json").read_text() == '{"mine": true}'
+    # New, interrupted (only our numbered files) and finished folders are taken.
+    fresh = sources.write_fashion32(tmp_path / "fashion", progress=False)
+    (fresh / "dataset.json").unlink()
+    (fresh / "000002.png").unlink()
+    assert sources.write_fashion32(fresh, progress=False) == fresh and (fresh / "000002.png").is_file()
+    assert sources.write_fashion32(fresh, progress=False) == fresh

@@ -15,7 +15,9 @@ import gzip
 import importlib.util
 import json
 import logging
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..generate import z_from_seeds
 from ..io.files import atomic_write_bytes
 from ..io.images import find_images, pil_to_tensor, read_image, save_image, tensor_to_pil
@@ -120,6 +122,41 @@ def fashion32(images: np.ndarray) -> torch.Tensor:
     return nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
 
 
+_NUMBERED = re.compile(r"\d{6}\.png")  # what write_faces64 and write_fashion32 name their images
+_TEMPORARY = re.compile(r"\..+\.partial")  # what a write killed halfway leaves (io.files)
+
+
+def _numbered(relative: Path) -> bool:
+    return _NUMBERED.fullmatch(os.fspath(relative)) is not None
+
+
+def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbered) -> None:
+    """``out_dir`` may take a dataset: new, empty, a dataset folder we wrote (its ``dataset.json``), or one whose
+    writing was interrupted (every file one ``is_ours`` accepts, by its path relative to ``out_dir``). Anything
+    else is an ``OutputError``: the writers keep existing files as already written, and write ``dataset.json``."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputError(out_dir, "is a file; give a folder for the dataset")
+    meta = out_dir / "dataset.json"
+    if meta.is_file():
+        try:
+            record = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            record = None
+        ours = isinstance(record, dict) and {"source", "count"} <= set(record)
+        if ours:
+            return
+        raise OutputError(out_dir, "holds a dataset.json that is not one hyperinverter wrote; give a new or empty "
+                          "folder")
+    strangers = (p for p in sorted(out_dir.rglob("*")) if p.is_file() and not _TEMPORARY.fullmatch(p.name)
+                 and not is_ours(p.relative_to(out_dir)))
+    stranger = next(strangers, None)
+    if stranger is not None:
+        raise OutputError(out_dir, f"holds files that are not this dataset's ({stranger.relative_to(out_dir)}); give "
+                          "a new or empty folder")
+
+
 def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress: bool) -> int:
     written = 0
     for i, img in enumerate(tqdm(images, desc=f"writing {out_dir}", disable=not progress, mininterval=2.0)):
@@ -134,6 +171,7 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
                   device: str | torch.device = "cpu", progress: bool = True) -> Path:
     """Write DCGAN faces for seeds ``[seed_start, seed_start + n)`` as ``000000.png`` ...; resumable."""
     out_dir = Path(out_dir)
+    check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     net = load_dcgan_faces(device)
     for start in range(0, n, batch_size):
@@ -152,6 +190,7 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
 
 def write_fashion32(out_dir: str | Path, split: str = "train", *, progress: bool = True) -> Path:
     out_dir = Path(out_dir)
+    check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels = load_fashion_mnist(split)
     _write_pngs(fashion32(images), out_dir, 0, progress)
@@ -196,6 +235,8 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
         raise ValueError(f"the stylised images would overwrite their sources in {source_dir}")
     found = find_images([source_dir])
     paths = found.paths[:limit] if limit is not None else found.paths
+    targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
+    check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = len(found.problems)
     for problem in found.problems:
