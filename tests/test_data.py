@@ -138,7 +138,7 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
         sources.write_fashion32(user, progress=False)
     (user / "notes.txt").unlink()
     (user / "dataset.json").write_text('{"mine": true}')
-    with pytest.raises(OutputError, match="not one hyperinverter wrote"):
+    with pytest.raises(OutputError, match="dataset.json that hyperinverter did not write"):
         sources.write_fashion32(user, progress=False)
     assert sorted(p.name for p in user.iterdir()) == ["000001.png", "dataset.json"]
     assert (user / "dataset.json").read_text() == '{"mine": true}'

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from ..editing.directions import load_model_directions
-from ..errors import OutputError
 from ..inversion.batch import read_pictures
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, check_own_folder
 from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
 from ..pipeline import InversionPipeline
 from . import sample_photos
@@ -79,20 +78,13 @@ def _other_methods(pipe: InversionPipeline) -> list[str]:
 DEMO_TITLE = "<title>hyperinverter demo</title>"
 
 
-def check_demo_folder(out_dir: Path) -> None:
-    """``out_dir`` may take the demo: new, empty, or an earlier demo's (it writes index.html and face_*.png there)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise OutputError(out_dir, "is a file; give a folder for the demo (--out)")
-    if not any(out_dir.iterdir()):
-        return
+def _not_a_demo(folder: Path) -> str | None:
+    """Why ``folder`` is not an earlier demo's (which a new demo may write over), or None."""
     try:
-        ours = DEMO_TITLE in (out_dir / "index.html").read_text(errors="replace")[:4096]
+        ours = DEMO_TITLE in (folder / "index.html").read_text(errors="replace")[:4096]
     except OSError:
         ours = False
-    if not ours:
-        raise OutputError(out_dir, "holds files that are not an earlier demo's; give a new or empty folder (--out)")
+    return None if ours else "holds files that are not an earlier demo's"
 
 
 def _write_index(report: DemoReport) -> Path:
@@ -166,7 +158,7 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_demo_folder(out_dir)
+    check_own_folder(out_dir, _not_a_demo, what="the demo (--out)")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(out_dir=out_dir)
     for model, photos in ((faces_model, True), (fashion_model, False)):

@@ -26,9 +26,9 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import InputError, OutputError
+from ..errors import InputError
 from ..generate import z_from_seeds
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, check_own_folder
 from ..io.images import find_images, pil_to_tensor, read_image, save_image, tensor_to_pil
 
 logger = logging.getLogger(__name__)
@@ -132,29 +132,24 @@ def _numbered(relative: Path) -> bool:
 
 def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbered) -> None:
     """``out_dir`` may take a dataset: new, empty, a dataset folder we wrote (its ``dataset.json``), or one whose
-    writing was interrupted (every file one ``is_ours`` accepts, by its path relative to ``out_dir``). Anything
-    else is an ``OutputError``: the writers keep existing files as already written, and write ``dataset.json``."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise OutputError(out_dir, "is a file; give a folder for the dataset")
-    meta = out_dir / "dataset.json"
-    if meta.is_file():
-        try:
-            record = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            record = None
-        ours = isinstance(record, dict) and {"source", "count"} <= set(record)
-        if ours:
-            return
-        raise OutputError(out_dir, "holds a dataset.json that is not one hyperinverter wrote; give a new or empty "
-                          "folder")
-    strangers = (p for p in sorted(out_dir.rglob("*")) if p.is_file() and not _TEMPORARY.fullmatch(p.name)
-                 and not is_ours(p.relative_to(out_dir)))
-    stranger = next(strangers, None)
-    if stranger is not None:
-        raise OutputError(out_dir, f"holds files that are not this dataset's ({stranger.relative_to(out_dir)}); give "
-                          "a new or empty folder")
+    writing was interrupted (every file one ``is_ours`` accepts, by its path relative to ``out_dir``): the writers
+    keep existing files as already written, and write ``dataset.json``."""
+
+    def not_ours(folder: Path) -> str | None:
+        meta = folder / "dataset.json"
+        if meta.is_file():
+            try:
+                record = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                record = None
+            ours = isinstance(record, dict) and {"source", "count"} <= set(record)
+            return None if ours else "holds a dataset.json that hyperinverter did not write"
+        strangers = (p for p in sorted(folder.rglob("*")) if p.is_file() and not _TEMPORARY.fullmatch(p.name)
+                     and not is_ours(p.relative_to(folder)))
+        stranger = next(strangers, None)
+        return None if stranger is None else f"holds files that are not this dataset's ({stranger.relative_to(folder)})"
+
+    check_own_folder(out_dir, not_ours, what="the dataset (--out)")
 
 
 def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress: bool) -> int:

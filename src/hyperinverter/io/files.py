@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,21 @@ class InputFiles:
             source = self._by_identity.get(_identity(output))
             if source is not None:
                 raise OutputError(output, f"is the input {source}: writing the result would replace it; {hint}")
+
+
+def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *, what: str) -> None:
+    """A folder that a command writes fixed names into (a training run, the demo, a dataset) may be new, empty or
+    one it made; ``why_not_ours(folder)`` says why a non-empty folder is not (None: it is ours). Anything else is
+    an ``OutputError``, raised before anything is written."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise OutputError(folder, f"is a file; give a folder for {what}")
+    if not any(folder.iterdir()):
+        return
+    reason = why_not_ours(folder)
+    if reason is not None:
+        raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
 
 
 def _identity(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ImageReadError, OutputError
-from ..io.files import atomic_write_bytes
+from ..errors import ImageReadError
+from ..io.files import atomic_write_bytes, check_own_folder
 from ..io.images import make_grid, save_image
 from .config import to_yaml
 from .distributed import DistributedContext
@@ -77,28 +77,25 @@ class RunLogger:
             self._tb.close()
 
 
-def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` may be a run folder: empty, or one that training made (its ``config.yaml`` is a training
-    config, which names its ``run_dir``; or only ``checkpoints/``, as a run killed before writing its config)."""
+def _not_a_run(folder: Path) -> str | None:
+    """Why ``folder`` is not a run folder training made, or None: one is, if its ``config.yaml`` is a training
+    config (it names its ``run_dir``), or it holds only ``checkpoints/`` (a run killed before writing its config)."""
     import yaml
 
-    entries = {entry.name for entry in folder.iterdir()}
-    if not entries or entries == {"checkpoints"}:
-        return True
+    if {entry.name for entry in folder.iterdir()} == {"checkpoints"}:
+        return None
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(config, dict) and "run_dir" in config
+        config = None
+    return None if isinstance(config, dict) and "run_dir" in config else "holds files that are not a training run's"
 
 
 def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path:
     """Create the run folder and store the resolved config next to the checkpoints. A folder that holds other
     files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl, samples/, best/ and final/."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or not is_run_folder(run_dir)):
-        cause = "is a file" if not run_dir.is_dir() else "holds files that are not a training run's"
-        raise OutputError(run_dir, f"{cause}; give a new or empty folder as run_dir")
+    check_own_folder(run_dir, _not_a_run, what="the run (run_dir)")
     checkpoints = run_dir / "checkpoints"
     if not getattr(config, "resume", True) and checkpoints.is_dir() and any(checkpoints.glob("*.safetensors")):
         # Starting afresh next to an old run's checkpoints would mix the two runs when pruning and resuming.
