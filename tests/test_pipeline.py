@@ -176,3 +176,29 @@ def test_the_first_pass_maps_large_blocks_and_heap_reuse_follows_it(tiny_generat
     pipe.invert(images(2))
     pipe.render(ws)
     assert len(entered) == 1 and reused == [1]
+
+
+def test_a_generator_alone_runs_the_methods_that_need_nothing_trained(tiny_generator, tmp_path, capsys):
+    # "w-opt, wplus-opt and pti run on any generator": a generator file or folder was "not a pipeline folder".
+    from hyperinverter.convert.gan_files import save_rosinality
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
+
+    D = Discriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=32))
+    save_gan(tmp_path / "gan", tiny_generator, D)
+    save_rosinality(tmp_path / "g.pt", tiny_generator)
+    tiny = {"steps": 2, "w_avg_samples": 64}
+    for source in (tmp_path / "gan", tmp_path / "g.pt"):
+        pipe = InversionPipeline.from_pretrained(source, device="cpu")
+        assert pipe.default_method == "w-opt" and set(pipe.available_methods()) == {"w-opt", "wplus-opt", "pti"}
+        assert (pipe.discriminator is not None) == (source.suffix != ".pt")  # the GAN folder's D: its dfeat distance
+        assert pipe.invert(images(1), **tiny).image.shape == (1, 3, 32, 32)
+    assert pipe.invert(images(1), method="pti", steps=1, pivot_steps=2, pivot_w_avg_samples=64).weight_delta
+    with pytest.raises(CheckpointError, match="is neither a pipeline folder .* nor a generator"):
+        InversionPipeline.from_pretrained(tmp_path, device="cpu")
+    photo = tmp_path / "photo.png"
+    Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(photo)
+    assert main(["invert", str(photo), "--model", str(tmp_path / "gan"), "--option", "steps=2",
+                 "--option", "w_avg_samples=64", "--out", str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    assert load_inversion(tmp_path / "inv" / "photo.safetensors")[2]["method"] == "w-opt"

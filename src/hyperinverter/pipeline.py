@@ -34,7 +34,7 @@ from torch import nn
 from .convert.gan_files import load_gan
 from .device import resolve_device
 from .editing.directions import Direction, LinearDirection
-from .errors import CheckpointError, NonFiniteError, SchemaError
+from .errors import CheckpointError, InputError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
 from .io.images import center_square, pil_to_tensor, read_image
@@ -326,12 +326,34 @@ class InversionPipeline:
         """Load a bundle folder, or a catalogue name (bundled or downloaded models). ``method``: the default
         method from now on (default: the bundle's own). ``prepack``: see the class; the first inversion packs (700 MiB
         of weights at full size, about 9 ms per 9 MiB weight). Pass False to train what it loads: a packed weight is no
-        longer a parameter (``ops.prepacked.unpack_convolutions`` turns it back into one)."""
+        longer a parameter (``ops.prepacked.unpack_convolutions`` turns it back into one).
+
+        A generator alone (an NVIDIA pickle, a rosinality ``.pt``, our generator folder, or a catalogue name of one)
+        gives a pipeline of the methods that need nothing trained, NVIDIA's projector (``w-opt``) by default, with
+        the file's discriminator when it holds one."""
         from .catalogue import local_model_path
 
+        path = local_model_path(name_or_path)
+        load = cls._load if (path / PIPELINE_INDEX).is_file() else cls._load_generator
         with large_blocks_mapped():  # what loading frees goes back to the system (hyperinverter.memory)
-            return cls._load(local_model_path(name_or_path), pipeline_name=os.fsdecode(name_or_path), method=method,
-                             device=device, dtype=dtype, prepack=prepack)
+            return load(path, pipeline_name=os.fsdecode(name_or_path), method=method, device=device, dtype=dtype,
+                        prepack=prepack)
+
+    @classmethod
+    def _load_generator(cls, path: Path, *, pipeline_name: str, method: str | None, device: str | torch.device,
+                        dtype: str | torch.dtype, prepack: bool) -> InversionPipeline:
+        """``from_pretrained``'s work on a generator file or folder: the methods that need nothing trained."""
+        from .convert.gan_files import detect_format
+        from .methods.projector import WProjection
+
+        try:
+            gan = load_gan(path, with_discriminator=detect_format(path) != "rosinality")
+        except InputError as e:
+            raise CheckpointError(path, f"is neither a pipeline folder (it has no {PIPELINE_INDEX}) nor a generator "
+                                  f"({e.cause})") from None
+        projector = WProjection(gan.generator, discriminator=gan.discriminator)
+        return cls(projector, default_method=method, device=device, name=pipeline_name,
+                   discriminator=gan.discriminator, dtype=dtype, prepack=prepack)
 
     @classmethod
     def _load(cls, path: Path, *, pipeline_name: str, method: str | None, device: str | torch.device,
