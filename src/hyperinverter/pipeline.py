@@ -412,9 +412,6 @@ class InversionPipeline:
             x = images if images.ndim == 4 else images[None]
             if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
                 x = x.float() / 127.5 - 1
-            elif x.numel() and (peak := float(x.detach().abs().max())) > 1.5:
-                logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
-                               "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
         else:
             tensors = [pil_to_tensor(center_square(read_image(item)), size=G.resolution,
                                      channels=G.config.img_channels) for item in images]
@@ -427,8 +424,12 @@ class InversionPipeline:
                              f"{tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("no images given (an empty batch)")
-        if not bool(torch.isfinite(x).all()):
+        peak = float(x.detach().abs().max())  # one pass for both checks: NaN and infinities carry through max
+        if not math.isfinite(peak):
             raise NonFiniteError(None, "the input images hold NaN or infinite values")
+        if peak > 1.5:
+            logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
+                           "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
         return x.to(self.device, torch.float32)
 
     # --- inference --------------------------------------------------------------------------------------
