@@ -167,3 +167,39 @@ def test_a_slow_method_shows_progress_and_cancels(server, browser):
     driver.find_element(By.CSS_SELECTOR, "#cancel").click()
     wait(driver, lambda d: "Cancelled" in text_of(d, "#status"), "the cancellation", timeout=30)
     assert not image_src(driver, "#compare")
+
+
+def test_a_generator_alone_inverts_and_edits_by_its_principal_directions(browser, tmp_path):
+    # The commonest checkpoint people have is a generator alone: the page runs its optimisation methods and, as it
+    # ships no named directions, offers its principal ones (GANSpace). The menu shows no server folders.
+    from conftest import build_tiny_generator
+    from hyperinverter.apps.web import build_app
+    from hyperinverter.convert.gan_files import save_rosinality
+
+    generator = tmp_path / "server-folder" / "my-gan.pt"
+    generator.parent.mkdir()
+    save_rosinality(generator, build_tiny_generator())
+    app = build_app([str(generator)], device="cpu")
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    driver = browser
+    try:
+        driver.get(f"http://127.0.0.1:{port}")
+        wait(driver, lambda d: "generator alone" in text_of(d, "#model-card"), "the generator's card")
+        assert "principal directions" in text_of(driver, "#model-card")
+        shown = driver.find_element(By.CSS_SELECTOR, "#model input").get_attribute("value")
+        assert shown == "server-folder/my-gan.pt", shown
+        assert not driver.find_elements(By.XPATH, "//*[contains(text(), \"model's own held-out data\")]")
+
+        upload(driver, "#photo", next(p for p in sample_photos() if "astronaut" in p.name))
+        wait(driver, lambda d: image_src(d, "#preview"), "the uploaded photo's preview")
+        driver.find_element(By.CSS_SELECTOR, "#align input").click()  # the centred square: no face detection
+        status = invert_and_wait(driver)
+        assert "W optimisation" in status
+        assert "principal direction 1" == driver.find_element(By.CSS_SELECTOR, "#direction input").get_attribute(
+            "value")
+        first_edit = wait(driver, lambda d: image_src(d, "#edited"), "the edit by the first principal direction")
+        choose(driver, "#direction", "principal direction 2")
+        wait(driver, lambda d: (src := image_src(d, "#edited")) and src != first_edit, "the second direction's edit")
+    finally:
+        app.close()

@@ -28,9 +28,11 @@ import torch
 from PIL import Image
 
 from .. import memory
-from ..editing.directions import Direction, load_model_directions
+from ..catalogue import CATALOGUE
+from ..editing.directions import Direction, GANSpaceDirection, load_model_directions
+from ..editing.ganspace import compute_ganspace
 from ..errors import ImageReadError, InputError
-from ..io.files import atomic_write_bytes
+from ..io.files import PIPELINE_INDEX, atomic_write_bytes
 from ..io.images import enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
@@ -112,8 +114,15 @@ class WebSession:
         if why_not:
             logger.warning(why_not)
         examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
-        return cls(InversionPipeline.from_pretrained(path, device=device, dtype=dtype), load_model_directions(path),
-                   detector=detector, display_size=display_size, limits=limits, card=model_card_summary(path),
+        pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype)
+        card = model_card_summary(path) if (path / PIPELINE_INDEX).is_file() else generator_card(path, pipe)
+        directions = load_model_directions(path)
+        if not directions:  # a generator alone, or a bundle without directions: its principal ones are edits
+            directions = principal_directions(pipe.generator)
+            card += (f"\n\n**Edits:** it ships no named directions, so the edit menu offers the generator's first "
+                     f"{len(directions)} principal directions in W (GANSpace, on every layer). They have no names: "
+                     "try each; `hyperinverter ganspace` makes a sheet of them to name by eye.")
+        return cls(pipe, directions, detector=detector, display_size=display_size, limits=limits, card=card,
                    examples=examples)
 
     @property
@@ -203,6 +212,29 @@ class WebSession:
             raise ValueError(f"the two photos were inverted by {a.method} and {b.method}: invert both with one "
                              "method")
         return self.to_display(self.pipe.blend(a.result, b.result, t))
+
+
+def generator_card(path: Path, pipe: InversionPipeline) -> str:
+    """What the page says about a generator served alone (a file or folder that is not a bundle)."""
+    G = pipe.generator
+    methods = ", ".join(pipe.inverter(m).label for m in pipe.available_methods())
+    return (f"**{path.name}**: a StyleGAN2 generator alone ({G.resolution} px, {G.config.img_channels} channels, "
+            f"{G.num_ws} codes), with no trained encoders. It runs the methods that need nothing trained: "
+            f"{methods}.")
+
+
+def principal_directions(G, *, count: int = 6, num_samples: int = 20_000) -> dict[str, GANSpaceDirection]:
+    """The first ``count`` principal directions of ``G``'s W (GANSpace) on every layer, named by rank; the
+    strength sets the coordinate, in stds. ``num_samples`` mapped codes settle the leading components well."""
+    basis = compute_ganspace(G, num_samples=num_samples, num_components=count)
+    names = [f"principal direction {i + 1}" for i in range(count)]
+    return {name: GANSpaceDirection(basis, i, 0, G.num_ws, 3.0, name=name) for i, name in enumerate(names)}
+
+
+def model_label(model: str) -> str:
+    """A served model as the menu shows it: a catalogue name as it is, a path by its last two parts (the server's
+    folders are not the visitor's business)."""
+    return model if model in {a.name for a in CATALOGUE} else "/".join(Path(model).parts[-2:])
 
 
 def model_card_summary(folder: Path) -> str:
@@ -403,6 +435,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 gr.update(value=None, label=" | ".join(s.comparison_labels())),
                 gr.update(choices=s.methods(), value=s.pipe.default_method), s.card,
                 gr.Dataset(samples=[[str(p)] for p in s.examples], visible=bool(s.examples)),
+                gr.update(visible=bool(s.examples)),
                 gr.Dataset(samples=[[p] for p in real], visible=bool(real)), gr.update(visible=bool(real)),
                 gr.update(choices=[], value=None), "", None, None, None, None,
                 gr.update(maximum=num_ws, value=min(num_ws, max(1, num_ws // 2))),
@@ -528,11 +561,12 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                     f"deleted after {limits.keep_seconds // 60} minutes.")
         state = gr.State(None, time_to_live=limits.keep_seconds)
         with gr.Row():
-            model = gr.Dropdown(models, value=models[0], label="model", elem_id="model")
+            model = gr.Dropdown([(model_label(m), m) for m in models], value=models[0], label="model",
+                                elem_id="model")
             # Choices come with the model (on_model); the handlers check values, so API clients may send any.
             method = gr.Dropdown([], label="method (W / W+ / PTI optimise: slow, with a progress bar)",
                                  allow_custom_value=True, elem_id="method")
-            align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)")
+            align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)", elem_id="align")
         card = gr.Markdown(elem_id="model-card")
         with gr.Row():
             with gr.Column():
@@ -550,11 +584,12 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         status = gr.Markdown(elem_id="status")
         result_files = gr.File(label="downloads: result, comparison, inversion file (w and Δθ)",
                                file_count="multiple", interactive=False)
-        gr.Markdown("**Examples from the model's own held-out data** (what it was trained for):")
+        in_domain_note = gr.Markdown("**Examples from the model's own held-out data** (what it was trained for):",
+                                     visible=False)
         in_domain = gr.Dataset(components=[preview], samples=[], label="held-out examples", elem_id="in-domain")
-        real_note = gr.Markdown("**Real photos**: outside the training data of the bundled faces model (64-px "
-                                "synthetic faces): expect the colours, light and layout of the face, not the "
-                                "person's identity.", visible=False)
+        real_note = gr.Markdown("**Real photos** that come with hyperinverter (how far they lie from what the model "
+                                "was trained on, and so how well it does on them, is in its card above):",
+                                visible=False, elem_id="real-note")
         real = gr.Dataset(components=[preview], samples=[], label="real photos", visible=False, elem_id="real")
         gr.Markdown("## Edit")
         with gr.Row():
@@ -575,8 +610,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False)
 
-        model_outputs = [state, direction, align, compare, method, card, in_domain, real, real_note, face, status,
-                         edited, blended, mixed, result_files, start, end, photo_b]
+        model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
+                         face, status, edited, blended, mixed, result_files, start, end, photo_b]
         edit_inputs = [model, state, face, direction, strength, paste]
         blend_inputs = [model, state, face, t]
         mix_inputs = [model, state, face, start, end]
