@@ -169,6 +169,30 @@ def test_a_slow_method_shows_progress_and_cancels(server, browser):
     assert not image_src(driver, "#compare")
 
 
+def test_a_second_photo_blends_and_mixes(server, browser):
+    from hyperinverter.catalogue import local_model_path
+
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
+    driver.find_element(By.CSS_SELECTOR, "#align input").click()  # held-out faces fill the frame: no alignment
+    driver.find_element(By.CSS_SELECTOR, "#in-domain button").click()
+    wait(driver, lambda d: image_src(d, "#preview"), "the example in the photo field")
+    invert_and_wait(driver)
+    assert not image_src(driver, "#blend") and not image_src(driver, "#mixed")  # no second photo yet
+
+    upload(driver, "#photo-b", local_model_path("faces-64") / "examples" / "000003.png")
+    blend = wait(driver, lambda d: image_src(d, "#blend"), "the blend of the two photos")
+    mix = wait(driver, lambda d: image_src(d, "#mixed"), "the style mix of the two photos")
+    for selector, before in (("#t", blend), ("#mix-start", mix)):
+        slider = driver.find_element(By.CSS_SELECTOR, f"{selector} input[type=range]")
+        slider.click()
+        slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+        target = "#blend" if selector == "#t" else "#mixed"
+        wait(driver, lambda d, t=target, b=before: (src := image_src(d, t)) and src != b, f"{target} to follow")
+    assert "error" not in text_of(driver, "#status").lower()
+
+
 def test_a_generator_alone_inverts_and_edits_by_its_principal_directions(browser, tmp_path):
     # The commonest checkpoint people have is a generator alone: the page runs its optimisation methods and, as it
     # ships no named directions, offers its principal ones (GANSpace). The menu shows no server folders.

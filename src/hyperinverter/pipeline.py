@@ -290,7 +290,10 @@ class InversionPipeline:
         """The method ``method`` (default: the pipeline's default)."""
         name = method or self.default_method
         if name not in self.methods:
-            cls = get_method(name)
+            try:
+                cls = get_method(name)
+            except ValueError as e:
+                raise ValueError(f"{e}; this model runs {', '.join(self.available_methods())}") from None
             if cls.components:
                 raise ValueError(f"this model has no trained {name} (it needs {', '.join(cls.components)}); "
                                  f"available: {', '.join(self.available_methods())}")

@@ -602,13 +602,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         with gr.Row():
             photo_b = gr.File(label="second photo", file_types=["image"], type="filepath", elem_id="photo-b")
             with gr.Column():
-                t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t")
-                blended = gr.Image(type="filepath", format="png", label="blend", interactive=False)
+                t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t")
+                blended = gr.Image(type="filepath", format="png", label="blend", interactive=False, elem_id="blend")
             with gr.Column():
-                start = gr.Slider(0, 18, value=4, step=1, label="mix from layer")
+                start = gr.Slider(0, 18, value=4, step=1, label="mix from layer", elem_id="mix-start")
                 end = gr.Slider(0, 18, value=18, step=1, label="to layer (exclusive)")
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
-                                 "second", interactive=False)
+                                 "second", interactive=False, elem_id="mixed")
 
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
                          face, status, edited, blended, mixed, result_files, start, end, photo_b]
