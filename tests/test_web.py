@@ -39,6 +39,22 @@ def test_unaligned_photo_is_its_centred_square(session, pipeline):
     assert session.comparison(item).size == (3 * (2 * R + 2) + 2, 2 * R + 4)
 
 
+def test_each_kind_of_direction_brings_its_strength_and_scale(tiny_generator):
+    # The slider was fixed at 3 in steps of 0.5 whatever the direction: StyleCLIP's official 0.1 could not be set.
+    from hyperinverter.apps.web import principal_directions, strength_slider
+    from hyperinverter.editing.styleclip import StyleCLIPDirection
+
+    linear = strength_slider(LinearDirection(torch.ones(1, 8), default_strength=3.2))
+    assert linear["value"] == 3.2 and linear["step"] == 0.1 and "w + strength" in linear["label"]
+    assert strength_slider(LinearDirection(torch.ones(1, 8), default_strength=-7.0))["minimum"] == -14.0
+    pcs = principal_directions(tiny_generator, count=3, num_samples=2000)
+    assert list(pcs) == ["principal direction 1", "principal direction 2", "principal direction 3"]
+    slider = strength_slider(pcs["principal direction 2"])
+    assert slider["value"] == 3.0 and "GANSpace" in slider["label"]
+    styleclip = strength_slider(StyleCLIPDirection(torch.nn.Identity(), name="hair"))
+    assert styleclip["value"] == 0.1 and styleclip["step"] < 0.1 and styleclip["maximum"] == 1.0
+
+
 def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
     picture = photo()
     items = session.invert(picture, align=True, name="group photo.jpg")

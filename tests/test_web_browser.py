@@ -27,7 +27,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hyperinverter.apps import sample_photos
-from hyperinverter.catalogue import installed_bundles
+from hyperinverter.catalogue import installed_bundles, local_model_path
+from hyperinverter.editing.directions import load_model_directions
 
 TIMEOUT = 90  # seconds for one step: the first inversion loads the model on a busy 2-core machine
 
@@ -123,6 +124,10 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     assert "HyperInverter" in status
     wait(driver, lambda d: image_src(d, "#compare"), "the comparison image")
     first_edit = wait(driver, lambda d: image_src(d, "#edited"), "the edited image")
+    first = driver.find_element(By.CSS_SELECTOR, "#direction input").get_attribute("value")
+    default = load_model_directions(local_model_path("faces-64"))[first].default_strength
+    assert float(driver.find_element(By.CSS_SELECTOR, "#strength input[type=number]").get_attribute("value")) == \
+        pytest.approx(default)  # the direction's own strength, not the slider's initial 3
 
     # 2. Move the strength slider with the keyboard: the edit follows.
     slider = driver.find_element(By.CSS_SELECTOR, "#strength input[type=range]")
@@ -170,8 +175,6 @@ def test_a_slow_method_shows_progress_and_cancels(server, browser):
 
 
 def test_a_second_photo_blends_and_mixes(server, browser):
-    from hyperinverter.catalogue import local_model_path
-
     driver = browser
     driver.get(server)
     wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")

@@ -231,6 +231,20 @@ def principal_directions(G, *, count: int = 6, num_samples: int = 20_000) -> dic
     return {name: GANSpaceDirection(basis, i, 0, G.num_ws, 3.0, name=name) for i, name in enumerate(names)}
 
 
+def strength_slider(direction: Direction) -> dict:
+    """The strength slider for ``direction``: its range, step and meaning by kind, set to its default strength."""
+    from ..editing.styleclip import StyleCLIPDirection
+
+    default = float(direction.default_strength)
+    if isinstance(direction, StyleCLIPDirection):  # the official multiplier is 0.1: a fine scale
+        span, step, meaning = max(1.0, 2 * abs(default)), 0.02, "the mapper's offset times this (StyleCLIP)"
+    elif isinstance(direction, GANSpaceDirection):
+        span, step, meaning = max(5.0, 2 * abs(default)), 0.1, "the principal coordinate's value in stds (GANSpace)"
+    else:
+        span, step, meaning = max(5.0, 2 * abs(default)), 0.1, "the step along the direction: w + strength · d"
+    return {"minimum": -span, "maximum": span, "step": step, "value": default, "label": f"strength: {meaning}"}
+
+
 def model_label(model: str) -> str:
     """A served model as the menu shows it: a catalogue name as it is, a path by its last two parts (the server's
     folders are not the visitor's business)."""
@@ -505,6 +519,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         s = session(name)
         return files.image(f"{item.stem}_compare", s.comparison(item)), downloads(s, item)
 
+    def on_direction(name, direction):
+        chosen = session(name).directions.get(direction)
+        return gr.update(**strength_slider(chosen)) if chosen is not None else gr.update()
+
     def on_edit(name, state, label, direction, strength, paste):
         item = pick(results.entry(state, name), label)
         if item is None or not direction:
@@ -594,8 +612,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         gr.Markdown("## Edit")
         with gr.Row():
             direction = gr.Dropdown([], label="direction", allow_custom_value=True, elem_id="direction")
-            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.5, label="strength (GANSpace: the coordinate's value)",
-                                 elem_id="strength")
+            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength", elem_id="strength")
             paste = gr.Checkbox(value=False, label="paste back into the photo")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights) and mix styles")
@@ -635,8 +652,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             on_edit, edit_inputs, [edited], **quiet)
         # .change (not .release): arrow keys move a slider too; only the last value waits in the queue.
         strength.change(on_edit, edit_inputs, [edited], api_name="edit", trigger_mode="always_last", **queued)
-        for trigger in (direction.change, paste.change):
-            trigger(on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
+        # A direction brings its own strength (and range): the edit follows once the slider holds it.
+        direction.change(on_direction, [model, direction], [strength], api_visibility="undocumented").then(
+            on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
+        paste.change(on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
         photo_b.change(on_second, [model, method, photo_b, align, state], [state], api_name="second",
                        **queued).then(on_blend, blend_inputs, [blended], **quiet).then(
             on_mix, mix_inputs, [mixed], **quiet)
