@@ -65,6 +65,11 @@ def test_the_report_holds_every_methods_own_numbers(bundle, tmp_path, capsys):
     x = torch.cat([pipe.prepare([read_image(bundle.parent / "held-out" / f"{i:02d}.png")]) for i in range(2)])
     expected = float(PIXEL_METRICS["mse"](pipe.invert(x, method="hyperinverter").image, x).mean())
     assert saved["metrics"]["hyperinverter"]["mse"] == pytest.approx(expected, rel=1e-4)
+    per_image = (out / "per_image.csv").read_text().splitlines()
+    assert per_image[0].startswith("image,method,mse,") and len(per_image) == 1 + 3 * 2  # 3 methods, 2 common images
+    first = [line.split(",") for line in per_image[1:] if ",hyperinverter," in line]
+    assert [row[0] for row in first] == ["00.png", "01.png"]
+    assert sum(float(row[2]) for row in first) / 2 == pytest.approx(expected, rel=1e-4)
 
     text = (out / "benchmark.md").read_text()
     assert "| hyperinverter |" in text and "## The paper's claims" in text and "hyperinverter benchmark" in text

@@ -1,5 +1,6 @@
 """The evaluation protocol: per-method means over a held-out folder, the quality bars, the CLI report."""
 
+import csv
 import json
 
 import pytest
@@ -44,6 +45,14 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["num_images"] == 3 and set(saved["metrics"]) == {"phase1", "hyperinverter"}
     assert -1 <= saved["metrics"]["hyperinverter"]["id_sim"] <= 1
+    assert "per_image" not in saved  # the JSON holds the means; every image's scores are in the CSV
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [(r["image"], r["method"]) for r in rows] == [(f"{i}.png", m) for m in ("phase1", "hyperinverter")
+                                                         for i in range(3)]
+    for method in ("phase1", "hyperinverter"):
+        for metric in ("mse", "ssim", "id_sim"):
+            mean = sum(float(r[metric]) for r in rows if r["method"] == method) / 3
+            assert mean == pytest.approx(saved["metrics"][method][metric], rel=1e-5, abs=1e-6)
     assert "quality bars:" in capsys.readouterr().out and "MSE change" in (tmp_path / "report.md").read_text()
 
 
@@ -104,6 +113,10 @@ def test_two_folders_are_paired_by_name_and_scored(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                  "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report.md").is_file() and "| pred |" in capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [r["image"] for r in rows] == ["000.png", "001.png", "002.png"] and {r["method"] for r in rows} == {"pred"}
+    for i, row in enumerate(rows):
+        assert float(row["psnr"]) == pytest.approx(float(PIXEL_METRICS["psnr"](x[i : i + 1], y[i : i + 1])), rel=1e-5)
 
 
 def test_mismatched_folders_are_an_error_naming_the_files(tmp_path, capsys):

@@ -51,6 +51,7 @@ from .evaluation import (
     PairMetric,
     add_metric_sums,
     ground_truth_editability,
+    image_scores_csv,
 )
 from .inception_metrics import fid_kid
 from .io.checkpoints import read_safetensors, save_safetensors
@@ -267,13 +268,16 @@ def run_editability(pipeline: InversionPipeline, method: str, directions: Mappin
 
 
 def score(reconstructions: torch.Tensor, inputs: torch.Tensor, metrics: Mapping[str, PairMetric],
-          batch_size: int) -> dict[str, float]:
-    """The mean of every metric over the images."""
+          batch_size: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The mean of every metric over the images, and every image's values."""
     totals: dict[str, float] = {}
+    per_image: dict[str, list[float]] = {}
     for start in range(0, inputs.shape[0], batch_size):
-        add_metric_sums(totals, reconstructions[start : start + batch_size], inputs[start : start + batch_size],
-                        metrics)
-    return {name: total / inputs.shape[0] for name, total in totals.items()}
+        scores = add_metric_sums(totals, reconstructions[start : start + batch_size],
+                                 inputs[start : start + batch_size], metrics)
+        for name, values in scores.items():
+            per_image.setdefault(name, []).extend(values)
+    return {name: total / inputs.shape[0] for name, total in totals.items()}, per_image
 
 
 @dataclass
@@ -557,8 +561,9 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
     work = BenchmarkWork(out)  # what run_inversions claimed
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     common = min(images_per_method.values())
-    scores = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size)
+    scored = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size)
               for m, r in tqdm(runs.items(), desc="scoring", disable=not progress)}
+    scores = {m: means for m, (means, _) in scored.items()}
     spread, at_scale = {}, {}
     if features is not None:
         real = work.features("inputs", inputs, features)
@@ -581,7 +586,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
                   "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
                   "date": datetime.date.today().isoformat(),
                   "images_sha256": _names_digest(names)}
-    all_notes = list(notes)
+    all_notes = list(notes) + [f"per_image.csv: every method's scores on each of the {common} common images"]
     if direction is not None:
         k = min(settings.example_images, *images_per_method.values())
         all_notes.append(f"examples.png: rows 1–{k} are reconstructions, the next {k} the same "
@@ -598,6 +603,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         editability=editability, editability_setup=setup, claims=[], notes=all_notes, provenance=provenance)
     report.claims = check_claims(report)
     report.save(out)
+    atomic_write_bytes(out / "per_image.csv", image_scores_csv(names[:common], {m: v for m, (_, v) in scored.items()}))
     try:
         report.plot(out / "tradeoff.png")
     except ImportError:

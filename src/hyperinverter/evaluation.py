@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .io.files import atomic_write_bytes, atomic_write_figure
+from .io.files import atomic_write_figure, atomic_write_group
 from .metrics import PIXEL_METRICS
 from .pipeline import InversionPipeline
 
@@ -26,13 +26,37 @@ HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "
                     "id_sim": True}
 
 
-def add_metric_sums(totals: dict[str, float], output: torch.Tensor, target: torch.Tensor,
-                    metrics: Mapping[str, PairMetric]) -> None:
-    """Add each metric's sum over the images of ``output`` against ``target`` to ``totals`` (means are taken once
-    every image is in: batches of any size weigh by their images)."""
+def score_images(output: torch.Tensor, target: torch.Tensor, metrics: Mapping[str, PairMetric]
+                 ) -> dict[str, list[float]]:
+    """Each metric of every image of ``output`` against ``target``: name -> one value per image."""
     with torch.no_grad():
-        for name, fn in metrics.items():
-            totals[name] = totals.get(name, 0.0) + float(fn(output, target).sum())
+        return {name: fn(output, target).double().cpu().tolist() for name, fn in metrics.items()}
+
+
+def add_metric_sums(totals: dict[str, float], output: torch.Tensor, target: torch.Tensor,
+                    metrics: Mapping[str, PairMetric]) -> dict[str, list[float]]:
+    """Add each metric's sum over the images of ``output`` against ``target`` to ``totals`` (means are taken once
+    every image is in: batches of any size weigh by their images); returns the per-image values."""
+    scores = score_images(output, target, metrics)
+    for name, values in scores.items():
+        totals[name] = totals.get(name, 0.0) + sum(values)
+    return scores
+
+
+def image_scores_csv(names: Sequence[str], per_image: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
+    """The per-image table (``image,method,<metric>...``, one row per image and method; a metric a method lacks is
+    empty): what a paired test or a search for the worst reconstructions needs, which means hide."""
+    import csv
+    import io
+
+    metrics = sorted({m for values in per_image.values() for m in values}, key=list(HIGHER_IS_BETTER).index)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image", "method", *metrics])
+    for method, values in per_image.items():
+        for i, name in enumerate(names):
+            writer.writerow([name, method, *(f"{values[m][i]:.7g}" if m in values else "" for m in metrics)])
+    return text.getvalue().encode()
 
 
 def load_heldout_images(folder: Path, *, resolution: int, channels: int, count: int | None = None
@@ -58,6 +82,9 @@ class EvaluationReport:
     notes: list[str] = field(default_factory=list)
     # iterative methods: method -> one {metric: mean, "seconds": s/image to reach it} per iteration
     iterations: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    # every image's scores, for OUT.csv (not in OUT.json): the images' names, and method -> metric -> values
+    image_names: list[str] = field(default_factory=list, repr=False)
+    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
     def to_markdown(self) -> str:
         bars = quality_bars(self) if {"phase1", "hyperinverter"} <= self.metrics.keys() else {}
@@ -132,10 +159,15 @@ class EvaluationReport:
         fig.suptitle(f"{self.dataset} ({self.num_images} images)", fontsize=9)
         return atomic_write_figure(path, fig)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> list[Path]:
+        """``path`` .json (the means), .md and, with per-image scores, .csv; returns the files written."""
         path = Path(path)
-        atomic_write_bytes(path.with_suffix(".json"), (json.dumps(asdict(self), indent=2) + "\n").encode())
-        atomic_write_bytes(path.with_suffix(".md"), self.to_markdown().encode())
+        summary = {k: v for k, v in asdict(self).items() if k not in ("image_names", "per_image")}
+        files = [(path.with_suffix(".md"), self.to_markdown().encode()),
+                 (path.with_suffix(".json"), (json.dumps(summary, indent=2) + "\n").encode())]
+        if self.per_image:
+            files.append((path.with_suffix(".csv"), image_scores_csv(self.image_names, self.per_image)))
+        return atomic_write_group(files)
 
 
 def evaluate(
@@ -148,14 +180,19 @@ def evaluate(
     extra_metrics: dict[str, PairMetric] | None = None,
     progress: bool = True,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    names: Sequence[str] | None = None,
 ) -> EvaluationReport:
     """Score every method of ``methods`` (default: the pipeline's trained ones) on ``images`` (``[N,C,R,R]`` in
-    [-1,1]): the mean of each metric over the images, and seconds per image. ``options``: per method, the options
-    of its ``invert``."""
+    [-1,1]): the mean of each metric over the images, every image's scores (``names``: the images' names, default
+    their indices), and seconds per image. ``options``: per method, the options of its ``invert``."""
     options = options or {}
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     methods = list(methods or pipeline.methods)
+    names = [str(i) for i in range(images.shape[0])] if names is None else list(names)
+    if len(names) != images.shape[0]:
+        raise ValueError(f"{len(names)} names for {images.shape[0]} images")
     sums: dict[str, dict[str, float]] = {m: {} for m in methods}
+    per_image: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     step_sums: dict[str, list[dict[str, float]]] = {}
     seconds = dict.fromkeys(methods, 0.0)
     n = images.shape[0]
@@ -164,7 +201,8 @@ def evaluate(
         for method in methods:
             result = pipeline.invert(x, method=method, batch_size=batch_size, **options.get(method, {}))
             seconds[method] += result.seconds
-            add_metric_sums(sums[method], result.image, x, metrics)
+            for name, values in add_metric_sums(sums[method], result.image, x, metrics).items():
+                per_image[method].setdefault(name, []).extend(values)
             if result.steps:
                 per_step = step_sums.setdefault(method, [{} for _ in result.steps])
                 arrival = _step_seconds(result)
@@ -176,7 +214,8 @@ def evaluate(
     iterations = {method: [{k: v / n for k, v in step.items()} for step in steps]
                   for method, steps in step_sums.items()}
     return EvaluationReport(dataset=dataset, num_images=n, metrics=means,
-                            seconds_per_image={k: v / n for k, v in seconds.items()}, iterations=iterations)
+                            seconds_per_image={k: v / n for k, v in seconds.items()}, iterations=iterations,
+                            image_names=names, per_image=per_image)
 
 
 def _step_seconds(result) -> list[float] | None:
@@ -362,22 +401,24 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
     from .io.images import pil_to_tensor, read_image
 
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
-    pairs = FolderPairs.match(Path(pred), Path(gt)).pairs
+    pred, gt = Path(pred), Path(gt)
+    pairs = FolderPairs.match(pred, gt).pairs
     sums: dict[str, float] = {}
     problems: list[str] = []
-    count = 0
-    batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+    names: list[str] = []
+    per_image: dict[str, list[float]] = {}
+    batch: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
     def flush() -> None:
-        nonlocal count
-        if not batch:
-            return
         by_shape: dict[tuple, list] = {}
-        for x, y in batch:
-            by_shape.setdefault(tuple(y.shape), []).append((x, y))
+        for name, x, y in batch:
+            by_shape.setdefault(tuple(y.shape), []).append((name, x, y))
         for group in by_shape.values():
-            add_metric_sums(sums, torch.cat([g[0] for g in group]), torch.cat([g[1] for g in group]), metrics)
-            count += len(group)
+            scores = add_metric_sums(sums, torch.cat([g[1] for g in group]), torch.cat([g[2] for g in group]),
+                                     metrics)
+            names.extend(g[0] for g in group)
+            for metric, values in scores.items():
+                per_image.setdefault(metric, []).extend(values)
         batch.clear()
 
     for pred_path, gt_path in tqdm(pairs, desc="evaluate folders", disable=not progress):
@@ -391,14 +432,16 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
             problems.append(f"{pred_path}: its size {tuple(output.shape[2:])} is not the ground truth's "
                             f"{tuple(target.shape[2:])} ({gt_path})")
             continue
-        batch.append((output, target))
+        batch.append((pred_path.relative_to(pred).as_posix(), output, target))
         if len(batch) >= batch_size:
             flush()
     flush()
+    count = len(names)
     if count == 0:
         raise ValueError(f"no pair of {pred} and {gt} could be compared: {problems[:3]}")
     report = EvaluationReport(dataset=f"{pred} against {gt}", num_images=count,
                               metrics={"pred": {k: v / count for k, v in sums.items()}},
-                              seconds_per_image={}, notes=[f"left out: {p}" for p in problems])
+                              seconds_per_image={}, notes=[f"left out: {p}" for p in problems],
+                              image_names=names, per_image={"pred": per_image})
     return report, problems
 

@@ -21,10 +21,10 @@ def register(sub) -> None:
         description="Inverts the first --images images of DATA (sorted by name) with every method of the model and "
                     "the optimisation methods (the first --optimisation-images of them: they take minutes per image "
                     "on a CPU), and writes OUT/benchmark.md (table, FID/KID, ground-truth editability, the paper's "
-                    "claims checked, how it was made), OUT/benchmark.json, OUT/tradeoff.png (quality against time) "
-                    "and OUT/examples.png (reconstructions and edits). Work is kept in OUT/work: running the same "
-                    "command again resumes an interrupted run. Unreadable images are reported and left out; the exit "
-                    "status is then 1.")
+                    "claims checked, how it was made), OUT/benchmark.json, OUT/per_image.csv (every image's scores), "
+                    "OUT/tradeoff.png (quality against time) and OUT/examples.png (reconstructions and edits). Work "
+                    "is kept in OUT/work: running the same command again resumes an interrupted run. Unreadable "
+                    "images are reported and left out; the exit status is then 1.")
     p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
     _add_model(p)
     add_dtype(p)
@@ -79,5 +79,5 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
                            extra_metrics=extra, features=features, notes=notes)
     print(report.to_markdown())
     _report_failures(failures)
-    print(f"wrote {args.out}/benchmark.md, benchmark.json, tradeoff.png and examples.png")
+    print(f"wrote {args.out}/benchmark.md, benchmark.json, per_image.csv, tradeoff.png and examples.png")
     return 1 if failures else 0

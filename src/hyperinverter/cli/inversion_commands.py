@@ -460,7 +460,8 @@ def register_evaluate(sub) -> None:
                    help="comma-separated methods to score (default: every trained method of the model)")
     p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. wplus-opt.steps=500 (repeatable)")
-    p.add_argument("--out", required=True, type=Path, help="report stem: writes OUT.md and OUT.json")
+    p.add_argument("--out", required=True, type=Path,
+                   help="report stem: writes OUT.md, OUT.json (means) and OUT.csv (every image's scores)")
     p.set_defaults(func=run_evaluate)
 
 
@@ -516,10 +517,10 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
         return 2
     report.notes.append(f"command: `{args.command}`")
     report.notes += notes
-    report.save(args.out)
+    written = report.save(args.out)
     print(report.to_markdown())
     _report_failures(problems)
-    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
+    print(f"wrote {', '.join(map(str, written))} (every image's scores in the .csv)")
     return 1 if problems else 0
 
 
@@ -529,8 +530,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 
     pipe = _load_pipeline(args)
     G = pipe.generator
-    images, _, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
-                                              count=args.max_images)
+    images, names, failures = load_heldout_images(args.data, resolution=G.resolution,
+                                                  channels=G.config.img_channels, count=args.max_images)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
     options: dict[str, dict] = {}
     for method, key, value in args.option:
@@ -540,7 +541,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     for method, chosen in options.items():
         pipe.inverter(method).check_options(chosen)
     report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
-                      extra_metrics=extra, options=options)
+                      extra_metrics=extra, options=options, names=names)
     report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
@@ -548,7 +549,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     report.notes += notes
     report.notes.append(f"command: `{args.command}`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
-    report.save(args.out)
+    written = report.save(args.out)
     print(report.to_markdown())
     try:
         print(f"plotted {report.plot(args.out.with_suffix('.png'))}")
@@ -560,7 +561,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     if args.editability:
         _editability(args, pipe, report, extra, options)
     _report_failures(failures)
-    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}")
+    print(f"wrote {', '.join(map(str, written))} (every image's scores in the .csv)")
     return 1 if failures else 0
 
 
