@@ -61,6 +61,26 @@ def test_bad_files_are_reported_and_the_rest_written(pipeline, tmp_path):
     assert torch.allclose(pipeline.render(ws, delta), pipeline.invert(x).select(1).image, atol=1e-5)
 
 
+def test_the_progress_bar_counts_finished_files(pipeline, tmp_path, monkeypatch):
+    # It counted files as read, before their (for optimisation, minutes-long) inversion: 4/8 while 2 were written.
+    from hyperinverter.inversion import batch
+
+    bars = []
+
+    class Recorded(batch.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    seen = []
+    real_invert = pipeline.invert
+    monkeypatch.setattr(batch, "tqdm", Recorded)
+    monkeypatch.setattr(pipeline, "invert", lambda *a, **k: seen.append(bars[0].n) or real_invert(*a, **k))
+    paths = write_photos(tmp_path / "in", 5)
+    invert_files(pipeline, paths, tmp_path / "out", batch_size=2, progress=True)
+    assert seen == [0, 2, 4] and bars[0].n == 5
+
+
 def test_torchrun_ranks_split_the_files(pipeline, tmp_path, monkeypatch):
     paths = write_photos(tmp_path / "in", 5)
     outputs = []

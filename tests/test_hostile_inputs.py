@@ -418,6 +418,7 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     assert f"failed: {gone}: cannot paste back" in result.err and "deleted.jpg: no such file" in result.err
     assert f"failed: {wrong_size}: cannot paste back" in result.err and "48x40" in result.err
     assert f"failed: {world.inv}: has no face placement" in result.err
+    assert not list((tmp_path / "edits").iterdir())  # a failed input leaves no part of its edits behind
 
 
 # --- numbers and output paths ------------------------------------------------------------------------------------------

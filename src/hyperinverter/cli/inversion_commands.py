@@ -262,11 +262,12 @@ def _direction(args, generator):
 
 def run_edit(args: argparse.Namespace) -> int:
     import torch
+    from tqdm.auto import tqdm
 
     from ..errors import InputError, OutputError
     from ..inversion.batch import unique_stems
-    from ..io.files import InputFiles
-    from ..io.images import make_grid, read_image, save_image, tensor_to_pil
+    from ..io.files import InputFiles, atomic_write_group
+    from ..io.images import image_bytes, make_grid
 
     if args.out.exists() and not args.out.is_dir():
         raise OutputError(args.out, "exists and is not a folder; give a folder for the edits")
@@ -278,40 +279,45 @@ def run_edit(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     inputs = InputFiles(args.inputs)
     failures, done = [], 0
-    for path, name in zip(args.inputs, unique_stems(args.inputs)):  # (inputs sharing a stem: their folder too)
+    named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
+    for path, name in tqdm(named, desc="edit", unit="file", disable=len(named) < 2):
         stem = args.out / f"{name}_{direction.name}"
         try:
             inputs.check_outputs([Path(f"{stem}_{label}{end}") for label in labels for end in endings]
                                  + [Path(f"{stem}_strip.png")])
             result, record = _result_for(pipe, path, args)
+            edits = [pipe.edit(result, direction, s) for s in strengths]
+            outputs = [(Path(f"{stem}_{label}.png"), image_bytes(img)) for label, img in zip(labels, edits)]
+            if args.paste_back:
+                outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted))
+                            for label, pasted in zip(labels, _pasted_back(path, record, edits))]
         except InputError as e:
             failures.append(e)
             continue
-        edits = [pipe.edit(result, direction, s) for s in strengths]
-        for label, img in zip(labels, edits):
-            save_image(img, Path(f"{stem}_{label}.png"))
-            if args.paste_back:
-                if record["placement"] is None:
-                    failures.append(InputError(path, "has no face placement (invert it with --align to paste back)"))
-                    break
-                from ..align import paste_back_placement
-
-                try:
-                    photo = read_image(record["source"])
-                    pasted = paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"),
-                                                  record["placement"])
-                except InputError as e:
-                    failures.append(InputError(path, f"cannot paste back into its photo ({e})"))
-                    break
-                except ValueError as e:
-                    failures.append(InputError(path, f"cannot paste back into its photo {record['source']} ({e})"))
-                    break
-                save_image(pasted, Path(f"{stem}_{label}_photo.png"))
-        save_image(make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1), Path(f"{stem}_strip.png"))
+        strip = make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1)
+        atomic_write_group([*outputs, (Path(f"{stem}_strip.png"), image_bytes(strip))])  # an input's edits, whole
         done += 1
     _report_failures(failures)
     print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {len(failures)} failed")
     return 1 if failures else 0
+
+
+def _pasted_back(path: Path, record: dict, edits: list) -> list:
+    """Each edit of the face inverted from ``path`` pasted back into the photo it was aligned from (read once)."""
+    from ..align import paste_back_placement
+    from ..errors import InputError
+    from ..io.images import read_image, tensor_to_pil
+
+    if record["placement"] is None:
+        raise InputError(path, "has no face placement (invert it with --align to paste back)")
+    try:
+        photo = read_image(record["source"])
+        return [paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"), record["placement"])
+                for img in edits]
+    except InputError as e:
+        raise InputError(path, f"cannot paste back into its photo ({e})") from None
+    except ValueError as e:
+        raise InputError(path, f"cannot paste back into its photo {record['source']} ({e})") from None
 
 
 def run_interpolate(args: argparse.Namespace) -> int:

@@ -238,8 +238,8 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                                              channels=G.config.img_channels, detector=detector,
                                              align_scale=pipe.align_scale)
             report.failed += failed
-            bar.update(len(chunk))
             if not pictures:
+                bar.update(len(chunk))
                 continue
             x = torch.cat([p.image for p in pictures])
             t0 = time.perf_counter()
@@ -274,6 +274,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                                     (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
                                     (targets[2], record)])
                 report.written.append(targets[2])
+            bar.update(len(chunk))  # once written: the bar (and its estimate) counts finished files
     report.seconds_per_image = seconds / max(count, 1)
     logger.info("rank %d/%d: inverted %d picture(s) into %s; %d input(s) already done, %d failed", rank, world,
                 len(report.written), out_dir, len(report.skipped), len(report.failed))
