@@ -74,6 +74,7 @@ def test_the_report_holds_every_methods_own_numbers(bundle, tmp_path, capsys):
     text = (out / "benchmark.md").read_text()
     assert "| hyperinverter |" in text and "## The paper's claims" in text and "hyperinverter benchmark" in text
     assert "Inception" in text and "unavailable" in text  # a missing metric is said, never dropped
+    assert "protocol: images in [-1, 1] at 32 px" in text and "per_image.csv" in text
     for picture in ("tradeoff.png", "examples.png"):
         assert read_image(out / picture).width > 100
     assert "wrote" in capsys.readouterr().out

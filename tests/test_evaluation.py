@@ -54,6 +54,7 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
             mean = sum(float(r[metric]) for r in rows if r["method"] == method) / 3
             assert mean == pytest.approx(saved["metrics"][method][metric], rel=1e-5, abs=1e-6)
     assert "quality bars:" in capsys.readouterr().out and "MSE change" in (tmp_path / "report.md").read_text()
+    assert "protocol: images in [-1, 1] at 32 px; MSE" in (tmp_path / "report.md").read_text()
 
 
 def test_iterative_methods_are_scored_at_every_iteration(tiny_generator, tmp_path):

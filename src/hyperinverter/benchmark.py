@@ -57,7 +57,7 @@ from .inception_metrics import fid_kid
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes, atomic_write_figure
 from .memory import trim
-from .metrics import PIXEL_METRICS
+from .metrics import PIXEL_METRICS, protocol_note
 from .ops.prepacked import parameter_count
 from .pipeline import InversionPipeline
 from .precision import dtype_name
@@ -586,7 +586,8 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
                   "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
                   "date": datetime.date.today().isoformat(),
                   "images_sha256": _names_digest(names)}
-    all_notes = list(notes) + [f"per_image.csv: every method's scores on each of the {common} common images"]
+    all_notes = [protocol_note(pipeline.generator.resolution), *notes,
+                 f"per_image.csv: every method's scores on each of the {common} common images"]
     if direction is not None:
         k = min(settings.example_images, *images_per_method.values())
         all_notes.append(f"examples.png: rows 1–{k} are reconstructions, the next {k} the same "

@@ -86,3 +86,11 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch
 
 
 PIXEL_METRICS = {"mse": mse, "psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}
+
+
+def protocol_note(resolution: int | None = None) -> str:
+    """How the pixel metrics compare images, for a report (``resolution``: the images', if they share one)."""
+    size = f"{resolution} px" if resolution else "the ground truth's size"
+    return (f"protocol: images in [-1, 1] at {size}; MSE in that range on images average-pooled to at most "
+            f"{PAPER_RESOLUTION} px (the papers' L2); PSNR, SSIM and MS-SSIM on [0, 1] at full size (piq's "
+            "definitions)")

@@ -514,6 +514,7 @@ def _standard_metrics(device, *, identity: bool, align_scale: float | None) -> t
 
 def _evaluate_folders(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_folders
+    from ..metrics import protocol_note
 
     extra, notes = _standard_metrics("cpu", identity=args.identity, align_scale=None)
     try:
@@ -522,7 +523,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report.notes.append(f"command: `{args.command}`")
-    report.notes += notes
+    report.notes += [protocol_note(), *notes]
     written = report.save(args.out)
     print(report.to_markdown())
     _report_failures(problems)
@@ -532,6 +533,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, load_heldout_images, quality_bars
+    from ..metrics import protocol_note
     from ..precision import dtype_name
 
     pipe = _load_pipeline(args)
@@ -552,7 +554,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
     report.notes.append(f"precision: {dtype_name(pipe.dtype)}")
-    report.notes += notes
+    report.notes += [protocol_note(G.resolution), *notes]
     report.notes.append(f"command: `{args.command}`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     written = report.save(args.out)
