@@ -215,16 +215,58 @@ def test_the_tiny_preset_builds_e2style_for_any_generator(tiny_generator):
     assert encoders.config.encoder.rows == (4, 2, 2) and encoders.stages == 2
 
 
+def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_path, capsys):
+    """``join``: a user's own runs (each a bundle over the same generator) become one model for benchmark and web."""
+    from hyperinverter.cli.main import main
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipeline.save_pretrained(tmp_path / "hyper")  # phase1 + hyperinverter
+    (tmp_path / "hyper" / "MODEL_CARD.md").write_text("# mine\n")
+    path, _ = released_file(tmp_path / "e2style_inversion.pt", tiny_generator)
+    assert main(["import-official", str(path), "--out", str(tmp_path / "e2")]) == 0
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    expected = InversionPipeline.from_pretrained(tmp_path / "e2", device="cpu").invert(x).image
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "e2")]) == 2
+    assert "only the first bundle may be extended" in capsys.readouterr().err
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "all"),
+                 "--default", "e2style"]) == 0
+    joined = InversionPipeline.from_pretrained(tmp_path / "all", device="cpu")
+    assert list(joined.methods) == ["phase1", "hyperinverter", "e2style"] and joined.default_method == "e2style"
+    assert torch.allclose(joined.invert(x).image, expected, atol=1e-6)
+    assert (tmp_path / "all" / "MODEL_CARD.md").read_text() == "# mine\n"
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "hyper")]) == 0
+    assert list(InversionPipeline.from_pretrained(tmp_path / "hyper", device="cpu").methods)[-1] == "e2style"
+
+    other, _ = released_file(tmp_path / "other.pt", build_tiny_generator(seed=7))
+    assert main(["import-official", str(other), "--out", str(tmp_path / "other")]) == 0
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "other"), "--out", str(tmp_path / "x")]) == 2
+    assert "another generator" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["join", str(tmp_path / "hyper"), "--out", str(tmp_path / "x")]) == 2
+
+
 def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_another(pipeline, tiny_generator, tmp_path,
                                                                                  capsys):
     """``import-official --add``: one model holds every released method of a domain (what ``benchmark`` runs)."""
     from hyperinverter.cli.main import main
+    from hyperinverter.editing import LinearDirection, save_direction
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.io.images import save_image
     from hyperinverter.pipeline import InversionPipeline
 
     pipeline.save_pretrained(tmp_path / "bundle")  # phase1 + hyperinverter on the tiny generator
+    # What a bundle holds beside its methods (its card, directions, examples, a fine-tuned generator) stays.
+    (tmp_path / "bundle" / "MODEL_CARD.md").write_text("# my model\n")
+    save_direction(LinearDirection(torch.ones(1, tiny_generator.w_dim), name="up"),
+                   tmp_path / "bundle" / "directions" / "up.safetensors")
+    save_image(torch.zeros(1, 3, 32, 32), tmp_path / "bundle" / "examples" / "0.png")
+    save_gan(tmp_path / "bundle" / "sketch_generator", tiny_generator)
+    extras = {p.relative_to(tmp_path / "bundle"): p.read_bytes() for p in (tmp_path / "bundle").rglob("*")
+              if p.is_file() and p.relative_to(tmp_path / "bundle").parts[0] in
+              ("MODEL_CARD.md", "directions", "examples", "sketch_generator")}
     path, _ = released_file(tmp_path / "e2style_inversion.pt", tiny_generator)
     assert main(["import-official", str(path), "--out", str(tmp_path / "bundle"), "--add"]) == 0
     assert "added e2style" in capsys.readouterr().out
+    assert all((tmp_path / "bundle" / name).read_bytes() == data for name, data in extras.items())
     joined = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
     assert list(joined.methods) == ["phase1", "hyperinverter", "e2style"]
     assert joined.inverter("e2style").generator is joined.generator

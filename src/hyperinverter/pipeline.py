@@ -36,7 +36,14 @@ from .device import resolve_device
 from .editing.directions import Direction, LinearDirection
 from .errors import CheckpointError, InputError, NonFiniteError, SchemaError
 from .io.components import load_component, save_component_module
-from .io.files import PIPELINE_FORMAT, PIPELINE_INDEX, atomic_write_bytes, staged_directory
+from .io.files import (
+    PIPELINE_FORMAT,
+    PIPELINE_INDEX,
+    atomic_write_bytes,
+    copy_durably,
+    pipeline_extras,
+    staged_directory,
+)
 from .io.images import center_square, pil_to_tensor, read_image
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
@@ -152,14 +159,17 @@ def read_pipeline_index(folder: Path) -> dict:
 
 def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.PathLike, *,
                   default_method: str | None = None, dtype: torch.dtype | None = None,
-                  align_scale: float = 1.0, discriminator: Discriminator | None = None) -> Path:
+                  align_scale: float = 1.0, discriminator: Discriminator | None = None,
+                  keep_extras_of: str | os.PathLike | None = None) -> Path:
     """Write a bundle atomically (built beside ``path``, then swapped in); the modules are not changed.
 
     An existing folder at ``path`` is replaced only if it is a pipeline we wrote; anything else is an error and
     is left untouched. Components shared by several methods are written once; methods that need no components
     are not stored (they run on any bundle). ``dtype``: store floating weights in it (e.g. ``torch.float16``).
     ``discriminator``: the domain's discriminator, which optimisation methods use as their perceptual distance
-    when LPIPS is not installed.
+    when LPIPS is not installed. ``keep_extras_of``: a bundle whose card, configs, directions, examples, pictures
+    and stored generators (:func:`~hyperinverter.io.files.pipeline_extras`) the new one keeps, as when methods are
+    added to it.
     """
     from .io.gan import save_gan
 
@@ -188,6 +198,9 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
             save_component_module(tmp / "discriminator", discriminator, dtype=dtype)
             index["discriminator"] = "discriminator"
         atomic_write_bytes(tmp / PIPELINE_INDEX, (json.dumps(index, indent=2) + "\n").encode())
+        for extra in pipeline_extras(Path(keep_extras_of)) if keep_extras_of is not None else ():
+            if not (tmp / extra.name).exists():  # a component of the same name was just written
+                copy_durably(extra, tmp / extra.name)
     return Path(path)
 
 
@@ -208,22 +221,33 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
     ``CheckpointError`` names the parameter that differs most. ``mapping.w_avg`` is not compared: the pSp family
     stores its own average code beside the decoder, not in it."""
     generator = next(iter(methods.values())).generator
+    checked = {id(generator)}
+    for method in new.values():  # every one, also those the bundle keeps its own of: a mix-up is an error
+        if id(method.generator) not in checked:
+            _check_same_weights(generator, method.generator, source=source, atol=atol)
+            checked.add(id(method.generator))
     joined = dict(methods)
     for name, method in new.items():
         if name in joined:
             logger.info("%s: keeping the bundle's %s", source, name)
             continue
-        check_same_architecture(generator, method.generator)
-        ours, theirs = generator.state_dict(), method.generator.state_dict()
-        gaps = {k: float((ours[k].float() - theirs[k].to(ours[k].device).float()).abs().max())
-                for k in ours if k != "mapping.w_avg"}
-        worst = max(gaps, key=gaps.get)
-        if gaps[worst] > atol:
-            raise CheckpointError(source, f"was trained with another generator than the bundle's ({worst} differs by "
-                                  f"{gaps[worst]:.3g}): import it into a bundle of its own")
         method.generator = generator
         joined[name] = method
     return joined
+
+
+def _check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float) -> None:
+    try:
+        check_same_architecture(generator, other)
+    except ValueError as e:
+        raise CheckpointError(source, f"was made for another generator than the bundle's: {e}") from None
+    ours, theirs = generator.state_dict(), other.state_dict()
+    gaps = {k: float((ours[k].float() - theirs[k].to(ours[k].device).float()).abs().max())
+            for k in ours if k != "mapping.w_avg"}
+    worst = max(gaps, key=gaps.get)
+    if gaps[worst] > atol:
+        raise CheckpointError(source, f"was trained with another generator than the bundle's ({worst} differs by "
+                              f"{gaps[worst]:.3g}): import it into a bundle of its own")
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------

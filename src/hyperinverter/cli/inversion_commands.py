@@ -140,6 +140,17 @@ def register(sub) -> None:
                    help="add the methods to the bundle at --out (same generator) instead of writing a new one")
     p.set_defaults(func=run_import_official)
 
+    p = sub.add_parser("join", help="one bundle holding the methods of several bundles over the same generator",
+                       description="Your own runs of HyperInverter, HyperStyle, pSp, e4e and E2Style on one "
+                       "generator each give a bundle; joined, one model runs them all (benchmark, evaluate, the web "
+                       "page). The generators must hold the same weights. A method in several bundles keeps the "
+                       "first one's; the first bundle's card, directions, examples and stored generators are kept. "
+                       "--out may be the first bundle (it is extended), never another input.")
+    p.add_argument("bundles", nargs="+", type=Path, help="two or more bundle folders (or catalogue names)")
+    p.add_argument("--default", default=None, help="the joined bundle's default method (default: the first's)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=run_join)
+
     p = sub.add_parser("import-pti", help="turn an official PTI result (tuned generator + pivot) into an inversion "
                        "file of a model",
                        description="PTI saves a tuned generator per image (torch.save of NVIDIA's network, read "
@@ -393,11 +404,39 @@ def run_import_official(args: argparse.Namespace) -> int:
     bundle = InversionPipeline.from_pretrained(args.out, device="cpu")
     joined = join_methods(bundle.methods, methods, source=str(args.checkpoint))
     save_pipeline(joined, args.out, default_method=bundle.default_method, align_scale=bundle.align_scale,
-                  discriminator=bundle.discriminator)
+                  discriminator=bundle.discriminator, keep_extras_of=args.out)
     added = [m for m in methods if m not in bundle.methods]
     kept = [m for m in methods if m in bundle.methods]
     print(f"added {', '.join(added) or 'nothing'} to {args.out}" + (f" (kept the bundle's {', '.join(kept)})" if kept
                                                                       else "") + f"; it holds {', '.join(joined)}")
+    return 0
+
+
+def run_join(args: argparse.Namespace) -> int:
+    from ..catalogue import local_model_path
+    from ..errors import InputError
+    from ..io.files import InputFiles
+    from ..pipeline import InversionPipeline, join_methods, save_pipeline
+
+    if len(args.bundles) < 2:
+        raise InputError(args.bundles[0], "is one bundle: give two or more to join")
+    folders = [local_model_path(b) for b in args.bundles]
+    InputFiles(folders[1:]).check_outputs([args.out], hint="only the first bundle may be extended; give another --out")
+    pipes = [InversionPipeline.from_pretrained(f, device="cpu") for f in folders]
+    scales = {p.align_scale for p in pipes}
+    if len(scales) > 1:
+        raise InputError(folders[0], f"and the other bundles crop faces at different scales ({sorted(scales)}); "
+                         "their encoders do not take the same inputs")
+    methods = dict(pipes[0].methods)
+    for folder, pipe in zip(folders[1:], pipes[1:]):
+        methods = join_methods(methods, pipe.methods, source=str(folder))
+    default = args.default or pipes[0].default_method
+    if default not in methods:
+        raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
+    discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
+    save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), discriminator=discriminator,
+                  keep_extras_of=folders[0])
+    print(f"wrote {args.out}, holding {', '.join(methods)} (default {default}); use it with --model {args.out}")
     return 0
 
 

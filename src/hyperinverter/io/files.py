@@ -294,6 +294,25 @@ def output_kind(folder: Path) -> str | None:
     return None
 
 
+def pipeline_extras(folder: Path) -> list[Path]:
+    """What a bundle holds beside its index, generator and methods' components: its card, configs, directions,
+    examples and pictures (``PIPELINE_EXTRAS``), and generators stored with it (a fine-tuned copy)."""
+    folder = Path(folder)
+    main = (_read_json(folder / PIPELINE_INDEX) or {}).get("generator")
+    return sorted(e for e in folder.iterdir() if not e.name.startswith(".") and not e.is_symlink()
+                  and (e.name in PIPELINE_EXTRAS
+                       or (e.is_dir() and e.name != main and output_kind(e) == "generator")))
+
+
+def copy_durably(source: Path, target: Path) -> None:
+    """Copy a file, or a folder's files (links are not followed), each written atomically and flushed."""
+    source, target = Path(source), Path(target)
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()
+                                                     and not p.is_symlink())
+    for path in files:
+        atomic_write_bytes(target / path.relative_to(source) if path != source else target, path.read_bytes())
+
+
 def _owned_entries(folder: Path, kind: str) -> frozenset[str]:
     if kind == "pipeline":
         index = _read_json(folder / PIPELINE_INDEX) or {}
