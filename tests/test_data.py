@@ -148,3 +148,43 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
     (fresh / "000002.png").unlink()
     assert sources.write_fashion32(fresh, progress=False) == fresh and (fresh / "000002.png").is_file()
     assert sources.write_fashion32(fresh, progress=False) == fresh
+
+
+def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, capsys):
+    # A user's own face domain: every face of every photo, framed as `invert --align` frames photos.
+    from hyperinverter.apps import SAMPLES_DIR
+    from hyperinverter.cli.main import main
+    from hyperinverter.data.sources import write_aligned
+    from hyperinverter.errors import OutputError
+    from test_batch_inversion import TwoFaces
+
+    photos = tmp_path / "photos"
+    (photos / "trip").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(photos / "trip" / "pair.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out, count, failed = write_aligned(photos, tmp_path / "faces", size=32, detector=TwoFaces(), progress=False)
+    assert count == 2 and [str(e) for e in failed] == [f"{photos / 'broken.jpg'}: not a readable image (unknown or "
+                                                       "corrupt format)"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["trip/pair-face0.png",
+                                                                                 "trip/pair-face1.png"]
+    assert Image.open(out / "trip" / "pair-face0.png").size == (32, 32)
+    before = (out / "trip" / "pair-face0.png").stat().st_mtime_ns
+    assert write_aligned(photos, out, size=32, detector=TwoFaces(), progress=False)[1] == 2  # resumed
+    assert (out / "trip" / "pair-face0.png").stat().st_mtime_ns == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not this dataset's"):
+        write_aligned(photos, tmp_path / "mine", detector=TwoFaces(), progress=False)
+
+    # The command, with dlib, on the bundled photos and one without a face.
+    pytest.importorskip("dlib")
+    real = tmp_path / "real"
+    real.mkdir()
+    for photo in sorted(SAMPLES_DIR.glob("*.jpg"))[:2]:
+        (real / photo.name).write_bytes(photo.read_bytes())
+    Image.new("RGB", (300, 200), (90, 120, 200)).save(real / "sky.png")
+    assert main(["data", "align", str(real), "--out", str(tmp_path / "aligned"), "--size", "64"]) == 1
+    captured = capsys.readouterr()
+    assert "sky.png: no face found" in captured.err and "holds 2 aligned face(s) of 64 px" in captured.out
+    assert main(["data", "align", str(real), "--out", str(real)]) == 2  # never among its photos

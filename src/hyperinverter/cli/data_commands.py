@@ -1,15 +1,18 @@
-"""``hyperinverter data faces64|fashion32|stylise``: write the demo domains' images from offline sources."""
+"""``hyperinverter data faces64|fashion32|stylise|align``: the demo domains' images from offline sources, and
+a user's photos aligned as training data."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from .arguments import positive_int
+from .arguments import positive_float, positive_int
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="write the demo datasets (faces64, fashion32) from offline sources")
+    p = sub.add_parser("data", help="write the demo datasets (faces64, fashion32) from offline sources, or align "
+                       "a folder of photos")
     kinds = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     q = kinds.add_parser("faces64", help="64x64 faces sampled from the pretrained DCGAN in gan-face-generate")
     q.add_argument("--out", required=True, type=Path)
@@ -29,6 +32,18 @@ def register(sub) -> None:
     q.add_argument("--style", default="sketch", help="the style (default sketch: a pencil-sketch rendering)")
     q.add_argument("--n", type=positive_int, default=None, help="only the first N images (sorted by name)")
     q.set_defaults(func=run_stylise)
+    q = kinds.add_parser("align", help="every face of a folder of photos, FFHQ-aligned: your own face training data",
+                         description="Detects every face (dlib, 68 landmarks) of every photo in SOURCE and writes "
+                         "its FFHQ crop as OUT/NAME.png (NAME-faceI.png for one of several), as `invert --align` "
+                         "frames photos. Photos without a face are reported and skipped (exit status 1); running "
+                         "it again resumes.")
+    q.add_argument("source", type=Path, help="the folder of photos")
+    q.add_argument("--out", required=True, type=Path)
+    q.add_argument("--size", type=positive_int, default=256, help="the crops' side in pixels (default 256)")
+    q.add_argument("--scale", type=positive_float, default=1.0,
+                   help="crop scale: 1 is FFHQ's framing; a model's own is in its pipeline.json (align_scale)")
+    q.add_argument("--n", type=positive_int, default=None, help="only the first N photos (sorted by name)")
+    q.set_defaults(func=run_align)
 
 
 def run_faces64(args: argparse.Namespace) -> int:
@@ -60,4 +75,16 @@ def run_stylise(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.source}: not a folder")
     out, failed = sources.write_stylised(args.source, args.out, args.style, limit=args.n)
     print(f"wrote {args.style} renderings of {args.source} to {out}" + (f" ({failed} unreadable)" if failed else ""))
+    return 1 if failed else 0
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from ..data import sources
+
+    if not args.source.is_dir():
+        raise FileNotFoundError(f"{args.source}: not a folder")
+    out, count, failed = sources.write_aligned(args.source, args.out, size=args.size, scale=args.scale, limit=args.n)
+    for error in failed:
+        print(f"failed: {error}", file=sys.stderr)
+    print(f"{out} holds {count} aligned face(s) of {args.size} px; {len(failed)} photo(s) failed")
     return 1 if failed else 0

@@ -7,6 +7,7 @@
   2 black pixels per side (the objects keep their size and the black background, unlike a resize).
 - a stylised copy of a folder (``sketch``: a pencil-sketch rendering), the target domain of a fine-tuned
   generator for HyperStyle's domain adaptation.
+- a folder of photos FFHQ-aligned: every face, cropped as the face models expect (a user's own face data).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..generate import z_from_seeds
-from ..io.files import atomic_write_bytes, check_own_folder
-from ..io.images import find_images, pil_to_tensor, read_image, save_image, tensor_to_pil
+from ..io.files import atomic_write_bytes, atomic_write_group, check_own_folder
+from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,16 @@ def stylise_images(images: torch.Tensor, style: str) -> torch.Tensor:
     return torch.cat(out).to(images.device)
 
 
+def _source_images(source_dir: str | Path, out_dir: str | Path, limit: int | None, overlap: str):
+    """(source, out, what ``find_images`` found, the first ``limit`` images by name) for a writer from one folder
+    into another, which must not be the same: ``overlap`` says what would happen."""
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if source_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"{overlap} in {source_dir}")
+    found = find_images([source_dir])
+    return source_dir, out_dir, found, found.paths[:limit] if limit is not None else found.paths
+
+
 def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sketch", *, limit: int | None = None,
                    progress: bool = True) -> tuple[Path, int]:
     """Write ``style`` renderings of the images in ``source_dir`` (the first ``limit``, sorted) to ``out_dir``
@@ -225,11 +236,8 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     source images that could not be read (each is logged)."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
-    source_dir, out_dir = Path(source_dir), Path(out_dir)
-    if source_dir.resolve() == out_dir.resolve():
-        raise ValueError(f"the stylised images would overwrite their sources in {source_dir}")
-    found = find_images([source_dir])
-    paths = found.paths[:limit] if limit is not None else found.paths
+    source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
+                                                       "the stylised images would overwrite their sources")
     targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
     check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,3 +259,46 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     meta = {"source": str(source_dir), "style": style, "count": len(paths) - failed}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out_dir, failed
+
+
+_FACE_SUFFIX = re.compile(r"-face\d+")
+
+
+def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 256, scale: float = 1.0,
+                  detector: Callable[[Image.Image], list[np.ndarray]] | None = None, limit: int | None = None,
+                  progress: bool = True) -> tuple[Path, int, list[InputError]]:
+    """Every face of the photos in ``source_dir`` (the first ``limit``, sorted), FFHQ-aligned at crop ``scale``
+    and ``size`` px, as ``NAME.png`` (``NAME-faceI.png`` for one of several faces) under the same relative folders:
+    training data framed the way ``invert --align`` frames photos. Resumable (a photo whose faces are written is
+    skipped; a photo's faces appear together). ``detector``: default dlib's 68 landmarks. Returns the folder, the
+    number of faces in the folder, and the photos that failed (unreadable, or no face found)."""
+    from ..align import align_faces
+    from ..align.landmarks import Dlib68Detector
+    from ..inversion.batch import picture_name
+
+    source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
+                                                       "the aligned faces would be written among their photos")
+    stems = {path.relative_to(source_dir).with_suffix("") for path in paths}
+    check_dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (
+        rel.with_suffix("") in stems or rel.with_name(_FACE_SUFFIX.sub("", rel.stem)) in stems))
+    detector = Dlib68Detector() if detector is None else detector
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed: list[InputError] = list(found.problems)
+    for path in tqdm(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
+        stem = out_dir / path.relative_to(source_dir).with_suffix("")
+        if stem.with_suffix(".png").exists() or stem.with_name(stem.name + "-face0.png").exists():
+            continue
+        try:
+            faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
+        except InputError as e:  # unreadable, or no face: the photo is reported, the folder goes on
+            failed.append(e)
+            continue
+        # Aligned at 4x, then reduced: the warp does not alias (as invert --align does).
+        atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
+                             image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS)))
+                            for i, face in enumerate(faces)], durable=False)  # regenerable: no per-file fsync
+    count = sum(1 for p in out_dir.rglob("*.png"))
+    meta = {"source": str(source_dir), "alignment": f"FFHQ (dlib 68 landmarks), crop scale {scale:g}",
+            "size": size, "count": count, "photos_failed": len(failed)}
+    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return out_dir, count, failed
