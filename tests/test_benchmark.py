@@ -180,6 +180,15 @@ def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
     loaded = BenchmarkReport.load(tmp_path / "r")
     assert loaded.to_markdown() == first.to_markdown()
 
+    # One image for the slow methods: FID/KID compare sets, so that row is left out and said; it was a crash
+    # (at the end of the run, after every inversion).
+    one = BenchmarkSettings(methods=("phase1", "w-opt"), images=4, optimisation_images=1, batch_size=2,
+                            editability_images=0, options={"w-opt": {"steps": 2}})
+    report = run_benchmark(pipeline, x, names, tmp_path / "one", settings=one, model="m", data="d", command="c",
+                           directions={}, features=extract, progress=False)
+    assert report.distribution == {} and report.distribution_at_scale["phase1"]["images"] == 4
+    assert any("FID/KID: not measured over the 1 image" in n for n in report.notes)
+
 
 def test_cpu_description_names_family_model_and_extensions():
     from hyperinverter.benchmark import cpu_description

@@ -565,13 +565,20 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
               for m, r in tqdm(runs.items(), desc="scoring", disable=not progress)}
     scores = {m: means for m, (means, _) in scored.items()}
     spread, at_scale = {}, {}
-    if features is not None:
+    distribution_notes = []
+    if features is not None and count < 2:
+        distribution_notes.append(f"FID/KID: not measured (they compare sets: {count} image is too few)")
+    elif features is not None:
         real = work.features("inputs", inputs, features)
         for m, r in tqdm(runs.items(), desc="FID/KID", disable=not progress):
             mine = work.features(m, r.images, features)
-            spread[m] = fid_kid(mine[:common], real[:common])
-            if r.images.shape[0] > common:
+            if common >= 2:
+                spread[m] = fid_kid(mine[:common], real[:common])
+            if r.images.shape[0] > max(common, 1):
                 at_scale[m] = fid_kid(mine, real[: r.images.shape[0]])
+        if common < 2:
+            distribution_notes.append(f"FID/KID: not measured over the {common} image every method inverted "
+                                      "(they compare sets); the methods that inverted more are measured over those")
 
     editability: dict[str, dict[str, float]] = {}
     setup: dict[str, Any] = {}
@@ -586,7 +593,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
                   "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
                   "date": datetime.date.today().isoformat(),
                   "images_sha256": _names_digest(names)}
-    all_notes = [protocol_note(pipeline.generator.resolution), *notes,
+    all_notes = [protocol_note(pipeline.generator.resolution), *notes, *distribution_notes,
                  f"per_image.csv: every method's scores on each of the {common} common images"]
     if direction is not None:
         k = min(settings.example_images, *images_per_method.values())
