@@ -250,3 +250,14 @@ def test_settle_memory_trims_the_heap_where_glibc_allows():
     assert isinstance(trimmed, bool)
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert settle_memory(arenas=8)  # mallopt accepts the cap
+
+
+def test_a_bundle_without_card_or_directions_is_described_and_edits_by_principal_directions(pipeline, tmp_path):
+    # A user's own (joined) bundle: the page said "no model card" and offered no edits.
+    pipeline.save_pretrained(tmp_path / "mine")
+    session = WebSession.from_model(tmp_path / "mine", device="cpu")
+    assert "**mine** (no model card)" in session.card and "trained Phase I (W), HyperInverter" in session.card
+    assert "W optimisation" in session.card and "principal directions" in session.card
+    assert list(session.directions)[:2] == ["principal direction 1", "principal direction 2"]
+    (item,) = session.invert(photo(), align=False)
+    assert session.edit(item, "principal direction 1", 2.0).size == session.to_display(item.result.image).size

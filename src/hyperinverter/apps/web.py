@@ -32,7 +32,7 @@ from ..catalogue import CATALOGUE
 from ..editing.directions import Direction, GANSpaceDirection, load_model_directions
 from ..editing.ganspace import compute_ganspace
 from ..errors import ImageReadError, InputError
-from ..io.files import PIPELINE_INDEX, atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from ..io.images import enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
@@ -115,7 +115,7 @@ class WebSession:
             logger.warning(why_not)
         examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
         pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype)
-        card = model_card_summary(path) if (path / PIPELINE_INDEX).is_file() else generator_card(path, pipe)
+        card = model_card_summary(path) if (path / "MODEL_CARD.md").is_file() else generated_card(path, pipe)
         directions = load_model_directions(path)
         if not directions:  # a generator alone, or a bundle without directions: its principal ones are edits
             directions = principal_directions(pipe.generator)
@@ -214,13 +214,19 @@ class WebSession:
         return self.to_display(self.pipe.blend(a.result, b.result, t))
 
 
-def generator_card(path: Path, pipe: InversionPipeline) -> str:
-    """What the page says about a generator served alone (a file or folder that is not a bundle)."""
+def generated_card(path: Path, pipe: InversionPipeline) -> str:
+    """What the page says about a model without a card: a generator served alone, or a bundle (e.g. a user's
+    joined runs): its generator and the methods it runs."""
     G = pipe.generator
-    methods = ", ".join(pipe.inverter(m).label for m in pipe.available_methods())
-    return (f"**{path.name}**: a StyleGAN2 generator alone ({G.resolution} px, {G.config.img_channels} channels, "
-            f"{G.num_ws} codes), with no trained encoders. It runs the methods that need nothing trained: "
-            f"{methods}.")
+    generator = f"{G.resolution} px, {G.config.img_channels} channels, {G.num_ws} codes"
+    trained = [pipe.inverter(m).label for m in pipe.methods if type(pipe.inverter(m)).components]
+    untrained = ", ".join(pipe.inverter(m).label for m in pipe.available_methods()
+                          if not type(pipe.inverter(m)).components)
+    if not trained:
+        return (f"**{path.name}**: a StyleGAN2 generator alone ({generator}), with no trained encoders. It runs the "
+                f"methods that need nothing trained: {untrained}.")
+    return (f"**{path.name}** (no model card): a StyleGAN2 generator ({generator}) with trained "
+            f"{', '.join(trained)}; it also runs {untrained}.")
 
 
 def principal_directions(G, *, count: int = 6, num_samples: int = 20_000) -> dict[str, GANSpaceDirection]:
