@@ -188,3 +188,5 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     captured = capsys.readouterr()
     assert "sky.png: no face found" in captured.err and "holds 2 aligned face(s) of 64 px" in captured.out
     assert main(["data", "align", str(real), "--out", str(real)]) == 2  # never among its photos
+    assert main(["data", "align", str(real), "--out", str(real / "faces")]) == 2  # read as photos next time
+    assert "give an --out outside it" in capsys.readouterr().err and not (real / "faces").exists()

@@ -218,6 +218,7 @@ def test_the_tiny_preset_builds_e2style_for_any_generator(tiny_generator):
 def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_path, capsys):
     """``join``: a user's own runs (each a bundle over the same generator) become one model for benchmark and web."""
     from hyperinverter.cli.main import main
+    from hyperinverter.io.gan import save_gan
     from hyperinverter.pipeline import InversionPipeline
 
     pipeline.save_pretrained(tmp_path / "hyper")  # phase1 + hyperinverter
@@ -242,6 +243,9 @@ def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_pa
     assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "other"), "--out", str(tmp_path / "x")]) == 2
     assert "another generator" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["join", str(tmp_path / "hyper"), "--out", str(tmp_path / "x")]) == 2
+    save_gan(tmp_path / "gan", tiny_generator)  # a generator alone holds nothing to join
+    assert main(["join", str(tmp_path / "gan"), str(tmp_path / "hyper"), "--out", str(tmp_path / "x")]) == 2
+    assert "holds no trained method" in capsys.readouterr().err
 
 
 def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_another(pipeline, tiny_generator, tmp_path,

@@ -423,6 +423,9 @@ def run_join(args: argparse.Namespace) -> int:
     folders = [local_model_path(b) for b in args.bundles]
     InputFiles(folders[1:]).check_outputs([args.out], hint="only the first bundle may be extended; give another --out")
     pipes = [InversionPipeline.from_pretrained(f, device="cpu") for f in folders]
+    for folder, pipe in zip(folders, pipes):
+        if not any(type(m).components for m in pipe.methods.values()):
+            raise InputError(folder, "holds no trained method (a generator alone): join bundles")
     scales = {p.align_scale for p in pipes}
     if len(scales) > 1:
         raise InputError(folders[0], f"and the other bundles crop faces at different scales ({sorted(scales)}); "

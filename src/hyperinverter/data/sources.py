@@ -223,8 +223,8 @@ def _source_images(source_dir: str | Path, out_dir: str | Path, limit: int | Non
     """(source, out, what ``find_images`` found, the first ``limit`` images by name) for a writer from one folder
     into another, which must not be the same: ``overlap`` says what would happen."""
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    if source_dir.resolve() == out_dir.resolve():
-        raise ValueError(f"{overlap} in {source_dir}")
+    if out_dir.resolve().is_relative_to(source_dir.resolve()):  # inside it, they would be read as sources next time
+        raise ValueError(f"{overlap} in {source_dir}: give an --out outside it")
     found = find_images([source_dir])
     return source_dir, out_dir, found, found.paths[:limit] if limit is not None else found.paths
 
