@@ -164,8 +164,8 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(photos / "trip" / "pair.png")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     out, count, failed = write_aligned(photos, tmp_path / "faces", size=32, detector=TwoFaces(), progress=False)
-    assert count == 2 and [str(e) for e in failed] == [f"{photos / 'broken.jpg'}: not a readable image (unknown or "
-                                                       "corrupt format)"]
+    unreadable = f"{photos / 'broken.jpg'}: not a readable image (unknown or corrupt format)"
+    assert count == 2 and [str(e) for e in failed] == [unreadable]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["trip/pair-face0.png",
                                                                                  "trip/pair-face1.png"]
     assert Image.open(out / "trip" / "pair-face0.png").size == (32, 32)
