@@ -160,6 +160,29 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     assert "/tmp" not in text_of(driver, "#status")
 
 
+def test_a_photo_of_two_people_gives_two_faces_to_choose_from(server, browser, tmp_path):
+    from PIL import Image
+
+    pytest.importorskip("dlib")
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
+    left, right = (Image.open(next(p for p in sample_photos() if name in p.name)).convert("RGB").resize((400, 500))
+                   for name in ("astronaut", "obama"))
+    pair = Image.new("RGB", (800, 500))
+    pair.paste(left, (0, 0))
+    pair.paste(right, (400, 0))
+    pair.save(tmp_path / "two people.jpg")
+    upload(driver, "#photo", tmp_path / "two people.jpg")
+    wait(driver, lambda d: image_src(d, "#preview"), "the uploaded photo's preview")
+    status = invert_and_wait(driver)
+    assert "2 face(s), left to right" in status
+    first = wait(driver, lambda d: image_src(d, "#compare"), "the first face's comparison")
+    assert driver.find_element(By.CSS_SELECTOR, "#face input").get_attribute("value") == "face 1 of 2 (from the left)"
+    choose(driver, "#face", "face 2 of 2 (from the left)")
+    wait(driver, lambda d: (src := image_src(d, "#compare")) and src != first, "the second face's comparison")
+
+
 def test_a_slow_method_shows_progress_and_cancels(server, browser):
     driver = browser
     driver.get(server)
