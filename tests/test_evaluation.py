@@ -57,6 +57,19 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
     assert "protocol: images in [-1, 1] at 32 px; MSE" in (tmp_path / "report.md").read_text()
 
 
+def test_editability_of_a_model_without_directions_uses_its_principal_ones(pipeline, tmp_path, capsys):
+    # A user's own bundle ships no named directions: editability was skipped ("ships no directions").
+    pipeline.save_pretrained(tmp_path / "model")
+    save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+               tmp_path / "held-out" / "0.png")
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"),
+                 "--editability", "2", "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    assert "principal directions in W (GANSpace" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "report-editability.json").read_text())
+    assert saved["directions"][:2] == ["principal direction 1", "principal direction 2"]
+    assert set(saved["metrics"]) == {"phase1", "hyperinverter"} and saved["metrics"]["hyperinverter"]["mse"] > 0
+
+
 def test_iterative_methods_are_scored_at_every_iteration(tiny_generator, tmp_path):
     from PIL import Image
 

@@ -41,7 +41,8 @@ def test_unaligned_photo_is_its_centred_square(session, pipeline):
 
 def test_each_kind_of_direction_brings_its_strength_and_scale(tiny_generator):
     # The slider was fixed at 3 in steps of 0.5 whatever the direction: StyleCLIP's official 0.1 could not be set.
-    from hyperinverter.apps.web import principal_directions, strength_slider
+    from hyperinverter.apps.web import strength_slider
+    from hyperinverter.editing.directions import principal_directions
     from hyperinverter.editing.styleclip import StyleCLIPDirection
 
     linear = strength_slider(LinearDirection(torch.ones(1, 8), default_strength=3.2))

@@ -29,8 +29,7 @@ from PIL import Image
 
 from .. import memory
 from ..catalogue import CATALOGUE
-from ..editing.directions import Direction, GANSpaceDirection, load_model_directions
-from ..editing.ganspace import compute_ganspace
+from ..editing.directions import Direction, GANSpaceDirection, edit_directions
 from ..errors import ImageReadError, InputError
 from ..io.files import atomic_write_bytes
 from ..io.images import enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
@@ -116,9 +115,8 @@ class WebSession:
         examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
         pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype)
         card = model_card_summary(path) if (path / "MODEL_CARD.md").is_file() else generated_card(path, pipe)
-        directions = load_model_directions(path)
-        if not directions:  # a generator alone, or a bundle without directions: its principal ones are edits
-            directions = principal_directions(pipe.generator)
+        directions, stand_in = edit_directions(path, pipe.generator)
+        if stand_in:  # a generator alone, or a bundle without directions: its principal ones are edits
             card += (f"\n\n**Edits:** it ships no named directions, so the edit menu offers the generator's first "
                      f"{len(directions)} principal directions in W (GANSpace, on every layer). They have no names: "
                      "try each; `hyperinverter ganspace` makes a sheet of them to name by eye.")
@@ -227,14 +225,6 @@ def generated_card(path: Path, pipe: InversionPipeline) -> str:
                 f"methods that need nothing trained: {untrained}.")
     return (f"**{path.name}** (no model card): a StyleGAN2 generator ({generator}) with trained "
             f"{', '.join(trained)}; it also runs {untrained}.")
-
-
-def principal_directions(G, *, count: int = 6, num_samples: int = 20_000) -> dict[str, GANSpaceDirection]:
-    """The first ``count`` principal directions of ``G``'s W (GANSpace) on every layer, named by rank; the
-    strength sets the coordinate, in stds. ``num_samples`` mapped codes settle the leading components well."""
-    basis = compute_ganspace(G, num_samples=num_samples, num_components=count)
-    names = [f"principal direction {i + 1}" for i in range(count)]
-    return {name: GANSpaceDirection(basis, i, 0, G.num_ws, 3.0, name=name) for i, name in enumerate(names)}
 
 
 def strength_slider(direction: Direction) -> dict:

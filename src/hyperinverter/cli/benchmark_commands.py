@@ -48,7 +48,7 @@ def register(sub) -> None:
 def run_benchmark_command(args: argparse.Namespace) -> int:
     from ..benchmark import BenchmarkSettings, run_benchmark
     from ..catalogue import local_model_path
-    from ..editing.directions import load_model_directions
+    from ..editing.directions import edit_directions
     from ..evaluation import load_heldout_images
     from ..inception_metrics import feature_extractor
 
@@ -69,13 +69,15 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     features, note = feature_extractor(pipe.device)
     notes += [note] if note else []
     notes += [f"left out (unreadable): {e}" for e in failures]
+    directions, stand_in = edit_directions(local_model_path(args.model), G)
+    notes += [f"editability: {stand_in}"] if stand_in and args.editability else []
 
     settings = BenchmarkSettings(
         methods=tuple(methods), images=args.images, optimisation_images=args.optimisation_images,
         batch_size=args.batch_size, editability_images=args.editability, direction=args.direction, seed=args.seed,
         options=options)
     report = run_benchmark(pipe, images, names, args.out, settings=settings, model=args.model, data=str(args.data),
-                           command=args.command, directions=load_model_directions(local_model_path(args.model)),
+                           command=args.command, directions=directions,
                            extra_metrics=extra, features=features, notes=notes)
     print(report.to_markdown())
     _report_failures(failures)

@@ -620,14 +620,13 @@ def _editability(args: argparse.Namespace, pipe, report, extra: dict, options: d
     import json
 
     from ..catalogue import local_model_path
-    from ..editing.directions import load_model_directions
+    from ..editing.directions import edit_directions
     from ..evaluation import ground_truth_editability
     from ..io.files import atomic_write_bytes
 
-    directions = load_model_directions(local_model_path(args.model))
-    if not directions:
-        print(f"no editability: {args.model} ships no directions", file=sys.stderr)
-        return
+    directions, stand_in = edit_directions(local_model_path(args.model), pipe.generator)
+    if stand_in:
+        print(f"editability: {stand_in}")
     result = ground_truth_editability(pipe, directions, methods=list(report.metrics), num_images=args.editability,
                                       extra_metrics=extra, batch_size=args.batch_size, options=options)
     stem = args.out.with_name(args.out.name + "-editability")

@@ -2,9 +2,16 @@
 
 from .boundaries import TrainedBoundary, read_labels, save_boundary, train_boundary, train_from_labels
 from .catalogue import CatalogueEntry, direction_catalogue, resolve_direction
-from .directions import Direction, GANSpaceDirection, LinearDirection, load_direction, save_direction
+from .directions import (
+    Direction,
+    GANSpaceDirection,
+    LinearDirection,
+    load_direction,
+    principal_directions,
+    save_direction,
+)
 from .ganspace import GANSpaceBasis, compute_ganspace
 
 __all__ = ["CatalogueEntry", "Direction", "GANSpaceBasis", "GANSpaceDirection", "LinearDirection", "TrainedBoundary",
-           "compute_ganspace", "direction_catalogue", "load_direction", "read_labels", "resolve_direction",
-           "save_boundary", "save_direction", "train_boundary", "train_from_labels"]
+           "compute_ganspace", "direction_catalogue", "load_direction", "principal_directions", "read_labels",
+           "resolve_direction", "save_boundary", "save_direction", "train_boundary", "train_from_labels"]

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import SchemaError
 from ..io.checkpoints import load_weights_only, read_metadata_json, read_safetensors, save_safetensors
-from .ganspace import GANSpaceBasis
+from .ganspace import GANSpaceBasis, compute_ganspace
 
 
 @runtime_checkable
@@ -216,6 +216,25 @@ def load_model_directions(model_dir: str | Path) -> dict[str, LinearDirection | 
     folder = Path(model_dir) / "directions"
     found = [load_direction(p) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
     return {d.name: d for d in found}
+
+
+def principal_directions(G, *, count: int = 6, num_samples: int = 20_000) -> dict[str, GANSpaceDirection]:
+    """The first ``count`` principal directions of ``G``'s W (GANSpace) on every layer, named by rank, default
+    strength 3 (the coordinate set to 3 stds). ``num_samples`` mapped codes settle the leading components well."""
+    basis = compute_ganspace(G, num_samples=num_samples, num_components=count)
+    names = [f"principal direction {i + 1}" for i in range(count)]
+    return {name: GANSpaceDirection(basis, i, 0, G.num_ws, 3.0, name=name) for i, name in enumerate(names)}
+
+
+def edit_directions(model_dir: str | Path, G) -> tuple[dict[str, Direction], str | None]:
+    """The directions to edit a model with: the named ones it ships, else ``G``'s first principal directions
+    (a generator alone, a user's own bundle), with a note that says so (None when the model ships its own)."""
+    named = load_model_directions(model_dir)
+    if named:
+        return named, None
+    principal = principal_directions(G)
+    return principal, (f"the model ships no named directions: its generator's first {len(principal)} principal "
+                       "directions in W (GANSpace, on every layer) stand in")
 
 
 def _ganspace(basis: GANSpaceBasis, spec: dict, name: str, path: Path) -> GANSpaceDirection:
