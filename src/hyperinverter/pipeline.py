@@ -247,7 +247,7 @@ def _check_same_weights(generator: Generator, other: Generator, *, source: str, 
     worst = max(gaps, key=gaps.get)
     if gaps[worst] > atol:
         raise CheckpointError(source, f"was trained with another generator than the bundle's ({worst} differs by "
-                              f"{gaps[worst]:.3g}): import it into a bundle of its own")
+                              f"{gaps[worst]:.3g}); it needs a bundle of its own")
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
