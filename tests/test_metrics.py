@@ -41,3 +41,22 @@ def test_mse_compares_256_px_images_like_the_papers():
     assert torch.allclose(mse(x, y), (pooled(x, 2) - pooled(y, 2)).square().mean(), rtol=1e-5)
     small = torch.rand(1, 3, 64, 64)
     assert torch.allclose(mse(small, -small), (2 * small).square().mean())  # untouched below 256 px
+
+
+def test_network_metrics_run_on_bounded_chunks_whatever_the_batch(monkeypatch):
+    # `make evaluate` scores batches of 256: the Inception distance ran them at once (512 images at 299 px, 20 GB).
+    from hyperinverter import inception_metrics
+    from hyperinverter.metrics import in_chunks
+
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, a, b):
+            seen.append(a.shape[0])
+            return (a - b).flatten(1).abs().mean(dim=1)
+
+    monkeypatch.setattr(inception_metrics.InceptionDistance, "from_files", classmethod(lambda cls, *a: Recording()))
+    metric = inception_metrics.inception_metric("cpu")[0]["inception_dist"]
+    a, b = torch.rand(40, 1, 8, 8), torch.rand(40, 1, 8, 8)
+    assert torch.equal(metric(a, b), (a - b).flatten(1).abs().mean(dim=1)) and seen == [16, 16, 8]
+    assert torch.equal(in_chunks(mse, 7)(a, b), mse(a, b))

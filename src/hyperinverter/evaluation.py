@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .io.files import atomic_write_figure, atomic_write_group
-from .metrics import PIXEL_METRICS
+from .metrics import PIXEL_METRICS, in_chunks
 from .pipeline import InversionPipeline
 
 PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (reconstruction, target) -> [B]
@@ -322,7 +322,7 @@ def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple
         small = (lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 256)) if a.shape[-1] > 256 else (lambda t: t)
         return network(small(a), small(b))  # the papers compare 256-px images
 
-    return {"lpips": metric}, None
+    return {"lpips": in_chunks(metric)}, None
 
 
 def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | None = 1.0

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import in_chunks
 from .models.inception import FEATURE_DIM, SPATIAL_TAPS, FIDInceptionV3
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def inception_metric(device: torch.device | str = "cpu", *, path: str | os.PathL
             a, b = (F.adaptive_avg_pool2d(t, METRIC_RESOLUTION) for t in (a, b))
         return distance(a, b)
 
-    return {"inception_dist": metric}, None
+    return {"inception_dist": in_chunks(metric)}, None
 
 
 # --- FID and KID --------------------------------------------------------------------------------------------

@@ -88,6 +88,16 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch
 PIXEL_METRICS = {"mse": mse, "psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}
 
 
+def in_chunks(metric, size: int = 16):
+    """``metric`` (``(a, b) -> [B]``) run on at most ``size`` image pairs at a time: a network metric's activations
+    (Inception's at 299 px are about 40 MB per image) stay bounded whatever the caller's batch."""
+
+    def chunked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([metric(x, y) for x, y in zip(a.split(size), b.split(size))])
+
+    return chunked
+
+
 def protocol_note(resolution: int | None = None) -> str:
     """How the pixel metrics compare images, for a report (``resolution``: the images', if they share one)."""
     size = f"{resolution} px" if resolution else "the ground truth's size"
