@@ -246,7 +246,7 @@ class FIDInceptionV3(nn.Module):
         if pixels.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
             pixels = F.interpolate(pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
                                    align_corners=False)
-        return (pixels - 128.0) / 128.0
+        return ((pixels - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)  # the network's layout
 
     def features(self, x: torch.Tensor, taps: Iterable[str] = SPATIAL_TAPS) -> dict[str, torch.Tensor]:
         """The activations named in ``taps`` (``TAP_SHAPES`` keys and/or ``"pool"``), from one pass that stops
