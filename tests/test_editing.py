@@ -135,3 +135,32 @@ def test_ganspace_command_writes_sheet_and_named_directions(tiny_generator, tmp_
     assert main(["ganspace", "--model", str(tmp_path / "gan"), "--out", str(tmp_path / "x.png"),
                  "--save", f"bad=0:0:{tiny_generator.num_ws + 1}"]) != 0
     assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_principal_directions_by_name_everywhere(pipeline, tmp_path, capsys):
+    # The web page offers "principal direction N" for a model without named directions; edit and pipe.edit take
+    # the same name and give the same edit.
+    from hyperinverter.cli.main import main
+    from hyperinverter.editing.directions import principal_direction, principal_directions
+    from hyperinverter.io.images import save_image
+    from hyperinverter.pipeline import InversionPipeline
+
+    G = pipeline.generator
+    listed = principal_directions(G)["principal direction 2"]
+    named = principal_direction("principal direction 2", G)
+    assert torch.equal(named.basis.comp[1], listed.basis.comp[1]) and named.default_strength == 3.0
+    assert principal_direction("hair", G) is None
+    pipeline.save_pretrained(tmp_path / "model")
+    pipe = InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    result = pipe.invert(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert torch.allclose(pipe.edit(result, "principal direction 2", 1.5), pipe.edit(result, listed, 1.5))
+    save_image(result.image, tmp_path / "photo.png")
+    assert main(["invert", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    assert main(["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
+                 "--direction", "principal direction 2", "--strength", "1.5", "--out", str(tmp_path / "edits"),
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "edits" / "photo_principal direction 2_+1.5.png").is_file()
+    assert main(["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
+                 "--direction", "principal direction 0", "--out", str(tmp_path / "edits"), "--device", "cpu"]) == 2
+    assert "names no principal direction of this generator (they are 1 to 16)" in capsys.readouterr().err

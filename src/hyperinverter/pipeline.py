@@ -551,7 +551,7 @@ class InversionPipeline:
         elif isinstance(direction, (str, os.PathLike)):
             from .editing.catalogue import resolve_direction
 
-            direction = resolve_direction(self.folder, direction)
+            direction = resolve_direction(self.folder, direction, generator=self.generator)
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         return self.render(ws, delta)

@@ -263,7 +263,7 @@ def _direction(args, generator):
     start, end = parse_layer_range(args.layers, generator.num_ws) if args.layers else (None, None)
     first = args.strength[0] if args.strength else None
     direction = resolve_direction(local_model_path(args.model), args.direction, index=args.component, start=start,
-                                  end=end, strength=first)
+                                  end=end, strength=first, generator=generator)
     try:  # does it fit this model's codes? (once, before any image is processed)
         direction.apply(generator.w_avg[None, None].expand(1, generator.num_ws, -1).to(torch.float32))
     except ValueError as e:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .directions import GANSpaceDirection, LinearDirection, load_direction
+from .directions import GANSpaceDirection, LinearDirection, load_direction, principal_direction
 
 DIRECTION_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
 
@@ -118,13 +118,15 @@ def resolve_direction(
     start: int | None = None,
     end: int | None = None,
     strength: float | None = None,
+    generator=None,
 ) -> LinearDirection | GANSpaceDirection:
     """A direction by the name of a model's catalogue entry, or by a file path; the keyword arguments are
     those of :func:`~hyperinverter.editing.load_direction` (overrides of what the file records).
 
     A bare name (no folder separator, no direction-file suffix) is looked up in the model's catalogue first,
-    then as a file in the current folder; an unknown name is an error that lists the model's directions.
-    ``model_dir`` may be None (paths only)."""
+    then as a file in the current folder, then, given the ``generator``, as ``"principal direction N"`` (its
+    principal directions, as the web page offers them); an unknown name is an error that lists the model's
+    directions. ``model_dir`` may be None (paths only)."""
     text = os.fspath(name_or_path)
     overrides = {"name": name, "index": index, "start": start, "end": end, "strength": strength}
     if _looks_like_path(text) or (model_dir is None and os.path.isfile(text)):
@@ -135,8 +137,12 @@ def resolve_direction(
         return load_direction(entry.path, **overrides)
     if os.path.isfile(text):
         return load_direction(text, **overrides)
+    principal = principal_direction(text, generator, start=start, end=end, strength=strength) if generator else None
+    if principal is not None:
+        return principal
     if model_dir is None:
         raise FileNotFoundError(errno.ENOENT, "no such direction file", text)
     known = ", ".join(e.name for e in entries) or "none"
-    raise InputError(text, f"is neither a direction of model {os.fspath(model_dir)} (it has: {known}) nor a "
-                     "direction file")
+    principal = " or 'principal direction N'" if generator is not None else ""
+    raise InputError(text, f"is neither a direction of model {os.fspath(model_dir)} (it has: {known}{principal}) "
+                     "nor a direction file")

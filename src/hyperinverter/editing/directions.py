@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -218,12 +219,34 @@ def load_model_directions(model_dir: str | Path) -> dict[str, LinearDirection | 
     return {d.name: d for d in found}
 
 
-def principal_directions(G, *, count: int = 6, num_samples: int = 20_000) -> dict[str, GANSpaceDirection]:
+PRINCIPAL_SAMPLES = 20_000  # mapped codes: enough to settle the leading components
+
+
+def principal_directions(G, *, count: int = 6, num_samples: int = PRINCIPAL_SAMPLES) -> dict[str, GANSpaceDirection]:
     """The first ``count`` principal directions of ``G``'s W (GANSpace) on every layer, named by rank, default
     strength 3 (the coordinate set to 3 stds). ``num_samples`` mapped codes settle the leading components well."""
     basis = compute_ganspace(G, num_samples=num_samples, num_components=count)
     names = [f"principal direction {i + 1}" for i in range(count)]
     return {name: GANSpaceDirection(basis, i, 0, G.num_ws, 3.0, name=name) for i, name in enumerate(names)}
+
+
+PRINCIPAL_NAME = re.compile(r"principal direction (\d+)")
+
+
+def principal_direction(name: str, G, *, start: int | None = None, end: int | None = None,
+                        strength: float | None = None) -> GANSpaceDirection | None:
+    """``"principal direction N"``, as :func:`principal_directions` (and the web page) name them: ``G``'s N-th
+    principal direction in W (the same one), on layers ``start:end`` (default every layer); None for another
+    name."""
+    match = PRINCIPAL_NAME.fullmatch(name.strip())
+    if match is None:
+        return None
+    rank = int(match.group(1))
+    if not 1 <= rank <= G.w_dim:
+        raise SchemaError(name, f"names no principal direction of this generator (they are 1 to {G.w_dim})")
+    basis = compute_ganspace(G, num_samples=PRINCIPAL_SAMPLES, num_components=rank)
+    return GANSpaceDirection(basis, rank - 1, 0 if start is None else start, G.num_ws if end is None else end,
+                             3.0 if strength is None else strength, name=name.strip())
 
 
 def edit_directions(model_dir: str | Path, G) -> tuple[dict[str, Direction], str | None]:
