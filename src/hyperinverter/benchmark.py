@@ -273,10 +273,8 @@ def score(reconstructions: torch.Tensor, inputs: torch.Tensor, metrics: Mapping[
     totals: dict[str, float] = {}
     per_image: dict[str, list[float]] = {}
     for start in range(0, inputs.shape[0], batch_size):
-        scores = add_metric_sums(totals, reconstructions[start : start + batch_size],
-                                 inputs[start : start + batch_size], metrics)
-        for name, values in scores.items():
-            per_image.setdefault(name, []).extend(values)
+        add_metric_sums(totals, reconstructions[start : start + batch_size], inputs[start : start + batch_size],
+                        metrics, per_image)
     return {name: total / inputs.shape[0] for name, total in totals.items()}, per_image
 
 

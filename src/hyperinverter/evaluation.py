@@ -34,13 +34,13 @@ def score_images(output: torch.Tensor, target: torch.Tensor, metrics: Mapping[st
 
 
 def add_metric_sums(totals: dict[str, float], output: torch.Tensor, target: torch.Tensor,
-                    metrics: Mapping[str, PairMetric]) -> dict[str, list[float]]:
+                    metrics: Mapping[str, PairMetric], per_image: dict[str, list[float]] | None = None) -> None:
     """Add each metric's sum over the images of ``output`` against ``target`` to ``totals`` (means are taken once
-    every image is in: batches of any size weigh by their images); returns the per-image values."""
-    scores = score_images(output, target, metrics)
-    for name, values in scores.items():
+    every image is in: batches of any size weigh by their images), and each image's value to ``per_image``."""
+    for name, values in score_images(output, target, metrics).items():
         totals[name] = totals.get(name, 0.0) + sum(values)
-    return scores
+        if per_image is not None:
+            per_image.setdefault(name, []).extend(values)
 
 
 def image_scores_csv(names: Sequence[str], per_image: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
@@ -201,8 +201,7 @@ def evaluate(
         for method in methods:
             result = pipeline.invert(x, method=method, batch_size=batch_size, **options.get(method, {}))
             seconds[method] += result.seconds
-            for name, values in add_metric_sums(sums[method], result.image, x, metrics).items():
-                per_image[method].setdefault(name, []).extend(values)
+            add_metric_sums(sums[method], result.image, x, metrics, per_image[method])
             if result.steps:
                 per_step = step_sums.setdefault(method, [{} for _ in result.steps])
                 arrival = _step_seconds(result)
@@ -414,11 +413,9 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
         for name, x, y in batch:
             by_shape.setdefault(tuple(y.shape), []).append((name, x, y))
         for group in by_shape.values():
-            scores = add_metric_sums(sums, torch.cat([g[1] for g in group]), torch.cat([g[2] for g in group]),
-                                     metrics)
+            add_metric_sums(sums, torch.cat([g[1] for g in group]), torch.cat([g[2] for g in group]), metrics,
+                            per_image)
             names.extend(g[0] for g in group)
-            for metric, values in scores.items():
-                per_image.setdefault(metric, []).extend(values)
         batch.clear()
 
     for pred_path, gt_path in tqdm(pairs, desc="evaluate folders", disable=not progress):

@@ -283,6 +283,7 @@ class InversionPipeline:
         self.align_scale = align_scale
         self.name = name
         self.folder: Path | None = None  # the bundle folder it was loaded from (its directions), if any
+        self._named_directions: dict[str, Direction] = {}  # what edit resolved by name, once (a basis costs)
         self.discriminator = None if discriminator is None else discriminator.to(self.device).eval().requires_grad_(False)
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
         self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
@@ -551,7 +552,10 @@ class InversionPipeline:
         elif isinstance(direction, (str, os.PathLike)):
             from .editing.catalogue import resolve_direction
 
-            direction = resolve_direction(self.folder, direction, generator=self.generator)
+            name = os.fspath(direction)
+            if name not in self._named_directions:
+                self._named_directions[name] = resolve_direction(self.folder, name, generator=self.generator)
+            direction = self._named_directions[name]
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         return self.render(ws, delta)

@@ -215,11 +215,13 @@ class WebSession:
 def generated_card(path: Path, pipe: InversionPipeline) -> str:
     """What the page says about a model without a card: a generator served alone, or a bundle (e.g. a user's
     joined runs): its generator and the methods it runs."""
+    from ..methods import get_method
+
     G = pipe.generator
     generator = f"{G.resolution} px, {G.config.img_channels} channels, {G.num_ws} codes"
-    trained = [pipe.inverter(m).label for m in pipe.methods if type(pipe.inverter(m)).components]
-    untrained = ", ".join(pipe.inverter(m).label for m in pipe.available_methods()
-                          if not type(pipe.inverter(m)).components)
+    kinds = [get_method(m) for m in pipe.available_methods()]
+    trained = [k.label for k in kinds if k.components]
+    untrained = ", ".join(k.label for k in kinds if not k.components)
     if not trained:
         return (f"**{path.name}**: a StyleGAN2 generator alone ({generator}), with no trained encoders. It runs the "
                 f"methods that need nothing trained: {untrained}.")

@@ -286,7 +286,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     failed: list[InputError] = list(found.problems)
     for path in tqdm(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
-        if stem.with_suffix(".png").exists() or stem.with_name(stem.name + "-face0.png").exists():
+        if any(stem.with_name(picture_name(stem.name, 0, n) + ".png").exists() for n in (1, 2)):  # one face, several
             continue
         try:
             faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
