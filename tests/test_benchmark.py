@@ -19,7 +19,7 @@ from hyperinverter.editing import LinearDirection
 from hyperinverter.editing.directions import save_direction
 from hyperinverter.io.images import read_image, save_image
 from hyperinverter.metrics import PIXEL_METRICS
-from hyperinverter.pipeline import InversionPipeline
+from hyperinverter.pipeline import InversionPipeline, save_pipeline
 
 
 @pytest.fixture
@@ -113,6 +113,20 @@ def test_other_settings_refuse_the_stored_work(bundle, tmp_path, capsys):
     assert run(bundle, out, "--editability", "0", "--seed", "1") == 2
     err = capsys.readouterr().err
     assert str(out / "work") in err and "settings" in err
+
+    # The same generator with a retrained encoder, or an image changed under its old name, is other work too
+    # (only the generator's fingerprint and the images' names were recorded: a resumed run mixed in stale scores).
+    pipe = InversionPipeline.from_pretrained(bundle, device="cpu")
+    with torch.no_grad():
+        next(pipe.inverter("hyperinverter").parts()["hypernetwork"].parameters()).mul_(1.01)
+    save_pipeline(pipe.methods, bundle, keep_extras_of=bundle)  # its direction too
+    assert run(bundle, out, "--editability", "0") == 2
+    assert "other methods;" in capsys.readouterr().err
+    save_image(torch.zeros(1, 3, 32, 32), bundle.parent / "held-out" / "03.png")
+    assert run(bundle, tmp_path / "second", "--editability", "0") == 0
+    save_image(torch.ones(1, 3, 32, 32), bundle.parent / "held-out" / "03.png")
+    assert run(bundle, tmp_path / "second", "--editability", "0") == 2
+    assert "other images" in capsys.readouterr().err
 
 
 def test_claims_say_by_how_much_they_fail():
@@ -273,3 +287,23 @@ def test_kernel_ceiling_records_every_counted_flop_by_stage(pipeline, monkeypatc
                                   counter.get_total_flops() / 1e9, tmp_path / "ceiling.png", "tiny")
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.width > 800
+
+
+def test_a_fingerprint_follows_content_not_identity():
+    from hyperinverter.editing.directions import GANSpaceDirection
+    from hyperinverter.editing.ganspace import GANSpaceBasis
+    from hyperinverter.io.work import fingerprint_of
+
+    t = torch.arange(6.0).reshape(2, 3)
+    assert fingerprint_of({"a": t, "b": [1, "x"]}) == fingerprint_of({"b": [1, "x"], "a": t.clone()})
+    for other in (t.double(), t.reshape(3, 2), t + 1e-6, t.T.contiguous()):
+        assert fingerprint_of({"a": other, "b": [1, "x"]}) != fingerprint_of({"a": t, "b": [1, "x"]})
+    linear = torch.nn.Linear(3, 2)
+    before = fingerprint_of(linear)
+    with torch.no_grad():
+        linear.bias[0] += 1
+    assert fingerprint_of(linear) != before
+    basis = GANSpaceBasis(torch.eye(2, 4), torch.zeros(4), torch.ones(2))
+    direction = GANSpaceDirection(basis, 0, 0, 3, 3.0, name="d")
+    assert fingerprint_of(direction) == fingerprint_of(GANSpaceDirection(basis, 0, 0, 3, 3.0, name="d"))
+    assert fingerprint_of(direction) != fingerprint_of(GANSpaceDirection(basis, 1, 0, 3, 3.0, name="d"))

@@ -194,3 +194,89 @@ def test_ground_truth_editability_compares_edits_with_the_generators_own(pipelin
         expected = float(PIXEL_METRICS["mse"](pipeline.invert(x, method="hyperinverter").image, x).mean())
     assert zero.metrics["hyperinverter"]["mse"] == pytest.approx(expected, rel=1e-5)
     assert "| hyperinverter |" in report.to_markdown()
+
+
+def _held_out(tmp_path, count: int):
+    for i in range(count):
+        save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1,
+                   tmp_path / "held-out" / f"{i}.png")
+    return ["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"), "--batch-size", "2",
+            "--out", str(tmp_path / "report"), "--device", "cpu"]
+
+
+def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_path, monkeypatch):
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipeline.save_pretrained(tmp_path / "model")
+    command = _held_out(tmp_path, 5)
+    assert main(command) == 0
+    complete = json.loads((tmp_path / "report.json").read_text())
+    assert not (tmp_path / "report.work").exists()  # the scores' records go once the report is written
+
+    calls: list[str] = []
+    real_invert = InversionPipeline.invert
+
+    def invert(self, images, *, method=None, **kw):
+        calls.append(method)
+        if calls.count("hyperinverter") == 2:
+            raise KeyboardInterrupt  # stopped during the second batch
+        return real_invert(self, images, method=method, **kw)
+
+    monkeypatch.setattr(InversionPipeline, "invert", invert)
+    (tmp_path / "report.json").unlink()
+    assert main(command) == 130
+    assert not (tmp_path / "report.json").exists()
+    stored = sorted(p.relative_to(tmp_path / "report.work").as_posix() for p in (tmp_path / "report.work").rglob("*"))
+    assert stored == ["hyperinverter", "hyperinverter/batch-00000.json", "phase1", "phase1/batch-00000.json",
+                      "phase1/batch-00001.json", "run.json"]
+
+    calls.clear()
+    monkeypatch.setattr(InversionPipeline, "invert", lambda self, images, *, method=None, **kw: calls.append(method)
+                        or real_invert(self, images, method=method, **kw))
+    assert main(command) == 0
+    assert calls == ["hyperinverter", "phase1", "hyperinverter"]  # only what is missing
+    resumed = json.loads((tmp_path / "report.json").read_text())
+    for method, values in complete["metrics"].items():
+        assert resumed["metrics"][method] == pytest.approx(values, rel=1e-6)
+    assert not (tmp_path / "report.work").exists()
+
+
+def test_stored_scores_of_other_weights_or_images_are_refused(pipeline, tmp_path, capsys, monkeypatch):
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipeline.save_pretrained(tmp_path / "model")
+    command = _held_out(tmp_path, 3)
+
+    def interrupted(self, images, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(InversionPipeline, "invert", interrupted)
+        assert main(command) == 130
+    assert (tmp_path / "report.work" / "run.json").is_file()
+
+    # The same generator with a retrained encoder: the stored work is another model's.
+    with torch.no_grad():
+        next(pipeline.inverter("hyperinverter").parts()["w_encoder"].parameters()).add_(0.01)
+    pipeline.save_pretrained(tmp_path / "model")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "report.work") in err and "other methods" in err
+
+    # Back to the first weights, but one image changed under its old name.
+    (tmp_path / "report.work" / "run.json").unlink()
+    assert main([*command, "--methods", "phase1"]) == 0
+    save_image(torch.zeros(1, 3, 32, 32), tmp_path / "held-out" / "1.png")
+    (tmp_path / "report.work").mkdir()
+    (tmp_path / "report.work" / "notes.txt").write_text("a user's file")
+    with monkeypatch.context() as m:
+        m.setattr(InversionPipeline, "invert", interrupted)
+        assert main([*command, "--methods", "phase1"]) == 130
+    save_image(torch.ones(1, 3, 32, 32), tmp_path / "held-out" / "1.png")
+    assert main([*command, "--methods", "phase1"]) == 2
+    assert "other images" in capsys.readouterr().err
+
+    # A finished run removes only its own records.
+    (tmp_path / "report.work" / "run.json").unlink()
+    assert main([*command, "--methods", "phase1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "report.work").iterdir()) == ["notes.txt"]

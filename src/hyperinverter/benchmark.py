@@ -15,7 +15,8 @@ of the images that the encoder methods invert. The main table scores every metho
 inverted, so that its rows compare; the encoders' FID/KID over all their images is a second table.
 
 Work is stored per method and batch in ``OUT/work/`` (atomically), so an interrupted run resumes where it
-stopped. A run with other settings, another model, other images or another precision refuses to reuse that work.
+stopped. A run with other settings, another generator, other weights of any method, other images (names or
+pixels), other directions or another precision refuses to reuse that work.
 
 The methods run in the pipeline's precision (``InversionPipeline(dtype=...)``, ``--dtype``), which the report
 records with the device.
@@ -54,8 +55,10 @@ from .evaluation import (
     image_scores_csv,
 )
 from .inception_metrics import fid_kid
+from .inversion.files import method_fingerprint
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes, atomic_write_figure
+from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
 from .metrics import PIXEL_METRICS, protocol_note
 from .ops.prepacked import parameter_count
@@ -165,30 +168,11 @@ class PeakMemory:
 # --- running ---------------------------------------------------------------------------------------------------
 
 
-class BenchmarkWork:
+class BenchmarkWork(WorkFolder):
     """``OUT/work``: the settings a run was started with, and one file per method and batch."""
 
     def __init__(self, out: Path) -> None:
-        self.folder = Path(out) / "work"
-
-    def claim(self, identity: Mapping[str, Any]) -> None:
-        """Start a new run, or resume one with the same identity (settings, model, images); else refuse."""
-        path = self.folder / "run.json"
-        if path.is_file():
-            try:
-                stored = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise InputError(path, f"is not a readable benchmark record ({e})") from e
-            if stored.get("format") != WORK_FORMAT:
-                raise InputError(path, f"is not a {WORK_FORMAT} record")
-            stored.setdefault("dtype", "fp32")  # runs from before reduced precision ran in fp32
-            changed = sorted(k for k in identity if stored.get(k) != identity[k])
-            if changed:
-                raise InputError(self.folder, f"holds a run with other {', '.join(changed)}; give another --out "
-                                 "(or move this folder away) to start a new run")
-            logger.info("resuming the benchmark in %s", self.folder)
-            return
-        atomic_write_bytes(path, (json.dumps({"format": WORK_FORMAT, **identity}, indent=2) + "\n").encode())
+        super().__init__(Path(out) / "work", format=WORK_FORMAT, what="benchmark")
 
     def batch_path(self, method: str, index: int) -> Path:
         return self.folder / method / f"batch-{index:04d}.safetensors"
@@ -515,15 +499,22 @@ def machine_description() -> str:
 
 
 def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
-                   settings: BenchmarkSettings, direction: Any | None, progress: bool = True) -> dict[str, MethodRun]:
+                   settings: BenchmarkSettings, direction: Any | None, directions: Mapping[str, Any],
+                   progress: bool = True) -> dict[str, MethodRun]:
     """Invert ``inputs`` with every method of ``settings`` (the expensive part of a run), stored in ``OUT/work``
-    batch by batch; what is stored already is read back, not redone. ``direction`` edits the example images."""
+    batch by batch; what is stored already is read back, not redone. ``direction`` edits the example images;
+    ``directions`` are those the editability runs (recorded, as the methods' weights and the images are: a run
+    with any of them changed refuses the stored work)."""
     count = min(settings.images, inputs.shape[0])
     images_per_method = {m: min(count, settings.images_for(pipeline, m)) for m in settings.methods}
     work = BenchmarkWork(out)
     work.claim({"settings": settings.to_json(), "model": pipeline.fingerprint,
-                "images_sha256": _names_digest(names[:count]),
-                "example_edit": None if direction is None else direction.name, "dtype": dtype_name(pipeline.dtype)})
+                "methods": {m: method_fingerprint(pipeline.inverter(m)) for m in settings.methods},
+                "images": fingerprint_of({"names": names[:count], "pixels": inputs[:count]}),
+                "directions": fingerprint_of(dict(directions) if settings.editability_images else {}),
+                "example_edit": None if direction is None else fingerprint_of(direction),
+                "dtype": dtype_name(pipeline.dtype)},
+               defaults={"dtype": "fp32"})  # runs from before reduced precision ran in fp32
     total = sum(math.ceil(n / settings.batch_size) for n in images_per_method.values())
     runs: dict[str, MethodRun] = {}
     with tqdm(total=total, desc="benchmark", unit="batch", disable=not progress) as bar:
@@ -552,7 +543,8 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         raise InputError(model, f"has no direction {settings.direction!r}; it has {sorted(directions) or 'none'}")
     direction_name = settings.direction or next(iter(directions), None)
     direction = directions.get(direction_name) if direction_name else None
-    runs = run_inversions(pipeline, inputs, names, out, settings=settings, direction=direction, progress=progress)
+    runs = run_inversions(pipeline, inputs, names, out, settings=settings, direction=direction,
+                          directions=directions, progress=progress)
     images_per_method = {m: r.images.shape[0] for m, r in runs.items()}
     count = max(images_per_method.values())
     inputs, names = inputs[:count], list(names[:count])

@@ -17,9 +17,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .errors import InputError
+from .inversion.files import method_fingerprint
 from .io.files import atomic_write_figure, atomic_write_group
+from .io.work import WorkFolder, fingerprint_of
 from .metrics import PIXEL_METRICS, in_chunks
 from .pipeline import InversionPipeline
+from .precision import dtype_name
 
 PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (reconstruction, target) -> [B]
 HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "inception_dist": False,
@@ -170,6 +174,15 @@ class EvaluationReport:
         return atomic_write_group(files)
 
 
+EVALUATION_WORK_FORMAT = "hyperinverter-evaluation-work-v1"
+
+
+def evaluation_work(out: Path) -> WorkFolder:
+    """``OUT.work``: an evaluation's scores per method and batch until its report is written (``evaluate(work=)``)."""
+    out = Path(out)
+    return WorkFolder(out.with_name(out.name + ".work"), format=EVALUATION_WORK_FORMAT, what="evaluation")
+
+
 def evaluate(
     pipeline: InversionPipeline,
     images: torch.Tensor,
@@ -181,40 +194,89 @@ def evaluate(
     progress: bool = True,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     names: Sequence[str] | None = None,
+    seed: int = 0,
+    work: WorkFolder | None = None,
 ) -> EvaluationReport:
     """Score every method of ``methods`` (default: the pipeline's trained ones) on ``images`` (``[N,C,R,R]`` in
     [-1,1]): the mean of each metric over the images, every image's scores (``names``: the images' names, default
-    their indices), and seconds per image. ``options``: per method, the options of its ``invert``."""
+    their indices), and seconds per image. ``options``: per method, the options of its ``invert``. Each batch runs
+    from seed ``seed + its index``.
+
+    ``work`` (:func:`evaluation_work`): each method's scores are stored there batch by batch, so that an interrupted
+    evaluation resumes where it stopped; one with other images, methods (weights included), options, metrics or
+    precision refuses the stored work. The caller removes it (``work.remove()``) once the report is saved."""
     options = options or {}
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     methods = list(methods or pipeline.methods)
     names = [str(i) for i in range(images.shape[0])] if names is None else list(names)
     if len(names) != images.shape[0]:
         raise ValueError(f"{len(names)} names for {images.shape[0]} images")
-    sums: dict[str, dict[str, float]] = {m: {} for m in methods}
+    if work is not None:
+        work.claim({"batch_size": batch_size, "seed": seed, "metrics": sorted(metrics),
+                    "options": {m: dict(options.get(m, {})) for m in methods},
+                    "methods": {m: method_fingerprint(pipeline.inverter(m)) for m in methods},
+                    "images": fingerprint_of({"names": names, "pixels": images}),
+                    "device": pipeline.device.type, "dtype": dtype_name(pipeline.dtype)})
     per_image: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     step_sums: dict[str, list[dict[str, float]]] = {}
     seconds = dict.fromkeys(methods, 0.0)
     n = images.shape[0]
-    for start in tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress):
+    for index, start in enumerate(tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress)):
         x = images[start : start + batch_size].to(pipeline.device)
         for method in methods:
-            result = pipeline.invert(x, method=method, batch_size=batch_size, **options.get(method, {}))
-            seconds[method] += result.seconds
-            add_metric_sums(sums[method], result.image, x, metrics, per_image[method])
-            if result.steps:
-                per_step = step_sums.setdefault(method, [{} for _ in result.steps])
-                arrival = _step_seconds(result)
-                for t, image in enumerate(result.steps):
-                    add_metric_sums(per_step[t], image, x, metrics)
-                    if arrival is not None:
-                        per_step[t]["seconds"] = per_step[t].get("seconds", 0.0) + arrival[t]
-    means = {method: {k: v / n for k, v in values.items()} for method, values in sums.items()}
+            name = f"{method}/batch-{index:05d}.json"
+            record = None if work is None else _batch_scores(work, name, x.shape[0], metrics)
+            if record is None:
+                torch.manual_seed(seed + index)
+                record = _score_batch(pipeline.invert(x, method=method, batch_size=batch_size,
+                                                      **options.get(method, {})), x, metrics)
+                if work is not None:
+                    work.write_json(name, record)
+            seconds[method] += record["seconds"]
+            for metric, values in record["scores"].items():
+                per_image[method].setdefault(metric, []).extend(values)
+            if record["steps"]:
+                per_step = step_sums.setdefault(method, [{} for _ in record["steps"]])
+                for total, step in zip(per_step, record["steps"]):
+                    for key, value in step.items():
+                        total[key] = total.get(key, 0.0) + value
+    means = {method: {k: sum(v) / n for k, v in values.items()} for method, values in per_image.items()}
     iterations = {method: [{k: v / n for k, v in step.items()} for step in steps]
                   for method, steps in step_sums.items()}
     return EvaluationReport(dataset=dataset, num_images=n, metrics=means,
                             seconds_per_image={k: v / n for k, v in seconds.items()}, iterations=iterations,
                             image_names=names, per_image=per_image)
+
+
+def _score_batch(result, target: torch.Tensor, metrics: Mapping[str, PairMetric]) -> dict[str, Any]:
+    """One method's batch: its seconds, every image's scores, and per iteration the scores' sums and the seconds
+    (summed over the batch) to get there."""
+    steps = []
+    arrival = _step_seconds(result) if result.steps else None
+    for t, image in enumerate(result.steps or ()):
+        sums: dict[str, float] = {}
+        add_metric_sums(sums, image, target, metrics)
+        if arrival is not None:
+            sums["seconds"] = arrival[t]
+        steps.append(sums)
+    return {"seconds": float(result.seconds), "scores": score_images(result.image, target, metrics), "steps": steps}
+
+
+def _batch_scores(work: WorkFolder, name: str, size: int, metrics: Mapping[str, PairMetric]) -> dict[str, Any] | None:
+    """A stored batch's record, checked against the batch (None if not stored)."""
+    record = work.read_json(name)
+    if record is None:
+        return None
+    try:
+        scores = record["scores"]
+        fits = (set(scores) == set(metrics) and all(len(v) == size for v in scores.values())
+                and isinstance(record["seconds"], (int, float)) and isinstance(record["steps"], list))
+    except (TypeError, KeyError):
+        fits = False
+    if not fits:
+        raise InputError(work.folder / name, f"does not hold the scores of this batch of {size} images "
+                         f"({', '.join(metrics)}); move it away to redo its work")
+    return record
 
 
 def _step_seconds(result) -> list[float] | None:

@@ -492,7 +492,9 @@ def register_evaluate(sub) -> None:
                        "MS-SSIM (and identity similarity with SFace when --identity is given) and seconds per image. "
                        "With --pred and --gt instead, scores the images of PRED against the same-named images of GT "
                        "(any method's outputs, also from other code); folders that do not hold the same names are an "
-                       "error. Unreadable images are listed in the report and left out; the exit status is then 1.")
+                       "error. Unreadable images are listed in the report and left out; the exit status is then 1. "
+                       "Scores are kept in OUT.work until the report is written: running the same command again "
+                       "resumes an interrupted evaluation.")
     p.add_argument("--data", type=Path, help="held-out image folder (never the training data)")
     p.add_argument("--pred", type=Path, help="a folder of predictions, to score against --gt (no model needed)")
     p.add_argument("--gt", type=Path, help="the ground-truth folder for --pred: files paired by name")
@@ -574,7 +576,7 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate, load_heldout_images, quality_bars
+    from ..evaluation import evaluate, evaluation_work, load_heldout_images, quality_bars
     from ..metrics import protocol_note
     from ..precision import dtype_name
 
@@ -590,8 +592,9 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         pipe.inverter(method)  # an unknown or unavailable method is an error before any work
     for method, chosen in options.items():
         pipe.inverter(method).check_options(chosen)
+    work = evaluation_work(args.out)
     report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
-                      extra_metrics=extra, options=options, names=names)
+                      extra_metrics=extra, options=options, names=names, work=work)
     report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
                      for method, chosen in options.items()]
     report.notes.append(f"model: {args.model}")
@@ -600,6 +603,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     report.notes.append(f"command: `{args.command}`")
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     written = report.save(args.out)
+    work.remove()
     print(report.to_markdown())
     try:
         print(f"plotted {report.plot(args.out.with_suffix('.png'))}")

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import SchemaError
 from ..io.checkpoints import encode_safetensors, read_metadata_json, read_safetensors
+from ..io.work import fingerprint_of
 from ..methods.base import InversionResult
 from ..models.weight_delta import WeightDelta
 from ..precision import PRECISIONS, dtype_name
@@ -38,6 +39,14 @@ def generator_fingerprint(generator: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def method_fingerprint(inverter: torch.nn.Module) -> str:
+    """A short hash of a method: its generator, its name and settings, and its trained parts' weights. Work
+    stored for a resumable run records it, so that a retrained encoder over the same generator is never scored
+    from another's stored work."""
+    return fingerprint_of([generator_fingerprint(inverter.generator), inverter.name, inverter.settings(),
+                           inverter.parts()])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""A long run's work folder: what it was started with, and one record per finished unit of work, so that an
+interrupted run resumes where it stopped and a run with anything else changed refuses the stored work.
+
+``benchmark`` keeps ``OUT/work``; ``evaluate`` keeps ``OUT.work`` until its report is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .files import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"
+
+
+class WorkFolder:
+    """``folder/run.json`` (the run's format and identity) and the records the run stores in ``folder``."""
+
+    def __init__(self, folder: Path, *, format: str, what: str) -> None:
+        self.folder = Path(folder)
+        self.format = format
+        self.what = what  # "benchmark", "evaluation": for messages
+        self._records: set[str] = set()  # the records this process read or wrote: remove() deletes these
+
+    def claim(self, identity: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None) -> bool:
+        """Start a new run (False), or resume one with the same ``identity`` (True); else an ``InputError`` that
+        names what differs. ``defaults``: identity values that records from older versions do not hold."""
+        path = self.folder / RUN_RECORD
+        if not path.is_file():
+            self.write_json(RUN_RECORD, {"format": self.format, **identity})
+            return False
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(path, f"is not a readable {self.what} record ({e})") from e
+        if not isinstance(stored, dict) or stored.get("format") != self.format:
+            raise InputError(path, f"is not a {self.format} record")
+        stored = {**(defaults or {}), **stored}
+        changed = sorted(k for k in identity if stored.get(k) != _json_roundtrip(identity[k]))
+        if changed:
+            raise InputError(self.folder, f"holds a {self.what} run with other {', '.join(changed)}; give another "
+                             "--out (or move this folder away) to start a new run")
+        logger.info("resuming the %s in %s", self.what, self.folder)
+        return True
+
+    def read_json(self, name: str) -> Any | None:
+        """A stored record, or None if the run has not stored it (a record that does not parse is an error)."""
+        path = self.folder / name
+        if not path.is_file():
+            return None
+        self._records.add(name)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(path, f"is not a readable {self.what} record ({e}); move it away to redo its work") from e
+
+    def write_json(self, name: str, record: Any) -> Path:
+        if name != RUN_RECORD:
+            self._records.add(name)
+        return atomic_write_bytes(self.folder / name, (json.dumps(record, indent=2) + "\n").encode())
+
+    def remove(self) -> None:
+        """Once the run's results are written: delete ``run.json`` and the records this process read or wrote,
+        then the folders they leave empty. Anything else in the folder (not ours) stays, and so does the folder."""
+        names = sorted(self._records)
+        for name in [*names, RUN_RECORD]:
+            (self.folder / name).unlink(missing_ok=True)
+        folders = {self.folder}
+        for name in names:
+            folders.update(p for p in (self.folder / name).parents if self.folder in p.parents)
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if self.folder.is_dir():
+            logger.warning("left %s: it holds files this run did not write", self.folder)
+
+
+def fingerprint_of(value: Any) -> str:
+    """A short hash of ``value``'s content: tensors (dtype, shape, bytes), modules (their state), dataclasses and
+    other objects (their fields), mappings, sequences and scalars. What a stored run was made from is recorded by
+    it, so that a run resumes only on the very inputs, weights and directions it started with."""
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest, value: Any) -> None:
+    if isinstance(value, torch.nn.Module):
+        value = value.state_dict()
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor{tensor.dtype}{tuple(value.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy())  # the buffer itself, not a copy
+    elif isinstance(value, Mapping):
+        digest.update(f"mapping{len(value)}".encode())
+        for key in sorted(value, key=str):
+            _feed(digest, str(key))
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"sequence{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, (str, int, float, bool)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    else:  # a dataclass or a plain object: its class and its fields
+        fields = ({f.name: getattr(value, f.name) for f in dataclasses.fields(value)} if dataclasses.is_dataclass(value)
+                  else vars(value))
+        digest.update(type(value).__qualname__.encode())
+        _feed(digest, fields)
+
+
+def _json_roundtrip(value: Any) -> Any:
+    """``value`` as a stored record reads back (tuples become lists), so that a resumed identity compares equal."""
+    return json.loads(json.dumps(value))
