@@ -202,3 +202,35 @@ def test_a_generator_alone_runs_the_methods_that_need_nothing_trained(tiny_gener
     assert main(["invert", str(photo), "--model", str(tmp_path / "gan"), "--option", "steps=2",
                  "--option", "w_avg_samples=64", "--out", str(tmp_path / "inv"), "--device", "cpu"]) == 0
     assert load_inversion(tmp_path / "inv" / "photo.safetensors")[2]["method"] == "w-opt"
+
+
+def test_saving_over_a_bundle_keeps_its_directions_and_card_or_refuses(pipeline, tmp_path):
+    from conftest import build_tiny_generator, build_tiny_pipeline
+    from hyperinverter.editing import LinearDirection
+    from hyperinverter.editing.directions import load_model_directions, save_direction
+    from hyperinverter.errors import OutputError
+
+    folder = tmp_path / "model"
+    pipeline.save_pretrained(folder)
+    save_direction(LinearDirection(torch.ones(1, pipeline.generator.w_dim), name="smile"),
+                   folder / "directions" / "smile.safetensors")  # a user's trained direction
+    (folder / "MODEL_CARD.md").write_text("# my model\n")
+
+    # A retrained encoder saved back into its bundle (the user's usual loop) kept nothing but the weights.
+    pipe = InversionPipeline.from_pretrained(folder, device="cpu")
+    with torch.no_grad():
+        next(pipe.inverter("hyperinverter").parts()["w_encoder"].parameters()).add_(0.5)
+    pipe.save_pretrained(folder)
+    assert set(load_model_directions(folder)) == {"smile"}
+    assert (folder / "MODEL_CARD.md").read_text() == "# my model\n"
+    again = InversionPipeline.from_pretrained(folder, device="cpu")
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(again.invert(x).ws, pipe.invert(x).ws)
+
+    # Another generator's bundle over it: its directions would not fit, and they are not deleted either.
+    other = build_tiny_pipeline(build_tiny_generator(seed=1))
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with pytest.raises(OutputError, match=r"holds MODEL_CARD.md, directions, made for another generator"):
+        other.save_pretrained(folder)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert torch.equal(InversionPipeline.from_pretrained(folder, device="cpu").invert(x).ws, pipe.invert(x).ws)

@@ -34,7 +34,7 @@ from torch import nn
 from .convert.gan_files import load_gan
 from .device import resolve_device
 from .editing.directions import Direction, LinearDirection
-from .errors import CheckpointError, InputError, NonFiniteError, SchemaError
+from .errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import (
     PIPELINE_FORMAT,
@@ -169,7 +169,9 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
     ``discriminator``: the domain's discriminator, which optimisation methods use as their perceptual distance
     when LPIPS is not installed. ``keep_extras_of``: a bundle whose card, configs, directions, examples, pictures
     and stored generators (:func:`~hyperinverter.io.files.pipeline_extras`) the new one keeps, as when methods are
-    added to it.
+    added to it. Replacing a bundle that holds such extras keeps them when its generator holds the same weights
+    (a retrained encoder saved back into its bundle) and is an ``OutputError`` otherwise: they are never deleted
+    silently.
     """
     from .io.gan import save_gan
 
@@ -178,6 +180,8 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
     if not stored:
         raise ValueError("none of these methods has trained parts to save")
     generator = next(iter(stored.values())).generator
+    if keep_extras_of is None:
+        keep_extras_of = _extras_in_place(Path(path), generator)
     with staged_directory(path, "pipeline") as tmp:
         save_gan(tmp / "generator", generator, dtype=dtype)
         folders: dict[int, str] = {}  # id(component) -> its folder
@@ -202,6 +206,27 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
             if not (tmp / extra.name).exists():  # a component of the same name was just written
                 copy_durably(extra, tmp / extra.name)
     return Path(path)
+
+
+def _extras_in_place(target: Path, generator: Generator) -> Path | None:
+    """``target`` if it is a bundle whose extras replacing it would delete, and its generator is ``generator``'s
+    weights (the extras fit the new bundle); None if it holds none; else an ``OutputError`` naming them."""
+    from .inversion.files import generator_fingerprint
+
+    if target.is_symlink() or not (target / PIPELINE_INDEX).is_file():
+        return None
+    extras = pipeline_extras(target)
+    if not extras:
+        return None
+    try:
+        theirs = generator_fingerprint(load_gan(target / read_pipeline_index(target)["generator"]).generator)
+    except (InputError, OSError) as e:
+        theirs = f"unreadable ({e})"
+    if theirs == generator_fingerprint(generator):
+        return target
+    names = ", ".join(e.name for e in extras)
+    raise OutputError(target, f"holds {names}, made for another generator than this bundle's, which replacing it "
+                      "would delete; nothing was changed: move them away, or choose another path")
 
 
 def check_same_architecture(generator: Generator, other: Generator) -> None:
