@@ -235,6 +235,14 @@ def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_pa
     assert list(joined.methods) == ["phase1", "hyperinverter", "e2style"] and joined.default_method == "e2style"
     assert torch.allclose(joined.invert(x).image, expected, atol=1e-6)
     assert (tmp_path / "all" / "MODEL_CARD.md").read_text() == "# mine\n"
+    # Stored in fp16, as the bundled models: half the bytes, the same outputs to fp16's rounding of the weights.
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "half"),
+                 "--default", "e2style", "--weights", "fp16"]) == 0
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name).rglob("*.safetensors")) for name in ("all", "half")}
+    assert size["half"] < 0.55 * size["all"]
+    half = InversionPipeline.from_pretrained(tmp_path / "half", device="cpu")
+    assert half.generator.mapping.fc0.weight.dtype == torch.float32  # stored in fp16, run in fp32
+    assert (half.invert(x).image - expected).abs().mean() < 1e-3
     assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "hyper")]) == 0
     assert list(InversionPipeline.from_pretrained(tmp_path / "hyper", device="cpu").methods)[-1] == "e2style"
 

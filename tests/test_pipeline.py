@@ -234,3 +234,13 @@ def test_saving_over_a_bundle_keeps_its_directions_and_card_or_refuses(pipeline,
         other.save_pretrained(folder)
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     assert torch.equal(InversionPipeline.from_pretrained(folder, device="cpu").invert(x).ws, pipe.invert(x).ws)
+
+
+def test_weights_beyond_fp16_are_not_stored_as_infinity(tmp_path):
+    from hyperinverter.io.checkpoints import save_component
+
+    # 1e6 is infinite in fp16: the file would be refused when loaded.
+    state = {"weight": torch.tensor([[1e6, 1.0]]), "bias": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"tensors \['weight'\] exceed torch.float16's range"):
+        save_component(tmp_path / "layer", state, model_type="x", config={}, dtype=torch.float16)
+    assert not (tmp_path / "layer" / "model.safetensors").exists()

@@ -138,6 +138,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--add", action="store_true",
                    help="add the methods to the bundle at --out (same generator) instead of writing a new one")
+    _add_stored_weights(p)
     p.set_defaults(func=run_import_official)
 
     p = sub.add_parser("join", help="one bundle holding the methods of several bundles over the same generator",
@@ -149,6 +150,7 @@ def register(sub) -> None:
     p.add_argument("bundles", nargs="+", type=Path, help="two or more bundle folders (or catalogue names)")
     p.add_argument("--default", default=None, help="the joined bundle's default method (default: the first's)")
     p.add_argument("--out", required=True, type=Path)
+    _add_stored_weights(p)
     p.set_defaults(func=run_join)
 
     p = sub.add_parser("import-pti", help="turn an official PTI result (tuned generator + pivot) into an inversion "
@@ -396,7 +398,7 @@ def run_import_official(args: argparse.Namespace) -> int:
     methods = import_official(args.checkpoint, generator=args.generator, w_encoder=args.w_encoder)
     main = next(reversed(methods))  # the released method itself; phase1 is its first pass
     if not args.add:
-        save_pipeline(methods, args.out, default_method=main)
+        save_pipeline(methods, args.out, default_method=main, dtype=_stored_dtype(args.weights))
         print(f"wrote a bundle with {', '.join(methods)} to {args.out}; use it with --model {args.out}")
         return 0
     from ..pipeline import InversionPipeline, join_methods
@@ -404,7 +406,7 @@ def run_import_official(args: argparse.Namespace) -> int:
     bundle = InversionPipeline.from_pretrained(args.out, device="cpu")
     joined = join_methods(bundle.methods, methods, source=str(args.checkpoint))
     save_pipeline(joined, args.out, default_method=bundle.default_method, align_scale=bundle.align_scale,
-                  discriminator=bundle.discriminator, keep_extras_of=args.out)
+                  discriminator=bundle.discriminator, keep_extras_of=args.out, dtype=_stored_dtype(args.weights))
     added = [m for m in methods if m not in bundle.methods]
     kept = [m for m in methods if m in bundle.methods]
     print(f"added {', '.join(added) or 'nothing'} to {args.out}" + (f" (kept the bundle's {', '.join(kept)})" if kept
@@ -438,7 +440,7 @@ def run_join(args: argparse.Namespace) -> int:
         raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
     discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
     save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), discriminator=discriminator,
-                  keep_extras_of=folders[0])
+                  keep_extras_of=folders[0], dtype=_stored_dtype(args.weights))
     print(f"wrote {args.out}, holding {', '.join(methods)} (default {default}); use it with --model {args.out}")
     return 0
 
@@ -513,6 +515,19 @@ def register_evaluate(sub) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="report stem: writes OUT.md, OUT.json (means) and OUT.csv (every image's scores)")
     p.set_defaults(func=run_evaluate)
+
+
+def _add_stored_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=["fp32", "fp16"], default="fp32",
+                   help="how the bundle stores its weights: fp32 (exact, the default) or fp16 (half the size, as the "
+                   "bundled models; the networks still run in fp32 unless --dtype says otherwise). fp16 rounds the "
+                   "generator too, so inversion files made with an fp32 bundle do not render with the fp16 one")
+
+
+def _stored_dtype(weights: str):
+    import torch
+
+    return torch.float16 if weights == "fp16" else None  # None: as the networks hold them (fp32)
 
 
 def _method_option(text: str) -> tuple[str, str, object]:

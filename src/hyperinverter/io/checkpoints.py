@@ -272,6 +272,10 @@ def save_component(directory: Path, state_dict: Mapping[str, torch.Tensor], *, m
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": model_type,
               "config": config, "extras": extras or {}}
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()}
+    overflowed = sorted(k for k, v in tensors.items() if v.is_floating_point() and v is not state_dict[k]
+                        and not bool(torch.isfinite(v).all()) and bool(torch.isfinite(state_dict[k]).all()))
+    if overflowed:
+        raise ValueError(f"tensors {listing(overflowed)} exceed {dtype}'s range: store this model in a wider dtype")
     save_safetensors(directory / WEIGHTS_NAME, tensors, metadata={"hyperinverter": json.dumps(header)})
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(header, indent=2) + "\n").encode())
 
