@@ -276,7 +276,9 @@ def test_stored_scores_of_other_weights_or_images_are_refused(pipeline, tmp_path
     assert main([*command, "--methods", "phase1"]) == 2
     assert "other images" in capsys.readouterr().err
 
-    # A finished run removes only its own records.
+    # A finished run removes only its own records, and what a killed one left half-written.
     (tmp_path / "report.work" / "run.json").unlink()
+    (tmp_path / "report.work" / "phase1").mkdir()
+    (tmp_path / "report.work" / "phase1" / ".batch-00000.json.0123456789abcdef.partial").write_text("{")
     assert main([*command, "--methods", "phase1"]) == 0
     assert sorted(p.name for p in (tmp_path / "report.work").iterdir()) == ["notes.txt"]

@@ -390,6 +390,8 @@ def test_bad_inversion_files(world, tmp_path, capsys):
                         lambda r, t: t["ws"].fill_(float("nan"))): "NaN or infinite values in \\['ws'\\]",
         _rewrite_record(world.inv, tmp_path / "mode.safetensors", lambda r, t: r.update(mode="multiply")):
             "'mode' must be",
+        _rewrite_record(world.inv, tmp_path / "made.safetensors", lambda r, t: r.update(made_with=[1])):
+            "'made_with' must be null or a string",
         _rewrite_record(world.inv, tmp_path / "shape.safetensors",
                         lambda r, t: t.update(ws=torch.zeros(1, 3, 16))): "its codes are \\[3, 16\\]",
         hostile.write(tmp_path, "cut.safetensors", world.inv.read_bytes()[:200]): "safetensors",

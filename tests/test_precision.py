@@ -185,7 +185,7 @@ def test_a_benchmark_records_its_precision_and_refuses_another_one(pipeline, tmp
     assert report.provenance["dtype"] == "bf16" and "- precision: bf16" in report.to_markdown()
     assert json.loads((tmp_path / "r" / "work" / "run.json").read_text())["dtype"] == "bf16"
     pipeline.dtype = torch.float32
-    with pytest.raises(InputError, match="holds a run with other dtype"):
+    with pytest.raises(InputError, match="holds a benchmark run with other dtype;"):
         bench()
 
 

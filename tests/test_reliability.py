@@ -39,6 +39,16 @@ def test_invert_resumes_and_redoes_only_what_is_missing(pipeline, tmp_path):
     other = build_tiny_pipeline(build_tiny_generator(seed=5))
     assert len(invert_files(other, paths, out, progress=False).written) == 3
     assert len(invert_files(other, paths, out, progress=False, method="phase1").written) == 3
+    # The same generator with a retrained encoder, or the same method with other options: skipped before, so a
+    # re-run kept the old encoder's results. Each redoes the inputs once, then skips them.
+    with torch.no_grad():
+        next(other.inverter("phase1").parts()["w_encoder"].parameters()).add_(0.1)
+    assert len(invert_files(other, paths, out, progress=False, method="phase1").written) == 3
+    assert not invert_files(other, paths, out, progress=False, method="phase1").written
+    assert len(invert_files(other, paths, out, progress=False, method="w-opt", options={"steps": 1}).written) == 3
+    assert len(invert_files(other, paths, out, progress=False, method="w-opt", options={"steps": 2}).written) == 3
+    assert not invert_files(other, paths, out, progress=False, method="w-opt", options={"steps": 2}).written
+    assert load_inversion(out / "p0.safetensors")[2]["made_with"] is not None
 
 
 def test_a_photo_with_several_faces_is_done_only_when_every_face_is(pipeline, tmp_path):

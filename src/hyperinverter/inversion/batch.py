@@ -9,8 +9,8 @@ For each picture, named after its file (``photo``, or ``photo-face1`` when a pho
 
 The three files appear together (written unnamed and flushed, then named, the inversion file last), so a run
 killed at any moment leaves only complete pictures. Re-running the same command skips every input whose pictures
-are all there, made by the same model with the same options and precision (``dtype``, which the inversion file
-records); ``overwrite=True`` redoes them.
+are all there, made by the same generator and method weights with the same options, alignment and precision
+(which the inversion file records); ``overwrite=True`` redoes them.
 
 A bad input (unreadable, no face when aligning, non-finite result, an output that would overwrite an input) is
 reported once with its cause, and the run goes on. Under ``torchrun`` every rank takes every ``WORLD_SIZE``-th
@@ -38,7 +38,7 @@ from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
-from .files import inversion_bytes
+from .files import inversion_bytes, made_with
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,11 @@ def adapted_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}_adapted.png"
 
 
-def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, adapted: bool,
+def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, made: str, adapted: bool,
              dtype: str) -> bool:
-    """Whether a previous run left every picture of the input ``name``, made by this model and method with
-    these options, in this precision."""
+    """Whether a previous run left every picture of the input ``name``, made by this model and method (``made``:
+    its weights and options, :func:`~hyperinverter.inversion.files.made_with`), aligned or not, in this
+    precision."""
 
     def record(picture: str) -> dict | None:
         path = output_paths(out_dir, picture)[2]
@@ -167,6 +168,7 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, metho
 
     def matches(meta: dict | None) -> bool:
         return (meta is not None and meta.get("generator") == fingerprint and meta.get("method") == method
+                and meta.get("made_with") == made
                 and (meta.get("placement") is not None) == aligned and meta.get("dtype", "fp32") == dtype)
 
     first = record(name) or record(picture_name(name, 0, 2))
@@ -217,10 +219,11 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     method = inverter.name
     aligned = detector is not None
     dtype = dtype_name(pipe.dtype)
+    made = made_with(inverter, options)
     todo = []
     for path, name in pairs:
         if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
-                                      adapted=adapt is not None, dtype=dtype):
+                                      made=made, adapted=adapt is not None, dtype=dtype):
             report.skipped.append(path)
         else:
             todo.append((path, name))
@@ -268,7 +271,8 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                 record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
                                          generator=pipe.fingerprint,
                                          placement=picture.placement,
-                                         picture={"index": picture.index, "count": picture.count}, dtype=dtype)
+                                         picture={"index": picture.index, "count": picture.count}, dtype=dtype,
+                                         made_with=made)
                 extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
                 atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
                                     (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),

@@ -5,7 +5,8 @@ Tensors: ``ws [1, num_ws, w_dim]`` and ``delta.<synthesis parameter> [1, *shape]
 :func:`generator_fingerprint`), the offset ``mode``, the face ``placement`` in the source photo (or null), and ``picture`` (this face's index and
 the number of faces found in the photo, so that a resumed batch knows whether a photo is complete), and the
 ``dtype`` the networks ran in (``fp32``, ``bf16`` or ``fp16``; a file without it was made before reduced precision
-existed, so in fp32). Its tensors are fp32 whatever the ``dtype``.
+existed, so in fp32), and ``made_with``, a digest of the method's weights and options (or null), on which ``invert``
+resumes. Its tensors are fp32 whatever the ``dtype``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def generator_fingerprint(generator: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def made_with(inverter: torch.nn.Module, options: Mapping[str, Any] | None) -> str:
+    """A short hash of a method's weights (:func:`method_fingerprint`) and the options of its ``invert``: inversion
+    files record it, so that a re-run with a retrained encoder or other options does not skip its inputs."""
+    return fingerprint_of([method_fingerprint(inverter), dict(options or {})])
+
+
 def method_fingerprint(inverter: torch.nn.Module) -> str:
     """A short hash of a method: its generator, its name and settings, and its trained parts' weights. Work
     stored for a resumable run records it, so that a retrained encoder over the same generator is never scored
@@ -61,17 +68,20 @@ class InversionRecord:
     placement: dict | None
     picture: dict | None
     dtype: str = "fp32"  # the precision that made it (see hyperinverter.precision)
+    made_with: str | None = None  # a digest of the method's weights and options (`invert` resumes on it)
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "model": self.model, "method": self.method, "generator": self.generator,
-                "mode": self.mode, "placement": self.placement, "picture": self.picture, "dtype": self.dtype}
+                "mode": self.mode, "placement": self.placement, "picture": self.picture, "dtype": self.dtype,
+                "made_with": self.made_with}
 
 
 def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", model: str = "", method: str = "",
                     generator: str | None = None, placement: dict | None = None,
-                    picture: dict | None = None, dtype: str | torch.dtype = "fp32") -> bytes:
+                    picture: dict | None = None, dtype: str | torch.dtype = "fp32",
+                    made_with: str | None = None) -> bytes:
     """The bytes of one image's inversion file (to write it together with its pictures). ``dtype``: the precision
-    the inversion ran in (the pipeline's ``dtype``)."""
+    the inversion ran in (the pipeline's ``dtype``); ``made_with``: :func:`made_with` of the method and options."""
     if len(result) != 1:
         raise ValueError("an inversion file stores one image; select it first")
     tensors = {"ws": result.ws}
@@ -80,7 +90,7 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
         mode = result.weight_delta.mode
         tensors.update({_DELTA + k: v for k, v in result.weight_delta.items()})
     record = InversionRecord(os.fsdecode(source), model, method, generator, mode, placement, picture,
-                             dtype_name(dtype))
+                             dtype_name(dtype), made_with)
     _check_placement(record.placement, Path("<new inversion file>"))
     return encode_safetensors(tensors, {"inversion": json.dumps(record.as_dict())})
 
@@ -132,13 +142,16 @@ def _record(meta: Mapping[str, Any], path: Path) -> InversionRecord:
     dtype = meta.get("dtype", "fp32")  # files from before reduced precision have none: they were made in fp32
     if not isinstance(dtype, str) or dtype not in PRECISIONS:
         raise SchemaError(path, f"'dtype' must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    made = meta.get("made_with")
+    if made is not None and not isinstance(made, str):
+        raise SchemaError(path, f"'made_with' must be null or a string, got {made!r}")
     return InversionRecord(text("source"), text("model"), text("method"), generator, mode, meta.get("placement"),
-                           picture, dtype)
+                           picture, dtype, made)
 
 
 def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta | None, dict[str, Any]]:
-    """-> (ws, Δθ or None, record as a dict: source, model, method, generator, mode, placement, picture, dtype).
-    Checked."""
+    """-> (ws, Δθ or None, record as a dict: source, model, method, generator, mode, placement, picture, dtype,
+    made_with). Checked."""
     path = Path(path)
     tensors, metadata = read_safetensors(path)
     record = _record(read_metadata_json(path, metadata, "inversion", "an inversion file (written by `invert`)"),

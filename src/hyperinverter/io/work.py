@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class WorkFolder:
         for name in names:
             folders.update(p for p in (self.folder / name).parents if self.folder in p.parents)
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+            remove_stale_temporaries(folder)  # a killed run's half-written records
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         if self.folder.is_dir():
