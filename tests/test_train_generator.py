@@ -163,6 +163,17 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_resumed_with_another_config_says_what_changed(tmp_path, caplog):
+    images = teacher_images()
+    train_generator(config(tmp_path / "run", steps=2), images=images)
+    with caplog.at_level("WARNING"):
+        train_generator(config(tmp_path / "run", steps=4, lr_d=0.001), images=images)
+    assert "with a changed config (lr_d: 0.0025 -> 0.001; steps: 2 -> 4)" in caplog.text
+    caplog.clear()
+    train_generator(config(tmp_path / "run", steps=4, lr_d=0.001), images=images)
+    assert "changed config" not in caplog.text
+
+
 def test_resuming_with_another_model_is_refused(tmp_path):
     import pytest
 

@@ -77,6 +77,34 @@ class RunLogger:
             self._tb.close()
 
 
+def _say_what_changed(stored: Path, text: str) -> None:
+    """Warn when a run resumes with another config than it ran with (more ``steps`` is the usual, wanted change;
+    another learning rate or loss weight goes on silently otherwise), naming each changed key."""
+    import yaml
+
+    try:
+        before = yaml.safe_load(stored.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    if not isinstance(before, dict):
+        return
+    old, new = _flat(before), _flat(yaml.safe_load(text))
+    changed = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]
+    if changed:
+        logger.warning("resuming %s with a changed config (%s)", stored.parent, "; ".join(changed))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _not_a_run(folder: Path) -> str | None:
     """Why ``folder`` is not a run folder training made, or None: one is, if its ``config.yaml`` is a training
     config (it names its ``run_dir``), or it holds only ``checkpoints/`` (a run killed before writing its config)."""
@@ -103,7 +131,10 @@ def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path
                          "a new run_dir")
     if ctx.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.yaml", to_yaml(config).encode())
+        text = to_yaml(config)
+        if getattr(config, "resume", True) and any(checkpoints.glob("*.safetensors")):
+            _say_what_changed(run_dir / "config.yaml", text)
+        atomic_write_bytes(run_dir / "config.yaml", text.encode())
     ctx.barrier()
     return run_dir
 
