@@ -148,6 +148,10 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
     (fresh / "000002.png").unlink()
     assert sources.write_fashion32(fresh, progress=False) == fresh and (fresh / "000002.png").is_file()
     assert sources.write_fashion32(fresh, progress=False) == fresh
+    from hyperinverter.errors import InputError
+
+    with pytest.raises(InputError, match="split 'train' \\(this run: 'test'\\)"):  # the test split over the train one
+        sources.write_fashion32(fresh, "test", progress=False)
 
 
 def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, capsys):
@@ -171,6 +175,14 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     assert Image.open(out / "trip" / "pair-face0.png").size == (32, 32)
     before = (out / "trip" / "pair-face0.png").stat().st_mtime_ns
     assert write_aligned(photos, out, size=32, detector=TwoFaces(), progress=False)[1] == 2  # resumed
+    assert (out / "trip" / "pair-face0.png").stat().st_mtime_ns == before
+    # Other settings into the same folder skipped every photo and relabelled the old faces as the new size.
+    from hyperinverter.errors import InputError
+
+    for settings, what in (({"size": 64}, "size 32 \\(this run: 64\\)"), ({"size": 32, "scale": 1.5},
+                                                                   "alignment .*crop scale 1' \\(this run: .*1.5")):
+        with pytest.raises(InputError, match=rf"holds a dataset made with {what}.*give another --out"):
+            write_aligned(photos, out, **settings, detector=TwoFaces(), progress=False)
     assert (out / "trip" / "pair-face0.png").stat().st_mtime_ns == before
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")

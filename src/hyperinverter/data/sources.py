@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FACES64_LICENSE = ("research only: gan-face-generate code is MIT, but its weights were trained on Microsoft "
                    "DigiFace-1M, whose licence is non-commercial research use; images and models derived from it "
                    "inherit that restriction")
+FACES64_SOURCE = "gan-face-generate 1.1.1 DCGAN (DigiFace-1M)"
+FASHION32_SOURCE = "Fashion-MNIST via Debian dataset-fashion-mnist"
 FASHION_LICENSE = "MIT (Zalando Research Fashion-MNIST), via Debian's dataset-fashion-mnist"
 
 
@@ -153,6 +156,26 @@ def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbe
     check_own_folder(out_dir, not_ours, what="the dataset (--out)")
 
 
+def claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None:
+    """Record the ``settings`` that decide a dataset's images in its ``dataset.json`` before any is written, and
+    resume only a dataset made with the same ones: a resumed writing keeps the files already there, so other
+    settings (another size, crop, style, split or seed) would leave a folder of two kinds of images under one
+    record. ``source`` is recorded with them."""
+    path = out_dir / "dataset.json"
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        stored = None
+    if isinstance(stored, dict):
+        changed = [f"{key} {stored[key]!r} (this run: {value!r})" for key, value in settings.items()
+                   if key in stored and stored[key] != value]  # a key older versions did not record is not checked
+        if changed:
+            raise InputError(out_dir, f"holds a dataset made with {', '.join(changed)}; resuming would mix the two: "
+                             "give another --out, or the same settings to resume it")
+        return
+    atomic_write_bytes(path, (json.dumps({"source": source, **settings, "count": None}, indent=2) + "\n").encode())
+
+
 def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress: bool) -> int:
     written = 0
     for i, img in enumerate(tqdm(images, desc=f"writing {out_dir}", disable=not progress, mininterval=2.0)):
@@ -169,6 +192,7 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
     out_dir = Path(out_dir)
     check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
     net = load_dcgan_faces(device)
     for start in range(0, n, batch_size):
         seeds = list(range(seed_start + start, seed_start + min(start + batch_size, n)))
@@ -177,7 +201,7 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
         _write_pngs(sample_dcgan_faces(net, seeds), out_dir, start, progress=False)
         if progress:
             logger.info("faces64: %d/%d", min(start + batch_size, n), n)
-    meta = {"source": "gan-face-generate 1.1.1 DCGAN (DigiFace-1M)", "seeds": [seed_start, seed_start + n],
+    meta = {"source": FACES64_SOURCE, "first_seed": seed_start, "seeds": [seed_start, seed_start + n],
             "z": "torch.randn(100, generator=torch.Generator().manual_seed(seed))", "count": n,
             "license": FACES64_LICENSE}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
@@ -188,9 +212,10 @@ def write_fashion32(out_dir: str | Path, split: str = "train", *, progress: bool
     out_dir = Path(out_dir)
     check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dataset(out_dir, {"split": split}, FASHION32_SOURCE)
     images, labels = load_fashion_mnist(split)
     _write_pngs(fashion32(images), out_dir, 0, progress)
-    meta = {"source": "Fashion-MNIST via Debian dataset-fashion-mnist", "split": split, "count": len(images),
+    meta = {"source": FASHION32_SOURCE, "split": split, "count": len(images),
             "transform": "28x28 padded to 32x32 with 2 black pixels per side", "license": FASHION_LICENSE,
             "labels": labels.tolist()}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta) + "\n").encode())
@@ -241,6 +266,7 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
     check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dataset(out_dir, {"style": style}, str(source_dir))
     failed = len(found.problems)
     for problem in found.problems:
         logger.warning("skipped %s", problem)
@@ -281,8 +307,10 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     stems = {path.relative_to(source_dir).with_suffix("") for path in paths}
     check_dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (
         rel.with_suffix("") in stems or rel.with_name(_FACE_SUFFIX.sub("", rel.stem)) in stems))
-    detector = Dlib68Detector() if detector is None else detector
+    alignment = f"FFHQ (dlib 68 landmarks), crop scale {scale:g}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
+    detector = Dlib68Detector() if detector is None else detector
     failed: list[InputError] = list(found.problems)
     for path in tqdm(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
@@ -298,7 +326,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
                              image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS)))
                             for i, face in enumerate(faces)], durable=False)  # regenerable: no per-file fsync
     count = sum(1 for p in out_dir.rglob("*.png"))
-    meta = {"source": str(source_dir), "alignment": f"FFHQ (dlib 68 landmarks), crop scale {scale:g}",
-            "size": size, "count": count, "photos_failed": len(failed)}
+    meta = {"source": str(source_dir), "alignment": alignment, "size": size, "count": count,
+            "photos_failed": len(failed)}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out_dir, count, failed
