@@ -80,7 +80,7 @@ def test_the_report_holds_every_methods_own_numbers(bundle, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_an_interrupted_run_resumes_without_redoing_work(bundle, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_without_redoing_work(bundle, tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
     calls: list[str] = []
     real_invert = InversionPipeline.invert
@@ -101,6 +101,7 @@ def test_an_interrupted_run_resumes_without_redoing_work(bundle, tmp_path, monke
     monkeypatch.setattr(InversionPipeline, "invert", lambda self, images, **kw: calls.append(kw.get("method"))
                         or real_invert(self, images, **kw))
     assert run(bundle, out) == 0
+    assert f"reused the work stored in {out / 'work'}" in capsys.readouterr().out
     inverted = [c for c in calls if c is not None]
     # Only the missing batches: hyperinverter's last two, w-opt's one (the editability inverts its own images).
     assert inverted[:3] == ["hyperinverter", "hyperinverter", "w-opt"]

@@ -204,7 +204,7 @@ def _held_out(tmp_path, count: int):
             "--out", str(tmp_path / "report"), "--device", "cpu"]
 
 
-def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_path, monkeypatch):
+def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_path, monkeypatch, capsys):
     from hyperinverter.pipeline import InversionPipeline
 
     pipeline.save_pretrained(tmp_path / "model")
@@ -233,8 +233,10 @@ def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_pa
     calls.clear()
     monkeypatch.setattr(InversionPipeline, "invert", lambda self, images, *, method=None, **kw: calls.append(method)
                         or real_invert(self, images, method=method, **kw))
+    capsys.readouterr()
     assert main(command) == 0
     assert calls == ["hyperinverter", "phase1", "hyperinverter"]  # only what is missing
+    assert f"resumed the interrupted evaluation stored in {tmp_path / 'report.work'}" in capsys.readouterr().out
     resumed = json.loads((tmp_path / "report.json").read_text())
     for method, values in complete["metrics"].items():
         assert resumed["metrics"][method] == pytest.approx(values, rel=1e-6)

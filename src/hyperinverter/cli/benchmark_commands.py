@@ -76,9 +76,12 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         methods=tuple(methods), images=args.images, optimisation_images=args.optimisation_images,
         batch_size=args.batch_size, editability_images=args.editability, direction=args.direction, seed=args.seed,
         options=options)
+    stored = (args.out / "work" / "run.json").is_file()
     report = run_benchmark(pipe, images, names, args.out, settings=settings, model=args.model, data=str(args.data),
                            command=args.command, directions=directions,
                            extra_metrics=extra, features=features, notes=notes)
+    if stored:
+        print(f"reused the work stored in {args.out / 'work'} (only what it lacked was run)")
     print(report.to_markdown())
     _report_failures(failures)
     print(f"wrote {args.out}/benchmark.md, benchmark.json, per_image.csv, tradeoff.png and examples.png")

@@ -249,7 +249,8 @@ def run_invert(args: argparse.Namespace) -> int:
     failures += report.failed
     _report_failures(failures)
     rank = f"rank {report.rank}/{report.world_size}: " if report.world_size > 1 else ""
-    print(f"{rank}wrote {len(report.written)} picture(s) into {args.out} ({report.seconds_per_image:.3f} s/image); "
+    rate = f" ({report.seconds_per_image:.3f} s/image)" if report.written else ""
+    print(f"{rank}wrote {len(report.written)} picture(s) into {args.out}{rate}; "
           f"{len(report.skipped)} input(s) already done, {len(failures)} failed")
     return 1 if failures else 0
 
@@ -619,6 +620,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     report.notes += [f"left out (unreadable): {e}" for e in failures]
     written = report.save(args.out)
     work.remove()
+    if work.resumed:
+        print(f"resumed the interrupted evaluation stored in {work.folder}")
     print(report.to_markdown())
     try:
         print(f"plotted {report.plot(args.out.with_suffix('.png'))}")

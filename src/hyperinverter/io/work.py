@@ -32,6 +32,7 @@ class WorkFolder:
         self.format = format
         self.what = what  # "benchmark", "evaluation": for messages
         self._records: set[str] = set()  # the records this process read or wrote: remove() deletes these
+        self.resumed = False  # set by claim()
 
     def claim(self, identity: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None) -> bool:
         """Start a new run (False), or resume one with the same ``identity`` (True); else an ``InputError`` that
@@ -52,6 +53,7 @@ class WorkFolder:
             raise InputError(self.folder, f"holds a {self.what} run with other {', '.join(changed)}; give another "
                              "--out (or move this folder away) to start a new run")
         logger.info("resuming the %s in %s", self.what, self.folder)
+        self.resumed = True
         return True
 
     def read_json(self, name: str) -> Any | None:
