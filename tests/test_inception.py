@@ -276,6 +276,20 @@ def test_frechet_distance_equals_the_gaussian_closed_form():
         frechet_distance(same, same[:, :4])
 
 
+def test_frechet_distance_from_few_images_is_the_same_number():
+    # Fewer images than dimensions (32 or 500 images of 2048-D features) take the images' N_a x N_b product,
+    # more take the D x D covariances: both against Tr((S_a S_b)^(1/2)) from the eigenvalues of S_a S_b.
+    rng = np.random.default_rng(3)
+    for n_a, n_b, d in ((5, 7, 16), (3, 40, 64), (20, 25, 64), (30, 40, 16), (2, 2, 8)):
+        a = rng.normal(size=(n_a, d)) * rng.uniform(0.1, 2.0, d)
+        b = rng.normal(size=(n_b, d)) @ rng.normal(size=(d, d)) / 4 + 0.3
+        cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        trace_sqrt = np.sqrt(np.linalg.eigvals(cov_a @ cov_b).real.clip(min=0)).sum()
+        expected = (np.square(a.mean(0) - b.mean(0)).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+        assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7), (n_a, n_b, d)
+        assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-7), (n_a, n_b, d)
+
+
 def test_kernel_inception_distance_zero_for_one_set_positive_when_shifted():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(300, 32))

@@ -152,23 +152,32 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
 def frechet_distance(feats_a: Features, feats_b: Features) -> float:
     """FID: ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of two ``[N,D]`` feature sets (float64).
 
-    ``Tr((S_a S_b)^(1/2))`` is the sum of the square roots of the eigenvalues of the symmetric PSD matrix
-    ``S_a^(1/2) S_b S_a^(1/2)`` (the same eigenvalues as ``S_a S_b``), which avoids a non-symmetric matrix
-    square root and its complex round-off. Identical sets give 0 up to round-off (which may be negative).
+    ``Tr((S_a S_b)^(1/2))`` is the sum of the square roots of the eigenvalues of ``S_a S_b``. With ``C_a``, ``C_b``
+    the centred features, those that are not zero are the squared singular values of ``C_a C_b^T /
+    sqrt((N_a - 1)(N_b - 1))``, so with fewer images than dimensions (the usual case: 2048-D features) the trace
+    is that ``N_a x N_b`` matrix's nuclear norm, exactly and without any ``D x D`` decomposition (1.8 s → ms for
+    500 images). Otherwise it comes from the symmetric PSD matrix ``S_a^(1/2) S_b S_a^(1/2)`` (the same
+    eigenvalues), which avoids a non-symmetric matrix square root and its complex round-off. Identical sets give
+    0 up to round-off (which may be negative).
     """
     a, b = _pair(feats_a, feats_b)
-    if min(len(a), len(b)) < a.shape[1]:
+    (n_a, dim), n_b = a.shape, len(b)
+    if min(n_a, n_b) < dim:
         logger.warning("FID from %d and %d images of %d-D features: the covariances are rank-deficient and "
-                       "FID is biased upward; compare only numbers from the same image counts",
-                       len(a), len(b), a.shape[1])
+                       "FID is biased upward; compare only numbers from the same image counts", n_a, n_b, dim)
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    sqrt_a = _psd_sqrt(cov_a)
-    middle = sqrt_a @ cov_b @ sqrt_a
-    trace_sqrt = np.sqrt(np.linalg.eigvalsh((middle + middle.T) / 2).clip(min=0.0)).sum()
-    fid = np.square(mean_a - mean_b).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt
-    return float(fid)
+    centred_a, centred_b = a - mean_a, b - mean_b
+    if n_a * n_b * min(n_a, n_b) < dim**3:  # the images' product is the smaller problem
+        trace_a, trace_b = np.square(centred_a).sum() / (n_a - 1), np.square(centred_b).sum() / (n_b - 1)
+        singular = np.linalg.svd(centred_a @ centred_b.T, compute_uv=False)
+        trace_sqrt = singular.sum() / np.sqrt((n_a - 1) * (n_b - 1))
+    else:
+        cov_a, cov_b = centred_a.T @ centred_a / (n_a - 1), centred_b.T @ centred_b / (n_b - 1)
+        trace_a, trace_b = np.trace(cov_a), np.trace(cov_b)
+        sqrt_a = _psd_sqrt(cov_a)
+        middle = sqrt_a @ cov_b @ sqrt_a
+        trace_sqrt = np.sqrt(np.linalg.eigvalsh((middle + middle.T) / 2).clip(min=0.0)).sum()
+    return float(np.square(mean_a - mean_b).sum() + trace_a + trace_b - 2.0 * trace_sqrt)
 
 
 def kernel_inception_distance(feats_a: Features, feats_b: Features, *,
