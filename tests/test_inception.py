@@ -290,7 +290,7 @@ def test_frechet_distance_from_few_images_is_the_same_number():
         assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-7), (n_a, n_b, d)
 
 
-def test_kernel_inception_distance_zero_for_one_set_positive_when_shifted():
+def test_kernel_inception_distance_zero_for_one_set_positive_when_shifted(monkeypatch):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(300, 32))
     b = rng.normal(size=(300, 32))  # an independent sample of the same distribution
@@ -303,6 +303,12 @@ def test_kernel_inception_distance_zero_for_one_set_positive_when_shifted():
     # the unbiased estimate slightly below 0 (by about k(x,x)/m); still small against a real difference.
     kid_same, _ = kernel_inception_distance(a, a, num_subsets=20, subset_size=150)
     assert -0.1 * kid_shift < kid_same <= 0
+    # Kernels over all images (a few thousand at most), or per subset: the same numbers.
+    import hyperinverter.inception_metrics as metrics
+
+    whole = kernel_inception_distance(a, b + 0.1, num_subsets=7, subset_size=120)
+    monkeypatch.setattr(metrics, "WHOLE_KERNELS", 0)
+    assert kernel_inception_distance(a, b + 0.1, num_subsets=7, subset_size=120) == pytest.approx(whole, rel=1e-12)
     result = fid_kid(a, a + 0.5, num_subsets=5, subset_size=100)
     assert set(result) == {"fid", "kid", "kid_std", "images", "reference_images"}
     assert result["images"] == 300 and result["fid"] == pytest.approx(0.25 * 32, rel=1e-9)

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 Features = np.ndarray | torch.Tensor  # [N,D] pool features, one row per image
 NORMALIZE_EPS = 1e-10  # as LPIPS, added to the channel norm before dividing
+WHOLE_KERNELS = 4_000_000  # KID computes its kernels once over all images up to this many entries (32 MB each)
 METRIC_RESOLUTION = 256  # the papers compare 256-px images (see evaluation.lpips_metric)
 
 
@@ -196,14 +197,24 @@ def kernel_inception_distance(feats_a: Features, feats_b: Features, *,
     if m < 2:
         raise ValueError(f"KID needs subsets of at least 2 images, got subset_size {subset_size}")
     dim = a.shape[1]
+
+    def kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return (x @ y.T / dim + 1.0) ** 3
+
+    # Up to a few thousand images, each kernel is computed once over all of them and every subset reads its
+    # rows (the same numbers; with at most subset_size images every subset is the whole set, reordered).
+    whole = (kernel(a, a), kernel(b, b), kernel(a, b)) if max(len(a), len(b)) ** 2 <= WHOLE_KERNELS else None
     rng = np.random.default_rng(seed)
     estimates = np.empty(num_subsets)
     for i in range(num_subsets):
-        x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
-        k_xx = (x @ x.T / dim + 1.0) ** 3
-        k_yy = (y @ y.T / dim + 1.0) ** 3
-        k_xy = (x @ y.T / dim + 1.0) ** 3
+        rows_a = rng.choice(len(a), m, replace=False)
+        rows_b = rng.choice(len(b), m, replace=False)
+        if whole is not None:
+            k_xx, k_yy, k_xy = (k[np.ix_(r, c)] for k, r, c in zip(whole, (rows_a, rows_b, rows_a),
+                                                                    (rows_a, rows_b, rows_b)))
+        else:
+            x, y = a[rows_a], b[rows_b]
+            k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         estimates[i] = within - 2.0 * k_xy.sum() / (m * m)
     std = float(estimates.std(ddof=1)) if num_subsets > 1 else 0.0
