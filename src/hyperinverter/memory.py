@@ -14,6 +14,7 @@ Loading holds the weights once: :func:`large_blocks_mapped` returns what the cop
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import ctypes.util
@@ -192,6 +193,8 @@ class FilePages:
                         self._ranges.append((start, end))
         except OSError:
             self._ranges = []
+        self._ranges.sort()  # /proc lists them in address order already; drop() bisects them
+        self._starts = [lo for lo, _ in self._ranges]
 
     def drop(self, t: torch.Tensor) -> bool:
         """Unmap the whole pages under ``t`` if they lie in a file mapping; returns whether it did."""
@@ -199,7 +202,8 @@ class FilePages:
             return False
         start = t.data_ptr()
         end = start + t.numel() * t.element_size()
-        if not any(lo <= start and end <= hi for lo, hi in self._ranges):
+        i = bisect.bisect_right(self._starts, start) - 1  # the last mapping that starts at or before the tensor
+        if i < 0 or end > self._ranges[i][1]:
             return False
         first = -(-start // self._page) * self._page  # whole pages only: a neighbour may share the edge pages
         last = end // self._page * self._page
