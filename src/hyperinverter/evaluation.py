@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .errors import InputError
 from .inversion.files import method_fingerprint
 from .io.files import atomic_write_figure, atomic_write_group
-from .io.work import WorkFolder, fingerprint_of
+from .io.work import WorkFolder, as_recorded, fingerprint_of
 from .metrics import PIXEL_METRICS, in_chunks
 from .pipeline import InversionPipeline
 from .precision import dtype_name
@@ -213,7 +213,7 @@ def evaluate(
         raise ValueError(f"{len(names)} names for {images.shape[0]} images")
     if work is not None:
         work.claim({"batch_size": batch_size, "seed": seed, "metrics": sorted(metrics),
-                    "options": {m: dict(options.get(m, {})) for m in methods},
+                    "options": as_recorded({m: dict(options.get(m, {})) for m in methods}),
                     "methods": {m: method_fingerprint(pipeline.inverter(m)) for m in methods},
                     "images": fingerprint_of({"names": names, "pixels": images}),
                     "device": pipeline.device.type, "dtype": dtype_name(pipeline.dtype)})

@@ -156,7 +156,7 @@ def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbe
     check_own_folder(out_dir, not_ours, what="the dataset (--out)")
 
 
-def claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None:
+def _claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None:
     """Record the ``settings`` that decide a dataset's images in its ``dataset.json`` before any is written, and
     resume only a dataset made with the same ones: a resumed writing keeps the files already there, so other
     settings (another size, crop, style, split or seed) would leave a folder of two kinds of images under one
@@ -192,7 +192,7 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
     out_dir = Path(out_dir)
     check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
+    _claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
     net = load_dcgan_faces(device)
     for start in range(0, n, batch_size):
         seeds = list(range(seed_start + start, seed_start + min(start + batch_size, n)))
@@ -212,7 +212,7 @@ def write_fashion32(out_dir: str | Path, split: str = "train", *, progress: bool
     out_dir = Path(out_dir)
     check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim_dataset(out_dir, {"split": split}, FASHION32_SOURCE)
+    _claim_dataset(out_dir, {"split": split}, FASHION32_SOURCE)
     images, labels = load_fashion_mnist(split)
     _write_pngs(fashion32(images), out_dir, 0, progress)
     meta = {"source": FASHION32_SOURCE, "split": split, "count": len(images),
@@ -266,7 +266,7 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
     check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim_dataset(out_dir, {"style": style}, str(source_dir))
+    _claim_dataset(out_dir, {"style": style}, str(source_dir))
     failed = len(found.problems)
     for problem in found.problems:
         logger.warning("skipped %s", problem)
@@ -309,7 +309,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
         rel.with_suffix("") in stems or rel.with_name(_FACE_SUFFIX.sub("", rel.stem)) in stems))
     alignment = f"FFHQ (dlib 68 landmarks), crop scale {scale:g}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
+    _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
     detector = Dlib68Detector() if detector is None else detector
     failed: list[InputError] = list(found.problems)
     for path in tqdm(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):

@@ -38,7 +38,7 @@ from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
-from .files import inversion_bytes, made_with
+from .files import inversion_bytes, made_with_digest
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def adapted_path(out_dir: Path, name: str) -> Path:
 def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, made: str, adapted: bool,
              dtype: str) -> bool:
     """Whether a previous run left every picture of the input ``name``, made by this model and method (``made``:
-    its weights and options, :func:`~hyperinverter.inversion.files.made_with`), aligned or not, in this
+    its weights and options, :func:`~hyperinverter.inversion.files.made_with_digest`), aligned or not, in this
     precision."""
 
     def record(picture: str) -> dict | None:
@@ -219,7 +219,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     method = inverter.name
     aligned = detector is not None
     dtype = dtype_name(pipe.dtype)
-    made = made_with(inverter, options)
+    made = made_with_digest(inverter, options)
     todo = []
     for path, name in pairs:
         if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,

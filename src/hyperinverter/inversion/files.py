@@ -42,7 +42,7 @@ def generator_fingerprint(generator: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def made_with(inverter: torch.nn.Module, options: Mapping[str, Any] | None) -> str:
+def made_with_digest(inverter: torch.nn.Module, options: Mapping[str, Any] | None) -> str:
     """A short hash of a method's weights (:func:`method_fingerprint`) and the options of its ``invert``: inversion
     files record it, so that a re-run with a retrained encoder or other options does not skip its inputs."""
     return fingerprint_of([method_fingerprint(inverter), dict(options or {})])
@@ -81,7 +81,8 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
                     picture: dict | None = None, dtype: str | torch.dtype = "fp32",
                     made_with: str | None = None) -> bytes:
     """The bytes of one image's inversion file (to write it together with its pictures). ``dtype``: the precision
-    the inversion ran in (the pipeline's ``dtype``); ``made_with``: :func:`made_with` of the method and options."""
+    the inversion ran in (the pipeline's ``dtype``); ``made_with``: :func:`made_with_digest` of the method and its
+    options."""
     if len(result) != 1:
         raise ValueError("an inversion file stores one image; select it first")
     tensors = {"ws": result.ws}

@@ -116,11 +116,23 @@ def _feed(digest, value: Any) -> None:
             _feed(digest, item)
     elif value is None or isinstance(value, (str, int, float, bool)):
         digest.update(f"{type(value).__name__}:{value!r};".encode())
-    else:  # a dataclass or a plain object: its class and its fields
-        fields = ({f.name: getattr(value, f.name) for f in dataclasses.fields(value)} if dataclasses.is_dataclass(value)
-                  else vars(value))
+    else:  # a dataclass or another object: its class and its fields (its repr if it has none)
+        if dataclasses.is_dataclass(value):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        else:
+            fields = vars(value) if hasattr(value, "__dict__") else {"repr": repr(value)}
         digest.update(type(value).__qualname__.encode())
         _feed(digest, fields)
+
+
+def as_recorded(value: Any) -> Any:
+    """``value`` as a run record holds it: itself when it is JSON (readable in ``run.json``), else its
+    :func:`fingerprint_of` (an option given through the API may be a tensor)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return fingerprint_of(value)
+    return value
 
 
 def _json_roundtrip(value: Any) -> Any:
