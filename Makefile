@@ -70,11 +70,13 @@ data: $(VENV)/.installed-test
 
 # The quality bars of the bundled models on their held-out sets (results in benchmarks/results/). Every trained
 # method, with the Inception distance when its file is installed: that network takes most of the time (about
-# 0.1 s per image pair and method on 2 cores: hours for fashion-32's 10,000 test images; the committed files
-# were made before it was added, with fewer methods).
+# 0.05 s per image on 2 cores, for each method's output and each iteration, and once per batch for the targets:
+# hours for fashion-32's 10,000 test images, whose committed files were made before it was added, with fewer
+# methods; faces-64's are this command's). Batches of 32 keep every target's features for all methods (12 MB each).
+# Running it again resumes an interrupted evaluation.
 BUNDLED := src/hyperinverter/bundled
 evaluate: data
-	$(BIN)/hyperinverter evaluate --model fashion-32 --data data/fashion32/test --batch-size 256 \
+	$(BIN)/hyperinverter evaluate --model fashion-32 --data data/fashion32/test --batch-size 32 \
 		--out benchmarks/results/fashion-32-test
 	if test -d $(BUNDLED)/faces-64; then $(BIN)/hyperinverter evaluate --model faces-64 --data data/faces64/heldout \
 		--identity --out benchmarks/results/faces-64-heldout; else echo "faces-64 is not bundled yet"; fi

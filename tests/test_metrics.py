@@ -46,17 +46,56 @@ def test_mse_compares_256_px_images_like_the_papers():
 def test_network_metrics_run_on_bounded_chunks_whatever_the_batch(monkeypatch):
     # `make evaluate` scores batches of 256: the Inception distance ran them at once (512 images at 299 px, 20 GB).
     from hyperinverter import inception_metrics
-    from hyperinverter.metrics import in_chunks
 
     seen = []
 
     class Recording(torch.nn.Module):
-        def forward(self, a, b):
-            seen.append(a.shape[0])
-            return (a - b).flatten(1).abs().mean(dim=1)
+        def features(self, images):
+            seen.append(images.shape[0])
+            return [images.flatten(1)]
+
+        def compare(self, a, b):
+            return (a[0] - b[0]).abs().mean(dim=1)
 
     monkeypatch.setattr(inception_metrics.InceptionDistance, "from_files", classmethod(lambda cls, *a: Recording()))
     metric = inception_metrics.inception_metric("cpu")[0]["inception_dist"]
     a, b = torch.rand(40, 1, 8, 8), torch.rand(40, 1, 8, 8)
-    assert torch.equal(metric(a, b), (a - b).flatten(1).abs().mean(dim=1)) and seen == [16, 16, 8]
-    assert torch.equal(in_chunks(mse, 7)(a, b), mse(a, b))
+    assert torch.equal(metric(a, b), (a - b).flatten(1).abs().mean(dim=1)) and seen == [32, 32, 16]
+
+
+def test_scoring_several_outputs_embeds_the_targets_once():
+    # evaluate and benchmark score every method's reconstruction of a batch against it: the network metrics
+    # embedded the same targets once per method and per iteration (about half of evaluate's time).
+    from hyperinverter.metrics import FeatureMetric, same_targets
+
+    embedded = []
+
+    def features(images):
+        embedded.append(images.shape[0])
+        return [images.flatten(1) * 2, images.mean(dim=(1, 2, 3))]
+
+    def compare(a, b):
+        return (a[0] - b[0]).square().mean(dim=1) + (a[1] - b[1]).abs()
+
+    metric = FeatureMetric(features, compare, chunk=4)
+    target = torch.rand(6, 3, 8, 8)
+    outputs = [torch.rand(6, 3, 8, 8) for _ in range(3)]
+    alone = [metric(o, target) for o in outputs]
+    assert embedded == [8, 4] * 3  # each chunk: output and target in one pass
+    embedded.clear()
+    with same_targets():
+        kept = [metric(o, target) for o in outputs]
+        assert embedded == [8, 4, 4, 2, 4, 2]  # the targets once, then the outputs alone
+        target.add_(0)  # changed in place: another target
+        embedded.clear()
+        metric(outputs[0], target)
+        assert embedded == [8, 4]
+    for a, b in zip(alone, kept):
+        torch.testing.assert_close(a, b)
+    embedded.clear()
+    with same_targets(budget_bytes=4000):  # room for the first chunk's features (4 x 193 floats), not the next
+        for o in outputs[:2]:
+            metric(o, target)
+    assert embedded == [8, 4, 4, 4]
+    with pytest.raises(ValueError, match="one shape"):
+        metric(outputs[0][:, :1], target)

@@ -60,7 +60,7 @@ from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes, atomic_write_figure
 from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
-from .metrics import PIXEL_METRICS, protocol_note
+from .metrics import PIXEL_METRICS, protocol_note, same_targets
 from .ops.prepacked import parameter_count
 from .pipeline import InversionPipeline
 from .precision import dtype_name
@@ -251,15 +251,21 @@ def run_editability(pipeline: InversionPipeline, method: str, directions: Mappin
 # --- scoring ---------------------------------------------------------------------------------------------------
 
 
-def score(reconstructions: torch.Tensor, inputs: torch.Tensor, metrics: Mapping[str, PairMetric],
-          batch_size: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """The mean of every metric over the images, and every image's values."""
-    totals: dict[str, float] = {}
-    per_image: dict[str, list[float]] = {}
-    for start in range(0, inputs.shape[0], batch_size):
-        add_metric_sums(totals, reconstructions[start : start + batch_size], inputs[start : start + batch_size],
-                        metrics, per_image)
-    return {name: total / inputs.shape[0] for name, total in totals.items()}, per_image
+def score(reconstructions: Mapping[str, torch.Tensor], inputs: torch.Tensor, metrics: Mapping[str, PairMetric],
+          batch_size: int, *, progress: bool = False) -> dict[str, tuple[dict[str, float], dict[str, list[float]]]]:
+    """Per method (``reconstructions``: method -> images of ``inputs``), the mean of every metric over the images
+    and every image's values. Batch by batch, every method against the same inputs: the network metrics see each
+    batch of inputs once (:func:`~hyperinverter.metrics.same_targets`)."""
+    totals: dict[str, dict[str, float]] = {m: {} for m in reconstructions}
+    per_image: dict[str, dict[str, list[float]]] = {m: {} for m in reconstructions}
+    for start in tqdm(range(0, inputs.shape[0], batch_size), desc="scoring", disable=not progress):
+        target = inputs[start : start + batch_size]
+        with same_targets():
+            for method, images in reconstructions.items():
+                add_metric_sums(totals[method], images[start : start + batch_size], target, metrics,
+                                per_image[method])
+    return {m: ({name: total / inputs.shape[0] for name, total in totals[m].items()}, per_image[m])
+            for m in reconstructions}
 
 
 @dataclass
@@ -551,8 +557,8 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
     work = BenchmarkWork(out)  # what run_inversions claimed
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     common = min(images_per_method.values())
-    scored = {m: score(r.images[:common], inputs[:common], metrics, settings.batch_size)
-              for m, r in tqdm(runs.items(), desc="scoring", disable=not progress)}
+    scored = score({m: r.images[:common] for m, r in runs.items()}, inputs[:common], metrics, settings.batch_size,
+                   progress=progress)
     scores = {m: means for m, (means, _) in scored.items()}
     spread, at_scale = {}, {}
     distribution_notes = []

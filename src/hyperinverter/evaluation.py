@@ -21,7 +21,7 @@ from .errors import InputError
 from .inversion.files import method_fingerprint
 from .io.files import atomic_write_figure, atomic_write_group
 from .io.work import WorkFolder, as_recorded, fingerprint_of
-from .metrics import PIXEL_METRICS, in_chunks
+from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, same_targets
 from .pipeline import InversionPipeline
 from .precision import dtype_name
 
@@ -223,23 +223,24 @@ def evaluate(
     n = images.shape[0]
     for index, start in enumerate(tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress)):
         x = images[start : start + batch_size].to(pipeline.device)
-        for method in methods:
-            name = f"{method}/batch-{index:05d}.json"
-            record = None if work is None else _batch_scores(work, name, x.shape[0], metrics)
-            if record is None:
-                torch.manual_seed(seed + index)
-                record = _score_batch(pipeline.invert(x, method=method, batch_size=batch_size,
-                                                      **options.get(method, {})), x, metrics)
-                if work is not None:
-                    work.write_json(name, record)
-            seconds[method] += record["seconds"]
-            for metric, values in record["scores"].items():
-                per_image[method].setdefault(metric, []).extend(values)
-            if record["steps"]:
-                per_step = step_sums.setdefault(method, [{} for _ in record["steps"]])
-                for total, step in zip(per_step, record["steps"]):
-                    for key, value in step.items():
-                        total[key] = total.get(key, 0.0) + value
+        with same_targets():  # every method's outputs (and iterations) against x: the networks see x once
+            for method in methods:
+                name = f"{method}/batch-{index:05d}.json"
+                record = None if work is None else _batch_scores(work, name, x.shape[0], metrics)
+                if record is None:
+                    torch.manual_seed(seed + index)
+                    record = _score_batch(pipeline.invert(x, method=method, batch_size=batch_size,
+                                                          **options.get(method, {})), x, metrics)
+                    if work is not None:
+                        work.write_json(name, record)
+                seconds[method] += record["seconds"]
+                for metric, values in record["scores"].items():
+                    per_image[method].setdefault(metric, []).extend(values)
+                if record["steps"]:
+                    per_step = step_sums.setdefault(method, [{} for _ in record["steps"]])
+                    for total, step in zip(per_step, record["steps"]):
+                        for key, value in step.items():
+                            total[key] = total.get(key, 0.0) + value
     means = {method: {k: sum(v) / n for k, v in values.items()} for method, values in per_image.items()}
     iterations = {method: [{k: v / n for k, v in step.items()} for step in steps]
                   for method, steps in step_sums.items()}
@@ -379,11 +380,12 @@ def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple
     except FileNotFoundError as e:
         return {}, f"LPIPS-{net}: unavailable here ({e})"
 
-    def metric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        small = (lambda t: torch.nn.functional.adaptive_avg_pool2d(t, 256)) if a.shape[-1] > 256 else (lambda t: t)
-        return network(small(a), small(b))  # the papers compare 256-px images
+    def features(images: torch.Tensor) -> list[torch.Tensor]:
+        if images.shape[-1] > PAPER_RESOLUTION:  # the papers compare 256-px images
+            images = torch.nn.functional.adaptive_avg_pool2d(images, PAPER_RESOLUTION)
+        return network.features(images)
 
-    return {"lpips": in_chunks(metric)}, None
+    return {"lpips": FeatureMetric(features, network.compare)}, None
 
 
 def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | None = 1.0
@@ -392,7 +394,7 @@ def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | 
     IR-101 when ``CurricularFace_Backbone.pth`` is in the model cache, else SFace (offline). The face is the crop
     of the FFHQ framing at ``align_scale`` (None: the whole image); the papers re-align with MTCNN instead.
     Returns the metric and a note that says which network it is."""
-    from .losses.identity import FFHQ_CROP, crop_for_align_scale, identity_similarity, load_identity_embedder
+    from .losses.identity import FFHQ_CROP, crop_for_align_scale, face_embeddings, load_identity_embedder
 
     try:
         embedder, name = load_identity_embedder("curricularface", device), "CurricularFace IR-101 (the papers')"
@@ -401,11 +403,14 @@ def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | 
                                                                    "is not in the model cache)")
     crop = None if align_scale is None else crop_for_align_scale(FFHQ_CROP, align_scale)
 
-    def metric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return identity_similarity(embedder, a, b, crop=crop)
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return face_embeddings(embedder, images, crop=crop)
+
+    def compare(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cosine_similarity(a, b, dim=1)
 
     where = "the whole image" if crop is None else "the face crop of the model's framing"
-    return {"id_sim": metric}, f"identity: {name}, cosine similarity on {where}"
+    return {"id_sim": FeatureMetric(features, compare)}, f"identity: {name}, cosine similarity on {where}"
 
 
 # --- two folders ----------------------------------------------------------------------------------------------

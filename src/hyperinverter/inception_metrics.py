@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import in_chunks
+from .metrics import FeatureMetric
 from .models.inception import FEATURE_DIM, SPATIAL_TAPS, FIDInceptionV3
 
 if TYPE_CHECKING:
@@ -74,12 +74,18 @@ class InceptionDistance(nn.Module):
             raise ValueError(f"InceptionDistance compares images of one shape, got {tuple(a.shape)} and "
                              f"{tuple(b.shape)}")
         n = a.shape[0]
-        x = self.network.preprocess(torch.cat([a, b]), quantize=False)
-        total = x.new_zeros(n)
-        for features in self.network.features(x, self.taps).values():
-            unit = features / (features.square().sum(dim=1, keepdim=True).sqrt() + NORMALIZE_EPS)
-            total = total + (unit[:n] - unit[n:]).square().sum(dim=1).mean(dim=(1, 2))
-        return total / len(self.taps)
+        both = self.features(torch.cat([a, b]))  # one pass over both
+        return self.compare([f[:n] for f in both], [f[n:] for f in both])
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each tap's features of [-1,1] ``images``, unit-normalised along channels."""
+        x = self.network.preprocess(images, quantize=False)
+        return [f / (f.square().sum(dim=1, keepdim=True).sqrt() + NORMALIZE_EPS)
+                for f in self.network.features(x, self.taps).values()]
+
+    def compare(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        """``[B]`` distances between two images' :meth:`features`."""
+        return sum((ua - ub).square().sum(dim=1).mean(dim=(1, 2)) for ua, ub in zip(a, b)) / len(self.taps)
 
 
 def inception_metric(device: torch.device | str = "cpu", *, path: str | os.PathLike | None = None
@@ -91,12 +97,12 @@ def inception_metric(device: torch.device | str = "cpu", *, path: str | os.PathL
     except FileNotFoundError as e:
         return {}, f"Inception distance: unavailable here ({e})"
 
-    def metric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if a.shape[-1] > METRIC_RESOLUTION:  # like LPIPS in the papers: compare 256-px images
-            a, b = (F.adaptive_avg_pool2d(t, METRIC_RESOLUTION) for t in (a, b))
-        return distance(a, b)
+    def features(images: torch.Tensor) -> list[torch.Tensor]:
+        if images.shape[-1] > METRIC_RESOLUTION:  # like LPIPS in the papers: compare 256-px images
+            images = F.adaptive_avg_pool2d(images, METRIC_RESOLUTION)
+        return distance.features(images)
 
-    return {"inception_dist": in_chunks(metric)}, None
+    return {"inception_dist": FeatureMetric(features, distance.compare)}, None
 
 
 # --- FID and KID --------------------------------------------------------------------------------------------

@@ -11,9 +11,12 @@ still answers: SSIM shrinks its window, MS-SSIM uses the scales that fit (their 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
-
 
 PAPER_RESOLUTION = 256  # the papers' L2 and LPIPS compare 256-px images
 
@@ -88,14 +91,85 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch
 PIXEL_METRICS = {"mse": mse, "psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}
 
 
-def in_chunks(metric, size: int = 16):
-    """``metric`` (``(a, b) -> [B]``) run on at most ``size`` image pairs at a time: a network metric's activations
-    (Inception's at 299 px are about 40 MB per image) stay bounded whatever the caller's batch."""
+Features = torch.Tensor | list[torch.Tensor]  # a network's per-image features: batch-first, one tensor or a list
 
-    def chunked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.cat([metric(x, y) for x, y in zip(a.split(size), b.split(size))])
 
-    return chunked
+class FeatureMetric:
+    """A network metric (Inception distance, LPIPS, identity) as a pair metric: ``compare(features(a),
+    features(b)) -> [B]``, run on at most ``chunk`` pairs at a time, so that the network's activations stay bounded
+    whatever the caller's batch (Inception's at 299 px are about 40 MB per image).
+
+    Inside :func:`same_targets`, the features of each chunk of targets are kept, up to a memory budget, and reused
+    when other outputs are scored against the same targets (every method's reconstruction of one batch): the
+    network then runs on the outputs alone."""
+
+    def __init__(self, features: Callable[[torch.Tensor], Features], compare: Callable[[Features, Features],
+                 torch.Tensor], *, chunk: int = 16) -> None:
+        self.features, self.compare, self.chunk = features, compare, chunk
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape != b.shape:
+            raise ValueError(f"a metric compares images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        memo = _TARGETS.get()
+        values = []
+        for x, y in zip(a.split(self.chunk), b.split(self.chunk)):
+            target = memo.get(self, y) if memo is not None else None
+            if target is None:  # one pass over both, as the networks run fastest on the larger batch
+                output, target = _split(self.features(torch.cat([x, y])), x.shape[0])
+                if memo is not None:
+                    memo.put(self, y, target)
+            else:
+                output = self.features(x)
+            values.append(self.compare(output, target))
+        return torch.cat(values)
+
+
+def _split(features: Features, n: int) -> tuple[Features, Features]:
+    if isinstance(features, torch.Tensor):
+        return features[:n], features[n:].clone()  # a clone: the kept half must not hold the other half's memory
+    return [f[:n] for f in features], [f[n:].clone() for f in features]
+
+
+class _TargetMemo:
+    """Targets' features by the target tensor's identity (its storage, offset, shape, strides and version: an
+    in-place change is a new target), each entry holding the target, so that its memory cannot be reused by another
+    tensor while the entry lives."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget, self.used = budget_bytes, 0
+        self._entries: dict[tuple, tuple[FeatureMetric, torch.Tensor, Features]] = {}
+
+    @staticmethod
+    def _key(metric: FeatureMetric, y: torch.Tensor) -> tuple:
+        return (id(metric), y.device, y.dtype, y.untyped_storage().data_ptr(), y.storage_offset(), tuple(y.shape),
+                y.stride(), y._version)
+
+    def get(self, metric: FeatureMetric, y: torch.Tensor) -> Features | None:
+        entry = self._entries.get(self._key(metric, y))
+        return None if entry is None else entry[2]
+
+    def put(self, metric: FeatureMetric, y: torch.Tensor, features: Features) -> None:
+        size = sum(f.numel() * f.element_size() for f in ([features] if isinstance(features, torch.Tensor)
+                                                          else features))
+        if self.used + size <= self.budget:  # beyond it the features are computed again, as without the memo
+            self._entries[self._key(metric, y)] = (metric, y, features)
+            self.used += size
+
+
+_TARGETS: contextvars.ContextVar[_TargetMemo | None] = contextvars.ContextVar("same_targets", default=None)
+
+
+@contextlib.contextmanager
+def same_targets(budget_bytes: int = 512 << 20) -> Iterator[None]:
+    """Within the block, :class:`FeatureMetric` keeps its targets' features (up to ``budget_bytes``: the default
+    holds 32 images' Inception taps, 12 MB each, and their LPIPS features) for outputs scored against the same
+    target tensors; they are freed at its end. For a scorer that compares several methods' outputs with one batch
+    of targets."""
+    token = _TARGETS.set(_TargetMemo(budget_bytes))
+    try:
+        yield
+    finally:
+        _TARGETS.reset(token)
 
 
 def protocol_note(resolution: int | None = None) -> str:

@@ -142,12 +142,18 @@ def identity_similarity(
     For evaluation (no graph); 1 means the same identity as far as the embedder can tell. ``embedder`` must
     be in eval mode (as the loaders return it).
     """
-    _check_images(a, "a")
-    assert not embedder.training, "the embedder must be in eval mode (BN statistics, Dropout)"
     assert b.shape == a.shape, f"b {tuple(b.shape)} vs a {tuple(a.shape)}"
-    sim = F.cosine_similarity(_embed(embedder, a, crop), _embed(embedder, b, crop), dim=1)
+    sim = F.cosine_similarity(face_embeddings(embedder, a, crop=crop), face_embeddings(embedder, b, crop=crop), dim=1)
     assert sim.shape == (a.shape[0],)
     return sim
+
+
+def face_embeddings(embedder: nn.Module, images: torch.Tensor, *, crop: CropBox | None = FFHQ_CROP) -> torch.Tensor:
+    """``[B,D]`` face embeddings of ``images`` (``[B,3,H,W]``, [-1,1]) for evaluation: what
+    :func:`identity_similarity` compares (``embedder`` in eval mode)."""
+    _check_images(images, "images")
+    assert not embedder.training, "the embedder must be in eval mode (BN statistics, Dropout)"
+    return _embed(embedder, images, crop)
 
 
 # ----------------------------------------------------------------------------------------------------------

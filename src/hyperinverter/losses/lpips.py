@@ -217,15 +217,22 @@ class LPIPS(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x, y: [B,C,H,W]`` in [-1,1] -> ``[B]`` distances (0 for identical images)."""
         assert x.shape == y.shape, f"{tuple(x.shape)} != {tuple(y.shape)}"
+        both = self.features(torch.cat([x, y]))  # one backbone pass over both images
+        n = x.shape[0]
+        return self.compare([f[:n] for f in both], [f[n:] for f in both])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x: [B,C,H,W]`` in [-1,1] -> each tap's backbone features, unit-normalised along channels."""
         assert x.ndim == 4 and x.shape[1] in (1, 3), f"expected [B,1|3,H,W], got {tuple(x.shape)}"
         if x.shape[1] == 1:
-            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
-        # One backbone pass over both images.
-        feats = self.net((torch.cat([x, y]) - self.shift) / self.scale)
-        total = x.new_zeros(x.shape[0])
-        for i, f in enumerate(feats):
-            fx, fy = unit_normalise(f).chunk(2)
-            total = total + self.heads[i]((fx - fy).square()).mean(dim=(1, 2, 3))
+            x = x.expand(-1, 3, -1, -1)
+        return [unit_normalise(f) for f in self.net((x - self.shift) / self.scale)]
+
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """``[B]`` distances between two images' :meth:`features`."""
+        total = fx[0].new_zeros(fx[0].shape[0])
+        for i, (a, b) in enumerate(zip(fx, fy)):
+            total = total + self.heads[i]((a - b).square()).mean(dim=(1, 2, 3))
         return total
 
 
