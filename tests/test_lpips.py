@@ -379,3 +379,23 @@ def test_parity_with_reference_formula(net):
         torch.testing.assert_close(model64(x64, y64),
                                    reference_lpips(model64.net.features, heads, net, x64, y64)[0],
                                    atol=1e-12, rtol=0)
+
+
+def test_the_lpips_metric_is_the_module_on_256_px_images(monkeypatch):
+    # evaluate's LPIPS goes through FeatureMetric (features, then compare): the same number as the module, with
+    # images over 256 px average-pooled to 256 as the papers compare them.
+    from hyperinverter.evaluation import lpips_metric
+    from hyperinverter.metrics import same_targets
+
+    torch.manual_seed(0)
+    module = LPIPS("alex")
+    monkeypatch.setattr(LPIPS, "from_files", classmethod(lambda cls, net: module))
+    metric = lpips_metric("cpu")[0]["lpips"]
+    a, b = torch.rand(3, 3, 512, 512) * 2 - 1, torch.rand(3, 3, 512, 512) * 2 - 1
+    pooled = F.adaptive_avg_pool2d
+    with torch.no_grad():
+        expected = module(pooled(a, 256), pooled(b, 256))
+        torch.testing.assert_close(metric(a, b), expected)
+        with same_targets():
+            torch.testing.assert_close(metric(a, b), expected)
+            torch.testing.assert_close(metric(a, b), expected)  # from the kept targets
