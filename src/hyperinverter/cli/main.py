@@ -90,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command = "hyperinverter " + shlex.join(map(str, sys.argv[1:] if argv is None else argv))
     _configure_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # a warning during a progress bar gets a line of its own, above the bar
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _close_progress_bars()
         print("interrupted", file=sys.stderr)
