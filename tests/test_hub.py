@@ -115,6 +115,11 @@ def test_models_shows_size_and_hash_where_known(cache, fake_catalogue, capsys):
     unknown = next(a for a in hub.CATALOGUE if not a.bundled and a.sha256 is None and a.size_bytes is None)
     unknown_row = next(line for line in out.splitlines() if line.startswith(unknown.name + " "))
     assert "unknown" in unknown_row and "?" in unknown_row
+    # A bundled model's size is what it holds on disk (it showed "?").
+    bundled = next(a for a in hub.CATALOGUE if a.bundled and (hub.BUNDLED_DIR / a.filename).is_dir())
+    row = next(line for line in out.splitlines() if line.startswith(bundled.name + " "))
+    size = sum(p.stat().st_size for p in (hub.BUNDLED_DIR / bundled.filename).rglob("*") if p.is_file())
+    assert f"{size / 1e6:.1f} MB" in row and "in package" in row
 
 
 def test_models_status_follows_the_cache(cache, fake_catalogue, capsys):

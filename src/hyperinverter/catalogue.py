@@ -205,11 +205,17 @@ def catalogue_rows() -> list[dict[str, str]]:
     rows = []
     for a in CATALOGUE:
         local = BUNDLED_DIR / a.filename if a.bundled else cache_dir() / a.filename
+        size = _bytes_on_disk(local) if local.exists() else a.size_bytes
         rows.append({
             "name": a.name, "kind": a.kind, "file": a.filename,
-            "size": f"{a.size_bytes / 1e6:.1f} MB" if a.size_bytes else "?",
-            "sha256": a.sha256[:12] + "…" if a.sha256 else "unknown",
+            "size": f"{size / 1e6:.1f} MB" if size else "?",
+            "sha256": a.sha256[:12] + "…" if a.sha256 else "in package" if a.bundled else "unknown",
             "status": "bundled" if a.bundled and local.exists() else "cached" if local.exists() else "not present",
             "license": a.license, "description": a.description,
         })
     return rows
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """A file's size, or the total of a folder's files (a bundle)."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
