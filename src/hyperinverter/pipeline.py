@@ -211,22 +211,19 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
 def _extras_in_place(target: Path, generator: Generator) -> Path | None:
     """``target`` if it is a bundle whose extras replacing it would delete, and its generator is ``generator``'s
     weights (the extras fit the new bundle); None if it holds none; else an ``OutputError`` naming them."""
-    from .inversion.files import generator_fingerprint
-
     if target.is_symlink() or not (target / PIPELINE_INDEX).is_file():
         return None
     extras = pipeline_extras(target)
     if not extras:
         return None
     try:
-        theirs = generator_fingerprint(load_gan(target / read_pipeline_index(target)["generator"]).generator)
-    except (InputError, OSError) as e:
-        theirs = f"unreadable ({e})"
-    if theirs == generator_fingerprint(generator):
-        return target
-    names = ", ".join(e.name for e in extras)
-    raise OutputError(target, f"holds {names}, made for another generator than this bundle's, which replacing it "
-                      "would delete; nothing was changed: move them away, or choose another path")
+        _check_same_weights(generator, load_gan(target / read_pipeline_index(target)["generator"]).generator,
+                            source=os.fspath(target))
+    except (InputError, OSError):  # another generator, or one that cannot be read
+        names = ", ".join(e.name for e in extras)
+        raise OutputError(target, f"holds {names}, made for another generator than this bundle's, which replacing "
+                          "it would delete; nothing was changed: move them away, or choose another path") from None
+    return target
 
 
 def check_same_architecture(generator: Generator, other: Generator) -> None:
@@ -261,7 +258,7 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
     return joined
 
 
-def _check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float) -> None:
+def _check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float = 1e-5) -> None:
     try:
         check_same_architecture(generator, other)
     except ValueError as e:

@@ -394,12 +394,13 @@ def run_import_official(args: argparse.Namespace) -> int:
     from ..convert.official import import_official
     from ..io.files import check_replaceable
     from ..pipeline import save_pipeline
+    from ..precision import PRECISIONS
 
     check_replaceable(args.out, "pipeline")
     methods = import_official(args.checkpoint, generator=args.generator, w_encoder=args.w_encoder)
     main = next(reversed(methods))  # the released method itself; phase1 is its first pass
     if not args.add:
-        save_pipeline(methods, args.out, default_method=main, dtype=_stored_dtype(args.weights))
+        save_pipeline(methods, args.out, default_method=main, dtype=PRECISIONS[args.weights])
         print(f"wrote a bundle with {', '.join(methods)} to {args.out}; use it with --model {args.out}")
         return 0
     from ..pipeline import InversionPipeline, join_methods
@@ -407,7 +408,7 @@ def run_import_official(args: argparse.Namespace) -> int:
     bundle = InversionPipeline.from_pretrained(args.out, device="cpu")
     joined = join_methods(bundle.methods, methods, source=str(args.checkpoint))
     save_pipeline(joined, args.out, default_method=bundle.default_method, align_scale=bundle.align_scale,
-                  discriminator=bundle.discriminator, keep_extras_of=args.out, dtype=_stored_dtype(args.weights))
+                  discriminator=bundle.discriminator, dtype=PRECISIONS[args.weights])  # keeps its card and directions
     added = [m for m in methods if m not in bundle.methods]
     kept = [m for m in methods if m in bundle.methods]
     print(f"added {', '.join(added) or 'nothing'} to {args.out}" + (f" (kept the bundle's {', '.join(kept)})" if kept
@@ -420,6 +421,7 @@ def run_join(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.files import InputFiles
     from ..pipeline import InversionPipeline, join_methods, save_pipeline
+    from ..precision import PRECISIONS
 
     if len(args.bundles) < 2:
         raise InputError(args.bundles[0], "is one bundle: give two or more to join")
@@ -441,7 +443,7 @@ def run_join(args: argparse.Namespace) -> int:
         raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
     discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
     save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), discriminator=discriminator,
-                  keep_extras_of=folders[0], dtype=_stored_dtype(args.weights))
+                  keep_extras_of=folders[0], dtype=PRECISIONS[args.weights])
     print(f"wrote {args.out}, holding {', '.join(methods)} (default {default}); use it with --model {args.out}")
     return 0
 
@@ -523,12 +525,6 @@ def _add_stored_weights(p: argparse.ArgumentParser) -> None:
                    help="how the bundle stores its weights: fp32 (exact, the default) or fp16 (half the size, as the "
                    "bundled models; the networks still run in fp32 unless --dtype says otherwise). fp16 rounds the "
                    "generator too, so inversion files made with an fp32 bundle do not render with the fp16 one")
-
-
-def _stored_dtype(weights: str):
-    import torch
-
-    return torch.float16 if weights == "fp16" else None  # None: as the networks hold them (fp32)
 
 
 def _method_option(text: str) -> tuple[str, str, object]:

@@ -34,13 +34,13 @@ class WorkFolder:
         self._records: set[str] = set()  # the records this process read or wrote: remove() deletes these
         self.resumed = False  # set by claim()
 
-    def claim(self, identity: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None) -> bool:
-        """Start a new run (False), or resume one with the same ``identity`` (True); else an ``InputError`` that
-        names what differs. ``defaults``: identity values that records from older versions do not hold."""
+    def claim(self, identity: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None) -> None:
+        """Start a new run, or resume one with the same ``identity`` (then ``resumed`` is True); else an
+        ``InputError`` that names what differs. ``defaults``: identity values that older records do not hold."""
         path = self.folder / RUN_RECORD
         if not path.is_file():
             self.write_json(RUN_RECORD, {"format": self.format, **identity})
-            return False
+            return
         try:
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -54,7 +54,6 @@ class WorkFolder:
                              "--out (or move this folder away) to start a new run")
         logger.info("resuming the %s in %s", self.what, self.folder)
         self.resumed = True
-        return True
 
     def read_json(self, name: str) -> Any | None:
         """A stored record, or None if the run has not stored it (a record that does not parse is an error)."""
