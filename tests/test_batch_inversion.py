@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hostile
 from hyperinverter.align import ffhq_quad
 from hyperinverter.apps import SAMPLES_DIR
 from hyperinverter.cli.main import main
@@ -114,6 +115,43 @@ def test_aligned_faces_keep_their_placement_and_paste_back(pipeline, tmp_path):
     x0, y0 = meta["placement"]["quad"][0]
     assert diff[int(y0) + 30, int(x0) + 30] > 0  # inside the face: changed
     assert diff[150, 5] == 0  # far from it: untouched
+
+
+def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_path, capsys):
+    # `edit` redid every input when run again; now it skips the inputs whose edits it would make again.
+    photo = tmp_path / "group.png"
+    hostile.photo(0, (200, 160)).save(photo)
+    invert_files(pipeline, [photo], tmp_path / "out", detector=TwoFaces(), progress=False)
+    pipeline.save_pretrained(tmp_path / "model")
+    direction = tmp_path / "dir.safetensors"
+    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
+                   direction)
+    inversions = sorted(map(str, (tmp_path / "out").glob("*.safetensors")))
+
+    def edit(*extra: str) -> str:
+        capsys.readouterr()
+        assert main(["edit", *inversions, "--model", str(tmp_path / "model"), "--direction", str(direction),
+                     "--strength", "3", "--paste-back", "--out", str(tmp_path / "edits"), "--device", "cpu",
+                     *extra]) == 0
+        return capsys.readouterr().out.replace(str(tmp_path), "TMP")
+
+    assert "edits of 2 input(s)" in edit()
+    strip = tmp_path / "edits" / "group-face1_dir_strip.png"
+    assert edit() == "wrote edits of 0 input(s) along 'dir' to TMP/edits; 2 already done, 0 failed\n"
+    assert "edits of 2 input(s)" in edit("--overwrite")
+    # Another photo under the same name (pasted back into), another direction under the same name, or an inversion
+    # file made again: each is other work.
+    hostile.photo(1, (200, 160)).save(photo)
+    assert "edits of 2 input(s)" in edit()
+    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)), name="dir"),
+                   direction)
+    assert "edits of 2 input(s)" in edit()
+    invert_files(pipeline, [photo], tmp_path / "out", detector=TwoFaces(), progress=False, overwrite=True)
+    before = strip.read_bytes()
+    assert "edits of 2 input(s)" in edit() and strip.read_bytes() != before
+    # A file that is not this run's work (a user's image under an edit's name) is never taken for it.
+    hostile.photo(2, (10, 10)).save(strip)
+    assert "edits of 1 input(s)" in edit() and Image.open(strip).size != (10, 10)
 
 
 def test_the_pipeline_keeps_its_crop_scale(pipeline, tmp_path):

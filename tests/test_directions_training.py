@@ -1,5 +1,6 @@
 """Directions users make themselves: InterFaceGAN boundaries from labels, landmark attributes, the catalogue."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from hyperinverter.editing.attributes import (
     LabelReport,
     head_yaw,
     label_samples,
+    labelling_work,
     labels_csv_bytes,
     landmark_attributes,
     measure_edit_response,
@@ -277,6 +279,39 @@ def test_labels_skip_samples_without_a_face(tiny_generator, tmp_path):
     assert labels_csv_bytes(LabelReport([])).decode() == "seed,trunc,yaw,mouth_open,eyes_open\n"
 
 
+def test_an_interrupted_labelling_resumes_without_measuring_again(tiny_generator, tmp_path):
+    # Labelling thousands of samples takes hours; an interruption lost all of it.
+    face = _frontal_face() + 64
+    measured = []
+
+    def detector(image, stop_after=None):
+        measured.append(image.tobytes())
+        if stop_after is not None and len(measured) > stop_after:
+            raise KeyboardInterrupt
+        return [face] if len(measured) % 3 else []
+
+    seeds = range(10, 20)
+    whole = label_samples(tiny_generator, seeds, detector, batch_size=4)
+    work = labelling_work(tmp_path / "labels.csv")
+    measured.clear()
+    with pytest.raises(KeyboardInterrupt):
+        label_samples(tiny_generator, seeds, lambda im: detector(im, stop_after=6), batch_size=4, work=work)
+    assert sorted(p.name for p in work.folder.iterdir()) == ["batch-000000.json", "run.json"]
+    first_batch = measured[:4]
+    measured[:] = first_batch  # the detector's count goes on from the stored batch, as an uninterrupted run's did
+    again = labelling_work(tmp_path / "labels.csv")
+    resumed = label_samples(tiny_generator, seeds, detector, batch_size=4, work=again)
+    assert again.resumed and len(measured) == 10  # only the 6 samples after the stored batch were measured
+    assert resumed == whole
+    again.remove()
+    assert not work.folder.exists()
+    # Other settings refuse the stored work, naming what differs.
+    label_samples(tiny_generator, seeds, detector, batch_size=4, work=labelling_work(tmp_path / "labels.csv"))
+    with pytest.raises(InputError, match="other batch_size, truncation_psi"):
+        label_samples(tiny_generator, seeds, detector, batch_size=5, truncation_psi=0.7,
+                      work=labelling_work(tmp_path / "labels.csv"))
+
+
 def test_edit_response_of_a_null_edit(tiny_generator):
     face = _frontal_face()
 
@@ -304,6 +339,35 @@ def test_dlib_measures_a_bundled_face():
     (found,) = measure_images(pil_to_tensor(read_image(BUNDLED_FACE)), detector, upscale=4)
     assert found is not None
     assert -0.5 < found["yaw"] < 0.5 and 0 <= found["mouth_open"] < 0.5 and 0.1 < found["eyes_open"] < 0.5
+
+
+def test_the_label_command_resumes_an_interrupted_labelling(tmp_path, monkeypatch, capsys):
+    from hyperinverter.align import optional_detector
+    from hyperinverter.catalogue import generator_path
+    from hyperinverter.convert.gan_files import load_generator
+
+    detector, why = optional_detector(min_score=0.0, upsample=0)  # the command's detector
+    if detector is None:
+        pytest.skip(why)
+    monkeypatch.chdir(tmp_path)
+    command = ["directions", "label", "--model", "faces-64", "--samples", "6", "--batch-size", "4", "--device", "cpu"]
+    assert main([*command, "--out", "whole.csv"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.csv"]  # its work folder is gone
+    # A run interrupted after its first batch: that batch's labels are stored.
+    G = load_generator(generator_path("faces-64"), device="cpu").eval()
+    work = labelling_work(tmp_path / "labels.csv")
+    label_samples(G, range(6), detector, batch_size=4, upscale=4, work=work)
+    (work.folder / "batch-000001.json").unlink()
+    stored = json.loads((work.folder / "batch-000000.json").read_text())
+    stored["found"][0]["yaw"] = 0.5  # marked, to see that the stored batch is read, not measured again
+    (work.folder / "batch-000000.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main([*command, "--out", "labels.csv"]) == 0
+    assert "resumed the labelling stored in labels.csv.work" in capsys.readouterr().out
+    labels = (tmp_path / "labels.csv").read_text().splitlines()
+    whole = (tmp_path / "whole.csv").read_text().splitlines()
+    assert labels[1].startswith("0,1,0.5,") and labels[2:] == whole[2:] and len(labels) > 3
+    assert not work.folder.exists()
 
 
 # --- the catalogue and the command line ---------------------------------------------------------------------------

@@ -392,6 +392,8 @@ def test_bad_inversion_files(world, tmp_path, capsys):
             "'mode' must be",
         _rewrite_record(world.inv, tmp_path / "made.safetensors", lambda r, t: r.update(made_with=[1])):
             "'made_with' must be null or a string",
+        _rewrite_record(world.inv, tmp_path / "sha.safetensors", lambda r, t: r.update(source_sha256="abc")):
+            "'source_sha256' must be null or 64 lowercase hex digits",
         _rewrite_record(world.inv, tmp_path / "shape.safetensors",
                         lambda r, t: t.update(ws=torch.zeros(1, 3, 16))): "its codes are \\[3, 16\\]",
         hostile.write(tmp_path, "cut.safetensors", world.inv.read_bytes()[:200]): "safetensors",

@@ -16,6 +16,7 @@ from PIL import Image
 
 import hostile
 from conftest import build_tiny_generator, build_tiny_pipeline
+from hyperinverter.catalogue import sha256_of
 from hyperinverter.cli.main import main
 from hyperinverter.inversion.batch import invert_files
 from hyperinverter.inversion.files import load_inversion
@@ -49,6 +50,11 @@ def test_invert_resumes_and_redoes_only_what_is_missing(pipeline, tmp_path):
     assert len(invert_files(other, paths, out, progress=False, method="w-opt", options={"steps": 2}).written) == 3
     assert not invert_files(other, paths, out, progress=False, method="w-opt", options={"steps": 2}).written
     assert load_inversion(out / "p0.safetensors")[2]["made_with"] is not None
+    # A photo replaced under its old name is another photo: only it is redone.
+    hostile.photo(7, (40, 40)).save(paths[2])
+    replaced = invert_files(other, paths, out, progress=False, method="w-opt", options={"steps": 2})
+    assert [p.name for p in replaced.written] == ["p2.safetensors"] and replaced.skipped == paths[:2]
+    assert load_inversion(out / "p2.safetensors")[2]["source_sha256"] == sha256_of(paths[2])
 
 
 def test_a_photo_with_several_faces_is_done_only_when_every_face_is(pipeline, tmp_path):

@@ -76,6 +76,35 @@ def test_restore_and_swap_commands(sr_pipe, capsys):
     assert code == 0 and (tmp_path / "swap.png").is_file() and (tmp_path / "swap_compare.png").is_file()
 
 
+def test_restore_resumes_on_the_same_inputs_model_and_settings(sr_pipe, capsys):
+    # `restore` redid a whole folder when run again after an interruption.
+    _, tmp_path = sr_pipe
+    for i in range(2):
+        save_image(images(1, i)[0], tmp_path / "in" / f"{i}.png")
+
+    def restore_folder(*extra: str) -> str:
+        capsys.readouterr()
+        assert main(["restore", str(tmp_path / "in"), "--model", str(tmp_path / "sr4"), "--device", "cpu",
+                     "--out", str(tmp_path / "out"), *extra]) == 0
+        return capsys.readouterr().out
+
+    assert "restored 2 image(s) (sr4)" in restore_folder()
+    result = (tmp_path / "out" / "1.png").read_bytes()
+    assert restore_folder().endswith("restored 0 image(s) (sr4) into " + str(tmp_path / "out")
+                                     + "; 2 already done, 0 failed\n")
+    assert (tmp_path / "out" / "1.png").read_bytes() == result
+    assert "restored 2 image(s)" in restore_folder("--overwrite")
+    assert "restored 2 image(s)" in restore_folder("--simulate")  # other settings: other results
+    save_image(images(1, 5)[0], tmp_path / "in" / "1.png")  # another image under the same name
+    assert "restored 1 image(s)" in restore_folder("--simulate")
+    (tmp_path / "out" / "0_compare.png").unlink()  # an input's results are redone unless all are there
+    assert "restored 1 image(s)" in restore_folder("--simulate")
+    assert (tmp_path / "out" / "1.png").read_bytes() != result
+    code = main(["restore", str(tmp_path / "in"), "--model", str(tmp_path / "sr4"), "--device", "cpu",
+                 "--out", str(tmp_path / "out"), "--option", "no_such_option=1"])
+    assert code == 2 and "has no option ['no_such_option']" in capsys.readouterr().err
+
+
 def test_restore_and_swap_never_replace_an_input(sr_pipe, capsys):
     # They wrote over their inputs: restore into the input folder replaced NAME.png, swap --out TARGET replaced it.
     _, tmp_path = sr_pipe

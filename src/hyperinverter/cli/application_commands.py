@@ -16,7 +16,9 @@ def register(sub) -> None:
                        "the model read | restored | with --simulate, the clean input). The model's method must have "
                        "been trained for a task (`hyperinverter train e2style` with task: sr4, inpainting, "
                        "colorization, denoising, sr2..sr16). A bad input is reported and the run goes on; the exit "
-                       "status is 1 if any input failed.")
+                       "status is 1 if any input failed. Running the same command again skips the inputs whose "
+                       "results are there, made from the same file by the same model and settings (the PNGs record "
+                       "it), so an interrupted run resumes.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
     add_dtype(p)
@@ -24,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--simulate", action="store_true",
                    help="the inputs are clean: degrade them first with the model's task (seeded), to compare")
     p.add_argument("--out", required=True, type=Path, help="the folder for the results")
+    p.add_argument("--overwrite", action="store_true",
+                   help="restore again the inputs whose results are already in --out (default: skip them)")
     p.set_defaults(func=run_restore)
 
     p = sub.add_parser("swap", help="put the face of one aligned image onto another and reconstruct the composite",
@@ -44,10 +48,14 @@ def run_restore(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from ..catalogue import sha256_of
     from ..errors import InputError
     from ..inversion.batch import check_output_folder, unique_stems
-    from ..io.files import InputFiles, atomic_write_group
-    from ..io.images import find_images, image_bytes, make_grid
+    from ..inversion.files import made_with_digest
+    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
+    from ..io.images import find_images, image_bytes, images_made_with, make_grid
+    from ..io.work import fingerprint_of
+    from ..precision import dtype_name
     from ..restoration import restoration_task, restore
 
     found = find_images(args.inputs)
@@ -62,26 +70,36 @@ def run_restore(args: argparse.Namespace) -> int:
         print(f"error: {args.model}: its {pipe.default_method} was not trained for a restoration task "
               "(train one with `hyperinverter train e2style` and task: sr4, ...)", file=sys.stderr)
         return 2
-    inputs, written = InputFiles(found.paths), 0
+    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
+    # What makes a result, besides its input file's bytes: a re-run skips only what it would make again.
+    options = dict(args.option)
+    inverter = pipe.inverter()
+    inverter.check_options(options)  # a bad option fails now, not after the first image
+    made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype)])
+    inputs, written, skipped = InputFiles(found.paths), 0, 0
     for path, name in tqdm(list(zip(found.paths, unique_stems(found.paths))), desc="restore", unit="file",
                            disable=not found.paths):
         targets = [out_dir / f"{name}.png", out_dir / f"{name}_compare.png"]
         try:
             inputs.check_outputs(targets)
+            made = fingerprint_of([made_by, sha256_of(path)])
+            if not args.overwrite and images_made_with(targets, made):
+                skipped += 1
+                continue
             x = pipe.prepare([path])
         except InputError as e:  # an unreadable image, or an output that would replace an input: the run goes on
             failures.append(e)
             continue
         except OSError as e:
-            failures.append(InputError(path, str(e)))
+            failures.append(InputError(path, e.strerror or str(e)))
             continue
-        out = restore(pipe, x, simulate=args.simulate)
+        out = restore(pipe, x, simulate=args.simulate, **options)
         panels = [out.degraded, out.result.image] + ([x.to(out.degraded.device)] if args.simulate else [])
-        atomic_write_group([(targets[0], image_bytes(out.result.image[0])),
-                            (targets[1], image_bytes(make_grid(torch.cat(panels), nrow=len(panels))))])
+        atomic_write_group([(targets[0], image_bytes(out.result.image[0], made_with=made)),
+                            (targets[1], image_bytes(make_grid(torch.cat(panels), nrow=len(panels)), made_with=made))])
         written += 1
     _report_failures(failures)
-    print(f"restored {written} image(s) ({task}) into {args.out}; {len(failures)} failed")
+    print(f"restored {written} image(s) ({task}) into {args.out}; {skipped} already done, {len(failures)} failed")
     return 1 if failures else 0
 
 
@@ -97,7 +115,7 @@ def run_swap(args: argparse.Namespace) -> int:
     InputFiles([args.source, args.target]).check_outputs([out, compare])
     pipe = _load_pipeline(args)
     source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
-    swap = face_swap(pipe, source, target)
+    swap = face_swap(pipe, source, target, **dict(args.option))
     panels = torch.cat([source, target, swap.composite, swap.result.image])
     atomic_write_group([(out, image_bytes(swap.result.image[0])), (compare, image_bytes(make_grid(panels, nrow=4)))])
     print(f"wrote {out} and {compare}")

@@ -84,7 +84,9 @@ def register(sub) -> None:
                            "yaw (nose-tip offset from the face's midline over the outer eye-corner distance; "
                            "positive: the nose points to the image's right), mouth_open (inner-lip gap over mouth "
                            "width) and eyes_open (mean eye aspect ratio). Samples without a face are skipped and "
-                           "counted. Needs `pip install 'hyperinverter[align]'`.")
+                           "counted. Each batch's labels are kept in OUT.work until the CSV is written, so "
+                           "running the same command again after an interruption resumes. Needs "
+                           "`pip install 'hyperinverter[align]'`.")
     _add_model(q)
     q.add_argument("--samples", required=True, type=positive_int, help="how many samples to generate")
     q.add_argument("--seed", type=nonnegative_int, default=0, help="the first seed (default 0)")
@@ -133,7 +135,7 @@ def run_label(args: argparse.Namespace) -> int:
     from ..catalogue import generator_path
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
-    from ..editing.attributes import label_samples, write_labels_csv
+    from ..editing.attributes import label_samples, labelling_work, write_labels_csv
     from ..errors import OutputError
 
     if args.out.is_dir():
@@ -141,13 +143,18 @@ def run_label(args: argparse.Namespace) -> int:
     detector = Dlib68Detector(min_score=args.min_face_score, upsample=0)
     G = load_generator(generator_path(args.model), device=resolve_device(args.device)).eval()
     seeds = range(args.seed, args.seed + args.samples)
+    work = labelling_work(args.out)
     report = label_samples(G, seeds, detector, truncation_psi=args.trunc, upscale=args.upscale,
-                           batch_size=args.batch_size, progress=sys.stderr.isatty())
+                           batch_size=args.batch_size, progress=sys.stderr.isatty(), work=work)
+    if work.resumed:
+        print(f"resumed the labelling stored in {work.folder}")
     if not report.rows:
+        work.remove()
         print(f"labelled nothing: no face found in any of the {report.samples} samples (try a larger --upscale "
               "or --trunc 0.7)", file=sys.stderr)
         return 1
     write_labels_csv(args.out, report)
+    work.remove()
     print(f"wrote {args.out}: {len(report.rows)} labelled sample(s) of {report.samples} (seeds {seeds.start}-"
           f"{seeds.stop - 1}); {len(report.skipped)} without a face were skipped")
     return 0

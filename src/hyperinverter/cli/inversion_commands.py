@@ -95,6 +95,8 @@ def register(sub) -> None:
                    help="for inversion files of aligned faces (`invert --align`), also write the photo with the "
                    "edited face pasted back")
     p.add_argument("--out", required=True, type=Path, help="the folder for the edits")
+    p.add_argument("--overwrite", action="store_true",
+                   help="edit again the inputs whose edits are already in --out (default: skip them)")
     p.set_defaults(func=run_edit)
 
     p = sub.add_parser("interpolate", help="interpolate two real images (w and Δθ): PNG strip, GIF and MP4")
@@ -278,42 +280,74 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..errors import InputError, OutputError
-    from ..inversion.batch import unique_stems
-    from ..io.files import InputFiles, atomic_write_group
-    from ..io.images import image_bytes, make_grid
+    from ..errors import InputError
+    from ..inversion.batch import check_output_folder, unique_stems
+    from ..inversion.files import made_with_digest
+    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
+    from ..io.images import image_bytes, images_made_with, make_grid
+    from ..io.work import fingerprint_of
+    from ..precision import dtype_name
 
-    if args.out.exists() and not args.out.is_dir():
-        raise OutputError(args.out, "exists and is not a folder; give a folder for the edits")
+    out_dir = check_output_folder(args.out)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
     strengths = args.strength or [None]
     labels = ["default" if s is None else f"{s:+g}" for s in strengths]
     endings = (".png", "_photo.png") if args.paste_back else (".png",)
-    args.out.mkdir(parents=True, exist_ok=True)
+    options = dict(args.option)
+    pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
+    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
+    # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
+    # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
+    inverted_by = (made_with_digest(pipe.inverter(), options)
+                   if any(path.suffix != ".safetensors" for path in args.inputs) else None)
+    made_by = fingerprint_of([pipe.fingerprint, direction, strengths, args.paste_back, dtype_name(pipe.dtype),
+                              inverted_by])
     inputs = InputFiles(args.inputs)
-    failures, done = [], 0
+    failures, done, skipped = [], 0, 0
     named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
     for path, name in tqdm(named, desc="edit", unit="file", disable=len(named) < 2):
-        stem = args.out / f"{name}_{direction.name}"
+        stem = out_dir / f"{name}_{direction.name}"
+        targets = [Path(f"{stem}_{label}{end}") for label in labels for end in endings] + [Path(f"{stem}_strip.png")]
         try:
-            inputs.check_outputs([Path(f"{stem}_{label}{end}") for label in labels for end in endings]
-                                 + [Path(f"{stem}_strip.png")])
-            result, record = _result_for(pipe, path, args)
+            inputs.check_outputs(targets)
+            made, result = fingerprint_of([made_by, _file_sha256(path)]), None
+            if args.paste_back and path.suffix == ".safetensors":  # (loading an inversion file costs no inversion)
+                result, record = _result_for(pipe, path, args)
+                made = fingerprint_of([made, _file_sha256(Path(record["source"]))])
+            if not args.overwrite and images_made_with(targets, made):
+                skipped += 1
+                continue
+            if result is None:
+                result, record = _result_for(pipe, path, args)
             edits = [pipe.edit(result, direction, s) for s in strengths]
-            outputs = [(Path(f"{stem}_{label}.png"), image_bytes(img)) for label, img in zip(labels, edits)]
+            outputs = [(Path(f"{stem}_{label}.png"), image_bytes(img, made_with=made))
+                       for label, img in zip(labels, edits)]
             if args.paste_back:
-                outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted))
+                outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted, made_with=made))
                             for label, pasted in zip(labels, _pasted_back(path, record, edits))]
         except InputError as e:
             failures.append(e)
             continue
         strip = make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1)
-        atomic_write_group([*outputs, (Path(f"{stem}_strip.png"), image_bytes(strip))])  # an input's edits, whole
+        # An input's edits are written whole.
+        atomic_write_group([*outputs, (Path(f"{stem}_strip.png"), image_bytes(strip, made_with=made))])
         done += 1
     _report_failures(failures)
-    print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {len(failures)} failed")
+    print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {skipped} already done, "
+          f"{len(failures)} failed")
     return 1 if failures else 0
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The sha256 of a file's bytes; None if it cannot be read (reading it for the work then reports why, and
+    nothing is written)."""
+    from ..catalogue import sha256_of
+
+    try:
+        return sha256_of(path)
+    except OSError:
+        return None
 
 
 def _pasted_back(path: Path, record: dict, edits: list) -> list:

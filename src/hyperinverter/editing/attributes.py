@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..generate import z_from_seeds
 from ..io.images import tensor_to_pil
+from ..io.work import WorkFolder, as_recorded, fingerprint_of
 from ..models.stylegan2 import Generator
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,16 @@ class LabelReport:
         return len(self.rows) + len(self.skipped)
 
 
+LABELLING_WORK_FORMAT = "hyperinverter-labelling-work-1"
+
+
+def labelling_work(out: str | os.PathLike) -> WorkFolder:
+    """``OUT.work``: the labels of each batch of samples until the CSV ``OUT`` is written (``label_samples(work=)``;
+    the caller removes it, ``work.remove()``, once the CSV is saved)."""
+    out = Path(out)
+    return WorkFolder(out.with_name(out.name + ".work"), format=LABELLING_WORK_FORMAT, what="labelling")
+
+
 @torch.no_grad()
 def label_samples(
     G: Generator,
@@ -137,10 +149,18 @@ def label_samples(
     upscale: int = 4,
     batch_size: int = 32,
     progress: bool = False,
+    work: WorkFolder | None = None,
 ) -> LabelReport:
     """Generate ``seeds`` (z = ``torch.randn`` of the seed, as :func:`~hyperinverter.generate.z_from_seeds`)
-    and measure each sample's landmark attributes; samples without a face are skipped and listed."""
+    and measure each sample's landmark attributes; samples without a face are skipped and listed.
+
+    ``work`` (:func:`labelling_work`): each batch's labels are stored there as it finishes, so that an interrupted
+    run resumes where it stopped; a run with another generator, seeds, truncation, upscale, batch size or detector
+    settings (its public attributes) refuses the stored work.
+    """
     from tqdm.auto import tqdm
+
+    from ..inversion.files import generator_fingerprint
 
     if not math.isfinite(truncation_psi):
         raise ValueError(f"the truncation psi must be a finite number, got {truncation_psi}")
@@ -148,12 +168,25 @@ def label_samples(
     rows: list[dict[str, float]] = []
     skipped: list[int] = []
     seeds = list(seeds)
+    if work is not None:
+        settings = {k: as_recorded(v) for k, v in sorted(vars(detector).items()) if not k.startswith("_")}
+        work.claim({"generator": generator_fingerprint(G), "seeds": fingerprint_of(seeds), "samples": len(seeds),
+                    "truncation_psi": truncation_psi, "upscale": upscale, "batch_size": batch_size,
+                    "detector": [type(detector).__qualname__, settings]})
     with tqdm(total=len(seeds), desc="labelling", unit="sample", disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
-            z = z_from_seeds(chunk, G.z_dim).to(device)
-            images = G(z, truncation_psi=truncation_psi, noise_mode="const")
-            for seed, found in zip(chunk, measure_images(images, detector, upscale=upscale)):
+            name = f"batch-{start // batch_size:06d}.json"
+            stored = work.read_json(name) if work is not None else None
+            if stored is None:
+                z = z_from_seeds(chunk, G.z_dim).to(device)
+                images = G(z, truncation_psi=truncation_psi, noise_mode="const")
+                stored = {"seeds": chunk, "found": measure_images(images, detector, upscale=upscale)}
+                if work is not None:
+                    work.write_json(name, stored)
+            elif stored.get("seeds") != chunk or len(stored.get("found", ())) != len(chunk):
+                raise InputError(work.folder / name, "is not this run's labelling record; move it away to redo it")
+            for seed, found in zip(chunk, stored["found"]):
                 if found is None:
                     skipped.append(seed)
                 else:

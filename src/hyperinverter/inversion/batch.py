@@ -9,8 +9,8 @@ For each picture, named after its file (``photo``, or ``photo-face1`` when a pho
 
 The three files appear together (written unnamed and flushed, then named, the inversion file last), so a run
 killed at any moment leaves only complete pictures. Re-running the same command skips every input whose pictures
-are all there, made by the same generator and method weights with the same options, alignment and precision
-(which the inversion file records); ``overwrite=True`` redoes them.
+are all there, made from the same photo (its bytes) by the same generator and method weights with the same
+options, alignment and precision (which the inversion file records); ``overwrite=True`` redoes them.
 
 A bad input (unreadable, no face when aligning, non-finite result, an output that would overwrite an input) is
 reported once with its cause, and the run goes on. Under ``torchrun`` every rank takes every ``WORLD_SIZE``-th
@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..catalogue import sha256_of
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
@@ -151,10 +152,10 @@ def adapted_path(out_dir: Path, name: str) -> Path:
 
 
 def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, made: str, adapted: bool,
-             dtype: str) -> bool:
+             dtype: str, source_sha256: str | None) -> bool:
     """Whether a previous run left every picture of the input ``name``, made by this model and method (``made``:
     its weights and options, :func:`~hyperinverter.inversion.files.made_with_digest`), aligned or not, in this
-    precision."""
+    precision, from the same photo (``source_sha256``: its file's bytes now; None when it cannot be read)."""
 
     def record(picture: str) -> dict | None:
         path = output_paths(out_dir, picture)[2]
@@ -168,7 +169,8 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, metho
 
     def matches(meta: dict | None) -> bool:
         return (meta is not None and meta.get("generator") == fingerprint and meta.get("method") == method
-                and meta.get("made_with") == made
+                and meta.get("made_with") == made and source_sha256 is not None
+                and meta.get("source_sha256") == source_sha256
                 and (meta.get("placement") is not None) == aligned and meta.get("dtype", "fp32") == dtype)
 
     first = record(name) or record(picture_name(name, 0, 2))
@@ -220,10 +222,15 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     aligned = detector is not None
     dtype = dtype_name(pipe.dtype)
     made = made_with_digest(inverter, options)
-    todo = []
+    todo, source_sha256 = [], {}
     for path, name in pairs:
+        try:
+            source_sha256[path] = sha256_of(path)
+        except OSError:
+            source_sha256[path] = None  # reading it below reports why
         if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
-                                      made=made, adapted=adapt is not None, dtype=dtype):
+                                      made=made, adapted=adapt is not None, dtype=dtype,
+                                      source_sha256=source_sha256[path]):
             report.skipped.append(path)
         else:
             todo.append((path, name))
@@ -272,7 +279,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                                          generator=pipe.fingerprint,
                                          placement=picture.placement,
                                          picture={"index": picture.index, "count": picture.count}, dtype=dtype,
-                                         made_with=made)
+                                         made_with=made, source_sha256=source_sha256[picture.source])
                 extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
                 atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
                                     (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),

@@ -5,8 +5,9 @@ Tensors: ``ws [1, num_ws, w_dim]`` and ``delta.<synthesis parameter> [1, *shape]
 :func:`generator_fingerprint`), the offset ``mode``, the face ``placement`` in the source photo (or null), and ``picture`` (this face's index and
 the number of faces found in the photo, so that a resumed batch knows whether a photo is complete), and the
 ``dtype`` the networks ran in (``fp32``, ``bf16`` or ``fp16``; a file without it was made before reduced precision
-existed, so in fp32), and ``made_with``, a digest of the method's weights and options (or null), on which ``invert``
-resumes. Its tensors are fp32 whatever the ``dtype``.
+existed, so in fp32), ``made_with``, a digest of the method's weights and options (or null), and ``source_sha256``,
+the sha256 of the source file's bytes (or null), on which ``invert`` resumes. Its tensors are fp32 whatever the
+``dtype``.
 """
 
 from __future__ import annotations
@@ -69,20 +70,21 @@ class InversionRecord:
     picture: dict | None
     dtype: str = "fp32"  # the precision that made it (see hyperinverter.precision)
     made_with: str | None = None  # a digest of the method's weights and options (`invert` resumes on it)
+    source_sha256: str | None = None  # the source file's bytes (`invert` redoes a photo replaced under its name)
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "model": self.model, "method": self.method, "generator": self.generator,
                 "mode": self.mode, "placement": self.placement, "picture": self.picture, "dtype": self.dtype,
-                "made_with": self.made_with}
+                "made_with": self.made_with, "source_sha256": self.source_sha256}
 
 
 def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", model: str = "", method: str = "",
                     generator: str | None = None, placement: dict | None = None,
                     picture: dict | None = None, dtype: str | torch.dtype = "fp32",
-                    made_with: str | None = None) -> bytes:
+                    made_with: str | None = None, source_sha256: str | None = None) -> bytes:
     """The bytes of one image's inversion file (to write it together with its pictures). ``dtype``: the precision
     the inversion ran in (the pipeline's ``dtype``); ``made_with``: :func:`made_with_digest` of the method and its
-    options."""
+    options; ``source_sha256``: the hex sha256 of the ``source`` file's bytes."""
     if len(result) != 1:
         raise ValueError("an inversion file stores one image; select it first")
     tensors = {"ws": result.ws}
@@ -91,7 +93,7 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
         mode = result.weight_delta.mode
         tensors.update({_DELTA + k: v for k, v in result.weight_delta.items()})
     record = InversionRecord(os.fsdecode(source), model, method, generator, mode, placement, picture,
-                             dtype_name(dtype), made_with)
+                             dtype_name(dtype), made_with, source_sha256)
     _check_placement(record.placement, Path("<new inversion file>"))
     return encode_safetensors(tensors, {"inversion": json.dumps(record.as_dict())})
 
@@ -143,16 +145,19 @@ def _record(meta: Mapping[str, Any], path: Path) -> InversionRecord:
     dtype = meta.get("dtype", "fp32")  # files from before reduced precision have none: they were made in fp32
     if not isinstance(dtype, str) or dtype not in PRECISIONS:
         raise SchemaError(path, f"'dtype' must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
-    made = meta.get("made_with")
+    made, source_sha256 = meta.get("made_with"), meta.get("source_sha256")
     if made is not None and not isinstance(made, str):
         raise SchemaError(path, f"'made_with' must be null or a string, got {made!r}")
+    if source_sha256 is not None and not (isinstance(source_sha256, str) and len(source_sha256) == 64
+                                          and all(c in "0123456789abcdef" for c in source_sha256)):
+        raise SchemaError(path, f"'source_sha256' must be null or 64 lowercase hex digits, got {source_sha256!r}")
     return InversionRecord(text("source"), text("model"), text("method"), generator, mode, meta.get("placement"),
-                           picture, dtype, made)
+                           picture, dtype, made, source_sha256)
 
 
 def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta | None, dict[str, Any]]:
     """-> (ws, Δθ or None, record as a dict: source, model, method, generator, mode, placement, picture, dtype,
-    made_with). Checked."""
+    made_with, source_sha256). Checked."""
     path = Path(path)
     tensors, metadata = read_safetensors(path)
     record = _record(read_metadata_json(path, metadata, "inversion", "an inversion file (written by `invert`)"),

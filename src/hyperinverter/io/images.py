@@ -99,13 +99,43 @@ def labelled_columns(columns: dict[str, torch.Tensor], *, scale: int = 2) -> Ima
 WRITTEN_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png") -> bytes:
-    """A ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, encoded in the format ``suffix`` names."""
+# A PNG text chunk: the digest of what made a result (see image_bytes), so that a re-run knows its own work.
+MADE_WITH_CHUNK = "hyperinverter:made-with"
+
+
+def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png", *, made_with: str | None = None) -> bytes:
+    """A ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, encoded in the format ``suffix`` names.
+
+    ``made_with``: a digest of what made the image (the model, its inputs and settings), stored in the PNG and read
+    back by :func:`images_made_with`, so that a re-run skips only the results it would make again.
+    """
     if isinstance(image, torch.Tensor):
         image = tensor_to_pil(image if image.ndim == 4 else image[None])[0]
+    file_format = WRITTEN_FORMATS.get(suffix.lower(), "PNG")
+    options = {}
+    if made_with is not None:
+        if file_format != "PNG":
+            raise ValueError(f"made_with is stored in PNG files only, not {suffix}")
+        from PIL.PngImagePlugin import PngInfo
+
+        options["pnginfo"] = PngInfo()
+        options["pnginfo"].add_text(MADE_WITH_CHUNK, made_with)
     buf = io.BytesIO()
-    image.save(buf, format=WRITTEN_FORMATS.get(suffix.lower(), "PNG"))
+    image.save(buf, format=file_format, **options)
     return buf.getvalue()
+
+
+def images_made_with(paths: Sequence[str | os.PathLike], made_with: str) -> bool:
+    """Whether every file of ``paths`` is a PNG that :func:`image_bytes` wrote with this ``made_with`` (a missing,
+    unreadable or foreign file is not)."""
+    for path in paths:
+        try:
+            with Image.open(path) as im:  # reads the chunks before the pixels only
+                if im.format != "PNG" or im.info.get(MADE_WITH_CHUNK) != made_with:
+                    return False
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return False
+    return True
 
 
 def image_output_path(path: str | os.PathLike) -> Path:

@@ -1,7 +1,8 @@
 """A long run's work folder: what it was started with, and one record per finished unit of work, so that an
 interrupted run resumes where it stopped and a run with anything else changed refuses the stored work.
 
-``benchmark`` keeps ``OUT/work``; ``evaluate`` keeps ``OUT.work`` until its report is written.
+``benchmark`` keeps ``OUT/work``; ``evaluate`` keeps ``OUT.work`` until its report is written, and
+``directions label`` until its CSV is.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class WorkFolder:
     def __init__(self, folder: Path, *, format: str, what: str) -> None:
         self.folder = Path(folder)
         self.format = format
-        self.what = what  # "benchmark", "evaluation": for messages
+        self.what = what  # "benchmark", "evaluation", "labelling": for messages
         self._records: set[str] = set()  # the records this process read or wrote: remove() deletes these
         self.resumed = False  # set by claim()
 
