@@ -8,13 +8,13 @@ before it is used.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .io.files import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,6 @@ def get_artifact(name: str) -> Artifact:
         if artifact.name == name:
             return artifact
     raise InputError(name, f"unknown model; known: {[a.name for a in CATALOGUE]} (or give a path)")
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _mismatch(path: Path, artifact: Artifact) -> str | None:

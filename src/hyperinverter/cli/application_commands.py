@@ -48,11 +48,10 @@ def run_restore(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..catalogue import sha256_of
     from ..errors import InputError
     from ..inversion.batch import check_output_folder, unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
+    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries, sha256_of
     from ..io.images import find_images, image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name

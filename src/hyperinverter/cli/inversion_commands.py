@@ -283,7 +283,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inversion.batch import check_output_folder, unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
+    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries, sha256_if_readable
     from ..io.images import image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
@@ -311,10 +311,10 @@ def run_edit(args: argparse.Namespace) -> int:
         targets = [Path(f"{stem}_{label}{end}") for label in labels for end in endings] + [Path(f"{stem}_strip.png")]
         try:
             inputs.check_outputs(targets)
-            made, result = fingerprint_of([made_by, _file_sha256(path)]), None
+            made, result = fingerprint_of([made_by, sha256_if_readable(path)]), None
             if args.paste_back and path.suffix == ".safetensors":  # (loading an inversion file costs no inversion)
                 result, record = _result_for(pipe, path, args)
-                made = fingerprint_of([made, _file_sha256(Path(record["source"]))])
+                made = fingerprint_of([made, sha256_if_readable(Path(record["source"]))])
             if not args.overwrite and images_made_with(targets, made):
                 skipped += 1
                 continue
@@ -337,17 +337,6 @@ def run_edit(args: argparse.Namespace) -> int:
     print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {skipped} already done, "
           f"{len(failures)} failed")
     return 1 if failures else 0
-
-
-def _file_sha256(path: Path) -> str | None:
-    """The sha256 of a file's bytes; None if it cannot be read (reading it for the work then reports why, and
-    nothing is written)."""
-    from ..catalogue import sha256_of
-
-    try:
-        return sha256_of(path)
-    except OSError:
-        return None
 
 
 def _pasted_back(path: Path, record: dict, edits: list) -> list:

@@ -32,10 +32,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..catalogue import sha256_of
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
-from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries
+from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries, sha256_if_readable
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
@@ -224,10 +223,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     made = made_with_digest(inverter, options)
     todo, source_sha256 = [], {}
     for path, name in pairs:
-        try:
-            source_sha256[path] = sha256_of(path)
-        except OSError:
-            source_sha256[path] = None  # reading it below reports why
+        source_sha256[path] = sha256_if_readable(path)
         if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
                                       made=made, adapted=adapt is not None, dtype=dtype,
                                       source_sha256=source_sha256[path]):

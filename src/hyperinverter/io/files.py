@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -70,6 +71,24 @@ def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *
     reason = why_not_ours(folder)
     if reason is not None:
         raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_if_readable(path: str | os.PathLike) -> str | None:
+    """:func:`sha256_of`, or None when the file cannot be read: a batch job records it with each result (to redo
+    a file replaced under its name), and reading the file for the work then reports why it failed."""
+    try:
+        return sha256_of(path)
+    except OSError:
+        return None
 
 
 def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
