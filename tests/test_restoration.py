@@ -74,6 +74,11 @@ def test_restore_and_swap_commands(sr_pipe, capsys):
     code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
                  str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap.png")])
     assert code == 0 and (tmp_path / "swap.png").is_file() and (tmp_path / "swap_compare.png").is_file()
+    capsys.readouterr()
+    code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
+                 str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap2.png"),
+                 "--option", "no_such_option=1"])  # the method's options reach it (they were ignored)
+    assert code == 2 and "has no option ['no_such_option']" in capsys.readouterr().err
 
 
 def test_restore_resumes_on_the_same_inputs_model_and_settings(sr_pipe, capsys):
