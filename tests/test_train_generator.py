@@ -1,6 +1,7 @@
 """Generator trainer: the loss falls on a fixed batch, resume is exact, torchrun ranks equal one process."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,11 +61,79 @@ def test_resume_reaches_the_same_parameters(tmp_path):
     train_generator(config(tmp_path / "resumed", steps=4, **kw), images=images)  # "interrupted" after step 4
     assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")][-1].endswith("00000004.safetensors")
     train_generator(config(tmp_path / "resumed", steps=6, **kw), images=images)
-    a = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-00000006.safetensors")
-    b = load_file(tmp_path / "resumed" / "checkpoints" / "checkpoint-00000006.safetensors")
+    assert_same_weights_and_optimiser(tmp_path / "straight", tmp_path / "resumed", step=6)
+
+
+def assert_same_weights_and_optimiser(run_a, run_b, *, step):
+    a = load_file(run_a / "checkpoints" / f"checkpoint-{step:08d}.safetensors")
+    b = load_file(run_b / "checkpoints" / f"checkpoint-{step:08d}.safetensors")
     for k in a:
         if k.startswith(("module.", "optim.")):
             assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path, monkeypatch, number):
+    # SIGTERM (a scheduler's pre-emption, `kill`) ended a run at once, losing every step since its last checkpoint.
+    from hyperinverter.training import loop
+    from hyperinverter.training.stopping import TrainingStopped
+
+    images = teacher_images()
+    kw = dict(checkpoint_every=1000, style_mixing=0.5, hflip=True)
+    train_generator(config(tmp_path / "straight", steps=6, **kw), images=images)
+    real_generator = loop.step_generator
+
+    def signalled_in_step_3(seed, step):
+        if step == 2:
+            os.kill(os.getpid(), number)  # arrives while step 3 runs
+        return real_generator(seed, step)
+
+    monkeypatch.setattr(loop, "step_generator", signalled_in_step_3)
+    previous = signal.getsignal(number)
+    with pytest.raises(TrainingStopped) as stopped:
+        train_generator(config(tmp_path / "stopped", steps=6, **kw), images=images)
+    assert stopped.value.signal_number == number and stopped.value.step == 3
+    assert "stopped after step 3 of 6" in str(stopped.value) and "run the same command to resume" in str(stopped.value)
+    assert signal.getsignal(number) is previous  # the handlers are given back
+    checkpoints = list_checkpoints(tmp_path / "stopped" / "checkpoints")
+    assert [p.name for p in checkpoints] == ["checkpoint-00000003.safetensors"]
+    assert not (tmp_path / "stopped" / "final").exists()
+    monkeypatch.setattr(loop, "step_generator", real_generator)
+    train_generator(config(tmp_path / "stopped", steps=6, **kw), images=images)
+    assert_same_weights_and_optimiser(tmp_path / "straight", tmp_path / "stopped", step=6)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    from hyperinverter.training import loop
+    from hyperinverter.training.stopping import TrainingStopped
+
+    real_generator = loop.step_generator
+
+    def pressed_twice(seed, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_generator(seed, step)
+
+    monkeypatch.setattr(loop, "step_generator", pressed_twice)
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        train_generator(config(tmp_path / "run", steps=6, checkpoint_every=1000), images=teacher_images())
+    assert not isinstance(interrupted.value, TrainingStopped)
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_the_cli_exits_as_the_signal_would_and_says_where_it_stopped(tmp_path, monkeypatch, capsys):
+    from hyperinverter.cli.main import main
+    from hyperinverter.training import TRAINERS, Trainer, gan
+    from hyperinverter.training.stopping import TrainingStopped
+
+    def stopped(cfg):
+        raise TrainingStopped("SIGTERM: stopped after step 3 of 6, with a checkpoint in RUN", signal_number=15, step=3)
+
+    monkeypatch.setitem(TRAINERS, "generator", Trainer("", lambda: (gan.GeneratorTrainingConfig, stopped)))
+    assert main(["train", "generator", f"run_dir={tmp_path}", "data=unused", "generator.resolution=16",
+                 "steps=6"]) == 143
+    assert "interrupted: SIGTERM: stopped after step 3 of 6" in capsys.readouterr().err
 
 
 def test_checkpoints_are_pruned_and_corrupt_latest_falls_back(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -94,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with logging_redirect_tqdm():  # a warning during a progress bar gets a line of its own, above the bar
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C; a training run stopped by a signal says where it stopped
         _close_progress_bars()
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signal_number", signal.SIGINT)
     except Exception as e:  # noqa: BLE001 - the one place where every error becomes a message
         _close_progress_bars()
         message = expected_error(e)

@@ -69,6 +69,14 @@ class DistributedContext:
         dist.all_reduce(value)
         return value / self.world_size
 
+    def all_reduce_max(self, value: torch.Tensor) -> torch.Tensor:
+        """The elementwise maximum of ``value`` over ranks (``value`` itself in a single process)."""
+        if not self.enabled:
+            return value
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return value
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .run import (
     training_images,
     uint8_to_float,
 )
+from .stopping import StopRequests, TrainingStopped
 
 logger = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -273,52 +275,62 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main),
                desc=task.name, mininterval=5.0)
     t0 = time.perf_counter()
-    for step in range(start_step, cfg.steps):
-        gen = step_generator(cfg.seed, step)
-        real = uint8_to_float(images[sampler.next()])
-        if cfg.hflip:
-            real = random_hflip(real, gen)
-        batch = {k: ctx.shard(v).to(device) for k, v in task.batch(real, gen, step).items()}
-        task.before_step(step)
-        stats: dict[str, float] = {}
-        for phase in phases:
-            if phase.active(step):
-                stats.update(_run_phase(phase, batch, task, cfg=cfg, ctx=ctx, device=device, scaler=scaler,
-                                        trainable=trainable, step=step, gen=gen))
-        task.after_step(step, batch)
+    stop = None
+    with StopRequests() as stops:  # Ctrl-C or SIGTERM: finish the step, checkpoint, stop
+        for step in range(start_step, cfg.steps):
+            gen = step_generator(cfg.seed, step)
+            real = uint8_to_float(images[sampler.next()])
+            if cfg.hflip:
+                real = random_hflip(real, gen)
+            batch = {k: ctx.shard(v).to(device) for k, v in task.batch(real, gen, step).items()}
+            task.before_step(step)
+            stats: dict[str, float] = {}
+            for phase in phases:
+                if phase.active(step):
+                    stats.update(_run_phase(phase, batch, task, cfg=cfg, ctx=ctx, device=device, scaler=scaler,
+                                            trainable=trainable, step=step, gen=gen))
+            task.after_step(step, batch)
 
-        window.append(stats)
-        done = step + 1
-        bar.update(1)
-        last = done == cfg.steps
-        if done % cfg.log_every == 0 or last:
-            summary = mean_dict(window)
-            summary["speed/img_per_s"] = cfg.batch_size * len(window) / max(time.perf_counter() - t0, 1e-9)
-            t0, window = time.perf_counter(), []
-            history.append({"step": done, **summary})
-            run_log.scalars(done, summary)
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in summary.items()}, refresh=False)
-        if val_images is not None and (done % cfg.val_every == 0 or last):
-            val = task.validation_loss(val_images[: cfg.val_max_images])
-            history.append({"step": done, "val/loss": val})
-            run_log.scalars(done, {"val/loss": val})
-            if val < best_val:
-                best_val = val
+            window.append(stats)
+            done = step + 1
+            bar.update(1)
+            last = done == cfg.steps
+            if done % cfg.log_every == 0 or last:
+                summary = mean_dict(window)
+                summary["speed/img_per_s"] = cfg.batch_size * len(window) / max(time.perf_counter() - t0, 1e-9)
+                t0, window = time.perf_counter(), []
+                history.append({"step": done, **summary})
+                run_log.scalars(done, summary)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in summary.items()}, refresh=False)
+            if val_images is not None and (done % cfg.val_every == 0 or last):
+                val = task.validation_loss(val_images[: cfg.val_max_images])
+                history.append({"step": done, "val/loss": val})
+                run_log.scalars(done, {"val/loss": val})
+                if val < best_val:
+                    best_val = val
+                    if ctx.is_main:
+                        task.save(best_path)
+            if done % cfg.sample_every == 0 or last:
+                picture = task.samples(val_images if val_images is not None else images[: cfg.batch_size])
+                if picture is not None:
+                    run_log.images(done, picture[0], picture[1], nrow=picture[2])
+            stop = None if last else stops.requested(ctx, device)
+            if done % cfg.checkpoint_every == 0 or last or stop is not None:
+                for i, module in enumerate(trainable):
+                    ctx.check_in_sync(module, f"trained module {i}")
                 if ctx.is_main:
-                    task.save(best_path)
-        if done % cfg.sample_every == 0 or last:
-            picture = task.samples(val_images if val_images is not None else images[: cfg.batch_size])
-            if picture is not None:
-                run_log.images(done, picture[0], picture[1], nrow=picture[2])
-        if done % cfg.checkpoint_every == 0 or last:
-            for i, module in enumerate(trainable):
-                ctx.check_in_sync(module, f"trained module {i}")
-            if ctx.is_main:
-                save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
-                                scaler=scaler, keep=cfg.keep_checkpoints,
-                                progress={"position": sampler.position, "best_val": best_val, "task": task.state()})
+                    state = {"position": sampler.position, "best_val": best_val, "task": task.state()}
+                    save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
+                                    scaler=scaler, keep=cfg.keep_checkpoints, progress=state)
+            if stop is not None:
+                break
     bar.close()
     run_log.close()
+    if stop is not None:
+        ctx.barrier()
+        raise TrainingStopped(f"{signal.Signals(stop).name}: stopped after step {done} of {cfg.steps}, with a "
+                              f"checkpoint in {run_dir / 'checkpoints'}; run the same command to resume",
+                              signal_number=stop, step=done)
     final = task.save(run_dir / "final") if ctx.is_main else None
     ctx.barrier()
     return TrainingResult(run_dir, final, best_path if best_path.exists() else None, cfg.steps, history)
