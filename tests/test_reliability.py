@@ -122,6 +122,34 @@ def test_a_killed_invert_leaves_only_complete_pictures_and_resumes(pipeline, tmp
     assert len(_outputs_are_complete(out)) == 120
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does(pipeline, tmp_path, monkeypatch, capsys):
+    # SIGTERM (kill, a scheduler) ended a command on the spot: no message, no exit status of its own.
+    from hyperinverter.inversion import batch
+
+    pipeline.save_pretrained(tmp_path / "model")
+    write_photos(tmp_path / "in", 6)
+    real_read = batch.read_pictures
+    calls = []
+
+    def terminated_on_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "read_pictures", terminated_on_the_third_batch)
+    previous = signal.getsignal(signal.SIGTERM)
+    code = main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"),
+                 "--batch-size", "2", "--device", "cpu"])
+    assert code == 143 and "interrupted: SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is previous  # the command's handler is given back
+    assert _outputs_are_complete(tmp_path / "out") == {"p0", "p1", "p2", "p3"}  # the batches before it, whole
+    monkeypatch.setattr(batch, "read_pictures", real_read)
+    assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"),
+                 "--batch-size", "2", "--device", "cpu"]) == 0
+    assert "wrote 2 picture(s)" in capsys.readouterr().out
+
+
 def test_checkpoints_are_flushed_before_older_ones_are_deleted(tmp_path, monkeypatch):
     events = []
     real_fsync, real_unlink = os.fsync, Path.unlink

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from .. import __version__
 from ..errors import InputError, describe_os_error
@@ -81,9 +83,35 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command was, so that it ends as an interruption does."""
+
+    signal_number = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM (``kill``, a scheduler, ``docker stop``) ends it as Ctrl-C does: its progress
+    bars close, its ``finally`` blocks clean up, and it exits with 143. (A training run installs its own handler:
+    it stops after its step, with a checkpoint.)"""
+    if threading.current_thread() is not threading.main_thread():  # (only the main thread may set handlers)
+        yield
+        return
+
+    def interrupt(number: int, frame: object) -> None:
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit status: 0 done, 1 done but some inputs failed, 2 an error (one line on stderr,
-    naming the file and the cause), 3 an internal error (a bug: ``-v`` shows its traceback), 130 interrupted."""
+    naming the file and the cause), 3 an internal error (a bug: ``-v`` shows its traceback), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM)."""
     _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm():  # a warning during a progress bar gets a line of its own, above the bar
+        # A warning during a progress bar gets a line of its own, above the bar.
+        with _sigterm_interrupts(), logging_redirect_tqdm():
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:  # Ctrl-C; a training run stopped by a signal says where it stopped
         _close_progress_bars()
