@@ -79,7 +79,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     from hyperinverter.training.stopping import TrainingStopped
 
     images = teacher_images()
-    kw = dict(checkpoint_every=1000, style_mixing=0.5, hflip=True)
+    kw = {"checkpoint_every": 1000, "style_mixing": 0.5, "hflip": True}
     train_generator(config(tmp_path / "straight", steps=6, **kw), images=images)
     real_generator = loop.step_generator
 
