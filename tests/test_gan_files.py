@@ -3,9 +3,12 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from hyperinverter.cli import commands
 from hyperinverter.cli.main import main
 from hyperinverter.convert.gan_files import load_gan, save_rosinality
 from hyperinverter.errors import CheckpointError
@@ -185,9 +188,38 @@ def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys):
     assert same_state(load_gan(tmp_path / "rosi.pt").generator, tiny_generator)
     assert main(["generate", "--model", str(tmp_path / "rosi.pt"), "--seeds", "0-5", "--out",
                  str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
-    from PIL import Image
-
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
     assert main(["generate", "--model", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "x.png")]) == 2
     assert "no such model" in capsys.readouterr().err
+
+
+def test_generate_one_file_per_seed_resumes(tmp_path, tiny_generator, capsys, monkeypatch):
+    # A grid of 100,000 seeds could not be drawn; one file per seed, a batch in memory at a time, can.
+    from hyperinverter.generate import generate_images
+    from hyperinverter.io.images import tensor_to_uint8
+
+    save_gan(tmp_path / "g", tiny_generator)
+
+    def generate(*extra: str) -> str:
+        capsys.readouterr()
+        assert main(["generate", "--model", str(tmp_path / "g"), "--outdir", str(tmp_path / "samples"),
+                     "--batch-size", "2", "--device", "cpu", *extra]) == 0
+        return capsys.readouterr().out
+
+    assert "wrote 3 samples (32x32)" in generate("--seeds", "4-6")
+    samples = tmp_path / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["seed0004.png", "seed0005.png", "seed0006.png"]
+    expected = tensor_to_uint8(generate_images(tiny_generator, [5]))[0]
+    assert np.array_equal(np.asarray(Image.open(samples / "seed0005.png")), expected)  # the same sample as a grid's
+    again = generate("--seeds", "3-7")
+    assert "wrote 2 samples (32x32) into" in again and "; 3 already there" in again
+    assert "wrote 5 samples" in generate("--seeds", "3-7", "--trunc", "0.7")  # other settings: other samples
+    Image.new("RGB", (32, 32)).save(samples / "seed0004.png")  # not this command's work: written again
+    assert "wrote 1 samples" in generate("--seeds", "3-7", "--trunc", "0.7")
+    assert "wrote 5 samples" in generate("--seeds", "3-7", "--trunc", "0.7", "--overwrite")
+    monkeypatch.setattr(commands, "MAX_GRID_SIDE", 100)  # (a real refusal takes 256 samples of 1024 px)
+    code = main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0-15", "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "16 samples of 32 px make a grid 136 px wide (at most 100); write one file per seed" in err
+    assert not (tmp_path / "g.png").exists()

@@ -1,13 +1,19 @@
-"""Sample images from a generator: seeds -> z -> (truncated) ws -> images."""
+"""Sample images from a generator: seeds -> z -> (truncated) ws -> images, as one tensor or one file per seed."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .models.stylegan2 import Generator
+
+logger = logging.getLogger(__name__)
 
 MAX_SEEDS = 100_000
 
@@ -49,3 +55,66 @@ def generate_images(
     out = [G(z[i : i + batch_size], truncation_psi=truncation_psi, noise_mode=noise_mode)
            for i in range(0, len(seeds), batch_size)]
     return torch.cat(out)
+
+
+def sample_path(out_dir: Path, seed: int) -> Path:
+    """Where :func:`write_samples` puts a seed's image (NVIDIA's ``gen_images.py`` names)."""
+    return out_dir / f"seed{seed:04d}.png"
+
+
+@dataclass
+class SampleReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # already there, made by the same generator and settings
+
+
+@torch.no_grad()
+def write_samples(
+    G: Generator,
+    seeds: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    truncation_psi: float = 1.0,
+    noise_mode: str = "const",
+    batch_size: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SampleReport:
+    """One PNG per seed in ``out_dir`` (:func:`sample_path`), a batch in memory at a time, each written atomically.
+
+    Each PNG records what made it (the generator's fingerprint, the seed, truncation and noise mode), so that a run
+    again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all.
+    """
+    from tqdm.auto import tqdm
+
+    from .inversion.batch import check_output_folder
+    from .inversion.files import generator_fingerprint
+    from .io.files import atomic_write_bytes, remove_stale_temporaries
+    from .io.images import image_bytes, images_made_with
+    from .io.work import fingerprint_of
+    from .pipeline import ensure_finite
+
+    out_dir = check_output_folder(Path(out_dir))
+    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
+    made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode])
+    made = {seed: fingerprint_of([made_by, seed]) for seed in seeds}
+    report = SampleReport()
+    todo = []
+    for seed in seeds:
+        if not overwrite and images_made_with([sample_path(out_dir, seed)], made[seed]):
+            report.skipped.append(sample_path(out_dir, seed))
+        else:
+            todo.append(seed)
+    if report.skipped:
+        logger.info("%d sample(s) already in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
+    with tqdm(total=len(todo), desc="generate", unit="image", disable=not progress or not todo) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            images = generate_images(G, chunk, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                                     batch_size=batch_size)
+            ensure_finite(images, f"the samples of seeds {chunk[0]}-{chunk[-1]}")
+            for seed, image in zip(chunk, images.cpu()):
+                path = sample_path(out_dir, seed)
+                report.written.append(atomic_write_bytes(path, image_bytes(image, made_with=made[seed])))
+            bar.update(len(chunk))
+    return report

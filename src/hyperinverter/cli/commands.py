@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from .arguments import add_device, add_dtype, finite_float, port, positive_float, positive_int
+
+# The widest grid `generate` draws: the grid and every sample sit in memory, and viewers give up on larger images
+# (256 samples at 1024 px). Beyond it, --outdir writes one file per seed.
+MAX_GRID_SIDE = 16_384
 
 
 def _generate(sub) -> None:
@@ -17,7 +22,13 @@ def _generate(sub) -> None:
     p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,4,9-12' (default 0-15)")
     p.add_argument("--trunc", type=finite_float, default=1.0, help="truncation psi (default 1.0: none)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
-    p.add_argument("--out", type=Path, default=Path("grid.png"), help="output image (a grid of all seeds)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None, help="output image: a grid of all seeds (default grid.png)")
+    where.add_argument("--outdir", type=Path, default=None,
+                       help="write one PNG per seed (seed0042.png, as NVIDIA's gen_images.py) into this folder, a "
+                       "batch in memory at a time; running it again skips the seeds already written by the same "
+                       "generator and settings")
+    p.add_argument("--overwrite", action="store_true", help="with --outdir: write every seed again")
     p.add_argument("--batch-size", type=positive_int, default=16)
     add_device(p)
     p.set_defaults(func=run_generate)
@@ -27,16 +38,26 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..catalogue import generator_path
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
-    from ..generate import generate_images, parse_seeds
+    from ..generate import generate_images, parse_seeds, write_samples
     from ..io.images import image_output_path, make_grid, save_image
     from ..pipeline import ensure_finite
 
     seeds = parse_seeds(args.seeds)
     G = load_generator(generator_path(args.model), device=resolve_device(args.device))
+    if args.outdir is not None:
+        report = write_samples(G, seeds, args.outdir, truncation_psi=args.trunc, noise_mode=args.noise_mode,
+                               batch_size=args.batch_size, overwrite=args.overwrite)
+        print(f"wrote {len(report.written)} samples ({G.resolution}x{G.resolution}) into {args.outdir}; "
+              f"{len(report.skipped)} already there")
+        return 0
+    side = math.ceil(math.sqrt(len(seeds))) * (G.resolution + 2)
+    if side > MAX_GRID_SIDE:
+        raise ValueError(f"--seeds {args.seeds}: {len(seeds)} samples of {G.resolution} px make a grid {side} px "
+                         f"wide (at most {MAX_GRID_SIDE}); write one file per seed with --outdir")
     images = generate_images(G, seeds, truncation_psi=args.trunc, noise_mode=args.noise_mode,
                              batch_size=args.batch_size)
     ensure_finite(images, f"the samples of {args.model}")
-    out = save_image(make_grid(images), image_output_path(args.out))
+    out = save_image(make_grid(images), image_output_path(args.out or Path("grid.png")))
     print(f"wrote {len(seeds)} samples ({G.resolution}x{G.resolution}) to {out}")
     return 0
 
