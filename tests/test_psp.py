@@ -182,6 +182,10 @@ def test_released_file_problems_are_named(tiny_generator, tmp_path):
     path = _released_file(tmp_path / "bad.pt", method, encoder_type="ResidualEncoder", latent_avg=torch.zeros(16))
     with pytest.raises(CheckpointError, match="encoder_type"):
         load_psp_encoder(path)
+    cars = _released_file(tmp_path / "e4e_cars_encode.pt", method, encoder_type="Encoder4Editing",
+                          latent_avg=torch.zeros(16), dataset_type="cars_encode")
+    with pytest.raises(CheckpointError, match="trained on cars .* 192x256 inputs and cropped outputs are not supp"):
+        load_psp_encoder(cars)  # (run on square images it gave other results than the official code, silently)
     ckpt = torch.load(_released_file(tmp_path / "e4e.pt", method, encoder_type="Encoder4Editing",
                                      latent_avg=torch.zeros(16)), weights_only=True)
     del ckpt["state_dict"]["encoder.styles.3.linear.bias"]

@@ -210,6 +210,13 @@ class PspFile:
         opts = ckpt.get("opts") or {}
         if not isinstance(opts, Mapping):
             raise CheckpointError(path, f"its 'opts' is a {type(opts).__name__}, not a mapping")
+        dataset_type = opts.get("dataset_type")
+        if isinstance(dataset_type, str) and dataset_type.startswith("cars"):
+            # The official codes feed the cars models 192x256 images and crop or squash the generator's square
+            # output to match; run on square images they would give other results without a word.
+            raise CheckpointError(path, f"was trained on cars (dataset_type {dataset_type!r}): its 192x256 inputs and "
+                                  "cropped outputs are not supported; the square domains are (faces, churches, "
+                                  "horses, AFHQ)")
         latent_avg = ckpt.get("latent_avg")
         if latent_avg is not None:
             if not isinstance(latent_avg, torch.Tensor) or latent_avg.ndim not in (1, 2):
