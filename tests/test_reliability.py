@@ -264,26 +264,57 @@ def test_training_never_writes_into_a_user_folder(tmp_path):
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.
     from hyperinverter.errors import OutputError
     from hyperinverter.training.distributed import DistributedContext
-    from hyperinverter.training.run import prepare_run_dir
+    from hyperinverter.training.run import prepared_run_dir
+
+    def prepare(folder, config):
+        with prepared_run_dir(folder, config, DistributedContext()) as run:
+            return run
 
     user = tmp_path / "project"
     user.mkdir()
     (user / "config.yaml").write_text("my: notes\n")
     (user / "stats.jsonl").write_text("not ours\n")
-    ctx = DistributedContext()
     config = {"run_dir": str(user), "steps": 1}
     with pytest.raises(OutputError, match="holds files that are not a training run's"):
-        prepare_run_dir(user, config, ctx)
+        prepare(user, config)
     assert sorted(p.name for p in user.iterdir()) == ["config.yaml", "stats.jsonl"]
     assert (user / "config.yaml").read_text() == "my: notes\n"
     with pytest.raises(OutputError, match="is a file"):
-        prepare_run_dir(user / "stats.jsonl", config, ctx)
-    run = prepare_run_dir(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "steps": 1}, ctx)  # new: made
+        prepare(user / "stats.jsonl", config)
+    run = prepare(tmp_path / "run", {"run_dir": str(tmp_path / "run"), "steps": 1})  # new: made
     (run / "stats.jsonl").write_text("{}\n")
-    assert prepare_run_dir(run, {"run_dir": str(run), "steps": 2}, ctx) == run  # ours: taken up again
+    assert prepare(run, {"run_dir": str(run), "steps": 2}) == run  # ours: taken up again
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert prepare_run_dir(empty, {"run_dir": str(empty)}, ctx) == empty
+    assert prepare(empty, {"run_dir": str(empty)}) == empty
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    # Two processes training into one folder wrote the same checkpoints and pruned each other's.
+    from hyperinverter.errors import OutputError
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.run import prepared_run_dir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path\n"
+        "from hyperinverter.training.distributed import DistributedContext\n"
+        "from hyperinverter.training.run import prepared_run_dir\n"
+        f"with prepared_run_dir(Path({str(run)!r}), {{'run_dir': 'r', 'steps': 9}}, DistributedContext()):\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        config = (run / "config.yaml").read_text()
+        in_use = rf"run: is in use: another process is training there \(pid {holder.pid}\)"
+        with pytest.raises(OutputError, match=in_use), prepared_run_dir(run, {"run_dir": str(run), "steps": 1},
+                                                                         DistributedContext()):
+            pass
+        assert (run / "config.yaml").read_text() == config  # the running process's config is left alone
+    finally:
+        holder.kill()  # a killed holder leaves no stale lock
+        holder.wait()
+    with prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()) as taken:
+        assert taken == run
 
 
 def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):

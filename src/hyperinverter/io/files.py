@@ -73,6 +73,35 @@ def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *
         raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created with its folder if needed) for the block; if another process
+    holds it, an ``OutputError`` on ``folder`` (default: the lock's) that names ``what`` it is doing and its pid.
+
+    An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
+    never leaves a stale lock. Where ``fcntl`` does not exist (Windows), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise OutputError(folder or path.parent, f"is in use: another process is {what} there (pid "
+                              f"{holder or '?'}); wait for it to end, or give another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

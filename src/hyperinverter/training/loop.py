@@ -32,7 +32,7 @@ from .run import (
     RunLogger,
     autocast,
     mean_dict,
-    prepare_run_dir,
+    prepared_run_dir,
     random_hflip,
     step_generator,
     training_images,
@@ -230,11 +230,19 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
 
     ``images``/``val_images`` (uint8 ``[N,C,R,R]``) bypass ``cfg.data``. Networks are initialised from ``cfg.seed``
     without touching the caller's random state; every later random draw comes from per-step generators, so a
-    resumed run continues exactly, and ranks agree.
+    resumed run continues exactly, and ranks agree. While it trains, the run folder is held: a second process
+    training into it is refused (both would write the same checkpoints).
     """
     device = resolve_device(local_device(cfg.device))
     ctx = init_distributed(device)
-    run_dir = prepare_run_dir(Path(cfg.run_dir), cfg, ctx)
+    with prepared_run_dir(Path(cfg.run_dir), cfg, ctx) as run_dir:
+        return _train(cfg, build, run_dir, device, ctx, images=images, val_images=val_images)
+
+
+def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], TrainingTask], run_dir: Path,
+           device: torch.device, ctx: DistributedContext, *, images: torch.Tensor | None,
+           val_images: torch.Tensor | None) -> TrainingResult:
+    """:func:`fit` in its prepared run folder."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         task = build(device, ctx)

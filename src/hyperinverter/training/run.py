@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageReadError
-from ..io.files import atomic_write_bytes, check_own_folder
+from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock
 from ..io.images import make_grid, save_image
 from .config import to_yaml
 from .distributed import DistributedContext
@@ -119,9 +120,14 @@ def _not_a_run(folder: Path) -> str | None:
     return None if isinstance(config, dict) and "run_dir" in config else "holds files that are not a training run's"
 
 
-def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path:
-    """Create the run folder and store the resolved config next to the checkpoints. A folder that holds other
-    files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl, samples/, best/ and final/."""
+@contextlib.contextmanager
+def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Iterator[Path]:
+    """Create the run folder, hold it for the block and store the resolved config next to the checkpoints.
+
+    A folder that holds other files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl,
+    samples/, best/ and final/. So is a folder another process is training into (its rank 0 holds
+    ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends).
+    """
     run_dir = Path(run_dir)
     check_own_folder(run_dir, _not_a_run, what="the run (run_dir)")
     checkpoints = run_dir / "checkpoints"
@@ -129,14 +135,15 @@ def prepare_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Path
         # Starting afresh next to an old run's checkpoints would mix the two runs when pruning and resuming.
         raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with resume: true, or choose "
                          "a new run_dir")
-    if ctx.is_main:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        text = to_yaml(config)
-        if getattr(config, "resume", True) and any(checkpoints.glob("*.safetensors")):
-            _say_what_changed(run_dir / "config.yaml", text)
-        atomic_write_bytes(run_dir / "config.yaml", text.encode())
-    ctx.barrier()
-    return run_dir
+    held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir)
+    with held if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            text = to_yaml(config)
+            if getattr(config, "resume", True) and any(checkpoints.glob("*.safetensors")):
+                _say_what_changed(run_dir / "config.yaml", text)
+            atomic_write_bytes(run_dir / "config.yaml", text.encode())
+        ctx.barrier()
+        yield run_dir
 
 
 class BatchSampler:
