@@ -181,3 +181,22 @@ def test_cli_align_on_a_real_photo(pipeline, tmp_path, capsys):
                  "--model", str(tmp_path / "model"), "--out", str(tmp_path / "all"), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "all").glob("*.safetensors")) == ["astronaut-face0.safetensors",
                                                                                "astronaut-face1.safetensors"]
+
+
+def test_quiet_hides_every_progress_bar(pipeline, tmp_path, capsys):
+    # -q ("only warnings and errors") still drew the bars of invert, edit, restore and the rest.
+    from hyperinverter.progress import progress_bar, progress_bars
+
+    write_photos(tmp_path / "in", 2)
+    pipeline.save_pretrained(tmp_path / "model")
+    command = ["invert", str(tmp_path / "in"), "--model", str(tmp_path / "model"), "--device", "cpu", "--overwrite"]
+    assert main([*command, "--out", str(tmp_path / "out")]) == 0
+    assert "invert: 100%" in capsys.readouterr().err
+    assert main([*command, "--out", str(tmp_path / "out"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    with progress_bars(False):
+        bars = [progress_bar(range(3)), progress_bar(total=3, disable=False)]
+    bars += [progress_bar(range(3)), progress_bar(range(3), disable=True)]
+    assert [bar.disable for bar in bars] == [True, True, False, True]
+    for bar in bars:
+        bar.close()

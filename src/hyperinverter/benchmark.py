@@ -38,11 +38,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
 from .errors import InputError
@@ -64,6 +63,10 @@ from .metrics import PIXEL_METRICS, protocol_note, same_targets
 from .ops.prepacked import parameter_count
 from .pipeline import InversionPipeline
 from .precision import dtype_name
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +261,7 @@ def score(reconstructions: Mapping[str, torch.Tensor], inputs: torch.Tensor, met
     batch of inputs once (:func:`~hyperinverter.metrics.same_targets`)."""
     totals: dict[str, dict[str, float]] = {m: {} for m in reconstructions}
     per_image: dict[str, dict[str, list[float]]] = {m: {} for m in reconstructions}
-    for start in tqdm(range(0, inputs.shape[0], batch_size), desc="scoring", disable=not progress):
+    for start in progress_bar(range(0, inputs.shape[0], batch_size), desc="scoring", disable=not progress):
         target = inputs[start : start + batch_size]
         with same_targets():
             for method, images in reconstructions.items():
@@ -523,7 +526,7 @@ def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Seq
                defaults={"dtype": "fp32"})  # runs from before reduced precision ran in fp32
     total = sum(math.ceil(n / settings.batch_size) for n in images_per_method.values())
     runs: dict[str, MethodRun] = {}
-    with tqdm(total=total, desc="benchmark", unit="batch", disable=not progress) as bar:
+    with progress_bar(total=total, desc="benchmark", unit="batch", disable=not progress) as bar:
         for method in settings.methods:
             bar.set_postfix_str(method)
             runs[method] = run_method(pipeline, method, inputs[: images_per_method[method]], work, settings,
@@ -566,7 +569,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         distribution_notes.append(f"FID/KID: not measured (they compare sets: {count} image is too few)")
     elif features is not None:
         real = work.features("inputs", inputs, features)
-        for m, r in tqdm(runs.items(), desc="FID/KID", disable=not progress):
+        for m, r in progress_bar(runs.items(), desc="FID/KID", disable=not progress):
             mine = work.features(m, r.images, features)
             if common >= 2:
                 spread[m] = fid_kid(mine[:common], real[:common])
@@ -579,7 +582,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
     editability: dict[str, dict[str, float]] = {}
     setup: dict[str, Any] = {}
     if settings.editability_images and directions:
-        for method in tqdm(settings.methods, desc="editability", disable=not progress):
+        for method in progress_bar(settings.methods, desc="editability", disable=not progress):
             report = run_editability(pipeline, method, directions, work, settings, extra_metrics or {})
             editability[method] = report.metrics[method]
             setup = {"images": report.num_images, "directions": report.directions, "strengths": report.strengths}

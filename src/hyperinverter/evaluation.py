@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .errors import InputError
 from .inversion.files import method_fingerprint
@@ -24,6 +23,7 @@ from .io.work import WorkFolder, as_recorded, fingerprint_of
 from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, same_targets
 from .pipeline import InversionPipeline
 from .precision import dtype_name
+from .progress import progress_bar
 
 PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (reconstruction, target) -> [B]
 HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "inception_dist": False,
@@ -221,7 +221,7 @@ def evaluate(
     step_sums: dict[str, list[dict[str, float]]] = {}
     seconds = dict.fromkeys(methods, 0.0)
     n = images.shape[0]
-    for index, start in enumerate(tqdm(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress)):
+    for index, start in enumerate(progress_bar(range(0, n, batch_size), desc=f"evaluate {dataset}", disable=not progress)):
         x = images[start : start + batch_size].to(pipeline.device)
         with same_targets():  # every method's outputs (and iterations) against x: the networks see x once
             for method in methods:
@@ -485,7 +485,7 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
             names.extend(g[0] for g in group)
         batch.clear()
 
-    for pred_path, gt_path in tqdm(pairs, desc="evaluate folders", disable=not progress):
+    for pred_path, gt_path in progress_bar(pairs, desc="evaluate folders", disable=not progress):
         try:
             target = pil_to_tensor(read_image(gt_path))
             output = pil_to_tensor(read_image(pred_path), channels=target.shape[1])

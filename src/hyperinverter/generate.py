@@ -85,14 +85,13 @@ def write_samples(
     Each PNG records what made it (the generator's fingerprint, the seed, truncation and noise mode), so that a run
     again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all.
     """
-    from tqdm.auto import tqdm
-
     from .inversion.batch import check_output_folder
     from .inversion.files import generator_fingerprint
     from .io.files import atomic_write_bytes, remove_stale_temporaries
     from .io.images import image_bytes, images_made_with
     from .io.work import fingerprint_of
     from .pipeline import ensure_finite
+    from .progress import progress_bar
 
     out_dir = check_output_folder(Path(out_dir))
     remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
@@ -107,7 +106,7 @@ def write_samples(
             todo.append(seed)
     if report.skipped:
         logger.info("%d sample(s) already in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
-    with tqdm(total=len(todo), desc="generate", unit="image", disable=not progress or not todo) as bar:
+    with progress_bar(total=len(todo), desc="generate", unit="image", disable=not progress or not todo) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             images = generate_images(G, chunk, truncation_psi=truncation_psi, noise_mode=noise_mode,

@@ -46,7 +46,6 @@ def register(sub) -> None:
 
 def run_restore(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from ..errors import InputError
     from ..inversion.batch import check_output_folder, unique_stems
@@ -55,6 +54,7 @@ def run_restore(args: argparse.Namespace) -> int:
     from ..io.images import find_images, image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
+    from ..progress import progress_bar
     from ..restoration import restoration_task, restore
 
     found = find_images(args.inputs)
@@ -76,7 +76,7 @@ def run_restore(args: argparse.Namespace) -> int:
     inverter.check_options(options)  # a bad option fails now, not after the first image
     made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype)])
     inputs, written, skipped = InputFiles(found.paths), 0, 0
-    for path, name in tqdm(list(zip(found.paths, unique_stems(found.paths))), desc="restore", unit="file",
+    for path, name in progress_bar(list(zip(found.paths, unique_stems(found.paths))), desc="restore", unit="file",
                            disable=not found.paths):
         targets = [out_dir / f"{name}.png", out_dir / f"{name}_compare.png"]
         try:

@@ -145,7 +145,7 @@ def run_label(args: argparse.Namespace) -> int:
     seeds = range(args.seed, args.seed + args.samples)
     work = labelling_work(args.out)
     report = label_samples(G, seeds, detector, truncation_psi=args.trunc, upscale=args.upscale,
-                           batch_size=args.batch_size, progress=sys.stderr.isatty(), work=work)
+                           batch_size=args.batch_size, progress=True, work=work)
     if work.resumed:
         print(f"resumed the labelling stored in {work.folder}")
     if not report.rows:

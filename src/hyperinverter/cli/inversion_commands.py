@@ -278,7 +278,6 @@ def _direction(args, generator):
 
 def run_edit(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from ..errors import InputError
     from ..inversion.batch import check_output_folder, unique_stems
@@ -287,6 +286,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..io.images import image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
+    from ..progress import progress_bar
 
     out_dir = check_output_folder(args.out)
     pipe = _load_pipeline(args)
@@ -306,7 +306,7 @@ def run_edit(args: argparse.Namespace) -> int:
     inputs = InputFiles(args.inputs)
     failures, done, skipped = [], 0, 0
     named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
-    for path, name in tqdm(named, desc="edit", unit="file", disable=len(named) < 2):
+    for path, name in progress_bar(named, desc="edit", unit="file", disable=len(named) < 2):
         stem = out_dir / f"{name}_{direction.name}"
         targets = [Path(f"{stem}_{label}{end}") for label in labels for end in endings] + [Path(f"{stem}_strip.png")]
         try:

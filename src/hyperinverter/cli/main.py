@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hyperinverter {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors: no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in commands.REGISTRY:
         register(sub)
@@ -41,7 +41,7 @@ def _verbosity_everywhere(parser: argparse.ArgumentParser) -> None:
                 sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                                  help="more log output; -v also shows the traceback of an internal error")
                 sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                                 help="only warnings and errors")
+                                 help="only warnings and errors: no progress bars")
                 _verbosity_everywhere(sub)
 
 
@@ -121,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        # A warning during a progress bar gets a line of its own, above the bar.
-        with _sigterm_interrupts(), logging_redirect_tqdm():
+        from ..progress import progress_bars
+
+        # -q hides the progress bars too; a warning during a bar gets a line of its own, above the bar.
+        with _sigterm_interrupts(), progress_bars(not args.quiet), logging_redirect_tqdm():
             return int(args.func(args) or 0)
     except KeyboardInterrupt as e:  # Ctrl-C; a training run stopped by a signal says where it stopped
         _close_progress_bars()

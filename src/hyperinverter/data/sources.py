@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..generate import z_from_seeds
 from ..io.files import atomic_write_bytes, atomic_write_group, check_own_folder
 from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
+from ..progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None
 
 def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress: bool) -> int:
     written = 0
-    for i, img in enumerate(tqdm(images, desc=f"writing {out_dir}", disable=not progress, mininterval=2.0)):
+    for i, img in enumerate(progress_bar(images, desc=f"writing {out_dir}", disable=not progress, mininterval=2.0)):
         path = out_dir / f"{start_index + i:06d}.png"
         if not path.exists():
             save_image(img[None], path, durable=False)  # regenerable: skip the per-file fsync
@@ -270,7 +270,7 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     failed = len(found.problems)
     for problem in found.problems:
         logger.warning("skipped %s", problem)
-    for path in tqdm(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
+    for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
         target = out_dir / path.relative_to(source_dir).with_suffix(".png")
         if target.exists():
             continue
@@ -312,7 +312,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
     detector = Dlib68Detector() if detector is None else detector
     failed: list[InputError] = list(found.problems)
-    for path in tqdm(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
+    for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
         if any(stem.with_name(picture_name(stem.name, 0, n) + ".png").exists() for n in (1, 2)):  # one face, several
             continue

@@ -158,9 +158,8 @@ def label_samples(
     run resumes where it stopped; a run with another generator, seeds, truncation, upscale, batch size or detector
     settings (its public attributes) refuses the stored work.
     """
-    from tqdm.auto import tqdm
-
     from ..inversion.files import generator_fingerprint
+    from ..progress import progress_bar
 
     if not math.isfinite(truncation_psi):
         raise ValueError(f"the truncation psi must be a finite number, got {truncation_psi}")
@@ -173,7 +172,7 @@ def label_samples(
         work.claim({"generator": generator_fingerprint(G), "seeds": fingerprint_of(seeds), "samples": len(seeds),
                     "truncation_psi": truncation_psi, "upscale": upscale, "batch_size": batch_size,
                     "detector": [type(detector).__qualname__, settings]})
-    with tqdm(total=len(seeds), desc="labelling", unit="sample", disable=not progress) as bar:
+    with progress_bar(total=len(seeds), desc="labelling", unit="sample", disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
             name = f"batch-{start // batch_size:06d}.json"
@@ -246,7 +245,7 @@ def measure_edit_response(
 ) -> dict[str, Response]:
     """Edit each seed's sample with ``direction`` at each strength and fit every attribute against the
     strength (see :class:`Response`). Raises ``ValueError`` if no face is found at every strength."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     strengths = [float(s) for s in strengths]
     if len(strengths) < 2 or len(set(strengths)) < 2:
@@ -254,7 +253,7 @@ def measure_edit_response(
     device = G.w_avg.device
     seeds = list(seeds)
     values = np.full((len(seeds), len(strengths), len(ATTRIBUTES)), np.nan)
-    with tqdm(total=len(seeds) * len(strengths), desc=f"edits ({direction.name})", unit="image",
+    with progress_bar(total=len(seeds) * len(strengths), desc=f"edits ({direction.name})", unit="image",
               disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
             chunk = slice(start, start + batch_size)

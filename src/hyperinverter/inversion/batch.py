@@ -30,7 +30,6 @@ from typing import TypeVar
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
@@ -38,6 +37,7 @@ from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries,
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
+from ..progress import progress_bar
 from .files import inversion_bytes, made_with_digest
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     seconds, count = 0.0, 0
     # Files are read one batch at a time, so a large folder never sits in memory. The bar closes on an error too,
     # so that the error starts a line of its own.
-    with tqdm(total=len(todo), desc="invert", unit="file", disable=not progress or not todo) as bar:
+    with progress_bar(total=len(todo), desc="invert", unit="file", disable=not progress or not todo) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,

@@ -183,9 +183,9 @@ class PerImageRandom:
 
 def step_progress(progress: Progress, total: int, label: str):
     """``progress``: True for a tqdm bar, False for none, or a callable ``(step, total)`` (the web page's bar)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    bar = tqdm(total=total, desc=label, leave=False, disable=progress is not True)
+    bar = progress_bar(total=total, desc=label, leave=False, disable=progress is not True)
     callback = progress if callable(progress) else None
 
     def advance(step: int) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..device import resolve_device
+from ..progress import progress_bar
 from .checkpointing import resume_latest, save_checkpoint
 from .distributed import DistributedContext, init_distributed, local_device
 from .run import (
@@ -280,7 +280,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
     best_path = run_dir / "best"
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main),
+    bar = progress_bar(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main),
                desc=task.name, mininterval=5.0)
     t0 = time.perf_counter()
     stop = None

@@ -181,11 +181,11 @@ def preload_uint8(dataset, *, progress: bool = True, limit: int | None = None) -
     ``limit``: stop after that many readable images (the first ones, in the dataset's order)."""
     from itertools import islice
 
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     total = len(dataset) if limit is None else min(limit, len(dataset))
     items = [((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-             for x in tqdm(islice(dataset.iter_valid(), limit), total=total, desc="loading images",
+             for x in progress_bar(islice(dataset.iter_valid(), limit), total=total, desc="loading images",
                            disable=not progress, mininterval=2.0)]
     if not items:
         raise ImageReadError(dataset.root, "holds no readable image")
