@@ -14,6 +14,7 @@ from hyperinverter.editing import LinearDirection, save_direction
 from hyperinverter.inversion.batch import invert_files, rank_shard
 from hyperinverter.inversion.files import load_inversion
 from hyperinverter.pipeline import InversionPipeline
+from hyperinverter.progress import progress_bar
 
 
 def write_photos(folder, n):
@@ -68,14 +69,13 @@ def test_the_progress_bar_counts_finished_files(pipeline, tmp_path, monkeypatch)
 
     bars = []
 
-    class Recorded(batch.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            bars.append(self)
+    def recorded(*args, **kwargs):
+        bars.append(progress_bar(*args, **kwargs))
+        return bars[-1]
 
     seen = []
     real_invert = pipeline.invert
-    monkeypatch.setattr(batch, "tqdm", Recorded)
+    monkeypatch.setattr(batch, "progress_bar", recorded)
     monkeypatch.setattr(pipeline, "invert", lambda *a, **k: seen.append(bars[0].n) or real_invert(*a, **k))
     paths = write_photos(tmp_path / "in", 5)
     invert_files(pipeline, paths, tmp_path / "out", batch_size=2, progress=True)
@@ -185,7 +185,7 @@ def test_cli_align_on_a_real_photo(pipeline, tmp_path, capsys):
 
 def test_quiet_hides_every_progress_bar(pipeline, tmp_path, capsys):
     # -q ("only warnings and errors") still drew the bars of invert, edit, restore and the rest.
-    from hyperinverter.progress import progress_bar, progress_bars
+    from hyperinverter.progress import progress_bars
 
     write_photos(tmp_path / "in", 2)
     pipeline.save_pretrained(tmp_path / "model")
