@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -87,6 +88,38 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 
 
 # --- hyperinverter models ----------------------------------------------------------------------------------
+
+
+def test_env_describes_the_machine_for_a_bug_report(cache, capsys, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from hyperinverter import __version__
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real_find_spec(name, *a))
+    (cache / "x.pt").parent.mkdir(parents=True)
+    (cache / "x.pt").write_bytes(b"")
+    code, out, _ = run_cli(capsys, "env")
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
+    assert code == 0 and rows["hyperinverter"] == __version__ and rows["torch"].startswith(torch.__version__)
+    assert f"torch uses {torch.get_num_threads()} threads" in rows["cpu"] and "native bf16: " in rows["cpu"]
+    assert rows["[video]"] == "not installed (pip install 'hyperinverter[video]'): MP4 interpolations"
+    assert rows["model cache"] == f"{cache} (1 file(s): x.pt)"
+    if not torch.cuda.is_available():
+        assert rows["cuda"] == "no CUDA device"
+    # A GPU machine (not lent to the tests): each device's name, memory, compute capability and bf16.
+    from types import SimpleNamespace
+
+    h200 = SimpleNamespace(name="NVIDIA H200", total_memory=143 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: h200)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
+    code, out, _ = run_cli(capsys, "env")
+    assert code == 0 and "cuda:0          NVIDIA H200, 143.0 GiB, compute capability 9.0; bf16: yes" in out
 
 
 def test_models_lists_every_catalogue_entry(cache, capsys):

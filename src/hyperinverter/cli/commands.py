@@ -273,4 +273,21 @@ def _data(sub) -> None:
     register(sub)
 
 
-REGISTRY = [_generate, _convert, _ganspace, _directions, _inversion, _mixing, _benchmark, _applications, _data, _train, _demo, _web]
+def _env(sub) -> None:
+    p = sub.add_parser("env", help="versions, devices, CPU features, optional parts and the model cache (for a bug "
+                       "report)")
+    p.set_defaults(func=run_env)
+
+
+def run_env(args: argparse.Namespace) -> int:
+    from ..environment import describe_environment
+
+    rows = describe_environment()
+    width = max(len(what) for what, _ in rows)
+    for what, value in rows:
+        print(f"{what:<{width}}  {value}")
+    return 0
+
+
+REGISTRY = [_generate, _convert, _ganspace, _directions, _inversion, _mixing, _benchmark, _applications, _data, _train,
+            _demo, _web, _env]

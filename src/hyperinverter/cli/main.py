@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: internal error ({type(e).__name__}: {e}); this is a bug in hyperinverter: run the command "
-              "again with -v for the traceback, and please report it", file=sys.stderr)
+              "again with -v for the traceback, and please report it with the output of `hyperinverter env`",
+              file=sys.stderr)
         return 3
 
 
