@@ -73,6 +73,18 @@ def test_edit_reuses_delta_and_interpolation_ends(pipeline):
     assert torch.allclose(frames[-1], result.image[1], atol=1e-5)
 
 
+def test_a_saved_result_loads_back_as_the_same_inversion(pipeline, tmp_path):
+    result = pipeline.invert(images(2))
+    path = pipeline.save_result(result.select(1), tmp_path / "one.safetensors", source="photo.png")
+    loaded, record = pipeline.load_result(path)
+    assert torch.equal(loaded.ws, result.ws[1:]) and torch.allclose(loaded.image, result.image[1:], atol=1e-6)
+    assert record["method"] == pipeline.default_method and record["source"] == "photo.png"
+    assert record["generator"] == pipeline.fingerprint
+    with pytest.raises(ValueError, match="one image"):
+        pipeline.save_result(result, tmp_path / "two.safetensors")
+    assert not (tmp_path / "two.safetensors").exists()
+
+
 def test_a_loaded_bundle_edits_by_its_direction_names(pipeline, tmp_path):
     d = LinearDirection(torch.randn(1, 16), name="up", default_strength=2.0)
     pipeline.save_pretrained(tmp_path / "model")

@@ -543,6 +543,16 @@ class InversionPipeline:
                                if layer.kind == "conv" and layer.resolution >= min_resolution)
         return self.render(result.ws, None if delta is None else delta.to(self.device), generator=generator)
 
+    def save_result(self, result: InversionResult, path: str | os.PathLike, *, method: str | None = None,
+                    source: str | os.PathLike = "") -> Path:
+        """Store one image's inversion (``result.select(i)``; made by ``method``, default the pipeline's) as an
+        inversion file, atomically: the file ``invert`` writes, which :meth:`load_result`, ``edit``, ``interpolate``
+        and the rest read back with this model. ``source``: the image it was inverted from, if any."""
+        from .inversion.files import save_inversion
+
+        return save_inversion(path, result.to("cpu"), source=source, model=self.name or "",
+                              method=self.inverter(method).name, generator=self.fingerprint, dtype=self.dtype)
+
     def load_result(self, path: str | os.PathLike) -> tuple[InversionResult, dict]:
         """An inversion file (written by ``invert``) rendered by this model -> (result, its record).
 
