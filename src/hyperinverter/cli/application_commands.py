@@ -76,8 +76,8 @@ def run_restore(args: argparse.Namespace) -> int:
     inverter.check_options(options)  # a bad option fails now, not after the first image
     made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype)])
     inputs, written, skipped = InputFiles(found.paths), 0, 0
-    for path, name in progress_bar(list(zip(found.paths, unique_stems(found.paths))), desc="restore", unit="file",
-                           disable=not found.paths):
+    named = list(zip(found.paths, unique_stems(found.paths)))
+    for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):
         targets = [out_dir / f"{name}.png", out_dir / f"{name}_compare.png"]
         try:
             inputs.check_outputs(targets)

@@ -254,7 +254,7 @@ def measure_edit_response(
     seeds = list(seeds)
     values = np.full((len(seeds), len(strengths), len(ATTRIBUTES)), np.nan)
     with progress_bar(total=len(seeds) * len(strengths), desc=f"edits ({direction.name})", unit="image",
-              disable=not progress) as bar:
+                      disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
             chunk = slice(start, start + batch_size)
             ws = G.mapping(z_from_seeds(seeds[chunk], G.z_dim).to(device), truncation_psi=truncation_psi)

@@ -281,7 +281,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     window: list[dict[str, float]] = []
     best_path = run_dir / "best"
     bar = progress_bar(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main),
-               desc=task.name, mininterval=5.0)
+                       desc=task.name, mininterval=5.0)
     t0 = time.perf_counter()
     stop = None
     with StopRequests() as stops:  # Ctrl-C or SIGTERM: finish the step, checkpoint, stop

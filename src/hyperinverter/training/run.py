@@ -186,7 +186,7 @@ def preload_uint8(dataset, *, progress: bool = True, limit: int | None = None) -
     total = len(dataset) if limit is None else min(limit, len(dataset))
     items = [((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
              for x in progress_bar(islice(dataset.iter_valid(), limit), total=total, desc="loading images",
-                           disable=not progress, mininterval=2.0)]
+                                   disable=not progress, mininterval=2.0)]
     if not items:
         raise ImageReadError(dataset.root, "holds no readable image")
     return torch.stack(items)
