@@ -82,8 +82,9 @@ def write_samples(
 ) -> SampleReport:
     """One PNG per seed in ``out_dir`` (:func:`sample_path`), a batch in memory at a time, each written atomically.
 
-    Each PNG records what made it (the generator's fingerprint, the seed, truncation and noise mode), so that a run
-    again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all.
+    Each PNG records what made it (the generator's fingerprint, the seed, truncation and noise mode), so that running
+    it again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all. Files
+    are not flushed one by one (samples can be made again): after a crash, a file that does not read back is redone.
     """
     from .inversion.batch import check_output_folder
     from .inversion.files import generator_fingerprint
@@ -114,6 +115,7 @@ def write_samples(
             ensure_finite(images, f"the samples of seeds {chunk[0]}-{chunk[-1]}")
             for seed, image in zip(chunk, images.cpu()):
                 path = sample_path(out_dir, seed)
-                report.written.append(atomic_write_bytes(path, image_bytes(image, made_with=made[seed])))
+                report.written.append(atomic_write_bytes(path, image_bytes(image, made_with=made[seed]),
+                                                         durable=False))
             bar.update(len(chunk))
     return report
