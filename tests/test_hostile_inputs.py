@@ -467,6 +467,19 @@ def test_a_device_this_machine_lacks_is_one_line(world, tmp_path, capsys, monkey
     ("wplus-opt", "perceptual=ssim", "perceptual must be auto, lpips-vgg, lpips-alex, dfeat or none, got 'ssim'"),
     ("pti", "pivot_steps=0", "the pivot's projection: steps must be a positive integer, got 0 (PTI's pivot_*"),
     ("pti", "steps=-1", "steps must be a whole number of tuning steps (0 or more), got -1"),
+    # A value of another type than the option's default was an internal error, or taken as it came.
+    ("w-opt", "learning_rate=nan", "option learning_rate of w-opt must be a finite number, got 'nan'"),
+    ("w-opt", "learning_rate=.inf", "option learning_rate of w-opt must be a finite number, got inf"),
+    ("w-opt", "seed=abc", "option seed of w-opt must be a whole number, got 'abc'"),
+    ("w-opt", "steps=2.0", "option steps of w-opt must be a whole number, got 2.0"),
+    ("wplus-opt", "optimize_noise=1", "option optimize_noise of wplus-opt must be true or false, got 1"),
+    ("pti", "locality_regularization=maybe", "option locality_regularization of pti must be true or false, got 'maybe'"),
+    # Values the methods cannot use: a ramp of length 0 divided by zero; a negative weight or threshold.
+    ("w-opt", "lr_rampup_length=0", "lr_rampup_length must be a finite number above 0, got 0"),
+    ("w-opt", "noise_regularize_weight=-1", "noise_regularize_weight must be a finite number of 0 or more, got -1"),
+    ("w-opt", "seed=-1", "seed must be a whole number of 0 or more, got -1"),
+    ("pti", "early_stop_lpips=-1", "early_stop_lpips must be a finite number of 0 or more, got -1"),
+    ("pti", "locality_psi=2", "locality_psi (the truncation of the locality samples) must be in [0, 1], got 2"),
 ])
 def test_a_bad_option_fails_before_any_image(world, tmp_path, capsys, monkeypatch, method, option, cause):
     from hyperinverter.inversion import batch

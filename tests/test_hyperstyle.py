@@ -125,6 +125,8 @@ def test_delta_accumulates_over_iterations(method):
     assert torch.equal(result.ws, method.encode_w(x))  # the codes never change
     with pytest.raises(ValueError, match="iterations must be a positive integer"):
         method.invert(x, iterations=0)
+    with pytest.raises(ValueError, match="option iterations of hyperstyle must be a whole number, got True"):
+        method.invert(x, iterations=True)  # (`--option iterations=true`: it ran one iteration)
 
 
 def test_grayscale_generators_read_two_channels():

@@ -9,6 +9,7 @@ Its trainable parts are *components* (saved as folders of a pipeline bundle); it
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -184,11 +185,14 @@ class Inverter(nn.Module):
 
     # --- inversion --------------------------------------------------------------------------------------
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` completed with the defaults; an unknown option, or (where a method checks them) a bad value, is
-        a ``ValueError`` naming it. Cheap: batch jobs call it before their first image."""
+        """``options`` completed with the defaults; an unknown option, a value of another type than its default's,
+        or (where a method checks them) a bad value, is a ``ValueError`` naming it. Cheap: batch jobs call it before
+        their first image."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ValueError(f"{self.name} has no option {unknown}; its options: {dict(self.options) or 'none'}")
+        for key, value in options.items():
+            _check_option_type(self.name, key, value, self.options[key])
         return {**self.options, **options}
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
@@ -213,3 +217,23 @@ class Inverter(nn.Module):
         result = result.float()
         result.timings = dict(stopwatch.laps)
         return result
+
+
+_OPTION_KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
+
+
+def _check_option_type(method: str, key: str, value: Any, default: Any) -> None:
+    """A value given as a plain scalar (what ``--option KEY=VALUE`` gives) must have its default's type; a float
+    option also takes a whole number, and must be finite. Other objects (an API caller's progress callback) and
+    options whose default is None are the method's to check."""
+    if default is None or not isinstance(value, (type(None), bool, int, float, str)):
+        return
+    kind = bool if isinstance(default, bool) else type(default)
+    if kind not in _OPTION_KINDS:
+        return
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"option {key} of {method} must be {_OPTION_KINDS[kind]}, got {value!r}")

@@ -116,8 +116,15 @@ class ProjectorSettings:
             raise ValueError(f"space must be 'w' or 'w+', got {self.space!r}")
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.w_avg_samples < 2:
-            raise ValueError(f"w_avg_samples must be at least 2, got {self.w_avg_samples}")
+        if not (isinstance(self.w_avg_samples, int) and self.w_avg_samples >= 2):
+            raise ValueError(f"w_avg_samples must be a whole number of at least 2, got {self.w_avg_samples!r}")
+        # The ramps divide by their lengths; a rate of 0 never moves; a negative weight rewards the error.
+        for name in ("learning_rate", "noise_ramp_length", "lr_rampup_length", "lr_rampdown_length"):
+            check_number(name, getattr(self, name), positive=True)
+        for name in ("initial_noise_factor", "noise_regularize_weight", "l2_weight", "perceptual_weight"):
+            check_number(name, getattr(self, name), positive=False)
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise ValueError(f"seed must be a whole number of 0 or more, got {self.seed!r}")
 
     def learning_rate_at(self, step: int) -> float:
         t = step / self.steps
@@ -128,6 +135,13 @@ class ProjectorSettings:
     def w_noise_factor_at(self, step: int) -> float:
         t = step / self.steps
         return self.initial_noise_factor * max(0.0, 1.0 - t / self.noise_ramp_length) ** 2
+
+
+def check_number(name: str, value: object, *, positive: bool) -> None:
+    """``value`` must be a finite number above 0 (``positive``) or of at least 0."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'above 0' if positive else 'of 0 or more'}, got {value!r}")
 
 
 @torch.no_grad()

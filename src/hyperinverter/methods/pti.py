@@ -28,7 +28,14 @@ import torch.nn.functional as F
 
 from ..models.weight_delta import WeightDelta
 from .base import InversionResult, Stopwatch
-from .projector import OptimizationMethod, PerImageRandom, ProjectorSettings, project, step_progress
+from .projector import (
+    OptimizationMethod,
+    PerImageRandom,
+    ProjectorSettings,
+    check_number,
+    project,
+    step_progress,
+)
 from .registry import register_method
 
 
@@ -59,6 +66,13 @@ class PTI(OptimizationMethod):
         steps = options["steps"]
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"steps must be a whole number of tuning steps (0 or more), got {steps!r}")
+        for name in ("learning_rate", "locality_alpha"):
+            check_number(name, options[name], positive=True)
+        for name in ("l2_weight", "early_stop_lpips", "locality_l2_weight", "locality_perceptual_weight"):
+            check_number(name, options[name], positive=False)
+        if not 0 <= options["locality_psi"] <= 1:
+            raise ValueError(f"locality_psi (the truncation of the locality samples) must be in [0, 1], got "
+                             f"{options['locality_psi']!r}")
         return options
 
     @staticmethod
