@@ -434,7 +434,9 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     (["invert", "x.png", "--model", "m", "--out", "o", "--batch-size", "two"], "is not an integer"),
     (["generate", "--model", "m", "--trunc", "nan"], "--trunc: must be a finite number"),
     (["generate", "--model", "m", "--trunc", "inf"], "--trunc: must be a finite number"),
-    (["interpolate", "a", "b", "--model", "m", "--out", "o", "--steps", "1"], "at least 2 steps"),
+    (["interpolate", "a", "b", "--model", "m", "--out", "o", "--steps", "1"], "takes 2 to 240 steps, got 1"),
+    # (100000 steps ran for minutes towards a strip 6.6 M px wide, every frame held three times)
+    (["interpolate", "a", "b", "--model", "m", "--out", "o", "--steps", "100000"], "takes 2 to 240 steps"),
     (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--strength", "nan"], "finite"),
     (["web", "--port", "70000"], "at most 65535"),
     (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--max-images", "0"], "at least 1"),
@@ -444,6 +446,23 @@ def test_bad_numbers_are_usage_errors(capsys, argv, message):
         main(argv)
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_values_that_made_internal_errors(world, tmp_path, capsys):
+    # Each was "internal error (...); this is a bug": an overflow, a division by zero samples, an assertion.
+    result = cli(capsys, "generate", "--model", world.model, "--trunc", "1e300", "--out", tmp_path / "g.png")
+    assert result.code == 2 and "the truncation psi must be a finite number from -100.0 to 100.0, got 1e+300" in \
+        result.err
+    result = cli(capsys, "ganspace", "--model", world.model, "--samples", "1", "--out", tmp_path / "s.png")
+    assert result.code == 2 and "components needs more than" in result.err and "got 1" in result.err
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_an_encoder_resolution_the_trunks_cannot_take_is_a_config_error():
+    from hyperinverter.training.encoders import EncoderTrainingConfig
+
+    with pytest.raises(ValueError, match="encoder_resolution must be a multiple of 16 from 16 to 2048, got 7"):
+        EncoderTrainingConfig(run_dir="r", data="d", steps=1, generator="g", encoder_resolution=7)
 
 
 @pytest.mark.parametrize("device, cause", [

@@ -33,10 +33,15 @@ def _add_method(p: argparse.ArgumentParser) -> None:
                    help="an option of the method, e.g. iterations=3 (repeatable; see `hyperinverter methods`)")
 
 
+# Every frame sits in memory three times (frames, the there-and-back sequence, the video), 240 are 9 GB at 1024 px,
+# and the strip is one row of them; longer sequences are the API's (pipe.interpolate, one frame at a time: blend).
+MAX_INTERPOLATION_STEPS = 240
+
+
 def _steps(text: str) -> int:
     value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"an interpolation needs at least 2 steps, got {value}")
+    if not 2 <= value <= MAX_INTERPOLATION_STEPS:
+        raise argparse.ArgumentTypeError(f"an interpolation takes 2 to {MAX_INTERPOLATION_STEPS} steps, got {value}")
     return value
 
 

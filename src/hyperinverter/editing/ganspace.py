@@ -32,6 +32,9 @@ def compute_ganspace(
     G: Generator, *, num_samples: int = 100_000, num_components: int = 80, seed: int = 0, batch_size: int = 10_000
 ) -> GANSpaceBasis:
     """PCA of ``w = mapping(z)`` over seeded samples (no truncation), as GANSpace does for StyleGAN2."""
+    if num_samples <= num_components:
+        raise ValueError(f"a PCA of {num_components} components needs more than {num_components} samples, got "
+                         f"{num_samples}")
     device = G.w_avg.device
     gen = torch.Generator().manual_seed(seed)
     ws = []

@@ -24,7 +24,7 @@ from ..convert.gan_files import LoadedGAN, load_gan
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
 from ..models.encoders import TrunkConfig
-from ..pipeline import save_pipeline
+from ..pipeline import MAX_ENCODER_RESOLUTION, save_pipeline
 from .loop import Batch, Phase, RunConfig, TrainingTask, lazy_adam
 from .optim import make_optimizer
 
@@ -72,6 +72,10 @@ class EncoderTrainingConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        size = self.encoder_resolution
+        if not 16 <= size <= MAX_ENCODER_RESOLUTION or size % 16:  # the trunks halve the input four times
+            raise ValueError(f"encoder_resolution must be a multiple of 16 from 16 to {MAX_ENCODER_RESOLUTION}, "
+                             f"got {size}")
         if not 0 <= self.synthetic_fraction <= 1:
             raise ValueError("synthetic_fraction must be in [0, 1]")
         if self.adv_weight > 0 and self.adv_start is None:

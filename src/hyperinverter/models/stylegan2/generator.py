@@ -149,12 +149,20 @@ class MappingNetwork(nn.Module):
         return truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
 
 
+# Beyond this, codes leave any range the synthesis was trained on by orders of magnitude (and past fp32's range,
+# the conversion fails): only NaN or saturated images come out.
+MAX_TRUNCATION = 100.0
+
+
 def truncate(
     ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None = None
 ) -> torch.Tensor:
     """The truncation trick ``w_avg + psi·(w - w_avg)`` on the first ``cutoff`` layers (all if None)."""
     if psi == 1:
         return ws
+    if not math.isfinite(psi) or abs(psi) > MAX_TRUNCATION:
+        raise ValueError(f"the truncation psi must be a finite number from -{MAX_TRUNCATION} to {MAX_TRUNCATION}, "
+                         f"got {psi}")
     cutoff = ws.shape[1] if cutoff is None else cutoff
     out = ws.clone()
     out[:, :cutoff] = w_avg.to(ws.dtype).lerp(ws[:, :cutoff], psi)  # ws may be bf16 under autocast
