@@ -80,6 +80,11 @@ def test_binary_columns_and_fractions():
     assert sorted(index[labels == 1].tolist()) == [0, 1] and sorted(index[labels == 0].tolist()) == [8, 9]
     with pytest.raises(ValueError, match="fraction"):
         binary_classes(np.arange(10.0), fraction=0.7)
+    # A constant attribute trained a "direction" from classes made of arbitrary samples (held-out accuracy 0.25).
+    with pytest.raises(ValueError, match=r"bottom and top 0.3 of the labelled values overlap \(up to 2 and from 2\)"):
+        binary_classes(np.array([1.0, 2, 2, 2, 2, 2, 2, 2, 2, 3]))
+    index, labels = binary_classes(np.array([1.0, 2, 2, 2, 2, 2, 2, 2, 2, 3]), fraction=0.1)
+    assert index.tolist() == [0, 9] and labels.tolist() == [0, 1]
     codes, score, normal = _synthetic()
     result = train_boundary(codes, (score > np.median(score)).astype(float), attribute="a")
     assert _cos(result.direction.vector[0], normal) > 0.9 and result.accuracy > 0.9

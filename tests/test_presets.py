@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from hyperinverter.cli.main import main
-from hyperinverter.config_base import encode
+from hyperinverter.config_base import decode, encode
 from hyperinverter.models.encoders import TrunkConfig
 from hyperinverter.training import TRAINERS
 from hyperinverter.training.config import ConfigError, load_config
@@ -65,6 +65,16 @@ def test_unknown_keys_are_rejected():
     # The strictness the test above relies on.
     with pytest.raises(ConfigError, match="hidden_dims"):
         load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["hidden_dims=64"])
+
+
+def test_a_bad_optional_value_says_why():
+    # An optional nested config said only "{'resolution': 48} does not fit GeneratorConfig | None".
+    from hyperinverter.training.gan import GeneratorTrainingConfig
+
+    with pytest.raises(ConfigError, match=r"generator: resolution must be a power of two in \[8, 2048\], got 48"):
+        decode(GeneratorTrainingConfig, {"run_dir": "r", "data": "d", "steps": 1, "generator": {"resolution": 48}})
+    with pytest.raises(ConfigError, match="adv_start must be a step \\(0 or more\\), got -3"):
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["adv_start=-3"])  # (an internal error)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

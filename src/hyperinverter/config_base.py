@@ -32,6 +32,8 @@ def _decode_value(value: Any, annotation: Any, key: str) -> Any:
                 return _decode_value(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:  # an optional value: why the one type it may have does not take it
+            raise errors[0]
         raise ConfigError(f"{key}: {value!r} does not fit {_describe(annotation)}")
     if origin is Literal:
         if value not in args:

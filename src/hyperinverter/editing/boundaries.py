@@ -204,6 +204,10 @@ def binary_classes(values: np.ndarray, fraction: float = 0.3) -> tuple[np.ndarra
     n = math.floor(fraction * len(order))
     if n < 1:
         raise ValueError(f"{len(order)} labelled samples are too few for a {fraction:g} fraction per class")
+    low, high = values[order[n - 1]], values[order[-n]]
+    if low >= high:  # the classes share values: which sample falls in which is arbitrary
+        raise ValueError(f"the bottom and top {fraction:g} of the labelled values overlap (up to {low:g} and from "
+                         f"{high:g}): they do not tell two classes apart; give a smaller fraction, or other labels")
     index = np.concatenate([order[:n], order[-n:]])
     return index, np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
 

@@ -80,6 +80,8 @@ class EncoderTrainingConfig(RunConfig):
             raise ValueError("synthetic_fraction must be in [0, 1]")
         if self.adv_weight > 0 and self.adv_start is None:
             raise ValueError("adv_weight > 0 needs adv_start (the step where the adversarial stage begins)")
+        if self.adv_start is not None and self.adv_start < 0:
+            raise ValueError(f"adv_start must be a step (0 or more), got {self.adv_start}")
         if self.id_samples is not None and self.id_samples < 1:
             raise ValueError("id_samples must be >= 1 (or None for the whole batch)")
         if self.optimizer not in ("adam", "ranger"):
