@@ -1,5 +1,6 @@
 """InversionPipeline end to end on tiny models: batching, save/load, edit, interpolate, and the CLI."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -41,11 +42,30 @@ def test_the_inputs_a_user_hands_over(pipeline, tmp_path, caplog):
     assert by_path.shape == (1, 3, 32, 32)
     assert torch.equal(pipeline.prepare(str(tmp_path / "one.png")), by_path)
     assert torch.equal(pipeline.prepare(Image.open(tmp_path / "one.png")), by_path)
+    # A file's bytes were taken as a sequence of numbers; a numpy image (as imageio and OpenCV give) was refused as
+    # "not a readable image"; an int64 or bool tensor failed deep inside with a torch error.
+    assert torch.equal(pipeline.prepare((tmp_path / "one.png").read_bytes()), by_path)
+    assert torch.equal(pipeline.prepare(np.asarray(Image.open(tmp_path / "one.png"))), by_path)
+    assert torch.equal(pipeline.prepare([np.asarray(Image.open(tmp_path / "one.png"))] * 2), by_path.repeat(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="a numpy image must be uint8 H x W or H x W x 1/3/4, got float32"):
+        pipeline.prepare(np.zeros((32, 32, 3), np.float32))
+    for dtype in (torch.int64, torch.bool):
+        with pytest.raises(ValueError, match=f"floats in \\[-1, 1\\] or uint8 in \\[0, 255\\], got {dtype}"):
+            pipeline.prepare(as_uint8.to(dtype))
     with pytest.raises(ValueError, match="no images given"):
         pipeline.prepare(x[:0])
     with caplog.at_level("WARNING"):
         pipeline.prepare(x * 255)
     assert "inversion expects [-1, 1]" in caplog.text
+
+
+def test_selecting_a_sample_by_index():
+    from hyperinverter.methods import InversionResult
+
+    result = InversionResult(ws=torch.arange(3.0).reshape(3, 1, 1), image=torch.zeros(3, 1, 2, 2))
+    assert result.select(-1).ws.item() == 2 and result.select(0).ws.item() == 0  # select(-1) was empty
+    with pytest.raises(IndexError, match="index 3 is out of range for 3 image"):
+        result.select(3)  # was an empty result
 
 
 def test_save_and_load_pretrained(pipeline, tmp_path):

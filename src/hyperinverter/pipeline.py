@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -61,6 +62,14 @@ MAX_ENCODER_RESOLUTION = 2048
 def non_finite_samples(images: torch.Tensor) -> list[int]:
     """Indices of the samples of ``[B, ...]`` that hold NaN or infinite values."""
     return torch.nonzero(~torch.isfinite(images).flatten(1).all(dim=1)).flatten().tolist()
+
+
+def _numpy_image(array: np.ndarray) -> Image.Image:
+    """A numpy image as a photo library holds it (``H x W`` or ``H x W x C``, uint8) -> PIL."""
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"a numpy image must be uint8 H x W or H x W x 1/3/4, got {array.dtype} {array.shape}; for "
+                         "floats, give a tensor [B, C, R, R] in [-1, 1]")
+    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
 
 
 def ensure_finite(images: torch.Tensor, what: str) -> torch.Tensor:
@@ -446,23 +455,28 @@ class InversionPipeline:
                              align_scale=self.align_scale, discriminator=self.discriminator)
 
     # --- inputs -----------------------------------------------------------------------------------------
-    def prepare(self, images: torch.Tensor | Image.Image | str | Path | Sequence[Image.Image | str | Path]
-                ) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor | Image.Image | str | Path | bytes | np.ndarray
+                | Sequence[Image.Image | str | Path | bytes | np.ndarray]) -> torch.Tensor:
         """An image, a path, or a sequence of them -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and
         channel count.
 
-        Files go through :func:`hyperinverter.io.images.read_image`. A non-square image gives its centred square
-        (never squashed); align faces first for face models. Tensors are passed through: ``[B,C,R,R]`` (or one
-        ``[C,R,R]``) with the generator's channel count and resolution, floats in [-1,1] or ``uint8`` in [0, 255].
+        Files (a path, or a file's bytes) go through :func:`hyperinverter.io.images.read_image`, and so do PIL
+        images and uint8 numpy images (``H x W`` or ``H x W x C``, as image libraries hold them). A non-square image
+        gives its centred square (never squashed); align faces first for face models. Tensors are passed through:
+        ``[B,C,R,R]`` (or one ``[C,R,R]``) with the generator's channel count and resolution, floats in [-1,1] or
+        ``uint8`` in [0, 255].
         """
         G = self.generator
-        if isinstance(images, (str, os.PathLike, Image.Image)):
-            images = [images]  # one image (a string is not a sequence of paths)
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, np.ndarray)):
+            images = [images]  # one image (a string is not a sequence of paths, nor a file's bytes of numbers)
         if isinstance(images, torch.Tensor):
             x = images if images.ndim == 4 else images[None]
             if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
                 x = x.float() / 127.5 - 1
+            elif not x.is_floating_point():
+                raise ValueError(f"image tensors must be floats in [-1, 1] or uint8 in [0, 255], got {x.dtype}")
         else:
+            images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
             tensors = [pil_to_tensor(center_square(read_image(item)), size=G.resolution,
                                      channels=G.config.img_channels) for item in images]
             if not tensors:

@@ -68,8 +68,11 @@ class InversionResult:
             steps=[fn(s) for s in self.steps], timings=dict(self.timings))
 
     def select(self, index: int | slice) -> InversionResult:
-        """Samples at ``index`` (an int keeps a batch dimension of 1)."""
+        """Samples at ``index`` (an int, negative from the end, keeps a batch dimension of 1)."""
         if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} is out of range for {len(self)} image(s)")
+            index %= len(self)  # (slice(-1, 0) would be empty)
             index = slice(index, index + 1)
         return self._map(lambda t: t[index], lambda d: d.select(index))
 
