@@ -23,6 +23,8 @@ def test_linear_direction_shifts_every_layer():
     assert torch.allclose(per_layer.apply(ws, 1.0) - ws, per_layer.vector.expand_as(ws))
     with pytest.raises(ValueError, match="does not fit"):
         LinearDirection(torch.randn(5, 4)).apply(ws, 1.0)
+    with pytest.raises(ValueError, match="direction 'nan' holds NaN or infinite values"):
+        LinearDirection(torch.tensor([[1.0, float("nan"), 0, 0]]), name="nan")  # (each edit was a NaN image)
 
 
 def test_ganspace_sets_the_coordinate_on_its_layers_only():

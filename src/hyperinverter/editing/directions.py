@@ -47,6 +47,8 @@ class LinearDirection:
     def __post_init__(self) -> None:
         if self.vector.ndim != 2:
             raise ValueError(f"direction {self.name!r} must be [1|num_ws, w_dim], got {tuple(self.vector.shape)}")
+        if not bool(torch.isfinite(self.vector).all()):  # (else every edit is a NaN image, blamed on the model)
+            raise ValueError(f"direction {self.name!r} holds NaN or infinite values")
 
     def apply(self, ws: torch.Tensor, strength: float | None = None) -> torch.Tensor:
         strength = self.default_strength if strength is None else strength
