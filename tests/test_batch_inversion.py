@@ -13,6 +13,7 @@ from hyperinverter.cli.main import main
 from hyperinverter.editing import LinearDirection, save_direction
 from hyperinverter.inversion.batch import invert_files, rank_shard
 from hyperinverter.inversion.files import load_inversion
+from hyperinverter.io.images import find_images
 from hyperinverter.pipeline import InversionPipeline
 from hyperinverter.progress import progress_bar
 
@@ -200,3 +201,22 @@ def test_quiet_hides_every_progress_bar(pipeline, tmp_path, capsys):
     assert [bar.disable for bar in bars] == [True, True, False, True]
     for bar in bars:
         bar.close()
+
+
+def test_results_inside_an_input_folder_are_not_taken_for_inputs(pipeline, tmp_path, capsys):
+    # `invert photos/ --out photos/inverted`, run again to resume: it took its own results for inputs, renamed
+    # every picture to tell them apart (so nothing counted as done) and inverted the reconstructions too.
+    write_photos(tmp_path / "photos", 2)
+    pipeline.save_pretrained(tmp_path / "model")
+    command = ["invert", str(tmp_path / "photos"), "--model", str(tmp_path / "model"), "--device", "cpu",
+               "--out", str(tmp_path / "photos" / "inverted")]
+    assert main(command) == 0
+    before = sorted(p.name for p in (tmp_path / "photos" / "inverted").iterdir())
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "wrote 0 picture(s)" in (out := capsys.readouterr().out) and "2 input(s) already done, 0 failed" in out
+    assert sorted(p.name for p in (tmp_path / "photos" / "inverted").iterdir()) == before
+    # A result named explicitly is still an input.
+    found = find_images([tmp_path / "photos", tmp_path / "photos" / "inverted" / "p0.png"],
+                        skip=[tmp_path / "photos" / "inverted"])
+    assert [p.name for p in found.paths] == ["p0.png", "p1.png", "p0.png"]

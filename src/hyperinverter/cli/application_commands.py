@@ -57,7 +57,7 @@ def run_restore(args: argparse.Namespace) -> int:
     from ..progress import progress_bar
     from ..restoration import restoration_task, restore
 
-    found = find_images(args.inputs)
+    found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
         return 2

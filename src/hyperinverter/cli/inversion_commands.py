@@ -219,7 +219,7 @@ def run_invert(args: argparse.Namespace) -> int:
     from ..io.images import find_images
 
     check_output_folder(args.out)
-    found = find_images(args.inputs)
+    found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
         return 2

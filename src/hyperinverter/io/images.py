@@ -318,16 +318,21 @@ class FoundImages:
     problems: list[ImageReadError]
 
 
-def find_images(inputs: Sequence[str | os.PathLike]) -> FoundImages:
+def find_images(inputs: Sequence[str | os.PathLike], *, skip: Sequence[str | os.PathLike] = ()) -> FoundImages:
     """Expand files and folders (recursively, sorted) into image paths, once each.
 
     Inputs that cannot be images are returned as problems, not dropped: a missing input, a broken symbolic
     link or a folder with an image suffix. Files named explicitly are kept whatever their suffix (reading them
     says whether they are images); in folders, only files with an image suffix are taken.
+
+    ``skip``: folders inside an input folder that its expansion does not enter, such as the command's own output
+    folder (a re-run would otherwise take the results for inputs). An input folder that is itself one of them is
+    expanded (what would overwrite an input is the writer's to refuse).
     """
     paths: list[Path] = []
     problems: list[ImageReadError] = []
     seen: set[Path] = set()
+    skip = [Path(folder).resolve() for folder in skip]
 
     def take(p: Path) -> None:
         key = p.resolve() if p.exists() else p.absolute()
@@ -338,8 +343,9 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> FoundImages:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            inside = [folder for folder in skip if folder != p.resolve()]
             for q in sorted(p.rglob("*")):
-                if q.suffix.lower() not in IMAGE_SUFFIXES:
+                if q.suffix.lower() not in IMAGE_SUFFIXES or any(q.resolve().is_relative_to(f) for f in inside):
                     continue
                 if q.is_file():
                     take(q)
