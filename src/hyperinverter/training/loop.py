@@ -31,6 +31,7 @@ from .run import (
     BatchSampler,
     RunLogger,
     autocast,
+    check_run_outside_data,
     mean_dict,
     prepared_run_dir,
     random_hflip,
@@ -233,6 +234,8 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
     resumed run continues exactly, and ranks agree. While it trains, the run folder is held: a second process
     training into it is refused (both would write the same checkpoints).
     """
+    if images is None:
+        check_run_outside_data(cfg.run_dir, cfg.data)
     device = resolve_device(local_device(cfg.device))
     ctx = init_distributed(device)
     with prepared_run_dir(Path(cfg.run_dir), cfg, ctx) as run_dir:
