@@ -201,4 +201,4 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     assert "sky.png: no face found" in captured.err and "holds 2 aligned face(s) of 64 px" in captured.out
     assert main(["data", "align", str(real), "--out", str(real)]) == 2  # never among its photos
     assert main(["data", "align", str(real), "--out", str(real / "faces")]) == 2  # read as photos next time
-    assert "give an --out outside it" in capsys.readouterr().err and not (real / "faces").exists()
+    assert "give --out outside it" in capsys.readouterr().err and not (real / "faces").exists()

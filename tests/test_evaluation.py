@@ -55,6 +55,14 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
             assert mean == pytest.approx(saved["metrics"][method][metric], rel=1e-5, abs=1e-6)
     assert "quality bars:" in capsys.readouterr().out and "MSE change" in (tmp_path / "report.md").read_text()
     assert "protocol: images in [-1, 1] at 32 px; MSE" in (tmp_path / "report.md").read_text()
+    # A report (or a benchmark) written into the held-out folder: its plot was a held-out image the next time.
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"),
+                 "--out", str(tmp_path / "held-out" / "report"), "--device", "cpu"]) == 2
+    assert main(["benchmark", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"),
+                 "--out", str(tmp_path / "held-out" / "bench"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "report is inside " in err and "bench is inside " in err and "would be read as held-out images" in err
+    assert sorted(p.name for p in (tmp_path / "held-out").iterdir()) == ["0.png", "1.png", "2.png"]
 
 
 def test_editability_of_a_model_without_directions_uses_its_principal_ones(pipeline, tmp_path, capsys):

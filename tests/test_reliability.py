@@ -293,16 +293,16 @@ def test_a_run_folder_inside_the_data_is_refused(tmp_path):
     # Its sample grids (samples/*.png) became training images when the run resumed, and the batches changed.
     from hyperinverter.models.stylegan2 import GeneratorConfig
     from hyperinverter.training.gan import GeneratorTrainingConfig, train_generator
-    from hyperinverter.training.run import check_run_outside_data
+    from hyperinverter.io.files import check_outside
 
     data = tmp_path / "faces"
     data.mkdir()
     cfg = GeneratorTrainingConfig(run_dir=str(data / "run"), data=str(data), steps=1,
                                   generator=GeneratorConfig(resolution=16, z_dim=8, w_dim=8))
-    with pytest.raises(ValueError, match="is inside the data folder .*faces: the run's sample grids would be read"):
+    with pytest.raises(ValueError, match="run is inside .*faces: the run's sample grids would be read as training"):
         train_generator(cfg)
     assert list(data.iterdir()) == []
-    check_run_outside_data(tmp_path / "run", data)  # beside it: fine
+    check_outside(tmp_path / "run", data, why="")  # beside it: fine
 
 
 def test_a_run_folder_in_use_is_refused(tmp_path):

@@ -51,7 +51,9 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     from ..editing.directions import edit_directions
     from ..evaluation import load_heldout_images
     from ..inception_metrics import feature_extractor
+    from ..io.files import check_outside
 
+    check_outside(args.out, args.data, why="its pictures would be read as held-out images next time")
     pipe = _load_pipeline(args)
     G = pipe.generator
     options: dict[str, dict] = {}

@@ -617,9 +617,11 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, evaluation_work, load_heldout_images, quality_bars
+    from ..io.files import check_outside
     from ..metrics import protocol_note
     from ..precision import dtype_name
 
+    check_outside(args.out, args.data, why="its report and plot would be read as held-out images next time")
     pipe = _load_pipeline(args)
     G = pipe.generator
     images, names, failures = load_heldout_images(args.data, resolution=G.resolution,

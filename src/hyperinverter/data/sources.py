@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..generate import z_from_seeds
-from ..io.files import atomic_write_bytes, atomic_write_group, check_own_folder
+from ..io.files import atomic_write_bytes, atomic_write_group, check_outside, check_own_folder
 from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
 from ..progress import progress_bar
 
@@ -248,8 +248,7 @@ def _source_images(source_dir: str | Path, out_dir: str | Path, limit: int | Non
     """(source, out, what ``find_images`` found, the first ``limit`` images by name) for a writer from one folder
     into another, which must not be the same: ``overlap`` says what would happen."""
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    if out_dir.resolve().is_relative_to(source_dir.resolve()):  # inside it, they would be read as sources next time
-        raise ValueError(f"{overlap} in {source_dir}: give an --out outside it")
+    check_outside(out_dir, source_dir, why=f"{overlap}, and read as sources next time")
     found = find_images([source_dir])
     return source_dir, out_dir, found, found.paths[:limit] if limit is not None else found.paths
 

@@ -73,6 +73,13 @@ def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *
         raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
 
 
+def check_outside(path: str | os.PathLike, folder: str | os.PathLike, *, why: str, option: str = "--out") -> None:
+    """A ``ValueError`` if ``path`` lies in ``folder`` (or is it), a folder the command reads every image under:
+    ``why`` says what would go wrong, ``option`` which setting to change."""
+    if Path(path).resolve().is_relative_to(Path(folder).resolve()):
+        raise ValueError(f"{path} is inside {folder}: {why}; give {option} outside it")
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created with its folder if needed) for the block; if another process

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..device import resolve_device
+from ..io.files import check_outside
 from ..progress import progress_bar
 from .checkpointing import resume_latest, save_checkpoint
 from .distributed import DistributedContext, init_distributed, local_device
@@ -31,7 +32,6 @@ from .run import (
     BatchSampler,
     RunLogger,
     autocast,
-    check_run_outside_data,
     mean_dict,
     prepared_run_dir,
     random_hflip,
@@ -235,7 +235,8 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
     training into it is refused (both would write the same checkpoints).
     """
     if images is None:
-        check_run_outside_data(cfg.run_dir, cfg.data)
+        check_outside(cfg.run_dir, cfg.data, option="a run_dir",
+                      why="the run's sample grids would be read as training images when it resumes")
     device = resolve_device(local_device(cfg.device))
     ctx = init_distributed(device)
     with prepared_run_dir(Path(cfg.run_dir), cfg, ctx) as run_dir:

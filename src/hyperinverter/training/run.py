@@ -120,14 +120,6 @@ def _not_a_run(folder: Path) -> str | None:
     return None if isinstance(config, dict) and "run_dir" in config else "holds files that are not a training run's"
 
 
-def check_run_outside_data(run_dir: str | Path, data: str | Path) -> None:
-    """A run folder inside its image folder is refused: the run's sample grids would be read as training images
-    when it resumes (and the batches would change)."""
-    if Path(run_dir).resolve().is_relative_to(Path(data).resolve()):
-        raise ValueError(f"run_dir {run_dir} is inside the data folder {data}: the run's sample grids would be read "
-                         "as training images when it resumes; give a run_dir outside it")
-
-
 @contextlib.contextmanager
 def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Iterator[Path]:
     """Create the run folder, hold it for the block and store the resolved config next to the checkpoints.
