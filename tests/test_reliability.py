@@ -291,9 +291,9 @@ def test_training_never_writes_into_a_user_folder(tmp_path):
 
 def test_a_run_folder_inside_the_data_is_refused(tmp_path):
     # Its sample grids (samples/*.png) became training images when the run resumed, and the batches changed.
+    from hyperinverter.io.files import check_outside
     from hyperinverter.models.stylegan2 import GeneratorConfig
     from hyperinverter.training.gan import GeneratorTrainingConfig, train_generator
-    from hyperinverter.io.files import check_outside
 
     data = tmp_path / "faces"
     data.mkdir()
