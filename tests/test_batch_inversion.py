@@ -1,6 +1,8 @@
 """Batch inversion of files: bad files reported, torchrun sharding disjoint and complete, aligned faces with
 their placement, `edit --paste-back`, and the pipeline's own crop scale."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +222,20 @@ def test_results_inside_an_input_folder_are_not_taken_for_inputs(pipeline, tmp_p
     found = find_images([tmp_path / "photos", tmp_path / "photos" / "inverted" / "p0.png"],
                         skip=[tmp_path / "photos" / "inverted"])
     assert [p.name for p in found.paths] == ["p0.png", "p1.png", "p0.png"]
+
+
+def test_paste_back_finds_the_photo_from_another_folder(pipeline, tmp_path, monkeypatch):
+    # `invert photos/group.png --align` records its photo; `edit --paste-back` run from another folder looked for
+    # "photos/group.png" there: "cannot paste back into its photo (no such file)".
+    (tmp_path / "photos").mkdir()
+    hostile.photo(0, (200, 160)).save(tmp_path / "photos" / "group.png")
+    monkeypatch.chdir(tmp_path)
+    invert_files(pipeline, [Path("photos/group.png")], Path("inv"), detector=TwoFaces(), progress=False)
+    assert load_inversion(tmp_path / "inv" / "group-face0.safetensors")[2]["source"] == str(
+        tmp_path / "photos" / "group.png")
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(LinearDirection(torch.randn(1, 16), name="dir"), tmp_path / "dir.safetensors")
+    monkeypatch.chdir(tmp_path / "inv")
+    assert main(["edit", "group-face0.safetensors", "--model", str(tmp_path / "model"), "--direction",
+                 str(tmp_path / "dir.safetensors"), "--paste-back", "--out", "edits", "--device", "cpu"]) == 0
+    assert (tmp_path / "inv" / "edits" / "group-face0_dir_default_photo.png").is_file()

@@ -271,7 +271,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                 adapted = adapt(one).cpu() if adapt is not None else None
                 panels = torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None else [])
                                    + [one.image] + ([adapted] if adapted is not None else []))
-                record = inversion_bytes(one, source=picture.source, model=model_name, method=method,
+                record = inversion_bytes(one, source=picture.source.absolute(), model=model_name, method=method,
                                          generator=pipe.fingerprint,
                                          placement=picture.placement,
                                          picture={"index": picture.index, "count": picture.count}, dtype=dtype,
