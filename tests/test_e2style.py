@@ -245,6 +245,14 @@ def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_pa
     assert (half.invert(x).image - expected).abs().mean() < 1e-3
     assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "hyper")]) == 0
     assert list(InversionPipeline.from_pretrained(tmp_path / "hyper", device="cpu").methods)[-1] == "e2style"
+    # Another E2Style under the same name (a restoration model, a retrained one) was dropped without a word.
+    retrained, _ = released_file(tmp_path / "e2b.pt", tiny_generator, seed=1)
+    assert main(["import-official", str(retrained), "--out", str(tmp_path / "e2b")]) == 0
+    capsys.readouterr()
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "same")]) == 0
+    assert "left out" not in capsys.readouterr().err  # the same weights: nothing is lost
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2b"), "--out", str(tmp_path / "kept")]) == 0
+    assert "e2b: its e2style holds other weights than the bundle's and is left out" in capsys.readouterr().err
 
     other, _ = released_file(tmp_path / "other.pt", build_tiny_generator(seed=7))
     assert main(["import-official", str(other), "--out", str(tmp_path / "other")]) == 0

@@ -455,6 +455,13 @@ def test_values_that_made_internal_errors(world, tmp_path, capsys):
         result.err
     result = cli(capsys, "ganspace", "--model", world.model, "--samples", "1", "--out", tmp_path / "s.png")
     assert result.code == 2 and "components needs more than" in result.err and "got 1" in result.err
+    # A sheet of 501 seeds ran for minutes towards 203,556 px; 1,000 components were listed one by one.
+    result = cli(capsys, "ganspace", "--model", world.model, "--samples", "200", "--seeds", "0-500", "--out",
+                 tmp_path / "s.png")
+    assert result.code == 2 and "501 seed(s) and 8 component(s) make a sheet of" in result.err
+    result = cli(capsys, "ganspace", "--model", world.model, "--samples", "200", "--components", "0-999", "--out",
+                 tmp_path / "s.png")
+    assert result.code == 2 and ", ...] out of range (the basis has " in result.err and len(result.err) < 200
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "s.png").exists()
 
 

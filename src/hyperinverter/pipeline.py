@@ -260,11 +260,23 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
     joined = dict(methods)
     for name, method in new.items():
         if name in joined:
-            logger.info("%s: keeping the bundle's %s", source, name)
+            if name == "phase1" or _same_trained_parts(joined[name], method):
+                logger.info("%s: keeping the bundle's %s", source, name)
+            else:  # another model under the same name (e2style for a restoration task, a retrained encoder)
+                logger.warning("%s: its %s holds other weights than the bundle's and is left out (a bundle holds one "
+                               "method of each name; join it into another bundle to use it)", source, name)
             continue
         method.generator = generator
         joined[name] = method
     return joined
+
+
+def _same_trained_parts(a: Inverter, b: Inverter) -> bool:
+    """Whether two methods hold the same settings and trained weights (their generators aside)."""
+    from .io.work import fingerprint_of
+
+    return (type(a) is type(b) and a.settings() == b.settings()
+            and fingerprint_of(a.parts()) == fingerprint_of(b.parts()))
 
 
 def _check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float = 1e-5) -> None:

@@ -27,6 +27,10 @@ def parse_layer_range(spec: str, num_ws: int) -> tuple[int, int]:
     return start, end
 
 
+# The largest sheet drawn (it is made in memory, and a sheet is for reading by eye).
+MAX_SHEET_SIDE = 16_384
+
+
 @torch.no_grad()
 def render_ganspace_sheet(
     G: Generator,
@@ -50,15 +54,20 @@ def render_ganspace_sheet(
     indices = list(range(min(components, basis.num_components))) if isinstance(components, int) else list(components)
     bad = [i for i in indices if not 0 <= i < basis.num_components]
     if bad or not indices:
-        raise ValueError(f"components {bad or indices} out of range (the basis has {basis.num_components})")
-    device = G.w_avg.device
-    ws = G.mapping(z_from_seeds(seeds, G.z_dim).to(device), truncation_psi=truncation_psi)
-    values = torch.linspace(-strength, strength, steps).tolist()
+        shown = ", ".join(map(str, (bad or indices)[:8])) + (", ..." if len(bad or indices) > 8 else "")
+        raise ValueError(f"components [{shown}] out of range (the basis has {basis.num_components}: 0 to "
+                         f"{basis.num_components - 1})")
     tile = max(G.resolution, 64)
     pad, label_w, header_h, gap = 2, 150, 34, 10
     per_seed = (steps + 1) * (tile + pad)
-    sheet = Image.new("RGB", (label_w + len(seeds) * (per_seed + gap), header_h + len(indices) * (tile + pad)),
-                      "white")
+    width, height = label_w + len(seeds) * (per_seed + gap), header_h + len(indices) * (tile + pad)
+    if max(width, height) > MAX_SHEET_SIDE:
+        raise ValueError(f"{len(seeds)} seed(s) and {len(indices)} component(s) make a sheet of {width} x {height} "
+                         f"px (at most {MAX_SHEET_SIDE} a side); give fewer --seeds or --components")
+    device = G.w_avg.device
+    ws = G.mapping(z_from_seeds(seeds, G.z_dim).to(device), truncation_psi=truncation_psi)
+    values = torch.linspace(-strength, strength, steps).tolist()
+    sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     font = label_font(12)
 
