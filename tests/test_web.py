@@ -262,3 +262,20 @@ def test_a_bundle_without_card_or_directions_is_described_and_edits_by_principal
     assert list(session.directions)[:2] == ["principal direction 1", "principal direction 2"]
     (item,) = session.invert(photo(), align=False)
     assert session.edit(item, "principal direction 1", 2.0).size == session.to_display(item.result.image).size
+
+
+def test_a_host_or_port_the_page_cannot_listen_on_is_named_before_loading(capsys):
+    # Gradio said only "cannot find empty port in range: 7999-7999", after the models had loaded.
+    import socket
+
+    from hyperinverter.cli.main import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["web", "--port", str(port), "--model", "no-such-model"]) == 2
+        assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in \
+            capsys.readouterr().err
+    assert main(["web", "--host", "no.such.host.invalid", "--model", "no-such-model"]) == 2
+    assert "--host no.such.host.invalid: not a name or address this machine can listen on" in capsys.readouterr().err

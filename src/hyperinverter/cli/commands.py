@@ -215,6 +215,7 @@ def run_web(args: argparse.Namespace) -> int:
     from ..apps.web import WebLimits, build_app, settle_memory
     from ..memory import keep_memory_bounded
 
+    _check_can_listen(args.host, args.port)  # before minutes of loading models, and with a message that says why
     settle_memory(arenas=2)  # before Gradio starts its request threads
     keep_memory_bounded()  # a server's memory must level off: no heap reuse (hyperinverter.memory)
     from ..catalogue import installed_bundles
@@ -228,6 +229,23 @@ def run_web(args: argparse.Namespace) -> int:
     app.launch(server_name=args.host, server_port=args.port, show_error=False,
                max_file_size=f"{args.max_upload_mb:g}mb")
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """A ``ValueError`` naming the cause if the web page could not listen on ``host:port`` (Gradio says only that it
+    found no empty port)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: not a name or address this machine can listen on ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
 
 
 def _train(sub) -> None:
