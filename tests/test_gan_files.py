@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hyperinverter.cli import commands
 from hyperinverter.cli.main import main
 from hyperinverter.convert.gan_files import load_gan, save_rosinality
 from hyperinverter.errors import CheckpointError
+from hyperinverter.io import images
 from hyperinverter.io.gan import save_gan
 from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
 from nvidia_pickle_writer import write_nvidia_pickle
@@ -218,7 +218,7 @@ def test_generate_one_file_per_seed_resumes(tmp_path, tiny_generator, capsys, mo
     Image.new("RGB", (32, 32)).save(samples / "seed0004.png")  # not this command's work: written again
     assert "wrote 1 samples" in generate("--seeds", "3-7", "--trunc", "0.7")
     assert "wrote 5 samples" in generate("--seeds", "3-7", "--trunc", "0.7", "--overwrite")
-    monkeypatch.setattr(commands, "MAX_GRID_SIDE", 100)  # (a real refusal takes 256 samples of 1024 px)
+    monkeypatch.setattr(images, "MAX_PICTURE_SIDE", 100)  # (a real refusal takes 256 samples of 1024 px)
     code = main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0-15", "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err
     assert code == 2 and "16 samples of 32 px make a grid 136 px wide (at most 100); write one file per seed" in err

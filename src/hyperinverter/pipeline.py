@@ -480,7 +480,7 @@ class InversionPipeline:
         """
         G = self.generator
         if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, np.ndarray)):
-            images = [images]  # one image (a string is not a sequence of paths, nor a file's bytes of numbers)
+            images = [images]  # one image: a string is not a sequence of paths, nor are a file's bytes a sequence
         if isinstance(images, torch.Tensor):
             x = images if images.ndim == 4 else images[None]
             if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image

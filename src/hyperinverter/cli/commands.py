@@ -9,10 +9,6 @@ from pathlib import Path
 
 from .arguments import add_device, add_dtype, finite_float, port, positive_float, positive_int
 
-# The widest grid `generate` draws: the grid and every sample sit in memory, and viewers give up on larger images
-# (256 samples at 1024 px). Beyond it, --outdir writes one file per seed.
-MAX_GRID_SIDE = 16_384
-
 
 def _generate(sub) -> None:
     p = sub.add_parser("generate", help="render samples from a generator file (any supported format)")
@@ -39,7 +35,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
     from ..generate import generate_images, parse_seeds, write_samples
-    from ..io.images import image_output_path, make_grid, save_image
+    from ..io.images import MAX_PICTURE_SIDE, image_output_path, make_grid, save_image
     from ..pipeline import ensure_finite
 
     seeds = parse_seeds(args.seeds)
@@ -51,9 +47,9 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{len(report.skipped)} already there")
         return 0
     side = math.ceil(math.sqrt(len(seeds))) * (G.resolution + 2)
-    if side > MAX_GRID_SIDE:
+    if side > MAX_PICTURE_SIDE:
         raise ValueError(f"--seeds {args.seeds}: {len(seeds)} samples of {G.resolution} px make a grid {side} px "
-                         f"wide (at most {MAX_GRID_SIDE}); write one file per seed with --outdir")
+                         f"wide (at most {MAX_PICTURE_SIDE}); write one file per seed with --outdir")
     images = generate_images(G, seeds, truncation_psi=args.trunc, noise_mode=args.noise_mode,
                              batch_size=args.batch_size)
     ensure_finite(images, f"the samples of {args.model}")

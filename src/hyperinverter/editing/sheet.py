@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..generate import z_from_seeds
-from ..io.images import label_font, save_image, tensor_to_pil
+from ..io.images import MAX_PICTURE_SIDE, label_font, save_image, tensor_to_pil
 from ..models.stylegan2 import Generator
 from .directions import GANSpaceDirection
 from .ganspace import GANSpaceBasis
@@ -25,10 +25,6 @@ def parse_layer_range(spec: str, num_ws: int) -> tuple[int, int]:
     if not 0 <= start < end <= num_ws:
         raise ValueError(f"layer range {spec!r} does not fit a generator with {num_ws} ws (0:{num_ws})")
     return start, end
-
-
-# The largest sheet drawn (it is made in memory, and a sheet is for reading by eye).
-MAX_SHEET_SIDE = 16_384
 
 
 @torch.no_grad()
@@ -61,9 +57,9 @@ def render_ganspace_sheet(
     pad, label_w, header_h, gap = 2, 150, 34, 10
     per_seed = (steps + 1) * (tile + pad)
     width, height = label_w + len(seeds) * (per_seed + gap), header_h + len(indices) * (tile + pad)
-    if max(width, height) > MAX_SHEET_SIDE:
+    if max(width, height) > MAX_PICTURE_SIDE:
         raise ValueError(f"{len(seeds)} seed(s) and {len(indices)} component(s) make a sheet of {width} x {height} "
-                         f"px (at most {MAX_SHEET_SIDE} a side); give fewer --seeds or --components")
+                         f"px (at most {MAX_PICTURE_SIDE} a side); give fewer --seeds or --components")
     device = G.w_avg.device
     ws = G.mapping(z_from_seeds(seeds, G.z_dim).to(device), truncation_psi=truncation_psi)
     values = torch.linspace(-strength, strength, steps).tolist()

@@ -99,6 +99,10 @@ def labelled_columns(columns: dict[str, torch.Tensor], *, scale: int = 2) -> Ima
 WRITTEN_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
+# The widest picture a command draws (a grid of samples, a GANSpace sheet): it is made in memory with everything in
+# it, and viewers give up on larger images. 256 samples at 1024 px fill it.
+MAX_PICTURE_SIDE = 16_384
+
 # A PNG text chunk: the digest of what made a result (see image_bytes), so that a re-run knows its own work.
 MADE_WITH_CHUNK = "hyperinverter:made-with"
 
