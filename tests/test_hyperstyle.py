@@ -125,7 +125,7 @@ def test_delta_accumulates_over_iterations(method):
     assert torch.equal(result.ws, method.encode_w(x))  # the codes never change
     with pytest.raises(ValueError, match="iterations must be a positive integer"):
         method.invert(x, iterations=0)
-    with pytest.raises(ValueError, match="option iterations of hyperstyle must be a whole number, got True"):
+    with pytest.raises(ValueError, match="option iterations of hyperstyle: expected an integer, got True"):
         method.invert(x, iterations=True)  # (`--option iterations=true`: it ran one iteration)
 
 

@@ -79,6 +79,12 @@ def _decode_value(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def check_value(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` decoded as ``annotation`` (see :func:`decode`), or a ``ConfigError`` naming ``key``: the one type
+    check for configs and for methods' options."""
+    return _decode_value(value, annotation, key)
+
+
 def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 

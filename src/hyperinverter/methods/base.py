@@ -9,7 +9,6 @@ Its trainable parts are *components* (saved as folders of a pipeline bundle); it
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..config_base import check_value
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
 from ..precision import reduced_precision, resolve_dtype
@@ -222,21 +222,10 @@ class Inverter(nn.Module):
         return result
 
 
-_OPTION_KINDS = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
-
-
 def _check_option_type(method: str, key: str, value: Any, default: Any) -> None:
-    """A value given as a plain scalar (what ``--option KEY=VALUE`` gives) must have its default's type; a float
-    option also takes a whole number, and must be finite. Other objects (an API caller's progress callback) and
-    options whose default is None are the method's to check."""
+    """A value given as a plain scalar (what ``--option KEY=VALUE`` gives) must have its default's type, as a config
+    value its annotation's (a float option also takes a whole number, and must be finite). Other objects (an API
+    caller's progress callback) and options whose default is None are the method's to check."""
     if default is None or not isinstance(value, (type(None), bool, int, float, str)):
         return
-    kind = bool if isinstance(default, bool) else type(default)
-    if kind not in _OPTION_KINDS:
-        return
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    if not ok:
-        raise ValueError(f"option {key} of {method} must be {_OPTION_KINDS[kind]}, got {value!r}")
+    check_value(value, type(default), f"option {key} of {method}")
