@@ -122,6 +122,23 @@ def test_env_describes_the_machine_for_a_bug_report(cache, capsys, monkeypatch):
     assert code == 0 and "cuda:0          NVIDIA H200, 143.0 GiB, compute capability 9.0; bf16: yes" in out
 
 
+def test_the_package_runs_as_a_module():
+    # `python -m hyperinverter` said "'hyperinverter' is a package and cannot be directly executed".
+    import subprocess
+    import sys
+
+    from hyperinverter import __version__
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hyperinverter", *argv], capture_output=True, text=True,
+                              check=False, timeout=60)
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"hyperinverter {__version__}"
+    done = run("no-such-command")
+    assert done.returncode == 2 and "invalid choice: 'no-such-command'" in done.stderr
+
+
 def test_models_lists_every_catalogue_entry(cache, capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0
