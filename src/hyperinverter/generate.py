@@ -86,16 +86,14 @@ def write_samples(
     it again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all. Files
     are not flushed one by one (samples can be made again): after a crash, a file that does not read back is redone.
     """
-    from .inversion.batch import check_output_folder
     from .inversion.files import generator_fingerprint
-    from .io.files import atomic_write_bytes, remove_stale_temporaries
+    from .io.files import atomic_write_bytes, prepare_output_folder
     from .io.images import image_bytes, images_made_with
     from .io.work import fingerprint_of
     from .pipeline import ensure_finite
     from .progress import progress_bar
 
-    out_dir = check_output_folder(Path(out_dir))
-    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
+    out_dir = prepare_output_folder(out_dir)
     made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode])
     made = {seed: fingerprint_of([made_by, seed]) for seed in seeds}
     report = SampleReport()

@@ -48,9 +48,9 @@ def run_restore(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import InputError
-    from ..inversion.batch import check_output_folder, unique_stems
+    from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries, sha256_of
+    from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
     from ..io.images import find_images, image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
@@ -61,7 +61,7 @@ def run_restore(args: argparse.Namespace) -> int:
     if not found.paths and not found.problems:
         print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
         return 2
-    out_dir = check_output_folder(args.out)
+    out_dir = prepare_output_folder(args.out)
     failures = list(found.problems)
     pipe = _load_pipeline(args)
     task = restoration_task(pipe)
@@ -69,7 +69,6 @@ def run_restore(args: argparse.Namespace) -> int:
         print(f"error: {args.model}: its {pipe.default_method} was not trained for a restoration task "
               "(train one with `hyperinverter train e2style` and task: sr4, ...)", file=sys.stderr)
         return 2
-    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
     # What makes a result, besides its input file's bytes: a re-run skips only what it would make again.
     options = dict(args.option)
     inverter = pipe.inverter()

@@ -215,10 +215,11 @@ def run_invert(args: argparse.Namespace) -> int:
     import os
 
     from ..errors import InputError
-    from ..inversion.batch import check_output_folder, invert_files
+    from ..inversion.batch import invert_files
+    from ..io.files import prepare_output_folder
     from ..io.images import find_images
 
-    check_output_folder(args.out)
+    prepare_output_folder(args.out)  # a bad --out fails before the model loads
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
@@ -285,15 +286,15 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import InputError
-    from ..inversion.batch import check_output_folder, unique_stems
+    from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries, sha256_if_readable
+    from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
     from ..io.images import image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
 
-    out_dir = check_output_folder(args.out)
+    out_dir = prepare_output_folder(args.out)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
     strengths = args.strength or [None]
@@ -301,7 +302,6 @@ def run_edit(args: argparse.Namespace) -> int:
     endings = (".png", "_photo.png") if args.paste_back else (".png",)
     options = dict(args.option)
     pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
-    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
     # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
     # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
     inverted_by = (made_with_digest(pipe.inverter(), options)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
-from ..io.files import InputFiles, atomic_write_group, remove_stale_temporaries, sha256_if_readable
+from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
 from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
@@ -182,17 +182,6 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, metho
                and (not adapted or adapted_path(out_dir, n).is_file()) for n in names)
 
 
-def check_output_folder(out_dir: Path) -> Path:
-    """Create ``out_dir`` if needed; an existing file there, or an unwritable folder, is an ``OutputError``."""
-    out_dir = Path(out_dir)
-    if os.path.lexists(out_dir) and not out_dir.is_dir():
-        raise OutputError(out_dir, "exists and is not a folder; give a folder for the results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(out_dir, "permission denied: cannot write into this folder")
-    return out_dir
-
-
 def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: str | None = None,
                  options: Mapping[str, object] | None = None, batch_size: int = 4, detector=None,
                  model_name: str = "", shard: bool = True, progress: bool = True,
@@ -209,8 +198,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out_dir = check_output_folder(Path(out_dir))
-    remove_stale_temporaries(out_dir)  # what a killed run left (our hidden .partial names only)
+    out_dir = prepare_output_folder(Path(out_dir))
     paths = list(inputs)
     names = unique_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)

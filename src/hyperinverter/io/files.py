@@ -73,6 +73,19 @@ def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *
         raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
 
 
+def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
+    """The folder a command writes its results into: created if needed, an ``OutputError`` if it is a file or cannot
+    be written, and cleared of the hidden temporaries a killed run of ours left there (nothing else)."""
+    out_dir = Path(out_dir)
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise OutputError(out_dir, "exists and is not a folder; give a folder for the results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(out_dir, "permission denied: cannot write into this folder")
+    remove_stale_temporaries(out_dir)
+    return out_dir
+
+
 def check_outside(path: str | os.PathLike, folder: str | os.PathLike, *, why: str, option: str = "--out") -> None:
     """A ``ValueError`` if ``path`` lies in ``folder`` (or is it), a folder the command reads every image under:
     ``why`` says what would go wrong, ``option`` which setting to change."""
