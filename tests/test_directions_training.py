@@ -297,21 +297,21 @@ def test_an_interrupted_labelling_resumes_without_measuring_again(tiny_generator
 
     seeds = range(10, 20)
     whole = label_samples(tiny_generator, seeds, detector, batch_size=4)
-    work = labelling_work(tmp_path / "labels.csv")
     measured.clear()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), labelling_work(tmp_path / "labels.csv") as work:
         label_samples(tiny_generator, seeds, lambda im: detector(im, stop_after=6), batch_size=4, work=work)
-    assert sorted(p.name for p in work.folder.iterdir()) == ["batch-000000.json", "run.json"]
+    assert sorted(p.name for p in work.folder.iterdir()) == [".lock", "batch-000000.json", "run.json"]
     first_batch = measured[:4]
     measured[:] = first_batch  # the detector's count goes on from the stored batch, as an uninterrupted run's did
-    again = labelling_work(tmp_path / "labels.csv")
-    resumed = label_samples(tiny_generator, seeds, detector, batch_size=4, work=again)
-    assert again.resumed and len(measured) == 10  # only the 6 samples after the stored batch were measured
-    assert resumed == whole
-    again.remove()
+    with labelling_work(tmp_path / "labels.csv") as again:
+        resumed = label_samples(tiny_generator, seeds, detector, batch_size=4, work=again)
+        assert again.resumed and len(measured) == 10  # only the 6 samples after the stored batch were measured
+        assert resumed == whole
+        again.remove()
     assert not work.folder.exists()
     # Other settings refuse the stored work, naming what differs.
-    label_samples(tiny_generator, seeds, detector, batch_size=4, work=labelling_work(tmp_path / "labels.csv"))
+    with labelling_work(tmp_path / "labels.csv") as stored:
+        label_samples(tiny_generator, seeds, detector, batch_size=4, work=stored)
     with pytest.raises(InputError, match="other batch_size, truncation_psi"):
         label_samples(tiny_generator, seeds, detector, batch_size=5, truncation_psi=0.7,
                       work=labelling_work(tmp_path / "labels.csv"))
@@ -360,8 +360,8 @@ def test_the_label_command_resumes_an_interrupted_labelling(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.csv"]  # its work folder is gone
     # A run interrupted after its first batch: that batch's labels are stored.
     G = load_generator(generator_path("faces-64"), device="cpu").eval()
-    work = labelling_work(tmp_path / "labels.csv")
-    label_samples(G, range(6), detector, batch_size=4, upscale=4, work=work)
+    with labelling_work(tmp_path / "labels.csv") as work:
+        label_samples(G, range(6), detector, batch_size=4, upscale=4, work=work)
     (work.folder / "batch-000001.json").unlink()
     stored = json.loads((work.folder / "batch-000000.json").read_text())
     stored["found"][0]["yaw"] = 0.5  # marked, to see that the stored batch is read, not measured again

@@ -235,8 +235,14 @@ def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_pa
     assert main(command) == 130
     assert not (tmp_path / "report.json").exists()
     stored = sorted(p.relative_to(tmp_path / "report.work").as_posix() for p in (tmp_path / "report.work").rglob("*"))
-    assert stored == ["hyperinverter", "hyperinverter/batch-00000.json", "phase1", "phase1/batch-00000.json",
+    assert stored == [".lock", "hyperinverter", "hyperinverter/batch-00000.json", "phase1", "phase1/batch-00000.json",
                       "phase1/batch-00001.json", "run.json"]
+
+    from hyperinverter.evaluation import evaluation_work
+    with evaluation_work(tmp_path / "report"):  # another evaluation into the same --out is running
+        capsys.readouterr()
+        assert main(command) == 2
+        assert "report.work: is in use: another process is writing this evaluation there" in capsys.readouterr().err
 
     calls.clear()
     monkeypatch.setattr(InversionPipeline, "invert", lambda self, images, *, method=None, **kw: calls.append(method)

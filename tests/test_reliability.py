@@ -333,6 +333,42 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
         assert taken == run
 
 
+
+def test_a_work_folder_in_use_is_refused(tmp_path):
+    # Two evaluations (benchmarks, labellings) into one OUT wrote the same records, and the first to finish
+    # removed the other's.
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io.work import WorkFolder
+
+    folder = tmp_path / "report.work"
+    first, second = (WorkFolder(folder, format="f", what="evaluation") for _ in range(2))
+    first.claim({"seed": 0})
+    first.write_json("a/batch-0.json", {"scores": 1})
+    with pytest.raises(OutputError, match=rf"report.work: is in use: another process is writing this evaluation "
+                                          rf"there \(pid {os.getpid()}\)"):
+        second.claim({"seed": 0})  # (one process's two opens of a flock conflict, as two processes' do)
+    assert not second.resumed
+    first.close()  # an interrupted run: its records stay, and the next run resumes them
+    with second:
+        second.claim({"seed": 0})
+        assert second.resumed and second.read_json("a/batch-0.json") == {"scores": 1}
+        second.remove()
+    assert not folder.exists()  # the lock went with the records
+
+    with WorkFolder(folder, format="f", what="evaluation") as unused:  # failed before claiming: nothing is left
+        assert unused.folder.is_dir()
+    assert not folder.exists()
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with WorkFolder(folder, format="f", what="evaluation") as work:
+        work.claim({"seed": 0})
+        work.remove()
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # a user's file and its folder stay
+    (folder / "notes.txt").unlink()
+    with WorkFolder(folder, format="f", what="evaluation"):
+        pass
+    assert folder.is_dir()  # an empty folder of the user's is not removed either
+
 def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):
     from hyperinverter.training.checkpointing import resume_latest
 

@@ -507,16 +507,15 @@ def machine_description() -> str:
     return f"{cpu_description()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, {platform.system()}"
 
 
-def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], out: Path, *,
+def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequence[str], work: BenchmarkWork, *,
                    settings: BenchmarkSettings, direction: Any | None, directions: Mapping[str, Any],
                    progress: bool = True) -> dict[str, MethodRun]:
-    """Invert ``inputs`` with every method of ``settings`` (the expensive part of a run), stored in ``OUT/work``
+    """Invert ``inputs`` with every method of ``settings`` (the expensive part of a run), stored in ``work``
     batch by batch; what is stored already is read back, not redone. ``direction`` edits the example images;
     ``directions`` are those the editability runs (recorded, as the methods' weights and the images are: a run
     with any of them changed refuses the stored work)."""
     count = min(settings.images, inputs.shape[0])
     images_per_method = {m: min(count, settings.images_for(pipeline, m)) for m in settings.methods}
-    work = BenchmarkWork(out)
     work.claim({"settings": settings.to_json(), "model": pipeline.fingerprint,
                 "methods": {m: method_fingerprint(pipeline.inverter(m)) for m in settings.methods},
                 "images": fingerprint_of({"names": names[:count], "pixels": inputs[:count]}),
@@ -551,73 +550,74 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
     if settings.direction is not None and settings.direction not in directions:
         raise InputError(model, f"has no direction {settings.direction!r}; it has {sorted(directions) or 'none'}")
     direction_name = settings.direction or next(iter(directions), None)
-    direction = directions.get(direction_name) if direction_name else None
-    runs = run_inversions(pipeline, inputs, names, out, settings=settings, direction=direction,
-                          directions=directions, progress=progress)
-    images_per_method = {m: r.images.shape[0] for m, r in runs.items()}
-    count = max(images_per_method.values())
-    inputs, names = inputs[:count], list(names[:count])
-    work = BenchmarkWork(out)  # what run_inversions claimed
-    metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
-    common = min(images_per_method.values())
-    scored = score({m: r.images[:common] for m, r in runs.items()}, inputs[:common], metrics, settings.batch_size,
-                   progress=progress)
-    scores = {m: means for m, (means, _) in scored.items()}
-    spread, at_scale = {}, {}
-    distribution_notes = []
-    if features is not None and count < 2:
-        distribution_notes.append(f"FID/KID: not measured (they compare sets: {count} image is too few)")
-    elif features is not None:
-        real = work.features("inputs", inputs, features)
-        for m, r in progress_bar(runs.items(), desc="FID/KID", disable=not progress):
-            mine = work.features(m, r.images, features)
-            if common >= 2:
-                spread[m] = fid_kid(mine[:common], real[:common])
-            if r.images.shape[0] > max(common, 1):
-                at_scale[m] = fid_kid(mine, real[: r.images.shape[0]])
-        if common < 2:
-            distribution_notes.append(f"FID/KID: not measured over the {common} image every method inverted "
-                                      "(they compare sets); the methods that inverted more are measured over those")
+    with BenchmarkWork(out) as work:  # another process on the same OUT is refused
+        direction = directions.get(direction_name) if direction_name else None
+        runs = run_inversions(pipeline, inputs, names, work, settings=settings, direction=direction,
+                              directions=directions, progress=progress)
+        images_per_method = {m: r.images.shape[0] for m, r in runs.items()}
+        count = max(images_per_method.values())
+        inputs, names = inputs[:count], list(names[:count])
+        metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
+        common = min(images_per_method.values())
+        scored = score({m: r.images[:common] for m, r in runs.items()}, inputs[:common], metrics, settings.batch_size,
+                       progress=progress)
+        scores = {m: means for m, (means, _) in scored.items()}
+        spread, at_scale = {}, {}
+        distribution_notes = []
+        if features is not None and count < 2:
+            distribution_notes.append(f"FID/KID: not measured (they compare sets: {count} image is too few)")
+        elif features is not None:
+            real = work.features("inputs", inputs, features)
+            for m, r in progress_bar(runs.items(), desc="FID/KID", disable=not progress):
+                mine = work.features(m, r.images, features)
+                if common >= 2:
+                    spread[m] = fid_kid(mine[:common], real[:common])
+                if r.images.shape[0] > max(common, 1):
+                    at_scale[m] = fid_kid(mine, real[: r.images.shape[0]])
+            if common < 2:
+                distribution_notes.append(f"FID/KID: not measured over the {common} image every method inverted "
+                                          "(they compare sets); the methods that inverted more are measured over those")
 
-    editability: dict[str, dict[str, float]] = {}
-    setup: dict[str, Any] = {}
-    if settings.editability_images and directions:
-        for method in progress_bar(settings.methods, desc="editability", disable=not progress):
-            report = run_editability(pipeline, method, directions, work, settings, extra_metrics or {})
-            editability[method] = report.metrics[method]
-            setup = {"images": report.num_images, "directions": report.directions, "strengths": report.strengths}
+        editability: dict[str, dict[str, float]] = {}
+        setup: dict[str, Any] = {}
+        if settings.editability_images and directions:
+            for method in progress_bar(settings.methods, desc="editability", disable=not progress):
+                report = run_editability(pipeline, method, directions, work, settings, extra_metrics or {})
+                editability[method] = report.metrics[method]
+                setup = {"images": report.num_images, "directions": report.directions, "strengths": report.strengths}
 
-    provenance = {"command": command, "version": __version__, "torch": torch.__version__,
-                  "python": platform.python_version(), "machine": machine_description(),
-                  "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
-                  "date": datetime.date.today().isoformat(),
-                  "images_sha256": _names_digest(names)}
-    all_notes = [protocol_note(pipeline.generator.resolution), *notes, *distribution_notes,
-                 f"per_image.csv: every method's scores on each of the {common} common images"]
-    if direction is not None:
-        k = min(settings.example_images, *images_per_method.values())
-        all_notes.append(f"examples.png: rows 1–{k} are reconstructions, the next {k} the same "
-                         f"images edited along {direction_name!r} at its default strength, each method keeping its "
-                         "own offsets")
-    for method, chosen in settings.options.items():
-        all_notes.append(f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items()))
-    report = BenchmarkReport(
-        model=model, data=data, settings=settings.to_json(), common_images=common, metrics=scores,
-        distribution=spread, distribution_at_scale=at_scale,
-        seconds_per_image={m: r.seconds_per_image for m, r in runs.items()},
-        peak_memory_mb={m: r.peak_memory_mb for m, r in runs.items()},
-        parameters={m: r.parameters for m, r in runs.items()}, images_per_method=images_per_method,
-        editability=editability, editability_setup=setup, claims=[], notes=all_notes, provenance=provenance)
-    report.claims = check_claims(report)
-    report.save(out)
-    atomic_write_bytes(out / "per_image.csv", image_scores_csv(names[:common], {m: v for m, (_, v) in scored.items()}))
-    try:
-        report.plot(out / "tradeoff.png")
-    except ImportError:
-        logger.warning("no trade-off plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
-    figure = example_figure(inputs, runs, direction_name)
-    buffer = io.BytesIO()
-    figure.save(buffer, format="PNG")
-    atomic_write_bytes(out / "examples.png", buffer.getvalue())
-    logger.info("benchmark written to %s in %.0f s", out, time.perf_counter() - started)
-    return report
+        provenance = {"command": command, "version": __version__, "torch": torch.__version__,
+                      "python": platform.python_version(), "machine": machine_description(),
+                      "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
+                      "date": datetime.date.today().isoformat(),
+                      "images_sha256": _names_digest(names)}
+        all_notes = [protocol_note(pipeline.generator.resolution), *notes, *distribution_notes,
+                     f"per_image.csv: every method's scores on each of the {common} common images"]
+        if direction is not None:
+            k = min(settings.example_images, *images_per_method.values())
+            all_notes.append(f"examples.png: rows 1–{k} are reconstructions, the next {k} the same "
+                             f"images edited along {direction_name!r} at its default strength, each method keeping its "
+                             "own offsets")
+        for method, chosen in settings.options.items():
+            all_notes.append(f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items()))
+        report = BenchmarkReport(
+            model=model, data=data, settings=settings.to_json(), common_images=common, metrics=scores,
+            distribution=spread, distribution_at_scale=at_scale,
+            seconds_per_image={m: r.seconds_per_image for m, r in runs.items()},
+            peak_memory_mb={m: r.peak_memory_mb for m, r in runs.items()},
+            parameters={m: r.parameters for m, r in runs.items()}, images_per_method=images_per_method,
+            editability=editability, editability_setup=setup, claims=[], notes=all_notes, provenance=provenance)
+        report.claims = check_claims(report)
+        report.save(out)
+        per_image = {m: values for m, (_, values) in scored.items()}
+        atomic_write_bytes(out / "per_image.csv", image_scores_csv(names[:common], per_image))
+        try:
+            report.plot(out / "tradeoff.png")
+        except ImportError:
+            logger.warning("no trade-off plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
+        figure = example_figure(inputs, runs, direction_name)
+        buffer = io.BytesIO()
+        figure.save(buffer, format="PNG")
+        atomic_write_bytes(out / "examples.png", buffer.getvalue())
+        logger.info("benchmark written to %s in %.0f s", out, time.perf_counter() - started)
+        return report

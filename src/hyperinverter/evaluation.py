@@ -204,7 +204,8 @@ def evaluate(
 
     ``work`` (:func:`evaluation_work`): each method's scores are stored there batch by batch, so that an interrupted
     evaluation resumes where it stopped; one with other images, methods (weights included), options, metrics or
-    precision refuses the stored work. The caller removes it (``work.remove()``) once the report is saved."""
+    precision refuses the stored work. The caller holds it (``with evaluation_work(out) as work:``, so that another
+    process on the same ``out`` is refused) and removes it (``work.remove()``) once the report is saved."""
     options = options or {}
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     methods = list(methods or pipeline.methods)

@@ -143,18 +143,18 @@ def run_label(args: argparse.Namespace) -> int:
     detector = Dlib68Detector(min_score=args.min_face_score, upsample=0)
     G = load_generator(generator_path(args.model), device=resolve_device(args.device)).eval()
     seeds = range(args.seed, args.seed + args.samples)
-    work = labelling_work(args.out)
-    report = label_samples(G, seeds, detector, truncation_psi=args.trunc, upscale=args.upscale,
-                           batch_size=args.batch_size, progress=True, work=work)
-    if work.resumed:
-        print(f"resumed the labelling stored in {work.folder}")
-    if not report.rows:
+    with labelling_work(args.out) as work:  # another process labelling into the same OUT is refused
+        report = label_samples(G, seeds, detector, truncation_psi=args.trunc, upscale=args.upscale,
+                               batch_size=args.batch_size, progress=True, work=work)
+        if work.resumed:
+            print(f"resumed the labelling stored in {work.folder}")
+        if report.rows:
+            write_labels_csv(args.out, report)
         work.remove()
+    if not report.rows:
         print(f"labelled nothing: no face found in any of the {report.samples} samples (try a larger --upscale "
               "or --trunc 0.7)", file=sys.stderr)
         return 1
-    write_labels_csv(args.out, report)
-    work.remove()
     print(f"wrote {args.out}: {len(report.rows)} labelled sample(s) of {report.samples} (seeds {seeds.start}-"
           f"{seeds.stop - 1}); {len(report.skipped)} without a face were skipped")
     return 0

@@ -634,18 +634,18 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         pipe.inverter(method)  # an unknown or unavailable method is an error before any work
     for method, chosen in options.items():
         pipe.inverter(method).check_options(chosen)
-    work = evaluation_work(args.out)
-    report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
-                      extra_metrics=extra, options=options, names=names, work=work)
-    report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
-                     for method, chosen in options.items()]
-    report.notes.append(f"model: {args.model}")
-    report.notes.append(f"precision: {dtype_name(pipe.dtype)}")
-    report.notes += [protocol_note(G.resolution), *notes]
-    report.notes.append(f"command: `{args.command}`")
-    report.notes += [f"left out (unreadable): {e}" for e in failures]
-    written = report.save(args.out)
-    work.remove()
+    with evaluation_work(args.out) as work:  # another process evaluating into the same --out is refused
+        report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
+                          extra_metrics=extra, options=options, names=names, work=work)
+        report.notes += [f"{method} options: " + ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+                         for method, chosen in options.items()]
+        report.notes.append(f"model: {args.model}")
+        report.notes.append(f"precision: {dtype_name(pipe.dtype)}")
+        report.notes += [protocol_note(G.resolution), *notes]
+        report.notes.append(f"command: `{args.command}`")
+        report.notes += [f"left out (unreadable): {e}" for e in failures]
+        written = report.save(args.out)
+        work.remove()
     if work.resumed:
         print(f"resumed the interrupted evaluation stored in {work.folder}")
     print(report.to_markdown())

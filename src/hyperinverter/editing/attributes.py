@@ -134,7 +134,8 @@ LABELLING_WORK_FORMAT = "hyperinverter-labelling-work-1"
 
 def labelling_work(out: str | os.PathLike) -> WorkFolder:
     """``OUT.work``: the labels of each batch of samples until the CSV ``OUT`` is written (``label_samples(work=)``;
-    the caller removes it, ``work.remove()``, once the CSV is saved)."""
+    the caller holds it, ``with labelling_work(out) as work:``, and removes it, ``work.remove()``, once the CSV is
+    saved)."""
     out = Path(out)
     return WorkFolder(out.with_name(out.name + ".work"), format=LABELLING_WORK_FORMAT, what="labelling")
 

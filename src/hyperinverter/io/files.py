@@ -99,7 +99,8 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iter
     holds it, an ``OutputError`` on ``folder`` (default: the lock's) that names ``what`` it is doing and its pid.
 
     An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
-    never leaves a stale lock. Where ``fcntl`` does not exist (Windows), nothing is locked.
+    never leaves a stale lock. Its holder may delete the file while it holds it (a work folder removed once its
+    results are written). Where ``fcntl`` does not exist (Windows), nothing is locked.
     """
     try:
         import fcntl
@@ -107,14 +108,19 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iter
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
             raise OutputError(folder or path.parent, f"is in use: another process is {what} there (pid "
                               f"{holder or '?'}); wait for it to end, or give another folder") from None
+        if _identity(path) == _identity(fd):
+            break
+        os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
         yield
@@ -140,9 +146,9 @@ def sha256_if_readable(path: str | os.PathLike) -> str | None:
         return None
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+def _identity(path: str | os.PathLike | int) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)
+        st = os.stat(path)  # (a file descriptor too)
     except (OSError, ValueError):  # not there (yet), or a name the OS refuses
         return None
     return st.st_dev, st.st_ino

@@ -2,42 +2,95 @@
 interrupted run resumes where it stopped and a run with anything else changed refuses the stored work.
 
 ``benchmark`` keeps ``OUT/work``; ``evaluate`` keeps ``OUT.work`` until its report is written, and
-``directions label`` until its CSV is.
+``directions label`` until its CSV is. While a process uses a work folder it holds its lock, so that a second
+process on the same ``OUT`` is refused instead of writing the same records and removing the first one's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
-from .files import atomic_write_bytes, remove_stale_temporaries
+from .files import atomic_write_bytes, exclusive_lock, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
+LOCK_FILE = ".lock"
 
 
 class WorkFolder:
-    """``folder/run.json`` (the run's format and identity) and the records the run stores in ``folder``."""
+    """``folder/run.json`` (the run's format and identity) and the records the run stores in ``folder``.
+
+    Used as a context manager (``with WorkFolder(...) as work:``) it holds the folder's lock for the block;
+    :meth:`claim` takes it too, if not held, until :meth:`close` or :meth:`remove`.
+    """
 
     def __init__(self, folder: Path, *, format: str, what: str) -> None:
         self.folder = Path(folder)
         self.format = format
         self.what = what  # "benchmark", "evaluation", "labelling": for messages
         self._records: set[str] = set()  # the records this process read or wrote: remove() deletes these
+        self._lock: contextlib.ExitStack | None = None
+        self._made_folder = False  # by lock(): close() removes it if nothing else was written there
         self.resumed = False  # set by claim()
+
+    def __enter__(self) -> Self:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def lock(self) -> None:
+        """Hold the folder's lock (an ``OutputError`` if another process holds it), until :meth:`close`."""
+        if self._lock is None:
+            self._made_folder = not self.folder.exists()
+            stack = contextlib.ExitStack()
+            stack.enter_context(exclusive_lock(self.folder / LOCK_FILE, what=f"writing this {self.what}",
+                                               folder=self.folder))
+            self._lock = stack
+
+    def close(self) -> None:
+        """Give the lock back. If the folder holds nothing but the lock (no run was claimed), the lock goes, and
+        the folder too if :meth:`lock` made it."""
+        if self._lock is None:
+            return
+        try:
+            if self.folder.is_dir() and {p.name for p in self.folder.iterdir()} == {LOCK_FILE}:
+                (self.folder / LOCK_FILE).unlink()
+                if self._made_folder:
+                    self.folder.rmdir()
+        finally:
+            self._lock.close()
+            self._lock = None
 
     def claim(self, identity: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None) -> None:
         """Start a new run, or resume one with the same ``identity`` (then ``resumed`` is True); else an
-        ``InputError`` that names what differs. ``defaults``: identity values that older records do not hold."""
+        ``InputError`` that names what differs. ``defaults``: identity values that older records do not hold.
+        Takes the folder's lock if this object does not hold it (and gives it back if the claim fails)."""
+        held = self._lock is not None
+        self.lock()
+        try:
+            self._claim(identity, defaults)
+        except BaseException:
+            if not held:
+                self.close()
+            raise
+
+    def _claim(self, identity: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> None:
         path = self.folder / RUN_RECORD
         if not path.is_file():
             self.write_json(RUN_RECORD, {"format": self.format, **identity})
@@ -74,9 +127,11 @@ class WorkFolder:
 
     def remove(self) -> None:
         """Once the run's results are written: delete ``run.json`` and the records this process read or wrote,
-        then the folders they leave empty. Anything else in the folder (not ours) stays, and so does the folder."""
+        then the folders they leave empty, and give the lock back. Anything else in the folder (not ours) stays, and
+        so does the folder."""
         names = sorted(self._records)
-        for name in [*names, RUN_RECORD]:
+        held = [LOCK_FILE] if self._lock is not None else []
+        for name in [*names, RUN_RECORD, *held]:
             (self.folder / name).unlink(missing_ok=True)
         folders = {self.folder}
         for name in names:
@@ -87,6 +142,7 @@ class WorkFolder:
                 folder.rmdir()
         if self.folder.is_dir():
             logger.warning("left %s: it holds files this run did not write", self.folder)
+        self.close()
 
 
 def fingerprint_of(value: Any) -> str:
