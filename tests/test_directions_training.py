@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import build_tiny_generator
 from hyperinverter.cli.main import main
 from hyperinverter.editing import (
     GANSpaceBasis,
@@ -30,6 +31,7 @@ from hyperinverter.editing.attributes import (
 )
 from hyperinverter.editing.boundaries import (
     binary_classes,
+    label_codes,
     project_off,
     read_labels,
     save_boundary,
@@ -38,6 +40,7 @@ from hyperinverter.editing.boundaries import (
 )
 from hyperinverter.editing.catalogue import direction_catalogue, resolve_direction
 from hyperinverter.errors import InputError, SchemaError
+from hyperinverter.inversion.files import generator_fingerprint
 
 BUNDLED_FACE = Path(__file__).parents[1] / "src/hyperinverter/bundled/faces-64/examples/000000.png"
 
@@ -282,6 +285,17 @@ def test_labels_skip_samples_without_a_face(tiny_generator, tmp_path):
     assert table.seeds == [10, 12, 14] and table.truncations == [0.7] * 3
     assert np.allclose(table.attributes["eyes_open"], 0.3) and np.allclose(table.attributes["yaw"], 0)
     assert labels_csv_bytes(LabelReport([])).decode() == "seed,trunc,yaw,mouth_open,eyes_open\n"
+    # The file names the generator that drew its samples: with another model its seeds draw other faces, and
+    # a direction trained on them would be noise (a held-out accuracy near chance, and nothing else said).
+    fingerprint = generator_fingerprint(tiny_generator)
+    assert table.generators == [fingerprint] * 3
+    assert csv.read_text().splitlines()[:2] == ["seed,trunc,generator,yaw,mouth_open,eyes_open",
+                                                f"10,0.7,{fingerprint},0,0,0.3"]
+    assert label_codes(table, tiny_generator).shape == (3, tiny_generator.num_ws, tiny_generator.w_dim)
+    other = build_tiny_generator(seed=7)
+    with pytest.raises(SchemaError, match=rf"labels\.csv: row 2: its sample was drawn by another generator "
+                                          rf"\({fingerprint}\), not by the model's \({generator_fingerprint(other)}\)"):
+        label_codes(table, other)
 
 
 def test_an_interrupted_labelling_resumes_without_measuring_again(tiny_generator, tmp_path):
@@ -371,7 +385,7 @@ def test_the_label_command_resumes_an_interrupted_labelling(tmp_path, monkeypatc
     assert "resumed the labelling stored in labels.csv.work" in capsys.readouterr().out
     labels = (tmp_path / "labels.csv").read_text().splitlines()
     whole = (tmp_path / "whole.csv").read_text().splitlines()
-    assert labels[1].startswith("0,1,0.5,") and labels[2:] == whole[2:] and len(labels) > 3
+    assert labels[1].startswith(f"0,1,{generator_fingerprint(G)},0.5,") and labels[2:] == whole[2:] and len(labels) > 3
     assert not work.folder.exists()
 
 

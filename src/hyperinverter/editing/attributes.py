@@ -117,12 +117,14 @@ def measure_images(images: torch.Tensor, detector: Detector, *, upscale: int = 4
 
 @dataclass(frozen=True)
 class LabelReport:
-    """Rows (``seed``, ``trunc`` and one column per attribute) of the samples with a face, and the seeds
-    skipped because none was found."""
+    """Rows (``seed``, ``trunc`` and one column per attribute) of the samples with a face, the seeds skipped
+    because none was found, and the fingerprint of the generator that drew the samples (``generator_fingerprint``:
+    its seeds draw other faces with any other generator)."""
 
     rows: list[dict[str, float]]
     skipped: list[int] = field(default_factory=list)
     truncation_psi: float = 1.0
+    generator: str | None = None
 
     @property
     def samples(self) -> int:
@@ -168,9 +170,10 @@ def label_samples(
     rows: list[dict[str, float]] = []
     skipped: list[int] = []
     seeds = list(seeds)
+    fingerprint = generator_fingerprint(G)
     if work is not None:
         settings = {k: as_recorded(v) for k, v in sorted(vars(detector).items()) if not k.startswith("_")}
-        work.claim({"generator": generator_fingerprint(G), "seeds": fingerprint_of(seeds), "samples": len(seeds),
+        work.claim({"generator": fingerprint, "seeds": fingerprint_of(seeds), "samples": len(seeds),
                     "truncation_psi": truncation_psi, "upscale": upscale, "batch_size": batch_size,
                     "detector": [type(detector).__qualname__, settings]})
     with progress_bar(total=len(seeds), desc="labelling", unit="sample", disable=not progress) as bar:
@@ -194,16 +197,18 @@ def label_samples(
             bar.update(len(chunk))
             bar.set_postfix(no_face=len(skipped))
     logger.info("labelled %d of %d samples (%d without a face)", len(rows), len(seeds), len(skipped))
-    return LabelReport(rows, skipped, truncation_psi)
+    return LabelReport(rows, skipped, truncation_psi, generator=fingerprint)
 
 
 def labels_csv_bytes(report: LabelReport) -> bytes:
-    """The labels CSV of a report: ``seed,trunc,yaw,mouth_open,eyes_open``, one row per labelled sample."""
+    """The labels CSV of a report: ``seed,trunc,generator,yaw,mouth_open,eyes_open``, one row per labelled sample
+    (``generator``, the fingerprint of the generator that drew it, where the report knows it)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["seed", "trunc", *ATTRIBUTES])
+    generator = [] if report.generator is None else [report.generator]
+    writer.writerow(["seed", "trunc", *(["generator"] if generator else []), *ATTRIBUTES])
     for row in report.rows:
-        writer.writerow([int(row["seed"]), f"{row['trunc']:g}", *(f"{row[a]:.6g}" for a in ATTRIBUTES)])
+        writer.writerow([int(row["seed"]), f"{row['trunc']:g}", *generator, *(f"{row[a]:.6g}" for a in ATTRIBUTES)])
     return text.getvalue().encode()
 
 

@@ -14,14 +14,16 @@ Labels CSV (one row per sample, a header row first; columns in any order):
 
 - ``seed``: an integer; the code is regenerated from the model's mapping network:
   ``z = torch.randn(z_dim, generator=torch.Generator().manual_seed(seed))``, ``w = mapping(z)``;
-  an optional ``trunc`` column (default 1) gives the truncation psi the sample was rendered with;
+  an optional ``trunc`` column (default 1) gives the truncation psi the sample was rendered with, and an optional
+  ``generator`` column the fingerprint of the generator that drew it (``directions label`` writes it): a file
+  labelled on another model's samples is refused, since its seeds draw other faces here;
 - or ``codes``: an inversion ``.safetensors`` file written by ``hyperinverter invert`` (a path relative to
   the CSV's folder, or absolute); its ``ws`` are used, and it must have been made with the same model;
 - one column per attribute: a number per row; an empty cell means "not labelled" (the row is left out for
   that attribute). A column holding only 0 and 1 is a binary label and is used as it is; any other column is a
   continuous score, whose top and bottom ``fraction`` (default 30 %) are the two classes.
 
-``hyperinverter directions label`` writes such a file (``seed,trunc,yaw,mouth_open,eyes_open``).
+``hyperinverter directions label`` writes such a file (``seed,trunc,generator,yaw,mouth_open,eyes_open``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from .directions import LinearDirection
 
 logger = logging.getLogger(__name__)
 
-RESERVED_COLUMNS = ("seed", "codes", "trunc")
+RESERVED_COLUMNS = ("seed", "codes", "trunc", "generator")
 SPACES = ("w", "wplus")
 
 
@@ -64,6 +66,7 @@ class LabelTable:
     lines: list[int]
     seeds: list[int] | None = None
     truncations: list[float] | None = None
+    generators: list[str] | None = None  # per seed row, the fingerprint of the generator that drew it ("": unknown)
     codes: list[Path] | None = None
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -96,14 +99,17 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         raise SchemaError(path, "row 1: the header needs exactly one of the columns 'seed' (samples of the model) "
                           f"and 'codes' (inversion files); it has {header}")
     source = "seed" if "seed" in header else "codes"
-    if source == "codes" and "trunc" in header:
-        raise SchemaError(path, "row 1: 'trunc' applies to seeds; inversion files already hold their codes")
+    for column in ("trunc", "generator"):
+        if source == "codes" and column in header:
+            raise SchemaError(path, f"row 1: {column!r} applies to seeds; inversion files already hold their codes "
+                              "and record their generator")
     attributes = [h for h in header if h not in RESERVED_COLUMNS]
     if not attributes:
         raise SchemaError(path, f"row 1: no attribute column (the header is {header})")
     lines: list[int] = []
     seeds: list[int] = []
     truncations: list[float] = []
+    generators: list[str] = []
     codes: list[Path] = []
     values: dict[str, list[float]] = {a: [] for a in attributes}
     first_line: dict[object, int] = {}
@@ -117,6 +123,7 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
             key: object = _seed(cells["seed"], path, line)
             seeds.append(key)
             truncations.append(_number(cells.get("trunc") or "1", "trunc", path, line))
+            generators.append(cells.get("generator", ""))
         else:
             if not cells["codes"]:
                 raise _row_error(path, line, "the 'codes' cell is empty")
@@ -133,7 +140,8 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         raise SchemaError(path, "has a header but no rows")
     arrays = {a: np.asarray(v, dtype=np.float64) for a, v in values.items()}
     if source == "seed":
-        return LabelTable(path, lines, seeds=seeds, truncations=truncations, attributes=arrays)
+        return LabelTable(path, lines, seeds=seeds, truncations=truncations,
+                          generators=generators if "generator" in header else None, attributes=arrays)
     return LabelTable(path, lines, codes=codes, attributes=arrays)
 
 
@@ -161,7 +169,15 @@ def _number(text: str, column: str, path: Path, line: int) -> float:
 def label_codes(table: LabelTable, G: Generator, *, model: str = "the model", batch_size: int = 512) -> torch.Tensor:
     """The codes ``[N, num_ws, w_dim]`` (float32, CPU) of a table's rows: regenerated from the seeds, or read
     from the inversion files (checked to fit ``G``)."""
+    from ..inversion.files import check_fits, generator_fingerprint, load_inversion
+
+    fingerprint = generator_fingerprint(G)
     if table.seeds is not None:
+        for line, drawn_by in zip(table.lines, table.generators or ()):
+            if drawn_by and drawn_by != fingerprint:
+                raise _row_error(table.path, line, f"its sample was drawn by another generator ({drawn_by}), not by "
+                                 f"{model}'s ({fingerprint}), whose seeds draw other faces; label samples of this "
+                                 "model (hyperinverter directions label)")
         device = G.w_avg.device
         out = []
         psi = np.asarray(table.truncations, dtype=np.float64)
@@ -171,9 +187,6 @@ def label_codes(table: LabelTable, G: Generator, *, model: str = "the model", ba
             t = torch.as_tensor(psi[start : start + batch_size], dtype=ws.dtype, device=device)[:, None, None]
             out.append((G.w_avg + t * (ws - G.w_avg)).cpu())  # truncation, per row
         return torch.cat(out)
-    from ..inversion.files import check_fits, generator_fingerprint, load_inversion
-
-    fingerprint = generator_fingerprint(G)
     out = []
     for line, file in zip(table.lines, table.codes or []):
         try:
