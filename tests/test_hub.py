@@ -355,3 +355,22 @@ def test_bundled_models_resolve_without_the_cache(cache):
         if artifact.bundled and (hub.BUNDLED_DIR / artifact.filename).exists():
             assert downloader.download(artifact.name) == hub.BUNDLED_DIR / artifact.filename
     assert not cache.exists()
+
+
+def test_commands_that_read_model_files_take_catalogue_names(cache, tmp_path, capsys):
+    # join, convert and import-official read their inputs as paths only: `join faces-64 faces-64-sr4` said
+    # "faces-64: no such model file or folder", listing faces-64 among the catalogue names.
+    assert main(["join", "faces-64", "faces-64-sr4", "--out", str(tmp_path / "joined"), "-q"]) == 0
+    assert "holding phase1, hyperinverter" in capsys.readouterr().out
+    assert main(["convert", "faces-64-sketch", str(tmp_path / "sketch.pt"), "-q"]) == 0
+    assert (tmp_path / "sketch.pt").is_file()
+    for argv, missing in [
+        (["hyperinverter-ffhq-d128", "--generator", "faces-64"], "hyperinverter-ffhq-d128"),
+        (["hyperstyle-ffhq", "--w-encoder", "hyperstyle-faces-w-encoder"], "hyperstyle-ffhq"),
+        ([str(tmp_path / "sketch.pt"), "--generator", "stylegan2-ffhq-config-f"], "stylegan2-ffhq-config-f"),
+        ([str(tmp_path / "sketch.pt"), "--w-encoder", "hyperstyle-faces-w-encoder"], "hyperstyle-faces-w-encoder"),
+    ]:
+        capsys.readouterr()
+        assert main(["import-official", *argv, "--out", str(tmp_path / "imported")]) == 2
+        assert f"error: {missing} is not downloaded: run `hyperinverter download {missing}`" in capsys.readouterr().err
+    assert not (tmp_path / "imported").exists()

@@ -201,6 +201,26 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(pipeline, tmp_path, monke
     assert not list((tmp_path / "out").iterdir())
 
 
+def test_a_folder_that_refuses_files_names_the_file_asked_for(tmp_path, monkeypatch):
+    # Where files cannot be written unnamed (O_TMPFILE), the temporary is a hidden sibling; the error named it
+    # ("/proc/.x.pt.6d1e23cbd40c7eaa.partial: no such file or directory") instead of the file asked for.
+    import errno
+
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if str(path).endswith(".partial"):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)  # as /proc answers
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(files, "_unnamed_supported", lambda directory: False)
+    monkeypatch.setattr(files.os, "open", refusing_open)
+    target = tmp_path / "x.pt"
+    with pytest.raises(FileNotFoundError) as caught:
+        files.atomic_write_bytes(target, b"data")
+    assert caught.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

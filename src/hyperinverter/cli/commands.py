@@ -62,21 +62,24 @@ def _convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a generator between formats",
-        description="Convert SRC (our folder/.safetensors, rosinality .pt, NVIDIA .pkl) to DST. "
-        "The target format follows DST: '.pt' -> rosinality, anything else -> our folder format.",
+        description="Convert SRC (our folder/.safetensors, rosinality .pt, NVIDIA .pkl, a bundle's generator, or a "
+        "catalogue name) to DST. The target format follows DST: '.pt' -> rosinality, anything else -> our folder "
+        "format.",
     )
-    p.add_argument("src", type=Path)
+    p.add_argument("src")
     p.add_argument("dst", type=Path)
     p.add_argument("--to", choices=["hyperinverter", "rosinality"], default=None, help="force the target format")
     p.set_defaults(func=run_convert)
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from ..catalogue import local_model_path
     from ..convert.gan_files import convert_generator
     from ..io.files import InputFiles
 
-    InputFiles([args.src]).check_outputs([args.dst], hint="give another DST")
-    fmt = convert_generator(args.src, args.dst, to=args.to)
+    src = local_model_path(args.src)
+    InputFiles([src]).check_outputs([args.dst], hint="give another DST")
+    fmt = convert_generator(src, args.dst, to=args.to)
     print(f"wrote {fmt} generator to {args.dst}")
     return 0
 

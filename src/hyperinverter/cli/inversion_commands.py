@@ -134,13 +134,15 @@ def register(sub) -> None:
                        "--generator, else from the decoder inside the checkpoint (pSp-family files hold one). With "
                        "--add, the methods join an existing bundle whose generator is the same (its weights are "
                        "compared), so that one model holds every released method of a domain (for `benchmark`).")
-    p.add_argument("checkpoint", type=Path,
+    p.add_argument("checkpoint",
                    help="hyper_inverter_*.pt, hyperstyle_ffhq.pt (with --w-encoder), psp_ffhq_encode.pt, "
-                   "e4e_ffhq_encode.pt, or a pSp-style W encoder .pt")
-    p.add_argument("--generator", type=Path, default=None,
-                   help="the generator it was trained with (NVIDIA .pkl or any format); needed for HyperInverter")
-    p.add_argument("--w-encoder", type=Path, default=None,
-                   help="HyperStyle's W encoder (faces_w_encoder.pt), which starts its iterations")
+                   "e4e_ffhq_encode.pt, or a pSp-style W encoder .pt (a file, or a catalogue name once downloaded)")
+    p.add_argument("--generator", default=None,
+                   help="the generator it was trained with (NVIDIA .pkl or any format, or a catalogue name such as "
+                   "stylegan2-ffhq-config-f); needed for HyperInverter")
+    p.add_argument("--w-encoder", default=None,
+                   help="HyperStyle's W encoder (faces_w_encoder.pt, or hyperstyle-faces-w-encoder), which starts "
+                   "its iterations")
     p.add_argument("--w-encoder-only", action="store_true", help=argparse.SUPPRESS)  # recognised from the keys now
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--add", action="store_true",
@@ -154,7 +156,7 @@ def register(sub) -> None:
                        "page). The generators must hold the same weights. A method in several bundles keeps the "
                        "first one's; the first bundle's card, directions, examples and stored generators are kept. "
                        "--out may be the first bundle (it is extended), never another input.")
-    p.add_argument("bundles", nargs="+", type=Path, help="two or more bundle folders (or catalogue names)")
+    p.add_argument("bundles", nargs="+", help="two or more bundle folders (or catalogue names)")
     p.add_argument("--default", default=None, help="the joined bundle's default method (default: the first's)")
     p.add_argument("--out", required=True, type=Path)
     _add_stored_weights(p)
@@ -419,13 +421,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import_official(args: argparse.Namespace) -> int:
+    from ..catalogue import local_model_path
     from ..convert.official import import_official
     from ..io.files import check_replaceable
     from ..pipeline import save_pipeline
     from ..precision import PRECISIONS
 
     check_replaceable(args.out, "pipeline")
-    methods = import_official(args.checkpoint, generator=args.generator, w_encoder=args.w_encoder)
+    checkpoint, generator, w_encoder = (None if a is None else local_model_path(a)
+                                        for a in (args.checkpoint, args.generator, args.w_encoder))
+    methods = import_official(checkpoint, generator=generator, w_encoder=w_encoder)
     main = next(reversed(methods))  # the released method itself; phase1 is its first pass
     if not args.add:
         save_pipeline(methods, args.out, default_method=main, dtype=PRECISIONS[args.weights])
@@ -434,7 +439,7 @@ def run_import_official(args: argparse.Namespace) -> int:
     from ..pipeline import InversionPipeline, join_methods
 
     bundle = InversionPipeline.from_pretrained(args.out, device="cpu")
-    joined = join_methods(bundle.methods, methods, source=str(args.checkpoint))
+    joined = join_methods(bundle.methods, methods, source=str(checkpoint))
     save_pipeline(joined, args.out, default_method=bundle.default_method, align_scale=bundle.align_scale,
                   discriminator=bundle.discriminator, dtype=PRECISIONS[args.weights])  # keeps its card and directions
     added = [m for m in methods if m not in bundle.methods]

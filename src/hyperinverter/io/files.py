@@ -235,7 +235,10 @@ def _stage(path: Path, data: bytes, durable: bool) -> _StagedFile:
         staged = _StagedFile(os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666), None)
     else:
         temp = _temp_sibling(path)
-        staged = _StagedFile(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), temp)
+        try:
+            staged = _StagedFile(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), temp)
+        except OSError as e:  # named after the file asked for, not our hidden temporary
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
     try:
         view = memoryview(data)
         while view:
