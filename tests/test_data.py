@@ -59,6 +59,25 @@ def test_empty_and_missing_folders(tmp_path):
         ImageFolderDataset(tmp_path, resolution=8)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ImageFolderDataset(tmp_path / "nope", resolution=8)
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    with pytest.raises(NotADirectoryError, match="a.png is a file: give the folder"):  # it said "does not exist"
+        ImageFolderDataset(tmp_path / "a.png", resolution=8)
+    with pytest.raises(FileNotFoundError, match="'val' split .* is empty .*one image.*val_fraction=0 trains without"):
+        ImageFolderDataset(tmp_path, resolution=8, split="val", val_fraction=0.02)
+
+
+def test_a_small_folder_still_trains_and_validates(tmp_path):
+    # 2 % of 6 images rounds to none: "the 'val' split is empty" refused every small folder.
+    for i in range(6):
+        Image.new("L", (4, 4), i).save(tmp_path / f"{i}.png")
+    for fraction in (0.02, 0.98):
+        train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=fraction)
+        val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=fraction)
+        assert len(train) + len(val) == 6 and set(train.files).isdisjoint(val.files)
+        assert min(len(train), len(val)) == 1
+    assert len(ImageFolderDataset(tmp_path, resolution=4, split="train", val_fraction=0)) == 6
+    with pytest.raises(FileNotFoundError, match="'val' split"):
+        ImageFolderDataset(tmp_path, resolution=4, split="val", val_fraction=0)
 
 
 def test_idx_parser_and_fashion_padding(tmp_path):

@@ -77,6 +77,26 @@ def test_a_bad_optional_value_says_why():
         load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["adv_start=-3"])  # (an internal error)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("steps.x=1", r"^override 'steps.x=1': steps holds 500000, not a config of its own keys$"),
+    ("hflip.x.y=1", r"^override 'hflip.x.y=1': hflip holds True, not a config of its own keys$"),
+    ("=5", r"^override '=5': needs a key before '='"),
+    ("steps=[1", r"^override 'steps=\[1': its value is not a YAML scalar, list or mapping \(expected ','"),
+    ("steps=!!python/object/apply:os.system", r"its value is not a YAML .* constructor for the tag"),
+])
+def test_overrides_that_were_internal_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], [override, "seed=1"])
+
+
+def test_a_bad_value_given_on_the_command_line_is_named_with_the_file():
+    # It was blamed on the file alone ("w-encoder.yaml: val_every must be >= 1, got 0"), where val_every is 250.
+    with pytest.raises(ConfigError, match=r"ffhq-1024.yaml with val_every=0: .*val_every must be >= 1, got 0"):
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["steps=5", "val_every=0"])
+    with pytest.raises(ConfigError, match=r"ffhq-1024.yaml with keep_checkpoints=-1: .*must be >= 0 \(0 keeps every"):
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["keep_checkpoints=-1"])
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_paths_are_placeholders_that_overrides_replace(name, tmp_path):
     cfg = load_config(InversionTrainingConfig, PRESETS[name])

@@ -19,10 +19,24 @@ logger = logging.getLogger(__name__)
 Split = Literal["train", "val", "all"]
 
 
-def _in_val(relative: str, val_fraction: float, seed: int) -> bool:
+def _split_score(relative: str, seed: int) -> float:
     # Hash of the relative path: the split of a file never changes when other files are added.
     digest = hashlib.sha1(f"{seed}:{relative}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def in_val_split(relatives: list[str], val_fraction: float, seed: int) -> list[bool]:
+    """Whether each file (by its path relative to the folder) is in the ``val`` split: its hash falls under
+    ``val_fraction``. In a folder so small that the fraction leaves a split empty, that split takes the one file
+    whose hash lies nearest to it, so that a few images still train and validate."""
+    scores = [_split_score(r, seed) for r in relatives]
+    in_val = [score < val_fraction for score in scores]
+    if len(scores) >= 2 and 0 < val_fraction < 1:
+        if not any(in_val):
+            in_val[scores.index(min(scores))] = True
+        if all(in_val):
+            in_val[scores.index(max(scores))] = False
+    return in_val
 
 
 class ImageFolderDataset(Dataset):
@@ -30,13 +44,16 @@ class ImageFolderDataset(Dataset):
 
     Any size or mode is accepted: transparency is composited on white, then the image is centre-cropped to a
     square and resized (Lanczos) to ``resolution``. ``split`` picks a deterministic subset: a file is in
-    ``val`` when a hash of its relative path falls under ``val_fraction``. Unreadable files are logged and
+    ``val`` when a hash of its relative path falls under ``val_fraction`` (:func:`in_val_split`). Unreadable files are
+    logged and
     skipped: ``__getitem__`` substitutes the next readable file, ``iter_valid`` leaves them out.
     """
 
     def __init__(self, root: str | Path, *, resolution: int, channels: int = 3, split: Split = "train",
                  val_fraction: float = 0.05, seed: int = 0, hflip: bool = False) -> None:
         self.root = Path(root)
+        if self.root.is_file():
+            raise NotADirectoryError(f"{self.root} is a file: give the folder that holds the images")
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         if split not in ("train", "val", "all"):
@@ -45,11 +62,14 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
         if split != "all":
-            want_val = split == "val"
-            files = [p for p in files
-                     if _in_val(p.relative_to(self.root).as_posix(), val_fraction, seed) == want_val]
-        if not files:
-            raise FileNotFoundError(f"the {split!r} split of {self.root} is empty (val_fraction={val_fraction})")
+            in_val = in_val_split([p.relative_to(self.root).as_posix() for p in files], val_fraction, seed)
+            chosen = [p for p, is_val in zip(files, in_val) if is_val == (split == "val")]
+            if not chosen:
+                raise FileNotFoundError(
+                    f"the {split!r} split of {self.root} is empty (val_fraction={val_fraction}"
+                    f"{', and the folder holds one image' if len(files) == 1 else ''})"
+                    f"{'; val_fraction=0 trains without validation' if split == 'val' else ''}")
+            files = chosen
         self.files = files
         self.resolution, self.channels, self.split, self.hflip = resolution, channels, split, hflip
         self.errors: dict[int, ImageReadError] = {}  # unreadable files met so far, by index
@@ -84,7 +104,12 @@ class ImageFolderDataset(Dataset):
             if self.hflip and torch.rand(()) < 0.5:
                 x = x.flip(-1)
             return x
-        raise ImageReadError(self.root, "holds no readable image")
+        raise self.no_readable_image()
+
+    def no_readable_image(self) -> ImageReadError:
+        """The error for a dataset whose every file is unreadable (naming the split, if it is one)."""
+        split = "" if self.split == "all" else f" in its {self.split!r} split ({len(self)} files)"
+        return ImageReadError(self.root, f"holds no readable image{split}")
 
     def iter_valid(self) -> Iterator[torch.Tensor]:
         """Every readable image once, in order; unreadable ones are logged and left out."""

@@ -5,6 +5,7 @@ Configs live at the edge: the trainers read them and pass explicit arguments to 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,11 +27,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}", "needs a key before '=' (keys of nested configs: trunk.units)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}", f"its value is not a YAML scalar, list or mapping ({problem})"
+                              ) from None
         node = data
-        for part in parts[:-1]:
-            node[part] = dict(node.get(part) or {})
+        for depth, part in enumerate(parts[:-1], start=1):
+            inner = node.get(part)
+            if inner is not None and not isinstance(inner, dict):
+                raise ConfigError(f"override {item!r}", f"{'.'.join(parts[:depth])} holds {inner!r:.40}, not a "
+                                  "config of its own keys")
+            node[part] = dict(inner or {})
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = value
     return data
 
 
@@ -46,12 +59,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(path, "no such config file") from None
         if not isinstance(data, dict):
             raise ConfigError(path, f"must hold a mapping of config keys, got {type(data).__name__}")
+    overrides = overrides or []
+    merged = apply_overrides(data, overrides)
     try:
-        return decode(cls, apply_overrides(data, overrides or []))
+        return decode(cls, merged)
     except ConfigError as e:
         if path is None:
             raise
-        raise ConfigError(path, str(e)) from None
+        # A value given on the command line is named with the file, so that nobody looks for it in the file.
+        given = [o for o in overrides if re.search(rf"\b{re.escape(o.split('=', 1)[0].strip())}\b", str(e))]
+        raise ConfigError(f"{path} with {' '.join(given)}" if given else path, str(e)) from None
 
 
 def to_yaml(config: Any) -> str:

@@ -65,7 +65,7 @@ class RunConfig:
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the newest ones; 0 keeps every checkpoint
     resume: bool = True
     progress: bool = True
     tensorboard: bool = True
@@ -81,6 +81,8 @@ class RunConfig:
         for name in ("val_every", "log_every", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps every checkpoint), got {self.keep_checkpoints}")
 
 
 @dataclass

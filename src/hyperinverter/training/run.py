@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ImageReadError
 from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock
 from ..io.images import make_grid, save_image
 from .config import to_yaml
@@ -188,7 +187,7 @@ def preload_uint8(dataset, *, progress: bool = True, limit: int | None = None) -
              for x in progress_bar(islice(dataset.iter_valid(), limit), total=total, desc="loading images",
                                    disable=not progress, mininterval=2.0)]
     if not items:
-        raise ImageReadError(dataset.root, "holds no readable image")
+        raise dataset.no_readable_image()
     return torch.stack(items)
 
 
