@@ -9,6 +9,7 @@ The official numbers are those of the shipped training scripts as read from VinA
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,47 @@ def test_preset_builds_the_official_architecture(name):
     assert millions(e2) == e2_millions
     assert millions(hyper) == hyper_millions
     assert len(hyper.config.targets) == n_targets
+
+
+@pytest.mark.parametrize("override, message", [
+    ("l2_weight=-1", "l2_weight must be >= 0, got -1"),
+    ("r1_gamma=-0.5", "r1_gamma must be >= 0, got -0.5"),
+    ("lr=-0.1", "lr must be >= 0, got -0.1"),
+    ("lr_d=-1e-4", "lr_d must be >= 0, got -0.0001"),
+    ("r1_interval=0", "r1_interval must be >= 1, got 0"),
+    ("hidden_dim=0", "hidden_dim must be >= 1, got 0"),
+    ("synthetic_fraction=2", r"synthetic_fraction must be in \[0, 1\], got 2"),
+    ("id_samples=0", "id_samples must be >= 1, got 0"),
+])
+def test_numbers_out_of_range_are_refused(override, message):
+    # A negative loss weight or penalty, a zero interval or width were taken as they came (negative weights train
+    # away from the target, r1_interval=0 divided by zero at the adversarial stage).
+    with pytest.raises(ConfigError, match=rf"with {re.escape(override)}: .*{message}"):
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], [override])
+
+
+def test_every_trainer_s_numbers_are_checked_by_name():
+    from hyperinverter.training.gan import GeneratorTrainingConfig
+    from hyperinverter.training.hyperstyle import HyperStyleTrainingConfig
+
+    base = {"run_dir": "r", "data": "d", "steps": 1, "generator": {"resolution": 16}}
+    for key, value, message in [("style_mixing", 2.0, r"style_mixing must be in \[0, 1\]"),
+                                ("ema_kimg", -1.0, "ema_kimg must be >= 0"),
+                                ("pl_interval", 0, "pl_interval must be >= 1"),
+                                ("betas", [2.0, 3.0], r"betas must each be in \[0, 1\), got \[2.0, 3.0\]"),
+                                ("lr_g", -1.0, "lr_g must be >= 0")]:
+        with pytest.raises(ConfigError, match=message):
+            decode(GeneratorTrainingConfig, {**base, key: value})
+    hyperstyle = {"run_dir": "r", "data": "d", "steps": 1, "generator": "g", "w_encoder": "w"}
+    with pytest.raises(ConfigError, match="n_iters_per_batch must be >= 1, got 0"):
+        decode(HyperStyleTrainingConfig, {**hyperstyle, "n_iters_per_batch": 0})
+    with pytest.raises(ConfigError, match="layers_to_tune is empty: the hypernetwork would tune no layer"):
+        decode(HyperStyleTrainingConfig, {**hyperstyle, "layers_to_tune": []})
+
+
+def test_numbers_in_exponent_notation_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-4 as the string '1e-4': `lr=1e-4` and `lr: 1e-4` were "expected a number".
+    config = load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["lr=1e-4", "lr_d=2E-5", "r1_gamma=1e1"])
+    assert (config.lr, config.lr_d, config.r1_gamma) == (1e-4, 2e-5, 10.0)
+    with pytest.raises(ConfigError, match="steps: expected an integer, got '1e3'"):  # counts stay integers
+        load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["steps=1e3"])

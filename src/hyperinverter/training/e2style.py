@@ -53,8 +53,6 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.stage < 1:
-            raise ValueError(f"stage must be >= 1, got {self.stage}")
         if self.stage > 1 and self.init_from is None:
             raise ValueError(f"stage {self.stage} refines a trained model: set init_from to stage {self.stage - 1}'s "
                              "run (its final/ or best/ folder)")

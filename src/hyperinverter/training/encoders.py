@@ -76,14 +76,10 @@ class EncoderTrainingConfig(RunConfig):
         if not 16 <= size <= MAX_ENCODER_RESOLUTION or size % 16:  # the trunks halve the input four times
             raise ValueError(f"encoder_resolution must be a multiple of 16 from 16 to {MAX_ENCODER_RESOLUTION}, "
                              f"got {size}")
-        if not 0 <= self.synthetic_fraction <= 1:
-            raise ValueError("synthetic_fraction must be in [0, 1]")
         if self.adv_weight > 0 and self.adv_start is None:
             raise ValueError("adv_weight > 0 needs adv_start (the step where the adversarial stage begins)")
         if self.adv_start is not None and self.adv_start < 0:
             raise ValueError(f"adv_start must be a step (0 or more), got {self.adv_start}")
-        if self.id_samples is not None and self.id_samples < 1:
-            raise ValueError("id_samples must be >= 1 (or None for the whole batch)")
         if self.optimizer not in ("adam", "ranger"):
             raise ValueError(f"optimizer must be adam or ranger, got {self.optimizer!r}")
 

@@ -45,8 +45,9 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_iters_per_batch < 1:
-            raise ValueError(f"n_iters_per_batch must be >= 1, got {self.n_iters_per_batch}")
+        if self.layers_to_tune is not None and not self.layers_to_tune:
+            raise ValueError("layers_to_tune is empty: the hypernetwork would tune no layer; leave it out for "
+                             "the official layers")
 
 
 class HyperStyleTask(EncoderTask):

@@ -10,6 +10,7 @@ scaling, lazy regularisation, logging, image grids, validation and best-model se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -72,17 +73,43 @@ class RunConfig:
     preload: bool = True  # False: read each batch from disk (data sets larger than memory)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        for item in dataclasses.fields(self):
+            problem = range_problem(item.name, getattr(self, item.name))
+            if problem is not None:
+                raise ValueError(problem)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        for name in ("val_every", "log_every", "sample_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps every checkpoint), got {self.keep_checkpoints}")
+
+
+# The ranges of every trainer's numbers, by the convention of their names: one check for every config.
+COUNTS = {"steps", "batch_size", "grad_accum", "stage", "n_iters_per_batch", "val_max_images", "id_samples",
+          "hidden_dim", "hyper_inner", "refine_inner", "regressor_width", "feature_size", "feature_channels",
+          "code_dim"}
+SHARES = {"style_mixing", "pl_decay", "ema_rampup", "synthetic_fraction"}
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """Why a training config's ``value`` of ``name`` is out of range, or None: a loss weight or penalty
+    (``*_weight``, ``*_gamma``) and a learning rate (``lr``, ``lr_*``, ``*_lr``) are >= 0, an interval
+    (``*_interval``, ``*_every``) or a count >= 1, a probability or share in [0, 1], Adam's betas in [0, 1)."""
+    if name == "betas" and isinstance(value, tuple):
+        return None if all(0 <= b < 1 for b in value) else f"betas must each be in [0, 1), got {list(value)}"
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    learning_rate = name == "lr" or name.startswith("lr_") or name.endswith("_lr")  # (0 freezes what it trains)
+    if learning_rate or name.endswith(("_weight", "_gamma")) or name in ("ema_kimg", "w_pool_size"):
+        return None if value >= 0 else f"{name} must be >= 0, got {value}"
+    if name.endswith(("_interval", "_every")) or name in COUNTS:
+        return None if value >= 1 else f"{name} must be >= 1, got {value}"
+    if name in SHARES:
+        return None if 0 <= value <= 1 else f"{name} must be in [0, 1], got {value}"
+    return None
 
 
 @dataclass

@@ -61,8 +61,6 @@ class PspTrainingConfig(EncoderTrainingConfig):
             raise ValueError(f"mode must be psp or e4e, got {self.mode!r}")
         if self.mode == "psp" and (self.progressive_start is not None or self.w_adv_weight > 0):
             raise ValueError("progressive_start and w_adv_weight are e4e's; set mode: e4e")
-        if self.progressive_step_every < 1:
-            raise ValueError(f"progressive_step_every must be >= 1, got {self.progressive_step_every}")
 
     def stage(self, step: int, max_stage: int) -> int | None:
         """e4e's progressive stage at ``step`` (active delta rows), None when every row is active."""
