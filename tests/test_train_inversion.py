@@ -79,6 +79,33 @@ def test_phase2_needs_a_phase1_model(tmp_path, gan_dir, images):
         train_hypernetwork(config(tmp_path / "x", gan_dir), images=images, val_images=images[:2])
 
 
+def test_phase2_and_hyperstyle_need_a_phase1_of_their_generator(tmp_path, gan_dir, tiny_generator):
+    # A Phase I trained for another generator was taken as it came: its codes mean nothing to this generator,
+    # and Phase II trained on them without a word.
+    import copy
+
+    from hyperinverter.errors import CheckpointError, InputError
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.models.encoders import WEncoder, WEncoderConfig
+    from hyperinverter.pipeline import save_pipeline
+    from hyperinverter.training.encoders import frozen_phase1
+
+    e1 = WEncoder(WEncoderConfig(trunk=ENCODER["trunk"], w_dim=tiny_generator.w_dim))
+    save_pipeline({"phase1": Phase1(tiny_generator, w_encoder=e1, encoder_resolution=64)}, tmp_path / "p1-fp16",
+                  dtype=torch.float16)
+    phase1 = frozen_phase1(str(tmp_path / "p1-fp16"), tiny_generator, torch.device("cpu"), generator_name="gan")
+    assert not any(p.requires_grad for p in phase1.parameters())  # (an fp16 copy of the generator is the same)
+    other = copy.deepcopy(tiny_generator)
+    with torch.no_grad():
+        next(other.synthesis.parameters()).add_(0.1)
+    with pytest.raises(CheckpointError, match=r"p1-fp16: was trained with another generator than the run's "
+                                              r"generator \(other-gan\) \(.* differs by 0.1"):
+        frozen_phase1(str(tmp_path / "p1-fp16"), other, torch.device("cpu"), generator_name="other-gan")
+    save_gan(tmp_path / "generator-only", tiny_generator)
+    with pytest.raises(InputError, match="generator-only: holds no trained Phase I .*, only a generator; give"):
+        frozen_phase1(str(tmp_path / "generator-only"), tiny_generator, torch.device("cpu"), generator_name="gan")
+
+
 def test_phase1_trains_e1_through_its_image_in_bf16(tmp_path, gan_dir, images):
     """Image losses alone (no synthetic pairs, no latent loss) must reach E1, also under bf16 autocast."""
     p1 = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=40, precision="bf16"), images=images,

@@ -226,7 +226,7 @@ def _extras_in_place(target: Path, generator: Generator) -> Path | None:
     if not extras:
         return None
     try:
-        _check_same_weights(generator, load_gan(target / read_pipeline_index(target)["generator"]).generator,
+        check_same_weights(generator, load_gan(target / read_pipeline_index(target)["generator"]).generator,
                             source=os.fspath(target))
     except (InputError, OSError):  # another generator, or one that cannot be read
         names = ", ".join(e.name for e in extras)
@@ -255,7 +255,7 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
     checked = {id(generator)}
     for method in new.values():  # every one, also those the bundle keeps its own of: a mix-up is an error
         if id(method.generator) not in checked:
-            _check_same_weights(generator, method.generator, source=source, atol=atol)
+            check_same_weights(generator, method.generator, source=source, atol=atol)
             checked.add(id(method.generator))
     joined = dict(methods)
     for name, method in new.items():
@@ -279,18 +279,26 @@ def _same_trained_parts(a: Inverter, b: Inverter) -> bool:
             and fingerprint_of(a.parts()) == fingerprint_of(b.parts()))
 
 
-def _check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float = 1e-5) -> None:
+def check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float = 1e-5,
+                       rtol: float = 0.0, ours: str = "the bundle's", remedy: str = "it needs a bundle of its own"
+                       ) -> None:
+    """A ``CheckpointError`` on ``source`` unless ``other`` (what ``source`` was made with) holds ``generator``'s
+    architecture and weights, each within ``atol + rtol * |weight|`` (``rtol``: a copy stored in fp16 is the same
+    generator); ``ours`` names ``generator`` in the message. ``mapping.w_avg`` is not compared (see
+    :func:`join_methods`)."""
     try:
         check_same_architecture(generator, other)
     except ValueError as e:
-        raise CheckpointError(source, f"was made for another generator than the bundle's: {e}") from None
-    ours, theirs = generator.state_dict(), other.state_dict()
-    gaps = {k: float((ours[k].float() - theirs[k].to(ours[k].device).float()).abs().max())
-            for k in ours if k != "mapping.w_avg"}
-    worst = max(gaps, key=gaps.get)
-    if gaps[worst] > atol:
-        raise CheckpointError(source, f"was trained with another generator than the bundle's ({worst} differs by "
-                              f"{gaps[worst]:.3g}); it needs a bundle of its own")
+        raise CheckpointError(source, f"was made for another generator than {ours}: {e}") from None
+    mine, theirs = generator.state_dict(), other.state_dict()
+    gaps = {}
+    for key in mine.keys() - {"mapping.w_avg"}:
+        a, b = mine[key].float(), theirs[key].to(mine[key].device).float()
+        gaps[key] = float(((a - b).abs() - rtol * a.abs()).max()), float((a - b).abs().max())
+    worst = max(gaps, key=lambda k: gaps[k][0])
+    if gaps[worst][0] > atol:
+        raise CheckpointError(source, f"was trained with another generator than {ours} ({worst} differs by "
+                              f"{gaps[worst][1]:.3g}); {remedy}")
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------

@@ -21,15 +21,34 @@ from torch import nn
 
 from ..catalogue import generator_path
 from ..convert.gan_files import LoadedGAN, load_gan
+from ..errors import InputError
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
+from ..methods.phase1 import Phase1
 from ..models.encoders import TrunkConfig
-from ..pipeline import MAX_ENCODER_RESOLUTION, save_pipeline
+from ..models.stylegan2 import Generator
+from ..pipeline import MAX_ENCODER_RESOLUTION, InversionPipeline, check_same_weights, save_pipeline
 from .loop import Batch, Phase, RunConfig, TrainingTask, lazy_adam
 from .optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
+
+def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, generator_name: str) -> Phase1:
+    """The trained Phase I (the W encoder E1) of ``bundle``, frozen, for the methods that start from it (Phase II,
+    HyperStyle). ``bundle`` must hold one, made with ``generator`` (named ``generator_name``; an fp16 copy
+    matches): an E1 trained for another generator gives codes that mean nothing to this one, and the training
+    would go on without a word."""
+    pipeline = InversionPipeline.from_pretrained(bundle, device=device)
+    if "phase1" not in pipeline.methods:
+        held = ", ".join(name for name, method in pipeline.methods.items() if type(method).components)
+        held = held or "a generator"
+        raise InputError(bundle, f"holds no trained Phase I (W encoder), only {held}; give w_encoder the folder "
+                         "of a Phase I run (train w-encoder)")
+    check_same_weights(generator, pipeline.generator, source=bundle, rtol=1e-3,
+                       ours=f"the run's generator ({generator_name})",
+                       remedy="train Phase I with the run's generator, or give the generator it was trained with")
+    return pipeline.inverter("phase1").requires_grad_(False)
 
 @dataclass(kw_only=True)
 class EncoderTrainingConfig(RunConfig):

@@ -18,9 +18,8 @@ from ..methods.hyperstyle import HyperStyle
 from ..methods.phase1 import Phase1
 from ..models.encoders import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet
-from ..pipeline import InversionPipeline
 from .distributed import DistributedContext
-from .encoders import EncoderTask, EncoderTrainingConfig
+from .encoders import EncoderTask, EncoderTrainingConfig, frozen_phase1
 from .loop import TrainingResult, fit
 
 
@@ -71,12 +70,12 @@ class HyperStyleTask(EncoderTask):
 def hyperstyle_task(cfg: HyperStyleTrainingConfig, device: torch.device, ctx: DistributedContext) -> HyperStyleTask:
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
-    phase1 = InversionPipeline.from_pretrained(cfg.w_encoder, device=device).inverter("phase1")
+    phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator)
     hypernetwork = HyperStyleNet.from_generator(
         G, layers=cfg.layers_to_tune, trunk=cfg.trunk, input_size=cfg.input_size or phase1.encoder_resolution,
         code_dim=cfg.code_dim, hyper_inner=cfg.hyper_inner, refine_inner=cfg.refine_inner, separable=cfg.separable)
     cfg.init_trunk(hypernetwork)
-    w_encoder = phase1.w_encoder.requires_grad_(False)  # frozen, in eval mode
+    w_encoder = phase1.w_encoder  # frozen, in eval mode
     method = HyperStyle(G, w_encoder=w_encoder, hypernetwork=hypernetwork,
                         encoder_resolution=phase1.encoder_resolution)
     bundle = {"phase1": Phase1(G, w_encoder=w_encoder, encoder_resolution=phase1.encoder_resolution),

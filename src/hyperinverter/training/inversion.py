@@ -18,9 +18,8 @@ from ..methods.hyperinverter import HyperInverter
 from ..methods.phase1 import Phase1
 from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
-from ..pipeline import InversionPipeline
 from .distributed import DistributedContext
-from .encoders import EncoderTask, EncoderTrainingConfig
+from .encoders import EncoderTask, EncoderTrainingConfig, frozen_phase1
 from .loop import TrainingResult, fit
 
 
@@ -50,8 +49,8 @@ def phase2_task(cfg: InversionTrainingConfig, device: torch.device, ctx: Distrib
         raise ValueError("Phase II needs w_encoder: the folder of a trained Phase I model")
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
-    phase1 = InversionPipeline.from_pretrained(cfg.w_encoder, device=device).inverter("phase1")
-    w_encoder = phase1.w_encoder.requires_grad_(False)  # frozen, in eval mode
+    phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator)
+    w_encoder = phase1.w_encoder  # frozen, in eval mode
     feature_encoder = FeatureEncoder(FeatureEncoderConfig(
         trunk=cfg.trunk, in_channels=G.config.img_channels, input_size=phase1.encoder_resolution, n_styles=G.num_ws,
         feature_channels=cfg.feature_channels, feature_size=cfg.feature_size))
