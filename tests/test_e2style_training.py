@@ -40,7 +40,7 @@ def setup(tiny_gan_data, tmp_path):
 
 
 def test_stage_one_learns_and_stage_two_trains_only_its_own_encoder(setup):
-    config, data, _ = setup
+    config, data, tmp_path = setup
     assert "e2style" in TRAINERS
     first = train_e2style(config("stage1", 25), images=data, val_images=data[:4])
     losses = [h["loss/l2"] for h in first.history if "loss/l2" in h]
@@ -70,6 +70,18 @@ def test_stage_one_learns_and_stage_two_trains_only_its_own_encoder(setup):
     assert len(result.steps) == 2
     with pytest.raises(ValueError, match="holds 2 E2Style stages"):
         train_e2style(config("stage2-again", 2, stage=2, init_from=str(second.final_model)), images=data)
+    # A stage refines the codes of the stages before it, for their generator: another one is refused.
+    from hyperinverter.convert.gan_files import load_gan
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.io.gan import save_gan
+
+    other = load_gan(config("x", 1).generator).generator
+    with torch.no_grad():
+        next(other.synthesis.parameters()).add_(0.1)
+    save_gan(tmp_path / "other-gan", other)
+    with pytest.raises(CheckpointError, match="was trained with another generator than the run's generator"):
+        train_e2style(config("stage2-other", 2, stage=2, init_from=str(first.final_model),
+                             generator=str(tmp_path / "other-gan")), images=data)
 
 
 def test_restoration_training_degrades_the_input_and_targets_the_clean_image(setup):
