@@ -227,7 +227,7 @@ def _extras_in_place(target: Path, generator: Generator) -> Path | None:
         return None
     try:
         check_same_weights(generator, load_gan(target / read_pipeline_index(target)["generator"]).generator,
-                            source=os.fspath(target))
+                           source=os.fspath(target))
     except (InputError, OSError):  # another generator, or one that cannot be read
         names = ", ".join(e.name for e in extras)
         raise OutputError(target, f"holds {names}, made for another generator than this bundle's, which replacing "

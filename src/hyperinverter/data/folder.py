@@ -44,9 +44,8 @@ class ImageFolderDataset(Dataset):
 
     Any size or mode is accepted: transparency is composited on white, then the image is centre-cropped to a
     square and resized (Lanczos) to ``resolution``. ``split`` picks a deterministic subset: a file is in
-    ``val`` when a hash of its relative path falls under ``val_fraction`` (:func:`in_val_split`). Unreadable files are
-    logged and
-    skipped: ``__getitem__`` substitutes the next readable file, ``iter_valid`` leaves them out.
+    ``val`` when a hash of its relative path falls under ``val_fraction`` (:func:`in_val_split`). Unreadable files
+    are logged and skipped: ``__getitem__`` substitutes the next readable file, ``iter_valid`` leaves them out.
     """
 
     def __init__(self, root: str | Path, *, resolution: int, channels: int = 3, split: Split = "train",

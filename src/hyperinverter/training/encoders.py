@@ -50,6 +50,7 @@ def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, ge
                        remedy="train Phase I with the run's generator, or give the generator it was trained with")
     return pipeline.inverter("phase1").requires_grad_(False)
 
+
 @dataclass(kw_only=True)
 class EncoderTrainingConfig(RunConfig):
     """The run, the frozen generator, the encoders' trunk, the losses (with their weights) and the optional
