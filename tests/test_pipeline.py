@@ -105,6 +105,17 @@ def test_a_saved_result_loads_back_as_the_same_inversion(pipeline, tmp_path):
     assert not (tmp_path / "two.safetensors").exists()
 
 
+
+def test_render_checks_the_codes_shape_itself(pipeline):
+    # The generator asserts it; under `python -O` the assertion is gone and a wrong shape failed deep inside
+    # ("start (3) + length (3) exceeds dimension size (5)").
+    G = pipeline.generator
+    for ws in [torch.zeros(2, G.num_ws - 1, G.w_dim), torch.zeros(2, G.w_dim), torch.zeros(1, G.num_ws, G.w_dim + 1)]:
+        with pytest.raises(ValueError, match=rf"codes must be \[B, {G.num_ws}, {G.w_dim}\] for this generator, got"):
+            pipeline.render(ws)
+    assert pipeline.render(torch.zeros(1, G.num_ws, G.w_dim)).shape == (1, G.config.img_channels, G.resolution,
+                                                                                G.resolution)
+
 def test_a_loaded_bundle_edits_by_its_direction_names(pipeline, tmp_path):
     d = LinearDirection(torch.randn(1, 16), name="up", default_strength=2.0)
     pipeline.save_pretrained(tmp_path / "model")

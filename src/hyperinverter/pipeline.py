@@ -544,6 +544,9 @@ class InversionPipeline:
                generator: Generator | None = None) -> torch.Tensor:
         """Codes (and offsets) -> images, by this pipeline's generator or another one of the same architecture."""
         G = self.generator if generator is None else generator
+        if not isinstance(ws, torch.Tensor) or ws.ndim != 3 or tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
+            shape = tuple(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__
+            raise ValueError(f"codes must be [B, {G.num_ws}, {G.w_dim}] for this generator, got {shape}")
         with self._first_pass(), reduced_precision(self.device, self.dtype):
             images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images.float(), "the rendered image")
