@@ -389,6 +389,35 @@ def test_a_work_folder_in_use_is_refused(tmp_path):
         pass
     assert folder.is_dir()  # an empty folder of the user's is not removed either
 
+def test_resuming_with_another_optimiser_or_fewer_steps_is_refused(tmp_path):
+    # Another optimiser's state was loaded as it came: Ranger then failed with an internal KeyError ('lookahead_k').
+    # A run asked for fewer steps than it had done wrote its final/ as a run of those steps ("trained 1 steps").
+    from hyperinverter.training.checkpointing import CheckpointMismatchError, load_checkpoint
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.loop import RunConfig
+    from hyperinverter.training.optim import make_optimizer
+    from hyperinverter.training.run import prepared_run_dir
+
+    module = torch.nn.Linear(2, 2)
+    adam = torch.optim.Adam(module.parameters())
+    module(torch.ones(1, 2)).sum().backward()
+    adam.step()
+    path = save_checkpoint(tmp_path / "run" / "checkpoints", 5, modules={"m": module}, optimizers={"main": adam})
+    ranger = make_optimizer("ranger", module.parameters(), lr=1e-3)
+    with pytest.raises(CheckpointMismatchError, match=r"holds the state of another optimiser \(Adam\) for 'main' "
+                                                     r"than this run's \(Ranger\)"):
+        load_checkpoint(path, modules={"m": module}, optimizers={"main": ranger})
+    again = torch.optim.Adam(module.parameters())
+    assert load_checkpoint(path, modules={"m": module}, optimizers={"main": again})[0] == 5
+    assert torch.equal(again.state_dict()["state"][0]["exp_avg"], adam.state_dict()["state"][0]["exp_avg"])
+
+    run = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"run holds a run at step 5, past steps=3: give steps of 5 or more"), \
+            prepared_run_dir(Path(run), RunConfig(run_dir=run, data="d", steps=3), DistributedContext()):
+        pass
+    with prepared_run_dir(Path(run), RunConfig(run_dir=run, data="d", steps=5), DistributedContext()):
+        pass  # a finished run, run again
+
 def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):
     from hyperinverter.training.checkpointing import resume_latest
 

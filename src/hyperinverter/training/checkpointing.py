@@ -39,7 +39,25 @@ def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
                 tensors[f"{prefix}.state.{idx}.{key}"] = value
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    meta[prefix] = {"param_groups": sd["param_groups"], "scalars": scalars}
+    meta[prefix] = {"type": type(opt).__name__, "param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(path: Path, name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    """Restore ``opt`` from a checkpoint's flattened state, if it is the state of the same kind of optimiser (with
+    the same hyperparameters named in its groups: files from before the type was recorded)."""
+    prefix = f"optim.{name}"
+    if prefix not in meta:
+        raise CheckpointError(f"{path} has no optimiser state for {name!r}")
+    stored = _unflatten_optimizer(prefix, tensors, meta)
+    kind, current = meta[prefix].get("type"), type(opt).__name__
+    keys = [set(group) - {"params"} for group in stored["param_groups"]]
+    if (kind or current) != current or keys != [set(group) - {"params"} for group in opt.param_groups]:
+        raise CheckpointError(f"{path} holds the state of another optimiser ({kind or 'another kind'}) for "
+                              f"{name!r} than this run's ({current})")
+    try:
+        opt.load_state_dict(stored)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: the optimiser state for {name!r} does not fit ({e})") from None
 
 
 def _unflatten_optimizer(prefix: str, tensors: dict, meta: dict) -> dict:
@@ -87,6 +105,11 @@ def save_checkpoint(
     return path
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file was written at, from its name."""
+    return int(_NAME.search(Path(path).name).group(1))
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
@@ -118,10 +141,7 @@ def load_checkpoint(
             sd = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
             load_state_dict_strict(module, sd, source=f"{path} [{name}]")
         for name, opt in (optimizers or {}).items():
-            prefix = f"optim.{name}"
-            if prefix not in meta:
-                raise CheckpointError(f"{path} has no optimiser state for {name!r}")
-            opt.load_state_dict(_unflatten_optimizer(prefix, tensors, meta))
+            _load_optimizer(path, name, opt, tensors, meta)
     except NonFiniteWeightsError:
         raise  # a diverged run: resume_latest falls back to an older checkpoint
     except CheckpointError as e:

@@ -15,6 +15,7 @@ import torch
 
 from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock
 from ..io.images import make_grid, save_image
+from .checkpointing import checkpoint_step, list_checkpoints
 from .config import to_yaml
 from .distributed import DistributedContext
 
@@ -134,11 +135,16 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
         # Starting afresh next to an old run's checkpoints would mix the two runs when pruning and resuming.
         raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with resume: true, or choose "
                          "a new run_dir")
+    saved = list_checkpoints(checkpoints) if getattr(config, "resume", True) else []
+    reached, steps = (checkpoint_step(saved[-1]) if saved else 0), getattr(config, "steps", None)
+    if steps is not None and reached > steps:  # its final/ would hold more steps than asked, as this run's
+        raise ValueError(f"{run_dir} holds a run at step {reached}, past steps={steps}: give steps of {reached} or "
+                         "more to go on with it, or a new run_dir")
     held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir)
     with held if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
             text = to_yaml(config)
-            if getattr(config, "resume", True) and any(checkpoints.glob("*.safetensors")):
+            if saved:
                 _say_what_changed(run_dir / "config.yaml", text)
             atomic_write_bytes(run_dir / "config.yaml", text.encode())
         ctx.barrier()
