@@ -24,7 +24,7 @@ $(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
 
 # The browser test drives Debian's chromium through its chromedriver (no browser download).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) -e ".[dev,align,id,train,web,plot,video]"
+	$(PIP) -e ".[dev,align,id,train,web,plot,video,heif]"
 	$(PIP) --no-deps $(NO_DEPS)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)

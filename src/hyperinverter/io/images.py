@@ -186,11 +186,43 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: i
     return atomic_write_bytes(path, gif_bytes(frames, duration_ms=duration_ms))
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+# Phones' HEIC/HEIF photos are read by the pillow-heif plugin (the `heif` extra), registered on first use.
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+_heif_registered: bool | None = None  # None: not tried yet
 # Pillow's own decompression-bomb limit (about 89 megapixels): enough for any camera, and the bound of what a
 # batch job decodes without being asked. The web page sets a lower one.
 DEFAULT_MAX_PIXELS = 89_478_485
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
+
+
+def _register_heif() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow, once; False when the plugin is not installed."""
+    global _heif_registered
+    if _heif_registered is None:
+        try:
+            import pillow_heif
+        except ImportError:
+            _heif_registered = False
+        else:
+            pillow_heif.register_heif_opener()
+            _heif_registered = True
+    return _heif_registered
+
+
+def _unreadable_cause(source: ImageSource) -> str:
+    """Why Pillow could not identify ``source``: a HEIC photo without the plugin, or an unknown or corrupt file."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            head = b""
+    else:
+        head = bytes(source[:12]) if isinstance(source, (bytes, bytearray, memoryview)) else b""
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS and not _register_heif():
+        return "a HEIC/HEIF photo, which needs the pillow-heif plugin: pip install 'hyperinverter[heif]'"
+    return "not a readable image (unknown or corrupt format)"
 
 
 def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -204,6 +236,7 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
     """
     from PIL import UnidentifiedImageError
 
+    _register_heif()
     label = name if name is not None else (os.fsdecode(source) if isinstance(source, (str, os.PathLike))
                                            else "the image")
     opened: Image.Image | None = None  # what this call opened: closed unless it is the result
@@ -238,7 +271,7 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
         except ImageReadError:
             raise
         except UnidentifiedImageError:
-            raise ImageReadError(label, "not a readable image (unknown or corrupt format)") from None
+            raise ImageReadError(label, _unreadable_cause(source)) from None
         except Image.DecompressionBombError as e:
             raise ImageReadError(label, f"refused as a decompression bomb ({e})") from None
         except PermissionError:
