@@ -221,6 +221,24 @@ def test_a_folder_that_refuses_files_names_the_file_asked_for(tmp_path, monkeypa
     assert caught.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
 
+def test_temporaries_of_a_process_still_writing_are_not_stale(tmp_path):
+    # Two commands writing into one folder (two GPUs inverting into one --out): the second one's start removed the
+    # first one's writes in progress where files cannot be written unnamed (NFS), and its items then failed.
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {"running": f".a.png.0123456789abcdef-{writer.pid}.partial",
+                 "killed": ".b.png.0123456789abcdef-999999999.partial",  # (no such process)
+                 "older format": ".c.png.0123456789abcdef.partial"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"half")
+        assert files.remove_stale_temporaries(tmp_path) == 2
+        assert [p.name for p in tmp_path.iterdir()] == [names["running"]]
+    finally:
+        writer.kill()
+        writer.wait()
+    assert files.remove_stale_temporaries(tmp_path) == 1 and not list(tmp_path.iterdir())
+    assert files._TEMP.match(files._temp_sibling(tmp_path / "x.png").name).group("pid") == str(os.getpid())
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -35,7 +35,8 @@ PIPELINE_EXTRAS = frozenset({"MODEL_CARD.md", "configs", "directions", "examples
 # adds the image's codes.
 GENERATOR_ENTRIES = frozenset({"config.json", "model.safetensors", "generator", "discriminator", "ws.safetensors"})
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}\.partial$")
+# A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}(?:-(?P<pid>\d+))?\.partial$")
 _PROC_FD = Path("/proc/self/fd")
 
 
@@ -155,7 +156,20 @@ def _identity(path: str | os.PathLike | int) -> tuple[int, int] | None:
 
 
 def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}-{os.getpid()}.partial")
+
+
+def _writer_alive(pid: str | None) -> bool:
+    """Whether the process that named a temporary still runs (on this machine), so that it is not stale."""
+    if pid is None or int(pid) == os.getpid():
+        return False  # a name from before pids were recorded, or our own earlier write (killed halfway)
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # another user's
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def fsync_directory(directory: Path) -> None:
@@ -332,11 +346,12 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
 def remove_stale_temporaries(directory: Path, *, of: str | None = None) -> int:
     """Delete the hidden temporary files and folders that a killed hyperinverter left in ``directory`` (only
     those of the output named ``of``, if given). Only names of exactly the form we create
-    (``.NAME.<16 hex digits>.partial``) are touched."""
+    (``.NAME.<16 hex digits>-<pid>.partial``) are touched, and not those of a process that still runs: another
+    command writing into the same folder (two GPUs inverting into one --out) keeps its writes in progress."""
     removed = 0
     for entry in Path(directory).iterdir() if Path(directory).is_dir() else ():
         match = _TEMP.match(entry.name)
-        if match is None or (of is not None and match.group("name") != of):
+        if match is None or (of is not None and match.group("name") != of) or _writer_alive(match.group("pid")):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
