@@ -186,7 +186,8 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: i
     return atomic_write_bytes(path, gif_bytes(frames, duration_ms=duration_ms))
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic",
+                  ".heif")
 # Phones' HEIC/HEIF photos are read by the pillow-heif plugin (the `heif` extra), registered on first use.
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 _heif_registered: bool | None = None  # None: not tried yet
