@@ -163,6 +163,8 @@ def _writer_alive(pid: str | None) -> bool:
     """Whether the process that named a temporary still runs (on this machine), so that it is not stale."""
     if pid is None or int(pid) == os.getpid():
         return False  # a name from before pids were recorded, or our own earlier write (killed halfway)
+    if os.name == "nt":  # os.kill would end the process there: keep its temporary rather
+        return True
     try:
         os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except PermissionError:  # another user's
