@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -427,6 +428,22 @@ def test_resuming_with_another_optimiser_or_fewer_steps_is_refused(tmp_path):
         load_checkpoint(path, modules={"m": module}, optimizers={"main": ranger})
     again = torch.optim.Adam(module.parameters())
     assert load_checkpoint(path, modules={"m": module}, optimizers={"main": again})[0] == 5
+    # A file from before the type was recorded: told apart by the hyperparameters its groups name (not by the
+    # switches PyTorch versions add to them).
+    from safetensors.torch import load_file, save_file
+
+    from hyperinverter.io.checkpoints import read_safetensors_metadata
+
+    record = json.loads(read_safetensors_metadata(path)["training"])
+    del record["optim.main"]["type"]
+    for group in record["optim.main"]["param_groups"]:
+        group.pop("decoupled_weight_decay", None)
+    save_file(load_file(path), tmp_path / "old.safetensors", metadata={"training": json.dumps(record)})
+    assert load_checkpoint(tmp_path / "old.safetensors", modules={"m": module},
+                           optimizers={"main": torch.optim.Adam(module.parameters())})[0] == 5
+    with pytest.raises(CheckpointMismatchError, match=r"another optimiser \(another kind\) for 'main' than this "
+                                                     r"run's \(Ranger\)"):
+        load_checkpoint(tmp_path / "old.safetensors", modules={"m": module}, optimizers={"main": ranger})
     assert torch.equal(again.state_dict()["state"][0]["exp_avg"], adam.state_dict()["state"][0]["exp_avg"])
 
     run = str(tmp_path / "run")

@@ -42,16 +42,25 @@ def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
     meta[prefix] = {"type": type(opt).__name__, "param_groups": sd["param_groups"], "scalars": scalars}
 
 
+# Switches that PyTorch versions add to their optimisers' groups (and fill in when loading an older state).
+_VERSION_KEYS = frozenset({"params", "foreach", "maximize", "capturable", "differentiable", "fused",
+                           "decoupled_weight_decay"})
+
+
 def _load_optimizer(path: Path, name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    """Restore ``opt`` from a checkpoint's flattened state, if it is the state of the same kind of optimiser (with
-    the same hyperparameters named in its groups: files from before the type was recorded)."""
+    """Restore ``opt`` from a checkpoint's flattened state, if it is the state of the same kind of optimiser (its
+    recorded type; in files from before the type was recorded, the hyperparameters its groups name)."""
     prefix = f"optim.{name}"
     if prefix not in meta:
         raise CheckpointError(f"{path} has no optimiser state for {name!r}")
     stored = _unflatten_optimizer(prefix, tensors, meta)
     kind, current = meta[prefix].get("type"), type(opt).__name__
-    keys = [set(group) - {"params"} for group in stored["param_groups"]]
-    if (kind or current) != current or keys != [set(group) - {"params"} for group in opt.param_groups]:
+    if kind is None:
+        named = [set(group) - _VERSION_KEYS for group in stored["param_groups"]]
+        same = named == [set(group) - _VERSION_KEYS for group in opt.param_groups]
+    else:
+        same = kind == current
+    if not same:
         raise CheckpointError(f"{path} holds the state of another optimiser ({kind or 'another kind'}) for "
                               f"{name!r} than this run's ({current})")
     try:
