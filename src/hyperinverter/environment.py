@@ -22,6 +22,7 @@ OPTIONAL_PARTS = (
     ("plot", "matplotlib", "matplotlib", "plots of evaluations and benchmarks"),
     ("web", "gradio", "gradio", "the web page"),
     ("video", "av", "av", "MP4 interpolations"),
+    ("heif", "pillow_heif", "pillow-heif", "HEIC/HEIF photos (phones')"),
 )
 
 
