@@ -106,12 +106,6 @@ def test_env_describes_the_machine_for_a_bug_report(cache, capsys, monkeypatch):
     assert code == 0 and rows["hyperinverter"] == __version__ and rows["torch"].startswith(torch.__version__)
     assert f"torch uses {torch.get_num_threads()} threads" in rows["cpu"] and "native bf16: " in rows["cpu"]
     assert rows["[video]"] == "not installed (pip install 'hyperinverter[video]'): MP4 interpolations"
-    from hyperinverter.environment import OPTIONAL_PARTS
-
-    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
-
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
-    assert {part[0] for part in OPTIONAL_PARTS} == set(extras["optional-dependencies"]) - {"dev"}  # every extra shown
     assert rows["model cache"] == f"{cache} (1 file(s): x.pt)"
     if not torch.cuda.is_available():
         assert rows["cuda"] == "no CUDA device"
@@ -126,6 +120,11 @@ def test_env_describes_the_machine_for_a_bug_report(cache, capsys, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
     code, out, _ = run_cli(capsys, "env")
     assert code == 0 and "cuda:0          NVIDIA H200, 143.0 GiB, compute capability 9.0; bf16: yes" in out
+    from hyperinverter.environment import OPTIONAL_PARTS
+
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert {part[0] for part in OPTIONAL_PARTS} == set(extras["optional-dependencies"]) - {"dev"}  # every extra shown
 
 
 def test_the_package_runs_as_a_module():
