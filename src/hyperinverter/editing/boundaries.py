@@ -177,7 +177,8 @@ def label_codes(table: LabelTable, G: Generator, *, model: str = "the model", ba
             if drawn_by and drawn_by != fingerprint:
                 raise _row_error(table.path, line, f"its sample was drawn by another generator ({drawn_by}), not by "
                                  f"{model}'s ({fingerprint}), whose seeds draw other faces; label samples of this "
-                                 "model (hyperinverter directions label)")
+                                 "model (hyperinverter directions label), or, if it is the same generator stored at "
+                                 "another precision (fp16), remove the generator column")
         device = G.w_avg.device
         out = []
         psi = np.asarray(table.truncations, dtype=np.float64)
