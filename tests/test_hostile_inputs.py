@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -331,6 +332,12 @@ def _direction_file(folder: Path, name: str, tensors: dict, meta: dict) -> Path:
     return save_safetensors(folder / f"{name}.safetensors", tensors, {"direction": json.dumps(meta)})
 
 
+def _truncated_npy(folder):
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((1, 16), np.float32))
+    return hostile.write(folder, "truncated.npy", buffer.getvalue()[:100])
+
+
 def test_bad_directions_are_one_line(world, tmp_path, capsys):
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     torch.save({"comp": torch.randn(4, 1, 16), "mean": torch.randn(1, 12), "std": torch.ones(4)},
@@ -345,6 +352,9 @@ def test_bad_directions_are_one_line(world, tmp_path, capsys):
         _direction_file(tmp_path, "badstrength", {"vector": torch.randn(1, 16)},
                         {"kind": "linear", "strength": "lots"}): "'strength' must be a finite number",
         hostile.write(tmp_path, "broken.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"): "safetensors",
+        hostile.write(tmp_path, "empty.npy", b""): "is not a readable .npy file",  # (an internal EOFError)
+        _truncated_npy(tmp_path): r"is not a readable .npy file \(EOF",  # (it blamed pickling)
+        _direction_file(tmp_path, "zeros", {"vector": torch.zeros(1, 16)}, {"kind": "linear"}): "all zeros",
     }
     for path, cause in cases.items():
         result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", path,

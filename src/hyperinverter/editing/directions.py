@@ -107,6 +107,8 @@ def _vector(tensor: object, path: Path) -> torch.Tensor:
                           f"{list(tensor.shape)}")
     if not bool(torch.isfinite(vector).all()):
         raise SchemaError(path, "the direction holds NaN or infinite values")
+    if not bool(vector.any()):  # (every edit would be the input itself, at any strength)
+        raise SchemaError(path, "the direction is all zeros")
     if vector.shape[0] > 1 and torch.allclose(vector, vector[:1].expand_as(vector)):
         vector = vector[:1]  # e.g. pose.pt: identical rows, a plain W direction
     return vector
@@ -185,10 +187,13 @@ def load_direction(
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except ValueError as e:  # e.g. an object array, which only pickle could read
-            raise SchemaError(path, f"is not a plain numeric .npy array ({e}); pickled arrays are refused") from None
-        except OSError as e:
-            raise SchemaError(path, f"is not a readable .npy file ({e})") from None
+        except ValueError as e:
+            if "allow_pickle" in str(e):  # an object array, which only pickle could read
+                raise SchemaError(path, f"is not a plain numeric .npy array ({e}); pickled arrays are refused"
+                                  ) from None
+            raise SchemaError(path, f"is not a readable .npy file ({e})") from None  # e.g. a truncated header
+        except (OSError, EOFError) as e:  # (an empty file is an EOFError)
+            raise SchemaError(path, f"is not a readable .npy file ({e or type(e).__name__})") from None
         if array.dtype.kind not in "fiu":
             raise SchemaError(path, f"a direction must hold numbers, got dtype {array.dtype}")
         vector = _vector(torch.from_numpy(array.astype(np.float32)), path)
