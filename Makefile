@@ -31,7 +31,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed-web: pyproject.toml $(VENV)/.torch
-	$(PIP) -e ".[align,web]"
+	$(PIP) -e ".[align,web,heif]"
 	touch $@
 
 install: $(VENV)/.installed-test
