@@ -253,3 +253,22 @@ def test_a_generator_alone_inverts_and_edits_by_its_principal_directions(browser
         wait(driver, lambda d: (src := image_src(d, "#edited")) and src != first_edit, "the second direction's edit")
     finally:
         app.close()
+
+
+def test_a_phone_photo_in_heic_uploads_and_inverts(server, browser, tmp_path):
+    # The upload field offered only what the browser calls images; a HEIC photo (iPhones' default) could not be
+    # read. The page shows its preview (re-encoded: browsers other than Safari cannot show HEIC) and inverts it.
+    pillow_heif = pytest.importorskip("pillow_heif", reason="needs pillow-heif (the heif extra)")
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    photo = tmp_path / "IMG_0001.HEIC"
+    Image.open(next(p for p in sample_photos() if "obama" in p.name)).save(photo, format="HEIF")
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
+    upload(driver, "#photo", photo)
+    wait(driver, lambda d: (src := image_src(d, "#preview")) and src.endswith(".png"), "the photo's PNG preview")
+    status = invert_and_wait(driver)
+    assert "HyperInverter" in status and "error" not in status.lower()
+    wait(driver, lambda d: image_src(d, "#compare"), "the comparison image")

@@ -32,7 +32,7 @@ from ..catalogue import CATALOGUE
 from ..editing.directions import Direction, GANSpaceDirection, edit_directions
 from ..errors import ImageReadError, InputError
 from ..io.files import atomic_write_bytes
-from ..io.images import enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
+from ..io.images import IMAGE_SUFFIXES, enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
 from .limits import WebLimits
@@ -588,7 +588,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             with gr.Column():
                 # A file field, not an image field: what is uploaded is read by our code, so a file that is not
                 # an image gets our message (Gradio's image field fails before any handler, naming a server path).
-                photo = gr.File(label="photo", file_types=["image"], type="filepath", elem_id="photo")
+                # Every suffix the package reads, so that a file chooser that does not know HEIC still offers it.
+                photo = gr.File(label="photo", file_types=["image", *IMAGE_SUFFIXES], type="filepath", elem_id="photo")
                 preview = gr.Image(type="filepath", label="your photo", interactive=False, elem_id="preview",
                                    height=200)
             compare = gr.Image(type="filepath", format="png", label="input | result", interactive=False,
@@ -615,7 +616,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights) and mix styles")
         with gr.Row():
-            photo_b = gr.File(label="second photo", file_types=["image"], type="filepath", elem_id="photo-b")
+            photo_b = gr.File(label="second photo", file_types=["image", *IMAGE_SUFFIXES], type="filepath",
+                              elem_id="photo-b")
             with gr.Column():
                 t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t")
                 blended = gr.Image(type="filepath", format="png", label="blend", interactive=False, elem_id="blend")
