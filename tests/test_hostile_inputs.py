@@ -380,6 +380,25 @@ def test_a_1d_direction_is_a_w_direction(world, tmp_path, capsys):
         GANSpaceDirection(basis, 0, 0, 99, 1.0).apply(loaded.ws)
 
 
+def test_a_direction_s_name_never_sends_an_output_elsewhere(world, tmp_path, capsys):
+    # A direction's name (read from its file) went into the output names as it was: '../../../pwn' wrote the edits
+    # outside --out, and 'a/b' made folders inside it.
+    out = tmp_path / "deep" / "er" / "edits"
+    for name in ["../../../pwn", "a/b\\c:d*e?f", ".."]:
+        path = _direction_file(tmp_path, "named", {"vector": torch.randn(1, 16)}, {"kind": "linear", "name": name})
+        result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", path, "--out", out,
+                     "--device", "cpu")
+        assert result.code == 0, result.err
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == sorted(
+        f"p0_{part}_{end}" for part in ["-..-..-pwn", "a-b-c-d-e-f", "direction"] for end in ("default.png",
+                                                                                              "strip.png"))
+    assert all(p.parent == out for p in tmp_path.rglob("*.png"))
+    # Where the name is the user's own (ganspace --save NAME=...), one that is not a plain file name is refused.
+    with pytest.raises(SystemExit):
+        main(["ganspace", "--model", str(world.model), "--out", str(tmp_path / "s.png"), "--save", "../x=0:0:2"])
+    assert "NAME must be a plain file name" in capsys.readouterr().err
+
+
 # --- inversion files ------------------------------------------------------------------------------------------------
 
 

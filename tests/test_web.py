@@ -210,6 +210,9 @@ def test_result_files_are_unique_per_request_and_swept_when_old(tmp_path):
     old = time.time() - 2000
     os.utime(os.path.dirname(a), (old, old))
     assert files.sweep(now=time.time() + 61) == 1 and not os.path.exists(a) and os.path.exists(b)
+    # A result's name holds a direction's name, read from the model's files: it stays inside its request folder.
+    inside = files.write("photo_../../../escaped+3.png", b"1")
+    assert os.path.dirname(os.path.dirname(inside)) == str(files.folder) and "/" not in os.path.basename(inside)
 
 
 def test_the_model_card_says_what_the_model_is_and_where_it_is_weak():

@@ -31,7 +31,7 @@ from .. import memory
 from ..catalogue import CATALOGUE
 from ..editing.directions import Direction, GANSpaceDirection, edit_directions
 from ..errors import ImageReadError, InputError
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, file_name_part
 from ..io.images import IMAGE_SUFFIXES, enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
@@ -294,7 +294,7 @@ class ResultFiles:
 
     def write(self, name: str, data: bytes) -> str:
         self.sweep()
-        path = self.folder / uuid.uuid4().hex / name
+        path = self.folder / uuid.uuid4().hex / file_name_part(name, fallback="result")  # (a direction's name in it)
         path.parent.mkdir()
         atomic_write_bytes(path, data, durable=False)
         return str(path)

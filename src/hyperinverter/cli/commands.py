@@ -90,6 +90,10 @@ def _parse_saved_direction(text: str) -> tuple[str, int, str, float | None]:
     parts = rest.split(":")
     if not sep or not name or len(parts) not in (3, 4):
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PC:START:END[:STRENGTH], e.g. smile=3:2:6:2.5")
+    from ..io.files import file_name_part
+
+    if file_name_part(name, fallback="") != name:  # NAME.safetensors is written next to the sheet
+        raise argparse.ArgumentTypeError(f"{text!r}: NAME must be a plain file name (no folder, no leading dot)")
     try:
         strength = finite_float(parts[3]) if len(parts) == 4 else None
         return name, int(parts[0]), f"{parts[1]}:{parts[2]}", strength

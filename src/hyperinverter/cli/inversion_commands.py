@@ -290,7 +290,13 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
+    from ..io.files import (
+        InputFiles,
+        atomic_write_group,
+        file_name_part,
+        prepare_output_folder,
+        sha256_if_readable,
+    )
     from ..io.images import image_bytes, images_made_with, make_grid
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
@@ -314,7 +320,7 @@ def run_edit(args: argparse.Namespace) -> int:
     failures, done, skipped = [], 0, 0
     named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
     for path, name in progress_bar(named, desc="edit", unit="file", disable=len(named) < 2):
-        stem = out_dir / f"{name}_{direction.name}"
+        stem = out_dir / f"{name}_{file_name_part(direction.name, fallback='direction')}"  # (a name from a file)
         targets = [Path(f"{stem}_{label}{end}") for label in labels for end in endings] + [Path(f"{stem}_strip.png")]
         try:
             inputs.check_outputs(targets)

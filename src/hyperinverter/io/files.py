@@ -87,6 +87,17 @@ def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+_UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f/\\:*?"<>|]+')
+
+
+def file_name_part(text: str, *, fallback: str) -> str:
+    """``text`` made safe as (part of) one file name on every system: path separators, control characters and what
+    Windows forbids become '-', and leading dots go (no hidden file, no '..'); ``fallback`` if nothing is left. A
+    name read from a file (a direction's) thus never sends an output into another folder."""
+    part = _UNSAFE_IN_NAMES.sub("-", text).strip().lstrip(".").strip()
+    return part[:120] or fallback
+
+
 def check_outside(path: str | os.PathLike, folder: str | os.PathLike, *, why: str, option: str = "--out") -> None:
     """A ``ValueError`` if ``path`` lies in ``folder`` (or is it), a folder the command reads every image under:
     ``why`` says what would go wrong, ``option`` which setting to change."""
