@@ -94,7 +94,7 @@ def file_name_part(text: str, *, fallback: str) -> str:
     """``text`` made safe as (part of) one file name on every system: path separators, control characters and what
     Windows forbids become '-', and leading dots go (no hidden file, no '..'); ``fallback`` if nothing is left. A
     name read from a file (a direction's) thus never sends an output into another folder."""
-    part = _UNSAFE_IN_NAMES.sub("-", text).strip().lstrip(".").strip()
+    part = _UNSAFE_IN_NAMES.sub("-", text).lstrip(". ").rstrip()
     return part[:120] or fallback
 
 
