@@ -376,7 +376,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
 def test_a_work_folder_in_use_is_refused(tmp_path):
     # Two evaluations (benchmarks, labellings) into one OUT wrote the same records, and the first to finish
     # removed the other's.
-    from hyperinverter.errors import OutputError
+    from hyperinverter.errors import InputError, OutputError
     from hyperinverter.io.work import WorkFolder
 
     folder = tmp_path / "report.work"
@@ -407,6 +407,10 @@ def test_a_work_folder_in_use_is_refused(tmp_path):
     with WorkFolder(folder, format="f", what="evaluation"):
         pass
     assert folder.is_dir()  # an empty folder of the user's is not removed either
+    (folder / "run.json").write_text("{}")  # a user's file under our record's name: refused, and left as it was
+    with pytest.raises(InputError, match="is not a f record"):
+        WorkFolder(folder, format="f", what="evaluation").claim({"seed": 0})
+    assert [p.name for p in folder.iterdir()] == ["run.json"]  # (the lock file it made is gone)
 
 def test_resuming_with_another_optimiser_or_fewer_steps_is_refused(tmp_path):
     # Another optimiser's state was loaded as it came: Ranger then failed with an internal KeyError ('lookahead_k').

@@ -44,7 +44,8 @@ class WorkFolder:
         self.what = what  # "benchmark", "evaluation", "labelling": for messages
         self._records: set[str] = set()  # the records this process read or wrote: remove() deletes these
         self._lock: contextlib.ExitStack | None = None
-        self._made_folder = False  # by lock(): close() removes it if nothing else was written there
+        self._made_folder = self._made_lock = False  # by lock(): close() removes what it made, where no run is
+        self.claimed = False  # set by claim(): this object started or resumed the run stored here
         self.resumed = False  # set by claim()
 
     def __enter__(self) -> Self:
@@ -58,20 +59,23 @@ class WorkFolder:
         """Hold the folder's lock (an ``OutputError`` if another process holds it), until :meth:`close`."""
         if self._lock is None:
             self._made_folder = not self.folder.exists()
+            self._made_lock = not (self.folder / LOCK_FILE).exists()
             stack = contextlib.ExitStack()
             stack.enter_context(exclusive_lock(self.folder / LOCK_FILE, what=f"writing this {self.what}",
                                                folder=self.folder))
             self._lock = stack
 
     def close(self) -> None:
-        """Give the lock back. If the folder holds nothing but the lock (no run was claimed), the lock goes, and
-        the folder too if :meth:`lock` made it."""
+        """Give the lock back. Where no run is stored (the folder holds nothing but the lock), or this object's
+        claim failed on what the folder holds (a user's folder), a lock file it made goes, and the folder too if
+        :meth:`lock` made it and it is empty."""
         if self._lock is None:
             return
         try:
-            if self.folder.is_dir() and {p.name for p in self.folder.iterdir()} == {LOCK_FILE}:
-                (self.folder / LOCK_FILE).unlink()
-                if self._made_folder:
+            entries = {p.name for p in self.folder.iterdir()} if self.folder.is_dir() else set()
+            if entries == {LOCK_FILE} or (self._made_lock and not self.claimed):
+                (self.folder / LOCK_FILE).unlink(missing_ok=True)
+                if self._made_folder and self.folder.is_dir() and not any(self.folder.iterdir()):
                     self.folder.rmdir()
         finally:
             self._lock.close()
@@ -85,6 +89,7 @@ class WorkFolder:
         self.lock()
         try:
             self._claim(identity, defaults)
+            self.claimed = True
         except BaseException:
             if not held:
                 self.close()
