@@ -282,3 +282,22 @@ def test_a_host_or_port_the_page_cannot_listen_on_is_named_before_loading(capsys
             capsys.readouterr().err
     assert main(["web", "--host", "no.such.host.invalid", "--model", "no-such-model"]) == 2
     assert "--host no.such.host.invalid: not a name or address this machine can listen on" in capsys.readouterr().err
+
+
+def test_an_unreadable_direction_file_leaves_the_model_on_the_page(tmp_path):
+    # One broken file in a bundle's directions/ took the whole model off the web page (WebSession failed to load).
+    import shutil
+
+    from hyperinverter.apps.web import WebSession
+    from hyperinverter.catalogue import local_model_path
+    from hyperinverter.editing.directions import load_model_directions
+    from hyperinverter.errors import CheckpointError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(local_model_path("faces-64"), bundle)
+    (bundle / "directions" / "broken.safetensors").write_bytes(b"junk")
+    session = WebSession.from_model(str(bundle), device="cpu")
+    assert "yaw" in session.directions and "broken" not in session.directions
+    assert "**Left out:** 1 direction file(s) that cannot be read (broken.safetensors)" in session.card
+    with pytest.raises(CheckpointError, match="broken.safetensors"):
+        load_model_directions(bundle)  # (strict where nothing asks to skip)

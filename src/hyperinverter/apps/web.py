@@ -115,11 +115,16 @@ class WebSession:
         examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
         pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype)
         card = model_card_summary(path) if (path / "MODEL_CARD.md").is_file() else generated_card(path, pipe)
-        directions, stand_in = edit_directions(path, pipe.generator)
+        broken: list[Exception] = []  # one unreadable direction file does not take the model off the page
+        directions, stand_in = edit_directions(path, pipe.generator, skipped=broken)
         if stand_in:  # a generator alone, or a bundle without directions: its principal ones are edits
             card += (f"\n\n**Edits:** it ships no named directions, so the edit menu offers the generator's first "
                      f"{len(directions)} principal directions in W (GANSpace, on every layer). They have no names: "
                      "try each; `hyperinverter ganspace` makes a sheet of them to name by eye.")
+        if broken:
+            names = ", ".join(Path(getattr(e, "source", "") or "?").name for e in broken)
+            card += (f"\n\n**Left out:** {len(broken)} direction file(s) that cannot be read ({names}); the server "
+                     "log says why.")
         return cls(pipe, directions, detector=detector, display_size=display_size, limits=limits, card=card,
                    examples=examples)
 

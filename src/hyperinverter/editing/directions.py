@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..errors import SchemaError
+from ..errors import InputError, SchemaError
 from ..io.checkpoints import load_weights_only, read_metadata_json, read_safetensors, save_safetensors
 from .ganspace import GANSpaceBasis, compute_ganspace
+
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -219,10 +222,20 @@ def load_direction(
     raise SchemaError(path, f"holds a {type(obj).__name__}; expected a direction tensor or a GANSpace dict")
 
 
-def load_model_directions(model_dir: str | Path) -> dict[str, LinearDirection | GANSpaceDirection]:
-    """The named directions a model folder ships in ``directions/*.safetensors``, by file name order."""
+def load_model_directions(model_dir: str | Path, *, skipped: list[Exception] | None = None
+                          ) -> dict[str, LinearDirection | GANSpaceDirection]:
+    """The named directions a model folder ships in ``directions/*.safetensors``, by file name order. A file that
+    cannot be read is an error, or, given ``skipped``, is left out and its error appended there."""
     folder = Path(model_dir) / "directions"
-    found = [load_direction(p) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
+    found = []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            found.append(load_direction(path))
+        except (InputError, OSError) as e:
+            if skipped is None:
+                raise
+            logger.warning("leaving out the direction %s", e)
+            skipped.append(e)
     return {d.name: d for d in found}
 
 
@@ -256,10 +269,12 @@ def principal_direction(name: str, G, *, start: int | None = None, end: int | No
                              3.0 if strength is None else strength, name=name.strip())
 
 
-def edit_directions(model_dir: str | Path, G) -> tuple[dict[str, Direction], str | None]:
+def edit_directions(model_dir: str | Path, G, *, skipped: list[Exception] | None = None
+                    ) -> tuple[dict[str, Direction], str | None]:
     """The directions to edit a model with: the named ones it ships, else ``G``'s first principal directions
-    (a generator alone, a user's own bundle), with a note that says so (None when the model ships its own)."""
-    named = load_model_directions(model_dir)
+    (a generator alone, a user's own bundle), with a note that says so (None when the model ships its own).
+    ``skipped``: see :func:`load_model_directions` (a server serves the model without its unreadable files)."""
+    named = load_model_directions(model_dir, skipped=skipped)
     if named:
         return named, None
     principal = principal_directions(G)
