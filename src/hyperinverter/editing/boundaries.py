@@ -171,7 +171,8 @@ def label_codes(table: LabelTable, G: Generator, *, model: str = "the model", ba
     from the inversion files (checked to fit ``G``)."""
     from ..inversion.files import check_fits, generator_fingerprint, load_inversion
 
-    fingerprint = generator_fingerprint(G)
+    # (hashing G's weights is needed only where the table names generators, or for inversion files)
+    fingerprint = generator_fingerprint(G) if table.generators or table.codes else None
     if table.seeds is not None:
         for line, drawn_by in zip(table.lines, table.generators or ()):
             if drawn_by and drawn_by != fingerprint:

@@ -24,9 +24,8 @@ from ..data.degradations import get_degradation
 from ..methods import InversionResult
 from ..methods.e2style import E2Style
 from ..models.encoders import E2StyleConfig, E2StyleEncoderConfig, E2StyleEncoders, TrunkConfig
-from ..pipeline import InversionPipeline, check_same_weights
 from .distributed import DistributedContext
-from .encoders import EncoderTask, EncoderTrainingConfig
+from .encoders import EncoderTask, EncoderTrainingConfig, trained_bundle
 from .loop import Batch, TrainingResult, fit
 
 logger = logging.getLogger(__name__)
@@ -166,11 +165,9 @@ def e2style_task(cfg: E2StyleTrainingConfig, device: torch.device, ctx: Distribu
         with torch.no_grad():
             encoders.latent_avg.copy_(G.w_avg.expand_as(encoders.latent_avg))
     else:
-        previous_pipeline = InversionPipeline.from_pretrained(cfg.init_from, device=device)
-        check_same_weights(G, previous_pipeline.generator, source=cfg.init_from, rtol=1e-3,
-                           ours=f"the run's generator ({cfg.generator})",
-                           remedy="every stage refines the codes of the stages before, for one generator")
-        previous_method = previous_pipeline.inverter("e2style")
+        previous_method = trained_bundle(cfg.init_from, G, device, generator_name=cfg.generator,
+                                         remedy="every stage refines the codes of the stages before, for one "
+                                         "generator").inverter("e2style")
         if previous_method.task != cfg.task:
             raise ValueError(f"{cfg.init_from} was trained for task {previous_method.task!r}, this stage for "
                              f"{cfg.task!r}")

@@ -34,20 +34,28 @@ from .optim import make_optimizer
 logger = logging.getLogger(__name__)
 
 
+def trained_bundle(bundle: str, generator: Generator, device: torch.device, *, generator_name: str, remedy: str
+                   ) -> InversionPipeline:
+    """The bundle a run starts from (a Phase I, an earlier E2Style stage), which must have been trained with the
+    run's ``generator`` (named ``generator_name``; an fp16 copy matches): what was trained for another generator
+    gives codes that mean nothing to this one, and the training would go on without a word. ``remedy`` ends the
+    error."""
+    pipeline = InversionPipeline.from_pretrained(bundle, device=device)
+    check_same_weights(generator, pipeline.generator, source=bundle, rtol=1e-3,
+                       ours=f"the run's generator ({generator_name})", remedy=remedy)
+    return pipeline
+
+
 def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, generator_name: str) -> Phase1:
     """The trained Phase I (the W encoder E1) of ``bundle``, frozen, for the methods that start from it (Phase II,
-    HyperStyle). ``bundle`` must hold one, made with ``generator`` (named ``generator_name``; an fp16 copy
-    matches): an E1 trained for another generator gives codes that mean nothing to this one, and the training
-    would go on without a word."""
-    pipeline = InversionPipeline.from_pretrained(bundle, device=device)
+    HyperStyle); see :func:`trained_bundle`."""
+    remedy = "train Phase I with the run's generator, or give the generator it was trained with"
+    pipeline = trained_bundle(bundle, generator, device, generator_name=generator_name, remedy=remedy)
     if "phase1" not in pipeline.methods:
         held = ", ".join(name for name, method in pipeline.methods.items() if type(method).components)
         held = held or "a generator"
         raise InputError(bundle, f"holds no trained Phase I (W encoder), only {held}; give w_encoder the folder "
                          "of a Phase I run (train w-encoder)")
-    check_same_weights(generator, pipeline.generator, source=bundle, rtol=1e-3,
-                       ours=f"the run's generator ({generator_name})",
-                       remedy="train Phase I with the run's generator, or give the generator it was trained with")
     return pipeline.inverter("phase1").requires_grad_(False)
 
 
