@@ -55,6 +55,12 @@ def test_crop_outside_the_photo_is_filled_and_paste_back_round_trips():
     back = paste_back(photo, face.image, face)
     diff = np.abs(np.asarray(back, dtype=float) - np.asarray(photo, dtype=float))
     assert back.size == photo.size and diff.mean() < 3
+    # A mask limits what goes back: a black one leaves the photo as it was; one of another size is refused.
+    black = Image.new("RGB", (128, 128))
+    assert back.tobytes() != paste_back(photo, black, face).tobytes()
+    assert paste_back(photo, black, face, mask=Image.new("L", (128, 128), 0)).tobytes() == photo.tobytes()
+    with pytest.raises(ValueError, match="an 'L' image of the crop's 128x128"):
+        paste_back(photo, black, face, mask=Image.new("L", (64, 64), 255))
 
 
 def test_dlib_finds_and_aligns_a_real_face_or_says_none():

@@ -151,6 +151,11 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction",
                  str(tmp_path / "dir.safetensors"), "--strength", "-2", "2", "--out", str(tmp_path / "edits")]) == 0
     assert (tmp_path / "edits" / "b_dir_+2.png").is_file() and (tmp_path / "edits" / "b_dir_strip.png").is_file()
+    # --strength repeats: every value is made, where the last flag used to replace the earlier ones.
+    assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction",
+                 str(tmp_path / "dir.safetensors"), "--strength", "-1", "--strength", "1", "--out",
+                 str(tmp_path / "edits2")]) == 0
+    assert {p.name for p in (tmp_path / "edits2").iterdir()} == {"b_dir_-1.png", "b_dir_+1.png", "b_dir_strip.png"}
     # By name, from the model's own catalogue; an unknown name lists what the model has.
     save_direction(LinearDirection(torch.randn(1, 16), name="lift"), tmp_path / "model" / "directions" / "lift.safetensors")
     assert main(["edit", str(out / "b.safetensors"), "--model", str(tmp_path / "model"), "--direction", "lift",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from hyperinverter.apps import SAMPLES_DIR
 from hyperinverter.cli.main import main
 from hyperinverter.data.degradations import get_degradation
 from hyperinverter.io.images import save_image
@@ -137,3 +139,31 @@ def test_restore_names_each_failure_once(sr_pipe, capsys):
                  "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and err.count(str(broken)) == 1, err  # was "failed: PATH: PATH: not a readable image"
+
+
+def test_swap_aligns_photos_and_pastes_only_the_face_back(sr_pipe, capsys):
+    # `swap` took aligned crops only: two photos were squashed into the model's square without a word.
+    from PIL import Image
+
+    from hyperinverter.io.images import read_image
+
+    _, tmp_path = sr_pipe
+    source, target = SAMPLES_DIR / "astronaut.jpg", SAMPLES_DIR / "obama.jpg"
+    code = main(["swap", str(source), str(target), "--align", "--model", str(tmp_path / "sr4"), "--device", "cpu",
+                 "--out", str(tmp_path / "swap.png")])
+    assert code == 0 and "swap_photo.png" in capsys.readouterr().out
+    assert Image.open(tmp_path / "swap.png").size == (32, 32)  # the aligned result, at the model's resolution
+    photo, pasted = np.asarray(read_image(target)), np.asarray(Image.open(tmp_path / "swap_photo.png"))
+    assert pasted.shape == photo.shape
+    changed = np.abs(pasted.astype(int) - photo).max(-1) > 0
+    rows, cols = np.nonzero(changed)
+    # Only the face ellipse went back, around Obama's face (its centre near (256, 130) in this 512x640 photo), not
+    # the aligned crop's whole square: the photo's corners and lower half are untouched.
+    assert abs(cols.mean() - 256) < 40 and abs(rows.mean() - 130) < 40 and 0 < changed.mean() < 0.15
+    assert not changed[:, :100].any() and not changed[:, -100:].any() and not changed[320:].any()
+
+    Image.new("RGB", (120, 120), "gray").save(tmp_path / "blank.png")
+    code = main(["swap", str(source), str(tmp_path / "blank.png"), "--align", "--model", str(tmp_path / "sr4"),
+                 "--device", "cpu", "--out", str(tmp_path / "none.png")])
+    assert code == 2 and "blank.png: no face found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("none*"))

@@ -100,8 +100,10 @@ def align_from_landmarks(photo: Image.Image, landmarks: np.ndarray, *, size: int
                        landmarks=np.asarray(landmarks, dtype=np.float64))
 
 
-def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, feather: float = 0.05) -> Image.Image:
-    """Put an edited aligned crop back into the photo it came from, with a feathered border."""
+def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, feather: float = 0.05,
+               mask: Image.Image | None = None) -> Image.Image:
+    """Put an edited aligned crop back into the photo it came from: the whole crop with a feathered border, or where
+    ``mask`` (an "L" image of the crop's size) says, e.g. only the face a swap replaced."""
     photo = photo.convert("RGB")
     size = edited.width
     if edited.size != (size, size):
@@ -112,16 +114,20 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     inverse = np.linalg.inv(matrix)[:2]
     warped = edited.convert("RGB").transform(photo.size, Image.AFFINE, tuple(inverse.flatten()),
                                              resample=Image.BICUBIC)
-    mask = Image.new("L", (size, size), 0)
-    border = max(1, int(size * feather))
-    mask.paste(255, (border, border, size - border, size - border))
-    mask = mask.filter(ImageFilter.GaussianBlur(border / 2))
+    if mask is None:
+        mask = Image.new("L", (size, size), 0)
+        border = max(1, int(size * feather))
+        mask.paste(255, (border, border, size - border, size - border))
+        mask = mask.filter(ImageFilter.GaussianBlur(border / 2))
+    elif mask.mode != "L" or mask.size != (size, size):
+        raise ValueError(f"a paste-back mask must be an 'L' image of the crop's {size}x{size}, got {mask.mode} "
+                         f"{mask.size[0]}x{mask.size[1]}")
     mask = mask.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BILINEAR)
     return Image.composite(warped, photo, mask)
 
 
 def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,
-                         feather: float = 0.05) -> Image.Image:
+                         feather: float = 0.05, mask: Image.Image | None = None) -> Image.Image:
     """:func:`paste_back` from a stored :meth:`AlignedFace.placement` (the photo must be the one aligned)."""
     if tuple(placement["source_size"]) != photo.size:
         raise ValueError(f"the photo is {photo.size[0]}x{photo.size[1]}, but the face was aligned in a "
@@ -130,5 +136,5 @@ def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dic
     assert quad.shape == (4, 2), f"a placement quad is [4, 2], got {quad.shape}"
     face = AlignedFace(image=edited, quad=quad, affine=quad_affine(quad, edited.width), source_size=photo.size,
                        landmarks=np.zeros((68, 2)))
-    return paste_back(photo, edited, face, feather=feather)
+    return paste_back(photo, edited, face, feather=feather, mask=mask)
 

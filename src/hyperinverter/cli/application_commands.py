@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_dtype
+from .arguments import add_dtype, add_min_face_score
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _report_failures
 
 
@@ -30,16 +30,22 @@ def register(sub) -> None:
                    help="restore again the inputs whose results are already in --out (default: skip them)")
     p.set_defaults(func=run_restore)
 
-    p = sub.add_parser("swap", help="put the face of one aligned image onto another and reconstruct the composite",
-                       description="Both images are aligned faces in the model's framing (see invert --align). The "
+    p = sub.add_parser("swap", help="put the face of one photo or aligned image onto another and reconstruct the "
+                       "composite",
+                       description="Both images are aligned faces in the model's framing, or photos with --align. The "
                        "source's face region (an ellipse in the model's face box, feathered) is pasted into the "
                        "target; the composite is inverted, so the generator blends the seams. Writes OUT (the "
-                       "result) and OUT_compare.png (source | target | composite | result).")
+                       "result) and OUT_compare.png (source | target | composite | result); with --align also "
+                       "OUT_photo.png, the target photo with the result pasted back.")
     p.add_argument("source", type=Path)
     p.add_argument("target", type=Path)
     _add_model(p)
     add_dtype(p)
     _add_method(p)
+    p.add_argument("--align", action="store_true",
+                   help="the inputs are photos: find the face in each (dlib 68 landmarks; the largest where there are "
+                   "several) and FFHQ-align it at the model's crop scale, as invert --align does")
+    add_min_face_score(p)
     p.add_argument("--out", required=True, type=Path, help="the result image (.png)")
     p.set_defaults(func=run_swap)
 
@@ -105,16 +111,47 @@ def run_swap(args: argparse.Namespace) -> int:
     import torch
 
     from ..io.files import InputFiles, atomic_write_group
-    from ..io.images import image_bytes, image_output_path, make_grid
+    from ..io.images import image_bytes, image_output_path, make_grid, tensor_to_pil
     from ..restoration import face_swap
 
     out = image_output_path(args.out)
     compare = out.with_name(out.stem + "_compare.png")
-    InputFiles([args.source, args.target]).check_outputs([out, compare])
+    photo_out = out.with_name(out.stem + "_photo.png")
+    outputs = [out, compare, photo_out] if args.align else [out, compare]
+    InputFiles([args.source, args.target]).check_outputs(outputs)
     pipe = _load_pipeline(args)
-    source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
+    if args.align:
+        from ..align import Dlib68Detector, paste_back_placement
+
+        detector = Dlib68Detector(min_score=args.min_face_score)
+        (source, _), (target, target_face) = (_largest_face(pipe, path, detector) for path in (args.source, args.target))
+    else:
+        source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
     swap = face_swap(pipe, source, target, **dict(args.option))
     panels = torch.cat([source, target, swap.composite, swap.result.image])
-    atomic_write_group([(out, image_bytes(swap.result.image[0])), (compare, image_bytes(make_grid(panels, nrow=4)))])
-    print(f"wrote {out} and {compare}")
+    files = [(out, image_bytes(swap.result.image[0])), (compare, image_bytes(make_grid(panels, nrow=4)))]
+    if args.align:
+        photo, placement = target_face
+        result = tensor_to_pil(swap.result.image.cpu())[0].convert("RGB")
+        # Only the swapped face goes back: around it the photo itself is sharper than the model's reconstruction.
+        mask = tensor_to_pil(swap.mask.cpu() * 2 - 1)[0].convert("L")
+        pasted = paste_back_placement(photo, result, placement, mask=mask)
+        files.append((photo_out, image_bytes(pasted, photo_out.suffix)))
+    atomic_write_group(files)
+    print(f"wrote {', '.join(str(path) for path, _ in files[:-1])} and {files[-1][0]}")
     return 0
+
+
+def _largest_face(pipe, path: Path, detector):
+    """The largest face of the photo at ``path``, aligned in ``pipe``'s framing -> (``[1,C,R,R]``, (the photo, the
+    face's placement)); a photo without a face is an ``InputError`` that names it."""
+    from ..inversion.batch import photo_pictures
+    from ..io.images import read_image
+
+    photo = read_image(path)
+    G = pipe.generator
+    faces = photo_pictures(photo, path.stem, path, resolution=G.resolution, channels=G.config.img_channels,
+                           detector=detector, align_scale=pipe.align_scale)
+    if len(faces) > 1:  # the detector lists faces largest first
+        print(f"{path}: {len(faces)} faces found; swapping the largest")
+    return faces[0].image.to(pipe.device), (photo, faces[0].placement)

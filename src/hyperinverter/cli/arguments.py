@@ -65,3 +65,9 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="precision the networks run in: fp32 (default), bf16 (CPUs with native bf16, GPUs) or fp16 "
                    "(GPUs); results are fp32 either way")
+
+
+def add_min_face_score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-face-score", type=finite_float, default=0.5,
+                   help="with --align, the lowest dlib detection score kept (default 0.5 drops face-like patterns; "
+                   "0 is dlib's own threshold, for small or blurry faces)")

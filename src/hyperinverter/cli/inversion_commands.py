@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_device, add_dtype, finite_float, positive_int
+from .arguments import add_device, add_dtype, add_min_face_score, finite_float, positive_int
 
 
 def _add_model(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -79,9 +79,7 @@ def register(sub) -> None:
     p.add_argument("--adapt-from", type=positive_int, default=None, metavar="RESOLUTION",
                    help="with --render-with, the lowest resolution whose conv offsets are kept (default: 1/8 of the "
                    "generator's)")
-    p.add_argument("--min-face-score", type=finite_float, default=0.5,
-                   help="with --align, the lowest dlib detection score kept (default 0.5 drops face-like patterns; "
-                   "0 is dlib's own threshold, for small or blurry faces)")
+    add_min_face_score(p)
     p.set_defaults(func=run_invert)
 
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
@@ -92,8 +90,9 @@ def register(sub) -> None:
     p.add_argument("--direction", required=True,
                    help="a direction of the model by name (see `hyperinverter directions list`), or a file: "
                    "InterFaceGAN .pt/.npy, GANSpace .pt, a StyleCLIP mapper .pt, or ours")
-    p.add_argument("--strength", type=finite_float, nargs="+", default=None,
-                   help="one or more strengths (GANSpace: the value the coordinate is set to)")
+    p.add_argument("--strength", type=finite_float, nargs="+", action="extend", default=None,
+                   help="one or more strengths, e.g. --strength -2 2 (repeatable; GANSpace: the value the coordinate "
+                   "is set to)")
     p.add_argument("--component", type=int, help="GANSpace component index")
     p.add_argument("--layers", help="GANSpace layer range START:END")
     p.add_argument("--paste-back", action="store_true",
