@@ -399,6 +399,17 @@ def test_a_direction_s_name_never_sends_an_output_elsewhere(world, tmp_path, cap
     assert "NAME must be a plain file name" in capsys.readouterr().err
 
 
+def test_names_made_into_file_names():
+    from hyperinverter.io.files import file_name_part
+
+    assert file_name_part("фото 😀 ../a:b", fallback="x") == "фото 😀 ..-a-b"  # any script, no separators
+    assert file_name_part("...", fallback="x") == "x" and file_name_part("\x00", fallback="x") == "-"
+    # The names a web page serves: plain ASCII, runs of anything else one '-'.
+    assert file_name_part("фото 😀", fallback="photo", ascii_only=True) == "photo"
+    assert file_name_part("my photo (1)", fallback="photo", ascii_only=True) == "my-photo-1"
+    assert file_name_part("-.a#b%c&d.", fallback="photo", ascii_only=True, max_length=3) == "a-b"
+
+
 # --- inversion files ------------------------------------------------------------------------------------------------
 
 

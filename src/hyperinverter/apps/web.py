@@ -63,8 +63,7 @@ class WebInversion:
 
 
 def _safe_stem(name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem).strip("-.")
-    return stem[:60] or "photo"
+    return file_name_part(Path(name).stem, fallback="photo", ascii_only=True, max_length=60)
 
 
 def read_upload(photo: Image.Image | str | Path | None, limits: WebLimits) -> Image.Image:

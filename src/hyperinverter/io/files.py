@@ -90,12 +90,17 @@ def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
 _UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f/\\:*?"<>|]+')
 
 
-def file_name_part(text: str, *, fallback: str) -> str:
+_NOT_PLAIN_ASCII = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_name_part(text: str, *, fallback: str, ascii_only: bool = False, max_length: int = 120) -> str:
     """``text`` made safe as (part of) one file name on every system: path separators, control characters and what
     Windows forbids become '-', and leading dots go (no hidden file, no '..'); ``fallback`` if nothing is left. A
-    name read from a file (a direction's) thus never sends an output into another folder."""
-    part = _UNSAFE_IN_NAMES.sub("-", text).lstrip(". ").rstrip()
-    return part[:120] or fallback
+    name read from a file (a direction's) thus never sends an output into another folder. ``ascii_only``: every
+    run of characters but letters, digits, '.', '_' and '-' becomes one '-' (names a web page serves)."""
+    part = (_NOT_PLAIN_ASCII if ascii_only else _UNSAFE_IN_NAMES).sub("-", text)
+    part = part.strip("-.") if ascii_only else part.lstrip(". ").rstrip()
+    return part[:max_length] or fallback
 
 
 def check_outside(path: str | os.PathLike, folder: str | os.PathLike, *, why: str, option: str = "--out") -> None:
