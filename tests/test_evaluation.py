@@ -154,6 +154,22 @@ def test_mismatched_folders_are_an_error_naming_the_files(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "r")]) == 2
 
 
+def test_two_images_are_one_pair(tmp_path, capsys):
+    # `evaluate --pred a.png --gt b.png` was "error: PosixPath('.') has an empty name".
+    from hyperinverter.evaluation import evaluate_folders
+
+    _write_pairs(tmp_path)
+    pred, gt = tmp_path / "pred" / "001.png", tmp_path / "gt" / "002.png"  # any two names
+    one, _ = evaluate_folders(pred, gt, progress=False)
+    both, _ = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
+    assert one.num_images == 1 and one.metrics["pred"]["mse"] != both.metrics["pred"]["mse"]
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(pred), "--out", str(tmp_path / "same")]) == 0
+    assert [r["image"] for r in csv.DictReader((tmp_path / "same.csv").open())] == ["001.png"]
+    assert float(next(csv.DictReader((tmp_path / "same.csv").open()))["mse"]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(tmp_path / "gt"), "--out", str(tmp_path / "r")]) == 2
+    assert "001.png is a file, but" in capsys.readouterr().err
+
+
 def test_a_pair_of_other_sizes_or_an_unreadable_file_is_reported_and_left_out(tmp_path):
     from hyperinverter.evaluation import evaluate_folders
 

@@ -420,7 +420,7 @@ def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | 
 @dataclass
 class FolderPairs:
     """Images of a prediction folder and a ground-truth folder, paired by their path relative to the folder
-    without the suffix (``a/001.png`` pairs with ``a/001.jpg``)."""
+    without the suffix (``a/001.png`` pairs with ``a/001.jpg``); or two images, one pair."""
 
     pairs: list[tuple[Path, Path]]
 
@@ -446,6 +446,11 @@ class FolderPairs:
             return keys
 
         pred, gt = Path(pred), Path(gt)
+        if pred.is_file() or gt.is_file():
+            if not (pred.is_file() and gt.is_file()):
+                file, folder = (pred, gt) if pred.is_file() else (gt, pred)
+                raise ValueError(f"{file} is a file, but {folder} is not: give two folders, or two images")
+            return cls([(pred, gt)])
         a, b = keyed(pred), keyed(gt)
         only_pred, only_gt = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         if only_pred or only_gt:
@@ -497,7 +502,7 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
             problems.append(f"{pred_path}: its size {tuple(output.shape[2:])} is not the ground truth's "
                             f"{tuple(target.shape[2:])} ({gt_path})")
             continue
-        batch.append((pred_path.relative_to(pred).as_posix(), output, target))
+        batch.append((pred_path.name if pred_path == pred else pred_path.relative_to(pred).as_posix(), output, target))
         if len(batch) >= batch_size:
             flush()
     flush()

@@ -539,8 +539,9 @@ def register_evaluate(sub) -> None:
                        "Scores are kept in OUT.work until the report is written: running the same command again "
                        "resumes an interrupted evaluation.")
     p.add_argument("--data", type=Path, help="held-out image folder (never the training data)")
-    p.add_argument("--pred", type=Path, help="a folder of predictions, to score against --gt (no model needed)")
-    p.add_argument("--gt", type=Path, help="the ground-truth folder for --pred: files paired by name")
+    p.add_argument("--pred", type=Path, help="a folder of predictions, to score against --gt (no model needed); or "
+                   "one image")
+    p.add_argument("--gt", type=Path, help="the ground-truth folder for --pred: files paired by name; or one image")
     _add_model(p, required=False)
     add_dtype(p)
     p.add_argument("--max-images", type=positive_int, default=None)
