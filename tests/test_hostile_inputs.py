@@ -586,6 +586,12 @@ def test_a_device_index_past_the_machine_s_devices_is_refused(monkeypatch):
 def test_seed_ranges_are_bounded(world, tmp_path, capsys):
     result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-999999999", "--out", tmp_path / "g.png")
     assert result.code == 2 and "more than 100000 seeds" in result.err
+    # A seed past 64 bits was "Overflow when unpacking long long"; a repeated one was counted as another sample.
+    result = cli(capsys, "generate", "--model", world.model, "--seeds", "99999999999999999999", "--out", tmp_path / "g.png")
+    assert result.code == 2 and "seeds go from 0 to 4294967295" in result.err
+    from hyperinverter.generate import parse_seeds
+
+    assert parse_seeds("3,0-3,3") == [3, 0, 1, 2] and parse_seeds("4294967295") == [4294967295]
 
 
 def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):

@@ -16,11 +16,13 @@ from .models.stylegan2 import Generator
 logger = logging.getLogger(__name__)
 
 MAX_SEEDS = 100_000
+MAX_SEED = 2**32 - 1  # as NVIDIA's gen_images.py takes them
 
 
 def parse_seeds(spec: str) -> list[int]:
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (at most ``MAX_SEEDS`` of them)."""
-    seeds: list[int] = []
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``: each seed once, in the order given, at most ``MAX_SEEDS`` of them, each
+    at most ``MAX_SEED``."""
+    seeds: dict[int, None] = {}  # ordered, without repeats
     for part in spec.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -29,10 +31,12 @@ def parse_seeds(spec: str) -> list[int]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise ValueError(f"bad seed range {part!r}: end before start")
+        if hi > MAX_SEED:
+            raise ValueError(f"bad seed range {part!r}: seeds go from 0 to {MAX_SEED}")
         if len(seeds) + hi - lo + 1 > MAX_SEEDS:
             raise ValueError(f"seed range {spec!r} asks for more than {MAX_SEEDS} seeds")
-        seeds.extend(range(lo, hi + 1))
-    return seeds
+        seeds.update(dict.fromkeys(range(lo, hi + 1)))
+    return list(seeds)
 
 
 def z_from_seeds(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
