@@ -397,6 +397,11 @@ def test_a_direction_s_name_never_sends_an_output_elsewhere(world, tmp_path, cap
     with pytest.raises(SystemExit):
         main(["ganspace", "--model", str(world.model), "--out", str(tmp_path / "s.png"), "--save", "../x=0:0:2"])
     assert "NAME must be a plain file name" in capsys.readouterr().err
+    # A --save that cannot be made is refused before anything is written (the sheet was, then the error came).
+    for saves, message in [(["y=999:0:2"], "component 999 out of range"), (["x=0:0:2", "x=1:0:2"], "['x'] given more")]:
+        options = [option for save in saves for option in ("--save", save)]
+        assert main(["ganspace", "--model", str(world.model), "--out", str(tmp_path / "s.png"), *options]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "s.png").exists()
 
 
 def test_names_made_into_file_names():

@@ -139,6 +139,15 @@ def run_ganspace(args: argparse.Namespace) -> int:
     G = load_generator(generator_path(args.model), device=resolve_device(args.device))
     layers = parse_layer_range(args.layers, G.num_ws)
     saved = [(name, pc, parse_layer_range(spec, G.num_ws), s) for name, pc, spec, s in args.save]
+    # Checked before the PCA and the sheet, so that a bad --save writes nothing.
+    names = [name for name, *_ in saved]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--save: {sorted({n for n in names if names.count(n) > 1})} given more than once (each "
+                         "writes NAME.safetensors)")
+    for name, pc, *_ in saved:
+        if not 0 <= pc < G.w_dim:
+            raise ValueError(f"--save {name}: component {pc} out of range (the basis has {G.w_dim}: 0 to "
+                             f"{G.w_dim - 1})")
     basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)
     sheet = render_ganspace_sheet(G, basis, image_output_path(args.out), components=parse_seeds(args.components),
                                   layers=layers, seeds=parse_seeds(args.seeds), strength=args.strength,
