@@ -76,6 +76,18 @@ def test_the_trained_normal_is_the_true_one():
     assert noisy.accuracy < result.accuracy
 
 
+def test_labels_that_follow_no_direction_are_flagged(caplog):
+    # Random labels gave a direction and a held-out accuracy near 0.5, printed like any other.
+    codes, score, _ = _synthetic(n=300)
+    assert train_boundary(codes, score, attribute="a").clearly_above_chance and not caplog.records
+    random = np.random.default_rng(0).random(300)
+    result = train_boundary(codes, random, attribute="a")
+    assert result.chance_accuracy == 0.5 and not result.clearly_above_chance
+    assert "a: the held-out accuracy" in caplog.text and "not clearly above chance (0.500)" in caplog.text
+    binary = (np.arange(300) % 4 == 0).astype(float)  # imbalanced classes: chance is the larger class's share
+    assert train_boundary(codes, binary, attribute="b").chance_accuracy == pytest.approx(0.75, abs=0.02)
+
+
 def test_binary_columns_and_fractions():
     index, labels = binary_classes(np.array([0, 1, np.nan, 1, 0, 0]))
     assert index.tolist() == [0, 1, 3, 4, 5] and labels.tolist() == [0, 1, 1, 0, 0]

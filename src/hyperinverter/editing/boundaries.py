@@ -360,7 +360,8 @@ class TrainedBoundary:
 
     ``accuracy``: on the held-out split, of the direction as shipped (after conditioning, with its threshold
     refitted on the training split); ``accuracy_unconditioned``: the plain classifier's, when conditions were
-    given. ``condition_cosines``: cosine of the plain normal with each condition normal, before projection."""
+    given. ``condition_cosines``: cosine of the plain normal with each condition normal, before projection.
+    ``chance_accuracy``: what always guessing the held-out split's larger class would score."""
 
     direction: LinearDirection
     attribute: str
@@ -378,6 +379,14 @@ class TrainedBoundary:
     conditions: tuple[str, ...] = ()
     condition_cosines: dict[str, float] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    chance_accuracy: float = 0.5
+
+    @property
+    def clearly_above_chance(self) -> bool:
+        """Whether the held-out accuracy is two standard errors above chance; if not, the labels may not follow a
+        direction in these codes, or be too few, and the direction may be noise."""
+        chance = self.chance_accuracy
+        return self.accuracy > chance + 2 * math.sqrt(chance * (1 - chance) / self.num_test)
 
     def metadata(self) -> dict[str, Any]:
         """The direction record stored in the file (``kind``, ``name`` and ``strength`` are what
@@ -388,6 +397,7 @@ class TrainedBoundary:
             "train_accuracy": round(self.train_accuracy, 6), "num_train": self.num_train, "num_test": self.num_test,
             "space": self.space, "layers": list(self.layers), "fraction": self.fraction,
             "test_fraction": self.test_fraction, "seed": self.seed, "projection_std": round(self.projection_std, 6),
+            "chance_accuracy": round(self.chance_accuracy, 6),
         }
         if self.conditions:
             meta.update(conditions=list(self.conditions),
@@ -457,9 +467,16 @@ def train_boundary(
     direction = LinearDirection(vector, name=name or attribute, default_strength=default)
     logger.info("%s: held-out accuracy %.3f (%d train / %d test samples)", attribute, accuracy, len(train),
                 len(test))
-    return TrainedBoundary(direction, attribute, accuracy, train_accuracy, len(train), len(test), space, span,
-                           fraction, test_fraction, seed, projection_std,
-                           plain_accuracy if condition_normals else None, tuple(condition_normals), cosines)
+    share = float(y[test].double().mean())
+    trained = TrainedBoundary(direction, attribute, accuracy, train_accuracy, len(train), len(test), space, span,
+                              fraction, test_fraction, seed, projection_std,
+                              plain_accuracy if condition_normals else None, tuple(condition_normals), cosines,
+                              chance_accuracy=max(share, 1 - share))
+    if not trained.clearly_above_chance:
+        logger.warning("%s: the held-out accuracy %.3f on %d samples is not clearly above chance (%.3f): the labels "
+                       "may not follow a direction in these codes, or be too few; edits along it may be noise",
+                       attribute, accuracy, len(test), trained.chance_accuracy)
+    return trained
 
 
 def _load_model_generator(model: str | os.PathLike | Generator, device: str | torch.device) -> tuple[Generator, str]:
