@@ -210,7 +210,9 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
     """``build()`` a module and load ``state_dict`` into it strictly, without first allocating random weights.
 
     The module is built on the meta device and checked against the file before any memory is allocated, so a
-    config that does not fit its weights (or asks for absurd sizes) fails fast and cheaply.
+    config that does not fit its weights (or asks for absurd sizes) fails fast and cheaply. Constructors initialise
+    with in-place ops (``randn(...).div_(c)``, not ``randn(...) / c``): on the meta device PyTorch's out-of-place
+    elementwise ops, ``normal_`` and ``fmod_`` import Dynamo, about 0.9 s of a command's start.
 
     ``fresh_from_file``: ``state_dict`` is a safetensors file's tensors as read (``read_safetensors``), unchanged.
     Such tensors are the file's memory map, whose pages join the resident set as they are read, beside the weights

@@ -9,6 +9,7 @@ Its trainable parts are *components* (saved as folders of a pipeline bundle); it
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,13 +117,16 @@ class Stopwatch:
         self.device = device
         self.laps: dict[str, float] = {}
         self._last = self._now()
+        # Compiled, a lap splits the graph (it reads the host's clock): kept out of it, without Dynamo's warning.
+        # Only where Dynamo is loaded (torch.compile loads it), since importing it takes 1.5 s.
+        if "torch._dynamo" in sys.modules:
+            self.lap = torch.compiler.disable(self.lap)
 
     def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    @torch.compiler.disable  # compiled, a lap splits the graph (it reads the host's clock): without Dynamo's warning
     def lap(self, name: str) -> None:
         now = self._now()
         self.laps[name] = self.laps.get(name, 0.0) + now - self._last

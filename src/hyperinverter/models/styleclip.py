@@ -48,7 +48,7 @@ class EqualLinearLReLU(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, lr_mul: float = LR_MUL,
                  negative_slope: float = 0.2, gain: float = math.sqrt(2)) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features).div_(lr_mul))
         self.bias = nn.Parameter(torch.zeros(out_features))
         self.lr_mul = lr_mul
         self.scale = lr_mul / math.sqrt(in_features)
