@@ -144,26 +144,6 @@ def test_the_package_runs_as_a_module():
     assert done.returncode == 2 and "invalid choice: 'no-such-command'" in done.stderr
 
 
-def test_loading_a_model_and_inverting_never_imports_dynamo():
-    # Importing torch._dynamo took about 0.9 s of every command's start (`invert` on one photo: 3.0 -> 2.2 s).
-    # Loading builds modules on the meta device, where PyTorch's out-of-place elementwise ops, normal_ and fmod_
-    # import it; the constructors use in-place ops, and a stopwatch's laps leave compiled graphs only once it is
-    # loaded.
-    import subprocess
-    import sys
-
-    code = ("import sys, torch\n"
-            "from hyperinverter.pipeline import InversionPipeline\n"
-            "pipe = InversionPipeline.from_pretrained('faces-64', device='cpu')\n"
-            "for method in pipe.available_methods():\n"
-            "    pipe.inverter(method)\n"
-            "pipe.invert(torch.zeros(1, 3, 64, 64))\n"
-            "print(sorted(pipe.available_methods()), 'torch._dynamo' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert done.stdout.strip().endswith("] False"), done.stdout
-    assert "hyperstyle" in done.stdout and "e2style" in done.stdout  # every network of the bundle was built
-
-
 def test_models_lists_every_catalogue_entry(cache, capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0

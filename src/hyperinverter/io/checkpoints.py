@@ -211,8 +211,8 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
 
     The module is built on the meta device and checked against the file before any memory is allocated, so a
     config that does not fit its weights (or asks for absurd sizes) fails fast and cheaply. Constructors initialise
-    with in-place ops (``randn(...).div_(c)``, not ``randn(...) / c``): on the meta device PyTorch's out-of-place
-    elementwise ops, ``normal_`` and ``fmod_`` import Dynamo, about 0.9 s of a command's start.
+    through :mod:`hyperinverter.models.init`, which does no arithmetic on meta tensors: their Python meta kernels
+    import Dynamo and SymPy, about 1.4 s of a command's start.
 
     ``fresh_from_file``: ``state_dict`` is a safetensors file's tensors as read (``read_safetensors``), unchanged.
     Such tensors are the file's memory map, whose pages join the resident set as they are read, beside the weights
@@ -225,7 +225,8 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
         module = build()
     pages = FilePages() if fresh_from_file else None
     check_state_dict(module, state_dict, source=source, pages=pages)
-    module = module.to_empty(device="cpu")
+    # module.to_empty(device="cpu"), but through empty_strided: empty_like of a meta tensor imports SymPy (0.5 s)
+    module = module._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu"))
     targets = module.state_dict(keep_vars=True)  # the keys and shapes are the file's (checked above)
     with torch.no_grad():
         for name, tensor in state_dict.items():

@@ -20,6 +20,7 @@ from torch import nn
 from ..config_base import SerializableConfig
 from ..ops.matmul import addmm, transposed_storage
 from ..precision import full_precision
+from . import init
 from .stylegan2.generator import Generator, SynthesisNetwork
 from .weight_delta import WeightDelta
 
@@ -91,15 +92,14 @@ class WeightRegressor(nn.Module):
             out = hidden_dim if i == n_down - 1 else inner_channels
             layers += [nn.Conv2d(inner_channels, out, 4, stride=2, padding=1), nn.ReLU()]
         self.feature_extractor = nn.Sequential(*layers)
-        # nn.init.kaiming_normal_'s values (fan-in, gain √2) from in-place ops, which loading's meta-device build
-        # runs without importing Dynamo (see io.checkpoints.instantiate_strict)
-        w1 = torch.randn(hidden_dim, in_ch * hidden_dim).mul_(math.sqrt(2 / (in_ch * hidden_dim)))
+        # nn.init.kaiming_normal_'s values (fan-in, gain √2), cheap to build for loading (models.init)
+        w1 = init.randn(hidden_dim, in_ch * hidden_dim, times=math.sqrt(2 / (in_ch * hidden_dim)))
         # A code times w1 reads all of it (up to 33.5 MB per layer). Stored transposed, as a linear layer's [I·D, D]
         # weight with the official [D, I·D] shape and values (checkpoints are unchanged), it is read by oneDNN on
         # every core where sgemv read it on one (ops.matmul).
         self.w1 = nn.Parameter(transposed_storage(w1))
         self.b1 = nn.Parameter(torch.zeros(in_ch * hidden_dim))
-        self.w2 = nn.Parameter(torch.randn(hidden_dim, out_ch * kw * kw).mul_(math.sqrt(2 / (out_ch * kw * kw))))
+        self.w2 = nn.Parameter(init.randn(hidden_dim, out_ch * kw * kw, times=math.sqrt(2 / (out_ch * kw * kw))))
         self.b2 = nn.Parameter(torch.zeros(out_ch * kw * kw))
 
     def forward(self, image_features: torch.Tensor, input_features: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch import nn
 from ..config_base import SerializableConfig
 from ..ops.matmul import addmm, transposed_storage
 from ..precision import full_precision
+from . import init
 from .encoders.backbones import TrunkConfig, TrunkHost
 from .stylegan2.generator import Generator
 from .stylegan2.layers import FullyConnectedLayer
@@ -123,13 +124,12 @@ class SharedWeightsHypernet(nn.Module):
         self.z_dim, self.in_channels, self.out_channels, self.k = z_dim, in_channels, out_channels, kernel_size
         # z times w2 reads all of w2 (512 MB at z = in = 512), 45 times per full-size image: stored transposed, with
         # the official shape and values, oneDNN reads it on every core (ops.matmul; as HyperInverter's w1).
-        # The official init is torch.fmod(torch.randn(...) / 40, 2); torch.randn never reaches ±80 (its Box-Muller
-        # draws stay within ±6), so the fmod changes nothing, and in-place ops keep loading (on the meta device)
-        # from importing Dynamo (see io.checkpoints.instantiate_strict).
-        self.w2 = nn.Parameter(transposed_storage(torch.randn(z_dim, in_channels * z_dim).div_(40)))
-        self.b2 = nn.Parameter(torch.randn(in_channels * z_dim).div_(40))
-        self.w1 = nn.Parameter(torch.randn(z_dim, out_channels * kernel_size**2).div_(40))
-        self.b1 = nn.Parameter(torch.randn(out_channels * kernel_size**2).div_(40))
+        # The official init is torch.fmod(torch.randn(...) / 40, 2): torch.randn never reaches ±80 (its Box-Muller
+        # draws stay within ±6), so the fmod changes nothing, and leaving it out keeps loading cheap (models.init).
+        self.w2 = nn.Parameter(transposed_storage(init.randn(z_dim, in_channels * z_dim, over=40)))
+        self.b2 = nn.Parameter(init.randn(in_channels * z_dim, over=40))
+        self.w1 = nn.Parameter(init.randn(z_dim, out_channels * kernel_size**2, over=40))
+        self.b1 = nn.Parameter(init.randn(out_channels * kernel_size**2, over=40))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]

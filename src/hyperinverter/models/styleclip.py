@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import init
+
 W_DIM = 512
 NUM_WS = 18
 # (level, first row, end row) of the W+ code; the split of a 1024-px StyleGAN2's 18 rows.
@@ -48,7 +50,7 @@ class EqualLinearLReLU(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, lr_mul: float = LR_MUL,
                  negative_slope: float = 0.2, gain: float = math.sqrt(2)) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features).div_(lr_mul))
+        self.weight = nn.Parameter(init.randn(out_features, in_features, over=lr_mul))
         self.bias = nn.Parameter(torch.zeros(out_features))
         self.lr_mul = lr_mul
         self.scale = lr_mul / math.sqrt(in_features)

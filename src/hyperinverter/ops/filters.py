@@ -17,8 +17,10 @@ def setup_filter(taps: Sequence[float], device: torch.device | None = None) -> t
     """Separable 1-D taps -> normalised 2-D filter ``[fh, fw]`` (sum 1)."""
     f = torch.as_tensor(taps, dtype=torch.float32, device=device)
     assert f.ndim == 1 and f.numel() > 0, "filter taps must be a non-empty 1-D sequence"
-    f = f[:, None].repeat(1, f.numel()).mul_(f)  # the outer product, in place (see below)
-    return f.div_(f.sum())
+    if f.is_meta:  # a module built to be loaded: its buffer's values come from the file (see models.init)
+        return f.new_empty(f.numel(), f.numel())
+    f = torch.outer(f, f)
+    return f / f.sum()
 
 
 def _parse_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]:

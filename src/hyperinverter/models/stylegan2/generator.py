@@ -19,6 +19,7 @@ from torch import nn
 from ...config_base import SerializableConfig
 from ...ops.filters import setup_filter, upsample2d
 from ...precision import compute_dtype, full_precision
+from .. import init
 from ..weight_delta import WeightDelta
 from .layers import (
     SYNTHESIS_LAYER_OFFSETS,
@@ -190,7 +191,7 @@ class SynthesisBlock(nn.Module):
         common = {"w_dim": w_dim, "resolution": resolution, "use_noise": use_noise, "conv_clamp": conv_clamp,
                       "resample_filter": resample_filter}
         if resolution == 4:
-            self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
+            self.const = nn.Parameter(init.randn(out_channels, 4, 4))
             self.conv0 = None
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, **common)
