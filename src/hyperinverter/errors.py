@@ -6,6 +6,7 @@ every one of them into a single line ``error: <file>: <cause>`` and exit status 
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -52,6 +53,8 @@ def describe_os_error(error: OSError) -> str:
     """``[Errno 13] Permission denied: 'x'`` -> ``x: permission denied`` (the file first, as our errors are)."""
     cause = (error.strerror or str(error)).rstrip(".")
     cause = cause[:1].lower() + cause[1:]
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause += " (free some space and run the command again: a batch command resumes where it stopped)"
     if error.filename is None:
         return cause
     target = f" -> {os.fsdecode(error.filename2)}" if error.filename2 is not None else ""
