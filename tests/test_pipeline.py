@@ -87,6 +87,9 @@ def test_edit_reuses_delta_and_interpolation_ends(pipeline):
     assert torch.equal(pipeline.edit(result, d.vector[0], 2.0), edited)
     with pytest.raises(ValueError, match="finite"):
         pipeline.edit(result, d, float("nan"))
+    with pytest.raises(TypeError, match="strength must be a number, got '2'"):  # was "must be real number, not str"
+        pipeline.edit(result, d, "2")
+    assert torch.equal(pipeline.edit(result, d, np.float32(2.0)), edited)  # numpy's scalars are numbers
     frames = pipeline.interpolate(result.select(0), result.select(1), steps=5)
     assert frames.shape == (5, 3, 32, 32)
     assert torch.allclose(frames[0], result.image[0], atol=1e-5)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -613,6 +614,8 @@ class InversionPipeline:
         ``direction``: a direction object; the name of one this bundle ships (``hyperinverter directions list``)
         or a direction file, as ``edit --direction`` takes; or a vector ``[w_dim]`` / ``[1|num_ws, w_dim]`` added
         ``strength`` times (default 1)."""
+        if strength is not None and (isinstance(strength, bool) or not isinstance(strength, numbers.Real)):
+            raise TypeError(f"strength must be a number, got {strength!r}")
         if strength is not None and not math.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength}")
         if isinstance(direction, torch.Tensor):
