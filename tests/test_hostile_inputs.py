@@ -592,7 +592,8 @@ def test_seed_ranges_are_bounded(world, tmp_path, capsys):
     result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-999999999", "--out", tmp_path / "g.png")
     assert result.code == 2 and "more than 100000 seeds" in result.err
     # A seed past 64 bits was "Overflow when unpacking long long"; a repeated one was counted as another sample.
-    result = cli(capsys, "generate", "--model", world.model, "--seeds", "99999999999999999999", "--out", tmp_path / "g.png")
+    result = cli(capsys, "generate", "--model", world.model, "--seeds", "99999999999999999999",
+                 "--out", tmp_path / "g.png")
     assert result.code == 2 and "seeds go from 0 to 4294967295" in result.err
     from hyperinverter.generate import parse_seeds
 

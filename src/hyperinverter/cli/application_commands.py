@@ -124,7 +124,8 @@ def run_swap(args: argparse.Namespace) -> int:
         from ..align import Dlib68Detector, paste_back_placement
 
         detector = Dlib68Detector(min_score=args.min_face_score)
-        (source, _), (target, target_face) = (_largest_face(pipe, path, detector) for path in (args.source, args.target))
+        (source, _), (target, target_face) = (_largest_face(pipe, path, detector)
+                                              for path in (args.source, args.target))
     else:
         source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
     swap = face_swap(pipe, source, target, **dict(args.option))

@@ -212,7 +212,7 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
     The module is built on the meta device and checked against the file before any memory is allocated, so a
     config that does not fit its weights (or asks for absurd sizes) fails fast and cheaply. Constructors initialise
     through :mod:`hyperinverter.models.init`, which does no arithmetic on meta tensors: their Python meta kernels
-    import Dynamo and SymPy, about 1.4 s of a command's start.
+    import Dynamo and SymPy, about 1 s of a command's start.
 
     ``fresh_from_file``: ``state_dict`` is a safetensors file's tensors as read (``read_safetensors``), unchanged.
     Such tensors are the file's memory map, whose pages join the resident set as they are read, beside the weights

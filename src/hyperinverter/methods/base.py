@@ -118,7 +118,7 @@ class Stopwatch:
         self.laps: dict[str, float] = {}
         self._last = self._now()
         # Compiled, a lap splits the graph (it reads the host's clock): kept out of it, without Dynamo's warning.
-        # Only where Dynamo is loaded (torch.compile loads it), since importing it takes 1.5 s.
+        # Only where Dynamo is loaded (torch.compile loads it): importing it takes about 1 s of a command's start.
         if "torch._dynamo" in sys.modules:
             self.lap = torch.compiler.disable(self.lap)
 

@@ -125,7 +125,8 @@ class SharedWeightsHypernet(nn.Module):
         # z times w2 reads all of w2 (512 MB at z = in = 512), 45 times per full-size image: stored transposed, with
         # the official shape and values, oneDNN reads it on every core (ops.matmul; as HyperInverter's w1).
         # The official init is torch.fmod(torch.randn(...) / 40, 2): torch.randn never reaches ±80 (its Box-Muller
-        # draws stay within ±6), so the fmod changes nothing, and leaving it out keeps loading cheap (models.init).
+        # draws stay below 9 in size), so the fmod changes nothing, and leaving it out keeps loading cheap
+        # (models.init).
         self.w2 = nn.Parameter(transposed_storage(init.randn(z_dim, in_channels * z_dim, over=40)))
         self.b2 = nn.Parameter(init.randn(in_channels * z_dim, over=40))
         self.w1 = nn.Parameter(init.randn(z_dim, out_channels * kernel_size**2, over=40))

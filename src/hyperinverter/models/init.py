@@ -2,7 +2,7 @@
 
 Loading builds modules on the meta device, then copies every value from the file
 (:func:`hyperinverter.io.checkpoints.instantiate_strict`). Arithmetic on meta tensors runs PyTorch's Python meta
-kernels, whose first use imports Dynamo and SymPy: about 1.4 s of every command's start. Meta tensors skip it.
+kernels, whose first use imports Dynamo and SymPy: about 1 s of every command's start. Meta tensors skip it.
 """
 
 from __future__ import annotations
