@@ -38,6 +38,13 @@ STAGES = {
 }
 
 
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "this CPU"
+
+
 def _label(src: Path) -> str:
     """A source by its checkout's commit (and whether its tree differs from it), else its path."""
     git = ["git", "-C", str(src)]
@@ -84,8 +91,9 @@ def main() -> None:
                 seconds = run_command(src, Path(scratch) / "out")
                 times.setdefault((name, "`invert` on one photo, end to end"), []).append(seconds)
     stages = [*STAGES, "`invert` on one photo, end to end"]
-    lines = [f"Seconds, median (min-max) of {args.rounds} fresh processes per cell, round-robin; "
-             f"`{' '.join(['python', *sys.argv])}`", "",
+    lines = ["# A command's start, on the CPU", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
+             f"Seconds, median (min-max) of {args.rounds} fresh processes per cell, round-robin, on {_cpu()} "
+             f"({os.cpu_count()} cores): `{' '.join(['python', *sys.argv])}`", "",
              "| source | " + " | ".join(stages) + " | loading imports Dynamo or SymPy |",
              "|---" * (len(stages) + 2) + "|"]
     for name in sources:
