@@ -4,12 +4,14 @@ layout, rows for smaller generators."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import build_tiny_generator
+from hyperinverter.io.images import save_image
 from hyperinverter.models.encoders import (
     E2StyleConfig,
     E2StyleEncoder,
@@ -302,3 +304,49 @@ def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_anothe
     assert main(["import-official", str(other), "--out", str(tmp_path / "fresh"), "--add"]) == 2
     assert "another generator" in capsys.readouterr().err
     assert (tmp_path / "fresh" / "pipeline.json").read_bytes() == before  # nothing changed
+
+
+def test_released_restoration_files_keep_their_task(tiny_generator, tmp_path, capsys):
+    # A released E2Style restoration file (colorization, denoising, inpainting, super-resolution) was imported as a
+    # plain inversion model, which `restore` then refused as "not trained for a restoration task".
+    from hyperinverter.cli.main import main
+    from hyperinverter.convert.official import load_official_e2style
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.pipeline import InversionPipeline
+
+    path, _ = released_file(tmp_path / "e2style.pt", tiny_generator, stages=1)
+    ckpt = torch.load(path, weights_only=True)
+
+    def released(name: str, **opts) -> Path:
+        torch.save({**ckpt, "opts": {**ckpt["opts"], **opts}}, tmp_path / name)
+        return tmp_path / name
+
+    assert load_official_e2style(path).task is None  # no dataset_type: inversion, as before
+    for dataset_type, task in [("ffhq_encode", None), ("ffhq_colorization", "colorization"),
+                               ("ffhq_denoise", "denoising"), ("ffhq_inpainting", "inpainting")]:
+        assert load_official_e2style(released("t.pt", dataset_type=dataset_type)).task == task
+    with pytest.raises(CheckpointError, match="trained for colorization .*, not sr4"):
+        load_official_e2style(released("c.pt", dataset_type="ffhq_colorization"), task="sr4")
+    # Super-resolution: the official inference takes one factor; a file trained on several needs it named.
+    many = released("sr.pt", dataset_type="celebs_super_resolution", resize_factors="1,2,4,8,16,32")
+    with pytest.raises(CheckpointError, match=r"factors \[1, 2, 4, 8, 16, 32\]: give the one to restore with "
+                                              r"\(one of \['sr2', 'sr4', 'sr8', 'sr16'\]\)"):
+        load_official_e2style(many)
+    assert load_official_e2style(many, task="sr8").task == "sr8"
+    assert load_official_e2style(released("sr4.pt", dataset_type="celebs_super_resolution",
+                                          resize_factors="4")).task == "sr4"
+    for dataset_type in ("celebs_sketch_to_face", "celebs_seg_to_face"):
+        with pytest.raises(CheckpointError, match="translation from sketches or segmentation maps"):
+            load_official_e2style(released("x.pt", dataset_type=dataset_type))
+
+    assert main(["import-official", str(many), "--task", "sr8", "--out", str(tmp_path / "sr8")]) == 0
+    pipe = InversionPipeline.from_pretrained(tmp_path / "sr8", device="cpu")
+    assert pipe.inverter().task == "sr8"
+    save_image(torch.rand(3, 32, 32) * 2 - 1, tmp_path / "in" / "a.png")
+    assert main(["restore", str(tmp_path / "in"), "--model", str(tmp_path / "sr8"), "--simulate", "--device", "cpu",
+                 "--out", str(tmp_path / "restored")]) == 0
+    assert "restored 1 image(s) (sr8)" in capsys.readouterr().out
+    assert main(["import-official", str(many), "--out", str(tmp_path / "none")]) == 2
+    assert "import-official --task" in capsys.readouterr().err
+    assert main(["import-official", str(path), "--task", "sr8", "--out", str(tmp_path / "inv")]) == 2
+    assert "was trained for inversion (ffhq_encode), not sr8" in capsys.readouterr().err

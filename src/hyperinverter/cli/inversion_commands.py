@@ -135,13 +135,17 @@ def register(sub) -> None:
                        "compared), so that one model holds every released method of a domain (for `benchmark`).")
     p.add_argument("checkpoint",
                    help="hyper_inverter_*.pt, hyperstyle_ffhq.pt (with --w-encoder), psp_ffhq_encode.pt, "
-                   "e4e_ffhq_encode.pt, or a pSp-style W encoder .pt (a file, or a catalogue name once downloaded)")
+                   "e4e_ffhq_encode.pt, an E2Style file (inversion or restoration), or a pSp-style W encoder .pt (a "
+                   "file, or a catalogue name once downloaded)")
     p.add_argument("--generator", default=None,
                    help="the generator it was trained with (NVIDIA .pkl or any format, or a catalogue name such as "
                    "stylegan2-ffhq-config-f); needed for HyperInverter")
     p.add_argument("--w-encoder", default=None,
                    help="HyperStyle's W encoder (faces_w_encoder.pt, or hyperstyle-faces-w-encoder), which starts "
                    "its iterations")
+    p.add_argument("--task", default=None, metavar="srN",
+                   help="for an E2Style super-resolution file trained on several factors: the one to restore with "
+                   "(sr2, sr4, sr8 or sr16); other restoration files keep the task they were trained for")
     p.add_argument("--w-encoder-only", action="store_true", help=argparse.SUPPRESS)  # recognised from the keys now
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--add", action="store_true",
@@ -435,7 +439,7 @@ def run_import_official(args: argparse.Namespace) -> int:
     check_replaceable(args.out, "pipeline")
     checkpoint, generator, w_encoder = (None if a is None else local_model_path(a)
                                         for a in (args.checkpoint, args.generator, args.w_encoder))
-    methods = import_official(checkpoint, generator=generator, w_encoder=w_encoder)
+    methods = import_official(checkpoint, generator=generator, w_encoder=w_encoder, task=args.task)
     main = next(reversed(methods))  # the released method itself; phase1 is its first pass
     if not args.add:
         save_pipeline(methods, args.out, default_method=main, dtype=PRECISIONS[args.weights])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.degradations import SR_FACTORS
 from ..errors import CheckpointError
 from ..io.checkpoints import instantiate_strict, load_weights_only
 from ..methods import Inverter
@@ -371,11 +372,44 @@ def e2style_encoders_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: 
     return instantiate_strict(lambda: E2StyleEncoders(config), {**sd, "latent_avg": average}, source=source)
 
 
-def load_official_e2style(checkpoint: str | Path, generator: str | Path | Generator | None = None) -> E2Style:
+# E2Style's dataset_type -> the restoration task (hyperinverter.data.degradations) its encoders were trained for.
+_E2STYLE_TASKS = {"ffhq_encode": None, "ffhq_colorization": "colorization", "ffhq_denoise": "denoising",
+                  "ffhq_inpainting": "inpainting", "celebs_super_resolution": "sr"}
+
+
+def e2style_task(opts: Mapping, path: Path, task: str | None = None) -> str | None:
+    """The restoration task of a released E2Style file, from its ``opts`` (``dataset_type``; for super-resolution
+    ``resize_factors``, of which ``task`` picks one where the file was trained on several); None for inversion."""
+    dataset_type = opts.get("dataset_type") or "ffhq_encode"
+    if dataset_type in ("celebs_sketch_to_face", "celebs_seg_to_face"):
+        raise CheckpointError(path, f"was trained for {dataset_type!r}, a translation from sketches or segmentation "
+                              "maps to faces, which this version does not run (restoration and inversion it does)")
+    if dataset_type not in _E2STYLE_TASKS:
+        raise CheckpointError(path, f"has an unknown dataset_type {dataset_type!r} (known: {sorted(_E2STYLE_TASKS)})")
+    trained = _E2STYLE_TASKS[dataset_type]
+    if trained != "sr":
+        if task is not None and task != trained:
+            raise CheckpointError(path, f"was trained for {trained or 'inversion'} ({dataset_type}), not {task}")
+        return trained
+    factors = [int(f) for f in re.findall(r"\d+", str(opts.get("resize_factors") or ""))]
+    offered = [f"sr{f}" for f in factors if f in SR_FACTORS]
+    if task is None and len(offered) == 1:
+        return offered[0]
+    if task is None or task not in offered:
+        raise CheckpointError(path, f"was trained for super-resolution at factors {factors or '(none recorded)'}: "
+                              f"give the one to restore with{f' (one of {offered})' if offered else ''}, as the "
+                              "official inference takes a single factor (import-official --task)")
+    return task
+
+
+def load_official_e2style(checkpoint: str | Path, generator: str | Path | Generator | None = None, *,
+                          task: str | None = None) -> E2Style:
     """A released E2Style checkpoint (every stage in one file, the decoder inside) as the ``e2style`` method; the
     generator is ``generator`` or, when not given, the file's own decoder. A generator with fewer rows than the
-    file's 18 uses the first ``num_ws`` of them, as the official code does."""
+    file's 18 uses the first ``num_ws`` of them, as the official code does. A restoration checkpoint (colorization,
+    denoising, inpainting, super-resolution) keeps its task, which ``restore`` reads (:func:`e2style_task`)."""
     psp = PspFile.read(checkpoint)
+    task = e2style_task(psp.opts, psp.path, task)
     extra = sorted(k for k in psp.state_dict
                    if not k.startswith(("encoder_firststage.", "encoder_refinestage_list.", "decoder.")))
     if extra:
@@ -389,9 +423,9 @@ def load_official_e2style(checkpoint: str | Path, generator: str | Path | Genera
         encoders = e2style_encoders_from_state_dict(encoders_sd, source=str(psp.path), latent_avg=psp.latent_avg)
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of an E2Style checkpoint ({e})") from None
-    model = E2Style(G, encoders=encoders.eval(), encoder_resolution=encoders.input_size)
-    logger.info("loaded %s: E2Style with %d stages, rows per head %s", psp.path, encoders.stages,
-                encoders.config.encoder.rows)
+    model = E2Style(G, encoders=encoders.eval(), encoder_resolution=encoders.input_size, task=task)
+    logger.info("loaded %s: E2Style with %d stages, rows per head %s%s", psp.path, encoders.stages,
+                encoders.config.encoder.rows, f", trained for {task}" if task else "")
     return model
 
 
@@ -475,7 +509,7 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
 
 
 def import_official(checkpoint: str | Path, *, generator: str | Path | Generator | None = None,
-                    w_encoder: str | Path | None = None) -> dict[str, Inverter]:
+                    w_encoder: str | Path | None = None, task: str | None = None) -> dict[str, Inverter]:
     """Recognise a released checkpoint from its keys and return the methods a bundle of it holds:
 
     * HyperInverter (``w_encoder.*``, ``w_bar_encoder.*``, ``hypernet.weight_regressors.*``) -> ``phase1`` and
@@ -485,10 +519,14 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
     * a pSp-style W encoder (``encoder.linear.*``) -> ``phase1``;
     * a pSp or e4e W+ encoder (``encoder.styles.*``) -> ``psp`` or ``e4e`` (by ``opts['encoder_type']``), with the
       generator from the file's decoder unless one is given;
-    * E2Style (``encoder_firststage.*``, ``encoder_refinestage_list.*``) -> ``e2style``, likewise.
+    * E2Style (``encoder_firststage.*``, ``encoder_refinestage_list.*``) -> ``e2style``, likewise, with the
+      restoration task it was trained for (``task`` picks the factor of a super-resolution file trained on several).
     """
     path = Path(checkpoint)
     keys = set(PspFile.read(path).state_dict) if path.is_file() else set()
+    is_e2style = "encoder_firststage.output_layer_3.3.weight" in keys
+    if task is not None and not is_e2style:
+        raise CheckpointError(path, "is not an E2Style checkpoint: a task is for E2Style's restoration files")
     if any(k.startswith(("hypernet.weight_regressors.", "w_bar_encoder.")) for k in keys):
         if generator is None:
             raise CheckpointError(path, "is a HyperInverter checkpoint, which holds no generator: give --generator")
@@ -507,8 +545,8 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
     if "encoder.styles.0.linear.weight" in keys:
         model = load_psp_encoder(path, generator)
         return {model.name: model}
-    if "encoder_firststage.output_layer_3.3.weight" in keys:
-        model = load_official_e2style(path, generator)
+    if is_e2style:
+        model = load_official_e2style(path, generator, task=task)
         return {model.name: model}
     raise CheckpointError(path, "is not a checkpoint this version recognises (HyperInverter, HyperStyle, pSp, e4e, "
                           f"E2Style, or a pSp-style W encoder); its keys start with {sorted({k.split('.')[0] for k in keys})[:8]}")
