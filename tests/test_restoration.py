@@ -167,3 +167,29 @@ def test_swap_aligns_photos_and_pastes_only_the_face_back(sr_pipe, capsys):
                  "--device", "cpu", "--out", str(tmp_path / "none.png")])
     assert code == 2 and "blank.png: no face found" in capsys.readouterr().err
     assert not list(tmp_path.glob("none*"))
+
+
+def test_restore_aligns_every_face_and_pastes_them_back(sr_pipe, capsys):
+    # `restore` took aligned crops only: a photo was squashed into the model's square, face or not.
+    from PIL import Image
+
+    from hyperinverter.io.images import read_image
+
+    _, tmp_path = sr_pipe
+    Image.new("RGB", (120, 120), "gray").save(tmp_path / "blank.png")
+    photos = [str(SAMPLES_DIR / "obama.jpg"), str(SAMPLES_DIR / "astronaut.jpg"), str(tmp_path / "blank.png")]
+    command = ["restore", *photos, "--align", "--model", str(tmp_path / "sr4"), "--device", "cpu",
+               "--out", str(tmp_path / "out")]
+    assert main(command) == 1  # the blank photo has no face; the others are restored
+    captured = capsys.readouterr()
+    assert "blank.png: no face found" in captured.err and "restored 2 image(s) (sr4)" in captured.out
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        f"{name}{ending}.png" for name in ("obama", "astronaut") for ending in ("", "_compare", "_photo")}
+    assert Image.open(tmp_path / "out" / "obama.png").size == (32, 32)  # the aligned crop, restored
+    photo = np.asarray(read_image(SAMPLES_DIR / "obama.jpg"))
+    pasted = np.asarray(Image.open(tmp_path / "out" / "obama_photo.png"))
+    changed = np.abs(pasted.astype(int) - photo).max(-1) > 0
+    assert pasted.shape == photo.shape and 0 < changed.mean() < 0.3 and not changed[400:].any()  # the face only
+    assert main(command) == 1 and "0 image(s) (sr4) into" in capsys.readouterr().out  # done: skipped
+    assert main([*command, "--min-face-score", "0"]) == 1  # other settings: made again
+    assert "restored 2 image(s)" in capsys.readouterr().out

@@ -15,16 +15,23 @@ def register(sub) -> None:
                        description="Each input NAME gives NAME.png (the restored image) and NAME_compare.png (what "
                        "the model read | restored | with --simulate, the clean input). The model's method must have "
                        "been trained for a task (`hyperinverter train e2style` with task: sr4, inpainting, "
-                       "colorization, denoising, sr2..sr16). A bad input is reported and the run goes on; the exit "
-                       "status is 1 if any input failed. Running the same command again skips the inputs whose "
-                       "results are there, made from the same file by the same model and settings (the PNGs record "
-                       "it), so an interrupted run resumes.")
+                       "colorization, denoising, sr2..sr16). With --align the inputs are photos: every face is "
+                       "FFHQ-aligned and restored (NAME.png, or NAME-faceI.png for several, each with its "
+                       "_compare.png), and NAME_photo.png is the photo with the restored faces pasted back. A bad "
+                       "input (unreadable, no face under --align) is reported and the run goes on; the exit status is "
+                       "1 if any input failed. Running the same command again skips the inputs whose results are "
+                       "there, made from the same file by the same model and settings (the PNGs record it), so an "
+                       "interrupted run resumes.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
     add_dtype(p)
     _add_method(p)
     p.add_argument("--simulate", action="store_true",
                    help="the inputs are clean: degrade them first with the model's task (seeded), to compare")
+    p.add_argument("--align", action="store_true",
+                   help="the inputs are photos: restore every face (dlib 68 landmarks, FFHQ-aligned at the model's "
+                   "crop scale) and paste the restored faces back into the photo")
+    add_min_face_score(p)
     p.add_argument("--out", required=True, type=Path, help="the folder for the results")
     p.add_argument("--overwrite", action="store_true",
                    help="restore again the inputs whose results are already in --out (default: skip them)")
@@ -54,10 +61,10 @@ def run_restore(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import InputError
-    from ..inversion.batch import unique_stems
+    from ..inversion.batch import photo_pictures, unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
-    from ..io.images import find_images, image_bytes, images_made_with, make_grid
+    from ..io.images import find_images, image_bytes, images_made_with, make_grid, read_image, tensor_to_pil
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -79,28 +86,53 @@ def run_restore(args: argparse.Namespace) -> int:
     options = dict(args.option)
     inverter = pipe.inverter()
     inverter.check_options(options)  # a bad option fails now, not after the first image
-    made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype)])
+    alignment = [args.align, args.min_face_score, pipe.align_scale] if args.align else []
+    made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype),
+                              *alignment])
+    detector = None
+    if args.align:
+        from ..align import Dlib68Detector
+
+        detector = Dlib68Detector(min_score=args.min_face_score)
     inputs, written, skipped = InputFiles(found.paths), 0, 0
     named = list(zip(found.paths, unique_stems(found.paths)))
     for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):
-        targets = [out_dir / f"{name}.png", out_dir / f"{name}_compare.png"]
+        # With --align the photo is written last of its group, which appears whole: it tells that the input is done.
+        endings = ["_photo"] if args.align else ["", "_compare"]
+        done = [out_dir / f"{name}{ending}.png" for ending in endings]
         try:
-            inputs.check_outputs(targets)
+            inputs.check_outputs(done)
             made = fingerprint_of([made_by, sha256_of(path)])
-            if not args.overwrite and images_made_with(targets, made):
+            if not args.overwrite and images_made_with(done, made):
                 skipped += 1
                 continue
-            x = pipe.prepare([path])
-        except InputError as e:  # an unreadable image, or an output that would replace an input: the run goes on
+            photo = read_image(path)
+            pictures = photo_pictures(photo, name, path, resolution=pipe.generator.resolution,
+                                      channels=pipe.generator.config.img_channels, detector=detector,
+                                      align_scale=pipe.align_scale)
+            files = [out_dir / f"{p.name}{ending}.png" for p in pictures for ending in ("", "_compare")]
+            inputs.check_outputs(files)
+        except InputError as e:  # unreadable, no face, an output that would replace an input: the run goes on
             failures.append(e)
             continue
         except OSError as e:
             failures.append(InputError(path, e.strerror or str(e)))
             continue
+        x = torch.cat([p.image for p in pictures])
         out = restore(pipe, x, simulate=args.simulate, **options)
-        panels = [out.degraded, out.result.image] + ([x.to(out.degraded.device)] if args.simulate else [])
-        atomic_write_group([(targets[0], image_bytes(out.result.image[0], made_with=made)),
-                            (targets[1], image_bytes(make_grid(torch.cat(panels), nrow=len(panels)), made_with=made))])
+        restored = out.result.image.cpu()
+        group = []
+        for i, picture in enumerate(pictures):
+            panels = [out.degraded[i : i + 1].cpu(), restored[i : i + 1]] + ([x[i : i + 1]] if args.simulate else [])
+            group += [(files[2 * i], image_bytes(restored[i], made_with=made)),
+                      (files[2 * i + 1], image_bytes(make_grid(torch.cat(panels), nrow=len(panels)), made_with=made))]
+        if args.align:
+            from ..align import paste_back_placement
+
+            for picture, face in zip(pictures, tensor_to_pil(restored)):
+                photo = paste_back_placement(photo, face.convert("RGB"), picture.placement)
+            group.append((done[0], image_bytes(photo, made_with=made)))
+        atomic_write_group(group)
         written += 1
     _report_failures(failures)
     print(f"restored {written} image(s) ({task}) into {args.out}; {skipped} already done, {len(failures)} failed")
