@@ -191,5 +191,15 @@ def test_restore_aligns_every_face_and_pastes_them_back(sr_pipe, capsys):
     changed = np.abs(pasted.astype(int) - photo).max(-1) > 0
     assert pasted.shape == photo.shape and 0 < changed.mean() < 0.3 and not changed[400:].any()  # the face only
     assert main(command) == 1 and "0 image(s) (sr4) into" in capsys.readouterr().out  # done: skipped
+    # The same in Python: the photo whole (no photo to paste into), or its faces pasted back.
+    from hyperinverter.align import Dlib68Detector
+    from hyperinverter.restoration import restore_photo
+
+    pipe = InversionPipeline.from_pretrained(tmp_path / "sr4", device="cpu")
+    whole = restore_photo(pipe, read_image(SAMPLES_DIR / "obama.jpg"))
+    faces = restore_photo(pipe, read_image(SAMPLES_DIR / "obama.jpg"), detector=Dlib68Detector())
+    assert whole.photo is None and len(whole.pictures) == 1 and whole.pictures[0].placement is None
+    assert faces.photo.size == (512, 640) and faces.pictures[0].placement is not None
+    assert np.array_equal(np.asarray(faces.photo), pasted)
     assert main([*command, "--min-face-score", "0"]) == 1  # other settings: made again
     assert "restored 2 image(s)" in capsys.readouterr().out

@@ -61,14 +61,14 @@ def run_restore(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import InputError
-    from ..inversion.batch import photo_pictures, unique_stems
+    from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
-    from ..io.images import find_images, image_bytes, images_made_with, make_grid, read_image, tensor_to_pil
+    from ..io.images import find_images, image_bytes, images_made_with, make_grid, read_image
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
-    from ..restoration import restoration_task, restore
+    from ..restoration import restoration_task, restore_photo
 
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
@@ -106,32 +106,24 @@ def run_restore(args: argparse.Namespace) -> int:
             if not args.overwrite and images_made_with(done, made):
                 skipped += 1
                 continue
-            photo = read_image(path)
-            pictures = photo_pictures(photo, name, path, resolution=pipe.generator.resolution,
-                                      channels=pipe.generator.config.img_channels, detector=detector,
-                                      align_scale=pipe.align_scale)
-            files = [out_dir / f"{p.name}{ending}.png" for p in pictures for ending in ("", "_compare")]
-            inputs.check_outputs(files)
+            done_photo = restore_photo(pipe, read_image(path), name=name, source=path, detector=detector,
+                                       simulate=args.simulate, **options)
+            group = []
+            for picture, degraded, restored in zip(done_photo.pictures, done_photo.restoration.degraded.cpu(),
+                                                   done_photo.restoration.result.image.cpu()):
+                panels = [degraded, restored] + ([picture.image[0]] if args.simulate else [])
+                group += [(out_dir / f"{picture.name}.png", image_bytes(restored, made_with=made)),
+                          (out_dir / f"{picture.name}_compare.png",
+                           image_bytes(make_grid(torch.stack(panels), nrow=len(panels)), made_with=made))]
+            if done_photo.photo is not None:
+                group.append((done[0], image_bytes(done_photo.photo, made_with=made)))
+            inputs.check_outputs([path for path, _ in group])
         except InputError as e:  # unreadable, no face, an output that would replace an input: the run goes on
             failures.append(e)
             continue
         except OSError as e:
             failures.append(InputError(path, e.strerror or str(e)))
             continue
-        x = torch.cat([p.image for p in pictures])
-        out = restore(pipe, x, simulate=args.simulate, **options)
-        restored = out.result.image.cpu()
-        group = []
-        for i, picture in enumerate(pictures):
-            panels = [out.degraded[i : i + 1].cpu(), restored[i : i + 1]] + ([x[i : i + 1]] if args.simulate else [])
-            group += [(files[2 * i], image_bytes(restored[i], made_with=made)),
-                      (files[2 * i + 1], image_bytes(make_grid(torch.cat(panels), nrow=len(panels)), made_with=made))]
-        if args.align:
-            from ..align import paste_back_placement
-
-            for picture, face in zip(pictures, tensor_to_pil(restored)):
-                photo = paste_back_placement(photo, face.convert("RGB"), picture.placement)
-            group.append((done[0], image_bytes(photo, made_with=made)))
         atomic_write_group(group)
         written += 1
     _report_failures(failures)
