@@ -75,6 +75,23 @@ def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
         session.edit(items[0], "smile", 1.0)
 
 
+def test_the_second_photo_s_face_swaps_onto_the_first(session, pipeline):
+    from hyperinverter.restoration import face_swap
+
+    a = session.invert(photo(seed=1), align=True)[0]
+    b = session.invert(photo(seed=2), align=True)[1]
+    swapped = session.swap(a, b)
+    expected = face_swap(pipeline, b.input, a.input, method=a.method).result.image
+    assert np.array_equal(np.asarray(swapped), np.asarray(session.to_display(expected)))
+    pasted = session.swap(a, b, paste_back=True)  # into the first photo: the face's ellipse only
+    picture = photo(seed=1)
+    changed = np.abs(np.asarray(pasted, dtype=int) - np.asarray(picture, dtype=int)).sum(axis=2) > 0
+    assert pasted.size == picture.size and changed[250, 200] and not changed[5, 5] and changed.mean() < 0.2
+    grey = WebSession(pipeline, {}, detector=None, display_size=64)  # no detector: photos are not faces here
+    with pytest.raises(ValueError, match="face swapping is for models of aligned faces"):
+        grey.swap(grey.invert(photo(), align=False)[0], grey.invert(photo(seed=3), align=False)[0])
+
+
 def test_interpolation_ends_are_the_two_reconstructions(session):
     a = session.invert(photo(seed=1), align=False)[0]
     b = session.invert(photo(seed=2), align=False)[0]

@@ -216,6 +216,9 @@ def test_a_second_photo_blends_and_mixes(server, browser):
         slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
         target = "#blend" if selector == "#t" else "#mixed"
         wait(driver, lambda d, t=target, b=before: (src := image_src(d, t)) and src != b, f"{target} to follow")
+    assert not image_src(driver, "#swapped")  # a face swap waits for its button (optimisers take minutes)
+    driver.find_element(By.CSS_SELECTOR, "#swap").click()
+    wait(driver, lambda d: image_src(d, "#swapped"), "the second photo's face on the first")
     assert "error" not in text_of(driver, "#status").lower()
 
 

@@ -109,6 +109,16 @@ class FaceSwap:
     mask: torch.Tensor
     result: InversionResult
 
+    def pasted(self, photo: Image.Image, placement: dict, index: int = 0) -> Image.Image:
+        """Sample ``index``'s result in the target's ``photo``, aligned at ``placement``: only the face ellipse goes
+        back, since around it the photo is sharper than the model's reconstruction."""
+        from .align import paste_back_placement
+        from .io.images import tensor_to_pil
+
+        face = tensor_to_pil(self.result.image[index : index + 1].cpu())[0].convert("RGB")
+        mask = tensor_to_pil(self.mask.cpu() * 2 - 1)[0].convert("L")
+        return paste_back_placement(photo.convert("RGB"), face, placement, mask=mask)
+
 
 def face_swap(pipe: InversionPipeline, source: torch.Tensor, target: torch.Tensor, *, method: str | None = None,
               feather: float = 0.08, **options) -> FaceSwap:

@@ -201,6 +201,19 @@ class WebSession:
             return paste_back_placement(photo.convert("RGB"), face, item.placement)
         return self.to_display(edited)
 
+    def swap(self, a: WebInversion, b: WebInversion, *, paste_back: bool = False) -> Image.Image:
+        """The face of ``b`` on ``a`` (E2Style's face swapping: the composite is inverted by ``a``'s method);
+        pasted back into ``a``'s photo (the face only) if asked and aligned."""
+        from ..restoration import face_swap
+
+        if not self.takes_faces:
+            raise ValueError("face swapping is for models of aligned faces, and this model does not take faces")
+        swap = face_swap(self.pipe, b.input, a.input, method=a.method)
+        if paste_back and a.placement is not None and a.photo is not None:
+            photo = a.photo if isinstance(a.photo, Image.Image) else read_upload(a.photo, self.limits)
+            return swap.pasted(photo, a.placement)
+        return self.to_display(swap.result.image)
+
     def mix(self, a: WebInversion, b: WebInversion, start: int, end: int) -> Image.Image:
         """``a`` with the codes of layers ``start:end`` taken from ``b`` (style mixing; ``a`` keeps its offsets)."""
         return self.to_display(self.pipe.mix(a.result, b.result, start, end))
@@ -455,7 +468,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 gr.Dataset(samples=[[p] for p in real], visible=bool(real)), gr.update(visible=bool(real)),
                 gr.update(choices=[], value=None), "", None, None, None, None,
                 gr.update(maximum=num_ws, value=min(num_ws, max(1, num_ws // 2))),
-                gr.update(maximum=num_ws, value=num_ws), None)
+                gr.update(maximum=num_ws, value=num_ws), None, None)
 
     def on_preview(photo):
         """The upload as the page shows it (downscaled like every upload), or what is wrong with it."""
@@ -491,7 +504,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             message = user_message(e)
             if isinstance(e, expected):
                 gr.Warning(message)
-            return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None
+            return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None, None
         finally:
             cancel_flags.pop(entry["key"], None)
         entry["items"] = found
@@ -507,7 +520,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         status = f"{label}: **{sum(it.seconds for it in found):.2f} s** for {where}"
         first = found[0]
         return (state, files.image(f"{first.stem}_compare", s.comparison(first)),
-                gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None)
+                gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None, None)
 
     def on_cancel(state):
         flag = cancel_flags.get((state or {}).get("key", ""))
@@ -539,16 +552,17 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image)
 
     def on_second(name, method, photo, align, state):
+        """The second photo inverted; the face swap of the photo before it is cleared (a click makes this one's)."""
         entry = results.entry(state, name)
         entry["second"] = None
         if photo is None:
-            return token(entry)
+            return token(entry), None
         try:
             entry["second"] = session(name).invert(photo, align=align, method=method,
                                                    name=Path(photo).name if isinstance(photo, str) else "photo")[0]
         except expected as e:
             gr.Warning(user_message(e))
-        return token(entry)
+        return token(entry), None
 
     def on_blend(name, state, label, t):
         entry = results.entry(state, name)
@@ -573,6 +587,20 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             gr.Warning(user_message(e))
             return None
         return files.image(f"{item.stem}_mix{int(start)}-{int(end)}_{other.stem}", image)
+
+    def on_swap(name, state, label, paste):
+        entry = results.entry(state, name)
+        item, other = pick(entry, label), entry["second"]
+        if item is None or other is None:
+            gr.Warning("invert a photo and upload a second one first: its face goes onto the first photo's")
+            return None
+        try:
+            image = session(name).swap(item, other, paste_back=paste)
+        except expected as e:
+            gr.Warning(user_message(e))
+            return None
+        suffix = "_photo" if paste and item.placement is not None else ""
+        return files.image(f"{item.stem}_swap_{other.stem}{suffix}", image)
 
     with gr.Blocks(title="hyperinverter", analytics_enabled=False,
                    delete_cache=(max(60, limits.keep_seconds // 4), limits.keep_seconds)) as app:
@@ -630,13 +658,18 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 end = gr.Slider(0, 18, value=18, step=1, label="to layer (exclusive)")
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False, elem_id="mixed")
+            with gr.Column():
+                swap = gr.Button("Swap faces", elem_id="swap")
+                swapped = gr.Image(type="filepath", format="png", label="the second photo's face on the first "
+                                   "(E2Style's face swapping; 'paste back into the photo' puts it in the first photo)",
+                                   interactive=False, elem_id="swapped")
 
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
-                         face, status, edited, blended, mixed, result_files, start, end, photo_b]
+                         face, status, edited, blended, mixed, result_files, start, end, photo_b, swapped]
         edit_inputs = [model, state, face, direction, strength, paste]
         blend_inputs = [model, state, face, t]
         mix_inputs = [model, state, face, start, end]
-        invert_outputs = [state, compare, face, status, result_files, edited, blended, mixed]
+        invert_outputs = [state, compare, face, status, result_files, edited, blended, mixed, swapped]
         # One public API endpoint per action (what `gradio_client` and the load benchmark call); the chained
         # repeats that keep the page consistent are callable but undocumented.
         queued = {"concurrency_id": "models"}
@@ -660,12 +693,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         direction.change(on_direction, [model, direction], [strength], api_visibility="undocumented").then(
             on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
         paste.change(on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
-        photo_b.change(on_second, [model, method, photo_b, align, state], [state], api_name="second",
+        photo_b.change(on_second, [model, method, photo_b, align, state], [state, swapped], api_name="second",
                        **queued).then(on_blend, blend_inputs, [blended], **quiet).then(
             on_mix, mix_inputs, [mixed], **quiet)
         t.change(on_blend, blend_inputs, [blended], api_name="blend", trigger_mode="always_last", **queued)
         start.change(on_mix, mix_inputs, [mixed], api_name="mix", trigger_mode="always_last", **queued)
         end.change(on_mix, mix_inputs, [mixed], trigger_mode="always_last", **quiet)
+        swap.click(on_swap, [model, state, face, paste], [swapped], api_name="swap", **queued)
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     app.hyperinverter_files, app.hyperinverter_results = files, results  # for tests
     return app

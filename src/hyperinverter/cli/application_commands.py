@@ -135,7 +135,7 @@ def run_swap(args: argparse.Namespace) -> int:
     import torch
 
     from ..io.files import InputFiles, atomic_write_group
-    from ..io.images import image_bytes, image_output_path, make_grid, tensor_to_pil
+    from ..io.images import image_bytes, image_output_path, make_grid
     from ..restoration import face_swap
 
     out = image_output_path(args.out)
@@ -145,7 +145,7 @@ def run_swap(args: argparse.Namespace) -> int:
     InputFiles([args.source, args.target]).check_outputs(outputs)
     pipe = _load_pipeline(args)
     if args.align:
-        from ..align import Dlib68Detector, paste_back_placement
+        from ..align import Dlib68Detector
 
         detector = Dlib68Detector(min_score=args.min_face_score)
         (source, _), (target, target_face) = (_largest_face(pipe, path, detector)
@@ -156,12 +156,7 @@ def run_swap(args: argparse.Namespace) -> int:
     panels = torch.cat([source, target, swap.composite, swap.result.image])
     files = [(out, image_bytes(swap.result.image[0])), (compare, image_bytes(make_grid(panels, nrow=4)))]
     if args.align:
-        photo, placement = target_face
-        result = tensor_to_pil(swap.result.image.cpu())[0].convert("RGB")
-        # Only the swapped face goes back: around it the photo itself is sharper than the model's reconstruction.
-        mask = tensor_to_pil(swap.mask.cpu() * 2 - 1)[0].convert("L")
-        pasted = paste_back_placement(photo, result, placement, mask=mask)
-        files.append((photo_out, image_bytes(pasted, photo_out.suffix)))
+        files.append((photo_out, image_bytes(swap.pasted(*target_face), photo_out.suffix)))
     atomic_write_group(files)
     print(f"wrote {', '.join(str(path) for path, _ in files[:-1])} and {files[-1][0]}")
     return 0

@@ -187,8 +187,8 @@ def _web(sub) -> None:
     from ..apps.limits import WebLimits
 
     defaults = WebLimits()
-    p = sub.add_parser("web", help="the web page: upload a photo, invert with any method, edit, mix, interpolate "
-                       "(needs the web extra)",
+    p = sub.add_parser("web", help="the web page: upload a photo, invert with any method, edit, mix, interpolate, "
+                       "swap faces (needs the web extra)",
                        description="Serve a Gradio page on this machine: upload a photo (every face is aligned), "
                        "invert it with any method of the model (the optimisation ones with a progress bar and "
                        "Cancel), see its time, edit along the model's directions (pasted back into the photo if "
