@@ -646,7 +646,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength", elem_id="strength")
             paste = gr.Checkbox(value=False, label="paste back into the photo")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
-        gr.Markdown("## A second photo: interpolate (codes and residual weights) and mix styles")
+        gr.Markdown("## A second photo: interpolate (codes and residual weights), mix styles, swap faces")
         with gr.Row():
             photo_b = gr.File(label="second photo", file_types=["image", *IMAGE_SUFFIXES], type="filepath",
                               elem_id="photo-b")
@@ -660,8 +660,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                  "second", interactive=False, elem_id="mixed")
             with gr.Column():
                 swap = gr.Button("Swap faces", elem_id="swap")
-                swapped = gr.Image(type="filepath", format="png", label="the second photo's face on the first "
-                                   "(E2Style's face swapping; 'paste back into the photo' puts it in the first photo)",
+                # E2Style's face swapping; with "paste back into the photo" the face goes into the first photo.
+                swapped = gr.Image(type="filepath", format="png", label="the second photo's face on the first",
                                    interactive=False, elem_id="swapped")
 
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
