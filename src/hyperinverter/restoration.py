@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -21,6 +22,9 @@ from .data.degradations import get_degradation
 from .losses.identity import FFHQ_CROP, CropBox, crop_for_align_scale
 from .methods import InversionResult
 from .pipeline import InversionPipeline
+
+if TYPE_CHECKING:
+    from .inversion.batch import Picture
 
 
 @dataclass
@@ -59,7 +63,7 @@ class PhotoRestoration:
     ``restoration``: theirs, in the same order; ``photo``: with a detector, the photo with every restored face
     pasted back, else None."""
 
-    pictures: list
+    pictures: list[Picture]
     restoration: Restoration
     photo: Image.Image | None
 

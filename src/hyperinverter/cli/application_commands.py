@@ -106,17 +106,17 @@ def run_restore(args: argparse.Namespace) -> int:
             if not args.overwrite and images_made_with(done, made):
                 skipped += 1
                 continue
-            done_photo = restore_photo(pipe, read_image(path), name=name, source=path, detector=detector,
+            photo_result = restore_photo(pipe, read_image(path), name=name, source=path, detector=detector,
                                        simulate=args.simulate, **options)
             group = []
-            for picture, degraded, restored in zip(done_photo.pictures, done_photo.restoration.degraded.cpu(),
-                                                   done_photo.restoration.result.image.cpu()):
+            for picture, degraded, restored in zip(photo_result.pictures, photo_result.restoration.degraded.cpu(),
+                                                   photo_result.restoration.result.image.cpu()):
                 panels = [degraded, restored] + ([picture.image[0]] if args.simulate else [])
                 group += [(out_dir / f"{picture.name}.png", image_bytes(restored, made_with=made)),
                           (out_dir / f"{picture.name}_compare.png",
                            image_bytes(make_grid(torch.stack(panels), nrow=len(panels)), made_with=made))]
-            if done_photo.photo is not None:
-                group.append((done[0], image_bytes(done_photo.photo, made_with=made)))
+            if photo_result.photo is not None:
+                group.append((done[0], image_bytes(photo_result.photo, made_with=made)))
             inputs.check_outputs([path for path, _ in group])
         except InputError as e:  # unreadable, no face, an output that would replace an input: the run goes on
             failures.append(e)
