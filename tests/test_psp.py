@@ -182,10 +182,6 @@ def test_released_file_problems_are_named(tiny_generator, tmp_path):
     path = _released_file(tmp_path / "bad.pt", method, encoder_type="ResidualEncoder", latent_avg=torch.zeros(16))
     with pytest.raises(CheckpointError, match="encoder_type"):
         load_psp_encoder(path)
-    cars = _released_file(tmp_path / "e4e_cars_encode.pt", method, encoder_type="Encoder4Editing",
-                          latent_avg=torch.zeros(16), dataset_type="cars_encode")
-    with pytest.raises(CheckpointError, match="trained on cars .* 192x256 inputs and cropped outputs are not supp"):
-        load_psp_encoder(cars)  # (run on square images it gave other results than the official code, silently)
     ckpt = torch.load(_released_file(tmp_path / "e4e.pt", method, encoder_type="Encoder4Editing",
                                      latent_avg=torch.zeros(16)), weights_only=True)
     del ckpt["state_dict"]["encoder.styles.3.linear.bias"]
@@ -194,3 +190,43 @@ def test_released_file_problems_are_named(tiny_generator, tmp_path):
     with pytest.raises(CheckpointError, match=r"styles\.3\.linear\.bias") as info:
         load_psp_encoder(tmp_path / "e4e-broken.pt")
     assert "styles.3.extra" in str(info.value)
+
+
+def test_released_cars_encoders_read_the_cars_rows(tiny_generator, tmp_path):
+    # The released cars encoders (e4e_cars_encode.pt) were refused: the official code reads 192x256 photos, and
+    # its cars generator draws them in rows 64 to 448 of its 512-px images (LSUN cars, padded).
+    from PIL import Image
+
+    from hyperinverter.cli.main import main
+    from hyperinverter.convert.official import load_psp_w_encoder
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.methods.psp import E4E
+    from hyperinverter.pipeline import InversionPipeline
+
+    torch.manual_seed(2)
+    method = E4E.create(tiny_generator).eval()  # a 64-px input for the 32-px generator: 48x64 for cars
+    latent_avg = torch.randn(tiny_generator.w_dim)
+    cars = _released_file(tmp_path / "e4e_cars_encode.pt", method, encoder_type="Encoder4Editing",
+                          latent_avg=latent_avg, dataset_type="cars_encode")
+    assert main(["import-official", str(cars), "--out", str(tmp_path / "cars")]) == 0
+    pipe = InversionPipeline.from_pretrained(tmp_path / "cars", device="cpu")
+    assert pipe.content_rows == (0.125, 0.875) and pipe.inverter().style_encoder.config.input_shape == (48, 64)
+    from hyperinverter.models.encoders import StyleCodeEncoder
+
+    official = StyleCodeEncoder(dataclasses.replace(method.style_encoder.config, input_height=48)).eval()
+    official.load_state_dict(method.style_encoder.state_dict())  # the same weights, on 3:4 inputs
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():  # the official forward: the car's rows (4 to 28 of 32) as the encoder's 3:4 input
+        photo = F.interpolate(x[..., 4:28, :], size=(48, 64), mode="bilinear", align_corners=False)
+        codes = official(photo) + latent_avg
+        got = pipe.invert(x)
+        expected = tiny_generator.synthesis(codes, noise_mode="const")
+    torch.testing.assert_close(got.ws, codes, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.image, expected, rtol=1e-4, atol=1e-4)
+    # A photo goes into those rows whole (squashed, as the official 192x256 resize does), the rest black.
+    canvas = pipe.prepare(Image.new("RGB", (400, 200), (255, 255, 255)))
+    assert torch.all(canvas[..., 5:27, :] > 0.99)  # (rows 4 and 27 blend with the black at the edge)
+    assert torch.all(canvas[..., :3, :] < -0.99) and torch.all(canvas[..., 29:, :] < -0.99)
+    # What does not run on cars yet says so (HyperStyle's loader checks the same way).
+    with pytest.raises(CheckpointError, match="trained on cars .* not as a W encoder yet"):
+        load_psp_w_encoder(cars)

@@ -63,14 +63,17 @@ def image_scores_csv(names: Sequence[str], per_image: Mapping[str, Mapping[str, 
     return text.getvalue().encode()
 
 
-def load_heldout_images(folder: Path, *, resolution: int, channels: int, count: int | None = None
+def load_heldout_images(folder: Path, *, resolution: int, channels: int, count: int | None = None,
+                        content_rows: tuple[float, float] | None = None
                         ) -> tuple[torch.Tensor, list[str], list[Exception]]:
     """The first ``count`` (default: all) readable images of ``folder`` by name, as 8-bit pixels like a saved
-    image: (``[N,C,R,R]`` in [-1,1], their names relative to ``folder``, the unreadable files met)."""
+    image: (``[N,C,R,R]`` in [-1,1], their names relative to ``folder``, the unreadable files met). ``content_rows``:
+    a pipeline's (cars), into which the images are fitted as its photos are."""
     from .data.folder import ImageFolderDataset
     from .training.run import preload_uint8, uint8_to_float
 
-    dataset = ImageFolderDataset(folder, resolution=resolution, channels=channels, split="all")
+    dataset = ImageFolderDataset(folder, resolution=resolution, channels=channels, split="all",
+                                 content_rows=content_rows)
     images = uint8_to_float(preload_uint8(dataset, limit=count))
     # Unreadable files are recorded as they are met, so the first readable ones are the ones loaded.
     readable = [p for i, p in enumerate(dataset.files) if i not in dataset.errors][: images.shape[0]]

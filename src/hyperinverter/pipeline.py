@@ -46,7 +46,7 @@ from .io.files import (
     pipeline_extras,
     staged_directory,
 )
-from .io.images import center_square, pil_to_tensor, read_image
+from .io.images import fit_to_canvas, pil_to_tensor, read_image
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
@@ -348,6 +348,11 @@ class InversionPipeline:
             # keeps freed memory (full-size HyperInverter: 2.32 -> 1.73 GB resident after loading).
             trim()
         self._reuse_pending = self.device.type == "cpu"  # heap reuse comes on after the first pass (_first_pass)
+        rows = {m.content_rows for m in self.methods.values() if m.content_rows is not None}
+        if len(rows) > 1:
+            raise ValueError(f"the methods read different rows of the generator's images as its content: {rows}")
+        # Where the domain fills only these rows of the generator's square (cars), photos are fitted into them.
+        self.content_rows: tuple[float, float] | None = rows.pop() if rows else None
         self.default_method = default_method or next(iter(methods))
         if self.default_method not in self.available_methods():
             raise ValueError(f"method {self.default_method!r} is not available here; available: "
@@ -483,7 +488,9 @@ class InversionPipeline:
 
         Files (a path, or a file's bytes) go through :func:`hyperinverter.io.images.read_image`, and so do PIL
         images and uint8 numpy images (``H x W`` or ``H x W x C``, as image libraries hold them). A non-square image
-        gives its centred square (never squashed); align faces first for face models. Tensors are passed through:
+        gives its centred square (never squashed), or where the domain fills only some rows of the generator's
+        square (``content_rows``: cars) the whole image squashed into them (:func:`~hyperinverter.io.images.
+        fit_to_canvas`); align faces first for face models. Tensors are passed through:
         ``[B,C,R,R]`` (or one ``[C,R,R]``) with the generator's channel count and resolution, floats in [-1,1] or
         ``uint8`` in [0, 255].
         """
@@ -498,7 +505,7 @@ class InversionPipeline:
                 raise ValueError(f"image tensors must be floats in [-1, 1] or uint8 in [0, 255], got {x.dtype}")
         else:
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
-            tensors = [pil_to_tensor(center_square(read_image(item)), size=G.resolution,
+            tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows), size=G.resolution,
                                      channels=G.config.img_channels) for item in images]
             if not tensors:
                 raise ValueError("no images given")

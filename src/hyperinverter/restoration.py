@@ -79,7 +79,7 @@ def restore_photo(pipe: InversionPipeline, photo: Image.Image, *, name: str = "p
 
     G = pipe.generator
     pictures = photo_pictures(photo, name, source, resolution=G.resolution, channels=G.config.img_channels,
-                              detector=detector, align_scale=pipe.align_scale)
+                              detector=detector, align_scale=pipe.align_scale, content_rows=pipe.content_rows)
     restoration = restore(pipe, torch.cat([p.image for p in pictures]), simulate=simulate, **options)
     if detector is None:
         return PhotoRestoration(pictures, restoration, None)

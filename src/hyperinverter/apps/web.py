@@ -129,8 +129,10 @@ class WebSession:
 
     @property
     def takes_faces(self) -> bool:
-        """Whether photos of people are this model's input (RGB, aligned like FFHQ)."""
-        return self.pipe.generator.config.img_channels == 3 and self.detector is not None
+        """Whether photos of people are this model's input (RGB, aligned like FFHQ; not a domain that fills only some
+        rows of the generator's square, as cars do)."""
+        return (self.pipe.generator.config.img_channels == 3 and self.detector is not None
+                and self.pipe.content_rows is None)
 
     def methods(self) -> list[str]:
         """The methods this model runs, its default first."""
@@ -155,7 +157,7 @@ class WebSession:
         G = self.pipe.generator
         pictures = photo_pictures(image, "photo", Path("the photo"), resolution=G.resolution,
                                   channels=G.config.img_channels, detector=self.detector if align else None,
-                                  align_scale=self.pipe.align_scale)
+                                  align_scale=self.pipe.align_scale, content_rows=self.pipe.content_rows)
         # Left to right, as a person reads the photo (the detector's order is by size).
         pictures.sort(key=lambda p: sum(x for x, _ in p.placement["quad"]) if p.placement else 0.0)
         batch = torch.cat([p.image for p in pictures])

@@ -65,8 +65,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     for method, chosen in options.items():
         pipe.inverter(method).check_options(chosen)
 
-    images, names, failures = load_heldout_images(args.data, resolution=G.resolution,
-                                                  channels=G.config.img_channels, count=args.images)
+    images, names, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
+                                                  count=args.images, content_rows=pipe.content_rows)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
     features, note = feature_extractor(pipe.device)
     notes += [note] if note else []

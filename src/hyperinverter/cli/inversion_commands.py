@@ -639,8 +639,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     check_outside(args.out, args.data, why="its report and plot would be read as held-out images next time")
     pipe = _load_pipeline(args)
     G = pipe.generator
-    images, names, failures = load_heldout_images(args.data, resolution=G.resolution,
-                                                  channels=G.config.img_channels, count=args.max_images)
+    images, names, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
+                                                  count=args.max_images, content_rows=pipe.content_rows)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
     options: dict[str, dict] = {}
     for method, key, value in args.option:

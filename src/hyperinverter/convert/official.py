@@ -211,13 +211,6 @@ class PspFile:
         opts = ckpt.get("opts") or {}
         if not isinstance(opts, Mapping):
             raise CheckpointError(path, f"its 'opts' is a {type(opts).__name__}, not a mapping")
-        dataset_type = opts.get("dataset_type")
-        if isinstance(dataset_type, str) and dataset_type.startswith("cars"):
-            # The official codes feed the cars models 192x256 images and crop or squash the generator's square
-            # output to match; run on square images they would give other results without a word.
-            raise CheckpointError(path, f"was trained on cars (dataset_type {dataset_type!r}): its 192x256 inputs and "
-                                  "cropped outputs are not supported; the square domains are (faces, churches, "
-                                  "horses, AFHQ)")
         latent_avg = ckpt.get("latent_avg")
         if latent_avg is not None:
             if not isinstance(latent_avg, torch.Tensor) or latent_avg.ndim not in (1, 2):
@@ -230,6 +223,20 @@ class PspFile:
 
     def part(self, prefix: str) -> dict[str, torch.Tensor]:
         return _strip(self.state_dict, prefix)
+
+    @property
+    def is_cars(self) -> bool:
+        """Trained on cars (``dataset_type`` ``cars_*``): 192x256 photos, rows 64 to 448 of the 512-px images."""
+        dataset_type = self.opts.get("dataset_type")
+        return isinstance(dataset_type, str) and dataset_type.startswith("cars")
+
+    def refuse_cars(self, what: str) -> None:
+        """A ``CheckpointError`` for a cars file where ``what`` (a kind of method) does not run on cars yet."""
+        if self.is_cars:
+            # HyperStyle squashes its whole square output into 192x256 for its next iteration, and its W encoder
+            # reads 192x256 photos; neither is implemented, and run on square images they would mislead silently.
+            raise CheckpointError(self.path, f"was trained on cars (dataset_type {self.opts['dataset_type']!r}): "
+                                  f"cars run as pSp and e4e encoders here, not as {what} yet")
 
     def generator(self, given: str | Path | Generator | None) -> Generator:
         """``given`` (any generator file, or a module), else the rosinality ``decoder.*`` inside the file."""
@@ -262,6 +269,7 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
     """A pSp/e4e-style W-encoder checkpoint (``encoder.*``, ``decoder.*``, ``latent_avg``) as the ``phase1``
     method; the generator is ``generator`` or, when not given, the file's own decoder."""
     psp = PspFile.read(checkpoint)
+    psp.refuse_cars("a W encoder")
     extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
@@ -277,15 +285,19 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
 
 # opts['encoder_type'] -> our forward (pSp and e4e files share one key set)
 STYLE_CODE_ENCODER_TYPES = {"GradualStyleEncoder": "psp", "Encoder4Editing": "e4e"}
+# The rows of the cars generator's square images (LSUN cars, 512x384 padded to 512x512) that hold the car.
+CARS_CONTENT_ROWS = (0.125, 0.875)
 
 
 def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str, mode: str,
-                                       latent_avg: torch.Tensor | None = None) -> StyleCodeEncoder:
+                                       latent_avg: torch.Tensor | None = None,
+                                       height_ratio: float = 1.0) -> StyleCodeEncoder:
     """Build a pSp/e4e W+ encoder shaped like ``sd`` and load it strictly.
 
     The input size and the level split are read from the heads: a head on c3 (1/16 of the input) has
     ``log2(input/16)`` convs, one on p2 one more, one on p1 two more. ``latent_avg`` (``[w_dim]``): the code the
-    offsets start from, kept in the encoder.
+    offsets start from, kept in the encoder. ``height_ratio``: the input's height over its width, where it is not
+    square (cars: 192x256; the weights cannot tell).
     """
     n_styles = len({int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k))})
     if n_styles == 0 or "styles.0.linear.weight" not in sd:
@@ -296,7 +308,9 @@ def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source
     if levels != sorted(levels) or not set(levels) <= {0, 1, 2}:
         raise CheckpointError(f"{source}: head conv counts {convs} are not coarse, then middle, then fine heads")
     w_dim, feature_channels = sd["styles.0.linear.weight"].shape
-    config = StyleCodeEncoderConfig(**_trunk_spec(sd), input_size=16 * 2 ** first, n_styles=n_styles,
+    width = 16 * 2**first
+    height = None if height_ratio == 1.0 else round(width * height_ratio)
+    config = StyleCodeEncoderConfig(**_trunk_spec(sd), input_size=width, input_height=height, n_styles=n_styles,
                                     feature_channels=int(feature_channels), coarse_end=levels.count(0),
                                     middle_end=levels.count(0) + levels.count(1), w_dim=int(w_dim), mode=mode,
                                     own_latent_avg=latent_avg is not None)
@@ -324,16 +338,19 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     if from_average and psp.latent_avg is None:
         raise CheckpointError(psp.path, "has no latent_avg, which its codes are offsets from")
     average = psp.latent_avg if from_average else torch.zeros(G.w_dim)
+    # Cars: the official codes read 192x256 photos and compare rows 64 to 448 of the 512-px images with them.
+    rows = CARS_CONTENT_ROWS if psp.is_cars else None
     try:
         encoder = style_code_encoder_from_state_dict(psp.part("encoder."), source=f"{psp.path} [encoder]", mode=mode,
-                                                     latent_avg=average)
+                                                     latent_avg=average,
+                                                     height_ratio=1.0 if rows is None else rows[1] - rows[0])
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of a pSp/e4e checkpoint ({e})") from None
     if (encoder.config.n_styles, encoder.w_dim) != (G.num_ws, G.w_dim):
         raise CheckpointError(psp.path, f"its encoder makes [{encoder.config.n_styles}, {encoder.w_dim}] codes, the "
                               f"generator takes [{G.num_ws}, {G.w_dim}]")
     method = E4E if mode == "e4e" else PSP
-    return method(G, style_encoder=encoder.eval(), encoder_resolution=encoder.config.input_size)
+    return method(G, style_encoder=encoder.eval(), encoder_resolution=encoder.config.input_size, content_rows=rows)
 
 
 # --- E2Style: {"state_dict": encoder_firststage.*, encoder_refinestage_list.{i}.*, decoder.*; "latent_avg"; "opts"} ---
@@ -409,6 +426,7 @@ def load_official_e2style(checkpoint: str | Path, generator: str | Path | Genera
     file's 18 uses the first ``num_ws`` of them, as the official code does. A restoration checkpoint (colorization,
     denoising, inpainting, super-resolution) keeps its task, which ``restore`` reads (:func:`e2style_task`)."""
     psp = PspFile.read(checkpoint)
+    psp.refuse_cars("E2Style")
     task = e2style_task(psp.opts, psp.path, task)
     extra = sorted(k for k in psp.state_dict
                    if not k.startswith(("encoder_firststage.", "encoder_refinestage_list.", "decoder.")))
@@ -484,6 +502,8 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
     """
     psp = PspFile.read(checkpoint)
     encoder_file = PspFile.read(w_encoder)
+    psp.refuse_cars("HyperStyle")
+    encoder_file.refuse_cars("HyperStyle's W encoder")
     extra = sorted(k for k in psp.state_dict if not k.startswith(("hypernet.", "decoder.")))
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (a HyperStyle file holds hypernet.* and "

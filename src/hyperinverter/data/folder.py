@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageReadError
-from ..io.images import IMAGE_SUFFIXES, center_square, pil_to_tensor, read_image
+from ..io.images import IMAGE_SUFFIXES, fit_to_canvas, pil_to_tensor, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,15 @@ class ImageFolderDataset(Dataset):
     """Images under ``root`` (recursively; every suffix of ``IMAGE_SUFFIXES``) as ``[C,R,R]`` tensors in [-1,1].
 
     Any size or mode is accepted: transparency is composited on white, then the image is centre-cropped to a
-    square and resized (Lanczos) to ``resolution``. ``split`` picks a deterministic subset: a file is in
+    square (or, for a domain that fills only ``content_rows`` of it, squashed into them: ``fit_to_canvas``) and
+    resized (Lanczos) to ``resolution``. ``split`` picks a deterministic subset: a file is in
     ``val`` when a hash of its relative path falls under ``val_fraction`` (:func:`in_val_split`). Unreadable files
     are logged and skipped: ``__getitem__`` substitutes the next readable file, ``iter_valid`` leaves them out.
     """
 
     def __init__(self, root: str | Path, *, resolution: int, channels: int = 3, split: Split = "train",
-                 val_fraction: float = 0.05, seed: int = 0, hflip: bool = False) -> None:
+                 val_fraction: float = 0.05, seed: int = 0, hflip: bool = False,
+                 content_rows: tuple[float, float] | None = None) -> None:
         self.root = Path(root)
         if self.root.is_file():
             raise NotADirectoryError(f"{self.root} is a file: give the folder that holds the images")
@@ -71,6 +73,7 @@ class ImageFolderDataset(Dataset):
             files = chosen
         self.files = files
         self.resolution, self.channels, self.split, self.hflip = resolution, channels, split, hflip
+        self.content_rows = content_rows
         self.errors: dict[int, ImageReadError] = {}  # unreadable files met so far, by index
 
     def __len__(self) -> int:
@@ -82,7 +85,7 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The image at ``index``; raises ``ImageReadError`` for an unreadable file."""
-        image = center_square(read_image(self.files[index]))
+        image = fit_to_canvas(read_image(self.files[index]), self.content_rows)
         return pil_to_tensor(image, size=self.resolution, channels=self.channels)[0]
 
     def _note_bad(self, index: int, error: ImageReadError) -> None:

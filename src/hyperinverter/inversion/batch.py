@@ -34,7 +34,7 @@ from PIL import Image
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
-from ..io.images import center_square, image_bytes, make_grid, pil_to_tensor, read_image
+from ..io.images import fit_to_canvas, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..precision import dtype_name
 from ..progress import progress_bar
@@ -113,14 +113,16 @@ def output_paths(out_dir: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: int, channels: int, detector=None,
-                   align_scale: float = 1.0) -> list[Picture]:
+                   align_scale: float = 1.0, content_rows: tuple[float, float] | None = None) -> list[Picture]:
     """One photo -> what gets inverted: with a ``detector`` every face, FFHQ-aligned at ``align_scale`` (named
-    ``name`` or ``name-faceI``); without one, its centred square. Raises ``NoFaceFoundError``.
+    ``name`` or ``name-faceI``); without one, the photo fitted to the generator's square (``fit_to_canvas``: its
+    centred square, or squashed into the domain's ``content_rows``). Raises ``NoFaceFoundError``.
 
     Aligned crops are made at 4x the model's resolution, then downsampled, so the warp does not alias.
     """
     if detector is None:
-        return [Picture(name, source, pil_to_tensor(center_square(photo), size=resolution, channels=channels))]
+        canvas = fit_to_canvas(photo, content_rows)
+        return [Picture(name, source, pil_to_tensor(canvas, size=resolution, channels=channels))]
     from ..align import align_faces
 
     faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=os.fsdecode(source))
@@ -130,13 +132,14 @@ def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: i
 
 
 def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: int, channels: int,
-                  detector=None, align_scale: float = 1.0) -> tuple[list[Picture], list[InputError]]:
+                  detector=None, align_scale: float = 1.0, content_rows: tuple[float, float] | None = None
+                  ) -> tuple[list[Picture], list[InputError]]:
     """Read ``paths`` into pictures (see :func:`photo_pictures`) -> (pictures, an error for each failed file)."""
     pictures, failed = [], []
     for path, name in zip(paths, names):
         try:
             pictures += photo_pictures(read_image(path), name, path, resolution=resolution, channels=channels,
-                                       detector=detector, align_scale=align_scale)
+                                       detector=detector, align_scale=align_scale, content_rows=content_rows)
         except InputError as e:
             failed.append(e)
         except Exception as e:  # noqa: BLE001 - one file must not end a batch of thousands; the cause is reported
@@ -230,7 +233,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
             chunk = todo[start : start + batch_size]
             pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
                                              channels=G.config.img_channels, detector=detector,
-                                             align_scale=pipe.align_scale)
+                                             align_scale=pipe.align_scale, content_rows=pipe.content_rows)
             report.failed += failed
             if not pictures:
                 bar.update(len(chunk))

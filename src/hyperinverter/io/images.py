@@ -163,6 +163,31 @@ def center_square(image: Image.Image) -> Image.Image:
     return image if image.width == image.height else image.crop((left, top, left + side, top + side))
 
 
+def check_content_rows(rows, source: str | os.PathLike = "content_rows") -> tuple[float, float]:
+    """``(top, bottom)``: the rows of a square generator image that hold a domain's content, as fractions of its
+    side (LSUN cars at 512 px: 64 to 448, ``(0.125, 0.875)``); a ``ValueError`` naming ``source`` otherwise."""
+    if (not isinstance(rows, (list, tuple)) or len(rows) != 2
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rows)
+            or not 0 <= rows[0] < rows[1] <= 1):
+        raise ValueError(f"{os.fspath(source)}: content rows must be [top, bottom] fractions with 0 <= top < bottom "
+                         f"<= 1, got {rows!r}")
+    return float(rows[0]), float(rows[1])
+
+
+def fit_to_canvas(image: Image.Image, content_rows: tuple[float, float] | None = None) -> Image.Image:
+    """A photo as a square generator image: its centred square (never squashed) or, for a domain whose content
+    fills only ``content_rows`` of the square (cars), the whole photo squashed into those rows and the rest black,
+    as the generator's training images were padded (the official codes squash cars photos to 192x256 too)."""
+    if content_rows is None:
+        return center_square(image)
+    top, bottom = check_content_rows(content_rows)
+    side = max(image.size)
+    canvas = Image.new(image.mode, (side, side))  # black, in any mode
+    rows = round(top * side), round(bottom * side)
+    canvas.paste(image.resize((side, rows[1] - rows[0]), Image.LANCZOS), (0, rows[0]))
+    return canvas
+
+
 def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int = 3) -> torch.Tensor:
     """PIL image of any mode -> ``[1,channels,H,W]`` in [-1,1], resized (Lanczos) to ``size`` if given."""
     image = image.convert("L" if channels == 1 else "RGB")

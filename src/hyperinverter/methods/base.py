@@ -158,6 +158,9 @@ class Inverter(nn.Module):
     options: ClassVar[Mapping[str, Any]] = {}
     summary: ClassVar[str] = ""
     accepts_discriminator: ClassVar[bool] = False
+    # The rows of the generator's square images that hold the domain's content, where it is not square (cars:
+    # (0.125, 0.875)); photos are fitted into them (io.images.fit_to_canvas). Methods that read it set it.
+    content_rows: tuple[float, float] | None = None
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()

@@ -15,13 +15,20 @@ from .base import InversionResult, Inverter, Stopwatch
 from .registry import register_method
 
 
-def resize_for_encoder(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize (``align_corners=False``), as the official code does before its encoders.
+def resize_for_encoder(x: torch.Tensor, size: int | tuple[int, int],
+                       content_rows: tuple[float, float] | None = None) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``) to ``size`` (a side, or (height, width)), as the official code does
+    before its encoders; of the ``content_rows`` only, where the domain fills only those rows of the generator's
+    square (cars: the official codes read the 192x256 photo, and crop the image to it).
 
     The result is channels-last: the encoders' convolutions run measurably faster in that layout.
     """
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if content_rows is not None:
+        side = x.shape[-2]
+        x = x[..., round(content_rows[0] * side) : round(content_rows[1] * side), :]
+    height, width = (size, size) if isinstance(size, int) else size
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..io.images import check_content_rows
 from ..models.encoders import StyleCodeEncoder, encoder_preset
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Inverter, Stopwatch
@@ -34,7 +35,10 @@ def check_style_code_encoder(generator: Generator, encoder: nn.Module, mode: str
 class PSP(Inverter):
     """A W+ encoder (``style_encoder``, ``[B,C,S,S] -> [B,num_ws,w_dim]`` offsets) around a frozen generator.
 
-    ``encoder_resolution``: the side S the images are resized to before the encoder (256 officially).
+    ``encoder_resolution``: the side S the images are resized to before the encoder (256 officially; the width,
+    where the encoder's input is not square). ``content_rows``: for a domain that fills only some rows of the
+    generator's square (the released cars encoders: 192x256 photos, rows 64 to 448 of the 512-px image), those
+    rows as fractions; only they are read (:func:`~hyperinverter.methods.phase1.resize_for_encoder`).
     """
 
     name = "psp"
@@ -44,11 +48,12 @@ class PSP(Inverter):
     mode = "psp"
 
     def __init__(self, generator: Generator, *, style_encoder: StyleCodeEncoder,
-                 encoder_resolution: int = 256) -> None:
+                 encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None) -> None:
         super().__init__(generator)
         raise_if(check_style_code_encoder(generator, style_encoder, self.mode))
         self.style_encoder = style_encoder
         self.encoder_resolution = encoder_resolution
+        self.content_rows = None if content_rows is None else check_content_rows(content_rows)
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> PSP:
@@ -58,7 +63,8 @@ class PSP(Inverter):
                    encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        return {"encoder_resolution": self.encoder_resolution}
+        rows = {} if self.content_rows is None else {"content_rows": list(self.content_rows)}
+        return {"encoder_resolution": self.encoder_resolution, **rows}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]``."""
@@ -68,7 +74,8 @@ class PSP(Inverter):
         )
         encoder = self.style_encoder
         average = encoder.latent_avg if encoder.config.own_latent_avg else G.w_avg[None]
-        ws = encoder(resize_for_encoder(x, self.encoder_resolution)) + average
+        size = (encoder.config.input_shape[0], self.encoder_resolution)
+        ws = encoder(resize_for_encoder(x, size, self.content_rows)) + average
         assert ws.shape == (x.shape[0], G.num_ws, G.w_dim), f"W+ encoder returned {tuple(ws.shape)}"
         return ws
 

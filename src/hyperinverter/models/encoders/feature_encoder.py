@@ -53,6 +53,7 @@ class FeatureEncoderConfig(SerializableConfig):
     trunk: TrunkConfig = TrunkConfig()
     in_channels: int = 3
     input_size: int = 256
+    input_height: int | None = None  # where the input is not square (cars: 192 x 256); input_size is its width
     n_styles: int = 18
     feature_channels: int = 512
     feature_size: int = 8
@@ -66,6 +67,13 @@ class FeatureEncoderConfig(SerializableConfig):
             raise ValueError(f"n_styles must be positive, got {self.n_styles}")
         if self.input_size % 16 != 0 or self.input_size < 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
+        if self.input_height is not None and (self.input_height % 16 != 0 or self.input_height < 16):
+            raise ValueError(f"input_height must be a positive multiple of 16, got {self.input_height}")
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of the input."""
+        return (self.input_height or self.input_size), self.input_size
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureEncoderConfig:
@@ -87,7 +95,8 @@ class FeatureEncoder(TrunkHost):
     parameters).
 
     The config: the ``trunk`` and ``in_channels``, as for ``WEncoder``;
-    ``input_size`` R, the (square) input side, a multiple of 16, which fixes the number of convs per head;
+    ``input_size`` R, the input side (its width where ``input_height`` is given: cars are 192 x 256), a multiple
+    of 16, which fixes the number of convs per head; every stride-2 conv rounds a height up (12 -> 6 -> 3 -> 2 -> 1);
     ``n_styles`` the number of heads (``2·log2(G resolution) - 2``: 18 for 1024 px, 14 for 256 px);
     ``feature_channels`` C, the channels of every output map (512); ``feature_size`` S, the side of every output
     map (8); ``coarse_end``, ``middle_end``: heads ``[0, coarse_end)`` are coarse, ``[coarse_end, middle_end)``
@@ -121,7 +130,14 @@ class FeatureEncoder(TrunkHost):
                     f"{level} heads read {side}x{side} maps, which cannot be halved down to "
                     f"{c.feature_size}x{c.feature_size} (input_size={c.input_size})"
                 )
-            self.styles.append(StyleBlock(channels=c.feature_channels, num_convs=int(math.log2(ratio))))
+            num_convs = int(math.log2(ratio))
+            height = c.input_shape[0] // _LEVEL_STRIDE[level]
+            for _ in range(num_convs):
+                height = (height + 1) // 2
+            if height != c.feature_size:
+                raise ValueError(f"{level} heads read maps {c.input_shape[0] // _LEVEL_STRIDE[level]} high, which "
+                                 f"{num_convs} halvings take to {height}, not {c.feature_size} (input {c.input_shape})")
+            self.styles.append(StyleBlock(channels=c.feature_channels, num_convs=num_convs))
 
     @property
     def n_styles(self) -> int:
@@ -135,11 +151,11 @@ class FeatureEncoder(TrunkHost):
 
     def level_maps(self, x: torch.Tensor) -> dict[Level, torch.Tensor]:
         """The FPN maps the heads read: ``coarse`` (c3), ``middle`` (p2) and ``fine`` (p1) where some head reads
-        them; ``x: [B,in_channels,R,R]`` (``R = input_size``)."""
+        them; ``x: [B,in_channels,H,R]`` (``R = input_size``, ``H`` its height: ``R`` unless ``input_height``)."""
         c = self.config
-        r = c.input_size
-        assert x.ndim == 4 and x.shape[1:] == (c.in_channels, r, r), (
-            f"expected [B,{c.in_channels},{r},{r}], got {tuple(x.shape)}"
+        h, r = c.input_shape
+        assert x.ndim == 4 and x.shape[1:] == (c.in_channels, h, r), (
+            f"expected [B,{c.in_channels},{h},{r}], got {tuple(x.shape)}"
         )
         c1, c2, c3 = self.backbone.forward_taps(x)
         if self.c3_proj is not None:
