@@ -4,6 +4,7 @@ iterations, training and resume."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -141,20 +142,21 @@ def test_grayscale_generators_read_two_channels():
     assert result.image.shape == (2, 1, 32, 32)
 
 
-def _official_files(tmp_path, method, latent_avg):
-    """A released-layout hyperstyle .pt and its W encoder .pt, from our weights (the official key names)."""
+def _official_files(tmp_path, method, latent_avg, **domain):
+    """A released-layout hyperstyle .pt and its W encoder .pt, from our weights (the official key names);
+    ``domain``: more opts of both (``dataset_type``)."""
     G = method.generator
     decoder = from_nvidia(G.state_dict(), G.config)
     decoder.pop("latent_avg")
     hyper = {f"hypernet.{k}": v.clone() for k, v in method.hypernetwork.state_dict().items()}
     opts = {"layers_to_tune": ",".join(str(t.index) for t in method.hypernetwork.config.targets),
             "encoder_type": "SharedWeightsHyperNetResNet", "output_size": G.resolution, "n_iters_per_batch": 5,
-            "hypernet_input_size": method.hypernetwork.config.input_size}
+            "hypernet_input_size": method.hypernetwork.config.input_size, **domain}
     rows = latent_avg[None].repeat(G.num_ws, 1)
     torch.save({"state_dict": {**hyper, **{f"decoder.{k}": v for k, v in decoder.items()}}, "opts": opts,
                 "latent_avg": rows}, tmp_path / "hyperstyle_ffhq.pt")
     encoder = {f"encoder.{k}": v for k, v in method.w_encoder.state_dict().items()}
-    torch.save({"state_dict": {**encoder, **{f"decoder.{k}": v for k, v in decoder.items()}}, "opts": {},
+    torch.save({"state_dict": {**encoder, **{f"decoder.{k}": v for k, v in decoder.items()}}, "opts": {**domain},
                 "latent_avg": rows}, tmp_path / "faces_w_encoder.pt")
     return tmp_path / "hyperstyle_ffhq.pt", tmp_path / "faces_w_encoder.pt"
 
@@ -189,6 +191,39 @@ def test_released_files_load_strictly_and_round_trip(method, tmp_path, capsys):
     assert "unexpected keys: ['refinement_blocks.0.extra']" in capsys.readouterr().err
     assert main(["import-official", str(hs_file), "--out", str(tmp_path / "b4")]) == 2
     assert "give its W encoder file too" in capsys.readouterr().err
+
+
+def test_released_cars_files_read_the_cars_rows_and_feed_back_the_whole_square(method, tmp_path, capsys):
+    # The cars releases were refused. The official code reads the 192x256 car photo, both in its W encoder and as
+    # the hypernetwork's target, and squashes the generator's whole square (car and black rows) into 192x256 to
+    # feed it back (face_pool = AdaptiveAvgPool2d((192, 256))).
+    import torch.nn.functional as F
+
+    latent_avg = torch.randn(method.generator.w_dim)
+    hs_file, w_file = _official_files(tmp_path, method, latent_avg, dataset_type="cars_encode")
+    assert main(["import-official", str(hs_file), "--w-encoder", str(w_file), "--out", str(tmp_path / "cars")]) == 0
+    pipe = InversionPipeline.from_pretrained(tmp_path / "cars", device="cpu")
+    assert pipe.content_rows == (0.125, 0.875) and pipe.inverter().hypernetwork.config.input_shape == (48, 64)
+    G = method.generator
+    official = HyperStyleNet(dataclasses.replace(method.hypernetwork.config, input_height=48)).eval()
+    official.load_state_dict(method.hypernetwork.state_dict())  # the same weights, on 3:4 inputs
+    x = images(2)
+    with torch.no_grad():
+        photo = F.interpolate(x[..., 4:28, :], size=(48, 64), mode="bilinear", align_corners=False)
+        ws = (method.w_encoder(photo) + latent_avg)[:, None].repeat(1, G.num_ws, 1)
+        image, delta = G.synthesis(ws, noise_mode="const"), None
+        for _ in range(2):
+            step = official(torch.cat([photo, F.adaptive_avg_pool2d(image, (48, 64))], dim=1))
+            delta = step if delta is None else delta.plus(step)
+            image = G.synthesis(ws, weight_delta=delta, noise_mode="const")
+        got = pipe.invert(x, iterations=2)
+    torch.testing.assert_close(got.ws, ws, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.image, image, rtol=1e-4, atol=1e-4)
+    # A cars hypernetwork with a faces W encoder (or the reverse) is refused.
+    (tmp_path / "faces").mkdir()
+    _, faces_w = _official_files(tmp_path / "faces", method, latent_avg)
+    assert main(["import-official", str(hs_file), "--w-encoder", str(faces_w), "--out", str(tmp_path / "mixed")]) == 2
+    assert "were trained on different domains" in capsys.readouterr().err
 
 
 def test_training_lowers_the_loss_and_resumes_exactly(tiny_generator, tmp_path):

@@ -198,7 +198,6 @@ def test_released_cars_encoders_read_the_cars_rows(tiny_generator, tmp_path):
     from PIL import Image
 
     from hyperinverter.cli.main import main
-    from hyperinverter.convert.official import load_psp_w_encoder
     from hyperinverter.errors import CheckpointError
     from hyperinverter.methods.psp import E4E
     from hyperinverter.pipeline import InversionPipeline
@@ -227,6 +226,8 @@ def test_released_cars_encoders_read_the_cars_rows(tiny_generator, tmp_path):
     canvas = pipe.prepare(Image.new("RGB", (400, 200), (255, 255, 255)))
     assert torch.all(canvas[..., 5:27, :] > 0.99)  # (rows 4 and 27 blend with the black at the edge)
     assert torch.all(canvas[..., :3, :] < -0.99) and torch.all(canvas[..., 29:, :] < -0.99)
-    # What does not run on cars yet says so (HyperStyle's loader checks the same way).
-    with pytest.raises(CheckpointError, match="trained on cars .* not as a W encoder yet"):
-        load_psp_w_encoder(cars)
+    # What does not run on cars says so (no E2Style release was trained on cars).
+    from hyperinverter.convert.official import PspFile
+
+    with pytest.raises(CheckpointError, match="trained on cars .* not as E2Style"):
+        PspFile.read(cars).refuse_cars("E2Style")

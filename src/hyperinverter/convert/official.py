@@ -24,7 +24,7 @@ from ..methods import Inverter
 from ..methods.e2style import E2Style
 from ..methods.hyperinverter import HyperInverter
 from ..methods.hyperstyle import HyperStyle
-from ..methods.phase1 import Phase1
+from ..methods.phase1 import Phase1, encoder_input_shape
 from ..methods.psp import E4E, PSP
 from ..models.encoders import (
     E2StyleConfig,
@@ -230,13 +230,16 @@ class PspFile:
         dataset_type = self.opts.get("dataset_type")
         return isinstance(dataset_type, str) and dataset_type.startswith("cars")
 
+    @property
+    def content_rows(self) -> tuple[float, float] | None:
+        """The rows of the generator's square its methods read (cars), or None for a square domain."""
+        return CARS_CONTENT_ROWS if self.is_cars else None
+
     def refuse_cars(self, what: str) -> None:
         """A ``CheckpointError`` for a cars file where ``what`` (a kind of method) does not run on cars yet."""
-        if self.is_cars:
-            # HyperStyle squashes its whole square output into 192x256 for its next iteration, and its W encoder
-            # reads 192x256 photos; neither is implemented, and run on square images they would mislead silently.
+        if self.is_cars:  # (run on square images, it would give other results than the official code, silently)
             raise CheckpointError(self.path, f"was trained on cars (dataset_type {self.opts['dataset_type']!r}): "
-                                  f"cars run as pSp and e4e encoders here, not as {what} yet")
+                                  f"cars run as pSp, e4e, W encoders and HyperStyle here, not as {what}")
 
     def generator(self, given: str | Path | Generator | None) -> Generator:
         """``given`` (any generator file, or a module), else the rosinality ``decoder.*`` inside the file."""
@@ -269,7 +272,6 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
     """A pSp/e4e-style W-encoder checkpoint (``encoder.*``, ``decoder.*``, ``latent_avg``) as the ``phase1``
     method; the generator is ``generator`` or, when not given, the file's own decoder."""
     psp = PspFile.read(checkpoint)
-    psp.refuse_cars("a W encoder")
     extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
@@ -280,7 +282,7 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
         raise CheckpointError(psp.path, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
     if encoder.w_dim != G.w_dim:
         raise CheckpointError(psp.path, f"its W encoder makes {encoder.w_dim}-d codes, the generator takes {G.w_dim}")
-    return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution)
+    return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution, content_rows=psp.content_rows)
 
 
 # opts['encoder_type'] -> our forward (pSp and e4e files share one key set)
@@ -338,8 +340,7 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     if from_average and psp.latent_avg is None:
         raise CheckpointError(psp.path, "has no latent_avg, which its codes are offsets from")
     average = psp.latent_avg if from_average else torch.zeros(G.w_dim)
-    # Cars: the official codes read 192x256 photos and compare rows 64 to 448 of the 512-px images with them.
-    rows = CARS_CONTENT_ROWS if psp.is_cars else None
+    rows = psp.content_rows  # cars: the official codes read 192x256 photos, rows 64 to 448 of the 512-px images
     try:
         encoder = style_code_encoder_from_state_dict(psp.part("encoder."), source=f"{psp.path} [encoder]", mode=mode,
                                                      latent_avg=average,
@@ -459,8 +460,9 @@ def _layers_to_tune(opts: Mapping, source: Path) -> tuple[int, ...] | None:
 
 
 def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Generator, *, opts: Mapping,
-                               source: Path) -> HyperStyleNet:
-    """Build a HyperStyle hypernetwork shaped like ``sd`` (keys without ``hypernet.``) and load it strictly.
+                               source: Path, content_rows: tuple[float, float] | None = None) -> HyperStyleNet:
+    """Build a HyperStyle hypernetwork shaped like ``sd`` (keys without ``hypernet.``) and load it strictly; for a
+    domain in ``content_rows`` of the generator's square (cars), on inputs of their shape (192 x 256).
 
     The shared hypernetwork is stored once per block that uses it and once as ``shared_weight_hypernet``; every
     copy must be the same tensor."""
@@ -488,8 +490,10 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
     code_dim = sd["shared_weight_hypernet.w1"].shape[0] if shared else spec["trunk"].widths[-1]
     hyper_inner = sd[f"refinement_blocks.{shared[0]}.convs.0.weight"].shape[0] if shared else 128
     refine_inner = sd[f"refinement_blocks.{plain[0]}.convs.0.weight"].shape[0] if plain else 256
-    config = HyperStyleConfig(targets, spec["trunk"], int(opts.get("hypernet_input_size", 256)), code_dim,
-                              hyper_inner, refine_inner, separable, generator.config.img_channels)
+    size = int(opts.get("hypernet_input_size", 256))
+    height = encoder_input_shape(size, content_rows)[0]
+    config = HyperStyleConfig(targets, spec["trunk"], size, code_dim, hyper_inner, refine_inner, separable,
+                              generator.config.img_channels, None if height == size else height)
     return instantiate_strict(lambda: HyperStyleNet(config), sd, source=f"{source} [hypernet]")
 
 
@@ -502,8 +506,10 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
     """
     psp = PspFile.read(checkpoint)
     encoder_file = PspFile.read(w_encoder)
-    psp.refuse_cars("HyperStyle")
-    encoder_file.refuse_cars("HyperStyle's W encoder")
+    if encoder_file.is_cars != psp.is_cars:
+        raise CheckpointError(psp.path, f"and its W encoder {encoder_file.path} were trained on different domains "
+                              f"(dataset_type {psp.opts.get('dataset_type')!r} and "
+                              f"{encoder_file.opts.get('dataset_type')!r})")
     extra = sorted(k for k in psp.state_dict if not k.startswith(("hypernet.", "decoder.")))
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (a HyperStyle file holds hypernet.* and "
@@ -519,13 +525,14 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
                                encoder_file.path)
             encoder_file.latent_avg = psp.latent_avg
         encoder = w_encoder_with_average(encoder_file, own_latent_avg=True)
-        hypernetwork = hyperstyle_from_state_dict(psp.part("hypernet."), G, opts=psp.opts, source=psp.path)
+        hypernetwork = hyperstyle_from_state_dict(psp.part("hypernet."), G, opts=psp.opts, source=psp.path,
+                                                  content_rows=psp.content_rows)
     except (KeyError, IndexError, TypeError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of a HyperStyle checkpoint ({e!r})") from None
     logger.info("loaded %s: %d tuned layers (%d shared), W encoder %s", psp.path, len(hypernetwork.config.targets),
                 sum(t.shared for t in hypernetwork.config.targets), encoder_file.path)
     return HyperStyle(G, w_encoder=encoder, hypernetwork=hypernetwork,
-                      encoder_resolution=hypernetwork.config.input_size)
+                      encoder_resolution=hypernetwork.config.input_size, content_rows=psp.content_rows)
 
 
 def import_official(checkpoint: str | Path, *, generator: str | Path | Generator | None = None,

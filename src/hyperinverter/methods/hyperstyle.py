@@ -19,19 +19,19 @@ from ..models.encoders.backbones import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Stopwatch
-from .phase1 import Phase1, check_w_encoder, encoder_fit, raise_if
+from .phase1 import Phase1, check_w_encoder, content_of, encoder_fit, encoder_input_shape, raise_if
 from .registry import register_method
 
 
-def pool_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``x`` at ``size`` x ``size``: average pooling for an integer reduction (the official ``face_pool``),
-    bilinear otherwise."""
-    side = x.shape[-1]
-    if side == size:
+def pool_to(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``x`` at ``size`` (a side, or (height, width)): average pooling for an integer reduction (the official
+    ``face_pool``), bilinear otherwise."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if x.shape[-2:] == (height, width):
         return x
-    if side > size and side % size == 0:
-        return F.adaptive_avg_pool2d(x, size)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if all(s > t and s % t == 0 for s, t in zip(x.shape[-2:], (height, width))):
+        return F.adaptive_avg_pool2d(x, (height, width))
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
 
 def check_compatible(generator: Generator, hypernetwork: HyperStyleNet) -> list[str]:
@@ -63,9 +63,14 @@ class HyperStyle(Phase1):
     summary = "W code from a W encoder, then iterative multiplicative weight offsets θ·(1+Δ) (CVPR 2022)"
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, hypernetwork: HyperStyleNet,
-                 encoder_resolution: int = 256) -> None:
-        super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution)
+                 encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None) -> None:
+        super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution,
+                         content_rows=content_rows)
         raise_if(check_w_encoder(generator, w_encoder) + check_compatible(generator, hypernetwork))
+        shape = encoder_input_shape(hypernetwork.config.input_size, self.content_rows)
+        if hypernetwork.config.input_shape != shape:
+            raise ValueError(f"the hypernetwork reads {hypernetwork.config.input_shape} inputs, the method feeds it "
+                             f"{shape} (content_rows {self.content_rows})")
         self.hypernetwork = hypernetwork
 
     @classmethod
@@ -87,12 +92,14 @@ class HyperStyle(Phase1):
                stopwatch: Stopwatch | None = None, detach: bool = False) -> InversionResult:
         """The iterations from the image ``start`` (``ŷ_0``). ``detach``: cut the graph between iterations (the
         official training scheme: each iteration's loss reaches only its own hypernetwork pass)."""
-        size = self.hypernetwork.config.input_size
-        target = pool_to(x, size)
+        size = self.hypernetwork.config.input_shape
+        target = pool_to(content_of(x, self.content_rows), size)
         delta, image, steps = None, start, []
         for t in range(1, iterations + 1):
             previous = image.detach() if detach else image
-            step = self.hypernetwork(torch.cat([target, pool_to(previous, size)], dim=1))
+            # Cars: the official code reads the 192x256 photo, but squashes its whole square output into 192x256.
+            fed_back = F.adaptive_avg_pool2d(previous, size) if self.content_rows else pool_to(previous, size)
+            step = self.hypernetwork(torch.cat([target, fed_back], dim=1))
             if delta is not None and detach:
                 delta = delta.detach()
             delta = step if delta is None else delta.plus(step)

@@ -9,10 +9,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.images import check_content_rows
 from ..models.encoders import encoder_preset
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Inverter, Stopwatch
 from .registry import register_method
+
+
+def encoder_input_shape(width: int, content_rows: tuple[float, float] | None = None) -> tuple[int, int]:
+    """(height, width) of an encoder's input: square, or for a domain that fills only ``content_rows`` of the
+    generator's square, those rows' share of the width (cars: 192 x 256)."""
+    return (width, width) if content_rows is None else (round(width * (content_rows[1] - content_rows[0])), width)
+
+
+def content_of(x: torch.Tensor, content_rows: tuple[float, float] | None) -> torch.Tensor:
+    """The ``content_rows`` of square images ``x`` (all of them for None): what the official cars codes read."""
+    if content_rows is None:
+        return x
+    side = x.shape[-2]
+    return x[..., round(content_rows[0] * side) : round(content_rows[1] * side), :]
 
 
 def resize_for_encoder(x: torch.Tensor, size: int | tuple[int, int],
@@ -23,9 +38,7 @@ def resize_for_encoder(x: torch.Tensor, size: int | tuple[int, int],
 
     The result is channels-last: the encoders' convolutions run measurably faster in that layout.
     """
-    if content_rows is not None:
-        side = x.shape[-2]
-        x = x[..., round(content_rows[0] * side) : round(content_rows[1] * side), :]
+    x = content_of(x, content_rows)
     height, width = (size, size) if isinstance(size, int) else size
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
@@ -63,6 +76,8 @@ class Phase1(Inverter):
     """E1 (``w_encoder``, ``[B,C,S,S] -> [B,w_dim]``, an offset from ``w_avg``) around a frozen generator.
 
     ``encoder_resolution``: the side S the images are resized to before the encoder (256 officially).
+    ``content_rows``: for a domain that fills only some rows of the generator's square (cars), those rows; only they
+    are read, at ``encoder_input_shape`` (192 x 256 for cars).
     """
 
     name = "phase1"
@@ -70,11 +85,13 @@ class Phase1(Inverter):
     components = ("w_encoder",)
     summary = "a W encoder alone: one code w on every layer (HyperInverter's Phase I, or a pSp/e4e W encoder)"
 
-    def __init__(self, generator: Generator, *, w_encoder: nn.Module, encoder_resolution: int = 256) -> None:
+    def __init__(self, generator: Generator, *, w_encoder: nn.Module, encoder_resolution: int = 256,
+                 content_rows: tuple[float, float] | None = None) -> None:
         super().__init__(generator)
         raise_if(check_w_encoder(generator, w_encoder))
         self.w_encoder = w_encoder
         self.encoder_resolution = encoder_resolution
+        self.content_rows = None if content_rows is None else check_content_rows(content_rows)
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> Phase1:
@@ -83,7 +100,8 @@ class Phase1(Inverter):
         return cls(generator, w_encoder=spec.build_w_encoder(), encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        return {"encoder_resolution": self.encoder_resolution}
+        rows = {} if self.content_rows is None else {"content_rows": list(self.content_rows)}
+        return {"encoder_resolution": self.encoder_resolution, **rows}
 
     def encode_w(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]`` (one w on every layer)."""
@@ -92,7 +110,8 @@ class Phase1(Inverter):
             f"expected [B,{G.config.img_channels},H,W] images, got {tuple(x.shape)}"
         )
         average = self.w_encoder.latent_avg if self.w_encoder.config.own_latent_avg else G.w_avg
-        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution)) + average
+        size = encoder_input_shape(self.encoder_resolution, self.content_rows)
+        w = self.w_encoder(resize_for_encoder(x, size, self.content_rows)) + average
         assert w.shape == (x.shape[0], G.w_dim), f"W encoder returned {tuple(w.shape)}"
         return w[:, None].repeat(1, G.num_ws, 1)
 

@@ -16,7 +16,7 @@ from ..io.images import check_content_rows
 from ..models.encoders import StyleCodeEncoder, encoder_preset
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Inverter, Stopwatch
-from .phase1 import check_w_encoder, encoder_fit, raise_if, resize_for_encoder
+from .phase1 import check_w_encoder, encoder_fit, encoder_input_shape, raise_if, resize_for_encoder
 from .registry import register_method
 
 
@@ -54,6 +54,10 @@ class PSP(Inverter):
         self.style_encoder = style_encoder
         self.encoder_resolution = encoder_resolution
         self.content_rows = None if content_rows is None else check_content_rows(content_rows)
+        shape = encoder_input_shape(encoder_resolution, self.content_rows)
+        if style_encoder.config.input_shape != shape:
+            raise ValueError(f"the encoder reads {style_encoder.config.input_shape} inputs, the method feeds it {shape} "
+                             f"(encoder_resolution {encoder_resolution}, content_rows {self.content_rows})")
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> PSP:
@@ -74,7 +78,7 @@ class PSP(Inverter):
         )
         encoder = self.style_encoder
         average = encoder.latent_avg if encoder.config.own_latent_avg else G.w_avg[None]
-        size = (encoder.config.input_shape[0], self.encoder_resolution)
+        size = encoder_input_shape(self.encoder_resolution, self.content_rows)
         ws = encoder(resize_for_encoder(x, size, self.content_rows)) + average
         assert ws.shape == (x.shape[0], G.num_ws, G.w_dim), f"W+ encoder returned {tuple(ws.shape)}"
         return ws

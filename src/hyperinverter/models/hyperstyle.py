@@ -89,18 +89,31 @@ class HyperStyleConfig(SerializableConfig):
     refine_inner: int = 256
     separable: bool = False
     image_channels: int = 3
+    input_height: int | None = None  # where the input is not square (cars: 192 x 256); input_size is its width
 
     def __post_init__(self) -> None:
         side = self.feature_size
         if self.input_size % 16 or side < 2 or side & (side - 1):
             raise ValueError(f"input_size must be 16 x a power of two >= 2 (features of 2x2 or more), got "
                              f"{self.input_size}")
+        if self.input_height is not None:
+            height = self.input_height // 16
+            for _ in range(int(math.log2(side))):  # the blocks' stride-2 convs round heights up: 12 -> 6, 3, 2, 1
+                height = (height + 1) // 2
+            if self.input_height % 16 or height != 1:
+                raise ValueError(f"input_height {self.input_height} does not come down to 1x1 features with the "
+                                 f"{side}-wide ones of input_size {self.input_size}")
         if not self.targets:
             raise ValueError("HyperStyle needs at least one tuned layer")
 
     @property
     def feature_size(self) -> int:
         return self.input_size // 16
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of the trunk's input."""
+        return (self.input_height or self.input_size), self.input_size
 
     @property
     def feature_channels(self) -> int:
@@ -210,7 +223,8 @@ class RefinementBlockSeparable(nn.Module):
 
 
 class HyperStyleNet(TrunkHost):
-    """``cat(x, ŷ)`` ``[B, 6, S, S]`` (``S = input_size``) -> multiplicative offsets for every tuned layer."""
+    """``cat(x, ŷ)`` ``[B, 6, H, S]`` (``S = input_size``, ``H`` its height: ``S`` unless ``input_height``) ->
+    multiplicative offsets for every tuned layer."""
 
     config_class = HyperStyleConfig
 
@@ -249,10 +263,10 @@ class HyperStyleNet(TrunkHost):
 
     def forward(self, pair: torch.Tensor) -> WeightDelta:
         c = self.config
-        s, n = c.input_size, 2 * c.image_channels
-        assert pair.ndim == 4 and pair.shape[1:] == (n, s, s), f"expected [B,{n},{s},{s}] (x, ŷ), got {tuple(pair.shape)}"
+        (h, s), n = c.input_shape, 2 * c.image_channels
+        assert pair.ndim == 4 and pair.shape[1:] == (n, h, s), f"expected [B,{n},{h},{s}] (x, ŷ), got {tuple(pair.shape)}"
         features = self.backbone(pair)
-        assert features.shape[1:] == (c.feature_channels, c.feature_size, c.feature_size), (
+        assert features.shape[1:] == (c.feature_channels, h // 16, c.feature_size), (
             f"trunk features {tuple(features.shape)}"
         )
         with full_precision(features.device):  # Δθ in fp32 under reduced precision, as HyperInverter's
