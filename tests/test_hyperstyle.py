@@ -221,9 +221,14 @@ def test_released_cars_files_read_the_cars_rows_and_feed_back_the_whole_square(m
     torch.testing.assert_close(got.image, image, rtol=1e-4, atol=1e-4)
     # A cars hypernetwork with a faces W encoder (or the reverse) is refused.
     (tmp_path / "faces").mkdir()
-    _, faces_w = _official_files(tmp_path / "faces", method, latent_avg)
+    _, faces_w = _official_files(tmp_path / "faces", method, latent_avg, dataset_type="ffhq_encode")
     assert main(["import-official", str(hs_file), "--w-encoder", str(faces_w), "--out", str(tmp_path / "mixed")]) == 2
     assert "were trained on different domains" in capsys.readouterr().err
+    ckpt = torch.load(w_file, weights_only=True)  # a W encoder file that does not say: it follows the hypernetwork
+    torch.save({**ckpt, "opts": {}}, tmp_path / "unsaid.pt")
+    assert main(["import-official", str(hs_file), "--w-encoder", str(tmp_path / "unsaid.pt"), "--out",
+                 str(tmp_path / "cars2")]) == 0
+    assert InversionPipeline.from_pretrained(tmp_path / "cars2", device="cpu").content_rows == (0.125, 0.875)
 
 
 def test_training_lowers_the_loss_and_resumes_exactly(tiny_generator, tmp_path):

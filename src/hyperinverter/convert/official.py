@@ -293,13 +293,13 @@ CARS_CONTENT_ROWS = (0.125, 0.875)
 
 def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str, mode: str,
                                        latent_avg: torch.Tensor | None = None,
-                                       height_ratio: float = 1.0) -> StyleCodeEncoder:
+                                       content_rows: tuple[float, float] | None = None) -> StyleCodeEncoder:
     """Build a pSp/e4e W+ encoder shaped like ``sd`` and load it strictly.
 
     The input size and the level split are read from the heads: a head on c3 (1/16 of the input) has
     ``log2(input/16)`` convs, one on p2 one more, one on p1 two more. ``latent_avg`` (``[w_dim]``): the code the
-    offsets start from, kept in the encoder. ``height_ratio``: the input's height over its width, where it is not
-    square (cars: 192x256; the weights cannot tell).
+    offsets start from, kept in the encoder. ``content_rows``: for a domain in those rows of the generator's square
+    (cars), the input is their shape (192x256; the weights cannot tell).
     """
     n_styles = len({int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k))})
     if n_styles == 0 or "styles.0.linear.weight" not in sd:
@@ -311,7 +311,7 @@ def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source
         raise CheckpointError(f"{source}: head conv counts {convs} are not coarse, then middle, then fine heads")
     w_dim, feature_channels = sd["styles.0.linear.weight"].shape
     width = 16 * 2**first
-    height = None if height_ratio == 1.0 else round(width * height_ratio)
+    height = None if content_rows is None else encoder_input_shape(width, content_rows)[0]
     config = StyleCodeEncoderConfig(**_trunk_spec(sd), input_size=width, input_height=height, n_styles=n_styles,
                                     feature_channels=int(feature_channels), coarse_end=levels.count(0),
                                     middle_end=levels.count(0) + levels.count(1), w_dim=int(w_dim), mode=mode,
@@ -343,8 +343,7 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     rows = psp.content_rows  # cars: the official codes read 192x256 photos, rows 64 to 448 of the 512-px images
     try:
         encoder = style_code_encoder_from_state_dict(psp.part("encoder."), source=f"{psp.path} [encoder]", mode=mode,
-                                                     latent_avg=average,
-                                                     height_ratio=1.0 if rows is None else rows[1] - rows[0])
+                                                     latent_avg=average, content_rows=rows)
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of a pSp/e4e checkpoint ({e})") from None
     if (encoder.config.n_styles, encoder.w_dim) != (G.num_ws, G.w_dim):
@@ -506,7 +505,8 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
     """
     psp = PspFile.read(checkpoint)
     encoder_file = PspFile.read(w_encoder)
-    if encoder_file.is_cars != psp.is_cars:
+    # (a W encoder file that does not say which domain it was trained on follows the HyperStyle file)
+    if "dataset_type" in encoder_file.opts and encoder_file.is_cars != psp.is_cars:
         raise CheckpointError(psp.path, f"and its W encoder {encoder_file.path} were trained on different domains "
                               f"(dataset_type {psp.opts.get('dataset_type')!r} and "
                               f"{encoder_file.opts.get('dataset_type')!r})")
