@@ -56,8 +56,8 @@ class PSP(Inverter):
         self.content_rows = None if content_rows is None else check_content_rows(content_rows)
         shape = encoder_input_shape(encoder_resolution, self.content_rows)
         if style_encoder.config.input_shape != shape:
-            raise ValueError(f"the encoder reads {style_encoder.config.input_shape} inputs, the method feeds it {shape} "
-                             f"(encoder_resolution {encoder_resolution}, content_rows {self.content_rows})")
+            raise ValueError(f"the encoder reads {style_encoder.config.input_shape} inputs, the method feeds it "
+                             f"{shape} (encoder_resolution {encoder_resolution}, content_rows {self.content_rows})")
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> PSP:

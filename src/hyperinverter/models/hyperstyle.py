@@ -264,7 +264,9 @@ class HyperStyleNet(TrunkHost):
     def forward(self, pair: torch.Tensor) -> WeightDelta:
         c = self.config
         (h, s), n = c.input_shape, 2 * c.image_channels
-        assert pair.ndim == 4 and pair.shape[1:] == (n, h, s), f"expected [B,{n},{h},{s}] (x, ŷ), got {tuple(pair.shape)}"
+        assert pair.ndim == 4 and pair.shape[1:] == (n, h, s), (
+            f"expected [B,{n},{h},{s}] (x, ŷ), got {tuple(pair.shape)}"
+        )
         features = self.backbone(pair)
         assert features.shape[1:] == (c.feature_channels, h // 16, c.feature_size), (
             f"trunk features {tuple(features.shape)}"
