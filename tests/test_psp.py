@@ -226,6 +226,11 @@ def test_released_cars_encoders_read_the_cars_rows(tiny_generator, tmp_path):
     canvas = pipe.prepare(Image.new("RGB", (400, 200), (255, 255, 255)))
     assert torch.all(canvas[..., 5:27, :] > 0.99)  # (rows 4 and 27 blend with the black at the edge)
     assert torch.all(canvas[..., :3, :] < -0.99) and torch.all(canvas[..., 29:, :] < -0.99)
+    from hyperinverter.io.images import fit_to_canvas
+
+    # At the model's side, not the photo's: a 20000-px panorama made a 20000x20000 canvas (1.2 GB) first.
+    assert fit_to_canvas(Image.new("RGB", (20000, 10)), pipe.content_rows, side=32).size == (32, 32)
+    assert pipe.prepare(Image.new("RGB", (1, 1))).shape == (1, 3, 32, 32)
     # What does not run on cars says so (no E2Style release was trained on cars).
     from hyperinverter.convert.official import PspFile
 

@@ -505,7 +505,8 @@ class InversionPipeline:
                 raise ValueError(f"image tensors must be floats in [-1, 1] or uint8 in [0, 255], got {x.dtype}")
         else:
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
-            tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows), size=G.resolution,
+            tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=G.resolution),
+                                     size=G.resolution,
                                      channels=G.config.img_channels) for item in images]
             if not tensors:
                 raise ValueError("no images given")

@@ -85,7 +85,7 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The image at ``index``; raises ``ImageReadError`` for an unreadable file."""
-        image = fit_to_canvas(read_image(self.files[index]), self.content_rows)
+        image = fit_to_canvas(read_image(self.files[index]), self.content_rows, side=self.resolution)
         return pil_to_tensor(image, size=self.resolution, channels=self.channels)[0]
 
     def _note_bad(self, index: int, error: ImageReadError) -> None:

@@ -121,7 +121,7 @@ def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: i
     Aligned crops are made at 4x the model's resolution, then downsampled, so the warp does not alias.
     """
     if detector is None:
-        canvas = fit_to_canvas(photo, content_rows)
+        canvas = fit_to_canvas(photo, content_rows, side=resolution)
         return [Picture(name, source, pil_to_tensor(canvas, size=resolution, channels=channels))]
     from ..align import align_faces
 

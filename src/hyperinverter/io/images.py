@@ -174,14 +174,17 @@ def check_content_rows(rows, source: str | os.PathLike = "content_rows") -> tupl
     return float(rows[0]), float(rows[1])
 
 
-def fit_to_canvas(image: Image.Image, content_rows: tuple[float, float] | None = None) -> Image.Image:
+def fit_to_canvas(image: Image.Image, content_rows: tuple[float, float] | None = None, *,
+                  side: int | None = None) -> Image.Image:
     """A photo as a square generator image: its centred square (never squashed) or, for a domain whose content
     fills only ``content_rows`` of the square (cars), the whole photo squashed into those rows and the rest black,
-    as the generator's training images were padded (the official codes squash cars photos to 192x256 too)."""
+    as the generator's training images were padded (the official codes squash cars photos to 192x256 too).
+    ``side``: the canvas's side (default: the photo's larger side; a caller that resizes to the model anyway gives
+    its resolution, so that a panorama never makes a canvas of its width squared)."""
     if content_rows is None:
         return center_square(image)
     top, bottom = check_content_rows(content_rows)
-    side = max(image.size)
+    side = side or max(image.size)
     canvas = Image.new(image.mode, (side, side))  # black, in any mode
     rows = round(top * side), round(bottom * side)
     canvas.paste(image.resize((side, rows[1] - rows[0]), Image.LANCZOS), (0, rows[0]))
