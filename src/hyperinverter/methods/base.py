@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config_base import check_value
+from ..io.images import check_content_rows
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
 from ..precision import reduced_precision, resolve_dtype
@@ -158,9 +159,7 @@ class Inverter(nn.Module):
     options: ClassVar[Mapping[str, Any]] = {}
     summary: ClassVar[str] = ""
     accepts_discriminator: ClassVar[bool] = False
-    # The rows of the generator's square images that hold the domain's content, where it is not square (cars:
-    # (0.125, 0.875)); photos are fitted into them (io.images.fit_to_canvas). Methods that read it set it.
-    content_rows: tuple[float, float] | None = None
+    _content_rows: tuple[float, float] | None = None
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()
@@ -179,6 +178,21 @@ class Inverter(nn.Module):
     def settings(self) -> dict[str, Any]:
         """JSON-able architecture choices a bundle stores beside the parts (e.g. the encoders' input size)."""
         return {}
+
+    @property
+    def content_rows(self) -> tuple[float, float] | None:
+        """The rows of the generator's square images that hold the domain's content, where it is not square (cars:
+        (0.125, 0.875)); photos are fitted into them (``io.images.fit_to_canvas``). Methods that read it set it,
+        checked, and store it with :meth:`content_settings`."""
+        return self._content_rows
+
+    @content_rows.setter
+    def content_rows(self, rows: tuple[float, float] | list[float] | None) -> None:
+        self._content_rows = None if rows is None else check_content_rows(rows)
+
+    def content_settings(self) -> dict[str, Any]:
+        """``content_rows`` as a setting (none for a square domain, so that square bundles read as before)."""
+        return {} if self.content_rows is None else {"content_rows": list(self.content_rows)}
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny") -> Inverter:

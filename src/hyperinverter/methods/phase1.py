@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.images import check_content_rows
 from ..models.encoders import encoder_preset
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Inverter, Stopwatch
@@ -91,7 +90,7 @@ class Phase1(Inverter):
         raise_if(check_w_encoder(generator, w_encoder))
         self.w_encoder = w_encoder
         self.encoder_resolution = encoder_resolution
-        self.content_rows = None if content_rows is None else check_content_rows(content_rows)
+        self.content_rows = content_rows
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> Phase1:
@@ -100,8 +99,7 @@ class Phase1(Inverter):
         return cls(generator, w_encoder=spec.build_w_encoder(), encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        rows = {} if self.content_rows is None else {"content_rows": list(self.content_rows)}
-        return {"encoder_resolution": self.encoder_resolution, **rows}
+        return {"encoder_resolution": self.encoder_resolution, **self.content_settings()}
 
     def encode_w(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]`` (one w on every layer)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..io.images import check_content_rows
 from ..models.encoders import StyleCodeEncoder, encoder_preset
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Inverter, Stopwatch
@@ -53,7 +52,7 @@ class PSP(Inverter):
         raise_if(check_style_code_encoder(generator, style_encoder, self.mode))
         self.style_encoder = style_encoder
         self.encoder_resolution = encoder_resolution
-        self.content_rows = None if content_rows is None else check_content_rows(content_rows)
+        self.content_rows = content_rows
         shape = encoder_input_shape(encoder_resolution, self.content_rows)
         if style_encoder.config.input_shape != shape:
             raise ValueError(f"the encoder reads {style_encoder.config.input_shape} inputs, the method feeds it "
@@ -67,8 +66,7 @@ class PSP(Inverter):
                    encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        rows = {} if self.content_rows is None else {"content_rows": list(self.content_rows)}
-        return {"encoder_resolution": self.encoder_resolution, **rows}
+        return {"encoder_resolution": self.encoder_resolution, **self.content_settings()}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]``."""
