@@ -195,13 +195,19 @@ class WebSession:
         if direction not in self.directions:
             raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
         edited = self.pipe.edit(item.result, self.directions[direction], strength)
-        if paste_back and item.placement is not None and item.photo is not None:
+        photo = self._photo_to_paste_into(item) if paste_back else None
+        if photo is not None:
             from ..align import paste_back_placement
 
             face = tensor_to_pil(edited.cpu())[0].convert("RGB")
-            photo = item.photo if isinstance(item.photo, Image.Image) else read_upload(item.photo, self.limits)
             return paste_back_placement(photo.convert("RGB"), face, item.placement)
         return self.to_display(edited)
+
+    def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
+        """The photo ``item``'s face was aligned from (read again from the upload), or None if it was not aligned."""
+        if item.placement is None or item.photo is None:
+            return None
+        return item.photo if isinstance(item.photo, Image.Image) else read_upload(item.photo, self.limits)
 
     def swap(self, a: WebInversion, b: WebInversion, *, paste_back: bool = False) -> Image.Image:
         """The face of ``b`` on ``a`` (E2Style's face swapping: the composite is inverted by ``a``'s method);
@@ -211,10 +217,8 @@ class WebSession:
         if not self.takes_faces:
             raise ValueError("face swapping is for models of aligned faces, and this model does not take faces")
         swap = face_swap(self.pipe, b.input, a.input, method=a.method)
-        if paste_back and a.placement is not None and a.photo is not None:
-            photo = a.photo if isinstance(a.photo, Image.Image) else read_upload(a.photo, self.limits)
-            return swap.pasted(photo, a.placement)
-        return self.to_display(swap.result.image)
+        photo = self._photo_to_paste_into(a) if paste_back else None
+        return swap.pasted(photo, a.placement) if photo is not None else self.to_display(swap.result.image)
 
     def mix(self, a: WebInversion, b: WebInversion, start: int, end: int) -> Image.Image:
         """``a`` with the codes of layers ``start:end`` taken from ``b`` (style mixing; ``a`` keeps its offsets)."""
