@@ -12,9 +12,10 @@ from .identity import CropBox
 
 
 class ReconstructionLoss(nn.Module):
-    """``(output, target)`` ``[B,C,R,R]`` in [-1,1] -> (weighted total, the unweighted parts to log).
+    """``(output, target)`` ``[B,C,H,R]`` in [-1,1] -> (weighted total, the unweighted parts to log). Images are
+    square (``H = R``) but for a domain's content rows (cars); the discriminator features need square ones.
 
-    ``loss_resolution``: compare images average-pooled to this size (the official code pools to 256 before L2,
+    ``loss_resolution``: compare images average-pooled to this width (the official code pools to 256 before L2,
     LPIPS and identity); the discriminator features always see full resolution. ``id_samples``: the identity
     term on the first N samples only (it is costly on CPUs). ``id_crop``: the face box as fractions of the image.
     """
@@ -49,8 +50,10 @@ class ReconstructionLoss(nn.Module):
         output, target = output.float(), target.float()
         full_output, full_target = output, target  # the discriminator features need its own resolution
         if self.loss_resolution is not None and output.shape[-1] > self.loss_resolution:
-            output = F.adaptive_avg_pool2d(output, self.loss_resolution)
-            target = F.adaptive_avg_pool2d(target, self.loss_resolution)
+            # The width to loss_resolution, the height by the same factor (a domain's content rows: cars, 3:4).
+            size = (round(output.shape[-2] * self.loss_resolution / output.shape[-1]), self.loss_resolution)
+            output = F.adaptive_avg_pool2d(output, size)
+            target = F.adaptive_avg_pool2d(target, size)
         parts: dict[str, torch.Tensor] = {"l2": F.mse_loss(output, target)}
         if self.lpips is not None:
             parts["lpips"] = self.lpips(output, target).mean()

@@ -16,7 +16,7 @@ from ..models.hypernetwork import HyperNetwork, TargetSet
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
 from .base import InversionResult, Stopwatch
-from .phase1 import Phase1, check_w_encoder, encoder_fit, raise_if, resize_for_encoder
+from .phase1 import Phase1, check_w_encoder, encoder_fit, encoder_input_shape, raise_if, resize_for_encoder
 from .registry import register_method
 
 
@@ -29,8 +29,13 @@ def feature_encoder_chunk(device: torch.device, resolution: int, batch: int) -> 
     return min(batch, 4) if device.type == "cpu" and resolution >= 256 else batch
 
 
+def _size(shape: tuple[int, int]) -> str:
+    return f"{shape[1]}-px" if shape[0] == shape[1] else f"{shape[0]}x{shape[1]}"
+
+
 def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder: nn.Module,
-                     hypernetwork: nn.Module, encoder_resolution: int) -> list[str]:
+                     hypernetwork: nn.Module, encoder_resolution: int,
+                     content_rows: tuple[float, float] | None = None) -> list[str]:
     """Every way the parts of a HyperInverter do not fit together (empty if they fit).
 
     Parts trained for another generator (other resolution, widths, W size or channels) would otherwise fail
@@ -43,9 +48,10 @@ def check_compatible(generator: Generator, w_encoder: nn.Module, feature_encoder
         if config.in_channels != G.config.img_channels:
             problems.append(f"the feature encoder's input channels are {config.in_channels}, the generator makes "
                             f"{G.config.img_channels}")
-        if config.input_size != encoder_resolution:
-            problems.append(f"the feature encoder was built for {config.input_size}-px inputs, but the encoders are fed "
-                            f"{encoder_resolution}-px images")
+        shape = encoder_input_shape(encoder_resolution, content_rows)
+        if config.input_shape != shape:
+            problems.append(f"the feature encoder was built for {_size(config.input_shape)} inputs, but the encoders "
+                            f"are fed {_size(shape)} images")
     shapes = G.synthesis.offsettable_parameters()
     for t in hypernetwork.targets:
         if t.name not in shapes:
@@ -69,7 +75,8 @@ class HyperInverter(Phase1):
     """E1 (``w_encoder``), the feature encoder (``feature_encoder``) and one hypernetwork per target layer around a frozen G.
 
     ``feature_encoder``: ``[B,C,S,S] -> [B,n,C_f,s,s]``. ``hypernetwork``: ``(features of x_w, features of x)
-    -> WeightDelta`` (additive). ``encoder_resolution``: the side S both encoders read.
+    -> WeightDelta`` (additive). ``encoder_resolution``: the side S both encoders read. ``content_rows``: for a
+    domain that fills only some rows of the generator's square (cars), both encoders read those rows only.
     """
 
     name = "hyperinverter"
@@ -79,9 +86,12 @@ class HyperInverter(Phase1):
     summary = "W code from E1, then residual generator weights from per-layer hypernetworks (CVPR 2022)"
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, feature_encoder: nn.Module,
-                 hypernetwork: nn.Module, encoder_resolution: int = 256) -> None:
-        super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution)
-        raise_if(check_compatible(generator, w_encoder, feature_encoder, hypernetwork, encoder_resolution))
+                 hypernetwork: nn.Module, encoder_resolution: int = 256,
+                 content_rows: tuple[float, float] | None = None) -> None:
+        super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution,
+                         content_rows=content_rows)
+        raise_if(check_compatible(generator, w_encoder, feature_encoder, hypernetwork, encoder_resolution,
+                                  self.content_rows))
         self.feature_encoder = feature_encoder
         self.hypernetwork = hypernetwork
 
@@ -100,14 +110,14 @@ class HyperInverter(Phase1):
     def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor, stopwatch: Stopwatch | None = None
                       ) -> WeightDelta:
         """Phase II: Δθ from the input and its Phase I image; the feature encoder runs on both (shared weights)."""
-        size = self.encoder_resolution
-        w_image, x = resize_for_encoder(w_image, size), resize_for_encoder(x, size)
+        size, rows = encoder_input_shape(self.encoder_resolution, self.content_rows), self.content_rows
+        w_image, x = resize_for_encoder(w_image, size, rows), resize_for_encoder(x, size, rows)
         if self.feature_encoder.training:
             # Two calls, as the official trainer does: BatchNorm statistics of the inputs and of the Phase I
             # images stay separate, and every sample of the batch counts (no per-sample chunks).
             return self.hypernetwork(self.feature_encoder(w_image), self.feature_encoder(x))
         # Inference: one call per chunk of samples on both images of each (shared weights, the same result).
-        chunk = feature_encoder_chunk(x.device, size, x.shape[0])
+        chunk = feature_encoder_chunk(x.device, self.encoder_resolution, x.shape[0])
         image_features, input_features = [], []
         for i in range(0, x.shape[0], chunk):
             f_w, f_x = self.feature_encoder(torch.cat([w_image[i : i + chunk], x[i : i + chunk]])).chunk(2)

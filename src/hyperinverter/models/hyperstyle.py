@@ -256,10 +256,11 @@ class HyperStyleNet(TrunkHost):
     @classmethod
     def from_generator(cls, generator: Generator, *, layers: tuple[int, ...] | None = None,
                        trunk: TrunkConfig = TrunkConfig("resnet", 34), input_size: int = 256, code_dim: int | None = None,
-                       hyper_inner: int = 128, refine_inner: int = 256, separable: bool = False) -> HyperStyleNet:
+                       hyper_inner: int = 128, refine_inner: int = 256, separable: bool = False,
+                       input_height: int | None = None) -> HyperStyleNet:
         return cls(HyperStyleConfig(hyperstyle_targets(generator, layers), trunk, input_size,
                                     code_dim or trunk.widths[-1], hyper_inner, refine_inner, separable,
-                                    generator.config.img_channels))
+                                    generator.config.img_channels, input_height))
 
     def forward(self, pair: torch.Tensor) -> WeightDelta:
         c = self.config

@@ -57,6 +57,9 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
                              "run (its final/ or best/ folder)")
         if self.task is not None:
             get_degradation(self.task)  # an unknown task is an error now
+        if self.content_rows is not None:
+            raise ValueError("E2Style reads square images (the official code has no non-square domain such as cars); "
+                             "leave content_rows out, or train pSp, e4e, HyperStyle or HyperInverter")
         if self.parsing_weight > 0 and self.parsing_model_path is None:
             raise ValueError("parsing_weight > 0 needs parsing_model_path (E2Style's parsing.pth)")
 
@@ -110,7 +113,7 @@ class E2StyleTask(EncoderTask):
         total = 0.0
         for i in range(0, len(images), 16):
             x, target = self._degraded(images[i : i + 16])
-            total += float(self.criterion(self.method(x, **self.options).image, target)[0]) * len(x)
+            total += float(self.compare(self.method(x, **self.options).image, target)[0]) * len(x)
         self.trainable.train()
         return total / len(images)
 
@@ -127,7 +130,7 @@ class E2StyleTask(EncoderTask):
                        ) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
         cfg, target = self.cfg, x if target is None else target
         out = self.method(x, **self.options)
-        loss, stats = self.criterion(out.image, target)
+        loss, stats = self.compare(out.image, target)
         if self.multilayer_id is not None:
             n = cfg.id_samples or len(x)
             identity = self.multilayer_id(out.image[:n], target[:n]).mean()

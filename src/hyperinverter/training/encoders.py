@@ -24,7 +24,7 @@ from ..convert.gan_files import LoadedGAN, load_gan
 from ..errors import InputError
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
-from ..methods.phase1 import Phase1
+from ..methods.phase1 import Phase1, content_of, encoder_input_shape
 from ..models.encoders import TrunkConfig
 from ..models.stylegan2 import Generator
 from ..pipeline import MAX_ENCODER_RESOLUTION, InversionPipeline, check_same_weights, save_pipeline
@@ -46,9 +46,14 @@ def trained_bundle(bundle: str, generator: Generator, device: torch.device, *, g
     return pipeline
 
 
-def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, generator_name: str) -> Phase1:
+def _described(content_rows: tuple[float, float] | None) -> str:
+    return "the whole square" if content_rows is None else f"the content rows {list(content_rows)}"
+
+
+def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, generator_name: str,
+                  content_rows: tuple[float, float] | None = None) -> Phase1:
     """The trained Phase I (the W encoder E1) of ``bundle``, frozen, for the methods that start from it (Phase II,
-    HyperStyle); see :func:`trained_bundle`."""
+    HyperStyle), which must read the run's ``content_rows``; see :func:`trained_bundle`."""
     remedy = "train Phase I with the run's generator, or give the generator it was trained with"
     pipeline = trained_bundle(bundle, generator, device, generator_name=generator_name, remedy=remedy)
     if "phase1" not in pipeline.methods:
@@ -56,7 +61,12 @@ def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, ge
         held = held or "a generator"
         raise InputError(bundle, f"holds no trained Phase I (W encoder), only {held}; give w_encoder the folder "
                          "of a Phase I run (train w-encoder)")
-    return pipeline.inverter("phase1").requires_grad_(False)
+    phase1 = pipeline.inverter("phase1")
+    if phase1.content_rows != content_rows:
+        raise InputError(bundle, f"its W encoder reads {_described(phase1.content_rows)}, the run's images fill "
+                         f"{_described(content_rows)}: set the run's content_rows to the W encoder's, or train "
+                         "Phase I on the run's")
+    return phase1.requires_grad_(False)
 
 
 @dataclass(kw_only=True)
@@ -104,6 +114,14 @@ class EncoderTrainingConfig(RunConfig):
         if not 16 <= size <= MAX_ENCODER_RESOLUTION or size % 16:  # the trunks halve the input four times
             raise ValueError(f"encoder_resolution must be a multiple of 16 from 16 to {MAX_ENCODER_RESOLUTION}, "
                              f"got {size}")
+        height = encoder_input_shape(size, self.content_rows)[0]
+        if height % 16:
+            raise ValueError(f"the encoders would read the content rows {list(self.content_rows)} at {height}x{size}, "
+                             "but the trunks halve heights four times: choose an encoder_resolution that makes the "
+                             "height a multiple of 16 (cars' rows: 64, 128, 256)")
+        if self.content_rows is not None and self.dfeat_weight > 0:
+            raise ValueError("dfeat_weight compares the discriminator's features of whole square images, the other "
+                             "losses the content rows only: with content_rows, use l2, lpips or id")
         if self.adv_weight > 0 and self.adv_start is None:
             raise ValueError("adv_weight > 0 needs adv_start (the step where the adversarial stage begins)")
         if self.adv_start is not None and self.adv_start < 0:
@@ -155,6 +173,9 @@ class EncoderTask(TrainingTask):
                  gan: LoadedGAN, bundle: dict[str, Inverter], synthetic: bool = True,
                  options: dict | None = None) -> None:
         self.cfg, self.device, self.method, self.trainable, self.bundle = cfg, device, method.to(device), trainable, bundle
+        if method.content_rows != cfg.content_rows:
+            raise ValueError(f"the run's content_rows are {cfg.content_rows}, but {method.name} reads "
+                             f"{method.content_rows}")
         self.options = method.check_options(options or {})  # the method's options in validation and pictures
         self.name = f"train {method.name}"
         G = method.generator
@@ -223,11 +244,17 @@ class EncoderTask(TrainingTask):
             return r1 * (cfg.r1_gamma / 2), {"loss/r1": float(r1.detach())}
         raise ValueError(f"unknown phase {phase.name!r}")
 
+    def compare(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The reconstruction loss and its parts, on the domain's content rows only (cars: the official coaches
+        crop the image to the 192x256 photo): the black rows around them are no part of the inversion."""
+        rows = self.cfg.content_rows
+        return self.criterion(content_of(output, rows), content_of(target, rows))
+
     def reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
         """The reconstruction loss of the method's result on ``x`` (a method with a training scheme of its own
         overrides this), its parts, and the result."""
         out = self.method(x, **self.options)
-        loss, stats = self.criterion(out.image, x)
+        loss, stats = self.compare(out.image, x)
         return loss, stats, out
 
     @torch.no_grad()
@@ -236,7 +263,7 @@ class EncoderTask(TrainingTask):
         total = 0.0
         for i in range(0, len(images), 16):
             x = images[i : i + 16].float().div(127.5).sub(1).to(self.device)
-            total += float(self.criterion(self.method(x, **self.options).image, x)[0]) * len(x)
+            total += float(self.compare(self.method(x, **self.options).image, x)[0]) * len(x)
         self.trainable.train()
         return total / len(images)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..methods import InversionResult
 from ..methods.hyperstyle import HyperStyle
-from ..methods.phase1 import Phase1
+from ..methods.phase1 import Phase1, encoder_input_shape
 from ..models.encoders import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet
 from .distributed import DistributedContext
@@ -60,7 +60,7 @@ class HyperStyleTask(EncoderTask):
         out = method.refine(x, ws, start, iterations=iterations, detach=True)
         total, stats = 0.0, {}
         for t, image in enumerate(out.steps, start=1):
-            loss, parts = self.criterion(image, x)
+            loss, parts = self.compare(image, x)
             total = total + loss
             stats[f"loss/iteration_{t}"] = float(loss.detach())
         stats.update(parts)  # the parts of the last iteration
@@ -70,15 +70,17 @@ class HyperStyleTask(EncoderTask):
 def hyperstyle_task(cfg: HyperStyleTrainingConfig, device: torch.device, ctx: DistributedContext) -> HyperStyleTask:
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
-    phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator)
+    phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator, content_rows=cfg.content_rows)
+    rows, input_size = phase1.content_rows, cfg.input_size or phase1.encoder_resolution
     hypernetwork = HyperStyleNet.from_generator(
-        G, layers=cfg.layers_to_tune, trunk=cfg.trunk, input_size=cfg.input_size or phase1.encoder_resolution,
-        code_dim=cfg.code_dim, hyper_inner=cfg.hyper_inner, refine_inner=cfg.refine_inner, separable=cfg.separable)
+        G, layers=cfg.layers_to_tune, trunk=cfg.trunk, input_size=input_size, code_dim=cfg.code_dim,
+        hyper_inner=cfg.hyper_inner, refine_inner=cfg.refine_inner, separable=cfg.separable,
+        input_height=encoder_input_shape(input_size, rows)[0] if rows else None)
     cfg.init_trunk(hypernetwork)
-    w_encoder = phase1.w_encoder  # frozen, in eval mode
-    method = HyperStyle(G, w_encoder=w_encoder, hypernetwork=hypernetwork,
-                        encoder_resolution=phase1.encoder_resolution)
-    bundle = {"phase1": Phase1(G, w_encoder=w_encoder, encoder_resolution=phase1.encoder_resolution),
+    method = HyperStyle(G, w_encoder=phase1.w_encoder, hypernetwork=hypernetwork,
+                        encoder_resolution=phase1.encoder_resolution, content_rows=rows)
+    bundle = {"phase1": Phase1(G, w_encoder=phase1.w_encoder, encoder_resolution=phase1.encoder_resolution,
+                               content_rows=rows),
               "hyperstyle": method}
     return HyperStyleTask(cfg, device, method=method, trainable=hypernetwork, gan=gan, bundle=bundle, synthetic=False,
                           options={"iterations": cfg.n_iters_per_batch})

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..methods.hyperinverter import HyperInverter
-from ..methods.phase1 import Phase1
+from ..methods.phase1 import Phase1, encoder_input_shape
 from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
 from .distributed import DistributedContext
@@ -40,7 +40,7 @@ def phase1_task(cfg: InversionTrainingConfig, device: torch.device, ctx: Distrib
     G = gan.generator
     w_encoder = WEncoder(WEncoderConfig(trunk=cfg.trunk, in_channels=G.config.img_channels, w_dim=G.w_dim))
     cfg.init_trunk(w_encoder)
-    method = Phase1(G, w_encoder=w_encoder, encoder_resolution=cfg.encoder_resolution)
+    method = Phase1(G, w_encoder=w_encoder, encoder_resolution=cfg.encoder_resolution, content_rows=cfg.content_rows)
     return EncoderTask(cfg, device, method=method, trainable=w_encoder, gan=gan, bundle={"phase1": method})
 
 
@@ -49,18 +49,19 @@ def phase2_task(cfg: InversionTrainingConfig, device: torch.device, ctx: Distrib
         raise ValueError("Phase II needs w_encoder: the folder of a trained Phase I model")
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
-    phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator)
-    w_encoder = phase1.w_encoder  # frozen, in eval mode
+    phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator, content_rows=cfg.content_rows)
+    w_encoder, rows = phase1.w_encoder, phase1.content_rows  # frozen, in eval mode
+    height = encoder_input_shape(phase1.encoder_resolution, rows)[0] if rows else None
     feature_encoder = FeatureEncoder(FeatureEncoderConfig(
         trunk=cfg.trunk, in_channels=G.config.img_channels, input_size=phase1.encoder_resolution, n_styles=G.num_ws,
-        feature_channels=cfg.feature_channels, feature_size=cfg.feature_size))
+        feature_channels=cfg.feature_channels, feature_size=cfg.feature_size, input_height=height))
     cfg.init_trunk(feature_encoder)
     hypernetwork = HyperNetwork.from_generator(G, targets=cfg.targets, feature_channels=cfg.feature_channels,
                                                feature_size=cfg.feature_size, hidden_dim=cfg.hidden_dim,
                                                inner_channels=cfg.regressor_width)
     method = HyperInverter(G, w_encoder=w_encoder, feature_encoder=feature_encoder, hypernetwork=hypernetwork,
-                           encoder_resolution=phase1.encoder_resolution)
-    bundle = {"phase1": Phase1(G, w_encoder=w_encoder, encoder_resolution=phase1.encoder_resolution),
+                           encoder_resolution=phase1.encoder_resolution, content_rows=rows)
+    bundle = {"phase1": Phase1(G, w_encoder=w_encoder, encoder_resolution=phase1.encoder_resolution, content_rows=rows),
               "hyperinverter": method}
     trainable = nn.ModuleDict({"feature_encoder": feature_encoder, "hypernetwork": hypernetwork})
     return EncoderTask(cfg, device, method=method, trainable=trainable, gan=gan, bundle=bundle, synthetic=False)

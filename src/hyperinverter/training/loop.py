@@ -25,6 +25,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..io.files import check_outside
+from ..io.images import check_content_rows
 from ..progress import progress_bar
 from .checkpointing import resume_latest, save_checkpoint
 from .distributed import DistributedContext, init_distributed, local_device
@@ -71,6 +72,10 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = True
     preload: bool = True  # False: read each batch from disk (data sets larger than memory)
+    # For a domain that fills only these rows of the generator's square (LSUN cars: [0.125, 0.875], 64 to 448 of
+    # 512): the images are squashed into them with black above and below, as the generator's own training images
+    # were padded; encoders read those rows only and their losses compare them only. None: square images.
+    content_rows: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -83,6 +88,8 @@ class RunConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps every checkpoint), got {self.keep_checkpoints}")
+        if self.content_rows is not None:
+            self.content_rows = check_content_rows(self.content_rows)
 
 
 # The ranges of every trainer's numbers, by the convention of their names: one check for every config.
@@ -209,7 +216,7 @@ def load_split(cfg: RunConfig, resolution: int, channels: int, split: str):
     from ..data.folder import ImageFolderDataset
 
     dataset = ImageFolderDataset(cfg.data, resolution=resolution, channels=channels, split=split,
-                                 val_fraction=cfg.val_fraction, seed=cfg.seed)
+                                 val_fraction=cfg.val_fraction, seed=cfg.seed, content_rows=cfg.content_rows)
     logger.info("%s images: %s", split, dataset)
     # The validation split is small and read every val_every steps: always in memory.
     return training_images(dataset, preload=cfg.preload or split == "val", progress=cfg.progress)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods import InversionResult
+from ..methods.phase1 import encoder_input_shape
 from ..methods.psp import E4E, PSP
 from ..models.encoders import StyleCodeEncoder, StyleCodeEncoderConfig, TrunkConfig
 from .distributed import DistributedContext
@@ -201,12 +202,15 @@ class PspTask(EncoderTask):
 def psp_task(cfg: PspTrainingConfig, device: torch.device, ctx: DistributedContext) -> PspTask:
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
+    rows = cfg.content_rows
+    height = encoder_input_shape(cfg.encoder_resolution, rows)[0] if rows else None
     encoder = StyleCodeEncoder(StyleCodeEncoderConfig(
         trunk=cfg.trunk, in_channels=G.config.img_channels, input_size=cfg.encoder_resolution, n_styles=G.num_ws,
         feature_channels=cfg.feature_channels or G.w_dim, coarse_end=cfg.coarse_end, middle_end=cfg.middle_end,
-        w_dim=G.w_dim, mode=cfg.mode))
+        w_dim=G.w_dim, mode=cfg.mode, input_height=height))
     cfg.init_trunk(encoder)
-    method = (E4E if cfg.mode == "e4e" else PSP)(G, style_encoder=encoder, encoder_resolution=cfg.encoder_resolution)
+    method = (E4E if cfg.mode == "e4e" else PSP)(G, style_encoder=encoder, encoder_resolution=cfg.encoder_resolution,
+                                                 content_rows=rows)
     return PspTask(cfg, device, method=method, trainable=encoder, gan=gan, bundle={method.name: method},
                    synthetic=True)
 
