@@ -308,3 +308,33 @@ def test_a_fingerprint_follows_content_not_identity():
     direction = GANSpaceDirection(basis, 0, 0, 3, 3.0, name="d")
     assert fingerprint_of(direction) == fingerprint_of(GANSpaceDirection(basis, 0, 0, 3, 3.0, name="d"))
     assert fingerprint_of(direction) != fingerprint_of(GANSpaceDirection(basis, 1, 0, 3, 3.0, name="d"))
+
+
+def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator, tmp_path):
+    """Cars fill rows 64 to 448 of the 512-px square: every score and the FID features see those rows only, as
+    ``evaluate`` does (the whole square counted black rows that every method matches)."""
+    import numpy as np
+
+    from hyperinverter.benchmark import BenchmarkSettings, run_benchmark
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.metrics import mse
+    from hyperinverter.models.encoders import TrunkConfig, WEncoder, WEncoderConfig
+
+    torch.manual_seed(0)
+    e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+                                 w_dim=tiny_generator.w_dim))
+    pipe = InversionPipeline(Phase1(tiny_generator, w_encoder=e1, encoder_resolution=64, content_rows=(0.125, 0.875)))
+    shapes = []
+
+    def extract(images):
+        shapes.append(tuple(images.shape[-2:]))
+        return images.flatten(1)[:, :8].double().numpy() + np.arange(8)
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = BenchmarkSettings(methods=("phase1",), images=4, batch_size=2, editability_images=0)
+    report = run_benchmark(pipe, x, [f"{i}.png" for i in range(4)], tmp_path / "r", settings=settings, model="m",
+                           data="d", command="c", directions={}, features=extract, progress=False)
+    output = pipe.invert(x).image
+    assert report.metrics["phase1"]["mse"] == pytest.approx(float(mse(output[..., 4:28, :], x[..., 4:28, :]).mean()))
+    assert shapes == [(24, 32), (24, 32)]  # the inputs' and the method's FID features
+    assert any("rows 4 to 28 of the generator's square" in note for note in report.notes)

@@ -314,3 +314,28 @@ def test_stored_scores_of_other_weights_or_images_are_refused(pipeline, tmp_path
     (tmp_path / "report.work" / "phase1" / ".batch-00000.json.0123456789abcdef.partial").write_text("{")
     assert main([*command, "--methods", "phase1"]) == 0
     assert sorted(p.name for p in (tmp_path / "report.work").iterdir()) == ["notes.txt"]
+
+
+def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator):
+    # The cars domain fills rows 64 to 448 of its 512-px square; the official codes compare those rows only.
+    # Scoring the whole square counted a quarter of black rows that any method matches.
+    from hyperinverter.methods.phase1 import Phase1, content_of
+    from hyperinverter.metrics import mse
+    from hyperinverter.models.encoders import TrunkConfig, WEncoder, WEncoderConfig
+    from hyperinverter.pipeline import InversionPipeline
+
+    rows = (0.125, 0.875)
+    torch.manual_seed(0)
+    e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+                                 w_dim=tiny_generator.w_dim))
+    pipe = InversionPipeline(Phase1(tiny_generator, w_encoder=e1, encoder_resolution=64, content_rows=rows))
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x[..., :4, :] = x[..., 28:, :] = -1
+    report = evaluate(pipe, x, dataset="cars", progress=False)
+    output = pipe.invert(x).image
+    assert report.per_image["phase1"]["mse"] == pytest.approx(mse(content_of(output, rows), x[..., 4:28, :]).tolist())
+    assert report.metrics["phase1"]["mse"] != pytest.approx(float(mse(output, x).mean()), rel=1e-3)
+    # What lies outside the band is no part of the inversion: other pixels there change no score.
+    y = x.clone()
+    y[..., :4, :] = 1
+    assert evaluate(pipe, y, dataset="cars", progress=False).metrics["phase1"] == pytest.approx(report.metrics["phase1"])

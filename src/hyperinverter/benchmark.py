@@ -59,6 +59,7 @@ from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes, atomic_write_figure
 from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
+from .methods.phase1 import content_of
 from .metrics import PIXEL_METRICS, protocol_note, same_targets
 from .ops.prepacked import parameter_count
 from .pipeline import InversionPipeline
@@ -559,17 +560,18 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         inputs, names = inputs[:count], list(names[:count])
         metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
         common = min(images_per_method.values())
-        scored = score({m: r.images[:common] for m, r in runs.items()}, inputs[:common], metrics, settings.batch_size,
-                       progress=progress)
+        rows = pipeline.content_rows  # a domain in a band of the square (cars) is scored on the band, as evaluate()
+        scored = score({m: content_of(r.images[:common], rows) for m, r in runs.items()},
+                       content_of(inputs[:common], rows), metrics, settings.batch_size, progress=progress)
         scores = {m: means for m, (means, _) in scored.items()}
         spread, at_scale = {}, {}
         distribution_notes = []
         if features is not None and count < 2:
             distribution_notes.append(f"FID/KID: not measured (they compare sets: {count} image is too few)")
         elif features is not None:
-            real = work.features("inputs", inputs, features)
+            real = work.features("inputs", content_of(inputs, rows), features)
             for m, r in progress_bar(runs.items(), desc="FID/KID", disable=not progress):
-                mine = work.features(m, r.images, features)
+                mine = work.features(m, content_of(r.images, rows), features)
                 if common >= 2:
                     spread[m] = fid_kid(mine[:common], real[:common])
                 if r.images.shape[0] > max(common, 1):
@@ -591,7 +593,10 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
                       "device": str(pipeline.device), "dtype": dtype_name(pipeline.dtype),
                       "date": datetime.date.today().isoformat(),
                       "images_sha256": _names_digest(names)}
-        all_notes = [protocol_note(pipeline.generator.resolution), *notes, *distribution_notes,
+        side = pipeline.generator.resolution
+        band = [] if rows is None else [(f"the domain fills rows {round(rows[0] * side)} to {round(rows[1] * side)} "
+                                         "of the generator's square: every score compares those rows only")]
+        all_notes = [protocol_note(side), *band, *notes, *distribution_notes,
                      f"per_image.csv: every method's scores on each of the {common} common images"]
         if direction is not None:
             k = min(settings.example_images, *images_per_method.values())

@@ -20,7 +20,8 @@ from .errors import InputError
 from .inversion.files import method_fingerprint
 from .io.files import atomic_write_figure, atomic_write_group
 from .io.work import WorkFolder, as_recorded, fingerprint_of
-from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, same_targets
+from .methods.phase1 import content_of
+from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, pooled_to_width, same_targets
 from .pipeline import InversionPipeline
 from .precision import dtype_name
 from .progress import progress_bar
@@ -203,7 +204,8 @@ def evaluate(
     """Score every method of ``methods`` (default: the pipeline's trained ones) on ``images`` (``[N,C,R,R]`` in
     [-1,1]): the mean of each metric over the images, every image's scores (``names``: the images' names, default
     their indices), and seconds per image. ``options``: per method, the options of its ``invert``. Each batch runs
-    from seed ``seed + its index``.
+    from seed ``seed + its index``. Where the domain fills only some rows of the generator's square (the
+    pipeline's ``content_rows``: cars), the images are scored on those rows, as the official cars codes crop them.
 
     ``work`` (:func:`evaluation_work`): each method's scores are stored there batch by batch, so that an interrupted
     evaluation resumes where it stopped; one with other images, methods (weights included), options, metrics or
@@ -212,6 +214,7 @@ def evaluate(
     options = options or {}
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     methods = list(methods or pipeline.methods)
+    rows = pipeline.content_rows
     names = [str(i) for i in range(images.shape[0])] if names is None else list(names)
     if len(names) != images.shape[0]:
         raise ValueError(f"{len(names)} names for {images.shape[0]} images")
@@ -220,7 +223,8 @@ def evaluate(
                     "options": as_recorded({m: dict(options.get(m, {})) for m in methods}),
                     "methods": {m: method_fingerprint(pipeline.inverter(m)) for m in methods},
                     "images": fingerprint_of({"names": names, "pixels": images}),
-                    "device": pipeline.device.type, "dtype": dtype_name(pipeline.dtype)})
+                    "device": pipeline.device.type, "dtype": dtype_name(pipeline.dtype),
+                    **({} if rows is None else {"content_rows": list(rows)})})
     per_image: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     step_sums: dict[str, list[dict[str, float]]] = {}
     seconds = dict.fromkeys(methods, 0.0)
@@ -234,7 +238,7 @@ def evaluate(
                 if record is None:
                     torch.manual_seed(seed + index)
                     record = _score_batch(pipeline.invert(x, method=method, batch_size=batch_size,
-                                                          **options.get(method, {})), x, metrics)
+                                                          **options.get(method, {})), x, metrics, rows)
                     if work is not None:
                         work.write_json(name, record)
                 seconds[method] += record["seconds"]
@@ -253,18 +257,21 @@ def evaluate(
                             image_names=names, per_image=per_image)
 
 
-def _score_batch(result, target: torch.Tensor, metrics: Mapping[str, PairMetric]) -> dict[str, Any]:
+def _score_batch(result, target: torch.Tensor, metrics: Mapping[str, PairMetric],
+                 content_rows: tuple[float, float] | None) -> dict[str, Any]:
     """One method's batch: its seconds, every image's scores, and per iteration the scores' sums and the seconds
-    (summed over the batch) to get there."""
+    (summed over the batch) to get there; on the ``content_rows`` of the images only."""
+    target = content_of(target, content_rows)
     steps = []
     arrival = _step_seconds(result) if result.steps else None
     for t, image in enumerate(result.steps or ()):
         sums: dict[str, float] = {}
-        add_metric_sums(sums, image, target, metrics)
+        add_metric_sums(sums, content_of(image, content_rows), target, metrics)
         if arrival is not None:
             sums["seconds"] = arrival[t]
         steps.append(sums)
-    return {"seconds": float(result.seconds), "scores": score_images(result.image, target, metrics), "steps": steps}
+    scores = score_images(content_of(result.image, content_rows), target, metrics)
+    return {"seconds": float(result.seconds), "scores": scores, "steps": steps}
 
 
 def _batch_scores(work: WorkFolder, name: str, size: int, metrics: Mapping[str, PairMetric]) -> dict[str, Any] | None:
@@ -342,11 +349,12 @@ def ground_truth_editability(pipeline: InversionPipeline, directions: Mapping[st
     1. sample codes w* = mapping(z) (seeded) and render x = G(w*);
     2. invert x with each method;
     3. edit the inverted codes with each direction and strength, keeping the method's own offsets (``edit``);
-    4. compare with the true edit G(direction(w*, α)), rendered by the plain generator.
+    4. compare with the true edit G(direction(w*, α)), rendered by the plain generator (on the pipeline's
+       ``content_rows`` only, where it has them).
     """
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     options = options or {}
-    G = pipeline.generator
+    G, rows = pipeline.generator, pipeline.content_rows
     z = torch.randn(num_images, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(pipeline.device)
     true_ws = G.mapping(z)
     sums = {m: {} for m in methods}
@@ -360,7 +368,8 @@ def ground_truth_editability(pipeline: InversionPipeline, directions: Mapping[st
                 truth = pipeline.render(direction.apply(ws, strength))
                 for method, result in results.items():
                     edited = pipeline.edit(result, direction, strength)
-                    add_metric_sums(per_direction[method][name], edited, truth, metrics)
+                    add_metric_sums(per_direction[method][name], content_of(edited, rows),
+                                    content_of(truth, rows), metrics)
     for method, by_direction in per_direction.items():  # the overall sums are the directions' sums added up
         for values in by_direction.values():
             for metric, value in values.items():
@@ -385,9 +394,7 @@ def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple
         return {}, f"LPIPS-{net}: unavailable here ({e})"
 
     def features(images: torch.Tensor) -> list[torch.Tensor]:
-        if images.shape[-1] > PAPER_RESOLUTION:  # the papers compare 256-px images
-            images = torch.nn.functional.adaptive_avg_pool2d(images, PAPER_RESOLUTION)
-        return network.features(images)
+        return network.features(pooled_to_width(images, PAPER_RESOLUTION))  # the papers compare 256-px images
 
     return {"lpips": FeatureMetric(features, network.compare)}, None
 

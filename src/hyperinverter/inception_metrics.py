@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .metrics import FeatureMetric
+from .metrics import FeatureMetric, pooled_to_width
 from .models.inception import FEATURE_DIM, SPATIAL_TAPS, FIDInceptionV3
 
 if TYPE_CHECKING:
@@ -98,9 +97,8 @@ def inception_metric(device: torch.device | str = "cpu", *, path: str | os.PathL
         return {}, f"Inception distance: unavailable here ({e})"
 
     def features(images: torch.Tensor) -> list[torch.Tensor]:
-        if images.shape[-1] > METRIC_RESOLUTION:  # like LPIPS in the papers: compare 256-px images
-            images = F.adaptive_avg_pool2d(images, METRIC_RESOLUTION)
-        return distance.features(images)
+        # like LPIPS in the papers: compare 256-px images
+        return distance.features(pooled_to_width(images, METRIC_RESOLUTION))
 
     return {"inception_dist": FeatureMetric(features, distance.compare)}, None
 

@@ -21,9 +21,17 @@ import torch.nn.functional as F
 PAPER_RESOLUTION = 256  # the papers' L2 and LPIPS compare 256-px images
 
 
+def pooled_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``x`` average-pooled to ``width`` columns and the rows that keep its shape (square images to ``width``²; a
+    domain's 3:4 content rows to 192x256 at 256, as the official cars codes compare them); as it is where it is
+    no wider."""
+    if x.shape[-1] <= width:
+        return x
+    return F.adaptive_avg_pool2d(x, (round(x.shape[-2] * width / x.shape[-1]), width))
+
+
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if x.shape[-1] > PAPER_RESOLUTION:
-        x, y = F.adaptive_avg_pool2d(x, PAPER_RESOLUTION), F.adaptive_avg_pool2d(y, PAPER_RESOLUTION)
+    x, y = pooled_to_width(x, PAPER_RESOLUTION), pooled_to_width(y, PAPER_RESOLUTION)
     return (x - y).square().flatten(1).mean(dim=1)
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import pooled_to_width
 from ..models.stylegan2 import Discriminator
 from .identity import CropBox
 
@@ -49,11 +50,9 @@ class ReconstructionLoss(nn.Module):
         # Losses in fp32 whatever the autocast: small differences of nearly equal images lose bits in bf16.
         output, target = output.float(), target.float()
         full_output, full_target = output, target  # the discriminator features need its own resolution
-        if self.loss_resolution is not None and output.shape[-1] > self.loss_resolution:
-            # The width to loss_resolution, the height by the same factor (a domain's content rows: cars, 3:4).
-            size = (round(output.shape[-2] * self.loss_resolution / output.shape[-1]), self.loss_resolution)
-            output = F.adaptive_avg_pool2d(output, size)
-            target = F.adaptive_avg_pool2d(target, size)
+        if self.loss_resolution is not None:
+            output = pooled_to_width(output, self.loss_resolution)
+            target = pooled_to_width(target, self.loss_resolution)
         parts: dict[str, torch.Tensor] = {"l2": F.mse_loss(output, target)}
         if self.lpips is not None:
             parts["lpips"] = self.lpips(output, target).mean()
