@@ -141,7 +141,7 @@ def test_the_loss_pools_non_square_images_by_the_width():
 def test_settings_that_cannot_train_on_content_rows_are_refused(cars, tiny_generator):
     root, images, _ = cars
     base = dict(run_dir=str(root / "x"), generator=str(root / "gan"), trunk=TRUNK, **RUN)
-    with pytest.raises(ValueError, match=r"content rows \[0.125, 0.875\] at 24x32.*multiple of 16"):
+    with pytest.raises(ValueError, match=r"content_rows \[0.125, 0.875\] at 24x32.*multiple of 16"):
         InversionTrainingConfig(**{**base, "encoder_resolution": 32})
     with pytest.raises(ValueError, match="dfeat_weight .* whole square"):
         InversionTrainingConfig(**{**base, "encoder_resolution": 64, "dfeat_weight": 0.1})

@@ -116,7 +116,7 @@ class EncoderTrainingConfig(RunConfig):
                              f"got {size}")
         height = encoder_input_shape(size, self.content_rows)[0]
         if height % 16:
-            raise ValueError(f"the encoders would read the content rows {list(self.content_rows)} at {height}x{size}, "
+            raise ValueError(f"the encoders would read content_rows {list(self.content_rows)} at {height}x{size}, "
                              "but the trunks halve heights four times: choose an encoder_resolution that makes the "
                              "height a multiple of 16 (cars' rows: 64, 128, 256)")
         if self.content_rows is not None and self.dfeat_weight > 0:
