@@ -219,6 +219,8 @@ def test_released_cars_files_read_the_cars_rows_and_feed_back_the_whole_square(m
         got = pipe.invert(x, iterations=2)
     torch.testing.assert_close(got.ws, ws, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.image, image, rtol=1e-4, atol=1e-4)
+    # Its first pass as a method of its own reads the car's rows too (it read the whole square squashed).
+    torch.testing.assert_close(pipe.invert(x, method="phase1").ws, ws, rtol=1e-5, atol=1e-5)
     # A cars hypernetwork with a faces W encoder (or the reverse) is refused.
     (tmp_path / "faces").mkdir()
     _, faces_w = _official_files(tmp_path / "faces", method, latent_avg, dataset_type="ffhq_encode")

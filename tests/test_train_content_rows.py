@@ -158,3 +158,27 @@ def test_settings_that_cannot_train_on_content_rows_are_refused(cars, tiny_gener
         train_hypernetwork(InversionTrainingConfig(**{**base, "encoder_resolution": 64,
                                                       "w_encoder": str(square.final_model)}),
                            images=images, val_images=images[:2])
+
+
+def test_methods_that_read_other_rows_are_never_joined(tmp_path, tiny_generator, capsys):
+    # Joined, a bundle trained on cars' rows and one trained on whole squares gave one model that fed every
+    # method photos fitted for the first: the square encoder read squashed cars with black rows.
+    from hyperinverter.cli.main import main
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.methods.projector import WProjection
+    from hyperinverter.methods.psp import PSP
+    from hyperinverter.models.encoders import WEncoder, WEncoderConfig
+    from hyperinverter.pipeline import save_pipeline
+
+    e1 = WEncoder(WEncoderConfig(trunk=TRUNK, w_dim=tiny_generator.w_dim))
+    cars = Phase1(tiny_generator, w_encoder=e1, encoder_resolution=64, content_rows=CARS)
+    square = PSP.create(tiny_generator)
+    with pytest.raises(ValueError, match=r"phase1 reads the content rows \[0.125, 0.875\]; psp reads the whole square"):
+        InversionPipeline({"phase1": cars, "psp": square})
+    assert InversionPipeline({"phase1": cars, "w-opt": WProjection(tiny_generator)}).content_rows == CARS
+
+    save_pipeline({"phase1": cars}, tmp_path / "cars")
+    save_pipeline({"psp": square}, tmp_path / "square")
+    assert main(["join", str(tmp_path / "cars"), str(tmp_path / "square"), "--out", str(tmp_path / "joined")]) == 2
+    assert "square: does not fit with the bundle: the methods read different rows" in capsys.readouterr().err
+    assert not (tmp_path / "joined").exists()

@@ -46,7 +46,7 @@ from .io.files import (
     pipeline_extras,
     staged_directory,
 )
-from .io.images import fit_to_canvas, pil_to_tensor, read_image
+from .io.images import describe_content_rows, fit_to_canvas, pil_to_tensor, read_image
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
@@ -244,6 +244,17 @@ def check_same_architecture(generator: Generator, other: Generator) -> None:
                          "predicted for this one cannot be applied to it")
 
 
+def domain_rows(methods: Mapping[str, Inverter]) -> tuple[float, float] | None:
+    """The rows of the generator's square that ``methods`` read as the domain (None: the whole square), or a
+    ``ValueError`` where they differ: an encoder trained on cars' rows and one trained on whole squares cannot
+    share the photos fitted for either. Methods with nothing trained (optimisation) take what they are given."""
+    read = {name: m.content_rows for name, m in methods.items() if type(m).components or m.content_rows is not None}
+    if len(set(read.values())) > 1:
+        raise ValueError("the methods read different rows of the generator's images as the domain: " + "; ".join(
+            f"{name} reads {describe_content_rows(rows)}" for name, rows in read.items()))
+    return next(iter(read.values()), None)
+
+
 def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *, source: str,
                  atol: float = 1e-5) -> dict[str, Inverter]:
     """``methods`` and those of ``new`` (imported with their own copy of the generator) that ``methods`` lacks,
@@ -269,6 +280,10 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
             continue
         method.generator = generator
         joined[name] = method
+    try:
+        domain_rows(joined)
+    except ValueError as e:
+        raise CheckpointError(source, f"does not fit with the bundle: {e}") from None
     return joined
 
 
@@ -348,11 +363,8 @@ class InversionPipeline:
             # keeps freed memory (full-size HyperInverter: 2.32 -> 1.73 GB resident after loading).
             trim()
         self._reuse_pending = self.device.type == "cpu"  # heap reuse comes on after the first pass (_first_pass)
-        rows = {m.content_rows for m in self.methods.values() if m.content_rows is not None}
-        if len(rows) > 1:
-            raise ValueError(f"the methods read different rows of the generator's images as its content: {rows}")
         # Where the domain fills only these rows of the generator's square (cars), photos are fitted into them.
-        self.content_rows: tuple[float, float] | None = rows.pop() if rows else None
+        self.content_rows: tuple[float, float] | None = domain_rows(self.methods)
         self.default_method = default_method or next(iter(methods))
         if self.default_method not in self.available_methods():
             raise ValueError(f"method {self.default_method!r} is not available here; available: "

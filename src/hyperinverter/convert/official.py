@@ -565,8 +565,10 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
             raise CheckpointError(path, "is a HyperStyle checkpoint: give its W encoder file too (--w-encoder, e.g. "
                                   "faces_w_encoder.pt)")
         model = load_official_hyperstyle(path, w_encoder, generator)
-        return {"phase1": Phase1(model.generator, w_encoder=model.w_encoder,
-                                 encoder_resolution=model.encoder_resolution), "hyperstyle": model}
+        # Its first pass, as a method of its own: the W encoder reads what HyperStyle's reads (cars: the car's rows).
+        first_pass = Phase1(model.generator, w_encoder=model.w_encoder, encoder_resolution=model.encoder_resolution,
+                            content_rows=model.content_rows)
+        return {"phase1": first_pass, "hyperstyle": model}
     if "encoder.linear.weight" in keys:
         return {"phase1": load_psp_w_encoder(path, generator)}
     if "encoder.styles.0.linear.weight" in keys:

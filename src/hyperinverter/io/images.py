@@ -174,6 +174,11 @@ def check_content_rows(rows, source: str | os.PathLike = "content_rows") -> tupl
     return float(rows[0]), float(rows[1])
 
 
+def describe_content_rows(rows: tuple[float, float] | None) -> str:
+    """``rows`` in words, for messages: "the whole square" or "the content rows [0.125, 0.875]"."""
+    return "the whole square" if rows is None else f"the content rows {list(rows)}"
+
+
 def fit_to_canvas(image: Image.Image, content_rows: tuple[float, float] | None = None, *,
                   side: int | None = None) -> Image.Image:
     """A photo as a square generator image: its centred square (never squashed) or, for a domain whose content

@@ -22,6 +22,7 @@ from torch import nn
 from ..catalogue import generator_path
 from ..convert.gan_files import LoadedGAN, load_gan
 from ..errors import InputError
+from ..io.images import describe_content_rows
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
 from ..methods.phase1 import Phase1, content_of, encoder_input_shape
@@ -46,10 +47,6 @@ def trained_bundle(bundle: str, generator: Generator, device: torch.device, *, g
     return pipeline
 
 
-def _described(content_rows: tuple[float, float] | None) -> str:
-    return "the whole square" if content_rows is None else f"the content rows {list(content_rows)}"
-
-
 def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, generator_name: str,
                   content_rows: tuple[float, float] | None = None) -> Phase1:
     """The trained Phase I (the W encoder E1) of ``bundle``, frozen, for the methods that start from it (Phase II,
@@ -63,9 +60,9 @@ def frozen_phase1(bundle: str, generator: Generator, device: torch.device, *, ge
                          "of a Phase I run (train w-encoder)")
     phase1 = pipeline.inverter("phase1")
     if phase1.content_rows != content_rows:
-        raise InputError(bundle, f"its W encoder reads {_described(phase1.content_rows)}, the run's images fill "
-                         f"{_described(content_rows)}: set the run's content_rows to the W encoder's, or train "
-                         "Phase I on the run's")
+        raise InputError(bundle, f"its W encoder reads {describe_content_rows(phase1.content_rows)}, the run's "
+                         f"images fill {describe_content_rows(content_rows)}: set the run's content_rows to the W "
+                         "encoder's, or train Phase I on the run's")
     return phase1.requires_grad_(False)
 
 
