@@ -145,6 +145,8 @@ def test_settings_that_cannot_train_on_content_rows_are_refused(cars, tiny_gener
         InversionTrainingConfig(**{**base, "encoder_resolution": 32})
     with pytest.raises(ValueError, match="dfeat_weight .* whole square"):
         InversionTrainingConfig(**{**base, "encoder_resolution": 64, "dfeat_weight": 0.1})
+    with pytest.raises(ValueError, match=r"input_size 32 reads content_rows \[0.125, 0.875\] at 24x32: input_height"):
+        HyperStyleTrainingConfig(**{**base, "w_encoder": "unused", "input_size": 32})
     with pytest.raises(ValueError, match="E2Style reads square images"):
         E2StyleTrainingConfig(**{**base, "encoder_resolution": 64})
     with pytest.raises(ValueError, match="content rows must be"):

@@ -73,6 +73,18 @@ def hyperstyle_targets(generator: Generator, layers: tuple[int, ...] | None = No
                  for i in sorted(set(layers)))
 
 
+def input_height_problem(input_size: int, input_height: int) -> str | None:
+    """Why a trunk of ``input_size``-wide inputs cannot read ``input_height``-high ones (None if it can): the
+    refinement blocks bring the trunk's features down to 1x1, and must bring their height there too."""
+    side, height = input_size // 16, input_height // 16
+    for _ in range(int(math.log2(side))):  # the blocks' stride-2 convs round heights up: 12 -> 6, 3, 2, 1
+        height = (height + 1) // 2
+    if input_height % 16 or height != 1:
+        return (f"input_height {input_height} does not come down to 1x1 features with the {side}-wide ones of "
+                f"input_size {input_size}")
+    return None
+
+
 @dataclass(frozen=True)
 class HyperStyleConfig(SerializableConfig):
     """``targets``: the tuned layers. ``trunk``: the ResNet trunk (reads ``2·image_channels``: target and current
@@ -97,12 +109,9 @@ class HyperStyleConfig(SerializableConfig):
             raise ValueError(f"input_size must be 16 x a power of two >= 2 (features of 2x2 or more), got "
                              f"{self.input_size}")
         if self.input_height is not None:
-            height = self.input_height // 16
-            for _ in range(int(math.log2(side))):  # the blocks' stride-2 convs round heights up: 12 -> 6, 3, 2, 1
-                height = (height + 1) // 2
-            if self.input_height % 16 or height != 1:
-                raise ValueError(f"input_height {self.input_height} does not come down to 1x1 features with the "
-                                 f"{side}-wide ones of input_size {self.input_size}")
+            problem = input_height_problem(self.input_size, self.input_height)
+            if problem is not None:
+                raise ValueError(problem)
         if not self.targets:
             raise ValueError("HyperStyle needs at least one tuned layer")
 

@@ -17,7 +17,7 @@ from ..methods import InversionResult
 from ..methods.hyperstyle import HyperStyle
 from ..methods.phase1 import Phase1, encoder_input_shape
 from ..models.encoders import TrunkConfig
-from ..models.hyperstyle import HyperStyleNet
+from ..models.hyperstyle import HyperStyleNet, input_height_problem
 from .distributed import DistributedContext
 from .encoders import EncoderTask, EncoderTrainingConfig, frozen_phase1
 from .loop import TrainingResult, fit
@@ -44,6 +44,12 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.content_rows is not None and self.input_size is not None:
+            height = encoder_input_shape(self.input_size, self.content_rows)[0]
+            problem = input_height_problem(self.input_size, height)
+            if problem is not None:
+                raise ValueError(f"input_size {self.input_size} reads content_rows {list(self.content_rows)} at "
+                                 f"{height}x{self.input_size}: {problem}")
         if self.layers_to_tune is not None and not self.layers_to_tune:
             raise ValueError("layers_to_tune is empty: the hypernetwork would tune no layer; leave it out for "
                              "the official layers")
