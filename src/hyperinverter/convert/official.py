@@ -24,7 +24,7 @@ from ..methods import Inverter
 from ..methods.e2style import E2Style
 from ..methods.hyperinverter import HyperInverter
 from ..methods.hyperstyle import HyperStyle
-from ..methods.phase1 import Phase1, encoder_input_shape
+from ..methods.phase1 import Phase1, encoder_input_height
 from ..methods.psp import E4E, PSP
 from ..models.encoders import (
     E2StyleConfig,
@@ -311,7 +311,7 @@ def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source
         raise CheckpointError(f"{source}: head conv counts {convs} are not coarse, then middle, then fine heads")
     w_dim, feature_channels = sd["styles.0.linear.weight"].shape
     width = 16 * 2**first
-    height = None if content_rows is None else encoder_input_shape(width, content_rows)[0]
+    height = encoder_input_height(width, content_rows)
     config = StyleCodeEncoderConfig(**_trunk_spec(sd), input_size=width, input_height=height, n_styles=n_styles,
                                     feature_channels=int(feature_channels), coarse_end=levels.count(0),
                                     middle_end=levels.count(0) + levels.count(1), w_dim=int(w_dim), mode=mode,
@@ -490,9 +490,8 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
     hyper_inner = sd[f"refinement_blocks.{shared[0]}.convs.0.weight"].shape[0] if shared else 128
     refine_inner = sd[f"refinement_blocks.{plain[0]}.convs.0.weight"].shape[0] if plain else 256
     size = int(opts.get("hypernet_input_size", 256))
-    height = encoder_input_shape(size, content_rows)[0]
     config = HyperStyleConfig(targets, spec["trunk"], size, code_dim, hyper_inner, refine_inner, separable,
-                              generator.config.img_channels, None if height == size else height)
+                              generator.config.img_channels, encoder_input_height(size, content_rows))
     return instantiate_strict(lambda: HyperStyleNet(config), sd, source=f"{source} [hypernet]")
 
 

@@ -21,6 +21,11 @@ def encoder_input_shape(width: int, content_rows: tuple[float, float] | None = N
     return (width, width) if content_rows is None else (round(width * (content_rows[1] - content_rows[0])), width)
 
 
+def encoder_input_height(width: int, content_rows: tuple[float, float] | None) -> int | None:
+    """An encoder's ``input_height`` setting for a domain in ``content_rows`` (None for square inputs)."""
+    return None if content_rows is None else encoder_input_shape(width, content_rows)[0]
+
+
 def content_of(x: torch.Tensor, content_rows: tuple[float, float] | None) -> torch.Tensor:
     """The ``content_rows`` of square images ``x`` (all of them for None): what the official cars codes read."""
     if content_rows is None:

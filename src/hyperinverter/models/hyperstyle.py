@@ -77,7 +77,7 @@ def input_height_problem(input_size: int, input_height: int) -> str | None:
     """Why a trunk of ``input_size``-wide inputs cannot read ``input_height``-high ones (None if it can): the
     refinement blocks bring the trunk's features down to 1x1, and must bring their height there too."""
     side, height = input_size // 16, input_height // 16
-    for _ in range(int(math.log2(side))):  # the blocks' stride-2 convs round heights up: 12 -> 6, 3, 2, 1
+    for _ in range(max(side, 1).bit_length() - 1):  # the blocks' stride-2 convs round heights up: 12 -> 6, 3, 2, 1
         height = (height + 1) // 2
     if input_height % 16 or height != 1:
         return (f"input_height {input_height} does not come down to 1x1 features with the {side}-wide ones of "

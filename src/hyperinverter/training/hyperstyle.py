@@ -15,7 +15,7 @@ import torch
 
 from ..methods import InversionResult
 from ..methods.hyperstyle import HyperStyle
-from ..methods.phase1 import Phase1, encoder_input_shape
+from ..methods.phase1 import Phase1, encoder_input_height, encoder_input_shape
 from ..models.encoders import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet, input_height_problem
 from .distributed import DistributedContext
@@ -81,7 +81,7 @@ def hyperstyle_task(cfg: HyperStyleTrainingConfig, device: torch.device, ctx: Di
     hypernetwork = HyperStyleNet.from_generator(
         G, layers=cfg.layers_to_tune, trunk=cfg.trunk, input_size=input_size, code_dim=cfg.code_dim,
         hyper_inner=cfg.hyper_inner, refine_inner=cfg.refine_inner, separable=cfg.separable,
-        input_height=encoder_input_shape(input_size, rows)[0] if rows else None)
+        input_height=encoder_input_height(input_size, rows))
     cfg.init_trunk(hypernetwork)
     method = HyperStyle(G, w_encoder=phase1.w_encoder, hypernetwork=hypernetwork,
                         encoder_resolution=phase1.encoder_resolution, content_rows=rows)

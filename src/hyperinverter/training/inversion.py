@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..methods.hyperinverter import HyperInverter
-from ..methods.phase1 import Phase1, encoder_input_shape
+from ..methods.phase1 import Phase1, encoder_input_height
 from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
 from ..models.hypernetwork import HyperNetwork
 from .distributed import DistributedContext
@@ -51,7 +51,7 @@ def phase2_task(cfg: InversionTrainingConfig, device: torch.device, ctx: Distrib
     G = gan.generator
     phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator, content_rows=cfg.content_rows)
     w_encoder, rows = phase1.w_encoder, phase1.content_rows  # frozen, in eval mode
-    height = encoder_input_shape(phase1.encoder_resolution, rows)[0] if rows else None
+    height = encoder_input_height(phase1.encoder_resolution, rows)
     feature_encoder = FeatureEncoder(FeatureEncoderConfig(
         trunk=cfg.trunk, in_channels=G.config.img_channels, input_size=phase1.encoder_resolution, n_styles=G.num_ws,
         feature_channels=cfg.feature_channels, feature_size=cfg.feature_size, input_height=height))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods import InversionResult
-from ..methods.phase1 import encoder_input_shape
+from ..methods.phase1 import encoder_input_height
 from ..methods.psp import E4E, PSP
 from ..models.encoders import StyleCodeEncoder, StyleCodeEncoderConfig, TrunkConfig
 from .distributed import DistributedContext
@@ -203,7 +203,7 @@ def psp_task(cfg: PspTrainingConfig, device: torch.device, ctx: DistributedConte
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
     rows = cfg.content_rows
-    height = encoder_input_shape(cfg.encoder_resolution, rows)[0] if rows else None
+    height = encoder_input_height(cfg.encoder_resolution, rows)
     encoder = StyleCodeEncoder(StyleCodeEncoderConfig(
         trunk=cfg.trunk, in_channels=G.config.img_channels, input_size=cfg.encoder_resolution, n_styles=G.num_ws,
         feature_channels=cfg.feature_channels or G.w_dim, coarse_end=cfg.coarse_end, middle_end=cfg.middle_end,
