@@ -13,7 +13,7 @@ from hyperinverter.cli.main import main
 from hyperinverter.errors import CheckpointError
 from hyperinverter.convert.rosinality import from_nvidia
 from hyperinverter.io.components import load_component, save_component_module
-from hyperinverter.methods.hyperstyle import HyperStyle
+from hyperinverter.methods.hyperstyle import HyperStyle, pool_to
 from hyperinverter.methods.phase1 import Phase1
 from hyperinverter.models.encoders import WEncoder, WEncoderConfig
 from hyperinverter.models.hyperstyle import (
@@ -111,7 +111,6 @@ def test_full_size_parameter_count():
 
 def test_delta_accumulates_over_iterations(method):
     x = images(2)
-    from hyperinverter.methods.hyperstyle import pool_to
 
     size = method.hypernetwork.config.input_size  # the hypernetwork reads 64 px: x and ŷ are resized to it
     with torch.no_grad():
@@ -193,10 +192,11 @@ def test_released_files_load_strictly_and_round_trip(method, tmp_path, capsys):
     assert "give its W encoder file too" in capsys.readouterr().err
 
 
-def test_released_cars_files_read_the_cars_rows_and_feed_back_the_whole_square(method, tmp_path, capsys):
+def test_released_cars_files_read_the_cars_rows_and_feed_back_the_car(method, tmp_path, capsys):
     # The cars releases were refused. The official code reads the 192x256 car photo, both in its W encoder and as
-    # the hypernetwork's target, and squashes the generator's whole square (car and black rows) into 192x256 to
-    # feed it back (face_pool = AdaptiveAvgPool2d((192, 256))).
+    # the hypernetwork's target, and feeds back each image cropped to the car's rows and pooled to 192x256
+    # (the W image: face_pool, then rows 32:224; later ones: rows 64:448, then AdaptiveAvgPool2d((192, 256))).
+    # An earlier version fed back the whole square (car and black rows) squashed into 192x256.
     import torch.nn.functional as F
 
     latent_avg = torch.randn(method.generator.w_dim)
@@ -213,7 +213,8 @@ def test_released_cars_files_read_the_cars_rows_and_feed_back_the_whole_square(m
         ws = (method.w_encoder(photo) + latent_avg)[:, None].repeat(1, G.num_ws, 1)
         image, delta = G.synthesis(ws, noise_mode="const"), None
         for _ in range(2):
-            step = official(torch.cat([photo, F.adaptive_avg_pool2d(image, (48, 64))], dim=1))
+            # (pool_to is the official AdaptiveAvgPool2d((192, 256)) on a release's 384x512 rows; here it enlarges)
+            step = official(torch.cat([photo, pool_to(image[..., 4:28, :], (48, 64))], dim=1))
             delta = step if delta is None else delta.plus(step)
             image = G.synthesis(ws, weight_delta=delta, noise_mode="const")
         got = pipe.invert(x, iterations=2)

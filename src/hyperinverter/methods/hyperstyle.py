@@ -97,8 +97,8 @@ class HyperStyle(Phase1):
         delta, image, steps = None, start, []
         for t in range(1, iterations + 1):
             previous = image.detach() if detach else image
-            # Cars: the official code reads the 192x256 photo, but squashes its whole square output into 192x256.
-            fed_back = F.adaptive_avg_pool2d(previous, size) if self.content_rows else pool_to(previous, size)
+            # As the photo: cars' official inference crops each output to the car's rows before pooling it to 192x256.
+            fed_back = pool_to(content_of(previous, self.content_rows), size)
             step = self.hypernetwork(torch.cat([target, fed_back], dim=1))
             if delta is not None and detach:
                 delta = delta.detach()
