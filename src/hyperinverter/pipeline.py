@@ -49,6 +49,7 @@ from .io.files import (
 from .io.images import describe_content_rows, fit_to_canvas, pil_to_tensor, read_image
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
+from .methods.phase1 import content_of
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
 from .ops.prepacked import prepack_convolutions, unpack_convolutions
@@ -559,6 +560,12 @@ class InversionPipeline:
         if check_finite:
             ensure_finite(result.image, "the reconstruction")
         return result
+
+    def content(self, images: torch.Tensor) -> torch.Tensor:
+        """What of generator images ``[..., R, R]`` is shown and written: the rows that hold the domain where it
+        fills only some (``content_rows``: a car's 384 of 512, as the official cars codes save their results); the
+        images themselves for a square domain."""
+        return content_of(images, self.content_rows)
 
     @torch.no_grad()
     def render(self, ws: torch.Tensor, weight_delta: WeightDelta | None = None, *,

@@ -176,8 +176,8 @@ class WebSession:
         return items
 
     def to_display(self, images: torch.Tensor) -> Image.Image:
-        """``[N,C,R,R]`` -> one row, enlarged to about display_size."""
-        images = enlarge_nearest(images.cpu(), self.display_size)
+        """``[N,C,R,R]`` -> one row (of the domain's rows: ``pipe.content``), enlarged to about display_size."""
+        images = enlarge_nearest(self.pipe.content(images.cpu()), self.display_size)
         return tensor_to_pil(make_grid(images, nrow=len(images)))[0].convert("RGB")
 
     def comparison_labels(self, method: str | None = None) -> list[str]:
@@ -453,8 +453,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
         record = inversion_bytes(item.result.to("cpu"), source=item.stem, model=s.pipe.name, method=item.method,
                                  generator=s.pipe.fingerprint, placement=item.placement, dtype=s.pipe.dtype)
-        return [files.image(item.stem, item.result.image.cpu()), files.image(f"{item.stem}_compare",
-                                                                            s.comparison(item)),
+        return [files.image(item.stem, s.pipe.content(item.result.image.cpu())),
+                files.image(f"{item.stem}_compare", s.comparison(item)),
                 files.write(f"{item.stem}.safetensors", record)]
 
     # --- handlers: each returns every output it owns, so a failure clears what would be stale ---

@@ -337,7 +337,7 @@ def run_edit(args: argparse.Namespace) -> int:
             if result is None:
                 result, record = _result_for(pipe, path, args)
             edits = [pipe.edit(result, direction, s) for s in strengths]
-            outputs = [(Path(f"{stem}_{label}.png"), image_bytes(img, made_with=made))
+            outputs = [(Path(f"{stem}_{label}.png"), image_bytes(pipe.content(img), made_with=made))
                        for label, img in zip(labels, edits)]
             if args.paste_back:
                 outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted, made_with=made))
@@ -345,7 +345,7 @@ def run_edit(args: argparse.Namespace) -> int:
         except InputError as e:
             failures.append(e)
             continue
-        strip = make_grid(torch.cat([result.image] + edits).cpu(), nrow=len(edits) + 1)
+        strip = make_grid(pipe.content(torch.cat([result.image] + edits).cpu()), nrow=len(edits) + 1)
         # An input's edits are written whole.
         atomic_write_group([*outputs, (Path(f"{stem}_strip.png"), image_bytes(strip, made_with=made))])
         done += 1
@@ -384,8 +384,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
     targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
     InputFiles([args.a, args.b]).check_outputs(targets.values())
     pipe = _load_pipeline(args)
-    frames = pipe.interpolate(_result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0],
-                              steps=args.steps).cpu()
+    frames = pipe.content(pipe.interpolate(_result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0],
+                                           steps=args.steps).cpu())
     there_and_back = list(frames) + list(frames.flip(0))
     written = [(targets[".png"], image_bytes(make_grid(frames, nrow=len(frames)))),
                (targets[".gif"], gif_bytes(there_and_back))]

@@ -70,8 +70,8 @@ def run_mix(args: argparse.Namespace) -> int:
     mixes, strip = _outputs(args, ranges)
     a, _ = _result_for(pipe, args.a, args)
     b, _ = _result_for(pipe, args.b, args)
-    images = [pipe.mix(a, b, start, end).cpu() for start, end in ranges]
-    row = torch.cat([a.image[:1].cpu(), b.image[:1].cpu(), *images])
+    images = [pipe.content(pipe.mix(a, b, start, end).cpu()) for start, end in ranges]
+    row = torch.cat([pipe.content(a.image[:1].cpu()), pipe.content(b.image[:1].cpu()), *images])
     written = atomic_write_group([*((path, image_bytes(img, path.suffix)) for path, img in zip(mixes, images)),
                                   (strip, image_bytes(make_grid(row, nrow=len(row)), strip.suffix))])
     layers = ", ".join(f"{s}:{e}" for s, e in ranges)

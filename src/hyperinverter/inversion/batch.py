@@ -259,16 +259,17 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                     report.failed.append(e)
                     continue
                 one = result.select(i)
-                adapted = adapt(one).cpu() if adapt is not None else None
-                panels = torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None else [])
-                                   + [one.image] + ([adapted] if adapted is not None else []))
+                adapted = pipe.content(adapt(one).cpu()) if adapt is not None else None
+                panels = pipe.content(torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None
+                                                                   else []) + [one.image]))
+                panels = torch.cat([panels] + ([adapted] if adapted is not None else []))
                 record = inversion_bytes(one, source=picture.source.absolute(), model=model_name, method=method,
                                          generator=pipe.fingerprint,
                                          placement=picture.placement,
                                          picture={"index": picture.index, "count": picture.count}, dtype=dtype,
                                          made_with=made, source_sha256=source_sha256[picture.source])
                 extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
-                atomic_write_group([(targets[0], image_bytes(one.image)), *extra,
+                atomic_write_group([(targets[0], image_bytes(pipe.content(one.image))), *extra,
                                     (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
                                     (targets[2], record)])
                 report.written.append(targets[2])

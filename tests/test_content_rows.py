@@ -1,8 +1,9 @@
-"""Training on a domain that fills only some rows of the generator's square (LSUN cars: rows 64 to 448 of 512).
+"""A domain that fills only some rows of the generator's square (LSUN cars: rows 64 to 448 of 512).
 
-The data is squashed into those rows, every trainer's encoders read them only and their losses compare them only:
-what lies outside them is no part of the inversion, so training on images that differ only there gives the same
-weights to the bit. The bundles record the rows, so inversion reads photos the same way.
+Training: the data is squashed into those rows, every trainer's encoders read them only and their losses compare
+them only: what lies outside them is no part of the inversion, so training on images that differ only there gives
+the same weights to the bit. The bundles record the rows, so inversion reads photos the same way, and what is
+written and shown is those rows, as the official cars codes save their results.
 """
 
 from __future__ import annotations
@@ -184,3 +185,32 @@ def test_methods_that_read_other_rows_are_never_joined(tmp_path, tiny_generator,
     assert main(["join", str(tmp_path / "cars"), str(tmp_path / "square"), "--out", str(tmp_path / "joined")]) == 2
     assert "square: does not fit with the bundle: the methods read different rows" in capsys.readouterr().err
     assert not (tmp_path / "joined").exists()
+
+
+def test_what_is_written_and_shown_is_the_domain_s_rows(tmp_path, tiny_generator):
+    # The official cars codes save the car's rows (e4e: rows 64:448; HyperStyle likewise); every output here was
+    # the whole square, black rows included.
+    from hyperinverter.apps.web import WebSession
+    from hyperinverter.cli.main import main
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.models.encoders import WEncoder, WEncoderConfig
+    from hyperinverter.pipeline import save_pipeline
+
+    e1 = WEncoder(WEncoderConfig(trunk=TRUNK, w_dim=tiny_generator.w_dim))
+    save_pipeline({"phase1": Phase1(tiny_generator, w_encoder=e1, encoder_resolution=64, content_rows=CARS)},
+                  tmp_path / "cars")
+    for name in ("a", "b"):
+        Image.new("RGB", (40, 30), (20, 90, 200)).save(tmp_path / f"{name}.png")
+    model = ["--model", str(tmp_path / "cars")]
+    photos = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert main(["invert", *photos, *model, "--out", str(tmp_path / "inv")]) == 0
+    assert Image.open(tmp_path / "inv" / "a.png").size == (32, 24)  # rows 4 to 28 of the 32-px square
+    assert Image.open(tmp_path / "inv" / "a_compare.png").size[1] < 32
+    assert main(["mix", *photos, *model, "--layers", "0:2", "--out", str(tmp_path / "mix.png")]) == 0
+    assert Image.open(tmp_path / "mix.png").size == (32, 24)
+    assert main(["interpolate", str(tmp_path / "inv" / "a.safetensors"), str(tmp_path / "b.png"), *model, "--steps",
+                 "3", "--out", str(tmp_path / "lerp")]) == 0
+    assert Image.open(tmp_path / "lerp.png").size[1] < 32
+    pipe = InversionPipeline.from_pretrained(tmp_path / "cars", device="cpu")
+    shown = WebSession(pipe, display_size=32).to_display(torch.zeros(2, 3, 32, 32))
+    assert shown.size[1] < 32 and pipe.content(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 24, 32)
