@@ -338,3 +338,4 @@ def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator, 
     assert report.metrics["phase1"]["mse"] == pytest.approx(float(mse(output[..., 4:28, :], x[..., 4:28, :]).mean()))
     assert shapes == [(24, 32), (24, 32)]  # the inputs' and the method's FID features
     assert any("rows 4 to 28 of the generator's square" in note for note in report.notes)
+    assert read_image(tmp_path / "r" / "examples.png").height < 4 * 96  # 4 examples of 24 rows (x3), not of 32

@@ -414,16 +414,17 @@ def _count(n: int) -> str:
     return "none (optimises per image)" if n == 0 else f"{n / 1e6:.2f} M"
 
 
-def example_figure(inputs: torch.Tensor, runs: Mapping[str, MethodRun], edit_label: str | None) -> Any:
+def example_figure(inputs: torch.Tensor, runs: Mapping[str, MethodRun], edit_label: str | None,
+                   content_rows: tuple[float, float] | None = None) -> Any:
     """Columns: the input, then each method. Rows: the example images reconstructed, then the same images edited
-    (the input column repeats the inputs beside the edits)."""
+    (the input column repeats the inputs beside the edits); of a domain in a band of the square, the band."""
     from .io.images import labelled_columns
 
     k = min(run.edits.shape[0] for run in runs.values()) if edit_label else 0
     n = k or min(4, *(run.images.shape[0] for run in runs.values()))  # without edits, a few reconstructions
-    columns = {"input": torch.cat([inputs[:n], inputs[:k]])}
+    columns = {"input": content_of(torch.cat([inputs[:n], inputs[:k]]), content_rows)}
     for method, run in runs.items():
-        columns[method] = torch.cat([run.images[:n], run.edits[:k]])
+        columns[method] = content_of(torch.cat([run.images[:n], run.edits[:k]]), content_rows)
     return labelled_columns(columns, scale=max(2, math.ceil(96 / inputs.shape[-1])))  # room for the labels
 
 
@@ -620,7 +621,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
             report.plot(out / "tradeoff.png")
         except ImportError:
             logger.warning("no trade-off plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
-        figure = example_figure(inputs, runs, direction_name)
+        figure = example_figure(inputs, runs, direction_name, rows)
         buffer = io.BytesIO()
         figure.save(buffer, format="PNG")
         atomic_write_bytes(out / "examples.png", buffer.getvalue())
