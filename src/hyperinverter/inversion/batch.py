@@ -260,9 +260,9 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                     continue
                 one = result.select(i)
                 adapted = pipe.content(adapt(one).cpu()) if adapt is not None else None
-                panels = pipe.content(torch.cat([x[i : i + 1]] + ([one.initial_image] if one.initial_image is not None
-                                                                   else []) + [one.image]))
-                panels = torch.cat([panels] + ([adapted] if adapted is not None else []))
+                first = [one.initial_image] if one.initial_image is not None else []
+                panels = torch.cat([pipe.content(p) for p in (x[i : i + 1], *first, one.image)]
+                                   + ([adapted] if adapted is not None else []))
                 record = inversion_bytes(one, source=picture.source.absolute(), model=model_name, method=method,
                                          generator=pipe.fingerprint,
                                          placement=picture.placement,
