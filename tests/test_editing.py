@@ -166,3 +166,59 @@ def test_principal_directions_by_name_everywhere(pipeline, tmp_path, capsys):
     assert main(["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
                  "--direction", "principal direction 0", "--out", str(tmp_path / "edits"), "--device", "cpu"]) == 2
     assert "names no principal direction of this generator (they are 1 to 16)" in capsys.readouterr().err
+
+
+def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsys):
+    # The releases ship GANSpace bases (ffhq_pca.pt, cars_pca.pt, church_pca.pt) and name their edits in code;
+    # `directions import` writes those edits as files of ours, so a model's directions/ folder offers them.
+    from hyperinverter.cli.direction_commands import OFFICIAL_DOMAINS
+    from hyperinverter.cli.main import main
+    from hyperinverter.editing.official import OFFICIAL_GANSPACE_EDITS
+
+    assert set(OFFICIAL_DOMAINS) == set(OFFICIAL_GANSPACE_EDITS)  # (the CLI names them without importing torch)
+
+    comp = torch.nn.functional.normalize(torch.randn(80, 1, 512, generator=torch.Generator().manual_seed(0)), dim=2)
+    official = {"comp": comp, "mean": torch.randn(1, 512), "std": torch.rand(80) + 0.5}
+    torch.save(official, tmp_path / "cars_pca.pt", _use_new_zipfile_serialization=False)  # the legacy format
+    out = tmp_path / "directions"
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--out", str(out)]) == 0
+    assert sorted(p.stem for p in out.iterdir()) == sorted(OFFICIAL_GANSPACE_EDITS["cars"])
+    cube = load_direction(out / "cube.safetensors")
+    assert (cube.index, cube.start, cube.end, cube.default_strength) == (16, 3, 6, 25.0)
+    ws = torch.randn(2, 1, 512).repeat(1, 16, 1)  # one w on every layer, as an encoder into W gives
+    edited = cube.apply(ws)  # the official rule: the coordinate (measured on layer 0) set to 25 on layers 3:6
+    coord = ((edited[:, 3] - official["mean"]) @ comp[16, 0]) / official["std"][16]
+    torch.testing.assert_close(coord, torch.full((2,), 25.0), rtol=1e-4, atol=1e-3)
+    assert torch.equal(edited[:, :3], ws[:, :3]) and torch.equal(edited[:, 6:], ws[:, 6:])
+    # In a model's folder they are its named directions.
+    pipeline.save_pretrained(tmp_path / "model")
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--out",
+                 str(tmp_path / "model" / "directions")]) == 0
+    capsys.readouterr()
+    assert main(["directions", "list", "--model", str(tmp_path / "model")]) == 0
+    listed = capsys.readouterr().out
+    assert "pose_1" in listed and "grass" in listed
+
+    # One edit of one's own, and an InterFaceGAN vector, named by the file.
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--component", "3", "--layers", "0:4",
+                 "--strength", "-2", "--name", "my edit", "--out", str(out)]) == 0
+    assert load_direction(out / "my edit.safetensors").index == 3
+    torch.save(torch.randn(1, 512), tmp_path / "age.pt")
+    assert main(["directions", "import", str(tmp_path / "age.pt"), "--out", str(out)]) == 0
+    assert isinstance(load_direction(out / "age.safetensors"), LinearDirection)
+
+    # Refused, naming the file, and nothing written: a name that is taken, an InterFaceGAN file or a small basis
+    # for --edits, --edits with one edit's settings.
+    before = sorted(out.iterdir())
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--out", str(out)]) == 2
+    assert "pose_1.safetensors: exists (and 4 more): --overwrite replaces it" in capsys.readouterr().err
+    assert main(["directions", "import", str(tmp_path / "age.pt"), "--edits", "faces", "--out", str(out)]) == 2
+    assert "age.pt: is not a GANSpace basis" in capsys.readouterr().err
+    torch.save({**official, "comp": comp[:40], "std": official["std"][:40]}, tmp_path / "small.pt")
+    assert main(["directions", "import", str(tmp_path / "small.pt"), "--edits", "faces", "--out", str(out)]) == 2
+    assert "small.pt: holds 40 components; the official faces edits use 59" in capsys.readouterr().err
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--name", "x", "--out",
+                 str(out)]) == 2
+    assert sorted(out.iterdir()) == before
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--overwrite", "--out",
+                 str(out)]) == 0

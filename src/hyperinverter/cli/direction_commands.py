@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import nonnegative_float, nonnegative_int, positive_int
+from .arguments import finite_float, nonnegative_float, nonnegative_int, positive_int
 from .inversion_commands import _add_model
+
+OFFICIAL_DOMAINS = ("cars", "church", "faces")  # editing.official's tables (not imported here: it loads torch)
 
 TRAIN_DESCRIPTION = """\
 Fit a linear classifier (L2-regularised logistic regression) that separates the samples with much of an
@@ -42,6 +44,17 @@ def _layers(text: str) -> str:
     if text.count(":") != 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected START:END, e.g. 0:4")
     return text
+
+
+def _layer_bounds(text: str) -> tuple[int, int]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected START:END, two layer numbers, e.g. 0:5 (with no model "
+                                         "given, an open end cannot be filled in)")
+    start, end = (int(part) for part in parts)
+    if start >= end:
+        raise argparse.ArgumentTypeError(f"{text!r}: the range is empty (START must be below END)")
+    return start, end
 
 
 def register(sub) -> None:
@@ -101,6 +114,27 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, type=Path, help="the labels CSV to write")
     q.set_defaults(func=run_label)
 
+    q = actions.add_parser("import", help="official direction files as ours, for a model's directions/ folder: "
+                           "InterFaceGAN .pt/.npy, or a GANSpace PCA file with its domain's official named edits",
+                           description="Write direction files of ours from the files the official codes ship, so that "
+                           "`edit --direction NAME`, the web page and `directions list` offer them once they are in "
+                           "a model's directions/ folder. A GANSpace basis (ffhq_pca.pt, cars_pca.pt, "
+                           "church_pca.pt) gives the official named edits of its domain (--edits: faces, "
+                           "HyperInverter's eight; cars, e4e's and HyperStyle's five; church, HyperInverter's four), "
+                           "or one edit "
+                           "(--component, --layers, --strength, --name). An InterFaceGAN direction (age.pt, "
+                           "smile.pt, pose.pt, a .npy boundary) gives one, named by --name or the file.")
+    q.add_argument("file", type=Path, help="the official direction file")
+    q.add_argument("--edits", choices=OFFICIAL_DOMAINS, help="a GANSpace basis's official named edits")
+    q.add_argument("--component", type=nonnegative_int, help="GANSpace: the component of one edit")
+    q.add_argument("--layers", type=_layer_bounds, metavar="START:END", help="GANSpace: the layers of one edit")
+    q.add_argument("--strength", type=finite_float, default=None,
+                   help="the default strength (GANSpace: the value the coordinate is set to)")
+    q.add_argument("--name", default=None, help="the direction's name (default: the file's stem)")
+    q.add_argument("--out", required=True, type=Path, help="the folder to write into, e.g. MODEL/directions")
+    q.add_argument("--overwrite", action="store_true", help="replace direction files of the same names")
+    q.set_defaults(func=run_import)
+
     q = actions.add_parser("list", help="a model's directions: name, kind, layers, default strength and, for "
                            "trained ones, attribute and held-out accuracy")
     q.add_argument("--model", required=True, help="a catalogue name or a model folder")
@@ -158,6 +192,42 @@ def run_label(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {args.out}: {len(report.rows)} labelled sample(s) of {report.samples} (seeds {seeds.start}-"
           f"{seeds.stop - 1}); {len(report.skipped)} without a face were skipped")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from ..editing.directions import GANSpaceDirection, LinearDirection, load_direction, save_direction
+    from ..editing.official import official_ganspace_edits
+    from ..errors import InputError, OutputError
+    from ..io.files import file_name_part
+
+    one_edit = (args.component, args.layers, args.name, args.strength)
+    if args.edits is not None:
+        if any(v is not None for v in one_edit):
+            raise InputError(args.file, "--edits writes the official named edits; --component, --layers, "
+                             "--strength and --name describe one edit of your own: give one or the other")
+        directions = official_ganspace_edits(args.file, args.edits)
+    else:
+        start, end = (None, None) if args.layers is None else args.layers
+        directions = [load_direction(args.file, name=args.name, index=args.component, start=start, end=end,
+                                     strength=args.strength)]
+    for direction in directions:
+        if not isinstance(direction, (LinearDirection, GANSpaceDirection)):
+            raise InputError(args.file, f"is a {type(direction).__name__}, which has no file format of ours: use it "
+                             "as it is (edit --direction FILE)")
+    if args.out.exists() and not args.out.is_dir():
+        raise OutputError(args.out, "is a file: give the folder to write the directions into")
+    targets = [args.out / f"{file_name_part(d.name, fallback='direction')}.safetensors" for d in directions]
+    taken = [t for t in targets if t.exists()]
+    if taken and not args.overwrite:  # (before anything is written)
+        raise OutputError(taken[0], f"exists{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}: "
+                          "--overwrite replaces it")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for direction, target in zip(directions, targets):
+        save_direction(direction, target)
+        layers = (f"layers {direction.start}:{direction.end}, component {direction.index}"
+                  if isinstance(direction, GANSpaceDirection) else "every layer")
+        print(f"wrote {target}: {direction.name} ({layers}, default strength {direction.default_strength:g})")
     return 0
 
 
