@@ -204,8 +204,15 @@ def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsy
                  "--strength", "-2", "--name", "my edit", "--out", str(out)]) == 0
     assert load_direction(out / "my edit.safetensors").index == 3
     torch.save(torch.randn(1, 512), tmp_path / "age.pt")
-    assert main(["directions", "import", str(tmp_path / "age.pt"), "--out", str(out)]) == 0
+    torch.save(torch.randn(1, 512).repeat(18, 1)[None], tmp_path / "pose.pt")  # [1, 18, 512], 18 equal rows
+    torch.save(torch.randn(1, 18, 512), tmp_path / "per_layer.pt")
+    capsys.readouterr()
+    for name in ("age", "pose", "per_layer"):
+        assert main(["directions", "import", str(tmp_path / f"{name}.pt"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "(every layer," in printed[1] and "(one vector for each of 18 layers," in printed[2]
     assert isinstance(load_direction(out / "age.safetensors"), LinearDirection)
+    assert load_direction(out / "pose.safetensors").vector.shape == (1, 512)  # e4e's pose.pt is a W direction
 
     # Refused, naming the file, and nothing written: a name that is taken, an InterFaceGAN file or a small basis
     # for --edits, --edits with one edit's settings.

@@ -225,8 +225,11 @@ def run_import(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for direction, target in zip(directions, targets):
         save_direction(direction, target)
-        layers = (f"layers {direction.start}:{direction.end}, component {direction.index}"
-                  if isinstance(direction, GANSpaceDirection) else "every layer")
+        if isinstance(direction, GANSpaceDirection):
+            layers = f"layers {direction.start}:{direction.end}, component {direction.index}"
+        else:  # InterFaceGAN: one vector for every layer, or one per layer (pose.pt: [18, 512])
+            rows = direction.vector.shape[0]
+            layers = "every layer" if rows == 1 else f"one vector for each of {rows} layers"
         print(f"wrote {target}: {direction.name} ({layers}, default strength {direction.default_strength:g})")
     return 0
 
