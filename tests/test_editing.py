@@ -226,6 +226,11 @@ def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsy
     assert "small.pt: holds 40 components; the official faces edits use 59" in capsys.readouterr().err
     assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--name", "x", "--out",
                  str(out)]) == 2
+    from test_styleclip import write_mapper
+
+    write_mapper(tmp_path / "purple_hair.pt")
+    assert main(["directions", "import", str(tmp_path / "purple_hair.pt"), "--out", str(out)]) == 2
+    assert "purple_hair.pt: is a StyleCLIPDirection, which has no file format of ours" in capsys.readouterr().err
     assert sorted(out.iterdir()) == before
     assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--overwrite", "--out",
                  str(out)]) == 0
