@@ -319,7 +319,8 @@ def test_stored_scores_of_other_weights_or_images_are_refused(pipeline, tmp_path
 def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator):
     # The cars domain fills rows 64 to 448 of its 512-px square; the official codes compare those rows only.
     # Scoring the whole square counted a quarter of black rows that any method matches.
-    from hyperinverter.methods.phase1 import Phase1, content_of
+    from hyperinverter.io.images import content_of
+    from hyperinverter.methods.phase1 import Phase1
     from hyperinverter.metrics import mse
     from hyperinverter.models.encoders import TrunkConfig, WEncoder, WEncoderConfig
     from hyperinverter.pipeline import InversionPipeline

@@ -57,9 +57,9 @@ from .inception_metrics import fid_kid
 from .inversion.files import method_fingerprint
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes, atomic_write_figure
+from .io.images import content_of
 from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
-from .methods.phase1 import content_of
 from .metrics import PIXEL_METRICS, protocol_note, same_targets
 from .ops.prepacked import parameter_count
 from .pipeline import InversionPipeline

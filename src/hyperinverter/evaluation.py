@@ -19,8 +19,8 @@ import torch
 from .errors import InputError
 from .inversion.files import method_fingerprint
 from .io.files import atomic_write_figure, atomic_write_group
+from .io.images import content_of
 from .io.work import WorkFolder, as_recorded, fingerprint_of
-from .methods.phase1 import content_of
 from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, pooled_to_width, same_targets
 from .pipeline import InversionPipeline
 from .precision import dtype_name

@@ -46,10 +46,9 @@ from .io.files import (
     pipeline_extras,
     staged_directory,
 )
-from .io.images import describe_content_rows, fit_to_canvas, pil_to_tensor, read_image
+from .io.images import content_of, describe_content_rows, fit_to_canvas, pil_to_tensor, read_image
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
-from .methods.phase1 import content_of
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
 from .ops.prepacked import prepack_convolutions, unpack_convolutions

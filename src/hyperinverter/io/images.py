@@ -196,6 +196,15 @@ def fit_to_canvas(image: Image.Image, content_rows: tuple[float, float] | None =
     return canvas
 
 
+def content_of(images: torch.Tensor, content_rows: tuple[float, float] | None) -> torch.Tensor:
+    """The ``content_rows`` of square images ``[..., R, R]`` (all of them for None): what :func:`fit_to_canvas` put a
+    photo into, and what the official cars codes read, score and save."""
+    if content_rows is None:
+        return images
+    side = images.shape[-2]
+    return images[..., round(content_rows[0] * side) : round(content_rows[1] * side), :]
+
+
 def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int = 3) -> torch.Tensor:
     """PIL image of any mode -> ``[1,channels,H,W]`` in [-1,1], resized (Lanczos) to ``size`` if given."""
     image = image.convert("L" if channels == 1 else "RGB")

@@ -110,14 +110,14 @@ class HyperInverter(Phase1):
     def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor, stopwatch: Stopwatch | None = None
                       ) -> WeightDelta:
         """Phase II: Δθ from the input and its Phase I image; the feature encoder runs on both (shared weights)."""
-        size, rows = encoder_input_shape(self.encoder_resolution, self.content_rows), self.content_rows
+        size, rows = self.encoder_resolution, self.content_rows
         w_image, x = resize_for_encoder(w_image, size, rows), resize_for_encoder(x, size, rows)
         if self.feature_encoder.training:
             # Two calls, as the official trainer does: BatchNorm statistics of the inputs and of the Phase I
             # images stay separate, and every sample of the batch counts (no per-sample chunks).
             return self.hypernetwork(self.feature_encoder(w_image), self.feature_encoder(x))
         # Inference: one call per chunk of samples on both images of each (shared weights, the same result).
-        chunk = feature_encoder_chunk(x.device, self.encoder_resolution, x.shape[0])
+        chunk = feature_encoder_chunk(x.device, size, x.shape[0])
         image_features, input_features = [], []
         for i in range(0, x.shape[0], chunk):
             f_w, f_x = self.feature_encoder(torch.cat([w_image[i : i + chunk], x[i : i + chunk]])).chunk(2)

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.images import content_of
 from ..models.encoders import encoder_preset
 from ..models.encoders.backbones import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Stopwatch
-from .phase1 import Phase1, check_w_encoder, content_of, encoder_fit, encoder_input_shape, raise_if
+from .phase1 import Phase1, check_w_encoder, encoder_fit, encoder_input_shape, raise_if
 from .registry import register_method
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.images import content_of
 from ..models.encoders import encoder_preset
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Inverter, Stopwatch
@@ -26,24 +27,15 @@ def encoder_input_height(width: int, content_rows: tuple[float, float] | None) -
     return None if content_rows is None else encoder_input_shape(width, content_rows)[0]
 
 
-def content_of(x: torch.Tensor, content_rows: tuple[float, float] | None) -> torch.Tensor:
-    """The ``content_rows`` of square images ``x`` (all of them for None): what the official cars codes read."""
-    if content_rows is None:
-        return x
-    side = x.shape[-2]
-    return x[..., round(content_rows[0] * side) : round(content_rows[1] * side), :]
-
-
-def resize_for_encoder(x: torch.Tensor, size: int | tuple[int, int],
-                       content_rows: tuple[float, float] | None = None) -> torch.Tensor:
-    """Bilinear resize (``align_corners=False``) to ``size`` (a side, or (height, width)), as the official code does
-    before its encoders; of the ``content_rows`` only, where the domain fills only those rows of the generator's
-    square (cars: the official codes read the 192x256 photo, and crop the image to it).
+def resize_for_encoder(x: torch.Tensor, width: int, content_rows: tuple[float, float] | None = None) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``) to an encoder's input, ``width`` wide (``encoder_input_shape``), as
+    the official code does before its encoders; of the ``content_rows`` only, where the domain fills only those rows
+    of the generator's square (cars: the official codes read the 192x256 photo, and crop the image to it).
 
     The result is channels-last: the encoders' convolutions run measurably faster in that layout.
     """
     x = content_of(x, content_rows)
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = encoder_input_shape(width, content_rows)
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last)
@@ -113,8 +105,7 @@ class Phase1(Inverter):
             f"expected [B,{G.config.img_channels},H,W] images, got {tuple(x.shape)}"
         )
         average = self.w_encoder.latent_avg if self.w_encoder.config.own_latent_avg else G.w_avg
-        size = encoder_input_shape(self.encoder_resolution, self.content_rows)
-        w = self.w_encoder(resize_for_encoder(x, size, self.content_rows)) + average
+        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution, self.content_rows)) + average
         assert w.shape == (x.shape[0], G.w_dim), f"W encoder returned {tuple(w.shape)}"
         return w[:, None].repeat(1, G.num_ws, 1)
 

@@ -76,8 +76,7 @@ class PSP(Inverter):
         )
         encoder = self.style_encoder
         average = encoder.latent_avg if encoder.config.own_latent_avg else G.w_avg[None]
-        size = encoder_input_shape(self.encoder_resolution, self.content_rows)
-        ws = encoder(resize_for_encoder(x, size, self.content_rows)) + average
+        ws = encoder(resize_for_encoder(x, self.encoder_resolution, self.content_rows)) + average
         assert ws.shape == (x.shape[0], G.num_ws, G.w_dim), f"W+ encoder returned {tuple(ws.shape)}"
         return ws
 

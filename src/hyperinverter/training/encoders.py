@@ -22,10 +22,10 @@ from torch import nn
 from ..catalogue import generator_path
 from ..convert.gan_files import LoadedGAN, load_gan
 from ..errors import InputError
-from ..io.images import describe_content_rows
+from ..io.images import content_of, describe_content_rows
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
-from ..methods.phase1 import Phase1, content_of, encoder_input_shape
+from ..methods.phase1 import Phase1, encoder_input_shape
 from ..models.encoders import TrunkConfig
 from ..models.stylegan2 import Generator
 from ..pipeline import MAX_ENCODER_RESOLUTION, InversionPipeline, check_same_weights, save_pipeline
