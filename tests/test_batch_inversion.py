@@ -131,11 +131,11 @@ def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_pa
                    direction)
     inversions = sorted(map(str, (tmp_path / "out").glob("*.safetensors")))
 
-    def edit(*extra: str) -> str:
+    def edit(*extra: str, status: int = 0) -> str:
         capsys.readouterr()
         assert main(["edit", *inversions, "--model", str(tmp_path / "model"), "--direction", str(direction),
                      "--strength", "3", "--paste-back", "--out", str(tmp_path / "edits"), "--device", "cpu",
-                     *extra]) == 0
+                     *extra]) == status
         return capsys.readouterr().out.replace(str(tmp_path), "TMP")
 
     assert "edits of 2 input(s)" in edit()
@@ -152,9 +152,12 @@ def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_pa
     invert_files(pipeline, [photo], tmp_path / "out", detector=TwoFaces(), progress=False, overwrite=True)
     before = strip.read_bytes()
     assert "edits of 2 input(s)" in edit() and strip.read_bytes() != before
-    # A file that is not this run's work (a user's image under an edit's name) is never taken for it.
+    # A file that is not this run's work (a user's image under an edit's name) is never taken for it, nor
+    # replaced: its input fails, even with --overwrite, and the other is done.
     hostile.photo(2, (10, 10)).save(strip)
-    assert "edits of 1 input(s)" in edit() and Image.open(strip).size != (10, 10)
+    assert "edits of 0 input(s) along 'dir' to TMP/edits; 1 already done, 1 failed" in edit(status=1)
+    assert "edits of 1 input(s) along 'dir' to TMP/edits; 0 already done, 1 failed" in edit("--overwrite", status=1)
+    assert Image.open(strip).size == (10, 10)
 
 
 def test_the_pipeline_keeps_its_crop_scale(pipeline, tmp_path):

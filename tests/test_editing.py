@@ -232,5 +232,15 @@ def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsy
     assert main(["directions", "import", str(tmp_path / "purple_hair.pt"), "--out", str(out)]) == 2
     assert "purple_hair.pt: is a StyleCLIPDirection, which has no file format of ours" in capsys.readouterr().err
     assert sorted(out.iterdir()) == before
+    # A direction file that is not ours under one of the names is never replaced, not even with --overwrite.
+    from safetensors.torch import save_file
+
+    save_file({"vector": torch.zeros(1, 512)}, out / "grass.safetensors")
+    written = {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()}
+    assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--overwrite", "--out",
+                 str(out)]) == 2
+    assert "grass.safetensors: exists and was not written by hyperinverter" in capsys.readouterr().err
+    assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in out.iterdir()} == written  # none written again
+    (out / "grass.safetensors").unlink()
     assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--overwrite", "--out",
                  str(out)]) == 0

@@ -27,6 +27,77 @@ from hyperinverter.training.checkpointing import list_checkpoints, save_checkpoi
 from test_batch_inversion import TwoFaces, write_photos
 
 
+def test_an_output_never_replaces_a_file_that_we_did_not_write(pipeline, tmp_path, capsys):
+    """A user's photo, notes or model under an output's name is refused and left as it was, while the rest of the
+    batch is written; files we wrote are replaced as before. (invert replaced a user's p0.png, and a text file
+    named p1_compare.png, without a word.)"""
+    import io
+
+    import matplotlib.pyplot as plt
+    from safetensors.torch import save as safetensors_bytes
+
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io.checkpoints import save_safetensors
+    from hyperinverter.io.images import gif_bytes, image_bytes
+
+    paths = write_photos(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    photo = io.BytesIO()
+    hostile.photo(7).save(photo, format="PNG")
+    users = {out / "p0.png": photo.getvalue(), out / "p1_compare.png": b"my notes",
+             out / "p2.safetensors": safetensors_bytes({"w": torch.zeros(2)}, metadata={"format": "pt"})}
+    for path, data in users.items():
+        path.write_bytes(data)
+    report = invert_files(pipeline, paths, out, progress=False)
+    assert [p.name for p in report.written] == ["p3.safetensors"]
+    assert sorted(Path(e.source).name for e in report.failed) == sorted(p.name for p in users)
+    assert all("was not written by hyperinverter" in str(e) for e in report.failed)
+    assert all(path.read_bytes() == data for path, data in users.items())
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1_compare.png", "p2.safetensors", "p3.png",
+                                                     "p3.safetensors", "p3_compare.png"]  # each group whole or not
+    assert len(invert_files(pipeline, paths[3:], out, progress=False, overwrite=True).written) == 1  # ours: replaced
+
+    # What marks a file as ours, in every format we write; anything else is not.
+    image = torch.zeros(1, 3, 8, 8)
+    ours = {"a.png": image_bytes(image), "a.jpg": image_bytes(image, ".jpg"), "a.webp": image_bytes(image, ".webp"),
+            "a.gif": gif_bytes([image, image]), "made.png": image_bytes(image, made_with="x")}
+    for name, data in ours.items():
+        (tmp_path / name).write_bytes(data)
+    save_safetensors(tmp_path / "a.safetensors", {"w": torch.zeros(2)})
+    fig = plt.figure()
+    files.atomic_write_figure(tmp_path / "figure.png", fig)
+    for name in [*ours, "a.safetensors", "figure.png"]:
+        assert files.written_by_us(tmp_path / name), name
+    plt.figure().savefig(tmp_path / "theirs.png")
+    hostile.photo(1).save(tmp_path / "theirs.jpg")
+    hostile.photo(1).save(tmp_path / "theirs.webp")
+    (tmp_path / "cut.png").write_bytes(image_bytes(image)[:20])
+    for name in ["theirs.png", "theirs.jpg", "theirs.webp", "cut.png", "p1_compare.png", "p2.safetensors",
+                 "missing.png"]:
+        assert not files.written_by_us((out if name.startswith("p") else tmp_path) / name), name
+    before = (tmp_path / "theirs.jpg").read_bytes()
+    with pytest.raises(OutputError, match="theirs.jpg: exists and was not written by hyperinverter"):
+        files.atomic_write_group([(tmp_path / "new.png", image_bytes(image)), (tmp_path / "theirs.jpg", b"")])
+    assert (tmp_path / "theirs.jpg").read_bytes() == before and not (tmp_path / "new.png").exists()
+
+    # A command that writes one file refuses (status 2); one that writes a file per item fails the item (status 1).
+    save_gan(tmp_path / "g", pipeline.generator)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    hostile.photo(2).save(samples / "seed0001.png")
+    (samples / "grid.png").write_bytes(photo.getvalue())
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0-1", "--out", str(samples / "grid.png")]) == 2
+    assert "grid.png: exists and was not written by hyperinverter" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0-2", "--outdir", str(samples)]) == 1
+    printed = capsys.readouterr()
+    assert "failed: " in printed.err and "seed0001.png: exists and was not written" in printed.err
+    assert "wrote 2 samples" in printed.out and "1 failed" in printed.out
+    assert (samples / "grid.png").read_bytes() == photo.getvalue()
+    assert Image.open(samples / "seed0001.png").size == hostile.photo(2).size
+
+
 def test_invert_resumes_and_redoes_only_what_is_missing(pipeline, tmp_path):
     paths = write_photos(tmp_path / "in", 3)
     out = tmp_path / "out"

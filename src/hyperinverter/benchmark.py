@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import io
 import json
 import logging
 import math
@@ -57,7 +56,7 @@ from .inception_metrics import fid_kid
 from .inversion.files import method_fingerprint
 from .io.checkpoints import read_safetensors, save_safetensors
 from .io.files import atomic_write_bytes, atomic_write_figure
-from .io.images import content_of
+from .io.images import content_of, image_bytes
 from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
 from .metrics import PIXEL_METRICS, protocol_note, same_targets
@@ -622,8 +621,6 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         except ImportError:
             logger.warning("no trade-off plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
         figure = example_figure(inputs, runs, direction_name, rows)
-        buffer = io.BytesIO()
-        figure.save(buffer, format="PNG")
-        atomic_write_bytes(out / "examples.png", buffer.getvalue())
+        atomic_write_bytes(out / "examples.png", image_bytes(figure))
         logger.info("benchmark written to %s in %.0f s", out, time.perf_counter() - started)
         return report

@@ -70,6 +70,7 @@ def sample_path(out_dir: Path, seed: int) -> Path:
 class SampleReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # already there, made by the same generator and settings
+    failed: list[Exception] = field(default_factory=list)  # a seed whose file name holds a file we did not write
 
 
 @torch.no_grad()
@@ -90,8 +91,9 @@ def write_samples(
     it again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all. Files
     are not flushed one by one (samples can be made again): after a crash, a file that does not read back is redone.
     """
+    from .errors import OutputError
     from .inversion.files import generator_fingerprint
-    from .io.files import atomic_write_bytes, prepare_output_folder
+    from .io.files import atomic_write_bytes, check_file_replaceable, prepare_output_folder
     from .io.images import image_bytes, images_made_with
     from .io.work import fingerprint_of
     from .pipeline import ensure_finite
@@ -105,8 +107,13 @@ def write_samples(
     for seed in seeds:
         if not overwrite and images_made_with([sample_path(out_dir, seed)], made[seed]):
             report.skipped.append(sample_path(out_dir, seed))
-        else:
-            todo.append(seed)
+            continue
+        try:
+            check_file_replaceable(sample_path(out_dir, seed))
+        except OutputError as e:
+            report.failed.append(e)
+            continue
+        todo.append(seed)
     if report.skipped:
         logger.info("%d sample(s) already in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
     with progress_bar(total=len(todo), desc="generate", unit="image", disable=not progress or not todo) as bar:

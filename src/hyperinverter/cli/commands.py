@@ -43,9 +43,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.outdir is not None:
         report = write_samples(G, seeds, args.outdir, truncation_psi=args.trunc, noise_mode=args.noise_mode,
                                batch_size=args.batch_size, overwrite=args.overwrite)
+        for error in report.failed:
+            print(f"failed: {error}", file=sys.stderr)
         print(f"wrote {len(report.written)} samples ({G.resolution}x{G.resolution}) into {args.outdir}; "
-              f"{len(report.skipped)} already there")
-        return 0
+              f"{len(report.skipped)} already there" + (f", {len(report.failed)} failed" if report.failed else ""))
+        return 1 if report.failed else 0
     side = math.ceil(math.sqrt(len(seeds))) * (G.resolution + 2)
     if side > MAX_PICTURE_SIDE:
         raise ValueError(f"--seeds {args.seeds}: {len(seeds)} samples of {G.resolution} px make a grid {side} px "

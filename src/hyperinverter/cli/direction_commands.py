@@ -199,7 +199,7 @@ def run_import(args: argparse.Namespace) -> int:
     from ..editing.directions import GANSpaceDirection, LinearDirection, load_direction, save_direction
     from ..editing.official import official_ganspace_edits
     from ..errors import InputError, OutputError
-    from ..io.files import file_name_part
+    from ..io.files import check_file_replaceable, file_name_part
 
     one_edit = (args.component, args.layers, args.name, args.strength)
     if args.edits is not None:
@@ -218,8 +218,10 @@ def run_import(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise OutputError(args.out, "is a file: give the folder to write the directions into")
     targets = [args.out / f"{file_name_part(d.name, fallback='direction')}.safetensors" for d in directions]
+    for target in targets:  # (before anything is written) a file of ours may be replaced, never a user's
+        check_file_replaceable(target)
     taken = [t for t in targets if t.exists()]
-    if taken and not args.overwrite:  # (before anything is written)
+    if taken and not args.overwrite:
         raise OutputError(taken[0], f"exists{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}: "
                           "--overwrite replaces it")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,8 @@ class ConvertedWeights:
                            self.expected_sha256)
         state_dict = self.convert(source)
         save_safetensors(path, state_dict, metadata={"format": self.format, f"{self.source_key}_file": source.name,
-                                                     f"{self.source_key}_sha256": digest})
+                                                     f"{self.source_key}_sha256": digest},
+                         replace_any=True)  # the cache is ours: a damaged file in it is converted again
         logger.info("converted %s into %s", source, path)
         return path, state_dict
 

@@ -254,7 +254,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                     continue
                 targets = output_paths(out_dir, picture.name)
                 try:
-                    inputs_on_disk.check_outputs(targets)
+                    inputs_on_disk.check_outputs([*targets, *([adapted_path(out_dir, picture.name)] if adapt else [])])
                 except OutputError as e:
                     report.failed.append(e)
                     continue

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import CheckpointError, NonFiniteWeightsError, SchemaError
 from ..memory import FilePages
-from .files import _PROC_FD, COMPONENT_FORMAT, COMPONENT_INDEX, atomic_write_bytes
+from .files import _PROC_FD, COMPONENT_FORMAT, COMPONENT_INDEX, WRITER_TAG, atomic_write_bytes
 
 FORMAT = COMPONENT_FORMAT
 FORMAT_VERSION = 1
@@ -37,15 +37,18 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
-    """The bytes of a safetensors file (for writing several files as one group)."""
+    """The bytes of a safetensors file (for writing several files as one group). A file without metadata of its
+    own is marked ``written_by`` (``io.files.written_by_us``); the writers' own keys mark the others."""
     return safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                             metadata=dict(metadata) if metadata else None)
+                             metadata=dict(metadata) if metadata else {"written_by": WRITER_TAG})
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
-                     metadata: Mapping[str, str] | None = None, *, durable: bool = True) -> Path:
-    """Write a safetensors file atomically (and durably unless told otherwise)."""
-    return atomic_write_bytes(path, encode_safetensors(tensors, metadata), durable=durable)
+                     metadata: Mapping[str, str] | None = None, *, durable: bool = True, replace_any: bool = False
+                     ) -> Path:
+    """Write a safetensors file atomically (and durably unless told otherwise); ``replace_any``: see
+    :func:`~hyperinverter.io.files.atomic_write_group`."""
+    return atomic_write_bytes(path, encode_safetensors(tensors, metadata), durable=durable, replace_any=replace_any)
 
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own bound

@@ -36,6 +36,16 @@ PIPELINE_EXTRAS = frozenset({"MODEL_CARD.md", "configs", "directions", "examples
 GENERATOR_ENTRIES = frozenset({"config.json", "model.safetensors", "generator", "discriminator", "ws.safetensors"})
 
 # A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
+# What marks a file as written by hyperinverter: images carry it in their metadata (PNG's Software text, a JPEG or GIF
+# comment, WebP's XMP packet; see ``io.images.image_bytes``), safetensors files in their header. An output replaces
+# an existing file of these kinds only when it carries the mark, so a user's photo or model that happens to have an
+# output's name is never lost.
+WRITER_TAG = "hyperinverter"
+MARKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".safetensors"})
+# The header keys that mark a safetensors file as ours: every writer names what its file holds (components,
+# inversions, directions, training checkpoints, benchmark records), and a file with no metadata of its own gets
+# ``written_by``, so that the bytes of a component saved again stay the same.
+_OUR_SAFETENSORS_KEYS = frozenset({"written_by", "hyperinverter", "inversion", "direction", "training", "record"})
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}(?:-(?P<pid>\d+))?\.partial$")
 _PROC_FD = Path("/proc/self/fd")
 
@@ -52,11 +62,13 @@ class InputFiles:
                 self._by_identity.setdefault(identity, Path(path))
 
     def check_outputs(self, outputs: Iterable[str | os.PathLike], *, hint: str = "give another --out") -> None:
-        """An output that is one of the inputs is an ``OutputError`` naming both."""
+        """An output that is one of the inputs is an ``OutputError`` naming both; so is one that would replace an
+        image or safetensors file that we did not write (:func:`check_file_replaceable`)."""
         for output in outputs:
             source = self._by_identity.get(_identity(output))
             if source is not None:
                 raise OutputError(output, f"is the input {source}: writing the result would replace it; {hint}")
+            check_file_replaceable(output)
 
 
 def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *, what: str) -> None:
@@ -303,13 +315,15 @@ def _publish(staged: _StagedFile, path: Path) -> None:
         os.close(staged.fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True, replace_any: bool = False
+                       ) -> Path:
     """Write ``data`` to ``path``: readers see the old file or the whole new one, never a part.
 
     ``durable=False`` skips the flushes: still never a partial file, but a power cut may lose the newest write
-    (right for thousands of regenerable dataset files, wrong for checkpoints and results).
+    (right for thousands of regenerable dataset files, wrong for checkpoints and results). ``replace_any``: see
+    :func:`atomic_write_group`.
     """
-    return atomic_write_group([(Path(path), data)], durable=durable)[0]
+    return atomic_write_group([(Path(path), data)], durable=durable, replace_any=replace_any)[0]
 
 
 def atomic_write_figure(path: str | os.PathLike, fig, *, dpi: int = 120) -> Path:
@@ -319,22 +333,71 @@ def atomic_write_figure(path: str | os.PathLike, fig, *, dpi: int = 120) -> Path
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": WRITER_TAG})
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True) -> list[Path]:
+def _safetensors_metadata(path: Path) -> dict:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= size <= 100_000_000:
+            return {}
+        header = json.loads(f.read(size))
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def written_by_us(path: str | os.PathLike) -> bool:
+    """Whether the image or safetensors file at ``path`` carries hyperinverter's mark (``WRITER_TAG``); a missing,
+    unreadable or foreign file does not. Only the file's header is read."""
+    from PIL import Image
+
+    from .images import MADE_WITH_CHUNK
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            metadata = _safetensors_metadata(path)
+            return (metadata.get("written_by", WRITER_TAG) == WRITER_TAG and bool(_OUR_SAFETENSORS_KEYS & set(metadata))
+                    or str(metadata.get("format", "")).startswith(f"{WRITER_TAG}-"))  # (our caches of converted files)
+        with Image.open(path) as image:  # reads the header and metadata, not the pixels
+            info = image.info
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+    if MADE_WITH_CHUNK in info or info.get("Software") == WRITER_TAG:
+        return True
+    mark = info.get("comment") or info.get("xmp") or b""
+    return isinstance(mark, bytes) and WRITER_TAG.encode() in mark
+
+
+def check_file_replaceable(path: str | os.PathLike) -> None:
+    """Raise ``OutputError`` if writing ``path`` would replace an image or safetensors file that hyperinverter did
+    not write (``written_by_us``). Other files at an output's name are the writer's to check."""
+    path = Path(path)
+    if path.suffix.lower() in MARKED_SUFFIXES and path.is_file() and not written_by_us(path):
+        raise OutputError(path, "exists and was not written by hyperinverter, so it is not replaced; move it away, "
+                                "or write the output elsewhere")
+
+
+def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True, replace_any: bool = False
+                       ) -> list[Path]:
     """Write several files so that they appear together: all are written and flushed under no name first,
     then named one after the other (microseconds apart), the last one last.
 
     Readers that treat the last file as the group's commit record (as resumable batch inversion does) never
-    see a group without all of its files.
+    see a group without all of its files. An image or safetensors file that we did not write is never replaced
+    (:func:`check_file_replaceable`): the whole group is refused before anything is written. ``replace_any``
+    lifts that for a folder that is ours as a whole (a training run's checkpoints, a cache), where a file of an
+    output's name that does not read back is one of ours, damaged.
     """
     paths = [Path(p) for p, _ in files]
     for p in paths:
         if p.is_dir():
             raise OutputError(p, "is a folder; give a file name")
+        if not replace_any:
+            check_file_replaceable(p)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import ImageReadError
-from .files import atomic_write_bytes
+from .files import WRITER_TAG, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,11 @@ WRITTEN_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEB
 # it, and viewers give up on larger images. 256 samples at 1024 px fill it.
 MAX_PICTURE_SIDE = 16_384
 
+_XMP_PACKET = ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+               '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+               f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="{WRITER_TAG}"/></rdf:RDF></x:xmpmeta>'
+               '<?xpacket end="r"?>').encode()
+
 # A PNG text chunk: the digest of what made a result (see image_bytes), so that a re-run knows its own work.
 MADE_WITH_CHUNK = "hyperinverter:made-with"
 
@@ -116,17 +121,27 @@ def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png", *, made
     if isinstance(image, torch.Tensor):
         image = tensor_to_pil(image if image.ndim == 4 else image[None])[0]
     file_format = WRITTEN_FORMATS.get(suffix.lower(), "PNG")
-    options = {}
-    if made_with is not None:
-        if file_format != "PNG":
-            raise ValueError(f"made_with is stored in PNG files only, not {suffix}")
+    if made_with is not None and file_format != "PNG":
+        raise ValueError(f"made_with is stored in PNG files only, not {suffix}")
+    buf = io.BytesIO()
+    image.save(buf, format=file_format, **_writer_mark(file_format, made_with))
+    return buf.getvalue()
+
+
+def _writer_mark(file_format: str, made_with: str | None = None) -> dict:
+    """The save options that mark an image as ours (``io.files.WRITER_TAG``, read back by ``written_by_us``), so
+    that a later output replaces it and never a user's picture of the same name."""
+    if file_format == "PNG":
         from PIL.PngImagePlugin import PngInfo
 
-        options["pnginfo"] = PngInfo()
-        options["pnginfo"].add_text(MADE_WITH_CHUNK, made_with)
-    buf = io.BytesIO()
-    image.save(buf, format=file_format, **options)
-    return buf.getvalue()
+        info = PngInfo()
+        info.add_text("Software", WRITER_TAG)
+        if made_with is not None:
+            info.add_text(MADE_WITH_CHUNK, made_with)
+        return {"pnginfo": info}
+    if file_format == "WEBP":
+        return {"xmp": _XMP_PACKET}
+    return {"comment": WRITER_TAG.encode()}  # JPEG and GIF
 
 
 def images_made_with(paths: Sequence[str | os.PathLike], made_with: str) -> bool:
@@ -150,9 +165,11 @@ def image_output_path(path: str | os.PathLike) -> Path:
     return path if path.suffix.lower() in WRITTEN_FORMATS else path.with_name(path.name + ".png")
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True) -> Path:
-    """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix."""
-    return atomic_write_bytes(path, image_bytes(image, Path(path).suffix), durable=durable)
+def save_image(image: torch.Tensor | Image.Image, path: str | Path, *, durable: bool = True,
+               replace_any: bool = False) -> Path:
+    """Save ``[1,C,H,W]`` / ``[C,H,W]`` tensor in [-1,1] or a PIL image, atomically; format from suffix.
+    ``replace_any``: into a folder that is ours as a whole (see :func:`~hyperinverter.io.files.atomic_write_group`)."""
+    return atomic_write_bytes(path, image_bytes(image, Path(path).suffix), durable=durable, replace_any=replace_any)
 
 
 def center_square(image: Image.Image) -> Image.Image:
@@ -219,7 +236,8 @@ def gif_bytes(frames: Sequence[torch.Tensor], *, duration_ms: int = 80) -> bytes
     """``[1,C,H,W]`` / ``[C,H,W]`` frames in [-1,1] -> a looping GIF."""
     pil = [tensor_to_pil(f if f.ndim == 4 else f[None])[0].convert("RGB") for f in frames]
     buf = io.BytesIO()
-    pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
+    pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=duration_ms, loop=0,
+                **_writer_mark("GIF"))
     return buf.getvalue()
 
 

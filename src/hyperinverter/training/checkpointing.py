@@ -107,8 +107,9 @@ def save_checkpoint(
     path = directory / f"checkpoint-{step:08d}.safetensors"
     # safetensors refuses shared storage; clone so every entry owns its memory.
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    # Durable (file and folder flushed) before any older checkpoint is deleted: a power cut keeps one.
-    save_safetensors(path, tensors, metadata={"training": json.dumps(meta)})
+    # Durable (file and folder flushed) before any older checkpoint is deleted: a power cut keeps one. The run
+    # folder is ours (prepared_run_dir): a checkpoint of this name that no longer reads back is replaced.
+    save_safetensors(path, tensors, metadata={"training": json.dumps(meta)}, replace_any=True)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -69,7 +69,7 @@ class RunLogger:
         if not self.enabled:
             return
         grid = make_grid(images, nrow=nrow)
-        save_image(grid, self.run_dir / "samples" / f"{name}-{step:08d}.png")
+        save_image(grid, self.run_dir / "samples" / f"{name}-{step:08d}.png", replace_any=True)  # (the run's folder)
         if self._tb is not None:
             self._tb.add_image(name, ((grid[0] + 1) / 2).clamp(0, 1), step)
 
