@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hyperinverter.io import video
+from hyperinverter.io.files import written_by_us
 from hyperinverter.io.video import available_backends, mp4_bytes, video_backend
 
 
@@ -50,6 +51,9 @@ def test_rgb_frames_round_trip(backend, tmp_path):
     data = mp4_bytes(frames, fps=12, backend=backend)
     assert data[4:8] == b"ftyp"
     assert data.find(b"moov") < data.find(b"mdat")  # faststart: the index first
+    (tmp_path / "ours.mp4").write_bytes(data)
+    (tmp_path / "theirs.mp4").write_bytes(data.replace(b"hyperinverter", b"somethingelse"))
+    assert written_by_us(tmp_path / "ours.mp4") and not written_by_us(tmp_path / "theirs.mp4")
     decoded, fps = _decode(data, tmp_path)
     assert len(decoded) == 6 and decoded[0].shape == (32, 48, 3) and fps == pytest.approx(12)
     expected = ((frames.permute(0, 2, 3, 1) + 1) * 127.5).numpy()

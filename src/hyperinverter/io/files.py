@@ -37,11 +37,12 @@ GENERATOR_ENTRIES = frozenset({"config.json", "model.safetensors", "generator", 
 
 # A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
 # What marks a file as written by hyperinverter: images carry it in their metadata (PNG's Software text, a JPEG or GIF
-# comment, WebP's XMP packet; see ``io.images.image_bytes``), safetensors files in their header. An output replaces
+# comment, WebP's XMP packet; see ``io.images.image_bytes``), MP4 clips in their comment (``io.video``, in the index
+# at the front), safetensors files in their header. An output replaces
 # an existing file of these kinds only when it carries the mark, so a user's photo or model that happens to have an
 # output's name is never lost.
 WRITER_TAG = "hyperinverter"
-MARKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".safetensors"})
+MARKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".safetensors"})
 # The header keys that mark a safetensors file as ours: every writer names what its file holds (components,
 # inversions, directions, training checkpoints, benchmark records), and a file with no metadata of its own gets
 # ``written_by``, so that the bytes of a component saved again stay the same.
@@ -350,8 +351,8 @@ def _safetensors_metadata(path: Path) -> dict:
 
 
 def written_by_us(path: str | os.PathLike) -> bool:
-    """Whether the image or safetensors file at ``path`` carries hyperinverter's mark (``WRITER_TAG``); a missing,
-    unreadable or foreign file does not. Only the file's header is read."""
+    """Whether the image, clip or safetensors file at ``path`` carries hyperinverter's mark (``WRITER_TAG``); a
+    missing, unreadable or foreign file does not. Only the file's header is read."""
     from PIL import Image
 
     from .images import MADE_WITH_CHUNK
@@ -362,6 +363,10 @@ def written_by_us(path: str | os.PathLike) -> bool:
             metadata = _safetensors_metadata(path)
             return (metadata.get("written_by", WRITER_TAG) == WRITER_TAG and bool(_OUR_SAFETENSORS_KEYS & set(metadata))
                     or str(metadata.get("format", "")).startswith(f"{WRITER_TAG}-"))  # (our caches of converted files)
+        if path.suffix.lower() == ".mp4":
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+            return head[4:8] == b"ftyp" and WRITER_TAG.encode() in head  # (an MP4 with its comment at the front)
         with Image.open(path) as image:  # reads the header and metadata, not the pixels
             info = image.info
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):

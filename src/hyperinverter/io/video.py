@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import WRITER_TAG
 from .images import tensor_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def _write_av(path: Path, rgb: np.ndarray, fps: int) -> None:
     import av
 
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        container.metadata["comment"] = WRITER_TAG  # (io.files.written_by_us)
         stream = container.add_stream(_av_encoder(av), rate=fps)
         stream.height, stream.width = rgb.shape[1:3]
         stream.pix_fmt = "yuv420p"
@@ -100,7 +102,8 @@ def _write_imageio(path: Path, rgb: np.ndarray, fps: int) -> None:
     writer = imageio_ffmpeg.write_frames(
         str(path), (rgb.shape[2], rgb.shape[1]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
         pix_fmt_out="yuv420p", quality=None, macro_block_size=1,  # sizes are even already: no rescaling
-        output_params=["-crf", str(CRF), "-movflags", "+faststart"], ffmpeg_log_level="error")
+        output_params=["-crf", str(CRF), "-movflags", "+faststart", "-metadata", f"comment={WRITER_TAG}"],
+        ffmpeg_log_level="error")
     writer.send(None)  # start the ffmpeg process
     try:
         for frame in rgb:
