@@ -35,18 +35,19 @@ PIPELINE_EXTRAS = frozenset({"MODEL_CARD.md", "configs", "directions", "examples
 # adds the image's codes.
 GENERATOR_ENTRIES = frozenset({"config.json", "model.safetensors", "generator", "discriminator", "ws.safetensors"})
 
-# A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
-# What marks a file as written by hyperinverter: images carry it in their metadata (PNG's Software text, a JPEG or GIF
-# comment, WebP's XMP packet; see ``io.images.image_bytes``), MP4 clips in their comment (``io.video``, in the index
-# at the front), safetensors files in their header. An output replaces
-# an existing file of these kinds only when it carries the mark, so a user's photo or model that happens to have an
-# output's name is never lost.
+# What marks a file as written by hyperinverter: images carry it in their metadata (PNG's Software text, a JPEG or
+# GIF comment, WebP's XMP packet; see ``io.images.image_bytes``), MP4 clips in their comment (``io.video``, in the
+# index at the front), safetensors files in their header. An output replaces an existing file of these kinds only
+# when it carries the mark, so a user's photo or model that happens to have an output's name is never lost.
 WRITER_TAG = "hyperinverter"
 MARKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".safetensors"})
-# The header keys that mark a safetensors file as ours: every writer names what its file holds (components,
-# inversions, directions, training checkpoints, benchmark records), and a file with no metadata of its own gets
-# ``written_by``, so that the bytes of a component saved again stay the same.
-_OUR_SAFETENSORS_KEYS = frozenset({"written_by", "hyperinverter", "inversion", "direction", "training", "record"})
+# The header keys that mark a safetensors file as ours: each writer names what its file holds (components,
+# inversions, directions, training checkpoints, benchmark records; our caches of converted files say it in their
+# ``format``), and a file without metadata of its own gets ``written_by``, so that a component saved again keeps
+# its bytes.
+_OUR_SAFETENSORS_KEYS = frozenset({"hyperinverter", "inversion", "direction", "training", "record"})
+
+# A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}(?:-(?P<pid>\d+))?\.partial$")
 _PROC_FD = Path("/proc/self/fd")
 
@@ -64,7 +65,7 @@ class InputFiles:
 
     def check_outputs(self, outputs: Iterable[str | os.PathLike], *, hint: str = "give another --out") -> None:
         """An output that is one of the inputs is an ``OutputError`` naming both; so is one that would replace an
-        image or safetensors file that we did not write (:func:`check_file_replaceable`)."""
+        image, clip or safetensors file that we did not write (:func:`check_file_replaceable`)."""
         for output in outputs:
             source = self._by_identity.get(_identity(output))
             if source is not None:
@@ -339,30 +340,20 @@ def atomic_write_figure(path: str | os.PathLike, fig, *, dpi: int = 120) -> Path
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _safetensors_metadata(path: Path) -> dict:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        size = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= size <= 100_000_000:
-            return {}
-        header = json.loads(f.read(size))
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def written_by_us(path: str | os.PathLike) -> bool:
     """Whether the image, clip or safetensors file at ``path`` carries hyperinverter's mark (``WRITER_TAG``); a
     missing, unreadable or foreign file does not. Only the file's header is read."""
     from PIL import Image
 
+    from .checkpoints import read_safetensors_metadata
     from .images import MADE_WITH_CHUNK
 
     path = Path(path)
     try:
         if path.suffix.lower() == ".safetensors":
-            metadata = _safetensors_metadata(path)
-            return (metadata.get("written_by", WRITER_TAG) == WRITER_TAG and bool(_OUR_SAFETENSORS_KEYS & set(metadata))
-                    or str(metadata.get("format", "")).startswith(f"{WRITER_TAG}-"))  # (our caches of converted files)
+            metadata = read_safetensors_metadata(path)
+            return (metadata.get("written_by") == WRITER_TAG or not _OUR_SAFETENSORS_KEYS.isdisjoint(metadata)
+                    or metadata.get("format", "").startswith(f"{WRITER_TAG}-"))
         if path.suffix.lower() == ".mp4":
             with open(path, "rb") as f:
                 head = f.read(1 << 20)
@@ -378,8 +369,8 @@ def written_by_us(path: str | os.PathLike) -> bool:
 
 
 def check_file_replaceable(path: str | os.PathLike) -> None:
-    """Raise ``OutputError`` if writing ``path`` would replace an image or safetensors file that hyperinverter did
-    not write (``written_by_us``). Other files at an output's name are the writer's to check."""
+    """Raise ``OutputError`` if writing ``path`` would replace an image, clip or safetensors file that hyperinverter
+    did not write (``written_by_us``). Other files at an output's name are the writer's to check."""
     path = Path(path)
     if path.suffix.lower() in MARKED_SUFFIXES and path.is_file() and not written_by_us(path):
         raise OutputError(path, "exists and was not written by hyperinverter, so it is not replaced; move it away, "
@@ -392,7 +383,7 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     then named one after the other (microseconds apart), the last one last.
 
     Readers that treat the last file as the group's commit record (as resumable batch inversion does) never
-    see a group without all of its files. An image or safetensors file that we did not write is never replaced
+    see a group without all of its files. An image, clip or safetensors file that we did not write is never replaced
     (:func:`check_file_replaceable`): the whole group is refused before anything is written. ``replace_any``
     lifts that for a folder that is ours as a whole (a training run's checkpoints, a cache), where a file of an
     output's name that does not read back is one of ours, damaged.
