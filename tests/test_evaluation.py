@@ -154,6 +154,22 @@ def test_mismatched_folders_are_an_error_naming_the_files(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "r")]) == 2
 
 
+def test_a_broken_link_fails_its_pair_and_the_rest_is_scored(tmp_path, capsys):
+    # A broken link in --pred ended the whole run (exit 2); in --data it was left out without a word.
+    _write_pairs(tmp_path)
+    (tmp_path / "pred" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--out", str(tmp_path / "r")]) == 1
+    assert f"failed: {tmp_path / 'pred' / 'gone.png'}: is a broken symbolic link" in capsys.readouterr().err
+    scored = [row["image"] for row in csv.DictReader((tmp_path / "r.csv").open())]
+    assert scored == sorted(p.name for p in (tmp_path / "gt").iterdir())
+    from hyperinverter.evaluation import load_heldout_images
+
+    images, names, failures = load_heldout_images(tmp_path / "pred", resolution=16, channels=3)
+    assert names == scored and [str(e) for e in failures] == [f"{tmp_path / 'pred' / 'gone.png'}: is a broken "
+                                                              "symbolic link"]
+
+
 def test_two_images_are_one_pair(tmp_path, capsys):
     # `evaluate --pred a.png --gt b.png` was "error: PosixPath('.') has an empty name".
     from hyperinverter.evaluation import evaluate_folders

@@ -485,6 +485,13 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--strength", "nan"], "finite"),
     (["web", "--port", "70000"], "at most 65535"),
     (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--max-images", "0"], "at least 1"),
+    # An overflow deep inside (an internal error), or memory without bound until the kernel killed the process.
+    (["ganspace", "--model", "m", "--strength", "1e308"], "--strength: must be at most 1,000, got 1e308"),
+    (["ganspace", "--model", "m", "--samples", "100000000000"], "--samples: must be at most 10,000,000"),
+    (["data", "align", "photos", "--out", "o", "--size", "100000"], "--size: must be at most 2,048, got 100000"),
+    # (it wrote "-1 faces" and a dataset.json counting -1)
+    (["data", "faces64", "--out", "o", "--n", "-1"], "--n: must be at least 1, got -1"),
+    (["data", "faces64", "--out", "o", "--seed-start", "-3"], "--seed-start: must be at least 0, got -3"),
 ])
 def test_bad_numbers_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as caught:
@@ -598,6 +605,52 @@ def test_seed_ranges_are_bounded(world, tmp_path, capsys):
     from hyperinverter.generate import parse_seeds
 
     assert parse_seeds("3,0-3,3") == [3, 0, 1, 2] and parse_seeds("4294967295") == [4294967295]
+
+
+def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
+    # A render that overflowed failed without naming its input ("failed: the rendered image holds NaN ...").
+    result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
+                 "1e308", "--out", tmp_path / "e")
+    assert result.code == 1 and f"failed: {world.inv}: the rendered image holds NaN" in result.err
+    # A folder given where a picture, a clip or a report is named: DIR.png was written beside the folder.
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for argv, what in ((["mix", world.inv, world.inv, "--model", world.model, "--layers", "0:2"], "a file name"),
+                       (["interpolate", world.inv, world.inv, "--model", world.model], "the clip's name"),
+                       (["evaluate", "--pred", world.photos, "--gt", world.photos], "the report's name"),
+                       (["generate", "--model", world.model, "--seeds", "0"], "a file name")):
+        result = cli(capsys, *argv, "--out", folder)
+        assert result.code == 2 and result.err.startswith(f"error: {folder}: is a folder; give {what}"), argv
+    assert not list(tmp_path.glob("results.*")) and not list(folder.iterdir())
+    # A link at an output's name, dangling or not, was replaced by a plain file.
+    (folder / "m.png").symlink_to(tmp_path / "nowhere.png")
+    result = cli(capsys, "mix", world.inv, world.inv, "--model", world.model, "--layers", "0:2", "--out",
+                 folder / "m.png")
+    assert result.code == 2 and "m.png: is a symbolic link, which is not replaced" in result.err
+    assert (folder / "m.png").is_symlink()
+    # A folder output that cannot be made named its hidden temporary, not the path given.
+    result = cli(capsys, "convert", world.model, Path("/proc/hyperinverter-test"))
+    assert result.err == "error: /proc/hyperinverter-test: no such file or directory\n"
+    # A file name holding a newline split its error line in two.
+    assert str(OutputError("a\nb.png", "bad")) == "a\\nb.png: bad"
+    # A generator config whose filter is empty was an assertion deep in the first layer (an internal error).
+    from hyperinverter.models.stylegan2 import GeneratorConfig
+
+    for taps in ([], [0, 0], [1, -1]):
+        with pytest.raises(ValueError, match="resample_filter must be a non-empty list of finite numbers with a "
+                                             "non-zero sum"):
+            GeneratorConfig(resolution=8, resample_filter=taps)
+    # A pickle that asks to run code, given as PTI's pivot, printed torch's whole multi-line message.
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save(Evil(), tmp_path / "evil.pt")
+    from hyperinverter.convert.pti import read_pti_pivot
+
+    with pytest.raises(ValueError, match=r"evil.pt: refusing to load it: it asks to run code") as caught:
+        read_pti_pivot(tmp_path / "evil.pt", build_tiny_generator())
+    assert "\n" not in str(caught.value)
 
 
 def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+
+
+def _one_line(name: str) -> str:
+    """A file name as messages show it: control characters escaped (``\\n``), so that a name holding a newline
+    keeps its ``error:`` or ``failed:`` line whole."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], name)
 
 
 class InputError(ValueError):
@@ -18,7 +25,13 @@ class InputError(ValueError):
             source, cause = None, str(source)
         self.source = None if source is None else os.fsdecode(source)
         self.cause = cause
-        super().__init__(cause if self.source is None else f"{self.source}: {cause}")
+        super().__init__(cause if self.source is None else f"{_one_line(self.source)}: {cause}")
+
+
+def naming(error: InputError, source: str | os.PathLike) -> InputError:
+    """``error``, or the same error naming ``source`` when it names no file: a batch item's failure (a render that
+    came out non-finite, say) is reported as ``<file>: <cause>`` like every other."""
+    return error if error.source is not None else type(error)(source, error.cause)
 
 
 class CheckpointError(InputError):

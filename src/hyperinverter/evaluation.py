@@ -433,17 +433,23 @@ class FolderPairs:
     without the suffix (``a/001.png`` pairs with ``a/001.jpg``); or two images, one pair."""
 
     pairs: list[tuple[Path, Path]]
+    problems: list[str] = field(default_factory=list)  # entries that cannot be images (a broken link): left out
 
     @classmethod
     def match(cls, pred: Path, gt: Path) -> FolderPairs:
         """Pair every image; a set that does not match (an image on one side only, or two images with one name)
-        is a ``ValueError`` naming the files, before any work."""
+        is a ``ValueError`` naming the files, before any work. An entry that cannot be an image (a broken link) is
+        a problem of its pair, reported and left out."""
         from .io.images import find_images
 
-        def keyed(folder: Path) -> dict[str, Path]:
+        def keyed(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
             found = find_images([folder])
-            if found.problems:
-                raise ValueError("; ".join(str(p) for p in found.problems[:5]))
+            broken: dict[str, str] = {}
+            for problem in found.problems:
+                source = Path(problem.source or "")
+                if not source.is_relative_to(folder) or source == folder:
+                    raise ValueError(str(problem))
+                broken[source.relative_to(folder).with_suffix("").as_posix()] = str(problem)
             keys: dict[str, Path] = {}
             for path in found.paths:
                 key = path.relative_to(folder).with_suffix("").as_posix()
@@ -453,7 +459,7 @@ class FolderPairs:
                 keys[key] = path
             if not keys:
                 raise ValueError(f"{folder}: no images")
-            return keys
+            return keys, broken
 
         pred, gt = Path(pred), Path(gt)
         if pred.is_file() or gt.is_file():
@@ -461,8 +467,8 @@ class FolderPairs:
                 file, folder = (pred, gt) if pred.is_file() else (gt, pred)
                 raise ValueError(f"{file} is a file, but {folder} is not: give two folders, or two images")
             return cls([(pred, gt)])
-        a, b = keyed(pred), keyed(gt)
-        only_pred, only_gt = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        (a, broken_a), (b, broken_b) = keyed(pred), keyed(gt)
+        only_pred, only_gt = sorted(set(a) - set(b) - set(broken_b)), sorted(set(b) - set(a) - set(broken_a))
         if only_pred or only_gt:
             parts = []
             if only_pred:
@@ -470,7 +476,7 @@ class FolderPairs:
             if only_gt:
                 parts.append(f"{len(only_gt)} only in {gt} ({', '.join(only_gt[:5])})")
             raise ValueError("the folders do not hold the same images: " + "; ".join(parts))
-        return cls([(a[k], b[k]) for k in sorted(a)])
+        return cls([(a[k], b[k]) for k in sorted(a) if k in b], [*broken_a.values(), *broken_b.values()])
 
 
 def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetric] | None = None,
@@ -484,9 +490,10 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
 
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     pred, gt = Path(pred), Path(gt)
-    pairs = FolderPairs.match(pred, gt).pairs
+    matched = FolderPairs.match(pred, gt)
+    pairs = matched.pairs
     sums: dict[str, float] = {}
-    problems: list[str] = []
+    problems: list[str] = list(matched.problems)
     names: list[str] = []
     per_image: dict[str, list[float]] = {}
     batch: list[tuple[str, torch.Tensor, torch.Tensor]] = []

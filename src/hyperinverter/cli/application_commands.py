@@ -60,7 +60,7 @@ def register(sub) -> None:
 def run_restore(args: argparse.Namespace) -> int:
     import torch
 
-    from ..errors import InputError
+    from ..errors import InputError, naming
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
@@ -119,7 +119,7 @@ def run_restore(args: argparse.Namespace) -> int:
                 group.append((done[0], image_bytes(photo_result.photo, made_with=made)))
             inputs.check_outputs([path for path, _ in group])
         except InputError as e:  # unreadable, no face, an output that would replace an input: the run goes on
-            failures.append(e)
+            failures.append(naming(e, path))
             continue
         except OSError as e:
             failures.append(InputError(path, e.strerror or str(e)))

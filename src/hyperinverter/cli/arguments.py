@@ -49,6 +49,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def at_most(parse, limit: float):
+    """``parse`` (one of the types above) with an upper bound: a value past what the work can hold (memory, float
+    range) is a usage error, not an out-of-memory kill or an overflow deep inside."""
+    def parse_at_most(text: str):
+        value = parse(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit:,}, got {text}")
+        return value
+
+    parse_at_most.__name__ = parse.__name__
+    return parse_at_most
+
+
 def port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:

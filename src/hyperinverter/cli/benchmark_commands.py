@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .arguments import add_dtype, nonnegative_int, positive_int
@@ -49,11 +50,16 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     from ..benchmark import BenchmarkSettings, run_benchmark
     from ..catalogue import local_model_path
     from ..editing.directions import edit_directions
+    from ..errors import OutputError
     from ..evaluation import load_heldout_images
     from ..inception_metrics import feature_extractor
-    from ..io.files import check_outside
+    from ..io.files import check_file_replaceable, check_outside
 
     check_outside(args.out, args.data, why="its pictures would be read as held-out images next time")
+    if os.path.lexists(args.out) and not args.out.is_dir():
+        raise OutputError(args.out, "exists and is not a folder; give a folder for the report")
+    for picture in ("tradeoff.png", "examples.png"):  # (before hours of work, and before the report is written)
+        check_file_replaceable(args.out / picture)
     pipe = _load_pipeline(args)
     G = pipe.generator
     options: dict[str, dict] = {}

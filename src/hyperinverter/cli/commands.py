@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from .arguments import add_device, add_dtype, finite_float, port, positive_float, positive_int
+from .arguments import add_device, add_dtype, at_most, finite_float, port, positive_float, positive_int
 
 
 def _generate(sub) -> None:
@@ -117,11 +117,12 @@ def _ganspace(sub) -> None:
     p.add_argument("--components", default="0-7", help="components on the sheet, e.g. '0-7' or '0,3,5' (default 0-7)")
     p.add_argument("--layers", default=":", help="layer range START:END the sheet edits (default: every layer)")
     p.add_argument("--seeds", default="0-2", help="seeds of the sheet's samples (default 0-2)")
-    p.add_argument("--strength", type=positive_float, default=3.0,
+    p.add_argument("--strength", type=at_most(positive_float, 1000), default=3.0,
                    help="the sheet's range -s..+s in stds (default 3)")
     p.add_argument("--trunc", type=finite_float, default=0.7,
                    help="truncation psi of the sheet's samples (default 0.7)")
-    p.add_argument("--samples", type=positive_int, default=100_000, help="w samples for the PCA (default 100000)")
+    p.add_argument("--samples", type=at_most(positive_int, 10_000_000), default=100_000,
+                   help="w samples for the PCA (default 100000, at most 10 million)")
     p.add_argument("--save", action="append", default=[], type=_parse_saved_direction, metavar="NAME=PC:START:END[:S]",
                    help="also write NAME.safetensors next to the sheet: component PC on layers START:END, "
                    "default strength S (default --strength); repeatable")
@@ -136,6 +137,7 @@ def run_ganspace(args: argparse.Namespace) -> int:
     from ..editing import GANSpaceDirection, compute_ganspace, save_direction
     from ..editing.sheet import parse_layer_range, render_ganspace_sheet
     from ..generate import parse_seeds
+    from ..io.files import check_file_replaceable
     from ..io.images import image_output_path
 
     G = load_generator(generator_path(args.model), device=resolve_device(args.device))
@@ -150,6 +152,8 @@ def run_ganspace(args: argparse.Namespace) -> int:
         if not 0 <= pc < G.w_dim:
             raise ValueError(f"--save {name}: component {pc} out of range (the basis has {G.w_dim}: 0 to "
                              f"{G.w_dim - 1})")
+    for path in [image_output_path(args.out), *(args.out.parent / f"{name}.safetensors" for name in names)]:
+        check_file_replaceable(path)
     basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)
     sheet = render_ganspace_sheet(G, basis, image_output_path(args.out), components=parse_seeds(args.components),
                                   layers=layers, seeds=parse_seeds(args.seeds), strength=args.strength,

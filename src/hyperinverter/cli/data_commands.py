@@ -7,7 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import positive_float, positive_int
+from .arguments import at_most, nonnegative_int, positive_float, positive_int
+
+# Faces are warped at 4x the crop's side before it is reduced: 2048 px crops warp 8192-px images (0.8 GB).
+MAX_ALIGNED_SIZE = 2048
 
 
 def register(sub) -> None:
@@ -16,10 +19,11 @@ def register(sub) -> None:
     kinds = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     q = kinds.add_parser("faces64", help="64x64 faces sampled from the pretrained DCGAN in gan-face-generate")
     q.add_argument("--out", required=True, type=Path)
-    q.add_argument("--n", type=int, default=30000, help="number of images (default 30000)")
-    q.add_argument("--seed-start", type=int, default=None, help="first seed (default 0; held-out: 1000000)")
+    q.add_argument("--n", type=at_most(positive_int, 10_000_000), default=30000,
+                   help="number of images (default 30000)")
+    q.add_argument("--seed-start", type=nonnegative_int, default=None, help="first seed (default 0; held-out: 1000000)")
     q.add_argument("--heldout", action="store_true", help="the held-out set: 500 images from seed 1000000")
-    q.add_argument("--batch-size", type=int, default=500)
+    q.add_argument("--batch-size", type=positive_int, default=500)
     q.add_argument("--device", default="auto")
     q.set_defaults(func=run_faces64)
     q = kinds.add_parser("fashion32", help="Fashion-MNIST (Debian dataset-fashion-mnist) padded to 32x32")
@@ -39,7 +43,8 @@ def register(sub) -> None:
                          "it again resumes.")
     q.add_argument("source", type=Path, help="the folder of photos")
     q.add_argument("--out", required=True, type=Path)
-    q.add_argument("--size", type=positive_int, default=256, help="the crops' side in pixels (default 256)")
+    q.add_argument("--size", type=at_most(positive_int, MAX_ALIGNED_SIZE), default=256,
+                   help=f"the crops' side in pixels (default 256, at most {MAX_ALIGNED_SIZE})")
     q.add_argument("--scale", type=positive_float, default=1.0,
                    help="crop scale: 1 is FFHQ's framing; a model's own is in its pipeline.json (align_scale)")
     q.add_argument("--n", type=positive_int, default=None, help="only the first N photos (sorted by name)")

@@ -290,7 +290,7 @@ def _direction(args, generator):
 def run_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from ..errors import InputError
+    from ..errors import InputError, naming
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import (
@@ -343,7 +343,7 @@ def run_edit(args: argparse.Namespace) -> int:
                 outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted, made_with=made))
                             for label, pasted in zip(labels, _pasted_back(path, record, edits))]
         except InputError as e:
-            failures.append(e)
+            failures.append(naming(e, path))
             continue
         strip = make_grid(pipe.content(torch.cat([result.image] + edits).cpu()), nrow=len(edits) + 1)
         # An input's edits are written whole.
@@ -376,10 +376,14 @@ def _pasted_back(path: Path, record: dict, edits: list) -> list:
 def run_interpolate(args: argparse.Namespace) -> int:
     import torch
 
+    from ..errors import OutputError
     from ..io.files import InputFiles, atomic_write_group
     from ..io.images import gif_bytes, image_bytes, make_grid
     from ..io.video import mp4_bytes, video_backend
 
+    if args.out.is_dir():  # (it wrote DIR.png, DIR.gif and DIR.mp4 beside the folder)
+        raise OutputError(args.out, "is a folder; give the clip's name (for example "
+                          f"{args.out / 'interpolation'}: writes .png, .gif and .mp4)")
     out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif", ".mp4") else args.out
     targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
     InputFiles([args.a, args.b]).check_outputs(targets.values())
@@ -580,6 +584,11 @@ def _method_option(text: str) -> tuple[str, str, object]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ..errors import OutputError
+
+    if args.out.is_dir():  # (it wrote DIR.md, DIR.json and DIR.csv beside the folder)
+        raise OutputError(args.out, f"is a folder; give the report's name (for example {args.out / 'report'}: "
+                          "writes .md, .json, .csv and .png)")
     if (args.pred is None) != (args.gt is None):
         print("error: --pred and --gt go together", file=sys.stderr)
         return 2
@@ -632,11 +641,12 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, evaluation_work, load_heldout_images, quality_bars
-    from ..io.files import check_outside
+    from ..io.files import check_file_replaceable, check_outside
     from ..metrics import protocol_note
     from ..precision import dtype_name
 
     check_outside(args.out, args.data, why="its report and plot would be read as held-out images next time")
+    check_file_replaceable(args.out.with_suffix(".png"))  # (before the work, and before the report is written)
     pipe = _load_pipeline(args)
     G = pipe.generator
     images, names, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..io.checkpoints import load_weights_only
 from ..methods.base import InversionResult
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
@@ -49,10 +50,7 @@ def pti_weight_delta(tuned: Generator, original: Generator, *, source: str = "th
 def read_pti_pivot(path: str | Path, generator: Generator) -> torch.Tensor:
     """PTI's pivot file (``torch.save`` of a ``[1, num_ws, w_dim]`` tensor) -> ``ws [1, num_ws, w_dim]``."""
     path = Path(path)
-    try:
-        pivot = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a file that is not a tensor file)
-        raise CheckpointError(path, f"is not a readable PTI pivot (torch.save of a tensor): {e}") from None
+    pivot = load_weights_only(path)
     if isinstance(pivot, dict) and len(pivot) == 1:  # a pivot saved inside a dict
         pivot = next(iter(pivot.values()))
     expected = (generator.num_ws, generator.w_dim)

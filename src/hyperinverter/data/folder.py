@@ -59,7 +59,9 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be train, val or all, got {split!r}")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        # A broken link is kept, so that reading it reports it as unreadable (it was left out without a word).
+        files = sorted(p for p in self.root.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
+                       and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
         if split != "all":

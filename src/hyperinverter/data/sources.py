@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, naming
 from ..generate import z_from_seeds
 from ..io.files import atomic_write_bytes, atomic_write_group, check_outside, check_own_folder
 from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
@@ -189,6 +189,9 @@ def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress:
 def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAIN_SEED_START, batch_size: int = 500,
                   device: str | torch.device = "cpu", progress: bool = True) -> Path:
     """Write DCGAN faces for seeds ``[seed_start, seed_start + n)`` as ``000000.png`` ...; resumable."""
+    if n < 1 or seed_start < 0 or batch_size < 1:
+        raise ValueError(f"faces64 needs n >= 1, seed_start >= 0 and batch_size >= 1; got {n}, {seed_start} and "
+                         f"{batch_size}")
     out_dir = Path(out_dir)
     check_dataset_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +321,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
         try:
             faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
         except InputError as e:  # unreadable, or no face: the photo is reported, the folder goes on
-            failed.append(e)
+            failed.append(naming(e, path))
             continue
         # Aligned at 4x, then reduced: the warp does not alias (as invert --align does).
         atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),

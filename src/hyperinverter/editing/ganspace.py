@@ -31,20 +31,29 @@ class GANSpaceBasis:
 def compute_ganspace(
     G: Generator, *, num_samples: int = 100_000, num_components: int = 80, seed: int = 0, batch_size: int = 10_000
 ) -> GANSpaceBasis:
-    """PCA of ``w = mapping(z)`` over seeded samples (no truncation), as GANSpace does for StyleGAN2."""
+    """PCA of ``w = mapping(z)`` over seeded samples (no truncation), as GANSpace does for StyleGAN2.
+
+    The samples are summed batch by batch (their sum and their products, in float64, shifted by the first batch's
+    mean so that the sums do not cancel), so memory stays at one batch and a ``w_dim``² matrix however many there
+    are."""
     if num_samples <= num_components:
         raise ValueError(f"a PCA of {num_components} components needs more than {num_components} samples, got "
                          f"{num_samples}")
     device = G.w_avg.device
     gen = torch.Generator().manual_seed(seed)
-    ws = []
+    shift = total = products = None
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
-        ws.append(G.mapping(torch.randn(n, G.z_dim, generator=gen).to(device))[:, 0].double().cpu())
-    w = torch.cat(ws)
-    mean = w.mean(dim=0)
-    centred = w - mean
-    cov = centred.T @ centred / (len(w) - 1)
+        w = G.mapping(torch.randn(n, G.z_dim, generator=gen).to(device))[:, 0].double().cpu()
+        if shift is None:
+            shift = w.mean(dim=0)
+            total, products = torch.zeros_like(shift), torch.zeros(len(shift), len(shift), dtype=torch.float64)
+        w -= shift
+        total += w.sum(dim=0)
+        products += w.T @ w
+    offset = total / num_samples
+    mean = shift + offset
+    cov = (products - num_samples * torch.outer(offset, offset)) / (num_samples - 1)
     eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
     order = eigvals.flip(0)[:num_components]
     comp = eigvecs.flip(1)[:, :num_components].T

@@ -31,7 +31,7 @@ from typing import TypeVar
 import torch
 from PIL import Image
 
-from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
+from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError, naming
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
 from ..io.images import fit_to_canvas, image_bytes, make_grid, pil_to_tensor, read_image
@@ -141,7 +141,7 @@ def read_pictures(paths: Sequence[Path], names: Sequence[str], *, resolution: in
             pictures += photo_pictures(read_image(path), name, path, resolution=resolution, channels=channels,
                                        detector=detector, align_scale=align_scale, content_rows=content_rows)
         except InputError as e:
-            failed.append(e)
+            failed.append(naming(e, path))
         except Exception as e:  # noqa: BLE001 - one file must not end a batch of thousands; the cause is reported
             logger.debug("reading %s failed", path, exc_info=True)
             failed.append(InputError(path, f"could not be prepared ({type(e).__name__}: {e})"))

@@ -369,9 +369,13 @@ def written_by_us(path: str | os.PathLike) -> bool:
 
 
 def check_file_replaceable(path: str | os.PathLike) -> None:
-    """Raise ``OutputError`` if writing ``path`` would replace an image, clip or safetensors file that hyperinverter
-    did not write (``written_by_us``). Other files at an output's name are the writer's to check."""
+    """Raise ``OutputError`` if writing ``path`` would replace a symbolic link, or an image, clip or safetensors file
+    that hyperinverter did not write (``written_by_us``). Other files at an output's name are the writer's to
+    check."""
     path = Path(path)
+    if path.is_symlink():  # (we write no links: a user's, dangling or not, would be replaced by a plain file)
+        raise OutputError(path, "is a symbolic link, which is not replaced; give the path it points to, or write the "
+                                "output elsewhere")
     if path.suffix.lower() in MARKED_SUFFIXES and path.is_file() and not written_by_us(path):
         raise OutputError(path, "exists and was not written by hyperinverter, so it is not replaced; move it away, "
                                 "or write the output elsewhere")
@@ -577,7 +581,10 @@ def staged_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target.parent, of=target.name)
     built = _temp_sibling(target)
-    built.mkdir(0o777)
+    try:
+        built.mkdir(0o777)
+    except OSError as e:  # named after the target: the hidden folder beside it is ours, not the user's to know
+        raise OSError(e.errno, e.strerror, os.fspath(target)) from None
     try:
         yield built
         replace_directory(built, target, kind)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, OutputError
 from .files import WRITER_TAG, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,9 @@ def image_output_path(path: str | os.PathLike) -> Path:
     written in (``WRITTEN_FORMATS``), else ``path`` + ``.png``, so that ``--out notes.txt`` never replaces a
     text file with a PNG."""
     path = Path(path)
+    if path.is_dir():  # (it wrote DIR.png beside the folder)
+        raise OutputError(path, "is a folder; give a file name for the picture (for example "
+                                f"{path / 'result.png'})")
     return path if path.suffix.lower() in WRITTEN_FORMATS else path.with_name(path.name + ".png")
 
 

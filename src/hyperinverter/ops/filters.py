@@ -7,10 +7,24 @@ gain is applied at run time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+def filter_taps(taps: Sequence[float]) -> tuple[float, ...]:
+    """A config's separable taps, checked: a non-empty sequence of finite numbers with a non-zero sum (the filter
+    is normalised by it). ``ValueError`` otherwise, before any layer is built."""
+    try:
+        values = tuple(float(t) for t in taps)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values) or sum(values) == 0:
+        raise ValueError(f"resample_filter must be a non-empty list of finite numbers with a non-zero sum, got "
+                         f"{taps!r}")
+    return values
 
 
 def setup_filter(taps: Sequence[float], device: torch.device | None = None) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ...config_base import SerializableConfig
-from ...ops.filters import setup_filter
+from ...ops.filters import filter_taps, setup_filter
 from .layers import Conv2dLayer, FullyConnectedLayer
 
 
@@ -29,7 +29,7 @@ class DiscriminatorConfig(SerializableConfig):
         res = self.resolution
         if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
             raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
-        object.__setattr__(self, "resample_filter", tuple(float(t) for t in self.resample_filter))
+        object.__setattr__(self, "resample_filter", filter_taps(self.resample_filter))
 
     @property
     def block_resolutions(self) -> list[int]:

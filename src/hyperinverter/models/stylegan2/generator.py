@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...config_base import SerializableConfig
-from ...ops.filters import setup_filter, upsample2d
+from ...ops.filters import filter_taps, setup_filter, upsample2d
 from ...precision import compute_dtype, full_precision
 from .. import init
 from ..weight_delta import WeightDelta
@@ -83,7 +83,7 @@ class GeneratorConfig(SerializableConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.channels(r) for r in self.block_resolutions) < 1:
             raise ValueError(f"channel_base {self.channel_base} is too small for resolution {res}")
-        object.__setattr__(self, "resample_filter", tuple(float(t) for t in self.resample_filter))
+        object.__setattr__(self, "resample_filter", filter_taps(self.resample_filter))
 
     @property
     def block_resolutions(self) -> list[int]:
