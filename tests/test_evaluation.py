@@ -165,9 +165,9 @@ def test_a_broken_link_fails_its_pair_and_the_rest_is_scored(tmp_path, capsys):
     assert scored == sorted(p.name for p in (tmp_path / "gt").iterdir())
     from hyperinverter.evaluation import load_heldout_images
 
-    images, names, failures = load_heldout_images(tmp_path / "pred", resolution=16, channels=3)
-    assert names == scored and [str(e) for e in failures] == [f"{tmp_path / 'pred' / 'gone.png'}: is a broken "
-                                                              "symbolic link"]
+    _, names, failures = load_heldout_images(tmp_path / "pred", resolution=16, channels=3)
+    gone = tmp_path / "pred" / "gone.png"
+    assert names == scored and [str(e) for e in failures] == [f"{gone}: is a broken symbolic link"]
 
 
 def test_two_images_are_one_pair(tmp_path, capsys):
