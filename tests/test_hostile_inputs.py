@@ -628,6 +628,12 @@ def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
                  folder / "m.png")
     assert result.code == 2 and "m.png: is a symbolic link, which is not replaced" in result.err
     assert (folder / "m.png").is_symlink()
+    # ganspace wrote its sheet, then refused a --save file that was not ours: every name is checked first.
+    (folder / "smile.safetensors").write_bytes(b"a user's file")
+    result = cli(capsys, "ganspace", "--model", world.model, "--samples", "64", "--components", "0", "--seeds", "0",
+                 "--out", folder / "sheet.png", "--save", "smile=0:0:2")
+    assert result.code == 2 and "smile.safetensors: exists and was not written by hyperinverter" in result.err
+    assert sorted(p.name for p in folder.iterdir()) == ["m.png", "smile.safetensors"]
     # A folder output that cannot be made named its hidden temporary, not the path given.
     result = cli(capsys, "convert", world.model, Path("/proc/hyperinverter-test"))
     assert result.err == "error: /proc/hyperinverter-test: no such file or directory\n"
