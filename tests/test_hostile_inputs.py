@@ -556,7 +556,9 @@ def test_a_device_this_machine_lacks_is_one_line(world, tmp_path, capsys, monkey
     # Values the methods cannot use: a ramp of length 0 divided by zero; a negative weight or threshold.
     ("w-opt", "lr_rampup_length=0", "lr_rampup_length must be a finite number above 0, got 0"),
     ("w-opt", "noise_regularize_weight=-1", "noise_regularize_weight must be a finite number of 0 or more, got -1"),
-    ("w-opt", "seed=-1", "seed must be a whole number of 0 or more, got -1"),
+    ("w-opt", "seed=-1", "seed must be a whole number from 0 to 2**63 - 1, got -1"),
+    ("w-opt", "seed=1180591620717411303424", "seed must be a whole number from 0 to 2**63 - 1"),  # (an overflow)
+    ("w-opt", "w_avg_samples=1000000000000", "w_avg_samples must be a whole number from 2 to 1,000,000"),
     ("pti", "early_stop_lpips=-1", "early_stop_lpips must be a finite number of 0 or more, got -1"),
     ("pti", "locality_psi=2", "locality_psi (the truncation of the locality samples) must be in [0, 1], got 2"),
 ])
@@ -657,6 +659,49 @@ def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"evil.pt: refusing to load it: it asks to run code") as caught:
         read_pti_pivot(tmp_path / "evil.pt", build_tiny_generator())
     assert "\n" not in str(caught.value)
+
+
+def test_what_the_api_fuzzing_pass_found(world, tmp_path):
+    from hyperinverter.editing.directions import load_direction
+    from hyperinverter.errors import SchemaError
+    from hyperinverter.io.images import find_images, pil_to_tensor
+
+    pipe = InversionPipeline.from_pretrained(world.model, device="cpu")
+    result = pipe.invert(torch.zeros(1, 3, 32, 32), method="phase1")
+    # save_result wrote over anything at its path: a pipe (as root, /dev/null became a plain file), a user's notes,
+    # and a name cut at a NUL; and it labelled another model's result with this model's name and generator.
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "notes.txt").write_text("mine")
+    for path, cause in ((tmp_path / "fifo", "is a device, pipe or socket"),
+                        (tmp_path / "notes.txt", "exists and was not written by hyperinverter"),
+                        (f"{tmp_path}/out\0.safetensors", "holds a NUL character")):
+        with pytest.raises(OutputError, match=cause):
+            pipe.save_result(result, path)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "fifo", "notes.txt"]
+    assert pipe.save_result(result, tmp_path / "mine.txt") == pipe.save_result(result, tmp_path / "mine.txt")
+    other = pipe.invert(torch.zeros(1, 3, 32, 32), method="phase1")
+    other.ws = torch.zeros(1, other.ws.shape[1] + 1, other.ws.shape[2])
+    with pytest.raises(SchemaError, match="its codes are"):
+        pipe.save_result(other, tmp_path / "other.safetensors")
+    # save_pretrained wrote an int8 bundle that gave NaN images, and took "fp16" for a device.
+    with pytest.raises(ValueError, match="unknown dtype torch.int8"):
+        pipe.save_pretrained(tmp_path / "int8", dtype=torch.int8)
+    assert not (tmp_path / "int8").exists()
+    pipe.save_pretrained(tmp_path / "half", dtype="fp16")
+    # A direction's strength of NaN was taken; metadata nested 100,000 deep was a RecursionError.
+    with pytest.raises(ValueError, match="default strength must be a finite number, got nan"):
+        LinearDirection(torch.ones(1, 16), default_strength=float("nan"))
+    deep = tmp_path / "deep.safetensors"
+    save_safetensors(deep, {"vector": torch.ones(1, 16)}, {"direction": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(SchemaError, match="is not valid JSON"):
+        load_direction(deep)
+    # find_images("folder") scanned "/" one character at a time; pil_to_tensor gave 3 channels for 2 or 4, and ran
+    # out of memory for a side of a million.
+    assert find_images(str(world.photos)).paths == find_images([world.photos]).paths
+    for options, cause in (({"channels": 4}, "channels must be 1"), ({"size": 10**6}, "size must be an integer")):
+        with pytest.raises(ValueError, match=cause):
+            pil_to_tensor(hostile.photo(0), **options)
 
 
 def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):

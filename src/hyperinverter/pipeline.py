@@ -184,7 +184,10 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
     silently.
     """
     from .io.gan import save_gan
+    from .precision import PRECISIONS, dtype_name
 
+    # (an integer or bool dtype wrote a ruined bundle without a word; "fp16" reached torch as a device string)
+    dtype = None if dtype is None else PRECISIONS[dtype_name(dtype)]
     methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
     stored = {name: m for name, m in methods.items() if m.components}
     if not stored:
@@ -487,7 +490,7 @@ class InversionPipeline:
         pipe.folder = path
         return pipe
 
-    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
         return save_pipeline(self.methods, path, default_method=self.default_method, dtype=dtype,
                              align_scale=self.align_scale, discriminator=self.discriminator)
@@ -612,8 +615,11 @@ class InversionPipeline:
         """Store one image's inversion (``result.select(i)``; made by ``method``, default the pipeline's) as an
         inversion file, atomically: the file ``invert`` writes, which :meth:`load_result`, ``edit``, ``interpolate``
         and the rest read back with this model. ``source``: the image it was inverted from, if any."""
-        from .inversion.files import save_inversion
+        from .inversion.files import check_fits, save_inversion
 
+        # (another model's result was written labelled with this model's name and generator)
+        check_fits("the result", result.ws, result.weight_delta, {}, self.generator,
+                   model=repr(self.name or "this model"), fingerprint=self.fingerprint)
         return save_inversion(path, result.to("cpu"), source=source, model=self.name or "",
                               method=self.inverter(method).name, generator=self.fingerprint, dtype=self.dtype)
 

@@ -39,6 +39,11 @@ class Direction(Protocol):
         ...
 
 
+def _check_strength(name: str, strength: float) -> None:
+    if not math.isfinite(strength):  # (NaN was taken, and every edit was a NaN image blamed on the model)
+        raise ValueError(f"direction {name!r}: its default strength must be a finite number, got {strength}")
+
+
 @dataclass(frozen=True)
 class LinearDirection:
     """InterFaceGAN-style: ``w + strength · d`` on every layer (``d: [1, w_dim]``) or per layer (``[num_ws, w_dim]``)."""
@@ -52,6 +57,7 @@ class LinearDirection:
             raise ValueError(f"direction {self.name!r} must be [1|num_ws, w_dim], got {tuple(self.vector.shape)}")
         if not bool(torch.isfinite(self.vector).all()):  # (else every edit is a NaN image, blamed on the model)
             raise ValueError(f"direction {self.name!r} holds NaN or infinite values")
+        _check_strength(self.name, self.default_strength)
 
     def apply(self, ws: torch.Tensor, strength: float | None = None) -> torch.Tensor:
         strength = self.default_strength if strength is None else strength
@@ -79,6 +85,7 @@ class GANSpaceDirection:
             raise ValueError(f"component {self.index} out of range (basis has {self.basis.num_components})")
         if not 0 <= self.start < self.end:
             raise ValueError(f"bad layer range {self.start}:{self.end}")
+        _check_strength(self.name, self.default_strength)
 
     def apply(self, ws: torch.Tensor, strength: float | None = None) -> torch.Tensor:
         strength = self.default_strength if strength is None else strength

@@ -100,8 +100,9 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
 
 def save_inversion(path: str | os.PathLike, result: InversionResult, **record: Any) -> Path:
     """Store one image's codes and Δθ atomically; ``record``: see :func:`inversion_bytes`."""
-    from ..io.files import atomic_write_bytes
+    from ..io.files import atomic_write_bytes, check_file_replaceable
 
+    check_file_replaceable(path, safetensors=True)  # (whatever its name: a user's notes.txt was written over)
     return atomic_write_bytes(path, inversion_bytes(result, **record))
 
 

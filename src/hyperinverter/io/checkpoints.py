@@ -116,8 +116,8 @@ def read_metadata_json(path: Path, metadata: Mapping[str, str], key: str, what: 
         raise SchemaError(path, f"is not {what}: its metadata has no {key!r} record")
     try:
         value = json.loads(metadata[key])
-    except ValueError as e:
-        raise SchemaError(path, f"its {key!r} metadata is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # (JSON nested 100,000 deep is a RecursionError)
+        raise SchemaError(path, f"its {key!r} metadata is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(value, dict):
         raise SchemaError(path, f"its {key!r} metadata must be a JSON object, got {type(value).__name__}")
     return value

@@ -340,9 +340,10 @@ def atomic_write_figure(path: str | os.PathLike, fig, *, dpi: int = 120) -> Path
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def written_by_us(path: str | os.PathLike) -> bool:
+def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool:
     """Whether the image, clip or safetensors file at ``path`` carries hyperinverter's mark (``WRITER_TAG``); a
-    missing, unreadable or foreign file does not. Only the file's header is read."""
+    missing, unreadable or foreign file does not. Only the file's header is read. ``safetensors``: read it as one
+    whatever its name."""
     from PIL import Image
 
     from .checkpoints import read_safetensors_metadata
@@ -350,7 +351,7 @@ def written_by_us(path: str | os.PathLike) -> bool:
 
     path = Path(path)
     try:
-        if path.suffix.lower() == ".safetensors":
+        if safetensors or path.suffix.lower() == ".safetensors":
             metadata = read_safetensors_metadata(path)
             return (metadata.get("written_by") == WRITER_TAG or not _OUR_SAFETENSORS_KEYS.isdisjoint(metadata)
                     or metadata.get("format", "").startswith(f"{WRITER_TAG}-"))
@@ -368,15 +369,21 @@ def written_by_us(path: str | os.PathLike) -> bool:
     return isinstance(mark, bytes) and WRITER_TAG.encode() in mark
 
 
-def check_file_replaceable(path: str | os.PathLike) -> None:
-    """Raise ``OutputError`` if writing ``path`` would replace a symbolic link, or an image, clip or safetensors file
-    that hyperinverter did not write (``written_by_us``). Other files at an output's name are the writer's to
-    check."""
+def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False) -> None:
+    """Raise ``OutputError`` if writing ``path`` would replace a symbolic link, a device, pipe or socket, or an
+    image, clip or safetensors file that hyperinverter did not write (``written_by_us``); or if it holds a NUL.
+    Other files at an output's name are the writer's to check; ``safetensors``: the output is one whatever its
+    name, and so must the file it replaces be."""
     path = Path(path)
+    if "\0" in os.fspath(path):  # (the unnamed file was linked at the name cut at the NUL: another path)
+        raise OutputError(path, "holds a NUL character, which no file name can")
     if path.is_symlink():  # (we write no links: a user's, dangling or not, would be replaced by a plain file)
         raise OutputError(path, "is a symbolic link, which is not replaced; give the path it points to, or write the "
                                 "output elsewhere")
-    if path.suffix.lower() in MARKED_SUFFIXES and path.is_file() and not written_by_us(path):
+    if path.exists() and not path.is_file() and not path.is_dir():  # (as root, /dev/null became a plain file)
+        raise OutputError(path, "is a device, pipe or socket, not a file; write the output elsewhere")
+    if (safetensors or path.suffix.lower() in MARKED_SUFFIXES) and path.is_file() and \
+            not written_by_us(path, safetensors=safetensors):
         raise OutputError(path, "exists and was not written by hyperinverter, so it is not replaced; move it away, "
                                 "or write the output elsewhere")
 

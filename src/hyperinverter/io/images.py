@@ -226,7 +226,12 @@ def content_of(images: torch.Tensor, content_rows: tuple[float, float] | None) -
 
 
 def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int = 3) -> torch.Tensor:
-    """PIL image of any mode -> ``[1,channels,H,W]`` in [-1,1], resized (Lanczos) to ``size`` if given."""
+    """PIL image of any mode -> ``[1,channels,H,W]`` in [-1,1] (``channels``: 1 or 3), resized (Lanczos) to ``size``
+    if given (at most ``MAX_PICTURE_SIDE``)."""
+    if channels not in (1, 3):  # (2 and 4 gave 3 channels without a word)
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if size is not None and not (isinstance(size, int) and 1 <= size <= MAX_PICTURE_SIDE):  # (10**6 ran out of memory)
+        raise ValueError(f"size must be an integer from 1 to {MAX_PICTURE_SIDE}, got {size!r}")
     image = image.convert("L" if channels == 1 else "RGB")
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.LANCZOS)
@@ -419,8 +424,9 @@ class FoundImages:
     problems: list[ImageReadError]
 
 
-def find_images(inputs: Sequence[str | os.PathLike], *, skip: Sequence[str | os.PathLike] = ()) -> FoundImages:
-    """Expand files and folders (recursively, sorted) into image paths, once each.
+def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
+                skip: Sequence[str | os.PathLike] = ()) -> FoundImages:
+    """Expand files and folders (recursively, sorted) into image paths, once each (``inputs``: paths, or one).
 
     Inputs that cannot be images are returned as problems, not dropped: a missing input, a broken symbolic
     link or a folder with an image suffix. Files named explicitly are kept whatever their suffix (reading them
@@ -430,6 +436,8 @@ def find_images(inputs: Sequence[str | os.PathLike], *, skip: Sequence[str | os.
     folder (a re-run would otherwise take the results for inputs). An input folder that is itself one of them is
     expanded (what would overwrite an input is the writer's to refuse).
     """
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of its characters (it scanned "/")
+        inputs = [inputs]
     paths: list[Path] = []
     problems: list[ImageReadError] = []
     seen: set[Path] = set()

@@ -116,15 +116,16 @@ class ProjectorSettings:
             raise ValueError(f"space must be 'w' or 'w+', got {self.space!r}")
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if not (isinstance(self.w_avg_samples, int) and self.w_avg_samples >= 2):
-            raise ValueError(f"w_avg_samples must be a whole number of at least 2, got {self.w_avg_samples!r}")
+        # (10**12 asked numpy for 728 TiB; a million mapped codes is 100x NVIDIA's 10,000)
+        if not (isinstance(self.w_avg_samples, int) and 2 <= self.w_avg_samples <= 1_000_000):
+            raise ValueError(f"w_avg_samples must be a whole number from 2 to 1,000,000, got {self.w_avg_samples!r}")
         # The ramps divide by their lengths; a rate of 0 never moves; a negative weight rewards the error.
         for name in ("learning_rate", "noise_ramp_length", "lr_rampup_length", "lr_rampdown_length"):
             check_number(name, getattr(self, name), positive=True)
         for name in ("initial_noise_factor", "noise_regularize_weight", "l2_weight", "perceptual_weight"):
             check_number(name, getattr(self, name), positive=False)
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
-            raise ValueError(f"seed must be a whole number of 0 or more, got {self.seed!r}")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63):
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 
     def learning_rate_at(self, step: int) -> float:
         t = step / self.steps
