@@ -25,7 +25,7 @@ import hostile
 from conftest import build_tiny_generator, build_tiny_pipeline
 from hyperinverter.cli.main import main
 from hyperinverter.editing import GANSpaceBasis, GANSpaceDirection, LinearDirection, save_direction
-from hyperinverter.errors import ImageReadError, NonFiniteError, OutputError
+from hyperinverter.errors import CheckpointError, ImageReadError, NonFiniteError, OutputError
 from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
 from hyperinverter.io.files import atomic_write_bytes
 from hyperinverter.io.images import read_image
@@ -702,6 +702,41 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
     for options, cause in (({"channels": 4}, "channels must be 1"), ({"size": 10**6}, "size must be an integer")):
         with pytest.raises(ValueError, match=cause):
             pil_to_tensor(hostile.photo(0), **options)
+    # select took a float or None into an assertion, and an empty slice into a result edit failed on.
+    two = pipe.invert(torch.zeros(2, 3, 32, 32), method="phase1")
+    assert two.select(np.int64(1)).ws.shape[0] == 1 and two.select(torch.tensor(0)).ws.shape[0] == 1
+    for index, error in ((None, TypeError), (1.0, TypeError), ("0", TypeError), (slice(5, 9), IndexError)):
+        with pytest.raises(error):
+            two.select(index)
+    # Finite inputs too large to invert overflowed inside, and the NaN image blamed the weights; a fractional
+    # batch size failed deep in the loop.
+    with pytest.raises(ValueError, match="hold values up to 3e\\+38: inversion expects"):
+        pipe.invert(torch.full((1, 3, 32, 32), 3e38))
+    with pytest.raises(ValueError, match="batch_size must be a whole number"):
+        pipe.invert(torch.zeros(1, 3, 32, 32), batch_size=1.5)
+    # A tampered bundle: a component of another kind (an AttributeError), integer weights (NaN images), a
+    # negative conv_clamp (images beyond [-1, 1]).
+    from hyperinverter.models.stylegan2 import GeneratorConfig
+
+    with pytest.raises(ValueError, match="conv_clamp must be a positive number or null, got -1"):
+        GeneratorConfig(resolution=8, conv_clamp=-1)
+    bundle = tmp_path / "tampered"
+    shutil.copytree(world.model, bundle)
+    index = json.loads((bundle / "pipeline.json").read_text())
+    folders = {entry["components"][role] for entry in index["methods"].values() for role in entry["components"]}
+    w_encoder = index["methods"]["phase1"]["components"]["w_encoder"]
+    index["methods"]["phase1"]["components"]["w_encoder"] = next(f for f in sorted(folders) if f != w_encoder)
+    (bundle / "pipeline.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="its phase1 does not fit together \\(w_encoder: "):
+        InversionPipeline.from_pretrained(bundle, device="cpu")
+    shutil.rmtree(bundle)
+    shutil.copytree(world.model, bundle)
+    weights, metadata = read_safetensors(bundle / w_encoder / "model.safetensors")
+    first = min(k for k, t in weights.items() if t.is_floating_point())
+    weights[first] = weights[first].to(torch.int8)
+    save_safetensors(bundle / w_encoder / "model.safetensors", weights, metadata, replace_any=True)
+    with pytest.raises(CheckpointError, match=f"not floating-point: \\['{first}: torch.int8'\\]"):
+        InversionPipeline.from_pretrained(bundle, device="cpu")
 
 
 def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):

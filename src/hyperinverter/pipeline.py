@@ -478,8 +478,9 @@ class InversionPipeline:
                 raise SchemaError(path / PIPELINE_INDEX, f"'methods.{name}' lacks the components {missing}")
             try:
                 methods[name] = method_class.from_parts(generator, parts, entry.get("settings", {}))
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(path, f"its {name} does not fit together: {e}") from None
+            except (TypeError, ValueError, AttributeError) as e:  # (a part of another kind: an AttributeError)
+                given = ", ".join(f"{role}: {type(part).__name__}" for role, part in parts.items())
+                raise CheckpointError(path, f"its {name} does not fit together ({given}): {e}") from None
         methods = {n: methods[n] for n in index["methods"]}
         discriminator = None
         if "discriminator" in index:
@@ -535,6 +536,8 @@ class InversionPipeline:
         peak = float(x.detach().abs().max())  # one pass for both checks: NaN and infinities carry through max
         if not math.isfinite(peak):
             raise NonFiniteError(None, "the input images hold NaN or infinite values")
+        if peak > 1e4:  # (3e38 overflowed inside, and the NaN image blamed the model's weights)
+            raise ValueError(f"the images given hold values up to {peak:.3g}: inversion expects [-1, 1]")
         if peak > 1.5:
             logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
                            "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
@@ -551,8 +554,8 @@ class InversionPipeline:
         A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
         it, for callers that report such samples one by one).
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
         inverter = self.inverter(method)
         x = self.prepare(images)
         dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)

@@ -187,7 +187,13 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
                      pages: FilePages | None = None) -> None:
     """Raise ``CheckpointError`` naming every missing, unexpected, mis-shaped and non-finite tensor. ``pages``:
     drop each tensor's file pages once it is checked (see ``instantiate_strict``)."""
-    problems = key_problems(module.state_dict(), state_dict)
+    expected = module.state_dict()
+    problems = key_problems(expected, state_dict)
+    # (integer weights were loaded into float parameters, and the model gave NaN images)
+    not_floating = sorted(f"{k}: {t.dtype}" for k, t in state_dict.items()
+                          if k in expected and expected[k].is_floating_point() and not t.is_floating_point())
+    if not_floating:
+        problems.append(f"not floating-point: {listing(not_floating)}")
     if problems:
         raise CheckpointError(source, f"does not match {type(module).__name__}: " + "; ".join(problems))
     non_finite = []

@@ -9,6 +9,7 @@ Its trainable parts are *components* (saved as folders of a pipeline bundle); it
 
 from __future__ import annotations
 
+import operator
 import sys
 import time
 from collections.abc import Mapping
@@ -70,7 +71,17 @@ class InversionResult:
             steps=[fn(s) for s in self.steps], timings=dict(self.timings))
 
     def select(self, index: int | slice) -> InversionResult:
-        """Samples at ``index`` (an int, negative from the end, keeps a batch dimension of 1)."""
+        """Samples at ``index`` (an int, negative from the end, keeps a batch dimension of 1; or a slice that
+        selects at least one)."""
+        if not isinstance(index, slice):
+            try:  # numpy and 0-d torch integers too; never a bool, a float or a string
+                index = operator.index(index) if not isinstance(index, bool) else None
+            except TypeError:
+                index = None
+            if index is None:
+                raise TypeError("select takes an integer or a slice")
+        elif not range(len(self))[index]:  # (an empty result failed later, in edit, mix or render)
+            raise IndexError(f"the slice {index} selects none of {len(self)} image(s)")
         if isinstance(index, int):
             if not -len(self) <= index < len(self):
                 raise IndexError(f"index {index} is out of range for {len(self)} image(s)")

@@ -30,6 +30,8 @@ class DiscriminatorConfig(SerializableConfig):
         if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
             raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
         object.__setattr__(self, "resample_filter", filter_taps(self.resample_filter))
+        if self.conv_clamp is not None and not (math.isfinite(self.conv_clamp) and self.conv_clamp > 0):
+            raise ValueError(f"conv_clamp must be a positive number or null, got {self.conv_clamp}")  # (-1 flipped)
 
     @property
     def block_resolutions(self) -> list[int]:

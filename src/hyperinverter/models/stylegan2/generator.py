@@ -84,6 +84,8 @@ class GeneratorConfig(SerializableConfig):
         if min(self.channels(r) for r in self.block_resolutions) < 1:
             raise ValueError(f"channel_base {self.channel_base} is too small for resolution {res}")
         object.__setattr__(self, "resample_filter", filter_taps(self.resample_filter))
+        if self.conv_clamp is not None and not (math.isfinite(self.conv_clamp) and self.conv_clamp > 0):
+            raise ValueError(f"conv_clamp must be a positive number or null, got {self.conv_clamp}")  # (-1 flipped)
 
     @property
     def block_resolutions(self) -> list[int]:
