@@ -714,6 +714,19 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
         pipe.invert(torch.full((1, 3, 32, 32), 3e38))
     with pytest.raises(ValueError, match="batch_size must be a whole number"):
         pipe.invert(torch.zeros(1, 3, 32, 32), batch_size=1.5)
+    # Values that failed deep inside: a meta device (in autocast), a direction of None (an AttributeError), a
+    # fractional step count and a string fraction (TypeErrors in torch); a NaN image was written as black pixels.
+    from hyperinverter.io.images import tensor_to_pil
+
+    with pytest.raises(ValueError, match="invalid device 'meta'"):
+        InversionPipeline.from_pretrained(world.model, device=torch.device("meta"))
+    with pytest.raises(TypeError, match="direction must be a direction, a name, a file or a tensor, got NoneType"):
+        pipe.edit(result, None)
+    for call, cause in ((lambda: pipe.interpolate(result, result, steps=2.5), "steps must be a whole number"),
+                        (lambda: pipe.blend(result, result, "0.5"), "t must be a number in \\[0, 1\\]"),
+                        (lambda: tensor_to_pil(torch.full((1, 3, 4, 4), float("nan"))), "NaN or infinite")):
+        with pytest.raises(ValueError, match=cause):
+            call()
     # A tampered bundle: a component of another kind (an AttributeError), integer weights (NaN images), a
     # negative conv_clamp (images beyond [-1, 1]).
     from hyperinverter.models.stylegan2 import GeneratorConfig

@@ -21,8 +21,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device`` and checked: a type
     hyperinverter runs on, present on this machine, and an index this machine has. Errors are ``ValueError``s
     that name the device and the cause."""
-    if isinstance(spec, torch.device):
-        return spec
+    if isinstance(spec, torch.device):  # checked as its name is (a meta device got past, to fail inside autocast)
+        spec = str(spec)
     if spec in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -663,6 +663,9 @@ class InversionPipeline:
             if name not in self._named_directions:
                 self._named_directions[name] = resolve_direction(self.folder, name, generator=self.generator)
             direction = self._named_directions[name]
+        elif not callable(getattr(direction, "apply", None)):  # (None or a list was an AttributeError)
+            raise TypeError("direction must be a direction, a name, a file or a tensor, got "
+                            f"{type(direction).__name__}")
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         return self.render(ws, delta)
@@ -670,8 +673,8 @@ class InversionPipeline:
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:
         """Lerp both ``ws`` and every offset from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
-        if steps < 2:
-            raise ValueError(f"steps must be >= 2, got {steps}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps must be a whole number of 2 or more, got {steps!r}")
         return torch.cat([self.blend(a, b, t) for t in torch.linspace(0, 1, steps).tolist()])
 
     @torch.no_grad()
@@ -685,8 +688,8 @@ class InversionPipeline:
         if a.ws.shape != b.ws.shape:
             raise ValueError(f"the two end points come from different models (codes {tuple(a.ws.shape)} and "
                              f"{tuple(b.ws.shape)})")
-        if not 0.0 <= t <= 1.0 or not math.isfinite(t):
-            raise ValueError(f"t must be in [0, 1], got {t}")
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t <= 1.0:  # (NaN fails the range)
+            raise ValueError(f"t must be a number in [0, 1], got {t!r}")
         delta = WeightDelta.blend(a.weight_delta, b.weight_delta, t)
         return self.render(torch.lerp(a.ws, b.ws.to(a.ws), t), delta)
 

@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[N,C,H,W]`` in [-1,1] -> ``uint8 [N,H,W,C]``."""
-    assert images.ndim == 4, f"expected [N,C,H,W], got {tuple(images.shape)}"
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """``[N,C,H,W]`` in [-1,1] -> ``uint8 [N,H,W,C]``; NaN or infinite values are a ``ValueError``."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
+    x = images.detach().float().cpu()
+    if not bool(torch.isfinite(x).all()):  # (NaN was written as black pixels, a picture that hid the failure)
+        raise ValueError("the images hold NaN or infinite values; they are not written as pictures")
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
 
 
