@@ -612,8 +612,11 @@ def test_seed_ranges_are_bounded(world, tmp_path, capsys):
 def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
     # A render that overflowed failed without naming its input ("failed: the rendered image holds NaN ...").
     result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
-                 "1e308", "--out", tmp_path / "e")
+                 "1e299", "--out", tmp_path / "e")
     assert result.code == 1 and f"failed: {world.inv}: the rendered image holds NaN" in result.err
+    result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
+                 "1e308", "--out", tmp_path / "e")  # (past what a strength can be: refused before any image)
+    assert result.code == 2 and "strength must be a finite number within ±1e300, got 1e+308" in result.err
     # A folder given where a picture, a clip or a report is named: DIR.png was written beside the folder.
     folder = tmp_path / "results"
     folder.mkdir()
@@ -722,6 +725,12 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
         InversionPipeline.from_pretrained(world.model, device=torch.device("meta"))
     with pytest.raises(TypeError, match="direction must be a direction, a name, a file or a tensor, got NoneType"):
         pipe.edit(result, None)
+    with pytest.raises(ValueError, match="strength must be a finite number within ±1e300, got 1000000"):
+        pipe.edit(result, torch.ones(16), 10**400)  # (an OverflowError inside math.isfinite)
+    with pytest.raises(TypeError, match="images must be a tensor, an image, a path, or a list"):
+        pipe.invert(None)  # ("'NoneType' object is not iterable")
+    listed = pipe.invert([torch.zeros(3, 32, 32), torch.zeros(1, 3, 32, 32)], method="phase1")  # (a TypeError)
+    assert listed.ws.shape[0] == 2 and torch.equal(listed.ws[0], listed.ws[1])
     for call, cause in ((lambda: pipe.interpolate(result, result, steps=2.5), "steps must be a whole number"),
                         (lambda: pipe.blend(result, result, "0.5"), "t must be a number in \\[0, 1\\]"),
                         (lambda: tensor_to_pil(torch.full((1, 3, 4, 4), float("nan"))), "NaN or infinite")):

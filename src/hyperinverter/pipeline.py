@@ -24,7 +24,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -498,7 +498,7 @@ class InversionPipeline:
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Image.Image | str | Path | bytes | np.ndarray
-                | Sequence[Image.Image | str | Path | bytes | np.ndarray]) -> torch.Tensor:
+                | Sequence[Image.Image | str | Path | bytes | np.ndarray | torch.Tensor]) -> torch.Tensor:
         """An image, a path, or a sequence of them -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and
         channel count.
 
@@ -507,12 +507,15 @@ class InversionPipeline:
         gives its centred square (never squashed), or where the domain fills only some rows of the generator's
         square (``content_rows``: cars) the whole image squashed into them (:func:`~hyperinverter.io.images.
         fit_to_canvas`); align faces first for face models. Tensors are passed through:
-        ``[B,C,R,R]`` (or one ``[C,R,R]``) with the generator's channel count and resolution, floats in [-1,1] or
-        ``uint8`` in [0, 255].
+        ``[B,C,R,R]`` (or one ``[C,R,R]``, or a list of either) with the generator's channel count and resolution,
+        floats in [-1,1] or ``uint8`` in [0, 255].
         """
         G = self.generator
         if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, np.ndarray)):
             images = [images]  # one image: a string is not a sequence of paths, nor are a file's bytes a sequence
+        elif not isinstance(images, (torch.Tensor, Iterable)):  # (None was "'NoneType' object is not iterable")
+            raise TypeError("images must be a tensor, an image, a path, or a list of images or paths; got "
+                            f"{type(images).__name__}")
         if isinstance(images, torch.Tensor):
             x = images if images.ndim == 4 else images[None]
             if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
@@ -520,6 +523,11 @@ class InversionPipeline:
             elif not x.is_floating_point():
                 raise ValueError(f"image tensors must be floats in [-1, 1] or uint8 in [0, 255], got {x.dtype}")
         else:
+            images = list(images)
+            if images and all(isinstance(item, torch.Tensor) for item in images):  # a list of image tensors
+                if len({tuple(item.shape[-3:]) for item in images}) > 1:
+                    raise ValueError(f"the image tensors differ in shape: {[tuple(i.shape) for i in images][:4]}")
+                return self.prepare(torch.cat([item if item.ndim == 4 else item[None] for item in images]))
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
             tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=G.resolution),
                                      size=G.resolution,
@@ -651,8 +659,8 @@ class InversionPipeline:
         ``strength`` times (default 1)."""
         if strength is not None and (isinstance(strength, bool) or not isinstance(strength, numbers.Real)):
             raise TypeError(f"strength must be a number, got {strength!r}")
-        if strength is not None and not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
+        if strength is not None and not (-1e300 < strength < 1e300):  # (10**400 overflowed math.isfinite; NaN fails)
+            raise ValueError(f"strength must be a finite number within ±1e300, got {str(strength)[:24]}")
         if isinstance(direction, torch.Tensor):
             vector = direction.detach().float().reshape(1, -1) if direction.ndim == 1 else direction.detach().float()
             direction = LinearDirection(vector, default_strength=1.0)
