@@ -729,6 +729,10 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
         pipe.edit(result, torch.ones(16), 10**400)  # (an OverflowError inside math.isfinite)
     with pytest.raises(TypeError, match="images must be a tensor, an image, a path, or a list"):
         pipe.invert(None)  # ("'NoneType' object is not iterable")
+    with pytest.raises(TypeError, match="generator must be a loaded Generator"):
+        pipe.adapt(result, "generator")  # (an AttributeError inside)
+    with pytest.raises(ValueError, match="min_resolution must be a whole number"):
+        pipe.adapt(result, pipe.generator, min_resolution="x")
     listed = pipe.invert([torch.zeros(3, 32, 32), torch.zeros(1, 3, 32, 32)], method="phase1")  # (a TypeError)
     assert listed.ws.shape[0] == 2 and torch.equal(listed.ws[0], listed.ws[1])
     for call, cause in ((lambda: pipe.interpolate(result, result, steps=2.5), "steps must be a whole number"),

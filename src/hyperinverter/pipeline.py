@@ -612,6 +612,12 @@ class InversionPipeline:
         (default: an eighth of the resolution, so 128-1024 px for a 1024-px generator; coarse layers and ToRGBs
         come from ``generator`` alone).
         """
+        if not isinstance(generator, nn.Module):  # (a path or a name was an AttributeError inside)
+            raise TypeError("generator must be a loaded Generator (hyperinverter.convert.gan_files.load_generator), "
+                            f"got {type(generator).__name__}")
+        if min_resolution is not None and (isinstance(min_resolution, bool) or not isinstance(min_resolution, int)
+                                           or min_resolution < 1):
+            raise ValueError(f"min_resolution must be a whole number of 1 or more, got {min_resolution!r}")
         check_same_architecture(self.generator, generator)
         generator = generator.to(self.device).eval()
         min_resolution = min_resolution or self.generator.resolution // 8
