@@ -103,7 +103,7 @@ def save_inversion(path: str | os.PathLike, result: InversionResult, **record: A
     from ..io.files import atomic_write_bytes, check_file_replaceable
 
     check_file_replaceable(path, safetensors=True)  # (whatever its name: a user's notes.txt was written over)
-    return atomic_write_bytes(path, inversion_bytes(result, **record))
+    return atomic_write_bytes(path, inversion_bytes(result, **record), replace_any=True)  # (checked just above)
 
 
 def _check_placement(placement: object, path: Path) -> None:
