@@ -72,6 +72,44 @@ def truncated_jpeg(folder: Path) -> Path:
     return write(folder, "truncated.jpg", buf.getvalue()[:400])
 
 
+def _png(width: int, height: int, colour: int, depth: int, raw: bytes, *, interlace: int = 0) -> bytes:
+    """A PNG whose image data is ``raw`` (filter bytes and samples), compressed as one complete zlib stream."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
+            + _chunk(b"IEND", b""))
+
+
+def png_missing_rows(folder: Path) -> Path:
+    """A 64x64 RGB PNG whose image data is a complete zlib stream of its first 40 rows (Pillow reads it with black
+    rows below them, without a word)."""
+    rows = np.asarray(photo(7, (64, 64)))
+    raw = b"".join(b"\0" + row.tobytes() for row in rows[:40])
+    return write(folder, "missing-rows.png", _png(64, 64, 2, 8, raw))
+
+
+def _interlaced_rgb(width: int, height: int, value: int) -> bytes:
+    """The image data of an interlaced (Adam7) RGB PNG, every sample ``value``: each non-empty pass's rows, each
+    row a filter byte (0: none) and its samples."""
+    raw = bytearray()
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                           (0, 1, 1, 2)):
+        columns, rows = len(range(x0, width, dx)), len(range(y0, height, dy))
+        for _ in range(rows if columns else 0):
+            raw += b"\0" + bytes([value]) * (3 * columns)
+    return bytes(raw)
+
+
+def interlaced_png(folder: Path) -> Path:
+    """A whole interlaced 13x11 RGB PNG, every sample 200."""
+    return write(folder, "interlaced.png", _png(13, 11, 2, 8, _interlaced_rgb(13, 11, 200), interlace=1))
+
+
+def interlaced_png_missing_pass(folder: Path) -> Path:
+    """The same PNG with the last rows of its last pass cut off."""
+    return write(folder, "interlaced-short.png", _png(13, 11, 2, 8, _interlaced_rgb(13, 11, 200)[:-100],
+                                                      interlace=1))
+
+
 def ztxt_bomb(folder: Path) -> Path:
     return write(folder, "ztxt-bomb.png", png_with_chunk(b"zTXt", b"Comment\0\0" + ZLIB_BOMB))
 

@@ -75,6 +75,8 @@ BAD_IMAGES = [
     (hostile.random_bytes_jpg, "not a readable image"),
     (hostile.truncated_png, "not a readable image"),
     (hostile.truncated_jpeg, "not a readable image"),
+    (hostile.png_missing_rows, "image data ends early: 7,720 of the 12,352 bytes"),
+    (hostile.interlaced_png_missing_pass, "not a readable image"),  # (Pillow's own check catches this one)
     (hostile.ztxt_bomb, "Decompressed data too large"),
     (hostile.iccp_bomb, "Decompressed data too large"),
     (hostile.pixel_bomb_header, "bomb|more than the limit"),
@@ -100,6 +102,18 @@ def test_a_bad_image_fails_alone(world, tmp_path, capsys, build, cause):
     assert (tmp_path / "out" / "good.safetensors").is_file() and (tmp_path / "out" / "good.png").is_file()
     assert not (tmp_path / "out" / f"{bad.stem}.png").exists()
     assert "1 failed" in result.out
+
+
+def test_the_png_data_check_counts_every_pass(tmp_path):
+    # Adam7's seven passes of a 13x11 RGB image hold 14+14+13+30+66+114+200 = 451 bytes with their filter bytes.
+    from hyperinverter.io.images import png_missing_data
+
+    with open(hostile.interlaced_png(tmp_path), "rb") as whole:
+        assert png_missing_data(whole) is None
+    with open(hostile.interlaced_png_missing_pass(tmp_path), "rb") as short:
+        assert "351 of the 451 bytes" in png_missing_data(short)
+    with open(hostile.png_16bit(tmp_path), "rb") as deep, open(hostile.one_bit(tmp_path), "rb") as bits:
+        assert png_missing_data(deep) is None and png_missing_data(bits) is None
 
 
 def test_pillow_warnings_never_escape(tmp_path, recwarn):
@@ -158,6 +172,7 @@ ODD_IMAGES = [
     (hostile.corrupt_exif_jpeg, lambda im: im.size == (32, 32)),
     (hostile.animated_gif, lambda im: im.mode == "RGB" and im.size == (30, 30)),
     (hostile.one_pixel, lambda im: im.size == (1, 1)),
+    (hostile.interlaced_png, lambda im: im.size == (13, 11) and (_pixels(im) == 200).all()),
     (hostile.sliver, lambda im: im.size == (1, 500)),
     (hostile.upper_case_suffix, lambda im: im.size == (48, 40)),
 ]

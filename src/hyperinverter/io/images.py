@@ -298,6 +298,58 @@ def _unreadable_cause(source: ImageSource) -> str:
     return "not a readable image (unknown or corrupt format)"
 
 
+# PNG colour type -> samples per pixel (grey, -, RGB, palette, grey+alpha, -, RGBA).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7's seven passes: (first column, first row, column step, row step).
+_ADAM7_PASSES = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_missing_data(stream: io.BufferedIOBase) -> str | None:
+    """Why a PNG's image data falls short of its header, or None when it holds every row it declares.
+
+    Pillow fills the rows of an image-data stream that ends early (a complete zlib stream of fewer rows) with
+    zeros, without a word: the file reads as a picture with black rows at the bottom. This reads the chunks and
+    inflates the data piece by piece, counting bytes, so it holds no more than one piece of it.
+    """
+    import struct
+    import zlib
+
+    if stream.read(8) != b"\x89PNG\r\n\x1a\n":
+        return None
+    inflate, inflated, expected = zlib.decompressobj(), 0, None
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IHDR" and expected is None:
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", stream.read(13))
+            if colour not in _PNG_SAMPLES:
+                return None  # Pillow refuses it on its own
+            bits = depth * _PNG_SAMPLES[colour]
+            passes = _ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+            expected = 0
+            for x0, y0, dx, dy in passes:
+                columns, rows = -(-max(width - x0, 0) // dx), -(-max(height - y0, 0) // dy)
+                if columns and rows:
+                    expected += rows * (1 + -(-columns * bits // 8))  # each row starts with its filter byte
+            stream.seek(length - 13 + 4, io.SEEK_CUR)
+        elif kind == b"IDAT":
+            data = stream.read(length)
+            stream.seek(4, io.SEEK_CUR)
+            while data and not inflate.eof and inflated < (expected or 0):
+                inflated += len(inflate.decompress(data, 1 << 20))
+                data = inflate.unconsumed_tail
+        elif kind == b"IEND":
+            break
+        else:
+            stream.seek(length + 4, io.SEEK_CUR)
+    if expected is not None and inflated < expected:
+        return (f"its image data ends early: {inflated:,} of the {expected:,} bytes its header declares (the rows "
+                f"after that would read as black)")
+    return None
+
+
 def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                ) -> Image.Image:
     """The one way from a file, an upload's bytes or a PIL image to a plain RGB or L image.
@@ -334,6 +386,11 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                 raise ImageReadError(label, f"is {im.width}x{im.height} pixels, more than the limit of "
                                      f"{max_pixels:,} pixels")
             im.load()
+            if opened is not None and opened.format == "PNG":
+                with (open(path, "rb") if isinstance(source, (str, os.PathLike)) else io.BytesIO(source)) as raw:
+                    short = png_missing_data(raw)
+                if short:
+                    raise ImageReadError(label, short)
             if im.width < 1 or im.height < 1:
                 raise ImageReadError(label, f"the image is empty ({im.width}x{im.height})")
             im = _upright(im, label)
