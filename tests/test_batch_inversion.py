@@ -242,3 +242,16 @@ def test_paste_back_finds_the_photo_from_another_folder(pipeline, tmp_path, monk
     assert main(["edit", "group-face0.safetensors", "--model", str(tmp_path / "model"), "--direction",
                  str(tmp_path / "dir.safetensors"), "--paste-back", "--out", "edits", "--device", "cpu"]) == 0
     assert (tmp_path / "inv" / "edits" / "group-face0_dir_default_photo.png").is_file()
+
+
+def test_a_folder_without_images_is_named_as_the_error(pipeline, tmp_path, capsys):
+    # It was "error: no images found in DIR", the one input error not in the `<file>: <cause>` form.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    pipeline.save_pretrained(tmp_path / "model")
+    for command in ("invert", "restore"):
+        assert main([command, str(tmp_path / "empty"), "--model", str(tmp_path / "model"), "--device", "cpu",
+                     "--out", str(tmp_path / command)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: {tmp_path / 'empty'}: no image files in it (looked for .png, .jpg,"), error
+        assert not (tmp_path / command).exists()  # nothing was written

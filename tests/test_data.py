@@ -55,9 +55,9 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
 
 
 def test_empty_and_missing_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no images"):
+    with pytest.raises(FileNotFoundError, match=f"^{tmp_path}: no images"):  # <folder>: <cause>
         ImageFolderDataset(tmp_path, resolution=8)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=f"^{tmp_path / 'nope'}: no such image folder"):
         ImageFolderDataset(tmp_path / "nope", resolution=8)
     Image.new("L", (4, 4)).save(tmp_path / "a.png")
     with pytest.raises(NotADirectoryError, match="a.png is a file: give the folder"):  # it said "does not exist"

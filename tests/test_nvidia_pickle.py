@@ -186,9 +186,10 @@ def test_malicious_globals_are_refused_and_never_run(tmp_path, net, kind, where)
             pickle.dump({"G_ema": payload}, f)
     else:
         write_nvidia_pickle(path, {"G_ema": _spec(net, init_kwargs={"z_dim": 3, "evil": payload})})
-    expected = f"refusing to load '{PAYLOAD_GLOBALS[kind]}' from .*evil.pkl"
-    with pytest.raises(UnsafePickleError, match=expected):
+    expected = f"evil.pkl: refusing to load '{PAYLOAD_GLOBALS[kind]}': not an allowed global"  # <file>: <cause>
+    with pytest.raises(UnsafePickleError, match=expected) as caught:
         load_nvidia_pickle(path)
+    assert caught.value.source == str(path)
     assert not marker.exists()
     # the payload is live: stock unpickling would have run it
     pickle.loads(pickle.dumps(payload))
@@ -304,26 +305,26 @@ def test_unsupported_persistence_version(tmp_path, net):
 def test_missing_g_ema_names_the_keys(tmp_path, net):
     path = tmp_path / "no_g_ema.pkl"
     write_nvidia_pickle(path, {"G": _spec(net), "D": _spec(net.mapping, "Discriminator", {})})
-    expected = r"no_g_ema\.pkl has no 'G_ema'.*'D'.*'G'.*'augment_pipe'.*'training_set_kwargs'"
+    expected = r"no_g_ema\.pkl: has no 'G_ema'.*'D'.*'G'.*'augment_pipe'.*'training_set_kwargs'"
     with pytest.raises(ValueError, match=expected):
         load_nvidia_pickle(path)
 
 
 def test_non_pickle_and_broken_files(tmp_path, net):
     (tmp_path / "notes.pkl").write_text("not a pickle at all\n")
-    with pytest.raises(ValueError, match=r"notes\.pkl is not a pickle file"):
+    with pytest.raises(ValueError, match=r"notes\.pkl: is not a pickle file"):
         load_nvidia_pickle(tmp_path / "notes.pkl")
     (tmp_path / "empty.pkl").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty\.pkl is empty"):
+    with pytest.raises(ValueError, match=r"empty\.pkl: is empty"):
         load_nvidia_pickle(tmp_path / "empty.pkl")
     with open(tmp_path / "list.pkl", "wb") as f:
         pickle.dump([1, 2], f)
-    with pytest.raises(ValueError, match=r"list\.pkl holds a list, not a dict"):
+    with pytest.raises(ValueError, match=r"list\.pkl: holds a list, not a dict"):
         load_nvidia_pickle(tmp_path / "list.pkl")
     write_nvidia_pickle(tmp_path / "full.pkl", {"G_ema": _spec(net)})
     data = (tmp_path / "full.pkl").read_bytes()
     (tmp_path / "truncated.pkl").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"truncated\.pkl is not a readable NVIDIA network pickle"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pkl: is not a readable NVIDIA network pickle"):
         load_nvidia_pickle(tmp_path / "truncated.pkl")
     with pytest.raises(FileNotFoundError):
         load_nvidia_pickle(tmp_path / "missing.pkl")

@@ -64,7 +64,7 @@ def run_restore(args: argparse.Namespace) -> int:
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
-    from ..io.images import find_images, image_bytes, images_made_with, make_grid, read_image
+    from ..io.images import find_images, image_bytes, images_made_with, make_grid, no_images_error, read_image
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -72,8 +72,7 @@ def run_restore(args: argparse.Namespace) -> int:
 
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
-        print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
-        return 2
+        raise no_images_error(args.inputs)
     out_dir = prepare_output_folder(args.out)
     failures = list(found.problems)
     pipe = _load_pipeline(args)

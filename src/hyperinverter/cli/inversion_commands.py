@@ -222,13 +222,12 @@ def run_invert(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inversion.batch import invert_files
     from ..io.files import prepare_output_folder
-    from ..io.images import find_images
+    from ..io.images import find_images, no_images_error
 
-    prepare_output_folder(args.out)  # a bad --out fails before the model loads
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
-        print(f"error: no images found in {', '.join(map(str, args.inputs))}", file=sys.stderr)
-        return 2
+        raise no_images_error(args.inputs)
+    prepare_output_folder(args.out)  # a bad --out fails before the model loads
     detector = None
     if args.align and found.paths:
         from ..align import Dlib68Detector

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, naming
 from ..io.checkpoints import (
     check_state_dict,
     instantiate_strict,
@@ -87,17 +87,15 @@ class ScriptNode:
 
     def __new__(cls, *args: object) -> Self:
         if args:
-            raise UnsafePickleError(f"refusing to construct {cls.script_class!r} with arguments {args!r} in "
-                                    f"{cls.source}")
+            raise UnsafePickleError(cls.source, f"refusing to construct {cls.script_class!r} with arguments {args!r}")
         return super().__new__(cls)
 
     def __setstate__(self, state: object) -> None:
         if hasattr(self, "state"):
-            raise UnsafePickleError(f"a second state for a pickled {self.script_class!r} module in "
-                                    f"{self.source}")
+            raise UnsafePickleError(self.source, f"a second state for a pickled {self.script_class!r} module")
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-            raise UnsafePickleError(f"the state of a pickled {self.script_class!r} module in {self.source} "
-                                    f"is not a dict of attributes (got {type(state).__name__})")
+            raise UnsafePickleError(self.source, f"the state of a pickled {self.script_class!r} module is not a dict "
+                                    f"of attributes (got {type(state).__name__})")
         self.state = state
 
     @property
@@ -129,9 +127,7 @@ class _ScriptUnpickler(_WhitelistUnpickler):
     def find_class(self, module: str, name: str) -> object:
         if module == "__torch__" or module.startswith("__torch__."):
             if not _IDENTIFIER.match(name) or not all(_IDENTIFIER.match(part) for part in module.split(".")):
-                raise UnsafePickleError(
-                    f"refusing the malformed class name '{module}.{name}' in {self._source}"
-                )
+                raise UnsafePickleError(self._source, f"refusing the malformed class name '{module}.{name}'")
             qualified = f"{module}.{name}"
             if qualified not in self._node_types:
                 namespace = {"__slots__": (), "script_class": qualified, "source": self._source}
@@ -243,7 +239,11 @@ def read_fid_inception(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(path, "is not a TorchScript archive (not a zip file)")
     try:
         root = _read_zip_archive(path, unpickler=_ScriptUnpickler, torchscript=True)
-    except (CheckpointError, OSError):
+    except CheckpointError as e:
+        if e.source is not None:
+            raise
+        raise naming(e, path) from None  # a refusal raised by a stand-in, which does not know the file
+    except OSError:
         raise
     except Exception as e:  # a damaged archive fails in many ways inside pickle/zipfile
         raise CheckpointError(path, f"is not a readable TorchScript archive: {type(e).__name__}: {e}") from e

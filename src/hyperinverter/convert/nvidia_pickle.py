@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, naming
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -250,22 +250,19 @@ class _WhitelistUnpickler(pickle.Unpickler):
         # torch dtypes (torch.float32, ...) pickle as module attributes; they are inert values.
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise UnsafePickleError(
-            f"refusing to load '{module}.{name}' from {self._source}: not an allowed global in {self.kind}"
-        )
+        raise UnsafePickleError(self._source, f"refusing to load '{module}.{name}': not an allowed global in "
+                                f"{self.kind}")
 
     def persistent_load(self, pid: object) -> object:
         if self._storage_loader is None:
-            raise UnsafePickleError(
-                f"refusing persistent id {pid!r} in {self._source}: "
-                "plain NVIDIA network pickles do not use them"
-            )
+            raise UnsafePickleError(self._source, f"refusing persistent id {pid!r}: plain NVIDIA network pickles do "
+                                    "not use them")
         return self._storage_loader(pid)
 
     # whitelisted callables
 
     def _fail(self, message: str) -> CheckpointError:
-        return CheckpointError(f"{self._source}: {message}")
+        return CheckpointError(self._source, message)
 
     def _reconstruct_persistent_obj(self, meta: object) -> PersistentNode:
         if not isinstance(meta, dict):
@@ -300,10 +297,8 @@ class _WhitelistUnpickler(pickle.Unpickler):
             # torch's message is long and recommends weights_only=False; keep only the culprit.
             found = re.search(r"GLOBAL ([\w.]+)", str(e))
             culprit = f"'{found.group(1)}'" if found else "an unsupported object"
-            raise UnsafePickleError(
-                f"refusing to load {culprit} from a tensor storage record in {self._source}: "
-                "not allowed in an NVIDIA network pickle"
-            ) from e
+            raise UnsafePickleError(self._source, f"refusing to load {culprit} from a tensor storage record: not "
+                                    "allowed in an NVIDIA network pickle") from e
         if isinstance(obj, torch.storage.TypedStorage):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated")
@@ -362,24 +357,19 @@ class _WhitelistUnpickler(pickle.Unpickler):
         self, func: object, new_type: object, args: object, state: object
     ) -> _LoadedTensor:
         if not any(func is f for f in self._tensor_builders):
-            raise UnsafePickleError(
-                f"refusing _rebuild_from_type_v2 with inner function {func!r} in {self._source}: "
-                "only tensor/parameter rebuild functions are allowed"
-            )
+            raise UnsafePickleError(self._source, f"refusing _rebuild_from_type_v2 with inner function {func!r}: only "
+                                    "tensor/parameter rebuild functions are allowed")
         if new_type is not _TENSOR_MARKER and new_type is not _PARAMETER_MARKER:
-            raise UnsafePickleError(
-                f"refusing _rebuild_from_type_v2 to type {new_type!r} in {self._source}: "
-                "only torch.Tensor and torch.nn.Parameter are allowed"
-            )
+            raise UnsafePickleError(self._source, f"refusing _rebuild_from_type_v2 to type {new_type!r}: only "
+                                    "torch.Tensor and torch.nn.Parameter are allowed")
         if not isinstance(args, tuple):
             raise self._fail(f"_rebuild_from_type_v2 arguments are a {type(args).__name__}, not a tuple")
         return func(*args)  # python attributes in `state` are dropped
 
     def _np_reconstruct(self, cls: object, shape: object, dtype: object) -> np.ndarray:
         if cls is not _NDARRAY_MARKER:
-            raise UnsafePickleError(
-                f"refusing numpy _reconstruct of {cls!r} in {self._source}: only numpy.ndarray is allowed"
-            )
+            raise UnsafePickleError(self._source, f"refusing numpy _reconstruct of {cls!r}: only numpy.ndarray is "
+                                    "allowed")
         return _np_multiarray._reconstruct(np.ndarray, shape, dtype)
 
 
@@ -408,19 +398,21 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
     is_zip = zipfile.is_zipfile(path)
     try:
         root = _read_zip_archive(path) if is_zip else _read_plain_pickle(path)
-    except (CheckpointError, OSError):
+    except CheckpointError as e:
+        if e.source is not None:
+            raise
+        raise naming(e, path) from None  # a refusal raised by a stand-in, which does not know the file
+    except OSError:
         raise
     except Exception as e:  # a damaged file fails in many ways inside pickle/zipfile
-        raise CheckpointError(
-            f"{path} is not a readable NVIDIA network pickle: {type(e).__name__}: {e}"
-        ) from e
+        raise CheckpointError(path, f"is not a readable NVIDIA network pickle: {type(e).__name__}: {e}") from e
 
     if is_zip and isinstance(root, PersistentNode):
         root = {"G_ema": root}
     if not isinstance(root, dict):
-        raise CheckpointError(f"{path} holds a {type(root).__name__}, not a dict of networks (NVIDIA pickle)")
+        raise CheckpointError(path, f"holds a {type(root).__name__}, not a dict of networks (NVIDIA pickle)")
     if "G_ema" not in root:
-        raise CheckpointError(f"{path} has no 'G_ema' network; its keys are: {sorted(map(str, root))}")
+        raise CheckpointError(path, f"has no 'G_ema' network; its keys are: {sorted(map(str, root))}")
 
     networks: dict[str, PickledNetwork] = {}
     for key in NETWORK_KEYS:
@@ -428,7 +420,7 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
         if node is None:
             continue
         if not isinstance(node, PersistentNode):
-            raise CheckpointError(f"{path}: {key!r} is a {type(node).__name__}, not a pickled network module")
+            raise CheckpointError(path, f"{key!r} is a {type(node).__name__}, not a pickled network module")
         state_dict: dict[str, torch.Tensor] = {}
         _flatten(node, "", state_dict, f"{path} [{key}]", set())
         networks[key] = PickledNetwork(
@@ -452,7 +444,7 @@ def _read_plain_pickle(path: Path) -> object:
         head = f.read(1)
         if head != b"\x80":  # PROTO opcode: every pickle of protocol >= 2 starts with it
             what = "empty" if not head else "not a pickle file (no pickle protocol header)"
-            raise CheckpointError(f"{path} is {what}; expected an NVIDIA network .pkl")
+            raise CheckpointError(path, f"is {what}; expected an NVIDIA network .pkl")
         f.seek(0)
         return _WhitelistUnpickler(f, source=str(path)).load()
 
@@ -469,44 +461,36 @@ def _read_zip_archive(
         names = archive.namelist()
         pickles = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
         if len(pickles) != 1:
-            raise CheckpointError(
-                f"{path} is a zip archive but not a torch.save file ({len(pickles)} data.pkl records)"
-            )
+            raise CheckpointError(path, f"is a zip archive but not a torch.save file ({len(pickles)} data.pkl records)")
         prefix = pickles[0][: -len("data.pkl")]
         if not torchscript and any(n.startswith(prefix + "code/") for n in names):
-            raise CheckpointError(f"{path} is a TorchScript archive, not a pickled network")
+            raise CheckpointError(path, "is a TorchScript archive, not a pickled network")
         byteorder_record = prefix + "byteorder"
         if byteorder_record in names:
             order = archive.read(byteorder_record).decode("ascii", "replace").strip()
             if order != sys.byteorder:
-                raise CheckpointError(
-                    f"{path} was written on a {order}-endian machine; this one is {sys.byteorder}"
-                )
+                raise CheckpointError(path, f"was written on a {order}-endian machine; this one is {sys.byteorder}")
 
         records = set(names)
         untyped_by_key: dict[str, torch.UntypedStorage] = {}
 
         def load_storage(pid: tuple) -> _StorageRef:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
-                raise UnsafePickleError(
-                    f"refusing persistent id {pid!r} in {path}: only tensor storages are allowed"
-                )
+                raise UnsafePickleError(path, f"refusing persistent id {pid!r}: only tensor storages are allowed")
             _, storage_type, key, _location, numel = pid  # location ignored: everything loads on CPU
             if not isinstance(storage_type, _Marker) or storage_type.dtype is None:
-                raise CheckpointError(f"{path}: storage record of unknown type {storage_type!r}")
+                raise CheckpointError(path, f"storage record of unknown type {storage_type!r}")
             if not isinstance(key, str) or "/" in key or not _is_int(numel) or numel < 0:
-                raise CheckpointError(f"{path}: malformed storage record {pid!r}")
+                raise CheckpointError(path, f"malformed storage record {pid!r}")
             dtype = storage_type.dtype
             if key not in untyped_by_key:
                 record = f"{prefix}data/{key}"
                 if record not in records:
-                    raise CheckpointError(f"{path}: storage record {record!r} is missing")
+                    raise CheckpointError(path, f"storage record {record!r} is missing")
                 data = archive.read(record)
                 nbytes = numel * dtype.itemsize
                 if len(data) < nbytes:
-                    raise CheckpointError(
-                        f"{path}: storage record {record!r} has {len(data)} bytes, expected {nbytes}"
-                    )
+                    raise CheckpointError(path, f"storage record {record!r} has {len(data)} bytes, expected {nbytes}")
                 untyped_by_key[key] = _bytes_to_storage(data[:nbytes])
             return _StorageRef(untyped_by_key[key], dtype)
 
@@ -529,7 +513,7 @@ def _flatten(
 ) -> None:
     """Same walk and order as ``nn.Module.state_dict()``: parameters, persistent buffers, then children."""
     if id(node) in path_ids:
-        raise CheckpointError(f"{where}: module {prefix.rstrip('.') or '<root>'} contains itself")
+        raise CheckpointError(where, f"module {prefix.rstrip('.') or '<root>'} contains itself")
     state = node.state
     parameters = _mapping(state.get("_parameters"), f"{prefix}_parameters", where)
     buffers = _mapping(state.get("_buffers"), f"{prefix}_buffers", where)
@@ -545,9 +529,7 @@ def _flatten(
         if child is None:
             continue
         if not isinstance(child, PersistentNode):
-            raise CheckpointError(
-                f"{where}: submodule {prefix}{name} is a {type(child).__name__}, not a network module"
-            )
+            raise CheckpointError(where, f"submodule {prefix}{name} is a {type(child).__name__}, not a network module")
         path_ids.add(id(node))
         _flatten(child, f"{prefix}{name}.", out, where, path_ids)
         path_ids.discard(id(node))
@@ -557,13 +539,13 @@ def _mapping(value: object, what: str, where: str) -> Mapping:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise CheckpointError(f"{where}: {what} is a {type(value).__name__}, not a dict")
+        raise CheckpointError(where, f"{what} is a {type(value).__name__}, not a dict")
     return value
 
 
 def _as_tensor(value: object, key: str, where: str) -> torch.Tensor:
     if not isinstance(value, _LoadedTensor):
-        raise CheckpointError(f"{where}: {key} is a {type(value).__name__}, not a tensor")
+        raise CheckpointError(where, f"{key} is a {type(value).__name__}, not a tensor")
     return value.tensor.detach()
 
 

@@ -56,14 +56,14 @@ class ImageFolderDataset(Dataset):
         if self.root.is_file():
             raise NotADirectoryError(f"{self.root} is a file: give the folder that holds the images")
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise FileNotFoundError(f"{self.root}: no such image folder")
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be train, val or all, got {split!r}")
         # A broken link is kept, so that reading it reports it as unreadable (it was left out without a word).
         files = sorted(p for p in self.root.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
                        and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
+            raise FileNotFoundError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) under it")
         if split != "all":
             in_val = in_val_split([p.relative_to(self.root).as_posix() for p in files], val_fraction, seed)
             chosen = [p for p, is_val in zip(files, in_val) if is_val == (split == "val")]

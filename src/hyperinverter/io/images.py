@@ -530,3 +530,10 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
             problems.append(ImageReadError(p, "is a broken symbolic link" if p.is_symlink() else "no such file or "
                                            "folder"))
     return FoundImages(paths, problems)
+
+
+def no_images_error(inputs: Sequence[str | os.PathLike]) -> ImageReadError:
+    """The error for inputs in which :func:`find_images` found nothing, as ``<inputs>: <cause>``."""
+    names = ", ".join(os.fsdecode(p) for p in inputs)
+    return ImageReadError(names, f"no image files in {'it' if len(inputs) == 1 else 'them'} (looked for "
+                                 f"{', '.join(IMAGE_SUFFIXES)})")
