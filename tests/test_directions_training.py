@@ -171,6 +171,9 @@ def test_train_from_labels_of_seeds(tiny_generator, tmp_path):
     path = save_boundary(conditioned, tmp_path / "smile.safetensors")
     loaded = load_direction(path)
     assert isinstance(loaded, LinearDirection) and torch.equal(loaded.vector, conditioned.direction.vector)
+    from hyperinverter.editing.directions import w_probe  # the generator it was found on (see test_editing)
+
+    assert torch.equal(loaded.w_probe, w_probe(G))
     # a direction file as a condition
     save_direction(LinearDirection(other_alone[None].float(), name="o"), tmp_path / "o.safetensors")
     from_file = train_from_labels(G, csv, "smile", conditions=[str(tmp_path / "o.safetensors")])

@@ -244,3 +244,49 @@ def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsy
     (out / "grass.safetensors").unlink()
     assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--overwrite", "--out",
                  str(out)]) == 0
+
+
+def test_a_direction_found_on_another_generator_is_named_as_such(tmp_path, capsys, caplog):
+    # A direction file recorded its name only: one found on another model (with codes of the same size) was
+    # applied without a word. Now it records its generator's codes for fixed latents, and using it on a model whose
+    # mapping gives other codes is a warning; the same generator in bf16 is the same W space.
+    from conftest import build_tiny_generator, build_tiny_pipeline
+    from hyperinverter.cli.main import main
+    from hyperinverter.editing.directions import w_probe, w_space_mismatch
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.io.images import save_image
+    from hyperinverter.pipeline import InversionPipeline
+
+    own, other = build_tiny_generator(), build_tiny_generator(seed=7)
+    save_gan(tmp_path / "gan", own)
+    assert main(["ganspace", "--model", str(tmp_path / "gan"), "--out", str(tmp_path / "dirs" / "sheet.png"),
+                 "--samples", "2000", "--save", "first=0:0:3"]) == 0
+    found = load_direction(tmp_path / "dirs" / "first.safetensors")
+    assert torch.equal(found.w_probe, w_probe(own)) and found.w_probe.shape == (4, own.w_dim)
+    assert w_space_mismatch(found, own) is None and w_space_mismatch(found, own.to(torch.bfloat16).float()) is None
+    assert "found on another generator" in w_space_mismatch(found, other)
+    linear = LinearDirection(torch.ones(1, 16), name="up", w_probe=w_probe(other))
+    save_direction(linear, tmp_path / "up.safetensors")
+    assert torch.equal(load_direction(tmp_path / "up.safetensors").w_probe, linear.w_probe)
+    assert w_space_mismatch(LinearDirection(torch.ones(1, 16)), other) is None  # (a vector alone: nothing to check)
+
+    build_tiny_pipeline(own).save_pretrained(tmp_path / "model", dtype="bf16")
+    pipe = InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    result = pipe.invert(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    with caplog.at_level("WARNING"):
+        pipe.edit(result, found)  # its own generator, stored in bf16: no warning
+        assert not caplog.records
+        pipe.edit(result, linear)
+        pipe.edit(result, linear, 2.0)  # warned once per direction
+    assert [r.getMessage() for r in caplog.records if "found on another generator" in r.getMessage()] == [
+        caplog.records[0].getMessage()] and "direction 'up'" in caplog.records[0].getMessage()
+
+    save_image(result.image, tmp_path / "photo.png")
+    assert main(["invert", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
+                 "--direction", str(tmp_path / "up.safetensors"), "--out", str(tmp_path / "edits"),
+                 "--device", "cpu"]) == 0  # a warning, not a refusal: the edit is written
+    assert "found on another generator" in capsys.readouterr().err
+    assert (tmp_path / "edits" / "photo_up_default.png").is_file()

@@ -354,6 +354,7 @@ class InversionPipeline:
         self.name = name
         self.folder: Path | None = None  # the bundle folder it was loaded from (its directions), if any
         self._named_directions: dict[str, Direction] = {}  # what edit resolved by name, once (a basis costs)
+        self._checked_directions: dict[int, Direction] = {}  # the direction objects edit was given, checked once
         self.discriminator = None if discriminator is None else discriminator.to(self.device).eval().requires_grad_(False)
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
         self.methods = {k: m.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
@@ -680,9 +681,23 @@ class InversionPipeline:
         elif not callable(getattr(direction, "apply", None)):  # (None or a list was an AttributeError)
             raise TypeError("direction must be a direction, a name, a file or a tensor, got "
                             f"{type(direction).__name__}")
+        self._check_w_space(direction)
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         return self.render(ws, delta)
+
+    def _check_w_space(self, direction: Direction) -> None:
+        """Warn, once per direction, when it was found on another generator (``w_space_mismatch``)."""
+        from .editing.directions import w_space_mismatch
+
+        if self._checked_directions.get(id(direction)) is direction:
+            return
+        if len(self._checked_directions) >= 64:
+            self._checked_directions.clear()
+        self._checked_directions[id(direction)] = direction  # (held, so that its id is not another's)
+        why = w_space_mismatch(direction, self.generator)
+        if why:
+            logger.warning("direction %r: %s", getattr(direction, "name", "?"), why)
 
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:

@@ -135,6 +135,7 @@ def run_ganspace(args: argparse.Namespace) -> int:
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
     from ..editing import GANSpaceDirection, compute_ganspace, save_direction
+    from ..editing.directions import w_probe
     from ..editing.sheet import parse_layer_range, render_ganspace_sheet
     from ..generate import parse_seeds
     from ..io.files import check_file_replaceable
@@ -161,7 +162,7 @@ def run_ganspace(args: argparse.Namespace) -> int:
     print(f"wrote the sheet of layers {layers[0]}:{layers[1]} to {sheet}")
     for name, pc, (start, end), strength in saved:
         direction = GANSpaceDirection(basis, pc, start, end, args.strength if strength is None else strength,
-                                      name=name)
+                                      name=name, w_probe=w_probe(G))
         print(f"wrote {save_direction(direction, args.out.parent / f'{name}.safetensors')}")
     return 0
 

@@ -46,7 +46,7 @@ from ..errors import InputError, SchemaError
 from ..generate import z_from_seeds
 from ..io.checkpoints import save_safetensors
 from ..models.stylegan2 import Generator
-from .directions import LinearDirection
+from .directions import LinearDirection, w_probe
 
 logger = logging.getLogger(__name__)
 
@@ -562,11 +562,13 @@ def train_from_labels(
     except ValueError as e:
         raise InputError(path, f"attribute {attribute!r}: {e}") from None
     source = {"labels": path.name, "model": model_name, "samples": len(table)}
-    return dataclasses.replace(result, source=source)
+    return dataclasses.replace(result, source=source, direction=dataclasses.replace(result.direction,
+                                                                                  w_probe=w_probe(G)))
 
 
 def save_boundary(result: TrainedBoundary, path: str | os.PathLike) -> Path:
     """Write the direction file (our ``.safetensors`` format, atomic) with the training record in its metadata;
     :func:`~hyperinverter.editing.load_direction` reads it like any other linear direction."""
-    return save_safetensors(path, {"vector": result.direction.vector.contiguous()},
-                            metadata={"direction": json.dumps(result.metadata())})
+    probe = result.direction.w_probe
+    tensors = {"vector": result.direction.vector.contiguous(), **({} if probe is None else {"w_probe": probe})}
+    return save_safetensors(path, tensors, metadata={"direction": json.dumps(result.metadata())})

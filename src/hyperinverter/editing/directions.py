@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +28,39 @@ from ..io.checkpoints import load_weights_only, read_metadata_json, read_safeten
 from .ganspace import GANSpaceBasis, compute_ganspace
 
 logger = logging.getLogger(__name__)
+
+
+# A direction is a vector in one generator's W space. The codes its mapping network gives these fixed latents
+# are recorded with a direction found on a generator, so that using it on another model can be told apart
+# (see ``w_space_mismatch``); the same generator stored in another precision gives codes within the tolerance.
+W_PROBE_SAMPLES = 4
+W_PROBE_TOLERANCE = 0.1  # of the probe codes' spread: bf16 weights move them ~1 %, another generator ~100 %
+
+
+@torch.no_grad()
+def w_probe(G) -> torch.Tensor:
+    """``[W_PROBE_SAMPLES, w_dim]`` fp32 (CPU): ``G``'s codes for fixed latents (a seeded draw), untruncated."""
+    z = torch.randn(W_PROBE_SAMPLES, G.z_dim, generator=torch.Generator().manual_seed(0))
+    device = G.w_avg.device
+    return G.mapping(z.to(device), truncation_psi=1.0)[:, 0].float().cpu()
+
+
+def w_space_mismatch(direction: object, G) -> str | None:
+    """Why ``direction`` seems to come from another generator's W space than ``G``'s, or None (same space, or
+    a direction that records no probe: official files, a vector given as it is)."""
+    probe = getattr(direction, "w_probe", None)
+    if probe is None:
+        return None
+    if probe.shape[1] != G.w_dim:
+        return f"it was found in a {probe.shape[1]}-d W space, this generator's is {G.w_dim}-d"
+    here = w_probe(G)
+    spread = float(probe.std()) or 1.0
+    distance = float((here - probe).abs().max()) / spread
+    if distance <= W_PROBE_TOLERANCE:
+        return None
+    return (f"it was found on another generator (this model's mapping network puts the latents it records "
+            f"{distance:.2g}x their spread from where that generator put them; up to {W_PROBE_TOLERANCE:g}x is the "
+            f"same W space), so its edit may not mean here what its name says")
 
 
 @runtime_checkable
@@ -51,6 +84,7 @@ class LinearDirection:
     vector: torch.Tensor
     name: str = "direction"
     default_strength: float = 3.0
+    w_probe: torch.Tensor | None = field(default=None, repr=False, compare=False)  # see w_space_mismatch
 
     def __post_init__(self) -> None:
         if self.vector.ndim != 2:
@@ -79,6 +113,7 @@ class GANSpaceDirection:
     end: int
     default_strength: float
     name: str = "ganspace"
+    w_probe: torch.Tensor | None = field(default=None, repr=False, compare=False)  # see w_space_mismatch
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.basis.num_components:
@@ -122,6 +157,17 @@ def _vector(tensor: object, path: Path) -> torch.Tensor:
     if vector.shape[0] > 1 and torch.allclose(vector, vector[:1].expand_as(vector)):
         vector = vector[:1]  # e.g. pose.pt: identical rows, a plain W direction
     return vector
+
+
+def _probe(tensor: object, path: Path) -> torch.Tensor | None:
+    """A direction file's ``w_probe`` (optional): ``[W_PROBE_SAMPLES, w_dim]``, finite floats."""
+    if tensor is None:
+        return None
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.ndim != 2 \
+            or tensor.shape[0] != W_PROBE_SAMPLES or not bool(torch.isfinite(tensor).all()):
+        raise SchemaError(path, f"'w_probe' must be {W_PROBE_SAMPLES} rows of finite codes, got "
+                          f"{getattr(tensor, 'dtype', type(tensor).__name__)} {list(getattr(tensor, 'shape', []))}")
+    return tensor.float()
 
 
 def _basis(comp: object, mean: object, std: object, path: Path) -> GANSpaceBasis:
@@ -185,15 +231,17 @@ def load_direction(
         absent = [k for k in wanted if k not in tensors]
         if absent:
             raise SchemaError(path, f"a {kind} direction file needs the tensors {absent}")
+        probe = _probe(tensors.get("w_probe"), path)
         if kind == "linear":
             default = _number(meta, "strength", path, float, 3.0)
             return LinearDirection(_vector(tensors["vector"], path), name=stored_name,
-                                   default_strength=strength if strength is not None else default)
+                                   default_strength=strength if strength is not None else default, w_probe=probe)
         spec = {"index": _number(meta, "index", path, int), "start": _number(meta, "start", path, int),
                 "end": _number(meta, "end", path, int), "strength": _number(meta, "strength", path, float)}
         spec.update({k: v for k, v in dict(index=index, start=start, end=end, strength=strength).items()
                      if v is not None})
-        return _ganspace(_basis(tensors["comp"], tensors["mean"], tensors["std"], path), spec, stored_name, path)
+        return _ganspace(_basis(tensors["comp"], tensors["mean"], tensors["std"], path), spec, stored_name, path,
+                         w_probe=probe)
     if path.suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -289,14 +337,15 @@ def edit_directions(model_dir: str | Path, G, *, skipped: list[Exception] | None
                        "directions in W (GANSpace, on every layer) stand in")
 
 
-def _ganspace(basis: GANSpaceBasis, spec: dict, name: str, path: Path) -> GANSpaceDirection:
+def _ganspace(basis: GANSpaceBasis, spec: dict, name: str, path: Path,
+              w_probe: torch.Tensor | None = None) -> GANSpaceDirection:
     missing = [k for k in ("index", "start", "end", "strength") if spec.get(k) is None]
     if missing:
         raise SchemaError(path, f"is a GANSpace basis: give {missing} (component index, layer range start:end, "
                           "and the value to set the coordinate to)")
     try:
         return GANSpaceDirection(basis, int(spec["index"]), int(spec["start"]), int(spec["end"]),
-                                 float(spec["strength"]), name=name)
+                                 float(spec["strength"]), name=name, w_probe=w_probe)
     except ValueError as e:
         raise SchemaError(path, str(e)) from None
 
@@ -311,5 +360,7 @@ def save_direction(direction: LinearDirection | GANSpaceDirection, path: str | P
         meta = {"kind": "ganspace", "name": direction.name, "index": direction.index, "start": direction.start,
                 "end": direction.end, "strength": direction.default_strength}
         tensors = {"comp": direction.basis.comp, "mean": direction.basis.mean, "std": direction.basis.std}
+    if direction.w_probe is not None:
+        tensors["w_probe"] = direction.w_probe
     save_safetensors(path, tensors, metadata={"direction": json.dumps(meta)})
     return path
