@@ -400,6 +400,34 @@ def test_training_never_writes_into_a_user_folder(tmp_path):
     assert prepare(empty, {"run_dir": str(empty)}) == empty
 
 
+def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path):
+    # A config whose generator or data failed to load left run_dir/config.yaml and checkpoints/.lock, a folder
+    # that looked like a run. What the failed start wrote is taken back; a started run's files are kept.
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.run import prepared_run_dir
+
+    def fail_in(folder):
+        with pytest.raises(FileNotFoundError), prepared_run_dir(folder, {"run_dir": str(folder)},
+                                                                DistributedContext()):
+            assert (folder / "config.yaml").is_file()
+            raise FileNotFoundError("no such generator")
+
+    fail_in(tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # made by the run: removed
+    (tmp_path / "empty").mkdir()
+    fail_in(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []  # the user's empty folder stays
+    with prepared_run_dir(tmp_path / "started", {"run_dir": "r"}, DistributedContext()) as run:
+        (run / "stats.jsonl").write_text("{}\n")
+    fail_in(tmp_path / "started")  # resumed, then failed: its run is kept
+    assert sorted(p.name for p in (tmp_path / "started").iterdir()) == ["checkpoints", "config.yaml", "stats.jsonl"]
+    with pytest.raises(FileNotFoundError), prepared_run_dir(tmp_path / "mid", {"run_dir": "r"},
+                                                            DistributedContext()) as run:
+        (run / "stats.jsonl").write_text("{}\n")  # it wrote more than its config before failing
+        raise FileNotFoundError("lost the data")
+    assert (tmp_path / "mid" / "stats.jsonl").is_file() and (tmp_path / "mid" / "config.yaml").is_file()
+
+
 def test_a_run_folder_inside_the_data_is_refused(tmp_path):
     # Its sample grids (samples/*.png) became training images when the run resumed, and the batches changed.
     from hyperinverter.io.files import check_outside

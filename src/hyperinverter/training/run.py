@@ -140,6 +140,8 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
     if steps is not None and reached > steps:  # its final/ would hold more steps than asked, as this run's
         raise ValueError(f"{run_dir} holds a run at step {reached}, past steps={steps}: give steps of {reached} or "
                          "more to go on with it, or a new run_dir")
+    made = not run_dir.exists()
+    fresh = made or not any(run_dir.iterdir())
     held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir)
     with held if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
@@ -148,7 +150,30 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
                 _say_what_changed(run_dir / "config.yaml", text)
             atomic_write_bytes(run_dir / "config.yaml", text.encode())
         ctx.barrier()
-        yield run_dir
+        try:
+            yield run_dir
+        except BaseException:
+            if fresh and ctx.is_main:
+                _remove_unstarted(run_dir, remove_folder=made)
+            raise
+
+
+def _remove_unstarted(run_dir: Path, *, remove_folder: bool) -> None:
+    """Take back what a run that failed before writing anything but its config left in a folder it started in
+    empty (a bad generator path, say): its ``config.yaml`` and lock, and the folder if the run made it. A folder
+    holding anything else (a checkpoint, samples, stats, a file of someone else's) is left as it is."""
+    checkpoints = run_dir / "checkpoints"
+    try:
+        if {e.name for e in run_dir.iterdir()} != {"config.yaml", "checkpoints"} or \
+                {e.name for e in checkpoints.iterdir()} != {".lock"}:
+            return
+        (checkpoints / ".lock").unlink()
+        checkpoints.rmdir()
+        (run_dir / "config.yaml").unlink()
+        if remove_folder:
+            run_dir.rmdir()
+    except OSError as e:  # (what is left is a stopped run's config, which the next run in the folder takes)
+        logger.warning("%s: could not remove the config of the run that failed to start (%s)", run_dir, e)
 
 
 class BatchSampler:
