@@ -461,3 +461,13 @@ def test_directions_commands(model_with_directions, tiny_generator, tmp_path, ca
     assert main(["directions", "train", "--model", str(model_with_directions), "--labels", str(csv), "--attribute",
                  "a", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {csv}: row 3: 'a' is 'oops', not a number"
+
+
+def test_labelling_never_replaces_a_users_labels(tmp_path, capsys):
+    # `directions label --out labels.csv` wrote over a user's hand-made labels of that name once it had labelled.
+    mine = tmp_path / "labels.csv"
+    mine.write_text("seed,trunc,smile\n1,1,0.5\n")
+    assert main(["directions", "label", "--model", str(tmp_path / "no-model"), "--samples", "4",
+                 "--out", str(mine)]) == 2
+    assert f"{mine}: exists and was not written by hyperinverter" in capsys.readouterr().err  # (before any work)
+    assert mine.read_text() == "seed,trunc,smile\n1,1,0.5\n"

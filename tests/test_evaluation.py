@@ -356,3 +356,31 @@ def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator):
     y = x.clone()
     y[..., :4, :] = 1
     assert evaluate(pipe, y, dataset="cars", progress=False).metrics["phase1"] == pytest.approx(report.metrics["phase1"])
+
+
+def test_a_report_never_replaces_a_users_file(tmp_path, capsys):
+    # `evaluate --out notes` wrote notes.md, notes.json and notes.csv over a user's files of those names. Reports now
+    # carry a mark (a closing HTML comment, a "written_by" key, a header of ours), and replace only reports of ours.
+    from hyperinverter.io.files import written_by_us
+
+    _write_pairs(tmp_path)
+    command = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out",
+               str(tmp_path / "notes")]
+    assert main(command) == 0
+    written = [tmp_path / f"notes{suffix}" for suffix in (".md", ".json", ".csv")]
+    assert all(written_by_us(p) for p in written)
+    assert (tmp_path / "notes.md").read_text().rstrip().endswith("<!-- written by hyperinverter -->")
+    assert json.loads((tmp_path / "notes.json").read_text())["written_by"] == "hyperinverter"
+    assert main(command) == 0  # its own report is replaced
+    for path, users in zip(written, ("# my notes\n", '{"mine": true}\n', "name,score\nme,1\n")):
+        before = {p: p.read_bytes() for p in written}
+        path.write_text(users)
+        capsys.readouterr()
+        assert main(command) == 2
+        assert f"{path}: exists and was not written by hyperinverter" in capsys.readouterr().err
+        assert path.read_text() == users and all(p.read_bytes() == before[p] for p in written if p != path)
+        path.write_bytes(before[path])
+    # A table of face labels is ours by its header; a user's hand-made one (no generator column) is not.
+    (tmp_path / "labels.csv").write_text("seed,trunc,generator,yaw\n1,1,0123456789abcdef,0.5\n")
+    (tmp_path / "mine.csv").write_text("seed,trunc,smile\n1,1,0.5\n")
+    assert written_by_us(tmp_path / "labels.csv") and not written_by_us(tmp_path / "mine.csv")

@@ -55,7 +55,7 @@ from .evaluation import (
 from .inception_metrics import fid_kid
 from .inversion.files import method_fingerprint
 from .io.checkpoints import read_safetensors, save_safetensors
-from .io.files import atomic_write_bytes, atomic_write_figure
+from .io.files import atomic_write_bytes, atomic_write_figure, json_report_bytes, markdown_bytes
 from .io.images import content_of, image_bytes
 from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
@@ -357,14 +357,16 @@ class BenchmarkReport:
         """The report a run wrote to ``out`` (``benchmark.json``)."""
         path = Path(out) / "benchmark.json"
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+            record = json.loads(path.read_text())
+            record.pop("written_by", None)  # (the mark, see json_report_bytes)
+            return cls(**record)
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as e:
             raise InputError(path, f"is not a benchmark report ({e})") from None
 
     def save(self, out: Path) -> None:
         out = Path(out)
-        atomic_write_bytes(out / "benchmark.json", (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
-        atomic_write_bytes(out / "benchmark.md", self.to_markdown().encode())
+        atomic_write_bytes(out / "benchmark.json", json_report_bytes(dataclasses.asdict(self)), report=True)
+        atomic_write_bytes(out / "benchmark.md", markdown_bytes(self.to_markdown()), report=True)
 
     # --- pictures ---
     def plot(self, path: Path) -> Path:
@@ -615,7 +617,7 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
         report.claims = check_claims(report)
         report.save(out)
         per_image = {m: values for m, (_, values) in scored.items()}
-        atomic_write_bytes(out / "per_image.csv", image_scores_csv(names[:common], per_image))
+        atomic_write_bytes(out / "per_image.csv", image_scores_csv(names[:common], per_image), report=True)
         try:
             report.plot(out / "tradeoff.png")
         except ImportError:

@@ -8,7 +8,6 @@ quality against iterations and against time for every method.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from .errors import InputError
 from .inversion.files import method_fingerprint
-from .io.files import atomic_write_figure, atomic_write_group
+from .io.files import atomic_write_figure, atomic_write_group, json_report_bytes, markdown_bytes
 from .io.images import content_of
 from .io.work import WorkFolder, as_recorded, fingerprint_of
 from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, pooled_to_width, same_targets
@@ -171,11 +170,11 @@ class EvaluationReport:
         """``path`` .json (the means), .md and, with per-image scores, .csv; returns the files written."""
         path = Path(path)
         summary = {k: v for k, v in asdict(self).items() if k not in ("image_names", "per_image")}
-        files = [(path.with_suffix(".md"), self.to_markdown().encode()),
-                 (path.with_suffix(".json"), (json.dumps(summary, indent=2) + "\n").encode())]
+        files = [(path.with_suffix(".md"), markdown_bytes(self.to_markdown())),
+                 (path.with_suffix(".json"), json_report_bytes(summary))]
         if self.per_image:
             files.append((path.with_suffix(".csv"), image_scores_csv(self.image_names, self.per_image)))
-        return atomic_write_group(files)
+        return atomic_write_group(files, report=True)
 
 
 EVALUATION_WORK_FORMAT = "hyperinverter-evaluation-work-v1"

@@ -58,8 +58,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     check_outside(args.out, args.data, why="its pictures would be read as held-out images next time")
     if os.path.lexists(args.out) and not args.out.is_dir():
         raise OutputError(args.out, "exists and is not a folder; give a folder for the report")
-    for picture in ("tradeoff.png", "examples.png"):  # (before hours of work, and before the report is written)
-        check_file_replaceable(args.out / picture)
+    for name in ("tradeoff.png", "examples.png", "benchmark.md", "benchmark.json", "per_image.csv"):
+        check_file_replaceable(args.out / name, report=True)  # (before hours of work, and before any is written)
     pipe = _load_pipeline(args)
     G = pipe.generator
     options: dict[str, dict] = {}

@@ -172,9 +172,11 @@ def run_label(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..editing.attributes import label_samples, labelling_work, write_labels_csv
     from ..errors import OutputError
+    from ..io.files import check_file_replaceable
 
     if args.out.is_dir():
         raise OutputError(args.out, "is a folder; give the CSV file to write")
+    check_file_replaceable(args.out, report=True)  # (before the labelling: a user's own labels are never replaced)
     detector = Dlib68Detector(min_score=args.min_face_score, upsample=0)
     G = load_generator(generator_path(args.model), device=resolve_device(args.device)).eval()
     seeds = range(args.seed, args.seed + args.samples)

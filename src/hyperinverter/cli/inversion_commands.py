@@ -584,10 +584,15 @@ def _method_option(text: str) -> tuple[str, str, object]:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..errors import OutputError
+    from ..io.files import check_file_replaceable
 
     if args.out.is_dir():  # (it wrote DIR.md, DIR.json and DIR.csv beside the folder)
         raise OutputError(args.out, f"is a folder; give the report's name (for example {args.out / 'report'}: "
                           "writes .md, .json, .csv and .png)")
+    editability = args.out.with_name(args.out.name + "-editability")
+    for path in [args.out.with_suffix(s) for s in (".md", ".json", ".csv", ".png")] + (
+            [editability.with_suffix(".md"), editability.with_suffix(".json")] if args.editability else []):
+        check_file_replaceable(path, report=True)  # (before the work: a user's file there is never replaced)
     if (args.pred is None) != (args.gt is None):
         print("error: --pred and --gt go together", file=sys.stderr)
         return 2
@@ -640,12 +645,11 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, evaluation_work, load_heldout_images, quality_bars
-    from ..io.files import check_file_replaceable, check_outside
+    from ..io.files import check_outside
     from ..metrics import protocol_note
     from ..precision import dtype_name
 
     check_outside(args.out, args.data, why="its report and plot would be read as held-out images next time")
-    check_file_replaceable(args.out.with_suffix(".png"))  # (before the work, and before the report is written)
     pipe = _load_pipeline(args)
     G = pipe.generator
     images, names, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
@@ -689,12 +693,11 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 
 def _editability(args: argparse.Namespace, pipe, report, extra: dict, options: dict) -> None:
     import dataclasses
-    import json
 
     from ..catalogue import local_model_path
     from ..editing.directions import edit_directions
     from ..evaluation import ground_truth_editability
-    from ..io.files import atomic_write_bytes
+    from ..io.files import atomic_write_group, json_report_bytes, markdown_bytes
 
     directions, stand_in = edit_directions(local_model_path(args.model), pipe.generator)
     if stand_in:
@@ -702,7 +705,7 @@ def _editability(args: argparse.Namespace, pipe, report, extra: dict, options: d
     result = ground_truth_editability(pipe, directions, methods=list(report.metrics), num_images=args.editability,
                                       extra_metrics=extra, batch_size=args.batch_size, options=options)
     stem = args.out.with_name(args.out.name + "-editability")
-    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(dataclasses.asdict(result), indent=2) + "\n").encode())
-    atomic_write_bytes(stem.with_suffix(".md"), result.to_markdown().encode())
+    atomic_write_group([(stem.with_suffix(".json"), json_report_bytes(dataclasses.asdict(result))),
+                        (stem.with_suffix(".md"), markdown_bytes(result.to_markdown()))], report=True)
     print(result.to_markdown())
     print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")

@@ -216,7 +216,7 @@ def write_labels_csv(path: str | os.PathLike, report: LabelReport) -> Path:
     """Write the labels CSV atomically (a reader never sees half a file)."""
     from ..io.files import atomic_write_bytes
 
-    return atomic_write_bytes(path, labels_csv_bytes(report))
+    return atomic_write_bytes(path, labels_csv_bytes(report), report=True)
 
 
 @dataclass(frozen=True)

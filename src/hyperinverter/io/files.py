@@ -10,6 +10,7 @@ their target and swapped in; an existing folder is replaced only when it is one 
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import errno
 import hashlib
@@ -46,6 +47,24 @@ MARKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", "
 # ``format``), and a file without metadata of its own gets ``written_by``, so that a component saved again keeps
 # its bytes.
 _OUR_SAFETENSORS_KEYS = frozenset({"hyperinverter", "inversion", "direction", "training", "record"})
+# Reports are marked too, where their writers check (``check_file_replaceable(path, report=True)``): a Markdown
+# report ends with an HTML comment (not shown), a JSON report holds ``"written_by"``, and a CSV table is known by
+# its header (per-image scores: ``image,method,...``; face labels: ``seed,trunc,generator,...``), which users'
+# tools read unchanged.
+REPORT_SUFFIXES = frozenset({".md", ".json", ".csv"})
+MARKDOWN_MARK = f"<!-- written by {WRITER_TAG} -->"
+_OUR_CSV_HEADERS = (("image", "method"), ("seed", "trunc", "generator"))
+_MAX_REPORT_BYTES = 64 << 20  # (a JSON report is parsed to be checked; ours are far smaller)
+
+
+def markdown_bytes(text: str) -> bytes:
+    """A Markdown report as written: its text, then hyperinverter's mark (an HTML comment, which viewers hide)."""
+    return f"{text.rstrip()}\n\n{MARKDOWN_MARK}\n".encode()
+
+
+def json_report_bytes(record: dict, *, indent: int | None = 2) -> bytes:
+    """A JSON report as written: ``record`` with ``"written_by": "hyperinverter"``, its mark (readers drop it)."""
+    return (json.dumps({**record, "written_by": WRITER_TAG}, indent=indent) + "\n").encode()
 
 # A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}(?:-(?P<pid>\d+))?\.partial$")
@@ -317,15 +336,15 @@ def _publish(staged: _StagedFile, path: Path) -> None:
         os.close(staged.fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True, replace_any: bool = False
-                       ) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True, replace_any: bool = False,
+                       report: bool = False) -> Path:
     """Write ``data`` to ``path``: readers see the old file or the whole new one, never a part.
 
     ``durable=False`` skips the flushes: still never a partial file, but a power cut may lose the newest write
-    (right for thousands of regenerable dataset files, wrong for checkpoints and results). ``replace_any``: see
-    :func:`atomic_write_group`.
+    (right for thousands of regenerable dataset files, wrong for checkpoints and results). ``replace_any`` and
+    ``report``: see :func:`atomic_write_group`.
     """
-    return atomic_write_group([(Path(path), data)], durable=durable, replace_any=replace_any)[0]
+    return atomic_write_group([(Path(path), data)], durable=durable, replace_any=replace_any, report=report)[0]
 
 
 def atomic_write_figure(path: str | os.PathLike, fig, *, dpi: int = 120) -> Path:
@@ -350,6 +369,8 @@ def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool
     from .images import MADE_WITH_CHUNK
 
     path = Path(path)
+    if not safetensors and path.suffix.lower() in REPORT_SUFFIXES:
+        return _report_written_by_us(path)
     try:
         if safetensors or path.suffix.lower() == ".safetensors":
             metadata = read_safetensors_metadata(path)
@@ -369,11 +390,30 @@ def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool
     return isinstance(mark, bytes) and WRITER_TAG.encode() in mark
 
 
-def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False) -> None:
+def _report_written_by_us(path: Path) -> bool:
+    """Whether the Markdown, JSON or CSV report at ``path`` carries our mark (see ``REPORT_SUFFIXES``)."""
+    suffix = path.suffix.lower()
+    try:
+        with open(path, "rb") as f:
+            if suffix == ".md":
+                f.seek(max(os.fstat(f.fileno()).st_size - 256, 0))
+                return MARKDOWN_MARK.encode() in f.read()
+            if suffix == ".csv":
+                header = next(csv.reader([f.readline(4096).decode("utf-8", "replace")]), [])
+                return any(tuple(header[: len(ours)]) == ours for ours in _OUR_CSV_HEADERS)
+            data = json.loads(f.read(_MAX_REPORT_BYTES + 1)) if os.fstat(f.fileno()).st_size <= _MAX_REPORT_BYTES \
+                else None
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("written_by") == WRITER_TAG
+
+
+def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False, report: bool = False) -> None:
     """Raise ``OutputError`` if writing ``path`` would replace a symbolic link, a device, pipe or socket, or an
     image, clip or safetensors file that hyperinverter did not write (``written_by_us``); or if it holds a NUL.
     Other files at an output's name are the writer's to check; ``safetensors``: the output is one whatever its
-    name, and so must the file it replaces be."""
+    name, and so must the file it replaces be; ``report``: a Markdown, JSON or CSV report, which replaces only a
+    report of ours."""
     path = Path(path)
     if "\0" in os.fspath(path):  # (the unnamed file was linked at the name cut at the NUL: another path)
         raise OutputError(path, "holds a NUL character, which no file name can")
@@ -382,14 +422,15 @@ def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False
                                 "output elsewhere")
     if path.exists() and not path.is_file() and not path.is_dir():  # (as root, /dev/null became a plain file)
         raise OutputError(path, "is a device, pipe or socket, not a file; write the output elsewhere")
-    if (safetensors or path.suffix.lower() in MARKED_SUFFIXES) and path.is_file() and \
-            not written_by_us(path, safetensors=safetensors):
+    marked = safetensors or path.suffix.lower() in MARKED_SUFFIXES or (report and path.suffix.lower() in
+                                                                        REPORT_SUFFIXES)
+    if marked and path.is_file() and not written_by_us(path, safetensors=safetensors):
         raise OutputError(path, "exists and was not written by hyperinverter, so it is not replaced; move it away, "
                                 "or write the output elsewhere")
 
 
-def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True, replace_any: bool = False
-                       ) -> list[Path]:
+def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True, replace_any: bool = False,
+                       report: bool = False) -> list[Path]:
     """Write several files so that they appear together: all are written and flushed under no name first,
     then named one after the other (microseconds apart), the last one last.
 
@@ -397,14 +438,15 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     see a group without all of its files. An image, clip or safetensors file that we did not write is never replaced
     (:func:`check_file_replaceable`): the whole group is refused before anything is written. ``replace_any``
     lifts that for a folder that is ours as a whole (a training run's checkpoints, a cache), where a file of an
-    output's name that does not read back is one of ours, damaged.
+    output's name that does not read back is one of ours, damaged. ``report``: the group's Markdown, JSON and CSV
+    files are reports, which replace only reports of ours (``markdown_bytes``, ``json_report_bytes``).
     """
     paths = [Path(p) for p, _ in files]
     for p in paths:
         if p.is_dir():
             raise OutputError(p, "is a folder; give a file name")
         if not replace_any:
-            check_file_replaceable(p)
+            check_file_replaceable(p, report=report)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
