@@ -104,6 +104,15 @@ def interlaced_png(folder: Path) -> Path:
     return write(folder, "interlaced.png", _png(13, 11, 2, 8, _interlaced_rgb(13, 11, 200), interlace=1))
 
 
+def png_black_bottom(folder: Path) -> Path:
+    """A whole PNG whose last rows are black, as a missing part reads (the data check runs on it, and passes)."""
+    pixels = np.asarray(photo(8, (64, 64))).copy()
+    pixels[40:] = 0
+    path = Path(folder) / "black-bottom.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 def interlaced_png_missing_pass(folder: Path) -> Path:
     """The same PNG with the last rows of its last pass cut off."""
     return write(folder, "interlaced-short.png", _png(13, 11, 2, 8, _interlaced_rgb(13, 11, 200)[:-100],

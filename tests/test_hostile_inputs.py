@@ -173,6 +173,7 @@ ODD_IMAGES = [
     (hostile.animated_gif, lambda im: im.mode == "RGB" and im.size == (30, 30)),
     (hostile.one_pixel, lambda im: im.size == (1, 1)),
     (hostile.interlaced_png, lambda im: im.size == (13, 11) and (_pixels(im) == 200).all()),
+    (hostile.png_black_bottom, lambda im: im.size == (64, 64) and (_pixels(im)[40:] == 0).all()),
     (hostile.sliver, lambda im: im.size == (1, 500)),
     (hostile.upper_case_suffix, lambda im: im.size == (48, 40)),
 ]

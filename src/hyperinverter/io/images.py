@@ -386,7 +386,9 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                 raise ImageReadError(label, f"is {im.width}x{im.height} pixels, more than the limit of "
                                      f"{max_pixels:,} pixels")
             im.load()
-            if opened is not None and opened.format == "PNG":
+            if opened is not None and opened.format == "PNG" and im.height and not any(
+                    im.crop((0, im.height - 1, im.width, im.height)).tobytes()):
+                # The rows Pillow fills are zeros: only a PNG whose last row is all zero is read again and counted.
                 with (open(path, "rb") if isinstance(source, (str, os.PathLike)) else io.BytesIO(source)) as raw:
                     short = png_missing_data(raw)
                 if short:
