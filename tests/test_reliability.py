@@ -414,6 +414,8 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path):
 
     fail_in(tmp_path / "new")
     assert not (tmp_path / "new").exists()  # made by the run: removed
+    fail_in(tmp_path / "made" / "for" / "it")
+    assert not (tmp_path / "made").exists()  # and the folders made above it
     (tmp_path / "empty").mkdir()
     fail_in(tmp_path / "empty")
     assert list((tmp_path / "empty").iterdir()) == []  # the user's empty folder stays

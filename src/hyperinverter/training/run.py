@@ -140,8 +140,8 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
     if steps is not None and reached > steps:  # its final/ would hold more steps than asked, as this run's
         raise ValueError(f"{run_dir} holds a run at step {reached}, past steps={steps}: give steps of {reached} or "
                          "more to go on with it, or a new run_dir")
-    made = not run_dir.exists()
-    fresh = made or not any(run_dir.iterdir())
+    made = next((p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()), None)  # the first we make
+    fresh = made is not None or not any(run_dir.iterdir())
     held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir)
     with held if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
@@ -154,14 +154,15 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
             yield run_dir
         except BaseException:
             if fresh and ctx.is_main:
-                _remove_unstarted(run_dir, remove_folder=made)
+                _remove_unstarted(run_dir, made=made)
             raise
 
 
-def _remove_unstarted(run_dir: Path, *, remove_folder: bool) -> None:
+def _remove_unstarted(run_dir: Path, *, made: Path | None) -> None:
     """Take back what a run that failed before writing anything but its config left in a folder it started in
-    empty (a bad generator path, say): its ``config.yaml`` and lock, and the folder if the run made it. A folder
-    holding anything else (a checkpoint, samples, stats, a file of someone else's) is left as it is."""
+    empty (a bad generator path, say): its ``config.yaml`` and lock, and the folders the run made (``made``: the
+    first of them, ``run_dir`` or a folder above it). A folder holding anything else (a checkpoint, samples, stats,
+    a file of someone else's) is left as it is."""
     checkpoints = run_dir / "checkpoints"
     try:
         if {e.name for e in run_dir.iterdir()} != {"config.yaml", "checkpoints"} or \
@@ -170,8 +171,10 @@ def _remove_unstarted(run_dir: Path, *, remove_folder: bool) -> None:
         (checkpoints / ".lock").unlink()
         checkpoints.rmdir()
         (run_dir / "config.yaml").unlink()
-        if remove_folder:
-            run_dir.rmdir()
+        folder = run_dir
+        while made is not None and folder.is_relative_to(made):  # (rmdir removes only an empty folder)
+            folder.rmdir()
+            folder = folder.parent
     except OSError as e:  # (what is left is a stopped run's config, which the next run in the folder takes)
         logger.warning("%s: could not remove the config of the run that failed to start (%s)", run_dir, e)
 
