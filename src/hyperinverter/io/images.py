@@ -337,9 +337,12 @@ def png_missing_data(stream: io.BufferedIOBase) -> str | None:
         elif kind == b"IDAT":
             data = stream.read(length)
             stream.seek(4, io.SEEK_CUR)
-            while data and not inflate.eof and inflated < (expected or 0):
-                inflated += len(inflate.decompress(data, 1 << 20))
+            while not inflate.eof and inflated < (expected or 0):  # (until this chunk's input and output are spent)
+                out = inflate.decompress(data, 1 << 20)
                 data = inflate.unconsumed_tail
+                if not out and not data:
+                    break
+                inflated += len(out)
         elif kind == b"IEND":
             break
         else:
