@@ -370,15 +370,91 @@ def test_a_bad_training_config_names_the_file(tmp_path, capsys):
     assert main(["train", "w-encoder", "--config", str(config), "steps=ten"]) == 2
 
 
+def test_what_the_training_fuzzing_pass_found(tmp_path, capsys):
+    """Each was a traceback ("internal error"), a message naming no file or the wrong source, or a silent
+    surprise, found by fuzzing `train`; each is now one line that names the file or the option."""
+    from conftest import build_tiny_generator
+    from hyperinverter.cli.main import expected_error
+    from hyperinverter.data.folder import in_val_split
+    from hyperinverter.io.gan import save_gan
+
+    def train(kind, config, *overrides):
+        code = main(["train", kind, "--config", str(config), *overrides, "-q"])
+        lines = capsys.readouterr().err.strip().splitlines()  # (a warning may come first)
+        assert code == 2 and lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1, lines
+        return lines[-1]
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        hostile.photo(i, (16, 16)).save(data / f"{i}.png")
+    generator = tmp_path / "g.yaml"
+    generator.write_text(f"run_dir: {tmp_path / 'runs' / 'r'}\ndata: {data}\nsteps: 2\ngenerator:\n  resolution: 16\n"
+                         "  z_dim: 8\n  w_dim: 8\n  mapping_layers: 1\n  channel_base: 128\n  channel_max: 8\n")
+    # a discriminator for other images than the generator makes (an assertion in the first step)
+    assert "discriminator: judges 3-channel 32-px images, the generator makes 3-channel 16-px" in train(
+        "generator", generator, "discriminator.resolution=32")
+    # an override is blamed when the error is about it, and only then
+    assert f"{generator} with generator.resolution=48: generator: resolution must be a power of two" in train(
+        "generator", generator, "generator.resolution=48")
+    # init_from's generator with another architecture asked in generator: (ignored, and recorded as asked)
+    save_gan(tmp_path / "gan", build_tiny_generator())
+    assert "generator: asks for another architecture than init_from's generator (" in train(
+        "generator", generator, f"init_from={tmp_path / 'gan'}")
+    encoder = tmp_path / "w.yaml"
+    encoder.write_text(f"run_dir: {tmp_path / 'runs' / 'r'}\ndata: {data}\ngenerator: {tmp_path / 'gan'}\nsteps: 2\n"
+                       "mode: e4e\n")
+    assert train("w-encoder", encoder, "steps=3").startswith(f"error: {encoder}: unknown config keys ['mode']")
+    encoder.write_text(f"run_dir: {tmp_path / 'runs' / 'r'}\ndata: {data}\ngenerator: {tmp_path / 'gan'}\nsteps: 2\n")
+    assert "with loss_resolution=0: InversionTrainingConfig: loss_resolution must be >= 1" in train(
+        "w-encoder", encoder, "loss_resolution=0")  # (a RuntimeError inside the pooling)
+    assert "with trunk.units=[1,1]: trunk: need exactly 4 stages" in train("w-encoder", encoder, "trunk.units=[1,1]")
+    for text, cause in (("a: " + "[" * 5000 + "]" * 5000, "nests too deeply to be a config"),
+                        (b"\xff\xfe\x00bad", "is not a text (UTF-8) file: byte 0 is 0xff"),
+                        ("a: 1\n\tb: 2\n", ("is not valid YAML (found character '\\t' that cannot start any token at "
+                                             "line 2, column 1)")),
+                        ("steps: 2\nsteps: 3\n", ("is not valid YAML (keys given more than once: ['steps'] at line "
+                                                  "1, column 1)"))):
+        bad = tmp_path / "bad.yaml"
+        bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+        assert train("w-encoder", bad) == f"error: {bad}: {cause}"
+    assert "seed must be a whole number from 0 to 2**63 - 1" in train("w-encoder", encoder, "seed=" + "9" * 23)
+    torch.save({"a": torch.zeros(3)}, tmp_path / "dict.pt")
+    assert f"error: {tmp_path / 'dict.pt'}: IR-SE state dict does not fit" in train(
+        "w-encoder", encoder, f"backbone_init={tmp_path / 'dict.pt'}")  # (it named no file)
+    stage2 = tmp_path / "e2.yaml"
+    stage2.write_text(f"run_dir: {tmp_path / 'runs' / 'e2'}\ndata: {data}\ngenerator: {tmp_path / 'gan'}\nsteps: 2\n"
+                      f"stage: 2\ninit_from: {tmp_path / 'gan'}\n")
+    assert f"error: {tmp_path / 'gan'}: holds no trained E2Style (it has w-opt)" in train("e2style", stage2)
+    # run folders that cannot hold a run, refused before any step ("file exists", or a failure at the step)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert "is a broken symbolic link" in train("w-encoder", encoder, f"run_dir={tmp_path / 'link'}")
+    (tmp_path / "runs" / "f" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "f" / "checkpoints" / "checkpoint-00000004.safetensors").mkdir()
+    assert "checkpoint-00000004.safetensors: is not a checkpoint file, but has a checkpoint's name" in train(
+        "w-encoder", encoder, f"run_dir={tmp_path / 'runs' / 'f'}")
+    # an identity network file that is not one (a protobuf DecodeError inside onnx)
+    pytest.importorskip("onnx")
+    (tmp_path / "text.onnx").write_text("not a model")
+    assert f"{tmp_path / 'text.onnx'}: is not a readable ONNX model" in train(
+        "w-encoder", encoder, "id_weight=0.1", f"id_model_path={tmp_path / 'text.onnx'}")
+    # a CPU allocation that fails is "out of memory", like a GPU's (it was an internal error)
+    assert expected_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+                          ).startswith("out of memory (DefaultCPUAllocator")
+    # a data file whose name is not UTF-8 has its split (it stopped the run, naming no file)
+    assert len(in_val_split(["a.png", "x\udcff1.png", "b.png"], 0.5, seed=0)) == 3
+
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.
     from hyperinverter.errors import OutputError
     from hyperinverter.training.distributed import DistributedContext
-    from hyperinverter.training.run import prepared_run_dir
+    from hyperinverter.training.run import prepared_run_dir, record_run_config
 
     def prepare(folder, config):
         with prepared_run_dir(folder, config, DistributedContext()) as run:
+            record_run_config(run, config, DistributedContext(), resumed=False)
             return run
 
     user = tmp_path / "project"
@@ -404,27 +480,32 @@ def test_a_run_that_fails_to_start_leaves_no_run_folder(tmp_path):
     # A config whose generator or data failed to load left run_dir/config.yaml and checkpoints/.lock, a folder
     # that looked like a run. What the failed start wrote is taken back; a started run's files are kept.
     from hyperinverter.training.distributed import DistributedContext
-    from hyperinverter.training.run import prepared_run_dir
+    from hyperinverter.training.run import prepared_run_dir, record_run_config
 
-    def fail_in(folder):
+    def fail_in(folder, *, recorded=True):
         with pytest.raises(FileNotFoundError), prepared_run_dir(folder, {"run_dir": str(folder)},
-                                                                DistributedContext()):
-            assert (folder / "config.yaml").is_file()
+                                                                DistributedContext()) as run:
+            if recorded:
+                record_run_config(run, {"run_dir": str(folder)}, DistributedContext(), resumed=False)
             raise FileNotFoundError("no such generator")
 
     fail_in(tmp_path / "new")
     assert not (tmp_path / "new").exists()  # made by the run: removed
+    fail_in(tmp_path / "new", recorded=False)
+    assert not (tmp_path / "new").exists()
     fail_in(tmp_path / "made" / "for" / "it")
     assert not (tmp_path / "made").exists()  # and the folders made above it
     (tmp_path / "empty").mkdir()
     fail_in(tmp_path / "empty")
     assert list((tmp_path / "empty").iterdir()) == []  # the user's empty folder stays
     with prepared_run_dir(tmp_path / "started", {"run_dir": "r"}, DistributedContext()) as run:
+        record_run_config(run, {"run_dir": "r"}, DistributedContext(), resumed=False)
         (run / "stats.jsonl").write_text("{}\n")
     fail_in(tmp_path / "started")  # resumed, then failed: its run is kept
     assert sorted(p.name for p in (tmp_path / "started").iterdir()) == ["checkpoints", "config.yaml", "stats.jsonl"]
     with pytest.raises(FileNotFoundError), prepared_run_dir(tmp_path / "mid", {"run_dir": "r"},
                                                             DistributedContext()) as run:
+        record_run_config(run, {"run_dir": "r"}, DistributedContext(), resumed=False)
         (run / "stats.jsonl").write_text("{}\n")  # it wrote more than its config before failing
         raise FileNotFoundError("lost the data")
     assert (tmp_path / "mid" / "stats.jsonl").is_file() and (tmp_path / "mid" / "config.yaml").is_file()
@@ -456,8 +537,9 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path\n"
         "from hyperinverter.training.distributed import DistributedContext\n"
-        "from hyperinverter.training.run import prepared_run_dir\n"
-        f"with prepared_run_dir(Path({str(run)!r}), {{'run_dir': 'r', 'steps': 9}}, DistributedContext()):\n"
+        "from hyperinverter.training.run import prepared_run_dir, record_run_config\n"
+        f"with prepared_run_dir(Path({str(run)!r}), {{'run_dir': 'r', 'steps': 9}}, DistributedContext()) as run:\n"
+        "    record_run_config(run, {'run_dir': 'r', 'steps': 9}, DistributedContext(), resumed=False)\n"
         "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"

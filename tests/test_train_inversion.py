@@ -193,3 +193,61 @@ def test_encoders_start_from_a_pretrained_trunk(tmp_path, gan_dir, images):
     with pytest.raises(ValueError, match="extra.weight"):
         train_w_encoder(config(tmp_path / "p2", gan_dir, steps=1, backbone_init=str(tmp_path / "bad.pth")),
                         images=images, val_images=images[:2])
+
+
+def test_a_resume_that_cannot_go_on_leaves_the_run_as_it_was(tmp_path, gan_dir, images):
+    """What a training fuzzing pass found: (1) a run whose checkpoints were gone or unreadable started again from step
+    0 and replaced its final model; (2) a resume refused for another configuration had already rewritten the run's
+    config.yaml; (3) an encoder run resumed against another generator behind the same path without a word; (4) a
+    checkpoint whose progress record was damaged was an internal error, not a fall-back to the one before."""
+    import json
+    import shutil
+
+    from conftest import build_tiny_generator
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
+    from hyperinverter.training.checkpointing import CheckpointMismatchError, list_checkpoints
+
+    run = tmp_path / "run"
+    train_w_encoder(config(run, gan_dir, steps=4, checkpoint_every=2), images=images, val_images=images[:2])
+    final = (run / "final" / "w_encoder" / "model.safetensors").read_bytes()
+    settings = (run / "config.yaml").read_text()
+
+    # (2) refused for another configuration: config.yaml unchanged
+    with pytest.raises(CheckpointMismatchError, match="another configuration"):
+        train_w_encoder(config(run, gan_dir, steps=6, trunk=TrunkConfig("ir_se", units=(1, 1, 1, 1),
+                                                                        widths=(8, 16, 32, 32))), images=images)
+    assert (run / "config.yaml").read_text() == settings
+
+    # (3) another generator behind the same path
+    shutil.copytree(gan_dir, tmp_path / "gan-before")
+    other = tmp_path / "gan"
+    shutil.rmtree(other)
+    save_gan(other, build_tiny_generator(seed=5), Discriminator(DiscriminatorConfig(resolution=32, channel_base=256,
+                                                                                  channel_max=16)))
+    with pytest.raises(CheckpointMismatchError, match="were trained against another generator"):
+        train_w_encoder(config(run, other, steps=6), images=images)
+    shutil.rmtree(other)
+    shutil.copytree(tmp_path / "gan-before", other)
+
+    # (4) a damaged progress record in the newest checkpoint: the run resumes from the one before
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    tensors, metadata = read_safetensors(newest)
+    meta = json.loads(metadata["training"])
+    meta["progress"]["position"] = "twelve"
+    save_safetensors(newest, tensors, metadata={**metadata, "training": json.dumps(meta)}, replace_any=True)
+    resumed = train_w_encoder(config(run, gan_dir, steps=6, checkpoint_every=2), images=images,
+                              val_images=images[:2])
+    assert resumed.steps == 6
+
+    # (1) no checkpoint left to resume from: refused, the final model kept
+    final = (run / "final" / "w_encoder" / "model.safetensors").read_bytes()
+    for path in list_checkpoints(run / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:100])  # unreadable
+    with pytest.raises(OutputError, match="holds a run .*none of which reads back.* no checkpoint to resume it"):
+        train_w_encoder(config(run, gan_dir, steps=8), images=images)
+    for path in list_checkpoints(run / "checkpoints"):
+        path.unlink()
+    with pytest.raises(OutputError, match=r"holds a run \(final/, best/, stats.jsonl\).*resume=false"):
+        train_w_encoder(config(run, gan_dir, steps=8), images=images)
+    assert (run / "final" / "w_encoder" / "model.safetensors").read_bytes() == final

@@ -61,8 +61,10 @@ def expected_error(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, OSError):
         return describe_os_error(error)
-    if isinstance(error, torch.OutOfMemoryError):
-        return f"out of memory ({str(error).splitlines()[0]}); try a smaller --batch-size or another --device"
+    if isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError)
+                                                     and "can't allocate memory" in str(error)):  # (CPU)
+        return (f"out of memory ({str(error).splitlines()[0]}); try a smaller batch size (--batch-size, or batch_size "
+                "in a training config), smaller sizes, or another --device")
     if isinstance(error, (ImportError, ValueError, MemoryError)):
         return str(error) or type(error).__name__
     return None

@@ -91,7 +91,11 @@ def convert_sface_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
     except ImportError:
         raise ImportError(f"converting the SFace ONNX file needs the onnx package: {INSTALL_HINT}") from None
 
-    graph = _ConstantGraph(onnx.load(str(onnx_path)).graph)
+    try:
+        model_proto = onnx.load(str(onnx_path))
+    except Exception as e:  # noqa: BLE001 - protobuf fails on a foreign file in several ways
+        raise CheckpointError(onnx_path, f"is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+    graph = _ConstantGraph(model_proto.graph)
     with torch.device("meta"):  # only names, shapes and hyper-parameters are needed
         model = SFace()
     expected = model.state_dict()

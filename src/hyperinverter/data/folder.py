@@ -20,8 +20,9 @@ Split = Literal["train", "val", "all"]
 
 
 def _split_score(relative: str, seed: int) -> float:
-    # Hash of the relative path: the split of a file never changes when other files are added.
-    digest = hashlib.sha1(f"{seed}:{relative}".encode()).digest()
+    # Hash of the relative path: the split of a file never changes when other files are added. Its bytes as the file
+    # system holds them (a name that is not UTF-8 comes as surrogate escapes; UTF-8 names hash as they always did).
+    digest = hashlib.sha1(f"{seed}:{relative}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

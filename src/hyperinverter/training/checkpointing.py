@@ -27,7 +27,7 @@ from ..io.checkpoints import (
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"checkpoint-(\d{8})\.safetensors$")
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{8})\.safetensors$")
 
 
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
@@ -117,14 +117,14 @@ def save_checkpoint(
 
 def checkpoint_step(path: Path) -> int:
     """The step a checkpoint file was written at, from its name."""
-    return int(_NAME.search(Path(path).name).group(1))
+    return int(CHECKPOINT_NAME.search(Path(path).name).group(1))
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if _NAME.search(p.name))
+    return sorted(p for p in directory.iterdir() if CHECKPOINT_NAME.search(p.name))
 
 
 def load_checkpoint(
@@ -140,6 +140,9 @@ def load_checkpoint(
         meta = read_metadata_json(path, metadata, "training", "a training checkpoint")
         if not isinstance(meta.get("modules"), list) or not isinstance(meta.get("step"), int):
             raise CheckpointError(path, "is not a complete training checkpoint (no modules or step)")
+        problem = _progress_problem(meta.get("progress", {}))
+        if problem:  # (a damaged record: resume_latest falls back to an older checkpoint)
+            raise CheckpointError(path, f"is not a readable training checkpoint ({problem})")
     except OSError as e:
         raise CheckpointError(path, f"is not a readable training checkpoint ({e})") from None
     tensors = with_aliases(tensors, meta.get("aliases"), path)
@@ -160,6 +163,21 @@ def load_checkpoint(
     if scaler is not None and "scaler" in meta:
         scaler.load_state_dict(meta["scaler"])
     return int(meta["step"]), meta["progress"]
+
+
+def _progress_problem(progress: object) -> str | None:
+    """What is wrong with a checkpoint's progress record (the loop's own keys), or None."""
+    if not isinstance(progress, dict):
+        return f"its progress is a {type(progress).__name__}, not a record"
+    position, best = progress.get("position", 0), progress.get("best_val", 0.0)
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        return f"its sample position is {position!r}, not a whole number of 0 or more"
+    if isinstance(best, bool) or not isinstance(best, (int, float)):
+        return f"its best validation loss is {best!r}, not a number"
+    for key in ("task", "frozen"):
+        if not isinstance(progress.get(key, {}), dict):
+            return f"its {key} state is a {type(progress[key]).__name__}, not a record"
+    return None
 
 
 class CheckpointMismatchError(CheckpointError):

@@ -5,6 +5,7 @@ Configs live at the edge: the trainers read them and pass explicit arguments to 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,37 @@ __all__ = ["ConfigError", "apply_overrides", "load_config", "to_yaml"]
 T = TypeVar("T")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as configs want it: a key given twice is an error (the last one won, without a word), and ``1:30`` is
+    a string, not YAML 1.1's base-60 number (``steps=1:0`` trained 60 steps)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if twice:
+            raise yaml.constructor.ConstructorError(None, None, f"keys given more than once: {twice}",
+                                                    node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if not (tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in regexp.pattern)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag, _pattern, _first in (
+        ("tag:yaml.org,2002:int", r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$",
+         "-+0123456789"),
+        ("tag:yaml.org,2002:float", (r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+                                      r"|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+                                      r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), "-+0123456789."),
+):  # YAML 1.1's int and float without their base-60 forms
+    _ConfigLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # (a SafeLoader: it never builds an object)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["lr=0.002", "data.path=/x"]`` -> nested updates; values are parsed as YAML scalars."""
     data = dict(data)
@@ -30,7 +62,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not all(parts):
             raise ConfigError(f"override {item!r}", "needs a key before '=' (keys of nested configs: trunk.units)")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
         except yaml.YAMLError as e:
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise ConfigError(f"override {item!r}", f"its value is not a YAML scalar, list or mapping ({problem})"
@@ -52,23 +84,57 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: Any = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = _load_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(path, f"is not valid YAML ({e})") from None
+            raise ConfigError(path, f"is not valid YAML ({_yaml_problem(e)})") from None
         except FileNotFoundError:
             raise ConfigError(path, "no such config file") from None
+        except IsADirectoryError:
+            raise ConfigError(path, "is a folder, not a config file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(path, f"is not a text (UTF-8) file: byte {e.start} is {e.object[e.start]:#04x}") from None
+        except RecursionError:
+            raise ConfigError(path, "nests too deeply to be a config") from None
         if not isinstance(data, dict):
             raise ConfigError(path, f"must hold a mapping of config keys, got {type(data).__name__}")
     overrides = overrides or []
-    merged = apply_overrides(data, overrides)
+    merged = _home_expanded(apply_overrides(data, overrides))
     try:
         return decode(cls, merged)
     except ConfigError as e:
         if path is None:
             raise
         # A value given on the command line is named with the file, so that nobody looks for it in the file.
-        given = [o for o in overrides if re.search(rf"\b{re.escape(o.split('=', 1)[0].strip())}\b", str(e))]
+        given = [o for o in overrides if _blames(o.split("=", 1)[0].strip(), str(e))]
         raise ConfigError(f"{path} with {' '.join(given)}" if given else path, str(e)) from None
+
+
+def _home_expanded(value: Any) -> Any:
+    """Paths as a shell would take them: ``~/runs`` is in the home folder (a folder named ``~`` was made)."""
+    if isinstance(value, dict):
+        return {k: _home_expanded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_home_expanded(v) for v in value]
+    return os.path.expanduser(value) if isinstance(value, str) and (value == "~" or value.startswith("~/")) else value
+
+
+def _blames(key: str, message: str) -> bool:
+    """Whether a config error's ``message`` is about the override ``key`` (``generator.resolution`` is named as
+    ``generator: resolution``) or the section it is in; the list of valid keys after the subject is not read."""
+    subject = message.split("; valid:")[0]
+    parts = key.split(".")
+    path = r"(?:\.|: (?:\w+: )*)".join(map(re.escape, parts))
+    if re.search(rf"(?<![\w.]){path}(?!\w)", subject):
+        return True
+    return len(parts) > 1 and re.match(rf"(?:\w+: )*{re.escape(parts[0])}: ", subject) is not None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's message draws a caret over the line)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
 
 
 def to_yaml(config: Any) -> str:

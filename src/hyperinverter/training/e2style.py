@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.degradations import get_degradation
+from ..errors import InputError
 from ..methods import InversionResult
 from ..methods.e2style import E2Style
 from ..models.encoders import E2StyleConfig, E2StyleEncoderConfig, E2StyleEncoders, TrunkConfig
@@ -168,9 +169,12 @@ def e2style_task(cfg: E2StyleTrainingConfig, device: torch.device, ctx: Distribu
         with torch.no_grad():
             encoders.latent_avg.copy_(G.w_avg.expand_as(encoders.latent_avg))
     else:
-        previous_method = trained_bundle(cfg.init_from, G, device, generator_name=cfg.generator,
-                                         remedy="every stage refines the codes of the stages before, for one "
-                                         "generator").inverter("e2style")
+        bundle = trained_bundle(cfg.init_from, G, device, generator_name=cfg.generator,
+                                remedy="every stage refines the codes of the stages before, for one generator")
+        if "e2style" not in bundle.methods:
+            raise InputError(cfg.init_from, f"holds no trained E2Style (it has {', '.join(bundle.methods)}): give "
+                             f"init_from the final/ folder of stage {cfg.stage - 1} of this E2Style run")
+        previous_method = bundle.inverter("e2style")
         if previous_method.task != cfg.task:
             raise ValueError(f"{cfg.init_from} was trained for task {previous_method.task!r}, this stage for "
                              f"{cfg.task!r}")

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..catalogue import generator_path
 from ..convert.gan_files import LoadedGAN, load_gan
-from ..errors import InputError
+from ..errors import CheckpointError, InputError, naming
 from ..io.images import content_of, describe_content_rows
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
@@ -153,7 +153,10 @@ class EncoderTrainingConfig(RunConfig):
         from ..convert.backbones import load_ir_se_trunk, load_torchvision_resnet
 
         load = load_ir_se_trunk if self.trunk.backbone == "ir_se" else load_torchvision_resnet
-        skipped = load(encoder, self.backbone_init, adapt_input_channels=True)
+        try:
+            skipped = load(encoder, self.backbone_init, adapt_input_channels=True)
+        except CheckpointError as e:  # (the converter's message names the kind of file, not which file)
+            raise naming(e, self.backbone_init) from None
         logger.info("encoder trunk initialised from %s (skipped %d file keys)", self.backbone_init, len(skipped))
 
 
@@ -182,6 +185,7 @@ class EncoderTask(TrainingTask):
         self.optimizer = make_optimizer(cfg.optimizer, trainable.parameters(), lr=cfg.lr)
         self.modules: dict[str, nn.Module] = {"trainable": trainable}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
+        self.frozen = {"generator": G}
         self.D = None
         if cfg.adversarial:
             self.D = copy.deepcopy(gan.discriminator).to(device)

@@ -133,10 +133,22 @@ class GANTask(TrainingTask):
         if cfg.init_from:
             gan = load_gan(generator_path(cfg.init_from), with_discriminator=True)  # (as a --model takes)
             G, D = gan.generator, gan.discriminator
+            differing = [] if cfg.generator is None else sorted(
+                k for k, v in cfg.generator.to_dict().items() if G.config.to_dict().get(k) != v)
+            if differing:  # (the config's architecture was ignored, and config.yaml recorded it)
+                pairs = ", ".join(f"{k} {getattr(cfg.generator, k)!r} against {getattr(G.config, k)!r}"
+                                  for k in differing)
+                raise ValueError(f"generator: asks for another architecture than init_from's generator ({pairs}): "
+                                 "leave generator: out (init_from gives it), or make them agree")
         else:
             G, D = Generator(cfg.generator), None
         if D is None:
-            D = Discriminator(cfg.discriminator_config(G.config))
+            d_config = cfg.discriminator_config(G.config)
+            if (d_config.resolution, d_config.img_channels) != (G.resolution, G.config.img_channels):
+                raise ValueError(f"discriminator: judges {d_config.img_channels}-channel {d_config.resolution}-px "
+                                 f"images, the generator makes {G.config.img_channels}-channel {G.resolution}-px ones: "
+                                 "set discriminator.resolution and img_channels to the generator's, or leave them out")
+            D = Discriminator(d_config)
         self.G, self.D = G.to(device).train(), D.to(device).train()
         if cfg.freeze_mapping:
             self.G.mapping.requires_grad_(False)  # no phase trains it (the G phases train G.synthesis)
@@ -245,8 +257,13 @@ class GANTask(TrainingTask):
         return {"cur_nimg": self.cur_nimg, "pl_mean": float(self.pl_mean)}
 
     def load_state(self, state: dict) -> None:
-        self.cur_nimg = state.get("cur_nimg", 0)
-        self.pl_mean.fill_(state.get("pl_mean", 0.0))
+        cur_nimg, pl_mean = state.get("cur_nimg", 0), state.get("pl_mean", 0.0)
+        if isinstance(cur_nimg, bool) or not isinstance(cur_nimg, int) or cur_nimg < 0:
+            raise ValueError(f"images seen {cur_nimg!r}, not a whole number of 0 or more")
+        if isinstance(pl_mean, bool) or not isinstance(pl_mean, (int, float)) or not math.isfinite(pl_mean):
+            raise ValueError(f"path-length mean {pl_mean!r}, not a finite number")
+        self.cur_nimg = cur_nimg
+        self.pl_mean.fill_(pl_mean)
 
     @torch.no_grad()
     def samples(self, images: torch.Tensor) -> tuple[str, torch.Tensor, int]:

@@ -15,28 +15,33 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..device import resolve_device
+from ..errors import CheckpointError
 from ..io.files import check_outside
 from ..io.images import check_content_rows
+from ..io.work import fingerprint_of
 from ..progress import progress_bar
-from .checkpointing import resume_latest, save_checkpoint
+from .checkpointing import CheckpointMismatchError, resume_latest, save_checkpoint
 from .distributed import DistributedContext, init_distributed, local_device
 from .run import (
     PRECISIONS,
     BatchSampler,
     RunLogger,
     autocast,
+    check_nothing_to_lose,
     mean_dict,
     prepared_run_dir,
     random_hflip,
+    record_run_config,
     step_generator,
     training_images,
     uint8_to_float,
@@ -95,7 +100,7 @@ class RunConfig:
 # The ranges of every trainer's numbers, by the convention of their names: one check for every config.
 COUNTS = {"steps", "batch_size", "grad_accum", "stage", "n_iters_per_batch", "val_max_images", "id_samples",
           "hidden_dim", "hyper_inner", "refine_inner", "regressor_width", "feature_size", "feature_channels",
-          "code_dim"}
+          "code_dim", "loss_resolution"}
 SHARES = {"style_mixing", "pl_decay", "ema_rampup", "synthetic_fraction"}
 
 
@@ -109,6 +114,8 @@ def range_problem(name: str, value: Any) -> str | None:
         return None
     if not math.isfinite(value):
         return f"{name} must be a finite number, got {value}"
+    if name == "seed":  # (torch's generators take 64-bit seeds; a larger one was an overflow naming no option)
+        return None if 0 <= value < 2**63 else f"seed must be a whole number from 0 to 2**63 - 1, got {value}"
     learning_rate = name == "lr" or name.startswith("lr_") or name.endswith("_lr")  # (0 freezes what it trains)
     if learning_rate or name.endswith(("_weight", "_gamma")) or name in ("ema_kimg", "w_pool_size"):
         return None if value >= 0 else f"{name} must be >= 0, got {value}"
@@ -154,12 +161,15 @@ class TrainingTask:
     ``before_step`` -> ``batch`` -> for each active phase, ``loss`` on each micro-batch -> ``after_step``.
 
     Attributes set by subclasses: ``modules`` (saved in checkpoints), ``optimizers`` (saved in checkpoints),
-    ``resolution`` and ``channels`` (of the training images), ``name`` (for the progress bar).
+    ``resolution`` and ``channels`` (of the training images), ``name`` (for the progress bar), and ``frozen``: the
+    modules the run trains against unchanged (an encoder's generator), whose fingerprints checkpoints record, so
+    that resuming against others is refused.
     """
 
     name: str = "train"
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
+    frozen: Mapping[str, nn.Module] = MappingProxyType({})  # (subclasses assign their own)
     resolution: int
     channels: int
     validates: bool = False  # whether it has a validation loss (then the best model is kept)
@@ -279,6 +289,18 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
         return _train(cfg, build, run_dir, device, ctx, images=images, val_images=val_images)
 
 
+def _check_same_frozen(run_dir: Path, recorded: object, frozen: dict[str, str]) -> None:
+    """``CheckpointMismatchError`` where the run's checkpoints were trained against other frozen modules (another
+    generator behind the same path, or another path) than this run's; checkpoints from before the fingerprints
+    were recorded are not checked."""
+    if recorded is None or recorded == frozen:  # (a dict: checked as the checkpoint was read)
+        return
+    differing = sorted(k for k in frozen.keys() | recorded.keys() if recorded.get(k) != frozen.get(k))
+    raise CheckpointMismatchError(run_dir / "checkpoints", f"were trained against another {' and '.join(differing)} "
+                                  "than this run's (its weights differ): resume the run with the one it started with, "
+                                  "or start this one in a new run_dir")
+
+
 def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], TrainingTask], run_dir: Path,
            device: torch.device, ctx: DistributedContext, *, images: torch.Tensor | None,
            val_images: torch.Tensor | None) -> TrainingResult:
@@ -295,13 +317,22 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
 
     start_step, position, best_val = 0, 0, math.inf
+    frozen = {name: fingerprint_of(module) for name, module in task.frozen.items()}
+    resumed = None
     if cfg.resume:
         resumed = resume_latest(run_dir / "checkpoints", modules=task.modules, optimizers=task.optimizers,
                                 scaler=scaler)
-        if resumed is not None:
+        if resumed is None:
+            check_nothing_to_lose(run_dir)
+        else:
             start_step, progress = resumed
-            position, best_val = progress["position"], progress.get("best_val", math.inf)
-            task.load_state(progress.get("task", {}))
+            _check_same_frozen(run_dir, progress.get("frozen"), frozen)
+            position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
+            try:
+                task.load_state(progress.get("task", {}))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(run_dir / "checkpoints", f"the newest readable checkpoint holds a damaged "
+                                      f"state of the run ({e}): move it away to resume from the one before") from None
 
     if images is None:
         images = load_split(cfg, task.resolution, task.channels, "train")
@@ -315,6 +346,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     if local_bs % cfg.grad_accum:
         raise ValueError(f"per-rank batch {local_bs} is not divisible by grad_accum={cfg.grad_accum}")
     sampler = BatchSampler(len(images), cfg.batch_size, seed=cfg.seed, position=position)
+    record_run_config(run_dir, cfg, ctx, resumed=resumed is not None)  # (the run has started: nothing refused it)
     run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard, start_step=start_step)
 
     history: list[dict[str, float]] = []
@@ -367,7 +399,8 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
                 for i, module in enumerate(trainable):
                     ctx.check_in_sync(module, f"trained module {i}")
                 if ctx.is_main:
-                    state = {"position": sampler.position, "best_val": best_val, "task": task.state()}
+                    state = {"position": sampler.position, "best_val": best_val, "task": task.state(),
+                             "frozen": frozen}
                     save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
                                     scaler=scaler, keep=cfg.keep_checkpoints, progress=state)
             if stop is not None:

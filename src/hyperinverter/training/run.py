@@ -15,7 +15,7 @@ import torch
 
 from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock
 from ..io.images import make_grid, save_image
-from .checkpointing import checkpoint_step, list_checkpoints
+from .checkpointing import CHECKPOINT_NAME, checkpoint_step, list_checkpoints
 from .config import to_yaml
 from .distributed import DistributedContext
 
@@ -122,15 +122,26 @@ def _not_a_run(folder: Path) -> str | None:
 
 @contextlib.contextmanager
 def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Iterator[Path]:
-    """Create the run folder, hold it for the block and store the resolved config next to the checkpoints.
+    """Create the run folder and hold it for the block; the run stores its config once it has started
+    (:func:`record_run_config`), so that a start refused on resume (another configuration) leaves it as it was.
 
     A folder that holds other files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl,
     samples/, best/ and final/. So is a folder another process is training into (its rank 0 holds
     ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends).
     """
+    from ..errors import OutputError
+
     run_dir = Path(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():  # (mkdir said "file exists")
+        raise OutputError(run_dir, "is a broken symbolic link; give the run's folder, or where the link points")
     check_own_folder(run_dir, _not_a_run, what="the run (run_dir)")
     checkpoints = run_dir / "checkpoints"
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise OutputError(checkpoints, "is not a folder: a run keeps its checkpoints in this folder")
+    blocking = [p for p in (checkpoints.iterdir() if checkpoints.is_dir() else ()) if
+                CHECKPOINT_NAME.search(p.name) and not p.is_file()]
+    if blocking:  # (the run met it only when it came to write that step, and lost the steps since its last)
+        raise OutputError(blocking[0], "is not a checkpoint file, but has a checkpoint's name; move it away")
     if not getattr(config, "resume", True) and checkpoints.is_dir() and any(checkpoints.glob("*.safetensors")):
         # Starting afresh next to an old run's checkpoints would mix the two runs when pruning and resuming.
         raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with resume: true, or choose "
@@ -144,11 +155,6 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
     fresh = made is not None or not any(run_dir.iterdir())
     held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir)
     with held if ctx.is_main else contextlib.nullcontext():
-        if ctx.is_main:
-            text = to_yaml(config)
-            if saved:
-                _say_what_changed(run_dir / "config.yaml", text)
-            atomic_write_bytes(run_dir / "config.yaml", text.encode())
         ctx.barrier()
         try:
             yield run_dir
@@ -158,19 +164,45 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
             raise
 
 
+def record_run_config(run_dir: Path, config: Any, ctx: DistributedContext, *, resumed: bool) -> None:
+    """Store the resolved config as ``run_dir/config.yaml`` (rank 0), saying what changed where a run resumes."""
+    if ctx.is_main:
+        text = to_yaml(config)
+        if resumed:
+            _say_what_changed(run_dir / "config.yaml", text)
+        atomic_write_bytes(run_dir / "config.yaml", text.encode())
+    ctx.barrier()
+
+
+def check_nothing_to_lose(run_dir: Path) -> None:
+    """``OutputError`` where a run that found no checkpoint to resume from would start again over an earlier
+    run's results: ``final/`` and ``best/`` would be replaced and ``stats.jsonl`` emptied, without a word."""
+    from ..errors import OutputError
+
+    unreadable = list_checkpoints(run_dir / "checkpoints")
+    stats = run_dir / "stats.jsonl"
+    held = [name + "/" for name in ("final", "best") if (run_dir / name).exists()]
+    held += ["stats.jsonl"] if stats.is_file() and stats.stat().st_size else []
+    held += [f"{len(unreadable)} checkpoint(s), none of which reads back"] if unreadable else []
+    if held:
+        raise OutputError(run_dir, f"holds a run ({', '.join(held)}) but no checkpoint to resume it from: starting "
+                          "again would replace its results; give a new run_dir"
+                          + ("" if unreadable else ", or resume=false to start afresh in this one"))
+
+
 def _remove_unstarted(run_dir: Path, *, made: Path | None) -> None:
     """Take back what a run that failed before writing anything but its config left in a folder it started in
-    empty (a bad generator path, say): its ``config.yaml`` and lock, and the folders the run made (``made``: the
+    empty (a bad generator path, say): its lock (and ``config.yaml``), and the folders the run made (``made``: the
     first of them, ``run_dir`` or a folder above it). A folder holding anything else (a checkpoint, samples, stats,
     a file of someone else's) is left as it is."""
     checkpoints = run_dir / "checkpoints"
     try:
-        if {e.name for e in run_dir.iterdir()} != {"config.yaml", "checkpoints"} or \
+        if {e.name for e in run_dir.iterdir()} - {"config.yaml"} != {"checkpoints"} or \
                 {e.name for e in checkpoints.iterdir()} != {".lock"}:
             return
         (checkpoints / ".lock").unlink()
         checkpoints.rmdir()
-        (run_dir / "config.yaml").unlink()
+        (run_dir / "config.yaml").unlink(missing_ok=True)
         folder = run_dir
         while made is not None and folder.is_relative_to(made):  # (rmdir removes only an empty folder)
             folder.rmdir()

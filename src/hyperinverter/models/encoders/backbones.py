@@ -376,6 +376,13 @@ class TrunkConfig(SerializableConfig):
     units: tuple[int, ...] | None = None
     widths: tuple[int, ...] = DEFAULT_WIDTHS
 
+    def __post_init__(self) -> None:
+        """Checked as it is read (a config's ``trunk.units=[1,1]`` failed later, naming neither file nor key)."""
+        if self.backbone not in DEFAULT_DEPTH:
+            raise ValueError(f"unknown backbone kind {self.backbone!r}; expected 'ir_se' or 'resnet'")
+        table = IR_UNITS if self.backbone == "ir_se" else RESNET_BLOCKS
+        _stage_config(self.units, self.widths, table, self.depth or DEFAULT_DEPTH[self.backbone])
+
     def build(self, in_channels: int) -> Backbone:
         return build_backbone(kind=self.backbone, depth=self.depth, units=self.units, widths=self.widths,
                               in_channels=in_channels)
