@@ -91,7 +91,7 @@ def _say_what_changed(stored: Path, text: str) -> None:
         return
     old, new = _flat(before), _flat(yaml.safe_load(text))
     changed = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(old.keys() | new.keys())
-               if old.get(k) != new.get(k)]
+               if old.get(k) != new.get(k) and k != "run_dir"]  # (a run folder moved or copied is the same run)
     if changed:
         logger.warning("resuming %s with a changed config (%s)", stored.parent, "; ".join(changed))
 
