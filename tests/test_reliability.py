@@ -419,6 +419,7 @@ def test_what_the_training_fuzzing_pass_found(tmp_path, capsys):
         bad.write_bytes(text if isinstance(text, bytes) else text.encode())
         assert train("w-encoder", bad) == f"error: {bad}: {cause}"
     assert "seed must be a whole number from 0 to 2**63 - 1" in train("w-encoder", encoder, "seed=" + "9" * 23)
+    assert train("hypernetwork", encoder).startswith(f"error: {encoder}: w_encoder: Phase II needs the folder")
     torch.save({"a": torch.zeros(3)}, tmp_path / "dict.pt")
     assert f"error: {tmp_path / 'dict.pt'}: IR-SE state dict does not fit" in train(
         "w-encoder", encoder, f"backbone_init={tmp_path / 'dict.pt'}")  # (it named no file)

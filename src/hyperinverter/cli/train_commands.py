@@ -23,13 +23,17 @@ def register(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError, naming
     from ..training.config import load_config
 
     config_class, train = TRAINERS[args.trainer_name].load()
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append(f"resume={str(args.resume).lower()}")
-    result = train(load_config(config_class, args.config, overrides))
+    try:
+        result = train(load_config(config_class, args.config, overrides))
+    except ConfigError as e:  # (a trainer's own check of its config: named with the file, as load_config's are)
+        raise naming(e, args.config) if args.config is not None else e from None
     if result.final_model is not None:
         print(f"trained {result.steps} steps; model written to {result.final_model}")
     return 0

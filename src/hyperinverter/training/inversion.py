@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..methods.hyperinverter import HyperInverter
 from ..methods.phase1 import Phase1, encoder_input_height
 from ..models.encoders import FeatureEncoder, FeatureEncoderConfig, WEncoder, WEncoderConfig
@@ -46,7 +47,8 @@ def phase1_task(cfg: InversionTrainingConfig, device: torch.device, ctx: Distrib
 
 def phase2_task(cfg: InversionTrainingConfig, device: torch.device, ctx: DistributedContext) -> EncoderTask:
     if cfg.w_encoder is None:
-        raise ValueError("Phase II needs w_encoder: the folder of a trained Phase I model")
+        raise ConfigError(None, "w_encoder: Phase II needs the folder of a trained Phase I model (train w-encoder "
+                                "makes one)")
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
     phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator, content_rows=cfg.content_rows)
