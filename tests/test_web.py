@@ -1,5 +1,7 @@
 """The web demo: its session logic on a tiny pipeline (no browser), and the Gradio page it builds."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,11 @@ def test_the_page_builds_over_a_pipeline_folder(pipeline, tmp_path):
     app = build_app([str(folder)], device="cpu")
     assert isinstance(app, gr.Blocks)
     on_model = next(f for f in app.fns.values() if f.name == "on_model")
-    assert len(on_model.fn(str(folder), None)) == len(on_model.outputs)  # one value per output, none shifted
+    name = f"{tmp_path.name}/model"  # the menu's name for it: the page never shows a server path
+    assert len(on_model.fn(name, None)) == len(on_model.outputs)  # one value per output, none shifted
+    assert str(tmp_path) not in json.dumps(app.get_config_file(), default=str)
+    with pytest.raises(gr.Error, match="unknown model"):
+        on_model.fn(str(folder), None)
     with pytest.raises(ValueError, match="no model"):
         build_app([])
 
@@ -318,3 +324,58 @@ def test_an_unreadable_direction_file_leaves_the_model_on_the_page(tmp_path):
     assert "**Left out:** 1 direction file(s) that cannot be read (broken.safetensors)" in session.card
     with pytest.raises(CheckpointError, match="broken.safetensors"):
         load_model_directions(bundle)  # (strict where nothing asks to skip)
+
+
+def test_what_the_web_fuzzing_pass_found(pipeline, tmp_path, monkeypatch):
+    """(1) every file of a served model folder could be downloaded, its server path in the page's config; (2) a page
+    in use lost its inversion an hour after Invert (Gradio's state lives from when it was set, not used), and
+    edit, blend and mix then returned nothing without a word; (5) outside Invert an unexpected error reached the
+    visitor as a bare error; (4) an upload deleted under an open page said "no such file"."""
+    import warnings
+
+    from gradio.utils import is_static_file
+
+    from hyperinverter.apps.limits import WebLimits
+    from hyperinverter.apps.web import read_upload
+
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    (folder / "examples").mkdir()
+    photo().save(folder / "examples" / "000001.png")
+    (folder / "secret-notes.txt").write_text("not for visitors")
+    app = build_app([str(folder)], device="cpu")
+    assert is_static_file(folder / "examples" / "000001.png")
+    for private in (folder / "secret-notes.txt", folder / "pipeline.json", folder / "generator" / "model.safetensors"):
+        assert not is_static_file(private), private
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name = f"{tmp_path.name}/model"
+    state = handlers["on_model"](name, None)[0]
+
+    def warned(call):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = call()
+        return result, [str(w.message) for w in caught]
+
+    # Before any inversion: a message, and the page's key back (each use keeps the page's state alive).
+    (image, kept), said = warned(lambda: handlers["on_edit"](name, state, None, "principal direction 1", 1.0, False))
+    assert image is None and kept == state and any(m.startswith("invert a photo first") for m in said), said
+    for handler, args in (("on_blend", (0.5,)), ("on_mix", (1, 4)), ("on_swap", (False,))):
+        (image, kept), said = warned(lambda h=handler, a=args: handlers[h](name, state, None, *a))
+        assert image is None and kept == state and any("invert a photo and upload a second" in m for m in said)
+    # After one: an edit works and keeps the state; a strength that is not a number and an unexpected failure say so.
+    invert = handlers["on_invert"]
+    state = invert(name, "hyperinverter", str(folder / "examples" / "000001.png"), False, state, None)[0]
+    (image, kept), said = warned(lambda: handlers["on_edit"](name, state, None, "principal direction 1", 1.0, False))
+    assert image is not None and kept == state and not said
+    (image, _), said = warned(lambda: handlers["on_edit"](name, state, None, "principal direction 1", True, False))
+    assert image is None and said == ["strength must be a number, got 'True'"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(WebSession, "edit", broken)
+    (image, _), said = warned(lambda: handlers["on_edit"](name, state, None, "principal direction 1", 1.0, False))
+    assert image is None and said == ["Internal error (RuntimeError); the server log has the details."]
+    # An upload the server has deleted by now.
+    with pytest.raises(ImageReadError, match="is no longer on the server .* upload it again"):
+        read_upload(str(tmp_path / "gone.png"), WebLimits())

@@ -71,6 +71,9 @@ def read_upload(photo: Image.Image | str | Path | None, limits: WebLimits) -> Im
     are found, aligned and pasted back at that size). Errors never show server paths."""
     if photo is None:
         raise ImageReadError("the upload", "no image given")
+    if isinstance(photo, (str, Path)) and not Path(photo).exists():  # (the page still shows it)
+        raise ImageReadError("the uploaded file", f"is no longer on the server (uploads are deleted "
+                             f"{limits.keep_seconds // 60} minutes after they are made): upload it again")
     limit = limits.max_upload_mb * 2**20
     if isinstance(photo, (str, Path)) and Path(photo).is_file() and Path(photo).stat().st_size > limit:
         size = Path(photo).stat().st_size / 2**20
@@ -111,7 +114,7 @@ class WebSession:
         detector, why_not = optional_detector()
         if why_not:
             logger.warning(why_not)
-        examples = sorted((path / "examples").glob("*.png")) if (path / "examples").is_dir() else []
+        examples = model_examples(path)
         pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype)
         card = model_card_summary(path) if (path / "MODEL_CARD.md").is_file() else generated_card(path, pipe)
         broken: list[Exception] = []  # one unreadable direction file does not take the model off the page
@@ -264,6 +267,24 @@ def strength_slider(direction: Direction) -> dict:
     else:
         span, step, meaning = max(5.0, 2 * abs(default)), 0.1, "the step along the direction: w + strength · d"
     return {"minimum": -span, "maximum": span, "step": step, "value": default, "label": f"strength: {meaning}"}
+
+
+def model_examples(folder: Path) -> list[Path]:
+    """The held-out images a model folder ships in ``examples/`` (what the page offers, and all it serves of it)."""
+    folder = Path(folder) / "examples"
+    return sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink()) if folder.is_dir() else []
+
+
+def menu_names(models: Sequence[str]) -> dict[str, str]:
+    """The page's name of each served model -> the model: a catalogue name as it is, a folder by its last two parts
+    (numbered where two would read the same). The page and its API never show a server path."""
+    names: dict[str, str] = {}
+    for model in models:
+        name, n = model_label(model), 2
+        while name in names:
+            name, n = f"{model_label(model)} ({n})", n + 1
+        names[name] = model
+    return names
 
 
 def model_label(model: str) -> str:
@@ -426,8 +447,11 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     models = list(models)
     from ..catalogue import local_model_path
 
-    # The example images (held-out ones inside each model, the bundled photos) are served from where they lie.
-    gr.set_static_paths([str(local_model_path(m)) for m in models] + [str(Path(p).parent) for p in examples])
+    served = menu_names(models)
+    # The example images (held-out ones inside each model, the bundled photos) are served from where they lie, and
+    # nothing else of those folders: a model folder holds its weights, and perhaps a user's notes.
+    gr.set_static_paths([str(p) for m in models for p in model_examples(local_model_path(m))]
+                        + [str(p) for p in examples])
     sessions: dict[str, WebSession] = {}
     loading = threading.Lock()
     files = ResultFiles(limits.keep_seconds)
@@ -436,12 +460,16 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
     def session(name: str) -> WebSession:
+        if name not in served:  # (the menu's choices: an API client may send anything)
+            raise gr.Error(f"unknown model {str(name)[:80]!r}; this server has {', '.join(served)}")
         with loading:
             if name not in sessions:
                 try:
-                    sessions[name] = WebSession.from_model(name, device=device, limits=limits, dtype=dtype)
-                except (FileNotFoundError, CheckpointError) as e:
-                    raise gr.Error(f"cannot load {name}: {e}") from None
+                    sessions[name] = WebSession.from_model(served[name], device=device, limits=limits,
+                                                           dtype=dtype)
+                except (FileNotFoundError, CheckpointError):
+                    logger.exception("cannot load %s", served[name])
+                    raise gr.Error(f"cannot load {name}: its files do not load (the server log says why)") from None
             return sessions[name]
 
     def pick(entry: dict, label: str | None) -> WebInversion | None:
@@ -482,10 +510,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return None, ""
         try:
             image = read_upload(photo, limits)
-        except expected as e:
+            image.thumbnail((512, 512))
+            return files.image(_safe_stem(Path(photo).name), image), ""
+        except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
             return None, f"**{user_message(e)}**"
-        image.thumbnail((512, 512))
-        return files.image(_safe_stem(Path(photo).name), image), ""
 
     def on_method(name, method):
         return gr.update(label=" | ".join(session(name).comparison_labels(method)))
@@ -533,29 +561,49 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if flag is not None:  # an inversion of this page is running
             flag.set()
 
+    # The handlers below use a page's results: each hands its key back (Gradio forgets a page's state
+    # ``keep_seconds`` after it was last set, not used), says when there is nothing to use (``quiet``: not where it
+    # follows another step, which has said so), and says what went wrong instead of failing in Gradio.
+    needs_photo = (f"invert a photo first (a page's results are kept {limits.keep_seconds // 60} minutes after "
+                   "their last use)")
+    needs_two = f"invert a photo and upload a second one first ({needs_photo[23:]}"
+
+    def attempt(make, *args):
+        try:
+            return make(*args)
+        except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
+            gr.Warning(user_message(e))
+            return None
+
     def on_pick(name, state, label):
-        item = pick(results.entry(state, name), label)
+        entry = results.entry(state, name)
+        item = pick(entry, label)
         if item is None:
-            return None, None
+            return None, None, token(entry)
         s = session(name)
-        return files.image(f"{item.stem}_compare", s.comparison(item)), downloads(s, item)
+        shown = attempt(lambda: (files.image(f"{item.stem}_compare", s.comparison(item)), downloads(s, item)))
+        return (*(shown or (None, None)), token(entry))
 
     def on_direction(name, direction):
         chosen = session(name).directions.get(direction)
         return gr.update(**strength_slider(chosen)) if chosen is not None else gr.update()
 
-    def on_edit(name, state, label, direction, strength, paste):
-        item = pick(results.entry(state, name), label)
+    def on_edit(name, state, label, direction, strength, paste, quiet=False):
+        entry = results.entry(state, name)
+        item = pick(entry, label)
         if item is None or not direction:
-            return None
+            if not quiet:
+                gr.Warning(needs_photo if item is None else "choose a direction")
+            return None, token(entry)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):  # (an API client's value)
+            gr.Warning(f"strength must be a number, got {str(strength)[:40]!r}")
+            return None, token(entry)
         s = session(name)
-        try:
-            image = s.edit(item, direction, strength, paste_back=paste)
-        except expected as e:
-            gr.Warning(user_message(e))
-            return None
+        image = attempt(lambda: s.edit(item, direction, strength, paste_back=paste))
+        if image is None:
+            return None, token(entry)
         suffix = "_photo" if paste and item.placement is not None else ""
-        return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image)
+        return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image), token(entry)
 
     def on_second(name, method, photo, align, state):
         """The second photo inverted; the face swap of the photo before it is cleared (a click makes this one's)."""
@@ -563,50 +611,53 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         entry["second"] = None
         if photo is None:
             return token(entry), None
-        try:
-            entry["second"] = session(name).invert(photo, align=align, method=method,
-                                                   name=Path(photo).name if isinstance(photo, str) else "photo")[0]
-        except expected as e:
-            gr.Warning(user_message(e))
+        found = attempt(lambda: session(name).invert(photo, align=align, method=method,
+                                                     name=Path(photo).name if isinstance(photo, str) else "photo"))
+        entry["second"] = found[0] if found else None
         return token(entry), None
 
-    def on_blend(name, state, label, t):
+    def on_blend(name, state, label, t, quiet=False):
         entry = results.entry(state, name)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
-            return None
-        try:
-            image = session(name).interpolate(item, other, t)
-        except expected as e:
-            gr.Warning(user_message(e))
-            return None
-        return files.image(f"{item.stem}_to_{other.stem}_t{t:g}", image)
+            if not quiet:
+                gr.Warning(needs_two)
+            return None, token(entry)
+        image = attempt(session(name).interpolate, item, other, t)
+        if image is None:
+            return None, token(entry)
+        return files.image(f"{item.stem}_to_{other.stem}_t{t:g}", image), token(entry)
 
-    def on_mix(name, state, label, start, end):
+    def on_mix(name, state, label, start, end, quiet=False):
         entry = results.entry(state, name)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
-            return None
-        try:
-            image = session(name).mix(item, other, int(start), int(end))
-        except expected as e:
-            gr.Warning(user_message(e))
-            return None
-        return files.image(f"{item.stem}_mix{int(start)}-{int(end)}_{other.stem}", image)
+            if not quiet:
+                gr.Warning(needs_two)
+            return None, token(entry)
+        image = attempt(session(name).mix, item, other, int(start), int(end))
+        if image is None:
+            return None, token(entry)
+        return files.image(f"{item.stem}_mix{int(start)}-{int(end)}_{other.stem}", image), token(entry)
 
     def on_swap(name, state, label, paste):
         entry = results.entry(state, name)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
-            gr.Warning("invert a photo and upload a second one first: its face goes onto the first photo's")
-            return None
-        try:
-            image = session(name).swap(item, other, paste_back=paste)
-        except expected as e:
-            gr.Warning(user_message(e))
-            return None
+            gr.Warning(f"{needs_two[:-1]}: its face goes onto the first photo's)")
+            return None, token(entry)
+        image = attempt(lambda: session(name).swap(item, other, paste_back=paste))
+        if image is None:
+            return None, token(entry)
         suffix = "_photo" if paste and item.placement is not None else ""
-        return files.image(f"{item.stem}_swap_{other.stem}{suffix}", image)
+        return files.image(f"{item.stem}_swap_{other.stem}{suffix}", image), token(entry)
+
+    def quietly(handler):
+        """``handler`` where it follows another step (which has said what is missing): it says nothing of that."""
+        def follow(*args):
+            return handler(*args, quiet=True)
+
+        return follow
 
     with gr.Blocks(title="hyperinverter", analytics_enabled=False,
                    delete_cache=(max(60, limits.keep_seconds // 4), limits.keep_seconds)) as app:
@@ -615,8 +666,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                     f"deleted after {limits.keep_seconds // 60} minutes.")
         state = gr.State(None, time_to_live=limits.keep_seconds)
         with gr.Row():
-            model = gr.Dropdown([(model_label(m), m) for m in models], value=models[0], label="model",
-                                elem_id="model")
+            model = gr.Dropdown(list(served), value=next(iter(served)), label="model", elem_id="model")
             # Choices come with the model (on_model); the handlers check values, so API clients may send any.
             method = gr.Dropdown([], label="method (W / W+ / PTI optimise: slow, with a progress bar)",
                                  allow_custom_value=True, elem_id="method")
@@ -687,25 +737,28 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         photo.change(on_preview, [photo], [preview, status], api_name="preview", **queued)
         inverting = run.click(on_invert, [model, method, photo, align, state, photo_b], invert_outputs,
                               api_name="invert", **queued)
-        inverting.then(on_edit, edit_inputs, [edited], **quiet).then(
-            on_blend, blend_inputs, [blended], **quiet).then(on_mix, mix_inputs, [mixed], **quiet)
+        inverting.then(quietly(on_edit), edit_inputs, [edited, state], **quiet).then(
+            quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
+            quietly(on_mix), mix_inputs, [mixed, state], **quiet)
         stop.click(on_cancel, [state], None, queue=False, api_name="cancel")
         method.change(on_method, [model, method], [compare], api_visibility="undocumented")
-        face.change(on_pick, [model, state, face], [compare, result_files], api_name="pick", **queued).then(
-            on_edit, edit_inputs, [edited], **quiet)
-        # .change (not .release): arrow keys move a slider too; only the last value waits in the queue.
-        strength.change(on_edit, edit_inputs, [edited], api_name="edit", trigger_mode="always_last", **queued)
+        face.change(on_pick, [model, state, face], [compare, result_files, state], api_name="pick", **queued).then(
+            quietly(on_edit), edit_inputs, [edited, state], **quiet)
+        # .input (not .release): arrow keys move a slider too; only the last value waits in the queue. Not .change,
+        # which also fires when a model or direction sets the slider: those steps make their own edit, quietly.
+        strength.input(on_edit, edit_inputs, [edited, state], api_name="edit", trigger_mode="always_last",
+                       **queued)
         # A direction brings its own strength (and range): the edit follows once the slider holds it.
         direction.change(on_direction, [model, direction], [strength], api_visibility="undocumented").then(
-            on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
-        paste.change(on_edit, edit_inputs, [edited], trigger_mode="always_last", **quiet)
+            quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
+        paste.change(quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
         photo_b.change(on_second, [model, method, photo_b, align, state], [state, swapped], api_name="second",
-                       **queued).then(on_blend, blend_inputs, [blended], **quiet).then(
-            on_mix, mix_inputs, [mixed], **quiet)
-        t.change(on_blend, blend_inputs, [blended], api_name="blend", trigger_mode="always_last", **queued)
-        start.change(on_mix, mix_inputs, [mixed], api_name="mix", trigger_mode="always_last", **queued)
-        end.change(on_mix, mix_inputs, [mixed], trigger_mode="always_last", **quiet)
-        swap.click(on_swap, [model, state, face, paste], [swapped], api_name="swap", **queued)
+                       **queued).then(quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
+            quietly(on_mix), mix_inputs, [mixed, state], **quiet)
+        t.input(on_blend, blend_inputs, [blended, state], api_name="blend", trigger_mode="always_last", **queued)
+        start.input(on_mix, mix_inputs, [mixed, state], api_name="mix", trigger_mode="always_last", **queued)
+        end.input(on_mix, mix_inputs, [mixed, state], trigger_mode="always_last", **quiet)
+        swap.click(on_swap, [model, state, face, paste], [swapped, state], api_name="swap", **queued)
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     app.hyperinverter_files, app.hyperinverter_results = files, results  # for tests
     return app
