@@ -361,7 +361,8 @@ def test_what_the_web_fuzzing_pass_found(pipeline, tmp_path, monkeypatch):
     assert image is None and kept == state and any(m.startswith("invert a photo first") for m in said), said
     for handler, args in (("on_blend", (0.5,)), ("on_mix", (1, 4)), ("on_swap", (False,))):
         (image, kept), said = warned(lambda h=handler, a=args: handlers[h](name, state, None, *a))
-        assert image is None and kept == state and any("invert a photo and upload a second" in m for m in said)
+        assert image is None and kept == state and any(m.startswith("invert a photo and upload a second one first")
+                                                       and "(a page's results are kept 60 minutes" in m for m in said)
     # After one: an edit works and keeps the state; a strength that is not a number and an unexpected failure say so.
     invert = handlers["on_invert"]
     state = invert(name, "hyperinverter", str(folder / "examples" / "000001.png"), False, state, None)[0]

@@ -564,9 +564,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     # The handlers below use a page's results: each hands its key back (Gradio forgets a page's state
     # ``keep_seconds`` after it was last set, not used), says when there is nothing to use (``quiet``: not where it
     # follows another step, which has said so), and says what went wrong instead of failing in Gradio.
-    needs_photo = (f"invert a photo first (a page's results are kept {limits.keep_seconds // 60} minutes after "
-                   "their last use)")
-    needs_two = f"invert a photo and upload a second one first ({needs_photo[23:]}"
+    kept = f"a page's results are kept {limits.keep_seconds // 60} minutes after their last use"
+    needs_photo = f"invert a photo first ({kept})"
+    needs_two = f"invert a photo and upload a second one first ({kept})"
 
     def attempt(make, *args):
         try:
@@ -644,7 +644,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         entry = results.entry(state, name)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
-            gr.Warning(f"{needs_two[:-1]}: its face goes onto the first photo's)")
+            gr.Warning(f"invert a photo and upload a second one first: its face goes onto the first photo's ({kept})")
             return None, token(entry)
         image = attempt(lambda: session(name).swap(item, other, paste_back=paste))
         if image is None:
