@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import OutputError
 from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock
 from ..io.images import make_grid, save_image
 from .checkpointing import CHECKPOINT_NAME, checkpoint_step, list_checkpoints
@@ -129,8 +130,6 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
     samples/, best/ and final/. So is a folder another process is training into (its rank 0 holds
     ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends).
     """
-    from ..errors import OutputError
-
     run_dir = Path(run_dir)
     if run_dir.is_symlink() and not run_dir.exists():  # (mkdir said "file exists")
         raise OutputError(run_dir, "is a broken symbolic link; give the run's folder, or where the link points")
@@ -177,8 +176,6 @@ def record_run_config(run_dir: Path, config: Any, ctx: DistributedContext, *, re
 def check_nothing_to_lose(run_dir: Path) -> None:
     """``OutputError`` where a run that found no checkpoint to resume from would start again over an earlier
     run's results: ``final/`` and ``best/`` would be replaced and ``stats.jsonl`` emptied, without a word."""
-    from ..errors import OutputError
-
     unreadable = list_checkpoints(run_dir / "checkpoints")
     stats = run_dir / "stats.jsonl"
     held = [name + "/" for name in ("final", "best") if (run_dir / name).exists()]
