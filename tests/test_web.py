@@ -1,6 +1,7 @@
 """The web demo: its session logic on a tiny pipeline (no browser), and the Gradio page it builds."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -380,3 +381,36 @@ def test_what_the_web_fuzzing_pass_found(pipeline, tmp_path, monkeypatch):
     # An upload the server has deleted by now.
     with pytest.raises(ImageReadError, match="is no longer on the server .* upload it again"):
         read_upload(str(tmp_path / "gone.png"), WebLimits())
+
+
+def test_a_closed_page_stops_its_work(pipeline, tmp_path):
+    # A visitor who closed the tab during a W optimisation held the model until it ended (minutes on a CPU), and
+    # what the page had queued ran after it. Gradio's unload now cancels the one and skips the other.
+    import threading
+    from types import SimpleNamespace
+
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    photo().save(tmp_path / "photo.png")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name, page = f"{tmp_path.name}/model", SimpleNamespace(session_hash="page-1")
+    state = handlers["on_model"](name, None)[0]
+    done = {}
+
+    def invert():
+        started = time.perf_counter()
+        done["status"] = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None,
+                                               page)[3]
+        done["seconds"] = time.perf_counter() - started
+
+    worker = threading.Thread(target=invert)
+    worker.start()
+    time.sleep(2.0)  # (the optimisation is under way)
+    handlers["on_leave"](page)
+    worker.join(timeout=60)
+    assert done["status"] == "**Cancelled.**" and done["seconds"] < 30, done
+    again = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None, page)
+    assert again[1] is None and again[3] == ""  # queued by the closed page: no work
+    other = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None,
+                                  SimpleNamespace(session_hash="page-2"))
+    assert other[1] is not None  # another page is served as before

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,8 +372,6 @@ class UserResults:
     holds only the key, so memory is bounded by the capacity, not by the number of visitors."""
 
     def __init__(self, capacity: int, keep_seconds: int) -> None:
-        from collections import OrderedDict
-
         self.capacity, self.keep_seconds = capacity, keep_seconds
         self._entries: OrderedDict[str, tuple[float, dict]] = OrderedDict()
         self._lock = threading.Lock()
@@ -456,6 +455,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     loading = threading.Lock()
     files = ResultFiles(limits.keep_seconds)
     cancel_flags: dict[str, threading.Event] = {}
+    running: dict[str, threading.Event] = {}  # Gradio's page (session hash) -> the cancel flag of its inversion
+    departed: OrderedDict[str, None] = OrderedDict()  # pages closed lately (bounded)
     results = UserResults(limits.max_pages, limits.keep_seconds)
     expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
@@ -518,11 +519,17 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     def on_method(name, method):
         return gr.update(label=" | ".join(session(name).comparison_labels(method)))
 
-    def on_invert(name, method, photo, align, state, photo_b, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+    def on_invert(name, method, photo, align, state, photo_b, request=None,
+                  progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        page = getattr(request, "session_hash", None)
+        if page is not None and page in departed:  # (queued by a page that has been closed since: no work)
+            return state, None, gr.update(), "", None, None, None, None, None
         s = session(name)
         entry = results.entry(state, name)
         flag = cancel_flags.setdefault(entry["key"], threading.Event())
         flag.clear()
+        if page is not None:
+            running[page] = flag
 
         def report(step: int, total: int) -> None:
             if flag.is_set():
@@ -541,6 +548,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None, None
         finally:
             cancel_flags.pop(entry["key"], None)
+            running.pop(page, None)
         entry["items"] = found
         second = entry["second"]
         if photo_b is not None and (second is None or second.method != found[0].method):
@@ -560,6 +568,23 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         flag = cancel_flags.get((state or {}).get("key", ""))
         if flag is not None:  # an inversion of this page is running
             flag.set()
+
+    def on_leave(request=None):
+        """A page was closed (Gradio's unload): its running inversion stops at its next step, as Cancel stops it,
+        and what it had queued does no work, so that a visitor who has gone does not hold the model for others."""
+        page = getattr(request, "session_hash", None)
+        if page is None:
+            return
+        departed[page] = None
+        while len(departed) > 4096:
+            departed.popitem(last=False)
+        flag = running.get(page)
+        if flag is not None:
+            flag.set()
+
+    # Gradio hands a handler the request where the parameter is annotated with its class (postponed annotations
+    # of this module would not resolve to it).
+    on_invert.__annotations__["request"] = on_leave.__annotations__["request"] = gr.Request
 
     # The handlers below use a page's results: each hands its key back (Gradio forgets a page's state
     # ``keep_seconds`` after it was last set, not used), says when there is nothing to use (``quiet``: not where it
@@ -710,8 +735,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t")
                 blended = gr.Image(type="filepath", format="png", label="blend", interactive=False, elem_id="blend")
             with gr.Column():
-                start = gr.Slider(0, 18, value=4, step=1, label="mix from layer", elem_id="mix-start")
-                end = gr.Slider(0, 18, value=18, step=1, label="to layer (exclusive)")
+                # The model sets both (on_model); these values are what the API documents as defaults, so they fit
+                # every generator (8 px and up have 4 layers of codes or more).
+                start = gr.Slider(0, 18, value=2, step=1, label="mix from layer", elem_id="mix-start")
+                end = gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)")
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False, elem_id="mixed")
             with gr.Column():
@@ -759,6 +786,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         start.input(on_mix, mix_inputs, [mixed, state], api_name="mix", trigger_mode="always_last", **queued)
         end.input(on_mix, mix_inputs, [mixed, state], trigger_mode="always_last", **quiet)
         swap.click(on_swap, [model, state, face, paste], [swapped, state], api_name="swap", **queued)
+        app.unload(on_leave)
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     app.hyperinverter_files, app.hyperinverter_results = files, results  # for tests
     return app
