@@ -1,5 +1,7 @@
 """InversionPipeline end to end on tiny models: batching, save/load, edit, interpolate, and the CLI."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -194,7 +196,9 @@ def test_parts_of_another_generator_are_refused(pipeline, tmp_path):
 
     pipeline.save_pretrained(tmp_path / "model")
     other = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=512, channel_max=32))
-    save_gan(tmp_path / "model" / "generator", other)  # wider convs: every Δθ shape is wrong
+    save_gan(tmp_path / "other", other)  # wider convs: every Δθ shape is wrong
+    shutil.rmtree(tmp_path / "model" / "generator")  # (swapped in by hand: the package refuses to write it there)
+    shutil.copytree(tmp_path / "other", tmp_path / "model" / "generator")
     with pytest.raises(ValueError, match=r"predicts b8.conv0.weight as \[16, 16, 3, 3\], the generator's is \[32, 32"):
         InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
 

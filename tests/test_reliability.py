@@ -672,3 +672,44 @@ def test_a_pipeline_folder_may_hold_our_own_extra_generators(tmp_path, tiny_gene
     (folder / "notes" / "thesis.txt").write_text("mine")
     with pytest.raises(OutputError, match="notes"):
         check_replaceable(folder, "pipeline")
+
+
+def test_what_the_model_files_fuzzing_pass_found(pipeline, tmp_path, capsys):
+    """A folder output inside a bundle replaced its generator (`convert G2 B/generator`, `export-generator ... --out
+    B/generator`: the encoders then ran on another generator); an inversion replaced a model's weights
+    (`import-pti --out B/w_encoder/model.safetensors`); a tampered pipeline.json or config.json was a TypeError,
+    RecursionError or AttributeError."""
+    from conftest import build_tiny_generator
+    from hyperinverter.errors import OutputError, SchemaError
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.pipeline import InversionPipeline
+
+    bundle = pipeline.save_pretrained(tmp_path / "B")
+    save_gan(tmp_path / "g2", build_tiny_generator(seed=7))
+    before = (bundle / "generator" / "model.safetensors").read_bytes()
+    assert main(["convert", str(tmp_path / "g2"), str(bundle / "generator")]) == 2
+    assert "is a part of the model" in capsys.readouterr().err
+    assert (bundle / "generator" / "model.safetensors").read_bytes() == before
+    result = pipeline.invert(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    weights = bundle / "w_encoder" / "model.safetensors"
+    kept = weights.read_bytes()
+    with pytest.raises(OutputError, match="is a file of ours that holds a model's weights, not an inversion"):
+        pipeline.save_result(result, weights)
+    assert weights.read_bytes() == kept
+    pipeline.save_result(result, tmp_path / "a.safetensors")
+    pipeline.save_result(result, tmp_path / "a.safetensors")  # an inversion replaces an inversion
+    InversionPipeline.from_pretrained(bundle, device="cpu")  # the bundle is whole
+
+    index = json.loads((bundle / "pipeline.json").read_text())
+    config = json.loads((bundle / "w_encoder" / "config.json").read_text())
+    for where, text, cause in (
+            ("pipeline.json", json.dumps({**index, "generator": ["generator"]}), "component folders must be plain"),
+            ("pipeline.json", json.dumps({**index, "default_method": {"a": 1}}), "'default_method'"),
+            ("pipeline.json", "[" * 100_000 + "]" * 100_000, "nests too deeply"),
+            ("w_encoder/config.json", json.dumps({**config, "extras": [1]}), "'extras' must be a JSON object"),
+            ("w_encoder/config.json", "[" * 100_000 + "]" * 100_000, "nests too deeply")):
+        original = (bundle / where).read_text()
+        (bundle / where).write_text(text)
+        with pytest.raises(SchemaError, match=cause):
+            InversionPipeline.from_pretrained(bundle, device="cpu")
+        (bundle / where).write_text(original)

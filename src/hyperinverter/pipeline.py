@@ -131,6 +131,8 @@ def read_pipeline_index(folder: Path) -> dict:
         index = json.loads(path.read_bytes())
     except ValueError as e:
         raise SchemaError(path, f"is not valid JSON ({e})") from None
+    except RecursionError:
+        raise SchemaError(path, "nests too deeply to be a pipeline index") from None
     if not isinstance(index, dict):
         raise SchemaError(path, f"must hold a JSON object, got {type(index).__name__}")
     if index.get("format") != PIPELINE_FORMAT:
@@ -147,21 +149,21 @@ def read_pipeline_index(folder: Path) -> dict:
     methods = index.get("methods")
     if not isinstance(methods, dict) or not methods:
         raise SchemaError(path, f"'methods' must map method names to their parts, got {methods!r}")
-    folders = {index.get("generator")}
+    folders = [index.get("generator")]
     if "discriminator" in index:  # the domain's discriminator: the offline perceptual distance of optimisation
-        folders.add(index["discriminator"])
+        folders.append(index["discriminator"])
     for name, entry in methods.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("components", {}), dict):
             raise SchemaError(path, f"'methods.{name}' must be {{components: {{role: folder}}, settings: {{...}}}}")
         _check_settings(entry.get("settings", {}), f"'methods.{name}.settings'", path)
-        folders |= set(entry.get("components", {}).values())
-    if index.get("default_method") not in methods:
+        folders += list(entry.get("components", {}).values())
+    if not isinstance(index.get("default_method"), str) or index["default_method"] not in methods:
         raise SchemaError(path, f"'default_method' {index.get('default_method')!r} is not one of its methods "
                           f"{sorted(methods)}")
-    bad = sorted(str(f) for f in folders if not isinstance(f, str) or "/" in f or f.startswith("."))
+    bad = sorted(str(f)[:80] for f in folders if not isinstance(f, str) or "/" in f or f.startswith("."))
     if bad:
         raise SchemaError(path, f"component folders must be plain names, got {bad}")
-    absent = sorted(f for f in folders if not (folder / f).is_dir())
+    absent = sorted({f for f in folders if not (folder / f).is_dir()})
     if absent:
         raise CheckpointError(folder, f"is incomplete: pipeline.json lists {absent}, which are not there")
     return index

@@ -100,10 +100,12 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
 
 def save_inversion(path: str | os.PathLike, result: InversionResult, **record: Any) -> Path:
     """Store one image's codes and Δθ atomically; ``record``: see :func:`inversion_bytes`."""
-    from ..io.files import atomic_write_bytes, check_file_replaceable
+    from ..io.files import atomic_write_bytes, check_file_replaceable, check_same_safetensors_kind
 
+    data = inversion_bytes(result, **record)
     check_file_replaceable(path, safetensors=True)  # (whatever its name: a user's notes.txt was written over)
-    return atomic_write_bytes(path, inversion_bytes(result, **record), replace_any=True)  # (checked just above)
+    check_same_safetensors_kind(Path(path), data)  # (an inversion never replaces a model's weights)
+    return atomic_write_bytes(path, data, replace_any=True)  # (checked just above)
 
 
 def _check_placement(placement: object, path: Path) -> None:

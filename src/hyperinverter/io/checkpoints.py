@@ -308,6 +308,8 @@ def _check_header(header: object, where: Path) -> dict[str, Any]:
         raise SchemaError(where, f"'model_type' must be a string, got {header.get('model_type')!r}")
     if not isinstance(header.get("config"), dict):
         raise SchemaError(where, f"'config' must be a JSON object, got {type(header.get('config')).__name__}")
+    if not isinstance(header.get("extras", {}), dict):
+        raise SchemaError(where, f"'extras' must be a JSON object, got {type(header['extras']).__name__}")
     return header
 
 
@@ -323,6 +325,8 @@ def read_component(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
             header = json.loads(cfg_path.read_bytes())
         except ValueError as e:
             raise SchemaError(cfg_path, f"is not valid JSON ({e})") from None
+        except RecursionError:
+            raise SchemaError(cfg_path, "nests too deeply to be a model config") from None
         header = _check_header(header, cfg_path)
         tensors, _ = read_safetensors(weights_path)
     else:

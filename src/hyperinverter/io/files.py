@@ -390,6 +390,35 @@ def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool
     return isinstance(mark, bytes) and WRITER_TAG.encode() in mark
 
 
+def safetensors_kind(metadata: dict) -> str:
+    """What one of our safetensors files holds, by its header: ``inversion``, ``direction``, ``training``,
+    ``record``, a component (``hyperinverter``), a cache's ``format``, or ``written_by`` (a file without metadata of
+    its own)."""
+    ours = sorted(_OUR_SAFETENSORS_KEYS.intersection(metadata))
+    return ours[0] if ours else str(metadata.get("format") or "written_by")
+
+
+def check_same_safetensors_kind(path: Path, data: bytes) -> None:
+    """``OutputError`` where the safetensors file of ours at ``path`` holds another kind of thing than ``data``
+    would: an inversion never replaces a model's weights (``import-pti --out B/w_encoder/model.safetensors``
+    ruined the model)."""
+    from .checkpoints import _metadata_of, read_safetensors_metadata
+
+    if not path.is_file():
+        return
+    try:
+        old, new = safetensors_kind(read_safetensors_metadata(path)), safetensors_kind(_metadata_of(data, path))
+    except (OSError, ValueError):
+        return  # (not a file of ours: check_file_replaceable has refused it already)
+    if old != new:
+        raise OutputError(path, f"is a file of ours that holds {_KIND_NAMES.get(old, old)}, not "
+                          f"{_KIND_NAMES.get(new, new)}; it is not replaced: write the output elsewhere")
+
+
+_KIND_NAMES = {"inversion": "an inversion", "direction": "a direction", "training": "a training checkpoint",
+               "record": "benchmark work", "hyperinverter": "a model's weights", "written_by": "plain tensors"}
+
+
 def _report_written_by_us(path: Path) -> bool:
     """Whether the Markdown, JSON or CSV report at ``path`` carries our mark (see ``REPORT_SUFFIXES``)."""
     suffix = path.suffix.lower()
@@ -442,11 +471,13 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     files are reports, which replace only reports of ours (``markdown_bytes``, ``json_report_bytes``).
     """
     paths = [Path(p) for p, _ in files]
-    for p in paths:
+    for p, (_, data) in zip(paths, files):
         if p.is_dir():
             raise OutputError(p, "is a folder; give a file name")
         if not replace_any:
             check_file_replaceable(p, report=report)
+            if p.suffix.lower() == ".safetensors":
+                check_same_safetensors_kind(p, data)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -562,6 +593,10 @@ def check_replaceable(target: Path, kind: str) -> None:
         return
     if target.is_symlink():
         raise OutputError(target, "is a symbolic link; give the folder it points to, or another path")
+    if output_kind(target.parent) == "pipeline" and not _TEMP.match(target.parent.name):  # (not one being built)
+        raise OutputError(target, f"is a part of the model {target.parent}: writing there would change that model "
+                          "(export-generator or convert into its generator/ replaced the generator its encoders "
+                          "were trained for); nothing was changed: choose a path outside it")
     if not target.is_dir():
         raise OutputError(target, f"exists and is not a folder; a {kind} is written as a folder")
     entries = sorted(e.name for e in target.iterdir())
