@@ -678,6 +678,14 @@ def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"evil.pt: refusing to load it: it asks to run code") as caught:
         read_pti_pivot(tmp_path / "evil.pt", build_tiny_generator())
     assert "\n" not in str(caught.value)
+    # A batch of two pivots (a reshape error inside) and a complex one (taken with torch's warning).
+    G = build_tiny_generator()
+    for name, pivot, cause in (("two.pt", torch.zeros(2, G.num_ws, G.w_dim), r"must hold a pivot \[1, "),
+                               ("complex.pt", torch.zeros(1, G.num_ws, G.w_dim, dtype=torch.complex64),
+                                "must hold a pivot of real codes")):
+        torch.save(pivot, tmp_path / name)
+        with pytest.raises(ValueError, match=f"{name}: {cause}"):
+            read_pti_pivot(tmp_path / name, G)
 
 
 def test_what_the_api_fuzzing_pass_found(world, tmp_path):

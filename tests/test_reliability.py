@@ -700,6 +700,14 @@ def test_what_the_model_files_fuzzing_pass_found(pipeline, tmp_path, capsys):
     pipeline.save_result(result, tmp_path / "a.safetensors")  # an inversion replaces an inversion
     InversionPipeline.from_pretrained(bundle, device="cpu")  # the bundle is whole
 
+    # A .pt of tensors without values (meta device): an internal error where a value was read.
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.io.checkpoints import load_weights_only
+
+    torch.save({"g_ema": {"style.1.weight": torch.empty(4, 4, device="meta")}}, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match="meta.pt: holds tensors without values"):
+        load_weights_only(tmp_path / "meta.pt")
+
     index = json.loads((bundle / "pipeline.json").read_text())
     config = json.loads((bundle / "w_encoder" / "config.json").read_text())
     for where, text, cause in (

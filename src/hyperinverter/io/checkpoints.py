@@ -8,11 +8,13 @@ safetensors metadata, so a lone ``.safetensors`` file is self-describing. Every 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import struct
+import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +27,8 @@ from torch import nn
 from ..errors import CheckpointError, NonFiniteWeightsError, SchemaError
 from ..memory import FilePages
 from .files import _PROC_FD, COMPONENT_FORMAT, COMPONENT_INDEX, WRITER_TAG, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 FORMAT = COMPONENT_FORMAT
 FORMAT_VERSION = 1
@@ -132,15 +136,33 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
     if path.is_dir():
         raise CheckpointError(path, "is a folder, not a torch checkpoint file")
     try:
-        with torch.serialization.safe_globals(list(allowed_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, PermissionError):
+        with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")  # (torch's own warnings, with a source line, reached the terminal)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        for warning in said:
+            logger.warning("%s: %s", path, " ".join(str(warning.message).split()))
+        if any(t.is_meta for t in _tensors_in(loaded)):  # (shapes without values: an .item() failed inside)
+            raise CheckpointError(path, "holds tensors without values (on the meta device), not weights")
+        return loaded
+    except (FileNotFoundError, PermissionError, CheckpointError):
         raise
     except pickle.UnpicklingError as e:
         raise CheckpointError(path, _unpickling_cause(str(e))) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
             IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
         raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """The tensors in a loaded checkpoint's containers (dicts, lists, tuples), to a bounded depth."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth < 16 and isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item, depth + 1)
+    elif depth < 16 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item, depth + 1)
 
 
 def _unpickling_cause(message: str) -> str:
