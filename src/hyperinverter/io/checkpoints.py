@@ -139,8 +139,8 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
         with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")  # (torch's own warnings, with a source line, reached the terminal)
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-        for warning in said:
-            logger.warning("%s: %s", path, " ".join(str(warning.message).split()))
+        for warning in said:  # (torch's notes on the file's format, such as its deprecated storages: -v shows them)
+            logger.info("%s: %s", path, " ".join(str(warning.message).split()))
         if any(t.is_meta for t in _tensors_in(loaded)):  # (shapes without values: an .item() failed inside)
             raise CheckpointError(path, "holds tensors without values (on the meta device), not weights")
         return loaded
