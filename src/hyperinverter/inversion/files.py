@@ -100,11 +100,12 @@ def inversion_bytes(result: InversionResult, *, source: str | os.PathLike = "", 
 
 def save_inversion(path: str | os.PathLike, result: InversionResult, **record: Any) -> Path:
     """Store one image's codes and Δθ atomically; ``record``: see :func:`inversion_bytes`."""
-    from ..io.files import atomic_write_bytes, check_file_replaceable, check_same_safetensors_kind
+    from ..io.files import atomic_write_bytes, check_file_replaceable
 
     data = inversion_bytes(result, **record)
-    check_file_replaceable(path, safetensors=True)  # (whatever its name: a user's notes.txt was written over)
-    check_same_safetensors_kind(Path(path), data)  # (an inversion never replaces a model's weights)
+    # Checked as a safetensors file whatever its name (a user's notes.txt was written over), and as an inversion
+    # (one never replaces a model's weights).
+    check_file_replaceable(path, safetensors=True, replacing_with=data)
     return atomic_write_bytes(path, data, replace_any=True)  # (checked just above)
 
 

@@ -373,9 +373,7 @@ def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool
         return _report_written_by_us(path)
     try:
         if safetensors or path.suffix.lower() == ".safetensors":
-            metadata = read_safetensors_metadata(path)
-            return (metadata.get("written_by") == WRITER_TAG or not _OUR_SAFETENSORS_KEYS.isdisjoint(metadata)
-                    or metadata.get("format", "").startswith(f"{WRITER_TAG}-"))
+            return safetensors_kind(read_safetensors_metadata(path)) is not None
         if path.suffix.lower() == ".mp4":
             with open(path, "rb") as f:
                 head = f.read(1 << 20)
@@ -390,29 +388,16 @@ def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool
     return isinstance(mark, bytes) and WRITER_TAG.encode() in mark
 
 
-def safetensors_kind(metadata: dict) -> str:
+def safetensors_kind(metadata: dict) -> str | None:
     """What one of our safetensors files holds, by its header: ``inversion``, ``direction``, ``training``,
     ``record``, a component (``hyperinverter``), a cache's ``format``, or ``written_by`` (a file without metadata of
-    its own)."""
+    its own); None for a file we did not write."""
     ours = sorted(_OUR_SAFETENSORS_KEYS.intersection(metadata))
-    return ours[0] if ours else str(metadata.get("format") or "written_by")
-
-
-def check_same_safetensors_kind(path: Path, data: bytes) -> None:
-    """``OutputError`` where the safetensors file of ours at ``path`` holds another kind of thing than ``data``
-    would: an inversion never replaces a model's weights (``import-pti --out B/w_encoder/model.safetensors``
-    ruined the model)."""
-    from .checkpoints import _metadata_of, read_safetensors_metadata
-
-    if not path.is_file():
-        return
-    try:
-        old, new = safetensors_kind(read_safetensors_metadata(path)), safetensors_kind(_metadata_of(data, path))
-    except (OSError, ValueError):
-        return  # (not a file of ours: check_file_replaceable has refused it already)
-    if old != new:
-        raise OutputError(path, f"is a file of ours that holds {_KIND_NAMES.get(old, old)}, not "
-                          f"{_KIND_NAMES.get(new, new)}; it is not replaced: write the output elsewhere")
+    if ours:
+        return ours[0]
+    if str(metadata.get("format", "")).startswith(f"{WRITER_TAG}-"):
+        return str(metadata["format"])
+    return "written_by" if metadata.get("written_by") == WRITER_TAG else None
 
 
 _KIND_NAMES = {"inversion": "an inversion", "direction": "a direction", "training": "a training checkpoint",
@@ -437,12 +422,14 @@ def _report_written_by_us(path: Path) -> bool:
     return isinstance(data, dict) and data.get("written_by") == WRITER_TAG
 
 
-def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False, report: bool = False) -> None:
+def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False, report: bool = False,
+                           replacing_with: bytes | None = None) -> None:
     """Raise ``OutputError`` if writing ``path`` would replace a symbolic link, a device, pipe or socket, or an
     image, clip or safetensors file that hyperinverter did not write (``written_by_us``); or if it holds a NUL.
     Other files at an output's name are the writer's to check; ``safetensors``: the output is one whatever its
     name, and so must the file it replaces be; ``report``: a Markdown, JSON or CSV report, which replaces only a
-    report of ours."""
+    report of ours; ``replacing_with``: the new safetensors file's bytes, which replace only a file of ours of the
+    same kind (``import-pti --out B/w_encoder/model.safetensors`` wrote an inversion over a model's weights)."""
     path = Path(path)
     if "\0" in os.fspath(path):  # (the unnamed file was linked at the name cut at the NUL: another path)
         raise OutputError(path, "holds a NUL character, which no file name can")
@@ -451,9 +438,24 @@ def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False
                                 "output elsewhere")
     if path.exists() and not path.is_file() and not path.is_dir():  # (as root, /dev/null became a plain file)
         raise OutputError(path, "is a device, pipe or socket, not a file; write the output elsewhere")
-    marked = safetensors or path.suffix.lower() in MARKED_SUFFIXES or (report and path.suffix.lower() in
-                                                                        REPORT_SUFFIXES)
-    if marked and path.is_file() and not written_by_us(path, safetensors=safetensors):
+    if not path.is_file():
+        return
+    if safetensors or path.suffix.lower() == ".safetensors":
+        from .checkpoints import _metadata_of, read_safetensors_metadata
+
+        try:
+            old = safetensors_kind(read_safetensors_metadata(path))  # (the header only, read once)
+        except (OSError, ValueError):
+            old = None
+        new = old if replacing_with is None or old is None else safetensors_kind(_metadata_of(replacing_with, path))
+        if new != old:
+            raise OutputError(path, f"is a file of ours that holds {_KIND_NAMES.get(old, old)}, not "
+                              f"{_KIND_NAMES.get(new, new)}; it is not replaced: write the output elsewhere")
+        ours = old is not None
+    else:
+        marked = path.suffix.lower() in MARKED_SUFFIXES or (report and path.suffix.lower() in REPORT_SUFFIXES)
+        ours = not marked or written_by_us(path)
+    if not ours:
         raise OutputError(path, "exists and was not written by hyperinverter, so it is not replaced; move it away, "
                                 "or write the output elsewhere")
 
@@ -475,9 +477,7 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
         if p.is_dir():
             raise OutputError(p, "is a folder; give a file name")
         if not replace_any:
-            check_file_replaceable(p, report=report)
-            if p.suffix.lower() == ".safetensors":
-                check_same_safetensors_kind(p, data)
+            check_file_replaceable(p, report=report, replacing_with=data)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
