@@ -39,10 +39,11 @@ W_PROBE_TOLERANCE = 0.1  # of the probe codes' spread: bf16 weights move them ~1
 
 @torch.no_grad()
 def w_probe(G) -> torch.Tensor:
-    """``[W_PROBE_SAMPLES, w_dim]`` fp32 (CPU): ``G``'s codes for fixed latents (a seeded draw), untruncated."""
-    z = torch.randn(W_PROBE_SAMPLES, G.z_dim, generator=torch.Generator().manual_seed(0))
-    device = G.w_avg.device
-    return G.mapping(z.to(device), truncation_psi=1.0)[:, 0].float().cpu()
+    """``[W_PROBE_SAMPLES, w_dim]`` fp32 (CPU): ``G``'s codes for fixed latents, untruncated."""
+    from ..generate import z_from_seeds
+
+    z = z_from_seeds(range(W_PROBE_SAMPLES), G.z_dim)  # (the latents of seeds 0-3, as `generate` draws them)
+    return G.mapping(z.to(G.w_avg.device), truncation_psi=1.0)[:, 0].float().cpu()
 
 
 def w_space_mismatch(direction: object, G) -> str | None:
