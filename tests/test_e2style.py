@@ -4,6 +4,7 @@ layout, rows for smaller generators."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,11 @@ def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_anothe
                    tmp_path / "bundle" / "directions" / "up.safetensors")
     save_image(torch.zeros(1, 3, 32, 32), tmp_path / "bundle" / "examples" / "0.png")
     save_gan(tmp_path / "bundle" / "sketch_generator", tiny_generator)
+    # Links among them stay links (they were dropped): a configs folder shared by bundles, a linked example.
+    (tmp_path / "shared_configs").mkdir()
+    (tmp_path / "shared_configs" / "w.yaml").write_text("steps: 1\n")
+    (tmp_path / "bundle" / "configs").symlink_to(tmp_path / "shared_configs")
+    (tmp_path / "bundle" / "examples" / "1.png").symlink_to("0.png")
     extras = {p.relative_to(tmp_path / "bundle"): p.read_bytes() for p in (tmp_path / "bundle").rglob("*")
               if p.is_file() and p.relative_to(tmp_path / "bundle").parts[0] in
               ("MODEL_CARD.md", "directions", "examples", "sketch_generator")}
@@ -289,6 +295,9 @@ def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_anothe
     assert main(["import-official", str(path), "--out", str(tmp_path / "bundle"), "--add"]) == 0
     assert "added e2style" in capsys.readouterr().out
     assert all((tmp_path / "bundle" / name).read_bytes() == data for name, data in extras.items())
+    assert os.readlink(tmp_path / "bundle" / "configs") == str(tmp_path / "shared_configs")
+    assert os.readlink(tmp_path / "bundle" / "examples" / "1.png") == "0.png"
+    assert (tmp_path / "shared_configs" / "w.yaml").read_text() == "steps: 1\n"
     joined = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
     assert list(joined.methods) == ["phase1", "hyperinverter", "e2style"]
     assert joined.inverter("e2style").generator is joined.generator

@@ -699,7 +699,7 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
     # and a name cut at a NUL; and it labelled another model's result with this model's name and generator.
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "notes.txt").write_text("mine")
-    for path, cause in ((tmp_path / "fifo", "is a device, pipe or socket"),
+    for path, cause in ((tmp_path / "fifo", "is a named pipe, not a file"),
                         (tmp_path / "notes.txt", "exists and was not written by hyperinverter"),
                         (f"{tmp_path}/out\0.safetensors", "holds a NUL character")):
         with pytest.raises(OutputError, match=cause):

@@ -190,6 +190,16 @@ def test_released_files_load_strictly_and_round_trip(method, tmp_path, capsys):
     assert "unexpected keys: ['refinement_blocks.0.extra']" in capsys.readouterr().err
     assert main(["import-official", str(hs_file), "--out", str(tmp_path / "b4")]) == 2
     assert "give its W encoder file too" in capsys.readouterr().err
+    # A W encoder whose file holds another generator than the HyperStyle file's was taken (its codes then mean
+    # nothing to the hypernetwork's generator).
+    ckpt = torch.load(w_file, weights_only=True)
+    ckpt["state_dict"]["decoder.style.1.weight"] = ckpt["state_dict"]["decoder.style.1.weight"] + 0.5
+    torch.save(ckpt, tmp_path / "other_w_encoder.pt")
+    assert main(["import-official", str(hs_file), "--w-encoder", str(tmp_path / "other_w_encoder.pt"), "--out",
+                 str(tmp_path / "b5")]) == 2
+    err = capsys.readouterr().err
+    assert "other_w_encoder.pt: was trained with another generator than the one in hyperstyle_ffhq.pt" in err, err
+    assert not (tmp_path / "b5").exists()
 
 
 def test_released_cars_files_read_the_cars_rows_and_feed_back_the_car(method, tmp_path, capsys):

@@ -88,11 +88,21 @@ def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
 
 
 def test_psp_w_encoder_checkpoint(tmp_path, tiny_generator):
+    from conftest import build_tiny_generator
+    from hyperinverter.convert.rosinality import from_nvidia
+
     torch.manual_seed(1)
     e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig(**TRUNK), w_dim=16))
-    sd = {**{f"encoder.{k}": v for k, v in e1.state_dict().items()},
-          **{f"decoder.{k}": torch.zeros(1) for k in ("style.1.weight",)}}
+    decoder = from_nvidia(tiny_generator.state_dict(), tiny_generator.config)
+    decoder.pop("latent_avg")
+    sd = {**{f"encoder.{k}": v for k, v in e1.state_dict().items()}, **{f"decoder.{k}": v for k, v in decoder.items()}}
     torch.save({"state_dict": sd, "opts": {"learn_in_w": True}, "latent_avg": torch.zeros(16)}, tmp_path / "w.pt")
     model = load_psp_w_encoder(tmp_path / "w.pt", tiny_generator, encoder_resolution=64)
     assert model.name == "phase1"
     assert all(torch.equal(a, b) for a, b in zip(model.w_encoder.state_dict().values(), e1.state_dict().values()))
+    # A generator given beside the file's own decoder must be that generator: its encoder was trained for it.
+    other = build_tiny_generator(seed=7)
+    assert other.config == tiny_generator.config
+    with pytest.raises(CheckpointError, match=r"w.pt: was trained with another generator than the generator given "
+                                              r"\(.* differs by .*\); give the generator it was trained with"):
+        load_psp_w_encoder(tmp_path / "w.pt", other, encoder_resolution=64)

@@ -721,3 +721,79 @@ def test_what_the_model_files_fuzzing_pass_found(pipeline, tmp_path, capsys):
         with pytest.raises(SchemaError, match=cause):
             InversionPipeline.from_pretrained(bundle, device="cpu")
         (bundle / where).write_text(original)
+
+
+def test_what_the_model_files_fuzzing_pass_left_is_mended(pipeline, tmp_path, capsys):
+    """The last pass's leftovers: counts in a component config had no bound (`mapping_layers: 100000` spent minutes
+    building, 10**12 ran out of memory or overflowed inside torch); `feature_index: -1` read the last map; a
+    hypernetwork without targets and sizes a constructor refuses named no file; a named pipe given as a model, an
+    image, a direction or a config hung; `opts.output_size` as a string was refused as "trained for 1024px but the
+    generator makes 1024px"."""
+    from hyperinverter.errors import CheckpointError, SchemaError
+    from hyperinverter.pipeline import InversionPipeline
+
+    bundle = pipeline.save_pretrained(tmp_path / "B")
+    for part, change, error, cause in (
+            ("generator", {"mapping_layers": 100_000}, SchemaError, "mapping_layers must be an integer from 1 to 256"),
+            ("generator", {"w_dim": 10**12}, CheckpointError, "describes a network that cannot be built"),
+            ("feature_encoder", {"n_styles": 10**12}, SchemaError, "n_styles must be an integer from 1 to 64"),
+            ("feature_encoder", {"trunk": {"units": [100_000, 1, 1, 1]}}, SchemaError, "units must be integers"),
+            ("feature_encoder", {"feature_size": 10**12}, CheckpointError, "cannot be halved down"),
+            ("hypernetwork", {"targets": []}, SchemaError, "a hypernetwork needs at least one target"),
+            ("hypernetwork", {"target0": {"feature_index": -1}}, SchemaError, "feature_index must be an integer from"),
+            ("hypernetwork", {"target0": {"shape": [-4, 4, 3, 3]}}, SchemaError, "of positive sizes")):
+        path = bundle / part / "config.json"
+        original = path.read_text()
+        data = json.loads(original)
+        config = data["config"]
+        for key, value in change.items():
+            if key == "target0":
+                config["targets"][0].update(value)
+            elif isinstance(value, dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+        path.write_text(json.dumps(data))
+        started = time.perf_counter()
+        with pytest.raises(error, match=cause) as caught:
+            InversionPipeline.from_pretrained(bundle, device="cpu")
+        assert str(caught.value).startswith(str(bundle / part)) and time.perf_counter() - started < 10
+        path.write_text(original)
+    InversionPipeline.from_pretrained(bundle, device="cpu")
+
+    # Named pipes: each reader names them instead of waiting for a writer.
+    for name in ("g.pt", "photo.png", "d.safetensors", "c.yaml"):
+        os.mkfifo(tmp_path / name)
+    photo = tmp_path / "ok.png"
+    Image.new("RGB", (32, 32), (90, 120, 150)).save(photo)
+    for argv, code, said in (
+            (["convert", str(tmp_path / "g.pt"), str(tmp_path / "g2")], 2, "g.pt: is a named pipe, not a model file"),
+            (["invert", str(tmp_path / "photo.png"), str(photo), "--model", str(bundle), "--out", str(tmp_path / "o")],
+             1, "photo.png: is a named pipe, not an image file"),
+            (["edit", str(photo), "--model", str(bundle), "--direction", str(tmp_path / "d.safetensors"), "--out",
+              str(tmp_path / "e")], 2, "d.safetensors: is a named pipe, not a direction file"),
+            (["train", "w-encoder", "--config", str(tmp_path / "c.yaml")], 2, "c.yaml: is a named pipe, not a config"),
+            (["import-official", str(tmp_path / "g.pt"), "--out", str(tmp_path / "i")], 2,
+             "g.pt: is a named pipe, not a torch checkpoint file")):
+        assert main(argv) == code, argv
+        assert said in capsys.readouterr().err, argv
+    assert (tmp_path / "o" / "ok.png").is_file()  # the batch went on past the pipe
+
+    # An official file's options of the wrong type are named as such.
+    from test_official import TRUNK
+
+    from hyperinverter.convert.official import load_psp_w_encoder
+    from hyperinverter.convert.rosinality import from_nvidia
+    from hyperinverter.models.encoders import TrunkConfig, WEncoder, WEncoderConfig
+
+    G = pipeline.generator
+    decoder = from_nvidia(G.state_dict(), G.config)
+    decoder.pop("latent_avg")
+    encoder = WEncoder(WEncoderConfig(trunk=TrunkConfig(**TRUNK), w_dim=G.w_dim))
+    state = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             **{f"decoder.{k}": v for k, v in decoder.items()}}
+    for opts, cause in (({"output_size": str(G.resolution)}, "its opts 'output_size' is '32', not a whole number"),
+                        ({"output_size": 64}, "was trained for 64px but the generator makes 32px")):
+        torch.save({"state_dict": state, "opts": opts, "latent_avg": torch.zeros(G.w_dim)}, tmp_path / "w.pt")
+        with pytest.raises(CheckpointError, match=cause):
+            load_psp_w_encoder(tmp_path / "w.pt")

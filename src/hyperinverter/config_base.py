@@ -90,6 +90,23 @@ def check_value(value: Any, annotation: Any, key: str) -> Any:
     return _decode_value(value, annotation, key)
 
 
+# Upper bounds of the counts a model config gives (layers, heads, stages): how many modules it builds. Without them a
+# damaged or hostile config.json (`mapping_layers: 100000`) spent minutes building, even on the meta device, before its
+# weights were found not to fit; 10**12 ran out of memory. Each is far above any published model.
+MAX_STYLES = 64  # code rows and feature maps (2·log2(R) - 2: 18 at 1024 px, 20 at 2048)
+MAX_LAYERS = 256  # layers in one network or stage (a mapping network has 8; IR-SE152's largest stage 36)
+MAX_STAGES = 16  # E2Style's stage encoders (3 officially)
+
+
+def check_count(name: str, value: Any, high: int, *, low: int = 1) -> None:
+    """``value`` (an int, or a sequence of ints) within ``low..high``, else a ``ValueError`` naming ``name``."""
+    several = isinstance(value, (tuple, list))
+    values = value if several else [value]
+    if any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high for v in values):
+        what = "integers" if several else "an integer"
+        raise ValueError(f"{name} must be {what} from {low} to {high}, got {value!r}")
+
+
 def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import CheckpointError, OutputError
 from ..io.checkpoints import instantiate_strict, load_state_dict_strict, load_weights_only
-from ..io.files import atomic_write_bytes, check_replaceable
+from ..io.files import atomic_write_bytes, check_replaceable, refuse_special_file
 from ..io.gan import load_gan_folder, save_gan
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from . import rosinality
@@ -47,6 +47,7 @@ def detect_format(path: Path) -> GeneratorFormat:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such model file or folder: {path}")
+    refuse_special_file(path, CheckpointError, "a model file or folder")
     if path.is_dir() or path.suffix == ".safetensors":
         return "hyperinverter"
     if path.suffix == ".pkl":

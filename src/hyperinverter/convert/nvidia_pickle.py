@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, naming
+from ..io.files import refuse_special_file
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -393,6 +394,7 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
     Never executes code from the file; raises :class:`UnsafePickleError` if it asks for any.
     """
     path = Path(path)
+    refuse_special_file(path, CheckpointError, "an NVIDIA network pickle")
     if not path.is_file():
         raise FileNotFoundError(f"no such NVIDIA network pickle: {path}")
     is_zip = zipfile.is_zipfile(path)

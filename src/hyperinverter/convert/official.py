@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -167,9 +168,7 @@ def _hyperinverter_from(checkpoint: Path, ckpt: Mapping, generator: str | Path |
     if unexpected:
         raise CheckpointError(f"{checkpoint}: unexpected keys {unexpected[:12]} (known prefixes: {KNOWN_PREFIXES})")
     G = generator if isinstance(generator, Generator) else load_gan(generator).generator
-    size = opts.get("output_size")
-    if size is not None and size != G.resolution:
-        raise CheckpointError(f"{checkpoint} was trained for {size}px but the generator makes {G.resolution}px")
+    check_output_size(opts, G, checkpoint)
     w_encoder = w_encoder_from_state_dict(_strip(sd, "w_encoder."), source=f"{checkpoint} [w_encoder]")
     hypernetwork = hypernetwork_from_state_dict(_strip(sd, "hypernet."), G, source=f"{checkpoint} [hypernet]")
     size = ({"input_size": encoder_resolution} if encoder_resolution is not None
@@ -241,19 +240,36 @@ class PspFile:
             raise CheckpointError(self.path, f"was trained on cars (dataset_type {self.opts['dataset_type']!r}): "
                                   f"cars run as pSp, e4e, W encoders and HyperStyle here, not as {what}")
 
-    def generator(self, given: str | Path | Generator | None) -> Generator:
-        """``given`` (any generator file, or a module), else the rosinality ``decoder.*`` inside the file."""
-        if isinstance(given, Generator):
-            return given
-        if given is not None:
-            return load_gan(given).generator
+    def decoder(self) -> Generator | None:
+        """The rosinality ``decoder.*`` inside the file, or None where it holds none."""
         decoder = self.part("decoder.")
         if not decoder:
-            raise CheckpointError(self.path, "holds no decoder (generator): give the generator it was trained with "
-                                  "(--generator)")
+            return None
         from .gan_files import rosinality_generator
 
         return rosinality_generator(decoder, self.latent_avg, f"{self.path} [decoder]").eval().requires_grad_(False)
+
+    def generator(self, given: str | Path | Generator | None, *, given_as: str = "the generator given",
+                  remedy: str = "give the generator it was trained with, or none to use the decoder it holds",
+                  ) -> Generator:
+        """``given`` (any generator file, or a module), else the decoder inside the file. A given generator must
+        hold the weights of the file's decoder where it has one: its encoders were trained for that generator
+        (``given_as`` names it in the error, ``remedy`` says what to do)."""
+        decoder = self.decoder()
+        if given is None:
+            if decoder is None:
+                raise CheckpointError(self.path, "holds no decoder (generator): give the generator it was trained "
+                                      "with (--generator)")
+            check_output_size(self.opts, decoder, self.path)
+            return decoder
+        G = given if isinstance(given, Generator) else load_gan(given).generator
+        check_output_size(self.opts, G, self.path)
+        if decoder is not None:
+            from ..pipeline import check_same_weights
+
+            what = given_as + ("" if isinstance(given, Generator) else f" ({Path(given).name})")
+            check_same_weights(G, decoder, source=str(self.path), ours=what, remedy=remedy)
+        return G
 
 
 def w_encoder_with_average(psp: PspFile, *, own_latent_avg: bool) -> WEncoder:
@@ -330,12 +346,12 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
-    encoder_type = psp.opts.get("encoder_type")
+    encoder_type = option(psp.opts, "encoder_type", str, psp.path)
     mode = STYLE_CODE_ENCODER_TYPES.get(encoder_type)
     if mode is None:
         raise CheckpointError(psp.path, f"its opts['encoder_type'] is {encoder_type!r}; a W+ encoder file has one of "
                               f"{sorted(STYLE_CODE_ENCODER_TYPES)}")
-    from_average = mode == "e4e" or bool(psp.opts.get("start_from_latent_avg", False))
+    from_average = mode == "e4e" or option(psp.opts, "start_from_latent_avg", bool, psp.path, default=False)
     G = psp.generator(generator)
     if from_average and psp.latent_avg is None:
         raise CheckpointError(psp.path, "has no latent_avg, which its codes are offsets from")
@@ -397,7 +413,7 @@ _E2STYLE_TASKS = {"ffhq_encode": None, "ffhq_colorization": "colorization", "ffh
 def e2style_task(opts: Mapping, path: Path, task: str | None = None) -> str | None:
     """The restoration task of a released E2Style file, from its ``opts`` (``dataset_type``; for super-resolution
     ``resize_factors``, of which ``task`` picks one where the file was trained on several); None for inversion."""
-    dataset_type = opts.get("dataset_type") or "ffhq_encode"
+    dataset_type = option(opts, "dataset_type", str, path) or "ffhq_encode"
     if dataset_type in ("celebs_sketch_to_face", "celebs_seg_to_face"):
         raise CheckpointError(path, f"was trained for {dataset_type!r}, a translation from sketches or segmentation "
                               "maps to faces, which this version does not run (restoration and inversion it does)")
@@ -447,6 +463,29 @@ def load_official_e2style(checkpoint: str | Path, generator: str | Path | Genera
     return model
 
 
+_OPTION_KINDS = {int: "a whole number", str: "a string", bool: "true or false"}
+
+
+def option(opts: Mapping, key: str, kind: type, source: str | Path, default: Any = None) -> Any:
+    """``opts[key]`` (the official code's argparse options, stored in its files), or ``default`` where absent; a
+    value of another type is a ``CheckpointError`` naming the file and the option (an ``output_size`` of "1024" was
+    refused as "trained for 1024px but the generator makes 1024px")."""
+    value = opts.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise CheckpointError(source, f"its opts {key!r} is {value!r}, not {_OPTION_KINDS[kind]}")
+    return value
+
+
+def check_output_size(opts: Mapping, generator: Generator, source: str | Path) -> None:
+    """The image size a released file was trained for (its ``output_size``, where it records one) must be the
+    generator's."""
+    size = option(opts, "output_size", int, source)
+    if size is not None and size != generator.resolution:
+        raise CheckpointError(source, f"was trained for {size}px but the generator makes {generator.resolution}px")
+
+
 def _layers_to_tune(opts: Mapping, source: Path) -> tuple[int, ...] | None:
     value = opts.get("layers_to_tune")
     if value is None:
@@ -489,7 +528,7 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
     code_dim = sd["shared_weight_hypernet.w1"].shape[0] if shared else spec["trunk"].widths[-1]
     hyper_inner = sd[f"refinement_blocks.{shared[0]}.convs.0.weight"].shape[0] if shared else 128
     refine_inner = sd[f"refinement_blocks.{plain[0]}.convs.0.weight"].shape[0] if plain else 256
-    size = int(opts.get("hypernet_input_size", 256))
+    size = option(opts, "hypernet_input_size", int, source, default=256)
     config = HyperStyleConfig(targets, spec["trunk"], size, code_dim, hyper_inner, refine_inner, separable,
                               generator.config.img_channels, encoder_input_height(size, content_rows))
     return instantiate_strict(lambda: HyperStyleNet(config), sd, source=f"{source} [hypernet]")
@@ -515,9 +554,10 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
                               "decoder.*)")
     try:
         G = psp.generator(generator) if generator is not None or psp.part("decoder.") else encoder_file.generator(None)
-        size = psp.opts.get("output_size")
-        if size is not None and size != G.resolution:
-            raise CheckpointError(psp.path, f"was trained for {size}px but the generator makes {G.resolution}px")
+        if psp.part("decoder.") or generator is not None:  # (its W encoder was trained for the same generator)
+            encoder_file.generator(G, given_as="the generator given" if generator is not None else
+                                   f"the one in {psp.path.name}", remedy="give the W encoder released with it")
+        check_output_size(psp.opts, G, psp.path)
         if psp.latent_avg is not None:
             if encoder_file.latent_avg is not None and not torch.allclose(psp.latent_avg, encoder_file.latent_avg):
                 logger.warning("%s and %s hold different latent_avg; using the HyperStyle file's", psp.path,
@@ -549,7 +589,7 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
       restoration task it was trained for (``task`` picks the factor of a super-resolution file trained on several).
     """
     path = Path(checkpoint)
-    keys = set(PspFile.read(path).state_dict) if path.is_file() else set()
+    keys = set(PspFile.read(path).state_dict)
     is_e2style = "encoder_firststage.output_layer_3.3.weight" in keys
     if task is not None and not is_e2style:
         raise CheckpointError(path, "is not an E2Style checkpoint: a task is for E2Style's restoration files")

@@ -45,6 +45,7 @@ import torch
 from ..errors import InputError, SchemaError
 from ..generate import z_from_seeds
 from ..io.checkpoints import save_safetensors
+from ..io.files import refuse_special_file
 from ..models.stylegan2 import Generator
 from .directions import LinearDirection, w_probe
 
@@ -82,6 +83,7 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
     """Read and check a labels CSV (see the module's docstring); every problem names the file and the row
     (its line number, the header being line 1)."""
     path = Path(path)
+    refuse_special_file(path, SchemaError, "a labels file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:

@@ -135,7 +135,7 @@ def resolve_direction(
     entry = _find(entries, text)
     if entry is not None:
         return load_direction(entry.path, **overrides)
-    if os.path.isfile(text):
+    if os.path.exists(text) and not os.path.isdir(text):  # (a named pipe too: load_direction names it)
         return load_direction(text, **overrides)
     principal = principal_direction(text, generator, start=start, end=end, strength=strength) if generator else None
     if principal is not None:

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import InputError, SchemaError
 from ..io.checkpoints import load_weights_only, read_metadata_json, read_safetensors, save_safetensors
+from ..io.files import refuse_special_file
 from .ganspace import GANSpaceBasis, compute_ganspace
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ def load_direction(
     GANSpace bases need ``index``, ``start``, ``end`` and ``strength`` unless the file (ours) records them.
     """
     path = Path(path)
+    refuse_special_file(path, SchemaError, "a direction file")
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "no such direction file", str(path))
     name = name or path.stem

@@ -26,7 +26,14 @@ from torch import nn
 
 from ..errors import CheckpointError, NonFiniteWeightsError, SchemaError
 from ..memory import FilePages
-from .files import _PROC_FD, COMPONENT_FORMAT, COMPONENT_INDEX, WRITER_TAG, atomic_write_bytes
+from .files import (
+    _PROC_FD,
+    COMPONENT_FORMAT,
+    COMPONENT_INDEX,
+    WRITER_TAG,
+    atomic_write_bytes,
+    refuse_special_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,7 @@ def _metadata_of(data: bytes, path: Path) -> dict[str, str]:
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """Only the metadata of a safetensors file (its header), without reading the tensors."""
     path = Path(path)
+    refuse_special_file(path, CheckpointError, "a .safetensors file")
     try:
         with open(path, "rb") as f:
             return _parse_header(f.read(8), f.read, path)
@@ -94,6 +102,7 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """-> (tensors, metadata). Any file name works, also one that is not valid UTF-8."""
     path = Path(path)
+    refuse_special_file(path, CheckpointError, "a .safetensors file")
     try:
         with open(path, "rb") as f:
             text = os.fspath(path)
@@ -135,6 +144,7 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(path, "is a folder, not a torch checkpoint file")
+    refuse_special_file(path, CheckpointError, "a torch checkpoint file")
     try:
         with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")  # (torch's own warnings, with a source line, reached the terminal)
@@ -252,8 +262,11 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
     ``memory.large_blocks_mapped``). Dropped pages read back from the file, so a tensor changed in place would lose
     its changes: only a caller that just read the file passes True.
     """
-    with torch.device("meta"):
-        module = build()
+    try:
+        with torch.device("meta"):
+            module = build()
+    except (ValueError, RuntimeError, OverflowError, MemoryError) as e:  # sizes torch cannot make (10**12 overflows)
+        raise CheckpointError(source, f"its config describes a network that cannot be built: {e}") from None
     pages = FilePages() if fresh_from_file else None
     check_state_dict(module, state_dict, source=source, pages=pages)
     # module.to_empty(device="cpu"), but through empty_strided: empty_like of a meta tensor imports SymPy (0.5 s)

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,29 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iter
         os.close(fd)  # (releases the lock)
 
 
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """"a named pipe", "a socket" or "a device" where ``path`` (its links followed) is one, else None (a file, a
+    folder, or nothing). Readers refuse them by name: reading a named pipe waits for a writer without end (a pipe
+    given as a model's ``.pt`` hung), and a device reads without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None
+
+
+def refuse_special_file(path: str | os.PathLike, error: Callable[[str | os.PathLike, str], Exception],
+                        what: str) -> None:
+    """Raise ``error(path, "is a named pipe, not <what>")`` where ``path`` is one (see :func:`special_file_kind`)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise error(path, f"is {kind}, not {what}")
+
+
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
@@ -190,6 +214,8 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_if_readable(path: str | os.PathLike) -> str | None:
     """:func:`sha256_of`, or None when the file cannot be read: a batch job records it with each result (to redo
     a file replaced under its name), and reading the file for the work then reports why it failed."""
+    if special_file_kind(path) is not None:
+        return None
     try:
         return sha256_of(path)
     except OSError:
@@ -369,6 +395,8 @@ def written_by_us(path: str | os.PathLike, *, safetensors: bool = False) -> bool
     from .images import MADE_WITH_CHUNK
 
     path = Path(path)
+    if special_file_kind(path) is not None:
+        return False
     if not safetensors and path.suffix.lower() in REPORT_SUFFIXES:
         return _report_written_by_us(path)
     try:
@@ -436,8 +464,7 @@ def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False
     if path.is_symlink():  # (we write no links: a user's, dangling or not, would be replaced by a plain file)
         raise OutputError(path, "is a symbolic link, which is not replaced; give the path it points to, or write the "
                                 "output elsewhere")
-    if path.exists() and not path.is_file() and not path.is_dir():  # (as root, /dev/null became a plain file)
-        raise OutputError(path, "is a device, pipe or socket, not a file; write the output elsewhere")
+    refuse_special_file(path, OutputError, "a file; write the output elsewhere")  # (as root, /dev/null became a file)
     if not path.is_file():
         return
     if safetensors or path.suffix.lower() == ".safetensors":
@@ -526,6 +553,8 @@ def remove_stale_temporaries(directory: Path, *, of: str | None = None) -> int:
 
 
 def _read_json(path: Path) -> dict | None:
+    if special_file_kind(path) is not None:
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -549,21 +578,31 @@ def output_kind(folder: Path) -> str | None:
 
 def pipeline_extras(folder: Path) -> list[Path]:
     """What a bundle holds beside its index, generator and methods' components: its card, configs, directions,
-    examples and pictures (``PIPELINE_EXTRAS``), and generators stored with it (a fine-tuned copy)."""
+    examples and pictures (``PIPELINE_EXTRAS``), and generators stored with it (a fine-tuned copy); a symbolic
+    link among them counts (a ``directions`` linked to a shared folder was dropped when the bundle was saved over)."""
     folder = Path(folder)
     main = (_read_json(folder / PIPELINE_INDEX) or {}).get("generator")
-    return sorted(e for e in folder.iterdir() if not e.name.startswith(".") and not e.is_symlink()
+    return sorted(e for e in folder.iterdir() if not e.name.startswith(".")
                   and (e.name in PIPELINE_EXTRAS
                        or (e.is_dir() and e.name != main and output_kind(e) == "generator")))
 
 
 def copy_durably(source: Path, target: Path) -> None:
-    """Copy a file, or a folder's files (links are not followed), each written atomically and flushed."""
+    """Copy a file, or a folder's files, each written atomically and flushed. Symbolic links are copied as links
+    (the same target text), never followed: a link to a shared folder stays a link, not a copy of its files."""
     source, target = Path(source), Path(target)
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()
-                                                     and not p.is_symlink())
-    for path in files:
-        atomic_write_bytes(target / path.relative_to(source) if path != source else target, path.read_bytes())
+    if source.is_symlink() or source.is_file():
+        entries = [source]
+    else:
+        entries = sorted(p for p in source.rglob("*") if p.is_symlink() or p.is_file())  # (rglob follows no links)
+    for path in entries:
+        copy = target / path.relative_to(source) if path != source else target
+        if path.is_symlink():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(path), copy)
+            fsync_directory(copy.parent)
+        else:
+            atomic_write_bytes(copy, path.read_bytes())
 
 
 def _owned_entries(folder: Path, kind: str) -> frozenset[str]:

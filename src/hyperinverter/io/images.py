@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import ImageReadError, OutputError
-from .files import WRITER_TAG, atomic_write_bytes
+from .files import WRITER_TAG, atomic_write_bytes, refuse_special_file, special_file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ def images_made_with(paths: Sequence[str | os.PathLike], made_with: str) -> bool
     """Whether every file of ``paths`` is a PNG that :func:`image_bytes` wrote with this ``made_with`` (a missing,
     unreadable or foreign file is not)."""
     for path in paths:
+        if special_file_kind(path) is not None:
+            return False
         try:
             with Image.open(path) as im:  # reads the chunks before the pixels only
                 if im.format != "PNG" or im.info.get(MADE_WITH_CHUNK) != made_with:
@@ -382,6 +384,7 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                     if not path.exists():
                         cause = "is a broken symbolic link" if path.is_symlink() else "no such file"
                         raise ImageReadError(label, cause)
+                    refuse_special_file(path, lambda _, cause: ImageReadError(label, cause), "an image file")
                     im = opened = Image.open(path)
                 else:
                     im = opened = Image.open(io.BytesIO(source))

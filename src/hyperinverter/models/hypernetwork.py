@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..config_base import SerializableConfig
+from ..config_base import MAX_STYLES, SerializableConfig, check_count
 from ..ops.matmul import addmm, transposed_storage
 from ..precision import full_precision
 from . import init
@@ -35,6 +35,13 @@ class TargetSpec(SerializableConfig):
     name: str
     shape: tuple[int, ...]
     feature_index: int
+
+    def __post_init__(self) -> None:
+        """Checked as it is read: a negative index read the last map, a negative size was a math domain error."""
+        if len(self.shape) not in (2, 4) or min(self.shape) < 1:
+            raise ValueError(f"{self.name}: shape must be a conv's [O, I, k, k] or a linear [O, I] of positive "
+                             f"sizes, got {list(self.shape)}")
+        check_count(f"{self.name}: feature_index", self.feature_index, MAX_STYLES - 1, low=0)
 
 
 def feature_index(layer_name: str, resolution: int) -> int:
@@ -121,6 +128,10 @@ class HyperNetworkConfig(SerializableConfig):
     hidden_dim: int = 128
     inner_channels: int = 64
 
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("a hypernetwork needs at least one target")
+
 
 class HyperNetwork(nn.Module):
     """All regressors: ``(F(x_w), F(x))``, each ``[B,n,C,S,S]`` -> ``WeightDelta`` (additive)."""
@@ -129,8 +140,6 @@ class HyperNetwork(nn.Module):
 
     def __init__(self, config: HyperNetworkConfig) -> None:
         super().__init__()
-        if not config.targets:
-            raise ValueError("a hypernetwork needs at least one target")
         self.config = c = config
         self.weight_regressors = nn.ModuleDict({
             t.name.replace(".", "_"): WeightRegressor(shape=t.shape, feature_channels=c.feature_channels,

@@ -50,6 +50,11 @@ class HyperStyleTarget(SerializableConfig):
     shape: tuple[int, ...]
     shared: bool
 
+    def __post_init__(self) -> None:
+        if self.index < 0 or len(self.shape) != 4 or min(self.shape) < 1:
+            raise ValueError(f"{self.name}: needs an index >= 0 and a conv's shape [O, I, k, k] of positive sizes, "
+                             f"got index {self.index} and shape {list(self.shape)}")
+
 
 def hyperstyle_targets(generator: Generator, layers: tuple[int, ...] | None = None) -> tuple[HyperStyleTarget, ...]:
     """The tuned layers, shapes read from ``generator``.

@@ -14,6 +14,7 @@ import yaml
 
 from ..config_base import decode, encode
 from ..errors import ConfigError
+from ..io.files import refuse_special_file
 
 __all__ = ["ConfigError", "apply_overrides", "load_config", "to_yaml"]
 
@@ -83,6 +84,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """The training config ``cls`` from a YAML file and ``key=value`` overrides; errors name the file and key."""
     data: Any = {}
     if path is not None:
+        refuse_special_file(path, ConfigError, "a config file")
         try:
             data = _load_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:

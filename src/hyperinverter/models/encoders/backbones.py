@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config_base import SerializableConfig
+from ...config_base import MAX_LAYERS, SerializableConfig, check_count
 
 BackboneKind = Literal["ir_se", "resnet"]
 
@@ -67,8 +67,9 @@ def _stage_config(
     # Four stages give the strides 2/4/8/16 the FPN taps and the heads are built for.
     if len(units) != 4 or len(widths) != 4:
         raise ValueError(f"need exactly 4 stages, got units={units}, widths={widths}")
-    if min(units) < 1 or min(widths) < 1:
-        raise ValueError(f"units and widths must be positive, got units={units}, widths={widths}")
+    check_count("units", units, MAX_LAYERS)
+    if min(widths) < 1:
+        raise ValueError(f"widths must be positive, got {widths}")
     return units, widths
 
 

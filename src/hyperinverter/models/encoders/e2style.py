@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config_base import SerializableConfig
+from ...config_base import MAX_STAGES, MAX_STYLES, SerializableConfig, check_count
 from .backbones import TrunkConfig, TrunkHost
 
 OFFICIAL_HEAD_ROWS = (9, 5, 4)  # of 18, deepest head first
@@ -69,6 +69,7 @@ class E2StyleEncoderConfig(SerializableConfig):
             raise ValueError(f"E2Style's trunk is IR-SE, got {self.trunk.backbone!r}")
         if self.input_size % 16:
             raise ValueError(f"input_size must be a multiple of 16, got {self.input_size}")
+        check_count("n_styles", self.n_styles, MAX_STYLES)
         rows = self.rows
         if sum(rows) != self.n_styles or min(rows) < 1:
             raise ValueError(f"head_rows {rows} must be positive and sum to n_styles {self.n_styles}")
@@ -134,8 +135,7 @@ class E2StyleConfig(SerializableConfig):
     stages: int = 3
 
     def __post_init__(self) -> None:
-        if self.stages < 1:
-            raise ValueError(f"stages must be at least 1, got {self.stages}")
+        check_count("stages", self.stages, MAX_STAGES)
 
     def refine_config(self) -> E2StyleEncoderConfig:
         import dataclasses

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config_base import SerializableConfig
+from ...config_base import MAX_STYLES, SerializableConfig, check_count
 from .backbones import TrunkConfig, TrunkHost
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class FeatureEncoderConfig(SerializableConfig):
     def __post_init__(self) -> None:
         if not 0 <= self.coarse_end <= self.middle_end:
             raise ValueError(f"need 0 <= coarse_end <= middle_end, got {self.coarse_end}, {self.middle_end}")
-        if self.n_styles < 1:
-            raise ValueError(f"n_styles must be positive, got {self.n_styles}")
+        check_count("n_styles", self.n_styles, MAX_STYLES)
         if self.input_size % 16 != 0 or self.input_size < 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
         if self.input_height is not None and (self.input_height % 16 != 0 or self.input_height < 16):

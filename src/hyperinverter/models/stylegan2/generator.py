@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-from ...config_base import SerializableConfig
+from ...config_base import MAX_LAYERS, SerializableConfig, check_count
 from ...ops.filters import filter_taps, setup_filter, upsample2d
 from ...precision import compute_dtype, full_precision
 from .. import init
@@ -78,9 +78,10 @@ class GeneratorConfig(SerializableConfig):
         res = self.resolution
         if not (isinstance(res, int) and 8 <= res <= 2048 and res & (res - 1) == 0):
             raise ValueError(f"resolution must be a power of two in [8, 2048], got {res!r}")
-        for name in ("img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
+        for name in ("img_channels", "z_dim", "w_dim", "channel_base", "channel_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_count("mapping_layers", self.mapping_layers, MAX_LAYERS)
         if min(self.channels(r) for r in self.block_resolutions) < 1:
             raise ValueError(f"channel_base {self.channel_base} is too small for resolution {res}")
         object.__setattr__(self, "resample_filter", filter_taps(self.resample_filter))
