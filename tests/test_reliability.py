@@ -780,11 +780,10 @@ def test_what_the_model_files_fuzzing_pass_left_is_mended(pipeline, tmp_path, ca
     assert (tmp_path / "o" / "ok.png").is_file()  # the batch went on past the pipe
 
     # An official file's options of the wrong type are named as such.
-    from test_official import TRUNK
-
     from hyperinverter.convert.official import load_psp_w_encoder
     from hyperinverter.convert.rosinality import from_nvidia
     from hyperinverter.models.encoders import TrunkConfig, WEncoder, WEncoderConfig
+    from test_official import TRUNK
 
     G = pipeline.generator
     decoder = from_nvidia(G.state_dict(), G.config)
