@@ -304,6 +304,25 @@ def test_a_fingerprint_follows_content_not_identity():
     with torch.no_grad():
         linear.bias[0] += 1
     assert fingerprint_of(linear) != before
+    # Large tensors are hashed in blocks, on every core: a change in any block shows, whatever the number of cores.
+    from hyperinverter.io import work
+
+    big = torch.randn(work.HASH_BLOCK // 4 * 2 + 5, generator=torch.Generator().manual_seed(0))
+    many = fingerprint_of({"a": big, "b": big[:7].clone()})
+    for index in (0, work.HASH_BLOCK // 4, big.numel() - 1):
+        changed = big.clone()
+        changed[index] += 1
+        assert fingerprint_of({"a": changed, "b": big[:7].clone()}) != many
+    import os
+    from unittest import mock
+
+    with mock.patch.object(os, "sched_getaffinity", lambda _: {0}, create=True):
+        assert fingerprint_of({"a": big.clone(), "b": big[:7].clone()}) == many
+    # A weight stored transposed is read where it lies: its layout counts, its values too.
+    stored = torch.randn(64, 4096).T  # (ops.matmul.transposed_storage's layout)
+    assert fingerprint_of(stored) == fingerprint_of(stored.contiguous().T.contiguous().T)
+    assert fingerprint_of(stored) != fingerprint_of(stored.contiguous())
+    assert fingerprint_of(stored) != fingerprint_of((stored + 1e-3).contiguous().T.contiguous().T)
     basis = GANSpaceBasis(torch.eye(2, 4), torch.zeros(4), torch.ones(2))
     direction = GANSpaceDirection(basis, 0, 0, 3, 3.0, name="d")
     assert fingerprint_of(direction) == fingerprint_of(GANSpaceDirection(basis, 0, 0, 3, 3.0, name="d"))

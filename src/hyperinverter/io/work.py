@@ -13,7 +13,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,40 +152,79 @@ class WorkFolder:
         self.close()
 
 
+# A tensor of HASHED_APART bytes or more is hashed apart, in blocks of HASH_BLOCK, on every core (hashlib lets go of
+# the GIL), and its blocks' digests stand in its place: a full-size HyperInverter's 1.5 GB took 1.5 s to hash in one
+# stream, 0.7 s on two cores. The blocks are of a fixed size, so the fingerprint is the same on any machine.
+HASHED_APART = 1 << 20
+HASH_BLOCK = 1 << 24
+
+
 def fingerprint_of(value: Any) -> str:
     """A short hash of ``value``'s content: tensors (dtype, shape, bytes), modules (their state), dataclasses and
     other objects (their fields), mappings, sequences and scalars. What a stored run was made from is recorded by
-    it, so that a run resumes only on the very inputs, weights and directions it started with."""
+    it, so that a run resumes only on the very inputs, weights and directions it started with. A tensor's layout
+    counts too (the same values stored transposed give another fingerprint): each parameter of a model is stored
+    in one layout, and reading it where it lies spares a copy."""
+    pieces: list[tuple[Any, bool]] = []  # (bytes or a tensor's buffer, hashed apart)
+    _feed(pieces, value)
+    blocks = [data[i : i + HASH_BLOCK] for data, apart in pieces if apart for i in range(0, len(data), HASH_BLOCK)]
+    workers = min(len(blocks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            block_digests = iter(pool.map(_sha256, blocks))
+    else:
+        block_digests = iter(map(_sha256, blocks))
     digest = hashlib.sha256()
-    _feed(digest, value)
+    for data, apart in pieces:
+        if not apart:
+            digest.update(data)
+            continue
+        for _ in range(0, len(data), HASH_BLOCK):
+            digest.update(next(block_digests))
     return digest.hexdigest()[:16]
 
 
-def _feed(digest, value: Any) -> None:
+def _sha256(data) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _feed(pieces: list[tuple[Any, bool]], value: Any) -> None:
     if isinstance(value, torch.nn.Module):
         value = value.state_dict()
     if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"tensor{tensor.dtype}{tuple(value.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy())  # the buffer itself, not a copy
+        tensor, order = _in_memory_order(value.detach().cpu())
+        pieces.append((f"tensor{tensor.dtype}{tuple(value.shape)}{order}".encode(), False))
+        data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
+        pieces.append((data, len(data) >= HASHED_APART))
     elif isinstance(value, Mapping):
-        digest.update(f"mapping{len(value)}".encode())
+        pieces.append((f"mapping{len(value)}".encode(), False))
         for key in sorted(value, key=str):
-            _feed(digest, str(key))
-            _feed(digest, value[key])
+            _feed(pieces, str(key))
+            _feed(pieces, value[key])
     elif isinstance(value, (list, tuple)):
-        digest.update(f"sequence{len(value)}".encode())
+        pieces.append((f"sequence{len(value)}".encode(), False))
         for item in value:
-            _feed(digest, item)
+            _feed(pieces, item)
     elif value is None or isinstance(value, (str, int, float, bool)):
-        digest.update(f"{type(value).__name__}:{value!r};".encode())
+        pieces.append((f"{type(value).__name__}:{value!r};".encode(), False))
     else:  # a dataclass or another object: its class and its fields (its repr if it has none)
         if dataclasses.is_dataclass(value):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         else:
             fields = vars(value) if hasattr(value, "__dict__") else {"repr": repr(value)}
-        digest.update(type(value).__qualname__.encode())
-        _feed(digest, fields)
+        pieces.append((type(value).__qualname__.encode(), False))
+        _feed(pieces, fields)
+
+
+def _in_memory_order(tensor: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``tensor`` as a contiguous view of its memory, and how its dimensions were ordered for it ("" when in
+    order): a weight stored transposed (``ops.matmul.transposed_storage``, 0.6 GB of a full-size hypernetwork) is
+    read where it lies, not copied first. Any other layout is copied."""
+    if tensor.is_contiguous():
+        return tensor, ""
+    order = sorted(range(tensor.ndim), key=lambda d: -tensor.stride(d))
+    view = tensor.permute(order)
+    return (view, f"order{order}") if view.is_contiguous() else (tensor.contiguous(), "")
 
 
 def as_recorded(value: Any) -> Any:

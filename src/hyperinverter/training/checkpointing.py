@@ -165,6 +165,11 @@ def load_checkpoint(
     return int(meta["step"]), meta["progress"]
 
 
+# The progress record's fingerprints of the frozen modules. (Under "frozen" they were of another form of
+# io.work.fingerprint_of, which hashed large tensors in one stream: such checkpoints are not checked.)
+FROZEN_KEY = "frozen_weights"
+
+
 def _progress_problem(progress: object) -> str | None:
     """What is wrong with a checkpoint's progress record (the loop's own keys), or None."""
     if not isinstance(progress, dict):
@@ -174,7 +179,7 @@ def _progress_problem(progress: object) -> str | None:
         return f"its sample position is {position!r}, not a whole number of 0 or more"
     if isinstance(best, bool) or not isinstance(best, (int, float)):
         return f"its best validation loss is {best!r}, not a number"
-    for key in ("task", "frozen"):
+    for key in ("task", FROZEN_KEY):
         if not isinstance(progress.get(key, {}), dict):
             return f"its {key} state is a {type(progress[key]).__name__}, not a record"
     return None

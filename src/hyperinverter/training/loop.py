@@ -30,7 +30,7 @@ from ..io.files import check_outside
 from ..io.images import check_content_rows
 from ..io.work import fingerprint_of
 from ..progress import progress_bar
-from .checkpointing import CheckpointMismatchError, resume_latest, save_checkpoint
+from .checkpointing import FROZEN_KEY, CheckpointMismatchError, resume_latest, save_checkpoint
 from .distributed import DistributedContext, init_distributed, local_device
 from .run import (
     PRECISIONS,
@@ -326,7 +326,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             check_nothing_to_lose(run_dir)
         else:
             start_step, progress = resumed
-            _check_same_frozen(run_dir, progress.get("frozen"), frozen)
+            _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)
             position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
             try:
                 task.load_state(progress.get("task", {}))
@@ -400,7 +400,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
                     ctx.check_in_sync(module, f"trained module {i}")
                 if ctx.is_main:
                     state = {"position": sampler.position, "best_val": best_val, "task": task.state(),
-                             "frozen": frozen}
+                             FROZEN_KEY: frozen}
                     save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
                                     scaler=scaler, keep=cfg.keep_checkpoints, progress=state)
             if stop is not None:
