@@ -168,7 +168,8 @@ def fingerprint_of(value: Any) -> str:
     pieces: list[tuple[Any, bool]] = []  # (bytes or a tensor's buffer, hashed apart)
     _feed(pieces, value)
     blocks = [data[i : i + HASH_BLOCK] for data, apart in pieces if apart for i in range(0, len(data), HASH_BLOCK)]
-    workers = min(len(blocks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(blocks), cores)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             block_digests = iter(pool.map(_sha256, blocks))
