@@ -258,6 +258,28 @@ def test_a_generator_alone_runs_the_methods_that_need_nothing_trained(tiny_gener
                  "--option", "w_avg_samples=64", "--out", str(tmp_path / "inv"), "--device", "cpu"]) == 0
     assert load_inversion(tmp_path / "inv" / "photo.safetensors")[2]["method"] == "w-opt"
 
+    # A generator of a domain in a band of its square (NVIDIA's cars) does not know its rows: --content-rows says
+    # them, and a wide photo is fitted into them (it was cropped to its centre square) and saved as the band.
+    wide = tmp_path / "car.png"
+    Image.fromarray((torch.rand(30, 40, 3) * 255).byte().numpy()).save(wide)
+    assert main(["invert", str(wide), "--model", str(tmp_path / "gan"), "--content-rows", "0.125", "0.875", "--option",
+                 "steps=2", "--option", "w_avg_samples=64", "--out", str(tmp_path / "cars"), "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "cars" / "car.png").size == (32, 24)
+    pipe = InversionPipeline.from_pretrained(tmp_path / "gan", device="cpu", content_rows=[0.125, 0.875])
+    assert pipe.content_rows == (0.125, 0.875) and pipe.inverter("pti").generator is pipe.generator
+    with pytest.raises(ValueError, match="content rows must be"):
+        InversionPipeline.from_pretrained(tmp_path / "gan", device="cpu", content_rows=(0.9, 0.1))
+    from conftest import build_tiny_pipeline
+
+    pipeline_folder = build_tiny_pipeline(tiny_generator).save_pretrained(tmp_path / "square")
+    with pytest.raises(CheckpointError, match="is a bundle whose methods read the whole square, not the content rows"):
+        InversionPipeline.from_pretrained(pipeline_folder, device="cpu", content_rows=(0.125, 0.875))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["directions", "train", "--help"])  # (a command that fits no photo does not offer it)
+    usage = capsys.readouterr().out
+    assert "--model" in usage and "--content-rows" not in usage
+
 
 def test_saving_over_a_bundle_keeps_its_directions_and_card_or_refuses(pipeline, tmp_path):
     from conftest import build_tiny_generator, build_tiny_pipeline

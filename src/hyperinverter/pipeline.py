@@ -46,7 +46,14 @@ from .io.files import (
     pipeline_extras,
     staged_directory,
 )
-from .io.images import content_of, describe_content_rows, fit_to_canvas, pil_to_tensor, read_image
+from .io.images import (
+    check_content_rows,
+    content_of,
+    describe_content_rows,
+    fit_to_canvas,
+    pil_to_tensor,
+    read_image,
+)
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
 from .models.stylegan2 import Discriminator, Generator
@@ -425,7 +432,7 @@ class InversionPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, method: str | None = None,
                         device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32",
-                        prepack: bool = True) -> InversionPipeline:
+                        prepack: bool = True, content_rows: tuple[float, float] | None = None) -> InversionPipeline:
         """Load a bundle folder, or a catalogue name (bundled or downloaded models). ``method``: the default
         method from now on (default: the bundle's own). ``prepack``: see the class; the first inversion packs (700 MiB
         of weights at full size, about 9 ms per 9 MiB weight). Pass False to train what it loads: a packed weight is no
@@ -433,14 +440,28 @@ class InversionPipeline:
 
         A generator alone (an NVIDIA pickle, a rosinality ``.pt``, our generator folder, or a catalogue name of one)
         gives a pipeline of the methods that need nothing trained, NVIDIA's projector (``w-opt``) by default, with
-        the file's discriminator when it holds one."""
+        the file's discriminator when it holds one. ``content_rows``: for such a generator of a domain that fills
+        only some rows of its square (NVIDIA's cars: ``(0.125, 0.875)``), those rows, which photos are fitted into
+        and scored on, as a bundle of that domain records them; a bundle must read the same rows or none be given.
+        """
         from .catalogue import local_model_path
 
+        if content_rows is not None:
+            content_rows = check_content_rows(content_rows, "content_rows")
         path = local_model_path(name_or_path)
-        load = cls._load if (path / PIPELINE_INDEX).is_file() else cls._load_generator
+        bundle = (path / PIPELINE_INDEX).is_file()
+        load = cls._load if bundle else cls._load_generator
         with large_blocks_mapped():  # what loading frees goes back to the system (hyperinverter.memory)
-            return load(path, pipeline_name=os.fsdecode(name_or_path), method=method, device=device, dtype=dtype,
+            pipe = load(path, pipeline_name=os.fsdecode(name_or_path), method=method, device=device, dtype=dtype,
                         prepack=prepack)
+        if content_rows is not None and content_rows != pipe.content_rows:
+            if bundle:
+                raise CheckpointError(path, f"is a bundle whose methods read {describe_content_rows(pipe.content_rows)}"
+                                      f", not the content rows {list(content_rows)} asked for")
+            for inverter in pipe.methods.values():  # (a generator alone: methods with nothing trained)
+                inverter.content_rows = content_rows
+            pipe.content_rows = content_rows
+        return pipe
 
     @classmethod
     def _load_generator(cls, path: Path, *, pipeline_name: str, method: str | None, device: str | torch.device,

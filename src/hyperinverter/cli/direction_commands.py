@@ -67,7 +67,7 @@ def register(sub) -> None:
                            "codes, whose unit normal is the edit",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            description=TRAIN_DESCRIPTION + "\n\n" + LABELS_FORMAT)
-    _add_model(q)
+    _add_model(q, photos=False)
     q.add_argument("--labels", required=True, type=Path, help="the labels CSV (format below)")
     q.add_argument("--attribute", required=True, help="the column to train")
     q.add_argument("--condition", action="append", default=[], metavar="OTHER",
@@ -101,7 +101,7 @@ def register(sub) -> None:
                            "counted. Each batch's labels are kept in OUT.work until the CSV is written, so "
                            "running the same command again after an interruption resumes. Needs "
                            "`pip install 'hyperinverter[align]'`.")
-    _add_model(q)
+    _add_model(q, photos=False)
     q.add_argument("--samples", required=True, type=positive_int, help="how many samples to generate")
     q.add_argument("--seed", type=nonnegative_int, default=0, help="the first seed (default 0)")
     q.add_argument("--trunc", type=nonnegative_float, default=1.0,

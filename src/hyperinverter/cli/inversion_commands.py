@@ -10,10 +10,16 @@ from pathlib import Path
 from .arguments import add_device, add_dtype, add_min_face_score, finite_float, positive_int
 
 
-def _add_model(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def _add_model(p: argparse.ArgumentParser, *, required: bool = True, photos: bool = True) -> None:
+    """``--model`` and ``--device``; ``photos``: the command fits photos to the model (``--content-rows``)."""
     p.add_argument("--model", required=required,
                    help="a catalogue name (see `hyperinverter models`) or a pipeline folder (./name for a folder "
                    "in the current directory)")
+    if photos:
+        p.add_argument("--content-rows", nargs=2, type=finite_float, metavar=("TOP", "BOTTOM"), default=None,
+                       help="for a generator alone whose domain fills only some rows of its square (NVIDIA's "
+                       "cars: 0.125 0.875): those rows, as fractions of the side; photos are fitted into them and "
+                       "scored on them (a bundle records its own)")
     add_device(p)
 
 
@@ -192,7 +198,8 @@ def _load_pipeline(args):
     from ..pipeline import InversionPipeline
 
     # Commands without --dtype (import-pti only reads the generator) load in fp32.
-    pipe = InversionPipeline.from_pretrained(args.model, device=args.device, dtype=getattr(args, "dtype", "fp32"))
+    pipe = InversionPipeline.from_pretrained(args.model, device=args.device, dtype=getattr(args, "dtype", "fp32"),
+                                             content_rows=getattr(args, "content_rows", None))
     method = getattr(args, "method", None)
     if method is not None:
         pipe.inverter(method)  # an unknown or unavailable method is an error now, before any work
