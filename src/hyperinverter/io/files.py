@@ -588,8 +588,10 @@ def pipeline_extras(folder: Path) -> list[Path]:
 
 
 def copy_durably(source: Path, target: Path) -> None:
-    """Copy a file, or a folder's files, each written atomically and flushed. Symbolic links are copied as links
-    (the same target text), never followed: a link to a shared folder stays a link, not a copy of its files."""
+    """Copy a file, or a folder's files, each written atomically and flushed. Symbolic links are copied as links,
+    never followed: a link to a shared folder stays a link, not a copy of its files. A relative link to a file of the
+    folder keeps its text (it moves with the folder); one to anything else is made absolute, so that the copy names
+    the same file from wherever it lies."""
     source, target = Path(source), Path(target)
     if source.is_symlink() or source.is_file():
         entries = [source]
@@ -598,8 +600,12 @@ def copy_durably(source: Path, target: Path) -> None:
     for path in entries:
         copy = target / path.relative_to(source) if path != source else target
         if path.is_symlink():
+            text = os.readlink(path)
+            named = os.path.abspath(os.path.join(path.parent, text))
+            if not os.path.isabs(text) and (path == source or not named.startswith(os.path.abspath(source) + os.sep)):
+                text = named
             copy.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.readlink(path), copy)
+            os.symlink(text, copy)
             fsync_directory(copy.parent)
         else:
             atomic_write_bytes(copy, path.read_bytes())
