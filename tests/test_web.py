@@ -414,3 +414,16 @@ def test_a_closed_page_stops_its_work(pipeline, tmp_path):
     other = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None,
                                   SimpleNamespace(session_hash="page-2"))
     assert other[1] is not None  # another page is served as before
+
+    # An API client sends no heartbeat, so no unload comes when it goes away: Gradio marks its running event as no
+    # longer alive when its stream closes, and the inversion stops at its next step as well.
+    client = SimpleNamespace(session_hash="api-client")
+    done.clear()
+    worker = threading.Thread(target=lambda: done.update(
+        status=handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, client)[3]))
+    worker.start()
+    time.sleep(2.0)
+    app._queue.active_jobs.append([SimpleNamespace(session_hash="page-2", alive=True),
+                                   SimpleNamespace(session_hash="api-client", alive=False)])
+    worker.join(timeout=60)
+    assert done["status"] == "**Cancelled.**", done

@@ -532,7 +532,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             running[page] = flag
 
         def report(step: int, total: int) -> None:
-            if flag.is_set():
+            if flag.is_set() or client_gone(page):
                 raise Cancelled
             progress((step, total), desc=f"{method}: step")
 
@@ -563,6 +563,17 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         first = found[0]
         return (state, files.image(f"{first.stem}_compare", s.comparison(first)),
                 gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None, None)
+
+    def client_gone(page: str | None) -> bool:
+        """Whether Gradio has given up the page's running event because its client's stream closed: a closed tab,
+        or an API client that went away (it opens no heartbeat, so unload never comes for it). Gradio's queue is
+        not public: where it is not as read here, nothing is known to have gone."""
+        try:
+            events = [event for jobs in app._queue.active_jobs if jobs for event in jobs]
+        except (AttributeError, TypeError):
+            return False
+        return page is not None and any(getattr(event, "session_hash", None) == page
+                                        and getattr(event, "alive", True) is False for event in events)
 
     def on_cancel(state):
         flag = cancel_flags.get((state or {}).get("key", ""))
