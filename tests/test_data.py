@@ -195,6 +195,15 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     before = (out / "trip" / "pair-face0.png").stat().st_mtime_ns
     assert write_aligned(photos, out, size=32, detector=TwoFaces(), progress=False)[1] == 2  # resumed
     assert (out / "trip" / "pair-face0.png").stat().st_mtime_ns == before
+    # A user's file at a face's name was taken for the photo's aligned face (and counted): it is kept, and the
+    # photo fails naming it.
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(photos / "solo.png")
+    Image.new("RGB", (8, 8)).save(out / "solo-face0.png")
+    _, count, failed = write_aligned(photos, out, size=32, detector=TwoFaces(), progress=False)
+    assert count == 2 and Image.open(out / "solo-face0.png").size == (8, 8)
+    assert f"{out / 'solo-face0.png'}: exists and was not written by hyperinverter" in str(failed[-1])
+    (out / "solo-face0.png").unlink()
+    (photos / "solo.png").unlink()
     # Other settings into the same folder skipped every photo and relabelled the old faces as the new size.
     from hyperinverter.errors import InputError
 

@@ -56,6 +56,11 @@ def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
     assert "input | Phase I (W) | HyperInverter | HyperStyle | edit: dir" in page
     assert "input | Phase I (W) | HyperInverter | edit: dir" in page  # faces-64 here holds HyperInverter alone
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0  # an earlier demo's folder: written again
+    # A user's file at a picture's name in it is not (it was replaced without a word).
+    (out / "face_obama.png").write_text("mine")
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 2
+    assert "face_obama.png: exists and was not written by hyperinverter" in capsys.readouterr().err
+    assert (out / "face_obama.png").read_text() == "mine"
     # A folder of the user's is refused as it is (the demo wrote its index.html over theirs).
     user = tmp_path / "site"
     user.mkdir()

@@ -190,11 +190,12 @@ def test_a_pair_of_other_sizes_or_an_unreadable_file_is_reported_and_left_out(tm
     from hyperinverter.evaluation import evaluate_folders
 
     _write_pairs(tmp_path)
-    save_image(torch.zeros(3, 8, 8), tmp_path / "pred" / "001.png")
+    save_image(torch.zeros(3, 8, 12), tmp_path / "pred" / "001.png")
     (tmp_path / "pred" / "000.png").write_bytes(b"broken")
     report, problems = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
     assert report.num_images == 1 and len(problems) == 2
-    assert any("000.png" in p for p in problems) and any("is not the ground truth's" in p for p in problems)
+    assert any("000.png" in p for p in problems)
+    assert any("001.png: it is 12x8 pixels, the ground truth 16x16" in p for p in problems), problems
 
 
 def test_lpips_is_reported_unavailable_offline_never_dropped(tmp_path, monkeypatch):

@@ -199,16 +199,18 @@ def test_folder_entries_that_cannot_be_images_are_reported(world, tmp_path, caps
     folder = tmp_path / "in"
     folder.mkdir()
     hostile.photo(0).save(folder / "good.png")
-    (folder / "trap.png").mkdir()  # a folder with an image's name
+    (folder / "trap.png").mkdir()  # a folder with an image's name: its images are taken, and nothing failed
+    hostile.photo(1).save(folder / "trap.png" / "inner.png")
     (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link
     missing = tmp_path / "missing.png"
     result = cli(capsys, "invert", folder, missing, "--model", world.model, "--out", tmp_path / "out",
                  "--device", "cpu")
     assert result.code == 1
-    assert f"{folder / 'trap.png'}: is a folder" in result.err
+    assert f"{folder / 'trap.png'}: is a folder with an image's name; the images in it are read" in result.err
     assert f"{folder / 'gone.jpg'}: is a broken symbolic link" in result.err
     assert f"{missing}: no such file" in result.err
-    assert (tmp_path / "out" / "good.safetensors").is_file()
+    assert (tmp_path / "out" / "good.safetensors").is_file() and (tmp_path / "out" / "inner.safetensors").is_file()
+    assert "2 failed" in result.out
 
 
 def test_non_utf8_file_names_invert_and_edit(world, tmp_path, capsys):
@@ -508,6 +510,9 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     # (it wrote "-1 faces" and a dataset.json counting -1)
     (["data", "faces64", "--out", "o", "--n", "-1"], "--n: must be at least 1, got -1"),
     (["data", "faces64", "--out", "o", "--seed-start", "-3"], "--seed-start: must be at least 0, got -3"),
+    # (an empty list read as "every method": a benchmark started the optimisation methods at full step counts)
+    (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--methods", ""], "--methods: '' names nothing"),
+    (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--methods", ","], "--methods: ',' names nothing"),
 ])
 def test_bad_numbers_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as caught:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hyperinverter.apps import SAMPLES_DIR
 from hyperinverter.cli.main import main
@@ -76,6 +77,9 @@ def test_restore_and_swap_commands(sr_pipe, capsys):
     code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
                  str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap.png")])
     assert code == 0 and (tmp_path / "swap.png").is_file() and (tmp_path / "swap_compare.png").is_file()
+    code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
+                 str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap.jpg")])
+    assert code == 0 and Image.open(tmp_path / "swap.jpg").format == "JPEG"  # (PNG bytes under a .jpg name)
     capsys.readouterr()
     code = main(["swap", str(tmp_path / "in" / "0.png"), str(tmp_path / "in" / "1.png"), "--model",
                  str(tmp_path / "sr4"), "--device", "cpu", "--out", str(tmp_path / "swap2.png"),

@@ -515,8 +515,8 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
             problems.append(str(e))
             continue
         if output.shape != target.shape:
-            problems.append(f"{pred_path}: its size {tuple(output.shape[2:])} is not the ground truth's "
-                            f"{tuple(target.shape[2:])} ({gt_path})")
+            problems.append(f"{pred_path}: it is {output.shape[3]}x{output.shape[2]} pixels, the ground truth "
+                            f"{target.shape[3]}x{target.shape[2]} ({gt_path})")
             continue
         batch.append((pred_path.name if pred_path == pred else pred_path.relative_to(pred).as_posix(), output, target))
         if len(batch) >= batch_size:

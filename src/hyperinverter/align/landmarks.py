@@ -77,7 +77,7 @@ def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 102
     landmarks = detector(photo)
     if not landmarks:
         smallest = 80 >> getattr(detector, "upsample", 0)  # dlib's HOG window, halved by each upsampling
-        raise NoFaceFoundError(f"{source}: no face found (the detector finds upright, roughly frontal faces of "
+        raise NoFaceFoundError(source, "no face found (the detector finds upright, roughly frontal faces of "
                                f"about {smallest} px and more: turn a sideways photo upright)")
     logger.info("%s: %d face(s)", source, len(landmarks))
     return [align_from_landmarks(photo, lm, size=size, scale=scale) for lm in landmarks]

@@ -128,8 +128,8 @@ def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames:
     for i, picture in enumerate(pictures):
         partner = pictures[(i + 1) % len(pictures)].image if len(pictures) > 1 else picture.image.flip(-1)
         panels, labels = _strip(pipe, picture.image.to(pipe.device), partner.to(pipe.device), directions, frames)
-        path = save_image(labelled_row(panels, labels), report.out_dir / f"face_{picture.name}.png",
-                          replace_any=True)  # (the folder is the demo's: run_demo checks it)
+        # (an earlier demo's picture is replaced; a user's file at its name is not: the folder may hold both)
+        path = save_image(labelled_row(panels, labels), report.out_dir / f"face_{picture.name}.png")
         report.items.append(DemoItem(f"{picture.name} ({title})", path, " | ".join(labels)))
 
 
@@ -146,8 +146,7 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
     for i, (path, x) in enumerate(zip(paths, tensors)):
         partner = tensors[(i + 1) % len(tensors)]
         panels, labels = _strip(pipe, x.to(pipe.device), partner.to(pipe.device), directions, frames)
-        picture = save_image(labelled_row(panels, labels), report.out_dir / f"{title}_{path.stem}.png",
-                             replace_any=True)  # (the folder is the demo's: run_demo checks it)
+        picture = save_image(labelled_row(panels, labels), report.out_dir / f"{title}_{path.stem}.png")
         report.items.append(DemoItem(f"held-out image {path.stem} ({title})", picture, " | ".join(labels)))
 
 

@@ -153,7 +153,7 @@ def run_swap(args: argparse.Namespace) -> int:
         source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
     swap = face_swap(pipe, source, target, **dict(args.option))
     panels = torch.cat([source, target, swap.composite, swap.result.image])
-    files = [(out, image_bytes(swap.result.image[0])), (compare, image_bytes(make_grid(panels, nrow=4)))]
+    files = [(out, image_bytes(swap.result.image[0], out.suffix)), (compare, image_bytes(make_grid(panels, nrow=4)))]
     if args.align:
         files.append((photo_out, image_bytes(swap.pasted(*target_face), photo_out.suffix)))
     atomic_write_group(files)

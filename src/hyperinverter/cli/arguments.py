@@ -62,6 +62,14 @@ def at_most(parse, limit: float):
     return parse_at_most
 
 
+def name_list(text: str) -> list[str]:
+    """Comma-separated names (``--methods psp,e4e``); none at all is refused (an empty list read as "every one")."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing: give comma-separated names, e.g. phase1,psp")
+    return names
+
+
 def port(text: str) -> int:
     value = positive_int(text)
     if value > 65535:

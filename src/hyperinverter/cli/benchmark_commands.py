@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .arguments import add_dtype, nonnegative_int, positive_int
+from .arguments import add_dtype, name_list, nonnegative_int, positive_int
 from .inversion_commands import (
     _add_model,
     _load_pipeline,
@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="held-out image folder (never the training data)")
     _add_model(p)
     add_dtype(p)
-    p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
+    p.add_argument("--methods", type=name_list, default=None,
                    help="comma-separated methods (default: the model's trained methods, then the optimisation ones)")
     p.add_argument("--images", type=positive_int, default=64, help="images each trained method inverts")
     p.add_argument("--optimisation-images", type=positive_int, default=16,

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_device, add_dtype, add_min_face_score, finite_float, positive_int
+from .arguments import add_device, add_dtype, add_min_face_score, finite_float, name_list, positive_int
 
 
 def _add_model(p: argparse.ArgumentParser, *, required: bool = True, photos: bool = True) -> None:
@@ -564,7 +564,7 @@ def register_evaluate(sub) -> None:
     p.add_argument("--editability", type=positive_int, default=None, metavar="N",
                    help="also measure ground-truth editability on N images the generator makes from known codes, "
                    "with the model's directions (writes OUT-editability.md/.json)")
-    p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=None,
+    p.add_argument("--methods", type=name_list, default=None,
                    help="comma-separated methods to score (default: every trained method of the model)")
     p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. wplus-opt.steps=500 (repeatable)")

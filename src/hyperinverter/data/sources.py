@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import InputError, naming
 from ..generate import z_from_seeds
-from ..io.files import atomic_write_bytes, atomic_write_group, check_outside, check_own_folder
+from ..io.files import atomic_write_bytes, atomic_write_group, check_outside, check_own_folder, written_by_us
 from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
 from ..progress import progress_bar
 
@@ -274,16 +274,15 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
         logger.warning("skipped %s", problem)
     for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
         target = out_dir / path.relative_to(source_dir).with_suffix(".png")
-        if target.exists():
+        if target.exists() and written_by_us(target):  # (a user's file at its name is no rendering of ours)
             continue
         try:
             image = read_image(path)
-        except InputError as e:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_image(STYLES[style](image), target, durable=False)  # regenerable: skip the per-file fsync
+        except InputError as e:  # unreadable, or a user's file at its name (not replaced)
             logger.warning("skipped %s", e)
             failed += 1
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_image(STYLES[style](image), target, durable=False)  # regenerable: skip the per-file fsync
     meta = {"source": str(source_dir), "style": style, "count": len(paths) - failed}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out_dir, failed
@@ -316,18 +315,18 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     failed: list[InputError] = list(found.problems)
     for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
-        if any(stem.with_name(picture_name(stem.name, 0, n) + ".png").exists() for n in (1, 2)):  # one face, several
+        first = [stem.with_name(picture_name(stem.name, 0, n) + ".png") for n in (1, 2)]  # one face, several
+        if any(p.exists() and written_by_us(p) for p in first):  # (a user's file at its name is no face of ours)
             continue
         try:
             faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
-        except InputError as e:  # unreadable, or no face: the photo is reported, the folder goes on
+            # Aligned at 4x, then reduced: the warp does not alias (as invert --align does).
+            atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
+                                 image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS)))
+                                for i, face in enumerate(faces)], durable=False)  # regenerable: no per-file fsync
+        except InputError as e:  # unreadable, no face, or a user's file at a face's name: the folder goes on
             failed.append(naming(e, path))
-            continue
-        # Aligned at 4x, then reduced: the warp does not alias (as invert --align does).
-        atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
-                             image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS)))
-                            for i, face in enumerate(faces)], durable=False)  # regenerable: no per-file fsync
-    count = sum(1 for p in out_dir.rglob("*.png"))
+    count = sum(1 for p in out_dir.rglob("*.png") if written_by_us(p))
     meta = {"source": str(source_dir), "alignment": alignment, "size": size, "count": count,
             "photos_failed": len(failed)}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())

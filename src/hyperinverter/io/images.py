@@ -497,8 +497,8 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
                 skip: Sequence[str | os.PathLike] = ()) -> FoundImages:
     """Expand files and folders (recursively, sorted) into image paths, once each (``inputs``: paths, or one).
 
-    Inputs that cannot be images are returned as problems, not dropped: a missing input, a broken symbolic
-    link or a folder with an image suffix. Files named explicitly are kept whatever their suffix (reading them
+    Inputs that cannot be images are returned as problems, not dropped: a missing input or a broken symbolic
+    link. A folder with an image suffix inside a folder is a folder (its images are taken), with a warning. Files named explicitly are kept whatever their suffix (reading them
     says whether they are images); in folders, only files with an image suffix are taken.
 
     ``skip``: folders inside an input folder that its expansion does not enter, such as the command's own output
@@ -527,9 +527,8 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
                     continue
                 if q.is_file():
                     take(q)
-                elif q.is_dir():
-                    problems.append(ImageReadError(q, "is a folder, not an image file (the images in it are "
-                                                      "inverted)"))
+                elif q.is_dir():  # (its images are taken as those of any folder: nothing failed)
+                    logger.warning("%s: is a folder with an image's name; the images in it are read as well", q)
                 elif q.is_symlink():
                     problems.append(ImageReadError(q, "is a broken symbolic link"))
         elif p.exists():
