@@ -498,8 +498,9 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
     """Expand files and folders (recursively, sorted) into image paths, once each (``inputs``: paths, or one).
 
     Inputs that cannot be images are returned as problems, not dropped: a missing input or a broken symbolic
-    link. A folder with an image suffix inside a folder is a folder (its images are taken), with a warning. Files named explicitly are kept whatever their suffix (reading them
-    says whether they are images); in folders, only files with an image suffix are taken.
+    link. A folder with an image suffix inside a folder is a folder (its images are taken), with a warning. Files
+    named explicitly are kept whatever their suffix (reading them says whether they are images); in folders, only
+    files with an image suffix are taken.
 
     ``skip``: folders inside an input folder that its expansion does not enter, such as the command's own output
     folder (a re-run would otherwise take the results for inputs). An input folder that is itself one of them is
