@@ -46,7 +46,7 @@ from hyperinverter.config_base import decode, encode
 from hyperinverter.convert.gan_files import load_gan
 from hyperinverter.data.sources import FACES64_LICENSE, FASHION_LICENSE
 from hyperinverter.device import resolve_device
-from hyperinverter.editing.directions import GANSpaceDirection, load_direction, save_direction
+from hyperinverter.editing.directions import GANSpaceDirection, load_direction, save_direction, w_probe
 from hyperinverter.editing.ganspace import GANSpaceBasis, compute_ganspace
 from hyperinverter.editing.sheet import parse_layer_range, render_ganspace_sheet
 from hyperinverter.generate import generate_images
@@ -397,11 +397,13 @@ def verify_fp16(reference: InversionPipeline, folder: Path, images: torch.Tensor
 
 
 def build_directions(basis: GANSpaceBasis, specs: dict[str, tuple[int, str, float]],
-                     num_ws: int) -> list[GANSpaceDirection]:
-    out = []
+                     G: Generator) -> list[GANSpaceDirection]:
+    """The named directions, each with the generator's probe codes (``w_space_mismatch`` warns where one is used
+    with another generator)."""
+    probe, out = w_probe(G), []
     for name, (index, layers, strength) in specs.items():
-        start, end = parse_layer_range(layers, num_ws)
-        out.append(GANSpaceDirection(basis, int(index), start, end, float(strength), name=name))
+        start, end = parse_layer_range(layers, G.num_ws)
+        out.append(GANSpaceDirection(basis, int(index), start, end, float(strength), name=name, w_probe=probe))
     return out
 
 
@@ -759,7 +761,7 @@ def package(
 
         # 2. GANSpace directions and the sheet to name them
         basis = compute_ganspace(G, num_samples=ganspace_samples, num_components=min(ganspace_components, G.w_dim))
-        named = build_directions(basis, specs, G.num_ws)
+        named = build_directions(basis, specs, G)
         write_directions(named, tmp / "directions")
         render_ganspace_sheet(G, basis, tmp / "ganspace_sheet.png", components=SHEET_COMPONENTS, seeds=SHEET_SEEDS,
                               strength=SHEET_STRENGTH, steps=SHEET_STEPS, truncation_psi=SAMPLE_TRUNCATION)

@@ -213,7 +213,8 @@ def test_train_from_inversion_files(tiny_generator, tmp_path):
 @pytest.mark.parametrize("text, cause", [
     ("seed,a\n1,0.5\nx,0.2\n", r"row 3: seed 'x' is not an integer"),
     ("seed,a\n1,0.5\n2,high\n", r"row 3: 'a' is 'high', not a number"),
-    ("seed,a\n1,0.5\n2,nan\n", r"row 3: 'a' is 'nan'; leave the cell empty"),
+    ("seed,a\n1,0.5\n2,nan\n", r"row 3: 'a' is 'nan'; it must be empty for a sample without a label"),
+    ("seed,trunc,a\n1,nan,0.5\n", r"row 2: 'trunc' is 'nan'; it must be a finite number"),
     ("seed,a\n1,0.5\n\n2,0.1,7\n", r"row 4: has 3 cells, the header 2"),
     ("seed,a\n1,0.5\n1,0.2\n", r"row 3: seed '1' repeats row 2"),
     ("seed,a\n-4,0.5\n", r"row 2: seed -4 is out of range"),

@@ -634,7 +634,7 @@ def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
     # A render that overflowed failed without naming its input ("failed: the rendered image holds NaN ...").
     result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
                  "1e299", "--out", tmp_path / "e")
-    assert result.code == 1 and f"failed: {world.inv}: the rendered image holds NaN" in result.err
+    assert result.code == 1 and f"failed: {world.inv}: the edited image holds NaN" in result.err
     result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
                  "1e308", "--out", tmp_path / "e")  # (past what a strength can be: refused before any image)
     assert result.code == 2 and "strength must be a finite number within ±1e300, got 1e+308" in result.err
@@ -722,7 +722,7 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
     assert not (tmp_path / "int8").exists()
     pipe.save_pretrained(tmp_path / "half", dtype="fp16")
     # A direction's strength of NaN was taken; metadata nested 100,000 deep was a RecursionError.
-    with pytest.raises(ValueError, match="default strength must be a finite number, got nan"):
+    with pytest.raises(ValueError, match="default strength must be a finite number within ±1e300, got nan"):
         LinearDirection(torch.ones(1, 16), default_strength=float("nan"))
     deep = tmp_path / "deep.safetensors"
     save_safetensors(deep, {"vector": torch.ones(1, 16)}, {"direction": "[" * 100_000 + "]" * 100_000})
@@ -953,3 +953,66 @@ def test_encoder_resolution_must_fit_the_feature_encoder(world, tmp_path, capsys
     result = cli(capsys, "invert", world.photos, "--model", model, "--out", tmp_path / "out", "--device", "cpu")
     assert result.code == 2 and "feature encoder was built for 64-px inputs, but the encoders are fed 128-px" \
         in result.err
+
+
+def test_what_the_editing_and_api_fuzzing_pass_found(world, tmp_path, capsys, caplog):
+    from hyperinverter.editing.directions import LinearDirection
+
+    pipe = InversionPipeline.from_pretrained(world.model, device="cpu")
+    result, _ = pipe.load_result(world.inv)
+    # The API: steps without a bound took 24 GB; a path or None where a result belongs, and tensors on the meta
+    # device, were errors from deep inside.
+    with pytest.raises(ValueError, match="steps must be a whole number from 2 to 240"):
+        pipe.interpolate(result, result, steps=10**9)
+    for call in (lambda: pipe.edit(str(world.inv), "up"), lambda: pipe.mix(result, None, 0, 2),
+                 lambda: pipe.save_result(None, tmp_path / "x.safetensors"), lambda: pipe.interpolate(result, None)):
+        with pytest.raises(TypeError, match="must be an InversionResult"):
+            call()
+    for call, name in ((lambda: pipe.invert(torch.zeros(1, 3, 32, 32, device="meta")), "images"),
+                       (lambda: pipe.render(torch.zeros(1, *result.ws.shape[1:], device="meta")), r"ws \(the codes\)"),
+                       (lambda: pipe.edit(result, torch.ones(16, device="meta")), "direction")):
+        with pytest.raises(ValueError, match=f"{name} is a tensor on the meta device"):
+            call()
+    # A strength too large to render blamed the model; one past the bound was stored by `directions train`.
+    with pytest.raises(ValueError, match="its default strength must be a finite number within ±1e300"):
+        LinearDirection(torch.ones(1, 16), name="x", default_strength=1e308)
+    result_cli = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction,
+                     "--strength", "1e299", "--out", tmp_path / "e")
+    assert result_cli.code == 1 and "give a smaller strength" in result_cli.err
+    # A missing input stopped a batch of edits halfway (exit 2), hiding what had failed and what was left.
+    other = world.inv_other.with_name("p1.safetensors")
+    result_cli = cli(capsys, "edit", world.inv, tmp_path / "gone.safetensors", other, "--model", world.model,
+                     "--direction", world.direction, "--out", tmp_path / "batch")
+    assert result_cli.code == 1 and "gone.safetensors: no such file or directory" in result_cli.err
+    assert "wrote edits of 1 input(s)" in result_cli.out  # (the other model's file fails on its own)
+    # Messages that named the wrong thing, and a list that called a file a folder.
+    result_cli = cli(capsys, "ganspace", "--model", world.model, "--components", "5-1", "--out", tmp_path / "s.png")
+    assert result_cli.code == 2 and "bad component range '5-1'" in result_cli.err
+    result_cli = cli(capsys, "directions", "list", "--model", world.inv)
+    assert result_cli.code == 2 and "is a file, not a model folder" in result_cli.err
+    result_cli = cli(capsys, "mix", world.inv, world.inv, "--model", world.model, "--layers", "0:2", "--layers", "0:2",
+                     "--out", tmp_path / "m.png")
+    assert result_cli.code == 2 and "--layers: 0:2 given more than once" in result_cli.err
+    with pytest.raises(SystemExit):  # (it wrote clips.png, .gif and .mp4 beside the folder meant)
+        main(["interpolate", str(world.inv), str(world.inv), "--model", str(world.model), "--out",
+              f"{tmp_path}/clips/"])
+    assert "names a folder (it ends in '/')" in capsys.readouterr().err and not list(tmp_path.glob("clips*"))
+    # A user's file over the weights of a folder export-generator wrote was replaced (its config.json was ours).
+    assert cli(capsys, "export-generator", world.inv, "--model", world.model, "--out", tmp_path / "g").code == 0
+    (tmp_path / "g" / "model.safetensors").write_text("mine")
+    result_cli = cli(capsys, "export-generator", world.inv, "--model", world.model, "--out", tmp_path / "g")
+    assert result_cli.code == 2 and "holds files hyperinverter did not write (model.safetensors)" in result_cli.err
+    assert (tmp_path / "g" / "model.safetensors").read_text() == "mine"
+
+
+def test_the_bundled_directions_know_their_generator(tmp_path, caplog):
+    # A direction of fashion-32 used on faces-64 (both 128-d codes) gave an edit without a word.
+    pipe = InversionPipeline.from_pretrained("faces-64", device="cpu")
+    result = pipe.invert(pipe.prepare(torch.zeros(1, 3, 64, 64)))
+    with caplog.at_level("WARNING"):
+        pipe.edit(result, "yaw")
+        assert "found on another generator" not in caplog.text
+        from hyperinverter.catalogue import resolve_model
+
+        pipe.edit(result, resolve_model("fashion-32") / "directions" / "print.safetensors")
+    assert "direction 'print': it was found on another generator" in caplog.text

@@ -19,22 +19,23 @@ MAX_SEEDS = 100_000
 MAX_SEED = 2**32 - 1  # as NVIDIA's gen_images.py takes them
 
 
-def parse_seeds(spec: str) -> list[int]:
+def parse_seeds(spec: str, *, what: str = "seed") -> list[int]:
     """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``: each seed once, in the order given, at most ``MAX_SEEDS`` of them, each
-    at most ``MAX_SEED``."""
+    at most ``MAX_SEED``. ``what`` names the numbers in errors (``"component"``: GANSpace's sheet takes its
+    components in the same form)."""
     seeds: dict[int, None] = {}  # ordered, without repeats
     for part in spec.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise ValueError(f"bad seed range {part!r}: use forms like '0-15' or '1,4,9-12'")
+            raise ValueError(f"bad {what} range {part!r}: use forms like '0-15' or '1,4,9-12'")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
-            raise ValueError(f"bad seed range {part!r}: end before start")
+            raise ValueError(f"bad {what} range {part!r}: end before start")
         if hi > MAX_SEED:
-            raise ValueError(f"bad seed range {part!r}: seeds go from 0 to {MAX_SEED}")
+            raise ValueError(f"bad {what} range {part!r}: {what}s go from 0 to {MAX_SEED}")
         if len(seeds) + hi - lo + 1 > MAX_SEEDS:
-            raise ValueError(f"seed range {spec!r} asks for more than {MAX_SEEDS} seeds")
+            raise ValueError(f"{what} range {spec!r} asks for more than {MAX_SEEDS} {what}s")
         seeds.update(dict.fromkeys(range(lo, hi + 1)))
     return list(seeds)
 

@@ -80,6 +80,26 @@ def _numpy_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
 
 
+# Every frame is held (`interpolate` holds it three times: frames, the there-and-back sequence, the video: 240 are
+# 9 GB at 1024 px, and its strip is one row of them). A longer sequence is made one frame at a time (blend).
+MAX_INTERPOLATION_STEPS = 240
+
+
+def _check_result(value: object, name: str) -> None:
+    """A ``TypeError`` naming ``name`` unless ``value`` is an ``InversionResult`` (a path or None was an
+    ``AttributeError`` deep inside)."""
+    if not isinstance(value, InversionResult):
+        raise TypeError(f"{name} must be an InversionResult (from invert, or load_result for a file), got "
+                        f"{type(value).__name__}")
+
+
+def _check_values(tensor: torch.Tensor, name: str) -> None:
+    """A ``ValueError`` naming ``name`` where ``tensor`` holds no values (the meta device): torch's own error came
+    from deep inside (``Tensor.item() cannot be called on meta tensors``)."""
+    if tensor.is_meta:
+        raise ValueError(f"{name} is a tensor on the meta device, which holds no values")
+
+
 def ensure_finite(images: torch.Tensor, what: str) -> torch.Tensor:
     """``images``, or ``NonFiniteError`` when any value is NaN or infinite (never a silently black picture)."""
     bad = non_finite_samples(images)
@@ -541,6 +561,7 @@ class InversionPipeline:
             raise TypeError("images must be a tensor, an image, a path, or a list of images or paths; got "
                             f"{type(images).__name__}")
         if isinstance(images, torch.Tensor):
+            _check_values(images, "images")
             x = images if images.ndim == 4 else images[None]
             if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
                 x = x.float() / 127.5 - 1
@@ -549,6 +570,8 @@ class InversionPipeline:
         else:
             images = list(images)
             if images and all(isinstance(item, torch.Tensor) for item in images):  # a list of image tensors
+                for item in images:
+                    _check_values(item, "images")
                 if len({tuple(item.shape[-3:]) for item in images}) > 1:
                     raise ValueError(f"the image tensors differ in shape: {[tuple(i.shape) for i in images][:4]}")
                 return self.prepare(torch.cat([item if item.ndim == 4 else item[None] for item in images]))
@@ -612,6 +635,9 @@ class InversionPipeline:
         if not isinstance(ws, torch.Tensor) or ws.ndim != 3 or tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
             shape = tuple(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__
             raise ValueError(f"codes must be [B, {G.num_ws}, {G.w_dim}] for this generator, got {shape}")
+        _check_values(ws, "ws (the codes)")
+        for name, offset in (weight_delta or {}).items():
+            _check_values(offset, f"the offset {name}")
         with self._first_pass(), reduced_precision(self.device, self.dtype):
             images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images.float(), "the rendered image")
@@ -642,6 +668,7 @@ class InversionPipeline:
         if min_resolution is not None and (isinstance(min_resolution, bool) or not isinstance(min_resolution, int)
                                            or min_resolution < 1):
             raise ValueError(f"min_resolution must be a whole number of 1 or more, got {min_resolution!r}")
+        _check_result(result, "result")
         check_same_architecture(self.generator, generator)
         generator = generator.to(self.device).eval()
         min_resolution = min_resolution or self.generator.resolution // 8
@@ -658,6 +685,7 @@ class InversionPipeline:
         and the rest read back with this model. ``source``: the image it was inverted from, if any."""
         from .inversion.files import check_fits, save_inversion
 
+        _check_result(result, "result")
         # (another model's result was written labelled with this model's name and generator)
         check_fits("the result", result.ws, result.weight_delta, {}, self.generator,
                    model=repr(self.name or "this model"), fingerprint=self.fingerprint)
@@ -687,11 +715,13 @@ class InversionPipeline:
         ``direction``: a direction object; the name of one this bundle ships (``hyperinverter directions list``)
         or a direction file, as ``edit --direction`` takes; or a vector ``[w_dim]`` / ``[1|num_ws, w_dim]`` added
         ``strength`` times (default 1)."""
-        if strength is not None and (isinstance(strength, bool) or not isinstance(strength, numbers.Real)):
-            raise TypeError(f"strength must be a number, got {strength!r}")
-        if strength is not None and not (-1e300 < strength < 1e300):  # (10**400 overflowed math.isfinite; NaN fails)
-            raise ValueError(f"strength must be a finite number within ±1e300, got {str(strength)[:24]}")
+        from .editing.directions import check_strength
+
+        _check_result(result, "result")
+        if strength is not None:
+            check_strength(strength)
         if isinstance(direction, torch.Tensor):
+            _check_values(direction, "direction")
             vector = direction.detach().float().reshape(1, -1) if direction.ndim == 1 else direction.detach().float()
             direction = LinearDirection(vector, default_strength=1.0)
         elif isinstance(direction, (str, os.PathLike)):
@@ -707,7 +737,12 @@ class InversionPipeline:
         self._check_w_space(direction)
         ws = direction.apply(result.ws.to(self.device), strength)
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
-        return self.render(ws, delta)
+        try:
+            return self.render(ws, delta)
+        except NonFiniteError:  # (the edit, not the model: blamed on "the model's weights or an option" before)
+            moved = float((ws - result.ws.to(ws)).abs().nan_to_num(posinf=math.inf).max())
+            raise NonFiniteError(None, f"the edited image holds NaN or infinite values: the edit moved the codes by "
+                                 f"up to {moved:.3g}; give a smaller strength") from None
 
     def _check_w_space(self, direction: Direction) -> None:
         """Warn, once per direction, when it was found on another generator (``w_space_mismatch``)."""
@@ -725,8 +760,9 @@ class InversionPipeline:
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:
         """Lerp both ``ws`` and every offset from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-            raise ValueError(f"steps must be a whole number of 2 or more, got {steps!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_INTERPOLATION_STEPS:
+            raise ValueError(f"steps must be a whole number from 2 to {MAX_INTERPOLATION_STEPS}, got {steps!r} "
+                             "(a longer sequence: blend one frame at a time)")
         return torch.cat([self.blend(a, b, t) for t in torch.linspace(0, 1, steps).tolist()])
 
     @torch.no_grad()
@@ -735,6 +771,8 @@ class InversionPipeline:
 
         When only one end has offsets (a W method and HyperInverter, say), the other end counts as no offset.
         """
+        _check_result(a, "a")
+        _check_result(b, "b")
         if len(a) != 1 or len(b) != 1:
             raise ValueError("interpolate takes one image per end point")
         if a.ws.shape != b.ws.shape:
@@ -755,6 +793,8 @@ class InversionPipeline:
         and shape, fine rows colour and texture). ``b`` holds one image (mixed into every sample of ``a``) or as
         many as ``a``.
         """
+        _check_result(a, "a")
+        _check_result(b, "b")
         num_ws = a.ws.shape[1]
         for name, value in (("start", start), ("end", end)):
             if isinstance(value, bool) or not isinstance(value, int):

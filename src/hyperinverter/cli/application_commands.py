@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_dtype, add_min_face_score
+from .arguments import add_dtype, add_min_face_score, file_path
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _report_failures
 
 
@@ -53,7 +53,7 @@ def register(sub) -> None:
                    help="the inputs are photos: find the face in each (dlib 68 landmarks; the largest where there are "
                    "several) and FFHQ-align it at the model's crop scale, as invert --align does")
     add_min_face_score(p)
-    p.add_argument("--out", required=True, type=Path, help="the result image (.png)")
+    p.add_argument("--out", required=True, type=file_path, help="the result image (.png)")
     p.set_defaults(func=run_swap)
 
 

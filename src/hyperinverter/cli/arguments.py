@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
 
 def _integer_at_least(text: str, minimum: int) -> int:
@@ -60,6 +62,15 @@ def at_most(parse, limit: float):
 
     parse_at_most.__name__ = parse.__name__
     return parse_at_most
+
+
+def file_path(text: str) -> Path:
+    """An output that is one file: a name ending in a separator names a folder (``--out clips/`` wrote
+    ``clips.png``, ``clips.gif`` and ``clips.mp4`` beside it)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} names a folder (it ends in {text[-1]!r}); give a file name, "
+                                         f"e.g. {text}result.png")
+    return Path(text)
 
 
 def name_list(text: str) -> list[str]:

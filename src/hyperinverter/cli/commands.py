@@ -7,7 +7,16 @@ import math
 import sys
 from pathlib import Path
 
-from .arguments import add_device, add_dtype, at_most, finite_float, port, positive_float, positive_int
+from .arguments import (
+    add_device,
+    add_dtype,
+    at_most,
+    file_path,
+    finite_float,
+    port,
+    positive_float,
+    positive_int,
+)
 
 
 def _generate(sub) -> None:
@@ -19,7 +28,8 @@ def _generate(sub) -> None:
     p.add_argument("--trunc", type=finite_float, default=1.0, help="truncation psi (default 1.0: none)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--out", type=Path, default=None, help="output image: a grid of all seeds (default grid.png)")
+    where.add_argument("--out", type=file_path, default=None,
+                       help="output image: a grid of all seeds (default grid.png)")
     where.add_argument("--outdir", type=Path, default=None,
                        help="write one PNG per seed (seed0042.png, as NVIDIA's gen_images.py) into this folder, a "
                        "batch in memory at a time; running it again skips the seeds already written by the same "
@@ -113,7 +123,7 @@ def _ganspace(sub) -> None:
     )
     p.add_argument("--model", required=True,
                    help="generator (any supported format), pipeline folder, or bundled model name (e.g. faces-64)")
-    p.add_argument("--out", type=Path, default=Path("ganspace_sheet.png"), help="the sheet (PNG)")
+    p.add_argument("--out", type=file_path, default=Path("ganspace_sheet.png"), help="the sheet (PNG)")
     p.add_argument("--components", default="0-7", help="components on the sheet, e.g. '0-7' or '0,3,5' (default 0-7)")
     p.add_argument("--layers", default=":", help="layer range START:END the sheet edits (default: every layer)")
     p.add_argument("--seeds", default="0-2", help="seeds of the sheet's samples (default 0-2)")
@@ -142,9 +152,15 @@ def run_ganspace(args: argparse.Namespace) -> int:
     from ..io.images import image_output_path
 
     G = load_generator(generator_path(args.model), device=resolve_device(args.device))
+    # Checked before the PCA and the sheet, so that a bad option writes nothing.
     layers = parse_layer_range(args.layers, G.num_ws)
-    saved = [(name, pc, parse_layer_range(spec, G.num_ws), s) for name, pc, spec, s in args.save]
-    # Checked before the PCA and the sheet, so that a bad --save writes nothing.
+    components, seeds = parse_seeds(args.components, what="component"), parse_seeds(args.seeds)
+    saved = []
+    for name, pc, spec, s in args.save:
+        try:
+            saved.append((name, pc, parse_layer_range(spec, G.num_ws), s))
+        except ValueError as e:  # (it did not say which --save)
+            raise ValueError(f"--save {name}: {e}") from None
     names = [name for name, *_ in saved]
     if len(set(names)) < len(names):
         raise ValueError(f"--save: {sorted({n for n in names if names.count(n) > 1})} given more than once (each "
@@ -156,8 +172,8 @@ def run_ganspace(args: argparse.Namespace) -> int:
     for path in [image_output_path(args.out), *(args.out.parent / f"{name}.safetensors" for name in names)]:
         check_file_replaceable(path)
     basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)
-    sheet = render_ganspace_sheet(G, basis, image_output_path(args.out), components=parse_seeds(args.components),
-                                  layers=layers, seeds=parse_seeds(args.seeds), strength=args.strength,
+    sheet = render_ganspace_sheet(G, basis, image_output_path(args.out), components=components,
+                                  layers=layers, seeds=seeds, strength=args.strength,
                                   truncation_psi=args.trunc)
     print(f"wrote the sheet of layers {layers[0]}:{layers[1]} to {sheet}")
     for name, pc, (start, end), strength in saved:

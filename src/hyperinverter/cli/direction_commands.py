@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import finite_float, nonnegative_float, nonnegative_int, positive_int
+from .arguments import file_path, finite_float, nonnegative_float, nonnegative_int, positive_int
 from .inversion_commands import _add_model
 
 OFFICIAL_DOMAINS = ("cars", "church", "faces")  # editing.official's tables (not imported here: it loads torch)
@@ -87,7 +87,7 @@ def register(sub) -> None:
                    help="the default strength stored in the file (default: 2 standard deviations of the codes "
                    "along the direction)")
     q.add_argument("--name", default=None, help="the direction's name (default: the attribute)")
-    q.add_argument("--out", type=Path, default=None,
+    q.add_argument("--out", type=file_path, default=None,
                    help="the direction file to write (default: ATTRIBUTE.safetensors in the current folder)")
     q.set_defaults(func=run_train)
 
@@ -111,7 +111,7 @@ def register(sub) -> None:
     q.add_argument("--min-face-score", type=nonnegative_float, default=0.0,
                    help="the lowest dlib detection score kept (default 0, dlib's own: samples are small)")
     q.add_argument("--batch-size", type=positive_int, default=32)
-    q.add_argument("--out", required=True, type=Path, help="the labels CSV to write")
+    q.add_argument("--out", required=True, type=file_path, help="the labels CSV to write")
     q.set_defaults(func=run_label)
 
     q = actions.add_parser("import", help="official direction files as ours, for a model's directions/ folder: "
@@ -241,8 +241,16 @@ def run_import(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     from ..catalogue import local_model_path
     from ..editing.catalogue import direction_catalogue
+    from ..errors import InputError
+    from ..io.files import output_kind
 
+    folder = local_model_path(args.model)
+    if not folder.is_dir():  # (an inversion file was "a folder with no directions", exit 0)
+        raise InputError(args.model, "is a file, not a model folder")
     entries = direction_catalogue(args.model)
+    if not entries and output_kind(folder) is None:
+        raise InputError(args.model, "is not a model folder (it holds no pipeline.json, no generator and no "
+                         "directions)")
     if not entries:
         print(f"{args.model} has no directions (its folder {local_model_path(args.model)} has no "
               "directions/*.safetensors)")

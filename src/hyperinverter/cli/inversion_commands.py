@@ -7,7 +7,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_device, add_dtype, add_min_face_score, finite_float, name_list, positive_int
+from .arguments import (
+    add_device,
+    add_dtype,
+    add_min_face_score,
+    file_path,
+    finite_float,
+    name_list,
+    positive_int,
+)
 
 
 def _add_model(p: argparse.ArgumentParser, *, required: bool = True, photos: bool = True) -> None:
@@ -39,12 +47,9 @@ def _add_method(p: argparse.ArgumentParser) -> None:
                    help="an option of the method, e.g. iterations=3 (repeatable; see `hyperinverter methods`)")
 
 
-# Every frame sits in memory three times (frames, the there-and-back sequence, the video), 240 are 9 GB at 1024 px,
-# and the strip is one row of them; longer sequences are the API's (pipe.interpolate, one frame at a time: blend).
-MAX_INTERPOLATION_STEPS = 240
-
-
 def _steps(text: str) -> int:
+    from ..pipeline import MAX_INTERPOLATION_STEPS
+
     value = positive_int(text)
     if not 2 <= value <= MAX_INTERPOLATION_STEPS:
         raise argparse.ArgumentTypeError(f"an interpolation takes 2 to {MAX_INTERPOLATION_STEPS} steps, got {value}")
@@ -117,7 +122,7 @@ def register(sub) -> None:
     _add_method(p)
     p.add_argument("--steps", type=_steps, default=8)
     p.add_argument("--fps", type=positive_int, default=8, help="frames per second of the MP4 (default 8)")
-    p.add_argument("--out", required=True, type=Path,
+    p.add_argument("--out", required=True, type=file_path,
                    help="output stem: writes OUT.png, OUT.gif and, with the video extra (PyAV), OUT.mp4")
     p.set_defaults(func=run_interpolate)
 
@@ -180,7 +185,7 @@ def register(sub) -> None:
     p.add_argument("tuned", type=Path, help="checkpoints/model_<run>_<image>.pt written by PTI")
     p.add_argument("--pivot", required=True, type=Path, help="embeddings/<image>/PTI/0.pt written by PTI")
     _add_model(p)
-    p.add_argument("--out", required=True, type=Path, help="the inversion file to write (.safetensors)")
+    p.add_argument("--out", required=True, type=file_path, help="the inversion file to write (.safetensors)")
     p.set_defaults(func=run_import_pti)
 
     p = sub.add_parser("models", help="list bundled and downloadable models")
@@ -296,7 +301,7 @@ def _direction(args, generator):
 def run_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from ..errors import InputError, naming
+    from ..errors import InputError, describe_os_error, naming
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import (
@@ -350,6 +355,10 @@ def run_edit(args: argparse.Namespace) -> int:
                             for label, pasted in zip(labels, _pasted_back(path, record, edits))]
         except InputError as e:
             failures.append(naming(e, path))
+            continue
+        except OSError as e:  # (a missing input stopped the batch halfway, exit 2, hiding what had failed before it)
+            failures.append(InputError(path, describe_os_error(e)) if e.filename is None else
+                            InputError(describe_os_error(e)))
             continue
         strip = make_grid(pipe.content(torch.cat([result.image] + edits).cpu()), nrow=len(edits) + 1)
         # An input's edits are written whole.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_dtype
+from .arguments import add_dtype, file_path
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _result_for
 
 
@@ -35,7 +35,7 @@ def register(sub) -> None:
     _add_method(p)
     p.add_argument("--layers", required=True, action="append", type=_layer_spec, metavar="START:END",
                    help="the W+ rows taken from B, e.g. 0:4 (coarse) or 8: (fine); repeatable, one mix per range")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=file_path, default=None,
                    help="the mixed image (.png, .jpg or .webp; default: A_B_mix.png in the current folder)")
     p.set_defaults(func=run_mix)
 
@@ -67,6 +67,9 @@ def run_mix(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args)
     num_ws = pipe.generator.num_ws
     ranges = [parse_layer_range(spec, num_ws) for spec in args.layers]  # before any inversion
+    twice = sorted({f"{s}:{e}" for s, e in ranges if ranges.count((s, e)) > 1})
+    if twice:  # (the second mix of a range replaced the first, and the summary listed it twice)
+        raise ValueError(f"--layers: {', '.join(twice)} given more than once")
     mixes, strip = _outputs(args, ranges)
     a, _ = _result_for(pipe, args.a, args)
     b, _ = _result_for(pipe, args.b, args)

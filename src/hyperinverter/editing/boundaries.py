@@ -163,7 +163,8 @@ def _number(text: str, column: str, path: Path, line: int) -> float:
     except ValueError:
         raise _row_error(path, line, f"{column!r} is {text!r}, not a number") from None
     if not math.isfinite(value):
-        raise _row_error(path, line, f"{column!r} is {text!r}; leave the cell empty for a sample without a label")
+        hint = "a finite number" if column in RESERVED_COLUMNS else "empty for a sample without a label"
+        raise _row_error(path, line, f"{column!r} is {text!r}; it must be {hint}")
     return value
 
 
@@ -524,7 +525,9 @@ def train_from_labels(
     table = read_labels(labels)
     path = table.path
     if attribute not in table.attributes:
-        raise InputError(path, f"has no column {attribute!r}; its attributes are {sorted(table.attributes)}")
+        what = (f"{attribute!r} says which sample a row is, it is not an attribute" if attribute in RESERVED_COLUMNS
+                else f"has no column {attribute!r}")
+        raise InputError(path, f"{what}; its attributes are {sorted(table.attributes)}")
     if attribute in conditions:
         raise InputError(attribute, "cannot be conditioned on itself")
     codes = label_codes(table, G, model=model_name)

@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +75,20 @@ class Direction(Protocol):
         ...
 
 
+MAX_STRENGTH = 1e300  # (beyond it the codes overflow; 10**400 overflowed math.isfinite)
+
+
+def check_strength(strength: object, what: str = "strength") -> None:
+    """A ``TypeError`` or ``ValueError`` naming ``what`` unless ``strength`` is a number within ±``MAX_STRENGTH``
+    (NaN was taken, and every edit was a NaN image blamed on the model)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {strength!r}")
+    if not -MAX_STRENGTH < strength < MAX_STRENGTH:  # (NaN fails the range)
+        raise ValueError(f"{what} must be a finite number within ±1e300, got {str(strength)[:24]}")
+
+
 def _check_strength(name: str, strength: float) -> None:
-    if not math.isfinite(strength):  # (NaN was taken, and every edit was a NaN image blamed on the model)
-        raise ValueError(f"direction {name!r}: its default strength must be a finite number, got {strength}")
+    check_strength(strength, f"direction {name!r}: its default strength")
 
 
 @dataclass(frozen=True)

@@ -655,6 +655,11 @@ def check_replaceable(target: Path, kind: str) -> None:
     if found != kind:
         raise OutputError(target, f"holds a {found}, not a {kind}; nothing was changed: choose a new output path")
     foreign = [e for e in entries if e not in _owned_entries(target, kind)]
+    if kind == "generator":  # (a user's file over its weights was replaced while config.json was ours)
+        weights = [target / part / name for part in ("", "generator", "discriminator")
+                   for name in ("model.safetensors", "ws.safetensors")]
+        foreign += [os.fspath(p.relative_to(target)) for p in weights
+                    if p.is_file() and not written_by_us(p, safetensors=True)]
     if foreign:
         raise OutputError(target, f"is a {kind} folder that also holds files hyperinverter did not write "
                           f"({', '.join(foreign[:5])}); nothing was changed: move them, or choose a new path")
