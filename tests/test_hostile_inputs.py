@@ -997,6 +997,15 @@ def test_what_the_editing_and_api_fuzzing_pass_found(world, tmp_path, capsys, ca
         main(["interpolate", str(world.inv), str(world.inv), "--model", str(world.model), "--out",
               f"{tmp_path}/clips/"])
     assert "names a folder (it ends in '/')" in capsys.readouterr().err and not list(tmp_path.glob("clips*"))
+    # An inversion file that lost a layer's offset was rendered without it, without a word.
+    from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
+
+    tensors, metadata = read_safetensors(world.inv)
+    lost = min(k for k in tensors if k.startswith("delta."))
+    save_safetensors(tmp_path / "cut.safetensors", {k: v for k, v in tensors.items() if k != lost}, metadata)
+    with caplog.at_level("WARNING"):
+        pipe.load_result(tmp_path / "cut.safetensors")
+    assert f"its Δθ lacks offsets that this model's hyperinverter predicts ({lost[len('delta.'):]})" in caplog.text
     # A user's file over the weights of a folder export-generator wrote was replaced (its config.json was ours).
     assert cli(capsys, "export-generator", world.inv, "--model", world.model, "--out", tmp_path / "g").code == 0
     (tmp_path / "g" / "model.safetensors").write_text("mine")

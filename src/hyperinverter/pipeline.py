@@ -703,6 +703,12 @@ class InversionPipeline:
         ws, delta, record = load_inversion(path)
         check_fits(path, ws, delta, record, self.generator, model=repr(self.name or "this model"),
                    fingerprint=self.fingerprint)
+        method = self.methods.get(record["method"])
+        expected = method.offset_names() if method is not None and delta is not None else None
+        missing = sorted(expected - set(delta)) if expected is not None else []
+        if missing:  # (a lost layer's offset was taken as none without a word; another bundle's may lack some)
+            logger.warning("%s: its Δθ lacks offsets that this model's %s predicts (%s%s); it is rendered without "
+                           "them", path, record["method"], ", ".join(missing[:4]), ", ..." if len(missing) > 4 else "")
         ws = ws.to(self.device)
         delta = delta.to(self.device) if delta is not None else None
         return InversionResult(ws=ws, image=self.render(ws, delta), weight_delta=delta), record

@@ -186,6 +186,12 @@ class Inverter(nn.Module):
         """The trainable networks, by role (``components``), as a bundle saves them."""
         return {role: getattr(self, role) for role in self.components}
 
+    def offset_names(self) -> frozenset[str] | None:
+        """The synthesis parameters whose offsets (Δθ) every result of this method holds, or None where that is not
+        fixed (no offsets, or offsets of whatever the method tunes); an inversion file of the method is checked
+        against it."""
+        return None
+
     def settings(self) -> dict[str, Any]:
         """JSON-able architecture choices a bundle stores beside the parts (e.g. the encoders' input size)."""
         return {}

@@ -107,6 +107,9 @@ class HyperInverter(Phase1):
         return cls(generator, w_encoder=spec.build_w_encoder(), feature_encoder=spec.build_feature_encoder(),
                    hypernetwork=hypernetwork, encoder_resolution=spec.input_size)
 
+    def offset_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.hypernetwork.targets)
+
     def predict_delta(self, x: torch.Tensor, w_image: torch.Tensor, stopwatch: Stopwatch | None = None
                       ) -> WeightDelta:
         """Phase II: Δθ from the input and its Phase I image; the feature encoder runs on both (shared weights)."""

@@ -89,6 +89,9 @@ class HyperStyle(Phase1):
         return cls(generator, w_encoder=spec.build_w_encoder(), hypernetwork=hypernetwork,
                    encoder_resolution=spec.input_size)
 
+    def offset_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.hypernetwork.config.targets)
+
     def refine(self, x: torch.Tensor, ws: torch.Tensor, start: torch.Tensor, *, iterations: int,
                stopwatch: Stopwatch | None = None, detach: bool = False) -> InversionResult:
         """The iterations from the image ``start`` (``ŷ_0``). ``detach``: cut the graph between iterations (the
