@@ -745,8 +745,11 @@ class InversionPipeline:
         delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
         try:
             return self.render(ws, delta)
-        except NonFiniteError:  # (the edit, not the model: blamed on "the model's weights or an option" before)
-            moved = float((ws - result.ws.to(ws)).abs().nan_to_num(posinf=math.inf).max())
+        except NonFiniteError:
+            moved = float((ws - result.ws.to(ws)).abs().nan_to_num(nan=math.inf).max())
+            if moved < 1e3:  # (codes lie within about ±10: a smaller move is not what broke the render)
+                raise
+            # The edit, not the model: it was blamed on "the model's weights or an option".
             raise NonFiniteError(None, f"the edited image holds NaN or infinite values: the edit moved the codes by "
                                  f"up to {moved:.3g}; give a smaller strength") from None
 
