@@ -306,6 +306,22 @@ def test_a_host_or_port_the_page_cannot_listen_on_is_named_before_loading(capsys
             capsys.readouterr().err
     assert main(["web", "--host", "no.such.host.invalid", "--model", "no-such-model"]) == 2
     assert "--host no.such.host.invalid: not a name or address this machine can listen on" in capsys.readouterr().err
+    with socket.socket() as probe:  # (a port free now)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["web", "--port", str(port), "--content-rows", "0.9", "0.1", "--model", "no-such-model"]) == 2
+    assert "--content-rows: content rows must be [top, bottom] fractions" in capsys.readouterr().err
+
+
+def test_a_generator_alone_of_a_band_domain_is_served_on_its_rows(pipeline, tmp_path):
+    # NVIDIA's cars generator records no rows: --content-rows gives them, and the page fits photos into them.
+    from hyperinverter.io.gan import save_gan
+
+    save_gan(tmp_path / "cars", pipeline.generator)
+    served = WebSession.from_model(tmp_path / "cars", device="cpu", content_rows=(0.125, 0.875))
+    assert served.pipe.content_rows == (0.125, 0.875)
+    folder = pipeline.save_pretrained(tmp_path / "square")  # a bundle keeps its own rows
+    assert WebSession.from_model(folder, device="cpu", content_rows=(0.125, 0.875)).pipe.content_rows is None
 
 
 def test_an_unreadable_direction_file_leaves_the_model_on_the_page(tmp_path):

@@ -32,7 +32,7 @@ from .. import memory
 from ..catalogue import CATALOGUE
 from ..editing.directions import Direction, GANSpaceDirection, edit_directions
 from ..errors import ImageReadError, InputError
-from ..io.files import atomic_write_bytes, file_name_part
+from ..io.files import PIPELINE_INDEX, atomic_write_bytes, file_name_part
 from ..io.images import IMAGE_SUFFIXES, enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
@@ -105,9 +105,11 @@ class WebSession:
 
     @classmethod
     def from_model(cls, model: str | Path, *, device: str | torch.device = "auto", display_size: int = 256,
-                   limits: WebLimits = DEFAULT_LIMITS, dtype: str | torch.dtype = "fp32") -> WebSession:
+                   limits: WebLimits = DEFAULT_LIMITS, dtype: str | torch.dtype = "fp32",
+                   content_rows: tuple[float, float] | None = None) -> WebSession:
         """A pipeline folder or catalogue name, with its directions, its card, its held-out examples and (if
-        installed) dlib alignment. ``dtype``: the precision it runs in (see :class:`InversionPipeline`)."""
+        installed) dlib alignment. ``dtype``: the precision it runs in (see :class:`InversionPipeline`);
+        ``content_rows``: where the model is a generator alone (a bundle records its own)."""
         from ..align import optional_detector
         from ..catalogue import local_model_path
 
@@ -116,7 +118,9 @@ class WebSession:
         if why_not:
             logger.warning(why_not)
         examples = model_examples(path)
-        pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype)
+        bundle = (path / PIPELINE_INDEX).is_file()
+        pipe = InversionPipeline.from_pretrained(path, device=device, dtype=dtype,
+                                                 content_rows=None if bundle else content_rows)
         card = model_card_summary(path) if (path / "MODEL_CARD.md").is_file() else generated_card(path, pipe)
         broken: list[Exception] = []  # one unreadable direction file does not take the model off the page
         directions, stand_in = edit_directions(path, pipe.generator, skipped=broken)
@@ -422,10 +426,12 @@ def user_message(e: BaseException) -> str:
 
 
 def build_app(models: Sequence[str], *, device: str | torch.device = "auto", examples: Sequence[Path] = (),
-              limits: WebLimits = DEFAULT_LIMITS, dtype: str | torch.dtype = "fp32"):
+              limits: WebLimits = DEFAULT_LIMITS, dtype: str | torch.dtype = "fp32",
+              content_rows: tuple[float, float] | None = None):
     """A Gradio ``Blocks`` page over the given models (pipeline folders or catalogue names), loaded on first use.
     ``examples``: real photos offered after each face model's own held-out images. ``dtype``: the precision the
-    models run in: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPUs)."""
+    models run in: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPUs). ``content_rows``: of the models that are a
+    generator alone (see :meth:`InversionPipeline.from_pretrained`)."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before Gradio is imported: nothing leaves
@@ -467,6 +473,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             if name not in sessions:
                 try:
                     sessions[name] = WebSession.from_model(served[name], device=device, limits=limits,
+                                                           content_rows=content_rows,
                                                            dtype=dtype)
                 except (FileNotFoundError, CheckpointError):
                     logger.exception("cannot load %s", served[name])

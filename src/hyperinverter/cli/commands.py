@@ -240,6 +240,10 @@ def _web(sub) -> None:
     p.add_argument("--keep-minutes", type=positive_int, default=defaults.keep_seconds // 60,
                    help=f"uploads, results and a closed page's state are deleted after this (default "
                    f"{defaults.keep_seconds // 60})")
+    p.add_argument("--content-rows", nargs=2, type=finite_float, metavar=("TOP", "BOTTOM"), default=None,
+                   help="for the models that are a generator alone, of a domain that fills only some rows of the "
+                   "square (NVIDIA's cars: 0.125 0.875): those rows, as fractions of the side (a bundle records its "
+                   "own)")
     add_device(p)
     add_dtype(p)
     p.set_defaults(func=run_web)
@@ -250,7 +254,11 @@ def run_web(args: argparse.Namespace) -> int:
     from ..apps.web import WebLimits, build_app, settle_memory
     from ..memory import keep_memory_bounded
 
+    from ..io.images import check_content_rows
+
     _check_can_listen(args.host, args.port)  # before minutes of loading models, and with a message that says why
+    if args.content_rows is not None:  # (the models load on first use: a bad value fails now, not on the page)
+        check_content_rows(args.content_rows, "--content-rows")
     settle_memory(arenas=2)  # before Gradio starts its request threads
     keep_memory_bounded()  # a server's memory must level off: no heap reuse (hyperinverter.memory)
     from ..catalogue import installed_bundles
@@ -259,7 +267,8 @@ def run_web(args: argparse.Namespace) -> int:
                        concurrency=args.concurrency, queue_size=args.queue_size,
                        keep_seconds=60 * args.keep_minutes, max_pages=args.max_pages)
     models = args.model or installed_bundles()
-    app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits)
+    app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits,
+                    content_rows=args.content_rows)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
     app.launch(server_name=args.host, server_port=args.port, show_error=False,
                max_file_size=f"{args.max_upload_mb:g}mb")
