@@ -252,9 +252,8 @@ def _web(sub) -> None:
 def run_web(args: argparse.Namespace) -> int:
     from ..apps import sample_photos
     from ..apps.web import WebLimits, build_app, settle_memory
-    from ..memory import keep_memory_bounded
-
     from ..io.images import check_content_rows
+    from ..memory import keep_memory_bounded
 
     _check_can_listen(args.host, args.port)  # before minutes of loading models, and with a message that says why
     if args.content_rows is not None:  # (the models load on first use: a bad value fails now, not on the page)
