@@ -997,6 +997,10 @@ def test_what_the_editing_and_api_fuzzing_pass_found(world, tmp_path, capsys, ca
         main(["interpolate", str(world.inv), str(world.inv), "--model", str(world.model), "--out",
               f"{tmp_path}/clips/"])
     assert "names a folder (it ends in '/')" in capsys.readouterr().err and not list(tmp_path.glob("clips*"))
+    # A folder of inversion files was a failed input ("is a folder, not an image file"): its files are edited.
+    result_cli = cli(capsys, "edit", world.inv.parent, "--model", world.model, "--direction", world.direction, "--out",
+                     tmp_path / "from-folder")
+    assert result_cli.code == 0 and "wrote edits of 2 input(s)" in result_cli.out
     # An inversion file that lost a layer's offset was rendered without it, without a word.
     from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
 

@@ -69,6 +69,7 @@ def test_phase1_resume_is_exact(tmp_path, gan_dir, images):
     train_w_encoder(config(tmp_path / "b", gan_dir, **kw), images=images, val_images=images[:2])
     a = load_file(tmp_path / "a" / "checkpoints" / "checkpoint-00000006.safetensors")
     b = load_file(tmp_path / "b" / "checkpoints" / "checkpoint-00000006.safetensors")
+    assert not (tmp_path / "a" / "checkpoints" / ".lock").exists()  # (a finished run left its lock file)
     for k in a:
         if k.startswith(("module.", "optim.")):
             assert torch.allclose(a[k], b[k], atol=1e-6), k

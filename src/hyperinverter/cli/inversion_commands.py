@@ -94,7 +94,8 @@ def register(sub) -> None:
     p.set_defaults(func=run_invert)
 
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
-    p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`")
+    p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`, or folders "
+                   "of such files (their .safetensors files are edited)")
     _add_model(p)
     add_dtype(p)
     _add_method(p)
@@ -316,6 +317,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..precision import dtype_name
     from ..progress import progress_bar
 
+    args.inputs = _inversion_files(args.inputs, out=args.out)
     out_dir = prepare_output_folder(args.out)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
@@ -368,6 +370,26 @@ def run_edit(args: argparse.Namespace) -> int:
     print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {skipped} already done, "
           f"{len(failures)} failed")
     return 1 if failures else 0
+
+
+def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
+    """``edit``'s inputs: files as given, and for a folder the inversion files in it (``*.safetensors``, found
+    recursively, not inside ``out``). Its images are not taken: they may be ``invert``'s own results. A folder was
+    a failed input ("is a folder, not an image file")."""
+    from ..errors import InputError
+
+    out = out.resolve()
+    files = []
+    for path in inputs:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*.safetensors") if p.is_file() and not p.resolve().is_relative_to(out))
+        if not found:
+            raise InputError(path, "is a folder without inversion files (.safetensors, written by `invert`); give "
+                             "its images as files")
+        files += found
+    return files
 
 
 def _pasted_back(path: Path, record: dict, edits: list) -> list:

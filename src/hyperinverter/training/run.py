@@ -128,7 +128,8 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
 
     A folder that holds other files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl,
     samples/, best/ and final/. So is a folder another process is training into (its rank 0 holds
-    ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends).
+    ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends, and a finished run removes
+    its file).
     """
     run_dir = Path(run_dir)
     if run_dir.is_symlink() and not run_dir.exists():  # (mkdir said "file exists")
@@ -161,6 +162,8 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
             if fresh and ctx.is_main:
                 _remove_unstarted(run_dir, made=made)
             raise
+        if ctx.is_main:  # a finished run leaves no lock file behind (its holder may remove it while holding it)
+            (checkpoints / ".lock").unlink(missing_ok=True)
 
 
 def record_run_config(run_dir: Path, config: Any, ctx: DistributedContext, *, resumed: bool) -> None:
