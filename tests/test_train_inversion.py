@@ -75,6 +75,28 @@ def test_phase1_resume_is_exact(tmp_path, gan_dir, images):
             assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+def test_a_run_resumed_between_log_lines_logs_what_an_uninterrupted_one_does(tmp_path, gan_dir, images):
+    # A run killed after a checkpoint that is not a log step lost the statistics since its last log line: the next
+    # line averaged only the steps after the resume.
+    import json
+    import shutil
+
+    kw = {"steps": 6, "checkpoint_every": 1, "keep_checkpoints": 0, "log_every": 4}
+    train_w_encoder(config(tmp_path / "a", gan_dir, **kw), images=images, val_images=images[:2])
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)  # as a run killed after step 5's checkpoint left it
+    shutil.copy(tmp_path / "a" / "checkpoints" / "checkpoint-00000005.safetensors", tmp_path / "b" / "checkpoints")
+    train_w_encoder(config(tmp_path / "b", gan_dir, **kw), images=images, val_images=images[:2])
+
+    def last_line(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "stats.jsonl").read_text().splitlines()]
+        row = [r for r in rows if "loss/total" in r][-1]  # (not the validation's line)
+        return {k: v for k, v in row.items() if not k.startswith(("speed/", "time"))}
+
+    a, b = last_line("a"), last_line("b")
+    assert a["step"] == b["step"] == 6 and a.keys() == b.keys()
+    assert all(abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])) for k in a), (a, b)
+
+
 def test_phase2_needs_a_phase1_model(tmp_path, gan_dir, images):
     with pytest.raises(ValueError, match="Phase I"):
         train_hypernetwork(config(tmp_path / "x", gan_dir), images=images, val_images=images[:2])

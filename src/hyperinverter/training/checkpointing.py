@@ -182,6 +182,11 @@ def _progress_problem(progress: object) -> str | None:
     for key in ("task", FROZEN_KEY):
         if not isinstance(progress.get(key, {}), dict):
             return f"its {key} state is a {type(progress[key]).__name__}, not a record"
+    window = progress.get("window", [])  # (the logged steps' statistics since the last log line)
+    if not isinstance(window, list) or not all(
+            isinstance(s, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for k, v in s.items()) for s in window):
+        return "its statistics since the last log line are not a list of records of numbers"
     return None
 
 

@@ -316,7 +316,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     # Loss scaling only where fp16 gradients can underflow (CUDA); bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
 
-    start_step, position, best_val = 0, 0, math.inf
+    start_step, position, best_val, window = 0, 0, math.inf, []
     frozen = {name: fingerprint_of(module) for name, module in task.frozen.items()}
     resumed = None
     if cfg.resume:
@@ -328,6 +328,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             start_step, progress = resumed
             _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)
             position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
+            window = list(progress.get("window", []))  # the steps since the last log line (it averages them)
             try:
                 task.load_state(progress.get("task", {}))
             except (TypeError, ValueError) as e:
@@ -350,7 +351,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     run_log = RunLogger(run_dir, enabled=ctx.is_main, tensorboard=cfg.tensorboard, start_step=start_step)
 
     history: list[dict[str, float]] = []
-    window: list[dict[str, float]] = []
+    timed = 0  # steps since t0 in this process (the speed's; the window may hold steps from before a resume)
     best_path = run_dir / "best"
     bar = progress_bar(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main),
                        desc=task.name, mininterval=5.0)
@@ -372,13 +373,14 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             task.after_step(step, batch)
 
             window.append(stats)
+            timed += 1
             done = step + 1
             bar.update(1)
             last = done == cfg.steps
             if done % cfg.log_every == 0 or last:
                 summary = mean_dict(window)
-                summary["speed/img_per_s"] = cfg.batch_size * len(window) / max(time.perf_counter() - t0, 1e-9)
-                t0, window = time.perf_counter(), []
+                summary["speed/img_per_s"] = cfg.batch_size * timed / max(time.perf_counter() - t0, 1e-9)
+                t0, window, timed = time.perf_counter(), [], 0
                 history.append({"step": done, **summary})
                 run_log.scalars(done, summary)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in summary.items()}, refresh=False)
@@ -400,7 +402,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
                     ctx.check_in_sync(module, f"trained module {i}")
                 if ctx.is_main:
                     state = {"position": sampler.position, "best_val": best_val, "task": task.state(),
-                             FROZEN_KEY: frozen}
+                             FROZEN_KEY: frozen, "window": window}
                     save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
                                     scaler=scaler, keep=cfg.keep_checkpoints, progress=state)
             if stop is not None:
