@@ -1001,6 +1001,9 @@ def test_what_the_editing_and_api_fuzzing_pass_found(world, tmp_path, capsys, ca
     result_cli = cli(capsys, "edit", world.inv.parent, "--model", world.model, "--direction", world.direction, "--out",
                      tmp_path / "from-folder")
     assert result_cli.code == 0 and "wrote edits of 2 input(s)" in result_cli.out
+    result_cli = cli(capsys, "edit", world.photos, "--model", world.model, "--direction", world.direction, "--out",
+                     tmp_path / "from-photos")  # (a folder of photos: inverted, then edited)
+    assert result_cli.code == 0 and "wrote edits of 2 input(s)" in result_cli.out
     # An inversion file that lost a layer's offset was rendered without it, without a word.
     from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
 

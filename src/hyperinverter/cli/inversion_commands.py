@@ -95,7 +95,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("edit", help="edit inverted images along a direction, reusing their Δθ")
     p.add_argument("inputs", nargs="+", type=Path, help="images, or .safetensors files written by `invert`, or folders "
-                   "of such files (their .safetensors files are edited)")
+                   "(their .safetensors files, or where they hold none their images)")
     _add_model(p)
     add_dtype(p)
     _add_method(p)
@@ -373,10 +373,12 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
-    """``edit``'s inputs: files as given, and for a folder the inversion files in it (``*.safetensors``, found
-    recursively, not inside ``out``). Its images are not taken: they may be ``invert``'s own results. A folder was
-    a failed input ("is a folder, not an image file")."""
+    """``edit``'s inputs: files as given; for a folder, the inversion files in it (``*.safetensors``, found
+    recursively, not inside ``out``) where it holds any, since its images are then ``invert``'s own results, and
+    else its images (a folder of photos, inverted first). A folder was a failed input ("is a folder, not an image
+    file")."""
     from ..errors import InputError
+    from ..io.images import find_images, no_images_error
 
     out = out.resolve()
     files = []
@@ -385,9 +387,12 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
             files.append(path)
             continue
         found = sorted(p for p in path.rglob("*.safetensors") if p.is_file() and not p.resolve().is_relative_to(out))
+        if not found:  # (a broken link among the photos fails as an input of its own, as in invert)
+            images = find_images([path], skip=[out])
+            found = [*images.paths, *(Path(e.source) for e in images.problems)]
         if not found:
-            raise InputError(path, "is a folder without inversion files (.safetensors, written by `invert`); give "
-                             "its images as files")
+            raise InputError(path, f"holds no inversion files (.safetensors, written by `invert`) and "
+                             f"{no_images_error([path]).cause}")
         files += found
     return files
 
