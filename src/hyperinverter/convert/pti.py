@@ -58,9 +58,8 @@ def read_pti_pivot(path: str | Path, generator: Generator) -> torch.Tensor:
             or pivot.numel() != expected[0] * expected[1]:  # (a batch of pivots was a reshape error inside)
         got = tuple(pivot.shape) if isinstance(pivot, torch.Tensor) else type(pivot).__name__
         raise CheckpointError(path, f"must hold a pivot [1, {expected[0]}, {expected[1]}] for this generator, got {got}")
-    if not pivot.is_floating_point() or pivot.is_meta:  # (a complex pivot lost its imaginary part with a warning)
-        raise CheckpointError(path, f"must hold a pivot of real codes with values, got a {pivot.dtype} tensor"
-                              + (" on the meta device" if pivot.is_meta else ""))
+    if not pivot.is_floating_point():  # (a complex pivot lost its imaginary part with a warning)
+        raise CheckpointError(path, f"must hold a pivot of real codes, got a {pivot.dtype} tensor")
     pivot = pivot.reshape(1, *expected).float()
     if not bool(torch.isfinite(pivot).all()):
         raise CheckpointError(path, "holds NaN or infinite codes")
