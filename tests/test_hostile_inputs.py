@@ -1013,6 +1013,16 @@ def test_what_the_editing_and_api_fuzzing_pass_found(world, tmp_path, capsys, ca
     with caplog.at_level("WARNING"):
         pipe.load_result(tmp_path / "cut.safetensors")
     assert f"its Δθ lacks offsets that this model's hyperinverter predicts ({lost[len('delta.'):]})" in caplog.text
+    # One whose generator fingerprint was removed was rendered as though it had been checked.
+    record = json.loads(metadata["inversion"])
+    del record["generator"]
+    save_safetensors(tmp_path / "unsigned.safetensors", tensors, {**metadata, "inversion": json.dumps(record)})
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pipe.load_result(world.inv)
+        assert "records no generator fingerprint" not in caplog.text
+        pipe.load_result(tmp_path / "unsigned.safetensors")
+    assert "unsigned.safetensors records no generator fingerprint: it is rendered with" in caplog.text
     # A user's file over the weights of a folder export-generator wrote was replaced (its config.json was ours).
     assert cli(capsys, "export-generator", world.inv, "--model", world.model, "--out", tmp_path / "g").code == 0
     (tmp_path / "g" / "model.safetensors").write_text("mine")

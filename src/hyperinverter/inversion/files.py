@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from ..io.work import fingerprint_of
 from ..methods.base import InversionResult
 from ..models.weight_delta import WeightDelta
 from ..precision import PRECISIONS, dtype_name
+
+logger = logging.getLogger(__name__)
 
 _DELTA = "delta."
 
@@ -205,3 +208,7 @@ def check_fits(path: str | os.PathLike, ws: torch.Tensor, delta: WeightDelta | N
     if record.get("generator") not in (None, fingerprint):
         raise SchemaError(path, f"was inverted with {made_by} (generator {record['generator']}), not with {model} "
                           f"(generator {fingerprint}); use it with --model {record['model'] or 'that model'}")
+    if "generator" in record and record["generator"] is None:  # a file's record, not a result about to be saved
+        # (every writer records it; a file without it is from before fingerprints, or edited: it cannot be checked)
+        logger.warning("%s records no generator fingerprint: it is rendered with %s's generator unchecked, and "
+                       "is a meaningless image if it was made with another", path, model)
