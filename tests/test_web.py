@@ -443,3 +443,40 @@ def test_a_closed_page_stops_its_work(pipeline, tmp_path):
                                    SimpleNamespace(session_hash="api-client", alive=False)])
     worker.join(timeout=60)
     assert done["status"] == "**Cancelled.**", done
+
+
+@pytest.mark.parametrize("number, status, message", [(15, 143, "interrupted: SIGTERM"), (2, 130, "interrupted")])
+def test_the_server_stops_on_a_signal_as_every_command_does(pipeline, tmp_path, number, status, message):
+    # Gradio's own wait took SIGTERM (a scheduler, `docker stop`) and Ctrl-C for a clean exit: status 0.
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    pipeline.save_pretrained(tmp_path / "model")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "hyperinverter.cli.main", "web", "--host", "127.0.0.1", "--port", str(port),
+               "--model", str(tmp_path / "model"), "--device", "cpu"]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until the page is served
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate(timeout=10)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                    assert page.status == 200
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(3)  # (for Gradio's launch to finish, past its startup events: the server then only waits)
+        server.send_signal(signal.Signals(number))
+        out, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == status, (out, err)
+    assert err.strip().splitlines()[-1] == message and "Keyboard interruption" not in out + err

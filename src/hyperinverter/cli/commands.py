@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 from .arguments import (
@@ -269,8 +270,15 @@ def run_web(args: argparse.Namespace) -> int:
     app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits,
                     content_rows=args.content_rows)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    # Gradio's own wait takes Ctrl-C and SIGTERM for a clean exit (status 0): waiting here, they end the server as
+    # they end every command (130 or 143, "interrupted").
     app.launch(server_name=args.host, server_port=args.port, show_error=False,
-               max_file_size=f"{args.max_upload_mb:g}mb")
+               max_file_size=f"{args.max_upload_mb:g}mb", prevent_thread_lock=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        app.close()
     return 0
 
 
