@@ -191,7 +191,7 @@ def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys):
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 34 + 2, 2 * 34 + 2)
     assert main(["generate", "--model", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "x.png")]) == 2
-    assert "no such model" in capsys.readouterr().err
+    assert f"error: {tmp_path / 'nothing.pt'}: no such model file or folder" in capsys.readouterr().err
 
 
 def test_generate_one_file_per_seed_resumes(tmp_path, tiny_generator, capsys, monkeypatch):

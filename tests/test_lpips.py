@@ -323,6 +323,11 @@ def test_missing_backbone_file_names_file_and_folder(net, torch_home):
             call()
         message = str(e.value)
         assert name in message and str(torch_home) in message, message
+    # The command line's one line kept the name's case ("error: lPIPS alex backbone file ...").
+    from hyperinverter.cli.main import expected_error
+
+    assert expected_error(e.value).startswith(f"LPIPS {net} backbone file {name} is missing")
+    assert expected_error(PermissionError(13, "Permission denied", "x")) == "x: permission denied"
     # A folder that exists but holds something else is no better.
     torch_home.mkdir(parents=True)
     (torch_home / "resnet18-f37072fd.pth").write_bytes(b"")

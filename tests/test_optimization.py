@@ -304,6 +304,11 @@ def test_import_pti_writes_an_inversion_file_the_model_renders(G, tmp_path, caps
     loaded, record = pipe.load_result(out)
     assert record["method"] == "pti"
     assert torch.allclose(loaded.image, ours.image, atol=1e-5)
+    # A missing file was named after the cause ("error: no such model file or folder: model_run_img.pt").
+    capsys.readouterr()
+    assert main(["import-pti", str(tmp_path / "model_gone.pt"), "--pivot", str(pivot_path), "--model",
+                 str(tmp_path / "bundle"), "--device", "cpu", "--out", str(tmp_path / "gone.safetensors")]) == 2
+    assert f"error: {tmp_path / 'model_gone.pt'}: no such model file or folder\n" == capsys.readouterr().err
 
 
 def test_a_bundle_with_its_discriminator_saves_over_itself_and_hands_it_to_optimisation(tmp_path):

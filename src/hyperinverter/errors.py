@@ -65,7 +65,8 @@ class NonFiniteError(InputError):
 def describe_os_error(error: OSError) -> str:
     """``[Errno 13] Permission denied: 'x'`` -> ``x: permission denied`` (the file first, as our errors are)."""
     cause = (error.strerror or str(error)).rstrip(".")
-    cause = cause[:1].lower() + cause[1:]
+    if not cause[1:2].isupper():  # (an acronym keeps its case: 'LPIPS ...' became 'lPIPS ...')
+        cause = cause[:1].lower() + cause[1:]
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         cause += " (free some space and run the command again: a batch command resumes where it stopped)"
     if error.filename is None:

@@ -7,6 +7,7 @@ libraries that read its format are needed once, and a changed source file is not
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 from collections.abc import Callable
@@ -66,7 +67,8 @@ class ConvertedWeights:
         the cache replaced."""
         path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / self.cache_filename
         if source is not None and not Path(source).is_file():
-            raise FileNotFoundError(f"no such {self.what} file: {source}" + (f" ({self.hint})" if self.hint else ""))
+            hint = f" ({self.hint})" if self.hint else ""
+            raise FileNotFoundError(errno.ENOENT, f"no such {self.what} file{hint}", str(source))
         digest = sha256_of(Path(source)) if source is not None else None
         cached = self._read_cache(path) if path.is_file() else None
         if cached is not None:

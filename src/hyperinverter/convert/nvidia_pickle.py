@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import errno
 import io
 import logging
 import pickle
@@ -396,7 +397,7 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
     path = Path(path)
     refuse_special_file(path, CheckpointError, "an NVIDIA network pickle")
     if not path.is_file():
-        raise FileNotFoundError(f"no such NVIDIA network pickle: {path}")
+        raise FileNotFoundError(errno.ENOENT, "no such NVIDIA network pickle", str(path))
     is_zip = zipfile.is_zipfile(path)
     try:
         root = _read_zip_archive(path) if is_zip else _read_plain_pickle(path)

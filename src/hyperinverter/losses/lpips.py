@@ -257,14 +257,14 @@ def find_backbone_file(net: str) -> Path:
     raise FileNotFoundError(
         f"LPIPS {net} backbone file {name} is missing: looked for {', '.join(BACKBONE_FILES[net])} in {folder}. "
         f"Download {BACKBONE_URL.format(filename=name)} by hand and put it at {folder / name} "
-        "(or set TORCH_HOME), or pass backbone_path=."
+        "(or set TORCH_HOME to the folder above hub/); in the API, backbone_path= also takes its path."
     )
 
 
 def find_heads_file(net: str) -> Path:
     """``weights/v0.1/{net}.pth`` of the installed ``lpips`` package, or FileNotFoundError."""
     how = (f"Install the heads with `pip install --no-deps lpips==0.1.4`, or download "
-           f"{HEADS_URL.format(net=net)} by hand and pass heads_path=.")
+           f"{HEADS_URL.format(net=net)} by hand and pass it as heads_path= (API).")
     # find_spec does not import lpips (whose __init__ needs torchvision); it only locates the folder.
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
