@@ -102,3 +102,22 @@ def test_key_map_equals_verified_reference_table(size):
     shapes = {k: tuple(v.shape) for k, v in Generator(config).state_dict().items()}
     for row in table:
         assert shapes[row["nvidia"]] == tuple(row["nvidia_shape"]), row["nvidia"]
+
+
+def test_conv_clamp_is_nvidias_bound():
+    # NVIDIA clamps a synthesis layer at conv_clamp * gain, where gain is the layer's call argument (1 in the skip
+    # architecture), after the activation's sqrt(2): the layers clamped at conv_clamp * sqrt(2) (ADA pickles:
+    # 362 for 256), on the whole-map and the banded path alike.
+    from hyperinverter.models.stylegan2.layers import SynthesisLayer, ToRGBLayer
+
+    torch.manual_seed(0)
+    clamp = 0.5
+    x, w = torch.randn(2, 8, 8, 8) * 3, torch.randn(2, 8)
+    for make in (lambda c: SynthesisLayer(8, 8, w_dim=8, resolution=8, conv_clamp=c),
+                 lambda c: ToRGBLayer(8, 3, w_dim=8, conv_clamp=c)):
+        clamped, free = make(clamp).eval(), make(None).eval()
+        free.load_state_dict(clamped.state_dict())
+        with torch.no_grad():
+            y, unclamped = clamped(x, w), free(x, w)
+        assert unclamped.abs().max() > 2 * clamp  # (the bound matters)
+        torch.testing.assert_close(y, unclamped.clamp(-clamp, clamp), rtol=0, atol=1e-6)

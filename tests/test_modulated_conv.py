@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from hyperinverter.models.stylegan2.generator import SINGLE_BATCHED_UP_TO_RESOLUTION
-from hyperinverter.models.stylegan2.layers import demodulation_sums, fused_weight, transposed_conv_layout
+from hyperinverter.models.stylegan2.layers import (
+    demodulation_sums,
+    forget_demodulation_sums,
+    fused_weight,
+    transposed_conv_layout,
+)
 
 
 def official_fused_weight(weight, styles, *, demodulate, gain):
@@ -61,6 +66,12 @@ def test_demodulation_sums_are_kept_per_version_of_the_weight():
     param.data = torch.randn(8, 6, 3, 3)  # new values under the same parameter (a module conversion does this)
     torch.testing.assert_close(demodulation_sums(param), param.square().sum(dim=[2, 3]))
     assert not torch.equal(demodulation_sums(param), first)
+    # A write through .data (or a collective) is no new version: forget_demodulation_sums drops what was kept.
+    kept = demodulation_sums(param)
+    param.data.mul_(3)
+    assert demodulation_sums(param) is kept
+    forget_demodulation_sums()
+    torch.testing.assert_close(demodulation_sums(param), 9 * kept)
     trained = torch.nn.Parameter(torch.randn(8, 6, 3, 3))  # tracked by autograd: computed, differentiable
     assert demodulation_sums(trained).grad_fn is not None
     assert demodulation_sums(trained) is not demodulation_sums(trained)

@@ -156,6 +156,8 @@ def test_prepack_swaps_large_plain_convs_only_and_unpack_restores_them():
         model(x)
     assert packed_count.get_total_flops() == plain_count.get_total_flops() > 0
     assert all(type(m) is not PrepackedConv2d for m in model.modules())
+    # Un-packed weights are trainable again where they were (they came back frozen beside trainable biases).
+    assert all(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 

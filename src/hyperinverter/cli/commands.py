@@ -271,14 +271,16 @@ def run_web(args: argparse.Namespace) -> int:
                     content_rows=args.content_rows)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
     # Gradio's own wait takes Ctrl-C and SIGTERM for a clean exit (status 0): waiting here, they end the server as
-    # they end every command (130 or 143, "interrupted").
-    app.launch(server_name=args.host, server_port=args.port, show_error=False,
-               max_file_size=f"{args.max_upload_mb:g}mb", prevent_thread_lock=True)
+    # they end every command (130 or 143, "interrupted"), also where they come while it starts.
     try:
+        app.launch(server_name=args.host, server_port=args.port, show_error=False,
+                   max_file_size=f"{args.max_upload_mb:g}mb", prevent_thread_lock=True)
         while True:
             time.sleep(3600)
     finally:
-        app.close()
+        app.close(verbose=False)
+        if getattr(app, "server", None) is not None:  # (close() leaves a server whose queue had not started)
+            app.server.close()
     return 0
 
 

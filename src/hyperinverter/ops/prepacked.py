@@ -75,6 +75,7 @@ class PrepackedConv2d(nn.Module):
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
         self.padding: tuple[int, int] = conv.padding  # type: ignore[assignment]
         self.bias = conv.bias
+        self.weight_requires_grad = conv.weight.requires_grad  # (given back by to_conv2d, as the bias keeps its own)
         self._set_weight(conv.weight.detach())
 
     def _set_weight(self, weight: torch.Tensor) -> None:
@@ -169,7 +170,7 @@ class PrepackedConv2d(nn.Module):
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
                          padding=self.padding, dilation=self.dilation, bias=self.bias is not None,
                          device=weight.device, dtype=weight.dtype)
-        conv.weight = nn.Parameter(weight, requires_grad=False)
+        conv.weight = nn.Parameter(weight, requires_grad=self.weight_requires_grad)
         conv.bias = self.bias
         return conv
 

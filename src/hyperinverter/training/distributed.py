@@ -95,8 +95,11 @@ class DistributedContext:
         """Make every rank start from rank 0's weights and buffers."""
         if not self.enabled:
             return
+        from ..models.stylegan2.layers import forget_demodulation_sums
+
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src=0)
+        forget_demodulation_sums()  # (a broadcast does not count as a new version of the weights it writes)
 
 
 def init_distributed(device: torch.device) -> DistributedContext:

@@ -174,7 +174,9 @@ def demodulation_sums(weight: torch.Tensor) -> torch.Tensor:
     demodulation is ``rsqrt(sums @ s² + 1e-8)``.
 
     For a weight that autograd does not track (inference), computed once per version of its values and kept: a
-    pass over a 512-channel 3x3 weight takes about 1 ms on a CPU, as long as the conv itself at 8 px.
+    pass over a 512-channel 3x3 weight takes about 1 ms on a CPU, as long as the conv itself at 8 px. Writes that
+    bypass the version counter (through ``.data``, a collective such as ``dist.broadcast``) are not seen: call
+    :func:`forget_demodulation_sums` after them.
     """
     # Not kept: a compiled graph computes the sums once per call (no Python state in the graph; checked first, as
     # Dynamo cannot trace is_inference), training changes the weight every step, and inference tensors have no
@@ -187,6 +189,12 @@ def demodulation_sums(weight: torch.Tensor) -> torch.Tensor:
         kept = key, weight.float().square().sum(dim=[2, 3])
         _demodulation_sums[weight] = kept
     return kept[1]
+
+
+def forget_demodulation_sums() -> None:
+    """Drop every kept :func:`demodulation_sums`, after weights were written where autograd's version counter does
+    not see it (a frozen generator's weights changed through ``.data`` kept rendering with the old sums)."""
+    _demodulation_sums.clear()
 
 
 def modulated_conv2d(
@@ -466,13 +474,15 @@ class SynthesisLayer(nn.Module):
         return noise * (strength.to(x.dtype) * LRELU_GAIN)
 
     def _epilogue(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """Noise, activation (its gain is folded into the conv) and clamp, in place when autograd allows."""
+        """Noise, activation (its gain is folded into the conv) and clamp, in place when autograd allows. The clamp
+        is NVIDIA's ``conv_clamp * gain`` after the activation's gain, where ``gain`` is the layer's call argument
+        (1 in the skip architecture), not the activation's √2."""
         inplace = _inplace_ok(x)
         if noise is not None:
             x = x.add_(noise) if inplace else x + noise
         x = F.leaky_relu(x, 0.2, inplace=inplace)
         if self.conv_clamp is not None:
-            clamp = self.conv_clamp * LRELU_GAIN
+            clamp = self.conv_clamp
             x = x.clamp_(-clamp, clamp) if inplace else x.clamp(-clamp, clamp)
         return x
 
