@@ -63,6 +63,19 @@ def test_reduced_precision_on_cuda_stays_close_and_returns_fp32():
         assert 0 < change < 0.01, (dtype, float(change))
 
 
+def test_results_kept_on_the_cpu_render_on_a_cuda_pipeline():
+    # invert_files keeps results on the CPU; render, interpolate and blend did not move their Δθ to the GPU.
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipe = InversionPipeline.from_pretrained("fashion-32", device="cuda")
+    with torch.no_grad():
+        images = pipe.generator(torch.randn(2, pipe.generator.z_dim, device="cuda")).clamp(-1, 1)
+    a, b = (pipe.invert(images[i : i + 1]).to("cpu") for i in range(2))
+    for image in (pipe.render(a.ws, a.weight_delta), pipe.blend(a, b, 0.5), pipe.interpolate(a, b, 3)):
+        assert image.device.type == "cuda" and torch.isfinite(image).all()
+    torch.testing.assert_close(pipe.blend(a, b, 0.0).cpu(), a.image, rtol=0, atol=1e-3)
+
+
 def test_a_phase2_training_step_runs_in_bf16_on_cuda():
     from hyperinverter.methods.hyperinverter import HyperInverter
 

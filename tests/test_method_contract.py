@@ -62,6 +62,28 @@ def test_batch_equals_single(pipe):
         assert torch.allclose(single.image, batched.image[i : i + 1], atol=1e-4)
 
 
+def test_a_method_in_training_mode_inverts_in_eval_mode_and_stays_as_it_was(pipe):
+    # create() gives a method in training mode: invert normalised by the batch and overwrote the BatchNorm statistics.
+    method = pipe.inverter()
+    if method.name in ("w-opt", "wplus-opt", "pti"):
+        return  # (optimisation: 0.1-1e-2 batch differences from Adam, covered by their own tests)
+    method.train()
+    for module in method.modules():  # statistics that matter, so that batch statistics would show
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    modes = [m.training for m in method.modules()]
+    assert any(modes)
+    x = images(3)
+    batched = method.invert(x)
+    single = method.invert(x[1:2])
+    assert [m.training for m in method.modules()] == modes
+    assert all(torch.equal(v, state[k]) for k, v in method.state_dict().items())
+    assert torch.allclose(single.image, batched.image[1:2], atol=1e-4)
+    method.eval()
+
+
 def test_save_then_load_gives_the_same_result(pipe, tmp_path):
     x = images(2)
     before = pipe.invert(x)

@@ -638,6 +638,8 @@ class InversionPipeline:
         _check_values(ws, "ws (the codes)")
         for name, offset in (weight_delta or {}).items():
             _check_values(offset, f"the offset {name}")
+        if weight_delta is not None:  # (a result kept on the CPU, as invert_files keeps them, failed on a GPU)
+            weight_delta = weight_delta.to(self.device)
         with self._first_pass(), reduced_precision(self.device, self.dtype):
             images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images.float(), "the rendered image")
@@ -789,8 +791,8 @@ class InversionPipeline:
                              f"{tuple(b.ws.shape)})")
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t <= 1.0:  # (NaN fails the range)
             raise ValueError(f"t must be a number in [0, 1], got {t!r}")
-        delta = WeightDelta.blend(a.weight_delta, b.weight_delta, t)
-        return self.render(torch.lerp(a.ws, b.ws.to(a.ws), t), delta)
+        ends = [None if r.weight_delta is None else r.weight_delta.to(self.device) for r in (a, b)]
+        return self.render(torch.lerp(a.ws.to(self.device), b.ws.to(self.device), t), WeightDelta.blend(*ends, t))
 
     @torch.no_grad()
     def mix(self, a: InversionResult, b: InversionResult, start: int, end: int) -> torch.Tensor:

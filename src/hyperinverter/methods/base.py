@@ -253,8 +253,17 @@ class Inverter(nn.Module):
         options = self.check_options(options)
         dtype = resolve_dtype(dtype, images.device)
         stopwatch = Stopwatch(images.device)
-        with torch.no_grad(), reduced_precision(images.device, dtype):
-            result = self(images, stopwatch=stopwatch, **options)
+        # In eval mode, and back as it was: a method made by ``create()`` is in training mode, where its BatchNorms
+        # normalised by the batch (an image alone and in a batch differed) and overwrote their statistics.
+        training = [m for m in self.modules() if m.training]
+        for module in training:
+            module.training = False
+        try:
+            with torch.no_grad(), reduced_precision(images.device, dtype):
+                result = self(images, stopwatch=stopwatch, **options)
+        finally:
+            for module in training:
+                module.training = True
         result = result.float()
         result.timings = dict(stopwatch.laps)
         return result
