@@ -321,3 +321,20 @@ def test_weights_beyond_fp16_are_not_stored_as_infinity(tmp_path):
     with pytest.raises(ValueError, match=r"tensors \['weight'\] exceed torch.float16's range"):
         save_component(tmp_path / "layer", state, model_type="x", config={}, dtype=torch.float16)
     assert not (tmp_path / "layer" / "model.safetensors").exists()
+
+
+def test_save_result_records_the_method_and_precision_that_made_the_result(pipeline, tmp_path):
+    # A W optimisation's result was recorded as the default method's (and loading it warned of missing offsets);
+    # a bf16 one as fp32.
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    optimised = pipeline.invert(x, method="w-opt", steps=2, w_avg_samples=16, progress=False)
+    assert (optimised.method, optimised.dtype) == ("w-opt", "fp32")
+    _, record = pipeline.load_result(pipeline.save_result(optimised, tmp_path / "w.safetensors"))
+    assert (record["method"], record["dtype"]) == ("w-opt", "fp32")
+    reduced = pipeline.invert(x, dtype="bf16")
+    assert (reduced.select(0).method, reduced.dtype) == (pipeline.default_method, "bf16")
+    _, record = pipeline.load_result(pipeline.save_result(reduced, tmp_path / "b.safetensors"))
+    assert (record["method"], record["dtype"]) == (pipeline.default_method, "bf16")
+    # A method given still wins.
+    _, record = pipeline.load_result(pipeline.save_result(optimised, tmp_path / "p.safetensors", method="phase1"))
+    assert record["method"] == "phase1"

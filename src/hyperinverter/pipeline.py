@@ -682,17 +682,20 @@ class InversionPipeline:
 
     def save_result(self, result: InversionResult, path: str | os.PathLike, *, method: str | None = None,
                     source: str | os.PathLike = "") -> Path:
-        """Store one image's inversion (``result.select(i)``; made by ``method``, default the pipeline's) as an
-        inversion file, atomically: the file ``invert`` writes, which :meth:`load_result`, ``edit``, ``interpolate``
-        and the rest read back with this model. ``source``: the image it was inverted from, if any."""
+        """Store one image's inversion (``result.select(i)``) as an inversion file, atomically: the file ``invert``
+        writes, which :meth:`load_result`, ``edit``, ``interpolate`` and the rest read back with this model.
+        ``method``: the method that made it, by default the one the result records (``invert`` records it; else
+        the pipeline's default). ``source``: the image it was inverted from, if any."""
         from .inversion.files import check_fits, save_inversion
 
         _check_result(result, "result")
         # (another model's result was written labelled with this model's name and generator)
         check_fits("the result", result.ws, result.weight_delta, {}, self.generator,
                    model=repr(self.name or "this model"), fingerprint=self.fingerprint)
-        return save_inversion(path, result.to("cpu"), source=source, model=self.name or "",
-                              method=self.inverter(method).name, generator=self.fingerprint, dtype=self.dtype)
+        # (a W optimisation's result was recorded as the default method's, a bf16 one as fp32)
+        method = self.inverter(method if method is not None else result.method).name
+        return save_inversion(path, result.to("cpu"), source=source, model=self.name or "", method=method,
+                              generator=self.fingerprint, dtype=result.dtype or self.dtype)
 
     def load_result(self, path: str | os.PathLike) -> tuple[InversionResult, dict]:
         """An inversion file (written by ``invert``) rendered by this model -> (result, its record).

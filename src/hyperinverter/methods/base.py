@@ -23,7 +23,7 @@ from ..config_base import check_value
 from ..io.images import check_content_rows
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
-from ..precision import reduced_precision, resolve_dtype
+from ..precision import dtype_name, reduced_precision, resolve_dtype
 
 
 @dataclass
@@ -38,6 +38,8 @@ class InversionResult:
     ``steps``: the images of every iteration or stage, in order (iterative and multi-stage methods), each
     ``[B, C, R, R]``; empty for single-pass methods.
     ``timings``: seconds per stage, summed over the batch.
+    ``method``, ``dtype``: the method that made it and the precision it ran in (``"fp32"``, ``"bf16"``,
+    ``"fp16"``), set by :meth:`Inverter.invert`; ``save_result`` records them.
     """
 
     ws: torch.Tensor
@@ -46,6 +48,8 @@ class InversionResult:
     initial_image: torch.Tensor | None = None
     steps: list[torch.Tensor] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    method: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         b = self.ws.shape[0]
@@ -68,7 +72,7 @@ class InversionResult:
             ws=fn(self.ws), image=fn(self.image),
             weight_delta=delta_fn(self.weight_delta) if self.weight_delta is not None else None,
             initial_image=fn(self.initial_image) if self.initial_image is not None else None,
-            steps=[fn(s) for s in self.steps], timings=dict(self.timings))
+            steps=[fn(s) for s in self.steps], timings=dict(self.timings), method=self.method, dtype=self.dtype)
 
     def select(self, index: int | slice) -> InversionResult:
         """Samples at ``index`` (an int, negative from the end, keeps a batch dimension of 1; or a slice that
@@ -119,6 +123,8 @@ class InversionResult:
             initial_image=cat_optional([r.initial_image for r in results]),
             steps=[torch.cat([r.steps[i] for r in results]) for i in range(n_steps)],
             timings=timings,
+            method=results[0].method if len({r.method for r in results}) == 1 else None,
+            dtype=results[0].dtype if len({r.dtype for r in results}) == 1 else None,
         )
 
 
@@ -266,6 +272,7 @@ class Inverter(nn.Module):
                 module.training = True
         result = result.float()
         result.timings = dict(stopwatch.laps)
+        result.method, result.dtype = self.name, dtype_name(dtype)
         return result
 
 
