@@ -142,6 +142,8 @@ def test_every_stage_image_is_kept_and_stages_is_an_option(tiny_generator):
     torch.testing.assert_close(two.image, result.steps[1])
     with pytest.raises(ValueError, match="between 1 and the 3"):
         method.invert(x, stages=4)
+    with pytest.raises(ValueError, match="got True"):  # (it ran one stage)
+        method.invert(x, stages=True)
 
 
 # --- the released layout ------------------------------------------------------------------------------------

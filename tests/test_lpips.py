@@ -308,7 +308,9 @@ def test_older_alexnet_file_name_is_found(torch_home):
     old = torch_home / BACKBONE_FILES["alex"][1]
     torch.save(torchvision_state_dict(make_model("alex", seed=15), "alex"), old)
     assert find_backbone_file("alex") == old
+    state = torch.random.get_rng_state()
     LPIPS.from_files("alex")
+    assert torch.equal(torch.random.get_rng_state(), state)  # (building it drew its random initialisation)
     # The newest name wins when both are there.
     newest = torch_home / BACKBONE_FILES["alex"][0]
     torch.save(torchvision_state_dict(make_model("alex", seed=16), "alex"), newest)
@@ -328,6 +330,11 @@ def test_missing_backbone_file_names_file_and_folder(net, torch_home):
 
     assert expected_error(e.value).startswith(f"LPIPS {net} backbone file {name} is missing")
     assert expected_error(PermissionError(13, "Permission denied", "x")) == "x: permission denied"
+    # Looking for the files left the caller's random state alone (a random network was built first).
+    state = torch.random.get_rng_state()
+    with pytest.raises(FileNotFoundError):
+        LPIPS.from_files(net)
+    assert torch.equal(torch.random.get_rng_state(), state)
     # A folder that exists but holds something else is no better.
     torch_home.mkdir(parents=True)
     (torch_home / "resnet18-f37072fd.pth").write_bytes(b"")

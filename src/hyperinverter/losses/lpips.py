@@ -195,7 +195,6 @@ class LPIPS(nn.Module):
         ``heads_path`` to ``weights/v0.1/{net}.pth`` inside the installed ``lpips`` package.
         Raises FileNotFoundError naming the missing file, where it was looked for and what to download.
         """
-        model = cls(net)
         bb_path = Path(backbone_path) if backbone_path is not None else find_backbone_file(net)
         if not bb_path.is_file():
             url = BACKBONE_URL.format(filename=BACKBONE_FILES[net][0])
@@ -207,6 +206,8 @@ class LPIPS(nn.Module):
                                     f"download {HEADS_URL.format(net=net)} by hand and pass its path")
         from ..convert.backbones import read_state_dict
 
+        with torch.random.fork_rng(devices=[]):  # (its random initialisation, all replaced, drew from the caller's RNG)
+            model = cls(net)
         model.net.load_torchvision_state_dict(read_state_dict(bb_path), source=str(bb_path))
         model.load_heads_state_dict(read_state_dict(hd_path), source=str(hd_path))
         logger.info("LPIPS %s: backbone %s, heads %s", net, bb_path, hd_path)

@@ -91,7 +91,7 @@ class E2Style(Inverter):
         trained = self.encoders.stages
         if stages is None:
             return trained
-        if not (isinstance(stages, int) and 1 <= stages <= trained):
+        if not (isinstance(stages, int) and not isinstance(stages, bool) and 1 <= stages <= trained):  # (True: 1)
             raise ValueError(f"stages must be between 1 and the {trained} trained stages, got {stages!r}")
         return stages
 
