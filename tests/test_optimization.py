@@ -16,6 +16,7 @@ from hyperinverter.methods.projector import (
     ProjectorSettings,
     WPlusProjection,
     WProjection,
+    default_l2_weight,
     noise_buffer_names,
     noise_regularizer,
     project,
@@ -46,6 +47,30 @@ class PixelDistance(nn.Module):
 
 
 # --- the projector's recipe ----------------------------------------------------------------------------------
+
+
+def test_the_official_losses_where_lpips_is_installed(G, monkeypatch):
+    # The projectors added an L2 term that NVIDIA's has not, and PTI's pivot compared with LPIPS-AlexNet, the
+    # tuning's distance, where the official pivot is NVIDIA's projector with LPIPS-VGG.
+    from hyperinverter.losses.lpips import LPIPS
+    from hyperinverter.methods import projector, pti
+
+    assert default_l2_weight(LPIPS("alex")) == 0.0
+    assert default_l2_weight(PixelDistance()) == default_l2_weight(None) == 1.0
+    assert WProjection.options["l2_weight"] is None and PTI.options["pivot_l2_weight"] is None
+    assert PTI.options["l2_weight"] == 1.0  # (the tuning's: L2 + LPIPS-AlexNet, as the official code)
+    asked, stand_ins = [], {}
+
+    def installed(choice, *, lpips_net, discriminator, device):
+        asked.append((choice, lpips_net))
+        return f"lpips-{lpips_net}", stand_ins.setdefault(lpips_net, LPIPS(lpips_net))
+
+    seen = []
+    real_project = pti.project
+    monkeypatch.setattr(projector, "perceptual_distance", installed)
+    monkeypatch.setattr(pti, "project", lambda *a, **k: seen.append(k["distance"]) or real_project(*a, **k))
+    PTI.create(G).invert(targets(G, 1), progress=False)
+    assert asked == [("auto", "alex"), ("auto", "vgg")] and seen == [stand_ins["vgg"]]
 
 
 def test_schedules_follow_the_official_ramps():

@@ -16,7 +16,8 @@ files, exports) gives exactly the optimised image.
 
 Defaults: W follows NVIDIA's projector (1000 steps, lr 0.1); W+ follows the "SG2 W+" baseline of the
 HyperInverter paper (2000 steps, lr 0.01; PTI's copy of the projector). The loss is LPIPS-VGG (the official
-distance) plus L2; offline, see :func:`perceptual_distance`.
+distance) alone, as the official code's; offline, the distance is a substitute (see :func:`perceptual_distance`) and
+an L2 term (weight 1) anchors the pixels; ``l2_weight`` sets it either way.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ def perceptual_distance(choice: PerceptualChoice, *, lpips_net: str, discriminat
         return "none", None
 
 
+def default_l2_weight(distance: nn.Module | None) -> float:
+    """The L2 term's weight where none is given: 0 beside LPIPS (the official loss has no pixel term), 1 beside a
+    substitute distance or none (the pixels then anchor the image)."""
+    from ..losses.lpips import LPIPS
+
+    return 0.0 if isinstance(distance, LPIPS) else 1.0
+
+
 def check_perceptual(choice: str) -> None:
     if choice not in get_args(PerceptualChoice):
         *others, last = get_args(PerceptualChoice)
@@ -107,7 +116,9 @@ class ProjectorSettings:
     lr_rampdown_length: float = 0.25
     noise_regularize_weight: float = 1e5
     optimize_noise: bool = True
-    l2_weight: float = 1.0
+    # None: 0 with LPIPS (NVIDIA's loss is the distance and the noise penalty alone), 1 with an offline substitute
+    # or no distance, where the pixels are what anchors the image (see ``default_l2_weight``).
+    l2_weight: float | None = None
     perceptual_weight: float = 1.0
     seed: int = 303
 
@@ -123,7 +134,8 @@ class ProjectorSettings:
         for name in ("learning_rate", "noise_ramp_length", "lr_rampup_length", "lr_rampdown_length"):
             check_number(name, getattr(self, name), positive=True)
         for name in ("initial_noise_factor", "noise_regularize_weight", "l2_weight", "perceptual_weight"):
-            check_number(name, getattr(self, name), positive=False)
+            if name != "l2_weight" or self.l2_weight is not None:
+                check_number(name, getattr(self, name), positive=False)
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63):
             raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
 
@@ -222,6 +234,7 @@ def project(generator: Generator, targets: torch.Tensor, settings: ProjectorSett
     ``history``: if given, each step's per-image losses ``[B]`` are appended to it.
     """
     G, s = generator, settings
+    l2_weight = s.l2_weight if s.l2_weight is not None else default_l2_weight(distance)
     batch, device = targets.shape[0], targets.device
     w_avg, w_std = w_stats if w_stats is not None else w_statistics(G, s.w_avg_samples)
     rows = 1 if s.space == "w" else G.num_ws
@@ -245,7 +258,7 @@ def project(generator: Generator, targets: torch.Tensor, settings: ProjectorSett
             w_noise = rng.randn(*w_opt.shape[1:]) * (w_std * s.w_noise_factor_at(step))
             ws = (w_opt + w_noise).expand(-1, G.num_ws, -1) if rows == 1 else w_opt + w_noise
             images = G.synthesis(ws, weight_delta=noise_delta(), noise_mode="const")
-            per_image = s.l2_weight * (images - targets).square().mean(dim=(1, 2, 3))
+            per_image = l2_weight * (images - targets).square().mean(dim=(1, 2, 3))
             if distance is not None and s.perceptual_weight:
                 per_image = per_image + s.perceptual_weight * distance(pooled_for_distance(images), target_small)
             for v in noise.values():
@@ -282,7 +295,8 @@ class OptimizationMethod(Inverter):
         self.discriminator = None if discriminator is None else discriminator.eval().requires_grad_(False)
         if defaults:
             self.options = self.check_options(defaults)
-        self._distances: dict[str, tuple[str, nn.Module | None]] = {}
+        self._distances: dict[tuple[str, str], tuple[str, nn.Module | None]] = {}
+        self._forced_distance: tuple[str, nn.Module | None] | None = None
         self._w_stats: dict[int, tuple[torch.Tensor, float]] = {}
 
     @classmethod
@@ -298,14 +312,20 @@ class OptimizationMethod(Inverter):
 
     def use_distance(self, name: str, module: nn.Module | None) -> None:
         """Compare images with ``module`` (``(x, y) -> [B]``) from now on, whatever the ``perceptual`` option."""
-        self._distances = dict.fromkeys(get_args(PerceptualChoice), (name, module))
+        self._forced_distance = name, module
 
-    def distance(self, choice: PerceptualChoice, device: torch.device) -> tuple[str, nn.Module | None]:
-        """The perceptual distance for ``choice``, built once."""
-        if choice not in self._distances:
-            self._distances[choice] = perceptual_distance(choice, lpips_net=self.lpips_net,
-                                                          discriminator=self.discriminator, device=device)
-        name, module = self._distances[choice]
+    def distance(self, choice: PerceptualChoice, device: torch.device, *,
+                 lpips_net: str | None = None) -> tuple[str, nn.Module | None]:
+        """The perceptual distance for ``choice``, built once. ``lpips_net``: the network ``"auto"`` means where
+        LPIPS is installed (default: the method's official one, ``lpips_net``)."""
+        net = lpips_net or self.lpips_net
+        if self._forced_distance is not None:
+            name, module = self._forced_distance
+        else:
+            if (choice, net) not in self._distances:
+                self._distances[choice, net] = perceptual_distance(choice, lpips_net=net,
+                                                                   discriminator=self.discriminator, device=device)
+            name, module = self._distances[choice, net]
         return name, None if module is None else module.to(device)
 
     def w_statistics(self, num_samples: int) -> tuple[torch.Tensor, float]:
@@ -318,7 +338,7 @@ class OptimizationMethod(Inverter):
 _PROJECTOR_OPTIONS = {
     "learning_rate": 0.1, "w_avg_samples": 10_000, "initial_noise_factor": 0.05, "noise_ramp_length": 0.75,
     "lr_rampup_length": 0.05, "lr_rampdown_length": 0.25, "noise_regularize_weight": 1e5, "optimize_noise": True,
-    "l2_weight": 1.0, "perceptual_weight": 1.0, "perceptual": "auto", "seed": 303, "progress": True,
+    "l2_weight": None, "perceptual_weight": 1.0, "perceptual": "auto", "seed": 303, "progress": True,
 }
 
 

@@ -2,8 +2,9 @@
 
 The official recipe (``../shared/reference/methods_baselines.md`` §4):
 
-1. **Pivot**: the projector in W with PTI's settings: 450 steps, lr 0.01, w statistics from 600 samples. Its
-   optimised noise maps are thrown away: tuning and rendering use the generator's own noise buffers.
+1. **Pivot**: the projector in W with PTI's settings: 450 steps, lr 0.01, w statistics from 600 samples, and the
+   projector's LPIPS-VGG (``pivot_perceptual``; no L2 term with LPIPS, ``pivot_l2_weight``). Its optimised noise
+   maps are thrown away: tuning and rendering use the generator's own noise buffers.
 2. **Tuning**: every synthesis parameter, Adam lr 3e-4, up to 350 steps, loss L2 + LPIPS-alex between
    G(w_p) and the image at full resolution (the pivot's projector compares 256-px copies; tuning does not); an
    image stops (before its update) once its LPIPS is ≤ 0.06.
@@ -33,6 +34,7 @@ from .projector import (
     PerImageRandom,
     ProjectorSettings,
     check_number,
+    check_perceptual,
     project,
     step_progress,
 )
@@ -50,7 +52,8 @@ class PTI(OptimizationMethod):
     lpips_net: ClassVar[str] = "alex"
     tiny_options: ClassVar[Mapping[str, Any]] = {"pivot_steps": 3, "pivot_w_avg_samples": 64, "steps": 3}
     options: ClassVar[Mapping[str, Any]] = {
-        "pivot_steps": 450, "pivot_learning_rate": 0.01, "pivot_w_avg_samples": 600,
+        "pivot_steps": 450, "pivot_learning_rate": 0.01, "pivot_w_avg_samples": 600, "pivot_perceptual": "auto",
+        "pivot_l2_weight": None,
         "steps": 350, "learning_rate": 3e-4, "l2_weight": 1.0, "perceptual_weight": 1.0,
         "early_stop_lpips": 0.06, "locality_regularization": True, "locality_alpha": 30.0, "locality_psi": 0.5,
         "locality_l2_weight": 0.1, "locality_perceptual_weight": 0.1, "perceptual": "auto", "seed": 303,
@@ -59,6 +62,7 @@ class PTI(OptimizationMethod):
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         options = super().check_options(options)
+        check_perceptual(options["pivot_perceptual"])
         try:
             self.pivot_settings(options)
         except ValueError as e:
@@ -79,18 +83,21 @@ class PTI(OptimizationMethod):
     def pivot_settings(o: Mapping[str, Any]) -> ProjectorSettings:
         """The W projection that finds the pivot, from checked options (``ProjectorSettings`` checks them)."""
         return ProjectorSettings(space="w", steps=o["pivot_steps"], learning_rate=o["pivot_learning_rate"],
-                                 w_avg_samples=o["pivot_w_avg_samples"], perceptual_weight=o["perceptual_weight"],
-                                 seed=o["seed"])
+                                 w_avg_samples=o["pivot_w_avg_samples"], l2_weight=o["pivot_l2_weight"],
+                                 perceptual_weight=o["perceptual_weight"], seed=o["seed"])
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
         o = self.check_options(options)
         G, device, _batch = self.generator, images.device, images.shape[0]
         distance_name, distance = self.distance(o["perceptual"], device)
+        # The pivot is NVIDIA's projector, with its LPIPS-VGG; the tuning compares with LPIPS-AlexNet.
+        _, pivot_distance = self.distance(o["pivot_perceptual"], device, lpips_net="vgg")
         pivot_settings = self.pivot_settings(o)
         w_stats = self.w_statistics(pivot_settings.w_avg_samples)
         if stopwatch is not None:
             stopwatch.lap("setup")
-        pivot, _ = project(G, images, pivot_settings, distance=distance, progress=o["progress"], w_stats=w_stats)
+        pivot, _ = project(G, images, pivot_settings, distance=pivot_distance, progress=o["progress"],
+                           w_stats=w_stats)
         if stopwatch is not None:
             stopwatch.lap("pivot")
         delta = self.tune(images, pivot, o, distance, early_stop=distance_name.startswith("lpips"))
