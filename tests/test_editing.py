@@ -290,3 +290,48 @@ def test_a_direction_found_on_another_generator_is_named_as_such(tmp_path, capsy
                  "--device", "cpu"]) == 0  # a warning, not a refusal: the edit is written
     assert "found on another generator" in capsys.readouterr().err
     assert (tmp_path / "edits" / "photo_up_default.png").is_file()
+
+
+def test_a_vector_direction_kept_to_layers_as_e2styles_official_edits(tmp_path, pipeline, capsys):
+    # E2Style's edits (age.npy, smile.npy: [18, 512], equal rows) change rows 0-7 only; --layers was ignored for a
+    # vector direction, and the edit changed every layer.
+    from hyperinverter.cli.main import main
+    from hyperinverter.errors import SchemaError
+
+    G = pipeline.generator
+    row = torch.randn(1, G.w_dim, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "age.npy", row.repeat(G.num_ws, 1).double().numpy())  # (float64, as E2Style's)
+    assert load_direction(tmp_path / "age.npy").vector.shape == (1, G.w_dim)  # equal rows: a W direction
+    kept = load_direction(tmp_path / "age.npy", start=0, end=4)
+    ws = torch.randn(2, G.num_ws, G.w_dim)
+    edited = kept.apply(ws, 20.0)
+    torch.testing.assert_close(edited[:, :4], ws[:, :4] + 20.0 * row)
+    assert torch.equal(edited[:, 4:], ws[:, 4:])
+    # Imported, the file keeps its layers; one row needs the model's number of layers.
+    out = tmp_path / "directions"
+    assert main(["directions", "import", str(tmp_path / "age.npy"), "--layers", "0:4", "--strength", "20", "--out",
+                 str(out)]) == 0
+    assert f"(layers 0:4 of {G.num_ws}, default strength 20)" in capsys.readouterr().out
+    torch.testing.assert_close(load_direction(out / "age.safetensors").apply(ws), edited)
+    torch.save(row, tmp_path / "one_row.pt")
+    with pytest.raises(SchemaError, match="one_row.pt: holds one vector for every layer: layers 0:4 need"):
+        load_direction(tmp_path / "one_row.pt", start=0, end=4)
+    torch.testing.assert_close(load_direction(tmp_path / "one_row.pt", start=0, end=4, num_ws=G.num_ws).apply(ws, 20.0),
+                               edited)
+    with pytest.raises(SchemaError, match=f"layers 2:99 are not within its {G.num_ws} rows"):
+        load_direction(tmp_path / "age.npy", start=2, end=99)
+    # edit --layers on a one-row file, through the model's number of layers.
+    pipeline.save_pretrained(tmp_path / "model")
+    x = torch.rand(1, 3, G.resolution, G.resolution, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    inversion = pipeline.save_result(pipeline.invert(x), tmp_path / "a.safetensors")
+    assert main(["edit", str(inversion), "--model", str(tmp_path / "model"), "--direction",
+                 str(tmp_path / "one_row.pt"), "--layers", "0:4", "--strength", "20", "--out",
+                 str(tmp_path / "edits")]) == 0
+    from PIL import Image
+
+    from hyperinverter.io.images import tensor_to_uint8
+
+    result, _ = pipeline.load_result(inversion)
+    expected = tensor_to_uint8(pipeline.edit(result, load_direction(tmp_path / "age.npy", start=0, end=4), 20.0))
+    with Image.open(tmp_path / "edits" / "a_one_row_+20.png") as written:
+        assert np.array_equal(np.asarray(written.convert("RGB")), expected[0])

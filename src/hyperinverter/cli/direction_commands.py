@@ -127,7 +127,9 @@ def register(sub) -> None:
     q.add_argument("file", type=Path, help="the official direction file")
     q.add_argument("--edits", choices=OFFICIAL_DOMAINS, help="a GANSpace basis's official named edits")
     q.add_argument("--component", type=nonnegative_int, help="GANSpace: the component of one edit")
-    q.add_argument("--layers", type=_layer_bounds, metavar="START:END", help="GANSpace: the layers of one edit")
+    q.add_argument("--layers", type=_layer_bounds, metavar="START:END",
+                   help="the layers of one edit: GANSpace's, or those a vector direction is kept to (E2Style's "
+                   "official age.npy and smile.npy edits: 0:8)")
     q.add_argument("--strength", type=finite_float, default=None,
                    help="the default strength (GANSpace: the value the coordinate is set to)")
     q.add_argument("--name", default=None, help="the direction's name (default: the file's stem)")
@@ -198,6 +200,7 @@ def run_label(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from ..editing.catalogue import edited_layers
     from ..editing.directions import GANSpaceDirection, LinearDirection, load_direction, save_direction
     from ..editing.official import official_ganspace_edits
     from ..errors import InputError, OutputError
@@ -232,8 +235,9 @@ def run_import(args: argparse.Namespace) -> int:
         if isinstance(direction, GANSpaceDirection):
             layers = f"layers {direction.start}:{direction.end}, component {direction.index}"
         else:  # InterFaceGAN: one vector for every layer, or one per layer (pose.pt: [18, 512])
-            rows = direction.vector.shape[0]
-            layers = "every layer" if rows == 1 else f"one vector for each of {rows} layers"
+            rows, edited = direction.vector.shape[0], edited_layers(direction)
+            layers = ("every layer" if rows == 1 else f"one vector for each of {rows} layers" if edited is None
+                      else f"layers {edited[0]}:{edited[1]} of {rows}")
         print(f"wrote {target}: {direction.name} ({layers}, default strength {direction.default_strength:g})")
     return 0
 

@@ -55,7 +55,7 @@ def _model_folder(model: str | os.PathLike) -> Path:
     return local_model_path(model)
 
 
-def _edited_layers(direction: LinearDirection | GANSpaceDirection) -> tuple[int, int] | None:
+def edited_layers(direction: LinearDirection | GANSpaceDirection) -> tuple[int, int] | None:
     """The range of layers an edit changes; ``None`` for a W direction (all). Rows that are zero do not count."""
     if isinstance(direction, GANSpaceDirection):
         return direction.start, direction.end
@@ -89,7 +89,7 @@ def direction_catalogue(model_dir: str | os.PathLike) -> list[CatalogueEntry]:
             entries.append(CatalogueEntry(path.stem, path, "unreadable", None, None, error=str(e)))
             continue
         kind = "ganspace" if isinstance(direction, GANSpaceDirection) else "linear"
-        entries.append(CatalogueEntry(direction.name, path, kind, _edited_layers(direction),
+        entries.append(CatalogueEntry(direction.name, path, kind, edited_layers(direction),
                                       direction.default_strength, _record(path)))
     return entries
 
@@ -128,7 +128,8 @@ def resolve_direction(
     principal directions, as the web page offers them); an unknown name is an error that lists the model's
     directions. ``model_dir`` may be None (paths only)."""
     text = os.fspath(name_or_path)
-    overrides = {"name": name, "index": index, "start": start, "end": end, "strength": strength}
+    overrides = {"name": name, "index": index, "start": start, "end": end, "strength": strength,
+                 "num_ws": None if generator is None else generator.num_ws}
     if _looks_like_path(text) or (model_dir is None and os.path.isfile(text)):
         return load_direction(text, **overrides)
     entries = direction_catalogue(model_dir) if model_dir is not None else []

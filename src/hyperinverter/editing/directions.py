@@ -152,8 +152,12 @@ class GANSpaceDirection:
         return out
 
 
-def _vector(tensor: object, path: Path) -> torch.Tensor:
-    """A direction tensor -> ``[rows, w_dim]``: ``[w_dim]``, ``[rows, w_dim]`` and ``[1, rows, w_dim]`` are read."""
+def _vector(tensor: object, path: Path, layers: tuple[int, int] | None = None, num_ws: int | None = None
+            ) -> torch.Tensor:
+    """A direction tensor -> ``[rows, w_dim]``: ``[w_dim]``, ``[rows, w_dim]`` and ``[1, rows, w_dim]`` are read.
+
+    ``layers``: ``(start, end)``, the rows the edit keeps (the others become zero): E2Style's official edits
+    change rows 0-7 of its ``[18, 512]`` directions. A one-row direction is first repeated over ``num_ws`` rows."""
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         raise SchemaError(path, f"a direction must be a float tensor, got {getattr(tensor, 'dtype', type(tensor))}")
     vector = tensor.float()
@@ -166,8 +170,20 @@ def _vector(tensor: object, path: Path) -> torch.Tensor:
                           f"{list(tensor.shape)}")
     if not bool(torch.isfinite(vector).all()):
         raise SchemaError(path, "the direction holds NaN or infinite values")
+    if layers is not None:  # (the range was ignored: the edit changed every layer)
+        start, end = layers
+        if vector.shape[0] == 1:
+            if num_ws is None:
+                raise SchemaError(path, f"holds one vector for every layer: layers {start}:{end} need the model's "
+                                  "number of layers (edit --layers with --model), or a file with one row per layer")
+            vector = vector.expand(num_ws, -1)
+        if not 0 <= start < end <= vector.shape[0]:
+            raise SchemaError(path, f"layers {start}:{end} are not within its {vector.shape[0]} rows")
+        kept = torch.zeros(vector.shape[0], 1, dtype=torch.bool)
+        kept[start:end] = True
+        vector = torch.where(kept, vector, torch.zeros_like(vector))
     if not bool(vector.any()):  # (every edit would be the input itself, at any strength)
-        raise SchemaError(path, "the direction is all zeros")
+        raise SchemaError(path, "the direction is all zeros" + (" on those layers" if layers else ""))
     if vector.shape[0] > 1 and torch.allclose(vector, vector[:1].expand_as(vector)):
         vector = vector[:1]  # e.g. pose.pt: identical rows, a plain W direction
     return vector
@@ -223,16 +239,25 @@ def load_direction(
     start: int | None = None,
     end: int | None = None,
     strength: float | None = None,
+    num_ws: int | None = None,
 ) -> LinearDirection | GANSpaceDirection:
     """Read a direction file of any supported format; every problem names the file and the field.
 
-    GANSpace bases need ``index``, ``start``, ``end`` and ``strength`` unless the file (ours) records them.
+    GANSpace bases need ``index``, ``start``, ``end`` and ``strength`` unless the file (ours) records them. For a
+    vector direction, ``start`` and ``end`` (both or neither) keep its edit to those layers; ``num_ws``, the model's
+    number of layers, lets a one-row vector be kept to some.
     """
     path = Path(path)
     refuse_special_file(path, SchemaError, "a direction file")
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "no such direction file", str(path))
     name = name or path.stem
+
+    def vector_of(tensor: object) -> torch.Tensor:
+        if (start is None) != (end is None):
+            raise ValueError("give the layers of a vector direction as both start and end")
+        return _vector(tensor, path, None if start is None else (start, end), num_ws)
+
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         meta = read_metadata_json(path, metadata, "direction", "a direction file")
@@ -249,7 +274,7 @@ def load_direction(
         probe = _probe(tensors.get("w_probe"), path)
         if kind == "linear":
             default = _number(meta, "strength", path, float, 3.0)
-            return LinearDirection(_vector(tensors["vector"], path), name=stored_name,
+            return LinearDirection(vector_of(tensors["vector"]), name=stored_name,
                                    default_strength=strength if strength is not None else default, w_probe=probe)
         spec = {"index": _number(meta, "index", path, int), "start": _number(meta, "start", path, int),
                 "end": _number(meta, "end", path, int), "strength": _number(meta, "strength", path, float)}
@@ -269,7 +294,7 @@ def load_direction(
             raise SchemaError(path, f"is not a readable .npy file ({e or type(e).__name__})") from None
         if array.dtype.kind not in "fiu":
             raise SchemaError(path, f"a direction must hold numbers, got dtype {array.dtype}")
-        vector = _vector(torch.from_numpy(array.astype(np.float32)), path)
+        vector = vector_of(torch.from_numpy(array.astype(np.float32)))
         return LinearDirection(vector, name=name, default_strength=3.0 if strength is None else strength)
     obj = load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and any(
@@ -281,7 +306,7 @@ def load_direction(
 
         return load_styleclip_direction(path, name=name, strength=DEFAULT_STRENGTH if strength is None else strength)
     if isinstance(obj, torch.Tensor):
-        return LinearDirection(_vector(obj, path), name=name, default_strength=3.0 if strength is None else strength)
+        return LinearDirection(vector_of(obj), name=name, default_strength=3.0 if strength is None else strength)
     if isinstance(obj, dict):
         missing = {"comp", "mean", "std"} - set(obj)
         if missing:

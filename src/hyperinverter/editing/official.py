@@ -51,7 +51,8 @@ def official_ganspace_edits(path: str | Path, domain: str) -> list[GANSpaceDirec
     if domain not in OFFICIAL_GANSPACE_EDITS:
         raise ValueError(f"no official edits for {domain!r}; there are: {', '.join(OFFICIAL_GANSPACE_EDITS)}")
     path = Path(path)
-    probe = load_direction(path, index=0, start=0, end=1, strength=0.0)
+    # (num_ws: a vector file, kept to layer 0 here, is read as one whatever its rows, and refused below)
+    probe = load_direction(path, index=0, start=0, end=1, strength=0.0, num_ws=1)
     if not isinstance(probe, GANSpaceDirection):
         raise SchemaError(path, f"is not a GANSpace basis (comp, mean, std) but a {type(probe).__name__}: the "
                           "official named edits are set on a GANSpace basis")
