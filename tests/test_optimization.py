@@ -348,3 +348,15 @@ def test_a_bundle_with_its_discriminator_saves_over_itself_and_hands_it_to_optim
     assert pipe.discriminator is not None
     pipe.save_pretrained(tmp_path / "bundle")  # its own discriminator folder is ours: replaced, not refused
     assert pipe.inverter("w-opt").distance("auto", torch.device("cpu"))[0] in ("dfeat", "lpips-vgg")
+
+
+def test_a_run_is_recorded_with_the_options_that_ran(G):
+    # Inversion files record a digest of the method and its options, on which a re-run skips an input; an
+    # instance's own defaults (the tiny preset's 3 steps) were left out, so its files passed for official ones.
+    from hyperinverter.inversion.files import made_with_digest
+
+    tiny, official = WProjection.create(G, preset="tiny"), WProjection.create(G, preset="official")
+    assert made_with_digest(tiny, {}) != made_with_digest(official, {})
+    assert made_with_digest(tiny, {}) == made_with_digest(official, dict(WProjection.tiny_options))
+    assert made_with_digest(tiny, {}) == made_with_digest(tiny, {"progress": False})  # (it changes no result)
+    assert made_with_digest(tiny, {}) != made_with_digest(tiny, {"steps": 4})

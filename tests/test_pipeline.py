@@ -1,5 +1,6 @@
 """InversionPipeline end to end on tiny models: batching, save/load, edit, interpolate, and the CLI."""
 
+import os
 import shutil
 
 import numpy as np
@@ -338,3 +339,25 @@ def test_save_result_records_the_method_and_precision_that_made_the_result(pipel
     # A method given still wins.
     _, record = pipeline.load_result(pipeline.save_result(optimised, tmp_path / "p.safetensors", method="phase1"))
     assert record["method"] == "phase1"
+
+
+def test_a_direction_file_written_again_is_read_again(pipeline, tmp_path, monkeypatch):
+    # edit kept the first reading of a name for the pipeline's life: a rewritten file, or the same relative name
+    # in another folder, edited with the old direction.
+    w_dim = pipeline.generator.w_dim
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    result = pipeline.invert(x)
+    up, down = (LinearDirection(torch.full((1, w_dim), s) / w_dim**0.5, name="d") for s in (1.0, -1.0))
+    for folder, direction in (("a", up), ("b", down)):
+        (tmp_path / folder).mkdir()
+        save_direction(direction, tmp_path / folder / "d.safetensors")
+    monkeypatch.chdir(tmp_path / "a")
+    first = pipeline.edit(result, "d.safetensors", 2.0)
+    torch.testing.assert_close(first, pipeline.edit(result, up, 2.0))
+    monkeypatch.chdir(tmp_path / "b")
+    torch.testing.assert_close(pipeline.edit(result, "d.safetensors", 2.0), pipeline.edit(result, down, 2.0))
+    torch.testing.assert_close(pipeline.edit(result, tmp_path / "a" / "d.safetensors", 2.0), first)
+    save_direction(down, tmp_path / "a" / "d.safetensors")
+    os.utime(tmp_path / "a" / "d.safetensors", ns=(1, 1))  # (a new time, however fast the file was written)
+    torch.testing.assert_close(pipeline.edit(result, tmp_path / "a" / "d.safetensors", 2.0),
+                               pipeline.edit(result, down, 2.0))

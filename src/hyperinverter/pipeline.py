@@ -382,7 +382,7 @@ class InversionPipeline:
         self.align_scale = align_scale
         self.name = name
         self.folder: Path | None = None  # the bundle folder it was loaded from (its directions), if any
-        self._named_directions: dict[str, Direction] = {}  # what edit resolved by name, once (a basis costs)
+        self._named_directions: dict[tuple, Direction] = {}  # what edit resolved by name, once (a basis costs)
         self._checked_directions: dict[int, Direction] = {}  # the direction objects edit was given, checked once
         self.discriminator = None if discriminator is None else discriminator.to(self.device).eval().requires_grad_(False)
         # Channels-last conv weights match the channels-last activations (faster oneDNN/cuDNN kernels).
@@ -739,9 +739,12 @@ class InversionPipeline:
             from .editing.catalogue import resolve_direction
 
             name = os.fspath(direction)
-            if name not in self._named_directions:
-                self._named_directions[name] = resolve_direction(self.folder, name, generator=self.generator)
-            direction = self._named_directions[name]
+            key = self._direction_key(name)
+            if key not in self._named_directions:
+                if len(self._named_directions) >= 64:
+                    self._named_directions.clear()
+                self._named_directions[key] = resolve_direction(self.folder, name, generator=self.generator)
+            direction = self._named_directions[key]
         elif not callable(getattr(direction, "apply", None)):  # (None or a list was an AttributeError)
             raise TypeError("direction must be a direction, a name, a file or a tensor, got "
                             f"{type(direction).__name__}")
@@ -757,6 +760,19 @@ class InversionPipeline:
             # The edit, not the model: it was blamed on "the model's weights or an option".
             raise NonFiniteError(None, f"the edited image holds NaN or infinite values: the edit moved the codes by "
                                  f"up to {moved:.3g}; give a smaller strength") from None
+
+    def _direction_key(self, name: str) -> tuple:
+        """What the direction ``name`` is read from, as it is now: the file it may name (from the current folder)
+        and the model's directions folder, with their times and sizes. A file written again, or another folder,
+        is read again (the first reading of a name was kept for the pipeline's life)."""
+        key: list = [name]
+        for path in (Path(name), None if self.folder is None else self.folder / "directions"):
+            try:
+                stat = path.stat() if path is not None else None
+            except (OSError, ValueError):  # (ValueError: a NUL in the name; resolve_direction names it)
+                stat = None
+            key.append(None if stat is None else (os.path.abspath(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(key)
 
     def _check_w_space(self, direction: Direction) -> None:
         """Warn, once per direction, when it was found on another generator (``w_space_mismatch``)."""

@@ -48,8 +48,12 @@ def generator_fingerprint(generator: torch.nn.Module) -> str:
 
 def made_with_digest(inverter: torch.nn.Module, options: Mapping[str, Any] | None) -> str:
     """A short hash of a method's weights (:func:`method_fingerprint`) and the options of its ``invert``: inversion
-    files record it, so that a re-run with a retrained encoder or other options does not skip its inputs."""
-    return fingerprint_of([method_fingerprint(inverter), dict(options or {})])
+    files record it, so that a re-run with a retrained encoder or other options does not skip its inputs. The
+    options are the ones that run, the method's own defaults included (an instance's, as ``create(preset="tiny")``
+    makes, were left out: its files were taken for those of the official settings); ``progress`` does not count."""
+    effective = {**dict(getattr(inverter, "options", {})), **dict(options or {})}
+    effective.pop("progress", None)
+    return fingerprint_of([method_fingerprint(inverter), effective])
 
 
 def method_fingerprint(inverter: torch.nn.Module) -> str:

@@ -10,7 +10,8 @@ The recipe of ``projector.py`` (reference: ``../shared/reference/methods_baselin
   auto-correlation regulariser (weight 1e5) and re-normalised to zero mean and unit RMS after every step.
 
 Each image has its own codes, noise maps and Adam state: Adam is element-wise and the loss is a sum of per-image
-terms, so one optimiser over ``[B, ...]`` tensors is exactly B independent runs. The optimised noise maps are
+terms, so one optimiser over ``[B, ...]`` tensors is B independent runs (up to float rounding, which Adam can
+carry to about 1e-2 in an image over hundreds of steps). The optimised noise maps are
 returned as an additive :class:`WeightDelta` on the ``noise_const`` buffers, so re-rendering a result (edits,
 files, exports) gives exactly the optimised image.
 
