@@ -4,11 +4,13 @@ single image gets."""
 import pytest
 import torch
 
+from conftest import build_tiny_generator
 from hyperinverter.models.stylegan2.generator import SINGLE_BATCHED_UP_TO_RESOLUTION
 from hyperinverter.models.stylegan2.layers import (
     demodulation_sums,
     forget_demodulation_sums,
     fused_weight,
+    modulated_conv2d,
     transposed_conv_layout,
 )
 
@@ -92,3 +94,30 @@ def test_a_single_image_takes_the_batched_kernel_at_low_resolution_without_autog
     fused = G.synthesis(ws)
     assert fused.requires_grad
     assert (single - fused.detach()).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kernel", ["batched", "grouped", "loop"])
+@pytest.mark.parametrize("up", [1, 2])
+def test_a_float64_model_computes_in_float64(kernel, up):
+    # The full-precision regions cast with .float(), which lowered a float64 model to fp32: gradcheck failed for
+    # every kernel, and outputs labelled float64 carried fp32's precision.
+    from hyperinverter.ops.filters import setup_filter
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    styles = torch.randn(2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    f = setup_filter([1, 3, 3, 1]).double() if up > 1 else None
+
+    def conv(x, weight, styles):
+        return modulated_conv2d(x, weight, styles, up=up, resample_filter=f, kernel=kernel)
+
+    assert conv(x, weight, styles).dtype == torch.float64
+    assert torch.autograd.gradcheck(conv, (x, weight, styles))
+    G = build_tiny_generator().double().eval()
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, G.z_dim, generator=gen, dtype=torch.float64))
+        image = G.synthesis(ws, noise_mode="const")
+        assert ws.dtype == image.dtype == torch.float64
+        reference = build_tiny_generator().eval().synthesis(ws.float(), noise_mode="const")
+    assert 0 < (image - reference).abs().max() < 1e-4  # (the same network, at another precision)

@@ -66,13 +66,20 @@ def reduced_precision(device: torch.device | str, dtype: torch.dtype) -> context
 
 @contextlib.contextmanager
 def full_precision(device: torch.device | str) -> Iterator[None]:
-    """An fp32 region inside :func:`reduced_precision` (a no-op outside one). Cast its inputs with ``.float()``."""
+    """An fp32 region inside :func:`reduced_precision` (a no-op outside one). Cast its inputs with
+    :func:`at_least_fp32`."""
     device_type = torch.device(device).type
     if not torch.is_autocast_enabled(device_type):
         yield
         return
     with torch.autocast(device_type, enabled=False):
         yield
+
+
+def at_least_fp32(x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` for a full-precision region: in fp32, or in float64 where ``like`` (the weights it meets; default
+    ``x`` itself) is float64 (a plain ``.float()`` ran a float64 model's demodulation and styles in fp32)."""
+    return x.to(torch.promote_types((x if like is None else like).dtype, torch.float32))
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

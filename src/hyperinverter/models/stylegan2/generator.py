@@ -18,7 +18,7 @@ from torch import nn
 
 from ...config_base import MAX_LAYERS, SerializableConfig, check_count
 from ...ops.filters import filter_taps, setup_filter, upsample2d
-from ...precision import compute_dtype, full_precision
+from ...precision import at_least_fp32, compute_dtype, full_precision
 from .. import init
 from ..weight_delta import WeightDelta
 from .layers import (
@@ -143,7 +143,7 @@ class MappingNetwork(nn.Module):
         c = self.config
         assert z.ndim == 2 and z.shape[1] == c.z_dim, f"z must be [B,{c.z_dim}], got {tuple(z.shape)}"
         with full_precision(z.device):  # small, and every code comes from it: fp32 under reduced precision
-            z = z.float()
+            z = at_least_fp32(z, like=self.fc0.weight)
             x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
             for i in range(c.mapping_layers):
                 x = getattr(self, f"fc{i}")(x)
@@ -230,7 +230,7 @@ class SynthesisBlock(nn.Module):
         kw = self.layer_offsets("torgb", prefix, weight_delta)
         y = self.torgb(x, next(w_iter), **kw, kernel=choose_kernel(kw.get("weight"), self.resolution, x))
         with full_precision(y.device):  # the RGB skip sum accumulates every block's output: fp32
-            img = y.float() if img is None else upsample2d(img, self.resample_filter) + y.float()
+            img = at_least_fp32(y) if img is None else upsample2d(img, self.resample_filter) + at_least_fp32(y)
         return x, img
 
     def layer_offsets(self, name: str, prefix: str, weight_delta: WeightDelta | None) -> dict[str, torch.Tensor]:
@@ -350,7 +350,8 @@ class BlockRows(KeptRows):
         assert conv0.output_height(source.height) == height, f"{source.height} rows do not make {height}"
         super().__init__(UpsampledRows(conv0, source, band_rows=band_rows), height=height, band_rows=band_rows)
         self.conv0, self.conv1, self.torgb = conv0, conv1, torgb
-        self.rgb = torch.empty((1, img_channels, height, height), dtype=torch.float32, device=source.like.device,
+        self.rgb = torch.empty((1, img_channels, height, height), device=source.like.device,
+                               dtype=torch.promote_types(source.like.dtype, torch.float32),
                                memory_format=torch.channels_last)  # as the skip image (a torgb output)
 
     def _compute(self, start: int, stop: int) -> torch.Tensor:
@@ -531,7 +532,7 @@ class SynthesisNetwork(nn.Module):
             # above them, and they hold a tenth of the work (hyperinverter.precision).
             coarse = res <= FP32_UP_TO_RESOLUTION
             with full_precision(ws.device) if coarse else contextlib.nullcontext():
-                x = x.float() if coarse and x is not None else x
+                x = at_least_fp32(x) if coarse and x is not None else x
                 chain = self._band_chain(blocks, i, x, coarse)
                 if chain:
                     x, img = self._synthesize_in_bands(chain, x, img, ws, first_ws, weight_delta, noise,

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ...ops.filters import pad_or_crop, setup_filter, upfirdn2d
-from ...precision import compute_dtype, full_precision
+from ...precision import at_least_fp32, compute_dtype, full_precision
 from .. import init
 
 ConvKernel = Literal["batched", "grouped", "loop"]
@@ -148,7 +148,8 @@ def fused_weight(weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool
     against 1.21 with a new tensor per step (channels-last weight), 1.19 against 1.87 (``transposed_conv_layout``).
     """
     batch, in_channels = styles.shape
-    w = (weight if weight.ndim == 5 else weight.unsqueeze(0)).float() * styles.float().reshape(batch, 1, in_channels, 1, 1)
+    w = at_least_fp32(weight if weight.ndim == 5 else weight.unsqueeze(0)) * \
+        at_least_fp32(styles, like=weight).reshape(batch, 1, in_channels, 1, 1)
     if not demodulate and gain == 1:
         return w.to(dtype)
     scale = (_sum_of_squares(w, dim=(2, 3, 4)).add_(1e-8).rsqrt_() * gain) if demodulate else gain
@@ -182,11 +183,11 @@ def demodulation_sums(weight: torch.Tensor) -> torch.Tensor:
     # Dynamo cannot trace is_inference), training changes the weight every step, and inference tensors have no
     # version counter.
     if torch.compiler.is_compiling() or weight.requires_grad or weight.is_inference():
-        return weight.float().square().sum(dim=[2, 3])
+        return at_least_fp32(weight).square().sum(dim=[2, 3])
     key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, weight.shape)
     kept = _demodulation_sums.get(weight)
     if kept is None or kept[0] != key:
-        kept = key, weight.float().square().sum(dim=[2, 3])
+        kept = key, at_least_fp32(weight).square().sum(dim=[2, 3])
         _demodulation_sums[weight] = kept
     return kept[1]
 
@@ -239,9 +240,11 @@ def modulated_conv2d(
         y = _conv(x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1), weight.to(x.dtype), up=up, bias=None,
                   f=resample_filter)
         with full_precision(x.device):  # demodulation in fp32 under reduced precision (see hyperinverter.precision)
-            scale = torch.full((batch, out_channels), gain, dtype=torch.float32, device=x.device)
+            full = torch.promote_types(weight.dtype, torch.float32)
+            scale = torch.full((batch, out_channels), gain, dtype=full, device=x.device)
             if demodulate:
-                scale = scale * (styles.float().square() @ demodulation_sums(weight).t() + 1e-8).rsqrt()
+                scale = scale * (at_least_fp32(styles, like=weight).square() @ demodulation_sums(weight).t()
+                                 + 1e-8).rsqrt()
         scale = scale.to(y.dtype).reshape(batch, out_channels, 1, 1)
         if bias is None:
             return y.mul_(scale) if _inplace_ok(y) else y * scale
@@ -454,7 +457,7 @@ class SynthesisLayer(nn.Module):
 
     def _styles(self, w: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         with full_precision(w.device):  # the styles scale every weight of the layer: fp32 (hyperinverter.precision)
-            return self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias"))
+            return self.affine(at_least_fp32(w, like=self.affine.weight), p.get("affine_weight"), p.get("affine_bias"))
 
     def _noise(self, x: torch.Tensor, noise_mode: str, noise_generator: torch.Generator | None,
                p: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -527,7 +530,8 @@ class ToRGBLayer(nn.Module):
 
     def _styles(self, w: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         with full_precision(w.device):
-            return self.affine(w.float(), p.get("affine_weight"), p.get("affine_bias")) * self.weight_gain
+            return self.affine(at_least_fp32(w, like=self.affine.weight), p.get("affine_weight"),
+                               p.get("affine_bias")) * self.weight_gain
 
     def _clamp(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_clamp is None:
