@@ -361,6 +361,8 @@ class InversionPipeline:
     a path); inversion files record it. ``align_scale``: the face-crop scale that matches the training framing.
     ``dtype``: the precision inversion and rendering run in: ``"fp32"`` (default), ``"bf16"`` (CPUs with native
     bf16, GPUs) or ``"fp16"`` (GPUs); see :mod:`hyperinverter.precision`. Images and codes come out in fp32.
+    The methods (and ``discriminator``) are the pipeline's from then on: they are moved to ``device`` in the
+    channels-last layout and frozen (eval mode, no gradients), in place, as an inference model is.
     ``prepack``: on a CPU in fp32, the trained parts' large convolution weights stay in oneDNN's layout from their
     first call on, instead of being reordered at every call (:mod:`hyperinverter.ops.prepacked`). The modules
     change in place, so ``from_pretrained`` does it for what it loads; a pipeline over modules that still train
