@@ -1,5 +1,6 @@
 """Generator trainer: the loss falls on a fixed batch, resume is exact, torchrun ranks equal one process."""
 
+import math
 import os
 import signal
 import socket
@@ -275,6 +276,12 @@ def test_a_stylised_fine_tune_keeps_the_mapping_and_learns_the_style(tmp_path):
         before = (start.synthesis(ws) - target).abs().mean()
         after = (tuned.synthesis(ws) - target).abs().mean()
     assert after < 0.8 * before  # paired: G'(w) moved towards sketch(G(w)) for the same w
+    # An adversarial fine-tune with the mapping frozen, path-length regulariser on (it failed: ws needed no grad).
+    result = train_generator(config(tmp_path / "adversarial", steps=2, init_from=str(tmp_path / "start"),
+                                    generator=None, freeze_mapping=True, pl_weight=2.0, pl_interval=1,
+                                    checkpoint_every=1000), images=teacher_images())
+    assert all(math.isfinite(h["loss/pl"]) for h in result.history if "loss/pl" in h)
+    assert any("loss/pl" in h for h in result.history)
     with pytest.raises(ValueError, match="give init_from"):
         config(tmp_path / "bad", freeze_mapping=True)
     with pytest.raises(ValueError, match="unknown style"):

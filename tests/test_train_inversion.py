@@ -274,3 +274,21 @@ def test_a_resume_that_cannot_go_on_leaves_the_run_as_it_was(tmp_path, gan_dir, 
     with pytest.raises(OutputError, match=r"holds a run \(final/, best/, stats.jsonl\).*resume=false"):
         train_w_encoder(config(run, gan_dir, steps=8), images=images)
     assert (run / "final" / "w_encoder" / "model.safetensors").read_bytes() == final
+
+
+def test_the_losses_run_in_fp32_under_reduced_precision():
+    # .float() on the inputs left autocast on: the loss networks' convolutions ran in bf16 (LPIPS 20 % off).
+    from hyperinverter.losses.reconstruction import ReconstructionLoss
+    from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
+
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=32)).eval()
+    loss = ReconstructionLoss(dfeat_weight=1.0, discriminator=D)
+    output, target = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    reference, _ = loss(output, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reduced, _ = loss(output.bfloat16(), target.bfloat16())
+    assert reduced.dtype == torch.float32
+    torch.testing.assert_close(reduced, loss(output.bfloat16().float(), target.bfloat16().float())[0],
+                               rtol=1e-6, atol=1e-7)
+    assert abs(float(reduced) - float(reference)) < 0.01 * float(reference)

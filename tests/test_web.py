@@ -461,13 +461,14 @@ def test_the_server_stops_on_a_signal_as_every_command_does(pipeline, tmp_path, 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "hyperinverter.cli.main", "web", "--host", "127.0.0.1", "--port", str(port),
-               "--model", str(tmp_path / "model"), "--device", "cpu"]
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
     # (a process started in the background, as a suite run with `&`, inherits SIGINT ignored: Ctrl-C as a terminal
     # gives it is the default)
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    start = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from hyperinverter.cli.main import main; sys.exit(main())")
+    command = [sys.executable, "-c", start, "web", "--host", "127.0.0.1", "--port", str(port), "--model",
+               str(tmp_path / "model"), "--device", "cpu"]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:  # until the page is served

@@ -20,7 +20,7 @@ from .inversion.files import method_fingerprint
 from .io.files import atomic_write_figure, atomic_write_group, json_report_bytes, markdown_bytes
 from .io.images import content_of
 from .io.work import WorkFolder, as_recorded, fingerprint_of
-from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, pooled_to_width, same_targets
+from .metrics import PAPER_RESOLUTION, PIXEL_METRICS, FeatureMetric, resized_to_width, same_targets
 from .pipeline import InversionPipeline
 from .precision import dtype_name
 from .progress import progress_bar
@@ -393,7 +393,7 @@ def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple
         return {}, f"LPIPS-{net}: unavailable here ({e})"
 
     def features(images: torch.Tensor) -> list[torch.Tensor]:
-        return network.features(pooled_to_width(images, PAPER_RESOLUTION))  # the papers compare 256-px images
+        return network.features(resized_to_width(images, PAPER_RESOLUTION))  # the papers compare 256-px images
 
     return {"lpips": FeatureMetric(features, network.compare)}, None
 

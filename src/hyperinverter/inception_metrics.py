@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import FeatureMetric, pooled_to_width
+from .metrics import FeatureMetric, resized_to_width
 from .models.inception import FEATURE_DIM, SPATIAL_TAPS, FIDInceptionV3
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def inception_metric(device: torch.device | str = "cpu", *, path: str | os.PathL
 
     def features(images: torch.Tensor) -> list[torch.Tensor]:
         # like LPIPS in the papers: compare 256-px images
-        return distance.features(pooled_to_width(images, METRIC_RESOLUTION))
+        return distance.features(resized_to_width(images, METRIC_RESOLUTION))
 
     return {"inception_dist": FeatureMetric(features, distance.compare)}, None
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import full_precision
 from .identity import FFHQ_CROP, CropBox, face_crop
 
 FeatureLevels = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -47,9 +48,11 @@ class MultiLayerLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         assert output.shape == target.shape, f"{tuple(output.shape)} vs {tuple(target.shape)}"
-        with torch.no_grad():
-            reference = self.levels(self.prepare(target))
-        return cosine_distance_sum(self.levels(self.prepare(output)), reference)
+        with full_precision(output.device):  # (in fp32 under autocast, as every loss: see ReconstructionLoss)
+            output, target = output.float(), target.float()
+            with torch.no_grad():
+                reference = self.levels(self.prepare(target))
+            return cosine_distance_sum(self.levels(self.prepare(output)), reference)
 
 
 def arcface_levels(network) -> FeatureLevels:

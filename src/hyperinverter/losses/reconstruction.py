@@ -9,6 +9,7 @@ from torch import nn
 
 from ..metrics import pooled_to_width
 from ..models.stylegan2 import Discriminator
+from ..precision import full_precision
 from .identity import CropBox
 
 
@@ -47,8 +48,12 @@ class ReconstructionLoss(nn.Module):
             self.dfeat = DiscriminatorFeatureLoss(discriminator).to(device)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        # Losses in fp32 whatever the autocast: small differences of nearly equal images lose bits in bf16.
-        output, target = output.float(), target.float()
+        # Losses in fp32 whatever the autocast: small differences of nearly equal images lose bits in bf16. Casting
+        # the inputs is not enough: under autocast the loss networks' convolutions ran in bf16 (LPIPS 20 % off).
+        with full_precision(output.device):
+            return self._forward(output.float(), target.float())
+
+    def _forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         full_output, full_target = output, target  # the discriminator features need its own resolution
         if self.loss_resolution is not None:
             output = pooled_to_width(output, self.loss_resolution)

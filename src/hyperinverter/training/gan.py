@@ -218,6 +218,8 @@ class GANTask(TrainingTask):
         if phase.name == "G_pl":
             n = max(batch["z"].shape[0] // cfg.grad_accum // 2, 1)
             ws = mix_styles(G, batch["z"][:n], cfg.style_mixing, gen, update_w_avg=False)
+            if not ws.requires_grad:  # a frozen mapping (freeze_mapping): the lengths are still taken over ws
+                ws = ws.detach().requires_grad_(True)
             img = G.synthesis(ws, **noise)
             pl_noise = torch.randn(img.shape, generator=gen).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
             (grad,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
