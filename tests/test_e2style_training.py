@@ -92,6 +92,8 @@ def test_restoration_training_degrades_the_input_and_targets_the_clean_image(set
     assert pipe.inverter("e2style").task == "sr4"
     with pytest.raises(ValueError, match="unknown restoration task"):
         config("bad", 1, task="sr3")
+    with pytest.raises(ValueError, match="a restoration run has no adversarial stage"):  # (D took degraded as real)
+        config("bad", 1, task="sr4", adv_weight=0.1, adv_start=0)
 
 
 def test_multilayer_identity_levels_and_loss():

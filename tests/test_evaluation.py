@@ -139,6 +139,12 @@ def test_two_folders_are_paired_by_name_and_scored(tmp_path, capsys):
     assert [r["image"] for r in rows] == ["000.png", "001.png", "002.png"] and {r["method"] for r in rows} == {"pred"}
     for i, row in enumerate(rows):
         assert float(row["psnr"]) == pytest.approx(float(PIXEL_METRICS["psnr"](x[i : i + 1], y[i : i + 1])), rel=1e-5)
+    # Identity on folders scores the FFHQ face box, as --model does (it embedded the whole frame), unless told.
+    for flag, where in (([], "the face crop of the FFHQ framing at align scale 1"),
+                        (["--whole-frame"], "the whole image")):
+        assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--identity", *flag,
+                     "--out", str(tmp_path / "id")]) == 0
+        assert f"cosine similarity on {where}" in (tmp_path / "id.md").read_text()
 
 
 def test_mismatched_folders_are_an_error_naming_the_files(tmp_path, capsys):

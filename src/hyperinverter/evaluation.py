@@ -419,7 +419,7 @@ def identity_metric(device: torch.device | str = "cpu", *, align_scale: float | 
     def compare(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cosine_similarity(a, b, dim=1)
 
-    where = "the whole image" if crop is None else "the face crop of the model's framing"
+    where = "the whole image" if crop is None else f"the face crop of the FFHQ framing at align scale {align_scale:g}"
     return {"id_sim": FeatureMetric(features, compare)}, f"identity: {name}, cosine similarity on {where}"
 
 

@@ -598,6 +598,9 @@ def register_evaluate(sub) -> None:
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--whole-frame", action="store_true",
+                   help="with --pred/--gt and --identity: embed the whole images, not the face box of FFHQ-aligned "
+                   "faces (--model uses its own framing)")
     p.add_argument("--editability", type=positive_int, default=None, metavar="N",
                    help="also measure ground-truth editability on N images the generator makes from known codes, "
                    "with the model's directions (writes OUT-editability.md/.json)")
@@ -672,7 +675,8 @@ def _evaluate_folders(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_folders
     from ..metrics import protocol_note
 
-    extra, notes = _standard_metrics("cpu", identity=args.identity, align_scale=None)
+    # FFHQ-aligned faces unless told: the whole frame (background and hair) scored other numbers than --model does
+    extra, notes = _standard_metrics("cpu", identity=args.identity, align_scale=None if args.whole_frame else 1.0)
     try:
         report, problems = evaluate_folders(args.pred, args.gt, extra_metrics=extra, batch_size=args.batch_size)
     except ValueError as e:

@@ -58,6 +58,9 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
                              "run (its final/ or best/ folder)")
         if self.task is not None:
             get_degradation(self.task)  # an unknown task is an error now
+            if self.adv_weight > 0:  # (its encoder loss left the term out, and D took the degraded inputs for real)
+                raise ValueError(f"task {self.task}: a restoration run has no adversarial stage (E2Style's has none): "
+                                 "set adv_weight to 0")
         if self.content_rows is not None:
             raise ValueError("E2Style reads square images (the official code has no non-square domain such as cars); "
                              "leave content_rows out, or train pSp, e4e, HyperStyle or HyperInverter")

@@ -2,9 +2,12 @@
 
 As the official coach: every batch runs ``n_iters_per_batch`` iterations from the W encoder's image; iteration t
 predicts from ``cat(x, ŷ_{t-1})`` with ``ŷ_{t-1}`` and ``Δ_{t-1}`` detached, and its loss is back-propagated (here
-the iterations' losses are summed, which gives the same gradients); one optimiser step per batch. The defaults are
-the official ones for faces: Ranger at lr 1e-4, batch 8, 5 iterations, L2 1.0 (+ LPIPS 0.8 and identity 0.1 where
-those networks are present; see the configs for the offline substitutes).
+the iterations' losses are summed, which gives the same gradients); one optimiser step per batch. The official
+settings for faces are Ranger at lr 1e-4, batch 8, 5 iterations, and L2 1.0 + LPIPS 0.8 + ArcFace identity 0.1 on
+images pooled to 256 px. The defaults here are the first four (L2 1.0, at full resolution); LPIPS, the identity
+term and ``loss_resolution`` are off by default because their networks cannot be downloaded offline: set
+``lpips_weight: 0.8``, ``id_weight: 0.1``, ``id_model: arcface`` and ``loss_resolution: 256`` for the official
+recipe (the configs use the offline substitutes).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class RunConfig:
     data: str
     steps: int
     batch_size: int = 8
-    grad_accum: int = 1  # micro-batches per step: same result, less memory
+    grad_accum: int = 1  # micro-batches per step: less memory, the same gradients but for docs/training.md's terms
     hflip: bool = False
     seed: int = 0
     device: str = "auto"
