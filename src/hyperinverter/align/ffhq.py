@@ -108,12 +108,6 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     size = edited.width
     if edited.size != (size, size):
         raise ValueError(f"edited crops must be square, got {edited.size}")
-    # Source pixel -> crop pixel: the inverse of the crop's affine (rescaled to the edited crop's size).
-    forward = quad_affine(face.quad, size)
-    matrix = np.vstack([forward, [0.0, 0.0, 1.0]])
-    inverse = np.linalg.inv(matrix)[:2]
-    warped = edited.convert("RGB").transform(photo.size, Image.AFFINE, tuple(inverse.flatten()),
-                                             resample=Image.BICUBIC)
     if mask is None:
         mask = Image.new("L", (size, size), 0)
         border = max(1, int(size * feather))
@@ -122,6 +116,18 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     elif mask.mode != "L" or mask.size != (size, size):
         raise ValueError(f"a paste-back mask must be an 'L' image of the crop's {size}x{size}, got {mask.mode} "
                          f"{mask.size[0]}x{mask.size[1]}")
+    edited = edited.convert("RGB")
+    # A crop larger than the face's place in the photo is first reduced with an antialiasing filter, as alignment
+    # reduces the photo: one bicubic warp folded its finer detail (hair) into moiré.
+    side = int(np.ceil(np.hypot(*(np.asarray(face.quad[3]) - np.asarray(face.quad[0])))))
+    if side < size:
+        size = max(side, 1)
+        edited, mask = edited.resize((size, size), Image.LANCZOS), mask.resize((size, size), Image.BILINEAR)
+    # Source pixel -> crop pixel: the inverse of the crop's affine (rescaled to the edited crop's size).
+    forward = quad_affine(face.quad, size)
+    matrix = np.vstack([forward, [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(matrix)[:2]
+    warped = edited.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BICUBIC)
     mask = mask.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BILINEAR)
     return Image.composite(warped, photo, mask)
 
