@@ -112,3 +112,19 @@ def test_paste_back_into_a_smaller_face_does_not_alias():
     out = np.asarray(paste_back_placement(photo, edited, {"quad": quad, "source_size": [400, 300]})).astype(float)
     inner = out[120:230, 120:230, 0]  # (inside the feathered border)
     assert inner.std() < 3 and abs(inner.mean() - 127.5) < 3
+
+
+def test_the_padding_beyond_the_photo_is_blurred_and_fades_as_ffhqs():
+    # Where the crop leaves the photo, FFHQ's recipe blurs the reflected padding and fades it to the median colour;
+    # plain reflection showed sharp mirrored copies there (8.7/255 from the official crops along their border).
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))  # fine detail everywhere
+    face = align_from_landmarks(photo, synthetic_landmarks(cx=70, cy=120), size=128)  # reaches past the left edge
+    crop = np.asarray(face.image, dtype=float)
+    u = np.arange(128)
+    source_x = face.affine[0, 0] * u[None, :] + face.affine[0, 1] * u[:, None] + face.affine[0, 2]
+    outside, inside = crop[source_x < -20], crop[source_x > 20]
+    assert outside.std() < 0.5 * inside.std()  # (blurred, and towards the edge one colour)
+    median = np.median(np.asarray(photo, dtype=float).reshape(-1, 3), axis=0)
+    far = crop[source_x < source_x.min() + 5].mean(axis=0)
+    assert np.abs(far - median).max() < 20
