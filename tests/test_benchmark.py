@@ -358,3 +358,20 @@ def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator, 
     assert shapes == [(24, 32), (24, 32)]  # the inputs' and the method's FID features
     assert any("rows 4 to 28 of the generator's square" in note for note in report.notes)
     assert read_image(tmp_path / "r" / "examples.png").height < 4 * 96  # 4 examples of 24 rows (x3), not of 32
+
+
+def test_claims_are_judged_on_the_papers_metrics_and_runs():
+    # Offline the Inception distance stood in for LPIPS in the verdicts ("refuted" on +1.3 % of a metric the paper
+    # does not report), and a W+ optimisation of 500 steps was judged as the paper's of 2000.
+    report = BenchmarkReport(
+        model="m", data="d", settings={"options": {"wplus-opt": {"steps": 500}}}, common_images=4,
+        metrics={"hyperinverter": {"mse": 0.02, "ssim": 0.8, "inception_dist": 0.6},
+                 "phase1": {"mse": 0.04, "ssim": 0.7, "inception_dist": 0.5}},
+        distribution={}, distribution_at_scale={}, seconds_per_image={}, peak_memory_mb={}, parameters={},
+        images_per_method={}, editability={"hyperinverter": {"mse": 0.03}, "wplus-opt": {"mse": 0.02}},
+        editability_setup={}, claims=[], notes=[], provenance={})
+    verdicts = {c["claim"]: (c["holds"], c["evidence"]) for c in check_claims(report)}
+    holds, evidence = verdicts["HyperInverter beats phase1 on MSE, SSIM"]
+    assert holds and "not judged: Inception dist. 0.6000 vs 0.5000 (+20.0%), not the paper's metric" in evidence
+    holds, evidence = verdicts["HyperInverter's ground-truth editability is better than W+ optimisation's"]
+    assert not holds and "W+ optimisation ran 500 steps, not the paper's 2000" in evidence
