@@ -395,7 +395,7 @@ def test_parity_with_reference_formula(net):
 
 def test_the_lpips_metric_is_the_module_on_256_px_images(monkeypatch):
     # evaluate's LPIPS goes through FeatureMetric (features, then compare): the same number as the module, with
-    # images over 256 px average-pooled to 256 as the papers compare them.
+    # images over 256 px resized to 256 as the papers' scripts resize them (torchvision's Resize: antialiased bilinear).
     from hyperinverter.evaluation import lpips_metric
     from hyperinverter.metrics import same_targets
 
@@ -404,9 +404,11 @@ def test_the_lpips_metric_is_the_module_on_256_px_images(monkeypatch):
     monkeypatch.setattr(LPIPS, "from_files", classmethod(lambda cls, net: module))
     metric = lpips_metric("cpu")[0]["lpips"]
     a, b = torch.rand(3, 3, 512, 512) * 2 - 1, torch.rand(3, 3, 512, 512) * 2 - 1
-    pooled = F.adaptive_avg_pool2d
+    def resized(x):
+        return F.interpolate(x, size=256, mode="bilinear", antialias=True)
+
     with torch.no_grad():
-        expected = module(pooled(a, 256), pooled(b, 256))
+        expected = module(resized(a), resized(b))
         torch.testing.assert_close(metric(a, b), expected)
         with same_targets():
             torch.testing.assert_close(metric(a, b), expected)

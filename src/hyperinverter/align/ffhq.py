@@ -106,7 +106,7 @@ def _ffhq_padded(photo: np.ndarray, quad: np.ndarray, quad_size: float) -> tuple
     low, high = np.floor(quad.min(axis=0)).astype(int), np.ceil(quad.max(axis=0)).astype(int)
     x0, y0 = max(low[0] - border, 0), max(low[1] - border, 0)
     x1, y1 = min(high[0] + border, width), min(high[1] + border, height)
-    if x1 - x0 < width or y1 - y0 < height:
+    if x0 < x1 and y0 < y1 and (x1 - x0 < width or y1 - y0 < height):  # (a quad beyond the photo keeps it all)
         photo, quad, low, high = photo[y0:y1, x0:x1], quad - (x0, y0), low - (x0, y0), high - (x0, y0)
     height, width = photo.shape[:2]
     # (left, top, right, bottom): how far the quad and its border reach outside
