@@ -101,3 +101,26 @@ def test_the_frozen_generator_may_be_named_as_a_model(setup, pipeline):
     assert frozen("faces-64").config.resolution == 64
     with pytest.raises(FileNotFoundError, match="catalogue names: faces-64"):
         frozen(str(tmp_path / "missing"))
+
+
+def test_training_forwards_draw_noise_maps_as_the_official_coaches(setup, tiny_generator):
+    # pSp's, e4e's and E2Style's official coaches draw new noise maps at every training forward (HyperStyle's and
+    # HyperInverter's render with the fixed ones); these trainers rendered with the fixed maps.
+    from hyperinverter.methods import registered_methods
+    from hyperinverter.training.e2style import E2StyleTrainingConfig
+    from hyperinverter.training.encoders import EncoderTrainingConfig
+    from hyperinverter.training.hyperstyle import HyperStyleTrainingConfig
+
+    assert PspTrainingConfig.random_noise and E2StyleTrainingConfig.random_noise
+    assert not EncoderTrainingConfig.random_noise and not HyperStyleTrainingConfig.random_noise
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name in ("psp", "e4e", "e2style"):
+        method = registered_methods()[name].create(tiny_generator, preset="tiny").eval()
+        with torch.no_grad():
+            fixed = method(x).image
+            drawn = [method(x, noise=torch.Generator().manual_seed(s)).image for s in (1, 1, 2)]
+        assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])  # (the step's generator)
+        assert not torch.equal(fixed, drawn[0]) and torch.equal(fixed, method.invert(x).image)  # (inference: fixed)
+    config, data, _ = setup
+    result = train_psp(config("noise", 2), images=data, val_images=data[:4])  # (it runs with them)
+    assert all(torch.isfinite(torch.tensor(h["loss/l2"])) for h in result.history if "loss/l2" in h)

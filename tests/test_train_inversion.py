@@ -292,3 +292,8 @@ def test_the_losses_run_in_fp32_under_reduced_precision():
     torch.testing.assert_close(reduced, loss(output.bfloat16().float(), target.bfloat16().float())[0],
                                rtol=1e-6, atol=1e-7)
     assert abs(float(reduced) - float(reference)) < 0.01 * float(reference)
+
+
+def test_random_noise_is_refused_where_the_method_renders_with_fixed_noise_only(tmp_path, gan_dir, images):
+    with pytest.raises(ValueError, match="random_noise: phase1 renders with the generator's fixed noise maps only"):
+        train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1, random_noise=True), images=images)

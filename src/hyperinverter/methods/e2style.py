@@ -95,22 +95,25 @@ class E2Style(Inverter):
             raise ValueError(f"stages must be between 1 and the {trained} trained stages, got {stages!r}")
         return stages
 
-    def render(self, codes: torch.Tensor) -> torch.Tensor:
-        """The generator's image of the first ``num_ws`` code rows."""
-        return self.generator.synthesis(codes[:, : self.generator.num_ws], noise_mode="const")
+    def render(self, codes: torch.Tensor, noise: torch.Generator | None = None) -> torch.Tensor:
+        """The generator's image of the first ``num_ws`` code rows (``noise``: draw its noise maps from it)."""
+        return self.generator.synthesis(codes[:, : self.generator.num_ws], noise_generator=noise,
+                                        noise_mode="const" if noise is None else "random")
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None,
-                stages: int | None = None) -> InversionResult:
+                stages: int | None = None, noise: torch.Generator | None = None) -> InversionResult:
+        """``noise``: draw the generator's noise maps from it (training, as the official coach), instead of its
+        fixed ones."""
         G, stages = self.generator, self.check_stages(stages)
         x = resize_for_encoder(images, self.encoder_resolution)
         codes = self.encoders.first_codes(x)
-        image = self.render(codes)
+        image = self.render(codes, noise)
         steps = [image]
         if stopwatch is not None:
             stopwatch.lap("stage 1")
         for index in range(1, stages):
             codes = self.encoders.refine_codes(index, codes, x, image)
-            image = self.render(codes)
+            image = self.render(codes, noise)
             steps.append(image)
             if stopwatch is not None:
                 stopwatch.lap(f"stage {index + 1}")

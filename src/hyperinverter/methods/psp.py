@@ -80,9 +80,12 @@ class PSP(Inverter):
         assert ws.shape == (x.shape[0], G.num_ws, G.w_dim), f"W+ encoder returned {tuple(ws.shape)}"
         return ws
 
-    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None) -> InversionResult:
+    def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None,
+                noise: torch.Generator | None = None) -> InversionResult:
+        """``noise``: draw the generator's noise maps from it (training, as the official coaches), instead of its
+        fixed ones."""
         ws = self.encode(images)
-        image = self.generator.synthesis(ws, noise_mode="const")
+        image = self.generator.synthesis(ws, noise_mode="const" if noise is None else "random", noise_generator=noise)
         if stopwatch is not None:
             stopwatch.lap(self.name)
         return InversionResult(ws=ws, image=image)

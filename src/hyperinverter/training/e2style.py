@@ -50,6 +50,7 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
     parsing_model_path: str | None = None
     w_norm_weight: float = 0.0  # official 0.005 for super-resolution (and sketch / segmentation), 0 for inversion
     task: str | None = None
+    random_noise: bool = True  # the official coach's training forwards draw new noise maps
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,7 +100,7 @@ class E2StyleTask(EncoderTask):
 
     def loss(self, phase, batch: Batch, *, step: int, gen: torch.Generator):
         if phase.name == "encoder" and "target" in batch:
-            loss, stats, _ = self.reconstruction(batch["x"], target=batch["target"])
+            loss, stats, _ = self.reconstruction(batch["x"], target=batch["target"], gen=gen)
             stats["loss/total"] = float(loss.detach())
             return loss, stats
         return super().loss(phase, batch, step=step, gen=gen)
@@ -130,10 +131,10 @@ class E2StyleTask(EncoderTask):
         self.trainable.train()
         return "input-stage1-final-target", torch.cat([x, out.initial_image, out.image, target]), len(x)
 
-    def reconstruction(self, x: torch.Tensor, target: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
+    def reconstruction(self, x: torch.Tensor, target: torch.Tensor | None = None, *,
+                       gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
         cfg, target = self.cfg, x if target is None else target
-        out = self.method(x, **self.options)
+        out = self.method(x, **self.options, **self.noise(gen))
         loss, stats = self.compare(out.image, target)
         if self.multilayer_id is not None:
             n = cfg.id_samples or len(x)

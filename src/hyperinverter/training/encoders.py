@@ -11,6 +11,7 @@ the test set. A method's trainer builds the method and hands it to the task.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,9 @@ class EncoderTrainingConfig(RunConfig):
     lr: float = 1e-4
     optimizer: str = "adam"  # "adam" (HyperInverter's) or "ranger" (the pSp family's: pSp, e4e, HyperStyle)
     hflip: bool = True
+    # The generator draws new noise maps at every training forward (pSp's, e4e's and E2Style's official coaches),
+    # or renders with its fixed ones, as at inference (HyperStyle's and HyperInverter's).
+    random_noise: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,6 +181,9 @@ class EncoderTask(TrainingTask):
             raise ValueError(f"the run's content_rows are {cfg.content_rows}, but {method.name} reads "
                              f"{method.content_rows}")
         self.options = method.check_options(options or {})  # the method's options in validation and pictures
+        if cfg.random_noise and "noise" not in inspect.signature(method.forward).parameters:
+            raise ValueError(f"random_noise: {method.name} renders with the generator's fixed noise maps only "
+                             "(set random_noise: false)")
         self.name = f"train {method.name}"
         G = method.generator
         self.resolution, self.channels = G.resolution, G.config.img_channels
@@ -220,7 +227,7 @@ class EncoderTask(TrainingTask):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, x = self.cfg, batch["x"]
         if phase.name == "encoder":
-            loss, stats, out = self.reconstruction(x)
+            loss, stats, out = self.reconstruction(x, gen=gen)
             synthetic = batch.get("is_synthetic")
             if synthetic is not None and bool(synthetic.any()):
                 latent = F.mse_loss(out.ws[synthetic], batch["w_target"][synthetic])
@@ -251,10 +258,16 @@ class EncoderTask(TrainingTask):
         rows = self.cfg.content_rows
         return self.criterion(content_of(output, rows), content_of(target, rows))
 
-    def reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
+    def noise(self, gen: torch.Generator | None) -> dict[str, torch.Generator]:
+        """The method's ``noise`` argument for a training forward: the step's generator, where the run draws noise
+        maps (``random_noise``)."""
+        return {"noise": gen} if self.cfg.random_noise and gen is not None else {}
+
+    def reconstruction(self, x: torch.Tensor, *, gen: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
         """The reconstruction loss of the method's result on ``x`` (a method with a training scheme of its own
-        overrides this), its parts, and the result."""
-        out = self.method(x, **self.options)
+        overrides this), its parts, and the result. ``gen``: the step's random generator."""
+        out = self.method(x, **self.options, **self.noise(gen))
         loss, stats = self.compare(out.image, x)
         return loss, stats, out
 

@@ -61,8 +61,9 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
 class HyperStyleTask(EncoderTask):
     """The official iterative scheme (see the module docstring) on :class:`EncoderTask`'s loop plumbing."""
 
-    def reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
-        method, iterations = self.method, self.cfg.n_iters_per_batch
+    def reconstruction(self, x: torch.Tensor, *, gen: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
+        method, iterations = self.method, self.cfg.n_iters_per_batch  # (fixed noise, as the official coach)
         with torch.no_grad():
             ws = method.encode_w(x)
             start = method.generator.synthesis(ws, noise_mode="const")

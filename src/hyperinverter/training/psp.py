@@ -55,6 +55,7 @@ class PspTrainingConfig(EncoderTrainingConfig):
     w_r1_gamma: float = 10.0
     w_r1_interval: int = 16
     w_pool_size: int = 50  # 0: no pool (the fakes are row 0)
+    random_noise: bool = True  # the official coaches' training forwards draw new noise maps
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,9 +178,10 @@ class PspTask(EncoderTask):
             return r1 * (self.cfg.w_r1_gamma / 2), {"loss/W_r1": float(r1.detach())}
         return super().loss(phase, batch, step=step, gen=gen)
 
-    def reconstruction(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
+    def reconstruction(self, x: torch.Tensor, *, gen: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
         cfg = self.cfg
-        loss, stats, out = super().reconstruction(x)
+        loss, stats, out = super().reconstruction(x, gen=gen)
         ws = out.ws
         if cfg.w_norm_weight > 0:
             w_norm = (ws - self.method.generator.w_avg).flatten(1).norm(dim=1).mean()
