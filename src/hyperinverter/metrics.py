@@ -25,9 +25,12 @@ def pooled_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
     """``x`` average-pooled to ``width`` columns and the rows that keep its shape (square images to ``width``²; a
     domain's 3:4 content rows to 192x256 at 256, as the official cars codes compare them); as it is where it is
     no wider."""
-    if x.shape[-1] <= width:
-        return x
-    return F.adaptive_avg_pool2d(x, (round(x.shape[-2] * width / x.shape[-1]), width))
+    return x if x.shape[-1] <= width else F.adaptive_avg_pool2d(x, _at_width(x, width))
+
+
+def _at_width(x: torch.Tensor, width: int) -> tuple[int, int]:
+    """The size of ``x`` scaled to ``width`` columns, its shape kept."""
+    return round(x.shape[-2] * width / x.shape[-1]), width
 
 
 def resized_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -37,8 +40,7 @@ def resized_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
     scored a reconstruction that lacks fine detail up to 5.8 times the papers' MSE at 1024 px."""
     if x.shape[-1] <= width:
         return x
-    size = (round(x.shape[-2] * width / x.shape[-1]), width)
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=_at_width(x, width), mode="bilinear", antialias=True, align_corners=False)
 
 
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,12 @@ def full_precision(device: torch.device | str) -> Iterator[None]:
 def at_least_fp32(x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` for a full-precision region: in fp32, or in float64 where ``like`` (the weights it meets; default
     ``x`` itself) is float64 (a plain ``.float()`` ran a float64 model's demodulation and styles in fp32)."""
-    return x.to(torch.promote_types((x if like is None else like).dtype, torch.float32))
+    return x.to(full_dtype(x if like is None else like))
+
+
+def full_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype of a full-precision region for ``like``: fp32, or float64 for a float64 tensor."""
+    return torch.promote_types(like.dtype, torch.float32)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...config_base import MAX_LAYERS, SerializableConfig, check_count
 from ...ops.filters import filter_taps, setup_filter, upsample2d
-from ...precision import at_least_fp32, compute_dtype, full_precision
+from ...precision import at_least_fp32, compute_dtype, full_dtype, full_precision
 from .. import init
 from ..weight_delta import WeightDelta
 from .layers import (
@@ -351,7 +351,7 @@ class BlockRows(KeptRows):
         super().__init__(UpsampledRows(conv0, source, band_rows=band_rows), height=height, band_rows=band_rows)
         self.conv0, self.conv1, self.torgb = conv0, conv1, torgb
         self.rgb = torch.empty((1, img_channels, height, height), device=source.like.device,
-                               dtype=torch.promote_types(source.like.dtype, torch.float32),
+                               dtype=full_dtype(source.like),
                                memory_format=torch.channels_last)  # as the skip image (a torgb output)
 
     def _compute(self, start: int, stop: int) -> torch.Tensor:

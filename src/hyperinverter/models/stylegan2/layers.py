@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ...ops.filters import pad_or_crop, setup_filter, upfirdn2d
-from ...precision import at_least_fp32, compute_dtype, full_precision
+from ...precision import at_least_fp32, compute_dtype, full_dtype, full_precision
 from .. import init
 
 ConvKernel = Literal["batched", "grouped", "loop"]
@@ -240,8 +240,7 @@ def modulated_conv2d(
         y = _conv(x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1), weight.to(x.dtype), up=up, bias=None,
                   f=resample_filter)
         with full_precision(x.device):  # demodulation in fp32 under reduced precision (see hyperinverter.precision)
-            full = torch.promote_types(weight.dtype, torch.float32)
-            scale = torch.full((batch, out_channels), gain, dtype=full, device=x.device)
+            scale = torch.full((batch, out_channels), gain, dtype=full_dtype(weight), device=x.device)
             if demodulate:
                 scale = scale * (at_least_fp32(styles, like=weight).square() @ demodulation_sums(weight).t()
                                  + 1e-8).rsqrt()
