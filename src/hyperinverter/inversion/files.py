@@ -51,7 +51,7 @@ def made_with_digest(inverter: torch.nn.Module, options: Mapping[str, Any] | Non
     files record it, so that a re-run with a retrained encoder or other options does not skip its inputs. The
     options are the ones that run, the method's own defaults included (an instance's, as ``create(preset="tiny")``
     makes, were left out: its files were taken for those of the official settings); ``progress`` does not count."""
-    effective = {**dict(getattr(inverter, "options", {})), **dict(options or {})}
+    effective = inverter.check_options(options or {})
     effective.pop("progress", None)
     return fingerprint_of([method_fingerprint(inverter), effective])
 
