@@ -124,3 +124,18 @@ def test_training_forwards_draw_noise_maps_as_the_official_coaches(setup, tiny_g
     config, data, _ = setup
     result = train_psp(config("noise", 2), images=data, val_images=data[:4])  # (it runs with them)
     assert all(torch.isfinite(torch.tensor(h["loss/l2"])) for h in result.history if "loss/l2" in h)
+
+
+def test_e4e_pools_the_real_codes_as_well_as_the_fakes(setup):
+    # The official coach queries a pool for the real codes mapping(z) too (real_w_pool, beside fake_w_pool).
+    from safetensors.torch import load_file
+
+    config, data, tmp_path = setup
+    train_psp(config("pools", 2, mode="e4e", w_adv_weight=0.1, w_pool_size=12), images=data, val_images=data[:4])
+    state = load_file(tmp_path / "pools" / "checkpoints" / "checkpoint-00000002.safetensors")
+    real, fake = "module.W_pool_real.codes", "module.W_pool.codes"
+    assert sorted(k for k in state if k.endswith(".codes")) == [fake, real]
+    for key in (real, fake):  # two steps of 4 codes went into each pool of 12
+        assert int(state[key.replace(".codes", ".filled")]) == 8
+        assert state[key][:8].abs().sum(dim=1).gt(0).all() and not state[key][8:].any()
+    assert not torch.equal(state[real][:8], state[fake][:8])

@@ -10,9 +10,10 @@ e4e adds, as its official coach:
 - the delta regulariser ``Σ_{i=1..stage} mean_b ‖w_i − w_0‖₂``;
 - the latent discriminator on W (an MLP: 3 × [Linear, LeakyReLU(0.2)] + Linear, plain Adam at lr 2e-5) fed real
   codes ``mapping(z)`` against the encoder's codes, with its R1 penalty every 16 steps, and the encoder's
-  non-saturating loss on every active row. Its fakes go through the official pool of past codes (``w_pool_size``
-  50, the README's ``--use_w_pool``): one random active row per sample; once the pool is full, each is swapped with
-  probability 1/2 for a stored code, which it replaces. Without the pool (``w_pool_size: 0``) the fakes are row 0.
+  non-saturating loss on every active row. With ``w_pool_size`` > 0 (50, the README's ``--use_w_pool``) its codes
+  go through the official pools of past codes, one for the real codes and one for the fakes: one random active row
+  per fake sample; once a pool is full, each code is swapped with probability 1/2 for a stored code, which it
+  replaces. Without the pools (``w_pool_size: 0``) the fakes are row 0.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class LatentDiscriminator(nn.Module):
 
 
 class LatentPool(nn.Module):
-    """e4e's pool of past fake codes (CycleGAN's image pool), kept in buffers so that a resumed run continues it:
+    """e4e's pool of past codes (CycleGAN's image pool), kept in buffers so that a resumed run continues it:
     until the pool is full every code goes in and is returned as it is; then each code is, with probability 1/2,
     returned as a random stored code that it replaces, else returned as it is."""
 
@@ -123,14 +124,15 @@ class PspTask(EncoderTask):
         super().__init__(cfg, device, **kwargs)
         self.encoder: StyleCodeEncoder = self.trainable
         self.max_stage = self.encoder.config.n_styles - 1
-        self.W_D = self.pool = None
+        self.W_D = self.pool = self.real_pool = None
         if cfg.w_adv_weight > 0:
             self.W_D = LatentDiscriminator(self.encoder.w_dim).to(device)
             self.opt_wd = torch.optim.Adam(self.W_D.parameters(), lr=cfg.w_discriminator_lr)
             self.modules["W_D"], self.optimizers["W_D"] = self.W_D, self.opt_wd
-            if cfg.w_pool_size > 0:
+            if cfg.w_pool_size > 0:  # as the official coach: the real codes have a pool of their own
                 self.pool = LatentPool(cfg.w_pool_size, self.encoder.w_dim).to(device)
-                self.modules["W_pool"] = self.pool
+                self.real_pool = LatentPool(cfg.w_pool_size, self.encoder.w_dim).to(device)
+                self.modules["W_pool"], self.modules["W_pool_real"] = self.pool, self.real_pool
 
     def phases(self) -> list[Phase]:
         phases = super().phases()
@@ -151,6 +153,8 @@ class PspTask(EncoderTask):
             batch["row"] = torch.rand(real.shape[0], generator=gen)  # which active row each fake code is
             batch["pool_coin"] = torch.rand(real.shape[0], generator=gen)
             batch["pool_slot"] = torch.randint(max(self.cfg.w_pool_size, 1), (real.shape[0],), generator=gen)
+            batch["real_pool_coin"] = torch.rand(real.shape[0], generator=gen)
+            batch["real_pool_slot"] = torch.randint(max(self.cfg.w_pool_size, 1), (real.shape[0],), generator=gen)
         return batch
 
     def _real_w(self, z: torch.Tensor) -> torch.Tensor:
@@ -162,6 +166,7 @@ class PspTask(EncoderTask):
         if phase.name == "W_D":
             with torch.no_grad():
                 ws = self.method.encode(batch["x"])
+            real = self._real_w(batch["z"])
             if self.pool is None:
                 fake = ws[:, 0]
             else:
@@ -169,7 +174,8 @@ class PspTask(EncoderTask):
                 rows = (batch["row"] * (active + 1)).long().clamp(max=active)
                 fake = self.pool.query(ws[torch.arange(len(ws), device=ws.device), rows], batch["pool_coin"],
                                        batch["pool_slot"])
-            loss = F.softplus(-self.W_D(self._real_w(batch["z"]))).mean() + F.softplus(self.W_D(fake)).mean()
+                real = self.real_pool.query(real, batch["real_pool_coin"], batch["real_pool_slot"])
+            loss = F.softplus(-self.W_D(real)).mean() + F.softplus(self.W_D(fake)).mean()
             return loss, {"loss/W_D": float(loss.detach())}
         if phase.name == "W_D_r1":
             real = self._real_w(batch["z"]).requires_grad_(True)
