@@ -193,3 +193,27 @@ def test_colorization_uses_the_official_channel_weights_and_denoising_mixes_two_
     assert 10 < int(salt_and_pepper.sum()) < 54  # about half of the samples
     gaussian = unit[~salt_and_pepper]
     assert abs(float(gaussian.sub(0.5).std()) - 0.1) < 0.01  # σ² = 0.01
+
+
+def test_a_refinement_stage_takes_the_trunk_file_but_not_its_stem(setup):
+    # As the official coach: stage > 1 loads the IR-SE file into the new encoder without its input_layer, whose
+    # 6-channel conv keeps its own initialisation (stage 1's 3-channel stem loads it whole).
+    from hyperinverter.models.encoders.backbones import IRSEBackbone
+    from hyperinverter.training.e2style import e2style_task
+
+    config, data, tmp_path = setup
+    trunk_file = IRSEBackbone(units=(1, 1, 1, 1), widths=(8, 16, 32, 64)).state_dict()
+    torch.save(trunk_file, tmp_path / "trunk.pth")
+    first = train_e2style(config("stage1", 1), images=data, val_images=data[:2])
+
+    def stage_two(**kw):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            cfg = config("stage2", 1, stage=2, init_from=str(first.final_model), **kw)
+            return e2style_task(cfg, torch.device("cpu"), None).trainable.state_dict()
+
+    built, loaded = stage_two(), stage_two(backbone_init=str(tmp_path / "trunk.pth"))
+    for key, value in trunk_file.items():
+        expected = built[key] if key.startswith("input_layer.") else value
+        assert torch.equal(loaded[key], expected), key
+    assert loaded["input_layer.0.weight"].shape[1] == 6

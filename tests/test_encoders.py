@@ -344,10 +344,21 @@ def test_stem_adaptation_for_other_input_channels():
     load_ir_se_trunk(gray, rgb, adapt_input_channels=True)
     assert torch.allclose(gray.input_layer[0].weight, rgb["input_layer.0.weight"].sum(1, keepdim=True))
     six = IRSEBackbone(units=TINY_UNITS, widths=TINY_WIDTHS, in_channels=6)
-    own = six.input_layer[0].weight.detach().clone()
+    torch.manual_seed(3)
     load_ir_se_trunk(six, rgb, adapt_input_channels=True)
-    assert torch.equal(six.input_layer[0].weight[:, :3], rgb["input_layer.0.weight"])
-    assert torch.equal(six.input_layer[0].weight[:, 3:], own[:, 3:])
+    stem = six.input_layer[0].weight.detach()
+    assert torch.equal(stem[:, :3], rgb["input_layer.0.weight"])
+    torch.manual_seed(3)  # ReStyle's and HyperStyle's extra channels: torch.randn, N(0, 1)
+    assert torch.equal(stem[:, 3:], torch.randn(stem.shape)[:, 3:])
+
+    # E2Style's refinement stages load the trunk without its stem, which keeps its own initialisation.
+    six = IRSEBackbone(units=TINY_UNITS, widths=TINY_WIDTHS, in_channels=6)
+    own = {k: v.clone() for k, v in six.state_dict().items()}
+    skipped = load_ir_se_trunk(six, rgb, skip_input_layer=True)
+    assert skipped == sorted(k for k in rgb if k.startswith("input_layer."))
+    loaded = six.state_dict()
+    for key, value in loaded.items():
+        assert torch.equal(value, own[key] if key.startswith("input_layer.") else rgb[key]), key
 
 
 def test_torchvision_resnet34_maps_onto_the_body(tmp_path):

@@ -64,8 +64,9 @@ def _adapt_input_weight(name: str, file_w: torch.Tensor, own_w: torch.Tensor) ->
     if channels == 1:
         return file_w.sum(dim=1, keepdim=True)  # grayscale = R = G = B, so summing keeps the response
     if channels > 3:
-        # As ReStyle for 6-channel inputs: RGB filters for the first 3 channels, own init for the rest.
-        adapted = own_w.detach().clone()
+        # As ReStyle's and HyperStyle's 6-channel stems: the RGB filters on the first 3 channels, N(0, 1) (drawn
+        # from the global generator, which a training run seeds) on the rest.
+        adapted = torch.randn(own_w.shape, dtype=file_w.dtype)
         adapted[:, :3] = file_w
         return adapted
     raise CheckpointError(f"{name}: no rule to adapt a 3-channel stem to {channels} channels")
@@ -97,14 +98,17 @@ def load_ir_se_trunk(
     source: StateDictSource,
     *,
     adapt_input_channels: bool = False,
+    skip_input_layer: bool = False,
 ) -> list[str]:
     """Load an ArcFace/pSp IR-SE state dict (e.g. ``model_ir_se50.pth``) into ``target``'s trunk, strictly.
 
     ``target``: an ``IRSEBackbone`` or an encoder on one (``WEncoder``/``FeatureEncoder`` with ``"ir_se"``).
     Every ``input_layer.*``/``body.*`` tensor of the target must be in the file with the same shape and vice
     versa; ``output_layer.*`` is loaded too if the target has an output layer, else skipped. Any other key is
-    an error. With ``adapt_input_channels`` a 1- or >3-channel target takes the RGB stem kernel (summed, or
-    copied into the first 3 channels). Returns the file keys that were skipped. Raises ``CheckpointError``.
+    an error. With ``adapt_input_channels`` a 1- or >3-channel target takes the RGB stem kernel (summed, or on
+    the first 3 channels with N(0, 1) on the rest, as ReStyle's and HyperStyle's). With ``skip_input_layer`` the
+    stem (``input_layer.*``) keeps its own initialisation, as E2Style's refinement stages. Returns the file keys
+    that were skipped. Raises ``CheckpointError``.
     """
     trunk = _trunk_of(target)
     if not isinstance(trunk, IRSEBackbone):
@@ -112,7 +116,10 @@ def load_ir_se_trunk(
     state = read_state_dict(source)
     has_head = trunk.output_layer is not None
     prefixes = ("input_layer.", "body.", "output_layer.") if has_head else ("input_layer.", "body.")
-    skipped = sorted(k for k in state if k.startswith("output_layer.") and not has_head)
+    if skip_input_layer:
+        prefixes = prefixes[1:]
+    skipped = sorted(k for k in state if (k.startswith("output_layer.") and not has_head)
+                     or (k.startswith("input_layer.") and skip_input_layer))
     mapped = {k: v for k, v in state.items() if k not in skipped}
 
     stem = "input_layer.0.weight"

@@ -2,7 +2,8 @@
 
 As the official code (``training/coach.py``, reference §6.3): stage 1 trains the first encoder; stage t > 1 loads
 the model of stage t−1 (``init_from``), freezes its stages (no gradients, eval mode, so BatchNorm keeps its running
-statistics) and trains a new refinement encoder on ``cat(x, pool(ŷ_{t−1}))``. The loss is on the last stage's
+statistics) and trains a new refinement encoder on ``cat(x, pool(ŷ_{t−1}))``, whose trunk starts from
+``backbone_init`` but for its 6-channel stem, which keeps its own initialisation. The loss is on the last stage's
 image: L2 1.0, LPIPS 0.8, the multi-layer identity loss 0.5 and the multi-layer face-parsing loss 1.0 (official
 weights). Offline, LPIPS is replaced by the discriminator-feature loss (docs/losses.md), the identity levels come
 from SFace, and the parsing loss is off unless ``parsing_model_path`` names the official ``parsing.pth``; the run
@@ -194,7 +195,7 @@ def e2style_task(cfg: E2StyleTrainingConfig, device: torch.device, ctx: Distribu
         assert not unexpected and all(k.startswith(new_stage) for k in missing), (missing, unexpected)
     encoders.requires_grad_(False).eval()  # earlier stages: frozen, BatchNorm on its running statistics
     trainable = encoders.stage(cfg.stage - 1).requires_grad_(True)
-    cfg.init_trunk(trainable)
+    cfg.init_trunk(trainable, skip_input_layer=cfg.stage > 1)  # a refinement stage's 6-channel stem: as built
     method = E2Style(G, encoders=encoders, encoder_resolution=cfg.encoder_resolution, task=cfg.task)
     return E2StyleTask(cfg, device, method=method, trainable=trainable, gan=gan, bundle={"e2style": method},
                        synthetic=False)

@@ -11,6 +11,7 @@ the test set. A method's trainer builds the method and hands it to the task.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
@@ -150,13 +151,18 @@ class EncoderTrainingConfig(RunConfig):
                                   id_crop=self.id_crop, id_samples=self.id_samples, dfeat_weight=self.dfeat_weight,
                                   discriminator=discriminator, loss_resolution=self.loss_resolution, device=device)
 
-    def init_trunk(self, encoder: nn.Module) -> None:
-        """Load ``backbone_init`` into ``encoder``'s trunk (strictly; a 1-channel stem sums the RGB kernel)."""
+    def init_trunk(self, encoder: nn.Module, *, skip_input_layer: bool = False) -> None:
+        """Load ``backbone_init`` into ``encoder``'s trunk, strictly. A 1-channel stem sums the RGB kernel, a
+        6-channel one takes it on its first 3 channels; ``skip_input_layer`` (IR-SE only) leaves the stem as built."""
         if self.backbone_init is None:
             return
         from ..convert.backbones import load_ir_se_trunk, load_torchvision_resnet
 
-        load = load_ir_se_trunk if self.trunk.backbone == "ir_se" else load_torchvision_resnet
+        if self.trunk.backbone == "ir_se":
+            load = functools.partial(load_ir_se_trunk, skip_input_layer=skip_input_layer)
+        else:
+            assert not skip_input_layer, "only IR-SE trunks are loaded without their stem"
+            load = load_torchvision_resnet
         try:
             skipped = load(encoder, self.backbone_init, adapt_input_channels=True)
         except CheckpointError as e:  # (the converter's message names the kind of file, not which file)
