@@ -243,6 +243,22 @@ def test_ground_truth_editability_compares_edits_with_the_generators_own(pipelin
     assert "| hyperinverter |" in report.to_markdown()
 
 
+def test_ground_truth_editability_does_not_depend_on_the_global_random_state(pipeline):
+    # Its codes come from its own seed and the optimisers draw from their own per-image seeds, so a run repeats.
+    from hyperinverter.editing import LinearDirection
+    from hyperinverter.evaluation import ground_truth_editability
+
+    direction = LinearDirection(torch.randn(1, pipeline.generator.w_dim, generator=torch.Generator().manual_seed(5)))
+    reports = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        reports.append(ground_truth_editability(pipeline, {"a": direction}, methods=["w-opt", "hyperinverter"],
+                                                num_images=2, options={"w-opt": {"steps": 3, "progress": False}}))
+    assert reports[0].metrics == reports[1].metrics
+    other_seed = ground_truth_editability(pipeline, {"a": direction}, methods=["hyperinverter"], num_images=2, seed=1)
+    assert other_seed.metrics["hyperinverter"] != reports[0].metrics["hyperinverter"]
+
+
 def _held_out(tmp_path, count: int):
     for i in range(count):
         save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1,

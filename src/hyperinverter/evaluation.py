@@ -350,6 +350,9 @@ def ground_truth_editability(pipeline: InversionPipeline, directions: Mapping[st
     3. edit the inverted codes with each direction and strength, keeping the method's own offsets (``edit``);
     4. compare with the true edit G(direction(w*, α)), rendered by the plain generator (on the pipeline's
        ``content_rows`` only, where it has them).
+
+    A run repeats whatever the global random state: the codes come from ``seed``, and the optimisation methods
+    draw from their own ``seed`` option, per image.
     """
     metrics = dict(PIXEL_METRICS, **(extra_metrics or {}))
     options = options or {}

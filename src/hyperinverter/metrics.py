@@ -1,7 +1,7 @@
 """Reconstruction metrics, per image: MSE, PSNR, SSIM, MS-SSIM (and LPIPS / identity through their modules).
 
 Images are ``[B,C,H,W]`` in [-1,1]. MSE is computed in that range on images of at most 256 px (the L2 of the
-papers, which resize to 256; larger images are average-pooled); PSNR, SSIM and
+papers, which resize to 256; larger images are resized as torchvision's ``Resize``); PSNR, SSIM and
 MS-SSIM on [0,1] at full resolution, with the standard Gaussian window (11 taps, sigma 1.5) and constants of
 Wang et al. They are ``piq``'s definitions (``piq.psnr``; ``piq.ssim`` with ``downsample=False``;
 ``piq.multi_scale_ssim``), tested against ``piq`` itself. Where ``piq`` refuses an image as too small, ours
@@ -85,15 +85,22 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: floa
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
+def ms_ssim_scales(height: int, width: int, *, window_size: int = 11) -> int:
+    """How many of MS-SSIM's 5 scales an image of this size has room for (all 5 from 161 px with 11 taps)."""
+    size = min(window_size, height, width)
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and min(height, width) >= (size - 1) * 2**scales + 1:
+        scales += 1
+    return scales
+
+
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch.Tensor:
     """Multi-scale SSIM per image: per channel, the product over scales of contrast-structure (SSIM at the
     coarsest scale) to the scale's weight, then the mean over channels. An odd side is padded by replicating its
     first row or column before each 2x2 average. Uses as many of the 5 scales as the image size allows."""
     x, y = ((x + 1) / 2).clamp(0, 1).double(), ((y + 1) / 2).clamp(0, 1).double()
     size = min(window_size, *x.shape[-2:])
-    scales = 1
-    while scales < len(MS_SSIM_WEIGHTS) and min(x.shape[-2:]) >= (size - 1) * 2**scales + 1:
-        scales += 1
+    scales = ms_ssim_scales(*x.shape[-2:], window_size=window_size)
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
     weights = weights / weights.sum()
     window = _gaussian_window(size, 1.5 * size / window_size, x.shape[1], x.device, x.dtype)
@@ -196,6 +203,11 @@ def same_targets(budget_bytes: int = 512 << 20) -> Iterator[None]:
 def protocol_note(resolution: int | None = None) -> str:
     """How the pixel metrics compare images, for a report (``resolution``: the images', if they share one)."""
     size = f"{resolution} px" if resolution else "the ground truth's size"
-    return (f"protocol: images in [-1, 1] at {size}; MSE in that range on images resized (bilinear, antialiased, "
+    note = (f"protocol: images in [-1, 1] at {size}; MSE in that range on images resized (bilinear, antialiased, "
             f"as torchvision's Resize) to at most {PAPER_RESOLUTION} px (the papers' L2); PSNR, SSIM and MS-SSIM "
             "on [0, 1] at full size (piq's definitions)")
+    scales = ms_ssim_scales(resolution, resolution) if resolution else len(MS_SSIM_WEIGHTS)
+    if scales < len(MS_SSIM_WEIGHTS):
+        note += (f". At {resolution} px MS-SSIM has room for {scales} of its {len(MS_SSIM_WEIGHTS)} scales (their "
+                 "weights renormalised), so it is not comparable with MS-SSIM published at 256 px and up")
+    return note
