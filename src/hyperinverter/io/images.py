@@ -359,10 +359,16 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                ) -> Image.Image:
     """The one way from a file, an upload's bytes or a PIL image to a plain RGB or L image.
 
-    Decodes fully (so truncation is caught now), applies the EXIF orientation, composites transparency on
-    white, and maps every other mode (palette, CMYK, YCbCr, 16-bit and float) to RGB or L. Any failure is an
-    ``ImageReadError`` naming ``name`` (default: the path) and the cause; Pillow's warnings are logged with the
-    name, never raised as Python warnings. ``max_pixels``: larger images are refused before decoding.
+    Decodes fully (so truncation is caught now), applies the EXIF orientation, converts the colours to sRGB
+    through the ICC profile the file embeds, composites transparency on white, and maps every other mode
+    (palette, CMYK, YCbCr, 16-bit and float) to RGB or L. Any failure is an ``ImageReadError`` naming ``name``
+    (default: the path) and the cause; Pillow's warnings are logged with the name, never raised as Python
+    warnings. ``max_pixels``: larger images are refused before decoding.
+
+    Colour profiles (:func:`_to_srgb`): a phone's Display P3, a camera's Adobe RGB or a print workflow's CMYK
+    profile is converted to sRGB with the perceptual intent; an sRGB profile keeps the exact values, and a
+    grayscale image keeps its values whatever its gray profile. A corrupt profile, or one that does not fit the
+    image's mode, is ignored with a warning naming the image.
     """
     from PIL import UnidentifiedImageError
 
@@ -402,6 +408,7 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
             if im.width < 1 or im.height < 1:
                 raise ImageReadError(label, f"the image is empty ({im.width}x{im.height})")
             im = _upright(im, label)
+            im = _to_srgb(im, label)
             im = plain_mode(im)
             if im is opened and getattr(opened, "fp", None) is not None:
                 im = opened.copy()  # a multi-frame file (GIF, TIFF) keeps its file open for its other frames
@@ -436,6 +443,51 @@ def _upright(im: Image.Image, label: str) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - malformed EXIF fails in several ways
         logger.warning("%s: ignoring its unreadable EXIF orientation (%s)", label, e)
         return im
+
+
+def _to_srgb(im: Image.Image, label: str) -> Image.Image:
+    """``im`` in sRGB, converted through the ICC profile its file embeds (``im.info["icc_profile"]``), if any.
+
+    RGB, RGBA (its alpha kept) and palette images with an RGB profile, and CMYK images with a CMYK profile (not
+    Pillow's naive CMYK to RGB), are converted to RGB, or RGBA when transparent, with the perceptual rendering
+    intent. An sRGB profile (its description starts with "sRGB") changes nothing, so such images keep their
+    exact values; grayscale images keep theirs whatever their gray profile says. A profile that cannot be read or
+    applied, or whose colour space does not fit the image's mode, is ignored (logged), not a reason to lose the
+    image.
+    """
+    data = im.info.get("icc_profile")
+    if not data:
+        return im
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(data))
+        space = profile.profile.xcolor_space.strip()
+        if space != _icc_space(im.mode):
+            logger.warning("%s: ignoring its ICC colour profile, which is for %s images, not %s ones", label,
+                           space, im.mode)
+            return im
+        if space not in ("RGB", "CMYK") or (profile.profile.profile_description or "").startswith("sRGB"):
+            return im
+        if im.mode not in ("RGB", "RGBA", "CMYK"):  # palette and the like: their RGB colours are converted
+            im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+        return ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"),
+                                         outputMode="RGBA" if im.mode == "RGBA" else "RGB")
+    except Exception as e:  # noqa: BLE001 - a malformed profile fails inside littlecms in several ways
+        logger.warning("%s: ignoring its unusable ICC colour profile (%s)", label, e)
+        return im
+
+
+# The modes whose base mode (L or RGB) does not say their ICC colour space.
+_ICC_SPACES = {"CMYK": "CMYK", "LAB": "Lab", "HSV": None}
+
+
+def _icc_space(mode: str) -> str | None:
+    """The ICC colour space (``xcolor_space``, stripped) of an image mode's pixels: CMYK, Lab, GRAY (L, LA, 1,
+    16-bit and float) or RGB (RGB, RGBA, palette, YCbCr); None for HSV."""
+    if mode in _ICC_SPACES:
+        return _ICC_SPACES[mode]
+    return "GRAY" if Image.getmodebase(mode) == "L" else "RGB"
 
 
 def plain_mode(im: Image.Image) -> Image.Image:
