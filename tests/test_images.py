@@ -197,7 +197,10 @@ def test_a_profile_that_does_not_fit_the_image_is_ignored(tmp_path, caplog):
     Image.new("L", (16, 16), 100).save(tmp_path / "gray-rgb.png", icc_profile=_swapped_rgb_profile())
     Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "rgb-gray.png", icc_profile=_gray_profile())
     Image.new("L", (16, 16), 100).save(tmp_path / "gray.png", icc_profile=_gray_profile())  # fits: kept, quietly
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("L", (16, 16), 100).save(tmp_path / "gray-srgb.png", icc_profile=srgb)  # sRGB: nothing to do, quietly
     with caplog.at_level(logging.WARNING):
+        assert (np.asarray(read_image(tmp_path / "gray-srgb.png")) == 100).all()
         cmyk = np.asarray(read_image(tmp_path / "cmyk.jpg"), np.int64)
         assert (np.asarray(read_image(tmp_path / "gray-rgb.png")) == 100).all()
         assert (np.asarray(read_image(tmp_path / "rgb-gray.png")) == (255, 0, 0)).all()

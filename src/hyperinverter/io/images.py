@@ -462,12 +462,14 @@ def _to_srgb(im: Image.Image, label: str) -> Image.Image:
 
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(data))
+        if (profile.profile.profile_description or "").startswith("sRGB"):
+            return im  # (quietly, also where the mode is gray: some tools tag every image sRGB)
         space = profile.profile.xcolor_space.strip()
         if space != _icc_space(im.mode):
             logger.warning("%s: ignoring its ICC colour profile, which is for %s images, not %s ones", label,
                            space, im.mode)
             return im
-        if space not in ("RGB", "CMYK") or (profile.profile.profile_description or "").startswith("sRGB"):
+        if space not in ("RGB", "CMYK"):
             return im
         if im.mode not in ("RGB", "RGBA", "CMYK"):  # palette and the like: their RGB colours are converted
             im = im.convert("RGBA" if im.has_transparency_data else "RGB")
