@@ -137,6 +137,8 @@ OFFICIAL_COMMON = {
     "lpips_net": "alex",
     "lr": 1e-4,
     "lr_d": 1e-4,
+    "betas_d": (0.9, 0.999),  # the discriminator's plain Adam, no lazy rescaling
+    "lazy_d": False,
     "r1_interval": 16,
     "batch_size": 8,
     "hidden_dim": 128,
@@ -235,6 +237,7 @@ def test_preset_builds_the_official_architecture(name):
     ("hidden_dim=0", "hidden_dim must be >= 1, got 0"),
     ("synthetic_fraction=2", r"synthetic_fraction must be in \[0, 1\], got 2"),
     ("id_samples=0", "id_samples must be >= 1, got 0"),
+    ("betas_d=[0.0, 1.0]", r"betas_d must each be in \[0, 1\), got \[0.0, 1.0\]"),
 ])
 def test_numbers_out_of_range_are_refused(override, message):
     # A negative loss weight or penalty, a zero interval or width were taken as they came (negative weights train

@@ -62,6 +62,26 @@ def test_phase1_then_phase2_losses_fall(tmp_path, gan_dir, images):
     assert final_mse < phase1_mse  # Phase II improves on Phase I on the images it was trained on
 
 
+def test_the_discriminator_s_adam_is_the_official_coach_s_unless_asked_for_stylegan2_s(tmp_path, gan_dir):
+    # The official coach: plain Adam(lr 1e-4, betas 0.9 / 0.999). It was StyleGAN2's lazily rescaled (0, 0.99).
+    from hyperinverter.methods.phase1 import Phase1
+    from hyperinverter.pipeline import save_pipeline
+    from hyperinverter.training.inversion import phase2_task
+
+    save_pipeline({"phase1": Phase1.create(InversionPipeline.from_pretrained(gan_dir, device="cpu").generator)},
+                  tmp_path / "p1")
+
+    def adam(**kw):
+        cfg = config(tmp_path / "run", gan_dir, w_encoder=str(tmp_path / "p1"), adv_weight=0.1, adv_start=0, **kw)
+        group = phase2_task(cfg, torch.device("cpu"), None).opt_d.param_groups[0]
+        return group["lr"], group["betas"]
+
+    assert adam() == (1e-4, (0.9, 0.999))
+    ratio = 16 / 17
+    lr, betas = adam(betas_d=(0.0, 0.99), lazy_d=True)
+    assert lr == pytest.approx(1e-4 * ratio) and betas == pytest.approx((0.0, 0.99**ratio))
+
+
 def test_phase1_resume_is_exact(tmp_path, gan_dir, images):
     kw = dict(steps=6, checkpoint_every=2, synthetic_fraction=0.25, hflip=True)
     train_w_encoder(config(tmp_path / "a", gan_dir, **kw), images=images, val_images=images[:2])

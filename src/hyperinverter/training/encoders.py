@@ -101,6 +101,10 @@ class EncoderTrainingConfig(RunConfig):
     adv_weight: float = 0.0  # the adversarial stage
     adv_start: int | None = None
     lr_d: float = 1e-4
+    # The discriminator's Adam: the official HyperInverter coach's plain Adam (PyTorch's betas), or StyleGAN2's
+    # betas (0, 0.99) with lazy_d, which rescales lr_d and the betas by r1_interval / (r1_interval + 1).
+    betas_d: tuple[float, float] = (0.9, 0.999)
+    lazy_d: bool = False
     r1_gamma: float = 10.0
     r1_interval: int = 16
     lr: float = 1e-4
@@ -202,7 +206,8 @@ class EncoderTask(TrainingTask):
         self.D = None
         if cfg.adversarial:
             self.D = copy.deepcopy(gan.discriminator).to(device)
-            self.opt_d = lazy_adam(self.D.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), reg_interval=cfg.r1_interval)
+            self.opt_d = lazy_adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d,
+                                   reg_interval=cfg.r1_interval if cfg.lazy_d else 0)
             self.modules["D"], self.optimizers["D"] = self.D, self.opt_d
 
     def phases(self) -> list[Phase]:

@@ -108,8 +108,8 @@ def range_problem(name: str, value: Any) -> str | None:
     """Why a training config's ``value`` of ``name`` is out of range, or None: a loss weight or penalty
     (``*_weight``, ``*_gamma``) and a learning rate (``lr``, ``lr_*``, ``*_lr``) are >= 0, an interval
     (``*_interval``, ``*_every``) or a count >= 1, a probability or share in [0, 1], Adam's betas in [0, 1)."""
-    if name == "betas" and isinstance(value, tuple):
-        return None if all(0 <= b < 1 for b in value) else f"betas must each be in [0, 1), got {list(value)}"
+    if name in ("betas", "betas_d") and isinstance(value, tuple):
+        return None if all(0 <= b < 1 for b in value) else f"{name} must each be in [0, 1), got {list(value)}"
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if not math.isfinite(value):
