@@ -128,3 +128,20 @@ def test_the_padding_beyond_the_photo_is_blurred_and_fades_as_ffhqs():
     median = np.median(np.asarray(photo, dtype=float).reshape(-1, 3), axis=0)
     far = crop[source_x < source_x.min() + 5].mean(axis=0)
     assert np.abs(far - median).max() < 20
+
+
+@pytest.mark.parametrize("angle", [0.0, 17.0])
+def test_the_crop_samples_where_ffhqs_quad_transform_does(angle):
+    # FFHQ's (and pSp's) script warps with Pillow's QUAD transform on ``quad + 0.5``: the landmarks count pixel i's
+    # centre as i, Pillow's transforms as i + 0.5. Without that half pixel the crop sat half a source pixel off.
+    from hyperinverter.align.ffhq import quad_affine
+
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    landmarks = synthetic_landmarks(cx=200, cy=170, eye_dist=40, angle_deg=angle)  # inside the photo: no padding
+    quad, size = ffhq_quad(landmarks), 128  # no shrink either
+    ours = np.asarray(align_from_landmarks(photo, landmarks, size=size).image, dtype=float)
+    ffhq = np.asarray(photo.transform((size, size), Image.QUAD, tuple((quad + 0.5).flatten()), Image.BICUBIC),
+                      dtype=float)
+    assert np.abs(ours - ffhq).max() <= 1, np.abs(ours - ffhq).max()  # (float rounding)
+    np.testing.assert_allclose(quad_affine(quad, size)[:, 2], quad[0] + 0.5)
+

@@ -3,7 +3,9 @@
 The crop is the FFHQ recipe: an oriented square centred a little below the eyes, sized from the
 eye-to-eye and eye-to-mouth distances, rotated so that the eyes are level. Where it reaches outside the photo,
 the photo is padded as FFHQ's script pads it: by reflection, blurred and faded to the median colour towards the
-padded edges (plain reflection showed sharp mirrored copies of the face there).
+padded edges (plain reflection showed sharp mirrored copies of the face there). The crop samples where FFHQ's
+script does (its quad moved by half a pixel into Pillow's coordinates), in one bicubic warp to the output size
+where the script warps bilinearly (FFHQ's at 4x the size, then reduces; pSp's at the size).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ class AlignedFace:
     """An aligned crop and where it came from.
 
     ``quad``: the crop's corners in the source photo (top-left, bottom-left, bottom-right, top-right),
-    ``[4, 2]`` in pixels. ``affine``: the 2x3 matrix that maps a crop pixel ``(u, v, 1)`` to source
-    coordinates. ``source_size``: ``(width, height)`` of the photo. ``landmarks``: ``[68, 2]`` in the photo.
+    ``[4, 2]`` in the landmarks' pixel coordinates. ``affine``: the 2x3 matrix that maps a crop point ``(u, v, 1)``
+    to the source (see :func:`quad_affine`). ``source_size``: ``(width, height)`` of the photo. ``landmarks``: ``[68, 2]`` in the photo.
     """
 
     image: Image.Image
@@ -66,8 +68,10 @@ def ffhq_quad(landmarks: np.ndarray, *, scale: float = 1.0) -> np.ndarray:
 
 
 def quad_affine(quad: np.ndarray, size: int) -> np.ndarray:
-    """The 2x3 map from crop pixels (0..size) to source coordinates for ``quad``."""
-    top_left, bottom_left, _, top_right = np.asarray(quad, dtype=np.float64)
+    """The 2x3 map from crop coordinates (0..size) to source coordinates for ``quad``, both continuous as Pillow's
+    transforms take them (pixel i spans i..i+1). ``quad`` is in the landmarks' pixel coordinates (pixel i at i), so
+    its corners are moved by half a pixel, as FFHQ's script moves them (``quad + 0.5``)."""
+    top_left, bottom_left, _, top_right = np.asarray(quad, dtype=np.float64) + 0.5
     ex = (top_right - top_left) / size
     ey = (bottom_left - top_left) / size
     return np.array([[ex[0], ey[0], top_left[0]], [ex[1], ey[1], top_left[1]]])
