@@ -28,7 +28,8 @@ class AlignedFace:
 
     ``quad``: the crop's corners in the source photo (top-left, bottom-left, bottom-right, top-right),
     ``[4, 2]`` in the landmarks' pixel coordinates. ``affine``: the 2x3 matrix that maps a crop point ``(u, v, 1)``
-    to the source (see :func:`quad_affine`). ``source_size``: ``(width, height)`` of the photo. ``landmarks``: ``[68, 2]`` in the photo.
+    to the source (see :func:`quad_affine`). ``source_size``: ``(width, height)`` of the photo. ``landmarks``:
+    ``[68, 2]`` in the photo.
     """
 
     image: Image.Image
