@@ -59,6 +59,10 @@ def test_the_official_losses_where_lpips_is_installed(G, monkeypatch):
     assert default_l2_weight(PixelDistance()) == default_l2_weight(None) == 1.0
     assert WProjection.options["l2_weight"] is None and PTI.options["pivot_l2_weight"] is None
     assert PTI.options["l2_weight"] == 1.0  # (the tuning's: L2 + LPIPS-AlexNet, as the official code)
+    # The pivot's distance keeps the official weight 1 whatever the tuning's: at perceptual_weight=0 the pivot had
+    # no distance at all and stayed at w_avg.
+    pivot = PTI.pivot_settings({**PTI.options, "perceptual_weight": 0.0})
+    assert pivot.perceptual_weight == 1.0 and pivot.l2_weight is None and pivot.space == "w"
     asked, stand_ins = [], {}
 
     def installed(choice, *, lpips_net, discriminator, device):

@@ -81,10 +81,11 @@ class PTI(OptimizationMethod):
 
     @staticmethod
     def pivot_settings(o: Mapping[str, Any]) -> ProjectorSettings:
-        """The W projection that finds the pivot, from checked options (``ProjectorSettings`` checks them)."""
+        """The W projection that finds the pivot, from checked options (``ProjectorSettings`` checks them). Its
+        distance has weight 1, as the official projector's: ``perceptual_weight`` is the tuning's."""
         return ProjectorSettings(space="w", steps=o["pivot_steps"], learning_rate=o["pivot_learning_rate"],
                                  w_avg_samples=o["pivot_w_avg_samples"], l2_weight=o["pivot_l2_weight"],
-                                 perceptual_weight=o["perceptual_weight"], seed=o["seed"])
+                                 perceptual_weight=1.0, seed=o["seed"])
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
         o = self.check_options(options)
