@@ -90,6 +90,30 @@ def test_nvidia_pickle_loads_generator_and_discriminator(tmp_path, tiny_generato
     assert logits.shape == (4, 1)
 
 
+def test_an_unset_minibatch_group_is_the_whole_batch_as_nvidia_s(tmp_path, tiny_generator, tiny_discriminator,
+                                                                  monkeypatch):
+    # NVIDIA's converter writes mbstd_group_size None for TensorFlow pickles, which its MinibatchStdLayer reads as
+    # the whole batch; it was read as 4.
+    from hyperinverter.models.stylegan2.discriminator import minibatch_stddev
+
+    kwargs = nv_discriminator_kwargs(tiny_discriminator)
+    kwargs["epilogue_kwargs"] = {"mbstd_group_size": None, "mbstd_num_channels": 1}
+    monkeypatch.setitem(globals(), "nv_discriminator_kwargs", lambda D: kwargs)
+    write_nv(tmp_path / "net.pkl", tiny_generator, tiny_discriminator)
+    D = load_gan(tmp_path / "net.pkl", with_discriminator=True).discriminator
+    assert D.config.mbstd_group_size is None
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    features = torch.randn(8, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(minibatch_stddev(features, None), minibatch_stddev(features, 8))
+    assert not torch.equal(minibatch_stddev(features, None), minibatch_stddev(features, 4))
+    as_four = load_gan(tmp_path / "net.pkl", with_discriminator=True).discriminator
+    as_four.b4.mbstd_group_size = 4
+    with torch.no_grad():
+        assert not torch.allclose(D(x), as_four(x))
+    with pytest.raises(ValueError, match="mbstd_group_size must be >= 1 or null"):
+        DiscriminatorConfig(resolution=32, mbstd_group_size=0)
+
+
 def test_discriminator_has_nvidia_key_names(tiny_discriminator):
     keys = set(tiny_discriminator.state_dict())
     for k in ["b32.fromrgb.weight", "b32.fromrgb.bias", "b32.conv0.weight", "b32.conv1.weight", "b32.skip.weight",

@@ -62,6 +62,20 @@ def test_phase1_then_phase2_losses_fall(tmp_path, gan_dir, images):
     assert final_mse < phase1_mse  # Phase II improves on Phase I on the images it was trained on
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_the_discriminator_judges_the_encoder_step_s_own_images(tmp_path, gan_dir, images, grad_accum):
+    # As the official coach: D's fakes are the encoder step's ŷ, detached. They were rendered again, which ran E2 in
+    # training mode twice more per step: its BatchNorm statistics moved four times a step instead of two.
+    p1 = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1), images=images, val_images=images[:2])
+    p2 = train_hypernetwork(config(tmp_path / "p2", gan_dir, steps=3, w_encoder=str(p1.final_model), adv_weight=0.1,
+                                   adv_start=1, r1_interval=2, log_every=1, grad_accum=grad_accum),
+                            images=images, val_images=images[:2])
+    assert sum("loss/D" in h for h in p2.history) == 2
+    e2 = InversionPipeline.from_pretrained(p2.final_model, device="cpu").inverter("hyperinverter").feature_encoder
+    counts = {int(m.num_batches_tracked) for m in e2.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert counts == {3 * 2 * grad_accum}  # 3 steps x 2 images (the input, the W-image) x micro-batches
+
+
 def test_the_discriminator_s_adam_is_the_official_coach_s_unless_asked_for_stylegan2_s(tmp_path, gan_dir):
     # The official coach: plain Adam(lr 1e-4, betas 0.9 / 0.999). It was StyleGAN2's lazily rescaled (0, 0.99).
     from hyperinverter.methods.phase1 import Phase1

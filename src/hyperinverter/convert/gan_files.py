@@ -210,7 +210,8 @@ def _nv_discriminator_config(kwargs: dict, source: str) -> DiscriminatorConfig:
         channel_base=int(kwargs.get("channel_base", 32768)),
         channel_max=int(kwargs.get("channel_max", 512)),
         conv_clamp=None if kwargs.get("conv_clamp") is None else float(kwargs["conv_clamp"]),
-        mbstd_group_size=int(epilogue.get("mbstd_group_size", 4) or 4),
+        # NVIDIA's default is 4; None (which its converter writes for TensorFlow pickles) means the whole batch.
+        mbstd_group_size=None if (group := epilogue.get("mbstd_group_size", 4)) is None else int(group),
         mbstd_num_channels=int(epilogue.get("mbstd_num_channels", 1)),
         resample_filter=tuple(block.get("resample_filter", kwargs.get("resample_filter", (1, 3, 3, 1)))),
     )

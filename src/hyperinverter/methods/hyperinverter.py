@@ -116,9 +116,10 @@ class HyperInverter(Phase1):
         size, rows = self.encoder_resolution, self.content_rows
         w_image, x = resize_for_encoder(w_image, size, rows), resize_for_encoder(x, size, rows)
         if self.feature_encoder.training:
-            # Two calls, as the official trainer does: BatchNorm statistics of the inputs and of the Phase I
-            # images stay separate, and every sample of the batch counts (no per-sample chunks).
-            return self.hypernetwork(self.feature_encoder(w_image), self.feature_encoder(x))
+            # Two calls, in the official trainer's order (the input first): BatchNorm statistics of the inputs and
+            # of the Phase I images stay separate, and every sample of the batch counts (no per-sample chunks).
+            input_features = self.feature_encoder(x)
+            return self.hypernetwork(self.feature_encoder(w_image), input_features)
         # Inference: one call per chunk of samples on both images of each (shared weights, the same result).
         chunk = feature_encoder_chunk(x.device, size, x.shape[0])
         image_features, input_features = [], []

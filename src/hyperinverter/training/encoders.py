@@ -204,6 +204,8 @@ class EncoderTask(TrainingTask):
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
         self.frozen = {"generator": G}
         self.D = None
+        # The encoder phase's images of the current step (per micro-batch, in order), for the D phase.
+        self._fakes: tuple[int, list[torch.Tensor]] = (-1, [])
         if cfg.adversarial:
             self.D = copy.deepcopy(gan.discriminator).to(device)
             self.opt_d = lazy_adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d,
@@ -248,11 +250,17 @@ class EncoderTask(TrainingTask):
                 adv = F.softplus(-self.D(out.image)).float().mean()
                 loss = loss + cfg.adv_weight * adv
                 stats["loss/adv"] = float(adv.detach())
+                if self._fakes[0] != step:
+                    self._fakes = (step, [])
+                self._fakes[1].append(out.image.detach())
             stats["loss/total"] = float(loss.detach())
             return loss, stats
         if phase.name == "D":
-            with torch.no_grad():
-                fake = self.method(x, **self.options).image
+            # As the official coach: D judges the encoder step's own ŷ, detached. Rendering it again ran E2 twice
+            # more in training mode (its BatchNorm statistics moved four times a step), after the encoder's update.
+            kept_step, fakes = self._fakes
+            assert kept_step == step and fakes, "the D phase follows the encoder phase of its step"
+            fake = fakes.pop(0)
             # The official discriminator loss of the adversarial stage carries a factor 1/2.
             loss = 0.5 * (F.softplus(self.D(fake)).float().mean() + F.softplus(-self.D(x)).float().mean())
             return loss, {"loss/D": float(loss.detach())}

@@ -21,7 +21,7 @@ class DiscriminatorConfig(SerializableConfig):
     channel_base: int = 32768
     channel_max: int = 512
     conv_clamp: float | None = None
-    mbstd_group_size: int = 4
+    mbstd_group_size: int | None = 4  # None: the whole batch is one group (NVIDIA's meaning)
     mbstd_num_channels: int = 1
     resample_filter: tuple[float, ...] = (1, 3, 3, 1)
 
@@ -32,6 +32,8 @@ class DiscriminatorConfig(SerializableConfig):
         object.__setattr__(self, "resample_filter", filter_taps(self.resample_filter))
         if self.conv_clamp is not None and not (math.isfinite(self.conv_clamp) and self.conv_clamp > 0):
             raise ValueError(f"conv_clamp must be a positive number or null, got {self.conv_clamp}")  # (-1 flipped)
+        if self.mbstd_group_size is not None and not self.mbstd_group_size >= 1:
+            raise ValueError(f"mbstd_group_size must be >= 1 or null (the whole batch), got {self.mbstd_group_size}")
 
     @property
     def block_resolutions(self) -> list[int]:
@@ -72,10 +74,11 @@ class DiscriminatorBlock(nn.Module):
         return y + x
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) -> torch.Tensor:
-    """Append the per-group standard deviation as extra feature maps (NVIDIA ``MinibatchStdLayer``)."""
+def minibatch_stddev(x: torch.Tensor, group_size: int | None, num_channels: int = 1) -> torch.Tensor:
+    """Append the per-group standard deviation as extra feature maps (NVIDIA ``MinibatchStdLayer``; a group size of
+    None makes the whole batch one group, as there)."""
     n, c, h, w = x.shape
-    g = min(group_size, n)
+    g = n if group_size is None else min(group_size, n)
     while n % g:  # batches that do not divide into groups use the largest group size that fits
         g -= 1
     f = num_channels
@@ -87,7 +90,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: int, num_channels: int = 1) ->
 
 
 class DiscriminatorEpilogue(nn.Module):
-    def __init__(self, in_channels: int, *, mbstd_group_size: int, mbstd_num_channels: int,
+    def __init__(self, in_channels: int, *, mbstd_group_size: int | None, mbstd_num_channels: int,
                  conv_clamp: float | None, resample_filter: tuple[float, ...]) -> None:
         super().__init__()
         self.mbstd_group_size = mbstd_group_size
