@@ -141,3 +141,32 @@ def test_bad_inputs_are_clear_errors(pipe):
         pipe.invert(images(1), colour="blue")
     with pytest.raises(ValueError, match="unknown method 'no-such-method'.*; this model runs "):
         pipe.invert(images(1), method="no-such-method")
+
+
+def test_each_method_reads_the_photo_reduced_as_its_official_code_does(tiny_generator, monkeypatch):
+    # pSp, e4e, HyperStyle and E2Style: their data transforms reduce the photo with PIL's bilinear (Resize(256)),
+    # which widens its filter; HyperInverter's model interpolates the full-size tensor without it. Every method
+    # reduced as HyperInverter does, which aliased the pSp family's inputs (0.03 from PIL's at 1024 -> 256).
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from hyperinverter.methods import e2style, hyperinverter, hyperstyle, phase1, psp
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    photo = Image.fromarray(noise).filter(ImageFilter.GaussianBlur(1))
+    x = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    pil = torch.from_numpy(np.asarray(photo.resize((16, 16), Image.BILINEAR)).copy()).permute(2, 0, 1)[None] / 127.5 - 1
+    assert (phase1.resize_for_encoder(x, 16, antialias=True) - pil).abs().max() < 2 / 127.5  # (PIL rounds to 8 bits)
+    assert (phase1.resize_for_encoder(x, 16) - pil).abs().max() > 10 / 127.5
+
+    calls = []
+    for module in (phase1, psp, e2style, hyperstyle, hyperinverter):
+        reduce = module.resize_for_encoder
+        monkeypatch.setattr(module, "resize_for_encoder",
+                            lambda *a, _reduce=reduce, **k: calls.append(k.get("antialias", False)) or _reduce(*a, **k))
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name, official in [("phase1", False), ("hyperinverter", False), ("psp", True), ("e4e", True),
+                           ("e2style", True), ("hyperstyle", True)]:
+        calls.clear()
+        registered_methods()[name].create(tiny_generator, preset="tiny").invert(image)
+        assert calls and set(calls) == {official}, (name, calls)

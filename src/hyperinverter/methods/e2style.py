@@ -105,7 +105,7 @@ class E2Style(Inverter):
         """``noise``: draw the generator's noise maps from it (training, as the official coach), instead of its
         fixed ones."""
         G, stages = self.generator, self.check_stages(stages)
-        x = resize_for_encoder(images, self.encoder_resolution)
+        x = resize_for_encoder(images, self.encoder_resolution, antialias=True)  # (as its PIL Resize(256))
         codes = self.encoders.first_codes(x)
         image = self.render(codes, noise)
         steps = [image]

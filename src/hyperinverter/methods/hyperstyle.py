@@ -20,7 +20,7 @@ from ..models.encoders.backbones import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet
 from ..models.stylegan2 import Generator
 from .base import InversionResult, Stopwatch
-from .phase1 import Phase1, check_w_encoder, encoder_fit, encoder_input_shape, raise_if
+from .phase1 import Phase1, check_w_encoder, encoder_fit, encoder_input_shape, raise_if, resize_for_encoder
 from .registry import register_method
 
 
@@ -61,6 +61,7 @@ class HyperStyle(Phase1):
     initial_label = "W encoder"
     components = ("w_encoder", "hypernetwork")
     options = {"iterations": 5}  # the official test default for faces
+    encoder_antialias = True  # its data transforms reduce the photo with PIL (the hypernetwork's x too)
     summary = "W code from a W encoder, then iterative multiplicative weight offsets θ·(1+Δ) (CVPR 2022)"
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, hypernetwork: HyperStyleNet,
@@ -97,7 +98,8 @@ class HyperStyle(Phase1):
         """The iterations from the image ``start`` (``ŷ_0``). ``detach``: cut the graph between iterations (the
         official training scheme: each iteration's loss reaches only its own hypernetwork pass)."""
         size = self.hypernetwork.config.input_shape
-        target = pool_to(content_of(x, self.content_rows), size)
+        target = resize_for_encoder(x, self.hypernetwork.config.input_size, self.content_rows, antialias=True)
+        assert target.shape[-2:] == size, (tuple(target.shape), size)
         delta, image, steps = None, start, []
         for t in range(1, iterations + 1):
             previous = image.detach() if detach else image

@@ -5,6 +5,8 @@ This is HyperInverter's Phase I, and any pSp/e4e-style encoder into W (``...Enco
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,17 +29,21 @@ def encoder_input_height(width: int, content_rows: tuple[float, float] | None) -
     return None if content_rows is None else encoder_input_shape(width, content_rows)[0]
 
 
-def resize_for_encoder(x: torch.Tensor, width: int, content_rows: tuple[float, float] | None = None) -> torch.Tensor:
-    """Bilinear resize (``align_corners=False``) to an encoder's input, ``width`` wide (``encoder_input_shape``), as
-    the official code does before its encoders; of the ``content_rows`` only, where the domain fills only those rows
-    of the generator's square (cars: the official codes read the 192x256 photo, and crop the image to it).
+def resize_for_encoder(x: torch.Tensor, width: int, content_rows: tuple[float, float] | None = None, *,
+                       antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``) to an encoder's input, ``width`` wide (``encoder_input_shape``); of
+    the ``content_rows`` only, where the domain fills only those rows of the generator's square (cars: the official
+    codes read the 192x256 photo, and crop the image to it).
 
-    The result is channels-last: the encoders' convolutions run measurably faster in that layout.
+    ``antialias``: as the pSp family's official data transforms (``Resize(256)`` on the photo: PIL's bilinear, which
+    widens its filter when it reduces); without it, as HyperInverter's model (``F.interpolate`` on the full-size
+    tensor, which reads only the pixels nearest each sample). The result is channels-last: the encoders'
+    convolutions run measurably faster in that layout.
     """
     x = content_of(x, content_rows)
     height, width = encoder_input_shape(width, content_rows)
     if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=antialias)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -80,6 +86,8 @@ class Phase1(Inverter):
     label = "Phase I (W)"
     components = ("w_encoder",)
     summary = "a W encoder alone: one code w on every layer (HyperInverter's Phase I, or a pSp/e4e W encoder)"
+    # How the images are reduced to the encoder's input (``resize_for_encoder``): HyperInverter's way.
+    encoder_antialias: ClassVar[bool] = False
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, encoder_resolution: int = 256,
                  content_rows: tuple[float, float] | None = None) -> None:
@@ -105,7 +113,8 @@ class Phase1(Inverter):
             f"expected [B,{G.config.img_channels},H,W] images, got {tuple(x.shape)}"
         )
         average = self.w_encoder.latent_avg if self.w_encoder.config.own_latent_avg else G.w_avg
-        w = self.w_encoder(resize_for_encoder(x, self.encoder_resolution, self.content_rows)) + average
+        x = resize_for_encoder(x, self.encoder_resolution, self.content_rows, antialias=self.encoder_antialias)
+        w = self.w_encoder(x) + average
         assert w.shape == (x.shape[0], G.w_dim), f"W encoder returned {tuple(w.shape)}"
         return w[:, None].repeat(1, G.num_ws, 1)
 

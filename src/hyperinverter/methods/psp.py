@@ -76,7 +76,8 @@ class PSP(Inverter):
         )
         encoder = self.style_encoder
         average = encoder.latent_avg if encoder.config.own_latent_avg else G.w_avg[None]
-        ws = encoder(resize_for_encoder(x, self.encoder_resolution, self.content_rows)) + average
+        # As the official data transforms: the photo reduced with PIL's bilinear (Resize(256)).
+        ws = encoder(resize_for_encoder(x, self.encoder_resolution, self.content_rows, antialias=True)) + average
         assert ws.shape == (x.shape[0], G.num_ws, G.w_dim), f"W+ encoder returned {tuple(ws.shape)}"
         return ws
 
