@@ -202,6 +202,36 @@ def test_released_files_load_strictly_and_round_trip(method, tmp_path, capsys):
     assert not (tmp_path / "b5").exists()
 
 
+def test_released_files_of_the_other_official_settings_load(tiny_generator, tmp_path):
+    # The official code reads an empty layers_to_tune as every layer, gives a separable model's ToRGB layers a 1x1
+    # conv head (not a separable block), and always builds the shared hypernetwork, used or not: each of these
+    # files was refused, and training refused layers_to_tune: [].
+    for name, layers, separable in [("every-separable", (), True), ("no-shared", (1,), False)]:
+        torch.manual_seed(0)
+        method = HyperStyle.create(tiny_generator, layers=layers, separable=separable).eval()
+        blocks = method.hypernetwork.refinement_blocks
+        if separable:  # (the tiny generator's 3x3 layers are all shared ones)
+            assert isinstance(blocks["1"].output[0], torch.nn.Conv2d)  # ToRGB: the official 1x1 conv head
+        opts = {"layers_to_tune": "" if not layers else "1",
+                "encoder_type": "SharedWeightsHyperNetResNetSeparable" if separable else "SharedWeightsHyperNetResNet"}
+        (tmp_path / name).mkdir()
+        hs_file, w_file = _official_files(tmp_path / name, method, torch.zeros(tiny_generator.w_dim), **opts)
+        if name == "no-shared":
+            ckpt = torch.load(hs_file, weights_only=True)
+            assert method.hypernetwork.shared_weight_hypernet is None
+            unused = HyperStyle.create(tiny_generator).hypernetwork.shared_weight_hypernet.state_dict()
+            ckpt["state_dict"].update({f"hypernet.shared_weight_hypernet.{k}": v for k, v in unused.items()})
+            torch.save(ckpt, hs_file)
+        assert main(["import-official", str(hs_file), "--w-encoder", str(w_file), "--out",
+                     str(tmp_path / name / "bundle")]) == 0, name
+        pipe = InversionPipeline.from_pretrained(tmp_path / name / "bundle", device="cpu")
+        loaded = pipe.inverter("hyperstyle").hypernetwork
+        assert [t.index for t in loaded.config.targets] == [t.index for t in method.hypernetwork.config.targets]
+        pair = torch.rand(1, 6, 64, 64, generator=torch.Generator().manual_seed(1))  # (the tiny hypernetwork's size)
+        torgb = next(t.name for t in loaded.config.targets if t.index == 1)
+        assert torch.allclose(loaded(pair).tensors[torgb], method.hypernetwork(pair).tensors[torgb])
+
+
 def test_released_cars_files_read_the_cars_rows_and_feed_back_the_car(method, tmp_path, capsys):
     # The cars releases were refused. The official code reads the 192x256 car photo, both in its W encoder and as
     # the hypernetwork's target, and feeds back each image cropped to the car's rows and pooled to 192x256

@@ -261,8 +261,8 @@ def test_every_trainer_s_numbers_are_checked_by_name():
     hyperstyle = {"run_dir": "r", "data": "d", "steps": 1, "generator": "g", "w_encoder": "w"}
     with pytest.raises(ConfigError, match="n_iters_per_batch must be >= 1, got 0"):
         decode(HyperStyleTrainingConfig, {**hyperstyle, "n_iters_per_batch": 0})
-    with pytest.raises(ConfigError, match="layers_to_tune is empty: the hypernetwork would tune no layer"):
-        decode(HyperStyleTrainingConfig, {**hyperstyle, "layers_to_tune": []})
+    # As the official code (and docs/training.md): no layers given means every layer, ToRGB included.
+    assert decode(HyperStyleTrainingConfig, {**hyperstyle, "layers_to_tune": []}).layers_to_tune == ()
 
 
 def test_numbers_in_exponent_notation_are_numbers(tmp_path):

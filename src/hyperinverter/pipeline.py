@@ -664,7 +664,9 @@ class InversionPipeline:
 
         As the official script, only the offsets of the synthesis convs at ``min_resolution`` and above are kept
         (default: an eighth of the resolution, so 128-1024 px for a 1024-px generator; coarse layers and ToRGBs
-        come from ``generator`` alone).
+        come from ``generator`` alone). Unlike it, the codes are the inversion's own (the script takes them from a
+        ReStyle-e4e encoder, which the package does not have) and the noise maps are the fixed ones (the script
+        draws new ones), so a rendering repeats.
         """
         if not isinstance(generator, nn.Module):  # (a path or a name was an AttributeError inside)
             raise TypeError("generator must be a loaded Generator (hyperinverter.convert.gan_files.load_generator), "

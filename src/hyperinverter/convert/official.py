@@ -513,6 +513,8 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
                                   f"{copies[0]}")
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"refinement_blocks\.(\d+)\.", k))})
     layers = _layers_to_tune(opts, source)
+    if layers == ():  # (the official code tunes every layer then, ToRGB included)
+        layers = tuple(range(len(generator.synthesis.layers())))
     if layers is not None and sorted(set(layers)) != blocks:
         raise CheckpointError(source, f"its opts tune layers {sorted(set(layers))}, but it holds refinement blocks "
                               f"{blocks}")
@@ -524,6 +526,8 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
     separable = any(".output.0.make_kernel_in." in k for k in sd) or "Separable" in str(opts.get("encoder_type", ""))
     targets = hyperstyle_targets(generator, tuple(blocks))
     shared = [t.index for t in targets if t.shared]
+    if not shared:  # the official model always builds the shared hypernetwork, used by no block here
+        sd = {k: v for k, v in sd.items() if not k.startswith("shared_weight_hypernet.")}
     plain = [t.index for t in targets if not t.shared]
     code_dim = sd["shared_weight_hypernet.w1"].shape[0] if shared else spec["trunk"].widths[-1]
     hyper_inner = sd[f"refinement_blocks.{shared[0]}.convs.0.weight"].shape[0] if shared else 128

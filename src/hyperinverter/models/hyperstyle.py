@@ -224,16 +224,23 @@ class SeparableBlock(nn.Module):
 
 
 class RefinementBlockSeparable(nn.Module):
-    """Features -> stride-2 convs down to 1x1 -> :class:`SeparableBlock` -> ``[B, out, in, k, k]``."""
+    """Features -> stride-2 convs down to 1x1 -> ``[B, out, in, k, k]``: a :class:`SeparableBlock` for 3x3 layers, and
+    for 1x1 (ToRGB) layers a 1x1 conv to ``in·out``, as :class:`RefinementBlock`'s (the official code)."""
 
     def __init__(self, shape: tuple[int, ...], *, channels: int, inner: int, side: int) -> None:
         super().__init__()
+        self.out_channels, self.in_channels, self.k = shape[0], shape[1], shape[2]
         n_down = int(math.log2(side))
         self.convs = _conv_stack([channels] + [inner] * (n_down - 1) + [channels])
-        self.output = nn.Sequential(SeparableBlock(shape, channels=channels))
+        head = (SeparableBlock(shape, channels=channels) if self.k == 3
+                else nn.Conv2d(channels, self.in_channels * self.out_channels, 1))
+        self.output = nn.Sequential(head)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.output(self.convs(features).flatten(1))
+        code = self.convs(features)
+        if self.k == 3:
+            return self.output(code.flatten(1))
+        return self.output(code).view(code.shape[0], self.out_channels, self.in_channels, self.k, self.k)
 
 
 class HyperStyleNet(TrunkHost):

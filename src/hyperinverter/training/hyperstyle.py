@@ -53,9 +53,6 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
             if problem is not None:
                 raise ValueError(f"input_size {self.input_size} reads content_rows {list(self.content_rows)} at "
                                  f"{height}x{self.input_size}: {problem}")
-        if self.layers_to_tune is not None and not self.layers_to_tune:
-            raise ValueError("layers_to_tune is empty: the hypernetwork would tune no layer; leave it out for "
-                             "the official layers")
 
 
 class HyperStyleTask(EncoderTask):
