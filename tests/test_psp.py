@@ -159,18 +159,25 @@ def test_released_files_load_strictly_through_import_official(tiny_generator, tm
     torch.testing.assert_close(got.image, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_psp_without_latent_avg_gives_absolute_codes(tiny_generator, tmp_path):
+@pytest.mark.parametrize(("mode", "encoder_type"), [("psp", "GradualStyleEncoder"), ("e4e", "Encoder4Editing")])
+def test_a_file_trained_without_latent_avg_gives_absolute_codes(tiny_generator, tmp_path, mode, encoder_type):
+    # As the official forward: the average code is added only with start_from_latent_avg (an e4e file added it
+    # whatever its opts said; one that does not say is taken to, as the released ones are trained).
     from hyperinverter.convert.official import load_psp_encoder
-    from hyperinverter.methods.psp import PSP
+    from hyperinverter.methods import get_method
 
-    method = PSP.create(tiny_generator).eval()
-    path = _released_file(tmp_path / "psp.pt", method, encoder_type="GradualStyleEncoder", latent_avg=None,
-                          start_from_latent_avg=False)
-    loaded = load_psp_encoder(path)
+    method = get_method(mode).create(tiny_generator).eval()
+    latent_avg = torch.randn(tiny_generator.w_dim)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         offsets = method.style_encoder(F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
-        torch.testing.assert_close(loaded.encode(x), offsets, rtol=1e-5, atol=1e-5)
+        for flag, expected in [(False, offsets), (True, offsets + latent_avg)]:
+            path = _released_file(tmp_path / f"{flag}.pt", method, encoder_type=encoder_type,
+                                  latent_avg=latent_avg if flag or mode == "e4e" else None, start_from_latent_avg=flag)
+            torch.testing.assert_close(load_psp_encoder(path).encode(x), expected, rtol=1e-5, atol=1e-5)
+        if mode == "e4e":
+            path = _released_file(tmp_path / "unsaid.pt", method, encoder_type=encoder_type, latent_avg=latent_avg)
+            torch.testing.assert_close(load_psp_encoder(path).encode(x), offsets + latent_avg, rtol=1e-5, atol=1e-5)
 
 
 def test_released_file_problems_are_named(tiny_generator, tmp_path):

@@ -139,3 +139,13 @@ def test_e4e_pools_the_real_codes_as_well_as_the_fakes(setup):
         assert int(state[key.replace(".codes", ".filled")]) == 8
         assert state[key][:8].abs().sum(dim=1).gt(0).all() and not state[key][8:].any()
     assert not torch.equal(state[real][:8], state[fake][:8])
+
+
+def test_e4e_regularises_its_deltas_only_in_a_progressive_run(setup):
+    # The official coach adds the delta loss only with progressive steps; every row active from the start had it.
+    config, data, _ = setup
+    plain = train_psp(config("plain", 1, mode="e4e"), images=data, val_images=data[:4])
+    progressive = train_psp(config("progressive", 2, mode="e4e", progressive_start=0, progressive_step_every=1),
+                            images=data, val_images=data[:4])
+    assert not any("loss/delta" in h for h in plain.history)
+    assert any(h.get("loss/delta", 0) > 0 for h in progressive.history)

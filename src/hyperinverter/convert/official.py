@@ -340,8 +340,9 @@ def style_code_encoder_from_state_dict(sd: Mapping[str, torch.Tensor], *, source
 def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator | None = None) -> PSP:
     """A released pSp or e4e W+ encoder (``encoder.*`` with ``styles.*``, ``decoder.*``, ``latent_avg``, ``opts``)
     as the ``psp`` or ``e4e`` method, chosen by ``opts['encoder_type']``; the generator is ``generator`` or, when
-    not given, the file's own decoder. Codes start from the file's ``latent_avg`` when ``start_from_latent_avg``
-    (always for e4e), else they are absolute, as in the official forward."""
+    not given, the file's own decoder. Codes start from the file's ``latent_avg`` when its opts say
+    ``start_from_latent_avg`` (an e4e file that does not say is taken to, as the released ones are trained), else
+    they are absolute, as in the official forward."""
     psp = PspFile.read(checkpoint)
     extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
     if extra:
@@ -351,7 +352,7 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     if mode is None:
         raise CheckpointError(psp.path, f"its opts['encoder_type'] is {encoder_type!r}; a W+ encoder file has one of "
                               f"{sorted(STYLE_CODE_ENCODER_TYPES)}")
-    from_average = mode == "e4e" or option(psp.opts, "start_from_latent_avg", bool, psp.path, default=False)
+    from_average = option(psp.opts, "start_from_latent_avg", bool, psp.path, default=mode == "e4e")
     G = psp.generator(generator)
     if from_average and psp.latent_avg is None:
         raise CheckpointError(psp.path, "has no latent_avg, which its codes are offsets from")

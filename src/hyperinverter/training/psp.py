@@ -7,7 +7,7 @@ e4e adds, as its official coach:
 
 - the progressive schedule: no delta row until ``progressive_start``, then one more every
   ``progressive_step_every`` steps (stage ``i``: rows ``1..i`` get their deltas);
-- the delta regulariser ``Σ_{i=1..stage} mean_b ‖w_i − w_0‖₂``;
+- the delta regulariser ``Σ_{i=1..stage} mean_b ‖w_i − w_0‖₂``, in a progressive run only (as the official coach);
 - the latent discriminator on W (an MLP: 3 × [Linear, LeakyReLU(0.2)] + Linear, plain Adam at lr 2e-5) fed real
   codes ``mapping(z)`` against the encoder's codes, with its R1 penalty every 16 steps, and the encoder's
   non-saturating loss on every active row. With ``w_pool_size`` > 0 (50, the README's ``--use_w_pool``) its codes
@@ -195,7 +195,8 @@ class PspTask(EncoderTask):
             stats["loss/w_norm"] = float(w_norm.detach())
         if cfg.mode == "e4e":
             active = self.encoder.active_deltas()
-            if active > 0 and cfg.delta_reg_weight > 0:
+            # As the official coach: only a progressive run regularises its deltas (progressive_steps set).
+            if active > 0 and cfg.delta_reg_weight > 0 and cfg.progressive_start is not None:
                 delta = (ws[:, 1 : active + 1] - ws[:, :1]).norm(dim=2).mean(dim=0).sum()
                 loss = loss + cfg.delta_reg_weight * delta
                 stats["loss/delta"] = float(delta.detach())
