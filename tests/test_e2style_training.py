@@ -123,7 +123,8 @@ def test_parsing_unet_layout_levels_and_strict_loading(tmp_path):
     keys = set(unet.state_dict())
     assert {"conv1.conv1.0.weight", "conv1.conv1.1.running_var", "center.conv2.1.weight", "up_concat4.up.weight",
             "up_concat1.conv.conv2.0.bias", "final.weight"} <= keys
-    assert not any(k.startswith("up_concat1.conv.conv1.1") for k in keys)  # no BN in the up path
+    # BN in the up path too, as CelebAMask-HQ's U-Net, whose copy the official one is (unetUp(..., is_batchnorm))
+    assert {"up_concat1.conv.conv1.1.running_mean", "up_concat4.conv.conv2.1.weight"} <= keys
     x = torch.rand(1, 3, 256, 256) * 2 - 1
     with torch.no_grad():
         levels = unet.feature_levels(x)
@@ -193,6 +194,28 @@ def test_colorization_uses_the_official_channel_weights_and_denoising_mixes_two_
     assert 10 < int(salt_and_pepper.sum()) < 54  # about half of the samples
     gaussian = unit[~salt_and_pepper]
     assert abs(float(gaussian.sub(0.5).std()) - 0.1) < 0.01  # σ² = 0.01
+    # Salt and pepper hits each value on its own (skimage's random_noise on H x W x 3): coloured impulses, 5 %.
+    impulses = unit[salt_and_pepper] != 0.5  # [N, 3, 32, 32]
+    assert abs(float(impulses.float().mean()) - 0.05) < 0.01
+    assert (impulses.any(dim=1) & ~impulses.all(dim=1)).any()  # (one channel hit, not the others)
+
+
+def test_restoration_inputs_are_degraded_at_the_encoder_s_size():
+    # The official code degrades its 256-px inputs: degrading a 1024-px image first left sr4 with 256 px of
+    # detail for the encoder, and its 4x reduction averaged the noise away.
+    from hyperinverter.data.degradations import degrade_at
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gen = torch.Generator().manual_seed(1)
+    small = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    expected = get_degradation("denoising")(small, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(degrade_at(x, "denoising", 16, gen), expected)
+    assert degrade_at(x, "sr4", 16, gen).shape == (2, 3, 16, 16)
+    zeros = torch.zeros(8, 3, 64, 64)
+    at_16 = degrade_at(zeros, "denoising", 16, torch.Generator().manual_seed(2))
+    reduced = F.interpolate(get_degradation("denoising")(zeros, torch.Generator().manual_seed(2)), size=(16, 16),
+                            mode="bilinear", align_corners=False, antialias=True)
+    assert float(at_16.std()) > 2 * float(reduced.std())  # the noise reaches the encoder, not averaged away
 
 
 def test_a_refinement_stage_takes_the_trunk_file_but_not_its_stem(setup):

@@ -33,12 +33,17 @@ def test_the_task_is_kept_in_the_bundle_and_restoration_reads_the_degraded_image
     pipe, _ = sr_pipe
     assert pipe.inverter().task == "sr4"
     x = images()
-    out = restore(pipe, x, simulate=True, seed=3)
-    expected = get_degradation("sr4")(x, torch.Generator().manual_seed(3))
+    out = restore(pipe, x, simulate=True, seed=3)  # (degraded at the 64 px its encoder reads, as it trains)
+    at_64 = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    expected = get_degradation("sr4")(at_64, torch.Generator().manual_seed(3))
     torch.testing.assert_close(out.degraded, expected)
-    torch.testing.assert_close(out.result.image, pipe.invert(expected).image)
-    plain = restore(pipe, expected)  # an already degraded input is read as it is
-    torch.testing.assert_close(plain.result.image, out.result.image)
+    torch.testing.assert_close(out.result.image, pipe.invert(expected, at_encoder_size=True).image)
+    assert out.result.image.shape == x.shape
+    degraded = get_degradation("sr4")(x, torch.Generator().manual_seed(3))
+    plain = restore(pipe, degraded)  # an already degraded input is read as it is
+    torch.testing.assert_close(plain.result.image, pipe.invert(degraded).image)
+    with pytest.raises(ValueError, match="compares its images with the input at the generator's 32 px"):
+        pipe.invert(expected, method="w-opt", at_encoder_size=True)
     with pytest.raises(ValueError, match="unknown restoration task"):
         E2Style(pipe.generator, encoders=pipe.inverter().encoders, encoder_resolution=64, task="sr3")
 

@@ -544,9 +544,10 @@ class InversionPipeline:
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Image.Image | str | Path | bytes | np.ndarray
-                | Sequence[Image.Image | str | Path | bytes | np.ndarray | torch.Tensor]) -> torch.Tensor:
-        """An image, a path, or a sequence of them -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution and
-        channel count.
+                | Sequence[Image.Image | str | Path | bytes | np.ndarray | torch.Tensor], *,
+                size: int | None = None) -> torch.Tensor:
+        """An image, a path, or a sequence of them -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution (or
+        ``size``) and channel count.
 
         Files (a path, or a file's bytes) go through :func:`hyperinverter.io.images.read_image`, and so do PIL
         images and uint8 numpy images (``H x W`` or ``H x W x C``, as image libraries hold them). A non-square image
@@ -576,15 +577,15 @@ class InversionPipeline:
                     _check_values(item, "images")
                 if len({tuple(item.shape[-3:]) for item in images}) > 1:
                     raise ValueError(f"the image tensors differ in shape: {[tuple(i.shape) for i in images][:4]}")
-                return self.prepare(torch.cat([item if item.ndim == 4 else item[None] for item in images]))
+                return self.prepare(torch.cat([item if item.ndim == 4 else item[None] for item in images]), size=size)
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
-            tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=G.resolution),
-                                     size=G.resolution,
+            side = size or G.resolution
+            tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=side), size=side,
                                      channels=G.config.img_channels) for item in images]
             if not tensors:
                 raise ValueError("no images given")
             x = torch.cat(tensors)
-        expected = (G.config.img_channels, G.resolution, G.resolution)
+        expected = (G.config.img_channels, size or G.resolution, size or G.resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] for this generator, got "
                              f"{tuple(x.shape)}")
@@ -603,10 +604,12 @@ class InversionPipeline:
     # --- inference --------------------------------------------------------------------------------------
     def invert(self, images: torch.Tensor | Sequence[Image.Image | str | Path], *, method: str | None = None,
                batch_size: int = 8, check_finite: bool = True, dtype: str | torch.dtype | None = None,
-               **options: Any) -> InversionResult:
+               at_encoder_size: bool = False, **options: Any) -> InversionResult:
         """Invert ``images`` with ``method`` (default: the pipeline's), in chunks of ``batch_size`` (results do
         not depend on it). ``options``: the method's own (see ``hyperinverter methods``). ``dtype``: this call's
-        precision (default: the pipeline's ``dtype``).
+        precision (default: the pipeline's ``dtype``). ``at_encoder_size``: the images are at the size the
+        method's encoder reads (an E2Style restoration input degraded there, as it was trained), not the
+        generator's; for the encoder methods, which read the images through their encoder alone.
 
         A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
         it, for callers that report such samples one by one).
@@ -614,7 +617,13 @@ class InversionPipeline:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
         inverter = self.inverter(method)
-        x = self.prepare(images)
+        size = None
+        if at_encoder_size:
+            size = getattr(inverter, "encoder_resolution", None)
+            if size not in inverter.input_sides():
+                raise ValueError(f"{inverter.name} compares its images with the input at the generator's "
+                                 f"{self.generator.resolution} px: give it images of that size")
+        x = self.prepare(images, size=size)
         dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)
         with self._first_pass():
             result = InversionResult.cat([inverter.invert(x[i : i + batch_size], dtype=dtype, **options)

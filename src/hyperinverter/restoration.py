@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from .data.degradations import get_degradation
+from .data.degradations import degrade_at
 from .losses.identity import FFHQ_CROP, CropBox, crop_for_align_scale
 from .methods import InversionResult
 from .pipeline import InversionPipeline
@@ -44,7 +44,8 @@ def restore(pipe: InversionPipeline, images: torch.Tensor, *, method: str | None
             seed: int = 0, **options) -> Restoration:
     """Restore ``images`` ``[B,C,R,R]`` in [-1, 1] with a model trained for a restoration task.
 
-    ``simulate``: the images are clean; degrade them first with the model's task (generator seeded by ``seed``).
+    ``simulate``: the images are clean; degrade them first with the model's task (generator seeded by ``seed``), at
+    the size its encoder reads, as it was trained (``degrade_at``): ``degraded`` is then at that size.
     """
     task = restoration_task(pipe, method)
     if task is None:
@@ -53,8 +54,8 @@ def restore(pipe: InversionPipeline, images: torch.Tensor, *, method: str | None
                          "`hyperinverter train e2style` and `task: sr4` (or inpainting, colorization, ...)")
     x = images.to(pipe.device)
     if simulate:
-        x = get_degradation(task)(x, torch.Generator().manual_seed(seed))
-    return Restoration(degraded=x, result=pipe.invert(x, method=method, **options))
+        x = degrade_at(x, task, pipe.inverter(method).encoder_resolution, torch.Generator().manual_seed(seed))
+    return Restoration(degraded=x, result=pipe.invert(x, method=method, at_encoder_size=simulate, **options))
 
 
 @dataclass

@@ -59,6 +59,7 @@ def register(sub) -> None:
 
 def run_restore(args: argparse.Namespace) -> int:
     import torch
+    import torch.nn.functional as F
 
     from ..errors import InputError, naming
     from ..inversion.batch import unique_stems
@@ -110,6 +111,8 @@ def run_restore(args: argparse.Namespace) -> int:
             group = []
             for picture, degraded, restored in zip(photo_result.pictures, photo_result.restoration.degraded.cpu(),
                                                    photo_result.restoration.result.image.cpu()):
+                if degraded.shape != restored.shape:  # (a simulated input is degraded at the encoder's size)
+                    degraded = F.interpolate(degraded[None], size=restored.shape[-2:], mode="nearest")[0]
                 panels = [degraded, restored] + ([picture.image[0]] if args.simulate else [])
                 group += [(out_dir / f"{picture.name}.png", image_bytes(restored, made_with=made)),
                           (out_dir / f"{picture.name}_compare.png",

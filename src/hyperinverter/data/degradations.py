@@ -7,9 +7,11 @@
   taps, reflect padding, stride f), then bilinear up-sampling back to the size;
 - ``colorization``: grey replicated over the channels, with the official weights: the official code converts an RGB
   array with OpenCV's BGR-to-grey, so the weights are 0.114 R + 0.587 G + 0.299 B;
-- ``denoising``: half of the samples Gaussian noise (variance 0.01 on [0, 1]), the others salt and pepper (5 %).
+- ``denoising``: half of the samples Gaussian noise (variance 0.01 on [0, 1]), the others salt and pepper (5 % of
+  the values, each channel on its own).
 
 Every function takes a ``torch.Generator`` so that training batches are reproducible and resumable.
+:func:`degrade_at` degrades at the encoder's input size, as the official code degrades its 256-px images.
 """
 
 from __future__ import annotations
@@ -102,9 +104,10 @@ def denoising(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     unit = (x + 1) / 2
     gaussian = torch.rand(x.shape[0], generator=gen) < 0.5
     noisy = unit + torch.randn(unit.shape, generator=gen).to(x.device) * math.sqrt(0.01)
-    hit = torch.rand(unit.shape[0], 1, *unit.shape[2:], generator=gen).to(x.device) < 0.05
+    # Per value, as skimage's random_noise(mode="s&p") on an H x W x 3 array: an impulse hits one channel.
+    hit = torch.rand(unit.shape, generator=gen).to(x.device) < 0.05
     salt = (torch.rand(hit.shape, generator=gen) < 0.5).to(x.device)
-    peppered = torch.where(hit, salt.to(x.dtype).expand_as(unit), unit)
+    peppered = torch.where(hit, salt.to(x.dtype), unit)
     out = torch.where(gaussian.to(x.device).reshape(-1, 1, 1, 1), noisy.clamp(0, 1), peppered)
     return out * 2 - 1
 
@@ -115,6 +118,16 @@ DEGRADATIONS: dict[str, Degradation] = {
     "denoising": denoising,
     **{f"sr{f}": super_resolution(f) for f in SR_FACTORS},
 }
+
+
+def degrade_at(x: torch.Tensor, task: str, size: int, gen: torch.Generator) -> torch.Tensor:
+    """``x`` brought to ``size`` px (bilinear, antialiased: E2Style's ``Resize(256)``), then degraded by ``task``. The
+    official code degrades 256-px images, so a factor or a noise level means the same whatever the generator's
+    resolution: at 1024 px, sr4 degraded first would leave 256 px of detail, and 4x reduction would average the
+    noise away."""
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return get_degradation(task)(x, gen)
 
 
 def get_degradation(name: str) -> Degradation:

@@ -245,17 +245,26 @@ class Inverter(nn.Module):
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None, **options) -> InversionResult:
         raise NotImplementedError
 
+    def input_sides(self) -> tuple[int, ...]:
+        """The sizes of square images it inverts: the generator's resolution and, for a method that reads images
+        through its encoder alone (an ``encoder_resolution``, a square domain), that encoder's input size (an
+        E2Style restoration input degraded there, as the official code degrades its 256-px inputs)."""
+        sides = (self.generator.resolution,)
+        encoder = getattr(self, "encoder_resolution", None)
+        return sides if encoder is None or self.content_rows is not None else (*sides, encoder)
+
     def invert(self, images: torch.Tensor, *, dtype: str | torch.dtype | None = None, **options) -> InversionResult:
-        """Images ``[B, C, R, R]`` in [-1, 1] at the generator's resolution -> their inversion, with timings.
+        """Images ``[B, C, R, R]`` in [-1, 1] at the generator's resolution (or another of ``input_sides``) -> their
+        inversion, with timings.
 
         ``dtype``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` (GPUs): the precision the networks run in
         (:mod:`hyperinverter.precision`); the result is fp32 either way.
         """
-        G = self.generator
-        expected = (G.config.img_channels, G.resolution, G.resolution)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"{self.name} inverts images [B, {', '.join(map(str, expected))}], got "
-                             f"{tuple(images.shape)}")
+        G, sides = self.generator, self.input_sides()
+        if (images.ndim != 4 or images.shape[1] != G.config.img_channels or images.shape[2] != images.shape[3]
+                or images.shape[3] not in sides):
+            shapes = " or ".join(f"[B, {G.config.img_channels}, {side}, {side}]" for side in sides)
+            raise ValueError(f"{self.name} inverts images {shapes}, got {tuple(images.shape)}")
         options = self.check_options(options)
         dtype = resolve_dtype(dtype, images.device)
         stopwatch = Stopwatch(images.device)

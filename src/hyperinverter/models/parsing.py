@@ -1,9 +1,11 @@
 """E2Style's face-parsing network: a small U-Net (pytorch-semseg's ``unet``, ``feature_scale`` 4), not BiSeNet.
 
-Filters 16/32/64/128/256, 19 classes, BatchNorm in the down path, transposed convolutions up. The keys are the
-official file's (``parsing.pth``): ``conv{1..4}.conv{1,2}.{0: Conv, 1: BN}``, ``center.*``, ``up_concat{4..1}.up``,
-``up_concat{i}.conv.conv{1,2}.0`` (no BN in the up path), ``final``. The weights are not installable here; the
-module loads the official file strictly when a user has it (:func:`load_parsing_unet`).
+Filters 16/32/64/128/256, 19 classes, BatchNorm after every 3x3 conv, transposed convolutions up. The official
+network builds its up-path blocks with ``is_batchnorm`` as CelebAMask-HQ's ``face_parsing`` U-Net does, whose copy
+it is (pytorch-semseg's own up-path has no BatchNorm). The keys are the official file's (``parsing.pth``):
+``conv{1..4}.conv{1,2}.{0: Conv, 1: BN}``, ``center.*``, ``up_concat{4..1}.up``, ``up_concat{i}.conv.conv{1,2}.{0,
+1}``, ``final``. The weights are not installable here (its ``model_utils.py`` is not in the stored snapshot either);
+the module loads the official file strictly when a user has it (:func:`load_parsing_unet`).
 
 E2Style's multi-layer parsing loss compares the encoder levels: after ``maxpool1..4`` (16×128², 32×64², 64×32²,
 128×16² at 256 px) and ``center`` (256×16²), on images in [-1, 1] fed directly.
@@ -23,7 +25,7 @@ NUM_CLASSES = 19
 
 
 class UNetConv(nn.Module):
-    """Two 3x3 convs (with BN in the down path), each followed by ReLU: keys ``conv1.{0,1}``, ``conv2.{0,1}``."""
+    """Two 3x3 convs, each with BN (``batch_norm``) and ReLU: keys ``conv1.{0,1}``, ``conv2.{0,1}``."""
 
     def __init__(self, in_channels: int, out_channels: int, *, batch_norm: bool) -> None:
         super().__init__()
@@ -45,7 +47,7 @@ class UNetUp(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = UNetConv(in_channels, out_channels, batch_norm=False)
+        self.conv = UNetConv(in_channels, out_channels, batch_norm=True)
         self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
 
     def forward(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from ..data.degradations import get_degradation
+from ..data.degradations import degrade_at, get_degradation
 from ..errors import InputError
 from ..methods import InversionResult
 from ..methods.e2style import E2Style
@@ -75,7 +76,10 @@ class E2StyleTask(EncoderTask):
 
     def __init__(self, cfg: E2StyleTrainingConfig, device: torch.device, **kwargs) -> None:
         super().__init__(cfg, device, **kwargs)
-        self.degrade = get_degradation(cfg.task) if cfg.task else None
+        self.degrade = None
+        if cfg.task:
+            size = self.method.encoder_resolution
+            self.degrade = lambda x, gen: degrade_at(x, cfg.task, size, gen)  # (the input the encoder reads)
         self.multilayer_id = self.parsing = None
         if cfg.multilayer_id_weight > 0:
             from ..losses.multilayer import multilayer_identity_loss
@@ -130,7 +134,8 @@ class E2StyleTask(EncoderTask):
         x, target = self._degraded(images[:8])
         out = self.method(x, **self.options)
         self.trainable.train()
-        return "input-stage1-final-target", torch.cat([x, out.initial_image, out.image, target]), len(x)
+        shown = F.interpolate(x, size=target.shape[-2:], mode="nearest") if x.shape != target.shape else x
+        return "input-stage1-final-target", torch.cat([shown, out.initial_image, out.image, target]), len(x)
 
     def reconstruction(self, x: torch.Tensor, target: torch.Tensor | None = None, *,
                        gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float], InversionResult]:
@@ -155,8 +160,6 @@ class E2StyleTask(EncoderTask):
 
 def _parsing_input(x: torch.Tensor) -> torch.Tensor:
     """The parsing network reads 256-px images in [-1, 1] directly."""
-    import torch.nn.functional as F
-
     if x.shape[-1] == 256:
         return x
     mode = "area" if x.shape[-1] > 256 else "bilinear"
