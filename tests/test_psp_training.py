@@ -149,3 +149,27 @@ def test_e4e_regularises_its_deltas_only_in_a_progressive_run(setup):
                             images=data, val_images=data[:4])
     assert not any("loss/delta" in h for h in plain.history)
     assert any(h.get("loss/delta", 0) > 0 for h in progressive.history)
+
+
+def test_the_psp_family_s_loss_targets_are_reduced_as_its_photos_are(setup, tmp_path):
+    # The official pSp/e4e/HyperStyle/E2Style targets are their data transforms' PIL Resize(256) of the photo, and
+    # the outputs are face_pool'ed; HyperInverter's coach pools both. Both were pooled here.
+    import torch.nn.functional as F
+
+    from hyperinverter.losses.reconstruction import ReconstructionLoss
+    from hyperinverter.training.inversion import InversionTrainingConfig, phase1_task
+    from hyperinverter.training.psp import psp_task
+
+    config, _, _ = setup
+    cpu = torch.device("cpu")
+    assert psp_task(config("p", 1, loss_resolution=16), cpu, None).criterion.antialias_target
+    phase1 = InversionTrainingConfig(**{k: getattr(config("h", 1), k) for k in ("run_dir", "data", "generator",
+                                                                               "steps", "device")})
+    assert not phase1_task(phase1, cpu, None).criterion.antialias_target
+    output, target = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (0, 1))
+    _, parts = ReconstructionLoss(loss_resolution=16, antialias_target=True)(output, target)
+    resized = F.interpolate(target, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    expected = F.mse_loss(F.adaptive_avg_pool2d(output, 16), resized)
+    assert parts["loss/l2"] == pytest.approx(float(expected), rel=1e-5)
+    _, pooled = ReconstructionLoss(loss_resolution=16)(output, target)
+    assert pooled["loss/l2"] != pytest.approx(parts["loss/l2"], rel=1e-3)

@@ -36,8 +36,9 @@ def _at_width(x: torch.Tensor, width: int) -> tuple[int, int]:
 def resized_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
     """``x`` resized as the papers' metric scripts resize it (``transforms.Resize(256)``: bilinear with
     antialiasing) to ``width`` columns and the rows that keep its shape; as it is where it is no wider. Training
-    compares pooled images (:func:`pooled_to_width`, the official ``face_pool``); the metrics did too, which
-    scored a reconstruction that lacks fine detail up to 5.8 times the papers' MSE at 1024 px."""
+    pools its outputs (:func:`pooled_to_width`, the official ``face_pool``; the pSp family's targets are resized
+    this way, as its data transforms do); the metrics pooled too, which scored a reconstruction that lacks fine
+    detail up to 5.8 times the papers' MSE at 1024 px."""
     if x.shape[-1] <= width:
         return x
     return F.interpolate(x, size=_at_width(x, width), mode="bilinear", antialias=True, align_corners=False)

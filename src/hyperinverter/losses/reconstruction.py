@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import pooled_to_width
+from ..metrics import pooled_to_width, resized_to_width
 from ..models.stylegan2 import Discriminator
 from ..precision import full_precision
 from .identity import CropBox
@@ -18,18 +18,21 @@ class ReconstructionLoss(nn.Module):
     square (``H = R``) but for a domain's content rows (cars); the discriminator features need square ones.
 
     ``loss_resolution``: compare images average-pooled to this width (the official code pools to 256 before L2,
-    LPIPS and identity); the discriminator features always see full resolution. ``id_samples``: the identity
-    term on the first N samples only (it is costly on CPUs). ``id_crop``: the face box as fractions of the image.
+    LPIPS and identity); the discriminator features always see full resolution. ``antialias_target``: the target
+    is reduced with antialiased bilinear instead (the pSp family's targets come from its data transforms, PIL's
+    ``Resize(256)``; its outputs are pooled). ``id_samples``: the identity term on the first N samples only (it
+    is costly on CPUs). ``id_crop``: the face box as fractions of the image.
     """
 
     def __init__(self, *, l2_weight: float = 1.0, lpips_weight: float = 0.0, lpips_net: str = "alex",
                  id_weight: float = 0.0, id_model: str = "sface", id_model_path: str | None = None,
                  id_crop: CropBox | None = None, id_samples: int | None = None, dfeat_weight: float = 0.0,
                  discriminator: Discriminator | None = None, loss_resolution: int | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 antialias_target: bool = False, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.weights = {"l2": l2_weight, "lpips": lpips_weight, "id": id_weight, "dfeat": dfeat_weight}
         self.id_samples, self.loss_resolution = id_samples, loss_resolution
+        self.antialias_target = antialias_target
         self.lpips = self.identity = self.dfeat = None
         if lpips_weight > 0:
             from .lpips import LPIPS
@@ -57,7 +60,8 @@ class ReconstructionLoss(nn.Module):
         full_output, full_target = output, target  # the discriminator features need its own resolution
         if self.loss_resolution is not None:
             output = pooled_to_width(output, self.loss_resolution)
-            target = pooled_to_width(target, self.loss_resolution)
+            reduce = resized_to_width if self.antialias_target else pooled_to_width
+            target = reduce(target, self.loss_resolution)
         parts: dict[str, torch.Tensor] = {"l2": F.mse_loss(output, target)}
         if self.lpips is not None:
             parts["lpips"] = self.lpips(output, target).mean()

@@ -167,6 +167,9 @@ class Inverter(nn.Module):
         summary: one line for ``hyperinverter methods``.
         accepts_discriminator: it takes the domain's discriminator (``discriminator=``) when the model ships one
             (optimisation methods compare discriminator features when LPIPS is not installed).
+        encoder_antialias: its official code reduces the photo to the encoder's input with an antialiasing filter
+            (the pSp family's data transforms: PIL's ``Resize(256)``), not as HyperInverter's model does
+            (``F.interpolate`` on the tensor); its training targets are reduced the same way.
     """
 
     name: ClassVar[str]
@@ -176,6 +179,7 @@ class Inverter(nn.Module):
     options: ClassVar[Mapping[str, Any]] = {}
     summary: ClassVar[str] = ""
     accepts_discriminator: ClassVar[bool] = False
+    encoder_antialias: ClassVar[bool] = False
     _content_rows: tuple[float, float] | None = None
 
     def __init__(self, generator: Generator) -> None:

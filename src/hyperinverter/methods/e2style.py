@@ -50,6 +50,7 @@ class E2Style(Inverter):
     initial_label = "stage 1"
     components = ("encoders",)
     options: ClassVar[Mapping[str, Any]] = {"stages": None}
+    encoder_antialias = True  # the official data transforms reduce the photo with PIL (Resize(256))
     summary = ("a shallow IR-SE encoder with efficient heads predicting W+ codes, refined by feed-forward stages "
                "(E2Style, 'A Simple Baseline for StyleGAN Inversion')")
 
@@ -105,7 +106,7 @@ class E2Style(Inverter):
         """``noise``: draw the generator's noise maps from it (training, as the official coach), instead of its
         fixed ones."""
         G, stages = self.generator, self.check_stages(stages)
-        x = resize_for_encoder(images, self.encoder_resolution, antialias=True)  # (as its PIL Resize(256))
+        x = resize_for_encoder(images, self.encoder_resolution, antialias=self.encoder_antialias)
         codes = self.encoders.first_codes(x)
         image = self.render(codes, noise)
         steps = [image]

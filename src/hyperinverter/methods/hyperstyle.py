@@ -98,7 +98,8 @@ class HyperStyle(Phase1):
         """The iterations from the image ``start`` (``ŷ_0``). ``detach``: cut the graph between iterations (the
         official training scheme: each iteration's loss reaches only its own hypernetwork pass)."""
         size = self.hypernetwork.config.input_shape
-        target = resize_for_encoder(x, self.hypernetwork.config.input_size, self.content_rows, antialias=True)
+        target = resize_for_encoder(x, self.hypernetwork.config.input_size, self.content_rows,
+                                    antialias=self.encoder_antialias)
         assert target.shape[-2:] == size, (tuple(target.shape), size)
         delta, image, steps = None, start, []
         for t in range(1, iterations + 1):

@@ -5,8 +5,6 @@ This is HyperInverter's Phase I, and any pSp/e4e-style encoder into W (``...Enco
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,8 +84,6 @@ class Phase1(Inverter):
     label = "Phase I (W)"
     components = ("w_encoder",)
     summary = "a W encoder alone: one code w on every layer (HyperInverter's Phase I, or a pSp/e4e W encoder)"
-    # How the images are reduced to the encoder's input (``resize_for_encoder``): HyperInverter's way.
-    encoder_antialias: ClassVar[bool] = False
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, encoder_resolution: int = 256,
                  content_rows: tuple[float, float] | None = None) -> None:

@@ -45,6 +45,7 @@ class PSP(Inverter):
     components = ("style_encoder",)
     summary = "a W+ encoder: one code row per layer from its FPN level (pSp, CVPR 2021)"
     mode = "psp"
+    encoder_antialias = True  # the official data transforms reduce the photo with PIL (Resize(256))
 
     def __init__(self, generator: Generator, *, style_encoder: StyleCodeEncoder,
                  encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None) -> None:
@@ -76,8 +77,8 @@ class PSP(Inverter):
         )
         encoder = self.style_encoder
         average = encoder.latent_avg if encoder.config.own_latent_avg else G.w_avg[None]
-        # As the official data transforms: the photo reduced with PIL's bilinear (Resize(256)).
-        ws = encoder(resize_for_encoder(x, self.encoder_resolution, self.content_rows, antialias=True)) + average
+        x = resize_for_encoder(x, self.encoder_resolution, self.content_rows, antialias=self.encoder_antialias)
+        ws = encoder(x) + average
         assert ws.shape == (x.shape[0], G.num_ws, G.w_dim), f"W+ encoder returned {tuple(ws.shape)}"
         return ws
 

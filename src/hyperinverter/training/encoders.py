@@ -149,11 +149,13 @@ class EncoderTrainingConfig(RunConfig):
                              "needs one: use our GAN folder or an NVIDIA pickle with D")
         return gan
 
-    def reconstruction_loss(self, discriminator: nn.Module | None, device: torch.device) -> ReconstructionLoss:
+    def reconstruction_loss(self, discriminator: nn.Module | None, device: torch.device, *,
+                            antialias_target: bool = False) -> ReconstructionLoss:
         return ReconstructionLoss(l2_weight=self.l2_weight, lpips_weight=self.lpips_weight, lpips_net=self.lpips_net,
                                   id_weight=self.id_weight, id_model=self.id_model, id_model_path=self.id_model_path,
                                   id_crop=self.id_crop, id_samples=self.id_samples, dfeat_weight=self.dfeat_weight,
-                                  discriminator=discriminator, loss_resolution=self.loss_resolution, device=device)
+                                  discriminator=discriminator, loss_resolution=self.loss_resolution,
+                                  antialias_target=antialias_target, device=device)
 
     def init_trunk(self, encoder: nn.Module, *, skip_input_layer: bool = False) -> None:
         """Load ``backbone_init`` into ``encoder``'s trunk, strictly. A 1-channel stem sums the RGB kernel, a
@@ -198,7 +200,8 @@ class EncoderTask(TrainingTask):
         G = method.generator
         self.resolution, self.channels = G.resolution, G.config.img_channels
         self.synthetic_fraction = cfg.synthetic_fraction if synthetic else 0.0
-        self.criterion = cfg.reconstruction_loss(gan.discriminator, device)
+        # (the pSp family's targets are reduced as its photos are: encoder_antialias)
+        self.criterion = cfg.reconstruction_loss(gan.discriminator, device, antialias_target=method.encoder_antialias)
         self.optimizer = make_optimizer(cfg.optimizer, trainable.parameters(), lr=cfg.lr)
         self.modules: dict[str, nn.Module] = {"trainable": trainable}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
