@@ -70,6 +70,16 @@ def test_direction_files_round_trip_and_foreign_formats(tmp_path):
         load_direction(tmp_path / "pca.pt")
     g = load_direction(tmp_path / "pca.pt", index=2, start=0, end=3, strength=-4.0)
     assert isinstance(g, GANSpaceDirection) and g.basis.comp.shape == (5, 8)
+    # GANSpace's own dump (harskish/ganspace's .npz: lat_comp, lat_mean, lat_stdev, and more) was refused.
+    official = torch.load(tmp_path / "pca.pt", weights_only=True)
+    np.savez_compressed(tmp_path / "pca.npz", lat_comp=official["comp"].numpy(), lat_mean=official["mean"].numpy(),
+                        lat_stdev=official["std"].numpy(), act_comp=np.zeros((5, 3)), var_ratio=np.ones(5))
+    from_npz = load_direction(tmp_path / "pca.npz", index=2, start=0, end=3, strength=-4.0)
+    ws = torch.randn(2, 6, 8)
+    assert torch.allclose(from_npz.apply(ws), g.apply(ws))
+    np.savez(tmp_path / "other.npz", comp=np.zeros((5, 8)))
+    with pytest.raises(ValueError, match=r"other.npz: is not a GANSpace .npz file: missing \['lat_comp'"):
+        load_direction(tmp_path / "other.npz", index=0, start=0, end=1, strength=1.0)
 
     for direction in (d, g):
         path = save_direction(direction, tmp_path / f"{direction.name}.safetensors")

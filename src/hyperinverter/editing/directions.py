@@ -296,6 +296,19 @@ def load_direction(
             raise SchemaError(path, f"a direction must hold numbers, got dtype {array.dtype}")
         vector = vector_of(torch.from_numpy(array.astype(np.float32)))
         return LinearDirection(vector, name=name, default_strength=3.0 if strength is None else strength)
+    if path.suffix == ".npz":  # GANSpace's own dump (harskish/ganspace): lat_comp, lat_mean, lat_stdev
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in ("lat_comp", "lat_mean", "lat_stdev") if key in archive}
+        except (ValueError, OSError, EOFError) as e:  # (a pickled member, a truncated or foreign file)
+            raise SchemaError(path, f"is not a readable GANSpace .npz file ({e or type(e).__name__})") from None
+        missing = sorted({"lat_comp", "lat_mean", "lat_stdev"} - set(arrays))
+        if missing:
+            raise SchemaError(path, f"is not a GANSpace .npz file: missing {missing}")
+        comp, mean, std = (torch.from_numpy(arrays[k].astype(np.float32)) for k in ("lat_comp", "lat_mean",
+                                                                                     "lat_stdev"))
+        return _ganspace(_basis(comp, mean, std, path), dict(index=index, start=start, end=end, strength=strength),
+                         name, path)
     obj = load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and any(
             str(k).startswith("mapper.") for k in obj["state_dict"]):

@@ -25,6 +25,7 @@ OFFICIAL_GANSPACE_EDITS: dict[str, dict[str, tuple[int, int, int, float]]] = {
         "eyebrow_thickness": (37, 8, 9, 20.0),
         "head_angle_up": (11, 1, 4, -10.5),
         "displeased": (36, 4, 7, 10.0),
+        "smile": (46, 4, 5, -6.0),  # PTI's (its editings/ganspace_pca edit), on the same ffhq_pca.pt
     },
     # e4e's and HyperStyle's car edits on cars_pca.pt (the 512-px cars generator: 16 layers).
     "cars": {
