@@ -307,8 +307,8 @@ def load_direction(
             raise SchemaError(path, f"is not a GANSpace .npz file: missing {missing}")
         comp, mean, std = (torch.from_numpy(arrays[k].astype(np.float32)) for k in ("lat_comp", "lat_mean",
                                                                                      "lat_stdev"))
-        return _ganspace(_basis(comp, mean, std, path), dict(index=index, start=start, end=end, strength=strength),
-                         name, path)
+        spec = {"index": index, "start": start, "end": end, "strength": strength}
+        return _ganspace(_basis(comp, mean, std, path), spec, name, path)
     obj = load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and any(
             str(k).startswith("mapper.") for k in obj["state_dict"]):
