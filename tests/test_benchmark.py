@@ -4,6 +4,7 @@ redoing work, a run with other settings refuses the stored work, and the claims 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -195,6 +196,12 @@ def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
     assert calls == [] and again.distribution == first.distribution
     loaded = BenchmarkReport.load(tmp_path / "r")
     assert loaded.to_markdown() == first.to_markdown()
+    # Another KID subset size reuses the stored inversions and features, and draws subsets of that size.
+    small = run_benchmark(pipeline, x, names, tmp_path / "r", settings=dataclasses.replace(settings, kid_subset_size=2),
+                          model="m", data="d", command="c", directions={}, features=extract, progress=False)
+    assert calls == [] and small.distribution["phase1"]["fid"] == first.distribution["phase1"]["fid"]
+    assert small.distribution["phase1"]["kid_std"] > 1e-6 > first.distribution["phase1"]["kid_std"]  # (whole sets)
+    assert "subsets of up to 2 images" in small.to_markdown()
 
     # One image for the slow methods: FID/KID compare sets, so that row is left out and said; it was a crash
     # (at the end of the run, after every inversion).

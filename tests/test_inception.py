@@ -230,6 +230,29 @@ def test_extra_attributes_are_refused(tmp_path):
 # --- preprocessing ------------------------------------------------------------------------------------------
 
 
+def test_the_resize_to_299_is_tensorflow_1s():
+    # The original FID code and torch-fidelity (the HyperInverter paper's metrics) resize with TensorFlow 1's
+    # bilinear: output pixel i reads the input at i * H / size, no half-pixel centres.
+    from hyperinverter.models.inception import resize_like_tf1
+
+    line = torch.tensor([10.0, 20.0, 30.0, 40.0]).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    assert resize_like_tf1(line, 2)[0, 0, 0].tolist() == [10.0, 30.0]  # reads pixels 0 and 2 exactly
+    assert resize_like_tf1(line[..., :2], 4)[0, 0, 0].tolist() == [10.0, 15.0, 20.0, 20.0]
+    x = torch.rand(2, 3, 7, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for size in (3, 9):
+        expected = torch.empty(2, 3, size, size, dtype=torch.float64)
+        for i in range(size):
+            for j in range(size):
+                y, z = i * 7 / size, j * 5 / size
+                y0, z0 = int(y), int(z)
+                y1, z1 = min(y0 + 1, 6), min(z0 + 1, 4)
+                top = x[..., y0, z0] * (1 - (z - z0)) + x[..., y0, z1] * (z - z0)
+                bottom = x[..., y1, z0] * (1 - (z - z0)) + x[..., y1, z1] * (z - z0)
+                expected[..., i, j] = top * (1 - (y - y0)) + bottom * (y - y0)
+        torch.testing.assert_close(resize_like_tf1(x, size), expected)
+    assert not torch.allclose(resize_like_tf1(x, 9), F.interpolate(x, size=(9, 9), mode="bilinear"))
+
+
 def test_preprocess_maps_like_saved_8bit_images():
     images = torch.tensor([-1.0, 1.0, 100.4 / 127.5 - 1]).view(1, 1, 1, 3).expand(1, 1, 299, 3)
     images = F.pad(images, (0, 296)).contiguous()  # 299 wide: no resize, values stay exact

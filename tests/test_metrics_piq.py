@@ -64,6 +64,11 @@ def test_ms_ssim_matches_piq_at_five_scales(piq, size, channels):
     x, y = pair(size, channels, seed=size)  # 161 is piq's smallest size; 161 and 203 wide pad odd sides
     expected = piq.ms_ssim(unit(x), unit(y), reduction="none")
     assert torch.allclose(ms_ssim(x, y).double(), expected, atol=1e-6)
+    # Far apart too: piq's own five weights are used as they are (they sum to 1.0001); renormalising them moved a
+    # score of 0.5 by 3e-5.
+    far = (y * 0.3 + 0.7 * torch.rand(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)).clamp(-1, 1)
+    expected = piq.ms_ssim(unit(x), unit(far), reduction="none")
+    assert expected.max() < 0.9 and torch.allclose(ms_ssim(x, far).double(), expected, atol=2e-6)
 
 
 @pytest.mark.parametrize("size,scales", [(32, 2), (64, 3), (100, 4)])

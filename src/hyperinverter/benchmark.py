@@ -91,6 +91,7 @@ class BenchmarkSettings:
     direction: str | None = None  # the edit of the examples; default: the model's first direction
     seed: int = 0
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per method, options of its invert
+    kid_subset_size: int = 1000  # torch-fidelity's kid_subset_size (the paper: 1000 for faces, 100 for churches)
 
     def images_for(self, pipeline: InversionPipeline, method: str) -> int:
         optimises = not type(pipeline.inverter(method)).components  # nothing trained: it optimises per image
@@ -325,8 +326,9 @@ class BenchmarkReport:
         if fid:
             lines += ["", (f"FID and KID compare the {self.common_images} reconstructions with their inputs through "
                            "the FID Inception-v3 network. FID over so few images is biased upward; compare it between "
-                           "rows of one table only. KID is NVIDIA's unbiased estimate over subsets of up to 1000 "
-                           "images (± the spread over subsets); with fewer images every subset is the whole set, so "
+                           "rows of one table only. KID is the unbiased estimate over subsets of up to "
+                           f"{self.settings.get('kid_subset_size', 1000)} images (± the spread over subsets, as "
+                           "torch-fidelity reports it); with fewer images every subset is the whole set, so "
                            "there is no spread, and the estimate can fall slightly below zero when the two sets are "
                            "close.")]
         if self.distribution_at_scale:
@@ -541,7 +543,9 @@ def run_inversions(pipeline: InversionPipeline, inputs: torch.Tensor, names: Seq
     with any of them changed refuses the stored work)."""
     count = min(settings.images, inputs.shape[0])
     images_per_method = {m: min(count, settings.images_for(pipeline, m)) for m in settings.methods}
-    work.claim({"settings": settings.to_json(), "model": pipeline.fingerprint,
+    # (what the stored inversions depend on: KID's subsets are drawn from them afresh)
+    made_with = {k: v for k, v in settings.to_json().items() if k != "kid_subset_size"}
+    work.claim({"settings": made_with, "model": pipeline.fingerprint,
                 "methods": {m: method_fingerprint(pipeline.inverter(m)) for m in settings.methods},
                 "images": fingerprint_of({"names": names[:count], "pixels": inputs[:count]}),
                 "directions": fingerprint_of(dict(directions) if settings.editability_images else {}),
@@ -597,9 +601,9 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
             for m, r in progress_bar(runs.items(), desc="FID/KID", disable=not progress):
                 mine = work.features(m, content_of(r.images, rows), features)
                 if common >= 2:
-                    spread[m] = fid_kid(mine[:common], real[:common])
+                    spread[m] = fid_kid(mine[:common], real[:common], subset_size=settings.kid_subset_size)
                 if r.images.shape[0] > max(common, 1):
-                    at_scale[m] = fid_kid(mine, real[: r.images.shape[0]])
+                    at_scale[m] = fid_kid(mine, real[: r.images.shape[0]], subset_size=settings.kid_subset_size)
             if common < 2:
                 distribution_notes.append(f"FID/KID: not measured over the {common} image every method inverted "
                                           "(they compare sets); the methods that inverted more are measured over those")

@@ -197,8 +197,8 @@ def kernel_inception_distance(feats_a: Features, feats_b: Features, *,
     """KID as NVIDIA's metrics compute it -> ``(mean, std)`` over ``num_subsets`` random subsets.
 
     Each subset draws ``m = min(len(a), len(b), subset_size)`` rows of each set without replacement and takes
-    the unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / D + 1)^3``. ``std`` is the sample
-    standard deviation of the subset estimates (0 for one subset). Seeded, so repeatable.
+    the unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / D + 1)^3``. ``std`` is the standard
+    deviation of the subset estimates as torch-fidelity reports it (numpy's, ``ddof=0``). Seeded, so repeatable.
     """
     a, b = _pair(feats_a, feats_b)
     if num_subsets < 1:
@@ -227,7 +227,7 @@ def kernel_inception_distance(feats_a: Features, feats_b: Features, *,
             k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         estimates[i] = within - 2.0 * k_xy.sum() / (m * m)
-    std = float(estimates.std(ddof=1)) if num_subsets > 1 else 0.0
+    std = float(estimates.std())
     return float(estimates.mean()), std
 
 

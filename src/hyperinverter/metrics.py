@@ -103,7 +103,8 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11) -> torch
     size = min(window_size, *x.shape[-2:])
     scales = ms_ssim_scales(*x.shape[-2:], window_size=window_size)
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
-    weights = weights / weights.sum()
+    if scales < len(MS_SSIM_WEIGHTS):  # (piq renormalises the weights it is given; its own five sum to 1.0001)
+        weights = weights / weights.sum()
     window = _gaussian_window(size, 1.5 * size / window_size, x.shape[1], x.device, x.dtype)
     values = []
     for s in range(scales):

@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, metavar="N",
+                   help="images per KID subset (torch-fidelity's kid_subset_size: the paper uses 1000 for faces, "
+                        "100 for churches)")
     p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. wplus-opt.steps=500 (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="the report folder")
@@ -83,7 +86,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     settings = BenchmarkSettings(
         methods=tuple(methods), images=args.images, optimisation_images=args.optimisation_images,
         batch_size=args.batch_size, editability_images=args.editability, direction=args.direction, seed=args.seed,
-        options=options)
+        options=options, kid_subset_size=args.kid_subset_size)
     stored = (args.out / "work" / "run.json").is_file()
     report = run_benchmark(pipe, images, names, args.out, settings=settings, model=args.model, data=str(args.data),
                            command=args.command, directions=directions,

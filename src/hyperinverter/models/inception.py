@@ -11,7 +11,8 @@ The architecture is written out here; the weights come from the TorchScript file
 (``layers.mixed_10.tower_2_conv.beta``), so its tensors load strictly. Building the network never loads
 weights.
 
-Input convention (NVIDIA's): 8-bit pixels ``p`` in 0..255, bilinearly resized to 299×299, then
+Input convention: 8-bit pixels ``p`` in 0..255, bilinearly resized to 299×299 as TensorFlow 1 resized them (the
+original FID code, and torch-fidelity, which the HyperInverter paper's metrics script runs), then
 ``(p - 128) / 128``; :meth:`FIDInceptionV3.preprocess` makes that from our [-1,1] images.
 """
 
@@ -195,6 +196,23 @@ class InceptionE(nn.Module):
         ], dim=1)
 
 
+def resize_like_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` ``[N,C,H,W]`` bilinearly resized to ``size``² as TensorFlow 1's ``resize_bilinear`` (``align_corners``
+    False, no half-pixel centres): output pixel ``i`` reads the input at ``i · H / size``. The original FID code
+    resized so, and torch-fidelity does; ``F.interpolate`` reads at ``(i + 0.5) · H / size − 0.5``, which moved the
+    pool features by up to half the distance between two images."""
+
+    def axis(n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        source = torch.arange(size, dtype=torch.float64, device=x.device) * (n_in / size)
+        low = source.floor().long().clamp(max=n_in - 1)
+        return low, (low + 1).clamp(max=n_in - 1), (source - low).to(x.dtype)
+
+    top, bottom, dy = axis(x.shape[-2])
+    left, right, dx = axis(x.shape[-1])
+    rows = torch.lerp(x[..., top, :], x[..., bottom, :], dy[:, None])
+    return torch.lerp(rows[..., left], rows[..., right], dx)
+
+
 class FIDInceptionV3(nn.Module):
     """The FID Inception-v3: ``[N,3,299,299]`` network input -> ``[N,2048]`` pool features.
 
@@ -232,8 +250,8 @@ class FIDInceptionV3(nn.Module):
 
         Pixels are mapped to 0..255; with ``quantize`` they are clamped and rounded to integers, as saving the
         images as 8-bit files would (FID is defined on such files; rounding has no gradient, so a loss should
-        pass ``quantize=False``). Then a bilinear resize to 299 (``align_corners=False``, no antialiasing) and
-        NVIDIA's ``(p - 128) / 128``.
+        pass ``quantize=False``). Then a bilinear resize to 299 as TensorFlow 1's (:func:`resize_like_tf1`; no
+        antialiasing) and ``(p - 128) / 128``.
         """
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images [N,3,H,W] or [N,1,H,W] in [-1,1], "
@@ -244,8 +262,7 @@ class FIDInceptionV3(nn.Module):
         if quantize:
             pixels = pixels.clamp(0.0, 255.0).round()
         if pixels.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            pixels = F.interpolate(pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
-                                   align_corners=False)
+            pixels = resize_like_tf1(pixels, INPUT_SIZE)
         return ((pixels - 128.0) / 128.0).contiguous(memory_format=torch.channels_last)  # the network's layout
 
     def features(self, x: torch.Tensor, taps: Iterable[str] = SPATIAL_TAPS) -> dict[str, torch.Tensor]:
