@@ -37,7 +37,9 @@ def register(sub) -> None:
     p.add_argument("--editability", type=nonnegative_int, default=8, metavar="N",
                    help="generated images for ground-truth editability (0: skip it)")
     p.add_argument("--direction", default=None, help="the edit shown in the examples (default: the model's first)")
-    p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--identity", action="store_true",
+                   help="also report identity similarity (faces): CurricularFace, the papers', when it is in the "
+                        "model cache, else SFace")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, metavar="N",

@@ -583,7 +583,7 @@ def register_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score every method of a model on a held-out image folder, or any two "
                        "folders of images",
                        description="Inverts every image of DATA with each method and reports MSE, PSNR, SSIM, "
-                       "MS-SSIM (and identity similarity with SFace when --identity is given) and seconds per image. "
+                       "MS-SSIM (and identity similarity when --identity is given) and seconds per image. "
                        "With --pred and --gt instead, scores the images of PRED against the same-named images of GT "
                        "(any method's outputs, also from other code); folders that do not hold the same names are an "
                        "error. Unreadable images are listed in the report and left out; the exit status is then 1. "
@@ -597,7 +597,9 @@ def register_evaluate(sub) -> None:
     add_dtype(p)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--identity", action="store_true", help="also report SFace identity similarity (faces)")
+    p.add_argument("--identity", action="store_true",
+                   help="also report identity similarity (faces): CurricularFace, the papers', when it is in the "
+                        "model cache, else SFace")
     p.add_argument("--whole-frame", action="store_true",
                    help="with --pred/--gt and --identity: embed the whole images, not the face box of FFHQ-aligned "
                    "faces (--model uses its own framing)")
