@@ -287,3 +287,45 @@ def test_a_stylised_fine_tune_keeps_the_mapping_and_learns_the_style(tmp_path):
     with pytest.raises(ValueError, match="unknown style"):
         train_generator(config(tmp_path / "bad2", init_from=str(tmp_path / "start"), generator=None,
                                distill_teacher="stylised:oil", distill_steps=2), images=teacher_images())
+
+
+def test_the_stylegan2_recipe_as_nvidias_loop_and_loss(tmp_path):
+    # Found against stylegan2-ada-pytorch: Adam was rescaled only where a regulariser ran (its intervals stay 4 and
+    # 16 with a weight of 0), style mixing was decided per sample (one coin and one cutoff per call), G_ema's
+    # ramp-up read the image count after the step (and stayed on from init_from, where NVIDIA's resume drops it).
+    from hyperinverter.training.gan import GANTask, mix_styles
+
+    cfg = config(tmp_path / "run", r1_interval=16, pl_interval=4, pl_weight=0.0, r1_gamma=0.0)
+    task = GANTask(cfg, torch.device("cpu"), None)
+    assert task.opt_g.param_groups[0]["lr"] == pytest.approx(cfg.lr_g * 4 / 5)
+    assert task.opt_d.param_groups[0]["betas"][1] == pytest.approx(0.99 ** (16 / 17))
+    G, z = task.G, torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        own = G.mapping(z)
+        mixed = [mix_styles(G, z, 0.5, torch.Generator().manual_seed(s), update_w_avg=False) for s in range(12)]
+    for ws in mixed:
+        kept = (ws == own).all(dim=2)  # [64, num_ws]: which rows are the samples' own codes
+        assert (kept == kept[:1]).all()  # the whole batch alike
+        assert kept[0].all() or (kept[0].sum() >= 1 and not kept[0, -1])  # all own, or own up to one cutoff
+    assert 0 < sum(not bool((ws == own).all()) for ws in mixed) < 12
+    result = train_generator(config(tmp_path / "one", steps=1, checkpoint_every=1), images=teacher_images(8))
+    state = load_file(list_checkpoints(tmp_path / "one" / "checkpoints")[-1])
+    for key, value in state.items():  # a first step's G_ema is G (the count before it is 0)
+        if key.startswith("module.G_ema.") and value.is_floating_point():
+            assert torch.equal(value, state[key.replace("module.G_ema.", "module.G.")]), key
+    assert result.history
+
+
+def test_non_finite_gradients_are_cleaned_before_the_generator_trainer_steps(tmp_path):
+    # As NVIDIA's loop (misc.nan_to_num on every gradient before opt.step()); an encoder trainer leaves them.
+    from hyperinverter.training.gan import GANTask
+    from hyperinverter.training.loop import TrainingTask, _clean_gradients
+
+    task = GANTask(config(tmp_path / "run"), torch.device("cpu"), None)
+    weight = next(task.D.parameters())
+    for cleaning, expected in [(task, [0.0, 1e5, -1e5, 2.0]), (TrainingTask(), None)]:
+        weight.grad = torch.zeros_like(weight)
+        weight.grad.view(-1)[:4] = torch.tensor([math.nan, math.inf, -math.inf, 2.0])
+        _clean_gradients(task.D, cleaning)
+        got = weight.grad.view(-1)[:4].tolist()
+        assert got == expected if expected else math.isnan(got[0]) and got[1:] == [math.inf, -math.inf, 2.0]

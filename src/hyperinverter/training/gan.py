@@ -109,16 +109,13 @@ def build_teacher(name: str, device: torch.device, start: Generator | None = Non
 
 def mix_styles(G: Generator, z: torch.Tensor, prob: float, gen: torch.Generator, *,
                update_w_avg: bool) -> torch.Tensor:
-    """``ws`` of ``z``, where a share ``prob`` of the samples switch to a second code from a random layer on."""
+    """``ws`` of ``z``; with probability ``prob`` the whole batch switches to second codes from one random layer on,
+    as NVIDIA's ``run_G`` mixes (one coin and one cutoff per call, not per sample)."""
     ws = G.mapping(z, update_w_avg=update_w_avg)
-    if prob > 0:
-        n = z.shape[0]
-        z2 = torch.randn(z.shape, generator=gen).to(z.device)
-        cutoff = torch.randint(1, G.num_ws, (n,), generator=gen).to(z.device)
-        mix = torch.rand(n, generator=gen).to(z.device) < prob
-        layer = torch.arange(G.num_ws, device=z.device)[None, :]
-        use_second = mix[:, None] & (layer >= cutoff[:, None])
-        ws = torch.where(use_second[:, :, None], G.mapping(z2), ws)
+    if prob > 0 and float(torch.rand((), generator=gen)) < prob:
+        cutoff = int(torch.randint(1, G.num_ws, (), generator=gen))
+        second = G.mapping(torch.randn(z.shape, generator=gen).to(z.device))
+        ws = torch.cat([ws[:, :cutoff], second[:, cutoff:]], dim=1)
     return ws
 
 
@@ -126,6 +123,7 @@ class GANTask(TrainingTask):
     """StyleGAN2: G (non-saturating, or distillation onto a teacher), lazy path length, D, lazy R1; EMA of G."""
 
     name = "train generator"
+    cleans_gradients = True  # as NVIDIA's loop: a NaN or infinite gradient is cleaned, not applied
 
     def __init__(self, cfg: GeneratorTrainingConfig, device: torch.device, ctx: DistributedContext, *,
                  teacher: Teacher | None = None) -> None:
@@ -159,10 +157,10 @@ class GANTask(TrainingTask):
             self.teacher, teacher_z = build_teacher(cfg.distill_teacher, device, self.G)
             if teacher_z != self.G.z_dim:
                 raise ValueError(f"teacher {cfg.distill_teacher!r} takes z of {teacher_z} dims but z_dim={self.G.z_dim}")
-        self.opt_g = lazy_adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas,
-                               reg_interval=cfg.pl_interval if cfg.pl_weight > 0 else 0)
-        self.opt_d = lazy_adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas,
-                               reg_interval=cfg.r1_interval if cfg.r1_gamma > 0 else 0)
+        # Rescaled for lazy regularisation whether or not a regulariser runs, as NVIDIA's loop does (its intervals
+        # stay 4 and 16 with a weight of 0).
+        self.opt_g = lazy_adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas, reg_interval=cfg.pl_interval)
+        self.opt_d = lazy_adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas, reg_interval=cfg.r1_interval)
         self.lr_g = self.opt_g.param_groups[0]["lr"]  # the adversarial lr; distillation runs at its own
         self.modules = {"G": self.G, "D": self.D, "G_ema": self.G_ema}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
@@ -192,7 +190,8 @@ class GANTask(TrainingTask):
 
     def batch(self, real: torch.Tensor, gen: torch.Generator, step: int) -> Batch:
         z_dim, n = self.G.z_dim, real.shape[0]
-        return {"real": real, "z": torch.randn(n, z_dim, generator=gen), "z_d": torch.randn(n, z_dim, generator=gen)}
+        # As NVIDIA's loop: each phase its own codes.
+        return {"real": real, **{key: torch.randn(n, z_dim, generator=gen) for key in ("z", "z_pl", "z_d")}}
 
     def before_step(self, step: int) -> None:
         # The distillation warm start regresses at its own lr; at its end the adversarial lr takes over. (A resumed
@@ -205,32 +204,36 @@ class GANTask(TrainingTask):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, G, D = self.cfg, self.G, self.D
         noise = {"noise_mode": cfg.noise_mode, "noise_generator": gen}
+        update_w_avg = not cfg.freeze_mapping  # (every training call of the mapping, as NVIDIA's)
         if phase.name == "G_distill":
             with torch.no_grad():
                 target = self.teacher(batch["z"])
-            fake = G.synthesis(G.mapping(batch["z"], update_w_avg=not cfg.freeze_mapping))
+            fake = G.synthesis(G.mapping(batch["z"], update_w_avg=update_w_avg))
             loss = F.l1_loss(fake, target) + F.mse_loss(fake, target)
             return loss, {"loss/distill": float(loss.detach())}
         if phase.name == "G":
-            ws = mix_styles(G, batch["z"], cfg.style_mixing, gen, update_w_avg=not cfg.freeze_mapping)
+            ws = mix_styles(G, batch["z"], cfg.style_mixing, gen, update_w_avg=update_w_avg)
             loss = F.softplus(-D(G.synthesis(ws, **noise))).mean()
             return loss, {"loss/G": float(loss.detach())}
         if phase.name == "G_pl":
-            n = max(batch["z"].shape[0] // cfg.grad_accum // 2, 1)
-            ws = mix_styles(G, batch["z"][:n], cfg.style_mixing, gen, update_w_avg=False)
+            # Half the local batch in this one pass, as NVIDIA's rounds take half of each of theirs.
+            n = max(batch["z_pl"].shape[0] // 2, 1)
+            ws = mix_styles(G, batch["z_pl"][:n], cfg.style_mixing, gen, update_w_avg=update_w_avg)
             if not ws.requires_grad:  # a frozen mapping (freeze_mapping): the lengths are still taken over ws
                 ws = ws.detach().requires_grad_(True)
             img = G.synthesis(ws, **noise)
             pl_noise = torch.randn(img.shape, generator=gen).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
             (grad,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
             lengths = grad.square().sum(2).mean(1).sqrt()
-            # The running mean is over every rank's samples.
+            # As NVIDIA's, the penalty's mean is the updated one, gradient and all; the running mean kept is over
+            # every rank's samples.
+            penalty = (lengths - self.pl_mean.lerp(lengths.mean(), cfg.pl_decay)).square().mean()
             self.pl_mean.copy_(self.pl_mean.lerp(self.ctx.all_reduce_mean(lengths.mean().detach()), cfg.pl_decay))
-            penalty = (lengths - self.pl_mean).square().mean()
             return penalty * cfg.pl_weight, {"loss/pl": float(penalty.detach())}
         if phase.name == "D":
             with torch.no_grad():
-                fake = G.synthesis(mix_styles(G, batch["z_d"], cfg.style_mixing, gen, update_w_avg=False), **noise)
+                fake = G.synthesis(mix_styles(G, batch["z_d"], cfg.style_mixing, gen, update_w_avg=update_w_avg),
+                                   **noise)
             loss = F.softplus(D(fake)).mean() + F.softplus(-D(batch["real"])).mean()
             return loss, {"loss/D": float(loss.detach())}
         if phase.name == "D_r1":
@@ -242,12 +245,12 @@ class GANTask(TrainingTask):
 
     def after_step(self, step: int, batch: Batch) -> None:
         cfg = self.cfg
-        self.cur_nimg += cfg.batch_size
+        cur_nimg, self.cur_nimg = self.cur_nimg, self.cur_nimg + cfg.batch_size  # (the ramp-up reads the count before)
         if not cfg.train_generator:
             return  # G_ema is G, unchanged
         ema_nimg = cfg.ema_kimg * 1000
-        if cfg.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, self.cur_nimg * cfg.ema_rampup)
+        if cfg.ema_rampup is not None and not cfg.init_from:  # (NVIDIA's resume turns the ramp-up off)
+            ema_nimg = min(ema_nimg, cur_nimg * cfg.ema_rampup)
         beta = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
         with torch.no_grad():
             for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):

@@ -163,7 +163,8 @@ class TrainingTask:
     Attributes set by subclasses: ``modules`` (saved in checkpoints), ``optimizers`` (saved in checkpoints),
     ``resolution`` and ``channels`` (of the training images), ``name`` (for the progress bar), and ``frozen``: the
     modules the run trains against unchanged (an encoder's generator), whose fingerprints checkpoints record, so
-    that resuming against others is refused.
+    that resuming against others is refused. ``cleans_gradients``: NaN and infinite gradients become 0 and ±1e5
+    before each step, as NVIDIA's StyleGAN2 loop does (the generator trainer).
     """
 
     name: str = "train"
@@ -173,6 +174,7 @@ class TrainingTask:
     resolution: int
     channels: int
     validates: bool = False  # whether it has a validation loss (then the best model is kept)
+    cleans_gradients: bool = False
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
@@ -245,6 +247,13 @@ def _trainable(phases: list[Phase]) -> list[nn.Module]:
     return list(seen.values())
 
 
+def _clean_gradients(module: nn.Module, task: TrainingTask) -> None:
+    if task.cleans_gradients:
+        for parameter in module.parameters():
+            if parameter.grad is not None:
+                torch.nan_to_num(parameter.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=parameter.grad)
+
+
 def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig, ctx: DistributedContext,
                device: torch.device, scaler: torch.amp.GradScaler, trainable: list[nn.Module], step: int,
                gen: torch.Generator) -> dict[str, float]:
@@ -256,6 +265,7 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
         loss, stats = task.loss(phase, batch, step=step, gen=gen)
         (loss * phase.interval).backward()
         ctx.all_reduce_gradients(phase.module.parameters())
+        _clean_gradients(phase.module, task)
         phase.optimizer.step()
         return stats
     micro = _slices(batch, cfg.grad_accum)
@@ -266,6 +276,7 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
         stats.update(parts)
     scaler.unscale_(phase.optimizer)
     ctx.all_reduce_gradients(phase.module.parameters())
+    _clean_gradients(phase.module, task)  # (after the scaler has seen them: an fp16 overflow still skips the step)
     scaler.step(phase.optimizer)
     scaler.update()
     return stats
