@@ -90,6 +90,29 @@ def test_nvidia_pickle_loads_generator_and_discriminator(tmp_path, tiny_generato
     assert logits.shape == (4, 1)
 
 
+def test_the_discriminator_clamps_as_nvidia_s_and_says_when_its_groups_shrink(tiny_generator, tmp_path, caplog,
+                                                                             monkeypatch):
+    # NVIDIA's DiscriminatorBlock gives conv_clamp to fromrgb, conv0 and conv1, not to the skip: an ADA
+    # discriminator (conv_clamp 256) had its skip cut at ±181. A batch that does not divide into minibatch groups
+    # fails in NVIDIA's code; here it takes smaller groups, and says so. A discriminator of another activation was
+    # read as lrelu.
+    import logging
+
+    D = Discriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=16, conv_clamp=0.3))
+    block = D.b32
+    assert block.skip.conv_clamp is None and block.conv0.conv_clamp == block.conv1.conv_clamp == 0.3
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        D(torch.randn(5, 3, 32, 32))
+    assert "a batch of 5 does not divide into groups of 4; groups of 1 are used, whose deviation is constant" in \
+        caplog.text
+    kwargs = nv_discriminator_kwargs(D)
+    kwargs["block_kwargs"] = {"activation": "relu"}
+    monkeypatch.setitem(globals(), "nv_discriminator_kwargs", lambda _: kwargs)
+    write_nv(tmp_path / "relu.pkl", tiny_generator, D)
+    with pytest.raises(CheckpointError, match="only lrelu discriminators are supported"):
+        load_gan(tmp_path / "relu.pkl", with_discriminator=True)
+
+
 def test_an_unset_minibatch_group_is_the_whole_batch_as_nvidia_s(tmp_path, tiny_generator, tiny_discriminator,
                                                                   monkeypatch):
     # NVIDIA's converter writes mbstd_group_size None for TensorFlow pickles, which its MinibatchStdLayer reads as

@@ -204,6 +204,8 @@ def _nv_discriminator_config(kwargs: dict, source: str) -> DiscriminatorConfig:
         raise CheckpointError(f"{source}: only the 'resnet' discriminator architecture is supported")
     epilogue = dict(kwargs.get("epilogue_kwargs") or {})
     block = dict(kwargs.get("block_kwargs") or {})
+    if any(part.get("activation", "lrelu") != "lrelu" for part in (kwargs, block, epilogue)):
+        raise CheckpointError(f"{source}: only lrelu discriminators are supported")
     return DiscriminatorConfig(
         resolution=int(kwargs["img_resolution"]),
         img_channels=int(kwargs["img_channels"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -12,6 +14,8 @@ from torch import nn
 from ...config_base import SerializableConfig
 from ...ops.filters import filter_taps, setup_filter
 from .layers import Conv2dLayer, FullyConnectedLayer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class DiscriminatorBlock(nn.Module):
         )
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", **common)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, **common)
-        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, **common)
+        # (NVIDIA's skip has no conv_clamp: clamped, an ADA discriminator's skip was cut at ±181)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, resample_filter=resample_filter)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None) -> torch.Tensor:
         if self.fromrgb is not None:
@@ -74,13 +79,23 @@ class DiscriminatorBlock(nn.Module):
         return y + x
 
 
+@functools.lru_cache(maxsize=32)
+def _warn_smaller_group(batch: int, group_size: int | None, used: int) -> None:
+    """Once per batch and group size: a discriminator judged on statistics it never saw in training."""
+    logger.warning("minibatch standard deviation: a batch of %d does not divide into groups of %s; groups of %d are "
+                   "used%s (give the discriminator batches that divide)", batch, group_size, used,
+                   ", whose deviation is constant" if used == 1 else "")
+
+
 def minibatch_stddev(x: torch.Tensor, group_size: int | None, num_channels: int = 1) -> torch.Tensor:
     """Append the per-group standard deviation as extra feature maps (NVIDIA ``MinibatchStdLayer``; a group size of
     None makes the whole batch one group, as there)."""
     n, c, h, w = x.shape
     g = n if group_size is None else min(group_size, n)
-    while n % g:  # batches that do not divide into groups use the largest group size that fits
+    while n % g:  # batches that do not divide into groups use the largest group size that fits (NVIDIA's fail)
         g -= 1
+    if g < min(n, group_size or n):
+        _warn_smaller_group(n, group_size, g)
     f = num_channels
     y = x.reshape(g, -1, f, c // f, h, w)
     y = (y - y.mean(dim=0)).square().mean(dim=0)
