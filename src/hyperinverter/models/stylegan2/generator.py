@@ -472,7 +472,10 @@ class SynthesisNetwork(nn.Module):
         noise_mode: NoiseMode = "const",
         noise_generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``noise_generator``: where ``noise_mode="random"`` draws from (default: the global RNG)."""
+        """``noise_generator``: where ``noise_mode="random"`` draws from (default: the global RNG). NVIDIA's code
+        draws each layer's ``[B, 1, R, R]`` maps in turn; here a CPU batch that continues sample by sample (from
+        ``_split_resolution``: at ffhq-1024, from 64 px) draws them sample by sample from there, so a seed gives
+        other maps than NVIDIA's (the same distribution). ``"const"``, every inversion's, is not affected."""
         c = self.config
         assert ws.ndim == 3 and ws.shape[1:] == (c.num_ws, c.w_dim), (
             f"ws must be [B,{c.num_ws},{c.w_dim}], got {tuple(ws.shape)}"
