@@ -472,7 +472,9 @@ def _to_srgb(im: Image.Image, label: str) -> Image.Image:
         if space not in ("RGB", "CMYK"):
             return im
         if im.mode not in ("RGB", "RGBA", "CMYK"):  # palette and the like: their RGB colours are converted
-            im = im.convert("RGBA" if im.has_transparency_data else "RGB")
+            # (not has_transparency_data: Pillow 10.1 added it, and the package takes 10.0)
+            transparent = im.mode.endswith(("A", "a")) or "transparency" in im.info
+            im = im.convert("RGBA" if transparent else "RGB")
         return ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"),
                                          outputMode="RGBA" if im.mode == "RGBA" else "RGB")
     except Exception as e:  # noqa: BLE001 - a malformed profile fails inside littlecms in several ways
