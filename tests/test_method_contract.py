@@ -170,3 +170,35 @@ def test_each_method_reads_the_photo_reduced_as_its_official_code_does(tiny_gene
         calls.clear()
         registered_methods()[name].create(tiny_generator, preset="tiny").invert(image)
         assert calls and set(calls) == {official}, (name, calls)
+
+
+def test_an_encoder_reads_as_it_was_trained_whatever_its_method(tiny_generator, monkeypatch, tmp_path):
+    # A HyperStyle trained here on a HyperInverter Phase I: its W encoder was trained on F.interpolate's reduction,
+    # so it reads that way while the hypernetwork reads as HyperStyle's official code; a pSp-family W encoder
+    # imported as phase1 reads with antialiasing. The setting travels with the bundle.
+    from hyperinverter.errors import SchemaError
+    from hyperinverter.methods import hyperstyle, phase1
+    from hyperinverter.methods.hyperstyle import HyperStyle
+
+    made = HyperStyle.create(tiny_generator)
+    method = HyperStyle(tiny_generator, w_encoder=made.w_encoder, hypernetwork=made.hypernetwork,
+                        encoder_resolution=made.encoder_resolution, encoder_antialias=False)
+    assert method.settings()["encoder_antialias"] is False and "encoder_antialias" not in made.settings()
+    calls = []
+    for module in (phase1, hyperstyle):
+        reduce = module.resize_for_encoder
+        monkeypatch.setattr(module, "resize_for_encoder",
+                            lambda *a, _reduce=reduce, **k: calls.append(k.get("antialias", False)) or _reduce(*a, **k))
+    method.invert(torch.rand(1, 3, 32, 32) * 2 - 1, iterations=1)
+    assert calls == [False, True]  # the W encoder, then the hypernetwork's input
+    pipe = InversionPipeline({"hyperstyle": method,
+                              "phase1": registered_methods()["phase1"](tiny_generator, w_encoder=made.w_encoder,
+                                                                       encoder_antialias=True)}, device="cpu")
+    pipe.save_pretrained(tmp_path / "bundle")
+    loaded = InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+    assert loaded.inverter("hyperstyle").encoder_antialias is False and loaded.inverter("phase1").encoder_antialias
+    index = json.loads((tmp_path / "bundle" / "pipeline.json").read_text())
+    index["methods"]["phase1"]["settings"]["encoder_antialias"] = "yes"
+    (tmp_path / "bundle" / "pipeline.json").write_text(json.dumps(index))
+    with pytest.raises(SchemaError, match="'encoder_antialias' must be true or false, got 'yes'"):
+        InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")

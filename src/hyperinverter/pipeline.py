@@ -120,6 +120,8 @@ def _check_settings(settings: object, where: str, path: Path) -> dict:
                              or not 16 <= size <= MAX_ENCODER_RESOLUTION or size % 16):
         raise SchemaError(path, f"'encoder_resolution' must be a multiple of 16 from 16 to "
                           f"{MAX_ENCODER_RESOLUTION}, got {size!r}")
+    if not isinstance(settings.get("encoder_antialias", False), bool):
+        raise SchemaError(path, f"'encoder_antialias' must be true or false, got {settings['encoder_antialias']!r}")
     return settings
 
 

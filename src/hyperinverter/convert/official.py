@@ -609,9 +609,10 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
             raise CheckpointError(path, "is a HyperStyle checkpoint: give its W encoder file too (--w-encoder, e.g. "
                                   "faces_w_encoder.pt)")
         model = load_official_hyperstyle(path, w_encoder, generator)
-        # Its first pass, as a method of its own: the W encoder reads what HyperStyle's reads (cars: the car's rows).
+        # Its first pass, as a method of its own: the W encoder reads what HyperStyle's reads (cars: the car's rows),
+        # reduced with antialiasing as HyperStyle's data transforms reduce it.
         first_pass = Phase1(model.generator, w_encoder=model.w_encoder, encoder_resolution=model.encoder_resolution,
-                            content_rows=model.content_rows)
+                            content_rows=model.content_rows, encoder_antialias=model.encoder_antialias)
         return {"phase1": first_pass, "hyperstyle": model}
     if "encoder.linear.weight" in keys:
         return {"phase1": load_psp_w_encoder(path, generator)}

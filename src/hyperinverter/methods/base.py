@@ -167,9 +167,10 @@ class Inverter(nn.Module):
         summary: one line for ``hyperinverter methods``.
         accepts_discriminator: it takes the domain's discriminator (``discriminator=``) when the model ships one
             (optimisation methods compare discriminator features when LPIPS is not installed).
-        encoder_antialias: its official code reduces the photo to the encoder's input with an antialiasing filter
-            (the pSp family's data transforms: PIL's ``Resize(256)``), not as HyperInverter's model does
-            (``F.interpolate`` on the tensor); its training targets are reduced the same way.
+        official_antialias: its official code reduces the photo with an antialiasing filter (the pSp family's data
+            transforms: PIL's ``Resize(256)``), not as HyperInverter's model does (``F.interpolate`` on the tensor);
+            its training targets (and HyperStyle's hypernetwork input) are reduced so, and its encoders read so
+            unless trained otherwise (the ``encoder_antialias`` setting, see :meth:`reading_settings`).
     """
 
     name: ClassVar[str]
@@ -179,8 +180,9 @@ class Inverter(nn.Module):
     options: ClassVar[Mapping[str, Any]] = {}
     summary: ClassVar[str] = ""
     accepts_discriminator: ClassVar[bool] = False
-    encoder_antialias: ClassVar[bool] = False
+    official_antialias: ClassVar[bool] = False
     _content_rows: tuple[float, float] | None = None
+    _encoder_antialias: bool | None = None
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()
@@ -220,6 +222,26 @@ class Inverter(nn.Module):
     def content_settings(self) -> dict[str, Any]:
         """``content_rows`` as a setting (none for a square domain, so that square bundles read as before)."""
         return {} if self.content_rows is None else {"content_rows": list(self.content_rows)}
+
+    @property
+    def encoder_antialias(self) -> bool:
+        """Whether its encoder reads images reduced with antialiasing (``resize_for_encoder``): as the encoder was
+        trained, by default as the method's official code (``official_antialias``). A HyperStyle trained here on
+        a HyperInverter Phase I reads with that encoder's setting; a pSp-family W encoder imported as ``phase1``
+        with antialiasing."""
+        return self.official_antialias if self._encoder_antialias is None else self._encoder_antialias
+
+    @encoder_antialias.setter
+    def encoder_antialias(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"encoder_antialias must be true or false, got {value!r}")
+        self._encoder_antialias = value
+
+    def reading_settings(self) -> dict[str, Any]:
+        """``encoder_antialias`` as a setting, where it is not the method's default (so that bundles read as
+        before)."""
+        reading = self.encoder_antialias
+        return {} if reading == self.official_antialias else {"encoder_antialias": reading}
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny") -> Inverter:

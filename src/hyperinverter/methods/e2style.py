@@ -50,12 +50,12 @@ class E2Style(Inverter):
     initial_label = "stage 1"
     components = ("encoders",)
     options: ClassVar[Mapping[str, Any]] = {"stages": None}
-    encoder_antialias = True  # the official data transforms reduce the photo with PIL (Resize(256))
+    official_antialias = True  # the official data transforms reduce the photo with PIL (Resize(256))
     summary = ("a shallow IR-SE encoder with efficient heads predicting W+ codes, refined by feed-forward stages "
                "(E2Style, 'A Simple Baseline for StyleGAN Inversion')")
 
     def __init__(self, generator: Generator, *, encoders: E2StyleEncoders, encoder_resolution: int = 256,
-                 task: str | None = None) -> None:
+                 task: str | None = None, encoder_antialias: bool | None = None) -> None:
         """``task``: the restoration task the encoders were trained for (``sr4``, ``inpainting``, ...; see
         ``hyperinverter.data.degradations``), None for inversion."""
         super().__init__(generator)
@@ -69,6 +69,7 @@ class E2Style(Inverter):
         self.encoders = encoders
         self.encoder_resolution = encoder_resolution
         self.task = task
+        self.encoder_antialias = encoder_antialias
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None,
@@ -81,7 +82,8 @@ class E2Style(Inverter):
         return cls(generator, encoders=encoders, encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        return {"encoder_resolution": self.encoder_resolution, **({"task": self.task} if self.task else {})}
+        return {"encoder_resolution": self.encoder_resolution, **({"task": self.task} if self.task else {}),
+                **self.reading_settings()}
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         options = super().check_options(options)

@@ -87,9 +87,9 @@ class HyperInverter(Phase1):
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, feature_encoder: nn.Module,
                  hypernetwork: nn.Module, encoder_resolution: int = 256,
-                 content_rows: tuple[float, float] | None = None) -> None:
+                 content_rows: tuple[float, float] | None = None, encoder_antialias: bool | None = None) -> None:
         super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution,
-                         content_rows=content_rows)
+                         content_rows=content_rows, encoder_antialias=encoder_antialias)
         raise_if(check_compatible(generator, w_encoder, feature_encoder, hypernetwork, encoder_resolution,
                                   self.content_rows))
         self.feature_encoder = feature_encoder

@@ -61,13 +61,16 @@ class HyperStyle(Phase1):
     initial_label = "W encoder"
     components = ("w_encoder", "hypernetwork")
     options = {"iterations": 5}  # the official test default for faces
-    encoder_antialias = True  # its data transforms reduce the photo with PIL (the hypernetwork's x too)
+    official_antialias = True  # its data transforms reduce the photo with PIL (the hypernetwork's x too)
     summary = "W code from a W encoder, then iterative multiplicative weight offsets θ·(1+Δ) (CVPR 2022)"
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, hypernetwork: HyperStyleNet,
-                 encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None) -> None:
+                 encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None,
+                 encoder_antialias: bool | None = None) -> None:
+        """``encoder_antialias``: how the W encoder reads (default: as the official one; a HyperStyle trained on
+        a HyperInverter Phase I reads as that Phase I). The hypernetwork reads as the official one."""
         super().__init__(generator, w_encoder=w_encoder, encoder_resolution=encoder_resolution,
-                         content_rows=content_rows)
+                         content_rows=content_rows, encoder_antialias=encoder_antialias)
         raise_if(check_w_encoder(generator, w_encoder) + check_compatible(generator, hypernetwork))
         shape = encoder_input_shape(hypernetwork.config.input_size, self.content_rows)
         if hypernetwork.config.input_shape != shape:
@@ -99,7 +102,7 @@ class HyperStyle(Phase1):
         official training scheme: each iteration's loss reaches only its own hypernetwork pass)."""
         size = self.hypernetwork.config.input_shape
         target = resize_for_encoder(x, self.hypernetwork.config.input_size, self.content_rows,
-                                    antialias=self.encoder_antialias)
+                                    antialias=self.official_antialias)
         assert target.shape[-2:] == size, (tuple(target.shape), size)
         delta, image, steps = None, start, []
         for t in range(1, iterations + 1):

@@ -86,12 +86,13 @@ class Phase1(Inverter):
     summary = "a W encoder alone: one code w on every layer (HyperInverter's Phase I, or a pSp/e4e W encoder)"
 
     def __init__(self, generator: Generator, *, w_encoder: nn.Module, encoder_resolution: int = 256,
-                 content_rows: tuple[float, float] | None = None) -> None:
+                 content_rows: tuple[float, float] | None = None, encoder_antialias: bool | None = None) -> None:
         super().__init__(generator)
         raise_if(check_w_encoder(generator, w_encoder))
         self.w_encoder = w_encoder
         self.encoder_resolution = encoder_resolution
         self.content_rows = content_rows
+        self.encoder_antialias = encoder_antialias
 
     @classmethod
     def create(cls, generator: Generator, *, preset: str = "tiny", encoder_resolution: int | None = None) -> Phase1:
@@ -100,7 +101,7 @@ class Phase1(Inverter):
         return cls(generator, w_encoder=spec.build_w_encoder(), encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        return {"encoder_resolution": self.encoder_resolution, **self.content_settings()}
+        return {"encoder_resolution": self.encoder_resolution, **self.content_settings(), **self.reading_settings()}
 
     def encode_w(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]`` (one w on every layer)."""

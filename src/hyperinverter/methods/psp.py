@@ -45,15 +45,17 @@ class PSP(Inverter):
     components = ("style_encoder",)
     summary = "a W+ encoder: one code row per layer from its FPN level (pSp, CVPR 2021)"
     mode = "psp"
-    encoder_antialias = True  # the official data transforms reduce the photo with PIL (Resize(256))
+    official_antialias = True  # the official data transforms reduce the photo with PIL (Resize(256))
 
     def __init__(self, generator: Generator, *, style_encoder: StyleCodeEncoder,
-                 encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None) -> None:
+                 encoder_resolution: int = 256, content_rows: tuple[float, float] | None = None,
+                 encoder_antialias: bool | None = None) -> None:
         super().__init__(generator)
         raise_if(check_style_code_encoder(generator, style_encoder, self.mode))
         self.style_encoder = style_encoder
         self.encoder_resolution = encoder_resolution
         self.content_rows = content_rows
+        self.encoder_antialias = encoder_antialias
         shape = encoder_input_shape(encoder_resolution, self.content_rows)
         if style_encoder.config.input_shape != shape:
             raise ValueError(f"the encoder reads {style_encoder.config.input_shape} inputs, the method feeds it "
@@ -67,7 +69,7 @@ class PSP(Inverter):
                    encoder_resolution=spec.input_size)
 
     def settings(self) -> dict:
-        return {"encoder_resolution": self.encoder_resolution, **self.content_settings()}
+        return {"encoder_resolution": self.encoder_resolution, **self.content_settings(), **self.reading_settings()}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B,C,H,W]`` in [-1,1] -> ``ws [B,num_ws,w_dim]``."""

@@ -200,8 +200,8 @@ class EncoderTask(TrainingTask):
         G = method.generator
         self.resolution, self.channels = G.resolution, G.config.img_channels
         self.synthetic_fraction = cfg.synthetic_fraction if synthetic else 0.0
-        # (the pSp family's targets are reduced as its photos are: encoder_antialias)
-        self.criterion = cfg.reconstruction_loss(gan.discriminator, device, antialias_target=method.encoder_antialias)
+        # (the pSp family's targets are reduced as its official data transforms reduce photos)
+        self.criterion = cfg.reconstruction_loss(gan.discriminator, device, antialias_target=method.official_antialias)
         self.optimizer = make_optimizer(cfg.optimizer, trainable.parameters(), lr=cfg.lr)
         self.modules: dict[str, nn.Module] = {"trainable": trainable}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}

@@ -84,10 +84,12 @@ def hyperstyle_task(cfg: HyperStyleTrainingConfig, device: torch.device, ctx: Di
         hyper_inner=cfg.hyper_inner, refine_inner=cfg.refine_inner, separable=cfg.separable,
         input_height=encoder_input_height(input_size, rows))
     cfg.init_trunk(hypernetwork)
+    # The W encoder reads as it was trained (a HyperInverter Phase I: without antialiasing).
     method = HyperStyle(G, w_encoder=phase1.w_encoder, hypernetwork=hypernetwork,
-                        encoder_resolution=phase1.encoder_resolution, content_rows=rows)
+                        encoder_resolution=phase1.encoder_resolution, content_rows=rows,
+                        encoder_antialias=phase1.encoder_antialias)
     bundle = {"phase1": Phase1(G, w_encoder=phase1.w_encoder, encoder_resolution=phase1.encoder_resolution,
-                               content_rows=rows),
+                               content_rows=rows, encoder_antialias=phase1.encoder_antialias),
               "hyperstyle": method}
     return HyperStyleTask(cfg, device, method=method, trainable=hypernetwork, gan=gan, bundle=bundle, synthetic=False,
                           options={"iterations": cfg.n_iters_per_batch})
