@@ -202,6 +202,8 @@ def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
     assert calls == [] and small.distribution["phase1"]["fid"] == first.distribution["phase1"]["fid"]
     assert small.distribution["phase1"]["kid_std"] > 1e-6 > first.distribution["phase1"]["kid_std"]  # (whole sets)
     assert "subsets of up to 2 images" in small.to_markdown()
+    with pytest.raises(ValueError, match="kid_subset_size must be a whole number of 2 or more"):
+        dataclasses.replace(settings, kid_subset_size=1)  # (it failed after every inversion)
 
     # One image for the slow methods: FID/KID compare sets, so that row is left out and said; it was a crash
     # (at the end of the run, after every inversion).

@@ -133,9 +133,5 @@ def test_reports_say_when_ms_ssim_has_fewer_scales_than_published():
 
     assert [ms_ssim_scales(n, n) for n in (11, 21, 41, 64, 81, 160, 161, 1024)] == [1, 2, 3, 3, 4, 4, 5, 5]
     assert ms_ssim_scales(32, 256) == ms_ssim_scales(32, 32) == 2
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    y = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
-    three = ms_ssim(x, y)  # its 3 scales: SSIM at the coarsest, contrast-structure above, weights renormalised
-    assert torch.allclose(three, ms_ssim(x, y, window_size=11))
     assert "3 of its 5 scales" in protocol_note(64) and "not comparable" in protocol_note(32)
     assert "scales" not in protocol_note(256) and "scales" not in protocol_note()

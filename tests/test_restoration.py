@@ -42,6 +42,7 @@ def test_the_task_is_kept_in_the_bundle_and_restoration_reads_the_degraded_image
     degraded = get_degradation("sr4")(x, torch.Generator().manual_seed(3))
     plain = restore(pipe, degraded)  # an already degraded input is read as it is
     torch.testing.assert_close(plain.result.image, pipe.invert(degraded).image)
+    torch.testing.assert_close(restore(pipe, expected).result.image, out.result.image)  # (at its encoder's size too)
     with pytest.raises(ValueError, match="compares its images with the input at the generator's 32 px"):
         pipe.invert(expected, method="w-opt", at_encoder_size=True)
     with pytest.raises(ValueError, match="unknown restoration task"):

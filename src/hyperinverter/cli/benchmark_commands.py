@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .arguments import add_dtype, name_list, nonnegative_int, positive_int
+from .arguments import add_dtype, at_least_two, name_list, nonnegative_int, positive_int
 from .inversion_commands import (
     _add_model,
     _load_pipeline,
@@ -42,7 +42,7 @@ def register(sub) -> None:
                         "model cache, else SFace")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kid-subset-size", type=positive_int, default=1000, metavar="N",
+    p.add_argument("--kid-subset-size", type=at_least_two, default=1000, metavar="N",
                    help="images per KID subset (torch-fidelity's kid_subset_size: the paper uses 1000 for faces, "
                         "100 for churches)")
     p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",

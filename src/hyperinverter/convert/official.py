@@ -514,11 +514,13 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
                                   f"{copies[0]}")
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"refinement_blocks\.(\d+)\.", k))})
     layers = _layers_to_tune(opts, source)
-    if layers == ():  # (the official code tunes every layer then, ToRGB included)
-        layers = tuple(range(len(generator.synthesis.layers())))
-    if layers is not None and sorted(set(layers)) != blocks:
-        raise CheckpointError(source, f"its opts tune layers {sorted(set(layers))}, but it holds refinement blocks "
-                              f"{blocks}")
+    if layers is not None:
+        try:  # (an empty list tunes every layer, ToRGB included, as the official code reads it)
+            tuned = sorted(t.index for t in hyperstyle_targets(generator, layers))
+        except ValueError as e:
+            raise CheckpointError(source, f"its opts 'layers_to_tune': {e}") from None
+        if tuned != blocks:
+            raise CheckpointError(source, f"its opts tune layers {tuned}, but it holds refinement blocks {blocks}")
     spec = _trunk_spec(sd)
     channels = 2 * generator.config.img_channels
     if spec["trunk"].backbone != "resnet" or spec["in_channels"] != channels:

@@ -47,9 +47,15 @@ _VERSION_KEYS = frozenset({"params", "foreach", "maximize", "capturable", "diffe
                            "decoupled_weight_decay"})
 
 
+# The hyperparameters a run's config sets: a resumed run takes them from its config (a changed lr takes effect, as
+# the resume message says), and the rest (moments, step counts) from the checkpoint.
+CONFIGURED_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay")
+
+
 def _load_optimizer(path: Path, name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
     """Restore ``opt`` from a checkpoint's flattened state, if it is the state of the same kind of optimiser (its
-    recorded type; in files from before the type was recorded, the hyperparameters its groups name)."""
+    recorded type; in files from before the type was recorded, the hyperparameters its groups name). Its
+    ``CONFIGURED_HYPERPARAMETERS`` stay as this run built them."""
     prefix = f"optim.{name}"
     if prefix not in meta:
         raise CheckpointError(f"{path} has no optimiser state for {name!r}")
@@ -63,10 +69,13 @@ def _load_optimizer(path: Path, name: str, opt: torch.optim.Optimizer, tensors: 
     if not same:
         raise CheckpointError(f"{path} holds the state of another optimiser ({kind or 'another kind'}) for "
                               f"{name!r} than this run's ({current})")
+    configured = [{key: group[key] for key in CONFIGURED_HYPERPARAMETERS if key in group} for group in opt.param_groups]
     try:
         opt.load_state_dict(stored)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: the optimiser state for {name!r} does not fit ({e})") from None
+    for group, values in zip(opt.param_groups, configured):  # (the state resumes; the settings are this run's)
+        group.update(values)
 
 
 def _unflatten_optimizer(prefix: str, tensors: dict, meta: dict) -> dict:

@@ -194,11 +194,11 @@ class GANTask(TrainingTask):
         return {"real": real, **{key: torch.randn(n, z_dim, generator=gen) for key in ("z", "z_pl", "z_d")}}
 
     def before_step(self, step: int) -> None:
-        # The distillation warm start regresses at its own lr; at its end the adversarial lr takes over. (A resumed
-        # run gets the lr of its step back with the optimiser's state.)
-        if self.cfg.distill_steps and step in (0, self.cfg.distill_steps):
+        # The distillation warm start regresses at its own lr; at its end the adversarial lr takes over (set at
+        # every step: a resumed run builds its optimiser at the adversarial lr).
+        if self.cfg.distill_steps:
             for group in self.opt_g.param_groups:
-                group["lr"] = self.cfg.distill_lr if step == 0 else self.lr_g
+                group["lr"] = self.cfg.distill_lr if step < self.cfg.distill_steps else self.lr_g
 
     def loss(self, phase: Phase, batch: Batch, *, step: int, gen: torch.Generator
              ) -> tuple[torch.Tensor, dict[str, float]]:

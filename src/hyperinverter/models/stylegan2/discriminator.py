@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -79,23 +78,20 @@ class DiscriminatorBlock(nn.Module):
         return y + x
 
 
-@functools.lru_cache(maxsize=32)
-def _warn_smaller_group(batch: int, group_size: int | None, used: int) -> None:
-    """Once per batch and group size: a discriminator judged on statistics it never saw in training."""
-    logger.warning("minibatch standard deviation: a batch of %d does not divide into groups of %s; groups of %d are "
-                   "used%s (give the discriminator batches that divide)", batch, group_size, used,
-                   ", whose deviation is constant" if used == 1 else "")
+def minibatch_group(batch: int, group_size: int | None) -> int:
+    """The group size a batch is split into: ``group_size`` (None: the whole batch), at most the batch; a batch that
+    does not divide into such groups takes the largest group size that fits (NVIDIA's code fails)."""
+    g = batch if group_size is None else min(group_size, batch)
+    while batch % g:
+        g -= 1
+    return g
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int | None, num_channels: int = 1) -> torch.Tensor:
     """Append the per-group standard deviation as extra feature maps (NVIDIA ``MinibatchStdLayer``; a group size of
     None makes the whole batch one group, as there)."""
     n, c, h, w = x.shape
-    g = n if group_size is None else min(group_size, n)
-    while n % g:  # batches that do not divide into groups use the largest group size that fits (NVIDIA's fail)
-        g -= 1
-    if g < min(n, group_size or n):
-        _warn_smaller_group(n, group_size, g)
+    g = minibatch_group(n, group_size)
     f = num_channels
     y = x.reshape(g, -1, f, c // f, h, w)
     y = (y - y.mean(dim=0)).square().mean(dim=0)
@@ -110,13 +106,24 @@ class DiscriminatorEpilogue(nn.Module):
         super().__init__()
         self.mbstd_group_size = mbstd_group_size
         self.mbstd_num_channels = mbstd_num_channels
+        self._shrunk_batches: set[int] = set()  # (said once per batch size)
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
                                 conv_clamp=conv_clamp, resample_filter=resample_filter)
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1)
 
+    def _say_if_groups_shrink(self, batch: int) -> None:
+        """Once per batch size: a batch that does not divide into groups is judged on statistics D never saw."""
+        used = minibatch_group(batch, self.mbstd_group_size)
+        if used < min(batch, self.mbstd_group_size or batch) and batch not in self._shrunk_batches:
+            self._shrunk_batches.add(batch)
+            logger.warning("minibatch standard deviation: a batch of %d does not divide into groups of %s; groups of "
+                           "%d are used%s (give the discriminator batches that divide)", batch, self.mbstd_group_size,
+                           used, ", whose deviation is constant" if used == 1 else "")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mbstd_num_channels > 0:
+            self._say_if_groups_shrink(x.shape[0])
             x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
         x = self.conv(x)
         return self.out(self.fc(x.flatten(1)))
