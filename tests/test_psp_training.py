@@ -173,3 +173,33 @@ def test_the_psp_family_s_loss_targets_are_reduced_as_its_photos_are(setup, tmp_
     assert parts["loss/l2"] == pytest.approx(float(expected), rel=1e-5)
     _, pooled = ReconstructionLoss(loss_resolution=16)(output, target)
     assert pooled["loss/l2"] != pytest.approx(parts["loss/l2"], rel=1e-3)
+
+
+def test_an_e4e_run_from_before_the_real_code_pool_resumes(setup, tmp_path):
+    # A checkpoint written before the real codes had their own pool lacks that module: the run resumes (the pool
+    # starts empty), where any other missing module is still a mismatch.
+    import json
+
+    import pytest
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hyperinverter.training.checkpointing import CheckpointMismatchError
+
+    config, data, _ = setup
+    kw = dict(mode="e4e", w_adv_weight=0.1, w_pool_size=12)
+    train_psp(config("old", 2, **kw), images=data, val_images=data[:4])
+    def write_without(step, module):
+        path = tmp_path / "old" / "checkpoints" / f"checkpoint-{step:08d}.safetensors"
+        with safe_open(path, "pt") as f:
+            meta = json.loads(f.metadata()["training"])
+            kept = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(f"module.{module}.")}
+        meta["modules"] = [m for m in meta["modules"] if m != module]
+        save_file(kept, path, metadata={"training": json.dumps(meta)})
+
+    write_without(2, "W_pool_real")
+    result = train_psp(config("old", 4, **kw), images=data, val_images=data[:4])
+    assert [int(h["step"]) for h in result.history if "loss/l2" in h] == [3, 4]  # resumed, not started afresh
+    write_without(4, "W_D")
+    with pytest.raises(CheckpointMismatchError, match="holds modules"):
+        train_psp(config("old", 6, **kw), images=data, val_images=data[:4])

@@ -142,8 +142,11 @@ def load_checkpoint(
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    added_modules: frozenset[str] = frozenset(),
 ) -> tuple[int, dict[str, Any]]:
-    """Restore everything saved by ``save_checkpoint``; returns ``(step, progress)``. Strict."""
+    """Restore everything saved by ``save_checkpoint``; returns ``(step, progress)``. Strict, but for
+    ``added_modules``: stateful parts a later version of a trainer added (e4e's pool of real codes), which a
+    checkpoint of an earlier one lacks; they resume as built."""
     try:
         tensors, metadata = read_safetensors(path)
         meta = read_metadata_json(path, metadata, "training", "a training checkpoint")
@@ -156,9 +159,13 @@ def load_checkpoint(
         raise CheckpointError(path, f"is not a readable training checkpoint ({e})") from None
     tensors = with_aliases(tensors, meta.get("aliases"), path)
     try:
-        if set(meta["modules"]) != set(modules):
+        held = set(meta["modules"])
+        if held != set(modules) and not (held < set(modules) and set(modules) - held <= added_modules):
             raise CheckpointError(f"{path} holds modules {meta['modules']}, expected {sorted(modules)}")
         for name, module in modules.items():
+            if name not in held:
+                logger.info("%s holds no %s (a checkpoint of an earlier version): it starts as built", path, name)
+                continue
             head = f"module.{name}."
             sd = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
             load_state_dict_strict(module, sd, source=f"{path} [{name}]")

@@ -164,7 +164,8 @@ class TrainingTask:
     ``resolution`` and ``channels`` (of the training images), ``name`` (for the progress bar), and ``frozen``: the
     modules the run trains against unchanged (an encoder's generator), whose fingerprints checkpoints record, so
     that resuming against others is refused. ``cleans_gradients``: NaN and infinite gradients become 0 and ±1e5
-    before each step, as NVIDIA's StyleGAN2 loop does (the generator trainer).
+    before each step, as NVIDIA's StyleGAN2 loop does (the generator trainer). ``added_modules``: ``modules``
+    that a later version added, which a checkpoint of an earlier one may lack (they then resume as built).
     """
 
     name: str = "train"
@@ -175,6 +176,7 @@ class TrainingTask:
     channels: int
     validates: bool = False  # whether it has a validation loss (then the best model is kept)
     cleans_gradients: bool = False
+    added_modules: frozenset[str] = frozenset()  # modules a checkpoint of an earlier version may lack
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
@@ -332,7 +334,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     resumed = None
     if cfg.resume:
         resumed = resume_latest(run_dir / "checkpoints", modules=task.modules, optimizers=task.optimizers,
-                                scaler=scaler)
+                                scaler=scaler, added_modules=task.added_modules)
         if resumed is None:
             check_nothing_to_lose(run_dir)
         else:

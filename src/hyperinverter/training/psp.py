@@ -120,6 +120,8 @@ class LatentPool(nn.Module):
 class PspTask(EncoderTask):
     """The reconstruction phase with pSp's and e4e's latent terms, and e4e's latent discriminator phases."""
 
+    added_modules = frozenset({"W_pool_real"})  # (runs started before the real codes had their pool resume)
+
     def __init__(self, cfg: PspTrainingConfig, device: torch.device, **kwargs) -> None:
         super().__init__(cfg, device, **kwargs)
         self.encoder: StyleCodeEncoder = self.trainable
