@@ -187,13 +187,13 @@ def test_an_e4e_run_from_before_the_real_code_pool_resumes(setup, tmp_path):
     from hyperinverter.training.checkpointing import CheckpointMismatchError
 
     config, data, _ = setup
-    kw = dict(mode="e4e", w_adv_weight=0.1, w_pool_size=12)
+    kw = {"mode": "e4e", "w_adv_weight": 0.1, "w_pool_size": 12}
     train_psp(config("old", 2, **kw), images=data, val_images=data[:4])
     def write_without(step, module):
         path = tmp_path / "old" / "checkpoints" / f"checkpoint-{step:08d}.safetensors"
         with safe_open(path, "pt") as f:
             meta = json.loads(f.metadata()["training"])
-            kept = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(f"module.{module}.")}
+            kept = {k: f.get_tensor(k) for k in list(f.keys()) if not k.startswith(f"module.{module}.")}
         meta["modules"] = [m for m in meta["modules"] if m != module]
         save_file(kept, path, metadata={"training": json.dumps(meta)})
 
