@@ -53,9 +53,10 @@ def restore(pipe: InversionPipeline, images: torch.Tensor, *, method: str | None
         name = method or pipe.default_method
         raise ValueError(f"{name} of this model was not trained for a restoration task; train one with "
                          "`hyperinverter train e2style` and `task: sr4` (or inpainting, colorization, ...)")
-    x, encoder_size = images.to(pipe.device), pipe.inverter(method).encoder_resolution
+    inverter = pipe.inverter(method)
+    x, encoder_size = images.to(pipe.device), inverter.encoder_resolution
     if simulate:
-        x = degrade_at(x, task, encoder_size, torch.Generator().manual_seed(seed))
+        x = degrade_at(x, task, encoder_size, torch.Generator().manual_seed(seed), antialias=inverter.encoder_antialias)
     at_encoder_size = x.shape[-1] == encoder_size != pipe.generator.resolution
     return Restoration(degraded=x, result=pipe.invert(x, method=method, at_encoder_size=at_encoder_size, **options))
 

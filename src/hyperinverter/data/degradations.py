@@ -120,13 +120,14 @@ DEGRADATIONS: dict[str, Degradation] = {
 }
 
 
-def degrade_at(x: torch.Tensor, task: str, size: int, gen: torch.Generator) -> torch.Tensor:
-    """``x`` brought to ``size`` px (bilinear, antialiased: E2Style's ``Resize(256)``), then degraded by ``task``. The
-    official code degrades 256-px images, so a factor or a noise level means the same whatever the generator's
-    resolution: at 1024 px, sr4 degraded first would leave 256 px of detail, and 4x reduction would average the
-    noise away."""
+def degrade_at(x: torch.Tensor, task: str, size: int, gen: torch.Generator, *, antialias: bool = True
+               ) -> torch.Tensor:
+    """``x`` brought to ``size`` px as the encoder reads it (bilinear; ``antialias``: E2Style's ``Resize(256)``, the
+    default), then degraded by ``task``. The official code degrades 256-px images, so a factor or a noise level means
+    the same whatever the generator's resolution: at 1024 px, sr4 degraded first would leave 256 px of detail, and
+    4x reduction would average the noise away."""
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
     return get_degradation(task)(x, gen)
 
 

@@ -78,8 +78,8 @@ class E2StyleTask(EncoderTask):
         super().__init__(cfg, device, **kwargs)
         self.degrade = None
         if cfg.task:
-            size = self.method.encoder_resolution
-            self.degrade = lambda x, gen: degrade_at(x, cfg.task, size, gen)  # (the input the encoder reads)
+            size, antialias = self.method.encoder_resolution, self.method.encoder_antialias  # (as the encoder reads)
+            self.degrade = lambda x, gen: degrade_at(x, cfg.task, size, gen, antialias=antialias)
         self.multilayer_id = self.parsing = None
         if cfg.multilayer_id_weight > 0:
             from ..losses.multilayer import multilayer_identity_loss

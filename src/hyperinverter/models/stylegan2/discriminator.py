@@ -112,19 +112,20 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1)
 
-    def _say_if_groups_shrink(self, batch: int) -> None:
-        """Once per batch size: a batch that does not divide into groups is judged on statistics D never saw."""
+    def _group_for(self, batch: int) -> int:
+        """The minibatch group of ``batch``; said once per batch size where it shrinks (a batch that does not divide
+        into groups is judged on statistics D never saw)."""
         used = minibatch_group(batch, self.mbstd_group_size)
         if used < min(batch, self.mbstd_group_size or batch) and batch not in self._shrunk_batches:
             self._shrunk_batches.add(batch)
             logger.warning("minibatch standard deviation: a batch of %d does not divide into groups of %s; groups of "
                            "%d are used%s (give the discriminator batches that divide)", batch, self.mbstd_group_size,
                            used, ", whose deviation is constant" if used == 1 else "")
+        return used
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mbstd_num_channels > 0:
-            self._say_if_groups_shrink(x.shape[0])
-            x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
+            x = minibatch_stddev(x, self._group_for(x.shape[0]), self.mbstd_num_channels)
         x = self.conv(x)
         return self.out(self.fc(x.flatten(1)))
 
