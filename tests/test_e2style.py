@@ -338,11 +338,18 @@ def test_released_restoration_files_keep_their_task(tiny_generator, tmp_path, ca
         assert load_official_e2style(released("t.pt", dataset_type=dataset_type)).task == task
     with pytest.raises(CheckpointError, match="trained for colorization .*, not sr4"):
         load_official_e2style(released("c.pt", dataset_type="ffhq_colorization"), task="sr4")
-    # Super-resolution: the official inference takes one factor; a file trained on several needs it named.
+    # Super-resolution: a file trained on several factors keeps them all, drawn per image as the official
+    # transforms do (the official default where none is recorded); --task narrows it to one of them.
     many = released("sr.pt", dataset_type="celebs_super_resolution", resize_factors="1,2,4,8,16,32")
-    with pytest.raises(CheckpointError, match=r"factors \[1, 2, 4, 8, 16, 32\]: give the one to restore with "
-                                              r"\(one of \['sr2', 'sr4', 'sr8', 'sr16'\]\)"):
-        load_official_e2style(many)
+    assert load_official_e2style(many).task == "sr1,2,4,8,16,32"
+    assert load_official_e2style(released("d.pt", dataset_type="celebs_super_resolution")).task == "sr1,2,4,8,16,32"
+    assert load_official_e2style(released("s2.pt", dataset_type="celebs_super_resolution",
+                                          resize_factors="8,2")).task == "sr8,2"
+    with pytest.raises(CheckpointError, match=r"factors \[1, 2, 4, 8, 16, 32\]: sr3 is not one of them "
+                                              r"\(sr2, sr4, sr8, sr16, sr32, or leave --task out"):
+        load_official_e2style(many, task="sr3")
+    with pytest.raises(CheckpointError, match="resize_factors '4,64'.*cannot degrade by"):
+        load_official_e2style(released("s64.pt", dataset_type="celebs_super_resolution", resize_factors="4,64"))
     assert load_official_e2style(many, task="sr8").task == "sr8"
     assert load_official_e2style(released("sr4.pt", dataset_type="celebs_super_resolution",
                                           resize_factors="4")).task == "sr4"
@@ -357,7 +364,10 @@ def test_released_restoration_files_keep_their_task(tiny_generator, tmp_path, ca
     assert main(["restore", str(tmp_path / "in"), "--model", str(tmp_path / "sr8"), "--simulate", "--device", "cpu",
                  "--out", str(tmp_path / "restored")]) == 0
     assert "restored 1 image(s) (sr8)" in capsys.readouterr().out
-    assert main(["import-official", str(many), "--out", str(tmp_path / "none")]) == 2
-    assert "import-official --task" in capsys.readouterr().err
+    assert main(["import-official", str(many), "--out", str(tmp_path / "all")]) == 0
+    assert InversionPipeline.from_pretrained(tmp_path / "all", device="cpu").inverter().task == "sr1,2,4,8,16,32"
+    assert main(["restore", str(tmp_path / "in"), "--model", str(tmp_path / "all"), "--simulate", "--device", "cpu",
+                 "--out", str(tmp_path / "restored-all")]) == 0
+    assert "restored 1 image(s) (sr1,2,4,8,16,32)" in capsys.readouterr().out
     assert main(["import-official", str(path), "--task", "sr8", "--out", str(tmp_path / "inv")]) == 2
     assert "was trained for inversion (ffhq_encode), not sr8" in capsys.readouterr().err

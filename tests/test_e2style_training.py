@@ -86,10 +86,11 @@ def test_stage_one_learns_and_stage_two_trains_only_its_own_encoder(setup):
 
 def test_restoration_training_degrades_the_input_and_targets_the_clean_image(setup):
     config, data, _ = setup
-    result = train_e2style(config("sr", 3, task="sr4", w_norm_weight=0.005), images=data, val_images=data[:4])
+    # (a factor drawn per image, as the official super-resolution training)
+    result = train_e2style(config("sr", 3, task="sr1,4", w_norm_weight=0.005), images=data, val_images=data[:4])
     assert all(math.isfinite(h["loss/l2"]) and h["loss/w_norm"] > 0 for h in result.history if "loss/l2" in h)
     pipe = InversionPipeline.from_pretrained(result.final_model, device="cpu")
-    assert pipe.inverter("e2style").task == "sr4"
+    assert pipe.inverter("e2style").task == "sr1,4"
     with pytest.raises(ValueError, match="unknown restoration task"):
         config("bad", 1, task="sr3")
     with pytest.raises(ValueError, match="a restoration run has no adversarial stage"):  # (D took degraded as real)
@@ -179,6 +180,24 @@ def test_super_resolution_is_antialiased_bicubic_then_bilinear_back():
     torch.testing.assert_close(degraded, F.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False))
     with pytest.raises(ValueError, match="cannot be down-sampled"):
         get_degradation("sr16")(torch.rand(1, 3, 40, 40), torch.Generator())
+
+
+def test_super_resolution_draws_a_factor_per_image_among_those_listed():
+    # As the official BilinearResize(factors): each image its own factor; `sr` is the official default set.
+    x = torch.rand(24, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    singles = {f: get_degradation(f"sr{f}")(x, torch.Generator()) for f in (2, 4, 8, 32)}
+    singles[1] = x
+    degraded = get_degradation("sr1,2,4,8,32")(x, torch.Generator().manual_seed(5))
+    chosen = [next(f for f, d in singles.items() if torch.allclose(degraded[i], d[i], atol=1e-6))
+              for i in range(len(x))]
+    assert set(chosen) == {1, 2, 4, 8, 32}  # every factor drawn, each image degraded by exactly one
+    torch.testing.assert_close(get_degradation("sr1,2,4,8,32")(x, torch.Generator().manual_seed(5)), degraded)
+    assert get_degradation("sr")(x[:1], torch.Generator()).shape == (1, 3, 64, 64)
+    for bad in ("sr1", "sr2,2", "sr3,4", "sr4,64", "sr4,", "srx"):
+        with pytest.raises(ValueError, match="restoration task|powers of two"):
+            get_degradation(bad)
+    with pytest.raises(ValueError, match="cannot be down-sampled by 32"):  # whichever factor the draw picks
+        get_degradation("sr1,32")(torch.rand(4, 3, 48, 48), torch.Generator())
 
 
 def test_colorization_uses_the_official_channel_weights_and_denoising_mixes_two_noises():

@@ -15,13 +15,13 @@ def register(sub) -> None:
                        description="Each input NAME gives NAME.png (the restored image) and NAME_compare.png (what "
                        "the model read | restored | with --simulate, the clean input). The model's method must have "
                        "been trained for a task (`hyperinverter train e2style` with task: sr4, inpainting, "
-                       "colorization, denoising, sr2..sr16). With --align the inputs are photos: every face is "
-                       "FFHQ-aligned and restored (NAME.png, or NAME-faceI.png for several, each with its "
-                       "_compare.png), and NAME_photo.png is the photo with the restored faces pasted back. A bad "
-                       "input (unreadable, no face under --align) is reported and the run goes on; the exit status is "
-                       "1 if any input failed. Running the same command again skips the inputs whose results are "
-                       "there, made from the same file by the same model and settings (the PNGs record it), so an "
-                       "interrupted run resumes.")
+                       "colorization, denoising, sr2..sr32, or sr1,2,4,8,16,32: a factor drawn per image). With "
+                       "--align the inputs are photos: every face is FFHQ-aligned and restored (NAME.png, or "
+                       "NAME-faceI.png for several, each with its _compare.png), and NAME_photo.png is the photo "
+                       "with the restored faces pasted back. A bad input (unreadable, no face under --align) is "
+                       "reported and the run goes on; the exit status is 1 if any input failed. Running the same "
+                       "command again skips the inputs whose results are there, made from the same file by the same "
+                       "model and settings (the PNGs record it), so an interrupted run resumes.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
     add_dtype(p)

@@ -157,8 +157,10 @@ def register(sub) -> None:
                    help="HyperStyle's W encoder (faces_w_encoder.pt, or hyperstyle-faces-w-encoder), which starts "
                    "its iterations")
     p.add_argument("--task", default=None, metavar="srN",
-                   help="for an E2Style super-resolution file trained on several factors: the one to restore with "
-                   "(sr2, sr4, sr8 or sr16); other restoration files keep the task they were trained for")
+                   help="for an E2Style super-resolution file trained on several factors: keep only one of them "
+                   "(sr2 .. sr32), which `restore --simulate` then degrades by; by default it keeps them all, drawn "
+                   "per image as the official transforms do. Other restoration files keep the task they were trained "
+                   "for")
     p.add_argument("--w-encoder-only", action="store_true", help=argparse.SUPPRESS)  # recognised from the keys now
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--add", action="store_true",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..data.degradations import SR_FACTORS
+from ..data.degradations import OFFICIAL_RESIZE_FACTORS, SR_FACTORS, get_degradation
 from ..errors import CheckpointError
 from ..io.checkpoints import instantiate_strict, load_weights_only
 from ..methods import Inverter
@@ -413,7 +413,9 @@ _E2STYLE_TASKS = {"ffhq_encode": None, "ffhq_colorization": "colorization", "ffh
 
 def e2style_task(opts: Mapping, path: Path, task: str | None = None) -> str | None:
     """The restoration task of a released E2Style file, from its ``opts`` (``dataset_type``; for super-resolution
-    ``resize_factors``, of which ``task`` picks one where the file was trained on several); None for inversion."""
+    ``resize_factors``, the official default 1..32 where unset): one trained factor ``sr4``, or several drawn per
+    image ``sr1,2,4,8,16,32``, as the official transforms do. ``task`` narrows a multi-factor file to one of its
+    factors (``sr8``: ``restore --simulate`` then degrades by 8 only). None for inversion."""
     dataset_type = option(opts, "dataset_type", str, path) or "ffhq_encode"
     if dataset_type in ("celebs_sketch_to_face", "celebs_seg_to_face"):
         raise CheckpointError(path, f"was trained for {dataset_type!r}, a translation from sketches or segmentation "
@@ -425,14 +427,21 @@ def e2style_task(opts: Mapping, path: Path, task: str | None = None) -> str | No
         if task is not None and task != trained:
             raise CheckpointError(path, f"was trained for {trained or 'inversion'} ({dataset_type}), not {task}")
         return trained
-    factors = [int(f) for f in re.findall(r"\d+", str(opts.get("resize_factors") or ""))]
+    recorded = opts.get("resize_factors")
+    factors = list(dict.fromkeys(int(f) for f in re.findall(r"\d+", str(recorded)))) if recorded is not None else \
+        list(OFFICIAL_RESIZE_FACTORS)
+    everything = "sr" + ",".join(map(str, factors))
+    try:
+        get_degradation(everything)
+    except ValueError as e:
+        raise CheckpointError(path, f"has resize_factors {recorded!r}, which this version cannot degrade by ({e})"
+                              ) from None
     offered = [f"sr{f}" for f in factors if f in SR_FACTORS]
-    if task is None and len(offered) == 1:
-        return offered[0]
-    if task is None or task not in offered:
-        raise CheckpointError(path, f"was trained for super-resolution at factors {factors or '(none recorded)'}: "
-                              f"give the one to restore with{f' (one of {offered})' if offered else ''}, as the "
-                              "official inference takes a single factor (import-official --task)")
+    if task is None or task == everything:
+        return everything
+    if task not in offered:
+        raise CheckpointError(path, f"was trained for super-resolution at factors {factors}: {task} is not one of "
+                              f"them ({', '.join(offered)}, or leave --task out to keep them all)")
     return task
 
 

@@ -4,7 +4,9 @@
 - ``inpainting``: a black filled triangle, vertices (x, y) at 256 px: a = (35 or 220, 35), b = (35 or 70, 220),
   c = (b.x + 150, 220), each choice uniform; scaled to the image size;
 - ``sr{f}`` (super-resolution ×f): anti-aliased bicubic down-sampling by f (the a = −0.5 cubic stretched over 4·f
-  taps, reflect padding, stride f), then bilinear up-sampling back to the size;
+  taps, reflect padding, stride f), then bilinear up-sampling back to the size. ``sr{f},{g},...`` draws the factor
+  per image among those listed, as the official ``BilinearResize(factors)``; ``sr`` is the official default
+  ``--resize_factors``, ``sr1,2,4,8,16,32``;
 - ``colorization``: grey replicated over the channels, with the official weights: the official code converts an RGB
   array with OpenCV's BGR-to-grey, so the weights are 0.114 R + 0.587 G + 0.299 B;
 - ``denoising``: half of the samples Gaussian noise (variance 0.01 on [0, 1]), the others salt and pepper (5 % of
@@ -17,6 +19,7 @@ Every function takes a ``torch.Generator`` so that training batches are reproduc
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -24,7 +27,8 @@ import torch.nn.functional as F
 
 Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 GREY_WEIGHTS_OFFICIAL = (0.114, 0.587, 0.299)  # R, G, B: cv2.COLOR_BGR2GRAY applied to RGB
-SR_FACTORS = (2, 4, 8, 16)
+SR_FACTORS = (2, 4, 8, 16, 32)  # one factor per task name: sr2 .. sr32
+OFFICIAL_RESIZE_FACTORS = (1, 2, 4, 8, 16, 32)  # E2Style's and pSp's default --resize_factors
 
 
 def _uniform_choice(gen: torch.Generator, options: tuple) -> object:
@@ -77,18 +81,42 @@ def bicubic_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return h
 
 
-def super_resolution(factor: int) -> Degradation:
-    """Down-sampling by ``factor``, then bilinear up-sampling back: the low-resolution input at full size."""
-    if factor < 1 or factor & (factor - 1):
-        raise ValueError(f"super-resolution factors are powers of two, got {factor}")
+def _down_and_up(x: torch.Tensor, factor: int) -> torch.Tensor:
+    low = bicubic_downsample(x, factor)
+    return F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def super_resolution(*factors: int) -> Degradation:
+    """Down-sampling by a factor, then bilinear up-sampling back: the low-resolution input at full size. With several
+    ``factors`` each image draws its own, uniformly (the official training and inference transforms)."""
+    if not factors or any(f < 1 or f > 32 or f & (f - 1) for f in factors):
+        raise ValueError(f"super-resolution factors are powers of two from 1 to 32, got {list(factors)}")
 
     def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if x.shape[-1] % factor:
-            raise ValueError(f"a {x.shape[-1]}-px image cannot be down-sampled by {factor}")
-        low = bicubic_downsample(x, factor)
-        return F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        for factor in factors:  # (every factor, whatever the draw: a run fails at once rather than by chance)
+            if x.shape[-1] % factor:
+                raise ValueError(f"a {x.shape[-1]}-px image cannot be down-sampled by {factor}")
+        if len(factors) == 1:
+            return _down_and_up(x, factors[0])
+        drawn = torch.randint(len(factors), (x.shape[0],), generator=gen).to(x.device)
+        out = torch.empty_like(x)
+        for index, factor in enumerate(factors):
+            rows = (drawn == index).nonzero().flatten()
+            if len(rows):
+                out[rows] = _down_and_up(x[rows], factor)
+        return out
 
     return degrade
+
+
+def _super_resolution_factors(name: str) -> tuple[int, ...] | None:
+    """``sr4`` -> (4,), ``sr1,2,4`` -> (1, 2, 4), ``sr`` -> the official default; None for other names."""
+    if name == "sr":
+        return OFFICIAL_RESIZE_FACTORS
+    if not re.fullmatch(r"sr\d+(,\d+)*", name) or name in DEGRADATIONS:
+        return None
+    factors = tuple(int(f) for f in name[2:].split(","))
+    return factors if len(factors) > 1 and len(set(factors)) == len(factors) else None
 
 
 def colorization(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -132,7 +160,13 @@ def degrade_at(x: torch.Tensor, task: str, size: int, gen: torch.Generator, *, a
 
 
 def get_degradation(name: str) -> Degradation:
-    """A degradation by task name (``inpainting``, ``colorization``, ``denoising``, ``sr2`` .. ``sr16``)."""
-    if name not in DEGRADATIONS:
-        raise ValueError(f"unknown restoration task {name!r}; known: {sorted(DEGRADATIONS)}")
-    return DEGRADATIONS[name]
+    """A degradation by task name (``inpainting``, ``colorization``, ``denoising``, ``sr2`` .. ``sr32``, or
+    super-resolution at a factor drawn per image: ``sr1,2,4,8,16,32``, ``sr`` for those official factors)."""
+    if name in DEGRADATIONS:
+        return DEGRADATIONS[name]
+    factors = _super_resolution_factors(name) if isinstance(name, str) else None
+    if factors is None:
+        raise ValueError(f"unknown restoration task {name!r}; known: {sorted(DEGRADATIONS)}, or super-resolution at "
+                         "a factor drawn per image among distinct powers of two up to 32: sr1,2,4,8,16,32 (sr for "
+                         "those, the official default)")
+    return super_resolution(*factors)

@@ -9,9 +9,10 @@ weights). Offline, LPIPS is replaced by the discriminator-feature loss (docs/los
 from SFace, and the parsing loss is off unless ``parsing_model_path`` names the official ``parsing.pth``; the run
 log and the model card say so.
 
-``task``: a restoration task (``inpainting``, ``sr2``..``sr16``, ``colorization``, ``denoising``): the input is
-degraded on the fly and the clean image is the target (official extra for super-resolution: the w-norm
-regulariser, ``w_norm_weight`` 0.005).
+``task``: a restoration task (``inpainting``, ``sr2``..``sr32``, ``colorization``, ``denoising``; ``sr1,2,4,8,16,32``
+or ``sr`` draws the factor per image, as the official super-resolution data): the input is degraded on the fly and
+the clean image is the target (official extra for super-resolution: the w-norm regulariser, ``w_norm_weight``
+0.005).
 """
 
 from __future__ import annotations
