@@ -121,3 +121,22 @@ def test_a_float64_model_computes_in_float64(kernel, up):
         assert ws.dtype == image.dtype == torch.float64
         reference = build_tiny_generator().eval().synthesis(ws.float(), noise_mode="const")
     assert 0 < (image - reference).abs().max() < 1e-4  # (the same network, at another precision)
+
+
+@pytest.mark.parametrize("kernel", ["batched", "grouped", "loop"])
+@pytest.mark.parametrize("up", [1, 2])
+def test_fp16_stays_in_range_with_large_styles_and_weights(kernel, up):
+    # The batched kernel scales the activations by the raw styles before its fp16 conv: without NVIDIA's
+    # pre-normalisation (exact under demodulation) those sums left fp16's range and the image was inf.
+    from hyperinverter.ops.filters import setup_filter
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 8, 8, generator=gen) * 30
+    weight = torch.randn(32, 64, 3, 3, generator=gen) * 3
+    styles = torch.randn(2, 64, generator=gen) * 40
+    f = setup_filter([1, 3, 3, 1]) if up > 1 else None
+    reference = modulated_conv2d(x.double(), weight.double(), styles.double(), up=up, resample_filter=f.double()
+                                 if f is not None else None, kernel=kernel)
+    half = modulated_conv2d(x.half(), weight, styles, up=up, resample_filter=f, kernel=kernel)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert (half.double() - reference).abs().max() < 2e-3 * reference.abs().max()
