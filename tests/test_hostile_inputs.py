@@ -869,6 +869,29 @@ def test_output_names_are_unique_whatever_the_inputs(world, tmp_path, capsys):
     assert len(list((tmp_path / "edits").glob("*_strip.png"))) == 3
 
 
+def test_an_input_named_like_another_s_result_keeps_both(world, tmp_path, capsys):
+    # A folder of invert's results inverted again: p_compare.png's reconstruction was written over p's strip
+    # (p_compare.png), and a re-run then took the survivor for p's.
+    from hyperinverter.inversion.batch import output_stems
+
+    assert output_stems([Path("p.png"), Path("p_compare.png"), Path("q-face1.png"), Path("q.png"),
+                         Path("r_adapted.png")]) == ["p", "p_compare_2", "q-face1_2", "q", "r_adapted"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    hostile.photo(0).save(photos / "p.png")
+    hostile.photo(1).save(photos / "p_compare.png")
+    argv = ["invert", photos, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu"]
+    result = cli(capsys, *argv)
+    assert result.code == 0 and "wrote 2 picture(s)" in result.out
+    out = tmp_path / "out"
+    with Image.open(out / "p_compare.png") as strip, Image.open(out / "p.png") as picture:
+        assert strip.width > 2 * picture.width  # p's strip, not the other input's reconstruction
+    assert {"p_compare_2.png", "p_compare_2_compare.png", "p_compare_2.safetensors"} <= {p.name for p in out.iterdir()}
+    assert "2 input(s) already done" in cli(capsys, *argv).out
+    restored = cli(capsys, "restore", photos, "--model", "faces-64-sr4", "--out", tmp_path / "restored")
+    assert restored.code == 0 and (tmp_path / "restored" / "p_compare_2.png").is_file()
+
+
 def test_user_folders_are_never_touched(world, tmp_path, capsys):
     user = tmp_path / "thesis"
     user.mkdir()

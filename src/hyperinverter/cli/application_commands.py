@@ -62,7 +62,7 @@ def run_restore(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from ..errors import InputError, naming
-    from ..inversion.batch import unique_stems
+    from ..inversion.batch import output_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
     from ..io.images import find_images, image_bytes, images_made_with, make_grid, no_images_error, read_image
@@ -95,7 +95,7 @@ def run_restore(args: argparse.Namespace) -> int:
 
         detector = Dlib68Detector(min_score=args.min_face_score)
     inputs, written, skipped = InputFiles(found.paths), 0, 0
-    named = list(zip(found.paths, unique_stems(found.paths)))
+    named = list(zip(found.paths, output_stems(found.paths)))
     for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):
         # With --align the photo is written last of its group, which appears whole: it tells that the input is done.
         endings = ["_photo"] if args.align else ["", "_compare"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -100,6 +101,40 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
         taken.add(candidate)
         names.append(candidate)
     return names
+
+
+# What a batch adds to an input's name for its files: a face's number (``picture_name``), then one of these.
+PICTURE_ENDINGS = ("_compare", "_adapted", "_photo")
+_FACE_NUMBER = re.compile(r"-face\d+$")
+
+
+def _names_it_could_extend(name: str) -> set[str]:
+    """The names whose pictures' files could have ``name``'s names: ``name`` without a face's number and an
+    ending of ``PICTURE_ENDINGS`` (``p`` for ``p_compare`` or ``p-face1``)."""
+    heads = {name} | {name[: -len(e)] for e in PICTURE_ENDINGS if name.endswith(e)}
+    heads |= {_FACE_NUMBER.sub("", head) for head in heads}
+    heads.discard(name)
+    return heads
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """:func:`unique_stems`, where no input's files can be another's: a name that is another with a face's number
+    or a file's ending (an input ``p_compare.png`` beside ``p.png``, whose strip is ``p_compare.png``: one was
+    written over the other, and a re-run took the survivor for both) gets ``_2``, ``_3``, ..."""
+    names = unique_stems(paths)
+    taken = set(names)
+    extended = {head for name in names for head in _names_it_could_extend(name)}
+    result = []
+    for name in names:
+        if taken & _names_it_could_extend(name):
+            k, candidate = 2, f"{name}_2"
+            while candidate in taken or candidate in extended or taken & _names_it_could_extend(candidate):
+                k += 1
+                candidate = f"{name}_{k}"
+            taken.add(candidate)
+            name = candidate
+        result.append(name)
+    return result
 
 
 def picture_name(name: str, index: int, count: int) -> str:
@@ -203,7 +238,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = prepare_output_folder(Path(out_dir))
     paths = list(inputs)
-    names = unique_stems(paths)  # over all files, so that every rank names a file the same way
+    names = output_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
     report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
     inverter = pipe.inverter(method)
