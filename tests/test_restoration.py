@@ -150,6 +150,26 @@ def test_restore_names_each_failure_once(sr_pipe, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count(str(broken)) == 1, err  # was "failed: PATH: PATH: not a readable image"
 
+    # A named pipe given as an input fails alone; restore waited for a writer without end (hashing it).
+    import os
+    import threading
+    import time
+
+    pipe = tmp_path / "in" / "pipe.png"
+    os.mkfifo(pipe)
+    watchdog = threading.Timer(15, lambda: open(pipe, "wb").close())  # (ends the wait of a reader that hangs)
+    watchdog.start()
+    started = time.perf_counter()
+    try:
+        code = main(["restore", str(pipe), str(SAMPLES_DIR / "obama.jpg"), "--model", str(tmp_path / "sr4"),
+                     "--device", "cpu", "--out", str(tmp_path / "out-pipe")])
+    finally:
+        watchdog.cancel()
+    assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err
+    assert code == 1 and f"failed: {pipe}: is a named pipe, not an image file" in err, err
+    assert (tmp_path / "out-pipe" / "obama.png").is_file()
+
 
 def test_swap_aligns_photos_and_pastes_only_the_face_back(sr_pipe, capsys):
     # `swap` took aligned crops only: two photos were squashed into the model's square without a word.

@@ -64,7 +64,7 @@ def run_restore(args: argparse.Namespace) -> int:
     from ..errors import InputError, naming
     from ..inversion.batch import output_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_of
+    from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
     from ..io.images import find_images, image_bytes, images_made_with, make_grid, no_images_error, read_image
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
@@ -102,8 +102,10 @@ def run_restore(args: argparse.Namespace) -> int:
         done = [out_dir / f"{name}{ending}.png" for ending in endings]
         try:
             inputs.check_outputs(done)
-            made = fingerprint_of([made_by, sha256_of(path)])
-            if not args.overwrite and images_made_with(done, made):
+            # (None for a named pipe or an unreadable file, which reading then names: hashing a pipe waited forever)
+            digest = sha256_if_readable(path)
+            made = fingerprint_of([made_by, digest])
+            if digest is not None and not args.overwrite and images_made_with(done, made):
                 skipped += 1
                 continue
             photo_result = restore_photo(pipe, read_image(path), name=name, source=path, detector=detector,
