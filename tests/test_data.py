@@ -1,6 +1,7 @@
 """Image folders (odd modes, corrupt files, split), IDX parsing, DCGAN source."""
 
 import gzip
+import json
 import logging
 
 import numpy as np
@@ -230,3 +231,23 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     assert main(["data", "align", str(real), "--out", str(real)]) == 2  # never among its photos
     assert main(["data", "align", str(real), "--out", str(real / "faces")]) == 2  # read as photos next time
     assert "give --out outside it" in capsys.readouterr().err and not (real / "faces").exists()
+
+
+def test_two_photos_with_one_name_are_not_one_output(tmp_path):
+    # p.jpg and p.png are both written as p.png: the second was skipped as done without a word (the stylised copy
+    # counted it, the aligned faces left it out), and p-face0.png's face took the name of p.png's first face.
+    from hyperinverter.data.sources import write_aligned, write_stylised
+    from test_batch_inversion import TwoFaces
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("p.jpg", "p.png", "q.png", "q-face0.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photos / name)
+    _, failed = write_stylised(photos, tmp_path / "sketch", progress=False)
+    assert failed == 1 and json.loads((tmp_path / "sketch" / "dataset.json").read_text())["count"] == 3
+    _, count, failed = write_aligned(photos, tmp_path / "faces", size=32, detector=TwoFaces(), progress=False)
+    assert sorted(str(e) for e in failed) == [
+        f"{photos / 'p.png'}: has the name of {photos / 'p.jpg'}: both would be written as p.png; rename one",
+        f"{photos / 'q-face0.png'}: is named like a face of {photos / 'q.png'} (q-face0.png); rename it"]
+    assert count == 4  # p.jpg's and q.png's two faces each

@@ -256,6 +256,28 @@ def _source_images(source_dir: str | Path, out_dir: str | Path, limit: int | Non
     return source_dir, out_dir, found, found.paths[:limit] if limit is not None else found.paths
 
 
+def _one_name_each(paths: list[Path], source_dir: Path, *, faces: bool = False) -> tuple[list[Path],
+                                                                                         list[InputError]]:
+    """``paths`` less those written under another's name, each an error naming both: ``p.jpg`` beside ``p.png``
+    (both are written as ``p.png``: the second was skipped as done, without a word) and, for ``faces``, a photo
+    named like another's face (``p-face1.png`` beside ``p.png``)."""
+    owners: dict[Path, Path] = {}
+    for path in paths:
+        owners.setdefault(path.relative_to(source_dir).with_suffix(""), path)
+    kept, clashes = [], []
+    for path in paths:
+        key = path.relative_to(source_dir).with_suffix("")
+        head = key.with_name(re.sub(r"-face\d+$", "", key.name)) if faces else key
+        if owners[key] != path:
+            clashes.append(InputError(path, f"has the name of {owners[key]}: both would be written as {key}.png; "
+                                      "rename one"))
+        elif head != key and head in owners:
+            clashes.append(InputError(path, f"is named like a face of {owners[head]} ({key}.png); rename it"))
+        else:
+            kept.append(path)
+    return kept, clashes
+
+
 def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sketch", *, limit: int | None = None,
                    progress: bool = True) -> tuple[Path, int]:
     """Write ``style`` renderings of the images in ``source_dir`` (the first ``limit``, sorted) to ``out_dir``
@@ -265,12 +287,13 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
         raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
     source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
                                                        "the stylised images would overwrite their sources")
+    paths, clashes = _one_name_each(paths, source_dir)
     targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
     check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_dataset(out_dir, {"style": style}, str(source_dir))
-    failed = len(found.problems)
-    for problem in found.problems:
+    failed = len(found.problems) + len(clashes)
+    for problem in [*found.problems, *clashes]:
         logger.warning("skipped %s", problem)
     for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
         target = out_dir / path.relative_to(source_dir).with_suffix(".png")
@@ -283,7 +306,9 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
         except InputError as e:  # unreadable, or a user's file at its name (not replaced)
             logger.warning("skipped %s", e)
             failed += 1
-    meta = {"source": str(source_dir), "style": style, "count": len(paths) - failed}
+    # (the images written: the problems and clashes are not among paths, and were counted out twice)
+    meta = {"source": str(source_dir), "style": style,
+            "count": len(paths) - failed + len(found.problems) + len(clashes)}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out_dir, failed
 
@@ -305,6 +330,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
 
     source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
                                                        "the aligned faces would be written among their photos")
+    paths, clashes = _one_name_each(paths, source_dir, faces=True)
     stems = {path.relative_to(source_dir).with_suffix("") for path in paths}
     check_dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (
         rel.with_suffix("") in stems or rel.with_name(_FACE_SUFFIX.sub("", rel.stem)) in stems))
@@ -312,7 +338,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
     detector = Dlib68Detector() if detector is None else detector
-    failed: list[InputError] = list(found.problems)
+    failed: list[InputError] = [*found.problems, *clashes]
     for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
         first = [stem.with_name(picture_name(stem.name, 0, n) + ".png") for n in (1, 2)]  # one face, several
