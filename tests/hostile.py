@@ -200,6 +200,24 @@ def palette_transparent(folder: Path) -> Path:
     return path
 
 
+def rgb_transparent_colour(folder: Path) -> Path:
+    """An RGB PNG whose black is transparent (a tRNS colour key, as logo and icon exporters write)."""
+    image = Image.new("RGB", (40, 40), (0, 0, 0))
+    image.paste((255, 0, 0), (10, 10, 30, 30))
+    path = Path(folder) / "colour_key.png"
+    image.save(path, transparency=(0, 0, 0))
+    return path
+
+
+def grey_transparent_colour(folder: Path) -> Path:
+    """The same in grey: black is transparent."""
+    image = Image.new("L", (40, 40), 0)
+    image.paste(100, (10, 10, 30, 30))
+    path = Path(folder) / "grey_key.png"
+    image.save(path, transparency=0)
+    return path
+
+
 def rgba_half_transparent(folder: Path) -> Path:
     path = Path(folder) / "rgba.png"
     Image.new("RGBA", (40, 40), (0, 0, 255, 0)).save(path)  # fully transparent blue: white once composited

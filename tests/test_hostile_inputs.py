@@ -165,6 +165,11 @@ ODD_IMAGES = [
     (hostile.palette_transparent, lambda im: im.mode == "RGB" and tuple(_pixels(im)[0, 0]) == (255, 255, 255)
      and tuple(_pixels(im)[20, 20]) == (255, 0, 0)),
     (hostile.rgba_half_transparent, lambda im: im.mode == "RGB" and (_pixels(im) == 255).all()),
+    # (a tRNS colour key: its pixels read as black)
+    (hostile.rgb_transparent_colour, lambda im: tuple(_pixels(im)[0, 0]) == (255, 255, 255)
+     and tuple(_pixels(im)[20, 20]) == (255, 0, 0)),
+    (hostile.grey_transparent_colour, lambda im: (_pixels(im)[0, 0] == 255).all()
+     and (_pixels(im)[20, 20] == 100).all()),
     (hostile.la_image, lambda im: im.mode == "RGB" and (_pixels(im) == 30).all()),
     (hostile.one_bit, lambda im: im.mode == "L" and (_pixels(im) == 255).all()),
     (hostile.exif_rotated_jpeg, lambda im: im.size == (30, 60) and _pixels(im)[2, 15, 0] > 200

@@ -147,6 +147,12 @@ def test_an_embedded_colour_profile_is_converted_to_srgb(tmp_path):
     for name in ["red.png", "red.jpg", "palette.png"]:
         image = read_image(tmp_path / name)
         assert image.mode == "RGB" and np.abs(np.asarray(image, np.int64) - (0, 0, 255)).max() <= 8, name
+    # An RGB PNG's transparent colour (tRNS) is white once converted, as without a profile (it was red->blue).
+    keyed = Image.new("RGB", (16, 16), (255, 0, 0))
+    keyed.paste((0, 255, 0), (4, 4, 12, 12))
+    keyed.save(tmp_path / "keyed.png", icc_profile=swapped, transparency=(255, 0, 0))
+    pixels = np.asarray(read_image(tmp_path / "keyed.png"), np.int64)
+    assert (pixels[0, 0] == 255).all() and pixels[8, 8, 1] > 200 and pixels[8, 8, [0, 2]].max() < 40
     upload = read_image((tmp_path / "red.png").read_bytes())  # an upload's bytes as well
     assert np.array_equal(np.asarray(upload), np.asarray(read_image(tmp_path / "red.png")))
 

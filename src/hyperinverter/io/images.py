@@ -471,9 +471,9 @@ def _to_srgb(im: Image.Image, label: str) -> Image.Image:
             return im
         if space not in ("RGB", "CMYK"):
             return im
-        if im.mode not in ("RGB", "RGBA", "CMYK"):  # palette and the like: their RGB colours are converted
-            # (not has_transparency_data: Pillow 10.1 added it, and the package takes 10.0)
-            transparent = im.mode.endswith(("A", "a")) or "transparency" in im.info
+        # (not has_transparency_data: Pillow 10.1 added it, and the package takes 10.0)
+        transparent = im.mode.endswith(("A", "a")) or "transparency" in im.info
+        if im.mode not in ("RGBA", "CMYK") and (im.mode != "RGB" or transparent):  # palette, or RGB's tRNS colour
             im = im.convert("RGBA" if transparent else "RGB")
         return ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"),
                                          outputMode="RGBA" if im.mode == "RGBA" else "RGB")
@@ -497,9 +497,10 @@ def _icc_space(mode: str) -> str | None:
 def plain_mode(im: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB or L: transparency is composited on white; palette, CMYK, YCbCr, LAB and HSV become
     RGB; 1-bit, 16-bit, 32-bit and float grayscale become L (see :func:`_grayscale_to_l`)."""
-    if im.mode in ("RGB", "L"):
+    # (a grey or RGB PNG's transparent colour, its tRNS chunk, read as that colour: a logo's background was black)
+    if im.mode in ("RGB", "L") and "transparency" not in im.info:
         return im
-    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
