@@ -218,6 +218,28 @@ def test_folder_entries_that_cannot_be_images_are_reported(world, tmp_path, caps
     assert "2 failed" in result.out
 
 
+def test_folder_entries_passed_over_without_a_word_are_reported(world, tmp_path, capsys, monkeypatch):
+    # A named pipe with an image's name, and a folder that may not be listed, were left out without a word (exit 0).
+    folder = tmp_path / "in"
+    (folder / "private").mkdir(parents=True)
+    hostile.photo(0).save(folder / "good.png")
+    hostile.photo(1).save(folder / "private" / "hidden.png")
+    os.mkfifo(folder / "pipe.png")
+    scandir = os.scandir
+
+    def refusing(path="."):  # (as a folder of mode 000 does for anyone but root)
+        if Path(path) == folder / "private":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    result = cli(capsys, "invert", folder, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu")
+    assert result.code == 1 and "2 failed" in result.out
+    assert f"failed: {folder / 'pipe.png'}: is a named pipe, not an image file" in result.err
+    assert f"failed: {folder / 'private'}: is a folder that cannot be read (permission denied)" in result.err
+    assert (tmp_path / "out" / "good.safetensors").is_file()
+
+
 def test_non_utf8_file_names_invert_and_edit(world, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -576,19 +576,34 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
             seen.add(key)
             paths.append(p)
 
+    def listable(folder: Path) -> bool:  # (rglob passes over a folder it may not list, without a word)
+        try:
+            with os.scandir(folder):
+                return True
+        except PermissionError:
+            problems.append(ImageReadError(folder, "is a folder that cannot be read (permission denied): its "
+                                           "images are left out"))
+            return False
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             inside = [folder for folder in skip if folder != p.resolve()]
-            for q in sorted(p.rglob("*")):
-                if q.suffix.lower() not in IMAGE_SUFFIXES or any(q.resolve().is_relative_to(f) for f in inside):
+            for q in sorted(p.rglob("*")) if listable(p) else ():
+                is_folder = q.is_dir() and not q.is_symlink()
+                if not is_folder and q.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if any(q.resolve().is_relative_to(f) for f in inside) or is_folder and not listable(q):
                     continue
                 if q.is_file():
                     take(q)
-                elif q.is_dir():  # (its images are taken as those of any folder: nothing failed)
-                    logger.warning("%s: is a folder with an image's name; the images in it are read as well", q)
-                elif q.is_symlink():
+                elif q.is_dir():
+                    if q.suffix.lower() in IMAGE_SUFFIXES:  # (its images are taken as any folder's: nothing failed)
+                        logger.warning("%s: is a folder with an image's name; the images in it are read as well", q)
+                elif q.is_symlink() and not q.exists():
                     problems.append(ImageReadError(q, "is a broken symbolic link"))
+                elif special_file_kind(q) is not None:  # (a named pipe was passed over without a word)
+                    problems.append(ImageReadError(q, f"is {special_file_kind(q)}, not an image file"))
         elif p.exists():
             take(p)
         else:
