@@ -292,23 +292,23 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_dataset(out_dir, {"style": style}, str(source_dir))
-    failed = len(found.problems) + len(clashes)
+    failed, count = len(found.problems) + len(clashes), 0
     for problem in [*found.problems, *clashes]:
         logger.warning("skipped %s", problem)
     for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
         target = out_dir / path.relative_to(source_dir).with_suffix(".png")
         if target.exists() and written_by_us(target):  # (a user's file at its name is no rendering of ours)
+            count += 1
             continue
         try:
             image = read_image(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             save_image(STYLES[style](image), target, durable=False)  # regenerable: skip the per-file fsync
+            count += 1
         except InputError as e:  # unreadable, or a user's file at its name (not replaced)
             logger.warning("skipped %s", e)
             failed += 1
-    # (the images written: the problems and clashes are not among paths, and were counted out twice)
-    meta = {"source": str(source_dir), "style": style,
-            "count": len(paths) - failed + len(found.problems) + len(clashes)}
+    meta = {"source": str(source_dir), "style": style, "count": count}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out_dir, failed
 
