@@ -481,6 +481,10 @@ class FolderPairs:
         return cls([(a[k], b[k]) for k in sorted(a) if k in b], [*broken_a.values(), *broken_b.values()])
 
 
+# A batch of folder pairs holds at most about this many values per side (128 MiB in fp32), or batch_size pairs.
+FOLDER_BATCH_VALUES = 2**25
+
+
 def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetric] | None = None,
                      batch_size: int = 32, progress: bool = True) -> tuple[EvaluationReport, list[str]]:
     """Score the images of ``pred`` against the same-named images of ``gt`` (:class:`FolderPairs`).
@@ -522,7 +526,8 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
                             f"{target.shape[3]}x{target.shape[2]} ({gt_path})")
             continue
         batch.append((pred_path.name if pred_path == pred else pred_path.relative_to(pred).as_posix(), output, target))
-        if len(batch) >= batch_size:
+        # (by values too: 32 phone photos at full size held several GB, and the metrics' maps several times that)
+        if len(batch) >= batch_size or sum(t.numel() for _, _, t in batch) >= FOLDER_BATCH_VALUES:
             flush()
     flush()
     count = len(names)
