@@ -133,13 +133,14 @@ def test_two_folders_are_paired_by_name_and_scored(tmp_path, capsys):
     for name, fn in PIXEL_METRICS.items():
         assert report.metrics["pred"][name] == pytest.approx(float(fn(x, y).mean()), rel=1e-5)
     # A batch is bounded by its values too (32 phone photos held several GB): the same scores, pair by pair.
-    import hyperinverter.evaluation as evaluation
+    from hyperinverter import evaluation
 
     batches = []
     add = evaluation.add_metric_sums
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluation, "FOLDER_BATCH_VALUES", y[0].numel())
-        patch.setattr(evaluation, "add_metric_sums", lambda sums, a, *rest: batches.append(len(a)) or add(sums, a, *rest))
+        patch.setattr(evaluation, "add_metric_sums",
+                      lambda sums, a, *rest: batches.append(len(a)) or add(sums, a, *rest))
         one_by_one, _ = evaluate_folders(tmp_path / "pred", tmp_path / "gt", progress=False)
     assert batches == [1, 1, 1]
     assert one_by_one.metrics["pred"] == pytest.approx(report.metrics["pred"], rel=1e-6)
