@@ -68,6 +68,19 @@ def test_phone_photos_in_heic_and_avif_are_read(tmp_path):
         assert np.abs(np.asarray(image, np.float32) - np.asarray(photo, np.float32)).mean() < 16, name  # (lossy)
 
 
+def test_a_folder_s_images_in_every_format_pillow_reads_are_found(tmp_path):
+    # Netpbm, Targa, JPEG 2000, QOI and PCX files in an input folder were passed over without a word.
+    from hyperinverter.io.images import find_images, read_image
+
+    photo = _photo()
+    names = [f"x{suffix}" for suffix in (".ppm", ".pgm", ".pnm", ".tga", ".jp2", ".j2k", ".qoi", ".pcx")]
+    for name in names:
+        (photo.convert("L") if name.endswith(".pgm") else photo).save(tmp_path / name)
+    assert sorted(p.name for p in find_images([tmp_path]).paths) == sorted(names)
+    for name in names:
+        assert read_image(tmp_path / name).size == photo.size
+
+
 def test_a_heic_photo_without_the_plugin_says_what_to_install(tmp_path, monkeypatch):
     from hyperinverter.io import images
 

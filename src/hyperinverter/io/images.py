@@ -261,7 +261,9 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, *, duration_ms: i
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic",
-                  ".heif")
+                  ".heif",
+                  # research datasets' and tools' formats that Pillow reads (a folder of them was passed over)
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".qoi", ".pcx")
 # Phones' HEIC/HEIF photos are read by the pillow-heif plugin (the `heif` extra), registered on first use.
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 _heif_registered: bool | None = None  # None: not tried yet
