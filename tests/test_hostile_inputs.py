@@ -28,7 +28,7 @@ from hyperinverter.editing import GANSpaceBasis, GANSpaceDirection, LinearDirect
 from hyperinverter.errors import CheckpointError, ImageReadError, NonFiniteError, OutputError
 from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
 from hyperinverter.io.files import atomic_write_bytes
-from hyperinverter.io.images import read_image
+from hyperinverter.io.images import image_bytes, read_image
 from hyperinverter.pipeline import InversionPipeline
 
 
@@ -207,11 +207,16 @@ def test_folder_entries_that_cannot_be_images_are_reported(world, tmp_path, caps
     (folder / "trap.png").mkdir()  # a folder with an image's name: its images are taken, and nothing failed
     hostile.photo(1).save(folder / "trap.png" / "inner.png")
     (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link
+    (tmp_path / "elsewhere").mkdir()
+    hostile.photo(2).save(tmp_path / "elsewhere" / "far.png")
+    (folder / "linked.png").symlink_to(tmp_path / "elsewhere")  # not followed: a warning said its images were read
     missing = tmp_path / "missing.png"
     result = cli(capsys, "invert", folder, missing, "--model", world.model, "--out", tmp_path / "out",
                  "--device", "cpu")
     assert result.code == 1
     assert f"{folder / 'trap.png'}: is a folder with an image's name; the images in it are read" in result.err
+    assert f"{folder / 'linked.png'}: is a link to a folder, which is not followed" in result.err
+    assert not (tmp_path / "out" / "far.safetensors").exists()
     assert f"{folder / 'gone.jpg'}: is a broken symbolic link" in result.err
     assert f"{missing}: no such file" in result.err
     assert (tmp_path / "out" / "good.safetensors").is_file() and (tmp_path / "out" / "inner.safetensors").is_file()
@@ -785,6 +790,13 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
         pipe.edit(result, torch.ones(16), 10**400)  # (an OverflowError inside math.isfinite)
     with pytest.raises(TypeError, match="images must be a tensor, an image, a path, or a list"):
         pipe.invert(None)  # ("'NoneType' object is not iterable")
+    with pytest.raises(ImageReadError, match="'': is an empty path"):
+        pipe.invert("")  # (": is a folder": Path("") is the working folder)
+    with pytest.raises(ImageReadError, match="the image: is of type list, not a path, bytes or a PIL image"):
+        pipe.invert([[1, 2]])  # ("a bytes-like object is required, not 'int'")
+    photo_bytes = image_bytes(Image.new("RGB", (32, 32), "gray"))
+    torch.testing.assert_close(pipe.invert(memoryview(photo_bytes), method="phase1").ws,
+                               pipe.invert(photo_bytes, method="phase1").ws)  # (iterated as a list of numbers)
     with pytest.raises(TypeError, match="generator must be a loaded Generator"):
         pipe.adapt(result, "generator")  # (an AttributeError inside)
     with pytest.raises(ValueError, match="min_resolution must be a whole number"):

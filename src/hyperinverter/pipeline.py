@@ -560,7 +560,7 @@ class InversionPipeline:
         floats in [-1,1] or ``uint8`` in [0, 255].
         """
         G = self.generator
-        if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, np.ndarray)):
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, memoryview, np.ndarray)):
             images = [images]  # one image: a string is not a sequence of paths, nor are a file's bytes a sequence
         elif not isinstance(images, (torch.Tensor, Iterable)):  # (None was "'NoneType' object is not iterable")
             raise TypeError("images must be a tensor, an image, a path, or a list of images or paths; got "

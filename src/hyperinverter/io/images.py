@@ -386,6 +386,8 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                 im = source
             else:
                 if isinstance(source, (str, os.PathLike)):
+                    if not os.fspath(source):  # (Path("") is the working folder: "'': is a folder")
+                        raise ImageReadError("''", "is an empty path, not an image file")
                     path = Path(source)
                     if path.is_dir():
                         raise ImageReadError(label, "is a folder, not an image file")
@@ -394,8 +396,10 @@ def read_image(source: ImageSource, *, name: str | None = None, max_pixels: int 
                         raise ImageReadError(label, cause)
                     refuse_special_file(path, lambda _, cause: ImageReadError(label, cause), "an image file")
                     im = opened = Image.open(path)
-                else:
+                elif isinstance(source, (bytes, bytearray, memoryview)):
                     im = opened = Image.open(io.BytesIO(source))
+                else:  # (a list of numbers was "a bytes-like object is required, not 'int'")
+                    raise ImageReadError(label, f"is of type {type(source).__name__}, not a path, bytes or a PIL image")
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageReadError(label, f"is {im.width}x{im.height} pixels, more than the limit of "
                                      f"{max_pixels:,} pixels")
@@ -592,7 +596,11 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
         if p.is_dir():
             inside = [folder for folder in skip if folder != p.resolve()]
             for q in sorted(p.rglob("*")) if listable(p) else ():
-                is_folder = q.is_dir() and not q.is_symlink()
+                if q.is_symlink() and q.is_dir():  # (rglob does not follow it; a warning said its images were read)
+                    logger.warning("%s: is a link to a folder, which is not followed; give it as an input to read "
+                                   "its images", q)
+                    continue
+                is_folder = q.is_dir()
                 if not is_folder and q.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 if any(q.resolve().is_relative_to(f) for f in inside) or is_folder and not listable(q):
