@@ -279,6 +279,45 @@ def test_tensor_records_are_bounds_checked(tmp_path, net, gadget, error, message
         load_nvidia_pickle(path)
 
 
+class _NumpyGadget:
+    """A numpy record that asks for memory its file does not hold (pickle names only whitelisted globals)."""
+
+    def __init__(self, reduce) -> None:
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+
+@pytest.mark.parametrize(
+    "reduce, message",
+    [
+        # 60 bytes that asked for a 10 GB array (held by its init_kwargs, then turned into a list of ints)
+        ((np.ndarray.__reduce__(np.zeros(0))[0], (np.ndarray, (10**10,), b"b")), "numpy array record"),
+        # an object array whose list is short: numpy 2.4's __setstate__ crashed the process (segmentation fault)
+        ((np.ndarray.__reduce__(np.zeros(0))[0], (np.ndarray, (0,), b"b"),
+          (1, (10,), np.dtype(object), False, [])), "not a plain numeric array"),
+        # a scalar without its bytes: numpy fills a zero value of the dtype's size (2 GB)
+        ((np.float64(0).__reduce__()[0], (np.dtype("V2000000000"),)),
+         "numpy scalar record"),
+    ],
+)
+def test_numpy_records_never_allocate_what_the_file_does_not_hold(tmp_path, net, reduce, message):
+    path = tmp_path / "numpy.pkl"
+    write_nvidia_pickle(path, {"G_ema": _spec(net, init_kwargs={"z_dim": 3, "x": _NumpyGadget(reduce)})})
+    with pytest.raises(CheckpointError, match=f"numpy.pkl: .*{message}"):
+        load_nvidia_pickle(path)
+
+
+def test_numpy_values_in_init_kwargs_still_load(tmp_path, net):
+    path = tmp_path / "numpy.pkl"
+    kwargs = {"z_dim": 3, "scale": np.float32(0.5), "flags": np.bool_(True), "table": np.arange(6.0).reshape(2, 3)}
+    write_nvidia_pickle(path, {"G_ema": _spec(net, init_kwargs=kwargs)})
+    got = load_nvidia_pickle(path)["G_ema"].init_kwargs
+    assert got == {"z_dim": 3, "scale": 0.5, "flags": True, "table": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]}
+
+
 def test_persistent_ids_are_refused_in_plain_pickles(tmp_path):
     class IdPickler(pickle.Pickler):
         def persistent_id(self, obj):

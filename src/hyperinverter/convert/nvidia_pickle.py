@@ -178,6 +178,18 @@ def _empty_bytes(*args: object) -> bytes:
     return b""
 
 
+class _CheckedArray(np.ndarray):
+    """What a pickled numpy array is rebuilt as: its state (set by pickle's BUILD) must hold its own values."""
+
+    def __setstate__(self, state: object) -> None:
+        # (version, shape, dtype, is_fortran, data); numpy allocates an object array of any shape it is told
+        # before it looks at the data, and fills it with objects of the pickle's choosing.
+        dtype = state[-3] if isinstance(state, tuple) and len(state) in (4, 5) else None
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(state[-1], (bytes, bytearray)):
+            raise UnsafePickleError("refusing a numpy array record that is not a plain numeric array")
+        super().__setstate__(state)
+
+
 # --- the unpickler ------------------------------------------------------------------------------------
 
 
@@ -231,7 +243,7 @@ class _WhitelistUnpickler(pickle.Unpickler):
             ("numpy", "ndarray"): _NDARRAY_MARKER,
         }
         for np_module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[(np_module, "scalar")] = _np_multiarray.scalar
+            allowed[(np_module, "scalar")] = self._np_scalar
             allowed[(np_module, "_reconstruct")] = self._np_reconstruct
         for name, dtype in _STORAGE_DTYPES.items():
             allowed[("torch", name)] = _Marker(f"torch.{name}", dtype)
@@ -372,7 +384,20 @@ class _WhitelistUnpickler(pickle.Unpickler):
         if cls is not _NDARRAY_MARKER:
             raise UnsafePickleError(self._source, f"refusing numpy _reconstruct of {cls!r}: only numpy.ndarray is "
                                     "allowed")
-        return _np_multiarray._reconstruct(np.ndarray, shape, dtype)
+        # numpy pickles an empty array and sets its values from the file's bytes (BUILD); a larger shape here
+        # would be memory that the file asks for without holding it (a 60-byte record asked for gigabytes)
+        if _int_tuple(shape) != (0,):
+            raise self._fail(f"malformed numpy array record (shape {shape!r}; numpy pickles (0,))")
+        return _np_multiarray._reconstruct(_CheckedArray, shape, dtype)
+
+    def _np_scalar(self, dtype: object, data: object = None) -> np.generic:
+        # A numpy scalar's record holds its bytes; without them numpy fills a zero value of any size it is told
+        # (a void dtype of 2 GB), and an object dtype hands back whatever object it is given.
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
+                or len(data) != dtype.itemsize:
+            raise self._fail(f"malformed numpy scalar record (dtype {dtype!r}, "
+                             f"{len(data) if isinstance(data, bytes) else type(data).__name__} bytes)")
+        return _np_multiarray.scalar(dtype, data)
 
 
 # --- public API -----------------------------------------------------------------------------------
