@@ -196,6 +196,19 @@ def test_nvidia_mismatch_names_keys(tmp_path, tiny_generator):
         load_gan(tmp_path / "bad.pkl")
 
 
+@pytest.mark.parametrize("kwargs, cause", [
+    ([1, 2], "G_ema's constructor arguments are a list, not a dict"),  # (internal errors: an AttributeError,
+    ({"img_resolution": float("inf")}, "cannot convert float infinity"),  # an OverflowError)
+])
+def test_nvidia_constructor_arguments_of_the_wrong_kind_are_named(tmp_path, tiny_generator, kwargs, cause):
+    if isinstance(kwargs, dict):
+        kwargs = {**nv_generator_kwargs(tiny_generator), **kwargs}
+    write_nvidia_pickle(tmp_path / "odd.pkl", {"G_ema": ("Generator", kwargs, tiny_generator.state_dict(),
+                                                         buffers(tiny_generator))})
+    with pytest.raises(CheckpointError, match=f"odd.pkl: .*{cause}"):
+        load_gan(tmp_path / "odd.pkl")
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

@@ -226,13 +226,18 @@ def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
     g = nets["G_ema"]
     if any(".input." in k or k.startswith("synthesis.input") for k in g.state_dict):
         raise CheckpointError(f"{path} holds a StyleGAN3 generator; only StyleGAN2 is supported")
+    for key in ("G_ema", "D") if with_discriminator else ("G_ema",):  # (a list was an AttributeError inside)
+        if key in nets and not isinstance(nets[key].init_kwargs, dict):
+            raise CheckpointError(path, f"its {key}'s constructor arguments are a "
+                                  f"{type(nets[key].init_kwargs).__name__}, not a dict of StyleGAN2's arguments")
     try:
         g_config = _nv_generator_config(g.init_kwargs, str(path))
         d_config = _nv_discriminator_config(nets["D"].init_kwargs, str(path)) \
             if with_discriminator and "D" in nets else None
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError) as e:  # constructor arguments missing or of the wrong type
+    # constructor arguments missing or of the wrong type (an infinite img_resolution is an OverflowError)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(path, f"its networks' constructor arguments are not StyleGAN2's ({e!r})") from None
     G = instantiate_strict(lambda: Generator(g_config), g.state_dict, source=f"{path} [G_ema]")
     D = None
