@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from hyperinverter.convert.nvidia_pickle import PickledNetwork, UnsafePickleError, load_nvidia_pickle
 from hyperinverter.errors import CheckpointError
 from nvidia_pickle_writer import (
+    FakePersistent,
     build_network,
     fake_nvidia_modules,
     write_nvidia_pickle,
@@ -316,6 +318,33 @@ def test_numpy_values_in_init_kwargs_still_load(tmp_path, net):
     write_nvidia_pickle(path, {"G_ema": _spec(net, init_kwargs=kwargs)})
     got = load_nvidia_pickle(path)["G_ema"].init_kwargs
     assert got == {"z_dim": 3, "scale": 0.5, "flags": True, "table": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]}
+
+
+@pytest.mark.parametrize("where", ["modules", "init_kwargs"])
+def test_networks_nested_too_deeply_are_refused(tmp_path, net, where):
+    path = tmp_path / "deep.pkl"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)  # (the test's pickler recurses; the reader must not)
+    try:
+        _write_deep(path, net, where)
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match="deep.pkl: 'G_ema' nests its modules or arguments too deeply"):
+        load_nvidia_pickle(path)
+
+
+def _write_deep(path, net, where: str) -> None:
+    if where == "modules":  # 3,000 modules, each the only child of the one before
+        node = build_network(*_spec(net))
+        for _ in range(3000):
+            node = FakePersistent("Module", {"_parameters": {}, "_buffers": {}, "_modules": {"m": node}}, "")
+        with fake_nvidia_modules(), open(path, "wb") as f:
+            pickle.dump({"G_ema": node}, f)
+    else:
+        nested: list = []
+        for _ in range(3000):
+            nested = [nested]
+        write_nvidia_pickle(path, {"G_ema": _spec(net, init_kwargs={"z_dim": 3, "x": nested})})
 
 
 def test_persistent_ids_are_refused_in_plain_pickles(tmp_path):

@@ -450,10 +450,15 @@ def load_nvidia_pickle(path: str | Path) -> dict[str, PickledNetwork]:
         if not isinstance(node, PersistentNode):
             raise CheckpointError(path, f"{key!r} is a {type(node).__name__}, not a pickled network module")
         state_dict: dict[str, torch.Tensor] = {}
-        _flatten(node, "", state_dict, f"{path} [{key}]", set())
+        try:
+            _flatten(node, "", state_dict, f"{path} [{key}]", set())
+            init_kwargs = _to_plain(node.state.get("_init_kwargs") or {})
+        except RecursionError:  # (the unpickler builds any depth; walking 3,000 nested modules was an internal error)
+            raise CheckpointError(path, f"{key!r} nests its modules or arguments too deeply to be a network"
+                                  ) from None
         networks[key] = PickledNetwork(
             class_name=node.class_name,
-            init_kwargs=_to_plain(node.state.get("_init_kwargs") or {}),
+            init_kwargs=init_kwargs,
             state_dict=state_dict,
             module_src=node.module_src,
         )
