@@ -80,6 +80,11 @@ def test_direction_files_round_trip_and_foreign_formats(tmp_path):
     np.savez(tmp_path / "other.npz", comp=np.zeros((5, 8)))
     with pytest.raises(ValueError, match=r"other.npz: is not a GANSpace .npz file: missing \['lat_comp'"):
         load_direction(tmp_path / "other.npz", index=0, start=0, end=1, strength=1.0)
+    # complex components lost their imaginary part, with numpy's ComplexWarning and its source line
+    np.savez(tmp_path / "complex.npz", lat_comp=official["comp"].numpy() * 1j, lat_mean=official["mean"].numpy(),
+             lat_stdev=official["std"].numpy())
+    with pytest.raises(ValueError, match=r"complex.npz: a GANSpace basis must hold real numbers, got \['lat_comp"):
+        load_direction(tmp_path / "complex.npz", index=0, start=0, end=1, strength=1.0)
 
     for direction in (d, g):
         path = save_direction(direction, tmp_path / f"{direction.name}.safetensors")

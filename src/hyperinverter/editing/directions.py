@@ -305,6 +305,9 @@ def load_direction(
         missing = sorted({"lat_comp", "lat_mean", "lat_stdev"} - set(arrays))
         if missing:
             raise SchemaError(path, f"is not a GANSpace .npz file: missing {missing}")
+        odd = sorted(f"{k}: {a.dtype}" for k, a in arrays.items() if a.dtype.kind not in "fiu")
+        if odd:  # (complex arrays lost their imaginary part, with numpy's warning and its source line)
+            raise SchemaError(path, f"a GANSpace basis must hold real numbers, got {odd}")
         comp, mean, std = (torch.from_numpy(arrays[k].astype(np.float32)) for k in ("lat_comp", "lat_mean",
                                                                                      "lat_stdev"))
         spec = {"index": index, "start": start, "end": end, "strength": strength}
