@@ -239,6 +239,14 @@ def test_corrupt_and_unknown_files(tmp_path):
         load_gan(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         load_gan(tmp_path / "missing.pt")
+    # a zip archive whose central directory is damaged (an internal error: BadZipFile while telling the format)
+    raw = bytearray((tmp_path / "other.pt").read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    directory = int.from_bytes(raw[end + 16 : end + 20], "little")
+    raw[directory : directory + 4] = b"XXXX"
+    (tmp_path / "damaged.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged.pt: is a damaged zip archive"):
+        load_gan(tmp_path / "damaged.pt")
 
 
 def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys):

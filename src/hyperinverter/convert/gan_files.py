@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,9 +68,12 @@ def _is_pickled_persistent_module(path: Path) -> bool:
     names NVIDIA's persistence module. Only the pickle's bytes are searched; nothing is unpickled."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        return len(pickles) == 1 and b"torch_utils.persistence" in archive.read(pickles[0])
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return len(pickles) == 1 and b"torch_utils.persistence" in archive.read(pickles[0])
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:  # (an internal error before)
+        raise CheckpointError(path, f"is a damaged zip archive ({e})") from None
 
 
 # --- rosinality -------------------------------------------------------------------------------------
