@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -247,6 +248,13 @@ def test_corrupt_and_unknown_files(tmp_path):
     (tmp_path / "damaged.pt").write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="damaged.pt: is a damaged zip archive"):
         load_gan(tmp_path / "damaged.pt")
+    # a zip bomb's record (torch.save stores records uncompressed) is named once, as it is
+    with zipfile.ZipFile(tmp_path / "other.pt") as src, zipfile.ZipFile(tmp_path / "bomb.pt", "w") as dst:
+        for info in src.infolist():
+            padding = bytes(8 << 20) if info.filename.endswith("/data/0") else b""
+            dst.writestr(zipfile.ZipInfo(info.filename), src.read(info) + padding, zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match=r"^\S*bomb.pt: its record '[^']*' declares [0-9,]+ bytes, more than"):
+        load_gan(tmp_path / "bomb.pt")
 
 
 def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys):

@@ -15,6 +15,7 @@ import torch
 
 from hyperinverter.convert.nvidia_pickle import PickledNetwork, UnsafePickleError, load_nvidia_pickle
 from hyperinverter.errors import CheckpointError
+from hyperinverter.io.checkpoints import load_weights_only
 from nvidia_pickle_writer import (
     FakePersistent,
     build_network,
@@ -440,3 +441,30 @@ def test_zip_archive_errors(tmp_path, net):
                 dst.writestr(info, src.read(info))
     with pytest.raises(CheckpointError, match=r"storage record '.*data/0' is missing"):
         load_nvidia_pickle(tmp_path / "broken.pt")
+
+
+def _zip_bomb(source, target, record_suffix: str) -> None:
+    """``source`` with the record ending in ``record_suffix`` padded by 20 MB of zeros and deflated (20 kB)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith(record_suffix):
+                dst.writestr(zipfile.ZipInfo(info.filename), data + bytes(20 << 20), zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(info, data)
+
+
+@pytest.mark.parametrize("record", ["/data/0", "/data.pkl"])
+def test_zip_records_larger_than_the_file_are_refused_before_they_are_read(tmp_path, net, record):
+    # A 3 MB archive made of one such record was decompressed whole, 3 GB, before its size was compared
+    # (6 GB resident); torch.load does the same with the .pt files read through load_weights_only.
+    write_pti_checkpoint(tmp_path / "full.pt", _spec(net))
+    _zip_bomb(tmp_path / "full.pt", tmp_path / "bomb.pt", record)
+    assert (tmp_path / "bomb.pt").stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match=f"bomb.pt: its record '.*{record}' declares 2[0-9,]+ bytes, more "
+                       "than the whole file holds"):
+        load_nvidia_pickle(tmp_path / "bomb.pt")
+    torch.save({"g_ema": net.state_dict()}, tmp_path / "plain.pt")
+    _zip_bomb(tmp_path / "plain.pt", tmp_path / "bomb2.pt", record)
+    with pytest.raises(CheckpointError, match="bomb2.pt: its record .* more than the whole file holds"):
+        load_weights_only(tmp_path / "bomb2.pt")

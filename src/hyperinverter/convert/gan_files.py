@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from ..errors import CheckpointError, OutputError
-from ..io.checkpoints import instantiate_strict, load_state_dict_strict, load_weights_only
+from ..io.checkpoints import check_zip_records, instantiate_strict, load_state_dict_strict, load_weights_only
 from ..io.files import atomic_write_bytes, check_replaceable, refuse_special_file
 from ..io.gan import load_gan_folder, save_gan
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
@@ -70,8 +70,11 @@ def _is_pickled_persistent_module(path: Path) -> bool:
         return False
     try:
         with zipfile.ZipFile(path) as archive:
+            check_zip_records(archive, path)
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
             return len(pickles) == 1 and b"torch_utils.persistence" in archive.read(pickles[0])
+    except CheckpointError:
+        raise
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:  # (an internal error before)
         raise CheckpointError(path, f"is a damaged zip archive ({e})") from None
 

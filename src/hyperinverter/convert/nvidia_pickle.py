@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, naming
+from ..io.checkpoints import check_zip_records
 from ..io.files import refuse_special_file
 
 try:  # numpy >= 2
@@ -491,6 +492,7 @@ def _read_zip_archive(
     read like any other, by ``unpickler``, and its code records are never read.
     """
     with zipfile.ZipFile(path) as archive:
+        check_zip_records(archive, path)
         names = archive.namelist()
         pickles = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
         if len(pickles) != 1:

@@ -136,6 +136,17 @@ def read_metadata_json(path: Path, metadata: Mapping[str, str], key: str, what: 
     return value
 
 
+def check_zip_records(archive: zipfile.ZipFile, path: Path) -> None:
+    """Refuse, before any record is read, a record of a torch zip archive that declares more bytes than the whole
+    file holds. torch.save stores its records uncompressed; a compressed one is a zip bomb (a 3 MB file made the
+    reader, ours or torch's, decompress 3 GB before it looked at the record, 6 GB resident)."""
+    size = path.stat().st_size
+    big = next((info for info in archive.infolist() if info.file_size > size), None)
+    if big is not None:
+        raise CheckpointError(path, f"its record {big.filename!r} declares {big.file_size:,} bytes, more than the "
+                              f"whole file holds ({size:,}); torch.save stores its records uncompressed")
+
+
 def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type] = ()) -> Any:
     """``torch.load(weights_only=True)`` to the CPU: tensors and plain containers only, never code from the file.
 
@@ -146,6 +157,9 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
         raise CheckpointError(path, "is a folder, not a torch checkpoint file")
     refuse_special_file(path, CheckpointError, "a torch checkpoint file")
     try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                check_zip_records(archive, path)
         with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")  # (torch's own warnings, with a source line, reached the terminal)
             loaded = torch.load(path, map_location="cpu", weights_only=True)
