@@ -174,7 +174,9 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
         raise CheckpointError(path, _unpickling_cause(str(e))) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
             IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())  # (torch quotes a damaged record whole: megabytes on one line)
+        detail = detail if len(detail) <= 300 else f"{detail[:300]}..."
+        raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {detail})") from None
 
 
 def _tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
