@@ -375,6 +375,17 @@ def test_checkpoints_that_must_be_refused(world, tmp_path, capsys):
     assert not (tmp_path / "imported").exists() and not (tmp_path / "converted").exists()
 
 
+def test_an_alias_may_not_replace_a_tensor_the_file_holds(tmp_path):
+    # A component's aliases (tensors it shares) named a tensor the file held: it was replaced without a word.
+    from hyperinverter.errors import SchemaError
+    from hyperinverter.io.checkpoints import with_aliases
+
+    tensors = {"a": torch.zeros(2), "b": torch.ones(2)}
+    assert with_aliases(tensors, {"c": "a"}, tmp_path / "m.safetensors")["c"] is tensors["a"]
+    with pytest.raises(SchemaError, match=r"m.safetensors: 'aliases' name tensors the file holds itself: \['b'\]"):
+        with_aliases(tensors, {"b": "a"}, tmp_path / "m.safetensors")
+
+
 # --- directions ---------------------------------------------------------------------------------------------------
 
 
@@ -493,6 +504,9 @@ def test_bad_inversion_files(world, tmp_path, capsys):
                         lambda r, t: t.update(ws=torch.zeros(1, 3, 16))): "its codes are \\[3, 16\\]",
         hostile.write(tmp_path, "cut.safetensors", world.inv.read_bytes()[:200]): "safetensors",
         world.direction: "is not an inversion file",
+        _rewrite_record(world.inv, tmp_path / "int.safetensors",  # (rendered without a word; integer ws refused)
+                        lambda r, t: t.update({k: t[k].int() for k in list(t) if k.startswith("delta.")})):
+            "Δθ tensors must be floats: \\['delta.[^ ]+ \\(torch.int32\\)'",
     }
     for path, cause in cases.items():
         result = cli(capsys, "edit", path, "--model", world.model, "--direction", world.direction,
@@ -715,6 +729,16 @@ def test_what_the_twenty_second_fuzzing_pass_found(world, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"evil.pt: refusing to load it: it asks to run code") as caught:
         read_pti_pivot(tmp_path / "evil.pt", build_tiny_generator())
     assert "\n" not in str(caught.value)
+
+    class EvilBuiltin:  # (torch words a builtin's refusal in its first paragraph: "not readable (unpickling failed)")
+        def __reduce__(self):
+            return (eval, ("1",))
+
+    torch.save(EvilBuiltin(), tmp_path / "eval.pt")
+    with pytest.raises(ValueError, match=r"eval.pt: refusing to load it: it asks to run code, not only to hold "
+                                         r"tensors \(Unsupported global: GLOBAL eval was not an allowed global by "
+                                         r"default.\)$"):
+        read_pti_pivot(tmp_path / "eval.pt", build_tiny_generator())
     # A batch of two pivots (a reshape error inside) and a complex one (taken with torch's warning).
     G = build_tiny_generator()
     for name, pivot, cause in (("two.pt", torch.zeros(2, G.num_ws, G.w_dim), r"must hold a pivot \[1, "),

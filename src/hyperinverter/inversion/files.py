@@ -181,6 +181,9 @@ def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta |
     foreign = sorted(k for k in tensors if not k.startswith(_DELTA))
     if foreign:
         raise SchemaError(path, f"holds tensors that are neither 'ws' nor 'delta.*': {foreign[:8]}")
+    integer = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if integer:  # (integer Δθ was rendered without a word, where integer codes were refused)
+        raise SchemaError(path, f"Δθ tensors must be floats: {[f'{k} ({tensors[k].dtype})' for k in integer[:8]]}")
     deltas = {k[len(_DELTA):]: v.float() for k, v in tensors.items()}
     bad = sorted(k for k, v in deltas.items() if v.ndim < 1 or v.shape[0] != 1)
     if bad:

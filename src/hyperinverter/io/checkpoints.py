@@ -193,10 +193,13 @@ def _tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
 
 def _unpickling_cause(message: str) -> str:
     """torch's long weights-only message -> what went wrong: code the file asks to run, or a damaged file."""
-    paragraphs = [p.strip() for p in message.split("\n\n") if p.strip()]
-    skip = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    detail = " ".join(p for p in paragraphs if not p.startswith(skip))
-    detail = detail.split("WeightsUnpickler error:", 1)[-1].strip()
+    if "WeightsUnpickler error:" in message:  # (in the first paragraph for some globals: builtins' eval was lost)
+        detail = message.split("WeightsUnpickler error:", 1)[1].split("\n\n", 1)[0]
+    else:
+        paragraphs = [p.strip() for p in message.split("\n\n") if p.strip()]
+        skip = ("Weights only load failed", "Check the documentation", "Please file an issue")
+        detail = " ".join(p for p in paragraphs if not p.startswith(skip))
+    detail = " ".join(detail.split()).split(" Please use `torch.serialization", 1)[0]  # (how to allow it anyway)
     if "GLOBAL" in detail or "global" in detail:
         return f"refusing to load it: it asks to run code, not only to hold tensors ({detail})"
     return f"is not a readable torch checkpoint ({detail or 'unpickling failed'})"
@@ -321,6 +324,9 @@ def with_aliases(tensors: dict[str, torch.Tensor], aliases: object, source: Path
     unknown = sorted(v for v in aliases.values() if v not in tensors)
     if unknown:
         raise SchemaError(source, f"'aliases' point to tensors the file does not hold: {listing(unknown)}")
+    stored = sorted(k for k in aliases if k in tensors)
+    if stored:  # (an alias replaced a tensor of the file without a word where the shapes agreed)
+        raise SchemaError(source, f"'aliases' name tensors the file holds itself: {listing(stored)}")
     return {**tensors, **{alias: tensors[stored] for alias, stored in aliases.items()}}
 
 
