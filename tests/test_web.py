@@ -486,3 +486,18 @@ def test_the_server_stops_on_a_signal_as_every_command_does(pipeline, tmp_path, 
         server.kill()
     assert server.returncode == status, (out, err)
     assert err.strip().splitlines()[-1] == message and "Keyboard interruption" not in out + err
+
+
+def test_the_comparison_is_labelled_by_the_method_that_made_it(pipeline, tmp_path):
+    # The label followed the method menu: after a HyperInverter inversion (input | Phase I | HyperInverter), choosing
+    # another method relabelled the three panels on show by that method's ("input | pSp (W+)").
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    photo().save(tmp_path / "photo.png")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name = f"{tmp_path.name}/model"
+    state = handlers["on_model"](name, None)[0]
+    shown = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None)[1]
+    assert shown["label"] == "input | Phase I (W) | HyperInverter" and shown["value"].endswith("_compare.png")
+    assert "label" not in handlers["on_method"](name, "w-opt", shown["value"])  # the result on show keeps its labels
+    assert handlers["on_method"](name, "w-opt", None)["label"] == "input | W optimisation"  # nothing on show

@@ -523,8 +523,14 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
             return None, f"**{user_message(e)}**"
 
-    def on_method(name, method):
-        return gr.update(label=" | ".join(session(name).comparison_labels(method)))
+    def on_method(name, method, shown):
+        # A comparison on show keeps the labels of the method that made it (on_invert, on_pick set them).
+        return gr.update() if shown else gr.update(label=" | ".join(session(name).comparison_labels(method)))
+
+    def comparison(s: WebSession, item: WebInversion):
+        """The comparison of ``item`` to show, labelled by the method that made it (not the one now chosen)."""
+        return gr.update(value=files.image(f"{item.stem}_compare", s.comparison(item)),
+                         label=" | ".join(s.comparison_labels(item.method)))
 
     def on_invert(name, method, photo, align, state, photo_b, request=None,
                   progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
@@ -568,7 +574,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         label = s.pipe.inverter(method).label
         status = f"{label}: **{sum(it.seconds for it in found):.2f} s** for {where}"
         first = found[0]
-        return (state, files.image(f"{first.stem}_compare", s.comparison(first)),
+        return (state, comparison(s, first),
                 gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None, None)
 
     def client_gone(page: str | None) -> bool:
@@ -624,7 +630,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if item is None:
             return None, None, token(entry)
         s = session(name)
-        shown = attempt(lambda: (files.image(f"{item.stem}_compare", s.comparison(item)), downloads(s, item)))
+        shown = attempt(lambda: (comparison(s, item), downloads(s, item)))
         return (*(shown or (None, None)), token(entry))
 
     def on_direction(name, direction):
@@ -786,7 +792,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
             quietly(on_mix), mix_inputs, [mixed, state], **quiet)
         stop.click(on_cancel, [state], None, queue=False, api_name="cancel")
-        method.change(on_method, [model, method], [compare], api_visibility="undocumented")
+        method.change(on_method, [model, method, compare], [compare], api_visibility="undocumented")
         face.change(on_pick, [model, state, face], [compare, result_files, state], api_name="pick", **queued).then(
             quietly(on_edit), edit_inputs, [edited, state], **quiet)
         # .input (not .release): arrow keys move a slider too; only the last value waits in the queue. Not .change,
