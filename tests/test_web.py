@@ -501,3 +501,26 @@ def test_the_comparison_is_labelled_by_the_method_that_made_it(pipeline, tmp_pat
     assert shown["label"] == "input | Phase I (W) | HyperInverter" and shown["value"].endswith("_compare.png")
     assert "label" not in handlers["on_method"](name, "w-opt", shown["value"])  # the result on show keeps its labels
     assert handlers["on_method"](name, "w-opt", None)["label"] == "input | W optimisation"  # nothing on show
+
+
+def test_a_model_switched_during_an_inversion_drops_its_result(pipeline, tmp_path, monkeypatch):
+    # Choosing another model while an inversion ran (minutes for W optimisation) cleared the page, and then the
+    # inversion's result came: the first model's comparison, faces and downloads under the second model's menu, whose
+    # edits said "invert a photo first".
+    first, second = (pipeline.save_pretrained(tmp_path / name) for name in ("model-a", "model-b"))
+    photo().save(tmp_path / "photo.png")
+    app = build_app([str(first), str(second)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name_a, name_b = f"{tmp_path.name}/model-a", f"{tmp_path.name}/model-b"
+    state = handlers["on_model"](name_a, None)[0]
+    invert = WebSession.invert
+
+    def switched_meanwhile(self, *args, **kwargs):
+        handlers["on_model"](name_b, state)  # (the visitor picks the other model while this one inverts)
+        return invert(self, *args, **kwargs)
+
+    monkeypatch.setattr(WebSession, "invert", switched_meanwhile)
+    kept, compare, faces, status, downloads, *_ = handlers["on_invert"](name_a, "hyperinverter",
+                                                                       str(tmp_path / "photo.png"), False, state, None)
+    assert all(out == {"__type__": "update"} for out in (kept, compare, faces, downloads)), (compare, downloads)
+    assert "model was switched" in status

@@ -395,6 +395,11 @@ class UserResults:
                 self._entries.popitem(last=False)
         return entry
 
+    def is_current(self, entry: dict) -> bool:
+        """Whether ``entry`` is still its page's results (not dropped, nor replaced by another model's)."""
+        with self._lock:
+            return self._entries.get(entry["key"], (0.0, None))[1] is entry
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -562,6 +567,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         finally:
             cancel_flags.pop(entry["key"], None)
             running.pop(page, None)
+        if not results.is_current(entry):  # the page switched model meanwhile: its results would not be the page's
+            dropped = f"**The model was switched: {name}'s inversion is dropped.**"
+            return (gr.update(), gr.update(), gr.update(), dropped, *(gr.update(),) * 5)
         entry["items"] = found
         second = entry["second"]
         if photo_b is not None and (second is None or second.method != found[0].method):
