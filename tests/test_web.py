@@ -524,3 +524,25 @@ def test_a_model_switched_during_an_inversion_drops_its_result(pipeline, tmp_pat
                                                                        str(tmp_path / "photo.png"), False, state, None)
     assert all(out == {"__type__": "update"} for out in (kept, compare, faces, downloads)), (compare, downloads)
     assert "model was switched" in status
+
+
+def test_cancel_pressed_while_the_inversion_waits_in_the_queue_stops_it(pipeline, tmp_path):
+    # Cancel set a flag only for an inversion that had started: one waiting behind another visitor's W optimisation
+    # ignored it and then ran all its steps, holding the model for everyone.
+    from types import SimpleNamespace
+
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    photo().save(tmp_path / "photo.png")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name, page = f"{tmp_path.name}/model", SimpleNamespace(session_hash="page-1")
+    state = handlers["on_model"](name, None)[0]
+    queued = SimpleNamespace(session_hash="page-1", fn=SimpleNamespace(name="on_invert"), alive=True,
+                             enqueue_time=time.monotonic())
+    handlers["on_cancel"](state, page)  # (pressed while it waited)
+    app._queue.active_jobs.append([queued])  # (now it runs)
+    out = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, page)
+    assert out[3] == "**Cancelled.**" and out[1] == {"__type__": "update"}
+    queued.enqueue_time = time.monotonic()  # a Cancel before this Invert was clicked does not stop it
+    out = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None, page)
+    assert "HyperInverter" in out[3], out[3]

@@ -468,6 +468,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     cancel_flags: dict[str, threading.Event] = {}
     running: dict[str, threading.Event] = {}  # Gradio's page (session hash) -> the cancel flag of its inversion
     departed: OrderedDict[str, None] = OrderedDict()  # pages closed lately (bounded)
+    cancelled: OrderedDict[str, float] = OrderedDict()  # page -> when it last pressed Cancel (bounded)
     results = UserResults(limits.max_pages, limits.keep_seconds)
     expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
@@ -542,6 +543,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         page = getattr(request, "session_hash", None)
         if page is not None and page in departed:  # (queued by a page that has been closed since: no work)
             return state, None, gr.update(), "", None, None, None, None, None
+        if cancelled_while_queued(page):  # (Cancel came while it waited for another page's work: nothing is done)
+            return state, gr.update(), gr.update(), "**Cancelled.**", *(gr.update(),) * 5
         s = session(name)
         entry = results.entry(state, name)
         flag = cancel_flags.setdefault(entry["key"], threading.Event())
@@ -596,7 +599,26 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return page is not None and any(getattr(event, "session_hash", None) == page
                                         and getattr(event, "alive", True) is False for event in events)
 
-    def on_cancel(state):
+    def cancelled_while_queued(page: str | None) -> bool:
+        """Whether the page pressed Cancel after its running inversion joined Gradio's queue (before it started, so
+        no flag was there to set). Gradio's queue is not public: where it is not as read here, nothing is known."""
+        pressed = cancelled.get(page) if page is not None else None
+        if pressed is None:
+            return False
+        try:
+            joined = [event.enqueue_time for jobs in app._queue.active_jobs if jobs for event in jobs
+                      if getattr(event, "session_hash", None) == page and getattr(event.fn, "name", "") == "on_invert"]
+        except (AttributeError, TypeError):
+            return False
+        return bool(joined) and pressed > max(joined)
+
+    def on_cancel(state, request=None):
+        page = getattr(request, "session_hash", None)
+        if page is not None:  # (an inversion still waiting in the queue sees it when it starts)
+            cancelled[page] = time.monotonic()  # (Gradio's enqueue_time is on this clock)
+            cancelled.move_to_end(page)
+            while len(cancelled) > 4096:
+                cancelled.popitem(last=False)
         flag = cancel_flags.get((state or {}).get("key", ""))
         if flag is not None:  # an inversion of this page is running
             flag.set()
@@ -616,7 +638,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     # Gradio hands a handler the request where the parameter is annotated with its class (postponed annotations
     # of this module would not resolve to it).
-    on_invert.__annotations__["request"] = on_leave.__annotations__["request"] = gr.Request
+    for handler in (on_invert, on_leave, on_cancel):
+        handler.__annotations__["request"] = gr.Request
 
     # The handlers below use a page's results: each hands its key back (Gradio forgets a page's state
     # ``keep_seconds`` after it was last set, not used), says when there is nothing to use (``quiet``: not where it
