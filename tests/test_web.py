@@ -546,3 +546,12 @@ def test_cancel_pressed_while_the_inversion_waits_in_the_queue_stops_it(pipeline
     queued.enqueue_time = time.monotonic()  # a Cancel before this Invert was clicked does not stop it
     out = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None, page)
     assert "HyperInverter" in out[3], out[3]
+
+
+def test_a_preview_does_not_wait_behind_the_models_work(pipeline, tmp_path):
+    # The upload's preview (and what is wrong with a file) ran in the models' queue: while another visitor's W
+    # optimisation ran, an upload showed nothing for minutes.
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    app = build_app([str(folder)], device="cpu")
+    groups = {f.name: f.concurrency_id for f in app.fns.values()}
+    assert groups["on_invert"] == "models" and groups["on_preview"] != "models"

@@ -816,7 +816,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         model.change(on_model, [model, state], model_outputs, api_visibility="undocumented")
         in_domain.click(lambda sample: sample[0], [in_domain], [photo], api_visibility="undocumented")
         real.click(lambda sample: sample[0], [real], [photo], api_visibility="undocumented")
-        photo.change(on_preview, [photo], [preview, status], api_name="preview", **queued)
+        # A preview reads the upload, no model: it waits for other previews only, not behind others' inversions
+        # (minutes of W optimisation), and says at once what is wrong with a file.
+        photo.change(on_preview, [photo], [preview, status], api_name="preview", concurrency_id="previews")
         inverting = run.click(on_invert, [model, method, photo, align, state, photo_b], invert_outputs,
                               api_name="invert", **queued)
         inverting.then(quietly(on_edit), edit_inputs, [edited, state], **quiet).then(
