@@ -555,3 +555,21 @@ def test_a_preview_does_not_wait_behind_the_models_work(pipeline, tmp_path):
     app = build_app([str(folder)], device="cpu")
     groups = {f.name: f.concurrency_id for f in app.fns.values()}
     assert groups["on_invert"] == "models" and groups["on_preview"] != "models"
+
+
+def test_what_is_wrong_with_the_second_photo_names_it(pipeline, tmp_path):
+    # A second photo that was not an image, or had no face, was "the uploaded file: ..." or "the photo: no face
+    # found": the visitor could not tell it from the first photo (Invert said "the second photo: ..." already).
+    import warnings
+
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    (tmp_path / "notes.png").write_text("not a picture")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name = f"{tmp_path.name}/model"
+    state = handlers["on_model"](name, None)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        handlers["on_second"](name, "hyperinverter", str(tmp_path / "notes.png"), False, state)
+    said = [str(w.message) for w in caught]
+    assert said == ["the second photo: the uploaded file: not a readable image (unknown or corrupt format)"], said

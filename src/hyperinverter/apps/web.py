@@ -648,11 +648,11 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     needs_photo = f"invert a photo first ({kept})"
     needs_two = f"invert a photo and upload a second one first ({kept})"
 
-    def attempt(make, *args):
+    def attempt(make, *args, about: str = ""):
         try:
             return make(*args)
         except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
-            gr.Warning(user_message(e))
+            gr.Warning(about + user_message(e))
             return None
 
     def on_pick(name, state, label):
@@ -692,7 +692,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if photo is None:
             return token(entry), None
         found = attempt(lambda: session(name).invert(photo, align=align, method=method,
-                                                     name=Path(photo).name if isinstance(photo, str) else "photo"))
+                                                     name=Path(photo).name if isinstance(photo, str) else "photo"),
+                        about="the second photo: ")  # (its errors say "the photo", as the first one's do)
         entry["second"] = found[0] if found else None
         return token(entry), None
 
