@@ -416,7 +416,7 @@ def test_a_closed_page_stops_its_work(pipeline, tmp_path):
     def invert():
         started = time.perf_counter()
         done["status"] = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None,
-                                               page)[3]
+                                               request=page)[3]
         done["seconds"] = time.perf_counter() - started
 
     worker = threading.Thread(target=invert)
@@ -425,10 +425,11 @@ def test_a_closed_page_stops_its_work(pipeline, tmp_path):
     handlers["on_leave"](page)
     worker.join(timeout=60)
     assert done["status"] == "**Cancelled.**" and done["seconds"] < 30, done
-    again = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None, page)
+    again = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None,
+                                  request=page)
     assert again[1] is None and again[3] == ""  # queued by the closed page: no work
     other = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None,
-                                  SimpleNamespace(session_hash="page-2"))
+                                  request=SimpleNamespace(session_hash="page-2"))
     assert other[1] is not None  # another page is served as before
 
     # An API client sends no heartbeat, so no unload comes when it goes away: Gradio marks its running event as no
@@ -436,7 +437,8 @@ def test_a_closed_page_stops_its_work(pipeline, tmp_path):
     client = SimpleNamespace(session_hash="api-client")
     done.clear()
     worker = threading.Thread(target=lambda: done.update(
-        status=handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, client)[3]))
+        status=handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None,
+                                       request=client)[3]))
     worker.start()
     time.sleep(2.0)
     app._queue.active_jobs.append([SimpleNamespace(session_hash="page-2", alive=True),
@@ -499,8 +501,38 @@ def test_the_comparison_is_labelled_by_the_method_that_made_it(pipeline, tmp_pat
     state = handlers["on_model"](name, None)[0]
     shown = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None)[1]
     assert shown["label"] == "input | Phase I (W) | HyperInverter" and shown["value"].endswith("_compare.png")
-    assert "label" not in handlers["on_method"](name, "w-opt", shown["value"])  # the result on show keeps its labels
-    assert handlers["on_method"](name, "w-opt", None)["label"] == "input | W optimisation"  # nothing on show
+    assert "label" not in handlers["on_method"](name, "w-opt", shown["value"])[0]  # the result on show keeps its labels
+    assert handlers["on_method"](name, "w-opt", None)[0]["label"] == "input | W optimisation"  # nothing on show
+
+
+def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipeline, tmp_path, monkeypatch):
+    # W, W+ and PTI ran their official counts on the page (1000, 2000, 450 + 350 steps: minutes on a CPU), for both
+    # photos, with no way to ask for a quick look.
+    from hyperinverter.pipeline import InversionPipeline
+
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    photo().save(tmp_path / "photo.png")
+    photo(seed=1).save(tmp_path / "second.png")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name = f"{tmp_path.name}/model"
+    state = handlers["on_model"](name, None)[0]
+    fields = {method: [(f["visible"], f["value"], f["maximum"]) for f in handlers["on_method"](name, method, None)[1:]]
+              for method in ("hyperinverter", "w-opt", "pti")}
+    assert fields["hyperinverter"] == [(False, None, None)] * 2
+    assert fields["w-opt"] == [(False, None, None), (True, 1000, 1000)]  # pivot steps, steps
+    assert fields["pti"] == [(True, 450, 450), (True, 350, 350)]
+    asked = []
+    invert = InversionPipeline.invert
+    monkeypatch.setattr(InversionPipeline, "invert", lambda self, x, **kw: asked.append(kw) or invert(self, x, **kw))
+    out = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, str(tmp_path / "second.png"),
+                                None, 2)
+    assert "W optimisation:" in out[3] and [kw["steps"] for kw in asked] == [2, 2]  # both photos
+    handlers["on_second"](name, "w-opt", str(tmp_path / "second.png"), False, state, None, 3)
+    assert asked[-1]["steps"] == 3
+    status = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, None, 5000)[3]
+    assert "steps must be a whole number from 1 to 1000 (W optimisation's own count), got 5000" in status
+    assert len(asked) == 3  # refused before any work
 
 
 def test_a_model_switched_during_an_inversion_drops_its_result(pipeline, tmp_path, monkeypatch):
@@ -541,10 +573,11 @@ def test_cancel_pressed_while_the_inversion_waits_in_the_queue_stops_it(pipeline
                              enqueue_time=time.monotonic())
     handlers["on_cancel"](state, page)  # (pressed while it waited)
     app._queue.active_jobs.append([queued])  # (now it runs)
-    out = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, page)
+    out = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, request=page)
     assert out[3] == "**Cancelled.**" and out[1] == {"__type__": "update"}
     queued.enqueue_time = time.monotonic()  # a Cancel before this Invert was clicked does not stop it
-    out = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None, page)
+    out = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None,
+                                request=page)
     assert "HyperInverter" in out[3], out[3]
 
 

@@ -195,6 +195,13 @@ def test_a_slow_method_shows_progress_and_cancels(server, browser):
     driver.find_element(By.CSS_SELECTOR, "#cancel").click()
     wait(driver, lambda d: "Cancelled" in text_of(d, "#status"), "the cancellation", timeout=30)
     assert not image_src(driver, "#compare")
+    # A quick look: fewer steps than the official count (the field shows for the methods that take it).
+    steps = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#steps input"), "the steps field")[0]
+    assert steps.get_attribute("value") == "1000" and not driver.find_elements(By.CSS_SELECTOR, "#pivot-steps input")
+    steps.clear()
+    steps.send_keys("3")
+    assert "W optimisation" in invert_and_wait(driver, text_of(driver, "#status"))
+    wait(driver, lambda d: image_src(d, "#compare"), "the comparison image")
 
 
 def test_a_second_photo_blends_and_mixes(server, browser):

@@ -39,6 +39,24 @@ from ..pipeline import InversionPipeline
 from .limits import WebLimits
 
 DEFAULT_LIMITS = WebLimits()
+# The optimisation methods' step counts the page offers (W, W+ and PTI take minutes at their official counts): shown
+# for the methods that take them, from 1 up to the method's own (official) count.
+STEP_OPTIONS = ("pivot_steps", "steps")
+
+
+def step_options(inverter, values: Sequence[object]) -> dict[str, int]:
+    """``inverter``'s options from the page's step fields (``STEP_OPTIONS`` order; empty: its default)."""
+    chosen = {}
+    for key, value in zip(STEP_OPTIONS, values):
+        if key not in inverter.options or value in (None, ""):
+            continue
+        most = int(inverter.options[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+                or not 1 <= value <= most:
+            raise ValueError(f"{key.replace('_', ' ')} must be a whole number from 1 to {most} ({inverter.label}'s "
+                             f"own count), got {value!r}")
+        chosen[key] = int(value)
+    return chosen
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +166,12 @@ class WebSession:
         return [self.pipe.default_method] + [n for n in names if n != self.pipe.default_method]
 
     def invert(self, photo: Image.Image | str | Path | None, *, align: bool, method: str | None = None,
-               progress: Callable[[int, int], None] | None = None, name: str = "photo") -> list[WebInversion]:
+               progress: Callable[[int, int], None] | None = None, name: str = "photo",
+               options: Mapping[str, object] | None = None) -> list[WebInversion]:
         """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), left to right, or
-        its centred square, inverted in one batch by ``method`` (default: the model's). ``progress(step,
-        total)`` is called by iterative optimisation methods; it may raise (:class:`Cancelled`) to stop them.
+        its centred square, inverted in one batch by ``method`` (default: the model's) with its ``options``.
+        ``progress(step, total)`` is called by iterative optimisation methods; it may raise (:class:`Cancelled`)
+        to stop them.
 
         Raises ``ImageReadError`` for an upload that is not a readable image or is over the limits,
         ``NoFaceFoundError`` when aligning a photo without a face, ``ImportError`` when alignment is asked for but
@@ -171,7 +191,9 @@ class WebSession:
         batch = torch.cat([p.image for p in pictures])
         method = method or self.pipe.default_method
         inverter = self.pipe.inverter(method)
-        options = {"progress": progress} if progress is not None and "progress" in inverter.options else {}
+        options = dict(options or {})
+        if progress is not None and "progress" in inverter.options:
+            options["progress"] = progress
         result = self.pipe.invert(batch, method=method, **options)
         stem, n = _safe_stem(name), len(pictures)
         items = []
@@ -531,14 +553,22 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_method(name, method, shown):
         # A comparison on show keeps the labels of the method that made it (on_invert, on_pick set them).
-        return gr.update() if shown else gr.update(label=" | ".join(session(name).comparison_labels(method)))
+        s = session(name)
+        label = gr.update() if shown else gr.update(label=" | ".join(s.comparison_labels(method)))
+        try:
+            defaults = s.pipe.inverter(method).options
+        except (KeyError, ValueError):  # (an API client's unknown method: on_invert says so)
+            defaults = {}
+        fields = [gr.update(visible=key in defaults, value=defaults.get(key), maximum=defaults.get(key))
+                  for key in STEP_OPTIONS]
+        return label, *fields
 
     def comparison(s: WebSession, item: WebInversion):
         """The comparison of ``item`` to show, labelled by the method that made it (not the one now chosen)."""
         return gr.update(value=files.image(f"{item.stem}_compare", s.comparison(item)),
                          label=" | ".join(s.comparison_labels(item.method)))
 
-    def on_invert(name, method, photo, align, state, photo_b, request=None,
+    def on_invert(name, method, photo, align, state, photo_b, pivot_steps=None, steps=None, request=None,
                   progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
         page = getattr(request, "session_hash", None)
         if page is not None and page in departed:  # (queued by a page that has been closed since: no work)
@@ -560,7 +590,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         entry["items"] = []
         state = token(entry)
         try:
-            found = s.invert(photo, align=align, method=method, progress=report,
+            options = step_options(s.pipe.inverter(method), (pivot_steps, steps))
+            found = s.invert(photo, align=align, method=method, progress=report, options=options,
                              name=Path(photo).name if isinstance(photo, str) else "photo")
         except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
             message = user_message(e)
@@ -577,7 +608,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         second = entry["second"]
         if photo_b is not None and (second is None or second.method != found[0].method):
             try:  # blends and mixes need both photos inverted by one method
-                entry["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name)[0]
+                entry["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name,
+                                           progress=report, options=options)[0]
             except expected as e:
                 gr.Warning(f"the second photo: {user_message(e)}")
         labels = [it.label for it in found]
@@ -685,14 +717,16 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         suffix = "_photo" if paste and item.placement is not None else ""
         return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image), token(entry)
 
-    def on_second(name, method, photo, align, state):
+    def on_second(name, method, photo, align, state, pivot_steps=None, steps=None):
         """The second photo inverted; the face swap of the photo before it is cleared (a click makes this one's)."""
         entry = results.entry(state, name)
         entry["second"] = None
         if photo is None:
             return token(entry), None
-        found = attempt(lambda: session(name).invert(photo, align=align, method=method,
-                                                     name=Path(photo).name if isinstance(photo, str) else "photo"),
+        s = session(name)
+        found = attempt(lambda: s.invert(photo, align=align, method=method,
+                                         options=step_options(s.pipe.inverter(method), (pivot_steps, steps)),
+                                         name=Path(photo).name if isinstance(photo, str) else "photo"),
                         about="the second photo: ")  # (its errors say "the photo", as the first one's do)
         entry["second"] = found[0] if found else None
         return token(entry), None
@@ -752,6 +786,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             method = gr.Dropdown([], label="method (W / W+ / PTI optimise: slow, with a progress bar)",
                                  allow_custom_value=True, elem_id="method")
             align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)", elem_id="align")
+            # Shown for the methods that take them (on_method), at most their official counts: fewer is quicker.
+            step_fields = [gr.Number(label=key.replace("_", " ") + " (fewer: quicker, rougher)", precision=0,
+                                     minimum=1, visible=False, elem_id=key.replace("_", "-")) for key in STEP_OPTIONS]
         card = gr.Markdown(elem_id="model-card")
         with gr.Row():
             with gr.Column():
@@ -820,13 +857,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         # A preview reads the upload, no model: it waits for other previews only, not behind others' inversions
         # (minutes of W optimisation), and says at once what is wrong with a file.
         photo.change(on_preview, [photo], [preview, status], api_name="preview", concurrency_id="previews")
-        inverting = run.click(on_invert, [model, method, photo, align, state, photo_b], invert_outputs,
+        inverting = run.click(on_invert, [model, method, photo, align, state, photo_b, *step_fields], invert_outputs,
                               api_name="invert", **queued)
         inverting.then(quietly(on_edit), edit_inputs, [edited, state], **quiet).then(
             quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
             quietly(on_mix), mix_inputs, [mixed, state], **quiet)
         stop.click(on_cancel, [state], None, queue=False, api_name="cancel")
-        method.change(on_method, [model, method, compare], [compare], api_visibility="undocumented")
+        method.change(on_method, [model, method, compare], [compare, *step_fields], api_visibility="undocumented")
         face.change(on_pick, [model, state, face], [compare, result_files, state], api_name="pick", **queued).then(
             quietly(on_edit), edit_inputs, [edited, state], **quiet)
         # .input (not .release): arrow keys move a slider too; only the last value waits in the queue. Not .change,
@@ -837,7 +874,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         direction.change(on_direction, [model, direction], [strength], api_visibility="undocumented").then(
             quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
         paste.change(quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
-        photo_b.change(on_second, [model, method, photo_b, align, state], [state, swapped], api_name="second",
+        photo_b.change(on_second, [model, method, photo_b, align, state, *step_fields], [state, swapped],
+                       api_name="second",
                        **queued).then(quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
             quietly(on_mix), mix_inputs, [mixed, state], **quiet)
         t.input(on_blend, blend_inputs, [blended, state], api_name="blend", trigger_mode="always_last", **queued)
