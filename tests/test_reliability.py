@@ -222,6 +222,20 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(pipeline, tmp_path, monkeypatch, 
     assert "wrote 2 picture(s)" in capsys.readouterr().out
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    # `hyperinverter models | head -1`: once head had gone, the command printed "error: broken pipe" and exited 2, a
+    # bad model's status; it ends as other programs do, quietly with SIGPIPE's status (Python ignores the signal).
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "hyperinverter", "env"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, check=False)
+    finally:
+        os.close(write)
+    assert done.returncode == 128 + signal.SIGPIPE
+    assert done.stderr == ""
+
+
 def test_checkpoints_are_flushed_before_older_ones_are_deleted(tmp_path, monkeypatch):
     events = []
     real_fsync, real_unlink = os.fsync, Path.unlink

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -85,6 +86,19 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``hyperinverter models | head -1``), which is what
+    a ``BrokenPipeError`` came from, if so. (The poll of a pipe's end that nobody reads says "error".)"""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # (no poll on Windows; a closed or replaced stdout)
+        return False
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command was, so that it ends as an interruption does."""
 
@@ -113,7 +127,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit status: 0 done, 1 done but some inputs failed, 2 an error (one line on stderr,
     naming the file and the cause), 3 an internal error (a bug: ``-v`` shows its traceback), 130 interrupted
-    (Ctrl-C), 143 terminated (SIGTERM)."""
+    (Ctrl-C), 143 terminated (SIGTERM), 141 its output's reader gone (``| head``)."""
     _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -127,12 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # -q hides the progress bars too; a warning during a bar gets a line of its own, above the bar.
         with _sigterm_interrupts(), progress_bars(not args.quiet), logging_redirect_tqdm():
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+        sys.stdout.flush()  # (here: a reader gone before the end is met below, not as a warning at exit)
+        return status
     except KeyboardInterrupt as e:  # Ctrl-C; a training run stopped by a signal says where it stopped
         _close_progress_bars()
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 128 + getattr(e, "signal_number", signal.SIGINT)
     except Exception as e:  # noqa: BLE001 - the one place where every error becomes a message
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+            # `| head` took what it wanted: end quietly with SIGPIPE's status, as other programs do (Python
+            # ignores the signal); what is left unwritten goes nowhere, so that the exit's own flush fails no more.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
         _close_progress_bars()
         message = expected_error(e)
         if message is not None:
