@@ -174,6 +174,31 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
         sources.write_fashion32(fresh, "test", progress=False)
 
 
+def test_a_resumed_dataset_leaves_no_temporaries_of_the_killed_writing(odd_folder, tmp_path, monkeypatch):
+    # Where files cannot be written unnamed (NFS), a writing killed halfway leaves hidden temporaries; invert's next
+    # run removed its own, the dataset writers kept them for good (nested folders too, for stylise).
+    import os
+
+    from hyperinverter.data import sources
+
+    monkeypatch.setattr(sources, "load_fashion_mnist", lambda split: (np.zeros((3, 28, 28), np.uint8), np.zeros(3)))
+    fresh = sources.write_fashion32(tmp_path / "fashion", progress=False)
+    (fresh / "000002.png").unlink()
+    dead = 2**22 + 1  # (above any pid the kernel hands out: no process has it)
+    stale = fresh / f".000002.png.0123456789abcdef-{dead}.partial"
+    stale.write_bytes(b"half")
+    running = fresh / f".000001.png.0123456789abcdef-{os.getppid()}.partial"  # a writer that still runs keeps its own
+    running.write_bytes(b"half")
+    assert sources.write_fashion32(fresh, progress=False) == fresh
+    assert not stale.exists() and running.exists() and (fresh / "000002.png").is_file()
+    sketch = tmp_path / "sketch"
+    sources.write_stylised(odd_folder, sketch, progress=False)
+    nested = sketch / "nested" / f".pal.png.0123456789abcdef-{dead}.partial"
+    nested.write_bytes(b"half")
+    sources.write_stylised(odd_folder, sketch, progress=False)
+    assert not nested.exists()
+
+
 def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, capsys):
     # A user's own face domain: every face of every photo, framed as `invert --align` frames photos.
     from hyperinverter.apps import SAMPLES_DIR

@@ -29,7 +29,14 @@ from torch import nn
 
 from ..errors import InputError, naming
 from ..generate import z_from_seeds
-from ..io.files import atomic_write_bytes, atomic_write_group, check_outside, check_own_folder, written_by_us
+from ..io.files import (
+    atomic_write_bytes,
+    atomic_write_group,
+    check_outside,
+    check_own_folder,
+    remove_stale_temporaries,
+    written_by_us,
+)
 from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
 from ..progress import progress_bar
 
@@ -161,6 +168,10 @@ def _claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None
     resume only a dataset made with the same ones: a resumed writing keeps the files already there, so other
     settings (another size, crop, style, split or seed) would leave a folder of two kinds of images under one
     record. ``source`` is recorded with them."""
+    # A writing killed halfway, where files cannot be written unnamed, left hidden temporaries (in any folder of
+    # the dataset, for stylise and align): the next writing removes them, as invert's does (not a running writer's).
+    for folder in (out_dir, *(p for p in sorted(out_dir.rglob("*")) if p.is_dir() and not p.is_symlink())):
+        remove_stale_temporaries(folder)
     path = out_dir / "dataset.json"
     try:
         stored = json.loads(path.read_text()) if path.is_file() else None
