@@ -276,3 +276,27 @@ def test_two_photos_with_one_name_are_not_one_output(tmp_path):
         f"{photos / 'p.png'}: has the name of {photos / 'p.jpg'}: both would be written as p.png; rename one",
         f"{photos / 'q-face0.png'}: is named like a face of {photos / 'q.png'} (q-face0.png); rename it"]
     assert count == 4  # p.jpg's and q.png's two faces each
+
+
+def test_training_on_a_dataset_whose_writing_stopped_says_so(tmp_path, monkeypatch, caplog):
+    # A killed `data` writing leaves its record without a count; training read the folder and took the part
+    # written so far without a word.
+    import json
+    from types import SimpleNamespace
+
+    from hyperinverter.data import sources
+    from hyperinverter.training.loop import load_split
+
+    monkeypatch.setattr(sources, "load_fashion_mnist", lambda split: (np.zeros((3, 28, 28), np.uint8), np.zeros(3)))
+    folder = sources.write_fashion32(tmp_path / "fashion", progress=False)
+    cfg = SimpleNamespace(data=str(folder), val_fraction=0.0, seed=0, content_rows=None, preload=True, progress=False)
+    with caplog.at_level("WARNING"):
+        assert len(load_split(cfg, 32, 1, "train")) == 3
+    assert not sources.unfinished_dataset(folder) and "stopped before the end" not in caplog.text
+    record = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**record, "count": None}))  # (as a killed writing leaves it)
+    with caplog.at_level("WARNING"):
+        load_split(cfg, 32, 1, "train")
+    assert sources.unfinished_dataset(folder)
+    assert "its writing by `hyperinverter data` stopped before the end; this run trains on what was written (3 " \
+           "training images)" in caplog.text

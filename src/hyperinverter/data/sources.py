@@ -163,6 +163,16 @@ def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbe
     check_own_folder(out_dir, not_ours, what="the dataset (--out)")
 
 
+def unfinished_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset of ``hyperinverter data`` whose writing stopped before its end (its record
+    says no count yet): training on it would take the part written so far without a word."""
+    try:
+        record = json.loads((Path(folder) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "source" in record and record.get("count", 0) is None
+
+
 def _claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None:
     """Record the ``settings`` that decide a dataset's images in its ``dataset.json`` before any is written, and
     resume only a dataset made with the same ones: a resumed writing keeps the files already there, so other
