@@ -384,6 +384,29 @@ def test_a_bad_training_config_names_the_file(tmp_path, capsys):
     assert main(["train", "w-encoder", "--config", str(config), "steps=ten"]) == 2
 
 
+def test_a_training_config_s_aliases_cannot_blow_it_up(tmp_path, capsys):
+    # Ten lines of nested aliases ("billion laughs") loaded at once as 10**9 values, which the walk over the config
+    # expanded for an hour; an alias inside its own anchor was a RecursionError (an internal error).
+    config = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    config.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    assert main(["train", "w-encoder", "--config", str(config)]) == 2
+    assert time.monotonic() - started < 10
+    assert "its aliases expand it to more than 100,000 values at line 5" in capsys.readouterr().err
+    config.write_text("run_dir: r\ndata: d\ngenerator: g\nsteps: 1\ntrunk: &t {units: *t}\n")
+    assert main(["train", "w-encoder", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {config}: is not valid YAML (an alias refers to the value it is")
+    config.write_text("run_dir: r\ndata: d\ngenerator: g\nsteps: 1\n")
+    assert main(["train", "w-encoder", "--config", str(config), "trunk.units=&u [*u]"]) == 2
+    assert "override 'trunk.units=&u [*u]': its value is not" in capsys.readouterr().err
+    # shared values that stay small are fine
+    config.write_text("run_dir: r\ndata: &d d\ngenerator: *d\nsteps: 1\ntrunk: {widths: &w [8, 16, 32, 64]}\n")
+    assert main(["train", "w-encoder", "--config", str(config), "steps=0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+
+
 def test_what_the_training_fuzzing_pass_found(tmp_path, capsys):
     """Each was a traceback ("internal error"), a message naming no file or the wrong source, or a silent
     surprise, found by fuzzing `train`; each is now one line that names the file or the option."""

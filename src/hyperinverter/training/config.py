@@ -33,6 +33,46 @@ class _ConfigLoader(yaml.SafeLoader):
                                                     node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_document(self, node):
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+# How many values a config may hold once its aliases are expanded: a real one holds a few hundred. Aliases share
+# what they name, so ten lines of them ("billion laughs") load at once as 10**9 values, which every later walk
+# over the config (paths' ~, type checks, error messages) expanded for an hour; an alias inside its own anchor
+# was a RecursionError.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """A ``ConstructorError`` where the document refers to itself through an alias, or expands through its aliases
+    to more than ``MAX_CONFIG_VALUES`` values (each node is counted once, so this takes the time of the text)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(None, None, "an alias refers to the value it is in",
+                                                    node.start_mark)
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(key) + size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        open_nodes.discard(id(node))
+        if total > MAX_CONFIG_VALUES:
+            raise yaml.constructor.ConstructorError(None, None, f"its aliases expand it to more than "
+                                                    f"{MAX_CONFIG_VALUES:,} values", node.start_mark)
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
 
 _ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers
