@@ -204,6 +204,21 @@ def test_streaming_replaces_an_unreadable_file(tmp_path):
     assert torch.equal(batch[1], images[torch.tensor([3])][0])  # the broken file's slot holds the next file
 
 
+def test_every_seed_a_config_takes_draws_batches(tmp_path):
+    # A seed of 10**15 passed the config's check (below 2**63) and stopped the run at its first batch with
+    # "Overflow when unpacking long long", naming nothing; seeds that worked keep their batches.
+    from hyperinverter.training.run import BatchSampler
+
+    for seed in (0, 10**14, 10**15, 2**63 - 1):
+        batches = [BatchSampler(10, 4, seed=seed).next() for _ in range(2)]
+        assert torch.equal(batches[0], batches[1]) and sorted(batches[0].tolist()) == sorted(set(batches[0].tolist()))
+    assert BatchSampler(10, 4, seed=3, position=10**30).next().shape == (4,)
+    gen = torch.Generator().manual_seed(10**14 * 100_003 + 0)  # (below 2**64: the same permutation as before)
+    assert torch.equal(BatchSampler(10, 10, seed=10**14).next(), torch.randperm(10, generator=gen))
+    result = train_generator(config(tmp_path / "run", steps=1, seed=10**15), images=teacher_images(8))
+    assert result.steps == 1
+
+
 def test_cli_resume_flags(tmp_path, monkeypatch):
     """`--no-resume` refuses a used run folder; `--resume` (the default) continues it."""
     from hyperinverter.cli.main import main

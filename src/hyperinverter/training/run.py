@@ -226,7 +226,8 @@ class BatchSampler:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            # (torch takes seeds below 2**64: a config's seed of 10**15, or a far epoch, overflowed at the first step)
+            gen = torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**64)
             self._perm, self._epoch = torch.randperm(self.num_items, generator=gen), epoch
         return self._perm
 
