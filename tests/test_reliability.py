@@ -697,6 +697,39 @@ def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):
     assert step == 1 and torch.isfinite(fresh.weight).all()
 
 
+@pytest.mark.parametrize("key, value", [
+    ("step", -100), ("step", 10**9), ("step", True), ("step", 1), ("modules", [[1]]), ("optim.main", []),
+    ("optim.main", {"type": "Adam", "param_groups": "x", "scalars": {}}),
+    ("optim.main", {"type": "Adam", "param_groups": [], "scalars": []}), ("scaler", "x")])
+def test_a_checkpoint_with_a_damaged_record_is_skipped_for_the_one_before(tmp_path, key, value):
+    # Each was read as it came: a step of -100 trained 106 steps into checkpoint--0000098.safetensors and the like,
+    # which no run lists or prunes; 10**9 (or one below its name's) ended the run untrained or redid steps; a damaged
+    # optimiser record or module list was an internal error.
+    from safetensors.torch import load_file, save_file
+
+    from hyperinverter.io.checkpoints import read_safetensors_metadata
+    from hyperinverter.training.checkpointing import resume_latest
+
+    module = torch.nn.Linear(2, 2)
+    adam = torch.optim.Adam(module.parameters())
+    module(torch.ones(1, 2)).sum().backward()
+    adam.step()
+    save_checkpoint(tmp_path, 2, modules={"m": module}, optimizers={"main": adam})
+    path = save_checkpoint(tmp_path, 4, modules={"m": module}, optimizers={"main": adam})
+    metadata = read_safetensors_metadata(path)
+    record = json.loads(metadata["training"])
+    record[key] = value
+    save_file(load_file(path), path, metadata={"training": json.dumps(record)})
+    again = torch.nn.Linear(2, 2)
+    step, _ = resume_latest(tmp_path, modules={"m": again}, optimizers={"main": torch.optim.Adam(again.parameters())})
+    assert step == 2
+    tensors = load_file(path)  # an optimiser state under a name that is not one (an internal ValueError)
+    tensors["optim.main.state.x.exp_avg"] = tensors.pop("optim.main.state.0.exp_avg")
+    save_file(tensors, path, metadata=metadata)
+    step, _ = resume_latest(tmp_path, modules={"m": again}, optimizers={"main": torch.optim.Adam(again.parameters())})
+    assert step == 2
+
+
 def test_a_pipeline_folder_may_hold_our_own_extra_generators(tmp_path, tiny_generator):
     """A bundle's extra generator (e.g. a fine-tuned copy for domain adaptation) is ours: the folder can be
     replaced; a foreign folder beside it still makes the folder untouchable."""

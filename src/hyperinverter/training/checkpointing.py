@@ -152,7 +152,7 @@ def load_checkpoint(
         meta = read_metadata_json(path, metadata, "training", "a training checkpoint")
         if not isinstance(meta.get("modules"), list) or not isinstance(meta.get("step"), int):
             raise CheckpointError(path, "is not a complete training checkpoint (no modules or step)")
-        problem = _progress_problem(meta.get("progress", {}))
+        problem = _record_problem(path, meta, tensors) or _progress_problem(meta.get("progress", {}))
         if problem:  # (a damaged record: resume_latest falls back to an older checkpoint)
             raise CheckpointError(path, f"is not a readable training checkpoint ({problem})")
     except OSError as e:
@@ -184,6 +184,34 @@ def load_checkpoint(
 # The progress record's fingerprints of the frozen modules. (Under "frozen" they were of another form of
 # io.work.fingerprint_of, which hashed large tensors in one stream: such checkpoints are not checked.)
 FROZEN_KEY = "frozen_weights"
+
+
+def _record_problem(path: Path, meta: dict, tensors: dict) -> str | None:
+    """What is wrong with a checkpoint's record of its step, modules and optimisers, or None. (Each was read as it
+    came: a step of -100 trained 106 steps into files no run lists, 10**9 ended the run untrained, and a damaged
+    optimiser record was an internal error.)"""
+    step, named = meta["step"], CHECKPOINT_NAME.search(Path(path).name)
+    if isinstance(step, bool) or step < 0:
+        return f"its step is {step!r}, not a whole number of 0 or more"
+    if named and step != int(named.group(1)):
+        return f"its step is {step}, but its name says {int(named.group(1))}"
+    if not all(isinstance(name, str) for name in meta["modules"]):
+        return "its modules are not a list of names"
+    for key, record in meta.items():
+        if not key.startswith("optim."):
+            continue
+        if not (isinstance(record, dict) and isinstance(record.get("param_groups"), list)
+                and all(isinstance(g, dict) for g in record["param_groups"])
+                and isinstance(record.get("scalars"), dict)
+                and all(i.isdigit() and isinstance(v, dict) for i, v in record["scalars"].items())
+                and isinstance(record.get("type", ""), str)):
+            return f"its optimiser record {key!r} is damaged"
+    for name in tensors:
+        if name.startswith("optim.") and not re.fullmatch(r"optim\..+\.state\.\d+\..+", name):
+            return f"its optimiser tensor {name!r} is not named as a state"
+    if not isinstance(meta.get("scaler", {}), dict):
+        return "its gradient scaler's state is not a record"
+    return None
 
 
 def _progress_problem(progress: object) -> str | None:
