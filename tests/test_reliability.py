@@ -697,6 +697,27 @@ def test_a_diverged_checkpoint_is_skipped_for_the_one_before(tmp_path):
     assert step == 1 and torch.isfinite(fresh.weight).all()
 
 
+def test_only_our_checkpoints_are_resumed_from_or_pruned(tmp_path):
+    # The name was matched at its end: a user's copy `keep-checkpoint-00000002.safetensors` was resumed from as the
+    # newest (it sorts after ours: a run at step 10 went back to 2) and kept in place of one of ours, and
+    # `a-copy-of-checkpoint-00000002.safetensors` was deleted when checkpoints were pruned.
+    from hyperinverter.training.checkpointing import resume_latest
+
+    module = torch.nn.Linear(2, 2)
+    first = save_checkpoint(tmp_path, 2, modules={"m": module})
+    users = [tmp_path / "keep-checkpoint-00000002.safetensors", tmp_path / "a-copy-of-checkpoint-00000002.safetensors"]
+    for path in users:
+        path.write_bytes(first.read_bytes())
+    for step in (4, 6, 8, 10):
+        save_checkpoint(tmp_path, step, modules={"m": module}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000008.safetensors",
+                                                            "checkpoint-00000010.safetensors"]
+    assert all(path.is_file() for path in users)
+    assert resume_latest(tmp_path, modules={"m": module})[0] == 10
+    save_checkpoint(tmp_path, 100_000_000, modules={"m": module}, keep=2)  # (nine digits: newest, and listed)
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "checkpoint-100000000.safetensors"
+
+
 @pytest.mark.parametrize("key, value", [
     ("step", -100), ("step", 10**9), ("step", True), ("step", 1), ("modules", [[1]]), ("optim.main", []),
     ("optim.main", {"type": "Adam", "param_groups": "x", "scalars": {}}),

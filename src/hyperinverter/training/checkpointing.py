@@ -27,7 +27,9 @@ from ..io.checkpoints import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = re.compile(r"checkpoint-(\d{8})\.safetensors$")
+# The whole name: a user's `keep-checkpoint-00000002.safetensors` beside them was taken for the newest checkpoint
+# (it sorts last), and `a-checkpoint-...` was pruned with ours.
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8,})\.safetensors$")
 
 
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
@@ -133,7 +135,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if CHECKPOINT_NAME.search(p.name))
+    return sorted((p for p in directory.iterdir() if CHECKPOINT_NAME.search(p.name)), key=checkpoint_step)
 
 
 def load_checkpoint(
