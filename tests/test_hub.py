@@ -328,7 +328,7 @@ def test_download_is_written_atomically_and_verified(cache, fake_catalogue, monk
     assert len(moves) == 1
     src, dst, content, dst_existed = moves[0]
     assert dst == target and not dst_existed
-    assert src.parent == target.parent and src != target and src.name.endswith(".part")
+    assert src.parent == target.parent and src != target and src.name.endswith(".partial")
     assert content == PAYLOAD
     assert target.read_bytes() == PAYLOAD and hub.sha256_of(target) == PAYLOAD_SHA
     assert files_in(cache) == [FAKE.filename]  # the temporary file is gone
@@ -353,6 +353,25 @@ def test_interrupted_download_keeps_nothing(cache, fake_catalogue, monkeypatch):
         downloader.download("fake-gen")
     assert "connection dropped" in str(e.value) and str(cache / FAKE.filename) in str(e.value)
     assert files_in(cache) == []
+
+
+def test_a_killed_download_leaves_no_partial_file_behind_and_the_file_is_readable_by_all(cache, fake_catalogue,
+                                                                                       monkeypatch):
+    # A download killed halfway left its hidden partial file (mkstemp's random name) for good, one more each time
+    # (GBs each for the full-size models), and the file it wrote had mode 0600: unreadable in a shared cache.
+    cache.mkdir()
+    killed = cache / f".{FAKE.filename}.0123456789abcdef-999999999.partial"  # (a pid no process has)
+    killed.write_bytes(PAYLOAD[:100])
+    users = cache / f".{FAKE.filename}.notes"
+    users.write_text("mine")
+    serve(monkeypatch, PAYLOAD)
+    umask = os.umask(0o022)
+    try:
+        target = downloader.download("fake-gen")
+    finally:
+        os.umask(umask)
+    assert files_in(cache) == sorted([FAKE.filename, users.name])
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
 def test_bundled_models_resolve_without_the_cache(cache):

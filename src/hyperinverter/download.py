@@ -6,12 +6,12 @@ import http.client
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from .catalogue import _manual, _mismatch, _verify_cached, cache_dir, get_artifact, resolve_model
+from .io.files import _temp_sibling, fsync_directory, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,12 @@ def download(name: str, *, timeout: float = 60.0) -> Path:
     if artifact.url is None:
         raise FileNotFoundError(f"{name} has no direct download link; {_manual(artifact, target)}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{artifact.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
+    # A download killed before (a model is GBs) left its partial file behind for good, one more each time: the
+    # temporary has our hidden name with its writer's pid now, which the next download of the file removes. Its
+    # mode is a plain open()'s (mkstemp's 0600 kept a shared cache's models from everyone but the downloader).
+    remove_stale_temporaries(target.parent, of=artifact.filename)
+    tmp = _temp_sibling(target)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(artifact.url, timeout=timeout) as response:
@@ -49,6 +53,7 @@ def download(name: str, *, timeout: float = 60.0) -> Path:
             raise ValueError(f"the file downloaded from {artifact.url} {problem}; nothing was written to "
                              f"{target}. {_manual(artifact, target)}")
         os.replace(tmp, target)
+        fsync_directory(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("downloaded %s to %s", name, target)
