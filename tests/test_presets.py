@@ -238,6 +238,7 @@ def test_preset_builds_the_official_architecture(name):
     ("synthetic_fraction=2", r"synthetic_fraction must be in \[0, 1\], got 2"),
     ("id_samples=0", "id_samples must be >= 1, got 0"),
     ("betas_d=[0.0, 1.0]", r"betas_d must each be in \[0, 1\), got \[0.0, 1.0\]"),
+    ("grad_accum=7", "batch_size 8 is not divisible by grad_accum=7"),  # (refused after the images were read)
 ])
 def test_numbers_out_of_range_are_refused(override, message):
     # A negative loss weight or penalty, a zero interval or width were taken as they came (negative weights train

@@ -91,6 +91,8 @@ class RunConfig:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.batch_size % self.grad_accum:  # (found after the images were read, naming no file)
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         if self.keep_checkpoints < 0:
             raise ValueError(f"keep_checkpoints must be >= 0 (0 keeps every checkpoint), got {self.keep_checkpoints}")
         if self.content_rows is not None:
