@@ -721,7 +721,8 @@ def test_only_our_checkpoints_are_resumed_from_or_pruned(tmp_path):
 @pytest.mark.parametrize("key, value", [
     ("step", -100), ("step", 10**9), ("step", True), ("step", 1), ("modules", [[1]]), ("optim.main", []),
     ("optim.main", {"type": "Adam", "param_groups": "x", "scalars": {}}),
-    ("optim.main", {"type": "Adam", "param_groups": [], "scalars": []}), ("scaler", "x")])
+    ("optim.main", {"type": "Adam", "param_groups": [], "scalars": []}), ("scaler", "x"),
+    ("progress", {"best_val": float("nan")})])  # (NaN: no validation loss was ever better, best/ never again)
 def test_a_checkpoint_with_a_damaged_record_is_skipped_for_the_one_before(tmp_path, key, value):
     # Each was read as it came: a step of -100 trained 106 steps into checkpoint--0000098.safetensors and the like,
     # which no run lists or prunes; 10**9 (or one below its name's) ended the run untrained or redid steps; a damaged
