@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,7 @@ def _progress_problem(progress: object) -> str | None:
     position, best = progress.get("position", 0), progress.get("best_val", 0.0)
     if isinstance(position, bool) or not isinstance(position, int) or position < 0:
         return f"its sample position is {position!r}, not a whole number of 0 or more"
-    if isinstance(best, bool) or not isinstance(best, (int, float)) or best != best:  # (NaN: best/ never again)
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):  # (NaN: best/ never again)
         return f"its best validation loss is {best!r}, not a number"
     for key in ("task", FROZEN_KEY):
         if not isinstance(progress.get(key, {}), dict):
