@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .catalogue import _manual, _mismatch, _verify_cached, cache_dir, get_artifact, resolve_model
-from .io.files import _temp_sibling, fsync_directory, remove_stale_temporaries
+from .io.files import temporary_sibling, fsync_directory, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def download(name: str, *, timeout: float = 60.0) -> Path:
     # temporary has our hidden name with its writer's pid now, which the next download of the file removes. Its
     # mode is a plain open()'s (mkstemp's 0600 kept a shared cache's models from everyone but the downloader).
     remove_stale_temporaries(target.parent, of=artifact.filename)
-    tmp = _temp_sibling(target)
+    tmp = temporary_sibling(target)
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
         try:

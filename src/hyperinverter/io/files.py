@@ -230,7 +230,7 @@ def _identity(path: str | os.PathLike | int) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _temp_sibling(path: Path) -> Path:
+def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}-{os.getpid()}.partial")
 
 
@@ -306,7 +306,7 @@ def _unnamed_supported(directory: Path) -> bool:
         return False
     device = os.stat(directory).st_dev
     if device not in _UNNAMED_SUPPORT:
-        probe = _temp_sibling(Path(directory) / "probe")
+        probe = temporary_sibling(Path(directory) / "probe")
         try:
             fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o666)
             try:
@@ -325,7 +325,7 @@ def _stage(path: Path, data: bytes, durable: bool) -> _StagedFile:
         # mode 0666 & ~umask, like open(); a process killed before the file is named leaves nothing behind
         staged = _StagedFile(os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666), None)
     else:
-        temp = _temp_sibling(path)
+        temp = temporary_sibling(path)
         try:
             staged = _StagedFile(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), temp)
         except OSError as e:  # named after the file asked for, not our hidden temporary
@@ -355,7 +355,7 @@ def _publish(staged: _StagedFile, path: Path) -> None:
         try:
             _link_unnamed(staged.fd, path)
         except FileExistsError:  # replacing a file: name it beside, then rename over (atomic)
-            temp = _temp_sibling(path)
+            temp = temporary_sibling(path)
             _link_unnamed(staged.fd, temp)
             os.replace(temp, path)
     finally:
@@ -693,7 +693,7 @@ def replace_directory(built: Path, target: Path, kind: str) -> None:
     elif _exchange(built, target):
         shutil.rmtree(built)  # now the old folder
     else:
-        aside = _temp_sibling(target)
+        aside = temporary_sibling(target)
         os.rename(target, aside)
         os.rename(built, target)
         shutil.rmtree(aside)
@@ -714,7 +714,7 @@ def staged_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     check_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target.parent, of=target.name)
-    built = _temp_sibling(target)
+    built = temporary_sibling(target)
     try:
         built.mkdir(0o777)
     except OSError as e:  # named after the target: the hidden folder beside it is ours, not the user's to know
