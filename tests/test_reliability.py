@@ -324,7 +324,7 @@ def test_temporaries_of_a_process_still_writing_are_not_stale(tmp_path):
         writer.kill()
         writer.wait()
     assert files.remove_stale_temporaries(tmp_path) == 1 and not list(tmp_path.iterdir())
-    assert files._TEMP.match(files._temp_sibling(tmp_path / "x.png").name).group("pid") == str(os.getpid())
+    assert files._TEMP.match(files.temporary_sibling(tmp_path / "x.png").name).group("pid") == str(os.getpid())
 
 def _umask() -> int:
     mask = os.umask(0)

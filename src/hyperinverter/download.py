@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .catalogue import _manual, _mismatch, _verify_cached, cache_dir, get_artifact, resolve_model
-from .io.files import temporary_sibling, fsync_directory, remove_stale_temporaries
+from .io.files import fsync_directory, remove_stale_temporaries, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
