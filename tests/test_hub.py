@@ -337,6 +337,16 @@ def test_download_is_written_atomically_and_verified(cache, fake_catalogue, monk
     assert downloader.download("fake-gen") == target and urls == [URL]
 
 
+def test_a_cache_that_is_a_file_is_named_with_the_setting(cache, fake_catalogue, monkeypatch, capsys):
+    serve(monkeypatch, PAYLOAD)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text("notes")  # (the download said only "file exists")
+    code, _, err = run_cli(capsys, "download", "fake-gen")
+    assert code == 2 and err.strip() == (f"error: {cache}: is not a folder, so it cannot hold the model cache: set "
+                                         "HYPERINVERTER_CACHE to a folder (by default ~/.cache/hyperinverter)")
+    assert cache.read_text() == "notes"
+
+
 def test_download_with_a_wrong_hash_keeps_nothing(cache, fake_catalogue, monkeypatch):
     bad = PAYLOAD[:-3] + b"xyz"
     serve(monkeypatch, bad)

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .catalogue import _manual, _mismatch, _verify_cached, cache_dir, get_artifact, resolve_model
+from .errors import OutputError
 from .io.files import fsync_directory, remove_stale_temporaries, temporary_sibling
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,11 @@ def download(name: str, *, timeout: float = 60.0) -> Path:
         return target
     if artifact.url is None:
         raise FileNotFoundError(f"{name} has no direct download link; {_manual(artifact, target)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # (it said "file exists", naming no setting)
+        raise OutputError(target.parent, "is not a folder, so it cannot hold the model cache: set "
+                          "HYPERINVERTER_CACHE to a folder (by default ~/.cache/hyperinverter)") from None
     # A download killed before (a model is GBs) left its partial file behind for good, one more each time: the
     # temporary has our hidden name with its writer's pid now, which the next download of the file removes. Its
     # mode is a plain open()'s (mkstemp's 0600 kept a shared cache's models from everyone but the downloader).
