@@ -78,6 +78,23 @@ def test_editability_of_a_model_without_directions_uses_its_principal_ones(pipel
     assert set(saved["metrics"]) == {"phase1", "hyperinverter"} and saved["metrics"]["hyperinverter"]["mse"] > 0
 
 
+def test_the_editability_report_never_replaces_the_evaluation_report(pipeline, tmp_path):
+    # `--out scores.md` (or any OUT with a dot) named the editability report scores.md too: it replaced the
+    # evaluation's report and means, leaving only the .csv of what was evaluated.
+    pipeline.save_pretrained(tmp_path / "model")
+    save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+               tmp_path / "held-out" / "0.png")
+    for out in ("scores.md", "run.v1"):
+        assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "held-out"),
+                     "--editability", "2", "--out", str(tmp_path / out), "--device", "cpu"]) == 0
+        stem = tmp_path / out.split(".")[0]
+        means = json.loads(stem.with_suffix(".json").read_text())
+        assert "dataset" in means and "directions" not in means
+        assert "Ground-truth editability" not in stem.with_suffix(".md").read_text()
+        assert "Ground-truth editability" in (tmp_path / f"{stem.name}-editability.md").read_text()
+        assert "directions" in json.loads((tmp_path / f"{stem.name}-editability.json").read_text())
+
+
 def test_iterative_methods_are_scored_at_every_iteration(tiny_generator, tmp_path):
     from PIL import Image
 

@@ -640,9 +640,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.out.is_dir():  # (it wrote DIR.md, DIR.json and DIR.csv beside the folder)
         raise OutputError(args.out, f"is a folder; give the report's name (for example {args.out / 'report'}: "
                           "writes .md, .json, .csv and .png)")
-    editability = args.out.with_name(args.out.name + "-editability")
     for path in [args.out.with_suffix(s) for s in (".md", ".json", ".csv", ".png")] + (
-            [editability.with_suffix(".md"), editability.with_suffix(".json")] if args.editability else []):
+            _editability_paths(args.out) if args.editability else []):
         check_file_replaceable(path, report=True)  # (before the work: a user's file there is never replaced)
     if (args.pred is None) != (args.gt is None):
         print("error: --pred and --gt go together", file=sys.stderr)
@@ -743,6 +742,14 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _editability_paths(out: Path) -> list[Path]:
+    """``OUT-editability.md`` and ``.json``, beside the report's ``out.with_suffix(".md")``: named from the report's
+    stem, so that a dot in OUT (``--out scores.md``, ``run.v1``) leaves them apart (the editability report's
+    ``with_suffix`` took ``.md-editability`` for a suffix and wrote over the evaluation report)."""
+    stem = out.with_suffix("")
+    return [stem.with_name(f"{stem.name}-editability{suffix}") for suffix in (".md", ".json")]
+
+
 def _editability(args: argparse.Namespace, pipe, report, extra: dict, options: dict) -> None:
     import dataclasses
 
@@ -756,8 +763,8 @@ def _editability(args: argparse.Namespace, pipe, report, extra: dict, options: d
         print(f"editability: {stand_in}")
     result = ground_truth_editability(pipe, directions, methods=list(report.metrics), num_images=args.editability,
                                       extra_metrics=extra, batch_size=args.batch_size, options=options)
-    stem = args.out.with_name(args.out.name + "-editability")
-    atomic_write_group([(stem.with_suffix(".json"), json_report_bytes(dataclasses.asdict(result))),
-                        (stem.with_suffix(".md"), markdown_bytes(result.to_markdown()))], report=True)
+    md, json_path = _editability_paths(args.out)
+    atomic_write_group([(json_path, json_report_bytes(dataclasses.asdict(result))),
+                        (md, markdown_bytes(result.to_markdown()))], report=True)
     print(result.to_markdown())
-    print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
+    print(f"wrote {md} and {json_path}")
