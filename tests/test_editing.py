@@ -183,6 +183,33 @@ def test_principal_directions_by_name_everywhere(pipeline, tmp_path, capsys):
     assert "names no principal direction of this generator (they are 1 to 16)" in capsys.readouterr().err
 
 
+def test_strengths_that_would_share_a_file_are_refused(pipeline, tmp_path, capsys):
+    # The edits are named by a strength's first 6 digits: `--strength 1.0000001 1.0000002` (or 2 2) wrote both
+    # edits to one file, the second replacing the first, while the strip showed both; -0 and 0 were two files.
+    from hyperinverter.cli.main import main
+    from hyperinverter.io.images import save_image
+
+    pipeline.save_pretrained(tmp_path / "model")
+    save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1, tmp_path / "photo.png")
+    assert main(["invert", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+
+    def edit(*strengths: str) -> int:
+        return main(["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
+                     "--direction", "principal direction 1", "--strength", *strengths, "--out",
+                     str(tmp_path / "edits"), "--device", "cpu"])
+
+    for strengths, named in ((["2", "2"], "+2"), (["1.0000001", "1.0000002"], "+1"), (["-0", "0"], "+0")):
+        assert edit(*strengths) == 2
+        assert f"error: --strength: {named} given more than once" in capsys.readouterr().err
+        assert not (tmp_path / "edits").exists()
+    assert edit("-0", "1") == 0
+    assert sorted(p.name for p in (tmp_path / "edits").iterdir()) == [
+        "photo_principal direction 1_+0.png", "photo_principal direction 1_+1.png",
+        "photo_principal direction 1_strip.png"]
+
+
 def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsys):
     # The releases ship GANSpace bases (ffhq_pca.pt, cars_pca.pt, church_pca.pt) and name their edits in code;
     # `directions import` writes those edits as files of ours, so a model's directions/ folder offers them.

@@ -320,12 +320,16 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..precision import dtype_name
     from ..progress import progress_bar
 
+    strengths = args.strength or [None]
+    labels = ["default" if s is None else f"{s + 0.0:+g}" for s in strengths]  # (+ 0.0: -0 is 0)
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:  # (their edits were written to one file, the last one kept, while the strip showed each)
+        raise ValueError(f"--strength: {', '.join(twice)} given more than once (the files are named by a strength's "
+                         "first 6 digits)")
     args.inputs = _inversion_files(args.inputs, out=args.out)
     out_dir = prepare_output_folder(args.out)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
-    strengths = args.strength or [None]
-    labels = ["default" if s is None else f"{s:+g}" for s in strengths]
     endings = (".png", "_photo.png") if args.paste_back else (".png",)
     options = dict(args.option)
     pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
