@@ -559,6 +559,9 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     # (an empty list read as "every method": a benchmark started the optimisation methods at full step counts)
     (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--methods", ""], "--methods: '' names nothing"),
     (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--methods", ","], "--methods: ',' names nothing"),
+    # ("Overflow when unpacking long long" once the model and images were loaded; a negative seed was taken)
+    (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--seed", "9" * 23], "--seed: must be at most"),
+    (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--seed", "-5"], "--seed: must be at least 0"),
 ])
 def test_bad_numbers_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as caught:
