@@ -546,6 +546,8 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     (["interpolate", "a", "b", "--model", "m", "--out", "o", "--steps", "1"], "takes 2 to 240 steps, got 1"),
     # (100000 steps ran for minutes towards a strip 6.6 M px wide, every frame held three times)
     (["interpolate", "a", "b", "--model", "m", "--out", "o", "--steps", "100000"], "takes 2 to 240 steps"),
+    # (refused by the MP4 writer after the inversions and frames were made, naming no option)
+    (["interpolate", "a", "b", "--model", "m", "--out", "o", "--fps", "1000"], "--fps: must be at most 240"),
     (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--strength", "nan"], "finite"),
     (["web", "--port", "70000"], "at most 65535"),
     (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--max-images", "0"], "at least 1"),

@@ -11,6 +11,7 @@ from .arguments import (
     add_device,
     add_dtype,
     add_min_face_score,
+    at_most,
     file_path,
     finite_float,
     name_list,
@@ -123,7 +124,9 @@ def register(sub) -> None:
     add_dtype(p)
     _add_method(p)
     p.add_argument("--steps", type=_steps, default=8)
-    p.add_argument("--fps", type=positive_int, default=8, help="frames per second of the MP4 (default 8)")
+    # (io.video's MAX_FPS: a higher rate was refused after the inversions and the rendering, naming no option)
+    p.add_argument("--fps", type=at_most(positive_int, 240), default=8,
+                   help="frames per second of the MP4 (default 8, at most 240)")
     p.add_argument("--out", required=True, type=file_path,
                    help="output stem: writes OUT.png, OUT.gif and, with the video extra (PyAV), OUT.mp4")
     p.set_defaults(func=run_interpolate)
