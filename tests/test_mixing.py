@@ -69,6 +69,20 @@ def test_bad_range_types_and_pairs(pipeline, pair):
         pipeline.mix(a, pipeline.invert(images(2)), 0, 2)
 
 
+def test_numpy_and_tensor_integers_are_whole_numbers(pipeline, pair):
+    # A range, steps or resolution from numpy (np.arange, an array's shape) was refused: "steps must be a whole
+    # number from 2 to 240, got np.int64(3)".
+    import numpy as np
+
+    a, b = pair
+    assert torch.equal(pipeline.mix(a, b, np.int64(2), torch.tensor(5)), pipeline.mix(a, b, 2, 5))
+    assert torch.equal(pipeline.interpolate(a, b, np.int64(3)), pipeline.interpolate(a, b, 3))
+    assert torch.equal(pipeline.adapt(a, pipeline.generator, min_resolution=np.int32(8)),
+                       pipeline.adapt(a, pipeline.generator, min_resolution=8))
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        pipeline.interpolate(a, b, np.float64(3.0))
+
+
 @pytest.fixture
 def model_and_photos(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path / "model")

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import numbers
+import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -83,6 +84,18 @@ def _numpy_image(array: np.ndarray) -> Image.Image:
 # Every frame is held (`interpolate` holds it three times: frames, the there-and-back sequence, the video: 240 are
 # 9 GB at 1024 px, and its strip is one row of them). A longer sequence is made one frame at a time (blend).
 MAX_INTERPOLATION_STEPS = 240
+
+
+def _whole_number(value: object) -> int | None:
+    """``value`` as an ``int`` where it is a whole number of any kind (numpy's and a 0-d integer tensor's too, as
+    ``InversionResult.select`` takes them; ``np.int64(3)`` steps were refused as "not a whole number from 2 to
+    240"), else None (a bool, a float)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _check_result(value: object, name: str) -> None:
@@ -684,9 +697,11 @@ class InversionPipeline:
         if not isinstance(generator, nn.Module):  # (a path or a name was an AttributeError inside)
             raise TypeError("generator must be a loaded Generator (hyperinverter.convert.gan_files.load_generator), "
                             f"got {type(generator).__name__}")
-        if min_resolution is not None and (isinstance(min_resolution, bool) or not isinstance(min_resolution, int)
-                                           or min_resolution < 1):
-            raise ValueError(f"min_resolution must be a whole number of 1 or more, got {min_resolution!r}")
+        if min_resolution is not None:
+            whole = _whole_number(min_resolution)
+            if whole is None or whole < 1:
+                raise ValueError(f"min_resolution must be a whole number of 1 or more, got {min_resolution!r}")
+            min_resolution = whole
         _check_result(result, "result")
         check_same_architecture(self.generator, generator)
         generator = generator.to(self.device).eval()
@@ -807,9 +822,11 @@ class InversionPipeline:
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:
         """Lerp both ``ws`` and every offset from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_INTERPOLATION_STEPS:
+        whole = _whole_number(steps)
+        if whole is None or not 2 <= whole <= MAX_INTERPOLATION_STEPS:
             raise ValueError(f"steps must be a whole number from 2 to {MAX_INTERPOLATION_STEPS}, got {steps!r} "
                              "(a longer sequence: blend one frame at a time)")
+        steps = whole
         return torch.cat([self.blend(a, b, t) for t in torch.linspace(0, 1, steps).tolist()])
 
     @torch.no_grad()
@@ -844,8 +861,9 @@ class InversionPipeline:
         _check_result(b, "b")
         num_ws = a.ws.shape[1]
         for name, value in (("start", start), ("end", end)):
-            if isinstance(value, bool) or not isinstance(value, int):
+            if _whole_number(value) is None:
                 raise TypeError(f"the layer range's {name} must be an integer, got {value!r}")
+        start, end = _whole_number(start), _whole_number(end)
         if not 0 <= start < end <= num_ws:
             raise ValueError(f"layer range {start}:{end} is empty or outside the codes' rows 0:{num_ws} (it needs "
                              f"0 <= start < end <= {num_ws})")
