@@ -189,6 +189,14 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     ws2 = torch.load(tmp_path / "b_generator.pt", weights_only=True)["ws"]  # the image's code, in the same file
     with torch.no_grad():
         assert torch.allclose(baked.synthesis(ws2), pipeline.render(ws, delta), atol=1e-5)
+    # Upper-case suffixes: g.PT was written as a folder of that name, x.PNG as x.PNG.png, x.PNG.gif, x.PNG.mp4.
+    assert main(["export-generator", str(out / "b.safetensors"), "--model", str(tmp_path / "model"),
+                 "--out", str(tmp_path / "B.PT")]) == 0
+    assert (tmp_path / "B.PT").is_file() and torch.equal(load_gan(tmp_path / "B.PT").generator.state_dict()[
+        "synthesis.b4.conv1.weight"], baked.state_dict()["synthesis.b4.conv1.weight"])
+    assert main(["interpolate", str(out / "b.safetensors"), str(inputs / "a.png"), "--model", str(tmp_path / "model"),
+                 "--steps", "2", "--out", str(tmp_path / "upper.PNG")]) == 0
+    assert (tmp_path / "upper.png").is_file() and not list(tmp_path.glob("upper.PNG*"))
 
 
 def test_parts_of_another_generator_are_refused(pipeline, tmp_path):

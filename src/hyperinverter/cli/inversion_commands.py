@@ -436,7 +436,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if args.out.is_dir():  # (it wrote DIR.png, DIR.gif and DIR.mp4 beside the folder)
         raise OutputError(args.out, "is a folder; give the clip's name (for example "
                           f"{args.out / 'interpolation'}: writes .png, .gif and .mp4)")
-    out = args.out.with_suffix("") if args.out.suffix in (".png", ".gif", ".mp4") else args.out
+    # (x.PNG wrote x.PNG.png, x.PNG.gif and x.PNG.mp4)
+    out = args.out.with_suffix("") if args.out.suffix.lower() in (".png", ".gif", ".mp4") else args.out
     targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
     InputFiles([args.a, args.b]).check_outputs(targets.values())
     pipe = _load_pipeline(args)
@@ -462,7 +463,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..io.gan import save_gan
     from ..methods import InversionResult
 
-    rosinality = args.out.suffix in (".pt", ".pth")
+    rosinality = args.out.suffix.lower() in (".pt", ".pth")  # (g.PT was written as a folder of that name)
     if rosinality:  # refuse an output that is not ours before any work
         check_rosinality_replaceable(args.out)
     else:

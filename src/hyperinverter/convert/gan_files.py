@@ -50,11 +50,12 @@ def detect_format(path: Path) -> GeneratorFormat:
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, "no such model file or folder", str(path))
     refuse_special_file(path, CheckpointError, "a model file or folder")
-    if path.is_dir() or path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # (g.PT, as some tools and systems name them)
+    if path.is_dir() or suffix == ".safetensors":
         return "hyperinverter"
-    if path.suffix == ".pkl":
+    if suffix == ".pkl":
         return "nvidia"
-    if path.suffix in (".pt", ".pth", ".ckpt"):
+    if suffix in (".pt", ".pth", ".ckpt"):
         return "nvidia" if _is_pickled_persistent_module(path) else "rosinality"
     with open(path, "rb") as f:
         head = f.read(2)
@@ -284,7 +285,8 @@ def convert_generator(src: str | Path, dst: str | Path, *, to: GeneratorFormat |
     """Convert ``src`` (any format) to ``dst``; the target format follows ``dst``'s suffix unless given."""
     dst = Path(dst)
     if to is None:
-        to = "rosinality" if dst.suffix in (".pt", ".pth") else "nvidia" if dst.suffix == ".pkl" else "hyperinverter"
+        suffix = dst.suffix.lower()  # (g.PT was written as a folder of that name)
+        to = "rosinality" if suffix in (".pt", ".pth") else "nvidia" if suffix == ".pkl" else "hyperinverter"
     if to == "nvidia":
         raise CheckpointError(dst, "writing NVIDIA pickles is not supported (they embed NVIDIA's source code); "
                               "write our format or rosinality .pt")
