@@ -219,6 +219,23 @@ def test_resolve_missing_file_names_download_command_and_path(cache, fake_catalo
     assert MANUAL.filename in message and MANUAL.source in message and str(cache / MANUAL.filename) in message
 
 
+def test_a_catalogue_file_name_that_is_not_here_says_where_it_goes(cache, tmp_path, monkeypatch, capsys):
+    # The README runs `--model stylegan2-ffhq-config-f.pkl`: without the file in the current folder the error only
+    # listed the bundled names, not that it is a catalogue entry's file, where to get it and where to put it.
+    monkeypatch.chdir(tmp_path)
+    artifact = hub.get_artifact("stylegan2-ffhq-config-f")
+    code, _, err = run_cli(capsys, "generate", "--model", artifact.filename, "--out", "grid.png")
+    assert code == 2 and f"error: {artifact.filename}: no such model file or folder" in err
+    assert artifact.name in err and artifact.source in err and str(cache / artifact.filename) in err
+    # Once placed there, the message points at it instead.
+    cache.mkdir()
+    (cache / artifact.filename).write_bytes(b"x")
+    code, _, err = run_cli(capsys, "generate", "--model", artifact.filename, "--out", "grid.png")
+    assert code == 2 and f"in the cache at {cache / artifact.filename}" in err and "by hand" not in err
+    # A name the catalogue does not know keeps the plain message.
+    code, _, err = run_cli(capsys, "generate", "--model", "mine.pkl", "--out", "grid.png")
+    assert code == 2 and "catalogue names: faces-64" in err and str(cache) not in err
+
 # --- files placed by hand ----------------------------------------------------------------------------------
 
 

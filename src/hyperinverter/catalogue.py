@@ -166,10 +166,21 @@ def generator_path(spec: str | os.PathLike) -> Path:
 
 def _existing(path: Path) -> Path:
     if not os.path.lexists(path):
-        raise FileNotFoundError(errno.ENOENT, "no such model file or folder (catalogue names: "
-                                f"{', '.join(a.name for a in CATALOGUE if a.bundled)}, ...; see `hyperinverter "
-                                "models`)", str(path))
+        raise FileNotFoundError(errno.ENOENT, f"no such model file or folder{_catalogue_hint(path)}", str(path))
     return path
+
+
+def _catalogue_hint(path: Path) -> str:
+    """What to do about a missing model path: where a catalogue entry's file goes (the README's
+    ``--model stylegan2-ffhq-config-f.pkl`` only listed the bundled names), else the catalogue's names."""
+    known = next((a for a in CATALOGUE if not a.bundled and a.filename == path.name), None)
+    if known is None:
+        return (f" (catalogue names: {', '.join(a.name for a in CATALOGUE if a.bundled)}, ...; see `hyperinverter "
+                "models`)")
+    cached = cache_dir() / known.filename
+    if cached.exists():
+        return f"; it is the catalogue's {known.name}, in the cache at {cached}: give its name or that path"
+    return f"; it is the catalogue's {known.name}: {_manual(known, cached)}, then give the name {known.name}"
 
 
 def resolve_model(name: str) -> Path:
