@@ -40,18 +40,32 @@ def tiny_bundle(folder, channels, *, examples=0, with_hyperstyle=False):
         save_image(torch.rand(1, channels, 32, 32) * 2 - 1, folder / "examples" / f"{i:05d}.png")
 
 
+def tiny_restoration_bundle(folder):
+    from hyperinverter.methods.e2style import E2Style
+
+    G = Generator(GeneratorConfig(resolution=32, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256,
+                                  channel_max=16))
+    method = E2Style(G, encoders=E2Style.create(G, stages=1).encoders, encoder_resolution=64, task="sr4")
+    save_pipeline(method, folder)
+
+
 def test_demo_runs_every_bundled_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "bundled")
-    tiny_bundle(tmp_path / "bundled" / "faces-64", 3)
+    tiny_bundle(tmp_path / "bundled" / "faces-64", 3, examples=3)
     tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=3, with_hyperstyle=True)
+    tiny_restoration_bundle(tmp_path / "bundled" / "faces-64-sr4")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
     faces = sorted(p.name for p in out.glob("face_*.png"))
     assert faces == ["face_astronaut.png", "face_biden.png", "face_obama.png"]  # one face each, no mission patch
     assert len(list(out.glob("fashion-32_*.png"))) == 3
+    # The restoration model: the faces model's held-out faces, degraded by its task and restored (it was not run).
+    restored = sorted(p.name for p in out.glob("faces-64-sr4_*.png"))
+    assert restored == ["faces-64-sr4_00000.png", "faces-64-sr4_00001.png"]
     page = (out / "index.html").read_text()
-    assert page.count("<figure>") == len(faces) + 3 and "edit: dir" in page
+    assert page.count("<figure>") == len(faces) + 3 + 2 and "edit: dir" in page
+    assert "clean (held out) | degraded (sr4) | restored" in page
     # the bundle's other method gets a column; phase1, HyperInverter's own first pass, does not get a second one
     assert "input | Phase I (W) | HyperInverter | HyperStyle | edit: dir" in page
     assert "input | Phase I (W) | HyperInverter | edit: dir" in page  # faces-64 here holds HyperInverter alone

@@ -1,7 +1,8 @@
-"""The out-of-the-box demo: align real photos, invert them with the bundled models, edit, interpolate.
+"""The out-of-the-box demo: align real photos, invert them with the bundled models, edit, interpolate, restore.
 
 For each input it writes one picture: input | Phase I | HyperInverter | the model's other methods (HyperStyle) |
-two edits | interpolation frames, and an ``index.html`` that shows them all. Everything is computed here, on the machine that runs it.
+two edits | interpolation frames; for the restoration model, held-out faces: clean | degraded | restored. An
+``index.html`` shows them all. Everything is computed here, on the machine that runs it.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ figure{{margin:0 0 2em}}figcaption{{font-size:0.9em;color:#333}}</style>
 <p>Each row: input | Phase I (one code in W) | HyperInverter (W code + predicted residual weights) |
 the model's other methods (HyperStyle: the same W code, multiplicative weight offsets refined over 5 iterations) |
 two edits of HyperInverter's W code with the same residual weights | interpolation of code and weights towards the
-next input.
+next input. The restoration model's rows: a held-out face | the same degraded by its task | restored by E2Style.
 Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p>
 {rows}
 {f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else ""}
@@ -111,6 +112,27 @@ Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p
     path = report.out_dir / "index.html"
     atomic_write_bytes(path, page.encode())
     return path
+
+
+def _restorations(report: DemoReport, pipe: InversionPipeline, examples: Path, title: str, count: int) -> None:
+    """Held-out faces degraded by the model's task (seeded, as ``restore --simulate``) and restored."""
+    from ..restoration import restoration_task, restore
+
+    paths = sorted(examples.glob("*.png"))[:count]
+    if not paths:
+        report.skipped.append(f"{examples} has no held-out images to restore")
+        return
+    G = pipe.generator
+    clean = torch.cat([pil_to_tensor(read_image(p), size=G.resolution, channels=G.config.img_channels)
+                       for p in paths]).to(pipe.device)
+    restored = restore(pipe, clean, simulate=True)
+    task = restoration_task(pipe)
+    degraded = torch.nn.functional.interpolate(restored.degraded, size=clean.shape[-2:], mode="nearest")
+    for path, x, low, out in zip(paths, clean, degraded, restored.result.image):
+        labels = ["clean (held out)", f"degraded ({task})", "restored"]
+        panels = enlarge_nearest(torch.stack([x, low, out]).cpu(), DISPLAY_SIZE)
+        picture = save_image(labelled_row(panels, labels), report.out_dir / f"{title}_{path.stem}.png")
+        report.items.append(DemoItem(f"held-out face {path.stem} restored ({title})", picture, " | ".join(labels)))
 
 
 def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames: int, title: str) -> None:
@@ -151,8 +173,8 @@ def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, fram
 
 
 def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model: str = "faces-64",
-             fashion_model: str = "fashion-32", frames: int = 5, num_examples: int = 4,
-             dtype: str | torch.dtype = "fp32") -> DemoReport:
+             fashion_model: str = "fashion-32", restoration_model: str = "faces-64-sr4", frames: int = 5,
+             num_examples: int = 4, dtype: str | torch.dtype = "fp32") -> DemoReport:
     """Run every bundled model that is installed; a missing one is reported in ``report.missing``. ``dtype``: the
     precision the models run in (see :class:`~hyperinverter.pipeline.InversionPipeline`)."""
     from ..catalogue import resolve_model
@@ -173,6 +195,13 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
             _faces(report, pipe, model_dir, frames, model)
         else:
             _examples(report, pipe, model_dir, frames, model, num_examples)
+    try:  # the faces model's held-out faces, restored by the restoration model
+        restorer, faces_dir = resolve_model(restoration_model), resolve_model(faces_model)
+    except FileNotFoundError as e:
+        report.missing.append(str(e))
+    else:
+        pipe = InversionPipeline.from_pretrained(restorer, device=device, dtype=dtype)
+        _restorations(report, pipe, faces_dir / "examples", restoration_model, min(num_examples, 2))
     report.seconds = time.perf_counter() - start
     if report.items:
         _write_index(report)
