@@ -213,9 +213,14 @@ def test_download_without_a_link_explains_the_manual_route(cache, offline, capsy
 
 def test_resolve_missing_file_names_download_command_and_path(cache, fake_catalogue):
     with pytest.raises(FileNotFoundError) as e:
+        hub.resolve_model("fake-gen")
+    assert "run `hyperinverter download fake-gen`" in str(e.value)  # (it has a link)
+    with pytest.raises(FileNotFoundError) as e:
         hub.resolve_model("manual-gen")
     message = str(e.value)
-    assert "hyperinverter download manual-gen" in message
+    # Without a link, `download` would answer with the same by-hand route: only that route is given.
+    assert "manual-gen is not downloaded: it has no direct download link: download manual-generator.pkl by hand" \
+        in message and "hyperinverter download" not in message
     assert MANUAL.filename in message and MANUAL.source in message and str(cache / MANUAL.filename) in message
 
 
@@ -423,5 +428,6 @@ def test_commands_that_read_model_files_take_catalogue_names(cache, tmp_path, ca
     ]:
         capsys.readouterr()
         assert main(["import-official", *argv, "--out", str(tmp_path / "imported")]) == 2
-        assert f"error: {missing} is not downloaded: run `hyperinverter download {missing}`" in capsys.readouterr().err
+        assert f"error: {missing} is not downloaded: it has no direct download link: download" in \
+            capsys.readouterr().err
     assert not (tmp_path / "imported").exists()

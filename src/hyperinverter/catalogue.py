@@ -193,8 +193,9 @@ def resolve_model(name: str) -> Path:
         return path
     path = cache_dir() / artifact.filename
     if not path.exists():
-        raise FileNotFoundError(f"{name} is not downloaded: run `hyperinverter download {name}`, or "
-                                f"{_manual(artifact, path)}")
+        # (only where it has a link: `download` of one without answered with the same by-hand route)
+        fetch = f"run `hyperinverter download {name}`, or " if artifact.url else "it has no direct download link: "
+        raise FileNotFoundError(f"{name} is not downloaded: {fetch}{_manual(artifact, path)}")
     _verify_cached(path, artifact)
     return path
 

@@ -60,11 +60,11 @@ def _steps(text: str) -> int:
 def register(sub) -> None:
     p = sub.add_parser("invert", help="invert photos: reconstruction, comparison strip and w/Δθ per image",
                        description="Invert images (files or folders). Per input NAME, writes NAME.png (the result), "
-                       "NAME_compare.png (input | Phase I | HyperInverter) and NAME.safetensors (w and Δθ); the "
-                       "three appear together. A bad input (unreadable, no face under --align) is reported and the "
-                       "run goes on; the exit status is 1 if any input failed. Running the same command again "
-                       "skips the inputs already done (an interrupted run resumes). Under torchrun each rank "
-                       "inverts every WORLD_SIZE-th file.")
+                       "NAME_compare.png (input | the method's first pass, if any | result) and NAME.safetensors "
+                       "(w and Δθ); the three appear together. A bad input (unreadable, no face under --align) is "
+                       "reported and the run goes on; the exit status is 1 if any input failed. Running the same "
+                       "command again skips the inputs already done (an interrupted run resumes). Under torchrun each "
+                       "rank inverts every WORLD_SIZE-th file.")
     p.add_argument("inputs", nargs="+", type=Path)
     _add_model(p)
     add_dtype(p)
