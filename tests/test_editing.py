@@ -377,3 +377,27 @@ def test_a_vector_direction_kept_to_layers_as_e2styles_official_edits(tmp_path, 
     expected = tensor_to_uint8(pipeline.edit(result, load_direction(tmp_path / "age.npy", start=0, end=4), 20.0))
     with Image.open(tmp_path / "edits" / "a_one_row_+20.png") as written:
         assert np.array_equal(np.asarray(written.convert("RGB")), expected[0])
+
+
+def test_a_component_index_for_a_single_direction_is_refused(pipeline, tmp_path, capsys):
+    # `edit --direction yaw --component 3` and `directions import age.npy --component 3` on a vector direction
+    # ignored the index without a word (exit 0).
+    from hyperinverter.cli.main import main
+    from hyperinverter.io.images import save_image
+
+    pipeline.save_pretrained(tmp_path / "model")
+    save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1, tmp_path / "photo.png")
+    assert main(["invert", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    save_direction(LinearDirection(torch.randn(1, 16), name="yaw"), tmp_path / "yaw.safetensors")
+    np.save(tmp_path / "age.npy", np.ones((1, 16), np.float32))
+    capsys.readouterr()
+    for argv, source in ((["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
+                           "--direction", str(tmp_path / "yaw.safetensors"), "--out", str(tmp_path / "edits")],
+                          tmp_path / "yaw.safetensors"),
+                         (["directions", "import", str(tmp_path / "age.npy"), "--out", str(tmp_path / "dirs")],
+                          tmp_path / "age.npy")):
+        assert main([*argv, "--component", "3"]) == 2
+        assert f"error: {source}: is one direction, not a GANSpace basis: a component index (3)" in \
+            capsys.readouterr().err
+        assert main(argv) == 0

@@ -201,7 +201,13 @@ def run_label(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from ..editing.catalogue import edited_layers
-    from ..editing.directions import GANSpaceDirection, LinearDirection, load_direction, save_direction
+    from ..editing.directions import (
+        GANSpaceDirection,
+        LinearDirection,
+        check_component_applies,
+        load_direction,
+        save_direction,
+    )
     from ..editing.official import official_ganspace_edits
     from ..errors import InputError, OutputError
     from ..io.files import check_file_replaceable, file_name_part
@@ -216,6 +222,7 @@ def run_import(args: argparse.Namespace) -> int:
         start, end = (None, None) if args.layers is None else args.layers
         directions = [load_direction(args.file, name=args.name, index=args.component, start=start, end=end,
                                      strength=args.strength)]
+        check_component_applies(directions[0], args.component, args.file)
     for direction in directions:
         if not isinstance(direction, (LinearDirection, GANSpaceDirection)):
             raise InputError(args.file, f"is a {type(direction).__name__}, which has no file format of ours: use it "

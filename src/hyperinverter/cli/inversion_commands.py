@@ -291,6 +291,7 @@ def _direction(args, generator):
 
     from ..catalogue import local_model_path
     from ..editing.catalogue import resolve_direction
+    from ..editing.directions import check_component_applies
     from ..editing.sheet import parse_layer_range
     from ..errors import InputError
 
@@ -298,6 +299,7 @@ def _direction(args, generator):
     first = args.strength[0] if args.strength else None
     direction = resolve_direction(local_model_path(args.model), args.direction, index=args.component, start=start,
                                   end=end, strength=first, generator=generator)
+    check_component_applies(direction, args.component, args.direction)
     try:  # does it fit this model's codes? (once, before any image is processed)
         direction.apply(generator.w_avg[None, None].expand(1, generator.num_ws, -1).to(torch.float32))
     except ValueError as e:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +230,14 @@ def _number(meta: dict, key: str, path: Path, kind: type, default=None):
         raise SchemaError(path, f"'{key}' must be {'a finite number' if kind is float else 'an integer'}, "
                           f"got {value!r}")
     return kind(value)
+
+
+def check_component_applies(direction: Direction, index: int | None, source: str | os.PathLike) -> None:
+    """An ``InputError`` where a component ``index`` was given for a direction that is not a GANSpace basis
+    (``edit --component 3`` on a vector direction was ignored without a word)."""
+    if index is not None and not isinstance(direction, GANSpaceDirection):
+        raise InputError(source, f"is one direction, not a GANSpace basis: a component index ({index}) does not "
+                         "apply to it")
 
 
 def load_direction(
