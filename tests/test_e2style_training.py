@@ -198,6 +198,16 @@ def test_super_resolution_draws_a_factor_per_image_among_those_listed():
             get_degradation(bad)
     with pytest.raises(ValueError, match="cannot be down-sampled by 32"):  # whichever factor the draw picks
         get_degradation("sr1,32")(torch.rand(4, 3, 48, 48), torch.Generator())
+    # The filter's reflect padding (1.5 factors) must stay inside the image: sr32 at 32 px was torch's error, and a
+    # model that reads 32 px is refused such a task when it is made, not at its first training step.
+    from hyperinverter.data.degradations import check_task_fits
+
+    for task in ("sr32", "sr"):
+        with pytest.raises(ValueError, match="a 32-px image cannot be down-sampled by 32"):
+            get_degradation(task)(torch.rand(2, 3, 32, 32), torch.Generator())
+        with pytest.raises(ValueError, match="a 32-px image cannot be down-sampled by 32"):
+            check_task_fits(task, 32)
+        check_task_fits(task, 64)
 
 
 def test_colorization_uses_the_official_channel_weights_and_denoising_mixes_two_noises():

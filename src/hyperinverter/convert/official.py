@@ -437,7 +437,7 @@ def e2style_task(opts: Mapping, path: Path, task: str | None = None) -> str | No
         raise CheckpointError(path, f"has resize_factors {recorded!r}, which this version cannot degrade by ({e})"
                               ) from None
     offered = [f"sr{f}" for f in factors if f in SR_FACTORS]
-    if task is None or task == everything:
+    if task is None or task == everything or (task == "sr" and tuple(factors) == OFFICIAL_RESIZE_FACTORS):
         return everything
     if task not in offered:
         raise CheckpointError(path, f"was trained for super-resolution at factors {factors}: {task} is not one of "

@@ -93,9 +93,7 @@ def super_resolution(*factors: int) -> Degradation:
         raise ValueError(f"super-resolution factors are powers of two from 1 to 32, got {list(factors)}")
 
     def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        for factor in factors:  # (every factor, whatever the draw: a run fails at once rather than by chance)
-            if x.shape[-1] % factor:
-                raise ValueError(f"a {x.shape[-1]}-px image cannot be down-sampled by {factor}")
+        check_super_resolution_fits(factors, x.shape[-1])  # (every factor, whatever the draw: fails at once)
         if len(factors) == 1:
             return _down_and_up(x, factors[0])
         drawn = torch.randint(len(factors), (x.shape[0],), generator=gen).to(x.device)
@@ -109,14 +107,33 @@ def super_resolution(*factors: int) -> Degradation:
     return degrade
 
 
+def check_super_resolution_fits(factors: tuple[int, ...], size: int) -> None:
+    """A ``ValueError`` unless a ``size``-px image can be down-sampled by each of ``factors``: a divisor of the size,
+    whose filter's reflect padding (1.5 factors) stays inside the image (sr32 at 32 px was torch's own error)."""
+    for factor in factors:
+        if size % factor or (3 * factor) // 2 >= size:
+            raise ValueError(f"a {size}-px image cannot be down-sampled by {factor} (it takes a multiple of the "
+                             f"factor larger than {(3 * factor) // 2} px)")
+
+
+def check_task_fits(task: str, size: int) -> None:
+    """A ``ValueError`` unless the restoration ``task`` can degrade ``size``-px images (its super-resolution
+    factors; the other tasks take any size)."""
+    get_degradation(task)
+    check_super_resolution_fits(_super_resolution_factors(task) or (), size)
+
+
 def _super_resolution_factors(name: str) -> tuple[int, ...] | None:
-    """``sr4`` -> (4,), ``sr1,2,4`` -> (1, 2, 4), ``sr`` -> the official default; None for other names."""
+    """``sr4`` -> (4,), ``sr1,2,4`` -> (1, 2, 4), ``sr`` -> the official default; None for other names (and for a
+    single factor that is no task: sr1, sr3)."""
     if name == "sr":
         return OFFICIAL_RESIZE_FACTORS
-    if not re.fullmatch(r"sr\d+(,\d+)*", name) or name in DEGRADATIONS:
+    if not re.fullmatch(r"sr\d+(,\d+)*", name):
         return None
     factors = tuple(int(f) for f in name[2:].split(","))
-    return factors if len(factors) > 1 and len(set(factors)) == len(factors) else None
+    if len(set(factors)) != len(factors) or (len(factors) == 1 and factors[0] not in SR_FACTORS):
+        return None
+    return factors
 
 
 def colorization(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:

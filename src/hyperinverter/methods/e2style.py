@@ -62,10 +62,10 @@ class E2Style(Inverter):
         raise_if(check_e2style_encoders(generator, encoders))
         if encoders.input_size != encoder_resolution:
             raise ValueError(f"the encoders were built for {encoders.input_size}-px inputs, not {encoder_resolution}")
-        if task is not None:
-            from ..data.degradations import get_degradation
+        if task is not None:  # (sr32 on 32-px inputs failed inside torch, at the first training step)
+            from ..data.degradations import check_task_fits
 
-            get_degradation(task)
+            check_task_fits(task, encoder_resolution)
         self.encoders = encoders
         self.encoder_resolution = encoder_resolution
         self.task = task
