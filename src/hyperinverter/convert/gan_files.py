@@ -76,7 +76,8 @@ def _is_pickled_persistent_module(path: Path) -> bool:
             return len(pickles) == 1 and b"torch_utils.persistence" in archive.read(pickles[0])
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:  # (an internal error before)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+        # (an internal error before; an unknown compression method or an encrypted record too)
         raise CheckpointError(path, f"is a damaged zip archive ({e})") from None
 
 

@@ -137,14 +137,19 @@ def read_metadata_json(path: Path, metadata: Mapping[str, str], key: str, what: 
 
 
 def check_zip_records(archive: zipfile.ZipFile, path: Path) -> None:
-    """Refuse, before any record is read, a record of a torch zip archive that declares more bytes than the whole
-    file holds. torch.save stores its records uncompressed; a compressed one is a zip bomb (a 3 MB file made the
-    reader, ours or torch's, decompress 3 GB before it looked at the record, 6 GB resident)."""
-    size = path.stat().st_size
-    big = next((info for info in archive.infolist() if info.file_size > size), None)
-    if big is not None:
-        raise CheckpointError(path, f"its record {big.filename!r} declares {big.file_size:,} bytes, more than the "
-                              f"whole file holds ({size:,}); torch.save stores its records uncompressed")
+    """Refuse, before any record is read, a torch zip archive whose records are compressed or encrypted, or declare
+    more bytes together than the whole file holds. torch.save stores its records as they are; a compressed one is
+    a zip bomb (a 3 MB file made the reader, ours or torch's, decompress 3 GB before it looked at the record, 6 GB
+    resident; split over many records, each stayed under the file's size)."""
+    size, infos = path.stat().st_size, archive.infolist()
+    odd = next((i for i in infos if i.compress_type != zipfile.ZIP_STORED or i.flag_bits & 0x1), None)
+    if odd is not None:
+        raise CheckpointError(path, f"its record {odd.filename!r} is compressed or encrypted; torch.save stores its "
+                              "records as they are")
+    declared = sum(i.file_size for i in infos)
+    if declared > size:
+        raise CheckpointError(path, f"its records declare {declared:,} bytes, more than the whole file holds "
+                              f"({size:,})")
 
 
 def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type] = ()) -> Any:
@@ -174,9 +179,14 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
         raise CheckpointError(path, _unpickling_cause(str(e))) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError,
             IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
-        detail = " ".join(str(e).split())  # (torch quotes a damaged record whole: megabytes on one line)
-        detail = detail if len(detail) <= 300 else f"{detail[:300]}..."
-        raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {detail})") from None
+        raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {_cut(str(e))})"
+                              ) from None
+
+
+def _cut(message: str, limit: int = 300) -> str:
+    """torch's message on one line, at most ``limit`` characters (it quotes a damaged record whole: megabytes)."""
+    message = " ".join(message.split())
+    return message if len(message) <= limit else f"{message[:limit]}..."
 
 
 def _tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
@@ -199,7 +209,7 @@ def _unpickling_cause(message: str) -> str:
         paragraphs = [p.strip() for p in message.split("\n\n") if p.strip()]
         skip = ("Weights only load failed", "Check the documentation", "Please file an issue")
         detail = " ".join(p for p in paragraphs if not p.startswith(skip))
-    detail = " ".join(detail.split()).split(" Please use `torch.serialization", 1)[0]  # (how to allow it anyway)
+    detail = _cut(" ".join(detail.split()).split(" Please use `torch.serialization", 1)[0])  # (not: allow it anyway)
     if "GLOBAL" in detail or "global" in detail:
         return f"refusing to load it: it asks to run code, not only to hold tensors ({detail})"
     return f"is not a readable torch checkpoint ({detail or 'unpickling failed'})"
