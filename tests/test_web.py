@@ -530,9 +530,40 @@ def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipelin
     assert "W optimisation:" in out[3] and [kw["steps"] for kw in asked] == [2, 2]  # both photos
     handlers["on_second"](name, "w-opt", str(tmp_path / "second.png"), False, state, None, 3)
     assert asked[-1]["steps"] == 3
-    status = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, None, 5000)[3]
-    assert "steps must be a whole number from 1 to 1000 (W optimisation's own count), got 5000" in status
+    for wrong in (5000, float("inf"), float("nan"), 2.5):
+        status = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, None, wrong)[3]
+        assert f"steps must be a whole number from 1 to 1000 (W optimisation's own count), got {wrong!r}" in status
     assert len(asked) == 3  # refused before any work
+
+
+def test_cancel_stops_the_second_photo_s_inversion_too(pipeline, tmp_path, monkeypatch):
+    # The running flag was dropped when the first photo's inversion ended: Cancel during the second photo's (W
+    # optimisation: as long again) found nothing to stop.
+    from hyperinverter.apps.web import Cancelled
+
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    photo().save(tmp_path / "photo.png")
+    photo(seed=1).save(tmp_path / "second.png")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name = f"{tmp_path.name}/model"
+    state = handlers["on_model"](name, None)[0]
+    invert, stopped = WebSession.invert, []
+
+    def cancelled_in_the_second(self, photo_path, **kwargs):
+        if str(photo_path).endswith("second.png"):
+            handlers["on_cancel"](state)  # (the visitor presses Cancel while the second photo inverts)
+            try:
+                kwargs["progress"](1, 10)
+            except Cancelled:
+                stopped.append(True)
+                raise
+        return invert(self, photo_path, **kwargs)
+
+    monkeypatch.setattr(WebSession, "invert", cancelled_in_the_second)
+    out = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state,
+                                str(tmp_path / "second.png"), None, 2)
+    assert stopped == [True] and "W optimisation:" in out[3]  # the first photo's result stays
 
 
 def test_a_model_switched_during_an_inversion_drops_its_result(pipeline, tmp_path, monkeypatch):

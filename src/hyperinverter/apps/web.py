@@ -51,8 +51,8 @@ def step_options(inverter, values: Sequence[object]) -> dict[str, int]:
         if key not in inverter.options or value in (None, ""):
             continue
         most = int(inverter.options[key])
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-                or not 1 <= value <= most:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= most \
+                or value != int(value):  # (the range first: int() of inf or NaN raised its own message)
             raise ValueError(f"{key.replace('_', ' ')} must be a whole number from 1 to {most} ({inverter.label}'s "
                              f"own count), got {value!r}")
         chosen[key] = int(value)
@@ -589,29 +589,31 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
         entry["items"] = []
         state = token(entry)
-        try:
-            options = step_options(s.pipe.inverter(method), (pivot_steps, steps))
-            found = s.invert(photo, align=align, method=method, progress=report, options=options,
-                             name=Path(photo).name if isinstance(photo, str) else "photo")
-        except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
-            message = user_message(e)
-            if isinstance(e, expected):
-                gr.Warning(message)
-            return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None, None
+        try:  # (the flag stays up through both photos' inversions: Cancel stops the second one too)
+            try:
+                options = step_options(s.pipe.inverter(method), (pivot_steps, steps))
+                found = s.invert(photo, align=align, method=method, progress=report, options=options,
+                                 name=Path(photo).name if isinstance(photo, str) else "photo")
+            except Exception as e:  # noqa: BLE001 - the page says what kind, the log has the rest
+                message = user_message(e)
+                if isinstance(e, expected):
+                    gr.Warning(message)
+                return state, None, gr.update(choices=[], value=None), f"**{message}**", None, None, None, None, None
+            if not results.is_current(entry):  # the page's results were replaced meanwhile: these are not its own
+                dropped = (f"**The model was switched, or this page's results expired, meanwhile: {name}'s "
+                           "inversion is dropped.**")
+                return (gr.update(), gr.update(), gr.update(), dropped, *(gr.update(),) * 5)
+            entry["items"] = found
+            second = entry["second"]
+            if photo_b is not None and (second is None or second.method != found[0].method):
+                try:  # blends and mixes need both photos inverted by one method
+                    entry["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name,
+                                               progress=report, options=options)[0]
+                except expected as e:
+                    gr.Warning(f"the second photo: {user_message(e)}")
         finally:
             cancel_flags.pop(entry["key"], None)
             running.pop(page, None)
-        if not results.is_current(entry):  # the page switched model meanwhile: its results would not be the page's
-            dropped = f"**The model was switched: {name}'s inversion is dropped.**"
-            return (gr.update(), gr.update(), gr.update(), dropped, *(gr.update(),) * 5)
-        entry["items"] = found
-        second = entry["second"]
-        if photo_b is not None and (second is None or second.method != found[0].method):
-            try:  # blends and mixes need both photos inverted by one method
-                entry["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name,
-                                           progress=report, options=options)[0]
-            except expected as e:
-                gr.Warning(f"the second photo: {user_message(e)}")
         labels = [it.label for it in found]
         where = f"{len(found)} face(s), left to right" if align else "the centred square of the photo"
         label = s.pipe.inverter(method).label
