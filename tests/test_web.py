@@ -505,18 +505,23 @@ def test_the_comparison_is_labelled_by_the_method_that_made_it(pipeline, tmp_pat
     assert handlers["on_method"](name, "w-opt", None)[0]["label"] == "input | W optimisation"  # nothing on show
 
 
-def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipeline, tmp_path, monkeypatch):
-    # W, W+ and PTI ran their official counts on the page (1000, 2000, 450 + 350 steps: minutes on a CPU), for both
-    # photos, with no way to ask for a quick look.
-    from hyperinverter.pipeline import InversionPipeline
-
+def two_photos_page(pipeline, tmp_path):
+    """A page serving ``pipeline``, with photo.png and second.png in ``tmp_path``: (handlers, model name, state)."""
     folder = pipeline.save_pretrained(tmp_path / "model")
     photo().save(tmp_path / "photo.png")
     photo(seed=1).save(tmp_path / "second.png")
     app = build_app([str(folder)], device="cpu")
     handlers = {f.name: f.fn for f in app.fns.values()}
     name = f"{tmp_path.name}/model"
-    state = handlers["on_model"](name, None)[0]
+    return handlers, name, handlers["on_model"](name, None)[0]
+
+
+def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipeline, tmp_path, monkeypatch):
+    # W, W+ and PTI ran their official counts on the page (1000, 2000, 450 + 350 steps: minutes on a CPU), for both
+    # photos, with no way to ask for a quick look.
+    from hyperinverter.pipeline import InversionPipeline
+
+    handlers, name, state = two_photos_page(pipeline, tmp_path)
     fields = {method: [(f["visible"], f["value"], f["maximum"]) for f in handlers["on_method"](name, method, None)[1:]]
               for method in ("hyperinverter", "w-opt", "pti")}
     assert fields["hyperinverter"] == [(False, None, None)] * 2
@@ -541,13 +546,7 @@ def test_cancel_stops_the_second_photo_s_inversion_too(pipeline, tmp_path, monke
     # optimisation: as long again) found nothing to stop.
     from hyperinverter.apps.web import Cancelled
 
-    folder = pipeline.save_pretrained(tmp_path / "model")
-    photo().save(tmp_path / "photo.png")
-    photo(seed=1).save(tmp_path / "second.png")
-    app = build_app([str(folder)], device="cpu")
-    handlers = {f.name: f.fn for f in app.fns.values()}
-    name = f"{tmp_path.name}/model"
-    state = handlers["on_model"](name, None)[0]
+    handlers, name, state = two_photos_page(pipeline, tmp_path)
     invert, stopped = WebSession.invert, []
 
     def cancelled_in_the_second(self, photo_path, **kwargs):
