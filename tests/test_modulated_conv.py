@@ -140,3 +140,14 @@ def test_fp16_stays_in_range_with_large_styles_and_weights(kernel, up):
     half = modulated_conv2d(x.half(), weight, styles, up=up, resample_filter=f, kernel=kernel)
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
     assert (half.double() - reference).abs().max() < 2e-3 * reference.abs().max()
+
+
+def test_fp16_pre_normalisation_keeps_a_zero_channel_finite():
+    # Its scales were taken in the weights' dtype: in fp16 the floor 1e-30 is 0, and an all-zero output channel
+    # was 0/0, NaN through the rest of the image (it was 0 before the pre-normalisation).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 6, generator=gen).half()
+    weight = torch.randn(4, 8, 3, 3, generator=gen)
+    weight[1] = 0
+    out = modulated_conv2d(x, weight.half(), (torch.rand(2, 8, generator=gen) + 0.5).half(), kernel="batched")
+    assert torch.isfinite(out).all() and (out[:, 1] == 0).all()

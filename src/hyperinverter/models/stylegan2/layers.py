@@ -240,9 +240,9 @@ def modulated_conv2d(
         if demodulate and compute_dtype(x) == torch.float16:
             # NVIDIA's pre-normalisation: the activations scaled by raw styles and weights leave fp16's range. Per
             # sample and per output channel, the scales cancel in the demodulation.
-            with torch.no_grad():
-                weight_scale = weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
-                style_scale = styles.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+            with torch.no_grad():  # (in fp32: 1e-30 is 0 in fp16, and an all-zero channel was 0/0)
+                weight_scale = weight.detach().float().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
+                style_scale = styles.detach().float().abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
             weight = weight / (weight_scale * math.sqrt(weight[0].numel()))
             styles = styles / style_scale
         y = _conv(x * styles.to(x.dtype).reshape(batch, in_channels, 1, 1), weight.to(x.dtype), up=up, bias=None,
