@@ -97,6 +97,17 @@ def test_a_large_photo_s_faces_are_found_on_a_reduced_copy_and_placed_on_the_pho
     assert np.abs(landmarks - full).mean() < 0.02 * eyes and landmarks.max() > 300  # on the photo, not the copy
     with pytest.raises(ValueError, match="detect_side"):
         Dlib68Detector(detect_side=0)
+    # The command line sets it (`--detect-side`, 0: full size) for every command that aligns photos.
+    from hyperinverter.cli.arguments import face_detector
+    from hyperinverter.cli.main import build_parser
+
+    for command in (["invert", "p.jpg", "--model", "m", "--out", "o"],
+                    ["restore", "p.jpg", "--model", "m", "--out", "o"],
+                    ["swap", "a.jpg", "b.jpg", "--model", "m", "--out", "o.png"]):
+        parser = build_parser()
+        assert face_detector(parser.parse_args([*command, "--align"])).detect_side == 2048
+        assert face_detector(parser.parse_args([*command, "--align", "--detect-side", "0"])).detect_side is None
+        assert face_detector(parser.parse_args([*command, "--align", "--detect-side", "900"])).detect_side == 900
 
 
 def test_crop_scale_is_the_median_image_to_crop_ratio():

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_dtype, add_min_face_score, file_path
+from .arguments import add_dtype, add_min_face_score, face_detector, file_path
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _report_failures
 
 
@@ -86,14 +86,12 @@ def run_restore(args: argparse.Namespace) -> int:
     options = dict(args.option)
     inverter = pipe.inverter()
     inverter.check_options(options)  # a bad option fails now, not after the first image
-    alignment = [args.align, args.min_face_score, pipe.align_scale] if args.align else []
+    alignment = [args.align, args.min_face_score, args.detect_side, pipe.align_scale] if args.align else []
     made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype),
                               *alignment])
     detector = None
     if args.align:
-        from ..align import Dlib68Detector
-
-        detector = Dlib68Detector(min_score=args.min_face_score)
+        detector = face_detector(args)
     inputs, written, skipped = InputFiles(found.paths), 0, 0
     named = list(zip(found.paths, output_stems(found.paths)))
     for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):
@@ -149,9 +147,7 @@ def run_swap(args: argparse.Namespace) -> int:
     InputFiles([args.source, args.target]).check_outputs(outputs)
     pipe = _load_pipeline(args)
     if args.align:
-        from ..align import Dlib68Detector
-
-        detector = Dlib68Detector(min_score=args.min_face_score)
+        detector = face_detector(args)
         (source, _), (target, target_face) = (_largest_face(pipe, path, detector)
                                               for path in (args.source, args.target))
     else:

@@ -12,6 +12,7 @@ from .arguments import (
     add_dtype,
     add_min_face_score,
     at_most,
+    face_detector,
     file_path,
     finite_float,
     name_list,
@@ -249,9 +250,7 @@ def run_invert(args: argparse.Namespace) -> int:
     prepare_output_folder(args.out)  # a bad --out fails before the model loads
     detector = None
     if args.align and found.paths:
-        from ..align import Dlib68Detector
-
-        detector = Dlib68Detector(min_score=args.min_face_score)
+        detector = face_detector(args)
     pipe = _load_pipeline(args) if found.paths else None
     failures = list(found.problems) if os.environ.get("RANK", "0") == "0" else []
     if pipe is None:
