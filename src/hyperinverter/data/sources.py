@@ -282,13 +282,15 @@ def _one_name_each(paths: list[Path], source_dir: Path, *, faces: bool = False) 
     """``paths`` less those written under another's name, each an error naming both: ``p.jpg`` beside ``p.png``
     (both are written as ``p.png``: the second was skipped as done, without a word) and, for ``faces``, a photo
     named like another's face (``p-face1.png`` beside ``p.png``)."""
+    from ..inversion.batch import FACE_NUMBER
+
     owners: dict[Path, Path] = {}
     for path in paths:
         owners.setdefault(path.relative_to(source_dir).with_suffix(""), path)
     kept, clashes = [], []
     for path in paths:
         key = path.relative_to(source_dir).with_suffix("")
-        head = key.with_name(re.sub(r"-face\d+$", "", key.name)) if faces else key
+        head = key.with_name(FACE_NUMBER.sub("", key.name)) if faces else key
         if owners[key] != path:
             clashes.append(InputError(path, f"has the name of {owners[key]}: both would be written as {key}.png; "
                                       "rename one"))
@@ -334,9 +336,6 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     return out_dir, failed
 
 
-_FACE_SUFFIX = re.compile(r"-face\d+")
-
-
 def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 256, scale: float = 1.0,
                   detector: Callable[[Image.Image], list[np.ndarray]] | None = None, limit: int | None = None,
                   progress: bool = True) -> tuple[Path, int, list[InputError]]:
@@ -347,14 +346,14 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     number of faces in the folder, and the photos that failed (unreadable, or no face found)."""
     from ..align import align_faces
     from ..align.landmarks import Dlib68Detector
-    from ..inversion.batch import picture_name
+    from ..inversion.batch import FACE_NUMBER, picture_name
 
     source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
                                                        "the aligned faces would be written among their photos")
     paths, clashes = _one_name_each(paths, source_dir, faces=True)
     stems = {path.relative_to(source_dir).with_suffix("") for path in paths}
     check_dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (
-        rel.with_suffix("") in stems or rel.with_name(_FACE_SUFFIX.sub("", rel.stem)) in stems))
+        rel.with_suffix("") in stems or rel.with_name(FACE_NUMBER.sub("", rel.stem)) in stems))
     alignment = f"FFHQ (dlib 68 landmarks), crop scale {scale:g}"
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))

@@ -105,14 +105,14 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 # What a batch adds to an input's name for its files: a face's number (``picture_name``), then one of these.
 PICTURE_ENDINGS = ("_compare", "_adapted", "_photo")
-_FACE_NUMBER = re.compile(r"-face\d+$")
+FACE_NUMBER = re.compile(r"-face\d+$")  # what picture_name adds for one of several faces
 
 
 def _names_it_could_extend(name: str) -> set[str]:
     """The names whose pictures' files could have ``name``'s names: ``name`` without a face's number and an
     ending of ``PICTURE_ENDINGS`` (``p`` for ``p_compare`` or ``p-face1``)."""
     heads = {name} | {name[: -len(e)] for e in PICTURE_ENDINGS if name.endswith(e)}
-    heads |= {_FACE_NUMBER.sub("", head) for head in heads}
+    heads |= {FACE_NUMBER.sub("", head) for head in heads}
     heads.discard(name)
     return heads
 
