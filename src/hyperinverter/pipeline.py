@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import numbers
-import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -57,6 +56,7 @@ from .io.images import (
 )
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
+from .methods.base import whole_number
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
 from .ops.prepacked import prepack_convolutions, unpack_convolutions
@@ -84,18 +84,6 @@ def _numpy_image(array: np.ndarray) -> Image.Image:
 # Every frame is held (`interpolate` holds it three times: frames, the there-and-back sequence, the video: 240 are
 # 9 GB at 1024 px, and its strip is one row of them). A longer sequence is made one frame at a time (blend).
 MAX_INTERPOLATION_STEPS = 240
-
-
-def _whole_number(value: object) -> int | None:
-    """``value`` as an ``int`` where it is a whole number of any kind (numpy's and a 0-d integer tensor's too, as
-    ``InversionResult.select`` takes them; ``np.int64(3)`` steps were refused as "not a whole number from 2 to
-    240"), else None (a bool, a float)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _check_result(value: object, name: str) -> None:
@@ -698,7 +686,7 @@ class InversionPipeline:
             raise TypeError("generator must be a loaded Generator (hyperinverter.convert.gan_files.load_generator), "
                             f"got {type(generator).__name__}")
         if min_resolution is not None:
-            whole = _whole_number(min_resolution)
+            whole = whole_number(min_resolution)
             if whole is None or whole < 1:
                 raise ValueError(f"min_resolution must be a whole number of 1 or more, got {min_resolution!r}")
             min_resolution = whole
@@ -822,7 +810,7 @@ class InversionPipeline:
     @torch.no_grad()
     def interpolate(self, a: InversionResult, b: InversionResult, steps: int = 8) -> torch.Tensor:
         """Lerp both ``ws`` and every offset from ``a`` to ``b`` (one sample each) -> ``[steps,C,R,R]``."""
-        whole = _whole_number(steps)
+        whole = whole_number(steps)
         if whole is None or not 2 <= whole <= MAX_INTERPOLATION_STEPS:
             raise ValueError(f"steps must be a whole number from 2 to {MAX_INTERPOLATION_STEPS}, got {steps!r} "
                              "(a longer sequence: blend one frame at a time)")
@@ -860,10 +848,11 @@ class InversionPipeline:
         _check_result(a, "a")
         _check_result(b, "b")
         num_ws = a.ws.shape[1]
+        given = {"start": start, "end": end}
+        start, end = whole_number(start), whole_number(end)
         for name, value in (("start", start), ("end", end)):
-            if _whole_number(value) is None:
-                raise TypeError(f"the layer range's {name} must be an integer, got {value!r}")
-        start, end = _whole_number(start), _whole_number(end)
+            if value is None:
+                raise TypeError(f"the layer range's {name} must be an integer, got {given[name]!r}")
         if not 0 <= start < end <= num_ws:
             raise ValueError(f"layer range {start}:{end} is empty or outside the codes' rows 0:{num_ws} (it needs "
                              f"0 <= start < end <= {num_ws})")

@@ -26,6 +26,17 @@ from ..models.weight_delta import WeightDelta
 from ..precision import dtype_name, reduced_precision, resolve_dtype
 
 
+def whole_number(value: object) -> int | None:
+    """``value`` as an ``int`` where it is a whole number of any kind (numpy's and a 0-d integer tensor's too), else
+    None (a bool, a float, a string)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 @dataclass
 class InversionResult:
     """What an inverter returns for a batch of B images.
@@ -78,10 +89,7 @@ class InversionResult:
         """Samples at ``index`` (an int, negative from the end, keeps a batch dimension of 1; or a slice that
         selects at least one)."""
         if not isinstance(index, slice):
-            try:  # numpy and 0-d torch integers too; never a bool, a float or a string
-                index = operator.index(index) if not isinstance(index, bool) else None
-            except TypeError:
-                index = None
+            index = whole_number(index)
             if index is None:
                 raise TypeError("select takes an integer or a slice")
         elif not range(len(self))[index]:  # (an empty result failed later, in edit, mix or render)
