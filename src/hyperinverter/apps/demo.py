@@ -19,7 +19,7 @@ from ..inversion.batch import read_pictures
 from ..io.files import atomic_write_bytes, check_own_folder
 from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
 from ..pipeline import InversionPipeline
-from . import sample_photos
+from . import model_examples, sample_photos
 
 DISPLAY_SIZE = 128  # pictures show each panel at least this many pixels wide
 
@@ -114,13 +114,14 @@ Computed on this machine in {report.seconds:.1f} s by the bundled CPU models.</p
     return path
 
 
-def _restorations(report: DemoReport, pipe: InversionPipeline, examples: Path, title: str, count: int) -> None:
-    """Held-out faces degraded by the model's task (seeded, as ``restore --simulate``) and restored."""
+def _restorations(report: DemoReport, pipe: InversionPipeline, faces_dir: Path, title: str, count: int) -> None:
+    """The faces model's held-out faces degraded by the model's task (seeded, as ``restore --simulate``) and
+    restored."""
     from ..restoration import restoration_task, restore
 
-    paths = sorted(examples.glob("*.png"))[:count]
+    paths = model_examples(faces_dir)[:count]
     if not paths:
-        report.skipped.append(f"{examples} has no held-out images to restore")
+        report.skipped.append(f"{faces_dir / 'examples'} has no held-out images to restore")
         return
     G = pipe.generator
     clean = torch.cat([pil_to_tensor(read_image(p), size=G.resolution, channels=G.config.img_channels)
@@ -158,7 +159,7 @@ def _faces(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames:
 def _examples(report: DemoReport, pipe: InversionPipeline, model_dir: Path, frames: int, title: str,
               count: int) -> None:
     """Invert the model's held-out examples (test images never used in training or model selection)."""
-    paths = sorted((model_dir / "examples").glob("*.png"))[:count]
+    paths = model_examples(model_dir)[:count]
     if not paths:
         report.skipped.append(f"{model_dir / 'examples'} has no held-out images")
         return
@@ -184,24 +185,21 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
     check_own_folder(out_dir, _not_a_demo, what="the demo (--out)")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(out_dir=out_dir)
-    for model, photos in ((faces_model, True), (fashion_model, False)):
+    folders: dict[str, Path] = {}
+    for model in (faces_model, fashion_model, restoration_model):
         try:
-            model_dir = resolve_model(model)
+            folders[model] = resolve_model(model)
         except FileNotFoundError as e:
             report.missing.append(str(e))
-            continue
-        pipe = InversionPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
-        if photos:  # a face model: the bundled photos, aligned
-            _faces(report, pipe, model_dir, frames, model)
-        else:
-            _examples(report, pipe, model_dir, frames, model, num_examples)
-    try:  # the faces model's held-out faces, restored by the restoration model
-        restorer, faces_dir = resolve_model(restoration_model), resolve_model(faces_model)
-    except FileNotFoundError as e:
-        report.missing.append(str(e))
-    else:
-        pipe = InversionPipeline.from_pretrained(restorer, device=device, dtype=dtype)
-        _restorations(report, pipe, faces_dir / "examples", restoration_model, min(num_examples, 2))
+    def load(model: str) -> InversionPipeline:
+        return InversionPipeline.from_pretrained(folders[model], device=device, dtype=dtype)
+
+    if faces_model in folders:  # a face model: the bundled photos, aligned
+        _faces(report, load(faces_model), folders[faces_model], frames, faces_model)
+    if fashion_model in folders:
+        _examples(report, load(fashion_model), folders[fashion_model], frames, fashion_model, num_examples)
+    if restoration_model in folders and faces_model in folders:  # (the faces model's held-out faces)
+        _restorations(report, load(restoration_model), folders[faces_model], restoration_model, min(num_examples, 2))
     report.seconds = time.perf_counter() - start
     if report.items:
         _write_index(report)

@@ -36,6 +36,7 @@ from ..io.files import PIPELINE_INDEX, atomic_write_bytes, file_name_part
 from ..io.images import IMAGE_SUFFIXES, enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
 from ..methods import InversionResult
 from ..pipeline import InversionPipeline
+from . import model_examples
 from .limits import WebLimits
 
 DEFAULT_LIMITS = WebLimits()
@@ -294,12 +295,6 @@ def strength_slider(direction: Direction) -> dict:
     else:
         span, step, meaning = max(5.0, 2 * abs(default)), 0.1, "the step along the direction: w + strength · d"
     return {"minimum": -span, "maximum": span, "step": step, "value": default, "label": f"strength: {meaning}"}
-
-
-def model_examples(folder: Path) -> list[Path]:
-    """The held-out images a model folder ships in ``examples/`` (what the page offers, and all it serves of it)."""
-    folder = Path(folder) / "examples"
-    return sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink()) if folder.is_dir() else []
 
 
 def menu_names(models: Sequence[str]) -> dict[str, str]:
