@@ -12,6 +12,7 @@ import io
 import os
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -394,6 +395,10 @@ def test_a_killed_download_leaves_no_partial_file_behind_and_the_file_is_readabl
     cache.mkdir()
     killed = cache / f".{FAKE.filename}.0123456789abcdef-999999999.partial"  # (a pid no process has)
     killed.write_bytes(PAYLOAD[:100])
+    os.utime(killed, (time.time() - 3600, time.time() - 3600))
+    # One written to a moment ago: by another machine sharing the cache, whose process this one cannot see.
+    elsewhere = cache / f".{FAKE.filename}.fedcba9876543210-999999998.partial"
+    elsewhere.write_bytes(PAYLOAD[:100])
     users = cache / f".{FAKE.filename}.notes"
     users.write_text("mine")
     serve(monkeypatch, PAYLOAD)
@@ -402,7 +407,7 @@ def test_a_killed_download_leaves_no_partial_file_behind_and_the_file_is_readabl
         target = downloader.download("fake-gen")
     finally:
         os.umask(umask)
-    assert files_in(cache) == sorted([FAKE.filename, users.name])
+    assert files_in(cache) == sorted([FAKE.filename, users.name, elsewhere.name])
     assert target.stat().st_mode & 0o777 == 0o644
 
 

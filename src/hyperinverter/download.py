@@ -41,7 +41,8 @@ def download(name: str, *, timeout: float = 60.0) -> Path:
     # A download killed before (a model is GBs) left its partial file behind for good, one more each time: the
     # temporary has our hidden name with its writer's pid now, which the next download of the file removes. Its
     # mode is a plain open()'s (mkstemp's 0600 kept a shared cache's models from everyone but the downloader).
-    remove_stale_temporaries(target.parent, of=artifact.filename)
+    # (not one still being written, here or by another machine sharing the cache: it would fail at its rename)
+    remove_stale_temporaries(target.parent, of=artifact.filename, idle_seconds=2 * timeout)
     tmp = temporary_sibling(target)
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:

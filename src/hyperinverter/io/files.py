@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -531,15 +532,23 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     return paths
 
 
-def remove_stale_temporaries(directory: Path, *, of: str | None = None) -> int:
+def remove_stale_temporaries(directory: Path, *, of: str | None = None, idle_seconds: float = 0.0) -> int:
     """Delete the hidden temporary files and folders that a killed hyperinverter left in ``directory`` (only
     those of the output named ``of``, if given). Only names of exactly the form we create
     (``.NAME.<16 hex digits>-<pid>.partial``) are touched, and not those of a process that still runs: another
-    command writing into the same folder (two GPUs inverting into one --out) keeps its writes in progress."""
+    command writing into the same folder (two GPUs inverting into one --out) keeps its writes in progress.
+    ``idle_seconds``: also keep those written to within that time (a writer on another machine of a shared
+    folder, whose process this machine cannot see)."""
     removed = 0
+    now = time.time()
     for entry in Path(directory).iterdir() if Path(directory).is_dir() else ():
         match = _TEMP.match(entry.name)
         if match is None or (of is not None and match.group("name") != of) or _writer_alive(match.group("pid")):
+            continue
+        try:
+            if idle_seconds and now - entry.lstat().st_mtime < idle_seconds:
+                continue
+        except FileNotFoundError:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
