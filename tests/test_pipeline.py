@@ -197,6 +197,9 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     assert main(["interpolate", str(out / "b.safetensors"), str(inputs / "a.png"), "--model", str(tmp_path / "model"),
                  "--steps", "2", "--out", str(tmp_path / "upper.PNG")]) == 0
     assert (tmp_path / "upper.png").is_file() and not list(tmp_path.glob("upper.PNG*"))
+    assert main(["export-generator", str(out / "b.safetensors"), "--model", str(tmp_path / "model"),
+                 "--out", str(tmp_path / "b.pkl")]) == 2  # (it wrote a folder named b.pkl)
+    assert "writing NVIDIA pickles is not supported" in capsys.readouterr().err and not (tmp_path / "b.pkl").exists()
 
 
 def test_parts_of_another_generator_are_refused(pipeline, tmp_path):

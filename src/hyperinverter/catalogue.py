@@ -133,7 +133,7 @@ def _is_model(path: Path) -> bool:
     if path.is_dir():
         return (path / "pipeline.json").is_file() or (path / "config.json").is_file() or \
             (path / "generator" / "config.json").is_file()
-    return path.is_file() and path.suffix.lower() in (".pkl", ".pt", ".pth", ".safetensors")
+    return path.is_file() and path.suffix.lower() in (".pkl", ".pt", ".pth", ".ckpt", ".safetensors")
 
 
 def local_model_path(name_or_path: str | os.PathLike) -> Path:

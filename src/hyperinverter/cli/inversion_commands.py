@@ -457,14 +457,14 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..convert.gan_files import check_rosinality_replaceable, save_rosinality
+    from ..convert.gan_files import check_rosinality_replaceable, output_format, save_rosinality
     from ..inversion.export import bake_weight_delta
     from ..inversion.files import inversion_bytes
     from ..io.files import check_replaceable
     from ..io.gan import save_gan
     from ..methods import InversionResult
 
-    rosinality = args.out.suffix.lower() in (".pt", ".pth")  # (g.PT was written as a folder of that name)
+    rosinality = output_format(args.out) == "rosinality"  # (a .pkl was written as a folder of that name)
     if rosinality:  # refuse an output that is not ours before any work
         check_rosinality_replaceable(args.out)
     else:

@@ -282,15 +282,22 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> G
     return load_gan(path, device=device).generator
 
 
+def output_format(path: str | Path, to: GeneratorFormat | None = None) -> GeneratorFormat:
+    """The format a generator is written to ``path`` in: ``to``, else by the suffix, in any case (rosinality's for
+    ``.pt``/``.pth``, our folder otherwise; g.PT was written as a folder of that name). NVIDIA's pickles are refused:
+    they embed NVIDIA's source code."""
+    suffix = Path(path).suffix.lower()
+    to = to or ("rosinality" if suffix in (".pt", ".pth") else "nvidia" if suffix == ".pkl" else "hyperinverter")
+    if to == "nvidia":
+        raise CheckpointError(path, "writing NVIDIA pickles is not supported (they embed NVIDIA's source code); "
+                              "write our format or rosinality .pt")
+    return to
+
+
 def convert_generator(src: str | Path, dst: str | Path, *, to: GeneratorFormat | None = None) -> GeneratorFormat:
     """Convert ``src`` (any format) to ``dst``; the target format follows ``dst``'s suffix unless given."""
     dst = Path(dst)
-    if to is None:
-        suffix = dst.suffix.lower()  # (g.PT was written as a folder of that name)
-        to = "rosinality" if suffix in (".pt", ".pth") else "nvidia" if suffix == ".pkl" else "hyperinverter"
-    if to == "nvidia":
-        raise CheckpointError(dst, "writing NVIDIA pickles is not supported (they embed NVIDIA's source code); "
-                              "write our format or rosinality .pt")
+    to = output_format(dst, to)
     # Refuse an output that is not ours before the (possibly long) read of the source.
     if to == "rosinality":
         check_rosinality_replaceable(dst)

@@ -109,7 +109,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}", f"its value is not a YAML scalar, list or mapping ({problem})"
                               ) from None
         except RecursionError:  # (as a config file's: it was an internal error)
-            raise ConfigError(f"override {item[:40]!r}...", "nests too deeply to be a config value") from None
+            shown = item if len(item) <= 40 else f"{item[:40]}..."
+            raise ConfigError(f"override {shown!r}", "nests too deeply to be a config value") from None
         node = data
         for depth, part in enumerate(parts[:-1], start=1):
             inner = node.get(part)
