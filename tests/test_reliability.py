@@ -386,7 +386,7 @@ def test_a_bad_training_config_names_the_file(tmp_path, capsys):
     config.write_text("run_dir: r\ndata: d\ngenerator: g\nsteps: 10\n")
     deep = "trunk.units=" + "[" * 5000 + "]" * 5000  # (an internal error, RecursionError; a file's was named)
     assert main(["train", "w-encoder", "--config", str(config), deep]) == 2
-    assert capsys.readouterr().err == f"error: override {deep[:40]!r}...: nests too deeply to be a config value\n"
+    assert capsys.readouterr().err == f"error: override {deep[:40] + '...'!r}: nests too deeply to be a config value\n"
 
 
 def test_a_training_config_s_aliases_cannot_blow_it_up(tmp_path, capsys):
