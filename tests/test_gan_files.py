@@ -261,7 +261,7 @@ def test_corrupt_and_unknown_files(tmp_path):
         for info in src.infolist():
             padding = bytes(8 << 20) if info.filename.endswith("/data/0") else b""
             dst.writestr(zipfile.ZipInfo(info.filename), src.read(info) + padding, zipfile.ZIP_DEFLATED)
-    with pytest.raises(CheckpointError, match=r"^\S*bomb.pt: its record '[^']*' is compressed or encrypted"):
+    with pytest.raises(CheckpointError, match=r"^\S*bomb.pt: its records declare [0-9,]+ bytes, far more than"):
         load_gan(tmp_path / "bomb.pt")
 
 
