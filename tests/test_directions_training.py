@@ -472,3 +472,17 @@ def test_labelling_never_replaces_a_users_labels(tmp_path, capsys):
                  "--out", str(mine)]) == 2
     assert f"{mine}: exists and was not written by hyperinverter" in capsys.readouterr().err  # (before any work)
     assert mine.read_text() == "seed,trunc,smile\n1,1,0.5\n"
+
+
+def test_training_a_direction_never_replaces_a_users_file(tmp_path, capsys):
+    # `directions train --out mine.safetensors` refused a user's file there only after the training.
+    from safetensors.torch import save_file
+
+    mine = tmp_path / "mine.safetensors"
+    save_file({"x": torch.zeros(2)}, mine)  # (a safetensors file of the user's, without our mark)
+    before = mine.read_bytes()
+    (tmp_path / "labels.csv").write_text("seed,a\n1,0.5\n")
+    assert main(["directions", "train", "--model", str(tmp_path / "no-model"), "--labels",
+                 str(tmp_path / "labels.csv"), "--attribute", "a", "--out", str(mine)]) == 2
+    assert f"{mine}: exists and was not written by hyperinverter" in capsys.readouterr().err  # (before any work)
+    assert mine.read_bytes() == before

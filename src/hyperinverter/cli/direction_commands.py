@@ -146,12 +146,14 @@ def register(sub) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..editing.boundaries import save_boundary, train_from_labels
     from ..errors import OutputError
+    from ..io.files import check_file_replaceable
 
     out = args.out if args.out is not None else Path(f"{args.name or args.attribute}.safetensors")
     if out.suffix != ".safetensors":
         raise OutputError(out, "a direction file must end in .safetensors")
     if out.is_dir():
         raise OutputError(out, "is a folder; give the direction file to write")
+    check_file_replaceable(out, safetensors=True)  # (before the training: a user's file there was found after it)
     result = train_from_labels(args.model, args.labels, args.attribute, conditions=args.condition, space=args.space,
                                layers=args.layers, fraction=args.fraction, test_fraction=args.test_fraction,
                                seed=args.seed, strength=args.strength, name=args.name, device=args.device)
