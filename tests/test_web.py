@@ -399,18 +399,26 @@ def test_what_the_web_fuzzing_pass_found(pipeline, tmp_path, monkeypatch):
         read_upload(str(tmp_path / "gone.png"), WebLimits())
 
 
+def served_page(pipeline, tmp_path):
+    """The page serving ``pipeline`` (saved in ``tmp_path``), opened once, with photo.png and second.png beside it:
+    (app, its handlers by name, the menu's name of the model, the page's state)."""
+    folder = pipeline.save_pretrained(tmp_path / "model")
+    photo().save(tmp_path / "photo.png")
+    photo(seed=1).save(tmp_path / "second.png")
+    app = build_app([str(folder)], device="cpu")
+    handlers = {f.name: f.fn for f in app.fns.values()}
+    name = f"{tmp_path.name}/model"
+    return app, handlers, name, handlers["on_model"](name, None)[0]
+
+
 def test_a_closed_page_stops_its_work(pipeline, tmp_path):
     # A visitor who closed the tab during a W optimisation held the model until it ended (minutes on a CPU), and
     # what the page had queued ran after it. Gradio's unload now cancels the one and skips the other.
     import threading
     from types import SimpleNamespace
 
-    folder = pipeline.save_pretrained(tmp_path / "model")
-    photo().save(tmp_path / "photo.png")
-    app = build_app([str(folder)], device="cpu")
-    handlers = {f.name: f.fn for f in app.fns.values()}
-    name, page = f"{tmp_path.name}/model", SimpleNamespace(session_hash="page-1")
-    state = handlers["on_model"](name, None)[0]
+    app, handlers, name, state = served_page(pipeline, tmp_path)
+    page = SimpleNamespace(session_hash="page-1")
     done = {}
 
     def invert():
@@ -493,27 +501,11 @@ def test_the_server_stops_on_a_signal_as_every_command_does(pipeline, tmp_path, 
 def test_the_comparison_is_labelled_by_the_method_that_made_it(pipeline, tmp_path):
     # The label followed the method menu: after a HyperInverter inversion (input | Phase I | HyperInverter), choosing
     # another method relabelled the three panels on show by that method's ("input | pSp (W+)").
-    folder = pipeline.save_pretrained(tmp_path / "model")
-    photo().save(tmp_path / "photo.png")
-    app = build_app([str(folder)], device="cpu")
-    handlers = {f.name: f.fn for f in app.fns.values()}
-    name = f"{tmp_path.name}/model"
-    state = handlers["on_model"](name, None)[0]
+    _, handlers, name, state = served_page(pipeline, tmp_path)
     shown = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None)[1]
     assert shown["label"] == "input | Phase I (W) | HyperInverter" and shown["value"].endswith("_compare.png")
     assert "label" not in handlers["on_method"](name, "w-opt", shown["value"])[0]  # the result on show keeps its labels
     assert handlers["on_method"](name, "w-opt", None)[0]["label"] == "input | W optimisation"  # nothing on show
-
-
-def two_photos_page(pipeline, tmp_path):
-    """A page serving ``pipeline``, with photo.png and second.png in ``tmp_path``: (handlers, model name, state)."""
-    folder = pipeline.save_pretrained(tmp_path / "model")
-    photo().save(tmp_path / "photo.png")
-    photo(seed=1).save(tmp_path / "second.png")
-    app = build_app([str(folder)], device="cpu")
-    handlers = {f.name: f.fn for f in app.fns.values()}
-    name = f"{tmp_path.name}/model"
-    return handlers, name, handlers["on_model"](name, None)[0]
 
 
 def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipeline, tmp_path, monkeypatch):
@@ -521,7 +513,7 @@ def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipelin
     # photos, with no way to ask for a quick look.
     from hyperinverter.pipeline import InversionPipeline
 
-    handlers, name, state = two_photos_page(pipeline, tmp_path)
+    _, handlers, name, state = served_page(pipeline, tmp_path)
     fields = {method: [(f["visible"], f["value"], f["maximum"]) for f in handlers["on_method"](name, method, None)[1:]]
               for method in ("hyperinverter", "w-opt", "pti")}
     assert fields["hyperinverter"] == [(False, None, None)] * 2
@@ -546,7 +538,7 @@ def test_cancel_stops_the_second_photo_s_inversion_too(pipeline, tmp_path, monke
     # optimisation: as long again) found nothing to stop.
     from hyperinverter.apps.web import Cancelled
 
-    handlers, name, state = two_photos_page(pipeline, tmp_path)
+    _, handlers, name, state = served_page(pipeline, tmp_path)
     invert, stopped = WebSession.invert, []
 
     def cancelled_in_the_second(self, photo_path, **kwargs):
@@ -593,12 +585,8 @@ def test_cancel_pressed_while_the_inversion_waits_in_the_queue_stops_it(pipeline
     # ignored it and then ran all its steps, holding the model for everyone.
     from types import SimpleNamespace
 
-    folder = pipeline.save_pretrained(tmp_path / "model")
-    photo().save(tmp_path / "photo.png")
-    app = build_app([str(folder)], device="cpu")
-    handlers = {f.name: f.fn for f in app.fns.values()}
-    name, page = f"{tmp_path.name}/model", SimpleNamespace(session_hash="page-1")
-    state = handlers["on_model"](name, None)[0]
+    app, handlers, name, state = served_page(pipeline, tmp_path)
+    page = SimpleNamespace(session_hash="page-1")
     queued = SimpleNamespace(session_hash="page-1", fn=SimpleNamespace(name="on_invert"), alive=True,
                              enqueue_time=time.monotonic())
     handlers["on_cancel"](state, page)  # (pressed while it waited)
@@ -625,12 +613,8 @@ def test_what_is_wrong_with_the_second_photo_names_it(pipeline, tmp_path):
     # found": the visitor could not tell it from the first photo (Invert said "the second photo: ..." already).
     import warnings
 
-    folder = pipeline.save_pretrained(tmp_path / "model")
+    _, handlers, name, state = served_page(pipeline, tmp_path)
     (tmp_path / "notes.png").write_text("not a picture")
-    app = build_app([str(folder)], device="cpu")
-    handlers = {f.name: f.fn for f in app.fns.values()}
-    name = f"{tmp_path.name}/model"
-    state = handlers["on_model"](name, None)[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         handlers["on_second"](name, "hyperinverter", str(tmp_path / "notes.png"), False, state)
