@@ -868,8 +868,21 @@ def test_output_paths_that_cannot_be_folders(world, tmp_path, capsys):
     result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", afile, "--device", "cpu")
     assert result.code == 2 and f"error: {afile}: exists and is not a folder" in result.err
     result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", afile / "sub", "--device", "cpu")
-    assert result.code == 2 and result.err.startswith("error: ") and "not a directory" in result.err
+    assert result.code == 2 and result.err == f"error: {afile / 'sub'}: cannot be made: {afile} is not a folder\n"
     assert afile.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["invert", "edit", "restore"])
+def test_a_model_that_fails_to_load_leaves_no_output_folder(world, tmp_path, capsys, command):
+    # The results folder (and its parents) was made before the model loaded, and left empty by the failure.
+    broken = tmp_path / "broken"
+    shutil.copytree(world.model, broken)
+    (broken / "pipeline.json").write_text("{")
+    extra = ["--direction", world.direction] if command == "edit" else []
+    result = cli(capsys, command, world.photos, "--model", broken, *extra, "--out", tmp_path / "new" / "out",
+                 "--device", "cpu")
+    assert result.code == 2 and str(broken) in result.err
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_image_output_never_replaces_another_kind_of_file(world, tmp_path, capsys):

@@ -64,7 +64,13 @@ def run_restore(args: argparse.Namespace) -> int:
     from ..errors import InputError, naming
     from ..inversion.batch import output_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
+    from ..io.files import (
+        InputFiles,
+        atomic_write_group,
+        check_output_folder,
+        prepare_output_folder,
+        sha256_if_readable,
+    )
     from ..io.images import find_images, image_bytes, images_made_with, make_grid, no_images_error, read_image
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
@@ -74,7 +80,7 @@ def run_restore(args: argparse.Namespace) -> int:
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         raise no_images_error(args.inputs)
-    out_dir = prepare_output_folder(args.out)
+    check_output_folder(args.out)  # (made once the model has loaded)
     failures = list(found.problems)
     pipe = _load_pipeline(args)
     task = restoration_task(pipe)
@@ -92,6 +98,7 @@ def run_restore(args: argparse.Namespace) -> int:
     detector = None
     if args.align:
         detector = face_detector(args)
+    out_dir = prepare_output_folder(args.out)
     inputs, written, skipped = InputFiles(found.paths), 0, 0
     named = list(zip(found.paths, output_stems(found.paths)))
     for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):

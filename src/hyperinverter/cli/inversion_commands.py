@@ -241,13 +241,13 @@ def run_invert(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..inversion.batch import invert_files
-    from ..io.files import prepare_output_folder
+    from ..io.files import check_output_folder
     from ..io.images import find_images, no_images_error
 
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         raise no_images_error(args.inputs)
-    prepare_output_folder(args.out)  # a bad --out fails before the model loads
+    check_output_folder(args.out)  # a bad --out fails before the model loads
     detector = None
     if args.align and found.paths:
         detector = face_detector(args)
@@ -315,6 +315,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..io.files import (
         InputFiles,
         atomic_write_group,
+        check_output_folder,
         file_name_part,
         prepare_output_folder,
         sha256_if_readable,
@@ -331,9 +332,10 @@ def run_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"--strength: {', '.join(twice)} given more than once (the files are named by a strength's "
                          "first 6 digits)")
     args.inputs = _inversion_files(args.inputs, out=args.out)
-    out_dir = prepare_output_folder(args.out)
+    check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
+    out_dir = prepare_output_folder(args.out)
     endings = (".png", "_photo.png") if args.paste_back else (".png",)
     options = dict(args.option)
     pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now

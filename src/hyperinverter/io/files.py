@@ -109,15 +109,28 @@ def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *
         raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
 
 
-def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
-    """The folder a command writes its results into: created if needed, an ``OutputError`` if it is a file or cannot
-    be written, and cleared of the hidden temporaries a killed run of ours left there (nothing else)."""
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """An ``OutputError`` if ``out_dir`` cannot be made or written into, found without making it: a command checks
+    its results folder before it loads a model, and makes it after, so that a model that fails to load leaves no
+    empty folder behind."""
     out_dir = Path(out_dir)
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(out_dir, "exists and is not a folder; give a folder for the results")
+    made_in = next(p for p in (out_dir, *out_dir.absolute().parents) if os.path.lexists(p))
+    if not made_in.is_dir():
+        raise OutputError(out_dir, f"cannot be made: {made_in} is not a folder")
+    if not os.access(made_in, os.W_OK | os.X_OK):
+        raise OutputError(out_dir, "permission denied: cannot write into this folder" if made_in == out_dir else
+                          f"cannot be made: permission denied in {made_in}")
+    return out_dir
+
+
+def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
+    """The folder a command writes its results into: created if needed, an ``OutputError`` if it is a file or cannot
+    be written (:func:`check_output_folder`), and cleared of the hidden temporaries a killed run of ours left there
+    (nothing else)."""
+    out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(out_dir, "permission denied: cannot write into this folder")
     remove_stale_temporaries(out_dir)
     return out_dir
 
