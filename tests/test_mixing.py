@@ -123,3 +123,17 @@ def test_cli_errors(model_and_photos, tmp_path, capsys):
         main([*base, "--layers", "3"])
     assert "expected START:END" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_adapt_leaves_the_callers_generator_as_it_was(pipeline, pair):
+    # A half-precision generator failed inside its first layer, and one on another device (or in training mode) was
+    # moved there (and switched to eval) in place.
+    import copy
+
+    a, _ = pair
+    styled = copy.deepcopy(pipeline.generator).train()
+    expected = pipeline.adapt(a, styled)
+    half = styled.half()
+    adapted = pipeline.adapt(a, half)
+    assert adapted.dtype == torch.float32 and (adapted - expected).abs().max() < 0.05
+    assert half.training and {p.dtype for p in half.parameters()} == {torch.float16}

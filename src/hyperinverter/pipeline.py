@@ -19,6 +19,7 @@ HyperInverter, ``"components": [...]``) are read as the ``phase1`` and ``hyperin
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -646,8 +647,9 @@ class InversionPipeline:
     @torch.no_grad()
     def render(self, ws: torch.Tensor, weight_delta: WeightDelta | None = None, *,
                generator: Generator | None = None) -> torch.Tensor:
-        """Codes (and offsets) -> images, by this pipeline's generator or another one of the same architecture."""
-        G = self.generator if generator is None else generator
+        """Codes (and offsets) -> images, by this pipeline's generator or another one of the same architecture (used
+        as it is where it sits on this pipeline's device in fp32, as the pipeline's own; else a copy moved there)."""
+        G = self.generator if generator is None else self._on_device(generator)
         if not isinstance(ws, torch.Tensor) or ws.ndim != 3 or tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
             shape = tuple(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__
             raise ValueError(f"codes must be [B, {G.num_ws}, {G.w_dim}] for this generator, got {shape}")
@@ -659,6 +661,16 @@ class InversionPipeline:
         with self._first_pass(), reduced_precision(self.device, self.dtype):
             images = G.synthesis(ws.to(self.device), weight_delta=weight_delta, noise_mode="const")
         return ensure_finite(images.float(), "the rendered image")
+
+    def _on_device(self, module: nn.Module) -> nn.Module:
+        """``module`` where its tensors are on this pipeline's device in fp32 (reduced precision runs under autocast),
+        else a copy of it moved there: a caller's module is never moved or converted (a half-precision generator
+        failed inside its first layer)."""
+        device = torch.empty(0, device=self.device).device  # ("cuda" is "cuda:0" on a tensor)
+        tensors = [*module.parameters(), *module.buffers()]
+        if all(t.device == device and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors):
+            return module
+        return copy.deepcopy(module).to(device, torch.float32)
 
     @contextlib.contextmanager
     def _first_pass(self) -> Iterator[None]:
@@ -692,7 +704,6 @@ class InversionPipeline:
             min_resolution = whole
         _check_result(result, "result")
         check_same_architecture(self.generator, generator)
-        generator = generator.to(self.device).eval()
         min_resolution = min_resolution or self.generator.resolution // 8
         delta = result.weight_delta
         if delta is not None:

@@ -265,7 +265,7 @@ def run_invert(args: argparse.Namespace) -> int:
         from ..convert.gan_files import load_generator
         from ..pipeline import check_same_architecture
 
-        other = load_generator(generator_path(args.render_with))
+        other = load_generator(generator_path(args.render_with), device=pipe.device)
         try:
             check_same_architecture(pipe.generator, other)
         except ValueError as e:
