@@ -1146,3 +1146,16 @@ def test_the_bundled_directions_know_their_generator(tmp_path, caplog):
 
         pipe.edit(result, resolve_model("fashion-32") / "directions" / "print.safetensors")
     assert "direction 'print': it was found on another generator" in caplog.text
+
+
+def test_upper_case_safetensors_suffixes(world, tmp_path, capsys):
+    # p0.SAFETENSORS was read as an image ("not a readable image"), UP.SAFETENSORS looked up as a direction's name,
+    # and a folder of such inversion files was inverted as photos.
+    (tmp_path / "inv").mkdir()
+    shutil.copy(world.inv, tmp_path / "inv" / "p0.SAFETENSORS")
+    shutil.copy(world.direction, tmp_path / "UP.SAFETENSORS")
+    for out, given in [("one", tmp_path / "inv" / "p0.SAFETENSORS"), ("all", tmp_path / "inv")]:
+        result = cli(capsys, "edit", given, "--model", world.model, "--direction", tmp_path / "UP.SAFETENSORS",
+                     "--strength", "1", "--out", tmp_path / out)
+        assert result.code == 0 and "wrote edits of 1 input(s)" in result.out
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["p0_up_+1.png", "p0_up_strip.png"]

@@ -149,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..io.files import check_file_replaceable
 
     out = args.out if args.out is not None else Path(f"{args.name or args.attribute}.safetensors")
-    if out.suffix != ".safetensors":
+    if out.suffix.lower() != ".safetensors":
         raise OutputError(out, "a direction file must end in .safetensors")
     if out.is_dir():
         raise OutputError(out, "is a folder; give the direction file to write")

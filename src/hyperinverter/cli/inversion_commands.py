@@ -225,10 +225,14 @@ def _result_for(pipe, path: Path, args):
     with ``--method`` and its ``--option``s)."""
     from ..precision import dtype_name
 
-    if path.suffix == ".safetensors":
+    if _is_inversion_file(path):
         return pipe.load_result(path)
     return pipe.invert([path], **dict(getattr(args, "option", []))), {"placement": None, "source": str(path),
                                                                        "dtype": dtype_name(pipe.dtype)}
+
+
+def _is_inversion_file(path: Path) -> bool:
+    return path.suffix.lower() == ".safetensors"  # (p.SAFETENSORS, as some systems name files)
 
 
 def _report_failures(failures) -> None:
@@ -342,7 +346,7 @@ def run_edit(args: argparse.Namespace) -> int:
     # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
     # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
     inverted_by = (made_with_digest(pipe.inverter(), options)
-                   if any(path.suffix != ".safetensors" for path in args.inputs) else None)
+                   if any(not _is_inversion_file(path) for path in args.inputs) else None)
     made_by = fingerprint_of([pipe.fingerprint, direction, strengths, args.paste_back, dtype_name(pipe.dtype),
                               inverted_by])
     inputs = InputFiles(args.inputs)
@@ -354,7 +358,7 @@ def run_edit(args: argparse.Namespace) -> int:
         try:
             inputs.check_outputs(targets)
             made, result = fingerprint_of([made_by, sha256_if_readable(path)]), None
-            if args.paste_back and path.suffix == ".safetensors":  # (loading an inversion file costs no inversion)
+            if args.paste_back and _is_inversion_file(path):  # (loading an inversion file costs no inversion)
                 result, record = _result_for(pipe, path, args)
                 made = fingerprint_of([made, sha256_if_readable(Path(record["source"]))])
             if not args.overwrite and images_made_with(targets, made):
@@ -399,7 +403,8 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
         if not path.is_dir():
             files.append(path)
             continue
-        found = sorted(p for p in path.rglob("*.safetensors") if p.is_file() and not p.resolve().is_relative_to(out))
+        found = sorted(p for p in path.rglob("*") if _is_inversion_file(p) and p.is_file()
+                       and not p.resolve().is_relative_to(out))
         if not found:  # (a broken link among the photos fails as an input of its own, as in invert)
             images = find_images([path], skip=[out])
             found = [*images.paths, *(Path(e.source) for e in images.problems)]

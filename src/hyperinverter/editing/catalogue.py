@@ -106,7 +106,7 @@ def _find(entries: list[CatalogueEntry], name: str) -> CatalogueEntry | None:
 
 def _looks_like_path(text: str) -> bool:
     separators = [os.sep] + ([os.altsep] if os.altsep else [])
-    return any(s in text for s in separators) or text.endswith(DIRECTION_SUFFIXES) or text in (".", "..")
+    return any(s in text for s in separators) or text.lower().endswith(DIRECTION_SUFFIXES) or text in (".", "..")
 
 
 def resolve_direction(

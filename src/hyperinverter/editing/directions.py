@@ -267,7 +267,8 @@ def load_direction(
             raise ValueError("give the layers of a vector direction as both start and end")
         return _vector(tensor, path, None if start is None else (start, end), num_ws)
 
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # (up.SAFETENSORS, as some systems name files)
+    if suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         meta = read_metadata_json(path, metadata, "direction", "a direction file")
         kind = meta.get("kind")
@@ -291,7 +292,7 @@ def load_direction(
                      if v is not None})
         return _ganspace(_basis(tensors["comp"], tensors["mean"], tensors["std"], path), spec, stored_name, path,
                          w_probe=probe)
-    if path.suffix == ".npy":
+    if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
         except ValueError as e:
@@ -305,7 +306,7 @@ def load_direction(
             raise SchemaError(path, f"a direction must hold numbers, got dtype {array.dtype}")
         vector = vector_of(torch.from_numpy(array.astype(np.float32)))
         return LinearDirection(vector, name=name, default_strength=3.0 if strength is None else strength)
-    if path.suffix == ".npz":  # GANSpace's own dump (harskish/ganspace): lat_comp, lat_mean, lat_stdev
+    if suffix == ".npz":  # GANSpace's own dump (harskish/ganspace): lat_comp, lat_mean, lat_stdev
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in ("lat_comp", "lat_mean", "lat_stdev") if key in archive}
