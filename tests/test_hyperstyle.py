@@ -412,3 +412,24 @@ def test_training_starts_from_a_torchvision_resnet_file(tiny_generator, tmp_path
         train_hyperstyle(HyperStyleTrainingConfig(**{**cfg.__dict__, "run_dir": str(tmp_path / "bad"),
                                                      "backbone_init": str(tmp_path / "bad.pth")}),
                          images=data, val_images=data[:2])
+
+
+def test_join_holds_once_a_w_encoder_two_bundles_share(tiny_generator, tmp_path):
+    # A HyperStyle trained from a bundle's Phase I, saved as a bundle of its own and joined back: its W encoder,
+    # the same weights as the Phase I's, was written into the joined bundle twice.
+    from conftest import build_tiny_pipeline
+
+    build_tiny_pipeline(tiny_generator).save_pretrained(tmp_path / "hyper")
+    phase1 = copy.deepcopy(InversionPipeline.from_pretrained(tmp_path / "hyper", device="cpu").methods["phase1"])
+    torch.manual_seed(0)
+    hyperstyle = HyperStyle(phase1.generator, w_encoder=phase1.w_encoder, encoder_resolution=64,
+                            hypernetwork=HyperStyle.create(phase1.generator).hypernetwork)
+    InversionPipeline({"phase1": phase1, "hyperstyle": hyperstyle}, device="cpu").save_pretrained(tmp_path / "hs")
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "hs"), "--out", str(tmp_path / "all")]) == 0
+    joined = InversionPipeline.from_pretrained(tmp_path / "all", device="cpu")
+    assert joined.methods["hyperstyle"].w_encoder is joined.methods["phase1"].w_encoder
+    assert sorted(p.name for p in (tmp_path / "all").iterdir() if (p / "config.json").is_file()) == [
+        "feature_encoder", "generator", "hypernetwork", "hyperstyle_hypernetwork", "w_encoder"]
+    x = images(1)
+    alone = InversionPipeline.from_pretrained(tmp_path / "hs", device="cpu").invert(x, method="hyperstyle")
+    assert torch.equal(joined.invert(x, method="hyperstyle").image, alone.image)

@@ -315,12 +315,27 @@ def join_methods(methods: Mapping[str, Inverter], new: Mapping[str, Inverter], *
                                "method of each name; join it into another bundle to use it)", source, name)
             continue
         method.generator = generator
+        _share_equal_parts(method, joined.values())
         joined[name] = method
     try:
         domain_rows(joined)
     except ValueError as e:
         raise CheckpointError(source, f"does not fit with the bundle: {e}") from None
     return joined
+
+
+def _share_equal_parts(method: Inverter, others: Iterable[Inverter]) -> None:
+    """Give ``method`` the very part one of ``others`` holds where it is the same network with the same weights (the
+    Phase I W encoder a HyperStyle release starts from, loaded twice from two bundles), so that it is held and saved
+    once."""
+    from .io.work import fingerprint_of
+
+    def identity(part: nn.Module) -> str:
+        return fingerprint_of([type(part).__qualname__, getattr(part, "config", None), part])
+
+    held = {identity(part): part for other in others for part in other.parts().values()}
+    for role, part in method.parts().items():
+        setattr(method, role, held.get(identity(part), part))
 
 
 def _same_trained_parts(a: Inverter, b: Inverter) -> bool:
