@@ -54,14 +54,16 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2400"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # no driver download: Debian's
+    # Chromium leaves a folder of its own in the temporary folder at every run (its singleton socket's): in ours.
+    service = Service(DRIVER, env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("chromium"))})
+    driver = webdriver.Chrome(service=service, options=options)  # no driver download: Debian's
     yield driver
     driver.quit()
 
