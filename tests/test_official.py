@@ -99,10 +99,37 @@ def test_psp_w_encoder_checkpoint(tmp_path, tiny_generator):
     torch.save({"state_dict": sd, "opts": {"learn_in_w": True}, "latent_avg": torch.zeros(16)}, tmp_path / "w.pt")
     model = load_psp_w_encoder(tmp_path / "w.pt", tiny_generator, encoder_resolution=64)
     assert model.name == "phase1"
-    assert all(torch.equal(a, b) for a, b in zip(model.w_encoder.state_dict().values(), e1.state_dict().values()))
+    ours = model.w_encoder.state_dict()  # (and the file's latent_avg, which its codes start from)
+    assert all(torch.equal(ours[k], v) for k, v in e1.state_dict().items())
     # A generator given beside the file's own decoder must be that generator: its encoder was trained for it.
     other = build_tiny_generator(seed=7)
     assert other.config == tiny_generator.config
     with pytest.raises(CheckpointError, match=r"w.pt: was trained with another generator than the generator given "
                                               r"\(.* differs by .*\); give the generator it was trained with"):
         load_psp_w_encoder(tmp_path / "w.pt", other, encoder_resolution=64)
+
+
+@pytest.mark.parametrize("from_average", [True, False])
+def test_psp_w_encoder_runs_as_the_official_forward(tmp_path, tiny_generator, from_average):
+    # The official forward: the photo reduced as PIL's Resize (antialiased), then the codes plus the file's
+    # latent_avg where start_from_latent_avg. It read without antialiasing and added the generator's w_avg.
+    import torch.nn.functional as F
+
+    from hyperinverter.convert.rosinality import from_nvidia
+
+    torch.manual_seed(1)
+    e1 = WEncoder(WEncoderConfig(trunk=TrunkConfig(**TRUNK), w_dim=16)).eval()
+    decoder = from_nvidia(tiny_generator.state_dict(), tiny_generator.config)
+    decoder.pop("latent_avg")
+    sd = {**{f"encoder.{k}": v for k, v in e1.state_dict().items()}, **{f"decoder.{k}": v for k, v in decoder.items()}}
+    average = torch.randn(16)  # not the generator's w_avg
+    opts = {"encoder_type": "BackboneEncoderUsingLastLayerIntoW", "learn_in_w": True,
+            "start_from_latent_avg": from_average}
+    torch.save({"state_dict": sd, "opts": opts, "latent_avg": average[None]}, tmp_path / "w.pt")
+    model = load_psp_w_encoder(tmp_path / "w.pt", tiny_generator, encoder_resolution=16).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        codes = e1(F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True))
+        expected = codes + average if from_average else codes
+        torch.testing.assert_close(model.encode_w(x), expected[:, None].expand(-1, tiny_generator.num_ws, -1),
+                                   rtol=1e-5, atol=1e-5)

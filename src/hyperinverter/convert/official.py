@@ -284,21 +284,29 @@ def w_encoder_with_average(psp: PspFile, *, own_latent_avg: bool) -> WEncoder:
 
 
 def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator | None = None, *,
-                       encoder_resolution: int = 256, own_latent_avg: bool = False) -> Phase1:
+                       encoder_resolution: int = 256) -> Phase1:
     """A pSp/e4e-style W-encoder checkpoint (``encoder.*``, ``decoder.*``, ``latent_avg``) as the ``phase1``
-    method; the generator is ``generator`` or, when not given, the file's own decoder."""
+    method; the generator is ``generator`` or, when not given, the file's own decoder. As the official forward:
+    the codes start from the file's ``latent_avg`` where its opts say ``start_from_latent_avg`` (a file that does
+    not say is taken to where it holds one: the official coaches save it only then), else they are absolute; the
+    photo is reduced with antialiasing, as the official data transforms reduce it."""
     psp = PspFile.read(checkpoint)
     extra = sorted(k for k in psp.state_dict if not k.startswith(("encoder.", "decoder.")))
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder.* and decoder.*)")
+    from_average = option(psp.opts, "start_from_latent_avg", bool, psp.path, default=psp.latent_avg is not None)
     try:
         G = psp.generator(generator)
-        encoder = w_encoder_with_average(psp, own_latent_avg=own_latent_avg)
+        # (not the generator's w_avg: a generator given beside the file may hold another one)
+        if not from_average:
+            psp.latent_avg = torch.zeros(G.w_dim)
+        encoder = w_encoder_with_average(psp, own_latent_avg=True)
     except (KeyError, IndexError, TypeError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
     if encoder.w_dim != G.w_dim:
         raise CheckpointError(psp.path, f"its W encoder makes {encoder.w_dim}-d codes, the generator takes {G.w_dim}")
-    return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution, content_rows=psp.content_rows)
+    return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution, content_rows=psp.content_rows,
+                  encoder_antialias=True)
 
 
 # opts['encoder_type'] -> our forward (pSp and e4e files share one key set)
