@@ -371,3 +371,27 @@ def test_released_restoration_files_keep_their_task(tiny_generator, tmp_path, ca
     assert "restored 1 image(s) (sr1,2,4,8,16,32)" in capsys.readouterr().out
     assert main(["import-official", str(path), "--task", "sr8", "--out", str(tmp_path / "inv")]) == 2
     assert "was trained for inversion (ffhq_encode), not sr8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep_average", [True, False])
+def test_a_released_file_trained_without_latent_avg_gives_absolute_codes(tiny_generator, tmp_path, keep_average):
+    # As the official forward: latent_avg is added only with start_from_latent_avg, and its coach saves it only
+    # then. Such a file was refused ("has no latent_avg"), and one that kept it had it added whatever it said.
+    from hyperinverter.convert.official import load_official_e2style
+
+    path, encoders = released_file(tmp_path / "e2style.pt", tiny_generator, stages=2)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["opts"]["start_from_latent_avg"] = False
+    if not keep_average:
+        del ckpt["latent_avg"]
+    torch.save(ckpt, path)
+    model = load_official_e2style(path, tiny_generator)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        x256 = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)
+        codes = encoders.encoder_firststage(x256)  # no latent_avg
+        image = tiny_generator.synthesis(codes[:, :8])
+        up = F.interpolate(image, size=(256, 256), mode="bilinear", align_corners=False)
+        codes = codes + encoders.encoder_refinestage_list[0](torch.cat([x256, up], dim=1))
+        result = model.invert(x)
+    torch.testing.assert_close(result.ws, codes[:, :8], rtol=1e-4, atol=1e-4)

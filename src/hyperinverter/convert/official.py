@@ -467,12 +467,15 @@ def load_official_e2style(checkpoint: str | Path, generator: str | Path | Genera
     if extra:
         raise CheckpointError(psp.path, f"unexpected keys {extra[:12]} (expected encoder_firststage.*, "
                               "encoder_refinestage_list.*, decoder.*)")
-    if psp.latent_avg is None:
+    # As the official forward: latent_avg is added only with start_from_latent_avg (its coach saves it only then).
+    from_average = option(psp.opts, "start_from_latent_avg", bool, psp.path, default=psp.latent_avg is not None)
+    if from_average and psp.latent_avg is None:
         raise CheckpointError(psp.path, "has no latent_avg, which E2Style's codes start from")
     G = psp.generator(generator)
+    average = psp.latent_avg if from_average else torch.zeros(G.w_dim)
     encoders_sd = {k: v for k, v in psp.state_dict.items() if not k.startswith("decoder.")}
     try:
-        encoders = e2style_encoders_from_state_dict(encoders_sd, source=str(psp.path), latent_avg=psp.latent_avg)
+        encoders = e2style_encoders_from_state_dict(encoders_sd, source=str(psp.path), latent_avg=average)
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of an E2Style checkpoint ({e})") from None
     model = E2Style(G, encoders=encoders.eval(), encoder_resolution=encoders.input_size, task=task)
