@@ -243,3 +243,27 @@ def test_released_cars_encoders_read_the_cars_rows(tiny_generator, tmp_path):
 
     with pytest.raises(CheckpointError, match="trained on cars .* not as E2Style"):
         PspFile.read(cars).refuse_cars("E2Style")
+
+
+def test_sketch_and_segmentation_files_are_refused_naming_the_file(tiny_generator, tmp_path, capsys):
+    # pSp's sketch- and segmentation-to-face releases read 1- and 19-channel maps (input_nc): import-official failed
+    # in the method with "the model's parts do not fit together", on two lines that named no file.
+    from hyperinverter.cli.main import main
+    from hyperinverter.convert.rosinality import from_nvidia
+    from hyperinverter.models.encoders import encoder_preset
+
+    G = tiny_generator
+    decoder = from_nvidia(G.state_dict(), G.config)
+    for channels, dataset_type in ((1, "celebs_sketch_to_face"), (19, "celebs_seg_to_face")):
+        encoder = encoder_preset("tiny", in_channels=channels, n_styles=G.num_ws, w_dim=G.w_dim)
+        state = {**{f"encoder.{k}": v for k, v in encoder.build_style_code_encoder("psp").state_dict().items()},
+                 **{f"decoder.{k}": v for k, v in decoder.items() if k != "latent_avg"}}
+        path = tmp_path / f"psp_{dataset_type}.pt"
+        torch.save({"state_dict": state, "latent_avg": decoder["latent_avg"],
+                    "opts": {"encoder_type": "GradualStyleEncoder", "input_nc": channels, "label_nc": channels,
+                             "dataset_type": dataset_type, "start_from_latent_avg": True}}, path)
+        assert main(["import-official", str(path), "--out", str(tmp_path / dataset_type)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {path}: its encoder reads {channels}-channel inputs (dataset_type {dataset_type!r}), "
+                       "not the generator's 3-channel images: a translation from sketches or segmentation maps, "
+                       "which this version does not run"), err

@@ -240,6 +240,16 @@ class PspFile:
             raise CheckpointError(self.path, f"was trained on cars (dataset_type {self.opts['dataset_type']!r}): "
                                   f"cars run as pSp, e4e, W encoders and HyperStyle here, not as {what}")
 
+    def check_input_channels(self, channels: int, generator: Generator) -> None:
+        """A ``CheckpointError`` unless its encoder (reading ``channels``) reads the generator's images: pSp's
+        sketch- and segmentation-to-face files read 1- and 19-channel maps (``input_nc``), which this version does
+        not make (it failed in the method, with a message that named no file)."""
+        if channels != generator.config.img_channels:
+            raise CheckpointError(self.path, f"its encoder reads {channels}-channel inputs (dataset_type "
+                                  f"{self.opts.get('dataset_type')!r}), not the generator's "
+                                  f"{generator.config.img_channels}-channel images: a translation from sketches or "
+                                  "segmentation maps, which this version does not run")
+
     def decoder(self) -> Generator | None:
         """The rosinality ``decoder.*`` inside the file, or None where it holds none."""
         decoder = self.part("decoder.")
@@ -305,6 +315,7 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
         raise CheckpointError(psp.path, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
     if encoder.w_dim != G.w_dim:
         raise CheckpointError(psp.path, f"its W encoder makes {encoder.w_dim}-d codes, the generator takes {G.w_dim}")
+    psp.check_input_channels(encoder.config.in_channels, G)
     return Phase1(G, w_encoder=encoder, encoder_resolution=encoder_resolution, content_rows=psp.content_rows,
                   encoder_antialias=True)
 
@@ -374,6 +385,7 @@ def load_psp_encoder(checkpoint: str | Path, generator: str | Path | Generator |
     if (encoder.config.n_styles, encoder.w_dim) != (G.num_ws, G.w_dim):
         raise CheckpointError(psp.path, f"its encoder makes [{encoder.config.n_styles}, {encoder.w_dim}] codes, the "
                               f"generator takes [{G.num_ws}, {G.w_dim}]")
+    psp.check_input_channels(encoder.config.in_channels, G)
     method = E4E if mode == "e4e" else PSP
     return method(G, style_encoder=encoder.eval(), encoder_resolution=encoder.config.input_size, content_rows=rows)
 
