@@ -282,15 +282,13 @@ class PspFile:
         return G
 
 
-def w_encoder_with_average(psp: PspFile, *, own_latent_avg: bool) -> WEncoder:
-    """The ``encoder.*`` W encoder of a pSp-family file; ``own_latent_avg``: it keeps the file's ``latent_avg`` as
-    the code its offsets start from (HyperStyle, e4e), else the generator's ``w_avg`` is used (HyperInverter)."""
-    sd = psp.part("encoder.")
-    if own_latent_avg:
-        if psp.latent_avg is None:
-            raise CheckpointError(psp.path, "has no latent_avg, which this encoder's codes are offsets from")
-        sd = {**sd, "latent_avg": psp.latent_avg}
-    return w_encoder_from_state_dict(sd, source=f"{psp.path} [encoder]")
+def w_encoder_with_average(psp: PspFile, latent_avg: torch.Tensor | None = None) -> WEncoder:
+    """The ``encoder.*`` W encoder of a pSp-family file, whose codes are offsets from ``latent_avg`` (default: the
+    file's; never the generator's ``w_avg``, since a generator given beside the file may hold another one)."""
+    average = psp.latent_avg if latent_avg is None else latent_avg
+    if average is None:
+        raise CheckpointError(psp.path, "has no latent_avg, which this encoder's codes are offsets from")
+    return w_encoder_from_state_dict({**psp.part("encoder."), "latent_avg": average}, source=f"{psp.path} [encoder]")
 
 
 def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator | None = None, *,
@@ -307,10 +305,7 @@ def load_psp_w_encoder(checkpoint: str | Path, generator: str | Path | Generator
     from_average = option(psp.opts, "start_from_latent_avg", bool, psp.path, default=psp.latent_avg is not None)
     try:
         G = psp.generator(generator)
-        # (not the generator's w_avg: a generator given beside the file may hold another one)
-        if not from_average:
-            psp.latent_avg = torch.zeros(G.w_dim)
-        encoder = w_encoder_with_average(psp, own_latent_avg=True)
+        encoder = w_encoder_with_average(psp, None if from_average else torch.zeros(G.w_dim))
     except (KeyError, IndexError, TypeError) as e:
         raise CheckpointError(psp.path, f"does not have the layout of a W-encoder checkpoint ({e!r})") from None
     if encoder.w_dim != G.w_dim:
@@ -602,7 +597,7 @@ def load_official_hyperstyle(checkpoint: str | Path, w_encoder: str | Path, gene
                 logger.warning("%s and %s hold different latent_avg; using the HyperStyle file's", psp.path,
                                encoder_file.path)
             encoder_file.latent_avg = psp.latent_avg
-        encoder = w_encoder_with_average(encoder_file, own_latent_avg=True)
+        encoder = w_encoder_with_average(encoder_file)
         hypernetwork = hyperstyle_from_state_dict(psp.part("hypernet."), G, opts=psp.opts, source=psp.path,
                                                   content_rows=psp.content_rows)
     except (KeyError, IndexError, TypeError) as e:
