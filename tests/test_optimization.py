@@ -138,6 +138,125 @@ def test_the_projector_loss_decreases(G, space):
         assert torch.allclose(maps.square().mean(dim=(1, 2)), torch.ones(2), atol=1e-4)
 
 
+class SharedDraws:
+    """A stand-in for ``PerImageRandom`` (one image) whose draws come from one seeded stream, in the order the
+    official scripts draw them from the global RNG: each noise map, then the step's w noise (or locality z)."""
+
+    def __init__(self, images, seed):
+        self.g = torch.Generator().manual_seed(1234)
+
+    def randn(self, *shape):
+        return torch.randn((1, *shape), generator=self.g)
+
+
+class SmoothDistance(nn.Module):
+    """A smooth stand-in distance ``[B]``: an L1 one amplifies float rounding through its kink at 0."""
+
+    def forward(self, x, y):
+        return (nn.functional.avg_pool2d(x, 2) - nn.functional.avg_pool2d(y, 2)).square().mean(dim=(1, 2, 3))
+
+
+def official_projection(G, target, *, space, steps, lr, samples, distance):
+    """NVIDIA's ``projector.project`` (and PTI's W+ copy), written from its text, on one image: a deep copy of G
+    whose noise buffers are re-drawn and optimised in place; returns the last step's ws and the copy."""
+    g = torch.Generator().manual_seed(1234)
+    Gc = copy.deepcopy(G).eval().requires_grad_(False)
+    z = np.random.RandomState(123).randn(samples, Gc.z_dim)
+    w_samples = Gc.mapping(torch.from_numpy(z).float())[:, :1, :].numpy().astype(np.float32)
+    w_avg = np.mean(w_samples, axis=0, keepdims=True)
+    w_std = (np.sum((w_samples - w_avg) ** 2) / samples) ** 0.5
+    bufs = {n: b for n, b in Gc.synthesis.named_buffers() if "noise_const" in n}
+    w_opt = torch.tensor(w_avg if space == "w" else np.repeat(w_avg, Gc.num_ws, axis=1), requires_grad=True)
+    optimizer = torch.optim.Adam([w_opt, *bufs.values()], betas=(0.9, 0.999), lr=lr)
+    for b in bufs.values():
+        b[:] = torch.randn((1, *b.shape), generator=g)[0]
+        b.requires_grad = True
+    for step in range(steps):
+        t = step / steps
+        ramp = 0.5 - 0.5 * np.cos(min(1.0, (1.0 - t) / 0.25) * np.pi)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * ramp * min(1.0, t / 0.05)
+        w_noise = torch.randn((1, *w_opt.shape[1:]), generator=g) * w_std * 0.05 * max(0.0, 1.0 - t / 0.75) ** 2
+        ws = (w_opt + w_noise).repeat([1, Gc.num_ws, 1]) if space == "w" else w_opt + w_noise
+        loss = distance(Gc.synthesis(ws, noise_mode="const"), target).sum()
+        for v in bufs.values():
+            n = v[None, None]
+            while True:
+                loss = loss + 1e5 * (n * torch.roll(n, 1, dims=3)).mean() ** 2
+                loss = loss + 1e5 * (n * torch.roll(n, 1, dims=2)).mean() ** 2
+                if n.shape[2] <= 8:
+                    break
+                n = nn.functional.avg_pool2d(n, 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for b in bufs.values():
+                b -= b.mean()
+                b *= b.square().mean().rsqrt()
+    return (w_opt.detach().repeat([1, Gc.num_ws, 1]) if space == "w" else w_opt.detach()), Gc
+
+
+@pytest.mark.parametrize("space,lr", [("w", 0.1), ("w+", 0.01)])
+def test_the_projector_follows_the_official_loop(G, monkeypatch, space, lr):
+    """Our batched projector against an independent rewrite of the official loop, with the same random draws: the
+    same codes, and the image of the optimised noise (the official proj.png renders the original noise; we keep the
+    optimised maps on purpose, docs/optimization.md)."""
+    from hyperinverter.methods import projector
+
+    monkeypatch.setattr(projector, "PerImageRandom", SharedDraws)
+    x = targets(G, 1)
+    settings = ProjectorSettings(space=space, steps=20, learning_rate=lr, w_avg_samples=64, l2_weight=0.0)
+    ws, noise = project(G, x, settings, distance=SmoothDistance())
+    ws_ref, G_ref = official_projection(G, x, space=space, steps=20, lr=lr, samples=64, distance=SmoothDistance())
+    assert torch.allclose(ws, ws_ref, atol=2e-4)  # (Adam carries float rounding to ~1e-4 in W+)
+    with torch.no_grad():
+        image = G.synthesis(ws, weight_delta=noise, noise_mode="const")
+        assert torch.allclose(image, G_ref.synthesis(ws_ref, noise_mode="const"), atol=2e-4)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.38])
+def test_pti_tuning_follows_the_official_coach(G, monkeypatch, threshold):
+    """PTI's tuning against the official single-image coach (Adam lr 3e-4 on every parameter of a copy of G; L2 +
+    distance; stop before the update once the distance is at most the threshold; the locality regulariser at
+    ψ 0.5, α 30 with the noise off), from our pivot, with the same random draws."""
+    from hyperinverter.methods import projector, pti
+
+    monkeypatch.setattr(projector, "PerImageRandom", SharedDraws)
+    monkeypatch.setattr(pti, "PerImageRandom", SharedDraws)
+    x, distance, steps = targets(G, 1), SmoothDistance(), 15
+    method = PTI(G)
+    method.use_distance("lpips-stand-in", distance)  # (an LPIPS name: the early stop applies)
+    result = method.invert(x, pivot_steps=10, pivot_w_avg_samples=64, steps=steps, locality_regularization=True,
+                           early_stop_lpips=threshold, progress=False)
+    tuned, original, g = copy.deepcopy(G).requires_grad_(True), copy.deepcopy(G), torch.Generator().manual_seed(1234)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=3e-4)
+    updates = 0
+    for _ in range(steps):
+        out = tuned.synthesis(result.ws, noise_mode="const")
+        perceptual = distance(out, x).squeeze()
+        loss = nn.functional.mse_loss(out, x) + perceptual
+        with torch.no_grad():
+            w_z = original.mapping(torch.randn((1, G.z_dim), generator=g), truncation_psi=0.5)
+            w_r = result.ws + 30 * (w_z - result.ws) / torch.norm(w_z - result.ws, p=2)
+            old = original.synthesis(w_r, noise_mode="none")
+        new = tuned.synthesis(w_r, noise_mode="none")
+        loss = loss + 0.1 * nn.functional.mse_loss(old, new) + 0.1 * distance(old, new).mean()
+        optimizer.zero_grad()
+        if perceptual <= threshold:
+            break
+        loss.backward()
+        optimizer.step()
+        updates += 1
+    assert updates == (steps if threshold == 0 else 6)
+    assert all(torch.equal(a, b) for a, b in zip(tuned.mapping.parameters(), G.mapping.parameters()))
+    params, base = dict(tuned.synthesis.named_parameters()), dict(G.synthesis.named_parameters())
+    for name, d in result.weight_delta.items():
+        assert torch.allclose(d[0], params[name] - base[name], atol=1e-5), name
+    with torch.no_grad():
+        assert torch.allclose(result.image, tuned.synthesis(result.ws, noise_mode="const"), atol=1e-5)
+
+
 def test_each_image_is_its_own_run(G):
     """Per-image Adam state and per-image random draws: an image's result does not depend on its batch."""
     x = targets(G, 3)
