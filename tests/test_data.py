@@ -300,3 +300,36 @@ def test_training_on_a_dataset_whose_writing_stopped_says_so(tmp_path, monkeypat
     assert sources.unfinished_dataset(folder)
     assert "its writing by `hyperinverter data` stopped before the end; this run trains on what was written (3 " \
            "training images)" in caplog.text
+
+
+def test_a_source_replaced_under_its_name_is_done_again(tmp_path):
+    # A resumed `data stylise` or `data align` kept what it had made of a photo that was since replaced under its
+    # name (a stale sketch, another person's face), as invert did before it recorded its sources' bytes.
+    from hyperinverter.data.sources import write_aligned, write_stylised
+    from hyperinverter.io.images import read_image
+    from test_batch_inversion import TwoFaces, face_landmarks
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photos / name)
+    write_stylised(photos, tmp_path / "sketch", progress=False)
+    write_aligned(photos, tmp_path / "faces", size=16, detector=TwoFaces(), progress=False)
+    untouched = [(tmp_path / "sketch" / "b.png").stat().st_mtime_ns,
+                 (tmp_path / "faces" / "b-face0.png").stat().st_mtime_ns]
+    before = np.asarray(read_image(tmp_path / "sketch" / "a.png"))
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(photos / "a.png")  # another photo under the same name
+
+    class OneFace:
+        def __call__(self, image):
+            return [face_landmarks(60, 60, 1.2)]
+
+    write_stylised(photos, tmp_path / "sketch", progress=False)
+    _, count, failed = write_aligned(photos, tmp_path / "faces", size=16, detector=OneFace(), progress=False)
+    assert not np.array_equal(np.asarray(read_image(tmp_path / "sketch" / "a.png")), before)
+    # The new photo has one face: its faces of the old photo are gone with it, the others' files are kept.
+    assert sorted(p.name for p in (tmp_path / "faces").glob("*.png")) == ["a.png", "b-face0.png", "b-face1.png"]
+    assert count == 3 and not failed
+    assert [(tmp_path / "sketch" / "b.png").stat().st_mtime_ns,
+            (tmp_path / "faces" / "b-face0.png").stat().st_mtime_ns] == untouched

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import glob
 import gzip
 import importlib.util
 import json
@@ -35,9 +36,11 @@ from ..io.files import (
     check_outside,
     check_own_folder,
     remove_stale_temporaries,
+    sha256_if_readable,
     written_by_us,
 )
-from ..io.images import find_images, image_bytes, pil_to_tensor, read_image, save_image, tensor_to_pil
+from ..io.images import find_images, image_bytes, images_made_with, pil_to_tensor, read_image, save_image, tensor_to_pil
+from ..io.work import fingerprint_of
 from ..progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -304,8 +307,8 @@ def _one_name_each(paths: list[Path], source_dir: Path, *, faces: bool = False) 
 def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sketch", *, limit: int | None = None,
                    progress: bool = True) -> tuple[Path, int]:
     """Write ``style`` renderings of the images in ``source_dir`` (the first ``limit``, sorted) to ``out_dir``
-    under the same names, as PNG; resumable (existing outputs are kept). Returns the folder and the number of
-    source images that could not be read (each is logged)."""
+    under the same names, as PNG; resumable (a rendering of the same source bytes is kept). Returns the folder and
+    the number of source images that could not be read (each is logged)."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
     source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
@@ -320,13 +323,18 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
         logger.warning("skipped %s", problem)
     for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
         target = out_dir / path.relative_to(source_dir).with_suffix(".png")
-        if target.exists() and written_by_us(target):  # (a user's file at its name is no rendering of ours)
+        # A rendering records the bytes it was made of: a source replaced under its name is rendered again (its
+        # old rendering was kept), and a user's file at its name is no rendering of ours.
+        digest = sha256_if_readable(path)
+        made = fingerprint_of([style, digest])
+        if digest is not None and images_made_with([target], made):
             count += 1
             continue
         try:
             image = read_image(path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            save_image(STYLES[style](image), target, durable=False)  # regenerable: skip the per-file fsync
+            # regenerable: skip the per-file fsync
+            atomic_write_bytes(target, image_bytes(STYLES[style](image), made_with=made), durable=False)
             count += 1
         except InputError as e:  # unreadable, or a user's file at its name (not replaced)
             logger.warning("skipped %s", e)
@@ -341,9 +349,9 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
                   progress: bool = True) -> tuple[Path, int, list[InputError]]:
     """Every face of the photos in ``source_dir`` (the first ``limit``, sorted), FFHQ-aligned at crop ``scale``
     and ``size`` px, as ``NAME.png`` (``NAME-faceI.png`` for one of several faces) under the same relative folders:
-    training data framed the way ``invert --align`` frames photos. Resumable (a photo whose faces are written is
-    skipped; a photo's faces appear together). ``detector``: default dlib's 68 landmarks. Returns the folder, the
-    number of faces in the folder, and the photos that failed (unreadable, or no face found)."""
+    training data framed the way ``invert --align`` frames photos. Resumable (a photo whose faces were made of
+    its bytes is skipped; a photo's faces appear together). ``detector``: default dlib's 68 landmarks. Returns the
+    folder, the number of faces in the folder, and the photos that failed (unreadable, or no face found)."""
     from ..align import align_faces
     from ..align.landmarks import Dlib68Detector
     from ..inversion.batch import FACE_NUMBER, picture_name
@@ -362,13 +370,20 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
         first = [stem.with_name(picture_name(stem.name, 0, n) + ".png") for n in (1, 2)]  # one face, several
-        if any(p.exists() and written_by_us(p) for p in first):  # (a user's file at its name is no face of ours)
+        # A face records the bytes of its photo: a photo replaced under its name is aligned again (its old faces,
+        # another person's, were kept), and a user's file at its name is no face of ours.
+        digest = sha256_if_readable(path)
+        made = fingerprint_of([alignment, size, digest])
+        if digest is not None and any(images_made_with([p], made) for p in first):
             continue
+        for old in stem.parent.glob(glob.escape(stem.name) + "*.png"):  # faces of other bytes: stale
+            if FACE_NUMBER.sub("", old.stem) == stem.name and written_by_us(old):
+                old.unlink()
         try:
             faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
             # Aligned at 4x, then reduced: the warp does not alias (as invert --align does).
             atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
-                                 image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS)))
+                                 image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS), made_with=made))
                                 for i, face in enumerate(faces)], durable=False)  # regenerable: no per-file fsync
         except InputError as e:  # unreadable, no face, or a user's file at a face's name: the folder goes on
             failed.append(naming(e, path))
