@@ -333,3 +333,17 @@ def test_a_source_replaced_under_its_name_is_done_again(tmp_path):
     assert count == 3 and not failed
     assert [(tmp_path / "sketch" / "b.png").stat().st_mtime_ns,
             (tmp_path / "faces" / "b-face0.png").stat().st_mtime_ns] == untouched
+
+
+def test_a_file_reached_under_two_names_is_one_image(tmp_path):
+    # A link beside its target was read as a second image: trained twice as often as the others, and where the two
+    # names fell in different splits, a training image was validated on.
+    for i in range(12):
+        Image.new("L", (4, 4), i).save(tmp_path / f"{i:03d}.png")
+        (tmp_path / f"link{i:03d}.png").symlink_to(f"{i:03d}.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")  # (still listed: reading it says why it fails)
+    train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=0.3)
+    val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=0.3)
+    everything = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")
+    assert len(everything) == 13 and len(train) + len(val) == 13
+    assert not {p.resolve() for p in train.files} & {p.resolve() for p in val.files}

@@ -61,8 +61,16 @@ class ImageFolderDataset(Dataset):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be train, val or all, got {split!r}")
         # A broken link is kept, so that reading it reports it as unreadable (it was left out without a word).
-        files = sorted(p for p in self.root.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
-                       and p.suffix.lower() in IMAGE_SUFFIXES)
+        listed = sorted(p for p in self.root.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
+                        and p.suffix.lower() in IMAGE_SUFFIXES)
+        # A file under two names (a link beside its target) is one image, as find_images takes it: it trained twice,
+        # and where the names fell in both splits, a training image was validated on.
+        files, seen = [], set()
+        for p in listed:
+            key = p.resolve() if p.exists() else p.absolute()
+            if key not in seen:
+                seen.add(key)
+                files.append(p)
         if not files:
             raise FileNotFoundError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) under it")
         if split != "all":
