@@ -347,3 +347,17 @@ def test_a_file_reached_under_two_names_is_one_image(tmp_path):
     everything = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")
     assert len(everything) == 13 and len(train) + len(val) == 13
     assert not {p.resolve() for p in train.files} & {p.resolve() for p in val.files}
+
+
+def test_a_stylised_image_that_cannot_be_written_fails_alone(tmp_path):
+    # foo.jpg is written as foo.png, where foo.png/a.png needs a folder: "file exists" ended the whole writing
+    # (exit status 2, the dataset left unfinished) where align reports that photo and goes on.
+    from hyperinverter.data.sources import unfinished_dataset, write_stylised
+
+    photos = tmp_path / "photos"
+    (photos / "foo.png").mkdir(parents=True)
+    for path in (photos / "foo.jpg", photos / "foo.png" / "a.png", photos / "zed.png"):
+        Image.new("RGB", (8, 8), (10, 200, 30)).save(path)
+    out, failed = write_stylised(photos, tmp_path / "sketch", progress=False)
+    assert failed == 1 and (out / "foo.png").is_file() and (out / "zed.png").is_file()
+    assert not unfinished_dataset(out)

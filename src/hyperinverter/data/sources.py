@@ -332,7 +332,7 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
             continue
         try:
             image = read_image(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            # (the writer makes the target's folder, or names the file in its way: "file exists" ended the writing)
             # regenerable: skip the per-file fsync
             atomic_write_bytes(target, image_bytes(STYLES[style](image), made_with=made), durable=False)
             count += 1
