@@ -267,6 +267,20 @@ def test_a_run_resumed_with_another_config_says_what_changed(tmp_path, caplog):
     assert "changed config" not in caplog.text
 
 
+def test_a_run_resumed_on_other_images_says_so(tmp_path, caplog):
+    # Files added, removed or replaced in the data folder between a run and its resume changed what it trained on
+    # (and every later batch) without a word, where a changed config key is said.
+    images = teacher_images()
+    train_generator(config(tmp_path / "run", steps=2), images=images)
+    with caplog.at_level("WARNING"):
+        train_generator(config(tmp_path / "run", steps=4), images=images[:10])
+    assert "on other training images than it ran on (16 -> 10 images)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_generator(config(tmp_path / "run", steps=6), images=images[:10])
+    assert "other training images" not in caplog.text
+
+
 def test_resuming_with_another_model_is_refused(tmp_path):
     import pytest
 

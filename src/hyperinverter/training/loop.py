@@ -36,6 +36,7 @@ from .run import (
     PRECISIONS,
     BatchSampler,
     RunLogger,
+    StreamedImages,
     autocast,
     check_nothing_to_lose,
     mean_dict,
@@ -309,6 +310,25 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
         return _train(cfg, build, run_dir, device, ctx, images=images, val_images=val_images)
 
 
+def _data_record(images: torch.Tensor | StreamedImages, val_images: torch.Tensor | None) -> dict[str, Any]:
+    """What a run trains and validates on, as its checkpoints record it: the number of training images and
+    fingerprints of the images (of their files' names, sizes and times, where they are streamed from disk)."""
+
+    def fingerprint(x: torch.Tensor | StreamedImages | None) -> str | None:
+        if isinstance(x, StreamedImages):
+            stats = []
+            for path in x.dataset.files:
+                try:
+                    st = path.stat()
+                    stats.append([str(path), st.st_size, st.st_mtime_ns])
+                except OSError:  # (a broken link: it is read as unreadable)
+                    stats.append([str(path)])
+            return fingerprint_of(stats)
+        return None if x is None else fingerprint_of(x)
+
+    return {"images": len(images), "train": fingerprint(images), "val": fingerprint(val_images)}
+
+
 def _check_same_frozen(run_dir: Path, recorded: object, frozen: dict[str, str]) -> None:
     """``CheckpointMismatchError`` where the run's checkpoints were trained against other frozen modules (another
     generator behind the same path, or another path) than this run's; checkpoints from before the fingerprints
@@ -336,7 +356,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     # Loss scaling only where fp16 gradients can underflow (CUDA); bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
 
-    start_step, position, best_val, window = 0, 0, math.inf, []
+    start_step, position, best_val, window, recorded_data = 0, 0, math.inf, [], None
     frozen = {name: fingerprint_of(module) for name, module in task.frozen.items()}
     resumed = None
     if cfg.resume:
@@ -349,6 +369,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)
             position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
             window = list(progress.get("window", []))  # the steps since the last log line (it averages them)
+            recorded_data = progress.get("data")
             try:
                 task.load_state(progress.get("task", {}))
             except (TypeError, ValueError) as e:
@@ -363,6 +384,12 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
         raise ValueError(f"training images must be uint8 [N,{','.join(map(str, shape))}], got {images.dtype} "
                          f"{tuple(images.shape)}")
+    data = _data_record(images, val_images)
+    if ctx.is_main and isinstance(recorded_data, dict) and recorded_data != data:
+        logger.warning("resuming %s on other training images than it ran on (%s -> %d images%s): files of %s were "
+                       "added, removed or changed, so its batches from here differ from an uninterrupted run's",
+                       run_dir, recorded_data.get("images"), data["images"],
+                       "; validation images changed too" if recorded_data.get("val") != data["val"] else "", cfg.data)
     local_bs = ctx.local_batch_size(cfg.batch_size)
     if local_bs % cfg.grad_accum:
         raise ValueError(f"per-rank batch {local_bs} is not divisible by grad_accum={cfg.grad_accum}")
@@ -422,7 +449,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
                     ctx.check_in_sync(module, f"trained module {i}")
                 if ctx.is_main:
                     state = {"position": sampler.position, "best_val": best_val, "task": task.state(),
-                             FROZEN_KEY: frozen, "window": window}
+                             FROZEN_KEY: frozen, "window": window, "data": data}
                     save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
                                     scaler=scaler, keep=cfg.keep_checkpoints, progress=state)
             if stop is not None:
