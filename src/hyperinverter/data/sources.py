@@ -39,7 +39,15 @@ from ..io.files import (
     sha256_if_readable,
     written_by_us,
 )
-from ..io.images import find_images, image_bytes, images_made_with, pil_to_tensor, read_image, save_image, tensor_to_pil
+from ..io.images import (
+    find_images,
+    image_bytes,
+    images_made_with,
+    pil_to_tensor,
+    read_image,
+    save_image,
+    tensor_to_pil,
+)
 from ..io.work import fingerprint_of
 from ..progress import progress_bar
 
@@ -332,8 +340,8 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
             continue
         try:
             image = read_image(path)
-            # (the writer makes the target's folder, or names the file in its way: "file exists" ended the writing)
-            # regenerable: skip the per-file fsync
+            # The writer makes the target's folder, or fails this image naming what is in the way (mkdir's "file
+            # exists" ended the writing). Regenerable: no per-file fsync.
             atomic_write_bytes(target, image_bytes(STYLES[style](image), made_with=made), durable=False)
             count += 1
         except InputError as e:  # unreadable, or a user's file at its name (not replaced)
