@@ -366,3 +366,27 @@ def test_non_finite_gradients_are_cleaned_before_the_generator_trainer_steps(tmp
         _clean_gradients(task.D, cleaning)
         got = weight.grad.view(-1)[:4].tolist()
         assert got == expected if expected else math.isnan(got[0]) and got[1:] == [math.inf, -math.inf, 2.0]
+
+
+def test_a_bundle_lends_its_discriminator_to_training(tmp_path):
+    # A bundle keeps its discriminator beside its generator: `train generator init_from=BUNDLE` started D from
+    # scratch, and an encoder's dfeat loss on a bundle said it "holds no discriminator".
+    from conftest import build_tiny_generator, build_tiny_pipeline
+    from hyperinverter.catalogue import load_model_gan
+    from hyperinverter.convert.gan_files import load_gan
+    from hyperinverter.models.stylegan2 import Discriminator
+    from hyperinverter.pipeline import save_pipeline
+
+    G = build_tiny_generator()
+    torch.manual_seed(3)
+    D = Discriminator(config(tmp_path / "x", generator=G.config).discriminator_config(G.config))
+    save_pipeline(build_tiny_pipeline(G).methods, tmp_path / "bundle", discriminator=D)
+    lent = load_model_gan(tmp_path / "bundle", with_discriminator=True).discriminator
+    assert all(torch.equal(p, D.state_dict()[k]) for k, p in lent.state_dict().items())
+    assert load_model_gan(tmp_path / "bundle").discriminator is None
+    with torch.no_grad():
+        images = ((G(torch.randn(8, G.z_dim)).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    train_generator(config(tmp_path / "run", generator=None, init_from=str(tmp_path / "bundle"),
+                           train_generator=False, steps=1, lr_d=0.0, r1_gamma=0.0), images=images)
+    trained = load_gan(tmp_path / "run" / "final", with_discriminator=True).discriminator
+    assert all(torch.equal(p, D.state_dict()[k]) for k, p in trained.state_dict().items())  # (lr 0: D as lent)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .io.files import sha256_of
+from .io.files import PIPELINE_INDEX, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,25 @@ def generator_path(spec: str | os.PathLike) -> Path:
     """A generator file or folder, a bundle (its generator), or a catalogue name -> the generator's path."""
     path = local_model_path(spec)
     return path / "generator" if (path / "pipeline.json").is_file() else path
+
+
+def load_model_gan(spec: str | os.PathLike, *, with_discriminator: bool = False, device: str = "cpu"):
+    """The generator (and, asked for, the discriminator) of what a command's ``--model`` takes: a generator file or
+    folder, a bundle or a catalogue name. A bundle keeps its discriminator beside its generator (``discriminator/``,
+    where ``generator_path`` does not reach): training from a bundle started a fresh one, or found none."""
+    from .convert.gan_files import load_gan
+    from .io.components import load_component
+    from .pipeline import read_pipeline_index
+
+    bundle = local_model_path(spec)
+    if not (bundle / PIPELINE_INDEX).is_file():
+        return load_gan(bundle, with_discriminator=with_discriminator, device=device)
+    index = read_pipeline_index(bundle)
+    gan = load_gan(bundle / index["generator"], device=device)
+    if with_discriminator and "discriminator" in index:
+        discriminator = load_component(bundle / index["discriminator"], expect="stylegan2-discriminator")
+        gan.discriminator = discriminator.eval().requires_grad_(False).to(device)
+    return gan
 
 
 def _existing(path: Path) -> Path:

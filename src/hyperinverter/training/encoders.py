@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..catalogue import generator_path
-from ..convert.gan_files import LoadedGAN, load_gan
+from ..catalogue import load_model_gan
+from ..convert.gan_files import LoadedGAN
 from ..errors import CheckpointError, InputError, naming
 from ..io.images import content_of, describe_content_rows
 from ..losses.reconstruction import ReconstructionLoss
@@ -143,7 +143,7 @@ class EncoderTrainingConfig(RunConfig):
         """The frozen generator, with its discriminator when a loss term needs it."""
         need_d = self.dfeat_weight > 0 or adversarial
         # A generator file or folder, a bundle or a catalogue name, as a command's --model takes.
-        gan = load_gan(generator_path(self.generator), with_discriminator=need_d, device=device)
+        gan = load_model_gan(self.generator, with_discriminator=need_d, device=device)
         if need_d and gan.discriminator is None:
             raise ValueError(f"{self.generator} holds no discriminator, but dfeat_weight > 0 or the adversarial stage "
                              "needs one: use our GAN folder or an NVIDIA pickle with D")

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..catalogue import generator_path
-from ..convert.gan_files import load_gan
+from ..catalogue import load_model_gan
 from ..io.gan import save_gan
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .distributed import DistributedContext
@@ -129,7 +128,7 @@ class GANTask(TrainingTask):
                  teacher: Teacher | None = None) -> None:
         self.cfg, self.device, self.ctx = cfg, device, ctx
         if cfg.init_from:
-            gan = load_gan(generator_path(cfg.init_from), with_discriminator=True)  # (as a --model takes)
+            gan = load_model_gan(cfg.init_from, with_discriminator=True)  # (as a --model takes)
             G, D = gan.generator, gan.discriminator
             differing = [] if cfg.generator is None else sorted(
                 k for k, v in cfg.generator.to_dict().items() if G.config.to_dict().get(k) != v)
@@ -141,6 +140,8 @@ class GANTask(TrainingTask):
         else:
             G, D = Generator(cfg.generator), None
         if D is None:
+            if cfg.init_from:
+                logger.info("%s holds no discriminator: D starts from scratch", cfg.init_from)
             d_config = cfg.discriminator_config(G.config)
             if (d_config.resolution, d_config.img_channels) != (G.resolution, G.config.img_channels):
                 raise ValueError(f"discriminator: judges {d_config.img_channels}-channel {d_config.resolution}-px "
