@@ -534,6 +534,26 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
     assert not list((tmp_path / "edits").iterdir())  # a failed input leaves no part of its edits behind
 
 
+def test_pasting_back_into_a_photo_changed_since_says_so(world, tmp_path, capsys, caplog):
+    # The photo turned upside down by its EXIF tag since (as viewers turn photos): the same size, so the edit went
+    # where the upright photo had the face, without a word. A retouched photo is still pasted into: it warns.
+    photo, turned = tmp_path / "p.png", tmp_path / "turned.png"
+    shutil.copy(world.photos / "p0.png", photo)
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.open(photo).save(turned, exif=exif)
+    placement = {"quad": [[0, 0], [0, 10], [10, 10], [10, 0]], "source_size": [48, 40]}
+    files = [_rewrite_record(world.inv, tmp_path / f"{name}.safetensors", lambda r, t, source=source: r.update(
+        placement=placement, source=str(source))) for name, source in (("same", world.photos / "p0.png"),
+                                                                       ("changed", turned))]
+    with caplog.at_level("WARNING"):
+        result = cli(capsys, "edit", *files, "--model", world.model, "--direction", world.direction, "--paste-back",
+                     "--out", tmp_path / "edits", "--device", "cpu")
+    assert result.code == 0
+    warned = [r.getMessage() for r in caplog.records if "has changed since" in r.getMessage()]
+    assert len(warned) == 1 and str(turned) in warned[0] and "invert it again" in warned[0]
+
+
 # --- numbers and output paths ------------------------------------------------------------------------------------------
 
 

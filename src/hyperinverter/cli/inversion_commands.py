@@ -417,14 +417,23 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
 
 def _pasted_back(path: Path, record: dict, edits: list) -> list:
     """Each edit of the face inverted from ``path`` pasted back into the photo it was aligned from (read once)."""
+    import logging
+
     from ..align import paste_back_placement
     from ..errors import InputError
+    from ..io.files import sha256_if_readable
     from ..io.images import read_image, tensor_to_pil
 
     if record["placement"] is None:
         raise InputError(path, "has no face placement (invert it with --align to paste back)")
     try:
         photo = read_image(record["source"])
+        # A photo changed under its name since is pasted into (a retouched photo keeps its face's place), but a
+        # viewer's rotation by its EXIF tag, or a crop, at the same size moved the face without a word.
+        if record.get("source_sha256") not in (None, sha256_if_readable(record["source"])):
+            logging.getLogger(__name__).warning(
+                "%s: has changed since its face was aligned for %s: the edit goes where the face was then (if the "
+                "photo was turned or cropped since, invert it again)", record["source"], path)
         return [paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"), record["placement"])
                 for img in edits]
     except InputError as e:
