@@ -63,6 +63,25 @@ def test_crop_outside_the_photo_is_filled_and_paste_back_round_trips():
         paste_back(photo, black, face, mask=Image.new("L", (64, 64), 255))
 
 
+def test_paste_back_keeps_the_photo_s_kind():
+    # A black-and-white photo came back in colour (the model's face a tinted patch in it), and a cut-out photo lost
+    # its alpha: the result is of the photo's own kind, the photo outside the crop unchanged.
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 255, (300, 300), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    face = align_from_landmarks(grey, synthetic_landmarks(cx=150, cy=130), size=128)
+    red = Image.new("RGB", (128, 128), (200, 30, 30))
+    back = paste_back(grey, red, face)
+    assert back.mode == "L" and back.size == grey.size
+    assert back.getpixel((5, 5)) == grey.getpixel((5, 5))
+    assert back.getpixel((150, 150)) == red.convert("L").getpixel((0, 0))
+    cut_out = grey.convert("RGBA")
+    cut_out.putalpha(Image.fromarray(np.tile((np.arange(300) * 255 // 299).astype(np.uint8), (300, 1))))
+    back = paste_back(cut_out, red, face)
+    assert back.mode == "RGBA" and back.getchannel("A").tobytes() == cut_out.getchannel("A").tobytes()
+    assert back.getpixel((150, 150))[:3] == (200, 30, 30)
+    assert paste_back(grey.convert("LA"), red, face).mode == "LA"
+
+
 def test_dlib_finds_and_aligns_a_real_face_or_says_none():
     from hyperinverter.align import Dlib68Detector, align_faces
     from hyperinverter.apps import SAMPLES_DIR

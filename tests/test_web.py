@@ -74,6 +74,9 @@ def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
     assert pasted.size == picture.size
     changed = np.abs(np.asarray(pasted, dtype=int) - np.asarray(picture, dtype=int)).sum(axis=2) > 0
     assert changed[250, 200] and not changed[5, 5]  # inside the first face's crop, not in the corner
+    grey = session.invert(picture.convert("L"), align=True)  # (pasted back, it came in colour)
+    assert session.edit(grey[0], "up", 2.0, paste_back=True).mode == "L"
+    assert session.swap(grey[0], items[1], paste_back=True).mode == "L"
     with pytest.raises(ValueError, match="unknown direction"):
         session.edit(items[0], "smile", 1.0)
 

@@ -125,7 +125,7 @@ class FaceSwap:
 
         face = tensor_to_pil(self.result.image[index : index + 1].cpu())[0].convert("RGB")
         mask = tensor_to_pil(self.mask.cpu() * 2 - 1)[0].convert("L")
-        return paste_back_placement(photo.convert("RGB"), face, placement, mask=mask)
+        return paste_back_placement(photo, face, placement, mask=mask)
 
 
 def face_swap(pipe: InversionPipeline, source: torch.Tensor, target: torch.Tensor, *, method: str | None = None,

@@ -149,7 +149,9 @@ def _gaussian_blurred(image: np.ndarray, sigma: float) -> np.ndarray:
 def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, feather: float = 0.05,
                mask: Image.Image | None = None) -> Image.Image:
     """Put an edited aligned crop back into the photo it came from: the whole crop with a feathered border, or where
-    ``mask`` (an "L" image of the crop's size) says, e.g. only the face a swap replaced."""
+    ``mask`` (an "L" image of the crop's size) says, e.g. only the face a swap replaced. The result is in the photo's
+    own kind: a grayscale photo stays grayscale, and a photo's alpha is kept."""
+    grey, alpha = Image.getmodebase(photo.mode) == "L", photo.getchannel("A") if "A" in photo.getbands() else None
     photo = photo.convert("RGB")
     size = edited.width
     if edited.size != (size, size):
@@ -175,7 +177,13 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     inverse = np.linalg.inv(matrix)[:2]
     warped = edited.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BICUBIC)
     mask = mask.transform(photo.size, Image.AFFINE, tuple(inverse.flatten()), resample=Image.BILINEAR)
-    return Image.composite(warped, photo, mask)
+    pasted = Image.composite(warped, photo, mask)
+    # (a black-and-white photo came back in colour, the model's face a tinted patch in it; a cut-out lost its alpha)
+    if grey:
+        pasted = pasted.convert("L")
+    if alpha is not None:
+        pasted.putalpha(alpha)
+    return pasted
 
 
 def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,

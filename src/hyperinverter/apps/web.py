@@ -231,7 +231,7 @@ class WebSession:
             from ..align import paste_back_placement
 
             face = tensor_to_pil(edited.cpu())[0].convert("RGB")
-            return paste_back_placement(photo.convert("RGB"), face, item.placement)
+            return paste_back_placement(photo, face, item.placement)
         return self.to_display(edited)
 
     def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
