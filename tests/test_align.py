@@ -63,6 +63,24 @@ def test_crop_outside_the_photo_is_filled_and_paste_back_round_trips():
         paste_back(photo, black, face, mask=Image.new("L", (64, 64), 255))
 
 
+@pytest.mark.parametrize("size, side, corner", [(64, 128.0, 100.0), (256, 180.0, 100.0), (64, 128.0, 100.3)])
+def test_the_paste_back_fades_to_nothing_at_the_crop_s_edge(size, side, corner):
+    # The feather's blur reached the crop's edge (12/255 at 64 px), where the photo took over at once: a seam along
+    # the crop's square, and pixels of the photo just outside the crop changed.
+    from hyperinverter.align.ffhq import paste_back_placement
+
+    quad = [[corner, corner], [corner, corner + side], [corner + side, corner + side], [corner + side, corner]]
+    photo = Image.new("RGB", (400, 400))
+    white = Image.new("RGB", (size, size), (255, 255, 255))
+    out = np.asarray(paste_back_placement(photo, white, {"quad": quad, "source_size": [400, 400]}))[..., 0]
+    first, last = int(np.ceil(corner)), int(np.floor(corner + side))  # (the pixels whose centre is in the crop)
+    inside, within = np.zeros(out.shape, dtype=bool), np.zeros(out.shape, dtype=bool)
+    inside[first : last + 1, first : last + 1] = True
+    within[first + 1 : last, first + 1 : last] = True
+    assert not out[~inside].any()  # the photo outside the crop, bit for bit
+    assert out[inside & ~within].max() <= 3 and out[200, 200] == 255  # the crop's outermost pixels: (nearly) none
+
+
 def test_paste_back_keeps_the_photo_s_kind():
     # A black-and-white photo came back in colour (the model's face a tinted patch in it), and a cut-out photo lost
     # its alpha: the result is of the photo's own kind, the photo outside the crop unchanged.

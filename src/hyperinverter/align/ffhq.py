@@ -156,6 +156,7 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     size = edited.width
     if edited.size != (size, size):
         raise ValueError(f"edited crops must be square, got {edited.size}")
+    feathered = mask is None
     if mask is None:
         mask = Image.new("L", (size, size), 0)
         border = max(1, int(size * feather))
@@ -171,6 +172,9 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     if side < size:
         size = max(side, 1)
         edited, mask = edited.resize((size, size), Image.LANCZOS), mask.resize((size, size), Image.BILINEAR)
+    if feathered:  # (the blur's tail reached the crop's edge, 12/255 at 64 px, where the photo takes over: a seam)
+        edge = int(np.asarray(mask).max(initial=0, where=_outer_ring(size)))
+        mask = mask.point([max(0, round((v - edge) * 255 / (255 - edge))) for v in range(256)]) if edge else mask
     # Source pixel -> crop pixel: the inverse of the crop's affine (rescaled to the edited crop's size).
     forward = quad_affine(face.quad, size)
     matrix = np.vstack([forward, [0.0, 0.0, 1.0]])
@@ -184,6 +188,13 @@ def paste_back(photo: Image.Image, edited: Image.Image, face: AlignedFace, *, fe
     if alpha is not None:
         pasted.putalpha(alpha)
     return pasted
+
+
+def _outer_ring(size: int) -> np.ndarray:
+    """``[size, size]`` bool: a square image's outermost pixels."""
+    ring = np.ones((size, size), dtype=bool)
+    ring[1:-1, 1:-1] = False
+    return ring
 
 
 def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,
