@@ -193,6 +193,10 @@ def test_uploads_over_the_limits_are_refused_and_large_photos_downscaled(pipelin
     with pytest.raises(NoFaceFoundError):
         detecting.invert(Image.new("RGB", (900, 600), "gray"), align=True)
     assert seen == [(300, 200)]  # downscaled before detection, aspect kept
+    # `web --detect-side 6000`: the page's detector looks at that size too (its own 2048 reduced the photo again)
+    pipeline.save_pretrained(tmp_path / "model")
+    assert WebSession.from_model(tmp_path / "model", device="cpu",
+                                 limits=WebLimits(detect_side=6000)).detector.detect_side == 6000
 
 
 def test_a_not_image_upload_names_the_upload_not_the_server_path(session, tmp_path):

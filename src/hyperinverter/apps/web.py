@@ -133,7 +133,9 @@ class WebSession:
         from ..catalogue import local_model_path
 
         path = local_model_path(model)
-        detector, why_not = optional_detector()
+        # Uploads are downscaled to the limits' side first: the detector looks at that size (its own default, 2048,
+        # reduced larger ones again, so `web --detect-side 6000` found no face that 2048 did not).
+        detector, why_not = optional_detector(detect_side=limits.detect_side)
         if why_not:
             logger.warning(why_not)
         examples = model_examples(path)
