@@ -134,6 +134,15 @@ def test_a_large_photo_s_faces_are_found_on_a_reduced_copy_and_placed_on_the_pho
     assert np.abs(landmarks - full).mean() < 0.02 * eyes and landmarks.max() > 300  # on the photo, not the copy
     with pytest.raises(ValueError, match="detect_side"):
         Dlib68Detector(detect_side=0)
+    # No face there: the size it would have needed is the reduced copy's ("about 40 px" misled: a 60-px face in a
+    # 6000-px photo is not found), and how to search at full size.
+    from hyperinverter.align import align_faces
+
+    with pytest.raises(NoFaceFoundError, match=r"about 80 px and more in this photo, searched at 1/2 of its size "
+                                               r"\(--detect-side 0"):
+        align_faces(Image.new("RGB", (3000, 100), "gray"), Dlib68Detector(), source="wide.png")
+    with pytest.raises(NoFaceFoundError, match=r"about 40 px and more: turn"):
+        align_faces(Image.new("RGB", (2048, 100), "gray"), Dlib68Detector(), source="wide.png")
     # The command line sets it (`--detect-side`, 0: full size) for every command that aligns photos.
     from hyperinverter.cli.arguments import face_detector
     from hyperinverter.cli.main import build_parser

@@ -59,9 +59,13 @@ class Dlib68Detector:
         self.min_score = min_score
         self.detect_side = detect_side
 
+    def reduction(self, size: tuple[int, int]) -> int:
+        """The integer factor a photo of ``size`` (width, height) is reduced by to find its faces (1: none)."""
+        return -(-max(size) // self.detect_side) if self.detect_side is not None else 1
+
     def __call__(self, image: Image.Image) -> list[np.ndarray]:
         image = image.convert("RGB")
-        factor = -(-max(image.size) // self.detect_side) if self.detect_side is not None else 1
+        factor = self.reduction(image.size)
         if factor > 1:
             found, _scores, _kinds = self._detector.run(np.asarray(image.reduce(factor)), self.upsample,
                                                         self.min_score)
@@ -92,8 +96,12 @@ def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 102
     landmarks = detector(photo)
     if not landmarks:
         smallest = 80 >> getattr(detector, "upsample", 0)  # dlib's HOG window, halved by each upsampling
+        # (in a photo reduced to be searched, the smallest face is that much larger: "about 40 px" misled there)
+        factor = detector.reduction(photo.size) if hasattr(detector, "reduction") else 1
+        reduced = (f" in this photo, searched at 1/{factor} of its size (--detect-side 0 or detect_side=None: at full "
+                   "size)") if factor > 1 else ""
         raise NoFaceFoundError(source, "no face found (the detector finds upright, roughly frontal faces of "
-                               f"about {smallest} px and more: turn a sideways photo upright)")
+                               f"about {smallest * factor} px and more{reduced}: turn a sideways photo upright)")
     logger.info("%s: %d face(s)", source, len(landmarks))
     return [align_from_landmarks(photo, lm, size=size, scale=scale) for lm in landmarks]
 
