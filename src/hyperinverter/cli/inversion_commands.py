@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from .arguments import (
     name_list,
     positive_int,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _add_model(p: argparse.ArgumentParser, *, required: bool = True, photos: bool = True) -> None:
@@ -417,8 +420,6 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
 
 def _pasted_back(path: Path, record: dict, edits: list) -> list:
     """Each edit of the face inverted from ``path`` pasted back into the photo it was aligned from (read once)."""
-    import logging
-
     from ..align import paste_back_placement
     from ..errors import InputError
     from ..io.files import sha256_if_readable
@@ -431,7 +432,7 @@ def _pasted_back(path: Path, record: dict, edits: list) -> list:
         # A photo changed under its name since is pasted into (a retouched photo keeps its face's place), but a
         # viewer's rotation by its EXIF tag, or a crop, at the same size moved the face without a word.
         if record.get("source_sha256") not in (None, sha256_if_readable(record["source"])):
-            logging.getLogger(__name__).warning(
+            logger.warning(
                 "%s: has changed since its face was aligned for %s: the edit goes where the face was then (if the "
                 "photo was turned or cropped since, invert it again)", record["source"], path)
         return [paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"), record["placement"])
