@@ -272,3 +272,24 @@ def test_numbers_in_exponent_notation_are_numbers(tmp_path):
     assert (config.lr, config.lr_d, config.r1_gamma) == (1e-4, 2e-5, 10.0)
     with pytest.raises(ConfigError, match="steps: expected an integer, got '1e3'"):  # counts stay integers
         load_config(InversionTrainingConfig, PRESETS["ffhq-1024"], ["steps=1e3"])
+
+
+BUNDLED = Path(__file__).resolve().parent.parent / "src" / "hyperinverter" / "bundled"
+
+
+def _repo_preset(bundled: Path) -> Path:
+    domain = {"faces-64": "faces64", "faces-64-sr4": "faces64", "fashion-32": "fashion32"}[bundled.parent.parent.name]
+    return CONFIGS / domain / bundled.name
+
+
+@pytest.mark.parametrize("path", sorted(p for p in BUNDLED.glob("*/configs/*.yaml") if _repo_preset(p).is_file()),
+                         ids=lambda p: p.relative_to(BUNDLED).as_posix())
+def test_a_bundled_config_trains_the_discriminator_as_the_model_was_trained(path):
+    # A model card says that its resolved configs repeat the run. The bundled hypernetwork configs were resolved
+    # before betas_d/lazy_d existed, when the discriminator took StyleGAN2's lazy Adam; with the official plain Adam
+    # as the default since, they trained another discriminator than the one the bundle was trained with.
+    cls = CONFIG_CLASS[TRAINER_OF_STEM[path.stem]]
+    bundled, preset = load_config(cls, path), load_config(cls, _repo_preset(path))
+    for key in ("betas_d", "lazy_d"):
+        if hasattr(preset, key):
+            assert getattr(bundled, key) == getattr(preset, key), key
