@@ -88,7 +88,8 @@ def register(sub) -> None:
                    "along the direction)")
     q.add_argument("--name", default=None, help="the direction's name (default: the attribute)")
     q.add_argument("--out", type=file_path, default=None,
-                   help="the direction file to write (default: ATTRIBUTE.safetensors in the current folder)")
+                   help="the direction file to write (default: NAME.safetensors in the current folder, NAME being "
+                   "--name or else the attribute)")
     q.set_defaults(func=run_train)
 
     q = actions.add_parser("label", help="label a face model's samples with landmark attributes (yaw, mouth and "
