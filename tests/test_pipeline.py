@@ -350,6 +350,12 @@ def test_save_result_records_the_method_and_precision_that_made_the_result(pipel
     # A method given still wins.
     _, record = pipeline.load_result(pipeline.save_result(optimised, tmp_path / "p.safetensors", method="phase1"))
     assert record["method"] == "phase1"
+    # A loaded result keeps them: saved again (to edit, or copy), it was recorded as the default method's, in fp32.
+    for name in ("w.safetensors", "b.safetensors"):
+        loaded, record = pipeline.load_result(tmp_path / name)
+        assert (loaded.method, loaded.dtype) == (record["method"], record["dtype"])
+        _, again = pipeline.load_result(pipeline.save_result(loaded, tmp_path / f"again-{name}"))
+        assert (again["method"], again["dtype"]) == (record["method"], record["dtype"])
 
 
 def test_a_direction_file_written_again_is_read_again(pipeline, tmp_path, monkeypatch):

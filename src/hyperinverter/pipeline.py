@@ -738,8 +738,12 @@ class InversionPipeline:
         # (another model's result was written labelled with this model's name and generator)
         check_fits("the result", result.ws, result.weight_delta, {}, self.generator,
                    model=repr(self.name or "this model"), fingerprint=self.fingerprint)
-        # (a W optimisation's result was recorded as the default method's, a bf16 one as fp32)
-        method = self.inverter(method if method is not None else result.method).name
+        # (a W optimisation's result was recorded as the default method's, a bf16 one as fp32; a loaded file of
+        # another bundle of this generator keeps the method it records, which this model may not hold)
+        if method is None and result.method is not None and result.method not in self.available_methods():
+            method = get_method(result.method).name
+        else:
+            method = self.inverter(method if method is not None else result.method).name
         return save_inversion(path, result.to("cpu"), source=source, model=self.name or "", method=method,
                               generator=self.fingerprint, dtype=result.dtype or self.dtype)
 
@@ -762,7 +766,9 @@ class InversionPipeline:
                            "them", path, record["method"], ", ".join(missing[:4]), ", ..." if len(missing) > 4 else "")
         ws = ws.to(self.device)
         delta = delta.to(self.device) if delta is not None else None
-        return InversionResult(ws=ws, image=self.render(ws, delta), weight_delta=delta), record
+        # (without its method and precision, a loaded result saved again was recorded as the default method's)
+        return InversionResult(ws=ws, image=self.render(ws, delta), weight_delta=delta, method=record["method"] or None,
+                               dtype=record["dtype"]), record
 
     @torch.no_grad()
     def edit(self, result: InversionResult, direction: Direction | str | os.PathLike | torch.Tensor,
