@@ -55,6 +55,12 @@ def test_the_inputs_a_user_hands_over(pipeline, tmp_path, caplog):
     for dtype in (torch.int64, torch.bool):
         with pytest.raises(ValueError, match=f"floats in \\[-1, 1\\] or uint8 in \\[0, 255\\], got {dtype}"):
             pipeline.prepare(as_uint8.to(dtype))
+    # A list of tensors is converted one by one: a uint8 image among floats was joined as floats in [0, 255] (taken
+    # for [-1, 1] with a warning), an int64 or bool one without a word.
+    torch.testing.assert_close(pipeline.prepare([as_uint8[0], x[0]]), torch.cat([as_uint8.float() / 127.5 - 1, x]))
+    for dtype in (torch.int64, torch.bool):
+        with pytest.raises(ValueError, match=f"floats in \\[-1, 1\\] or uint8 in \\[0, 255\\], got {dtype}"):
+            pipeline.prepare([x[0], as_uint8[0].to(dtype)])
     with pytest.raises(ValueError, match="no images given"):
         pipeline.prepare(x[:0])
     with caplog.at_level("WARNING"):

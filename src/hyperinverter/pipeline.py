@@ -102,6 +102,18 @@ def _check_values(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} is a tensor on the meta device, which holds no values")
 
 
+def _float_images(images: torch.Tensor) -> torch.Tensor:
+    """An image tensor ``[B, C, H, W]`` (or one ``[C, H, W]``) as floats: uint8 in [0, 255] mapped to [-1, 1],
+    floats as they are; any other dtype is a ``ValueError``."""
+    _check_values(images, "images")
+    x = images if images.ndim == 4 else images[None]
+    if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
+        return x.float() / 127.5 - 1
+    if not x.is_floating_point():
+        raise ValueError(f"image tensors must be floats in [-1, 1] or uint8 in [0, 255], got {x.dtype}")
+    return x
+
+
 def ensure_finite(images: torch.Tensor, what: str) -> torch.Tensor:
     """``images``, or ``NonFiniteError`` when any value is NaN or infinite (never a silently black picture)."""
     bad = non_finite_samples(images)
@@ -583,20 +595,15 @@ class InversionPipeline:
             raise TypeError("images must be a tensor, an image, a path, or a list of images or paths; got "
                             f"{type(images).__name__}")
         if isinstance(images, torch.Tensor):
-            _check_values(images, "images")
-            x = images if images.ndim == 4 else images[None]
-            if x.dtype == torch.uint8:  # e.g. torchvision.io.read_image
-                x = x.float() / 127.5 - 1
-            elif not x.is_floating_point():
-                raise ValueError(f"image tensors must be floats in [-1, 1] or uint8 in [0, 255], got {x.dtype}")
+            x = _float_images(images)
         else:
             images = list(images)
             if images and all(isinstance(item, torch.Tensor) for item in images):  # a list of image tensors
-                for item in images:
-                    _check_values(item, "images")
                 if len({tuple(item.shape[-3:]) for item in images}) > 1:
                     raise ValueError(f"the image tensors differ in shape: {[tuple(i.shape) for i in images][:4]}")
-                return self.prepare(torch.cat([item if item.ndim == 4 else item[None] for item in images]), size=size)
+                # Each converted before they are joined: torch.cat promotes a uint8 image among floats to floats in
+                # [0, 255] (taken for [-1, 1] with a warning), and an integer or bool one without a word.
+                return self.prepare(torch.cat([_float_images(item) for item in images]), size=size)
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
             side = size or G.resolution
             tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=side), size=side,
