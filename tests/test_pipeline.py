@@ -384,3 +384,16 @@ def test_a_direction_file_written_again_is_read_again(pipeline, tmp_path, monkey
     os.utime(tmp_path / "a" / "d.safetensors", ns=(1, 1))  # (a new time, however fast the file was written)
     torch.testing.assert_close(pipeline.edit(result, tmp_path / "a" / "d.safetensors", 2.0),
                                pipeline.edit(result, down, 2.0))
+
+
+def test_numpy_and_tensor_scalars_are_options_like_python_numbers(pipeline):
+    # A sweep over np.arange steps or np.logspace learning rates was refused: "steps must be a positive integer, got
+    # np.int64(2)", "learning_rate must be a finite number above 0, got np.float32(0.1)".
+    x = images(1)
+    plain = pipeline.invert(x, method="w-opt", steps=2, w_avg_samples=16, learning_rate=0.25, progress=False)
+    given = ((np.int64(2), np.int32(16), np.float32(0.25)), (torch.tensor(2), 16, torch.tensor(0.25)))
+    for steps, samples, rate in given:
+        got = pipeline.invert(x, method="w-opt", steps=steps, w_avg_samples=samples, learning_rate=rate, progress=False)
+        assert torch.equal(got.ws, plain.ws)
+    with pytest.raises(ValueError, match="option steps of w-opt: expected an integer, got 2.0"):
+        pipeline.invert(x, method="w-opt", steps=np.float64(2.0))  # a float stays a float

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -272,6 +273,7 @@ class Inverter(nn.Module):
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ValueError(f"{self.name} has no option {unknown}; its options: {dict(self.options) or 'none'}")
+        options = {key: _plain_scalar(value) for key, value in options.items()}
         for key, value in options.items():
             _check_option_type(self.name, key, value, self.options[key])
         return {**self.options, **options}
@@ -317,6 +319,14 @@ class Inverter(nn.Module):
         result.timings = dict(stopwatch.laps)
         result.method, result.dtype = self.name, dtype_name(dtype)
         return result
+
+
+def _plain_scalar(value: Any) -> Any:
+    """A numpy scalar or a 0-d tensor as the Python number it holds, anything else as it is (a sweep over
+    ``np.arange`` steps was refused as "steps must be a positive integer, got np.int64(2)")."""
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_meta):
+        return value.item()
+    return value
 
 
 def _check_option_type(method: str, key: str, value: Any, default: Any) -> None:
