@@ -66,6 +66,14 @@ def test_bad_files_are_reported_and_the_rest_written(pipeline, tmp_path):
     assert torch.allclose(pipeline.render(ws, delta), pipeline.invert(x).select(1).image, atol=1e-5)
 
 
+def test_a_bad_batch_size_is_named(pipeline, tmp_path):
+    paths = write_photos(tmp_path / "in", 1)
+    for bad in ("2", 0, 1.5):  # ("2" was a TypeError inside, 1.5 failed deep in the loop)
+        with pytest.raises(ValueError, match="batch_size must be a whole number of 1 or more"):
+            invert_files(pipeline, paths, tmp_path / "out", batch_size=bad, progress=False)
+    assert len(invert_files(pipeline, paths, tmp_path / "out", batch_size=np.int64(2), progress=False).written) == 1
+
+
 def test_the_progress_bar_counts_finished_files(pipeline, tmp_path, monkeypatch):
     # It counted files as read, before their (for optimisation, minutes-long) inversion: 4/8 while 2 were written.
     from hyperinverter.inversion import batch

@@ -397,3 +397,12 @@ def test_numpy_and_tensor_scalars_are_options_like_python_numbers(pipeline):
         assert torch.equal(got.ws, plain.ws)
     with pytest.raises(ValueError, match="option steps of w-opt: expected an integer, got 2.0"):
         pipeline.invert(x, method="w-opt", steps=np.float64(2.0))  # a float stays a float
+
+
+def test_a_batch_size_is_any_whole_number(pipeline):
+    # np.int64(2) (a size worked out with numpy) was refused as "must be a whole number of 1 or more".
+    x = images(3)
+    assert torch.equal(pipeline.invert(x, batch_size=np.int64(2)).ws, pipeline.invert(x, batch_size=2).ws)
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises(ValueError, match="batch_size must be a whole number of 1 or more"):
+            pipeline.invert(x, batch_size=bad)

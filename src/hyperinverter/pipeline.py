@@ -57,7 +57,7 @@ from .io.images import (
 )
 from .memory import first_pass_mapped, large_blocks_mapped, trim
 from .methods import InversionResult, Inverter, get_method, registered_methods
-from .methods.base import whole_number
+from .methods.base import check_batch_size, whole_number
 from .models.stylegan2 import Discriminator, Generator
 from .models.weight_delta import WeightDelta
 from .ops.prepacked import prepack_convolutions, unpack_convolutions
@@ -640,8 +640,7 @@ class InversionPipeline:
         A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
         it, for callers that report such samples one by one).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
+        batch_size = check_batch_size(batch_size)
         inverter = self.inverter(method)
         size = None
         if at_encoder_size:

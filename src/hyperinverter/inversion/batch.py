@@ -37,6 +37,7 @@ from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
 from ..io.images import fit_to_canvas, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
+from ..methods.base import check_batch_size
 from ..precision import dtype_name
 from ..progress import progress_bar
 from .files import inversion_bytes, made_with_digest
@@ -234,8 +235,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     another way (e.g. :meth:`InversionPipeline.adapt` with a fine-tuned generator), written as ``NAME_adapted.png``
     and shown last in the comparison strip.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     out_dir = prepare_output_folder(Path(out_dir))
     paths = list(inputs)
     names = output_stems(paths)  # over all files, so that every rank names a file the same way

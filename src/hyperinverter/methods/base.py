@@ -38,6 +38,14 @@ def whole_number(value: object) -> int | None:
         return None
 
 
+def check_batch_size(value: object) -> int:
+    """``value`` as a batch size (a whole number of 1 or more, numpy's too), else a ``ValueError`` naming it."""
+    whole = whole_number(value)
+    if whole is None or whole < 1:  # (np.int64(2) was refused; "2" was a TypeError inside)
+        raise ValueError(f"batch_size must be a whole number of 1 or more, got {value!r}")
+    return whole
+
+
 @dataclass
 class InversionResult:
     """What an inverter returns for a batch of B images.
