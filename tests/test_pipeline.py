@@ -66,6 +66,16 @@ def test_the_inputs_a_user_hands_over(pipeline, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         pipeline.prepare(x * 255)
     assert "inversion expects [-1, 1]" in caplog.text
+    # Floats in [0, 1] (torchvision's ToTensor) were taken as [-1, 1] without a word: a washed-out inversion.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pipeline.prepare(x)
+        pipeline.prepare(as_uint8)
+        pipeline.prepare(by_path)
+    assert "no negative values" not in caplog.text
+    with caplog.at_level("WARNING"):
+        pipeline.prepare(torch.cat([x, (x + 1) / 2]))
+    assert "image(s) [1] given hold no negative values: inversion expects [-1, 1]" in caplog.text
 
 
 def test_selecting_a_sample_by_index():

@@ -625,6 +625,13 @@ class InversionPipeline:
         if peak > 1.5:
             logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
                            "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
+        elif isinstance(images, torch.Tensor) and images.is_floating_point():
+            # Floats in [0, 1] (torchvision's ToTensor) were inverted as a washed-out photo without a word; a photo in
+            # [-1, 1] has pixels below mid-grey.
+            unsigned = torch.nonzero(x.detach().flatten(1).amin(dim=1) >= 0).flatten().tolist()
+            if unsigned:
+                logger.warning("image(s) %s given hold no negative values: inversion expects [-1, 1] (for floats in "
+                               "[0, 1], as torchvision's ToTensor gives, rescale with x * 2 - 1)", unsigned[:8])
         return x.to(self.device, torch.float32)
 
     # --- inference --------------------------------------------------------------------------------------
