@@ -87,6 +87,19 @@ def test_selecting_a_sample_by_index():
         result.select(3)  # was an empty result
 
 
+def test_a_result_built_by_hand_is_checked():
+    from hyperinverter.methods import InversionResult
+
+    # Asserts: an AssertionError (nothing at all under python -O), and a numpy array an AttributeError.
+    for ws, image, match in ((torch.zeros(2, 3), torch.zeros(2, 1, 2, 2), "ws must be a tensor \\[B, num_ws, w_dim\\]"),
+                             (np.zeros((2, 1, 3)), torch.zeros(2, 1, 2, 2), "got ndarray"),
+                             (torch.zeros(2, 1, 3), torch.zeros(1, 1, 2, 2), "with the 2 sample\\(s\\) of ws")):
+        with pytest.raises(ValueError, match=match):
+            InversionResult(ws=ws, image=image)
+    with pytest.raises(ValueError, match="initial_image and steps must be tensors"):
+        InversionResult(ws=torch.zeros(1, 1, 3), image=torch.zeros(1, 1, 2, 2), steps=[torch.zeros(1, 1, 4, 4)])
+
+
 def test_save_and_load_pretrained(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path / "pipe")
     again = InversionPipeline.from_pretrained(tmp_path / "pipe", device="cpu")

@@ -72,13 +72,23 @@ class InversionResult:
     dtype: str | None = None
 
     def __post_init__(self) -> None:
+        # ValueErrors, not asserts: a result built by hand from one's own codes is an API input (an assert was an
+        # AssertionError, or nothing under python -O, and a numpy array an AttributeError).
+        def shape(t: object) -> object:
+            return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+        if not isinstance(self.ws, torch.Tensor) or self.ws.ndim != 3:
+            raise ValueError(f"ws must be a tensor [B, num_ws, w_dim], got {shape(self.ws)}")
         b = self.ws.shape[0]
-        assert self.ws.ndim == 3, f"ws must be [B,num_ws,w_dim], got {tuple(self.ws.shape)}"
-        assert self.image.ndim == 4 and self.image.shape[0] == b, "image must be [B,C,R,R] with the batch of ws"
-        if self.weight_delta is not None:
-            assert self.weight_delta.batch_size == b, "weight_delta and ws disagree on the batch size"
+        if not isinstance(self.image, torch.Tensor) or self.image.ndim != 4 or self.image.shape[0] != b:
+            raise ValueError(f"image must be a tensor [B, C, R, R] with the {b} sample(s) of ws, got "
+                             f"{shape(self.image)}")
+        if self.weight_delta is not None and self.weight_delta.batch_size != b:
+            raise ValueError(f"weight_delta holds {self.weight_delta.batch_size} sample(s), ws {b}")
         for extra in ([self.initial_image] if self.initial_image is not None else []) + list(self.steps):
-            assert extra.shape == self.image.shape, f"intermediate images must be {tuple(self.image.shape)}"
+            if not isinstance(extra, torch.Tensor) or extra.shape != self.image.shape:
+                raise ValueError(f"initial_image and steps must be tensors {tuple(self.image.shape)}, got "
+                                 f"{shape(extra)}")
 
     def __len__(self) -> int:
         return self.ws.shape[0]
