@@ -84,7 +84,12 @@ def check_strength(strength: object, what: str = "strength") -> None:
     (NaN was taken, and every edit was a NaN image blamed on the model)."""
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
         raise TypeError(f"{what} must be a number, got {strength!r}")
-    if not -MAX_STRENGTH < strength < MAX_STRENGTH:  # (NaN fails the range)
+    # (compared as a Python float: a numpy float32 cast the bound to its own type, with an overflow RuntimeWarning)
+    try:
+        within = -MAX_STRENGTH < float(strength) < MAX_STRENGTH  # (NaN fails the range)
+    except OverflowError:  # (an integer past a float's range: 10**400)
+        within = False
+    if not within:
         raise ValueError(f"{what} must be a finite number within ±1e300, got {str(strength)[:24]}")
 
 
