@@ -1179,3 +1179,18 @@ def test_upper_case_safetensors_suffixes(world, tmp_path, capsys):
                      "--strength", "1", "--out", tmp_path / out)
         assert result.code == 0 and "wrote edits of 1 input(s)" in result.out
         assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["p0_up_+1.png", "p0_up_strip.png"]
+
+
+def test_what_the_second_api_fuzzing_pass_left(world):
+    # A device of another type, a model given as bytes or None, and an empty list of results each failed inside
+    # torch or os.path with a message that named no argument.
+    from hyperinverter.device import resolve_device
+    from hyperinverter.methods import InversionResult
+
+    with pytest.raises(ValueError, match="invalid device 1.5"):
+        resolve_device(1.5)
+    for model in (b"faces-64", None, 3):
+        with pytest.raises(TypeError, match="name_or_path must be a model name or a path"):
+            InversionPipeline.from_pretrained(model, device="cpu")
+    with pytest.raises(ValueError, match="cat needs at least one result"):
+        InversionResult.cat([])

@@ -123,8 +123,9 @@ def test_delta_accumulates_over_iterations(method):
         assert torch.allclose(result.weight_delta[name], first[name] + second[name], atol=1e-6)
     assert torch.allclose(method.generator.synthesis(result.ws, weight_delta=first), result.steps[0], atol=1e-5)
     assert torch.equal(result.ws, method.encode_w(x))  # the codes never change
-    with pytest.raises(ValueError, match="iterations must be a positive integer"):
-        method.invert(x, iterations=0)
+    for bad in (0, 101):  # (10**9 ran for good, keeping every iteration's image)
+        with pytest.raises(ValueError, match=f"iterations must be a whole number from 1 to 100, got {bad}"):
+            method.invert(x, iterations=bad)
     with pytest.raises(ValueError, match="option iterations of hyperstyle: expected an integer, got True"):
         method.invert(x, iterations=True)  # (`--option iterations=true`: it ran one iteration)
 

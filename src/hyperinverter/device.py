@@ -31,7 +31,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(spec)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:  # (TypeError: 1.5, a list)
         raise ValueError(f"invalid device {spec!r}: {e}") from None
     name = DEVICE_NAMES.get(device.type)
     if name is None:

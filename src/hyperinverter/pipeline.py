@@ -499,6 +499,9 @@ class InversionPipeline:
         """
         from .catalogue import local_model_path
 
+        if not isinstance(name_or_path, (str, os.PathLike)):  # (None, 3 or b"x" failed inside os.path, naming nothing)
+            raise TypeError(f"name_or_path must be a model name or a path (str or os.PathLike), got "
+                            f"{type(name_or_path).__name__}")
         if content_rows is not None:
             content_rows = check_content_rows(content_rows, "content_rows")
         path = local_model_path(name_or_path)

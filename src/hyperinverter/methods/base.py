@@ -131,6 +131,8 @@ class InversionResult:
     def cat(results: list[InversionResult]) -> InversionResult:
         """One result for the batches in ``results``, in order (one result is returned as it is: a full-size
         HyperInverter's Δθ is 90 MB per image, and a copy of it made the peak of a pipeline's inversion)."""
+        if not results:  # ("min() arg is an empty sequence")
+            raise ValueError("cat needs at least one result")
         if len(results) == 1:
             return results[0]
 

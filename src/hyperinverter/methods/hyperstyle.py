@@ -23,6 +23,8 @@ from .base import InversionResult, Stopwatch
 from .phase1 import Phase1, check_w_encoder, encoder_fit, encoder_input_shape, raise_if, resize_for_encoder
 from .registry import register_method
 
+MAX_ITERATIONS = 100
+
 
 def pool_to(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """``x`` at ``size`` (a side, or (height, width)): average pooling for an integer reduction (the official
@@ -122,8 +124,9 @@ class HyperStyle(Phase1):
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         options = super().check_options(options)
         iterations = options["iterations"]
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        # (10**9 ran for good, keeping every iteration's image; the paper's curves flatten within 10)
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or not 1 <= iterations <= MAX_ITERATIONS:
+            raise ValueError(f"iterations must be a whole number from 1 to {MAX_ITERATIONS}, got {iterations!r}")
         return options
 
     def forward(self, images: torch.Tensor, *, stopwatch: Stopwatch | None = None,
