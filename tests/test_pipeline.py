@@ -77,6 +77,11 @@ def test_the_inputs_a_user_hands_over(pipeline, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         pipeline.prepare(torch.cat([x, (x + 1) / 2]))
     assert "image(s) [1] given hold no negative values: inversion expects [-1, 1]" in caplog.text
+    caplog.clear()
+    bright = torch.full_like(as_uint8, 200)  # a uint8 image among floats: a bright photo, not floats in [0, 1]
+    with caplog.at_level("WARNING"):
+        pipeline.prepare([bright[0], x[0], (x[0] + 1) / 2])
+    assert "image(s) [2] given hold no negative values" in caplog.text
 
 
 def test_selecting_a_sample_by_index():

@@ -598,15 +598,17 @@ class InversionPipeline:
             raise TypeError("images must be a tensor, an image, a path, or a list of images or paths; got "
                             f"{type(images).__name__}")
         if isinstance(images, torch.Tensor):
-            x = _float_images(images)
+            images = [images]
+        images = list(images)
+        if images and all(isinstance(item, torch.Tensor) for item in images):  # a tensor, or a list of them
+            if len({tuple(item.shape[-3:]) for item in images}) > 1:
+                raise ValueError(f"the image tensors differ in shape: {[tuple(i.shape) for i in images][:4]}")
+            # Each converted before they are joined: torch.cat promotes a uint8 image among floats to floats in
+            # [0, 255] (taken for [-1, 1] with a warning), and an integer or bool one without a word.
+            parts = [_float_images(item) for item in images]
+            x = torch.cat(parts)
+            given_as_floats = [item.is_floating_point() for item, part in zip(images, parts) for _ in part]
         else:
-            images = list(images)
-            if images and all(isinstance(item, torch.Tensor) for item in images):  # a list of image tensors
-                if len({tuple(item.shape[-3:]) for item in images}) > 1:
-                    raise ValueError(f"the image tensors differ in shape: {[tuple(i.shape) for i in images][:4]}")
-                # Each converted before they are joined: torch.cat promotes a uint8 image among floats to floats in
-                # [0, 255] (taken for [-1, 1] with a warning), and an integer or bool one without a word.
-                return self.prepare(torch.cat([_float_images(item) for item in images]), size=size)
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
             side = size or G.resolution
             tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=side), size=side,
@@ -614,6 +616,7 @@ class InversionPipeline:
             if not tensors:
                 raise ValueError("no images given")
             x = torch.cat(tensors)
+            given_as_floats = [False] * len(x)  # (files and uint8 images: a bright photo may lack dark pixels)
         expected = (G.config.img_channels, size or G.resolution, size or G.resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] for this generator, got "
@@ -628,10 +631,11 @@ class InversionPipeline:
         if peak > 1.5:
             logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
                            "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
-        elif isinstance(images, torch.Tensor) and images.is_floating_point():
+        elif any(given_as_floats):
             # Floats in [0, 1] (torchvision's ToTensor) were inverted as a washed-out photo without a word; a photo in
             # [-1, 1] has pixels below mid-grey.
-            unsigned = torch.nonzero(x.detach().flatten(1).amin(dim=1) >= 0).flatten().tolist()
+            unsigned = [i for i in torch.nonzero(x.detach().flatten(1).amin(dim=1) >= 0).flatten().tolist()
+                        if given_as_floats[i]]
             if unsigned:
                 logger.warning("image(s) %s given hold no negative values: inversion expects [-1, 1] (for floats in "
                                "[0, 1], as torchvision's ToTensor gives, rescale with x * 2 - 1)", unsigned[:8])
