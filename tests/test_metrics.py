@@ -37,13 +37,32 @@ def test_psnr_formula_and_per_image_independence():
 
 def test_mse_compares_256_px_images_like_the_papers():
     x = torch.rand(1, 3, 512, 512) * 2 - 1
-    y = x + 0.1 * torch.randn(1, 3, 512, 512)  # fine noise mostly averages away at 256 px
+    y = (x + 0.1 * torch.randn(1, 3, 512, 512)).clamp(-1, 1)  # fine noise mostly averages away at 256 px
     def resized(images):  # torchvision's Resize(256) on tensors
         return torch.nn.functional.interpolate(images, size=256, mode="bilinear", antialias=True)
 
     assert torch.allclose(mse(x, y), (resized(x) - resized(y)).square().mean(), rtol=1e-5)
     small = torch.rand(1, 3, 64, 64)
     assert torch.allclose(mse(small, -small), (2 * small).square().mean())  # untouched below 256 px
+
+
+def test_outputs_beyond_the_range_score_as_their_saved_images():
+    # A generator's pixels overshoot [-1, 1] (a third of fashion-32's at its black background). The papers score
+    # the saved 8-bit files, where they are clipped; MSE and the network metrics (LPIPS, identity) counted the
+    # overshoot: fashion-32's MSE was 1.5-2.5 % above that of its saved reconstructions.
+    from hyperinverter.metrics import FeatureMetric, same_targets
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 3, 300, 300, generator=gen) * 2 - 1
+    output = (target + 0.3 * torch.randn(target.shape, generator=gen)) * 1.3  # well beyond the range
+    saved = output.clamp(-1, 1)
+    torch.testing.assert_close(mse(output, target), mse(saved, target))
+    torch.testing.assert_close(mse(target, output), mse(target, saved))
+    metric = FeatureMetric(lambda images: images.flatten(1), lambda a, b: (a - b).square().mean(dim=1), chunk=2)
+    torch.testing.assert_close(metric(output, target), (saved - target).square().flatten(1).mean(dim=1))
+    with same_targets():  # the targets' kept features too
+        metric(saved, output)
+        torch.testing.assert_close(metric(target, output), (target - saved).square().flatten(1).mean(dim=1))
 
 
 def test_network_metrics_run_on_bounded_chunks_whatever_the_batch(monkeypatch):

@@ -1,12 +1,12 @@
 """Reconstruction metrics, per image: MSE, PSNR, SSIM, MS-SSIM (and LPIPS / identity through their modules).
 
-Images are ``[B,C,H,W]`` in [-1,1]. MSE is computed in that range on images of at most 256 px (the L2 of the
-papers, which resize to 256; larger images are resized as torchvision's ``Resize``); PSNR, SSIM and
-MS-SSIM on [0,1] at full resolution, with the standard Gaussian window (11 taps, sigma 1.5) and constants of
-Wang et al. They are ``piq``'s definitions (``piq.psnr``; ``piq.ssim`` with ``downsample=False``;
-``piq.multi_scale_ssim``), tested against ``piq`` itself. Where ``piq`` refuses an image as too small, ours
-still answers: SSIM shrinks its window, MS-SSIM uses the scales that fit (their weights renormalised, as
-``piq`` does for given ``scale_weights``).
+Images are ``[B,C,H,W]`` in [-1,1] (pixels beyond are clipped, as in the saved files the papers score). MSE is
+computed in that range on images of at most 256 px (the L2 of the papers, which resize to 256; larger images are
+resized as torchvision's ``Resize``); PSNR, SSIM and MS-SSIM on [0,1] at full resolution, with the standard
+Gaussian window (11 taps, sigma 1.5) and constants of Wang et al. They are ``piq``'s definitions (``piq.psnr``;
+``piq.ssim`` with ``downsample=False``; ``piq.multi_scale_ssim``), tested against ``piq`` itself. Where ``piq``
+refuses an image as too small, ours still answers: SSIM shrinks its window, MS-SSIM uses the scales that fit (their
+weights renormalised, as ``piq`` does for given ``scale_weights``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ def resized_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
     return F.interpolate(x, size=_at_width(x, width), mode="bilinear", antialias=True, align_corners=False)
 
 
+def saved_range(x: torch.Tensor) -> torch.Tensor:
+    """``x`` clipped to [-1,1], as a saved 8-bit image is: the papers score their files, and a generator's pixels
+    overshoot the range (a third of fashion-32's), which counted against MSE and the network metrics."""
+    return x.clamp(-1, 1)
+
+
 def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    x, y = resized_to_width(x, PAPER_RESOLUTION), resized_to_width(y, PAPER_RESOLUTION)
+    x, y = (resized_to_width(saved_range(t), PAPER_RESOLUTION) for t in (x, y))
     return (x - y).square().flatten(1).mean(dim=1)
 
 
@@ -127,7 +133,8 @@ Features = torch.Tensor | list[torch.Tensor]  # a network's per-image features: 
 class FeatureMetric:
     """A network metric (Inception distance, LPIPS, identity) as a pair metric: ``compare(features(a),
     features(b)) -> [B]``, run on at most ``chunk`` pairs at a time, so that the network's activations stay bounded
-    whatever the caller's batch (Inception's at 299 px are about 40 MB per image).
+    whatever the caller's batch (Inception's at 299 px are about 40 MB per image). Images are clipped to [-1,1]
+    first (:func:`saved_range`).
 
     Inside :func:`same_targets`, the features of each chunk of targets are kept, up to a memory budget, and reused
     when other outputs are scored against the same targets (every method's reconstruction of one batch): the
@@ -145,11 +152,11 @@ class FeatureMetric:
         for x, y in zip(a.split(self.chunk), b.split(self.chunk)):
             target = memo.get(self, y) if memo is not None else None
             if target is None:  # one pass over both, as the networks run fastest on the larger batch
-                output, target = _split(self.features(torch.cat([x, y])), x.shape[0])
+                output, target = _split(self.features(saved_range(torch.cat([x, y]))), x.shape[0])
                 if memo is not None:
                     memo.put(self, y, target)
             else:
-                output = self.features(x)
+                output = self.features(saved_range(x))
             values.append(self.compare(output, target))
         return torch.cat(values)
 
