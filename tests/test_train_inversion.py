@@ -331,3 +331,55 @@ def test_the_losses_run_in_fp32_under_reduced_precision():
 def test_random_noise_is_refused_where_the_method_renders_with_fixed_noise_only(tmp_path, gan_dir, images):
     with pytest.raises(ValueError, match="random_noise: phase1 renders with the generator's fixed noise maps only"):
         train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1, random_noise=True), images=images)
+
+
+def test_phase2_losses_are_the_official_coach_s(tmp_path, gan_dir, images):
+    # An independent reading of the official training step (models/hyper_inverter.py, training/coach.py): E1 frozen
+    # in eval mode, w = E1(x_r) + w_avg on every row, E2 in training mode on x_r then on the resized W-image, each
+    # hypernetwork on cat(E2(x_w), E2(x)); L2 on AdaptiveAvgPool'd images + λ_adv softplus(-D(ŷ)) at full size;
+    # D: ½[softplus(D(ŷ.detach())) + softplus(-D(y))]; R1: γ/2 mean‖∇D(y)‖² (× the interval, by the loop).
+    import copy
+
+    import torch.nn.functional as F
+
+    from hyperinverter.training.inversion import phase2_task
+
+    p1 = train_w_encoder(config(tmp_path / "p1", gan_dir, steps=1), images=images, val_images=images[:2])
+    cfg = config(tmp_path / "p2", gan_dir, w_encoder=str(p1.final_model), adv_weight=0.005, adv_start=0,
+                 loss_resolution=16, r1_gamma=10.0)
+    task = phase2_task(cfg, torch.device("cpu"), None)
+    task.trainable.train()
+    method, G = task.method, task.method.generator
+    x = images.float() / 127.5 - 1
+    gen = torch.Generator().manual_seed(0)
+    e2, hyper = copy.deepcopy(method.feature_encoder).train(), method.hypernetwork
+    assert not method.w_encoder.training
+    with torch.no_grad():
+        phase = {p.name: p for p in task.phases()}
+        loss, stats = task.loss(phase["encoder"], {"x": x}, step=0, gen=gen)
+
+        def resized(t):
+            return F.interpolate(t, size=(64, 64), mode="bilinear", align_corners=False)
+
+        w = (method.w_encoder(resized(x)) + G.w_avg)[:, None].expand(-1, G.num_ws, -1)
+        w_image = G.synthesis(w, noise_mode="const")
+        input_features = e2(resized(x))
+        delta = hyper(e2(resized(w_image)), input_features)
+        y_hat = G.synthesis(w, weight_delta=delta, noise_mode="const")
+        l2 = F.mse_loss(F.adaptive_avg_pool2d(y_hat, 16), F.adaptive_avg_pool2d(x, 16))
+        adv = F.softplus(-task.D(y_hat)).mean()
+        torch.testing.assert_close(stats["loss/l2"], float(l2), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(float(loss), float(l2 + 0.005 * adv), rtol=1e-5, atol=1e-7)
+        d_loss, _ = task.loss(phase["D"], {"x": x}, step=0, gen=gen)
+        expected = 0.5 * (F.softplus(task.D(y_hat)).mean() + F.softplus(-task.D(x)).mean())
+        torch.testing.assert_close(float(d_loss), float(expected), rtol=1e-5, atol=1e-7)
+    r1, _ = task.loss(phase["D_r1"], {"x": x}, step=0, gen=gen)
+    real = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(task.D(real).sum(), real)
+    torch.testing.assert_close(float(r1.detach()), float(5.0 * grad.square().flatten(1).sum(1).mean()), rtol=1e-5,
+                               atol=0)
+    # E2's BatchNorm statistics moved as the reference's did: one batch of inputs, then one of W-images
+    for ours, reference in zip(method.feature_encoder.modules(), e2.modules()):
+        if isinstance(ours, torch.nn.BatchNorm2d):
+            torch.testing.assert_close(ours.running_mean, reference.running_mean)
+            assert int(ours.num_batches_tracked) == 2
