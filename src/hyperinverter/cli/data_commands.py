@@ -79,7 +79,9 @@ def run_stylise(args: argparse.Namespace) -> int:
     if not args.source.is_dir():
         raise FileNotFoundError(f"{args.source}: not a folder")
     out, failed = sources.write_stylised(args.source, args.out, args.style, limit=args.n)
-    print(f"wrote {args.style} renderings of {args.source} to {out}" + (f" ({failed} unreadable)" if failed else ""))
+    for error in failed:  # (they were warnings, "skipped ...", and the summary called every one unreadable)
+        print(f"failed: {error}", file=sys.stderr)
+    print(f"wrote {args.style} renderings of {args.source} to {out}; {len(failed)} image(s) failed")
     return 1 if failed else 0
 
 

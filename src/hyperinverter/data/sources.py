@@ -313,10 +313,11 @@ def _one_name_each(paths: list[Path], source_dir: Path, *, faces: bool = False) 
 
 
 def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sketch", *, limit: int | None = None,
-                   progress: bool = True) -> tuple[Path, int]:
+                   progress: bool = True) -> tuple[Path, list[InputError]]:
     """Write ``style`` renderings of the images in ``source_dir`` (the first ``limit``, sorted) to ``out_dir``
     under the same names, as PNG; resumable (a rendering of the same source bytes is kept). Returns the folder and
-    the number of source images that could not be read (each is logged)."""
+    the images that failed (unreadable, named like another, or a user's file at a rendering's name), each naming
+    its cause."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r} (known: {', '.join(STYLES)})")
     source_dir, out_dir, found, paths = _source_images(source_dir, out_dir, limit,
@@ -326,9 +327,8 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     check_dataset_folder(out_dir, targets.__contains__)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_dataset(out_dir, {"style": style}, str(source_dir))
-    failed, count = len(found.problems) + len(clashes), 0
-    for problem in [*found.problems, *clashes]:
-        logger.warning("skipped %s", problem)
+    failed: list[InputError] = [*found.problems, *clashes]
+    count = 0
     for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
         target = out_dir / path.relative_to(source_dir).with_suffix(".png")
         # A rendering records the bytes it was made of: a source replaced under its name is rendered again (its
@@ -345,8 +345,7 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
             atomic_write_bytes(target, image_bytes(STYLES[style](image), made_with=made), durable=False)
             count += 1
         except InputError as e:  # unreadable, or a user's file at its name (not replaced)
-            logger.warning("skipped %s", e)
-            failed += 1
+            failed.append(naming(e, path))
     meta = {"source": str(source_dir), "style": style, "count": count}
     atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out_dir, failed
