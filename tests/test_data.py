@@ -260,6 +260,34 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     assert "give --out outside it" in capsys.readouterr().err and not (real / "faces").exists()
 
 
+def test_a_photo_whose_faces_were_named_in_part_is_aligned_again(tmp_path, monkeypatch):
+    # A photo's faces are named one after the other and a resume checks its first face only: a kill between two
+    # names left face0 alone, and every later run skipped the photo as done, its face1 never written.
+    from hyperinverter.io import files
+    from hyperinverter.data.sources import write_aligned
+    from test_batch_inversion import TwoFaces
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(photos / "p.png")
+    publish, named = files._publish, []
+
+    def killed_after_one_face(staged, path):
+        if path.suffix == ".png":
+            if named:
+                staged.discard()
+                raise KeyboardInterrupt
+            named.append(path)
+        publish(staged, path)
+
+    monkeypatch.setattr(files, "_publish", killed_after_one_face)
+    with pytest.raises(KeyboardInterrupt):
+        write_aligned(photos, tmp_path / "faces", size=32, detector=TwoFaces(), progress=False)
+    monkeypatch.setattr(files, "_publish", publish)
+    out, count, failed = write_aligned(photos, tmp_path / "faces", size=32, detector=TwoFaces(), progress=False)
+    assert sorted(p.name for p in out.glob("*.png")) == ["p-face0.png", "p-face1.png"] and count == 2 and not failed
+
+
 def test_two_photos_with_one_name_are_not_one_output(tmp_path):
     # p.jpg and p.png are both written as p.png: the second was skipped as done without a word (the stylised copy
     # counted it, the aligned faces left it out), and p-face0.png's face took the name of p.png's first face.
