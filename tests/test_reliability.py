@@ -288,6 +288,22 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(pipeline, tmp_path, monke
     assert not list((tmp_path / "out").iterdir())
 
 
+def test_a_full_disk_while_a_folder_is_built_names_the_output_not_the_hidden_folder(tmp_path, monkeypatch):
+    # export-generator onto a full disk said "error: OUT/.gen.<hex>-<pid>.partial/model.safetensors: no space left
+    # on device", naming the hidden folder the output is built in (removed by then), not the output.
+    import errno
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "write", full)
+    with pytest.raises(OSError) as caught:
+        save_gan(tmp_path / "gen", build_tiny_generator())
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "gen" / "model.safetensors")
+    assert not list(tmp_path.iterdir())  # the half-built folder is gone
+
+
 def test_a_folder_that_refuses_files_names_the_file_asked_for(tmp_path, monkeypatch):
     # Where files cannot be written unnamed (O_TMPFILE), the temporary is a hidden sibling; the error named it
     # ("/proc/.x.pt.6d1e23cbd40c7eaa.partial: no such file or directory") instead of the file asked for.

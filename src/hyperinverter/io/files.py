@@ -744,6 +744,12 @@ def staged_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     try:
         yield built
         replace_directory(built, target, kind)
+    except OSError as e:  # (a full disk) named after the output's file, not the hidden folder, removed by now
+        shutil.rmtree(built, ignore_errors=True)
+        name = Path(os.fsdecode(e.filename)) if isinstance(e.filename, (str, bytes, os.PathLike)) else None
+        if name is not None and name.is_relative_to(built):
+            raise OSError(e.errno, e.strerror, os.fspath(target / name.relative_to(built))) from e
+        raise
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
