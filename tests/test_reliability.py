@@ -222,6 +222,20 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(pipeline, tmp_path, monkeypatch, 
     assert "wrote 2 picture(s)" in capsys.readouterr().out
 
 
+def test_a_ctrl_c_while_a_finished_command_exits_prints_no_traceback():
+    # Ctrl-C between a command's last line and the end of its process (PyTorch's exit handlers take a moment)
+    # raised KeyboardInterrupt in an exit handler: "Exception ignored in atexit callback" and its traceback.
+    script = ("import atexit, os, signal, sys, time\n"
+              "from hyperinverter.cli.main import main\n"
+              "sys.argv = ['hyperinverter', 'methods']\n"
+              "status = main()\n"
+              "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))\n"
+              "sys.exit(status)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "phase1" in done.stdout
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     # `hyperinverter models | head -1`: once head had gone, the command printed "error: broken pipe" and exited 2, a
     # bad model's status; it ends as other programs do, quietly with SIGPIPE's status (Python ignores the signal).

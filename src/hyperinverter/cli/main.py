@@ -165,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "again with -v for the traceback, and please report it with the output of `hyperinverter env`",
               file=sys.stderr)
         return 3
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # The process ends with the command (not a caller's main([...])): a Ctrl-C while the interpreter shuts
+            # down (PyTorch's exit handlers take a moment) raised KeyboardInterrupt in an exit handler, printed
+            # with its traceback. What the command did is done, and its status stands.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
