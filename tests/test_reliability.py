@@ -236,6 +236,28 @@ def test_a_ctrl_c_while_a_finished_command_exits_prints_no_traceback():
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
 
 
+def test_an_interruption_while_an_extension_loads_is_an_interruption(tmp_path, monkeypatch, capsys):
+    # SIGTERM while dlib loaded: pybind11 reports an interrupted initialisation as ImportError("initialization
+    # failed") from the KeyboardInterrupt, and `data align` said "error: face alignment needs dlib: pip install ...",
+    # exit status 2, for an installed dlib.
+    import builtins
+
+    from hyperinverter.cli.main import Terminated
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "dlib":
+            raise ImportError("initialization failed") from Terminated("SIGTERM")
+        return real_import(name, *args, **kwargs)
+
+    write_photos(tmp_path / "photos", 1)
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    code = main(["data", "align", str(tmp_path / "photos"), "--out", str(tmp_path / "faces")])
+    err = capsys.readouterr().err
+    assert code == 143 and "interrupted: SIGTERM" in err and "needs dlib" not in err
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     # `hyperinverter models | head -1`: once head had gone, the command printed "error: broken pipe" and exited 2, a
     # bad model's status; it ends as other programs do, quietly with SIGPIPE's status (Python ignores the signal).

@@ -124,6 +124,25 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _interrupted(e: KeyboardInterrupt) -> int:
+    _close_progress_bars()
+    print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+    return 128 + getattr(e, "signal_number", signal.SIGINT)
+
+
+def _interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``error`` came of, if any: an extension interrupted while it loads fails with an
+    ImportError from it (pybind11's "initialization failed"; dlib's read as "needs dlib: pip install", status 2)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Exit status: 0 done, 1 done but some inputs failed, 2 an error (one line on stderr,
     naming the file and the cause), 3 an internal error (a bug: ``-v`` shows its traceback), 130 interrupted
@@ -145,10 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # (here: a reader gone before the end is met below, not as a warning at exit)
         return status
     except KeyboardInterrupt as e:  # Ctrl-C; a training run stopped by a signal says where it stopped
-        _close_progress_bars()
-        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
-        return 128 + getattr(e, "signal_number", signal.SIGINT)
+        return _interrupted(e)
     except Exception as e:  # noqa: BLE001 - the one place where every error becomes a message
+        interruption = _interruption_behind(e)
+        if interruption is not None:
+            return _interrupted(interruption)
         if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
             # `| head` took what it wanted: end quietly with SIGPIPE's status, as other programs do (Python
             # ignores the signal); what is left unwritten goes nowhere, so that the exit's own flush fails no more.
