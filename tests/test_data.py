@@ -263,8 +263,8 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
 def test_a_photo_whose_faces_were_named_in_part_is_aligned_again(tmp_path, monkeypatch):
     # A photo's faces are named one after the other and a resume checks its first face only: a kill between two
     # names left face0 alone, and every later run skipped the photo as done, its face1 never written.
-    from hyperinverter.io import files
     from hyperinverter.data.sources import write_aligned
+    from hyperinverter.io import files
     from test_batch_inversion import TwoFaces
 
     photos = tmp_path / "photos"
