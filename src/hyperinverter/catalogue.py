@@ -12,9 +12,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .io.files import PIPELINE_INDEX, sha256_of
+
+if TYPE_CHECKING:
+    import torch
+
+    from .convert.gan_files import LoadedGAN
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +170,8 @@ def generator_path(spec: str | os.PathLike) -> Path:
     return path / "generator" if (path / "pipeline.json").is_file() else path
 
 
-def load_model_gan(spec: str | os.PathLike, *, with_discriminator: bool = False, device: str = "cpu"):
+def load_model_gan(spec: str | os.PathLike, *, with_discriminator: bool = False,
+                   device: str | torch.device = "cpu") -> LoadedGAN:
     """The generator (and, asked for, the discriminator) of what a command's ``--model`` takes: a generator file or
     folder, a bundle or a catalogue name. A bundle keeps its discriminator beside its generator (``discriminator/``,
     where ``generator_path`` does not reach): training from a bundle started a fresh one, or found none."""
