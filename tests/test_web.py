@@ -521,11 +521,12 @@ def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipelin
     from hyperinverter.pipeline import InversionPipeline
 
     _, handlers, name, state = served_page(pipeline, tmp_path)
-    fields = {method: [(f["visible"], f["value"], f["maximum"]) for f in handlers["on_method"](name, method, None)[1:]]
+    fields = {method: [(f["visible"], f["value"], f["label"]) for f in handlers["on_method"](name, method, None)[1:]]
               for method in ("hyperinverter", "w-opt", "pti")}
-    assert fields["hyperinverter"] == [(False, None, None)] * 2
-    assert fields["w-opt"] == [(False, None, None), (True, 1000, 1000)]  # pivot steps, steps
-    assert fields["pti"] == [(True, 450, 450), (True, 350, 350)]
+    quicker = " (fewer: quicker, rougher)"
+    assert fields["hyperinverter"] == [(False, None, "pivot steps" + quicker), (False, None, "steps" + quicker)]
+    assert fields["w-opt"] == [(False, None, "pivot steps" + quicker), (True, 1000, "steps, 1 to 1000" + quicker)]
+    assert fields["pti"] == [(True, 450, "pivot steps, 1 to 450" + quicker), (True, 350, "steps, 1 to 350" + quicker)]
     asked = []
     invert = InversionPipeline.invert
     monkeypatch.setattr(InversionPipeline, "invert", lambda self, x, **kw: asked.append(kw) or invert(self, x, **kw))
@@ -538,6 +539,20 @@ def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipelin
         status = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, None, wrong)[3]
         assert f"steps must be a whole number from 1 to 1000 (W optimisation's own count), got {wrong!r}" in status
     assert len(asked) == 3  # refused before any work
+
+
+def test_a_step_count_out_of_range_reaches_the_page_s_own_check(pipeline, tmp_path):
+    # In Chromium, a steps field holding -5 or 0 was refused by Gradio's own bounds before on_invert: a bare "Value
+    # -5 is less than minimum value 1." naming no field, the last result left on show, a traceback in the server log;
+    # 2.5 was rounded to 2 without a word. The fields pass what was typed, and the page says what is wrong.
+    app, handlers, name, state = served_page(pipeline, tmp_path)
+    fields = [block for block in app.blocks.values() if getattr(block, "elem_id", None) in ("pivot-steps", "steps")]
+    assert len(fields) == 2
+    for typed in (-5, 0, 2.5):
+        passed = [field.preprocess(value) for field, value in zip(fields, (None, typed))]
+        out = handlers["on_invert"](name, "w-opt", str(tmp_path / "photo.png"), False, state, None, *passed)
+        assert f"steps must be a whole number from 1 to 1000 (W optimisation's own count), got {typed!r}" in out[3]
+        assert out[1] is None  # no stale comparison
 
 
 def test_cancel_stops_the_second_photo_s_inversion_too(pipeline, tmp_path, monkeypatch):

@@ -59,6 +59,13 @@ def step_options(inverter, values: Sequence[object]) -> dict[str, int]:
         chosen[key] = int(value)
     return chosen
 
+
+def step_label(key: str, most: object) -> str:
+    """The page's label of a step field, with its range where the method is known."""
+    where = f", 1 to {most}" if most is not None else ""
+    return f"{key.replace('_', ' ')}{where} (fewer: quicker, rougher)"
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -556,8 +563,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             defaults = s.pipe.inverter(method).options
         except (KeyError, ValueError):  # (an API client's unknown method: on_invert says so)
             defaults = {}
-        fields = [gr.update(visible=key in defaults, value=defaults.get(key), maximum=defaults.get(key))
-                  for key in STEP_OPTIONS]
+        # The range is in the label, not the field's bounds: Gradio refused a value out of them before on_invert
+        # (a bare "Value -5 is less than minimum value 1.", the last result left on show) and rounded 2.5 to 2.
+        fields = [gr.update(visible=key in defaults, value=defaults.get(key),
+                            label=step_label(key, defaults.get(key))) for key in STEP_OPTIONS]
         return label, *fields
 
     def comparison(s: WebSession, item: WebInversion):
@@ -786,8 +795,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                  allow_custom_value=True, elem_id="method")
             align = gr.Checkbox(value=True, label="align faces (dlib 68 landmarks)", elem_id="align")
             # Shown for the methods that take them (on_method), at most their official counts: fewer is quicker.
-            step_fields = [gr.Number(label=key.replace("_", " ") + " (fewer: quicker, rougher)", precision=0,
-                                     minimum=1, visible=False, elem_id=key.replace("_", "-")) for key in STEP_OPTIONS]
+            # No bounds or rounding of Gradio's: step_options checks the value and the page says what is wrong.
+            step_fields = [gr.Number(label=step_label(key, None), visible=False, elem_id=key.replace("_", "-"))
+                           for key in STEP_OPTIONS]
         card = gr.Markdown(elem_id="model-card")
         with gr.Row():
             with gr.Column():
