@@ -555,6 +555,29 @@ def test_a_step_count_out_of_range_reaches_the_page_s_own_check(pipeline, tmp_pa
         assert out[1] is None  # no stale comparison
 
 
+def test_an_emptied_slider_box_reaches_its_handler_which_says_so(pipeline, tmp_path):
+    # In Chromium, emptying the number box beside the strength, t or layer sliders failed in Gradio's own check
+    # before the handler (a traceback in the server log): the page said nothing, and the old edit stayed on show.
+    import warnings
+
+    app, handlers, name, state = served_page(pipeline, tmp_path)
+    sliders = {b.elem_id: b for b in app.blocks.values()
+               if getattr(b, "elem_id", None) in ("strength", "t", "mix-start")}
+    assert len(sliders) == 3 and all(s.get_block_name() == "slider" for s in sliders.values())  # Gradio's own
+    assert {s.preprocess(None) for s in sliders.values()} == {None}
+    state = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state,
+                                  str(tmp_path / "second.png"))[0]
+    calls = [("on_edit", ("principal direction 1", None, False), "strength must be a number"),
+             ("on_blend", (None,), "t must be a number"),
+             ("on_mix", (None, 4), "the first layer to mix must be a number"),
+             ("on_mix", (1, None), "the layer to mix to must be a number")]
+    for handler, args, said in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image, _ = handlers[handler](name, state, None, *args)
+        assert image is None and [str(w.message) for w in caught] == [f"{said}, got nothing (its box is empty)"]
+
+
 def test_cancel_stops_the_second_photo_s_inversion_too(pipeline, tmp_path, monkeypatch):
     # The running flag was dropped when the first photo's inversion ended: Cancel during the second photo's (W
     # optimisation: as long again) found nothing to stop.

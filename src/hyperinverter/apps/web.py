@@ -512,6 +512,23 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                     raise gr.Error(f"cannot load {name}: its files do not load (the server log says why)") from None
             return sessions[name]
 
+    def emptiable(slider: gr.Slider) -> gr.Slider:
+        """``slider``, whose number box, emptied, reaches the handler as None: Gradio's own check failed on it
+        before the handler, and the page said nothing, leaving the result on show. (Not a subclass: Gradio writes a
+        type stub beside the module of every component class.)"""
+        check = slider.preprocess
+        slider.preprocess = lambda payload: None if payload is None else check(payload)
+        return slider
+
+    def given_number(value: object, what: str) -> bool:
+        """Whether ``value`` is a number; else a warning on the page that says what is wanted (an emptied slider
+        box gives None, an API client anything)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            got = "nothing (its box is empty)" if value is None else repr(str(value)[:40])
+            gr.Warning(f"{what} must be a number, got {got}")
+            return False
+        return True
+
     def pick(entry: dict, label: str | None) -> WebInversion | None:
         items = entry["items"]
         return next((it for it in items if it.label == label), items[0] if items else None)
@@ -715,8 +732,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             if not quiet:
                 gr.Warning(needs_photo if item is None else "choose a direction")
             return None, token(entry)
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)):  # (an API client's value)
-            gr.Warning(f"strength must be a number, got {str(strength)[:40]!r}")
+        if not given_number(strength, "strength"):
             return None, token(entry)
         s = session(name)
         image = attempt(lambda: s.edit(item, direction, strength, paste_back=paste))
@@ -746,6 +762,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             if not quiet:
                 gr.Warning(needs_two)
             return None, token(entry)
+        if not given_number(t, "t"):
+            return None, token(entry)
         image = attempt(session(name).interpolate, item, other, t)
         if image is None:
             return None, token(entry)
@@ -757,6 +775,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if item is None or other is None:
             if not quiet:
                 gr.Warning(needs_two)
+            return None, token(entry)
+        if not (given_number(start, "the first layer to mix") and given_number(end, "the layer to mix to")):
             return None, token(entry)
         image = attempt(session(name).mix, item, other, int(start), int(end))
         if image is None:
@@ -826,7 +846,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         gr.Markdown("## Edit")
         with gr.Row():
             direction = gr.Dropdown([], label="direction", allow_custom_value=True, elem_id="direction")
-            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength", elem_id="strength")
+            strength = emptiable(gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength", elem_id="strength"))
             paste = gr.Checkbox(value=False, label="paste back into the photo")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights), mix styles, swap faces")
@@ -834,13 +854,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             photo_b = gr.File(label="second photo", file_types=["image", *IMAGE_SUFFIXES], type="filepath",
                               elem_id="photo-b")
             with gr.Column():
-                t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t")
+                t = emptiable(gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t"))
                 blended = gr.Image(type="filepath", format="png", label="blend", interactive=False, elem_id="blend")
             with gr.Column():
                 # The model sets both (on_model); these values are what the API documents as defaults, so they fit
                 # every generator (8 px and up have 4 layers of codes or more).
-                start = gr.Slider(0, 18, value=2, step=1, label="mix from layer", elem_id="mix-start")
-                end = gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)")
+                start = emptiable(gr.Slider(0, 18, value=2, step=1, label="mix from layer", elem_id="mix-start"))
+                end = emptiable(gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)"))
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False, elem_id="mixed")
             with gr.Column():
