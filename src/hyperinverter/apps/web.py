@@ -500,7 +500,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def session(name: str) -> WebSession:
         if name not in served:  # (the menu's choices: an API client may send anything)
-            raise gr.Error(f"unknown model {str(name)[:80]!r}; this server has {', '.join(served)}")
+            raise gr.Error(f"unknown model {str(name)[:80]!r}; this server has {', '.join(served)}",
+                           print_exception=False)  # (an expected refusal: no traceback in the server log)
         with loading:
             if name not in sessions:
                 try:
@@ -509,7 +510,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                                            dtype=dtype)
                 except (FileNotFoundError, CheckpointError):
                     logger.exception("cannot load %s", served[name])
-                    raise gr.Error(f"cannot load {name}: its files do not load (the server log says why)") from None
+                    raise gr.Error(f"cannot load {name}: its files do not load (the server log says why)",
+                                   print_exception=False) from None  # (logged above, with its cause)
             return sessions[name]
 
     def emptiable(slider: gr.Slider) -> gr.Slider:
@@ -551,14 +553,14 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         entry = results.entry(state, name)
         entry.update(items=[], second=None)  # a new page, or another model: nothing of before applies
         return (token(entry), gr.update(choices=names, value=names[0] if names else None),
-                gr.update(value=s.takes_faces, interactive=s.detector is not None),
+                gr.update(value=s.takes_faces, interactive=s.takes_faces),  # (fashion-32's could only find no face)
                 gr.update(value=None, label=" | ".join(s.comparison_labels())),
                 gr.update(choices=s.methods(), value=s.pipe.default_method), s.card,
                 gr.Dataset(samples=[[str(p)] for p in s.examples], visible=bool(s.examples)),
                 gr.update(visible=bool(s.examples)),
                 gr.Dataset(samples=[[p] for p in real], visible=bool(real)), gr.update(visible=bool(real)),
                 gr.update(choices=[], value=None), "", None, None, None, None,
-                gr.update(maximum=num_ws, value=min(num_ws, max(1, num_ws // 2))),
+                gr.update(maximum=num_ws - 1, value=min(num_ws - 1, max(1, num_ws // 2))),  # (num_ws: always empty)
                 gr.update(maximum=num_ws, value=num_ws), None, None)
 
     def on_preview(photo):
