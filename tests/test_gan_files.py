@@ -138,6 +138,34 @@ def test_an_unset_minibatch_group_is_the_whole_batch_as_nvidia_s(tmp_path, tiny_
         DiscriminatorConfig(resolution=32, mbstd_group_size=0)
 
 
+def test_an_unrecorded_conv_clamp_is_the_default_of_the_repo_that_wrote_the_pickle(tmp_path, tiny_generator,
+                                                                                     tiny_discriminator):
+    # The stylegan3 repo's networks_stylegan2.py (its Generator takes synthesis arguments flat) clamps at 256 by
+    # default in SynthesisBlock and Discriminator, and its train.py records conv_clamp only with --fp32; its
+    # StyleGAN2 pickles were read unclamped. stylegan2-ada-pytorch's (synthesis_kwargs) default to None.
+    sd = dict(tiny_generator.state_dict(), **{"synthesis.b4.const": tiny_generator.synthesis.b4.const * 1e4})
+    synthesis = ("channel_base", "channel_max", "num_fp16_res", "architecture")
+    flat = {k: v for k, v in nv_generator_kwargs(tiny_generator).items() if k != "conv_clamp"}
+    flat["mapping_kwargs"] = {"num_layers": tiny_generator.config.mapping_layers}
+    nested = {k: v for k, v in flat.items() if k not in synthesis}
+    nested["synthesis_kwargs"] = {k: flat[k] for k in synthesis}
+    d_kwargs = {k: v for k, v in nv_discriminator_kwargs(tiny_discriminator).items() if k != "conv_clamp"}
+    for name, g_kwargs, clamp in (("sg3.pkl", flat, 256.0), ("ada.pkl", nested, None)):
+        write_nvidia_pickle(tmp_path / name, {
+            "G_ema": ("Generator", g_kwargs, sd, buffers(tiny_generator)),
+            "D": ("Discriminator", d_kwargs, tiny_discriminator.state_dict(), buffers(tiny_discriminator))})
+        gan = load_gan(tmp_path / name, with_discriminator=True)
+        assert gan.generator.config.conv_clamp == gan.discriminator.config.conv_clamp == clamp, name
+    G = load_gan(tmp_path / "sg3.pkl").generator
+    unclamped = load_gan(tmp_path / "ada.pkl").generator
+    assert G.config.w_avg_beta == 0.998 and unclamped.config.w_avg_beta == 0.995  # (the repos' MappingNetwork)
+    ws = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = unclamped.synthesis.b4.conv1(unclamped.synthesis.b4.const[None].expand(2, -1, -1, -1), ws[:, 0])
+        assert x.abs().max() > 256  # (the bound matters)
+        assert not torch.allclose(G.synthesis(ws), unclamped.synthesis(ws))
+
+
 def test_discriminator_has_nvidia_key_names(tiny_discriminator):
     keys = set(tiny_discriminator.state_dict())
     for k in ["b32.fromrgb.weight", "b32.fromrgb.bias", "b32.conv0.weight", "b32.conv1.weight", "b32.skip.weight",

@@ -174,7 +174,19 @@ def save_rosinality(path: Path, generator: Generator, *, extras: dict[str, torch
 # --- NVIDIA -----------------------------------------------------------------------------------------
 
 
+# What a class of the stylegan3 repo's networks_stylegan2.py takes for an argument its pickle does not record (its
+# train.py passes conv_clamp only with --fp32); stylegan2-ada-pytorch's classes default to None and 0.995.
+_STYLEGAN3_REPO_DEFAULTS = {"conv_clamp": 256, "w_avg_beta": 0.998}
+
+
+def _from_stylegan3_repo(generator_kwargs: dict) -> bool:
+    """Whether a generator was built by the stylegan3 repo, whose Generator takes its synthesis arguments flat;
+    stylegan2-ada-pytorch's takes (and its training and converter always pass) ``synthesis_kwargs``."""
+    return "synthesis_kwargs" not in generator_kwargs
+
+
 def _nv_generator_config(kwargs: dict, source: str) -> GeneratorConfig:
+    defaults = _STYLEGAN3_REPO_DEFAULTS if _from_stylegan3_repo(kwargs) else {"conv_clamp": None, "w_avg_beta": 0.995}
     synth = dict(kwargs.get("synthesis_kwargs") or {})
     # The stylegan3 repo passes synthesis arguments flat (**synthesis_kwargs).
     for key in ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture",
@@ -197,16 +209,18 @@ def _nv_generator_config(kwargs: dict, source: str) -> GeneratorConfig:
         w_dim=int(kwargs["w_dim"]),
         mapping_layers=int(mapping.get("num_layers", 8)),
         mapping_lr_multiplier=float(mapping.get("lr_multiplier", 0.01)),
-        w_avg_beta=float(mapping.get("w_avg_beta", 0.995) or 0.995),
+        w_avg_beta=float(mapping.get("w_avg_beta", defaults["w_avg_beta"]) or defaults["w_avg_beta"]),
         channel_base=int(synth.get("channel_base", 32768)),
         channel_max=int(synth.get("channel_max", 512)),
-        conv_clamp=None if synth.get("conv_clamp") is None else float(synth["conv_clamp"]),
+        conv_clamp=None if (clamp := synth.get("conv_clamp", defaults["conv_clamp"])) is None else float(clamp),
         use_noise=bool(synth.get("use_noise", True)),
         resample_filter=tuple(synth.get("resample_filter", (1, 3, 3, 1))),
     )
 
 
-def _nv_discriminator_config(kwargs: dict, source: str) -> DiscriminatorConfig:
+def _nv_discriminator_config(kwargs: dict, source: str, *, stylegan3_repo: bool = False) -> DiscriminatorConfig:
+    """``stylegan3_repo``: the pickle's generator is the stylegan3 repo's (see ``_from_stylegan3_repo``), whose
+    Discriminator clamps at 256 when its arguments do not say."""
     if kwargs.get("c_dim", 0):
         raise CheckpointError(f"{source}: conditional discriminators are not supported")
     if kwargs.get("architecture", "resnet") != "resnet":
@@ -220,7 +234,8 @@ def _nv_discriminator_config(kwargs: dict, source: str) -> DiscriminatorConfig:
         img_channels=int(kwargs["img_channels"]),
         channel_base=int(kwargs.get("channel_base", 32768)),
         channel_max=int(kwargs.get("channel_max", 512)),
-        conv_clamp=None if kwargs.get("conv_clamp") is None else float(kwargs["conv_clamp"]),
+        conv_clamp=None if (clamp := kwargs.get("conv_clamp", 256 if stylegan3_repo else None)) is None
+        else float(clamp),
         # NVIDIA's default is 4; None (which its converter writes for TensorFlow pickles) means the whole batch.
         mbstd_group_size=None if (group := epilogue.get("mbstd_group_size", 4)) is None else int(group),
         mbstd_num_channels=int(epilogue.get("mbstd_num_channels", 1)),
@@ -241,7 +256,8 @@ def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
                                   f"{type(nets[key].init_kwargs).__name__}, not a dict of StyleGAN2's arguments")
     try:
         g_config = _nv_generator_config(g.init_kwargs, str(path))
-        d_config = _nv_discriminator_config(nets["D"].init_kwargs, str(path)) \
+        d_config = _nv_discriminator_config(nets["D"].init_kwargs, str(path),
+                                            stylegan3_repo=_from_stylegan3_repo(g.init_kwargs)) \
             if with_discriminator and "D" in nets else None
     except CheckpointError:
         raise
