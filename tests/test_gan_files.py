@@ -166,6 +166,34 @@ def test_an_unrecorded_conv_clamp_is_the_default_of_the_repo_that_wrote_the_pick
         assert not torch.allclose(G.synthesis(ws), unclamped.synthesis(ws))
 
 
+def test_a_pickle_of_another_resample_filter_holds_nvidia_s_default_in_its_layers_that_do_not_resample(tmp_path):
+    # NVIDIA builds a generator's conv1 and a discriminator's fromrgb, conv0 and epilogue conv with its default
+    # filter [1,3,3,1], whatever the network's (they never resample); a pickle of a [1,2,1] network was refused
+    # ("mis-shaped keys ... file (4, 4) vs model (3, 3)").
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+    from hyperinverter.ops.filters import setup_filter
+
+    torch.manual_seed(0)
+    taps = (1, 2, 1)
+    G = Generator(GeneratorConfig(resolution=16, z_dim=8, w_dim=8, mapping_layers=2, channel_base=64, channel_max=8,
+                                  resample_filter=taps)).eval()
+    D = Discriminator(DiscriminatorConfig(resolution=16, channel_base=64, channel_max=8, resample_filter=taps)).eval()
+    default = setup_filter((1, 3, 3, 1))
+    g_sd = {k: default if k.endswith("conv1.resample_filter") else v for k, v in G.state_dict().items()}
+    d_sd = {k: default if k.endswith(("fromrgb.resample_filter", "conv0.resample_filter", "b4.conv.resample_filter"))
+            else v for k, v in D.state_dict().items()}
+    g_kwargs = dict(nv_generator_kwargs(G), resample_filter=list(taps))
+    d_kwargs = dict(nv_discriminator_kwargs(D), block_kwargs={"resample_filter": list(taps)})
+    write_nvidia_pickle(tmp_path / "f.pkl", {"G_ema": ("Generator", g_kwargs, g_sd, buffers(G)),
+                                             "D": ("Discriminator", d_kwargs, d_sd, buffers(D))})
+    gan = load_gan(tmp_path / "f.pkl", with_discriminator=True)
+    assert gan.generator.config.resample_filter == gan.discriminator.config.resample_filter == (1, 2, 1)
+    ws, img = torch.randn(2, G.num_ws, 8), torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(gan.generator.synthesis(ws), G.synthesis(ws))  # (the loaded weights' layout)
+        torch.testing.assert_close(gan.discriminator(img), D(img))
+
+
 def test_discriminator_has_nvidia_key_names(tiny_discriminator):
     keys = set(tiny_discriminator.state_dict())
     for k in ["b32.fromrgb.weight", "b32.fromrgb.bias", "b32.conv0.weight", "b32.conv1.weight", "b32.skip.weight",

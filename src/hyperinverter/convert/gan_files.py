@@ -16,6 +16,7 @@ import errno
 import io
 import logging
 import os
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..io.checkpoints import check_zip_records, instantiate_strict, load_state_d
 from ..io.files import atomic_write_bytes, check_replaceable, refuse_special_file
 from ..io.gan import load_gan_folder, save_gan
 from ..models.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from ..ops.filters import setup_filter
 from . import rosinality
 
 logger = logging.getLogger(__name__)
@@ -243,6 +245,19 @@ def _nv_discriminator_config(kwargs: dict, source: str, *, stylegan3_repo: bool 
     )
 
 
+# Layers that NVIDIA builds with its default filter [1,3,3,1], whatever the network's, and that never resample:
+# a generator's conv1 (SynthesisBlock passes resample_filter to conv0 only), a discriminator's fromrgb, conv0 and
+# epilogue conv. Ours hold the network's filter there (unused alike).
+_NV_UNUSED_FILTERS = re.compile(r"(synthesis\.b\d+\.conv1|b\d+\.(fromrgb|conv0)|b4\.conv)\.resample_filter")
+
+
+def _nv_state_dict(state_dict: dict[str, torch.Tensor], resample_filter: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """A pickled network's tensors as our model holds them: its unused default filters are the network's filter (a
+    network with another filter than NVIDIA's default was refused, its unused filters being of another shape)."""
+    own = setup_filter(resample_filter)
+    return {k: own.clone() if _NV_UNUSED_FILTERS.fullmatch(k) else v for k, v in state_dict.items()}
+
+
 def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
     from .nvidia_pickle import load_nvidia_pickle
 
@@ -264,11 +279,12 @@ def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
     # constructor arguments missing or of the wrong type (an infinite img_resolution is an OverflowError)
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(path, f"its networks' constructor arguments are not StyleGAN2's ({e!r})") from None
-    G = instantiate_strict(lambda: Generator(g_config), g.state_dict, source=f"{path} [G_ema]")
+    G = instantiate_strict(lambda: Generator(g_config), _nv_state_dict(g.state_dict, g_config.resample_filter),
+                           source=f"{path} [G_ema]")
     D = None
     if d_config is not None:
-        D = instantiate_strict(lambda: Discriminator(d_config), nets["D"].state_dict,
-                               source=f"{path} [D]")
+        D = instantiate_strict(lambda: Discriminator(d_config),
+                               _nv_state_dict(nets["D"].state_dict, d_config.resample_filter), source=f"{path} [D]")
     return LoadedGAN(G, D, "nvidia")
 
 
