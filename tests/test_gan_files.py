@@ -194,6 +194,27 @@ def test_a_pickle_of_another_resample_filter_holds_nvidia_s_default_in_its_layer
         torch.testing.assert_close(gan.discriminator(img), D(img))
 
 
+def test_a_filter_of_eight_taps_nvidia_keeps_separable_loads(tmp_path):
+    # NVIDIA's setup_filter keeps a filter of 8 taps or more 1-D (sum 1), and filters along each axis in turn: the
+    # same as its outer product. Such a pickle was refused ("file (8,) vs model (8, 8)").
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    taps = (1, 7, 21, 35, 35, 21, 7, 1)
+    G = Generator(GeneratorConfig(resolution=16, z_dim=8, w_dim=8, mapping_layers=2, channel_base=64, channel_max=8,
+                                  resample_filter=taps)).eval()
+    default = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64
+    separable = torch.tensor(taps) / sum(taps)
+    sd = {k: (default if k.endswith("conv1.resample_filter") else separable) if k.endswith("resample_filter") else v
+          for k, v in G.state_dict().items()}
+    kwargs = dict(nv_generator_kwargs(G), resample_filter=list(taps))
+    write_nvidia_pickle(tmp_path / "f8.pkl", {"G_ema": ("Generator", kwargs, sd, buffers(G))})
+    loaded = load_gan(tmp_path / "f8.pkl").generator
+    ws = torch.randn(2, G.num_ws, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.synthesis(ws), G.synthesis(ws))
+
+
 def test_discriminator_has_nvidia_key_names(tiny_discriminator):
     keys = set(tiny_discriminator.state_dict())
     for k in ["b32.fromrgb.weight", "b32.fromrgb.bias", "b32.conv0.weight", "b32.conv1.weight", "b32.skip.weight",

@@ -253,9 +253,18 @@ _NV_UNUSED_FILTERS = re.compile(r"(synthesis\.b\d+\.conv1|b\d+\.(fromrgb|conv0)|
 
 def _nv_state_dict(state_dict: dict[str, torch.Tensor], resample_filter: tuple[float, ...]) -> dict[str, torch.Tensor]:
     """A pickled network's tensors as our model holds them: its unused default filters are the network's filter (a
-    network with another filter than NVIDIA's default was refused, its unused filters being of another shape)."""
+    network with another filter than NVIDIA's default was refused, its unused filters being of another shape), and
+    a filter of 8 taps or more, which NVIDIA keeps separable (``[fw]``, sum 1, applied along each axis), is its 2-D
+    outer product ``[fw, fw]`` (the same filter; it was refused)."""
     own = setup_filter(resample_filter)
-    return {k: own.clone() if _NV_UNUSED_FILTERS.fullmatch(k) else v for k, v in state_dict.items()}
+    out = {}
+    for k, v in state_dict.items():
+        if _NV_UNUSED_FILTERS.fullmatch(k):
+            v = own.clone()
+        elif k.endswith("resample_filter") and v.ndim == 1:
+            v = torch.outer(v, v)
+        out[k] = v
+    return out
 
 
 def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
