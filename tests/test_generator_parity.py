@@ -121,3 +121,93 @@ def test_conv_clamp_is_nvidias_bound():
             y, unclamped = clamped(x, w), free(x, w)
         assert unclamped.abs().max() > 2 * clamp  # (the bound matters)
         torch.testing.assert_close(y, unclamped.clamp(-clamp, clamp), rtol=0, atol=1e-6)
+
+
+def _random_state(module, seed):
+    """``module``'s tensors drawn at random (noise strengths and biases non-zero), filters kept."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = module.state_dict()
+    for k, v in sd.items():
+        if not k.endswith("resample_filter"):
+            scale = 0.5 if k.endswith(("noise_strength", "bias")) else 1.0
+            sd[k] = torch.randn(v.shape, generator=gen) * scale + (1.0 if k.endswith("affine.bias") else 0.0)
+    return sd
+
+
+# (resolution, img_channels, resample_filter, conv_clamp, use_noise, mapping layers): 1- and 2-channel images, a clamp
+# that cuts, no noise, asymmetric and odd filters, a cifar-style 2-layer mapping.
+NV_CONFIGS = [(16, 1, [1, 3, 3, 1], 0.5, True, 2), (32, 3, [1, 2, 1], None, False, 8),
+              (16, 3, [1, 2, 3, 1], 1.0, True, 1), (16, 2, [1, 4, 6, 4, 1], None, True, 2)]
+
+
+@pytest.mark.parametrize("config", NV_CONFIGS, ids=["1ch-clamp", "no-noise-3taps", "asymmetric", "2ch-5taps"])
+def test_nvidia_pickles_compute_as_nvidia_s_code(tmp_path, config):
+    """Generator (z path, truncation with and without a cutoff, noise const/none, one image and a batch, with and
+    without autograd) and discriminator (resnet, minibatch groups and channels, clamp) loaded from NVIDIA pickles of
+    configs the fixtures do not cover, against tests/nvidia_reference.py, written from NVIDIA's text."""
+    import nvidia_reference as nv
+    from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
+
+    res, channels, taps, clamp, use_noise, mapping_layers = config
+    G0 = Generator(GeneratorConfig(resolution=res, img_channels=channels, z_dim=12, w_dim=10, channel_base=128,
+                                   channel_max=16, mapping_layers=mapping_layers, conv_clamp=clamp,
+                                   use_noise=use_noise, resample_filter=tuple(taps)))
+    D0 = Discriminator(DiscriminatorConfig(resolution=res, img_channels=channels, channel_base=128, channel_max=16,
+                                           conv_clamp=clamp, mbstd_group_size=2, mbstd_num_channels=2,
+                                           resample_filter=tuple(taps)))
+    default = nv.setup_filter([1, 3, 3, 1])  # what NVIDIA's layers that never resample hold
+    g_sd = {k: default if k.endswith("conv1.resample_filter") else v for k, v in _random_state(G0, 0).items()}
+    d_sd = {k: default if k.endswith(("fromrgb.resample_filter", "conv0.resample_filter", "b4.conv.resample_filter"))
+            else v for k, v in _random_state(D0, 1).items()}
+    g_kwargs = dict(z_dim=12, c_dim=0, w_dim=10, img_resolution=res, img_channels=channels,
+                    mapping_kwargs=dict(num_layers=mapping_layers, lr_multiplier=0.01, w_avg_beta=0.995),
+                    synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=clamp,
+                                          architecture="skip", resample_filter=taps, use_noise=use_noise))
+    d_kwargs = dict(c_dim=0, img_resolution=res, img_channels=channels, architecture="resnet", channel_base=128,
+                    channel_max=16, num_fp16_res=2, conv_clamp=clamp, block_kwargs=dict(resample_filter=taps),
+                    epilogue_kwargs=dict(mbstd_group_size=2, mbstd_num_channels=2))
+    write_nvidia_pickle(tmp_path / "net.pkl", {"G_ema": ("Generator", g_kwargs, g_sd, nv_buffers(g_sd)),
+                                               "D": ("Discriminator", d_kwargs, d_sd, nv_buffers(d_sd))})
+    gan = load_gan(tmp_path / "net.pkl", with_discriminator=True)
+    G, D = gan.generator, gan.discriminator
+    for batch in (1, 3):
+        z = torch.randn(batch, 12, generator=torch.Generator().manual_seed(batch))
+        for psi, cutoff in ((1, None), (0.6, None), (-0.4, 3)):
+            ws = nv.mapping(g_sd, g_kwargs, z, num_ws=G.num_ws, truncation_psi=psi, truncation_cutoff=cutoff)
+            with torch.no_grad():
+                torch.testing.assert_close(G.mapping(z, truncation_psi=psi, truncation_cutoff=cutoff), ws)
+            for noise_mode in ("const", "none"):
+                ref = nv.synthesis(g_sd, g_kwargs, ws, noise_mode=noise_mode)
+                torch.testing.assert_close(nv.synthesis(g_sd, g_kwargs, ws, noise_mode=noise_mode, fused=False), ref,
+                                           rtol=0, atol=1e-5)
+                for grad in (False, True):
+                    with torch.set_grad_enabled(grad):
+                        img = G.synthesis(ws, noise_mode=noise_mode)
+                    torch.testing.assert_close(img, ref, rtol=0, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    if clamp is not None:  # (the clamp cuts)
+        free = dict(g_kwargs, synthesis_kwargs=dict(g_kwargs["synthesis_kwargs"], conv_clamp=None))
+        assert not torch.allclose(nv.synthesis(g_sd, free, ws), ref)
+    img = torch.randn(4, channels, res, res, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(D(img), nv.discriminator(d_sd, d_kwargs, img), rtol=0, atol=1e-5)
+
+
+def test_random_noise_is_drawn_as_nvidia_s_in_layer_order(tmp_path):
+    import nvidia_reference as nv
+
+    G0 = Generator(GeneratorConfig(resolution=32, z_dim=12, w_dim=10, mapping_layers=2, channel_base=128,
+                                   channel_max=16))
+    sd = _random_state(G0, 3)
+    kwargs = dict(z_dim=12, c_dim=0, w_dim=10, img_resolution=32, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16))
+    write_nvidia_pickle(tmp_path / "net.pkl", {"G_ema": ("Generator", kwargs, sd, nv_buffers(sd))})
+    G = load_gan(tmp_path / "net.pkl").generator
+    for batch in (1, 2):
+        ws = torch.randn(batch, G.num_ws, 10)
+        torch.manual_seed(5)
+        noises = [torch.randn(batch, 1, r, r) for r in (4, 8, 8, 16, 16, 32, 32)]  # NVIDIA: one draw per layer
+        torch.manual_seed(5)
+        with torch.no_grad():
+            img = G.synthesis(ws, noise_mode="random")
+        torch.testing.assert_close(img, nv.synthesis(sd, kwargs, ws, noise_mode="random", noises=noises), rtol=0,
+                                   atol=1e-5)
