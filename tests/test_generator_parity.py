@@ -43,10 +43,10 @@ def nvidia_file(tmp_path_factory, rosi_file):
     }
     f1331 = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64
     sd = {r["nvidia"]: f1331.clone() if r["rosi"] is None else rules[r["rule"]](src[r["rosi"]]) for r in table}
-    kwargs = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=32, img_channels=3,
-                  mapping_kwargs=dict(num_layers=8, lr_multiplier=0.01, w_avg_beta=0.995),
-                  synthesis_kwargs=dict(channel_base=16384, channel_max=512, num_fp16_res=0, conv_clamp=None,
-                                        architecture="skip", resample_filter=[1, 3, 3, 1]))
+    kwargs = {"z_dim": 512, "c_dim": 0, "w_dim": 512, "img_resolution": 32, "img_channels": 3,
+                  "mapping_kwargs": {"num_layers": 8, "lr_multiplier": 0.01, "w_avg_beta": 0.995},
+                  "synthesis_kwargs": {"channel_base": 16384, "channel_max": 512, "num_fp16_res": 0, "conv_clamp": None,
+                                        "architecture": "skip", "resample_filter": [1, 3, 3, 1]}}
     path = tmp_path_factory.mktemp("nv") / "network.pkl"
     write_nvidia_pickle(path, {"G_ema": ("Generator", kwargs, sd, nv_buffers(sd))})
     return path
@@ -159,13 +159,13 @@ def test_nvidia_pickles_compute_as_nvidia_s_code(tmp_path, config):
     g_sd = {k: default if k.endswith("conv1.resample_filter") else v for k, v in _random_state(G0, 0).items()}
     d_sd = {k: default if k.endswith(("fromrgb.resample_filter", "conv0.resample_filter", "b4.conv.resample_filter"))
             else v for k, v in _random_state(D0, 1).items()}
-    g_kwargs = dict(z_dim=12, c_dim=0, w_dim=10, img_resolution=res, img_channels=channels,
-                    mapping_kwargs=dict(num_layers=mapping_layers, lr_multiplier=0.01, w_avg_beta=0.995),
-                    synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=clamp,
-                                          architecture="skip", resample_filter=taps, use_noise=use_noise))
-    d_kwargs = dict(c_dim=0, img_resolution=res, img_channels=channels, architecture="resnet", channel_base=128,
-                    channel_max=16, num_fp16_res=2, conv_clamp=clamp, block_kwargs=dict(resample_filter=taps),
-                    epilogue_kwargs=dict(mbstd_group_size=2, mbstd_num_channels=2))
+    g_kwargs = {"z_dim": 12, "c_dim": 0, "w_dim": 10, "img_resolution": res, "img_channels": channels,
+                    "mapping_kwargs": {"num_layers": mapping_layers, "lr_multiplier": 0.01, "w_avg_beta": 0.995},
+                    "synthesis_kwargs": {"channel_base": 128, "channel_max": 16, "num_fp16_res": 2, "conv_clamp": clamp,
+                                          "architecture": "skip", "resample_filter": taps, "use_noise": use_noise}}
+    d_kwargs = {"c_dim": 0, "img_resolution": res, "img_channels": channels, "architecture": "resnet", "channel_base": 128,
+                    "channel_max": 16, "num_fp16_res": 2, "conv_clamp": clamp, "block_kwargs": {"resample_filter": taps},
+                    "epilogue_kwargs": {"mbstd_group_size": 2, "mbstd_num_channels": 2}}
     write_nvidia_pickle(tmp_path / "net.pkl", {"G_ema": ("Generator", g_kwargs, g_sd, nv_buffers(g_sd)),
                                                "D": ("Discriminator", d_kwargs, d_sd, nv_buffers(d_sd))})
     gan = load_gan(tmp_path / "net.pkl", with_discriminator=True)
@@ -198,8 +198,8 @@ def test_random_noise_is_drawn_as_nvidia_s_in_layer_order(tmp_path):
     G0 = Generator(GeneratorConfig(resolution=32, z_dim=12, w_dim=10, mapping_layers=2, channel_base=128,
                                    channel_max=16))
     sd = _random_state(G0, 3)
-    kwargs = dict(z_dim=12, c_dim=0, w_dim=10, img_resolution=32, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16))
+    kwargs = {"z_dim": 12, "c_dim": 0, "w_dim": 10, "img_resolution": 32, "img_channels": 3,
+                  "mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": {"channel_base": 128, "channel_max": 16}}
     write_nvidia_pickle(tmp_path / "net.pkl", {"G_ema": ("Generator", kwargs, sd, nv_buffers(sd))})
     G = load_gan(tmp_path / "net.pkl").generator
     for batch in (1, 2):
