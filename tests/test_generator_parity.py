@@ -163,9 +163,10 @@ def test_nvidia_pickles_compute_as_nvidia_s_code(tmp_path, config):
                     "mapping_kwargs": {"num_layers": mapping_layers, "lr_multiplier": 0.01, "w_avg_beta": 0.995},
                     "synthesis_kwargs": {"channel_base": 128, "channel_max": 16, "num_fp16_res": 2, "conv_clamp": clamp,
                                           "architecture": "skip", "resample_filter": taps, "use_noise": use_noise}}
-    d_kwargs = {"c_dim": 0, "img_resolution": res, "img_channels": channels, "architecture": "resnet", "channel_base": 128,
-                    "channel_max": 16, "num_fp16_res": 2, "conv_clamp": clamp, "block_kwargs": {"resample_filter": taps},
-                    "epilogue_kwargs": {"mbstd_group_size": 2, "mbstd_num_channels": 2}}
+    d_kwargs = {"c_dim": 0, "img_resolution": res, "img_channels": channels, "architecture": "resnet",
+                "channel_base": 128, "channel_max": 16, "num_fp16_res": 2, "conv_clamp": clamp,
+                "block_kwargs": {"resample_filter": taps},
+                "epilogue_kwargs": {"mbstd_group_size": 2, "mbstd_num_channels": 2}}
     write_nvidia_pickle(tmp_path / "net.pkl", {"G_ema": ("Generator", g_kwargs, g_sd, nv_buffers(g_sd)),
                                                "D": ("Discriminator", d_kwargs, d_sd, nv_buffers(d_sd))})
     gan = load_gan(tmp_path / "net.pkl", with_discriminator=True)
