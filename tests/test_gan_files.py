@@ -81,6 +81,28 @@ def test_rosinality_export_round_trip_is_exact(tmp_path, tiny_generator):
     assert same_state(load_gan(tmp_path / "g.pt").generator, tiny_generator)
 
 
+def test_a_rosinality_export_keeps_the_mapping_and_says_what_it_cannot_keep(tmp_path, caplog):
+    # rosinality's EqualLinear applies lr_mlp 0.01 at run time: a generator at another mapping multiplier came back
+    # from its export at 0.01, its codes changed; its conv_clamp, which rosinality's Generator lacks, went silently.
+    import dataclasses
+
+    from conftest import build_tiny_generator
+    from hyperinverter.models.stylegan2 import Generator
+
+    config = dataclasses.replace(build_tiny_generator().config, mapping_lr_multiplier=0.1, conv_clamp=256.0)
+    torch.manual_seed(0)
+    G = Generator(config).eval()
+    with caplog.at_level("WARNING"):
+        save_rosinality(tmp_path / "g.pt", G)
+    assert "this generator's conv_clamp 256 is not kept" in caplog.text
+    back = load_gan(tmp_path / "g.pt").generator
+    z = torch.randn(4, G.z_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(back.mapping(z), G.mapping(z))
+        torch.testing.assert_close(back.synthesis(G.mapping(z), noise_mode="const"),
+                                   G.synthesis(G.mapping(z), noise_mode="const"))  # (no activation reaches 256)
+
+
 def test_nvidia_pickle_loads_generator_and_discriminator(tmp_path, tiny_generator, tiny_discriminator):
     write_nv(tmp_path / "net.pkl", tiny_generator, tiny_discriminator)
     gan = load_gan(tmp_path / "net.pkl", with_discriminator=True)

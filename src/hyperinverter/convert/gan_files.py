@@ -165,7 +165,11 @@ def save_rosinality(path: Path, generator: Generator, *, extras: dict[str, torch
             "Generator(size, channel_multiplier); tools must build it with matching widths",
             generator.config.channel_base, generator.config.channel_max, generator.config.img_channels,
         )
-    g_ema = rosinality.from_nvidia(generator.state_dict(), generator.config)
+    if generator.config.conv_clamp is not None:
+        logger.warning("rosinality's Generator does not clamp its activations: this generator's conv_clamp %g is not "
+                       "kept (a clamp of 256 rarely cuts in fp32)", generator.config.conv_clamp)
+    g_ema = rosinality.from_nvidia(rosinality.at_rosinality_lr(generator.state_dict(), generator.config),
+                                   generator.config)
     latent_avg = g_ema.pop("latent_avg")
     buf = io.BytesIO()
     torch.save({"g_ema": g_ema, "latent_avg": latent_avg, **(extras or {}),

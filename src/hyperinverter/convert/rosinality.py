@@ -46,6 +46,9 @@ _BACKWARD: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+ROSINALITY_LR_MLP = 0.01  # rosinality's Generator(lr_mlp=0.01): its mapping's learning-rate multiplier
+
+
 def key_map(config: GeneratorConfig) -> list[KeyRule]:
     """Every generator tensor with its rosinality name and conversion rule, in rosinality order."""
     rows: list[KeyRule] = []
@@ -121,7 +124,8 @@ def infer_config(g_ema: Mapping[str, torch.Tensor]) -> GeneratorConfig:
     channel_base = min(capped) * channels[min(capped)] if capped else channel_max * resolution
     config = GeneratorConfig(
         resolution=resolution, img_channels=img_channels, z_dim=z_dim, w_dim=w_dim,
-        mapping_layers=mapping_layers, channel_base=channel_base, channel_max=channel_max,
+        mapping_layers=mapping_layers, mapping_lr_multiplier=ROSINALITY_LR_MLP, channel_base=channel_base,
+        channel_max=channel_max,
         use_noise="conv1.noise.weight" in g_ema,
     )
     derived = {r: config.channels(r) for r in channels}
@@ -169,6 +173,15 @@ def to_nvidia(
         else:
             absent.append(r.nvidia)
     return out, absent
+
+
+def at_rosinality_lr(state_dict: Mapping[str, torch.Tensor], config: GeneratorConfig) -> dict[str, torch.Tensor]:
+    """``state_dict`` with its mapping's weights and biases stored for rosinality's multiplier, 0.01, which its
+    EqualLinear applies at run time as ours applies ``mapping_lr_multiplier``: the same mapping, whatever ours (a
+    generator at 0.1 came back from a rosinality file at 0.01, its codes changed)."""
+    scale = config.mapping_lr_multiplier / ROSINALITY_LR_MLP
+    mapping = {f"mapping.fc{i}.{p}" for i in range(config.mapping_layers) for p in ("weight", "bias")}
+    return {k: v * scale if k in mapping and scale != 1 else v for k, v in state_dict.items()}
 
 
 def from_nvidia(state_dict: Mapping[str, torch.Tensor], config: GeneratorConfig) -> dict[str, torch.Tensor]:
