@@ -188,6 +188,16 @@ def test_an_unrecorded_conv_clamp_is_the_default_of_the_repo_that_wrote_the_pick
         assert not torch.allclose(G.synthesis(ws), unclamped.synthesis(ws))
 
 
+def test_an_unconditional_pickle_s_embed_features_is_ignored_as_nvidia_ignores_it(tmp_path, tiny_generator):
+    # NVIDIA's MappingNetwork sizes its class embedding by embed_features, and has none when c_dim is 0; such a
+    # pickle was refused as "custom mapping feature widths".
+    kwargs = nv_generator_kwargs(tiny_generator)
+    kwargs["mapping_kwargs"] = {"num_layers": tiny_generator.config.mapping_layers, "embed_features": 64}
+    write_nvidia_pickle(tmp_path / "g.pkl", {"G_ema": ("Generator", kwargs, tiny_generator.state_dict(),
+                                                       buffers(tiny_generator))})
+    assert same_state(load_gan(tmp_path / "g.pkl").generator, tiny_generator)
+
+
 def test_a_pickle_of_another_resample_filter_holds_nvidia_s_default_in_its_layers_that_do_not_resample(tmp_path):
     # NVIDIA builds a generator's conv1 and a discriminator's fromrgb, conv0 and epilogue conv with its default
     # filter [1,3,3,1], whatever the network's (they never resample); a pickle of a [1,2,1] network was refused

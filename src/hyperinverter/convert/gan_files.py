@@ -206,7 +206,8 @@ def _nv_generator_config(kwargs: dict, source: str) -> GeneratorConfig:
         raise CheckpointError(f"{source}: only the 'skip' generator architecture is supported, got {synth['architecture']!r}")
     if synth.get("activation", "lrelu") != "lrelu" or mapping.get("activation", "lrelu") != "lrelu":
         raise CheckpointError(f"{source}: only lrelu activations are supported")
-    if mapping.get("embed_features") is not None or mapping.get("layer_features") not in (None, kwargs["w_dim"]):
+    # (embed_features sizes the class embedding, which an unconditional network does not have: NVIDIA ignores it)
+    if mapping.get("layer_features") not in (None, kwargs["w_dim"]):
         raise CheckpointError(f"{source}: custom mapping feature widths are not supported")
     return GeneratorConfig(
         resolution=int(kwargs["img_resolution"]),
