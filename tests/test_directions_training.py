@@ -300,13 +300,13 @@ def test_labels_skip_samples_without_a_face(tiny_generator, tmp_path):
     table = read_labels(csv)
     assert table.seeds == [10, 12, 14] and table.truncations == [0.7] * 3
     assert np.allclose(table.attributes["eyes_open"], 0.3) and np.allclose(table.attributes["yaw"], 0)
-    assert labels_csv_bytes(LabelReport([])).decode() == "seed,trunc,yaw,mouth_open,eyes_open\n"
+    assert labels_csv_bytes(LabelReport([])).decode() == "seed,trunc,z,yaw,mouth_open,eyes_open\n"
     # The file names the generator that drew its samples: with another model its seeds draw other faces, and
     # a direction trained on them would be noise (a held-out accuracy near chance, and nothing else said).
     fingerprint = generator_fingerprint(tiny_generator)
     assert table.generators == [fingerprint] * 3
-    assert csv.read_text().splitlines()[:2] == ["seed,trunc,generator,yaw,mouth_open,eyes_open",
-                                                f"10,0.7,{fingerprint},0,0,0.3"]
+    assert csv.read_text().splitlines()[:2] == ["seed,trunc,z,generator,yaw,mouth_open,eyes_open",
+                                                f"10,0.7,nvidia,{fingerprint},0,0,0.3"]
     assert label_codes(table, tiny_generator).shape == (3, tiny_generator.num_ws, tiny_generator.w_dim)
     other = build_tiny_generator(seed=7)
     with pytest.raises(SchemaError, match=rf"labels\.csv: row 2: its sample was drawn by another generator "
@@ -401,7 +401,8 @@ def test_the_label_command_resumes_an_interrupted_labelling(tmp_path, monkeypatc
     assert "resumed the labelling stored in labels.csv.work" in capsys.readouterr().out
     labels = (tmp_path / "labels.csv").read_text().splitlines()
     whole = (tmp_path / "whole.csv").read_text().splitlines()
-    assert labels[1].startswith(f"0,1,{generator_fingerprint(G)},0.5,") and labels[2:] == whole[2:] and len(labels) > 3
+    assert labels[1].startswith(f"0,1,nvidia,{generator_fingerprint(G)},0.5,")
+    assert labels[2:] == whole[2:] and len(labels) > 3
     assert not work.folder.exists()
 
 
@@ -486,3 +487,32 @@ def test_training_a_direction_never_replaces_a_users_file(tmp_path, capsys):
                  str(tmp_path / "labels.csv"), "--attribute", "a", "--out", str(mine)]) == 2
     assert f"{mine}: exists and was not written by hyperinverter" in capsys.readouterr().err  # (before any work)
     assert mine.read_bytes() == before
+
+
+def test_seeds_are_drawn_as_nvidia_s_generate_py_and_older_tables_as_they_were(tiny_generator, tmp_path):
+    # A seed drew z with torch.randn, so `generate --seeds` gave other samples than NVIDIA's generate.py for the
+    # same pickle. It draws as NVIDIA's now; a labels table that `directions label` wrote before (a generator column,
+    # no z column) keeps its torch draw, and the direction probes keep theirs.
+    from hyperinverter.editing.directions import w_probe
+    from hyperinverter.generate import z_from_seeds
+    from hyperinverter.inversion.files import generator_fingerprint
+
+    G = tiny_generator
+    assert torch.equal(z_from_seeds([3, 7], G.z_dim),
+                       torch.from_numpy(np.concatenate([np.random.RandomState(s).randn(1, G.z_dim) for s in (3, 7)]))
+                       .float())
+    torched = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in (3, 7)])
+    assert torch.equal(z_from_seeds([3, 7], G.z_dim, draw="torch"), torched)
+    with torch.no_grad():
+        assert torch.equal(w_probe(G), G.mapping(z_from_seeds(range(4), G.z_dim, draw="torch"))[:, 0])
+        ws = {draw: G.mapping(z_from_seeds([3, 7], G.z_dim, draw=draw)) for draw in ("nvidia", "torch")}
+    fingerprint = generator_fingerprint(G)
+    old = f"seed,trunc,generator,a\n3,1,{fingerprint},1\n7,1,{fingerprint},0\n"
+    tables = {"hand.csv": ("seed,a\n3,1\n7,0\n", "nvidia"), "old.csv": (old, "torch"),
+              "new.csv": ("seed,z,a\n3,torch,1\n7,torch,0\n", "torch")}
+    for name, (text, draw) in tables.items():
+        (tmp_path / name).write_text(text)
+        assert torch.allclose(label_codes(read_labels(tmp_path / name), G), ws[draw]), name
+    (tmp_path / "bad.csv").write_text("seed,z,a\n3,numpy,1\n")
+    with pytest.raises(SchemaError, match="row 2: 'z' is 'numpy'; it must be one of nvidia, torch"):
+        read_labels(tmp_path / "bad.csv")

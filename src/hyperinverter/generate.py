@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .models.stylegan2 import Generator
@@ -40,9 +41,19 @@ def parse_seeds(spec: str, *, what: str = "seed") -> list[int]:
     return list(seeds)
 
 
-def z_from_seeds(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
-    """One z per seed, independent of batch composition (``np.random.RandomState(seed)``-free, torch only)."""
-    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+SEED_DRAWS = ("nvidia", "torch")
+
+
+def z_from_seeds(seeds: Sequence[int], z_dim: int, *, draw: str = "nvidia") -> torch.Tensor:
+    """One z per seed, independent of batch composition. ``draw``: ``"nvidia"``, as NVIDIA's ``generate.py``
+    (``np.random.RandomState(seed).randn``), so that a seed is the same sample here as there; ``"torch"``,
+    ``torch.randn`` of the seed, as this package drew them before (labels tables its ``directions label`` wrote
+    then, and the latents direction files record their probe with)."""
+    if draw == "nvidia":
+        return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+    if draw == "torch":
+        return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    raise ValueError(f"unknown seed draw {draw!r} (known: {', '.join(SEED_DRAWS)})")
 
 
 @torch.no_grad()

@@ -18,9 +18,11 @@ on a seeded held-out split is printed and stored in the file."""
 
 LABELS_FORMAT = """\
 labels CSV: one row per sample after a header row. Either a `seed` column (the code is regenerated from the
-model's mapping network: z = torch.randn(z_dim) of torch.Generator().manual_seed(seed), w = mapping(z); an
-optional `trunc` column gives the truncation psi, default 1, and an optional `generator` column the fingerprint of
-the generator that drew the sample, which must be the model's) or a `codes` column (an inversion .safetensors
+model's mapping network: w = mapping(z), z drawn as `generate` and NVIDIA's generate.py draw it,
+np.random.RandomState(seed).randn(z_dim), or with a `z` column of `torch`, torch.randn(z_dim) of
+torch.Generator().manual_seed(seed), as `directions label` drew before it wrote that column; an optional `trunc`
+column gives the truncation psi, default 1, and an optional `generator` column the fingerprint of the generator that
+drew the sample, which must be the model's) or a `codes` column (an inversion .safetensors
 written by `hyperinverter invert`, relative to the CSV's folder, made with the same model). Every other column
 is an attribute: a number per row, empty for "not labelled". A column of only 0 and 1 is a binary label; any
 other is a score whose top and bottom --fraction are the two classes (InterFaceGAN's recipe)."""

@@ -154,7 +154,7 @@ def label_samples(
     progress: bool = False,
     work: WorkFolder | None = None,
 ) -> LabelReport:
-    """Generate ``seeds`` (z = ``torch.randn`` of the seed, as :func:`~hyperinverter.generate.z_from_seeds`)
+    """Generate ``seeds`` (z as :func:`~hyperinverter.generate.z_from_seeds` draws it, as NVIDIA's ``generate.py``)
     and measure each sample's landmark attributes; samples without a face are skipped and listed.
 
     ``work`` (:func:`labelling_work`): each batch's labels are stored there as it finishes, so that an interrupted
@@ -173,9 +173,10 @@ def label_samples(
     fingerprint = generator_fingerprint(G)
     if work is not None:
         settings = {k: as_recorded(v) for k, v in sorted(vars(detector).items()) if not k.startswith("_")}
+        # (z: a run of before drew its seeds with torch; its stored labels are of other samples)
         work.claim({"generator": fingerprint, "seeds": fingerprint_of(seeds), "samples": len(seeds),
                     "truncation_psi": truncation_psi, "upscale": upscale, "batch_size": batch_size,
-                    "detector": [type(detector).__qualname__, settings]})
+                    "detector": [type(detector).__qualname__, settings], "z": "nvidia"}, defaults={"z": "torch"})
     with progress_bar(total=len(seeds), desc="labelling", unit="sample", disable=not progress) as bar:
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
@@ -206,9 +207,11 @@ def labels_csv_bytes(report: LabelReport) -> bytes:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     generator = [] if report.generator is None else [report.generator]
-    writer.writerow(["seed", "trunc", *(["generator"] if generator else []), *ATTRIBUTES])
+    # (z: the draw of its seeds, NVIDIA's; tables of before, torch's, record none)
+    writer.writerow(["seed", "trunc", "z", *(["generator"] if generator else []), *ATTRIBUTES])
     for row in report.rows:
-        writer.writerow([int(row["seed"]), f"{row['trunc']:g}", *generator, *(f"{row[a]:.6g}" for a in ATTRIBUTES)])
+        writer.writerow([int(row["seed"]), f"{row['trunc']:g}", "nvidia", *generator,
+                         *(f"{row[a]:.6g}" for a in ATTRIBUTES)])
     return text.getvalue().encode()
 
 

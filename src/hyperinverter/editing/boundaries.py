@@ -12,18 +12,21 @@ and one edit does not drag another.
 
 Labels CSV (one row per sample, a header row first; columns in any order):
 
-- ``seed``: an integer; the code is regenerated from the model's mapping network:
-  ``z = torch.randn(z_dim, generator=torch.Generator().manual_seed(seed))``, ``w = mapping(z)``;
-  an optional ``trunc`` column (default 1) gives the truncation psi the sample was rendered with, and an optional
-  ``generator`` column the fingerprint of the generator that drew it (``directions label`` writes it): a file
-  labelled on another model's samples is refused, since its seeds draw other faces here;
+- ``seed``: an integer; the code is regenerated from the model's mapping network, ``w = mapping(z)``, with z drawn
+  as ``hyperinverter generate`` and NVIDIA's ``generate.py`` draw it (``np.random.RandomState(seed).randn``);
+  an optional ``z`` column says ``torch`` for ``torch.randn(z_dim, generator=torch.Generator().manual_seed(seed))``,
+  how ``directions label`` drew seeds before it wrote the column (its tables without one, which have a
+  ``generator`` column, are read so); an optional ``trunc`` column (default 1) gives the truncation psi the sample
+  was rendered with, and an optional ``generator`` column the fingerprint of the generator that drew it
+  (``directions label`` writes it): a file labelled on another model's samples is refused, since its seeds draw
+  other faces here;
 - or ``codes``: an inversion ``.safetensors`` file written by ``hyperinverter invert`` (a path relative to
   the CSV's folder, or absolute); its ``ws`` are used, and it must have been made with the same model;
 - one column per attribute: a number per row; an empty cell means "not labelled" (the row is left out for
   that attribute). A column holding only 0 and 1 is a binary label and is used as it is; any other column is a
   continuous score, whose top and bottom ``fraction`` (default 30 %) are the two classes.
 
-``hyperinverter directions label`` writes such a file (``seed,trunc,generator,yaw,mouth_open,eyes_open``).
+``hyperinverter directions label`` writes such a file (``seed,trunc,z,generator,yaw,mouth_open,eyes_open``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, SchemaError
-from ..generate import z_from_seeds
+from ..generate import SEED_DRAWS, z_from_seeds
 from ..io.checkpoints import save_safetensors
 from ..io.files import refuse_special_file
 from ..models.stylegan2 import Generator
@@ -51,7 +54,7 @@ from .directions import LinearDirection, w_probe
 
 logger = logging.getLogger(__name__)
 
-RESERVED_COLUMNS = ("seed", "codes", "trunc", "generator")
+RESERVED_COLUMNS = ("seed", "codes", "trunc", "z", "generator")
 SPACES = ("w", "wplus")
 
 
@@ -68,6 +71,7 @@ class LabelTable:
     seeds: list[int] | None = None
     truncations: list[float] | None = None
     generators: list[str] | None = None  # per seed row, the fingerprint of the generator that drew it ("": unknown)
+    draws: list[str] | None = None  # per seed row, how its z is drawn (generate.SEED_DRAWS)
     codes: list[Path] | None = None
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -101,7 +105,7 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         raise SchemaError(path, "row 1: the header needs exactly one of the columns 'seed' (samples of the model) "
                           f"and 'codes' (inversion files); it has {header}")
     source = "seed" if "seed" in header else "codes"
-    for column in ("trunc", "generator"):
+    for column in ("trunc", "z", "generator"):
         if source == "codes" and column in header:
             raise SchemaError(path, f"row 1: {column!r} applies to seeds; inversion files already hold their codes "
                               "and record their generator")
@@ -112,6 +116,9 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
     seeds: list[int] = []
     truncations: list[float] = []
     generators: list[str] = []
+    draws: list[str] = []
+    # (a table of our labeller from before the z column records its generator: its seeds were drawn by torch)
+    default_draw = "torch" if "generator" in header and "z" not in header else "nvidia"
     codes: list[Path] = []
     values: dict[str, list[float]] = {a: [] for a in attributes}
     first_line: dict[object, int] = {}
@@ -126,6 +133,9 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
             seeds.append(key)
             truncations.append(_number(cells.get("trunc") or "1", "trunc", path, line))
             generators.append(cells.get("generator", ""))
+            draws.append(cells.get("z") or default_draw)
+            if draws[-1] not in SEED_DRAWS:
+                raise _row_error(path, line, f"'z' is {draws[-1]!r}; it must be one of {', '.join(SEED_DRAWS)}")
         else:
             if not cells["codes"]:
                 raise _row_error(path, line, "the 'codes' cell is empty")
@@ -142,7 +152,7 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         raise SchemaError(path, "has a header but no rows")
     arrays = {a: np.asarray(v, dtype=np.float64) for a, v in values.items()}
     if source == "seed":
-        return LabelTable(path, lines, seeds=seeds, truncations=truncations,
+        return LabelTable(path, lines, seeds=seeds, truncations=truncations, draws=draws,
                           generators=generators if "generator" in header else None, attributes=arrays)
     return LabelTable(path, lines, codes=codes, attributes=arrays)
 
@@ -187,7 +197,8 @@ def label_codes(table: LabelTable, G: Generator, *, model: str = "the model", ba
         out = []
         psi = np.asarray(table.truncations, dtype=np.float64)
         for start in range(0, len(table), batch_size):
-            z = z_from_seeds(table.seeds[start : start + batch_size], G.z_dim).to(device)
+            seeds, draws = table.seeds[start : start + batch_size], table.draws[start : start + batch_size]
+            z = torch.cat([z_from_seeds([seed], G.z_dim, draw=draw) for seed, draw in zip(seeds, draws)]).to(device)
             ws = G.mapping(z).float()
             t = torch.as_tensor(psi[start : start + batch_size], dtype=ws.dtype, device=device)[:, None, None]
             out.append((G.w_avg + t * (ws - G.w_avg)).cpu())  # truncation, per row

@@ -45,7 +45,8 @@ def w_probe(G) -> torch.Tensor:
     """``[W_PROBE_SAMPLES, w_dim]`` fp32 (CPU): ``G``'s codes for fixed latents, untruncated."""
     from ..generate import z_from_seeds
 
-    z = z_from_seeds(range(W_PROBE_SAMPLES), G.z_dim)  # (the latents of seeds 0-3, as `generate` draws them)
+    # (fixed for good, as the direction files record them: torch's draw of seeds 0-3, not `generate`'s NVIDIA one)
+    z = z_from_seeds(range(W_PROBE_SAMPLES), G.z_dim, draw="torch")
     return G.mapping(z.to(G.w_avg.device), truncation_psi=1.0)[:, 0].float().cpu()
 
 
