@@ -555,9 +555,10 @@ def test_a_step_count_out_of_range_reaches_the_page_s_own_check(pipeline, tmp_pa
         assert out[1] is None  # no stale comparison
 
 
-def test_an_emptied_slider_box_reaches_its_handler_which_says_so(pipeline, tmp_path):
-    # In Chromium, emptying the number box beside the strength, t or layer sliders failed in Gradio's own check
-    # before the handler (a traceback in the server log): the page said nothing, and the old edit stayed on show.
+def test_a_slider_box_emptied_or_beyond_its_slider_reaches_its_handler(pipeline, tmp_path):
+    # In Chromium, emptying the number box beside the strength, t or layer sliders, or typing a value beyond the
+    # slider, failed in Gradio's own check before the handler (a traceback in the server log, nothing said or a
+    # toast naming no field), and the old edit stayed on show.
     import warnings
 
     app, handlers, name, state = served_page(pipeline, tmp_path)
@@ -565,6 +566,7 @@ def test_an_emptied_slider_box_reaches_its_handler_which_says_so(pipeline, tmp_p
                if getattr(b, "elem_id", None) in ("strength", "t", "mix-start")}
     assert len(sliders) == 3 and all(s.get_block_name() == "slider" for s in sliders.values())  # Gradio's own
     assert {s.preprocess(None) for s in sliders.values()} == {None}
+    assert [s.preprocess(1e6) for s in sliders.values()] == [1e6] * 3
     state = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state,
                                   str(tmp_path / "second.png"))[0]
     calls = [("on_edit", ("principal direction 1", None, False), "strength must be a number"),
@@ -576,6 +578,14 @@ def test_an_emptied_slider_box_reaches_its_handler_which_says_so(pipeline, tmp_p
             warnings.simplefilter("always")
             image, _ = handlers[handler](name, state, None, *args)
         assert image is None and [str(w.message) for w in caught] == [f"{said}, got nothing (its box is empty)"]
+    for handler, args, said in [("on_blend", (5.0,), "t must be in [0, 1], got 5.0"),
+                                ("on_mix", (1, 99), "layer range")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image, _ = handlers[handler](name, state, None, *args)
+        assert image is None and said in " ".join(str(w.message) for w in caught), handler
+    image, _ = handlers["on_edit"](name, state, None, "principal direction 1", 8.0, False)  # beyond the slider
+    assert image is not None
 
 
 def test_cancel_stops_the_second_photo_s_inversion_too(pipeline, tmp_path, monkeypatch):

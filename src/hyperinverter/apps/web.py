@@ -514,12 +514,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                    print_exception=False) from None  # (logged above, with its cause)
             return sessions[name]
 
-    def emptiable(slider: gr.Slider) -> gr.Slider:
-        """``slider``, whose number box, emptied, reaches the handler as None: Gradio's own check failed on it
-        before the handler, and the page said nothing, leaving the result on show. (Not a subclass: Gradio writes a
-        type stub beside the module of every component class.)"""
-        check = slider.preprocess
-        slider.preprocess = lambda payload: None if payload is None else check(payload)
+    def handler_checked(slider: gr.Slider) -> gr.Slider:
+        """``slider``, whose number box's value reaches the handler as typed, emptied (None) or beyond the slider:
+        Gradio's own check refused both before the handler (the old result left on show, a toast naming no field or
+        nothing at all, a traceback in the server log), where the handlers say what is wrong, and take a strength
+        beyond the slider as the command line does. (Not a subclass: Gradio writes a type stub beside the module of
+        every component class.)"""
+        slider.preprocess = lambda payload: payload
         return slider
 
     def given_number(value: object, what: str) -> bool:
@@ -848,7 +849,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         gr.Markdown("## Edit")
         with gr.Row():
             direction = gr.Dropdown([], label="direction", allow_custom_value=True, elem_id="direction")
-            strength = emptiable(gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength", elem_id="strength"))
+            strength = handler_checked(gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength",
+                                                 elem_id="strength"))
             paste = gr.Checkbox(value=False, label="paste back into the photo")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights), mix styles, swap faces")
@@ -856,13 +858,14 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             photo_b = gr.File(label="second photo", file_types=["image", *IMAGE_SUFFIXES], type="filepath",
                               elem_id="photo-b")
             with gr.Column():
-                t = emptiable(gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t"))
+                t = handler_checked(gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t"))
                 blended = gr.Image(type="filepath", format="png", label="blend", interactive=False, elem_id="blend")
             with gr.Column():
                 # The model sets both (on_model); these values are what the API documents as defaults, so they fit
                 # every generator (8 px and up have 4 layers of codes or more).
-                start = emptiable(gr.Slider(0, 18, value=2, step=1, label="mix from layer", elem_id="mix-start"))
-                end = emptiable(gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)"))
+                start = handler_checked(gr.Slider(0, 18, value=2, step=1, label="mix from layer",
+                                                  elem_id="mix-start"))
+                end = handler_checked(gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)"))
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False, elem_id="mixed")
             with gr.Column():
