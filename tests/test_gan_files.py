@@ -416,3 +416,26 @@ def test_generate_one_file_per_seed_resumes(tmp_path, tiny_generator, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "16 samples of 32 px make a grid 136 px wide (at most 100); write one file per seed" in err
     assert not (tmp_path / "g.png").exists()
+
+
+def test_generate_redoes_the_samples_of_seeds_drawn_before(tmp_path, tiny_generator, capsys):
+    # Seeds were drawn with torch before they were drawn as NVIDIA's generate.py draws them: a folder of such samples
+    # resumed with them kept as done, other latents than the new ones beside them.
+    from hyperinverter.generate import generate_images
+    from hyperinverter.inversion.files import generator_fingerprint
+    from hyperinverter.io.images import image_bytes, tensor_to_uint8
+    from hyperinverter.io.work import fingerprint_of
+
+    save_gan(tmp_path / "g", tiny_generator)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    with torch.no_grad():  # seed 5's file as the torch draw wrote it, with the record of what made it then
+        old = tiny_generator(torch.randn(1, tiny_generator.z_dim, generator=torch.Generator().manual_seed(5)),
+                             noise_mode="const")
+    made = fingerprint_of([fingerprint_of([generator_fingerprint(tiny_generator), 1.0, "const"]), 5])
+    (samples / "seed0005.png").write_bytes(image_bytes(old[0], made_with=made))
+    assert main(["generate", "--model", str(tmp_path / "g"), "--outdir", str(samples), "--seeds", "5",
+                 "--device", "cpu"]) == 0
+    assert "wrote 1 samples" in capsys.readouterr().out
+    expected = tensor_to_uint8(generate_images(tiny_generator, [5]))[0]
+    assert np.array_equal(np.asarray(Image.open(samples / "seed0005.png")), expected)

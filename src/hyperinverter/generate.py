@@ -99,9 +99,10 @@ def write_samples(
 ) -> SampleReport:
     """One PNG per seed in ``out_dir`` (:func:`sample_path`), a batch in memory at a time, each written atomically.
 
-    Each PNG records what made it (the generator's fingerprint, the seed, truncation and noise mode), so that running
-    it again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them all. Files
-    are not flushed one by one (samples can be made again): after a crash, a file that does not read back is redone.
+    Each PNG records what made it (the generator's fingerprint, the seed and its draw, truncation and noise mode), so
+    that running it again skips the seeds it would make again: an interrupted run resumes. ``overwrite``: redo them
+    all. Files are not flushed one by one (samples can be made again): after a crash, a file that does not read back
+    is redone.
     """
     from .errors import OutputError
     from .inversion.files import generator_fingerprint
@@ -112,7 +113,8 @@ def write_samples(
     from .progress import progress_bar
 
     out_dir = prepare_output_folder(out_dir)
-    made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode])
+    # (the draw: files written when seeds were drawn with torch, of other latents, were kept as done on a re-run)
+    made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode, "z: nvidia"])
     made = {seed: fingerprint_of([made_by, seed]) for seed in seeds}
     report = SampleReport()
     todo = []
