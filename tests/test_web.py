@@ -579,7 +579,10 @@ def test_a_slider_box_emptied_or_beyond_its_slider_reaches_its_handler(pipeline,
             image, _ = handlers[handler](name, state, None, *args)
         assert image is None and [str(w.message) for w in caught] == [f"{said}, got nothing (its box is empty)"]
     for handler, args, said in [("on_blend", (5.0,), "t must be in [0, 1], got 5.0"),
-                                ("on_mix", (1, 99), "layer range")]:
+                                ("on_mix", (1, 99), "layer range"),
+                                # (an API client's infinity failed in int() outside the handler's check; 2.5 was 2)
+                                ("on_mix", (1, float("inf")), "the layers to mix must be whole numbers, got 1 and inf"),
+                                ("on_mix", (2.5, 4), "the layers to mix must be whole numbers, got 2.5 and 4")]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             image, _ = handlers[handler](name, state, None, *args)

@@ -781,6 +781,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return None, token(entry)
         if not (given_number(start, "the first layer to mix") and given_number(end, "the layer to mix to")):
             return None, token(entry)
+        if not (float(start).is_integer() and float(end).is_integer()):  # (int() of inf raised; 2.5 was mixed as 2)
+            gr.Warning(f"the layers to mix must be whole numbers, got {start!r} and {end!r}")
+            return None, token(entry)
         image = attempt(session(name).mix, item, other, int(start), int(end))
         if image is None:
             return None, token(entry)
