@@ -281,6 +281,21 @@ def test_a_run_resumed_on_other_images_says_so(tmp_path, caplog):
     assert "other training images" not in caplog.text
 
 
+def test_a_data_folder_named_another_way_holds_the_same_images(tmp_path, monkeypatch):
+    # A run streamed from data=faces and resumed with data=/abs/faces (the same folder) said it resumed "on other
+    # training images than it ran on": the record held the files' paths as given.
+    from hyperinverter.data.folder import ImageFolderDataset
+    from hyperinverter.training.loop import _data_record
+    from hyperinverter.training.run import StreamedImages
+
+    for i, image in enumerate(teacher_images()[:3]):
+        save_image(image.float() / 127.5 - 1, tmp_path / "faces" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    records = [_data_record(StreamedImages(ImageFolderDataset(root, resolution=16, split="all")), None)
+               for root in ("faces", tmp_path / "faces")]
+    assert records[0] == records[1]
+
+
 def test_resuming_with_another_model_is_refused(tmp_path):
     import pytest
 

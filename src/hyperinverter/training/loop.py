@@ -312,17 +312,20 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
 
 def _data_record(images: torch.Tensor | StreamedImages, val_images: torch.Tensor | None) -> dict[str, Any]:
     """What a run trains and validates on, as its checkpoints record it: the number of training images and
-    fingerprints of the images (of their files' names, sizes and times, where they are streamed from disk)."""
+    fingerprints of the images (of their files' names in the data folder, sizes and times, where they are streamed
+    from disk)."""
 
     def fingerprint(x: torch.Tensor | StreamedImages | None) -> str | None:
         if isinstance(x, StreamedImages):
             stats = []
             for path in x.dataset.files:
+                # (relative to the folder: a run resumed with data=/abs/faces after data=faces is on the same files)
+                name = path.relative_to(x.dataset.root).as_posix()
                 try:
                     st = path.stat()
-                    stats.append([str(path), st.st_size, st.st_mtime_ns])
+                    stats.append([name, st.st_size, st.st_mtime_ns])
                 except OSError:  # (a broken link: it is read as unreadable)
-                    stats.append([str(path)])
+                    stats.append([name])
             return fingerprint_of(stats)
         return None if x is None else fingerprint_of(x)
 
