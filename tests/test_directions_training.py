@@ -19,6 +19,7 @@ from hyperinverter.editing import (
     save_direction,
 )
 from hyperinverter.editing.attributes import (
+    ATTRIBUTES,
     LabelReport,
     head_yaw,
     label_samples,
@@ -473,6 +474,19 @@ def test_labelling_never_replaces_a_users_labels(tmp_path, capsys):
                  "--out", str(mine)]) == 2
     assert f"{mine}: exists and was not written by hyperinverter" in capsys.readouterr().err  # (before any work)
     assert mine.read_text() == "seed,trunc,smile\n1,1,0.5\n"
+
+
+def test_labelling_replaces_its_own_labels(tmp_path):
+    # Labels written with a z column were not known as ours: `directions label` run again onto its own --out said
+    # "exists and was not written by hyperinverter" (exit 2). Those written before the column still are.
+    from hyperinverter.io.files import check_file_replaceable
+
+    labels = tmp_path / "labels.csv"
+    for written in (labels_csv_bytes(LabelReport([{"seed": 1, "trunc": 1.0, **dict.fromkeys(ATTRIBUTES, 0.5)}],
+                                                 generator="1ba28f2ec16b687f")),
+                    b"seed,trunc,generator,yaw,mouth_open,eyes_open\n1,1,1ba28f2ec16b687f,0.5,0.5,0.5\n"):
+        labels.write_bytes(written)
+        check_file_replaceable(labels, report=True)
 
 
 def test_training_a_direction_never_replaces_a_users_file(tmp_path, capsys):

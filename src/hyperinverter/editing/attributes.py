@@ -202,7 +202,7 @@ def label_samples(
 
 
 def labels_csv_bytes(report: LabelReport) -> bytes:
-    """The labels CSV of a report: ``seed,trunc,generator,yaw,mouth_open,eyes_open``, one row per labelled sample
+    """The labels CSV of a report: ``seed,trunc,z,generator,yaw,mouth_open,eyes_open``, one row per labelled sample
     (``generator``, the fingerprint of the generator that drew it, where the report knows it)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")

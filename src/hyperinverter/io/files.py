@@ -51,11 +51,11 @@ MARKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", "
 _OUR_SAFETENSORS_KEYS = frozenset({"hyperinverter", "inversion", "direction", "training", "record"})
 # Reports are marked too, where their writers check (``check_file_replaceable(path, report=True)``): a Markdown
 # report ends with an HTML comment (not shown), a JSON report holds ``"written_by"``, and a CSV table is known by
-# its header (per-image scores: ``image,method,...``; face labels: ``seed,trunc,generator,...``), which users'
-# tools read unchanged.
+# its header (per-image scores: ``image,method,...``; face labels: ``seed,trunc,z,generator,...``, before the z
+# column ``seed,trunc,generator,...``), which users' tools read unchanged.
 REPORT_SUFFIXES = frozenset({".md", ".json", ".csv"})
 MARKDOWN_MARK = f"<!-- written by {WRITER_TAG} -->"
-_OUR_CSV_HEADERS = (("image", "method"), ("seed", "trunc", "generator"))
+_OUR_CSV_HEADERS = (("image", "method"), ("seed", "trunc", "z", "generator"), ("seed", "trunc", "generator"))
 _MAX_REPORT_BYTES = 64 << 20  # (a JSON report is parsed to be checked; ours are far smaller)
 
 
