@@ -81,6 +81,17 @@ def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
         session.edit(items[0], "smile", 1.0)
 
 
+def test_the_second_photo_is_its_largest_face(pipeline):
+    # Every face of the second photo was inverted (a W optimisation each, on a group photo) and the leftmost used;
+    # `swap` takes the largest, as the page does now.
+    faces = [synthetic_landmarks(600, 300, 60.0), synthetic_landmarks(200, 250, 40.0)]  # the detector's order: size
+    session = WebSession(pipeline, {}, detector=lambda image: faces, display_size=64)
+    (second,) = session.invert(photo(), align=True, largest_only=True)
+    assert second.label == "the largest of 2 faces" and min(x for x, _ in second.placement["quad"]) > 400
+    assert [it.label for it in session.invert(photo(), align=True)] == [
+        "face 1 of 2 (from the left)", "face 2 of 2 (from the left)"]
+
+
 def test_the_second_photo_s_face_swaps_onto_the_first(session, pipeline):
     from hyperinverter.restoration import face_swap
 

@@ -177,9 +177,10 @@ class WebSession:
 
     def invert(self, photo: Image.Image | str | Path | None, *, align: bool, method: str | None = None,
                progress: Callable[[int, int], None] | None = None, name: str = "photo",
-               options: Mapping[str, object] | None = None) -> list[WebInversion]:
+               options: Mapping[str, object] | None = None, largest_only: bool = False) -> list[WebInversion]:
         """Every face of ``photo`` (an upload's file, or a PIL image) FFHQ-aligned (``align``), left to right, or
         its centred square, inverted in one batch by ``method`` (default: the model's) with its ``options``.
+        ``largest_only``: its largest face alone (the second photo's, as ``swap`` takes it).
         ``progress(step, total)`` is called by iterative optimisation methods; it may raise (:class:`Cancelled`)
         to stop them.
 
@@ -196,7 +197,10 @@ class WebSession:
         pictures = photo_pictures(image, "photo", Path("the photo"), resolution=G.resolution,
                                   channels=G.config.img_channels, detector=self.detector if align else None,
                                   align_scale=self.pipe.align_scale, content_rows=self.pipe.content_rows)
-        # Left to right, as a person reads the photo (the detector's order is by size).
+        found = len(pictures)
+        if largest_only:  # (every face was inverted, a W optimisation each, and the leftmost used)
+            pictures = pictures[:1]  # the detector's order is by size
+        # Left to right, as a person reads the photo.
         pictures.sort(key=lambda p: sum(x for x, _ in p.placement["quad"]) if p.placement else 0.0)
         batch = torch.cat([p.image for p in pictures])
         method = method or self.pipe.default_method
@@ -208,7 +212,8 @@ class WebSession:
         stem, n = _safe_stem(name), len(pictures)
         items = []
         for i, p in enumerate(pictures):
-            label = "the photo" if not p.placement else (f"face {i + 1} of {n} (from the left)" if n > 1 else "face")
+            label = ("the photo" if not p.placement else f"face {i + 1} of {n} (from the left)" if n > 1
+                     else f"the largest of {found} faces" if found > 1 else "face")
             file_stem = f"{stem}_face{i + 1}_{method}" if p.placement and n > 1 else f"{stem}_{method}"
             source = str(photo) if isinstance(photo, (str, Path)) else image
             items.append(WebInversion(label, file_stem, batch[i : i + 1], result.select(i), method,
@@ -634,7 +639,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             if photo_b is not None and (second is None or second.method != found[0].method):
                 try:  # blends and mixes need both photos inverted by one method
                     entry["second"] = s.invert(photo_b, align=align, method=method, name=Path(photo_b).name,
-                                               progress=report, options=options)[0]
+                                               progress=report, options=options, largest_only=True)[0]
                 except expected as e:
                     gr.Warning(f"the second photo: {user_message(e)}")
         finally:
@@ -753,7 +758,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         s = session(name)
         found = attempt(lambda: s.invert(photo, align=align, method=method,
                                          options=step_options(s.pipe.inverter(method), (pivot_steps, steps)),
-                                         name=Path(photo).name if isinstance(photo, str) else "photo"),
+                                         name=Path(photo).name if isinstance(photo, str) else "photo",
+                                         largest_only=True),
                         about="the second photo: ")  # (its errors say "the photo", as the first one's do)
         entry["second"] = found[0] if found else None
         return token(entry), None
