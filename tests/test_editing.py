@@ -401,3 +401,17 @@ def test_a_component_index_for_a_single_direction_is_refused(pipeline, tmp_path,
         assert f"error: {source}: is one direction, not a GANSpace basis: a component index (3)" in \
             capsys.readouterr().err
         assert main(argv) == 0
+
+
+def test_an_official_direction_tensor_edits_as_its_file_does(pipeline, tmp_path):
+    # e4e's and HyperStyle's pose.pt is [1, 18, 512]; their code adds it as loaded (w + f·d). Given to pipe.edit as
+    # torch.load returns it, it was refused ("must be [1|num_ws, w_dim]") while the same file's path was read.
+    G = pipeline.generator
+    x = torch.rand(2, 3, G.resolution, G.resolution, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    result = pipeline.invert(x)
+    row = torch.nn.functional.normalize(torch.randn(1, G.w_dim, generator=torch.Generator().manual_seed(4)), dim=1)
+    pose = row[:, None].repeat(1, G.num_ws, 1)
+    torch.save(pose, tmp_path / "pose.pt")
+    expected = pipeline.render(result.ws + 2.5 * pose, result.weight_delta)  # the official edit, as they render it
+    torch.testing.assert_close(pipeline.edit(result, str(tmp_path / "pose.pt"), 2.5), expected)
+    torch.testing.assert_close(pipeline.edit(result, torch.load(tmp_path / "pose.pt"), 2.5), expected)

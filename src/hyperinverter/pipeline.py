@@ -796,8 +796,8 @@ class InversionPipeline:
         """Edit the codes only and render with the image's own Δθ (as in the papers).
 
         ``direction``: a direction object; the name of one this bundle ships (``hyperinverter directions list``)
-        or a direction file, as ``edit --direction`` takes; or a vector ``[w_dim]`` / ``[1|num_ws, w_dim]`` added
-        ``strength`` times (default 1)."""
+        or a direction file, as ``edit --direction`` takes; or a vector ``[w_dim]`` / ``[1|num_ws, w_dim]`` /
+        ``[1, num_ws, w_dim]`` (e4e's ``pose.pt`` as ``torch.load`` gives it) added ``strength`` times (default 1)."""
         from .editing.directions import check_strength
 
         _check_result(result, "result")
@@ -805,7 +805,9 @@ class InversionPipeline:
             check_strength(strength)
         if isinstance(direction, torch.Tensor):
             _check_values(direction, "direction")
-            vector = direction.detach().float().reshape(1, -1) if direction.ndim == 1 else direction.detach().float()
+            vector = direction.detach().float()
+            if vector.ndim == 1 or (vector.ndim == 3 and vector.shape[0] == 1):  # (as a direction file's is read)
+                vector = vector.reshape(-1, vector.shape[-1])
             direction = LinearDirection(vector, default_strength=1.0)
         elif isinstance(direction, (str, os.PathLike)):
             from .editing.catalogue import resolve_direction
