@@ -123,7 +123,8 @@ def register(sub) -> None:
                            "`edit --direction NAME`, the web page and `directions list` offer them once they are in "
                            "a model's directions/ folder. A GANSpace basis (ffhq_pca.pt, cars_pca.pt, "
                            "church_pca.pt) gives the official named edits of its domain (--edits: faces, "
-                           "HyperInverter's eight; cars, e4e's and HyperStyle's five; church, HyperInverter's four), "
+                           "HyperInverter's eight and PTI's smile; cars, e4e's and HyperStyle's five; church, "
+                           "HyperInverter's four), "
                            "or one edit "
                            "(--component, --layers, --strength, --name). An InterFaceGAN direction (age.pt, "
                            "smile.pt, pose.pt, a .npy boundary) gives one, named by --name or the file.")
