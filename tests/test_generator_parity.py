@@ -212,3 +212,30 @@ def test_random_noise_is_drawn_as_nvidia_s_in_layer_order(tmp_path):
             img = G.synthesis(ws, noise_mode="random")
         torch.testing.assert_close(img, nv.synthesis(sd, kwargs, ws, noise_mode="random", noises=noises), rtol=0,
                                    atol=1e-5)
+
+
+def test_generate_s_seeds_are_nvidia_generate_py_s_images(tmp_path):
+    # `generate --seeds` drew z with torch.randn, so a pickle gave other samples than NVIDIA's generate.py. Now its
+    # files are generate.py's images: z = RandomState(seed).randn(1, z_dim), G(z, noise_mode="const"), then
+    # (img * 127.5 + 128).clamp(0, 255) to uint8; ours round where it truncates, the same but at exact ties.
+    import numpy as np
+    from PIL import Image
+
+    import nvidia_reference as nv
+    from hyperinverter.cli.main import main
+    from hyperinverter.generate import sample_path
+
+    sd = _random_state(Generator(GeneratorConfig(resolution=16, z_dim=12, w_dim=10, mapping_layers=2,
+                                                 channel_base=128, channel_max=16)), 4)
+    kwargs = {"z_dim": 12, "c_dim": 0, "w_dim": 10, "img_resolution": 16, "img_channels": 3,
+              "mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": {"channel_base": 128, "channel_max": 16}}
+    write_nvidia_pickle(tmp_path / "net.pkl", {"G_ema": ("Generator", kwargs, sd, nv_buffers(sd))})
+    assert main(["generate", "--model", str(tmp_path / "net.pkl"), "--seeds", "0-2", "--outdir",
+                 str(tmp_path / "out")]) == 0
+    num_ws = load_gan(tmp_path / "net.pkl").generator.num_ws
+    for seed in range(3):
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, 12)).float()  # (NVIDIA's mapping casts z so)
+        img = nv.synthesis(sd, kwargs, nv.mapping(sd, kwargs, z, num_ws=num_ws), noise_mode="const")
+        expected = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].numpy().astype(int)
+        ours = np.asarray(Image.open(sample_path(tmp_path / "out", seed)), dtype=int)
+        assert np.abs(ours - expected).max() <= 1 and (ours != expected).mean() < 0.01, seed

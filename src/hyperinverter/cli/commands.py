@@ -25,7 +25,8 @@ def _generate(sub) -> None:
     p.add_argument("--model", required=True,
                    help="generator: our folder/.safetensors, rosinality .pt, NVIDIA .pkl, a pipeline folder or a "
                    "bundled model name")
-    p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,4,9-12' (default 0-15)")
+    p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,4,9-12' (default 0-15); a seed's z is "
+                   "drawn as NVIDIA's generate.py draws it, so a pickle gives the same samples as there")
     p.add_argument("--trunc", type=finite_float, default=1.0, help="truncation psi (default 1.0: none)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
     where = p.add_mutually_exclusive_group()
