@@ -36,7 +36,7 @@ from torch import nn
 
 from .convert.gan_files import load_gan
 from .device import resolve_device
-from .editing.directions import Direction, LinearDirection
+from .editing.directions import Direction, LinearDirection, direction_rows
 from .errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import (
@@ -805,10 +805,7 @@ class InversionPipeline:
             check_strength(strength)
         if isinstance(direction, torch.Tensor):
             _check_values(direction, "direction")
-            vector = direction.detach().float()
-            if vector.ndim == 1 or (vector.ndim == 3 and vector.shape[0] == 1):  # (as a direction file's is read)
-                vector = vector.reshape(-1, vector.shape[-1])
-            direction = LinearDirection(vector, default_strength=1.0)
+            direction = LinearDirection(direction_rows(direction.detach().float()), default_strength=1.0)
         elif isinstance(direction, (str, os.PathLike)):
             from .editing.catalogue import resolve_direction
 

@@ -159,6 +159,14 @@ class GANSpaceDirection:
         return out
 
 
+def direction_rows(vector: torch.Tensor) -> torch.Tensor:
+    """A direction's ``[w_dim]`` or ``[1, rows, w_dim]`` (e4e's ``pose.pt``) as ``[rows, w_dim]``; other shapes as
+    they are (the caller says what is wrong with them)."""
+    if vector.ndim == 3 and vector.shape[0] == 1:
+        return vector[0]
+    return vector[None] if vector.ndim == 1 else vector
+
+
 def _vector(tensor: object, path: Path, layers: tuple[int, int] | None = None, num_ws: int | None = None
             ) -> torch.Tensor:
     """A direction tensor -> ``[rows, w_dim]``: ``[w_dim]``, ``[rows, w_dim]`` and ``[1, rows, w_dim]`` are read.
@@ -167,11 +175,7 @@ def _vector(tensor: object, path: Path, layers: tuple[int, int] | None = None, n
     change rows 0-7 of its ``[18, 512]`` directions. A one-row direction is first repeated over ``num_ws`` rows."""
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
         raise SchemaError(path, f"a direction must be a float tensor, got {getattr(tensor, 'dtype', type(tensor))}")
-    vector = tensor.float()
-    if vector.ndim == 3 and vector.shape[0] == 1:  # [1, num_ws, w_dim]
-        vector = vector[0]
-    if vector.ndim == 1:
-        vector = vector[None]
+    vector = direction_rows(tensor.float())
     if vector.ndim != 2 or vector.numel() == 0:
         raise SchemaError(path, f"a direction must be [w_dim], [rows, w_dim] or [1, rows, w_dim], got "
                           f"{list(tensor.shape)}")
