@@ -137,7 +137,7 @@ def _verify_cached(path: Path, artifact: Artifact) -> None:
 def _is_model(path: Path) -> bool:
     """Whether ``path`` is something a model could be loaded from (not, e.g., a folder of outputs)."""
     if path.is_dir():
-        return (path / "pipeline.json").is_file() or (path / "config.json").is_file() or \
+        return (path / PIPELINE_INDEX).is_file() or (path / "config.json").is_file() or \
             (path / "generator" / "config.json").is_file()
     return path.is_file() and path.suffix.lower() in (".pkl", ".pt", ".pth", ".ckpt", ".safetensors")
 
@@ -167,7 +167,7 @@ def local_model_path(name_or_path: str | os.PathLike) -> Path:
 def generator_path(spec: str | os.PathLike) -> Path:
     """A generator file or folder, a bundle (its generator), or a catalogue name -> the generator's path."""
     path = local_model_path(spec)
-    return path / "generator" if (path / "pipeline.json").is_file() else path
+    return path / "generator" if (path / PIPELINE_INDEX).is_file() else path
 
 
 def load_model_gan(spec: str | os.PathLike, *, with_discriminator: bool = False,
