@@ -360,10 +360,11 @@ def run_edit(args: argparse.Namespace) -> int:
         targets = [Path(f"{stem}_{label}{end}") for label in labels for end in endings] + [Path(f"{stem}_strip.png")]
         try:
             inputs.check_outputs(targets)
-            made, result = fingerprint_of([made_by, sha256_if_readable(path)]), None
+            made, result, photo_sha256 = fingerprint_of([made_by, sha256_if_readable(path)]), None, None
             if args.paste_back and _is_inversion_file(path):  # (loading an inversion file costs no inversion)
                 result, record = _result_for(pipe, path, args)
-                made = fingerprint_of([made, sha256_if_readable(Path(record["source"]))])
+                photo_sha256 = sha256_if_readable(Path(record["source"]))
+                made = fingerprint_of([made, photo_sha256])
             if not args.overwrite and images_made_with(targets, made):
                 skipped += 1
                 continue
@@ -374,7 +375,7 @@ def run_edit(args: argparse.Namespace) -> int:
                        for label, img in zip(labels, edits)]
             if args.paste_back:
                 outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted, made_with=made))
-                            for label, pasted in zip(labels, _pasted_back(path, record, edits))]
+                            for label, pasted in zip(labels, _pasted_back(path, record, edits, photo_sha256))]
         except InputError as e:
             failures.append(naming(e, path))
             continue
@@ -418,11 +419,11 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
     return files
 
 
-def _pasted_back(path: Path, record: dict, edits: list) -> list:
-    """Each edit of the face inverted from ``path`` pasted back into the photo it was aligned from (read once)."""
+def _pasted_back(path: Path, record: dict, edits: list, photo_sha256: str | None) -> list:
+    """Each edit of the face inverted from ``path`` pasted back into the photo it was aligned from (read once), whose
+    bytes hash to ``photo_sha256`` now (hashed once, by the caller, which records it in what made the edits)."""
     from ..align import paste_back_placement
     from ..errors import InputError
-    from ..io.files import sha256_if_readable
     from ..io.images import read_image, tensor_to_pil
 
     if record["placement"] is None:
@@ -431,7 +432,7 @@ def _pasted_back(path: Path, record: dict, edits: list) -> list:
         photo = read_image(record["source"])
         # A photo changed under its name since is pasted into (a retouched photo keeps its face's place), but a
         # viewer's rotation by its EXIF tag, or a crop, at the same size moved the face without a word.
-        if record.get("source_sha256") not in (None, sha256_if_readable(record["source"])):
+        if record.get("source_sha256") not in (None, photo_sha256):
             logger.warning(
                 "%s: has changed since its face was aligned for %s: the edit goes where the face was then (if the "
                 "photo was turned or cropped since, invert it again)", record["source"], path)
