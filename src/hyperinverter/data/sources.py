@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import glob
 import gzip
 import importlib.util
 import json
@@ -374,6 +373,11 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
     detector = Dlib68Detector() if detector is None else detector
     failed: list[InputError] = [*found.problems, *clashes]
+    # The faces already in the folder, by the photo they belong to: listed once (a folder listing per photo made a
+    # fresh run over N photos read N² names).
+    faces_of: dict[Path, list[Path]] = {}
+    for face in out_dir.rglob("*.png"):
+        faces_of.setdefault(face.with_name(FACE_NUMBER.sub("", face.stem)), []).append(face)
     for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
         stem = out_dir / path.relative_to(source_dir).with_suffix("")
         first = [stem.with_name(picture_name(stem.name, 0, n) + ".png") for n in (1, 2)]  # one face, several
@@ -383,8 +387,8 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
         made = fingerprint_of([alignment, size, digest])
         if digest is not None and any(images_made_with([p], made) for p in first):
             continue
-        for old in stem.parent.glob(glob.escape(stem.name) + "*.png"):  # faces of other bytes: stale
-            if FACE_NUMBER.sub("", old.stem) == stem.name and written_by_us(old):
+        for old in faces_of.get(stem, []):  # faces of other bytes: stale
+            if written_by_us(old):
                 old.unlink()
         try:
             faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
