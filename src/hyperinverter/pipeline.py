@@ -342,12 +342,19 @@ def _share_equal_parts(method: Inverter, others: Iterable[Inverter]) -> None:
     once."""
     from .io.work import fingerprint_of
 
-    def identity(part: nn.Module) -> str:
-        return fingerprint_of([type(part).__qualname__, getattr(part, "config", None), part])
+    def kind(part: nn.Module) -> str:  # (cheap: the weights are hashed only where a part of its kind is held)
+        return fingerprint_of([type(part).__qualname__, getattr(part, "config", None)])
 
-    held = {identity(part): part for other in others for part in other.parts().values()}
+    held: dict[str, list[nn.Module]] = {}
+    for other in others:
+        for part in other.parts().values():
+            held.setdefault(kind(part), []).append(part)
     for role, part in method.parts().items():
-        setattr(method, role, held.get(identity(part), part))
+        same_kind = [p for p in held.get(kind(part), []) if p is not part]
+        weights = fingerprint_of(part) if same_kind else None
+        equal = next((p for p in same_kind if fingerprint_of(p) == weights), None)
+        if equal is not None:
+            setattr(method, role, equal)
 
 
 def _same_trained_parts(a: Inverter, b: Inverter) -> bool:
