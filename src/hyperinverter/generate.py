@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bounds import MAX_SEED
 from .models.stylegan2 import Generator
 
 logger = logging.getLogger(__name__)
 
 MAX_SEEDS = 100_000
-MAX_SEED = 2**32 - 1  # as NVIDIA's gen_images.py takes them
 
 
 def parse_seeds(spec: str, *, what: str = "seed") -> list[int]:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..bounds import MAX_SEED
 from .arguments import add_dtype, at_least_two, at_most, name_list, nonnegative_int, positive_int
 from .inversion_commands import (
     _add_model,
@@ -42,7 +43,7 @@ def register(sub) -> None:
                         "model cache, else SFace")
     p.add_argument("--batch-size", type=positive_int, default=16)
     # (seeds of images and codes, seed + index: 10**23 was "Overflow when unpacking long long" after the loading)
-    p.add_argument("--seed", type=at_most(nonnegative_int, 2**32 - 1), default=0,
+    p.add_argument("--seed", type=at_most(nonnegative_int, MAX_SEED), default=0,
                    help="the first seed of the runs' random draws (0 to 2**32 - 1, as generate's seeds)")
     p.add_argument("--kid-subset-size", type=at_least_two, default=1000, metavar="N",
                    help="images per KID subset (torch-fidelity's kid_subset_size: the paper uses 1000 for faces, "

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..bounds import MAX_FPS
 from .arguments import (
     add_device,
     add_dtype,
@@ -128,9 +129,9 @@ def register(sub) -> None:
     add_dtype(p)
     _add_method(p)
     p.add_argument("--steps", type=_steps, default=8)
-    # (io.video's MAX_FPS: a higher rate was refused after the inversions and the rendering, naming no option)
-    p.add_argument("--fps", type=at_most(positive_int, 240), default=8,
-                   help="frames per second of the MP4 (default 8, at most 240)")
+    # (checked here: a higher rate was refused after the inversions and the rendering, naming no option)
+    p.add_argument("--fps", type=at_most(positive_int, MAX_FPS), default=8,
+                   help=f"frames per second of the MP4 (default 8, at most {MAX_FPS})")
     p.add_argument("--out", required=True, type=file_path,
                    help="output stem: writes OUT.png, OUT.gif and, with the video extra (PyAV), OUT.mp4")
     p.set_defaults(func=run_interpolate)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bounds import MAX_FPS
 from .files import WRITER_TAG
 from .images import tensor_to_uint8
 
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("av", "imageio-ffmpeg")
 CRF = 18  # x264's "visually lossless" end of the scale: clips are short, quality matters more than size
-MAX_FPS = 240
 
 
 def _module(name: str):

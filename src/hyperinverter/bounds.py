@@ -1,0 +1,6 @@
+"""Bounds on numbers users give, shared by the library and the CLI (free of torch, so that ``--help`` stays fast)."""
+
+from __future__ import annotations
+
+MAX_SEED = 2**32 - 1  # as NVIDIA's gen_images.py takes them (numpy's RandomState seeds)
+MAX_FPS = 240  # frames per second of an MP4
