@@ -81,6 +81,28 @@ def test_the_paste_back_fades_to_nothing_at_the_crop_s_edge(size, side, corner):
     assert out[inside & ~within].max() <= 3 and out[200, 200] == 255  # the crop's outermost pixels: (nearly) none
 
 
+def test_several_faces_paste_back_into_one_photo_later_over_earlier():
+    # A photo of several faces had no call that put them all back: each paste gave a photo of its own face only.
+    from hyperinverter.align import paste_back_placements
+
+    def square(corner, side=100.0):
+        return {"quad": [[corner, corner], [corner, corner + side], [corner + side, corner + side],
+                         [corner + side, corner]], "source_size": [400, 400]}
+
+    photo = Image.new("RGB", (400, 400))
+    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
+    out = np.asarray(paste_back_placements(photo, [red, blue], [square(50), square(120)]))
+    assert tuple(out[80, 80]) == (255, 0, 0) and tuple(out[200, 200]) == (0, 0, 255)  # both faces
+    assert tuple(out[145, 145]) == (0, 0, 255)  # where they overlap: the later one
+    assert not out[350:, :50].any()  # the photo elsewhere, untouched
+    assert paste_back_placements(photo, [], []).tobytes() == photo.tobytes()
+    wrong = {**square(120), "source_size": [300, 200]}
+    with pytest.raises(ValueError, match="aligned in a 300x200 photo"):  # checked before any face is pasted
+        paste_back_placements(photo, [red, blue], [square(50), wrong])
+    with pytest.raises(ValueError, match="2 edited crops for 1 placements"):
+        paste_back_placements(photo, [red, blue], [square(50)])
+
+
 def test_paste_back_keeps_the_photo_s_kind():
     # A black-and-white photo came back in colour (the model's face a tinted patch in it), and a cut-out photo lost
     # its alpha: the result is of the photo's own kind, the photo outside the crop unchanged.

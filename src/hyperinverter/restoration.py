@@ -87,10 +87,10 @@ def restore_photo(pipe: InversionPipeline, photo: Image.Image, *, name: str = "p
     restoration = restore(pipe, torch.cat([p.image for p in pictures]), simulate=simulate, **options)
     if detector is None:
         return PhotoRestoration(pictures, restoration, None)
-    from .align import paste_back_placement
+    from .align import paste_back_placements
 
-    for picture, face in zip(pictures, tensor_to_pil(restoration.result.image.cpu())):
-        photo = paste_back_placement(photo, face.convert("RGB"), picture.placement)
+    faces = [face.convert("RGB") for face in tensor_to_pil(restoration.result.image.cpu())]
+    photo = paste_back_placements(photo, faces, [picture.placement for picture in pictures])
     return PhotoRestoration(pictures, restoration, photo)
 
 

@@ -4,9 +4,11 @@ from .ffhq import (
            AlignedFace,
            NoFaceFoundError,
            align_from_landmarks,
+           check_placement,
            ffhq_quad,
            paste_back,
            paste_back_placement,
+           paste_back_placements,
 )
 from .landmarks import (
            CropScale,
@@ -18,5 +20,5 @@ from .landmarks import (
 )
 
 __all__ = ["AlignedFace", "CropScale", "Dlib68Detector", "NoFaceFoundError", "align_faces", "align_from_landmarks",
-           "ffhq_quad", "find_predictor", "paste_back", "measure_crop_scale", "optional_detector",
-           "paste_back_placement"]
+           "check_placement", "ffhq_quad", "find_predictor", "measure_crop_scale", "optional_detector", "paste_back",
+           "paste_back_placement", "paste_back_placements"]

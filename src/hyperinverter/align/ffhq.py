@@ -10,6 +10,7 @@ where the script warps bilinearly (FFHQ's at 4x the size, then reduces; pSp's at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,15 +198,34 @@ def _outer_ring(size: int) -> np.ndarray:
     return ring
 
 
-def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,
-                         feather: float = 0.05, mask: Image.Image | None = None) -> Image.Image:
-    """:func:`paste_back` from a stored :meth:`AlignedFace.placement` (the photo must be the one aligned)."""
+def check_placement(photo: Image.Image, placement: dict) -> None:
+    """``ValueError`` unless ``placement`` (:meth:`AlignedFace.placement`) can be a face of ``photo``: its size."""
     if tuple(placement["source_size"]) != photo.size:
         raise ValueError(f"the photo is {photo.size[0]}x{photo.size[1]}, but the face was aligned in a "
                          f"{placement['source_size'][0]}x{placement['source_size'][1]} photo")
+
+
+def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,
+                         feather: float = 0.05, mask: Image.Image | None = None) -> Image.Image:
+    """:func:`paste_back` from a stored :meth:`AlignedFace.placement` (the photo must be the one aligned)."""
+    check_placement(photo, placement)
     quad = np.asarray(placement["quad"], dtype=np.float64)
     assert quad.shape == (4, 2), f"a placement quad is [4, 2], got {quad.shape}"
     face = AlignedFace(image=edited, quad=quad, affine=quad_affine(quad, edited.width), source_size=photo.size,
                        landmarks=np.zeros((68, 2)))
     return paste_back(photo, edited, face, feather=feather, mask=mask)
 
+
+
+def paste_back_placements(photo: Image.Image, edited: Sequence[Image.Image], placements: Sequence[dict], *,
+                          feather: float = 0.05) -> Image.Image:
+    """Several faces of one photo pasted back into it (:func:`paste_back_placement`, each feathered), in the order
+    given: where two crops overlap, a later face goes over an earlier one. Every placement is checked against the
+    photo (:func:`check_placement`) before any is pasted."""
+    if len(edited) != len(placements):
+        raise ValueError(f"{len(edited)} edited crops for {len(placements)} placements")
+    for placement in placements:
+        check_placement(photo, placement)
+    for face, placement in zip(edited, placements):
+        photo = paste_back_placement(photo, face, placement, feather=feather)
+    return photo
