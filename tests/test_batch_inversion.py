@@ -1,6 +1,7 @@
 """Batch inversion of files: bad files reported, torchrun sharding disjoint and complete, aligned faces with
 their placement, `edit --paste-back`, and the pipeline's own crop scale."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hyperinverter.cli.main import main
 from hyperinverter.editing import LinearDirection, save_direction
 from hyperinverter.inversion.batch import invert_files, rank_shard
 from hyperinverter.inversion.files import load_inversion
+from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
 from hyperinverter.io.images import find_images
 from hyperinverter.pipeline import InversionPipeline
 from hyperinverter.progress import progress_bar
@@ -120,12 +122,56 @@ def test_aligned_faces_keep_their_placement_and_paste_back(pipeline, tmp_path):
     assert main(["edit", str(tmp_path / "out" / "group-face1.safetensors"), "--model", str(tmp_path / "model"),
                  "--direction", str(tmp_path / "dir.safetensors"), "--strength", "3", "--paste-back",
                  "--out", str(tmp_path / "edits"), "--device", "cpu"]) == 0
-    pasted = Image.open(tmp_path / "edits" / "group-face1_dir_+3_photo.png")
+    pasted = Image.open(tmp_path / "edits" / "group_dir_+3_photo.png")  # (the photo's name: its faces given)
     assert pasted.size == photo.size
     diff = np.abs(np.asarray(pasted, dtype=float) - np.asarray(photo, dtype=float)).sum(-1)
     x0, y0 = meta["placement"]["quad"][0]
     assert diff[int(y0) + 30, int(x0) + 30] > 0  # inside the face: changed
     assert diff[150, 5] == 0  # far from it: untouched
+
+
+def test_the_faces_of_one_photo_are_pasted_back_into_one_photo(pipeline, tmp_path, capsys):
+    # `edit --paste-back` on a photo of several faces wrote a photo per face, each with only that face edited.
+    from hyperinverter.align import paste_back_placements
+    from hyperinverter.io.images import read_image
+
+    photo = tmp_path / "group.png"
+    hostile.photo(0, (200, 160)).save(photo)
+    invert_files(pipeline, [photo], tmp_path / "inv", detector=TwoFaces(), progress=False)
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
+                   tmp_path / "dir.safetensors")
+    command = ["edit", str(tmp_path / "inv"), "--model", str(tmp_path / "model"), "--direction",
+               str(tmp_path / "dir.safetensors"), "--strength", "-3", "3", "--paste-back", "--device", "cpu"]
+    assert main([*command, "--out", str(tmp_path / "edits")]) == 0
+    edits = tmp_path / "edits"
+    assert sorted(p.name for p in edits.glob("*_photo.png")) == ["group_dir_+3_photo.png", "group_dir_-3_photo.png"]
+    placements = [load_inversion(tmp_path / "inv" / f"group-face{i}.safetensors")[2]["placement"] for i in (0, 1)]
+    for label in ("-3", "+3"):
+        crops = [Image.open(edits / f"group-face{i}_dir_{label}.png").convert("RGB") for i in (0, 1)]
+        pasted = np.asarray(Image.open(edits / f"group_dir_{label}_photo.png"))
+        # Both faces, the second (smaller) over the first where their crops overlap: what the API gives.
+        assert np.array_equal(pasted, np.asarray(paste_back_placements(read_image(photo), crops, placements)))
+        alone = [np.asarray(paste_back_placements(read_image(photo), [c], [pl])) for c, pl in zip(crops, placements)]
+        assert all((np.abs(pasted.astype(int) - a).sum(-1) > 0).any() for a in alone)
+    capsys.readouterr()
+    assert main([*command, "--out", str(edits)]) == 0
+    assert "edits of 0 input(s) along 'dir'" in (out := capsys.readouterr().out) and "2 already done" in out
+    # A face that cannot be pasted back (aligned in a photo of another size) is reported; the others still paste.
+    tensors, metadata = read_safetensors(tmp_path / "inv" / "group-face1.safetensors")
+    record = json.loads(metadata["inversion"])
+    record.update(picture={"index": 2, "count": 3}, placement={**record["placement"], "source_size": [20, 10]})
+    save_safetensors(tmp_path / "inv" / "group-face2.safetensors", tensors, {"inversion": json.dumps(record)})
+    assert main([*command, "--out", str(tmp_path / "again")]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {tmp_path / 'inv' / 'group-face2.safetensors'}: cannot paste back into its photo" in err
+    assert "aligned in a 20x10 photo" in err
+    assert sorted(p.name for p in (tmp_path / "again").glob("*_photo.png")) == sorted(
+        p.name for p in edits.glob("*_photo.png"))
+    assert not list((tmp_path / "again").glob("group-face2*"))
+    for label in ("-3", "+3"):
+        name = f"group_dir_{label}_photo.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / name)), np.asarray(Image.open(edits / name)))
 
 
 def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_path, capsys):
@@ -249,7 +295,7 @@ def test_paste_back_finds_the_photo_from_another_folder(pipeline, tmp_path, monk
     monkeypatch.chdir(tmp_path / "inv")
     assert main(["edit", "group-face0.safetensors", "--model", str(tmp_path / "model"), "--direction",
                  str(tmp_path / "dir.safetensors"), "--paste-back", "--out", "edits", "--device", "cpu"]) == 0
-    assert (tmp_path / "inv" / "edits" / "group-face0_dir_default_photo.png").is_file()
+    assert (tmp_path / "inv" / "edits" / "group_dir_default_photo.png").is_file()
 
 
 def test_a_folder_without_images_is_named_as_the_error(pipeline, tmp_path, capsys):

@@ -116,7 +116,9 @@ def register(sub) -> None:
                    "direction is kept to (E2Style's official edits: 0:8)")
     p.add_argument("--paste-back", action="store_true",
                    help="for inversion files of aligned faces (`invert --align`), also write the photo with the "
-                   "edited face pasted back")
+                   "edited faces pasted back: one NAME_DIRECTION_STRENGTH_photo.png per photo, holding every face of "
+                   "it that is given (NAME-faceI.safetensors), later faces over earlier where they overlap; a face "
+                   "that cannot be pasted back fails alone")
     p.add_argument("--out", required=True, type=Path, help="the folder for the edits")
     p.add_argument("--overwrite", action="store_true",
                    help="edit again the inputs whose edits are already in --out (default: skip them)")
@@ -315,20 +317,9 @@ def _direction(args, generator):
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..errors import InputError, describe_os_error, naming
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import (
-        InputFiles,
-        atomic_write_group,
-        check_output_folder,
-        file_name_part,
-        prepare_output_folder,
-        sha256_if_readable,
-    )
-    from ..io.images import image_bytes, images_made_with, make_grid
+    from ..io.files import InputFiles, check_output_folder, file_name_part, prepare_output_folder
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -344,7 +335,6 @@ def run_edit(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
     out_dir = prepare_output_folder(args.out)
-    endings = (".png", "_photo.png") if args.paste_back else (".png",)
     options = dict(args.option)
     pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
     # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
@@ -356,42 +346,154 @@ def run_edit(args: argparse.Namespace) -> int:
     inputs = InputFiles(args.inputs)
     failures, done, skipped = [], 0, 0
     named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
-    for path, name in progress_bar(named, desc="edit", unit="file", disable=len(named) < 2):
-        stem = out_dir / f"{name}_{file_name_part(direction.name, fallback='direction')}"  # (a name from a file)
-        targets = [Path(f"{stem}_{label}{end}") for label in labels for end in endings] + [Path(f"{stem}_strip.png")]
-        try:
-            inputs.check_outputs(targets)
-            made, result, photo_sha256 = fingerprint_of([made_by, sha256_if_readable(path)]), None, None
-            if args.paste_back and _is_inversion_file(path):  # (loading an inversion file costs no inversion)
-                result, record = _result_for(pipe, path, args)
-                photo_sha256 = sha256_if_readable(Path(record["source"]))
-                made = fingerprint_of([made, photo_sha256])
-            if not args.overwrite and images_made_with(targets, made):
-                skipped += 1
-                continue
-            if result is None:
-                result, record = _result_for(pipe, path, args)
-            edits = [pipe.edit(result, direction, s) for s in strengths]
-            outputs = [(Path(f"{stem}_{label}.png"), image_bytes(pipe.content(img), made_with=made))
-                       for label, img in zip(labels, edits)]
-            if args.paste_back:
-                outputs += [(Path(f"{stem}_{label}_photo.png"), image_bytes(pasted, made_with=made))
-                            for label, pasted in zip(labels, _pasted_back(path, record, edits, photo_sha256))]
-        except InputError as e:
-            failures.append(naming(e, path))
-            continue
-        except OSError as e:  # (a missing input stopped the batch halfway, exit 2, hiding what had failed before it)
-            failures.append(InputError(path, describe_os_error(e)) if e.filename is None else
-                            InputError(describe_os_error(e)))
-            continue
-        strip = make_grid(pipe.content(torch.cat([result.image] + edits).cpu()), nrow=len(edits) + 1)
-        # An input's edits are written whole.
-        atomic_write_group([*outputs, (Path(f"{stem}_strip.png"), image_bytes(strip, made_with=made))])
-        done += 1
+    part = file_name_part(direction.name, fallback="direction")  # (a name from a file)
+    # Pasted back, the faces of one photo go into one photo (it wrote a photo per face, each with that face alone
+    # edited); each input's edits and strip stay its own.
+    groups = _photo_groups(named) if args.paste_back else [(name, None, [(path, name)]) for path, name in named]
+    with progress_bar(total=len(named), desc="edit", unit="file", disable=len(named) < 2) as bar:
+        for photo_name, source, faces in groups:
+            written, already, failed = _edit_group(pipe, args, direction, strengths, labels, made_by, inputs,
+                                                   out_dir, part, photo_name, source, faces)
+            done, skipped, failures = done + written, skipped + already, failures + failed
+            bar.update(len(faces))
     _report_failures(failures)
     print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {skipped} already done, "
           f"{len(failures)} failed")
     return 1 if failures else 0
+
+
+def _photo_groups(named: list[tuple[Path, str]]) -> list[tuple[str, str | None, list[tuple[Path, str]]]]:
+    """``edit --paste-back``'s inputs (path, output name) as (the pasted photos' name, the photo, its faces): the
+    inversion files of aligned faces of one photo, named as `invert` names them (``NAME-faceI``), are one group, in
+    the order of their faces in the photo (the input order among equals), so that a later face's crop goes over an
+    earlier one's. Any other input (an image, a file without a placement or that cannot be read) is a group of its
+    own, with no photo: it fails, saying why, when it is edited. The photos' names are all different."""
+    from ..errors import InputError
+    from ..inversion.batch import FACE_NUMBER
+    from ..inversion.files import read_inversion_record
+
+    groups: dict[object, tuple[str | None, list[tuple[int, int, Path, str]]]] = {}
+    for order, (path, name) in enumerate(named):
+        record = None
+        if _is_inversion_file(path):
+            try:
+                record = read_inversion_record(path)  # (its header only: the codes and Δθ are read when edited)
+            except (InputError, OSError):
+                pass  # (loading it names the cause)
+        if record is None or record["placement"] is None:
+            groups[order] = (None, [(0, order, path, name)])
+            continue
+        index = record["picture"]["index"] if record["picture"] else 0
+        groups.setdefault((record["source"], FACE_NUMBER.sub("", name)), (record["source"], []))[1].append(
+            (index, order, path, name))
+    result, taken = [], set()
+    for key, (source, faces) in groups.items():
+        faces.sort()
+        name = key[1] if source is not None else faces[0][3]
+        candidate, k = name, 1
+        while candidate in taken:  # (one name of two photos: x.safetensors of one, x-face0 of another)
+            k += 1
+            candidate = f"{name}_{k}"
+        taken.add(candidate)
+        result.append((candidate, source, [(path, face_name) for _, _, path, face_name in faces]))
+    return result
+
+
+def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_by: str, inputs, out_dir: Path,
+                part: str, photo_name: str, source: str | None, faces: list[tuple[Path, str]]
+                ) -> tuple[int, int, list]:
+    """Edit the inputs ``faces`` (path, output name) and, with ``--paste-back``, paste them into their photo
+    ``source`` as one photo per strength, ``photo_name``'s; all written as one group. A face that fails is left out
+    of it, and the others are written. -> (the inputs written, those already done, the failures)."""
+    import torch
+
+    from ..align import paste_back_placements
+    from ..errors import InputError, describe_os_error, naming
+    from ..io.files import atomic_write_group, sha256_if_readable
+    from ..io.images import image_bytes, images_made_with, make_grid, read_image, tensor_to_pil
+    from ..io.work import fingerprint_of
+
+    def failure(e: Exception, path: Path) -> InputError:
+        if isinstance(e, InputError):
+            return naming(e, path)
+        # (a missing input stopped the batch halfway, exit 2, hiding what had failed before it)
+        return InputError(path, describe_os_error(e)) if e.filename is None else InputError(describe_os_error(e))
+
+    stem = {path: out_dir / f"{name}_{part}" for path, name in faces}
+    targets = {path: [Path(f"{stem[path]}_{label}.png") for label in labels] + [Path(f"{stem[path]}_strip.png")]
+               for path, _ in faces}
+    photos = ([Path(f"{out_dir / f'{photo_name}_{part}'}_{label}_photo.png") for label in labels]
+              if args.paste_back else [])
+    try:
+        inputs.check_outputs(photos)
+    except InputError as e:  # (it names the output)
+        return 0, 0, [e]
+    # Made from every face given (one that fails here is still missing from the photo: its files are not there).
+    made, photo, photo_sha256 = fingerprint_of([made_by, *(sha256_if_readable(path) for path, _ in faces)]), None, None
+    failures, kept = [], []
+    for path, name in faces:
+        try:
+            inputs.check_outputs(targets[path])
+            kept.append((path, name))
+        except InputError as e:
+            failures.append(e)
+    faces = kept
+    if not faces:
+        return 0, 0, failures
+    if source is not None:
+        photo_sha256 = sha256_if_readable(Path(source))  # (hashed once for all its faces)
+        made = fingerprint_of([made, photo_sha256])
+    if not args.overwrite and images_made_with([*photos, *(t for path, _ in faces for t in targets[path])], made):
+        return 0, len(faces), failures
+    if source is not None:
+        try:
+            photo = read_image(source)
+        except (InputError, OSError) as e:
+            return 0, 0, failures + [InputError(path, f"cannot paste back into its photo ({failure(e, Path(source))})")
+                                  for path, _ in faces]
+    edited = []  # (path, name, [the reconstruction, then each edit], placement)
+    for path, name in faces:
+        try:
+            result, record = _result_for(pipe, path, args)
+            if args.paste_back:
+                _check_paste_back(path, record, photo, photo_sha256)
+            edited.append((path, name, [result.image] + [pipe.edit(result, direction, s) for s in strengths],
+                           record["placement"]))
+        except (InputError, OSError) as e:
+            failures.append(failure(e, path))
+    outputs = []
+    for path, name, images, _ in edited:
+        outputs += [(target, image_bytes(pipe.content(img), made_with=made))
+                    for target, img in zip(targets[path], images[1:])]
+        strip = make_grid(pipe.content(torch.cat(images).cpu()), nrow=len(images))
+        outputs.append((targets[path][-1], image_bytes(strip, made_with=made)))
+    if photo is not None and edited:
+        for k, target in enumerate(photos):
+            crops = [tensor_to_pil(images[k + 1].cpu())[0].convert("RGB") for _, _, images, _ in edited]
+            pasted = paste_back_placements(photo, crops, [placement for *_, placement in edited])
+            outputs.append((target, image_bytes(pasted, made_with=made)))
+    if outputs:
+        atomic_write_group(outputs)  # the photo's edits are written whole
+    return len(edited), 0, failures
+
+
+def _check_paste_back(path: Path, record: dict, photo, photo_sha256: str | None) -> None:
+    """Whether the face inverted from ``path`` can be pasted back into ``photo`` (read from its record's source,
+    whose bytes hash to ``photo_sha256`` now): an ``InputError`` naming ``path`` if not."""
+    from ..align import check_placement
+    from ..errors import InputError
+
+    if record["placement"] is None or photo is None:
+        raise InputError(path, "has no face placement (invert it with --align to paste back)")
+    try:
+        check_placement(photo, record["placement"])
+    except ValueError as e:
+        raise InputError(path, f"cannot paste back into its photo {record['source']} ({e})") from None
+    # A photo changed under its name since is pasted into (a retouched photo keeps its face's place), but a
+    # viewer's rotation by its EXIF tag, or a crop, at the same size moved the face without a word.
+    if record.get("source_sha256") not in (None, photo_sha256):
+        logger.warning("%s: has changed since its face was aligned for %s: the edit goes where the face was then (if "
+                       "the photo was turned or cropped since, invert it again)", record["source"], path)
 
 
 def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
@@ -418,31 +520,6 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
                              f"{no_images_error([path]).cause}")
         files += found
     return files
-
-
-def _pasted_back(path: Path, record: dict, edits: list, photo_sha256: str | None) -> list:
-    """Each edit of the face inverted from ``path`` pasted back into the photo it was aligned from (read once), whose
-    bytes hash to ``photo_sha256`` now (hashed once, by the caller, which records it in what made the edits)."""
-    from ..align import paste_back_placement
-    from ..errors import InputError
-    from ..io.images import read_image, tensor_to_pil
-
-    if record["placement"] is None:
-        raise InputError(path, "has no face placement (invert it with --align to paste back)")
-    try:
-        photo = read_image(record["source"])
-        # A photo changed under its name since is pasted into (a retouched photo keeps its face's place), but a
-        # viewer's rotation by its EXIF tag, or a crop, at the same size moved the face without a word.
-        if record.get("source_sha256") not in (None, photo_sha256):
-            logger.warning(
-                "%s: has changed since its face was aligned for %s: the edit goes where the face was then (if the "
-                "photo was turned or cropped since, invert it again)", record["source"], path)
-        return [paste_back_placement(photo, tensor_to_pil(img.cpu())[0].convert("RGB"), record["placement"])
-                for img in edits]
-    except InputError as e:
-        raise InputError(path, f"cannot paste back into its photo ({e})") from None
-    except ValueError as e:
-        raise InputError(path, f"cannot paste back into its photo {record['source']} ({e})") from None
 
 
 def run_interpolate(args: argparse.Namespace) -> int:

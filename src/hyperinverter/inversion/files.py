@@ -25,7 +25,12 @@ from typing import Any
 import torch
 
 from ..errors import SchemaError
-from ..io.checkpoints import encode_safetensors, read_metadata_json, read_safetensors
+from ..io.checkpoints import (
+    encode_safetensors,
+    read_metadata_json,
+    read_safetensors,
+    read_safetensors_metadata,
+)
 from ..io.work import fingerprint_of
 from ..methods.base import InversionResult
 from ..models.weight_delta import WeightDelta
@@ -164,6 +169,14 @@ def _record(meta: Mapping[str, Any], path: Path) -> InversionRecord:
         raise SchemaError(path, f"'source_sha256' must be null or 64 lowercase hex digits, got {source_sha256!r}")
     return InversionRecord(text("source"), text("model"), text("method"), generator, mode, meta.get("placement"),
                            picture, dtype, made, source_sha256)
+
+
+def read_inversion_record(path: str | os.PathLike) -> dict[str, Any]:
+    """An inversion file's checked record alone (see :func:`load_inversion`), without reading its tensors."""
+    path = Path(path)
+    metadata = read_safetensors_metadata(path)
+    return _record(read_metadata_json(path, metadata, "inversion", "an inversion file (written by `invert`)"),
+                   path).as_dict()
 
 
 def load_inversion(path: str | os.PathLike) -> tuple[torch.Tensor, WeightDelta | None, dict[str, Any]]:
