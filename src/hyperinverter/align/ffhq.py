@@ -216,7 +216,6 @@ def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dic
     return paste_back(photo, edited, face, feather=feather, mask=mask)
 
 
-
 def paste_back_placements(photo: Image.Image, edited: Sequence[Image.Image], placements: Sequence[dict], *,
                           feather: float = 0.05) -> Image.Image:
     """Several faces of one photo pasted back into it (:func:`paste_back_placement`, each feathered), in the order
