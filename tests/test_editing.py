@@ -415,3 +415,115 @@ def test_an_official_direction_tensor_edits_as_its_file_does(pipeline, tmp_path)
     expected = pipeline.render(result.ws + 2.5 * pose, result.weight_delta)  # the official edit, as they render it
     torch.testing.assert_close(pipeline.edit(result, str(tmp_path / "pose.pt"), 2.5), expected)
     torch.testing.assert_close(pipeline.edit(result, torch.load(tmp_path / "pose.pt"), 2.5), expected)
+
+
+def e4e_factorize_weight(g_ema: dict, num_layers: int, layers):
+    """e4e's editings/sefa.py factorize_weight, on a rosinality state dict (``num_layers``: rosinality's, its
+    modulated convs)."""
+    weights = []
+    if layers == "all" or 0 in layers:
+        weights.append(g_ema["conv1.conv.modulation.weight"].numpy().T)
+    layers = list(range(num_layers - 1)) if layers == "all" else [l - 1 for l in layers if l != 0]
+    for idx in layers:
+        weights.append(g_ema[f"convs.{idx}.conv.modulation.weight"].numpy().T)
+    weight = np.concatenate(weights, axis=1).astype(np.float32)
+    weight = weight / np.linalg.norm(weight, axis=0, keepdims=True)
+    values, vectors = np.linalg.eig(weight.dot(weight.T))
+    return layers, vectors.T, values
+
+
+def e4e_edit(codes: np.ndarray, layers, boundaries: np.ndarray, sem_id: int, distances) -> list[np.ndarray]:
+    """e4e's sefa.edit for one semantic: each distance's codes."""
+    edited = []
+    for d in distances:
+        code = codes.copy()
+        code[:, layers, :] += boundaries[sem_id:sem_id + 1] * d
+        edited.append(code)
+    return edited
+
+
+def test_sefa_is_e4e_factorisation_and_edit(tiny_generator):
+    # SeFa as e4e's editings/sefa.py finds and applies it, checked against a numpy copy of that code run on the
+    # same weights under rosinality's names: the same directions (up to sign) in np.linalg.eig's order, the same
+    # eigenvalues, the same rows (l-1: e4e's off-by-one), the same edited codes.
+    from hyperinverter.convert.rosinality import from_nvidia
+    from hyperinverter.editing.sefa import factorize_weight, sefa_directions
+
+    G = tiny_generator
+    g_ema = from_nvidia(G.state_dict(), G.config)
+    num_layers = 1 + sum(1 for k in g_ema if k.startswith("convs.") and k.endswith(".conv.weight"))
+    codes = torch.randn(2, G.num_ws, G.w_dim, generator=torch.Generator().manual_seed(1))
+    distances = np.linspace(-15.0, 15.0, 11)
+    for layers in ((2, 3, 4, 5), (5, 2, 0, 3), (0, 1), "all"):
+        ref_rows, ref_vectors, ref_values = e4e_factorize_weight(g_ema, num_layers, layers)
+        ours = factorize_weight(G, layers)
+        assert list(ours.rows) == ref_rows
+        np.testing.assert_allclose(ours.eigenvalues.numpy(), ref_values, rtol=1e-5, atol=1e-5)  # unsorted, as e4e
+        signs = np.sign((ours.vectors.numpy() * ref_vectors).sum(axis=1))
+        np.testing.assert_allclose(ours.vectors.numpy() * signs[:, None], ref_vectors, atol=1e-5)
+        for sem_id in (0, 3):
+            direction = ours.direction(sem_id, strength=1.0)
+            expected = e4e_edit(codes.numpy(), ref_rows, ref_vectors, sem_id, distances)
+            for d, code in zip(distances, expected):
+                torch.testing.assert_close(direction.apply(codes, float(signs[sem_id] * d)), torch.from_numpy(code),
+                                           rtol=1e-6, atol=1e-5)
+    assert factorize_weight(G, (2, 3, 4, 5)).rows == (1, 2, 3, 4)
+    assert factorize_weight(G, (2, 3, 4, 5), rows="styled").rows == (2, 3, 4, 5)  # the rows that style them
+    directions = sefa_directions(G, count=3, strength=15.0)
+    assert list(directions) == ["sefa_0", "sefa_1", "sefa_2"]
+    assert all(d.default_strength == 15.0 and d.w_probe is not None for d in directions.values())
+    assert sefa_directions(G, count=1)["sefa_0"].default_strength > 0  # 2 stds of the codes along it
+    # Bad layers are named: out of range, twice, not numbers, none, or only 0 (no row to edit in e4e's rule).
+    for layers, message in (((2, 7), r"SeFa layer 7 is out of range: .* 0 to 6"),
+                            ((2, 2), r"\[2\] given more than once"), ((), "at least one layer"),
+                            ((0,), "edit no row"), ("every", "'all'"), ((-1,), "layer -1 is out of range")):
+        with pytest.raises(ValueError, match=message):
+            factorize_weight(G, layers)
+    with pytest.raises(TypeError, match="not a layer number"):
+        factorize_weight(G, (2, 3.0))
+    with pytest.raises(ValueError, match="count must be 1 to 16"):
+        sefa_directions(G, count=17)
+
+
+def test_the_sefa_command_writes_direction_files(tiny_generator, pipeline, tmp_path, capsys):
+    from hyperinverter.cli.main import main
+    from hyperinverter.editing.catalogue import direction_catalogue
+    from hyperinverter.editing.sefa import factorize_weight
+
+    pipeline.save_pretrained(tmp_path / "model")
+    out = tmp_path / "model" / "directions"
+    assert main(["directions", "sefa", "--model", str(tmp_path / "model"), "--layers", "2-5", "--count", "3",
+                 "--out", str(out)]) == 0
+    assert "sefa_0.safetensors: sefa_0 (eigenvalue" in capsys.readouterr().out
+    factorisation = factorize_weight(tiny_generator, (2, 3, 4, 5))
+    for i in range(3):
+        direction = load_direction(out / f"sefa_{i}.safetensors")
+        assert isinstance(direction, LinearDirection) and direction.w_probe is not None
+        torch.testing.assert_close(direction.vector[1:5], factorisation.vectors[i].expand(4, -1))
+        assert not direction.vector[0].any() and not direction.vector[5:].any()  # e4e's rows 1-4
+    entries = {e.name: e for e in direction_catalogue(tmp_path / "model")}
+    assert entries["sefa_1"].layers == (1, 5) and entries["sefa_1"].metadata["eigenvalue"] == pytest.approx(
+        float(factorisation.eigenvalues[1]))
+    edited = pipeline.edit(pipeline.invert(torch.zeros(1, 3, 32, 32)), load_direction(out / "sefa_0.safetensors"))
+    assert torch.isfinite(edited).all()
+
+    # Refused before anything is written: names taken, bad layers, a count beyond w_dim, a bad prefix.
+    before = sorted(out.iterdir())
+    sefa = ["directions", "sefa", "--model", str(tmp_path / "model"), "--out", str(out)]
+    assert main([*sefa, "--layers", "2-5", "--count", "3"]) == 2
+    assert "sefa_0.safetensors: exists (and 2 more): --overwrite replaces it" in capsys.readouterr().err
+    assert main([*sefa, "--layers", "2,9"]) == 2
+    assert "error: SeFa layer 9 is out of range" in capsys.readouterr().err
+    assert main([*sefa, "--layers", "0"]) == 2
+    assert "edit no row" in capsys.readouterr().err
+    assert main([*sefa, "--count", "17"]) == 2
+    assert "--count 17: the generator has 16 SeFa directions" in capsys.readouterr().err
+    for layers in ("5-2", "0-1000000000", "2,,3"):
+        with pytest.raises(SystemExit):
+            main([*sefa, "--layers", layers])
+    with pytest.raises(SystemExit):
+        main([*sefa, "--prefix", "../x"])
+    assert sorted(out.iterdir()) == before
+    assert main([*sefa, "--layers", "all", "--rows", "styled", "--strength", "15", "--prefix", "all"]) == 0
+    every = load_direction(out / "all_0.safetensors")
+    assert every.default_strength == 15.0 and every.vector[:7].any(dim=1).all() and not every.vector[7].any()

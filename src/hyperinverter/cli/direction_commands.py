@@ -59,10 +59,43 @@ def _layer_bounds(text: str) -> tuple[int, int]:
     return start, end
 
 
+MAX_SEFA_LAYER = 255  # a 2048-px generator has 19 modulated convolutions
+
+
+def _sefa_layers(text: str) -> tuple[int, ...] | str:
+    """``all``, or layer numbers and ranges: ``2,3,4,5``, ``2-5``, ``0,4-7`` (checked against the model later)."""
+    if text.strip() == "all":
+        return "all"
+    layers: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected layer numbers or ranges, e.g. 2,3,4,5 or 2-5, "
+                                             "or all")
+        end = int(last if dash else first)
+        if end < int(first):
+            raise argparse.ArgumentTypeError(f"{text!r}: the range {part.strip()} is empty")
+        if end > MAX_SEFA_LAYER:  # (0-1000000000 built a list of a billion numbers before the model said no)
+            raise argparse.ArgumentTypeError(f"{text!r}: layer {end} is beyond any generator's (at most "
+                                             f"{MAX_SEFA_LAYER})")
+        layers.extend(range(int(first), end + 1))
+    return tuple(layers)
+
+
+def _name_prefix(text: str) -> str:
+    from ..io.files import file_name_part
+
+    if not text or file_name_part(text, fallback="") != text:  # PREFIX_i.safetensors is written into --out
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a plain file name (no folder, no leading dot)")
+    return text
+
+
 def register(sub) -> None:
-    p = sub.add_parser("directions", help="train edit directions from labels, label faces, list a model's directions",
+    p = sub.add_parser("directions", help="train edit directions from labels, label faces, import official ones, "
+                       "find SeFa ones, list a model's directions",
                        description="Edit directions that you make yourself (InterFaceGAN boundaries from labelled "
-                       "samples), and the directions a model ships.")
+                       "samples, SeFa directions from the generator's weights), official ones, and the directions a "
+                       "model ships.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     q = actions.add_parser("train", help="an InterFaceGAN boundary from a labels CSV: a linear classifier on the "
@@ -141,6 +174,34 @@ def register(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace direction files of the same names")
     q.set_defaults(func=run_import)
 
+    q = actions.add_parser("sefa", help="SeFa directions of a generator (closed-form factorisation of its style "
+                           "weights, as e4e's editings/sefa.py finds and applies them)",
+                           description="Write the first --count SeFa directions of the model's generator: the "
+                           "eigenvectors of W·Wᵀ, W being the style (affine) weights of the modulated convolutions "
+                           "--layers, each column scaled to unit length, in the order np.linalg.eig gives them (e4e's: "
+                           "not sorted by eigenvalue; each file records its eigenvalue). Layer numbers are e4e's: 0 is "
+                           "the 4-px convolution, l is rosinality's convs[l-1], styled by W+ row l. An edit is "
+                           "w + s·v on the rows e4e edits, l-1 for each layer l but 0 (rows 1-4 for layers 2-5: one "
+                           "row before the layers factorised); --rows styled edits rows l instead. Files PREFIX_0, "
+                           "PREFIX_1, ... (e4e's semantics index), for a model's directions/ folder.")
+    q.add_argument("--model", required=True,
+                   help="a catalogue name, a model folder or a generator file (any supported format)")
+    q.add_argument("--layers", type=_sefa_layers, default=(2, 3, 4, 5), metavar="L,L,...|all",
+                   help="the modulated convolutions to factorise, e4e's numbers: e.g. 2,3,4,5 (default, e4e's), "
+                   "2-5, or all")
+    q.add_argument("--count", type=positive_int, default=5, help="how many directions to write (default 5)")
+    q.add_argument("--rows", choices=("official", "styled"), default="official",
+                   help="the W+ rows an edit changes: official (default), e4e's, row l-1 for each layer l but 0; "
+                   "styled, rows l, which style the layers factorised")
+    q.add_argument("--strength", type=finite_float, default=None,
+                   help="the default strength: the step along the unit direction (default: 2 standard deviations of "
+                   "the generator's codes along it; 15 is where e4e's distances end)")
+    q.add_argument("--prefix", type=_name_prefix, default="sefa", help="the files' and directions' names: "
+                   "PREFIX_0, PREFIX_1, ... (default sefa)")
+    q.add_argument("--out", required=True, type=Path, help="the folder to write into, e.g. MODEL/directions")
+    q.add_argument("--overwrite", action="store_true", help="replace direction files of the same names")
+    q.set_defaults(func=run_sefa)
+
     q = actions.add_parser("list", help="a model's directions: name, kind, layers, default strength and, for "
                            "trained ones, attribute and held-out accuracy")
     q.add_argument("--model", required=True, help="a catalogue name or a model folder")
@@ -215,8 +276,7 @@ def run_import(args: argparse.Namespace) -> int:
         save_direction,
     )
     from ..editing.official import official_ganspace_edits
-    from ..errors import InputError, OutputError
-    from ..io.files import check_file_replaceable, file_name_part
+    from ..errors import InputError
 
     one_edit = (args.component, args.layers, args.name, args.strength)
     if args.edits is not None:
@@ -233,16 +293,7 @@ def run_import(args: argparse.Namespace) -> int:
         if not isinstance(direction, (LinearDirection, GANSpaceDirection)):
             raise InputError(args.file, f"is a {type(direction).__name__}, which has no file format of ours: use it "
                              "as it is (edit --direction FILE)")
-    if args.out.exists() and not args.out.is_dir():
-        raise OutputError(args.out, "is a file: give the folder to write the directions into")
-    targets = [args.out / f"{file_name_part(d.name, fallback='direction')}.safetensors" for d in directions]
-    for target in targets:  # (before anything is written) a file of ours may be replaced, never a user's
-        check_file_replaceable(target)
-    taken = [t for t in targets if t.exists()]
-    if taken and not args.overwrite:
-        raise OutputError(taken[0], f"exists{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}: "
-                          "--overwrite replaces it")
-    args.out.mkdir(parents=True, exist_ok=True)
+    targets = _direction_targets([d.name for d in directions], args.out, overwrite=args.overwrite)
     for direction, target in zip(directions, targets):
         save_direction(direction, target)
         if isinstance(direction, GANSpaceDirection):
@@ -252,6 +303,52 @@ def run_import(args: argparse.Namespace) -> int:
             layers = ("every layer" if rows == 1 else f"one vector for each of {rows} layers" if edited is None
                       else f"layers {edited[0]}:{edited[1]} of {rows}")
         print(f"wrote {target}: {direction.name} ({layers}, default strength {direction.default_strength:g})")
+    return 0
+
+
+def _direction_targets(names: list[str], out: Path, *, overwrite: bool) -> list[Path]:
+    """``out/NAME.safetensors`` for each name, checked before anything is written: a file of ours there is replaced
+    only with ``overwrite``, a user's never; ``out`` is made."""
+    from ..errors import OutputError
+    from ..io.files import check_file_replaceable, file_name_part
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "is a file: give the folder to write the directions into")
+    targets = [out / f"{file_name_part(name, fallback='direction')}.safetensors" for name in names]
+    for target in targets:  # (before anything is written) a file of ours may be replaced, never a user's
+        check_file_replaceable(target)
+    taken = [t for t in targets if t.exists()]
+    if taken and not overwrite:
+        raise OutputError(taken[0], f"exists{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}: "
+                          "--overwrite replaces it")
+    out.mkdir(parents=True, exist_ok=True)
+    return targets
+
+
+def run_sefa(args: argparse.Namespace) -> int:
+    from ..catalogue import generator_path
+    from ..convert.gan_files import load_generator
+    from ..editing.directions import check_strength, save_direction, w_probe
+    from ..editing.sefa import default_strengths, factorize_weight
+
+    if args.strength is not None:
+        check_strength(args.strength, "--strength")
+    G = load_generator(generator_path(args.model))
+    factorisation = factorize_weight(G, args.layers, rows=args.rows)
+    if args.count > len(factorisation.vectors):
+        raise ValueError(f"--count {args.count}: the generator has {len(factorisation.vectors)} SeFa directions (its "
+                         "w_dim)")
+    names = [f"{args.prefix}_{i}" for i in range(args.count)]
+    targets = _direction_targets(names, args.out, overwrite=args.overwrite)
+    strengths = ([args.strength] * args.count if args.strength is not None
+                 else default_strengths(G, factorisation.vectors[:args.count]))
+    probe = w_probe(G)
+    rows = ",".join(map(str, sorted(factorisation.rows)))
+    for i, (name, target) in enumerate(zip(names, targets)):
+        direction = factorisation.direction(i, name=name, strength=strengths[i], probe=probe)
+        save_direction(direction, target, record=factorisation.record(i))
+        print(f"wrote {target}: {name} (eigenvalue {float(factorisation.eigenvalues[i]):.4g}, rows {rows}, default "
+              f"strength {strengths[i]:g})")
     return 0
 
 

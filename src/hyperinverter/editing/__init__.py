@@ -1,4 +1,4 @@
-"""Latent edits that reuse an image's generator offsets: InterFaceGAN, GANSpace."""
+"""Latent edits that reuse an image's generator offsets: InterFaceGAN, GANSpace, SeFa."""
 
 from .boundaries import TrainedBoundary, read_labels, save_boundary, train_boundary, train_from_labels
 from .catalogue import CatalogueEntry, direction_catalogue, resolve_direction
@@ -11,7 +11,9 @@ from .directions import (
     save_direction,
 )
 from .ganspace import GANSpaceBasis, compute_ganspace
+from .sefa import factorize_weight, sefa_directions
 
 __all__ = ["CatalogueEntry", "Direction", "GANSpaceBasis", "GANSpaceDirection", "LinearDirection", "TrainedBoundary",
-           "compute_ganspace", "direction_catalogue", "load_direction", "principal_directions", "read_labels",
-           "resolve_direction", "save_boundary", "save_direction", "train_boundary", "train_from_labels"]
+           "compute_ganspace", "direction_catalogue", "factorize_weight", "load_direction", "principal_directions",
+           "read_labels", "resolve_direction", "save_boundary", "save_direction", "sefa_directions", "train_boundary",
+           "train_from_labels"]

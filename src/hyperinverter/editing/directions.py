@@ -426,8 +426,10 @@ def _ganspace(basis: GANSpaceBasis, spec: dict, name: str, path: Path,
         raise SchemaError(path, str(e)) from None
 
 
-def save_direction(direction: LinearDirection | GANSpaceDirection, path: str | Path) -> Path:
-    """Write our self-describing ``.safetensors`` direction file (atomic)."""
+def save_direction(direction: LinearDirection | GANSpaceDirection, path: str | Path, *,
+                   record: dict | None = None) -> Path:
+    """Write our self-describing ``.safetensors`` direction file (atomic). ``record``: more to keep in its metadata
+    (how it was found: a SeFa eigenvalue, say), which reading it ignores."""
     path = Path(path)
     if isinstance(direction, LinearDirection):
         meta = {"kind": "linear", "name": direction.name, "strength": direction.default_strength}
@@ -438,5 +440,6 @@ def save_direction(direction: LinearDirection | GANSpaceDirection, path: str | P
         tensors = {"comp": direction.basis.comp, "mean": direction.basis.mean, "std": direction.basis.std}
     if direction.w_probe is not None:
         tensors["w_probe"] = direction.w_probe
+    meta = {**(record or {}), **meta}  # (what reading it takes comes from the direction itself)
     save_safetensors(path, tensors, metadata={"direction": json.dumps(meta)})
     return path
