@@ -527,3 +527,31 @@ def test_the_sefa_command_writes_direction_files(tiny_generator, pipeline, tmp_p
     assert main([*sefa, "--layers", "all", "--rows", "styled", "--strength", "15", "--prefix", "all"]) == 0
     every = load_direction(out / "all_0.safetensors")
     assert every.default_strength == 15.0 and every.vector[:7].any(dim=1).all() and not every.vector[7].any()
+
+
+def test_e4es_face_edits_on_ffhq_pca(tmp_path, capsys):
+    # e4e's notebook names its own five face edits on ffhq_pca.pt, with other values than HyperInverter's table
+    # (eye_openness 20, not 5; white_hair, which HyperInverter's lacks); `--edits faces-e4e` writes them.
+    from hyperinverter.cli.main import main
+
+    e4e = {"eye_openness": (54, 7, 8, 20), "smile": (46, 4, 5, -20), "trimmed_beard": (58, 7, 9, 20),
+           "white_hair": (57, 7, 10, -24), "lipstick": (34, 10, 11, 20)}  # as e4e's inference_playground has them
+    comp = torch.nn.functional.normalize(torch.randn(80, 1, 512, generator=torch.Generator().manual_seed(0)), dim=2)
+    official = {"comp": comp, "mean": torch.randn(1, 512), "std": torch.rand(80) + 0.5}
+    torch.save(official, tmp_path / "ffhq_pca.pt")
+    out = tmp_path / "directions"
+    assert main(["directions", "import", str(tmp_path / "ffhq_pca.pt"), "--edits", "faces-e4e", "--out",
+                 str(out)]) == 0
+    assert sorted(p.stem for p in out.iterdir()) == sorted(e4e)
+    ws = torch.randn(2, 1, 512).repeat(1, 18, 1)
+    for name, (index, start, end, value) in e4e.items():
+        edit = load_direction(out / f"{name}.safetensors")
+        assert (edit.index, edit.start, edit.end, edit.default_strength) == (index, start, end, value)
+        edited = edit.apply(ws)  # e4e's ganspace.edit: the coordinate set to the value on rows start:end
+        coord = ((edited[:, start] - official["mean"]) @ comp[index, 0]) / official["std"][index]
+        torch.testing.assert_close(coord, torch.full((2,), float(value)), rtol=1e-4, atol=1e-3)
+        assert torch.equal(edited[:, :start], ws[:, :start]) and torch.equal(edited[:, end:], ws[:, end:])
+    torch.save({**official, "comp": comp[:50], "std": official["std"][:50]}, tmp_path / "small.pt")
+    assert main(["directions", "import", str(tmp_path / "small.pt"), "--edits", "faces-e4e", "--out",
+                 str(tmp_path / "other")]) == 2
+    assert "small.pt: holds 50 components; the official faces-e4e edits use 59" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from .arguments import file_path, finite_float, nonnegative_float, nonnegative_int, positive_int
 from .inversion_commands import _add_model
 
-OFFICIAL_DOMAINS = ("cars", "church", "faces")  # editing.official's tables (not imported here: it loads torch)
+OFFICIAL_DOMAINS = ("cars", "church", "faces", "faces-e4e")  # editing.official's tables (not imported: it loads torch)
 
 TRAIN_DESCRIPTION = """\
 Fit a linear classifier (L2-regularised logistic regression) that separates the samples with much of an
@@ -156,8 +156,8 @@ def register(sub) -> None:
                            "`edit --direction NAME`, the web page and `directions list` offer them once they are in "
                            "a model's directions/ folder. A GANSpace basis (ffhq_pca.pt, cars_pca.pt, "
                            "church_pca.pt) gives the official named edits of its domain (--edits: faces, "
-                           "HyperInverter's eight and PTI's smile; cars, e4e's and HyperStyle's five; church, "
-                           "HyperInverter's four), "
+                           "HyperInverter's eight and PTI's smile; faces-e4e, e4e's five on ffhq_pca.pt, with its "
+                           "own values; cars, e4e's and HyperStyle's five; church, HyperInverter's four), "
                            "or one edit "
                            "(--component, --layers, --strength, --name). An InterFaceGAN direction (age.pt, "
                            "smile.pt, pose.pt, a .npy boundary) gives one, named by --name or the file.")

@@ -27,6 +27,14 @@ OFFICIAL_GANSPACE_EDITS: dict[str, dict[str, tuple[int, int, int, float]]] = {
         "displeased": (36, 4, 7, 10.0),
         "smile": (46, 4, 5, -6.0),  # PTI's (its editings/ganspace_pca edit), on the same ffhq_pca.pt
     },
+    # e4e's face edits on the same ffhq_pca.pt (its inference notebook's table, from GANSpace's): other values.
+    "faces-e4e": {
+        "eye_openness": (54, 7, 8, 20.0),
+        "smile": (46, 4, 5, -20.0),
+        "trimmed_beard": (58, 7, 9, 20.0),
+        "white_hair": (57, 7, 10, -24.0),
+        "lipstick": (34, 10, 11, 20.0),
+    },
     # e4e's and HyperStyle's car edits on cars_pca.pt (the 512-px cars generator: 16 layers).
     "cars": {
         "pose_1": (0, 0, 5, 2.0),
