@@ -328,8 +328,8 @@ def _direction_targets(names: list[str], out: Path, *, overwrite: bool) -> list[
 def run_sefa(args: argparse.Namespace) -> int:
     from ..catalogue import generator_path
     from ..convert.gan_files import load_generator
-    from ..editing.directions import check_strength, save_direction, w_probe
-    from ..editing.sefa import default_strengths, factorize_weight
+    from ..editing.directions import check_strength, save_direction
+    from ..editing.sefa import factorize_weight, named_directions
 
     if args.strength is not None:
         check_strength(args.strength, "--strength")
@@ -338,17 +338,13 @@ def run_sefa(args: argparse.Namespace) -> int:
     if args.count > len(factorisation.vectors):
         raise ValueError(f"--count {args.count}: the generator has {len(factorisation.vectors)} SeFa directions (its "
                          "w_dim)")
-    names = [f"{args.prefix}_{i}" for i in range(args.count)]
-    targets = _direction_targets(names, args.out, overwrite=args.overwrite)
-    strengths = ([args.strength] * args.count if args.strength is not None
-                 else default_strengths(G, factorisation.vectors[:args.count]))
-    probe = w_probe(G)
+    directions = named_directions(G, factorisation, count=args.count, strength=args.strength, prefix=args.prefix)
+    targets = _direction_targets(list(directions), args.out, overwrite=args.overwrite)
     rows = ",".join(map(str, sorted(factorisation.rows)))
-    for i, (name, target) in enumerate(zip(names, targets)):
-        direction = factorisation.direction(i, name=name, strength=strengths[i], probe=probe)
+    for i, (direction, target) in enumerate(zip(directions.values(), targets)):
         save_direction(direction, target, record=factorisation.record(i))
-        print(f"wrote {target}: {name} (eigenvalue {float(factorisation.eigenvalues[i]):.4g}, rows {rows}, default "
-              f"strength {strengths[i]:g})")
+        print(f"wrote {target}: {direction.name} (eigenvalue {float(factorisation.eigenvalues[i]):.4g}, rows {rows}, "
+              f"default strength {direction.default_strength:g})")
     return 0
 
 

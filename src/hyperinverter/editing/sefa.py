@@ -150,9 +150,14 @@ def sefa_directions(G, layers: Sequence[int] | str = DEFAULT_LAYERS, *, count: i
     along the direction (``E4E_DISTANCE``, 15, edits as far as e4e's notebook). They record ``G``'s W space
     (see ``w_space_mismatch``). The eigenvalues are :func:`factorize_weight`'s."""
     factorisation = factorize_weight(G, layers, rows=rows)
+    return named_directions(G, factorisation, count=len(factorisation.vectors) if count is None else count,
+                            strength=strength, prefix=prefix)
+
+
+def named_directions(G, factorisation: Factorisation, *, count: int, strength: float | None = None,
+                     prefix: str = "sefa") -> dict[str, LinearDirection]:
+    """The first ``count`` directions of ``factorisation`` (of ``G``), as :func:`sefa_directions` gives them."""
     total = len(factorisation.vectors)
-    if count is None:
-        count = total
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or not 1 <= count <= total:
         raise ValueError(f"count must be 1 to {total} (the generator's w_dim), got {count!r}")
     strengths = [strength] * count if strength is not None else default_strengths(G, factorisation.vectors[:count])
