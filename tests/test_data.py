@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,12 +374,45 @@ def test_a_file_reached_under_two_names_is_one_image(tmp_path):
     for i in range(12):
         Image.new("L", (4, 4), i).save(tmp_path / f"{i:03d}.png")
         (tmp_path / f"link{i:03d}.png").symlink_to(f"{i:03d}.png")
-    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")  # (still listed: reading it says why it fails)
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")  # (not an image, but reported: see its problems)
     train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=0.3)
     val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=0.3)
     everything = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")
-    assert len(everything) == 13 and len(train) + len(val) == 13
+    assert len(everything) == 12 and len(train) + len(val) == 12
+    assert [str(e) for e in everything.problems] == [f"{tmp_path / 'gone.png'}: is a broken symbolic link"]
     assert not {p.resolve() for p in train.files} & {p.resolve() for p in val.files}
+
+
+def test_a_folder_that_cannot_be_listed_or_entered_is_reported_and_the_rest_is_read(tmp_path, monkeypatch):
+    # Training and evaluation data: a folder that may not be listed was passed over without a word (evaluate and
+    # benchmark scored the rest, exit 0), and one that may be listed but not entered ended the run.
+    import os
+
+    from hyperinverter.evaluation import load_heldout_images
+
+    for name in ("fine", "private", "locked"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (4, 4), len(name)).save(tmp_path / name / "a.png")
+    stat, scandir = os.stat, os.scandir
+
+    def refusing_stat(path, *args, **kwargs):
+        if Path(path).parent == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    def refusing_scandir(path="."):
+        if Path(path) == tmp_path / "private":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "stat", refusing_stat)
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    dataset = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")
+    assert dataset.files == [tmp_path / "fine" / "a.png"]
+    _, names, failures = load_heldout_images(tmp_path, resolution=4, channels=1)
+    assert names == ["fine/a.png"] and sorted(map(str, failures)) == [
+        f"{tmp_path / 'locked' / 'a.png'}: permission denied",
+        f"{tmp_path / 'private'}: is a folder that cannot be read (permission denied): its images are left out"]
 
 
 def test_a_stylised_image_that_cannot_be_written_fails_alone(tmp_path):

@@ -245,6 +245,41 @@ def test_folder_entries_passed_over_without_a_word_are_reported(world, tmp_path,
     assert (tmp_path / "out" / "good.safetensors").is_file()
 
 
+def test_a_folder_that_cannot_be_entered_or_listed_fails_alone(world, tmp_path, capsys, monkeypatch):
+    # A folder that may be listed but not entered (mode r--, for anyone but root) ended the whole run ("error:
+    # in/locked/hidden.png: permission denied", exit 2), and so did a folder whose listing failed for another cause.
+    folder = tmp_path / "in"
+    for name in ("locked", "failing", "fine"):
+        (folder / name).mkdir(parents=True)
+    hostile.photo(0).save(folder / "fine" / "good.png")
+    hostile.photo(1).save(folder / "locked" / "hidden.png")
+    hostile.photo(2).save(folder / "failing" / "lost.png")
+    stat, scandir = os.stat, os.scandir
+
+    def refusing(path, *args, **kwargs):  # (what entering the folder takes is refused: every entry's stat)
+        if Path(path).parent == folder / "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    def failing(path="."):
+        if Path(path) == folder / "failing":
+            raise OSError(5, "Input/output error", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "stat", refusing)
+    monkeypatch.setattr(os, "scandir", failing)
+    failed = [f"failed: {folder / 'locked' / 'hidden.png'}: permission denied",
+              f"failed: {folder / 'failing'}: is a folder that cannot be read (input/output error)"]
+    result = cli(capsys, "invert", folder, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu")
+    assert result.code == 1 and "2 failed" in result.out
+    assert all(line in result.err for line in failed), result.err
+    assert (tmp_path / "out" / "good.safetensors").is_file()
+    result = cli(capsys, "edit", folder, "--model", world.model, "--direction", world.direction, "--strength", "1",
+                 "--out", tmp_path / "edits", "--device", "cpu")  # (a folder of photos: inverted first)
+    assert result.code == 1 and "2 failed" in result.out
+    assert all(line in result.err for line in failed), result.err
+
+
 def test_non_utf8_file_names_invert_and_edit(world, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -67,8 +67,8 @@ def load_heldout_images(folder: Path, *, resolution: int, channels: int, count: 
                         content_rows: tuple[float, float] | None = None
                         ) -> tuple[torch.Tensor, list[str], list[Exception]]:
     """The first ``count`` (default: all) readable images of ``folder`` by name, as 8-bit pixels like a saved
-    image: (``[N,C,R,R]`` in [-1,1], their names relative to ``folder``, the unreadable files met). ``content_rows``:
-    a pipeline's (cars), into which the images are fitted as its photos are."""
+    image: (``[N,C,R,R]`` in [-1,1], their names relative to ``folder``, the unreadable files and folders met).
+    ``content_rows``: a pipeline's (cars), into which the images are fitted as its photos are."""
     from .data.folder import ImageFolderDataset
     from .training.run import preload_uint8, uint8_to_float
 
@@ -77,7 +77,8 @@ def load_heldout_images(folder: Path, *, resolution: int, channels: int, count: 
     images = uint8_to_float(preload_uint8(dataset, limit=count))
     # Unreadable files are recorded as they are met, so the first readable ones are the ones loaded.
     readable = [p for i, p in enumerate(dataset.files) if i not in dataset.errors][: images.shape[0]]
-    return images, [p.relative_to(dataset.root).as_posix() for p in readable], list(dataset.errors.values())
+    return (images, [p.relative_to(dataset.root).as_posix() for p in readable],
+            [*dataset.problems, *dataset.errors.values()])
 
 
 @dataclass

@@ -330,7 +330,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if twice:  # (their edits were written to one file, the last one kept, while the strip showed each)
         raise ValueError(f"--strength: {', '.join(twice)} given more than once (the files are named by a strength's "
                          "first 6 digits)")
-    args.inputs = _inversion_files(args.inputs, out=args.out)
+    args.inputs, unlisted = _inversion_files(args.inputs, out=args.out)
     check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
@@ -344,7 +344,7 @@ def run_edit(args: argparse.Namespace) -> int:
     made_by = fingerprint_of([pipe.fingerprint, direction, strengths, args.paste_back, dtype_name(pipe.dtype),
                               inverted_by])
     inputs = InputFiles(args.inputs)
-    failures, done, skipped = [], 0, 0
+    failures, done, skipped = list(unlisted), 0, 0
     named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
     part = file_name_part(direction.name, fallback="direction")  # (a name from a file)
     # Pasted back, the faces of one photo go into one photo (it wrote a photo per face, each with that face alone
@@ -496,30 +496,30 @@ def _check_paste_back(path: Path, record: dict, photo, photo_sha256: str | None)
                        "the photo was turned or cropped since, invert it again)", record["source"], path)
 
 
-def _inversion_files(inputs: list[Path], *, out: Path) -> list[Path]:
+def _inversion_files(inputs: list[Path], *, out: Path) -> tuple[list[Path], list[ValueError]]:
     """``edit``'s inputs: files as given; for a folder, the inversion files in it (``*.safetensors``, found
     recursively, not inside ``out``) where it holds any, since its images are then ``invert``'s own results, and
     else its images (a folder of photos, inverted first). A folder was a failed input ("is a folder, not an image
-    file")."""
+    file"). Returns them and what in the folders cannot be an input (a broken link, a folder that may not be
+    listed)."""
     from ..errors import InputError
     from ..io.images import find_images, no_images_error
 
-    out = out.resolve()
-    files = []
+    files, problems = [], []
     for path in inputs:
         if not path.is_dir():
             files.append(path)
             continue
-        found = sorted(p for p in path.rglob("*") if _is_inversion_file(p) and p.is_file()
-                       and not p.resolve().is_relative_to(out))
-        if not found:  # (a broken link among the photos fails as an input of its own, as in invert)
-            images = find_images([path], skip=[out])
-            found = [*images.paths, *(Path(e.source) for e in images.problems)]
-        if not found:
+        # (a broken link, or a folder that may not be listed, fails as an input of its own, as in invert)
+        found = find_images([path], skip=[out], suffixes=[".safetensors"])
+        if not found.paths:
+            found = find_images([path], skip=[out])
+        if not found.paths and not found.problems:
             raise InputError(path, f"holds no inversion files (.safetensors, written by `invert`) and "
                              f"{no_images_error([path]).cause}")
-        files += found
-    return files
+        files += found.paths
+        problems += found.problems
+    return files, problems
 
 
 def run_interpolate(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageReadError
-from ..io.images import IMAGE_SUFFIXES, fit_to_canvas, pil_to_tensor, read_image
+from ..io.images import IMAGE_SUFFIXES, find_images, fit_to_canvas, pil_to_tensor, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +60,18 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(f"{self.root}: no such image folder")
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be train, val or all, got {split!r}")
-        # A broken link is kept, so that reading it reports it as unreadable (it was left out without a word).
-        listed = sorted(p for p in self.root.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
-                        and p.suffix.lower() in IMAGE_SUFFIXES)
-        # A file under two names (a link beside its target) is one image, as find_images takes it: it trained twice,
-        # and where the names fell in both splits, a training image was validated on.
-        files, seen = [], set()
-        for p in listed:
-            key = p.resolve() if p.exists() else p.absolute()
-            if key not in seen:
-                seen.add(key)
-                files.append(p)
+        # Listed as every command lists a folder: a file under two names (a link beside its target) is one image (it
+        # trained twice, and where the names fell in both splits, a training image was validated on), and what
+        # cannot be an image (a broken link, a folder that may not be listed: rglob passed over it without a word,
+        # or ended the run) is a problem, logged and left out.
+        found = find_images([self.root])
+        self.problems: list[ImageReadError] = found.problems
+        for problem in self.problems:
+            logger.warning("skipping %s", problem)
+        files = found.paths
+        unlisted = [e for e in self.problems if e.source is not None and Path(e.source) == self.root]
+        if not files and unlisted:
+            raise unlisted[0]
         if not files:
             raise FileNotFoundError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) under it")
         if split != "all":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageReadError, OutputError
+from ..errors import ImageReadError, OutputError, describe_os_error
 from .files import WRITER_TAG, atomic_write_bytes, refuse_special_file, special_file_kind
 
 logger = logging.getLogger(__name__)
@@ -557,13 +557,15 @@ class FoundImages:
 
 
 def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
-                skip: Sequence[str | os.PathLike] = ()) -> FoundImages:
+                skip: Sequence[str | os.PathLike] = (), suffixes: Sequence[str] = IMAGE_SUFFIXES) -> FoundImages:
     """Expand files and folders (recursively, sorted) into image paths, once each (``inputs``: paths, or one).
 
-    Inputs that cannot be images are returned as problems, not dropped: a missing input or a broken symbolic
-    link. A folder with an image suffix inside a folder is a folder (its images are taken), with a warning. Files
-    named explicitly are kept whatever their suffix (reading them says whether they are images); in folders, only
-    files with an image suffix are taken.
+    Inputs that cannot be images are returned as problems, not dropped: a missing input, a broken symbolic
+    link, a folder that cannot be listed, or an entry that cannot be looked at (in a folder that may be listed but
+    not entered); the rest are found all the same. A folder with an image suffix inside a folder is a folder (its
+    images are taken), with a warning. Files named explicitly are kept whatever their suffix (reading them says
+    whether they are images); in folders, only files with one of ``suffixes`` (default: the image suffixes) are
+    taken.
 
     ``skip``: folders inside an input folder that its expansion does not enter, such as the command's own output
     folder (a re-run would otherwise take the results for inputs). An input folder that is itself one of them is
@@ -575,6 +577,7 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
     problems: list[ImageReadError] = []
     seen: set[Path] = set()
     skip = [Path(folder).resolve() for folder in skip]
+    suffixes = tuple(s.lower() for s in suffixes)
 
     def take(p: Path) -> None:
         key = p.resolve() if p.exists() else p.absolute()
@@ -582,44 +585,73 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
             seen.add(key)
             paths.append(p)
 
-    def listable(folder: Path) -> bool:  # (rglob passes over a folder it may not list, without a word)
-        try:
-            with os.scandir(folder):
-                return True
-        except PermissionError:
-            problems.append(ImageReadError(folder, "is a folder that cannot be read (permission denied): its "
-                                           "images are left out"))
-            return False
+    def look_at(q: Path, inside: list[Path]) -> None:  # an entry of an input folder
+        if q.is_symlink() and q.is_dir():  # (not followed, as rglob did not; a warning said its images were read)
+            logger.warning("%s: is a link to a folder, which is not followed; give it as an input to read "
+                           "its images", q)
+        elif q.is_dir():
+            if q.suffix.lower() in suffixes:  # (its images are taken as any folder's: nothing failed)
+                logger.warning("%s: is a folder with an image's name; the images in it are read as well", q)
+        elif q.suffix.lower() not in suffixes or any(q.resolve().is_relative_to(f) for f in inside):
+            pass
+        elif q.is_file():
+            take(q)
+        elif q.is_symlink() and not q.exists():
+            problems.append(ImageReadError(q, "is a broken symbolic link"))
+        elif special_file_kind(q) is not None:  # (a named pipe was passed over without a word)
+            problems.append(ImageReadError(q, f"is {special_file_kind(q)}, not an image file"))
 
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            inside = [folder for folder in skip if folder != p.resolve()]
-            for q in sorted(p.rglob("*")) if listable(p) else ():
-                if q.is_symlink() and q.is_dir():  # (rglob does not follow it; a warning said its images were read)
-                    logger.warning("%s: is a link to a folder, which is not followed; give it as an input to read "
-                                   "its images", q)
-                    continue
-                is_folder = q.is_dir()
-                if not is_folder and q.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                if any(q.resolve().is_relative_to(f) for f in inside) or is_folder and not listable(q):
-                    continue
-                if q.is_file():
-                    take(q)
-                elif q.is_dir():
-                    if q.suffix.lower() in IMAGE_SUFFIXES:  # (its images are taken as any folder's: nothing failed)
-                        logger.warning("%s: is a folder with an image's name; the images in it are read as well", q)
-                elif q.is_symlink() and not q.exists():
-                    problems.append(ImageReadError(q, "is a broken symbolic link"))
-                elif special_file_kind(q) is not None:  # (a named pipe was passed over without a word)
-                    problems.append(ImageReadError(q, f"is {special_file_kind(q)}, not an image file"))
-        elif p.exists():
-            take(p)
-        else:
-            problems.append(ImageReadError(p, "is a broken symbolic link" if p.is_symlink() else "no such file or "
-                                           "folder"))
+        try:
+            if p.is_dir():
+                inside = [folder for folder in skip if folder != p.resolve()]
+                for q in _entries_under(p, problems, inside):
+                    try:
+                        look_at(q, inside)
+                    except OSError as e:  # (in a folder that may be listed but not entered: it ended the run)
+                        if q.suffix.lower() in suffixes:
+                            problems.append(ImageReadError(q, _os_cause(e)))
+            elif p.exists():
+                take(p)
+            else:
+                problems.append(ImageReadError(p, "is a broken symbolic link" if p.is_symlink() else "no such file or "
+                                               "folder"))
+        except OSError as e:
+            problems.append(ImageReadError(p, _os_cause(e)))
     return FoundImages(paths, problems)
+
+
+def _os_cause(error: OSError) -> str:
+    """``[Errno 13] Permission denied: 'x'`` -> ``permission denied`` (the message names the file already)."""
+    return describe_os_error(OSError(error.errno, error.strerror or str(error)))
+
+
+def _entries_under(folder: Path, problems: list[ImageReadError], skip: Sequence[Path] = ()) -> list[Path]:
+    """Every entry under ``folder``, sorted as ``sorted(folder.rglob("*"))`` gives them (links to folders are not
+    followed, nor are the folders of ``skip`` entered). A folder that cannot be listed is a problem (rglob passed
+    over it without a word), and the rest is listed all the same: one unreadable folder failed the whole run."""
+    entries: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                found = list(listing)
+        except OSError as e:
+            problems.append(ImageReadError(current, f"is a folder that cannot be read ({_os_cause(e)}): its images "
+                                           "are left out"))
+            continue
+        for entry in found:
+            path = current / entry.name
+            entries.append(path)
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)  # (from the listing: no stat, which may be refused)
+            except OSError:
+                is_folder = False
+            if is_folder and path.resolve() not in skip:
+                pending.append(path)
+    return sorted(entries)
 
 
 def no_images_error(inputs: Sequence[str | os.PathLike]) -> ImageReadError:
