@@ -238,8 +238,10 @@ def test_folder_entries_passed_over_without_a_word_are_reported(world, tmp_path,
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
+    (folder / "loop.png").symlink_to("loop.png")  # (a link to itself was an internal error, exit 3)
     result = cli(capsys, "invert", folder, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu")
-    assert result.code == 1 and "2 failed" in result.out
+    assert result.code == 1 and "3 failed" in result.out
+    assert f"failed: {folder / 'loop.png'}: is a broken symbolic link" in result.err
     assert f"failed: {folder / 'pipe.png'}: is a named pipe, not an image file" in result.err
     assert f"failed: {folder / 'private'}: is a folder that cannot be read (permission denied)" in result.err
     assert (tmp_path / "out" / "good.safetensors").is_file()

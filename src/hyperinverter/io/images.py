@@ -592,12 +592,14 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
         elif q.is_dir():
             if q.suffix.lower() in suffixes:  # (its images are taken as any folder's: nothing failed)
                 logger.warning("%s: is a folder with an image's name; the images in it are read as well", q)
-        elif q.suffix.lower() not in suffixes or any(q.resolve().is_relative_to(f) for f in inside):
+        elif q.suffix.lower() not in suffixes:
+            pass
+        elif q.is_symlink() and not q.exists():  # (before resolve(), which a link to itself made an internal error)
+            problems.append(ImageReadError(q, "is a broken symbolic link"))
+        elif any(q.resolve().is_relative_to(f) for f in inside):
             pass
         elif q.is_file():
             take(q)
-        elif q.is_symlink() and not q.exists():
-            problems.append(ImageReadError(q, "is a broken symbolic link"))
         elif special_file_kind(q) is not None:  # (a named pipe was passed over without a word)
             problems.append(ImageReadError(q, f"is {special_file_kind(q)}, not an image file"))
 
