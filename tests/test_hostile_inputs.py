@@ -259,7 +259,7 @@ def test_a_folder_that_cannot_be_entered_or_listed_fails_alone(world, tmp_path, 
     stat, scandir = os.stat, os.scandir
 
     def refusing(path, *args, **kwargs):  # (what entering the folder takes is refused: every entry's stat)
-        if Path(path).parent == folder / "locked":
+        if not isinstance(path, int) and Path(path).parent == folder / "locked":  # (a file descriptor: fine)
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return stat(path, *args, **kwargs)
 

@@ -158,7 +158,7 @@ def _outputs_are_complete(out: Path) -> set[str]:
                     im.load()
             done.add(stem)
     expected = {f"{s}{tail}" for s in done for tail in (".png", "_compare.png", ".safetensors")}
-    extra = {e.name for e in out.iterdir()} - expected
+    extra = {e.name for e in out.iterdir()} - expected - {files.OUTPUT_LOCK}  # (a killed run's: it blocks nothing)
     in_flight = {n.removesuffix("_compare.png").removesuffix(".png") for n in extra if n.endswith(".png")}
     if not files._unnamed_supported(out):  # written under hidden names first: a kill may leave those
         extra = {n for n in extra if not n.endswith(".partial")}
@@ -192,6 +192,7 @@ def test_a_killed_invert_leaves_only_complete_pictures_and_resumes(pipeline, tmp
     assert again.returncode == 0, again.stderr
     assert f"wrote {120 - len(done)} picture(s)" in again.stdout and f"{len(done)} input(s) already done" in again.stdout
     assert len(_outputs_are_complete(out)) == 120
+    assert not (out / files.OUTPUT_LOCK).exists()  # the run that finished took the killed one's lock file away
 
 
 def test_sigterm_ends_a_command_as_ctrl_c_does(pipeline, tmp_path, monkeypatch, capsys):
@@ -650,6 +651,34 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
     with prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()) as taken:
         assert taken == run
 
+
+
+def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, capsys):
+    # Two `invert` runs (or `edit`, `restore`, `generate --outdir`) into one folder, with other options, took no
+    # lock: each wrote its own files over the other's, and the folder ended with a mixture of both.
+    from hyperinverter.errors import OutputError
+
+    photos, out = write_photos(tmp_path / "photos", 2), tmp_path / "out"
+    lock = out / files.OUTPUT_LOCK
+    in_use = rf"out: is in use: another process is writing results there \(pid {os.getpid()}\)"
+    with files.output_folder(out):  # (one process's two opens of a flock conflict, as two processes' do)
+        with pytest.raises(OutputError, match=in_use):
+            invert_files(pipeline, photos, out, progress=False)
+        assert [p.name for p in out.iterdir()] == [lock.name]
+        save_gan(tmp_path / "g", tiny_generator)
+        assert main(["generate", "--model", str(tmp_path / "g"), "--outdir", str(out), "--seeds", "1-2",
+                     "--device", "cpu"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {out}: is in use: another process is writing results there (pid {os.getpid()}); wait for it to "
+            "end, or give another folder"]
+    assert list(out.iterdir()) == []  # the lock file went with the lock
+    lock.write_text("999999\n")  # a killed run's: the kernel released its lock, and its file blocks nothing
+    assert len(invert_files(pipeline, photos, out, progress=False).written) == 2
+    assert not lock.exists()
+    lock.write_text("my notes")  # not ours: left as it was
+    with pytest.raises(OutputError, match="is not a lock file of hyperinverter's"):
+        invert_files(pipeline, photos, out, progress=False, overwrite=True)
+    assert lock.read_text() == "my notes"
 
 
 def test_a_work_folder_in_use_is_refused(tmp_path):

@@ -106,39 +106,40 @@ def write_samples(
     """
     from .errors import OutputError
     from .inversion.files import generator_fingerprint
-    from .io.files import atomic_write_bytes, check_file_replaceable, prepare_output_folder
+    from .io.files import atomic_write_bytes, check_file_replaceable, output_folder
     from .io.images import image_bytes, images_made_with
     from .io.work import fingerprint_of
     from .pipeline import ensure_finite
     from .progress import progress_bar
 
-    out_dir = prepare_output_folder(out_dir)
-    # (the draw: files written when seeds were drawn with torch, of other latents, were kept as done on a re-run)
-    made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode, "z: nvidia"])
-    made = {seed: fingerprint_of([made_by, seed]) for seed in seeds}
-    report = SampleReport()
-    todo = []
-    for seed in seeds:
-        if not overwrite and images_made_with([sample_path(out_dir, seed)], made[seed]):
-            report.skipped.append(sample_path(out_dir, seed))
-            continue
-        try:
-            check_file_replaceable(sample_path(out_dir, seed))
-        except OutputError as e:
-            report.failed.append(e)
-            continue
-        todo.append(seed)
-    if report.skipped:
-        logger.info("%d sample(s) already in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
-    with progress_bar(total=len(todo), desc="generate", unit="image", disable=not progress or not todo) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            images = generate_images(G, chunk, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                                     batch_size=batch_size)
-            ensure_finite(images, f"the samples of seeds {chunk[0]}-{chunk[-1]}")
-            for seed, image in zip(chunk, images.cpu()):
-                path = sample_path(out_dir, seed)
-                report.written.append(atomic_write_bytes(path, image_bytes(image, made_with=made[seed]),
-                                                         durable=False))
-            bar.update(len(chunk))
-    return report
+    out_dir = Path(out_dir)
+    with output_folder(out_dir):  # (another run writing into it is refused)
+        # (the draw: files written when seeds were drawn with torch, of other latents, were kept as done on a re-run)
+        made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode, "z: nvidia"])
+        made = {seed: fingerprint_of([made_by, seed]) for seed in seeds}
+        report = SampleReport()
+        todo = []
+        for seed in seeds:
+            if not overwrite and images_made_with([sample_path(out_dir, seed)], made[seed]):
+                report.skipped.append(sample_path(out_dir, seed))
+                continue
+            try:
+                check_file_replaceable(sample_path(out_dir, seed))
+            except OutputError as e:
+                report.failed.append(e)
+                continue
+            todo.append(seed)
+        if report.skipped:
+            logger.info("%d sample(s) already in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
+        with progress_bar(total=len(todo), desc="generate", unit="image", disable=not progress or not todo) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                images = generate_images(G, chunk, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                                         batch_size=batch_size)
+                ensure_finite(images, f"the samples of seeds {chunk[0]}-{chunk[-1]}")
+                for seed, image in zip(chunk, images.cpu()):
+                    path = sample_path(out_dir, seed)
+                    report.written.append(atomic_write_bytes(path, image_bytes(image, made_with=made[seed]),
+                                                             durable=False))
+                bar.update(len(chunk))
+        return report

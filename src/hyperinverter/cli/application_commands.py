@@ -68,7 +68,7 @@ def run_restore(args: argparse.Namespace) -> int:
         InputFiles,
         atomic_write_group,
         check_output_folder,
-        prepare_output_folder,
+        output_folder,
         sha256_if_readable,
     )
     from ..io.images import find_images, image_bytes, images_made_with, make_grid, no_images_error, read_image
@@ -98,43 +98,43 @@ def run_restore(args: argparse.Namespace) -> int:
     detector = None
     if args.align:
         detector = face_detector(args)
-    out_dir = prepare_output_folder(args.out)
-    inputs, written, skipped = InputFiles(found.paths), 0, 0
-    named = list(zip(found.paths, output_stems(found.paths)))
-    for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):
-        # With --align the photo is written last of its group, which appears whole: it tells that the input is done.
-        endings = ["_photo"] if args.align else ["", "_compare"]
-        done = [out_dir / f"{name}{ending}.png" for ending in endings]
-        try:
-            inputs.check_outputs(done)
-            # (None for a named pipe or an unreadable file, which reading then names: hashing a pipe waited forever)
-            digest = sha256_if_readable(path)
-            made = fingerprint_of([made_by, digest])
-            if digest is not None and not args.overwrite and images_made_with(done, made):
-                skipped += 1
+    with output_folder(args.out) as out_dir:  # (another run writing into it is refused)
+        inputs, written, skipped = InputFiles(found.paths), 0, 0
+        named = list(zip(found.paths, output_stems(found.paths)))
+        for path, name in progress_bar(named, desc="restore", unit="file", disable=not found.paths):
+            # With --align the photo is written last of its group, which appears whole: it tells that the input is done.
+            endings = ["_photo"] if args.align else ["", "_compare"]
+            done = [out_dir / f"{name}{ending}.png" for ending in endings]
+            try:
+                inputs.check_outputs(done)
+                # (None for a named pipe or an unreadable file, which reading then names: hashing a pipe waited forever)
+                digest = sha256_if_readable(path)
+                made = fingerprint_of([made_by, digest])
+                if digest is not None and not args.overwrite and images_made_with(done, made):
+                    skipped += 1
+                    continue
+                photo_result = restore_photo(pipe, read_image(path), name=name, source=path, detector=detector,
+                                           simulate=args.simulate, **options)
+                group = []
+                for picture, degraded, restored in zip(photo_result.pictures, photo_result.restoration.degraded.cpu(),
+                                                       photo_result.restoration.result.image.cpu()):
+                    if degraded.shape != restored.shape:  # (a simulated input is degraded at the encoder's size)
+                        degraded = F.interpolate(degraded[None], size=restored.shape[-2:], mode="nearest")[0]
+                    panels = [degraded, restored] + ([picture.image[0]] if args.simulate else [])
+                    group += [(out_dir / f"{picture.name}.png", image_bytes(restored, made_with=made)),
+                              (out_dir / f"{picture.name}_compare.png",
+                               image_bytes(make_grid(torch.stack(panels), nrow=len(panels)), made_with=made))]
+                if photo_result.photo is not None:
+                    group.append((done[0], image_bytes(photo_result.photo, made_with=made)))
+                inputs.check_outputs([path for path, _ in group])
+            except InputError as e:  # unreadable, no face, an output that would replace an input: the run goes on
+                failures.append(naming(e, path))
                 continue
-            photo_result = restore_photo(pipe, read_image(path), name=name, source=path, detector=detector,
-                                       simulate=args.simulate, **options)
-            group = []
-            for picture, degraded, restored in zip(photo_result.pictures, photo_result.restoration.degraded.cpu(),
-                                                   photo_result.restoration.result.image.cpu()):
-                if degraded.shape != restored.shape:  # (a simulated input is degraded at the encoder's size)
-                    degraded = F.interpolate(degraded[None], size=restored.shape[-2:], mode="nearest")[0]
-                panels = [degraded, restored] + ([picture.image[0]] if args.simulate else [])
-                group += [(out_dir / f"{picture.name}.png", image_bytes(restored, made_with=made)),
-                          (out_dir / f"{picture.name}_compare.png",
-                           image_bytes(make_grid(torch.stack(panels), nrow=len(panels)), made_with=made))]
-            if photo_result.photo is not None:
-                group.append((done[0], image_bytes(photo_result.photo, made_with=made)))
-            inputs.check_outputs([path for path, _ in group])
-        except InputError as e:  # unreadable, no face, an output that would replace an input: the run goes on
-            failures.append(naming(e, path))
-            continue
-        except OSError as e:
-            failures.append(InputError(path, e.strerror or str(e)))
-            continue
-        atomic_write_group(group)
-        written += 1
+            except OSError as e:
+                failures.append(InputError(path, e.strerror or str(e)))
+                continue
+            atomic_write_group(group)
+            written += 1
     _report_failures(failures)
     print(f"restored {written} image(s) ({task}) into {args.out}; {skipped} already done, {len(failures)} failed")
     return 1 if failures else 0

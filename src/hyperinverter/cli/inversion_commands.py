@@ -319,7 +319,7 @@ def _direction(args, generator):
 def run_edit(args: argparse.Namespace) -> int:
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
-    from ..io.files import InputFiles, check_output_folder, file_name_part, prepare_output_folder
+    from ..io.files import InputFiles, check_output_folder, file_name_part, output_folder
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -334,28 +334,28 @@ def run_edit(args: argparse.Namespace) -> int:
     check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
-    out_dir = prepare_output_folder(args.out)
-    options = dict(args.option)
-    pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
-    # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
-    # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
-    inverted_by = (made_with_digest(pipe.inverter(), options)
-                   if any(not _is_inversion_file(path) for path in args.inputs) else None)
-    made_by = fingerprint_of([pipe.fingerprint, direction, strengths, args.paste_back, dtype_name(pipe.dtype),
-                              inverted_by])
-    inputs = InputFiles(args.inputs)
-    failures, done, skipped = list(unlisted), 0, 0
-    named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
-    part = file_name_part(direction.name, fallback="direction")  # (a name from a file)
-    # Pasted back, the faces of one photo go into one photo (it wrote a photo per face, each with that face alone
-    # edited); each input's edits and strip stay its own.
-    groups = _photo_groups(named) if args.paste_back else [(name, None, [(path, name)]) for path, name in named]
-    with progress_bar(total=len(named), desc="edit", unit="file", disable=len(named) < 2) as bar:
-        for photo_name, source, faces in groups:
-            written, already, failed = _edit_group(pipe, args, direction, strengths, labels, made_by, inputs,
-                                                   out_dir, part, photo_name, source, faces)
-            done, skipped, failures = done + written, skipped + already, failures + failed
-            bar.update(len(faces))
+    with output_folder(args.out) as out_dir:  # (another run writing into it is refused)
+        options = dict(args.option)
+        pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
+        # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
+        # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
+        inverted_by = (made_with_digest(pipe.inverter(), options)
+                       if any(not _is_inversion_file(path) for path in args.inputs) else None)
+        made_by = fingerprint_of([pipe.fingerprint, direction, strengths, args.paste_back, dtype_name(pipe.dtype),
+                                  inverted_by])
+        inputs = InputFiles(args.inputs)
+        failures, done, skipped = list(unlisted), 0, 0
+        named = list(zip(args.inputs, unique_stems(args.inputs)))  # (inputs sharing a stem: their folder too)
+        part = file_name_part(direction.name, fallback="direction")  # (a name from a file)
+        # Pasted back, the faces of one photo go into one photo (it wrote a photo per face, each with that face alone
+        # edited); each input's edits and strip stay its own.
+        groups = _photo_groups(named) if args.paste_back else [(name, None, [(path, name)]) for path, name in named]
+        with progress_bar(total=len(named), desc="edit", unit="file", disable=len(named) < 2) as bar:
+            for photo_name, source, faces in groups:
+                written, already, failed = _edit_group(pipe, args, direction, strengths, labels, made_by, inputs,
+                                                       out_dir, part, photo_name, source, faces)
+                done, skipped, failures = done + written, skipped + already, failures + failed
+                bar.update(len(faces))
     _report_failures(failures)
     print(f"wrote edits of {done} input(s) along {direction.name!r} to {args.out}; {skipped} already done, "
           f"{len(failures)} failed")

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError, naming
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
-from ..io.files import InputFiles, atomic_write_group, prepare_output_folder, sha256_if_readable
+from ..io.files import InputFiles, atomic_write_group, output_folder, sha256_if_readable
 from ..io.images import fit_to_canvas, image_bytes, make_grid, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..methods.base import check_batch_size
@@ -236,80 +236,82 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     and shown last in the comparison strip.
     """
     batch_size = check_batch_size(batch_size)
-    out_dir = prepare_output_folder(Path(out_dir))
-    paths = list(inputs)
-    names = output_stems(paths)  # over all files, so that every rank names a file the same way
-    pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
-    report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
-    inverter = pipe.inverter(method)
-    inverter.check_options(options or {})  # a bad option fails now, not after the first batch is read
-    method = inverter.name
-    aligned = detector is not None
-    dtype = dtype_name(pipe.dtype)
-    made = made_with_digest(inverter, options)
-    todo, source_sha256 = [], {}
-    for path, name in pairs:
-        source_sha256[path] = sha256_if_readable(path)
-        if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
-                                      made=made, adapted=adapt is not None, dtype=dtype,
-                                      source_sha256=source_sha256[path]):
-            report.skipped.append(path)
-        else:
-            todo.append((path, name))
-    if report.skipped:
-        logger.info("%d input(s) already inverted in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
-    inputs_on_disk = InputFiles(paths)
-    G = pipe.generator
-    seconds, count = 0.0, 0
-    # Files are read one batch at a time, so a large folder never sits in memory. The bar closes on an error too,
-    # so that the error starts a line of its own.
-    with progress_bar(total=len(todo), desc="invert", unit="file", disable=not progress or not todo) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
-                                             channels=G.config.img_channels, detector=detector,
-                                             align_scale=pipe.align_scale, content_rows=pipe.content_rows)
-            report.failed += failed
-            if not pictures:
-                bar.update(len(chunk))
-                continue
-            x = torch.cat([p.image for p in pictures])
-            t0 = time.perf_counter()
-            result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False,
-                                 **(options or {})).to("cpu")
-            seconds += time.perf_counter() - t0
-            count += len(pictures)
-            # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
-            bad_sources = {pictures[i].source for i in range(len(pictures))
-                           if not bool(torch.isfinite(result.image[i]).all())}
-            for source in sorted(bad_sources):
-                report.failed.append(NonFiniteError(source, "the model gave NaN or infinite values for it"))
-            for i, picture in enumerate(pictures):
-                if picture.source in bad_sources:
+    out_dir = Path(out_dir)
+    with output_folder(out_dir, lock=not shard or rank_shard([])[1] == 0):  # (another run: refused; rank 0 holds it)
+        paths = list(inputs)
+        names = output_stems(paths)  # over all files, so that every rank names a file the same way
+        pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
+        report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
+        inverter = pipe.inverter(method)
+        inverter.check_options(options or {})  # a bad option fails now, not after the first batch is read
+        method = inverter.name
+        aligned = detector is not None
+        dtype = dtype_name(pipe.dtype)
+        made = made_with_digest(inverter, options)
+        todo, source_sha256 = [], {}
+        for path, name in pairs:
+            source_sha256[path] = sha256_if_readable(path)
+            if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
+                                          made=made, adapted=adapt is not None, dtype=dtype,
+                                          source_sha256=source_sha256[path]):
+                report.skipped.append(path)
+            else:
+                todo.append((path, name))
+        if report.skipped:
+            logger.info("%d input(s) already inverted in %s (overwrite=True redoes them)", len(report.skipped), out_dir)
+        inputs_on_disk = InputFiles(paths)
+        G = pipe.generator
+        seconds, count = 0.0, 0
+        # Files are read one batch at a time, so a large folder never sits in memory. The bar closes on an error too,
+        # so that the error starts a line of its own.
+        with progress_bar(total=len(todo), desc="invert", unit="file", disable=not progress or not todo) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                pictures, failed = read_pictures([p for p, _ in chunk], [n for _, n in chunk], resolution=G.resolution,
+                                                 channels=G.config.img_channels, detector=detector,
+                                                 align_scale=pipe.align_scale, content_rows=pipe.content_rows)
+                report.failed += failed
+                if not pictures:
+                    bar.update(len(chunk))
                     continue
-                targets = output_paths(out_dir, picture.name)
-                try:
-                    inputs_on_disk.check_outputs([*targets, *([adapted_path(out_dir, picture.name)] if adapt else [])])
-                except OutputError as e:
-                    report.failed.append(e)
-                    continue
-                one = result.select(i)
-                adapted = pipe.content(adapt(one).cpu()) if adapt is not None else None
-                first = [one.initial_image] if one.initial_image is not None else []
-                panels = torch.cat([pipe.content(p) for p in (x[i : i + 1], *first, one.image)]
-                                   + ([adapted] if adapted is not None else []))
-                record = inversion_bytes(one, source=picture.source.absolute(), model=model_name, method=method,
-                                         generator=pipe.fingerprint,
-                                         placement=picture.placement,
-                                         picture={"index": picture.index, "count": picture.count}, dtype=dtype,
-                                         made_with=made, source_sha256=source_sha256[picture.source])
-                extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
-                atomic_write_group([(targets[0], image_bytes(pipe.content(one.image))), *extra,
-                                    (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
-                                    (targets[2], record)])
-                report.written.append(targets[2])
-            bar.update(len(chunk))  # once written: the bar (and its estimate) counts finished files
-    report.seconds_per_image = seconds / max(count, 1)
-    logger.info("rank %d/%d: inverted %d picture(s) into %s; %d input(s) already done, %d failed", rank, world,
-                len(report.written), out_dir, len(report.skipped), len(report.failed))
-    return report
+                x = torch.cat([p.image for p in pictures])
+                t0 = time.perf_counter()
+                result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False,
+                                     **(options or {})).to("cpu")
+                seconds += time.perf_counter() - t0
+                count += len(pictures)
+                # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
+                bad_sources = {pictures[i].source for i in range(len(pictures))
+                               if not bool(torch.isfinite(result.image[i]).all())}
+                for source in sorted(bad_sources):
+                    report.failed.append(NonFiniteError(source, "the model gave NaN or infinite values for it"))
+                for i, picture in enumerate(pictures):
+                    if picture.source in bad_sources:
+                        continue
+                    targets = output_paths(out_dir, picture.name)
+                    try:
+                        inputs_on_disk.check_outputs([*targets,
+                                                      *([adapted_path(out_dir, picture.name)] if adapt else [])])
+                    except OutputError as e:
+                        report.failed.append(e)
+                        continue
+                    one = result.select(i)
+                    adapted = pipe.content(adapt(one).cpu()) if adapt is not None else None
+                    first = [one.initial_image] if one.initial_image is not None else []
+                    panels = torch.cat([pipe.content(p) for p in (x[i : i + 1], *first, one.image)]
+                                       + ([adapted] if adapted is not None else []))
+                    record = inversion_bytes(one, source=picture.source.absolute(), model=model_name, method=method,
+                                             generator=pipe.fingerprint,
+                                             placement=picture.placement,
+                                             picture={"index": picture.index, "count": picture.count}, dtype=dtype,
+                                             made_with=made, source_sha256=source_sha256[picture.source])
+                    extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
+                    atomic_write_group([(targets[0], image_bytes(pipe.content(one.image))), *extra,
+                                        (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
+                                        (targets[2], record)])
+                    report.written.append(targets[2])
+                bar.update(len(chunk))  # once written: the bar (and its estimate) counts finished files
+        report.seconds_per_image = seconds / max(count, 1)
+        logger.info("rank %d/%d: inverted %d picture(s) into %s; %d input(s) already done, %d failed", rank, world,
+                    len(report.written), out_dir, len(report.skipped), len(report.failed))
+        return report

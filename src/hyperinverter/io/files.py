@@ -125,14 +125,43 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
-def prepare_output_folder(out_dir: str | os.PathLike) -> Path:
-    """The folder a command writes its results into: created if needed, an ``OutputError`` if it is a file or cannot
-    be written (:func:`check_output_folder`), and cleared of the hidden temporaries a killed run of ours left there
-    (nothing else)."""
+# Held in a results folder while a command writes into it (see output_folder).
+OUTPUT_LOCK = ".hyperinverter.lock"
+
+
+@contextlib.contextmanager
+def output_folder(out_dir: str | os.PathLike, *, lock: bool = True) -> Iterator[Path]:
+    """The folder a command writes its results into, for the block: created if needed, an ``OutputError`` if it is a
+    file or cannot be written (:func:`check_output_folder`), cleared of the hidden temporaries a killed run of ours
+    left there (nothing else), and held: another process writing results there is an ``OutputError`` naming the
+    folder (two runs with other options into one folder mixed their files). ``lock=False``: not held (a torchrun
+    rank other than 0, whose rank 0 holds it).
+
+    The lock is :func:`exclusive_lock` on ``OUTPUT_LOCK`` in the folder, which the kernel releases however the
+    process ends: a file left by a killed run does not block (it holds a process id and nothing else), and goes at
+    the end, as the file this run made does. A file of that name that is not one of these is refused (the lock
+    would write into it), and stays as it was.
+    """
     out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    return out_dir
+    if not lock:
+        remove_stale_temporaries(out_dir)
+        yield out_dir
+        return
+    path = out_dir / OUTPUT_LOCK
+    try:  # (a run of ours leaves a process id there, or nothing if it was killed before writing it)
+        ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 32
+                                             and re.fullmatch(rb"\d*\n?", path.read_bytes()) is not None)
+    except OSError:
+        ours = False
+    if not ours:
+        raise OutputError(path, "is not a lock file of hyperinverter's, whose name it has: move it away")
+    with exclusive_lock(path, what="writing results", folder=out_dir):
+        try:
+            remove_stale_temporaries(out_dir)
+            yield out_dir
+        finally:  # (removed while held: a run that opened it meanwhile locks the one there then, see exclusive_lock)
+            path.unlink(missing_ok=True)
 
 
 _UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f/\\:*?"<>|]+')
