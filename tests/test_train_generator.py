@@ -191,6 +191,21 @@ def test_streaming_from_disk_equals_preloading(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_generator_trains_on_every_image(tmp_path, caplog):
+    # The trainer has no validation, but its val_fraction of 0.02 held images out of training all the same: in a
+    # folder of 6, one image never trained.
+    import logging
+
+    for i, x in enumerate(teacher_images(6)):
+        save_image(x[None].float() / 127.5 - 1, tmp_path / "data" / f"{i}.png")
+    with caplog.at_level(logging.INFO):
+        train_generator(config(tmp_path / "run", data=str(tmp_path / "data"), steps=1))
+        train_generator(config(tmp_path / "given", data=str(tmp_path / "data"), steps=1, val_fraction=0.5))
+    loaded = [r.getMessage() for r in caplog.records if "images: ImageFolderDataset" in r.getMessage()]
+    assert len(loaded) == 2 and all("6 images" in message for message in loaded), loaded
+    assert "val_fraction=0.5 is not used: this run has no validation, and trains on every image" in caplog.text
+
+
 def test_streaming_replaces_an_unreadable_file(tmp_path):
     from hyperinverter.data.folder import ImageFolderDataset
     from hyperinverter.training.run import StreamedImages

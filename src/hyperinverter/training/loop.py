@@ -379,8 +379,11 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
                 raise CheckpointError(run_dir / "checkpoints", f"the newest readable checkpoint holds a damaged "
                                       f"state of the run ({e}): move it away to resume from the one before") from None
 
-    if images is None:
-        images = load_split(cfg, task.resolution, task.channels, "train")
+    if images is None:  # (a task without a validation loss holds no image out: one of a small folder never trained)
+        images = load_split(cfg, task.resolution, task.channels, "train" if task.validates else "all")
+        if not task.validates and cfg.val_fraction > 0 and ctx.is_main:
+            logger.warning("val_fraction=%g is not used: this run has no validation, and trains on every image",
+                           cfg.val_fraction)
     if val_images is None and task.validates and cfg.val_fraction > 0:
         val_images = load_split(cfg, task.resolution, task.channels, "val")
     shape = (task.channels, task.resolution, task.resolution)
