@@ -383,6 +383,21 @@ def test_a_file_reached_under_two_names_is_one_image(tmp_path):
     assert not {p.resolve() for p in train.files} & {p.resolve() for p in val.files}
 
 
+def test_byte_identical_copies_are_one_image(tmp_path, caplog):
+    # Copies under other names (not links) fell in both splits, by their names' hashes: validated on what trained.
+    for i in range(12):
+        Image.new("L", (4, 4), i).save(tmp_path / f"{i:03d}.png")
+        (tmp_path / f"copy{i:03d}.png").write_bytes((tmp_path / f"{i:03d}.png").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=0.3)
+        val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=0.3)
+    contents = [{p.read_bytes() for p in split.files} for split in (train, val)]
+    assert len(train) + len(val) == 12 and not contents[0] & contents[1]
+    assert all(not p.name.startswith("copy") for p in train.files + val.files)  # the first by name is kept
+    assert "12 image(s) are byte-identical copies of another under another name" in caplog.text
+    assert len(ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")) == 24  # (no split: all read)
+
+
 def test_a_folder_that_cannot_be_listed_or_entered_is_reported_and_the_rest_is_read(tmp_path, monkeypatch):
     # Training and evaluation data: a folder that may not be listed was passed over without a word (evaluate and
     # benchmark scored the rest, exit 0), and one that may be listed but not entered ended the run.

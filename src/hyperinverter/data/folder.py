@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ImageReadError
+from ..io.files import sha256_if_readable
 from ..io.images import IMAGE_SUFFIXES, find_images, fit_to_canvas, pil_to_tensor, read_image
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,30 @@ def in_val_split(relatives: list[str], val_fraction: float, seed: int) -> list[b
         if all(in_val):
             in_val[scores.index(max(scores))] = False
     return in_val
+
+
+def _distinct_contents(files: list[Path], root: Path) -> list[Path]:
+    """``files`` less the byte-identical copies of an earlier one (under another name: a link is caught by the
+    listing), logged with their count: the split hashes names, so two copies fell in both splits, and an image
+    trained on was validated on. Sizes first; only files of a size shared are hashed (an unreadable one is kept, for
+    reading to report)."""
+    sizes: dict[Path, int | None] = {}
+    for path in files:
+        try:
+            sizes[path] = path.stat().st_size
+        except OSError:
+            sizes[path] = None
+    shared = Counter(size for size in sizes.values() if size is not None)
+    kept, seen = [], set()
+    for path in files:  # (sorted: the first copy by name is the one kept, whatever the order files were copied in)
+        digest = sha256_if_readable(path) if sizes[path] is not None and shared[sizes[path]] > 1 else None
+        if digest is None or digest not in seen:
+            seen.add(digest)
+            kept.append(path)
+    if len(kept) < len(files):
+        logger.warning("%s: %d image(s) are byte-identical copies of another under another name; each is used once, "
+                       "so that no image is both trained and validated on", root, len(files) - len(kept))
+    return kept
 
 
 class ImageFolderDataset(Dataset):
@@ -74,6 +100,8 @@ class ImageFolderDataset(Dataset):
             raise unlisted[0]
         if not files:
             raise FileNotFoundError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) under it")
+        if split != "all" and val_fraction > 0:
+            files = _distinct_contents(files, self.root)
         if split != "all":
             in_val = in_val_split([p.relative_to(self.root).as_posix() for p in files], val_fraction, seed)
             chosen = [p for p, is_val in zip(files, in_val) if is_val == (split == "val")]
