@@ -334,3 +334,25 @@ def set_json(path: Path, edit) -> Path:
     edit(data)
     path.write_text(json.dumps(data))
     return path
+
+
+def refuse_folders(monkeypatch, *, unenterable: Path | None = None, unlistable: Path | None = None,
+                   listing_error: OSError | None = None) -> None:
+    """Folders that cannot be read, as for a user who is not root: ``unenterable`` may be listed but its entries not
+    looked at (every entry's stat is refused, as in a folder of mode r--), ``unlistable`` may not be listed (its
+    listing raises ``listing_error``, by default permission denied)."""
+    stat, scandir = os.stat, os.scandir
+
+    def refusing_stat(path, *args, **kwargs):
+        if unenterable is not None and not isinstance(path, int) and Path(path).parent == unenterable:  # (an fd: fine)
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    def refusing_scandir(path="."):
+        if unlistable is not None and not isinstance(path, int) and Path(path) == unlistable:
+            error = listing_error or PermissionError(13, "Permission denied")
+            raise type(error)(error.errno, error.strerror, os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "stat", refusing_stat)
+    monkeypatch.setattr(os, "scandir", refusing_scandir)

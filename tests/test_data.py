@@ -3,13 +3,13 @@
 import gzip
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import hostile
 from hyperinverter.data.folder import ImageFolderDataset
 from hyperinverter.data.sources import DCGANFaceGenerator, _read_idx, fashion32
 from hyperinverter.training.run import preload_uint8
@@ -401,27 +401,12 @@ def test_byte_identical_copies_are_one_image(tmp_path, caplog):
 def test_a_folder_that_cannot_be_listed_or_entered_is_reported_and_the_rest_is_read(tmp_path, monkeypatch):
     # Training and evaluation data: a folder that may not be listed was passed over without a word (evaluate and
     # benchmark scored the rest, exit 0), and one that may be listed but not entered ended the run.
-    import os
-
     from hyperinverter.evaluation import load_heldout_images
 
     for name in ("fine", "private", "locked"):
         (tmp_path / name).mkdir()
         Image.new("L", (4, 4), len(name)).save(tmp_path / name / "a.png")
-    stat, scandir = os.stat, os.scandir
-
-    def refusing_stat(path, *args, **kwargs):
-        if Path(path).parent == tmp_path / "locked":
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return stat(path, *args, **kwargs)
-
-    def refusing_scandir(path="."):
-        if Path(path) == tmp_path / "private":
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "stat", refusing_stat)
-    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    hostile.refuse_folders(monkeypatch, unenterable=tmp_path / "locked", unlistable=tmp_path / "private")
     dataset = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")
     assert dataset.files == [tmp_path / "fine" / "a.png"]
     _, names, failures = load_heldout_images(tmp_path, resolution=4, channels=1)

@@ -256,20 +256,8 @@ def test_a_folder_that_cannot_be_entered_or_listed_fails_alone(world, tmp_path, 
     hostile.photo(0).save(folder / "fine" / "good.png")
     hostile.photo(1).save(folder / "locked" / "hidden.png")
     hostile.photo(2).save(folder / "failing" / "lost.png")
-    stat, scandir = os.stat, os.scandir
-
-    def refusing(path, *args, **kwargs):  # (what entering the folder takes is refused: every entry's stat)
-        if not isinstance(path, int) and Path(path).parent == folder / "locked":  # (a file descriptor: fine)
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return stat(path, *args, **kwargs)
-
-    def failing(path="."):
-        if Path(path) == folder / "failing":
-            raise OSError(5, "Input/output error", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "stat", refusing)
-    monkeypatch.setattr(os, "scandir", failing)
+    hostile.refuse_folders(monkeypatch, unenterable=folder / "locked", unlistable=folder / "failing",
+                           listing_error=OSError(5, "Input/output error"))
     failed = [f"failed: {folder / 'locked' / 'hidden.png'}: permission denied",
               f"failed: {folder / 'failing'}: is a folder that cannot be read (input/output error)"]
     result = cli(capsys, "invert", folder, "--model", world.model, "--out", tmp_path / "out", "--device", "cpu")

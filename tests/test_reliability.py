@@ -669,8 +669,8 @@ def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, 
         assert main(["generate", "--model", str(tmp_path / "g"), "--outdir", str(out), "--seeds", "1-2",
                      "--device", "cpu"]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
-            f"error: {out}: is in use: another process is writing results there (pid {os.getpid()}); wait for it to "
-            "end, or give another folder"]
+            (f"error: {out}: is in use: another process is writing results there (pid {os.getpid()}); wait for it to "
+             "end, or give another folder")]
     assert list(out.iterdir()) == []  # the lock file went with the lock
     lock.write_text("999999\n")  # a killed run's: the kernel released its lock, and its file blocks nothing
     assert len(invert_files(pipeline, photos, out, progress=False).written) == 2
