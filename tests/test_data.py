@@ -202,6 +202,55 @@ def test_a_resumed_dataset_leaves_no_temporaries_of_the_killed_writing(odd_folde
     assert not nested.exists()
 
 
+def test_a_dataset_folder_in_use_is_refused(odd_folder, tmp_path, monkeypatch, capsys):
+    # The dataset writers took no lock: two writings into one --out (stylise or align of two folders, or another
+    # crop scale started at once) both wrote their images there, under a dataset.json that named one of them.
+    import os
+
+    from hyperinverter.cli.main import main
+    from hyperinverter.data import sources
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io import files
+    from test_batch_inversion import TwoFaces
+
+    monkeypatch.setattr(sources, "load_fashion_mnist", lambda split: (np.zeros((3, 28, 28), np.uint8), np.zeros(3)))
+    out = tmp_path / "out"
+    lock = out / files.OUTPUT_LOCK
+    in_use = rf"out: is in use: another process is writing results there \(pid {os.getpid()}\)"
+    with files.output_folder(out):  # (one process's two opens of a flock conflict, as two processes' do)
+        for write in (lambda: sources.write_faces64(out, 2, progress=False),
+                      lambda: sources.write_fashion32(out, progress=False),
+                      lambda: sources.write_stylised(odd_folder, out, progress=False),
+                      lambda: sources.write_aligned(odd_folder, out, size=16, detector=TwoFaces(), progress=False)):
+            with pytest.raises(OutputError, match=in_use):
+                write()
+        assert [p.name for p in out.iterdir()] == [lock.name]
+        assert main(["data", "stylise", str(odd_folder), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [(
+            f"error: {out}: is in use: another process is writing results there (pid {os.getpid()}); wait for it to "
+            "end, or give another folder")]
+    assert list(out.iterdir()) == []
+    # A killed writing's lock file (its pid, or nothing) blocks nothing, is neither a stranger nor an image, and
+    # goes with the next writing's.
+    numbered = ["000000.png", "000001.png", "000002.png"]
+    for left in ("999999\n", ""):
+        lock.write_text(left)
+        assert sources.write_fashion32(out, progress=False) == out
+        assert sorted(p.name for p in out.iterdir()) == [*numbered, "dataset.json"]
+        (out / "000001.png").unlink()  # (then a writing killed halfway)
+    sketch = tmp_path / "sketch"
+    sketch.mkdir()
+    (sketch / files.OUTPUT_LOCK).write_text("999999\n")
+    _, failed = sources.write_stylised(odd_folder, sketch, progress=False)
+    assert json.loads((sketch / "dataset.json").read_text())["count"] == 6 == len(list(sketch.rglob("*.png")))
+    assert not (sketch / files.OUTPUT_LOCK).exists() and len(failed) == 1  # (corrupt.jpg)
+    # A file of that name that is not ours is refused, and left as it was.
+    lock.write_text("my notes")
+    with pytest.raises(OutputError, match="is not a lock file of hyperinverter's"):
+        sources.write_fashion32(out, progress=False)
+    assert lock.read_text() == "my notes" and not (out / "000001.png").exists()
+
+
 def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, capsys):
     # A user's own face domain: every face of every photo, framed as `invert --align` frames photos.
     from hyperinverter.apps import SAMPLES_DIR

@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,12 @@ from torch import nn
 from ..errors import InputError, naming
 from ..generate import z_from_seeds
 from ..io.files import (
+    OUTPUT_LOCK,
     atomic_write_bytes,
     atomic_write_group,
     check_outside,
     check_own_folder,
+    output_folder,
     remove_stale_temporaries,
     sha256_if_readable,
     written_by_us,
@@ -166,11 +169,22 @@ def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbe
             ours = isinstance(record, dict) and {"source", "count"} <= set(record)
             return None if ours else "holds a dataset.json that hyperinverter did not write"
         strangers = (p for p in sorted(folder.rglob("*")) if p.is_file() and not _TEMPORARY.fullmatch(p.name)
-                     and not is_ours(p.relative_to(folder)))
+                     and p != folder / OUTPUT_LOCK and not is_ours(p.relative_to(folder)))  # (see dataset_folder)
         stranger = next(strangers, None)
         return None if stranger is None else f"holds files that are not this dataset's ({stranger.relative_to(folder)})"
 
     check_own_folder(out_dir, not_ours, what="the dataset (--out)")
+
+
+@contextlib.contextmanager
+def dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbered) -> Iterator[Path]:
+    """``out_dir`` checked as a dataset's (:func:`check_dataset_folder`, before anything is made), then made and held
+    for the block by :func:`io.files.output_folder`, as a results folder is: two writings into one folder (of two
+    sources, or with other settings and started at once) both wrote their images there. Its lock file is no
+    stranger to the check: a killed writing's blocks nothing, and a running one's is refused as in use."""
+    check_dataset_folder(out_dir, is_ours)
+    with output_folder(out_dir) as held:
+        yield held
 
 
 def unfinished_dataset(folder: Path) -> bool:
@@ -224,36 +238,34 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
         raise ValueError(f"faces64 needs n >= 1, seed_start >= 0 and batch_size >= 1; got {n}, {seed_start} and "
                          f"{batch_size}")
     out_dir = Path(out_dir)
-    check_dataset_folder(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
-    net = load_dcgan_faces(device)
-    for start in range(0, n, batch_size):
-        seeds = list(range(seed_start + start, seed_start + min(start + batch_size, n)))
-        if all((out_dir / f"{start + j:06d}.png").exists() for j in range(len(seeds))):
-            continue  # resuming: this chunk is already on disk
-        _write_pngs(sample_dcgan_faces(net, seeds), out_dir, start, progress=False)
-        if progress:
-            logger.info("faces64: %d/%d", min(start + batch_size, n), n)
-    meta = {"source": FACES64_SOURCE, "first_seed": seed_start, "seeds": [seed_start, seed_start + n],
-            "z": "torch.randn(100, generator=torch.Generator().manual_seed(seed))", "count": n,
-            "license": FACES64_LICENSE}
-    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
-    return out_dir
+    with dataset_folder(out_dir):  # (another writing into it is refused)
+        _claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
+        net = load_dcgan_faces(device)
+        for start in range(0, n, batch_size):
+            seeds = list(range(seed_start + start, seed_start + min(start + batch_size, n)))
+            if all((out_dir / f"{start + j:06d}.png").exists() for j in range(len(seeds))):
+                continue  # resuming: this chunk is already on disk
+            _write_pngs(sample_dcgan_faces(net, seeds), out_dir, start, progress=False)
+            if progress:
+                logger.info("faces64: %d/%d", min(start + batch_size, n), n)
+        meta = {"source": FACES64_SOURCE, "first_seed": seed_start, "seeds": [seed_start, seed_start + n],
+                "z": "torch.randn(100, generator=torch.Generator().manual_seed(seed))", "count": n,
+                "license": FACES64_LICENSE}
+        atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return out_dir
 
 
 def write_fashion32(out_dir: str | Path, split: str = "train", *, progress: bool = True) -> Path:
     out_dir = Path(out_dir)
-    check_dataset_folder(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _claim_dataset(out_dir, {"split": split}, FASHION32_SOURCE)
-    images, labels = load_fashion_mnist(split)
-    _write_pngs(fashion32(images), out_dir, 0, progress)
-    meta = {"source": FASHION32_SOURCE, "split": split, "count": len(images),
-            "transform": "28x28 padded to 32x32 with 2 black pixels per side", "license": FASHION_LICENSE,
-            "labels": labels.tolist()}
-    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta) + "\n").encode())
-    return out_dir
+    with dataset_folder(out_dir):  # (another writing into it is refused)
+        _claim_dataset(out_dir, {"split": split}, FASHION32_SOURCE)
+        images, labels = load_fashion_mnist(split)
+        _write_pngs(fashion32(images), out_dir, 0, progress)
+        meta = {"source": FASHION32_SOURCE, "split": split, "count": len(images),
+                "transform": "28x28 padded to 32x32 with 2 black pixels per side", "license": FASHION_LICENSE,
+                "labels": labels.tolist()}
+        atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta) + "\n").encode())
+        return out_dir
 
 
 def pencil_sketch(image: Image.Image) -> Image.Image:
@@ -323,31 +335,30 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
                                                        "the stylised images would overwrite their sources")
     paths, clashes = _one_name_each(paths, source_dir)
     targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
-    check_dataset_folder(out_dir, targets.__contains__)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _claim_dataset(out_dir, {"style": style}, str(source_dir))
-    failed: list[InputError] = [*found.problems, *clashes]
-    count = 0
-    for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
-        target = out_dir / path.relative_to(source_dir).with_suffix(".png")
-        # A rendering records the bytes it was made of: a source replaced under its name is rendered again (its
-        # old rendering was kept), and a user's file at its name is no rendering of ours.
-        digest = sha256_if_readable(path)
-        made = fingerprint_of([style, digest])
-        if digest is not None and images_made_with([target], made):
-            count += 1
-            continue
-        try:
-            image = read_image(path)
-            # The writer makes the target's folder, or fails this image naming what is in the way (mkdir's "file
-            # exists" ended the writing). Regenerable: no per-file fsync.
-            atomic_write_bytes(target, image_bytes(STYLES[style](image), made_with=made), durable=False)
-            count += 1
-        except InputError as e:  # unreadable, or a user's file at its name (not replaced)
-            failed.append(naming(e, path))
-    meta = {"source": str(source_dir), "style": style, "count": count}
-    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
-    return out_dir, failed
+    with dataset_folder(out_dir, targets.__contains__):  # (another writing into it is refused)
+        _claim_dataset(out_dir, {"style": style}, str(source_dir))
+        failed: list[InputError] = [*found.problems, *clashes]
+        count = 0
+        for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
+            target = out_dir / path.relative_to(source_dir).with_suffix(".png")
+            # A rendering records the bytes it was made of: a source replaced under its name is rendered again (its
+            # old rendering was kept), and a user's file at its name is no rendering of ours.
+            digest = sha256_if_readable(path)
+            made = fingerprint_of([style, digest])
+            if digest is not None and images_made_with([target], made):
+                count += 1
+                continue
+            try:
+                image = read_image(path)
+                # The writer makes the target's folder, or fails this image naming what is in the way (mkdir's "file
+                # exists" ended the writing). Regenerable: no per-file fsync.
+                atomic_write_bytes(target, image_bytes(STYLES[style](image), made_with=made), durable=False)
+                count += 1
+            except InputError as e:  # unreadable, or a user's file at its name (not replaced)
+                failed.append(naming(e, path))
+        meta = {"source": str(source_dir), "style": style, "count": count}
+        atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return out_dir, failed
 
 
 def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 256, scale: float = 1.0,
@@ -366,42 +377,42 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
                                                        "the aligned faces would be written among their photos")
     paths, clashes = _one_name_each(paths, source_dir, faces=True)
     stems = {path.relative_to(source_dir).with_suffix("") for path in paths}
-    check_dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (
-        rel.with_suffix("") in stems or rel.with_name(FACE_NUMBER.sub("", rel.stem)) in stems))
     alignment = f"FFHQ (dlib 68 landmarks), crop scale {scale:g}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
-    detector = Dlib68Detector() if detector is None else detector
-    failed: list[InputError] = [*found.problems, *clashes]
-    # The faces already in the folder, by the photo they belong to: listed once (a folder listing per photo made a
-    # fresh run over N photos read N² names).
-    faces_of: dict[Path, list[Path]] = {}
-    for face in out_dir.rglob("*.png"):
-        faces_of.setdefault(face.with_name(FACE_NUMBER.sub("", face.stem)), []).append(face)
-    for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
-        stem = out_dir / path.relative_to(source_dir).with_suffix("")
-        first = [stem.with_name(picture_name(stem.name, 0, n) + ".png") for n in (1, 2)]  # one face, several
-        # A face records the bytes of its photo: a photo replaced under its name is aligned again (its old faces,
-        # another person's, were kept), and a user's file at its name is no face of ours.
-        digest = sha256_if_readable(path)
-        made = fingerprint_of([alignment, size, digest])
-        if digest is not None and any(images_made_with([p], made) for p in first):
-            continue
-        for old in faces_of.get(stem, []):  # faces of other bytes: stale
-            if written_by_us(old):
-                old.unlink()
-        try:
-            faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
-            # Aligned at 4x, then reduced: the warp does not alias (as invert --align does). The first face is named
-            # last: the check above reads it alone, so a kill between two names must not leave it without the rest.
-            atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
-                                 image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS), made_with=made))
-                                for i, face in reversed(list(enumerate(faces)))],
-                               durable=False)  # regenerable: no per-file fsync
-        except InputError as e:  # unreadable, no face, or a user's file at a face's name: the folder goes on
-            failed.append(naming(e, path))
-    count = sum(1 for p in out_dir.rglob("*.png") if written_by_us(p))
-    meta = {"source": str(source_dir), "alignment": alignment, "size": size, "count": count,
-            "photos_failed": len(failed)}
-    atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
-    return out_dir, count, failed
+    with dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (  # (another writing into it is refused)
+            rel.with_suffix("") in stems or rel.with_name(FACE_NUMBER.sub("", rel.stem)) in stems)):
+        _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir))
+        detector = Dlib68Detector() if detector is None else detector
+        failed: list[InputError] = [*found.problems, *clashes]
+        # The faces already in the folder, by the photo they belong to: listed once (a folder listing per photo made a
+        # fresh run over N photos read N² names).
+        faces_of: dict[Path, list[Path]] = {}
+        for face in out_dir.rglob("*.png"):
+            faces_of.setdefault(face.with_name(FACE_NUMBER.sub("", face.stem)), []).append(face)
+        for path in progress_bar(paths, desc=f"aligning {source_dir}", unit="photo", disable=not progress):
+            stem = out_dir / path.relative_to(source_dir).with_suffix("")
+            first = [stem.with_name(picture_name(stem.name, 0, n) + ".png") for n in (1, 2)]  # one face, several
+            # A face records the bytes of its photo: a photo replaced under its name is aligned again (its old faces,
+            # another person's, were kept), and a user's file at its name is no face of ours.
+            digest = sha256_if_readable(path)
+            made = fingerprint_of([alignment, size, digest])
+            if digest is not None and any(images_made_with([p], made) for p in first):
+                continue
+            for old in faces_of.get(stem, []):  # faces of other bytes: stale
+                if written_by_us(old):
+                    old.unlink()
+            try:
+                faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
+                # Aligned at 4x, then reduced: the warp does not alias (as invert --align does). The first face is named
+                # last: the check above reads it alone, so a kill between two names must not leave it without the rest.
+                atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
+                                     image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS),
+                                                 made_with=made))
+                                    for i, face in reversed(list(enumerate(faces)))],
+                                   durable=False)  # regenerable: no per-file fsync
+            except InputError as e:  # unreadable, no face, or a user's file at a face's name: the folder goes on
+                failed.append(naming(e, path))
+        count = sum(1 for p in out_dir.rglob("*.png") if written_by_us(p))
+        meta = {"source": str(source_dir), "alignment": alignment, "size": size, "count": count,
+                "photos_failed": len(failed)}
+        atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return out_dir, count, failed
