@@ -289,6 +289,14 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
                                                                    "alignment .*crop scale 1' \\(this run: .*1.5")):
         with pytest.raises(InputError, match=rf"holds a dataset made with {what}.*give another --out"):
             write_aligned(photos, out, **settings, detector=TwoFaces(), progress=False)
+    # Another folder of photos into it wrote its faces beside these, under a record naming the second folder only.
+    (tmp_path / "others").mkdir()
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(tmp_path / "others" / "x.png")
+    with pytest.raises(InputError, match=rf"holds a dataset made with source .*photos.* \(this run: .*others"):
+        write_aligned(tmp_path / "others", out, size=32, detector=TwoFaces(), progress=False)
+    assert not list(out.glob("x*"))
+    # The same folder, by another path to it, resumes.
+    assert write_aligned(photos / ".." / photos.name, out, size=32, detector=TwoFaces(), progress=False)[1] == 2
     assert (out / "trip" / "pair-face0.png").stat().st_mtime_ns == before
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")

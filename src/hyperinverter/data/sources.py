@@ -201,7 +201,7 @@ def _claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None
     """Record the ``settings`` that decide a dataset's images in its ``dataset.json`` before any is written, and
     resume only a dataset made with the same ones: a resumed writing keeps the files already there, so other
     settings (another size, crop, style, split or seed) would leave a folder of two kinds of images under one
-    record. ``source`` is recorded with them."""
+    record. ``source`` is recorded with them, and checked as they are (the images of two sources under one record)."""
     # A writing killed halfway, where files cannot be written unnamed, left hidden temporaries (in any folder of
     # the dataset, for stylise and align): the next writing removes them, as invert's does (not a running writer's).
     for folder in (out_dir, *(p for p in sorted(out_dir.rglob("*")) if p.is_dir() and not p.is_symlink())):
@@ -214,11 +214,23 @@ def _claim_dataset(out_dir: Path, settings: dict[str, Any], source: str) -> None
     if isinstance(stored, dict):
         changed = [f"{key} {stored[key]!r} (this run: {value!r})" for key, value in settings.items()
                    if key in stored and stored[key] != value]  # a key older versions did not record is not checked
+        if "source" in stored and not _same_source(stored["source"], source):  # (it wrote B's beside A's, named B)
+            changed.insert(0, f"source {stored['source']!r} (this run: {source!r})")
         if changed:
             raise InputError(out_dir, f"holds a dataset made with {', '.join(changed)}; resuming would mix the two: "
                              "give another --out, or the same settings to resume it")
         return
     atomic_write_bytes(path, (json.dumps({"source": source, **settings, "count": None}, indent=2) + "\n").encode())
+
+
+def _same_source(recorded: object, source: str) -> bool:
+    """Whether a dataset's recorded source is ``source``, spelled alike or naming the same folder from here."""
+    if recorded == source:
+        return True
+    try:
+        return isinstance(recorded, str) and Path(recorded).resolve() == Path(source).resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def _write_pngs(images: torch.Tensor, out_dir: Path, start_index: int, progress: bool) -> int:
