@@ -162,6 +162,40 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     assert "/tmp" not in text_of(driver, "#status")
 
 
+def tile_names(driver, selector: str) -> list[str]:
+    """The names a screen reader gives the example tiles of ``selector`` (Chromium's computed accessible names)."""
+    return [tile.accessible_name for tile in driver.find_elements(By.CSS_SELECTOR, f"{selector} button")]
+
+
+def button_named(driver, name: str):
+    """The button a screen reader calls ``name``, as a user of one finds it."""
+    return next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.accessible_name == name)
+
+
+def test_the_example_tiles_are_named_and_one_loads_by_its_name(server, browser):
+    # Gradio shows each example as a button holding an image with an empty alt: a screen reader heard a row of
+    # unnamed buttons. Each is named after what it is and its file, also when another model's replace them.
+    from hyperinverter.apps import model_examples
+
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
+    held_out = [f"held-out example: {p.name}" for p in model_examples(local_model_path("faces-64"))]
+    wait(driver, lambda d: tile_names(d, "#in-domain") == held_out, "the held-out examples' names")
+    real = [f"real photo: {p.name}" for p in sample_photos()]
+    wait(driver, lambda d: tile_names(d, "#real") == real, "the real photos' names")
+    button_named(driver, "real photo: obama.jpg").click()
+    wait(driver, lambda d: (src := image_src(d, "#preview")) and src.endswith("/obama.png"), "obama.jpg's preview")
+
+    choose(driver, "#model", "fashion-32")
+    held_out = [f"held-out example: {p.name}" for p in model_examples(local_model_path("fashion-32"))]
+    wait(driver, lambda d: tile_names(d, "#in-domain") == held_out, "fashion-32's held-out examples' names")
+    assert not tile_names(driver, "#real")  # (no faces: no real photos)
+    button_named(driver, held_out[-1]).click()  # (000013.png: faces-64 has no such example)
+    wait(driver, lambda d: (src := image_src(d, "#preview")) and src.endswith(f"/{held_out[-1][-10:]}"),
+         "fashion-32's last example's preview")
+
+
 def test_a_photo_of_two_people_gives_two_faces_to_choose_from(server, browser, tmp_path):
     from PIL import Image
 

@@ -13,6 +13,7 @@ downscaled before face detection, and a queue that runs at most ``concurrency`` 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import re
 import shutil
@@ -441,6 +442,29 @@ def token(entry: dict) -> dict:
 
 
 # --- the Gradio page ---------------------------------------------------------------------------------------------
+
+# The example galleries (elem_id -> what their tiles are). Gradio shows each example as a button holding an image
+# with an empty alt, which a screen reader announces as an unnamed button, and no parameter of gr.Dataset names it
+# (sample_labels shows text instead of the images). This script, run once per page, names each tile after what it
+# is and its file, and again whenever Gradio re-renders the tiles (another model's examples, another page of them).
+EXAMPLE_KINDS = {"in-domain": "held-out example", "real": "real photo"}
+NAME_EXAMPLE_TILES = """() => {
+  const kinds = KINDS;
+  const name = () => {
+    for (const [id, kind] of Object.entries(kinds)) {
+      for (const tile of document.querySelectorAll(`#${id} button.gallery-item`)) {
+        const image = tile.querySelector("img");
+        if (!image) continue;  // (its image loads after the button)
+        let file = new URL(image.src, document.baseURI).pathname.split("/").pop();
+        try { file = decodeURIComponent(file); } catch (e) {}
+        tile.setAttribute("aria-label", `${kind}: ${file}`);
+      }
+    }
+  };
+  new MutationObserver(name).observe(document.body, {childList: true, subtree: true, attributes: true,
+                                                     attributeFilter: ["src"]});
+  name();
+}""".replace("KINDS", json.dumps(EXAMPLE_KINDS))
 
 
 def settle_memory(*, arenas: int | None = None) -> bool:
@@ -894,6 +918,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         queued = {"concurrency_id": "models"}
         quiet = {"concurrency_id": "models", "api_visibility": "undocumented"}
         app.load(on_model, [model, state], model_outputs, api_name="model")
+        app.load(None, js=NAME_EXAMPLE_TILES)  # (in the browser only)
         model.change(on_model, [model, state], model_outputs, api_visibility="undocumented")
         in_domain.click(lambda sample: sample[0], [in_domain], [photo], api_visibility="undocumented")
         real.click(lambda sample: sample[0], [real], [photo], api_visibility="undocumented")
