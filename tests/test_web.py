@@ -331,6 +331,47 @@ def test_a_host_or_port_the_page_cannot_listen_on_is_named_before_loading(capsys
     assert "--content-rows: content rows must be [top, bottom] fractions" in capsys.readouterr().err
 
 
+def serve_until_ctrl_c(monkeypatch, *args: str):
+    """``hyperinverter web *args`` over a page of one file field, stopped by Ctrl-C once it serves: (its status,
+    the page)."""
+    import socket
+    import types
+
+    import gradio as gr
+
+    import hyperinverter.memory
+    from hyperinverter.apps import web
+    from hyperinverter.cli import commands
+    from hyperinverter.cli.main import main
+
+    served = []
+
+    def page(*_, **__):
+        with gr.Blocks(analytics_enabled=False) as app:
+            gr.File()
+        served.append(app)
+        return app
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(web, "build_app", page)
+    monkeypatch.setattr(web, "settle_memory", lambda **_: False)  # (this process's heap is not a server's)
+    monkeypatch.setattr(hyperinverter.memory, "keep_memory_bounded", lambda: False)
+    monkeypatch.setattr(commands, "time", types.SimpleNamespace(sleep=ctrl_c))
+    with socket.socket() as probe:  # (a port free now)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return main(["web", "--port", str(port), "--model", "a-model", *args]), served[0]
+
+
+def test_the_upload_limit_may_be_a_fraction_of_a_megabyte(monkeypatch):
+    # `web --max-upload-mb 0.5` stopped as it started the page: Gradio read the "0.5mb" it was given as 0 of a unit
+    # ".5MB" ("Invalid file size unit: .5MB"). It is given bytes.
+    status, page = serve_until_ctrl_c(monkeypatch, "--max-upload-mb", "0.5")
+    assert status == 130 and page.max_file_size == 2**19
+
+
 def test_a_generator_alone_of_a_band_domain_is_served_on_its_rows(pipeline, tmp_path):
     # NVIDIA's cars generator records no rows: --content-rows gives them, and the page fits photos into them.
     from hyperinverter.io.gan import save_gan

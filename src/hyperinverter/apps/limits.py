@@ -16,3 +16,8 @@ class WebLimits:
     queue_size: int = 32  # requests that may wait; more are refused at once with a message
     keep_seconds: int = 3600  # uploads, result files and a closed page's state are deleted after this
     max_pages: int = 64  # pages whose inversions the server keeps (the least recently used are dropped)
+
+    @property
+    def upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes (a MB is 2**20, as Gradio's)."""
+        return int(self.max_upload_mb * 2**20)

@@ -102,8 +102,7 @@ def read_upload(photo: Image.Image | str | Path | None, limits: WebLimits) -> Im
     if isinstance(photo, (str, Path)) and not Path(photo).exists():  # (the page still shows it)
         raise ImageReadError("the uploaded file", f"is no longer on the server (uploads are deleted "
                              f"{limits.keep_seconds // 60} minutes after they are made): upload it again")
-    limit = limits.max_upload_mb * 2**20
-    if isinstance(photo, (str, Path)) and Path(photo).is_file() and Path(photo).stat().st_size > limit:
+    if isinstance(photo, (str, Path)) and Path(photo).is_file() and Path(photo).stat().st_size > limits.upload_bytes:
         size = Path(photo).stat().st_size / 2**20
         raise ImageReadError("the uploaded file", f"is {size:.1f} MB; this server takes photos up to "
                              f"{limits.max_upload_mb:g} MB")
