@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,9 +332,9 @@ def test_a_host_or_port_the_page_cannot_listen_on_is_named_before_loading(capsys
     assert "--content-rows: content rows must be [top, bottom] fractions" in capsys.readouterr().err
 
 
-def serve_until_ctrl_c(monkeypatch, *args: str):
-    """``hyperinverter web *args`` over a page of one file field, stopped by Ctrl-C once it serves: (its status,
-    the page)."""
+def serve_until_ctrl_c(monkeypatch, *args: str, while_served=lambda page: None):
+    """``hyperinverter web *args`` over a page of one file field, stopped by Ctrl-C once it serves, after
+    ``while_served(page)``: (its status, the page)."""
     import socket
     import types
 
@@ -353,6 +354,7 @@ def serve_until_ctrl_c(monkeypatch, *args: str):
         return app
 
     def ctrl_c(seconds):
+        while_served(served[0])
         raise KeyboardInterrupt
 
     monkeypatch.setattr(web, "build_app", page)
@@ -369,7 +371,51 @@ def test_the_upload_limit_may_be_a_fraction_of_a_megabyte(monkeypatch):
     # `web --max-upload-mb 0.5` stopped as it started the page: Gradio read the "0.5mb" it was given as 0 of a unit
     # ".5MB" ("Invalid file size unit: .5MB"). It is given bytes.
     status, page = serve_until_ctrl_c(monkeypatch, "--max-upload-mb", "0.5")
-    assert status == 130 and page.max_file_size == 2**19
+    assert status == 130 and page.max_file_size == 2**20  # (Gradio's: twice the page's, as below)
+
+
+def test_a_photo_over_the_upload_limit_gets_the_page_s_message_and_a_huge_one_is_not_stored(monkeypatch):
+    # Gradio's limit was the page's, so a larger photo got only Gradio's toast ('File(s) exceed the maximum allowed
+    # size of 20.0 Mb: "big.jpg"'), never the page's message with its size. Gradio's limit is twice the page's now:
+    # a photo between them is uploaded and refused by the page's own check; a larger one is refused as it comes.
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from hyperinverter.apps.limits import WebLimits
+    from hyperinverter.apps.web import read_upload
+
+    limits = WebLimits(max_upload_mb=0.05)
+    said = {}
+
+    def upload(page, size: int):
+        boundary = uuid.uuid4().hex
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n").encode() + bytes(size) + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{page.local_url}gradio_api/upload", body,
+                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def uploads(page):
+        said["over"] = upload(page, limits.upload_bytes + 30_000)
+        if said["over"][0] == 200:  # what the page's handler gets (Gradio moves it into place just after answering)
+            deadline = time.monotonic() + 10
+            while not Path(said["over"][1][0]).is_file() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            try:
+                read_upload(said["over"][1][0], limits)
+            except ImageReadError as e:
+                said["page"] = str(e)
+        said["huge"] = upload(page, limits.transport_bytes + 1)
+
+    assert serve_until_ctrl_c(monkeypatch, "--max-upload-mb", "0.05", while_served=uploads)[0] == 130
+    assert said["over"][0] == 200, said["over"]
+    assert "is 0.1 MB; this server takes photos up to 0.05 MB" in said["page"]
+    assert said["huge"] == (413, f"File size exceeded maximum allowed size of {limits.transport_bytes} bytes.")
 
 
 def test_a_generator_alone_of_a_band_domain_is_served_on_its_rows(pipeline, tmp_path):

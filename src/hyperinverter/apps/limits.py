@@ -21,3 +21,11 @@ class WebLimits:
     def upload_bytes(self) -> int:
         """``max_upload_mb`` in bytes (a MB is 2**20, as Gradio's)."""
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def transport_bytes(self) -> int:
+        """The largest file Gradio takes (its ``max_file_size``, checked before any handler): twice the upload limit.
+        A file over the limit but under this reaches the page's own check, which says its size and the limit (at
+        the limit, Gradio's toast said only 'File(s) exceed the maximum allowed size of 20.0 Mb: "big.jpg"'); a
+        larger one is still refused before it is stored."""
+        return 2 * self.upload_bytes

@@ -275,7 +275,7 @@ def run_web(args: argparse.Namespace) -> int:
     # they end every command (130 or 143, "interrupted"), also where they come while it starts.
     try:
         app.launch(server_name=args.host, server_port=args.port, show_error=False,
-                   max_file_size=limits.upload_bytes, prevent_thread_lock=True)  # (Gradio refused "0.5mb")
+                   max_file_size=limits.transport_bytes, prevent_thread_lock=True)  # (Gradio refused "0.5mb")
         while True:
             time.sleep(3600)
     finally:
