@@ -292,7 +292,7 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     # Another folder of photos into it wrote its faces beside these, under a record naming the second folder only.
     (tmp_path / "others").mkdir()
     Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(tmp_path / "others" / "x.png")
-    with pytest.raises(InputError, match=rf"holds a dataset made with source .*photos.* \(this run: .*others"):
+    with pytest.raises(InputError, match=r"holds a dataset made with source .*photos.* \(this run: .*others"):
         write_aligned(tmp_path / "others", out, size=32, detector=TwoFaces(), progress=False)
     assert not list(out.glob("x*"))
     # The same folder, by another path to it, resumes.
