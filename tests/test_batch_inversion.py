@@ -174,6 +174,30 @@ def test_the_faces_of_one_photo_are_pasted_back_into_one_photo(pipeline, tmp_pat
         assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / name)), np.asarray(Image.open(edits / name)))
 
 
+def test_the_faces_of_one_photo_stay_one_photo_beside_another_folder_of_its_faces(pipeline, tmp_path, capsys):
+    # The faces were grouped by their output names: a face sharing its name with another folder's was prefixed with
+    # its folder, and `edit res other --paste-back` pasted res's two faces into two photos, one face each.
+    import shutil
+
+    photo = tmp_path / "group.png"
+    hostile.photo(0, (200, 160)).save(photo)
+    invert_files(pipeline, [photo], tmp_path / "res", detector=TwoFaces(), progress=False)
+    (tmp_path / "other").mkdir()
+    shutil.copy(tmp_path / "res" / "group-face0.safetensors", tmp_path / "other")
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
+                   tmp_path / "dir.safetensors")
+    assert main(["edit", str(tmp_path / "res"), str(tmp_path / "other"), "--model", str(tmp_path / "model"),
+                 "--direction", str(tmp_path / "dir.safetensors"), "--strength", "3", "--paste-back",
+                 "--out", str(tmp_path / "edits"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    photos = sorted(p.name for p in (tmp_path / "edits").glob("*_photo.png"))
+    assert photos == ["other_group_dir_+3_photo.png", "res_group_dir_+3_photo.png"]
+    one = np.asarray(Image.open(tmp_path / "edits" / photos[0])).astype(int)
+    both = np.asarray(Image.open(tmp_path / "edits" / photos[1])).astype(int)
+    assert (np.abs(both - one).sum(-1) > 0).any()  # res's photo has its second face edited too
+
+
 def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_path, capsys):
     # `edit` redid every input when run again; now it skips the inputs whose edits it would make again.
     photo = tmp_path / "group.png"

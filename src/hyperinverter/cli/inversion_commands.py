@@ -364,10 +364,10 @@ def run_edit(args: argparse.Namespace) -> int:
 
 def _photo_groups(named: list[tuple[Path, str]]) -> list[tuple[str, str | None, list[tuple[Path, str]]]]:
     """``edit --paste-back``'s inputs (path, output name) as (the pasted photos' name, the photo, its faces): the
-    inversion files of aligned faces of one photo, named as `invert` names them (``NAME-faceI``), are one group, in
-    the order of their faces in the photo (the input order among equals), so that a later face's crop goes over an
-    earlier one's. Any other input (an image, a file without a placement or that cannot be read) is a group of its
-    own, with no photo: it fails, saying why, when it is edited. The photos' names are all different."""
+    inversion files of aligned faces of one photo in one folder, named as `invert` names them (``NAME-faceI``), are
+    one group, in the order of their faces in the photo (the input order among equals), so that a later face's crop
+    goes over an earlier one's. Any other input (an image, a file without a placement or that cannot be read) is a
+    group of its own, with no photo: it fails, saying why, when it is edited. The photos' names are all different."""
     from ..errors import InputError
     from ..inversion.batch import FACE_NUMBER
     from ..inversion.files import read_inversion_record
@@ -384,12 +384,14 @@ def _photo_groups(named: list[tuple[Path, str]]) -> list[tuple[str, str | None, 
             groups[order] = (None, [(0, order, path, name)])
             continue
         index = record["picture"]["index"] if record["picture"] else 0
-        groups.setdefault((record["source"], FACE_NUMBER.sub("", name)), (record["source"], []))[1].append(
-            (index, order, path, name))
+        # By the files' own folder and name: by their output names, the faces that share theirs with a face of
+        # another folder (prefixed with their folder) made a photo of their own, without the photo's other faces.
+        photo = path.parent / FACE_NUMBER.sub("", path.stem)
+        groups.setdefault((record["source"], photo), (record["source"], []))[1].append((index, order, path, name))
     result, taken = [], set()
-    for key, (source, faces) in groups.items():
+    for source, faces in groups.values():
         faces.sort()
-        name = key[1] if source is not None else faces[0][3]
+        name = FACE_NUMBER.sub("", faces[0][3]) if source is not None else faces[0][3]
         candidate, k = name, 1
         while candidate in taken:  # (one name of two photos: x.safetensors of one, x-face0 of another)
             k += 1
