@@ -390,6 +390,10 @@ def test_training_on_a_dataset_whose_writing_stopped_says_so(tmp_path, monkeypat
     assert sources.unfinished_dataset(folder)
     assert "its writing by `hyperinverter data` stopped before the end; this run trains on what was written (3 " \
            "training images)" in caplog.text
+    caplog.clear()  # a generator trains on every image (split "all"): it was told nothing
+    with caplog.at_level("WARNING"):
+        load_split(cfg, 32, 1, "all")
+    assert "stopped before the end; this run trains on what was written (3 training images)" in caplog.text
 
 
 def test_a_source_replaced_under_its_name_is_done_again(tmp_path):

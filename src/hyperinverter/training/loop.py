@@ -229,14 +229,14 @@ class TrainingResult:
 
 
 def load_split(cfg: RunConfig, resolution: int, channels: int, split: str):
-    """The ``train`` or ``val`` split of ``cfg.data`` as uint8 ``[N,C,R,R]`` (or streamed, see ``preload``)."""
+    """The ``train``, ``val`` or ``all`` split of ``cfg.data`` as uint8 ``[N,C,R,R]`` (or streamed, see ``preload``)."""
     from ..data.folder import ImageFolderDataset
     from ..data.sources import unfinished_dataset
 
     dataset = ImageFolderDataset(cfg.data, resolution=resolution, channels=channels, split=split,
                                  val_fraction=cfg.val_fraction, seed=cfg.seed, content_rows=cfg.content_rows)
     logger.info("%s images: %s", split, dataset)
-    if split == "train" and unfinished_dataset(cfg.data):
+    if split != "val" and unfinished_dataset(cfg.data):  # ("all": a generator's, which trains on every image)
         logger.warning("%s: its writing by `hyperinverter data` stopped before the end; this run trains on what "
                        "was written (%d training images): run the same `data` command again to complete it", cfg.data,
                        len(dataset))
