@@ -681,6 +681,24 @@ def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, 
     assert lock.read_text() == "my notes"
 
 
+def test_a_folder_on_a_file_system_that_does_not_lock_is_written_unlocked(pipeline, tmp_path, monkeypatch, caplog):
+    # NFS without its lock daemon refuses flock: every invert, edit, restore and generate --outdir into it ended
+    # with "error: no locks available", naming no file, and left the lock file behind.
+    import errno
+    import fcntl
+
+    def flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    photos, out = write_photos(tmp_path / "photos", 1), tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert len(invert_files(pipeline, photos, out, progress=False).written) == 1
+    assert f"{out}: cannot be locked (no locks available): nothing keeps another process from writing results" \
+           in caplog.text
+    assert not (out / files.OUTPUT_LOCK).exists()
+
+
 def test_a_work_folder_in_use_is_refused(tmp_path):
     # Two evaluations (benchmarks, labellings) into one OUT wrote the same records, and the first to finish
     # removed the other's.

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -25,7 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputError, describe_os_error
+
+logger = logging.getLogger(__name__)
 
 PIPELINE_INDEX = "pipeline.json"
 PIPELINE_FORMAT = "hyperinverter-pipeline"
@@ -194,7 +197,8 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iter
 
     An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
     never leaves a stale lock. Its holder may delete the file while it holds it (a work folder removed once its
-    results are written). Where ``fcntl`` does not exist (Windows), nothing is locked.
+    results are written). Where ``fcntl`` does not exist (Windows), or the file system does not lock (NFS without
+    its lock daemon), nothing is locked, with a warning.
     """
     try:
         import fcntl
@@ -211,6 +215,12 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iter
             os.close(fd)
             raise OutputError(folder or path.parent, f"is in use: another process is {what} there (pid "
                               f"{holder or '?'}); wait for it to end, or give another folder") from None
+        except OSError as e:  # (it was an error naming no file, "no locks available", and no command could write there)
+            os.close(fd)
+            logger.warning("%s: cannot be locked (%s): nothing keeps another process from %s there at the same time",
+                           folder or path.parent, describe_os_error(OSError(e.errno, e.strerror)), what)
+            yield
+            return
         if _identity(path) == _identity(fd):
             break
         os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
