@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,7 +252,7 @@ def test_a_dataset_folder_in_use_is_refused(odd_folder, tmp_path, monkeypatch, c
     assert lock.read_text() == "my notes" and not (out / "000001.png").exists()
 
 
-def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, capsys):
+def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, capsys, monkeypatch):
     # A user's own face domain: every face of every photo, framed as `invert --align` frames photos.
     from hyperinverter.apps import SAMPLES_DIR
     from hyperinverter.cli.main import main
@@ -298,6 +299,18 @@ def test_photos_are_aligned_into_training_data_every_face_and_resume(tmp_path, c
     # The same folder, by another path to it, resumes.
     assert write_aligned(photos / ".." / photos.name, out, size=32, detector=TwoFaces(), progress=False)[1] == 2
     assert (out / "trip" / "pair-face0.png").stat().st_mtime_ns == before
+    # A source named relatively was recorded so: `photos` of another current folder was taken for it, and wrote
+    # its faces beside these; the same folder named from elsewhere resumes.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "photos").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(elsewhere / "photos" / "y.png")
+    monkeypatch.chdir(tmp_path)
+    assert write_aligned(Path("photos"), tmp_path / "rel", size=32, detector=TwoFaces(), progress=False)[1] == 2
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(InputError, match=rf"holds a dataset made with source '{tmp_path / 'photos'}' \(this run: "):
+        write_aligned(Path("photos"), tmp_path / "rel", size=32, detector=TwoFaces(), progress=False)
+    assert not list((tmp_path / "rel").glob("y*"))
+    assert write_aligned(Path("../photos"), tmp_path / "rel", size=32, detector=TwoFaces(), progress=False)[1] == 2
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match="not this dataset's"):
