@@ -247,6 +247,23 @@ def test_folder_entries_passed_over_without_a_word_are_reported(world, tmp_path,
     assert (tmp_path / "out" / "good.safetensors").is_file()
 
 
+def test_edit_reports_a_folder_s_broken_links_to_inversion_files(world, tmp_path, capsys):
+    # A folder whose inversion files were all broken links was read for its photos, and the links passed over.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    hostile.photo(0).save(folder / "good.png")
+    (folder / "gone.safetensors").symlink_to(tmp_path / "moved.safetensors")
+    result = cli(capsys, "edit", folder, "--model", world.model, "--direction", world.direction, "--strength", "1",
+                 "--out", tmp_path / "edits", "--device", "cpu")
+    assert result.code == 1 and "1 failed" in result.out
+    assert f"failed: {folder / 'gone.safetensors'}: is a broken symbolic link" in result.err
+    assert (tmp_path / "edits" / "good_up_+1.png").is_file()
+    (folder / "good.png").unlink()  # (nothing else in it: the link alone fails, as a folder of them does)
+    result = cli(capsys, "edit", folder, "--model", world.model, "--direction", world.direction, "--strength", "1",
+                 "--out", tmp_path / "edits2", "--device", "cpu")
+    assert result.code == 1 and f"failed: {folder / 'gone.safetensors'}: is a broken symbolic link" in result.err
+
+
 def test_a_folder_that_cannot_be_entered_or_listed_fails_alone(world, tmp_path, capsys, monkeypatch):
     # A folder that may be listed but not entered (mode r--, for anyone but root) ended the whole run ("error:
     # in/locked/hidden.png: permission denied", exit 2), and so did a folder whose listing failed for another cause.

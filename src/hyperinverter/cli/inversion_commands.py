@@ -513,14 +513,16 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> tuple[list[Path], list
             files.append(path)
             continue
         # (a broken link, or a folder that may not be listed, fails as an input of its own, as in invert)
-        found = find_images([path], skip=[out], suffixes=[".safetensors"])
-        if not found.paths:
-            found = find_images([path], skip=[out])
-        if not found.paths and not found.problems:
+        inversions = find_images([path], skip=[out], suffixes=[".safetensors"])
+        found = inversions if inversions.paths else find_images([path], skip=[out])
+        # A folder's broken links to inversion files fail too where its photos are taken (they were passed over).
+        reported = {str(e) for e in found.problems}
+        failed = found.problems + [e for e in inversions.problems if str(e) not in reported]
+        if not found.paths and not failed:
             raise InputError(path, f"holds no inversion files (.safetensors, written by `invert`) and "
                              f"{no_images_error([path]).cause}")
         files += found.paths
-        problems += found.problems
+        problems += failed
     return files, problems
 
 
