@@ -42,9 +42,9 @@ def in_val_split(relatives: list[str], val_fraction: float, seed: int) -> list[b
     return in_val
 
 
-def _distinct_contents(files: list[Path], root: Path) -> list[Path]:
+def _distinct_contents(files: list[Path], root: Path, *, log: bool = True) -> list[Path]:
     """``files`` less the byte-identical copies of an earlier one (under another name: a link is caught by the
-    listing), logged with their count: the split hashes names, so two copies fell in both splits, and an image
+    listing), logged with their count (``log``): the split hashes names, so two copies fell in both splits, and an image
     trained on was validated on. Sizes first; only files of a size shared are hashed (an unreadable one is kept, for
     reading to report)."""
     sizes: dict[Path, int | None] = {}
@@ -60,7 +60,7 @@ def _distinct_contents(files: list[Path], root: Path) -> list[Path]:
         if digest is None or digest not in seen:
             seen.add(digest)
             kept.append(path)
-    if len(kept) < len(files):
+    if log and len(kept) < len(files):
         logger.warning("%s: %d image(s) are byte-identical copies of another under another name; each is used once, "
                        "so that no image is both trained and validated on", root, len(files) - len(kept))
     return kept
@@ -92,7 +92,8 @@ class ImageFolderDataset(Dataset):
         # or ended the run) is a problem, logged and left out.
         found = find_images([self.root])
         self.problems: list[ImageReadError] = found.problems
-        for problem in self.problems:
+        told = split != "val"  # (a run lists the folder for its training split too, which says it: once is enough)
+        for problem in self.problems if told else ():
             logger.warning("skipping %s", problem)
         files = found.paths
         unlisted = [e for e in self.problems if e.source is not None and Path(e.source) == self.root]
@@ -101,7 +102,7 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise FileNotFoundError(f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) under it")
         if split != "all" and val_fraction > 0:
-            files = _distinct_contents(files, self.root)
+            files = _distinct_contents(files, self.root, log=told)
         if split != "all":
             in_val = in_val_split([p.relative_to(self.root).as_posix() for p in files], val_fraction, seed)
             chosen = [p for p, is_val in zip(files, in_val) if is_val == (split == "val")]
