@@ -681,6 +681,29 @@ def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, 
     assert lock.read_text() == "my notes"
 
 
+def test_the_ranks_of_one_torchrun_job_share_its_results_folder(pipeline, tmp_path, monkeypatch):
+    # Only rank 0 held the folder: another rank wrote its share into a folder another run held, and rank 0, done
+    # first, removed the lock while the other ranks still wrote.
+    from hyperinverter.errors import OutputError
+
+    photos, out = write_photos(tmp_path / "photos", 2), tmp_path / "out"
+    lock, in_use = out / files.OUTPUT_LOCK, "out: is in use: another process is writing results there"
+    with files.output_folder(out):  # another run holds it
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(OutputError, match=in_use):
+            invert_files(pipeline, photos, out, progress=False, shard=True)
+    assert list(out.iterdir()) == []
+    with files.output_folder(out, shared=True):  # rank 0, still writing
+        assert len(invert_files(pipeline, photos, out, progress=False, shard=True).written) == 1  # rank 1's share
+        assert lock.exists()  # (rank 1 ended first: the lock stays with rank 0)
+        monkeypatch.delenv("WORLD_SIZE")
+        monkeypatch.delenv("RANK")
+        with pytest.raises(OutputError, match=in_use + "; wait"):  # another run, while the job writes
+            invert_files(pipeline, photos, out, progress=False)
+    assert not lock.exists()  # gone with the last of the job's ranks
+
+
 def test_a_folder_on_a_file_system_that_does_not_lock_is_written_unlocked(pipeline, tmp_path, monkeypatch, caplog):
     # NFS without its lock daemon refuses flock: every invert, edit, restore and generate --outdir into it ended
     # with "error: no locks available", naming no file, and left the lock file behind.

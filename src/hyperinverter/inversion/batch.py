@@ -237,7 +237,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     """
     batch_size = check_batch_size(batch_size)
     out_dir = Path(out_dir)
-    with output_folder(out_dir, lock=not shard or rank_shard([])[1] == 0):  # (another run: refused; rank 0 holds it)
+    with output_folder(out_dir, shared=shard and rank_shard([])[2] > 1):  # (another run: refused; its ranks share it)
         paths = list(inputs)
         names = output_stems(paths)  # over all files, so that every rank names a file the same way
         pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)

@@ -133,24 +133,20 @@ OUTPUT_LOCK = ".hyperinverter.lock"
 
 
 @contextlib.contextmanager
-def output_folder(out_dir: str | os.PathLike, *, lock: bool = True) -> Iterator[Path]:
+def output_folder(out_dir: str | os.PathLike, *, shared: bool = False) -> Iterator[Path]:
     """The folder a command writes its results into, for the block: created if needed, an ``OutputError`` if it is a
     file or cannot be written (:func:`check_output_folder`), cleared of the hidden temporaries a killed run of ours
     left there (nothing else), and held: another process writing results there is an ``OutputError`` naming the
-    folder (two runs with other options into one folder mixed their files). ``lock=False``: not held (a torchrun
-    rank other than 0, whose rank 0 holds it).
+    folder (two runs with other options into one folder mixed their files). ``shared``: held with the other
+    processes of one run that hold it shared (the ranks of a torchrun job), and against every other run.
 
     The lock is :func:`exclusive_lock` on ``OUTPUT_LOCK`` in the folder, which the kernel releases however the
-    process ends: a file left by a killed run does not block (it holds a process id and nothing else), and goes at
-    the end, as the file this run made does. A file of that name that is not one of these is refused (the lock
-    would write into it), and stays as it was.
+    process ends: a file left by a killed run does not block (it holds a process id or nothing), and goes at the end
+    with the last holder, as the file this run made does. A file of that name that is not one of these is refused
+    (the lock would write into it), and stays as it was.
     """
     out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not lock:
-        remove_stale_temporaries(out_dir)
-        yield out_dir
-        return
     path = out_dir / OUTPUT_LOCK
     try:  # (a run of ours leaves a process id there, or nothing if it was killed before writing it)
         ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 32
@@ -159,12 +155,9 @@ def output_folder(out_dir: str | os.PathLike, *, lock: bool = True) -> Iterator[
         ours = False
     if not ours:
         raise OutputError(path, "is not a lock file of hyperinverter's, whose name it has: move it away")
-    with exclusive_lock(path, what="writing results", folder=out_dir):
-        try:
-            remove_stale_temporaries(out_dir)
-            yield out_dir
-        finally:  # (removed while held: a run that opened it meanwhile locks the one there then, see exclusive_lock)
-            path.unlink(missing_ok=True)
+    with exclusive_lock(path, what="writing results", folder=out_dir, shared=shared, remove=True):
+        remove_stale_temporaries(out_dir)
+        yield out_dir
 
 
 _UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f/\\:*?"<>|]+')
@@ -191,9 +184,12 @@ def check_outside(path: str | os.PathLike, folder: str | os.PathLike, *, why: st
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iterator[None]:
+def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared: bool = False,
+                   remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created with its folder if needed) for the block; if another process
     holds it, an ``OutputError`` on ``folder`` (default: the lock's) that names ``what`` it is doing and its pid.
+    ``shared``: a lock held with the other processes that hold it shared (the ranks of one torchrun job), and
+    against any exclusive one. ``remove``: the file goes at the end, by its last holder.
 
     An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
     never leaves a stale lock. Its holder may delete the file while it holds it (a work folder removed once its
@@ -209,27 +205,41 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None) -> Iter
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise OutputError(folder or path.parent, f"is in use: another process is {what} there (pid "
-                              f"{holder or '?'}); wait for it to end, or give another folder") from None
+            raise OutputError(folder or path.parent, f"is in use: another process is {what} there"
+                              f"{f' (pid {holder})' if holder else ''}; wait for it to end, or give another "
+                              "folder") from None
         except OSError as e:  # (it was an error naming no file, "no locks available", and no command could write there)
             os.close(fd)
             logger.warning("%s: cannot be locked (%s): nothing keeps another process from %s there at the same time",
                            folder or path.parent, describe_os_error(OSError(e.errno, e.strerror)), what)
-            yield
+            try:
+                yield
+            finally:
+                if remove:  # (it was made above)
+                    path.unlink(missing_ok=True)
             return
         if _identity(path) == _identity(fd):
             break
         os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
+        if not shared:  # who holds it, for the message above (the holders of a shared lock would mix theirs)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # (releases the lock)
+        try:
+            if remove:  # (by the last holder: a shared one takes it whole first, which fails while another holds it)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _identity(path) == _identity(fd):
+                    path.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # (releases the lock)
 
 
 def special_file_kind(path: str | os.PathLike) -> str | None:
