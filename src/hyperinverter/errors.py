@@ -62,14 +62,15 @@ class NonFiniteError(InputError):
     """A computation produced NaN or infinite values (bad weights, or a bad option such as ``--trunc nan``)."""
 
 
-def describe_os_error(error: OSError) -> str:
-    """``[Errno 13] Permission denied: 'x'`` -> ``x: permission denied`` (the file first, as our errors are)."""
+def describe_os_error(error: OSError, *, with_file: bool = True) -> str:
+    """``[Errno 13] Permission denied: 'x'`` -> ``x: permission denied`` (the file first, as our errors are), or
+    ``permission denied`` without ``with_file`` (where the message names the file already)."""
     cause = (error.strerror or str(error)).rstrip(".")
     if not cause[1:2].isupper():  # (an acronym keeps its case: 'LPIPS ...' became 'lPIPS ...')
         cause = cause[:1].lower() + cause[1:]
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         cause += " (free some space and run the command again: a batch command resumes where it stopped)"
-    if error.filename is None:
+    if error.filename is None or not with_file:
         return cause
     target = f" -> {os.fsdecode(error.filename2)}" if error.filename2 is not None else ""
     return f"{os.fsdecode(error.filename)}{target}: {cause}"

@@ -215,7 +215,7 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared:
         except OSError as e:  # (it was an error naming no file, "no locks available", and no command could write there)
             os.close(fd)
             logger.warning("%s: cannot be locked (%s): nothing keeps another process from %s there at the same time",
-                           folder or path.parent, describe_os_error(OSError(e.errno, e.strerror)), what)
+                           folder or path.parent, describe_os_error(e, with_file=False), what)
             try:
                 yield
             finally:

@@ -613,20 +613,15 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
                         look_at(q, inside)
                     except OSError as e:  # (in a folder that may be listed but not entered: it ended the run)
                         if q.suffix.lower() in suffixes:
-                            problems.append(ImageReadError(q, _os_cause(e)))
+                            problems.append(ImageReadError(q, describe_os_error(e, with_file=False)))
             elif p.exists():
                 take(p)
             else:
                 problems.append(ImageReadError(p, "is a broken symbolic link" if p.is_symlink() else "no such file or "
                                                "folder"))
         except OSError as e:
-            problems.append(ImageReadError(p, _os_cause(e)))
+            problems.append(ImageReadError(p, describe_os_error(e, with_file=False)))
     return FoundImages(paths, problems)
-
-
-def _os_cause(error: OSError) -> str:
-    """``[Errno 13] Permission denied: 'x'`` -> ``permission denied`` (the message names the file already)."""
-    return describe_os_error(OSError(error.errno, error.strerror or str(error)))
 
 
 def _entries_under(folder: Path, problems: list[ImageReadError], skip: Sequence[Path] = ()) -> list[Path]:
@@ -641,8 +636,9 @@ def _entries_under(folder: Path, problems: list[ImageReadError], skip: Sequence[
             with os.scandir(current) as listing:
                 found = list(listing)
         except OSError as e:
-            problems.append(ImageReadError(current, f"is a folder that cannot be read ({_os_cause(e)}): its images "
-                                           "are left out"))
+            cause = describe_os_error(e, with_file=False)
+            problems.append(ImageReadError(current, f"is a folder that cannot be read ({cause}): its images are left "
+                                           "out"))
             continue
         for entry in found:
             path = current / entry.name
