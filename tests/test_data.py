@@ -13,6 +13,7 @@ from PIL import Image
 import hostile
 from hyperinverter.data.folder import ImageFolderDataset
 from hyperinverter.data.sources import DCGANFaceGenerator, _read_idx, fashion32
+from hyperinverter.io.files import sha256_of
 from hyperinverter.training.run import preload_uint8
 
 
@@ -457,11 +458,15 @@ def test_a_file_reached_under_two_names_is_one_image(tmp_path):
     assert not {p.resolve() for p in train.files} & {p.resolve() for p in val.files}
 
 
-def test_byte_identical_copies_are_one_image(tmp_path, caplog):
+def test_byte_identical_copies_are_one_image(tmp_path, caplog, monkeypatch):
     # Copies under other names (not links) fell in both splits, by their names' hashes: validated on what trained.
+    from hyperinverter.data import folder
+
     for i in range(12):
         Image.new("L", (4, 4), i).save(tmp_path / f"{i:03d}.png")
         (tmp_path / f"copy{i:03d}.png").write_bytes((tmp_path / f"{i:03d}.png").read_bytes())
+    read = []
+    monkeypatch.setattr(folder, "sha256_if_readable", lambda path: read.append(path) or sha256_of(path))
     with caplog.at_level(logging.WARNING):
         train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=0.3)
         val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=0.3)
@@ -469,6 +474,7 @@ def test_byte_identical_copies_are_one_image(tmp_path, caplog):
     assert len(train) + len(val) == 12 and not contents[0] & contents[1]
     assert all(not p.name.startswith("copy") for p in train.files + val.files)  # the first by name is kept
     assert caplog.text.count("12 image(s) are byte-identical copies of another under another name") == 1  # (train's)
+    assert len(read) == len(set(read)) == 24  # each file read once for both splits (they were read for each)
     assert len(ImageFolderDataset(tmp_path, resolution=4, channels=1, split="all")) == 24  # (no split: all read)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import Counter
@@ -47,16 +48,18 @@ def _distinct_contents(files: list[Path], root: Path, *, log: bool = True) -> li
     listing), logged with their count (``log``): the split hashes names, so two copies fell in both splits, and an image
     trained on was validated on. Sizes first; only files of a size shared are hashed (an unreadable one is kept, for
     reading to report)."""
-    sizes: dict[Path, int | None] = {}
+    stats: dict[Path, tuple[int, int] | None] = {}
     for path in files:
         try:
-            sizes[path] = path.stat().st_size
+            stat = path.stat()
+            stats[path] = (stat.st_size, stat.st_mtime_ns)
         except OSError:
-            sizes[path] = None
-    shared = Counter(size for size in sizes.values() if size is not None)
+            stats[path] = None
+    shared = Counter(stat[0] for stat in stats.values() if stat is not None)
     kept, seen = [], set()
     for path in files:  # (sorted: the first copy by name is the one kept, whatever the order files were copied in)
-        digest = sha256_if_readable(path) if sizes[path] is not None and shared[sizes[path]] > 1 else None
+        stat = stats[path]
+        digest = _content_digest(path, *stat) if stat is not None and shared[stat[0]] > 1 else None
         if digest is None or digest not in seen:
             seen.add(digest)
             kept.append(path)
@@ -64,6 +67,13 @@ def _distinct_contents(files: list[Path], root: Path, *, log: bool = True) -> li
         logger.warning("%s: %d image(s) are byte-identical copies of another under another name; each is used once, "
                        "so that no image is both trained and validated on", root, len(files) - len(kept))
     return kept
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _content_digest(path: Path, size: int, mtime_ns: int) -> str | None:
+    """A file's sha256 as of its size and time (a run lists its folder for its training and its validation split:
+    each file is read once)."""
+    return sha256_if_readable(path)
 
 
 class ImageFolderDataset(Dataset):
