@@ -112,7 +112,8 @@ def write_samples(
     from .pipeline import ensure_finite
     from .progress import progress_bar
 
-    with output_folder(out_dir) as out_dir:  # (another run writing into it is refused)
+    out_dir = Path(out_dir)
+    with output_folder(out_dir):  # (another run writing into it is refused)
         # (the draw: files written when seeds were drawn with torch, of other latents, were kept as done on a re-run)
         made_by = fingerprint_of([generator_fingerprint(G), truncation_psi, noise_mode, "z: nvidia"])
         made = {seed: fingerprint_of([made_by, seed]) for seed in seeds}

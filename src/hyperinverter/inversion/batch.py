@@ -239,7 +239,8 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     paths = list(inputs)
     names = output_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
-    with output_folder(out_dir, shared=world > 1) as out_dir:  # (another run: refused; a job's ranks share it)
+    out_dir = Path(out_dir)
+    with output_folder(out_dir, shared=world > 1):  # (another run: refused; a job's ranks share it)
         report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
         inverter = pipe.inverter(method)
         inverter.check_options(options or {})  # a bad option fails now, not after the first batch is read
