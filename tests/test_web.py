@@ -82,6 +82,31 @@ def test_every_face_is_aligned_and_edits_paste_back(session, pipeline):
         session.edit(items[0], "smile", 1.0)
 
 
+def test_every_face_of_a_group_photo_is_edited_alike(session, pipeline):
+    # The page pasted back only the face picked in its menu; `edit --paste-back` pastes every face of a photo.
+    from hyperinverter.align import paste_back_placements
+    from hyperinverter.io.images import tensor_to_pil
+
+    picture = photo()
+    items = session.invert(picture, align=True, name="group photo.jpg")
+    assert [it.photo_stem for it in items] == ["group-photo_hyperinverter"] * 2
+    edits = [pipeline.edit(it.result, session.directions["up"], 2.0) for it in items]
+    row = session.edit_faces(items, "up", 2.0)
+    assert np.array_equal(np.asarray(row), np.asarray(session.to_display(torch.cat(edits))))
+    pasted = session.edit_faces(items, "up", 2.0, paste_back=True)
+    faces = [tensor_to_pil(e)[0].convert("RGB") for e in edits]
+    expected = paste_back_placements(picture, faces, [it.placement for it in items])
+    assert np.array_equal(np.asarray(pasted), np.asarray(expected))
+    changed = np.abs(np.asarray(pasted, dtype=int) - np.asarray(picture, dtype=int)).sum(axis=2) > 0
+    assert changed[250, 200] and changed[300, 600] and not changed[5, 5]  # both faces, not the corner
+    one = np.abs(np.asarray(session.edit(items[0], "up", 2.0, paste_back=True), dtype=int)
+                 - np.asarray(picture, dtype=int)).sum(axis=2) > 0
+    assert not one[300, 600]
+    other = session.invert(photo(seed=5), align=True)
+    with pytest.raises(ValueError, match="come from different photos"):
+        session.edit_faces([items[0], other[1]], "up", 2.0, paste_back=True)
+
+
 def test_the_second_photo_is_its_largest_face(pipeline):
     # Every face of the second photo was inverted (a W optimisation each, on a group photo) and the leftmost used;
     # `swap` takes the largest, as the page does now.
@@ -496,7 +521,7 @@ def test_what_the_web_fuzzing_pass_found(pipeline, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(WebSession, "edit", broken)
+    monkeypatch.setattr(WebSession, "edit_faces", broken)
     (image, _), said = warned(lambda: handlers["on_edit"](name, state, None, "principal direction 1", 1.0, False))
     assert image is None and said == ["Internal error (RuntimeError); the server log has the details."]
     # An upload the server has deleted by now.

@@ -241,6 +241,15 @@ def test_a_photo_of_two_people_gives_two_faces_to_choose_from(server, browser, t
     assert driver.find_element(By.CSS_SELECTOR, "#face input").get_attribute("value") == "face 1 of 2 (from the left)"
     choose(driver, "#face", "face 2 of 2 (from the left)")
     wait(driver, lambda d: (src := image_src(d, "#compare")) and src != first, "the second face's comparison")
+    # Pasted back: the face picked alone, then every face of the photo in one picture.
+    wait(driver, lambda d: "face2" in (image_src(d, "#edited") or ""), "the second face's edit")
+    driver.find_element(By.CSS_SELECTOR, "#paste input").click()
+    one = wait(driver, lambda d: (src := image_src(d, "#edited")) and "face2" in src and "_photo" in src and src,
+               "the second face pasted back")
+    driver.find_element(By.CSS_SELECTOR, "#every-face input").click()
+    both = wait(driver, lambda d: (src := image_src(d, "#edited")) and "face" not in src.rsplit("/", 1)[-1]
+                and "_photo" in src and src, "every face pasted back")
+    assert "two-people_hyperinverter_" in both and both != one
 
 
 def test_a_slow_method_shows_progress_and_cancels(server, browser):

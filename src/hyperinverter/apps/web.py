@@ -88,6 +88,7 @@ class WebInversion:
     # a user's state stays small), or the image itself when the caller gave one.
     photo: Image.Image | str | None = None
     placement: dict | None = None
+    photo_stem: str = ""  # what downloads made from every face of its photo are called (default: ``stem``)
 
 
 def _safe_stem(name: str) -> str:
@@ -217,7 +218,8 @@ class WebSession:
             file_stem = f"{stem}_face{i + 1}_{method}" if p.placement and n > 1 else f"{stem}_{method}"
             source = str(photo) if isinstance(photo, (str, Path)) else image
             items.append(WebInversion(label, file_stem, batch[i : i + 1], result.select(i), method,
-                                      result.seconds / n, source if p.placement else None, p.placement))
+                                      result.seconds / n, source if p.placement else None, p.placement,
+                                      f"{stem}_{method}"))
         return items
 
     def to_display(self, images: torch.Tensor) -> Image.Image:
@@ -237,16 +239,26 @@ class WebSession:
 
     def edit(self, item: WebInversion, direction: str, strength: float, *, paste_back: bool = False) -> Image.Image:
         """The edited image (the codes move, Δθ is reused); pasted back into the photo if asked and aligned."""
+        return self.edit_faces([item], direction, strength, paste_back=paste_back)
+
+    def edit_faces(self, items: Sequence[WebInversion], direction: str, strength: float, *,
+                   paste_back: bool = False) -> Image.Image:
+        """Faces of one photo (``invert``'s items) edited alike: in a row, or, if asked and aligned, all pasted back
+        into their photo, as ``hyperinverter edit --paste-back`` pastes a group photo's faces."""
         if direction not in self.directions:
             raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
-        edited = self.pipe.edit(item.result, self.directions[direction], strength)
-        photo = self._photo_to_paste_into(item) if paste_back else None
+        if not items:
+            raise ValueError("no faces to edit")
+        if any(it.photo is not items[0].photo and it.photo != items[0].photo for it in items):
+            raise ValueError("the faces to edit together come from different photos")
+        edited = [self.pipe.edit(it.result, self.directions[direction], strength) for it in items]
+        photo = self._photo_to_paste_into(items[0]) if paste_back else None
         if photo is not None:
-            from ..align import paste_back_placement
+            from ..align import paste_back_placements
 
-            face = tensor_to_pil(edited.cpu())[0].convert("RGB")
-            return paste_back_placement(photo, face, item.placement)
-        return self.to_display(edited)
+            faces = [tensor_to_pil(face.cpu())[0].convert("RGB") for face in edited]
+            return paste_back_placements(photo, faces, [it.placement for it in items])
+        return self.to_display(torch.cat(edited))
 
     def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
         """The photo ``item``'s face was aligned from (read again from the upload), or None if it was not aligned."""
@@ -756,7 +768,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         chosen = session(name).directions.get(direction)
         return gr.update(**strength_slider(chosen)) if chosen is not None else gr.update()
 
-    def on_edit(name, state, label, direction, strength, paste, quiet=False):
+    def on_edit(name, state, label, direction, strength, paste, every_face=False, quiet=False):
         entry = results.entry(state, name)
         item = pick(entry, label)
         if item is None or not direction:
@@ -766,11 +778,14 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if not given_number(strength, "strength"):
             return None, token(entry)
         s = session(name)
-        image = attempt(lambda: s.edit(item, direction, strength, paste_back=paste))
+        # Every face of the photo (the faces menu's), edited alike: in a row, or pasted back into one photo.
+        faces = entry["items"] if every_face and len(entry["items"]) > 1 else [item]
+        image = attempt(lambda: s.edit_faces(faces, direction, strength, paste_back=paste))
         if image is None:
             return None, token(entry)
+        stem = item.stem if len(faces) == 1 else item.photo_stem or item.stem
         suffix = "_photo" if paste and item.placement is not None else ""
-        return files.image(f"{item.stem}_{direction}{strength:+g}{suffix}", image), token(entry)
+        return files.image(f"{stem}_{direction}{strength:+g}{suffix}", image), token(entry)
 
     def on_second(name, method, photo, align, state, pivot_steps=None, steps=None):
         """The second photo inverted; the face swap of the photo before it is cleared (a click makes this one's)."""
@@ -883,7 +898,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             direction = gr.Dropdown([], label="direction", allow_custom_value=True, elem_id="direction")
             strength = handler_checked(gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength",
                                                  elem_id="strength"))
-            paste = gr.Checkbox(value=False, label="paste back into the photo")
+            with gr.Column():
+                paste = gr.Checkbox(value=False, label="paste back into the photo", elem_id="paste")
+                every_face = gr.Checkbox(value=False, label="edit every face of the photo", elem_id="every-face")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights), mix styles, swap faces")
         with gr.Row():
@@ -908,7 +925,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
                          face, status, edited, blended, mixed, result_files, start, end, photo_b, swapped]
-        edit_inputs = [model, state, face, direction, strength, paste]
+        edit_inputs = [model, state, face, direction, strength, paste, every_face]
         blend_inputs = [model, state, face, t]
         mix_inputs = [model, state, face, start, end]
         invert_outputs = [state, compare, face, status, result_files, edited, blended, mixed, swapped]
@@ -940,7 +957,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         # A direction brings its own strength (and range): the edit follows once the slider holds it.
         direction.change(on_direction, [model, direction], [strength], api_visibility="undocumented").then(
             quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
-        paste.change(quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
+        for option in (paste, every_face):
+            option.change(quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
         photo_b.change(on_second, [model, method, photo_b, align, state, *step_fields], [state, swapped],
                        api_name="second",
                        **queued).then(quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
