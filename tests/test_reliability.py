@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -191,6 +192,7 @@ def test_a_killed_invert_leaves_only_complete_pictures_and_resumes(pipeline, tmp
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"wrote {120 - len(done)} picture(s)" in again.stdout and f"{len(done)} input(s) already done" in again.stdout
+    assert f"{out}: the last process writing results there (pid {process.pid}) was killed" in again.stderr
     assert len(_outputs_are_complete(out)) == 120
     assert not (out / files.OUTPUT_LOCK).exists()  # the run that finished took the killed one's lock file away
 
@@ -623,7 +625,7 @@ def test_a_run_folder_inside_the_data_is_refused(tmp_path):
     check_outside(tmp_path / "run", data, why="")  # beside it: fine
 
 
-def test_a_run_folder_in_use_is_refused(tmp_path):
+def test_a_run_folder_in_use_is_refused(tmp_path, caplog):
     # Two processes training into one folder wrote the same checkpoints and pruned each other's.
     from hyperinverter.errors import OutputError
     from hyperinverter.training.distributed import DistributedContext
@@ -648,8 +650,18 @@ def test_a_run_folder_in_use_is_refused(tmp_path):
     finally:
         holder.kill()  # a killed holder leaves no stale lock
         holder.wait()
-    with prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()) as taken:
+    with caplog.at_level(logging.WARNING, logger="hyperinverter"), \
+            prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()) as taken:
         assert taken == run
+    # The kernel's OOM killer leaves a run no chance to report itself: the next one says that it was killed.
+    assert f"{run}: the last process training there (pid {holder.pid}) was killed before it ended" in caplog.text
+    assert not (run / "checkpoints" / ".lock").exists()
+    caplog.clear()
+    with pytest.raises(RuntimeError), prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()):
+        raise RuntimeError("a run that fails says so itself")
+    with prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()):
+        pass
+    assert "was killed" not in caplog.text and not (run / "checkpoints" / ".lock").exists()
 
 
 

@@ -189,7 +189,9 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared:
     """Hold an exclusive lock on ``path`` (created with its folder if needed) for the block; if another process
     holds it, an ``OutputError`` on ``folder`` (default: the lock's) that names ``what`` it is doing and its pid.
     ``shared``: a lock held with the other processes that hold it shared (the ranks of one torchrun job), and
-    against any exclusive one. ``remove``: the file goes at the end, by its last holder.
+    against any exclusive one. ``remove``: the file goes at the end, by its last holder, however the block ends; a
+    file found holding a process id was then left by a process killed before it could end (by the kernel for
+    memory, say), which could not report it: a warning says so.
 
     An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
     never leaves a stale lock. Its holder may delete the file while it holds it (a work folder removed once its
@@ -226,6 +228,11 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared:
             break
         os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
     try:
+        left = os.pread(fd, 32, 0).decode(errors="replace").strip() if remove else ""
+        if left.isdigit():
+            logger.warning("%s: the last process %s there (pid %s) was killed before it ended (by the kernel for "
+                           "memory, a SIGKILL, a power cut) and could not say why; the system log may "
+                           "(`journalctl -k`, `dmesg`)", folder or path.parent, what, left)
         os.ftruncate(fd, 0)
         if not shared:  # who holds it, for the message above (the holders of a shared lock would mix theirs)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -128,8 +128,8 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
 
     A folder that holds other files is refused: a run writes (and, resuming, rewrites) config.yaml, stats.jsonl,
     samples/, best/ and final/. So is a folder another process is training into (its rank 0 holds
-    ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends, and a finished run removes
-    its file).
+    ``checkpoints/.lock`` while it runs; the lock goes with the process, however it ends, and its file with it
+    unless it was killed: the next run then says so).
     """
     run_dir = Path(run_dir)
     if run_dir.is_symlink() and not run_dir.exists():  # (mkdir said "file exists")
@@ -153,7 +153,7 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
                          "more to go on with it, or a new run_dir")
     made = next((p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()), None)  # the first we make
     fresh = made is not None or not any(run_dir.iterdir())
-    held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir)
+    held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir, remove=True)
     with held if ctx.is_main else contextlib.nullcontext():
         ctx.barrier()
         try:
@@ -162,8 +162,6 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
             if fresh and ctx.is_main:
                 _remove_unstarted(run_dir, made=made)
             raise
-        if ctx.is_main:  # a finished run leaves no lock file behind (its holder may remove it while holding it)
-            (checkpoints / ".lock").unlink(missing_ok=True)
 
 
 def record_run_config(run_dir: Path, config: Any, ctx: DistributedContext, *, resumed: bool) -> None:
