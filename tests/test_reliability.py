@@ -20,7 +20,7 @@ import hostile
 from conftest import build_tiny_generator, build_tiny_pipeline
 from hyperinverter.catalogue import sha256_of
 from hyperinverter.cli.main import main
-from hyperinverter.inversion.batch import invert_files
+from hyperinverter.inversion.batch import invert_files, torchrun_job
 from hyperinverter.inversion.files import load_inversion
 from hyperinverter.io import files
 from hyperinverter.io.gan import save_gan
@@ -706,14 +706,41 @@ def test_the_ranks_of_one_torchrun_job_share_its_results_folder(pipeline, tmp_pa
         with pytest.raises(OutputError, match=in_use):
             invert_files(pipeline, photos, out, progress=False, shard=True)
     assert list(out.iterdir()) == []
-    with files.output_folder(out, shared=True):  # rank 0, still writing
+    with files.output_folder(out, job=torchrun_job()):  # rank 0, still writing
         assert len(invert_files(pipeline, photos, out, progress=False, shard=True).written) == 1  # rank 1's share
         assert lock.exists()  # (rank 1 ended first: the lock stays with rank 0)
         monkeypatch.delenv("WORLD_SIZE")
         monkeypatch.delenv("RANK")
-        with pytest.raises(OutputError, match=in_use + "; wait"):  # another run, while the job writes
+        with pytest.raises(OutputError, match=in_use + r" \(torchrun job :::2\); wait"):  # another run, meanwhile
             invert_files(pipeline, photos, out, progress=False)
     assert not lock.exists()  # gone with the last of the job's ranks
+
+
+def test_two_torchrun_jobs_do_not_share_a_results_folder(pipeline, tmp_path, monkeypatch, caplog):
+    # Every rank of every job held the folder shared: two jobs at once wrote into one folder and mixed their files.
+    from hyperinverter.errors import OutputError
+
+    photos, out = write_photos(tmp_path / "photos", 2), tmp_path / "out"
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert torchrun_job() == "127.0.0.1:29500::2"
+    with files.output_folder(out, job=torchrun_job()):  # the first job's rank 0
+        monkeypatch.setenv("MASTER_PORT", "29501")  # a second job on the same machine
+        with pytest.raises(OutputError, match=r"out: is in use: another process is writing results there \(torchrun "
+                           r"job 127.0.0.1:29500::2\); wait"):
+            invert_files(pipeline, photos, out, progress=False, shard=True)
+        monkeypatch.setenv("MASTER_PORT", "29500")
+        assert len(invert_files(pipeline, photos, out, progress=False, shard=True).written) == 1  # its own rank 1
+    assert not (out / files.OUTPUT_LOCK).exists()
+    # A job killed outright leaves its name: the next run takes the folder and says so.
+    (out / files.OUTPUT_LOCK).write_text("job 127.0.0.1:29400::2\n")
+    monkeypatch.setenv("MASTER_PORT", "29501")
+    with caplog.at_level(logging.WARNING, logger="hyperinverter"):
+        assert invert_files(pipeline, photos, out, progress=False, shard=True).ok
+    assert (f"{out}: the last process writing results there (torchrun job 127.0.0.1:29400::2) was killed"
+            in caplog.text)
+    assert not (out / files.OUTPUT_LOCK).exists()
 
 
 def test_a_folder_on_a_file_system_that_does_not_lock_is_written_unlocked(pipeline, tmp_path, monkeypatch, caplog):

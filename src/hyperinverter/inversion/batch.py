@@ -88,6 +88,14 @@ def rank_shard(items: Sequence[T], env: Mapping[str, str] | None = None) -> tupl
     return list(items[rank::world]), rank, world
 
 
+def torchrun_job(env: Mapping[str, str] | None = None) -> str:
+    """The name the ranks of one torchrun job share and two jobs at once do not: its rendezvous (``MASTER_ADDR``,
+    ``MASTER_PORT``, ``TORCHELASTIC_RUN_ID``) and ``WORLD_SIZE``. Jobs started by hand (``RANK`` and ``WORLD_SIZE``
+    alone) of one size are not told apart."""
+    env = os.environ if env is None else env
+    return ":".join(env.get(key, "") for key in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"))
+
+
 def unique_stems(paths: Sequence[Path]) -> list[str]:
     """Output names after the inputs, one per input and all different: inputs sharing a stem get their parent
     folder prefixed, and a name still taken (``x/p.png`` beside ``x_p.png``) gets ``_2``, ``_3``, ..."""
@@ -240,7 +248,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     names = output_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
     out_dir = Path(out_dir)
-    with output_folder(out_dir, shared=world > 1):  # (another run: refused; a job's ranks share it)
+    with output_folder(out_dir, job=torchrun_job() if world > 1 else None):  # (a job's ranks share it)
         report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
         inverter = pipe.inverter(method)
         inverter.check_options(options or {})  # a bad option fails now, not after the first batch is read

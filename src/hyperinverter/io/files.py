@@ -130,15 +130,17 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
 
 # Held in a results folder while a command writes into it (see output_folder).
 OUTPUT_LOCK = ".hyperinverter.lock"
+_LOCK_CONTENT = re.compile(rb"(\d*|job [^\n]{1,200})\n?")  # what exclusive_lock writes: its pid, or its job's name
 
 
 @contextlib.contextmanager
-def output_folder(out_dir: str | os.PathLike, *, shared: bool = False) -> Iterator[Path]:
+def output_folder(out_dir: str | os.PathLike, *, job: str | None = None) -> Iterator[Path]:
     """The folder a command writes its results into, for the block: created if needed, an ``OutputError`` if it is a
     file or cannot be written (:func:`check_output_folder`), cleared of the hidden temporaries a killed run of ours
     left there (nothing else), and held: another process writing results there is an ``OutputError`` naming the
-    folder (two runs with other options into one folder mixed their files). ``shared``: held with the other
-    processes of one run that hold it shared (the ranks of a torchrun job), and against every other run.
+    folder (two runs with other options into one folder mixed their files). ``job``: held with the other
+    processes of that job (the ranks of a torchrun job: :func:`hyperinverter.inversion.batch.torchrun_job`), and
+    against every other run or job.
 
     The lock is :func:`exclusive_lock` on ``OUTPUT_LOCK`` in the folder, which the kernel releases however the
     process ends: a file left by a killed run does not block (it holds a process id or nothing), and goes at the end
@@ -148,14 +150,14 @@ def output_folder(out_dir: str | os.PathLike, *, shared: bool = False) -> Iterat
     out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / OUTPUT_LOCK
-    try:  # (a run of ours leaves a process id there, or nothing if it was killed before writing it)
-        ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 32
-                                             and re.fullmatch(rb"\d*\n?", path.read_bytes()) is not None)
+    try:  # (a run of ours leaves a process id or a job's name there, or nothing if it was killed before writing it)
+        ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 256
+                                             and _LOCK_CONTENT.fullmatch(path.read_bytes()) is not None)
     except OSError:
         ours = False
     if not ours:
         raise OutputError(path, "is not a lock file of hyperinverter's, whose name it has: move it away")
-    with exclusive_lock(path, what="writing results", folder=out_dir, shared=shared, remove=True):
+    with exclusive_lock(path, what="writing results", folder=out_dir, job=job, remove=True):
         remove_stale_temporaries(out_dir)
         yield out_dir
 
@@ -184,14 +186,14 @@ def check_outside(path: str | os.PathLike, folder: str | os.PathLike, *, why: st
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared: bool = False,
+def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: str | None = None,
                    remove: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created with its folder if needed) for the block; if another process
     holds it, an ``OutputError`` on ``folder`` (default: the lock's) that names ``what`` it is doing and its pid.
-    ``shared``: a lock held with the other processes that hold it shared (the ranks of one torchrun job), and
-    against any exclusive one. ``remove``: the file goes at the end, by its last holder, however the block ends; a
-    file found holding a process id was then left by a process killed before it could end (by the kernel for
-    memory, say), which could not report it: a warning says so.
+    ``job``: a lock shared with the other processes of the job of that name (the ranks of one torchrun job), and
+    against any other process or job. ``remove``: the file goes at the end, by its last holder, however the block
+    ends; a file found holding a process id (or a job's name) was then left by a process killed before it could end
+    (by the kernel for memory, say), which could not report it: a warning says so.
 
     An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
     never leaves a stale lock. Its holder may delete the file while it holds it (a work folder removed once its
@@ -207,12 +209,13 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            left = _flock(fcntl, fd, job)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
             os.close(fd)
+            whose = f"torchrun job {holder[4:]}" if holder.startswith("job ") else f"pid {holder}"
             raise OutputError(folder or path.parent, f"is in use: another process is {what} there"
-                              f"{f' (pid {holder})' if holder else ''}; wait for it to end, or give another "
+                              f"{f' ({whose})' if holder else ''}; wait for it to end, or give another "
                               "folder") from None
         except OSError as e:  # (it was an error naming no file, "no locks available", and no command could write there)
             os.close(fd)
@@ -228,13 +231,13 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared:
             break
         os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
     try:
-        left = os.pread(fd, 32, 0).decode(errors="replace").strip() if remove else ""
-        if left.isdigit():
-            logger.warning("%s: the last process %s there (pid %s) was killed before it ended (by the kernel for "
+        if remove and left:  # (its holders take it away however they end, unless killed)
+            killed = f"torchrun job {left[4:]}" if left.startswith("job ") else f"pid {left}"
+            logger.warning("%s: the last process %s there (%s) was killed before it ended (by the kernel for "
                            "memory, a SIGKILL, a power cut) and could not say why; the system log may "
-                           "(`journalctl -k`, `dmesg`)", folder or path.parent, what, left)
-        os.ftruncate(fd, 0)
-        if not shared:  # who holds it, for the message above (the holders of a shared lock would mix theirs)
+                           "(`journalctl -k`, `dmesg`)", folder or path.parent, what, killed)
+        if job is None:  # who holds it, for the message above
+            os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
@@ -247,6 +250,40 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, shared:
             pass
         finally:
             os.close(fd)  # (releases the lock)
+
+
+def _flock(fcntl, fd: int, job: str | None, *, wait_for_the_job: float = 5.0) -> str:
+    """Lock ``fd`` without waiting: exclusively, or shared with the other processes of ``job`` only (a
+    ``BlockingIOError`` if another process or job holds it) -> what an earlier holder left in the file, if it was
+    not this job's. The first process of a job takes the file exclusively, writes the job's name into it and
+    shares it; the job's other processes join it where they read their job's name (waiting for the first to
+    write it)."""
+    if job is None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return os.pread(fd, 256, 0).decode(errors="replace").strip()
+    name, deadline = f"job {job}", time.monotonic() + wait_for_the_job
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:  # the first of its job here
+            left = os.pread(fd, 256, 0).decode(errors="replace").strip()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{name}\n".encode(), 0)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return left
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held exclusively: by another process, or by the first of this job, writing its name
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            continue
+        if os.pread(fd, 256, 0).decode(errors="replace").strip() == name:
+            return ""
+        fcntl.flock(fd, fcntl.LOCK_UN)  # another job's
+        raise BlockingIOError
 
 
 def special_file_kind(path: str | os.PathLike) -> str | None:
