@@ -126,6 +126,26 @@ def test_iterative_methods_are_scored_at_every_iteration(tiny_generator, tmp_pat
     assert len(json.loads((tmp_path / "report.json").read_text())["iterations"]["hyperstyle"]) == 5
 
 
+def test_the_last_iteration_is_the_result_and_is_scored_once(tiny_generator):
+    # Every iterative method's last step is its result, which was scored twice: for fashion-32's 10,000 images
+    # with the Inception distance (HyperStyle's 5 steps and E2Style's 3) 2 of 14 network scorings per batch.
+    from hyperinverter.methods.hyperstyle import HyperStyle
+    from hyperinverter.pipeline import InversionPipeline
+
+    torch.manual_seed(0)
+    pipe = InversionPipeline({"hyperstyle": HyperStyle.create(tiny_generator).eval()}, device="cpu")
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    scored = []
+
+    def counted(a, b):
+        scored.append(a.shape[0])
+        return PIXEL_METRICS["mse"](a, b)
+
+    report = evaluate(pipe, x, dataset="random", batch_size=2, progress=False, extra_metrics={"counted": counted})
+    assert sum(scored) == 3 * 5  # each image at its 4 first steps and as the result
+    assert report.iterations["hyperstyle"][-1]["counted"] == report.metrics["hyperstyle"]["counted"]
+
+
 # --- two folders ----------------------------------------------------------------------------------------------
 
 

@@ -262,15 +262,18 @@ def _score_batch(result, target: torch.Tensor, metrics: Mapping[str, PairMetric]
     """One method's batch: its seconds, every image's scores, and per iteration the scores' sums and the seconds
     (summed over the batch) to get there; on the ``content_rows`` of the images only."""
     target = content_of(target, content_rows)
+    scores = score_images(content_of(result.image, content_rows), target, metrics)
     steps = []
     arrival = _step_seconds(result) if result.steps else None
     for t, image in enumerate(result.steps or ()):
         sums: dict[str, float] = {}
-        add_metric_sums(sums, content_of(image, content_rows), target, metrics)
+        if torch.equal(image, result.image):  # (the last step is the result: its scores, not a second scoring)
+            sums.update({name: sum(values) for name, values in scores.items()})
+        else:
+            add_metric_sums(sums, content_of(image, content_rows), target, metrics)
         if arrival is not None:
             sums["seconds"] = arrival[t]
         steps.append(sums)
-    scores = score_images(content_of(result.image, content_rows), target, metrics)
     return {"seconds": float(result.seconds), "scores": scores, "steps": steps}
 
 
