@@ -261,7 +261,7 @@ def _flock(fcntl, fd: int, job: str | None, *, wait_for_the_job: float = 5.0) ->
     if job is None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return os.pread(fd, 256, 0).decode(errors="replace").strip()
-    name, deadline = f"job {job}", time.monotonic() + wait_for_the_job
+    name, deadline = "job " + " ".join(job.split())[:200], time.monotonic() + wait_for_the_job  # (as _LOCK_CONTENT)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
