@@ -199,25 +199,45 @@ def test_the_example_tiles_are_named_and_one_loads_by_its_name(server, browser):
 
 def test_a_photo_over_the_upload_limit_says_its_size_and_the_limit(server, browser, tmp_path):
     # Gradio's limit was the page's: a larger photo got only Gradio's toast ('File(s) exceed the maximum allowed
-    # size of 20.0 Mb: "big.jpg"'), which gave neither its size nor the limit in MB. The page's own check says both;
-    # one over twice the limit is still refused by Gradio before it is stored.
+    # size of 20.0 Mb: "big.jpg"'), which gave neither its size nor the limit in MB. Then the page's own check said
+    # both after the upload, but one over twice the limit still got Gradio's toast (naming twice the limit). The page
+    # now refuses both in the browser, before sending them.
     from hyperinverter.apps.web import DEFAULT_LIMITS
 
     driver = browser
     driver.get(server)
     wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
-    big = tmp_path / "big.jpg"
-    with big.open("wb") as f:
-        f.truncate(DEFAULT_LIMITS.upload_bytes + 2**20)
-    upload(driver, "#photo", big)
-    message = wait(driver, lambda d: (s := text_of(d, "#status")) and "takes photos" in s and s, "the page's message")
     limit = f"{DEFAULT_LIMITS.max_upload_mb:g}"
-    assert message == f"the uploaded file: is {float(limit) + 1:.1f} MB; this server takes photos up to {limit} MB"
+    big = tmp_path / "big.jpg"
+    for size in (DEFAULT_LIMITS.upload_bytes + 2**20, DEFAULT_LIMITS.transport_bytes + 2**20):
+        with big.open("wb") as f:
+            f.truncate(size)
+        driver.execute_script("document.getElementById('upload-refused')?.remove()")
+        upload(driver, "#photo", big)
+        alert = wait(driver, lambda d: text_of(d, "#upload-refused[role=alert]"), "the page's refusal")
+        assert alert == f"big.jpg: is {size / 2**20:.1f} MB; this server takes photos up to {limit} MB"
+        assert not image_src(driver, "#preview") and not text_of(driver, '[data-testid="toast-body"]')
+    # Dropped on the field rather than chosen: the same.
+    driver.execute_script("document.getElementById('upload-refused')?.remove()")
+    driver.execute_script("""
+        const files = new DataTransfer();
+        files.items.add(new File([new Uint8Array(arguments[0])], "dropped.png", {type: "image/png"}));
+        const field = document.querySelector("#photo button") || document.querySelector("#photo");
+        field.dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));
+    """, DEFAULT_LIMITS.upload_bytes + 2**20)
+    alert = wait(driver, lambda d: text_of(d, "#upload-refused"), "the refusal of a dropped file")
+    assert alert == f"dropped.png: is {float(limit) + 1:.1f} MB; this server takes photos up to {limit} MB"
+    time.sleep(1)
+    assert not image_src(driver, "#preview")
+    # A photo within the limit is taken as before, in either photo field.
+    photo = next(p for p in sample_photos() if "obama" in p.name)
+    upload(driver, "#photo", photo)
+    wait(driver, lambda d: image_src(d, "#preview"), "the photo's preview")
     with big.open("wb") as f:
-        f.truncate(DEFAULT_LIMITS.transport_bytes + 1)
-    upload(driver, "#photo", big)
-    toast = wait(driver, lambda d: text_of(d, '[data-testid="toast-body"]'), "Gradio's refusal")
-    assert "exceed the maximum allowed size" in toast and "big.jpg" in toast
+        f.truncate(DEFAULT_LIMITS.upload_bytes + 1)
+    driver.execute_script("document.getElementById('upload-refused')?.remove()")
+    upload(driver, "#photo-b", big)
+    assert wait(driver, lambda d: text_of(d, "#upload-refused"), "the refusal").startswith("big.jpg: is 20.0 MB")
 
 
 def test_a_photo_of_two_people_gives_two_faces_to_choose_from(server, browser, tmp_path):

@@ -25,7 +25,7 @@ class WebLimits:
     @property
     def transport_bytes(self) -> int:
         """The largest file Gradio takes (its ``max_file_size``, checked before any handler): twice the upload limit.
-        A file over the limit but under this reaches the page's own check, which says its size and the limit (at
-        the limit, Gradio's toast said only 'File(s) exceed the maximum allowed size of 20.0 Mb: "big.jpg"'); a
-        larger one is still refused before it is stored."""
+        From an API client, a file over the limit but under this reaches the page's own check, which says its size
+        and the limit (at the limit, Gradio's toast said only 'File(s) exceed the maximum allowed size of 20.0 Mb:
+        "big.jpg"'); a larger one is still refused before it is stored. (The page refuses both in the browser.)"""
         return 2 * self.upload_bytes

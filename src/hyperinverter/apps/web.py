@@ -478,6 +478,51 @@ NAME_EXAMPLE_TILES = """() => {
 }""".replace("KINDS", json.dumps(EXAMPLE_KINDS))
 
 
+# Gradio refuses a file over its own limit (twice ours: WebLimits.transport_bytes) with a toast that names neither
+# the file's size nor our limit; one between the two is sent, stored, then refused by read_upload. This script, run
+# once per page, refuses a file over our limit in the browser, before it is sent: it stops the photo fields' file
+# chooser and drop events (caught on their way down to the field) and says, in an alert of its own (Gradio's own
+# elements are re-rendered by Gradio), the file's name, its size and the limit, as read_upload words them.
+REFUSE_LARGE_UPLOADS = """() => {
+  const limit = LIMIT_BYTES, limitMb = "LIMIT_MB", fields = FIELDS;
+  const inField = (node) => node instanceof Element && fields.some((id) => node.closest(`#${id}`));
+  const refuse = (event, files) => {
+    const big = Array.from(files || []).find((file) => file.size > limit);
+    if (!big) return;
+    event.stopPropagation();
+    event.preventDefault();
+    if (event.target instanceof HTMLInputElement) event.target.value = "";  // (the same file may be chosen again)
+    let note = document.getElementById("upload-refused");
+    if (!note) {
+      note = document.createElement("div");
+      note.id = "upload-refused";
+      note.setAttribute("role", "alert");
+      note.style.cssText = "position: fixed; top: 1em; right: 1em; z-index: 1000; max-width: 32em; " +
+        "padding: 0.8em 1em; border-radius: 6px; background: #fee2e2; color: #7f1d1d; font-weight: 600; " +
+        "box-shadow: 0 2px 8px rgba(0, 0, 0, 0.25)";
+      document.body.appendChild(note);
+    }
+    note.textContent = `${big.name}: is ${(big.size / 2 ** 20).toFixed(1)} MB; this server takes photos up to ` +
+      `${limitMb} MB`;
+    clearTimeout(note.hideTimer);
+    note.hideTimer = setTimeout(() => note.remove(), 20000);
+  };
+  document.addEventListener("change", (event) => {
+    const input = event.target;
+    if (input instanceof HTMLInputElement && input.type === "file" && inField(input)) refuse(event, input.files);
+  }, true);
+  document.addEventListener("drop", (event) => {
+    if (inField(event.target)) refuse(event, event.dataTransfer && event.dataTransfer.files);
+  }, true);
+}"""
+
+
+def refuse_large_uploads_script(limits: WebLimits, fields: Sequence[str]) -> str:
+    """:data:`REFUSE_LARGE_UPLOADS` for ``limits`` and the photo fields of these elem_ids."""
+    return (REFUSE_LARGE_UPLOADS.replace("LIMIT_BYTES", str(limits.upload_bytes))
+            .replace("LIMIT_MB", f"{limits.max_upload_mb:g}").replace("FIELDS", json.dumps(list(fields))))
+
+
 def settle_memory(*, arenas: int | None = None) -> bool:
     """Keep a long-running server's memory from creeping up with its request threads (glibc only; elsewhere a
     no-op that returns False). ``arenas``: cap glibc's per-thread malloc arenas (call before the threads start);
@@ -935,6 +980,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         quiet = {"concurrency_id": "models", "api_visibility": "undocumented"}
         app.load(on_model, [model, state], model_outputs, api_name="model")
         app.load(None, js=NAME_EXAMPLE_TILES)  # (in the browser only)
+        app.load(None, js=refuse_large_uploads_script(limits, ["photo", "photo-b"]))
         model.change(on_model, [model, state], model_outputs, api_visibility="undocumented")
         in_domain.click(lambda sample: sample[0], [in_domain], [photo], api_visibility="undocumented")
         real.click(lambda sample: sample[0], [real], [photo], api_visibility="undocumented")
