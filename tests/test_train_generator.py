@@ -177,6 +177,39 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
 
+def test_a_regulariser_runs_over_the_micro_batches():
+    # R1 and path length ran on the whole local batch whatever grad_accum: a batch that fits only in micro-batches
+    # ran out of memory at the first regularised step. NVIDIA's loop runs them per micro-batch too.
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.loop import Phase, RunConfig, _run_phase
+
+    torch.manual_seed(0)
+    module, x, seen = torch.nn.Linear(3, 1), torch.randn(8, 3), []
+
+    class Task:
+        cleans_gradients = False
+
+        def loss(self, phase, batch, *, step, gen):
+            seen.append(batch["x"].shape[0])
+            return module(batch["x"]).square().mean(), {"loss/reg": 0.0}
+
+    def gradient(grad_accum):
+        seen.clear()
+        phase = Phase("reg", module, torch.optim.SGD(module.parameters(), lr=0.0), interval=4, regulariser=True)
+        _run_phase(phase, {"x": x}, Task(), cfg=RunConfig(run_dir="r", data="d", steps=1, grad_accum=grad_accum),
+                   ctx=DistributedContext(), device=torch.device("cpu"), scaler=torch.amp.GradScaler("cpu",
+                   enabled=False), trainable=[module], step=0, gen=torch.Generator())
+        return module.weight.grad.clone()
+
+    whole = gradient(1)
+    assert seen == [8]
+    parts = gradient(4)
+    assert seen == [2, 2, 2, 2]
+    torch.testing.assert_close(parts, whole)  # (the mean over equal micro-batches: the same gradient, lazily x4)
+    module.zero_grad()
+    torch.testing.assert_close(whole, 4 * torch.autograd.grad(module(x).square().mean(), module.weight)[0])
+
+
 def test_streaming_from_disk_equals_preloading(tmp_path):
     """`preload: false` reads each batch from disk and trains exactly as the preloaded run."""
     images = teacher_images()

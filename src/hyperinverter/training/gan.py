@@ -217,7 +217,7 @@ class GANTask(TrainingTask):
             loss = F.softplus(-D(G.synthesis(ws, **noise))).mean()
             return loss, {"loss/G": float(loss.detach())}
         if phase.name == "G_pl":
-            # Half the local batch in this one pass, as NVIDIA's rounds take half of each of theirs.
+            # Half the micro-batch, as NVIDIA's rounds take half of each of theirs.
             n = max(batch["z_pl"].shape[0] // 2, 1)
             ws = mix_styles(G, batch["z_pl"][:n], cfg.style_mixing, gen, update_w_avg=update_w_avg)
             if not ws.requires_grad:  # a frozen mapping (freeze_mapping): the lengths are still taken over ws

@@ -134,9 +134,9 @@ class Phase:
     """One optimiser update of a step.
 
     ``module`` holds the parameters it updates (they alone require gradients while it runs). It runs when
-    ``start <= step < end`` and ``step % interval == 0``. A ``regulariser`` phase (R1, path length) runs in fp32 on
-    the whole local batch once, and its loss is multiplied by ``interval`` (lazy regularisation); other phases
-    run under the run's precision over its micro-batches.
+    ``start <= step < end`` and ``step % interval == 0``. A ``regulariser`` phase (R1, path length) runs in fp32,
+    and its loss is multiplied by ``interval`` (lazy regularisation); other phases run under the run's precision.
+    Both run over the step's micro-batches (``grad_accum``).
     """
 
     name: str
@@ -271,14 +271,16 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
         module.requires_grad_(module is phase.module)
     phase.optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
-    if phase.regulariser:  # fp32, the whole local batch once, lazily weighted
-        loss, stats = task.loss(phase, batch, step=step, gen=gen)
-        (loss * phase.interval).backward()
+    micro = _slices(batch, cfg.grad_accum)
+    if phase.regulariser:  # fp32, lazily weighted; per micro-batch, as NVIDIA's loop runs R1 and path length
+        for part in micro:
+            loss, parts = task.loss(phase, part, step=step, gen=gen)
+            (loss * (phase.interval / len(micro))).backward()
+            stats.update(parts)
         ctx.all_reduce_gradients(phase.module.parameters())
         _clean_gradients(phase.module, task)
         phase.optimizer.step()
         return stats
-    micro = _slices(batch, cfg.grad_accum)
     for part in micro:
         with autocast(device, cfg.precision):
             loss, parts = task.loss(phase, part, step=step, gen=gen)
