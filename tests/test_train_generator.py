@@ -154,12 +154,14 @@ def _free_port():
 
 
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
-    """2 CPU processes (gloo) hold identical parameters, equal to one process with the same global batch."""
+    """2 CPU processes (gloo) hold identical parameters, equal to one process with the same global batch in two
+    micro-batches (each shard, a rank's or a micro-batch's, draws its own style-mixing coin and noise)."""
     data = tmp_path / "data"
     for i, img in enumerate(teacher_images(16)):
         save_image((img.float() / 127.5 - 1)[None], data / f"{i:03d}.png")
     overrides = [f"data={data}", "generator.resolution=16", "generator.z_dim=8", "generator.w_dim=8",
-                 "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "steps=3", "batch_size=8", "r1_interval=2", "noise_mode=const", "val_fraction=0.0",
+                 "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "steps=3",
+                 "batch_size=8", "r1_interval=2", "noise_mode=random", "style_mixing=0.9", "val_fraction=0.0",
                  "checkpoint_every=3", "tensorboard=false", "progress=false", "device=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -167,8 +169,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     subprocess.run(torchrun + [f"run_dir={tmp_path / 'ddp'}"] + overrides, check=True, env=env, timeout=240,
                    capture_output=True)
     single = [sys.executable, "-m", "hyperinverter.cli.main", "train", "generator"]
-    subprocess.run(single + [f"run_dir={tmp_path / 'single'}"] + overrides, check=True, env=env, timeout=240,
-                   capture_output=True)
+    subprocess.run(single + [f"run_dir={tmp_path / 'single'}", "grad_accum=2"] + overrides, check=True, env=env,
+                   timeout=240, capture_output=True)
     a = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000003.safetensors")
     b = load_file(tmp_path / "single" / "checkpoints" / "checkpoint-00000003.safetensors")
     params = [k for k in a if k.startswith(("module.G.", "module.D.")) and "w_avg" not in k]
@@ -198,7 +200,7 @@ def test_a_regulariser_runs_over_the_micro_batches():
         phase = Phase("reg", module, torch.optim.SGD(module.parameters(), lr=0.0), interval=4, regulariser=True)
         _run_phase(phase, {"x": x}, Task(), cfg=RunConfig(run_dir="r", data="d", steps=1, grad_accum=grad_accum),
                    ctx=DistributedContext(), device=torch.device("cpu"), scaler=torch.amp.GradScaler("cpu",
-                   enabled=False), trainable=[module], step=0, gen=torch.Generator())
+                   enabled=False), trainable=[module], step=0)
         return module.weight.grad.clone()
 
     whole = gradient(1)
@@ -208,6 +210,19 @@ def test_a_regulariser_runs_over_the_micro_batches():
     torch.testing.assert_close(parts, whole)  # (the mean over equal micro-batches: the same gradient, lazily x4)
     module.zero_grad()
     torch.testing.assert_close(whole, 4 * torch.autograd.grad(module(x).square().mean(), module.weight)[0])
+
+
+def test_each_shard_of_a_step_draws_its_own_randomness():
+    # Every rank drew the same style-mixing coin, noise maps and Phase I synthetic codes from the step's generator
+    # (NVIDIA's ranks each have their own seed); one process's micro-batches drew in turn, unlike ranks.
+    from hyperinverter.training.run import shard_generator
+
+    def draw(step, phase, shard):
+        return torch.rand(4, generator=shard_generator(0, step, phase, shard))
+
+    draws = [draw(3, phase, shard) for phase in ("G", "D") for shard in range(4)] + [draw(4, "G", 0)]
+    assert len({tuple(d.tolist()) for d in draws}) == len(draws)
+    assert torch.equal(draw(3, "G", 1), draw(3, "G", 1))  # (a resumed run draws the same)
 
 
 def test_streaming_from_disk_equals_preloading(tmp_path):

@@ -281,7 +281,7 @@ class EncoderTask(TrainingTask):
         return self.criterion(content_of(output, rows), content_of(target, rows))
 
     def noise(self, gen: torch.Generator | None) -> dict[str, torch.Generator]:
-        """The method's ``noise`` argument for a training forward: the step's generator, where the run draws noise
+        """The method's ``noise`` argument for a training forward: the shard's generator, where the run draws noise
         maps (``random_noise``)."""
         return {"noise": gen} if self.cfg.random_noise and gen is not None else {}
 

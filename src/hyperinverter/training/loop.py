@@ -43,6 +43,7 @@ from .run import (
     prepared_run_dir,
     random_hflip,
     record_run_config,
+    shard_generator,
     step_generator,
     training_images,
     uint8_to_float,
@@ -265,15 +266,18 @@ def _clean_gradients(module: nn.Module, task: TrainingTask) -> None:
 
 
 def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig, ctx: DistributedContext,
-               device: torch.device, scaler: torch.amp.GradScaler, trainable: list[nn.Module], step: int,
-               gen: torch.Generator) -> dict[str, float]:
+               device: torch.device, scaler: torch.amp.GradScaler, trainable: list[nn.Module], step: int
+               ) -> dict[str, float]:
     for module in trainable:
         module.requires_grad_(module is phase.module)
     phase.optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
     micro = _slices(batch, cfg.grad_accum)
+    # Each micro-batch draws from its own shard's RNG (its mixing coin, noise maps, synthetic codes): another on
+    # every rank, and the same whether a shard is a rank's or a micro-batch's.
+    gens = [shard_generator(cfg.seed, step, phase.name, ctx.rank * len(micro) + m) for m in range(len(micro))]
     if phase.regulariser:  # fp32, lazily weighted; per micro-batch, as NVIDIA's loop runs R1 and path length
-        for part in micro:
+        for part, gen in zip(micro, gens):
             loss, parts = task.loss(phase, part, step=step, gen=gen)
             (loss * (phase.interval / len(micro))).backward()
             stats.update(parts)
@@ -281,7 +285,7 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
         _clean_gradients(phase.module, task)
         phase.optimizer.step()
         return stats
-    for part in micro:
+    for part, gen in zip(micro, gens):
         with autocast(device, cfg.precision):
             loss, parts = task.loss(phase, part, step=step, gen=gen)
         scaler.scale(loss.float() / len(micro)).backward()
@@ -299,9 +303,9 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
     """Train the task that ``build(device, ctx)`` makes, per ``cfg``; resume its run folder if it has checkpoints.
 
     ``images``/``val_images`` (uint8 ``[N,C,R,R]``) bypass ``cfg.data``. Networks are initialised from ``cfg.seed``
-    without touching the caller's random state; every later random draw comes from per-step generators, so a
-    resumed run continues exactly, and ranks agree. While it trains, the run folder is held: a second process
-    training into it is refused (both would write the same checkpoints).
+    without touching the caller's random state; every later random draw comes from per-step generators (a
+    phase's own draws from per-shard ones), so a resumed run continues exactly. While it trains, the run folder is
+    held: a second process training into it is refused (both would write the same checkpoints).
     """
     if images is None:
         check_outside(cfg.run_dir, cfg.data, option="a run_dir",
@@ -424,7 +428,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             for phase in phases:
                 if phase.active(step):
                     stats.update(_run_phase(phase, batch, task, cfg=cfg, ctx=ctx, device=device, scaler=scaler,
-                                            trainable=trainable, step=step, gen=gen))
+                                            trainable=trainable, step=step))
             task.after_step(step, batch)
 
             window.append(stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -306,6 +307,15 @@ def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A fresh RNG for (seed, step, stream): randomness that does not depend on resume or rank."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 97 + stream) % (2**63))
+
+
+def shard_generator(seed: int, step: int, phase: str, shard: int) -> torch.Generator:
+    """A fresh RNG for what one phase draws for one shard of a step's batch (``shard``: ``rank · grad_accum +
+    micro-batch``, the samples it holds): its own on every rank, as NVIDIA's per-rank seeds make them (each rank's
+    style-mixing coin, synthetic codes and noise maps), and the same for one process with K micro-batches as for K
+    ranks, and after a resume."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{phase}/{shard}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") % (2**63))
 
 
 def random_hflip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
