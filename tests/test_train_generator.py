@@ -225,6 +225,41 @@ def test_each_shard_of_a_step_draws_its_own_randomness():
     assert torch.equal(draw(3, "G", 1), draw(3, "G", 1))  # (a resumed run draws the same)
 
 
+def test_a_sample_draws_from_one_shard_however_the_batch_is_split():
+    # Micro-batch m of rank r holds the samples of rank m * world + r of world * grad_accum ranks; it drew from shard
+    # r * grad_accum + m, so 2 ranks x 2 micro-batches drew other numbers for its samples than 4 ranks or 4
+    # micro-batches (the shard holding samples 2, 6 drew shard 1's, which holds samples 1, 5 in the others).
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.loop import Phase, RunConfig, _run_phase
+
+    class Ranks(DistributedContext):
+        def all_reduce_gradients(self, params):  # (each rank alone here)
+            pass
+
+    module = torch.nn.Linear(1, 1)
+
+    def draws(world, grad_accum):
+        drawn = {}
+
+        class Task:
+            cleans_gradients = False
+
+            def loss(self, phase, batch, *, step, gen):
+                drawn[tuple(batch["i"].tolist())] = float(torch.rand((), generator=gen))
+                return module(batch["i"][:, None].float()).sum(), {}
+
+        for rank in range(world):
+            ctx = Ranks(rank=rank, world_size=world)
+            phase = Phase("G", module, torch.optim.SGD(module.parameters(), lr=0.0))
+            _run_phase(phase, {"i": ctx.shard(torch.arange(8))}, Task(), ctx=ctx, device=torch.device("cpu"),
+                       cfg=RunConfig(run_dir="r", data="d", steps=1, grad_accum=grad_accum), step=3,
+                       scaler=torch.amp.GradScaler("cpu", enabled=False), trainable=[module])
+        return drawn
+
+    assert draws(1, 4) == draws(4, 1) == draws(2, 2)
+    assert len(set(draws(2, 2).values())) == 4
+
+
 def test_streaming_from_disk_equals_preloading(tmp_path):
     """`preload: false` reads each batch from disk and trains exactly as the preloaded run."""
     images = teacher_images()

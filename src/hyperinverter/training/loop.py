@@ -274,8 +274,9 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
     stats: dict[str, float] = {}
     micro = _slices(batch, cfg.grad_accum)
     # Each micro-batch draws from its own shard's RNG (its mixing coin, noise maps, synthetic codes): another on
-    # every rank, and the same whether a shard is a rank's or a micro-batch's.
-    gens = [shard_generator(cfg.seed, step, phase.name, ctx.rank * len(micro) + m) for m in range(len(micro))]
+    # every rank, and the same whether a shard is a rank's or a micro-batch's. Micro-batch m of rank r holds what
+    # rank m * world + r of world * grad_accum ranks would (ctx.shard, then _slices, both strided): its number.
+    gens = [shard_generator(cfg.seed, step, phase.name, m * ctx.world_size + ctx.rank) for m in range(len(micro))]
     if phase.regulariser:  # fp32, lazily weighted; per micro-batch, as NVIDIA's loop runs R1 and path length
         for part, gen in zip(micro, gens):
             loss, parts = task.loss(phase, part, step=step, gen=gen)
