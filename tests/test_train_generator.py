@@ -213,7 +213,7 @@ def test_a_regulariser_runs_over_the_micro_batches():
 
 
 def test_each_shard_of_a_step_draws_its_own_randomness():
-    # Every rank drew the same style-mixing coin, noise maps and Phase I synthetic codes from the step's generator
+    # Every rank drew the same style-mixing coin and noise maps from the step's generator
     # (NVIDIA's ranks each have their own seed); one process's micro-batches drew in turn, unlike ranks.
     from hyperinverter.training.run import shard_generator
 

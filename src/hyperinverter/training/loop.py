@@ -273,9 +273,9 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
     phase.optimizer.zero_grad(set_to_none=True)
     stats: dict[str, float] = {}
     micro = _slices(batch, cfg.grad_accum)
-    # Each micro-batch draws from its own shard's RNG (its mixing coin, noise maps, synthetic codes): another on
-    # every rank, and the same whether a shard is a rank's or a micro-batch's. Micro-batch m of rank r holds what
-    # rank m * world + r of world * grad_accum ranks would (ctx.shard, then _slices, both strided): its number.
+    # Each micro-batch draws from its own shard's RNG (its mixing coin, noise maps): another on every rank, and the
+    # same whether a shard is a rank's or a micro-batch's. Micro-batch m of rank r holds what rank m * world + r of
+    # world * grad_accum ranks would (ctx.shard, then _slices, both strided): its number.
     gens = [shard_generator(cfg.seed, step, phase.name, m * ctx.world_size + ctx.rank) for m in range(len(micro))]
     if phase.regulariser:  # fp32, lazily weighted; per micro-batch, as NVIDIA's loop runs R1 and path length
         for part, gen in zip(micro, gens):

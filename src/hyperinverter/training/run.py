@@ -312,8 +312,8 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 def shard_generator(seed: int, step: int, phase: str, shard: int) -> torch.Generator:
     """A fresh RNG for what one phase draws for one shard of a step's batch (``shard``: ``micro-batch · world +
     rank``, the samples it holds): its own on every rank, as NVIDIA's per-rank seeds make them (each rank's
-    style-mixing coin, synthetic codes and noise maps), and the same for one process with K micro-batches as for K
-    ranks (or K / R micro-batches on each of R ranks), and after a resume."""
+    style-mixing coin and noise maps), and the same for one process with K micro-batches as for K ranks (or K / R
+    micro-batches on each of R ranks), and after a resume."""
     digest = hashlib.blake2b(f"{seed}/{step}/{phase}/{shard}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") % (2**63))
 
