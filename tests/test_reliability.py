@@ -743,6 +743,25 @@ def test_two_torchrun_jobs_do_not_share_a_results_folder(pipeline, tmp_path, mon
     assert not (out / files.OUTPUT_LOCK).exists()
 
 
+def test_a_job_s_long_name_is_cut_to_what_the_lock_file_holds(tmp_path, caplog):
+    # A name was cut to 200 characters, not bytes: a run id (torchrun --rdzv-id) of 150 accented letters wrote 323
+    # bytes, so the job's own other ranks were refused ("is not a lock file of hyperinverter's"), and the file a
+    # killed job left refused every later run.
+    import fcntl
+
+    out, job = tmp_path / "out", "127.0.0.1:29500:" + "é" * 150 + "\n:2"
+    # (its two ranks: one process's two opens of a flock conflict, as two processes' do)
+    with files.output_folder(out, job=job), files.output_folder(out, job=job):
+        assert (out / files.OUTPUT_LOCK).stat().st_size <= 256
+    fd = os.open(out / files.OUTPUT_LOCK, os.O_RDWR | os.O_CREAT)
+    files._flock(fcntl, fd, job)
+    os.close(fd)  # the job killed outright: its file stays
+    with caplog.at_level(logging.WARNING, logger="hyperinverter"), files.output_folder(out):
+        pass
+    assert f"(torchrun job 127.0.0.1:29500:{'é' * 10}" in caplog.text and "was killed" in caplog.text
+    assert not (out / files.OUTPUT_LOCK).exists()
+
+
 def test_a_folder_on_a_file_system_that_does_not_lock_is_written_unlocked(pipeline, tmp_path, monkeypatch, caplog):
     # NFS without its lock daemon refuses flock: every invert, edit, restore and generate --outdir into it ended
     # with "error: no locks available", naming no file, and left the lock file behind.

@@ -261,7 +261,9 @@ def _flock(fcntl, fd: int, job: str | None, *, wait_for_the_job: float = 5.0) ->
     if job is None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return os.pread(fd, 256, 0).decode(errors="replace").strip()
-    name, deadline = "job " + " ".join(job.split())[:200], time.monotonic() + wait_for_the_job  # (as _LOCK_CONTENT)
+    # One line of at most 200 bytes (_LOCK_CONTENT), not characters: an accented run id is two bytes a letter.
+    name = "job " + " ".join(job.split()).encode()[:200].decode(errors="ignore")
+    deadline = time.monotonic() + wait_for_the_job
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
