@@ -662,6 +662,12 @@ def test_a_run_folder_in_use_is_refused(tmp_path, caplog):
     with prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()):
         pass
     assert "was killed" not in caplog.text and not (run / "checkpoints" / ".lock").exists()
+    # An earlier version left its pid there whenever a run stopped (SIGTERM, Ctrl-C) or failed: resumed now, that
+    # run was said to have been killed "and could not say why".
+    (run / "checkpoints" / ".lock").write_text("999999\n")
+    with prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()):
+        pass
+    assert "was killed" not in caplog.text and not (run / "checkpoints" / ".lock").exists()
 
 
 

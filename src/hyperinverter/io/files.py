@@ -130,7 +130,9 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
 
 # Held in a results folder while a command writes into it (see output_folder).
 OUTPUT_LOCK = ".hyperinverter.lock"
-_LOCK_CONTENT = re.compile(rb"(\d*|job [^\n]{1,200})\n?")  # what exclusive_lock writes: its pid, or its job's name
+# What exclusive_lock writes: "pid N", or its job's name; a bare pid (or nothing) is an earlier version's, which a
+# stopped or failed training run left too, so that it does not say its holder was killed.
+_LOCK_CONTENT = re.compile(rb"(\d*|pid \d+|job [^\n]{1,200})\n?")
 
 
 @contextlib.contextmanager
@@ -213,7 +215,7 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
             os.close(fd)
-            whose = f"torchrun job {holder[4:]}" if holder.startswith("job ") else f"pid {holder}"
+            whose = f"torchrun job {holder[4:]}" if holder.startswith("job ") else f"pid {holder.removeprefix('pid ')}"
             raise OutputError(folder or path.parent, f"is in use: another process is {what} there"
                               f"{f' ({whose})' if holder else ''}; wait for it to end, or give another "
                               "folder") from None
@@ -231,14 +233,14 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
             break
         os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
     try:
-        if remove and left:  # (its holders take it away however they end, unless killed)
-            killed = f"torchrun job {left[4:]}" if left.startswith("job ") else f"pid {left}"
+        if remove and left.startswith(("pid ", "job ")):  # (its holders take it away however they end, unless killed)
+            killed = f"torchrun job {left[4:]}" if left.startswith("job ") else left
             logger.warning("%s: the last process %s there (%s) was killed before it ended (by the kernel for "
                            "memory, a SIGKILL, a power cut) and could not say why; the system log may "
                            "(`journalctl -k`, `dmesg`)", folder or path.parent, what, killed)
         if job is None:  # who holds it, for the message above
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         yield
     finally:
         try:
