@@ -215,9 +215,8 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
             os.close(fd)
-            whose = f"torchrun job {holder[4:]}" if holder.startswith("job ") else f"pid {holder.removeprefix('pid ')}"
             raise OutputError(folder or path.parent, f"is in use: another process is {what} there"
-                              f"{f' ({whose})' if holder else ''}; wait for it to end, or give another "
+                              f"{f' ({_holder(holder)})' if holder else ''}; wait for it to end, or give another "
                               "folder") from None
         except OSError as e:  # (it was an error naming no file, "no locks available", and no command could write there)
             os.close(fd)
@@ -234,10 +233,9 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
         os.close(fd)  # its holder removed the file between our open and our lock: lock the one there now
     try:
         if remove and left.startswith(("pid ", "job ")):  # (its holders take it away however they end, unless killed)
-            killed = f"torchrun job {left[4:]}" if left.startswith("job ") else left
             logger.warning("%s: the last process %s there (%s) was killed before it ended (by the kernel for "
                            "memory, a SIGKILL, a power cut) and could not say why; the system log may "
-                           "(`journalctl -k`, `dmesg`)", folder or path.parent, what, killed)
+                           "(`journalctl -k`, `dmesg`)", folder or path.parent, what, _holder(left))
         if job is None:  # who holds it, for the message above
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
@@ -252,6 +250,11 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
             pass
         finally:
             os.close(fd)  # (releases the lock)
+
+
+def _holder(content: str) -> str:
+    """Who a lock file's ``content`` names: "pid N" (an earlier version wrote the bare number) or "torchrun job X"."""
+    return f"torchrun job {content[4:]}" if content.startswith("job ") else f"pid {content.removeprefix('pid ')}"
 
 
 def _flock(fcntl, fd: int, job: str | None, *, wait_for_the_job: float = 5.0) -> str:
