@@ -349,7 +349,8 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
     targets = {path.relative_to(source_dir).with_suffix(".png") for path in paths}
     with dataset_folder(out_dir, targets.__contains__):  # (another writing into it is refused)
         # (absolute: a relative name, recorded so, was another folder's from another current folder)
-        _claim_dataset(out_dir, {"style": style}, str(source_dir.absolute()))
+        source = str(source_dir.absolute())
+        _claim_dataset(out_dir, {"style": style}, source)
         failed: list[InputError] = [*found.problems, *clashes]
         count = 0
         for path in progress_bar(paths, desc=f"{style} {source_dir}", disable=not progress, mininterval=2.0):
@@ -369,7 +370,7 @@ def write_stylised(source_dir: str | Path, out_dir: str | Path, style: str = "sk
                 count += 1
             except InputError as e:  # unreadable, or a user's file at its name (not replaced)
                 failed.append(naming(e, path))
-        meta = {"source": str(source_dir.absolute()), "style": style, "count": count}
+        meta = {"source": source, "style": style, "count": count}
         atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
         return out_dir, failed
 
@@ -393,7 +394,8 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
     alignment = f"FFHQ (dlib 68 landmarks), crop scale {scale:g}"
     with dataset_folder(out_dir, lambda rel: rel.suffix == ".png" and (  # (another writing into it is refused)
             rel.with_suffix("") in stems or rel.with_name(FACE_NUMBER.sub("", rel.stem)) in stems)):
-        _claim_dataset(out_dir, {"alignment": alignment, "size": size}, str(source_dir.absolute()))  # (as above)
+        source = str(source_dir.absolute())  # (as above)
+        _claim_dataset(out_dir, {"alignment": alignment, "size": size}, source)
         detector = Dlib68Detector() if detector is None else detector
         failed: list[InputError] = [*found.problems, *clashes]
         # The faces already in the folder, by the photo they belong to: listed once (a folder listing per photo made a
@@ -425,7 +427,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
             except InputError as e:  # unreadable, no face, or a user's file at a face's name: the folder goes on
                 failed.append(naming(e, path))
         count = sum(1 for p in out_dir.rglob("*.png") if written_by_us(p))
-        meta = {"source": str(source_dir.absolute()), "alignment": alignment, "size": size, "count": count,
+        meta = {"source": source, "alignment": alignment, "size": size, "count": count,
                 "photos_failed": len(failed)}
         atomic_write_bytes(out_dir / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
         return out_dir, count, failed
