@@ -183,6 +183,32 @@ def test_principal_directions_by_name_everywhere(pipeline, tmp_path, capsys):
     assert "names no principal direction of this generator (they are 1 to 16)" in capsys.readouterr().err
 
 
+def test_edit_renders_an_inputs_strengths_in_one_synthesis_call(pipeline, tmp_path, monkeypatch):
+    # It rendered one edit per call: S + 1 calls per input (the reconstruction, then each strength).
+    from hyperinverter.cli.main import main
+    from hyperinverter.io.images import pil_to_tensor, read_image, save_image
+    from hyperinverter.models.stylegan2.generator import SynthesisNetwork
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipeline.save_pretrained(tmp_path / "model")
+    save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1, tmp_path / "photo.png")
+    assert main(["invert", str(tmp_path / "photo.png"), "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "inv"), "--device", "cpu"]) == 0
+    batches, forward = [], SynthesisNetwork.forward
+    monkeypatch.setattr(SynthesisNetwork, "forward", lambda self, ws, **kw: batches.append(len(ws)) or
+                        forward(self, ws, **kw))
+    assert main(["edit", str(tmp_path / "inv" / "photo.safetensors"), "--model", str(tmp_path / "model"),
+                 "--direction", "principal direction 1", "--strength", "-2", "0.5", "2", "--out",
+                 str(tmp_path / "edits"), "--device", "cpu"]) == 0
+    assert batches == [1, 3]
+    pipe = InversionPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    result, _ = pipe.load_result(tmp_path / "inv" / "photo.safetensors")
+    for strength in ("-2", "+0.5", "+2"):
+        written = pil_to_tensor(read_image(tmp_path / "edits" / f"photo_principal direction 1_{strength}.png"))
+        expected = pipe.edit(result, "principal direction 1", float(strength)).clamp(-1, 1)
+        assert (written - expected).abs().max() <= 1 / 127.5 + 1e-6  # one level of 8 bits
+
+
 def test_strengths_that_would_share_a_file_are_refused(pipeline, tmp_path, capsys):
     # The edits are named by a strength's first 6 digits: `--strength 1.0000001 1.0000002` (or 2 2) wrote both
     # edits to one file, the second replacing the first, while the strip showed both; -0 and 0 were two files.

@@ -102,6 +102,10 @@ def test_an_edit_of_strength_zero_is_the_reconstruction(pipe):
     direction = LinearDirection(torch.randn(1, pipe.generator.w_dim))
     assert torch.allclose(pipe.edit(result, direction, 0.0), result.image, atol=1e-5)
     assert not torch.allclose(pipe.edit(result, direction, 3.0), result.image, atol=1e-3)
+    # Its edits at several strengths in one call, with its offsets (additive or multiplicative) tiled.
+    one = result.select(1)
+    torch.testing.assert_close(pipe.edit_strengths(one, direction, [0.0, 3.0])[:, 0],
+                               torch.cat([one.image, pipe.edit(one, direction, 3.0)]), atol=3e-5, rtol=0)
 
 
 def test_interpolation_ends_are_the_reconstructions(pipe):

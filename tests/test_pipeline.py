@@ -136,6 +136,44 @@ def test_edit_reuses_delta_and_interpolation_ends(pipeline):
     assert torch.allclose(frames[-1], result.image[1], atol=1e-5)
 
 
+def test_edits_at_several_strengths_run_in_one_synthesis_call(pipeline, monkeypatch):
+    result = pipeline.invert(images(2))
+    d = LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)))
+    strengths = [-2.0, 0.5, None, 3.0]
+    one_by_one = torch.stack([pipeline.edit(result.select(1), d, s) for s in strengths])
+    calls = []
+    synthesis = pipeline.generator.synthesis.forward
+    monkeypatch.setattr(pipeline.generator.synthesis, "forward",
+                        lambda ws, **kw: calls.append(len(ws)) or synthesis(ws, **kw))
+    together = pipeline.edit_strengths(result.select(1), d, strengths)
+    assert calls == [4] and together.shape == (4, 1, 3, 32, 32)
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=0)
+    # A batch of images: [strength, image]; numpy's strengths as they come.
+    both = pipeline.edit_strengths(result, d, np.array([-2.0, 0.5]))
+    torch.testing.assert_close(both[:, 1:], one_by_one[:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1], pipeline.edit(result, d, 0.5), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="strengths is empty"):
+        pipeline.edit_strengths(result, d, [])
+    with pytest.raises(TypeError, match="strengths must be a sequence of numbers, got str"):
+        pipeline.edit_strengths(result, d, "2")
+    with pytest.raises(TypeError, match="strength must be a number, got '2'"):
+        pipeline.edit_strengths(result, d, [1.0, "2"])
+
+
+def test_one_images_offsets_are_tiled_as_a_view():
+    from hyperinverter.models.weight_delta import WeightDelta
+
+    one = WeightDelta({"b4.conv1.weight": torch.randn(1, 8, 8, 3, 3)})
+    tiled = one.tile(3)
+    assert tiled.batch_size == 3 and tiled["b4.conv1.weight"].data_ptr() == one["b4.conv1.weight"].data_ptr()
+    assert torch.equal(tiled["b4.conv1.weight"][2], one["b4.conv1.weight"][0])
+    two = WeightDelta({"b4.conv1.weight": torch.randn(2, 8, 8, 3, 3)}, mode="scale")
+    assert torch.equal(two.tile(2)["b4.conv1.weight"], torch.cat([two["b4.conv1.weight"]] * 2))
+    assert two.tile(2).mode == "scale" and two.tile(1) is two
+    with pytest.raises(ValueError, match="times must be a whole number of 1 or more, got 0"):
+        one.tile(0)
+
+
 def test_a_saved_result_loads_back_as_the_same_inversion(pipeline, tmp_path):
     result = pipeline.invert(images(2))
     path = pipeline.save_result(result.select(1), tmp_path / "one.safetensors", source="photo.png")

@@ -805,11 +805,27 @@ class InversionPipeline:
         ``direction``: a direction object; the name of one this bundle ships (``hyperinverter directions list``)
         or a direction file, as ``edit --direction`` takes; or a vector ``[w_dim]`` / ``[1|num_ws, w_dim]`` /
         ``[1, num_ws, w_dim]`` (e4e's ``pose.pt`` as ``torch.load`` gives it) added ``strength`` times (default 1)."""
+        return self.edit_strengths(result, direction, [strength])[0]
+
+    @torch.no_grad()
+    def edit_strengths(self, result: InversionResult, direction: Direction | str | os.PathLike | torch.Tensor,
+                       strengths: Iterable[float | None]) -> torch.Tensor:
+        """:meth:`edit` at each of ``strengths`` (None: the direction's default; a list, or e.g.
+        ``np.linspace(-3, 3, 7)``), in one synthesis call -> ``[len(strengths), B, C, R, R]``. A single image's
+        offsets are shared by its edits, not copied."""
         from .editing.directions import check_strength
 
         _check_result(result, "result")
-        if strength is not None:
-            check_strength(strength)
+        if isinstance(strengths, (torch.Tensor, np.ndarray)) and strengths.ndim == 1:
+            strengths = strengths.tolist()
+        if isinstance(strengths, (str, bytes, torch.Tensor, np.ndarray)) or not isinstance(strengths, Iterable):
+            raise TypeError(f"strengths must be a sequence of numbers, got {type(strengths).__name__}")
+        strengths = list(strengths)
+        if not strengths:
+            raise ValueError("strengths is empty: give at least one")
+        for strength in strengths:
+            if strength is not None:
+                check_strength(strength)
         if isinstance(direction, torch.Tensor):
             _check_values(direction, "direction")
             direction = LinearDirection(direction_rows(direction.detach().float()), default_strength=1.0)
@@ -827,17 +843,20 @@ class InversionPipeline:
             raise TypeError("direction must be a direction, a name, a file or a tensor, got "
                             f"{type(direction).__name__}")
         self._check_w_space(direction)
-        ws = direction.apply(result.ws.to(self.device), strength)
-        delta = result.weight_delta.to(self.device) if result.weight_delta is not None else None
+        codes = result.ws.to(self.device)
+        ws = torch.cat([direction.apply(codes, strength) for strength in strengths])
+        # Tiled on the device: moving a view of one sample's offsets would copy it for every strength.
+        delta = result.weight_delta.to(self.device).tile(len(strengths)) if result.weight_delta is not None else None
         try:
-            return self.render(ws, delta)
+            images = self.render(ws, delta)
         except NonFiniteError:
-            moved = float((ws - result.ws.to(ws)).abs().nan_to_num(nan=math.inf).max())
+            moved = float((ws - codes.repeat(len(strengths), 1, 1)).abs().nan_to_num(nan=math.inf).max())
             if moved < 1e3:  # (codes lie within about ±10: a smaller move is not what broke the render)
                 raise
             # The edit, not the model: it was blamed on "the model's weights or an option".
             raise NonFiniteError(None, f"the edited image holds NaN or infinite values: the edit moved the codes by "
                                  f"up to {moved:.3g}; give a smaller strength") from None
+        return images.unflatten(0, (len(strengths), len(result)))
 
     def _direction_key(self, name: str) -> tuple:
         """What the direction ``name`` is read from, as it is now: the file it may name (from the current folder)

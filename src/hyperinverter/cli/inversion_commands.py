@@ -459,7 +459,7 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
             result, record = _result_for(pipe, path, args)
             if args.paste_back:
                 _check_paste_back(path, record, photo, photo_sha256)
-            edited.append((path, name, [result.image] + [pipe.edit(result, direction, s) for s in strengths],
+            edited.append((path, name, [result.image, *pipe.edit_strengths(result, direction, strengths)],
                            record["placement"]))
         except (InputError, OSError) as e:
             failures.append(failure(e, path))

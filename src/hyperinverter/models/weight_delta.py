@@ -74,6 +74,18 @@ class WeightDelta(Mapping[str, torch.Tensor]):
     def to(self, *args, **kwargs) -> WeightDelta:
         return self._map(lambda t: t.to(*args, **kwargs))
 
+    def tile(self, times: int) -> WeightDelta:
+        """The batch ``times`` times over, in the order of ``torch.cat([codes] * times)``: one image's offsets under
+        several codes (its edits at several strengths) in one synthesis call. For one sample a view, not a copy (a
+        full-size HyperInverter's Δθ is 90 MB per image); for more, a copy."""
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(f"times must be a whole number of 1 or more, got {times!r}")
+        if times == 1:
+            return self
+        if self.batch_size == 1:
+            return self._map(lambda t: t.expand(times, *t.shape[1:]))
+        return self._map(lambda t: t.repeat(times, *[1] * (t.ndim - 1)))
+
     def detach(self) -> WeightDelta:
         return self._map(lambda t: t.detach())
 
