@@ -671,6 +671,36 @@ def test_a_run_folder_in_use_is_refused(tmp_path, caplog):
 
 
 
+def test_a_lock_file_that_is_not_ours_is_refused_and_left_as_it_was(tmp_path):
+    # Only a results folder's lock was checked: a training run's checkpoints/.lock and an evaluation's OUT.work/.lock
+    # that were a link to a user's file wrote the pid into that file (and removed the link), and a named pipe there
+    # was written unlocked (with a warning) and removed.
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io.work import WorkFolder
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.run import prepared_run_dir
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    run, work, out = tmp_path / "run", tmp_path / "report.work", tmp_path / "out"
+    takers = {run / "checkpoints" / ".lock": lambda: prepared_run_dir(run, {"run_dir": str(run), "steps": 1},
+                                                                       DistributedContext()),
+              work / ".lock": lambda: WorkFolder(work, format="x", what="evaluation"),
+              out / files.OUTPUT_LOCK: lambda: files.output_folder(out)}
+    for lock, take in takers.items():
+        lock.parent.mkdir(parents=True)
+        for make in (lambda p: p.symlink_to(notes), os.mkfifo, lambda p: p.write_text("my lock")):
+            make(lock)
+            with pytest.raises(OutputError, match=f"{lock}: is not a lock file of hyperinverter's"), take():
+                pass
+            assert notes.read_text() == "my notes" and os.path.lexists(lock)
+            assert lock.is_symlink() or not lock.is_file() or lock.read_text() == "my lock"
+            lock.unlink()
+        with take():  # a lock file of ours
+            pass
+        assert not lock.exists() or lock.read_text() == f"pid {os.getpid()}\n"
+
+
 def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, capsys):
     # Two `invert` runs (or `edit`, `restore`, `generate --outdir`) into one folder, with other options, took no
     # lock: each wrote its own files over the other's, and the folder ended with a mixture of both.

@@ -151,15 +151,7 @@ def output_folder(out_dir: str | os.PathLike, *, job: str | None = None) -> Iter
     """
     out_dir = check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / OUTPUT_LOCK
-    try:  # (a run of ours leaves a process id or a job's name there, or nothing if it was killed before writing it)
-        ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 256
-                                             and _LOCK_CONTENT.fullmatch(path.read_bytes()) is not None)
-    except OSError:
-        ours = False
-    if not ours:
-        raise OutputError(path, "is not a lock file of hyperinverter's, whose name it has: move it away")
-    with exclusive_lock(path, what="writing results", folder=out_dir, job=job, remove=True):
+    with exclusive_lock(out_dir / OUTPUT_LOCK, what="writing results", folder=out_dir, job=job, remove=True):
         remove_stale_temporaries(out_dir)
         yield out_dir
 
@@ -195,7 +187,8 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
     ``job``: a lock shared with the other processes of the job of that name (the ranks of one torchrun job), and
     against any other process or job. ``remove``: the file goes at the end, by its last holder, however the block
     ends; a file found holding a process id (or a job's name) was then left by a process killed before it could end
-    (by the kernel for memory, say), which could not report it: a warning says so.
+    (by the kernel for memory, say), which could not report it: a warning says so. Anything else at ``path`` (a
+    link, a folder, a user's file) is an ``OutputError`` naming it, and stays as it was.
 
     An advisory ``flock``: the kernel releases it when the holder's process ends, however it ends, so a killed run
     never leaves a stale lock. Its holder may delete the file while it holds it (a work folder removed once its
@@ -208,8 +201,14 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    _check_lock_file(path)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # (not through a link: a training run's or a work folder's lock wrote its pid into a user's file)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                _check_lock_file(path)  # (a link made since: refused, naming it)
+            raise
         try:
             left = _flock(fcntl, fd, job)
         except BlockingIOError:
@@ -250,6 +249,19 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
             pass
         finally:
             os.close(fd)  # (releases the lock)
+
+
+def _check_lock_file(path: Path) -> None:
+    """An ``OutputError`` where ``path`` is there but is not a lock file of ours: a link, a folder, a named pipe, or
+    a file holding anything but what :func:`exclusive_lock` writes (a process id or a job's name, or nothing if its
+    run was killed before writing it). Locking would write into it, and its holder remove it: it stays as it was."""
+    try:
+        ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 256
+                                             and _LOCK_CONTENT.fullmatch(path.read_bytes()) is not None)
+    except OSError:
+        ours = False
+    if not ours:
+        raise OutputError(path, "is not a lock file of hyperinverter's, whose name it has: move it away")
 
 
 def _holder(content: str) -> str:
