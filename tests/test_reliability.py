@@ -789,6 +789,10 @@ def test_a_job_s_long_name_is_cut_to_what_the_lock_file_holds(tmp_path, caplog):
     # (its two ranks: one process's two opens of a flock conflict, as two processes' do)
     with files.output_folder(out, job=job), files.output_folder(out, job=job):
         assert (out / files.OUTPUT_LOCK).stat().st_size <= 256
+    # Cut at a space: the file's line, read back stripped, was not the job's name, and its other ranks were refused.
+    spaced = "127.0.0.1:29500:" + "x" * 183 + " tail:2"
+    with files.output_folder(out, job=spaced), files.output_folder(out, job=spaced):
+        pass
     fd = os.open(out / files.OUTPUT_LOCK, os.O_RDWR | os.O_CREAT)
     files._flock(fcntl, fd, job)
     os.close(fd)  # the job killed outright: its file stays

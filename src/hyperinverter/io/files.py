@@ -279,7 +279,8 @@ def _flock(fcntl, fd: int, job: str | None, *, wait_for_the_job: float = 5.0) ->
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return os.pread(fd, 256, 0).decode(errors="replace").strip()
     # One line of at most 200 bytes (_LOCK_CONTENT), not characters: an accented run id is two bytes a letter.
-    name = "job " + " ".join(job.split()).encode()[:200].decode(errors="ignore")
+    # (no space at the cut either: the line is read back stripped)
+    name = "job " + " ".join(job.split()).encode()[:200].decode(errors="ignore").rstrip()
     deadline = time.monotonic() + wait_for_the_job
     while True:
         try:
