@@ -198,6 +198,25 @@ def test_the_faces_of_one_photo_stay_one_photo_beside_another_folder_of_its_face
     assert (np.abs(both - one).sum(-1) > 0).any()  # res's photo has its second face edited too
 
 
+def test_a_face_given_twice_is_pasted_back_with_both_inputs_edits(pipeline, tmp_path, capsys):
+    # One file given twice was one input by its path: both inputs' edits went to the second's names, and the first's
+    # were never written (while the run said it wrote both); without --paste-back each has its own.
+    photo = tmp_path / "group.png"
+    hostile.photo(0, (200, 160)).save(photo)
+    invert_files(pipeline, [photo], tmp_path / "inv", detector=TwoFaces(), progress=False)
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
+                   tmp_path / "dir.safetensors")
+    face = str(tmp_path / "inv" / "group-face0.safetensors")
+    assert main(["edit", face, face, "--model", str(tmp_path / "model"), "--direction",
+                 str(tmp_path / "dir.safetensors"), "--strength", "3", "--paste-back", "--out", str(tmp_path / "edits"),
+                 "--device", "cpu"]) == 0
+    assert "wrote edits of 2 input(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "edits").glob("*.png")) == [
+        "inv_group-face0_2_dir_+3.png", "inv_group-face0_2_dir_strip.png", "inv_group-face0_dir_+3.png",
+        "inv_group-face0_dir_strip.png", "inv_group_dir_+3_photo.png"]
+
+
 def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_path, capsys):
     # `edit` redid every input when run again; now it skips the inputs whose edits it would make again.
     photo = tmp_path / "group.png"

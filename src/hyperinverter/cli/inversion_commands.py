@@ -421,9 +421,11 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
         # (a missing input stopped the batch halfway, exit 2, hiding what had failed before it)
         return InputError(path, describe_os_error(e)) if e.filename is None else InputError(describe_os_error(e))
 
-    stem = {path: out_dir / f"{name}_{part}" for path, name in faces}
-    targets = {path: [Path(f"{stem[path]}_{label}.png") for label in labels] + [Path(f"{stem[path]}_strip.png")]
-               for path, _ in faces}
+    # By output name, which is each input's own: one file given twice is two inputs (by path, the second's names
+    # were the first's too, and the first's edits were not written).
+    stem = {name: out_dir / f"{name}_{part}" for _, name in faces}
+    targets = {name: [Path(f"{stem[name]}_{label}.png") for label in labels] + [Path(f"{stem[name]}_strip.png")]
+               for _, name in faces}
     photos = ([Path(f"{out_dir / f'{photo_name}_{part}'}_{label}_photo.png") for label in labels]
               if args.paste_back else [])
     try:
@@ -435,7 +437,7 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
     failures, kept = [], []
     for path, name in faces:
         try:
-            inputs.check_outputs(targets[path])
+            inputs.check_outputs(targets[name])
             kept.append((path, name))
         except InputError as e:
             failures.append(e)
@@ -445,7 +447,7 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
     if source is not None:
         photo_sha256 = sha256_if_readable(Path(source))  # (hashed once for all its faces)
         made = fingerprint_of([made, photo_sha256])
-    if not args.overwrite and images_made_with([*photos, *(t for path, _ in faces for t in targets[path])], made):
+    if not args.overwrite and images_made_with([*photos, *(t for _, name in faces for t in targets[name])], made):
         return 0, len(faces), failures
     if source is not None:
         try:
@@ -464,11 +466,11 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
         except (InputError, OSError) as e:
             failures.append(failure(e, path))
     outputs = []
-    for path, name, images, _ in edited:
+    for _, name, images, _ in edited:
         outputs += [(target, image_bytes(pipe.content(img), made_with=made))
-                    for target, img in zip(targets[path], images[1:])]
+                    for target, img in zip(targets[name], images[1:])]
         strip = make_grid(pipe.content(torch.cat(images).cpu()), nrow=len(images))
-        outputs.append((targets[path][-1], image_bytes(strip, made_with=made)))
+        outputs.append((targets[name][-1], image_bytes(strip, made_with=made)))
     if photo is not None and edited:
         for k, target in enumerate(photos):
             crops = [tensor_to_pil(images[k + 1].cpu())[0].convert("RGB") for _, _, images, _ in edited]
