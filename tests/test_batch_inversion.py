@@ -130,17 +130,24 @@ def test_aligned_faces_keep_their_placement_and_paste_back(pipeline, tmp_path):
     assert diff[150, 5] == 0  # far from it: untouched
 
 
+def group_photo_edit_setup(pipeline, tmp_path, inversions: str = "inv") -> Path:
+    """A photo of two faces inverted into ``tmp_path / inversions``, the model saved to ``tmp_path / "model"`` and a
+    direction ``dir`` to ``tmp_path / "dir.safetensors"``: what `edit --paste-back` reads. -> the photo."""
+    photo = tmp_path / "group.png"
+    hostile.photo(0, (200, 160)).save(photo)
+    invert_files(pipeline, [photo], tmp_path / inversions, detector=TwoFaces(), progress=False)
+    pipeline.save_pretrained(tmp_path / "model")
+    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
+                   tmp_path / "dir.safetensors")
+    return photo
+
+
 def test_the_faces_of_one_photo_are_pasted_back_into_one_photo(pipeline, tmp_path, capsys):
     # `edit --paste-back` on a photo of several faces wrote a photo per face, each with only that face edited.
     from hyperinverter.align import paste_back_placements
     from hyperinverter.io.images import read_image
 
-    photo = tmp_path / "group.png"
-    hostile.photo(0, (200, 160)).save(photo)
-    invert_files(pipeline, [photo], tmp_path / "inv", detector=TwoFaces(), progress=False)
-    pipeline.save_pretrained(tmp_path / "model")
-    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
-                   tmp_path / "dir.safetensors")
+    photo = group_photo_edit_setup(pipeline, tmp_path)
     command = ["edit", str(tmp_path / "inv"), "--model", str(tmp_path / "model"), "--direction",
                str(tmp_path / "dir.safetensors"), "--strength", "-3", "3", "--paste-back", "--device", "cpu"]
     assert main([*command, "--out", str(tmp_path / "edits")]) == 0
@@ -179,14 +186,9 @@ def test_the_faces_of_one_photo_stay_one_photo_beside_another_folder_of_its_face
     # its folder, and `edit res other --paste-back` pasted res's two faces into two photos, one face each.
     import shutil
 
-    photo = tmp_path / "group.png"
-    hostile.photo(0, (200, 160)).save(photo)
-    invert_files(pipeline, [photo], tmp_path / "res", detector=TwoFaces(), progress=False)
+    group_photo_edit_setup(pipeline, tmp_path, "res")
     (tmp_path / "other").mkdir()
     shutil.copy(tmp_path / "res" / "group-face0.safetensors", tmp_path / "other")
-    pipeline.save_pretrained(tmp_path / "model")
-    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
-                   tmp_path / "dir.safetensors")
     assert main(["edit", str(tmp_path / "res"), str(tmp_path / "other"), "--model", str(tmp_path / "model"),
                  "--direction", str(tmp_path / "dir.safetensors"), "--strength", "3", "--paste-back",
                  "--out", str(tmp_path / "edits"), "--device", "cpu"]) == 0
@@ -201,12 +203,7 @@ def test_the_faces_of_one_photo_stay_one_photo_beside_another_folder_of_its_face
 def test_a_face_given_twice_is_pasted_back_with_both_inputs_edits(pipeline, tmp_path, capsys):
     # One file given twice was one input by its path: both inputs' edits went to the second's names, and the first's
     # were never written (while the run said it wrote both); without --paste-back each has its own.
-    photo = tmp_path / "group.png"
-    hostile.photo(0, (200, 160)).save(photo)
-    invert_files(pipeline, [photo], tmp_path / "inv", detector=TwoFaces(), progress=False)
-    pipeline.save_pretrained(tmp_path / "model")
-    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
-                   tmp_path / "dir.safetensors")
+    group_photo_edit_setup(pipeline, tmp_path)
     face = str(tmp_path / "inv" / "group-face0.safetensors")
     assert main(["edit", face, face, "--model", str(tmp_path / "model"), "--direction",
                  str(tmp_path / "dir.safetensors"), "--strength", "3", "--paste-back", "--out", str(tmp_path / "edits"),
@@ -219,13 +216,7 @@ def test_a_face_given_twice_is_pasted_back_with_both_inputs_edits(pipeline, tmp_
 
 def test_edit_resumes_on_the_same_inversion_photo_and_direction(pipeline, tmp_path, capsys):
     # `edit` redid every input when run again; now it skips the inputs whose edits it would make again.
-    photo = tmp_path / "group.png"
-    hostile.photo(0, (200, 160)).save(photo)
-    invert_files(pipeline, [photo], tmp_path / "out", detector=TwoFaces(), progress=False)
-    pipeline.save_pretrained(tmp_path / "model")
-    direction = tmp_path / "dir.safetensors"
-    save_direction(LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir"),
-                   direction)
+    photo, direction = group_photo_edit_setup(pipeline, tmp_path, "out"), tmp_path / "dir.safetensors"
     inversions = sorted(map(str, (tmp_path / "out").glob("*.safetensors")))
 
     def edit(*extra: str, status: int = 0) -> str:
