@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -11,6 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 # One thread by default: the test models are tiny, so more threads only add synchronisation, and on a busy
 # machine (a training run beside the tests) two threads each waiting for the other made the suite 4x slower.
 torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "1")))
+
+
+def lock_holder(pid: int) -> str:
+    """How a lock file names the process ``pid`` of this host (``hyperinverter.io.files.exclusive_lock``)."""
+    return f"pid {pid} on {socket.gethostname()}"
 
 
 def build_tiny_generator(seed: int = 0, *, channel_base: int = 256):

@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 import hostile
+from conftest import lock_holder
 from hyperinverter.data.folder import ImageFolderDataset
 from hyperinverter.data.sources import DCGANFaceGenerator, _read_idx, fashion32
 from hyperinverter.io.files import sha256_of
@@ -218,7 +220,7 @@ def test_a_dataset_folder_in_use_is_refused(odd_folder, tmp_path, monkeypatch, c
     monkeypatch.setattr(sources, "load_fashion_mnist", lambda split: (np.zeros((3, 28, 28), np.uint8), np.zeros(3)))
     out = tmp_path / "out"
     lock = out / files.OUTPUT_LOCK
-    in_use = rf"out: is in use: another process is writing results there \(pid {os.getpid()}\)"
+    in_use = rf"out: is in use: another process is writing results there \({re.escape(lock_holder(os.getpid()))}\)"
     with files.output_folder(out):  # (one process's two opens of a flock conflict, as two processes' do)
         for write in (lambda: sources.write_faces64(out, 2, progress=False),
                       lambda: sources.write_fashion32(out, progress=False),
@@ -229,8 +231,8 @@ def test_a_dataset_folder_in_use_is_refused(odd_folder, tmp_path, monkeypatch, c
         assert [p.name for p in out.iterdir()] == [lock.name]
         assert main(["data", "stylise", str(odd_folder), "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [(
-            f"error: {out}: is in use: another process is writing results there (pid {os.getpid()}); wait for it to "
-            "end, or give another folder")]
+            f"error: {out}: is in use: another process is writing results there ({lock_holder(os.getpid())}); "
+            "wait for it to end, or give another folder")]
     assert list(out.iterdir()) == []
     # A killed writing's lock file (its pid, or nothing) blocks nothing, is neither a stranger nor an image, and
     # goes with the next writing's.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 import hostile
-from conftest import build_tiny_generator, build_tiny_pipeline
+from conftest import build_tiny_generator, build_tiny_pipeline, lock_holder
 from hyperinverter.catalogue import sha256_of
 from hyperinverter.cli.main import main
 from hyperinverter.inversion.batch import invert_files, torchrun_job
@@ -192,7 +193,8 @@ def test_a_killed_invert_leaves_only_complete_pictures_and_resumes(pipeline, tmp
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"wrote {120 - len(done)} picture(s)" in again.stdout and f"{len(done)} input(s) already done" in again.stdout
-    assert f"{out}: the last process writing results there (pid {process.pid}) was killed" in again.stderr
+    assert (f"{out}: the last process writing results there ({lock_holder(process.pid)}) was killed"
+            in again.stderr)
     assert len(_outputs_are_complete(out)) == 120
     assert not (out / files.OUTPUT_LOCK).exists()  # the run that finished took the killed one's lock file away
 
@@ -642,7 +644,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path, caplog):
     try:
         assert holder.stdout.readline() == "held\n"
         config = (run / "config.yaml").read_text()
-        in_use = rf"run: is in use: another process is training there \(pid {holder.pid}\)"
+        in_use = rf"run: is in use: another process is training there \({re.escape(lock_holder(holder.pid))}\)"
         with pytest.raises(OutputError, match=in_use), prepared_run_dir(run, {"run_dir": str(run), "steps": 1},
                                                                          DistributedContext()):
             pass
@@ -654,7 +656,8 @@ def test_a_run_folder_in_use_is_refused(tmp_path, caplog):
             prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()) as taken:
         assert taken == run
     # The kernel's OOM killer leaves a run no chance to report itself: the next one says that it was killed.
-    assert f"{run}: the last process training there (pid {holder.pid}) was killed before it ended" in caplog.text
+    assert (f"{run}: the last process training there ({lock_holder(holder.pid)}) was killed before it ended"
+            in caplog.text)
     assert not (run / "checkpoints" / ".lock").exists()
     caplog.clear()
     with pytest.raises(RuntimeError), prepared_run_dir(run, {"run_dir": str(run), "steps": 1}, DistributedContext()):
@@ -698,7 +701,7 @@ def test_a_lock_file_that_is_not_ours_is_refused_and_left_as_it_was(tmp_path):
             lock.unlink()
         with take():  # a lock file of ours
             pass
-        assert not lock.exists() or lock.read_text() == f"pid {os.getpid()}\n"
+        assert not lock.exists() or lock.read_text() == f"{lock_holder(os.getpid())}\n"
 
 
 def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, capsys):
@@ -708,7 +711,7 @@ def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, 
 
     photos, out = write_photos(tmp_path / "photos", 2), tmp_path / "out"
     lock = out / files.OUTPUT_LOCK
-    in_use = rf"out: is in use: another process is writing results there \(pid {os.getpid()}\)"
+    in_use = f"out: is in use: another process is writing results there \\({re.escape(lock_holder(os.getpid()))}\\)"
     with files.output_folder(out):  # (one process's two opens of a flock conflict, as two processes' do)
         with pytest.raises(OutputError, match=in_use):
             invert_files(pipeline, photos, out, progress=False)
@@ -717,12 +720,16 @@ def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, 
         assert main(["generate", "--model", str(tmp_path / "g"), "--outdir", str(out), "--seeds", "1-2",
                      "--device", "cpu"]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
-            (f"error: {out}: is in use: another process is writing results there (pid {os.getpid()}); wait for it to "
-             "end, or give another folder")]
+            (f"error: {out}: is in use: another process is writing results there ({lock_holder(os.getpid())}); "
+             "wait for it to end, or give another folder")]
     assert list(out.iterdir()) == []  # the lock file went with the lock
     lock.write_text("999999\n")  # a killed run's: the kernel released its lock, and its file blocks nothing
     assert len(invert_files(pipeline, photos, out, progress=False).written) == 2
     assert not lock.exists()
+    for left in ("pid 999999", "pid 999999 on node-7.cluster"):  # the last version's, and this one's, from another host
+        lock.write_text(f"{left}\n")
+        assert len(invert_files(pipeline, photos, out, progress=False, overwrite=True).written) == 2
+        assert not lock.exists()
     lock.write_text("my notes")  # not ours: left as it was
     with pytest.raises(OutputError, match="is not a lock file of hyperinverter's"):
         invert_files(pipeline, photos, out, progress=False, overwrite=True)
@@ -831,7 +838,7 @@ def test_a_work_folder_in_use_is_refused(tmp_path):
     first.claim({"seed": 0})
     first.write_json("a/batch-0.json", {"scores": 1})
     with pytest.raises(OutputError, match=rf"report.work: is in use: another process is writing this evaluation "
-                                          rf"there \(pid {os.getpid()}\)"):
+                                          rf"there \({re.escape(lock_holder(os.getpid()))}\)"):
         second.claim({"seed": 0})  # (one process's two opens of a flock conflict, as two processes' do)
     assert not second.resumed
     first.close()  # an interrupted run: its records stay, and the next run resumes them

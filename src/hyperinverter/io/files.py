@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -130,9 +131,9 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
 
 # Held in a results folder while a command writes into it (see output_folder).
 OUTPUT_LOCK = ".hyperinverter.lock"
-# What exclusive_lock writes: "pid N", or its job's name; a bare pid (or nothing) is an earlier version's, which a
-# stopped or failed training run left too, so that it does not say its holder was killed.
-_LOCK_CONTENT = re.compile(rb"(\d*|pid \d+|job [^\n]{1,200})\n?")
+# What exclusive_lock writes: "pid N on HOST", or its job's name; "pid N" and a bare pid (or nothing) are earlier
+# versions', which a stopped or failed training run left too, so that it does not say its holder was killed.
+_LOCK_CONTENT = re.compile(rb"(\d*|pid \d+(?: on [^\s]{1,64})?|job [^\n]{1,200})\n?")
 
 
 @contextlib.contextmanager
@@ -237,7 +238,7 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
                            "(`journalctl -k`, `dmesg`)", folder or path.parent, what, _holder(left))
         if job is None:  # who holds it, for the message above
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{_this_process()}\n".encode(), 0)
         yield
     finally:
         try:
@@ -264,8 +265,16 @@ def _check_lock_file(path: Path) -> None:
         raise OutputError(path, "is not a lock file of hyperinverter's, whose name it has: move it away")
 
 
+def _this_process() -> str:
+    """"pid N on HOST": on a shared file system (a cluster's NFS) a pid alone named an unrelated process of the
+    host reading it."""
+    host = "".join(socket.gethostname().split())[:64]
+    return f"pid {os.getpid()}" + (f" on {host}" if host.isascii() and host else "")
+
+
 def _holder(content: str) -> str:
-    """Who a lock file's ``content`` names: "pid N" (an earlier version wrote the bare number) or "torchrun job X"."""
+    """Who a lock file's ``content`` names: "pid N on HOST" ("pid N" or the bare number: an earlier version's) or
+    "torchrun job X"."""
     return f"torchrun job {content[4:]}" if content.startswith("job ") else f"pid {content.removeprefix('pid ')}"
 
 
