@@ -65,6 +65,23 @@ def test_resume_reaches_the_same_parameters(tmp_path):
     assert_same_weights_and_optimiser(tmp_path / "straight", tmp_path / "resumed", step=6)
 
 
+def test_a_run_that_could_not_replace_its_final_generator_stops_before_training(tmp_path):
+    # docs/training.md finds SeFa directions into the run's final/directions; training on ("raise steps") then
+    # trained every step and failed at the end, saying the directions were files hyperinverter did not write.
+    from hyperinverter.editing import LinearDirection, save_direction
+    from hyperinverter.errors import OutputError
+
+    images, run = teacher_images(), tmp_path / "run"
+    train_generator(config(run, steps=2), images=images)
+    direction = run / "final" / "directions" / "sefa 1.safetensors"
+    save_direction(LinearDirection(torch.ones(1, 8), name="sefa 1"), direction)
+    with pytest.raises(OutputError, match=r"final: is a generator folder that also holds directions, which a "
+                       r"generator's files do not include and replacing it would lose"):
+        train_generator(config(run, steps=4), images=images)
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["checkpoint-00000002.safetensors"]
+    assert direction.is_file()
+
+
 def assert_same_weights_and_optimiser(run_a, run_b, *, step):
     a = load_file(run_a / "checkpoints" / f"checkpoint-{step:08d}.safetensors")
     b = load_file(run_b / "checkpoints" / f"checkpoint-{step:08d}.safetensors")

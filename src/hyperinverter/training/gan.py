@@ -122,6 +122,7 @@ class GANTask(TrainingTask):
     """StyleGAN2: G (non-saturating, or distillation onto a teacher), lazy path length, D, lazy R1; EMA of G."""
 
     name = "train generator"
+    saves = "generator"
     cleans_gradients = True  # as NVIDIA's loop: a NaN or infinite gradient is cleaned, not applied
 
     def __init__(self, cfg: GeneratorTrainingConfig, device: torch.device, ctx: DistributedContext, *,

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import CheckpointError
-from ..io.files import check_outside
+from ..io.files import check_outside, check_replaceable
 from ..io.images import check_content_rows
 from ..io.work import fingerprint_of
 from ..progress import progress_bar
@@ -179,6 +179,7 @@ class TrainingTask:
     resolution: int
     channels: int
     validates: bool = False  # whether it has a validation loss (then the best model is kept)
+    saves: str = "pipeline"  # what ``save`` writes (``final`` and ``best``): "pipeline" or "generator"
     cleans_gradients: bool = False
     added_modules: frozenset[str] = frozenset()  # modules a checkpoint of an earlier version may lack
 
@@ -377,6 +378,9 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
         else:
             start_step, progress = resumed
             _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)
+            if ctx.is_main:  # (a run trained to its end, then found that it could not replace final/)
+                for name in ("final", "best"):
+                    check_replaceable(run_dir / name, task.saves)
             position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
             window = list(progress.get("window", []))  # the steps since the last log line (it averages them)
             recorded_data = progress.get("data")
