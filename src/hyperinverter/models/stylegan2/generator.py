@@ -24,6 +24,7 @@ from ..weight_delta import WeightDelta
 from .layers import (
     SYNTHESIS_LAYER_OFFSETS,
     TORGB_LAYER_OFFSETS,
+    BatchNoise,
     ConvKernel,
     FoldedLayer,
     FullyConnectedLayer,
@@ -472,10 +473,9 @@ class SynthesisNetwork(nn.Module):
         noise_mode: NoiseMode = "const",
         noise_generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``noise_generator``: where ``noise_mode="random"`` draws from (default: the global RNG). NVIDIA's code
-        draws each layer's ``[B, 1, R, R]`` maps in turn; here a CPU batch that continues sample by sample (from
-        ``_split_resolution``: at ffhq-1024, from 64 px) draws them sample by sample from there, so a seed gives
-        other maps than NVIDIA's (the same distribution). ``"const"``, every inversion's, is not affected."""
+        """``noise_generator``: where ``noise_mode="random"`` draws from (default: the global RNG), each layer's
+        ``[B, 1, R, R]`` maps in turn, as NVIDIA's code draws them: a seed gives the maps it gives there, also where
+        a CPU batch continues sample by sample (``_split_resolution``; ``BatchNoise``)."""
         c = self.config
         assert ws.ndim == 3 and ws.shape[1:] == (c.num_ws, c.w_dim), (
             f"ws must be [B,{c.num_ws},{c.w_dim}], got {tuple(ws.shape)}"
@@ -525,10 +525,13 @@ class SynthesisNetwork(nn.Module):
         while i < len(blocks):
             res, block = blocks[i]
             if split is not None and res >= split:
+                # (drawn sample by sample, the random maps were other than NVIDIA's for a seed)
+                batch_noise = BatchNoise(ws.shape[0], noise_generator) if noise_mode == "random" else None
                 return torch.cat([
                     self._synthesize(ws[j : j + 1], None if weight_delta is None else weight_delta.select(j),
-                                     noise_mode, noise_generator, None if x is None else x[j : j + 1],
-                                     None if img is None else img[j : j + 1], start=i)
+                                     noise_mode, noise_generator if batch_noise is None else batch_noise.sample(j),
+                                     None if x is None else x[j : j + 1], None if img is None else img[j : j + 1],
+                                     start=i)
                     for j in range(ws.shape[0])
                 ])
             # Under reduced precision the coarse blocks stay fp32: their rounding errors grow through every block

@@ -387,6 +387,39 @@ def _check_per_sample(per_sample: dict[str, torch.Tensor | None], known: dict[st
     return {k: v for k, v in per_sample.items() if v is not None}
 
 
+class BatchNoise:
+    """``noise_mode="random"`` for one sample of a batch that runs sample by sample: each layer's maps are drawn
+    for the whole batch (``[B, 1, R, R]``, as NVIDIA's layer draws them) when the batch's first sample reaches it,
+    and every sample takes its own. The first sample runs the layers in order, so the draws come in NVIDIA's order,
+    and a seed gives the batch the maps it gives NVIDIA's code (the batch in one pass would draw them the same).
+    Pass ``sample(j)`` as a layer's ``noise_generator``."""
+
+    def __init__(self, batch_size: int, generator: torch.Generator | None) -> None:
+        self.batch_size, self.generator = batch_size, generator
+        self.maps: WeakIdKeyDictionary = WeakIdKeyDictionary()  # layer -> its batch's maps
+
+    def sample(self, index: int) -> SampleNoise:
+        return SampleNoise(self, index)
+
+
+class SampleNoise:
+    """Sample ``index``'s share of a :class:`BatchNoise`."""
+
+    def __init__(self, batch: BatchNoise, index: int) -> None:
+        self.batch, self.index = batch, index
+
+    def draw(self, layer: nn.Module, resolution: int, like: torch.Tensor) -> torch.Tensor:
+        """This sample's ``[1, 1, R, R]`` map of ``layer`` (drawn in ``like``'s dtype, onto its device)."""
+        maps = self.batch.maps.get(layer)
+        if maps is None:
+            generator = self.batch.generator
+            where = generator.device if generator is not None else like.device
+            maps = torch.randn(self.batch.batch_size, 1, resolution, resolution, generator=generator, device=where,
+                               dtype=like.dtype).to(like.device)
+            self.batch.maps[layer] = maps
+        return maps[self.index : self.index + 1].to(like.dtype)
+
+
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv + noise + bias + lrelu (NVIDIA ``SynthesisLayer``)."""
 
@@ -471,7 +504,9 @@ class SynthesisLayer(nn.Module):
         """The noise this layer adds to its output ``x`` (``[B|1, 1, R, R]``, scaled), or None."""
         if not self.use_noise or noise_mode == "none":
             return None
-        if noise_mode == "random":  # from ``noise_generator`` when given (reproducible), else the global RNG
+        if noise_mode == "random" and isinstance(noise_generator, SampleNoise):  # (a batch run sample by sample)
+            noise = noise_generator.draw(self, self.resolution, x)
+        elif noise_mode == "random":  # from ``noise_generator`` when given (reproducible), else the global RNG
             where = noise_generator.device if noise_generator is not None else x.device
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=noise_generator,
                                 device=where, dtype=x.dtype).to(x.device)
