@@ -378,9 +378,10 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
         else:
             start_step, progress = resumed
             _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)
-            if ctx.is_main:  # (a run trained to its end, then found that it could not replace final/)
-                for name in ("final", "best"):
-                    check_replaceable(run_dir / name, task.saves)
+            # A run trained to its end, then found that it could not replace final/. (Every rank checks: one rank's
+            # error alone would leave the others waiting for it.)
+            for name in ("final", "best"):
+                check_replaceable(run_dir / name, task.saves)
             position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
             window = list(progress.get("window", []))  # the steps since the last log line (it averages them)
             recorded_data = progress.get("data")

@@ -417,7 +417,7 @@ class SampleNoise:
             maps = torch.randn(self.batch.batch_size, 1, resolution, resolution, generator=generator, device=where,
                                dtype=like.dtype).to(like.device)
             self.batch.maps[layer] = maps
-        return maps[self.index : self.index + 1].to(like.dtype)
+        return maps[self.index : self.index + 1]
 
 
 class SynthesisLayer(nn.Module):
