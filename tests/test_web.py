@@ -107,6 +107,17 @@ def test_every_face_of_a_group_photo_is_edited_alike(session, pipeline):
         session.edit_faces([items[0], other[1]], "up", 2.0, paste_back=True)
 
 
+def test_a_sweep_shows_the_edits_at_evenly_spaced_strengths(session, pipeline):
+    item = session.invert(photo(), align=True)[0]
+    row = session.sweep(item, "up", -2.0, steps=5)
+    edits = [pipeline.edit(item.result, session.directions["up"], s) for s in (-2.0, -1.0, 0.0, 1.0, 2.0)]
+    expected = np.asarray(session.to_display(torch.cat(edits)), dtype=int)
+    assert row.size == session.to_display(torch.cat(edits)).size
+    assert np.abs(np.asarray(row, dtype=int) - expected).max() <= 1  # (one synthesis call: float rounding)
+    with pytest.raises(ValueError, match="unknown direction"):
+        session.sweep(item, "smile", 1.0)
+
+
 def test_the_second_photo_is_its_largest_face(pipeline):
     # Every face of the second photo was inverted (a W optimisation each, on a group photo) and the leftmost used;
     # `swap` takes the largest, as the page does now.

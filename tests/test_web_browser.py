@@ -27,6 +27,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hyperinverter.apps import sample_photos
+from hyperinverter.apps.web import SWEEP_STEPS
 from hyperinverter.catalogue import installed_bundles, local_model_path
 from hyperinverter.editing.directions import load_model_directions
 
@@ -137,6 +138,17 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     slider.click()
     slider.send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
     wait(driver, lambda d: (src := image_src(d, "#edited")) and src != first_edit, "the edit to change")
+    value = float(driver.find_element(By.CSS_SELECTOR, "#strength input[type=number]").get_attribute("value"))
+    wait(driver, lambda d: (image_src(d, "#edited") or "").endswith(f"{value:+g}.png"), "the last key's edit")
+
+    # 2b. A sweep of strengths takes the edit's place, a row of them; the slider brings the single edit back.
+    driver.find_element(By.CSS_SELECTOR, "#sweep").click()
+    swept = wait(driver, lambda d: (src := image_src(d, "#edited")) and "_sweep" in src and src, "the sweep")
+    assert swept.endswith(f"_sweep{abs(value):g}.png")
+    wait(driver, lambda d: edited_aspect(d) == pytest.approx(SWEEP_STEPS, rel=0.05), "a row of the sweep's edits")
+    slider.send_keys(Keys.ARROW_RIGHT)
+    wait(driver, lambda d: (src := image_src(d, "#edited")) and src != swept and edited_aspect(d) < 1.5,
+         "the single edit to come back")
     if os.environ.get("HYPERINVERTER_SCREENSHOT"):
         time.sleep(1)
         driver.save_screenshot(os.environ["HYPERINVERTER_SCREENSHOT"])
@@ -161,6 +173,13 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     wait(driver, lambda d: not image_src(d, "#compare") and "not a readable image" in text_of(d, "#status"),
          "the stale result to be cleared")
     assert "/tmp" not in text_of(driver, "#status")
+
+
+def edited_aspect(driver) -> float:
+    """Width over height of the edited image as loaded (0 until it has loaded)."""
+    size = driver.execute_script("const im = document.querySelector('#edited img');"
+                                 "return im ? [im.naturalWidth, im.naturalHeight] : [0, 1];")
+    return size[0] / max(size[1], 1)
 
 
 def tile_names(driver, selector: str) -> list[str]:

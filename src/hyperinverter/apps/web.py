@@ -44,6 +44,7 @@ DEFAULT_LIMITS = WebLimits()
 # The optimisation methods' step counts the page offers (W, W+ and PTI take minutes at their official counts): shown
 # for the methods that take them, from 1 up to the method's own (official) count.
 STEP_OPTIONS = ("pivot_steps", "steps")
+SWEEP_STEPS = 7  # the edits of a sweep, from -|strength| to +|strength|
 
 
 def step_options(inverter, values: Sequence[object]) -> dict[str, int]:
@@ -259,6 +260,14 @@ class WebSession:
             faces = [tensor_to_pil(face.cpu())[0].convert("RGB") for face in edited]
             return paste_back_placements(photo, faces, [it.placement for it in items])
         return self.to_display(torch.cat(edited))
+
+    def sweep(self, item: WebInversion, direction: str, strength: float, steps: int = SWEEP_STEPS) -> Image.Image:
+        """``item`` edited along ``direction`` at ``steps`` strengths evenly from -|strength| to +|strength|, in one
+        synthesis call: a row to choose the strength from."""
+        if direction not in self.directions:
+            raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
+        strengths = torch.linspace(-abs(strength), abs(strength), steps).tolist()
+        return self.to_display(self.pipe.edit_strengths(item.result, self.directions[direction], strengths)[:, 0])
 
     def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
         """The photo ``item``'s face was aligned from (read again from the upload), or None if it was not aligned."""
@@ -832,6 +841,19 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         suffix = "_photo" if paste and item.placement is not None else ""
         return files.image(f"{stem}_{direction}{strength:+g}{suffix}", image), token(entry)
 
+    def on_sweep(name, state, label, direction, strength):
+        entry = results.entry(state, name)
+        item = pick(entry, label)
+        if item is None or not direction:
+            gr.Warning(needs_photo if item is None else "choose a direction")
+            return None, token(entry)
+        if not given_number(strength, "strength"):
+            return None, token(entry)
+        image = attempt(session(name).sweep, item, direction, strength)
+        if image is None:
+            return None, token(entry)
+        return files.image(f"{item.stem}_{direction}_sweep{abs(strength):g}", image), token(entry)
+
     def on_second(name, method, photo, align, state, pivot_steps=None, steps=None):
         """The second photo inverted; the face swap of the photo before it is cleared (a click makes this one's)."""
         entry = results.entry(state, name)
@@ -946,6 +968,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             with gr.Column():
                 paste = gr.Checkbox(value=False, label="paste back into the photo", elem_id="paste")
                 every_face = gr.Checkbox(value=False, label="edit every face of the photo", elem_id="every-face")
+                sweep = gr.Button(f"Sweep: {SWEEP_STEPS} strengths from -|strength| to +|strength|",
+                                  elem_id="sweep")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights), mix styles, swap faces")
         with gr.Row():
@@ -1005,6 +1029,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
         for option in (paste, every_face):
             option.change(quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
+        # In the edit's place (cleared with it by a new photo or model); the slider brings the single edit back.
+        sweep.click(on_sweep, [model, state, face, direction, strength], [edited, state], api_name="sweep", **queued)
         photo_b.change(on_second, [model, method, photo_b, align, state, *step_fields], [state, swapped],
                        api_name="second",
                        **queued).then(quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
