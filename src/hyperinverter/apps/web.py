@@ -822,14 +822,19 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         chosen = session(name).directions.get(direction)
         return gr.update(**strength_slider(chosen)) if chosen is not None else gr.update()
 
-    def on_edit(name, state, label, direction, strength, paste, every_face=False, quiet=False):
-        entry = results.entry(state, name)
+    def to_edit(entry, label, direction, strength, quiet=False):
+        """The picked face to edit, or None (said, unless ``quiet``) without a photo, a direction or a strength."""
         item = pick(entry, label)
         if item is None or not direction:
             if not quiet:
                 gr.Warning(needs_photo if item is None else "choose a direction")
-            return None, token(entry)
-        if not given_number(strength, "strength"):
+            return None
+        return item if given_number(strength, "strength") else None
+
+    def on_edit(name, state, label, direction, strength, paste, every_face=False, quiet=False):
+        entry = results.entry(state, name)
+        item = to_edit(entry, label, direction, strength, quiet)
+        if item is None:
             return None, token(entry)
         s = session(name)
         # Every face of the photo (the faces menu's), edited alike: in a row, or pasted back into one photo.
@@ -843,13 +848,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_sweep(name, state, label, direction, strength):
         entry = results.entry(state, name)
-        item = pick(entry, label)
-        if item is None or not direction:
-            gr.Warning(needs_photo if item is None else "choose a direction")
-            return None, token(entry)
-        if not given_number(strength, "strength"):
-            return None, token(entry)
-        image = attempt(session(name).sweep, item, direction, strength)
+        item = to_edit(entry, label, direction, strength)
+        image = None if item is None else attempt(session(name).sweep, item, direction, strength)
         if image is None:
             return None, token(entry)
         return files.image(f"{item.stem}_{direction}_sweep{abs(strength):g}", image), token(entry)
