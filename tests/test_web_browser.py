@@ -2,7 +2,8 @@
 
 Served in-process on a free loopback port over the two bundled models. ``make test`` installs ``chromium`` and
 ``chromium-driver`` (apt) and Selenium (the ``dev`` extra); without them this module is skipped, saying why.
-Set ``HYPERINVERTER_SCREENSHOT=path.png`` to keep a screenshot of the page after an inversion and an edit.
+Set ``HYPERINVERTER_SCREENSHOT=path.png`` to keep a screenshot of the page after an inversion and a sweep of
+edits.
 """
 
 from __future__ import annotations
@@ -146,12 +147,12 @@ def test_upload_invert_edit_switch_model_and_a_bad_file(server, browser, tmp_pat
     swept = wait(driver, lambda d: (src := image_src(d, "#edited")) and "_sweep" in src and src, "the sweep")
     assert swept.endswith(f"_sweep{abs(value):g}.png")
     wait(driver, lambda d: edited_aspect(d) == pytest.approx(SWEEP_STEPS, rel=0.05), "a row of the sweep's edits")
-    slider.send_keys(Keys.ARROW_RIGHT)
-    wait(driver, lambda d: (src := image_src(d, "#edited")) and src != swept and edited_aspect(d) < 1.5,
-         "the single edit to come back")
     if os.environ.get("HYPERINVERTER_SCREENSHOT"):
         time.sleep(1)
         driver.save_screenshot(os.environ["HYPERINVERTER_SCREENSHOT"])
+    slider.send_keys(Keys.ARROW_RIGHT)
+    wait(driver, lambda d: (src := image_src(d, "#edited")) and src != swept and edited_aspect(d) < 1.5,
+         "the single edit to come back")
 
     # 3. Switch model: the old results are gone, and an in-domain example inverts.
     choose(driver, "#model", "fashion-32")

@@ -968,8 +968,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             with gr.Column():
                 paste = gr.Checkbox(value=False, label="paste back into the photo", elem_id="paste")
                 every_face = gr.Checkbox(value=False, label="edit every face of the photo", elem_id="every-face")
-                sweep = gr.Button(f"Sweep: {SWEEP_STEPS} strengths from -|strength| to +|strength|",
-                                  elem_id="sweep")
+                sweep = gr.Button(f"Sweep ±strength ({SWEEP_STEPS} edits)", elem_id="sweep")
         edited = gr.Image(type="filepath", format="png", label="edited", interactive=False, elem_id="edited")
         gr.Markdown("## A second photo: interpolate (codes and residual weights), mix styles, swap faces")
         with gr.Row():
