@@ -173,6 +173,23 @@ def check_compile(report: dict, repeats: int) -> None:
             print(json.dumps(rows[-1]), flush=True)
 
 
+def ddp_config(work: Path, steps: int, device: str) -> Path:
+    """``work/config.yaml``: the shipped fashion32 Phase II config, with this run's keys replaced (as a mapping:
+    training configs refuse a key given twice, and appended lines for keys the file sets too failed with exit 2)."""
+    import yaml
+
+    bundle = ROOT / "src/hyperinverter/bundled/fashion-32"
+    config = yaml.safe_load((ROOT / "configs/fashion32/hypernetwork.yaml").read_text())
+    config.pop("adv_start", None)
+    config.update(run_dir=str(work / "run"), data=str(work / "data"), generator=str(bundle / "generator"),
+                  w_encoder=str(bundle), steps=steps, device=device,
+                  precision="bf16" if device == "cuda" else "fp32", dfeat_weight=0, adv_weight=0,
+                  val_every=steps, checkpoint_every=steps, sample_every=steps, log_every=1)
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def check_ddp(report: dict, steps: int, device: str = "cuda") -> None:
     """Phase II on generated fashion-32 images, bf16, torchrun with nccl."""
     from hyperinverter.io.images import save_image
@@ -184,20 +201,10 @@ def check_ddp(report: dict, steps: int, device: str = "cuda") -> None:
         images = pipe.generator(torch.randn(64, pipe.generator.z_dim, generator=torch.Generator().manual_seed(0)))
     for i, image in enumerate(images):
         save_image(image, work / "data" / f"{i:04d}.png")
-    bundle = ROOT / "src/hyperinverter/bundled/fashion-32"
-    config = (ROOT / "configs/fashion32/hypernetwork.yaml").read_text()
-    config = "\n".join(line for line in config.splitlines()
-                       if not line.startswith(("run_dir", "data", "generator", "w_encoder", "steps", "device",
-                                               "adv_start", "val_every", "checkpoint_every", "sample_every")))
-    config += (f"\nrun_dir: {work / 'run'}\ndata: {work / 'data'}\ngenerator: {bundle / 'generator'}\n"
-               f"w_encoder: {bundle}\nsteps: {steps}\ndevice: {device}\n"
-               f"precision: {'bf16' if device == 'cuda' else 'fp32'}\n"
-               f"dfeat_weight: 0\nadv_weight: 0\nval_every: {steps}\ncheckpoint_every: {steps}\n"
-               f"sample_every: {steps}\nlog_every: 1\n")
-    (work / "config.yaml").write_text(config)
+    config = ddp_config(work, steps, device)
     n_gpus = torch.cuda.device_count() if device == "cuda" else 1
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n_gpus}", "-m", "hyperinverter.cli.main",
-           "train", "-v", "hypernetwork", "--config", str(work / "config.yaml")]
+           "train", "-v", "hypernetwork", "--config", str(config)]
     start = time.perf_counter()
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})

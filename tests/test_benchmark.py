@@ -385,3 +385,17 @@ def test_claims_are_judged_on_the_papers_metrics_and_runs():
     assert holds and "not judged: Inception dist. 0.6000 vs 0.5000 (+20.0%), not the paper's metric" in evidence
     holds, evidence = verdicts["HyperInverter's ground-truth editability is better than W+ optimisation's"]
     assert not holds and "W+ optimisation ran 500 steps, not the paper's 2000" in evidence
+
+
+def test_gpu_check_ddp_config_loads_as_a_training_config(monkeypatch, tmp_path):
+    """benchmarks/gpu_check.py's ddp section trains with the shipped fashion32 config, its own keys replaced: the
+    file it writes must load (lines appended for keys the file sets too were refused, exit 2, on a lent GPU)."""
+    from hyperinverter.training.config import load_config
+    from hyperinverter.training.inversion import InversionTrainingConfig
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import gpu_check
+
+    cfg = load_config(InversionTrainingConfig, gpu_check.ddp_config(tmp_path, 6, "cuda"))
+    assert (cfg.steps, cfg.device, cfg.precision, cfg.log_every, cfg.val_every) == (6, "cuda", "bf16", 1, 6)
+    assert cfg.adv_weight == 0 and cfg.dfeat_weight == 0 and cfg.run_dir == str(tmp_path / "run")
