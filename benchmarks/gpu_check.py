@@ -208,8 +208,15 @@ def check_ddp(report: dict, steps: int, device: str = "cuda") -> None:
     start = time.perf_counter()
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    output = done.stdout + done.stderr
     report["ddp"] = {"gpus": n_gpus, "returncode": done.returncode, "seconds": time.perf_counter() - start,
-                     "nccl": "nccl" in (done.stdout + done.stderr), "tail": (done.stdout + done.stderr)[-1500:]}
+                     "nccl": "nccl" in output, "errors": command_errors(output), "tail": output[-1500:]}
+
+
+def command_errors(output: str) -> list[str]:
+    """The package's own error lines (``error: <file>: <cause>``, ``failed: ...``) in a command's output: under
+    torchrun a failing rank's cause came before torchrun's ChildFailedError traceback, which filled the tail."""
+    return [line for line in output.splitlines() if line.startswith(("error:", "failed:"))][-5:]
 
 
 def markdown(report: dict) -> str:
@@ -247,8 +254,8 @@ def markdown(report: dict) -> str:
     if "ddp" in report:
         d = report["ddp"]
         lines += ["", "## Phase II under torchrun (nccl, bf16)", "",
-                  f"{d['gpus']} GPU(s): exit status {d['returncode']} in {d['seconds']:.0f} s", "", "```",
-                  d["tail"][-800:], "```"]
+                  f"{d['gpus']} GPU(s): exit status {d['returncode']} in {d['seconds']:.0f} s", "",
+                  *[f"- {line}" for line in d.get("errors", [])], "", "```", d["tail"][-800:], "```"]
     for name, error in report.get("errors", {}).items():
         lines += ["", f"## {name} FAILED", "", "```", error[-1500:], "```"]
     return "\n".join(lines) + "\n"

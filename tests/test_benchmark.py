@@ -399,3 +399,18 @@ def test_gpu_check_ddp_config_loads_as_a_training_config(monkeypatch, tmp_path):
     cfg = load_config(InversionTrainingConfig, gpu_check.ddp_config(tmp_path, 6, "cuda"))
     assert (cfg.steps, cfg.device, cfg.precision, cfg.log_every, cfg.val_every) == (6, "cuda", "bf16", 1, 6)
     assert cfg.adv_weight == 0 and cfg.dfeat_weight == 0 and cfg.run_dir == str(tmp_path / "run")
+
+
+def test_gpu_check_ddp_report_names_the_commands_own_error(monkeypatch):
+    """Under torchrun a failing rank's ``error: <file>: <cause>`` comes before torchrun's ChildFailedError traceback,
+    which filled the 1500 characters kept: the report said "exit status 1" and no cause."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import gpu_check
+
+    cause = "error: /tmp/w/config.yaml: is not valid YAML (keys given more than once: ['log_every'] at line 4)"
+    output = f"INFO loading\n{cause}\n" + "torch.distributed.elastic.multiprocessing.errors.ChildFailedError\n" * 60
+    assert gpu_check.command_errors(output) == [cause]
+    report = {"device": "H200", "torch": "2", "when": "now", "ddp": {"gpus": 1, "returncode": 1, "seconds": 7.0,
+                                                                     "nccl": False, "errors": [cause],
+                                                                     "tail": output[-1500:]}}
+    assert cause in gpu_check.markdown(report)
