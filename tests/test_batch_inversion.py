@@ -108,6 +108,28 @@ def test_torchrun_ranks_split_the_files(pipeline, tmp_path, monkeypatch):
     assert outputs[0] | outputs[1] == {f"p{i}.safetensors" for i in range(5)}
 
 
+def test_torchrun_ranks_invert_on_their_own_gpu(pipeline, tmp_path, monkeypatch):
+    """Under torchrun on GPUs, ``--device auto`` (the default) and ``cuda`` are each rank's own GPU (its
+    ``LOCAL_RANK``), as in training: every rank of a sharded invert loaded its model on GPU 0. (No GPU here: CUDA is
+    pretended, and the model loaded where a rank asks is the tiny CPU pipeline.)"""
+    asked = []
+
+    def from_pretrained(model, *, device, **kwargs):
+        asked.append(device)
+        return pipeline
+
+    monkeypatch.setattr(InversionPipeline, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    paths = write_photos(tmp_path / "in", 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, device in ((0, "auto"), (1, "cuda"), (1, "cuda:0"), (1, "cpu")):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert main(["invert", *map(str, paths), "--out", str(tmp_path / "out"), "--model", "m", "--device", device,
+                     "--overwrite"]) == 0
+    assert asked == ["cuda:0", "cuda:1", "cuda:0", "cpu"]  # (a device named with its index is kept)
+
+
 def test_aligned_faces_keep_their_placement_and_paste_back(pipeline, tmp_path):
     photo = Image.fromarray((np.random.default_rng(0).random((160, 200, 3)) * 255).astype(np.uint8))
     photo.save(tmp_path / "group.png")

@@ -215,9 +215,12 @@ def register(sub) -> None:
 
 def _load_pipeline(args):
     from ..pipeline import InversionPipeline
+    from ..training.distributed import local_device
 
-    # Commands without --dtype (import-pti only reads the generator) load in fp32.
-    pipe = InversionPipeline.from_pretrained(args.model, device=args.device, dtype=getattr(args, "dtype", "fp32"),
+    # Commands without --dtype (import-pti only reads the generator) load in fp32. Under torchrun on GPUs, auto and
+    # cuda are the rank's own GPU, as in training (every rank of a sharded invert ran on GPU 0).
+    pipe = InversionPipeline.from_pretrained(args.model, device=local_device(args.device),
+                                             dtype=getattr(args, "dtype", "fp32"),
                                              content_rows=getattr(args, "content_rows", None))
     method = getattr(args, "method", None)
     if method is not None:
