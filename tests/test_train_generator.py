@@ -82,6 +82,24 @@ def test_a_run_that_could_not_replace_its_final_generator_stops_before_training(
     assert direction.is_file()
 
 
+def test_a_run_started_afresh_over_a_final_it_could_not_replace_stops_before_training(tmp_path):
+    # resume=false (which check_nothing_to_lose offers for a run folder without checkpoints) skipped the check of
+    # final/: the run trained every step, wrote its checkpoints, then failed at the end over the directions.
+    from hyperinverter.editing import LinearDirection, save_direction
+    from hyperinverter.errors import OutputError
+
+    images, run = teacher_images(), tmp_path / "run"
+    train_generator(config(run, steps=2), images=images)
+    for checkpoint in list_checkpoints(run / "checkpoints"):
+        checkpoint.unlink()
+    direction = run / "final" / "directions" / "sefa 1.safetensors"
+    save_direction(LinearDirection(torch.ones(1, 8), name="sefa 1"), direction)
+    with pytest.raises(OutputError, match=r"final: is a generator folder that also holds directions"):
+        train_generator(config(run, steps=2, resume=False), images=images)
+    assert list_checkpoints(run / "checkpoints") == []
+    assert direction.is_file()
+
+
 def assert_same_weights_and_optimiser(run_a, run_b, *, step):
     a = load_file(run_a / "checkpoints" / f"checkpoint-{step:08d}.safetensors")
     b = load_file(run_b / "checkpoints" / f"checkpoint-{step:08d}.safetensors")

@@ -378,10 +378,6 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
         else:
             start_step, progress = resumed
             _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)
-            # A run trained to its end, then found that it could not replace final/. (Every rank checks: one rank's
-            # error alone would leave the others waiting for it.)
-            for name in ("final", "best"):
-                check_replaceable(run_dir / name, task.saves)
             position, best_val = progress.get("position", 0), progress.get("best_val", math.inf)
             window = list(progress.get("window", []))  # the steps since the last log line (it averages them)
             recorded_data = progress.get("data")
@@ -390,6 +386,11 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             except (TypeError, ValueError) as e:
                 raise CheckpointError(run_dir / "checkpoints", f"the newest readable checkpoint holds a damaged "
                                       f"state of the run ({e}): move it away to resume from the one before") from None
+    # A run trained to its end, then found that it could not replace final/: resumed, or started afresh
+    # (resume=false) over an earlier run's final/. (Every rank checks: one rank's error alone would leave the others
+    # waiting for it.)
+    for name in ("final", "best"):
+        check_replaceable(run_dir / name, task.saves)
 
     if images is None:  # (a task without a validation loss holds no image out: one of a small folder never trained)
         images = load_split(cfg, task.resolution, task.channels, "train" if task.validates else "all")
