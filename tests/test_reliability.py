@@ -704,6 +704,26 @@ def test_a_lock_file_that_is_not_ours_is_refused_and_left_as_it_was(tmp_path):
         assert not lock.exists() or lock.read_text() == f"{lock_holder(os.getpid())}\n"
 
 
+def test_a_lock_file_removed_by_its_holder_as_it_is_checked_is_taken(tmp_path, monkeypatch):
+    # A run ending (its lock file removed) while another started: the check read a file that was gone, and the
+    # second run was refused, saying the lock file was not hyperinverter's ("move it away"), with nothing there.
+    out = tmp_path / "out"
+    lock = out / files.OUTPUT_LOCK
+    out.mkdir()
+    lock.write_text(f"{lock_holder(os.getpid())}\n")
+    read_bytes = Path.read_bytes
+
+    def holder_ends_first(path):
+        if path == lock:
+            lock.unlink(missing_ok=True)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", holder_ends_first)
+    with files.output_folder(out):
+        assert lock.read_text() == f"{lock_holder(os.getpid())}\n"
+    assert not lock.exists()
+
+
 def test_a_results_folder_in_use_is_refused(pipeline, tiny_generator, tmp_path, capsys):
     # Two `invert` runs (or `edit`, `restore`, `generate --outdir`) into one folder, with other options, took no
     # lock: each wrote its own files over the other's, and the folder ended with a mixture of both.

@@ -257,8 +257,11 @@ def _check_lock_file(path: Path) -> None:
     a file holding anything but what :func:`exclusive_lock` writes (a process id or a job's name, or nothing if its
     run was killed before writing it). Locking would write into it, and its holder remove it: it stays as it was."""
     try:
-        ours = not os.path.lexists(path) or (path.is_file() and not path.is_symlink() and path.stat().st_size <= 256
-                                             and _LOCK_CONTENT.fullmatch(path.read_bytes()) is not None)
+        found = os.lstat(path)
+        ours = (stat.S_ISREG(found.st_mode) and found.st_size <= 256
+                and _LOCK_CONTENT.fullmatch(path.read_bytes()) is not None)
+    except FileNotFoundError:  # (none, or its holder removed it as it ended: a second run took that for a user's)
+        return
     except OSError:
         ours = False
     if not ours:
