@@ -1,6 +1,7 @@
 """The web demo: its session logic on a tiny pipeline (no browser), and the Gradio page it builds."""
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image
 from hyperinverter.align import NoFaceFoundError
 from hyperinverter.apps.web import WebSession, build_app
 from hyperinverter.editing import LinearDirection
+from hyperinverter.errors import NonFiniteError
 from hyperinverter.io.images import ImageReadError, center_square, pil_to_tensor
 from test_align import synthetic_landmarks
 
@@ -116,6 +118,12 @@ def test_a_sweep_shows_the_edits_at_evenly_spaced_strengths(session, pipeline):
     assert np.abs(np.asarray(row, dtype=int) - expected).max() <= 1  # (one synthesis call: float rounding)
     with pytest.raises(ValueError, match="unknown direction"):
         session.sweep(item, "smile", 1.0)
+    # A strength past float32's range (an API client's): said as the edit says it, not a RuntimeError (an internal
+    # error on the page) from float32 strengths.
+    with pytest.raises(NonFiniteError, match="the edited image holds NaN or infinite values: .* smaller strength"):
+        session.sweep(item, "up", 1e39)
+    with pytest.raises(ValueError, match="strength must be a finite number within ±1e300, got inf"):
+        session.sweep(item, "up", math.inf)
 
 
 def test_the_second_photo_is_its_largest_face(pipeline):

@@ -31,7 +31,7 @@ from PIL import Image
 
 from .. import memory
 from ..catalogue import CATALOGUE
-from ..editing.directions import Direction, GANSpaceDirection, edit_directions
+from ..editing.directions import Direction, GANSpaceDirection, check_strength, edit_directions
 from ..errors import ImageReadError, InputError
 from ..io.files import PIPELINE_INDEX, atomic_write_bytes, file_name_part
 from ..io.images import IMAGE_SUFFIXES, enlarge_nearest, image_bytes, make_grid, read_image, tensor_to_pil
@@ -266,7 +266,9 @@ class WebSession:
         synthesis call: a row to choose the strength from."""
         if direction not in self.directions:
             raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
-        strengths = torch.linspace(-abs(strength), abs(strength), steps).tolist()
+        check_strength(strength)  # (infinity became NaN strengths)
+        # In float64: float32's overflowed past 3.4e38, an internal error where the edit says to give a smaller one.
+        strengths = torch.linspace(-abs(strength), abs(strength), steps, dtype=torch.float64).tolist()
         return self.to_display(self.pipe.edit_strengths(item.result, self.directions[direction], strengths)[:, 0])
 
     def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
