@@ -1018,6 +1018,25 @@ def test_a_pipeline_folder_may_hold_our_own_extra_generators(tmp_path, tiny_gene
         check_replaceable(folder, "pipeline")
 
 
+def test_a_generator_folder_s_extra_files_are_named_for_what_they_are(tmp_path, tiny_generator):
+    # A user's model card in a generator folder was said to be lost as "directions found on it would not fit
+    # another" (the message for a folder holding directions, given for any of a pipeline's extra names).
+    from hyperinverter.errors import OutputError
+    from hyperinverter.io.files import check_replaceable
+    from hyperinverter.io.gan import save_gan
+
+    folder = tmp_path / "g"
+    save_gan(folder, tiny_generator)
+    (folder / "MODEL_CARD.md").write_text("my notes")
+    with pytest.raises(OutputError) as error:
+        check_replaceable(folder, "generator")
+    assert "holds files hyperinverter did not write (MODEL_CARD.md)" in str(error.value)
+    assert "directions" not in str(error.value)
+    (folder / "directions").mkdir()
+    with pytest.raises(OutputError, match=r"holds MODEL_CARD.md, directions, which .* \(directions found on it"):
+        check_replaceable(folder, "generator")
+
+
 def test_what_the_model_files_fuzzing_pass_found(pipeline, tmp_path, capsys):
     """A folder output inside a bundle replaced its generator (`convert G2 B/generator`, `export-generator ... --out
     B/generator`: the encoders then ran on another generator); an inversion replaced a model's weights

@@ -807,7 +807,8 @@ def check_replaceable(target: Path, kind: str) -> None:
                    for name in ("model.safetensors", "ws.safetensors")]
         foreign += [os.fspath(p.relative_to(target)) for p in weights
                     if p.is_file() and not written_by_us(p, safetensors=True)]
-    if foreign and kind == "generator" and set(foreign) <= PIPELINE_EXTRAS:  # (`directions sefa --out G/directions`)
+    # (`directions sefa --out G/directions`; a user's model card alone is a file we did not write, said as such)
+    if kind == "generator" and "directions" in foreign and set(foreign) <= PIPELINE_EXTRAS:
         raise OutputError(target, f"is a generator folder that also holds {', '.join(foreign)}, which a generator's "
                           "files do not include and replacing it would lose (directions found on it would not fit "
                           "another); nothing was changed: move them, or choose a new path")
