@@ -150,8 +150,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="'.pt' -> rosinality file, else our folder format")
     p.set_defaults(func=run_export)
 
-    p = sub.add_parser("import-official", help="convert a released checkpoint (HyperInverter, HyperStyle, pSp, e4e, a "
-                       "pSp-style W encoder) and its generator into a bundle",
+    p = sub.add_parser("import-official", help="convert a released checkpoint (HyperInverter, HyperStyle, pSp, e4e, "
+                       "E2Style, a pSp-style W encoder) and its generator into a bundle",
                        description="The kind of checkpoint is recognised from its keys. The generator comes from "
                        "--generator, else from the decoder inside the checkpoint (pSp-family files hold one). With "
                        "--add, the methods join an existing bundle whose generator is the same (its weights are "
