@@ -806,6 +806,71 @@ def test_two_torchrun_jobs_do_not_share_a_results_folder(pipeline, tmp_path, mon
     assert not (out / files.OUTPUT_LOCK).exists()
 
 
+class PosixStyleFlock:
+    """``fcntl`` as NFS emulates flock, with POSIX locks: a failed upgrade keeps the shared lock, and closing a file
+    releases its lock. With ``ending`` set, two files' first tries for the whole lock are made together."""
+
+    def __init__(self):
+        import fcntl
+
+        self.LOCK_SH, self.LOCK_EX, self.LOCK_NB, self.LOCK_UN = (fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_NB,
+                                                                  fcntl.LOCK_UN)
+        self.held, self.table, self.ending, self.together, self.tried = {}, threading.Lock(), False, None, set()
+
+    def flock(self, fd, operation):
+        mode = operation & ~self.LOCK_NB
+        together = self.ending and mode == self.LOCK_EX and fd not in self.tried
+        if together:
+            self.tried.add(fd)
+            self.together.wait()
+        with self.table:
+            others = {m for f, m in self.held.items() if f != fd}
+            taken = mode == self.LOCK_UN or not (others and (mode == self.LOCK_EX or self.LOCK_EX in others))
+            if taken and mode == self.LOCK_UN:
+                self.held.pop(fd, None)
+            elif taken:
+                self.held[fd] = mode
+        if together:
+            self.together.wait()  # (both tried before either goes on)
+        if not taken:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    def closed(self, fd):
+        with self.table:
+            self.held.pop(fd, None)
+
+
+def test_the_ranks_of_a_job_ending_at_once_remove_its_lock_file_where_flock_is_posix_locks(tmp_path, monkeypatch):
+    # On NFS, where flock is POSIX locks, a failed upgrade keeps the share: two ranks ending at once each kept the
+    # other from taking the file whole, it stayed, and the next run said that a process had been killed.
+    import sys
+
+    fake, close = PosixStyleFlock(), os.close
+    monkeypatch.setitem(sys.modules, "fcntl", fake)
+    monkeypatch.setattr(os, "close", lambda fd: (fake.closed(fd), close(fd))[1])
+    out, entered, leave = tmp_path / "out", threading.Barrier(3), threading.Event()
+    fake.together, errors = threading.Barrier(2), []
+
+    def rank():
+        try:
+            with files.output_folder(out, job="127.0.0.1:29500::2"):
+                entered.wait()
+                leave.wait()
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    ranks = [threading.Thread(target=rank) for _ in range(2)]
+    for r in ranks:
+        r.start()
+        time.sleep(0.2)  # (the first writes the job's name, the second joins it)
+    entered.wait()
+    fake.ending = True
+    leave.set()
+    for r in ranks:
+        r.join(timeout=30)
+    assert not errors and fake.tried and not (out / files.OUTPUT_LOCK).exists()
+
+
 def test_a_job_s_long_name_is_cut_to_what_the_lock_file_holds(tmp_path, caplog):
     # A name was cut to 200 characters, not bytes: a run id (torchrun --rdzv-id) of 150 accented letters wrote 323
     # bytes, so the job's own other ranks were refused ("is not a lock file of hyperinverter's"), and the file a

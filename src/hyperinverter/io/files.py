@@ -243,13 +243,29 @@ def exclusive_lock(path: Path, *, what: str, folder: Path | None = None, job: st
     finally:
         try:
             if remove:  # (by the last holder: a shared one takes it whole first, which fails while another holds it)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _take_whole(fcntl, fd, shared=job is not None)
                 if _identity(path) == _identity(fd):
                     path.unlink()
         except OSError:
             pass
         finally:
             os.close(fd)  # (releases the lock)
+
+
+def _take_whole(fcntl, fd: int, *, shared: bool, tries: int = 5) -> None:
+    """Lock ``fd`` exclusively, to remove its file as its last holder; a ``BlockingIOError`` while another process
+    holds it. A shared holder lets its share go and tries again for a moment: where flock is emulated by POSIX locks
+    (NFS), a failed upgrade keeps the share, so two ranks ending at once each kept the other from taking it, the
+    file stayed, and the next run said that a process had been killed."""
+    for attempt in range(tries if shared else 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == (tries if shared else 1) - 1:
+                raise
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.01 * (attempt + 1) * (1 + secrets.randbelow(100) / 100))  # (apart, not in step)
 
 
 def _check_lock_file(path: Path) -> None:
