@@ -787,7 +787,12 @@ def test_two_torchrun_jobs_do_not_share_a_results_folder(pipeline, tmp_path, mon
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    for key in ("SLURM_JOB_ID", "SLURM_STEP_ID"):  # (a run of the tests under SLURM)
+        monkeypatch.delenv(key, raising=False)
     assert torchrun_job() == "127.0.0.1:29500::2"
+    # Ranks started by srun with RANK and WORLD_SIZE alone: by their SLURM job and step (they were all one job).
+    assert torchrun_job({"WORLD_SIZE": "2", "SLURM_JOB_ID": "81", "SLURM_STEP_ID": "0"}) == ":::2 slurm 81.0"
+    assert torchrun_job({"WORLD_SIZE": "2", "SLURM_JOB_ID": "81", "SLURM_STEP_ID": "1"}) == ":::2 slurm 81.1"
     with files.output_folder(out, job=torchrun_job()):  # the first job's rank 0
         monkeypatch.setenv("MASTER_PORT", "29501")  # a second job on the same machine
         with pytest.raises(OutputError, match=r"out: is in use: another process is writing results there \(torchrun "

@@ -90,10 +90,13 @@ def rank_shard(items: Sequence[T], env: Mapping[str, str] | None = None) -> tupl
 
 def torchrun_job(env: Mapping[str, str] | None = None) -> str:
     """The name the ranks of one torchrun job share and two jobs at once do not: its rendezvous (``MASTER_ADDR``,
-    ``MASTER_PORT``, ``TORCHELASTIC_RUN_ID``) and ``WORLD_SIZE``. Jobs started by hand (``RANK`` and ``WORLD_SIZE``
-    alone) of one size are not told apart."""
+    ``MASTER_PORT``, ``TORCHELASTIC_RUN_ID``) and ``WORLD_SIZE``, and under SLURM its job and step
+    (``SLURM_JOB_ID``, ``SLURM_STEP_ID``: ranks started by ``srun`` with ``RANK`` and ``WORLD_SIZE`` alone, which
+    the rest does not tell apart). Jobs started otherwise by hand, of one size, are not told apart."""
     env = os.environ if env is None else env
-    return ":".join(env.get(key, "") for key in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"))
+    name = ":".join(env.get(key, "") for key in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"))
+    slurm = ".".join(env[key] for key in ("SLURM_JOB_ID", "SLURM_STEP_ID") if key in env)
+    return f"{name} slurm {slurm}" if slurm else name
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
