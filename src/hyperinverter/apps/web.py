@@ -246,13 +246,12 @@ class WebSession:
                    paste_back: bool = False) -> Image.Image:
         """Faces of one photo (``invert``'s items) edited alike: in a row, or, if asked and aligned, all pasted back
         into their photo, as ``hyperinverter edit --paste-back`` pastes a group photo's faces."""
-        if direction not in self.directions:
-            raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
+        chosen = self._direction(direction)
         if not items:
             raise ValueError("no faces to edit")
         if any(it.photo is not items[0].photo and it.photo != items[0].photo for it in items):
             raise ValueError("the faces to edit together come from different photos")
-        edited = [self.pipe.edit(it.result, self.directions[direction], strength) for it in items]
+        edited = [self.pipe.edit(it.result, chosen, strength) for it in items]
         photo = self._photo_to_paste_into(items[0]) if paste_back else None
         if photo is not None:
             from ..align import paste_back_placements
@@ -264,12 +263,17 @@ class WebSession:
     def sweep(self, item: WebInversion, direction: str, strength: float, steps: int = SWEEP_STEPS) -> Image.Image:
         """``item`` edited along ``direction`` at ``steps`` strengths evenly from -|strength| to +|strength|, in one
         synthesis call: a row to choose the strength from."""
-        if direction not in self.directions:
-            raise ValueError(f"unknown direction {direction!r}; this model has {sorted(self.directions) or 'none'}")
+        chosen = self._direction(direction)
         check_strength(strength)  # (infinity became NaN strengths)
         # In float64: float32's overflowed past 3.4e38, an internal error where the edit says to give a smaller one.
         strengths = torch.linspace(-abs(strength), abs(strength), steps, dtype=torch.float64).tolist()
-        return self.to_display(self.pipe.edit_strengths(item.result, self.directions[direction], strengths)[:, 0])
+        return self.to_display(self.pipe.edit_strengths(item.result, chosen, strengths)[:, 0])
+
+    def _direction(self, name: str) -> Direction:
+        """The model's direction ``name``; a ``ValueError`` naming the ones it has otherwise."""
+        if name not in self.directions:
+            raise ValueError(f"unknown direction {name!r}; this model has {sorted(self.directions) or 'none'}")
+        return self.directions[name]
 
     def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
         """The photo ``item``'s face was aligned from (read again from the upload), or None if it was not aligned."""

@@ -425,12 +425,9 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
         return InputError(path, describe_os_error(e)) if e.filename is None else InputError(describe_os_error(e))
 
     # By output name, which is each input's own: one file given twice is two inputs (by path, the second's names
-    # were the first's too, and the first's edits were not written).
-    stem = {name: out_dir / f"{name}_{part}" for _, name in faces}
-    targets = {name: [Path(f"{stem[name]}_{label}.png") for label in labels] + [Path(f"{stem[name]}_strip.png")]
-               for _, name in faces}
-    photos = ([Path(f"{out_dir / f'{photo_name}_{part}'}_{label}_photo.png") for label in labels]
-              if args.paste_back else [])
+    # were the first's too, and the first's edits were not written). Each edit's file, then the strip.
+    targets = {name: [out_dir / f"{name}_{part}_{label}.png" for label in [*labels, "strip"]] for _, name in faces}
+    photos = [out_dir / f"{photo_name}_{part}_{label}_photo.png" for label in labels] if args.paste_back else []
     try:
         inputs.check_outputs(photos)
     except InputError as e:  # (it names the output)

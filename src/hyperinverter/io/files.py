@@ -257,12 +257,13 @@ def _take_whole(fcntl, fd: int, *, shared: bool, tries: int = 5) -> None:
     holds it. A shared holder lets its share go and tries again for a moment: where flock is emulated by POSIX locks
     (NFS), a failed upgrade keeps the share, so two ranks ending at once each kept the other from taking it, the
     file stayed, and the next run said that a process had been killed."""
-    for attempt in range(tries if shared else 1):
+    tries = tries if shared else 1
+    for attempt in range(tries):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            if attempt == (tries if shared else 1) - 1:
+            if attempt == tries - 1:
                 raise
             fcntl.flock(fd, fcntl.LOCK_UN)
             time.sleep(0.01 * (attempt + 1) * (1 + secrets.randbelow(100) / 100))  # (apart, not in step)
