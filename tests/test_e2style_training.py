@@ -97,6 +97,31 @@ def test_restoration_training_degrades_the_input_and_targets_the_clean_image(set
         config("bad", 1, task="sr4", adv_weight=0.1, adv_start=0)
 
 
+def test_multilayer_losses_compare_at_the_loss_resolution(setup):
+    """The official coach computes every term on its pooled 256-px output, the multi-layer identity and parsing terms
+    too: with ``loss_resolution`` set they see the images the L2 term compares, not full-size ones."""
+    from hyperinverter.metrics import pooled_to_width, resized_to_width
+    from hyperinverter.training.e2style import e2style_task
+
+    config, data, _ = setup
+    task = e2style_task(config("pooled", 1, loss_resolution=16), torch.device("cpu"), None)
+    seen = []
+
+    def recorder(output, target):
+        seen.append((output, target))
+        return (output - target).square().mean(dim=[1, 2, 3])
+
+    task.multilayer_id = task.parsing = recorder
+    x = data[:2].float() / 127.5 - 1
+    _, stats, out = task.reconstruction(x)
+    assert {"loss/multilayer_id", "loss/parsing"} <= stats.keys() and len(seen) == 2
+    reduce_target = resized_to_width if task.criterion.antialias_target else pooled_to_width
+    for output, target in seen:
+        assert output.shape[-1] == target.shape[-1] == 16 < x.shape[-1]
+        torch.testing.assert_close(output, pooled_to_width(out.image, 16))
+        torch.testing.assert_close(target, reduce_target(x, 16))
+
+
 def test_multilayer_identity_levels_and_loss():
     from hyperinverter.losses.identity import load_identity_embedder
     from hyperinverter.losses.multilayer import MultiLayerLoss, cosine_distance_sum

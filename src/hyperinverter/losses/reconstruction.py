@@ -56,12 +56,17 @@ class ReconstructionLoss(nn.Module):
         with full_precision(output.device):
             return self._forward(output.float(), target.float())
 
+    def at_loss_resolution(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, target)`` as the image terms compare them: reduced to ``loss_resolution`` where it is set. A
+        trainer's own image terms (E2Style's multi-layer losses) take them from here too."""
+        if self.loss_resolution is None:
+            return output, target
+        reduce = resized_to_width if self.antialias_target else pooled_to_width
+        return pooled_to_width(output, self.loss_resolution), reduce(target, self.loss_resolution)
+
     def _forward(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         full_output, full_target = output, target  # the discriminator features need its own resolution
-        if self.loss_resolution is not None:
-            output = pooled_to_width(output, self.loss_resolution)
-            reduce = resized_to_width if self.antialias_target else pooled_to_width
-            target = reduce(target, self.loss_resolution)
+        output, target = self.at_loss_resolution(output, target)
         parts: dict[str, torch.Tensor] = {"l2": F.mse_loss(output, target)}
         if self.lpips is not None:
             parts["lpips"] = self.lpips(output, target).mean()

@@ -143,9 +143,11 @@ class E2StyleTask(EncoderTask):
         cfg, target = self.cfg, x if target is None else target
         out = self.method(x, **self.options, **self.noise(gen))
         loss, stats = self.compare(out.image, target)
+        # The official coach computes every term on its 256-px pooled output, the multi-layer ones too.
+        image, reference = self.criterion.at_loss_resolution(out.image, target)
         if self.multilayer_id is not None:
             n = cfg.id_samples or len(x)
-            identity = self.multilayer_id(out.image[:n], target[:n]).mean()
+            identity = self.multilayer_id(image[:n], reference[:n]).mean()
             loss = loss + cfg.multilayer_id_weight * identity
             stats["loss/multilayer_id"] = float(identity.detach())
         if cfg.w_norm_weight > 0:
@@ -153,7 +155,7 @@ class E2StyleTask(EncoderTask):
             loss = loss + cfg.w_norm_weight * w_norm
             stats["loss/w_norm"] = float(w_norm.detach())
         if self.parsing is not None:
-            parsing = self.parsing(out.image, target).mean()
+            parsing = self.parsing(image, reference).mean()
             loss = loss + cfg.parsing_weight * parsing
             stats["loss/parsing"] = float(parsing.detach())
         return loss, stats, out
