@@ -184,7 +184,8 @@ class RefinementBlock(nn.Module):
     """Features -> one value per (out, in) pair of a layer, repeated over its k x k taps -> ``[B, out, in, k, k]``.
 
     3x3 layers: stride-2 convs down to 2x2, average pool, 1x1 conv to ``in·out``; 1x1 (ToRGB) layers: stride-2 convs
-    down to 1x1, 1x1 conv.
+    down to 1x1, 1x1 conv. The official code knows the 16-px trunk only (three convs for 3x3 layers); on a 4-px trunk
+    (the bundled 64-px models) this is one conv, where the official formula carried there would build two.
     """
 
     def __init__(self, shape: tuple[int, ...], *, channels: int, inner: int, side: int) -> None:
