@@ -268,11 +268,14 @@ def test_rosinality_missing_unexpected_and_misshaped_keys_are_named(tmp_path, ti
         load_gan(tmp_path / "broken.pt")
     assert "convs.99.conv.weight" in str(e.value)
 
+    # Mis-shaped tensors are named as the file names them; a ToRGB bias [3] (as many values as [1, 3, 1, 1]) was taken.
     misshaped = dict(ckpt["g_ema"])
     misshaped["convs.2.activate.bias"] = torch.zeros(7)
+    misshaped["to_rgbs.0.bias"] = torch.zeros(3)
     torch.save({"g_ema": misshaped, "latent_avg": ckpt["latent_avg"]}, tmp_path / "misshaped.pt")
-    with pytest.raises(CheckpointError, match=r"synthesis\.b16\.conv0\.bias"):
+    with pytest.raises(CheckpointError, match=r"convs\.2\.activate\.bias: file \(7,\)") as e:
         load_gan(tmp_path / "misshaped.pt")
+    assert "to_rgbs.0.bias: file (3,) vs model (1, 3, 1, 1)" in str(e.value) and "misshaped.pt" in str(e.value)
 
 
 def test_rosinality_without_optional_buffers(tmp_path, tiny_generator):

@@ -137,6 +137,16 @@ def infer_config(g_ema: Mapping[str, torch.Tensor]) -> GeneratorConfig:
     return config
 
 
+def rosinality_shapes(config: GeneratorConfig, rows: list[KeyRule]) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of ``rows`` in a rosinality file of ``config`` (our generator built on the meta
+    device, so nothing is allocated)."""
+    from ..models.stylegan2.generator import Generator
+
+    with torch.device("meta"):
+        ours = Generator(config).state_dict()
+    return {r.rosinality: tuple(_BACKWARD[r.rule](ours[r.nvidia]).shape) for r in rows if r.rosinality is not None}
+
+
 def to_nvidia(
     g_ema: Mapping[str, torch.Tensor],
     config: GeneratorConfig,
@@ -153,8 +163,9 @@ def to_nvidia(
     if latent_avg is not None:
         source["latent_avg"] = latent_avg.reshape(-1)
     optional = {r.rosinality for r in rows if r.optional}
-    problems = key_problems({r.rosinality: None for r in rows if r.rosinality is not None}, source,
-                            may_lack=optional.__contains__)
+    # Shapes are checked here, under the file's own names (they were named as our tensors, which the file does not
+    # hold, and a tensor of another shape with as many values, such as a ToRGB bias [3], was taken).
+    problems = key_problems(rosinality_shapes(config, rows), source, may_lack=optional.__contains__)
     if problems:
         raise CheckpointError("the rosinality checkpoint does not match the generator layout; " + "; ".join(problems))
 
