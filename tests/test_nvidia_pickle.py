@@ -270,6 +270,9 @@ class _TensorGadget:
         (_TensorGadget((1000,), (1,)), CheckpointError, "reaches past its storage"),
         (_TensorGadget((2,), (1,), offset=3), CheckpointError, "reaches past its storage"),
         (_TensorGadget((2,), (-1,), offset=3), CheckpointError, "invalid tensor geometry"),
+        # views that repeat the storage's values: a few bytes that declared a weight of 10**10 values (40 GB)
+        (_TensorGadget((10**5, 10**5), (0, 0)), CheckpointError, "more values than the 4 its storage holds"),
+        (_TensorGadget((3, 2), (1, 1)), CheckpointError, "more values than the 4 its storage holds"),
         # BUILD on a tensor would call Tensor.__setstate__ -> set_(), an unchecked re-view of memory
         (_TensorGadget((2,), (1,), build_state=(torch.zeros(1), 0, (10**6,), (1,))), UnsafePickleError,
          "state"),

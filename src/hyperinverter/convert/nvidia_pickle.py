@@ -34,6 +34,7 @@ import collections
 import errno
 import io
 import logging
+import math
 import pickle
 import re
 import sys
@@ -351,6 +352,14 @@ class _WhitelistUnpickler(pickle.Unpickler):
                 raise self._fail(
                     f"tensor of size {shape} (stride {strides}, offset {offset}) reaches past its storage "
                     f"of {storage.numel()} elements"
+                )
+            # A view that repeats its values (stride 0, overlapping rows) has more than its storage holds: an 800 KB
+            # file declared a [32, 10**9] weight of one value, and loading it asked for 128 GB. A network's tensors
+            # never repeat their values.
+            if math.prod(shape) > storage.numel() - offset:
+                raise self._fail(
+                    f"tensor of size {shape} (stride {strides}) has more values than the {storage.numel() - offset} "
+                    "its storage holds: it repeats them, which a network's tensors never do"
                 )
         tensor = torch.empty(0, dtype=storage.dtype).set_(storage.untyped, offset, shape, strides)
         return _LoadedTensor(tensor)
