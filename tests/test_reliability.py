@@ -1140,6 +1140,12 @@ def test_what_the_model_files_fuzzing_pass_found(pipeline, tmp_path, capsys):
     torch.save({"g_ema": {"style.1.weight": torch.empty(4, 4, device="meta")}}, tmp_path / "meta.pt")
     with pytest.raises(CheckpointError, match="meta.pt: holds tensors without values"):
         load_weights_only(tmp_path / "meta.pt")
+    # A few stored values repeated (stride 0) into a huge weight: the generator built from its shapes asked for it.
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(1).expand(32, 10**9)}}, tmp_path / "repeats.pt")
+    with pytest.raises(CheckpointError, match=r"repeats.pt: holds a tensor of size \(32, 1000000000\)"):
+        load_weights_only(tmp_path / "repeats.pt")
+    torch.save({"latent_avg": torch.zeros(512).expand(18, 512)}, tmp_path / "small.pt")  # small: harmless, taken
+    assert load_weights_only(tmp_path / "small.pt")["latent_avg"].shape == (18, 512)
 
     index = json.loads((bundle / "pipeline.json").read_text())
     config = json.loads((bundle / "w_encoder" / "config.json").read_text())

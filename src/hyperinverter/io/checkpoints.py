@@ -174,6 +174,11 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
             logger.info("%s: %s", path, " ".join(str(warning.message).split()))
         if any(t.is_meta for t in _tensors_in(loaded)):  # (shapes without values: an .item() failed inside)
             raise CheckpointError(path, "holds tensors without values (on the meta device), not weights")
+        repeating = next((t for t in _tensors_in(loaded) if _repeats_many_values(t)), None)
+        if repeating is not None:
+            raise CheckpointError(path, f"holds a tensor of size {tuple(repeating.shape)} (stride "
+                                  f"{repeating.stride()}) that repeats a few stored values, which a network's weights "
+                                  "never do")
         return loaded
     except (FileNotFoundError, PermissionError, CheckpointError):
         raise
@@ -183,6 +188,15 @@ def load_weights_only(path: str | os.PathLike, *, allowed_globals: Iterable[type
             IndexError, TypeError, struct.error, UnicodeDecodeError) as e:
         raise CheckpointError(path, f"is not a readable torch checkpoint ({type(e).__name__}: {_cut(str(e))})"
                               ) from None
+
+
+def _repeats_many_values(tensor: torch.Tensor, limit: int = 16 << 20) -> bool:
+    """A view over more than ``limit`` bytes that its storage does not hold (stride 0, overlapping rows): a small
+    file that declares a huge weight this way makes the model built from its shapes ask for that memory. A small
+    repeated tensor (a saved ``latent_avg.expand(18, 512)``) is harmless and taken."""
+    stored = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    needed = tensor.numel() * tensor.element_size()
+    return needed > max(stored, limit)
 
 
 def _cut(message: str, limit: int = 300) -> str:
