@@ -233,6 +233,24 @@ def test_released_files_of_the_other_official_settings_load(tiny_generator, tmp_
         assert torch.allclose(loaded(pair).tensors[torgb], method.hypernetwork(pair).tensors[torgb])
 
 
+def test_released_files_keep_the_1024_px_default_layers_to_tune(method, tmp_path, capsys):
+    # The official default layers_to_tune lists the 1024-px generator's layers (up to 24), and the 256- and 512-px
+    # releases (cars, AFHQ wild) keep it: the official code builds blocks only for its generator's layers and ignores
+    # the rest. Such a file was refused ("layers [20, 21, 23, 24] do not exist").
+    layers, count = method.hypernetwork.config.targets, len(method.generator.synthesis.layers())
+    default = "0,2,3,5,6,8,9,11,12,14,15,17,18,20,21,23,24"
+    assert count <= 24 and [t.index for t in layers] == [int(i) for i in default.split(",") if int(i) < count]
+    hs_file, w_file = _official_files(tmp_path, method, torch.zeros(method.generator.w_dim), layers_to_tune=default)
+    assert main(["import-official", str(hs_file), "--w-encoder", str(w_file), "--out", str(tmp_path / "b")]) == 0, \
+        capsys.readouterr().err
+    loaded = InversionPipeline.from_pretrained(tmp_path / "b", device="cpu").inverter("hyperstyle").hypernetwork
+    assert [t.index for t in loaded.config.targets] == [t.index for t in layers]
+    # Listing none of the generator's layers is still an error (an empty list means every layer).
+    hs_file, w_file = _official_files(tmp_path, method, torch.zeros(method.generator.w_dim), layers_to_tune="23,24")
+    assert main(["import-official", str(hs_file), "--w-encoder", str(w_file), "--out", str(tmp_path / "c")]) == 2
+    assert "lists none of the generator's layers" in capsys.readouterr().err
+
+
 def test_released_cars_files_read_the_cars_rows_and_feed_back_the_car(method, tmp_path, capsys):
     # The cars releases were refused. The official code reads the 192x256 car photo, both in its W encoder and as
     # the hypernetwork's target, and feeds back each image cropped to the car's rows and pooled to 192x256

@@ -541,6 +541,14 @@ def hyperstyle_from_state_dict(sd: Mapping[str, torch.Tensor], generator: Genera
                                   f"{copies[0]}")
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"refinement_blocks\.(\d+)\.", k))})
     layers = _layers_to_tune(opts, source)
+    if layers:
+        # The official code builds a block for each of its generator's layers that the list names and ignores the
+        # rest: its default list is the 1024-px one, which the 256- and 512-px releases keep (up to 24).
+        count = len(generator.synthesis.layers())
+        listed, layers = layers, tuple(i for i in layers if i < count)
+        if not layers:
+            raise CheckpointError(source, f"its opts 'layers_to_tune' {list(listed)} lists none of the generator's "
+                                  f"layers (0..{count - 1})")
     if layers is not None:
         try:  # (an empty list tunes every layer, ToRGB included, as the official code reads it)
             tuned = sorted(t.index for t in hyperstyle_targets(generator, layers))
