@@ -164,6 +164,19 @@ def test_wrong_keys_are_named(change, message, tmp_path):
     assert str(path) in str(info.value)
 
 
+def test_files_of_the_official_coach_hold_its_decoder_too(tmp_path):
+    # The official coach saves the whole net's state dict: the mapper's keys and the generator it was trained on
+    # (``decoder.*``, which the official loader reads too). Such a file, every released mapper, was refused as having
+    # unexpected keys; the edit moves the codes only, so the decoder is not used.
+    state = official_state()
+    decoder = {"decoder.style.1.weight": torch.randn(512, 512), "decoder.conv1.conv.weight": torch.randn(1, 8, 8, 3, 3),
+               "decoder.noises.noise_0": torch.randn(1, 1, 4, 4)}
+    mapper = load_styleclip_mapper(write_mapper(tmp_path / "mohawk.pt", state={**state, **decoder}))
+    w = codes()
+    with torch.no_grad():
+        assert torch.allclose(mapper(w), official_forward(state, tuple(OFFICIAL), w), atol=1e-5)
+
+
 def test_keys_must_agree_with_the_options(tmp_path):
     # A fine mapper in the file, but the options say it was trained without one: its keys are unexpected.
     path = write_mapper(tmp_path / "m.pt", state=official_state(), opts=official_opts(("coarse", "medium")))

@@ -2,9 +2,9 @@
 
 A mapper file is ``torch.save({'state_dict': ..., 'opts': {...}})`` with keys
 ``mapper.{course,medium,fine}_mapping.mapping.{1..4}.{weight,bias}`` (``course`` is the official spelling of
-"coarse"), each weight ``[512, 512]`` and bias ``[512]``. The options ``no_coarse_mapper``, ``no_medium_mapper``
-and ``no_fine_mapper`` remove a level and its keys. The file is read weights-only (no code from it runs) and
-strictly: every missing, unexpected or mis-shaped key is named.
+"coarse"), each weight ``[512, 512]`` and bias ``[512]``, and the ``decoder.*`` it was trained with (not used).
+The options ``no_coarse_mapper``, ``no_medium_mapper`` and ``no_fine_mapper`` remove a level and its keys. The file
+is read weights-only (no code from it runs) and strictly: every missing, unexpected or mis-shaped key is named.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ def load_styleclip_mapper(path: str | os.PathLike) -> StyleCLIPMapper:
     odd = sorted(str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if odd:
         raise CheckpointError(path, f"'state_dict' must map names to tensors; it does not under {odd[:8]}")
+    # The official coach saves the whole net: the mapper and the generator it was trained on (``decoder.*``), which
+    # an edit of the codes does not use.
+    state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
     problems = key_problems(official_keys(levels), state)
     if problems:
         enabled = ", ".join(levels)
