@@ -336,6 +336,31 @@ def test_ir_se_loading_errors_name_the_keys(tmp_path):
         load_ir_se_trunk(encoder_preset("tiny_resnet").build_w_encoder(), state)
 
 
+def test_trunk_loading_errors_name_the_file(tmp_path):
+    # A model_ir_se50.pth put where CurricularFace_Backbone.pth goes (`evaluate --identity`), or a file of another
+    # trunk given to training, said "error: IR-SE state dict does not fit IRSEBackbone: ..." without naming it.
+    ir_se = tmp_path / "model_ir_se50.pth"
+    torch.save(random_state(ir_se_layout(TINY_UNITS, TINY_WIDTHS, output_layer=False)), ir_se)
+    with pytest.raises(CheckpointError, match="does not fit IRSEBackbone") as err:
+        load_ir_se_trunk(IRSEBackbone(units=TINY_UNITS, widths=(8, 16, 24, 40)), ir_se)
+    assert err.value.source == str(ir_se)
+    with pytest.raises(CheckpointError, match="cannot adapt") as err:
+        load_ir_se_trunk(IRSEBackbone(units=TINY_UNITS, widths=(4, 16, 24, 32), in_channels=6), ir_se,
+                         adapt_input_channels=True)
+    assert err.value.source == str(ir_se)
+    resnet = tmp_path / "resnet34.pth"
+    state = random_state(torchvision_resnet_layout(TINY_UNITS, TINY_WIDTHS))
+    torch.save({**state, "layer5.0.conv1.weight": torch.zeros(1)}, resnet)
+    with pytest.raises(CheckpointError, match="no counterpart") as err:
+        load_torchvision_resnet(ResNetBackbone(units=TINY_UNITS, widths=TINY_WIDTHS), resnet)
+    assert err.value.source == str(resnet)
+    del state["layer2.0.downsample.1.running_mean"]
+    torch.save(state, resnet)
+    with pytest.raises(CheckpointError, match="missing keys") as err:
+        load_torchvision_resnet(ResNetBackbone(units=TINY_UNITS, widths=TINY_WIDTHS), resnet)
+    assert err.value.source == str(resnet)
+
+
 def test_stem_adaptation_for_other_input_channels():
     rgb = random_state(ir_se_layout(TINY_UNITS, TINY_WIDTHS))
     gray = IRSEBackbone(units=TINY_UNITS, widths=TINY_WIDTHS, in_channels=1)

@@ -54,12 +54,18 @@ def _trunk_of(target: nn.Module) -> Backbone:
     raise TypeError(f"expected a Backbone or an encoder built on one, got {type(target).__name__}")
 
 
-def _adapt_input_weight(name: str, file_w: torch.Tensor, own_w: torch.Tensor) -> torch.Tensor:
+def _source_path(source: StateDictSource) -> str | None:
+    """The file a state dict comes from, for errors (None for a mapping)."""
+    return None if isinstance(source, Mapping) else os.fspath(source)
+
+
+def _adapt_input_weight(name: str, file_w: torch.Tensor, own_w: torch.Tensor, where: str | None = None
+                        ) -> torch.Tensor:
     """An RGB stem kernel ``[O,3,k,k]`` for a stem with another number of input channels."""
     channels = own_w.shape[1]
     if file_w.shape[1] != 3 or file_w.shape[0] != own_w.shape[0] or file_w.shape[2:] != own_w.shape[2:]:
         raise CheckpointError(
-            f"{name}: cannot adapt file shape {tuple(file_w.shape)} to {tuple(own_w.shape)}"
+            where, f"{name}: cannot adapt file shape {tuple(file_w.shape)} to {tuple(own_w.shape)}"
         )
     if channels == 1:
         return file_w.sum(dim=1, keepdim=True)  # grayscale = R = G = B, so summing keeps the response
@@ -69,7 +75,7 @@ def _adapt_input_weight(name: str, file_w: torch.Tensor, own_w: torch.Tensor) ->
         adapted = torch.randn(own_w.shape, dtype=file_w.dtype)
         adapted[:, :3] = file_w
         return adapted
-    raise CheckpointError(f"{name}: no rule to adapt a 3-channel stem to {channels} channels")
+    raise CheckpointError(where, f"{name}: no rule to adapt a 3-channel stem to {channels} channels")
 
 
 def _load_checked(
@@ -78,8 +84,10 @@ def _load_checked(
     *,
     expected: Callable[[str], bool],
     what: str,
+    where: str | None = None,
 ) -> None:
-    """Load ``mapped`` into ``target`` after checking it covers exactly the keys ``expected`` selects.
+    """Load ``mapped`` into ``target`` after checking it covers exactly the keys ``expected`` selects; ``where``: the
+    file it comes from, which errors name.
 
     ``num_batches_tracked`` buffers may be absent (files saved before PyTorch 0.4.1); they keep their values.
     """
@@ -87,7 +95,7 @@ def _load_checked(
     problems = key_problems({k: v for k, v in own.items() if expected(k)}, mapped,
                             may_lack=lambda k: k.endswith(".num_batches_tracked"))
     if problems:
-        raise CheckpointError(f"{what} does not fit {type(target).__name__}: " + "; ".join(problems))
+        raise CheckpointError(where, f"{what} does not fit {type(target).__name__}: " + "; ".join(problems))
     result = target.load_state_dict(dict(mapped), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     assert all(not expected(k) or k.endswith(".num_batches_tracked") for k in result.missing_keys)
@@ -113,7 +121,7 @@ def load_ir_se_trunk(
     trunk = _trunk_of(target)
     if not isinstance(trunk, IRSEBackbone):
         raise TypeError(f"expected an IR-SE trunk, got {type(trunk).__name__}")
-    state = read_state_dict(source)
+    state, where = read_state_dict(source), _source_path(source)
     has_head = trunk.output_layer is not None
     prefixes = ("input_layer.", "body.", "output_layer.") if has_head else ("input_layer.", "body.")
     if skip_input_layer:
@@ -125,9 +133,9 @@ def load_ir_se_trunk(
     stem = "input_layer.0.weight"
     own = target.state_dict()
     if adapt_input_channels and stem in mapped and stem in own and mapped[stem].shape != own[stem].shape:
-        mapped[stem] = _adapt_input_weight(stem, mapped[stem], own[stem])
+        mapped[stem] = _adapt_input_weight(stem, mapped[stem], own[stem], where)
 
-    _load_checked(target, mapped, expected=lambda k: k.startswith(prefixes), what="IR-SE state dict")
+    _load_checked(target, mapped, expected=lambda k: k.startswith(prefixes), what="IR-SE state dict", where=where)
     logger.info(
         "loaded %d IR-SE tensors into %s (skipped %d)", len(mapped), type(target).__name__, len(skipped)
     )
@@ -169,13 +177,13 @@ def load_torchvision_resnet(
     trunk = _trunk_of(target)
     if not isinstance(trunk, ResNetBackbone):
         raise TypeError(f"expected a ResNet trunk, got {type(trunk).__name__}")
-    state = read_state_dict(source)
+    state, where = read_state_dict(source), _source_path(source)
     key_map = torchvision_resnet_key_map(trunk)
     skipped = sorted(k for k in state if k.startswith("fc."))
     unknown = sorted(k for k in state if k not in key_map and k not in skipped)
     if unknown:
         raise CheckpointError(
-            f"torchvision ResNet state dict has keys with no counterpart: {listing(unknown)}"
+            where, f"torchvision ResNet state dict has keys with no counterpart: {listing(unknown)}"
         )
     mapped = {key_map[k]: v for k, v in state.items() if k in key_map}
 
@@ -186,11 +194,11 @@ def load_torchvision_resnet(
         and mapped["conv1.weight"].shape != own["conv1.weight"].shape
     ):
         mapped["conv1.weight"] = _adapt_input_weight(
-            "conv1.weight", mapped["conv1.weight"], own["conv1.weight"]
+            "conv1.weight", mapped["conv1.weight"], own["conv1.weight"], where
         )
 
     covered = set(key_map.values())
-    _load_checked(target, mapped, expected=lambda k: k in covered, what="torchvision ResNet state dict")
+    _load_checked(target, mapped, expected=lambda k: k in covered, what="torchvision ResNet state dict", where=where)
     logger.info(
         "loaded %d torchvision tensors into %s (skipped %d)", len(mapped), type(target).__name__, len(skipped)
     )
@@ -208,6 +216,8 @@ def load_prefixed_state_dict(target: nn.Module, source: StateDictSource, *, pref
     stripped = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
     if not stripped:
         prefixes = sorted({k.split(".", 1)[0] for k in state})
-        raise CheckpointError(f"no keys with prefix {head!r}; the file has prefixes {listing(prefixes)}")
-    _load_checked(target, stripped, expected=lambda k: True, what=f"'{prefix}.*' state dict")
+        raise CheckpointError(_source_path(source), f"no keys with prefix {head!r}; the file has prefixes "
+                              f"{listing(prefixes)}")
+    _load_checked(target, stripped, expected=lambda k: True, what=f"'{prefix}.*' state dict",
+                  where=_source_path(source))
     logger.info("loaded %d '%s.*' tensors into %s", len(stripped), prefix, type(target).__name__)
