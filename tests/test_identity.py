@@ -180,6 +180,26 @@ def test_face_crop_follows_the_official_boxes():
         IdentityLoss(torch.nn.Identity(), crop=(0.5, 0.2, 0.0, 1.0))
 
 
+def test_a_grayscale_domain_is_embedded_as_rgb():
+    # A 1-channel generator's images (fashion-32, a user's grayscale domain) with id_weight, multilayer_id_weight or
+    # --identity: an internal error (AssertionError "expected RGB") at the first step or image.
+    from hyperinverter.losses.identity import face_embeddings
+    from hyperinverter.losses.multilayer import MultiLayerLoss
+
+    gray = torch.rand(2, 1, 32, 32) * 2 - 1
+    rgb = gray.expand(-1, 3, -1, -1)
+    assert torch.equal(face_crop(gray, FFHQ_CROP), face_crop(rgb, FFHQ_CROP))
+    embedder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten()).eval()
+    output = (gray + 0.1 * torch.rand(2, 1, 32, 32)).requires_grad_(True)
+    loss = IdentityLoss(embedder)(output, gray)
+    assert torch.allclose(loss, IdentityLoss(embedder)(output.detach().expand(-1, 3, -1, -1), rgb))
+    loss.sum().backward()
+    assert output.grad is not None and output.grad.shape == gray.shape
+    assert torch.equal(face_embeddings(embedder, gray, crop=None), face_embeddings(embedder, rgb, crop=None))
+    multilayer = MultiLayerLoss(embedder, lambda x: [x, embedder(x)], lambda x: face_crop(x, None))
+    assert torch.allclose(multilayer(output.detach(), gray), multilayer(output.detach().expand(-1, 3, -1, -1), rgb))
+
+
 @needs_id_extra
 @pytest.mark.parametrize("resolution", [64, 256])
 def test_identity_loss(sface, resolution):

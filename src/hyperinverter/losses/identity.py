@@ -43,7 +43,8 @@ IDENTITY_MODELS = ("sface", "arcface", "curricularface")
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
-    assert x.ndim == 4 and x.shape[1] == 3, f"{name}: expected RGB [B,3,H,W] in [-1,1], got {tuple(x.shape)}"
+    assert x.ndim == 4 and x.shape[1] in (1, 3), (
+        f"{name}: expected RGB or grayscale [B,3|1,H,W] in [-1,1], got {tuple(x.shape)}")
 
 
 def _check_crop(crop: CropBox) -> CropBox:
@@ -67,7 +68,8 @@ def crop_for_align_scale(crop: CropBox, align_scale: float) -> CropBox:
 
 
 def face_crop(x: torch.Tensor, crop: CropBox | None, *, size: int = EMBEDDER_INPUT_SIZE) -> torch.Tensor:
-    """``x: [B,3,H,W]`` -> the face box ``crop`` (fractions; None = all) resized to ``[B,3,size,size]``.
+    """``x: [B,3,H,W]`` (or ``[B,1,H,W]``, repeated to RGB as LPIPS does) -> the face box ``crop`` (fractions;
+    None = all) resized to ``[B,3,size,size]``.
 
     Pixel bounds are ``round(fraction * H)`` (half up), so 256 px gives exactly the official
     ``35:223, 32:220`` and 1024 px ``140:892, 128:880`` (the official code pools 1024 to 256 before
@@ -76,6 +78,9 @@ def face_crop(x: torch.Tensor, crop: CropBox | None, *, size: int = EMBEDDER_INP
     pixels into blocks.
     """
     _check_images(x, "face_crop")
+    # A 1-channel generator's images (a grayscale domain): every embedder reads RGB, and the identity loss and metric
+    # were an internal error on them
+    x = x.expand(-1, 3, -1, -1)
     h, w = x.shape[2:]
     if crop is not None:
         top, bottom, left, right = _check_crop(crop)
