@@ -86,6 +86,26 @@ def test_a_small_folder_still_trains_and_validates(tmp_path):
         ImageFolderDataset(tmp_path, resolution=4, split="val", val_fraction=0)
 
 
+def test_a_small_folder_s_one_validation_image_is_one_that_reads(tmp_path):
+    # The one file given to an empty split was the nearest by hash, readable or not: a folder of 5 readable images
+    # and an empty file "holds no readable image in its 'val' split (1 files)", and the run was refused.
+    from hyperinverter.data.folder import in_val_split
+
+    names = [f"{i}.png" for i in range(6)]
+    for i, name in enumerate(names):
+        Image.new("L", (4, 4), i).save(tmp_path / name)
+    for fraction in (0.02, 0.98):
+        lone = in_val_split(names, fraction, 0).index(fraction < 0.5)  # the file the empty split would take
+        (tmp_path / names[lone]).write_bytes(b"")
+        train = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="train", val_fraction=fraction)
+        val = ImageFolderDataset(tmp_path, resolution=4, channels=1, split="val", val_fraction=fraction)
+        assert len(train) + len(val) == 6 and set(train.files).isdisjoint(val.files)
+        smaller = val if fraction < 0.5 else train
+        assert len(smaller) == 1 and tmp_path / names[lone] not in smaller.files
+        assert smaller[0].shape == (1, 4, 4)
+        Image.new("L", (4, 4), lone).save(tmp_path / names[lone])
+
+
 def test_idx_parser_and_fashion_padding(tmp_path):
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
     header = (0x00000803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2, 28, 28))

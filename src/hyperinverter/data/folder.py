@@ -6,7 +6,7 @@ import functools
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -29,17 +29,21 @@ def _split_score(relative: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def in_val_split(relatives: list[str], val_fraction: float, seed: int) -> list[bool]:
+def in_val_split(relatives: list[str], val_fraction: float, seed: int,
+                 readable: Callable[[int], bool] | None = None) -> list[bool]:
     """Whether each file (by its path relative to the folder) is in the ``val`` split: its hash falls under
     ``val_fraction``. In a folder so small that the fraction leaves a split empty, that split takes the one file
-    whose hash lies nearest to it, so that a few images still train and validate."""
+    whose hash lies nearest to it, so that a few images still train and validate: the nearest one that is
+    ``readable`` (by index), if any is."""
     scores = [_split_score(r, seed) for r in relatives]
     in_val = [score < val_fraction for score in scores]
     if len(scores) >= 2 and 0 < val_fraction < 1:
+        # (An unreadable file given to a split was all it held: a folder of readable images was refused.)
+        order = sorted(range(len(scores)), key=scores.__getitem__)
         if not any(in_val):
-            in_val[scores.index(min(scores))] = True
+            in_val[next((i for i in order if readable is None or readable(i)), order[0])] = True
         if all(in_val):
-            in_val[scores.index(max(scores))] = False
+            in_val[next((i for i in reversed(order) if readable is None or readable(i)), order[-1])] = False
     return in_val
 
 
@@ -67,6 +71,14 @@ def _distinct_contents(files: list[Path], root: Path, *, log: bool = True) -> li
         logger.warning("%s: %d image(s) are byte-identical copies of another under another name; each is used once, "
                        "so that no image is both trained and validated on", root, len(files) - len(kept))
     return kept
+
+
+def _readable(path: Path) -> bool:
+    try:
+        read_image(path)
+    except ImageReadError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -114,7 +126,8 @@ class ImageFolderDataset(Dataset):
         if split != "all" and val_fraction > 0:
             files = _distinct_contents(files, self.root, log=told)
         if split != "all":
-            in_val = in_val_split([p.relative_to(self.root).as_posix() for p in files], val_fraction, seed)
+            in_val = in_val_split([p.relative_to(self.root).as_posix() for p in files], val_fraction, seed,
+                                  readable=lambda i: _readable(files[i]))
             chosen = [p for p, is_val in zip(files, in_val) if is_val == (split == "val")]
             if not chosen:
                 raise FileNotFoundError(
