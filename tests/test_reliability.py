@@ -674,6 +674,28 @@ def test_a_run_folder_in_use_is_refused(tmp_path, caplog):
 
 
 
+def test_a_killed_run_s_temporaries_are_removed_when_it_resumes(tmp_path):
+    # Where files cannot be written unnamed (NFS, macOS), a run killed while writing a checkpoint left its hidden
+    # temporary (GBs at full size) in checkpoints/ for good: no resume removed it, as invert's next run does.
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.run import prepared_run_dir, record_run_config
+
+    run = tmp_path / "run"
+    with prepared_run_dir(run, {"run_dir": str(run)}, DistributedContext()):
+        record_run_config(run, {"run_dir": str(run)}, DistributedContext(), resumed=False)
+    killed = "0123456789abcdef-999999999.partial"  # (no such process)
+    stale = [run / "checkpoints" / f".checkpoint-00000003.safetensors.{killed}", run / f".stats.jsonl.{killed}",
+             run / "samples" / f".input-00000002.png.{killed}"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    (run / f".best.{killed}").mkdir()  # a model folder being built
+    with prepared_run_dir(run, {"run_dir": str(run)}, DistributedContext()):
+        pass
+    assert not [p for p in run.rglob("*.partial")]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "samples"]
+
+
 def test_a_lock_file_that_is_not_ours_is_refused_and_left_as_it_was(tmp_path):
     # Only a results folder's lock was checked: a training run's checkpoints/.lock and an evaluation's OUT.work/.lock
     # that were a link to a user's file wrote the pid into that file (and removed the link), and a named pipe there

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import OutputError
-from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock
+from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock, remove_stale_temporaries
 from ..io.images import make_grid, save_image
 from .checkpointing import CHECKPOINT_NAME, checkpoint_step, list_checkpoints
 from .config import to_yaml
@@ -156,6 +156,9 @@ def prepared_run_dir(run_dir: Path, config: Any, ctx: DistributedContext) -> Ite
     fresh = made is not None or not any(run_dir.iterdir())
     held = exclusive_lock(checkpoints / ".lock", what="training", folder=run_dir, remove=True)
     with held if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:  # a killed run's half-written checkpoint (GBs at full size), config, grid or best/ and final/
+            for folder in (run_dir, checkpoints, run_dir / "samples"):  # (where files cannot be written unnamed)
+                remove_stale_temporaries(folder)
         ctx.barrier()
         try:
             yield run_dir
