@@ -92,3 +92,21 @@ def test_a_missing_bundled_model_is_reported(tmp_path, monkeypatch, capsys):
     assert len(list((tmp_path / "demo").glob("*.png"))) == 2
     monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "nothing")
     assert main(["demo", "--out", str(tmp_path / "demo2"), "--device", "cpu"]) == 1
+
+
+def test_an_interrupted_demo_s_folder_is_written_again(tmp_path, monkeypatch, capsys):
+    # A demo stopped (Ctrl-C, SIGTERM, a kill) before it wrote index.html left pictures that every later demo into
+    # the folder refused as "files that are not an earlier demo's": `make demo` failed until the folder was deleted.
+    monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "bundled")
+    tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=2)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    (out / "index.html").unlink()  # stopped before its index
+    (out / ".fashion-32_00001.png.0123456789abcdef-999999999.partial").write_bytes(b"half")  # killed mid-write
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fashion-32_00000.png", "fashion-32_00001.png", "index.html"]
+    (out / "index.html").unlink()
+    (out / "photo.png").write_text("mine")  # a user's file: the folder is not a demo's
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 2
+    assert "holds files that are not an earlier demo's" in capsys.readouterr().err
+    assert (out / "photo.png").read_text() == "mine" and not (out / "index.html").exists()

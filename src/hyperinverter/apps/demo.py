@@ -16,7 +16,7 @@ import torch
 
 from ..editing.directions import load_model_directions
 from ..inversion.batch import read_pictures
-from ..io.files import atomic_write_bytes, check_own_folder
+from ..io.files import _TEMP, atomic_write_bytes, check_own_folder, remove_stale_temporaries, written_by_us
 from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
 from ..pipeline import InversionPipeline
 from . import model_examples, sample_photos
@@ -79,12 +79,17 @@ def _other_methods(pipe: InversionPipeline) -> list[str]:
 DEMO_TITLE = "<title>hyperinverter demo</title>"
 
 
-def _not_a_demo(folder: Path) -> str | None:
-    """Why ``folder`` is not an earlier demo's (which a new demo may write over), or None."""
+def _not_a_demo(folder: Path, prefixes: tuple[str, ...] = ("face_",)) -> str | None:
+    """Why ``folder`` is not an earlier demo's (which a new demo may write over), or None: its index.html says so,
+    or, for a demo stopped before writing its index, it holds only our pictures under names starting with one of
+    ``prefixes`` (and temporaries of ours)."""
     try:
         ours = DEMO_TITLE in (folder / "index.html").read_text(errors="replace")[:4096]
     except OSError:
         ours = False
+    if not ours and not (folder / "index.html").exists():  # (an interrupted demo's folder was refused for good)
+        ours = all(_TEMP.match(p.name) or (p.name.startswith(prefixes) and p.suffix == ".png" and p.is_file()
+                                           and written_by_us(p)) for p in folder.iterdir())
     return None if ours else "holds files that are not an earlier demo's"
 
 
@@ -182,8 +187,10 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_own_folder(out_dir, _not_a_demo, what="the demo (--out)")
+    prefixes = ("face_", *(f"{model}_" for model in (fashion_model, restoration_model)))
+    check_own_folder(out_dir, lambda folder: _not_a_demo(folder, prefixes), what="the demo (--out)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # (a killed demo's, where files cannot be written unnamed)
     report = DemoReport(out_dir=out_dir)
     folders: dict[str, Path] = {}
     for model in (faces_model, fashion_model, restoration_model):
