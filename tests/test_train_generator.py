@@ -381,6 +381,20 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    # stats.jsonl dropped a killed run's records past the checkpoint it resumed from; TensorBoard showed them twice.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = teacher_images()
+    train_generator(config(tmp_path / "run", steps=5, tensorboard=True), images=images)
+    list_checkpoints(tmp_path / "run" / "checkpoints")[-1].unlink()  # killed after logging step 5, before saving it
+    train_generator(config(tmp_path / "run", steps=6, tensorboard=True), images=images)  # resumes at 4
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/G")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_run_resumed_with_another_config_says_what_changed(tmp_path, caplog):
     images = teacher_images()
     train_generator(config(tmp_path / "run", steps=2), images=images)

@@ -37,7 +37,9 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+                # purge_step: TensorBoard hides the killed run's events past the resume point, as stats.jsonl drops
+                # them (each step logged since the checkpoint was shown twice)
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 logger.info("tensorboard is not installed (pip install 'hyperinverter[train]'); logging to stats.jsonl only")
 
