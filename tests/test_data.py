@@ -201,6 +201,24 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
         sources.write_fashion32(fresh, "test", progress=False)
 
 
+def test_a_faces_dataset_is_not_resumed_with_fewer_faces_than_it_holds(tmp_path, monkeypatch):
+    # `data faces64 --n 500` into a folder of 2,000 said "wrote 500 faces" and recorded 500, over the 2,000 that
+    # training then read.
+    from hyperinverter.data import sources
+    from hyperinverter.errors import InputError
+
+    monkeypatch.setattr(sources, "load_dcgan_faces", lambda device: None)
+    monkeypatch.setattr(sources, "sample_dcgan_faces", lambda net, seeds: torch.zeros(len(seeds), 3, 8, 8))
+    out = sources.write_faces64(tmp_path / "faces", 4, progress=False)
+    record = (out / "dataset.json").read_text()
+    with pytest.raises(InputError, match="holds 4 faces, more than --n 2: give --n 4 or more"):
+        sources.write_faces64(out, 2, progress=False)
+    assert (out / "dataset.json").read_text() == record
+    (out / "000003.png").unlink()  # a writing of 4 that was stopped: resumed
+    assert sources.write_faces64(out, 4, progress=False) == out and (out / "000003.png").is_file()
+    assert json.loads((sources.write_faces64(out, 6, progress=False) / "dataset.json").read_text())["count"] == 6
+
+
 def test_a_resumed_dataset_leaves_no_temporaries_of_the_killed_writing(odd_folder, tmp_path, monkeypatch):
     # Where files cannot be written unnamed (NFS), a writing killed halfway leaves hidden temporaries; invert's next
     # run removed its own, the dataset writers kept them for good (nested folders too, for stylise).
