@@ -978,6 +978,25 @@ def test_a_work_folder_in_use_is_refused(tmp_path):
         WorkFolder(folder, format="f", what="evaluation").claim({"seed": 0})
     assert [p.name for p in folder.iterdir()] == ["run.json"]  # (the lock file it made is gone)
 
+def test_a_killed_run_s_temporaries_in_its_work_folder_are_removed(tmp_path):
+    # Where files cannot be written unnamed (NFS, macOS), a benchmark killed while writing a record (a batch of
+    # reconstructions: hundreds of MB at full size) or its report left the hidden temporary, and the benchmark keeps
+    # its work: every kill added one for good.
+    from hyperinverter.benchmark import BenchmarkWork
+
+    out = tmp_path / "bench"
+    killed = "0123456789abcdef-999999999.partial"  # (no such process)
+    running = f"0123456789abcdef-{os.getppid()}.partial"  # a writer that still runs keeps its own
+    stale = [out / f".benchmark.md.{killed}", out / "work" / "psp" / f".batch-0000.safetensors.{killed}"]
+    kept = out / "work" / "psp" / f".batch-0001.safetensors.{running}"
+    for path in [*stale, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    with BenchmarkWork(out) as work:
+        work.claim({"seed": 0})
+    assert not any(path.exists() for path in stale) and kept.exists()
+
+
 def test_resuming_with_another_optimiser_or_fewer_steps_is_refused(tmp_path):
     # Another optimiser's state was loaded as it came: Ranger then failed with an internal KeyError ('lookahead_k').
     # A run asked for fewer steps than it had done wrote its final/ as a run of those steps ("trained 1 steps").

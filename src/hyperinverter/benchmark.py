@@ -55,7 +55,13 @@ from .evaluation import (
 from .inception_metrics import fid_kid
 from .inversion.files import method_fingerprint
 from .io.checkpoints import read_safetensors, save_safetensors
-from .io.files import atomic_write_bytes, atomic_write_figure, json_report_bytes, markdown_bytes
+from .io.files import (
+    atomic_write_bytes,
+    atomic_write_figure,
+    json_report_bytes,
+    markdown_bytes,
+    remove_stale_temporaries,
+)
 from .io.images import content_of, image_bytes
 from .io.work import WorkFolder, fingerprint_of
 from .memory import trim
@@ -183,6 +189,10 @@ class BenchmarkWork(WorkFolder):
 
     def __init__(self, out: Path) -> None:
         super().__init__(Path(out) / "work", format=WORK_FORMAT, what="benchmark")
+
+    def lock(self) -> None:
+        super().lock()
+        remove_stale_temporaries(self.folder.parent)  # a killed run's half-written report (OUT is the benchmark's)
 
     def batch_path(self, method: str, index: int) -> Path:
         return self.folder / method / f"batch-{index:04d}.safetensors"
