@@ -361,6 +361,33 @@ def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_pa
     assert not (tmp_path / "report.work").exists()
 
 
+def test_an_evaluation_stopped_in_its_editability_resumes_its_scores(pipeline, tmp_path, monkeypatch, capsys):
+    # The scores' records went once the report was written, before the plot and --editability (minutes to hours
+    # with the optimisation methods): stopped there, the next run inverted every image again.
+    from hyperinverter import evaluation
+    from hyperinverter.pipeline import InversionPipeline
+
+    pipeline.save_pretrained(tmp_path / "model")
+    command = [*_held_out(tmp_path, 3), "--methods", "phase1", "--editability", "2"]
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(evaluation, "ground_truth_editability", interrupted)
+        assert main(command) == 130
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "report.work" / "run.json").is_file()
+    calls: list[str] = []
+    real_invert = InversionPipeline.invert
+    monkeypatch.setattr(InversionPipeline, "invert", lambda self, images, *, method=None, **kw: calls.append(method)
+                        or real_invert(self, images, method=method, **kw))
+    capsys.readouterr()
+    assert main(command) == 0
+    assert f"resumed the interrupted evaluation stored in {tmp_path / 'report.work'}" in capsys.readouterr().out
+    assert len(calls) == 1  # the editability's one inversion: the held-out scores were stored
+    assert (tmp_path / "report-editability.json").is_file() and not (tmp_path / "report.work").exists()
+
+
 def test_stored_scores_of_other_weights_or_images_are_refused(pipeline, tmp_path, capsys, monkeypatch):
     from hyperinverter.pipeline import InversionPipeline
 

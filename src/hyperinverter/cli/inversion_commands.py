@@ -835,19 +835,20 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         report.notes.append(f"command: `{args.command}`")
         report.notes += [f"left out (unreadable): {e}" for e in failures]
         written = report.save(args.out)
+        if work.resumed:
+            print(f"resumed the interrupted evaluation stored in {work.folder}")
+        print(report.to_markdown())
+        try:
+            print(f"plotted {report.plot(args.out.with_suffix('.png'))}")
+        except ImportError:
+            print("no plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
+        if {"phase1", "hyperinverter"} <= report.metrics.keys():
+            bars = quality_bars(report)
+            print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
+        if args.editability:
+            _editability(args, pipe, report, extra, options)
+        # (once every output is written: stopped in its plot or editability, the command redid all the scores)
         work.remove()
-    if work.resumed:
-        print(f"resumed the interrupted evaluation stored in {work.folder}")
-    print(report.to_markdown())
-    try:
-        print(f"plotted {report.plot(args.out.with_suffix('.png'))}")
-    except ImportError:
-        print("no plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
-    if {"phase1", "hyperinverter"} <= report.metrics.keys():
-        bars = quality_bars(report)
-        print("quality bars: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in bars.items()))
-    if args.editability:
-        _editability(args, pipe, report, extra, options)
     _report_failures(failures)
     print(f"wrote {', '.join(map(str, written))} (every image's scores in the .csv)")
     return 1 if failures else 0
