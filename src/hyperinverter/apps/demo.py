@@ -16,7 +16,7 @@ import torch
 
 from ..editing.directions import load_model_directions
 from ..inversion.batch import read_pictures
-from ..io.files import _TEMP, atomic_write_bytes, check_own_folder, remove_stale_temporaries, written_by_us
+from ..io.files import atomic_write_bytes, check_own_folder, is_temporary, remove_stale_temporaries, written_by_us
 from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
 from ..pipeline import InversionPipeline
 from . import model_examples, sample_photos
@@ -88,7 +88,7 @@ def _not_a_demo(folder: Path, prefixes: tuple[str, ...] = ("face_",)) -> str | N
     except OSError:
         ours = False
     if not ours and not (folder / "index.html").exists():  # (an interrupted demo's folder was refused for good)
-        ours = all(_TEMP.match(p.name) or (p.name.startswith(prefixes) and p.suffix == ".png" and p.is_file()
+        ours = all(is_temporary(p.name) or (p.name.startswith(prefixes) and p.suffix == ".png" and p.is_file()
                                            and written_by_us(p)) for p in folder.iterdir())
     return None if ours else "holds files that are not an earlier demo's"
 

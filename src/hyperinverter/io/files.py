@@ -687,6 +687,11 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     return paths
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file or folder name is one of our writers' temporaries (``.NAME.<16 hex digits>-<pid>.partial``)."""
+    return _TEMP.match(name) is not None
+
+
 def remove_stale_temporaries(directory: Path, *, of: str | None = None, idle_seconds: float = 0.0) -> int:
     """Delete the hidden temporary files and folders that a killed hyperinverter left in ``directory`` (only
     those of the output named ``of``, if given). Only names of exactly the form we create
