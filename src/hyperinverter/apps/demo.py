@@ -16,7 +16,13 @@ import torch
 
 from ..editing.directions import load_model_directions
 from ..inversion.batch import read_pictures
-from ..io.files import atomic_write_bytes, check_own_folder, is_temporary, remove_stale_temporaries, written_by_us
+from ..io.files import (
+    atomic_write_bytes,
+    check_own_folder,
+    is_temporary,
+    remove_stale_temporaries,
+    written_by_us,
+)
 from ..io.images import enlarge_nearest, labelled_row, pil_to_tensor, read_image, save_image
 from ..pipeline import InversionPipeline
 from . import model_examples, sample_photos
