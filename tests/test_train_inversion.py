@@ -383,3 +383,25 @@ def test_phase2_losses_are_the_official_coach_s(tmp_path, gan_dir, images):
         if isinstance(ours, torch.nn.BatchNorm2d):
             torch.testing.assert_close(ours.running_mean, reference.running_mean)
             assert int(ours.num_batches_tracked) == 2
+
+
+def test_a_trained_model_keeps_its_generator_s_framing_and_discriminator(tmp_path, gan_dir, images):
+    """A run's model keeps what its generator came with: the face framing (``align_scale``, which ``invert --align``
+    crops at) of a bundle it was trained from, and the domain's frozen discriminator, which the optimisation methods
+    use as their perceptual distance. Runs saved neither, whether or not a loss term had loaded the discriminator."""
+    import json
+
+    from hyperinverter.convert.gan_files import load_gan
+
+    first = train_w_encoder(config(tmp_path / "first", gan_dir, steps=2), images=images, val_images=images[:4])
+    index = json.loads((first.final_model / "pipeline.json").read_text())
+    assert index["align_scale"] == 1.0 and index["discriminator"] == "discriminator"
+    index["align_scale"] = 0.8  # (as faces-64's framing)
+    (first.final_model / "pipeline.json").write_text(json.dumps(index))
+    second = train_w_encoder(config(tmp_path / "second", first.final_model, steps=2, dfeat_weight=0.5), images=images,
+                            val_images=images[:4])
+    pipe = InversionPipeline.from_pretrained(second.final_model, device="cpu")
+    assert pipe.align_scale == 0.8
+    domain = load_gan(gan_dir, with_discriminator=True).discriminator.state_dict()
+    for key, value in pipe.discriminator.state_dict().items():
+        torch.testing.assert_close(value, domain[key], rtol=0, atol=0, msg=key)

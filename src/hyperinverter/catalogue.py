@@ -190,6 +190,17 @@ def load_model_gan(spec: str | os.PathLike, *, with_discriminator: bool = False,
     return gan
 
 
+def model_align_scale(spec: str | os.PathLike) -> float:
+    """The face framing a command's ``--model`` was trained at: a bundle's ``align_scale`` (which ``invert --align``
+    crops at), 1 (FFHQ's) for a generator file or folder."""
+    from .pipeline import read_pipeline_index
+
+    bundle = local_model_path(spec)
+    if not (bundle / PIPELINE_INDEX).is_file():
+        return 1.0
+    return float(read_pipeline_index(bundle).get("align_scale", 1.0))
+
+
 def _existing(path: Path) -> Path:
     if not os.path.lexists(path):
         raise FileNotFoundError(errno.ENOENT, f"no such model file or folder{_catalogue_hint(path)}", str(path))

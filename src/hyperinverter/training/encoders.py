@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..catalogue import load_model_gan
+from ..catalogue import load_model_gan, model_align_scale
 from ..convert.gan_files import LoadedGAN
 from ..errors import CheckpointError, InputError, naming
 from ..io.images import content_of, describe_content_rows
@@ -29,7 +29,7 @@ from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
 from ..methods.phase1 import Phase1, encoder_input_shape
 from ..models.encoders import TrunkConfig
-from ..models.stylegan2 import Generator
+from ..models.stylegan2 import Discriminator, Generator
 from ..pipeline import MAX_ENCODER_RESOLUTION, InversionPipeline, check_same_weights, save_pipeline
 from .loop import Batch, Phase, RunConfig, TrainingTask, lazy_adam
 from .optim import make_optimizer
@@ -202,6 +202,7 @@ class EncoderTask(TrainingTask):
         self.synthetic_fraction = cfg.synthetic_fraction if synthetic else 0.0
         # (the pSp family's targets are reduced as its official data transforms reduce photos)
         self.criterion = cfg.reconstruction_loss(gan.discriminator, device, antialias_target=method.official_antialias)
+        self._loaded_discriminator = gan.discriminator  # (frozen; None where no loss term needed it)
         self.optimizer = make_optimizer(cfg.optimizer, trainable.parameters(), lr=cfg.lr)
         self.modules: dict[str, nn.Module] = {"trainable": trainable}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
@@ -314,4 +315,17 @@ class EncoderTask(TrainingTask):
         return "input-first-final", torch.cat([x, first, out.image]), len(x)
 
     def save(self, path: Path) -> Path:
-        return save_pipeline(self.bundle, path, default_method=self.method.name)
+        # The model keeps what its generator's came with: the face framing its images were aligned at, which `invert
+        # --align` crops at, and the domain's discriminator, the optimisation methods' perceptual distance (its
+        # frozen one, not the copy an adversarial stage trains). A run saved neither: a bundle trained from faces-64
+        # aligned photos at FFHQ's framing, and its optimisation methods fell back to L2.
+        return save_pipeline(self.bundle, path, default_method=self.method.name,
+                             align_scale=model_align_scale(self.cfg.generator), discriminator=self.domain_discriminator)
+
+    @functools.cached_property
+    def domain_discriminator(self) -> Discriminator | None:
+        """The generator's own discriminator: the frozen one the run loaded, or, where no loss term needed it, read
+        once from the generator's file (None where it has none)."""
+        if self._loaded_discriminator is not None:
+            return self._loaded_discriminator
+        return load_model_gan(self.cfg.generator, with_discriminator=True).discriminator
