@@ -400,7 +400,8 @@ def lpips_metric(device: torch.device | str = "cpu", net: str = "alex") -> tuple
         return {}, f"LPIPS-{net}: unavailable here ({e})"
 
     def features(images: torch.Tensor) -> list[torch.Tensor]:
-        return network.features(resized_to_width(images, PAPER_RESOLUTION))  # the papers compare 256-px images
+        # The papers compare 256-px images, small ones enlarged: AlexNet has nothing left to pool under 31 px.
+        return network.features(resized_to_width(images, PAPER_RESOLUTION, enlarge=True))
 
     return {"lpips": FeatureMetric(features, network.compare)}, None
 

@@ -33,13 +33,14 @@ def _at_width(x: torch.Tensor, width: int) -> tuple[int, int]:
     return round(x.shape[-2] * width / x.shape[-1]), width
 
 
-def resized_to_width(x: torch.Tensor, width: int) -> torch.Tensor:
+def resized_to_width(x: torch.Tensor, width: int, *, enlarge: bool = False) -> torch.Tensor:
     """``x`` resized as the papers' metric scripts resize it (``transforms.Resize(256)``: bilinear with
-    antialiasing) to ``width`` columns and the rows that keep its shape; as it is where it is no wider. Training
+    antialiasing) to ``width`` columns and the rows that keep its shape; as it is where it is no wider, unless
+    ``enlarge`` (a network metric: the scripts enlarge small images too). Training
     pools its outputs (:func:`pooled_to_width`, the official ``face_pool``; the pSp family's targets are resized
     this way, as its data transforms do); the metrics pooled too, which scored a reconstruction that lacks fine
     detail up to 5.8 times the papers' MSE at 1024 px."""
-    if x.shape[-1] <= width:
+    if x.shape[-1] == width or (x.shape[-1] < width and not enlarge):
         return x
     return F.interpolate(x, size=_at_width(x, width), mode="bilinear", antialias=True, align_corners=False)
 
