@@ -139,7 +139,8 @@ def add_method(bundle_dir: Path, run_dir: Path, method: str, *, examples: Path, 
     reference = InversionPipeline(methods, default_method=method, device=device)
     with staged_directory(bundle_dir, "pipeline") as tmp:
         save_pipeline(methods, tmp / "_pipeline", default_method=bundle.default_method, dtype=torch.float16,
-                      align_scale=float(index.get("align_scale", 1.0)), discriminator=bundle.discriminator)
+                      align_scale=float(index.get("align_scale", 1.0)), faces=index.get("faces"),
+                      discriminator=bundle.discriminator)
         written = set()
         for item in (tmp / "_pipeline").iterdir():
             os.replace(item, tmp / item.name)

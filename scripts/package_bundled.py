@@ -751,7 +751,7 @@ def package(
         # 1. the pipeline in fp16, reloaded and compared with the fp32 model
         crop = measure_training_crop_scale(Path(train_data)) if spec.faces else None
         save_pipeline(reference.methods, tmp / "_pipeline", default_method="hyperinverter", dtype=torch.float16,
-                      align_scale=crop.scale if crop else 1.0)
+                      align_scale=crop.scale if crop else 1.0, faces=spec.faces)
         for item in (tmp / "_pipeline").iterdir():
             os.replace(item, tmp / item.name)
         (tmp / "_pipeline").rmdir()

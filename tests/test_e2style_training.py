@@ -104,6 +104,8 @@ def test_multilayer_losses_compare_at_the_loss_resolution(setup):
     from hyperinverter.training.e2style import e2style_task
 
     config, data, _ = setup
+    assert config("faces", 1, multilayer_id_weight=0.5).compares_identities  # (its model is one of faces)
+    assert not config("other", 1).compares_identities
     task = e2style_task(config("pooled", 1, loss_resolution=16), torch.device("cpu"), None)
     seen = []
 

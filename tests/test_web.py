@@ -13,7 +13,7 @@ from PIL import Image
 from hyperinverter.align import NoFaceFoundError
 from hyperinverter.apps.web import WebSession, build_app
 from hyperinverter.editing import LinearDirection
-from hyperinverter.errors import NonFiniteError
+from hyperinverter.errors import NonFiniteError, SchemaError
 from hyperinverter.io.images import ImageReadError, center_square, pil_to_tensor
 from test_align import synthetic_landmarks
 
@@ -152,6 +152,28 @@ def test_the_second_photo_s_face_swaps_onto_the_first(session, pipeline):
     grey = WebSession(pipeline, {}, detector=None, display_size=64)  # no detector: photos are not faces here
     with pytest.raises(ValueError, match="face swapping is for models of aligned faces"):
         grey.swap(grey.invert(photo(), align=False)[0], grey.invert(photo(seed=3), align=False)[0])
+
+
+def test_a_model_that_says_it_is_not_of_faces_is_not_offered_alignment(pipeline, tmp_path):
+    # Every RGB model counted as one of faces: a user's church bundle ticked "align faces" (each photo then ended in
+    # "no face found") and offered the sample portraits. A bundle now says whether it is one of faces.
+    from hyperinverter.pipeline import InversionPipeline
+
+    assert WebSession(pipeline, detector=lambda image: []).takes_faces  # (not said: any RGB model, as before)
+    saved = pipeline.save_pretrained(tmp_path / "churches")
+    index = json.loads((saved / "pipeline.json").read_text())
+    assert "faces" not in index
+    (saved / "pipeline.json").write_text(json.dumps({**index, "faces": False}))
+    churches = InversionPipeline.from_pretrained(saved, device="cpu")
+    assert churches.faces is False and churches.save_pretrained(tmp_path / "copy") and json.loads(
+        (tmp_path / "copy" / "pipeline.json").read_text())["faces"] is False
+    session = WebSession(churches, detector=lambda image: [])
+    assert not session.takes_faces
+    with pytest.raises(ValueError, match="face swapping is for models of aligned faces"):
+        session.swap(*(session.invert(photo(seed=s), align=False)[0] for s in (1, 2)))
+    (saved / "pipeline.json").write_text(json.dumps({**index, "faces": "no"}))
+    with pytest.raises(SchemaError, match="'faces' must be true or false"):
+        InversionPipeline.from_pretrained(saved, device="cpu")
 
 
 def test_interpolation_ends_are_the_two_reconstructions(session):

@@ -190,15 +190,13 @@ def load_model_gan(spec: str | os.PathLike, *, with_discriminator: bool = False,
     return gan
 
 
-def model_align_scale(spec: str | os.PathLike) -> float:
-    """The face framing a command's ``--model`` was trained at: a bundle's ``align_scale`` (which ``invert --align``
-    crops at), 1 (FFHQ's) for a generator file or folder."""
+def model_index(spec: str | os.PathLike) -> dict:
+    """The checked ``pipeline.json`` of what a command's ``--model`` takes, where it is a bundle (its face framing
+    ``align_scale``, whether it is a model of ``faces``, ...); empty for a generator file or folder."""
     from .pipeline import read_pipeline_index
 
     bundle = local_model_path(spec)
-    if not (bundle / PIPELINE_INDEX).is_file():
-        return 1.0
-    return float(read_pipeline_index(bundle).get("align_scale", 1.0))
+    return read_pipeline_index(bundle) if (bundle / PIPELINE_INDEX).is_file() else {}
 
 
 def _existing(path: Path) -> Path:

@@ -189,6 +189,8 @@ def read_pipeline_index(folder: Path) -> dict:
     scale = index.get("align_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 10:
         raise SchemaError(path, f"'align_scale' must be a number in (0, 10), got {scale!r}")
+    if not isinstance(index.get("faces", False), bool):
+        raise SchemaError(path, f"'faces' must be true or false, got {index['faces']!r}")
     methods = index.get("methods")
     if not isinstance(methods, dict) or not methods:
         raise SchemaError(path, f"'methods' must map method names to their parts, got {methods!r}")
@@ -214,19 +216,20 @@ def read_pipeline_index(folder: Path) -> dict:
 
 def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.PathLike, *,
                   default_method: str | None = None, dtype: torch.dtype | None = None,
-                  align_scale: float = 1.0, discriminator: Discriminator | None = None,
+                  align_scale: float = 1.0, faces: bool | None = None, discriminator: Discriminator | None = None,
                   keep_extras_of: str | os.PathLike | None = None) -> Path:
     """Write a bundle atomically (built beside ``path``, then swapped in); the modules are not changed.
 
     An existing folder at ``path`` is replaced only if it is a pipeline we wrote; anything else is an error and
     is left untouched. Components shared by several methods are written once; methods that need no components
     are not stored (they run on any bundle). ``dtype``: store floating weights in it (e.g. ``torch.float16``).
-    ``discriminator``: the domain's discriminator, which optimisation methods use as their perceptual distance
-    when LPIPS is not installed. ``keep_extras_of``: a bundle whose card, configs, directions, examples, pictures
-    and stored generators (:func:`~hyperinverter.io.files.pipeline_extras`) the new one keeps, as when methods are
-    added to it. Replacing a bundle that holds such extras keeps them when its generator holds the same weights
-    (a retrained encoder saved back into its bundle) and is an ``OutputError`` otherwise: they are never deleted
-    silently.
+    ``faces``: whether the model's inputs are FFHQ-aligned faces (None: not known; the web page then offers face
+    alignment to any RGB model). ``discriminator``: the domain's discriminator, which optimisation methods use as
+    their perceptual distance when LPIPS is not installed. ``keep_extras_of``: a bundle whose card, configs,
+    directions, examples, pictures and stored generators (:func:`~hyperinverter.io.files.pipeline_extras`) the new
+    one keeps, as when methods are added to it. Replacing a bundle that holds such extras keeps them when its
+    generator holds the same weights (a retrained encoder saved back into its bundle) and is an ``OutputError``
+    otherwise: they are never deleted silently.
     """
     from .io.gan import save_gan
     from .precision import PRECISIONS, dtype_name
@@ -256,6 +259,8 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
         default = default_method if default_method in entries else next(iter(entries))
         index = {"format": PIPELINE_FORMAT, "format_version": FORMAT_VERSION, "generator": "generator",
                  "default_method": default, "align_scale": align_scale, "methods": entries}
+        if faces is not None:
+            index["faces"] = faces
         if discriminator is not None:
             save_component_module(tmp / "discriminator", discriminator, dtype=dtype)
             index["discriminator"] = "discriminator"
@@ -397,6 +402,7 @@ class InversionPipeline:
     ``methods``: one inverter, or several by name, all over the same generator. ``default_method``: the one
     ``invert`` uses unless told (default: the first). ``name``: how the model was asked for (a catalogue name or
     a path); inversion files record it. ``align_scale``: the face-crop scale that matches the training framing.
+    ``faces``: whether its inputs are aligned faces (None: not known).
     ``dtype``: the precision inversion and rendering run in: ``"fp32"`` (default), ``"bf16"`` (CPUs with native
     bf16, GPUs) or ``"fp16"`` (GPUs); see :mod:`hyperinverter.precision`. Images and codes come out in fp32.
     The methods (and ``discriminator``) are the pipeline's from then on: they are moved to ``device`` in the
@@ -408,8 +414,8 @@ class InversionPipeline:
     """
 
     def __init__(self, methods: Inverter | Mapping[str, Inverter], *, default_method: str | None = None,
-                 device: str | torch.device = "auto", align_scale: float = 1.0, name: str = "",
-                 discriminator: Discriminator | None = None, dtype: str | torch.dtype = "fp32",
+                 device: str | torch.device = "auto", align_scale: float = 1.0, faces: bool | None = None,
+                 name: str = "", discriminator: Discriminator | None = None, dtype: str | torch.dtype = "fp32",
                  prepack: bool = False) -> None:
         methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
         if not methods:
@@ -419,7 +425,7 @@ class InversionPipeline:
             raise ValueError("every method of a pipeline must share one generator")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.align_scale = align_scale
+        self.align_scale, self.faces = align_scale, faces
         self.name = name
         self.folder: Path | None = None  # the bundle folder it was loaded from (its directions), if any
         self._named_directions: dict[tuple, Direction] = {}  # what edit resolved by name, once (a basis costs)
@@ -573,7 +579,7 @@ class InversionPipeline:
         if "discriminator" in index:
             discriminator = load_component(path / index["discriminator"], expect="stylegan2-discriminator")
         pipe = cls(methods, default_method=method or index["default_method"], device=device,
-                   align_scale=float(index.get("align_scale", 1.0)), name=pipeline_name,
+                   align_scale=float(index.get("align_scale", 1.0)), faces=index.get("faces"), name=pipeline_name,
                    discriminator=discriminator, dtype=dtype, prepack=prepack)
         pipe.folder = path
         return pipe
@@ -581,7 +587,7 @@ class InversionPipeline:
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None) -> Path:
         """Write the bundle (see :func:`save_pipeline`)."""
         return save_pipeline(self.methods, path, default_method=self.default_method, dtype=dtype,
-                             align_scale=self.align_scale, discriminator=self.discriminator)
+                             align_scale=self.align_scale, faces=self.faces, discriminator=self.discriminator)
 
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Image.Image | str | Path | bytes | np.ndarray

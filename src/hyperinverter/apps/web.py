@@ -168,9 +168,10 @@ class WebSession:
     @property
     def takes_faces(self) -> bool:
         """Whether photos of people are this model's input (RGB, aligned like FFHQ; not a domain that fills only some
-        rows of the generator's square, as cars do)."""
-        return (self.pipe.generator.config.img_channels == 3 and self.detector is not None
-                and self.pipe.content_rows is None)
+        rows of the generator's square, as cars do), unless its bundle says it is not a model of faces (a user's
+        church model ticked face alignment and offered the sample portraits)."""
+        return (self.pipe.faces is not False and self.pipe.generator.config.img_channels == 3
+                and self.detector is not None and self.pipe.content_rows is None)
 
     def methods(self) -> list[str]:
         """The methods this model runs, its default first."""

@@ -610,7 +610,8 @@ def run_import_official(args: argparse.Namespace) -> int:
     bundle = InversionPipeline.from_pretrained(args.out, device="cpu")
     joined = join_methods(bundle.methods, methods, source=str(checkpoint))
     save_pipeline(joined, args.out, default_method=bundle.default_method, align_scale=bundle.align_scale,
-                  discriminator=bundle.discriminator, dtype=PRECISIONS[args.weights])  # keeps its card and directions
+                  faces=bundle.faces, discriminator=bundle.discriminator,
+                  dtype=PRECISIONS[args.weights])  # keeps its card and directions
     added = [m for m in methods if m not in bundle.methods]
     kept = [m for m in methods if m in bundle.methods]
     print(f"added {', '.join(added) or 'nothing'} to {args.out}" + (f" (kept the bundle's {', '.join(kept)})" if kept
@@ -644,8 +645,9 @@ def run_join(args: argparse.Namespace) -> int:
     if default not in methods:
         raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
     discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
-    save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), discriminator=discriminator,
-                  keep_extras_of=folders[0], dtype=PRECISIONS[args.weights])
+    faces = next((p.faces for p in pipes if p.faces is not None), None)  # (one generator: one domain)
+    save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), faces=faces,
+                  discriminator=discriminator, keep_extras_of=folders[0], dtype=PRECISIONS[args.weights])
     print(f"wrote {args.out}, holding {', '.join(methods)} (default {default}); use it with --model {args.out}")
     return 0
 

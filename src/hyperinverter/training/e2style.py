@@ -55,6 +55,10 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
     task: str | None = None
     random_noise: bool = True  # the official coach's training forwards draw new noise maps
 
+    @property
+    def compares_identities(self) -> bool:
+        return super().compares_identities or self.multilayer_id_weight > 0
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.stage > 1 and self.init_from is None:

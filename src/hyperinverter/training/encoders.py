@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..catalogue import load_model_gan, model_align_scale
+from ..catalogue import load_model_gan, model_index
 from ..convert.gan_files import LoadedGAN
 from ..errors import CheckpointError, InputError, naming
 from ..io.images import content_of, describe_content_rows
@@ -138,6 +138,12 @@ class EncoderTrainingConfig(RunConfig):
     @property
     def adversarial(self) -> bool:
         return self.adv_weight > 0
+
+    @property
+    def compares_identities(self) -> bool:
+        """Whether a loss term compares faces' identities (a face recogniser's embeddings), which makes the trained
+        model one of faces."""
+        return self.id_weight > 0
 
     def load_generator(self, device: torch.device, *, adversarial: bool) -> LoadedGAN:
         """The frozen generator, with its discriminator when a loss term needs it."""
@@ -316,11 +322,14 @@ class EncoderTask(TrainingTask):
 
     def save(self, path: Path) -> Path:
         # The model keeps what its generator's came with: the face framing its images were aligned at, which `invert
-        # --align` crops at, and the domain's discriminator, the optimisation methods' perceptual distance (its
-        # frozen one, not the copy an adversarial stage trains). A run saved neither: a bundle trained from faces-64
-        # aligned photos at FFHQ's framing, and its optimisation methods fell back to L2.
+        # --align` crops at, whether they are faces, and the domain's discriminator, the optimisation methods'
+        # perceptual distance (its frozen one, not the copy an adversarial stage trains). A run saved none: a bundle
+        # trained from faces-64 aligned photos at FFHQ's framing, and its optimisation methods fell back to L2.
+        source = model_index(self.cfg.generator)
+        faces = source.get("faces", self.cfg.compares_identities)  # (an identity term is a face recogniser's)
         return save_pipeline(self.bundle, path, default_method=self.method.name,
-                             align_scale=model_align_scale(self.cfg.generator), discriminator=self.domain_discriminator)
+                             align_scale=source.get("align_scale", 1.0), faces=faces,
+                             discriminator=self.domain_discriminator)
 
     @functools.cached_property
     def domain_discriminator(self) -> Discriminator | None:
