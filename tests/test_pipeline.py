@@ -210,6 +210,22 @@ def test_a_loaded_bundle_edits_by_its_direction_names(pipeline, tmp_path):
         loaded.edit(result, "down")
 
 
+def test_interpolate_names_both_files_when_they_cannot_be_joined(tmp_path, capsys):
+    # HyperStyle's offsets scale θ, HyperInverter's add to it: "cannot interpolate 'scale' and 'add' offsets" named
+    # neither file.
+    photo = tmp_path / "p.png"
+    Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(photo)
+    for method in ("hyperstyle", "hyperinverter"):
+        assert main(["invert", str(photo), "--model", "faces-64", "--method", method, "--out", str(tmp_path / method),
+                     "--device", "cpu"]) == 0
+    a, b = tmp_path / "hyperstyle" / "p.safetensors", tmp_path / "hyperinverter" / "p.safetensors"
+    capsys.readouterr()
+    assert main(["interpolate", str(a), str(b), "--model", "faces-64", "--out", str(tmp_path / "lerp")]) == 2
+    err = capsys.readouterr().err
+    assert f"{a} and {b}: cannot interpolate 'scale' and 'add' offsets" in err, err
+    assert not list(tmp_path.glob("lerp*"))
+
+
 def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     pipeline.save_pretrained(tmp_path / "model")
     inputs = tmp_path / "photos"

@@ -543,9 +543,14 @@ def run_interpolate(args: argparse.Namespace) -> int:
     out = args.out.with_suffix("") if args.out.suffix.lower() in (".png", ".gif", ".mp4") else args.out
     targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
     InputFiles([args.a, args.b]).check_outputs(targets.values())
+    from ..errors import InputError
+
     pipe = _load_pipeline(args)
-    frames = pipe.content(pipe.interpolate(_result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0],
-                                           steps=args.steps).cpu())
+    a, b = _result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0]
+    try:  # (--steps is checked by its parser: what is left is the two ends together, which it named neither of)
+        frames = pipe.content(pipe.interpolate(a, b, steps=args.steps).cpu())
+    except ValueError as e:  # "cannot interpolate 'scale' and 'add' offsets", "come from different models"
+        raise InputError(f"{args.a} and {args.b}", str(e)) from None
     there_and_back = list(frames) + list(frames.flip(0))
     written = [(targets[".png"], image_bytes(make_grid(frames, nrow=len(frames)))),
                (targets[".gif"], gif_bytes(there_and_back))]
