@@ -214,7 +214,8 @@ def test_interpolate_names_both_files_when_they_cannot_be_joined(tmp_path, capsy
     # HyperStyle's offsets scale θ, HyperInverter's add to it: "cannot interpolate 'scale' and 'add' offsets" named
     # neither file.
     photo = tmp_path / "p.png"
-    Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(photo)
+    pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()
+    Image.fromarray(pixels).save(photo)
     for method in ("hyperstyle", "hyperinverter"):
         assert main(["invert", str(photo), "--model", "faces-64", "--method", method, "--out", str(tmp_path / method),
                      "--device", "cpu"]) == 0

@@ -531,7 +531,7 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> tuple[list[Path], list
 def run_interpolate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..errors import OutputError
+    from ..errors import InputError, OutputError
     from ..io.files import InputFiles, atomic_write_group
     from ..io.images import gif_bytes, image_bytes, make_grid
     from ..io.video import mp4_bytes, video_backend
@@ -543,8 +543,6 @@ def run_interpolate(args: argparse.Namespace) -> int:
     out = args.out.with_suffix("") if args.out.suffix.lower() in (".png", ".gif", ".mp4") else args.out
     targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
     InputFiles([args.a, args.b]).check_outputs(targets.values())
-    from ..errors import InputError
-
     pipe = _load_pipeline(args)
     a, b = _result_for(pipe, args.a, args)[0], _result_for(pipe, args.b, args)[0]
     try:  # (--steps is checked by its parser: what is left is the two ends together, which it named neither of)
