@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -402,6 +403,40 @@ def test_replacing_our_folder(tmp_path, monkeypatch, exchange):
 
     assert torch.equal(load_generator(tmp_path / "gen").w_avg, torch.ones(16))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]  # no temporary folder left
+
+
+def test_a_folder_set_aside_by_a_killed_replacement_is_put_back(tmp_path, monkeypatch):
+    # Where two folders cannot be exchanged (macOS), the old one is renamed aside, then the new one in. A write killed
+    # between the two renames left the old one, the only whole copy, as a temporary, which the next write deleted.
+    G = build_tiny_generator()
+    save_gan(tmp_path / "gen", G)
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    real_rename, renames = os.rename, []
+
+    def killed_after_the_first(a, b):
+        renames.append(b)
+        if len(renames) == 2:
+            raise KeyboardInterrupt  # (stands for SIGKILL: no cleanup runs)
+        real_rename(a, b)
+
+    built = files.temporary_sibling(tmp_path / "gen")
+    shutil.copytree(tmp_path / "gen", built)
+    monkeypatch.setattr(files.os, "rename", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        files.replace_directory(built, tmp_path / "gen", "generator")
+    monkeypatch.setattr(files.os, "rename", real_rename)
+    assert not (tmp_path / "gen").exists() and Path(renames[0]).name.endswith(".replaced")
+    files.remove_stale_temporaries(tmp_path)  # (what every write's cleanup does: the old copy is no temporary)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(renames[0]).name]
+
+    with files.staged_directory(tmp_path / "gen", "generator") as folder:
+        assert (tmp_path / "gen" / "model.safetensors").is_file()  # put back before the new one is written
+        (folder / "model.safetensors").write_bytes((tmp_path / "gen" / "model.safetensors").read_bytes())
+        (folder / "config.json").write_bytes((tmp_path / "gen" / "config.json").read_bytes())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
+    from hyperinverter.convert.gan_files import load_generator
+
+    load_generator(tmp_path / "gen")
 
 
 def test_a_folder_swap_never_leaves_a_gap(tmp_path):

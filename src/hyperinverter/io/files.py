@@ -74,6 +74,9 @@ def json_report_bytes(record: dict, *, indent: int | None = 2) -> bytes:
 
 # A temporary's name: the output's, 16 hex digits, and (since it is named) the writing process's id.
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}(?:-(?P<pid>\d+))?\.partial$")
+# A folder output's old version, set aside while the new one is moved in where the two cannot be exchanged: not a
+# temporary (a write killed between the two renames left it as the only whole copy).
+_ASIDE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{16}-(?P<pid>\d+)\.replaced$")
 _PROC_FD = Path("/proc/self/fd")
 
 
@@ -867,11 +870,26 @@ def replace_directory(built: Path, target: Path, kind: str) -> None:
     elif _exchange(built, target):
         shutil.rmtree(built)  # now the old folder
     else:
-        aside = temporary_sibling(target)
+        aside = target.with_name(f".{target.name}.{secrets.token_hex(8)}-{os.getpid()}.replaced")
         os.rename(target, aside)
         os.rename(built, target)
         shutil.rmtree(aside)
     fsync_directory(target.parent)
+
+
+def _settle_set_aside(target: Path) -> None:
+    """What a killed :func:`replace_directory` left where the OS cannot exchange two folders (macOS): ``target``'s
+    old version set aside. Where ``target`` is missing (killed between the two renames) it is put back, the only
+    whole copy, which the next write's cleanup of temporaries deleted; where the new one made it, it goes."""
+    for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else ():
+        match = _ASIDE.match(entry.name)
+        if match is None or match.group("name") != target.name or _writer_alive(match.group("pid")):
+            continue
+        if os.path.lexists(target):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            os.rename(entry, target)
+            logger.warning("%s: put back as it was: a write killed while replacing it had set it aside", target)
 
 
 @contextlib.contextmanager
@@ -887,6 +905,7 @@ def staged_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     target = Path(target)
     check_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _settle_set_aside(target)
     remove_stale_temporaries(target.parent, of=target.name)
     built = temporary_sibling(target)
     try:
