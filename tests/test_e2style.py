@@ -269,6 +269,22 @@ def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_pa
     assert "holds no trained method" in capsys.readouterr().err
 
 
+def test_a_joined_model_is_one_of_faces_whichever_bundle_comes_first(pipeline, tmp_path):
+    # A Phase I run of faces compares no identities (configs/faces64/w-encoder.yaml), so its bundle says "faces":
+    # false; joined with a run that did, the model was one of faces or not by the order of the bundles given.
+    from hyperinverter.cli.main import main
+    from hyperinverter.pipeline import InversionPipeline
+
+    InversionPipeline({"phase1": pipeline.methods["phase1"]}, faces=False).save_pretrained(tmp_path / "w")
+    InversionPipeline(pipeline.methods, faces=True).save_pretrained(tmp_path / "hyper")
+    InversionPipeline(pipeline.methods).save_pretrained(tmp_path / "unsaid")
+    for first, second, faces in (("w", "hyper", True), ("hyper", "w", True), ("w", "unsaid", False),
+                                 ("unsaid", "unsaid", None)):
+        out = tmp_path / f"{first}-{second}"
+        assert main(["join", str(tmp_path / first), str(tmp_path / second), "--out", str(out)]) == 0
+        assert InversionPipeline.from_pretrained(out, device="cpu").faces is faces, (first, second)
+
+
 def test_a_release_joins_a_bundle_of_the_same_generator_and_is_refused_by_another(pipeline, tiny_generator, tmp_path,
                                                                                  capsys):
     """``import-official --add``: one model holds every released method of a domain (what ``benchmark`` runs)."""

@@ -648,7 +648,10 @@ def run_join(args: argparse.Namespace) -> int:
     if default not in methods:
         raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
     discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
-    faces = next((p.faces for p in pipes if p.faces is not None), None)  # (one generator: one domain)
+    # (one generator: one domain) A bundle that compared identities says true; false is a run's inference from the
+    # lack of an identity term (a Phase I run of faces has none), so the joined model was faces or not by its order.
+    said = {p.faces for p in pipes} - {None}
+    faces = True if True in said else False if said else None
     save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), faces=faces,
                   discriminator=discriminator, keep_extras_of=folders[0], dtype=PRECISIONS[args.weights])
     print(f"wrote {args.out}, holding {', '.join(methods)} (default {default}); use it with --model {args.out}")
