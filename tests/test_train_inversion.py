@@ -406,3 +406,17 @@ def test_a_trained_model_keeps_its_generator_s_framing_and_discriminator(tmp_pat
     domain = load_gan(gan_dir, with_discriminator=True).discriminator.state_dict()
     for key, value in pipe.discriminator.state_dict().items():
         torch.testing.assert_close(value, domain[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_run_from_a_rosinality_file_does_not_warn_of_a_discriminator_it_never_asked_for(tmp_path, gan_dir, images,
+                                                                                          caplog):
+    # Saving its model read the generator file again for its discriminator: a rosinality file's is not read, which
+    # the loader warned of in a run whose loss terms needed none.
+    from hyperinverter.convert.gan_files import convert_generator
+
+    convert_generator(gan_dir, tmp_path / "g.pt")
+    with caplog.at_level("WARNING"):
+        run = train_w_encoder(config(tmp_path / "run", tmp_path / "g.pt", steps=1), images=images,
+                              val_images=images[:4])
+    assert "discriminator" not in caplog.text
+    assert InversionPipeline.from_pretrained(run.final_model, device="cpu").discriminator is None

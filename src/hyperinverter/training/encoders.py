@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..catalogue import load_model_gan, model_index
-from ..convert.gan_files import LoadedGAN
+from ..catalogue import generator_path, load_model_gan, model_index
+from ..convert.gan_files import LoadedGAN, detect_format
 from ..errors import CheckpointError, InputError, naming
 from ..io.images import content_of, describe_content_rows
 from ..losses.reconstruction import ReconstructionLoss
@@ -337,4 +337,6 @@ class EncoderTask(TrainingTask):
         once from the generator's file (None where it has none)."""
         if self._loaded_discriminator is not None:
             return self._loaded_discriminator
+        if detect_format(generator_path(self.cfg.generator)) == "rosinality":  # (whose discriminator is not read:
+            return None  # loading it again warned so in a run that had asked for none)
         return load_model_gan(self.cfg.generator, with_discriminator=True).discriminator
