@@ -729,6 +729,14 @@ def test_a_killed_run_s_temporaries_are_removed_when_it_resumes(tmp_path):
         pass
     assert not [p for p in run.rglob("*.partial")]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "samples"]
+    # Killed while writing its first config.yaml: the folder held checkpoints/ and that temporary, and every later run
+    # refused it as "not a training run's" before its cleanup could remove the temporary.
+    first = tmp_path / "first"
+    (first / "checkpoints").mkdir(parents=True)
+    (first / f".config.yaml.{killed}").write_bytes(b"run_")
+    with prepared_run_dir(first, {"run_dir": str(first)}, DistributedContext()):
+        pass
+    assert sorted(p.name for p in first.iterdir()) == ["checkpoints"]
 
 
 def test_a_lock_file_that_is_not_ours_is_refused_and_left_as_it_was(tmp_path):

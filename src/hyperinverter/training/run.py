@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from ..errors import OutputError
-from ..io.files import atomic_write_bytes, check_own_folder, exclusive_lock, remove_stale_temporaries
+from ..io.files import (
+    atomic_write_bytes,
+    check_own_folder,
+    exclusive_lock,
+    is_temporary,
+    remove_stale_temporaries,
+)
 from ..io.images import make_grid, save_image
 from .checkpointing import CHECKPOINT_NAME, checkpoint_step, list_checkpoints
 from .config import to_yaml
@@ -115,7 +121,9 @@ def _not_a_run(folder: Path) -> str | None:
     config (it names its ``run_dir``), or it holds only ``checkpoints/`` (a run killed before writing its config)."""
     import yaml
 
-    if {entry.name for entry in folder.iterdir()} == {"checkpoints"}:
+    # (and a killed run's temporaries: one killed writing its first config.yaml, where files cannot be written unnamed,
+    # left a folder that every later run refused, before the cleanup that would have removed it)
+    if {entry.name for entry in folder.iterdir() if not is_temporary(entry.name)} == {"checkpoints"}:
         return None
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text())
