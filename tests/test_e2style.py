@@ -270,8 +270,8 @@ def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_pa
 
 
 def test_a_joined_model_is_one_of_faces_whichever_bundle_comes_first(pipeline, tmp_path):
-    # A Phase I run of faces compares no identities (configs/faces64/w-encoder.yaml), so its bundle says "faces":
-    # false; joined with a run that did, the model was one of faces or not by the order of the bundles given.
+    # One bundle says it is of faces, the other that it is not (as told): the joined model was one of faces or not
+    # by the order of the bundles given. One generator is one domain: faces wins.
     from hyperinverter.cli.main import main
     from hyperinverter.pipeline import InversionPipeline
 

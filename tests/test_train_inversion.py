@@ -396,13 +396,16 @@ def test_a_trained_model_keeps_its_generator_s_framing_and_discriminator(tmp_pat
     first = train_w_encoder(config(tmp_path / "first", gan_dir, steps=2), images=images, val_images=images[:4])
     index = json.loads((first.final_model / "pipeline.json").read_text())
     assert index["align_scale"] == 1.0 and index["discriminator"] == "discriminator"
-    assert index["faces"] is False  # no identity term: a model of faces would compare identities
+    assert "faces" not in index  # not known: no identity term (which a faces Phase I lacks too), nor a bundle's word
     index.update(align_scale=0.8, faces=True)  # (as faces-64's framing)
     (first.final_model / "pipeline.json").write_text(json.dumps(index))
     second = train_w_encoder(config(tmp_path / "second", first.final_model, steps=2, dfeat_weight=0.5), images=images,
                             val_images=images[:4])
     pipe = InversionPipeline.from_pretrained(second.final_model, device="cpu")
     assert pipe.align_scale == 0.8 and pipe.faces is True
+    said = train_w_encoder(config(tmp_path / "said", first.final_model, steps=1, faces=False), images=images,
+                           val_images=images[:4])
+    assert InversionPipeline.from_pretrained(said.final_model, device="cpu").faces is False  # (as the run is told)
     domain = load_gan(gan_dir, with_discriminator=True).discriminator.state_dict()
     for key, value in pipe.discriminator.state_dict().items():
         torch.testing.assert_close(value, domain[key], rtol=0, atol=0, msg=key)

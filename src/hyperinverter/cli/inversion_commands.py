@@ -648,8 +648,8 @@ def run_join(args: argparse.Namespace) -> int:
     if default not in methods:
         raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
     discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
-    # (one generator: one domain) A bundle that compared identities says true; false is a run's inference from the
-    # lack of an identity term (a Phase I run of faces has none), so the joined model was faces or not by its order.
+    # (one generator: one domain) Any bundle that says faces makes the joined model one of faces: it was faces or not
+    # by the order of its bundles.
     said = {p.faces for p in pipes} - {None}
     faces = True if True in said else False if said else None
     save_pipeline(methods, args.out, default_method=default, align_scale=scales.pop(), faces=faces,

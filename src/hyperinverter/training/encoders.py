@@ -96,6 +96,10 @@ class EncoderTrainingConfig(RunConfig):
     # Compare images average-pooled to this size (the official code pools to 256 before L2, LPIPS and ID);
     # None = full resolution. The adversarial loss always sees full resolution.
     loss_resolution: int | None = None
+    # Whether the images are aligned faces, which the saved model records (the web page offers face alignment to
+    # a model of faces): None takes it from the generator's bundle, else says faces where a loss term compares
+    # identities, else leaves it unsaid. Set false for another domain.
+    faces: bool | None = None
     latent_weight: float = 1.0  # synthetic pairs only
     synthetic_fraction: float = 0.0  # share of each batch made of synthetic pairs (w, G(w)), where G is known
     adv_weight: float = 0.0  # the adversarial stage
@@ -138,6 +142,13 @@ class EncoderTrainingConfig(RunConfig):
     @property
     def adversarial(self) -> bool:
         return self.adv_weight > 0
+
+    def faces_of(self, source: dict) -> bool | None:
+        """Whether the run's model is one of faces: as set, else as the generator's bundle ``source`` says, else
+        faces where an identity term compares them, else not known (a faces Phase I has no identity term)."""
+        if self.faces is not None:
+            return self.faces
+        return source.get("faces", True if self.compares_identities else None)
 
     @property
     def compares_identities(self) -> bool:
@@ -326,9 +337,8 @@ class EncoderTask(TrainingTask):
         # perceptual distance (its frozen one, not the copy an adversarial stage trains). A run saved none: a bundle
         # trained from faces-64 aligned photos at FFHQ's framing, and its optimisation methods fell back to L2.
         source = model_index(self.cfg.generator)
-        faces = source.get("faces", self.cfg.compares_identities)  # (an identity term is a face recogniser's)
         return save_pipeline(self.bundle, path, default_method=self.method.name,
-                             align_scale=source.get("align_scale", 1.0), faces=faces,
+                             align_scale=source.get("align_scale", 1.0), faces=self.cfg.faces_of(source),
                              discriminator=self.domain_discriminator)
 
     @functools.cached_property
