@@ -220,6 +220,7 @@ class EncoderTask(TrainingTask):
         # (the pSp family's targets are reduced as its official data transforms reduce photos)
         self.criterion = cfg.reconstruction_loss(gan.discriminator, device, antialias_target=method.official_antialias)
         self._loaded_discriminator = gan.discriminator  # (frozen; None where no loss term needed it)
+        self._source = model_index(cfg.generator)  # (read as the run starts: its framing and faces, for its saves)
         self.optimizer = make_optimizer(cfg.optimizer, trainable.parameters(), lr=cfg.lr)
         self.modules: dict[str, nn.Module] = {"trainable": trainable}
         self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
@@ -336,9 +337,8 @@ class EncoderTask(TrainingTask):
         # --align` crops at, whether they are faces, and the domain's discriminator, the optimisation methods'
         # perceptual distance (its frozen one, not the copy an adversarial stage trains). A run saved none: a bundle
         # trained from faces-64 aligned photos at FFHQ's framing, and its optimisation methods fell back to L2.
-        source = model_index(self.cfg.generator)
         return save_pipeline(self.bundle, path, default_method=self.method.name,
-                             align_scale=source.get("align_scale", 1.0), faces=self.cfg.faces_of(source),
+                             align_scale=self._source.get("align_scale", 1.0), faces=self.cfg.faces_of(self._source),
                              discriminator=self.domain_discriminator)
 
     @functools.cached_property
