@@ -169,6 +169,20 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
     assert (busy.mb - busy.start_mb) - (idle.mb - idle.start_mb) >= 32
 
 
+def test_the_stopwatch_waits_for_the_work_of_every_accelerator(monkeypatch):
+    from hyperinverter.methods.base import Stopwatch
+
+    # It waited on CUDA alone: on MPS and XPU it timed the launches of the queued work, not the work, so a
+    # benchmark's encoders looked many times faster there than they are.
+    waited: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(str(device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    monkeypatch.setattr(torch.xpu, "synchronize", lambda device=None: waited.append(str(device)))
+    for name in ("cpu", "cuda:0", "mps", "xpu:0"):
+        Stopwatch(torch.device(name)).lap("stage")
+    assert waited == ["cuda:0"] * 2 + ["mps"] * 2 + ["xpu:0"] * 2  # as it starts and at the lap; none on a CPU
+
+
 def test_features_for_fid_are_kept_and_a_report_reloads(pipeline, tmp_path):
     """FID/KID features are computed once per method (an interrupted or repeated run does not redo them), the
     rows compare the common images, and the written report loads back equal."""

@@ -44,3 +44,14 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             raise ValueError(f"device {spec!r} requested but this machine has {count} {name} device(s) "
                              f"(indices 0 to {count - 1})")
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (nothing to wait for on a CPU). MPS and XPU queue their work as CUDA
+    does: a stopwatch that waits on CUDA alone timed their launches, not their work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)

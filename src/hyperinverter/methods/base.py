@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..config_base import check_value
+from ..device import synchronize
 from ..io.images import check_content_rows
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
@@ -170,8 +171,7 @@ class Stopwatch:
             self.lap = torch.compiler.disable(self.lap)
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         return time.perf_counter()
 
     def lap(self, name: str) -> None:
