@@ -400,6 +400,19 @@ def test_claims_are_judged_on_the_papers_metrics_and_runs():
     holds, evidence = verdicts["HyperInverter's ground-truth editability is better than W+ optimisation's"]
     assert not holds and "W+ optimisation ran 500 steps, not the paper's 2000" in evidence
 
+    # The speed verdicts said nothing of the steps ("3,620×" against 500 of W+ optimisation's 2000 steps), and a
+    # ratio under 1 read "0×".
+    report.settings = {"options": {"wplus-opt": {"steps": 500}, "pti": {"pivot_steps": 150, "steps": 100}}}
+    report.seconds_per_image = {"hyperinverter": 0.16, "wplus-opt": 33.6, "pti": 0.06}
+    verdicts = {c["claim"]: (c["holds"], c["evidence"]) for c in check_claims(report)}
+    holds, evidence = verdicts["HyperInverter is at least 100× faster than wplus-opt"]
+    assert holds and "210×; W+ optimisation ran 500 steps, not the paper's 2000: the verdict is on that shorter run" \
+        in evidence
+    holds, evidence = verdicts["HyperInverter is at least 100× faster than pti"]
+    assert not holds and "0.38×; PTI ran 150 + 100 steps, not the paper's 450 + 350" in evidence
+    report.settings = {}  # the official counts: nothing to say
+    assert all("steps" not in c["evidence"] for c in check_claims(report))
+
 
 def test_gpu_check_ddp_config_loads_as_a_training_config(monkeypatch, tmp_path):
     """benchmarks/gpu_check.py's ddp section trains with the shipped fashion32 config, its own keys replaced: the
