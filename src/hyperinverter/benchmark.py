@@ -229,7 +229,8 @@ def run_method(pipeline: InversionPipeline, method: str, inputs: torch.Tensor, w
     options = dict(settings.options.get(method, {}))
     batches, seconds, peak = [], 0.0, 0.0
     edits = torch.zeros(0, *inputs.shape[1:])
-    warm = isinstance(inverter, OptimizationMethod)  # (hundreds of steps: a first pass's costs are lost in them)
+    optimises = isinstance(inverter, OptimizationMethod)
+    warm = optimises  # (hundreds of steps: a first pass's costs are lost in them)
     for index, start in enumerate(range(0, inputs.shape[0], settings.batch_size)):
         path = work.batch_path(method, index)
         record = _batch_record(path)
@@ -240,6 +241,9 @@ def run_method(pipeline: InversionPipeline, method: str, inputs: torch.Tensor, w
             x = inputs[start : start + settings.batch_size].to(pipeline.device)
             torch.manual_seed(settings.seed + index)
             with PeakMemory(pipeline.device) as memory:
+                result = pipeline.invert(x, method=method, batch_size=settings.batch_size, **options)
+            if not optimises:  # timed on a pass of its own: the memory pass's heap trim and sampler thread made an
+                torch.manual_seed(settings.seed + index)  # encoder's batch 10-20 % slower (faces-64, 2 cores)
                 result = pipeline.invert(x, method=method, batch_size=settings.batch_size, **options)
             tensors = {"images": result.image.float().cpu().contiguous()}
             examples = max(0, min(settings.example_images - start, x.shape[0]))
@@ -338,7 +342,8 @@ class BenchmarkReport:
         memory = "GPU memory allocated" if self.provenance["device"].startswith("cuda") else "resident memory (RSS)"
         lines += ["", (f"Seconds per image at batch size {self.settings['batch_size']}, after one untimed image "
                        "(the encoders; an optimisation's steps outweigh its first pass); peak memory: the process's "
-                       f"peak {memory} while the method ran (the models of the whole bundle included).")]
+                       f"peak {memory} while the method ran (the models of the whole bundle included), measured on "
+                       "an untimed pass of each batch for the encoders.")]
         if fid:
             lines += ["", (f"FID and KID compare the {self.common_images} reconstructions with their inputs through "
                            "the FID Inception-v3 network. FID over so few images is biased upward; compare it between "
