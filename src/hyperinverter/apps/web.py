@@ -615,15 +615,6 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                    print_exception=False) from None  # (logged above, with its cause)
             return sessions[name]
 
-    def handler_checked(slider: gr.Slider) -> gr.Slider:
-        """``slider``, whose number box's value reaches the handler as typed, emptied (None) or beyond the slider:
-        Gradio's own check refused both before the handler (the old result left on show, a toast naming no field or
-        nothing at all, a traceback in the server log), where the handlers say what is wrong, and take a strength
-        beyond the slider as the command line does. (Not a subclass: Gradio writes a type stub beside the module of
-        every component class.)"""
-        slider.preprocess = lambda payload: payload
-        return slider
-
     def given_number(value: object, what: str) -> bool:
         """Whether ``value`` is a number; else a warning on the page that says what is wanted (an emptied slider
         box gives None, an API client anything)."""
@@ -970,8 +961,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         gr.Markdown("## Edit")
         with gr.Row():
             direction = gr.Dropdown([], label="direction", allow_custom_value=True, elem_id="direction")
-            strength = handler_checked(gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength",
-                                                 elem_id="strength"))
+            strength = gr.Slider(-5.0, 5.0, value=3.0, step=0.1, label="strength", elem_id="strength")
             with gr.Column():
                 paste = gr.Checkbox(value=False, label="paste back into the photo", elem_id="paste")
                 every_face = gr.Checkbox(value=False, label="edit every face of the photo", elem_id="every-face")
@@ -982,14 +972,13 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             photo_b = gr.File(label="second photo", file_types=["image", *IMAGE_SUFFIXES], type="filepath",
                               elem_id="photo-b")
             with gr.Column():
-                t = handler_checked(gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t"))
+                t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="t", elem_id="t")
                 blended = gr.Image(type="filepath", format="png", label="blend", interactive=False, elem_id="blend")
             with gr.Column():
                 # The model sets both (on_model); these values are what the API documents as defaults, so they fit
                 # every generator (8 px and up have 4 layers of codes or more).
-                start = handler_checked(gr.Slider(0, 18, value=2, step=1, label="mix from layer",
-                                                  elem_id="mix-start"))
-                end = handler_checked(gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)"))
+                start = gr.Slider(0, 18, value=2, step=1, label="mix from layer", elem_id="mix-start")
+                end = gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)")
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False, elem_id="mixed")
             with gr.Column():
@@ -1007,7 +996,14 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         # One public API endpoint per action (what `gradio_client` and the load benchmark call); the chained
         # repeats that keep the page consistent are callable but undocumented.
         queued = {"concurrency_id": "models"}
-        quiet = {"concurrency_id": "models", "api_visibility": "undocumented"}
+        # The events that read the sliders (every `quiet` one does) take what was typed: emptied (None) or beyond the
+        # slider. Gradio's own check refused both before the handler (the old result left on show, a toast naming no
+        # field or nothing at all, a traceback in the server log), where the handlers say what is wrong and take a
+        # strength beyond the slider as the command line does. Not by lifting the check on the sliders: Gradio
+        # keeps a page's own copy, with its class's check, of a component a handler updated (the model sets the layer
+        # sliders' range, a direction the strength's). Their other inputs are a menu's or a box's values as sent.
+        checked = {**queued, "preprocess": False}
+        quiet = {**checked, "api_visibility": "undocumented"}
         app.load(on_model, [model, state], model_outputs, api_name="model")
         app.load(None, js=NAME_EXAMPLE_TILES)  # (in the browser only)
         app.load(None, js=refuse_large_uploads_script(limits, ["photo", "photo-b"]))
@@ -1029,20 +1025,20 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         # .input (not .release): arrow keys move a slider too; only the last value waits in the queue. Not .change,
         # which also fires when a model or direction sets the slider: those steps make their own edit, quietly.
         strength.input(on_edit, edit_inputs, [edited, state], api_name="edit", trigger_mode="always_last",
-                       **queued)
+                       **checked)
         # A direction brings its own strength (and range): the edit follows once the slider holds it.
         direction.change(on_direction, [model, direction], [strength], api_visibility="undocumented").then(
             quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
         for option in (paste, every_face):
             option.change(quietly(on_edit), edit_inputs, [edited, state], trigger_mode="always_last", **quiet)
         # In the edit's place (cleared with it by a new photo or model); the slider brings the single edit back.
-        sweep.click(on_sweep, [model, state, face, direction, strength], [edited, state], api_name="sweep", **queued)
+        sweep.click(on_sweep, [model, state, face, direction, strength], [edited, state], api_name="sweep", **checked)
         photo_b.change(on_second, [model, method, photo_b, align, state, *step_fields], [state, swapped],
                        api_name="second",
                        **queued).then(quietly(on_blend), blend_inputs, [blended, state], **quiet).then(
             quietly(on_mix), mix_inputs, [mixed, state], **quiet)
-        t.input(on_blend, blend_inputs, [blended, state], api_name="blend", trigger_mode="always_last", **queued)
-        start.input(on_mix, mix_inputs, [mixed, state], api_name="mix", trigger_mode="always_last", **queued)
+        t.input(on_blend, blend_inputs, [blended, state], api_name="blend", trigger_mode="always_last", **checked)
+        start.input(on_mix, mix_inputs, [mixed, state], api_name="mix", trigger_mode="always_last", **checked)
         end.input(on_mix, mix_inputs, [mixed, state], trigger_mode="always_last", **quiet)
         swap.click(on_swap, [model, state, face, paste], [swapped, state], api_name="swap", **queued)
         app.unload(on_leave)
