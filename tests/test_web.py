@@ -846,13 +846,15 @@ def test_what_is_wrong_with_the_second_photo_names_it(pipeline, tmp_path):
 
 def test_the_model_sets_what_its_controls_can_take():
     # fashion-32's "align faces" box could be ticked (it could only end in "no face found"), and "mix from layer"
-    # went up to num_ws, a start whose range is always empty.
+    # went up to num_ws, a start whose range is always empty. Its Swap faces button was offered, to say it was not
+    # a model of faces.
     app = build_app(["fashion-32", "faces-64"], device="cpu")
     handlers = {f.name: f.fn for f in app.fns.values()}
     for model, faces, num_ws in (("fashion-32", False, 8), ("faces-64", True, 10)):
         out = handlers["on_model"](model, None)
-        align, start, end = out[2], out[-4], out[-3]
+        align, start, end = out[2], out[-5], out[-4]
         assert (align["value"], align["interactive"]) == (faces, faces)
+        assert out[-2]["visible"] == out[-1]["visible"] == faces  # Swap faces (fashion-32's could only refuse)
         assert (start["maximum"], end["maximum"], end["value"]) == (num_ws - 1, num_ws, num_ws)
 
 

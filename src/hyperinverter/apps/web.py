@@ -654,7 +654,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 gr.Dataset(samples=[[p] for p in real], visible=bool(real)), gr.update(visible=bool(real)),
                 gr.update(choices=[], value=None), "", None, None, None, None,
                 gr.update(maximum=num_ws - 1, value=min(num_ws - 1, max(1, num_ws // 2))),  # (num_ws: always empty)
-                gr.update(maximum=num_ws, value=num_ws), None, None)
+                gr.update(maximum=num_ws, value=num_ws), None,
+                # Face swapping is for models of faces (fashion-32's Swap could only say it was not one).
+                gr.update(value=None, visible=s.takes_faces), gr.update(visible=s.takes_faces))
 
     def on_preview(photo):
         """The upload as the page shows it (downscaled like every upload), or what is wrong with it."""
@@ -988,7 +990,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                    interactive=False, elem_id="swapped")
 
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
-                         face, status, edited, blended, mixed, result_files, start, end, photo_b, swapped]
+                         face, status, edited, blended, mixed, result_files, start, end, photo_b, swapped, swap]
         edit_inputs = [model, state, face, direction, strength, paste, every_face]
         blend_inputs = [model, state, face, t]
         mix_inputs = [model, state, face, start, end]
