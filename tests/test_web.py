@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -194,6 +195,13 @@ def test_bad_inputs_say_what_is_wrong(session, pipeline):
         faceless.invert(photo(), align=True)
     with pytest.raises(ImportError, match="needs dlib"):
         WebSession(pipeline).invert(photo(), align=True)
+    # An API client's direction that is not a name (a list: "Internal error (TypeError)", a traceback in the server
+    # log), or a name of a megabyte (said back whole).
+    item = session.invert(photo(), align=False)[0]
+    for name, said in ((["up"], "unknown direction ['up']"), ("x" * 10**6, "unknown direction 'xxx")):
+        with pytest.raises(ValueError, match=re.escape(said)) as caught:
+            session.edit(item, name, 1.0)
+        assert len(str(caught.value)) < 200
 
 
 def test_the_page_builds_over_a_pipeline_folder(pipeline, tmp_path):

@@ -272,8 +272,8 @@ class WebSession:
 
     def _direction(self, name: str) -> Direction:
         """The model's direction ``name``; a ``ValueError`` naming the ones it has otherwise."""
-        if name not in self.directions:
-            raise ValueError(f"unknown direction {name!r}; this model has {sorted(self.directions) or 'none'}")
+        if not isinstance(name, str) or name not in self.directions:  # (an API client's list was a TypeError)
+            raise ValueError(f"unknown direction {repr(name)[:80]}; this model has {sorted(self.directions) or 'none'}")
         return self.directions[name]
 
     def _photo_to_paste_into(self, item: WebInversion) -> Image.Image | None:
