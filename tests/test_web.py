@@ -891,3 +891,22 @@ def test_a_slider_the_page_has_set_still_reaches_its_handler_as_typed(pipeline, 
     assert run("on_edit", name, None, None, direction, 50, False, False)[0] is not None  # edits, as the command line
     with pytest.warns(UserWarning, match="layer range"):
         assert run("on_mix", name, None, None, 99, 100)[0] is None  # the handler names it
+
+
+def test_a_model_the_server_does_not_serve_is_named_by_the_page(pipeline, tmp_path):
+    # An API client's model name that is not in the menu failed in Gradio's own check of the menu before the page's
+    # (a traceback in the server log, the name said back whole: 'Value: nopenope... is not in the list of choices').
+    import asyncio
+
+    from gradio.exceptions import Error
+    from gradio.state_holder import SessionState
+
+    app, _, served, _ = served_page(pipeline, tmp_path)
+    fns = {f.name: f for f in app.fns.values()}
+    for fn, inputs in (("on_model", [None]), ("on_invert", ["hyperinverter", None, False, None, None, None, None])):
+        for name, said in (("nope" * 10**5, "'nopenope"), ([served], "\"['")):  # (a list: a TypeError)
+            with pytest.raises(Error) as caught:
+                asyncio.run(app.process_api(fns[fn], [name, *inputs], state=SessionState(app)))
+            message = caught.value.message
+            assert message.startswith(f"unknown model {said}") and "; this server has" in message, (fn, message[:200])
+            assert len(message) < 200 and not caught.value.print_exception

@@ -600,7 +600,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
     def session(name: str) -> WebSession:
-        if name not in served:  # (the menu's choices: an API client may send anything)
+        if not isinstance(name, str) or name not in served:  # (the menu's choices: an API client may send anything)
             raise gr.Error(f"unknown model {str(name)[:80]!r}; this server has {', '.join(served)}",
                            print_exception=False)  # (an expected refusal: no traceback in the server log)
         with loading:
@@ -927,6 +927,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         state = gr.State(None, time_to_live=limits.keep_seconds)
         with gr.Row():
             model = gr.Dropdown(list(served), value=next(iter(served)), label="model", elem_id="model")
+            # An API client's name the server does not serve is named by session(), in one line: Gradio's own check
+            # of the choices came first (a traceback in the server log, the name said back whole). No handler sets the
+            # menu, so the page keeps no copy of it with its class's check (see `checked` below).
+            model.preprocess = lambda payload: payload
             # Choices come with the model (on_model); the handlers check values, so API clients may send any.
             method = gr.Dropdown([], label="method (W / W+ / PTI optimise: slow, with a progress bar)",
                                  allow_custom_value=True, elem_id="method")
