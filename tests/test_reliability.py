@@ -504,7 +504,7 @@ def test_a_training_config_s_aliases_cannot_blow_it_up(tmp_path, capsys):
     assert "steps must be >= 1" in capsys.readouterr().err
 
 
-def test_what_the_training_fuzzing_pass_found(tmp_path, capsys):
+def test_what_the_training_fuzzing_pass_found(tmp_path, capsys, monkeypatch):
     """Each was a traceback ("internal error"), a message naming no file or the wrong source, or a silent
     surprise, found by fuzzing `train`; each is now one line that names the file or the option."""
     from conftest import build_tiny_generator
@@ -576,6 +576,15 @@ def test_what_the_training_fuzzing_pass_found(tmp_path, capsys):
     # a CPU allocation that fails is "out of memory", like a GPU's (it was an internal error)
     assert expected_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
                           ).startswith("out of memory (DefaultCPUAllocator")
+    # under torchrun, a collective whose peer is gone (killed, or stopped on a bad input) is not a bug of ours
+    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:61064. "
+            "This is typically caused by a remote worker crashing.")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert expected_error(RuntimeError(gloo)) == (
+        "rank 1: another process of this torchrun job ended or failed, so this one stops too (Connection closed by "
+        "peer [127.0.0.1]:61064); that process's own message, or torchrun's summary, says why")
+    assert expected_error(RuntimeError("shapes mismatch")) is None  # (a bug stays one)
     # a data file whose name is not UTF-8 has its split (it stopped the run, naming no file)
     assert len(in_val_split(["a.png", "x\udcff1.png", "b.png"], 0.5, seed=0)) == 3
 

@@ -214,6 +214,26 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
 
 
+def test_a_rank_whose_peer_stopped_says_so_not_that_it_is_a_bug(tmp_path):
+    """Under torchrun a rank that stops (here rank 0: its run folder is in use) leaves the others failing in their
+    next collective: each said "internal error ... this is a bug in hyperinverter" (exit 3). Now they say that
+    another process of the job ended, and rank 0 names the cause."""
+    from hyperinverter.io.files import exclusive_lock
+
+    run = tmp_path / "run"
+    overrides = [f"run_dir={run}", f"data={tmp_path / 'data'}", "generator.resolution=16", "steps=2",
+                 "tensorboard=false", "progress=false", "device=cpu"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={_free_port()}", "--monitor-interval=5",  # (rank 1 meets rank 0's end before torchrun)
+                "-m", "hyperinverter.cli.main", "train", "generator", *overrides]
+    with exclusive_lock(run / "checkpoints" / ".lock", what="training", folder=run, remove=True):  # another run
+        done = subprocess.run(torchrun, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120, capture_output=True,
+                              text=True)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0 and f"error: {run}: is in use: another process is training there" in errors[0], errors
+    assert "internal error" not in done.stderr and len(errors) == 2, errors
+    assert errors[1].startswith("error: rank 1: another process of this torchrun job ended or failed"), errors
+
 def test_a_regulariser_runs_over_the_micro_batches():
     # R1 and path length ran on the whole local batch whatever grad_accum: a batch that fits only in micro-batches
     # ran out of memory at the first regularised step. NVIDIA's loop runs them per micro-batch too.

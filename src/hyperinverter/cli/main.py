@@ -68,7 +68,9 @@ def expected_error(error: BaseException) -> str | None:
                 "in a training config), smaller sizes, or another --device")
     if isinstance(error, (ImportError, ValueError, MemoryError)):
         return str(error) or type(error).__name__
-    return None
+    from ..training.distributed import peer_failure
+
+    return peer_failure(error)  # (under torchrun: another rank is gone, and says why itself)
 
 
 def _tolerant_streams() -> None:

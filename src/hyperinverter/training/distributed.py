@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -122,3 +123,24 @@ def local_device(spec: str, ctx_env: dict[str, str] | None = None) -> str:
     if spec in ("cuda", "auto") and torch.cuda.is_available() and "LOCAL_RANK" in env:
         return f"cuda:{int(env['LOCAL_RANK'])}"
     return spec
+
+
+# What a collective says where another process of the job is gone (killed, failed, refused its run folder) or never
+# comes: gloo's and NCCL's words for it.
+_PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe|remote process exited|Timed out waiting")
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """The one-line message for a rank whose collective failed because another process of its torchrun job ended
+    or failed (that process says why, and torchrun's summary names it), or None. It was reported as an internal
+    error, "a bug in hyperinverter", on every surviving rank, also where the other rank had stopped on a bad input."""
+    gone = isinstance(error, (dist.DistNetworkError, dist.DistStoreError)) or (
+        isinstance(error, RuntimeError) and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+        and _PEER_GONE.search(str(error)) is not None)
+    if not gone:
+        return None
+    # ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:61064. This is typically ...")
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0].rstrip(".")
+    return (f"rank {os.environ.get('RANK', '?')}: another process of this torchrun job ended or failed, so this one "
+            f"stops too ({cause}); that process's own message, or torchrun's summary, says why")
