@@ -267,6 +267,32 @@ def test_a_regulariser_runs_over_the_micro_batches():
     torch.testing.assert_close(whole, 4 * torch.autograd.grad(module(x).square().mean(), module.weight)[0])
 
 
+
+def test_a_step_logs_the_mean_loss_of_its_micro_batches():
+    # With grad_accum: K, a step logged the loss of its last micro-batch only (1/K of the batch, and other numbers
+    # than the same run without accumulation), while stats.jsonl promises the step's losses.
+    from hyperinverter.training.distributed import DistributedContext
+    from hyperinverter.training.loop import Phase, RunConfig, _run_phase
+
+    torch.manual_seed(0)
+    module, x = torch.nn.Linear(3, 1), torch.randn(8, 3)
+
+    class Task:
+        cleans_gradients = False
+
+        def loss(self, phase, batch, *, step, gen):
+            loss = module(batch["x"]).square().mean()
+            return loss, {"loss/total": float(loss.detach())}
+
+    def logged(grad_accum, regulariser):
+        phase = Phase("p", module, torch.optim.SGD(module.parameters(), lr=0.0), regulariser=regulariser)
+        return _run_phase(phase, {"x": x}, Task(), cfg=RunConfig(run_dir="r", data="d", steps=1, grad_accum=grad_accum),
+                          ctx=DistributedContext(), device=torch.device("cpu"),
+                          scaler=torch.amp.GradScaler("cpu", enabled=False), trainable=[module], step=0)["loss/total"]
+
+    for regulariser in (False, True):
+        assert logged(4, regulariser) == pytest.approx(logged(1, regulariser), rel=1e-6)
+
 def test_each_shard_of_a_step_draws_its_own_randomness():
     # Every rank drew the same style-mixing coin and noise maps from the step's generator
     # (NVIDIA's ranks each have their own seed); one process's micro-batches drew in turn, unlike ranks.

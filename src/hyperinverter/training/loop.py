@@ -272,7 +272,7 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
     for module in trainable:
         module.requires_grad_(module is phase.module)
     phase.optimizer.zero_grad(set_to_none=True)
-    stats: dict[str, float] = {}
+    records: list[dict[str, float]] = []  # (each micro-batch's; the step's numbers are their mean, not the last's)
     micro = _slices(batch, cfg.grad_accum)
     # Each micro-batch draws from its own shard's RNG (its mixing coin, noise maps): another on every rank, and the
     # same whether a shard is a rank's or a micro-batch's. Micro-batch m of rank r holds what rank m * world + r of
@@ -282,22 +282,22 @@ def _run_phase(phase: Phase, batch: Batch, task: TrainingTask, *, cfg: RunConfig
         for part, gen in zip(micro, gens):
             loss, parts = task.loss(phase, part, step=step, gen=gen)
             (loss * (phase.interval / len(micro))).backward()
-            stats.update(parts)
+            records.append(parts)
         ctx.all_reduce_gradients(phase.module.parameters())
         _clean_gradients(phase.module, task)
         phase.optimizer.step()
-        return stats
+        return mean_dict(records)
     for part, gen in zip(micro, gens):
         with autocast(device, cfg.precision):
             loss, parts = task.loss(phase, part, step=step, gen=gen)
         scaler.scale(loss.float() / len(micro)).backward()
-        stats.update(parts)
+        records.append(parts)
     scaler.unscale_(phase.optimizer)
     ctx.all_reduce_gradients(phase.module.parameters())
     _clean_gradients(phase.module, task)  # (after the scaler has seen them: an fp16 overflow still skips the step)
     scaler.step(phase.optimizer)
     scaler.update()
-    return stats
+    return mean_dict(records)
 
 
 def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], TrainingTask], *,
