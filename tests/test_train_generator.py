@@ -1,5 +1,6 @@
 """Generator trainer: the loss falls on a fixed batch, resume is exact, torchrun ranks equal one process."""
 
+import json
 import math
 import os
 import signal
@@ -212,6 +213,12 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert params
     for k in params:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    # and log the same losses: the global batch's (rank 0 logged its own shard's)
+    logged = [json.loads((tmp_path / run / "stats.jsonl").read_text().splitlines()[-1]) for run in ("ddp", "single")]
+    losses = [k for k in logged[1] if k.startswith("loss/")]
+    assert losses and sorted(losses) == sorted(k for k in logged[0] if k.startswith("loss/"))
+    for k in losses:
+        assert logged[0][k] == pytest.approx(logged[1][k], rel=1e-4, abs=1e-6), k
 
 
 def test_a_rank_whose_peer_stopped_says_so_not_that_it_is_a_bug(tmp_path):

@@ -78,6 +78,26 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return value
 
+    def mean_over_ranks(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
+        """Each number's mean over the ranks that have it (``values`` itself in a single process): a logged loss is
+        the global batch's, not rank 0's shard's. (A rank may lack one: Phase I's latent loss, where its shard holds
+        no synthetic pair; so the names are gathered first.)"""
+        if not self.enabled:
+            return values
+        names = "\n".join(sorted(values)).encode()
+        length = int(self.all_reduce_max(torch.tensor([max(len(names), 1)], device=device)).item())
+        mine = torch.zeros(length, dtype=torch.uint8, device=device)
+        mine[: len(names)] = torch.tensor(list(names), dtype=torch.uint8)
+        everyone = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(everyone, mine)
+        keys = sorted({k for t in everyone for k in bytes(t.tolist()).rstrip(b"\0").decode().split("\n") if k})
+        if not keys:
+            return {}
+        sums = torch.tensor([[values.get(k, 0.0), float(k in values)] for k in keys], dtype=torch.float64,
+                            device=device)
+        dist.all_reduce(sums)
+        return {k: total / count for k, (total, count) in zip(keys, sums.tolist())}
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

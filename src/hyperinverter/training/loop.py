@@ -444,7 +444,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             bar.update(1)
             last = done == cfg.steps
             if done % cfg.log_every == 0 or last:
-                summary = mean_dict(window)
+                summary = ctx.mean_over_ranks(mean_dict(window), device)  # (every rank logs at this step)
                 summary["speed/img_per_s"] = cfg.batch_size * timed / max(time.perf_counter() - t0, 1e-9)
                 t0, window, timed = time.perf_counter(), [], 0
                 history.append({"step": done, **summary})
