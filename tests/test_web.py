@@ -910,3 +910,17 @@ def test_a_model_the_server_does_not_serve_is_named_by_the_page(pipeline, tmp_pa
             message = caught.value.message
             assert message.startswith(f"unknown model {said}") and "; this server has" in message, (fn, message[:200])
             assert len(message) < 200 and not caught.value.print_exception
+
+
+def test_a_direction_that_is_not_a_name_leaves_the_strength_as_it_is(pipeline, tmp_path):
+    # The direction's own event (undocumented, callable by an API client) looked a list up in the model's directions:
+    # "unhashable type: 'list'", a traceback in the server log, where the edit and the sweep name it.
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    app, _, name, _ = served_page(pipeline, tmp_path)
+    fns = {f.name: f for f in app.fns.values()}
+    for direction in (["principal direction 1"], {"a": 1}):
+        out = asyncio.run(app.process_api(fns["on_direction"], [name, direction], state=SessionState(app)))["data"]
+        assert out == [{"__type__": "update"}]

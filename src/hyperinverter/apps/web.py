@@ -819,7 +819,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return (*(shown or (None, None)), token(entry))
 
     def on_direction(name, direction):
-        chosen = session(name).directions.get(direction)
+        # (an API client's list was a TypeError: the edit that follows names it as an unknown direction)
+        chosen = session(name).directions.get(direction) if isinstance(direction, str) else None
         return gr.update(**strength_slider(chosen)) if chosen is not None else gr.update()
 
     def to_edit(entry, label, direction, strength, quiet=False):
