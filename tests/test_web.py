@@ -924,3 +924,20 @@ def test_a_direction_that_is_not_a_name_leaves_the_strength_as_it_is(pipeline, t
     for direction in (["principal direction 1"], {"a": 1}):
         out = asyncio.run(app.process_api(fns["on_direction"], [name, direction], state=SessionState(app)))["data"]
         assert out == [{"__type__": "update"}]
+
+
+def test_a_method_that_is_not_a_name_is_named_by_the_page(pipeline, tmp_path):
+    # An API client's method that is not a name (a list) was "Internal error (TypeError)", a traceback in the server
+    # log; a name of a megabyte was said back whole, on the page and in its warning.
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    app, _, name, _ = served_page(pipeline, tmp_path)
+    fns = {f.name: f for f in app.fns.values()}
+    for method, said in ((["w-opt"], "unknown method ['w-opt']"), ("x" * 10**6, "unknown method 'xxx")):
+        with pytest.warns(UserWarning, match=re.escape(said)):
+            out = asyncio.run(app.process_api(fns["on_invert"], [name, method, None, False, None, None, None, None],
+                                              state=SessionState(app)))
+        status = out["data"][3]
+        assert status.startswith(f"**{said}") and len(status) < 500, status[:200]

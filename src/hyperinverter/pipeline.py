@@ -462,7 +462,7 @@ class InversionPipeline:
     def inverter(self, method: str | None = None) -> Inverter:
         """The method ``method`` (default: the pipeline's default)."""
         name = method or self.default_method
-        if name not in self.methods:
+        if not isinstance(name, str) or name not in self.methods:  # (get_method names what is not a name)
             try:
                 cls = get_method(name)
             except ValueError as e:

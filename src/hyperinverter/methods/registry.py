@@ -17,8 +17,8 @@ def register_method(cls: type[Inverter]) -> type[Inverter]:
 
 def get_method(name: str) -> type[Inverter]:
     """The method class registered as ``name``; an unknown name is a ``ValueError`` listing the known ones."""
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(_METHODS))}")
+    if not isinstance(name, str) or name not in _METHODS:  # (an API client's list was a TypeError; a name cut)
+        raise ValueError(f"unknown method {repr(name)[:80]}; registered: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 
 
