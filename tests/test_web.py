@@ -941,3 +941,18 @@ def test_a_method_that_is_not_a_name_is_named_by_the_page(pipeline, tmp_path):
                                               state=SessionState(app)))
         status = out["data"][3]
         assert status.startswith(f"**{said}") and len(status) < 500, status[:200]
+
+
+def test_a_method_typed_into_its_menu_leaves_the_comparison_as_it_is(pipeline, tmp_path):
+    # The method menu takes a typed name (allow_custom_value): one that is no method's, before any comparison was on
+    # show, failed in the menu's own event (the comparison's label of that method), with Gradio's toast "Error" and a
+    # traceback in the server log; the Invert button is where it is said.
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    app, _, name, _ = served_page(pipeline, tmp_path)
+    fns = {f.name: f for f in app.fns.values()}
+    for method in ("nope", ["w-opt"], 3):
+        out = asyncio.run(app.process_api(fns["on_method"], [name, method, None], state=SessionState(app)))["data"]
+        assert out[0] == {"__type__": "update"} and all(not f["visible"] for f in out[1:]), out

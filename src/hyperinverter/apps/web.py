@@ -672,11 +672,12 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     def on_method(name, method, shown):
         # A comparison on show keeps the labels of the method that made it (on_invert, on_pick set them).
         s = session(name)
-        label = gr.update() if shown else gr.update(label=" | ".join(s.comparison_labels(method)))
         try:
-            defaults = s.pipe.inverter(method).options
-        except (KeyError, ValueError):  # (an API client's unknown method: on_invert says so)
-            defaults = {}
+            inverter = s.pipe.inverter(method)
+        except (KeyError, ValueError):  # (a name typed into the menu, an API client's: on_invert says so)
+            inverter = None  # (its comparison's labels failed here, a traceback in the server log)
+        label = gr.update() if shown or inverter is None else gr.update(label=" | ".join(s.comparison_labels(method)))
+        defaults = {} if inverter is None else inverter.options
         # The range is in the label, not the field's bounds: Gradio refused a value out of them before on_invert
         # (a bare "Value -5 is less than minimum value 1.", the last result left on show) and rounded 2.5 to 2.
         fields = [gr.update(visible=key in defaults, value=defaults.get(key),
