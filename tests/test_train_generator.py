@@ -221,6 +221,37 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         assert logged[0][k] == pytest.approx(logged[1][k], rel=1e-4, abs=1e-6), k
 
 
+def test_torchrun_logs_the_same_losses_after_a_resume(tmp_path):
+    """A checkpoint between two log lines keeps the steps since the last one; rank 0 kept its own shard's, which
+    every rank resumed with: the first line after a resume mixed them into the global batch's mean."""
+    import shutil
+
+    data = tmp_path / "data"
+    for i, img in enumerate(teacher_images(16)):
+        save_image((img.float() / 127.5 - 1)[None], data / f"{i:03d}.png")
+    overrides = [f"data={data}", "generator.resolution=16", "generator.z_dim=8", "generator.w_dim=8",
+                 "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "steps=4",
+                 "batch_size=8", "r1_interval=2", "val_fraction=0.0", "checkpoint_every=2", "keep_checkpoints=5",
+                 "log_every=4", "tensorboard=false", "progress=false", "device=cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def torchrun(run):
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                        f"--master_port={_free_port()}", "-m", "hyperinverter.cli.main", "train", "generator",
+                        f"run_dir={run}", *overrides], check=True, env=env, timeout=240, capture_output=True)
+
+    torchrun(tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    for path in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-00000004*"):
+        path.unlink()  # (it resumes from step 2, two steps into the window of the line at step 4)
+    torchrun(tmp_path / "resumed")
+    logged = [json.loads((tmp_path / run / "stats.jsonl").read_text().splitlines()[-1]) for run in ("whole", "resumed")]
+    losses = [k for k in logged[0] if k.startswith("loss/")]
+    assert losses and logged[0]["step"] == logged[1]["step"] == 4
+    for k in losses:
+        assert logged[1][k] == pytest.approx(logged[0][k], rel=1e-6), k
+
+
 def test_a_rank_whose_peer_stopped_says_so_not_that_it_is_a_bug(tmp_path):
     """Under torchrun a rank that stops (here rank 0: its run folder is in use) leaves the others failing in their
     next collective: each said "internal error ... this is a bug in hyperinverter" (exit 3). Now they say that

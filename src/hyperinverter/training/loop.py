@@ -466,9 +466,12 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
             if done % cfg.checkpoint_every == 0 or last or stop is not None:
                 for i, module in enumerate(trainable):
                     ctx.check_in_sync(module, f"trained module {i}")
+                # The steps since the last log line as the global batch's (every rank: collectives): rank 0's own
+                # shard's, resumed on every rank, were logged as the global batch's in the first line after a resume.
+                kept = [ctx.mean_over_ranks(entry, device) for entry in window]
                 if ctx.is_main:
                     state = {"position": sampler.position, "best_val": best_val, "task": task.state(),
-                             FROZEN_KEY: frozen, "window": window, "data": data}
+                             FROZEN_KEY: frozen, "window": kept, "data": data}
                     save_checkpoint(run_dir / "checkpoints", done, modules=task.modules, optimizers=task.optimizers,
                                     scaler=scaler, keep=cfg.keep_checkpoints, progress=state)
             if stop is not None:
