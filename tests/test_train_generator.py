@@ -189,24 +189,31 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_torchrun_two_ranks_equal_one_process(tmp_path):
-    """2 CPU processes (gloo) hold identical parameters, equal to one process with the same global batch in two
-    micro-batches (each shard, a rank's or a micro-batch's, draws its own style-mixing coin and noise)."""
+def _tiny_distributed_run(tmp_path, *extra: str) -> list[str]:
+    """The teacher's images in ``tmp_path/data`` and the overrides of a tiny generator run on them (plus ``extra``)."""
     data = tmp_path / "data"
     for i, img in enumerate(teacher_images(16)):
         save_image((img.float() / 127.5 - 1)[None], data / f"{i:03d}.png")
-    overrides = [f"data={data}", "generator.resolution=16", "generator.z_dim=8", "generator.w_dim=8",
-                 "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "steps=3",
-                 "batch_size=8", "r1_interval=2", "noise_mode=random", "style_mixing=0.9", "val_fraction=0.0",
-                 "checkpoint_every=3", "tensorboard=false", "progress=false", "device=cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={_free_port()}", "-m", "hyperinverter.cli.main", "train", "generator"]
-    subprocess.run(torchrun + [f"run_dir={tmp_path / 'ddp'}"] + overrides, check=True, env=env, timeout=240,
-                   capture_output=True)
-    single = [sys.executable, "-m", "hyperinverter.cli.main", "train", "generator"]
-    subprocess.run(single + [f"run_dir={tmp_path / 'single'}", "grad_accum=2"] + overrides, check=True, env=env,
-                   timeout=240, capture_output=True)
+    return [f"data={data}", "generator.resolution=16", "generator.z_dim=8", "generator.w_dim=8",
+            "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "batch_size=8",
+            "r1_interval=2", "val_fraction=0.0", "tensorboard=false", "progress=false", "device=cpu", *extra]
+
+
+def _train_generator(*args: str, ranks: int = 2) -> None:
+    """``hyperinverter train generator ARGS`` under torchrun with ``ranks`` CPU processes (gloo), or in one process."""
+    launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}"] if ranks > 1 else [sys.executable])
+    subprocess.run([*launch, "-m", "hyperinverter.cli.main", "train", "generator", *args], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=240, capture_output=True)
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path):
+    """2 CPU processes (gloo) hold identical parameters, equal to one process with the same global batch in two
+    micro-batches (each shard, a rank's or a micro-batch's, draws its own style-mixing coin and noise)."""
+    overrides = _tiny_distributed_run(tmp_path, "steps=3", "noise_mode=random", "style_mixing=0.9",
+                                      "checkpoint_every=3")
+    _train_generator(f"run_dir={tmp_path / 'ddp'}", *overrides)
+    _train_generator(f"run_dir={tmp_path / 'single'}", "grad_accum=2", *overrides, ranks=1)
     a = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000003.safetensors")
     b = load_file(tmp_path / "single" / "checkpoints" / "checkpoint-00000003.safetensors")
     params = [k for k in a if k.startswith(("module.G.", "module.D.")) and "w_avg" not in k]
@@ -226,25 +233,12 @@ def test_torchrun_logs_the_same_losses_after_a_resume(tmp_path):
     every rank resumed with: the first line after a resume mixed them into the global batch's mean."""
     import shutil
 
-    data = tmp_path / "data"
-    for i, img in enumerate(teacher_images(16)):
-        save_image((img.float() / 127.5 - 1)[None], data / f"{i:03d}.png")
-    overrides = [f"data={data}", "generator.resolution=16", "generator.z_dim=8", "generator.w_dim=8",
-                 "generator.mapping_layers=1", "generator.channel_base=128", "generator.channel_max=8", "steps=4",
-                 "batch_size=8", "r1_interval=2", "val_fraction=0.0", "checkpoint_every=2", "keep_checkpoints=5",
-                 "log_every=4", "tensorboard=false", "progress=false", "device=cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-
-    def torchrun(run):
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                        f"--master_port={_free_port()}", "-m", "hyperinverter.cli.main", "train", "generator",
-                        f"run_dir={run}", *overrides], check=True, env=env, timeout=240, capture_output=True)
-
-    torchrun(tmp_path / "whole")
+    overrides = _tiny_distributed_run(tmp_path, "steps=4", "checkpoint_every=2", "keep_checkpoints=5", "log_every=4")
+    _train_generator(f"run_dir={tmp_path / 'whole'}", *overrides)
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     for path in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-00000004*"):
         path.unlink()  # (it resumes from step 2, two steps into the window of the line at step 4)
-    torchrun(tmp_path / "resumed")
+    _train_generator(f"run_dir={tmp_path / 'resumed'}", *overrides)
     logged = [json.loads((tmp_path / run / "stats.jsonl").read_text().splitlines()[-1]) for run in ("whole", "resumed")]
     losses = [k for k in logged[0] if k.startswith("loss/")]
     assert losses and logged[0]["step"] == logged[1]["step"] == 4
