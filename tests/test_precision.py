@@ -220,3 +220,18 @@ def test_a_compiled_method_gives_the_eager_result(pipeline):
     compiled = pipeline.invert(x, method="hyperinverter")
     assert (compiled.image - eager.image).abs().max() < 1e-4
     assert all((compiled.weight_delta[k] - eager.weight_delta[k]).abs().max() < 1e-4 for k in eager.weight_delta)
+
+
+def test_emulated_bf16_is_named_once_not_at_every_call(fashion, monkeypatch, caplog):
+    """Without native bf16 the warning came at loading and again at every invert call and batch: a folder of 1,000
+    images in batches of one logged it 1,001 times."""
+    from hyperinverter import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    x = generated(fashion, 2)
+    with caplog.at_level("WARNING", logger="hyperinverter.precision"):
+        resolve_dtype("bf16")  # named here, or already before in this process
+        caplog.clear()
+        fashion.invert(x, dtype="bf16", batch_size=1)
+        fashion.invert(x, dtype="bf16")
+    assert not caplog.records, caplog.text

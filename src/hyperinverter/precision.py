@@ -15,6 +15,7 @@ Every result leaves in fp32, whatever ran inside.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -47,8 +48,15 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device | str = "
     if name == "fp16" and device_type == "cpu":
         raise ValueError("fp16 runs on GPUs only; on a CPU use bf16 (or fp32)")
     if name == "bf16" and device_type == "cpu" and not cpu_has_native_bf16():
-        logger.warning("this CPU has no native bf16 instructions: bf16 will be emulated and slower than fp32")
+        _warn_emulated_bf16()
     return PRECISIONS[name]
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    # Once a process: every invert call and every batch resolves its dtype again (a folder of 1,000 images in
+    # batches of one logged it 1,001 times).
+    logger.warning("this CPU has no native bf16 instructions: bf16 will be emulated and slower than fp32")
 
 
 def cpu_has_native_bf16() -> bool:
