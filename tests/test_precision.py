@@ -235,3 +235,19 @@ def test_emulated_bf16_is_named_once_not_at_every_call(fashion, monkeypatch, cap
         fashion.invert(x, dtype="bf16", batch_size=1)
         fashion.invert(x, dtype="bf16")
     assert not caplog.records, caplog.text
+
+
+def test_a_pipeline_s_dtype_set_later_is_checked_as_the_constructor_checks_it(pipeline):
+    """``pipe.dtype = "bf16"`` reached torch.autocast as a string (render, edit, mix and interpolate failed inside
+    torch with a TypeError), and ``torch.float16`` on a CPU ran in fp16 there, past the refusal."""
+    ws = pipeline.invert(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1).ws
+    pipeline.dtype = "bf16"
+    assert pipeline.dtype == torch.bfloat16
+    assert pipeline.render(ws).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp16 runs on GPUs only"):
+        pipeline.dtype = torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'fp64'"):
+        pipeline.dtype = "fp64"
+    assert pipeline.dtype == torch.bfloat16  # a refused value leaves it as it was
+    pipeline.dtype = None
+    assert pipeline.dtype == torch.float32

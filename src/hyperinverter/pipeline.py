@@ -424,7 +424,7 @@ class InversionPipeline:
         if len(generators) != 1:
             raise ValueError("every method of a pipeline must share one generator")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = dtype  # (checked by its setter)
         self.align_scale, self.faces = align_scale, faces
         self.name = name
         self.folder: Path | None = None  # the bundle folder it was loaded from (its directions), if any
@@ -449,6 +449,17 @@ class InversionPipeline:
             raise ValueError(f"method {self.default_method!r} is not available here; available: "
                              f"{', '.join(self.available_methods())}")
         self._fingerprint: str | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision inversion and rendering run in (see the class); it may be set later, by name or dtype."""
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value: str | torch.dtype | None) -> None:
+        # (checked as the constructor checks it: "bf16" set here reached torch.autocast as a string, and
+        # torch.float16 ran on a CPU)
+        self._dtype = resolve_dtype(value, self.device)
 
     @property
     def generator(self) -> Generator:
