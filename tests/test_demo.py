@@ -110,3 +110,14 @@ def test_an_interrupted_demo_s_folder_is_written_again(tmp_path, monkeypatch, ca
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 2
     assert "holds files that are not an earlier demo's" in capsys.readouterr().err
     assert (out / "photo.png").read_text() == "mine" and not (out / "index.html").exists()
+
+
+def test_a_device_or_precision_it_cannot_run_is_refused_before_any_folder_is_made(tmp_path, monkeypatch, capsys):
+    # (`demo --dtype fp16` on a CPU, or `--device cuda` without CUDA, made --out and left it empty)
+    monkeypatch.setattr(catalogue, "BUNDLED_DIR", tmp_path / "bundled")
+    tiny_bundle(tmp_path / "bundled" / "fashion-32", 1, examples=1)
+    assert main(["demo", "--out", str(tmp_path / "half"), "--device", "cpu", "--dtype", "fp16"]) == 2
+    assert "error: fp16 runs on GPUs only" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "gpu"), "--device", "cuda:99"]) == 2
+    assert "error: device 'cuda:99'" in capsys.readouterr().err
+    assert not (tmp_path / "half").exists() and not (tmp_path / "gpu").exists()

@@ -190,11 +190,16 @@ def run_demo(out_dir: Path, *, device: str | torch.device = "auto", faces_model:
     """Run every bundled model that is installed; a missing one is reported in ``report.missing``. ``dtype``: the
     precision the models run in (see :class:`~hyperinverter.pipeline.InversionPipeline`)."""
     from ..catalogue import resolve_model
+    from ..device import resolve_device
+    from ..precision import resolve_dtype
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     prefixes = ("face_", *(f"{model}_" for model in (fashion_model, restoration_model)))
     check_own_folder(out_dir, lambda folder: _not_a_demo(folder, prefixes), what="the demo (--out)")
+    # The models load one by one below: a device or precision they cannot run on is refused before --out is made
+    # (fp16 on a CPU, or CUDA without one, left it empty).
+    resolve_dtype(dtype, resolve_device(device))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)  # (a killed demo's, where files cannot be written unnamed)
     report = DemoReport(out_dir=out_dir)
