@@ -630,3 +630,22 @@ def test_a_bundle_lends_its_discriminator_to_training(tmp_path):
                            train_generator=False, steps=1, lr_d=0.0, r1_gamma=0.0), images=images)
     trained = load_gan(tmp_path / "run" / "final", with_discriminator=True).discriminator
     assert all(torch.equal(p, D.state_dict()[k]) for k, p in trained.state_dict().items())  # (lr 0: D as lent)
+
+
+def test_a_discriminator_section_init_from_would_ignore_is_refused(tmp_path):
+    # init_from's discriminator was used whatever the discriminator: section asked (another mbstd group, other
+    # widths): the section was silently ignored while config.yaml recorded it, as generator: is refused.
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.models.stylegan2 import Discriminator, DiscriminatorConfig
+    from hyperinverter.training.gan import GANTask
+
+    G = teacher_generator()
+    own = config(tmp_path / "x", generator=G.config).discriminator_config(G.config)
+    save_gan(tmp_path / "gan", G, Discriminator(own))
+    other = DiscriminatorConfig(**{**own.to_dict(), "mbstd_group_size": 2})
+    with pytest.raises(ValueError, match=r"discriminator: .*mbstd_group_size 2 against 4"):
+        GANTask(config(tmp_path / "run", generator=None, init_from=str(tmp_path / "gan"), discriminator=other),
+                torch.device("cpu"), None)
+    same = GANTask(config(tmp_path / "run", generator=None, init_from=str(tmp_path / "gan"), discriminator=own),
+                   torch.device("cpu"), None)  # (the section that agrees is fine)
+    assert same.D.config == own

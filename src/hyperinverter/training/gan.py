@@ -118,6 +118,16 @@ def mix_styles(G: Generator, z: torch.Tensor, prob: float, gen: torch.Generator,
     return ws
 
 
+def _check_same_architecture(section: str, asked, loaded) -> None:
+    """A ValueError where the config's ``section`` (None: not given) differs from init_from's network's config."""
+    differing = [] if asked is None else sorted(
+        k for k, v in asked.to_dict().items() if loaded.to_dict().get(k) != v)
+    if differing:
+        pairs = ", ".join(f"{k} {getattr(asked, k)!r} against {getattr(loaded, k)!r}" for k in differing)
+        raise ValueError(f"{section}: asks for another architecture than init_from's {section} ({pairs}): "
+                         f"leave {section}: out (init_from gives it), or make them agree")
+
+
 class GANTask(TrainingTask):
     """StyleGAN2: G (non-saturating, or distillation onto a teacher), lazy path length, D, lazy R1; EMA of G."""
 
@@ -131,13 +141,10 @@ class GANTask(TrainingTask):
         if cfg.init_from:
             gan = load_model_gan(cfg.init_from, with_discriminator=True)  # (as a --model takes)
             G, D = gan.generator, gan.discriminator
-            differing = [] if cfg.generator is None else sorted(
-                k for k, v in cfg.generator.to_dict().items() if G.config.to_dict().get(k) != v)
-            if differing:  # (the config's architecture was ignored, and config.yaml recorded it)
-                pairs = ", ".join(f"{k} {getattr(cfg.generator, k)!r} against {getattr(G.config, k)!r}"
-                                  for k in differing)
-                raise ValueError(f"generator: asks for another architecture than init_from's generator ({pairs}): "
-                                 "leave generator: out (init_from gives it), or make them agree")
+            # (a section the file's network would override was ignored, and config.yaml recorded it)
+            _check_same_architecture("generator", cfg.generator, G.config)
+            if D is not None:
+                _check_same_architecture("discriminator", cfg.discriminator, D.config)
         else:
             G, D = Generator(cfg.generator), None
         if D is None:
