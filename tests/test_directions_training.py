@@ -503,6 +503,31 @@ def test_training_a_direction_never_replaces_a_users_file(tmp_path, capsys):
     assert mine.read_bytes() == before
 
 
+def test_a_direction_never_replaces_another_file_of_ours_nor_after_its_work(tmp_path, capsys):
+    # An inversion of ours at a direction's name was refused only when the direction was written: after the
+    # training (`directions train`), after the PCA and the sheet (`ganspace --save`), or after the directions before
+    # it in the folder (`directions sefa`, `directions import`: some written, then an error).
+    from hyperinverter.inversion.files import save_inversion
+    from hyperinverter.methods import InversionResult
+
+    inversion = tmp_path / "out" / "s_2.safetensors"
+    inversion.parent.mkdir()
+    save_inversion(inversion, InversionResult(torch.zeros(1, 10, 128), torch.zeros(1, 3, 64, 64)),
+                   model="faces-64")
+    before = inversion.read_bytes()
+    (tmp_path / "labels.csv").write_text("seed,a\n1,0.5\n")
+    assert main(["directions", "train", "--model", str(tmp_path / "no-model"), "--labels",
+                 str(tmp_path / "labels.csv"), "--attribute", "a", "--out", str(inversion)]) == 2
+    assert f"{inversion}: is a file of ours that holds an inversion, not a direction" in capsys.readouterr().err
+    assert main(["directions", "sefa", "--model", "faces-64", "--prefix", "s", "--out", str(inversion.parent),
+                 "--overwrite"]) == 2
+    assert f"{inversion}: is a file of ours that holds an inversion" in capsys.readouterr().err
+    assert main(["ganspace", "--model", "faces-64", "--samples", "1000000", "--out",
+                 str(inversion.parent / "sheet.png"), "--save", "s_2=0:0:4"]) == 2  # (before a PCA of a million)
+    assert f"{inversion}: is a file of ours that holds an inversion" in capsys.readouterr().err
+    assert [p.name for p in inversion.parent.iterdir()] == ["s_2.safetensors"] and inversion.read_bytes() == before
+
+
 def test_seeds_are_drawn_as_nvidia_s_generate_py_and_older_tables_as_they_were(tiny_generator, tmp_path):
     # A seed drew z with torch.randn, so `generate --seeds` gave other samples than NVIDIA's generate.py for the
     # same pickle. It draws as NVIDIA's now; a labels table that `directions label` wrote before (a generator column,

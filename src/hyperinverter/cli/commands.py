@@ -171,8 +171,9 @@ def run_ganspace(args: argparse.Namespace) -> int:
         if not 0 <= pc < G.w_dim:
             raise ValueError(f"--save {name}: component {pc} out of range (the basis has {G.w_dim}: 0 to "
                              f"{G.w_dim - 1})")
-    for path in [image_output_path(args.out), *(args.out.parent / f"{name}.safetensors" for name in names)]:
-        check_file_replaceable(path)
+    check_file_replaceable(image_output_path(args.out))
+    for name in names:  # (an inversion of ours at NAME was refused after the PCA and the sheet)
+        check_file_replaceable(args.out.parent / f"{name}.safetensors", kind="direction")
     basis = compute_ganspace(G, num_samples=args.samples, num_components=G.w_dim)
     sheet = render_ganspace_sheet(G, basis, image_output_path(args.out), components=components,
                                   layers=layers, seeds=seeds, strength=args.strength,

@@ -218,7 +218,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise OutputError(out, "a direction file must end in .safetensors")
     if out.is_dir():
         raise OutputError(out, "is a folder; give the direction file to write")
-    check_file_replaceable(out, safetensors=True)  # (before the training: a user's file there was found after it)
+    # (before the training: a user's file there, or an inversion of ours, was found after it)
+    check_file_replaceable(out, safetensors=True, kind="direction")
     result = train_from_labels(args.model, args.labels, args.attribute, conditions=args.condition, space=args.space,
                                layers=args.layers, fraction=args.fraction, test_fraction=args.test_fraction,
                                seed=args.seed, strength=args.strength, name=args.name, device=args.device)
@@ -315,8 +316,8 @@ def _direction_targets(names: list[str], out: Path, *, overwrite: bool) -> list[
     if out.exists() and not out.is_dir():
         raise OutputError(out, "is a file: give the folder to write the directions into")
     targets = [out / f"{file_name_part(name, fallback='direction')}.safetensors" for name in names]
-    for target in targets:  # (before anything is written) a file of ours may be replaced, never a user's
-        check_file_replaceable(target)
+    for target in targets:  # (before anything is written) a direction of ours may be replaced, never a user's file
+        check_file_replaceable(target, kind="direction")
     taken = [t for t in targets if t.exists()]
     if taken and not overwrite:
         raise OutputError(taken[0], f"exists{f' (and {len(taken) - 1} more)' if len(taken) > 1 else ''}: "

@@ -610,13 +610,15 @@ def _report_written_by_us(path: Path) -> bool:
 
 
 def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False, report: bool = False,
-                           replacing_with: bytes | None = None) -> None:
+                           replacing_with: bytes | None = None, kind: str | None = None) -> None:
     """Raise ``OutputError`` if writing ``path`` would replace a symbolic link, a device, pipe or socket, or an
     image, clip or safetensors file that hyperinverter did not write (``written_by_us``); or if it holds a NUL.
     Other files at an output's name are the writer's to check; ``safetensors``: the output is one whatever its
     name, and so must the file it replaces be; ``report``: a Markdown, JSON or CSV report, which replaces only a
     report of ours; ``replacing_with``: the new safetensors file's bytes, which replace only a file of ours of the
-    same kind (``import-pti --out B/w_encoder/model.safetensors`` wrote an inversion over a model's weights)."""
+    same kind (``import-pti --out B/w_encoder/model.safetensors`` wrote an inversion over a model's weights);
+    ``kind``: the same check before the bytes exist (``safetensors_kind`` of the file to come, e.g. ``direction``),
+    so that a command refuses before its work (``directions sefa`` wrote some files, then refused one)."""
     path = Path(path)
     if "\0" in os.fspath(path):  # (the unnamed file was linked at the name cut at the NUL: another path)
         raise OutputError(path, "holds a NUL character, which no file name can")
@@ -633,7 +635,8 @@ def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False
             old = safetensors_kind(read_safetensors_metadata(path))  # (the header only, read once)
         except (OSError, ValueError):
             old = None
-        new = old if replacing_with is None or old is None else safetensors_kind(_metadata_of(replacing_with, path))
+        new = old if old is None else kind or (old if replacing_with is None
+                                               else safetensors_kind(_metadata_of(replacing_with, path)))
         if new != old:
             raise OutputError(path, f"is a file of ours that holds {_KIND_NAMES.get(old, old)}, not "
                               f"{_KIND_NAMES.get(new, new)}; it is not replaced: write the output elsewhere")
