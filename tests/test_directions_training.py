@@ -219,6 +219,7 @@ def test_train_from_inversion_files(tiny_generator, tmp_path):
     ("seed,a\n1,0.5\n\n2,0.1,7\n", r"row 4: has 3 cells, the header 2"),
     ("seed,a\n1,0.5\n1,0.2\n", r"row 3: seed '1' repeats row 2"),
     ("seed,a\n-4,0.5\n", r"row 2: seed -4 is out of range"),
+    ("seed,a\n1,0.5\n4294967296,0.2\n", r"row 3: seed 4294967296 is out of range \(0 \.\. 4294967295"),
     ("name,a\nx,1\n", r"row 1: the header needs exactly one of the columns 'seed'"),
     ("seed,codes,a\n1,x,1\n", r"row 1: the header needs exactly one"),
     ("seed\n1\n", r"row 1: no attribute column"),

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bounds import MAX_SEED
 from ..errors import InputError, SchemaError
 from ..generate import SEED_DRAWS, z_from_seeds
 from ..io.checkpoints import save_safetensors
@@ -137,6 +138,9 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
             draws.append(cells.get("z") or default_draw)
             if draws[-1] not in SEED_DRAWS:
                 raise _row_error(path, line, f"'z' is {draws[-1]!r}; it must be one of {', '.join(SEED_DRAWS)}")
+            if draws[-1] == "nvidia" and key > MAX_SEED:  # (numpy's RandomState said so later, naming no file)
+                raise _row_error(path, line, f"seed {key} is out of range (0 .. {MAX_SEED}, as numpy draws them; "
+                                 "a `z` column of `torch` draws up to 2^63-1)")
         else:
             if not cells["codes"]:
                 raise _row_error(path, line, "the 'codes' cell is empty")
