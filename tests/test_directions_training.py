@@ -477,6 +477,23 @@ def test_labelling_never_replaces_a_users_labels(tmp_path, capsys):
     assert mine.read_text() == "seed,trunc,smile\n1,1,0.5\n"
 
 
+@pytest.mark.parametrize("options, cause", [
+    (["--samples", "100000000000"], "argument --samples: must be at most 1,000,000"),  # (a MemoryError, or killed)
+    (["--seed", "4294967295", "--samples", "2"], "the seeds would end at 4294967296, past the last, 4294967295"),
+    (["--seed", "99999999999999999999", "--samples", "2"], "argument --seed: must be at most 4,294,967,295"),
+])
+def test_labelling_refuses_seeds_past_the_last_before_any_work(tmp_path, capsys, options, cause):
+    # `--seed 4294967295 --samples 2` made OUT.work, then numpy said "Seed must be between 0 and 2**32 - 1";
+    # `--samples 100000000000` listed its seeds until memory ran out.
+    try:
+        code = main(["directions", "label", "--model", str(tmp_path / "no-model"), *options, "--out",
+                     str(tmp_path / "labels.csv")])
+    except SystemExit as e:  # (argparse's usage error)
+        code = e.code
+    assert code == 2 and cause in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_labelling_replaces_its_own_labels(tmp_path):
     # Labels written with a z column were not known as ours: `directions label` run again onto its own --out said
     # "exists and was not written by hyperinverter" (exit 2). Those written before the column still are.

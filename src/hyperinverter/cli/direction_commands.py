@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import file_path, finite_float, nonnegative_float, nonnegative_int, positive_int
+from ..bounds import MAX_SEED
+from .arguments import at_most, file_path, finite_float, nonnegative_float, nonnegative_int, positive_int
 from .inversion_commands import _add_model
 
 OFFICIAL_DOMAINS = ("cars", "church", "faces", "faces-e4e")  # editing.official's tables (not imported: it loads torch)
+MAX_LABEL_SAMPLES = 1_000_000  # (InterFaceGAN labelled 500,000; 10^11 filled memory with its seeds before any work)
 
 TRAIN_DESCRIPTION = """\
 Fit a linear classifier (L2-regularised logistic regression) that separates the samples with much of an
@@ -138,8 +140,10 @@ def register(sub) -> None:
                            "running the same command again after an interruption resumes. Needs "
                            "`pip install 'hyperinverter[align]'`.")
     _add_model(q, photos=False)
-    q.add_argument("--samples", required=True, type=positive_int, help="how many samples to generate")
-    q.add_argument("--seed", type=nonnegative_int, default=0, help="the first seed (default 0)")
+    q.add_argument("--samples", required=True, type=at_most(positive_int, MAX_LABEL_SAMPLES),
+                   help=f"how many samples to generate (at most {MAX_LABEL_SAMPLES:,})")
+    q.add_argument("--seed", type=at_most(nonnegative_int, MAX_SEED), default=0,
+                   help=f"the first seed (default 0; seeds go up to {MAX_SEED})")
     q.add_argument("--trunc", type=nonnegative_float, default=1.0,
                    help="truncation psi of the samples (default 1: none; recorded in the CSV)")
     q.add_argument("--upscale", type=positive_int, default=4,
@@ -244,6 +248,9 @@ def run_label(args: argparse.Namespace) -> int:
     from ..errors import OutputError
     from ..io.files import check_file_replaceable
 
+    if args.seed + args.samples - 1 > MAX_SEED:  # (numpy refused it in the first batch, its work folder made)
+        raise ValueError(f"--seed {args.seed} --samples {args.samples}: the seeds would end at "
+                         f"{args.seed + args.samples - 1}, past the last, {MAX_SEED}")
     if args.out.is_dir():
         raise OutputError(args.out, "is a folder; give the CSV file to write")
     check_file_replaceable(args.out, report=True)  # (before the labelling: a user's own labels are never replaced)
