@@ -230,6 +230,12 @@ def test_strengths_that_would_share_a_file_are_refused(pipeline, tmp_path, capsy
         assert edit(*strengths) == 2
         assert f"error: --strength: {named} given more than once" in capsys.readouterr().err
         assert not (tmp_path / "edits").exists()
+    # A strength past ±1e300 was blamed on the direction's default strength when first ("direction ...: its default
+    # strength must be"), and failed the run after --out was made when not ("strength must be").
+    for strengths in (["1e308"], ["1", "2e300"]):
+        assert edit(*strengths) == 2
+        assert "error: --strength must be a finite number within ±1e300, got" in capsys.readouterr().err
+        assert not (tmp_path / "edits").exists()
     assert edit("-0", "1") == 0
     assert sorted(p.name for p in (tmp_path / "edits").iterdir()) == [
         "photo_principal direction 1_+0.png", "photo_principal direction 1_+1.png",

@@ -320,6 +320,7 @@ def _direction(args, generator):
 
 
 def run_edit(args: argparse.Namespace) -> int:
+    from ..editing.directions import check_strength
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, check_output_folder, file_name_part, output_folder
@@ -328,6 +329,8 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..progress import progress_bar
 
     strengths = args.strength or [None]
+    for strength in args.strength or ():  # (1e308 was blamed on the direction file's default strength, or, not
+        check_strength(strength, "--strength")  # first, failed the run after --out was made: "strength must be")
     labels = ["default" if s is None else f"{s + 0.0:+g}" for s in strengths]  # (+ 0.0: -0 is 0)
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:  # (their edits were written to one file, the last one kept, while the strip showed each)
