@@ -521,6 +521,24 @@ def test_training_a_direction_never_replaces_a_users_file(tmp_path, capsys):
     assert mine.read_bytes() == before
 
 
+def test_a_condition_found_on_another_generator_is_named_as_such(tiny_generator, tmp_path, caplog):
+    # `edit` warns of a direction found on another generator; `directions train --condition FILE` projected such a
+    # direction off without a word.
+    from hyperinverter.editing.directions import w_probe
+
+    w = _w(tiny_generator, range(300))
+    (tmp_path / "labels.csv").write_text("seed,a\n" + "".join(f"{s},{float(v):.5f}\n" for s, v in enumerate(w[:, 3])))
+    labels = tmp_path / "labels.csv"
+    for name, G in (("own", tiny_generator), ("other", build_tiny_generator(seed=7))):
+        save_direction(LinearDirection(torch.eye(16)[5:6], name=name, w_probe=w_probe(G)),
+                       tmp_path / f"{name}.safetensors")
+    with caplog.at_level("WARNING"):
+        train_from_labels(tiny_generator, labels, "a", conditions=[str(tmp_path / "own.safetensors")])
+        assert not [r for r in caplog.records if "another generator" in r.getMessage()]
+        train_from_labels(tiny_generator, labels, "a", conditions=[str(tmp_path / "other.safetensors")])
+    assert any("other.safetensors': it was found on another generator" in r.getMessage() for r in caplog.records)
+
+
 def test_a_direction_never_replaces_another_file_of_ours_nor_after_its_work(tmp_path, capsys):
     # An inversion of ours at a direction's name was refused only when the direction was written: after the
     # training (`directions train`), after the PCA and the sheet (`ganspace --save`), or after the directions before

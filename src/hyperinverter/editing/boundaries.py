@@ -52,7 +52,7 @@ from ..generate import SEED_DRAWS, z_from_seeds
 from ..io.checkpoints import save_safetensors
 from ..io.files import refuse_special_file
 from ..models.stylegan2 import Generator
-from .directions import LinearDirection, w_probe
+from .directions import LinearDirection, w_probe, w_space_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -576,6 +576,9 @@ def train_from_labels(
                                  f"{G.w_dim}-d")
         except ValueError as e:
             raise InputError(condition, f"does not fit the model ({e})") from None
+        why = w_space_mismatch(direction, G)  # (as edit warns: another model's direction was projected off unsaid)
+        if why:
+            logger.warning("condition %r: %s", condition, why)
         vectors[condition] = direction.vector
     try:
         result = train_boundary(codes, table.attributes[attribute], attribute=attribute, conditions=vectors,
