@@ -494,6 +494,14 @@ def test_labelling_refuses_seeds_past_the_last_before_any_work(tmp_path, capsys,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_labelling_refuses_an_upscale_past_the_largest_picture_before_any_work(tmp_path, capsys):
+    # `--upscale 100000` made OUT.work, then ran out of memory enlarging the first sample.
+    assert main(["directions", "label", "--model", "faces-64", "--samples", "2", "--upscale", "100000", "--device",
+                 "cpu", "--out", str(tmp_path / "labels.csv")]) == 2
+    assert "--upscale 100000: the 64-px samples would be 6,400,000 px wide" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_labelling_replaces_its_own_labels(tmp_path):
     # Labels written with a z column were not known as ours: `directions label` run again onto its own --out said
     # "exists and was not written by hyperinverter" (exit 2). Those written before the column still are.

@@ -247,6 +247,7 @@ def run_label(args: argparse.Namespace) -> int:
     from ..editing.attributes import label_samples, labelling_work, write_labels_csv
     from ..errors import OutputError
     from ..io.files import check_file_replaceable
+    from ..io.images import MAX_PICTURE_SIDE
 
     if args.seed + args.samples - 1 > MAX_SEED:  # (numpy refused it in the first batch, its work folder made)
         raise ValueError(f"--seed {args.seed} --samples {args.samples}: the seeds would end at "
@@ -256,6 +257,9 @@ def run_label(args: argparse.Namespace) -> int:
     check_file_replaceable(args.out, report=True)  # (before the labelling: a user's own labels are never replaced)
     detector = Dlib68Detector(min_score=args.min_face_score, upsample=0)
     G = load_generator(generator_path(args.model), device=resolve_device(args.device)).eval()
+    if G.resolution * args.upscale > MAX_PICTURE_SIDE:  # (--upscale 100000: a MemoryError, its work folder made)
+        raise ValueError(f"--upscale {args.upscale}: the {G.resolution}-px samples would be "
+                         f"{G.resolution * args.upscale:,} px wide, past the largest picture, {MAX_PICTURE_SIDE:,}")
     seeds = range(args.seed, args.seed + args.samples)
     with labelling_work(args.out) as work:  # another process labelling into the same OUT is refused
         report = label_samples(G, seeds, detector, truncation_psi=args.trunc, upscale=args.upscale,
