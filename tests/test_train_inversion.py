@@ -428,7 +428,7 @@ def test_a_run_from_a_rosinality_file_does_not_warn_of_a_discriminator_it_never_
 def test_fp16_training_on_a_cpu_is_refused_before_the_run_folder_is_made(tmp_path, gan_dir, images):
     # Inference refuses fp16 on a CPU; training took it, with no loss scaling there (a 512-px conv's weight gradient
     # 19 % off fp32's), and left a run folder.
-    with pytest.raises(ValueError, match="fp16 runs on GPUs only"):
+    with pytest.raises(ValueError, match="^precision: fp16 runs on GPUs only"):
         train_w_encoder(config(tmp_path / "run", gan_dir, steps=1, precision="fp16"), images=images,
                         val_images=images[:4])
     assert not (tmp_path / "run").exists()

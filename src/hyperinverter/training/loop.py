@@ -316,7 +316,10 @@ def fit(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], Trai
     device = resolve_device(local_device(cfg.device))
     # fp16 trains on GPUs only, as it runs: on a CPU it trained with no loss scaling (19 % off an fp32 weight
     # gradient on one 512-px conv), where inference refuses it. (And bf16 there says once if it is emulated.)
-    resolve_dtype(cfg.precision, device)
+    try:
+        resolve_dtype(cfg.precision, device)
+    except ValueError as e:  # (named as the config's other errors name their key)
+        raise ValueError(f"precision: {e}") from None
     ctx = init_distributed(device)
     with prepared_run_dir(Path(cfg.run_dir), cfg, ctx) as run_dir:
         return _train(cfg, build, run_dir, device, ctx, images=images, val_images=val_images)
