@@ -567,9 +567,12 @@ def test_paste_back_problems_fail_the_item(world, tmp_path, capsys):
                            lambda r, t: r.update(placement=placement, source=str(tmp_path / "deleted.jpg")))
     wrong_size = _rewrite_record(world.inv, tmp_path / "size.safetensors",
                                  lambda r, t: r.update(placement=placement, source=str(world.photos / "p0.png")))
-    result = cli(capsys, "edit", gone, wrong_size, world.inv, "--model", world.model, "--direction", world.direction,
-                 "--paste-back", "--out", tmp_path / "edits", "--device", "cpu")
+    flat = _rewrite_record(world.inv, tmp_path / "flat.safetensors", lambda r, t: r.update(
+        placement={"quad": [[5, 5]] * 4, "source_size": [48, 40]}, source=str(world.photos / "p0.png")))
+    result = cli(capsys, "edit", gone, wrong_size, flat, world.inv, "--model", world.model, "--direction",
+                 world.direction, "--paste-back", "--out", tmp_path / "edits", "--device", "cpu")
     assert result.code == 1
+    assert f"failed: {flat}: cannot paste back" in result.err and "covers less than a pixel" in result.err
     assert f"failed: {gone}: cannot paste back" in result.err and "deleted.jpg: no such file" in result.err
     assert f"failed: {wrong_size}: cannot paste back" in result.err and "48x40" in result.err
     assert f"failed: {world.inv}: has no face placement" in result.err

@@ -199,10 +199,15 @@ def _outer_ring(size: int) -> np.ndarray:
 
 
 def check_placement(photo: Image.Image, placement: dict) -> None:
-    """``ValueError`` unless ``placement`` (:meth:`AlignedFace.placement`) can be a face of ``photo``: its size."""
+    """``ValueError`` unless ``placement`` (:meth:`AlignedFace.placement`) can be a face of ``photo``: its size, and
+    a quad that covers a pixel or more."""
     if tuple(placement["source_size"]) != photo.size:
         raise ValueError(f"the photo is {photo.size[0]}x{photo.size[1]}, but the face was aligned in a "
                          f"{placement['source_size'][0]}x{placement['source_size'][1]} photo")
+    (x0, y0), (x1, y1), _, (x3, y3) = np.asarray(placement["quad"], dtype=np.float64)
+    # (corners on one point or line have no inverse warp: the whole run stopped with "error: Singular matrix")
+    if abs((x3 - x0) * (y1 - y0) - (y3 - y0) * (x1 - x0)) < 1:
+        raise ValueError(f"the face's quad {placement['quad']} covers less than a pixel")
 
 
 def paste_back_placement(photo: Image.Image, edited: Image.Image, placement: dict, *,
