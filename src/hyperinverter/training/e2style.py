@@ -147,8 +147,9 @@ class E2StyleTask(EncoderTask):
         cfg, target = self.cfg, x if target is None else target
         out = self.method(x, **self.options, **self.noise(gen))
         loss, stats = self.compare(out.image, target)
-        # The official coach computes every term on its 256-px pooled output, the multi-layer ones too.
-        image, reference = self.criterion.at_loss_resolution(out.image, target)
+        if self.multilayer_id is not None or self.parsing is not None:  # (a resize of the target per step otherwise)
+            # The official coach computes every term on its 256-px pooled output, the multi-layer ones too.
+            image, reference = self.criterion.at_loss_resolution(out.image, target)
         if self.multilayer_id is not None:
             n = cfg.id_samples or len(x)
             identity = self.multilayer_id(image[:n], reference[:n]).mean()
