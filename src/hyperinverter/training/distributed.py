@@ -80,11 +80,16 @@ class DistributedContext:
 
     def mean_over_ranks(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
         """Each number's mean over the ranks that have it (``values`` itself in a single process): a logged loss is
-        the global batch's, not rank 0's shard's. (A rank may lack one: Phase I's latent loss, where its shard holds
-        no synthetic pair; so the names are gathered first.)"""
-        if not self.enabled:
-            return values
-        names = "\n".join(sorted(values)).encode()
+        the global batch's, not rank 0's shard's (see :meth:`means_over_ranks`)."""
+        return self.means_over_ranks([values], device)[0]
+
+    def means_over_ranks(self, entries: list[dict[str, float]], device: torch.device) -> list[dict[str, float]]:
+        """:meth:`mean_over_ranks` of each of ``entries`` (as many on every rank: a step's each), in one gather of
+        the names and one reduction however many there are. (A rank may lack a number: Phase I's latent loss,
+        where its shard holds no synthetic pair; so the names are gathered first.)"""
+        if not self.enabled or not entries:
+            return entries
+        names = "\n".join(sorted(set().union(*entries))).encode()
         length = int(self.all_reduce_max(torch.tensor([max(len(names), 1)], device=device)).item())
         mine = torch.zeros(length, dtype=torch.uint8, device=device)
         mine[: len(names)] = torch.tensor(list(names), dtype=torch.uint8)
@@ -92,11 +97,11 @@ class DistributedContext:
         dist.all_gather(everyone, mine)
         keys = sorted({k for t in everyone for k in bytes(t.tolist()).rstrip(b"\0").decode().split("\n") if k})
         if not keys:
-            return {}
-        sums = torch.tensor([[values.get(k, 0.0), float(k in values)] for k in keys], dtype=torch.float64,
-                            device=device)
+            return [{} for _ in entries]
+        sums = torch.tensor([[[entry.get(k, 0.0), float(k in entry)] for k in keys] for entry in entries],
+                            dtype=torch.float64, device=device)
         dist.all_reduce(sums)
-        return {k: total / count for k, (total, count) in zip(keys, sums.tolist())}
+        return [{k: total / count for k, (total, count) in zip(keys, rows) if count} for rows in sums.tolist()]
 
     def barrier(self) -> None:
         if self.enabled:

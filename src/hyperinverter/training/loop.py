@@ -475,7 +475,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
                     ctx.check_in_sync(module, f"trained module {i}")
                 # The steps since the last log line as the global batch's (every rank: collectives): rank 0's own
                 # shard's, resumed on every rank, were logged as the global batch's in the first line after a resume.
-                kept = [ctx.mean_over_ranks(entry, device) for entry in window]
+                kept = ctx.means_over_ranks(window, device)
                 if ctx.is_main:
                     state = {"position": sampler.position, "best_val": best_val, "task": task.state(),
                              FROZEN_KEY: frozen, "window": kept, "data": data}
