@@ -387,6 +387,14 @@ def _check_per_sample(per_sample: dict[str, torch.Tensor | None], known: dict[st
     return {k: v for k, v in per_sample.items() if v is not None}
 
 
+def _random_maps(count: int, resolution: int, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """``[count, 1, R, R]`` noise maps in ``like``'s dtype, on its device: from ``generator`` when given
+    (reproducible; drawn on its device), else the global RNG."""
+    where = generator.device if generator is not None else like.device
+    return torch.randn(count, 1, resolution, resolution, generator=generator, device=where,
+                       dtype=like.dtype).to(like.device)
+
+
 class BatchNoise:
     """``noise_mode="random"`` for one sample of a batch that runs sample by sample: each layer's maps are drawn
     for the whole batch (``[B, 1, R, R]``, as NVIDIA's layer draws them) when the batch's first sample reaches it,
@@ -412,10 +420,7 @@ class SampleNoise:
         """This sample's ``[1, 1, R, R]`` map of ``layer`` (drawn in ``like``'s dtype, onto its device)."""
         maps = self.batch.maps.get(layer)
         if maps is None:
-            generator = self.batch.generator
-            where = generator.device if generator is not None else like.device
-            maps = torch.randn(self.batch.batch_size, 1, resolution, resolution, generator=generator, device=where,
-                               dtype=like.dtype).to(like.device)
+            maps = _random_maps(self.batch.batch_size, resolution, self.batch.generator, like)
             self.batch.maps[layer] = maps
         return maps[self.index : self.index + 1]
 
@@ -506,10 +511,8 @@ class SynthesisLayer(nn.Module):
             return None
         if noise_mode == "random" and isinstance(noise_generator, SampleNoise):  # (a batch run sample by sample)
             noise = noise_generator.draw(self, self.resolution, x)
-        elif noise_mode == "random":  # from ``noise_generator`` when given (reproducible), else the global RNG
-            where = noise_generator.device if noise_generator is not None else x.device
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=noise_generator,
-                                device=where, dtype=x.dtype).to(x.device)
+        elif noise_mode == "random":
+            noise = _random_maps(x.shape[0], self.resolution, noise_generator, x)
         elif noise_mode == "const":
             noise = p["noise_const"].unsqueeze(1) if "noise_const" in p else self.noise_const
             noise = noise.to(x.dtype)
