@@ -68,9 +68,8 @@ class WorkFolder:
             self._lock = stack
             # A run killed while writing a record, where files cannot be written unnamed (NFS, macOS), left its
             # hidden temporary; a benchmark keeps its work, so these piled up for good (not a running writer's).
-            folders = [self.folder, *(p for p in sorted(self.folder.rglob("*")) if p.is_dir() and not p.is_symlink())]
-            for folder in folders:
-                remove_stale_temporaries(folder)
+            for folder, _, _ in os.walk(self.folder):  # (its folders alone, links not followed: no stat per record)
+                remove_stale_temporaries(Path(folder))
 
     def close(self) -> None:
         """Give the lock back. Where no run is stored (the folder holds nothing but the lock), or this object's
