@@ -234,6 +234,26 @@ def test_bad_labels_name_the_file_and_the_row(tmp_path, text, cause):
         read_labels(path)
 
 
+def test_a_seed_at_two_truncations_is_two_samples(tiny_generator, tmp_path):
+    G = tiny_generator
+    seeds = list(range(300))
+    rows = ["seed,trunc,a"]
+    for psi in (0.5, 1.0):  # every seed twice: two different images, both valid samples
+        w = _w(G, seeds, psi)
+        rows += [f"{s},{psi},{float(v):.5f}" for s, v in zip(seeds, w[:, 3] - w[:, 5])]
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(rows) + "\n")
+    table = read_labels(path)
+    assert table.seeds == seeds * 2 and table.truncations == [0.5] * 300 + [1.0] * 300
+    codes = label_codes(table, G)
+    assert not torch.allclose(codes[0], codes[300])
+    assert train_from_labels(G, path, "a").accuracy > 0.9
+    # the same seed drawn another way is another sample too; the same seed, truncation and draw is not
+    path.write_text("seed,trunc,z,a\n1,0.5,nvidia,0\n1,0.5,torch,1\n1,0.7,nvidia,1\n1,.50,nvidia,1\n")
+    with pytest.raises(SchemaError, match=re.escape(f"{path}: row 5: seed '1' at the same trunc 0.5 repeats row 2")):
+        read_labels(path)
+
+
 def test_empty_cells_are_unlabelled(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("seed,a,b\n1,0.5,\n2,,1\n3,0.1,0\n")

@@ -131,24 +131,28 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
             raise _row_error(path, line, f"has {len(row)} cells, the header {len(header)}")
         cells = {h: c.strip() for h, c in zip(header, row)}
         if source == "seed":
-            key: object = _seed(cells["seed"], path, line)
-            seeds.append(key)
+            seed = _seed(cells["seed"], path, line)
+            seeds.append(seed)
             truncations.append(_number(cells.get("trunc") or "1", "trunc", path, line))
             generators.append(cells.get("generator", ""))
             draws.append(cells.get("z") or default_draw)
             if draws[-1] not in SEED_DRAWS:
                 raise _row_error(path, line, f"'z' is {draws[-1]!r}; it must be one of {', '.join(SEED_DRAWS)}")
-            if draws[-1] == "nvidia" and key > MAX_SEED:  # (numpy's RandomState said so later, naming no file)
-                raise _row_error(path, line, f"seed {key} is out of range (0 .. {MAX_SEED}, as numpy draws them; "
+            if draws[-1] == "nvidia" and seed > MAX_SEED:  # (numpy's RandomState said so later, naming no file)
+                raise _row_error(path, line, f"seed {seed} is out of range (0 .. {MAX_SEED}, as numpy draws them; "
                                  "a `z` column of `torch` draws up to 2^63-1)")
+            # A seed at another truncation (or drawn another way) is another sample: only all three repeat one.
+            key: object = (seed, truncations[-1], draws[-1])
+            same = f" at the same trunc {truncations[-1]:g}" if "trunc" in header else ""
         else:
             if not cells["codes"]:
                 raise _row_error(path, line, "the 'codes' cell is empty")
             key = (path.parent / cells["codes"]).resolve()
             codes.append(key)
+            same = ""
         if key in first_line:
-            raise _row_error(path, line, f"{source} {cells[source]!r} repeats row {first_line[key]} (it would "
-                             "fall into both the training and the held-out split)")
+            raise _row_error(path, line, f"{source} {cells[source]!r}{same} repeats row {first_line[key]} (it "
+                             "would fall into both the training and the held-out split)")
         first_line[key] = line
         for a in attributes:
             values[a].append(_number(cells[a], a, path, line) if cells[a] else math.nan)
