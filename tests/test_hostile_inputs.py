@@ -637,6 +637,26 @@ def test_bad_numbers_are_usage_errors(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_negative_numbers_in_any_notation_are_values(world, tmp_path, capsys):
+    # argparse took -1e-3, -1E3, -inf and -nan for options: "expected at least one argument", whatever the type said.
+    result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
+                 "-1e-3", "2", "--strength", "-.5", "-1E1", "--out", tmp_path / "e", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert {p.name for p in (tmp_path / "e").iterdir()} >= {"p0_up_-0.001.png", "p0_up_+2.png", "p0_up_-0.5.png",
+                                                            "p0_up_-10.png"}
+    result = cli(capsys, "generate", "--model", world.model, "--seeds", "0", "--trunc", "-1e-3", "--out",
+                 tmp_path / "g.png")
+    assert result.code == 0 and (tmp_path / "g.png").is_file(), result.err
+    for value in ("-inf", "-nan", "-Infinity", "-1e999"):  # the option's own type refuses them, naming it
+        for argv in (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--strength", value],
+                     ["generate", "--model", "m", "--trunc", value],
+                     ["invert", "a", "--model", "m", "--out", "o", "--content-rows", "0", value]):
+            with pytest.raises(SystemExit) as caught:
+                main(argv)
+            err = capsys.readouterr().err
+            assert caught.value.code == 2 and f"must be a finite number, got {value}" in err, err
+
+
 def test_values_that_made_internal_errors(world, tmp_path, capsys):
     # Each was "internal error (...); this is a bug": an overflow, a division by zero samples, an assertion.
     result = cli(capsys, "generate", "--model", world.model, "--trunc", "1e300", "--out", tmp_path / "g.png")

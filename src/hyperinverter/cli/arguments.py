@@ -6,7 +6,23 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
+
+# What float() reads as a negative number: argparse's own test (-2, -.5) missed -1e-3, -1E3, -inf and -nan and took
+# them for options ("expected one argument"), so --strength -1e-3 failed before its type could say anything.
+NEGATIVE_NUMBER = re.compile(r"-(\.?\d|(inf|infinity|nan)$)", re.IGNORECASE)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command and subcommand (subparsers are made of their parent's class): an argument that
+    starts as a negative number does is a value, never an option, also where argparse's test would say otherwise
+    (checked first: ``-inf`` is not ``-i nf``)."""
+
+    def _parse_optional(self, arg_string: str):
+        if NEGATIVE_NUMBER.match(arg_string) and not self._has_negative_number_optionals:
+            return None  # (a positional or an option's value: its type says whether it is a number)
+        return super()._parse_optional(arg_string)
 
 
 def _integer_at_least(text: str, minimum: int) -> int:

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from .. import __version__
 from ..errors import InputError, describe_os_error
 from . import commands
+from .arguments import ArgumentParser
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hyperinverter",
         description="Invert real photos into StyleGAN2 with HyperInverter and edit them.",
     )
