@@ -729,7 +729,21 @@ def test_a_bad_option_fails_before_any_image(world, tmp_path, capsys, monkeypatc
                  "--out", out, "--device", "cpu")
     assert result.code == 2 and result.err == f"error: {cause}" + result.err.split(cause, 1)[1], result.err
     assert result.err.count("\n") == 1 and "invert:" not in result.err  # no progress bar before it
-    assert not read and not list(out.iterdir())
+    assert not read and not out.exists()  # (it was made, and left empty)
+
+
+@pytest.mark.parametrize("command, extra, cause", [
+    ("invert", ["--method", ""], "unknown method ''"),  # (taken for the default, then failed with --out made)
+    ("edit", ["--option", "colour=red"], "hyperinverter has no option ['colour']"),
+    ("edit", ["--method", "w-opt", "--option", "steps=0"], "steps must be a positive integer, got 0"),
+])
+def test_a_bad_method_or_option_leaves_no_output_folder(world, tmp_path, capsys, command, extra, cause):
+    direction = ["--direction", world.direction] if command == "edit" else []
+    out = tmp_path / "new" / "out"
+    result = cli(capsys, command, world.photos, "--model", world.model, *direction, *extra, "--out", out,
+                 "--device", "cpu")
+    assert result.code == 2 and cause in result.err and result.err.count("\n") == 1, result.err
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_error_starts_its_own_line_after_a_progress_bar(world, tmp_path, capsys):

@@ -223,9 +223,9 @@ def _load_pipeline(args):
                                              dtype=getattr(args, "dtype", "fp32"),
                                              content_rows=getattr(args, "content_rows", None))
     method = getattr(args, "method", None)
-    if method is not None:
-        pipe.inverter(method)  # an unknown or unavailable method is an error now, before any work
+    if method is not None:  # an unknown or unavailable method (or --method '') is an error now, before any work
         pipe.default_method = method
+        pipe.inverter()
     return pipe
 
 
@@ -340,9 +340,9 @@ def run_edit(args: argparse.Namespace) -> int:
     check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
     direction = _direction(args, pipe.generator)
+    options = dict(args.option)
+    pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now, before --out is made
     with output_folder(args.out) as out_dir:  # (another run writing into it is refused)
-        options = dict(args.option)
-        pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now
         # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
         # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
         inverted_by = (made_with_digest(pipe.inverter(), options)

@@ -251,11 +251,11 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     names = output_stems(paths)  # over all files, so that every rank names a file the same way
     pairs, rank, world = rank_shard(list(zip(paths, names))) if shard else (list(zip(paths, names)), 0, 1)
     out_dir = Path(out_dir)
+    inverter = pipe.inverter(method)
+    inverter.check_options(options or {})  # a bad option fails now: before the first batch, and --out is made
+    method = inverter.name
     with output_folder(out_dir, job=torchrun_job() if world > 1 else None):  # (a job's ranks share it)
         report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
-        inverter = pipe.inverter(method)
-        inverter.check_options(options or {})  # a bad option fails now, not after the first batch is read
-        method = inverter.name
         aligned = detector is not None
         dtype = dtype_name(pipe.dtype)
         made = made_with_digest(inverter, options)
