@@ -657,6 +657,23 @@ def test_negative_numbers_in_any_notation_are_values(world, tmp_path, capsys):
             assert caught.value.code == 2 and f"must be a finite number, got {value}" in err, err
 
 
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(world, tmp_path, capsys, monkeypatch):
+    # "" was Path("") == ".": `invert ""` inverted every picture of the current folder, `--out ""` wrote into it.
+    monkeypatch.chdir(tmp_path)
+    hostile.photo(0).save(tmp_path / "mine.png")
+    for argv in (["invert", "", "--model", world.model, "--out", "o"],
+                 ["invert", world.photos, "--model", world.model, "--out", ""],
+                 ["edit", world.inv, "--model", world.model, "--direction", world.direction, "--out", ""],
+                 ["generate", "--model", world.model, "--seeds", "0", "--outdir", ""],
+                 ["generate", "--model", world.model, "--seeds", "0", "--out", ""],
+                 ["convert", world.model / "generator", ""],
+                 ["directions", "train", "--model", world.model, "--labels", "", "--attribute", "a"]):
+        with pytest.raises(SystemExit) as caught:
+            main([str(a) for a in argv])
+        assert caught.value.code == 2 and ": an empty path; give a file or folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.png"]
+
+
 def test_values_that_made_internal_errors(world, tmp_path, capsys):
     # Each was "internal error (...); this is a bug": an overflow, a division by zero samples, an assertion.
     result = cli(capsys, "generate", "--model", world.model, "--trunc", "1e300", "--out", tmp_path / "g.png")

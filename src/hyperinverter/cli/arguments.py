@@ -17,7 +17,11 @@ NEGATIVE_NUMBER = re.compile(r"-(\.?\d|(inf|infinity|nan)$)", re.IGNORECASE)
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every command and subcommand (subparsers are made of their parent's class): an argument that
     starts as a negative number does is a value, never an option, also where argparse's test would say otherwise
-    (checked first: ``-inf`` is not ``-i nf``)."""
+    (checked first: ``-inf`` is not ``-i nf``); and ``type=Path`` is :func:`path`, which refuses an empty one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", Path, path)
 
     def _parse_optional(self, arg_string: str):
         if NEGATIVE_NUMBER.match(arg_string) and not self._has_negative_number_optionals:
@@ -84,9 +88,18 @@ def at_most(parse, limit: float):
     return parse_at_most
 
 
+def path(text: str) -> Path:
+    """A file or folder: an empty one (``--out "$UNSET"``) is refused, not read as the current folder (``invert ""``
+    inverted every picture there, ``--out ""`` wrote into it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder (. for the current folder)")
+    return Path(text)
+
+
 def file_path(text: str) -> Path:
     """An output that is one file: a name ending in a separator names a folder (``--out clips/`` wrote
     ``clips.png``, ``clips.gif`` and ``clips.mp4`` beside it)."""
+    path(text)
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{text!r} names a folder (it ends in {text[-1]!r}); give a file name, "
                                          f"e.g. {text}result.png")
