@@ -217,6 +217,10 @@ def test_a_faces_dataset_is_not_resumed_with_fewer_faces_than_it_holds(tmp_path,
     (out / "000003.png").unlink()  # a writing of 4 that was stopped: resumed
     assert sources.write_faces64(out, 4, progress=False) == out and (out / "000003.png").is_file()
     assert json.loads((sources.write_faces64(out, 6, progress=False) / "dataset.json").read_text())["count"] == 6
+    # Seeds past numpy's last failed with the folder and its dataset.json made (a later run was then refused).
+    with pytest.raises(ValueError, match=r"the seeds 4294967295\.\.4294967296 go past the last, 4294967295"):
+        sources.write_faces64(tmp_path / "past", 2, seed_start=2**32 - 1, progress=False)
+    assert not (tmp_path / "past").exists()
 
 
 def test_a_resumed_dataset_leaves_no_temporaries_of_the_killed_writing(odd_folder, tmp_path, monkeypatch):

@@ -623,6 +623,8 @@ def test_pasting_back_into_a_photo_changed_since_says_so(world, tmp_path, capsys
     # (it wrote "-1 faces" and a dataset.json counting -1)
     (["data", "faces64", "--out", "o", "--n", "-1"], "--n: must be at least 1, got -1"),
     (["data", "faces64", "--out", "o", "--seed-start", "-3"], "--seed-start: must be at least 0, got -3"),
+    # (numpy's "Seed must be between 0 and 2**32 - 1", naming no option, once --out and its dataset.json were made)
+    (["data", "faces64", "--out", "o", "--seed-start", "4294967296"], "--seed-start: must be at most 4,294,967,295"),
     # (an empty list read as "every method": a benchmark started the optimisation methods at full step counts)
     (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--methods", ""], "--methods: '' names nothing"),
     (["evaluate", "--data", "d", "--model", "m", "--out", "o", "--methods", ","], "--methods: ',' names nothing"),

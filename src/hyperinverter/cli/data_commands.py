@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..bounds import MAX_SEED
 from .arguments import at_most, nonnegative_int, positive_float, positive_int
 
 # Faces are warped at 4x the crop's side before it is reduced: 2048 px crops warp 8192-px images (0.8 GB).
@@ -21,7 +22,7 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("--n", type=at_most(positive_int, 10_000_000), default=30000,
                    help="number of images (default 30000)")
-    q.add_argument("--seed-start", type=nonnegative_int, default=None, help="first seed (default 0; held-out: 1000000)")
+    q.add_argument("--seed-start", type=at_most(nonnegative_int, MAX_SEED), default=None, help="first seed (default 0; held-out: 1000000)")
     q.add_argument("--heldout", action="store_true", help="the held-out set: 500 images from seed 1000000")
     q.add_argument("--batch-size", type=positive_int, default=500)
     q.add_argument("--device", default="auto")

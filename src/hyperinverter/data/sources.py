@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 
+from ..bounds import MAX_SEED
 from ..errors import InputError, naming
 from ..generate import z_from_seeds
 from ..io.files import (
@@ -249,6 +250,9 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
     if n < 1 or seed_start < 0 or batch_size < 1:
         raise ValueError(f"faces64 needs n >= 1, seed_start >= 0 and batch_size >= 1; got {n}, {seed_start} and "
                          f"{batch_size}")
+    if seed_start + n - 1 > MAX_SEED:  # (numpy refused it after the folder and its dataset.json were made)
+        raise ValueError(f"faces64: the seeds {seed_start}..{seed_start + n - 1} go past the last, {MAX_SEED} "
+                         "(numpy's RandomState seeds)")
     out_dir = Path(out_dir)
     with dataset_folder(out_dir):  # (another writing into it is refused)
         _claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
