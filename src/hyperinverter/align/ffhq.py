@@ -4,8 +4,8 @@ The crop is the FFHQ recipe: an oriented square centred a little below the eyes,
 eye-to-eye and eye-to-mouth distances, rotated so that the eyes are level. Where it reaches outside the photo,
 the photo is padded as FFHQ's script pads it: by reflection, blurred and faded to the median colour towards the
 padded edges (plain reflection showed sharp mirrored copies of the face there). The crop samples where FFHQ's
-script does (its quad moved by half a pixel into Pillow's coordinates), in one bicubic warp to the output size
-where the script warps bilinearly (FFHQ's at 4x the size, then reduces; pSp's at the size).
+script does (its quad moved by half a pixel into Pillow's coordinates), with a bicubic warp where the script warps
+bilinearly: at ``supersample`` times the size, then reduced (FFHQ's script: 4x; pSp's: 1x).
 """
 
 from __future__ import annotations
@@ -80,12 +80,19 @@ def quad_affine(quad: np.ndarray, size: int) -> np.ndarray:
 
 
 def align_from_landmarks(photo: Image.Image, landmarks: np.ndarray, *, size: int = 1024,
-                         scale: float = 1.0) -> AlignedFace:
-    """Warp ``photo`` so that the face with ``landmarks`` fills a ``size`` x ``size`` FFHQ-style crop."""
+                         scale: float = 1.0, supersample: int = 1) -> AlignedFace:
+    """Warp ``photo`` so that the face with ``landmarks`` fills a ``size`` x ``size`` FFHQ-style crop.
+
+    ``supersample``: warp at that many times ``size``, then reduce (Lanczos), as FFHQ's script (4) does so that the
+    warp does not alias; 1 warps at the size, as pSp's script does.
+    """
+    if not (isinstance(supersample, int) and supersample >= 1):
+        raise ValueError(f"supersample must be a whole number >= 1, got {supersample!r}")
     photo = photo.convert("RGB")
     quad = ffhq_quad(landmarks, scale=scale)
     affine = quad_affine(quad, size)
-    # Shrink first when the crop is much larger than the output, so the warp does not alias.
+    # Shrink first when the crop is much larger than the output (the output's size, not the warp's, as FFHQ's script
+    # measures it: a crop of 4x to 16x the output was warped from the full photo, and fine stripes became moiré).
     side = np.hypot(*(quad[3] - quad[0]))
     shrink = int(np.floor(side / size * 0.5))
     source, scale = photo, 1.0
@@ -95,8 +102,11 @@ def align_from_landmarks(photo: Image.Image, landmarks: np.ndarray, *, size: int
                               Image.LANCZOS)
     arr, q = _ffhq_padded(np.asarray(source), quad * scale, side * scale)
     padded = Image.fromarray(arr)
-    local = quad_affine(q, size)
-    crop = padded.transform((size, size), Image.AFFINE, tuple(local.flatten()), resample=Image.BICUBIC)
+    warp = size * supersample
+    local = quad_affine(q, warp)
+    crop = padded.transform((warp, warp), Image.AFFINE, tuple(local.flatten()), resample=Image.BICUBIC)
+    if warp != size:
+        crop = crop.resize((size, size), Image.LANCZOS)
     return AlignedFace(image=crop, quad=quad, affine=affine, source_size=photo.size,
                        landmarks=np.asarray(landmarks, dtype=np.float64))
 

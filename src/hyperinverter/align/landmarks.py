@@ -88,8 +88,9 @@ def optional_detector(**kwargs) -> tuple[Dlib68Detector | None, str | None]:
 
 
 def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 1024, scale: float = 1.0,
-                source: str = "image") -> list[AlignedFace]:
-    """Every face in ``photo``, FFHQ-aligned to ``size`` (crop ``scale`` as in :func:`ffhq_quad`).
+                source: str = "image", supersample: int = 1) -> list[AlignedFace]:
+    """Every face in ``photo``, FFHQ-aligned to ``size`` (crop ``scale`` as in :func:`ffhq_quad`, ``supersample`` as
+    in :func:`~hyperinverter.align.ffhq.align_from_landmarks`).
 
     Raises ``NoFaceFoundError`` if there is none.
     """
@@ -103,7 +104,7 @@ def align_faces(photo: Image.Image, detector: Dlib68Detector, *, size: int = 102
         raise NoFaceFoundError(source, "no face found (the detector finds upright, roughly frontal faces of "
                                f"about {smallest * factor} px and more{reduced}: turn a sideways photo upright)")
     logger.info("%s: %d face(s)", source, len(landmarks))
-    return [align_from_landmarks(photo, lm, size=size, scale=scale) for lm in landmarks]
+    return [align_from_landmarks(photo, lm, size=size, scale=scale, supersample=supersample) for lm in landmarks]
 
 
 @dataclass(frozen=True)

@@ -424,12 +424,12 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
                 if written_by_us(old):
                     old.unlink()
             try:
-                faces = align_faces(read_image(path), detector, size=4 * size, scale=scale, source=os.fsdecode(path))
-                # Aligned at 4x, then reduced: the warp does not alias (as invert --align does). The first face is named
+                faces = align_faces(read_image(path), detector, size=size, scale=scale, source=os.fsdecode(path),
+                                    supersample=4)
+                # Warped at 4x, then reduced: the warp does not alias (as invert --align does). The first face is named
                 # last: the check above reads it alone, so a kill between two names must not leave it without the rest.
                 atomic_write_group([(stem.with_name(picture_name(stem.name, i, len(faces)) + ".png"),
-                                     image_bytes(face.image.resize((size, size), Image.Resampling.LANCZOS),
-                                                 made_with=made))
+                                     image_bytes(face.image, made_with=made))
                                     for i, face in reversed(list(enumerate(faces)))],
                                    durable=False)  # regenerable: no per-file fsync
             except InputError as e:  # unreadable, no face, or a user's file at a face's name: the folder goes on

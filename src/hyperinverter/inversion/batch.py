@@ -165,14 +165,16 @@ def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: i
     ``name`` or ``name-faceI``); without one, the photo fitted to the generator's square (``fit_to_canvas``: its
     centred square, or squashed into the domain's ``content_rows``). Raises ``NoFaceFoundError``.
 
-    Aligned crops are made at 4x the model's resolution, then downsampled, so the warp does not alias.
+    Aligned crops are warped at 4x the model's resolution, then reduced, as FFHQ's script does, so the warp does not
+    alias.
     """
     if detector is None:
         canvas = fit_to_canvas(photo, content_rows, side=resolution)
         return [Picture(name, source, pil_to_tensor(canvas, size=resolution, channels=channels))]
     from ..align import align_faces
 
-    faces = align_faces(photo, detector, size=4 * resolution, scale=align_scale, source=os.fsdecode(source))
+    faces = align_faces(photo, detector, size=resolution, scale=align_scale, source=os.fsdecode(source),
+                        supersample=4)
     return [Picture(picture_name(name, i, len(faces)), source,
                     pil_to_tensor(face.image, size=resolution, channels=channels), face.placement(), i, len(faces))
             for i, face in enumerate(faces)]
