@@ -22,7 +22,8 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("--n", type=at_most(positive_int, 10_000_000), default=30000,
                    help="number of images (default 30000)")
-    q.add_argument("--seed-start", type=at_most(nonnegative_int, MAX_SEED), default=None, help="first seed (default 0; held-out: 1000000)")
+    q.add_argument("--seed-start", type=at_most(nonnegative_int, MAX_SEED), default=None,
+                   help="first seed (default 0; held-out: 1000000)")
     q.add_argument("--heldout", action="store_true", help="the held-out set: 500 images from seed 1000000")
     q.add_argument("--batch-size", type=positive_int, default=500)
     q.add_argument("--device", default="auto")

@@ -235,7 +235,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"  conditioned on {condition} (cosine before projection {result.condition_cosines[condition]:+.3f})")
     if result.conditions:
         print(f"  without the conditions the held-out accuracy is {result.accuracy_unconditioned:.3f}")
-    print(f"wrote {out}: {result.space} direction on layers {start}:{end}, default strength {result.direction.default_strength:g}")
+    print(f"wrote {out}: {result.space} direction on layers {start}:{end}, "
+          f"default strength {result.direction.default_strength:g}")
     return 0
 
 
