@@ -13,6 +13,7 @@ downscaled before face detection, and a queue that runs at most ``concurrency`` 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import re
@@ -539,6 +540,36 @@ def refuse_large_uploads_script(limits: WebLimits, fields: Sequence[str]) -> str
             .replace("LIMIT_MB", f"{limits.max_upload_mb:g}").replace("FIELDS", json.dumps(list(fields))))
 
 
+@functools.cache
+def checked_file_data(field: str) -> type:
+    """Gradio's payload class of a file field, checking first what an API client sent: a number, a list, null's
+    ``path``, a dict without one, each said in one line naming ``field``. Gradio's own check raised inside (the
+    client got ``{"error": null}``, the server log a pydantic traceback)."""
+    import gradio as gr
+    from gradio.data_classes import FileData
+    from pydantic import ConfigDict, ValidationError
+
+    wanted = (f'{field}: expected an uploaded file, {{"path": <what /gradio_api/upload answered>, "meta": '
+              '{"_type": "gradio.FileData"}} (gradio_client: handle_file(path))')
+
+    class CheckedFileData(FileData):
+        model_config = ConfigDict(title="FileData")  # (the API's documentation, as Gradio's own)
+
+        @classmethod
+        def model_validate(cls, obj, **kwargs):
+            if not isinstance(obj, dict) or not isinstance(obj.get("path"), str):
+                raise gr.Error(f"{wanted}, got {repr(obj)[:80]}", print_exception=False)
+            try:
+                return super().model_validate(obj, **kwargs)
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(map(str, first["loc"]))
+                raise gr.Error(f"{wanted}; {where + ': ' if where else ''}{first['msg']}"[:400],
+                               print_exception=False) from None
+
+    return CheckedFileData
+
+
 def settle_memory(*, arenas: int | None = None) -> bool:
     """Keep a long-running server's memory from creeping up with its request threads (glibc only; elsewhere a
     no-op that returns False). ``arenas``: cap glibc's per-thread malloc arenas (call before the threads start);
@@ -599,10 +630,14 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
     results = UserResults(limits.max_pages, limits.keep_seconds)
     expected = (NoFaceFoundError, InputError, ImportError, ValueError, Cancelled)
 
-    def session(name: str) -> WebSession:
+    def served_name(name: object) -> str:
         if not isinstance(name, str) or name not in served:  # (the menu's choices: an API client may send anything)
             raise gr.Error(f"unknown model {str(name)[:80]!r}; this server has {', '.join(served)}",
                            print_exception=False)  # (an expected refusal: no traceback in the server log)
+        return name
+
+    def session(name: str) -> WebSession:
+        served_name(name)
         with loading:
             if name not in sessions:
                 try:
@@ -615,14 +650,31 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                                    print_exception=False) from None  # (logged above, with its cause)
             return sessions[name]
 
+    def refuse_unless(ok: bool, field: str, wanted: str, value: object) -> None:
+        """An API client's value of the wrong type, said in one line naming the field (Gradio passes what it
+        was sent: a checkbox's 123 was ticked, a face's list was the first face)."""
+        if not ok:
+            raise gr.Error(f"{field} must be {wanted}, got {repr(value)[:40]}", print_exception=False)
+
     def given_number(value: object, what: str) -> bool:
-        """Whether ``value`` is a number; else a warning on the page that says what is wanted (an emptied slider
-        box gives None, an API client anything)."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            got = "nothing (its box is empty)" if value is None else repr(str(value)[:40])
-            gr.Warning(f"{what} must be a number, got {got}")
+        """Whether ``value`` is a number: a warning on the page where its slider's box was emptied (None), an error
+        where an API client sent another kind (no API client sees a warning: it got nothing back, unexplained)."""
+        if value is None:
+            gr.Warning(f"{what} must be a number, got nothing (its box is empty)")
             return False
+        refuse_unless(isinstance(value, (int, float)) and not isinstance(value, bool), what, "a number", value)
         return True
+
+    def boxes(**ticked: object) -> None:
+        for field, value in ticked.items():
+            refuse_unless(isinstance(value, bool), field, "true or false (a checkbox)", value)
+
+    def page_entry(state: dict | None, name: object, label: object = None) -> dict:
+        """The page's results for model ``name``, once ``name`` and the face ``label`` are of the right kind (an
+        unknown model's name replaced the page's results with an empty entry before it was refused)."""
+        refuse_unless(label is None or isinstance(label, str), "label", "the name of a face (the face menu's)",
+                      label)
+        return results.entry(state, served_name(name))
 
     def pick(entry: dict, label: str | None) -> WebInversion | None:
         items = entry["items"]
@@ -696,6 +748,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return state, None, gr.update(), "", None, None, None, None, None
         if cancelled_while_queued(page):  # (Cancel came while it waited for another page's work: nothing is done)
             return state, gr.update(), gr.update(), "**Cancelled.**", *(gr.update(),) * 5
+        boxes(align=align)
         s = session(name)
         entry = results.entry(state, name)
         flag = cancel_flags.setdefault(entry["key"], threading.Event())
@@ -811,7 +864,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             return None
 
     def on_pick(name, state, label):
-        entry = results.entry(state, name)
+        entry = page_entry(state, name, label)
         item = pick(entry, label)
         if item is None:
             return None, None, token(entry)
@@ -826,6 +879,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def to_edit(entry, label, direction, strength, quiet=False):
         """The picked face to edit, or None (said, unless ``quiet``) without a photo, a direction or a strength."""
+        refuse_unless(direction is None or isinstance(direction, str), "direction", "the name of a direction",
+                      direction)
         item = pick(entry, label)
         if item is None or not direction:
             if not quiet:
@@ -834,7 +889,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return item if given_number(strength, "strength") else None
 
     def on_edit(name, state, label, direction, strength, paste, every_face=False, quiet=False):
-        entry = results.entry(state, name)
+        boxes(paste=paste, every_face=every_face)
+        entry = page_entry(state, name, label)
         item = to_edit(entry, label, direction, strength, quiet)
         if item is None:
             return None, token(entry)
@@ -849,7 +905,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return files.image(f"{stem}_{direction}{strength:+g}{suffix}", image), token(entry)
 
     def on_sweep(name, state, label, direction, strength):
-        entry = results.entry(state, name)
+        entry = page_entry(state, name, label)
         item = to_edit(entry, label, direction, strength)
         image = None if item is None else attempt(session(name).sweep, item, direction, strength)
         if image is None:
@@ -858,7 +914,9 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_second(name, method, photo, align, state, pivot_steps=None, steps=None):
         """The second photo inverted; the face swap of the photo before it is cleared (a click makes this one's)."""
-        entry = results.entry(state, name)
+        boxes(align=align)
+        refuse_unless(method is None or isinstance(method, str), "method", "the name of a method", method)
+        entry = page_entry(state, name)
         entry["second"] = None
         if photo is None:
             return token(entry), None
@@ -872,7 +930,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return token(entry), None
 
     def on_blend(name, state, label, t, quiet=False):
-        entry = results.entry(state, name)
+        entry = page_entry(state, name, label)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
             if not quiet:
@@ -886,7 +944,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return files.image(f"{item.stem}_to_{other.stem}_t{t:g}", image), token(entry)
 
     def on_mix(name, state, label, start, end, quiet=False):
-        entry = results.entry(state, name)
+        entry = page_entry(state, name, label)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
             if not quiet:
@@ -903,7 +961,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         return files.image(f"{item.stem}_mix{int(start)}-{int(end)}_{other.stem}", image), token(entry)
 
     def on_swap(name, state, label, paste):
-        entry = results.entry(state, name)
+        boxes(paste=paste)
+        entry = page_entry(state, name, label)
         item, other = pick(entry, label), entry["second"]
         if item is None or other is None:
             gr.Warning(f"invert a photo and upload a second one first: its face goes onto the first photo's ({kept})")
@@ -995,6 +1054,11 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 swapped = gr.Image(type="filepath", format="png", label="the second photo's face on the first",
                                    interactive=False, elem_id="swapped")
 
+        # An API client's payload of the photo fields is checked before Gradio's own check (which raised inside). Set
+        # on the fields, not by a subclass (Gradio writes a .pyi beside the module of one): no handler may update
+        # them with gr.update, which makes the page a copy of the field from its class.
+        for field in (photo, photo_b):
+            field.data_model = checked_file_data(field.label)
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
                          face, status, edited, blended, mixed, result_files, start, end, photo_b, swapped, swap]
         edit_inputs = [model, state, face, direction, strength, paste, every_face]
