@@ -1024,3 +1024,15 @@ def test_an_api_client_s_values_of_the_wrong_kind_are_named_in_one_line(pipeline
     finally:
         app.close()
 
+
+def test_a_bright_photo_is_inverted_without_the_warning_of_floats_in_0_1(session, caplog):
+    # An upload with no pixel below mid-grey (a white-background product shot) is in [-1, 1] as read, without negative
+    # values: the page warned "image(s) [0] given hold no negative values" of every such photo. A tensor a user gives
+    # the pipeline, which may be floats in [0, 1] by mistake, is still warned of.
+    bright = Image.fromarray(np.random.default_rng(0).integers(128, 256, (64, 64, 3), dtype=np.uint8))
+    with caplog.at_level("WARNING"):
+        (item,) = session.invert(bright, align=False)
+    assert float(item.input.min()) >= 0 and "no negative values" not in caplog.text
+    with caplog.at_level("WARNING"):
+        session.pipe.invert(item.input)
+    assert "image(s) [0] given hold no negative values" in caplog.text

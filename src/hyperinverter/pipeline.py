@@ -603,7 +603,7 @@ class InversionPipeline:
     # --- inputs -----------------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor | Image.Image | str | Path | bytes | np.ndarray
                 | Sequence[Image.Image | str | Path | bytes | np.ndarray | torch.Tensor], *,
-                size: int | None = None) -> torch.Tensor:
+                size: int | None = None, warn_unsigned: bool = True) -> torch.Tensor:
         """An image, a path, or a sequence of them -> ``[B,C,R,R]`` in [-1,1] at the generator's resolution (or
         ``size``) and channel count.
 
@@ -613,7 +613,10 @@ class InversionPipeline:
         square (``content_rows``: cars) the whole image squashed into them (:func:`~hyperinverter.io.images.
         fit_to_canvas`); align faces first for face models. Tensors are passed through:
         ``[B,C,R,R]`` (or one ``[C,R,R]``, or a list of either) with the generator's channel count and resolution,
-        floats in [-1,1] or ``uint8`` in [0, 255].
+        floats in [-1,1] or ``uint8`` in [0, 255]. Float tensors that hold no negative values are warned of (floats in
+        [0, 1] given by mistake, a washed-out inversion); ``warn_unsigned=False`` where they were made from image
+        files (:func:`~hyperinverter.io.images.pil_to_tensor`), in which a bright photo, no pixel below mid-grey (a
+        white-background product shot), has none either.
         """
         G = self.generator
         if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, memoryview, np.ndarray)):
@@ -655,7 +658,7 @@ class InversionPipeline:
         if peak > 1.5:
             logger.warning("the images given hold values up to %.3g: inversion expects [-1, 1] (uint8 images are "
                            "converted; for floats in [0, 255] or [0, 1], rescale first)", peak)
-        elif any(given_as_floats):
+        elif warn_unsigned and any(given_as_floats):
             # Floats in [0, 1] (torchvision's ToTensor) were inverted as a washed-out photo without a word; a photo in
             # [-1, 1] has pixels below mid-grey.
             unsigned = [i for i in torch.nonzero(x.detach().flatten(1).amin(dim=1) >= 0).flatten().tolist()
@@ -668,12 +671,13 @@ class InversionPipeline:
     # --- inference --------------------------------------------------------------------------------------
     def invert(self, images: torch.Tensor | Sequence[Image.Image | str | Path], *, method: str | None = None,
                batch_size: int = 8, check_finite: bool = True, dtype: str | torch.dtype | None = None,
-               at_encoder_size: bool = False, **options: Any) -> InversionResult:
+               at_encoder_size: bool = False, warn_unsigned: bool = True, **options: Any) -> InversionResult:
         """Invert ``images`` with ``method`` (default: the pipeline's), in chunks of ``batch_size`` (results do
         not depend on it). ``options``: the method's own (see ``hyperinverter methods``). ``dtype``: this call's
         precision (default: the pipeline's ``dtype``). ``at_encoder_size``: the images are at the size the
         method's encoder reads (an E2Style restoration input degraded there, as it was trained), not the
-        generator's; for the encoder methods, which read the images through their encoder alone.
+        generator's; for the encoder methods, which read the images through their encoder alone. ``warn_unsigned``:
+        see :meth:`prepare` (False: the images were read from files, in [-1, 1]).
 
         A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
         it, for callers that report such samples one by one).
@@ -688,7 +692,7 @@ class InversionPipeline:
                        else "compares its images with the input")
                 raise ValueError(f"{inverter.name} {why} at the generator's {self.generator.resolution} px: give it "
                                  "images of that size")
-        x = self.prepare(images, size=size)
+        x = self.prepare(images, size=size, warn_unsigned=warn_unsigned)
         dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)
         with self._first_pass():
             result = InversionResult.cat([inverter.invert(x[i : i + batch_size], dtype=dtype, **options)

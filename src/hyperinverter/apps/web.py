@@ -212,7 +212,7 @@ class WebSession:
         options = dict(options or {})
         if progress is not None and "progress" in inverter.options:
             options["progress"] = progress
-        result = self.pipe.invert(batch, method=method, **options)
+        result = self.pipe.invert(batch, method=method, warn_unsigned=False, **options)  # (read from the upload)
         stem, n = _safe_stem(name), len(pictures)
         items = []
         for i, p in enumerate(pictures):
@@ -290,7 +290,7 @@ class WebSession:
 
         if not self.takes_faces:
             raise ValueError("face swapping is for models of aligned faces, and this model does not take faces")
-        swap = face_swap(self.pipe, b.input, a.input, method=a.method)
+        swap = face_swap(self.pipe, b.input, a.input, method=a.method, warn_unsigned=False)
         photo = self._photo_to_paste_into(a) if paste_back else None
         return swap.pasted(photo, a.placement) if photo is not None else self.to_display(swap.result.image)
 

@@ -159,7 +159,7 @@ def run_swap(args: argparse.Namespace) -> int:
                                               for path in (args.source, args.target))
     else:
         source, target = pipe.prepare([args.source]), pipe.prepare([args.target])
-    swap = face_swap(pipe, source, target, **dict(args.option))
+    swap = face_swap(pipe, source, target, warn_unsigned=False, **dict(args.option))  # (both read from files)
     panels = torch.cat([source, target, swap.composite, swap.result.image])
     files = [(out, image_bytes(swap.result.image[0], out.suffix)), (compare, image_bytes(make_grid(panels, nrow=4)))]
     if args.align:

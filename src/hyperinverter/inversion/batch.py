@@ -290,7 +290,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                 x = torch.cat([p.image for p in pictures])
                 t0 = time.perf_counter()
                 result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False,
-                                     **(options or {})).to("cpu")
+                                     warn_unsigned=False, **(options or {})).to("cpu")  # (read from the files)
                 seconds += time.perf_counter() - t0
                 count += len(pictures)
                 # An input is written whole or not at all: one bad picture (a face) fails its whole photo.
