@@ -1292,3 +1292,17 @@ def test_what_the_second_api_fuzzing_pass_left(world):
             InversionPipeline.from_pretrained(model, device="cpu")
     with pytest.raises(ValueError, match="cat needs at least one result"):
         InversionResult.cat([])
+
+
+def test_a_safetensors_header_nested_too_deeply_is_refused(tmp_path):
+    # Reading only the header (to know whether a file is ours before replacing it) was a RecursionError.
+    from hyperinverter.io.checkpoints import read_safetensors_metadata
+    from hyperinverter.io.files import check_file_replaceable, written_by_us
+
+    header = b"[" * 10**6 + b"]" * 10**6
+    path = hostile.write(tmp_path, "deep.safetensors", len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match=r"deep.safetensors: is not a safetensors file \(its header nests"):
+        read_safetensors_metadata(path)
+    assert not written_by_us(path)
+    with pytest.raises(OutputError, match="deep.safetensors: exists and was not written by hyperinverter"):
+        check_file_replaceable(path)

@@ -76,6 +76,8 @@ def _parse_header(head: bytes, read_rest: Callable[[int], bytes], path: Path) ->
         header = json.loads(raw)
     except ValueError as e:
         raise CheckpointError(path, f"is not a safetensors file (its header is not JSON: {e})") from None
+    except RecursionError:  # (a header of 10**6 nested brackets; the Rust reader refuses it too)
+        raise CheckpointError(path, "is not a safetensors file (its header nests too deeply)") from None
     if len(raw) != size or not isinstance(header, dict):
         raise CheckpointError(path, "is not a safetensors file (truncated or malformed header)")
     metadata = header.get("__metadata__") or {}
