@@ -1306,3 +1306,20 @@ def test_a_safetensors_header_nested_too_deeply_is_refused(tmp_path):
     assert not written_by_us(path)
     with pytest.raises(OutputError, match="deep.safetensors: exists and was not written by hyperinverter"):
         check_file_replaceable(path)
+
+
+@pytest.mark.parametrize("edit, cause", [
+    (lambda c: c.update(hidden_dim=0), "division by zero"),  # (a ZeroDivisionError inside)
+    (lambda c: c.update(feature_channels=10**30), "Overflow"),  # (a TypeError inside: past torch's int64)
+], ids=["hidden-dim-0", "channels-10**30"])
+def test_a_component_config_of_sizes_that_cannot_be_built_is_refused(tmp_path, edit, cause):
+    from hyperinverter.io.components import load_component, save_component_module
+    from hyperinverter.models.hypernetwork import HyperNetwork
+
+    folder = tmp_path / "hypernetwork"
+    save_component_module(folder, HyperNetwork.from_generator(build_tiny_generator(), feature_channels=4,
+                                                              feature_size=2, hidden_dim=2, inner_channels=2))
+    hostile.set_json(folder / "config.json", lambda d: edit(d["config"]))
+    with pytest.raises(CheckpointError, match=f"hypernetwork: its config describes a network that cannot be built: "
+                                              f".*{cause}"):
+        load_component(folder)

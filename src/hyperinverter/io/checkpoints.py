@@ -312,7 +312,9 @@ def instantiate_strict(build: Callable[[], M], state_dict: Mapping[str, torch.Te
     try:
         with torch.device("meta"):
             module = build()
-    except (ValueError, RuntimeError, OverflowError, MemoryError) as e:  # sizes torch cannot make (10**12 overflows)
+    # sizes torch cannot make (10**12 overflows; 10**30 does not fit torch's int64, a TypeError) and sizes of 0 that
+    # a constructor divides by (a hypernetwork's hidden_dim, a discriminator's channel_base)
+    except (ValueError, RuntimeError, ArithmeticError, MemoryError, TypeError) as e:
         raise CheckpointError(source, f"its config describes a network that cannot be built: {e}") from None
     pages = FilePages() if fresh_from_file else None
     check_state_dict(module, state_dict, source=source, pages=pages)
