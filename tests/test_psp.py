@@ -199,6 +199,27 @@ def test_released_file_problems_are_named(tiny_generator, tmp_path):
     assert "styles.3.extra" in str(info.value)
 
 
+@pytest.mark.parametrize(("latent_avg", "cause"), [
+    (torch.zeros(0), r"must be a \[w_dim\] or \[num_ws, w_dim\] tensor of real numbers, got \(0,\)"),
+    (torch.zeros(0, 16), r"must be .* of real numbers, got \(0, 16\)"),
+    (torch.zeros(18, 16, dtype=torch.complex64), "must be .* of real numbers, got .* torch.complex64"),
+    (torch.full((18, 16), float("nan")), "holds NaN or infinite values"),
+], ids=["empty", "no-rows", "complex", "nan"])
+def test_a_bad_latent_avg_is_named(tiny_generator, tmp_path, latent_avg, cause):
+    # An empty one was a reshape or index error inside, a complex one lost its imaginary part with a warning, and
+    # NaN rows were said to differ ("a W+ average").
+    from hyperinverter.convert.official import import_official
+    from hyperinverter.errors import CheckpointError
+    from hyperinverter.methods.psp import E4E
+
+    path = _released_file(tmp_path / "e4e.pt", E4E.create(tiny_generator), encoder_type="Encoder4Editing",
+                          latent_avg=None)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "latent_avg": latent_avg}, path)
+    with pytest.raises(CheckpointError, match=f"e4e.pt: its 'latent_avg' {cause}"):
+        import_official(path)
+
+
 def test_released_cars_encoders_read_the_cars_rows(tiny_generator, tmp_path):
     # The released cars encoders (e4e_cars_encode.pt) were refused: the official code reads 192x256 photos, and
     # its cars generator draws them in rows 64 to 448 of its 512-px images (LSUN cars, padded).

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..data.degradations import OFFICIAL_RESIZE_FACTORS, SR_FACTORS, get_degradation
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteWeightsError
 from ..io.checkpoints import instantiate_strict, load_weights_only
 from ..methods import Inverter
 from ..methods.e2style import E2Style
@@ -212,9 +212,16 @@ class PspFile:
             raise CheckpointError(path, f"its 'opts' is a {type(opts).__name__}, not a mapping")
         latent_avg = ckpt.get("latent_avg")
         if latent_avg is not None:
-            if not isinstance(latent_avg, torch.Tensor) or latent_avg.ndim not in (1, 2):
-                raise CheckpointError(path, "its 'latent_avg' must be a [w_dim] or [num_ws, w_dim] tensor")
+            # (an empty one failed to reshape inside; a complex one lost its imaginary part with a warning)
+            if not isinstance(latent_avg, torch.Tensor) or latent_avg.ndim not in (1, 2) or 0 in latent_avg.shape \
+                    or not latent_avg.is_floating_point():
+                got = f"{tuple(latent_avg.shape)} {latent_avg.dtype}" if isinstance(latent_avg, torch.Tensor) \
+                    else type(latent_avg).__name__
+                raise CheckpointError(path, "its 'latent_avg' must be a [w_dim] or [num_ws, w_dim] tensor of real "
+                                      f"numbers, got {got}")
             latent_avg = latent_avg.float().reshape(-1, latent_avg.shape[-1])
+            if not bool(torch.isfinite(latent_avg).all()):  # (NaN rows were said to differ: "a W+ average")
+                raise NonFiniteWeightsError(path, "its 'latent_avg' holds NaN or infinite values")
             if not torch.allclose(latent_avg, latent_avg[:1].expand_as(latent_avg)):
                 raise CheckpointError(path, "its 'latent_avg' rows differ: a W+ average, not a W encoder's")
             latent_avg = latent_avg[0]
