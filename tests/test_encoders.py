@@ -309,6 +309,21 @@ def test_arcface_ir_se50_file_loads_strictly():
     assert torch.equal(e1.body[23].res_layer[5].fc2.weight, state["body.23.res_layer.5.fc2.weight"])
 
 
+def test_a_trunk_file_with_nan_or_infinite_weights_is_refused(tmp_path):
+    from hyperinverter.errors import NonFiniteWeightsError
+
+    backbone = IRSEBackbone(units=TINY_UNITS, widths=TINY_WIDTHS)
+    state = random_state(ir_se_layout(TINY_UNITS, TINY_WIDTHS, output_layer=False))
+    state["body.2.res_layer.1.weight"][0] = float("nan")
+    state["input_layer.0.weight"][0] = float("inf")
+    torch.save(state, tmp_path / "ir_se.pth")
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(NonFiniteWeightsError, match=r"ir_se.pth: holds NaN or infinite values in "
+                                                    r"\['body.2.res_layer.1.weight', 'input_layer.0.weight'\]"):
+        load_ir_se_trunk(backbone, tmp_path / "ir_se.pth")
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())  # nothing was loaded
+
+
 def test_ir_se_loading_errors_name_the_keys(tmp_path):
     backbone = IRSEBackbone(units=TINY_UNITS, widths=TINY_WIDTHS)
     state = random_state(ir_se_layout(TINY_UNITS, TINY_WIDTHS, output_layer=False))

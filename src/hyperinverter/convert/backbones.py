@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io.checkpoints import key_problems, listing, load_weights_only
+from ..io.checkpoints import key_problems, listing, load_weights_only, refuse_non_finite
 from ..models.encoders.backbones import Backbone, IRSEBackbone, ResNetBackbone, TrunkHost
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def _load_checked(
                             may_lack=lambda k: k.endswith(".num_batches_tracked"))
     if problems:
         raise CheckpointError(where, f"{what} does not fit {type(target).__name__}: " + "; ".join(problems))
+    refuse_non_finite(mapped, source=where)  # (a NaN or infinite trunk was loaded without a word)
     result = target.load_state_dict(dict(mapped), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     assert all(not expected(k) or k.endswith(".num_batches_tracked") for k in result.missing_keys)

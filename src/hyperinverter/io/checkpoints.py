@@ -275,6 +275,13 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
         problems.append(f"not floating-point: {listing(not_floating)}")
     if problems:
         raise CheckpointError(source, f"does not match {type(module).__name__}: " + "; ".join(problems))
+    refuse_non_finite(state_dict, source=source, pages=pages)
+
+
+def refuse_non_finite(state_dict: Mapping[str, torch.Tensor], *, source: str | None,
+                      pages: FilePages | None = None) -> None:
+    """Raise ``NonFiniteWeightsError`` naming every floating tensor that holds NaN or infinity. ``pages``: see
+    :func:`check_state_dict`."""
     non_finite = []
     for name, tensor in state_dict.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
