@@ -200,6 +200,41 @@ def test_a_killed_invert_leaves_only_complete_pictures_and_resumes(pipeline, tmp
     assert not (out / files.OUTPUT_LOCK).exists()  # the run that finished took the killed one's lock file away
 
 
+def test_a_clip_killed_mid_write_leaves_no_temporary_after_the_next_run(pipeline, tmp_path):
+    # The MP4 encoder writes a file, in a folder made in the system's temporary folder: a SIGKILL there left the
+    # folder and its half-written clip for good. It is made beside the output now, and the next run removes it.
+    pipeline.save_pretrained(tmp_path / "model")
+    for i, name in enumerate(("a.png", "b.png")):
+        hostile.photo(i).save(tmp_path / name)
+    script = ("import os, signal, sys\n"
+              "from hyperinverter.io import video\n"
+              "from hyperinverter.cli.main import main\n"
+              "def encode(path, rgb, fps):\n"  # (stands for PyAV: a clip written in parts, killed halfway)
+              "    path.write_bytes(b'half a clip')\n"
+              "    if sys.argv[1] == 'kill':\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    path.write_bytes(b'\\0\\0\\0\\x10ftyp hyperinverter')\n"
+              "video.available_backends = lambda: ['av']\n"
+              "video._write_av = encode\n"
+              "sys.exit(main(sys.argv[2:]))\n")
+    system_temp, out = tmp_path / "system-temp", tmp_path / "out"
+    system_temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(system_temp), OMP_NUM_THREADS="1")
+    arguments = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(tmp_path / "model"),
+                 "--out", str(out / "lerp"), "--steps", "3", "--device", "cpu"]
+    killed = subprocess.run([sys.executable, "-c", script, "kill", *arguments], env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not list(system_temp.iterdir())  # (where nothing of ours ever cleans)
+    left = [p.name for p in out.iterdir()]
+    assert len(left) == 1 and files.is_temporary(left[0]) and left[0].startswith(".lerp.mp4."), left
+    done = subprocess.run([sys.executable, "-c", script, "write", *arguments], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["lerp.gif", "lerp.mp4", "lerp.png"]
+    assert not list(system_temp.iterdir())
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does(pipeline, tmp_path, monkeypatch, capsys):
     # SIGTERM (kill, a scheduler) ended a command on the spot: no message, no exit status of its own.
     from hyperinverter.inversion import batch

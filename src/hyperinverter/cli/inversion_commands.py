@@ -556,7 +556,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     written = [(targets[".png"], image_bytes(make_grid(frames, nrow=len(frames)))),
                (targets[".gif"], gif_bytes(there_and_back))]
     if video_backend() is not None:
-        written.append((targets[".mp4"], mp4_bytes(torch.stack(there_and_back), args.fps)))
+        written.append((targets[".mp4"], mp4_bytes(torch.stack(there_and_back), args.fps, beside=targets[".mp4"])))
     atomic_write_group(written)
     print("wrote " + ", ".join(str(path) for path, _ in written))
     if video_backend() is None:

@@ -909,22 +909,33 @@ def staged_directory(target: str | os.PathLike, kind: str) -> Iterator[Path]:
     check_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     _settle_set_aside(target)
+    with scratch_folder_beside(target) as built:
+        try:
+            yield built
+            replace_directory(built, target, kind)
+        except OSError as e:  # (a full disk) named after the output's file, not the hidden folder, removed next
+            name = Path(os.fsdecode(e.filename)) if isinstance(e.filename, (str, bytes, os.PathLike)) else None
+            if name is not None and name.is_relative_to(built):
+                raise OSError(e.errno, e.strerror, os.fspath(target / name.relative_to(built))) from e
+            raise
+
+
+@contextlib.contextmanager
+def scratch_folder_beside(target: str | os.PathLike) -> Iterator[Path]:
+    """A new hidden folder beside ``target``, named as our temporaries are, for the block; removed after it (if
+    still there). One that a killed process left (SIGKILL runs no cleanup) is removed by the next one made for the
+    same ``target``, as are the output's other stale temporaries (:func:`remove_stale_temporaries`); a scratch
+    folder in the system's temporary folder stayed there for good."""
+    target = Path(target)
     remove_stale_temporaries(target.parent, of=target.name)
-    built = temporary_sibling(target)
+    folder = temporary_sibling(target)
     try:
-        built.mkdir(0o777)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(0o777)
     except OSError as e:  # named after the target: the hidden folder beside it is ours, not the user's to know
         raise OSError(e.errno, e.strerror, os.fspath(target)) from None
     try:
-        yield built
-        replace_directory(built, target, kind)
-    except OSError as e:  # (a full disk) named after the output's file, not the hidden folder, removed by now
-        shutil.rmtree(built, ignore_errors=True)
-        name = Path(os.fsdecode(e.filename)) if isinstance(e.filename, (str, bytes, os.PathLike)) else None
-        if name is not None and name.is_relative_to(built):
-            raise OSError(e.errno, e.strerror, os.fspath(target / name.relative_to(built))) from e
-        raise
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 

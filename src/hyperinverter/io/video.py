@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ..bounds import MAX_FPS
-from .files import WRITER_TAG
+from .files import WRITER_TAG, scratch_folder_beside
 from .images import tensor_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -112,12 +113,16 @@ def _write_imageio(path: Path, rgb: np.ndarray, fps: int) -> None:
         writer.close()
 
 
-def mp4_bytes(frames: torch.Tensor, fps: int, *, backend: str | None = None) -> bytes:
+def mp4_bytes(frames: torch.Tensor, fps: int, *, backend: str | None = None,
+              beside: str | os.PathLike | None = None) -> bytes:
     """``[N,C,H,W]`` frames in [-1,1] (C = 1 or 3) -> the bytes of an H.264 MP4 playing at ``fps``.
 
     ``backend``: ``'av'`` or ``'imageio-ffmpeg'`` (default: the first installed). ``ImportError`` when none is,
     naming what to install. The encoders write to a file (the MP4 index is placed at the front after the
-    frames are known), so the clip is made in a temporary folder and read back.
+    frames are known), so the clip is made in a temporary folder and read back. ``beside``: the path the clip
+    will be written to; the folder is then made beside it under a temporary's name, so that one left by a
+    killed process goes with the next clip made for that path (``io.files.scratch_folder_beside``), and an
+    error writing it (a full disk) names that path. Without it, the system's temporary folder is used.
     """
     if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= MAX_FPS:
         raise ValueError(f"fps must be an integer from 1 to {MAX_FPS}, got {fps!r}")
@@ -134,7 +139,14 @@ def mp4_bytes(frames: torch.Tensor, fps: int, *, backend: str | None = None) -> 
     if rgb.shape[1:3] != tuple(frames.shape[2:]):
         logger.info("padded %dx%d frames to %dx%d for H.264 (even sizes)", frames.shape[3], frames.shape[2],
                     rgb.shape[2], rgb.shape[1])
-    with tempfile.TemporaryDirectory(prefix="hyperinverter-video-") as folder:
+    scratch = tempfile.TemporaryDirectory(prefix="hyperinverter-video-") if beside is None \
+        else scratch_folder_beside(beside)
+    with scratch as folder:
         path = Path(folder) / "clip.mp4"
-        (_write_av if backend == "av" else _write_imageio)(path, rgb, fps)
-        return path.read_bytes()
+        try:
+            (_write_av if backend == "av" else _write_imageio)(path, rgb, fps)
+            return path.read_bytes()
+        except OSError as e:  # (a full disk) named after the clip asked for, not the hidden folder, removed next
+            if beside is None:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), os.fspath(beside)) from e
