@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,3 +102,22 @@ def test_bad_input(frames, fps, message, monkeypatch):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown video backend 'ffmpeg'"):
         mp4_bytes(torch.zeros(2, 3, 8, 8), fps=4, backend="ffmpeg")
+
+
+def test_a_clip_the_encoder_could_not_finish_is_an_error_naming_it(tmp_path, monkeypatch):
+    # imageio-ffmpeg's write_frames never reads ffmpeg's exit status: a clip cut short by a full disk came back as
+    # made, and `interpolate` wrote it as its .mp4.
+    program = tmp_path / "ffmpeg"  # (takes the frames, writes part of the clip, fails as ffmpeg does)
+    program.write_text("#!/bin/sh\ncat > /dev/null\nfor last; do :; done\nprintf half > \"$last\"\n"
+                       "echo '[out#0/mp4 @ 0x1] Error closing file: No space left on device' >&2\nexit 228\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(program))
+    if video._module("imageio_ffmpeg") is None:  # (a stand-in that finds the program: the program is the point)
+        monkeypatch.setitem(sys.modules, "imageio_ffmpeg", SimpleNamespace(get_ffmpeg_exe=lambda: str(program)))
+    monkeypatch.setattr(video, "available_backends", lambda: ["imageio-ffmpeg"])
+    out = tmp_path / "out" / "clip.mp4"
+    with pytest.raises(OSError) as caught:
+        mp4_bytes(_ramp(4, 3, 8, 8), fps=4, backend="imageio-ffmpeg", beside=out)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(out)
+    assert caught.value.strerror == "the video encoder (ffmpeg) failed: Error closing file: No space left on device"
+    assert not list(out.parent.iterdir())  # its hidden folder is gone

@@ -12,9 +12,12 @@ the frame is kept as it is). Grayscale frames are written as RGB.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
+import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -100,17 +103,19 @@ def _write_av(path: Path, rgb: np.ndarray, fps: int) -> None:
 def _write_imageio(path: Path, rgb: np.ndarray, fps: int) -> None:
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (rgb.shape[2], rgb.shape[1]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
-        pix_fmt_out="yuv420p", quality=None, macro_block_size=1,  # sizes are even already: no rescaling
-        output_params=["-crf", str(CRF), "-movflags", "+faststart", "-metadata", f"comment={WRITER_TAG}"],
-        ffmpeg_log_level="error")
-    writer.send(None)  # start the ffmpeg process
-    try:
-        for frame in rgb:
-            writer.send(frame)
-    finally:
-        writer.close()
+    # imageio-ffmpeg's bundled program, run here rather than through its write_frames, which never reads the
+    # program's exit status: a clip cut short by a full disk was returned as made, and written as the output.
+    height, width = rgb.shape[1:3]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(fps), "-i", "-", "-an", "-vcodec", "libx264",
+               "-pix_fmt", "yuv420p", "-crf", str(CRF), "-movflags", "+faststart", "-metadata",
+               f"comment={WRITER_TAG}", os.fspath(path)]
+    done = subprocess.run(command, input=memoryview(rgb.reshape(-1)), capture_output=True, check=False)
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        code = errno.ENOSPC if any("No space left on device" in line for line in said) else errno.EIO
+        last = re.sub(r"^\[[^]]*\]\s*", "", said[-1]) if said else f"exit status {done.returncode}"  # ("[out#0 @ 0x..]")
+        raise OSError(code, f"the video encoder (ffmpeg) failed: {last}", os.fspath(path))
 
 
 def mp4_bytes(frames: torch.Tensor, fps: int, *, backend: str | None = None,
