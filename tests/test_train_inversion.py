@@ -432,3 +432,47 @@ def test_fp16_training_on_a_cpu_is_refused_before_the_run_folder_is_made(tmp_pat
         train_w_encoder(config(tmp_path / "run", gan_dir, steps=1, precision="fp16"), images=images,
                         val_images=images[:4])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, gan_dir, images, monkeypatch):
+    """A run killed between its first log line and its first checkpoint could not be run again in its folder ("holds
+    a run (stats.jsonl) but no checkpoint"): it loses nothing by starting again, seeded as it was. One that logged
+    the step of its first checkpoint is still refused."""
+    import json
+
+    from hyperinverter.errors import OutputError
+    from hyperinverter.training.checkpointing import list_checkpoints
+    from hyperinverter.training.run import RunLogger
+
+    class Killed(BaseException):
+        pass
+
+    logged = RunLogger.scalars
+
+    def dies_after_step_3(self, step, values):
+        if step > 3:
+            raise Killed  # (as SIGKILL: no checkpoint is written on the way out)
+        logged(self, step, values)
+
+    run = tmp_path / "run"
+    settings = {"steps": 6, "log_every": 1, "val_every": 2, "checkpoint_every": 5}
+    with monkeypatch.context() as m:
+        m.setattr(RunLogger, "scalars", dies_after_step_3)
+        with pytest.raises(Killed):
+            train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])
+    assert not list_checkpoints(run / "checkpoints") and (run / "best").is_dir()
+    def steps(folder):
+        return [json.loads(line)["step"] for line in (folder / "stats.jsonl").read_text().splitlines()]
+
+    assert max(steps(run)) == 3
+
+    result = train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])
+    assert result.steps == 6
+    clean = train_w_encoder(config(tmp_path / "clean", gan_dir, **settings), images=images, val_images=images[:2])
+    assert steps(run) == steps(clean.run_dir)  # (each step logged once, as by a run never stopped)
+
+    for path in list_checkpoints(run / "checkpoints"):
+        path.unlink()
+    (run / "final").rename(tmp_path / "final-aside")
+    with pytest.raises(OutputError, match=r"holds a run \(best/, stats.jsonl\)"):  # (it logged step 5 and on)
+        train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])

@@ -188,18 +188,45 @@ def record_run_config(run_dir: Path, config: Any, ctx: DistributedContext, *, re
     ctx.barrier()
 
 
-def check_nothing_to_lose(run_dir: Path) -> None:
+def check_nothing_to_lose(run_dir: Path, *, first_checkpoint: int) -> None:
     """``OutputError`` where a run that found no checkpoint to resume from would start again over an earlier
-    run's results: ``final/`` and ``best/`` would be replaced and ``stats.jsonl`` emptied, without a word."""
+    run's results: ``final/`` and ``best/`` would be replaced and ``stats.jsonl`` emptied, without a word.
+
+    A run stopped before ``first_checkpoint`` (the step of its first checkpoint) loses nothing by starting again: it
+    makes the same ``best/`` and log lines again, seeded as they were (refused, it could not be run again in the
+    same folder, and the full-disk hint "run the command again" was wrong for it)."""
     unreadable = list_checkpoints(run_dir / "checkpoints")
     stats = run_dir / "stats.jsonl"
+    logged = _last_logged_step(stats)
     held = [name + "/" for name in ("final", "best") if (run_dir / name).exists()]
     held += ["stats.jsonl"] if stats.is_file() and stats.stat().st_size else []
     held += [f"{len(unreadable)} checkpoint(s), none of which reads back"] if unreadable else []
+    if held and "final/" not in held and not unreadable and logged is not None and logged < first_checkpoint:
+        held = []
     if held:
         raise OutputError(run_dir, f"holds a run ({', '.join(held)}) but no checkpoint to resume it from: starting "
                           "again would replace its results; give a new run_dir"
                           + ("" if unreadable else ", or resume=false to start afresh in this one"))
+    if logged is not None:
+        logger.info("%s: its run stopped at step %d, before its first checkpoint (step %d): starting it again",
+                    run_dir, logged, first_checkpoint)
+
+
+def _last_logged_step(stats: Path) -> int | None:
+    """The last step ``stats`` records (lines torn by a kill are skipped), or None without one."""
+    try:
+        lines = stats.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    steps = []
+    for line in lines:
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if isinstance(step, int) and not isinstance(step, bool):
+            steps.append(step)
+    return max(steps, default=None)
 
 
 def _remove_unstarted(run_dir: Path, *, made: Path | None) -> None:
