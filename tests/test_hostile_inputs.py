@@ -631,6 +631,10 @@ def test_pasting_back_into_a_photo_changed_since_says_so(world, tmp_path, capsys
     # ("Overflow when unpacking long long" once the model and images were loaded; a negative seed was taken)
     (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--seed", "9" * 23], "--seed: must be at most"),
     (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--seed", "-5"], "--seed: must be at least 0"),
+    # (islice's own "Stop argument for islice() must be None or an integer", naming no option)
+    (["benchmark", "--data", "d", "--model", "m", "--out", "o", "--images", str(2**70)], "--images: must be at most"),
+    # (the folder and its dataset.json were made, then every photo failed)
+    (["data", "align", "photos", "--out", "o", "--scale", "1e308"], "--scale: must be at most 10, got 1e308"),
 ])
 def test_bad_numbers_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as caught:

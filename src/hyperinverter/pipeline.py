@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .bounds import MAX_ALIGN_SCALE
 from .convert.gan_files import load_gan
 from .device import resolve_device
 from .editing.directions import Direction, LinearDirection, direction_rows
@@ -187,8 +188,8 @@ def read_pipeline_index(folder: Path) -> dict:
     if version == 1:
         index = _upgrade_v1(index, path)
     scale = index.get("align_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 10:
-        raise SchemaError(path, f"'align_scale' must be a number in (0, 10), got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_ALIGN_SCALE:
+        raise SchemaError(path, f"'align_scale' must be a number in (0, {MAX_ALIGN_SCALE}], got {scale!r}")
     if not isinstance(index.get("faces", False), bool):
         raise SchemaError(path, f"'faces' must be true or false, got {index['faces']!r}")
     methods = index.get("methods")

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..bounds import MAX_SEED
+from ..bounds import MAX_IMAGES, MAX_SEED
 from .arguments import add_dtype, at_least_two, at_most, name_list, nonnegative_int, positive_int
 from .inversion_commands import (
     _add_model,
@@ -32,10 +32,12 @@ def register(sub) -> None:
     add_dtype(p)
     p.add_argument("--methods", type=name_list, default=None,
                    help="comma-separated methods (default: the model's trained methods, then the optimisation ones)")
-    p.add_argument("--images", type=positive_int, default=64, help="images each trained method inverts")
-    p.add_argument("--optimisation-images", type=positive_int, default=16,
+    # (2**70 images: islice's own error, naming no option)
+    p.add_argument("--images", type=at_most(positive_int, MAX_IMAGES), default=64,
+                   help="images each trained method inverts")
+    p.add_argument("--optimisation-images", type=at_most(positive_int, MAX_IMAGES), default=16,
                    help="images each per-image optimisation method inverts (the first ones)")
-    p.add_argument("--editability", type=nonnegative_int, default=8, metavar="N",
+    p.add_argument("--editability", type=at_most(nonnegative_int, MAX_IMAGES), default=8, metavar="N",
                    help="generated images for ground-truth editability (0: skip it)")
     p.add_argument("--direction", default=None, help="the edit shown in the examples (default: the model's first)")
     p.add_argument("--identity", action="store_true",

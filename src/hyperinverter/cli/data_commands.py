@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..bounds import MAX_SEED
+from ..bounds import MAX_ALIGN_SCALE, MAX_SEED
 from .arguments import at_most, nonnegative_int, positive_float, positive_int
 
 # Faces are warped at 4x the crop's side before it is reduced: 2048 px crops warp 8192-px images (0.8 GB).
@@ -47,7 +47,8 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, type=Path)
     q.add_argument("--size", type=at_most(positive_int, MAX_ALIGNED_SIZE), default=256,
                    help=f"the crops' side in pixels (default 256, at most {MAX_ALIGNED_SIZE})")
-    q.add_argument("--scale", type=positive_float, default=1.0,
+    # (1e308 made the folder and its dataset.json, then failed every photo)
+    q.add_argument("--scale", type=at_most(positive_float, MAX_ALIGN_SCALE), default=1.0,
                    help="crop scale: 1 is FFHQ's framing; a model's own is in its pipeline.json (align_scale)")
     q.add_argument("--n", type=positive_int, default=None, help="only the first N photos (sorted by name)")
     q.set_defaults(func=run_align)
