@@ -65,6 +65,18 @@ def test_our_format_round_trip_is_exact(tmp_path, tiny_generator, tiny_discrimin
     assert same_state(load_gan(tmp_path / "gan" / "generator" / "model.safetensors").generator, tiny_generator)
 
 
+def test_a_device_this_machine_lacks_is_named_before_the_file_is_read(tmp_path, tiny_generator, monkeypatch):
+    # load_generator(path, device="cuda") on a machine without CUDA (README's example) failed inside torch with
+    # "AssertionError: Torch not compiled with CUDA enabled", after the whole file was read.
+    from hyperinverter.convert.gan_files import load_generator
+
+    save_gan(tmp_path / "gan", tiny_generator)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
+        load_generator(tmp_path / "nothing-here", device="cuda")
+    assert next(load_generator(tmp_path / "gan", device="auto").parameters()).device.type == "cpu"
+
+
 def test_fp16_storage_loads_as_float32(tmp_path, tiny_generator):
     save_gan(tmp_path / "g16", tiny_generator, dtype=torch.float16)
     G = load_gan(tmp_path / "g16").generator

@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from ..device import resolve_device
 from ..errors import CheckpointError, OutputError
 from ..io.checkpoints import check_zip_records, instantiate_strict, load_state_dict_strict, load_weights_only
 from ..io.files import atomic_write_bytes, check_replaceable, refuse_special_file
@@ -306,7 +307,9 @@ def _load_nvidia(path: Path, with_discriminator: bool) -> LoadedGAN:
 
 
 def load_gan(path: str | Path, *, with_discriminator: bool = False, device: str | torch.device = "cpu") -> LoadedGAN:
-    """Load a generator (and optionally its discriminator) from any supported format, on ``device``."""
+    """Load a generator (and optionally its discriminator) from any supported format, on ``device`` (``"auto"``
+    or a device this machine has, as ``resolve_device`` takes it)."""
+    device = resolve_device(device)  # (before reading the file: "cuda" without CUDA failed in torch, after the load)
     path = Path(path)
     fmt = detect_format(path)
     logger.info("loading %s generator from %s", fmt, path)
