@@ -128,6 +128,23 @@ def test_env_describes_the_machine_for_a_bug_report(cache, capsys, monkeypatch):
     assert {part[0] for part in OPTIONAL_PARTS} == set(extras["optional-dependencies"]) - {"dev"}  # every extra shown
 
 
+def test_the_declared_torch_has_every_torch_api_the_package_calls():
+    # pyproject declared torch>=2.1: torch 2.1 to 2.4 installed, then the first synthesis failed on
+    # torch.compiler.is_compiling, and every official checkpoint was called unreadable (the AttributeError of
+    # torch.serialization.safe_globals, caught as a bad file's).
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
+    root = Path(__file__).parents[1]
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch_requirement,) = [d for d in dependencies if re.match(r"torch\b", d)]
+    declared = tuple(int(part) for part in re.search(r">=\s*(\d+)\.(\d+)", torch_requirement).groups())
+    first_release = {"torch.serialization.safe_globals": (2, 5), "torch.get_autocast_dtype": (2, 4),
+                     "torch.compiler.is_compiling": (2, 3), "torch.amp.GradScaler": (2, 3)}
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (root / "src" / "hyperinverter").rglob("*.py"))
+    for api, release in first_release.items():
+        if api in source:
+            assert declared >= release, f"{api} came with torch {release}; pyproject declares {torch_requirement}"
+
+
 def test_the_package_runs_as_a_module():
     # `python -m hyperinverter` said "'hyperinverter' is a package and cannot be directly executed".
     import subprocess
