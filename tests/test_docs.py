@@ -60,3 +60,20 @@ def test_documented_command_lines_parse(capsys):
             parser.parse_args(args)
         except SystemExit:
             pytest.fail(f"{doc}: `hyperinverter {shlex.join(args)}`: {capsys.readouterr().err.strip()}")
+
+
+def test_readme_says_how_to_install_the_package_with_its_extras():
+    # README had only `make` targets: nothing said which Python and torch the package takes, that a GPU-less user
+    # must install torch's CPU build first, or what each extra adds.
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    section = re.search(r"### Into an environment of your own\n(.*?)\n##", README.read_text(encoding="utf-8"),
+                        re.DOTALL)
+    assert section is not None, "README has no section on installing the package"
+    text = " ".join(section.group(1).split())
+    (torch_requirement,) = [d for d in project["dependencies"] if re.match(r"torch\b", d)]
+    assert f"Python {project['requires-python'].removeprefix('>=')} or later" in text
+    assert f"PyTorch {torch_requirement.removeprefix('torch>=')} or later" in text
+    assert "CPU build" in text
+    for extra in project["optional-dependencies"]:
+        assert f"`{extra}`" in text, f"README's install section does not name the extra {extra!r}"
