@@ -77,3 +77,18 @@ def test_readme_says_how_to_install_the_package_with_its_extras():
     assert "CPU build" in text
     for extra in project["optional-dependencies"]:
         assert f"`{extra}`" in text, f"README's install section does not name the extra {extra!r}"
+
+
+def test_help_of_the_package_shows_a_working_example(tmp_path, monkeypatch):
+    # help(hyperinverter) showed one line and the module list: the entry points load lazily, so pydoc never
+    # showed InversionPipeline, and nothing said how to start.
+    import pydoc
+
+    import hyperinverter
+
+    assert "InversionPipeline.from_pretrained(" in pydoc.render_doc(hyperinverter)
+    code = "\n".join(line[4:] for line in hyperinverter.__doc__.splitlines() if line.startswith("    "))
+    shutil.copy(BUNDLED_DIR / "faces-64" / "examples" / "000000.png", tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "hyperinverter's docstring", "exec"), {"__name__": "__doc_example__"})  # noqa: S102  (ours)
+    assert (tmp_path / "photo.safetensors").is_file()
