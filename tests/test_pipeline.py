@@ -160,6 +160,39 @@ def test_edits_at_several_strengths_run_in_one_synthesis_call(pipeline, monkeypa
         pipeline.edit_strengths(result, d, [1.0, "2"])
 
 
+
+def test_the_edits_of_several_results_share_synthesis_calls_of_at_most_a_batch(pipeline, monkeypatch):
+    # The faces of a photo were edited one synthesis call each; all at once is a photo of 30 faces at 1024 px.
+    hyper = pipeline.invert(images(3))
+    w_only = pipeline.invert(images(1), method="phase1")  # (no Δθ: a call of its own)
+    results = [hyper.select(0), hyper.select(slice(1, 3)), w_only, hyper.select(2)]
+    d = LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)))
+    alone = [pipeline.edit_strengths(r, d, [-2.0, 3.0]) for r in results]
+    calls = []
+    synthesis = pipeline.generator.synthesis.forward
+
+    def spy(ws, weight_delta=None, **kw):
+        calls.append((len(ws), None if weight_delta is None else weight_delta.batch_size))
+        return synthesis(ws, weight_delta=weight_delta, **kw)
+
+    monkeypatch.setattr(pipeline.generator.synthesis, "forward", spy)
+    together = pipeline.edit_each(results, d, iter([-2.0, 3.0]), batch_size=6)
+    # Three samples × two strengths, each with its own Δθ; then the one without Δθ, and the last.
+    assert calls == [(6, 6), (2, None), (2, 2)]
+    assert [tuple(t.shape) for t in together] == [(2, 1, 3, 32, 32), (2, 2, 3, 32, 32), (2, 1, 3, 32, 32),
+                                                  (2, 1, 3, 32, 32)]
+    for got, expected in zip(together, alone):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    calls.clear()
+    pipeline.edit_each(results[:2], d, [1.0, 2.0, 3.0], batch_size=4)  # (a result over the batch: alone)
+    assert calls == [(3, 3), (6, 6)]
+    with pytest.raises(TypeError, match=r"results\[1\] must be an InversionResult"):
+        pipeline.edit_each([hyper, "face.safetensors"], d, [1.0])
+    with pytest.raises(ValueError, match="results is empty"):
+        pipeline.edit_each([], d, [1.0])
+    with pytest.raises(ValueError, match="batch_size must be a whole number of 1 or more, got 0"):
+        pipeline.edit_each([hyper], d, [1.0], batch_size=0)
+
 def test_one_images_offsets_are_tiled_as_a_view():
     from hyperinverter.models.weight_delta import WeightDelta
 

@@ -110,6 +110,37 @@ def test_every_face_of_a_group_photo_is_edited_alike(session, pipeline):
         session.edit_faces([items[0], other[1]], "up", 2.0, paste_back=True)
 
 
+
+def test_every_face_is_edited_in_synthesis_calls_of_the_limits_batch(pipeline, monkeypatch):
+    # Each face was its own synthesis call: batched, at most the limits' batch_size at once (30 faces at 1024 px
+    # in one call would not fit), each face with its own Δθ, pasted back as the faces edited one by one.
+    from hyperinverter.align import paste_back_placements
+    from hyperinverter.apps.limits import WebLimits
+    from hyperinverter.io.images import tensor_to_pil
+
+    direction = LinearDirection(torch.ones(1, pipeline.generator.w_dim) / 4.0, name="up")
+    faces = [synthetic_landmarks(150 + 300 * i, 250, 40.0) for i in range(3)]
+    session = WebSession(pipeline, {"up": direction}, detector=lambda image: faces, display_size=64,
+                         limits=WebLimits(batch_size=2))
+    picture = photo(900, 500)
+    items = session.invert(picture, align=True)
+    assert len(items) == 3 and all(it.result.weight_delta is not None for it in items)
+    expected = paste_back_placements(
+        picture, [tensor_to_pil(pipeline.edit(it.result, direction, 2.0))[0].convert("RGB") for it in items],
+        [it.placement for it in items])
+    calls = []
+    synthesis = pipeline.generator.synthesis.forward
+
+    def spy(ws, weight_delta=None, **kw):
+        calls.append((len(ws), weight_delta.batch_size))
+        return synthesis(ws, weight_delta=weight_delta, **kw)
+
+    monkeypatch.setattr(pipeline.generator.synthesis, "forward", spy)
+    pasted = session.edit_faces(items, "up", 2.0, paste_back=True)
+    assert calls == [(2, 2), (1, 1)]
+    difference = np.abs(np.asarray(pasted, dtype=int) - np.asarray(expected, dtype=int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
+
 def test_a_sweep_shows_the_edits_at_evenly_spaced_strengths(session, pipeline):
     item = session.invert(photo(), align=True)[0]
     row = session.sweep(item, "up", -2.0, steps=5)

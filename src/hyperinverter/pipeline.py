@@ -37,7 +37,7 @@ from torch import nn
 from .bounds import MAX_ALIGN_SCALE
 from .convert.gan_files import load_gan
 from .device import resolve_device
-from .editing.directions import Direction, LinearDirection, direction_rows
+from .editing.directions import Direction, LinearDirection, check_strength, direction_rows
 from .errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError
 from .io.components import load_component, save_component_module
 from .io.files import (
@@ -122,6 +122,40 @@ def ensure_finite(images: torch.Tensor, what: str) -> torch.Tensor:
         raise NonFiniteError(None, f"{what} holds NaN or infinite values (samples {bad[:8]}): the model's weights "
                              "or an option (such as the truncation) are not usable")
     return images
+
+
+def _strength_list(strengths: Iterable[float | None]) -> list[float | None]:
+    """``edit_strengths``'s ``strengths`` as a list (one pass over an iterator), each checked."""
+    if isinstance(strengths, (torch.Tensor, np.ndarray)) and strengths.ndim == 1:
+        strengths = strengths.tolist()
+    if isinstance(strengths, (str, bytes, torch.Tensor, np.ndarray)) or not isinstance(strengths, Iterable):
+        raise TypeError(f"strengths must be a sequence of numbers, got {type(strengths).__name__}")
+    strengths = list(strengths)
+    if not strengths:
+        raise ValueError("strengths is empty: give at least one")
+    for strength in strengths:
+        if strength is not None:
+            check_strength(strength)
+    return strengths
+
+
+def _offset_kind(result: InversionResult) -> tuple | None:
+    """What must match for results' offsets to be synthesised in one call: their mode and parameters."""
+    delta = result.weight_delta
+    return None if delta is None else (delta.mode, frozenset(delta))
+
+
+def _edit_chunks(results: Sequence[InversionResult], most: int) -> Iterator[list[InversionResult]]:
+    """``results`` in order, in runs of one kind of offsets holding at most ``most`` samples (a larger result
+    alone)."""
+    chunk: list[InversionResult] = []
+    for result in results:
+        if chunk and (_offset_kind(result) != _offset_kind(chunk[0])
+                      or sum(map(len, chunk)) + len(result) > most):
+            yield chunk
+            chunk = []
+        chunk.append(result)
+    yield chunk
 
 
 # --- the bundle index ---------------------------------------------------------------------------------------
@@ -835,23 +869,46 @@ class InversionPipeline:
         """:meth:`edit` at each of ``strengths`` (None: the direction's default; a list, or e.g.
         ``np.linspace(-3, 3, 7)``), in one synthesis call -> ``[len(strengths), B, C, R, R]``. A single image's
         offsets are shared by its edits, not copied."""
-        from .editing.directions import check_strength
-
         _check_result(result, "result")
-        if isinstance(strengths, (torch.Tensor, np.ndarray)) and strengths.ndim == 1:
-            strengths = strengths.tolist()
-        if isinstance(strengths, (str, bytes, torch.Tensor, np.ndarray)) or not isinstance(strengths, Iterable):
-            raise TypeError(f"strengths must be a sequence of numbers, got {type(strengths).__name__}")
-        strengths = list(strengths)
-        if not strengths:
-            raise ValueError("strengths is empty: give at least one")
-        for strength in strengths:
-            if strength is not None:
-                check_strength(strength)
+        return self.edit_each([result], direction, strengths)[0]
+
+    @torch.no_grad()
+    def edit_each(self, results: Sequence[InversionResult],
+                  direction: Direction | str | os.PathLike | torch.Tensor, strengths: Iterable[float | None], *,
+                  batch_size: int = 8) -> list[torch.Tensor]:
+        """:meth:`edit_strengths` of each of ``results`` (the faces of one photo, say) -> each one's
+        ``[len(strengths), len(result), C, R, R]``, batched: consecutive results whose offsets are of one kind are
+        synthesised together (each sample with its own Δθ), in calls of at most ``batch_size`` images (samples ×
+        strengths; a result that alone makes more is one call)."""
+        batch_size = check_batch_size(batch_size)
+        if isinstance(results, InversionResult) or not isinstance(results, Sequence):
+            raise TypeError(f"results must be a sequence of InversionResults, got {type(results).__name__}")
+        if not results:
+            raise ValueError("results is empty: give at least one")
+        for i, result in enumerate(results):
+            _check_result(result, f"results[{i}]")
+        strengths = _strength_list(strengths)
+        direction = self._resolved_direction(direction)
+        self._check_w_space(direction)
+        edited: list[torch.Tensor] = []
+        for chunk in _edit_chunks(results, batch_size // len(strengths)):
+            codes = torch.cat([r.ws.to(self.device) for r in chunk])
+            # One result's offsets as they are (tiled as a view below); several: one copy, concatenated.
+            deltas = [r.weight_delta.to(self.device) for r in chunk if r.weight_delta is not None]
+            delta = (None if not deltas else deltas[0] if len(deltas) == 1 else WeightDelta.cat(deltas))
+            images = self._render_edits(codes, delta, direction, strengths)
+            start = 0
+            for r in chunk:
+                edited.append(images[:, start : start + len(r)])
+                start += len(r)
+        return edited
+
+    def _resolved_direction(self, direction: Direction | str | os.PathLike | torch.Tensor) -> Direction:
+        """``direction`` as :meth:`edit` takes it, as a direction object."""
         if isinstance(direction, torch.Tensor):
             _check_values(direction, "direction")
-            direction = LinearDirection(direction_rows(direction.detach().float()), default_strength=1.0)
-        elif isinstance(direction, (str, os.PathLike)):
+            return LinearDirection(direction_rows(direction.detach().float()), default_strength=1.0)
+        if isinstance(direction, (str, os.PathLike)):
             from .editing.catalogue import resolve_direction
 
             name = os.fspath(direction)
@@ -860,15 +917,19 @@ class InversionPipeline:
                 if len(self._named_directions) >= 64:
                     self._named_directions.clear()
                 self._named_directions[key] = resolve_direction(self.folder, name, generator=self.generator)
-            direction = self._named_directions[key]
-        elif not callable(getattr(direction, "apply", None)):  # (None or a list was an AttributeError)
+            return self._named_directions[key]
+        if not callable(getattr(direction, "apply", None)):  # (None or a list was an AttributeError)
             raise TypeError("direction must be a direction, a name, a file or a tensor, got "
                             f"{type(direction).__name__}")
-        self._check_w_space(direction)
-        codes = result.ws.to(self.device)
+        return direction
+
+    def _render_edits(self, codes: torch.Tensor, delta: WeightDelta | None, direction: Direction,
+                      strengths: list[float | None]) -> torch.Tensor:
+        """``codes`` ``[B, num_ws, w_dim]`` (on the device, with their offsets ``delta``) edited at each of
+        ``strengths``, in one synthesis call -> ``[len(strengths), B, C, R, R]``."""
         ws = torch.cat([direction.apply(codes, strength) for strength in strengths])
         # Tiled on the device: moving a view of one sample's offsets would copy it for every strength.
-        delta = result.weight_delta.to(self.device).tile(len(strengths)) if result.weight_delta is not None else None
+        delta = delta.tile(len(strengths)) if delta is not None else None
         try:
             images = self.render(ws, delta)
         except NonFiniteError:
@@ -878,7 +939,7 @@ class InversionPipeline:
             # The edit, not the model: it was blamed on "the model's weights or an option".
             raise NonFiniteError(None, f"the edited image holds NaN or infinite values: the edit moved the codes by "
                                  f"up to {moved:.3g}; give a smaller strength") from None
-        return images.unflatten(0, (len(strengths), len(result)))
+        return images.unflatten(0, (len(strengths), len(codes)))
 
     def _direction_key(self, name: str) -> tuple:
         """What the direction ``name`` is read from, as it is now: the file it may name (from the current folder)

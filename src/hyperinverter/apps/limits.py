@@ -16,6 +16,7 @@ class WebLimits:
     queue_size: int = 32  # requests that may wait; more are refused at once with a message
     keep_seconds: int = 3600  # uploads, result files and a closed page's state are deleted after this
     max_pages: int = 64  # pages whose inversions the server keeps (the least recently used are dropped)
+    batch_size: int = 8  # images one model call takes: a group photo's faces are inverted and edited this many at once
 
     @property
     def upload_bytes(self) -> int:

@@ -212,7 +212,8 @@ class WebSession:
         options = dict(options or {})
         if progress is not None and "progress" in inverter.options:
             options["progress"] = progress
-        result = self.pipe.invert(batch, method=method, warn_unsigned=False, **options)  # (read from the upload)
+        result = self.pipe.invert(batch, method=method, warn_unsigned=False,  # (read from the upload)
+                                  batch_size=self.limits.batch_size, **options)
         stem, n = _safe_stem(name), len(pictures)
         items = []
         for i, p in enumerate(pictures):
@@ -253,7 +254,9 @@ class WebSession:
             raise ValueError("no faces to edit")
         if any(it.photo is not items[0].photo and it.photo != items[0].photo for it in items):
             raise ValueError("the faces to edit together come from different photos")
-        edited = [self.pipe.edit(it.result, chosen, strength) for it in items]
+        # One synthesis call per batch of faces (each with its own Δθ), not per face.
+        edited = [e[0] for e in self.pipe.edit_each([it.result for it in items], chosen, [strength],
+                                                    batch_size=self.limits.batch_size)]
         photo = self._photo_to_paste_into(items[0]) if paste_back else None
         if photo is not None:
             from ..align import paste_back_placements

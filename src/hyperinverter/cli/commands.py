@@ -240,6 +240,9 @@ def _web(sub) -> None:
     p.add_argument("--max-pages", type=positive_int, default=defaults.max_pages,
                    help=f"pages whose inversions are kept in memory; the least recently used are dropped (default "
                    f"{defaults.max_pages})")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                   help=f"images one model call takes: a group photo's faces are inverted and edited this many at "
+                   f"once (default {defaults.batch_size})")
     p.add_argument("--keep-minutes", type=positive_int, default=defaults.keep_seconds // 60,
                    help=f"uploads, results and a closed page's state are deleted after this (default "
                    f"{defaults.keep_seconds // 60})")
@@ -267,7 +270,8 @@ def run_web(args: argparse.Namespace) -> int:
 
     limits = WebLimits(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, detect_side=args.detect_side,
                        concurrency=args.concurrency, queue_size=args.queue_size,
-                       keep_seconds=60 * args.keep_minutes, max_pages=args.max_pages)
+                       keep_seconds=60 * args.keep_minutes, max_pages=args.max_pages,
+                       batch_size=args.batch_size)
     models = args.model or installed_bundles()
     app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits,
                     content_rows=args.content_rows)
