@@ -203,6 +203,64 @@ def test_the_faces_of_one_photo_are_pasted_back_into_one_photo(pipeline, tmp_pat
         assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / name)), np.asarray(Image.open(edits / name)))
 
 
+
+class ThreeFaces:
+    def __call__(self, image):
+        return [face_landmarks(50, 60, 1.0), face_landmarks(100, 70, 0.9), face_landmarks(150, 60, 0.8)]
+
+
+def test_the_faces_of_one_photo_are_edited_in_batched_synthesis_calls(pipeline, tmp_path, monkeypatch, capsys):
+    # `edit --paste-back` made one synthesis call per face: now --batch-size images at once (faces × strengths),
+    # each face with its own Δθ, as edited one by one; a face whose edit fails still fails alone.
+    from hyperinverter.align import paste_back_placements
+    from hyperinverter.errors import NonFiniteError
+    from hyperinverter.io.images import read_image, tensor_to_pil
+    from hyperinverter.models.stylegan2.generator import SynthesisNetwork
+
+    photo = tmp_path / "group.png"
+    hostile.photo(0, (200, 160)).save(photo)
+    invert_files(pipeline, [photo], tmp_path / "inv", detector=ThreeFaces(), progress=False)
+    pipeline.save_pretrained(tmp_path / "model")
+    direction = LinearDirection(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), name="dir")
+    save_direction(direction, tmp_path / "dir.safetensors")
+    files = [tmp_path / "inv" / f"group-face{i}.safetensors" for i in range(3)]
+    loaded = [pipeline.load_result(f) for f in files]
+    expected = paste_back_placements(
+        read_image(photo), [tensor_to_pil(pipeline.edit(r, direction, 3.0))[0].convert("RGB") for r, _ in loaded],
+        [record["placement"] for _, record in loaded])
+    calls = []
+    synthesis = SynthesisNetwork.forward
+
+    def spy(self, ws, weight_delta=None, **kw):
+        calls.append((len(ws), weight_delta.batch_size))
+        return synthesis(self, ws, weight_delta=weight_delta, **kw)
+
+    monkeypatch.setattr(SynthesisNetwork, "forward", spy)
+    command = ["edit", *map(str, files), "--model", str(tmp_path / "model"), "--direction",
+               str(tmp_path / "dir.safetensors"), "--paste-back", "--device", "cpu", "--batch-size", "4"]
+    assert main([*command, "--strength", "-3", "3", "--out", str(tmp_path / "edits")]) == 0
+    assert sorted(calls) == [(1, 1)] * 3 + [(2, 2), (4, 4)]  # each face's reconstruction; two faces × two strengths
+    calls.clear()
+    assert main([*command, "--strength", "3", "--out", str(tmp_path / "one")]) == 0
+    assert sorted(calls) == [(1, 1)] * 3 + [(3, 3)]
+    pasted = np.asarray(Image.open(tmp_path / "one" / "group_dir_+3_photo.png"), dtype=int)
+    assert np.abs(pasted - np.asarray(expected, dtype=int)).max() <= 1
+    assert np.array_equal(pasted, np.asarray(Image.open(tmp_path / "edits" / "group_dir_+3_photo.png"), dtype=int))
+
+    def fails_with_face1(self, codes, *args):  # (the second face's edit cannot be made)
+        if any(torch.equal(codes[i : i + 1].cpu(), loaded[1][0].ws) for i in range(len(codes))):
+            raise NonFiniteError(None, "the edited image holds NaN or infinite values")
+        return render_edits(self, codes, *args)
+
+    render_edits = InversionPipeline._render_edits
+    monkeypatch.setattr(InversionPipeline, "_render_edits", fails_with_face1)
+    capsys.readouterr()
+    assert main([*command, "--strength", "3", "--out", str(tmp_path / "two")]) == 1
+    assert f"failed: {files[1]}: the edited image holds NaN" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.png")) == [
+        "group-face0_dir_+3.png", "group-face0_dir_strip.png", "group-face2_dir_+3.png", "group-face2_dir_strip.png",
+        "group_dir_+3_photo.png"]
+
 def test_the_faces_of_one_photo_stay_one_photo_beside_another_folder_of_its_faces(pipeline, tmp_path, capsys):
     # The faces were grouped by their output names: a face sharing its name with another folder's was prefixed with
     # its folder, and `edit res other --paste-back` pasted res's two faces into two photos, one face each.

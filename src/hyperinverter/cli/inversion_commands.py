@@ -119,6 +119,9 @@ def register(sub) -> None:
                    "edited faces pasted back: one NAME_DIRECTION_STRENGTH_photo.png per photo, holding every face of "
                    "it that is given (NAME-faceI.safetensors), later faces over earlier where they overlap; a face "
                    "that cannot be pasted back fails alone")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="images one synthesis call makes (faces of a photo pasted back × strengths; an input with "
+                   "more strengths is one call alone)")
     p.add_argument("--out", required=True, type=Path, help="the folder for the edits")
     p.add_argument("--overwrite", action="store_true",
                    help="edit again the inputs whose edits are already in --out (default: skip them)")
@@ -459,15 +462,38 @@ def _edit_group(pipe, args, direction, strengths: list, labels: list[str], made_
             return 0, 0, failures + [InputError(path, f"cannot paste back into its photo ({failure(e, Path(source))})")
                                   for path, _ in faces]
     edited = []  # (path, name, [the reconstruction, then each edit], placement)
+    loaded = []  # (path, name, result, placement): read, not yet edited
+
+    def edit_loaded() -> None:
+        # The faces in one synthesis call (each with its own Δθ); where that fails, each alone, so that a face whose
+        # edit cannot be made fails by itself, as it did edited one at a time.
+        try:
+            edits = pipe.edit_each([result for _, _, result, _ in loaded], direction, strengths,
+                                   batch_size=args.batch_size)
+        except InputError:
+            edits = []
+            for path, _, result, _ in loaded:
+                try:
+                    edits.append(pipe.edit_strengths(result, direction, strengths))
+                except InputError as e:
+                    edits.append(None)
+                    failures.append(failure(e, path))
+        edited.extend((path, name, [result.image, *images], placement)
+                      for (path, name, result, placement), images in zip(loaded, edits) if images is not None)
+        loaded.clear()
+
     for path, name in faces:
         try:
             result, record = _result_for(pipe, path, args)
             if args.paste_back:
                 _check_paste_back(path, record, photo, photo_sha256)
-            edited.append((path, name, [result.image, *pipe.edit_strengths(result, direction, strengths)],
-                           record["placement"]))
+            loaded.append((path, name, result, record["placement"]))
         except (InputError, OSError) as e:
             failures.append(failure(e, path))
+        if len(loaded) >= max(1, args.batch_size // len(strengths)):  # (a photo of 30 faces is not read at once)
+            edit_loaded()
+    if loaded:
+        edit_loaded()
     outputs = []
     for _, name, images, _ in edited:
         outputs += [(target, image_bytes(pipe.content(img), made_with=made))
