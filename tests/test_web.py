@@ -990,11 +990,10 @@ def test_a_method_typed_into_its_menu_leaves_the_comparison_as_it_is(pipeline, t
         assert out[0] == {"__type__": "update"} and all(not f["visible"] for f in out[1:]), out
 
 
-def test_an_api_client_s_values_of_the_wrong_kind_are_named_in_one_line(pipeline, tmp_path):
-    # Over Gradio's HTTP API a file field's number, list or dict without a path failed in Gradio's own check
-    # ({"error": null}, a pydantic traceback in the server log); a checkbox's 123 was ticked, a face's list was the
-    # first face, a direction's list or a strength's string gave nothing back unexplained (a warning no API client
-    # sees), and an unknown model's name emptied the page's results before it was refused.
+def api_page(pipeline, tmp_path):
+    """The page serving ``pipeline`` (saved in ``tmp_path``, with photo.png beside it), launched on a free loopback
+    port: (app, the model's folder, ``call(api, *data)`` -> (the event's kind, its data or error message), with
+    ``call.upload(path)`` -> the file payload of ``path`` uploaded as a browser does)."""
     import socket
     import urllib.request
     import uuid
@@ -1019,14 +1018,26 @@ def test_an_api_client_s_values_of_the_wrong_kind_are_named_in_one_line(pipeline
         data = json.loads(next(line.removeprefix("data: ") for line in lines if line.startswith("data: ")))
         return kind, data["error"] if kind == "error" else data
 
-    try:
+    def upload(path: Path) -> dict:
         boundary = uuid.uuid4().hex
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="photo.png"\r\n'
-                "Content-Type: image/png\r\n\r\n").encode() + (tmp_path / "photo.png").read_bytes() + \
-            f"\r\n--{boundary}--\r\n".encode()
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         with urllib.request.urlopen(urllib.request.Request(
                 f"{url}gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})) as a:
-            upload = {"path": json.loads(a.read())[0], "meta": {"_type": "gradio.FileData"}}
+            return {"path": json.loads(a.read())[0], "meta": {"_type": "gradio.FileData"}}
+
+    call.upload = upload
+    return app, folder, call
+
+
+def test_an_api_client_s_values_of_the_wrong_kind_are_named_in_one_line(pipeline, tmp_path):
+    # Over Gradio's HTTP API a file field's number, list or dict without a path failed in Gradio's own check
+    # ({"error": null}, a pydantic traceback in the server log); a checkbox's 123 was ticked, a face's list was the
+    # first face, a direction's list or a strength's string gave nothing back unexplained (a warning no API client
+    # sees), and an unknown model's name emptied the page's results before it was refused.
+    app, _, call = api_page(pipeline, tmp_path)
+    try:
+        upload = call.upload(tmp_path / "photo.png")
         name, direction = f"{tmp_path.name}/model", "principal direction 1"
         assert call("invert", name, "hyperinverter", upload, False, upload, None, None)[0] == "complete"
         edit = [name, "the photo", direction, 1.0, False, False]
@@ -1067,3 +1078,46 @@ def test_a_bright_photo_is_inverted_without_the_warning_of_floats_in_0_1(session
     with caplog.at_level("WARNING"):
         session.pipe.invert(item.input)
     assert "image(s) [0] given hold no negative values" in caplog.text
+
+
+def test_an_api_file_payload_naming_a_url_or_a_server_file_is_refused_unread(pipeline, tmp_path, monkeypatch):
+    # Gradio takes a file payload's path as an API client gives it: a URL was downloaded by the server (what
+    # gradio_client's handle_file("https://...") sends), and a server file outside its upload folder (/etc/passwd,
+    # the model's own weights) was refused unexplained ({"error": null}, a traceback in the server log). Both are
+    # refused, naming the field; nothing is fetched. An upload and the model's examples are taken as before.
+    from gradio import processing_utils
+
+    fetched = []
+
+    async def download(url, cache_dir):  # (stands in for the network: what Gradio would fetch)
+        fetched.append(url)
+        return str(tmp_path / "photo.png")
+
+    monkeypatch.setattr(processing_utils, "async_ssrf_protected_download", download)
+    app, folder, call = api_page(pipeline, tmp_path)
+    try:
+        upload = call.upload(tmp_path / "photo.png")
+        name = f"{tmp_path.name}/model"
+
+        def file(path: str) -> dict:
+            return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+        url = "its path is a URL, which this server does not fetch: upload the file"
+        foreign = "its path is not a file uploaded to this server"
+        cases = [("preview", [file("https://example.com/face.png")], "photo", url),
+                 ("invert", [name, "hyperinverter", upload, False, file("http://example.com/b.png"), None, None],
+                  "second photo", url),
+                 ("preview", [file("/etc/passwd")], "photo", foreign),
+                 ("preview", [file(str(folder / "pipeline.json"))], "photo", foreign),
+                 ("preview", [file("../../../etc/passwd")], "photo", foreign),
+                 ("preview", [file("/tmp/a\0b.png")], "photo", foreign),
+                 ("second", [name, "hyperinverter", file("/etc/passwd"), False, None, None], "second photo", foreign)]
+        for api, data, field, said in cases:
+            kind, message = call(api, *data)
+            assert kind == "error" and message.startswith(f"{field}: expected an uploaded file") and said in message, \
+                (api, data, message)
+        assert not fetched
+        assert call("preview", upload)[0] == "complete"
+        assert call("invert", name, "hyperinverter", upload, False, None, None, None)[0] == "complete"
+    finally:
+        app.close()

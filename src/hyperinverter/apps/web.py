@@ -550,6 +550,8 @@ def checked_file_data(field: str) -> type:
     client got ``{"error": null}``, the server log a pydantic traceback)."""
     import gradio as gr
     from gradio.data_classes import FileData
+    from gradio.utils import get_upload_folder, is_in_or_equal, is_static_file
+    from gradio_client.utils import is_file_obj_with_meta, is_http_url_like
     from pydantic import ConfigDict, ValidationError
 
     wanted = (f'{field}: expected an uploaded file, {{"path": <what /gradio_api/upload answered>, "meta": '
@@ -569,6 +571,22 @@ def checked_file_data(field: str) -> type:
                 where = ".".join(map(str, first["loc"]))
                 raise gr.Error(f"{wanted}; {where + ': ' if where else ''}{first['msg']}"[:400],
                                print_exception=False) from None
+
+        @classmethod
+        def refuse_foreign(cls, obj: object) -> None:
+            """Refuse, before Gradio handles it, a payload whose path is a URL (Gradio downloaded what the client
+            named) or a server file outside Gradio's upload folder (Gradio refused it, but the client got
+            ``{"error": null}`` and the server log a traceback). The model's examples are served files: taken."""
+            if not is_file_obj_with_meta(obj) or not isinstance(obj.get("path"), str):
+                return  # (model_validate says what is wrong with it)
+            path = obj["path"]
+            if is_http_url_like(path):
+                why = "a URL, which this server does not fetch: upload the file"
+            elif "\0" in path or not (is_static_file(path) or is_in_or_equal(path, get_upload_folder())):
+                why = "not a file uploaded to this server"
+            else:
+                return
+            raise gr.Error(f"{wanted}; its path is {why}, got {path[:80]!r}", print_exception=False)
 
     return CheckedFileData
 
@@ -1062,6 +1080,17 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         # them with gr.update, which makes the page a copy of the field from its class.
         for field in (photo, photo_b):
             field.data_model = checked_file_data(field.label)
+        # Gradio moves a file payload into its cache before any check of the field's: a URL was downloaded, a
+        # foreign path refused unexplained. The payloads of the photo fields are checked before it, on every event.
+        gradio_validate_inputs = app.validate_inputs
+
+        def validate_inputs(block_fn, inputs):
+            for field, payload in zip(block_fn.inputs, inputs):
+                if field is photo or field is photo_b:
+                    field.data_model.refuse_foreign(payload)
+            gradio_validate_inputs(block_fn, inputs)
+
+        app.validate_inputs = validate_inputs
         model_outputs = [state, direction, align, compare, method, card, in_domain, in_domain_note, real, real_note,
                          face, status, edited, blended, mixed, result_files, start, end, photo_b, swapped, swap]
         edit_inputs = [model, state, face, direction, strength, paste, every_face]
