@@ -719,6 +719,23 @@ def test_the_comparison_is_labelled_by_the_method_that_made_it(pipeline, tmp_pat
     assert handlers["on_method"](name, "w-opt", None)[0]["label"] == "input | W optimisation"  # nothing on show
 
 
+def test_the_downloaded_inversion_file_names_the_model_as_the_page_does(pipeline, tmp_path):
+    # The inversion file handed out recorded the server's folder of the model ("model": "/srv/.../faces-64"): a server
+    # path in every download, and one that no `--model` on the visitor's machine takes. It records the page's name.
+    from hyperinverter.inversion.files import load_inversion
+
+    _, handlers, name, state = served_page(pipeline, tmp_path)
+    outputs = handlers["on_invert"](name, "hyperinverter", str(tmp_path / "photo.png"), False, state, None)
+    picked = handlers["on_pick"](name, outputs[0], "the photo")[1]
+    for files in (outputs[4], picked):
+        assert [Path(f).name for f in files] == ["photo_hyperinverter.png", "photo_hyperinverter_compare.png",
+                                                 "photo_hyperinverter.safetensors"]
+        ws, _, record = load_inversion(files[2])
+        assert record["model"] == name and record["method"] == "hyperinverter", record
+        assert str(tmp_path) not in Path(files[2]).read_bytes().decode("latin-1")
+        assert ws.shape[1:] == (pipeline.generator.num_ws, pipeline.generator.w_dim)
+
+
 def test_the_optimisation_methods_step_counts_can_be_lowered_on_the_page(pipeline, tmp_path, monkeypatch):
     # W, W+ and PTI ran their official counts on the page (1000, 2000, 450 + 350 steps: minutes on a CPU), for both
     # photos, with no way to ask for a quick look.

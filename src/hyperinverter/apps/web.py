@@ -701,10 +701,11 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         items = entry["items"]
         return next((it for it in items if it.label == label), items[0] if items else None)
 
-    def downloads(s: WebSession, item: WebInversion) -> list[str]:
+    def downloads(name: str, s: WebSession, item: WebInversion) -> list[str]:
         from ..inversion.files import inversion_bytes
 
-        record = inversion_bytes(item.result.to("cpu"), source=item.stem, model=s.pipe.name, method=item.method,
+        # The model as the page names it (what `--model` takes for a catalogue one), not the server's folder.
+        record = inversion_bytes(item.result.to("cpu"), source=item.stem, model=name, method=item.method,
                                  generator=s.pipe.fingerprint, placement=item.placement, dtype=s.pipe.dtype)
         return [files.image(item.stem, s.pipe.content(item.result.image.cpu())),
                 files.image(f"{item.stem}_compare", s.comparison(item)),
@@ -815,7 +816,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         status = f"{label}: **{sum(it.seconds for it in found):.2f} s** for {where}"
         first = found[0]
         return (state, comparison(s, first),
-                gr.update(choices=labels, value=labels[0]), status, downloads(s, first), None, None, None, None)
+                gr.update(choices=labels, value=labels[0]), status, downloads(name, s, first), None, None, None, None)
 
     def client_gone(page: str | None) -> bool:
         """Whether Gradio has given up the page's running event because its client's stream closed: a closed tab,
@@ -890,7 +891,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         if item is None:
             return None, None, token(entry)
         s = session(name)
-        shown = attempt(lambda: (comparison(s, item), downloads(s, item)))
+        shown = attempt(lambda: (comparison(s, item), downloads(name, s, item)))
         return (*(shown or (None, None)), token(entry))
 
     def on_direction(name, direction):
