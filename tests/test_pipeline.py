@@ -525,3 +525,89 @@ def test_a_batch_size_is_any_whole_number(pipeline):
     for bad in (0, 1.5, "2", True):
         with pytest.raises(ValueError, match="batch_size must be a whole number of 1 or more"):
             pipeline.invert(x, batch_size=bad)
+
+
+def small_photo_pipeline():
+    """A 64-px generator whose encoders read 32 px: pSp (reads as PIL's Resize) and HyperInverter (F.interpolate)."""
+    from hyperinverter.methods.hyperinverter import HyperInverter
+    from hyperinverter.methods.psp import PSP
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(resolution=64, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256,
+                                  channel_max=16)).eval()
+    methods = {"psp": PSP.create(G, encoder_resolution=32),
+               "hyperinverter": HyperInverter.create(G, encoder_resolution=32)}
+    return InversionPipeline(methods, device="cpu")
+
+
+def official_encoder_input(photo, method):
+    """The official scripts' encoder input: the photo as read, ``transforms.Resize`` (PIL's bilinear) then
+    ``ToTensor`` and ``Normalize(0.5, 0.5)``; resized to the encoder's 32 px (pSp), or to the generator's 64 px
+    and reduced by HyperInverter's model (``F.interpolate``)."""
+    side = 32 if method == "psp" else 64
+    pixels = np.asarray(photo.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255
+    x = ((torch.from_numpy(pixels) - 0.5) / 0.5).permute(2, 0, 1)[None]
+    return x if side == 32 else torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear")
+
+
+def noise_photo(side, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+def test_a_photo_smaller_than_the_generator_reaches_the_encoder_as_the_official_scripts_resize_it(tmp_path):
+    from hyperinverter.apps.web import WebSession
+    from hyperinverter.inversion.batch import invert_files
+
+    pipe = small_photo_pipeline()
+    seen = []
+    for encoder in (pipe.methods["psp"].style_encoder, pipe.methods["hyperinverter"].w_encoder):
+        encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    # The encoder's own size (pSp reads the photo unchanged), then a reduction and an enlargement of it.
+    for side in (32, 48, 20):
+        photo = noise_photo(side)
+        photo.save(tmp_path / f"p{side}.png")
+        for method in ("psp", "hyperinverter"):
+            expected = official_encoder_input(photo, method)
+            exact = side == 32 and method == "psp"
+            for given in (photo, tmp_path / f"p{side}.png"):
+                seen.clear()
+                pipe.invert([given], method=method)
+                # (PIL rounds its resize to whole grey levels; enlarged by Lanczos, the error was up to 106 of them)
+                torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-6 if exact else 1 / 127.5 + 1e-6)
+    expected = official_encoder_input(noise_photo(32), "psp")
+    seen.clear()
+    (tmp_path / "in").mkdir()
+    shutil.copy(tmp_path / "p32.png", tmp_path / "in")
+    report = invert_files(pipe, [tmp_path / "in" / "p32.png"], tmp_path / "out", method="psp", progress=False)
+    assert report.ok and len(seen) == 1
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-6)
+    seen.clear()
+    (item,) = WebSession(pipe).invert(noise_photo(32), align=False, method="hyperinverter")
+    torch.testing.assert_close(seen[0], official_encoder_input(noise_photo(32), "hyperinverter"), rtol=0,
+                               atol=1 / 127.5 + 1e-6)
+    assert item.input.shape == (1, 3, 64, 64)  # what is shown and pasted stays at the generator's size
+
+
+def test_photos_at_or_above_the_generator_s_size_invert_exactly_as_before():
+    from hyperinverter.io.images import center_square, pil_to_tensor
+
+    pipe = small_photo_pipeline()
+    large, small = [noise_photo(64, seed=1), noise_photo(100, seed=2)], noise_photo(20, seed=3)
+
+    def enlarged(photos):
+        return torch.cat([pil_to_tensor(center_square(p), size=64) for p in photos])
+
+    for method in ("psp", "hyperinverter"):
+        before = pipe.invert(enlarged(large), method=method)
+        after = pipe.invert(large, method=method)
+        assert torch.equal(after.ws, before.ws) and torch.equal(after.image, before.image)
+        # Beside a smaller photo (read from itself), theirs are read as before.
+        before = pipe.invert(enlarged([small, *large]), method=method)
+        after = pipe.invert([small, *large], method=method)
+        assert torch.equal(after.ws[1:], before.ws[1:]) and torch.equal(after.image[1:], before.image[1:])
+        assert not torch.equal(after.ws[:1], before.ws[:1])
+    # Optimisation compares with the photo at the generator's size: as before.
+    options = {"steps": 2, "w_avg_samples": 64}
+    before = pipe.invert(enlarged([small]), method="w-opt", **options)
+    assert torch.equal(pipe.invert([small], method="w-opt", **options).ws, before.ws)

@@ -53,7 +53,7 @@ from .io.images import (
     content_of,
     describe_content_rows,
     fit_to_canvas,
-    pil_to_tensor,
+    photo_tensors,
     read_image,
 )
 from .memory import first_pass_mapped, large_blocks_mapped, trim
@@ -653,6 +653,11 @@ class InversionPipeline:
         files (:func:`~hyperinverter.io.images.pil_to_tensor`), in which a bright photo, no pixel below mid-grey (a
         white-background product shot), has none either.
         """
+        return self._prepare(images, size=size, warn_unsigned=warn_unsigned)[0]
+
+    def _prepare(self, images, *, size: int | None, warn_unsigned: bool) -> tuple[torch.Tensor, list]:
+        """:meth:`prepare`, and per image the photo it was enlarged from, where it was (``photo_tensors``), else
+        None."""
         G = self.generator
         if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, memoryview, np.ndarray)):
             images = [images]  # one image: a string is not a sequence of paths, nor are a file's bytes a sequence
@@ -670,14 +675,16 @@ class InversionPipeline:
             parts = [_float_images(item) for item in images]
             x = torch.cat(parts)
             given_as_floats = [item.is_floating_point() for item, part in zip(images, parts) for _ in part]
+            originals = [None] * len(x)
         else:
             images = [_numpy_image(item) if isinstance(item, np.ndarray) else item for item in images]
             side = size or G.resolution
-            tensors = [pil_to_tensor(fit_to_canvas(read_image(item), self.content_rows, side=side), size=side,
-                                     channels=G.config.img_channels) for item in images]
-            if not tensors:
+            pairs = [photo_tensors(fit_to_canvas(read_image(item), self.content_rows, side=side), size=side,
+                                   channels=G.config.img_channels) for item in images]
+            if not pairs:
                 raise ValueError("no images given")
-            x = torch.cat(tensors)
+            x = torch.cat([tensor for tensor, _ in pairs])
+            originals = [original for _, original in pairs]
             given_as_floats = [False] * len(x)  # (files and uint8 images: a bright photo may lack dark pixels)
         expected = (G.config.img_channels, size or G.resolution, size or G.resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
@@ -701,18 +708,22 @@ class InversionPipeline:
             if unsigned:
                 logger.warning("image(s) %s given hold no negative values: inversion expects [-1, 1] (for floats in "
                                "[0, 1], as torchvision's ToTensor gives, rescale with x * 2 - 1)", unsigned[:8])
-        return x.to(self.device, torch.float32)
+        return x.to(self.device, torch.float32), originals
 
     # --- inference --------------------------------------------------------------------------------------
     def invert(self, images: torch.Tensor | Sequence[Image.Image | str | Path], *, method: str | None = None,
                batch_size: int = 8, check_finite: bool = True, dtype: str | torch.dtype | None = None,
-               at_encoder_size: bool = False, warn_unsigned: bool = True, **options: Any) -> InversionResult:
+               at_encoder_size: bool = False, warn_unsigned: bool = True,
+               originals: Sequence[torch.Tensor | None] | None = None, **options: Any) -> InversionResult:
         """Invert ``images`` with ``method`` (default: the pipeline's), in chunks of ``batch_size`` (results do
         not depend on it). ``options``: the method's own (see ``hyperinverter methods``). ``dtype``: this call's
         precision (default: the pipeline's ``dtype``). ``at_encoder_size``: the images are at the size the
         method's encoder reads (an E2Style restoration input degraded there, as it was trained), not the
         generator's; for the encoder methods, which read the images through their encoder alone. ``warn_unsigned``:
-        see :meth:`prepare` (False: the images were read from files, in [-1, 1]).
+        see :meth:`prepare` (False: the images were read from files, in [-1, 1]). ``originals``: per image, the photo
+        ``[1, C, s, s]`` it was enlarged from to the generator's size, or None (``io.images.photo_tensors``; paths and
+        PIL images carry theirs): a method that reads images through its encoder alone reads that photo resized to
+        its input (``Inverter.encoder_view``), as the official scripts resize the photo as read.
 
         A reconstruction with NaN or infinite values raises ``NonFiniteError`` (``check_finite=False`` returns
         it, for callers that report such samples one by one).
@@ -727,7 +738,14 @@ class InversionPipeline:
                        else "compares its images with the input")
                 raise ValueError(f"{inverter.name} {why} at the generator's {self.generator.resolution} px: give it "
                                  "images of that size")
-        x = self.prepare(images, size=size, warn_unsigned=warn_unsigned)
+        x, read = self._prepare(images, size=size, warn_unsigned=warn_unsigned)
+        if originals is not None:
+            originals = list(originals)
+            if len(originals) != len(x):
+                raise ValueError(f"originals holds {len(originals)} photo(s) for {len(x)} image(s)")
+            read = originals
+        if not at_encoder_size and any(photo is not None for photo in read):
+            x = self._encoder_views(inverter, x, read)
         dtype = self.dtype if dtype is None else resolve_dtype(dtype, self.device)
         with self._first_pass():
             result = InversionResult.cat([inverter.invert(x[i : i + batch_size], dtype=dtype, **options)
@@ -735,6 +753,23 @@ class InversionPipeline:
         if check_finite:
             ensure_finite(result.image, "the reconstruction")
         return result
+
+    def _encoder_views(self, inverter: Inverter, x: torch.Tensor, originals: list[torch.Tensor | None]
+                       ) -> torch.Tensor:
+        """``x`` as ``inverter``'s encoder reads it, each image from its original photo where it has one (else from
+        itself: the same values the method reads from it); ``x`` itself for a method that compares images at the
+        generator's size."""
+        views = []
+        for i, photo in enumerate(originals):
+            if photo is not None and (not isinstance(photo, torch.Tensor) or photo.ndim != 4
+                                      or photo.shape[:2] != (1, x.shape[1]) or photo.shape[2] != photo.shape[3]):
+                got = tuple(photo.shape) if isinstance(photo, torch.Tensor) else type(photo).__name__
+                raise ValueError(f"originals[{i}] must be a photo [1, {x.shape[1]}, s, s] or None, got {got}")
+            view = inverter.encoder_view(x[i : i + 1] if photo is None else photo.to(x))
+            if view is None:
+                return x
+            views.append(view)
+        return torch.cat(views)
 
     def content(self, images: torch.Tensor) -> torch.Tensor:
         """What of generator images ``[..., R, R]`` is shown and written: the rows that hold the domain where it

@@ -213,7 +213,8 @@ class WebSession:
         if progress is not None and "progress" in inverter.options:
             options["progress"] = progress
         result = self.pipe.invert(batch, method=method, warn_unsigned=False,  # (read from the upload)
-                                  batch_size=self.limits.batch_size, **options)
+                                  batch_size=self.limits.batch_size, originals=[p.original for p in pictures],
+                                  **options)
         stem, n = _safe_stem(name), len(pictures)
         items = []
         for i, p in enumerate(pictures):

@@ -35,7 +35,7 @@ from PIL import Image
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError, naming
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, output_folder, sha256_if_readable
-from ..io.images import fit_to_canvas, image_bytes, make_grid, pil_to_tensor, read_image
+from ..io.images import fit_to_canvas, image_bytes, make_grid, photo_tensors, pil_to_tensor, read_image
 from ..methods import InversionResult
 from ..methods.base import check_batch_size
 from ..precision import dtype_name
@@ -50,7 +50,8 @@ T = TypeVar("T")
 @dataclass
 class Picture:
     """One image to invert: ``image [1,C,R,R]`` in [-1,1]; ``placement`` where the face sits in its photo;
-    ``index`` of ``count`` pictures taken from the same photo."""
+    ``index`` of ``count`` pictures taken from the same photo; ``original``: the photo ``image`` was enlarged
+    from, where it was (``InversionPipeline.invert``'s ``originals``)."""
 
     name: str
     source: Path
@@ -58,6 +59,7 @@ class Picture:
     placement: dict | None = None
     index: int = 0
     count: int = 1
+    original: torch.Tensor | None = None
 
 
 @dataclass
@@ -170,7 +172,8 @@ def photo_pictures(photo: Image.Image, name: str, source: Path, *, resolution: i
     """
     if detector is None:
         canvas = fit_to_canvas(photo, content_rows, side=resolution)
-        return [Picture(name, source, pil_to_tensor(canvas, size=resolution, channels=channels))]
+        image, original = photo_tensors(canvas, size=resolution, channels=channels)
+        return [Picture(name, source, image, original=original)]
     from ..align import align_faces
 
     faces = align_faces(photo, detector, size=resolution, scale=align_scale, source=os.fsdecode(source),
@@ -290,7 +293,8 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                 x = torch.cat([p.image for p in pictures])
                 t0 = time.perf_counter()
                 result = pipe.invert(x, method=method, batch_size=batch_size, check_finite=False,
-                                     warn_unsigned=False, **(options or {})).to("cpu")  # (read from the files)
+                                     warn_unsigned=False, originals=[p.original for p in pictures],
+                                     **(options or {})).to("cpu")  # (read from the files)
                 seconds += time.perf_counter() - t0
                 count += len(pictures)
                 # An input is written whole or not at all: one bad picture (a face) fails its whole photo.

@@ -246,6 +246,15 @@ def pil_to_tensor(image: Image.Image, *, size: int | None = None, channels: int 
     return (x.permute(2, 0, 1)[None] / 127.5) - 1
 
 
+def photo_tensors(image: Image.Image, *, size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A square photo -> (it at ``size`` (:func:`pil_to_tensor`), it at its own size where that is smaller, else
+    None). The encoder methods read the smaller photo, resized as their official scripts resize the photo as read
+    (``Inverter.encoder_view``), not its Lanczos enlargement, which reached them blurred."""
+    x = pil_to_tensor(image, size=size, channels=channels)
+    smaller = image.size[0] == image.size[1] < size
+    return x, pil_to_tensor(image, channels=channels) if smaller else None
+
+
 def gif_bytes(frames: Sequence[torch.Tensor], *, duration_ms: int = 80) -> bytes:
     """``[1,C,H,W]`` / ``[C,H,W]`` frames in [-1,1] -> a looping GIF."""
     pil = [tensor_to_pil(f if f.ndim == 4 else f[None])[0].convert("RGB") for f in frames]

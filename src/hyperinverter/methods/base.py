@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config_base import check_value
@@ -308,6 +309,22 @@ class Inverter(nn.Module):
         sides = (self.generator.resolution,)
         encoder = getattr(self, "encoder_resolution", None)
         return sides if encoder is None or self.content_rows is not None else (*sides, encoder)
+
+    def encoder_view(self, photos: torch.Tensor) -> torch.Tensor | None:
+        """Photos ``[B, C, s, s]`` (any side) as this method's encoder reads them, an input of its encoder's size
+        (:meth:`input_sides`), as its official scripts make it from the photo as read: resized there (the pSp
+        family's ``Resize(256)``: ``encoder_antialias``), or resized to the generator's size (HyperInverter's
+        ``Resize(output_size)``, PIL's bilinear) and reduced from that by the model (``F.interpolate``). None for a
+        method that does not read images through its encoder alone (it compares them at the generator's size)."""
+        sides = self.input_sides()
+        if len(sides) < 2:
+            return None
+        from .phase1 import resize_for_encoder  # (phase1 builds on this module)
+
+        if not self.encoder_antialias and photos.shape[-1] != sides[0]:
+            photos = F.interpolate(photos, size=(sides[0], sides[0]), mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return resize_for_encoder(photos, sides[1], antialias=self.encoder_antialias)
 
     def invert(self, images: torch.Tensor, *, dtype: str | torch.dtype | None = None, **options) -> InversionResult:
         """Images ``[B, C, R, R]`` in [-1, 1] at the generator's resolution (or another of ``input_sides``) -> their
