@@ -39,7 +39,8 @@ def test_readme_python_example_runs(index, tmp_path, monkeypatch):
     for name, source in USER_IMAGES.items():
         shutil.copy(BUNDLED_DIR / source, tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, f"README.md, Python block {index + 1}", "exec"), {"__name__": "__readme__"})  # noqa: S102  (our own README)
+    # (our own README's code)
+    exec(compile(code, f"README.md, Python block {index + 1}", "exec"), {"__name__": "__readme__"})  # noqa: S102
 
 
 def _documented_command_lines():

@@ -114,7 +114,8 @@ def _write_imageio(path: Path, rgb: np.ndarray, fps: int) -> None:
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip().splitlines()
         code = errno.ENOSPC if any("No space left on device" in line for line in said) else errno.EIO
-        last = re.sub(r"^\[[^]]*\]\s*", "", said[-1]) if said else f"exit status {done.returncode}"  # ("[out#0 @ 0x..]")
+        # (ffmpeg's last line, without its "[out#0 @ 0x..]" prefix)
+        last = re.sub(r"^\[[^]]*\]\s*", "", said[-1]) if said else f"exit status {done.returncode}"
         raise OSError(code, f"the video encoder (ffmpeg) failed: {last}", os.fspath(path))
 
 
