@@ -233,3 +233,18 @@ def test_restore_aligns_every_face_and_pastes_them_back(sr_pipe, capsys):
     assert np.array_equal(np.asarray(faces.photo), pasted)
     assert main([*command, "--min-face-score", "0"]) == 1  # other settings: made again
     assert "restored 2 image(s)" in capsys.readouterr().out
+
+
+def test_a_bright_photo_is_restored_without_the_warning_of_floats_in_0_1(sr_pipe, caplog):
+    # restore_photo reads the photo itself, into [-1, 1]: one with no pixel below mid-grey (a white background) was
+    # warned of as floats in [0, 1] given by mistake, as `restore` on a folder showed for every such photo.
+    from hyperinverter.restoration import restore_photo
+
+    pipe, _ = sr_pipe
+    bright = Image.fromarray(np.random.default_rng(0).integers(128, 256, (48, 48, 3), dtype=np.uint8))
+    with caplog.at_level("WARNING"):
+        restored = restore_photo(pipe, bright)
+    assert float(restored.pictures[0].image.min()) >= 0 and "no negative values" not in caplog.text
+    with caplog.at_level("WARNING"):
+        restore(pipe, restored.pictures[0].image)  # (a tensor a user gives is still warned of)
+    assert "no negative values" in caplog.text

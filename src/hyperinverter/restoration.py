@@ -84,7 +84,9 @@ def restore_photo(pipe: InversionPipeline, photo: Image.Image, *, name: str = "p
     G = pipe.generator
     pictures = photo_pictures(photo, name, source, resolution=G.resolution, channels=G.config.img_channels,
                               detector=detector, align_scale=pipe.align_scale, content_rows=pipe.content_rows)
-    restoration = restore(pipe, torch.cat([p.image for p in pictures]), simulate=simulate, **options)
+    # (read from the photo, in [-1, 1]: a bright one, no pixel below mid-grey, is not floats in [0, 1] by mistake)
+    restoration = restore(pipe, torch.cat([p.image for p in pictures]), simulate=simulate, warn_unsigned=False,
+                          **options)
     if detector is None:
         return PhotoRestoration(pictures, restoration, None)
     from .align import paste_back_placements
