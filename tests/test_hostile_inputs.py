@@ -25,7 +25,7 @@ import hostile
 from conftest import build_tiny_generator, build_tiny_pipeline
 from hyperinverter.cli.main import main
 from hyperinverter.editing import GANSpaceBasis, GANSpaceDirection, LinearDirection, save_direction
-from hyperinverter.errors import CheckpointError, ImageReadError, NonFiniteError, OutputError
+from hyperinverter.errors import CheckpointError, ImageReadError, InputError, NonFiniteError, OutputError
 from hyperinverter.io.checkpoints import read_safetensors, save_safetensors
 from hyperinverter.io.files import atomic_write_bytes
 from hyperinverter.io.images import image_bytes, read_image
@@ -678,6 +678,20 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(world, tmp_path, 
             main([str(a) for a in argv])
         assert caught.value.code == 2 and ": an empty path; give a file or folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["mine.png"]
+
+
+def test_an_empty_model_name_is_refused_not_the_model_in_the_current_folder(world, tmp_path, capsys, monkeypatch):
+    # --model "" was Path("") == ".": run in a model's folder, `--model "$UNSET"` silently used that model.
+    shutil.copytree(world.model, tmp_path / "here")
+    monkeypatch.chdir(tmp_path / "here")
+    for argv in (["generate", "--model", "", "--seeds", "0", "--out", tmp_path / "g.png"],
+                 ["invert", world.photos, "--model", "", "--out", tmp_path / "inv", "--device", "cpu"]):
+        result = cli(capsys, *argv)
+        assert result.code == 2 and result.err.startswith("error: an empty model name; give a catalogue name"), \
+            result.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    with pytest.raises(InputError, match="an empty model name"):
+        InversionPipeline.from_pretrained("", device="cpu")
 
 
 def test_values_that_made_internal_errors(world, tmp_path, capsys):

@@ -152,6 +152,8 @@ def local_model_path(name_or_path: str | os.PathLike) -> Path:
     if isinstance(name_or_path, os.PathLike):
         return _existing(Path(name_or_path))
     text = os.fspath(name_or_path)
+    if not text:  # (Path("") is the current folder: `--model "$UNSET"` loaded whatever model lay there)
+        raise InputError("an empty model name; give a catalogue name or a model folder (. for the current folder)")
     separators = [os.sep] + ([os.altsep] if os.altsep else [])
     if any(sep in text for sep in separators) or text in (".", ".."):
         return _existing(Path(text))
