@@ -476,3 +476,41 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, gan_dir
     (run / "final").rename(tmp_path / "final-aside")
     with pytest.raises(OutputError, match=r"holds a run \(best/, stats.jsonl\)"):  # (it logged step 5 and on)
         train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])
+
+
+def test_a_run_killed_while_writing_its_first_checkpoint_starts_again(tmp_path, gan_dir, images):
+    """A run logs the step of its first checkpoint, validates, saves best/ and samples before it writes that
+    checkpoint: one killed in between (a SIGKILL in the writing) held no checkpoint and had logged that step, and was
+    refused ("holds a run (best/, stats.jsonl) but no checkpoint"), so it could never be run again in its folder."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = {"steps": 6, "log_every": 1, "val_every": 1, "checkpoint_every": 5}
+    run = tmp_path / "run"
+    torch.save(images, tmp_path / "images.pt")
+    script = ("import json, os, signal, sys, torch\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "from test_train_inversion import config\n"
+              "from hyperinverter.training import loop\n"
+              "from hyperinverter.training.inversion import train_w_encoder\n"
+              "loop.save_checkpoint = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "images = torch.load(sys.argv[2], weights_only=True)\n"
+              "train_w_encoder(config(sys.argv[3], sys.argv[4], **json.loads(sys.argv[5])), images=images,\n"
+              "                val_images=images[:2])\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path / "images.pt"),
+                             str(run), str(gan_dir), json.dumps(settings)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    def steps(folder):
+        return [json.loads(line)["step"] for line in (folder / "stats.jsonl").read_text().splitlines()]
+
+    assert max(steps(run)) == 5 and (run / "best").is_dir() and not list((run / "checkpoints").glob("*.safetensors"))
+    result = train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])
+    assert result.steps == 6 and (run / "final").is_dir()
+    clean = train_w_encoder(config(tmp_path / "clean", gan_dir, **settings), images=images, val_images=images[:2])
+    assert steps(run) == steps(clean.run_dir)

@@ -192,24 +192,25 @@ def check_nothing_to_lose(run_dir: Path, *, first_checkpoint: int) -> None:
     """``OutputError`` where a run that found no checkpoint to resume from would start again over an earlier
     run's results: ``final/`` and ``best/`` would be replaced and ``stats.jsonl`` emptied, without a word.
 
-    A run stopped before ``first_checkpoint`` (the step of its first checkpoint) loses nothing by starting again: it
-    makes the same ``best/`` and log lines again, seeded as they were (refused, it could not be run again in the
-    same folder, and the full-disk hint "run the command again" was wrong for it)."""
+    A run stopped before ``first_checkpoint`` (the step of its first checkpoint) was written loses nothing by starting
+    again: it makes the same ``best/`` and log lines again, seeded as they were (refused, it could not be run again
+    in the same folder, and the full-disk hint "run the command again" was wrong for it). That step is logged, and
+    validated, before its checkpoint is written: a run that logged it and was killed before the write is one too."""
     unreadable = list_checkpoints(run_dir / "checkpoints")
     stats = run_dir / "stats.jsonl"
     logged = _last_logged_step(stats)
     held = [name + "/" for name in ("final", "best") if (run_dir / name).exists()]
     held += ["stats.jsonl"] if stats.is_file() and stats.stat().st_size else []
     held += [f"{len(unreadable)} checkpoint(s), none of which reads back"] if unreadable else []
-    if held and "final/" not in held and not unreadable and logged is not None and logged < first_checkpoint:
+    if held and "final/" not in held and not unreadable and logged is not None and logged <= first_checkpoint:
         held = []
     if held:
         raise OutputError(run_dir, f"holds a run ({', '.join(held)}) but no checkpoint to resume it from: starting "
                           "again would replace its results; give a new run_dir"
                           + ("" if unreadable else ", or resume=false to start afresh in this one"))
     if logged is not None:
-        logger.info("%s: its run stopped at step %d, before its first checkpoint (step %d): starting it again",
-                    run_dir, logged, first_checkpoint)
+        logger.info("%s: its run stopped at step %d, before its first checkpoint (step %d) was written: starting it "
+                    "again", run_dir, logged, first_checkpoint)
 
 
 def _last_logged_step(stats: Path) -> int | None:
