@@ -474,3 +474,23 @@ def test_gpu_check_ddp_report_names_the_commands_own_error(monkeypatch):
                                                                      "nccl": False, "errors": [cause],
                                                                      "tail": output[-1500:]}}
     assert cause in gpu_check.markdown(report)
+
+
+def test_the_report_is_written_only_once_the_files_it_names_are(bundle, tmp_path, monkeypatch):
+    # benchmark.md and .json were written first: a run stopped while it drew the examples left a report that said
+    # it was done and named per_image.csv and examples.png, which were not there (or were an older run's).
+    from hyperinverter import benchmark
+
+    out = tmp_path / "report"
+    drawn = benchmark.example_figure
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # (a Ctrl-C or SIGTERM there; a SIGKILL leaves the same)
+
+    monkeypatch.setattr(benchmark, "example_figure", stopped)
+    assert run(bundle, out) == 130
+    assert not (out / "benchmark.md").exists() and not (out / "benchmark.json").exists()
+    monkeypatch.setattr(benchmark, "example_figure", drawn)
+    assert run(bundle, out) == 0
+    assert {"benchmark.md", "benchmark.json", "per_image.csv", "tradeoff.png", "examples.png"} <= {
+        p.name for p in out.iterdir()}

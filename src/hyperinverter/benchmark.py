@@ -678,7 +678,6 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
             parameters={m: r.parameters for m, r in runs.items()}, images_per_method=images_per_method,
             editability=editability, editability_setup=setup, claims=[], notes=all_notes, provenance=provenance)
         report.claims = check_claims(report)
-        report.save(out)
         per_image = {m: values for m, (_, values) in scored.items()}
         atomic_write_bytes(out / "per_image.csv", image_scores_csv(names[:common], per_image), report=True)
         try:
@@ -687,5 +686,6 @@ def run_benchmark(pipeline: InversionPipeline, inputs: torch.Tensor, names: Sequ
             logger.warning("no trade-off plot: matplotlib is not installed (pip install 'hyperinverter[plot]')")
         figure = example_figure(inputs, runs, direction_name, rows)
         atomic_write_bytes(out / "examples.png", image_bytes(figure))
+        report.save(out)  # last: the report that names the files above is there only once they all are
         logger.info("benchmark written to %s in %.0f s", out, time.perf_counter() - started)
         return report
