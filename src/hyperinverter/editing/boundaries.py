@@ -80,6 +80,15 @@ class LabelTable:
     def __len__(self) -> int:
         return len(self.lines)
 
+    def samples(self) -> np.ndarray:
+        """Per row, which sample's draw it is ``[N]``: the rows of one seed (at several truncations, whose images
+        are much alike) share one, and fall into the same side of a held-out split; a row of codes is its own."""
+        if self.seeds is None:
+            return np.arange(len(self))
+        draws = list(zip(self.seeds, self.draws or [""] * len(self)))
+        first = {}
+        return np.asarray([first.setdefault(draw, len(first)) for draw in draws])
+
 
 def _row_error(path: Path, line: int, cause: str) -> SchemaError:
     return SchemaError(path, f"row {line}: {cause}")
@@ -250,11 +259,15 @@ def binary_classes(values: np.ndarray, fraction: float = 0.3) -> tuple[np.ndarra
     return index, np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
 
 
-def _split(n: int, test_fraction: float, seed: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded, stratified split of ``range(n)`` into (train, test)."""
+def _split(n: int, test_fraction: float, seed: int, labels: np.ndarray,
+           groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified split of ``range(n)`` into (train, test); the items of one of ``groups`` (``[n]``: one
+    seed's rows at several truncations) all on one side."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"the held-out fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
+    if groups is not None and len(np.unique(groups)) < n:
+        return _grouped_split(test_fraction, rng, labels, groups)
     train, test = [], []
     for cls in (0, 1):
         members = rng.permutation(np.flatnonzero(labels == cls))
@@ -264,6 +277,27 @@ def _split(n: int, test_fraction: float, seed: int, labels: np.ndarray) -> tuple
         test.append(members[:k])
         train.append(members[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _grouped_split(test_fraction: float, rng: np.random.Generator, labels: np.ndarray,
+                   groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_split` with whole groups held out, in a seeded order, while each class's held-out count stays within
+    its share (rows of a seed at two truncations on both sides made the held-out accuracy optimistic)."""
+    names, group_of = np.unique(groups, return_inverse=True)
+    counts = np.stack([np.bincount(group_of[labels == cls], minlength=len(names)) for cls in (0, 1)], axis=1)
+    quota = np.rint(test_fraction * counts.sum(axis=0))
+    held = np.zeros(2)
+    chosen = np.zeros(len(names), dtype=bool)
+    for g in rng.permutation(len(names)):
+        if (held + counts[g] <= quota).all():
+            chosen[g], held = True, held + counts[g]
+    in_test = chosen[group_of]
+    for cls in (0, 1):
+        members = labels == cls
+        if not (in_test & members).any() or not (~in_test & members).any():
+            raise ValueError(f"class {cls} has {int(members.sum())} samples in {len(np.unique(group_of[members]))} "
+                             f"seed(s): too few to hold {test_fraction:g} out with each seed's rows on one side")
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, max_iter: int = 500) -> tuple[torch.Tensor,
@@ -448,8 +482,10 @@ def train_boundary(
     strength: float | None = None,
     name: str | None = None,
     l2: float = 1e-3,
+    samples: np.ndarray | None = None,
 ) -> TrainedBoundary:
     """Train one attribute's boundary on ``codes [N, num_ws, w_dim]`` and its ``values [N]`` (NaN: unlabelled).
+    ``samples`` ``[N]``: rows of one draw (``LabelTable.samples``) are held out together.
 
     ``conditions``: name -> a direction's vector ``[1 | num_ws, w_dim]`` whose normals are projected off.
     The default ``strength`` is two standard deviations of the codes along the direction (of all labelled
@@ -464,7 +500,9 @@ def train_boundary(
     features = code_features(codes, space, span)
     index, labels = binary_classes(values, fraction)
     x, y = features[index], torch.from_numpy(labels)
-    train, test = _split(len(index), test_fraction, seed, labels)
+    if samples is not None and np.shape(samples) != values.shape:
+        raise ValueError(f"{codes.shape[0]} codes but {np.shape(samples)} sample ids")
+    train, test = _split(len(index), test_fraction, seed, labels, None if samples is None else samples[index])
     weight, bias = fit_logistic(x[train], y[train], l2=l2)
     if not bool(torch.isfinite(weight).all()) or float(weight.norm()) == 0:
         raise ValueError(f"{attribute}: the classifier did not converge (a constant or degenerate attribute?)")
@@ -552,7 +590,8 @@ def train_from_labels(
         raise InputError(attribute, "cannot be conditioned on itself")
     codes = label_codes(table, G, model=model_name)
     span = _check_layers(layers, G.num_ws)
-    options = {"space": space, "layers": span, "fraction": fraction, "test_fraction": test_fraction, "seed": seed}
+    options = {"space": space, "layers": span, "fraction": fraction, "test_fraction": test_fraction, "seed": seed,
+               "samples": table.samples()}
     vectors: dict[str, torch.Tensor] = {}
     for condition in conditions:
         if condition in table.attributes:
