@@ -121,3 +121,15 @@ def test_a_clip_the_encoder_could_not_finish_is_an_error_naming_it(tmp_path, mon
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(out)
     assert caught.value.strerror == "the video encoder (ffmpeg) failed: Error closing file: No space left on device"
     assert not list(out.parent.iterdir())  # its hidden folder is gone
+
+
+@needs_backend
+@pytest.mark.parametrize("backend", available_backends() or ["none"])
+def test_a_clip_beside_a_relative_output_with_a_colon_in_its_name(backend, tmp_path, monkeypatch):
+    # Made beside its output, the clip was named to FFmpeg by a relative path, which FFmpeg reads as a URL: a
+    # folder named "12:30" was "Protocol not found" (PyAV's own error, a traceback); one named "-x" an option.
+    monkeypatch.chdir(tmp_path)
+    for folder in ("12:30", "-x"):
+        data = mp4_bytes(_ramp(4, 3, 8, 8), fps=4, backend=backend, beside=f"{folder}/lerp.mp4")
+        assert data[4:8] == b"ftyp"
+        assert not list((tmp_path / folder).iterdir())  # (its hidden folder is gone)

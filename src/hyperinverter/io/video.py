@@ -148,7 +148,9 @@ def mp4_bytes(frames: torch.Tensor, fps: int, *, backend: str | None = None,
     scratch = tempfile.TemporaryDirectory(prefix="hyperinverter-video-") if beside is None \
         else scratch_folder_beside(beside)
     with scratch as folder:
-        path = Path(folder) / "clip.mp4"
+        # Absolute: FFmpeg reads a name as a URL, and one beside a relative output ("12:30/lerp.mp4") was refused
+        # as "Protocol not found" (a leading "-" is an option to the ffmpeg program).
+        path = Path(folder).absolute() / "clip.mp4"
         try:
             (_write_av if backend == "av" else _write_imageio)(path, rgb, fps)
             return path.read_bytes()
