@@ -248,3 +248,22 @@ def test_a_bright_photo_is_restored_without_the_warning_of_floats_in_0_1(sr_pipe
     with caplog.at_level("WARNING"):
         restore(pipe, restored.pictures[0].image)  # (a tensor a user gives is still warned of)
     assert "no negative values" in caplog.text
+
+
+def test_a_photo_smaller_than_the_generator_is_restored_from_its_own_pixels(sr_pipe):
+    # invert reads such a photo through its own pixels (not their Lanczos enlargement, which reached the encoder
+    # blurred); restore_photo, the path of the `restore` command whose inputs are small degraded photos, did not.
+    from hyperinverter.restoration import restore_photo
+
+    pipe, _ = sr_pipe
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    seen = []
+    pipe.inverter().encoders.stage(0).register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    inverted = pipe.invert([photo])
+    restored = restore_photo(pipe, photo)
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[1], seen[0], rtol=0, atol=0)
+    torch.testing.assert_close(restored.restoration.result.ws, inverted.ws)
+    assert restored.restoration.degraded.shape == (1, 3, 32, 32)  # (what the compare strip shows: as before)
+    restore_photo(pipe, photo, simulate=True)  # (degraded from the clean image, at the encoder's size)
+    assert seen[2].shape == (1, 3, 64, 64)

@@ -84,9 +84,12 @@ def restore_photo(pipe: InversionPipeline, photo: Image.Image, *, name: str = "p
     G = pipe.generator
     pictures = photo_pictures(photo, name, source, resolution=G.resolution, channels=G.config.img_channels,
                               detector=detector, align_scale=pipe.align_scale, content_rows=pipe.content_rows)
-    # (read from the photo, in [-1, 1]: a bright one, no pixel below mid-grey, is not floats in [0, 1] by mistake)
+    # (read from the photo, in [-1, 1]: a bright one, no pixel below mid-grey, is not floats in [0, 1] by mistake.)
+    # A degraded photo smaller than the generator is read from its own pixels, as invert reads it (not from their
+    # enlargement); a simulated one is degraded from the clean image as before.
+    originals = {} if simulate else {"originals": [p.original for p in pictures]}
     restoration = restore(pipe, torch.cat([p.image for p in pictures]), simulate=simulate, warn_unsigned=False,
-                          **options)
+                          **originals, **options)
     if detector is None:
         return PhotoRestoration(pictures, restoration, None)
     from .align import paste_back_placements
