@@ -611,3 +611,16 @@ def test_photos_at_or_above_the_generator_s_size_invert_exactly_as_before():
     options = {"steps": 2, "w_avg_samples": 64}
     before = pipe.invert(enlarged([small]), method="w-opt", **options)
     assert torch.equal(pipe.invert([small], method="w-opt", **options).ws, before.ws)
+
+
+@pytest.mark.parametrize("field, value", [("align_scale", 0.0), ("align_scale", 11.0), ("align_scale", True),
+                                          ("align_scale", float("nan")), ("faces", "yes")])
+def test_a_bundle_that_would_not_load_is_not_written(pipeline, tmp_path, field, value):
+    # save_pipeline wrote a pipeline.json that from_pretrained then refused (align_scale in (0, 10], faces a bool).
+    from hyperinverter.pipeline import save_pipeline
+
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        save_pipeline(pipeline.inverter(), tmp_path / "bundle", **{field: value})
+    assert not (tmp_path / "bundle").exists()
+    save_pipeline(pipeline.inverter(), tmp_path / "bundle", align_scale=10.0, faces=False)
+    assert InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu").align_scale == 10.0

@@ -221,9 +221,9 @@ def read_pipeline_index(folder: Path) -> dict:
                           f"(1 to {FORMAT_VERSION})")
     if version == 1:
         index = _upgrade_v1(index, path)
-    scale = index.get("align_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_ALIGN_SCALE:
-        raise SchemaError(path, f"'align_scale' must be a number in (0, {MAX_ALIGN_SCALE}], got {scale!r}")
+    if not _is_align_scale(index.get("align_scale", 1.0)):
+        raise SchemaError(path, f"'align_scale' must be a number in (0, {MAX_ALIGN_SCALE}], got "
+                          f"{index['align_scale']!r}")
     if not isinstance(index.get("faces", False), bool):
         raise SchemaError(path, f"'faces' must be true or false, got {index['faces']!r}")
     methods = index.get("methods")
@@ -249,6 +249,10 @@ def read_pipeline_index(folder: Path) -> dict:
     return index
 
 
+def _is_align_scale(scale: object) -> bool:
+    return isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= MAX_ALIGN_SCALE
+
+
 def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.PathLike, *,
                   default_method: str | None = None, dtype: torch.dtype | None = None,
                   align_scale: float = 1.0, faces: bool | None = None, discriminator: Discriminator | None = None,
@@ -271,6 +275,10 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
 
     # (an integer or bool dtype wrote a ruined bundle without a word; "fp16" reached torch as a device string)
     dtype = None if dtype is None else PRECISIONS[dtype_name(dtype)]
+    if not _is_align_scale(align_scale):  # (written, the bundle was refused only when it was next loaded)
+        raise ValueError(f"align_scale must be a number in (0, {MAX_ALIGN_SCALE}], got {align_scale!r}")
+    if faces is not None and not isinstance(faces, bool):
+        raise ValueError(f"faces must be True, False or None, got {faces!r}")
     methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
     stored = {name: m for name, m in methods.items() if m.components}
     if not stored:

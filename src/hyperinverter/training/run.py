@@ -217,7 +217,7 @@ def _last_logged_step(stats: Path) -> int | None:
     """The last step ``stats`` records (lines torn by a kill are skipped), or None without one."""
     try:
         lines = stats.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
+    except OSError:  # (none, or a folder of that name: no step known, so a run's results there are kept)
         return None
     steps = []
     for line in lines:
