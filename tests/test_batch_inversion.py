@@ -423,3 +423,26 @@ def test_a_folder_without_images_is_named_as_the_error(pipeline, tmp_path, capsy
         error = capsys.readouterr().err.strip()
         assert error.startswith(f"error: {tmp_path / 'empty'}: no image files in it (looked for .png, .jpg,"), error
         assert not (tmp_path / command).exists()  # nothing was written
+
+
+def test_outputs_of_an_older_reading_of_the_photos_are_made_again(pipeline, tmp_path, capsys, monkeypatch):
+    # A change to how a photo becomes what a method reads (a face crop's shrink, a small photo's encoder input) gave
+    # other pixels for the same photo, and a re-run skipped the outputs of the old reading as done.
+    from hyperinverter.inversion import batch
+    from hyperinverter.io import images
+
+    write_photos(tmp_path / "photos", 2)
+    pipeline.save_pretrained(tmp_path / "model")
+    model = ["--model", str(tmp_path / "model"), "--device", "cpu"]
+    invert = ["invert", str(tmp_path / "photos"), *model, "--out", str(tmp_path / "inverted")]
+    edit = ["edit", str(tmp_path / "photos" / "p0.png"), *model, "--direction", "dir", "--out", str(tmp_path / "e")]
+    save_direction(LinearDirection(torch.randn(1, pipeline.generator.w_dim), name="dir"), tmp_path / "dir.safetensors")
+    edit[edit.index("dir")] = str(tmp_path / "dir.safetensors")
+    assert main(invert) == 0 and main(edit) == 0
+    capsys.readouterr()
+    assert main(invert) == 0 and "2 input(s) already done" in capsys.readouterr().out
+    assert main(edit) == 0 and "1 already done" in capsys.readouterr().out
+    for module in (images, batch):  # (the CLI's commands import it when they run)
+        monkeypatch.setattr(module, "PHOTO_READING", images.PHOTO_READING + 1)
+    assert main(invert) == 0 and "wrote 2 picture(s)" in capsys.readouterr().out
+    assert main(edit) == 0 and "0 already done" in capsys.readouterr().out

@@ -71,7 +71,15 @@ def run_restore(args: argparse.Namespace) -> int:
         output_folder,
         sha256_if_readable,
     )
-    from ..io.images import find_images, image_bytes, images_made_with, make_grid, no_images_error, read_image
+    from ..io.images import (
+        PHOTO_READING,
+        find_images,
+        image_bytes,
+        images_made_with,
+        make_grid,
+        no_images_error,
+        read_image,
+    )
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -94,7 +102,7 @@ def run_restore(args: argparse.Namespace) -> int:
     inverter.check_options(options)  # a bad option fails now, not after the first image
     alignment = [args.align, args.min_face_score, args.detect_side, pipe.align_scale] if args.align else []
     made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype),
-                              *alignment])
+                              *alignment, PHOTO_READING])
     detector = None
     if args.align:
         detector = face_detector(args)

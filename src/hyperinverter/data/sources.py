@@ -43,6 +43,7 @@ from ..io.files import (
     written_by_us,
 )
 from ..io.images import (
+    PHOTO_READING,
     find_images,
     image_bytes,
     images_made_with,
@@ -417,7 +418,7 @@ def write_aligned(source_dir: str | Path, out_dir: str | Path, *, size: int = 25
             # A face records the bytes of its photo: a photo replaced under its name is aligned again (its old faces,
             # another person's, were kept), and a user's file at its name is no face of ours.
             digest = sha256_if_readable(path)
-            made = fingerprint_of([alignment, size, digest])
+            made = fingerprint_of([alignment, size, digest, PHOTO_READING])
             if digest is not None and any(images_made_with([p], made) for p in first):
                 continue
             for old in faces_of.get(stem, []):  # faces of other bytes: stale

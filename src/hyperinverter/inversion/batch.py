@@ -35,7 +35,16 @@ from PIL import Image
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError, naming
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, output_folder, sha256_if_readable
-from ..io.images import fit_to_canvas, image_bytes, make_grid, photo_tensors, pil_to_tensor, read_image
+from ..io.images import (
+    PHOTO_READING,
+    fit_to_canvas,
+    image_bytes,
+    make_grid,
+    photo_tensors,
+    pil_to_tensor,
+    read_image,
+)
+from ..io.work import fingerprint_of
 from ..methods import InversionResult
 from ..methods.base import check_batch_size
 from ..precision import dtype_name
@@ -263,7 +272,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
         report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
         aligned = detector is not None
         dtype = dtype_name(pipe.dtype)
-        made = made_with_digest(inverter, options)
+        made = fingerprint_of([made_with_digest(inverter, options), PHOTO_READING])
         todo, source_sha256 = [], {}
         for path, name in pairs:
             source_sha256[path] = sha256_if_readable(path)

@@ -114,6 +114,11 @@ _XMP_PACKET = ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xml
 
 # A PNG text chunk: the digest of what made a result (see image_bytes), so that a re-run knows its own work.
 MADE_WITH_CHUNK = "hyperinverter:made-with"
+# How a photo file becomes what a method reads, in what a re-run checks before it skips an output made from a photo
+# (an inversion, an aligned face, an edit or a restoration of it): raised where the same photo gives other pixels, so
+# that outputs of the old reading are made again. 2: a face crop shrunk against the output's size, as FFHQ's script
+# does; a photo smaller than the generator read by encoders from its own pixels.
+PHOTO_READING = 2
 
 
 def image_bytes(image: torch.Tensor | Image.Image, suffix: str = ".png", *, made_with: str | None = None) -> bytes:
