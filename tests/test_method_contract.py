@@ -206,3 +206,37 @@ def test_an_encoder_reads_as_it_was_trained_whatever_its_method(tiny_generator, 
     (tmp_path / "bundle" / "pipeline.json").write_text(json.dumps(index))
     with pytest.raises(SchemaError, match="'encoder_antialias' must be true or false, got 'yes'"):
         InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu")
+
+
+def test_the_registry_refuses_what_is_not_a_method_by_name():
+    from hyperinverter.methods import Inverter, register_method
+
+    class Nameless(Inverter):
+        label = "nameless"
+
+    class NotAMethod:
+        name, label, options = "not-a-method", "x", {}
+
+    for cls in (None, 3, NotAMethod, Nameless):
+        with pytest.raises(TypeError, match="Inverter subclass|must set name"):
+            register_method(cls)
+    assert "not-a-method" not in registered_methods()
+
+
+@pytest.mark.parametrize("returns", ["tensor", "none", "rows", "batch", "side"])
+def test_a_registered_method_that_breaks_the_contract_is_named(returns, monkeypatch):
+    from hyperinverter.methods import InversionResult, Inverter, register_method, registry
+
+    def forward(self, x, *, stopwatch=None, **options):
+        G, b = self.generator, x.shape[0]
+        ws, image = torch.zeros(b, G.num_ws, G.w_dim), torch.zeros_like(x)
+        return {"tensor": image, "none": None,
+                "rows": InversionResult(ws=ws[:, 1:], image=image),
+                "batch": InversionResult(ws=ws[:1], image=image[:1]),
+                "side": InversionResult(ws=ws, image=image[..., :16, :16])}[returns]
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    register_method(type("Broken", (Inverter,), {"name": "broken", "label": "Broken", "forward": forward}))
+    pipe = InversionPipeline(registered_methods()["w-opt"].create(build_tiny_generator()), device="cpu")
+    with pytest.raises((TypeError, ValueError), match="method broken returned"):
+        pipe.invert(images(2), method="broken")

@@ -352,10 +352,23 @@ class Inverter(nn.Module):
         finally:
             for module in training:
                 module.training = True
+        self._check_result(result, images.shape[0])
         result = result.float()
         result.timings = dict(stopwatch.laps)
         result.method, result.dtype = self.name, dtype_name(dtype)
         return result
+
+    def _check_result(self, result: object, batch: int) -> None:
+        """A ``TypeError`` or ``ValueError`` naming the method unless ``result`` keeps the contract of :meth:`invert`
+        for ``batch`` images (a registered method's wrong shapes reached editing and files, or failed inside)."""
+        G = self.generator
+        if not isinstance(result, InversionResult):
+            raise TypeError(f"method {self.name} returned {type(result).__name__}, not an InversionResult")
+        image = (batch, G.config.img_channels, G.resolution, G.resolution)
+        for what, tensor, shape in (("ws", result.ws, (batch, G.num_ws, G.w_dim)), ("image", result.image, image)):
+            if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+                raise ValueError(f"method {self.name} returned {what} {tuple(tensor.shape)} {tensor.dtype}; the "
+                                 f"contract is floats {list(shape)}")
 
 
 def _plain_scalar(value: Any) -> Any:
