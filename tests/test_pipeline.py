@@ -624,3 +624,41 @@ def test_a_bundle_that_would_not_load_is_not_written(pipeline, tmp_path, field, 
     assert not (tmp_path / "bundle").exists()
     save_pipeline(pipeline.inverter(), tmp_path / "bundle", align_scale=10.0, faces=False)
     assert InversionPipeline.from_pretrained(tmp_path / "bundle", device="cpu").align_scale == 10.0
+
+
+def test_results_are_joined_only_where_they_fit_together(pipeline, tiny_generator):
+    from hyperinverter.methods import InversionResult
+
+    x = images(2)
+    with_offsets, codes_only = pipeline.invert(x), pipeline.invert(x, method="phase1")
+    for bad in (None, with_offsets, [with_offsets, None], [with_offsets.ws]):
+        with pytest.raises(TypeError, match="InversionResult"):
+            InversionResult.cat(bad)
+    # (the offsets of every sample were dropped without a word)
+    with pytest.raises(ValueError, match=r"results\[1\] .*generator offsets"):
+        InversionResult.cat([with_offsets, codes_only])
+    other = InversionResult(ws=torch.zeros(1, 3, 16), image=torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"results\[1\] comes from another model"):
+        InversionResult.cat([codes_only, other])
+    joined = InversionResult.cat(r for r in (with_offsets.select(0), with_offsets.select(1)))
+    assert torch.equal(joined.ws, with_offsets.ws) and joined.weight_delta is not None
+
+
+def test_a_result_is_built_and_moved_only_as_it_can_be_used(pipeline):
+    from hyperinverter.methods import InversionResult
+
+    result = pipeline.invert(images(2))
+    ws, image = result.ws, result.image
+    with pytest.raises(ValueError, match="ws must hold floats"):
+        InversionResult(ws=ws.long(), image=image)
+    with pytest.raises(TypeError, match="weight_delta must be a WeightDelta"):
+        InversionResult(ws=ws, image=image, weight_delta={"b4.conv1.weight": torch.zeros(2)})
+    with pytest.raises(TypeError, match="steps must be a list"):
+        InversionResult(ws=ws, image=image, steps=None)
+    for device in ("nope", 1.5):
+        with pytest.raises(ValueError, match="device"):
+            result.to(device)
+    # Codes in float64 interpolate as the same codes in float32 (lerp refused to mix the two).
+    a = InversionResult(ws=ws[:1].double(), image=image[:1], weight_delta=result.weight_delta.select(0))
+    assert torch.allclose(pipeline.interpolate(a, result.select(1), steps=3),
+                          pipeline.interpolate(result.select(0), result.select(1), steps=3), atol=1e-5)

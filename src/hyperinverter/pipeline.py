@@ -1036,7 +1036,8 @@ class InversionPipeline:
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t <= 1.0:  # (NaN fails the range)
             raise ValueError(f"t must be a number in [0, 1], got {t!r}")
         ends = [None if r.weight_delta is None else r.weight_delta.to(self.device) for r in (a, b)]
-        return self.render(torch.lerp(a.ws.to(self.device), b.ws.to(self.device), t), WeightDelta.blend(*ends, t))
+        codes = [r.ws.to(self.device, torch.float32) for r in (a, b)]  # (float64 codes: lerp refused the mix)
+        return self.render(torch.lerp(*codes, t), WeightDelta.blend(*ends, t))
 
     @torch.no_grad()
     def mix(self, a: InversionResult, b: InversionResult, start: int, end: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config_base import check_value
-from ..device import synchronize
+from ..device import resolve_device, synchronize
 from ..io.images import check_content_rows
 from ..models.stylegan2 import Generator
 from ..models.weight_delta import WeightDelta
@@ -85,6 +85,13 @@ class InversionResult:
         if not isinstance(self.image, torch.Tensor) or self.image.ndim != 4 or self.image.shape[0] != b:
             raise ValueError(f"image must be a tensor [B, C, R, R] with the {b} sample(s) of ws, got "
                              f"{shape(self.image)}")
+        for name in ("ws", "image"):
+            if not getattr(self, name).is_floating_point():  # (integer codes failed inside interpolate and edits)
+                raise ValueError(f"{name} must hold floats, got {getattr(self, name).dtype}")
+        if self.weight_delta is not None and not isinstance(self.weight_delta, WeightDelta):
+            raise TypeError(f"weight_delta must be a WeightDelta or None, got {type(self.weight_delta).__name__}")
+        if not isinstance(self.steps, (list, tuple)):
+            raise TypeError(f"steps must be a list of tensors, got {type(self.steps).__name__}")
         if self.weight_delta is not None and self.weight_delta.batch_size != b:
             raise ValueError(f"weight_delta holds {self.weight_delta.batch_size} sample(s), ws {b}")
         for extra in ([self.initial_image] if self.initial_image is not None else []) + list(self.steps):
@@ -123,6 +130,9 @@ class InversionResult:
         return self._map(lambda t: t[index], lambda d: d.select(index))
 
     def to(self, device: torch.device | str) -> InversionResult:
+        """Every tensor on ``device`` (checked as a pipeline's: a name torch does not know was a RuntimeError)."""
+        if device is not None and not isinstance(device, torch.dtype):
+            device = resolve_device(device)
         return self._map(lambda t: t.to(device), lambda d: d.to(device))
 
     def float(self) -> InversionResult:
@@ -133,8 +143,22 @@ class InversionResult:
     def cat(results: list[InversionResult]) -> InversionResult:
         """One result for the batches in ``results``, in order (one result is returned as it is: a full-size
         HyperInverter's Δθ is 90 MB per image, and a copy of it made the peak of a pipeline's inversion)."""
+        if isinstance(results, InversionResult) or not isinstance(results, Iterable):
+            raise TypeError(f"cat takes a list of InversionResults, got {type(results).__name__}")
+        results = list(results)
         if not results:  # ("min() arg is an empty sequence")
             raise ValueError("cat needs at least one result")
+        for i, r in enumerate(results):
+            if not isinstance(r, InversionResult):
+                raise TypeError(f"results[{i}] must be an InversionResult, got {type(r).__name__}")
+            first = results[0]
+            if r.ws.shape[1:] != first.ws.shape[1:] or r.image.shape[1:] != first.image.shape[1:]:
+                raise ValueError(f"results[{i}] comes from another model than results[0] (codes "
+                                 f"{tuple(r.ws.shape[1:])} and {tuple(first.ws.shape[1:])}, images "
+                                 f"{tuple(r.image.shape[1:])} and {tuple(first.image.shape[1:])})")
+            if (r.weight_delta is None) != (first.weight_delta is None):  # (the offsets of all were dropped)
+                raise ValueError(f"results[{i}] and results[0] differ in having generator offsets (Δθ): results of "
+                                 "methods with and without them cannot be joined")
         if len(results) == 1:
             return results[0]
 
