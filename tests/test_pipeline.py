@@ -662,3 +662,21 @@ def test_a_result_is_built_and_moved_only_as_it_can_be_used(pipeline):
     a = InversionResult(ws=ws[:1].double(), image=image[:1], weight_delta=result.weight_delta.select(0))
     assert torch.allclose(pipeline.interpolate(a, result.select(1), steps=3),
                           pipeline.interpolate(result.select(0), result.select(1), steps=3), atol=1e-5)
+
+
+def test_results_that_hold_no_usable_values_are_refused_by_name(pipeline, tmp_path):
+    from hyperinverter.errors import NonFiniteError
+    from hyperinverter.methods import InversionResult
+
+    result = pipeline.invert(images(1))
+    on_meta = InversionResult(ws=result.ws.to("meta"), image=result.image)
+    with pytest.raises(ValueError, match="result.ws is a tensor on the meta device"):
+        pipeline.edit(on_meta, torch.ones(16), 1.0)
+    with pytest.raises(ValueError, match="result.ws is a tensor on the meta device"):
+        pipeline.save_result(on_meta, tmp_path / "meta.safetensors")
+    nan = InversionResult(ws=result.ws * float("nan"), image=result.image, weight_delta=result.weight_delta)
+    with pytest.raises(NonFiniteError, match="codes hold NaN"):  # (written, it could not be read back)
+        pipeline.save_result(nan, tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()
+    with pytest.raises(TypeError, match="weight_delta must be a WeightDelta"):
+        pipeline.render(result.ws, dict(result.weight_delta))

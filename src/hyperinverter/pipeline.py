@@ -94,6 +94,9 @@ def _check_result(value: object, name: str) -> None:
     if not isinstance(value, InversionResult):
         raise TypeError(f"{name} must be an InversionResult (from invert, or load_result for a file), got "
                         f"{type(value).__name__}")
+    _check_values(value.ws, f"{name}.ws")  # (a result moved to the meta device failed inside torch's copy)
+    for key, offset in (value.weight_delta or {}).items():
+        _check_values(offset, f"{name}'s offset {key}")
 
 
 def _check_values(tensor: torch.Tensor, name: str) -> None:
@@ -795,6 +798,8 @@ class InversionPipeline:
             shape = tuple(ws.shape) if isinstance(ws, torch.Tensor) else type(ws).__name__
             raise ValueError(f"codes must be [B, {G.num_ws}, {G.w_dim}] for this generator, got {shape}")
         _check_values(ws, "ws (the codes)")
+        if weight_delta is not None and not isinstance(weight_delta, WeightDelta):  # (a dict: AttributeError)
+            raise TypeError(f"weight_delta must be a WeightDelta or None, got {type(weight_delta).__name__}")
         for name, offset in (weight_delta or {}).items():
             _check_values(offset, f"the offset {name}")
         if weight_delta is not None:  # (a result kept on the CPU, as invert_files keeps them, failed on a GPU)
@@ -861,6 +866,10 @@ class InversionPipeline:
         from .inversion.files import check_fits, save_inversion
 
         _check_result(result, "result")
+        offsets = ((f"offset {k}", t) for k, t in (result.weight_delta or {}).items())
+        for what, tensor in (("codes", result.ws), *offsets):
+            if not torch.isfinite(tensor).all():  # (written, the file could not be rendered when read back)
+                raise NonFiniteError(None, f"the result's {what} hold NaN or infinite values: nothing was written")
         # (another model's result was written labelled with this model's name and generator)
         check_fits("the result", result.ws, result.weight_delta, {}, self.generator,
                    model=repr(self.name or "this model"), fingerprint=self.fingerprint)
