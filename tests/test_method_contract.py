@@ -240,3 +240,15 @@ def test_a_registered_method_that_breaks_the_contract_is_named(returns, monkeypa
     pipe = InversionPipeline(registered_methods()["w-opt"].create(build_tiny_generator()), device="cpu")
     with pytest.raises((TypeError, ValueError), match="method broken returned"):
         pipe.invert(images(2), method="broken")
+
+
+def test_an_option_of_the_wrong_kind_is_refused_by_name():
+    G = build_tiny_generator()
+    w_opt, pti = registered_methods()["w-opt"](G), registered_methods()["pti"](G)
+    for method, key, value in ((w_opt, "optimize_noise", [False]), (w_opt, "perceptual_weight", torch.ones(2)),
+                               (pti, "locality_regularization", [False]), (pti, "perceptual_weight", [1.0])):
+        with pytest.raises(ValueError, match=f"option {key} of {method.name}"):
+            method.check_options({key: value})
+    with pytest.raises(ValueError, match="perceptual_weight must be a finite number of 0 or more"):
+        pti.check_options({"perceptual_weight": -1.0})  # (a negative weight rewards the error, as in w-opt)
+    assert callable(w_opt.check_options({"progress": print})["progress"])  # a progress callback is still taken

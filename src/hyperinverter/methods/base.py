@@ -405,8 +405,10 @@ def _plain_scalar(value: Any) -> Any:
 
 def _check_option_type(method: str, key: str, value: Any, default: Any) -> None:
     """A value given as a plain scalar (what ``--option KEY=VALUE`` gives) must have its default's type, as a config
-    value its annotation's (a float option also takes a whole number, and must be finite). Other objects (an API
-    caller's progress callback) and options whose default is None are the method's to check."""
-    if default is None or not isinstance(value, (type(None), bool, int, float, str)):
+    value its annotation's (a float option also takes a whole number, and must be finite). Callables (an API caller's
+    progress callback) and options whose default is None are the method's to check; a list or a tensor for a plain
+    option is refused (``optimize_noise=[False]`` was taken as true)."""
+    plain = (type(None), bool, int, float, str)
+    if default is None or not isinstance(default, plain) or (callable(value) and not isinstance(value, plain)):
         return
     check_value(value, type(default), f"option {key} of {method}")

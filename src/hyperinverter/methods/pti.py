@@ -72,7 +72,8 @@ class PTI(OptimizationMethod):
             raise ValueError(f"steps must be a whole number of tuning steps (0 or more), got {steps!r}")
         for name in ("learning_rate", "locality_alpha"):
             check_number(name, options[name], positive=True)
-        for name in ("l2_weight", "early_stop_lpips", "locality_l2_weight", "locality_perceptual_weight"):
+        for name in ("l2_weight", "perceptual_weight", "early_stop_lpips", "locality_l2_weight",
+                     "locality_perceptual_weight"):
             check_number(name, options[name], positive=False)
         if not 0 <= options["locality_psi"] <= 1:
             raise ValueError(f"locality_psi (the truncation of the locality samples) must be in [0, 1], got "
