@@ -680,3 +680,12 @@ def test_results_that_hold_no_usable_values_are_refused_by_name(pipeline, tmp_pa
     assert not (tmp_path / "nan.safetensors").exists()
     with pytest.raises(TypeError, match="weight_delta must be a WeightDelta"):
         pipeline.render(result.ws, dict(result.weight_delta))
+
+
+def test_an_edit_takes_a_huge_whole_strength_and_refuses_a_direction_of_no_numbers(pipeline):
+    result = pipeline.invert(images(1))
+    direction = torch.zeros(16)
+    assert torch.equal(pipeline.edit(result, direction, 2**70), pipeline.edit(result, direction, 2.0**70))
+    for bad in (direction > 0, torch.complex(direction, direction)):
+        with pytest.raises(ValueError, match="direction must be a tensor of real numbers"):
+            pipeline.edit(result, bad, 1.0)

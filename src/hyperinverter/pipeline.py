@@ -139,7 +139,8 @@ def _strength_list(strengths: Iterable[float | None]) -> list[float | None]:
     for strength in strengths:
         if strength is not None:
             check_strength(strength)
-    return strengths
+    # As floats: an integer past int64 (2**70) was torch's OverflowError inside the edit.
+    return [None if strength is None else float(strength) for strength in strengths]
 
 
 def _offset_kind(result: InversionResult) -> tuple | None:
@@ -959,6 +960,8 @@ class InversionPipeline:
         """``direction`` as :meth:`edit` takes it, as a direction object."""
         if isinstance(direction, torch.Tensor):
             _check_values(direction, "direction")
+            if direction.dtype == torch.bool or direction.is_complex():  # (taken as 0/1, or its real part)
+                raise ValueError(f"direction must be a tensor of real numbers, got {direction.dtype}")
             return LinearDirection(direction_rows(direction.detach().float()), default_strength=1.0)
         if isinstance(direction, (str, os.PathLike)):
             from .editing.catalogue import resolve_direction
