@@ -689,3 +689,14 @@ def test_an_edit_takes_a_huge_whole_strength_and_refuses_a_direction_of_no_numbe
     for bad in (direction > 0, torch.complex(direction, direction)):
         with pytest.raises(ValueError, match="direction must be a tensor of real numbers"):
             pipeline.edit(result, bad, 1.0)
+
+
+def test_save_pipeline_refuses_methods_that_would_write_a_bundle_that_cannot_load(pipeline, tmp_path):
+    from hyperinverter.pipeline import save_pipeline
+
+    method = pipeline.inverter("hyperinverter")
+    for kwargs, error in (({"methods": [method]}, TypeError), ({"methods": {"a": 3}}, TypeError),
+                          ({"methods": {"psp": method}}, ValueError), ({"discriminator": 3}, TypeError)):
+        with pytest.raises(error, match=next(iter(kwargs))):
+            save_pipeline(**{"methods": method, **kwargs}, path=tmp_path / "bundle")
+        assert not (tmp_path / "bundle").exists()

@@ -283,7 +283,16 @@ def save_pipeline(methods: Inverter | Mapping[str, Inverter], path: str | os.Pat
         raise ValueError(f"align_scale must be a number in (0, {MAX_ALIGN_SCALE}], got {align_scale!r}")
     if faces is not None and not isinstance(faces, bool):
         raise ValueError(f"faces must be True, False or None, got {faces!r}")
+    if discriminator is not None and not isinstance(discriminator, Discriminator):
+        raise TypeError(f"discriminator must be a Discriminator or None, got {type(discriminator).__name__}")
+    if not isinstance(methods, (Inverter, Mapping)):  # (a list or None failed inside dict())
+        raise TypeError(f"methods must be an Inverter or a mapping of names to them, got {type(methods).__name__}")
     methods = {methods.name: methods} if isinstance(methods, Inverter) else dict(methods)
+    for name, method in methods.items():  # (another name, or a bad index value, wrote a bundle that cannot load)
+        if not isinstance(method, Inverter):
+            raise TypeError(f"methods[{name!r}] must be an Inverter, got {type(method).__name__}")
+        if name != method.name:
+            raise ValueError(f"methods[{name!r}] is a {method.name} method: a bundle stores each under its own name")
     stored = {name: m for name, m in methods.items() if m.components}
     if not stored:
         raise ValueError("none of these methods has trained parts to save")
