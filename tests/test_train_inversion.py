@@ -434,7 +434,27 @@ def test_fp16_training_on_a_cpu_is_refused_before_the_run_folder_is_made(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, gan_dir, images, monkeypatch):
+class _Killed(BaseException):
+    """As a SIGKILL: no checkpoint is written on the way out."""
+
+
+def _train_killed_after(run, gan_dir, images, settings, last_step):
+    """A W-encoder run in ``run`` killed as it comes to log a step past ``last_step``."""
+    from hyperinverter.training.run import RunLogger
+
+    logged = RunLogger.scalars
+
+    def scalars(self, step, values):
+        if step > last_step:
+            raise _Killed
+        logged(self, step, values)
+
+    with pytest.MonkeyPatch.context() as m, pytest.raises(_Killed):
+        m.setattr(RunLogger, "scalars", scalars)
+        train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, gan_dir, images):
     """A run killed between its first log line and its first checkpoint could not be run again in its folder ("holds
     a run (stats.jsonl) but no checkpoint"): it loses nothing by starting again, seeded as it was. One that logged
     the step of its first checkpoint is still refused."""
@@ -442,24 +462,10 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, gan_dir
 
     from hyperinverter.errors import OutputError
     from hyperinverter.training.checkpointing import list_checkpoints
-    from hyperinverter.training.run import RunLogger
-
-    class Killed(BaseException):
-        pass
-
-    logged = RunLogger.scalars
-
-    def dies_after_step_3(self, step, values):
-        if step > 3:
-            raise Killed  # (as SIGKILL: no checkpoint is written on the way out)
-        logged(self, step, values)
 
     run = tmp_path / "run"
     settings = {"steps": 6, "log_every": 1, "val_every": 2, "checkpoint_every": 5}
-    with monkeypatch.context() as m:
-        m.setattr(RunLogger, "scalars", dies_after_step_3)
-        with pytest.raises(Killed):
-            train_w_encoder(config(run, gan_dir, **settings), images=images, val_images=images[:2])
+    _train_killed_after(run, gan_dir, images, settings, 3)
     assert not list_checkpoints(run / "checkpoints") and (run / "best").is_dir()
     def steps(folder):
         return [json.loads(line)["step"] for line in (folder / "stats.jsonl").read_text().splitlines()]
@@ -514,3 +520,25 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again(tmp_path, 
     assert result.steps == 6 and (run / "final").is_dir()
     clean = train_w_encoder(config(tmp_path / "clean", gan_dir, **settings), images=images, val_images=images[:2])
     assert steps(run) == steps(clean.run_dir)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_not_replaced_by_another_config(tmp_path, gan_dir, images):
+    """Started again, a run stopped before its first checkpoint retraces its steps only with its own config: with
+    another learning rate, its best/ was replaced by another run's at the first validation, without a word. A longer
+    run (or other logging) still retraces it."""
+    from hyperinverter.errors import OutputError
+
+    run = tmp_path / "run"
+    settings = {"steps": 4, "log_every": 1, "val_every": 1, "checkpoint_every": 5}
+    _train_killed_after(run, gan_dir, images, settings, 2)
+
+    def files(folder):
+        return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+    best = files(run / "best")
+    with pytest.raises(OutputError, match=r"stopped at step 2 with another config \(lr: 0\.002 -> 0\.001\)"):
+        train_w_encoder(config(run, gan_dir, **dict(settings, lr=1e-3)), images=images, val_images=images[:2])
+    assert files(run / "best") == best
+    result = train_w_encoder(config(run, gan_dir, **dict(settings, steps=5, log_every=2)), images=images,
+                             val_images=images[:2])
+    assert result.steps == 5

@@ -381,7 +381,7 @@ def _train(cfg: RunConfig, build: Callable[[torch.device, DistributedContext], T
         resumed = resume_latest(run_dir / "checkpoints", modules=task.modules, optimizers=task.optimizers,
                                 scaler=scaler, added_modules=task.added_modules)
         if resumed is None:
-            check_nothing_to_lose(run_dir, first_checkpoint=min(cfg.checkpoint_every, cfg.steps))
+            check_nothing_to_lose(run_dir, cfg, first_checkpoint=min(cfg.checkpoint_every, cfg.steps))
         else:
             start_step, progress = resumed
             _check_same_frozen(run_dir, progress.get(FROZEN_KEY), frozen)

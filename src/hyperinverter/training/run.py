@@ -91,19 +91,26 @@ class RunLogger:
 def _say_what_changed(stored: Path, text: str) -> None:
     """Warn when a run resumes with another config than it ran with (more ``steps`` is the usual, wanted change;
     another learning rate or loss weight goes on silently otherwise), naming each changed key."""
+    changed = _config_changes(stored, text)
+    if changed:
+        logger.warning("resuming %s with a changed config (%s)", stored.parent, "; ".join(changed))
+
+
+def _config_changes(stored: Path, text: str, *, alike: frozenset[str] = frozenset()) -> list[str] | None:
+    """Each key whose value differs between the config ``stored`` and ``text`` (``run_dir`` and the keys of
+    ``alike`` aside), as "key: old -> new"; None where ``stored`` does not read as a config."""
     import yaml
 
     try:
         before = yaml.safe_load(stored.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return
+        return None
     if not isinstance(before, dict):
-        return
+        return None
     old, new = _flat(before), _flat(yaml.safe_load(text))
-    changed = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(old.keys() | new.keys())
-               if old.get(k) != new.get(k) and k != "run_dir"]  # (a run folder moved or copied is the same run)
-    if changed:
-        logger.warning("resuming %s with a changed config (%s)", stored.parent, "; ".join(changed))
+    ignored = alike | {"run_dir"}  # (a run folder moved or copied is the same run)
+    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and k not in ignored]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -188,25 +195,37 @@ def record_run_config(run_dir: Path, config: Any, ctx: DistributedContext, *, re
     ctx.barrier()
 
 
-def check_nothing_to_lose(run_dir: Path, *, first_checkpoint: int) -> None:
+# Config keys that change neither the weights a run trains nor which step's model is kept as best/: a run stopped
+# before its first checkpoint, started again with only these changed, retraces its steps.
+RETRACED_ALIKE = frozenset({"steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress", "tensorboard",
+                            "resume"})
+
+
+def check_nothing_to_lose(run_dir: Path, config: Any, *, first_checkpoint: int) -> None:
     """``OutputError`` where a run that found no checkpoint to resume from would start again over an earlier
     run's results: ``final/`` and ``best/`` would be replaced and ``stats.jsonl`` emptied, without a word.
 
     A run stopped before ``first_checkpoint`` (the step of its first checkpoint) was written loses nothing by starting
-    again: it makes the same ``best/`` and log lines again, seeded as they were (refused, it could not be run again
-    in the same folder, and the full-disk hint "run the command again" was wrong for it). That step is logged, and
-    validated, before its checkpoint is written: a run that logged it and was killed before the write is one too."""
+    again with its ``config`` (but for :data:`RETRACED_ALIKE`): it makes the same ``best/`` and log lines again, seeded
+    as they were (refused, it could not be run again in the same folder, and the full-disk hint "run the command
+    again" was wrong for it). That step is logged, and validated, before its checkpoint is written: a run that logged
+    it and was killed before the write is one too. Another config would replace its ``best/`` with another run's."""
     unreadable = list_checkpoints(run_dir / "checkpoints")
     stats = run_dir / "stats.jsonl"
     logged = _last_logged_step(stats)
     held = [name + "/" for name in ("final", "best") if (run_dir / name).exists()]
     held += ["stats.jsonl"] if stats.is_file() and stats.stat().st_size else []
     held += [f"{len(unreadable)} checkpoint(s), none of which reads back"] if unreadable else []
+    changed = None
     if held and "final/" not in held and not unreadable and logged is not None and logged <= first_checkpoint:
-        held = []
+        changed = _config_changes(run_dir / "config.yaml", to_yaml(config), alike=RETRACED_ALIKE)
+        if changed == []:
+            held = []
     if held:
-        raise OutputError(run_dir, f"holds a run ({', '.join(held)}) but no checkpoint to resume it from: starting "
-                          "again would replace its results; give a new run_dir"
+        stopped = "" if changed is None else (f", stopped at step {logged} with another config "
+                                              f"({'; '.join(changed)}),")
+        raise OutputError(run_dir, f"holds a run ({', '.join(held)}){stopped} but no checkpoint to resume it from: "
+                          "starting again would replace its results; give a new run_dir"
                           + ("" if unreadable else ", or resume=false to start afresh in this one"))
     if logged is not None:
         logger.info("%s: its run stopped at step %d, before its first checkpoint (step %d) was written: starting it "
