@@ -631,3 +631,24 @@ def test_seeds_are_drawn_as_nvidia_s_generate_py_and_older_tables_as_they_were(t
     (tmp_path / "bad.csv").write_text("seed,z,a\n3,numpy,1\n")
     with pytest.raises(SchemaError, match="row 2: 'z' is 'numpy'; it must be one of nvidia, torch"):
         read_labels(tmp_path / "bad.csv")
+
+
+def test_train_from_labels_holds_a_seed_s_rows_out_together(tiny_generator, tmp_path, monkeypatch):
+    # What the `directions train` command runs: its held-out split must get the table's seeds, or a seed's rows at
+    # two truncations (images much alike) fall on both sides and the held-out accuracy is optimistic.
+    from hyperinverter.editing import boundaries
+
+    seeds = list(range(100))
+    rows = ["seed,trunc,a"]
+    for psi in (0.5, 1.0):
+        w = _w(tiny_generator, seeds, psi)
+        rows += [f"{s},{psi},{float(v):.5f}" for s, v in zip(seeds, w[:, 3] - w[:, 5])]
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(rows) + "\n")
+    split, made = boundaries._split, []
+    monkeypatch.setattr(boundaries, "_split", lambda *args, **kwargs: made.append(split(*args, **kwargs)) or made[-1])
+    train_from_labels(tiny_generator, path, "a")
+    index, _ = binary_classes(read_labels(path).attributes["a"], 0.3)
+    seed_of = np.asarray(seeds * 2)[index]
+    train, test = made[0]
+    assert len(test) and not set(seed_of[train]) & set(seed_of[test])
