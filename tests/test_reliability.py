@@ -1363,3 +1363,75 @@ def test_what_the_model_files_fuzzing_pass_left_is_mended(pipeline, tmp_path, ca
         torch.save({"state_dict": state, "opts": opts, "latent_avg": torch.zeros(G.w_dim)}, tmp_path / "w.pt")
         with pytest.raises(CheckpointError, match=cause):
             load_psp_w_encoder(tmp_path / "w.pt")
+
+
+_DEAD = 2**22 + 1  # (above any pid the kernel hands out: no process has it)
+
+
+def _write_each_kind(kind: str, path: Path) -> None:
+    from hyperinverter.editing.directions import LinearDirection, save_direction
+    from hyperinverter.inversion.files import save_inversion
+    from hyperinverter.io.images import save_gif, save_image
+    from hyperinverter.io.video import mp4_bytes
+    from hyperinverter.methods.base import InversionResult
+
+    frames = torch.zeros(2, 3, 8, 8)
+    if kind in ("md", "json", "csv"):  # evaluate's and directions label's reports
+        data = {"md": files.markdown_bytes("# scores"), "json": files.json_report_bytes({"psnr": 1.0}),
+                "csv": b"image,method,psnr\na.png,e4e,1.0\n"}[kind]
+        files.atomic_write_bytes(path, data, report=True)
+    elif kind == "figure":  # evaluate's OUT.png
+        import matplotlib.pyplot as plt
+
+        files.atomic_write_figure(path, plt.figure(figsize=(1, 1)))
+    elif kind == "image":  # generate --out, swap, restore
+        save_image(frames[0], path)
+    elif kind == "gif":
+        save_gif(list(frames), path)
+    elif kind == "mp4":  # interpolate's clip, made in a scratch folder beside it
+        files.atomic_write_bytes(path, mp4_bytes(frames, 4, beside=path))
+    elif kind == "direction":
+        save_direction(LinearDirection(torch.ones(1, 16), "smile"), path)
+    elif kind == "inversion":  # save_result
+        save_inversion(path, InversionResult(ws=torch.zeros(1, 4, 16), image=frames[:1]))
+    else:  # convert's .pt
+        from hyperinverter.convert.gan_files import save_rosinality
+
+        save_rosinality(path, build_tiny_generator())
+
+
+@pytest.mark.parametrize("kind, name", [("md", "OUT.md"), ("json", "OUT.json"), ("csv", "OUT.csv"),
+                                        ("figure", "OUT.png"), ("image", "x.png"), ("gif", "lerp.gif"),
+                                        ("mp4", "lerp.mp4"), ("direction", "smile.safetensors"),
+                                        ("inversion", "face.safetensors"), ("pt", "g.pt")])
+def test_a_single_file_output_removes_what_a_killed_write_of_it_left(tmp_path, kind, name):
+    # Where files cannot be written unnamed (NFS, macOS; on Linux while a file is replaced), a write killed
+    # halfway leaves a hidden temporary beside the output. Folder outputs and run folders removed theirs when
+    # written again; a single file's (evaluate's report, generate --out, a direction, ...) stayed for good.
+    if kind == "mp4":
+        pytest.importorskip("av")
+    stale = tmp_path / f".{name}.0123456789abcdef-{_DEAD}.partial"
+    stale.write_bytes(b"half")
+    scratch = tmp_path / f".{name}.fedcba9876543210-{_DEAD}.partial"  # (an interpolate's clip being made)
+    scratch.mkdir()
+    keep = [tmp_path / f".{name}.0123456789abcdef-{os.getppid()}.partial",  # its writer still runs
+            tmp_path / f".other.png.0123456789abcdef-{_DEAD}.partial",  # another output's: its own writer's to remove
+            tmp_path / f".{name}.notours-{_DEAD}.partial"]  # not a name we make
+    for path in keep:
+        path.write_bytes(b"half")
+    _write_each_kind(kind, tmp_path / name)
+    assert not os.path.lexists(stale) and not scratch.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *(p.name for p in keep)])
+
+
+def test_writers_list_a_folder_once_not_once_per_file(tmp_path, monkeypatch):
+    # Finding a file's temporaries lists its folder: once per file, invert's 20,000 outputs into one folder
+    # listed 20,000 entries 20,000 times. Once per folder, a temporary of a later file is still found.
+    later = tmp_path / f".0049.png.0123456789abcdef-{_DEAD}.partial"
+    later.write_bytes(b"half")
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(files.os, "scandir", lambda path: listed.append(path) or real_scandir(path))
+    for i in range(50):
+        files.atomic_write_group([(tmp_path / f"{i:04d}.png", b"a"), (tmp_path / f"{i:04d}.json", b"{}")])
+    assert len(listed) == 1 and not later.exists()

@@ -659,7 +659,8 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
     (:func:`check_file_replaceable`): the whole group is refused before anything is written. ``replace_any``
     lifts that for a folder that is ours as a whole (a training run's checkpoints, a cache), where a file of an
     output's name that does not read back is one of ours, damaged. ``report``: the group's Markdown, JSON and CSV
-    files are reports, which replace only reports of ours (``markdown_bytes``, ``json_report_bytes``).
+    files are reports, which replace only reports of ours (``markdown_bytes``, ``json_report_bytes``). The
+    temporaries that a killed write of one of the files left beside it (where files cannot be written unnamed) go.
     """
     paths = [Path(p) for p, _ in files]
     for p, (_, data) in zip(paths, files):
@@ -672,6 +673,8 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
         except (FileExistsError, NotADirectoryError):
             blocker = next((q for q in reversed(p.parents) if q.exists() and not q.is_dir()), p.parent)
             raise OutputError(p, f"cannot be written: {blocker} is a file, not a folder") from None
+    for p in paths:  # (before staging: on a full disk, their room is the new files')
+        _remove_stale_temporaries_of(p)
     staged: list[_StagedFile] = []
     try:
         for path, (_, data) in zip(paths, files):
@@ -705,23 +708,60 @@ def remove_stale_temporaries(directory: Path, *, of: str | None = None, idle_sec
     command writing into the same folder (two GPUs inverting into one --out) keeps its writes in progress.
     ``idle_seconds``: also keep those written to within that time (a writer on another machine of a shared
     folder, whose process this machine cannot see)."""
-    removed = 0
-    now = time.time()
-    for entry in Path(directory).iterdir() if Path(directory).is_dir() else ():
-        match = _TEMP.match(entry.name)
-        if match is None or (of is not None and match.group("name") != of) or _writer_alive(match.group("pid")):
-            continue
+    entries = Path(directory).iterdir() if Path(directory).is_dir() else ()
+    return sum(_remove_if_stale(entry, of=of, idle_seconds=idle_seconds) for entry in entries)
+
+
+def _remove_if_stale(entry: Path, *, of: str | None = None, idle_seconds: float = 0.0) -> bool:
+    """Delete ``entry`` if it is a stale temporary (of the output named ``of``): see remove_stale_temporaries."""
+    match = _TEMP.match(entry.name)
+    if match is None or (of is not None and match.group("name") != of) or _writer_alive(match.group("pid")):
+        return False
+    try:
+        if idle_seconds and time.time() - entry.lstat().st_mtime < idle_seconds:
+            return False
+    except FileNotFoundError:
+        return False
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+    return True
+
+
+# The temporaries found in each folder written into, by the name of their output: a folder is listed once per
+# process, not once per file (listing a folder of 20,000 files took 30 times as long as writing one).
+_TEMPORARIES_FOUND: dict[tuple[str, int, int], dict[str, list[str]]] = {}
+
+
+def _remove_stale_temporaries_of(path: Path) -> None:
+    """Delete the temporaries that a killed write of ``path`` left beside it (only those of its name, of processes
+    that no longer run), as it is written again. Those of a killed process that appear after this process first
+    wrote into the folder go with the next process's write."""
+    folder = os.path.abspath(path.parent)
+    identity = _identity(folder)
+    if identity is None:
+        return
+    found = _TEMPORARIES_FOUND.get((folder, *identity))
+    if found is None:
+        found = {}
         try:
-            if idle_seconds and now - entry.lstat().st_mtime < idle_seconds:
-                continue
-        except FileNotFoundError:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed += 1
-    return removed
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    match = _TEMP.match(entry.name)
+                    if match is not None:
+                        found.setdefault(match.group("name"), []).append(entry.name)
+        except OSError:  # (a folder that can be written into but not listed)
+            pass
+        if len(_TEMPORARIES_FOUND) >= 10_000:  # (a long-running app writing into a new folder per request)
+            _TEMPORARIES_FOUND.clear()
+        _TEMPORARIES_FOUND[(folder, *identity)] = found
+    for name in found.pop(path.name, ()):
+        try:
+            _remove_if_stale(Path(folder, name), of=path.name)
+        except OSError as e:  # (another user's, in a shared folder): it does not keep the output from being written
+            logger.warning("%s: cannot remove %s, left by a killed write of it (%s)", path, name,
+                           describe_os_error(e, with_file=False))
 
 
 # --- folder outputs ------------------------------------------------------------------------------------------
@@ -927,7 +967,7 @@ def scratch_folder_beside(target: str | os.PathLike) -> Iterator[Path]:
     same ``target``, as are the output's other stale temporaries (:func:`remove_stale_temporaries`); a scratch
     folder in the system's temporary folder stayed there for good."""
     target = Path(target)
-    remove_stale_temporaries(target.parent, of=target.name)
+    _remove_stale_temporaries_of(target)
     folder = temporary_sibling(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
