@@ -16,6 +16,7 @@ import atexit
 import functools
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -685,6 +686,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
             gr.Warning(f"{what} must be a number, got nothing (its box is empty)")
             return False
         refuse_unless(isinstance(value, (int, float)) and not isinstance(value, bool), what, "a number", value)
+        # (NaN or infinity reach the page only from an API client, which never saw the warning it got)
+        refuse_unless(math.isfinite(value), what, "a finite number", value)
         return True
 
     def boxes(**ticked: object) -> None:
