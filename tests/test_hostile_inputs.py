@@ -966,6 +966,8 @@ def test_what_the_api_fuzzing_pass_found(world, tmp_path):
         pipe.adapt(result, "generator")  # (an AttributeError inside)
     with pytest.raises(ValueError, match="min_resolution must be a whole number"):
         pipe.adapt(result, pipe.generator, min_resolution="x")
+    with pytest.raises(ValueError, match="min_resolution must be a whole number from 1 to the generator's resolution"):
+        pipe.adapt(result, pipe.generator, min_resolution=2**70)  # (every offset was dropped without a word)
     listed = pipe.invert([torch.zeros(3, 32, 32), torch.zeros(1, 3, 32, 32)], method="phase1")  # (a TypeError)
     assert listed.ws.shape[0] == 2 and torch.equal(listed.ws[0], listed.ws[1])
     for call, cause in ((lambda: pipe.interpolate(result, result, steps=2.5), "steps must be a whole number"),

@@ -374,6 +374,10 @@ def test_domain_adaptation_renders_with_a_fine_tuned_generator(method, tmp_path,
                  str(tmp_path / "styled"), "--adapt-from", "16", "--option", "iterations=2", "--out",
                  str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "face_adapted.png").is_file()
+    assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--render-with",
+                 str(tmp_path / "styled"), "--adapt-from", str(2**70), "--out", str(tmp_path / "out2"),
+                 "--device", "cpu"]) == 2  # (accepted: every offset dropped, a plain rendering named "adapted")
+    assert not (tmp_path / "out2").exists()
     result = pipe.invert([tmp_path / "in" / "face.png"], iterations=2)
     adapted = pipe.adapt(result, styled, min_resolution=16)
     fine = {f"{layer.name}.weight" for layer in styled.synthesis.layers()

@@ -855,8 +855,9 @@ class InversionPipeline:
                             f"got {type(generator).__name__}")
         if min_resolution is not None:
             whole = whole_number(min_resolution)
-            if whole is None or whole < 1:
-                raise ValueError(f"min_resolution must be a whole number of 1 or more, got {min_resolution!r}")
+            if whole is None or not 1 <= whole <= self.generator.resolution:  # (above it, every offset was dropped)
+                raise ValueError(f"min_resolution must be a whole number from 1 to the generator's resolution, "
+                                 f"{self.generator.resolution}, got {min_resolution!r}")
             min_resolution = whole
         _check_result(result, "result")
         check_same_architecture(self.generator, generator)

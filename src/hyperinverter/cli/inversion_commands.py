@@ -281,6 +281,9 @@ def run_invert(args: argparse.Namespace) -> int:
         from ..convert.gan_files import load_generator
         from ..pipeline import check_same_architecture
 
+        if args.adapt_from is not None and args.adapt_from > pipe.generator.resolution:  # (no offset was kept)
+            raise InputError(f"--adapt-from {args.adapt_from} is above the generator's resolution, "
+                             f"{pipe.generator.resolution}: no offsets would be kept")
         other = load_generator(generator_path(args.render_with), device=pipe.device)
         try:
             check_same_architecture(pipe.generator, other)
