@@ -88,6 +88,13 @@ def at_most(parse, limit: float):
     return parse_at_most
 
 
+def layer_range(text: str) -> str:
+    """A layer range as typed, ``START:END`` (either may be left open; the model fills it in)."""
+    if text.count(":") != 1:  # ("" was taken as no range given: every layer edited)
+        raise argparse.ArgumentTypeError(f"{text!r}: expected START:END, e.g. 0:4")
+    return text
+
+
 def path(text: str) -> Path:
     """A file or folder: an empty one (``--out "$UNSET"``) is refused, not read as the current folder (``invert ""``
     inverted every picture there, ``--out ""`` wrote into it)."""

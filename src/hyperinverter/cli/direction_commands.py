@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 from ..bounds import MAX_SEED
-from .arguments import at_most, file_path, finite_float, nonnegative_float, nonnegative_int, positive_int
+from .arguments import (
+    at_most,
+    file_path,
+    finite_float,
+    layer_range,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+)
 from .inversion_commands import _add_model
 
 OFFICIAL_DOMAINS = ("cars", "church", "faces", "faces-e4e")  # editing.official's tables (not imported: it loads torch)
@@ -42,12 +50,6 @@ def _test_fraction(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value:g}")
     return value
-
-
-def _layers(text: str) -> str:
-    if text.count(":") != 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected START:END, e.g. 0:4")
-    return text
 
 
 def _layer_bounds(text: str) -> tuple[int, int]:
@@ -113,7 +115,7 @@ def register(sub) -> None:
     q.add_argument("--space", choices=["w", "wplus"], default="w",
                    help="w (default): the classifier reads w (the mean of the rows of --layers); wplus: the rows "
                    "of --layers side by side")
-    q.add_argument("--layers", type=_layers, default=None, metavar="START:END",
+    q.add_argument("--layers", type=layer_range, default=None, metavar="START:END",
                    help="the layers the direction edits (and the classifier reads); default: all")
     q.add_argument("--fraction", type=_fraction, default=0.3,
                    help="for a continuous score, the top and bottom fraction used as the classes (default 0.3)")

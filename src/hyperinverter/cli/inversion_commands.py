@@ -17,6 +17,7 @@ from .arguments import (
     face_detector,
     file_path,
     finite_float,
+    layer_range,
     name_list,
     positive_int,
 )
@@ -112,7 +113,7 @@ def register(sub) -> None:
                    help="one or more strengths, e.g. --strength -2 2 (repeatable; GANSpace: the value the coordinate "
                    "is set to)")
     p.add_argument("--component", type=int, help="GANSpace component index")
-    p.add_argument("--layers", help="the layers the edit changes, START:END: a GANSpace edit's, or those a vector "
+    p.add_argument("--layers", type=layer_range, metavar="START:END", help="the layers the edit changes, START:END: a GANSpace edit's, or those a vector "
                    "direction is kept to (E2Style's official edits: 0:8)")
     p.add_argument("--paste-back", action="store_true",
                    help="for inversion files of aligned faces (`invert --align`), also write the photo with the "
@@ -313,7 +314,7 @@ def _direction(args, generator):
     from ..editing.sheet import parse_layer_range
     from ..errors import InputError
 
-    start, end = parse_layer_range(args.layers, generator.num_ws) if args.layers else (None, None)
+    start, end = parse_layer_range(args.layers, generator.num_ws) if args.layers is not None else (None, None)
     first = args.strength[0] if args.strength else None
     direction = resolve_direction(local_model_path(args.model), args.direction, index=args.component, start=start,
                                   end=end, strength=first, generator=generator)
