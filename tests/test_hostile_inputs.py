@@ -636,7 +636,8 @@ def test_pasting_back_into_a_photo_changed_since_says_so(world, tmp_path, capsys
     # (the folder and its dataset.json were made, then every photo failed)
     (["data", "align", "photos", "--out", "o", "--scale", "1e308"], "--scale: must be at most 10, got 1e308"),
     # ("" was taken as no range given: every layer edited)
-    (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--layers", ""], "--layers: '': expected START:END"),
+    (["edit", "a", "--model", "m", "--direction", "d", "--out", "o", "--layers", ""],
+     "--layers: '': expected START:END"),
 ])
 def test_bad_numbers_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as caught:

@@ -113,7 +113,8 @@ def register(sub) -> None:
                    help="one or more strengths, e.g. --strength -2 2 (repeatable; GANSpace: the value the coordinate "
                    "is set to)")
     p.add_argument("--component", type=int, help="GANSpace component index")
-    p.add_argument("--layers", type=layer_range, metavar="START:END", help="the layers the edit changes, START:END: a GANSpace edit's, or those a vector "
+    p.add_argument("--layers", type=layer_range, metavar="START:END",
+                   help="the layers the edit changes, START:END: a GANSpace edit's, or those a vector "
                    "direction is kept to (E2Style's official edits: 0:8)")
     p.add_argument("--paste-back", action="store_true",
                    help="for inversion files of aligned faces (`invert --align`), also write the photo with the "
