@@ -646,6 +646,15 @@ def test_bad_numbers_are_usage_errors(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_the_held_out_faces_refuse_a_count_or_a_first_seed(tmp_path, capsys):
+    # --heldout wrote its 500 faces from seed 1000000 whatever --n and --seed-start said, without a word.
+    for extra in (["--n", "100"], ["--seed-start", "5"]):
+        assert main(["data", "faces64", "--out", str(tmp_path / "o"), "--heldout", *extra]) == 2
+        assert "--heldout writes the fixed held-out set (500 faces from seed 1000000): leave out --n and " \
+               "--seed-start" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
+
+
 def test_negative_numbers_in_any_notation_are_values(world, tmp_path, capsys):
     # argparse took -1e-3, -1E3, -inf and -nan for options: "expected at least one argument", whatever the type said.
     result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",

@@ -20,7 +20,7 @@ def register(sub) -> None:
     kinds = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     q = kinds.add_parser("faces64", help="64x64 faces sampled from the pretrained DCGAN in gan-face-generate")
     q.add_argument("--out", required=True, type=Path)
-    q.add_argument("--n", type=at_most(positive_int, 10_000_000), default=30000,
+    q.add_argument("--n", type=at_most(positive_int, 10_000_000), default=None,
                    help="number of images (default 30000)")
     q.add_argument("--seed-start", type=at_most(nonnegative_int, MAX_SEED), default=None,
                    help="first seed (default 0; held-out: 1000000)")
@@ -57,9 +57,13 @@ def register(sub) -> None:
 def run_faces64(args: argparse.Namespace) -> int:
     from ..data import sources
     from ..device import resolve_device
+    from ..errors import InputError
 
-    n, seed = args.n, args.seed_start
+    n, seed = args.n or sources.FACES64_TRAIN_COUNT, args.seed_start
     if args.heldout:
+        if args.n is not None or args.seed_start is not None:  # (they were ignored without a word)
+            raise InputError(f"--heldout writes the fixed held-out set ({sources.FACES64_HELDOUT_COUNT} faces from "
+                             f"seed {sources.FACES64_HELDOUT_SEED_START}): leave out --n and --seed-start")
         n, seed = sources.FACES64_HELDOUT_COUNT, sources.FACES64_HELDOUT_SEED_START
     seed = sources.FACES64_TRAIN_SEED_START if seed is None else seed
     out = sources.write_faces64(args.out, n, seed_start=seed, batch_size=args.batch_size,

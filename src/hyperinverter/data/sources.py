@@ -58,6 +58,7 @@ from ..progress import progress_bar
 logger = logging.getLogger(__name__)
 
 FACES64_TRAIN_SEED_START = 0
+FACES64_TRAIN_COUNT = 30000
 FACES64_HELDOUT_SEED_START = 1_000_000
 FACES64_HELDOUT_COUNT = 500
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
