@@ -542,3 +542,16 @@ def test_a_run_killed_before_its_first_checkpoint_is_not_replaced_by_another_con
     result = train_w_encoder(config(run, gan_dir, **dict(settings, steps=5, log_every=2)), images=images,
                              val_images=images[:2])
     assert result.steps == 5
+
+
+def test_a_folder_named_stats_jsonl_is_no_logged_step(tmp_path):
+    # Read as a run's log, a folder of that name was an IsADirectoryError from inside the check; the run folder's
+    # results are still kept.
+    from hyperinverter.errors import OutputError
+    from hyperinverter.training.run import check_nothing_to_lose
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "stats.jsonl").mkdir()
+    with pytest.raises(OutputError, match=r"holds a run \(best/\) but no checkpoint to resume it from"):
+        check_nothing_to_lose(tmp_path, {"steps": 4}, first_checkpoint=2)
+    assert (tmp_path / "best").is_dir() and (tmp_path / "stats.jsonl").is_dir()
