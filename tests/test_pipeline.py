@@ -510,7 +510,8 @@ def test_numpy_and_tensor_scalars_are_options_like_python_numbers(pipeline):
     # np.int64(2)", "learning_rate must be a finite number above 0, got np.float32(0.1)".
     x = images(1)
     plain = pipeline.invert(x, method="w-opt", steps=2, w_avg_samples=16, learning_rate=0.25, progress=False)
-    given = ((np.int64(2), np.int32(16), np.float32(0.25)), (torch.tensor(2), 16, torch.tensor(0.25)))
+    given = ((np.int64(2), np.int32(16), np.float32(0.25)), (torch.tensor(2), 16, torch.tensor(0.25)),
+             (np.array(2), 16, np.array(0.25)))  # (0-d arrays, as np.asarray of a number gives: refused as arrays)
     for steps, samples, rate in given:
         got = pipeline.invert(x, method="w-opt", steps=steps, w_avg_samples=samples, learning_rate=rate, progress=False)
         assert torch.equal(got.ws, plain.ws)

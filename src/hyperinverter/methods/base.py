@@ -396,9 +396,10 @@ class Inverter(nn.Module):
 
 
 def _plain_scalar(value: Any) -> Any:
-    """A numpy scalar or a 0-d tensor as the Python number it holds, anything else as it is (a sweep over
-    ``np.arange`` steps was refused as "steps must be a positive integer, got np.int64(2)")."""
-    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_meta):
+    """A numpy scalar, a 0-d array or a 0-d tensor as the Python number it holds, anything else as it is (a sweep
+    over ``np.arange`` steps was refused as "steps must be a positive integer, got np.int64(2)")."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0) \
+            or (isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_meta):
         return value.item()
     return value
 
