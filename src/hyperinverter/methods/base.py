@@ -390,7 +390,7 @@ class Inverter(nn.Module):
             raise TypeError(f"method {self.name} returned {type(result).__name__}, not an InversionResult")
         image = (batch, G.config.img_channels, G.resolution, G.resolution)
         for what, tensor, shape in (("ws", result.ws, (batch, G.num_ws, G.w_dim)), ("image", result.image, image)):
-            if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+            if tuple(tensor.shape) != shape:  # (floats: InversionResult holds no other)
                 raise ValueError(f"method {self.name} returned {what} {tuple(tensor.shape)} {tensor.dtype}; the "
                                  f"contract is floats {list(shape)}")
 

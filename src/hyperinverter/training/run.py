@@ -55,13 +55,7 @@ class RunLogger:
         if not path.is_file():
             return
         lines = path.read_text().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line torn by a crash mid-write
+        kept = [line for line, logged in _stats_records(lines) if logged <= step]
         if len(kept) != len(lines):
             atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
@@ -232,21 +226,25 @@ def check_nothing_to_lose(run_dir: Path, config: Any, *, first_checkpoint: int) 
                     "again", run_dir, logged, first_checkpoint)
 
 
-def _last_logged_step(stats: Path) -> int | None:
-    """The last step ``stats`` records (lines torn by a kill are skipped), or None without one."""
-    try:
-        lines = stats.read_text(errors="replace").splitlines()
-    except OSError:  # (none, or a folder of that name: no step known, so a run's results there are kept)
-        return None
-    steps = []
+def _stats_records(lines: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """The records of ``stats.jsonl``'s ``lines`` with the step each logs; a line torn by a kill mid-write is
+    skipped."""
     for line in lines:
         try:
             step = json.loads(line)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
         if isinstance(step, int) and not isinstance(step, bool):
-            steps.append(step)
-    return max(steps, default=None)
+            yield line, step
+
+
+def _last_logged_step(stats: Path) -> int | None:
+    """The last step ``stats`` records, or None without one."""
+    try:
+        lines = stats.read_text(errors="replace").splitlines()
+    except OSError:  # (none, or a folder of that name: no step known, so a run's results there are kept)
+        return None
+    return max((step for _, step in _stats_records(lines)), default=None)
 
 
 def _remove_unstarted(run_dir: Path, *, made: Path | None) -> None:
