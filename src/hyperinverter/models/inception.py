@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import init
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon in the original graph
@@ -55,11 +57,13 @@ class ConvBNReLU(nn.Module):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         self.stride = stride
         self.padding: tuple[int, int] = (padding, padding) if isinstance(padding, int) else tuple(padding)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kh, kw))
+        # nn.init.kaiming_normal_'s values until the weights load; through models.init, as building on the meta
+        # device for loading must do no arithmetic there (it imported Dynamo: 3.5 s of `evaluate`'s start)
+        fan_in = in_channels * kh * kw
+        self.weight = nn.Parameter(init.randn(out_channels, in_channels, kh, kw, times=(2 / fan_in) ** 0.5))
         self.beta = nn.Parameter(torch.zeros(out_channels))
         self.mean = nn.Parameter(torch.zeros(out_channels))
         self.var = nn.Parameter(torch.ones(out_channels))
-        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")  # placeholder values until weights load
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
