@@ -178,6 +178,21 @@ def test_a_large_photo_s_faces_are_found_on_a_reduced_copy_and_placed_on_the_pho
         assert face_detector(parser.parse_args([*command, "--align", "--detect-side", "900"])).detect_side == 900
 
 
+def test_a_process_reads_the_detector_s_models_once(tmp_path):
+    # Every detector read dlib's HOG detector and the 100-MB landmark model again: 3.8 s of each alignment that a
+    # process runs (the web page's detector per app, a test suite's per command).
+    import os
+
+    from hyperinverter.align import Dlib68Detector
+    from hyperinverter.align.landmarks import find_predictor
+
+    first, second = Dlib68Detector(), Dlib68Detector(min_score=0, detect_side=None)
+    assert first._detector is second._detector and first._predictor is second._predictor
+    elsewhere = tmp_path / "predictor.dat"  # another file (here, the same one by another path) is read
+    os.symlink(find_predictor(), elsewhere)
+    assert Dlib68Detector(elsewhere)._predictor is not first._predictor
+
+
 def test_crop_scale_is_the_median_image_to_crop_ratio():
     from hyperinverter.align import measure_crop_scale
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Sequence
@@ -32,6 +33,23 @@ def find_predictor(path: str | Path | None = None) -> Path:
                             "install it with `pip install 'hyperinverter[align]'` or `apt-get install libdlib-data`")
 
 
+# Read once per process (both are only read once built): the HOG detector took 1.9 s and the 100-MB landmark model
+# 2 s of every detector built (each `invert --align` in one process, each of a test suite's alignments). A file
+# replaced in place (another mtime or size) is read again.
+@functools.lru_cache(maxsize=1)
+def _frontal_face_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=2)
+def _shape_predictor(path: str, mtime_ns: int, size: int):
+    import dlib
+
+    return dlib.shape_predictor(path)
+
+
 class Dlib68Detector:
     """Detects every face and returns its 68 landmarks ``[68, 2]`` (x, y), largest face first.
 
@@ -52,8 +70,10 @@ class Dlib68Detector:
                               "(installs the dlib-bin wheel; do not also install `dlib`)") from None
         if detect_side is not None and detect_side < 1:
             raise ValueError(f"detect_side must be >= 1 or None, got {detect_side}")
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(find_predictor(predictor_path)))
+        self._detector = _frontal_face_detector()
+        predictor = find_predictor(predictor_path)
+        stat = predictor.stat()
+        self._predictor = _shape_predictor(str(predictor), stat.st_mtime_ns, stat.st_size)
         self._rectangle = dlib.rectangle
         self.upsample = upsample
         self.min_score = min_score
