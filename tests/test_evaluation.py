@@ -12,6 +12,17 @@ from hyperinverter.io.images import save_image
 from hyperinverter.metrics import PIXEL_METRICS
 
 
+@pytest.fixture
+def without_inception(monkeypatch):
+    """``evaluate`` with the Inception distance left out (its report notes it as unavailable), for tests of what
+    the command writes and resumes, not of its metrics: the network's pass at 256 px over every scored pair was most
+    of their time (50 s of the editability report's test). ``test_cli_writes_the_report`` keeps it."""
+    from hyperinverter import inception_metrics
+
+    monkeypatch.setattr(inception_metrics, "inception_metric",
+                        lambda *args, **kwargs: ({}, "Inception distance: unavailable here (left out by the test)"))
+
+
 def test_means_match_a_direct_computation(pipeline):
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     report = evaluate(pipeline, x, dataset="random", batch_size=2, progress=False)
@@ -45,6 +56,7 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["num_images"] == 3 and set(saved["metrics"]) == {"phase1", "hyperinverter"}
     assert -1 <= saved["metrics"]["hyperinverter"]["id_sim"] <= 1
+    assert saved["metrics"]["hyperinverter"]["inception_dist"] > 0  # the protocol's metrics beside the pixel ones
     assert "per_image" not in saved  # the JSON holds the means; every image's scores are in the CSV
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [(r["image"], r["method"]) for r in rows] == [(f"{i}.png", m) for m in ("phase1", "hyperinverter")
@@ -65,6 +77,7 @@ def test_cli_writes_the_report(pipeline, tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "held-out").iterdir()) == ["0.png", "1.png", "2.png"]
 
 
+@pytest.mark.usefixtures("without_inception")
 def test_editability_of_a_model_without_directions_uses_its_principal_ones(pipeline, tmp_path, capsys):
     # A user's own bundle ships no named directions: editability was skipped ("ships no directions").
     pipeline.save_pretrained(tmp_path / "model")
@@ -78,6 +91,7 @@ def test_editability_of_a_model_without_directions_uses_its_principal_ones(pipel
     assert set(saved["metrics"]) == {"phase1", "hyperinverter"} and saved["metrics"]["hyperinverter"]["mse"] > 0
 
 
+@pytest.mark.usefixtures("without_inception")
 def test_the_editability_report_never_replaces_the_evaluation_report(pipeline, tmp_path):
     # `--out scores.md` (or any OUT with a dot) named the editability report scores.md too: it replaced the
     # evaluation's report and means, leaving only the .csv of what was evaluated.
@@ -316,6 +330,7 @@ def _held_out(tmp_path, count: int):
             "--out", str(tmp_path / "report"), "--device", "cpu"]
 
 
+@pytest.mark.usefixtures("without_inception")
 def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_path, monkeypatch, capsys):
     from hyperinverter.pipeline import InversionPipeline
 
@@ -361,6 +376,7 @@ def test_an_interrupted_evaluation_resumes_without_redoing_work(pipeline, tmp_pa
     assert not (tmp_path / "report.work").exists()
 
 
+@pytest.mark.usefixtures("without_inception")
 def test_an_evaluation_stopped_in_its_editability_resumes_its_scores(pipeline, tmp_path, monkeypatch, capsys):
     # The scores' records went once the report was written, before the plot and --editability (minutes to hours
     # with the optimisation methods): stopped there, the next run inverted every image again.
@@ -388,6 +404,7 @@ def test_an_evaluation_stopped_in_its_editability_resumes_its_scores(pipeline, t
     assert (tmp_path / "report-editability.json").is_file() and not (tmp_path / "report.work").exists()
 
 
+@pytest.mark.usefixtures("without_inception")
 def test_stored_scores_of_other_weights_or_images_are_refused(pipeline, tmp_path, capsys, monkeypatch):
     from hyperinverter.pipeline import InversionPipeline
 
@@ -457,6 +474,7 @@ def test_a_domain_in_a_band_of_the_square_is_scored_on_the_band(tiny_generator):
     assert evaluate(pipe, y, dataset="cars", progress=False).metrics["phase1"] == pytest.approx(report.metrics["phase1"])
 
 
+@pytest.mark.usefixtures("without_inception")
 def test_a_report_never_replaces_a_users_file(tmp_path, capsys):
     # `evaluate --out notes` wrote notes.md, notes.json and notes.csv over a user's files of those names. Reports now
     # carry a mark (a closing HTML comment, a "written_by" key, a header of ours), and replace only reports of ours.
