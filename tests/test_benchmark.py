@@ -282,29 +282,35 @@ def _fullsize_row(dtype: str, batch: int, seconds: float) -> dict:
                        "hypernetworks": 0.05 * seconds, "synthesis": 0.25 * seconds}}
 
 
-def test_fullsize_benchmark_draws_a_saved_run(tmp_path):
+def test_fullsize_benchmark_draws_a_saved_run(tmp_path, monkeypatch, capsys):
+    # In this process (each run of the script as its own process cost 3-8 s of the suite): main() reads sys.argv.
     from PIL import Image
 
-    script = Path(__file__).parents[1] / "benchmarks" / "bench_fullsize.py"
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_fullsize
+
+    def run(saved: Path) -> int:
+        monkeypatch.setattr(sys, "argv", ["bench_fullsize.py", "--plot-from", str(saved)])
+        try:
+            bench_fullsize.main()
+        except SystemExit as e:  # (argparse's error)
+            return e.code
+        return 0
+
     saved = tmp_path / "fullsize-ffhq1024-cpu.json"
     saved.write_text(json.dumps({
         "hyperinverter": [_fullsize_row("fp32", 1, 2.2), _fullsize_row("fp32", 4, 2.1), _fullsize_row("bf16", 1, 1.1)],
         "psp": [_fullsize_row("fp32", 1, 1.2)],
     }))
-    done = subprocess.run([sys.executable, str(script), "--plot-from", str(saved)], capture_output=True, text=True,
-                          check=False)
-    assert done.returncode == 0, done.stderr
+    assert run(saved) == 0, capsys.readouterr().err
     with Image.open(saved.with_suffix(".png")) as picture:
         assert picture.format == "PNG" and picture.width > 1000 and picture.height > 400
 
-    missing = subprocess.run([sys.executable, str(script), "--plot-from", str(tmp_path / "absent.json")],
-                             capture_output=True, text=True, check=False)
-    assert missing.returncode == 2 and "absent.json does not exist" in missing.stderr
+    assert run(tmp_path / "absent.json") == 2 and "absent.json does not exist" in capsys.readouterr().err
     for name, text in (("truncated.json", '{"hyperinverter": [{"dtype": '), ("other.json", '{"hyperinverter": [{}]}')):
         (tmp_path / name).write_text(text)
-        bad = subprocess.run([sys.executable, str(script), "--plot-from", str(tmp_path / name)], capture_output=True,
-                             text=True, check=False)
-        assert bad.returncode == 2 and f"{name} is not a results file of this script" in bad.stderr, bad.stderr
+        assert run(tmp_path / name) == 2
+        assert f"{name} is not a results file of this script" in capsys.readouterr().err
         assert not (tmp_path / name).with_suffix(".png").exists()
 
 
