@@ -200,50 +200,55 @@ def _tiny_distributed_run(tmp_path, *extra: str) -> list[str]:
 
 
 def _train_generator(*args: str, ranks: int = 2) -> None:
-    """``hyperinverter train generator ARGS`` under torchrun with ``ranks`` CPU processes (gloo), or in one process."""
-    launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}"] if ranks > 1 else [sys.executable])
+    """``hyperinverter train generator ARGS`` under torchrun with ``ranks`` CPU processes (gloo), or in this process."""
+    if ranks == 1:
+        from hyperinverter.cli.main import main
+
+        assert main(["train", "generator", *args]) == 0
+        return
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+              f"--master_port={_free_port()}"]
     subprocess.run([*launch, "-m", "hyperinverter.cli.main", "train", "generator", *args], check=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=240, capture_output=True)
 
 
-def test_torchrun_two_ranks_equal_one_process(tmp_path):
+def _last_logged(run) -> dict:
+    return json.loads((run / "stats.jsonl").read_text().splitlines()[-1])
+
+
+def test_torchrun_two_ranks_equal_one_process_and_log_alike_after_a_resume(tmp_path):
     """2 CPU processes (gloo) hold identical parameters, equal to one process with the same global batch in two
-    micro-batches (each shard, a rank's or a micro-batch's, draws its own style-mixing coin and noise)."""
-    overrides = _tiny_distributed_run(tmp_path, "steps=3", "noise_mode=random", "style_mixing=0.9",
-                                      "checkpoint_every=3")
+    micro-batches (each shard, a rank's or a micro-batch's, draws its own style-mixing coin and noise), and log the
+    same losses: the global batch's (rank 0 logged its own shard's). One torchrun job serves both checks (each job
+    costs seconds of process starts)."""
+    import shutil
+
+    overrides = _tiny_distributed_run(tmp_path, "steps=4", "noise_mode=random", "style_mixing=0.9",
+                                      "checkpoint_every=2", "keep_checkpoints=5", "log_every=4")
     _train_generator(f"run_dir={tmp_path / 'ddp'}", *overrides)
     _train_generator(f"run_dir={tmp_path / 'single'}", "grad_accum=2", *overrides, ranks=1)
-    a = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000003.safetensors")
-    b = load_file(tmp_path / "single" / "checkpoints" / "checkpoint-00000003.safetensors")
+    a = load_file(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000004.safetensors")
+    b = load_file(tmp_path / "single" / "checkpoints" / "checkpoint-00000004.safetensors")
     params = [k for k in a if k.startswith(("module.G.", "module.D.")) and "w_avg" not in k]
     assert params
     for k in params:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
-    # and log the same losses: the global batch's (rank 0 logged its own shard's)
-    logged = [json.loads((tmp_path / run / "stats.jsonl").read_text().splitlines()[-1]) for run in ("ddp", "single")]
+    logged = [_last_logged(tmp_path / run) for run in ("ddp", "single")]
     losses = [k for k in logged[1] if k.startswith("loss/")]
     assert losses and sorted(losses) == sorted(k for k in logged[0] if k.startswith("loss/"))
     for k in losses:
         assert logged[0][k] == pytest.approx(logged[1][k], rel=1e-4, abs=1e-6), k
 
-
-def test_torchrun_logs_the_same_losses_after_a_resume(tmp_path):
-    """A checkpoint between two log lines keeps the steps since the last one; rank 0 kept its own shard's, which
-    every rank resumed with: the first line after a resume mixed them into the global batch's mean."""
-    import shutil
-
-    overrides = _tiny_distributed_run(tmp_path, "steps=4", "checkpoint_every=2", "keep_checkpoints=5", "log_every=4")
-    _train_generator(f"run_dir={tmp_path / 'whole'}", *overrides)
-    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    # A checkpoint between two log lines keeps the steps since the last one; rank 0 kept its own shard's, which
+    # every rank resumed with: the first line after a resume mixed them into the global batch's mean.
+    shutil.copytree(tmp_path / "ddp", tmp_path / "resumed")
     for path in (tmp_path / "resumed" / "checkpoints").glob("checkpoint-00000004*"):
         path.unlink()  # (it resumes from step 2, two steps into the window of the line at step 4)
     _train_generator(f"run_dir={tmp_path / 'resumed'}", *overrides)
-    logged = [json.loads((tmp_path / run / "stats.jsonl").read_text().splitlines()[-1]) for run in ("whole", "resumed")]
-    losses = [k for k in logged[0] if k.startswith("loss/")]
-    assert losses and logged[0]["step"] == logged[1]["step"] == 4
+    resumed = _last_logged(tmp_path / "resumed")
+    assert logged[0]["step"] == resumed["step"] == 4
     for k in losses:
-        assert logged[1][k] == pytest.approx(logged[0][k], rel=1e-6), k
+        assert resumed[k] == pytest.approx(logged[0][k], rel=1e-6), k
 
 
 def test_a_rank_whose_peer_stopped_says_so_not_that_it_is_a_bug(tmp_path):
