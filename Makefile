@@ -43,8 +43,13 @@ demo: $(VENV)/.installed-demo
 web: $(VENV)/.installed-web
 	$(BIN)/hyperinverter web $(WEB_ARGS)
 
+# One pytest worker per core this process may use (pytest-xdist), at most 4: each holds its own models and browser,
+# and runs torch on one thread (tests/conftest.py). worksteal: an idle worker takes tests queued for another.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) \
+	if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))")
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 # Every method at full size (fp32 and bf16, batch 1 and 4), the quality cost of bf16 on both bundled domains, where
 # HyperInverter's time goes and how close its kernels let it come to the FLOP floor, and the modulated-conv kernels,
