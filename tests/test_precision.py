@@ -190,21 +190,27 @@ def test_a_benchmark_records_its_precision_and_refuses_another_one(pipeline, tmp
 
 
 @pytest.mark.parametrize(("batch", "bands"), [(1, False), (2, False), (1, True)])
-def test_hyperinverter_traces_as_one_graph(pipeline, batch, bands, monkeypatch):
+def test_hyperinverter_traces_as_one_graph(batch, bands, monkeypatch):
     """Under torch.compile a whole inversion is one graph, bands (a CPU's single image at full size) included. A check
     that Dynamo cannot trace (``is_inference``, ``torch.backends.mkldnn.is_available``) broke it inside every
     modulated layer and hypernetwork: the pieces were compiled again for each layer's shapes until Dynamo's
     recompile limit, after which they ran eagerly."""
-    from hyperinverter.models.stylegan2 import generator
+    from conftest import build_tiny_pipeline
+    from hyperinverter.models.stylegan2 import Generator, GeneratorConfig, generator
     from hyperinverter.ops.prepacked import unpack_convolutions
 
     if bands:  # the tiny generator's maps in bands of 4 rows
         monkeypatch.setattr(generator, "BAND_FROM_BYTES", 0)
         monkeypatch.setattr(generator, "BAND_BYTES", 1)
 
-    inverter = pipeline.inverter("hyperinverter")
+    # A 16-px generator: every kind of layer as at 32 px, and a fifth fewer operations for Dynamo to trace (each
+    # trace took 10-17 s of the suite).
+    torch.manual_seed(0)
+    small = Generator(GeneratorConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=256,
+                                      channel_max=16)).eval()
+    inverter = build_tiny_pipeline(small).inverter("hyperinverter")
     unpack_convolutions(inverter)  # as InversionPipeline.compile does
-    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     torch._dynamo.reset()
     with torch.no_grad():
         explanation = torch._dynamo.explain(inverter)(x)
