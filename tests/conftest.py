@@ -14,6 +14,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(int(os.environ.get("HYPERINVERTER_TEST_THREADS", "1")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gradio_upload_folder(tmp_path_factory):
+    """Each pytest worker's web pages keep their uploads in a folder of their own, as each `hyperinverter web` does
+    (``apps.web.private_upload_folder``): in Gradio's one folder per machine, a page that another worker closed
+    deleted the photo (the same file) that this worker's page had just been given."""
+    os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio-uploads"))
+
+
 def lock_holder(pid: int) -> str:
     """How a lock file names the process ``pid`` of this host (``hyperinverter.io.files.exclusive_lock``)."""
     return f"pid {pid} on {socket.gethostname()}"

@@ -235,6 +235,46 @@ def test_bad_inputs_say_what_is_wrong(session, pipeline):
         assert len(str(caught.value)) < 200
 
 
+def test_each_server_keeps_its_uploads_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    # Gradio keeps every server's uploads in one folder per machine, each under a name made of its content, and a
+    # server that stops deletes what it received: a second `hyperinverter web` stopped (or a page of it closed)
+    # deleted the photo this one had been given too, and its page said "no longer on the server".
+    import os
+
+    from hyperinverter.apps.web import private_upload_folder
+    from hyperinverter.cli import commands
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    with private_upload_folder() as first:
+        assert os.environ["GRADIO_TEMP_DIR"] == str(first) and first.is_dir()
+        (first / "upload.png").write_bytes(b"photo")
+    with private_upload_folder() as second:
+        assert second != first
+    assert not first.exists() and not second.exists() and "GRADIO_TEMP_DIR" not in os.environ  # (ours, removed)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # a folder the user chose is used and kept
+    with private_upload_folder() as chosen:
+        assert chosen == tmp_path
+    assert tmp_path.is_dir()
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR")
+    seen = []
+
+    def build_app(*args, **kwargs):  # (the command stops here: its folder is what is checked)
+        seen.append(os.environ.get("GRADIO_TEMP_DIR"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hyperinverter.apps.web.build_app", build_app)
+    monkeypatch.setattr(commands, "_check_can_listen", lambda host, port: None)
+    monkeypatch.setattr("hyperinverter.memory.keep_memory_bounded", lambda: None)  # (the server's process only)
+    monkeypatch.setattr("hyperinverter.apps.web.settle_memory", lambda **kwargs: None)
+    with pytest.raises(KeyboardInterrupt):
+        commands.run_web(commands.argparse.Namespace(
+            host="127.0.0.1", port=7860, content_rows=None, max_upload_mb=1.0, max_pixels=10**6, detect_side=2048,
+            concurrency=1, queue_size=4, keep_minutes=60, max_pages=4, batch_size=4, model=["m"], device="cpu",
+            dtype="fp32"))
+    assert seen[0] and Path(seen[0]).name.startswith("hyperinverter-web-") and not Path(seen[0]).exists()
+
+
 def test_the_page_builds_over_a_pipeline_folder(pipeline, tmp_path):
     import gradio as gr
 

@@ -13,10 +13,12 @@ downscaled before face detection, and a queue that runs at most ``concurrency`` 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -24,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -591,6 +593,24 @@ def checked_file_data(field: str) -> type:
             raise gr.Error(f"{wanted}; its path is {why}, got {path[:80]!r}", print_exception=False)
 
     return CheckedFileData
+
+
+@contextlib.contextmanager
+def private_upload_folder() -> Iterator[Path]:
+    """Gradio's folder of uploads for this server alone, removed when it stops (unless ``$GRADIO_TEMP_DIR`` names
+    one: then that). Gradio keeps every server's uploads in one folder per machine, each file under a name made of
+    its content, and a server that stops deletes the files it received: a second server on the machine, stopped
+    (or a page of it closed), deleted the photo that this one had been given too ("no longer on the server")."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        yield Path(os.environ["GRADIO_TEMP_DIR"])
+        return
+    folder = Path(tempfile.mkdtemp(prefix="hyperinverter-web-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)  # (Gradio reads it at every upload)
+    try:
+        yield folder
+    finally:
+        del os.environ["GRADIO_TEMP_DIR"]
+        shutil.rmtree(folder, ignore_errors=True)  # (ours: made above)
 
 
 def settle_memory(*, arenas: int | None = None) -> bool:

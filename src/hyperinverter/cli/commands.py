@@ -257,7 +257,7 @@ def _web(sub) -> None:
 
 def run_web(args: argparse.Namespace) -> int:
     from ..apps import sample_photos
-    from ..apps.web import WebLimits, build_app, settle_memory
+    from ..apps.web import WebLimits, build_app, private_upload_folder, settle_memory
     from ..io.images import check_content_rows
     from ..memory import keep_memory_bounded
 
@@ -273,20 +273,21 @@ def run_web(args: argparse.Namespace) -> int:
                        keep_seconds=60 * args.keep_minutes, max_pages=args.max_pages,
                        batch_size=args.batch_size)
     models = args.model or installed_bundles()
-    app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits,
-                    content_rows=args.content_rows)
-    print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
-    # Gradio's own wait takes Ctrl-C and SIGTERM for a clean exit (status 0): waiting here, they end the server as
-    # they end every command (130 or 143, "interrupted"), also where they come while it starts.
-    try:
-        app.launch(server_name=args.host, server_port=args.port, show_error=False,
-                   max_file_size=limits.transport_bytes, prevent_thread_lock=True)  # (Gradio refused "0.5mb")
-        while True:
-            time.sleep(3600)
-    finally:
-        app.close(verbose=False)
-        if getattr(app, "server", None) is not None:  # (close() leaves a server whose queue had not started)
-            app.server.close()
+    with private_upload_folder():
+        app = build_app(models, device=args.device, dtype=args.dtype, examples=sample_photos(), limits=limits,
+                        content_rows=args.content_rows)
+        print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (Ctrl-C stops)")
+        # Gradio's own wait takes Ctrl-C and SIGTERM for a clean exit (status 0): waiting here, they end the server
+        # as they end every command (130 or 143, "interrupted"), also where they come while it starts.
+        try:
+            app.launch(server_name=args.host, server_port=args.port, show_error=False,
+                       max_file_size=limits.transport_bytes, prevent_thread_lock=True)  # (Gradio refused "0.5mb")
+            while True:
+                time.sleep(3600)
+        finally:
+            app.close(verbose=False)
+            if getattr(app, "server", None) is not None:  # (close() leaves a server whose queue had not started)
+                app.server.close()
     return 0
 
 
