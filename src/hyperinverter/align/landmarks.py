@@ -33,9 +33,9 @@ def find_predictor(path: str | Path | None = None) -> Path:
                             "install it with `pip install 'hyperinverter[align]'` or `apt-get install libdlib-data`")
 
 
-# Read once per process (both are only read once built): the HOG detector took 1.9 s and the 100-MB landmark model
-# 2 s of every detector built (each `invert --align` in one process, each of a test suite's alignments). A file
-# replaced in place (another mtime or size) is read again.
+# Read once per process and shared by every detector (dlib only reads them once built): the HOG detector took 1.9 s
+# and the 100-MB landmark model 2 s of every detector built (each `invert --align` in one process, each of a test
+# suite's alignments). A landmark file replaced in place (another mtime or size) is read again.
 @functools.lru_cache(maxsize=1)
 def _frontal_face_detector():
     import dlib

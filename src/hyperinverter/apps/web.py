@@ -605,7 +605,7 @@ def private_upload_folder() -> Iterator[Path]:
         yield Path(os.environ["GRADIO_TEMP_DIR"])
         return
     folder = Path(tempfile.mkdtemp(prefix="hyperinverter-web-"))
-    os.environ["GRADIO_TEMP_DIR"] = str(folder)  # (Gradio reads it at every upload)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)  # (read by Gradio as the page is built and as it is served)
     try:
         yield folder
     finally:
