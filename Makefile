@@ -48,8 +48,11 @@ web: $(VENV)/.installed-web
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) \
 	if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))")
 
+# Bytecode is cached for the run (beside the sources, in __pycache__, which git ignores): where
+# PYTHONDONTWRITEBYTECODE is set, every worker and every process a test starts compiled the package and rewrote
+# the test modules again.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 # Every method at full size (fp32 and bf16, batch 1 and 4), the quality cost of bf16 on both bundled domains, where
 # HyperInverter's time goes and how close its kernels let it come to the FLOP floor, and the modulated-conv kernels,
