@@ -239,11 +239,11 @@ def test_each_server_keeps_its_uploads_in_a_folder_of_its_own(monkeypatch, tmp_p
     # Gradio keeps every server's uploads in one folder per machine, each under a name made of its content, and a
     # server that stops deletes what it received: a second `hyperinverter web` stopped (or a page of it closed)
     # deleted the photo this one had been given too, and its page said "no longer on the server".
-    import argparse
     import os
 
     from hyperinverter.apps.web import private_upload_folder
     from hyperinverter.cli import commands
+    from hyperinverter.cli.main import build_parser
 
     monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
     with private_upload_folder() as first:
@@ -269,10 +269,7 @@ def test_each_server_keeps_its_uploads_in_a_folder_of_its_own(monkeypatch, tmp_p
     monkeypatch.setattr("hyperinverter.memory.keep_memory_bounded", lambda: None)  # (the server's process only)
     monkeypatch.setattr("hyperinverter.apps.web.settle_memory", lambda **kwargs: None)
     with pytest.raises(KeyboardInterrupt):
-        commands.run_web(argparse.Namespace(
-            host="127.0.0.1", port=7860, content_rows=None, max_upload_mb=1.0, max_pixels=10**6, detect_side=2048,
-            concurrency=1, queue_size=4, keep_minutes=60, max_pages=4, batch_size=4, model=["m"], device="cpu",
-            dtype="fp32"))
+        commands.run_web(build_parser().parse_args(["web", "--model", "m", "--device", "cpu"]))
     assert seen[0] and Path(seen[0]).name.startswith("hyperinverter-web-") and not Path(seen[0]).exists()
 
 
