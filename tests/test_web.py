@@ -1118,7 +1118,12 @@ def test_an_api_client_s_values_of_the_wrong_kind_are_named_in_one_line(pipeline
                  ("blend", [name, None, {"t": 1}], "t must be a number, got {'t': 1}"),
                  ("mix", [name, None, "2", 4], "the first layer to mix must be a number, got '2'"),
                  ("swap", [name, None, None], "paste must be true or false (a checkbox), got None"),
-                 ("second", [name, 3, upload, False, None, None], "method must be the name of a method, got 3")]
+                 ("second", [name, 3, upload, False, None, None], "method must be the name of a method, got 3"),
+                 # (a label that names no face was the first face: the wrong face edited, said nowhere)
+                 ("edit", [name, "face 2 of 2 (from the left)", *edit[2:]],
+                  "label 'face 2 of 2 (from the left)' names no face of the inverted photo (its faces: 'the photo')"),
+                 ("sweep", [name, "face", *edit[2:4]], "label 'face' names no face of the inverted photo"),
+                 ("swap", [name, "face", False], "label 'face' names no face of the inverted photo")]
         for api, data, said in cases:
             kind, message = call(api, *data)
             assert kind == "error" and message.startswith(said), (api, data, message)

@@ -721,9 +721,19 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                       label)
         return results.entry(state, served_name(name))
 
-    def pick(entry: dict, label: str | None) -> WebInversion | None:
+    def pick(entry: dict, label: str | None, quiet: bool = False) -> WebInversion | None:
+        """The face ``label`` names (the first without a label), or None without a photo. A label that names no
+        face of the photo is refused, or None where ``quiet``: it was the first face, so an edit queued behind the
+        next photo's inversion, or an API client's typo, edited a face no one asked for."""
         items = entry["items"]
-        return next((it for it in items if it.label == label), items[0] if items else None)
+        if not items or label in (None, ""):
+            return items[0] if items else None
+        item = next((it for it in items if it.label == label), None)
+        if item is None and not quiet:
+            known = ", ".join(repr(it.label) for it in items)
+            raise gr.Error(f"label {label!r} names no face of the inverted photo (its faces: {known}): pick one from "
+                           "the face menu", print_exception=False)
+        return item
 
     def downloads(name: str, s: WebSession, item: WebInversion) -> list[str]:
         from ..inversion.files import inversion_bytes
@@ -911,7 +921,10 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_pick(name, state, label):
         entry = page_entry(state, name, label)
-        item = pick(entry, label)
+        item = pick(entry, label, quiet=True)
+        if item is None and entry["items"]:  # (a face of a photo no longer shown, picked while the next was inverted)
+            gr.Warning(f"label {label!r} names no face of the inverted photo: the comparison is left as it is")
+            return gr.update(), gr.update(), token(entry)
         if item is None:
             return None, None, token(entry)
         s = session(name)
@@ -927,7 +940,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         """The picked face to edit, or None (said, unless ``quiet``) without a photo, a direction or a strength."""
         refuse_unless(direction is None or isinstance(direction, str), "direction", "the name of a direction",
                       direction)
-        item = pick(entry, label)
+        item = pick(entry, label, quiet)
         if item is None or not direction:
             if not quiet:
                 gr.Warning(needs_photo if item is None else "choose a direction")
@@ -977,7 +990,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_blend(name, state, label, t, quiet=False):
         entry = page_entry(state, name, label)
-        item, other = pick(entry, label), entry["second"]
+        item, other = pick(entry, label, quiet), entry["second"]
         if item is None or other is None:
             if not quiet:
                 gr.Warning(needs_two)
@@ -991,7 +1004,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
 
     def on_mix(name, state, label, start, end, quiet=False):
         entry = page_entry(state, name, label)
-        item, other = pick(entry, label), entry["second"]
+        item, other = pick(entry, label, quiet), entry["second"]
         if item is None or other is None:
             if not quiet:
                 gr.Warning(needs_two)
