@@ -655,6 +655,14 @@ def test_the_held_out_faces_refuse_a_count_or_a_first_seed(tmp_path, capsys):
         assert not (tmp_path / "o").exists()
 
 
+def test_faces_past_the_last_seed_are_refused_by_the_options_that_asked(tmp_path, capsys):
+    # The library's "the seeds ... go past the last" named neither --seed-start nor --n.
+    assert main(["data", "faces64", "--out", str(tmp_path / "o"), "--seed-start", "4294967290", "--n", "10"]) == 2
+    assert "--seed-start 4294967290 --n 10: the seeds would end at 4294967299, past the last, 4294967295" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_negative_numbers_in_any_notation_are_values(world, tmp_path, capsys):
     # argparse took -1e-3, -1E3, -inf and -nan for options: "expected at least one argument", whatever the type said.
     result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",

@@ -66,6 +66,9 @@ def run_faces64(args: argparse.Namespace) -> int:
                              f"seed {sources.FACES64_HELDOUT_SEED_START}): leave out --n and --seed-start")
         n, seed = sources.FACES64_HELDOUT_COUNT, sources.FACES64_HELDOUT_SEED_START
     seed = sources.FACES64_TRAIN_SEED_START if seed is None else seed
+    if seed + n - 1 > MAX_SEED:  # (the library's error named its own arguments, not these options)
+        raise InputError(f"--seed-start {seed} --n {n}: the seeds would end at {seed + n - 1}, past the last, "
+                         f"{MAX_SEED}")
     out = sources.write_faces64(args.out, n, seed_start=seed, batch_size=args.batch_size,
                                 device=resolve_device(args.device))
     print(f"wrote {n} faces (seeds {seed}..{seed + n - 1}) to {out}")
