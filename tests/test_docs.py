@@ -63,6 +63,16 @@ def test_documented_command_lines_parse(capsys):
             pytest.fail(f"{doc}: `hyperinverter {shlex.join(args)}`: {capsys.readouterr().err.strip()}")
 
 
+def test_main_s_one_parser_reads_each_command_line_alone():
+    # main() parses with one parser per process (built once: 25-45 ms a call): an earlier command's repeated
+    # options, appended to a list default, must not reach the next command.
+    from hyperinverter.cli.main import _shared_parser
+
+    line = ["invert", "a.png", "--model", "m", "--out", "o"]
+    assert len(_shared_parser().parse_args([*line, "--option", "steps=3", "--option", "lr=0.1"]).option) == 2
+    assert _shared_parser().parse_args(line).option == [] and _shared_parser() is _shared_parser()
+
+
 def test_readme_says_how_to_install_the_package_with_its_extras():
     # README had only `make` targets: nothing said which Python and torch the package takes, that a GPU-less user
     # must install torch's CPU build first, or what each extra adds.
