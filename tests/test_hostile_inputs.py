@@ -458,6 +458,9 @@ def test_bad_directions_are_one_line(world, tmp_path, capsys):
         hostile.write(tmp_path, "empty.npy", b""): "is not a readable .npy file",  # (an internal EOFError)
         _truncated_npy(tmp_path): r"is not a readable .npy file \(EOF",  # (it blamed pickling)
         _direction_file(tmp_path, "zeros", {"vector": torch.zeros(1, 16)}, {"kind": "linear"}): "all zeros",
+        # (a basis of no components was a reshape error inside: an internal error)
+        _direction_file(tmp_path, "nocomp", {"comp": torch.zeros(0, 1, 16), "mean": torch.zeros(16),
+                                             "std": torch.ones(0)}, {"kind": "ganspace"}): "holds no components",
     }
     for path, cause in cases.items():
         result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", path,

@@ -218,6 +218,8 @@ def _basis(comp: object, mean: object, std: object, path: Path) -> GANSpaceBasis
     for key, t in tensors.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
             raise SchemaError(path, f"GANSpace {key!r} must be a finite float tensor")
+    if comp.numel() == 0:  # (no component: a reshape error inside, an internal error)
+        raise SchemaError(path, f"GANSpace 'comp' holds no components, got {list(comp.shape)}")
     comp_t = comp.float().reshape(comp.shape[0], -1) if comp.ndim >= 2 else None
     if comp_t is None or comp.ndim > 3 or (comp.ndim == 3 and comp.shape[1] != 1):
         raise SchemaError(path, f"GANSpace 'comp' must be [n, w_dim] or [n, 1, w_dim], got {list(comp.shape)}")
