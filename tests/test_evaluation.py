@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -253,6 +254,17 @@ def test_two_images_are_one_pair(tmp_path, capsys):
     assert float(next(csv.DictReader((tmp_path / "same.csv").open()))["mse"]) == 0
     assert main(["evaluate", "--pred", str(pred), "--gt", str(tmp_path / "gt"), "--out", str(tmp_path / "r")]) == 2
     assert "001.png is a file, but" in capsys.readouterr().err
+
+
+def test_a_pipe_or_a_device_given_as_a_side_is_refused_naming_it(tmp_path, capsys):
+    # `evaluate --pred /dev/null --gt DIR` was "error: PosixPath('.') has an empty name", naming no file.
+    _write_pairs(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    for pred, gt, cause in ((os.devnull, tmp_path / "gt", f"{os.devnull}: is a device"),
+                            (tmp_path / "pred", tmp_path / "fifo", f"{tmp_path / 'fifo'}: is a named pipe")):
+        assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "r")]) == 2
+        assert f"error: {cause}, not an image or a folder" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
 
 
 def test_a_pair_of_other_sizes_or_an_unreadable_file_is_reported_and_left_out(tmp_path):

@@ -447,6 +447,7 @@ class FolderPairs:
         """Pair every image; a set that does not match (an image on one side only, or two images with one name)
         is a ``ValueError`` naming the files, before any work. An entry that cannot be an image (a broken link) is
         a problem of its pair, reported and left out."""
+        from .io.files import refuse_special_file
         from .io.images import find_images
 
         def keyed(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
@@ -469,6 +470,8 @@ class FolderPairs:
             return keys, broken
 
         pred, gt = Path(pred), Path(gt)
+        for side in (pred, gt):  # (taken for a folder of one image: "PosixPath('.') has an empty name")
+            refuse_special_file(side, lambda path, cause: ValueError(f"{path}: {cause}"), "an image or a folder")
         if pred.is_file() or gt.is_file():
             if not (pred.is_file() and gt.is_file()):
                 file, folder = (pred, gt) if pred.is_file() else (gt, pred)
