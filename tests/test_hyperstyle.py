@@ -395,6 +395,11 @@ def test_domain_adaptation_renders_with_a_fine_tuned_generator(method, tmp_path,
     assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--render-with",
                  str(tmp_path / "wide"), "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 2
     assert "another architecture (channel_base, channel_max differ)" in capsys.readouterr().err
+    # --adapt-from without --render-with was ignored without a word: a plain inversion, exit 0.
+    assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--adapt-from", "16",
+                 "--out", str(tmp_path / "out3"), "--device", "cpu"]) == 2
+    assert "error: --adapt-from: applies only with --render-with" in capsys.readouterr().err
+    assert not (tmp_path / "out3").exists()
 
 
 def test_training_starts_from_a_torchvision_resnet_file(tiny_generator, tmp_path):

@@ -262,6 +262,9 @@ def run_invert(args: argparse.Namespace) -> int:
     from ..io.files import check_output_folder
     from ..io.images import find_images, no_images_error
 
+    if args.adapt_from is not None and args.render_with is None:  # (it was ignored without a word)
+        raise InputError("--adapt-from: applies only with --render-with (the generator whose rendering keeps the "
+                         "offsets from that resolution up)")
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         raise no_images_error(args.inputs)
