@@ -256,6 +256,20 @@ def test_two_images_are_one_pair(tmp_path, capsys):
     assert "001.png is a file, but" in capsys.readouterr().err
 
 
+def test_the_options_of_one_mode_are_refused_in_the_other(tmp_path, capsys):
+    # They were ignored without a word: --max-images 1 scored every pair, --editability wrote no report, exit 0.
+    _write_pairs(tmp_path)
+    folders = ["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main(["evaluate", *folders, "--max-images", "1", "--editability", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "error: --max-images, --editability: apply only with --model and --data" in capsys.readouterr().err
+    assert main(["evaluate", *folders, "--option", "phase1.steps=1", "--out", str(tmp_path / "r")]) == 2
+    assert "error: --option: applies only with --model and --data" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "gt"), "--whole-frame", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "error: --whole-frame: applies only with --pred and --gt" in capsys.readouterr().err
+    assert not list(tmp_path.glob("r.*"))
+
+
 def test_a_pipe_or_a_device_given_as_a_side_is_refused_naming_it(tmp_path, capsys):
     # `evaluate --pred /dev/null --gt DIR` was "error: PosixPath('.') has an empty name", naming no file.
     _write_pairs(tmp_path)

@@ -807,9 +807,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.model is not None or args.data is not None:
             print("error: give either --pred and --gt, or --model and --data", file=sys.stderr)
             return 2
+        # (they were ignored without a word: every pair scored, no editability report, exit 0)
+        given = {"--max-images": args.max_images, "--editability": args.editability, "--methods": args.methods,
+                 "--option": args.option or None, "--content-rows": args.content_rows}
+        model_only = [flag for flag, value in given.items() if value is not None]
+        if model_only:
+            print(f"error: {', '.join(model_only)}: {'apply' if len(model_only) > 1 else 'applies'} only with --model "
+                  "and --data, not to --pred and --gt", file=sys.stderr)
+            return 2
         return _evaluate_folders(args)
     if args.model is None or args.data is None:
         print("error: evaluate needs --model and --data (or --pred and --gt)", file=sys.stderr)
+        return 2
+    if args.whole_frame:  # (ignored without a word: the model's own framing is scored)
+        print("error: --whole-frame: applies only with --pred and --gt (--model scores its own framing)",
+              file=sys.stderr)
         return 2
     return _evaluate_model(args)
 
