@@ -262,6 +262,12 @@ def test_edit_reports_a_folder_s_broken_links_to_inversion_files(world, tmp_path
     result = cli(capsys, "edit", folder, "--model", world.model, "--direction", world.direction, "--strength", "1",
                  "--out", tmp_path / "edits2", "--device", "cpu")
     assert result.code == 1 and f"failed: {folder / 'gone.safetensors'}: is a broken symbolic link" in result.err
+    # A folder that holds neither inversion files nor images ended the whole batch (exit 2): it fails alone.
+    (tmp_path / "empty").mkdir()
+    result = cli(capsys, "edit", tmp_path / "empty", world.inv, "--model", world.model, "--direction", world.direction,
+                 "--strength", "1", "--out", tmp_path / "edits3", "--device", "cpu")
+    assert result.code == 1 and f"failed: {tmp_path / 'empty'}: holds no inversion files" in result.err
+    assert (tmp_path / "edits3" / "p0_up_+1.png").is_file()
 
 
 def test_a_folder_that_cannot_be_entered_or_listed_fails_alone(world, tmp_path, capsys, monkeypatch):

@@ -543,7 +543,7 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> tuple[list[Path], list
     recursively, not inside ``out``) where it holds any, since its images are then ``invert``'s own results, and
     else its images (a folder of photos, inverted first). A folder was a failed input ("is a folder, not an image
     file"). Returns them and what in the folders cannot be an input (a broken link, a folder that may not be
-    listed)."""
+    listed, a folder that holds neither)."""
     from ..errors import InputError
     from ..io.images import find_images, no_images_error
 
@@ -558,9 +558,9 @@ def _inversion_files(inputs: list[Path], *, out: Path) -> tuple[list[Path], list
         # A folder's broken links to inversion files fail too where its photos are taken (they were passed over).
         reported = {str(e) for e in found.problems}
         failed = found.problems + [e for e in inversions.problems if str(e) not in reported]
-        if not found.paths and not failed:
-            raise InputError(path, f"holds no inversion files (.safetensors, written by `invert`) and "
-                             f"{no_images_error([path]).cause}")
+        if not found.paths and not failed:  # (it fails alone, as a missing input does: it ended the batch, exit 2)
+            failed = [InputError(path, f"holds no inversion files (.safetensors, written by `invert`) and "
+                                 f"{no_images_error([path]).cause}")]
         files += found.paths
         problems += failed
     return files, problems
