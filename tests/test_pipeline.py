@@ -406,6 +406,10 @@ def test_a_generator_alone_runs_the_methods_that_need_nothing_trained(tiny_gener
     assert pipe.content_rows == (0.125, 0.875) and pipe.inverter("pti").generator is pipe.generator
     with pytest.raises(ValueError, match="content rows must be"):
         InversionPipeline.from_pretrained(tmp_path / "gan", device="cpu", content_rows=(0.9, 0.1))
+    # Rows thinner than a pixel of the generator failed every photo ("height and width must be > 0"), exit 1.
+    assert main(["invert", str(wide), "--model", str(tmp_path / "gan"), "--content-rows", "0", "0.01", "--option",
+                 "steps=2", "--option", "w_avg_samples=64", "--out", str(tmp_path / "thin"), "--device", "cpu"]) == 2
+    assert "content_rows: [0.0, 0.01] hold no row of the generator's 32-px images" in capsys.readouterr().err
     from conftest import build_tiny_pipeline
 
     pipeline_folder = build_tiny_pipeline(tiny_generator).save_pretrained(tmp_path / "square")

@@ -594,6 +594,9 @@ class InversionPipeline:
             if bundle:
                 raise CheckpointError(path, f"is a bundle whose methods read {describe_content_rows(pipe.content_rows)}"
                                       f", not the content rows {list(content_rows)} asked for")
+            side = pipe.generator.resolution  # (no row at all: every photo failed, "height and width must be > 0")
+            if round(content_rows[0] * side) >= round(content_rows[1] * side):
+                raise ValueError(f"content_rows: {list(content_rows)} hold no row of the generator's {side}-px images")
             for inverter in pipe.methods.values():  # (a generator alone: methods with nothing trained)
                 inverter.content_rows = content_rows
             pipe.content_rows = content_rows
