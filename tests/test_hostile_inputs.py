@@ -1064,6 +1064,9 @@ def test_an_image_output_never_replaces_another_kind_of_file(world, tmp_path, ca
     assert result.code == 0 and (tmp_path / "sheet.txt.png").is_file()
     result = cli(capsys, "generate", "--model", world.model, "--seeds", "0-1", "--out", notes / "sub" / "x.png")
     assert result.code == 2 and result.err == f"error: {notes / 'sub' / 'x.png'}: cannot be written: {notes} is a file, not a folder\n"
+    # (the clip's scratch folder, made beside it first, said "notes.txt/clip.mp4: file exists")
+    result = cli(capsys, "interpolate", world.inv, world.inv, "--model", world.model, "--out", notes / "clip")
+    assert result.code == 2 and f"cannot be written: {notes} is a file, not a folder" in result.err, result.err
     with pytest.raises(OutputError, match="is a folder; give a file name"):
         atomic_write_bytes(tmp_path, b"data")
     assert notes.read_text() == "keep me" and not list(tmp_path.glob(".*partial"))

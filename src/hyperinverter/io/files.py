@@ -649,6 +649,16 @@ def check_file_replaceable(path: str | os.PathLike, *, safetensors: bool = False
                                 "or write the output elsewhere")
 
 
+def make_parent_folder(path: Path) -> None:
+    """Make ``path``'s folder (and its parents) where missing; a file in the way is an ``OutputError`` that says
+    which (mkdir's own "file exists" named the output as though it were the file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((q for q in reversed(path.parents) if q.exists() and not q.is_dir()), path.parent)
+        raise OutputError(path, f"cannot be written: {blocker} is a file, not a folder") from None
+
+
 def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = True, replace_any: bool = False,
                        report: bool = False) -> list[Path]:
     """Write several files so that they appear together: all are written and flushed under no name first,
@@ -668,11 +678,7 @@ def atomic_write_group(files: Sequence[tuple[Path, bytes]], *, durable: bool = T
             raise OutputError(p, "is a folder; give a file name")
         if not replace_any:
             check_file_replaceable(p, report=report, replacing_with=data)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            blocker = next((q for q in reversed(p.parents) if q.exists() and not q.is_dir()), p.parent)
-            raise OutputError(p, f"cannot be written: {blocker} is a file, not a folder") from None
+        make_parent_folder(p)
     for p in paths:  # (before staging: on a full disk, their room is the new files')
         _remove_stale_temporaries_of(p)
     staged: list[_StagedFile] = []
@@ -969,8 +975,8 @@ def scratch_folder_beside(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     _remove_stale_temporaries_of(target)
     folder = temporary_sibling(target)
+    make_parent_folder(target)  # (a file in the way: "file exists", naming the clip)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         folder.mkdir(0o777)
     except OSError as e:  # named after the target: the hidden folder beside it is ours, not the user's to know
         raise OSError(e.errno, e.strerror, os.fspath(target)) from None
