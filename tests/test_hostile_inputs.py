@@ -738,6 +738,11 @@ def test_values_that_made_internal_errors(world, tmp_path, capsys):
                  tmp_path / "s.png")
     assert result.code == 2 and ", ...] out of range (the basis has " in result.err and len(result.err) < 200
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "s.png").exists()
+    # Each input's strip of edits had no bound on its width: 500 strengths of 32 px drew one 17,036 px wide.
+    result = cli(capsys, "edit", world.inv, "--model", world.model, "--direction", world.direction, "--strength",
+                 *(f"{k / 100}" for k in range(1, 501)), "--out", tmp_path / "e")
+    assert result.code == 2 and "--strength: 500 strengths of 32 px make a strip 17,036 px wide (at most 16,384)" \
+        in result.err and not (tmp_path / "e").exists()
 
 
 def test_an_encoder_resolution_the_trunks_cannot_take_is_a_config_error():

@@ -332,10 +332,11 @@ def _direction(args, generator):
 
 def run_edit(args: argparse.Namespace) -> int:
     from ..editing.directions import check_strength
+    from ..errors import InputError
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, check_output_folder, file_name_part, output_folder
-    from ..io.images import PHOTO_READING
+    from ..io.images import MAX_PICTURE_SIDE, PHOTO_READING
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -351,6 +352,11 @@ def run_edit(args: argparse.Namespace) -> int:
     args.inputs, unlisted = _inversion_files(args.inputs, out=args.out)
     check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
+    side = pipe.generator.resolution
+    width = (len(strengths) + 1) * (side + 2) + 2  # each input's strip: its reconstruction, then each strength's edit
+    if width > MAX_PICTURE_SIDE:  # (drawn in memory whole, past what viewers and `invert` itself read)
+        raise InputError(f"--strength: {len(strengths)} strengths of {side} px make a strip {width:,} px wide (at most "
+                         f"{MAX_PICTURE_SIDE:,}); give fewer")
     direction = _direction(args, pipe.generator)
     options = dict(args.option)
     pipe.inverter().check_options(options)  # images are inverted first: a bad option fails now, before --out is made
