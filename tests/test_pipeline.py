@@ -322,6 +322,18 @@ def test_cli_invert_edit_interpolate_export(pipeline, tmp_path, capsys):
     assert main(["interpolate", str(out / "b.safetensors"), str(inputs / "a.png"), "--model", str(tmp_path / "model"),
                  "--steps", "2", "--out", str(tmp_path / "upper.PNG")]) == 0
     assert (tmp_path / "upper.png").is_file() and not list(tmp_path.glob("upper.PNG*"))
+    # A strip of every frame wider than the widest picture (240 steps of a 1024-px model: 246,000 px) shows evenly
+    # spaced frames, the ends among them; the GIF keeps them all.
+    from hyperinverter.io import images
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(images, "MAX_PICTURE_SIDE", 4 * 34 + 2)  # (4 frames of 32 px with their 2-px padding)
+        assert main(["interpolate", str(out / "b.safetensors"), str(inputs / "a.png"), "--model",
+                     str(tmp_path / "model"), "--steps", "7", "--out", str(tmp_path / "long")]) == 0
+    assert Image.open(tmp_path / "long.png").size == (4 * 34 + 2, 36)
+    assert Image.open(tmp_path / "long.gif").n_frames >= 2 * 7 - 1  # (there and back: Pillow joins the turn)
+    assert "the strip shows 4 of the 7 frames" in capsys.readouterr().out
     assert main(["export-generator", str(out / "b.safetensors"), "--model", str(tmp_path / "model"),
                  "--out", str(tmp_path / "b.pkl")]) == 2  # (it wrote a folder named b.pkl)
     assert "writing NVIDIA pickles is not supported" in capsys.readouterr().err and not (tmp_path / "b.pkl").exists()
