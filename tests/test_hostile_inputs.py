@@ -1082,9 +1082,16 @@ def test_an_output_never_overwrites_an_input(world, tmp_path, capsys):
     folder.mkdir()
     hostile.photo(0).save(folder / "a.png")
     before = (folder / "a.png").read_bytes()
-    result = cli(capsys, "invert", folder, "--model", world.model, "--out", folder, "--device", "cpu")
+    result = cli(capsys, "invert", folder / "a.png", "--model", world.model, "--out", folder, "--device", "cpu")
     assert result.code == 1 and "writing the result would replace it" in result.err
     assert (folder / "a.png").read_bytes() == before
+    # The input folder itself as --out is refused before any work: each photo failed after its inversion, and where
+    # the names differ (a.jpg, a.png) a later run read the results as photos.
+    result = cli(capsys, "invert", folder, "--model", world.model, "--out", folder, "--device", "cpu")
+    assert result.code == 2 and result.err == (f"error: {folder}: is the input folder {folder}: the results would sit "
+                                               "among the photos, and a later run would read them as photos; give "
+                                               "another folder\n")
+    assert [p.name for p in folder.iterdir()] == ["a.png"] and (folder / "a.png").read_bytes() == before
     # Every command that writes beside its inputs (restore and swap: tests/test_restoration.py).
     hostile.photo(1).save(folder / "b.png")
     shutil.copy(world.inv, folder / "c.safetensors")

@@ -130,6 +130,10 @@ def test_restore_and_swap_never_replace_an_input(sr_pipe, capsys):
         save_image(images(1, i)[0], folder / f"{i}.png")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     code = main(["restore", str(folder), "--model", str(tmp_path / "sr4"), "--device", "cpu", "--out", str(folder)])
+    assert code == 2 and f"{folder}: is the input folder {folder}: the results would sit among the photos" in \
+        capsys.readouterr().err  # (before any work)
+    code = main(["restore", *(str(folder / f"{i}.png") for i in range(2)), "--model", str(tmp_path / "sr4"),
+                 "--device", "cpu", "--out", str(folder)])
     err = capsys.readouterr().err
     assert code == 1 and err.count("writing the result would replace it") == 2
     assert err.count("failed: ") == 2 and "failed: failed" not in err

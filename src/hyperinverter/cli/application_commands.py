@@ -88,7 +88,7 @@ def run_restore(args: argparse.Namespace) -> int:
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         raise no_images_error(args.inputs)
-    check_output_folder(args.out)  # (made once the model has loaded)
+    check_output_folder(args.out, inputs=args.inputs)  # (made once the model has loaded)
     failures = list(found.problems)
     pipe = _load_pipeline(args)
     task = restoration_task(pipe)

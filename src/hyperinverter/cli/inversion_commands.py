@@ -268,7 +268,7 @@ def run_invert(args: argparse.Namespace) -> int:
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         raise no_images_error(args.inputs)
-    check_output_folder(args.out)  # a bad --out fails before the model loads
+    check_output_folder(args.out, inputs=args.inputs)  # a bad --out fails before the model loads
     detector = None
     if args.align and found.paths:
         detector = face_detector(args)

@@ -116,11 +116,15 @@ def check_own_folder(folder: Path, why_not_ours: Callable[[Path], str | None], *
         raise OutputError(folder, f"{reason}; give a new or empty folder for {what}")
 
 
-def check_output_folder(out_dir: str | os.PathLike) -> Path:
+def check_output_folder(out_dir: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """An ``OutputError`` if ``out_dir`` cannot be made or written into, found without making it: a command checks
     its results folder before it loads a model, and makes it after, so that a model that fails to load leaves no
-    empty folder behind."""
+    empty folder behind. ``inputs``: the command's inputs, none of them a folder that is ``out_dir`` itself."""
     out_dir = Path(out_dir)
+    for folder in inputs:  # (each photo failed after its inversion, or a later run took the results for photos)
+        if Path(folder).is_dir() and out_dir.is_dir() and Path(folder).samefile(out_dir):
+            raise OutputError(out_dir, f"is the input folder {folder}: the results would sit among the photos, and "
+                              "a later run would read them as photos; give another folder")
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(out_dir, "exists and is not a folder; give a folder for the results")
     made_in = next(p for p in (out_dir, *out_dir.absolute().parents) if os.path.lexists(p))
