@@ -1077,6 +1077,19 @@ def test_an_image_output_never_replaces_another_kind_of_file(world, tmp_path, ca
     assert notes.read_text() == "keep me" and not list(tmp_path.glob(".*partial"))
 
 
+def test_an_empty_input_folder_among_others_fails_alone(world, tmp_path, capsys):
+    # A mistyped or empty folder beside others was passed over without a word, exit 0.
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "empty").mkdir()
+    hostile.photo(0).save(tmp_path / "photos" / "a.png")
+    result = cli(capsys, "invert", tmp_path / "photos", tmp_path / "empty", "--model", world.model, "--out",
+                 tmp_path / "out", "--device", "cpu")
+    assert result.code == 1 and f"failed: {tmp_path / 'empty'}: no image files in it (looked for .png" in result.err
+    assert (tmp_path / "out" / "a.png").is_file()
+    result = cli(capsys, "invert", tmp_path / "empty", "--model", world.model, "--out", tmp_path / "out2")
+    assert result.code == 2 and f"{tmp_path / 'empty'}: no image files in it" in result.err  # (alone: as before)
+
+
 def test_an_output_never_overwrites_an_input(world, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -584,6 +584,9 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
     ``skip``: folders inside an input folder that its expansion does not enter, such as the command's own output
     folder (a re-run would otherwise take the results for inputs). An input folder that is itself one of them is
     expanded (what would overwrite an input is the writer's to refuse).
+
+    An input folder in which nothing is found, among inputs in which something is, is a problem too (a mistyped
+    folder passed without a word); where nothing at all is found, the caller says so (:func:`no_images_error`).
     """
     if isinstance(inputs, (str, os.PathLike)):  # one path, not a sequence of its characters (it scanned "/")
         inputs = [inputs]
@@ -593,7 +596,11 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
     skip = [Path(folder).resolve() for folder in skip]
     suffixes = tuple(s.lower() for s in suffixes)
 
+    found_in_input = 0  # images and problems under the input being expanded, taken before or not
+
     def take(p: Path) -> None:
+        nonlocal found_in_input
+        found_in_input += 1
         key = p.resolve() if p.exists() else p.absolute()
         if key not in seen:
             seen.add(key)
@@ -617,17 +624,21 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
         elif special_file_kind(q) is not None:  # (a named pipe was passed over without a word)
             problems.append(ImageReadError(q, f"is {special_file_kind(q)}, not an image file"))
 
+    empty_folders: list[Path] = []
     for item in inputs:
         p = Path(item)
         try:
             if p.is_dir():
                 inside = [folder for folder in skip if folder != p.resolve()]
+                found_in_input, problems_before = 0, len(problems)
                 for q in _entries_under(p, problems, inside):
                     try:
                         look_at(q, inside)
                     except OSError as e:  # (in a folder that may be listed but not entered: it ended the run)
                         if q.suffix.lower() in suffixes:
                             problems.append(ImageReadError(q, describe_os_error(e, with_file=False)))
+                if not found_in_input and len(problems) == problems_before:
+                    empty_folders.append(p)
             elif p.exists():
                 take(p)
             else:
@@ -635,6 +646,8 @@ def find_images(inputs: Sequence[str | os.PathLike] | str | os.PathLike, *,
                                                "folder"))
         except OSError as e:
             problems.append(ImageReadError(p, describe_os_error(e, with_file=False)))
+    if paths or problems:
+        problems += [ImageReadError(p, no_images_error([p]).cause) for p in empty_folders]
     return FoundImages(paths, problems)
 
 
