@@ -422,6 +422,10 @@ def test_a_generator_alone_runs_the_methods_that_need_nothing_trained(tiny_gener
     assert main(["invert", str(wide), "--model", str(tmp_path / "gan"), "--content-rows", "0", "0.01", "--option",
                  "steps=2", "--option", "w_avg_samples=64", "--out", str(tmp_path / "thin"), "--device", "cpu"]) == 2
     assert "content_rows: [0.0, 0.01] hold no row of the generator's 32-px images" in capsys.readouterr().err
+    # The option is named as typed (it said "content_rows:", the library's argument).
+    assert main(["invert", str(wide), "--model", str(tmp_path / "gan"), "--content-rows", "0.9", "0.1",
+                 "--out", str(tmp_path / "upside-down"), "--device", "cpu"]) == 2
+    assert "error: --content-rows: content rows must be [top, bottom] fractions" in capsys.readouterr().err
     from conftest import build_tiny_pipeline
 
     pipeline_folder = build_tiny_pipeline(tiny_generator).save_pretrained(tmp_path / "square")

@@ -219,8 +219,12 @@ def register(sub) -> None:
 
 
 def _load_pipeline(args):
+    from ..io.images import check_content_rows
     from ..pipeline import InversionPipeline
     from ..training.distributed import local_device
+
+    if getattr(args, "content_rows", None) is not None:  # (named as the library's argument, content_rows)
+        check_content_rows(args.content_rows, "--content-rows")
 
     # Commands without --dtype (import-pti only reads the generator) load in fp32. Under torchrun on GPUs, auto and
     # cuda are the rank's own GPU, as in training (every rank of a sharded invert ran on GPU 0).
