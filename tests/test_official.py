@@ -85,6 +85,13 @@ def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
     torch.save({"state_dict": ckpt["state_dict"], "opts": wrong}, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="1024px"):
         load_official_hyperinverter(tmp_path / "c.pt", tmp_path / "G.pkl", encoder_resolution=64)
+    # A 'state_dict' that holds no tensors: the errors named neither the file nor what was wrong with it.
+    for name, sd, cause in (("d.pt", dict(ckpt["state_dict"], extra="text"),
+                             "not a state dict: non-tensor entries \\['extra'\\]"),
+                            ("e.pt", None, "its 'state_dict' is a NoneType, not a mapping of tensors")):
+        torch.save({"state_dict": sd, "opts": ckpt["opts"]}, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"{name}: {cause}"):
+            load_official_hyperinverter(tmp_path / name, tmp_path / "G.pkl", encoder_resolution=64)
 
 
 def test_psp_w_encoder_checkpoint(tmp_path, tiny_generator):

@@ -32,11 +32,15 @@ StateDictSource = str | os.PathLike[str] | Mapping[str, torch.Tensor]
 _MAX_LISTED = 12
 
 
-def read_state_dict(source: StateDictSource) -> dict[str, torch.Tensor]:
-    """A state dict from a path (``torch.load`` to CPU, weights only) or a mapping; unwraps ``state_dict``."""
-    where = None if isinstance(source, Mapping) else os.fspath(source)
+def read_state_dict(source: StateDictSource, where: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a path (``torch.load`` to CPU, weights only) or a mapping (read from the file ``where``,
+    which errors name); unwraps ``state_dict``."""
+    where = where if isinstance(source, Mapping) else os.fspath(source)
     data = source if isinstance(source, Mapping) else load_weights_only(source)
-    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+    if isinstance(data, Mapping) and "state_dict" in data:
+        if not isinstance(data["state_dict"], Mapping):  # (its entries were listed as the non-tensors)
+            raise CheckpointError(where, f"its 'state_dict' is a {type(data['state_dict']).__name__}, not a "
+                                  "mapping of tensors")
         data = data["state_dict"]
     if not isinstance(data, Mapping):
         raise CheckpointError(where, f"expected a state dict (a mapping of tensors), got {type(data).__name__}")

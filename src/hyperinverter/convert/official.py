@@ -160,7 +160,7 @@ def load_official_hyperinverter(checkpoint: str | Path, generator: str | Path | 
 
 def _hyperinverter_from(checkpoint: Path, ckpt: Mapping, generator: str | Path | Generator,
                         encoder_resolution: int | None) -> HyperInverter:
-    sd = read_state_dict(ckpt)
+    sd = read_state_dict(ckpt, checkpoint)
     opts = ckpt.get("opts") or {}
     if not isinstance(opts, Mapping):
         raise CheckpointError(checkpoint, f"its 'opts' is a {type(opts).__name__}, not a mapping")
@@ -225,7 +225,7 @@ class PspFile:
             if not torch.allclose(latent_avg, latent_avg[:1].expand_as(latent_avg)):
                 raise CheckpointError(path, "its 'latent_avg' rows differ: a W+ average, not a W encoder's")
             latent_avg = latent_avg[0]
-        return cls(path, read_state_dict(ckpt), dict(opts), latent_avg)
+        return cls(path, read_state_dict(ckpt, path), dict(opts), latent_avg)
 
     def part(self, prefix: str) -> dict[str, torch.Tensor]:
         return _strip(self.state_dict, prefix)
