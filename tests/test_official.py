@@ -69,6 +69,20 @@ def test_released_layout_round_trip_is_exact(tmp_path, tiny_generator, backbone,
     assert torch.allclose(imported.invert(x).image, fresh.invert(x).image, atol=1e-5)
 
 
+def test_a_release_added_again_to_its_bundle_is_the_bundle_s_own(tmp_path, tiny_generator, capsys):
+    # The bundle's parts lie in other memory layouts than a file's fresh copy of them: the same release, added to
+    # the bundle it was imported into, was said to hold "other weights than the bundle's" and left out.
+    ckpt, _ = official_checkpoint(tiny_generator)
+    torch.save(ckpt, tmp_path / "hyper_inverter.pt")
+    nv_pickle(tmp_path / "G.pkl", tiny_generator)
+    argv = ["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
+            "--out", str(tmp_path / "pipe")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--add"]) == 0
+    out, err = capsys.readouterr()
+    assert "other weights" not in err and "kept the bundle's phase1, hyperinverter" in out, err
+
 def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
     ckpt, _ = official_checkpoint(tiny_generator)
     nv_pickle(tmp_path / "G.pkl", tiny_generator)

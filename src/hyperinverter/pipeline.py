@@ -403,7 +403,7 @@ def _share_equal_parts(method: Inverter, others: Iterable[Inverter]) -> None:
     once."""
     from .io.work import fingerprint_of
 
-    def kind(part: nn.Module) -> str:  # (cheap: the weights are hashed only where a part of its kind is held)
+    def kind(part: nn.Module) -> str:  # (cheap: the weights are compared only where a part of its kind is held)
         return fingerprint_of([type(part).__qualname__, getattr(part, "config", None)])
 
     held: dict[str, list[nn.Module]] = {}
@@ -412,18 +412,26 @@ def _share_equal_parts(method: Inverter, others: Iterable[Inverter]) -> None:
             held.setdefault(kind(part), []).append(part)
     for role, part in method.parts().items():
         same_kind = [p for p in held.get(kind(part), []) if p is not part]
-        weights = fingerprint_of(part) if same_kind else None
-        equal = next((p for p in same_kind if fingerprint_of(p) == weights), None)
+        equal = next((p for p in same_kind if _same_weights(p, part)), None)
         if equal is not None:
             setattr(method, role, equal)
 
 
 def _same_trained_parts(a: Inverter, b: Inverter) -> bool:
     """Whether two methods hold the same settings and trained weights (their generators aside)."""
-    from .io.work import fingerprint_of
+    parts_a, parts_b = a.parts(), b.parts()
+    return (type(a) is type(b) and a.settings() == b.settings() and parts_a.keys() == parts_b.keys()
+            and all(_same_weights(parts_a[role], parts_b[role]) for role in parts_a))
 
-    return (type(a) is type(b) and a.settings() == b.settings()
-            and fingerprint_of(a.parts()) == fingerprint_of(b.parts()))
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks hold the same tensors, whatever their memory layouts: a bundle's loaded parts lie
+    channels-last or transposed, and a fingerprint (which counts the layout) called a file's own copy of them, as
+    read by import-official --add, "other weights"."""
+    state_a, state_b = a.state_dict(), b.state_dict()
+    return state_a.keys() == state_b.keys() and all(
+        state_a[k].dtype == state_b[k].dtype and state_a[k].shape == state_b[k].shape
+        and torch.equal(state_a[k], state_b[k].to(state_a[k].device)) for k in state_a)
 
 
 def check_same_weights(generator: Generator, other: Generator, *, source: str, atol: float = 1e-5,
