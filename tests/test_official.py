@@ -83,6 +83,19 @@ def test_a_release_added_again_to_its_bundle_is_the_bundle_s_own(tmp_path, tiny_
     out, err = capsys.readouterr()
     assert "other weights" not in err and "kept the bundle's phase1, hyperinverter" in out, err
 
+def test_options_for_other_kinds_of_release_are_refused(tmp_path, tiny_generator, capsys):
+    # --w-encoder (HyperStyle's) with another kind of release was ignored without a word, as --task was not.
+    ckpt, _ = official_checkpoint(tiny_generator)
+    torch.save(ckpt, tmp_path / "hyper_inverter.pt")
+    nv_pickle(tmp_path / "G.pkl", tiny_generator)
+    base = ["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
+            "--out", str(tmp_path / "pipe")]
+    for extra, cause in ((["--w-encoder", str(tmp_path / "hyper_inverter.pt")], "is not a HyperStyle checkpoint"),
+                         (["--task", "sr4"], "is not an E2Style checkpoint")):
+        assert main([*base, *extra]) == 2
+        assert f"hyper_inverter.pt: {cause}" in capsys.readouterr().err
+    assert not (tmp_path / "pipe").exists()
+
 def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
     ckpt, _ = official_checkpoint(tiny_generator)
     nv_pickle(tmp_path / "G.pkl", tiny_generator)

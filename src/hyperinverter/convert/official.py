@@ -642,13 +642,17 @@ def import_official(checkpoint: str | Path, *, generator: str | Path | Generator
     is_e2style = "encoder_firststage.output_layer_3.3.weight" in keys
     if task is not None and not is_e2style:
         raise CheckpointError(path, "is not an E2Style checkpoint: a task is for E2Style's restoration files")
+    is_hyperstyle = any(k.startswith(("hypernet.refinement_blocks.", "hypernet.shared_weight_hypernet.")) for k in keys)
+    if w_encoder is not None and not is_hyperstyle:  # (it was ignored without a word)
+        raise CheckpointError(path, "is not a HyperStyle checkpoint: a W encoder file is for HyperStyle's, which "
+                              "starts from one; leave out --w-encoder")
     if any(k.startswith(("hypernet.weight_regressors.", "w_bar_encoder.")) for k in keys):
         if generator is None:
             raise CheckpointError(path, "is a HyperInverter checkpoint, which holds no generator: give --generator")
         model = load_official_hyperinverter(path, generator)
         return {"phase1": Phase1(model.generator, w_encoder=model.w_encoder,
                                  encoder_resolution=model.encoder_resolution), "hyperinverter": model}
-    if any(k.startswith(("hypernet.refinement_blocks.", "hypernet.shared_weight_hypernet.")) for k in keys):
+    if is_hyperstyle:
         if w_encoder is None:
             raise CheckpointError(path, "is a HyperStyle checkpoint: give its W encoder file too (--w-encoder, e.g. "
                                   "faces_w_encoder.pt)")
