@@ -624,6 +624,15 @@ def test_what_the_training_fuzzing_pass_found(tmp_path, capsys, monkeypatch):
     assert len(in_val_split(["a.png", "x\udcff1.png", "b.png"], 0.5, seed=0)) == 3
 
 
+def test_a_batch_size_past_any_data_set_is_refused(tmp_path, capsys):
+    # batch_size=2**70 passed the config's checks, and the sampler gathered indices for it for ever, CPU-bound.
+    config = tmp_path / "g.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\nsteps: 1\nbatch_size: {2**70}\n")
+    assert main(["train", "generator", "--config", str(config)]) == 2
+    assert f"{config}: GeneratorTrainingConfig: batch_size must be at most 10,000,000, got {2**70}" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.

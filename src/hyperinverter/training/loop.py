@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..bounds import MAX_IMAGES
 from ..device import resolve_device
 from ..errors import CheckpointError
 from ..io.files import check_outside, check_replaceable
@@ -124,6 +125,8 @@ def range_problem(name: str, value: Any) -> str | None:
     learning_rate = name == "lr" or name.startswith("lr_") or name.endswith("_lr")  # (0 freezes what it trains)
     if learning_rate or name.endswith(("_weight", "_gamma")) or name in ("ema_kimg", "w_pool_size"):
         return None if value >= 0 else f"{name} must be >= 0, got {value}"
+    if name == "batch_size" and value > MAX_IMAGES:  # (its sampler gathered 2**70 indices, for ever)
+        return f"batch_size must be at most {MAX_IMAGES:,}, got {value}"
     if name.endswith(("_interval", "_every")) or name in COUNTS:
         return None if value >= 1 else f"{name} must be >= 1, got {value}"
     if name in SHARES:
