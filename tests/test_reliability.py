@@ -633,6 +633,17 @@ def test_a_batch_size_past_any_data_set_is_refused(tmp_path, capsys):
         capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+def test_an_unknown_loss_network_is_a_config_error(tmp_path, capsys):
+    # An unknown lpips_net or id_model failed where the loss was built, after the models, as "net must be one of
+    # ['alex', 'vgg'], got 'abc'": neither the config file nor the key was named.
+    config = tmp_path / "w.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\ngenerator: fashion-32\nsteps: 1\n")
+    for override, cause in (("lpips_net=abc", "lpips_net must be one of ['alex', 'vgg'], got 'abc'"),
+                            ("id_model=x", "id_model must be one of ['sface', 'arcface', 'curricularface'], got 'x'")):
+        assert main(["train", "psp", "--config", str(config), override, "lpips_weight=0.1", "id_weight=0.1"]) == 2
+        assert f"error: {config} with {override}: PspTrainingConfig: {cause}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.

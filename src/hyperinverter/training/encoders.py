@@ -25,6 +25,8 @@ from ..catalogue import generator_path, load_model_gan, model_index
 from ..convert.gan_files import LoadedGAN, detect_format
 from ..errors import CheckpointError, InputError, naming
 from ..io.images import content_of, describe_content_rows
+from ..losses.identity import IDENTITY_MODELS
+from ..losses.lpips import BACKBONE_FILES
 from ..losses.reconstruction import ReconstructionLoss
 from ..methods import InversionResult, Inverter
 from ..methods.phase1 import Phase1, encoder_input_shape
@@ -138,6 +140,11 @@ class EncoderTrainingConfig(RunConfig):
             raise ValueError(f"adv_start must be a step (0 or more), got {self.adv_start}")
         if self.optimizer not in ("adam", "ranger"):
             raise ValueError(f"optimizer must be adam or ranger, got {self.optimizer!r}")
+        # (checked where the loss was built, after the models: "net must be one of", naming no file nor key)
+        if self.lpips_net not in BACKBONE_FILES:
+            raise ValueError(f"lpips_net must be one of {sorted(BACKBONE_FILES)}, got {self.lpips_net!r}")
+        if self.id_model not in IDENTITY_MODELS:
+            raise ValueError(f"id_model must be one of {list(IDENTITY_MODELS)}, got {self.id_model!r}")
 
     @property
     def adversarial(self) -> bool:
