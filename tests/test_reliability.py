@@ -644,6 +644,17 @@ def test_an_unknown_loss_network_is_a_config_error(tmp_path, capsys):
         assert f"error: {config} with {override}: PspTrainingConfig: {cause}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+def test_a_hyperstyle_input_size_the_trunk_cannot_read_is_a_config_error(tmp_path, capsys):
+    # input_size 0 took the W encoder's without a word; -1 failed once the models were built, naming no file.
+    config = tmp_path / "h.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\ngenerator: fashion-32\nw_encoder: "
+                      "fashion-32\nsteps: 1\n")
+    for size in (0, -1, 48, 4096):
+        assert main(["train", "hyperstyle", "--config", str(config), f"input_size={size}"]) == 2
+        assert (f"error: {config} with input_size={size}: HyperStyleTrainingConfig: input_size must be 16 x a power "
+                f"of two >= 2, at most 2048") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.

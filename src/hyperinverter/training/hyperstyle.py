@@ -21,6 +21,7 @@ from ..methods.hyperstyle import HyperStyle
 from ..methods.phase1 import Phase1, encoder_input_height, encoder_input_shape
 from ..models.encoders import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet, input_height_problem
+from ..pipeline import MAX_ENCODER_RESOLUTION
 from .distributed import DistributedContext
 from .encoders import EncoderTask, EncoderTrainingConfig, frozen_phase1
 from .loop import TrainingResult, fit
@@ -47,6 +48,12 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        size = self.input_size
+        # (0 took the W encoder's without a word; -1 failed after the models were built, naming no file)
+        if size is not None and not (32 <= size <= MAX_ENCODER_RESOLUTION and size % 16 == 0
+                                     and (size // 16) & (size // 16 - 1) == 0):
+            raise ValueError(f"input_size must be 16 x a power of two >= 2, at most {MAX_ENCODER_RESOLUTION} (32, 64, "
+                             f"..., 256 officially), or null for the W encoder's, got {size}")
         if self.content_rows is not None and self.input_size is not None:
             height = encoder_input_shape(self.input_size, self.content_rows)[0]
             problem = input_height_problem(self.input_size, height)
