@@ -655,6 +655,22 @@ def test_a_hyperstyle_input_size_the_trunk_cannot_read_is_a_config_error(tmp_pat
                 f"of two >= 2, at most 2048") in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+def test_a_trainer_s_own_ranges_are_checked_as_its_config_is_read(tmp_path, capsys):
+    # Each was checked only once the generator and the encoders were built, and named neither file nor key.
+    config = tmp_path / "c.yaml"
+    common = f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\ngenerator: fashion-32\nsteps: 1\n"
+    for trainer, extra, override, cause in (
+            ("hyperstyle", "w_encoder: fashion-32\n", "n_iters_per_batch=101",
+             "n_iters_per_batch must be at most 100, got 101"),
+            ("hyperstyle", "w_encoder: fashion-32\n", "layers_to_tune=[-1,3]",
+             "layers_to_tune are layer indices (0 or more), got [-1, 3]"),
+            ("psp", "", "coarse_end=-1", "need 0 <= coarse_end <= middle_end, got -1, 7"),
+            ("e2style", "init_from: fashion-32\n", "stage=17", "stage must be an integer from 1 to 16, got 17")):
+        config.write_text(common + extra)
+        assert main(["train", trainer, "--config", str(config), override]) == 2
+        assert f"error: {config} with {override}: " in (err := capsys.readouterr().err) and cause in err, err
+    assert not (tmp_path / "run").exists()
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.

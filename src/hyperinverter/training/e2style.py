@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config_base import MAX_STAGES, check_count
 from ..data.degradations import degrade_at, get_degradation
 from ..errors import InputError
 from ..methods import InversionResult
@@ -61,6 +62,7 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_count("stage", self.stage, MAX_STAGES)  # (found once the models were built, as "stages", naming no file)
         if self.stage > 1 and self.init_from is None:
             raise ValueError(f"stage {self.stage} refines a trained model: set init_from to stage {self.stage - 1}'s "
                              "run (its final/ or best/ folder)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import InversionResult
-from ..methods.hyperstyle import HyperStyle
+from ..methods.hyperstyle import MAX_ITERATIONS, HyperStyle
 from ..methods.phase1 import Phase1, encoder_input_height, encoder_input_shape
 from ..models.encoders import TrunkConfig
 from ..models.hyperstyle import HyperStyleNet, input_height_problem
@@ -54,6 +54,10 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
                                      and (size // 16) & (size // 16 - 1) == 0):
             raise ValueError(f"input_size must be 16 x a power of two >= 2, at most {MAX_ENCODER_RESOLUTION} (32, 64, "
                              f"..., 256 officially), or null for the W encoder's, got {size}")
+        if not self.n_iters_per_batch <= MAX_ITERATIONS:  # (found once the models were built, naming no file)
+            raise ValueError(f"n_iters_per_batch must be at most {MAX_ITERATIONS}, got {self.n_iters_per_batch}")
+        if self.layers_to_tune is not None and min(self.layers_to_tune, default=0) < 0:
+            raise ValueError(f"layers_to_tune are layer indices (0 or more), got {list(self.layers_to_tune)}")
         if self.content_rows is not None and self.input_size is not None:
             height = encoder_input_shape(self.input_size, self.content_rows)[0]
             problem = input_height_problem(self.input_size, height)

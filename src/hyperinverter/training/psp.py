@@ -64,6 +64,8 @@ class PspTrainingConfig(EncoderTrainingConfig):
             raise ValueError(f"mode must be psp or e4e, got {self.mode!r}")
         if self.mode == "psp" and (self.progressive_start is not None or self.w_adv_weight > 0):
             raise ValueError("progressive_start and w_adv_weight are e4e's; set mode: e4e")
+        if not 0 <= self.coarse_end <= self.middle_end:  # (found once the models were built, naming no file)
+            raise ValueError(f"need 0 <= coarse_end <= middle_end, got {self.coarse_end}, {self.middle_end}")
 
     def stage(self, step: int, max_stage: int) -> int | None:
         """e4e's progressive stage at ``step`` (active delta rows), None when every row is active."""
