@@ -168,6 +168,19 @@ def test_stylised_copies_keep_names_report_bad_files_and_resume(odd_folder, tmp_
     assert main(["data", "stylise", str(odd_folder), "--out", str(out), "--style", "oil"]) == 2
 
 
+def test_a_folder_without_images_is_no_dataset_to_stylise_or_align(tmp_path, capsys):
+    # A source folder holding no image (empty, or other files) gave an empty dataset and "0 image(s) failed", exit 0.
+    from hyperinverter.cli.main import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    for command in ("stylise", "align"):
+        for source in ("empty", "notes"):
+            assert main(["data", command, str(tmp_path / source), "--out", str(tmp_path / "out")]) == 2
+            assert f"error: {tmp_path / source}: no image files in it" in capsys.readouterr().err
+            assert not (tmp_path / "out").exists()
+
 def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, monkeypatch):
     # The writers keep existing files as already written and write dataset.json: into a user's folder, a user's
     # 000001.png became part of the dataset and their dataset.json was replaced.

@@ -47,6 +47,7 @@ from ..io.images import (
     find_images,
     image_bytes,
     images_made_with,
+    no_images_error,
     pil_to_tensor,
     read_image,
     save_image,
@@ -318,6 +319,8 @@ def _source_images(source_dir: str | Path, out_dir: str | Path, limit: int | Non
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     check_outside(out_dir, source_dir, why=f"{overlap}, and read as sources next time")
     found = find_images([source_dir])
+    if not found.paths and not found.problems:  # (an empty dataset was written, and the command said it was done)
+        raise no_images_error([source_dir])
     return source_dir, out_dir, found, found.paths[:limit] if limit is not None else found.paths
 
 
