@@ -671,6 +671,18 @@ def test_a_trainer_s_own_ranges_are_checked_as_its_config_is_read(tmp_path, caps
         assert f"error: {config} with {override}: " in (err := capsys.readouterr().err) and cause in err, err
     assert not (tmp_path / "run").exists()
 
+def test_an_empty_run_dir_or_data_path_is_a_config_error(tmp_path, capsys, monkeypatch):
+    # data: '' read the current folder, and the error named it as '' ("... is inside : the run's sample grids");
+    # run_dir: '' took the current folder for the run's.
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "g.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\nsteps: 1\n")
+    for key in ("data", "run_dir"):
+        assert main(["train", "generator", "--config", str(config), f"{key}=''"]) == 2
+        assert (f"error: {config} with {key}='': GeneratorTrainingConfig: {key} is an empty path; give a folder (. "
+                "for the current folder)") in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.

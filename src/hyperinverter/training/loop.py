@@ -87,6 +87,9 @@ class RunConfig:
     content_rows: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        for key in ("run_dir", "data"):  # (data: '' read the current folder, and was named as '' in errors)
+            if getattr(self, key) == "":
+                raise ValueError(f"{key} is an empty path; give a folder (. for the current folder)")
         for item in dataclasses.fields(self):
             problem = range_problem(item.name, getattr(self, item.name))
             if problem is not None:
