@@ -457,6 +457,12 @@ def test_import_pti_writes_an_inversion_file_the_model_renders(G, tmp_path, caps
     assert main(["import-pti", str(tmp_path / "model_gone.pt"), "--pivot", str(pivot_path), "--model",
                  str(tmp_path / "bundle"), "--device", "cpu", "--out", str(tmp_path / "gone.safetensors")]) == 2
     assert f"error: {tmp_path / 'model_gone.pt'}: no such model file or folder\n" == capsys.readouterr().err
+    # An --out named otherwise was written, and edit then read it as an image it could not read.
+    assert main(["import-pti", str(tuned_path), "--pivot", str(pivot_path), "--model", str(tmp_path / "bundle"),
+                 "--device", "cpu", "--out", str(tmp_path / "image.png")]) == 2
+    assert f"error: {tmp_path / 'image.png'}: an inversion file must be named NAME.safetensors" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "image.png").exists()
 
 
 def test_a_bundle_with_its_discriminator_saves_over_itself_and_hands_it_to_optimisation(tmp_path):

@@ -715,8 +715,12 @@ def run_join(args: argparse.Namespace) -> int:
 
 def run_import_pti(args: argparse.Namespace) -> int:
     from ..convert.pti import load_pti_inversion
+    from ..errors import OutputError
     from ..inversion.files import save_inversion
 
+    if not _is_inversion_file(args.out):  # (written all the same: edit then read it as an unreadable image)
+        raise OutputError(args.out, "an inversion file must be named NAME.safetensors: edit, interpolate and "
+                          "export-generator tell inversion files from images by that suffix")
     pipe = _load_pipeline(args)
     result = load_pti_inversion(args.tuned, args.pivot, pipe.generator)
     save_inversion(args.out, result.to("cpu"), source=args.tuned, model=str(args.model), method="pti",
