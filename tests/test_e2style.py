@@ -234,6 +234,10 @@ def test_bundles_of_one_generator_join_into_one(pipeline, tiny_generator, tmp_pa
     expected = InversionPipeline.from_pretrained(tmp_path / "e2", device="cpu").invert(x).image
     assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "e2")]) == 2
     assert "only the first bundle may be extended" in capsys.readouterr().err
+    # An empty --default was taken as none given: the first bundle's default, without a word.
+    assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "all"),
+                 "--default", ""]) == 2
+    assert "error: --default '': is not a method of the joined bundles" in capsys.readouterr().err
     assert main(["join", str(tmp_path / "hyper"), str(tmp_path / "e2"), "--out", str(tmp_path / "all"),
                  "--default", "e2style"]) == 0
     joined = InversionPipeline.from_pretrained(tmp_path / "all", device="cpu")

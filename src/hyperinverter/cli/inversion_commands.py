@@ -699,9 +699,9 @@ def run_join(args: argparse.Namespace) -> int:
     methods = dict(pipes[0].methods)
     for folder, pipe in zip(folders[1:], pipes[1:]):
         methods = join_methods(methods, pipe.methods, source=str(folder))
-    default = args.default or pipes[0].default_method
+    default = pipes[0].default_method if args.default is None else args.default  # (--default '' was the first's)
     if default not in methods:
-        raise InputError(args.default, f"is not a method of the joined bundles ({', '.join(methods)})")
+        raise InputError(f"--default {args.default!r}", f"is not a method of the joined bundles ({', '.join(methods)})")
     discriminator = next((p.discriminator for p in pipes if p.discriminator is not None), None)
     # (one generator: one domain) Any bundle that says faces makes the joined model one of faces: it was faces or not
     # by the order of its bundles.
