@@ -234,6 +234,15 @@ def test_a_faces_dataset_is_not_resumed_with_fewer_faces_than_it_holds(tmp_path,
     with pytest.raises(ValueError, match=r"the seeds 4294967295\.\.4294967296 go past the last, 4294967295"):
         sources.write_faces64(tmp_path / "past", 2, seed_start=2**32 - 1, progress=False)
     assert not (tmp_path / "past").exists()
+    # Refused for holding more faces, a folder without a record (a user's numbered images) was left with one the
+    # refused run wrote, claiming the folder as a faces dataset.
+    user = tmp_path / "user"
+    user.mkdir()
+    for i in range(3):
+        hostile.photo(i, (8, 8)).save(user / f"{i:06d}.png")
+    with pytest.raises(InputError, match="holds 3 faces, more than --n 1"):
+        sources.write_faces64(user, 1, progress=False)
+    assert sorted(p.name for p in user.iterdir()) == ["000000.png", "000001.png", "000002.png"]
 
 
 def test_a_resumed_dataset_leaves_no_temporaries_of_the_killed_writing(odd_folder, tmp_path, monkeypatch):

@@ -258,11 +258,12 @@ def write_faces64(out_dir: str | Path, n: int, *, seed_start: int = FACES64_TRAI
                          "(numpy's RandomState seeds)")
     out_dir = Path(out_dir)
     with dataset_folder(out_dir):  # (another writing into it is refused)
-        _claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
+        # (before the claim: a refused run left a dataset.json of its own beside the faces, claiming the folder)
         beyond = max((int(p.stem) for p in out_dir.glob("*.png") if _numbered(Path(p.name))), default=-1)
         if beyond >= n:  # (it wrote a record of n faces over the folder's more, all of which training reads)
             raise InputError(out_dir, f"holds {beyond + 1:,} faces, more than --n {n:,}: give --n {beyond + 1} or "
                              "more to resume it, or another --out")
+        _claim_dataset(out_dir, {"first_seed": seed_start}, FACES64_SOURCE)
         net = load_dcgan_faces(device)
         for start in range(0, n, batch_size):
             seeds = list(range(seed_start + start, seed_start + min(start + batch_size, n)))
