@@ -69,32 +69,36 @@ def test_released_layout_round_trip_is_exact(tmp_path, tiny_generator, backbone,
     assert torch.allclose(imported.invert(x).image, fresh.invert(x).image, atol=1e-5)
 
 
-def test_a_release_added_again_to_its_bundle_is_the_bundle_s_own(tmp_path, tiny_generator, capsys):
-    # The bundle's parts lie in other memory layouts than a file's fresh copy of them: the same release, added to
-    # the bundle it was imported into, was said to hold "other weights than the bundle's" and left out.
+def import_release_command(tmp_path, tiny_generator) -> list[str]:
+    """``import-official`` of a HyperInverter release and its NVIDIA pickle, both written in ``tmp_path``, into
+    ``tmp_path / "pipe"``."""
     ckpt, _ = official_checkpoint(tiny_generator)
     torch.save(ckpt, tmp_path / "hyper_inverter.pt")
     nv_pickle(tmp_path / "G.pkl", tiny_generator)
-    argv = ["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
+    return ["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
             "--out", str(tmp_path / "pipe")]
+
+
+def test_a_release_added_again_to_its_bundle_is_the_bundle_s_own(tmp_path, tiny_generator, capsys):
+    # The bundle's parts lie in other memory layouts than a file's fresh copy of them: the same release, added to
+    # the bundle it was imported into, was said to hold "other weights than the bundle's" and left out.
+    argv = import_release_command(tmp_path, tiny_generator)
     assert main(argv) == 0
     capsys.readouterr()
     assert main([*argv, "--add"]) == 0
     out, err = capsys.readouterr()
     assert "other weights" not in err and "kept the bundle's phase1, hyperinverter" in out, err
 
+
 def test_options_for_other_kinds_of_release_are_refused(tmp_path, tiny_generator, capsys):
     # --w-encoder (HyperStyle's) with another kind of release was ignored without a word, as --task was not.
-    ckpt, _ = official_checkpoint(tiny_generator)
-    torch.save(ckpt, tmp_path / "hyper_inverter.pt")
-    nv_pickle(tmp_path / "G.pkl", tiny_generator)
-    base = ["import-official", str(tmp_path / "hyper_inverter.pt"), "--generator", str(tmp_path / "G.pkl"),
-            "--out", str(tmp_path / "pipe")]
+    base = import_release_command(tmp_path, tiny_generator)
     for extra, cause in ((["--w-encoder", str(tmp_path / "hyper_inverter.pt")], "is not a HyperStyle checkpoint"),
                          (["--task", "sr4"], "is not an E2Style checkpoint")):
         assert main([*base, *extra]) == 2
         assert f"hyper_inverter.pt: {cause}" in capsys.readouterr().err
     assert not (tmp_path / "pipe").exists()
+
 
 def test_released_layout_errors_name_keys(tmp_path, tiny_generator):
     ckpt, _ = official_checkpoint(tiny_generator)
