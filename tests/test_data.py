@@ -181,6 +181,7 @@ def test_a_folder_without_images_is_no_dataset_to_stylise_or_align(tmp_path, cap
             assert f"error: {tmp_path / source}: no image files in it" in capsys.readouterr().err
             assert not (tmp_path / "out").exists()
 
+
 def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, monkeypatch):
     # The writers keep existing files as already written and write dataset.json: into a user's folder, a user's
     # 000001.png became part of the dataset and their dataset.json was replaced.

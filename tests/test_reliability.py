@@ -633,6 +633,7 @@ def test_a_batch_size_past_any_data_set_is_refused(tmp_path, capsys):
         capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+
 def test_an_unknown_loss_network_is_a_config_error(tmp_path, capsys):
     # An unknown lpips_net or id_model failed where the loss was built, after the models, as "net must be one of
     # ['alex', 'vgg'], got 'abc'": neither the config file nor the key was named.
@@ -644,6 +645,7 @@ def test_an_unknown_loss_network_is_a_config_error(tmp_path, capsys):
         assert f"error: {config} with {override}: PspTrainingConfig: {cause}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+
 def test_a_hyperstyle_input_size_the_trunk_cannot_read_is_a_config_error(tmp_path, capsys):
     # input_size 0 took the W encoder's without a word; -1 failed once the models were built, naming no file.
     config = tmp_path / "h.yaml"
@@ -654,6 +656,7 @@ def test_a_hyperstyle_input_size_the_trunk_cannot_read_is_a_config_error(tmp_pat
         assert (f"error: {config} with input_size={size}: HyperStyleTrainingConfig: input_size must be 16 x a power "
                 f"of two >= 2, at most 2048") in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
 
 def test_a_trainer_s_own_ranges_are_checked_as_its_config_is_read(tmp_path, capsys):
     # Each was checked only once the generator and the encoders were built, and named neither file nor key.
@@ -671,6 +674,7 @@ def test_a_trainer_s_own_ranges_are_checked_as_its_config_is_read(tmp_path, caps
         assert f"error: {config} with {override}: " in (err := capsys.readouterr().err) and cause in err, err
     assert not (tmp_path / "run").exists()
 
+
 def test_an_empty_run_dir_or_data_path_is_a_config_error(tmp_path, capsys, monkeypatch):
     # data: '' read the current folder, and the error named it as '' ("... is inside : the run's sample grids");
     # run_dir: '' took the current folder for the run's.
@@ -682,6 +686,7 @@ def test_an_empty_run_dir_or_data_path_is_a_config_error(tmp_path, capsys, monke
         assert (f"error: {config} with {key}='': GeneratorTrainingConfig: {key} is an empty path; give a folder (. "
                 "for the current folder)") in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
+
 
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
