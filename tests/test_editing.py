@@ -264,14 +264,20 @@ def test_the_official_pca_files_give_their_named_edits(tmp_path, pipeline, capsy
     coord = ((edited[:, 3] - official["mean"]) @ comp[16, 0]) / official["std"][16]
     torch.testing.assert_close(coord, torch.full((2,), 25.0), rtol=1e-4, atol=1e-3)
     assert torch.equal(edited[:, :3], ws[:, :3]) and torch.equal(edited[:, 6:], ws[:, 6:])
-    # In a model's folder they are its named directions.
+    # In a model's folder they are its named directions, listed by name; here, of a 16-d model with 8 codes, each
+    # listed as what it is: a cars direction that cannot edit this model (it was listed as fine, exit 0).
     pipeline.save_pretrained(tmp_path / "model")
     assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--edits", "cars", "--out",
                  str(tmp_path / "model" / "directions")]) == 0
     capsys.readouterr()
-    assert main(["directions", "list", "--model", str(tmp_path / "model")]) == 0
-    listed = capsys.readouterr().out
-    assert "pose_1" in listed and "grass" in listed
+    assert main(["directions", "list", "--model", str(tmp_path / "model")]) == 1
+    listed, err = capsys.readouterr()
+    assert [line.split()[:2] for line in listed.splitlines()[1:]] == [[name, "misfit"] for name in sorted(
+        OFFICIAL_GANSPACE_EDITS["cars"])]
+    assert "pose_1.safetensors: does not fit this model's generator: direction 'pose_1' is a basis of 512-d codes, " \
+           "but the codes are 16-d" in err
+    assert "grass.safetensors: does not fit this model's generator: direction 'grass' edits layers 9:11 but codes " \
+           "have 8" in err
 
     # One edit of one's own, and an InterFaceGAN vector, named by the file.
     assert main(["directions", "import", str(tmp_path / "cars_pca.pt"), "--component", "3", "--layers", "0:4",

@@ -578,17 +578,26 @@ def test_an_unreadable_direction_file_leaves_the_model_on_the_page(tmp_path):
 
     from hyperinverter.apps.web import WebSession
     from hyperinverter.catalogue import local_model_path
+    from hyperinverter.editing import LinearDirection, save_direction
     from hyperinverter.editing.directions import load_model_directions
-    from hyperinverter.errors import CheckpointError
+    from hyperinverter.errors import CheckpointError, SchemaError
 
     bundle = tmp_path / "bundle"
     shutil.copytree(local_model_path("faces-64"), bundle)
     (bundle / "directions" / "broken.safetensors").write_bytes(b"junk")
+    # One of another W space (an FFHQ direction copied in) was offered, and failed at each edit.
+    save_direction(LinearDirection(torch.ones(1, 512), name="ffhq-age"), bundle / "directions" / "ffhq.safetensors")
     session = WebSession.from_model(str(bundle), device="cpu")
-    assert "yaw" in session.directions and "broken" not in session.directions
-    assert "**Left out:** 1 direction file(s) that cannot be read (broken.safetensors)" in session.card
+    assert "yaw" in session.directions and not {"broken", "ffhq-age"} & set(session.directions)
+    assert ("**Left out:** 2 direction file(s) that cannot be read or do not fit this model's generator "
+            "(broken.safetensors, ffhq.safetensors)") in session.card
     with pytest.raises(CheckpointError, match="broken.safetensors"):
         load_model_directions(bundle)  # (strict where nothing asks to skip)
+    (bundle / "directions" / "broken.safetensors").unlink()
+    assert "ffhq-age" in load_model_directions(bundle)  # (a folder alone: nothing to check against)
+    with pytest.raises(SchemaError, match=r"ffhq.safetensors: does not fit this model's generator: direction "
+                                          r"'ffhq-age' of shape \(1, 512\) does not fit codes"):
+        load_model_directions(bundle, G=session.pipe.generator)
 
 
 def test_what_the_web_fuzzing_pass_found(pipeline, tmp_path, monkeypatch):

@@ -164,8 +164,8 @@ class WebSession:
                      "try each; `hyperinverter ganspace` makes a sheet of them to name by eye.")
         if broken:
             names = ", ".join(Path(getattr(e, "source", "") or "?").name for e in broken)
-            card += (f"\n\n**Left out:** {len(broken)} direction file(s) that cannot be read ({names}); the server "
-                     "log says why.")
+            card += (f"\n\n**Left out:** {len(broken)} direction file(s) that cannot be read or do not fit this "
+                     f"model's generator ({names}); the server log says why.")
         return cls(pipe, directions, detector=detector, display_size=display_size, limits=limits, card=card,
                    examples=examples)
 

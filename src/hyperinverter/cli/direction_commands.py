@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .arguments import (
     positive_int,
 )
 from .inversion_commands import _add_model
+
+logger = logging.getLogger(__name__)
 
 OFFICIAL_DOMAINS = ("cars", "church", "faces", "faces-e4e")  # editing.official's tables (not imported: it loads torch)
 MAX_LABEL_SAMPLES = 1_000_000  # (InterFaceGAN labelled 500,000; 10^11 filled memory with its seeds before any work)
@@ -363,6 +366,19 @@ def run_sefa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generator_if_any(model: str):
+    """The model's generator, to check its directions against, or None for a folder of directions alone (a
+    generator that fails to load is the error of the commands that use it, not of a listing)."""
+    from ..catalogue import load_model_gan
+    from ..errors import InputError
+
+    try:
+        return load_model_gan(model).generator
+    except (InputError, OSError) as e:
+        logger.warning("the directions are listed unchecked: %s", e)
+        return None
+
+
 def run_list(args: argparse.Namespace) -> int:
     from ..catalogue import local_model_path
     from ..editing.catalogue import direction_catalogue
@@ -372,7 +388,7 @@ def run_list(args: argparse.Namespace) -> int:
     folder = local_model_path(args.model)
     if not folder.is_dir():  # (an inversion file was "a folder with no directions", exit 0)
         raise InputError(args.model, "is a file, not a model folder")
-    entries = direction_catalogue(args.model)
+    entries = direction_catalogue(args.model, _generator_if_any(args.model))
     if not entries and output_kind(folder) is None:
         raise InputError(args.model, "is not a model folder (it holds no pipeline.json, no generator and no "
                          "directions)")
@@ -384,7 +400,7 @@ def run_list(args: argparse.Namespace) -> int:
     rows = []
     for e in entries:
         if e.error is not None:
-            rows.append((e.name, "unreadable", "-", "-", "-", "-"))
+            rows.append((e.name, e.kind, "-", "-", "-", "-"))
             continue
         rows.append((e.name, e.kind, e.describe_layers(), f"{e.strength:g}", e.attribute or "-",
                      f"{e.accuracy:.3f}" if e.accuracy is not None else "-"))

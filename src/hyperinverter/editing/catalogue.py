@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .directions import GANSpaceDirection, LinearDirection, load_direction, principal_direction
+from .directions import GANSpaceDirection, LinearDirection, load_direction, misfit, principal_direction
 
 DIRECTION_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
 
@@ -77,9 +77,10 @@ def _record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def direction_catalogue(model_dir: str | os.PathLike) -> list[CatalogueEntry]:
-    """The directions of a model (a catalogue name or a folder), by file name. A file that cannot be read is
-    listed with its ``error``, so that one bad file does not hide the others."""
+def direction_catalogue(model_dir: str | os.PathLike, G=None) -> list[CatalogueEntry]:
+    """The directions of a model (a catalogue name or a folder), by file name. A file that cannot be read, or
+    (given the model's generator ``G``) cannot edit its codes, is listed with its ``error``, so that one bad file
+    does not hide the others."""
     folder = _model_folder(model_dir) / "directions"
     entries = []
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
@@ -87,6 +88,10 @@ def direction_catalogue(model_dir: str | os.PathLike) -> list[CatalogueEntry]:
             direction = load_direction(path)
         except (InputError, OSError) as e:
             entries.append(CatalogueEntry(path.stem, path, "unreadable", None, None, error=str(e)))
+            continue
+        error = None if G is None else misfit(direction, path, G)
+        if error is not None:
+            entries.append(CatalogueEntry(direction.name, path, "misfit", None, None, error=str(error)))
             continue
         kind = "ganspace" if isinstance(direction, GANSpaceDirection) else "linear"
         entries.append(CatalogueEntry(direction.name, path, kind, edited_layers(direction),

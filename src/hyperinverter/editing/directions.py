@@ -355,15 +355,36 @@ def load_direction(
     raise SchemaError(path, f"holds a {type(obj).__name__}; expected a direction tensor or a GANSpace dict")
 
 
-def load_model_directions(model_dir: str | Path, *, skipped: list[Exception] | None = None
+def misfit(direction: Direction, path: str | os.PathLike, G) -> SchemaError | None:
+    """The error for a model's direction file that cannot edit its generator ``G``'s codes (another W space's
+    width, layers past its last: the edit itself, on one code, says), or None."""
+    try:
+        direction.apply(torch.zeros(1, G.num_ws, G.w_dim))
+    except ValueError as e:
+        return SchemaError(path, f"does not fit this model's generator: {e}")
+    return None
+
+
+def load_model_direction(path: Path, G=None) -> LinearDirection | GANSpaceDirection:
+    """A model's direction file, checked against the model's generator ``G`` where given (an FFHQ direction copied
+    into a smaller model's folder was offered, and failed at each edit)."""
+    direction = load_direction(path)
+    error = None if G is None else misfit(direction, path, G)
+    if error is not None:
+        raise error
+    return direction
+
+
+def load_model_directions(model_dir: str | Path, *, skipped: list[Exception] | None = None, G=None
                           ) -> dict[str, LinearDirection | GANSpaceDirection]:
     """The named directions a model folder ships in ``directions/*.safetensors``, by file name order. A file that
-    cannot be read is an error, or, given ``skipped``, is left out and its error appended there."""
+    cannot be read, or (given the model's generator ``G``) cannot edit its codes, is an error, or, given
+    ``skipped``, is left out and its error appended there."""
     folder = Path(model_dir) / "directions"
     found = []
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         try:
-            found.append(load_direction(path))
+            found.append(load_model_direction(path, G))
         except (InputError, OSError) as e:
             if skipped is None:
                 raise
@@ -406,8 +427,9 @@ def edit_directions(model_dir: str | Path, G, *, skipped: list[Exception] | None
                     ) -> tuple[dict[str, Direction], str | None]:
     """The directions to edit a model with: the named ones it ships, else ``G``'s first principal directions
     (a generator alone, a user's own bundle), with a note that says so (None when the model ships its own).
-    ``skipped``: see :func:`load_model_directions` (a server serves the model without its unreadable files)."""
-    named = load_model_directions(model_dir, skipped=skipped)
+    ``skipped``: see :func:`load_model_directions` (a server serves the model without its unreadable files, and
+    without those that do not fit ``G``)."""
+    named = load_model_directions(model_dir, skipped=skipped, G=G)
     if named:
         return named, None
     principal = principal_directions(G)
