@@ -365,16 +365,6 @@ def misfit(direction: Direction, path: str | os.PathLike, G) -> SchemaError | No
     return None
 
 
-def load_model_direction(path: Path, G=None) -> LinearDirection | GANSpaceDirection:
-    """A model's direction file, checked against the model's generator ``G`` where given (an FFHQ direction copied
-    into a smaller model's folder was offered, and failed at each edit)."""
-    direction = load_direction(path)
-    error = None if G is None else misfit(direction, path, G)
-    if error is not None:
-        raise error
-    return direction
-
-
 def load_model_directions(model_dir: str | Path, *, skipped: list[Exception] | None = None, G=None
                           ) -> dict[str, LinearDirection | GANSpaceDirection]:
     """The named directions a model folder ships in ``directions/*.safetensors``, by file name order. A file that
@@ -384,7 +374,11 @@ def load_model_directions(model_dir: str | Path, *, skipped: list[Exception] | N
     found = []
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
         try:
-            found.append(load_model_direction(path, G))
+            direction = load_direction(path)
+            error = None if G is None else misfit(direction, path, G)  # (an FFHQ one copied into a smaller model's)
+            if error is not None:
+                raise error
+            found.append(direction)
         except (InputError, OSError) as e:
             if skipped is None:
                 raise
