@@ -1134,6 +1134,9 @@ def test_output_names_are_unique_whatever_the_inputs(world, tmp_path, capsys):
     paths = [Path("x/p.png"), Path("y/p.png"), Path("x_p.png"), Path("x_p_2.png"), Path("z/q.png")]
     names = unique_stems(paths)
     assert len(set(names)) == len(names) and names[0] == "x_p" and names[1] == "y_p" and names[4] == "q"
+    # A name in the current folder is prefixed with that folder's name (it was "_p" for p.png beside x/p.png).
+    assert unique_stems([Path("p.png"), Path("x/p.png")]) == [f"{Path.cwd().name}_p", "x_p"]
+    assert unique_stems([Path("/p.png"), Path("/p.png")]) == ["p", "p_2"]  # (the root has no name to prefix)
     for folder in ("x", "y"):
         (tmp_path / folder).mkdir()
         hostile.photo(0).save(tmp_path / folder / "p.png")

@@ -116,7 +116,8 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     counts = Counter(p.stem for p in paths)
     names, taken = [], set()
     for p in paths:
-        name = f"{p.parent.name}_{p.stem}" if counts[p.stem] > 1 else p.stem
+        folder = p.absolute().parent.name  # (a name in the current folder has none: "_p", then "_p_2")
+        name = f"{folder}_{p.stem}" if counts[p.stem] > 1 and folder else p.stem
         candidate, k = name, 1
         while candidate in taken:
             k += 1
