@@ -78,6 +78,12 @@ def hyperstyle_targets(generator: Generator, layers: tuple[int, ...] | None = No
                  for i in sorted(set(layers)))
 
 
+def trunk_reads_input_size(input_size: int) -> bool:
+    """Whether the trunk reads ``input_size``-wide inputs: 16 x a power of two >= 2 (features of 2x2 or more)."""
+    side = input_size // 16
+    return input_size % 16 == 0 and side >= 2 and side & (side - 1) == 0
+
+
 def input_height_problem(input_size: int, input_height: int) -> str | None:
     """Why a trunk of ``input_size``-wide inputs cannot read ``input_height``-high ones (None if it can): the
     refinement blocks bring the trunk's features down to 1x1, and must bring their height there too."""
@@ -109,8 +115,7 @@ class HyperStyleConfig(SerializableConfig):
     input_height: int | None = None  # where the input is not square (cars: 192 x 256); input_size is its width
 
     def __post_init__(self) -> None:
-        side = self.feature_size
-        if self.input_size % 16 or side < 2 or side & (side - 1):
+        if not trunk_reads_input_size(self.input_size):
             raise ValueError(f"input_size must be 16 x a power of two >= 2 (features of 2x2 or more), got "
                              f"{self.input_size}")
         if self.input_height is not None:

@@ -20,7 +20,7 @@ from ..methods import InversionResult
 from ..methods.hyperstyle import MAX_ITERATIONS, HyperStyle
 from ..methods.phase1 import Phase1, encoder_input_height, encoder_input_shape
 from ..models.encoders import TrunkConfig
-from ..models.hyperstyle import HyperStyleNet, input_height_problem
+from ..models.hyperstyle import HyperStyleNet, input_height_problem, trunk_reads_input_size
 from ..pipeline import MAX_ENCODER_RESOLUTION
 from .distributed import DistributedContext
 from .encoders import EncoderTask, EncoderTrainingConfig, frozen_phase1
@@ -50,8 +50,7 @@ class HyperStyleTrainingConfig(EncoderTrainingConfig):
         super().__post_init__()
         size = self.input_size
         # (0 took the W encoder's without a word; -1 failed after the models were built, naming no file)
-        if size is not None and not (32 <= size <= MAX_ENCODER_RESOLUTION and size % 16 == 0
-                                     and (size // 16) & (size // 16 - 1) == 0):
+        if size is not None and not (trunk_reads_input_size(size) and size <= MAX_ENCODER_RESOLUTION):
             raise ValueError(f"input_size must be 16 x a power of two >= 2, at most {MAX_ENCODER_RESOLUTION} (32, 64, "
                              f"..., 256 officially), or null for the W encoder's, got {size}")
         if not self.n_iters_per_batch <= MAX_ITERATIONS:  # (found once the models were built, naming no file)
