@@ -28,6 +28,7 @@ from ..methods import InversionResult
 from ..methods.phase1 import encoder_input_height
 from ..methods.psp import E4E, PSP
 from ..models.encoders import StyleCodeEncoder, StyleCodeEncoderConfig, TrunkConfig
+from ..models.encoders.feature_encoder import check_style_groups
 from .distributed import DistributedContext
 from .encoders import EncoderTask, EncoderTrainingConfig
 from .loop import Batch, Phase, TrainingResult, fit
@@ -64,8 +65,7 @@ class PspTrainingConfig(EncoderTrainingConfig):
             raise ValueError(f"mode must be psp or e4e, got {self.mode!r}")
         if self.mode == "psp" and (self.progressive_start is not None or self.w_adv_weight > 0):
             raise ValueError("progressive_start and w_adv_weight are e4e's; set mode: e4e")
-        if not 0 <= self.coarse_end <= self.middle_end:  # (found once the models were built, naming no file)
-            raise ValueError(f"need 0 <= coarse_end <= middle_end, got {self.coarse_end}, {self.middle_end}")
+        check_style_groups(self.coarse_end, self.middle_end)  # (found once the models were built, naming no file)
 
     def stage(self, step: int, max_stage: int) -> int | None:
         """e4e's progressive stage at ``step`` (active delta rows), None when every row is active."""

@@ -48,6 +48,12 @@ def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
 
 
+def check_style_groups(coarse_end: int, middle_end: int) -> None:
+    """The coarse, middle and fine style heads' bounds (``coarse_end``, ``middle_end``): in order, from 0."""
+    if not 0 <= coarse_end <= middle_end:
+        raise ValueError(f"need 0 <= coarse_end <= middle_end, got {coarse_end}, {middle_end}")
+
+
 @dataclass(frozen=True)
 class FeatureEncoderConfig(SerializableConfig):
     trunk: TrunkConfig = TrunkConfig()
@@ -61,8 +67,7 @@ class FeatureEncoderConfig(SerializableConfig):
     middle_end: int = 7
 
     def __post_init__(self) -> None:
-        if not 0 <= self.coarse_end <= self.middle_end:
-            raise ValueError(f"need 0 <= coarse_end <= middle_end, got {self.coarse_end}, {self.middle_end}")
+        check_style_groups(self.coarse_end, self.middle_end)
         check_count("n_styles", self.n_styles, MAX_STYLES)
         if self.input_size % 16 != 0 or self.input_size < 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
