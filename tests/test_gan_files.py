@@ -429,7 +429,7 @@ def test_generate_one_file_per_seed_resumes(tmp_path, tiny_generator, capsys, mo
     monkeypatch.setattr(images, "MAX_PICTURE_SIDE", 100)  # (a real refusal takes 256 samples of 1024 px)
     code = main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0-15", "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err
-    assert code == 2 and "16 samples of 32 px make a grid 136 px wide (at most 100); write one file per seed" in err
+    assert code == 2 and "16 samples of 32 px make a grid 138 px wide (at most 100); write one file per seed" in err
     assert not (tmp_path / "g.png").exists()
 
 

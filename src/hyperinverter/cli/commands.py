@@ -47,7 +47,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
     from ..generate import generate_images, parse_seeds, write_samples
-    from ..io.images import MAX_PICTURE_SIDE, image_output_path, make_grid, save_image
+    from ..io.images import MAX_PICTURE_SIDE, grid_side, image_output_path, make_grid, save_image
     from ..pipeline import ensure_finite
 
     seeds = parse_seeds(args.seeds)
@@ -60,7 +60,7 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"wrote {len(report.written)} samples ({G.resolution}x{G.resolution}) into {args.outdir}; "
               f"{len(report.skipped)} already there" + (f", {len(report.failed)} failed" if report.failed else ""))
         return 1 if report.failed else 0
-    side = math.ceil(math.sqrt(len(seeds))) * (G.resolution + 2)
+    side = grid_side(math.ceil(math.sqrt(len(seeds))), G.resolution)
     if side > MAX_PICTURE_SIDE:
         raise ValueError(f"--seeds {args.seeds}: {len(seeds)} samples of {G.resolution} px make a grid {side} px "
                          f"wide (at most {MAX_PICTURE_SIDE}); write one file per seed with --outdir")

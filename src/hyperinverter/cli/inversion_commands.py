@@ -340,7 +340,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, check_output_folder, file_name_part, output_folder
-    from ..io.images import MAX_PICTURE_SIDE, PHOTO_READING
+    from ..io.images import MAX_PICTURE_SIDE, PHOTO_READING, grid_side
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -357,7 +357,7 @@ def run_edit(args: argparse.Namespace) -> int:
     check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
     side = pipe.generator.resolution
-    width = (len(strengths) + 1) * (side + 2) + 2  # each input's strip: its reconstruction, then each strength's edit
+    width = grid_side(len(strengths) + 1, side)  # each input's strip: its reconstruction, then each strength's edit
     if width > MAX_PICTURE_SIDE:  # (drawn in memory whole, past what viewers and `invert` itself read)
         raise InputError(f"--strength: {len(strengths)} strengths of {side} px make a strip {width:,} px wide (at most "
                          f"{MAX_PICTURE_SIDE:,}); give fewer")
@@ -601,7 +601,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     there_and_back = list(frames) + list(frames.flip(0))
     # The strip shows evenly spaced frames, both ends among them, where all would be wider than the widest picture
     # (240 steps of a 1024-px model drew one 246,000 px wide); the GIF and the MP4 hold every frame.
-    fit = max(2, (images.MAX_PICTURE_SIDE - 2) // (frames.shape[-1] + 2))
+    fit = max(2, images.most_in_a_row(frames.shape[-1]))
     shown = frames if len(frames) <= fit else frames[torch.linspace(0, len(frames) - 1, fit).round().long()]
     written = [(targets[".png"], image_bytes(make_grid(shown, nrow=len(shown)))),
                (targets[".gif"], gif_bytes(there_and_back))]

@@ -43,12 +43,22 @@ def make_grid(images: torch.Tensor, *, nrow: int | None = None, padding: int = 2
     n, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / nrow)
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
+    grid = torch.full((c, grid_side(rows, h, padding=padding), grid_side(nrow, w, padding=padding)), pad_value)
     for i in range(n):
         r, col = divmod(i, nrow)
         top, left = padding + r * (h + padding), padding + col * (w + padding)
         grid[:, top : top + h, left : left + w] = images[i].detach().float().cpu()
     return grid[None]
+
+
+def grid_side(count: int, side: int, *, padding: int = 2) -> int:
+    """The length ``make_grid`` draws for ``count`` images of ``side`` px in a row (or a column)."""
+    return count * (side + padding) + padding
+
+
+def most_in_a_row(side: int, *, padding: int = 2) -> int:
+    """How many images of ``side`` px one ``make_grid`` row holds within ``MAX_PICTURE_SIDE``."""
+    return (MAX_PICTURE_SIDE - padding) // (side + padding)
 
 
 def enlarge_nearest(images: torch.Tensor, size: int) -> torch.Tensor:
