@@ -428,7 +428,7 @@ def test_a_folder_without_images_is_named_as_the_error(pipeline, tmp_path, capsy
 def test_outputs_of_an_older_reading_of_the_photos_are_made_again(pipeline, tmp_path, capsys, monkeypatch):
     # A change to how a photo becomes what a method reads (a face crop's shrink, a small photo's encoder input) gave
     # other pixels for the same photo, and a re-run skipped the outputs of the old reading as done.
-    from hyperinverter.inversion import batch
+    from hyperinverter.inversion import files
     from hyperinverter.io import images
 
     write_photos(tmp_path / "photos", 2)
@@ -442,7 +442,6 @@ def test_outputs_of_an_older_reading_of_the_photos_are_made_again(pipeline, tmp_
     capsys.readouterr()
     assert main(invert) == 0 and "2 input(s) already done" in capsys.readouterr().out
     assert main(edit) == 0 and "1 already done" in capsys.readouterr().out
-    for module in (images, batch):  # (the CLI's commands import it when they run)
-        monkeypatch.setattr(module, "PHOTO_READING", images.PHOTO_READING + 1)
+    monkeypatch.setattr(files, "PHOTO_READING", images.PHOTO_READING + 1)
     assert main(invert) == 0 and "wrote 2 picture(s)" in capsys.readouterr().out
     assert main(edit) == 0 and "0 already done" in capsys.readouterr().out

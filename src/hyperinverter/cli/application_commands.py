@@ -72,7 +72,6 @@ def run_restore(args: argparse.Namespace) -> int:
         sha256_if_readable,
     )
     from ..io.images import (
-        PHOTO_READING,
         find_images,
         image_bytes,
         images_made_with,
@@ -102,7 +101,7 @@ def run_restore(args: argparse.Namespace) -> int:
     inverter.check_options(options)  # a bad option fails now, not after the first image
     alignment = [args.align, args.min_face_score, args.detect_side, pipe.align_scale] if args.align else []
     made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype),
-                              *alignment, PHOTO_READING])
+                              *alignment])
     detector = None
     if args.align:
         detector = face_detector(args)

@@ -340,7 +340,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..inversion.batch import unique_stems
     from ..inversion.files import made_with_digest
     from ..io.files import InputFiles, check_output_folder, file_name_part, output_folder
-    from ..io.images import MAX_PICTURE_SIDE, PHOTO_READING, grid_side
+    from ..io.images import MAX_PICTURE_SIDE, grid_side
     from ..io.work import fingerprint_of
     from ..precision import dtype_name
     from ..progress import progress_bar
@@ -367,7 +367,7 @@ def run_edit(args: argparse.Namespace) -> int:
     with output_folder(args.out) as out_dir:  # (another run writing into it is refused)
         # What makes an input's edits, besides its file's bytes (and, pasted back, its photo's): a re-run skips only
         # the edits it would make again. Images are inverted first, by the method's weights (hashed only then).
-        inverted_by = (fingerprint_of([made_with_digest(pipe.inverter(), options), PHOTO_READING])
+        inverted_by = (made_with_digest(pipe.inverter(), options)
                        if any(not _is_inversion_file(path) for path in args.inputs) else None)
         made_by = fingerprint_of([pipe.fingerprint, direction, strengths, args.paste_back, dtype_name(pipe.dtype),
                                   inverted_by])

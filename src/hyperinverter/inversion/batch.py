@@ -36,7 +36,6 @@ from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, S
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
 from ..io.files import InputFiles, atomic_write_group, output_folder, sha256_if_readable
 from ..io.images import (
-    PHOTO_READING,
     fit_to_canvas,
     image_bytes,
     make_grid,
@@ -44,7 +43,6 @@ from ..io.images import (
     pil_to_tensor,
     read_image,
 )
-from ..io.work import fingerprint_of
 from ..methods import InversionResult
 from ..methods.base import check_batch_size
 from ..precision import dtype_name
@@ -273,7 +271,7 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
         report = BatchInversionReport(out_dir=out_dir, rank=rank, world_size=world)
         aligned = detector is not None
         dtype = dtype_name(pipe.dtype)
-        made = fingerprint_of([made_with_digest(inverter, options), PHOTO_READING])
+        made = made_with_digest(inverter, options)
         todo, source_sha256 = [], {}
         for path, name in pairs:
             source_sha256[path] = sha256_if_readable(path)

@@ -31,6 +31,7 @@ from ..io.checkpoints import (
     read_safetensors,
     read_safetensors_metadata,
 )
+from ..io.images import PHOTO_READING
 from ..io.work import fingerprint_of
 from ..methods.base import InversionResult
 from ..models.weight_delta import WeightDelta
@@ -52,13 +53,14 @@ def generator_fingerprint(generator: torch.nn.Module) -> str:
 
 
 def made_with_digest(inverter: torch.nn.Module, options: Mapping[str, Any] | None) -> str:
-    """A short hash of a method's weights (:func:`method_fingerprint`) and the options of its ``invert``: inversion
-    files record it, so that a re-run with a retrained encoder or other options does not skip its inputs. The
-    options are the ones that run, the method's own defaults included (an instance's, as ``create(preset="tiny")``
-    makes, were left out: its files were taken for those of the official settings); ``progress`` does not count."""
+    """A short hash of a method's weights (:func:`method_fingerprint`), the options of its ``invert`` and how a
+    photo file becomes what it reads (``PHOTO_READING``): inversion files record it, so that a re-run with a
+    retrained encoder, other options or a new reading of its photos does not skip its inputs. The options are the
+    ones that run, the method's own defaults included (an instance's, as ``create(preset="tiny")`` makes, were left
+    out: its files were taken for those of the official settings); ``progress`` does not count."""
     effective = inverter.check_options(options or {})
     effective.pop("progress", None)
-    return fingerprint_of([method_fingerprint(inverter), effective])
+    return fingerprint_of([method_fingerprint(inverter), effective, PHOTO_READING])
 
 
 def method_fingerprint(inverter: torch.nn.Module) -> str:
