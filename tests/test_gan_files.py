@@ -426,6 +426,11 @@ def test_generate_one_file_per_seed_resumes(tmp_path, tiny_generator, capsys, mo
     (samples / "seed0004.png").unlink()  # a missing sample is made again
     assert "wrote 1 samples" in generate("--seeds", "3-7", "--trunc", "0.7")
     assert "wrote 5 samples" in generate("--seeds", "3-7", "--trunc", "0.7", "--overwrite")
+    # --overwrite without --outdir was ignored without a word (a grid is always written again).
+    assert main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0", "--overwrite", "--out",
+                 str(tmp_path / "o.png")]) == 2
+    assert "error: --overwrite: applies only with --outdir" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
     monkeypatch.setattr(images, "MAX_PICTURE_SIDE", 100)  # (a real refusal takes 256 samples of 1024 px)
     code = main(["generate", "--model", str(tmp_path / "g"), "--seeds", "0-15", "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err

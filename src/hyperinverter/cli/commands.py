@@ -46,10 +46,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..catalogue import generator_path
     from ..convert.gan_files import load_generator
     from ..device import resolve_device
+    from ..errors import InputError
     from ..generate import generate_images, parse_seeds, write_samples
     from ..io.images import MAX_PICTURE_SIDE, grid_side, image_output_path, make_grid, save_image
     from ..pipeline import ensure_finite
 
+    if args.overwrite and args.outdir is None:  # (a grid is always written whole: it was ignored without a word)
+        raise InputError("--overwrite: applies only with --outdir (a grid file is always written again)")
     seeds = parse_seeds(args.seeds)
     G = load_generator(generator_path(args.model), device=resolve_device(args.device))
     if args.outdir is not None:
