@@ -178,6 +178,19 @@ def test_a_large_photo_s_faces_are_found_on_a_reduced_copy_and_placed_on_the_pho
         assert face_detector(parser.parse_args([*command, "--align", "--detect-side", "900"])).detect_side == 900
 
 
+def test_the_face_detection_options_without_align_are_a_usage_error(capsys):
+    # Without --align no face is detected: --min-face-score and --detect-side were accepted and ignored.
+    from hyperinverter.cli.main import main
+
+    for command in (["invert", "p.jpg", "--model", "m", "--out", "o"],
+                    ["restore", "p.jpg", "--model", "m", "--out", "o"],
+                    ["swap", "a.jpg", "b.jpg", "--model", "m", "--out", "o.png"]):
+        assert main([*command, "--detect-side", "0"]) == 2
+        assert "error: --detect-side: applies only with --align" in capsys.readouterr().err
+        assert main([*command, "--min-face-score", "0.5", "--detect-side", "2048"]) == 2
+        assert "error: --min-face-score, --detect-side: apply only with --align" in capsys.readouterr().err
+
+
 def test_a_process_reads_the_detector_s_models_once(tmp_path):
     # Every detector read dlib's HOG detector and the 100-MB landmark model again: 3.8 s of each alignment that a
     # process runs (the web page's detector per app, a test suite's per command).

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .arguments import add_dtype, add_min_face_score, face_detector, file_path
+from .arguments import add_dtype, add_min_face_score, face_detector, face_options, file_path
 from .inversion_commands import _add_method, _add_model, _load_pipeline, _report_failures
 
 
@@ -84,6 +84,7 @@ def run_restore(args: argparse.Namespace) -> int:
     from ..progress import progress_bar
     from ..restoration import restoration_task, restore_photo
 
+    face = face_options(args)  # (given without --align: refused before any work)
     found = find_images(args.inputs, skip=[args.out])  # (not our own results, on a re-run)
     if not found.paths and not found.problems:
         raise no_images_error(args.inputs)
@@ -99,7 +100,7 @@ def run_restore(args: argparse.Namespace) -> int:
     options = dict(args.option)
     inverter = pipe.inverter()
     inverter.check_options(options)  # a bad option fails now, not after the first image
-    alignment = [args.align, args.min_face_score, args.detect_side, pipe.align_scale] if args.align else []
+    alignment = [args.align, *face, pipe.align_scale] if args.align else []
     made_by = fingerprint_of([made_with_digest(inverter, options), task, args.simulate, dtype_name(pipe.dtype),
                               *alignment])
     detector = None
@@ -157,6 +158,7 @@ def run_swap(args: argparse.Namespace) -> int:
     out = image_output_path(args.out)
     compare = out.with_name(out.stem + "_compare.png")
     photo_out = out.with_name(out.stem + "_photo.png")
+    face_options(args)  # (given without --align: refused before any work)
     outputs = [out, compare, photo_out] if args.align else [out, compare]
     InputFiles([args.source, args.target]).check_outputs(outputs)
     pipe = _load_pipeline(args)

@@ -139,19 +139,38 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
                    "(GPUs); results are fp32 either way")
 
 
+# --min-face-score's and --detect-side's defaults (the options default to None: given without --align, refused)
+MIN_FACE_SCORE, DETECT_SIDE = 0.5, 2048
+
+
 def add_min_face_score(p: argparse.ArgumentParser) -> None:
     """The face detection options of ``--align``; :func:`face_detector` builds the detector from them."""
-    p.add_argument("--min-face-score", type=finite_float, default=0.5,
-                   help="with --align, the lowest dlib detection score kept (default 0.5 drops face-like patterns; "
-                   "0 is dlib's own threshold, for small or blurry faces)")
-    p.add_argument("--detect-side", type=nonnegative_int, default=2048, metavar="PX",
+    p.add_argument("--min-face-score", type=finite_float, default=None,
+                   help=f"with --align, the lowest dlib detection score kept (default {MIN_FACE_SCORE:g} drops "
+                   "face-like patterns; 0 is dlib's own threshold, for small or blurry faces)")
+    p.add_argument("--detect-side", type=nonnegative_int, default=None, metavar="PX",
                    help="with --align, a photo longer than this is reduced by a whole factor to find its faces, whose "
-                   "landmarks are then placed on the photo itself (default 2048); 0 finds them at full size, for "
-                   "faces under about 40 px in the reduced copy (slower: 24 s for 21 megapixels)")
+                   f"landmarks are then placed on the photo itself (default {DETECT_SIDE}); 0 finds them at full "
+                   "size, for faces under about 40 px in the reduced copy (slower: 24 s for 21 megapixels)")
+
+
+def face_options(args: argparse.Namespace) -> tuple[float, int]:
+    """(``--min-face-score``, ``--detect-side``), their defaults where not given; given without ``--align``, where
+    no face is detected, they are a usage error (they were ignored without a word)."""
+    given = [flag for flag, value in (("--min-face-score", args.min_face_score), ("--detect-side", args.detect_side))
+             if value is not None]
+    if given and not args.align:
+        from ..errors import InputError
+
+        raise InputError(f"{', '.join(given)}: {'apply' if len(given) > 1 else 'applies'} only with --align (the "
+                         "face detection of photos)")
+    return (MIN_FACE_SCORE if args.min_face_score is None else args.min_face_score,
+            DETECT_SIDE if args.detect_side is None else args.detect_side)
 
 
 def face_detector(args: argparse.Namespace):
     """The dlib detector that ``--min-face-score`` and ``--detect-side`` describe."""
     from ..align import Dlib68Detector
 
-    return Dlib68Detector(min_score=args.min_face_score, detect_side=args.detect_side or None)
+    min_score, detect_side = face_options(args)
+    return Dlib68Detector(min_score=min_score, detect_side=detect_side or None)

@@ -15,6 +15,7 @@ from .arguments import (
     add_min_face_score,
     at_most,
     face_detector,
+    face_options,
     file_path,
     finite_float,
     layer_range,
@@ -266,6 +267,7 @@ def run_invert(args: argparse.Namespace) -> int:
     from ..io.files import check_output_folder
     from ..io.images import find_images, no_images_error
 
+    face_options(args)  # (given without --align: refused before any work)
     if args.adapt_from is not None and args.render_with is None:  # (it was ignored without a word)
         raise InputError("--adapt-from: applies only with --render-with (the generator whose rendering keeps the "
                          "offsets from that resolution up)")
