@@ -514,6 +514,9 @@ def test_a_direction_s_name_never_sends_an_output_elsewhere(world, tmp_path, cap
         options = [option for save in saves for option in ("--save", save)]
         assert main(["ganspace", "--model", str(world.model), "--out", str(tmp_path / "s.png"), *options]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+    # Too few samples for the PCA: the error named the value, not the option.
+    assert main(["ganspace", "--model", str(world.model), "--out", str(tmp_path / "s.png"), "--samples", "1"]) == 2
+    assert "error: --samples 1: a PCA of 16 components needs more than 16 samples" in capsys.readouterr().err
 
 
 def test_names_made_into_file_names():

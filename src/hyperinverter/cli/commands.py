@@ -151,6 +151,7 @@ def run_ganspace(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..editing import GANSpaceDirection, compute_ganspace, save_direction
     from ..editing.directions import w_probe
+    from ..editing.ganspace import samples_problem
     from ..editing.sheet import parse_layer_range, render_ganspace_sheet
     from ..generate import parse_seeds
     from ..io.files import check_file_replaceable
@@ -160,6 +161,9 @@ def run_ganspace(args: argparse.Namespace) -> int:
     # Checked before the PCA and the sheet, so that a bad option writes nothing.
     layers = parse_layer_range(args.layers, G.num_ws)
     components, seeds = parse_seeds(args.components, what="component"), parse_seeds(args.seeds)
+    problem = samples_problem(args.samples, G.w_dim)
+    if problem is not None:  # (the PCA's own error named no option)
+        raise ValueError(f"--samples {args.samples}: {problem}")
     saved = []
     for name, pc, spec, s in args.save:
         try:

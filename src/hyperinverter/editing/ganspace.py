@@ -28,6 +28,13 @@ class GANSpaceBasis:
 
 
 @torch.no_grad()
+def samples_problem(num_samples: int, num_components: int) -> str | None:
+    """Why a PCA of ``num_components`` cannot be taken of ``num_samples`` samples, or None if it can."""
+    if num_samples <= num_components:
+        return f"a PCA of {num_components} components needs more than {num_components} samples, got {num_samples}"
+    return None
+
+
 def compute_ganspace(
     G: Generator, *, num_samples: int = 100_000, num_components: int = 80, seed: int = 0, batch_size: int = 10_000
 ) -> GANSpaceBasis:
@@ -36,9 +43,9 @@ def compute_ganspace(
     The samples are summed batch by batch (their sum and their products, in float64, shifted by the first batch's
     mean so that the sums do not cancel), so memory stays at one batch and a ``w_dim``² matrix however many there
     are."""
-    if num_samples <= num_components:
-        raise ValueError(f"a PCA of {num_components} components needs more than {num_components} samples, got "
-                         f"{num_samples}")
+    problem = samples_problem(num_samples, num_components)
+    if problem is not None:
+        raise ValueError(problem)
     device = G.w_avg.device
     gen = torch.Generator().manual_seed(seed)
     shift = total = products = None
