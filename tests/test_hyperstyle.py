@@ -332,6 +332,20 @@ def test_training_lowers_the_loss_and_resumes_exactly(tiny_generator, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_layers_to_tune_the_generator_lacks_are_a_config_error(tiny_generator, tmp_path, capsys):
+    # They failed as "layers [100] do not exist", naming neither layers_to_tune nor the config file.
+    from hyperinverter.cli.main import main
+    from hyperinverter.io.gan import save_gan
+
+    save_gan(tmp_path / "gan", tiny_generator)
+    config = tmp_path / "h.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path / 'data'}\ngenerator: {tmp_path / 'gan'}\nw_encoder: "
+                      f"{tmp_path / 'none'}\nsteps: 1\ndevice: cpu\n")
+    assert main(["train", "hyperstyle", "--config", str(config), "layers_to_tune=[100]"]) == 2
+    assert (f"error: {config}: layers_to_tune: layers [100] do not exist: a 32-px generator has layers"
+            in capsys.readouterr().err)
+
+
 def test_ranger_centralises_gradients_and_looks_ahead():
     """Ranger = RAdam on centralised gradients, with a Lookahead every k steps: checked against a plain RAdam."""
     torch.manual_seed(0)

@@ -16,11 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from ..methods import InversionResult
 from ..methods.hyperstyle import MAX_ITERATIONS, HyperStyle
 from ..methods.phase1 import Phase1, encoder_input_height, encoder_input_shape
 from ..models.encoders import TrunkConfig
-from ..models.hyperstyle import HyperStyleNet, input_height_problem, trunk_reads_input_size
+from ..models.hyperstyle import (
+    HyperStyleNet,
+    hyperstyle_targets,
+    input_height_problem,
+    trunk_reads_input_size,
+)
 from ..pipeline import MAX_ENCODER_RESOLUTION
 from .distributed import DistributedContext
 from .encoders import EncoderTask, EncoderTrainingConfig, frozen_phase1
@@ -87,6 +93,10 @@ class HyperStyleTask(EncoderTask):
 def hyperstyle_task(cfg: HyperStyleTrainingConfig, device: torch.device, ctx: DistributedContext) -> HyperStyleTask:
     gan = cfg.load_generator(device, adversarial=cfg.adversarial)
     G = gan.generator
+    try:  # (the layers this generator has: its error named neither the key nor the file)
+        hyperstyle_targets(G, cfg.layers_to_tune)
+    except ValueError as e:
+        raise ConfigError(None, f"layers_to_tune: {e}") from None
     phase1 = frozen_phase1(cfg.w_encoder, G, device, generator_name=cfg.generator, content_rows=cfg.content_rows)
     rows, input_size = phase1.content_rows, cfg.input_size or phase1.encoder_resolution
     hypernetwork = HyperStyleNet.from_generator(
