@@ -688,6 +688,17 @@ def test_an_empty_run_dir_or_data_path_is_a_config_error(tmp_path, capsys, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
 
 
+def test_a_device_that_is_no_device_is_a_config_error(tmp_path, capsys):
+    # device: '' failed as the run started, "invalid device ''", naming neither the key nor the file.
+    config = tmp_path / "g.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\nsteps: 1\n")
+    for value, cause in (("''", "Device string must not be empty"), ("meta", "hyperinverter runs on cpu")):
+        assert main(["train", "generator", "--config", str(config), f"device={value}"]) == 2
+        assert (f"error: {config} with device={value}: GeneratorTrainingConfig: device: invalid device "
+                in (err := capsys.readouterr().err) and cause in err), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_training_never_writes_into_a_user_folder(tmp_path):
     # A run writes config.yaml and stats.jsonl into run_dir (and rewrites stats.jsonl when it resumes): given a
     # user's folder, it replaced their config.yaml and dropped every line of their stats.jsonl.

@@ -17,6 +17,18 @@ def _available(device_type: str) -> bool:
     return backend is not None and backend.is_available()
 
 
+def parse_device(spec: str) -> torch.device:
+    """``spec`` (not ``"auto"``) as a device of a type hyperinverter runs on, whether or not this machine has it;
+    else a ``ValueError`` that names it and the cause."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as e:  # (TypeError: 1.5, a list)
+        raise ValueError(f"invalid device {spec!r}: {e}") from None
+    if device.type not in DEVICE_NAMES:
+        raise ValueError(f"invalid device {spec!r}: hyperinverter runs on {', '.join(DEVICE_NAMES)} (or auto)")
+    return device
+
+
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device`` and checked: a type
     hyperinverter runs on, present on this machine, and an index this machine has. Errors are ``ValueError``s
@@ -29,13 +41,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         if _available("mps"):
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError) as e:  # (TypeError: 1.5, a list)
-        raise ValueError(f"invalid device {spec!r}: {e}") from None
-    name = DEVICE_NAMES.get(device.type)
-    if name is None:
-        raise ValueError(f"invalid device {spec!r}: hyperinverter runs on {', '.join(DEVICE_NAMES)} (or auto)")
+    device = parse_device(spec)
+    name = DEVICE_NAMES[device.type]
     if not _available(device.type):
         raise ValueError(f"device {spec!r} requested but {name} is not available on this machine")
     if device.index is not None and device.type in ("cuda", "xpu"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..bounds import MAX_IMAGES
-from ..device import resolve_device
+from ..device import parse_device, resolve_device
 from ..errors import CheckpointError
 from ..io.files import check_outside, check_replaceable
 from ..io.images import check_content_rows
@@ -94,6 +94,11 @@ class RunConfig:
             problem = range_problem(item.name, getattr(self, item.name))
             if problem is not None:
                 raise ValueError(problem)
+        if self.device != "auto":  # (whether this machine has it is checked as the run starts)
+            try:
+                parse_device(self.device)
+            except ValueError as e:  # ('' failed as the run started, naming neither the key nor the file)
+                raise ValueError(f"device: {e}") from None
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
