@@ -267,6 +267,9 @@ def test_the_options_of_one_mode_are_refused_in_the_other(tmp_path, capsys):
     assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "gt"), "--whole-frame", "--out",
                  str(tmp_path / "r")]) == 2
     assert "error: --whole-frame: applies only with --pred and --gt" in capsys.readouterr().err
+    # Without --identity nothing is framed: it was ignored without a word.
+    assert main(["evaluate", *folders, "--whole-frame", "--out", str(tmp_path / "r")]) == 2
+    assert "error: --whole-frame: applies only with --identity" in capsys.readouterr().err
     assert not list(tmp_path.glob("r.*"))
 
 

@@ -838,6 +838,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"error: {', '.join(model_only)}: {'apply' if len(model_only) > 1 else 'applies'} only with --model "
                   "and --data, not to --pred and --gt", file=sys.stderr)
             return 2
+        if args.whole_frame and not args.identity:  # (it frames the identity embeddings only: ignored without a word)
+            print("error: --whole-frame: applies only with --identity (the framing of the faces it embeds)",
+                  file=sys.stderr)
+            return 2
         return _evaluate_folders(args)
     if args.model is None or args.data is None:
         print("error: evaluate needs --model and --data (or --pred and --gt)", file=sys.stderr)
