@@ -49,6 +49,17 @@ def run(bundle, out, *extra):
                  "--batch-size", "2", "--editability", "2", "--option", "w-opt.steps=2", "--device", "cpu", *extra])
 
 
+def test_an_option_of_a_method_not_run_is_refused(bundle, tmp_path, capsys):
+    # It was ignored without a word, and the report listed it among the options of the run.
+    assert run(bundle, tmp_path / "report", "--methods", "phase1") == 2
+    assert ("error: --option w-opt.steps: w-opt is not among the methods run (phase1); add it to --methods"
+            in capsys.readouterr().err)
+    assert main(["evaluate", "--model", str(bundle), "--data", str(bundle.parent / "held-out"), "--methods", "phase1",
+                 "--option", "w-opt.steps=2", "--device", "cpu", "--out", str(tmp_path / "r")]) == 2
+    assert "error: --option w-opt.steps: w-opt is not among the methods run (phase1)" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists() and not list(tmp_path.glob("r.*"))
+
+
 def test_the_report_holds_every_methods_own_numbers(bundle, tmp_path, capsys):
     out = tmp_path / "report"
     assert run(bundle, out) == 0

@@ -12,6 +12,7 @@ from .inversion_commands import (
     _add_model,
     _load_pipeline,
     _method_option,
+    _options_by_method,
     _report_failures,
     _standard_metrics,
 )
@@ -72,14 +73,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         check_file_replaceable(args.out / name, report=True)  # (before hours of work, and before any is written)
     pipe = _load_pipeline(args)
     G = pipe.generator
-    options: dict[str, dict] = {}
-    for method, key, value in args.option:
-        options.setdefault(method, {})[key] = value
     methods = args.methods or pipe.available_methods()
-    for method in [*methods, *options]:
-        pipe.inverter(method)  # an unknown or unavailable method is an error before any work
-    for method, chosen in options.items():
-        pipe.inverter(method).check_options(chosen)
+    options = _options_by_method(pipe, args.option, methods)
 
     images, names, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
                                                   count=args.images, content_rows=pipe.content_rows)

@@ -898,17 +898,11 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 
     check_outside(args.out, args.data, why="its report and plot would be read as held-out images next time")
     pipe = _load_pipeline(args)
+    options = _options_by_method(pipe, args.option, args.methods or list(pipe.methods))
     G = pipe.generator
     images, names, failures = load_heldout_images(args.data, resolution=G.resolution, channels=G.config.img_channels,
                                                   count=args.max_images, content_rows=pipe.content_rows)
     extra, notes = _standard_metrics(pipe.device, identity=args.identity, align_scale=pipe.align_scale)
-    options: dict[str, dict] = {}
-    for method, key, value in args.option:
-        options.setdefault(method, {})[key] = value
-    for method in [*(args.methods or []), *options]:
-        pipe.inverter(method)  # an unknown or unavailable method is an error before any work
-    for method, chosen in options.items():
-        pipe.inverter(method).check_options(chosen)
     with evaluation_work(args.out) as work:  # another process evaluating into the same --out is refused
         report = evaluate(pipe, images, dataset=str(args.data), methods=args.methods, batch_size=args.batch_size,
                           extra_metrics=extra, options=options, names=names, work=work)
@@ -937,6 +931,25 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     _report_failures(failures)
     print(f"wrote {', '.join(map(str, written))} (every image's scores in the .csv)")
     return 1 if failures else 0
+
+
+def _options_by_method(pipe, given: list[tuple[str, str, object]], methods: list[str]) -> dict[str, dict]:
+    """The ``--option METHOD.KEY=VALUE``s ``given``, by method, checked before any work: every method of
+    ``methods`` (those run) and of the options is one of the model's, and each method's options are its own. An
+    option of a method that is not run is refused (it was ignored without a word, and listed in the report)."""
+    from ..errors import InputError
+
+    options: dict[str, dict] = {}
+    for method, key, value in given:
+        options.setdefault(method, {})[key] = value
+    for method in [*methods, *options]:
+        pipe.inverter(method)  # an unknown or unavailable method is an error before any work
+    for method, chosen in options.items():
+        if method not in methods:
+            raise InputError(f"--option {method}.{next(iter(chosen))}", f"{method} is not among the methods run "
+                             f"({', '.join(methods)}); add it to --methods")
+        pipe.inverter(method).check_options(chosen)
+    return options
 
 
 def _editability_paths(out: Path) -> list[Path]:
