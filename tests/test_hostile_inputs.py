@@ -519,6 +519,18 @@ def test_a_direction_s_name_never_sends_an_output_elsewhere(world, tmp_path, cap
     assert "error: --samples 1: a PCA of 16 components needs more than 16 samples" in capsys.readouterr().err
 
 
+def test_a_method_or_option_for_inversion_files_alone_is_a_usage_error(world, tmp_path, capsys):
+    # Inversion files are used as they were inverted: --method and --option were accepted and ignored.
+    inv = world.inv
+    for argv in (["edit", inv, "--direction", world.direction, "--out", tmp_path / "e"],
+                 ["interpolate", inv, inv, "--out", tmp_path / "i"],
+                 ["mix", inv, inv, "--layers", "0:2", "--out", tmp_path / "m.png"],
+                 ["export-generator", inv, "--out", tmp_path / "g"]):
+        result = cli(capsys, *argv, "--model", world.model, "--method", "phase1", "--option", "x=1")
+        assert result.code == 2 and "error: --method, --option: apply only to images" in result.err, result.err
+    assert not list(tmp_path.iterdir())
+
+
 def test_names_made_into_file_names():
     from hyperinverter.io.files import file_name_part
 

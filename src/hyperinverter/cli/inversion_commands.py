@@ -250,6 +250,17 @@ def _result_for(pipe, path: Path, args):
                                                                        "dtype": dtype_name(pipe.dtype)}
 
 
+def _check_method_applies(args, inputs: list[Path]) -> None:
+    """``--method`` and ``--option`` say how images are inverted: where every input is an inversion file, read as it
+    was inverted, they are refused (they were ignored without a word)."""
+    from ..errors import InputError
+
+    given = [flag for flag, value in (("--method", args.method), ("--option", args.option or None)) if value is not None]
+    if given and inputs and all(_is_inversion_file(path) for path in inputs):
+        raise InputError(f"{', '.join(given)}: {'apply' if len(given) > 1 else 'applies'} only to images, which are "
+                         "inverted first; inversion files (.safetensors) are used as they were inverted")
+
+
 def _is_inversion_file(path: Path) -> bool:
     return path.suffix.lower() == ".safetensors"  # (p.SAFETENSORS, as some systems name files)
 
@@ -356,6 +367,7 @@ def run_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"--strength: {', '.join(twice)} given more than once (the files are named by a strength's "
                          "first 6 digits)")
     args.inputs, unlisted = _inversion_files(args.inputs, out=args.out)
+    _check_method_applies(args, args.inputs)
     check_output_folder(args.out)  # (made once the model and the direction have loaded)
     pipe = _load_pipeline(args)
     side = pipe.generator.resolution
@@ -592,6 +604,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
                           f"{args.out / 'interpolation'}: writes .png, .gif and .mp4)")
     # (x.PNG wrote x.PNG.png, x.PNG.gif and x.PNG.mp4)
     out = args.out.with_suffix("") if args.out.suffix.lower() in (".png", ".gif", ".mp4") else args.out
+    _check_method_applies(args, [args.a, args.b])
     targets = {suffix: out.with_name(out.name + suffix) for suffix in (".png", ".gif", ".mp4")}
     InputFiles([args.a, args.b]).check_outputs(targets.values())
     pipe = _load_pipeline(args)
@@ -626,6 +639,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..io.gan import save_gan
     from ..methods import InversionResult
 
+    _check_method_applies(args, [args.input])
     rosinality = output_format(args.out) == "rosinality"  # (a .pkl was written as a folder of that name)
     if rosinality:  # refuse an output that is not ours before any work
         check_rosinality_replaceable(args.out)

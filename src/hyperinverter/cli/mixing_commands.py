@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .arguments import add_dtype, file_path
-from .inversion_commands import _add_method, _add_model, _load_pipeline, _result_for
+from .inversion_commands import _add_method, _add_model, _check_method_applies, _load_pipeline, _result_for
 
 
 def _layer_spec(text: str) -> str:
@@ -64,6 +64,7 @@ def run_mix(args: argparse.Namespace) -> int:
     from ..io.files import atomic_write_group
     from ..io.images import image_bytes, make_grid
 
+    _check_method_applies(args, [args.a, args.b])
     pipe = _load_pipeline(args)
     num_ws = pipe.generator.num_ws
     ranges = [parse_layer_range(spec, num_ws) for spec in args.layers]  # before any inversion
