@@ -47,6 +47,7 @@ def test_compute_ganspace_from_a_generator(tiny_generator):
     assert basis.comp.shape == (8, 16)
     assert torch.allclose(basis.comp @ basis.comp.T, torch.eye(8), atol=1e-4)
     assert torch.all(basis.std[:-1] >= basis.std[1:])
+    assert not any(t.requires_grad for t in (basis.mean, basis.comp, basis.std))  # (no graph over 4000 samples)
     with torch.no_grad():
         w = tiny_generator.mapping(torch.randn(4000, 16, generator=torch.Generator().manual_seed(9)))[:, 0]
     proj_std = ((w - basis.mean) @ basis.comp[0]).std()

@@ -27,7 +27,6 @@ class GANSpaceBasis:
         return self.comp.shape[0]
 
 
-@torch.no_grad()
 def samples_problem(num_samples: int, num_components: int) -> str | None:
     """Why a PCA of ``num_components`` cannot be taken of ``num_samples`` samples, or None if it can."""
     if num_samples <= num_components:
@@ -35,6 +34,7 @@ def samples_problem(num_samples: int, num_components: int) -> str | None:
     return None
 
 
+@torch.no_grad()
 def compute_ganspace(
     G: Generator, *, num_samples: int = 100_000, num_components: int = 80, seed: int = 0, batch_size: int = 10_000
 ) -> GANSpaceBasis:
