@@ -339,8 +339,8 @@ def test_layers_to_tune_the_generator_lacks_are_a_config_error(tiny_generator, t
 
     save_gan(tmp_path / "gan", tiny_generator)
     config = tmp_path / "h.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path / 'data'}\ngenerator: {tmp_path / 'gan'}\nw_encoder: "
-                      f"{tmp_path / 'none'}\nsteps: 1\ndevice: cpu\n")
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path / 'data'}\ngenerator: {tmp_path / 'gan'}\n"
+                      f"w_encoder: {tmp_path / 'none'}\nsteps: 1\ndevice: cpu\n")
     assert main(["train", "hyperstyle", "--config", str(config), "layers_to_tune=[100]"]) == 2
     assert (f"error: {config}: layers_to_tune: layers [100] do not exist: a 32-px generator has layers"
             in capsys.readouterr().err)

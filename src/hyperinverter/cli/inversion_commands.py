@@ -255,7 +255,8 @@ def _check_method_applies(args, inputs: list[Path]) -> None:
     was inverted, they are refused (they were ignored without a word)."""
     from ..errors import InputError
 
-    given = [flag for flag, value in (("--method", args.method), ("--option", args.option or None)) if value is not None]
+    given = [flag for flag, value in (("--method", args.method), ("--option", args.option or None))
+             if value is not None]
     if given and inputs and all(_is_inversion_file(path) for path in inputs):
         raise InputError(f"{', '.join(given)}: {'apply' if len(given) > 1 else 'applies'} only to images, which are "
                          "inverted first; inversion files (.safetensors) are used as they were inverted")
