@@ -214,3 +214,6 @@ def test_what_is_written_and_shown_is_the_domain_s_rows(tmp_path, tiny_generator
     pipe = InversionPipeline.from_pretrained(tmp_path / "cars", device="cpu")
     shown = WebSession(pipe, display_size=32).to_display(torch.zeros(2, 3, 32, 32))
     assert shown.size[1] < 32 and pipe.content(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 24, 32)
+    for images in (torch.zeros(1, 3, 32, 24), torch.zeros(32)):  # (the rows of a non-square image: a wrong crop)
+        with pytest.raises(ValueError, match=r"images must be square generator images \[\.\.\., R, R\], got"):
+            pipe.content(images)

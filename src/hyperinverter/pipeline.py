@@ -806,7 +806,10 @@ class InversionPipeline:
     def content(self, images: torch.Tensor) -> torch.Tensor:
         """What of generator images ``[..., R, R]`` is shown and written: the rows that hold the domain where it
         fills only some (``content_rows``: a car's 384 of 512, as the official cars codes save their results); the
-        images themselves for a square domain."""
+        images themselves for a square domain. Any square size (another generator's rendering, ``--render-with``)."""
+        if not isinstance(images, torch.Tensor) or images.ndim < 3 or images.shape[-1] != images.shape[-2]:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be square generator images [..., R, R], got {shape}")
         return content_of(images, self.content_rows)
 
     @torch.no_grad()
