@@ -195,7 +195,7 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
     with pytest.raises(OutputError, match=r"not this dataset's \(000001.png\)"):  # not a sketch of odd_folder's
         sources.write_stylised(odd_folder, user)
     monkeypatch.setattr(sources, "load_fashion_mnist", lambda split: (np.zeros((3, 28, 28), np.uint8), np.zeros(3)))
-    with pytest.raises(OutputError, match=r"not this dataset's \(notes.txt\)"):
+    with pytest.raises(OutputError, match=r"holds files \(000001.png\) but no dataset.json"):  # (a name of ours)
         sources.write_fashion32(user, progress=False)
     (user / "notes.txt").unlink()
     (user / "dataset.json").write_text('{"mine": true}')
@@ -203,9 +203,11 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
         sources.write_fashion32(user, progress=False)
     assert sorted(p.name for p in user.iterdir()) == ["000001.png", "dataset.json"]
     assert (user / "dataset.json").read_text() == '{"mine": true}'
-    # New, interrupted (only our numbered files) and finished folders are taken.
+    # New, interrupted (its record, written before any image) and finished folders are taken; numbered images
+    # without a record are not (a user's folder of 000000.png ... was taken into the dataset).
     fresh = sources.write_fashion32(tmp_path / "fashion", progress=False)
-    (fresh / "dataset.json").unlink()
+    record = json.loads((fresh / "dataset.json").read_text())
+    (fresh / "dataset.json").write_text(json.dumps({**record, "count": None}))
     (fresh / "000002.png").unlink()
     assert sources.write_fashion32(fresh, progress=False) == fresh and (fresh / "000002.png").is_file()
     assert sources.write_fashion32(fresh, progress=False) == fresh
@@ -213,13 +215,16 @@ def test_datasets_are_never_written_into_a_user_folder(odd_folder, tmp_path, mon
 
     with pytest.raises(InputError, match="split 'train' \\(this run: 'test'\\)"):  # the test split over the train one
         sources.write_fashion32(fresh, "test", progress=False)
+    (fresh / "dataset.json").unlink()
+    with pytest.raises(OutputError, match=r"holds files \(000000.png\) but no dataset.json: not a dataset of"):
+        sources.write_fashion32(fresh, progress=False)
 
 
 def test_a_faces_dataset_is_not_resumed_with_fewer_faces_than_it_holds(tmp_path, monkeypatch):
     # `data faces64 --n 500` into a folder of 2,000 said "wrote 500 faces" and recorded 500, over the 2,000 that
     # training then read.
     from hyperinverter.data import sources
-    from hyperinverter.errors import InputError
+    from hyperinverter.errors import InputError, OutputError
 
     monkeypatch.setattr(sources, "load_dcgan_faces", lambda device: None)
     monkeypatch.setattr(sources, "sample_dcgan_faces", lambda net, seeds: torch.zeros(len(seeds), 3, 8, 8))
@@ -235,14 +240,16 @@ def test_a_faces_dataset_is_not_resumed_with_fewer_faces_than_it_holds(tmp_path,
     with pytest.raises(ValueError, match=r"the seeds 4294967295\.\.4294967296 go past the last, 4294967295"):
         sources.write_faces64(tmp_path / "past", 2, seed_start=2**32 - 1, progress=False)
     assert not (tmp_path / "past").exists()
-    # Refused for holding more faces, a folder without a record (a user's numbered images) was left with one the
-    # refused run wrote, claiming the folder as a faces dataset.
+    # A folder without a record (a user's numbered images) was taken as an interrupted writing: with more faces than
+    # --n it was left with a record the refused run wrote, claiming the folder; with fewer, the user's images were
+    # kept as faces of the dataset.
     user = tmp_path / "user"
     user.mkdir()
     for i in range(3):
         hostile.photo(i, (8, 8)).save(user / f"{i:06d}.png")
-    with pytest.raises(InputError, match="holds 3 faces, more than --n 1"):
-        sources.write_faces64(user, 1, progress=False)
+    for n in (1, 5):
+        with pytest.raises(OutputError, match=r"holds files \(000000.png\) but no dataset.json: not a dataset of"):
+            sources.write_faces64(user, n, progress=False)
     assert sorted(p.name for p in user.iterdir()) == ["000000.png", "000001.png", "000002.png"]
 
 

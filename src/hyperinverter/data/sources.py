@@ -158,10 +158,12 @@ def _numbered(relative: Path) -> bool:
     return _NUMBERED.fullmatch(os.fspath(relative)) is not None
 
 
-def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbered) -> None:
-    """``out_dir`` may take a dataset: new, empty, a dataset folder we wrote (its ``dataset.json``), or one whose
-    writing was interrupted (every file one ``is_ours`` accepts, by its path relative to ``out_dir``): the writers
-    keep existing files as already written, and write ``dataset.json``."""
+def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] | None = None) -> None:
+    """``out_dir`` may take a dataset: new, empty, a dataset folder we wrote (its ``dataset.json``, recorded before
+    the first image), or, for writers that mark each file they make (``is_ours``, by its path relative to
+    ``out_dir``), one whose files are all such files (a writing of a version that recorded no ``dataset.json``
+    first). Without ``is_ours`` a folder without a record must be empty: the faces64 and fashion32 writers keep any
+    ``NNNNNN.png`` already there as one of theirs, and a user's numbered images were taken into the dataset."""
 
     def not_ours(folder: Path) -> str | None:
         meta = folder / "dataset.json"
@@ -172,16 +174,21 @@ def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbe
                 record = None
             ours = isinstance(record, dict) and {"source", "count"} <= set(record)
             return None if ours else "holds a dataset.json that hyperinverter did not write"
+        # (the lock file: see dataset_folder)
         strangers = (p for p in sorted(folder.rglob("*")) if p.is_file() and not _TEMPORARY.fullmatch(p.name)
-                     and p != folder / OUTPUT_LOCK and not is_ours(p.relative_to(folder)))  # (see dataset_folder)
+                     and p != folder / OUTPUT_LOCK and not (is_ours and is_ours(p.relative_to(folder))))
         stranger = next(strangers, None)
-        return None if stranger is None else f"holds files that are not this dataset's ({stranger.relative_to(folder)})"
+        if stranger is None:
+            return None
+        if is_ours is None:
+            return f"holds files ({stranger.relative_to(folder)}) but no dataset.json: not a dataset of hyperinverter's"
+        return f"holds files that are not this dataset's ({stranger.relative_to(folder)})"
 
     check_own_folder(out_dir, not_ours, what="the dataset (--out)")
 
 
 @contextlib.contextmanager
-def dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] = _numbered) -> Iterator[Path]:
+def dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """``out_dir`` checked as a dataset's (:func:`check_dataset_folder`, before anything is made), then made and held
     for the block by :func:`io.files.output_folder`, as a results folder is: two writings into one folder (of two
     sources, or with other settings and started at once) both wrote their images there. Its lock file is no
