@@ -103,3 +103,14 @@ def test_help_of_the_package_shows_a_working_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "hyperinverter's docstring", "exec"), {"__name__": "__doc_example__"})  # noqa: S102  (ours)
     assert (tmp_path / "photo.safetensors").is_file()
+
+
+def test_the_tests_the_docs_name_exist():
+    # docs/training.md named `test_torchrun_two_ranks_equal_one_process`, a test renamed since: a reader looking
+    # for the evidence of a claim found nothing under that name.
+    defined = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        defined.update(re.findall(r"^\s*def (test_\w+)", path.read_text(encoding="utf-8"), re.MULTILINE))
+    for doc in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        named = set(re.findall(r"`(test_\w+)`", doc.read_text(encoding="utf-8")))
+        assert not named - defined, f"{doc.relative_to(ROOT)} names tests that do not exist: {sorted(named - defined)}"
