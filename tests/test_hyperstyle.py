@@ -416,6 +416,43 @@ def test_domain_adaptation_renders_with_a_fine_tuned_generator(method, tmp_path,
     assert not (tmp_path / "out3").exists()
 
 
+def test_a_rerun_with_another_rendering_generator_renders_again(method, tmp_path):
+    # A re-run into the same --out with another --render-with generator or --adapt-from skipped every input as done,
+    # keeping the old NAME_adapted.png; one without --render-with kept it too, and the strip that showed it.
+    from PIL import Image
+
+    from hyperinverter.io.files import written_by_us
+    from hyperinverter.io.gan import save_gan
+    from hyperinverter.io.images import save_image
+
+    InversionPipeline(method, device="cpu").save_pretrained(tmp_path / "bundle")
+    for name, shift in (("a", 0.3), ("b", 0.6)):
+        styled = copy.deepcopy(method.generator)
+        with torch.no_grad():
+            for parameter_name, p in styled.synthesis.named_parameters():
+                if parameter_name.endswith(".bias"):
+                    p.add_(shift)
+        save_gan(tmp_path / name, styled)
+    save_image(images(1), tmp_path / "in" / "face.png")
+    adapted = tmp_path / "out" / "face_adapted.png"
+
+    def invert(*extra):
+        assert main(["invert", str(tmp_path / "in"), "--model", str(tmp_path / "bundle"), "--option", "iterations=1",
+                     "--out", str(tmp_path / "out"), "--device", "cpu", *extra]) == 0
+        return adapted.read_bytes() if adapted.exists() else None
+
+    first = invert("--render-with", str(tmp_path / "a"), "--adapt-from", "16")
+    assert invert("--render-with", str(tmp_path / "a"), "--adapt-from", "16") == first  # (done: skipped)
+    other = invert("--render-with", str(tmp_path / "b"), "--adapt-from", "16")
+    assert other not in (None, first)
+    assert invert("--render-with", str(tmp_path / "b"), "--adapt-from", "8") not in (None, other)
+    assert invert() is None  # (a plain run: the earlier rendering of ours goes)
+    adapted.write_bytes(first)  # (ours, yet not this run's: a plain run makes the picture again and removes it)
+    assert invert() is None
+    Image.new("RGB", (8, 8)).save(adapted)  # a user's file of that name is left alone
+    assert not written_by_us(adapted) and invert() is not None
+
+
 def test_training_starts_from_a_torchvision_resnet_file(tiny_generator, tmp_path):
     """backbone_init: a torchvision-layout ResNet file (3-channel stem) loads strictly into the 6-channel trunk:
     its RGB filters on the target's channels, N(0, 1) on ŷ's, as the official stem."""

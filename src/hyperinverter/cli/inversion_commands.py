@@ -298,10 +298,12 @@ def run_invert(args: argparse.Namespace) -> int:
         return 1
     if args.compile:
         pipe.compile(getattr(args, "method", None))
-    adapt = None
+    adapt = adapt_digest = None
     if args.render_with is not None:
         from ..catalogue import generator_path
         from ..convert.gan_files import load_generator
+        from ..inversion.files import generator_fingerprint
+        from ..io.work import fingerprint_of
         from ..pipeline import check_same_architecture
 
         if args.adapt_from is not None and args.adapt_from > pipe.generator.resolution:  # (no offset was kept)
@@ -316,8 +318,10 @@ def run_invert(args: argparse.Namespace) -> int:
         def adapt(result):
             return pipe.adapt(result, other, min_resolution=args.adapt_from)
 
+        adapt_digest = fingerprint_of([generator_fingerprint(other), args.adapt_from])
     report = invert_files(pipe, found.paths, args.out, options=dict(args.option), batch_size=args.batch_size,
-                          detector=detector, model_name=str(args.model), overwrite=args.overwrite, adapt=adapt)
+                          detector=detector, model_name=str(args.model), overwrite=args.overwrite, adapt=adapt,
+                          adapt_digest=adapt_digest)
     failures += report.failed
     _report_failures(failures)
     rank = f"rank {report.rank}/{report.world_size}: " if report.world_size > 1 else ""

@@ -34,15 +34,17 @@ from PIL import Image
 
 from ..errors import CheckpointError, InputError, NonFiniteError, OutputError, SchemaError, naming
 from ..io.checkpoints import read_metadata_json, read_safetensors_metadata
-from ..io.files import InputFiles, atomic_write_group, output_folder, sha256_if_readable
+from ..io.files import InputFiles, atomic_write_group, output_folder, sha256_if_readable, written_by_us
 from ..io.images import (
     fit_to_canvas,
     image_bytes,
+    images_made_with,
     make_grid,
     photo_tensors,
     pil_to_tensor,
     read_image,
 )
+from ..io.work import fingerprint_of
 from ..methods import InversionResult
 from ..methods.base import check_batch_size
 from ..precision import dtype_name
@@ -213,11 +215,13 @@ def adapted_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}_adapted.png"
 
 
-def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, made: str, adapted: bool,
-             dtype: str, source_sha256: str | None) -> bool:
+def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, method: str, made: str,
+             adapted_made: str | None, dtype: str, source_sha256: str | None) -> bool:
     """Whether a previous run left every picture of the input ``name``, made by this model and method (``made``:
     its weights and options, :func:`~hyperinverter.inversion.files.made_with_digest`), aligned or not, in this
-    precision, from the same photo (``source_sha256``: its file's bytes now; None when it cannot be read)."""
+    precision, from the same photo (``source_sha256``: its file's bytes now; None when it cannot be read), with
+    its rendering by another generator made as this run makes it (``adapted_made``), or, for None, with none of
+    ours beside it (its comparison strip showed it)."""
 
     def record(picture: str) -> dict | None:
         path = output_paths(out_dir, picture)[2]
@@ -242,14 +246,15 @@ def _is_done(out_dir: Path, name: str, *, fingerprint: str, aligned: bool, metho
     count = picture["count"] if isinstance(picture, dict) and isinstance(picture.get("count"), int) else 1
     names = [picture_name(name, i, count) for i in range(count)]
     return all(matches(record(n)) and all(p.is_file() for p in output_paths(out_dir, n))
-               and (not adapted or adapted_path(out_dir, n).is_file()) for n in names)
+               and (images_made_with([adapted_path(out_dir, n)], adapted_made) if adapted_made is not None
+                    else not written_by_us(adapted_path(out_dir, n))) for n in names)
 
 
 def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: str | None = None,
                  options: Mapping[str, object] | None = None, batch_size: int = 4, detector=None,
                  model_name: str = "", shard: bool = True, progress: bool = True,
-                 overwrite: bool = False, adapt: Callable[[InversionResult], torch.Tensor] | None = None
-                 ) -> BatchInversionReport:
+                 overwrite: bool = False, adapt: Callable[[InversionResult], torch.Tensor] | None = None,
+                 adapt_digest: str | None = None) -> BatchInversionReport:
     """Invert every file of ``inputs`` (already expanded, see :func:`hyperinverter.io.images.find_images`) with
     ``method`` (default: the pipeline's) and its ``options``, in the pipeline's precision (``pipe.dtype``).
 
@@ -257,7 +262,10 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
     pipeline's ``align_scale``; None feeds whole images. ``shard``: split the files across torchrun ranks.
     ``overwrite``: redo inputs whose pictures a previous run already wrote. ``adapt``: also render each inversion
     another way (e.g. :meth:`InversionPipeline.adapt` with a fine-tuned generator), written as ``NAME_adapted.png``
-    and shown last in the comparison strip.
+    and shown last in the comparison strip; ``adapt_digest``: what that rendering depends on besides the inversion
+    (the generator and its settings, e.g. a :func:`~hyperinverter.io.work.fingerprint_of` them), so that a re-run
+    with another is not skipped. A run without ``adapt`` removes the ``NAME_adapted.png`` of ours an earlier run
+    left beside a picture it makes again.
     """
     batch_size = check_batch_size(batch_size)
     paths = list(inputs)
@@ -272,11 +280,12 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
         aligned = detector is not None
         dtype = dtype_name(pipe.dtype)
         made = made_with_digest(inverter, options)
+        adapted_made = fingerprint_of([made, adapt_digest]) if adapt is not None else None
         todo, source_sha256 = [], {}
         for path, name in pairs:
             source_sha256[path] = sha256_if_readable(path)
             if not overwrite and _is_done(out_dir, name, fingerprint=pipe.fingerprint, aligned=aligned, method=method,
-                                          made=made, adapted=adapt is not None, dtype=dtype,
+                                          made=made, adapted_made=adapted_made, dtype=dtype,
                                           source_sha256=source_sha256[path]):
                 report.skipped.append(path)
             else:
@@ -330,10 +339,14 @@ def invert_files(pipe, inputs: Sequence[Path], out_dir: str | Path, *, method: s
                                              placement=picture.placement,
                                              picture={"index": picture.index, "count": picture.count}, dtype=dtype,
                                              made_with=made, source_sha256=source_sha256[picture.source])
-                    extra = [(adapted_path(out_dir, picture.name), image_bytes(adapted))] if adapted is not None else []
+                    extra = ([(adapted_path(out_dir, picture.name), image_bytes(adapted, made_with=adapted_made))]
+                             if adapted is not None else [])
                     atomic_write_group([(targets[0], image_bytes(pipe.content(one.image))), *extra,
                                         (targets[1], image_bytes(make_grid(panels, nrow=len(panels)))),
                                         (targets[2], record)])
+                    stale = adapted_path(out_dir, picture.name)
+                    if adapted is None and written_by_us(stale):  # (an earlier run's, beside a picture it no longer is)
+                        stale.unlink(missing_ok=True)
                     report.written.append(targets[2])
                 bar.update(len(chunk))  # once written: the bar (and its estimate) counts finished files
         report.seconds_per_image = seconds / max(count, 1)
