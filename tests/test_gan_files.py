@@ -389,11 +389,14 @@ def test_corrupt_and_unknown_files(tmp_path):
         load_gan(tmp_path / "bomb.pt")
 
 
-def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys):
+def test_cli_convert_and_generate(tmp_path, tiny_generator, capsys, caplog):
     write_nv(tmp_path / "net.pkl", tiny_generator)
     assert main(["convert", str(tmp_path / "net.pkl"), str(tmp_path / "ours")]) == 0
     assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "rosi.pt")]) == 0
     assert same_state(load_gan(tmp_path / "rosi.pt").generator, tiny_generator)
+    with caplog.at_level("WARNING"):  # ("discriminators are read from NVIDIA pickles ...": none was asked for)
+        assert main(["convert", str(tmp_path / "rosi.pt"), str(tmp_path / "back")]) == 0
+    assert "discriminator" not in caplog.text and same_state(load_gan(tmp_path / "back").generator, tiny_generator)
     assert main(["generate", "--model", str(tmp_path / "rosi.pt"), "--seeds", "0-5", "--out",
                  str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
     grid = Image.open(tmp_path / "grid.png")

@@ -352,7 +352,9 @@ def convert_generator(src: str | Path, dst: str | Path, *, to: GeneratorFormat |
         check_rosinality_replaceable(dst)
     else:
         check_replaceable(dst, "generator")
-    gan = load_gan(src, with_discriminator=(to == "hyperinverter"))
+    # Our format carries the source's discriminator, where one is read (a rosinality file's is not: the loader's
+    # warning of it named nothing the user asked for).
+    gan = load_gan(src, with_discriminator=to == "hyperinverter" and detect_format(Path(src)) != "rosinality")
     if to == "rosinality":
         save_rosinality(dst, gan.generator)
     else:
