@@ -114,3 +114,24 @@ def test_the_tests_the_docs_name_exist():
     for doc in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
         named = set(re.findall(r"`(test_\w+)`", doc.read_text(encoding="utf-8")))
         assert not named - defined, f"{doc.relative_to(ROOT)} names tests that do not exist: {sorted(named - defined)}"
+
+
+def test_every_option_s_help_names_its_default():
+    # `benchmark --help` showed no default for --images, --optimisation-images or --batch-size (64, 16, 16), nor did
+    # fifteen other options: a user had to read the code to know what a run would do.
+    import argparse
+
+    def options(parser, command):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, f"{command} {name}".strip())
+            elif action.option_strings and action.help != argparse.SUPPRESS:
+                yield command, action
+
+    silent = [f"{command} {action.option_strings[-1]} (default {action.default})"
+              for command, action in options(build_parser(), "")
+              if action.default not in (None, False, [], argparse.SUPPRESS)
+              and not isinstance(action, argparse._HelpAction)
+              and "default" not in (action.help or "") and str(action.default) not in (action.help or "")]
+    assert not silent, silent

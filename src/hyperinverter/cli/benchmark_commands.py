@@ -35,22 +35,22 @@ def register(sub) -> None:
                    help="comma-separated methods (default: the model's trained methods, then the optimisation ones)")
     # (2**70 images: islice's own error, naming no option)
     p.add_argument("--images", type=at_most(positive_int, MAX_IMAGES), default=64,
-                   help="images each trained method inverts")
+                   help="images each trained method inverts (default %(default)s)")
     p.add_argument("--optimisation-images", type=at_most(positive_int, MAX_IMAGES), default=16,
-                   help="images each per-image optimisation method inverts (the first ones)")
+                   help="images each per-image optimisation method inverts (the first ones; default %(default)s)")
     p.add_argument("--editability", type=at_most(nonnegative_int, MAX_IMAGES), default=8, metavar="N",
-                   help="generated images for ground-truth editability (0: skip it)")
+                   help="generated images for ground-truth editability (0: skip it; default %(default)s)")
     p.add_argument("--direction", default=None, help="the edit shown in the examples (default: the model's first)")
     p.add_argument("--identity", action="store_true",
                    help="also report identity similarity (faces): CurricularFace, the papers', when it is in the "
                         "model cache, else SFace")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per call (default %(default)s)")
     # (seeds of images and codes, seed + index: 10**23 was "Overflow when unpacking long long" after the loading)
     p.add_argument("--seed", type=at_most(nonnegative_int, MAX_SEED), default=0,
                    help="the first seed of the runs' random draws (0 to 2**32 - 1, as generate's seeds)")
     p.add_argument("--kid-subset-size", type=at_least_two, default=1000, metavar="N",
                    help="images per KID subset (torch-fidelity's kid_subset_size: the paper uses 1000 for faces, "
-                        "100 for churches)")
+                        "100 for churches; default %(default)s)")
     p.add_argument("--option", action="append", default=[], type=_method_option, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. wplus-opt.steps=500 (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="the report folder")

@@ -28,7 +28,9 @@ def _generate(sub) -> None:
     p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,4,9-12' (default 0-15); a seed's z is "
                    "drawn as NVIDIA's generate.py draws it, so a pickle gives the same samples as there")
     p.add_argument("--trunc", type=finite_float, default=1.0, help="truncation psi (default 1.0: none)")
-    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const")
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const",
+                   help="the synthesis layers' noise: the generator's fixed maps, fresh random ones, or none (default "
+                   "%(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=file_path, default=None,
                        help="output image: a grid of all seeds (default grid.png)")
@@ -37,7 +39,7 @@ def _generate(sub) -> None:
                        "batch in memory at a time; running it again skips the seeds already written by the same "
                        "generator and settings")
     p.add_argument("--overwrite", action="store_true", help="with --outdir: write every seed again")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="samples per call (default %(default)s)")
     add_device(p)
     p.set_defaults(func=run_generate)
 
@@ -128,7 +130,8 @@ def _ganspace(sub) -> None:
     )
     p.add_argument("--model", required=True,
                    help="generator (any supported format), pipeline folder, or bundled model name (e.g. faces-64)")
-    p.add_argument("--out", type=file_path, default=Path("ganspace_sheet.png"), help="the sheet (PNG)")
+    p.add_argument("--out", type=file_path, default=Path("ganspace_sheet.png"),
+                   help="the sheet (PNG; default %(default)s)")
     p.add_argument("--components", default="0-7", help="components on the sheet, e.g. '0-7' or '0,3,5' (default 0-7)")
     p.add_argument("--layers", default=":", help="layer range START:END the sheet edits (default: every layer)")
     p.add_argument("--seeds", default="0-2", help="seeds of the sheet's samples (default 0-2)")
@@ -195,7 +198,8 @@ def run_ganspace(args: argparse.Namespace) -> int:
 
 def _demo(sub) -> None:
     p = sub.add_parser("demo", help="the out-of-the-box demo (see README)")
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="the folder for its pictures (default "
+                   "%(default)s)")
     add_device(p)
     add_dtype(p)
     p.set_defaults(func=run_demo)
@@ -231,7 +235,7 @@ def _web(sub) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="pipeline folder or catalogue name; repeatable (default: every installed bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port, default=7860)
+    p.add_argument("--port", type=port, default=7860, help="default %(default)s")
     p.add_argument("--max-upload-mb", type=positive_float, default=defaults.max_upload_mb,
                    help=f"largest upload in MB (default {defaults.max_upload_mb:g})")
     p.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels,

@@ -25,12 +25,14 @@ def register(sub) -> None:
     q.add_argument("--seed-start", type=at_most(nonnegative_int, MAX_SEED), default=None,
                    help="first seed (default 0; held-out: 1000000)")
     q.add_argument("--heldout", action="store_true", help="the held-out set: 500 images from seed 1000000")
-    q.add_argument("--batch-size", type=positive_int, default=500)
-    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", type=positive_int, default=500, help="faces per call (default %(default)s)")
+    q.add_argument("--device", default="auto", help="torch device of the DCGAN (default %(default)s: CUDA, then MPS, "
+                   "then CPU; the faces are the same on any)")
     q.set_defaults(func=run_faces64)
     q = kinds.add_parser("fashion32", help="Fashion-MNIST (Debian dataset-fashion-mnist) padded to 32x32")
     q.add_argument("--out", required=True, type=Path)
-    q.add_argument("--split", choices=["train", "test"], default="train")
+    q.add_argument("--split", choices=["train", "test"], default="train",
+                   help="Fashion-MNIST's 60,000 training or 10,000 test images (default %(default)s)")
     q.set_defaults(func=run_fashion32)
     q = kinds.add_parser("stylise", help="a stylised copy of an image folder (the target of a fine-tuned generator)")
     q.add_argument("source", type=Path, help="the folder of images to stylise")
@@ -49,7 +51,8 @@ def register(sub) -> None:
                    help=f"the crops' side in pixels (default 256, at most {MAX_ALIGNED_SIZE})")
     # (1e308 made the folder and its dataset.json, then failed every photo)
     q.add_argument("--scale", type=at_most(positive_float, MAX_ALIGN_SCALE), default=1.0,
-                   help="crop scale: 1 is FFHQ's framing; a model's own is in its pipeline.json (align_scale)")
+                   help="crop scale: 1 (the default) is FFHQ's framing; a model's own is in its pipeline.json "
+                   "(align_scale)")
     q.add_argument("--n", type=positive_int, default=None, help="only the first N photos (sorted by name)")
     q.set_defaults(func=run_align)
 

@@ -152,10 +152,11 @@ def register(sub) -> None:
     q.add_argument("--trunc", type=nonnegative_float, default=1.0,
                    help="truncation psi of the samples (default 1: none; recorded in the CSV)")
     q.add_argument("--upscale", type=positive_int, default=4,
-                   help="upscale factor (Lanczos) before detection; the detector misses faces under ~80 px")
+                   help="upscale factor (Lanczos) before detection; the detector misses faces under ~80 px "
+                   "(default %(default)s)")
     q.add_argument("--min-face-score", type=nonnegative_float, default=0.0,
                    help="the lowest dlib detection score kept (default 0, dlib's own: samples are small)")
-    q.add_argument("--batch-size", type=positive_int, default=32)
+    q.add_argument("--batch-size", type=positive_int, default=32, help="samples per call (default %(default)s)")
     q.add_argument("--out", required=True, type=file_path, help="the labels CSV to write")
     q.set_defaults(func=run_label)
 

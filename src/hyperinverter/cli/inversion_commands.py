@@ -76,7 +76,7 @@ def register(sub) -> None:
     _add_model(p)
     add_dtype(p)
     p.add_argument("--out", required=True, type=Path, help="the folder for the results")
-    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4, help="pictures per call (default %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="run the method through torch.compile: the first batch then takes seconds to minutes. On a "
                    "CPU later batches of the bundled models take about 1.5x less, so it pays off from about 70 "
@@ -124,7 +124,7 @@ def register(sub) -> None:
                    "that cannot be pasted back fails alone")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="images one synthesis call makes (faces of a photo pasted back × strengths; an input with "
-                   "more strengths is one call alone)")
+                   "more strengths is one call alone; default %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="the folder for the edits")
     p.add_argument("--overwrite", action="store_true",
                    help="edit again the inputs whose edits are already in --out (default: skip them)")
@@ -136,7 +136,8 @@ def register(sub) -> None:
     _add_model(p)
     add_dtype(p)
     _add_method(p)
-    p.add_argument("--steps", type=_steps, default=8)
+    p.add_argument("--steps", type=_steps, default=8, help="frames from A to B, both ends included (default "
+                   "%(default)s)")
     # (checked here: a higher rate was refused after the inversions and the rendering, naming no option)
     p.add_argument("--fps", type=at_most(positive_int, MAX_FPS), default=8,
                    help=f"frames per second of the MP4 (default 8, at most {MAX_FPS})")
@@ -797,7 +798,7 @@ def register_evaluate(sub) -> None:
     _add_model(p, required=False)
     add_dtype(p)
     p.add_argument("--max-images", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per call (default %(default)s)")
     p.add_argument("--identity", action="store_true",
                    help="also report identity similarity (faces): CurricularFace, the papers', when it is in the "
                         "model cache, else SFace")
