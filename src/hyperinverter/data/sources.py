@@ -162,8 +162,8 @@ def check_dataset_folder(out_dir: Path, is_ours: Callable[[Path], bool] | None =
     """``out_dir`` may take a dataset: new, empty, a dataset folder we wrote (its ``dataset.json``, recorded before
     the first image), or, for writers that mark each file they make (``is_ours``, by its path relative to
     ``out_dir``), one whose files are all such files (a writing of a version that recorded no ``dataset.json``
-    first). Without ``is_ours`` a folder without a record must be empty: the faces64 and fashion32 writers keep any
-    ``NNNNNN.png`` already there as one of theirs, and a user's numbered images were taken into the dataset."""
+    first). Without ``is_ours`` (faces64 and fashion32, which keep any ``NNNNNN.png`` already there as one of
+    theirs) a folder without a record must be empty: a user's numbered images were taken into the dataset."""
 
     def not_ours(folder: Path) -> str | None:
         meta = folder / "dataset.json"
