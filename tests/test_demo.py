@@ -119,5 +119,5 @@ def test_a_device_or_precision_it_cannot_run_is_refused_before_any_folder_is_mad
     assert main(["demo", "--out", str(tmp_path / "half"), "--device", "cpu", "--dtype", "fp16"]) == 2
     assert "error: fp16 runs on GPUs only" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "gpu"), "--device", "cuda:99"]) == 2
-    assert "error: device 'cuda:99'" in capsys.readouterr().err
+    assert "error: --device: device 'cuda:99'" in capsys.readouterr().err
     assert not (tmp_path / "half").exists() and not (tmp_path / "gpu").exists()

@@ -769,6 +769,7 @@ def test_an_encoder_resolution_the_trunks_cannot_take_is_a_config_error():
 
 @pytest.mark.parametrize("device, cause", [
     ("foo", "invalid device 'foo'"),
+    ("", "invalid device ''"),
     ("meta", "invalid device 'meta': hyperinverter runs on cpu, cuda, mps, xpu"),
     ("cuda", "CUDA is not available on this machine"),
     ("mps", "MPS (Apple) is not available on this machine"),  # was an internal error
@@ -778,8 +779,11 @@ def test_a_device_this_machine_lacks_is_one_line(world, tmp_path, capsys, monkey
     for backend in (torch.cuda, torch.backends.mps, torch.xpu):  # (as on a machine without them)
         monkeypatch.setattr(backend, "is_available", lambda: False)
     result = cli(capsys, "invert", world.photos, "--model", world.model, "--out", tmp_path / "out", "--device", device)
-    assert result.code == 2 and result.err.startswith("error: ") and result.err.count("\n") == 1
+    assert result.code == 2 and result.err.startswith("error: --device: ") and result.err.count("\n") == 1
     assert cause in result.err and "internal error" not in result.err
+    # (the message names the value; the option is named too, also where another command resolves the device)
+    result = cli(capsys, "generate", "--model", world.model, "--out", tmp_path / "g.png", "--device", device)
+    assert result.code == 2 and result.err.startswith("error: --device: ") and cause in result.err, result.err
 
 
 @pytest.mark.parametrize("method, option, cause", [

@@ -8,6 +8,10 @@ import torch
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS (Apple)", "xpu": "XPU (Intel GPU)"}
 
 
+class DeviceError(ValueError):
+    """A device that cannot be used; the command line says it is ``--device``'s (the message names only the value)."""
+
+
 def _available(device_type: str) -> bool:
     if device_type == "cpu":
         return True
@@ -19,20 +23,20 @@ def _available(device_type: str) -> bool:
 
 def parse_device(spec: str) -> torch.device:
     """``spec`` (not ``"auto"``) as a device of a type hyperinverter runs on, whether or not this machine has it;
-    else a ``ValueError`` that names it and the cause."""
+    else a :class:`DeviceError` (a ``ValueError``) that names it and the cause."""
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError) as e:  # (TypeError: 1.5, a list)
-        raise ValueError(f"invalid device {spec!r}: {e}") from None
+        raise DeviceError(f"invalid device {spec!r}: {e}") from None
     if device.type not in DEVICE_NAMES:
-        raise ValueError(f"invalid device {spec!r}: hyperinverter runs on {', '.join(DEVICE_NAMES)} (or auto)")
+        raise DeviceError(f"invalid device {spec!r}: hyperinverter runs on {', '.join(DEVICE_NAMES)} (or auto)")
     return device
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device`` and checked: a type
-    hyperinverter runs on, present on this machine, and an index this machine has. Errors are ``ValueError``s
-    that name the device and the cause."""
+    hyperinverter runs on, present on this machine, and an index this machine has. Errors are
+    :class:`DeviceError`s that name the device and the cause."""
     if isinstance(spec, torch.device):  # checked as its name is (a meta device got past, to fail inside autocast)
         spec = str(spec)
     if spec in (None, "auto"):
@@ -44,11 +48,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     device = parse_device(spec)
     name = DEVICE_NAMES[device.type]
     if not _available(device.type):
-        raise ValueError(f"device {spec!r} requested but {name} is not available on this machine")
+        raise DeviceError(f"device {spec!r} requested but {name} is not available on this machine")
     if device.index is not None and device.type in ("cuda", "xpu"):
         count = getattr(torch, device.type).device_count()
         if device.index >= count:
-            raise ValueError(f"device {spec!r} requested but this machine has {count} {name} device(s) "
+            raise DeviceError(f"device {spec!r} requested but this machine has {count} {name} device(s) "
                              f"(indices 0 to {count - 1})")
     return device
 

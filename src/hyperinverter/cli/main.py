@@ -187,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         message = expected_error(e)
         if message is not None:
+            from ..device import DeviceError
+
+            if isinstance(e, DeviceError) and getattr(args, "device", None) is not None:
+                message = f"--device: {message}"  # (the message names the value, not the option it came from)
             print(f"error: {message}", file=sys.stderr)
             return 2
         if args.verbose:
