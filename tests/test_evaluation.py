@@ -211,6 +211,22 @@ def test_two_folders_are_paired_by_name_and_scored(tmp_path, capsys):
         assert f"cosine similarity on {where}" in (tmp_path / "id.md").read_text()
 
 
+def test_two_folders_are_scored_on_the_given_device(tmp_path, capsys, monkeypatch):
+    # --device was accepted and ignored: the folders were always scored on the CPU, also with --device cuda.
+    from hyperinverter import evaluation
+
+    _write_pairs(tmp_path)
+    folders = ["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main(["evaluate", *folders, "--device", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("error: --device: invalid device 'nope'")
+    asked = []
+    evaluate_folders = evaluation.evaluate_folders
+    monkeypatch.setattr(evaluation, "evaluate_folders",
+                        lambda *a, **k: asked.append(k.get("device")) or evaluate_folders(*a, **k))
+    assert main(["evaluate", *folders, "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    assert asked == [torch.device("cpu")]
+
+
 def test_mismatched_folders_are_an_error_naming_the_files(tmp_path, capsys):
     from hyperinverter.evaluation import FolderPairs
 

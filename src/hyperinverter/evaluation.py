@@ -494,8 +494,10 @@ FOLDER_BATCH_VALUES = 2**25
 
 
 def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetric] | None = None,
-                     batch_size: int = 32, progress: bool = True) -> tuple[EvaluationReport, list[str]]:
-    """Score the images of ``pred`` against the same-named images of ``gt`` (:class:`FolderPairs`).
+                     batch_size: int = 32, progress: bool = True, device: torch.device | str = "cpu"
+                     ) -> tuple[EvaluationReport, list[str]]:
+    """Score the images of ``pred`` against the same-named images of ``gt`` (:class:`FolderPairs`) on ``device``
+    (that of ``extra_metrics``' networks).
 
     Each pair is compared at the ground truth's size (a prediction of another size is an error for that pair,
     reported, and left out). Returns the report (one row, ``pred``) and the problems.
@@ -517,8 +519,8 @@ def evaluate_folders(pred: Path, gt: Path, *, extra_metrics: dict[str, PairMetri
         for name, x, y in batch:
             by_shape.setdefault(tuple(y.shape), []).append((name, x, y))
         for group in by_shape.values():
-            add_metric_sums(sums, torch.cat([g[1] for g in group]), torch.cat([g[2] for g in group]), metrics,
-                            per_image)
+            add_metric_sums(sums, torch.cat([g[1] for g in group]).to(device),
+                            torch.cat([g[2] for g in group]).to(device), metrics, per_image)
             names.extend(g[0] for g in group)
         batch.clear()
 

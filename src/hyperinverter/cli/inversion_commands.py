@@ -894,13 +894,16 @@ def _standard_metrics(device, *, identity: bool, align_scale: float | None) -> t
 
 
 def _evaluate_folders(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
     from ..evaluation import evaluate_folders
     from ..metrics import protocol_note
 
+    device = resolve_device(args.device)  # (it was always the CPU: --device was accepted and ignored)
     # FFHQ-aligned faces unless told: the whole frame (background and hair) scored other numbers than --model does
-    extra, notes = _standard_metrics("cpu", identity=args.identity, align_scale=None if args.whole_frame else 1.0)
+    extra, notes = _standard_metrics(device, identity=args.identity, align_scale=None if args.whole_frame else 1.0)
     try:
-        report, problems = evaluate_folders(args.pred, args.gt, extra_metrics=extra, batch_size=args.batch_size)
+        report, problems = evaluate_folders(args.pred, args.gt, extra_metrics=extra, batch_size=args.batch_size,
+                                            device=device)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
