@@ -205,6 +205,8 @@ def test_what_is_written_and_shown_is_the_domain_s_rows(tmp_path, tiny_generator
     photos = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
     assert main(["invert", *photos, *model, "--out", str(tmp_path / "inv")]) == 0
     assert Image.open(tmp_path / "inv" / "a.png").size == (32, 24)  # rows 4 to 28 of the 32-px square
+    # (--content-rows saying the bundle's own rows is accepted; other rows are refused, naming the option)
+    assert main(["invert", *photos, *model, "--content-rows", *map(str, CARS), "--out", str(tmp_path / "same")]) == 0
     assert Image.open(tmp_path / "inv" / "a_compare.png").size[1] < 32
     assert main(["mix", *photos, *model, "--layers", "0:2", "--out", str(tmp_path / "mix.png")]) == 0
     assert Image.open(tmp_path / "mix.png").size == (32, 24)

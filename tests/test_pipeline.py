@@ -432,6 +432,13 @@ def test_a_generator_alone_runs_the_methods_that_need_nothing_trained(tiny_gener
     with pytest.raises(CheckpointError, match="is a bundle whose methods read the whole square, not the content rows"):
         InversionPipeline.from_pretrained(pipeline_folder, device="cpu", content_rows=(0.125, 0.875))
     capsys.readouterr()
+    # On the command line the refusal names the option (it named the bundle's folder alone, "is a bundle whose ...").
+    assert main(["invert", str(wide), "--model", str(pipeline_folder), "--content-rows", "0.125", "0.875",
+                 "--out", str(tmp_path / "square-inv"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"error: --content-rows: [0.125, 0.875]: {pipeline_folder} is a bundle, which "
+                                       "records its own rows (its methods read the whole square); leave --content-rows "
+                                       "out\n")
+    assert not (tmp_path / "square-inv").exists()
     with pytest.raises(SystemExit):
         main(["directions", "train", "--help"])  # (a command that fits no photo does not offer it)
     usage = capsys.readouterr().out

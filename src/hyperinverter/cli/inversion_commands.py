@@ -221,18 +221,26 @@ def register(sub) -> None:
 
 
 def _load_pipeline(args):
-    from ..io.images import check_content_rows
+    from ..catalogue import local_model_path
+    from ..errors import InputError
+    from ..io.files import PIPELINE_INDEX
+    from ..io.images import check_content_rows, describe_content_rows
     from ..pipeline import InversionPipeline
     from ..training.distributed import local_device
 
-    if getattr(args, "content_rows", None) is not None:  # (named as the library's argument, content_rows)
-        check_content_rows(args.content_rows, "--content-rows")
+    rows = getattr(args, "content_rows", None)
+    if rows is not None:  # (named as the library's argument, content_rows)
+        rows = check_content_rows(rows, "--content-rows")
+    bundle = rows is not None and (local_model_path(args.model) / PIPELINE_INDEX).is_file()
 
     # Commands without --dtype (import-pti only reads the generator) load in fp32. Under torchrun on GPUs, auto and
     # cuda are the rank's own GPU, as in training (every rank of a sharded invert ran on GPU 0).
     pipe = InversionPipeline.from_pretrained(args.model, device=local_device(args.device),
                                              dtype=getattr(args, "dtype", "fp32"),
-                                             content_rows=getattr(args, "content_rows", None))
+                                             content_rows=None if bundle else rows)
+    if bundle and rows != pipe.content_rows:  # (the library's refusal named the bundle's folder, not the option)
+        raise InputError("--content-rows", f"{list(rows)}: {args.model} is a bundle, which records its own rows (its "
+                         f"methods read {describe_content_rows(pipe.content_rows)}); leave --content-rows out")
     method = getattr(args, "method", None)
     if method is not None:  # an unknown or unavailable method (or --method '') is an error now, before any work
         pipe.default_method = method
