@@ -136,6 +136,17 @@ def test_phase2_needs_a_phase1_model(tmp_path, gan_dir, images):
         train_hypernetwork(config(tmp_path / "x", gan_dir), images=images, val_images=images[:2])
 
 
+def test_phase1_refuses_a_phase1_model_to_start_from(tmp_path, gan_dir, capsys):
+    # The config is both phases': w_encoder in a Phase I run was ignored, and E1 trained from scratch.
+    from hyperinverter.cli.main import main
+
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\ngenerator: {gan_dir}\nsteps: 1\n")
+    assert main(["train", "w-encoder", "--config", str(cfg), f"w_encoder={gan_dir}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {cfg}: w_encoder: is Phase II's frozen Phase I model")
+    assert not (tmp_path / "run").exists()
+
+
 def test_phase2_and_hyperstyle_need_a_phase1_of_their_generator(tmp_path, gan_dir, tiny_generator):
     # A Phase I trained for another generator was taken as it came: its codes mean nothing to this generator,
     # and Phase II trained on them without a word.

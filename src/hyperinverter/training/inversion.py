@@ -72,6 +72,9 @@ def phase2_task(cfg: InversionTrainingConfig, device: torch.device, ctx: Distrib
 def train_w_encoder(cfg: InversionTrainingConfig, *, images: torch.Tensor | None = None,
                     val_images: torch.Tensor | None = None) -> TrainingResult:
     """Phase I: train E1. ``images``/``val_images`` (uint8 ``[N,C,R,R]``) bypass ``cfg.data``."""
+    if cfg.w_encoder is not None:  # (the config is both phases': Phase I ignored it, and trained E1 from scratch)
+        raise ConfigError(None, "w_encoder: is Phase II's frozen Phase I model; Phase I trains its own W encoder "
+                                "(train hypernetwork takes w_encoder)")
     return fit(cfg, lambda device, ctx: phase1_task(cfg, device, ctx), images=images, val_images=val_images)
 
 
