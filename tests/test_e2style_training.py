@@ -39,6 +39,18 @@ def setup(tiny_gan_data, tmp_path):
     return config, data, tmp_path
 
 
+def test_stage_one_refuses_a_model_to_start_from(tmp_path, capsys):
+    # init_from was ignored at stage 1 (its encoder starts from the average code), and the run trained from scratch.
+    from hyperinverter.cli.main import main
+
+    cfg = tmp_path / "e2.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\ndata: {tmp_path}\ngenerator: fashion-32\nsteps: 1\n")
+    assert main(["train", "e2style", "--config", str(cfg), "init_from=fashion-32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cfg} with init_from=fashion-32: ") and "init_from: stage 1 trains" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_stage_one_learns_and_stage_two_trains_only_its_own_encoder(setup):
     config, data, tmp_path = setup
     assert "e2style" in TRAINERS

@@ -66,6 +66,9 @@ class E2StyleTrainingConfig(EncoderTrainingConfig):
         if self.stage > 1 and self.init_from is None:
             raise ValueError(f"stage {self.stage} refines a trained model: set init_from to stage {self.stage - 1}'s "
                              "run (its final/ or best/ folder)")
+        if self.stage == 1 and self.init_from is not None:  # (it was ignored: stage 1 starts from the average code)
+            raise ValueError("init_from: stage 1 trains its encoder from the start; init_from is the run of the stage "
+                             "before, for stage 2 and up (set stage, or leave init_from out)")
         if self.task is not None:
             get_degradation(self.task)  # an unknown task is an error now
             if self.adv_weight > 0:  # (its encoder loss left the term out, and D took the degraded inputs for real)
