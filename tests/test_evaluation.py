@@ -280,8 +280,9 @@ def test_the_options_of_one_mode_are_refused_in_the_other(tmp_path, capsys):
     assert "error: --max-images, --editability: apply only with --model and --data" in capsys.readouterr().err
     assert main(["evaluate", *folders, "--option", "phase1.steps=1", "--out", str(tmp_path / "r")]) == 2
     assert "error: --option: applies only with --model and --data" in capsys.readouterr().err
-    # The folders are scored by fp32 metrics, as with --model: --dtype bf16 was accepted and changed nothing.
-    for dtype in ("bf16", "fp32"):
+    # The folders are scored by fp32 metrics, as with --model: --dtype bf16 was accepted and changed nothing (fp32,
+    # what runs, is the default that every command running the models has).
+    for dtype in ("bf16", "fp16"):
         assert main(["evaluate", *folders, "--dtype", dtype, "--out", str(tmp_path / "r")]) == 2
         assert "error: --dtype: applies only with --model and --data" in capsys.readouterr().err
     assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "gt"), "--whole-frame", "--out",

@@ -805,7 +805,6 @@ def register_evaluate(sub) -> None:
     p.add_argument("--gt", type=Path, help="the ground-truth folder for --pred: files paired by name; or one image")
     _add_model(p, required=False)
     add_dtype(p)
-    p.set_defaults(dtype=None)  # (not given: fp32 with --model; given with --pred/--gt, refused)
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per call (default %(default)s)")
     p.add_argument("--identity", action="store_true",
@@ -862,7 +861,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         # (they were ignored without a word: every pair scored, no editability report, exit 0)
         given = {"--max-images": args.max_images, "--editability": args.editability, "--methods": args.methods,
                  "--option": args.option or None, "--content-rows": args.content_rows,
-                 "--dtype": args.dtype}  # (the metrics' networks run in fp32, as they do with --model)
+                 "--dtype": None if args.dtype == "fp32" else args.dtype}  # (the metrics run in fp32, as with --model)
         model_only = [flag for flag, value in given.items() if value is not None]
         if model_only:
             print(f"error: {', '.join(model_only)}: {'apply' if len(model_only) > 1 else 'applies'} only with --model "
@@ -880,7 +879,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print("error: --whole-frame: applies only with --pred and --gt (--model scores its own framing)",
               file=sys.stderr)
         return 2
-    args.dtype = args.dtype or "fp32"
     return _evaluate_model(args)
 
 
