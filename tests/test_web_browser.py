@@ -313,14 +313,19 @@ def test_a_slow_method_shows_progress_and_cancels(server, browser):
     wait(driver, lambda d: image_src(d, "#compare"), "the comparison image")
 
 
-def test_a_second_photo_blends_and_mixes(server, browser):
-    driver = browser
-    driver.get(server)
+def invert_an_example(driver) -> None:
+    """The page's first held-out example of faces-64, inverted as it is (no alignment)."""
     wait(driver, lambda d: "faces-64" in text_of(d, "#model-card"), "the faces-64 model card")
     driver.find_element(By.CSS_SELECTOR, "#align input").click()  # held-out faces fill the frame: no alignment
     driver.find_element(By.CSS_SELECTOR, "#in-domain button").click()
     wait(driver, lambda d: image_src(d, "#preview"), "the example in the photo field")
     invert_and_wait(driver)
+
+
+def test_a_second_photo_blends_and_mixes(server, browser):
+    driver = browser
+    driver.get(server)
+    invert_an_example(driver)
     assert not image_src(driver, "#blend") and not image_src(driver, "#mixed")  # no second photo yet
 
     upload(driver, "#photo-b", local_model_path("faces-64") / "examples" / "000003.png")
@@ -394,3 +399,28 @@ def test_a_phone_photo_in_heic_uploads_and_inverts(server, browser, tmp_path):
     status = invert_and_wait(driver)
     assert "HyperInverter" in status and "error" not in status.lower()
     wait(driver, lambda d: image_src(d, "#compare"), "the comparison image")
+
+
+def test_a_slider_reset_button_brings_its_result_along(server, browser):
+    # A slider's reset button set its value without an input event: the edit stayed at the strength before, the
+    # slider showing the reset one (and the blend likewise at the t before). Each now follows the reset.
+    from urllib.parse import unquote
+
+    driver = browser
+    driver.get(server)
+    invert_an_example(driver)
+    upload(driver, "#photo-b", local_model_path("faces-64") / "examples" / "000003.png")
+    wait(driver, lambda d: (image_src(d, "#blend") or "").endswith("_t0.5.png"), "the blend at t 0.5")
+    for selector, result in (("#strength", "#edited"), ("#t", "#blend")):
+        moved = wait(driver, lambda d, r=result: image_src(d, r), f"{result} before the slider moves")
+        slider = driver.find_element(By.CSS_SELECTOR, f"{selector} input[type=range]")
+        slider.click()
+        slider.send_keys(Keys.ARROW_RIGHT)
+        before = wait(driver, lambda d, r=result, m=moved: (src := image_src(d, r)) != m and src,
+                      f"{result} to follow the slider")
+        driver.find_element(By.CSS_SELECTOR, f'{selector} button[aria-label="Reset to default value"]').click()
+        value = wait(driver, lambda d, s=selector, b=before: float(d.find_element(
+            By.CSS_SELECTOR, f"{s} input[type=number]").get_attribute("value")), f"{selector}'s reset value")
+        wanted = f"{value:+g}.png" if selector == "#strength" else f"_t{value:g}.png"
+        wait(driver, lambda d, r=result, b=before, w=wanted: (src := image_src(d, r)) and src != b
+             and unquote(src).endswith(w), f"{result} at the reset value {value:g}", timeout=20)

@@ -1182,6 +1182,12 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         t.input(on_blend, blend_inputs, [blended, state], api_name="blend", trigger_mode="always_last", **checked)
         start.input(on_mix, mix_inputs, [mixed, state], api_name="mix", trigger_mode="always_last", **checked)
         end.input(on_mix, mix_inputs, [mixed, state], trigger_mode="always_last", **quiet)
+        # A slider's reset button sets it without an input event (the result stayed at the value before, the slider
+        # showing another); it comes with a release event, as letting go of the slider does (an edit again, alike).
+        released = ((strength, on_edit, edit_inputs, edited), (t, on_blend, blend_inputs, blended),
+                    (start, on_mix, mix_inputs, mixed), (end, on_mix, mix_inputs, mixed))
+        for slider, handler, inputs, output in released:
+            slider.release(quietly(handler), inputs, [output, state], trigger_mode="always_last", **quiet)
         swap.click(on_swap, [model, state, face, paste], [swapped, state], api_name="swap", **queued)
         app.unload(on_leave)
     app.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
