@@ -424,3 +424,20 @@ def test_a_slider_reset_button_brings_its_result_along(server, browser):
         wanted = f"{value:+g}.png" if selector == "#strength" else f"_t{value:g}.png"
         wait(driver, lambda d, r=result, b=before, w=wanted: (src := image_src(d, r)) and src != b
              and unquote(src).endswith(w), f"{result} at the reset value {value:g}", timeout=20)
+
+
+def test_a_strength_typed_beyond_the_slider_stays_as_the_box_loses_focus(server, browser):
+    # The edit took a strength typed beyond the slider (as the command line does), but Gradio's box clamped it to
+    # the slider as it lost focus, without an event: the box said 5 beside the edit at 8, and the sweep took 5.
+    driver = browser
+    driver.get(server)
+    invert_an_example(driver)
+    wait(driver, lambda d: image_src(d, "#edited"), "the first edit")
+    box = driver.find_element(By.CSS_SELECTOR, "#strength input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("8", Keys.ENTER)
+    wait(driver, lambda d: (image_src(d, "#edited") or "").endswith("%2B8.png"), "the edit at strength 8")
+    box.send_keys(Keys.TAB)
+    driver.find_element(By.CSS_SELECTOR, "#sweep").click()
+    wait(driver, lambda d: (image_src(d, "#edited") or "").endswith("_sweep8.png"), "the sweep to ±8")
+    assert box.get_attribute("value") == "8"

@@ -541,6 +541,21 @@ REFUSE_LARGE_UPLOADS = """() => {
 }"""
 
 
+# Gradio's slider clamps a value typed into its box to the slider's range as the box loses focus, without an input
+# event: a strength of 8 typed (and edited, as the command line takes it) became 5 in the box, the edit left at 8,
+# and the next sweep used 5. The handlers take and check what was typed (see `checked` in build_app); this
+# script, run once per page, keeps the box of these sliders (elem_ids) from clamping it.
+KEEP_TYPED_SLIDER_VALUES = """() => {
+  const sliders = SLIDERS;
+  document.addEventListener("blur", (event) => {
+    const box = event.target;
+    if (box instanceof HTMLInputElement && box.type === "number" && sliders.some((id) => box.closest(`#${id}`))) {
+      event.stopPropagation();  // (caught on its way down: Gradio's own listener is on the box)
+    }
+  }, true);
+}"""
+
+
 def refuse_large_uploads_script(limits: WebLimits, fields: Sequence[str]) -> str:
     """:data:`REFUSE_LARGE_UPLOADS` for ``limits`` and the photo fields of these elem_ids."""
     return (REFUSE_LARGE_UPLOADS.replace("LIMIT_BYTES", str(limits.upload_bytes))
@@ -1104,7 +1119,7 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
                 # The model sets both (on_model); these values are what the API documents as defaults, so they fit
                 # every generator (8 px and up have 4 layers of codes or more).
                 start = gr.Slider(0, 18, value=2, step=1, label="mix from layer", elem_id="mix-start")
-                end = gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)")
+                end = gr.Slider(0, 18, value=4, step=1, label="to layer (exclusive)", elem_id="mix-end")
                 mixed = gr.Image(type="filepath", format="png", label="first photo, these layers' codes from the "
                                  "second", interactive=False, elem_id="mixed")
             with gr.Column():
@@ -1149,6 +1164,8 @@ def build_app(models: Sequence[str], *, device: str | torch.device = "auto", exa
         app.load(on_model, [model, state], model_outputs, api_name="model")
         app.load(None, js=NAME_EXAMPLE_TILES)  # (in the browser only)
         app.load(None, js=refuse_large_uploads_script(limits, ["photo", "photo-b"]))
+        app.load(None, js=KEEP_TYPED_SLIDER_VALUES.replace("SLIDERS", json.dumps(["strength", "t", "mix-start",
+                                                                                  "mix-end"])))
         model.change(on_model, [model, state], model_outputs, api_visibility="undocumented")
         in_domain.click(lambda sample: sample[0], [in_domain], [photo], api_visibility="undocumented")
         real.click(lambda sample: sample[0], [real], [photo], api_visibility="undocumented")
